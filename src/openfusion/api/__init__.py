@@ -1,0 +1,1 @@
+"""The HTTP edge: routes parse, call one core function, and render."""

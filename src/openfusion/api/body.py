@@ -1,0 +1,43 @@
+"""Reading a request body: size limit and JSON, with OpenAI-format errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import Request
+from pydantic import ValidationError
+
+from openfusion.errors import InvalidRequest, PayloadTooLarge, invalid_request_from
+from openfusion.protocol import ChatRequest
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused with 413 as soon as it passes `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"Request body too large: {declared} bytes (limit {limit}).")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body too large: more than {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_chat_request(raw: bytes) -> tuple[ChatRequest, dict[str, Any]]:
+    """The validated request and the raw JSON object it came from (kept whole for pass-through)."""
+    if not raw.strip():
+        raise InvalidRequest("The request body is empty: send a JSON object.", param="body")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc.msg}.", param="body") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.", param="body")
+    try:
+        return ChatRequest.model_validate(data), data
+    except ValidationError as exc:
+        raise invalid_request_from(exc) from None

@@ -1,0 +1,31 @@
+"""What routes depend on: the per-app state built by the app factory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from openfusion.presets import Preset
+from openfusion.settings import Settings
+from openfusion.upstream.client import UpstreamClient
+from openfusion.upstream.providers import ProviderRegistry
+
+
+@dataclass
+class AppState:
+    """Everything a request needs, owned by the app's lifespan."""
+
+    settings: Settings
+    registry: ProviderRegistry
+    presets: dict[str, Preset]
+    upstream: UpstreamClient
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.openfusion
+    return state
+
+
+State = Annotated[AppState, Depends(get_state)]

@@ -1,0 +1,111 @@
+"""Render a fusion run's events: as an SSE stream with keep-alives, or as one chat.completion body."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from openfusion.errors import OpenFusionError
+from openfusion.pipeline.events import Event, RunFinished, SynthesisChunk, SynthesisMessage
+from openfusion.protocol import chunk_body, completion_body
+from openfusion.sse import DONE, KEEPALIVE, encode, error_chunk
+
+log = logging.getLogger("openfusion")
+
+_END = object()
+
+
+async def with_keepalive(events: AsyncIterator[Event], interval: float) -> AsyncIterator[Event | None]:
+    """Yield each event as it comes, and None whenever `interval` seconds pass without one.
+
+    The run is driven by its own task so a slow stage never blocks the keep-alives; leaving early
+    (client gone) cancels that task, which closes every upstream call of the run.
+    """
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
+
+    async def pump() -> None:
+        try:
+            async for event in events:
+                await queue.put(event)
+        except Exception as exc:  # handed to the consumer, which renders it
+            await queue.put(exc)
+        else:
+            await queue.put(_END)
+
+    task = asyncio.create_task(pump(), name="fusion-run")
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(interval):
+                    item = await queue.get()
+            except TimeoutError:
+                yield None
+                continue
+            if item is _END:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def stream_fusion(
+    events: AsyncIterator[Event], *, generation_id: str, model: str, keepalive_interval: float
+) -> AsyncIterator[bytes]:
+    """The SSE body of a streamed fusion response."""
+    created = int(time.time())
+    current_model = model
+    yield KEEPALIVE  # headers and a first line at once: clients and proxies see the request is alive
+    try:
+        async for event in with_keepalive(events, keepalive_interval):
+            if event is None:
+                yield KEEPALIVE
+            elif isinstance(event, SynthesisChunk):
+                chunk = event.chunk
+                current_model = chunk.get("model") or current_model
+                chunk["id"] = generation_id
+                chunk.pop("usage", None)  # the summed usage comes in the last chunk
+                yield encode(chunk)
+            elif isinstance(event, RunFinished):
+                yield encode(
+                    chunk_body(
+                        generation_id=generation_id,
+                        model=event.model,
+                        created=created,
+                        choices=[],
+                        extra={"usage": event.usage.render(), "fusion": event.fusion},
+                    )
+                )
+    except OpenFusionError as exc:
+        yield encode(error_chunk(exc, generation_id=generation_id, model=current_model, created=created))
+    except Exception:
+        log.exception("fusion stream failed")
+        error = OpenFusionError("Internal server error.", code="internal_error")
+        yield encode(error_chunk(error, generation_id=generation_id, model=current_model, created=created))
+    yield DONE
+
+
+async def complete_fusion(events: AsyncIterator[Event], *, generation_id: str) -> dict[str, Any]:
+    """The chat.completion body of a non-streamed fusion response."""
+    message: dict[str, Any] = {"role": "assistant", "content": ""}
+    finish_reason: str | None = None
+    async for event in events:
+        if isinstance(event, SynthesisMessage):
+            message, finish_reason = event.message, event.finish_reason
+        elif isinstance(event, RunFinished):
+            return completion_body(
+                generation_id=generation_id,
+                model=event.model,
+                message=message,
+                finish_reason=finish_reason,
+                usage=event.usage,
+                extra={"fusion": event.fusion},
+            )
+    raise OpenFusionError("The fusion run ended without an answer.", code="internal_error")

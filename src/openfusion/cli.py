@@ -1,0 +1,60 @@
+"""The `openfusion` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from openfusion import __version__
+from openfusion.errors import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="openfusion", description="OpenAI-compatible fusion proxy.")
+    parser.add_argument("--version", action="version", version=f"openfusion {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    serve.add_argument("--config", type=Path, default=None, help="TOML config file (default: $OPENFUSION_CONFIG)")
+    serve.add_argument("--presets", type=Path, default=None, help="directory of extra or overriding preset files")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    return parser
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from openfusion.app import create_app
+    from openfusion.settings import load_settings
+
+    config = args.config or (Path(os.environ["OPENFUSION_CONFIG"]) if os.environ.get("OPENFUSION_CONFIG") else None)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings(config, presets_dir=args.presets)
+        app = create_app(settings)
+    except ConfigError as exc:
+        print(f"openfusion: {exc.message}", file=sys.stderr)  # noqa: T201
+        return 2
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=not args.no_access_log,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `openfusion` console script."""
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return 1

@@ -1,0 +1,185 @@
+"""The one exception tree. Each error knows its HTTP status and OpenAI error type; `api.handlers` renders it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class OpenFusionError(Exception):
+    """Base of every error openfusion raises on purpose."""
+
+    status_code: int = 500
+    error_type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def to_body(self) -> dict[str, Any]:
+        """The OpenAI-format error object (the value of the top-level `error` key)."""
+        body: dict[str, Any] = {
+            "message": self.message,
+            "type": self.error_type,
+            "param": self.param,
+            "code": self.code,
+        }
+        metadata = self.metadata()
+        if metadata:
+            body["metadata"] = metadata
+        return body
+
+    def metadata(self) -> dict[str, Any]:
+        """Extra machine-readable details (OpenRouter's `error.metadata`)."""
+        return {}
+
+
+class ConfigError(OpenFusionError):
+    """The configuration file or a preset is invalid (raised at start-up)."""
+
+
+class InvalidRequest(OpenFusionError):
+    """The client's request is malformed or out of range."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class AuthenticationFailed(OpenFusionError):
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class NotFound(OpenFusionError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    """No preset or provider serves the requested model."""
+
+    code = "model_not_found"
+
+
+class PayloadTooLarge(OpenFusionError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class UpstreamError(OpenFusionError):
+    """An upstream provider call failed."""
+
+    status_code = 502
+    error_type = "upstream_error"
+    code = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str,
+        provider: str,
+        upstream_status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.model = model
+        self.provider = provider
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+
+    def metadata(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {"model": self.model, "provider": self.provider}
+        if self.upstream_status is not None:
+            meta["upstream_status"] = self.upstream_status
+        return meta
+
+
+class UpstreamStatusError(UpstreamError):
+    """The upstream answered with an HTTP error status (its body and headers kept for pass-through relay)."""
+
+    body: bytes | None = None
+    headers: dict[str, str] | None = None
+
+
+class UpstreamTimeout(UpstreamError):
+    status_code = 504
+    code = "upstream_timeout"
+
+
+class UpstreamConnectionError(UpstreamError):
+    code = "upstream_unreachable"
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream answered something that is not a valid OpenAI-format response."""
+
+    code = "upstream_invalid_response"
+
+
+class FusionFailed(OpenFusionError):
+    """The fusion run could not produce an answer (e.g. every panelist failed)."""
+
+    status_code = 502
+    error_type = "upstream_error"
+    code = "all_panels_failed"
+
+    def __init__(self, message: str, *, code: str, failures: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message, code=code)
+        self.failures = failures or []
+
+    def metadata(self) -> dict[str, Any]:
+        return {"failed_models": self.failures} if self.failures else {}
+
+
+# OpenRouter's stable `error_type` enum, keyed by HTTP status, for `error.metadata.error_type`.
+_ERROR_TYPE_BY_STATUS = {
+    400: "invalid_request",
+    401: "authentication",
+    402: "payment_required",
+    403: "permission_denied",
+    404: "not_found",
+    408: "timeout",
+    413: "payload_too_large",
+    422: "unprocessable",
+    429: "rate_limit_exceeded",
+    502: "provider_unavailable",
+    503: "provider_overloaded",
+    504: "timeout",
+}
+
+
+def error_type_for_status(status: int | None) -> str:
+    """OpenRouter's `error_type` name for an HTTP status."""
+    if status is None:
+        return "unmapped"
+    return _ERROR_TYPE_BY_STATUS.get(status, "server" if status >= 500 else "unmapped")
+
+
+def invalid_request_from(exc: Any, *, prefix: str = "") -> InvalidRequest:
+    """An InvalidRequest naming the first field a pydantic ValidationError found, without pydantic internals."""
+    error = exc.errors()[0]
+    param = format_loc(error.get("loc", ()), prefix=prefix)
+    message = str(error.get("msg", "invalid value"))
+    message = message.removeprefix("Value error, ")
+    if error.get("type") == "missing":
+        return InvalidRequest(f"Missing required parameter: '{param}'.", param=param)
+    return InvalidRequest(f"Invalid value for '{param}': {message}.", param=param)
+
+
+def format_loc(loc: Any, *, prefix: str = "") -> str:
+    """A pydantic location as a parameter path: ('plugins', 0, 'model') -> 'plugins[0].model'."""
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "body"

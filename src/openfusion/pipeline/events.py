@@ -1,0 +1,92 @@
+"""What a fusion run reports as it goes: typed events, rendered by the edge (SSE or a JSON body)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from openfusion.pipeline.analysis import Analysis
+from openfusion.protocol import Usage
+
+
+@dataclass
+class PanelAnswer:
+    """A panelist that answered."""
+
+    model: str
+    content: str
+    latency_ms: int
+    usage: Usage
+    reported_model: str | None = None
+    label: str = ""  # the name the judge and synthesizer see (unique even when a model sits twice)
+
+
+@dataclass
+class PanelFailure:
+    """A panelist that failed, with why."""
+
+    model: str
+    message: str
+    latency_ms: int
+    status_code: int | None = None
+    code: str | None = None
+    label: str = ""
+
+
+@dataclass
+class PanelStarted:
+    models: list[str]
+
+
+@dataclass
+class PanelistDone:
+    result: PanelAnswer | PanelFailure
+
+
+@dataclass
+class JudgeStarted:
+    model: str
+
+
+@dataclass
+class JudgeOutcome:
+    """The judge stage: an analysis, or why there is none."""
+
+    model: str
+    latency_ms: int
+    analysis: Analysis | None = None
+    failure_reason: str | None = None
+    detail: str | None = None
+    usages: list[Usage] = field(default_factory=list)
+    attempts: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.analysis is not None
+
+
+@dataclass
+class SynthesisChunk:
+    """One chunk of the synthesizer's stream, as the upstream sent it."""
+
+    chunk: dict[str, Any]
+
+
+@dataclass
+class SynthesisMessage:
+    """The synthesizer's whole message (non-streamed runs)."""
+
+    message: dict[str, Any]
+    finish_reason: str | None
+
+
+@dataclass
+class RunFinished:
+    """The end of a run: what the response reports."""
+
+    model: str
+    usage: Usage
+    fusion: dict[str, Any]
+
+
+Event = PanelStarted | PanelistDone | JudgeStarted | JudgeOutcome | SynthesisChunk | SynthesisMessage | RunFinished

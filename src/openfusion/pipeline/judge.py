@@ -1,0 +1,53 @@
+"""The judge: a strict-JSON analysis of the panel's answers, repaired once, degraded rather than fatal."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from openfusion.errors import OpenFusionError
+from openfusion.pipeline.analysis import RESPONSE_FORMAT, AnalysisError, parse_analysis
+from openfusion.pipeline.events import JudgeOutcome, PanelAnswer
+from openfusion.pipeline.prompts import Messages, judge_messages, judge_repair_messages
+from openfusion.protocol import Usage
+from openfusion.upstream.client import UpstreamClient
+
+
+async def analyse(
+    upstream: UpstreamClient,
+    *,
+    model: str,
+    conversation: Messages,
+    answers: list[PanelAnswer],
+    reasoning: dict[str, Any] | None,
+    max_completion_tokens: int,
+) -> JudgeOutcome:
+    """Ask the judge for the analysis; at most one repair call; failures become a reason, not an error."""
+    started = time.perf_counter()
+    messages = judge_messages(conversation=conversation, answers=[(a.model, a.content) for a in answers])
+    usages: list[Usage] = []
+    base = {
+        "temperature": 0,
+        "reasoning": reasoning,
+        "max_completion_tokens": max_completion_tokens,
+        "response_format": RESPONSE_FORMAT,
+    }
+    outcome = JudgeOutcome(model=model, latency_ms=0, usages=usages)
+    for attempt in range(2):
+        outcome.attempts = attempt + 1
+        try:
+            completion = await upstream.complete(model, {**base, "messages": messages})
+        except OpenFusionError as exc:
+            outcome.failure_reason, outcome.detail = "judge_upstream_error", exc.message
+            break
+        usages.append(completion.usage)
+        try:
+            outcome.analysis = parse_analysis(completion.content)
+        except AnalysisError as exc:
+            outcome.failure_reason, outcome.detail = exc.reason, exc.detail
+            messages = judge_repair_messages(messages=messages, reply=completion.content, error=exc.detail)
+            continue
+        outcome.failure_reason = outcome.detail = None
+        break
+    outcome.latency_ms = round((time.perf_counter() - started) * 1000)
+    return outcome

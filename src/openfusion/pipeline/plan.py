@@ -1,0 +1,210 @@
+"""Resolve a request into a fusion plan: preset, plugin overrides, range checks and the recursion guard."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from openfusion.errors import InvalidRequest, ModelNotFound, invalid_request_from
+from openfusion.presets import ModelSlug, Preset, is_fusion_slug, preset_name_for
+from openfusion.protocol import ChatRequest
+from openfusion.upstream.providers import ProviderRegistry
+
+# OpenRouter's preset names, accepted as aliases of ours.
+PRESET_ALIASES = {"general-high": "quality", "general-budget": "budget", "general-fast": "fast"}
+
+Effort = Literal["max", "xhigh", "high", "medium", "low", "minimal", "none"]
+
+
+class Reasoning(BaseModel):
+    """OpenRouter's `reasoning` object."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    effort: Effort | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    exclude: bool | None = None
+    enabled: bool | None = None
+
+
+class FusionPlugin(BaseModel):
+    """`plugins: [{"id": "fusion", ...}]`: per-request overrides of the preset."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    id: Literal["fusion"]
+    preset: str | None = None
+    analysis_models: list[ModelSlug] | None = Field(default=None, min_length=1, max_length=8)
+    model: ModelSlug | None = None
+    synthesis_model: ModelSlug | None = None
+    max_tool_calls: int | None = Field(default=None, ge=1, le=16)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    reasoning: Reasoning | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    expose: bool = False
+    enabled: bool = True
+    tools: list[Any] | None = None
+
+
+class _SamplingChecks(BaseModel):
+    """Range checks on the request's own fields that fusion forwards."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, le=1)
+    reasoning: Reasoning | None = None
+
+
+@dataclass(frozen=True)
+class FusionPlan:
+    """Everything a fusion run needs to know, resolved and validated."""
+
+    preset: str | None
+    panel: list[str]
+    judge: str
+    synthesizer: str
+    max_tool_calls: int
+    max_completion_tokens: int
+    temperature: float | None
+    reasoning: dict[str, Any] | None
+    expose: bool
+    tools: list[Any] = field(default_factory=list)
+
+    @property
+    def enabled(self) -> bool:
+        """False when the plugin turned the panel off: the synthesizer answers alone."""
+        return bool(self.panel)
+
+
+def fusion_plugin_index(request: ChatRequest) -> int | None:
+    """The index of the fusion plugin in `plugins`, if there is one."""
+    for index, plugin in enumerate(request.plugins or []):
+        if isinstance(plugin, dict) and plugin.get("id") == "fusion":
+            return index
+    return None
+
+
+def plan_fusion(
+    request: ChatRequest, *, presets: dict[str, Preset], default_preset: str, registry: ProviderRegistry
+) -> FusionPlan | None:
+    """The fusion plan for a request, or None when the request is a plain pass-through."""
+    index = fusion_plugin_index(request)
+    plugin = _parse_plugin(request, index)
+    fusion_slug = is_fusion_slug(request.model)
+    if not fusion_slug and (plugin is None or not plugin.enabled):
+        return None
+    _check_sampling(request)
+    preset = _select_preset(request, plugin, index, presets=presets, default_preset=default_preset)
+    prefix = f"plugins[{index}]" if index is not None else ""
+    panel = list(plugin.analysis_models) if plugin and plugin.analysis_models else list(preset.analysis_models)
+    if fusion_slug:
+        judge = (plugin and plugin.model) or preset.model
+        synthesizer = (
+            (plugin and plugin.synthesis_model) or preset.synthesis_model or (plugin and plugin.model) or preset.model
+        )
+    else:  # the plugin on the caller's own model: that model judges (unless set) and writes the answer
+        judge = (plugin and plugin.model) or request.model
+        synthesizer = (plugin and plugin.synthesis_model) or request.model
+    if plugin is not None and not plugin.enabled:
+        panel = []
+    _check_models(registry, prefix=prefix, panel=panel, judge=judge, synthesizer=synthesizer)
+    reasoning = plugin.reasoning if plugin and plugin.reasoning else None
+    return FusionPlan(
+        preset=preset.name,
+        panel=panel,
+        judge=judge,
+        synthesizer=synthesizer,
+        max_tool_calls=(plugin and plugin.max_tool_calls) or preset.max_tool_calls,
+        max_completion_tokens=(plugin and plugin.max_completion_tokens) or preset.max_completion_tokens,
+        temperature=_first(plugin and plugin.temperature, request.temperature, preset.temperature),
+        reasoning=reasoning.model_dump(exclude_none=True) if reasoning else request.reasoning,
+        expose=bool(plugin and plugin.expose),
+        tools=list(plugin.tools) if plugin and plugin.tools is not None else list(preset.tools),
+    )
+
+
+def _first(*values: float | None) -> float | None:
+    return next((value for value in values if value is not None), None)
+
+
+def _parse_plugin(request: ChatRequest, index: int | None) -> FusionPlugin | None:
+    if index is None:
+        return None
+    assert request.plugins is not None
+    try:
+        plugin = FusionPlugin.model_validate(request.plugins[index])
+    except ValidationError as exc:
+        raise invalid_request_from(exc, prefix=f"plugins[{index}]") from None
+    for field_name in ("analysis_models", "model", "synthesis_model"):
+        value = getattr(plugin, field_name)
+        for position, slug in enumerate(value if isinstance(value, list) else [value]):
+            if slug is not None and is_fusion_slug(slug):
+                param = f"plugins[{index}].{field_name}" + (f"[{position}]" if isinstance(value, list) else "")
+                raise InvalidRequest(
+                    f"Invalid value for '{param}': {slug!r} is a fusion model, and fusion cannot call itself.",
+                    param=param,
+                    code="fusion_recursion",
+                )
+    if plugin.reasoning and plugin.reasoning.effort and plugin.reasoning.max_tokens:
+        param = f"plugins[{index}].reasoning"
+        raise InvalidRequest(f"Invalid value for '{param}': use effort or max_tokens, not both.", param=param)
+    return plugin
+
+
+def _check_sampling(request: ChatRequest) -> None:
+    try:
+        checks = _SamplingChecks.model_validate(request.model_dump(include=set(_SamplingChecks.model_fields)))
+    except ValidationError as exc:
+        raise invalid_request_from(exc) from None
+    if checks.reasoning and checks.reasoning.effort and checks.reasoning.max_tokens:
+        raise InvalidRequest("Invalid value for 'reasoning': use effort or max_tokens, not both.", param="reasoning")
+
+
+def _select_preset(
+    request: ChatRequest,
+    plugin: FusionPlugin | None,
+    index: int | None,
+    *,
+    presets: dict[str, Preset],
+    default_preset: str,
+) -> Preset:
+    if plugin is not None and plugin.preset is not None:
+        name = PRESET_ALIASES.get(plugin.preset, plugin.preset)
+        if name not in presets:
+            param = f"plugins[{index}].preset"
+            raise InvalidRequest(
+                f"Invalid value for '{param}': unknown preset {plugin.preset!r}; "
+                f"available: {', '.join(sorted(presets))}.",
+                param=param,
+            )
+        return presets[name]
+    if is_fusion_slug(request.model):
+        name = preset_name_for(request.model, default_preset)
+        name = PRESET_ALIASES.get(name, name) if name else None
+        if name is None or name not in presets:
+            raise ModelNotFound(
+                f"The model {request.model!r} does not exist: no such fusion preset. "
+                f"Available: {', '.join('fusion/' + n for n in sorted(presets))}.",
+                param="model",
+            )
+        return presets[name]
+    if default_preset not in presets:
+        raise ModelNotFound(f"The default fusion preset {default_preset!r} does not exist.", param="model")
+    return presets[default_preset]
+
+
+def _check_models(registry: ProviderRegistry, *, prefix: str, panel: list[str], judge: str, synthesizer: str) -> None:
+    """Every model of the plan must have a provider before anything is sent."""
+    roles = [(f"analysis_models[{i}]", slug) for i, slug in enumerate(panel)]
+    roles += [("model", judge), ("synthesis_model", synthesizer)]
+    for role, slug in roles:
+        try:
+            registry.resolve(slug)
+        except ModelNotFound as exc:
+            param = f"{prefix}.{role}" if prefix else "model"
+            raise ModelNotFound(f"{exc.message} (needed as fusion {role.split('[')[0]})", param=param) from None

@@ -1,0 +1,109 @@
+"""Prompt builders for the judge and the synthesizer; the prompt texts are files in `openfusion/prompts`."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import orjson
+
+from openfusion.pipeline.analysis import Analysis
+
+Messages = list[dict[str, Any]]
+
+
+@cache
+def prompt(name: str) -> str:
+    """A prompt file's text."""
+    return resources.files("openfusion").joinpath("prompts", f"{name}.md").read_text("utf-8").strip()
+
+
+_CLOSING = re.compile(r"</(response|conversation|message|analysis|responses)", re.IGNORECASE)
+
+
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+def fill(template: str, **values: str) -> str:
+    """Fill `{name}` placeholders in one pass (a value containing `{x}` is not filled again)."""
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
+
+
+def escape_tags(text: str) -> str:
+    """Neutralise closing tags inside untrusted text so it cannot break out of its wrapper."""
+    return _CLOSING.sub(lambda m: "<\\/" + m.group(1), text)
+
+
+def _attr(value: str) -> str:
+    return value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """The text of a message; non-text content parts become a placeholder."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "text":
+                parts.append(str(part.get("text", "")))
+            else:
+                kind = part.get("type", "content") if isinstance(part, dict) else "content"
+                parts.append(f"[{kind}]")
+        return "\n".join(parts)
+    if message.get("tool_calls"):
+        return "[tool calls: " + orjson.dumps(message["tool_calls"]).decode() + "]"
+    return ""
+
+
+def render_conversation(conversation: Messages) -> str:
+    """The conversation as tagged text for the judge."""
+    lines = ["<conversation>"]
+    for message in conversation:
+        role = _attr(str(message.get("role", "user")))
+        lines.append(f'<message role="{role}">\n{escape_tags(message_text(message))}\n</message>')
+    lines.append("</conversation>")
+    return "\n".join(lines)
+
+
+def render_responses(answers: list[tuple[str, str]]) -> str:
+    """Panel answers, each in its `<response model="...">` wrapper."""
+    return "\n\n".join(
+        f'<response model="{_attr(model)}">\n{escape_tags(content)}\n</response>' for model, content in answers
+    )
+
+
+def judge_messages(*, conversation: Messages, answers: list[tuple[str, str]]) -> Messages:
+    """The judge's prompt: instructions, then the conversation and the panel answers as data."""
+    user = (
+        render_conversation(conversation)
+        + "\n\n<responses>\n"
+        + render_responses(answers)
+        + "\n</responses>\n\nReply with the JSON analysis of these responses."
+    )
+    return [{"role": "system", "content": prompt("judge")}, {"role": "user", "content": user}]
+
+
+def judge_repair_messages(*, messages: Messages, reply: str, error: str) -> Messages:
+    """The one repair attempt: the judge sees its reply and what was wrong with it."""
+    return [
+        *messages,
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": fill(prompt("judge_repair"), error=error)},
+    ]
+
+
+def synthesis_messages(
+    *, conversation: Messages, analysis: Analysis | None, answers: list[tuple[str, str]]
+) -> Messages:
+    """The synthesizer's prompt: its instructions and the research, then the client's conversation."""
+    if analysis is not None:
+        analysis_text = "<analysis>\n" + escape_tags(analysis.model_dump_json(indent=1)) + "\n</analysis>"
+    else:
+        analysis_text = prompt("synthesizer_no_analysis")
+    responses_text = "<responses>\n" + render_responses(answers) + "\n</responses>"
+    system = fill(prompt("synthesizer"), analysis=analysis_text, responses=responses_text)
+    return [{"role": "system", "content": system}, *conversation]

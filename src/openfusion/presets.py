@@ -1,0 +1,106 @@
+"""Presets as data: one TOML file per preset, `fusion/<name>` selects `<name>.toml`."""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from openfusion.errors import ConfigError
+
+ModelSlug = Annotated[str, Field(min_length=1, max_length=256)]
+
+DEFAULT_TOOLS = ("web_search", "web_fetch")
+
+# The bare fusion slugs and the preset each one means (None: the configured default preset).
+_ALIASES: dict[str, str | None] = {
+    "fusion": None,
+    "openrouter/fusion": None,
+    "openrouter/fusion-flash": "fast",
+}
+
+
+class Preset(BaseModel):
+    """A named panel, judge and synthesizer with their limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    analysis_models: list[ModelSlug] = Field(min_length=1, max_length=8)
+    model: ModelSlug
+    synthesis_model: ModelSlug | None = None
+    max_tool_calls: int = Field(default=4, ge=1, le=16)
+    max_completion_tokens: int = Field(default=16000, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    tools: list[str] = Field(default_factory=lambda: list(DEFAULT_TOOLS))
+
+    @model_validator(mode="after")
+    def _no_fusion_inside(self) -> Preset:
+        for slug in [*self.analysis_models, self.model, self.synthesis_model or ""]:
+            if is_fusion_slug(slug):
+                raise ValueError(f"a preset cannot use the fusion model {slug!r} inside itself")
+        return self
+
+    @property
+    def synthesizer(self) -> str:
+        return self.synthesis_model or self.model
+
+
+def base_slug(slug: str) -> str:
+    """The slug without a `:variant` suffix (`openrouter/fusion:free` -> `openrouter/fusion`)."""
+    return slug.split(":", 1)[0].strip().lower()
+
+
+def is_fusion_slug(slug: str) -> bool:
+    """Whether a model slug names fusion itself (any alias, preset or variant)."""
+    base = base_slug(slug)
+    return base in _ALIASES or base.startswith(("fusion/", "openrouter/fusion"))
+
+
+def preset_name_for(slug: str, default_preset: str) -> str | None:
+    """The preset a fusion slug selects, or None for an unknown `openrouter/fusion…` slug."""
+    base = base_slug(slug)
+    if base in _ALIASES:
+        return _ALIASES[base] or default_preset
+    if base.startswith("fusion/"):
+        return base.removeprefix("fusion/") or None
+    return None
+
+
+def shipped_presets_dir() -> Path:
+    """The presets shipped with openfusion: inside the wheel, or the source tree's `presets/` when editable."""
+    packaged = Path(str(resources.files("openfusion"))) / "presets"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "presets"
+
+
+def load_presets(*dirs: Path | None) -> dict[str, Preset]:
+    """Load every `*.toml` preset; a later directory adds to or overrides an earlier one."""
+    presets: dict[str, Preset] = {}
+    for directory in dirs:
+        if directory is None:
+            continue
+        if not directory.is_dir():
+            raise ConfigError(f"presets directory not found: {directory}")
+        for path in sorted(directory.glob("*.toml")):
+            preset = _load_preset(path)
+            presets[preset.name] = preset
+    return presets
+
+
+def _load_preset(path: Path) -> Preset:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data.setdefault("name", path.stem)
+        if data["name"] != path.stem:
+            raise ConfigError(f"preset {path}: name {data['name']!r} must match the file name {path.stem!r}")
+        return Preset(**data)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"preset {path} is not valid TOML: {exc}") from exc
+    except ValidationError as exc:
+        raise ConfigError(f"preset {path} is invalid:\n{exc}") from exc

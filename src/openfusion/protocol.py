@@ -1,0 +1,155 @@
+"""OpenAI wire models: the request, usage, and the shapes openfusion renders. Extra fields are kept."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
+class WireModel(BaseModel):
+    """Base for wire models: unknown fields are kept, so pass-through loses nothing."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Message(WireModel):
+    role: Role
+    content: str | list[Any] | None = None
+    name: str | None = None
+
+
+class ChatRequest(WireModel):
+    """A `POST /v1/chat/completions` body, validated only as far as openfusion needs it."""
+
+    model: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = False
+    temperature: float | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    response_format: dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None
+    plugins: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    n: int | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop sequences are allowed")
+        return value
+
+
+class Usage(WireModel):
+    """Token usage; `cost` (USD) only when an upstream reports it."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cost: float | None = None
+
+    def __add__(self, other: Usage) -> Usage:
+        cost: float | None
+        if self.cost is None and other.cost is None:
+            cost = None
+        else:
+            cost = (self.cost or 0.0) + (other.cost or 0.0)
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            total_tokens=self.total_tokens + other.total_tokens,
+            cost=cost,
+        )
+
+    def render(self) -> dict[str, Any]:
+        """The wire form: the three token counts, plus `cost` when known."""
+        return self.model_dump(
+            include={"prompt_tokens", "completion_tokens", "total_tokens", "cost"}, exclude_none=True
+        )
+
+
+def sum_usage(usages: list[Usage]) -> Usage:
+    """Sum token counts and costs over several upstream calls."""
+    total = Usage()
+    for usage in usages:
+        total = total + usage
+    return total
+
+
+def parse_usage(raw: Any) -> Usage:
+    """Read an upstream `usage` object leniently: missing or odd fields count as zero / unknown."""
+    if not isinstance(raw, dict):
+        return Usage()
+
+    def count(key: str) -> int:
+        value = raw.get(key)
+        return value if isinstance(value, int) and value >= 0 else 0
+
+    prompt, completion = count("prompt_tokens"), count("completion_tokens")
+    total = count("total_tokens") or prompt + completion
+    cost = raw.get("cost")
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=total,
+        cost=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+    )
+
+
+def new_generation_id() -> str:
+    """A response id in OpenRouter's style: `gen-<unix time>-<random>`."""
+    return f"gen-{int(time.time())}-{secrets.token_urlsafe(15)}"
+
+
+def completion_body(
+    *,
+    generation_id: str,
+    model: str,
+    message: dict[str, Any],
+    finish_reason: str | None,
+    usage: Usage,
+    created: int | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A `chat.completion` object."""
+    body: dict[str, Any] = {
+        "id": generation_id,
+        "object": "chat.completion",
+        "created": created or int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+        "usage": usage.render(),
+    }
+    if extra:
+        body.update(extra)
+    return body
+
+
+def chunk_body(
+    *,
+    generation_id: str,
+    model: str,
+    created: int,
+    choices: list[dict[str, Any]],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A `chat.completion.chunk` object."""
+    body: dict[str, Any] = {
+        "id": generation_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": choices,
+    }
+    if extra:
+        body.update(extra)
+    return body

@@ -1,0 +1,88 @@
+"""Settings: the TOML config file plus `OPENFUSION_*` environment variables, built once and passed down."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from openfusion.errors import ConfigError
+
+
+class ProviderConfig(BaseModel):
+    """One OpenAI-compatible endpoint and the model slugs it serves."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    base_url: str = Field(min_length=1)
+    api_key_env: str | None = None
+    models: list[str] = Field(min_length=1)
+    strip_prefix: bool = False
+    headers: dict[str, str] = Field(default_factory=dict)
+    # Older OpenAI-compatible servers only know `max_tokens`; new OpenAI models only `max_completion_tokens`.
+    max_tokens_field: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
+    # How a request's `reasoning` object is sent: as is (OpenRouter), as `reasoning_effort`, or not at all.
+    reasoning_style: Literal["openrouter", "reasoning_effort", "none"] = "reasoning_effort"
+    # Whether streamed calls may ask for `stream_options.include_usage`.
+    stream_usage: bool = True
+
+
+class RetrySettings(BaseModel):
+    """The one retry policy (see `upstream.retry`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    initial_backoff_s: float = Field(default=0.5, ge=0)
+    max_backoff_s: float = Field(default=8.0, ge=0)
+    # A Retry-After longer than this is not waited for: the 429 goes back to the caller.
+    max_retry_after_s: float = Field(default=20.0, ge=0)
+
+
+class HttpSettings(BaseModel):
+    """The shared upstream HTTP client."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    # Per read: a long generation is fine as long as bytes keep coming.
+    read_timeout_s: float = Field(default=300.0, gt=0)
+    max_connections: int = Field(default=512, ge=1)
+    # "aiohttp" (httpx-aiohttp, fast under load) or "httpx" (httpx's own pool).
+    transport: Literal["aiohttp", "httpx"] = "aiohttp"
+
+
+class Settings(BaseSettings):
+    """Everything openfusion is configured with. Fields may come from the TOML file or `OPENFUSION_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="OPENFUSION_", extra="forbid", env_nested_delimiter="__")
+
+    default_preset: str = "quality"
+    presets_dir: Path | None = None
+    providers: list[ProviderConfig] = Field(default_factory=list)
+    builtin_providers: bool = True
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    keepalive_interval_s: float = Field(default=2.0, gt=0)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build Settings from an optional TOML file; keyword overrides (CLI flags) win over the file."""
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            data = tomllib.loads(Path(config_file).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {config_file}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
+    data.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration{f' in {config_file}' if config_file else ''}:\n{exc}") from exc

@@ -1,0 +1,1 @@
+"""The upstream side: providers, the one HTTP client, and the retry policy. The only code that speaks httpx."""

@@ -1,0 +1,289 @@
+"""The upstream client: complete, stream and forward chat completions over one shared httpx.AsyncClient."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+from httpx_sse import EventSource
+
+from openfusion.errors import (
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+)
+from openfusion.protocol import Usage, parse_usage
+from openfusion.settings import HttpSettings, RetrySettings
+from openfusion.upstream.providers import ProviderRegistry, Route
+from openfusion.upstream.retry import parse_retry_after, retrying
+
+# Response headers worth relaying to a pass-through client.
+_RELAYED_HEADERS = ("content-type", "retry-after", "x-request-id", "openai-processing-ms")
+
+
+@dataclass
+class Completion:
+    """One finished upstream completion."""
+
+    model: str
+    message: dict[str, Any]
+    finish_reason: str | None
+    usage: Usage
+
+    @property
+    def content(self) -> str:
+        content = self.message.get("content")
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list):  # content parts: keep the text ones
+            return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        return ""
+
+
+@dataclass
+class Forwarded:
+    """A pass-through response: status, relayable headers and the body as it arrives."""
+
+    status_code: int
+    headers: dict[str, str]
+    body: AsyncIterator[bytes]
+    _response: httpx.Response | None = field(repr=False)
+
+    async def aclose(self) -> None:
+        if self._response is not None:
+            await self._response.aclose()
+
+
+def build_http_client(settings: HttpSettings) -> httpx.AsyncClient:
+    """The process-wide upstream HTTP client (aiohttp transport unless configured otherwise)."""
+    timeout = httpx.Timeout(
+        connect=settings.connect_timeout_s,
+        read=settings.read_timeout_s,
+        write=settings.connect_timeout_s,
+        pool=settings.connect_timeout_s,
+    )
+    limits = httpx.Limits(max_connections=settings.max_connections, max_keepalive_connections=settings.max_connections)
+    if settings.transport == "aiohttp":
+        from httpx_aiohttp import HttpxAiohttpClient
+
+        return HttpxAiohttpClient(timeout=timeout, limits=limits, trust_env=False)
+    return httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False)
+
+
+class UpstreamClient:
+    """Speaks the OpenAI chat-completions protocol to whichever provider serves a model slug."""
+
+    def __init__(self, http: httpx.AsyncClient, registry: ProviderRegistry, retry: RetrySettings) -> None:
+        self.http = http
+        self.registry = registry
+        self.retry = retry
+
+    async def complete(self, model: str, body: Mapping[str, Any]) -> Completion:
+        """A non-streamed completion, retried by the one policy."""
+        route = self.registry.resolve(model)
+        payload = _payload(route, body, stream=False)
+        async for attempt in retrying(self.retry):
+            with attempt:
+                response = await self._send(route, payload, stream=False)
+        data = _json(route, response.content)
+        choice = _first_choice(route, data)
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            raise _protocol_error(route, "the response has no message")
+        return Completion(
+            model=data.get("model") or model,
+            message=message,
+            finish_reason=choice.get("finish_reason"),
+            usage=parse_usage(data.get("usage")),
+        )
+
+    @contextlib.asynccontextmanager
+    async def stream(self, model: str, body: Mapping[str, Any]) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """A streamed completion: yields an iterator of parsed chunks; the upstream response always closes."""
+        route = self.registry.resolve(model)
+        payload = _payload(route, body, stream=True)
+        async for attempt in retrying(self.retry):
+            with attempt:
+                response = await self._send(route, payload, stream=True)
+        try:
+            yield _chunks(route, response)
+        finally:
+            await response.aclose()
+
+    async def forward(self, model: str, body: Mapping[str, Any], *, stream: bool) -> Forwarded:
+        """Pass a request through: retried like any call, the last answer (error or not) relayed as is."""
+        route = self.registry.resolve(model)
+        payload = {**body, "model": route.upstream_model}
+        try:
+            async for attempt in retrying(self.retry):
+                with attempt:
+                    response = await self._send(route, payload, stream=True)
+        except UpstreamStatusError as exc:
+            if exc.body is None or exc.upstream_status is None:
+                raise
+            return Forwarded(exc.upstream_status, _relayable(exc.headers or {}), _once(exc.body), None)
+        body_iter = _guard(route, response.aiter_bytes())
+        return Forwarded(response.status_code, _relayable(response.headers), body_iter, response)
+
+    async def _send(self, route: Route, payload: dict[str, Any], *, stream: bool) -> httpx.Response:
+        provider = route.provider
+        url = provider.config.base_url.rstrip("/") + "/chat/completions"
+        headers = {**provider.headers(), "Content-Type": "application/json"}
+        if stream:
+            headers["Accept"] = "text/event-stream"
+        request = self.http.build_request("POST", url, content=orjson.dumps(payload), headers=headers)
+        try:
+            response = await self.http.send(request, stream=stream)
+        except httpx.HTTPError as exc:
+            raise _transport_error(route, exc) from None
+        if response.status_code >= 400:
+            try:
+                raw = await response.aread()
+            except httpx.HTTPError as exc:
+                raise _transport_error(route, exc) from None
+            finally:
+                await response.aclose()
+            raise _status_error(route, response, raw)
+        return response
+
+
+def _payload(route: Route, body: Mapping[str, Any], *, stream: bool) -> dict[str, Any]:
+    """The body sent upstream for a pipeline call, translated to what the provider understands."""
+    config = route.provider.config
+    payload = {key: value for key, value in body.items() if value is not None}
+    payload["model"] = route.upstream_model
+    if config.max_tokens_field == "max_tokens" and "max_completion_tokens" in payload:
+        payload["max_tokens"] = payload.pop("max_completion_tokens")
+    reasoning = payload.pop("reasoning", None)
+    if reasoning is not None and config.reasoning_style == "openrouter":
+        payload["reasoning"] = reasoning
+    elif isinstance(reasoning, dict) and config.reasoning_style == "reasoning_effort" and "effort" in reasoning:
+        payload.setdefault("reasoning_effort", reasoning["effort"])
+    payload["stream"] = stream
+    if stream and config.stream_usage:
+        payload["stream_options"] = {"include_usage": True}
+    else:
+        payload.pop("stream_options", None)
+    return payload
+
+
+async def _chunks(route: Route, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    finished = False
+    try:
+        async for event in EventSource(response).aiter_sse():
+            if event.data == "[DONE]":
+                return
+            if not event.data:
+                continue
+            chunk = _json(route, event.data.encode())
+            if isinstance(chunk.get("error"), dict):  # a mid-stream error from the provider
+                error = chunk["error"]
+                code = error.get("code")
+                raise UpstreamStatusError(
+                    f"{route.slug} failed mid-stream: {error.get('message', 'unknown error')}",
+                    model=route.slug,
+                    provider=route.provider.name,
+                    upstream_status=code if isinstance(code, int) else None,
+                )
+            finished = finished or any(
+                isinstance(c, dict) and c.get("finish_reason") for c in chunk.get("choices") or []
+            )
+            yield chunk
+    except httpx.HTTPError as exc:
+        raise _transport_error(route, exc, during="the stream") from None
+    if not finished:
+        raise _protocol_error(route, "the stream ended before the completion finished")
+
+
+async def _guard(route: Route, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Map transport failures while relaying a pass-through body to upstream errors."""
+    try:
+        async for chunk in body:
+            yield chunk
+    except httpx.HTTPError as exc:
+        raise _transport_error(route, exc, during="the response body") from None
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def _json(route: Route, raw: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise _protocol_error(route, "the response is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise _protocol_error(route, "the response is not a JSON object")
+    return data
+
+
+def _first_choice(route: Route, data: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(data.get("error"), dict):
+        message = data["error"].get("message", "unknown error")
+        raise UpstreamStatusError(f"{route.slug} failed: {message}", model=route.slug, provider=route.provider.name)
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise _protocol_error(route, "the response has no choices")
+    return choices[0]
+
+
+def _protocol_error(route: Route, what: str) -> UpstreamProtocolError:
+    return UpstreamProtocolError(f"{route.slug}: {what}", model=route.slug, provider=route.provider.name)
+
+
+def _transport_error(route: Route, exc: httpx.HTTPError, *, during: str = "the request") -> UpstreamError:
+    cause = exc.__cause__
+    timed_out = isinstance(exc, httpx.TimeoutException) and (
+        cause is None or isinstance(cause, TimeoutError) or type(cause).__name__.endswith("Timeout")
+    )
+    kind = UpstreamTimeout if timed_out else UpstreamConnectionError
+    what = "timed out" if timed_out else "could not be reached"
+    return kind(
+        f"{route.slug} ({route.provider.name}) {what} during {during}: {type(exc).__name__}",
+        model=route.slug,
+        provider=route.provider.name,
+    )
+
+
+def _status_error(route: Route, response: httpx.Response, raw: bytes) -> UpstreamStatusError:
+    detail = _error_message(raw) or response.reason_phrase or "error"
+    key = route.provider.api_key
+    if key is not None:  # never echo a provider key back, whatever the upstream put in its message
+        detail = detail.replace(key.get_secret_value(), "***")
+    error = UpstreamStatusError(
+        f"{route.slug} ({route.provider.name}) returned HTTP {response.status_code}: {detail}",
+        model=route.slug,
+        provider=route.provider.name,
+        upstream_status=response.status_code,
+        retry_after=parse_retry_after(response.headers.get("retry-after")),
+    )
+    error.body = raw
+    error.headers = dict(response.headers)
+    return error
+
+
+def _relayable(headers: Mapping[str, str]) -> dict[str, str]:
+    return {key.lower(): value for key, value in headers.items() if key.lower() in _RELAYED_HEADERS}
+
+
+def _error_message(raw: bytes) -> str:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw[:300].decode("utf-8", "replace").strip()
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])[:1000]
+        if isinstance(error, str):
+            return error[:1000]
+        if isinstance(data.get("message"), str):
+            return str(data["message"])[:1000]
+    return raw[:300].decode("utf-8", "replace").strip()

@@ -1,0 +1,112 @@
+"""Providers as data: the registry that maps a model slug to the endpoint, key and upstream name serving it."""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+
+from pydantic import SecretStr
+
+from openfusion.errors import ConfigError, ModelNotFound
+from openfusion.settings import ProviderConfig, Settings
+
+
+@dataclass(frozen=True)
+class Provider:
+    """A provider ready to call: its config and, when it has one, its key (never printed)."""
+
+    config: ProviderConfig
+    api_key: SecretStr | None = field(default=None, repr=False)
+    builtin: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def serves(self, slug: str) -> bool:
+        """Whether any of the provider's `models` patterns matches the slug."""
+        return any(fnmatch.fnmatchcase(slug, pattern) for pattern in self.config.models)
+
+    def upstream_model(self, slug: str) -> str:
+        """The model name sent upstream: the slug, less its first segment when `strip_prefix` is set."""
+        if self.config.strip_prefix and "/" in slug:
+            return slug.split("/", 1)[1]
+        return slug
+
+    def headers(self) -> dict[str, str]:
+        """Headers for every call to this provider: its own extras and its key."""
+        headers = dict(self.config.headers)
+        if self.api_key is not None:
+            headers["Authorization"] = f"Bearer {self.api_key.get_secret_value()}"
+        return headers
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one model slug goes."""
+
+    slug: str
+    provider: Provider
+    upstream_model: str
+
+
+def builtin_provider_configs() -> list[ProviderConfig]:
+    """The built-in providers shipped with the package, in precedence order."""
+    text = resources.files("openfusion.upstream").joinpath("builtin_providers.toml").read_text("utf-8")
+    return [ProviderConfig(**entry) for entry in tomllib.loads(text)["providers"]]
+
+
+class ProviderRegistry:
+    """Configured providers first (file order), then the built-ins whose key is set."""
+
+    def __init__(self, providers: list[Provider], inactive: list[ProviderConfig] | None = None) -> None:
+        self.providers = providers
+        self._inactive = inactive or []
+
+    @classmethod
+    def from_settings(cls, settings: Settings, environ: Mapping[str, str]) -> ProviderRegistry:
+        """Build the registry, reading each provider's key from `environ`."""
+        providers: list[Provider] = []
+        names: set[str] = set()
+        for config in settings.providers:
+            if config.name in names:
+                raise ConfigError(f"provider name {config.name!r} is configured twice")
+            names.add(config.name)
+            providers.append(Provider(config, _key(config, environ)))
+        inactive: list[ProviderConfig] = []
+        if settings.builtin_providers:
+            for config in builtin_provider_configs():
+                if config.name in names:
+                    continue  # a configured provider of the same name replaces the built-in
+                key = _key(config, environ)
+                if config.api_key_env is None or key is not None:
+                    providers.append(Provider(config, key, builtin=True))
+                else:
+                    inactive.append(config)
+        return cls(providers, inactive)
+
+    def resolve(self, slug: str) -> Route:
+        """The route for a slug: the first provider whose patterns match it."""
+        for provider in self.providers:
+            if provider.serves(slug):
+                return Route(slug=slug, provider=provider, upstream_model=provider.upstream_model(slug))
+        raise ModelNotFound(self._not_served_message(slug), param="model")
+
+    def _not_served_message(self, slug: str) -> str:
+        hints = [
+            f"set {config.api_key_env} (built-in provider {config.name!r})"
+            for config in self._inactive
+            if config.api_key_env and any(fnmatch.fnmatchcase(slug, p) for p in config.models)
+        ]
+        hints.append("add a [[providers]] entry to the config file whose `models` patterns match it")
+        return f"No provider serves model {slug!r}. To serve it, " + ", or ".join(hints) + "."
+
+
+def _key(config: ProviderConfig, environ: Mapping[str, str]) -> SecretStr | None:
+    if not config.api_key_env:
+        return None
+    value = environ.get(config.api_key_env, "").strip()
+    return SecretStr(value) if value else None

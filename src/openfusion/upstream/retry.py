@@ -1,0 +1,66 @@
+"""The one retry policy for upstream calls: connect errors, timeouts, 429 and 5xx, honouring Retry-After."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.wait import wait_base, wait_exponential_jitter
+
+from openfusion.errors import UpstreamConnectionError, UpstreamStatusError, UpstreamTimeout
+from openfusion.settings import RetrySettings
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if absent or odd."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def is_retryable(exc: BaseException, settings: RetrySettings) -> bool:
+    """Whether an upstream failure is worth another attempt."""
+    if isinstance(exc, UpstreamTimeout | UpstreamConnectionError):
+        return True
+    if isinstance(exc, UpstreamStatusError) and exc.upstream_status is not None:
+        if exc.upstream_status == 429:
+            # A wait longer than the cap is the caller's decision, not ours.
+            return exc.retry_after is None or exc.retry_after <= settings.max_retry_after_s
+        return exc.upstream_status >= 500
+    return False
+
+
+class _WaitRetryAfter(wait_base):
+    """Wait what the upstream asked for, else back off exponentially with jitter."""
+
+    def __init__(self, settings: RetrySettings) -> None:
+        self._fallback = wait_exponential_jitter(
+            initial=settings.initial_backoff_s, max=settings.max_backoff_s, jitter=settings.initial_backoff_s
+        )
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        if isinstance(retry_after, float | int):
+            return float(retry_after)
+        return float(self._fallback(retry_state))
+
+
+def retrying(settings: RetrySettings) -> AsyncRetrying:
+    """A fresh tenacity controller for one upstream call."""
+    return AsyncRetrying(
+        stop=stop_after_attempt(settings.max_attempts),
+        wait=_WaitRetryAfter(settings),
+        retry=retry_if_exception(lambda exc: is_retryable(exc, settings)),
+        reraise=True,
+    )

@@ -1,0 +1,322 @@
+"""Scripted fake OpenAI-compatible upstream (chat completions + models) for end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import re
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+DEFAULT_USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+}
+_POLL_S = 0.02
+
+
+@dataclass
+class Script:
+    """How the fake answers one call to a model."""
+
+    content: str | None = None
+    chunks: list[str] | None = None
+    delay_s: float = 0.0
+    headers_first: bool = True
+    chunk_interval_s: float = 0.0
+    status: int = 200
+    error_message: str | None = None
+    retry_after: str | None = None
+    usage: dict[str, Any] | None = None
+    cost: float | None = None
+    response_model: str | None = None
+    finish_reason: str = "stop"
+    tool_calls: list[dict[str, Any]] | None = None
+    raw_body: bytes | None = None
+    cut_stream_after: int | None = None
+    reject_response_format: set[str] | None = None
+
+
+@dataclass
+class Call:
+    """One request received by the fake, with its timing."""
+
+    model: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+    stream: bool
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    disconnected: bool = False
+
+
+class _StreamCut(Exception):
+    """Raised inside a stream so uvicorn drops the connection mid-body."""
+
+
+class _QuietStreamCut(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], _StreamCut))
+
+
+# uvicorn logs any exception escaping the app as an error; a deliberate cut is not one.
+logging.getLogger("uvicorn.error").addFilter(_QuietStreamCut())
+
+
+class _ClosingStreamingResponse(StreamingResponse):
+    # Starlette may cancel the send loop while the generator sits at a `yield`; closing it here
+    # runs its `finally` (which records the disconnect) now instead of at garbage collection.
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
+    """Poll `predicate` until it is true; raise AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(0.01)
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None, **kw: Any) -> Response:
+    return Response(orjson.dumps(data), status, headers, media_type="application/json", **kw)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None, **kw: Any) -> Response:
+    err_type = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return _json({"error": {"message": message, "type": err_type, "code": status}}, status, headers, **kw)
+
+
+def _finish(call: Call, disconnected: bool = False) -> None:
+    call.finished = time.monotonic()
+    call.disconnected = call.disconnected or disconnected
+
+
+async def _finish_async(call: Call) -> None:
+    _finish(call)
+
+
+async def _pause(request: Request, seconds: float) -> bool:
+    """Sleep up to `seconds`; return True as soon as the client has disconnected."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if await request.is_disconnected():
+            return True
+        await asyncio.sleep(min(_POLL_S, left))
+    return False
+
+
+def _tool_calls(script: Script) -> list[dict[str, Any]]:
+    """Normalise scripted tool calls: default id/type, arguments as a JSON string."""
+    out = []
+    for i, tc in enumerate(script.tool_calls or []):
+        fn = tc.get("function", tc)
+        args = fn.get("arguments", "")
+        out.append(
+            {
+                "id": tc.get("id", f"call_{i}"),
+                "type": tc.get("type", "function"),
+                "function": {
+                    "name": fn["name"],
+                    "arguments": args if isinstance(args, str) else orjson.dumps(args).decode(),
+                },
+            }
+        )
+    return out
+
+
+class FakeUpstream:
+    """A scripted OpenAI-compatible server; serve `.app` and inspect `.calls`."""
+
+    def __init__(self, default: Script | None = None) -> None:
+        self.default = self._initial_default = default or Script()
+        self._lock = threading.Lock()
+        self._scripts: dict[str, list[Script]] = {}
+        self._calls: list[Call] = []
+        self._ids = itertools.count(1)
+        self._app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+            ]
+        )
+
+    @property
+    def app(self) -> Starlette:
+        """The ASGI app to serve."""
+        return self._app
+
+    def script(self, model: str, *scripts: Script) -> None:
+        """Script `model`: one Script for every call, or a queue consumed per call (the last repeats)."""
+        if not scripts:
+            raise ValueError("script() needs at least one Script")
+        with self._lock:
+            self._scripts[model] = list(scripts)
+
+    @property
+    def calls(self) -> list[Call]:
+        """Snapshot of all calls received so far, oldest first."""
+        with self._lock:
+            return list(self._calls)
+
+    def calls_for(self, model: str) -> list[Call]:
+        """Calls whose requested model is `model`."""
+        return [c for c in self.calls if c.model == model]
+
+    def reset(self) -> None:
+        """Forget all scripts and calls and restore the constructor's default Script."""
+        with self._lock:
+            self.default = self._initial_default
+            self._scripts.clear()
+            self._calls.clear()
+
+    def _next_script(self, model: str) -> Script:
+        with self._lock:
+            queue = self._scripts.get(model)
+            if not queue:
+                return self.default
+            return queue.pop(0) if len(queue) > 1 else queue[0]
+
+    async def _models(self, request: Request) -> Response:
+        with self._lock:
+            models = sorted(self._scripts)
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in models]
+        return _json({"object": "list", "data": data})
+
+    async def _chat(self, request: Request) -> Response:
+        started = time.monotonic()
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            return _error(400, f"Invalid JSON body: {exc}")
+        if not isinstance(body, dict):
+            return _error(400, "Request body must be a JSON object")
+        model = str(body.get("model", ""))
+        call = Call(model, body, dict(request.headers), body.get("stream") is True, started)
+        with self._lock:
+            self._calls.append(call)
+        script = self._next_script(model)
+        done = BackgroundTask(_finish_async, call)
+
+        fmt = (body.get("response_format") or {}).get("type")
+        rejected = bool(script.reject_response_format) and fmt in script.reject_response_format
+        streaming = call.stream and not rejected and script.raw_body is None and script.status == 200
+        if not (streaming and script.headers_first) and await _pause(request, script.delay_s):
+            _finish(call, disconnected=True)
+            return Response(status_code=204)  # nobody is listening any more
+
+        if rejected:
+            return _error(400, f"response_format type '{fmt}' is not supported by {model}", background=done)
+        if script.raw_body is not None:
+            media = "text/event-stream" if call.stream else "application/json"
+            return Response(script.raw_body, script.status, media_type=media, background=done)
+        if script.status != 200:
+            headers = {"retry-after": script.retry_after} if script.retry_after else None
+            message = script.error_message or f"Fake upstream error {script.status} for {model}"
+            return _error(script.status, message, headers, background=done)
+
+        reply = _Reply(script, model, f"chatcmpl-fake-{next(self._ids)}")
+        if not streaming:
+            return _json(reply.completion(), background=done)
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        events = _stream_events(request, call, script, reply, include_usage)
+        return _ClosingStreamingResponse(events, headers={"cache-control": "no-cache"}, media_type="text/event-stream")
+
+
+class _Reply:
+    """The successful answer a Script describes, in OpenAI shapes."""
+
+    def __init__(self, script: Script, model: str, reply_id: str) -> None:
+        self.tool_calls = _tool_calls(script)
+        self.content = script.content
+        if self.content is None and script.chunks is not None:
+            self.content = "".join(script.chunks)
+        elif self.content is None and not self.tool_calls:
+            self.content = f"Answer from {model}."
+        self.usage = dict(script.usage or DEFAULT_USAGE)
+        if script.cost is not None:
+            self.usage["cost"] = script.cost
+        self.finish_reason = script.finish_reason
+        if self.tool_calls and self.finish_reason == "stop":
+            self.finish_reason = "tool_calls"
+        self.base = {"id": reply_id, "created": int(time.time()), "model": script.response_model or model}
+
+    def completion(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        choice = {"index": 0, "message": message, "finish_reason": self.finish_reason}
+        return {**self.base, "object": "chat.completion", "choices": [choice], "usage": self.usage}
+
+    def chunk(
+        self,
+        delta: dict[str, Any] | None,
+        finish: str | None = None,
+        usage: dict[str, Any] | None = None,
+        include_usage: bool = False,
+    ) -> bytes:
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+        data = {**self.base, "object": "chat.completion.chunk", "choices": choices}
+        if include_usage:  # like OpenAI: `usage: null` on every chunk but the last
+            data["usage"] = usage
+        return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+async def _stream_events(
+    request: Request, call: Call, script: Script, reply: _Reply, include_usage: bool
+) -> AsyncIterator[bytes]:
+    """SSE body of a streamed reply; records on `call` how it ended."""
+
+    def event(delta: dict[str, Any] | None, finish: str | None = None) -> bytes:
+        return reply.chunk(delta, finish, include_usage=include_usage)
+
+    disconnected = True  # unless we reach the end or cut on purpose
+    try:
+        if await _pause(request, script.delay_s if script.headers_first else 0.0):
+            return
+        yield event({"role": "assistant", "content": "" if reply.content is not None else None})
+        if script.chunks is not None:
+            pieces = script.chunks
+        else:
+            pieces = re.findall(r"\S+\s*|\s+", reply.content or "")
+        cut = script.cut_stream_after
+        for n, piece in enumerate(pieces if cut is None else pieces[:cut]):
+            if n and await _pause(request, script.chunk_interval_s):
+                return
+            yield event({"content": piece})
+        if cut is not None:
+            disconnected = False
+            raise _StreamCut(f"stream cut after {cut} content chunks")
+        for i, tc in enumerate(reply.tool_calls):
+            args = tc["function"]["arguments"]
+            yield event({"tool_calls": [{"index": i, **tc, "function": {**tc["function"], "arguments": ""}}]})
+            # Split the arguments so clients must reassemble them, as with real servers.
+            for j in range(0, len(args), 8):
+                yield event({"tool_calls": [{"index": i, "function": {"arguments": args[j : j + 8]}}]})
+        yield event({}, reply.finish_reason)
+        if include_usage:
+            yield reply.chunk(None, usage=reply.usage, include_usage=True)
+        yield b"data: [DONE]\n\n"
+        disconnected = False
+    finally:
+        _finish(call, disconnected)
