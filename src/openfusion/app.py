@@ -9,7 +9,6 @@ from pathlib import Path
 
 import httpx
 from fastapi import FastAPI
-from fastapi.responses import ORJSONResponse
 
 from openfusion import __version__
 from openfusion.api import chat, health, models
@@ -59,7 +58,6 @@ def create_app(
         title="openfusion",
         version=__version__,
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
         docs_url=None,
         redoc_url=None,
     )

@@ -6,7 +6,7 @@ import email.utils
 import time
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
-from tenacity.wait import wait_base, wait_exponential_jitter
+from tenacity.wait import wait_base, wait_random_exponential
 
 from openfusion.errors import UpstreamConnectionError, UpstreamStatusError, UpstreamTimeout
 from openfusion.settings import RetrySettings
@@ -41,12 +41,10 @@ def is_retryable(exc: BaseException, settings: RetrySettings) -> bool:
 
 
 class _WaitRetryAfter(wait_base):
-    """Wait what the upstream asked for, else back off exponentially with jitter."""
+    """Wait what the upstream asked for, else back off exponentially with full jitter."""
 
     def __init__(self, settings: RetrySettings) -> None:
-        self._fallback = wait_exponential_jitter(
-            initial=settings.initial_backoff_s, max=settings.max_backoff_s, jitter=settings.initial_backoff_s
-        )
+        self._fallback = wait_random_exponential(multiplier=settings.initial_backoff_s, max=settings.max_backoff_s)
 
     def __call__(self, retry_state: RetryCallState) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None

@@ -1,0 +1,103 @@
+"""End-to-end fixtures: a scripted fake upstream and the real openfusion app, both under real uvicorn."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakes.server import serve_in_thread
+from fakes.upstream import FakeUpstream, Script
+
+from openfusion.app import create_app
+from openfusion.settings import ProviderConfig, Settings
+
+ANALYSIS = {
+    "consensus": ["The sky is blue because of Rayleigh scattering."],
+    "contradictions": [{"topic": "sunsets", "stances": [{"model": "fake/a", "stance": "red"}]}],
+    "partial_coverage": [{"models": ["fake/b"], "point": "ozone"}],
+    "unique_insights": [{"model": "fake/c", "insight": "Mars has blue sunsets."}],
+    "blind_spots": ["Nobody mentioned the eye's sensitivity."],
+}
+
+TRIO = """
+description = "three fake panelists"
+analysis_models = ["fake/a", "fake/b", "fake/c"]
+model = "fake/judge"
+synthesis_model = "fake/synth"
+max_completion_tokens = 1000
+"""
+
+
+def judge_script(analysis: dict[str, Any] | None = None) -> Script:
+    """The fake judge's reply: a valid analysis."""
+    return Script(content=json.dumps(analysis or ANALYSIS))
+
+
+@pytest.fixture(scope="session")
+def fake_upstream() -> Iterator[tuple[FakeUpstream, str]]:
+    fake = FakeUpstream()
+    with serve_in_thread(fake.app) as url:
+        yield fake, url
+
+
+@pytest.fixture
+def upstream(fake_upstream: tuple[FakeUpstream, str]) -> FakeUpstream:
+    """The fake upstream, reset, with a valid judge scripted."""
+    fake, _ = fake_upstream
+    fake.reset()
+    fake.script("judge", judge_script())
+    return fake
+
+
+@pytest.fixture
+def presets_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "presets"
+    directory.mkdir()
+    (directory / "trio.toml").write_text(TRIO)
+    return directory
+
+
+@pytest.fixture
+def make_settings(fake_upstream: tuple[FakeUpstream, str], presets_dir: Path) -> Callable[..., Settings]:
+    _, url = fake_upstream
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "providers": [
+                ProviderConfig(
+                    name="fake", base_url=f"{url}/v1", api_key_env="FAKE_KEY", models=["fake/*"], strip_prefix=True
+                )
+            ],
+            "builtin_providers": False,
+            "presets_dir": presets_dir,
+            "default_preset": "trio",
+            "retry": {"initial_backoff_s": 0, "max_backoff_s": 0},
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def start_server(make_settings: Callable[..., Settings]) -> Callable[..., AbstractContextManager[str]]:
+    """Start openfusion under uvicorn with settings overrides; yields its base URL."""
+
+    @contextmanager
+    def start(**overrides: Any) -> Iterator[str]:
+        app = create_app(make_settings(**overrides), environ={"FAKE_KEY": "sk-provider-secret"})
+        with serve_in_thread(app) as url:
+            yield url
+
+    return start
+
+
+@pytest.fixture
+def server(upstream: FakeUpstream, start_server: Callable[..., AbstractContextManager[str]]) -> Iterator[str]:
+    """openfusion with default test settings, against the reset fake upstream."""
+    with start_server() as url:
+        yield url

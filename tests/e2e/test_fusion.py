@@ -1,0 +1,261 @@
+"""Fusion through the real server, driven by the official openai SDK and raw SSE reads."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from fakes.upstream import FakeUpstream, Script
+
+from .conftest import ANALYSIS
+
+
+def ask(url: str, **kwargs: Any) -> Any:
+    """One request through a fresh official SDK client; streams are read to the end before it closes."""
+    kwargs.setdefault("model", "fusion/trio")
+    kwargs.setdefault("messages", [{"role": "user", "content": "Why is the sky blue?"}])
+    with openai.OpenAI(base_url=f"{url}/v1", api_key="sk-client-key", max_retries=0) as sdk:
+        result = sdk.chat.completions.create(**kwargs)
+        return list(result) if kwargs.get("stream") else result
+
+
+def sse_events(url: str, body: dict[str, Any]) -> list[tuple[float, str]]:
+    """POST a streamed request and return every SSE line (comments included) with its arrival time."""
+    lines: list[tuple[float, str]] = []
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=30) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line:
+                lines.append((time.monotonic(), line))
+    return lines
+
+
+def data_payloads(lines: list[tuple[float, str]]) -> list[Any]:
+    return [
+        json.loads(line[6:]) if line != "data: [DONE]" else "[DONE]" for _, line in lines if line.startswith("data: ")
+    ]
+
+
+def test_fused_answer_through_the_sdk(upstream: FakeUpstream, server: str) -> None:
+    upstream.script("synth", Script(content="Rayleigh scattering.", cost=0.5))
+    upstream.script("a", Script(content="Blue light scatters more.", cost=0.25))
+
+    response = ask(server)
+
+    assert response.choices[0].message.content == "Rayleigh scattering."
+    assert response.choices[0].finish_reason == "stop"
+    assert response.model == "synth"
+    assert response.id.startswith("gen-")
+    # Five upstream calls (3 panel + judge + synthesizer) of 11 + 7 tokens each.
+    assert (response.usage.prompt_tokens, response.usage.completion_tokens, response.usage.total_tokens) == (55, 35, 90)
+    assert response.usage.model_extra["cost"] == pytest.approx(0.75)
+    fusion = response.model_extra["fusion"]
+    assert fusion["preset"] == "trio"
+    assert [p["model"] for p in fusion["panel"]] == ["fake/a", "fake/b", "fake/c"]
+    assert all(p["status"] == "ok" and p["usage"]["total_tokens"] == 18 for p in fusion["panel"])
+    assert fusion["judge"]["model"] == "fake/judge" and fusion["judge"]["status"] == "ok"
+    assert fusion["synthesizer"]["model"] == "fake/synth"
+    assert "analysis" not in fusion and "responses" not in fusion
+
+
+def test_the_panel_runs_concurrently(upstream: FakeUpstream, server: str) -> None:
+    for model in "abc":
+        upstream.script(model, Script(delay_s=0.3))
+
+    ask(server)
+
+    panel = [upstream.calls_for(model)[0] for model in "abc"]
+    assert all(call.finished is not None for call in panel)
+    # Every panelist started before any of them finished: the three calls overlapped.
+    assert max(call.started for call in panel) < min(call.finished for call in panel if call.finished)
+
+
+def test_the_judge_sees_every_answer_and_the_synthesizer_the_analysis(upstream: FakeUpstream, server: str) -> None:
+    for model in "abc":
+        upstream.script(model, Script(content=f"Answer of panelist {model}."))
+    conversation = [
+        {"role": "system", "content": "You answer in French."},
+        {"role": "user", "content": "Why is the sky blue?"},
+        {"role": "assistant", "content": "Shall I explain?"},
+        {"role": "user", "content": "Yes please."},
+    ]
+
+    ask(server, messages=conversation, temperature=0.7, stop=["END"], seed=7, max_tokens=123)
+
+    panel_call = upstream.calls_for("a")[0]
+    assert panel_call.body["messages"] == conversation  # the full conversation, system messages included
+    assert panel_call.body["temperature"] == 0.7
+    judge_call = upstream.calls_for("judge")[0]
+    assert judge_call.body["temperature"] == 0
+    assert judge_call.body["response_format"]["json_schema"]["name"] == "fusion_analysis"
+    judge_prompt = judge_call.body["messages"][-1]["content"]
+    for model in "abc":
+        assert f'<response model="fake/{model}">\nAnswer of panelist {model}.\n</response>' in judge_prompt
+    synth_call = upstream.calls_for("synth")[0]
+    system = synth_call.body["messages"][0]
+    assert system["role"] == "system"
+    assert ANALYSIS["consensus"][0] in system["content"]
+    assert ANALYSIS["unique_insights"][0]["insight"] in system["content"]
+    assert "Answer of panelist b." in system["content"]
+    assert synth_call.body["messages"][1:] == conversation
+    assert synth_call.body["stop"] == ["END"] and synth_call.body["seed"] == 7
+    assert synth_call.body["max_completion_tokens"] == 123
+    assert "authorization" in synth_call.headers
+    assert synth_call.headers["authorization"] == "Bearer sk-provider-secret"
+
+
+def test_streamed_deltas_are_relayed_one_by_one(upstream: FakeUpstream, server: str) -> None:
+    pieces = ["Ray", "leigh ", "scatter", "ing."]
+    upstream.script("synth", Script(chunks=pieces, chunk_interval_s=0.15))
+
+    lines = sse_events(server, {"model": "fusion/trio", "messages": [{"role": "user", "content": "Why?"}]})
+
+    content = [
+        (at, payload["choices"][0]["delta"]["content"])
+        for (at, line), payload in zip(
+            [entry for entry in lines if entry[1].startswith("data: ")], data_payloads(lines), strict=True
+        )
+        if payload != "[DONE]" and payload["choices"] and payload["choices"][0]["delta"].get("content")
+    ]
+    assert [text for _, text in content] == pieces
+    # Each delta reached the client before the upstream produced the next one (0.15 s later): no buffering.
+    gaps = [later - earlier for (earlier, _), (later, _) in zip(content, content[1:], strict=False)]
+    assert min(gaps) > 0.08
+    payloads = data_payloads(lines)
+    assert payloads[-1] == "[DONE]"
+    final = payloads[-2]
+    assert final["choices"] == [] and final["usage"]["total_tokens"] == 90
+    assert final["fusion"]["judge"]["status"] == "ok"
+    assert lines[0][1] == ": OPENFUSION PROCESSING"
+
+
+def test_stream_through_the_sdk_carries_usage_and_fusion(upstream: FakeUpstream, server: str) -> None:
+    upstream.script("synth", Script(chunks=["one ", "two ", "three"]))
+
+    chunks = ask(server, stream=True)
+
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "one two three"
+    assert len({c.id for c in chunks}) == 1
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 90
+    assert chunks[-1].model_extra["fusion"]["synthesizer"]["model"] == "fake/synth"
+
+
+async def test_async_sdk_stream_and_non_stream(upstream: FakeUpstream, server: str) -> None:
+    upstream.script("synth", Script(content="Async answer."))
+    aclient = openai.AsyncOpenAI(base_url=f"{server}/v1", api_key="k", max_retries=0)
+    messages = [{"role": "user", "content": "Hi"}]
+
+    response = await aclient.chat.completions.create(model="fusion/trio", messages=messages)
+    stream = await aclient.chat.completions.create(model="fusion/trio", messages=messages, stream=True)
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+    assert response.choices[0].message.content == "Async answer."
+    assert text == "Async answer."
+    await aclient.close()
+
+
+def test_a_failed_panelist_is_dropped_and_reported(upstream: FakeUpstream, server: str) -> None:
+    upstream.script("b", Script(status=500, error_message="panelist b exploded"))
+
+    response = ask(server)
+
+    fusion = response.model_extra["fusion"]
+    failed = fusion["panel"][1]
+    assert failed["model"] == "fake/b" and failed["status"] == "error"
+    assert failed["error"]["status_code"] == 500 and "panelist b exploded" in failed["error"]["message"]
+    assert len(upstream.calls_for("b")) == 3  # retried by the one policy before giving up
+    judge_prompt = upstream.calls_for("judge")[0].body["messages"][-1]["content"]
+    assert 'model="fake/a"' in judge_prompt and 'model="fake/b"' not in judge_prompt
+    assert response.usage.total_tokens == 18 * 4
+
+
+@pytest.mark.parametrize(
+    ("statuses", "code"),
+    [
+        ((500, 500, 500), "all_panels_failed"),
+        ((500, 429, 500), "rate_limited"),
+        ((402, 500, 500), "insufficient_credits"),
+    ],
+)
+def test_a_panel_that_all_failed_is_a_502(
+    upstream: FakeUpstream, server: str, statuses: tuple[int, ...], code: str
+) -> None:
+    for model, status in zip("abc", statuses, strict=True):
+        upstream.script(model, Script(status=status, retry_after="0" if status == 429 else None))
+
+    with pytest.raises(openai.APIStatusError) as caught:
+        ask(server)
+
+    assert caught.value.status_code == 502
+    error = caught.value.body
+    assert isinstance(error, dict)
+    assert error["code"] == code and error["type"] == "upstream_error"
+    assert {f["model"] for f in error["metadata"]["failed_models"]} == {"fake/a", "fake/b", "fake/c"}
+    assert upstream.calls_for("synth") == [] and upstream.calls_for("judge") == []
+
+
+def test_a_panel_that_all_failed_mid_stream_ends_with_an_error_chunk(upstream: FakeUpstream, server: str) -> None:
+    for model in "abc":
+        upstream.script(model, Script(status=503))
+
+    lines = sse_events(server, {"model": "fusion/trio", "messages": [{"role": "user", "content": "Hi"}]})
+
+    payloads = data_payloads(lines)
+    assert payloads[-1] == "[DONE]"
+    error_chunk = payloads[-2]
+    assert error_chunk["choices"][0]["finish_reason"] == "error"
+    assert error_chunk["error"]["code"] == "all_panels_failed"
+    assert error_chunk["error"]["metadata"]["error_type"]
+
+
+def test_invalid_judge_json_is_repaired_once(upstream: FakeUpstream, server: str) -> None:
+    upstream.script("judge", Script(content="I think they all agree."), Script(content=json.dumps(ANALYSIS)))
+
+    response = ask(server, extra_body={"plugins": [{"id": "fusion", "expose": True}]})
+
+    fusion = response.model_extra["fusion"]
+    assert fusion["judge"]["status"] == "ok"
+    assert fusion["analysis"] == ANALYSIS
+    assert [r["model"] for r in fusion["responses"]] == ["fake/a", "fake/b", "fake/c"]
+    repair = upstream.calls_for("judge")[1].body["messages"]
+    assert repair[-2] == {"role": "assistant", "content": "I think they all agree."}
+    assert "JSON" in repair[-1]["content"]
+
+
+def test_a_judge_that_stays_invalid_degrades_to_synthesis_without_analysis(upstream: FakeUpstream, server: str) -> None:
+    upstream.script("judge", Script(content='{"consensus": "not a list"}'))
+    upstream.script("synth", Script(content="Still answered."))
+
+    response = ask(server)
+
+    assert response.choices[0].message.content == "Still answered."
+    judge = response.model_extra["fusion"]["judge"]
+    assert judge["status"] == "error" and judge["failure_reason"] == "judge_schema_mismatch"
+    assert len(upstream.calls_for("judge")) == 2
+    synth_system = upstream.calls_for("synth")[0].body["messages"][0]["content"]
+    assert "not available" in synth_system and "Answer from a." in synth_system
+
+
+def test_plugin_enabled_false_answers_with_the_synthesizer_alone(upstream: FakeUpstream, server: str) -> None:
+    response = ask(server, extra_body={"plugins": [{"id": "fusion", "enabled": False}]})
+
+    assert response.choices[0].message.content == "Answer from synth."
+    assert [call.model for call in upstream.calls] == ["synth"]
+    assert response.model_extra["fusion"]["panel"] == []
+
+
+def test_keepalive_comments_flow_while_the_panel_is_slow(upstream: FakeUpstream, start_server: Any) -> None:
+    for model in "abc":
+        upstream.script(model, Script(delay_s=1.0))
+
+    with start_server(keepalive_interval_s=0.2) as url:
+        lines = sse_events(url, {"model": "fusion/trio", "messages": [{"role": "user", "content": "Hi"}]})
+
+    first_data = next(i for i, (_, line) in enumerate(lines) if line.startswith("data: "))
+    keepalives = [line for _, line in lines[:first_data] if line == ": OPENFUSION PROCESSING"]
+    assert len(keepalives) >= 3
