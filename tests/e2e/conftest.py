@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream, Script
-
 from openfusion.app import create_app
 from openfusion.settings import ProviderConfig, Settings
 

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+
 from fakes.upstream import FakeUpstream
 
 CHAT = "/v1/chat/completions"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+
 from fakes.upstream import FakeUpstream, Script
 
 from .conftest import ANALYSIS
@@ -124,7 +126,7 @@ def test_streamed_deltas_are_relayed_one_by_one(upstream: FakeUpstream, server: 
     ]
     assert [text for _, text in content] == pieces
     # Each delta reached the client before the upstream produced the next one (0.15 s later): no buffering.
-    gaps = [later - earlier for (earlier, _), (later, _) in zip(content, content[1:], strict=False)]
+    gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(content)]
     assert min(gaps) > 0.08
     payloads = data_payloads(lines)
     assert payloads[-1] == "[DONE]"
