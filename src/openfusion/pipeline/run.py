@@ -84,7 +84,7 @@ async def run_fusion(
     yield RunFinished(
         model=reported_model,
         usage=sum_usage(usages),
-        fusion=fusion_report(plan, results=results, judge=judge, synth_ms=synth_ms),
+        fusion=fusion_report(plan, results=results, judge=judge, synth_ms=synth_ms, synth_usage=synth_usage),
     )
 
 
@@ -127,6 +127,7 @@ def fusion_report(
     results: list[PanelAnswer | PanelFailure],
     judge: JudgeOutcome | None,
     synth_ms: int,
+    synth_usage: Usage,
 ) -> dict[str, Any]:
     """The response's top-level `fusion` object."""
     panel: list[dict[str, Any]] = []
@@ -148,11 +149,13 @@ def fusion_report(
             "model": judge.model,
             "status": "ok" if judge.ok else "error",
             "latency_ms": judge.latency_ms,
+            "attempts": judge.attempts,
+            "usage": sum_usage(judge.usages).render(),
         }
         if judge.failure_reason:
             report["judge"]["failure_reason"] = judge.failure_reason
             report["judge"]["error"] = judge.detail
-    report["synthesizer"] = {"model": plan.synthesizer, "latency_ms": synth_ms}
+    report["synthesizer"] = {"model": plan.synthesizer, "latency_ms": synth_ms, "usage": synth_usage.render()}
     if plan.expose:
         report["analysis"] = judge.analysis.model_dump() if judge and judge.analysis else None
         report["responses"] = [
