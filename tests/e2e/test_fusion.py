@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from fakes.upstream import FakeUpstream, Script
+from fakes.upstream import FakeUpstream, Script, wait_until
 
 from .conftest import ANALYSIS
 
@@ -261,3 +261,31 @@ def test_keepalive_comments_flow_while_the_panel_is_slow(upstream: FakeUpstream,
     first_data = next(i for i, (_, line) in enumerate(lines) if line.startswith("data: "))
     keepalives = [line for _, line in lines[:first_data] if line == ": OPENFUSION PROCESSING"]
     assert len(keepalives) >= 3
+
+
+def test_a_synthesizer_cut_mid_stream_ends_with_an_error_chunk(upstream: FakeUpstream, server: str) -> None:
+    upstream.script("synth", Script(chunks=["one ", "two ", "three"], cut_stream_after=2))
+
+    lines = sse_events(server, {"model": "fusion/trio", "messages": [{"role": "user", "content": "Hi"}]})
+
+    payloads = data_payloads(lines)
+    text = "".join(p["choices"][0]["delta"].get("content") or "" for p in payloads[:-2] if p["choices"])
+    assert text == "one two "
+    assert payloads[-2]["choices"][0]["finish_reason"] == "error"
+    assert payloads[-2]["error"]["code"] in ("upstream_unreachable", "upstream_invalid_response")
+    assert payloads[-1] == "[DONE]"
+
+
+def test_a_client_that_leaves_cancels_the_panel_calls(upstream: FakeUpstream, server: str) -> None:
+    for model in "abc":
+        upstream.script(model, Script(delay_s=5))
+    body = {"model": "fusion/trio", "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=10) as response:
+        first = next(response.iter_lines())
+        assert first == ": OPENFUSION PROCESSING"
+        wait_until(lambda: len(upstream.calls) == 3)
+
+    # The client went away: every upstream call of the run is closed, long before the 5 s answers.
+    wait_until(lambda: all(call.disconnected for call in upstream.calls), timeout=2.0)
+    assert upstream.calls_for("judge") == [] and upstream.calls_for("synth") == []
