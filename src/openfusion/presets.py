@@ -99,8 +99,12 @@ def _load_preset(path: Path) -> Preset:
         data.setdefault("name", path.stem)
         if data["name"] != path.stem:
             raise ConfigError(f"preset {path}: name {data['name']!r} must match the file name {path.stem!r}")
+        if data["name"] != data["name"].lower():
+            raise ConfigError(f"preset {path}: preset names are lower-case (slugs are matched case-insensitively)")
         return Preset(**data)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"preset {path} is not valid TOML: {exc}") from exc
     except ValidationError as exc:
         raise ConfigError(f"preset {path} is invalid:\n{exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"preset {path} cannot be read: {exc}") from exc

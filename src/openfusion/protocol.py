@@ -92,7 +92,7 @@ def parse_usage(raw: Any) -> Usage:
 
     def count(key: str) -> int:
         value = raw.get(key)
-        return value if isinstance(value, int) and value >= 0 else 0
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
     prompt, completion = count("prompt_tokens"), count("completion_tokens")
     total = count("total_tokens") or prompt + completion

@@ -81,6 +81,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             raise ConfigError(f"config file not found: {config_file}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {config_file} cannot be read: {exc}") from exc
     data.update({key: value for key, value in overrides.items() if value is not None})
     try:
         return Settings(**data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -106,6 +107,9 @@ def parse_analysis(raw: str) -> Analysis:
         raise AnalysisError("judge_schema_mismatch", f"the JSON does not match the schema: {problems}") from None
 
 
+_DECODER = json.JSONDecoder()
+
+
 def _extract_object(text: str) -> dict[str, Any] | None:
     candidates = [text, *(match.group(1) for match in _FENCE.finditer(text))]
     start, end = text.find("{"), text.rfind("}")
@@ -117,6 +121,14 @@ def _extract_object(text: str) -> dict[str, Any] | None:
         except orjson.JSONDecodeError:
             continue
         if isinstance(data, dict):
+            return data
+    # Prose with braces of its own: the first embedded object that carries analysis keys.
+    for match in re.finditer(r"\{", text):
+        try:
+            data, _ = _DECODER.raw_decode(text, match.start())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(data, dict) and data.keys() & Analysis.model_fields.keys():
             return data
     # Last resort: a repair pass over the outermost braces (trailing commas, single quotes, cut-off JSON).
     if start >= 0:

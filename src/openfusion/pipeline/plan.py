@@ -112,7 +112,7 @@ def plan_fusion(
         synthesizer = (plugin and plugin.synthesis_model) or request.model
     if plugin is not None and not plugin.enabled:
         panel = []
-    _check_models(registry, prefix=prefix, panel=panel, judge=judge, synthesizer=synthesizer)
+    _check_models(registry, plugin=plugin, prefix=prefix, panel=panel, judge=judge, synthesizer=synthesizer)
     reasoning = plugin.reasoning if plugin and plugin.reasoning else None
     return FusionPlan(
         preset=preset.name,
@@ -198,13 +198,23 @@ def _select_preset(
     return presets[default_preset]
 
 
-def _check_models(registry: ProviderRegistry, *, prefix: str, panel: list[str], judge: str, synthesizer: str) -> None:
+def _check_models(
+    registry: ProviderRegistry,
+    *,
+    plugin: FusionPlugin | None,
+    prefix: str,
+    panel: list[str],
+    judge: str,
+    synthesizer: str,
+) -> None:
     """Every model of the plan must have a provider before anything is sent."""
-    roles = [(f"analysis_models[{i}]", slug) for i, slug in enumerate(panel)]
-    roles += [("model", judge), ("synthesis_model", synthesizer)]
-    for role, slug in roles:
+    roles = [("analysis_models", f"analysis_models[{i}]", slug) for i, slug in enumerate(panel)]
+    roles += [("model", "model", judge), ("synthesis_model", "synthesis_model", synthesizer)]
+    for field_name, path, slug in roles:
         try:
             registry.resolve(slug)
         except ModelNotFound as exc:
-            param = f"{prefix}.{role}" if prefix else "model"
-            raise ModelNotFound(f"{exc.message} (needed as fusion {role.split('[')[0]})", param=param) from None
+            # Name the plugin field only when the client set it; otherwise the model came from the preset.
+            given = plugin is not None and getattr(plugin, field_name) is not None
+            param = f"{prefix}.{path}" if given else "model"
+            raise ModelNotFound(f"{exc.message.rstrip('.')} (needed as fusion {field_name}).", param=param) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
@@ -18,9 +19,11 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -33,10 +36,9 @@ def is_retryable(exc: BaseException, settings: RetrySettings) -> bool:
     if isinstance(exc, UpstreamTimeout | UpstreamConnectionError):
         return True
     if isinstance(exc, UpstreamStatusError) and exc.upstream_status is not None:
-        if exc.upstream_status == 429:
-            # A wait longer than the cap is the caller's decision, not ours.
-            return exc.retry_after is None or exc.retry_after <= settings.max_retry_after_s
-        return exc.upstream_status >= 500
+        if exc.retry_after is not None and exc.retry_after > settings.max_retry_after_s:
+            return False  # a wait longer than the cap is the caller's decision, not ours
+        return exc.upstream_status == 429 or exc.upstream_status >= 500
     return False
 
 
