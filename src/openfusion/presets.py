@@ -12,6 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from openfusion.errors import ConfigError
 
 ModelSlug = Annotated[str, Field(min_length=1, max_length=256)]
+Seconds = Annotated[float, Field(gt=0, le=3600)]
+Fallbacks = Annotated[list[ModelSlug], Field(max_length=4)]
+
+# OpenRouter gives every inner call 300 s; the same generous default here.
+DEFAULT_TIMEOUT_S = 300.0
 
 DEFAULT_TOOLS = ("web_search", "web_fetch")
 
@@ -37,12 +42,24 @@ class Preset(BaseModel):
     max_completion_tokens: int = Field(default=16000, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     tools: list[str] = Field(default_factory=lambda: list(DEFAULT_TOOLS))
+    judge_tools: bool = True
+    # Resilience: per-stage time limits, the panel quorum, and fallback models.
+    panel_timeout_s: Seconds = DEFAULT_TIMEOUT_S
+    panel_deadline_s: Seconds | None = None
+    min_successful: int = Field(default=1, ge=1, le=8)
+    judge_timeout_s: Seconds = DEFAULT_TIMEOUT_S
+    synth_timeout_s: Seconds = DEFAULT_TIMEOUT_S
+    judge_fallbacks: Fallbacks = Field(default_factory=list)
+    synthesis_fallbacks: Fallbacks = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _no_fusion_inside(self) -> Preset:
-        for slug in [*self.analysis_models, self.model, self.synthesis_model or ""]:
+    def _consistent(self) -> Preset:
+        slugs = [*self.analysis_models, self.model, self.synthesis_model or ""]
+        for slug in slugs + self.judge_fallbacks + self.synthesis_fallbacks:
             if is_fusion_slug(slug):
                 raise ValueError(f"a preset cannot use the fusion model {slug!r} inside itself")
+        if self.min_successful > len(self.analysis_models):
+            raise ValueError("min_successful cannot exceed the number of analysis_models")
         return self
 
     @property

@@ -255,8 +255,9 @@ def test_keepalive_comments_flow_while_the_panel_is_slow(upstream: FakeUpstream,
     for model in "abc":
         upstream.script(model, Script(delay_s=1.0))
 
+    body = {"model": "fusion/trio", "messages": [{"role": "user", "content": "Hi"}], "reasoning": {"exclude": True}}
     with start_server(keepalive_interval_s=0.2) as url:
-        lines = sse_events(url, {"model": "fusion/trio", "messages": [{"role": "user", "content": "Hi"}]})
+        lines = sse_events(url, body)
 
     first_data = next(i for i, (_, line) in enumerate(lines) if line.startswith("data: "))
     keepalives = [line for _, line in lines[:first_data] if line == ": OPENFUSION PROCESSING"]
@@ -282,10 +283,45 @@ def test_a_client_that_leaves_cancels_the_panel_calls(upstream: FakeUpstream, se
     body = {"model": "fusion/trio", "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
 
     with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=10) as response:
-        first = next(response.iter_lines())
-        assert first == ": OPENFUSION PROCESSING"
+        lines = response.iter_lines()  # keep the iterator: a collected one closes the response
+        assert next(lines) == ": OPENFUSION PROCESSING"
         wait_until(lambda: len(upstream.calls) == 3)
 
     # The client went away: every upstream call of the run is closed, long before the 5 s answers.
     wait_until(lambda: all(call.disconnected for call in upstream.calls), timeout=2.0)
     assert upstream.calls_for("judge") == [] and upstream.calls_for("synth") == []
+
+
+def test_progress_is_streamed_as_reasoning_deltas(upstream: FakeUpstream, server: str) -> None:
+    upstream.script("a", Script(delay_s=0.2))
+    upstream.script("b", Script(status=429, retry_after="0"))
+    upstream.script("c", Script(delay_s=0.6))
+
+    lines = sse_events(server, {"model": "fusion/trio", "messages": [{"role": "user", "content": "Hi"}]})
+
+    progress = [
+        (at, p["choices"][0]["delta"]["reasoning"])
+        for (at, _), p in zip([e for e in lines if e[1].startswith("data: ")], data_payloads(lines), strict=True)
+        if p != "[DONE]" and p["choices"] and "reasoning" in p["choices"][0]["delta"]
+    ]
+    texts = [text for _, text in progress]
+    assert texts[0] == "Asking 3 models: fake/a, fake/b, fake/c.\n"
+    assert any(t.startswith("fake/a answered in") for t in texts)
+    assert any(t.startswith("fake/b failed after") and "HTTP 429" in t for t in texts)
+    assert texts.index(next(t for t in texts if t.startswith("fake/a"))) < texts.index(
+        next(t for t in texts if t.startswith("fake/c"))
+    )
+    assert "fake/judge is comparing the answers.\n" in texts
+    assert any(t.startswith("Analysis ready") for t in texts)
+    assert "fake/synth is writing the answer.\n" in texts
+    # Each panelist's line went out when it finished, not when the panel did: a's line came well before c's.
+    at = {text.split(" ")[0]: when for when, text in progress}
+    assert at["fake/c"] - at["fake/a"] > 0.2
+
+
+def test_reasoning_exclude_turns_progress_off(upstream: FakeUpstream, server: str) -> None:
+    body = {"model": "fusion/trio", "messages": [{"role": "user", "content": "Hi"}], "reasoning": {"exclude": True}}
+
+    payloads = data_payloads(sse_events(server, body))
+
+    assert not any(p != "[DONE]" and p["choices"] and "reasoning" in p["choices"][0]["delta"] for p in payloads)

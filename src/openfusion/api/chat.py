@@ -44,6 +44,7 @@ async def chat_completions(request: Request, state: State) -> Response:
             generation_id=generation_id,
             model=plan.synthesizer,
             keepalive_interval=state.settings.keepalive_interval_s,
+            progress=not (chat.reasoning or {}).get("exclude", False),
         )
         return StreamingResponse(body, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
     result = await complete_fusion(events, generation_id=generation_id)

@@ -11,6 +11,7 @@ from typing import Any
 
 from openfusion.errors import OpenFusionError
 from openfusion.pipeline.events import Event, RunFinished, SynthesisChunk, SynthesisMessage
+from openfusion.pipeline.progress import describe
 from openfusion.protocol import chunk_body, completion_body
 from openfusion.sse import DONE, KEEPALIVE, encode, error_chunk
 
@@ -57,16 +58,29 @@ async def with_keepalive(events: AsyncIterator[Event], interval: float) -> Async
 
 
 async def stream_fusion(
-    events: AsyncIterator[Event], *, generation_id: str, model: str, keepalive_interval: float
+    events: AsyncIterator[Event],
+    *,
+    generation_id: str,
+    model: str,
+    keepalive_interval: float,
+    progress: bool = True,
 ) -> AsyncIterator[bytes]:
-    """The SSE body of a streamed fusion response."""
+    """The SSE body of a streamed fusion response; progress goes out as `delta.reasoning` text."""
     created = int(time.time())
     current_model = model
+    role_sent = False
     yield KEEPALIVE  # headers and a first line at once: clients and proxies see the request is alive
     try:
         async for event in with_keepalive(events, keepalive_interval):
             if event is None:
                 yield KEEPALIVE
+            elif progress and (text := describe(event)) is not None:
+                delta = {"reasoning": text} if role_sent else {"role": "assistant", "reasoning": text}
+                role_sent = True
+                choice = {"index": 0, "delta": delta, "finish_reason": None}
+                yield encode(
+                    chunk_body(generation_id=generation_id, model=current_model, created=created, choices=[choice])
+                )
             elif isinstance(event, SynthesisChunk):
                 chunk = event.chunk
                 current_model = chunk.get("model") or current_model

@@ -39,6 +39,15 @@ class PanelStarted:
 
 
 @dataclass
+class PanelDeadline:
+    """The panel deadline passed with a quorum: the stragglers are dropped."""
+
+    deadline_s: float
+    answered: int
+    dropped: list[str]
+
+
+@dataclass
 class PanelistDone:
     result: PanelAnswer | PanelFailure
 
@@ -46,6 +55,13 @@ class PanelistDone:
 @dataclass
 class JudgeStarted:
     model: str
+    attempt: int = 1  # 2 and more: a fallback judge
+
+
+@dataclass
+class SynthesisStarted:
+    model: str
+    attempt: int = 1  # 2 and more: a fallback synthesizer
 
 
 @dataclass
@@ -89,4 +105,14 @@ class RunFinished:
     fusion: dict[str, Any]
 
 
-Event = PanelStarted | PanelistDone | JudgeStarted | JudgeOutcome | SynthesisChunk | SynthesisMessage | RunFinished
+Event = (
+    PanelStarted
+    | PanelistDone
+    | PanelDeadline
+    | JudgeStarted
+    | JudgeOutcome
+    | SynthesisStarted
+    | SynthesisChunk
+    | SynthesisMessage
+    | RunFinished
+)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -21,6 +22,7 @@ async def analyse(
     answers: list[PanelAnswer],
     reasoning: dict[str, Any] | None,
     max_completion_tokens: int,
+    timeout_s: float,
 ) -> JudgeOutcome:
     """Ask the judge for the analysis; at most one repair call; failures become a reason, not an error."""
     started = time.perf_counter()
@@ -36,7 +38,12 @@ async def analyse(
     for attempt in range(2):
         outcome.attempts = attempt + 1
         try:
-            completion = await upstream.complete(model, {**base, "messages": messages})
+            async with asyncio.timeout(timeout_s):
+                completion = await upstream.complete(model, {**base, "messages": messages})
+        except TimeoutError:
+            outcome.failure_reason = "judge_upstream_error"
+            outcome.detail = f"{model} did not answer within judge_timeout_s ({timeout_s:g} s)"
+            break
         except OpenFusionError as exc:
             outcome.failure_reason, outcome.detail = "judge_upstream_error", exc.message
             break

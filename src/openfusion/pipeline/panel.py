@@ -1,4 +1,4 @@
-"""The panel: every analysis model answers the conversation concurrently; failures are values."""
+"""The panel: every analysis model answers concurrently; failures are values; a deadline bounds the wait."""
 
 from __future__ import annotations
 
@@ -8,17 +8,21 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from openfusion.errors import OpenFusionError, UpstreamError
-from openfusion.pipeline.events import PanelAnswer, PanelFailure
+from openfusion.pipeline.events import PanelAnswer, PanelDeadline, PanelFailure
 from openfusion.upstream.client import UpstreamClient
 
 
 async def ask_panelist(
-    upstream: UpstreamClient, model: str, body: dict[str, Any], *, label: str
+    upstream: UpstreamClient, model: str, body: dict[str, Any], *, label: str, timeout_s: float
 ) -> PanelAnswer | PanelFailure:
     """One panelist's answer, or its failure; never raises for an upstream problem."""
     started = time.perf_counter()
     try:
-        completion = await upstream.complete(model, body)
+        async with asyncio.timeout(timeout_s):
+            completion = await upstream.complete(model, body)
+    except TimeoutError:
+        message = f"{model} did not answer within panel_timeout_s ({timeout_s:g} s)"
+        return PanelFailure(model, message, _ms(started), code="timeout", label=label)
     except OpenFusionError as exc:
         status = exc.upstream_status if isinstance(exc, UpstreamError) else None
         return PanelFailure(model, exc.message, _ms(started), status_code=status, code=exc.code, label=label)
@@ -40,20 +44,53 @@ def panel_labels(models: list[str]) -> list[str]:
 
 
 async def collect_answers(
-    upstream: UpstreamClient, *, models: list[str], body: dict[str, Any]
-) -> AsyncIterator[PanelAnswer | PanelFailure]:
-    """Ask every panelist at once; yield each result as it lands. Leaving early cancels the rest."""
-    tasks = [
-        asyncio.create_task(ask_panelist(upstream, model, body, label=label), name=f"panel:{label}")
+    upstream: UpstreamClient,
+    *,
+    models: list[str],
+    body: dict[str, Any],
+    timeout_s: float,
+    deadline_s: float | None = None,
+    min_successful: int = 1,
+) -> AsyncIterator[PanelAnswer | PanelFailure | PanelDeadline]:
+    """Ask every panelist at once and yield each result as it lands.
+
+    Once `deadline_s` has passed and at least `min_successful` answers are in, the stragglers are
+    cancelled and reported as timeouts. Leaving early cancels every call still running.
+    """
+    started = time.perf_counter()
+    running: dict[asyncio.Task[PanelAnswer | PanelFailure], tuple[str, str]] = {
+        asyncio.create_task(
+            ask_panelist(upstream, model, body, label=label, timeout_s=timeout_s), name=f"panel:{label}"
+        ): (model, label)
         for model, label in zip(models, panel_labels(models), strict=True)
-    ]
+    }
+    answered = 0
     try:
-        for next_done in asyncio.as_completed(tasks):
-            yield await next_done
+        while running:
+            elapsed = time.perf_counter() - started
+            past_deadline = deadline_s is not None and elapsed >= deadline_s
+            if past_deadline and answered >= min_successful:
+                break
+            wait = None if deadline_s is None or past_deadline else deadline_s - elapsed
+            done, _ = await asyncio.wait(running, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                del running[task]
+                result = task.result()
+                answered += isinstance(result, PanelAnswer)
+                yield result
+        if running:
+            assert deadline_s is not None
+            yield PanelDeadline(
+                deadline_s=deadline_s, answered=answered, dropped=[label for _, label in running.values()]
+            )
+            for task, (model, label) in list(running.items()):
+                task.cancel()
+                message = f"{model} was still running at panel_deadline_s ({deadline_s:g} s): cancelled"
+                yield PanelFailure(model, message, _ms(started), code="timeout", label=label)
     finally:
-        for task in tasks:
+        for task in running:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
 
 
 def _ms(started: float) -> int:

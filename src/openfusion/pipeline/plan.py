@@ -8,7 +8,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from openfusion.errors import InvalidRequest, ModelNotFound, invalid_request_from
-from openfusion.presets import ModelSlug, Preset, is_fusion_slug, preset_name_for
+from openfusion.presets import (
+    DEFAULT_TIMEOUT_S,
+    Fallbacks,
+    ModelSlug,
+    Preset,
+    Seconds,
+    is_fusion_slug,
+    preset_name_for,
+)
 from openfusion.protocol import ChatRequest
 from openfusion.upstream.providers import ProviderRegistry
 
@@ -46,6 +54,29 @@ class FusionPlugin(BaseModel):
     expose: bool = False
     enabled: bool = True
     tools: list[Any] | None = None
+    judge_tools: bool | None = None
+    panel_timeout_s: Seconds | None = None
+    panel_deadline_s: Seconds | None = None
+    min_successful: int | None = Field(default=None, ge=1, le=8)
+    judge_timeout_s: Seconds | None = None
+    synth_timeout_s: Seconds | None = None
+    judge_fallbacks: Fallbacks | None = None
+    synthesis_fallbacks: Fallbacks | None = None
+
+
+# Plugin fields that name models, checked by the recursion guard and for a provider.
+_MODEL_FIELDS = ("analysis_models", "model", "synthesis_model", "judge_fallbacks", "synthesis_fallbacks")
+# Plugin fields that simply override the preset's value of the same name.
+_OVERRIDES = (
+    "max_tool_calls",
+    "max_completion_tokens",
+    "judge_tools",
+    "panel_timeout_s",
+    "panel_deadline_s",
+    "min_successful",
+    "judge_timeout_s",
+    "synth_timeout_s",
+)
 
 
 class _SamplingChecks(BaseModel):
@@ -66,14 +97,28 @@ class FusionPlan:
 
     preset: str | None
     panel: list[str]
-    judge: str
-    synthesizer: str
-    max_tool_calls: int
-    max_completion_tokens: int
-    temperature: float | None
-    reasoning: dict[str, Any] | None
-    expose: bool
+    judges: list[str]  # the judge, then its fallbacks
+    synthesizers: list[str]  # the synthesizer, then its fallbacks
+    max_tool_calls: int = 4
+    max_completion_tokens: int = 16000
+    temperature: float | None = None
+    reasoning: dict[str, Any] | None = None
+    expose: bool = False
     tools: list[Any] = field(default_factory=list)
+    judge_tools: bool = True
+    panel_timeout_s: float = DEFAULT_TIMEOUT_S
+    panel_deadline_s: float | None = None
+    min_successful: int = 1
+    judge_timeout_s: float = DEFAULT_TIMEOUT_S
+    synth_timeout_s: float = DEFAULT_TIMEOUT_S
+
+    @property
+    def judge(self) -> str:
+        return self.judges[0]
+
+    @property
+    def synthesizer(self) -> str:
+        return self.synthesizers[0]
 
     @property
     def enabled(self) -> bool:
@@ -100,32 +145,37 @@ def plan_fusion(
         return None
     _check_sampling(request)
     preset = _select_preset(request, plugin, index, presets=presets, default_preset=default_preset)
-    prefix = f"plugins[{index}]" if index is not None else ""
-    panel = list(plugin.analysis_models) if plugin and plugin.analysis_models else list(preset.analysis_models)
+    given = plugin.model_dump(exclude_none=True) if plugin else {}
+    panel = list(given.get("analysis_models", preset.analysis_models))
     if fusion_slug:
-        judge = (plugin and plugin.model) or preset.model
-        synthesizer = (
-            (plugin and plugin.synthesis_model) or preset.synthesis_model or (plugin and plugin.model) or preset.model
-        )
+        judge = given.get("model", preset.model)
+        synthesizer = given.get("synthesis_model") or preset.synthesis_model or judge
     else:  # the plugin on the caller's own model: that model judges (unless set) and writes the answer
-        judge = (plugin and plugin.model) or request.model
-        synthesizer = (plugin and plugin.synthesis_model) or request.model
+        judge = given.get("model", request.model)
+        synthesizer = given.get("synthesis_model", request.model)
     if plugin is not None and not plugin.enabled:
         panel = []
-    _check_models(registry, plugin=plugin, prefix=prefix, panel=panel, judge=judge, synthesizer=synthesizer)
-    reasoning = plugin.reasoning if plugin and plugin.reasoning else None
-    return FusionPlan(
+    overrides = {name: given.get(name, getattr(preset, name)) for name in _OVERRIDES}
+    if panel and overrides["min_successful"] > len(panel):
+        param = f"plugins[{index}].min_successful" if "min_successful" in given else "model"
+        raise InvalidRequest(
+            f"Invalid value for '{param}': min_successful ({overrides['min_successful']}) exceeds the "
+            f"panel size ({len(panel)}).",
+            param=param,
+        )
+    plan = FusionPlan(
         preset=preset.name,
         panel=panel,
-        judge=judge,
-        synthesizer=synthesizer,
-        max_tool_calls=(plugin and plugin.max_tool_calls) or preset.max_tool_calls,
-        max_completion_tokens=(plugin and plugin.max_completion_tokens) or preset.max_completion_tokens,
+        judges=[judge, *given.get("judge_fallbacks", preset.judge_fallbacks)],
+        synthesizers=[synthesizer, *given.get("synthesis_fallbacks", preset.synthesis_fallbacks)],
         temperature=_first(plugin and plugin.temperature, request.temperature, preset.temperature),
-        reasoning=reasoning.model_dump(exclude_none=True) if reasoning else request.reasoning,
+        reasoning=given.get("reasoning", request.reasoning),
         expose=bool(plugin and plugin.expose),
         tools=list(plugin.tools) if plugin and plugin.tools is not None else list(preset.tools),
+        **overrides,
     )
+    _check_models(registry, plan, given=given, prefix=f"plugins[{index}]")
+    return plan
 
 
 def _first(*values: float | None) -> float | None:
@@ -140,7 +190,7 @@ def _parse_plugin(request: ChatRequest, index: int | None) -> FusionPlugin | Non
         plugin = FusionPlugin.model_validate(request.plugins[index])
     except ValidationError as exc:
         raise invalid_request_from(exc, prefix=f"plugins[{index}]") from None
-    for field_name in ("analysis_models", "model", "synthesis_model"):
+    for field_name in _MODEL_FIELDS:
         value = getattr(plugin, field_name)
         for position, slug in enumerate(value if isinstance(value, list) else [value]):
             if slug is not None and is_fusion_slug(slug):
@@ -198,23 +248,16 @@ def _select_preset(
     return presets[default_preset]
 
 
-def _check_models(
-    registry: ProviderRegistry,
-    *,
-    plugin: FusionPlugin | None,
-    prefix: str,
-    panel: list[str],
-    judge: str,
-    synthesizer: str,
-) -> None:
+def _check_models(registry: ProviderRegistry, plan: FusionPlan, *, given: dict[str, Any], prefix: str) -> None:
     """Every model of the plan must have a provider before anything is sent."""
-    roles = [("analysis_models", f"analysis_models[{i}]", slug) for i, slug in enumerate(panel)]
-    roles += [("model", "model", judge), ("synthesis_model", "synthesis_model", synthesizer)]
+    roles = [("analysis_models", f"analysis_models[{i}]", slug) for i, slug in enumerate(plan.panel)]
+    roles += [("model", "model", plan.judge), ("synthesis_model", "synthesis_model", plan.synthesizer)]
+    roles += [("judge_fallbacks", f"judge_fallbacks[{i}]", s) for i, s in enumerate(plan.judges[1:])]
+    roles += [("synthesis_fallbacks", f"synthesis_fallbacks[{i}]", s) for i, s in enumerate(plan.synthesizers[1:])]
     for field_name, path, slug in roles:
         try:
             registry.resolve(slug)
         except ModelNotFound as exc:
             # Name the plugin field only when the client set it; otherwise the model came from the preset.
-            given = plugin is not None and getattr(plugin, field_name) is not None
-            param = f"{prefix}.{path}" if given else "model"
+            param = f"{prefix}.{path}" if field_name in given else "model"
             raise ModelNotFound(f"{exc.message.rstrip('.')} (needed as fusion {field_name}).", param=param) from None

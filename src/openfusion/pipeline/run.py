@@ -12,79 +12,97 @@ from openfusion.pipeline.events import (
     JudgeOutcome,
     JudgeStarted,
     PanelAnswer,
+    PanelDeadline,
     PanelFailure,
     PanelistDone,
     PanelStarted,
     RunFinished,
     SynthesisChunk,
     SynthesisMessage,
+    SynthesisStarted,
 )
 from openfusion.pipeline.judge import analyse
 from openfusion.pipeline.panel import collect_answers, panel_labels
 from openfusion.pipeline.plan import FusionPlan
 from openfusion.pipeline.prompts import Messages, synthesis_messages
-from openfusion.pipeline.synthesize import synthesis_body
-from openfusion.protocol import ChatRequest, Usage, parse_usage, sum_usage
+from openfusion.pipeline.report import fusion_report
+from openfusion.pipeline.synthesize import MessageAccumulator, SynthesisStream, synthesis_body
+from openfusion.protocol import ChatRequest, sum_usage
 from openfusion.upstream.client import UpstreamClient
 
 
 async def run_fusion(
     *, upstream: UpstreamClient, plan: FusionPlan, request: ChatRequest, stream: bool
 ) -> AsyncIterator[Event]:
-    """Run one fusion request. Raises FusionFailed when no panelist answered."""
+    """Run one fusion request. Raises FusionFailed when the panel has too few answers."""
     conversation: Messages = [message.model_dump(exclude_none=True) for message in request.messages]
     results: list[PanelAnswer | PanelFailure] = []
-    judge: JudgeOutcome | None = None
-    answers: list[PanelAnswer] = []
+    judges: list[JudgeOutcome] = []
     if plan.enabled:
         yield PanelStarted(list(plan.panel))
-        async for result in collect_answers(upstream, models=plan.panel, body=_panel_body(plan, conversation)):
+        async for result in collect_answers(
+            upstream,
+            models=plan.panel,
+            body=_panel_body(plan, conversation),
+            timeout_s=plan.panel_timeout_s,
+            deadline_s=plan.panel_deadline_s,
+            min_successful=plan.min_successful,
+        ):
+            if isinstance(result, PanelDeadline):
+                yield result
+                continue
             results.append(result)
             yield PanelistDone(result)
         labels = panel_labels(plan.panel)
         results.sort(key=lambda r: labels.index(r.label))  # panel order, not arrival order
         answers = [r for r in results if isinstance(r, PanelAnswer)]
-        if not answers:
-            raise all_panels_failed([r for r in results if isinstance(r, PanelFailure)])
-        yield JudgeStarted(plan.judge)
-        judge = await analyse(
-            upstream,
-            model=plan.judge,
-            conversation=conversation,
-            answers=answers,
-            reasoning=plan.reasoning,
-            max_completion_tokens=plan.max_completion_tokens,
-        )
-        yield judge
+        if len(answers) < plan.min_successful:
+            raise panel_failed([r for r in results if isinstance(r, PanelFailure)], answers, plan.min_successful)
+        for attempt, model in enumerate(plan.judges, start=1):
+            yield JudgeStarted(model, attempt)
+            outcome = await analyse(
+                upstream,
+                model=model,
+                conversation=conversation,
+                answers=answers,
+                reasoning=plan.reasoning,
+                max_completion_tokens=plan.max_completion_tokens,
+                timeout_s=plan.judge_timeout_s,
+            )
+            judges.append(outcome)
+            yield outcome
+            if outcome.ok:
+                break
+        analysis = judges[-1].analysis
         messages = synthesis_messages(
-            conversation=conversation,
-            analysis=judge.analysis,
-            answers=[(a.label, a.content) for a in answers],
+            conversation=conversation, analysis=analysis, answers=[(a.label, a.content) for a in answers]
         )
     else:
         messages = conversation
-    body = synthesis_body(request, plan, messages)
+    synthesis = SynthesisStream(
+        upstream,
+        models=plan.synthesizers,
+        body=synthesis_body(request, plan, messages),
+        first_token_timeout_s=plan.synth_timeout_s,
+    )
     started = time.perf_counter()
-    synth_usage = Usage()
-    reported_model = plan.synthesizer
-    if stream:
-        async with upstream.stream(plan.synthesizer, body) as chunks:
-            async for chunk in chunks:
-                reported_model = chunk.get("model") or reported_model
-                if chunk.get("usage"):
-                    synth_usage = parse_usage(chunk["usage"])
-                if chunk.get("choices"):
-                    yield SynthesisChunk(chunk)
-    else:
-        completion = await upstream.complete(plan.synthesizer, body)
-        synth_usage, reported_model = completion.usage, completion.model
-        yield SynthesisMessage(completion.message, completion.finish_reason)
+    accumulator = MessageAccumulator()
+    async for item in synthesis.chunks():
+        if isinstance(item, SynthesisStarted):
+            yield item
+        elif stream:
+            yield SynthesisChunk(item)
+        else:
+            accumulator.feed(item)
+    if not stream:
+        yield SynthesisMessage(accumulator.message(), accumulator.finish_reason)
     synth_ms = round((time.perf_counter() - started) * 1000)
-    usages = [a.usage for a in answers] + (judge.usages if judge else []) + [synth_usage]
+    usages = [r.usage for r in results if isinstance(r, PanelAnswer)]
+    usages += [usage for judge in judges for usage in judge.usages] + [synthesis.usage]
     yield RunFinished(
-        model=reported_model,
+        model=synthesis.reported_model or synthesis.model,
         usage=sum_usage(usages),
-        fusion=fusion_report(plan, results=results, judge=judge, synth_ms=synth_ms, synth_usage=synth_usage),
+        fusion=fusion_report(plan, results=results, judges=judges, synthesis=synthesis, synth_ms=synth_ms),
     )
 
 
@@ -97,10 +115,13 @@ def _panel_body(plan: FusionPlan, conversation: Messages) -> dict[str, Any]:
     }
 
 
-def all_panels_failed(failures: list[PanelFailure]) -> FusionFailed:
-    """The error for a panel with no answer, coded by the most actionable cause."""
+def panel_failed(failures: list[PanelFailure], answers: list[PanelAnswer], min_successful: int) -> FusionFailed:
+    """The error for a panel without enough answers, coded by the most actionable cause."""
     statuses = {f.status_code for f in failures}
-    if 402 in statuses:
+    if answers:
+        code = "insufficient_quorum"
+        what = f"only {len(answers)} of the {min_successful} answers the quorum needs arrived"
+    elif 402 in statuses:
         code, what = "insufficient_credits", "a provider reported insufficient credits (402)"
     elif 429 in statuses:
         code, what = "rate_limited", "a provider rate-limited the request (429)"
@@ -118,47 +139,6 @@ def _failure_entry(failure: PanelFailure) -> dict[str, Any]:
     entry: dict[str, Any] = {"model": failure.model, "error": failure.message}
     if failure.status_code is not None:
         entry["status_code"] = failure.status_code
+    if failure.code == "timeout":
+        entry["reason"] = "timeout"
     return entry
-
-
-def fusion_report(
-    plan: FusionPlan,
-    *,
-    results: list[PanelAnswer | PanelFailure],
-    judge: JudgeOutcome | None,
-    synth_ms: int,
-    synth_usage: Usage,
-) -> dict[str, Any]:
-    """The response's top-level `fusion` object."""
-    panel: list[dict[str, Any]] = []
-    for result in results:
-        if isinstance(result, PanelAnswer):
-            panel.append(
-                {"model": result.model, "status": "ok", "latency_ms": result.latency_ms, "usage": result.usage.render()}
-            )
-        else:
-            error: dict[str, Any] = {"message": result.message}
-            if result.status_code is not None:
-                error["status_code"] = result.status_code
-            panel.append({"model": result.model, "status": "error", "latency_ms": result.latency_ms, "error": error})
-    report: dict[str, Any] = {"preset": plan.preset, "panel": panel}
-    if judge is None:
-        report["judge"] = {"model": plan.judge, "status": "skipped"}
-    else:
-        report["judge"] = {
-            "model": judge.model,
-            "status": "ok" if judge.ok else "error",
-            "latency_ms": judge.latency_ms,
-            "attempts": judge.attempts,
-            "usage": sum_usage(judge.usages).render(),
-        }
-        if judge.failure_reason:
-            report["judge"]["failure_reason"] = judge.failure_reason
-            report["judge"]["error"] = judge.detail
-    report["synthesizer"] = {"model": plan.synthesizer, "latency_ms": synth_ms, "usage": synth_usage.render()}
-    if plan.expose:
-        report["analysis"] = judge.analysis.model_dump() if judge and judge.analysis else None
-        report["responses"] = [
-            {"model": r.label or r.model, "content": r.content} for r in results if isinstance(r, PanelAnswer)
-        ]
-    return report

@@ -1,12 +1,18 @@
-"""The synthesizer's request: the client's own generation settings on top of the fused prompt."""
+"""The synthesizer: its request, and its stream with fallbacks while nothing has been relayed yet."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
+from openfusion.errors import OpenFusionError, UpstreamTimeout
+from openfusion.pipeline.events import SynthesisStarted
 from openfusion.pipeline.plan import FusionPlan
 from openfusion.pipeline.prompts import Messages
-from openfusion.protocol import ChatRequest
+from openfusion.protocol import ChatRequest, Usage, parse_usage
+from openfusion.upstream.client import UpstreamClient
 
 # Client fields that shape the final answer and so go to the synthesizer as given.
 _CLIENT_FIELDS = (
@@ -35,3 +41,111 @@ def synthesis_body(request: ChatRequest, plan: FusionPlan, messages: Messages) -
     body["messages"] = messages
     body["max_completion_tokens"] = request.max_completion_tokens or request.max_tokens or plan.max_completion_tokens
     return body
+
+
+class SynthesisStream:
+    """The synthesizer's chunks; the next model is tried while no chunk has been relayed."""
+
+    def __init__(
+        self, upstream: UpstreamClient, *, models: list[str], body: dict[str, Any], first_token_timeout_s: float
+    ) -> None:
+        self._upstream = upstream
+        self._models = models
+        self._body = body
+        self._timeout = first_token_timeout_s
+        self.usage = Usage()
+        self.model = models[0]  # the slug that answered
+        self.reported_model: str | None = None  # what its upstream called itself
+        self.failures: list[tuple[str, str]] = []  # (model, why) for each synthesizer that failed
+
+    async def chunks(self) -> AsyncIterator[SynthesisStarted | dict[str, Any]]:
+        """Progress markers and the upstream chunks that carry choices, in order."""
+        for attempt, model in enumerate(self._models, start=1):
+            yield SynthesisStarted(model, attempt)
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    async with asyncio.timeout(self._timeout):
+                        chunks = await stack.enter_async_context(self._upstream.stream(model, self._body))
+                        first = await anext(chunks)
+                except (OpenFusionError, TimeoutError, StopAsyncIteration) as exc:
+                    error = _as_error(exc, model, self._timeout)
+                    self.failures.append((model, error.message))
+                    if attempt == len(self._models):
+                        raise error from None
+                    continue
+                self.model = model
+                # From here on bytes reach the client: a failure ends the stream, no fallback.
+                if self._observe(first):
+                    yield first
+                async for chunk in chunks:
+                    if self._observe(chunk):
+                        yield chunk
+                return
+
+    def _observe(self, chunk: dict[str, Any]) -> bool:
+        self.reported_model = chunk.get("model") or self.reported_model
+        if chunk.get("usage"):
+            self.usage = parse_usage(chunk["usage"])
+        return bool(chunk.get("choices"))
+
+
+def _as_error(exc: BaseException, model: str, timeout_s: float) -> OpenFusionError:
+    if isinstance(exc, OpenFusionError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        message = f"{model} sent no token within synth_timeout_s ({timeout_s:g} s)"
+        return UpstreamTimeout(message, model=model, provider="")
+    return OpenFusionError(f"{model} returned an empty stream", code="upstream_invalid_response")
+
+
+class MessageAccumulator:
+    """Builds a whole assistant message from streamed deltas (content, reasoning, tool calls, annotations)."""
+
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.refusal: list[str] = []
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.annotations: list[Any] = []
+        self.finish_reason: str | None = None
+
+    def feed(self, chunk: dict[str, Any]) -> None:
+        for choice in chunk.get("choices") or []:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+            delta = choice.get("delta") or {}
+            for key, parts in (("content", self.content), ("refusal", self.refusal)):
+                if isinstance(delta.get(key), str):
+                    parts.append(delta[key])
+            text = delta.get("reasoning") or delta.get("reasoning_content")
+            if isinstance(text, str):
+                self.reasoning.append(text)
+            self.annotations.extend(delta.get("annotations") or [])
+            for call in delta.get("tool_calls") or []:
+                self._feed_tool_call(call)
+
+    def _feed_tool_call(self, call: dict[str, Any]) -> None:
+        entry = self.tool_calls.setdefault(
+            call.get("index", len(self.tool_calls)),
+            {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+        )
+        entry["id"] = call.get("id") or entry["id"]
+        entry["type"] = call.get("type") or entry["type"]
+        function = call.get("function") or {}
+        entry["function"]["name"] += function.get("name") or ""
+        entry["function"]["arguments"] += function.get("arguments") or ""
+
+    def message(self) -> dict[str, Any]:
+        """The assistant message as a non-streamed response carries it."""
+        content = "".join(self.content)
+        message: dict[str, Any] = {"role": "assistant", "content": content if content or not self.tool_calls else None}
+        if self.tool_calls:
+            message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+        if self.reasoning:
+            message["reasoning"] = "".join(self.reasoning)
+        if self.refusal:
+            message["refusal"] = "".join(self.refusal)
+        if self.annotations:
+            message["annotations"] = self.annotations
+        return message

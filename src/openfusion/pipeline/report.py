@@ -1,0 +1,68 @@
+"""The response's top-level `fusion` object: what ran, what failed and why, and what it cost."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from openfusion.pipeline.events import JudgeOutcome, PanelAnswer, PanelFailure
+from openfusion.pipeline.plan import FusionPlan
+from openfusion.pipeline.synthesize import SynthesisStream
+from openfusion.protocol import sum_usage
+
+
+def _panel_entry(result: PanelAnswer | PanelFailure) -> dict[str, Any]:
+    if isinstance(result, PanelAnswer):
+        return {"model": result.model, "status": "ok", "latency_ms": result.latency_ms, "usage": result.usage.render()}
+    error: dict[str, Any] = {"message": result.message}
+    if result.status_code is not None:
+        error["status_code"] = result.status_code
+    if result.code:
+        error["code"] = result.code
+    return {"model": result.model, "status": "error", "latency_ms": result.latency_ms, "error": error}
+
+
+def _judge_entry(plan: FusionPlan, judges: list[JudgeOutcome]) -> dict[str, Any]:
+    if not judges:
+        return {"model": plan.judge, "status": "skipped"}
+    last = judges[-1]
+    entry: dict[str, Any] = {
+        "model": last.model,
+        "status": "ok" if last.ok else "error",
+        "latency_ms": sum(j.latency_ms for j in judges),
+        "attempts": sum(j.attempts for j in judges),
+        "usage": sum_usage([u for j in judges for u in j.usages]).render(),
+    }
+    if not last.ok:
+        entry["failure_reason"] = last.failure_reason
+        entry["error"] = last.detail
+    if len(judges) > 1:
+        entry["fallbacks"] = [
+            {"model": j.model, "failure_reason": j.failure_reason, "error": j.detail} for j in judges[:-1]
+        ]
+    return entry
+
+
+def fusion_report(
+    plan: FusionPlan,
+    *,
+    results: list[PanelAnswer | PanelFailure],
+    judges: list[JudgeOutcome],
+    synthesis: SynthesisStream,
+    synth_ms: int,
+) -> dict[str, Any]:
+    """The `fusion` object of a finished run."""
+    report: dict[str, Any] = {
+        "preset": plan.preset,
+        "panel": [_panel_entry(result) for result in results],
+        "judge": _judge_entry(plan, judges),
+        "synthesizer": {"model": synthesis.model, "latency_ms": synth_ms, "usage": synthesis.usage.render()},
+    }
+    if synthesis.failures:
+        report["synthesizer"]["fallbacks"] = [{"model": m, "error": why} for m, why in synthesis.failures]
+    if plan.expose:
+        analysis = judges[-1].analysis if judges else None
+        report["analysis"] = analysis.model_dump() if analysis else None
+        report["responses"] = [
+            {"model": r.label or r.model, "content": r.content} for r in results if isinstance(r, PanelAnswer)
+        ]
+    return report
