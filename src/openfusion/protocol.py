@@ -40,6 +40,12 @@ class ChatRequest(WireModel):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     n: int | None = None
+    # OpenRouter's fallback list for pass-through requests: tried in order after `model`.
+    models: list[str] | None = Field(default=None, max_length=8)
+
+    def candidate_models(self) -> list[str]:
+        """`model`, then the `models` fallbacks not already tried."""
+        return [self.model, *(m for m in self.models or [] if m != self.model)]
 
     @field_validator("stop")
     @classmethod

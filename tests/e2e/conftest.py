@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -92,6 +93,40 @@ def start_server(make_settings: Callable[..., Settings]) -> Callable[..., Abstra
         app = create_app(make_settings(**overrides), environ={"FAKE_KEY": "sk-provider-secret"})
         with serve_in_thread(app) as url:
             yield url
+
+    return start
+
+
+class LoopProbe:
+    """An ASGI wrapper that remembers the server's event loop, to inspect its tasks from the test thread."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self.app(scope, receive, send)
+
+    def task_names(self) -> list[str]:
+        """Names of the tasks alive on the server loop right now."""
+        assert self.loop is not None
+
+        async def names() -> list[str]:
+            return [task.get_name() for task in asyncio.all_tasks()]
+
+        return asyncio.run_coroutine_threadsafe(names(), self.loop).result(timeout=5)
+
+
+@pytest.fixture
+def start_probed_server(make_settings: Callable[..., Settings]) -> Callable[..., AbstractContextManager[Any]]:
+    """Like start_server, yielding (url, LoopProbe)."""
+
+    @contextmanager
+    def start(**overrides: Any) -> Iterator[tuple[str, LoopProbe]]:
+        probe = LoopProbe(create_app(make_settings(**overrides), environ={"FAKE_KEY": "sk-provider-secret"}))
+        with serve_in_thread(probe) as url:
+            yield url, probe
 
     return start
 

@@ -51,6 +51,7 @@ class Script:
     raw_body: bytes | None = None
     cut_stream_after: int | None = None
     reject_response_format: set[str] | None = None
+    reset: bool = False  # drop the connection right after the status line: no body at all
 
 
 @dataclass
@@ -225,6 +226,8 @@ class FakeUpstream:
             _finish(call, disconnected=True)
             return Response(status_code=204)  # nobody is listening any more
 
+        if script.reset:
+            return _ClosingStreamingResponse(_reset_body(call), media_type="application/json")
         if rejected:
             return _error(400, f"response_format type '{fmt}' is not supported by {model}", background=done)
         if script.raw_body is not None:
@@ -280,6 +283,13 @@ class _Reply:
         if include_usage:  # like OpenAI: `usage: null` on every chunk but the last
             data["usage"] = usage
         return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+async def _reset_body(call: Call) -> AsyncIterator[bytes]:
+    """A body that breaks off before its first byte (uvicorn then drops the connection)."""
+    _finish(call)
+    raise _StreamCut("connection reset on purpose")
+    yield b""  # pragma: no cover - makes this an async generator
 
 
 async def _stream_events(

@@ -37,6 +37,9 @@ def parse_chat_request(raw: bytes) -> tuple[ChatRequest, dict[str, Any]]:
         raise InvalidRequest(f"The request body is not valid JSON: {exc.msg}.", param="body") from None
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.", param="body")
+    models = data.get("models")
+    if "model" not in data and isinstance(models, list) and models and isinstance(models[0], str):
+        data = {**data, "model": models[0]}  # OpenRouter allows `models` alone: the first is the primary
     try:
         return ChatRequest.model_validate(data), data
     except ValidationError as exc:

@@ -30,8 +30,9 @@ async def with_keepalive(events: AsyncIterator[Event], interval: float) -> Async
 
     async def pump() -> None:
         try:
-            async for event in events:
-                await queue.put(event)
+            async with contextlib.aclosing(events):  # a cancelled run closes its upstream calls now
+                async for event in events:
+                    await queue.put(event)
         except Exception as exc:  # handed to the consumer, which renders it
             await queue.put(exc)
         else:
@@ -110,16 +111,17 @@ async def complete_fusion(events: AsyncIterator[Event], *, generation_id: str) -
     """The chat.completion body of a non-streamed fusion response."""
     message: dict[str, Any] = {"role": "assistant", "content": ""}
     finish_reason: str | None = None
-    async for event in events:
-        if isinstance(event, SynthesisMessage):
-            message, finish_reason = event.message, event.finish_reason
-        elif isinstance(event, RunFinished):
-            return completion_body(
-                generation_id=generation_id,
-                model=event.model,
-                message=message,
-                finish_reason=finish_reason,
-                usage=event.usage,
-                extra={"fusion": event.fusion},
-            )
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if isinstance(event, SynthesisMessage):
+                message, finish_reason = event.message, event.finish_reason
+            elif isinstance(event, RunFinished):
+                return completion_body(
+                    generation_id=generation_id,
+                    model=event.model,
+                    message=message,
+                    finish_reason=finish_reason,
+                    usage=event.usage,
+                    extra={"fusion": event.fusion},
+                )
     raise OpenFusionError("The fusion run ended without an answer.", code="internal_error")

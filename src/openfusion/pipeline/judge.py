@@ -26,7 +26,7 @@ async def analyse(
 ) -> JudgeOutcome:
     """Ask the judge for the analysis; at most one repair call; failures become a reason, not an error."""
     started = time.perf_counter()
-    messages = judge_messages(conversation=conversation, answers=[(a.model, a.content) for a in answers])
+    messages = judge_messages(conversation=conversation, answers=[(a.label or a.model, a.content) for a in answers])
     usages: list[Usage] = []
     base = {
         "temperature": 0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -40,19 +41,21 @@ async def run_fusion(
     judges: list[JudgeOutcome] = []
     if plan.enabled:
         yield PanelStarted(list(plan.panel))
-        async for result in collect_answers(
+        panel = collect_answers(
             upstream,
             models=plan.panel,
             body=_panel_body(plan, conversation),
             timeout_s=plan.panel_timeout_s,
             deadline_s=plan.panel_deadline_s,
             min_successful=plan.min_successful,
-        ):
-            if isinstance(result, PanelDeadline):
-                yield result
-                continue
-            results.append(result)
-            yield PanelistDone(result)
+        )
+        async with contextlib.aclosing(panel):  # leaving early closes every panel call at once
+            async for result in panel:
+                if isinstance(result, PanelDeadline):
+                    yield result
+                    continue
+                results.append(result)
+                yield PanelistDone(result)
         labels = panel_labels(plan.panel)
         results.sort(key=lambda r: labels.index(r.label))  # panel order, not arrival order
         answers = [r for r in results if isinstance(r, PanelAnswer)]
@@ -87,13 +90,15 @@ async def run_fusion(
     )
     started = time.perf_counter()
     accumulator = MessageAccumulator()
-    async for item in synthesis.chunks():
-        if isinstance(item, SynthesisStarted):
-            yield item
-        elif stream:
-            yield SynthesisChunk(item)
-        else:
-            accumulator.feed(item)
+    chunks = synthesis.chunks()
+    async with contextlib.aclosing(chunks):  # leaving early closes the synthesizer's stream at once
+        async for item in chunks:
+            if isinstance(item, SynthesisStarted):
+                yield item
+            elif stream:
+                yield SynthesisChunk(item)
+            else:
+                accumulator.feed(item)
     if not stream:
         yield SynthesisMessage(accumulator.message(), accumulator.finish_reason)
     synth_ms = round((time.perf_counter() - started) * 1000)

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import orjson
-from httpx_sse import EventSource
+from httpx_sse import EventSource, SSEError
 
 from openfusion.errors import (
     UpstreamConnectionError,
@@ -127,7 +127,7 @@ class UpstreamClient:
         except UpstreamStatusError as exc:
             if exc.body is None or exc.upstream_status is None:
                 raise
-            return Forwarded(exc.upstream_status, _relayable(exc.headers or {}), _once(exc.body), None)
+            return Forwarded(exc.upstream_status, _relayable(exc.headers or {}), _once(_masked(route, exc.body)), None)
         body_iter = _guard(route, response.aiter_bytes())
         return Forwarded(response.status_code, _relayable(response.headers), body_iter, response)
 
@@ -195,6 +195,8 @@ async def _chunks(route: Route, response: httpx.Response) -> AsyncIterator[dict[
                 isinstance(c, dict) and c.get("finish_reason") for c in chunk.get("choices") or []
             )
             yield chunk
+    except SSEError:
+        raise _protocol_error(route, "the streamed response is not an event stream") from None
     except httpx.HTTPError as exc:
         raise _transport_error(route, exc, during="the stream") from None
     if not finished:
@@ -240,8 +242,12 @@ def _protocol_error(route: Route, what: str) -> UpstreamProtocolError:
 
 def _transport_error(route: Route, exc: httpx.HTTPError, *, during: str = "the request") -> UpstreamError:
     cause = exc.__cause__
+    # httpx-aiohttp reports every aiohttp connection error as ConnectTimeout: only there the cause decides.
     timed_out = isinstance(exc, httpx.TimeoutException) and (
-        cause is None or isinstance(cause, TimeoutError) or type(cause).__name__.endswith("Timeout")
+        not isinstance(exc, httpx.ConnectTimeout)
+        or cause is None
+        or isinstance(cause, TimeoutError)
+        or type(cause).__name__.endswith("Timeout")
     )
     kind = UpstreamTimeout if timed_out else UpstreamConnectionError
     what = "timed out" if timed_out else "could not be reached"
@@ -267,6 +273,12 @@ def _status_error(route: Route, response: httpx.Response, raw: bytes) -> Upstrea
     error.body = raw
     error.headers = dict(response.headers)
     return error
+
+
+def _masked(route: Route, body: bytes) -> bytes:
+    """An upstream error body with the provider's key (should the provider echo it) replaced by ***."""
+    key = route.provider.api_key
+    return body.replace(key.get_secret_value().encode(), b"***") if key is not None else body
 
 
 def _relayable(headers: Mapping[str, str]) -> dict[str, str]:

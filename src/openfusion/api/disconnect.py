@@ -1,0 +1,45 @@
+"""Cancel a request's work when its client goes away (Starlette only does this for streamed bodies)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from fastapi import Request
+
+from openfusion.errors import OpenFusionError
+
+T = TypeVar("T")
+
+
+class ClientDisconnected(OpenFusionError):
+    """The client closed the connection before the answer was ready; the run was cancelled."""
+
+    status_code = 499
+    error_type = "client_closed_request"
+    code = "cancelled"
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await `work` (after the body was read); if the client disconnects first, cancel it at once."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                task.cancel()
+                return
+
+    watcher = asyncio.create_task(watch(), name="disconnect-watch")
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():  # the watcher saw the client leave
+            raise ClientDisconnected("The client closed the connection; the request was cancelled.") from None
+        raise
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
