@@ -11,6 +11,7 @@ from pathlib import Path
 
 from openfusion import __version__
 from openfusion.errors import ConfigError
+from openfusion.evaluation.command import add_eval_arguments, run_eval
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,6 +25,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--presets", type=Path, default=None, help="directory of extra or overriding preset files")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    evaluate = commands.add_parser(
+        "eval",
+        help="grade models on DRACO-format tasks through a running openfusion",
+        description="Answer DRACO-format tasks with each model through a running openfusion, grade every rubric "
+        "criterion with a grader model, and write report.md and a score-vs-cost chart.",
+    )
+    add_eval_arguments(evaluate)
     return parser
 
 
@@ -47,7 +55,7 @@ def serve(args: argparse.Namespace) -> int:
         port=args.port,
         log_level=args.log_level,
         access_log=not args.no_access_log,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
     return 0
 
@@ -57,4 +65,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "eval":
+        return run_eval(args)
     return 1

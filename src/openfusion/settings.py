@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     builtin_providers: bool = True
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     keepalive_interval_s: float = Field(default=2.0, gt=0)
+    # On SIGTERM: stop accepting, let in-flight requests finish this long, then cancel them.
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
 

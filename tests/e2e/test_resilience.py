@@ -269,3 +269,12 @@ def test_fault_matrix(upstream: FakeUpstream, start_probed_server: Any, stage: s
         # Nothing is left behind: no task of ours on the server loop, no upstream call still open.
         wait_until(lambda: not [n for n in probe.task_names() if n.startswith(OUR_TASKS)])
         wait_until(lambda: all(c.finished is not None or c.disconnected for c in upstream.calls))
+
+
+def test_a_retry_after_beyond_the_cap_returns_the_429_at_once(upstream: FakeUpstream, server: str) -> None:
+    upstream.script("plain", Script(status=429, retry_after="3600", error_message="slow down"))
+
+    response = httpx.post(f"{server}{CHAT}", json={"model": "fake/plain", "messages": HI}, timeout=10)
+
+    assert response.status_code == 429 and response.headers["retry-after"] == "3600"
+    assert len(upstream.calls_for("plain")) == 1  # not waited for, not retried
