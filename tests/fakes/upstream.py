@@ -52,6 +52,8 @@ class Script:
     cut_stream_after: int | None = None
     reject_response_format: set[str] | None = None
     reset: bool = False  # drop the connection right after the status line: no body at all
+    reject_status: int = 400  # llama.cpp's server answers a json_schema response_format with HTTP 500
+    stream_usage: bool = True  # False: never send a usage chunk, even when asked (llama.cpp's server)
 
 
 @dataclass
@@ -229,7 +231,8 @@ class FakeUpstream:
         if script.reset:
             return _ClosingStreamingResponse(_reset_body(call), media_type="application/json")
         if rejected:
-            return _error(400, f"response_format type '{fmt}' is not supported by {model}", background=done)
+            message = f"response_format type '{fmt}': Input should be 'text' or 'json_object'"
+            return _error(script.reject_status, message, background=done)
         if script.raw_body is not None:
             media = "text/event-stream" if call.stream else "application/json"
             return Response(script.raw_body, script.status, media_type=media, background=done)
@@ -241,7 +244,7 @@ class FakeUpstream:
         reply = _Reply(script, model, f"chatcmpl-fake-{next(self._ids)}")
         if not streaming:
             return _json(reply.completion(), background=done)
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        include_usage = script.stream_usage and bool((body.get("stream_options") or {}).get("include_usage"))
         events = _stream_events(request, call, script, reply, include_usage)
         return _ClosingStreamingResponse(events, headers={"cache-control": "no-cache"}, media_type="text/event-stream")
 

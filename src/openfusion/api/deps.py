@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from openfusion.pipeline.structured import DialectMemory
 from openfusion.presets import Preset
 from openfusion.settings import Settings
 from openfusion.upstream.client import UpstreamClient
@@ -21,6 +22,7 @@ class AppState:
     registry: ProviderRegistry
     presets: dict[str, Preset]
     upstream: UpstreamClient
+    dialects: DialectMemory = field(default_factory=DialectMemory)
 
 
 def get_state(request: Request) -> AppState:

@@ -75,6 +75,7 @@ class JudgeOutcome:
     detail: str | None = None
     usages: list[Usage] = field(default_factory=list)
     attempts: int = 0
+    dialect: str | None = None  # how structured output was asked for (see pipeline.structured)
 
     @property
     def ok(self) -> bool:

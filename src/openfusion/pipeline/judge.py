@@ -6,12 +6,31 @@ import asyncio
 import time
 from typing import Any
 
-from openfusion.errors import OpenFusionError
-from openfusion.pipeline.analysis import RESPONSE_FORMAT, AnalysisError, parse_analysis
+from openfusion.errors import OpenFusionError, UpstreamStatusError
+from openfusion.pipeline.analysis import AnalysisError, parse_analysis
 from openfusion.pipeline.events import JudgeOutcome, PanelAnswer
 from openfusion.pipeline.prompts import Messages, judge_messages, judge_repair_messages
+from openfusion.pipeline.structured import DialectMemory, rejects_response_format, response_format
 from openfusion.protocol import Usage
-from openfusion.upstream.client import UpstreamClient
+from openfusion.upstream.client import Completion, UpstreamClient
+
+
+async def ask_for_json(
+    upstream: UpstreamClient, model: str, body: dict[str, Any], *, dialects: DialectMemory
+) -> tuple[Completion, str]:
+    """A completion asked for schema-shaped JSON, stepping down the dialects the provider refuses."""
+    provider = upstream.registry.resolve(model).provider.name
+    candidates = dialects.candidates(provider)
+    for dialect in candidates:
+        try:
+            completion = await upstream.complete(model, {**body, "response_format": response_format(dialect)})
+        except UpstreamStatusError as exc:
+            if dialect == candidates[-1] or not rejects_response_format(exc):
+                raise
+            dialects.rejected(provider, dialect)
+            continue
+        return completion, dialect
+    raise AssertionError("unreachable: the last dialect sends no response_format")
 
 
 async def analyse(
@@ -23,23 +42,21 @@ async def analyse(
     reasoning: dict[str, Any] | None,
     max_completion_tokens: int,
     timeout_s: float,
+    dialects: DialectMemory,
 ) -> JudgeOutcome:
     """Ask the judge for the analysis; at most one repair call; failures become a reason, not an error."""
     started = time.perf_counter()
     messages = judge_messages(conversation=conversation, answers=[(a.label or a.model, a.content) for a in answers])
     usages: list[Usage] = []
-    base = {
-        "temperature": 0,
-        "reasoning": reasoning,
-        "max_completion_tokens": max_completion_tokens,
-        "response_format": RESPONSE_FORMAT,
-    }
+    base = {"temperature": 0, "reasoning": reasoning, "max_completion_tokens": max_completion_tokens}
     outcome = JudgeOutcome(model=model, latency_ms=0, usages=usages)
     for attempt in range(2):
         outcome.attempts = attempt + 1
         try:
             async with asyncio.timeout(timeout_s):
-                completion = await upstream.complete(model, {**base, "messages": messages})
+                completion, outcome.dialect = await ask_for_json(
+                    upstream, model, {**base, "messages": messages}, dialects=dialects
+                )
         except TimeoutError:
             outcome.failure_reason = "judge_upstream_error"
             outcome.detail = f"{model} did not answer within judge_timeout_s ({timeout_s:g} s)"

@@ -32,6 +32,8 @@ def _judge_entry(plan: FusionPlan, judges: list[JudgeOutcome]) -> dict[str, Any]
         "attempts": sum(j.attempts for j in judges),
         "usage": sum_usage([u for j in judges for u in j.usages]).render(),
     }
+    if last.dialect:
+        entry["structured_output"] = last.dialect
     if not last.ok:
         entry["failure_reason"] = last.failure_reason
         entry["error"] = last.detail
@@ -55,7 +57,13 @@ def fusion_report(
         "preset": plan.preset,
         "panel": [_panel_entry(result) for result in results],
         "judge": _judge_entry(plan, judges),
-        "synthesizer": {"model": synthesis.model, "latency_ms": synth_ms, "usage": synthesis.usage.render()},
+        "synthesizer": {
+            "model": synthesis.model,
+            "latency_ms": synth_ms,
+            "usage": synthesis.usage.render() if synthesis.usage_known else None,
+        },
+        # False when an upstream did not report its usage: the summed `usage` then leaves it out.
+        "usage_complete": synthesis.usage_known,
     }
     if synthesis.failures:
         report["synthesizer"]["fallbacks"] = [{"model": m, "error": why} for m, why in synthesis.failures]

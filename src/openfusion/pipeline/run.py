@@ -27,16 +27,23 @@ from openfusion.pipeline.panel import collect_answers, panel_labels
 from openfusion.pipeline.plan import FusionPlan
 from openfusion.pipeline.prompts import Messages, synthesis_messages
 from openfusion.pipeline.report import fusion_report
+from openfusion.pipeline.structured import DialectMemory
 from openfusion.pipeline.synthesize import MessageAccumulator, SynthesisStream, synthesis_body
 from openfusion.protocol import ChatRequest, sum_usage
 from openfusion.upstream.client import UpstreamClient
 
 
 async def run_fusion(
-    *, upstream: UpstreamClient, plan: FusionPlan, request: ChatRequest, stream: bool
+    *,
+    upstream: UpstreamClient,
+    plan: FusionPlan,
+    request: ChatRequest,
+    stream: bool,
+    dialects: DialectMemory | None = None,
 ) -> AsyncIterator[Event]:
     """Run one fusion request. Raises FusionFailed when the panel has too few answers."""
     conversation: Messages = [message.model_dump(exclude_none=True) for message in request.messages]
+    dialects = dialects or DialectMemory()
     results: list[PanelAnswer | PanelFailure] = []
     judges: list[JudgeOutcome] = []
     if plan.enabled:
@@ -71,6 +78,7 @@ async def run_fusion(
                 reasoning=plan.reasoning,
                 max_completion_tokens=plan.max_completion_tokens,
                 timeout_s=plan.judge_timeout_s,
+                dialects=dialects,
             )
             judges.append(outcome)
             yield outcome
@@ -87,6 +95,7 @@ async def run_fusion(
         models=plan.synthesizers,
         body=synthesis_body(request, plan, messages),
         first_token_timeout_s=plan.synth_timeout_s,
+        client_streams=stream,
     )
     started = time.perf_counter()
     accumulator = MessageAccumulator()

@@ -47,13 +47,21 @@ class SynthesisStream:
     """The synthesizer's chunks; the next model is tried while no chunk has been relayed."""
 
     def __init__(
-        self, upstream: UpstreamClient, *, models: list[str], body: dict[str, Any], first_token_timeout_s: float
+        self,
+        upstream: UpstreamClient,
+        *,
+        models: list[str],
+        body: dict[str, Any],
+        first_token_timeout_s: float,
+        client_streams: bool = True,
     ) -> None:
         self._upstream = upstream
         self._models = models
         self._body = body
         self._timeout = first_token_timeout_s
+        self._client_streams = client_streams
         self.usage = Usage()
+        self.usage_known = False  # some servers (llama.cpp) never report usage in a stream
         self.model = models[0]  # the slug that answered
         self.reported_model: str | None = None  # what its upstream called itself
         self.failures: list[tuple[str, str]] = []  # (model, why) for each synthesizer that failed
@@ -65,7 +73,7 @@ class SynthesisStream:
             async with contextlib.AsyncExitStack() as stack:
                 try:
                     async with asyncio.timeout(self._timeout):
-                        chunks = await stack.enter_async_context(self._upstream.stream(model, self._body))
+                        chunks = await self._open(model, stack)
                         first = await anext(chunks)
                 except (OpenFusionError, TimeoutError, StopAsyncIteration) as exc:
                     error = _as_error(exc, model, self._timeout)
@@ -82,10 +90,26 @@ class SynthesisStream:
                         yield chunk
                 return
 
+    async def _open(self, model: str, stack: contextlib.AsyncExitStack) -> AsyncIterator[dict[str, Any]]:
+        # Streaming upstream keeps long answers clear of read timeouts; but a provider that reports no
+        # usage in streams is asked without one when the client does not stream, so its usage is known.
+        if self._client_streams or self._upstream.registry.resolve(model).provider.config.stream_usage:
+            return await stack.enter_async_context(self._upstream.stream(model, self._body))
+        return self._complete_as_chunk(model)
+
+    async def _complete_as_chunk(self, model: str) -> AsyncIterator[dict[str, Any]]:
+        completion = await self._upstream.complete(model, self._body)
+        choice = {"index": 0, "delta": completion.message, "finish_reason": completion.finish_reason}
+        chunk: dict[str, Any] = {"model": completion.model, "choices": [choice]}
+        if completion.usage_reported:
+            chunk["usage"] = completion.usage.render()
+        yield chunk
+
     def _observe(self, chunk: dict[str, Any]) -> bool:
         self.reported_model = chunk.get("model") or self.reported_model
         if chunk.get("usage"):
             self.usage = parse_usage(chunk["usage"])
+            self.usage_known = True
         return bool(chunk.get("choices"))
 
 

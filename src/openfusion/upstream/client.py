@@ -35,6 +35,7 @@ class Completion:
     message: dict[str, Any]
     finish_reason: str | None
     usage: Usage
+    usage_reported: bool = True
 
     @property
     def content(self) -> str:
@@ -101,6 +102,7 @@ class UpstreamClient:
             message=message,
             finish_reason=choice.get("finish_reason"),
             usage=parse_usage(data.get("usage")),
+            usage_reported=isinstance(data.get("usage"), dict),
         )
 
     @contextlib.asynccontextmanager
