@@ -1,4 +1,4 @@
-"""The app factory: `create_app(settings)` builds the FastAPI app; its lifespan owns the upstream client."""
+"""The app factory: `create_app(settings)` builds the FastAPI app; its lifespan owns the clients and stores."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 from fastapi import FastAPI
+from pydantic import SecretStr
 
 from openfusion import __version__
 from openfusion.api import chat, health, models
@@ -19,6 +20,20 @@ from openfusion.presets import load_presets, shipped_presets_dir
 from openfusion.settings import Settings, load_settings
 from openfusion.upstream.client import UpstreamClient, build_http_client
 from openfusion.upstream.providers import ProviderRegistry
+from openfusion.upstream.web import WebResearch, build_fetch_client
+
+
+async def _web_research(
+    settings: Settings, environ: Mapping[str, str], http: httpx.AsyncClient, resources: contextlib.AsyncExitStack
+) -> WebResearch | None:
+    """The panel's web tools: search through the shared client, fetch through its own hardened client."""
+    config = settings.research
+    if config.search is None and not config.fetch.enabled:
+        return None
+    key_env = config.search.key_env if config.search else None
+    key = environ.get(key_env, "").strip() if key_env else ""
+    fetch_http = await resources.enter_async_context(build_fetch_client()) if config.fetch.enabled else None
+    return WebResearch.from_config(config, http=http, fetch_http=fetch_http, api_key=SecretStr(key) if key else None)
 
 
 def create_app(
@@ -41,18 +56,16 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        http = http_client or build_http_client(settings.http)
-        app.state.openfusion = AppState(
-            settings=settings,
-            registry=registry,
-            presets=presets,
-            upstream=UpstreamClient(http, registry, settings.retry),
-        )
-        try:
+        async with contextlib.AsyncExitStack() as resources:
+            http = http_client or await resources.enter_async_context(build_http_client(settings.http))
+            app.state.openfusion = AppState(
+                settings=settings,
+                registry=registry,
+                presets=presets,
+                upstream=UpstreamClient(http, registry, settings.retry),
+                research=await _web_research(settings, environ, http, resources),
+            )
             yield
-        finally:
-            if http_client is None:
-                await http.aclose()
 
     app = FastAPI(
         title="openfusion",

@@ -5,11 +5,12 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from openfusion.errors import ConfigError
+from openfusion.upstream.web.tools import normalize_tools
 
 ModelSlug = Annotated[str, Field(min_length=1, max_length=256)]
 Seconds = Annotated[float, Field(gt=0, le=3600)]
@@ -41,7 +42,7 @@ class Preset(BaseModel):
     max_tool_calls: int = Field(default=4, ge=1, le=16)
     max_completion_tokens: int = Field(default=16000, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
-    tools: list[str] = Field(default_factory=lambda: list(DEFAULT_TOOLS))
+    tools: list[str | dict[str, Any]] = Field(default_factory=lambda: list(DEFAULT_TOOLS))
     judge_tools: bool = True
     # Resilience: per-stage time limits, the panel quorum, and fallback models.
     panel_timeout_s: Seconds = DEFAULT_TIMEOUT_S
@@ -60,6 +61,7 @@ class Preset(BaseModel):
                 raise ValueError(f"a preset cannot use the fusion model {slug!r} inside itself")
         if self.min_successful > len(self.analysis_models):
             raise ValueError("min_successful cannot exceed the number of analysis_models")
+        normalize_tools(self.tools)  # unknown tool names are a configuration error
         return self
 
     @property

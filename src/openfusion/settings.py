@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from openfusion.errors import ConfigError
+from openfusion.upstream.web.config import ResearchConfig
 
 
 class ProviderConfig(BaseModel):
@@ -71,6 +72,7 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    research: ResearchConfig = Field(default_factory=ResearchConfig)
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -107,7 +107,7 @@ def test_fusion_slug_selects_preset(slug: str, preset: str) -> None:
     assert result.synthesizer == expected.synthesizer
     assert result.max_tool_calls == expected.max_tool_calls
     assert result.max_completion_tokens == expected.max_completion_tokens
-    assert result.tools == expected.tools
+    assert result.tools == frozenset(expected.tools)
     assert result.enabled
     assert result.expose is False
 
@@ -183,7 +183,7 @@ def test_plugin_overrides_everything() -> None:
     assert result.temperature == 0.7
     assert result.reasoning == {"effort": "high"}
     assert result.expose is True
-    assert result.tools == []
+    assert result.tools == frozenset()
 
 
 def test_plugin_model_is_judge_and_default_synthesizer() -> None:

@@ -31,7 +31,14 @@ async def chat_completions(request: Request, state: State) -> Response:
         return await cancel_on_disconnect(request, pass_through(state, chat, data))
     generation_id = new_generation_id()
     headers = {"X-Generation-Id": generation_id}
-    events = run_fusion(upstream=state.upstream, plan=plan, request=chat, stream=chat.stream, dialects=state.dialects)
+    events = run_fusion(
+        upstream=state.upstream,
+        plan=plan,
+        request=chat,
+        stream=chat.stream,
+        dialects=state.dialects,
+        research=state.research,
+    )
     if chat.stream:
         body = stream_fusion(
             events,

@@ -12,6 +12,7 @@ from openfusion.presets import Preset
 from openfusion.settings import Settings
 from openfusion.upstream.client import UpstreamClient
 from openfusion.upstream.providers import ProviderRegistry
+from openfusion.upstream.web import WebResearch
 
 
 @dataclass
@@ -22,6 +23,7 @@ class AppState:
     registry: ProviderRegistry
     presets: dict[str, Preset]
     upstream: UpstreamClient
+    research: WebResearch | None = None
     dialects: DialectMemory = field(default_factory=DialectMemory)
 
 

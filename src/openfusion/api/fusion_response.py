@@ -89,14 +89,14 @@ async def stream_fusion(
                 chunk.pop("usage", None)  # the summed usage comes in the last chunk
                 yield encode(chunk)
             elif isinstance(event, RunFinished):
-                yield encode(
-                    chunk_body(
-                        generation_id=generation_id,
-                        model=event.model,
-                        created=created,
-                        choices=[],
-                        extra={"usage": event.usage.render(), "fusion": event.fusion},
+                if event.annotations:  # citations of the streamed answer, known once it is complete
+                    choice = {"index": 0, "delta": {"annotations": event.annotations}, "finish_reason": None}
+                    yield encode(
+                        chunk_body(generation_id=generation_id, model=event.model, created=created, choices=[choice])
                     )
+                extra = {"usage": usage_body(event), "fusion": event.fusion}
+                yield encode(
+                    chunk_body(generation_id=generation_id, model=event.model, created=created, choices=[], extra=extra)
                 )
     except OpenFusionError as exc:
         yield encode(error_chunk(exc, generation_id=generation_id, model=current_model, created=created))
@@ -105,6 +105,14 @@ async def stream_fusion(
         error = OpenFusionError("Internal server error.", code="internal_error")
         yield encode(error_chunk(error, generation_id=generation_id, model=current_model, created=created))
     yield DONE
+
+
+def usage_body(event: RunFinished) -> dict[str, Any]:
+    """The response's `usage`: summed tokens and cost, plus the research counts when there was research."""
+    usage = event.usage.render()
+    if event.server_tool_use:
+        usage["server_tool_use_details"] = event.server_tool_use
+    return usage
 
 
 async def complete_fusion(events: AsyncIterator[Event], *, generation_id: str) -> dict[str, Any]:
@@ -116,7 +124,7 @@ async def complete_fusion(events: AsyncIterator[Event], *, generation_id: str) -
             if isinstance(event, SynthesisMessage):
                 message, finish_reason = event.message, event.finish_reason
             elif isinstance(event, RunFinished):
-                return completion_body(
+                body = completion_body(
                     generation_id=generation_id,
                     model=event.model,
                     message=message,
@@ -124,4 +132,6 @@ async def complete_fusion(events: AsyncIterator[Event], *, generation_id: str) -
                     usage=event.usage,
                     extra={"fusion": event.fusion},
                 )
+                body["usage"] = usage_body(event)
+                return body
     raise OpenFusionError("The fusion run ended without an answer.", code="internal_error")

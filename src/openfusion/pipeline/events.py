@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from openfusion.pipeline.analysis import Analysis
+from openfusion.pipeline.research import ResearchLog
 from openfusion.protocol import Usage
 
 
@@ -19,6 +20,7 @@ class PanelAnswer:
     usage: Usage
     reported_model: str | None = None
     label: str = ""  # the name the judge and synthesizer see (unique even when a model sits twice)
+    research: ResearchLog = field(default_factory=ResearchLog)
 
 
 @dataclass
@@ -76,6 +78,7 @@ class JudgeOutcome:
     usages: list[Usage] = field(default_factory=list)
     attempts: int = 0
     dialect: str | None = None  # how structured output was asked for (see pipeline.structured)
+    research: ResearchLog = field(default_factory=ResearchLog)
 
     @property
     def ok(self) -> bool:
@@ -104,6 +107,8 @@ class RunFinished:
     model: str
     usage: Usage
     fusion: dict[str, Any]
+    annotations: list[dict[str, Any]] = field(default_factory=list)  # citations, for streamed answers
+    server_tool_use: dict[str, int] | None = None  # research counts, for `usage.server_tool_use_details`
 
 
 Event = (

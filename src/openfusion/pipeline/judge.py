@@ -10,6 +10,7 @@ from openfusion.errors import OpenFusionError, UpstreamStatusError
 from openfusion.pipeline.analysis import AnalysisError, parse_analysis
 from openfusion.pipeline.events import JudgeOutcome, PanelAnswer
 from openfusion.pipeline.prompts import Messages, judge_messages, judge_repair_messages
+from openfusion.pipeline.research import NO_RESEARCH, ResearchPlan, answer_with_research
 from openfusion.pipeline.structured import DialectMemory, rejects_response_format, response_format
 from openfusion.protocol import Usage
 from openfusion.upstream.client import Completion, UpstreamClient
@@ -43,6 +44,7 @@ async def analyse(
     max_completion_tokens: int,
     timeout_s: float,
     dialects: DialectMemory,
+    research: ResearchPlan = NO_RESEARCH,
 ) -> JudgeOutcome:
     """Ask the judge for the analysis; at most one repair call; failures become a reason, not an error."""
     started = time.perf_counter()
@@ -50,12 +52,19 @@ async def analyse(
     usages: list[Usage] = []
     base = {"temperature": 0, "reasoning": reasoning, "max_completion_tokens": max_completion_tokens}
     outcome = JudgeOutcome(model=model, latency_ms=0, usages=usages)
+
+    async def call(history: Messages, tools: list[dict[str, Any]] | None, choice: str | None) -> Completion:
+        body = {**base, "messages": history, "tools": tools, "tool_choice": choice}
+        completion, outcome.dialect = await ask_for_json(upstream, model, body, dialects=dialects)
+        return completion
+
     for attempt in range(2):
         outcome.attempts = attempt + 1
         try:
             async with asyncio.timeout(timeout_s):
-                completion, outcome.dialect = await ask_for_json(
-                    upstream, model, {**base, "messages": messages}, dialects=dialects
+                # The judge may verify claims on the web first; the repair call only fixes its JSON.
+                done = await answer_with_research(
+                    call, messages=messages, plan=research if attempt == 0 else NO_RESEARCH
                 )
         except TimeoutError:
             outcome.failure_reason = "judge_upstream_error"
@@ -64,7 +73,10 @@ async def analyse(
         except OpenFusionError as exc:
             outcome.failure_reason, outcome.detail = "judge_upstream_error", exc.message
             break
-        usages.append(completion.usage)
+        usages.extend(done.usages)
+        if attempt == 0:
+            outcome.research = done.log
+        completion = done.completion
         try:
             outcome.analysis = parse_analysis(completion.content)
         except AnalysisError as exc:

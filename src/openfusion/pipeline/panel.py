@@ -9,28 +9,50 @@ from typing import Any
 
 from openfusion.errors import OpenFusionError, UpstreamError
 from openfusion.pipeline.events import PanelAnswer, PanelDeadline, PanelFailure
-from openfusion.upstream.client import UpstreamClient
+from openfusion.pipeline.prompts import Messages
+from openfusion.pipeline.research import NO_RESEARCH, ResearchPlan, answer_with_research
+from openfusion.protocol import sum_usage
+from openfusion.upstream.client import Completion, UpstreamClient
 
 
 async def ask_panelist(
-    upstream: UpstreamClient, model: str, body: dict[str, Any], *, label: str, timeout_s: float
+    upstream: UpstreamClient,
+    model: str,
+    body: dict[str, Any],
+    *,
+    label: str,
+    timeout_s: float,
+    research: ResearchPlan = NO_RESEARCH,
 ) -> PanelAnswer | PanelFailure:
-    """One panelist's answer, or its failure; never raises for an upstream problem."""
+    """One panelist's answer (after its research, if any), or its failure; never raises for an upstream problem."""
     started = time.perf_counter()
+
+    async def call(messages: Messages, tools: list[dict[str, Any]] | None, choice: str | None) -> Completion:
+        return await upstream.complete(model, {**body, "messages": messages, "tools": tools, "tool_choice": choice})
+
     try:
         async with asyncio.timeout(timeout_s):
-            completion = await upstream.complete(model, body)
+            done = await answer_with_research(call, messages=body["messages"], plan=research)
     except TimeoutError:
         message = f"{model} did not answer within panel_timeout_s ({timeout_s:g} s)"
         return PanelFailure(model, message, _ms(started), code="timeout", label=label)
     except OpenFusionError as exc:
         status = exc.upstream_status if isinstance(exc, UpstreamError) else None
         return PanelFailure(model, exc.message, _ms(started), status_code=status, code=exc.code, label=label)
+    completion = done.completion
     if not completion.content.strip():
         return PanelFailure(
             model, f"{model} returned an empty answer", _ms(started), code="empty_completion", label=label
         )
-    return PanelAnswer(model, completion.content, _ms(started), completion.usage, completion.model, label=label)
+    return PanelAnswer(
+        model,
+        completion.content,
+        _ms(started),
+        sum_usage(done.usages),
+        completion.model,
+        label=label,
+        research=done.log,
+    )
 
 
 def panel_labels(models: list[str]) -> list[str]:
@@ -51,6 +73,7 @@ async def collect_answers(
     timeout_s: float,
     deadline_s: float | None = None,
     min_successful: int = 1,
+    research: ResearchPlan = NO_RESEARCH,
 ) -> AsyncIterator[PanelAnswer | PanelFailure | PanelDeadline]:
     """Ask every panelist at once and yield each result as it lands.
 
@@ -60,7 +83,8 @@ async def collect_answers(
     started = time.perf_counter()
     running: dict[asyncio.Task[PanelAnswer | PanelFailure], tuple[str, str]] = {
         asyncio.create_task(
-            ask_panelist(upstream, model, body, label=label, timeout_s=timeout_s), name=f"panel:{label}"
+            ask_panelist(upstream, model, body, label=label, timeout_s=timeout_s, research=research),
+            name=f"panel:{label}",
         ): (model, label)
         for model, label in zip(models, panel_labels(models), strict=True)
     }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -19,6 +19,7 @@ from openfusion.presets import (
 )
 from openfusion.protocol import ChatRequest
 from openfusion.upstream.providers import ProviderRegistry
+from openfusion.upstream.web.tools import normalize_tools
 
 # OpenRouter's preset names, accepted as aliases of ours.
 PRESET_ALIASES = {"general-high": "quality", "general-budget": "budget", "general-fast": "fast"}
@@ -104,7 +105,8 @@ class FusionPlan:
     temperature: float | None = None
     reasoning: dict[str, Any] | None = None
     expose: bool = False
-    tools: list[Any] = field(default_factory=list)
+    tools: frozenset[str] = frozenset()  # research tools offered: web_search, web_fetch
+    blocked_domains: frozenset[str] = frozenset()  # excluded from research for this request
     judge_tools: bool = True
     panel_timeout_s: float = DEFAULT_TIMEOUT_S
     panel_deadline_s: float | None = None
@@ -171,11 +173,27 @@ def plan_fusion(
         temperature=_first(plugin and plugin.temperature, request.temperature, preset.temperature),
         reasoning=given.get("reasoning", request.reasoning),
         expose=bool(plugin and plugin.expose),
-        tools=list(plugin.tools) if plugin and plugin.tools is not None else list(preset.tools),
+        **_research_tools(plugin.tools if plugin and plugin.tools is not None else preset.tools, index),
         **overrides,
     )
     _check_models(registry, plan, given=given, prefix=f"plugins[{index}]")
     return plan
+
+
+def _research_tools(spec: list[Any], index: int | None) -> dict[str, frozenset[str]]:
+    """The research tools a preset or plugin lists, and the domains their parameters exclude."""
+    try:
+        names = normalize_tools(spec)
+    except ValueError as exc:
+        param = f"plugins[{index}].tools"
+        raise InvalidRequest(f"Invalid value for '{param}': {exc}.", param=param) from None
+    blocked: set[str] = set()
+    for item in spec:
+        parameters = item.get("parameters") if isinstance(item, dict) else None
+        if isinstance(parameters, dict):
+            for key in ("excluded_domains", "blocked_domains"):
+                blocked.update(d for d in parameters.get(key) or [] if isinstance(d, str) and d.strip())
+    return {"tools": frozenset(names), "blocked_domains": frozenset(blocked)}
 
 
 def _first(*values: float | None) -> float | None:

@@ -20,7 +20,7 @@ def prompt(name: str) -> str:
     return resources.files("openfusion").joinpath("prompts", f"{name}.md").read_text("utf-8").strip()
 
 
-_CLOSING = re.compile(r"</(response|conversation|message|analysis|responses)", re.IGNORECASE)
+_CLOSING = re.compile(r"</(response|conversation|message|analysis|responses|sources)", re.IGNORECASE)
 
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
@@ -97,7 +97,11 @@ def judge_repair_messages(*, messages: Messages, reply: str, error: str) -> Mess
 
 
 def synthesis_messages(
-    *, conversation: Messages, analysis: Analysis | None, answers: list[tuple[str, str]]
+    *,
+    conversation: Messages,
+    analysis: Analysis | None,
+    answers: list[tuple[str, str]],
+    sources: list[tuple[str, str]] | None = None,
 ) -> Messages:
     """The synthesizer's prompt: its instructions and the research, then the client's conversation."""
     if analysis is not None:
@@ -105,5 +109,11 @@ def synthesis_messages(
     else:
         analysis_text = prompt("synthesizer_no_analysis")
     responses_text = "<responses>\n" + render_responses(answers) + "\n</responses>"
-    system = fill(prompt("synthesizer"), analysis=analysis_text, responses=responses_text)
+    if sources:
+        listed = "\n".join(f"- {escape_tags(title)}: {escape_tags(url)}" for url, title in sources)
+        sources_text = "<sources>\nPages the panel read (cite them by URL where you rely on them):\n" + listed
+        sources_text += "\n</sources>"
+    else:
+        sources_text = ""
+    system = fill(prompt("synthesizer"), analysis=analysis_text, responses=responses_text, sources=sources_text)
     return [{"role": "system", "content": system}, *conversation]

@@ -6,13 +6,18 @@ from typing import Any
 
 from openfusion.pipeline.events import JudgeOutcome, PanelAnswer, PanelFailure
 from openfusion.pipeline.plan import FusionPlan
+from openfusion.pipeline.research import ResearchLog, ResearchPlan
 from openfusion.pipeline.synthesize import SynthesisStream
 from openfusion.protocol import sum_usage
+from openfusion.upstream.web import Source
 
 
 def _panel_entry(result: PanelAnswer | PanelFailure) -> dict[str, Any]:
     if isinstance(result, PanelAnswer):
-        return {"model": result.model, "status": "ok", "latency_ms": result.latency_ms, "usage": result.usage.render()}
+        entry = {"model": result.model, "status": "ok", "latency_ms": result.latency_ms, "usage": result.usage.render()}
+        if result.research.tool_calls:
+            entry["server_tool_use_details"] = result.research.details()
+        return entry
     error: dict[str, Any] = {"message": result.message}
     if result.status_code is not None:
         error["status_code"] = result.status_code
@@ -34,6 +39,8 @@ def _judge_entry(plan: FusionPlan, judges: list[JudgeOutcome]) -> dict[str, Any]
     }
     if last.dialect:
         entry["structured_output"] = last.dialect
+    if any(j.research.tool_calls for j in judges):
+        entry["server_tool_use_details"] = _totals([j.research for j in judges])
     if not last.ok:
         entry["failure_reason"] = last.failure_reason
         entry["error"] = last.detail
@@ -44,6 +51,26 @@ def _judge_entry(plan: FusionPlan, judges: list[JudgeOutcome]) -> dict[str, Any]
     return entry
 
 
+def _totals(logs: list[ResearchLog]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for log in logs:
+        for key, value in log.details().items():
+            totals[key] = totals.get(key, 0) + value
+    return totals
+
+
+def _research_entry(research: ResearchPlan) -> dict[str, Any] | None:
+    """Which research tools were asked for and offered, and why one was not (e.g. no search backend)."""
+    if not research.tools:
+        return None
+    offered = sorted(tool["function"]["name"] for tool in research.offered())
+    entry: dict[str, Any] = {"requested": sorted(research.tools), "offered": offered}
+    if "web_search" in research.tools and "web_search" not in offered:
+        reason = research.research.search_unavailable_reason if research.research else None
+        entry["web_search_unavailable"] = reason or "web research is not configured on this server"
+    return entry
+
+
 def fusion_report(
     plan: FusionPlan,
     *,
@@ -51,6 +78,8 @@ def fusion_report(
     judges: list[JudgeOutcome],
     synthesis: SynthesisStream,
     synth_ms: int,
+    sources: list[Source] | None = None,
+    research: ResearchPlan | None = None,
 ) -> dict[str, Any]:
     """The `fusion` object of a finished run."""
     report: dict[str, Any] = {
@@ -65,6 +94,13 @@ def fusion_report(
         # False when an upstream did not report its usage: the summed `usage` then leaves it out.
         "usage_complete": synthesis.usage_known,
     }
+    if research is not None and (entry := _research_entry(research)) is not None:
+        report["research"] = entry
+    logs = [r.research for r in results if isinstance(r, PanelAnswer)] + [j.research for j in judges]
+    if any(log.tool_calls for log in logs):
+        report["server_tool_use_details"] = _totals(logs)
+    if sources:
+        report["sources"] = [{"url": s.url, "title": s.title} for s in sources]
     if synthesis.failures:
         report["synthesizer"]["fallbacks"] = [{"model": m, "error": why} for m, why in synthesis.failures]
     if plan.expose:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from openfusion.errors import FusionFailed
+from openfusion.pipeline.citations import merge_sources, url_citations
 from openfusion.pipeline.events import (
     Event,
     JudgeOutcome,
@@ -27,10 +28,143 @@ from openfusion.pipeline.panel import collect_answers, panel_labels
 from openfusion.pipeline.plan import FusionPlan
 from openfusion.pipeline.prompts import Messages, synthesis_messages
 from openfusion.pipeline.report import fusion_report
+from openfusion.pipeline.research import NO_RESEARCH, ResearchPlan
 from openfusion.pipeline.structured import DialectMemory
 from openfusion.pipeline.synthesize import MessageAccumulator, SynthesisStream, synthesis_body
 from openfusion.protocol import ChatRequest, sum_usage
 from openfusion.upstream.client import UpstreamClient
+from openfusion.upstream.web import WebResearch
+
+
+class FusionRun:
+    """One fusion request's state as it moves through its stages."""
+
+    def __init__(
+        self,
+        *,
+        upstream: UpstreamClient,
+        plan: FusionPlan,
+        request: ChatRequest,
+        dialects: DialectMemory,
+        research: WebResearch | None,
+    ) -> None:
+        self.upstream = upstream
+        self.plan = plan
+        self.request = request
+        self.dialects = dialects
+        self.conversation: Messages = [message.model_dump(exclude_none=True) for message in request.messages]
+        self.research = ResearchPlan(research, plan.tools, plan.max_tool_calls, plan.blocked_domains)
+        self.results: list[PanelAnswer | PanelFailure] = []
+        self.judges: list[JudgeOutcome] = []
+
+    @property
+    def answers(self) -> list[PanelAnswer]:
+        return [r for r in self.results if isinstance(r, PanelAnswer)]
+
+    async def panel(self) -> AsyncIterator[Event]:
+        """Ask the panel; raise FusionFailed when fewer than `min_successful` answered."""
+        plan = self.plan
+        yield PanelStarted(list(plan.panel))
+        body = {
+            "messages": self.conversation,
+            "temperature": plan.temperature,
+            "reasoning": plan.reasoning,
+            "max_completion_tokens": plan.max_completion_tokens,
+        }
+        panel = collect_answers(
+            self.upstream,
+            models=plan.panel,
+            body=body,
+            timeout_s=plan.panel_timeout_s,
+            deadline_s=plan.panel_deadline_s,
+            min_successful=plan.min_successful,
+            research=self.research,
+        )
+        async with contextlib.aclosing(panel):  # leaving early closes every panel call at once
+            async for result in panel:
+                if isinstance(result, PanelDeadline):
+                    yield result
+                    continue
+                self.results.append(result)
+                yield PanelistDone(result)
+        labels = panel_labels(plan.panel)
+        self.results.sort(key=lambda r: labels.index(r.label))  # panel order, not arrival order
+        if len(self.answers) < plan.min_successful:
+            failures = [r for r in self.results if isinstance(r, PanelFailure)]
+            raise panel_failed(failures, self.answers, plan.min_successful)
+
+    async def judge(self) -> AsyncIterator[Event]:
+        """The judge, then its fallbacks until one produces an analysis (none may: that degrades)."""
+        for attempt, model in enumerate(self.plan.judges, start=1):
+            yield JudgeStarted(model, attempt)
+            outcome = await analyse(
+                self.upstream,
+                model=model,
+                conversation=self.conversation,
+                answers=self.answers,
+                reasoning=self.plan.reasoning,
+                max_completion_tokens=self.plan.max_completion_tokens,
+                timeout_s=self.plan.judge_timeout_s,
+                dialects=self.dialects,
+                research=self.research if self.plan.judge_tools else NO_RESEARCH,
+            )
+            self.judges.append(outcome)
+            yield outcome
+            if outcome.ok:
+                return
+
+    def sources(self) -> list[Any]:
+        logs = [a.research for a in self.answers] + [j.research for j in self.judges]
+        return merge_sources(log.sources for log in logs)
+
+    async def synthesize(self, *, stream: bool) -> AsyncIterator[Event]:
+        """The final answer: relayed chunk by chunk, or as one message; then the run's summary."""
+        if self.plan.enabled:
+            messages = synthesis_messages(
+                conversation=self.conversation,
+                analysis=self.judges[-1].analysis if self.judges else None,
+                answers=[(a.label, a.content) for a in self.answers],
+                sources=[(s.url, s.title) for s in self.sources()],
+            )
+        else:
+            messages = self.conversation
+        synthesis = SynthesisStream(
+            self.upstream,
+            models=self.plan.synthesizers,
+            body=synthesis_body(self.request, self.plan, messages),
+            first_token_timeout_s=self.plan.synth_timeout_s,
+            client_streams=stream,
+        )
+        started = time.perf_counter()
+        accumulator = MessageAccumulator()
+        chunks = synthesis.chunks()
+        async with contextlib.aclosing(chunks):  # leaving early closes the synthesizer's stream at once
+            async for item in chunks:
+                if isinstance(item, SynthesisStarted):
+                    yield item
+                    continue
+                accumulator.feed(item)
+                if stream:
+                    yield SynthesisChunk(item)
+        citations = url_citations(accumulator.message().get("content") or "", self.sources())
+        if not stream:
+            message = accumulator.message()
+            if citations:
+                message["annotations"] = [*message.get("annotations", []), *citations]
+            yield SynthesisMessage(message, accumulator.finish_reason)
+        synth_ms = round((time.perf_counter() - started) * 1000)
+        usages = [a.usage for a in self.answers] + [u for j in self.judges for u in j.usages] + [synthesis.usage]
+        report = fusion_report(
+            self.plan, results=self.results, judges=self.judges, synthesis=synthesis, synth_ms=synth_ms,
+            sources=self.sources(), research=self.research,
+        )  # fmt: skip
+        yield RunFinished(
+            model=synthesis.reported_model or synthesis.model,
+            usage=sum_usage(usages),
+            fusion=report,
+            annotations=citations if stream else [],
+            server_tool_use=report.get("server_tool_use_details"),
+        )
 
 
 async def run_fusion(
@@ -40,93 +174,17 @@ async def run_fusion(
     request: ChatRequest,
     stream: bool,
     dialects: DialectMemory | None = None,
+    research: WebResearch | None = None,
 ) -> AsyncIterator[Event]:
     """Run one fusion request. Raises FusionFailed when the panel has too few answers."""
-    conversation: Messages = [message.model_dump(exclude_none=True) for message in request.messages]
-    dialects = dialects or DialectMemory()
-    results: list[PanelAnswer | PanelFailure] = []
-    judges: list[JudgeOutcome] = []
-    if plan.enabled:
-        yield PanelStarted(list(plan.panel))
-        panel = collect_answers(
-            upstream,
-            models=plan.panel,
-            body=_panel_body(plan, conversation),
-            timeout_s=plan.panel_timeout_s,
-            deadline_s=plan.panel_deadline_s,
-            min_successful=plan.min_successful,
-        )
-        async with contextlib.aclosing(panel):  # leaving early closes every panel call at once
-            async for result in panel:
-                if isinstance(result, PanelDeadline):
-                    yield result
-                    continue
-                results.append(result)
-                yield PanelistDone(result)
-        labels = panel_labels(plan.panel)
-        results.sort(key=lambda r: labels.index(r.label))  # panel order, not arrival order
-        answers = [r for r in results if isinstance(r, PanelAnswer)]
-        if len(answers) < plan.min_successful:
-            raise panel_failed([r for r in results if isinstance(r, PanelFailure)], answers, plan.min_successful)
-        for attempt, model in enumerate(plan.judges, start=1):
-            yield JudgeStarted(model, attempt)
-            outcome = await analyse(
-                upstream,
-                model=model,
-                conversation=conversation,
-                answers=answers,
-                reasoning=plan.reasoning,
-                max_completion_tokens=plan.max_completion_tokens,
-                timeout_s=plan.judge_timeout_s,
-                dialects=dialects,
-            )
-            judges.append(outcome)
-            yield outcome
-            if outcome.ok:
-                break
-        analysis = judges[-1].analysis
-        messages = synthesis_messages(
-            conversation=conversation, analysis=analysis, answers=[(a.label, a.content) for a in answers]
-        )
-    else:
-        messages = conversation
-    synthesis = SynthesisStream(
-        upstream,
-        models=plan.synthesizers,
-        body=synthesis_body(request, plan, messages),
-        first_token_timeout_s=plan.synth_timeout_s,
-        client_streams=stream,
+    run = FusionRun(
+        upstream=upstream, plan=plan, request=request, dialects=dialects or DialectMemory(), research=research
     )
-    started = time.perf_counter()
-    accumulator = MessageAccumulator()
-    chunks = synthesis.chunks()
-    async with contextlib.aclosing(chunks):  # leaving early closes the synthesizer's stream at once
-        async for item in chunks:
-            if isinstance(item, SynthesisStarted):
-                yield item
-            elif stream:
-                yield SynthesisChunk(item)
-            else:
-                accumulator.feed(item)
-    if not stream:
-        yield SynthesisMessage(accumulator.message(), accumulator.finish_reason)
-    synth_ms = round((time.perf_counter() - started) * 1000)
-    usages = [r.usage for r in results if isinstance(r, PanelAnswer)]
-    usages += [usage for judge in judges for usage in judge.usages] + [synthesis.usage]
-    yield RunFinished(
-        model=synthesis.reported_model or synthesis.model,
-        usage=sum_usage(usages),
-        fusion=fusion_report(plan, results=results, judges=judges, synthesis=synthesis, synth_ms=synth_ms),
-    )
-
-
-def _panel_body(plan: FusionPlan, conversation: Messages) -> dict[str, Any]:
-    return {
-        "messages": conversation,
-        "temperature": plan.temperature,
-        "reasoning": plan.reasoning,
-        "max_completion_tokens": plan.max_completion_tokens,
-    }
+    stages = [run.panel(), run.judge()] if plan.enabled else []
+    for stage in [*stages, run.synthesize(stream=stream)]:
+        async with contextlib.aclosing(stage):  # an abandoned run closes the stage's upstream calls at once
+            async for event in stage:
+                yield event
 
 
 def panel_failed(failures: list[PanelFailure], answers: list[PanelAnswer], min_successful: int) -> FusionFailed:

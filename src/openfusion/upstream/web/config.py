@@ -1,0 +1,115 @@
+"""Operator configuration of web research: the `[research]` table (search backend, fetch limits, allow-lists)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SearchBackendName = Literal["searxng", "brave", "tavily", "exa"]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# The environment variable each keyed backend reads its key from unless `api_key_env` names another.
+DEFAULT_KEY_ENV: dict[str, str] = {"brave": "BRAVE_API_KEY", "tavily": "TAVILY_API_KEY", "exa": "EXA_API_KEY"}
+
+DEFAULT_USER_AGENT = "Mozilla/5.0 (compatible; openfusion-fetch/0.1)"
+
+
+class SearchConfig(BaseModel):
+    """`[research.search]`: which search backend answers `web_search`, and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: SearchBackendName
+    # Required for SearXNG (your instance, with the JSON format enabled); an optional override for the others.
+    base_url: str | None = Field(default=None, min_length=1)
+    # Where the caller reads the key from; the backend's usual variable when unset (SearXNG needs none).
+    api_key_env: str | None = Field(default=None, min_length=1)
+    max_results: int = Field(default=5, ge=1, le=25)
+    timeout_s: float = Field(default=15.0, gt=0, le=120)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.lower().startswith(("http://", "https://")):
+            raise ValueError("base_url must be an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _searxng_needs_url(self) -> SearchConfig:
+        if self.backend == "searxng" and self.base_url is None:
+            raise ValueError("the searxng backend needs base_url (your SearXNG instance)")
+        return self
+
+    @property
+    def key_env(self) -> str | None:
+        """The environment variable holding this backend's API key, if it uses one."""
+        return self.api_key_env or DEFAULT_KEY_ENV.get(self.backend)
+
+    @property
+    def needs_key(self) -> bool:
+        """Whether the backend cannot work without an API key."""
+        return self.backend in DEFAULT_KEY_ENV
+
+
+class FetchConfig(BaseModel):
+    """`[research.fetch]`: limits of `web_fetch` and the operator's explicit intranet allow-list."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    max_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_chars: int = Field(default=20_000, ge=200, le=1_000_000)
+    timeout_s: float = Field(default=20.0, gt=0, le=300)
+    max_redirects: int = Field(default=5, ge=0, le=10)
+    # Non-public ranges (e.g. "10.20.0.0/16") fetch may reach anyway; unspecified, multicast and broadcast never.
+    allow_private: list[IPNetwork] = Field(default_factory=list)
+    # Host names ("wiki.corp.example", "*.corp.example") whose addresses are not range-checked.
+    allow_hosts: list[str] = Field(default_factory=list)
+    user_agent: str = Field(default=DEFAULT_USER_AGENT, min_length=1)
+
+    @field_validator("allow_private", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        if isinstance(value, list):
+            # strict=False: "10.1.2.3/8" means 10.0.0.0/8, as an operator would expect.
+            return [ipaddress.ip_network(item, strict=False) if isinstance(item, str) else item for item in value]
+        return value
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        return [normalize_host_pattern(item) for item in value]
+
+
+class ResearchConfig(BaseModel):
+    """`[research]`: web research offered to panelists. No `search` table means no `web_search` tool."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    search: SearchConfig | None = None
+    fetch: FetchConfig = Field(default_factory=FetchConfig)
+
+    @property
+    def search_available(self) -> bool:
+        """Whether a search backend is configured (the caller must still find its key)."""
+        return self.search is not None
+
+
+def normalize_host_pattern(pattern: str) -> str:
+    """An allow-list host in the form URLs are compared in: lower case, IDNA, no trailing dot."""
+    text = pattern.strip().lower().rstrip(".")
+    wildcard = text.startswith("*.")
+    name = text[2:] if wildcard else text
+    try:
+        return str(ipaddress.ip_address(name.strip("[]")))
+    except ValueError:
+        pass
+    if not name or any(char in name for char in "/:@%* "):
+        raise ValueError(f"not a host name: {pattern!r}")
+    try:
+        name = name.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise ValueError(f"not a host name: {pattern!r}") from exc
+    return "*." + name if wildcard else name

@@ -1,0 +1,183 @@
+"""Turn a fetched body into readable text by content type: HTML (trafilatura), plain text, JSON, PDF (pypdf)."""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import io
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import orjson
+
+from openfusion.upstream.web.errors import FetchFailed
+
+logger = logging.getLogger(__name__)
+
+ContentKind = Literal["html", "text", "json", "pdf"]
+
+# Media types by what we do with them; `+json` / `+xml` suffixes and other `text/*` are matched in `content_kind`.
+_KINDS: dict[str, ContentKind] = {
+    "text/html": "html",
+    "application/xhtml+xml": "html",
+    "text/plain": "text",
+    "text/markdown": "text",
+    "text/csv": "text",
+    "text/xml": "text",
+    "application/xml": "text",
+    "application/json": "json",
+    "application/pdf": "pdf",
+    "application/x-pdf": "pdf",
+}
+# Servers that do not say what they send: look at the bytes instead.
+_UNLABELLED = {"", "application/octet-stream", "binary/octet-stream", "application/unknown"}
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+@dataclass(frozen=True)
+class Extracted:
+    """The readable text of a body and its title, if it has one."""
+
+    title: str | None
+    text: str
+
+
+def parse_content_type(header: str | None) -> tuple[str, str | None]:
+    """A Content-Type header as (media type in lower case, charset or None)."""
+    if not header:
+        return "", None
+    media_type, *params = header.split(";")
+    charset = None
+    for param in params:
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "charset":
+            charset = value.strip().strip("\"'") or None
+    return media_type.strip().lower(), charset
+
+
+def content_kind(media_type: str) -> ContentKind | None:
+    """What a media type is read as, or None for types web_fetch refuses."""
+    if media_type in _KINDS:
+        return _KINDS[media_type]
+    if media_type.endswith("+json"):
+        return "json"
+    if media_type.endswith("+xml") or media_type.startswith("text/"):
+        return "text"
+    return None
+
+
+def is_unlabelled(media_type: str) -> bool:
+    """Whether the server gave no useful media type (the body is sniffed then)."""
+    return media_type in _UNLABELLED
+
+
+def sniff_kind(body: bytes) -> ContentKind | None:
+    """Guess the kind of an unlabelled body from its first bytes; None when it is not text."""
+    head = body[:1024].lstrip()
+    if head.startswith(b"%PDF-"):
+        return "pdf"
+    lowered = head.lower()
+    if lowered.startswith((b"<!doctype html", b"<html")):
+        return "html"
+    if lowered.startswith((b"{", b"[")):
+        return "json"
+    try:
+        body[:4096].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A multi-byte character cut at the 4096-byte boundary is still text.
+        if exc.start < 4092:
+            return None
+    return "text" if b"\x00" not in body[:4096] else None
+
+
+def extract(kind: ContentKind, body: bytes, *, charset: str | None, url: str, max_chars: int) -> Extracted:
+    """The readable text of `body` (CPU-bound: call it in a worker thread)."""
+    extracted = _EXTRACTORS[kind](body, charset, url, max_chars)
+    text = _BLANK_LINES.sub("\n\n", _CONTROL.sub("", extracted.text)).strip()
+    title = " ".join(extracted.title.split()) if extracted.title else None
+    return Extracted(title=title or None, text=text)
+
+
+def decode_text(body: bytes, charset: str | None) -> str:
+    """Decode with the declared charset when it is a real one, else UTF-8; bad bytes become U+FFFD."""
+    encoding = "utf-8"
+    if charset:
+        with contextlib.suppress(LookupError):
+            encoding = codecs.lookup(charset).name
+    return body.decode(encoding, errors="replace").lstrip("\ufeff")
+
+
+def _html(body: bytes, charset: str | None, url: str, max_chars: int) -> Extracted:
+    import trafilatura  # imported lazily: it is heavy and only fetches need it
+
+    # Without a declared charset trafilatura reads the bytes itself (it honours <meta charset>).
+    html: str | bytes = decode_text(body, charset) if charset else body
+    try:
+        text = trafilatura.extract(
+            html,
+            url=url,
+            # Plain text, not markdown: markdown output escapes `_` and `*`, garbling identifiers and quotes.
+            output_format="txt",
+            include_comments=False,
+            include_tables=True,
+            include_links=False,
+            include_images=False,
+        )
+        metadata = trafilatura.extract_metadata(html, default_url=url)
+        if not text:
+            # No main content found (a tiny or script-built page): fall back to all visible text.
+            text = trafilatura.html2txt(html)
+    except Exception as exc:  # a parser bug on hostile HTML must not take the panelist down
+        logger.info("HTML extraction failed for %s: %s", url, type(exc).__name__)
+        raise FetchFailed("the page's HTML could not be read.") from None
+    return Extracted(title=metadata.title if metadata is not None else None, text=text or "")
+
+
+def _text(body: bytes, charset: str | None, url: str, max_chars: int) -> Extracted:
+    return Extracted(title=None, text=decode_text(body, charset))
+
+
+def _json(body: bytes, charset: str | None, url: str, max_chars: int) -> Extracted:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return Extracted(title=None, text=decode_text(body, charset))
+    return Extracted(title=None, text=orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+
+
+def _pdf(body: bytes, charset: str | None, url: str, max_chars: int) -> Extracted:
+    from pypdf import PdfReader  # imported lazily, like trafilatura
+
+    try:
+        reader = PdfReader(io.BytesIO(body))
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise FetchFailed("the PDF is encrypted.")
+        pages: list[str] = []
+        size = 0
+        for page in reader.pages:
+            pages.append(page.extract_text() or "")
+            size += len(pages[-1])
+            if size > max_chars:  # the rest would be truncated anyway
+                break
+        title = reader.metadata.title if reader.metadata is not None else None
+    except FetchFailed:
+        raise
+    except Exception as exc:  # pypdf raises many types on malformed files
+        logger.info("PDF extraction failed for %s: %s", url, type(exc).__name__)
+        raise FetchFailed("the PDF could not be read.") from None
+    text = "\n\n".join(page.strip() for page in pages if page.strip())
+    if not text:
+        raise FetchFailed("the PDF has no extractable text (it may be scanned images).")
+    return Extracted(title=str(title) if title else None, text=text)
+
+
+_EXTRACTORS: dict[ContentKind, Callable[[bytes, str | None, str, int], Extracted]] = {
+    "html": _html,
+    "text": _text,
+    "json": _json,
+    "pdf": _pdf,
+}
