@@ -1,0 +1,254 @@
+"""Run a built openfusion image with podman against a scripted fake upstream and check a fusion request.
+
+Called by docker/ci-build.sh: `ci_smoke.py digest` before the build, then
+`ci_smoke.py run --image ID --name NAME --source-digest DIGEST` after it.
+Needs only starlette, uvicorn and orjson beside the standard library (it imports tests/fakes).
+Prints one `ok ...` line per check; any failure raises, prints the container's log and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from fakes.server import serve_in_thread  # noqa: E402
+from fakes.upstream import FakeUpstream, Script  # noqa: E402
+
+UPSTREAM_KEY = "sk-fake-upstream-secret-7f3a"  # must reach the fake, and never the container's log
+ANSWER = "Fused answer from the container: the sky is blue because of Rayleigh scattering."
+PANEL_ANSWER = "Panel answer: Rayleigh scattering."
+ANALYSIS = {
+    "consensus": ["The sky is blue because of Rayleigh scattering."],
+    "contradictions": [{"topic": "sunsets", "stances": [{"model": "fake/alpha", "stance": "red"}]}],
+    "partial_coverage": [{"models": ["fake/beta"], "point": "ozone"}],
+    "unique_insights": [{"model": "fake/alpha", "insight": "Mars has blue sunsets."}],
+    "blind_spots": ["Nobody mentioned the eye's sensitivity."],
+}
+PRESET = """\
+description = "two fake panelists, for the container smoke test"
+analysis_models = ["fake/alpha", "fake/beta"]
+model = "fake/judge"
+synthesis_model = "fake/synth"
+max_completion_tokens = 1000
+"""
+CONFIG = """\
+default_preset = "ci"
+builtin_providers = false
+
+[[providers]]
+name = "fake"
+base_url = "{url}/v1"
+api_key_env = "FAKE_UPSTREAM_KEY"
+models = ["fake/*"]
+strip_prefix = true
+
+[retry]
+initial_backoff_s = 0
+max_backoff_s = 0
+"""
+HEALTHY_WITHIN_S = 60.0
+
+
+# Prints a {path inside the package: sha256} map of the installed openfusion package.
+_INSTALLED_FILES = """
+import hashlib, json, pathlib, openfusion
+root = pathlib.Path(openfusion.__file__).parent
+print(json.dumps({str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+                  for p in sorted(root.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}))
+"""
+
+
+def source_files() -> dict[str, str]:
+    """{path inside the package: sha256} of what the wheel is built from: src/openfusion and presets/."""
+    files = {}
+    for root, prefix in ((REPO / "src" / "openfusion", ""), (REPO / "presets", "presets/")):
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+                files[prefix + str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return files
+
+
+def source_digest() -> str:
+    """One hash over the source files and pyproject.toml, to tell whether they changed meanwhile."""
+    payload = json.dumps(source_files(), sort_keys=True) + (REPO / "pyproject.toml").read_text()
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def say(message: str) -> None:
+    print(message, flush=True)  # noqa: T201
+
+
+def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["podman", *args], capture_output=True, text=True, check=check, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return response.status, response.read()
+
+
+def write_mounts(directory: Path, upstream_url: str) -> tuple[Path, Path]:
+    """config.toml and presets/ci.toml, readable by the image's non-root user."""
+    directory.chmod(0o755)
+    config = directory / "config.toml"
+    config.write_text(CONFIG.format(url=upstream_url))
+    presets = directory / "presets"
+    presets.mkdir(mode=0o755)
+    (presets / "ci.toml").write_text(PRESET)
+    for path in (config, presets / "ci.toml"):
+        path.chmod(0o644)
+    return config, presets
+
+
+def check_image(image: str) -> None:
+    inspected = json.loads(podman("image", "inspect", image).stdout)[0]
+    user = inspected["Config"].get("User", "")
+    assert user and user.split(":")[0] not in ("", "0", "root"), f"image runs as {user!r}"
+    test = (inspected.get("Healthcheck") or {}).get("Test") or []
+    assert "/healthz" in " ".join(test), f"no /healthz HEALTHCHECK in the image: {test}"
+    say(f"ok image config: USER {user}, HEALTHCHECK {test[0]} … /healthz (kept: built with --format docker)")
+
+
+def wait_healthy(name: str) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < HEALTHY_WITHIN_S:
+        state = podman("inspect", "--format", "{{.State.Status}}", name).stdout.strip()
+        if state != "running":
+            raise AssertionError(f"container is {state}, not running")
+        if podman("healthcheck", "run", name, check=False).returncode == 0:
+            return time.monotonic() - started
+        time.sleep(0.5)
+    raise AssertionError(f"not healthy within {HEALTHY_WITHIN_S:.0f} s")
+
+
+def check_running_container(name: str, base: str, fake: FakeUpstream) -> None:
+    status, body = http("GET", f"{base}/healthz")
+    assert status == 200 and json.loads(body)["status"] == "ok", body
+    say(f"ok GET /healthz from the host: {body.decode()}")
+
+    models = [m["id"] for m in json.loads(http("GET", f"{base}/v1/models")[1])["data"]]
+    assert "fusion/ci" in models, models
+    say("ok GET /v1/models lists fusion/ci: the mounted presets dir (/etc/openfusion/presets) was read")
+
+    request = {"model": "fusion/ci", "messages": [{"role": "user", "content": "Why is the sky blue?"}]}
+    status, body = http("POST", f"{base}/v1/chat/completions", request)
+    completion = json.loads(body)
+    assert status == 200, body
+    assert completion["choices"][0]["message"]["content"] == ANSWER, completion
+    report = completion["fusion"]
+    assert [p["status"] for p in report["panel"]] == ["ok", "ok"], report["panel"]
+    assert report["judge"]["status"] == "ok", report["judge"]
+    say("ok fusion request (non-streamed) through the container: the synthesizer's answer, panel 2/2 ok, judge ok")
+
+    status, raw = http("POST", f"{base}/v1/chat/completions", {**request, "stream": True})
+    lines = raw.decode().splitlines()
+    data = [line[len("data: ") :] for line in lines if line.startswith("data: ")]
+    assert status == 200 and data and data[-1] == "[DONE]", raw[-300:]
+    chunks = [json.loads(d) for d in data[:-1]]
+    streamed = "".join((c["choices"][0]["delta"].get("content") or "") for c in chunks if c["choices"])
+    assert streamed == ANSWER, streamed
+    assert any(line.startswith(": OPENFUSION PROCESSING") for line in lines), lines[:3]
+    say(f"ok fusion request (streamed): keep-alive comment, {len(chunks)} chunks, same answer, [DONE]")
+
+    calls = fake.calls
+    assert sorted({c.model for c in calls}) == ["alpha", "beta", "judge", "synth"], [c.model for c in calls]
+    auth = {c.headers.get("authorization") for c in calls}
+    assert auth == {f"Bearer {UPSTREAM_KEY}"}, "the provider key from the environment did not reach upstream"
+    say(f"ok fake upstream saw {len(calls)} calls (alpha, beta, judge, synth), each with the key from -e")
+
+    uid = podman("exec", name, "id", "-u").stdout.strip()
+    assert uid.isdigit() and int(uid) != 0, f"container process runs as uid {uid}"
+    pid1 = podman("exec", name, "cat", "/proc/1/cmdline").stdout.replace("\0", " ").strip()
+    assert "openfusion serve" in pid1, pid1
+    say(f"ok podman exec id -u = {uid} (non-root); PID 1 is `{pid1}`")
+
+    logs = podman("logs", name).stdout + podman("logs", name).stderr
+    assert UPSTREAM_KEY not in logs, "the provider key appeared in the container's log"
+    say("ok the provider key appears nowhere in the container's log")
+
+
+def check_content(name: str, digest_at_build: str) -> None:
+    """The installed package is exactly the source tree the image was built from (no stale build cache)."""
+    if source_digest() != digest_at_build:
+        say("-- skipped the image-content check: the source tree changed while the image was built")
+        return
+    installed = json.loads(podman("exec", name, "python", "-c", _INSTALLED_FILES).stdout)
+    source = source_files()
+    differ = sorted(p for p in source.keys() | installed.keys() if source.get(p) != installed.get(p))
+    assert not differ, f"the image's openfusion package differs from the source tree in: {differ}"
+    say(f"ok the image's openfusion package matches the source tree ({len(source)} files, sha256)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("digest", help="print a digest of the source tree the image is built from")
+    run = commands.add_parser("run", help="run the image and check it")
+    run.add_argument("--image", required=True, help="image id or name to run")
+    run.add_argument("--name", required=True, help="container name (removed at the end)")
+    run.add_argument("--source-digest", required=True, help="`digest` as printed before the build")
+    args = parser.parse_args()
+    if args.command == "digest":
+        say(source_digest())
+        return 0
+
+    check_image(args.image)
+    fake = FakeUpstream(default=Script(content=PANEL_ANSWER))
+    fake.script("judge", Script(content=json.dumps(ANALYSIS)))
+    fake.script("synth", Script(content=ANSWER))
+    with serve_in_thread(fake.app) as upstream_url, tempfile.TemporaryDirectory() as tmp:
+        say(f"ok fake OpenAI-compatible upstream on {upstream_url} (tests/fakes/upstream.py)")
+        config, presets = write_mounts(Path(tmp), upstream_url)
+        port = free_port()
+        podman(
+            "run", "--detach", "--name", args.name, "--network=host",
+            # No systemd here to drive podman's health timer; `podman healthcheck run` drives it below.
+            "--health-interval=disable",
+            # As in docker/compose.yaml: the image needs no writable filesystem but /tmp.
+            "--read-only", "--tmpfs", "/tmp",
+            "--env", f"OPENFUSION_PORT={port}",
+            "--env", "OPENFUSION_CONFIG=/etc/openfusion/config.toml",
+            "--env", f"FAKE_UPSTREAM_KEY={UPSTREAM_KEY}",
+            "--volume", f"{config}:/etc/openfusion/config.toml:ro",
+            "--volume", f"{presets}:/etc/openfusion/presets:ro",
+            args.image,
+        )  # fmt: skip
+        try:
+            waited = wait_healthy(args.name)
+            say(
+                f"ok container {args.name} (--network=host, OPENFUSION_PORT={port}) healthy after {waited:.1f} s "
+                "by its own HEALTHCHECK (podman healthcheck run)"
+            )
+            check_running_container(args.name, f"http://127.0.0.1:{port}", fake)
+            check_content(args.name, args.source_digest)
+        except BaseException:
+            logs = podman("logs", args.name, check=False)
+            say(f"--- container log ({args.name}) ---\n{logs.stdout}{logs.stderr}--- end of log ---")
+            raise
+        finally:
+            podman("rm", "--force", "--time", "5", args.name, check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Fast checks of the container files (the slow podman build and run is test_image.py)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+DOCKER = Path(__file__).resolve().parents[2] / "docker"
+yaml = pytest.importorskip("yaml")  # PyYAML comes with uvicorn[standard]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((DOCKER / "compose.yaml").read_text())
+
+
+def services(compose: dict[str, Any], profile: str) -> dict[str, dict[str, Any]]:
+    return {name: svc for name, svc in compose["services"].items() if profile in svc.get("profiles", [])}
+
+
+def test_dockerfile_runs_openfusion_as_non_root_with_a_health_check() -> None:
+    text = (DOCKER / "Dockerfile").read_text()
+    assert re.findall(r"^FROM (\S+)", text, re.M) == ["python:3.11-slim-bookworm"] * 2
+    assert re.search(r"^USER 10001", text, re.M)
+    assert re.search(r"^HEALTHCHECK .*/healthz", text, re.M | re.S)
+    assert "exec openfusion serve --host" in text
+    assert not re.search(r"^(ENV|ARG)\b.*_API_KEY", text, re.M), "keys come from the environment only"
+
+
+def test_sidecar_app_reaches_openfusion_by_service_name(compose: dict[str, Any]) -> None:
+    sidecar = services(compose, "sidecar")
+    assert {"openfusion", "app"} <= sidecar.keys()
+    assert sidecar["app"]["environment"]["OPENAI_BASE_URL"] == "http://openfusion:8000/v1"
+    assert sidecar["app"]["depends_on"]["openfusion"]["condition"] == "service_healthy"
+    assert "ports" not in sidecar["openfusion"], "a sidecar stays on the private network"
+    assert sidecar["openfusion"]["build"] == {"context": "..", "dockerfile": "docker/Dockerfile"}
+
+
+def test_gateway_replicas_share_postgres_and_redis_behind_nginx(compose: dict[str, Any]) -> None:
+    gateway = services(compose, "gateway")
+    assert {"gateway", "openfusion-replica", "postgres", "redis"} <= gateway.keys()
+    replica = gateway["openfusion-replica"]
+    assert replica["environment"]["DATABASE_URL"].startswith("postgresql://openfusion:")
+    assert replica["environment"]["DATABASE_URL"].endswith("@postgres:5432/openfusion")
+    assert replica["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+    assert "OPENROUTER_API_KEY" in replica["environment"], "provider keys are passed through"
+    assert replica["environment"]["OPENROUTER_API_KEY"] is None, "…from the shell, never written in the file"
+    assert str(replica["deploy"]["replicas"]).endswith(":-3}")
+    template = DOCKER / gateway["gateway"]["volumes"][0].split(":")[0]
+    assert template.is_file()
+
+
+def test_nginx_streams_and_waits_for_long_fusion_runs() -> None:
+    conf = (DOCKER / "nginx" / "openfusion.conf.template").read_text()
+    assert re.search(r"^\s*proxy_buffering off;", conf, re.M), "SSE must not be buffered"
+    assert re.search(r"server openfusion-replica:8000 resolve;", conf)
+    read_timeout = re.search(r"proxy_read_timeout (\d+)s;", conf)
+    assert read_timeout and int(read_timeout.group(1)) >= 300
+    assert re.search(r'proxy_set_header Connection "";', conf) and "proxy_http_version 1.1;" in conf
+
+
+def test_dockerignore_lets_only_the_build_inputs_through() -> None:
+    lines = [ln for ln in (DOCKER.parent / ".dockerignore").read_text().splitlines() if ln and ln[0] != "#"]
+    assert lines[0] == "*"
+    assert {"!pyproject.toml", "!README.md", "!src/", "!presets/"} <= set(lines)
