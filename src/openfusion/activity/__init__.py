@@ -1,0 +1,37 @@
+"""Activity: every request's generation and upstream calls, recorded off the hot path, with their cost."""
+
+from openfusion.activity.config import ActivitySettings
+from openfusion.activity.cost import ModelPrice, PriceTable, prices_from_listing, total_cost, worst_case_cost
+from openfusion.activity.records import (
+    ActivityEntry,
+    ActivityPage,
+    CallRecord,
+    GenerationRecord,
+    PanelText,
+    Tokens,
+    utc_now,
+)
+from openfusion.activity.store import ActivityStore, StoreUnavailable, UnknownCursor, open_store
+from openfusion.activity.writer import ActivityWriter, WriterStats
+
+__all__ = [
+    "ActivityEntry",
+    "ActivityPage",
+    "ActivitySettings",
+    "ActivityStore",
+    "ActivityWriter",
+    "CallRecord",
+    "GenerationRecord",
+    "ModelPrice",
+    "PanelText",
+    "PriceTable",
+    "StoreUnavailable",
+    "Tokens",
+    "UnknownCursor",
+    "WriterStats",
+    "open_store",
+    "prices_from_listing",
+    "total_cost",
+    "utc_now",
+    "worst_case_cost",
+]

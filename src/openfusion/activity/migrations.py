@@ -1,0 +1,107 @@
+"""The versioned schema: ordered migration steps, each with its SQLite and PostgreSQL statements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Dialect = Literal["sqlite", "postgres"]
+
+# Applied versions are recorded here; a store applies every newer step, in order, when it opens.
+VERSION_TABLE = "schema_version"
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step. Steps are append-only: never edit a released one, add the next."""
+
+    version: int
+    description: str
+    sqlite: tuple[str, ...]
+    postgres: tuple[str, ...]
+
+    def statements(self, dialect: Dialect) -> tuple[str, ...]:
+        """The statements of this step for one database."""
+        return self.sqlite if dialect == "sqlite" else self.postgres
+
+
+def _generations(*, timestamp: str, integer: str, real: str, boolean: str) -> str:
+    return f"""
+CREATE TABLE generations (
+    id TEXT PRIMARY KEY,
+    created_at {timestamp} NOT NULL,
+    requested_model TEXT NOT NULL,
+    model TEXT,
+    preset TEXT,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'error', 'cancelled')),
+    failure_reason TEXT,
+    finish_reason TEXT,
+    latency_ms {integer} NOT NULL,
+    prompt_tokens {integer} NOT NULL DEFAULT 0,
+    completion_tokens {integer} NOT NULL DEFAULT 0,
+    total_tokens {integer} NOT NULL DEFAULT 0,
+    cost {real},
+    streamed {boolean} NOT NULL,
+    key_name TEXT,
+    panel_answers TEXT,
+    analysis TEXT,
+    final_answer TEXT
+)"""
+
+
+def _calls(*, integer: str, real: str) -> str:
+    return f"""
+CREATE TABLE calls (
+    generation_id TEXT NOT NULL REFERENCES generations (id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    role TEXT NOT NULL,
+    model TEXT NOT NULL,
+    provider TEXT,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'error', 'cancelled')),
+    prompt_tokens {integer} NOT NULL DEFAULT 0,
+    completion_tokens {integer} NOT NULL DEFAULT 0,
+    cost {real},
+    latency_ms {integer} NOT NULL,
+    started_ms {integer} NOT NULL DEFAULT 0,
+    error TEXT,
+    upstream_status INTEGER,
+    retries INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (generation_id, position)
+)"""
+
+
+_PAGINATION_INDEX = "CREATE INDEX generations_newest_first ON generations (created_at DESC, id DESC)"
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        version=1,
+        description="generations and their upstream calls",
+        sqlite=(
+            _generations(timestamp="TEXT", integer="INTEGER", real="REAL", boolean="INTEGER"),
+            _calls(integer="INTEGER", real="REAL"),
+        ),
+        postgres=(
+            _generations(timestamp="TIMESTAMPTZ", integer="BIGINT", real="DOUBLE PRECISION", boolean="BOOLEAN"),
+            _calls(integer="BIGINT", real="DOUBLE PRECISION"),
+        ),
+    ),
+    Migration(
+        version=2,
+        description="index for newest-first pagination",
+        sqlite=(_PAGINATION_INDEX,),
+        postgres=(_PAGINATION_INDEX,),
+    ),
+)
+
+
+def pending(current: int, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[Migration]:
+    """The steps newer than `current`, in order."""
+    versions = [m.version for m in migrations]
+    if versions != sorted(set(versions)):
+        raise ValueError("migration versions must be unique and increasing")
+    return [m for m in migrations if m.version > current]
+
+
+def latest_version(migrations: tuple[Migration, ...] = MIGRATIONS) -> int:
+    """The schema version the code expects."""
+    return migrations[-1].version if migrations else 0

@@ -1,0 +1,154 @@
+"""The shared store: PostgreSQL through psycopg 3's async connection pool, so replicas share one history."""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from openfusion.activity.migrations import MIGRATIONS, VERSION_TABLE, Migration, latest_version, pending
+from openfusion.activity.records import ActivityEntry, ActivityPage
+from openfusion.activity.sql import (
+    Statements,
+    call_from_row,
+    call_values,
+    generation_from_row,
+    generation_values,
+)
+from openfusion.activity.store import StoreUnavailable, UnknownCursor, redact_url
+
+log = logging.getLogger("openfusion.activity")
+
+SQL = Statements("%s")
+# Replicas starting together serialize their migrations on this transaction-level advisory lock.
+_MIGRATION_LOCK = zlib.crc32(b"openfusion.activity.migrations")
+
+
+def describe(exc: psycopg.Error) -> str:
+    """The error's primary message only: PostgreSQL's DETAIL can quote row values (stored content) verbatim."""
+    primary = exc.diag.message_primary if exc.diag else None
+    lines = (primary or str(exc) or type(exc).__name__).splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+async def migrate(conn: psycopg.AsyncConnection, migrations: tuple[Migration, ...] = MIGRATIONS) -> int:
+    """Apply every pending step in one transaction under an advisory lock; returns the version in force."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER PRIMARY KEY, "
+            "description TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        cursor = await conn.execute(f"SELECT COALESCE(MAX(version), 0) FROM {VERSION_TABLE}")
+        row = await cursor.fetchone()
+        current = int(row[0]) if row else 0
+        for step in pending(current, migrations):
+            for statement in step.statements("postgres"):
+                await conn.execute(statement)
+            await conn.execute(
+                f"INSERT INTO {VERSION_TABLE} (version, description) VALUES (%s, %s)",
+                (step.version, step.description),
+            )
+            log.info("activity schema migrated to version %d (%s)", step.version, step.description)
+            current = step.version
+    if current > latest_version(migrations):
+        log.warning("activity database is at schema version %d, newer than this openfusion knows", current)
+    return current
+
+
+class PostgresStore:
+    """ActivityStore on PostgreSQL."""
+
+    def __init__(self, pool: AsyncConnectionPool, url: str) -> None:
+        self._pool = pool
+        self._where = redact_url(url)
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        pool_max_size: int = 4,
+        timeout_s: float = 10.0,
+        migrations: tuple[Migration, ...] = MIGRATIONS,
+    ) -> PostgresStore:
+        """Connect (failing within `timeout_s` when the server is unreachable) and migrate."""
+        pool: AsyncConnectionPool = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_max_size,
+            open=False,
+            timeout=timeout_s,
+            # A server restart leaves dead connections in the pool: check each before handing it out.
+            check=AsyncConnectionPool.check_connection,
+            name="openfusion-activity",
+        )
+        try:
+            await pool.open(wait=True, timeout=timeout_s)
+            async with pool.connection() as conn:
+                await migrate(conn, migrations)
+        except psycopg.Error as exc:
+            await pool.close()
+            raise StoreUnavailable(f"cannot open the activity database at {redact_url(url)}: {describe(exc)}") from exc
+        return cls(pool, url)
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"activity database error at {self._where}: {describe(exc)}") from exc
+
+    async def write(self, batch: Sequence[ActivityEntry]) -> None:
+        """Write a batch in one transaction; an id written again replaces the earlier copy."""
+        if not batch:
+            return
+        async with self._connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            for entry in batch:
+                generation_id = entry.generation.id
+                await cursor.execute(SQL.delete_calls, (generation_id,))
+                await cursor.execute(SQL.delete_generation, (generation_id,))
+                await cursor.execute(SQL.insert_generation, generation_values(entry.generation))
+                if entry.calls:
+                    await cursor.executemany(SQL.insert_call, [call_values(c, i) for i, c in enumerate(entry.calls)])
+
+    async def get(self, generation_id: str) -> ActivityEntry | None:
+        """One generation with its calls (and content, when stored), or None."""
+        async with self._connection() as conn:
+            row = await (await conn.execute(SQL.select_generation, (generation_id,))).fetchone()
+            if row is None:
+                return None
+            calls = await (await conn.execute(SQL.select_calls, (generation_id,))).fetchall()
+        return ActivityEntry(generation_from_row(row), tuple(call_from_row(c) for c in calls))
+
+    async def list(self, *, limit: int, before: str | None = None) -> ActivityPage:
+        """Generations newest first, without content; `before` is the id the previous page ended with."""
+        async with self._connection() as conn:
+            if before is None:
+                rows = await (await conn.execute(SQL.select_newest, (limit + 1,))).fetchall()
+            else:
+                cursor = await (await conn.execute(SQL.select_cursor, (before,))).fetchone()
+                if cursor is None:
+                    raise UnknownCursor(before)
+                rows = await (await conn.execute(SQL.select_older, (cursor[0], cursor[1], limit + 1))).fetchall()
+        return ActivityPage(tuple(generation_from_row(r) for r in rows[:limit]), has_more=len(rows) > limit)
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers."""
+        async with self._connection() as conn:
+            await conn.execute("SELECT 1")
+
+    async def schema_version(self) -> int:
+        """The highest applied migration."""
+        async with self._connection() as conn:
+            row = await (await conn.execute(f"SELECT MAX(version) FROM {VERSION_TABLE}")).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    async def close(self) -> None:
+        """Close every pooled connection (idempotent)."""
+        await self._pool.close()

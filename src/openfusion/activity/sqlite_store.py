@@ -1,0 +1,175 @@
+"""The embedded store: one SQLite file, driven by the stdlib sqlite3 module on a single dedicated thread."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from openfusion.activity.migrations import MIGRATIONS, VERSION_TABLE, Migration, latest_version, pending
+from openfusion.activity.records import ActivityEntry, ActivityPage, utc_now
+from openfusion.activity.sql import (
+    Statements,
+    call_from_row,
+    call_values,
+    generation_from_row,
+    generation_values,
+)
+from openfusion.activity.store import StoreUnavailable, UnknownCursor
+
+log = logging.getLogger("openfusion.activity")
+
+T = TypeVar("T")
+SQL = Statements("?")
+
+
+def timestamp(value: datetime) -> str:
+    """A fixed-width UTC ISO-8601 string, so text order is time order."""
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def migrate(conn: sqlite3.Connection, migrations: tuple[Migration, ...] = MIGRATIONS) -> int:
+    """Apply every pending step, each in its own transaction; returns the schema version now in force."""
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} "
+        "(version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL)"
+    )
+    while True:
+        # BEGIN IMMEDIATE takes the write lock first, so two processes opening one file never both migrate.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = conn.execute(f"SELECT COALESCE(MAX(version), 0) FROM {VERSION_TABLE}").fetchone()[0]
+            steps = pending(current, migrations)
+            if not steps:
+                conn.execute("COMMIT")
+                break
+            step = steps[0]
+            for statement in step.statements("sqlite"):
+                conn.execute(statement)
+            conn.execute(
+                f"INSERT INTO {VERSION_TABLE} (version, description, applied_at) VALUES (?, ?, ?)",
+                (step.version, step.description, timestamp(utc_now())),
+            )
+            conn.execute("COMMIT")
+            log.info("activity schema migrated to version %d (%s)", step.version, step.description)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    if current > latest_version(migrations):
+        log.warning("activity database is at schema version %d, newer than this openfusion knows", current)
+    return int(current)
+
+
+def _connect(path: Path, migrations: tuple[Migration, ...]) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), never implicit.
+    conn = sqlite3.connect(path, isolation_level=None, timeout=5.0)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")  # readers (the activity page) never block the writer
+        conn.execute("PRAGMA foreign_keys=ON")
+        migrate(conn, migrations)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class SqliteStore:
+    """ActivityStore on a SQLite file; every statement runs on one worker thread that owns the connection."""
+
+    def __init__(self, conn: sqlite3.Connection, executor: ThreadPoolExecutor, path: Path) -> None:
+        self._conn = conn
+        self._executor = executor
+        self.path = path
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: Path, *, migrations: tuple[Migration, ...] = MIGRATIONS) -> SqliteStore:
+        """Open (creating the file and its folder if needed) and migrate."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="activity-sqlite")
+        try:
+            conn = await asyncio.get_running_loop().run_in_executor(executor, _connect, Path(path), migrations)
+        except (sqlite3.Error, OSError) as exc:
+            executor.shutdown(wait=False)
+            raise StoreUnavailable(f"cannot open the activity database {path}: {exc}") from exc
+        return cls(conn, executor, Path(path))
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise StoreUnavailable("the activity store is closed")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"activity database error: {exc}") from exc
+
+    async def write(self, batch: Sequence[ActivityEntry]) -> None:
+        """Write a batch in one transaction; an id written again replaces the earlier copy."""
+        if batch:
+            await self._run(self._write, list(batch))
+
+    def _write(self, batch: list[ActivityEntry]) -> None:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for entry in batch:
+                generation = entry.generation
+                conn.execute(SQL.delete_calls, (generation.id,))
+                conn.execute(SQL.delete_generation, (generation.id,))
+                values = list(generation_values(generation))
+                values[1] = timestamp(generation.created_at)
+                conn.execute(SQL.insert_generation, values)
+                conn.executemany(SQL.insert_call, [call_values(c, i) for i, c in enumerate(entry.calls)])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async def get(self, generation_id: str) -> ActivityEntry | None:
+        """One generation with its calls (and content, when stored), or None."""
+        return await self._run(self._get, generation_id)
+
+    def _get(self, generation_id: str) -> ActivityEntry | None:
+        row = self._conn.execute(SQL.select_generation, (generation_id,)).fetchone()
+        if row is None:
+            return None
+        calls = self._conn.execute(SQL.select_calls, (generation_id,)).fetchall()
+        return ActivityEntry(generation_from_row(row), tuple(call_from_row(c) for c in calls))
+
+    async def list(self, *, limit: int, before: str | None = None) -> ActivityPage:
+        """Generations newest first, without content; `before` is the id the previous page ended with."""
+        return await self._run(self._list, limit, before)
+
+    def _list(self, limit: int, before: str | None) -> ActivityPage:
+        if before is None:
+            rows = self._conn.execute(SQL.select_newest, (limit + 1,)).fetchall()
+        else:
+            cursor = self._conn.execute(SQL.select_cursor, (before,)).fetchone()
+            if cursor is None:
+                raise UnknownCursor(before)
+            rows = self._conn.execute(SQL.select_older, (cursor[0], cursor[1], limit + 1)).fetchall()
+        # One row past the limit tells whether an older page exists without a COUNT.
+        return ActivityPage(tuple(generation_from_row(r) for r in rows[:limit]), has_more=len(rows) > limit)
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers."""
+        await self._run(lambda: self._conn.execute("SELECT 1").fetchone())
+
+    async def schema_version(self) -> int:
+        """The highest applied migration."""
+        row = await self._run(lambda: self._conn.execute(f"SELECT MAX(version) FROM {VERSION_TABLE}").fetchone())
+        return int(row[0] or 0)
+
+    async def close(self) -> None:
+        """Close the connection and stop the worker thread (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._conn.close)
+        finally:
+            self._executor.shutdown(wait=True)

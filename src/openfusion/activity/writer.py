@@ -1,0 +1,158 @@
+"""The background writer: requests enqueue records without waiting; one task batches them into the store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import TracebackType
+
+from openfusion.activity.config import ActivitySettings
+from openfusion.activity.records import ActivityEntry, CallRecord, GenerationRecord
+from openfusion.activity.store import ActivityStore
+
+log = logging.getLogger("openfusion.activity")
+
+
+@dataclass(frozen=True)
+class WriterStats:
+    """Counters of generations: written to the store, dropped (queue full or closed), failed (store error)."""
+
+    written: int
+    dropped: int
+    failed: int
+    queued: int
+
+
+class ActivityWriter:
+    """Queues activity off the request's hot path and writes it in batches; a store outage is counted, not raised."""
+
+    def __init__(
+        self,
+        store: ActivityStore,
+        *,
+        store_content: bool = False,
+        queue_size: int = 10_000,
+        batch_size: int = 100,
+        flush_interval_s: float = 0.5,
+        write_timeout_s: float = 10.0,
+    ) -> None:
+        self._store = store
+        self._store_content = store_content
+        self._queue_size = queue_size
+        self._batch_size = batch_size
+        self._flush_interval_s = flush_interval_s
+        self._write_timeout_s = write_timeout_s
+        # Unbounded on purpose: the bound is enforced in record(), so the stop sentinel always fits.
+        self._queue: asyncio.Queue[ActivityEntry | None] = asyncio.Queue()
+        self._pending = 0
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._written = self._dropped = self._failed = 0
+
+    @classmethod
+    def from_settings(cls, store: ActivityStore, settings: ActivitySettings) -> ActivityWriter:
+        """A writer configured by the `[activity]` section."""
+        return cls(
+            store,
+            store_content=settings.store_content,
+            queue_size=settings.queue_size,
+            batch_size=settings.batch_size,
+            flush_interval_s=settings.flush_interval_s,
+            write_timeout_s=settings.write_timeout_s,
+        )
+
+    @property
+    def stats(self) -> WriterStats:
+        """The counters so far (for logs and metrics)."""
+        return WriterStats(self._written, self._dropped, self._failed, self._pending)
+
+    def start(self) -> None:
+        """Start the background task (call from the running event loop, e.g. the app's lifespan)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="activity-writer")
+
+    def record(self, generation: GenerationRecord, calls: Iterable[CallRecord] = ()) -> bool:
+        """Enqueue one generation without waiting; False when it was dropped (queue full or writer closed).
+
+        Call it on the event loop's thread (any route or pipeline code is); it never awaits, raises or blocks.
+        """
+        if self._closing or self._pending >= self._queue_size:
+            self._dropped += 1
+            if self._dropped == 1 or self._dropped % 1000 == 0:
+                log.warning("activity queue full or closed: %d generation(s) dropped so far", self._dropped)
+            return False
+        if not self._store_content:
+            generation = generation.without_content()
+        self._pending += 1
+        self._queue.put_nowait(ActivityEntry(generation, tuple(calls)))
+        return True
+
+    async def aclose(self) -> None:
+        """Stop accepting records, write everything already queued, then stop the task (the store stays open)."""
+        if self._closing:
+            if self._task is not None:
+                await asyncio.shield(self._task)
+            return
+        self._closing = True
+        self._queue.put_nowait(None)
+        if self._task is None:  # never started: drain here so a clean stop still loses nothing
+            await self._run()
+        else:
+            await asyncio.shield(self._task)
+
+    async def __aenter__(self) -> ActivityWriter:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            stopping = await self._fill(batch)
+            await self._flush(batch)
+
+    async def _fill(self, batch: list[ActivityEntry]) -> bool:
+        """Add queued entries until the batch is full or the interval passed; True when the stop sentinel came."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._flush_interval_s
+        while len(batch) < self._batch_size:
+            if self._closing:
+                entry = self._queue.get_nowait() if not self._queue.empty() else None  # draining: no waiting
+            else:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        entry = await self._queue.get()
+                except TimeoutError:
+                    return False
+            if entry is None:
+                return True
+            batch.append(entry)
+        return False
+
+    async def _flush(self, batch: list[ActivityEntry]) -> None:
+        try:
+            async with asyncio.timeout(self._write_timeout_s):
+                await self._store.write(batch)
+        except Exception as exc:  # any store failure: count and log, never reach a request
+            self._failed += len(batch)
+            log.warning(
+                "activity store write failed, %d generation(s) lost (%d so far): %s: %s",
+                len(batch),
+                self._failed,
+                type(exc).__name__,
+                exc,
+            )
+        else:
+            self._written += len(batch)
+        finally:
+            self._pending -= len(batch)

@@ -1,0 +1,285 @@
+"""The stores against real databases: migrations, round trips, replacement, pagination, and open_store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from activity.support import FUSION_CALLS, T0, entries_over_time, make_entry
+from openfusion.activity import (
+    ActivityEntry,
+    ActivitySettings,
+    ActivityStore,
+    StoreUnavailable,
+    UnknownCursor,
+    open_store,
+)
+from openfusion.activity.migrations import MIGRATIONS, latest_version, pending
+from openfusion.activity.postgres_store import PostgresStore
+from openfusion.activity.sqlite_store import SqliteStore
+from openfusion.errors import ConfigError
+
+EXPECTED_TABLES = {"schema_version", "generations", "calls"}
+
+
+def _is_file(path: Path) -> bool:
+    return path.is_file()
+
+
+def _sqlite_tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def _sqlite_versions(path: Path) -> list[int]:
+    with sqlite3.connect(path) as conn:
+        return [row[0] for row in conn.execute("SELECT version FROM schema_version ORDER BY version")]
+
+
+async def test_sqlite_creates_file_folder_and_schema(sqlite_path: Path) -> None:
+    assert not sqlite_path.parent.exists()
+    store = await SqliteStore.open(sqlite_path)
+    try:
+        assert _is_file(sqlite_path)
+        assert await store.schema_version() == latest_version()
+    finally:
+        await store.close()
+    assert _sqlite_tables(sqlite_path) >= EXPECTED_TABLES
+    assert _sqlite_versions(sqlite_path) == [m.version for m in MIGRATIONS]
+
+
+async def test_sqlite_upgrades_an_older_schema_and_keeps_its_data(sqlite_path: Path) -> None:
+    old = await SqliteStore.open(sqlite_path, migrations=MIGRATIONS[:1])
+    await old.write([make_entry("gen-old")])
+    assert await old.schema_version() == 1
+    await old.close()
+    with sqlite3.connect(sqlite_path) as conn:
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "generations_newest_first" not in indexes
+
+    store = await SqliteStore.open(sqlite_path)
+    try:
+        assert await store.schema_version() == latest_version()
+        entry = await store.get("gen-old")
+        assert entry is not None and entry.generation.id == "gen-old"
+    finally:
+        await store.close()
+    with sqlite3.connect(sqlite_path) as conn:
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "generations_newest_first" in indexes
+
+
+async def test_reopening_applies_nothing_twice(sqlite_path: Path) -> None:
+    for _ in range(2):
+        store = await SqliteStore.open(sqlite_path)
+        await store.close()
+    assert _sqlite_versions(sqlite_path) == [m.version for m in MIGRATIONS]
+
+
+async def test_sqlite_newer_schema_is_opened_with_a_warning(
+    sqlite_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await (await SqliteStore.open(sqlite_path)).close()
+    with sqlite3.connect(sqlite_path) as conn:
+        conn.execute("INSERT INTO schema_version VALUES (99, 'from the future', '2030-01-01')")
+    with caplog.at_level(logging.WARNING, logger="openfusion.activity"):
+        store = await SqliteStore.open(sqlite_path)
+        await store.close()
+    assert "schema version 99" in caplog.text
+
+
+async def test_postgres_migrates_a_fresh_schema(postgres_url: str) -> None:
+    store = await PostgresStore.open(postgres_url)
+    try:
+        assert await store.schema_version() == latest_version()
+    finally:
+        await store.close()
+    async with await psycopg.AsyncConnection.connect(postgres_url) as conn:
+        cursor = await conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        )
+        tables = {row[0] for row in await cursor.fetchall()}
+        cursor = await conn.execute("SELECT version FROM schema_version ORDER BY version")
+        versions = [row[0] for row in await cursor.fetchall()]
+    assert tables == EXPECTED_TABLES
+    assert versions == [m.version for m in MIGRATIONS]
+
+
+async def test_postgres_upgrades_an_older_schema(postgres_url: str) -> None:
+    old = await PostgresStore.open(postgres_url, migrations=MIGRATIONS[:1])
+    await old.write([make_entry("gen-old")])
+    assert await old.schema_version() == 1
+    await old.close()
+    store = await PostgresStore.open(postgres_url)
+    try:
+        assert await store.schema_version() == latest_version()
+        assert await store.get("gen-old") is not None
+    finally:
+        await store.close()
+
+
+async def test_replicas_starting_together_migrate_once(postgres_url: str) -> None:
+    stores = await asyncio.gather(*(PostgresStore.open(postgres_url) for _ in range(4)))
+    try:
+        await stores[0].write([make_entry("gen-shared")])
+        assert await stores[3].get("gen-shared") is not None  # one shared history
+        assert {await s.schema_version() for s in stores} == {latest_version()}
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_two_processes_opening_one_sqlite_file_together(sqlite_path: Path) -> None:
+    stores = await asyncio.gather(*(SqliteStore.open(sqlite_path) for _ in range(3)))
+    await asyncio.gather(*(s.close() for s in stores))
+    assert _sqlite_versions(sqlite_path) == [m.version for m in MIGRATIONS]
+
+
+def test_pending_refuses_unordered_steps() -> None:
+    assert [m.version for m in pending(1)] == [m.version for m in MIGRATIONS[1:]]
+    with pytest.raises(ValueError, match="increasing"):
+        pending(0, (MIGRATIONS[1], MIGRATIONS[0]))
+
+
+async def test_round_trip_with_content(store: ActivityStore) -> None:
+    entry = make_entry("gen-rt", content=True, cost=0.0581)
+    await store.write([entry])
+    loaded = await store.get("gen-rt")
+    assert loaded == entry  # every field, the calls in their order, the content, the exact timestamp
+    assert loaded is not None and loaded.generation.created_at == T0
+
+
+async def test_round_trip_metadata_only_and_unknown_cost(store: ActivityStore) -> None:
+    entry = make_entry("gen-meta", cost=None, calls=())
+    await store.write([entry])
+    loaded = await store.get("gen-meta")
+    assert loaded is not None
+    assert loaded.generation.cost is None  # unknown stays unknown, not 0
+    assert not loaded.generation.has_content
+    assert loaded.calls == ()
+
+
+async def test_get_unknown_is_none(store: ActivityStore) -> None:
+    assert await store.get("gen-nope") is None
+
+
+async def test_writing_an_id_again_replaces_it(store: ActivityStore) -> None:
+    await store.write([make_entry("gen-x")])
+    again = make_entry("gen-x", status="error", failure_reason="all_panels_failed", calls=FUSION_CALLS[1:2])
+    await store.write([again])
+    loaded = await store.get("gen-x")
+    assert loaded is not None
+    assert loaded.generation.status == "error" and len(loaded.calls) == 1
+    page = await store.list(limit=10)
+    assert [g.id for g in page.generations] == ["gen-x"]
+
+
+async def test_list_is_newest_first_without_content(store: ActivityStore) -> None:
+    await store.write(
+        [
+            make_entry("gen-old", created_at=T0, content=True),
+            make_entry("gen-new", created_at=T0 + timedelta(minutes=1), content=True),
+        ]
+    )
+    page = await store.list(limit=10)
+    assert [g.id for g in page.generations] == ["gen-new", "gen-old"]
+    assert not page.has_more and page.next_before is None
+    assert all(not g.has_content for g in page.generations)
+
+
+async def test_pagination_walks_every_generation_once(store: ActivityStore) -> None:
+    entries = entries_over_time(7)
+    # Two generations in the same microsecond: the id breaks the tie, so none is skipped or repeated.
+    entries.append(make_entry("gen-003b", created_at=entries[3].generation.created_at))
+    await store.write(entries)
+    seen: list[str] = []
+    before = None
+    pages = 0
+    while True:
+        page = await store.list(limit=3, before=before)
+        pages += 1
+        seen += [g.id for g in page.generations]
+        if not page.has_more:
+            break
+        before = page.next_before
+        assert before == page.generations[-1].id
+    expected = sorted((e.generation for e in entries), key=lambda g: (g.created_at, g.id), reverse=True)
+    assert seen == [g.id for g in expected]
+    assert pages == 3
+
+
+async def test_unknown_cursor_is_refused(store: ActivityStore) -> None:
+    await store.write([make_entry("gen-1")])
+    with pytest.raises(UnknownCursor):
+        await store.list(limit=5, before="gen-missing")
+
+
+async def test_a_batch_is_one_transaction(store: ActivityStore) -> None:
+    good = make_entry("gen-good")
+    broken = make_entry("gen-broken", content=True, final_answer="PRIVATE-ANSWER")
+    # model_copy skips validation: a status the schema's CHECK constraint refuses makes the database fail.
+    invalid = ActivityEntry(broken.generation.model_copy(update={"status": "bogus"}), broken.calls)
+    with pytest.raises(StoreUnavailable) as caught:
+        await store.write([good, invalid])
+    assert "PRIVATE-ANSWER" not in str(caught.value)  # an error never quotes stored content
+    assert await store.get("gen-good") is None  # rolled back with the failing entry
+    await store.write([good])  # and the store still works
+    assert await store.get("gen-good") == good
+
+
+async def test_ping_and_closed_store(store: ActivityStore) -> None:
+    await store.ping()
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await store.ping()
+
+
+async def test_open_store_picks_sqlite_at_the_configured_path(sqlite_path: Path) -> None:
+    store = await open_store(ActivitySettings(path=sqlite_path), environ={})
+    try:
+        assert isinstance(store, SqliteStore) and store.path == sqlite_path
+    finally:
+        await store.close()
+
+
+async def test_open_store_defaults_under_xdg_state_home(tmp_path: Path) -> None:
+    store = await open_store(ActivitySettings(), environ={"XDG_STATE_HOME": str(tmp_path)})
+    try:
+        assert isinstance(store, SqliteStore)
+        assert store.path == tmp_path / "openfusion" / "activity.sqlite3"
+    finally:
+        await store.close()
+
+
+async def test_open_store_picks_postgres_from_database_url(postgres_url: str, sqlite_path: Path) -> None:
+    store = await open_store(ActivitySettings(path=sqlite_path), environ={"DATABASE_URL": postgres_url})
+    try:
+        assert isinstance(store, PostgresStore)
+        await store.write([make_entry("gen-pg")])
+        assert await store.get("gen-pg") is not None
+    finally:
+        await store.close()
+    assert not _is_file(sqlite_path)
+
+
+async def test_open_store_refuses_other_schemes_without_echoing_the_url() -> None:
+    with pytest.raises(ConfigError) as caught:
+        await open_store(ActivitySettings(), environ={"DATABASE_URL": "mysql://admin:hunter2@db/app"})
+    assert "hunter2" not in str(caught.value) and "'mysql'" in str(caught.value)
+
+
+async def test_unreachable_postgres_is_store_unavailable_without_the_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Port 1 on loopback: nothing listens, so the connection is refused at once.
+    url = "postgresql://app:hunter2@127.0.0.1:1/activity"
+    with pytest.raises(StoreUnavailable) as caught:
+        await PostgresStore.open(url, timeout_s=1.0)
+    assert "hunter2" not in str(caught.value)
+    assert "127.0.0.1:1/activity" in str(caught.value)
+    assert "hunter2" not in caplog.text

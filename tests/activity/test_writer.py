@@ -1,0 +1,190 @@
+"""The background writer over a real SQLite store: batching, flush on close, outages and a full queue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import pytest
+
+from activity.support import entries_over_time, make_entry
+from openfusion.activity import ActivityEntry, ActivityPage, ActivitySettings, ActivityWriter, StoreUnavailable
+from openfusion.activity.sqlite_store import SqliteStore
+
+
+class RecordingStore:
+    """A real store that also remembers the size of every batch it was asked to write."""
+
+    def __init__(self, inner: SqliteStore) -> None:
+        self.inner = inner
+        self.batches: list[int] = []
+        self.wrote = asyncio.Event()  # set after each completed write
+
+    async def write(self, batch: Sequence[ActivityEntry]) -> None:
+        await self.inner.write(batch)
+        self.batches.append(len(batch))
+        self.wrote.set()
+
+    async def wait_for_batches(self, sizes: list[int], timeout_s: float = 5.0) -> None:
+        """Wait until the first completed writes had these sizes."""
+        async with asyncio.timeout(timeout_s):
+            while self.batches[: len(sizes)] != sizes:
+                self.wrote.clear()
+                await self.wrote.wait()
+
+    async def get(self, generation_id: str) -> ActivityEntry | None:
+        return await self.inner.get(generation_id)
+
+    async def list(self, *, limit: int, before: str | None = None) -> ActivityPage:
+        return await self.inner.list(limit=limit, before=before)
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class FailingStore(RecordingStore):
+    """A store whose first `failures` writes raise, as during a database outage."""
+
+    def __init__(self, inner: SqliteStore, *, failures: int) -> None:
+        super().__init__(inner)
+        self.failures = failures
+
+    async def write(self, batch: Sequence[ActivityEntry]) -> None:
+        self.batches.append(len(batch))
+        if self.failures > 0:
+            self.failures -= 1
+            raise StoreUnavailable("activity database error: connection refused")
+        await self.inner.write(batch)
+
+
+class HangingStore(RecordingStore):
+    """A store whose writes never return (a database that accepts the connection and then hangs)."""
+
+    async def write(self, batch: Sequence[ActivityEntry]) -> None:
+        self.batches.append(len(batch))
+        await asyncio.Event().wait()
+
+
+async def _stored_ids(store: SqliteStore) -> list[str]:
+    page = await store.list(limit=200)
+    return sorted(g.id for g in page.generations)
+
+
+async def test_records_are_batched_by_size(sqlite_store: SqliteStore) -> None:
+    store = RecordingStore(sqlite_store)
+    writer = ActivityWriter(store, batch_size=3, flush_interval_s=5.0)
+    writer.start()
+    entries = entries_over_time(7)
+    for entry in entries:
+        assert writer.record(entry.generation, entry.calls) is True
+    # A full batch goes out without waiting for the (long) interval.
+    await store.wait_for_batches([3, 3])
+    await writer.aclose()
+    assert store.batches == [3, 3, 1]
+    assert await _stored_ids(sqlite_store) == sorted(e.generation.id for e in entries)
+    assert writer.stats.written == 7 and writer.stats.queued == 0
+
+
+async def test_a_lone_record_is_written_after_the_interval(sqlite_store: SqliteStore) -> None:
+    store = RecordingStore(sqlite_store)
+    async with ActivityWriter(store, batch_size=100, flush_interval_s=0.05) as writer:
+        entry = make_entry("gen-lone")
+        writer.record(entry.generation, entry.calls)
+        await store.wait_for_batches([1])
+        assert await sqlite_store.get("gen-lone") == entry
+
+
+async def test_close_flushes_everything_queued(sqlite_store: SqliteStore) -> None:
+    writer = ActivityWriter(sqlite_store, batch_size=50, flush_interval_s=60.0)
+    writer.start()
+    entries = entries_over_time(180)
+    for entry in entries:
+        writer.record(entry.generation, entry.calls)
+    await writer.aclose()
+    assert writer.stats.written == 180 and writer.stats.failed == 0 and writer.stats.dropped == 0
+    page = await sqlite_store.list(limit=200)
+    assert len(page.generations) == 180
+    assert await sqlite_store.get("gen-179") == entries[179]
+
+
+async def test_close_without_start_still_writes(sqlite_store: SqliteStore) -> None:
+    writer = ActivityWriter(sqlite_store)
+    entry = make_entry("gen-unstarted")
+    writer.record(entry.generation, entry.calls)
+    await writer.aclose()
+    assert await sqlite_store.get("gen-unstarted") == entry
+
+
+async def test_store_outage_is_counted_not_raised(sqlite_store: SqliteStore, caplog: pytest.LogCaptureFixture) -> None:
+    store = FailingStore(sqlite_store, failures=1)
+    writer = ActivityWriter(store, batch_size=4, flush_interval_s=60.0)
+    writer.start()
+    with caplog.at_level(logging.WARNING, logger="openfusion.activity"):
+        for entry in entries_over_time(6):
+            assert writer.record(entry.generation, entry.calls) is True
+        await writer.aclose()  # does not raise
+    assert store.batches == [4, 2]
+    assert writer.stats.failed == 4 and writer.stats.written == 2
+    assert "write failed, 4 generation(s) lost" in caplog.text
+    # The store came back: the batch after the outage is there.
+    assert await _stored_ids(sqlite_store) == ["gen-004", "gen-005"]
+
+
+async def test_a_hanging_store_times_out_and_counts(sqlite_store: SqliteStore) -> None:
+    store = HangingStore(sqlite_store)
+    writer = ActivityWriter(store, batch_size=10, flush_interval_s=0.01, write_timeout_s=0.05)
+    writer.start()
+    entry = make_entry("gen-hang")
+    writer.record(entry.generation, entry.calls)
+    async with asyncio.timeout(5):
+        await writer.aclose()
+    assert writer.stats.failed == 1 and writer.stats.written == 0
+
+
+async def test_full_queue_drops_and_counts_without_blocking(sqlite_store: SqliteStore) -> None:
+    gate = asyncio.Event()
+
+    class SlowStore(RecordingStore):
+        async def write(self, batch: Sequence[ActivityEntry]) -> None:
+            await gate.wait()
+            await super().write(batch)
+
+    settings = ActivitySettings(queue_size=3, batch_size=1, flush_interval_s=0.01)
+    writer = ActivityWriter.from_settings(SlowStore(sqlite_store), settings)
+    writer.start()
+    results = [writer.record(e.generation, e.calls) for e in entries_over_time(5)]
+    assert results == [True, True, True, False, False]
+    assert writer.stats.dropped == 2 and writer.stats.queued == 3
+    gate.set()
+    await writer.aclose()
+    assert writer.stats.written == 3
+    assert await _stored_ids(sqlite_store) == ["gen-000", "gen-001", "gen-002"]
+
+
+async def test_records_after_close_are_dropped(sqlite_store: SqliteStore) -> None:
+    writer = ActivityWriter(sqlite_store)
+    writer.start()
+    await writer.aclose()
+    entry = make_entry("gen-late")
+    assert writer.record(entry.generation, entry.calls) is False
+    assert writer.stats.dropped == 1
+    await writer.aclose()  # a second close is harmless
+
+
+@pytest.mark.parametrize("store_content", [False, True])
+async def test_content_is_kept_only_when_turned_on(sqlite_store: SqliteStore, store_content: bool) -> None:
+    entry = make_entry("gen-content", content=True)
+    async with ActivityWriter(sqlite_store, store_content=store_content) as writer:
+        writer.record(entry.generation, entry.calls)
+    loaded = await sqlite_store.get("gen-content")
+    assert loaded is not None
+    assert loaded.generation.has_content is store_content
+    if store_content:
+        assert loaded == entry
+    else:
+        assert loaded.generation == entry.generation.without_content()
+        assert loaded.calls == entry.calls  # metadata is always kept
