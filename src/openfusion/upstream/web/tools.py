@@ -235,14 +235,20 @@ class WebResearch:
 
 
 def is_blocked(url: str, domains: Collection[str]) -> bool:
-    """Whether a URL's host is one of `domains` or a subdomain of one."""
+    """Whether a URL is on one of `domains` (or a subdomain); an entry may carry a path prefix (`host/path`)."""
     if not domains:
         return False
     try:
-        host = httpx.URL(url).host.lower().rstrip(".")
+        parsed = httpx.URL(url)
     except httpx.InvalidURL:
         return False  # not a URL fetch would accept either
-    return any(host == d or host.endswith("." + d) for d in (d.lower().strip(".") for d in domains))
+    host, path = parsed.host.lower().rstrip("."), parsed.path.lower()
+    for entry in domains:
+        domain, _, prefix = entry.lower().strip().partition("/")
+        domain = domain.strip(".")
+        if (host == domain or host.endswith("." + domain)) and path.startswith("/" + prefix):
+            return True
+    return False
 
 
 def render_search(query: str, results: list[SearchResult]) -> str:
