@@ -12,7 +12,10 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from openfusion import __version__
+from openfusion.access.config import AccessConfig
+from openfusion.access.control import build_access
 from openfusion.api import chat, health, models
+from openfusion.api.access import install_access
 from openfusion.api.deps import AppState
 from openfusion.api.handlers import install as install_error_handlers
 from openfusion.errors import ConfigError
@@ -53,10 +56,13 @@ def create_app(
             f"default_preset {settings.default_preset!r} is not a preset; available: {', '.join(sorted(presets))}"
         )
     registry = ProviderRegistry.from_settings(settings, environ)
+    access_config = AccessConfig.model_validate(settings, from_attributes=True)
+    access = build_access(access_config, environ)  # key variables are checked here, before anything listens
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as resources:
+            resources.push_async_callback(access.aclose)
             http = http_client or await resources.enter_async_context(build_http_client(settings.http))
             app.state.openfusion = AppState(
                 settings=settings,
@@ -75,6 +81,7 @@ def create_app(
         redoc_url=None,
     )
     install_error_handlers(app)
+    install_access(app, access, cors=access_config.cors)
     for router in (chat.router, models.router, health.router):
         app.include_router(router)
     return app

@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from openfusion.access.keys import warn_if_open
     from openfusion.app import create_app
     from openfusion.settings import load_settings
 
@@ -49,6 +50,7 @@ def serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"openfusion: {exc.message}", file=sys.stderr)  # noqa: T201
         return 2
+    warn_if_open(args.host, app.state.access.keys)
     uvicorn.run(
         app,
         host=args.host,

@@ -6,9 +6,10 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from openfusion.access.config import CorsConfig, GuardsConfig, KeyConfig, LimitsConfig
 from openfusion.errors import ConfigError
 from openfusion.upstream.web.config import ResearchConfig
 
@@ -72,6 +73,13 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    # Client keys (see openfusion.access): none configured = an open server.
+    api_keys: SecretStr | None = None  # OPENFUSION_API_KEYS: comma-separated, named env-1, env-2, ...
+    keys: list[KeyConfig] = Field(default_factory=list)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    guards: GuardsConfig = Field(default_factory=GuardsConfig)
+    cors: CorsConfig = Field(default_factory=CorsConfig)
+    redis_url: SecretStr | None = None  # unset: REDIS_URL from the environment, else in-process counters
     research: ResearchConfig = Field(default_factory=ResearchConfig)
 
 

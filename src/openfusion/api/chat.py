@@ -6,6 +6,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
+from openfusion.api.access import admit
 from openfusion.api.body import parse_chat_request, read_body
 from openfusion.api.deps import State
 from openfusion.api.disconnect import cancel_on_disconnect
@@ -27,6 +28,7 @@ async def chat_completions(request: Request, state: State) -> Response:
     plan = plan_fusion(
         chat, presets=state.presets, default_preset=state.settings.default_preset, registry=state.registry
     )
+    await admit(request, chat=chat, plan=plan)  # 403 scope, 400 guards, 429 spend/concurrency
     if plan is None:
         return await cancel_on_disconnect(request, pass_through(state, chat, data))
     generation_id = new_generation_id()

@@ -1,0 +1,92 @@
+"""The access configuration: `[[keys]]`, `[limits]`, `[guards]`, `[cors]`, `OPENFUSION_API_KEYS` and `REDIS_URL`."""
+
+from __future__ import annotations
+
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+# Key names end up in logs, Redis keys and the activity store: keep them plain.
+KEY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class Limits(BaseModel):
+    """Per-client limits; a field left unset means no limit (or, on a key, the `[limits]` default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    max_concurrent_fusion: int | None = Field(default=None, ge=1)
+    daily_spend_usd: float | None = Field(default=None, gt=0)
+
+    def over(self, defaults: Limits) -> Limits:
+        """These limits, each unset one taken from `defaults`."""
+        return Limits(
+            **{
+                name: getattr(self, name) if getattr(self, name) is not None else getattr(defaults, name)
+                for name in Limits.model_fields
+            }
+        )
+
+
+class LimitsConfig(Limits):
+    """`[limits]`: every key's defaults, or one budget shared by all clients when no keys are configured."""
+
+    # Namespace of the counters in Redis (several deployments may share one Redis).
+    redis_prefix: str = Field(default="openfusion", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+
+
+class KeyConfig(Limits):
+    """One `[[keys]]` entry: a named client key, read from the environment or stored as its SHA-256."""
+
+    name: str = Field(pattern=KEY_NAME_PATTERN)
+    key_env: str | None = Field(default=None, min_length=1)
+    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    # fnmatch patterns over the requested model slug (fusion presets as `fusion/<name>`).
+    models: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+
+    @field_validator("key_sha256")
+    @classmethod
+    def _lowercase(cls, value: str | None) -> str | None:
+        return value.lower() if value else value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.key_env is None) == (self.key_sha256 is None):
+            raise ValueError(f"key {self.name!r} needs exactly one of key_env or key_sha256")
+        return self
+
+
+class GuardsConfig(BaseModel):
+    """`[guards]`: request shapes refused with 400 before anything is sent upstream."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_messages: int | None = Field(default=None, ge=1)
+    max_panel_size: int = Field(default=8, ge=1, le=8)
+    max_tokens: int | None = Field(default=None, ge=1)
+
+
+class CorsConfig(BaseModel):
+    """`[cors]`: off unless `allow_origins` names at least one origin (or `"*"`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allow_origins: list[str] = Field(default_factory=list)
+    # Browser SDKs send headers of their own (x-stainless-*), so every request header is allowed by default.
+    allow_headers: list[str] = Field(default_factory=lambda: ["*"])
+    max_age: int = Field(default=600, ge=0)
+
+
+class AccessConfig(BaseModel):
+    """Everything access control is configured with (the matching fields of Settings)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_keys: SecretStr | None = None
+    keys: list[KeyConfig] = Field(default_factory=list)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    guards: GuardsConfig = Field(default_factory=GuardsConfig)
+    cors: CorsConfig = Field(default_factory=CorsConfig)
+    # Shared counters for several replicas; unset: `REDIS_URL` from the environment, else in-process.
+    redis_url: SecretStr | None = None

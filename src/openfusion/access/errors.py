@@ -1,0 +1,42 @@
+"""Access errors, in the tree of `openfusion.errors`: 403 scope, 429 limits, 503 limit store down."""
+
+from __future__ import annotations
+
+import math
+
+from openfusion.errors import AuthenticationFailed, OpenFusionError
+
+__all__ = ["AuthenticationFailed", "LimitExceeded", "LimitsUnavailable", "ModelNotAllowed"]
+
+
+class ModelNotAllowed(OpenFusionError):
+    """The client's key is not scoped for a model it asked for."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "model_not_allowed"
+
+
+class LimitExceeded(OpenFusionError):
+    """A rate, concurrency or spend limit is reached; `retry_after` says when to try again."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, code: str, retry_after: float) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+    @property
+    def retry_after_header(self) -> str:
+        """Whole seconds for the `Retry-After` header, at least 1."""
+        return str(max(1, math.ceil(self.retry_after)))
+
+
+class LimitsUnavailable(OpenFusionError):
+    """The shared limit store (Redis) cannot be reached: the limits cannot be enforced."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "limits_unavailable"

@@ -1,0 +1,130 @@
+"""Client keys: loaded from the environment or the config file, found by SHA-256 in constant time."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import hmac
+import ipaddress
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from openfusion.access.config import AccessConfig, Limits
+from openfusion.errors import ConfigError
+
+log = logging.getLogger("openfusion.access")
+
+
+@dataclass(frozen=True)
+class Client:
+    """Who is calling: a configured key (by name), or anyone (`name=None`) when no keys are configured."""
+
+    name: str | None
+    limits: Limits
+    models: tuple[str, ...] = ("*",)
+
+    @property
+    def bucket(self) -> str:
+        """The name its counters are kept under."""
+        return f"key:{self.name}" if self.name is not None else "anonymous"
+
+    def allows(self, slug: str) -> bool:
+        """Whether the key's scope covers a model slug."""
+        return any(fnmatch.fnmatchcase(slug, pattern) for pattern in self.models)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    digest: bytes = field(repr=False)
+    client: Client
+
+
+def key_digest(key: str) -> bytes:
+    """The SHA-256 of a key, the only form in which keys are kept and compared."""
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+class KeyRing:
+    """The configured client keys."""
+
+    def __init__(self, entries: list[tuple[bytes, Client]]) -> None:
+        self._entries = [_Entry(digest, client) for digest, client in entries]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def names(self) -> list[str]:
+        """The key names, in configuration order."""
+        return [entry.client.name or "" for entry in self._entries]
+
+    def find(self, presented: str) -> Client | None:
+        """The client whose key this is, or None.
+
+        The presented key is hashed and compared with every stored digest, without stopping at a
+        match, so the time taken says nothing about which keys exist or how much of one matched.
+        """
+        digest = key_digest(presented)
+        found: Client | None = None
+        for entry in self._entries:
+            if hmac.compare_digest(digest, entry.digest) and found is None:
+                found = entry.client
+        return found
+
+
+def load_keys(config: AccessConfig, environ: Mapping[str, str]) -> KeyRing:
+    """Keys from `OPENFUSION_API_KEYS` (named env-1, env-2, …) and from `[[keys]]`; errors name keys, never values."""
+    entries: list[tuple[bytes, Client]] = []
+    raw = config.api_keys.get_secret_value() if config.api_keys else ""
+    values = [value.strip() for value in raw.split(",") if value.strip()]
+    for number, value in enumerate(values, start=1):
+        entries.append((key_digest(value), Client(name=f"env-{number}", limits=Limits().over(config.limits))))
+    for key in config.keys:
+        if key.key_env is not None:
+            value = environ.get(key.key_env, "").strip()
+            if not value:
+                raise ConfigError(f"key {key.name!r}: environment variable {key.key_env} is not set or empty")
+            digest = key_digest(value)
+        else:
+            assert key.key_sha256 is not None
+            digest = bytes.fromhex(key.key_sha256)
+        entries.append((digest, Client(name=key.name, limits=key.over(config.limits), models=tuple(key.models))))
+    _check_unique(entries)
+    return KeyRing(entries)
+
+
+def _check_unique(entries: list[tuple[bytes, Client]]) -> None:
+    names: set[str] = set()
+    owners: dict[bytes, str] = {}
+    for digest, client in entries:
+        name = client.name or ""
+        if name in names:
+            raise ConfigError(f"key name {name!r} is configured twice")
+        names.add(name)
+        if digest in owners:
+            raise ConfigError(f"keys {owners[digest]!r} and {name!r} are the same key")
+        owners[digest] = name
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address only accepts connections from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def warn_if_open(host: str, keys: KeyRing) -> bool:
+    """Log a WARNING when listening beyond loopback with no client keys; True when it warned."""
+    if keys or is_loopback(host):
+        return False
+    log.warning(
+        "openfusion is listening on %s with no client keys: anyone who can reach this address can spend "
+        "your provider credits. Set OPENFUSION_API_KEYS or add [[keys]] to the config file "
+        "(this is fine on a private network, e.g. as a sidecar).",
+        host,
+    )
+    return True

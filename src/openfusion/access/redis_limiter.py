@@ -1,0 +1,175 @@
+"""Limit counters in Redis, so every replica enforces one limit. Each check is one atomic Lua script.
+
+Times come from the Redis server (`TIME`), so replicas with skewed clocks still agree. Concurrency
+slots are leases in a sorted set scored by their expiry: a live run renews its lease every third
+of the lease time, and a replica that crashes mid-run cannot hold its slots for longer than one
+lease time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from openfusion.access.errors import LimitsUnavailable
+from openfusion.access.limiter import Slot
+from openfusion.errors import ConfigError
+
+log = logging.getLogger("openfusion.access")
+
+_NOW_MS = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+
+# KEYS[1] request log; ARGV: limit, window (ms), unique member. Returns 0 (admitted) or ms to wait.
+_HIT = (
+    _NOW_MS
+    + """
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return 0
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return math.max(1, tonumber(oldest[2]) + window - now)
+"""
+)
+
+# KEYS[1] leases; ARGV: limit, lease time (ms), lease id. Returns 1 (taken) or 0 (all held).
+_ACQUIRE = (
+    _NOW_MS
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+)
+
+# KEYS[1] leases; ARGV: lease time (ms), lease id. Returns 1 (renewed) or 0 (the lease had expired).
+_RENEW = (
+    _NOW_MS
+    + """
+if redis.call('ZSCORE', KEYS[1], ARGV[2]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+)
+
+_TIMEOUT_S = 2.0
+
+
+class RedisLimiter:
+    """Counters shared through Redis under `<prefix>:rpm:<bucket>` and `<prefix>:fusion:<bucket>`."""
+
+    shared = True
+
+    def __init__(self, client: Redis, *, prefix: str, lease_ttl_s: float = 60.0) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._lease_ms = max(1, round(lease_ttl_s * 1000))
+        self._hit = client.register_script(_HIT)
+        self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
+        self._slots: set[_RedisSlot] = set()
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str, lease_ttl_s: float = 60.0) -> RedisLimiter:
+        """A limiter on a new client for `url` (nothing connects until the first check)."""
+        try:
+            client = Redis.from_url(url, socket_connect_timeout=_TIMEOUT_S, socket_timeout=_TIMEOUT_S)
+        except ValueError:
+            # The message could echo the URL, and with it a password.
+            raise ConfigError("redis_url is not a valid Redis URL (redis://, rediss:// or unix://)") from None
+        return cls(client, prefix=prefix, lease_ttl_s=lease_ttl_s)
+
+    async def hit(self, bucket: str, *, limit: int, window_s: float) -> float:
+        """Count one request in the sliding window (atomically, on the Redis server's clock)."""
+        window_ms = max(1, round(window_s * 1000))
+        member = secrets.token_hex(8)
+        async with _unavailable_on_error():
+            wait_ms = await self._hit(keys=[self._key("rpm", bucket)], args=[limit, window_ms, member])
+        return int(wait_ms) / 1000
+
+    async def acquire(self, bucket: str, *, limit: int) -> Slot | None:
+        """Take a lease if fewer than `limit` live leases are held."""
+        key, lease = self._key("fusion", bucket), secrets.token_hex(8)
+        async with _unavailable_on_error():
+            taken = await self._acquire(keys=[key], args=[limit, self._lease_ms, lease])
+        if not int(taken):
+            return None
+        slot = _RedisSlot(self, key, lease)
+        self._slots.add(slot)
+        return slot
+
+    async def ping(self) -> None:
+        """Raise when Redis does not answer."""
+        await self._client.ping()
+
+    async def aclose(self) -> None:
+        """Stop renewing leases and close the connections."""
+        for slot in list(self._slots):
+            slot.stop_renewing()
+        await self._client.aclose()
+
+    def _key(self, kind: str, bucket: str) -> str:
+        return f"{self._prefix}:{kind}:{bucket}"
+
+
+class _RedisSlot:
+    def __init__(self, limiter: RedisLimiter, key: str, lease: str) -> None:
+        self._limiter = limiter
+        self._key = key
+        self._lease = lease
+        self._released = False
+        self._renewal = asyncio.create_task(self._renew_until_released(), name="openfusion-slot-lease")
+
+    async def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self.stop_renewing()
+        try:
+            await self._limiter._client.zrem(self._key, self._lease)
+        except (RedisError, OSError) as exc:  # the lease runs out by itself
+            log.warning("could not give back a fusion slot (%s); it frees itself within the lease time", exc)
+
+    def stop_renewing(self) -> None:
+        self._limiter._slots.discard(self)
+        self._renewal.cancel()
+
+    async def _renew_until_released(self) -> None:
+        limiter = self._limiter
+        while True:
+            await asyncio.sleep(limiter._lease_ms / 3000)
+            try:
+                renewed = await limiter._renew(keys=[self._key], args=[limiter._lease_ms, self._lease])
+            except (RedisError, OSError) as exc:
+                log.warning("could not renew a fusion slot lease: %s", exc)
+                continue
+            if not int(renewed):
+                log.warning("a fusion slot lease expired before its run ended")
+                return
+
+
+@contextlib.asynccontextmanager
+async def _unavailable_on_error() -> AsyncIterator[None]:
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        log.warning("limit store unreachable: %s", exc)
+        raise LimitsUnavailable(
+            "Rate limits cannot be checked right now (the limit store is unreachable); try again shortly."
+        ) from None

@@ -1,0 +1,170 @@
+"""The HTTP edge of access control: the key-checking middleware, `admit` for chat requests, CORS."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+
+import anyio
+from fastapi import FastAPI, Request
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocketClose
+
+from openfusion.access.config import CorsConfig
+from openfusion.access.control import AccessControl
+from openfusion.access.errors import AuthenticationFailed, LimitExceeded
+from openfusion.access.guards import check_guards
+from openfusion.access.keys import Client
+from openfusion.access.limiter import Slot
+from openfusion.access.scope import check_scope, requested_models
+from openfusion.access.spend import SpendSource
+from openfusion.api.handlers import error_response
+from openfusion.errors import OpenFusionError
+from openfusion.pipeline.plan import FusionPlan
+from openfusion.protocol import ChatRequest
+
+# Probes of orchestrators and load balancers: never behind a key, never counted.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+_GRANT = "openfusion.access"
+_RELEASE_TIMEOUT_S = 5.0
+_POLICY_VIOLATION = 1008
+
+
+@dataclass
+class Grant:
+    """One request's client and the slots it holds until its response has ended."""
+
+    access: AccessControl
+    client: Client
+    slots: list[Slot] = field(default_factory=list)
+
+    async def release(self) -> None:
+        """Give back every slot, even while the request is being cancelled (client gone)."""
+        with anyio.move_on_after(_RELEASE_TIMEOUT_S, shield=True):
+            while self.slots:
+                await self.slots.pop().release()
+
+
+class AccessMiddleware:
+    """Checks the client key and requests per minute on every route but the health probes.
+
+    A pure ASGI middleware: it wraps the whole response, so a fusion slot taken by `admit` is given
+    back when the last byte is sent or the client leaves.
+    """
+
+    def __init__(self, app: ASGIApp, *, access: AccessControl) -> None:
+        self.app = app
+        self.access = access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or _route_path(scope) in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        try:
+            client = self.access.authenticate(_presented_key(scope))
+            await self.access.count_request(client)
+        except OpenFusionError as exc:
+            if scope["type"] == "websocket":  # no route uses one yet; refuse it all the same
+                await WebSocketClose(code=_POLICY_VIOLATION, reason=exc.message)(scope, receive, send)
+            else:
+                await _render(exc, scope)(scope, receive, send)
+            return
+        grant = Grant(self.access, client)
+        scope.setdefault("state", {})[_GRANT] = grant
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            await grant.release()
+
+
+async def admit(request: Request, *, chat: ChatRequest, plan: FusionPlan | None) -> None:
+    """Check a chat request against its key's scope, the guards and the spend cap; hold a fusion slot.
+
+    Raises ModelNotAllowed (403), InvalidRequest (400) or LimitExceeded (429). The slot is given
+    back by the middleware when the response ends.
+    """
+    grant: Grant | None = request.scope.get("state", {}).get(_GRANT)
+    if grant is None:
+        raise RuntimeError("admit() needs AccessMiddleware: call install_access(app, ...)")
+    check_scope(grant.client, requested_models(chat, plan))
+    check_guards(grant.access.guards, chat=chat, plan=plan)
+    await grant.access.check_spend(grant.client, spend_source(request.app))
+    if plan is not None:
+        slot = await grant.access.take_fusion_slot(grant.client)
+        if slot is not None:
+            grant.slots.append(slot)
+
+
+def client_key_name(request: Request) -> str | None:
+    """The calling key's configured name (never the key), e.g. for the activity record; None without keys."""
+    grant: Grant | None = request.scope.get("state", {}).get(_GRANT)
+    return grant.client.name if grant is not None else None
+
+
+def spend_source(app: FastAPI) -> SpendSource | None:
+    """The activity store, when there is one that can tell today's spend."""
+    store = getattr(app.state, "activity_store", None)
+    return store if isinstance(store, SpendSource) else None
+
+
+def install_access(app: FastAPI, access: AccessControl, *, cors: CorsConfig) -> None:
+    """Put access control (and CORS, when configured) in front of every route."""
+    app.state.access = access
+    app.add_exception_handler(LimitExceeded, _limit_exceeded)
+    app.add_middleware(AccessMiddleware, access=access)
+    if cors.allow_origins:
+        # Added last, so it runs first: preflights are answered without a key, and errors carry CORS headers.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=cors.allow_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=cors.allow_headers,
+            expose_headers=["X-Generation-Id", "Retry-After"],
+            max_age=cors.max_age,
+        )
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the routes see: without the `root_path` a reverse proxy mounted the app under."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
+
+
+def _presented_key(scope: Scope) -> str | None:
+    """The key from `Authorization: Bearer <key>`, or the password of Basic auth (for a browser)."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, credentials = value.decode("latin-1").strip().partition(" ")
+            credentials = credentials.strip()
+            if scheme.lower() == "bearer":
+                return credentials or None
+            if scheme.lower() == "basic":
+                try:
+                    decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+                except (binascii.Error, UnicodeDecodeError):
+                    return None
+                return decoded.partition(":")[2] or None
+            return None
+    return None
+
+
+def _render(error: OpenFusionError, scope: Scope) -> Response:
+    response = error_response(error)
+    if isinstance(error, LimitExceeded):
+        response.headers["Retry-After"] = error.retry_after_header
+    if isinstance(error, AuthenticationFailed):
+        # Basic lets a person open the /activity pages in a browser with the key as password.
+        scheme = "Basic" if _route_path(scope).startswith("/activity") else "Bearer"
+        response.headers["WWW-Authenticate"] = f'{scheme} realm="openfusion"'
+    return response
+
+
+async def _limit_exceeded(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LimitExceeded)
+    return _render(exc, request.scope)

@@ -1,0 +1,145 @@
+"""Access-control fixtures: openfusion apps with keys and limits under real uvicorn, a fake upstream, real Redis."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from fastapi import FastAPI
+
+from fakes.server import serve_in_thread
+from fakes.upstream import FakeUpstream, Script
+from openfusion.access.config import AccessConfig
+from openfusion.app import create_app
+from openfusion.settings import ProviderConfig, Settings
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_START = (
+    'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no '
+    "--dir /var/lib/redis --logfile /var/log/redis/ci.log"
+)
+ACCESS_FIELDS = set(AccessConfig.model_fields)
+
+ANALYSIS = {
+    "consensus": ["ok"],
+    "contradictions": [],
+    "partial_coverage": [],
+    "unique_insights": [],
+    "blind_spots": [],
+}
+PRESETS = {
+    "trio": 'analysis_models = ["fake/a", "fake/b", "fake/c"]\nmodel = "fake/judge"\nsynthesis_model = "fake/synth"\n',
+    "duo": 'analysis_models = ["fake/a", "fake/b"]\nmodel = "fake/judge"\n',
+}
+
+
+@pytest.fixture(scope="session")
+def fake_upstream() -> Iterator[tuple[FakeUpstream, str]]:
+    fake = FakeUpstream()
+    with serve_in_thread(fake.app) as url:
+        yield fake, url
+
+
+@pytest.fixture
+def upstream(fake_upstream: tuple[FakeUpstream, str]) -> FakeUpstream:
+    """The fake upstream, reset, with a valid judge."""
+    fake, _ = fake_upstream
+    fake.reset()
+    fake.script("judge", Script(content=json.dumps(ANALYSIS)))
+    return fake
+
+
+@pytest.fixture
+def presets_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "presets"
+    directory.mkdir()
+    for name, text in PRESETS.items():
+        (directory / f"{name}.toml").write_text(text)
+    return directory
+
+
+@pytest.fixture
+def core_settings(fake_upstream: tuple[FakeUpstream, str], presets_dir: Path) -> dict[str, Any]:
+    """Settings of a server whose only provider is the fake upstream (`fake/*`)."""
+    _, url = fake_upstream
+    return {
+        "providers": [
+            ProviderConfig(
+                name="fake", base_url=f"{url}/v1", api_key_env="FAKE_KEY", models=["fake/*"], strip_prefix=True
+            )
+        ],
+        "builtin_providers": False,
+        "presets_dir": presets_dir,
+        "default_preset": "trio",
+        "retry": {"max_attempts": 1},
+    }
+
+
+def build_app(
+    core: dict[str, Any], access: dict[str, Any] | None = None, *, environ: dict[str, str] | None = None
+) -> FastAPI:
+    """create_app with access settings (`api_keys`, `keys`, `limits`, `guards`, `cors`, `redis_url`)."""
+    environ = {"FAKE_KEY": "sk-provider-secret", **(environ or {})}
+    access = access or {}
+    assert set(access) <= ACCESS_FIELDS, set(access) - ACCESS_FIELDS
+    return create_app(Settings(**core, **access), environ=environ)
+
+
+@pytest.fixture
+def serve(
+    upstream: FakeUpstream, core_settings: dict[str, Any]
+) -> Callable[..., AbstractContextManager[tuple[str, FastAPI]]]:
+    """Start openfusion with access settings under uvicorn; yields (base URL, app)."""
+
+    @contextlib.contextmanager
+    def start(
+        access: dict[str, Any] | None = None, *, environ: dict[str, str] | None = None, **core: Any
+    ) -> Iterator[tuple[str, FastAPI]]:
+        app = build_app({**core_settings, **core}, access, environ=environ)
+        with serve_in_thread(app) as url:
+            yield url, app
+
+    return start
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A fresh key prefix in the real Redis on 127.0.0.1:6379; its keys are deleted afterwards."""
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError as exc:
+        client.close()
+        pytest.fail(f"Redis is not reachable on 127.0.0.1:6379 ({exc}); start it with: {REDIS_START}")
+    prefix = f"openfusion-test-{uuid.uuid4().hex}"
+    try:
+        yield prefix
+    finally:
+        keys = list(client.scan_iter(f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    """A plain client to look at the counters."""
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    yield client
+    client.close()
+
+
+def chat_body(model: str = "fusion/trio", *, stream: bool = False, **extra: Any) -> dict[str, Any]:
+    """A minimal chat request."""
+    return {"model": model, "stream": stream, "messages": [{"role": "user", "content": "Hi"}], **extra}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}

@@ -1,0 +1,265 @@
+"""Client keys end to end: every route but the health probes needs one; scopes give 403."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request, WebSocket
+from starlette.routing import BaseRoute, Route
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from fakes.server import serve_in_thread
+from fakes.upstream import FakeUpstream
+from openfusion.api.access import client_key_name
+from openfusion.app import create_app
+from openfusion.settings import load_settings
+
+from .conftest import bearer, build_app, chat_body
+
+Serve = Callable[..., AbstractContextManager[tuple[str, FastAPI]]]
+KEYS = {"api_keys": "sk-client-one,sk-client-two"}
+OPEN = {"/healthz", "/readyz"}
+
+
+def walk(routes: list[BaseRoute]) -> list[Route]:
+    """Every route, through included routers (which FastAPI may keep as wrappers)."""
+    found: list[Route] = []
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            found += walk(inner.routes)
+        elif isinstance(route, Route):
+            found.append(route)
+    return found
+
+
+def api_routes(app: FastAPI) -> list[tuple[str, str]]:
+    """(method, path) of every route the app serves, found from the app itself, and two it does not."""
+    routes = [
+        (method, route.path)
+        for route in walk(app.routes)
+        if route.path not in OPEN
+        for method in sorted(route.methods or ())
+        if method != "HEAD"
+    ]
+    assert {"/v1/chat/completions", "/api/v1/chat/completions", "/v1/models"} <= {path for _, path in routes}
+    return [*routes, ("GET", "/activity"), ("GET", "/v1/no-such-route")]
+
+
+def call(url: str, method: str, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    body = chat_body("fake/a") if method == "POST" else None
+    return httpx.request(method, url + path, json=body, headers=headers, timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({}, "Missing API key"),
+        ({"Authorization": "Bearer"}, "Missing API key"),
+        (bearer("sk-client-three"), "Invalid API key"),
+        (bearer("sk-client-on"), "Invalid API key"),
+        ({"Authorization": "sk-client-one"}, "Missing API key"),
+        ({"Authorization": "Token sk-client-one"}, "Missing API key"),
+        ({"X-Api-Key": "sk-client-one"}, "Missing API key"),
+        ({"Authorization": "Basic %%%"}, "Missing API key"),
+    ],
+)
+def test_every_api_route_refuses_a_missing_or_wrong_key(
+    upstream: FakeUpstream, serve: Serve, headers: dict[str, str], message: str
+) -> None:
+    with serve(KEYS) as (url, app):
+        for method, path in api_routes(app):
+            response = call(url, method, path, headers)
+            assert response.status_code == 401, (method, path)
+            error = response.json()["error"]
+            assert error["code"] == "invalid_api_key" and error["type"] == "authentication_error"
+            assert error["message"].startswith(message)
+            assert "sk-client" not in response.text
+            assert response.headers["www-authenticate"].endswith('realm="openfusion"')
+    assert upstream.calls == []
+
+
+def test_health_probes_never_need_a_key(upstream: FakeUpstream, serve: Serve) -> None:
+    with serve(KEYS) as (url, _):
+        for path in sorted(OPEN):
+            for headers in ({}, bearer("wrong")):
+                response = httpx.get(url + path, headers=headers)
+                assert response.status_code == 200, path
+                assert "sk-client" not in response.text
+
+
+def test_a_valid_key_opens_every_route(upstream: FakeUpstream, serve: Serve) -> None:
+    with serve(KEYS) as (url, app):
+        for key in ("sk-client-one", "sk-client-two"):
+            for method, path in api_routes(app):
+                response = call(url, method, path, bearer(key))
+                expected = 404 if path in {"/activity", "/v1/no-such-route"} else 200
+                assert response.status_code == expected, (method, path, response.text)
+        fusion = httpx.post(f"{url}/v1/chat/completions", json=chat_body("fusion"), headers=bearer("sk-client-one"))
+        assert fusion.status_code == 200
+    # The client's key stays here: upstream calls carry the provider's key.
+    assert upstream.calls
+    assert {call.headers["authorization"] for call in upstream.calls} == {"Bearer sk-provider-secret"}
+
+
+def test_the_bearer_scheme_is_case_insensitive(upstream: FakeUpstream, serve: Serve) -> None:
+    with serve(KEYS) as (url, _):
+        response = httpx.get(f"{url}/v1/models", headers={"Authorization": "bearer  sk-client-two"})
+        assert response.status_code == 200
+
+
+def test_a_browser_may_send_the_key_as_basic_auth_password(upstream: FakeUpstream, serve: Serve) -> None:
+    with serve(KEYS) as (url, _):
+        prompt = httpx.get(f"{url}/activity")
+        assert prompt.status_code == 401
+        assert prompt.headers["www-authenticate"] == 'Basic realm="openfusion"'
+        assert httpx.get(f"{url}/v1/models").headers["www-authenticate"] == 'Bearer realm="openfusion"'
+        good = base64.b64encode(b"anyone:sk-client-one").decode()
+        assert httpx.get(f"{url}/v1/models", headers={"Authorization": f"Basic {good}"}).status_code == 200
+        bad = base64.b64encode(b"sk-client-one:").decode()  # the key must be the password
+        assert httpx.get(f"{url}/v1/models", headers={"Authorization": f"Basic {bad}"}).status_code == 401
+
+
+def test_without_keys_every_route_is_open(upstream: FakeUpstream, serve: Serve) -> None:
+    with serve() as (url, _):
+        assert httpx.get(f"{url}/v1/models").status_code == 200
+        assert httpx.post(f"{url}/v1/chat/completions", json=chat_body("fake/a")).status_code == 200
+        assert httpx.post(f"{url}/v1/chat/completions", json=chat_body("fusion")).status_code == 200
+
+
+def test_keys_from_the_environment_variable(
+    upstream: FakeUpstream, serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENFUSION_API_KEYS", "sk-from-env-1, sk-from-env-2")
+    with serve({}) as (url, app):  # Settings reads OPENFUSION_API_KEYS itself
+        assert app.state.access.keys.names == ["env-1", "env-2"]
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        assert httpx.get(f"{url}/v1/models", headers=bearer("sk-from-env-2")).status_code == 200
+
+
+def test_named_keys_from_the_config_file(upstream: FakeUpstream, core_settings: dict[str, Any], tmp_path: Path) -> None:
+    digest = hashlib.sha256(b"sk-team-b").hexdigest()
+    config = tmp_path / "openfusion.toml"
+    config.write_text(
+        f"""
+[[keys]]
+name = "team-a"
+key_env = "TEAM_A_KEY"
+models = ["fusion/*"]
+
+[[keys]]
+name = "team-b"
+key_sha256 = "{digest}"
+models = ["fake/*"]
+"""
+    )
+    environ = {"TEAM_A_KEY": "sk-team-a"}
+    app = create_app(load_settings(config, **core_settings), environ={"FAKE_KEY": "x", **environ})
+    with serve_in_thread(app) as url:
+
+        def post(key: str, model: str) -> httpx.Response:
+            return httpx.post(f"{url}/v1/chat/completions", json=chat_body(model), headers=bearer(key), timeout=10)
+
+        assert post("sk-team-a", "fusion").status_code == 200
+        assert post("sk-team-b", "fake/a").status_code == 200
+        refused = post("sk-team-b", "fusion")
+        assert refused.status_code == 403
+        assert refused.json()["error"] == {
+            "message": "This API key (team-b) is not allowed to use 'fusion/trio'.",
+            "type": "permission_error",
+            "param": "model",
+            "code": "model_not_allowed",
+        }
+        assert post("sk-team-a", "fake/a").status_code == 403
+        assert post(digest, "fake/a").status_code == 401  # the stored hash does not open anything
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (chat_body("fake/a"), "model"),
+        (chat_body("fusion/duo"), "model"),
+        (chat_body("fusion/trio", plugins=[{"id": "fusion", "preset": "duo"}]), "plugins[0].preset"),
+        (
+            chat_body("fusion/trio", plugins=[{"id": "fusion", "analysis_models": ["fake/b", "fake/x"]}]),
+            "plugins[0].analysis_models[1]",
+        ),
+        (chat_body("fake/a", plugins=[{"id": "fusion"}]), "model"),
+        (chat_body("fake/b", models=["fake/b", "fake/c"]), "models[1]"),
+    ],
+)
+def test_a_scoped_out_model_is_403_before_anything_is_sent(
+    upstream: FakeUpstream, serve: Serve, body: dict[str, Any], param: str
+) -> None:
+    keys = [{"name": "trio-only", "key_env": "K", "models": ["fusion/trio", "fake/b"]}]
+    with serve({"keys": keys}, environ={"K": "sk-trio"}) as (url, _):
+        for stream in (False, True):
+            response = httpx.post(
+                f"{url}/v1/chat/completions", json={**body, "stream": stream}, headers=bearer("sk-trio")
+            )
+            assert response.status_code == 403
+            error = response.json()["error"]
+            assert (error["code"], error["param"]) == ("model_not_allowed", param)
+        ok = {**chat_body("fusion/trio"), "plugins": [{"id": "fusion", "analysis_models": ["fake/b"]}]}
+        assert httpx.post(f"{url}/v1/chat/completions", json=ok, headers=bearer("sk-trio")).status_code == 200
+    assert {call.model for call in upstream.calls} == {"b", "judge", "synth"}
+
+
+def test_keys_never_reach_the_logs(upstream: FakeUpstream, serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    with serve(KEYS) as (url, _):
+        httpx.get(f"{url}/v1/models", headers=bearer("sk-client-wrong"))
+        httpx.get(f"{url}/v1/models", headers=bearer("sk-client-one"))
+        httpx.post(f"{url}/v1/chat/completions", json=chat_body("fusion"), headers=bearer("sk-client-two"))
+    assert caplog.records
+    assert "sk-client" not in caplog.text
+
+
+def test_routes_can_tell_which_key_called(upstream: FakeUpstream, core_settings: dict[str, Any]) -> None:
+    app = build_app(core_settings, {"keys": [{"name": "team-a", "key_env": "K"}]}, environ={"K": "sk-team-a"})
+
+    @app.get("/v1/whoami")
+    async def whoami(request: Request) -> dict[str, str | None]:
+        return {"key_name": client_key_name(request)}
+
+    with serve_in_thread(app) as url:
+        assert httpx.get(f"{url}/v1/whoami", headers=bearer("sk-team-a")).json() == {"key_name": "team-a"}
+    open_app = build_app(core_settings)
+    open_app.add_api_route("/v1/whoami", whoami)
+    with serve_in_thread(open_app) as url:
+        assert httpx.get(f"{url}/v1/whoami").json() == {"key_name": None}
+
+
+async def test_behind_a_proxy_prefix_the_probes_stay_open(core_settings: dict[str, Any]) -> None:
+    app = build_app(core_settings, KEYS)
+    transport = httpx.ASGITransport(app=app, root_path="/openfusion")
+    async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
+        assert (await client.get("/openfusion/healthz")).status_code == 200
+        assert (await client.get("/openfusion/v1/models")).status_code == 401
+        assert (await client.get("/openfusion/activity")).headers["www-authenticate"].startswith("Basic")
+
+
+def test_websockets_need_a_key_too(core_settings: dict[str, Any]) -> None:
+    app = build_app(core_settings, KEYS)
+
+    @app.websocket("/v1/echo")
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("hello")
+        await websocket.close()
+
+    with TestClient(app) as client:
+        with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/v1/echo"):
+            pass
+        assert refused.value.code == 1008
+        with client.websocket_connect("/v1/echo", headers=bearer("sk-client-one")) as websocket:
+            assert websocket.receive_text() == "hello"

@@ -1,0 +1,134 @@
+"""Client keys: loading, hashing, constant-time lookup, and the start-up warning."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+import openfusion.access.keys as keys_module
+from openfusion.access.config import AccessConfig, KeyConfig
+from openfusion.access.keys import KeyRing, is_loopback, load_keys, warn_if_open
+from openfusion.errors import ConfigError
+
+
+def sha(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def test_env_keys_are_named_in_order_and_found() -> None:
+    ring = load_keys(AccessConfig(api_keys=" sk-one , ,sk-two,"), {})
+    assert ring.names == ["env-1", "env-2"]
+    found = ring.find("sk-two")
+    assert found is not None and found.name == "env-2"
+    assert ring.find("sk-three") is None
+    assert ring.find("") is None
+
+
+def test_config_keys_from_an_environment_variable_and_from_a_hash() -> None:
+    config = AccessConfig(
+        keys=[
+            KeyConfig(name="team-a", key_env="TEAM_A_KEY", models=["fusion/*"], requests_per_minute=5),
+            KeyConfig(name="team-b", key_sha256=sha("sk-team-b").upper()),
+        ],
+        limits={"requests_per_minute": 100, "max_concurrent_fusion": 2},
+    )
+    ring = load_keys(config, {"TEAM_A_KEY": "sk-team-a\n"})
+    team_a, team_b = ring.find("sk-team-a"), ring.find("sk-team-b")
+    assert team_a is not None and team_b is not None
+    assert team_a.models == ("fusion/*",) and team_b.models == ("*",)
+    # A key's own limit wins; an unset one comes from [limits].
+    assert (team_a.limits.requests_per_minute, team_a.limits.max_concurrent_fusion) == (5, 2)
+    assert (team_b.limits.requests_per_minute, team_b.limits.max_concurrent_fusion) == (100, 2)
+    assert ring.find(sha("sk-team-b")) is None  # the stored hash is not itself a key
+
+
+def test_a_missing_key_variable_is_a_config_error_naming_the_variable() -> None:
+    config = AccessConfig(keys=[KeyConfig(name="team-a", key_env="TEAM_A_KEY")])
+    with pytest.raises(ConfigError, match=r"'team-a'.*TEAM_A_KEY"):
+        load_keys(config, {"TEAM_A_KEY": "  "})
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"name": "x"},
+        {"name": "x", "key_env": "A", "key_sha256": "0" * 64},
+        {"name": "x", "key_sha256": "not-a-hash"},
+        {"name": "has space", "key_env": "A"},
+        {"name": "x", "key_env": "A", "models": []},
+        {"name": "x", "key_env": "A", "requests_per_minute": 0},
+    ],
+)
+def test_invalid_key_entries_are_refused(entry: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        KeyConfig(**entry)
+
+
+def test_duplicate_names_and_duplicate_keys_are_refused_without_showing_the_key() -> None:
+    with pytest.raises(ConfigError, match="'env-1' is configured twice"):
+        load_keys(AccessConfig(api_keys="sk-a", keys=[KeyConfig(name="env-1", key_sha256=sha("sk-b"))]), {})
+    with pytest.raises(ConfigError, match="'env-1' and 'team'") as caught:
+        load_keys(AccessConfig(api_keys="sk-same", keys=[KeyConfig(name="team", key_env="K")]), {"K": "sk-same"})
+    assert "sk-same" not in str(caught.value)
+
+
+def test_keys_never_show_in_reprs() -> None:
+    config = AccessConfig(api_keys="sk-secret-value")
+    ring = load_keys(config, {})
+    assert "sk-secret-value" not in repr(config)
+    assert "sk-secret-value" not in repr(ring.__dict__)
+
+
+def test_lookup_compares_the_digest_against_every_key_whatever_the_outcome(monkeypatch: pytest.MonkeyPatch) -> None:
+    ring = load_keys(AccessConfig(api_keys="sk-1,sk-2,sk-3,sk-4"), {})
+    compared: list[tuple[bytes, bytes]] = []
+    real_compare = hmac.compare_digest
+
+    def counting_compare(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real_compare(a, b)
+
+    monkeypatch.setattr(keys_module.hmac, "compare_digest", counting_compare)
+    for presented, expected in [("sk-1", "env-1"), ("sk-4", "env-4"), ("sk-nope", None), ("s", None)]:
+        compared.clear()
+        found = ring.find(presented)
+        assert (found.name if found else None) == expected
+        # Every stored key is compared, as fixed-size SHA-256 digests, never the key itself.
+        assert len(compared) == 4
+        assert all(a == hashlib.sha256(presented.encode()).digest() and len(b) == 32 for a, b in compared)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.10", False),
+        ("my-host", False),
+    ],
+)
+def test_loopback_addresses(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_start_up_warns_when_open_beyond_loopback(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="openfusion.access")
+    assert warn_if_open("0.0.0.0", KeyRing([])) is True
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "0.0.0.0" in record.getMessage() and "OPENFUSION_API_KEYS" in record.getMessage()
+
+    caplog.clear()
+    assert warn_if_open("127.0.0.1", KeyRing([])) is False
+    assert warn_if_open("0.0.0.0", load_keys(AccessConfig(api_keys="sk-x"), {})) is False
+    assert caplog.records == []

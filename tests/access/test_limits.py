@@ -1,0 +1,242 @@
+"""Limits end to end: requests per minute, concurrent fusion runs and the daily spend cap, in-process and via Redis."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+import redis
+from fastapi import FastAPI
+
+from fakes.upstream import FakeUpstream, Script, wait_until
+
+from .conftest import REDIS_URL, bearer, chat_body
+
+Serve = Callable[..., AbstractContextManager[tuple[str, FastAPI]]]
+TEAM_A = {"name": "team-a", "key_env": "TEAM_A_KEY"}
+TEAM_B = {"name": "team-b", "key_env": "TEAM_B_KEY"}
+ENVIRON = {"TEAM_A_KEY": "sk-team-a", "TEAM_B_KEY": "sk-team-b"}
+A, B = bearer("sk-team-a"), bearer("sk-team-b")
+
+
+def assert_429(response: httpx.Response, code: str, *, max_retry_after: int) -> int:
+    """The response is an OpenAI-format 429 with `code` and a sane Retry-After; returns that."""
+    assert response.status_code == 429, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == ("rate_limit_error", code, None)
+    retry_after = int(response.headers["retry-after"])
+    assert 1 <= retry_after <= max_retry_after
+    return retry_after
+
+
+def test_requests_per_minute_per_key(upstream: FakeUpstream, serve: Serve) -> None:
+    keys = [{**TEAM_A, "requests_per_minute": 3}, TEAM_B]
+    with serve({"keys": keys}, environ=ENVIRON) as (url, _):
+        assert httpx.get(f"{url}/v1/models", headers=A).status_code == 200
+        assert httpx.post(f"{url}/v1/chat/completions", json=chat_body("fake/a"), headers=A).status_code == 200
+        assert httpx.get(f"{url}/api/v1/models", headers=A).status_code == 200
+        refused = httpx.post(f"{url}/v1/chat/completions", json=chat_body("fake/a"), headers=A)
+        assert_429(refused, "rate_limited", max_retry_after=60)
+        assert "team-a" in refused.json()["error"]["message"]
+        # Other keys and the health probes are not touched.
+        assert all(httpx.get(f"{url}/v1/models", headers=B).status_code == 200 for _ in range(5))
+        assert httpx.get(f"{url}/healthz").status_code == 200
+    assert len(upstream.calls_for("a")) == 1
+
+
+def test_limits_apply_globally_without_keys(upstream: FakeUpstream, serve: Serve) -> None:
+    with serve({"limits": {"requests_per_minute": 2}}) as (url, _):
+        assert [httpx.get(f"{url}/v1/models").status_code for _ in range(2)] == [200, 200]
+        assert_429(httpx.get(f"{url}/v1/models", headers=A), "rate_limited", max_retry_after=60)
+        assert httpx.get(f"{url}/readyz").status_code == 200
+
+
+def test_limits_defaults_apply_to_each_key_separately(upstream: FakeUpstream, serve: Serve) -> None:
+    with serve({"keys": [TEAM_A, TEAM_B], "limits": {"requests_per_minute": 1}}, environ=ENVIRON) as (url, _):
+        assert httpx.get(f"{url}/v1/models", headers=A).status_code == 200
+        assert httpx.get(f"{url}/v1/models", headers=B).status_code == 200
+        assert_429(httpx.get(f"{url}/v1/models", headers=A), "rate_limited", max_retry_after=60)
+
+
+def test_requests_per_minute_across_two_replicas_sharing_redis(
+    upstream: FakeUpstream, serve: Serve, redis_prefix: str
+) -> None:
+    access = {
+        "keys": [{**TEAM_A, "requests_per_minute": 3}],
+        "redis_url": REDIS_URL,
+        "limits": {"redis_prefix": redis_prefix},
+    }
+    with serve(access, environ=ENVIRON) as (url_a, _), serve(access, environ=ENVIRON) as (url_b, _):
+        assert httpx.get(f"{url_a}/v1/models", headers=A).status_code == 200
+        assert httpx.post(f"{url_a}/v1/chat/completions", json=chat_body("fake/a"), headers=A).status_code == 200
+        assert httpx.get(f"{url_b}/v1/models", headers=A).status_code == 200
+        assert_429(httpx.get(f"{url_b}/v1/models", headers=A), "rate_limited", max_retry_after=60)
+        assert_429(httpx.get(f"{url_a}/v1/models", headers=A), "rate_limited", max_retry_after=60)
+
+
+@contextlib.contextmanager
+def open_fusion_stream(url: str, headers: dict[str, str]) -> httpx.Response:  # type: ignore[misc]
+    """A fusion stream held open (its panel is slow) after its first line, i.e. once it was admitted."""
+    with httpx.stream(
+        "POST", f"{url}/v1/chat/completions", json=chat_body("fusion/trio", stream=True), headers=headers, timeout=10
+    ) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()  # kept: dropping a half-read iterator closes the connection
+        assert next(lines) == ": OPENFUSION PROCESSING"
+        yield response
+
+
+def slow_panel(upstream: FakeUpstream) -> None:
+    for model in "abc":
+        upstream.script(model, Script(delay_s=5))
+
+
+def test_concurrent_fusion_runs_per_key(upstream: FakeUpstream, serve: Serve) -> None:
+    slow_panel(upstream)
+    keys = [{**TEAM_A, "max_concurrent_fusion": 2}, TEAM_B]
+    with serve({"keys": keys}, environ=ENVIRON) as (url, app), ExitStack() as streams:
+        limiter = app.state.access.limiter
+        first = streams.enter_context(open_fusion_stream(url, A))
+        streams.enter_context(open_fusion_stream(url, A))
+        for stream in (False, True):
+            body = chat_body("fusion", stream=stream)
+            refused = httpx.post(f"{url}/v1/chat/completions", json=body, headers=A)
+            assert_429(refused, "concurrency_limited", max_retry_after=1)
+        # Pass-through is not a fusion run, and other keys have their own slots.
+        assert httpx.post(f"{url}/v1/chat/completions", json=chat_body("fake/judge"), headers=A).status_code == 200
+        streams.enter_context(open_fusion_stream(url, B))
+        # A client that leaves gives its slot back.
+        first.close()
+        wait_until(lambda: limiter.held("key:team-a") == 1)
+        streams.enter_context(open_fusion_stream(url, A))
+        assert limiter.held("key:team-a") == 2
+    assert limiter.held("key:team-a") == 0
+
+
+def test_finished_and_failed_fusion_runs_give_their_slot_back(upstream: FakeUpstream, serve: Serve) -> None:
+    keys = [{**TEAM_A, "max_concurrent_fusion": 1}]
+    with serve({"keys": keys}, environ=ENVIRON) as (url, app):
+        for stream in (False, True, False):
+            response = httpx.post(f"{url}/v1/chat/completions", json=chat_body("fusion", stream=stream), headers=A)
+            assert response.status_code == 200
+            response.read()
+        for model in "abc":
+            upstream.script(model, Script(status=500))
+        failed = httpx.post(f"{url}/v1/chat/completions", json=chat_body("fusion"), headers=A)
+        assert failed.status_code == 502
+        for model in "abc":
+            upstream.script(model, Script())
+        assert httpx.post(f"{url}/v1/chat/completions", json=chat_body("fusion"), headers=A).status_code == 200
+        assert app.state.access.limiter.held("key:team-a") == 0
+
+
+def test_concurrent_fusion_runs_across_two_replicas_sharing_redis(
+    upstream: FakeUpstream, serve: Serve, redis_prefix: str, redis_client: redis.Redis
+) -> None:
+    slow_panel(upstream)
+    access = {
+        "keys": [{**TEAM_A, "max_concurrent_fusion": 2}],
+        "redis_url": REDIS_URL,
+        "limits": {"redis_prefix": redis_prefix},
+    }
+    leases = f"{redis_prefix}:fusion:key:team-a"
+    with serve(access, environ=ENVIRON) as (url_a, _), serve(access, environ=ENVIRON) as (url_b, _):
+        with ExitStack() as streams:
+            on_a = streams.enter_context(open_fusion_stream(url_a, A))
+            streams.enter_context(open_fusion_stream(url_b, A))
+            for url in (url_a, url_b):
+                body = chat_body("fusion", stream=True)
+                assert_429(
+                    httpx.post(f"{url}/v1/chat/completions", json=body, headers=A),
+                    "concurrency_limited",
+                    max_retry_after=1,
+                )
+            on_a.close()
+            wait_until(lambda: redis_client.zcard(leases) == 1)
+            streams.enter_context(open_fusion_stream(url_b, A))
+            assert redis_client.zcard(leases) == 2
+        wait_until(lambda: redis_client.zcard(leases) == 0)
+
+
+class FakeActivityStore:
+    """An activity store as far as access control uses it."""
+
+    def __init__(self, spent: float | Exception | None) -> None:
+        self.spent = spent
+        self.asked: list[str | None] = []
+
+    async def ping(self) -> None:
+        """Reachable."""
+
+    async def spent_today(self, key_name: str | None) -> float | None:
+        self.asked.append(key_name)
+        if isinstance(self.spent, Exception):
+            raise self.spent
+        return self.spent
+
+
+def seconds_to_midnight() -> float:
+    now = datetime.now(UTC)
+    return (datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC) - now).total_seconds()
+
+
+def test_daily_spend_cap(upstream: FakeUpstream, serve: Serve) -> None:
+    keys = [{**TEAM_A, "daily_spend_usd": 5.0}, TEAM_B]
+    with serve({"keys": keys}, environ=ENVIRON) as (url, app):
+        store = app.state.activity_store = FakeActivityStore(4.99)
+
+        def post(key: dict[str, str]) -> httpx.Response:
+            return httpx.post(f"{url}/v1/chat/completions", json=chat_body("fusion"), headers=key)
+
+        assert post(A).status_code == 200
+        store.spent = 5.0
+        for body in (chat_body("fusion"), chat_body("fake/a", stream=True)):
+            refused = httpx.post(f"{url}/v1/chat/completions", json=body, headers=A)
+            retry_after = assert_429(refused, "spend_limited", max_retry_after=86_400)
+            assert abs(retry_after - seconds_to_midnight()) < 5
+            assert "$5.00" in refused.json()["error"]["message"]
+        assert post(B).status_code == 200  # team-b has no cap: its spend is not even asked for
+        assert httpx.get(f"{url}/v1/models", headers=A).status_code == 200  # reading is not spending
+        for unknown in (None, RuntimeError("database down")):
+            store.spent = unknown
+            assert post(A).status_code == 200  # unknown spend never blocks
+        assert set(store.asked) == {"team-a"}
+
+
+def test_a_global_spend_cap_asks_for_all_traffic(upstream: FakeUpstream, serve: Serve) -> None:
+    with serve({"limits": {"daily_spend_usd": 1.0}}) as (url, app):
+        store = app.state.activity_store = FakeActivityStore(0.5)
+        assert httpx.post(f"{url}/v1/chat/completions", json=chat_body("fusion")).status_code == 200
+        store.spent = 1.5
+        assert_429(
+            httpx.post(f"{url}/v1/chat/completions", json=chat_body("fusion")), "spend_limited", max_retry_after=86_400
+        )
+        assert store.asked == [None, None]
+
+
+def test_a_spend_cap_without_an_activity_store_is_not_enforced(
+    upstream: FakeUpstream, serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    with serve({"limits": {"daily_spend_usd": 1.0}}) as (url, _):
+        for _ in range(2):
+            assert httpx.post(f"{url}/v1/chat/completions", json=chat_body("fake/a")).status_code == 200
+    warnings = [r for r in caplog.records if "daily_spend_usd" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_a_limit_store_outage_is_503_in_openai_format(upstream: FakeUpstream, serve: Serve) -> None:
+    from .test_limiters import closed_port
+
+    access = {"keys": [{**TEAM_A, "requests_per_minute": 5}], "redis_url": f"redis://:pw-x@127.0.0.1:{closed_port()}"}
+    with serve(access, environ=ENVIRON) as (url, _):
+        started = time.monotonic()
+        response = httpx.get(f"{url}/v1/models", headers=A)
+        assert time.monotonic() - started < 5
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "limits_unavailable"
+        assert "pw-x" not in response.text
