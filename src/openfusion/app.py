@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -14,7 +16,8 @@ from pydantic import SecretStr
 from openfusion import __version__
 from openfusion.access.config import AccessConfig
 from openfusion.access.control import build_access
-from openfusion.api import chat, health, models
+from openfusion.activity import ActivityWriter, PriceTable, open_store
+from openfusion.api import activity, chat, health, metrics, models
 from openfusion.api.access import install_access
 from openfusion.api.deps import AppState
 from openfusion.api.handlers import install as install_error_handlers
@@ -24,6 +27,8 @@ from openfusion.settings import Settings, load_settings
 from openfusion.upstream.client import UpstreamClient, build_http_client
 from openfusion.upstream.providers import ProviderRegistry
 from openfusion.upstream.web import WebResearch, build_fetch_client
+
+log = logging.getLogger("openfusion")
 
 
 async def _web_research(
@@ -37,6 +42,14 @@ async def _web_research(
     key = environ.get(key_env, "").strip() if key_env else ""
     fetch_http = await resources.enter_async_context(build_fetch_client()) if config.fetch.enabled else None
     return WebResearch.from_config(config, http=http, fetch_http=fetch_http, api_key=SecretStr(key) if key else None)
+
+
+async def _refresh_prices(prices: PriceTable, upstream: UpstreamClient, provider: str) -> None:
+    """Fill the price table from a provider's /models listing, in the background: start-up never waits on it."""
+    try:
+        await prices.refresh(lambda: upstream.list_models(provider))
+    except Exception as exc:  # prices stay as configured; costs without a price stay unknown
+        log.warning("could not refresh prices from %s: %s", provider, exc)
 
 
 def create_app(
@@ -64,12 +77,27 @@ def create_app(
         async with contextlib.AsyncExitStack() as resources:
             resources.push_async_callback(access.aclose)
             http = http_client or await resources.enter_async_context(build_http_client(settings.http))
+            upstream = UpstreamClient(http, registry, settings.retry)
+            store = await open_store(settings.activity, environ) if settings.activity.enabled else None
+            writer = None
+            if store is not None:
+                resources.push_async_callback(store.close)
+                writer = ActivityWriter.from_settings(store, settings.activity)
+                writer.start()
+                resources.push_async_callback(writer.aclose)  # runs first: flushes the queue into the open store
+            app.state.activity_store = store
+            prices = PriceTable(settings.pricing.models)
+            if settings.pricing.refresh_from:
+                refresh = asyncio.create_task(_refresh_prices(prices, upstream, settings.pricing.refresh_from))
+                resources.callback(refresh.cancel)
             app.state.openfusion = AppState(
                 settings=settings,
                 registry=registry,
                 presets=presets,
-                upstream=UpstreamClient(http, registry, settings.retry),
+                upstream=upstream,
                 research=await _web_research(settings, environ, http, resources),
+                activity=writer,
+                prices=prices,
             )
             yield
 
@@ -82,6 +110,6 @@ def create_app(
     )
     install_error_handlers(app)
     install_access(app, access, cors=access_config.cors)
-    for router in (chat.router, models.router, health.router):
+    for router in (chat.router, models.router, health.router, activity.router, metrics.router):
         app.include_router(router)
     return app

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -24,7 +23,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, default=None, help="TOML config file (default: $OPENFUSION_CONFIG)")
     serve.add_argument("--presets", type=Path, default=None, help="directory of extra or overriding preset files")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    serve.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    serve.add_argument(
+        "--log-format", default="json", choices=["json", "text"], help="log lines as JSON (default) or plain text"
+    )
+    serve.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also log uvicorn's access lines (openfusion logs one 'request finished' line per request anyway)",
+    )
     evaluate = commands.add_parser(
         "eval",
         help="grade models on DRACO-format tasks through a running openfusion",
@@ -40,10 +47,11 @@ def serve(args: argparse.Namespace) -> int:
 
     from openfusion.access.keys import warn_if_open
     from openfusion.app import create_app
+    from openfusion.observability.logs import configure_logging
     from openfusion.settings import load_settings
 
     config = args.config or (Path(os.environ["OPENFUSION_CONFIG"]) if os.environ.get("OPENFUSION_CONFIG") else None)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_config = configure_logging(level=args.log_level, fmt=args.log_format)
     try:
         settings = load_settings(config, presets_dir=args.presets)
         app = create_app(settings)
@@ -56,7 +64,8 @@ def serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level=args.log_level,
-        access_log=not args.no_access_log,
+        log_config=log_config,
+        access_log=args.access_log,
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
     return 0

@@ -67,6 +67,14 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
+class CostLimitExceeded(OpenFusionError):
+    """The request's worst-case cost is above its `max_cost` (or cannot be bounded): nothing was spent."""
+
+    status_code = 402
+    error_type = "insufficient_quota"
+    code = "max_cost_exceeded"
+
+
 class PayloadTooLarge(OpenFusionError):
     status_code = 413
     error_type = "invalid_request_error"

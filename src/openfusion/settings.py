@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from openfusion.access.config import CorsConfig, GuardsConfig, KeyConfig, LimitsConfig
+from openfusion.activity.config import ActivitySettings
+from openfusion.activity.cost import ModelPrice
 from openfusion.errors import ConfigError
 from openfusion.upstream.web.config import ResearchConfig
 
@@ -58,6 +60,16 @@ class HttpSettings(BaseModel):
     transport: Literal["aiohttp", "httpx"] = "aiohttp"
 
 
+class PricingSettings(BaseModel):
+    """Model prices (USD per token) for cost where upstreams do not report it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # A provider name: at start-up its OpenRouter-format /models listing fills in the prices not set here.
+    refresh_from: str | None = None
+    models: dict[str, ModelPrice] = Field(default_factory=dict)
+
+
 class Settings(BaseSettings):
     """Everything openfusion is configured with. Fields may come from the TOML file or `OPENFUSION_<NAME>`."""
 
@@ -81,6 +93,8 @@ class Settings(BaseSettings):
     cors: CorsConfig = Field(default_factory=CorsConfig)
     redis_url: SecretStr | None = None  # unset: REDIS_URL from the environment, else in-process counters
     research: ResearchConfig = Field(default_factory=ResearchConfig)
+    activity: ActivitySettings = Field(default_factory=ActivitySettings)
+    pricing: PricingSettings = Field(default_factory=PricingSettings)
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

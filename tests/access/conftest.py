@@ -79,6 +79,7 @@ def core_settings(fake_upstream: tuple[FakeUpstream, str], presets_dir: Path) ->
         "presets_dir": presets_dir,
         "default_preset": "trio",
         "retry": {"max_attempts": 1},
+        "activity": {"enabled": False},  # access tests; the spend cap with a store has its own test
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import pathlib
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
@@ -240,3 +241,23 @@ def test_a_limit_store_outage_is_503_in_openai_format(upstream: FakeUpstream, se
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "limits_unavailable"
         assert "pw-x" not in response.text
+
+
+def test_a_spend_cap_is_enforced_from_the_activity_store(
+    upstream: FakeUpstream, serve: Serve, tmp_path: pathlib.Path
+) -> None:
+    upstream.script("a", Script(cost=2.5))  # the provider reports what each call cost
+    access = {"keys": [{**TEAM_A, "daily_spend_usd": 1.0}]}
+    activity = {"enabled": True, "path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
+
+    with serve(access, environ=ENVIRON, activity=activity) as (url, _):
+        first = httpx.post(f"{url}/v1/chat/completions", json=chat_body("fake/a"), headers=A, timeout=10)
+        assert first.status_code == 200
+
+        def refused() -> bool:
+            response = httpx.post(f"{url}/v1/chat/completions", json=chat_body("fake/a"), headers=A, timeout=10)
+            return response.status_code == 429
+
+        wait_until(refused, timeout=5)  # once the first call's $2.50 is recorded, team-a is over its $1 day
+        blocked = httpx.post(f"{url}/v1/chat/completions", json=chat_body("fake/a"), headers=A)
+    assert blocked.json()["error"]["code"] == "spend_limited" and int(blocked.headers["retry-after"]) > 0

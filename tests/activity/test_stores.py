@@ -283,3 +283,26 @@ async def test_unreachable_postgres_is_store_unavailable_without_the_password(
     assert "hunter2" not in str(caught.value)
     assert "127.0.0.1:1/activity" in str(caught.value)
     assert "hunter2" not in caplog.text
+
+
+async def test_spent_today_sums_known_costs_per_key(store: ActivityStore) -> None:
+    from openfusion.activity.records import GenerationRecord, utc_now
+
+    def generation(gid: str, *, key: str | None, cost: float | None, days_ago: int = 0) -> ActivityEntry:
+        record = GenerationRecord(
+            id=gid, created_at=utc_now() - timedelta(days=days_ago), requested_model="fusion", status="ok",
+            latency_ms=5, cost=cost, key_name=key,
+        )  # fmt: skip
+        return ActivityEntry(record)
+
+    await store.write([
+        generation("g1", key="team-a", cost=0.25),
+        generation("g2", key="team-a", cost=None),  # unknown: left out, never counted as 0 or -1
+        generation("g3", key="team-b", cost=1.0),
+        generation("g4", key="team-a", cost=5.0, days_ago=1),  # yesterday's spend does not count
+    ])  # fmt: skip
+
+    assert await store.spent_today("team-a") == pytest.approx(0.25)
+    assert await store.spent_today("team-b") == pytest.approx(1.0)
+    assert await store.spent_today(None) == pytest.approx(1.25)
+    assert await store.spent_today("nobody") == 0.0

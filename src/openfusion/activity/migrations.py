@@ -70,6 +70,7 @@ CREATE TABLE calls (
 )"""
 
 
+_SPEND_INDEX = "CREATE INDEX generations_spend ON generations (key_name, created_at)"
 _PAGINATION_INDEX = "CREATE INDEX generations_newest_first ON generations (created_at DESC, id DESC)"
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -90,6 +91,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         description="index for newest-first pagination",
         sqlite=(_PAGINATION_INDEX,),
         postgres=(_PAGINATION_INDEX,),
+    ),
+    Migration(
+        version=3,
+        description="index for a key's spend today (daily spend caps)",
+        sqlite=(_SPEND_INDEX,),
+        postgres=(_SPEND_INDEX,),
     ),
 )
 

@@ -11,7 +11,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from openfusion.activity.migrations import MIGRATIONS, VERSION_TABLE, Migration, latest_version, pending
-from openfusion.activity.records import ActivityEntry, ActivityPage
+from openfusion.activity.records import ActivityEntry, ActivityPage, start_of_day
 from openfusion.activity.sql import (
     Statements,
     call_from_row,
@@ -137,6 +137,16 @@ class PostgresStore:
                     raise UnknownCursor(before)
                 rows = await (await conn.execute(SQL.select_older, (cursor[0], cursor[1], limit + 1))).fetchall()
         return ActivityPage(tuple(generation_from_row(r) for r in rows[:limit]), has_more=len(rows) > limit)
+
+    async def spent_today(self, key_name: str | None) -> float | None:
+        """USD spent since midnight UTC by one key (None: by everyone), where costs are known."""
+        async with self._connection() as conn:
+            if key_name is None:
+                cursor = await conn.execute(SQL.spent_since, (start_of_day(),))
+            else:
+                cursor = await conn.execute(SQL.spent_by_key_since, (start_of_day(), key_name))
+            row = await cursor.fetchone()
+        return float(row[0] or 0.0) if row else 0.0
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers."""

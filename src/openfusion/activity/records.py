@@ -131,6 +131,11 @@ class ActivityPage:
         return self.generations[-1].id if self.has_more and self.generations else None
 
 
+def start_of_day() -> datetime:
+    """Midnight UTC today: where a daily spend cap's day begins."""
+    return utc_now().replace(hour=0, minute=0, second=0, microsecond=0)
+
+
 def utc_now() -> datetime:
     """The current time, time-zone aware in UTC (what `created_at` expects)."""
     return datetime.now(UTC)

@@ -61,6 +61,9 @@ class Statements:
         self.select_cursor = f"SELECT created_at, id FROM generations WHERE id = {p}"
         summary = ", ".join(SUMMARY_COLUMNS)
         self.select_newest = f"SELECT {summary} FROM generations ORDER BY created_at DESC, id DESC LIMIT {p}"
+        # Unknown costs are left out: a spend cap sees a lower bound rather than nothing.
+        self.spent_since = f"SELECT COALESCE(SUM(cost), 0) FROM generations WHERE created_at >= {p}"
+        self.spent_by_key_since = self.spent_since + f" AND key_name = {p}"
         self.select_older = (
             f"SELECT {summary} FROM generations WHERE (created_at, id) < ({p}, {p}) "
             f"ORDER BY created_at DESC, id DESC LIMIT {p}"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from openfusion.activity.migrations import MIGRATIONS, VERSION_TABLE, Migration, latest_version, pending
-from openfusion.activity.records import ActivityEntry, ActivityPage, utc_now
+from openfusion.activity.records import ActivityEntry, ActivityPage, start_of_day, utc_now
 from openfusion.activity.sql import (
     Statements,
     call_from_row,
@@ -154,6 +154,15 @@ class SqliteStore:
             rows = self._conn.execute(SQL.select_older, (cursor[0], cursor[1], limit + 1)).fetchall()
         # One row past the limit tells whether an older page exists without a COUNT.
         return ActivityPage(tuple(generation_from_row(r) for r in rows[:limit]), has_more=len(rows) > limit)
+
+    async def spent_today(self, key_name: str | None) -> float | None:
+        """USD spent since midnight UTC by one key (None: by everyone), where costs are known."""
+        since = timestamp(start_of_day())
+        if key_name is None:
+            row = await self._run(lambda: self._conn.execute(SQL.spent_since, (since,)).fetchone())
+        else:
+            row = await self._run(lambda: self._conn.execute(SQL.spent_by_key_since, (since, key_name)).fetchone())
+        return float(row[0] or 0.0)
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers."""

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
-from openfusion.api.access import admit
+from openfusion.api.access import admit, client_key_name
 from openfusion.api.body import parse_chat_request, read_body
-from openfusion.api.deps import State
+from openfusion.api.deps import AppState, State
 from openfusion.api.disconnect import cancel_on_disconnect
 from openfusion.api.fusion_response import complete_fusion, stream_fusion
+from openfusion.api.ledger import Ledger
 from openfusion.api.passthrough import SSE_HEADERS, pass_through
-from openfusion.pipeline.plan import plan_fusion
+from openfusion.pipeline.budget import priced
+from openfusion.pipeline.plan import FusionPlan, plan_fusion
 from openfusion.pipeline.run import run_fusion
-from openfusion.protocol import new_generation_id
+from openfusion.protocol import ChatRequest
 
 router = APIRouter()
 
@@ -29,10 +33,33 @@ async def chat_completions(request: Request, state: State) -> Response:
         chat, presets=state.presets, default_preset=state.settings.default_preset, registry=state.registry
     )
     await admit(request, chat=chat, plan=plan)  # 403 scope, 400 guards, 429 spend/concurrency
-    if plan is None:
-        return await cancel_on_disconnect(request, pass_through(state, chat, data))
-    generation_id = new_generation_id()
-    headers = {"X-Generation-Id": generation_id}
+    if plan is not None:
+        plan = priced(plan, chat, state.prices)  # 402 before anything is spent when over max_cost
+    ledger = Ledger(
+        state,
+        requested_model=chat.model,
+        streamed=chat.stream,
+        preset=plan.preset if plan else None,
+        key_name=client_key_name(request),
+    )
+    try:
+        if plan is None:
+            response = await cancel_on_disconnect(request, pass_through(state, chat, data, ledger))
+        else:
+            response = await _fusion(request, state, chat, plan, ledger)
+    except BaseException as exc:
+        ledger.failed(exc)
+        ledger.close()
+        raise
+    response.headers["X-Generation-Id"] = ledger.generation_id
+    # Streams: the time before the first byte; otherwise the whole request's own time.
+    response.headers["X-Openfusion-Overhead-Ms"] = f"{ledger.overhead_ms():.2f}"
+    if not isinstance(response, StreamingResponse):
+        ledger.close()
+    return response
+
+
+async def _fusion(request: Request, state: AppState, chat: ChatRequest, plan: FusionPlan, ledger: Ledger) -> Response:
     events = run_fusion(
         upstream=state.upstream,
         plan=plan,
@@ -44,11 +71,13 @@ async def chat_completions(request: Request, state: State) -> Response:
     if chat.stream:
         body = stream_fusion(
             events,
-            generation_id=generation_id,
+            generation_id=ledger.generation_id,
             model=plan.synthesizer,
             keepalive_interval=state.settings.keepalive_interval_s,
             progress=not (chat.reasoning or {}).get("exclude", False),
+            ledger=ledger,
         )
-        return StreamingResponse(body, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
-    result = await cancel_on_disconnect(request, complete_fusion(events, generation_id=generation_id))
-    return Response(orjson.dumps(result), media_type="application/json", headers=headers)
+        return StreamingResponse(ledger.closing(body), media_type="text/event-stream", headers=SSE_HEADERS)
+    work = complete_fusion(events, generation_id=ledger.generation_id, ledger=ledger)
+    result: dict[str, Any] = await cancel_on_disconnect(request, work)
+    return Response(orjson.dumps(result), media_type="application/json")

@@ -7,6 +7,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from openfusion.activity import ActivityWriter, PriceTable
+from openfusion.observability.metrics import Metrics
 from openfusion.pipeline.structured import DialectMemory
 from openfusion.presets import Preset
 from openfusion.settings import Settings
@@ -25,6 +27,9 @@ class AppState:
     upstream: UpstreamClient
     research: WebResearch | None = None
     dialects: DialectMemory = field(default_factory=DialectMemory)
+    metrics: Metrics = field(default_factory=Metrics)
+    activity: ActivityWriter | None = None
+    prices: PriceTable = field(default_factory=PriceTable)
 
 
 def get_state(request: Request) -> AppState:

@@ -7,13 +7,16 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from openfusion.errors import OpenFusionError
 from openfusion.pipeline.events import Event, RunFinished, SynthesisChunk, SynthesisMessage
 from openfusion.pipeline.progress import describe
 from openfusion.protocol import chunk_body, completion_body
 from openfusion.sse import DONE, KEEPALIVE, encode, error_chunk
+
+if TYPE_CHECKING:
+    from openfusion.api.ledger import Ledger
 
 log = logging.getLogger("openfusion")
 
@@ -65,6 +68,7 @@ async def stream_fusion(
     model: str,
     keepalive_interval: float,
     progress: bool = True,
+    ledger: Ledger | None = None,
 ) -> AsyncIterator[bytes]:
     """The SSE body of a streamed fusion response; progress goes out as `delta.reasoning` text."""
     created = int(time.time())
@@ -89,6 +93,8 @@ async def stream_fusion(
                 chunk.pop("usage", None)  # the summed usage comes in the last chunk
                 yield encode(chunk)
             elif isinstance(event, RunFinished):
+                if ledger is not None:
+                    ledger.finished(event)
                 if event.annotations:  # citations of the streamed answer, known once it is complete
                     choice = {"index": 0, "delta": {"annotations": event.annotations}, "finish_reason": None}
                     yield encode(
@@ -99,8 +105,12 @@ async def stream_fusion(
                     chunk_body(generation_id=generation_id, model=event.model, created=created, choices=[], extra=extra)
                 )
     except OpenFusionError as exc:
+        if ledger is not None:
+            ledger.failed(exc)
         yield encode(error_chunk(exc, generation_id=generation_id, model=current_model, created=created))
-    except Exception:
+    except Exception as exc:
+        if ledger is not None:
+            ledger.failed(exc)
         log.exception("fusion stream failed")
         error = OpenFusionError("Internal server error.", code="internal_error")
         yield encode(error_chunk(error, generation_id=generation_id, model=current_model, created=created))
@@ -115,7 +125,9 @@ def usage_body(event: RunFinished) -> dict[str, Any]:
     return usage
 
 
-async def complete_fusion(events: AsyncIterator[Event], *, generation_id: str) -> dict[str, Any]:
+async def complete_fusion(
+    events: AsyncIterator[Event], *, generation_id: str, ledger: Ledger | None = None
+) -> dict[str, Any]:
     """The chat.completion body of a non-streamed fusion response."""
     message: dict[str, Any] = {"role": "assistant", "content": ""}
     finish_reason: str | None = None
@@ -124,6 +136,8 @@ async def complete_fusion(events: AsyncIterator[Event], *, generation_id: str) -
             if isinstance(event, SynthesisMessage):
                 message, finish_reason = event.message, event.finish_reason
             elif isinstance(event, RunFinished):
+                if ledger is not None:
+                    ledger.finished(event, finish_reason=finish_reason)
                 body = completion_body(
                     generation_id=generation_id,
                     model=event.model,

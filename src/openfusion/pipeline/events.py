@@ -109,6 +109,8 @@ class RunFinished:
     fusion: dict[str, Any]
     annotations: list[dict[str, Any]] = field(default_factory=list)  # citations, for streamed answers
     server_tool_use: dict[str, int] | None = None  # research counts, for `usage.server_tool_use_details`
+    # For the activity store (kept only when the operator turns on content storage).
+    content: dict[str, Any] = field(default_factory=dict)
 
 
 Event = (

@@ -13,6 +13,7 @@ from openfusion.pipeline.prompts import Messages
 from openfusion.pipeline.research import NO_RESEARCH, ResearchPlan, answer_with_research
 from openfusion.protocol import sum_usage
 from openfusion.upstream.client import Completion, UpstreamClient
+from openfusion.upstream.trace import role
 
 
 async def ask_panelist(
@@ -32,7 +33,8 @@ async def ask_panelist(
 
     try:
         async with asyncio.timeout(timeout_s):
-            done = await answer_with_research(call, messages=body["messages"], plan=research)
+            with role("panel"):
+                done = await answer_with_research(call, messages=body["messages"], plan=research)
     except TimeoutError:
         message = f"{model} did not answer within panel_timeout_s ({timeout_s:g} s)"
         return PanelFailure(model, message, _ms(started), code="timeout", label=label)

@@ -63,6 +63,7 @@ class FusionPlugin(BaseModel):
     synth_timeout_s: Seconds | None = None
     judge_fallbacks: Fallbacks | None = None
     synthesis_fallbacks: Fallbacks | None = None
+    max_cost: float | None = Field(default=None, gt=0)
 
 
 # Plugin fields that name models, checked by the recursion guard and for a provider.
@@ -113,6 +114,8 @@ class FusionPlan:
     min_successful: int = 1
     judge_timeout_s: float = DEFAULT_TIMEOUT_S
     synth_timeout_s: float = DEFAULT_TIMEOUT_S
+    max_cost: float | None = None  # USD: refuse (402) when the worst case is above it
+    estimated_max_cost: float | None = None  # USD, worst case, priced before the run (None: unknown)
 
     @property
     def judge(self) -> str:
@@ -173,6 +176,7 @@ def plan_fusion(
         temperature=_first(plugin and plugin.temperature, request.temperature, preset.temperature),
         reasoning=given.get("reasoning", request.reasoning),
         expose=bool(plugin and plugin.expose),
+        max_cost=plugin.max_cost if plugin else None,
         **_research_tools(plugin.tools if plugin and plugin.tools is not None else preset.tools, index),
         **overrides,
     )

@@ -84,6 +84,7 @@ def fusion_report(
     """The `fusion` object of a finished run."""
     report: dict[str, Any] = {
         "preset": plan.preset,
+        "estimated_max_cost": plan.estimated_max_cost,
         "panel": [_panel_entry(result) for result in results],
         "judge": _judge_entry(plan, judges),
         "synthesizer": {

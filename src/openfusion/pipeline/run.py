@@ -33,6 +33,7 @@ from openfusion.pipeline.structured import DialectMemory
 from openfusion.pipeline.synthesize import MessageAccumulator, SynthesisStream, synthesis_body
 from openfusion.protocol import ChatRequest, sum_usage
 from openfusion.upstream.client import UpstreamClient
+from openfusion.upstream.trace import role
 from openfusion.upstream.web import WebResearch
 
 
@@ -97,21 +98,25 @@ class FusionRun:
         """The judge, then its fallbacks until one produces an analysis (none may: that degrades)."""
         for attempt, model in enumerate(self.plan.judges, start=1):
             yield JudgeStarted(model, attempt)
-            outcome = await analyse(
-                self.upstream,
-                model=model,
-                conversation=self.conversation,
-                answers=self.answers,
-                reasoning=self.plan.reasoning,
-                max_completion_tokens=self.plan.max_completion_tokens,
-                timeout_s=self.plan.judge_timeout_s,
-                dialects=self.dialects,
-                research=self.research if self.plan.judge_tools else NO_RESEARCH,
-            )
+            with role("judge"):
+                outcome = await self._analyse(model)
             self.judges.append(outcome)
             yield outcome
             if outcome.ok:
                 return
+
+    async def _analyse(self, model: str) -> JudgeOutcome:
+        return await analyse(
+            self.upstream,
+            model=model,
+            conversation=self.conversation,
+            answers=self.answers,
+            reasoning=self.plan.reasoning,
+            max_completion_tokens=self.plan.max_completion_tokens,
+            timeout_s=self.plan.judge_timeout_s,
+            dialects=self.dialects,
+            research=self.research if self.plan.judge_tools else NO_RESEARCH,
+        )
 
     def sources(self) -> list[Any]:
         logs = [a.research for a in self.answers] + [j.research for j in self.judges]
@@ -164,7 +169,15 @@ class FusionRun:
             fusion=report,
             annotations=citations if stream else [],
             server_tool_use=report.get("server_tool_use_details"),
+            content={
+                "panel_answers": [(a.label, a.content) for a in self.answers],
+                "analysis": analysis.model_dump() if (analysis := self._analysis()) else None,
+                "final_answer": accumulator.message().get("content"),
+            },
         )
+
+    def _analysis(self) -> Any:
+        return self.judges[-1].analysis if self.judges else None
 
 
 async def run_fusion(

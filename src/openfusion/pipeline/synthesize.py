@@ -13,6 +13,7 @@ from openfusion.pipeline.plan import FusionPlan
 from openfusion.pipeline.prompts import Messages
 from openfusion.protocol import ChatRequest, Usage, parse_usage
 from openfusion.upstream.client import UpstreamClient
+from openfusion.upstream.trace import role
 
 # Client fields that shape the final answer and so go to the synthesizer as given.
 _CLIENT_FIELDS = (
@@ -94,11 +95,13 @@ class SynthesisStream:
         # Streaming upstream keeps long answers clear of read timeouts; but a provider that reports no
         # usage in streams is asked without one when the client does not stream, so its usage is known.
         if self._client_streams or self._upstream.registry.resolve(model).provider.config.stream_usage:
-            return await stack.enter_async_context(self._upstream.stream(model, self._body))
+            with role("synthesizer"):
+                return await stack.enter_async_context(self._upstream.stream(model, self._body))
         return self._complete_as_chunk(model)
 
     async def _complete_as_chunk(self, model: str) -> AsyncIterator[dict[str, Any]]:
-        completion = await self._upstream.complete(model, self._body)
+        with role("synthesizer"):
+            completion = await self._upstream.complete(model, self._body)
         choice = {"index": 0, "delta": completion.message, "finish_reason": completion.finish_reason}
         chunk: dict[str, Any] = {"model": completion.model, "choices": [choice]}
         if completion.usage_reported:

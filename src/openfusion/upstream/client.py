@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +14,7 @@ import orjson
 from httpx_sse import EventSource, SSEError
 
 from openfusion.errors import (
+    ConfigError,
     UpstreamConnectionError,
     UpstreamError,
     UpstreamProtocolError,
@@ -22,6 +25,7 @@ from openfusion.protocol import Usage, parse_usage
 from openfusion.settings import HttpSettings, RetrySettings
 from openfusion.upstream.providers import ProviderRegistry, Route
 from openfusion.upstream.retry import parse_retry_after, retrying
+from openfusion.upstream.trace import CallTrace, begin_call, end_call
 
 # Response headers worth relaying to a pass-through client.
 _RELAYED_HEADERS = ("content-type", "retry-after", "x-request-id", "openai-processing-ms")
@@ -55,10 +59,15 @@ class Forwarded:
     headers: dict[str, str]
     body: AsyncIterator[bytes]
     _response: httpx.Response | None = field(repr=False)
+    trace: CallTrace | None = None
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, complete: bool = True) -> None:
+        """Close the upstream response; `complete=False`: the body was abandoned before its end."""
         if self._response is not None:
             await self._response.aclose()
+        if self.trace is not None and self.trace.ended is None:
+            status = ("ok" if self.status_code < 400 else "error") if complete else "cancelled"
+            end_call(self.trace, status=status, usage=self.trace.usage, upstream_status=self.status_code)
 
 
 def build_http_client(settings: HttpSettings) -> httpx.AsyncClient:
@@ -89,49 +98,91 @@ class UpstreamClient:
         """A non-streamed completion, retried by the one policy."""
         route = self.registry.resolve(model)
         payload = _payload(route, body, stream=False)
-        async for attempt in retrying(self.retry):
-            with attempt:
-                response = await self._send(route, payload, stream=False)
-        data = _json(route, response.content)
-        choice = _first_choice(route, data)
-        message = choice.get("message")
-        if not isinstance(message, dict):
-            raise _protocol_error(route, "the response has no message")
-        return Completion(
+        call = begin_call(model, route.provider.name)
+        try:
+            response = await self._send_retrying(route, payload, stream=False, call=call)
+            data = _json(route, response.content)
+            choice = _first_choice(route, data)
+            message = choice.get("message")
+            if not isinstance(message, dict):
+                raise _protocol_error(route, "the response has no message")
+        except BaseException as exc:
+            _failed(call, exc)
+            raise
+        completion = Completion(
             model=data.get("model") or model,
             message=message,
             finish_reason=choice.get("finish_reason"),
             usage=parse_usage(data.get("usage")),
             usage_reported=isinstance(data.get("usage"), dict),
         )
+        end_call(call, status="ok", usage=completion.usage if completion.usage_reported else None)
+        return completion
 
     @contextlib.asynccontextmanager
     async def stream(self, model: str, body: Mapping[str, Any]) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         """A streamed completion: yields an iterator of parsed chunks; the upstream response always closes."""
         route = self.registry.resolve(model)
         payload = _payload(route, body, stream=True)
-        async for attempt in retrying(self.retry):
-            with attempt:
-                response = await self._send(route, payload, stream=True)
+        call = begin_call(model, route.provider.name)
         try:
-            yield _chunks(route, response)
+            response = await self._send_retrying(route, payload, stream=True, call=call)
+        except BaseException as exc:
+            _failed(call, exc)
+            raise
+        try:
+            yield _chunks(route, response, call)
+        except BaseException as exc:
+            _failed(call, exc)
+            raise
         finally:
             await response.aclose()
+            if call.ended is None:  # the consumer left before the end
+                end_call(call, status="cancelled", usage=call.usage, error="closed before the end of the stream")
 
     async def forward(self, model: str, body: Mapping[str, Any], *, stream: bool) -> Forwarded:
         """Pass a request through: retried like any call, the last answer (error or not) relayed as is."""
         route = self.registry.resolve(model)
         payload = {**body, "model": route.upstream_model}
+        call = begin_call(model, route.provider.name)
         try:
-            async for attempt in retrying(self.retry):
-                with attempt:
-                    response = await self._send(route, payload, stream=True)
+            response = await self._send_retrying(route, payload, stream=True, call=call)
         except UpstreamStatusError as exc:
             if exc.body is None or exc.upstream_status is None:
+                _failed(call, exc)
                 raise
-            return Forwarded(exc.upstream_status, _relayable(exc.headers or {}), _once(_masked(route, exc.body)), None)
+            end_call(call, status="error", error=exc.message, upstream_status=exc.upstream_status)
+            body = _once(_masked(route, exc.body))
+            return Forwarded(exc.upstream_status, _relayable(exc.headers or {}), body, None, call)
+        except BaseException as exc:
+            _failed(call, exc)
+            raise
         body_iter = _guard(route, response.aiter_bytes())
-        return Forwarded(response.status_code, _relayable(response.headers), body_iter, response)
+        return Forwarded(response.status_code, _relayable(response.headers), body_iter, response, call)
+
+    async def list_models(self, provider_name: str) -> Any:
+        """A provider's `GET /models` listing as parsed JSON (for prices); raises UpstreamError on failure."""
+        provider = next((p for p in self.registry.providers if p.name == provider_name), None)
+        if provider is None:
+            raise ConfigError(f"pricing.refresh_from names no active provider: {provider_name!r}")
+        url = provider.config.base_url.rstrip("/") + "/models"
+        try:
+            response = await self.http.get(url, headers=provider.headers())
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise UpstreamConnectionError(
+                f"{provider_name} /models failed: {type(exc).__name__}", model="", provider=provider_name
+            ) from None
+        return orjson.loads(response.content)
+
+    async def _send_retrying(
+        self, route: Route, payload: dict[str, Any], *, stream: bool, call: CallTrace
+    ) -> httpx.Response:
+        async for attempt in retrying(self.retry):
+            with attempt:
+                call.retries = attempt.retry_state.attempt_number - 1
+                return await self._send(route, payload, stream=stream)
+        raise AssertionError("unreachable: tenacity either returns or re-raises")
 
     async def _send(self, route: Route, payload: dict[str, Any], *, stream: bool) -> httpx.Response:
         provider = route.provider
@@ -175,7 +226,7 @@ def _payload(route: Route, body: Mapping[str, Any], *, stream: bool) -> dict[str
     return payload
 
 
-async def _chunks(route: Route, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+async def _chunks(route: Route, response: httpx.Response, call: CallTrace) -> AsyncIterator[dict[str, Any]]:
     finished = False
     try:
         async for event in EventSource(response).aiter_sse():
@@ -196,6 +247,10 @@ async def _chunks(route: Route, response: httpx.Response) -> AsyncIterator[dict[
             finished = finished or any(
                 isinstance(c, dict) and c.get("finish_reason") for c in chunk.get("choices") or []
             )
+            if call.first_token is None:
+                call.first_token = time.perf_counter()
+            if isinstance(chunk.get("usage"), dict):
+                call.usage = parse_usage(chunk["usage"])
             yield chunk
     except SSEError:
         raise _protocol_error(route, "the streamed response is not an event stream") from None
@@ -203,6 +258,7 @@ async def _chunks(route: Route, response: httpx.Response) -> AsyncIterator[dict[
         raise _transport_error(route, exc, during="the stream") from None
     if not finished:
         raise _protocol_error(route, "the stream ended before the completion finished")
+    end_call(call, status="ok", usage=call.usage)
 
 
 async def _guard(route: Route, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -236,6 +292,18 @@ def _first_choice(route: Route, data: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise _protocol_error(route, "the response has no choices")
     return choices[0]
+
+
+def _failed(call: CallTrace, exc: BaseException) -> None:
+    """Record how a call failed (once: the first ending wins)."""
+    if call.ended is not None:
+        return
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        end_call(call, status="cancelled", usage=call.usage, error="cancelled")
+    elif isinstance(exc, UpstreamError):
+        end_call(call, status="error", usage=call.usage, error=exc.message, upstream_status=exc.upstream_status)
+    else:
+        end_call(call, status="error", usage=call.usage, error=type(exc).__name__)
 
 
 def _protocol_error(route: Route, what: str) -> UpstreamProtocolError:

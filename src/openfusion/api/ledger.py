@@ -1,0 +1,161 @@
+"""One request's record: filled while it runs, closed once at the end (written to activity, counted, logged)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from openfusion.activity import CallRecord, GenerationRecord, PanelText, Tokens, total_cost, utc_now
+from openfusion.api.deps import AppState
+from openfusion.api.disconnect import ClientDisconnected
+from openfusion.errors import OpenFusionError
+from openfusion.observability.logs import generation_id as generation_id_var
+from openfusion.pipeline.events import RunFinished
+from openfusion.protocol import Usage, new_generation_id, sum_usage
+from openfusion.upstream.trace import CallTrace, start_trace
+
+log = logging.getLogger("openfusion.requests")
+
+_ROLES = {"panel", "judge", "synthesizer", "outer", "passthrough"}
+
+
+class Ledger:
+    """What is known of one request; `close()` records it exactly once."""
+
+    def __init__(
+        self,
+        state: AppState,
+        *,
+        requested_model: str,
+        streamed: bool,
+        preset: str | None = None,
+        key_name: str | None = None,
+    ) -> None:
+        self.state = state
+        self.generation_id = new_generation_id()
+        generation_id_var.set(self.generation_id)
+        self.trace = start_trace()
+        self.created_at = utc_now()
+        self.requested_model = requested_model
+        self.streamed = streamed
+        self.preset = preset
+        self.key_name = key_name
+        self.status = "ok"
+        self.failure_reason: str | None = None
+        self.finish_reason: str | None = None
+        self.model: str | None = None
+        self.usage: Usage | None = None
+        self.content: dict[str, Any] = {}
+        self._closed = False
+        state.metrics.in_flight.inc()
+
+    def finished(self, event: RunFinished, *, finish_reason: str | None = None) -> None:
+        """The fusion run produced its answer."""
+        self.model, self.usage, self.content = event.model, event.usage, event.content
+        self.finish_reason = finish_reason
+
+    def failed(self, exc: BaseException) -> None:
+        """The request ended with an error, or the client went away."""
+        if isinstance(exc, asyncio.CancelledError | ClientDisconnected | GeneratorExit):
+            self.status, self.failure_reason = "cancelled", "cancelled"
+        else:
+            self.status = "error"
+            self.failure_reason = exc.code if isinstance(exc, OpenFusionError) and exc.code else "unexpected_error"
+
+    def overhead_ms(self) -> float:
+        """Time spent in openfusion itself so far: elapsed time not covered by any upstream call."""
+        now = time.perf_counter()
+        return max(0.0, (now - self.trace.started - self.trace.upstream_seconds(now)) * 1000)
+
+    async def closing(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Relay a streamed body and close the ledger when it ends (or the client leaves)."""
+        try:
+            async for chunk in body:
+                yield chunk
+        except BaseException as exc:
+            self.failed(exc)
+            raise
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Record the request: activity (off the hot path), metrics, one log line. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        state = self.state
+        state.metrics.in_flight.dec()
+        latency_ms = round((time.perf_counter() - self.trace.started) * 1000)
+        overhead = self.overhead_ms()
+        calls = [self._call_record(call) for call in self.trace.calls]
+        cost = total_cost(call.cost for call in calls) if calls else None
+        for call in self.trace.calls:
+            state.metrics.observe_call(call)
+        state.metrics.requests.labels(self.requested_model, self.status).inc()
+        state.metrics.overhead_seconds.observe(overhead / 1000)
+        if cost:
+            state.metrics.cost.inc(cost)
+        if state.activity is not None:
+            state.activity.record(self._generation_record(latency_ms, cost), calls)
+            state.metrics.activity_dropped.set(state.activity.stats.dropped)
+        log.info(
+            "request finished",
+            extra={
+                "model": self.requested_model,
+                "status": self.status,
+                "failure_reason": self.failure_reason,
+                "latency_ms": latency_ms,
+                "overhead_ms": round(overhead, 2),
+                "upstream_calls": len(calls),
+                "key_name": self.key_name,
+            },
+        )
+
+    def _generation_record(self, latency_ms: int, cost: float | None) -> GenerationRecord:
+        usage = self.usage or sum_usage([call.usage for call in self.trace.calls if call.usage is not None])
+        return GenerationRecord(
+            id=self.generation_id,
+            created_at=self.created_at,
+            requested_model=self.requested_model,
+            model=self.model,
+            preset=self.preset,
+            status=self.status,  # type: ignore[arg-type]
+            failure_reason=self.failure_reason,
+            finish_reason=self.finish_reason,
+            latency_ms=latency_ms,
+            usage=Tokens.of(usage),
+            cost=cost,
+            streamed=self.streamed,
+            key_name=self.key_name,
+            panel_answers=[PanelText(model=m, content=c) for m, c in self.content.get("panel_answers", [])] or None,
+            analysis=self.content.get("analysis"),
+            final_answer=self.content.get("final_answer"),
+        )
+
+    def _call_record(self, call: CallTrace) -> CallRecord:
+        usage = call.usage
+        if usage is not None:
+            cost = self.state.prices.cost_of(call.model, usage, call.reported_cost)
+        elif call.status == "error" and call.upstream_status is not None:
+            cost = 0.0  # refused with an HTTP error: providers bill nothing for those
+        else:
+            cost = None  # no usage reported: unknown, never guessed
+        status = call.status if call.status in ("ok", "error") else "cancelled"
+        return CallRecord(
+            generation_id=self.generation_id,
+            role=call.role if call.role in _ROLES else "passthrough",  # type: ignore[arg-type]
+            model=call.model,
+            provider=call.provider,
+            status=status,  # type: ignore[arg-type]
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            cost=cost,
+            latency_ms=call.latency_ms,
+            started_ms=max(0, round((call.started - self.trace.started) * 1000)),
+            error=call.error,
+            upstream_status=call.upstream_status,
+            retries=call.retries,
+        )

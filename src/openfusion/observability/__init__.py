@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics and structured JSON logs carrying the generation id."""

@@ -1,0 +1,68 @@
+"""Structured JSON logs; every line written while a request runs carries its generation id."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextvars import ContextVar
+from datetime import UTC, datetime
+
+import orjson
+
+generation_id: ContextVar[str | None] = ContextVar("openfusion_generation_id", default=None)
+
+# Attributes every LogRecord has; anything else was passed with `extra=` and goes into the JSON line.
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, generation id, extras, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        current = generation_id.get()
+        if current is not None:
+            line["generation_id"] = current
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                line[key] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(line, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """Plain lines for a terminal, with the generation id when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        current = generation_id.get()
+        return f"{text} [{current}]" if current else text
+
+
+def configure_logging(*, level: str = "info", fmt: str = "json") -> dict[str, object]:
+    """Route openfusion's and uvicorn's logs through one handler; returns uvicorn's `log_config`."""
+    formatter: logging.Formatter = (
+        JsonFormatter() if fmt == "json" else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    handler.set_name("openfusion")
+    root = logging.getLogger()
+    # Replace a handler installed by an earlier call; leave others (a test's capture, say) alone.
+    root.handlers[:] = [h for h in root.handlers if h.get_name() != "openfusion"] + [handler]
+    root.setLevel(level.upper())
+    # uvicorn keeps its loggers but hands their lines to ours (propagate), so there is one format.
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "loggers": {
+            name: {"handlers": [], "propagate": True, "level": level.upper()}
+            for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+        },
+    }

@@ -1,0 +1,67 @@
+"""Prometheus metrics, one registry per app (so several apps in one process never collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from openfusion.upstream.trace import CallTrace
+
+# Seconds: from a fast local call to a long reasoning run.
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
+_OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+
+
+class Metrics:
+    """The counters, histograms and gauges openfusion exports at /metrics."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "openfusion_requests", "Requests by requested model and outcome.", ["model", "status"], registry=r
+        )
+        self.in_flight = Gauge("openfusion_requests_in_flight", "Requests being served now.", registry=r)
+        self.stage_seconds = Histogram(
+            "openfusion_upstream_call_seconds",
+            "Upstream call latency by role (panel member, judge, synthesizer, passthrough).",
+            ["role"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.first_token_seconds = Histogram(
+            "openfusion_synthesizer_first_token_seconds",
+            "Time from the synthesizer call to its first streamed chunk.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "openfusion_upstream_errors", "Failed upstream calls by provider and status.", ["provider", "status"],
+            registry=r,
+        )  # fmt: skip
+        self.tokens = Counter("openfusion_tokens", "Tokens used upstream.", ["kind"], registry=r)
+        self.cost = Counter("openfusion_cost_usd", "Known upstream cost in USD.", registry=r)
+        self.overhead_seconds = Histogram(
+            "openfusion_overhead_seconds",
+            "Time spent in openfusion itself (request time not covered by an upstream call).",
+            buckets=_OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.activity_dropped = Gauge(
+            "openfusion_activity_dropped", "Activity records dropped (queue full or store outage).", registry=r
+        )
+
+    def observe_call(self, call: CallTrace) -> None:
+        """Count one finished upstream call."""
+        self.stage_seconds.labels(call.role).observe(call.latency_ms / 1000)
+        if call.role == "synthesizer" and call.first_token is not None:
+            self.first_token_seconds.observe(call.first_token - call.started)
+        if call.status == "error":
+            status = str(call.upstream_status) if call.upstream_status else "transport"
+            self.upstream_errors.labels(call.provider, status).inc()
+        if call.usage is not None:
+            self.tokens.labels("prompt").inc(call.usage.prompt_tokens)
+            self.tokens.labels("completion").inc(call.usage.completion_tokens)
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,220 @@
+"""Every request is recorded: generation + per-call rows, readable over the API; metrics, overhead, cost limits."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from fakes.server import serve_in_thread
+from fakes.upstream import FakeUpstream, Script, wait_until
+from openfusion.app import create_app
+
+CHAT = "/v1/chat/completions"
+HI = [{"role": "user", "content": "Hi"}]
+
+
+def generation(url: str, generation_id: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The recorded generation (the writer batches off the hot path, so wait for it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = httpx.get(f"{url}/api/v1/generation", params={"id": generation_id})
+        if response.status_code == 200:
+            return dict(response.json()["data"])
+        assert time.monotonic() < deadline, f"generation {generation_id} was not recorded: {response.text}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def activity_path(tmp_path: Path) -> Path:
+    return tmp_path / "activity.sqlite3"
+
+
+def test_a_fusion_request_is_recorded_call_by_call(
+    upstream: FakeUpstream, start_server: Any, activity_path: Path
+) -> None:
+    upstream.script("a", Script(delay_s=0.2, cost=0.01))
+    upstream.script("b", Script(status=500))
+    upstream.script("synth", Script(cost=0.02))
+
+    with start_server(activity={"path": activity_path}) as url:
+        response = httpx.post(f"{url}{CHAT}", json={"model": "fusion/trio", "messages": HI}, timeout=20)
+        gid = response.headers["x-generation-id"]
+        record = generation(url, gid)
+
+    assert response.json()["id"] == gid
+    assert float(response.headers["x-openfusion-overhead-ms"]) >= 0
+    assert record["requested_model"] == "fusion/trio" and record["preset"] == "trio" and record["status"] == "ok"
+    calls = record["calls"]
+    assert sorted(c["role"] for c in calls) == ["judge", "panel", "panel", "panel", "synthesizer"]
+    failed = next(c for c in calls if c["model"] == "fake/b")
+    assert failed["status"] == "error" and failed["upstream_status"] == 500 and failed["retries"] == 2
+    panel_a = next(c for c in calls if c["model"] == "fake/a")
+    judge = next(c for c in calls if c["role"] == "judge")
+    assert judge["started_ms"] >= panel_a["started_ms"] + panel_a["latency"] - 5  # the timeline's order
+    assert record["tokens_prompt"] == 11 * 4 and record["tokens_completion"] == 7 * 4
+    # Costs: a and synth report theirs; c and the judge report none and have no price: unknown stays unknown.
+    assert record["total_cost"] is None
+    assert panel_a["cost"] == pytest.approx(0.01) and failed["cost"] == 0.0
+    assert "panel_answers" not in record or record["panel_answers"] is None  # content is opt-in
+
+
+def test_prices_make_costs_known_and_content_is_kept_when_asked(
+    upstream: FakeUpstream, start_server: Any, activity_path: Path
+) -> None:
+    price = {"prompt": 0.001, "completion": 0.002}
+    pricing = {"models": {f"fake/{m}": price for m in ("a", "b", "c", "judge", "synth")}}
+
+    with start_server(activity={"path": activity_path, "store_content": True}, pricing=pricing) as url:
+        response = httpx.post(f"{url}{CHAT}", json={"model": "fusion/trio", "messages": HI}, timeout=20)
+        record = generation(url, response.headers["x-generation-id"])
+
+    assert record["total_cost"] == pytest.approx(5 * (11 * 0.001 + 7 * 0.002))
+    assert response.json()["fusion"]["estimated_max_cost"] > record["total_cost"]
+    assert [p["model"] for p in record["panel_answers"]] == ["fake/a", "fake/b", "fake/c"]
+    assert record["analysis"]["consensus"] and record["final_answer"] == "Answer from synth."
+
+
+def test_max_cost_refuses_before_spending(upstream: FakeUpstream, start_server: Any, activity_path: Path) -> None:
+    pricing = {"models": {f"fake/{m}": {"prompt": 1e-3, "completion": 1e-3} for m in ("a", "b", "c", "judge", "synth")}}
+    body = {"model": "fusion/trio", "messages": HI}
+
+    with start_server(activity={"path": activity_path}, pricing=pricing) as url:
+        over = httpx.post(f"{url}{CHAT}", json={**body, "plugins": [{"id": "fusion", "max_cost": 0.01}]})
+        under = httpx.post(f"{url}{CHAT}", json={**body, "plugins": [{"id": "fusion", "max_cost": 1000}]}, timeout=20)
+        unpriced = httpx.post(
+            f"{url}{CHAT}",
+            json={**body, "plugins": [{"id": "fusion", "max_cost": 1000, "analysis_models": ["fake/x"]}]},
+        )
+
+    assert over.status_code == 402 and over.json()["error"]["code"] == "max_cost_exceeded"
+    assert "$" in over.json()["error"]["message"]
+    assert under.status_code == 200
+    assert unpriced.status_code == 402 and "fake/x" in unpriced.json()["error"]["message"]
+    assert [c.model for c in upstream.calls].count("a") == 1  # only the affordable run reached the panel
+
+
+def test_pass_through_streams_and_cancellations_are_recorded(
+    upstream: FakeUpstream, start_server: Any, activity_path: Path
+) -> None:
+    upstream.script("slow", Script(chunks=["a"] * 50, chunk_interval_s=0.1))
+
+    with start_server(activity={"path": activity_path}) as url:
+        plain = httpx.post(f"{url}{CHAT}", json={"model": "fake/plain", "messages": HI})
+        streamed = httpx.post(f"{url}{CHAT}", json={"model": "fusion/trio", "messages": HI, "stream": True}, timeout=20)
+        with httpx.stream("POST", f"{url}{CHAT}", json={"model": "fake/slow", "messages": HI, "stream": True}) as r:
+            gone = r.headers["x-generation-id"]
+            lines = r.iter_lines()
+            next(lines)
+        plain_record = generation(url, plain.headers["x-generation-id"])
+        stream_record = generation(url, streamed.headers["x-generation-id"])
+        wait_until(lambda: httpx.get(f"{url}/api/v1/generation", params={"id": gone}).status_code == 200)
+        gone_record = generation(url, gone)
+
+    assert plain_record["calls"][0]["role"] == "passthrough" and plain_record["tokens_prompt"] == 11
+    assert stream_record["streamed"] is True and stream_record["status"] == "ok"
+    assert gone_record["status"] == "cancelled" and gone_record["calls"][0]["status"] == "cancelled"
+
+
+def test_activity_lists_newest_first(upstream: FakeUpstream, start_server: Any, activity_path: Path) -> None:
+    with start_server(activity={"path": activity_path}) as url:
+        ids = [
+            httpx.post(f"{url}{CHAT}", json={"model": "fake/plain", "messages": HI}).headers["x-generation-id"]
+            for _ in range(3)
+        ]
+        for gid in ids:
+            generation(url, gid)
+        first = httpx.get(f"{url}/v1/activity", params={"limit": 2}).json()
+        second = httpx.get(f"{url}/v1/activity", params={"limit": 2, "before": first["next_before"]}).json()
+
+    assert [g["id"] for g in first["data"]] == ids[::-1][:2] and first["has_more"] is True
+    assert [g["id"] for g in second["data"]] == ids[:1]
+
+
+def test_a_clean_stop_loses_nothing(upstream: FakeUpstream, start_server: Any, activity_path: Path) -> None:
+    with start_server(activity={"path": activity_path, "flush_interval_s": 30, "batch_size": 1000}) as url:
+        ids = [
+            httpx.post(f"{url}{CHAT}", json={"model": "fake/plain", "messages": HI}).headers["x-generation-id"]
+            for _ in range(20)
+        ]
+    # The writer held them all (a 30 s flush interval); stopping the server flushed them.
+    with start_server(activity={"path": activity_path}) as url:
+        listed = httpx.get(f"{url}/v1/activity", params={"limit": 50}).json()
+    assert set(ids) <= {g["id"] for g in listed["data"]}
+
+
+def test_metrics_count_requests_stages_and_errors(
+    upstream: FakeUpstream, start_server: Any, activity_path: Path
+) -> None:
+    upstream.script("b", Script(status=503))
+    with start_server(activity={"path": activity_path}) as url:
+        httpx.post(f"{url}{CHAT}", json={"model": "fusion/trio", "messages": HI}, timeout=20)
+        httpx.post(f"{url}{CHAT}", json={"model": "fusion/trio", "messages": HI, "stream": True}, timeout=20)
+        text = httpx.get(f"{url}/metrics").text
+
+    assert 'openfusion_requests_total{model="fusion/trio",status="ok"} 2.0' in text
+    assert 'openfusion_upstream_call_seconds_count{role="panel"} 6.0' in text
+    assert 'openfusion_upstream_errors_total{provider="fake",status="503"} 2.0' in text
+    assert "openfusion_synthesizer_first_token_seconds_count 2.0" in text
+    assert "openfusion_requests_in_flight 0.0" in text
+    assert 'openfusion_tokens_total{kind="prompt"}' in text and "openfusion_overhead_seconds_bucket" in text
+
+
+def test_json_logs_carry_the_generation_id(upstream: FakeUpstream, start_server: Any, activity_path: Path) -> None:
+    import logging
+
+    from openfusion.observability.logs import JsonFormatter
+
+    lines: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    handler = Capture()
+    handler.setFormatter(JsonFormatter())
+    logging.getLogger("openfusion").addHandler(handler)
+    logging.getLogger("openfusion").setLevel(logging.INFO)
+    try:
+        with start_server(activity={"path": activity_path}, providers=[]) as url:  # no provider: a clear error
+            upstream_key = "sk-provider-secret"
+            response = httpx.post(f"{url}{CHAT}", json={"model": "fusion/trio", "messages": HI})
+            ok = httpx.post(f"{url}{CHAT}", json={"model": "fake/plain", "messages": HI})
+    finally:
+        logging.getLogger("openfusion").removeHandler(handler)
+    assert response.status_code == 404 and ok.status_code == 404
+    finished = [json.loads(line) for line in lines if '"request finished"' in line]
+    assert all(entry["generation_id"].startswith("gen-") for entry in finished)
+    assert not any(upstream_key in line for line in lines)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    name = f"openfusion_e2e_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_two_replicas_share_one_history_in_postgresql(
+    upstream: FakeUpstream, make_settings: Any, postgres_url: str
+) -> None:
+    environ = {"FAKE_KEY": "k", "DATABASE_URL": postgres_url}
+    first, second = (create_app(make_settings(), environ=environ) for _ in range(2))
+    with serve_in_thread(first) as url_a, serve_in_thread(second) as url_b:
+        gid = httpx.post(f"{url_a}{CHAT}", json={"model": "fusion/trio", "messages": HI}, timeout=20).headers[
+            "x-generation-id"
+        ]
+        record = generation(url_b, gid)  # written by replica A, read through replica B
+    assert record["id"] == gid and len(record["calls"]) == 5
