@@ -11,6 +11,7 @@ from pathlib import Path
 from openfusion import __version__
 from openfusion.errors import ConfigError
 from openfusion.evaluation.command import add_eval_arguments, run_eval
+from openfusion.localdemo.command import add_local_arguments, run_local
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
         "criterion with a grader model, and write report.md and a score-vs-cost chart.",
     )
     add_eval_arguments(evaluate)
+    local = commands.add_parser(
+        "local",
+        help="try fusion without keys: llama.cpp servers with a bundled 135M model, and openfusion in front",
+    )
+    add_local_arguments(local)
     return parser
 
 
@@ -78,4 +84,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(args)
     if args.command == "eval":
         return run_eval(args)
+    if args.command == "local":
+        return run_local(args)
     return 1

@@ -128,3 +128,42 @@ def test_curl_style_raw_request(openfusion_url: str, stream: bool) -> None:
         assert response.text.rstrip().endswith("data: [DONE]")
     else:
         assert response.json()["choices"][0]["message"]["content"]
+
+
+def test_the_local_command_serves_a_fusion_a_person_can_curl(tmp_path: Any) -> None:
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [
+        str(Path(sys.executable).parent / "openfusion"),
+        "local",
+        "--port",
+        str(port),
+        "--workdir",
+        str(tmp_path),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "openfusion local did not start"
+            time.sleep(0.5)
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions", timeout=180, json={"model": "fusion", "messages": QUESTION}
+        )
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0].decode()
+    assert response.status_code == 200, output
+    assert response.json()["fusion"]["preset"] == "local"
+    assert "curl http://127.0.0.1" in output and (tmp_path / "openfusion.toml").exists()
