@@ -18,6 +18,7 @@ from openfusion.api.passthrough import SSE_HEADERS, pass_through
 from openfusion.pipeline.budget import priced
 from openfusion.pipeline.plan import FusionPlan, plan_fusion
 from openfusion.pipeline.run import run_fusion
+from openfusion.pipeline.tool_mode import run_tool_mode
 from openfusion.protocol import ChatRequest
 
 router = APIRouter()
@@ -60,13 +61,15 @@ async def chat_completions(request: Request, state: State) -> Response:
 
 
 async def _fusion(request: Request, state: AppState, chat: ChatRequest, plan: FusionPlan, ledger: Ledger) -> Response:
-    events = run_fusion(
+    runner = run_tool_mode if plan.mode == "tool" else run_fusion
+    events = runner(
         upstream=state.upstream,
         plan=plan,
         request=chat,
         stream=chat.stream,
         dialects=state.dialects,
         research=state.research,
+        **({"turns": state.turns} if plan.mode == "slug" else {}),
     )
     if chat.stream:
         body = stream_fusion(

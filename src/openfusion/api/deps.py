@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from openfusion.activity import ActivityWriter, PriceTable
 from openfusion.observability.metrics import Metrics
 from openfusion.pipeline.structured import DialectMemory
+from openfusion.pipeline.turns import TurnCache
 from openfusion.presets import Preset
 from openfusion.settings import Settings
 from openfusion.upstream.client import UpstreamClient
@@ -30,6 +31,7 @@ class AppState:
     metrics: Metrics = field(default_factory=Metrics)
     activity: ActivityWriter | None = None
     prices: PriceTable = field(default_factory=PriceTable)
+    turns: TurnCache = field(default_factory=TurnCache)
 
 
 def get_state(request: Request) -> AppState:

@@ -90,6 +90,8 @@ async def stream_fusion(
                 chunk = event.chunk
                 current_model = chunk.get("model") or current_model
                 chunk["id"] = generation_id
+                chunk.setdefault("object", "chat.completion.chunk")
+                chunk.setdefault("created", created)
                 chunk.pop("usage", None)  # the summed usage comes in the last chunk
                 yield encode(chunk)
             elif isinstance(event, RunFinished):

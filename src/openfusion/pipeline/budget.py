@@ -19,7 +19,7 @@ _CHARS_PER_TOKEN = 3
 
 def prompt_tokens_upper_bound(request: ChatRequest) -> int:
     """A generous estimate of the conversation's size in tokens."""
-    messages = [message.model_dump(exclude_none=True) for message in request.messages]
+    messages = [message.model_dump(exclude_unset=True) for message in request.messages]
     return math.ceil(len(orjson.dumps(messages)) / _CHARS_PER_TOKEN)
 
 

@@ -21,6 +21,9 @@ from openfusion.protocol import ChatRequest
 from openfusion.upstream.providers import ProviderRegistry
 from openfusion.upstream.web.tools import normalize_tools
 
+# The server tool's type, OpenRouter's spelling and ours.
+FUSION_TOOL_TYPES = ("openrouter:fusion", "fusion")
+
 # OpenRouter's preset names, accepted as aliases of ours.
 PRESET_ALIASES = {"general-high": "quality", "general-budget": "budget", "general-fast": "fast"}
 
@@ -43,7 +46,7 @@ class FusionPlugin(BaseModel):
 
     model_config = ConfigDict(extra="allow", strict=True)
 
-    id: Literal["fusion"]
+    id: Literal["fusion"] | None = None  # required in `plugins`, absent in the server tool's parameters
     preset: str | None = None
     analysis_models: list[ModelSlug] | None = Field(default=None, min_length=1, max_length=8)
     model: ModelSlug | None = None
@@ -64,6 +67,8 @@ class FusionPlugin(BaseModel):
     judge_fallbacks: Fallbacks | None = None
     synthesis_fallbacks: Fallbacks | None = None
     max_cost: float | None = Field(default=None, gt=0)
+    # Agent loops on the slug path: "auto" reuses the turn's analysis when the last message is a tool result.
+    refire: Literal["auto", "always"] = "auto"
 
 
 # Plugin fields that name models, checked by the recursion guard and for a provider.
@@ -116,6 +121,10 @@ class FusionPlan:
     synth_timeout_s: float = DEFAULT_TIMEOUT_S
     max_cost: float | None = None  # USD: refuse (402) when the worst case is above it
     estimated_max_cost: float | None = None  # USD, worst case, priced before the run (None: unknown)
+    # "slug": fusion answers; "tool": the caller's own (outer) model may call fusion as a tool.
+    mode: Literal["slug", "tool"] = "slug"
+    force_tool: bool = False  # tool mode: tool_choice asked for a fusion run
+    refire: Literal["auto", "always"] = "auto"
 
     @property
     def judge(self) -> str:
@@ -139,30 +148,55 @@ def fusion_plugin_index(request: ChatRequest) -> int | None:
     return None
 
 
+def fusion_tool_index(request: ChatRequest) -> int | None:
+    """The index of the fusion server tool in `tools`, if there is one."""
+    for index, tool in enumerate(request.tools or []):
+        if isinstance(tool, dict) and tool.get("type") in FUSION_TOOL_TYPES:
+            return index
+    return None
+
+
+def _forces_fusion(tool_choice: Any) -> bool:
+    if tool_choice == "required":
+        return True
+    return isinstance(tool_choice, dict) and tool_choice.get("type") in FUSION_TOOL_TYPES
+
+
 def plan_fusion(
     request: ChatRequest, *, presets: dict[str, Preset], default_preset: str, registry: ProviderRegistry
 ) -> FusionPlan | None:
     """The fusion plan for a request, or None when the request is a plain pass-through."""
-    index = fusion_plugin_index(request)
-    plugin = _parse_plugin(request, index)
     fusion_slug = is_fusion_slug(request.model)
-    if not fusion_slug and (plugin is None or not plugin.enabled):
-        return None
+    tool_index = fusion_tool_index(request)
+    if tool_index is not None and not fusion_slug:
+        prefix = f"tools[{tool_index}].parameters"
+        parameters = (request.tools or [])[tool_index].get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise InvalidRequest(f"Invalid value for '{prefix}': must be an object.", param=prefix)
+        plugin = _parse_config(parameters, prefix)
+        mode: Literal["slug", "tool"] = "tool"
+    else:
+        index = fusion_plugin_index(request)
+        prefix = f"plugins[{index}]"
+        plugin = _parse_config(request.plugins[index], prefix) if request.plugins and index is not None else None
+        if not fusion_slug and (plugin is None or not plugin.enabled):
+            return None
+        mode = "slug"
     _check_sampling(request)
-    preset = _select_preset(request, plugin, index, presets=presets, default_preset=default_preset)
+    preset = _select_preset(request, plugin, prefix, presets=presets, default_preset=default_preset)
     given = plugin.model_dump(exclude_none=True) if plugin else {}
     panel = list(given.get("analysis_models", preset.analysis_models))
     if fusion_slug:
         judge = given.get("model", preset.model)
         synthesizer = given.get("synthesis_model") or preset.synthesis_model or judge
-    else:  # the plugin on the caller's own model: that model judges (unless set) and writes the answer
+    else:  # the caller's own model: it judges (unless set) and writes the answer (as the outer model in tool mode)
         judge = given.get("model", request.model)
-        synthesizer = given.get("synthesis_model", request.model)
+        synthesizer = request.model if mode == "tool" else given.get("synthesis_model", request.model)
     if plugin is not None and not plugin.enabled:
         panel = []
     overrides = {name: given.get(name, getattr(preset, name)) for name in _OVERRIDES}
     if panel and overrides["min_successful"] > len(panel):
-        param = f"plugins[{index}].min_successful" if "min_successful" in given else "model"
+        param = f"{prefix}.min_successful" if "min_successful" in given else "model"
         raise InvalidRequest(
             f"Invalid value for '{param}': min_successful ({overrides['min_successful']}) exceeds the "
             f"panel size ({len(panel)}).",
@@ -177,19 +211,22 @@ def plan_fusion(
         reasoning=given.get("reasoning", request.reasoning),
         expose=bool(plugin and plugin.expose),
         max_cost=plugin.max_cost if plugin else None,
-        **_research_tools(plugin.tools if plugin and plugin.tools is not None else preset.tools, index),
+        mode=mode,
+        force_tool=mode == "tool" and _forces_fusion(request.tool_choice),
+        refire=plugin.refire if plugin else "auto",
+        **_research_tools(plugin.tools if plugin and plugin.tools is not None else preset.tools, prefix),
         **overrides,
     )
-    _check_models(registry, plan, given=given, prefix=f"plugins[{index}]")
+    _check_models(registry, plan, given=given, prefix=prefix)
     return plan
 
 
-def _research_tools(spec: list[Any], index: int | None) -> dict[str, frozenset[str]]:
+def _research_tools(spec: list[Any], prefix: str) -> dict[str, frozenset[str]]:
     """The research tools a preset or plugin lists, and the domains their parameters exclude."""
     try:
         names = normalize_tools(spec)
     except ValueError as exc:
-        param = f"plugins[{index}].tools"
+        param = f"{prefix}.tools"
         raise InvalidRequest(f"Invalid value for '{param}': {exc}.", param=param) from None
     blocked: set[str] = set()
     for item in spec:
@@ -204,26 +241,24 @@ def _first(*values: float | None) -> float | None:
     return next((value for value in values if value is not None), None)
 
 
-def _parse_plugin(request: ChatRequest, index: int | None) -> FusionPlugin | None:
-    if index is None:
-        return None
-    assert request.plugins is not None
+def _parse_config(data: Any, prefix: str) -> FusionPlugin:
+    """The plugin (or the server tool's parameters), validated; errors name the field under `prefix`."""
     try:
-        plugin = FusionPlugin.model_validate(request.plugins[index])
+        plugin = FusionPlugin.model_validate(data)
     except ValidationError as exc:
-        raise invalid_request_from(exc, prefix=f"plugins[{index}]") from None
+        raise invalid_request_from(exc, prefix=prefix) from None
     for field_name in _MODEL_FIELDS:
         value = getattr(plugin, field_name)
         for position, slug in enumerate(value if isinstance(value, list) else [value]):
             if slug is not None and is_fusion_slug(slug):
-                param = f"plugins[{index}].{field_name}" + (f"[{position}]" if isinstance(value, list) else "")
+                param = f"{prefix}.{field_name}" + (f"[{position}]" if isinstance(value, list) else "")
                 raise InvalidRequest(
                     f"Invalid value for '{param}': {slug!r} is a fusion model, and fusion cannot call itself.",
                     param=param,
                     code="fusion_recursion",
                 )
     if plugin.reasoning and plugin.reasoning.effort and plugin.reasoning.max_tokens:
-        param = f"plugins[{index}].reasoning"
+        param = f"{prefix}.reasoning"
         raise InvalidRequest(f"Invalid value for '{param}': use effort or max_tokens, not both.", param=param)
     return plugin
 
@@ -240,7 +275,7 @@ def _check_sampling(request: ChatRequest) -> None:
 def _select_preset(
     request: ChatRequest,
     plugin: FusionPlugin | None,
-    index: int | None,
+    prefix: str,
     *,
     presets: dict[str, Preset],
     default_preset: str,
@@ -248,7 +283,7 @@ def _select_preset(
     if plugin is not None and plugin.preset is not None:
         name = PRESET_ALIASES.get(plugin.preset, plugin.preset)
         if name not in presets:
-            param = f"plugins[{index}].preset"
+            param = f"{prefix}.preset"
             raise InvalidRequest(
                 f"Invalid value for '{param}': unknown preset {plugin.preset!r}; "
                 f"available: {', '.join(sorted(presets))}.",

@@ -12,7 +12,7 @@ from openfusion.protocol import sum_usage
 from openfusion.upstream.web import Source
 
 
-def _panel_entry(result: PanelAnswer | PanelFailure) -> dict[str, Any]:
+def panel_entry(result: PanelAnswer | PanelFailure) -> dict[str, Any]:
     if isinstance(result, PanelAnswer):
         entry = {"model": result.model, "status": "ok", "latency_ms": result.latency_ms, "usage": result.usage.render()}
         if result.research.tool_calls:
@@ -26,7 +26,7 @@ def _panel_entry(result: PanelAnswer | PanelFailure) -> dict[str, Any]:
     return {"model": result.model, "status": "error", "latency_ms": result.latency_ms, "error": error}
 
 
-def _judge_entry(plan: FusionPlan, judges: list[JudgeOutcome]) -> dict[str, Any]:
+def judge_entry(plan: FusionPlan, judges: list[JudgeOutcome]) -> dict[str, Any]:
     if not judges:
         return {"model": plan.judge, "status": "skipped"}
     last = judges[-1]
@@ -40,7 +40,7 @@ def _judge_entry(plan: FusionPlan, judges: list[JudgeOutcome]) -> dict[str, Any]
     if last.dialect:
         entry["structured_output"] = last.dialect
     if any(j.research.tool_calls for j in judges):
-        entry["server_tool_use_details"] = _totals([j.research for j in judges])
+        entry["server_tool_use_details"] = research_totals([j.research for j in judges])
     if not last.ok:
         entry["failure_reason"] = last.failure_reason
         entry["error"] = last.detail
@@ -51,7 +51,7 @@ def _judge_entry(plan: FusionPlan, judges: list[JudgeOutcome]) -> dict[str, Any]
     return entry
 
 
-def _totals(logs: list[ResearchLog]) -> dict[str, int]:
+def research_totals(logs: list[ResearchLog]) -> dict[str, int]:
     totals: dict[str, int] = {}
     for log in logs:
         for key, value in log.details().items():
@@ -85,8 +85,8 @@ def fusion_report(
     report: dict[str, Any] = {
         "preset": plan.preset,
         "estimated_max_cost": plan.estimated_max_cost,
-        "panel": [_panel_entry(result) for result in results],
-        "judge": _judge_entry(plan, judges),
+        "panel": [panel_entry(result) for result in results],
+        "judge": judge_entry(plan, judges),
         "synthesizer": {
             "model": synthesis.model,
             "latency_ms": synth_ms,
@@ -99,7 +99,7 @@ def fusion_report(
         report["research"] = entry
     logs = [r.research for r in results if isinstance(r, PanelAnswer)] + [j.research for j in judges]
     if any(log.tool_calls for log in logs):
-        report["server_tool_use_details"] = _totals(logs)
+        report["server_tool_use_details"] = research_totals(logs)
     if sources:
         report["sources"] = [{"url": s.url, "title": s.title} for s in sources]
     if synthesis.failures:

@@ -31,6 +31,7 @@ from openfusion.pipeline.report import fusion_report
 from openfusion.pipeline.research import NO_RESEARCH, ResearchPlan
 from openfusion.pipeline.structured import DialectMemory
 from openfusion.pipeline.synthesize import MessageAccumulator, SynthesisStream, synthesis_body
+from openfusion.pipeline.turns import TurnCache, flatten_tool_messages, is_agent_step, turn_key
 from openfusion.protocol import ChatRequest, sum_usage
 from openfusion.upstream.client import UpstreamClient
 from openfusion.upstream.trace import role
@@ -48,12 +49,15 @@ class FusionRun:
         request: ChatRequest,
         dialects: DialectMemory,
         research: WebResearch | None,
+        turns: TurnCache | None = None,
     ) -> None:
         self.upstream = upstream
+        self.turns = turns
+        self.panel_source = "fresh"  # or "cached" / "skipped": an agent loop's step reusing its user turn
         self.plan = plan
         self.request = request
         self.dialects = dialects
-        self.conversation: Messages = [message.model_dump(exclude_none=True) for message in request.messages]
+        self.conversation: Messages = [message.model_dump(exclude_unset=True) for message in request.messages]
         self.research = ResearchPlan(research, plan.tools, plan.max_tool_calls, plan.blocked_domains)
         self.results: list[PanelAnswer | PanelFailure] = []
         self.judges: list[JudgeOutcome] = []
@@ -67,7 +71,7 @@ class FusionRun:
         plan = self.plan
         yield PanelStarted(list(plan.panel))
         body = {
-            "messages": self.conversation,
+            "messages": flatten_tool_messages(self.conversation),
             "temperature": plan.temperature,
             "reasoning": plan.reasoning,
             "max_completion_tokens": plan.max_completion_tokens,
@@ -93,6 +97,23 @@ class FusionRun:
         if len(self.answers) < plan.min_successful:
             failures = [r for r in self.results if isinstance(r, PanelFailure)]
             raise panel_failed(failures, self.answers, plan.min_successful)
+
+    def needs_panel(self) -> bool:
+        """False for an agent-loop step whose user turn was already fused (or cannot be): no fan-out again."""
+        if self.turns is None or self.plan.refire == "always" or not is_agent_step(self.conversation):
+            return True
+        turn = self.turns.get(turn_key(self.plan, self.conversation))
+        if turn is None:
+            self.panel_source = "skipped"
+        else:
+            self.panel_source = "cached"
+            self.results, self.judges = list(turn.answers), list(turn.judges)
+        return False
+
+    def remember_turn(self) -> None:
+        """Keep this turn's analysis for the agent-loop steps that follow it."""
+        if self.turns is not None and self.panel_source == "fresh" and self.answers:
+            self.turns.put(turn_key(self.plan, self.conversation), self.answers, self.judges)
 
     async def judge(self) -> AsyncIterator[Event]:
         """The judge, then its fallbacks until one produces an analysis (none may: that degrades)."""
@@ -124,7 +145,8 @@ class FusionRun:
 
     async def synthesize(self, *, stream: bool) -> AsyncIterator[Event]:
         """The final answer: relayed chunk by chunk, or as one message; then the run's summary."""
-        if self.plan.enabled:
+        self.remember_turn()
+        if self.plan.enabled and self.panel_source != "skipped":
             messages = synthesis_messages(
                 conversation=self.conversation,
                 analysis=self.judges[-1].analysis if self.judges else None,
@@ -158,11 +180,14 @@ class FusionRun:
                 message["annotations"] = [*message.get("annotations", []), *citations]
             yield SynthesisMessage(message, accumulator.finish_reason)
         synth_ms = round((time.perf_counter() - started) * 1000)
-        usages = [a.usage for a in self.answers] + [u for j in self.judges for u in j.usages] + [synthesis.usage]
+        usages = [synthesis.usage]
+        if self.panel_source == "fresh":  # a reused turn's panel and judge were paid for by an earlier request
+            usages += [a.usage for a in self.answers] + [u for j in self.judges for u in j.usages]
         report = fusion_report(
             self.plan, results=self.results, judges=self.judges, synthesis=synthesis, synth_ms=synth_ms,
             sources=self.sources(), research=self.research,
         )  # fmt: skip
+        report["panel_source"] = self.panel_source
         yield RunFinished(
             model=synthesis.reported_model or synthesis.model,
             usage=sum_usage(usages),
@@ -188,12 +213,18 @@ async def run_fusion(
     stream: bool,
     dialects: DialectMemory | None = None,
     research: WebResearch | None = None,
+    turns: TurnCache | None = None,
 ) -> AsyncIterator[Event]:
     """Run one fusion request. Raises FusionFailed when the panel has too few answers."""
     run = FusionRun(
-        upstream=upstream, plan=plan, request=request, dialects=dialects or DialectMemory(), research=research
+        upstream=upstream,
+        plan=plan,
+        request=request,
+        dialects=dialects or DialectMemory(),
+        research=research,
+        turns=turns,
     )
-    stages = [run.panel(), run.judge()] if plan.enabled else []
+    stages = [run.panel(), run.judge()] if plan.enabled and run.needs_panel() else []
     for stage in [*stages, run.synthesize(stream=stream)]:
         async with contextlib.aclosing(stage):  # an abandoned run closes the stage's upstream calls at once
             async for event in stage:

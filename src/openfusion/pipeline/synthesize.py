@@ -39,9 +39,21 @@ def synthesis_body(request: ChatRequest, plan: FusionPlan, messages: Messages) -
     """The synthesizer call's body (model and stream flags are the upstream client's business)."""
     given = request.model_dump(exclude_none=True)
     body = {key: given[key] for key in _CLIENT_FIELDS if key in given}
+    body.update(client_tools(request))
     body["messages"] = messages
     body["max_completion_tokens"] = request.max_completion_tokens or request.max_tokens or plan.max_completion_tokens
     return body
+
+
+def client_tools(request: ChatRequest) -> dict[str, Any]:
+    """The client's own function tools and its tool_choice, without fusion's server tool (providers refuse it)."""
+    tools = [t for t in request.tools or [] if isinstance(t, dict) and t.get("type") == "function"]
+    choice = request.tool_choice
+    if isinstance(choice, dict) and choice.get("type") != "function":
+        choice = None  # {"type": "openrouter:fusion"} means nothing to a provider
+    if not tools:
+        return {"tools": None, "tool_choice": None}
+    return {"tools": tools, "tool_choice": choice}
 
 
 class SynthesisStream:

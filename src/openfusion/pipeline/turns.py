@@ -1,0 +1,90 @@
+"""Agent loops on the fusion slug: one panel per user turn, reused while the agent's tool calls go back and forth.
+
+An agent calls the model, runs the tools it asked for, and calls it again with the results. Fanning the
+panel out again on every such step multiplies cost for no new question; the analysis of the user's turn
+is kept here (bounded in size and age) and handed to the synthesizer instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from openfusion.pipeline.events import JudgeOutcome, PanelAnswer
+from openfusion.pipeline.plan import FusionPlan
+from openfusion.pipeline.prompts import Messages, message_text
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What the panel and judge produced for one user turn."""
+
+    answers: list[PanelAnswer]
+    judges: list[JudgeOutcome]
+    stored: float
+
+
+def is_agent_step(conversation: Messages) -> bool:
+    """Whether the request continues an agent loop: its last message is a tool result."""
+    return bool(conversation) and conversation[-1].get("role") in ("tool", "function")
+
+
+def turn_key(plan: FusionPlan, conversation: Messages) -> str:
+    """The conversation up to and including its last user message, and who answered it."""
+    last_user = max((i for i, m in enumerate(conversation) if m.get("role") == "user"), default=-1)
+    identity = [plan.preset, plan.panel, plan.judges, sorted(plan.tools), conversation[: last_user + 1]]
+    return hashlib.sha256(orjson.dumps(identity, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class TurnCache:
+    """The most recent turns' analyses, least recently used first out, each kept at most `ttl_s`."""
+
+    def __init__(self, *, max_entries: int = 512, ttl_s: float = 1800.0) -> None:
+        self._entries: OrderedDict[str, Turn] = OrderedDict()
+        self._max = max_entries
+        self._ttl = ttl_s
+
+    def get(self, key: str) -> Turn | None:
+        turn = self._entries.get(key)
+        if turn is None:
+            return None
+        if time.monotonic() - turn.stored > self._ttl:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return turn
+
+    def put(self, key: str, answers: list[PanelAnswer], judges: list[JudgeOutcome]) -> None:
+        self._entries[key] = Turn(list(answers), list(judges), time.monotonic())
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def flatten_tool_messages(conversation: Messages) -> Messages:
+    """The conversation with tool calls and results as plain text: for models that are not offered the tools."""
+    flat: Messages = []
+    for message in conversation:
+        role = message.get("role")
+        if role in ("tool", "function"):
+            flat.append({"role": "user", "content": f"[tool result]\n{message_text(message)}"})
+        elif role == "assistant" and message.get("tool_calls"):
+            text = message_text({"content": message.get("content")}) if message.get("content") else ""
+            calls = "; ".join(_describe_call(call) for call in message["tool_calls"])
+            flat.append({"role": "assistant", "content": f"{text}\n[called tools: {calls}]".strip()})
+        else:
+            flat.append(message)
+    return flat
+
+
+def _describe_call(call: Any) -> str:
+    function = call.get("function") or {} if isinstance(call, dict) else {}
+    return f"{function.get('name', '?')}({function.get('arguments', '')})"

@@ -1,0 +1,240 @@
+"""Fusion as a server tool: the caller's own model calls fusion; openfusion runs it and calls the model again."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import openai
+
+from fakes.upstream import FakeUpstream, Script
+
+from .conftest import ANALYSIS
+
+CHAT = "/v1/chat/completions"
+QUESTION = [
+    {"role": "system", "content": "Answer briefly."},
+    {"role": "user", "content": "Should we shard the database?"},
+]
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object",
+                                                                                   "properties": {}}}}  # fmt: skip
+
+
+def fusion_tool(**parameters: Any) -> dict[str, Any]:
+    return {"type": "openrouter:fusion", "parameters": {"analysis_models": ["fake/a", "fake/b"],
+                                                         "model": "fake/judge", **parameters}}  # fmt: skip
+
+
+def call(name: str, **arguments: Any) -> dict[str, Any]:
+    return {"function": {"name": name, "arguments": arguments}}
+
+
+def ask(url: str, **body: Any) -> Any:
+    body.setdefault("messages", QUESTION)
+    with openai.OpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0) as sdk:
+        result = sdk.chat.completions.create(model="fake/outer", **body)
+        return list(result) if body.get("stream") else result
+
+
+def tool_results(upstream: FakeUpstream, model: str = "outer") -> list[dict[str, Any]]:
+    return [json.loads(m["content"]) for c in upstream.calls_for(model) for m in c.body["messages"]
+            if m["role"] == "tool"]  # fmt: skip
+
+
+def test_the_outer_model_calls_fusion_and_answers_from_it(upstream: FakeUpstream, server: str) -> None:
+    upstream.script("outer", Script(tool_calls=[call("fusion", prompt="Shard or not, for 2 TB of orders?")]),
+                    Script(content="Do not shard yet."))  # fmt: skip
+    upstream.script("a", Script(content="Shard by tenant."))
+
+    response = ask(server, tools=[fusion_tool()])
+
+    assert response.choices[0].message.content == "Do not shard yet."
+    assert response.choices[0].message.tool_calls is None
+    first, second = upstream.calls_for("outer")
+    assert {t["function"]["name"] for t in first.body["tools"]} == {"fusion"}
+    assert all(t["type"] == "function" for t in first.body["tools"])  # the server tool never reaches a provider
+    # The panel got the prompt (and the outer system message), not the conversation.
+    assert upstream.calls_for("a")[0].body["messages"] == [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "Shard or not, for 2 TB of orders?"},
+    ]
+    [result] = tool_results(upstream)
+    assert result["status"] == "ok" and result["analysis"] == ANALYSIS
+    assert {r["model"]: r["content"] for r in result["responses"]}["fake/a"] == "Shard by tenant."
+    assert second.body["messages"][-2]["tool_calls"][0]["function"]["name"] == "fusion"
+    fusion = response.model_extra["fusion"]
+    assert fusion["mode"] == "tool" and fusion["invoked"] is True and fusion["outer"]["calls"] == 2
+    assert [p["model"] for p in fusion["panel"]] == ["fake/a", "fake/b"]
+    assert response.usage.model_extra["server_tool_use_details"]["tool_calls_executed"] == 1
+    # Summed over both outer calls, two panelists and the judge.
+    assert response.usage.total_tokens == 18 * 5
+
+
+def test_tool_choice_required_forces_the_run(upstream: FakeUpstream, server: str) -> None:
+    forced = {"type": "function", "function": {"name": "fusion"}}
+    for choice in ({"tool_choice": "required"}, {"extra_body": {"tool_choice": {"type": "openrouter:fusion"}}}):
+        upstream.reset()
+        upstream.script("judge", Script(content=json.dumps(ANALYSIS)))
+        upstream.script("outer", Script(tool_calls=[call("fusion", prompt="q")]), Script(content="Done."))
+
+        response = ask(server, tools=[fusion_tool()], **choice)
+
+        first, second = upstream.calls_for("outer")
+        assert first.body["tool_choice"] == forced
+        assert second.body.get("tool_choice") != forced  # once fusion ran, the model is free to answer
+        assert response.choices[0].message.content == "Done."
+
+
+def test_without_a_call_the_model_answers_alone(upstream: FakeUpstream, server: str) -> None:
+    upstream.script("outer", Script(content="Hello!"))
+
+    response = ask(server, tools=[fusion_tool()], messages=[{"role": "user", "content": "hi"}])
+
+    assert response.choices[0].message.content == "Hello!"
+    assert response.model_extra["fusion"]["invoked"] is False
+    assert upstream.calls_for("a") == []
+
+
+def test_client_tool_calls_are_returned_never_run(upstream: FakeUpstream, server: str) -> None:
+    upstream.script("outer", Script(tool_calls=[call("get_weather", city="Oslo")]))
+
+    response = ask(server, tools=[WEATHER, fusion_tool()])
+
+    choice = response.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert [c.function.name for c in choice.message.tool_calls] == ["get_weather"]
+    assert json.loads(choice.message.tool_calls[0].function.arguments) == {"city": "Oslo"}
+    assert len(upstream.calls_for("outer")) == 1 and upstream.calls_for("a") == []
+    names = {t["function"]["name"] for t in upstream.calls_for("outer")[0].body["tools"]}
+    assert names == {"get_weather", "fusion"}
+
+
+def test_fusion_then_a_client_tool_in_the_same_request(upstream: FakeUpstream, server: str) -> None:
+    upstream.script("outer", Script(tool_calls=[call("fusion", prompt="q")]),
+                    Script(tool_calls=[call("get_weather", city="Rome")]))  # fmt: skip
+
+    chunks = ask(server, tools=[WEATHER, fusion_tool()], stream=True)
+
+    calls = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
+    assert [c.function.name for c in calls] == ["get_weather"]  # fusion's own call never shows
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+    assert chunks[-1].model_extra["fusion"]["invoked"] is True
+
+
+def test_a_second_fusion_call_is_capped(upstream: FakeUpstream, server: str) -> None:
+    upstream.script("outer", Script(tool_calls=[call("fusion", prompt="one"), call("fusion", prompt="two")]),
+                    Script(content="Answer."))  # fmt: skip
+
+    response = ask(server, tools=[fusion_tool()])
+
+    first, second = tool_results(upstream)
+    assert first["status"] == "ok"
+    assert second["status"] == "error" and second["failure_reason"] == "fusion_invocation_capped"
+    assert len(upstream.calls_for("a")) == 1  # one fusion run only
+    assert response.choices[0].message.content == "Answer."
+
+
+def test_a_failed_panel_is_a_tool_error_not_an_http_error(upstream: FakeUpstream, server: str) -> None:
+    upstream.script("outer", Script(tool_calls=[call("fusion", prompt="q")]), Script(content="From my own knowledge."))
+    for model in "ab":
+        upstream.script(model, Script(status=429, retry_after="0"))
+
+    response = ask(server, tools=[fusion_tool()])
+
+    [result] = tool_results(upstream)
+    assert result["status"] == "error" and result["failure_reason"] == "rate_limited"
+    assert response.choices[0].message.content == "From my own knowledge."
+    assert response.model_extra["fusion"]["status"] == "error"
+
+
+def test_streaming_relays_the_outer_answer_with_keepalives(upstream: FakeUpstream, start_server: Any) -> None:
+    upstream.script("outer", Script(tool_calls=[call("fusion", prompt="q")]),
+                    Script(chunks=["Not ", "yet."], chunk_interval_s=0.05))  # fmt: skip
+    upstream.script("a", Script(delay_s=0.6))
+    body = {"model": "fake/outer", "messages": QUESTION, "tools": [fusion_tool()], "stream": True}
+
+    with start_server(keepalive_interval_s=0.2) as url:
+        text = httpx.post(f"{url}{CHAT}", json=body, timeout=20).text
+
+    assert text.count(": OPENFUSION PROCESSING") >= 3
+    payloads = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+    content = [p["choices"][0]["delta"].get("content") for p in payloads if p["choices"]]
+    assert [c for c in content if c] == ["Not ", "yet."]
+    assert payloads[-1]["usage"]["server_tool_use_details"]["tool_calls_executed"] == 1
+    assert all(p["id"] == payloads[0]["id"] for p in payloads)
+
+
+def test_the_judge_defaults_to_the_outer_model(upstream: FakeUpstream, server: str) -> None:
+    upstream.script("outer", Script(tool_calls=[call("fusion", prompt="q")]), Script(content=json.dumps(ANALYSIS)),
+                    Script(content="Final."))  # fmt: skip
+    tool = {"type": "fusion", "parameters": {"analysis_models": ["fake/a"]}}
+
+    response = ask(server, tools=[tool])
+
+    assert response.choices[0].message.content == "Final."
+    assert response.model_extra["fusion"]["judge"]["model"] == "fake/outer"
+    assert upstream.calls_for("outer")[1].body["response_format"]["type"] == "json_schema"
+
+
+def test_bad_tool_parameters_are_400(server: str) -> None:
+    bad = {"type": "openrouter:fusion", "parameters": {"analysis_models": ["fusion/trio"]}}
+    response = httpx.post(f"{server}{CHAT}", json={"model": "fake/outer", "messages": QUESTION, "tools": [bad]})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "tools[0].parameters.analysis_models[0]"
+
+
+# ---- the fusion slug inside an agent loop -----------------------------------------------------------
+
+LOOKUP = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
+TURN = [{"role": "user", "content": "What is our churn?"}]
+STEP = [
+    *TURN,
+    {"role": "assistant", "content": None,
+     "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]},
+    {"role": "tool", "tool_call_id": "c1", "content": "churn=4%"},
+]  # fmt: skip
+
+
+def slug(url: str, messages: list[dict[str, Any]], **body: Any) -> httpx.Response:
+    payload = {"model": "fusion/trio", "messages": messages, "tools": [LOOKUP], **body}
+    return httpx.post(f"{url}{CHAT}", json=payload, timeout=20)
+
+
+def test_an_agent_loop_fans_out_once_per_user_turn(upstream: FakeUpstream, server: str) -> None:
+    upstream.script("synth", Script(tool_calls=[call("lookup")]), Script(content="Churn is 4%."))
+
+    first = slug(server, TURN)
+    second = slug(server, STEP)
+
+    assert first.json()["choices"][0]["finish_reason"] == "tool_calls"  # the synthesizer may call client tools
+    assert first.json()["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "lookup"
+    assert "tools" not in upstream.calls_for("a")[0].body or all(
+        t["function"]["name"] != "lookup" for t in upstream.calls_for("a")[0].body["tools"]
+    )  # the panel never gets the client's tools
+    assert second.json()["choices"][0]["message"]["content"] == "Churn is 4%."
+    assert second.json()["fusion"]["panel_source"] == "cached"
+    assert [len(upstream.calls_for(m)) for m in ("a", "b", "c", "judge")] == [1, 1, 1, 1]  # no second fan-out
+    synth = upstream.calls_for("synth")[1].body
+    assert "Answer from a." in synth["messages"][0]["content"]  # the turn's answers, reused
+    assert synth["messages"][-1] == {"role": "tool", "tool_call_id": "c1", "content": "churn=4%"}
+    assert second.json()["usage"]["total_tokens"] == 18  # only the synthesizer was paid for this step
+
+
+def test_without_a_cached_turn_the_synthesizer_answers_alone(upstream: FakeUpstream, server: str) -> None:
+    response = slug(server, STEP)
+
+    assert response.json()["fusion"]["panel_source"] == "skipped"
+    assert upstream.calls_for("a") == [] and len(upstream.calls_for("synth")) == 1
+    assert upstream.calls_for("synth")[0].body["messages"] == STEP
+
+
+def test_refire_always_restores_a_fresh_panel(upstream: FakeUpstream, server: str) -> None:
+    slug(server, TURN)
+    response = slug(server, STEP, plugins=[{"id": "fusion", "refire": "always"}])
+
+    assert response.json()["fusion"]["panel_source"] == "fresh"
+    assert len(upstream.calls_for("a")) == 2
+    # The panel saw the agent's tool exchange as text, since it is not offered those tools.
+    panel_messages = upstream.calls_for("a")[1].body["messages"]
+    assert panel_messages[-1] == {"role": "user", "content": "[tool result]\nchurn=4%"}
