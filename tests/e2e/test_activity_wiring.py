@@ -159,7 +159,7 @@ def test_metrics_count_requests_stages_and_errors(
         httpx.post(f"{url}{CHAT}", json={"model": "fusion/trio", "messages": HI, "stream": True}, timeout=20)
         text = httpx.get(f"{url}/metrics").text
 
-    assert 'openfusion_requests_total{model="fusion/trio",status="ok"} 2.0' in text
+    assert 'openfusion_requests_total{route="fusion/trio",status="ok"} 2.0' in text
     assert 'openfusion_upstream_call_seconds_count{role="panel"} 6.0' in text
     assert 'openfusion_upstream_errors_total{provider="fake",status="503"} 2.0' in text
     assert "openfusion_synthesizer_first_token_seconds_count 2.0" in text
@@ -218,3 +218,13 @@ def test_two_replicas_share_one_history_in_postgresql(
         ]
         record = generation(url_b, gid)  # written by replica A, read through replica B
     assert record["id"] == gid and len(record["calls"]) == 5
+
+
+def test_a_streamed_synthesis_is_recorded_as_ok(upstream: FakeUpstream, start_server: Any, activity_path: Path) -> None:
+    with start_server(activity={"path": activity_path}) as url:
+        for stream in (False, True):
+            response = httpx.post(f"{url}{CHAT}", json={"model": "fusion/trio", "messages": HI, "stream": stream},
+                                  timeout=20)
+            record = generation(url, response.headers["x-generation-id"])
+            synth = next(c for c in record["calls"] if c["role"] == "synthesizer")
+            assert synth["status"] == "ok" and synth["tokens_completion"] == 7, synth

@@ -18,7 +18,7 @@ JUDGE_CALLS = 2
 
 
 class ModelPrice(BaseModel):
-    """A model's price in USD per token (config: `[prices."openai/gpt-5"] prompt = 1.25e-6, completion = 1e-5`)."""
+    """A model's price in USD per token (config: `[pricing.models."openai/gpt-5"] prompt = 1.25e-6`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -65,12 +66,25 @@ def migrate(conn: sqlite3.Connection, migrations: tuple[Migration, ...] = MIGRAT
     return int(current)
 
 
+def _use_wal(conn: sqlite3.Connection, *, within_s: float = 5.0) -> None:
+    """Switch to WAL; the switch needs a moment alone with the file, and SQLite does not wait for it itself."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _connect(path: Path, migrations: tuple[Migration, ...]) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), never implicit.
     conn = sqlite3.connect(path, isolation_level=None, timeout=5.0)
     try:
-        conn.execute("PRAGMA journal_mode=WAL")  # readers (the activity page) never block the writer
+        _use_wal(conn)  # readers (the activity page) never block the writer
         conn.execute("PRAGMA foreign_keys=ON")
         migrate(conn, migrations)
     except BaseException:

@@ -15,6 +15,7 @@ from openfusion.api.disconnect import cancel_on_disconnect
 from openfusion.api.fusion_response import complete_fusion, stream_fusion
 from openfusion.api.ledger import Ledger
 from openfusion.api.passthrough import SSE_HEADERS, pass_through
+from openfusion.errors import OpenFusionError
 from openfusion.pipeline.budget import priced
 from openfusion.pipeline.plan import FusionPlan, plan_fusion
 from openfusion.pipeline.run import run_fusion
@@ -42,6 +43,7 @@ async def chat_completions(request: Request, state: State) -> Response:
         streamed=chat.stream,
         preset=plan.preset if plan else None,
         key_name=client_key_name(request),
+        route=_route(state, chat, plan),
     )
     try:
         if plan is None:
@@ -58,6 +60,16 @@ async def chat_completions(request: Request, state: State) -> Response:
     if not isinstance(response, StreamingResponse):
         ledger.close()
     return response
+
+
+def _route(state: AppState, chat: ChatRequest, plan: FusionPlan | None) -> str:
+    """The metrics label of a request: a preset or a provider, never a free-form model name."""
+    if plan is not None:
+        return f"{plan.mode if plan.mode == 'tool' else 'fusion'}/{plan.preset}"
+    try:
+        return f"passthrough/{state.registry.resolve(chat.model).provider.name}"
+    except OpenFusionError:
+        return "passthrough/unknown"
 
 
 async def _fusion(request: Request, state: AppState, chat: ChatRequest, plan: FusionPlan, ledger: Ledger) -> Response:

@@ -33,6 +33,7 @@ class Ledger:
         streamed: bool,
         preset: str | None = None,
         key_name: str | None = None,
+        route: str = "passthrough",
     ) -> None:
         self.state = state
         self.generation_id = new_generation_id()
@@ -43,6 +44,7 @@ class Ledger:
         self.streamed = streamed
         self.preset = preset
         self.key_name = key_name
+        self.route = route  # the metrics label: bounded, unlike the model names clients may send
         self.status = "ok"
         self.failure_reason: str | None = None
         self.finish_reason: str | None = None
@@ -94,7 +96,7 @@ class Ledger:
         cost = total_cost(call.cost for call in calls) if calls else None
         for call in self.trace.calls:
             state.metrics.observe_call(call)
-        state.metrics.requests.labels(self.requested_model, self.status).inc()
+        state.metrics.requests.labels(self.route, self.status).inc()
         state.metrics.overhead_seconds.observe(overhead / 1000)
         if cost:
             state.metrics.cost.inc(cost)

@@ -38,7 +38,10 @@ async def list_models(state: State) -> dict[str, Any]:
     default = presets.get(state.settings.default_preset)
     if default is not None:
         for alias in ("openrouter/fusion", "fusion"):
-            data.append(_entry(alias, default, f"Fusion with the default preset: {default.description}"))
+            about = f"Fusion with the default preset ({default.name})" + (
+                f": {default.description}" if default.description else "."
+            )
+            data.append(_entry(alias, default, about))
     if "fast" in presets:
         data.append(_entry("openrouter/fusion-flash", presets["fast"]))
     data.extend(_entry(f"fusion/{name}", preset) for name, preset in sorted(presets.items()))

@@ -18,7 +18,10 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "openfusion_requests", "Requests by requested model and outcome.", ["model", "status"], registry=r
+            "openfusion_requests",
+            "Requests by route (fusion/<preset>, tool/<preset>, passthrough/<provider>) and outcome.",
+            ["route", "status"],
+            registry=r,
         )
         self.in_flight = Gauge("openfusion_requests_in_flight", "Requests being served now.", registry=r)
         self.stage_seconds = Histogram(

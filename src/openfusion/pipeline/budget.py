@@ -35,13 +35,13 @@ def priced(plan: FusionPlan, request: ChatRequest, prices: PriceTable) -> Fusion
             raise CostLimitExceeded(
                 f"max_cost is set but the worst-case cost cannot be bounded: no price is known for "
                 f"{', '.join(unknown)}. Add them under [pricing.models] or set pricing.refresh_from.",
-                param="max_cost",
+                param=f"{plan.config_param}.max_cost",
             )
         if estimate > plan.max_cost:
             raise CostLimitExceeded(
                 f"The worst-case cost of this fusion request is ${estimate:.4f}, above max_cost "
                 f"${plan.max_cost:.4f}: nothing was sent. Lower max_tool_calls or max_completion_tokens, "
                 "use a smaller panel, or raise max_cost.",
-                param="max_cost",
+                param=f"{plan.config_param}.max_cost",
             )
     return dataclasses.replace(plan, estimated_max_cost=estimate)

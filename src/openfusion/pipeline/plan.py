@@ -123,6 +123,7 @@ class FusionPlan:
     estimated_max_cost: float | None = None  # USD, worst case, priced before the run (None: unknown)
     # "slug": fusion answers; "tool": the caller's own (outer) model may call fusion as a tool.
     mode: Literal["slug", "tool"] = "slug"
+    config_param: str = ""  # where the request's fusion settings came from: "plugins[0]", "tools[1].parameters"
     force_tool: bool = False  # tool mode: tool_choice asked for a fusion run
     refire: Literal["auto", "always"] = "auto"
 
@@ -212,6 +213,7 @@ def plan_fusion(
         expose=bool(plugin and plugin.expose),
         max_cost=plugin.max_cost if plugin else None,
         mode=mode,
+        config_param=prefix if plugin is not None else "",
         force_tool=mode == "tool" and _forces_fusion(request.tool_choice),
         refire=plugin.refire if plugin else "auto",
         **_research_tools(plugin.tools if plugin and plugin.tools is not None else preset.tools, prefix),

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from openfusion.errors import OpenFusionError, UpstreamTimeout
+from openfusion.errors import OpenFusionError, UpstreamProtocolError, UpstreamTimeout
 from openfusion.pipeline.events import SynthesisStarted
 from openfusion.pipeline.plan import FusionPlan
 from openfusion.pipeline.prompts import Messages
@@ -134,7 +134,7 @@ def _as_error(exc: BaseException, model: str, timeout_s: float) -> OpenFusionErr
     if isinstance(exc, TimeoutError):
         message = f"{model} sent no token within synth_timeout_s ({timeout_s:g} s)"
         return UpstreamTimeout(message, model=model, provider="")
-    return OpenFusionError(f"{model} returned an empty stream", code="upstream_invalid_response")
+    return UpstreamProtocolError(f"{model} returned an empty stream", model=model, provider="")
 
 
 class MessageAccumulator:

@@ -231,7 +231,8 @@ async def _chunks(route: Route, response: httpx.Response, call: CallTrace) -> As
     try:
         async for event in EventSource(response).aiter_sse():
             if event.data == "[DONE]":
-                return
+                finished = True  # the provider says the completion is whole, finish_reason or not
+                break
             if not event.data:
                 continue
             chunk = _json(route, event.data.encode())
