@@ -1,0 +1,1 @@
+"""openfusion benchmark harness (see bench/README.md)."""

@@ -1,0 +1,116 @@
+"""Before/after: openfusion builds side by side, interleaved, on the costs that matter most.
+
+    python -m bench.ab --build before=/tmp/a/bin/openfusion --build after=/tmp/b/bin/openfusion [--rounds 3]
+
+For an optimisation, build one venv without and one with the change (e.g. `python -m bench
+--snapshot` leaves a frozen build of the checkout in /tmp/openfusion-bench/snapshot/venv), then
+run this: both instances get the same fake upstream and the same requests, round by round with the
+order rotated. Prints and writes (as JSON next to the logs) CPU per request, latency and the price of
+a relayed token for each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from bench.harness import Bench, aggregate, interleaved
+from bench.load import chat_body
+from bench.procs import raise_fd_limit
+from bench.scenarios import BENCH3, FAST0, PASS_MODEL, dumps, main_presets, proxy_cpu_ms, request_fn, say
+
+LONG = replace(FAST0, name="fast0long", synth="fake/lat-0-tok-408")
+
+# (name, preset or None for pass-through, stream, concurrency, what it shows)
+CASES = [
+    ("fusion bench3 non-stream c=1", BENCH3, False, 1, "overhead over 395 ms"),
+    ("fusion bench3 stream c=1", BENCH3, True, 1, "overhead over 395 ms"),
+    ("fusion fast0 stream c=50", FAST0, True, 50, "CPU per request"),
+    ("fusion fast0 non-stream c=50", FAST0, False, 50, "CPU per request"),
+    ("fusion 8 tokens stream c=10", FAST0, True, 10, "CPU per request"),
+    ("fusion 408 tokens stream c=10", LONG, True, 10, "CPU per request (per token vs 8 tokens)"),
+    ("pass-through non-stream c=1", None, False, 1, "added latency"),
+    ("pass-through non-stream c=50", None, False, 50, "CPU per request"),
+]
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    run_dir = Path(f"/tmp/openfusion-bench/ab-{time.strftime('%Y%m%d-%H%M%S')}")
+    presets = {**main_presets(), LONG.name: LONG.toml()}
+    builds = dict(spec.split("=", 1) for spec in args.build)
+    results: dict[str, Any] = {"builds": builds, "cases": {}, "us_per_token": {}}
+    bench = Bench(run_dir)
+    try:
+        bench.start_fake()
+        for arm, exe in builds.items():
+            bench.openfusion_bin = exe
+            bench.start_openfusion(f"openfusion_{arm}", presets)
+        for name, preset, stream, c, shows in CASES:
+            model = f"fusion/{preset.name}" if preset else PASS_MODEL
+            body = chat_body(model, stream=stream)
+            arms = {
+                arm: (
+                    bench.session(),
+                    request_fn(bench.services[f"openfusion_{arm}"].url + "/v1/chat/completions", body, stream=stream),
+                    (f"openfusion_{arm}",),
+                )
+                for arm in builds
+            }
+            slices = await interleaved(
+                bench,
+                arms,
+                concurrency=c,
+                rounds=args.rounds,
+                slice_s=args.slice_s * (2 if c == 1 and preset is not None else 1),
+                max_requests=100_000,
+                warmup_s=0.3,
+                min_samples=min(c, 20),
+            )
+            base = BENCH3.critical_s if preset is BENCH3 else 0.0
+            row = {arm: aggregate(s, base_s=base, proxy=f"openfusion_{arm}") for arm, s in slices.items()}
+            results["cases"][name] = {"shows": shows, **row}
+            key = "overhead" if base else "wall"
+            say(f"{name} ({key} p50 ms, proxy CPU ms/req, req/s, errors):")
+            for arm, x in row.items():
+                p50 = x.get(key, {}).get("p50", float("nan"))
+                say(f"    {arm:>16}: {p50:8.2f} {proxy_cpu_ms(x):7.2f} {x['rps']:7.0f} {x['errors']:4d}")
+        say("price of a relayed token (µs of proxy CPU, 408 vs 8 tokens at c=10):")
+        for arm in builds:
+            short = proxy_cpu_ms(results["cases"]["fusion 8 tokens stream c=10"][arm])
+            long = proxy_cpu_ms(results["cases"]["fusion 408 tokens stream c=10"][arm])
+            results["us_per_token"][arm] = (long - short) * 1000 / 400
+            say(f"    {arm:>16}: {results['us_per_token'][arm]:8.1f}")
+    finally:
+        await bench.close_sessions()
+        bench.stop_all()
+    (run_dir / "ab.json").write_bytes(dumps(results))
+    say(f"wrote {run_dir / 'ab.json'}")
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--build", action="append", required=True, help="NAME=PATH of an `openfusion` executable (repeat: 2 or more)"
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--slice-s", type=float, default=3.0)
+    args = parser.parse_args()
+    raise_fd_limit()
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with runner:
+        runner.run(run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,674 @@
+"""The five scenarios and the profile. Each returns plain data for the report (times in ms)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from bench.fakeup import parse_profile
+from bench.harness import MASTER_KEY, Bench, aggregate, interleaved
+from bench.load import Sample, chat_body, percentile, post
+
+AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long and how hard each scenario runs."""
+
+    quick: bool
+    concurrencies: tuple[int, ...]
+    rounds: int
+    fusion_slice_s: float
+    pass_slice_s: float
+    peer_slice_s: float
+    warmup_s: float
+    prewarm: bool  # an unrecorded warm-up per arm before its first slice
+    min_samples_cap: int  # a slice runs on until it has min(c, cap) samples
+    max_requests: int
+    tail_slow_s: float
+    tail_concurrencies: tuple[int, ...]
+    tail_deadline_s: float
+    hang_panel_timeout_s: float | None
+    mem_levels: tuple[int, ...]
+    soak_requests: int
+    profile_s: float
+    access_log_arm: bool
+
+
+QUICK = Plan(
+    quick=True,
+    concurrencies=(1, 50, 200),
+    rounds=1,
+    fusion_slice_s=0.6,
+    pass_slice_s=0.4,
+    peer_slice_s=1.0,
+    warmup_s=0.2,
+    prewarm=False,
+    min_samples_cap=10,
+    max_requests=20_000,
+    tail_slow_s=0.8,
+    tail_concurrencies=(1, 50),
+    tail_deadline_s=0.5,
+    hang_panel_timeout_s=None,
+    mem_levels=(1, 100),
+    soak_requests=300,
+    profile_s=0.0,
+    access_log_arm=False,
+)
+
+FULL = Plan(
+    quick=False,
+    concurrencies=(1, 50, 200),
+    rounds=3,
+    fusion_slice_s=4.0,
+    pass_slice_s=3.0,
+    peer_slice_s=4.0,
+    warmup_s=0.5,
+    prewarm=True,
+    min_samples_cap=1000,
+    max_requests=100_000,
+    tail_slow_s=5.0,
+    tail_concurrencies=(1, 50, 200),
+    tail_deadline_s=0.5,
+    hang_panel_timeout_s=2.0,
+    mem_levels=(1, 100, 1000),
+    soak_requests=10_000,
+    profile_s=15.0,
+    access_log_arm=True,
+)
+
+JUDGE_FORMAT = {"type": "json_schema", "json_schema": {"name": "fusion_analysis", "strict": True, "schema": {}}}
+
+
+def _dur(model: str) -> float:
+    return parse_profile(model).duration_s
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """A fusion preset over fake models, with its critical path."""
+
+    name: str
+    panel: tuple[str, ...]
+    judge: str
+    synth: str
+    extra: str = ""
+
+    @property
+    def critical_s(self) -> float:
+        return max(_dur(m) for m in self.panel) + _dur(self.judge) + _dur(self.synth)
+
+    def toml(self) -> str:
+        panel = ", ".join(f'"{m}"' for m in self.panel)
+        return (
+            f'name = "{self.name}"\n'
+            f'description = "bench: critical path {self.critical_s * 1000:.0f} ms"\n'
+            f"analysis_models = [{panel}]\n"
+            f'model = "{self.judge}"\nsynthesis_model = "{self.synth}"\n{self.extra}'
+        )
+
+
+BENCH3 = Fusion("bench3", ("fake/lat-100", "fake/lat-150", "fake/lat-200"), "fake/lat-50", "fake/lat-50-tok-20-every-5")
+MOA3 = Fusion("moa3", ("fake/lat-100", "fake/lat-100", "fake/lat-100"), "fake/lat-100", "fake/lat-100")
+FAST0 = Fusion("fast0", ("fake/lat-0", "fake/lat-0", "fake/lat-0"), "fake/lat-0", "fake/lat-0-tok-8")
+PASS_MODEL = "fake/lat-0"  # a zero-latency upstream: every added millisecond is the proxy's
+
+
+def main_presets() -> dict[str, str]:
+    return {p.name: p.toml() for p in (BENCH3, MOA3, FAST0)}
+
+
+def ideal_fn(url: str, fusion: Fusion, *, stream: bool) -> Any:
+    """The floor: the load generator itself calls panel (concurrently), judge, synthesizer on the fake."""
+    panel = [chat_body(m, stream=False) for m in fusion.panel]
+    judge = chat_body(fusion.judge, stream=False, response_format=JUDGE_FORMAT)
+    synth = chat_body(fusion.synth, stream=stream, **({"stream_options": {"include_usage": True}} if stream else {}))
+
+    async def run(session: aiohttp.ClientSession) -> Sample:
+        t0 = time.perf_counter()
+        answers = await asyncio.gather(*(post(session, url, body, stream=False) for body in panel))
+        verdict = await post(session, url, judge, stream=False)
+        offset = time.perf_counter() - t0
+        final = await post(session, url, synth, stream=stream, keep_gaps=True)
+        parts = [*answers, verdict, final]
+        bad = next((p for p in parts if not p.ok), None)
+        return Sample(
+            started=t0,
+            wall=time.perf_counter() - t0,
+            ok=bad is None,
+            status=final.status,
+            headers=None,
+            first_data=offset + final.first_data if final.first_data is not None else None,
+            data_lines=final.data_lines,
+            gaps=final.gaps,
+            error=bad.error if bad else None,
+        )
+
+    return run
+
+
+def request_fn(url: str, body: bytes, *, stream: bool, headers: dict[str, str] | None = None) -> Any:
+    async def run(session: aiohttp.ClientSession) -> Sample:
+        return await post(session, url, body, stream=stream, headers=headers, keep_gaps=stream)
+
+    return run
+
+
+# -- 1. fusion overhead --------------------------------------------------------------------------
+
+
+async def fusion_overhead(bench: Bench, plan: Plan) -> dict[str, Any]:
+    """Fusion through openfusion vs the same calls made directly; overhead over the nominal critical path."""
+    fake = bench.services["fake"].url + "/v1/chat/completions"
+    of = bench.services["openfusion"].url + "/v1/chat/completions"
+    out: dict[str, Any] = {"preset": BENCH3.toml(), "critical_path_ms": BENCH3.critical_s * 1000}
+    for stream in (False, True):
+        mode = "stream" if stream else "non_stream"
+        out[mode] = {}
+        for c in plan.concurrencies:
+            body = chat_body(f"fusion/{BENCH3.name}", stream=stream)
+            arms = {
+                "ideal": (bench.session(), ideal_fn(fake, BENCH3, stream=stream), ()),
+                "openfusion": (bench.session(), request_fn(of, body, stream=stream, headers=AUTH), ("openfusion",)),
+            }
+            slices = await interleaved(
+                bench,
+                arms,
+                concurrency=c,
+                rounds=plan.rounds,
+                # c=1 yields ~2.5 requests a second: a longer slice for enough samples where the target is.
+                slice_s=plan.fusion_slice_s * (1.5 if c == 1 else 1.0),
+                max_requests=plan.max_requests,
+                warmup_s=plan.warmup_s,
+                prewarm=plan.prewarm,
+                min_samples=min(c, plan.min_samples_cap),
+            )
+            out[mode][str(c)] = {
+                arm: aggregate(s, base_s=BENCH3.critical_s, proxy="openfusion" if arm == "openfusion" else None)
+                for arm, s in slices.items()
+            }
+            _log_row(f"fusion {mode} c={c}", out[mode][str(c)], "overhead")
+    return out
+
+
+# -- 2. pass-through -----------------------------------------------------------------------------
+
+
+async def passthrough(bench: Bench, plan: Plan, *, peers: list[str]) -> dict[str, Any]:
+    """Direct vs openfusion vs LiteLLM (vs openfusion with its access log), interleaved, same bytes."""
+    targets = {"direct": bench.services["fake"].url, "openfusion": bench.services["openfusion"].url}
+    if "litellm" in peers:
+        targets["litellm"] = bench.services["litellm"].url
+    if "openfusion_accesslog" in bench.services:
+        targets["openfusion_accesslog"] = bench.services["openfusion_accesslog"].url
+    out: dict[str, Any] = {"model": PASS_MODEL}
+    for stream in (False, True):
+        mode = "stream" if stream else "non_stream"
+        out[mode] = {}
+        body = chat_body(PASS_MODEL, stream=stream)
+        for c in plan.concurrencies:
+            arms = {
+                name: (
+                    bench.session(),
+                    request_fn(url + "/v1/chat/completions", body, stream=stream, headers=AUTH),
+                    (name,) if name != "direct" else (),
+                )
+                for name, url in targets.items()
+            }
+            slices = await interleaved(
+                bench,
+                arms,
+                concurrency=c,
+                rounds=plan.rounds,
+                slice_s=plan.pass_slice_s,
+                max_requests=plan.max_requests,
+                warmup_s=plan.warmup_s,
+                prewarm=plan.prewarm,
+                min_samples=min(c, plan.min_samples_cap),
+            )
+            row = {arm: aggregate(s, proxy=arm if arm != "direct" else None) for arm, s in slices.items()}
+            direct = row["direct"].get("wall", {})
+            for arm, summary in row.items():
+                if arm == "direct" or "wall" not in summary:
+                    continue
+                summary["added"] = {q: summary["wall"][q] - direct.get(q, float("nan")) for q in summary["wall"]}
+                summary["ratio_p50"] = summary["wall"]["p50"] / direct["p50"] if direct.get("p50") else None
+            if "litellm" in row and "added" in row["litellm"] and "added" in row.get("openfusion", {}):
+                of_added = row["openfusion"]["added"]["p50"]
+                row["litellm_over_openfusion_added_p50"] = (
+                    row["litellm"]["added"]["p50"] / of_added if of_added > 0 else None
+                )
+            out[mode][str(c)] = row
+            _log_row(f"pass-through {mode} c={c}", row, "added")
+    return out
+
+
+# -- 3. OptiLLM moa ------------------------------------------------------------------------------
+
+
+async def optillm_moa(bench: Bench, plan: Plan) -> dict[str, Any]:
+    """OptiLLM's moa vs openfusion's fusion over the same 100 ms model; wall over each one's own critical path."""
+    model = "fake/lat-100"
+    opt = bench.services["optillm"].url + "/v1/chat/completions"
+    of = bench.services["openfusion"].url + "/v1/chat/completions"
+    out: dict[str, Any] = {"model": model, "openfusion_preset": MOA3.toml()}
+    for c in plan.concurrencies:
+        arms = {
+            "optillm_moa": (
+                bench.session(180),
+                # No `sk-` bearer: OptiLLM would build a new OpenAI client per request (its best case here).
+                request_fn(opt, chat_body(f"moa-{model}", stream=False), stream=False),
+                ("optillm",),
+            ),
+            "openfusion": (
+                bench.session(180),
+                request_fn(of, chat_body(f"fusion/{MOA3.name}", stream=False), stream=False),
+                ("openfusion",),
+            ),
+        }
+        slices = await interleaved(
+            bench,
+            arms,
+            concurrency=c,
+            rounds=plan.rounds,
+            slice_s=plan.peer_slice_s,
+            max_requests=plan.max_requests,
+            warmup_s=plan.warmup_s,
+            prewarm=plan.prewarm,
+            min_samples=min(c, plan.min_samples_cap),
+        )
+        row: dict[str, Any] = {}
+        for arm, s in slices.items():
+            summary = aggregate(s, proxy=arm.split("_")[0])
+            calls = sum(summary["upstream_calls_per_req"].values())
+            # Every call of both arms takes 100 ms at the fake. openfusion's panel is concurrent, so
+            # its own critical path is 3 stages; OptiLLM's calls run one after another.
+            stages = 3 if arm == "openfusion" else calls
+            critical = stages * _dur(model) * 1000
+            summary["own_critical_path_ms"] = critical
+            if "wall" in summary:
+                summary["overhead"] = {q: v - critical for q, v in summary["wall"].items()}
+                summary["wall_over_critical_p50"] = summary["wall"]["p50"] / critical if critical else None
+            row[arm] = summary
+        out[str(c)] = row
+        _log_row(f"optillm moa c={c}", row, "overhead")
+    return out
+
+
+# -- 4. tail -------------------------------------------------------------------------------------
+
+
+async def tail(bench: Bench, plan: Plan) -> dict[str, Any]:
+    """One panelist is slow or hangs: does wall time follow the panel deadline (when openfusion has one)?"""
+    slow_ms = int(plan.tail_slow_s * 1000)
+    deadline = plan.tail_deadline_s
+    slow = Fusion("tail", ("fake/lat-100", "fake/lat-150", f"fake/lat-{slow_ms}"), BENCH3.judge, BENCH3.synth)
+    hung = Fusion("hang", ("fake/lat-100", "fake/lat-150", "fake/hang"), BENCH3.judge, BENCH3.synth)
+    rest_ms = (_dur(slow.judge) + _dur(slow.synth)) * 1000
+    with_deadline = f"panel_deadline_s = {deadline}\n"
+    arms = {
+        # arm: (preset, expected wall ms)
+        "slow panelist, no deadline": (slow, slow.critical_s * 1000),
+        "slow panelist, panel_deadline_s": (
+            replace(slow, name="tail_deadline", extra=with_deadline),
+            deadline * 1000 + rest_ms,
+        ),
+        "hung panelist, panel_deadline_s": (
+            replace(hung, name="hang_deadline", extra=with_deadline),
+            deadline * 1000 + rest_ms,
+        ),
+    }
+    if plan.hang_panel_timeout_s:
+        timeout = plan.hang_panel_timeout_s
+        arms["hung panelist, panel_timeout_s, no deadline"] = (
+            replace(hung, name="hang_timeout", extra=f"panel_timeout_s = {timeout}\n"),
+            timeout * 1000 + rest_ms,
+        )
+    out: dict[str, Any] = {"slow_panelist_ms": slow_ms, "deadline_s": deadline, "arms": {}}
+    try:
+        bench.start_openfusion("openfusion_tail", {p.name: p.toml() for p, _ in arms.values()})
+        out["deadline_supported"] = True
+    except RuntimeError as exc:
+        out["deadline_supported"] = False
+        out["deadline_probe"] = _first_error_line(str(exc))
+        bench.stop("openfusion_tail")
+        arms = {"slow panelist, no deadline": arms["slow panelist, no deadline"]}
+        bench.start_openfusion("openfusion_tail", {slow.name: slow.toml()})
+    url = bench.services["openfusion_tail"].url + "/v1/chat/completions"
+    for arm, (preset, expected_ms) in arms.items():
+        waves: dict[str, Any] = {}
+        for c in plan.tail_concurrencies:
+            for stream in (True, False):
+                if not stream and c != 1:
+                    continue
+                mode = "stream" if stream else "non_stream"
+                fn = request_fn(url, chat_body(f"fusion/{preset.name}", stream=stream), stream=stream)
+                sl = await bench.measure_wave(bench.session(600), fn, count=c, watch=("openfusion_tail",))
+                summary = aggregate([sl], base_s=expected_ms / 1000, proxy="openfusion_tail")
+                waves[f"{mode} c={c}"] = summary
+                _log_row(f"tail {arm}: {mode} c={c}", {"openfusion": summary}, "overhead")
+        out["arms"][arm] = {"preset": preset.toml(), "expected_ms": expected_ms, "waves": waves}
+    bench.stop("openfusion_tail")
+    return out
+
+
+def _first_error_line(text: str) -> str:
+    for line in text.splitlines():
+        if "panel_deadline_s" in line or "Extra inputs" in line or "error" in line.lower():
+            return line.strip()[:200]
+    return text.strip().splitlines()[0][:200] if text.strip() else ""
+
+
+# -- 5. memory -----------------------------------------------------------------------------------
+
+
+async def memory(bench: Bench, plan: Plan) -> dict[str, Any]:
+    """RSS with N in-flight fusion streams (a slow synthesizer keeps them open), and around a soak."""
+    hold = Fusion("hold", ("fake/lat-0", "fake/lat-0", "fake/lat-0"), "fake/lat-0", "fake/lat-0-tok-1200-every-100")
+    out: dict[str, Any] = {"inflight": {}, "hold_preset": hold.toml()}
+    service = bench.start_openfusion("openfusion_mem", {"hold": hold.toml(), FAST0.name: FAST0.toml()})
+    url = service.url + "/v1/chat/completions"
+    session = bench.session(600)
+    warm = request_fn(url, chat_body(f"fusion/{FAST0.name}", stream=True), stream=True)
+    await bench.measure(session, warm, concurrency=10, duration_s=30, max_requests=100)
+    out["rss_idle_warm_mb"] = service.rss() / 2**20
+    body = chat_body("fusion/hold", stream=True)
+    for n in plan.mem_levels:
+        out["inflight"][str(n)] = result = await hold_streams(bench, service, session, url, body, n)
+        say(
+            f"[memory] {n} fusion streams: {result['in_flight']} in synthesis, RSS {result['rss_before_mb']:.1f} ->"
+            f" {result['rss_held_mb']:.1f} MiB ({result['per_stream_kb']:.1f} KiB each),"
+            f" {result['rss_after_release_mb']:.1f} MiB after release"
+        )
+    bench.stop("openfusion_mem")
+    # The same number of plain pass-through streams, on a fresh instance (a used one reuses the memory
+    # its fusion streams left behind): what a stream costs without the fusion machinery.
+    n = max(plan.mem_levels)
+    service = bench.start_openfusion("openfusion_mem_pt", {FAST0.name: FAST0.toml()})
+    url = service.url + "/v1/chat/completions"
+    await bench.measure(
+        session,
+        request_fn(url, chat_body(PASS_MODEL, stream=True), stream=True),
+        concurrency=10,
+        duration_s=30,
+        max_requests=100,
+    )
+    slow_model = chat_body(hold.synth, stream=True)
+    out["passthrough_inflight"] = result = await hold_streams(bench, service, session, url, slow_model, n)
+    say(f"[memory] {n} pass-through streams: {result['per_stream_kb']:.1f} KiB each")
+    bench.stop("openfusion_mem_pt")
+    levels = [str(n) for n in plan.mem_levels if out["inflight"].get(str(n), {}).get("in_flight")]
+    if len(levels) >= 2:
+        lo, hi = out["inflight"][levels[-2]], out["inflight"][levels[-1]]
+        dn = hi["in_flight"] - lo["in_flight"]
+        if dn > 0:
+            out["slope_kb_per_stream"] = (hi["rss_held_mb"] - lo["rss_held_mb"]) * 1024 / dn
+    out["soak"] = await soak(bench, plan)
+    return out
+
+
+async def hold_streams(
+    bench: Bench, service: Any, session: aiohttp.ClientSession, url: str, body: bytes, n: int
+) -> dict[str, Any]:
+    """Open n streams at once, wait until each has its first answer token, read RSS, then close them."""
+    before = service.rss()
+    reached = 0
+    all_in = asyncio.Event()
+    release = asyncio.Event()
+    errors: Counter[str] = Counter()
+
+    async def one() -> None:
+        nonlocal reached
+        try:
+            async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
+                async for line in response.content:
+                    # The first answer token, not a progress chunk: the run is then inside synthesis.
+                    if line.startswith(b"data:") and b'"content":"' in line and b'"content":""' not in line:
+                        break
+                else:
+                    errors["stream ended before a token"] += 1
+                    return
+                reached += 1
+                if reached == n:
+                    all_in.set()
+                # Keep reading, as a real client does: a stream nobody reads piles its tokens up in the
+                # proxy's queue and socket buffers, and that is not the memory of an in-flight request.
+                async for _ in response.content:
+                    if release.is_set():
+                        break
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            errors[type(exc).__name__] += 1
+
+    t0 = time.perf_counter()
+    tasks = [asyncio.create_task(one()) for _ in range(n)]
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(50):
+            await all_in.wait()
+    ramp = time.perf_counter() - t0
+    await asyncio.sleep(0.5)
+    held = service.rss()
+    fake_rss = bench.services["fake"].rss()
+    release.set()
+    await asyncio.gather(*tasks)
+    await asyncio.sleep(1.5)
+    after = service.rss()
+    return {
+        "in_flight": reached,
+        "errors": dict(errors),
+        "ramp_s": ramp,
+        "rss_before_mb": before / 2**20,
+        "rss_held_mb": held / 2**20,
+        "rss_after_release_mb": after / 2**20,
+        "per_stream_kb": (held - before) / 1024 / max(1, reached),
+        "fake_rss_mb": fake_rss / 2**20,
+    }
+
+
+async def soak(bench: Bench, plan: Plan) -> dict[str, Any]:
+    """RSS of a fresh instance before and after `soak_requests` fusion requests (half streamed)."""
+    service = bench.start_openfusion("openfusion_soak", {FAST0.name: FAST0.toml()})
+    url = service.url + "/v1/chat/completions"
+    session = bench.session(120)
+    bodies = [chat_body(f"fusion/{FAST0.name}", stream=s) for s in (False, True)]
+    counter = 0
+
+    async def alternate(session: aiohttp.ClientSession) -> Sample:
+        nonlocal counter
+        counter += 1
+        stream = counter % 2 == 0
+        return await post(session, url, bodies[stream], stream=stream)
+
+    out: dict[str, Any] = {"rss_fresh_mb": service.rss() / 2**20}
+    await bench.measure(session, alternate, concurrency=50, duration_s=60, max_requests=200)
+    out["rss_before_mb"] = service.rss() / 2**20
+    # Ten legs with an RSS reading after each: a plateau and a leak look alike over one reading.
+    slices, checkpoints, done = [], [], 0
+    for leg in range(10):
+        size = plan.soak_requests * (leg + 1) // 10 - done
+        sl = await bench.measure(
+            session, alternate, concurrency=50, duration_s=120, max_requests=size, watch=("openfusion_soak",)
+        )
+        slices.append(sl)
+        done += sl.completed
+        checkpoints.append((done, service.rss() / 2**20))
+    out["rss_after_mb"] = service.rss() / 2**20
+    await asyncio.sleep(3)
+    out["rss_after_idle_mb"] = service.rss() / 2**20
+    out["requests"] = done
+    out["checkpoints"] = checkpoints
+    out["summary"] = aggregate(slices, proxy="openfusion_soak")
+    half = checkpoints[len(checkpoints) // 2 - 1]
+    out["growth_second_half_kb_per_1k"] = (
+        (checkpoints[-1][1] - half[1]) * 1024 / ((checkpoints[-1][0] - half[0]) / 1000)
+        if checkpoints[-1][0] > half[0]
+        else None
+    )
+    out["growth_kb_per_1k_requests"] = (out["rss_after_mb"] - out["rss_before_mb"]) * 1024 / (done / 1000)
+    say(
+        f"[soak] {done} requests ({out['summary']['errors']} errors): RSS {out['rss_before_mb']:.1f} ->"
+        f" {out['rss_after_mb']:.1f} MiB, {out['rss_after_idle_mb']:.1f} after 3 s idle;"
+        f" second half {out['growth_second_half_kb_per_1k']:.1f} KiB per 1k requests"
+    )
+    bench.stop("openfusion_soak")
+    return out
+
+
+# -- 6. profile ----------------------------------------------------------------------------------
+
+
+async def profile(bench: Bench, plan: Plan) -> dict[str, Any]:
+    """py-spy on openfusion serving streamed fusion at c=50: short answers (per-request costs), then long
+    answers (per-token costs); and the CPU price of one relayed token."""
+    long = replace(FAST0, name="fast0long", synth="fake/lat-0-tok-408")
+    service = bench.start_openfusion("openfusion_profile", {FAST0.name: FAST0.toml(), long.name: long.toml()})
+    url = service.url + "/v1/chat/completions"
+    session = bench.session(120)
+    out: dict[str, Any] = {}
+    for key, preset, seconds in (("requests", FAST0, plan.profile_s), ("tokens", long, plan.profile_s * 2 / 3)):
+        fn = request_fn(url, chat_body(f"fusion/{preset.name}", stream=True), stream=True)
+        await bench.measure(session, fn, concurrency=50, duration_s=2, max_requests=500)
+        out[key] = await _pyspy(bench, service, session, fn, seconds, key)
+        out[key]["load"] = f"streamed `fusion/{preset.name}` (every upstream latency 0, {preset.synth}) at c=50"
+    # The price of one relayed token: 408 tokens vs 8 from the synthesizer, same everything else.
+    costs = {}
+    for preset in (FAST0, long):
+        fn = request_fn(url, chat_body(f"fusion/{preset.name}", stream=True), stream=True)
+        sl = await bench.measure(
+            session, fn, concurrency=10, duration_s=4, max_requests=2000, watch=("openfusion_profile",)
+        )
+        costs[preset.name] = aggregate([sl], proxy="openfusion_profile")
+    short_ms = proxy_cpu_ms(costs[FAST0.name])
+    long_ms = proxy_cpu_ms(costs[long.name])
+    out["token_cost"] = {
+        "cpu_ms_8_tokens": short_ms,
+        "cpu_ms_408_tokens": long_ms,
+        "us_per_token": (long_ms - short_ms) * 1000 / 400,
+        "data_lines_408": costs[long.name].get("data_lines"),
+    }
+    say(f"[profile] relaying a token costs {out['token_cost']['us_per_token']:.1f} µs of proxy CPU")
+    bench.stop("openfusion_profile")
+    return out
+
+
+async def _pyspy(
+    bench: Bench, service: Any, session: aiohttp.ClientSession, fn: Any, seconds: float, key: str
+) -> dict[str, Any]:
+    raw = bench.run_dir / f"profile-{key}.raw.txt"
+    pyspy = Path(sys.executable).parent / "py-spy"
+    argv = [str(pyspy), "record", "--pid", str(service.pid), "--rate", "250", "--duration", str(int(seconds))]
+    # --gil: only the thread holding the GIL is sampled, i.e. Python actually running; idle waits
+    # (epoll, anyio's parked worker threads) drop out, so shares are shares of the process's Python CPU.
+    argv += ["--format", "raw", "--output", str(raw), "--gil"]
+    recorder = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    await asyncio.sleep(0.5)
+    sl = await bench.measure(
+        session, fn, concurrency=50, duration_s=seconds - 1, max_requests=10**6, watch=(service.name,)
+    )
+    _, err = await recorder.communicate()
+    out: dict[str, Any] = {"command": " ".join(argv), "summary_under_profiler": aggregate([sl], proxy=service.name)}
+    if recorder.returncode != 0 or not raw.exists():
+        out["error"] = err.decode(errors="replace")[-500:]
+    else:
+        out.update(top_frames(raw))
+        out["raw"] = str(raw)
+    return out
+
+
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::\d+)?\)$")
+
+
+def _where(path: str) -> str:
+    if "site-packages/" in path:
+        return path.split("site-packages/", 1)[1]
+    if "/src/openfusion/" in path:
+        return "openfusion/" + path.split("/src/openfusion/", 1)[1]
+    if "/lib/python3" in path:
+        return "stdlib/" + path.split("/lib/python3", 1)[1].split("/", 1)[-1]
+    return path
+
+
+def _package(path: str) -> str:
+    where = _where(path)
+    if where.startswith("openfusion/"):
+        parts = where.split("/")
+        return "/".join(parts[:2]) if len(parts) > 2 else "openfusion"
+    if where.startswith("stdlib/"):
+        parts = where.split("/")
+        return "stdlib/" + (parts[1].removesuffix(".py") if len(parts) > 1 else "")
+    return where.split("/", 1)[0].removesuffix(".py")
+
+
+def top_frames(raw: Path, limit: int = 40) -> dict[str, Any]:
+    """Self and inclusive time per function, and self time per package, from py-spy's collapsed stacks."""
+    self_time: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    packages: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [f for f in stack.split(";") if f and not f.startswith("process ") and not f.startswith("thread ")]
+        if not frames:
+            continue
+        total += count
+        names = []
+        for frame in frames:
+            match = _FRAME.match(frame)
+            names.append((match["func"], match["file"]) if match else (frame, ""))
+        func, path = names[-1]
+        self_time[f"{func} ({_where(path)})"] += count
+        packages[_package(path)] += count
+        for key in {f"{f} ({_where(p)})" for f, p in names}:
+            inclusive[key] += count
+
+    def share(counter: Counter[str]) -> list[tuple[str, float]]:
+        return [(k, 100 * v / total) for k, v in counter.most_common(limit)] if total else []
+
+    return {"samples": total, "self": share(self_time), "inclusive": share(inclusive), "packages": share(packages)}
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _log_row(title: str, row: dict[str, Any], metric: str) -> None:
+    parts = []
+    for arm, summary in row.items():
+        if not isinstance(summary, dict) or "n" not in summary:
+            continue
+        value = summary.get(metric, summary.get("wall", {}))
+        p50 = value.get("p50") if isinstance(value, dict) else None
+        cpu = sum(v for k, v in summary.get("cpu_ms_per_req", {}).items() if k != "fake")
+        text = f"{arm}: {metric} p50 {p50:.1f} ms" if p50 is not None else f"{arm}: -"
+        text += f", {summary['rps']:.0f} req/s, cpu {cpu:.2f} ms/req, n={summary['n']}, err={summary['errors']}"
+        parts.append(text)
+    say(f"[{title}] " + " | ".join(parts))
+
+
+def proxy_cpu_ms(summary: dict[str, Any]) -> float:
+    return sum(v for k, v in summary.get("cpu_ms_per_req", {}).items() if k != "fake")
+
+
+def say(text: str) -> None:
+    """Progress on the console (the harness's only output besides the report)."""
+    print(text, flush=True)  # noqa: T201
+
+
+def dumps(data: Any) -> bytes:
+    return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+
+
+__all__ = ["FULL", "QUICK", "Plan", "percentile"]
