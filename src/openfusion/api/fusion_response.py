@@ -21,44 +21,60 @@ if TYPE_CHECKING:
 log = logging.getLogger("openfusion")
 
 _END = object()
+_KEEPALIVE = object()
 
 
 async def with_keepalive(events: AsyncIterator[Event], interval: float) -> AsyncIterator[Event | None]:
     """Yield each event as it comes, and None whenever `interval` seconds pass without one.
 
     The run is driven by its own task so a slow stage never blocks the keep-alives; leaving early
-    (client gone) cancels that task, which closes every upstream call of the run.
+    (client gone) cancels that task, which closes every upstream call of the run. One ticker task
+    per run times the keep-alives: cheaper than a timeout around every event of a streamed answer.
     """
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
+    loop = asyncio.get_running_loop()
+    last = loop.time()
 
     async def pump() -> None:
+        nonlocal last
         try:
             async with contextlib.aclosing(events):  # a cancelled run closes its upstream calls now
                 async for event in events:
+                    last = loop.time()
                     await queue.put(event)
         except Exception as exc:  # handed to the consumer, which renders it
             await queue.put(exc)
         else:
             await queue.put(_END)
 
-    task = asyncio.create_task(pump(), name="fusion-run")
+    async def tick() -> None:
+        nonlocal last
+        while True:
+            delay = last + interval - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue
+            last = loop.time()
+            await queue.put(_KEEPALIVE)
+
+    tasks = [asyncio.create_task(pump(), name="fusion-run"), asyncio.create_task(tick(), name="fusion-keepalive")]
     try:
         while True:
-            try:
-                async with asyncio.timeout(interval):
-                    item = await queue.get()
-            except TimeoutError:
+            item = await queue.get()
+            if item is _KEEPALIVE:
                 yield None
-                continue
-            if item is _END:
+            elif item is _END:
                 return
-            if isinstance(item, Exception):
+            elif isinstance(item, Exception):
                 raise item
-            yield item
+            else:
+                yield item
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def stream_fusion(

@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import orjson
-from httpx_sse import EventSource, SSEError
 
 from openfusion.errors import (
     ConfigError,
@@ -25,6 +24,7 @@ from openfusion.protocol import Usage, parse_usage
 from openfusion.settings import HttpSettings, RetrySettings
 from openfusion.upstream.providers import ProviderRegistry, Route
 from openfusion.upstream.retry import parse_retry_after, retrying
+from openfusion.upstream.sse_decode import sse_data
 from openfusion.upstream.trace import CallTrace, begin_call, end_call
 
 # Response headers worth relaying to a pass-through client.
@@ -228,14 +228,16 @@ def _payload(route: Route, body: Mapping[str, Any], *, stream: bool) -> dict[str
 
 async def _chunks(route: Route, response: httpx.Response, call: CallTrace) -> AsyncIterator[dict[str, Any]]:
     finished = False
+    if "text/event-stream" not in response.headers.get("content-type", ""):
+        raise _protocol_error(route, "the streamed response is not an event stream")
     try:
-        async for event in EventSource(response).aiter_sse():
-            if event.data == "[DONE]":
+        async for data in sse_data(response.aiter_bytes()):
+            if data == b"[DONE]":
                 finished = True  # the provider says the completion is whole, finish_reason or not
                 break
-            if not event.data:
+            if not data:
                 continue
-            chunk = _json(route, event.data.encode())
+            chunk = _json(route, data)
             if isinstance(chunk.get("error"), dict):  # a mid-stream error from the provider
                 error = chunk["error"]
                 code = error.get("code")
@@ -253,8 +255,6 @@ async def _chunks(route: Route, response: httpx.Response, call: CallTrace) -> As
             if isinstance(chunk.get("usage"), dict):
                 call.usage = parse_usage(chunk["usage"])
             yield chunk
-    except SSEError:
-        raise _protocol_error(route, "the streamed response is not an event stream") from None
     except httpx.HTTPError as exc:
         raise _transport_error(route, exc, during="the stream") from None
     if not finished:

@@ -44,6 +44,9 @@ class Provider:
         return headers
 
 
+_MAX_REMEMBERED_ROUTES = 4096
+
+
 @dataclass(frozen=True)
 class Route:
     """Where one model slug goes."""
@@ -65,6 +68,7 @@ class ProviderRegistry:
     def __init__(self, providers: list[Provider], inactive: list[ProviderConfig] | None = None) -> None:
         self.providers = providers
         self._inactive = inactive or []
+        self._routes: dict[str, Route] = {}  # every upstream call resolves its slug: remember the answers
 
     @classmethod
     def from_settings(cls, settings: Settings, environ: Mapping[str, str]) -> ProviderRegistry:
@@ -90,9 +94,15 @@ class ProviderRegistry:
 
     def resolve(self, slug: str) -> Route:
         """The route for a slug: the first provider whose patterns match it."""
+        route = self._routes.get(slug)
+        if route is not None:
+            return route
         for provider in self.providers:
             if provider.serves(slug):
-                return Route(slug=slug, provider=provider, upstream_model=provider.upstream_model(slug))
+                route = Route(slug=slug, provider=provider, upstream_model=provider.upstream_model(slug))
+                if len(self._routes) < _MAX_REMEMBERED_ROUTES:  # clients choose slugs: stay bounded
+                    self._routes[slug] = route
+                return route
         raise ModelNotFound(self._not_served_message(slug), param="model")
 
     def _not_served_message(self, slug: str) -> str:
