@@ -223,8 +223,46 @@ def test_two_replicas_share_one_history_in_postgresql(
 def test_a_streamed_synthesis_is_recorded_as_ok(upstream: FakeUpstream, start_server: Any, activity_path: Path) -> None:
     with start_server(activity={"path": activity_path}) as url:
         for stream in (False, True):
-            response = httpx.post(f"{url}{CHAT}", json={"model": "fusion/trio", "messages": HI, "stream": stream},
-                                  timeout=20)
+            response = httpx.post(
+                f"{url}{CHAT}", json={"model": "fusion/trio", "messages": HI, "stream": stream}, timeout=20
+            )
             record = generation(url, response.headers["x-generation-id"])
             synth = next(c for c in record["calls"] if c["role"] == "synthesizer")
             assert synth["status"] == "ok" and synth["tokens_completion"] == 7, synth
+
+
+def test_prices_refresh_from_a_providers_model_listing(
+    upstream: FakeUpstream, start_server: Any, activity_path: Path, fake_upstream: Any
+) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from openfusion.settings import ProviderConfig
+
+    listing = {"data": [{"id": f"fake/{m}", "pricing": {"prompt": "0.001", "completion": "0.002"}}
+                        for m in ("a", "b", "c", "judge", "synth")]}  # fmt: skip
+    catalogue = Starlette(routes=[Route("/v1/models", lambda _: JSONResponse(listing))])
+    _, fake_url = fake_upstream
+    with serve_in_thread(catalogue) as catalogue_url:
+        providers = [
+            ProviderConfig(name="fake", base_url=f"{fake_url}/v1", models=["fake/*"], strip_prefix=True),
+            ProviderConfig(name="catalogue", base_url=f"{catalogue_url}/v1", models=["catalogue/*"]),
+        ]
+        with start_server(activity={"path": activity_path}, providers=providers,
+                          pricing={"refresh_from": "catalogue"}) as url:  # fmt: skip
+            # The refresh runs in the background at start-up: until it lands, max_cost cannot be checked (402,
+            # nothing spent); once it has, the same request runs.
+            body = {"model": "fusion/trio", "messages": HI, "plugins": [{"id": "fusion", "max_cost": 100}]}
+
+            def priced() -> bool:
+                nonlocal response
+                response = httpx.post(f"{url}{CHAT}", json=body, timeout=20)
+                return response.status_code == 200
+
+            response = httpx.Response(402)
+            wait_until(priced, timeout=5)
+            record = generation(url, response.headers["x-generation-id"])
+
+    assert record["total_cost"] == pytest.approx(5 * (11 * 0.001 + 7 * 0.002))
+    assert response.json()["fusion"]["estimated_max_cost"] is not None
