@@ -13,6 +13,7 @@ generation_id: ContextVar[str | None] = ContextVar("openfusion_generation_id", d
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and goes into the JSON line.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+_STANDARD |= {"color_message"}  # uvicorn's terminal-coloured copy of the message
 
 
 class JsonFormatter(logging.Formatter):
