@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from openfusion.errors import FusionFailed
+from openfusion.pipeline.analysis import Analysis
 from openfusion.pipeline.citations import merge_sources, url_citations
 from openfusion.pipeline.events import (
     Event,
@@ -149,7 +150,7 @@ class FusionRun:
         if self.plan.enabled and self.panel_source != "skipped":
             messages = synthesis_messages(
                 conversation=self.conversation,
-                analysis=self.judges[-1].analysis if self.judges else None,
+                analysis=self.analysis(),
                 answers=[(a.label, a.content) for a in self.answers],
                 sources=[(s.url, s.title) for s in self.sources()],
             )
@@ -196,12 +197,13 @@ class FusionRun:
             server_tool_use=report.get("server_tool_use_details"),
             content={
                 "panel_answers": [(a.label, a.content) for a in self.answers],
-                "analysis": analysis.model_dump() if (analysis := self._analysis()) else None,
+                "analysis": analysis.model_dump() if (analysis := self.analysis()) else None,
                 "final_answer": accumulator.message().get("content"),
             },
         )
 
-    def _analysis(self) -> Any:
+    def analysis(self) -> Analysis | None:
+        """The judge's analysis, if a judge produced one."""
         return self.judges[-1].analysis if self.judges else None
 
 

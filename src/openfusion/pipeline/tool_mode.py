@@ -200,7 +200,7 @@ class ToolModeRun:
                 report["sources"] = [{"url": s.url, "title": s.title} for s in sources]
             if self.plan.expose:
                 report.update(_tool_result(inner))
-        analysis = inner._analysis() if inner else None
+        analysis = inner.analysis() if inner else None
         return RunFinished(
             model=self.reported_model or self.plan.synthesizer,
             usage=sum_usage(usages),
@@ -217,7 +217,7 @@ class ToolModeRun:
 def _tool_result(run: FusionRun) -> dict[str, Any]:
     """The tool result in OpenRouter's shape: status, analysis, responses, failed_models, sources."""
     result: dict[str, Any] = {"status": "ok"}
-    analysis = run._analysis()
+    analysis = run.analysis()
     if analysis is not None:
         result["analysis"] = analysis.model_dump()
     result["responses"] = [{"model": a.label, "content": a.content} for a in run.answers]
