@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from openfusion.errors import AuthenticationFailed, OpenFusionError
 
 __all__ = ["AuthenticationFailed", "LimitExceeded", "LimitsUnavailable", "ModelNotAllowed"]
@@ -26,12 +24,7 @@ class LimitExceeded(OpenFusionError):
 
     def __init__(self, message: str, *, code: str, retry_after: float) -> None:
         super().__init__(message, code=code)
-        self.retry_after = retry_after
-
-    @property
-    def retry_after_header(self) -> str:
-        """Whole seconds for the `Retry-After` header, at least 1."""
-        return str(max(1, math.ceil(self.retry_after)))
+        self.retry_after = retry_after  # rendered as Retry-After by api.handlers.error_response
 
 
 class LimitsUnavailable(OpenFusionError):

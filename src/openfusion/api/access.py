@@ -15,7 +15,7 @@ from starlette.websockets import WebSocketClose
 
 from openfusion.access.config import CorsConfig
 from openfusion.access.control import AccessControl
-from openfusion.access.errors import AuthenticationFailed, LimitExceeded
+from openfusion.access.errors import AuthenticationFailed
 from openfusion.access.guards import check_guards
 from openfusion.access.keys import Client
 from openfusion.access.limiter import Slot
@@ -113,7 +113,6 @@ def spend_source(app: FastAPI) -> SpendSource | None:
 def install_access(app: FastAPI, access: AccessControl, *, cors: CorsConfig) -> None:
     """Put access control (and CORS, when configured) in front of every route."""
     app.state.access = access
-    app.add_exception_handler(LimitExceeded, _limit_exceeded)
     app.add_middleware(AccessMiddleware, access=access)
     if cors.allow_origins:
         # Added last, so it runs first: preflights are answered without a key, and errors carry CORS headers.
@@ -156,15 +155,9 @@ def _presented_key(scope: Scope) -> str | None:
 
 def _render(error: OpenFusionError, scope: Scope) -> Response:
     response = error_response(error)
-    if isinstance(error, LimitExceeded):
-        response.headers["Retry-After"] = error.retry_after_header
     if isinstance(error, AuthenticationFailed):
         # Basic lets a person open the /activity pages in a browser with the key as password.
         scheme = "Basic" if _route_path(scope).startswith("/activity") else "Bearer"
         response.headers["WWW-Authenticate"] = f'{scheme} realm="openfusion"'
     return response
 
-
-async def _limit_exceeded(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, LimitExceeded)
-    return _render(exc, request.scope)

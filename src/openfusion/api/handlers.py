@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import orjson
 from fastapi import FastAPI, Request
@@ -10,16 +11,16 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from openfusion.errors import InvalidRequest, OpenFusionError, UpstreamError, invalid_request_from
+from openfusion.errors import InvalidRequest, OpenFusionError, invalid_request_from
 
 log = logging.getLogger("openfusion")
 
 
 def error_response(error: OpenFusionError) -> Response:
-    """Render an openfusion error as an OpenAI-format JSON response."""
+    """Render an openfusion error as an OpenAI-format JSON response (with Retry-After when it has one)."""
     headers = {}
-    if isinstance(error, UpstreamError) and error.retry_after is not None:
-        headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))  # never sooner than asked
     return Response(
         orjson.dumps({"error": error.to_body()}),
         status_code=error.status_code,
