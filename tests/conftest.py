@@ -1,9 +1,17 @@
-"""Shared fixtures: a clean environment (no provider keys from the shell) for every test."""
+"""Shared fixtures: a clean environment for every test, the scripted fake upstream, and real PostgreSQL."""
 
 from __future__ import annotations
 
+import os
+import secrets
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import psycopg
 import pytest
 
+from fakes.server import serve_in_thread
+from fakes.upstream import FakeUpstream
 from openfusion.upstream.providers import builtin_provider_configs
 
 _KEY_VARS = {c.api_key_env for c in builtin_provider_configs() if c.api_key_env}
@@ -24,3 +32,55 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.
         if name in _KEY_VARS or name in _SERVICE_VARS or name.startswith("OPENFUSION_"):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.getbasetemp() / "state"))
+
+
+@pytest.fixture(scope="session")
+def fake_upstream() -> Iterator[tuple[FakeUpstream, str]]:
+    """The scripted fake OpenAI-compatible upstream under uvicorn, shared by the session; (fake, base URL)."""
+    fake = FakeUpstream()
+    with serve_in_thread(fake.app) as url:
+        yield fake, url
+
+
+# The local server (trust auth). CI starts it when it is down; a missing server fails these tests, never skips them.
+POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+_START_HINT = "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+
+
+def _admin() -> psycopg.Connection:
+    try:
+        return psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:  # failed outside the except block, so no chained traceback
+        message = f"PostgreSQL is required for the activity tests and is not reachable: {exc}\n{_START_HINT}"
+    pytest.fail(message, pytrace=False)
+
+
+def _with_database(url: str, database: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{database}"
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A uniquely named database for this test session, dropped afterwards; yields its URL."""
+    name = f"openfusion_test_{os.getpid()}_{secrets.token_hex(4)}"
+    with _admin() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_database(POSTGRES_ADMIN_URL, name)
+    finally:
+        with _admin() as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url(postgres_database: str) -> Iterator[str]:
+    """A fresh, empty schema for one test (dropped afterwards); the URL puts it first on the search_path."""
+    schema = f"t_{secrets.token_hex(6)}"
+    with psycopg.connect(postgres_database, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{postgres_database}?options={quote(f'-csearch_path={schema}', safe='')}"
+    finally:
+        with psycopg.connect(postgres_database, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -38,13 +38,6 @@ def judge_script(analysis: dict[str, Any] | None = None) -> Script:
     return Script(content=json.dumps(analysis or ANALYSIS))
 
 
-@pytest.fixture(scope="session")
-def fake_upstream() -> Iterator[tuple[FakeUpstream, str]]:
-    fake = FakeUpstream()
-    with serve_in_thread(fake.app) as url:
-        yield fake, url
-
-
 @pytest.fixture
 def upstream(fake_upstream: tuple[FakeUpstream, str]) -> FakeUpstream:
     """The fake upstream, reset, with a valid judge scripted."""

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
 from fakes.server import serve_in_thread
@@ -193,18 +190,6 @@ def test_json_logs_carry_the_generation_id(upstream: FakeUpstream, start_server:
     finished = [json.loads(line) for line in lines if '"request finished"' in line]
     assert all(entry["generation_id"].startswith("gen-") for entry in finished)
     assert not any(upstream_key in line for line in lines)
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    name = f"openfusion_e2e_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_two_replicas_share_one_history_in_postgresql(

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import redis
 
@@ -29,18 +28,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    name = f"openfusion_replicas_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -72,7 +59,7 @@ def _serve(config: Path, presets: Path, environ: dict[str, str]) -> tuple[str, s
 
 
 def test_two_processes_share_history_and_limits(
-    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path, database: str, redis_prefix: str
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path, postgres_url: str, redis_prefix: str
 ) -> None:
     _, upstream_url = fake_upstream
     config = tmp_path / "openfusion.toml"
@@ -83,7 +70,7 @@ def test_two_processes_share_history_and_limits(
         '[[keys]]\nname = "ops"\nkey_env = "OPS_KEY"\n\n'
         f'[[providers]]\nname = "fake"\nbase_url = "{upstream_url}/v1"\nmodels = ["fake/*"]\nstrip_prefix = true\n'
     )
-    environ = {**os.environ, "DATABASE_URL": database, "TEAM_KEY": "sk-team-shared", "OPS_KEY": "sk-ops-unlimited"}
+    environ = {**os.environ, "DATABASE_URL": postgres_url, "TEAM_KEY": "sk-team-shared", "OPS_KEY": "sk-ops-unlimited"}
     replicas = [_serve(config, presets_dir, environ) for _ in range(2)]
     try:
         (url_a, _), (url_b, _) = replicas
