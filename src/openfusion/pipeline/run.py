@@ -146,13 +146,14 @@ class FusionRun:
 
     async def synthesize(self, *, stream: bool) -> AsyncIterator[Event]:
         """The final answer: relayed chunk by chunk, or as one message; then the run's summary."""
+        sources = self.sources()  # fixed once the panel and judge are done
         self.remember_turn()
         if self.plan.enabled and self.panel_source != "skipped":
             messages = synthesis_messages(
                 conversation=self.conversation,
                 analysis=self.analysis(),
                 answers=[(a.label, a.content) for a in self.answers],
-                sources=[(s.url, s.title) for s in self.sources()],
+                sources=[(s.url, s.title) for s in sources],
             )
         else:
             messages = self.conversation
@@ -174,9 +175,9 @@ class FusionRun:
                 accumulator.feed(item)
                 if stream:
                     yield SynthesisChunk(item)
-        citations = url_citations(accumulator.message().get("content") or "", self.sources())
+        message = accumulator.message()
+        citations = url_citations(message.get("content") or "", sources)
         if not stream:
-            message = accumulator.message()
             if citations:
                 message["annotations"] = [*message.get("annotations", []), *citations]
             yield SynthesisMessage(message, accumulator.finish_reason)
@@ -186,7 +187,7 @@ class FusionRun:
             usages += [a.usage for a in self.answers] + [u for j in self.judges for u in j.usages]
         report = fusion_report(
             self.plan, results=self.results, judges=self.judges, synthesis=synthesis, synth_ms=synth_ms,
-            sources=self.sources(), research=self.research,
+            sources=sources, research=self.research,
         )  # fmt: skip
         report["panel_source"] = self.panel_source
         yield RunFinished(
@@ -198,7 +199,7 @@ class FusionRun:
             content={
                 "panel_answers": [(a.label, a.content) for a in self.answers],
                 "analysis": analysis.model_dump() if (analysis := self.analysis()) else None,
-                "final_answer": accumulator.message().get("content"),
+                "final_answer": message.get("content"),
             },
         )
 
