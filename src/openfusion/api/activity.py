@@ -40,7 +40,7 @@ _PAGE_HEADERS = {
 }
 
 
-def get_store(request: Request) -> ActivityStore:
+async def get_store(request: Request) -> ActivityStore:
     """The app's activity store (`app.state.activity_store`); 404 when activity is not recorded."""
     store: ActivityStore | None = getattr(request.app.state, "activity_store", None)
     if store is None:

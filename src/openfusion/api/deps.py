@@ -34,7 +34,8 @@ class AppState:
     turns: TurnCache = field(default_factory=TurnCache)
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    """The app's state (async: FastAPI would run a plain function in its thread pool, a hand-off per request)."""
     state: AppState = request.app.state.openfusion
     return state
 
