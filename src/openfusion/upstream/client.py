@@ -22,8 +22,8 @@ from openfusion.errors import (
 )
 from openfusion.protocol import Usage, parse_usage
 from openfusion.settings import HttpSettings, RetrySettings
-from openfusion.upstream.providers import ProviderRegistry, Route
-from openfusion.upstream.retry import parse_retry_after, retrying
+from openfusion.upstream.providers import Provider, ProviderRegistry, Route
+from openfusion.upstream.retry import is_retryable, parse_retry_after, retrying
 from openfusion.upstream.sse_decode import sse_data
 from openfusion.upstream.trace import CallTrace, begin_call, end_call
 
@@ -93,6 +93,7 @@ class UpstreamClient:
         self.http = http
         self.registry = registry
         self.retry = retry
+        self._endpoints: dict[str, _Endpoint] = {}
 
     async def complete(self, model: str, body: Mapping[str, Any]) -> Completion:
         """A non-streamed completion, retried by the one policy."""
@@ -178,21 +179,33 @@ class UpstreamClient:
     async def _send_retrying(
         self, route: Route, payload: dict[str, Any], *, stream: bool, call: CallTrace
     ) -> httpx.Response:
+        # The first attempt runs outside tenacity: a controller per call costs more than the call's own
+        # HTTP work on a fast upstream, and most calls succeed at once.
+        try:
+            return await self._send(route, payload, stream=stream)
+        except UpstreamError as exc:
+            if not is_retryable(exc, self.retry):
+                raise
+            first_failure = exc
         async for attempt in retrying(self.retry):
             with attempt:
+                if attempt.retry_state.attempt_number == 1:
+                    raise first_failure  # the policy decides the wait and the rest from the failure seen
                 call.retries = attempt.retry_state.attempt_number - 1
                 return await self._send(route, payload, stream=stream)
         raise AssertionError("unreachable: tenacity either returns or re-raises")
 
     async def _send(self, route: Route, payload: dict[str, Any], *, stream: bool) -> httpx.Response:
-        provider = route.provider
-        url = provider.config.base_url.rstrip("/") + "/chat/completions"
-        headers = {**provider.headers(), "Content-Type": "application/json"}
-        if stream:
-            headers["Accept"] = "text/event-stream"
-        request = self.http.build_request("POST", url, content=orjson.dumps(payload), headers=headers)
+        endpoint = self._endpoint(route.provider)
+        request = httpx.Request(
+            "POST",
+            endpoint.url,
+            headers=endpoint.stream_headers if stream else endpoint.headers,
+            content=orjson.dumps(payload),
+            extensions=endpoint.extensions,
+        )
         try:
-            response = await self.http.send(request, stream=stream)
+            response = await endpoint.transport.handle_async_request(request)
         except httpx.HTTPError as exc:
             raise _transport_error(route, exc) from None
         if response.status_code >= 400:
@@ -203,7 +216,50 @@ class UpstreamClient:
             finally:
                 await response.aclose()
             raise _status_error(route, response, raw)
+        if not stream:
+            try:
+                await response.aread()
+            except httpx.HTTPError as exc:
+                raise _transport_error(route, exc) from None
+            finally:
+                await response.aclose()
         return response
+
+    def _endpoint(self, provider: Provider) -> _Endpoint:
+        endpoint = self._endpoints.get(provider.name)
+        if endpoint is None:
+            url = httpx.URL(provider.config.base_url.rstrip("/") + "/chat/completions")
+            headers = {**provider.headers(), "Content-Type": "application/json"}
+            endpoint = _Endpoint(
+                url=url,
+                headers=headers,
+                stream_headers={**headers, "Accept": "text/event-stream"},
+                extensions={"timeout": self.http.timeout.as_dict()},
+                transport=_transport_for(self.http, url),
+            )
+            self._endpoints[provider.name] = endpoint
+        return endpoint
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    """A provider's chat-completions endpoint, parsed once: URL, headers, timeouts and the transport to it."""
+
+    url: httpx.URL
+    headers: dict[str, str] = field(repr=False)
+    stream_headers: dict[str, str] = field(repr=False)
+    extensions: dict[str, Any]
+    transport: httpx.AsyncBaseTransport
+
+
+def _transport_for(http: httpx.AsyncClient, url: httpx.URL) -> httpx.AsyncBaseTransport:
+    """The transport the client would use for `url` (its mounts honoured).
+
+    Upstream calls go to the transport directly: an API client needs none of the client's own send
+    machinery (auth flows, redirects, a cookie jar fed from every response), which cost as much CPU
+    per call as the transport's HTTP work. The client still owns the transport and closes it.
+    """
+    return http._transport_for_url(url)  # httpx has no public accessor for it
 
 
 def _payload(route: Route, body: Mapping[str, Any], *, stream: bool) -> dict[str, Any]:
