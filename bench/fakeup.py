@@ -20,6 +20,9 @@ five-key fusion analysis as its content. `n` > 1 (OptiLLM's moa) returns n choic
 always reported (streams: a final usage chunk when `stream_options.include_usage` is set).
 Bodies are built once per (model, shape) and cached, so a request costs one JSON parse, one
 timer and one write. `GET /stats` returns call counts per model; `GET /health` answers ok.
+With `--trace`, every call's arrival, first byte and end (seconds on the machine's monotonic clock,
+`time.monotonic()` in any process) are kept, and `GET /trace` returns and clears them: where a
+proxy's time goes between one upstream call and the next.
 """
 
 from __future__ import annotations
@@ -107,8 +110,9 @@ def _split(text: str, n: int) -> list[str]:
 class Fake:
     """The request handler and its caches."""
 
-    def __init__(self, profiles: dict[str, Profile], hang_cap_s: float) -> None:
+    def __init__(self, profiles: dict[str, Profile], hang_cap_s: float, *, trace: bool = False) -> None:
         self.profiles = profiles
+        self.trace: list[dict[str, Any]] | None = [] if trace else None
         self.hang_cap_s = hang_cap_s
         self.calls: Counter[str] = Counter()
         self.kinds: Counter[str] = Counter()
@@ -195,13 +199,19 @@ class Fake:
         # add up over many tokens: the duration is lat + (tok - 1) * every, give or take one wake-up.
         loop = asyncio.get_running_loop()
         arrived = loop.time()
+        seen = time.monotonic()  # loop.time() is in whole milliseconds on uvloop
         if profile.hang:
             await asyncio.sleep(self.hang_cap_s)
         every = profile.every_ms / 1000
         first_at = arrived + profile.latency_ms / 1000
         if not stream:
             await _sleep_until(loop, first_at + every * max(0, profile.tokens - 1))
-            return web.Response(body=self.full_body(model, profile, judge=judge, n=n), content_type="application/json")
+            response = web.Response(body=self.full_body(model, profile, judge=judge, n=n), content_type="application/json")
+            if self.trace is not None:
+                await response.prepare(request)
+                await response.write_eof()
+                self._traced(model, "judge" if judge else "complete", seen, seen, time.monotonic())
+            return response
         usage = bool((data.get("stream_options") or {}).get("include_usage"))
         events = self.stream_events(model, profile, judge=judge, usage=usage)
         await _sleep_until(loop, first_at)
@@ -209,13 +219,27 @@ class Fake:
         await response.prepare(request)
         if not every:
             await response.write(b"".join(events))
+            first_byte = time.monotonic()
         else:
             for i, event in enumerate(events):
                 if i:
                     await _sleep_until(loop, first_at + i * every)
                 await response.write(event)
+                if not i:
+                    first_byte = time.monotonic()
         await response.write_eof()
+        if self.trace is not None:
+            self._traced(model, "stream", seen, first_byte, time.monotonic())
         return response
+
+    def _traced(self, model: str, kind: str, arrived: float, first_byte: float, done: float) -> None:
+        assert self.trace is not None
+        if len(self.trace) < 100_000:
+            self.trace.append({"model": model, "kind": kind, "arrived": arrived, "first_byte": first_byte, "done": done})
+
+    async def get_trace(self, request: web.Request) -> web.Response:
+        records, self.trace = self.trace or [], [] if self.trace is not None else None
+        return web.Response(body=orjson.dumps(records), content_type="application/json")
 
     async def stats(self, request: web.Request) -> web.Response:
         return web.Response(
@@ -243,6 +267,7 @@ def build_app(fake: Fake) -> web.Application:
         app.router.add_post(f"{prefix}/chat/completions", fake.chat)
         app.router.add_get(f"{prefix}/models", fake.models)
     app.router.add_get("/stats", fake.stats)
+    app.router.add_get("/trace", fake.get_trace)
     app.router.add_post("/reset", fake.reset)
     app.router.add_get("/health", _ok)
     return app
@@ -258,6 +283,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--models", default="{}", help="JSON mapping of model name -> profile fields")
     parser.add_argument("--hang-cap-s", type=float, default=600.0, help="how long a `hang` model sleeps at most")
+    parser.add_argument("--trace", action="store_true", help="keep each call's timings for GET /trace")
     args = parser.parse_args()
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         parser.error("the fake upstream listens on loopback only")
@@ -268,7 +294,7 @@ def main() -> None:
         loop = uvloop.new_event_loop()
     except ImportError:
         loop = asyncio.new_event_loop()
-    fake = Fake(profiles, args.hang_cap_s)
+    fake = Fake(profiles, args.hang_cap_s, trace=args.trace)
     web.run_app(
         build_app(fake),
         loop=loop,
