@@ -43,6 +43,8 @@ class Grant:
 
     async def release(self) -> None:
         """Give back every slot, even while the request is being cancelled (client gone)."""
+        if not self.slots:
+            return
         with anyio.move_on_after(_RELEASE_TIMEOUT_S, shield=True):
             while self.slots:
                 await self.slots.pop().release()
@@ -91,7 +93,8 @@ async def admit(request: Request, *, chat: ChatRequest, plan: FusionPlan | None)
         raise RuntimeError("admit() needs AccessMiddleware: call install_access(app, ...)")
     check_scope(grant.client, requested_models(chat, plan))
     check_guards(grant.access.guards, chat=chat, plan=plan)
-    await grant.access.check_spend(grant.client, spend_source(request.app))
+    if grant.client.limits.daily_spend_usd is not None:
+        await grant.access.check_spend(grant.client, spend_source(request.app))
     if plan is not None:
         slot = await grant.access.take_fusion_slot(grant.client)
         if slot is not None:
@@ -160,4 +163,3 @@ def _render(error: OpenFusionError, scope: Scope) -> Response:
         scheme = "Basic" if _route_path(scope).startswith("/activity") else "Bearer"
         response.headers["WWW-Authenticate"] = f'{scheme} realm="openfusion"'
     return response
-
