@@ -55,8 +55,7 @@ async def chat_completions(request: Request) -> Response:
     response.headers["X-Generation-Id"] = ledger.generation_id
     # Streams: the time before the first byte; otherwise the whole request's own time.
     response.headers["X-Openfusion-Overhead-Ms"] = f"{ledger.overhead_ms():.2f}"
-    if not isinstance(response, StreamingResponse):  # a stream closes its ledger when it ends
-        response.background = BackgroundTask(_close, ledger)  # after the body is sent: off the client's path
+    response.background = BackgroundTask(_close, ledger)  # after the last byte: off the client's path
     return response
 
 

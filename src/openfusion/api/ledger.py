@@ -73,15 +73,17 @@ class Ledger:
         return max(0.0, (now - self.trace.started - self.trace.upstream_seconds(now)) * 1000)
 
     async def closing(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """Relay a streamed body and close the ledger when it ends (or the client leaves)."""
+        """Relay a streamed body; a failure (or the client leaving) is recorded and closes the ledger at once.
+
+        A body that ends well leaves the closing to the response's background task, after the last byte.
+        """
         try:
             async for chunk in body:
                 yield chunk
         except BaseException as exc:
             self.failed(exc)
-            raise
-        finally:
             self.close()
+            raise
 
     def close(self) -> None:
         """Record the request: activity (off the hot path), metrics, one log line. Idempotent."""
