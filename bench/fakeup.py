@@ -20,8 +20,8 @@ five-key fusion analysis as its content. `n` > 1 (OptiLLM's moa) returns n choic
 always reported (streams: a final usage chunk when `stream_options.include_usage` is set).
 Bodies are built once per (model, shape) and cached, so a request costs one JSON parse, one
 timer and one write. `GET /stats` returns call counts per model; `GET /health` answers ok.
-With `--trace`, every call's arrival, first byte and end (seconds on the machine's monotonic clock,
-`time.monotonic()` in any process) are kept, and `GET /trace` returns and clears them: where a
+`POST /trace` starts keeping every call's arrival, first byte and end (seconds on the machine's
+monotonic clock, `time.monotonic()` in any process); `GET /trace` returns them and stops: where a
 proxy's time goes between one upstream call and the next.
 """
 
@@ -110,9 +110,9 @@ def _split(text: str, n: int) -> list[str]:
 class Fake:
     """The request handler and its caches."""
 
-    def __init__(self, profiles: dict[str, Profile], hang_cap_s: float, *, trace: bool = False) -> None:
+    def __init__(self, profiles: dict[str, Profile], hang_cap_s: float) -> None:
         self.profiles = profiles
-        self.trace: list[dict[str, Any]] | None = [] if trace else None
+        self.trace: list[dict[str, Any]] | None = None  # a list while tracing
         self.hang_cap_s = hang_cap_s
         self.calls: Counter[str] = Counter()
         self.kinds: Counter[str] = Counter()
@@ -206,7 +206,8 @@ class Fake:
         first_at = arrived + profile.latency_ms / 1000
         if not stream:
             await _sleep_until(loop, first_at + every * max(0, profile.tokens - 1))
-            response = web.Response(body=self.full_body(model, profile, judge=judge, n=n), content_type="application/json")
+            body = self.full_body(model, profile, judge=judge, n=n)
+            response = web.Response(body=body, content_type="application/json")
             if self.trace is not None:
                 await response.prepare(request)
                 await response.write_eof()
@@ -235,10 +236,15 @@ class Fake:
     def _traced(self, model: str, kind: str, arrived: float, first_byte: float, done: float) -> None:
         assert self.trace is not None
         if len(self.trace) < 100_000:
-            self.trace.append({"model": model, "kind": kind, "arrived": arrived, "first_byte": first_byte, "done": done})
+            record = {"model": model, "kind": kind, "arrived": arrived, "first_byte": first_byte, "done": done}
+            self.trace.append(record)
 
-    async def get_trace(self, request: web.Request) -> web.Response:
-        records, self.trace = self.trace or [], [] if self.trace is not None else None
+    async def start_trace(self, request: web.Request) -> web.Response:
+        self.trace = []
+        return web.Response(text="ok")
+
+    async def stop_trace(self, request: web.Request) -> web.Response:
+        records, self.trace = self.trace or [], None
         return web.Response(body=orjson.dumps(records), content_type="application/json")
 
     async def stats(self, request: web.Request) -> web.Response:
@@ -267,7 +273,8 @@ def build_app(fake: Fake) -> web.Application:
         app.router.add_post(f"{prefix}/chat/completions", fake.chat)
         app.router.add_get(f"{prefix}/models", fake.models)
     app.router.add_get("/stats", fake.stats)
-    app.router.add_get("/trace", fake.get_trace)
+    app.router.add_post("/trace", fake.start_trace)
+    app.router.add_get("/trace", fake.stop_trace)
     app.router.add_post("/reset", fake.reset)
     app.router.add_get("/health", _ok)
     return app
@@ -283,7 +290,6 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--models", default="{}", help="JSON mapping of model name -> profile fields")
     parser.add_argument("--hang-cap-s", type=float, default=600.0, help="how long a `hang` model sleeps at most")
-    parser.add_argument("--trace", action="store_true", help="keep each call's timings for GET /trace")
     args = parser.parse_args()
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         parser.error("the fake upstream listens on loopback only")
@@ -294,7 +300,7 @@ def main() -> None:
         loop = uvloop.new_event_loop()
     except ImportError:
         loop = asyncio.new_event_loop()
-    fake = Fake(profiles, args.hang_cap_s, trace=args.trace)
+    fake = Fake(profiles, args.hang_cap_s)
     web.run_app(
         build_app(fake),
         loop=loop,

@@ -99,9 +99,9 @@ class Bench:
         for name in list(self.services):
             self.stop(name)
 
-    def start_fake(self, *extra: str) -> Service:
+    def start_fake(self) -> Service:
         port = free_port()
-        argv = [sys.executable, "-m", "bench.fakeup", "--port", str(port), *extra]
+        argv = [sys.executable, "-m", "bench.fakeup", "--port", str(port)]
         self.fake = self._start(Service("fake", argv, port, "/health", log_dir=self.logs, cwd=REPO))
         return self.fake
 

@@ -251,7 +251,28 @@ def fusion_section(data: dict[str, Any]) -> str:
         "proxy RSS MiB",
         "other load (cores)",
     ]
-    return _table(header, rows)
+    return _table(header, rows) + breakdown_table(data.get("breakdown") or {})
+
+
+def breakdown_table(data: dict[str, Any]) -> str:
+    """Where the c=1 overhead goes, segment by segment, the ideal client beside openfusion."""
+    p50 = data.get("p50_ms") or {}
+    ideal, of = p50.get("ideal") or {}, p50.get("openfusion") or {}
+    if not ideal or not of:
+        return ""
+    from bench.scenarios import SEGMENTS
+
+    rows = [
+        [name, what, f(ideal.get(name), 2), f(of.get(name), 2), f(of.get(name, 0) - ideal.get(name, 0), 2)]
+        for name, what in SEGMENTS
+    ]
+    n = data.get("n") or {}
+    return (
+        "\n\n**Where the c=1 overhead goes** (non-stream, one request at a time, the two arms alternating; "
+        f"n = {n.get('ideal')} / {n.get('openfusion')}). The fake records each call's arrival and end and the "
+        "client its send and finish, on the machine's one monotonic clock; p50 ms per segment:\n\n"
+        + _table(["segment", "what", "ideal", "openfusion", "openfusion − ideal"], rows)
+    )
 
 
 def passthrough_section(data: dict[str, Any]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -45,6 +46,7 @@ class Plan:
     soak_requests: int
     profile_s: float
     access_log_arm: bool
+    breakdown_requests: int  # sequential traced fusion requests per arm for the critical-path breakdown
 
 
 QUICK = Plan(
@@ -66,6 +68,7 @@ QUICK = Plan(
     soak_requests=300,
     profile_s=0.0,
     access_log_arm=False,
+    breakdown_requests=4,
 )
 
 FULL = Plan(
@@ -87,6 +90,7 @@ FULL = Plan(
     soak_requests=10_000,
     profile_s=15.0,
     access_log_arm=True,
+    breakdown_requests=40,
 )
 
 JUDGE_FORMAT = {"type": "json_schema", "json_schema": {"name": "fusion_analysis", "strict": True, "schema": {}}}
@@ -200,6 +204,73 @@ async def fusion_overhead(bench: Bench, plan: Plan) -> dict[str, Any]:
                 for arm, s in slices.items()
             }
             _log_row(f"fusion {mode} c={c}", out[mode][str(c)], "overhead")
+    out["breakdown"] = await critical_path_breakdown(bench, plan)
+    return out
+
+
+# Segments of one bench3 request on the critical path, from the client's clock and the fake's trace.
+SEGMENTS = (
+    ("ingress", "request sent → first panel call arrives at the fake"),
+    ("panel_slack", "slowest panelist: time beyond its 200 ms"),
+    ("panel_to_judge", "slowest panel answer sent → judge call arrives"),
+    ("judge_slack", "judge: time beyond its 50 ms"),
+    ("judge_to_synth", "judge answer sent → synthesizer call arrives"),
+    ("synth_slack", "synthesizer: time beyond its 145 ms"),
+    ("egress", "synthesizer's last byte sent → client has the whole response"),
+    ("total", "wall − 395 ms (the overhead)"),
+)
+
+
+async def critical_path_breakdown(bench: Bench, plan: Plan) -> dict[str, Any]:
+    """Where the c=1 overhead goes: the ideal client and openfusion, one traced request at a time, alternating.
+
+    The fake records each call's arrival and end on the machine's monotonic clock, the client its own
+    send and finish on the same clock; the gaps between them are each hop's and each stage change's cost.
+    """
+    fake_url = bench.services["fake"].url
+    of = bench.services["openfusion"].url + "/v1/chat/completions"
+    body = chat_body(f"fusion/{BENCH3.name}", stream=False)
+    arms = {
+        "ideal": ideal_fn(fake_url + "/v1/chat/completions", BENCH3, stream=False),
+        "openfusion": request_fn(of, body, stream=False, headers=AUTH),
+    }
+    slowest, judge_model, synth_model = max(BENCH3.panel, key=_dur), BENCH3.judge, BENCH3.synth
+    rows: dict[str, list[dict[str, float]]] = {arm: [] for arm in arms}
+    session = bench.session()
+    for i in range(plan.breakdown_requests + 2):  # the first round warms both arms up
+        for arm, run in arms.items():
+            async with session.post(fake_url + "/trace") as started:
+                await started.read()
+            t0 = time.monotonic()
+            sample = await run(session)
+            t1 = time.monotonic()
+            async with session.get(fake_url + "/trace") as response:
+                calls = orjson.loads(await response.read())
+            if i < 2 or not sample.ok:
+                continue
+            first = min(c["arrived"] for c in calls)
+            panel = next(c for c in calls if c["model"] == slowest)
+            judge = next(c for c in calls if c["model"] == judge_model)
+            synth = next(c for c in calls if c["model"] == synth_model)
+            rows[arm].append(
+                {
+                    "ingress": first - t0,
+                    "panel_slack": panel["done"] - panel["arrived"] - _dur(slowest),
+                    "panel_to_judge": judge["arrived"] - max(c["done"] for c in calls if c["model"] in BENCH3.panel),
+                    "judge_slack": judge["done"] - judge["arrived"] - _dur(judge_model),
+                    "judge_to_synth": synth["arrived"] - judge["done"],
+                    "synth_slack": synth["done"] - synth["arrived"] - _dur(synth_model),
+                    "egress": t1 - synth["done"],
+                    "total": t1 - t0 - BENCH3.critical_s,
+                }
+            )
+    out: dict[str, Any] = {"n": {arm: len(r) for arm, r in rows.items()}, "p50_ms": {}}
+    for arm, samples in rows.items():
+        out["p50_ms"][arm] = {k: statistics.median(r[k] for r in samples) * 1000 for k, _ in SEGMENTS if samples}
+    ideal, of = out["p50_ms"]["ideal"], out["p50_ms"]["openfusion"]
+    nan = float("nan")
+    say("critical path at c=1 (p50 ms, ideal / openfusion):")
+    say("    " + ", ".join(f"{k} {ideal.get(k, nan):.2f}/{of.get(k, nan):.2f}" for k, _ in SEGMENTS))
     return out
 
 
