@@ -10,9 +10,9 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from openfusion.errors import ConfigError
+from openfusion.protocol import ModelSlug
 from openfusion.upstream.web.tools import normalize_tools
 
-ModelSlug = Annotated[str, Field(min_length=1, max_length=256)]
 Seconds = Annotated[float, Field(gt=0, le=3600)]
 Fallbacks = Annotated[list[ModelSlug], Field(max_length=4)]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -23,10 +23,14 @@ class Message(WireModel):
     name: str | None = None
 
 
+# A model slug as openfusion accepts it anywhere: requests, fallbacks, presets, plugin parameters.
+ModelSlug = Annotated[str, Field(min_length=1, max_length=256)]
+
+
 class ChatRequest(WireModel):
     """A `POST /v1/chat/completions` body, validated only as far as openfusion needs it."""
 
-    model: str = Field(min_length=1)
+    model: ModelSlug
     messages: list[Message] = Field(min_length=1)
     stream: bool = False
     temperature: float | None = None
@@ -41,7 +45,7 @@ class ChatRequest(WireModel):
     tool_choice: str | dict[str, Any] | None = None
     n: int | None = None
     # OpenRouter's fallback list for pass-through requests: tried in order after `model`.
-    models: list[str] | None = Field(default=None, max_length=8)
+    models: list[ModelSlug] | None = Field(default=None, max_length=8)
 
     def candidate_models(self) -> list[str]:
         """`model`, then the `models` fallbacks not already tried."""

@@ -39,6 +39,9 @@ def assert_openai_error(
     ("body", "param"),
     [
         ({"messages": HI}, "model"),
+        # Longer than any slug: refused before any call (it would not fit the activity record either).
+        ({"model": "fake/" + "x" * 300, "messages": HI}, "model"),
+        ({"model": "fake/a", "models": ["fake/b", "fake/" + "x" * 300], "messages": HI}, "models[1]"),
         ({"model": "fusion/trio"}, "messages"),
         ({"model": "fusion/trio", "messages": []}, "messages"),
         ({"model": "fusion/trio", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
