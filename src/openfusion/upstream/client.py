@@ -147,7 +147,8 @@ class UpstreamClient:
         payload = {**body, "model": route.upstream_model}
         call = begin_call(model, route.provider.name)
         try:
-            response = await self._send_retrying(route, payload, stream=True, call=call)
+            # A non-streamed answer is read whole inside the retried attempt: a body cut short is retried too.
+            response = await self._send_retrying(route, payload, stream=stream, call=call)
         except UpstreamStatusError as exc:
             if exc.body is None or exc.upstream_status is None:
                 _failed(call, exc)
@@ -158,6 +159,8 @@ class UpstreamClient:
         except BaseException as exc:
             _failed(call, exc)
             raise
+        if not stream:
+            return Forwarded(response.status_code, _relayable(response.headers), _once(response.content), None, call)
         body_iter = _guard(route, response.aiter_bytes())
         return Forwarded(response.status_code, _relayable(response.headers), body_iter, response, call)
 
