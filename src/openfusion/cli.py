@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -65,6 +66,7 @@ def serve(args: argparse.Namespace) -> int:
         print(f"openfusion: {exc.message}", file=sys.stderr)  # noqa: T201
         return 2
     warn_if_open(args.host, app.state.access.keys)
+    settle_heap()
     uvicorn.run(
         app,
         host=args.host,
@@ -75,6 +77,18 @@ def serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
     return 0
+
+
+def settle_heap() -> None:
+    """Tune the garbage collector for a long-running server, once start-up is done.
+
+    Everything start-up built (modules, schemas, the app) lives as long as the process: frozen, no later
+    collection walks it again. Young collections run a tenth as often: a request allocates thousands
+    of short-lived objects, and collecting every 700 allocations cost ~10% of a fusion request's CPU.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(7000, 20, 20)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
