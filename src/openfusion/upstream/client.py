@@ -204,7 +204,9 @@ class UpstreamClient:
             "POST",
             endpoint.url,
             headers=endpoint.stream_headers if stream else endpoint.headers,
-            content=orjson.dumps(payload),
+            # orjson's result holds a ~16 KiB allocation whatever its length, and the request (with its
+            # body) lives as long as its response: for a streamed answer that is the whole stream.
+            content=bytes(memoryview(orjson.dumps(payload))),
             extensions=endpoint.extensions,
         )
         try:
