@@ -647,6 +647,9 @@ def markdown(results: dict[str, Any], chart: str | None) -> str:
         memory_section(results.get("memory") or {}) if results.get("memory") else "Not run.",
         "## 6. Profile of the fusion path under load",
         profile_section(results.get("profile") or {}),
+        "## What the numbers led to",
+        "Each optimisation these runs pointed at, measured before/after with `python -m bench.ab`, is kept in "
+        "[OPTIMISATIONS.md](OPTIMISATIONS.md) (this report is regenerated; that history is not).",
     ]
     return "\n\n".join(sections) + "\n"
 
