@@ -1,4 +1,4 @@
-"""with_keepalive: events in order, a keep-alive for every quiet interval, back-pressure, early exit."""
+"""with_keepalive: events in order, a keep-alive for every quiet interval, batches, back-pressure, early exit."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from openfusion.api.fusion_response import _BUFFERED, with_keepalive
 async def _source(script: list[tuple[float, Any]], log: dict[str, Any]) -> AsyncIterator[Any]:
     try:
         for delay, item in script:
-            await asyncio.sleep(delay)
+            if delay:  # no pause at all otherwise: like chunks decoded from one upstream read
+                await asyncio.sleep(delay)
             if isinstance(item, Exception):
                 raise item
             log["produced"] = log.get("produced", 0) + 1
@@ -24,9 +25,13 @@ async def _source(script: list[tuple[float, Any]], log: dict[str, Any]) -> Async
         log["closed"] = True
 
 
+async def _flat(stream: AsyncIterator[list[Any]]) -> list[Any]:
+    return [item async for batch in stream for item in batch]
+
+
 async def test_events_in_order_with_keepalives_in_the_quiet_intervals() -> None:
     log: dict[str, Any] = {}
-    got = [item async for item in with_keepalive(_source([(0.35, "a"), (0.35, "b")], log), 0.1)]
+    got = await _flat(with_keepalive(_source([(0.35, "a"), (0.35, "b")], log), 0.1))
 
     assert [item for item in got if item is not None] == ["a", "b"]
     first = got.index("a")
@@ -36,16 +41,24 @@ async def test_events_in_order_with_keepalives_in_the_quiet_intervals() -> None:
 
 
 async def test_no_keepalive_when_events_keep_coming() -> None:
-    got = [item async for item in with_keepalive(_source([(0.01, n) for n in range(10)], {}), 5.0)]
-    assert got == list(range(10))
+    batches = [batch async for batch in with_keepalive(_source([(0.01, n) for n in range(10)], {}), 5.0)]
+    assert batches == [[n] for n in range(10)]  # each event as it comes, alone: nothing is held back
+
+
+async def test_events_ready_together_come_as_one_batch() -> None:
+    # Ten events produced without a pause (one upstream read carrying ten chunks): the consumer,
+    # scheduled once, takes them together.
+    batches = [batch async for batch in with_keepalive(_source([(0, n) for n in range(10)], {}), 5.0)]
+    assert [n for batch in batches for n in batch] == list(range(10))
+    assert len(batches) < 10
 
 
 async def test_a_failure_of_the_run_reaches_the_consumer() -> None:
     log: dict[str, Any] = {}
     got: list[Any] = []
     with pytest.raises(RuntimeError, match="judge exploded"):
-        async for item in with_keepalive(_source([(0, "a"), (0, RuntimeError("judge exploded"))], log), 5.0):
-            got.append(item)
+        async for batch in with_keepalive(_source([(0, "a"), (0, RuntimeError("judge exploded"))], log), 5.0):
+            got.extend(batch)
     assert got == ["a"]
     assert log["closed"] is True
 
@@ -54,17 +67,18 @@ async def test_a_slow_client_makes_the_run_wait() -> None:
     log: dict[str, Any] = {}
     stream = with_keepalive(_source([(0, n) for n in range(10 * _BUFFERED)], log), 5.0)
     async with contextlib.aclosing(stream):
-        assert await anext(stream) == 0
+        first = await anext(stream)
+        assert first == list(range(len(first))) and len(first) <= _BUFFERED
         await asyncio.sleep(0.05)  # the run could produce everything meanwhile, were it not held back
-        assert log["produced"] <= _BUFFERED + 2
-        rest = [item async for item in stream]
-    assert rest == list(range(1, 10 * _BUFFERED))
+        assert log["produced"] <= len(first) + _BUFFERED + 1
+        rest = await _flat(stream)
+    assert first + rest == list(range(10 * _BUFFERED))
 
 
 async def test_leaving_early_closes_the_run_at_once() -> None:
     log: dict[str, Any] = {}
     stream = with_keepalive(_source([(0, "a"), (60, "never")], log), 0.05)
     async with contextlib.aclosing(stream):
-        assert await anext(stream) == "a"
+        assert await anext(stream) == ["a"]
     assert log["closed"] is True  # the run's generator was closed, not left hanging on its 60 s wait
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "fusion-run"]

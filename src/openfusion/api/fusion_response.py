@@ -25,8 +25,12 @@ _KEEPALIVE = object()
 _BUFFERED = 64  # events a slow client may leave untaken before the run waits for it
 
 
-async def with_keepalive(events: AsyncIterator[Event], interval: float) -> AsyncIterator[Event | None]:
-    """Yield each event as it comes, and None whenever `interval` seconds pass without one.
+async def with_keepalive(events: AsyncIterator[Event], interval: float) -> AsyncIterator[list[Event | None]]:
+    """Yield the events as they come, and None whenever `interval` seconds pass without one.
+
+    Each yield is a list of everything that arrived since the consumer last took: one event when
+    the client keeps up, several when an upstream read carried several chunks or the client fell
+    behind — so they can go out in one write. Nothing is ever held back to make a batch.
 
     The run is driven by its own task so a slow stage never blocks the keep-alives; leaving early
     (client gone) cancels that task, which closes every upstream call of the run. The keep-alives
@@ -78,17 +82,20 @@ async def with_keepalive(events: AsyncIterator[Event], interval: float) -> Async
                     await consumer
                 finally:
                     consumer = None
-            item = items.pop(0)
+            taken = items[:]
+            items.clear()
             if producer is not None and not producer.done():
                 producer.set_result(None)
-            if item is _KEEPALIVE:
-                yield None
-            elif item is _END:
-                return
-            elif isinstance(item, Exception):
-                raise item
-            else:
-                yield item
+            batch: list[Event | None] = []
+            for item in taken:
+                if item is _END or isinstance(item, Exception):
+                    if batch:
+                        yield batch
+                    if item is _END:
+                        return
+                    raise item
+                batch.append(None if item is _KEEPALIVE else item)
+            yield batch
     finally:
         timer.cancel()
         task.cancel()
@@ -105,53 +112,70 @@ async def stream_fusion(
     progress: bool = True,
     ledger: Ledger | None = None,
 ) -> AsyncIterator[bytes]:
-    """The SSE body of a streamed fusion response; progress goes out as `delta.reasoning` text."""
-    created = int(time.time())
-    current_model = model
-    role_sent = False
+    """The SSE body of a streamed fusion response; progress goes out as `delta.reasoning` text.
+
+    Events that are ready together go out in one write (one ASGI message, one system call).
+    """
+    sse = _SSE(generation_id=generation_id, model=model, progress=progress, ledger=ledger)
     yield KEEPALIVE  # headers and a first line at once: clients and proxies see the request is alive
     try:
-        async for event in with_keepalive(events, keepalive_interval):
-            if event is None:
-                yield KEEPALIVE
-            elif progress and (text := describe(event)) is not None:
-                delta = {"reasoning": text} if role_sent else {"role": "assistant", "reasoning": text}
-                role_sent = True
-                choice = {"index": 0, "delta": delta, "finish_reason": None}
-                yield encode(
-                    chunk_body(generation_id=generation_id, model=current_model, created=created, choices=[choice])
-                )
-            elif isinstance(event, SynthesisChunk):
-                chunk = event.chunk
-                current_model = chunk.get("model") or current_model
-                chunk["id"] = generation_id
-                chunk.setdefault("object", "chat.completion.chunk")
-                chunk.setdefault("created", created)
-                chunk.pop("usage", None)  # the summed usage comes in the last chunk
-                yield encode(chunk)
-            elif isinstance(event, RunFinished):
-                if ledger is not None:
-                    ledger.finished(event)
-                if event.annotations:  # citations of the streamed answer, known once it is complete
-                    choice = {"index": 0, "delta": {"annotations": event.annotations}, "finish_reason": None}
-                    yield encode(
-                        chunk_body(generation_id=generation_id, model=event.model, created=created, choices=[choice])
-                    )
-                extra = {"usage": usage_body(event), "fusion": event.fusion}
-                yield encode(
-                    chunk_body(generation_id=generation_id, model=event.model, created=created, choices=[], extra=extra)
-                )
+        async for batch in with_keepalive(events, keepalive_interval):
+            out = b"".join([sse.render(event) for event in batch])
+            if out:
+                yield out
     except OpenFusionError as exc:
         if ledger is not None:
             ledger.failed(exc)
-        yield encode(error_chunk(exc, generation_id=generation_id, model=current_model, created=created))
+        yield encode(error_chunk(exc, generation_id=generation_id, model=sse.model, created=sse.created))
     except Exception as exc:
         if ledger is not None:
             ledger.failed(exc)
         log.exception("fusion stream failed")
         error = OpenFusionError("Internal server error.", code="internal_error")
-        yield encode(error_chunk(error, generation_id=generation_id, model=current_model, created=created))
+        yield encode(error_chunk(error, generation_id=generation_id, model=sse.model, created=sse.created))
     yield DONE
+
+
+class _SSE:
+    """Renders one run's events as SSE lines (a keep-alive for None); b"" for events the client never sees."""
+
+    def __init__(self, *, generation_id: str, model: str, progress: bool, ledger: Ledger | None) -> None:
+        self.generation_id = generation_id
+        self.model = model  # the synthesizer's, once it names itself
+        self.created = int(time.time())
+        self.progress = progress
+        self.ledger = ledger
+        self.role_sent = False
+
+    def render(self, event: Event | None) -> bytes:
+        if event is None:
+            return KEEPALIVE
+        if self.progress and (text := describe(event)) is not None:
+            delta = {"reasoning": text} if self.role_sent else {"role": "assistant", "reasoning": text}
+            self.role_sent = True
+            return self._chunk(self.model, [{"index": 0, "delta": delta, "finish_reason": None}])
+        if isinstance(event, SynthesisChunk):
+            chunk = event.chunk
+            self.model = chunk.get("model") or self.model
+            chunk["id"] = self.generation_id
+            chunk.setdefault("object", "chat.completion.chunk")
+            chunk.setdefault("created", self.created)
+            chunk.pop("usage", None)  # the summed usage comes in the last chunk
+            return encode(chunk)
+        if isinstance(event, RunFinished):
+            if self.ledger is not None:
+                self.ledger.finished(event)
+            out = b""
+            if event.annotations:  # citations of the streamed answer, known once it is complete
+                choice = {"index": 0, "delta": {"annotations": event.annotations}, "finish_reason": None}
+                out = self._chunk(event.model, [choice])
+            extra = {"usage": usage_body(event), "fusion": event.fusion}
+            return out + self._chunk(event.model, [], extra=extra)
+        return b""
+
+    def _chunk(self, model: str, choices: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> bytes:
+        body = chunk_body(generation_id=self.generation_id, model=model, created=self.created, choices=choices)
+        return encode({**body, **extra} if extra else body)
 
 
 def usage_body(event: RunFinished) -> dict[str, Any]:
