@@ -179,6 +179,27 @@ async def test_writing_an_id_again_replaces_it(store: ActivityStore) -> None:
     assert [g.id for g in page.generations] == ["gen-x"]
 
 
+async def test_an_id_twice_in_one_batch_is_written_once_the_last_copy(store: ActivityStore) -> None:
+    first, last = make_entry("gen-x"), make_entry("gen-x", status="error", calls=FUSION_CALLS[:1])
+    await store.write([first, make_entry("gen-y"), last])
+    loaded = await store.get("gen-x")
+    assert loaded is not None and loaded.generation.status == "error" and len(loaded.calls) == 1
+    assert sorted(g.id for g in (await store.list(limit=10)).generations) == ["gen-x", "gen-y"]
+
+
+async def test_a_batch_past_the_statement_parameter_limit_round_trips(store: ActivityStore) -> None:
+    # 300 generations with their calls need several multi-row statements (at most 999 parameters each).
+    entries = entries_over_time(300)
+    await store.write(entries)
+    for entry in (entries[0], entries[150], entries[-1]):
+        loaded = await store.get(entry.generation.id)
+        assert loaded is not None
+        assert loaded.generation == entry.generation
+        assert loaded.calls == entry.calls
+    page = await store.list(limit=500)
+    assert len(page.generations) == 300
+
+
 async def test_list_is_newest_first_without_content(store: ActivityStore) -> None:
     await store.write(
         [

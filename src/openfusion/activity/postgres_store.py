@@ -15,7 +15,6 @@ from openfusion.activity.records import ActivityEntry, ActivityPage, start_of_da
 from openfusion.activity.sql import (
     Statements,
     call_from_row,
-    call_values,
     generation_from_row,
     generation_values,
 )
@@ -108,14 +107,10 @@ class PostgresStore:
         """Write a batch in one transaction; an id written again replaces the earlier copy."""
         if not batch:
             return
+        statements = SQL.write_batch(batch, generation_values)
         async with self._connection() as conn, conn.transaction(), conn.cursor() as cursor:
-            for entry in batch:
-                generation_id = entry.generation.id
-                await cursor.execute(SQL.delete_calls, (generation_id,))
-                await cursor.execute(SQL.delete_generation, (generation_id,))
-                await cursor.execute(SQL.insert_generation, generation_values(entry.generation))
-                if entry.calls:
-                    await cursor.executemany(SQL.insert_call, [call_values(c, i) for i, c in enumerate(entry.calls)])
+            for statement, params in statements:
+                await cursor.execute(statement, params)
 
     async def get(self, generation_id: str) -> ActivityEntry | None:
         """One generation with its calls (and content, when stored), or None."""

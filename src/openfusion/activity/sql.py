@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 
-from openfusion.activity.records import CallRecord, GenerationRecord, PanelText, Tokens
+from openfusion.activity.records import ActivityEntry, CallRecord, GenerationRecord, PanelText, Tokens
 
 SUMMARY_COLUMNS = (
     "id",
@@ -51,11 +51,7 @@ class Statements:
 
     def __init__(self, placeholder: str) -> None:
         p = placeholder
-        self.insert_generation = _insert("generations", GENERATION_COLUMNS, p)
-        self.insert_call = _insert("calls", CALL_COLUMNS, p)
-        # A generation written twice (a retried batch) replaces the first copy instead of failing the batch.
-        self.delete_calls = f"DELETE FROM calls WHERE generation_id = {p}"
-        self.delete_generation = f"DELETE FROM generations WHERE id = {p}"
+        self.placeholder = p
         self.select_generation = f"SELECT {', '.join(GENERATION_COLUMNS)} FROM generations WHERE id = {p}"
         self.select_calls = f"SELECT {', '.join(CALL_COLUMNS)} FROM calls WHERE generation_id = {p} ORDER BY position"
         self.select_cursor = f"SELECT created_at, id FROM generations WHERE id = {p}"
@@ -69,9 +65,48 @@ class Statements:
             f"ORDER BY created_at DESC, id DESC LIMIT {p}"
         )
 
+    def write_batch(
+        self,
+        batch: Sequence[ActivityEntry],
+        generation_row: Callable[[GenerationRecord], Sequence[Any]],
+    ) -> list[tuple[str, list[Any]]]:
+        """The statements that write a batch, in order: a few multi-row statements, not four per generation.
 
-def _insert(table: str, columns: Sequence[str], placeholder: str) -> str:
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join([placeholder] * len(columns))})"
+        A store runs them in one transaction. A generation written again (a retried batch) replaces
+        the earlier copy; one that comes twice in a batch is written once, the last copy. Few
+        statements matter: SQLite's thread re-takes the GIL after every statement, which under load
+        is a wait each time, and PostgreSQL pays a round trip each.
+        """
+        latest = {entry.generation.id: entry for entry in batch}
+        ids = list(latest)
+        statements: list[tuple[str, list[Any]]] = []
+        for chunk in _chunks(ids, _MAX_PARAMETERS):
+            marks = ", ".join([self.placeholder] * len(chunk))
+            statements.append((f"DELETE FROM calls WHERE generation_id IN ({marks})", chunk))
+            statements.append((f"DELETE FROM generations WHERE id IN ({marks})", chunk))
+        generations = [generation_row(entry.generation) for entry in latest.values()]
+        calls = [call_values(call, i) for entry in latest.values() for i, call in enumerate(entry.calls)]
+        statements += self._inserts("generations", GENERATION_COLUMNS, generations)
+        statements += self._inserts("calls", CALL_COLUMNS, calls)
+        return statements
+
+    def _inserts(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> list[tuple[str, list[Any]]]:
+        row = "(" + ", ".join([self.placeholder] * len(columns)) + ")"
+        head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+        return [
+            (head + ", ".join([row] * len(chunk)), [value for values in chunk for value in values])
+            for chunk in _chunks(rows, _MAX_PARAMETERS // len(columns))
+        ]
+
+
+# Bound parameters per statement: within the oldest SQLite limit (999); PostgreSQL allows 65,535.
+_MAX_PARAMETERS = 999
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def generation_values(record: GenerationRecord) -> tuple[Any, ...]:

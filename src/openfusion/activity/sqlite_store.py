@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from openfusion.activity.migrations import MIGRATIONS, VERSION_TABLE, Migration, latest_version, pending
-from openfusion.activity.records import ActivityEntry, ActivityPage, start_of_day, utc_now
+from openfusion.activity.records import ActivityEntry, ActivityPage, GenerationRecord, start_of_day, utc_now
 from openfusion.activity.sql import (
     Statements,
     call_from_row,
-    call_values,
     generation_from_row,
     generation_values,
 )
@@ -32,6 +31,12 @@ SQL = Statements("?")
 def timestamp(value: datetime) -> str:
     """A fixed-width UTC ISO-8601 string, so text order is time order."""
     return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _generation_row(generation: GenerationRecord) -> list[Any]:
+    values = list(generation_values(generation))
+    values[1] = timestamp(generation.created_at)
+    return values
 
 
 def migrate(conn: sqlite3.Connection, migrations: tuple[Migration, ...] = MIGRATIONS) -> int:
@@ -128,16 +133,11 @@ class SqliteStore:
 
     def _write(self, batch: list[ActivityEntry]) -> None:
         conn = self._conn
+        statements = SQL.write_batch(batch, _generation_row)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for entry in batch:
-                generation = entry.generation
-                conn.execute(SQL.delete_calls, (generation.id,))
-                conn.execute(SQL.delete_generation, (generation.id,))
-                values = list(generation_values(generation))
-                values[1] = timestamp(generation.created_at)
-                conn.execute(SQL.insert_generation, values)
-                conn.executemany(SQL.insert_call, [call_values(c, i) for i, c in enumerate(entry.calls)])
+            for statement, params in statements:
+                conn.execute(statement, params)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
