@@ -52,6 +52,9 @@ class Metrics:
         self.activity_dropped = Gauge(
             "openfusion_activity_dropped", "Activity records dropped (queue full or store outage).", registry=r
         )
+        self.activity_queued = Gauge(
+            "openfusion_activity_queued", "Activity records waiting for the store (the writer's backlog).", registry=r
+        )
 
     def observe_call(self, call: CallTrace) -> None:
         """Count one finished upstream call."""
