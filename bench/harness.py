@@ -141,6 +141,9 @@ class Bench:
                 base_url = "{self.fake.url}/v1"
                 models = ["fake/*"]
 
+                [activity]
+                path = "{base / "activity.sqlite3"}"
+
                 [http]
                 transport = "aiohttp"
                 max_connections = {max_connections}

@@ -268,7 +268,8 @@ def breakdown_table(data: dict[str, Any]) -> str:
     ]
     n = data.get("n") or {}
     return (
-        "\n\n**Where the c=1 overhead goes** (non-stream, one request at a time, the two arms alternating; "
+        "\n\n**Where the c=1 overhead goes** (non-stream, one request at a time, each arm's requests back to "
+        "back, two rounds in swapped order; "
         f"n = {n.get('ideal')} / {n.get('openfusion')}). The fake records each call's arrival and end and the "
         "client its send and finish, on the machine's one monotonic clock; p50 ms per segment:\n\n"
         + _table(["segment", "what", "ideal", "openfusion", "openfusion − ideal"], rows)

@@ -222,10 +222,12 @@ SEGMENTS = (
 
 
 async def critical_path_breakdown(bench: Bench, plan: Plan) -> dict[str, Any]:
-    """Where the c=1 overhead goes: the ideal client and openfusion, one traced request at a time, alternating.
+    """Where the c=1 overhead goes: the ideal client and openfusion, one traced request at a time.
 
     The fake records each call's arrival and end on the machine's monotonic clock, the client its own
     send and finish on the same clock; the gaps between them are each hop's and each stage change's cost.
+    Each arm runs its requests back to back, as in the c=1 slices (a process idle for a whole request
+    of the other arm wakes slower), in two rounds with the order swapped.
     """
     fake_url = bench.services["fake"].url
     of = bench.services["openfusion"].url + "/v1/chat/completions"
@@ -237,33 +239,36 @@ async def critical_path_breakdown(bench: Bench, plan: Plan) -> dict[str, Any]:
     slowest, judge_model, synth_model = max(BENCH3.panel, key=_dur), BENCH3.judge, BENCH3.synth
     rows: dict[str, list[dict[str, float]]] = {arm: [] for arm in arms}
     session = bench.session()
-    for i in range(plan.breakdown_requests + 2):  # the first round warms both arms up
-        for arm, run in arms.items():
-            async with session.post(fake_url + "/trace") as started:
-                await started.read()
-            t0 = time.monotonic()
-            sample = await run(session)
-            t1 = time.monotonic()
-            async with session.get(fake_url + "/trace") as response:
-                calls = orjson.loads(await response.read())
-            if i < 2 or not sample.ok:
-                continue
-            first = min(c["arrived"] for c in calls)
-            panel = next(c for c in calls if c["model"] == slowest)
-            judge = next(c for c in calls if c["model"] == judge_model)
-            synth = next(c for c in calls if c["model"] == synth_model)
-            rows[arm].append(
-                {
-                    "ingress": first - t0,
-                    "panel_slack": panel["done"] - panel["arrived"] - _dur(slowest),
-                    "panel_to_judge": judge["arrived"] - max(c["done"] for c in calls if c["model"] in BENCH3.panel),
-                    "judge_slack": judge["done"] - judge["arrived"] - _dur(judge_model),
-                    "judge_to_synth": synth["arrived"] - judge["done"],
-                    "synth_slack": synth["done"] - synth["arrived"] - _dur(synth_model),
-                    "egress": t1 - synth["done"],
-                    "total": t1 - t0 - BENCH3.critical_s,
-                }
-            )
+    per_round = max(1, plan.breakdown_requests // 2)
+    for order in (list(arms), list(reversed(arms))):
+        for arm in order:
+            for i in range(per_round + 2):  # two unrecorded requests wake the arm up
+                async with session.post(fake_url + "/trace") as started:
+                    await started.read()
+                t0 = time.monotonic()
+                sample = await arms[arm](session)
+                t1 = time.monotonic()
+                async with session.get(fake_url + "/trace") as response:
+                    calls = orjson.loads(await response.read())
+                if i < 2 or not sample.ok:
+                    continue
+                first = min(c["arrived"] for c in calls)
+                panel = next(c for c in calls if c["model"] == slowest)
+                judge = next(c for c in calls if c["model"] == judge_model)
+                synth = next(c for c in calls if c["model"] == synth_model)
+                panel_done = max(c["done"] for c in calls if c["model"] in BENCH3.panel)
+                rows[arm].append(
+                    {
+                        "ingress": first - t0,
+                        "panel_slack": panel["done"] - panel["arrived"] - _dur(slowest),
+                        "panel_to_judge": judge["arrived"] - panel_done,
+                        "judge_slack": judge["done"] - judge["arrived"] - _dur(judge_model),
+                        "judge_to_synth": synth["arrived"] - judge["done"],
+                        "synth_slack": synth["done"] - synth["arrived"] - _dur(synth_model),
+                        "egress": t1 - synth["done"],
+                        "total": t1 - t0 - BENCH3.critical_s,
+                    }
+                )
     out: dict[str, Any] = {"n": {arm: len(r) for arm, r in rows.items()}, "p50_ms": {}}
     for arm, samples in rows.items():
         out["p50_ms"][arm] = {k: statistics.median(r[k] for r in samples) * 1000 for k, _ in SEGMENTS if samples}
