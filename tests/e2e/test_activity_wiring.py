@@ -141,6 +141,8 @@ def test_a_clean_stop_loses_nothing(upstream: FakeUpstream, start_server: Any, a
             httpx.post(f"{url}{CHAT}", json={"model": "fake/plain", "messages": HI}).headers["x-generation-id"]
             for _ in range(20)
         ]
+        backlog = httpx.get(f"{url}/metrics").text
+    assert "openfusion_activity_queued 20.0" in backlog  # the writer's backlog is visible to operators
     # The writer held them all (a 30 s flush interval); stopping the server flushed them.
     with start_server(activity={"path": activity_path}) as url:
         listed = httpx.get(f"{url}/v1/activity", params={"limit": 50}).json()
