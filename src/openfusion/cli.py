@@ -53,6 +53,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from openfusion.access.keys import warn_if_open
+    from openfusion.api.server_protocol import http_protocol
     from openfusion.app import create_app
     from openfusion.observability.logs import configure_logging
     from openfusion.settings import load_settings
@@ -71,6 +72,7 @@ def serve(args: argparse.Namespace) -> int:
         app,
         host=args.host,
         port=args.port,
+        http=http_protocol(),
         log_level=args.log_level,
         log_config=log_config,
         access_log=args.access_log,

@@ -11,6 +11,8 @@ from typing import Any
 
 import uvicorn
 
+from openfusion.api.server_protocol import http_protocol
+
 _TIMEOUT_S = 10.0
 
 
@@ -24,7 +26,8 @@ def serve_in_thread(app: Any, *, host: str = "127.0.0.1") -> Iterator[str]:
     sock.bind((host, 0))
     port = sock.getsockname()[1]
     # A bounded graceful shutdown keeps join() from hanging on a stream a test left open.
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
+    # The production connection protocol (coalesced writes), so every end-to-end test runs through it.
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2, http=http_protocol())
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True)
     thread.start()

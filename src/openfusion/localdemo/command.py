@@ -37,6 +37,7 @@ def run_local(args: argparse.Namespace) -> int:
     """Start the servers, write the config, serve fusion until interrupted, then stop everything."""
     import uvicorn
 
+    from openfusion.api.server_protocol import http_protocol
     from openfusion.app import create_app
     from openfusion.settings import load_settings
 
@@ -53,7 +54,7 @@ def run_local(args: argparse.Namespace) -> int:
                 "colour.\"}]}'",
                 file=sys.stderr,
             )
-            uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+            uvicorn.run(app, host=args.host, port=args.port, log_level="info", http=http_protocol())
     except LocalModelUnavailable as exc:
         print(f"openfusion local: {exc}", file=sys.stderr)  # noqa: T201
         return 2

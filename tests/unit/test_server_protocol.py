@@ -1,0 +1,76 @@
+"""CoalescedWrites: what one event-loop callback writes reaches the socket as one write."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from openfusion.api.server_protocol import CoalescedWrites, http_protocol
+
+
+class _Transport:
+    """Records what reaches the socket."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.extra = {"peername": ("127.0.0.1", 5555)}
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "write after close"
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.extra.get(name, default)
+
+
+async def test_writes_in_one_callback_become_one() -> None:
+    real = _Transport()
+    transport = CoalescedWrites(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+
+    transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    transport.write(b"")  # an empty body message writes nothing
+    transport.write(b"{}")
+    assert real.writes == []  # not before this callback is done
+    await asyncio.sleep(0)
+
+    assert real.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+
+
+async def test_writes_in_separate_callbacks_stay_separate() -> None:
+    real = _Transport()
+    transport = CoalescedWrites(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+    for chunk in (b"data: 1\n\n", b"data: 2\n\n"):  # a stream: one token, then the next one later
+        transport.write(chunk)
+        await asyncio.sleep(0)
+    assert real.writes == [b"data: 1\n\n", b"data: 2\n\n"]
+
+
+async def test_close_flushes_first_and_later_flushes_do_nothing() -> None:
+    real = _Transport()
+    transport = CoalescedWrites(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport.write(b"last bytes")
+    transport.close()
+    await asyncio.sleep(0)  # the scheduled flush finds nothing left, and writes nothing after close
+
+    assert real.writes == [b"last bytes"] and real.closed
+
+
+async def test_everything_else_is_the_real_transports() -> None:
+    real = _Transport()
+    transport = CoalescedWrites(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+    assert transport.get_extra_info("peername") == ("127.0.0.1", 5555)
+    assert transport.is_closing() is False
+
+
+def test_the_server_protocol_is_uvicorns_httptools_protocol() -> None:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    protocol = http_protocol()
+    assert isinstance(protocol, type) and issubclass(protocol, HttpToolsProtocol)
