@@ -145,7 +145,9 @@ def test_oversized_bodies_are_413(start_server: Any, upstream: FakeUpstream) -> 
 
 def test_unknown_routes_and_methods_are_openai_errors(server: str) -> None:
     assert_openai_error(httpx.get(f"{server}/v1/nothing-here"), 404)
-    assert_openai_error(httpx.get(f"{server}{CHAT}"), 405)
+    wrong_method = httpx.get(f"{server}{CHAT}")
+    assert_openai_error(wrong_method, 405)
+    assert wrong_method.headers["allow"] == "POST"
 
 
 def test_models_lists_fusion_slugs_and_presets(server: str) -> None:

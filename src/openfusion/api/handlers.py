@@ -47,7 +47,9 @@ async def _http_error(_: Request, exc: Exception) -> Response:
     error.status_code = exc.status_code
     error.error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
     error.code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-    return error_response(error)
+    response = error_response(error)
+    response.headers.update(exc.headers or {})  # e.g. a 405's Allow
+    return response
 
 
 async def _unexpected_error(_: Request, exc: Exception) -> Response:
