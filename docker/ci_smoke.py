@@ -222,7 +222,7 @@ def main() -> int:
     fake = FakeUpstream(default=Script(content=PANEL_ANSWER))
     fake.script("judge", Script(content=json.dumps(ANALYSIS)))
     fake.script("synth", Script(content=ANSWER))
-    with serve_in_thread(fake.app) as upstream_url, tempfile.TemporaryDirectory() as tmp:
+    with serve_in_thread(fake.app, http="auto") as upstream_url, tempfile.TemporaryDirectory() as tmp:
         say(f"ok fake OpenAI-compatible upstream on {upstream_url} (tests/fakes/upstream.py)")
         config, presets = write_mounts(Path(tmp), upstream_url)
         port = free_port()

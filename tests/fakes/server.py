@@ -11,14 +11,21 @@ from typing import Any
 
 import uvicorn
 
-from openfusion.api.server_protocol import http_protocol
-
 _TIMEOUT_S = 10.0
 
 
 @contextmanager
-def serve_in_thread(app: Any, *, host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve `app` with uvicorn on a free port in a daemon thread and yield its base URL."""
+def serve_in_thread(app: Any, *, host: str = "127.0.0.1", http: Any = None) -> Iterator[str]:
+    """Serve `app` with uvicorn on a free port in a daemon thread and yield its base URL.
+
+    `http` is uvicorn's connection protocol; by default openfusion's production one (coalesced
+    writes), so every end-to-end test runs through it. A caller without openfusion installed (the
+    container smoke test's host side) passes "auto".
+    """
+    if http is None:
+        from openfusion.api.server_protocol import http_protocol
+
+        http = http_protocol()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -26,8 +33,7 @@ def serve_in_thread(app: Any, *, host: str = "127.0.0.1") -> Iterator[str]:
     sock.bind((host, 0))
     port = sock.getsockname()[1]
     # A bounded graceful shutdown keeps join() from hanging on a stream a test left open.
-    # The production connection protocol (coalesced writes), so every end-to-end test runs through it.
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2, http=http_protocol())
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2, http=http)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True)
     thread.start()
