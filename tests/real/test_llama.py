@@ -6,6 +6,7 @@ cancellation, concurrency), never answer quality.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any
@@ -167,3 +168,9 @@ def test_the_local_command_serves_a_fusion_a_person_can_curl(tmp_path: Any) -> N
     assert response.status_code == 200, output
     assert response.json()["fusion"]["preset"] == "local"
     assert "curl http://127.0.0.1" in output and (tmp_path / "openfusion.toml").exists()
+    # Stopped with a plain SIGTERM, it stopped its llama.cpp servers too: none is left listening.
+    ports = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)/v1", (tmp_path / "openfusion.toml").read_text())]
+    assert len(ports) == 3
+    for llama_port in ports:
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{llama_port}/v1/models", timeout=2)

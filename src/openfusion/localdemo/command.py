@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -41,6 +42,10 @@ def run_local(args: argparse.Namespace) -> int:
     from openfusion.app import create_app
     from openfusion.settings import load_settings
 
+    # A plain `kill` (SIGTERM) must stop the llama.cpp servers too: as an exception it unwinds through
+    # `running_servers`; left to its default action (uvicorn re-raises it after its own shutdown) it
+    # would end the process at once and leave them running.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="openfusion-local-"))
     try:
         with running_servers(args.panel, log_dir=workdir) as servers:
@@ -59,3 +64,7 @@ def run_local(args: argparse.Namespace) -> int:
         print(f"openfusion local: {exc}", file=sys.stderr)  # noqa: T201
         return 2
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
