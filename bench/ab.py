@@ -12,15 +12,13 @@ a relayed token for each.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.harness import Bench, aggregate, interleaved
+from bench.harness import Bench, aggregate, interleaved, run_harness
 from bench.load import chat_body
-from bench.procs import raise_fd_limit
 from bench.scenarios import BENCH3, FAST0, PASS_MODEL, dumps, main_presets, proxy_cpu_ms, request_fn, say
 
 LONG = replace(FAST0, name="fast0long", synth="fake/lat-0-tok-408")
@@ -100,15 +98,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--slice-s", type=float, default=3.0)
     args = parser.parse_args()
-    raise_fd_limit()
-    try:
-        import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:
-        runner = asyncio.Runner()
-    with runner:
-        runner.run(run(args))
+    run_harness(run(args))
     return 0
 
 

@@ -10,16 +10,16 @@ import sys
 import textwrap
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
 from bench import envs
 from bench.load import LoopResult, RequestFn, Sample, closed_loop, summarize
-from bench.procs import Service, cpu_delta, free_port, loadavg, machine_busy_seconds
+from bench.procs import Service, cpu_delta, free_port, loadavg, machine_busy_seconds, raise_fd_limit
 
 REPO = Path(__file__).resolve().parents[1]
 MASTER_KEY = "sk-bench"  # LiteLLM refuses to start without one; every arm gets the same header
@@ -341,3 +341,19 @@ async def interleaved(
             )
             await asyncio.sleep(0.1)
     return slices
+
+
+T = TypeVar("T")
+
+
+def run_harness(main: Coroutine[Any, Any, T]) -> T:
+    """Run a harness coroutine on uvloop (asyncio's own loop without it), with the open-file limit raised."""
+    raise_fd_limit()
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with runner:
+        return runner.run(main)

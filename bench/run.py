@@ -10,7 +10,6 @@ here is stopped before exit.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib.metadata
 import os
 import platform
@@ -23,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import envs, report, scenarios
-from bench.harness import REPO, Bench
-from bench.procs import loadavg, raise_fd_limit
+from bench.harness import REPO, Bench, run_harness
+from bench.procs import loadavg
 
 SCENARIOS = ("fusion", "passthrough", "optillm", "tail", "memory", "profile")
 PASS_MODELS = ["fake/lat-0"]
@@ -233,15 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", help="a note on what is measured, printed at the top of the report's notes")
     parser.add_argument("--run-dir", help="where logs and generated configs go (default /tmp/openfusion-bench/run-*)")
     args = parser.parse_args(argv)
-    raise_fd_limit()
-    try:
-        import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:
-        runner = asyncio.Runner()
-    with runner:
-        results = runner.run(run(args))
+    results = run_harness(run(args))
     out = args.out or (Path(results["run_dir"]) if args.quick else Path(__file__).resolve().parent)
     out.mkdir(parents=True, exist_ok=True)
     paths = report.write(results, out)
