@@ -213,21 +213,15 @@ class UpstreamClient:
             response = await endpoint.transport.handle_async_request(request)
         except httpx.HTTPError as exc:
             raise _transport_error(route, exc) from None
-        if response.status_code >= 400:
-            try:
-                raw = await response.aread()
-            except httpx.HTTPError as exc:
-                raise _transport_error(route, exc) from None
-            finally:
-                await response.aclose()
-            raise _status_error(route, response, raw)
-        if not stream:
+        if response.status_code >= 400 or not stream:  # an error body, or a whole answer: read it now
             try:
                 await response.aread()
             except httpx.HTTPError as exc:
                 raise _transport_error(route, exc) from None
             finally:
                 await response.aclose()
+            if response.status_code >= 400:
+                raise _status_error(route, response, response.content)
         return response
 
     def _endpoint(self, provider: Provider) -> _Endpoint:
