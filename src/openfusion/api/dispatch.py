@@ -1,0 +1,106 @@
+"""The core every API surface shares: admit a request, open its ledger, run fusion, finish the response.
+
+A surface (Chat Completions, Responses, …) parses its body into the internal `ChatRequest`, calls
+`serve` with a renderer, and renders the pass-through or the fusion events in its own wire format.
+Access, limits, cost and activity happen here, the same for every surface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from fastapi import Request
+from starlette.background import BackgroundTask
+from starlette.responses import Response
+
+from openfusion.api.access import admit, client_key_name
+from openfusion.api.deps import AppState
+from openfusion.api.ledger import Ledger
+from openfusion.errors import OpenFusionError
+from openfusion.pipeline.budget import priced
+from openfusion.pipeline.events import Event
+from openfusion.pipeline.plan import FusionPlan, plan_fusion
+from openfusion.pipeline.run import run_fusion
+from openfusion.pipeline.tool_mode import run_tool_mode
+from openfusion.protocol import ChatRequest
+
+
+@dataclass
+class Exchange:
+    """One admitted request: the internal chat request, its fusion plan (None: pass-through) and its ledger."""
+
+    request: Request
+    state: AppState
+    chat: ChatRequest
+    plan: FusionPlan | None
+    ledger: Ledger
+
+    def fusion_events(self, *, stream: bool) -> AsyncIterator[Event]:
+        """The fusion run's events (slug or tool mode); `stream` asks for the answer chunk by chunk."""
+        plan, state = self.plan, self.state
+        assert plan is not None, "fusion_events() of a pass-through request"
+        runner = run_tool_mode if plan.mode == "tool" else run_fusion
+        return runner(
+            upstream=state.upstream,
+            plan=plan,
+            request=self.chat,
+            stream=stream,
+            dialects=state.dialects,
+            research=state.research,
+            **({"turns": state.turns} if plan.mode == "slug" else {}),
+        )
+
+
+Renderer = Callable[[Exchange], Awaitable[Response]]
+
+
+async def open_exchange(request: Request, chat: ChatRequest) -> Exchange:
+    """Plan, admit (scope, guards, limits) and price a request, then open its ledger."""
+    state: AppState = request.app.state.openfusion
+    plan = plan_fusion(
+        chat, presets=state.presets, default_preset=state.settings.default_preset, registry=state.registry
+    )
+    await admit(request, chat=chat, plan=plan)  # 403 scope, 400 guards, 429 spend/concurrency
+    if plan is not None:
+        plan = priced(plan, chat, state.prices)  # 402 before anything is spent when over max_cost
+    ledger = Ledger(
+        state,
+        requested_model=chat.model,
+        streamed=chat.stream,
+        preset=plan.preset if plan else None,
+        key_name=client_key_name(request),
+        route=_route(state, chat, plan),
+    )
+    return Exchange(request, state, chat, plan, ledger)
+
+
+async def serve(request: Request, chat: ChatRequest, render: Renderer) -> Response:
+    """Admit the request, render its response, and close its ledger once the last byte is out."""
+    exchange = await open_exchange(request, chat)
+    ledger = exchange.ledger
+    try:
+        response = await render(exchange)
+    except BaseException as exc:
+        ledger.failed(exc)
+        ledger.close()
+        raise
+    response.headers["X-Generation-Id"] = ledger.generation_id
+    # Streams: the time before the first byte; otherwise the whole request's own time.
+    response.headers["X-Openfusion-Overhead-Ms"] = f"{ledger.overhead_ms():.2f}"
+    response.background = BackgroundTask(_close, ledger)  # after the last byte: off the client's path
+    return response
+
+
+async def _close(ledger: Ledger) -> None:
+    ledger.close()
+
+
+def _route(state: AppState, chat: ChatRequest, plan: FusionPlan | None) -> str:
+    """The metrics label of a request: a preset or a provider, never a free-form model name."""
+    if plan is not None:
+        return f"{plan.mode if plan.mode == 'tool' else 'fusion'}/{plan.preset}"
+    try:
+        return f"passthrough/{state.registry.resolve(chat.model).provider.name}"
+    except OpenFusionError:
+        return "passthrough/unknown"
