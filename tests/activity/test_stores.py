@@ -16,6 +16,7 @@ from openfusion.activity import (
     ActivityEntry,
     ActivitySettings,
     ActivityStore,
+    PanelText,
     StoreUnavailable,
     UnknownCursor,
     open_store,
@@ -251,6 +252,29 @@ async def test_a_batch_is_one_transaction(store: ActivityStore) -> None:
     assert await store.get("gen-good") is None  # rolled back with the failing entry
     await store.write([good])  # and the store still works
     assert await store.get("gen-good") == good
+
+
+async def test_nul_and_lone_surrogates_are_stored_alike_in_both_stores(store: ActivityStore) -> None:
+    odd = "a\x00b\ud800c"  # PostgreSQL text refuses NUL; neither database can encode a lone surrogate
+    entry = make_entry(
+        "gen-odd",
+        model=odd,
+        failure_reason=odd,
+        final_answer=odd,
+        panel_answers=[PanelText(model="fake/a", content=odd)],
+        analysis={"consensus": [odd]},
+        calls=({**FUSION_CALLS[1], "error": odd},),
+    )
+    await store.write([make_entry("gen-before"), entry, make_entry("gen-after")])
+    loaded = await store.get("gen-odd")
+    assert loaded is not None
+    replaced = "a\ufffdb\ufffdc"
+    assert loaded.generation.model == loaded.generation.failure_reason == loaded.generation.final_answer == replaced
+    assert loaded.calls[0].error == replaced
+    # JSON columns keep NUL (escaped as \u0000 in the text); only the surrogate, which JSON cannot carry, is replaced.
+    assert loaded.generation.panel_answers == [PanelText(model="fake/a", content="a\x00b\ufffdc")]
+    assert loaded.generation.analysis == {"consensus": ["a\x00b\ufffdc"]}
+    assert await store.get("gen-before") is not None and await store.get("gen-after") is not None
 
 
 async def test_ping_and_closed_store(store: ActivityStore) -> None:

@@ -5,11 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from datetime import timedelta
 
 import pytest
 
-from activity.support import entries_over_time, make_entry
-from openfusion.activity import ActivityEntry, ActivityPage, ActivitySettings, ActivityWriter, StoreUnavailable
+from activity.support import T0, entries_over_time, make_entry
+from openfusion.activity import (
+    ActivityEntry,
+    ActivityPage,
+    ActivitySettings,
+    ActivityStore,
+    ActivityWriter,
+    StoreUnavailable,
+    Tokens,
+)
 from openfusion.activity.sqlite_store import SqliteStore
 
 
@@ -47,18 +56,25 @@ class RecordingStore:
 
 
 class FailingStore(RecordingStore):
-    """A store whose first `failures` writes raise, as during a database outage."""
+    """A store whose first `failures` writes raise, as during a database outage (a ping then fails too)."""
 
     def __init__(self, inner: SqliteStore, *, failures: int) -> None:
         super().__init__(inner)
         self.failures = failures
+        self.down = False
 
     async def write(self, batch: Sequence[ActivityEntry]) -> None:
         self.batches.append(len(batch))
-        if self.failures > 0:
+        self.down = self.failures > 0
+        if self.down:
             self.failures -= 1
             raise StoreUnavailable("activity database error: connection refused")
         await self.inner.write(batch)
+
+    async def ping(self) -> None:
+        if self.down:
+            raise StoreUnavailable("activity database error: connection refused")
+        await self.inner.ping()
 
 
 class HangingStore(RecordingStore):
@@ -132,6 +148,49 @@ async def test_store_outage_is_counted_not_raised(sqlite_store: SqliteStore, cap
     assert "write failed, 4 generation(s) lost" in caplog.text
     # The store came back: the batch after the outage is there.
     assert await _stored_ids(sqlite_store) == ["gen-004", "gen-005"]
+
+
+async def test_a_refused_record_costs_only_itself(store: ActivityStore, caplog: pytest.LogCaptureFixture) -> None:
+    # A token count past BIGINT / SQLite INTEGER: both databases refuse the row, so they refuse its batch.
+    huge = Tokens(prompt_tokens=2**63, completion_tokens=1, total_tokens=2**63 + 1)
+    bad = make_entry("gen-bad", usage=huge)
+    good = [make_entry(f"gen-good-{i}", created_at=T0 + timedelta(seconds=i)) for i in range(3)]
+    with caplog.at_level(logging.WARNING, logger="openfusion.activity"):
+        async with ActivityWriter(store, batch_size=10, flush_interval_s=60.0) as writer:
+            for entry in (good[0], bad, *good[1:]):
+                writer.record(entry.generation, entry.calls)
+    assert sorted(g.id for g in (await store.list(limit=10)).generations) == [e.generation.id for e in good]
+    assert await store.get("gen-good-1") == good[1]
+    assert writer.stats.written == 3 and writer.stats.failed == 1
+    lost = [r.getMessage() for r in caplog.records if "lost" in r.getMessage()]
+    assert len(lost) == 1 and "1 generation(s) lost (gen-bad)" in lost[0]
+
+
+async def test_a_store_lost_while_writing_record_by_record_loses_the_rest_at_once(
+    sqlite_store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    class VanishingStore(RecordingStore):
+        """Refuses a batch while answering pings, then stops answering anything."""
+
+        pings = 0
+
+        async def write(self, batch: Sequence[ActivityEntry]) -> None:
+            self.batches.append(len(batch))
+            raise StoreUnavailable("activity database error: row refused" if len(batch) > 1 else "gone")
+
+        async def ping(self) -> None:
+            self.pings += 1
+            if self.pings > 1:
+                raise StoreUnavailable("activity database error: connection refused")
+
+    store = VanishingStore(sqlite_store)
+    with caplog.at_level(logging.WARNING, logger="openfusion.activity"):
+        async with ActivityWriter(store, batch_size=10, flush_interval_s=60.0) as writer:
+            for entry in entries_over_time(5):
+                writer.record(entry.generation, entry.calls)
+    assert store.batches == [5, 1]  # one record tried alone, then the store was gone: no wait per record
+    assert writer.stats.failed == 5 and writer.stats.written == 0 and writer.stats.queued == 0
+    assert "5 generation(s) lost" in caplog.text
 
 
 async def test_a_hanging_store_times_out_and_counts(sqlite_store: SqliteStore) -> None:

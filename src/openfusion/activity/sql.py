@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -78,7 +80,7 @@ class Statements:
         is a wait each time, and PostgreSQL pays a round trip each.
         """
         latest = {entry.generation.id: entry for entry in batch}
-        ids = list(latest)
+        ids = [storable(generation_id) for generation_id in latest]
         statements: list[tuple[str, list[Any]]] = []
         for chunk in _chunks(ids, _MAX_PARAMETERS):
             marks = ", ".join([self.placeholder] * len(chunk))
@@ -109,10 +111,33 @@ def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+# PostgreSQL text cannot hold NUL and UTF-8 cannot encode a lone surrogate: either would fail the whole
+# batch it came in. Both stores keep them as U+FFFD (inside JSON columns NUL stays, escaped as \u0000).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(value: Any) -> Any:
+    """`value`, with NUL and lone surrogates replaced by U+FFFD when it is a string."""
+    if isinstance(value, str) and _UNSTORABLE.search(value):
+        return _UNSTORABLE.sub("\ufffd", value)
+    return value
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # a lone surrogate inside: orjson will not encode it, json.dumps keeps it
+        return str(storable(json.dumps(value, ensure_ascii=False)))
+
+
 def generation_values(record: GenerationRecord) -> tuple[Any, ...]:
-    """A record as values in GENERATION_COLUMNS order (created_at stays a datetime)."""
+    """A record as values in GENERATION_COLUMNS order (created_at stays a datetime), every string storable."""
+    return tuple(storable(value) for value in _generation_values(record))
+
+
+def _generation_values(record: GenerationRecord) -> tuple[Any, ...]:
     panels = record.panel_answers
-    panel = None if panels is None else orjson.dumps([p.model_dump() for p in panels]).decode()
+    panel = None if panels is None else _json_text([p.model_dump() for p in panels])
     return (
         record.id,
         record.created_at,
@@ -130,7 +155,7 @@ def generation_values(record: GenerationRecord) -> tuple[Any, ...]:
         record.streamed,
         record.key_name,
         panel,
-        orjson.dumps(record.analysis).decode() if record.analysis is not None else None,
+        _json_text(record.analysis) if record.analysis is not None else None,
         record.final_answer,
     )
 
@@ -166,7 +191,7 @@ def generation_from_row(row: Sequence[Any]) -> GenerationRecord:
 
 def call_values(call: CallRecord, position: int) -> tuple[Any, ...]:
     """A call as values in CALL_COLUMNS order; `position` keeps the order the calls were recorded in."""
-    return (
+    values = (
         call.generation_id,
         position,
         call.role,
@@ -182,6 +207,7 @@ def call_values(call: CallRecord, position: int) -> tuple[Any, ...]:
         call.upstream_status,
         call.retries,
     )
+    return tuple(storable(value) for value in values)
 
 
 def call_from_row(row: Sequence[Any]) -> CallRecord:

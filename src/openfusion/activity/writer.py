@@ -141,18 +141,51 @@ class ActivityWriter:
 
     async def _flush(self, batch: list[ActivityEntry]) -> None:
         try:
-            async with asyncio.timeout(self._write_timeout_s):
-                await self._store.write(batch)
+            await self._write(batch)
         except Exception as exc:  # any store failure: count and log, never reach a request
-            self._failed += len(batch)
-            log.warning(
-                "activity store write failed, %d generation(s) lost (%d so far): %s: %s",
-                len(batch),
-                self._failed,
-                type(exc).__name__,
-                exc,
-            )
+            if len(batch) > 1 and await self._reachable():
+                # The store is up, so it refused something in the batch: one bad record must not cost the rest.
+                await self._write_each(batch)
+            else:
+                self._lost(batch, exc)
         else:
             self._written += len(batch)
         finally:
             self._pending -= len(batch)
+
+    async def _write(self, batch: list[ActivityEntry]) -> None:
+        async with asyncio.timeout(self._write_timeout_s):
+            await self._store.write(batch)
+
+    async def _reachable(self) -> bool:
+        try:
+            async with asyncio.timeout(self._write_timeout_s):
+                await self._store.ping()
+        except Exception:
+            return False
+        return True
+
+    async def _write_each(self, batch: list[ActivityEntry]) -> None:
+        """Write a refused batch record by record; a record that still fails is logged by its id."""
+        for position, entry in enumerate(batch):
+            try:
+                await self._write([entry])
+            except Exception as exc:
+                if not await self._reachable():  # the store went away meanwhile: do not wait once per record
+                    self._lost(batch[position:], exc)
+                    return
+                self._lost([entry], exc)
+            else:
+                self._written += 1
+
+    def _lost(self, entries: list[ActivityEntry], exc: Exception) -> None:
+        self._failed += len(entries)
+        which = f" ({entries[0].generation.id})" if len(entries) == 1 else ""
+        log.warning(
+            "activity store write failed, %d generation(s) lost%s (%d so far): %s: %s",
+            len(entries),
+            which,
+            self._failed,
+            type(exc).__name__,
+            exc,
+        )
