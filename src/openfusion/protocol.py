@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
@@ -17,14 +19,29 @@ class WireModel(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+# Never part of a name or an id: C0 controls, DEL and UTF-16 surrogates. PostgreSQL text cannot hold NUL,
+# UTF-8 cannot encode a lone surrogate, and a line break in a name would forge log lines and prompt tags.
+_NOT_IN_NAMES = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+NAME_ERROR = "control characters and unpaired surrogates are not allowed in names and ids"
+
+
+def plain_name(value: str) -> str:
+    """`value` unchanged, or ValueError when it holds a character no name or id may contain."""
+    if _NOT_IN_NAMES.search(value):
+        raise ValueError(NAME_ERROR)
+    return value
+
+
+# A name or an id a client sends (message and function names, tool call ids, presets).
+PlainName = Annotated[str, AfterValidator(plain_name)]
+# A model slug as openfusion accepts it anywhere: requests, fallbacks, presets, plugin parameters.
+ModelSlug = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(plain_name)]
+
+
 class Message(WireModel):
     role: Role
     content: str | list[Any] | None = None
-    name: str | None = None
-
-
-# A model slug as openfusion accepts it anywhere: requests, fallbacks, presets, plugin parameters.
-ModelSlug = Annotated[str, Field(min_length=1, max_length=256)]
+    name: PlainName | None = None
 
 
 class ChatRequest(WireModel):
@@ -57,6 +74,34 @@ class ChatRequest(WireModel):
         if isinstance(value, list) and len(value) > 4:
             raise ValueError("at most 4 stop sequences are allowed")
         return value
+
+
+def unsafe_name_param(data: Mapping[str, Any]) -> str | None:
+    """The first name or id in a raw request's free-form parts (tools, tool calls) that `plain_name` refuses."""
+    for param, value in _free_form_names(data):
+        if isinstance(value, str) and _NOT_IN_NAMES.search(value):
+            return param
+    return None
+
+
+def _free_form_names(data: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+    yield "user", data.get("user")
+    for i, tool in enumerate(_items(data.get("tools"))):
+        yield f"tools[{i}].function.name", _fields(_fields(tool).get("function")).get("name")
+    yield "tool_choice.function.name", _fields(_fields(data.get("tool_choice")).get("function")).get("name")
+    for i, message in enumerate(_items(data.get("messages"))):
+        yield f"messages[{i}].tool_call_id", _fields(message).get("tool_call_id")
+        for j, call in enumerate(_items(_fields(message).get("tool_calls"))):
+            yield f"messages[{i}].tool_calls[{j}].id", _fields(call).get("id")
+            yield f"messages[{i}].tool_calls[{j}].function.name", _fields(_fields(call).get("function")).get("name")
+
+
+def _items(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _fields(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 class Usage(WireModel):

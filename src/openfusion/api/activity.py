@@ -27,6 +27,7 @@ from openfusion.activity.view import (
     summary_body,
 )
 from openfusion.errors import InvalidRequest, NotFound
+from openfusion.protocol import NAME_ERROR, plain_name
 
 router = APIRouter()
 
@@ -64,9 +65,19 @@ def parse_limit(raw: str | None) -> int:
     return limit
 
 
+def checked_id(value: str, param: str) -> str:
+    """A generation id from a query or path, refused with a 400 when no id could hold it (NUL, surrogates)."""
+    try:
+        return plain_name(value)
+    except ValueError:
+        raise InvalidRequest(f"Invalid value for '{param}': {NAME_ERROR}.", param=param) from None
+
+
 async def read_page(store: ActivityStore, *, limit: str | None, before: str | None) -> ActivityPage:
     """One page of generations, newest first; an unknown `before` cursor is a 400."""
     count = parse_limit(limit)
+    if before:
+        checked_id(before, "before")
     try:
         return await store.list(limit=count, before=before or None)
     except UnknownCursor:
@@ -80,7 +91,7 @@ async def get_generation(store: Store, generation_id: Annotated[str | None, Quer
     """One generation in OpenRouter's field names, with the per-call breakdown."""
     if not generation_id:
         raise InvalidRequest("Missing required parameter: 'id'.", param="id")
-    entry = await store.get(generation_id)
+    entry = await store.get(checked_id(generation_id, "id"))
     if entry is None:
         raise NotFound(f"Generation {generation_id!r} not found.", param="id", code="generation_not_found")
     return generation_body(entry)
@@ -108,7 +119,7 @@ async def activity_page(store: Store, limit: str | None = None, before: str | No
 @router.get("/activity/{generation_id}", response_class=HTMLResponse, include_in_schema=False)
 async def generation_page(store: Store, generation_id: str) -> HTMLResponse:
     """One request: its timeline of upstream calls and, when stored, the answers side by side."""
-    entry = await store.get(generation_id)
+    entry = await store.get(checked_id(generation_id, "generation_id"))
     if entry is None:
         return _html("activity_missing.html", status_code=404, generation_id=generation_id)
     return _html(

@@ -9,7 +9,7 @@ from fastapi import Request
 from pydantic import ValidationError
 
 from openfusion.errors import InvalidRequest, PayloadTooLarge, invalid_request_from
-from openfusion.protocol import ChatRequest
+from openfusion.protocol import NAME_ERROR, ChatRequest, unsafe_name_param
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -41,6 +41,10 @@ def parse_chat_request(raw: bytes) -> tuple[ChatRequest, dict[str, Any]]:
     if "model" not in data and isinstance(models, list) and models and isinstance(models[0], str):
         data = {**data, "model": models[0]}  # OpenRouter allows `models` alone: the first is the primary
     try:
-        return ChatRequest.model_validate(data), data
+        chat = ChatRequest.model_validate(data)
     except ValidationError as exc:
         raise invalid_request_from(exc) from None
+    param = unsafe_name_param(data)
+    if param is not None:
+        raise InvalidRequest(f"Invalid value for '{param}': {NAME_ERROR}.", param=param)
+    return chat, data

@@ -17,7 +17,7 @@ from openfusion.presets import (
     is_fusion_slug,
     preset_name_for,
 )
-from openfusion.protocol import ChatRequest
+from openfusion.protocol import ChatRequest, PlainName
 from openfusion.upstream.providers import ProviderRegistry
 from openfusion.upstream.web.tools import normalize_tools
 
@@ -47,7 +47,7 @@ class FusionPlugin(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
     id: Literal["fusion"] | None = None  # required in `plugins`, absent in the server tool's parameters
-    preset: str | None = None
+    preset: PlainName | None = None
     analysis_models: list[ModelSlug] | None = Field(default=None, min_length=1, max_length=8)
     model: ModelSlug | None = None
     synthesis_model: ModelSlug | None = None
