@@ -88,6 +88,8 @@ class UpstreamError(OpenFusionError):
     status_code = 502
     error_type = "upstream_error"
     code = "upstream_error"
+    cause: str | None = None  # below HTTP, what failed: name_not_resolved, connection_refused, tls_error, …
+    sent: bool = True  # False: the request never left this machine (nothing can have been billed)
 
     def __init__(
         self,
@@ -108,6 +110,8 @@ class UpstreamError(OpenFusionError):
         meta: dict[str, Any] = {"model": self.model, "provider": self.provider}
         if self.upstream_status is not None:
             meta["upstream_status"] = self.upstream_status
+        if self.cause is not None:
+            meta["cause"] = self.cause
         return meta
 
 

@@ -15,12 +15,14 @@ _TIMEOUT_S = 10.0
 
 
 @contextmanager
-def serve_in_thread(app: Any, *, host: str = "127.0.0.1", http: Any = None) -> Iterator[str]:
+def serve_in_thread(
+    app: Any, *, host: str = "127.0.0.1", http: Any = None, tls: tuple[str, str] | None = None
+) -> Iterator[str]:
     """Serve `app` with uvicorn on a free port in a daemon thread and yield its base URL.
 
     `http` is uvicorn's connection protocol; by default openfusion's production one (coalesced
     writes), so every end-to-end test runs through it. A caller without openfusion installed (the
-    container smoke test's host side) passes "auto".
+    container smoke test's host side) passes "auto". `tls` = (certificate file, key file) serves HTTPS.
     """
     if http is None:
         from openfusion.api.server_protocol import http_protocol
@@ -33,7 +35,16 @@ def serve_in_thread(app: Any, *, host: str = "127.0.0.1", http: Any = None) -> I
     sock.bind((host, 0))
     port = sock.getsockname()[1]
     # A bounded graceful shutdown keeps join() from hanging on a stream a test left open.
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2, http=http)
+    certificate, key = tls or (None, None)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=2,
+        http=http,
+        ssl_certfile=certificate,
+        ssl_keyfile=key,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True)
     thread.start()
@@ -46,7 +57,7 @@ def serve_in_thread(app: Any, *, host: str = "127.0.0.1", http: Any = None) -> I
                 raise RuntimeError(f"uvicorn did not start within {_TIMEOUT_S} s")
             time.sleep(0.01)
         url_host = f"[{host}]" if family == socket.AF_INET6 else host
-        yield f"http://{url_host}:{port}"
+        yield f"{'https' if tls else 'http'}://{url_host}:{port}"
     finally:
         server.should_exit = True
         thread.join(_TIMEOUT_S)

@@ -33,6 +33,7 @@ class PanelFailure:
     status_code: int | None = None
     code: str | None = None
     label: str = ""
+    cause: str | None = None  # a transport failure's cause (name_not_resolved, connection_refused, …)
 
 
 @dataclass

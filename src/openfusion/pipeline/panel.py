@@ -39,8 +39,10 @@ async def ask_panelist(
         message = f"{model} did not answer within panel_timeout_s ({timeout_s:g} s)"
         return PanelFailure(model, message, _ms(started), code="timeout", label=label)
     except OpenFusionError as exc:
-        status = exc.upstream_status if isinstance(exc, UpstreamError) else None
-        return PanelFailure(model, exc.message, _ms(started), status_code=status, code=exc.code, label=label)
+        status, cause = (exc.upstream_status, exc.cause) if isinstance(exc, UpstreamError) else (None, None)
+        return PanelFailure(
+            model, exc.message, _ms(started), status_code=status, code=exc.code, label=label, cause=cause
+        )
     completion = done.completion
     if not completion.content.strip():
         return PanelFailure(

@@ -23,6 +23,8 @@ def panel_entry(result: PanelAnswer | PanelFailure) -> dict[str, Any]:
         error["status_code"] = result.status_code
     if result.code:
         error["code"] = result.code
+    if result.cause:
+        error["cause"] = result.cause
     return {"model": result.model, "status": "error", "latency_ms": result.latency_ms, "error": error}
 
 

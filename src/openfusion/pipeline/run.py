@@ -260,4 +260,6 @@ def _failure_entry(failure: PanelFailure) -> dict[str, Any]:
         entry["status_code"] = failure.status_code
     if failure.code == "timeout":
         entry["reason"] = "timeout"
+    if failure.cause:
+        entry["cause"] = failure.cause
     return entry

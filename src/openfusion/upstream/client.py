@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -22,10 +23,13 @@ from openfusion.errors import (
 )
 from openfusion.protocol import Usage, parse_usage
 from openfusion.settings import HttpSettings, RetrySettings
+from openfusion.upstream.failures import diagnose
 from openfusion.upstream.providers import Provider, ProviderRegistry, Route
 from openfusion.upstream.retry import is_retryable, parse_retry_after, retrying
 from openfusion.upstream.sse_decode import sse_data
 from openfusion.upstream.trace import CallTrace, begin_call, end_call
+
+log = logging.getLogger("openfusion.upstream")
 
 # Response headers worth relaying to a pass-through client.
 _RELAYED_HEADERS = ("content-type", "retry-after", "x-request-id", "openai-processing-ms")
@@ -358,6 +362,8 @@ def _failed(call: CallTrace, exc: BaseException) -> None:
         end_call(call, status="cancelled", usage=call.usage, error="cancelled")
     elif isinstance(exc, UpstreamError):
         end_call(call, status="error", usage=call.usage, error=exc.message, upstream_status=exc.upstream_status)
+        if exc.cause is not None:  # below HTTP: the operator's network, DNS or TLS is likely at fault
+            log.warning("upstream call failed: %s", exc.message, extra={"cause": exc.cause, "provider": call.provider})
     else:
         end_call(call, status="error", usage=call.usage, error=type(exc).__name__)
 
@@ -367,21 +373,21 @@ def _protocol_error(route: Route, what: str) -> UpstreamProtocolError:
 
 
 def _transport_error(route: Route, exc: httpx.HTTPError, *, during: str = "the request") -> UpstreamError:
-    cause = exc.__cause__
-    # httpx-aiohttp reports every aiohttp connection error as ConnectTimeout: only there the cause decides.
-    timed_out = isinstance(exc, httpx.TimeoutException) and (
-        not isinstance(exc, httpx.ConnectTimeout)
-        or cause is None
-        or isinstance(cause, TimeoutError)
-        or type(cause).__name__.endswith("Timeout")
-    )
-    kind = UpstreamTimeout if timed_out else UpstreamConnectionError
-    what = "timed out" if timed_out else "could not be reached"
-    return kind(
-        f"{route.slug} ({route.provider.name}) {what} during {during}: {type(exc).__name__}",
+    failure = diagnose(exc)
+    kind = UpstreamTimeout if failure.timed_out else UpstreamConnectionError
+    if failure.timed_out:
+        what = "timed out"
+    elif failure.sent:
+        what = "lost its connection"
+    else:
+        what = "could not be reached"
+    error = kind(
+        f"{route.slug} ({route.provider.name}) {what} during {during}: {failure.description}",
         model=route.slug,
         provider=route.provider.name,
     )
+    error.cause, error.sent = failure.cause, failure.sent
+    return error
 
 
 def _status_error(route: Route, response: httpx.Response, raw: bytes) -> UpstreamStatusError:
