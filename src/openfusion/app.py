@@ -21,6 +21,7 @@ from openfusion.api import activity, chat, health, metrics, models
 from openfusion.api.access import install_access
 from openfusion.api.deps import AppState
 from openfusion.api.handlers import install as install_error_handlers
+from openfusion.api.shutdown import Drain
 from openfusion.errors import ConfigError
 from openfusion.presets import load_presets, shipped_presets_dir
 from openfusion.settings import Settings, load_settings
@@ -71,6 +72,7 @@ def create_app(
     registry = ProviderRegistry.from_settings(settings, environ)
     access_config = AccessConfig.model_validate(settings, from_attributes=True)
     access = build_access(access_config, environ)  # key variables are checked here, before anything listens
+    drain = Drain()  # the server ends the shutdown grace period through it (app.state.drain)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -98,8 +100,12 @@ def create_app(
                 research=await _web_research(settings, environ, http, resources),
                 activity=writer,
                 prices=prices,
+                drain=drain,
             )
             yield
+            # Requests the server cancelled at the last moment are still recording themselves: their
+            # records go into the writer before it closes.
+            await drain.wait_closed(timeout_s=5.0)
 
     app = FastAPI(
         title="openfusion",
@@ -108,6 +114,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
+    app.state.drain = drain
     install_error_handlers(app)
     install_access(app, access, cors=access_config.cors)
     for router in (chat.router, models.router, health.router, activity.router, metrics.router):

@@ -50,10 +50,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from openfusion.access.keys import warn_if_open
     from openfusion.api.server_protocol import http_protocol
+    from openfusion.api.shutdown import run_server
     from openfusion.app import create_app
     from openfusion.observability.logs import configure_logging
     from openfusion.settings import load_settings
@@ -68,17 +67,18 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     warn_if_open(args.host, app.state.access.keys)
     settle_heap()
-    uvicorn.run(
+    started = run_server(
         app,
+        drain=app.state.drain,
+        grace_s=settings.shutdown_grace_s,
         host=args.host,
         port=args.port,
         http=http_protocol(),
         log_level=args.log_level,
         log_config=log_config,
         access_log=args.access_log,
-        timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
-    return 0
+    return 0 if started else 3  # uvicorn's exit status for a failed start
 
 
 def settle_heap() -> None:

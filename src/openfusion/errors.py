@@ -82,6 +82,13 @@ class PayloadTooLarge(OpenFusionError):
     code = "payload_too_large"
 
 
+class ServerShuttingDown(OpenFusionError):
+    """The server stopped while the request ran: its shutdown grace period (`shutdown_grace_s`) is over."""
+
+    status_code = 503
+    code = "server_shutting_down"
+
+
 class UpstreamError(OpenFusionError):
     """An upstream provider call failed."""
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
+from openfusion.api import shutdown
 from openfusion.cli import main
 
 
@@ -24,7 +24,7 @@ def test_serve_warns_when_open_beyond_loopback(
     warned: bool,
 ) -> None:
     ran: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: ran.append(options))
+    monkeypatch.setattr(shutdown, "run_server", lambda app, **options: ran.append(options) is None)
     if keys:
         monkeypatch.setenv("OPENFUSION_API_KEYS", keys)
     config = tmp_path / "openfusion.toml"

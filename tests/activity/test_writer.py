@@ -224,6 +224,30 @@ async def test_full_queue_drops_and_counts_without_blocking(sqlite_store: Sqlite
     assert await _stored_ids(sqlite_store) == ["gen-000", "gen-001", "gen-002"]
 
 
+async def test_records_that_come_while_closing_are_written(sqlite_store: SqliteStore) -> None:
+    """Requests cancelled at shutdown record themselves while the writer drains: nothing is dropped."""
+    gate = asyncio.Event()
+
+    class GatedStore(RecordingStore):
+        async def write(self, batch: Sequence[ActivityEntry]) -> None:
+            await gate.wait()
+            await super().write(batch)
+
+    store = GatedStore(sqlite_store)
+    writer = ActivityWriter(store, batch_size=10, flush_interval_s=60.0)
+    writer.start()
+    first, late = make_entry("gen-first"), make_entry("gen-late")
+    writer.record(first.generation, first.calls)
+    closing = asyncio.create_task(writer.aclose())
+    await asyncio.sleep(0.05)  # the writer is now draining, its first write held at the gate
+    assert not closing.done()
+    assert writer.record(late.generation, late.calls) is True
+    gate.set()
+    await closing
+    assert await _stored_ids(sqlite_store) == ["gen-first", "gen-late"]
+    assert writer.stats.written == 2 and writer.stats.dropped == 0
+
+
 async def test_records_after_close_are_dropped(sqlite_store: SqliteStore) -> None:
     writer = ActivityWriter(sqlite_store)
     writer.start()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -29,12 +31,14 @@ def _free_port() -> int:
 
 
 @contextmanager
-def served(upstream_url: str, presets_dir: Path, tmp_path: Path, *, grace_s: float) -> Iterator[tuple[str, Any]]:
+def served(
+    upstream_url: str, presets_dir: Path, tmp_path: Path, *, grace_s: float, extra: str = ""
+) -> Iterator[tuple[str, Any]]:
     """`openfusion serve` as a real process; yields its URL and the process."""
     config = tmp_path / "openfusion.toml"
     config.write_text(
         f'default_preset = "trio"\nshutdown_grace_s = {grace_s}\n\n[[providers]]\nname = "fake"\n'
-        f'base_url = "{upstream_url}/v1"\nmodels = ["fake/*"]\nstrip_prefix = true\n'
+        f'base_url = "{upstream_url}/v1"\nmodels = ["fake/*"]\nstrip_prefix = true\n{extra}'
     )
     port = _free_port()
     command = [
@@ -48,7 +52,9 @@ def served(upstream_url: str, presets_dir: Path, tmp_path: Path, *, grace_s: flo
         str(presets_dir),
         "--no-access-log",
     ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ))
+    # Its log goes to a file: a pipe nobody reads while it runs would fill and block the server.
+    log = (tmp_path / "serve.log").open("wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
@@ -63,7 +69,8 @@ def served(upstream_url: str, presets_dir: Path, tmp_path: Path, *, grace_s: flo
     finally:
         if process.poll() is None:
             process.kill()
-        process.communicate(timeout=10)
+        process.wait(timeout=10)
+        log.close()
 
 
 def _post_in_background(url: str, body: dict[str, Any]) -> tuple[threading.Thread, dict[str, Any]]:
@@ -117,3 +124,76 @@ def test_sigterm_cancels_what_outlives_the_grace_period(
         thread.join(15)
     assert stopped < 10  # the grace period (1 s) bounds the stop, not the 60 s panelists
     wait_until(lambda: all(call.disconnected for call in upstream.calls))  # their calls were closed
+
+
+def _request_in_background(url: str, body: dict[str, Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    """Send one request from a thread; the result holds its status, body text and any transport error."""
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as response:
+                result["status"] = response.status_code
+                result["content_type"] = response.headers.get("content-type", "")
+                result["started"] = True
+                result["text"] = response.read().decode()
+        except httpx.HTTPError as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, result
+
+
+def _data_lines(text: str) -> list[Any]:
+    lines = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+    return [line if line == "[DONE]" else json.loads(line) for line in lines]
+
+
+def test_past_the_grace_period_every_request_ends_with_an_error_and_is_recorded(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path
+) -> None:
+    """SIGTERM with 20 requests in flight on a slow upstream: each client reads an error, each is recorded."""
+    _, upstream_url = fake_upstream
+    for model in "abc":
+        upstream.script(model, Script(delay_s=60))
+    upstream.script("slow", Script(delay_s=60))  # non-streamed pass-through: nothing before the grace ends
+    upstream.script("drip", Script(chunks=["first ", "second"], chunk_interval_s=60))  # a streamed one: a token
+    activity = tmp_path / "activity.sqlite3"
+    bodies = [
+        *[{"model": "fusion", "messages": HI, "stream": True}] * 5,
+        *[{"model": "fusion", "messages": HI}] * 5,
+        *[{"model": "fake/drip", "messages": HI, "stream": True}] * 5,
+        *[{"model": "fake/slow", "messages": HI}] * 5,
+    ]
+
+    with served(upstream_url, presets_dir, tmp_path, grace_s=1, extra=f'\n[activity]\npath = "{activity}"\n') as (
+        url,
+        process,
+    ):
+        requests = [_request_in_background(url, body) for body in bodies]
+        wait_until(lambda: len(upstream.calls) == 5 * 3 + 5 * 3 + 5 + 5, timeout=20)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) in (0, -signal.SIGTERM)
+        for thread, _ in requests:
+            thread.join(15)
+
+    results = [result for _, result in requests]
+    assert all("error" not in result for result in results), [r.get("error") for r in results]
+    for result in results[:5] + results[10:15]:  # streams: an error chunk, then [DONE]
+        assert result["status"] == 200 and result["content_type"].startswith("text/event-stream")
+        payloads = _data_lines(result["text"])
+        assert payloads[-1] == "[DONE]", result["text"]
+        last = payloads[-2]
+        assert last["choices"][0]["finish_reason"] == "error" and last["error"]["code"] == "server_shutting_down"
+    assert all("first " in result["text"] for result in results[10:15])  # the fault: cut mid-answer
+    for result in results[5:10] + results[15:]:  # plain requests: an OpenAI-shaped 503
+        assert result["status"] == 503, result["text"]
+        assert json.loads(result["text"])["error"]["code"] == "server_shutting_down"
+    wait_until(lambda: all(call.disconnected for call in upstream.calls))  # every upstream call was closed
+    log = (tmp_path / "serve.log").read_text()
+    with sqlite3.connect(activity) as conn:
+        rows = conn.execute("SELECT status, failure_reason FROM generations").fetchall()
+    assert len(rows) == 20, log
+    assert set(rows) == {("error", "server_shutting_down")}
+    assert "dropped" not in log

@@ -48,7 +48,8 @@ class ActivityWriter:
         self._queue: asyncio.Queue[ActivityEntry | None] = asyncio.Queue()
         self._pending = 0
         self._task: asyncio.Task[None] | None = None
-        self._closing = False
+        self._closing = False  # aclose() was called: write what is queued, and what still comes, then stop
+        self._stopped = False  # the writing is over: a record now could never reach the store
         self._written = self._dropped = self._failed = 0
 
     @classmethod
@@ -74,11 +75,13 @@ class ActivityWriter:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="activity-writer")
 
     def record(self, generation: GenerationRecord, calls: Iterable[CallRecord] = ()) -> bool:
-        """Enqueue one generation without waiting; False when it was dropped (queue full or writer closed).
+        """Enqueue one generation without waiting; False when it was dropped (queue full or writer stopped).
 
         Call it on the event loop's thread (any route or pipeline code is); it never awaits, raises or blocks.
+        While aclose() drains the queue, records are still taken: requests cancelled at shutdown record
+        themselves then.
         """
-        if self._closing or self._pending >= self._queue_size:
+        if self._stopped or self._pending >= self._queue_size:
             self._dropped += 1
             if self._dropped == 1 or self._dropped % 1000 == 0:
                 log.warning("activity queue full or closed: %d generation(s) dropped so far", self._dropped)
@@ -90,7 +93,7 @@ class ActivityWriter:
         return True
 
     async def aclose(self) -> None:
-        """Stop accepting records, write everything already queued, then stop the task (the store stays open)."""
+        """Write everything queued (and recorded meanwhile), then stop the task (the store stays open)."""
         if self._closing:
             if self._task is not None:
                 await asyncio.shield(self._task)
@@ -112,32 +115,34 @@ class ActivityWriter:
         await self.aclose()
 
     async def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = await self._queue.get()
-            if first is None:
-                break
-            batch = [first]
-            stopping = await self._fill(batch)
-            await self._flush(batch)
+        try:
+            while not (self._closing and self._queue.empty()):
+                first = await self._queue.get()
+                if first is None:  # aclose()'s wake-up: the loop now drains without waiting
+                    continue
+                batch = [first]
+                await self._fill(batch)
+                await self._flush(batch)
+        finally:
+            self._stopped = True
 
-    async def _fill(self, batch: list[ActivityEntry]) -> bool:
-        """Add queued entries until the batch is full or the interval passed; True when the stop sentinel came."""
+    async def _fill(self, batch: list[ActivityEntry]) -> None:
+        """Add queued entries until the batch is full or the interval passed (draining: until the queue is empty)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._flush_interval_s
         while len(batch) < self._batch_size:
             if self._closing:
-                entry = self._queue.get_nowait() if not self._queue.empty() else None  # draining: no waiting
+                if self._queue.empty():
+                    return
+                entry = self._queue.get_nowait()
             else:
                 try:
                     async with asyncio.timeout_at(deadline):
                         entry = await self._queue.get()
                 except TimeoutError:
-                    return False
-            if entry is None:
-                return True
-            batch.append(entry)
-        return False
+                    return
+            if entry is not None:
+                batch.append(entry)
 
     async def _flush(self, batch: list[ActivityEntry]) -> None:
         try:

@@ -24,7 +24,8 @@ async def chat_completions(request: Request) -> Response:
 
     async def render(exchange: Exchange) -> Response:
         if exchange.plan is None:
-            return await cancel_on_disconnect(request, pass_through(state, chat, data, exchange.ledger))
+            work = pass_through(state, chat, data, exchange.ledger)
+            return await cancel_on_disconnect(request, work, drain=state.drain)
         return await _fusion(exchange)
 
     return await serve(request, chat, render)
@@ -52,5 +53,5 @@ async def _fusion(exchange: Exchange) -> Response:
         )
         return StreamingResponse(ledger.closing(body), media_type="text/event-stream", headers=SSE_HEADERS)
     work = complete_fusion(events, generation_id=ledger.generation_id, ledger=ledger)
-    result: dict[str, Any] = await cancel_on_disconnect(exchange.request, work)
+    result: dict[str, Any] = await cancel_on_disconnect(exchange.request, work, drain=exchange.state.drain)
     return Response(orjson.dumps(result), media_type="application/json")

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from openfusion.activity import ActivityWriter, PriceTable
+from openfusion.api.shutdown import Drain
 from openfusion.observability.metrics import Metrics
 from openfusion.pipeline.structured import DialectMemory
 from openfusion.pipeline.turns import TurnCache
@@ -32,6 +33,7 @@ class AppState:
     activity: ActivityWriter | None = None
     prices: PriceTable = field(default_factory=PriceTable)
     turns: TurnCache = field(default_factory=TurnCache)
+    drain: Drain = field(default_factory=Drain)
 
 
 async def get_state(request: Request) -> AppState:

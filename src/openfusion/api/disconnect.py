@@ -8,6 +8,7 @@ from typing import TypeVar
 
 from fastapi import Request
 
+from openfusion.api.shutdown import Drain, shutting_down
 from openfusion.errors import OpenFusionError
 
 T = TypeVar("T")
@@ -21,9 +22,15 @@ class ClientDisconnected(OpenFusionError):
     code = "cancelled"
 
 
-async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await `work` (after the body was read); if the client disconnects first, cancel it at once."""
+async def cancel_on_disconnect(request: Request, work: Awaitable[T], *, drain: Drain | None = None) -> T:
+    """Await `work` (after the body was read); if the client disconnects first, cancel it at once.
+
+    With a `drain`, the end of the shutdown grace period cancels it too, and the request fails with
+    `server_shutting_down` (a 503 the client can read).
+    """
     task = asyncio.ensure_future(work)
+    if drain is not None:
+        drain.watch(task)
 
     async def watch() -> None:
         while True:
@@ -38,8 +45,18 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
     except asyncio.CancelledError:
         if watcher.done() and not watcher.cancelled():  # the watcher saw the client leave
             raise ClientDisconnected("The client closed the connection; the request was cancelled.") from None
+        if drain is not None and drain.stopped(task) and not _cancelling():
+            raise shutting_down() from None
         raise
     finally:
+        if drain is not None:
+            drain.unwatch(task)
         watcher.cancel()
         if not task.done():
             task.cancel()
+
+
+def _cancelling() -> int:
+    """Whether the request's own task is being cancelled (then that cancellation goes on, not ours)."""
+    current = asyncio.current_task()
+    return current.cancelling() if current is not None else 0

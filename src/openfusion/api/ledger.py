@@ -11,10 +11,12 @@ from typing import Any
 from openfusion.activity import CallRecord, GenerationRecord, PanelText, Tokens, total_cost, utc_now
 from openfusion.api.deps import AppState
 from openfusion.api.disconnect import ClientDisconnected
+from openfusion.api.shutdown import shutting_down
 from openfusion.errors import OpenFusionError
 from openfusion.observability.logs import generation_id as generation_id_var
 from openfusion.pipeline.events import RunFinished
 from openfusion.protocol import Usage, new_generation_id, sum_usage
+from openfusion.sse import DONE, encode, error_chunk
 from openfusion.upstream.trace import CallTrace, start_trace
 
 log = logging.getLogger("openfusion.requests")
@@ -53,6 +55,7 @@ class Ledger:
         self.content: dict[str, Any] = {}
         self._closed = False
         state.metrics.in_flight.inc()
+        state.drain.opened()
 
     def finished(self, event: RunFinished, *, finish_reason: str | None = None) -> None:
         """The fusion run produced its answer."""
@@ -76,14 +79,35 @@ class Ledger:
         """Relay a streamed body; a failure (or the client leaving) is recorded and closes the ledger at once.
 
         A body that ends well leaves the closing to the response's background task, after the last byte.
+        The end of the shutdown grace period stops the body where it waits and ends the stream with a
+        `server_shutting_down` error chunk and `[DONE]`.
         """
+        task = asyncio.current_task()  # the one relaying this body
+        drain = self.state.drain
+        if task is not None:
+            drain.watch(task)
         try:
             async for chunk in body:
                 yield chunk
         except BaseException as exc:
-            self.failed(exc)
-            self.close()
-            raise
+            if not (isinstance(exc, asyncio.CancelledError) and task is not None and drain.stopped(task)):
+                self.failed(exc)
+                self.close()
+                raise
+            task.uncancel()  # our own cancellation, now handled: the error goes to the client
+            error = shutting_down()
+            self.failed(error)
+            try:  # a blank line first: the body may have stopped in the middle of an event
+                yield b"\n\n" + encode(self._error_chunk(error)) + DONE
+            finally:
+                self.close()
+        finally:
+            if task is not None:
+                drain.unwatch(task)
+
+    def _error_chunk(self, error: OpenFusionError) -> dict[str, Any]:
+        model = self.model or self.requested_model
+        return error_chunk(error, generation_id=self.generation_id, model=model, created=int(time.time()))
 
     def close(self) -> None:
         """Record the request: activity (off the hot path), metrics, one log line. Idempotent."""
@@ -92,6 +116,7 @@ class Ledger:
         self._closed = True
         state = self.state
         state.metrics.in_flight.dec()
+        state.drain.closed()
         latency_ms = round((time.perf_counter() - self.trace.started) * 1000)
         overhead = self.overhead_ms()
         calls = [self._call_record(call) for call in self.trace.calls]

@@ -1,0 +1,108 @@
+"""Graceful shutdown: in-flight requests get the grace period, then end with an error their client can read.
+
+uvicorn's own grace period ends by cancelling every request task: a stream is cut without a word, a
+plain request gets a text/plain 500, and the activity writer is already closing when the cancelled
+requests record themselves. Here the grace period is ours: when it ends, each request still running
+is cancelled where it waits (the upstream call), and turns that into a `server_shutting_down` error
+— an error chunk and `[DONE]` in a stream, an OpenAI-shaped 503 otherwise — recorded like any other.
+uvicorn's cancellation stays as a backstop a little later, and the app's lifespan waits for every
+request's record before it closes the activity writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from openfusion.errors import ServerShuttingDown
+
+log = logging.getLogger("openfusion")
+
+# uvicorn cancels what is still running this long after our grace period ended (a client that
+# stopped reading can hold its response's last write forever).
+BACKSTOP_S = 2.0
+
+
+class Drain:
+    """The requests in flight, and the end of the grace period that stops those still running."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self._watched: set[asyncio.Task[Any]] = set()
+        self._stopped: set[asyncio.Task[Any]] = set()
+        self._open = 0  # requests whose record is not written yet
+        self._idle: asyncio.Event | None = None
+
+    def begin(self, grace_s: float) -> None:
+        """Shutdown started: stop whatever is still running once `grace_s` seconds have passed."""
+        asyncio.get_running_loop().call_later(grace_s, self.stop)
+
+    def stop(self) -> None:
+        """End the grace period: every request in flight ends with `server_shutting_down`."""
+        if not self.stopping:
+            self.stopping = True
+            if self._watched:
+                log.warning("grace period over: ending %d request(s) in flight", len(self._watched))
+        for task in list(self._watched):
+            self._stop(task)
+
+    def watch(self, task: asyncio.Task[Any]) -> None:
+        """Cancel `task` when the grace period ends (at once if it already has)."""
+        self._watched.add(task)
+        if self.stopping:
+            self._stop(task)
+
+    def unwatch(self, task: asyncio.Task[Any]) -> None:
+        self._watched.discard(task)
+        self._stopped.discard(task)
+
+    def stopped(self, task: asyncio.Task[Any]) -> bool:
+        """Whether the end of the grace period (and nothing else) cancelled `task`."""
+        return task in self._stopped and task.cancelling() <= 1
+
+    def _stop(self, task: asyncio.Task[Any]) -> None:
+        if task not in self._stopped and not task.done():
+            self._stopped.add(task)
+            task.cancel("server shutting down")
+
+    def opened(self) -> None:
+        """A request began: its record is owed."""
+        self._open += 1
+
+    def closed(self) -> None:
+        """A request's record was handed to the activity writer."""
+        self._open -= 1
+        if self._open == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def wait_closed(self, timeout_s: float) -> None:
+        """Wait (at most `timeout_s`) until every request has recorded itself, cancelled ones included."""
+        if self._open == 0:
+            return
+        self._idle = asyncio.Event()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            log.warning("%d request(s) still unrecorded at shutdown", self._open)
+
+
+def shutting_down() -> ServerShuttingDown:
+    """The error of a request the end of the grace period stopped."""
+    return ServerShuttingDown("The server is shutting down; the request was stopped. Retry it.")
+
+
+def run_server(app: Any, *, drain: Drain, grace_s: float, **options: Any) -> bool:
+    """Serve `app` with uvicorn until SIGTERM/SIGINT, with our grace period; False when it could not start."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            drain.begin(grace_s)  # uvicorn has just stopped listening; in-flight requests get grace_s
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(app, timeout_graceful_shutdown=grace_s + BACKSTOP_S, **options)
+    server = Server(config)
+    server.run()
+    return bool(server.started)
