@@ -1,0 +1,119 @@
+"""Values the Helm chart refuses to render, each with a message that says what to do; and their safe neighbours."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploy.chart import Helm
+
+pytestmark = pytest.mark.helm
+
+POSTGRES = {"database.url": "postgresql://db.internal/openfusion"}
+CLIENT_KEYS = {"clientKeys.existingSecret": "openfusion-clients"}
+
+
+@pytest.mark.parametrize("settings", [{"replicaCount": 2}, {"replicaCount": 3, "redis.url": "redis://r:6379/0"}])
+def test_several_replicas_on_sqlite_are_refused(helm: Helm, settings: dict[str, object]) -> None:
+    message = helm.refusal(settings=settings)
+    assert f"replicaCount is {settings['replicaCount']} but no DATABASE_URL is configured" in message
+    assert "database.existingSecret" in message
+    helm.template(settings={**settings, **POSTGRES})
+    helm.template(settings={**settings, "database.existingSecret": "openfusion-db"})
+    helm.template(
+        settings={**settings, "devSecret.create": True, "devSecret.stringData.DATABASE_URL": "postgresql://x/y"}
+    )
+
+
+def test_the_autoscaler_on_sqlite_is_refused(helm: Helm) -> None:
+    message = helm.refusal(settings={"autoscaling.enabled": True})
+    assert "autoscaling.enabled needs DATABASE_URL" in message
+    assert helm.template(settings={"autoscaling.enabled": True, **POSTGRES}).one("HorizontalPodAutoscaler")
+
+
+@pytest.mark.parametrize(
+    "exposure",
+    [{"ingress.enabled": True}, {"service.type": "LoadBalancer"}, {"service.type": "NodePort"}],
+    ids=["ingress", "load-balancer", "node-port"],
+)
+def test_exposure_without_client_keys_is_refused(helm: Helm, exposure: dict[str, object]) -> None:
+    message = helm.refusal(settings=exposure)
+    assert "without client keys" in message
+    assert "clientKeys.existingSecret" in message
+    # Client keys from a Secret, or [[keys]] in the config, or an explicit opt-out, make it render.
+    helm.template(settings={**exposure, **CLIENT_KEYS})
+    helm.template(settings={**exposure, "config": '[[keys]]\nname = "a"\nkey_sha256 = "' + "0" * 64 + '"\n'})
+    helm.template(settings={**exposure, "clientKeys.allowExposureWithoutKeys": True})
+
+
+def test_an_exposed_gateway_with_an_empty_client_key_reference_is_refused(helm: Helm) -> None:
+    """A Secret name alone is not keys: with neither OPENFUSION_API_KEYS nor key_env entries it reads nothing."""
+    settings = {"ingress.enabled": True, **CLIENT_KEYS, "clientKeys.apiKeysKey": ""}
+    assert "without client keys" in helm.refusal(settings=settings)
+
+
+def test_the_gateway_values_without_client_keys_are_refused(helm: Helm) -> None:
+    settings = {"clientKeys.existingSecret": "", "config": ""}
+    assert "ingress.enabled exposes openfusion outside the cluster without client keys" in helm.refusal(
+        "gateway", settings=settings
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "budget"),
+    [
+        ({"terminationGracePeriodSeconds": 40}, 40),  # 10 s preStop + 30 s grace: no margin at all
+        ({"terminationGracePeriodSeconds": 30}, 40),
+        ({"shutdownGraceSeconds": 120, "terminationGracePeriodSeconds": 100}, 130),
+        ({"shutdownGraceSeconds": 29.5, "terminationGracePeriodSeconds": 40}, 40),  # grace rounds up
+    ],
+)
+def test_a_termination_grace_too_short_for_streams_to_drain_is_refused(
+    helm: Helm, settings: dict[str, object], budget: int
+) -> None:
+    message = helm.refusal(settings=settings)
+    limit = settings["terminationGracePeriodSeconds"]
+    assert f"terminationGracePeriodSeconds ({limit}) must be larger than" in message
+    assert f"preStopSleepSeconds + shutdownGraceSeconds ({budget})" in message
+    ok = helm.template(settings={**settings, "terminationGracePeriodSeconds": budget + 1})
+    assert ok.pod()["spec"]["terminationGracePeriodSeconds"] == budget + 1
+
+
+def test_a_longer_shutdown_grace_lengthens_the_default_termination_grace(helm: Helm) -> None:
+    manifests = helm.template(settings={"shutdownGraceSeconds": 120, "preStopSleepSeconds": 5})
+    assert manifests.pod()["spec"]["terminationGracePeriodSeconds"] == 135
+    assert manifests.env()["OPENFUSION_SHUTDOWN_GRACE_S"]["value"] == "120"
+
+
+def test_shutdown_grace_set_behind_the_charts_back_is_refused(helm: Helm) -> None:
+    """The config file wins over the environment, so a grace set there would outlive the pod's."""
+    message = helm.refusal(settings={"config": "default_preset = 'fast'\nshutdown_grace_s = 600\n"})
+    assert "config sets shutdown_grace_s: set shutdownGraceSeconds instead" in message
+    message = helm.refusal(settings={"env": {"OPENFUSION_SHUTDOWN_GRACE_S": "600"}})
+    assert "env sets OPENFUSION_SHUTDOWN_GRACE_S" in message
+
+
+def test_a_disruption_budget_with_both_bounds_is_refused(helm: Helm) -> None:
+    message = helm.refusal(settings={"podDisruptionBudget.minAvailable": 1})
+    assert "set minAvailable or maxUnavailable, not both" in message
+    pdb = helm.template(settings={"podDisruptionBudget.minAvailable": 1, "podDisruptionBudget.maxUnavailable": ""})
+    assert pdb.one("PodDisruptionBudget")["spec"]["minAvailable"] == 1
+
+
+def test_an_autoscaler_without_a_metric_is_refused(helm: Helm) -> None:
+    settings = {"autoscaling.enabled": True, "autoscaling.targetCPUUtilizationPercentage": "", **POSTGRES}
+    assert "the autoscaler has no metric" in helm.refusal(settings=settings)
+    hpa = helm.template(settings={**settings, "autoscaling.inFlight.enabled": True}).one("HorizontalPodAutoscaler")
+    assert [metric["type"] for metric in hpa["spec"]["metrics"]] == ["Pods"]
+
+
+def test_a_service_monitor_that_could_not_scrape_through_client_keys_is_refused(helm: Helm) -> None:
+    message = helm.refusal("autoscaled", settings={"serviceMonitor.bearerTokenSecret": {"name": "", "key": ""}})
+    assert "every scrape would get 401" in message
+    # Without client keys /metrics is open, so no token is needed.
+    helm.template(settings={"serviceMonitor.enabled": True})
+
+
+@pytest.mark.parametrize("name", ["Careful", "../etc", "a b", "-x"])
+def test_a_preset_name_openfusion_would_not_load_is_refused(helm: Helm, name: str) -> None:
+    message = helm.refusal(settings={"presets": {name: 'analysis_models = ["a/b"]\nmodel = "a/b"\n'}})
+    assert "is not a valid preset name" in message
