@@ -11,10 +11,11 @@ from openfusion.access.config import GuardsConfig, Limits
 from openfusion.access.errors import ModelNotAllowed
 from openfusion.access.guards import check_guards
 from openfusion.access.keys import Client
-from openfusion.access.scope import PLUGIN_MODEL_FIELDS, check_scope, requested_models
+from openfusion.access.scope import check_scope
 from openfusion.errors import InvalidRequest
 from openfusion.pipeline import plan as plan_module
 from openfusion.pipeline.plan import FusionPlan, plan_fusion
+from openfusion.pipeline.reach import ModelUse, reach_of
 from openfusion.presets import load_presets, shipped_presets_dir
 from openfusion.protocol import ChatRequest
 from openfusion.settings import ProviderConfig, Settings
@@ -42,6 +43,15 @@ def client(*models: str) -> Client:
     return Client(name="team-a", limits=Limits(), models=models)
 
 
+def requested_models(chat: ChatRequest, plan: FusionPlan | None) -> list[tuple[str, str]]:
+    """What the scope checks of a planned request."""
+    return reach_of(chat, plan).chosen()
+
+
+def guard(guards: GuardsConfig, chat: ChatRequest, plan: FusionPlan | None) -> None:
+    check_guards(guards, chat=chat, plan=plan, reach=reach_of(chat, plan))
+
+
 def test_a_pass_through_request_names_its_model(resolve: Any) -> None:
     assert requested_models(*resolve(model="openai/gpt-5")) == [("model", "openai/gpt-5")]
 
@@ -62,9 +72,22 @@ def test_the_plugin_names_its_preset_and_models(resolve: Any) -> None:
     ]
 
 
-def test_every_model_naming_plugin_field_is_in_scope() -> None:
-    # The planner's list of plugin fields that name models (its recursion guard): scope must check each.
-    assert set(plan_module._MODEL_FIELDS) <= set(PLUGIN_MODEL_FIELDS)
+@pytest.mark.parametrize("where", ["plugin", "tool"])
+def test_every_model_naming_plugin_field_is_in_scope(resolve: Any, where: str) -> None:
+    # Each field the planner reads a model from (its recursion guard's list), set by the client, is checked.
+    values = {"analysis_models": ["x/p1", "x/p2"], "model": "x/j", "synthesis_model": "x/s",
+              "judge_fallbacks": ["x/jf"], "synthesis_fallbacks": ["x/sf"]}  # fmt: skip
+    assert set(values) == set(plan_module._MODEL_FIELDS)
+    if where == "plugin":
+        chat, plan = resolve(model="fusion/trio", plugins=[{"id": "fusion", **values}])
+        prefix, expected = "plugins[0]", set(values)
+    else:
+        chat, plan = resolve(model="x/outer", tools=[{"type": "openrouter:fusion", "parameters": values}])
+        # Tool mode: the caller's model answers; a synthesizer and its fallbacks are never called.
+        prefix, expected = "tools[0].parameters", set(values) - {"synthesis_model", "synthesis_fallbacks"}
+    named = requested_models(chat, plan)
+    fields = {param.removeprefix(f"{prefix}.").split("[")[0] for param, _ in named if param.startswith(prefix)}
+    assert fields == expected
 
 
 def test_fallback_lists_are_named(resolve: Any) -> None:
@@ -82,7 +105,7 @@ def test_fallback_lists_are_named(resolve: Any) -> None:
 
 def test_the_plugin_on_a_plain_model_needs_that_model_and_the_preset(resolve: Any) -> None:
     named = requested_models(*resolve(model="openai/gpt-5", plugins=[{"id": "fusion", "model": "x/judge"}]))
-    assert named == [("model", "fusion/trio"), ("model", "openai/gpt-5"), ("plugins[0].model", "x/judge")]
+    assert named == [("model", "fusion/trio"), ("plugins[0].model", "x/judge"), ("model", "openai/gpt-5")]
 
 
 def test_scope_refuses_the_first_model_outside_it_with_403(resolve: Any) -> None:
@@ -105,7 +128,7 @@ def test_scope_patterns_are_case_sensitive_fnmatch() -> None:
 
 def test_unset_guards_allow_everything(resolve: Any) -> None:
     chat, plan = resolve(model="fusion/trio", max_tokens=10**6, messages=[{"role": "user", "content": "x"}] * 500)
-    check_guards(GuardsConfig(), chat=chat, plan=plan)
+    guard(GuardsConfig(), chat, plan)
 
 
 @pytest.mark.parametrize(
@@ -126,23 +149,98 @@ def test_guards_refuse_with_400_naming_the_field(resolve: Any, body: dict[str, A
     chat, plan = resolve(**{"model": "fusion/duo", **body})
     guards = GuardsConfig(max_messages=3, max_tokens=100, max_panel_size=2)
     with pytest.raises(InvalidRequest) as caught:
-        check_guards(guards, chat=chat, plan=plan)
+        guard(guards, chat, plan)
     assert caught.value.status_code == 400 and caught.value.param == param
 
 
 def test_guards_at_their_limits_pass(resolve: Any) -> None:
     chat, plan = resolve(model="fusion/duo", max_tokens=100, messages=[{"role": "user", "content": "x"}] * 3)
-    check_guards(GuardsConfig(max_messages=3, max_tokens=100, max_panel_size=2), chat=chat, plan=plan)
+    guard(GuardsConfig(max_messages=3, max_tokens=100, max_panel_size=2), chat, plan)
 
 
 def test_pass_through_requests_are_guarded_too(resolve: Any) -> None:
     chat, plan = resolve(model="openai/gpt-5", max_tokens=500)
     assert plan is None
     with pytest.raises(InvalidRequest, match="max_tokens"):
-        check_guards(GuardsConfig(max_tokens=100), chat=chat, plan=plan)
+        guard(GuardsConfig(max_tokens=100), chat, plan)
 
 
 @pytest.mark.parametrize("size", [0, 9])
 def test_the_panel_guard_stays_within_1_to_8(size: int) -> None:
     with pytest.raises(ValueError):
         GuardsConfig(max_panel_size=size)
+
+
+TOOL = {"type": "openrouter:fusion", "parameters": {"analysis_models": ["x/p1", "x/p2"], "model": "x/judge"}}
+
+
+def test_tool_mode_names_its_preset_panel_judge_and_the_outer_model(resolve: Any) -> None:
+    chat, plan = resolve(model="x/outer", tools=[{"type": "function", "function": {"name": "f"}}, TOOL])
+    assert requested_models(chat, plan) == [
+        ("model", "fusion/trio"),
+        ("tools[1].parameters.analysis_models[0]", "x/p1"),
+        ("tools[1].parameters.analysis_models[1]", "x/p2"),
+        ("tools[1].parameters.model", "x/judge"),
+        ("model", "x/outer"),
+    ]
+    preset = {"type": "fusion", "parameters": {"preset": "duo"}}
+    chat, plan = resolve(model="x/outer", tools=[preset])
+    # The preset's panel is the operator's choice; the caller's model judges and answers.
+    assert requested_models(chat, plan) == [("tools[0].parameters.preset", "fusion/duo"), ("model", "x/outer")]
+    assert [(u.slug, u.role, u.chosen) for u in reach_of(chat, plan).models] == [
+        ("fake/a", "panel", False),
+        ("fake/b", "panel", False),
+        ("x/outer", "judge", True),
+        ("x/outer", "outer", True),
+    ]
+
+
+def test_preset_models_are_listed_as_the_presets_not_the_clients(resolve: Any) -> None:
+    chat, plan = resolve(model="fusion/trio", plugins=[{"id": "fusion", "judge_fallbacks": ["x/j2"]}])
+    assert reach_of(chat, plan).models == (
+        ModelUse("fake/a", "panel", "model", False),
+        ModelUse("fake/b", "panel", "model", False),
+        ModelUse("fake/c", "panel", "model", False),
+        ModelUse("fake/judge", "judge", "model", False),
+        ModelUse("x/j2", "judge", "plugins[0].judge_fallbacks[0]", True),
+        ModelUse("fake/synth", "synthesizer", "model", False),
+    )
+    # A client-chosen judge also writes the answer when the preset names no synthesizer.
+    chat, plan = resolve(model="fusion/duo", plugins=[{"id": "fusion", "model": "x/j"}])
+    assert [u for u in reach_of(chat, plan).models if u.role == "synthesizer"] == [
+        ModelUse("x/j", "synthesizer", "plugins[0].model", True)
+    ]
+    # With the panel off, neither panel nor judge is called: only the synthesizer.
+    chat, plan = resolve(model="fusion/trio", plugins=[{"id": "fusion", "enabled": False, "model": "x/j"}])
+    assert [u.role for u in reach_of(chat, plan).models] == ["synthesizer"]
+
+
+@pytest.mark.parametrize(
+    ("parameters", "param"),
+    [
+        ({"max_completion_tokens": 1_000_000}, "tools[0].parameters.max_completion_tokens"),
+        ({"reasoning": {"max_tokens": 101}}, "tools[0].parameters.reasoning.max_tokens"),
+        ({"analysis_models": ["x/1", "x/2", "x/3"]}, "tools[0].parameters.analysis_models"),
+        ({"preset": "trio"}, "model"),
+    ],
+)
+def test_guards_hold_in_tool_mode(resolve: Any, parameters: dict[str, Any], param: str) -> None:
+    chat, plan = resolve(model="x/outer", tools=[{"type": "openrouter:fusion", "parameters": parameters}])
+    with pytest.raises(InvalidRequest) as caught:
+        guard(GuardsConfig(max_tokens=100, max_panel_size=2), chat, plan)
+    assert caught.value.param == param
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "x/m", "reasoning": {"max_tokens": 101}}, "reasoning.max_tokens"),
+        ({"model": "fusion/duo", "plugins": [{"id": "fusion", "reasoning": {"max_tokens": 101}}]},
+         "plugins[0].reasoning.max_tokens"),
+    ],
+)  # fmt: skip
+def test_reasoning_token_limits_are_guarded(resolve: Any, body: dict[str, Any], param: str) -> None:
+    chat, plan = resolve(**body)
+    with pytest.raises(InvalidRequest) as caught:
+        guard(GuardsConfig(max_tokens=100), chat, plan)
+    assert caught.value.param == param

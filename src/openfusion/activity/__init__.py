@@ -1,7 +1,7 @@
 """Activity: every request's generation and upstream calls, recorded off the hot path, with their cost."""
 
 from openfusion.activity.config import ActivitySettings
-from openfusion.activity.cost import ModelPrice, PriceTable, prices_from_listing, total_cost, worst_case_cost
+from openfusion.activity.cost import ModelPrice, PriceTable, prices_from_listing, total_cost
 from openfusion.activity.records import (
     ActivityEntry,
     ActivityPage,
@@ -33,5 +33,4 @@ __all__ = [
     "prices_from_listing",
     "total_cost",
     "utc_now",
-    "worst_case_cost",
 ]

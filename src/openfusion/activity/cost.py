@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from openfusion.protocol import Usage
 
 log = logging.getLogger("openfusion.activity")
-
-# How many times the judge may be called: once, plus one repair call when its JSON is invalid.
-JUDGE_CALLS = 2
 
 
 class ModelPrice(BaseModel):
@@ -24,6 +21,8 @@ class ModelPrice(BaseModel):
 
     prompt: float = Field(ge=0)
     completion: float = Field(ge=0)
+    # The most tokens one call can produce (the context window at worst): bounds a call sent without max_tokens.
+    max_completion_tokens: int | None = Field(default=None, ge=1)
 
     def cost(self, *, prompt_tokens: int, completion_tokens: int) -> float:
         """The price of this many tokens."""
@@ -96,11 +95,22 @@ def prices_from_listing(payload: Any) -> dict[str, ModelPrice]:
         completion = _price(entry["pricing"].get("completion"))
         if prompt is None or completion is None:
             continue
-        price = ModelPrice(prompt=prompt, completion=completion)
+        price = ModelPrice(prompt=prompt, completion=completion, max_completion_tokens=_output_limit(entry))
         for name in (entry.get("id"), entry.get("canonical_slug")):
             if isinstance(name, str) and name:
                 prices[name] = price
     return prices
+
+
+def _output_limit(entry: dict[str, Any]) -> int | None:
+    """The most a call can produce: the context window (a provider's own output cap may be lower, never higher)."""
+    top = entry.get("top_provider") if isinstance(entry.get("top_provider"), dict) else {}
+    windows = [value for value in (entry.get("context_length"), top.get("context_length")) if _is_count(value)]
+    return max(windows) if windows else None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _price(value: Any) -> float | None:
@@ -111,49 +121,3 @@ def _price(value: Any) -> float | None:
     except ValueError:
         return None
     return number if math.isfinite(number) and number >= 0 else None
-
-
-class PlanShape(Protocol):
-    """What a cost estimate needs of a fusion plan (pipeline.plan.FusionPlan fits)."""
-
-    @property
-    def panel(self) -> Sequence[str]: ...
-    @property
-    def judge(self) -> str: ...
-    @property
-    def synthesizer(self) -> str: ...
-    @property
-    def max_tool_calls(self) -> int: ...
-    @property
-    def max_completion_tokens(self) -> int: ...
-
-
-def worst_case_cost(
-    plan: PlanShape, table: PriceTable, *, prompt_tokens: int, synthesizer_max_tokens: int | None = None
-) -> float | None:
-    """The most a fusion run can cost before it starts, or None when any model's price is unknown.
-
-    Each panelist makes up to max_tool_calls + 1 calls of at most max_completion_tokens each; the
-    judge reads every answer (and may be called twice: one repair); the synthesizer reads the
-    answers and the analysis. Prompts count the conversation (`prompt_tokens`) plus what each stage
-    reads; tool results fed back to a panelist are not knowable up front and are not counted.
-    """
-    out = plan.max_completion_tokens
-    answers = len(plan.panel) * out
-    parts: list[tuple[str, int, int]] = []  # (model, prompt tokens, completion tokens)
-    for model in plan.panel:
-        calls = plan.max_tool_calls + 1
-        parts.append((model, calls * prompt_tokens, calls * out))
-    if plan.panel:
-        parts.append((plan.judge, JUDGE_CALLS * (prompt_tokens + answers), JUDGE_CALLS * out))
-        synth_prompt = prompt_tokens + answers + out
-    else:
-        synth_prompt = prompt_tokens  # panel off: the synthesizer answers the conversation alone
-    parts.append((plan.synthesizer, synth_prompt, synthesizer_max_tokens or out))
-    total = 0.0
-    for model, prompt, completion in parts:
-        price = table.price_of(model)
-        if price is None:
-            return None
-        total += price.cost(prompt_tokens=prompt, completion_tokens=completion)
-    return total

@@ -24,6 +24,7 @@ from openfusion.access.spend import SpendSource
 from openfusion.api.handlers import error_response
 from openfusion.errors import OpenFusionError
 from openfusion.pipeline.plan import FusionPlan
+from openfusion.pipeline.reach import Reach
 from openfusion.protocol import ChatRequest
 
 # Probes of orchestrators and load balancers: never behind a key, never counted.
@@ -82,7 +83,7 @@ class AccessMiddleware:
             await grant.release()
 
 
-async def admit(request: Request, *, chat: ChatRequest, plan: FusionPlan | None) -> None:
+async def admit(request: Request, *, chat: ChatRequest, plan: FusionPlan | None, reach: Reach) -> None:
     """Check a chat request against its key's scope, the guards and the spend cap; hold a fusion slot.
 
     Raises ModelNotAllowed (403), InvalidRequest (400) or LimitExceeded (429). The slot is given
@@ -91,8 +92,8 @@ async def admit(request: Request, *, chat: ChatRequest, plan: FusionPlan | None)
     grant: Grant | None = request.scope.get("state", {}).get(_GRANT)
     if grant is None:
         raise RuntimeError("admit() needs AccessMiddleware: call install_access(app, ...)")
-    check_scope(grant.client, requested_models(chat, plan))
-    check_guards(grant.access.guards, chat=chat, plan=plan)
+    check_scope(grant.client, requested_models(reach))
+    check_guards(grant.access.guards, chat=chat, plan=plan, reach=reach)
     if grant.client.limits.daily_spend_usd is not None:
         await grant.access.check_spend(grant.client, spend_source(request.app))
     if plan is not None:

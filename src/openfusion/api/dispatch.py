@@ -18,9 +18,10 @@ from openfusion.api.access import admit, client_key_name
 from openfusion.api.deps import AppState
 from openfusion.api.ledger import Ledger
 from openfusion.errors import OpenFusionError
-from openfusion.pipeline.budget import priced
+from openfusion.pipeline.budget import WorstCase, priced
 from openfusion.pipeline.events import Event
 from openfusion.pipeline.plan import FusionPlan, plan_fusion
+from openfusion.pipeline.reach import reach_of
 from openfusion.pipeline.run import run_fusion
 from openfusion.pipeline.tool_mode import run_tool_mode
 from openfusion.protocol import ChatRequest
@@ -61,9 +62,10 @@ async def open_exchange(request: Request, chat: ChatRequest) -> Exchange:
     plan = plan_fusion(
         chat, presets=state.presets, default_preset=state.settings.default_preset, registry=state.registry
     )
-    await admit(request, chat=chat, plan=plan)  # 403 scope, 400 guards, 429 spend/concurrency
+    reach = reach_of(chat, plan)  # every model it can call: for the scope, the guards and the estimate
+    await admit(request, chat=chat, plan=plan, reach=reach)  # 403 scope, 400 guards, 429 spend/concurrency
     if plan is not None:
-        plan = priced(plan, chat, state.prices)  # 402 before anything is spent when over max_cost
+        plan = priced(plan, WorstCase(chat, plan, reach, prices=state.prices))  # 402 when over max_cost
     ledger = Ledger(
         state,
         requested_model=chat.model,

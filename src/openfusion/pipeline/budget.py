@@ -1,47 +1,177 @@
-"""Before a fusion run spends anything: its worst-case cost, and the `max_cost` check."""
+"""Before a request spends anything: its worst-case cost, the `max_cost` check, and a bound a spend cap can hold.
+
+The estimate covers every model the request can call (`pipeline.reach`): a pass-through's model
+or the costliest of its `models` fallbacks (only one of them answers; one that fails is refused
+with an error, which providers do not bill), and in fusion the panel with its research rounds,
+every judge (each with one repair call), every synthesizer, and in tool mode the caller's own
+model, called up to MAX_OUTER_CALLS times.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
-from openfusion.activity.cost import PriceTable, worst_case_cost
+from openfusion.activity.cost import PriceTable
 from openfusion.errors import CostLimitExceeded
 from openfusion.pipeline.plan import FusionPlan
+from openfusion.pipeline.reach import ModelUse, Reach
+from openfusion.pipeline.tool_mode import MAX_OUTER_CALLS
 from openfusion.protocol import ChatRequest
 
 # Tokens per character of JSON, rounded up: English prose runs about 1 token per 4 characters, so
 # 1 per 3 over-counts, which is the right side to err on for a worst case.
 _CHARS_PER_TOKEN = 3
+# How many times a judge may be called without research: once, plus one repair call when its JSON is invalid.
+JUDGE_CALLS = 2
 
 
 def prompt_tokens_upper_bound(request: ChatRequest) -> int:
-    """A generous estimate of the conversation's size in tokens."""
-    messages = [message.model_dump(exclude_unset=True) for message in request.messages]
-    return math.ceil(len(orjson.dumps(messages)) / _CHARS_PER_TOKEN)
+    """A generous estimate, in tokens, of what the request puts in a prompt: its messages and tools."""
+    parts: dict[str, Any] = {"messages": [message.model_dump(exclude_unset=True) for message in request.messages]}
+    if request.tools:
+        parts["tools"] = request.tools
+    return math.ceil(len(orjson.dumps(parts)) / _CHARS_PER_TOKEN)
 
 
-def priced(plan: FusionPlan, request: ChatRequest, prices: PriceTable) -> FusionPlan:
+@dataclass(frozen=True)
+class Estimate:
+    """A request's worst-case cost in USD, or (None) why it cannot be bounded."""
+
+    usd: float | None
+    unpriced: tuple[ModelUse, ...] = ()  # models with no known price
+    unbounded: tuple[ModelUse, ...] = ()  # models whose output nothing bounds (no max_tokens, no known limit)
+
+    def bounded(self, *, why: str, param: str | None = None, code: str = "cost_unbounded") -> float:
+        """The estimate; raises CostLimitExceeded (402) when there is none. `why` says what needs a bound."""
+        if self.usd is not None:
+            return self.usd
+        if self.unpriced:
+            names = ", ".join(sorted({use.slug for use in self.unpriced}))
+            reason = f"no price is known for {names}. Add them under [pricing.models] or set pricing.refresh_from."
+            param = param or self.unpriced[0].param
+        else:
+            names = ", ".join(sorted({use.slug for use in self.unbounded}))
+            reason = f"set max_tokens: nothing else limits the output of {names} (no context length is known)."
+            param = param or "max_tokens"
+        raise CostLimitExceeded(
+            f"{why}, but the worst-case cost of this request cannot be bounded: {reason}",
+            param=param,
+            code=code,
+        )
+
+
+class WorstCase:
+    """A request's worst-case cost, computed on first use (uncapped pass-through never pays for it)."""
+
+    def __init__(self, request: ChatRequest, plan: FusionPlan | None, reach: Reach, *, prices: PriceTable) -> None:
+        self.request, self.plan, self.reach, self.prices = request, plan, reach, prices
+
+    @functools.cached_property
+    def estimate(self) -> Estimate:
+        """The estimate (computed once)."""
+        prompt_tokens = prompt_tokens_upper_bound(self.request)
+        return worst_case(self.request, self.plan, self.reach, self.prices, prompt_tokens=prompt_tokens)
+
+
+# (model, prompt tokens, completion tokens or None when unbounded), summed over all its calls
+_Part = tuple[ModelUse, int, int | None]
+
+
+def worst_case(
+    request: ChatRequest, plan: FusionPlan | None, reach: Reach, prices: PriceTable, *, prompt_tokens: int
+) -> Estimate:
+    """The most this request can cost, from prices and the token limits in force.
+
+    `prompt_tokens` bounds the request itself. Tool results a model's research feeds back (fetched
+    pages, search results) are not knowable up front and are not counted.
+    """
+    if plan is None:
+        out = _output(request, prices)
+        n = request.n if isinstance(request.n, int) and request.n > 1 else 1
+        parts: list[_Part] = []
+        for use in reach.models:
+            limit = out(use)
+            parts.append((use, prompt_tokens, None if limit is None else n * limit))
+        return _priced(parts, prices, combine=max)
+    return _priced(_fusion_parts(request, plan, reach, prices, prompt_tokens), prices, combine=sum)
+
+
+def _output(request: ChatRequest, prices: PriceTable) -> Callable[[ModelUse], int | None]:
+    """A model's output limit for one call: the request's max tokens, else its known context length."""
+    asked = request.max_completion_tokens or request.max_tokens
+    if isinstance(asked, int) and asked > 0:
+        return lambda use: asked
+
+    def listed(use: ModelUse) -> int | None:
+        price = prices.price_of(use.slug)
+        return price.max_completion_tokens if price else None
+
+    return listed
+
+
+def _fusion_parts(
+    request: ChatRequest, plan: FusionPlan, reach: Reach, prices: PriceTable, prompt_tokens: int
+) -> list[_Part]:
+    out = plan.max_completion_tokens
+    outer = next((use for use in reach.models if use.role == "outer"), None)
+    outer_out = _output(request, prices)(outer) if outer else None
+    # In tool mode the panel's question is what the outer model wrote, beside the request's system messages.
+    question = prompt_tokens + (outer_out or 0)
+    answers = len(plan.panel) * out
+    research_calls = plan.max_tool_calls + 1 if plan.tools else 1
+    judge_calls = JUDGE_CALLS + (plan.max_tool_calls if plan.tools and plan.judge_tools else 0)
+    synth_out = request.max_completion_tokens or request.max_tokens or out
+    parts: list[_Part] = []
+    for use in reach.models:
+        if use.role == "panel":
+            parts.append((use, research_calls * question, research_calls * out))
+        elif use.role == "judge":
+            parts.append((use, judge_calls * (question + answers), judge_calls * out))
+        elif use.role == "synthesizer":
+            # It reads the answers and the analysis; with the panel off, the conversation alone.
+            parts.append((use, prompt_tokens + answers + out if plan.panel else prompt_tokens, synth_out))
+        elif use.role == "outer":
+            if outer_out is None:
+                parts.append((use, 0, None))
+                continue
+            # Each call reads the conversation, fusion's result (the answers and the analysis) and the
+            # calls it made before.
+            per_call = prompt_tokens + answers + out + (MAX_OUTER_CALLS - 1) * outer_out
+            parts.append((use, MAX_OUTER_CALLS * per_call, MAX_OUTER_CALLS * outer_out))
+    return parts
+
+
+def _priced(parts: list[_Part], prices: PriceTable, *, combine: Callable[[Iterable[float]], float]) -> Estimate:
+    unpriced = tuple(use for use, _, _ in parts if prices.price_of(use.slug) is None)
+    unbounded = tuple(use for use, _, completion in parts if completion is None)
+    if unpriced or unbounded or not parts:
+        return Estimate(None, unpriced, unbounded)
+    costs = []
+    for use, prompt, completion in parts:
+        price = prices.price_of(use.slug)
+        assert price is not None and completion is not None
+        costs.append(price.cost(prompt_tokens=prompt, completion_tokens=completion))
+    return Estimate(combine(costs))
+
+
+def priced(plan: FusionPlan, worst: WorstCase) -> FusionPlan:
     """The plan with its worst-case cost; raises CostLimitExceeded (402) when that is above `max_cost`."""
-    synthesizer_tokens = request.max_completion_tokens or request.max_tokens
-    estimate = worst_case_cost(
-        plan, prices, prompt_tokens=prompt_tokens_upper_bound(request), synthesizer_max_tokens=synthesizer_tokens
-    )
+    estimate = worst.estimate
     if plan.max_cost is not None:
-        if estimate is None:
-            unknown = sorted({m for m in [*plan.panel, plan.judge, plan.synthesizer] if prices.price_of(m) is None})
+        param = f"{plan.config_param}.max_cost"
+        bound = estimate.bounded(why="max_cost is set", param=param, code="max_cost_exceeded")
+        if bound > plan.max_cost:
             raise CostLimitExceeded(
-                f"max_cost is set but the worst-case cost cannot be bounded: no price is known for "
-                f"{', '.join(unknown)}. Add them under [pricing.models] or set pricing.refresh_from.",
-                param=f"{plan.config_param}.max_cost",
-            )
-        if estimate > plan.max_cost:
-            raise CostLimitExceeded(
-                f"The worst-case cost of this fusion request is ${estimate:.4f}, above max_cost "
+                f"The worst-case cost of this fusion request is ${bound:.4f}, above max_cost "
                 f"${plan.max_cost:.4f}: nothing was sent. Lower max_tool_calls or max_completion_tokens, "
                 "use a smaller panel, or raise max_cost.",
-                param=f"{plan.config_param}.max_cost",
+                param=param,
             )
-    return dataclasses.replace(plan, estimated_max_cost=estimate)
+    return dataclasses.replace(plan, estimated_max_cost=estimate.usd)

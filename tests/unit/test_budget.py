@@ -1,0 +1,175 @@
+"""The worst-case estimate: every model a request can call, priced by hand, and why it may be unbounded."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+
+from openfusion.activity import ModelPrice, PriceTable
+from openfusion.errors import CostLimitExceeded
+from openfusion.pipeline.budget import WorstCase, priced, prompt_tokens_upper_bound
+from openfusion.pipeline.plan import FusionPlan, plan_fusion
+from openfusion.pipeline.reach import reach_of
+from openfusion.pipeline.tool_mode import MAX_OUTER_CALLS
+from openfusion.presets import Preset
+from openfusion.protocol import ChatRequest
+from openfusion.settings import ProviderConfig, Settings
+from openfusion.upstream.providers import ProviderRegistry
+
+LAB = Preset(
+    name="lab",
+    analysis_models=["p/a", "p/b"],
+    model="p/judge",
+    synthesis_model="p/synth",
+    max_tool_calls=3,
+    max_completion_tokens=1000,
+    tools=["web_search"],
+)
+PLAIN = Preset(
+    name="plain",
+    analysis_models=["p/a"],
+    model="p/judge",
+    synthesis_model="p/synth",
+    max_completion_tokens=100,
+    tools=[],
+    judge_fallbacks=["p/j2"],
+)
+PRESETS = {"lab": LAB, "plain": PLAIN}
+ANY_MODEL = [ProviderConfig(name="t", base_url="http://127.0.0.1:1/v1", models=["*"])]
+REGISTRY = ProviderRegistry.from_settings(Settings(providers=ANY_MODEL, builtin_providers=False), {})
+PRICES = PriceTable(
+    {
+        "p/a": ModelPrice(prompt=1e-6, completion=2e-6),
+        "p/b": ModelPrice(prompt=3e-6, completion=5e-6),
+        "p/judge": ModelPrice(prompt=1e-5, completion=3e-5),
+        "p/j2": ModelPrice(prompt=1e-5, completion=1e-5),
+        "p/synth": ModelPrice(prompt=2e-6, completion=4e-6),
+        "p/outer": ModelPrice(prompt=1e-6, completion=1e-6, max_completion_tokens=5000),
+        "p/cheap": ModelPrice(prompt=1e-7, completion=1e-7),
+        "p/windowed": ModelPrice(prompt=1e-6, completion=1e-6, max_completion_tokens=8000),
+    }
+)
+QUESTION = "Why is the sky blue? " * 60
+P = prompt_tokens_upper_bound(ChatRequest(model="m", messages=[{"role": "user", "content": QUESTION}]))
+
+
+def estimate(**body: Any) -> float | None:
+    chat, plan = resolve(**body)
+    return worst(chat, plan).estimate.usd
+
+
+def worst(chat: ChatRequest, plan: FusionPlan | None) -> WorstCase:
+    return WorstCase(chat, plan, reach_of(chat, plan), prices=PRICES)
+
+
+def resolve(**body: Any) -> tuple[ChatRequest, FusionPlan | None]:
+    chat = ChatRequest.model_validate({"messages": [{"role": "user", "content": QUESTION}], **body})
+    return chat, plan_fusion(chat, presets=PRESETS, default_preset="lab", registry=REGISTRY)
+
+
+def test_the_prompt_bound_is_one_token_per_three_characters_of_messages_and_tools() -> None:
+    messages = [{"role": "user", "content": QUESTION}]
+    assert math.ceil(len(json.dumps({"messages": messages}, separators=(",", ":"))) / 3) == P
+    tool = {"type": "function", "function": {"name": "get_weather", "description": "x" * 300}}
+    with_tools = ChatRequest(model="m", messages=messages, tools=[tool])
+    assert prompt_tokens_upper_bound(with_tools) > P + 100
+
+
+def test_a_fusion_run_with_research_by_hand() -> None:
+    out, rounds = 1000, 3 + 1  # each panelist: max_tool_calls research rounds and its answer
+    judge_calls = 2 + 3  # research rounds, the analysis, and one repair
+    answers = 2 * out
+    expected = (
+        rounds * P * 1e-6 + rounds * out * 2e-6  # panelist a
+        + rounds * P * 3e-6 + rounds * out * 5e-6  # panelist b
+        + judge_calls * (P + answers) * 1e-5 + judge_calls * out * 3e-5  # the judge reads every answer
+        + (P + answers + out) * 2e-6 + out * 4e-6  # the synthesizer reads the answers and the analysis
+    )  # fmt: skip
+    assert estimate(model="fusion/lab") == pytest.approx(expected)
+    # The client's own max_tokens bounds the synthesizer, not the panel.
+    assert estimate(model="fusion/lab", max_tokens=10) == pytest.approx(expected - 990 * 4e-6)
+
+
+def test_without_research_each_panelist_answers_once_and_fallbacks_count() -> None:
+    out = 100
+    expected = (
+        P * 1e-6 + out * 2e-6  # one panelist, one call
+        + 2 * (P + out) * 1e-5 + 2 * out * 3e-5  # the judge and its repair call
+        + 2 * (P + out) * 1e-5 + 2 * out * 1e-5  # its fallback may be called just the same
+        + (P + out + out) * 2e-6 + out * 4e-6
+    )  # fmt: skip
+    assert estimate(model="fusion/plain") == pytest.approx(expected)
+    with_fallback = {"id": "fusion", "synthesis_fallbacks": ["p/cheap"]}
+    assert estimate(model="fusion/plain", plugins=[with_fallback]) == pytest.approx(
+        expected + (P + 2 * out) * 1e-7 + out * 1e-7
+    )
+
+
+def test_the_panel_off_is_the_synthesizer_alone() -> None:
+    plugin = {"id": "fusion", "enabled": False}
+    assert estimate(model="fusion/lab", plugins=[plugin]) == pytest.approx(P * 2e-6 + 1000 * 4e-6)
+
+
+def test_tool_mode_counts_every_outer_call() -> None:
+    tool = {"type": "openrouter:fusion", "parameters": {"preset": "plain", "model": "p/judge"}}
+    chat, _ = resolve(model="p/outer", tools=[tool])
+    tokens = prompt_tokens_upper_bound(chat)  # the fusion tool's definition is part of the request
+    out, outer_out = 100, 50
+    question = tokens + outer_out  # the panel's question is written by the outer model
+    per_outer_call = tokens + out + out + (MAX_OUTER_CALLS - 1) * outer_out
+    expected = (
+        question * 1e-6 + out * 2e-6
+        + 2 * (question + out) * 1e-5 + 2 * out * 3e-5
+        + 2 * (question + out) * 1e-5 + 2 * out * 1e-5
+        + MAX_OUTER_CALLS * (per_outer_call * 1e-6 + outer_out * 1e-6)
+    )  # fmt: skip
+    assert estimate(model="p/outer", tools=[tool], max_tokens=outer_out) == pytest.approx(expected)
+    # Without max_tokens the outer model's context window bounds each of its calls.
+    wide = estimate(model="p/outer", tools=[tool])
+    assert wide is not None and wide > expected
+
+
+def test_pass_through_is_the_costliest_candidate_times_n() -> None:
+    assert estimate(model="p/a", max_tokens=100) == pytest.approx(P * 1e-6 + 100 * 2e-6)
+    assert estimate(model="p/a", models=["p/b", "p/cheap"], max_tokens=100) == pytest.approx(P * 3e-6 + 100 * 5e-6)
+    assert estimate(model="p/a", max_completion_tokens=100, n=3) == pytest.approx(P * 1e-6 + 300 * 2e-6)
+    assert estimate(model="p/windowed") == pytest.approx(P * 1e-6 + 8000 * 1e-6)
+
+
+def test_an_unbounded_estimate_says_why_and_names_the_field() -> None:
+    chat, plan = resolve(model="p/a", models=["x/unpriced"], max_tokens=10)
+    worst = WorstCase(chat, plan, reach_of(chat, plan), prices=PRICES)
+    assert worst.estimate.usd is None
+    with pytest.raises(CostLimitExceeded) as caught:
+        worst.estimate.bounded(why="This key has a daily spend cap")
+    assert caught.value.status_code == 402 and caught.value.code == "cost_unbounded"
+    assert caught.value.param == "models[0]" and "x/unpriced" in caught.value.message
+
+    chat, plan = resolve(model="p/a")  # priced, but nothing limits its output
+    worst = WorstCase(chat, plan, reach_of(chat, plan), prices=PRICES)
+    with pytest.raises(CostLimitExceeded) as caught:
+        worst.estimate.bounded(why="This key has a daily spend cap")
+    assert caught.value.param == "max_tokens" and "p/a" in caught.value.message
+
+    tool = {"type": "openrouter:fusion", "parameters": {"analysis_models": ["p/a", "x/secret"]}}
+    chat, plan = resolve(model="p/outer", tools=[tool], max_tokens=10)
+    worst = WorstCase(chat, plan, reach_of(chat, plan), prices=PRICES)
+    with pytest.raises(CostLimitExceeded) as caught:
+        worst.estimate.bounded(why="This key has a daily spend cap")
+    assert caught.value.param == "tools[0].parameters.analysis_models[1]"
+
+
+def test_max_cost_uses_the_same_estimate() -> None:
+    chat, plan = resolve(model="fusion/plain", plugins=[{"id": "fusion", "max_cost": 0.001}])
+    assert plan is not None
+    worst = WorstCase(chat, plan, reach_of(chat, plan), prices=PRICES)
+    with pytest.raises(CostLimitExceeded) as caught:
+        priced(plan, worst)
+    assert caught.value.code == "max_cost_exceeded" and caught.value.param == "plugins[0].max_cost"
+    chat, plan = resolve(model="fusion/plain", plugins=[{"id": "fusion", "max_cost": 1.0}])
+    assert plan is not None
+    worst = WorstCase(chat, plan, reach_of(chat, plan), prices=PRICES)
+    assert math.isclose(priced(plan, worst).estimated_max_cost or 0, worst.estimate.usd or 1)
