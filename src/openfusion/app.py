@@ -92,7 +92,7 @@ def create_app(
             if settings.pricing.refresh_from:
                 refresh = asyncio.create_task(_refresh_prices(prices, upstream, settings.pricing.refresh_from))
                 resources.callback(refresh.cancel)
-            app.state.openfusion = AppState(
+            app.state.openfusion = state = AppState(
                 settings=settings,
                 registry=registry,
                 presets=presets,
@@ -102,6 +102,8 @@ def create_app(
                 prices=prices,
                 drain=drain,
             )
+            if writer is not None:
+                state.metrics.watch_activity(writer)
             yield
             # Requests the server cancelled at the last moment are still recording themselves: their
             # records go into the writer before it closes.

@@ -149,6 +149,21 @@ def test_a_clean_stop_loses_nothing(upstream: FakeUpstream, start_server: Any, a
     assert set(ids) <= {g["id"] for g in listed["data"]}
 
 
+def test_the_backlog_gauge_falls_back_to_zero_once_written(
+    upstream: FakeUpstream, start_server: Any, activity_path: Path
+) -> None:
+    with start_server(activity={"path": activity_path, "flush_interval_s": 0.05}) as url:
+        for model in ("fake/plain", "fusion/trio"):
+            response = httpx.post(f"{url}{CHAT}", json={"model": model, "messages": HI}, timeout=20)
+            generation(url, response.headers["x-generation-id"])
+
+        def drained() -> bool:
+            return "openfusion_activity_queued 0.0" in httpx.get(f"{url}/metrics").text
+
+        wait_until(drained, timeout=5)  # every record was read back: nothing is waiting any more
+        assert "openfusion_activity_dropped 0.0" in httpx.get(f"{url}/metrics").text
+
+
 def test_metrics_count_requests_stages_and_errors(
     upstream: FakeUpstream, start_server: Any, activity_path: Path
 ) -> None:

@@ -129,9 +129,6 @@ class Ledger:
             state.metrics.cost.inc(cost)
         if state.activity is not None:
             state.activity.record(self._generation_record(latency_ms, cost), calls)
-            stats = state.activity.stats
-            state.metrics.activity_dropped.set(stats.dropped)
-            state.metrics.activity_queued.set(stats.queued)
         log.info(
             "request finished",
             extra={

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from openfusion.activity import ActivityWriter
 from openfusion.upstream.trace import CallTrace
 
 # Seconds: from a fast local call to a long reasoning run.
@@ -55,6 +56,11 @@ class Metrics:
         self.activity_queued = Gauge(
             "openfusion_activity_queued", "Activity records waiting for the store (the writer's backlog).", registry=r
         )
+
+    def watch_activity(self, writer: ActivityWriter) -> None:
+        """Read the writer's counters when scraped: a value set per request would go stale once the backlog drains."""
+        self.activity_dropped.set_function(lambda: writer.stats.dropped)
+        self.activity_queued.set_function(lambda: writer.stats.queued)
 
     def observe_call(self, call: CallTrace) -> None:
         """Count one finished upstream call."""
