@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
 from fastapi import Request
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
+from openfusion.api.disconnect import ClientDisconnected
 from openfusion.errors import InvalidRequest, PayloadTooLarge, invalid_request_from
 from openfusion.protocol import NAME_ERROR, ChatRequest, unsafe_name_param
+
+log = logging.getLogger("openfusion.requests")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -19,11 +24,16 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise PayloadTooLarge(f"Request body too large: {declared} bytes (limit {limit}).")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"Request body too large: more than {limit} bytes.")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"Request body too large: more than {limit} bytes.")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # A client that gives up mid-upload is routine (a timeout, a closed tab), not a server fault.
+        log.info("client closed the connection while sending its body (%d bytes received)", size)
+        raise ClientDisconnected("The client closed the connection before its body was complete.") from None
     return b"".join(chunks)
 
 
