@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from openfusion.errors import ConfigError
 from openfusion.protocol import ModelSlug
-from openfusion.upstream.web.tools import normalize_tools
+from openfusion.upstream.web.tools import ToolSpecError, excluded_domains, normalize_tools
 
 Seconds = Annotated[float, Field(gt=0, le=3600)]
 Fallbacks = Annotated[list[ModelSlug], Field(max_length=4)]
@@ -62,6 +62,10 @@ class Preset(BaseModel):
         if self.min_successful > len(self.analysis_models):
             raise ValueError("min_successful cannot exceed the number of analysis_models")
         normalize_tools(self.tools)  # unknown tool names are a configuration error
+        try:
+            excluded_domains(self.tools)  # as are exclusions that would not be enforced
+        except ToolSpecError as exc:
+            raise ValueError(f"tools{exc.where}: {exc}") from None
         return self
 
     @property

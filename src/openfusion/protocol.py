@@ -38,10 +38,24 @@ PlainName = Annotated[str, AfterValidator(plain_name)]
 ModelSlug = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(plain_name)]
 
 
+class ToolCallFunction(WireModel):
+    name: str | None = None
+    arguments: str | None = None  # JSON text, as OpenAI sends it
+
+
+class ToolCall(WireModel):
+    """One tool call of an assistant message, as a client sends it back in the conversation."""
+
+    id: str | None = None
+    type: str | None = None
+    function: ToolCallFunction | None = None
+
+
 class Message(WireModel):
     role: Role
     content: str | list[Any] | None = None
     name: PlainName | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatRequest(WireModel):

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from fakes.upstream import FakeUpstream, wait_until
+from fakes.upstream import FakeUpstream, Script, wait_until
 
 CHAT = "/v1/chat/completions"
 HI = [{"role": "user", "content": "Hi"}]
@@ -66,3 +68,140 @@ def test_a_client_that_aborts_its_upload_is_one_info_line(
     assert record.levelno == logging.INFO and record.exc_info is None
     assert [r for r in server_logs.records if r.levelno >= logging.WARNING] == []
     assert upstream.calls == []
+
+
+def assert_400(response: httpx.Response, param: str) -> dict[str, Any]:
+    """An OpenAI-format 400 naming `param`."""
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+    assert error["param"] == param, error
+    assert "Traceback" not in error["message"] and "pydantic" not in error["message"].lower()
+    return dict(error)
+
+
+@pytest.mark.parametrize("value", [5, True, "example.com", ["example.com", 7], [""], {"a": 1}])
+@pytest.mark.parametrize("where", ["plugin", "server_tool"])
+def test_domain_exclusions_that_are_not_lists_of_names_are_400(
+    server: str, upstream: FakeUpstream, value: Any, where: str
+) -> None:
+    for key in ("excluded_domains", "blocked_domains"):
+        tools = [{"type": "web_search"}, {"type": "openrouter:web_fetch", "parameters": {key: value}}]
+        if where == "plugin":
+            body = {"model": "fusion/trio", "messages": HI, "plugins": [{"id": "fusion", "tools": tools}]}
+            param = f"plugins[0].tools[1].parameters.{key}"
+        else:
+            server_tool = {"type": "openrouter:fusion", "parameters": {"tools": tools}}
+            body = {"model": "fake/outer", "messages": HI, "tools": [server_tool]}
+            param = f"tools[0].parameters.tools[1].parameters.{key}"
+        for stream in (False, True):
+            assert_400(httpx.post(f"{server}{CHAT}", json={**body, "stream": stream}, timeout=20), param)
+    assert upstream.calls == []  # refused before anything was sent: an exclusion is enforced or refused
+
+
+def test_research_tool_parameters_must_be_an_object(server: str, upstream: FakeUpstream) -> None:
+    plugin = {"id": "fusion", "tools": [{"type": "web_fetch", "parameters": "excluded_domains=example.com"}]}
+    response = httpx.post(f"{server}{CHAT}", json={"model": "fusion/trio", "messages": HI, "plugins": [plugin]})
+    assert_400(response, "plugins[0].tools[0].parameters")
+
+
+@pytest.mark.parametrize(
+    ("tool_calls", "param"),
+    [
+        (5, "messages[1].tool_calls"),
+        ("call it", "messages[1].tool_calls"),
+        ({"id": "call_1"}, "messages[1].tool_calls"),
+        ([5], "messages[1].tool_calls[0]"),
+        ([None], "messages[1].tool_calls[0]"),
+        ([{"id": "call_1", "type": "function", "function": "lookup"}], "messages[1].tool_calls[0].function"),
+        ([{"id": 1, "type": "function", "function": {"name": "f"}}], "messages[1].tool_calls[0].id"),
+        ([{"function": {"name": ["f"], "arguments": "{}"}}], "messages[1].tool_calls[0].function.name"),
+        ([{"function": {"name": "f", "arguments": {"q": 1}}}], "messages[1].tool_calls[0].function.arguments"),
+    ],
+)
+def test_assistant_tool_calls_that_are_not_a_list_of_calls_are_400(
+    server: str, upstream: FakeUpstream, tool_calls: Any, param: str
+) -> None:
+    for model in ("fusion/trio", "fake/plain"):
+        for last in ("user", "tool"):  # a new question, or an agent loop's step
+            messages = [
+                {"role": "user", "content": "Look it up."},
+                {"role": "assistant", "content": None, "tool_calls": tool_calls},
+                {"role": last, "content": "found", **({"tool_call_id": "call_1"} if last == "tool" else {})},
+            ]
+            response = httpx.post(f"{server}{CHAT}", json={"model": model, "messages": messages}, timeout=20)
+            error = assert_400(response, param)
+            assert "ToolCall" not in error["message"]  # no class names of ours
+    assert upstream.calls == []
+
+
+def test_well_formed_tool_calls_still_pass(server: str, upstream: FakeUpstream) -> None:
+    messages = [
+        {"role": "user", "content": "Look it up."},
+        {"role": "assistant", "content": None,
+         "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "found"},
+        {"role": "user", "content": "And?"},
+    ]  # fmt: skip
+    for model in ("fusion/trio", "fake/plain"):
+        response = httpx.post(f"{server}{CHAT}", json={"model": model, "messages": messages}, timeout=20)
+        assert response.status_code == 200, response.text
+    assert upstream.calls_for("plain")[0].body["messages"] == messages  # pass-through forwards them untouched
+
+
+def _nested(depth: int) -> Any:
+    """`depth` levels of arrays and objects, alternating, around a string."""
+    value: Any = "bottom"
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+@pytest.mark.parametrize("model", ["fusion/trio", "fake/plain"])
+def test_deeply_nested_json_is_400(server: str, upstream: FakeUpstream, model: str) -> None:
+    head = b'{"model": "' + model.encode() + b'", "messages": [{"role": "user", "content": "Hi"}], "'
+    for depth in (129, 255, 256, 600, 1024, 1025, 5000):
+        for field in (b"response_format", b"metadata"):
+            # The body object is a level, so the field's value nests `depth` levels more: the body `depth + 1`.
+            raw = head + field + b'": ' + b"[" * depth + b"]" * depth + b"}"
+            response = httpx.post(
+                f"{server}{CHAT}", content=raw, headers={"content-type": "application/json"}, timeout=20
+            )
+            error = assert_400(response, "body")
+            assert "128 levels" in error["message"], (depth, field)
+    assert upstream.calls == []
+
+
+@pytest.mark.parametrize("model", ["fusion/trio", "fake/plain"])
+def test_nesting_up_to_the_limit_is_served(server: str, upstream: FakeUpstream, model: str) -> None:
+    body = {"model": model, "messages": HI, "metadata": _nested(127)}  # 128 levels with the body itself
+    response = httpx.post(f"{server}{CHAT}", json=body, timeout=20)
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    "tool_call",
+    [
+        {"id": "call_1", "function": {"name": 5, "arguments": "{}"}},
+        {"id": 7, "function": {"name": "lookup", "arguments": "{}"}},
+    ],
+)
+def test_a_synthesizer_tool_call_of_the_wrong_shape_is_upstream_invalid_response(
+    server: str, upstream: FakeUpstream, tool_call: dict[str, Any]
+) -> None:
+    upstream.script("synth", Script(tool_calls=[tool_call]))
+    body = {"model": "fusion/trio", "messages": HI}
+
+    response = httpx.post(f"{server}{CHAT}", json=body, timeout=20)
+    assert response.status_code == 502, response.text
+    error = response.json()["error"]
+    assert error["code"] == "upstream_invalid_response" and error["metadata"]["model"] == "fake/synth"
+
+    with httpx.stream("POST", f"{server}{CHAT}", json={**body, "stream": True}, timeout=20) as streamed:
+        assert streamed.status_code == 200
+        events = [line.removeprefix("data: ") for line in streamed.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    last = json.loads(events[-2])
+    assert last["error"]["code"] == "upstream_invalid_response"
+    assert last["choices"][0]["finish_reason"] == "error"
+    assert len(upstream.calls_for("synth")) == 2  # the call was made and its answer refused, once per request

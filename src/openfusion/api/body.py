@@ -16,6 +16,10 @@ from openfusion.protocol import NAME_ERROR, ChatRequest, unsafe_name_param
 
 log = logging.getLogger("openfusion.requests")
 
+# Deeper than any real request (a JSON schema in `tools` or `response_format` nests a few dozen levels);
+# recursive code further on (orjson's encoder stops at 255) must never meet what this refuses.
+MAX_JSON_DEPTH = 128
+
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refused with 413 as soon as it passes `limit` bytes."""
@@ -44,9 +48,14 @@ def parse_chat_request(raw: bytes) -> tuple[ChatRequest, dict[str, Any]]:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if exc.msg == "depth limit exceeded":  # orjson's own limit (1,024), far above ours
+            raise _too_deep() from None
         raise InvalidRequest(f"The request body is not valid JSON: {exc.msg}.", param="body") from None
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.", param="body")
+    # Nesting needs a bracket per level: a body with few brackets needs no walk (the hot path's case).
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _deeper_than(data, MAX_JSON_DEPTH):
+        raise _too_deep()
     models = data.get("models")
     if "model" not in data and isinstance(models, list) and models and isinstance(models[0], str):
         data = {**data, "model": models[0]}  # OpenRouter allows `models` alone: the first is the primary
@@ -58,3 +67,22 @@ def parse_chat_request(raw: bytes) -> tuple[ChatRequest, dict[str, Any]]:
     if param is not None:
         raise InvalidRequest(f"Invalid value for '{param}': {NAME_ERROR}.", param=param)
     return chat, data
+
+
+def _deeper_than(data: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than `limit` levels (walked without recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in value.values() if isinstance(value, dict) else value:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
+
+
+def _too_deep() -> InvalidRequest:
+    return InvalidRequest(
+        f"The request body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep.", param="body"
+    )

@@ -19,7 +19,7 @@ from openfusion.presets import (
 )
 from openfusion.protocol import ChatRequest, PlainName
 from openfusion.upstream.providers import ProviderRegistry
-from openfusion.upstream.web.tools import normalize_tools
+from openfusion.upstream.web.tools import ToolSpecError, excluded_domains, normalize_tools
 
 # The server tool's type, OpenRouter's spelling and ours.
 FUSION_TOOL_TYPES = ("openrouter:fusion", "fusion")
@@ -226,16 +226,10 @@ def plan_fusion(
 def _research_tools(spec: list[Any], prefix: str) -> dict[str, frozenset[str]]:
     """The research tools a preset or plugin lists, and the domains their parameters exclude."""
     try:
-        names = normalize_tools(spec)
+        names, blocked = normalize_tools(spec), excluded_domains(spec)
     except ValueError as exc:
-        param = f"{prefix}.tools"
+        param = f"{prefix}.tools" + (exc.where if isinstance(exc, ToolSpecError) else "")
         raise InvalidRequest(f"Invalid value for '{param}': {exc}.", param=param) from None
-    blocked: set[str] = set()
-    for item in spec:
-        parameters = item.get("parameters") if isinstance(item, dict) else None
-        if isinstance(parameters, dict):
-            for key in ("excluded_domains", "blocked_domains"):
-                blocked.update(d for d in parameters.get(key) or [] if isinstance(d, str) and d.strip())
     return {"tools": frozenset(names), "blocked_domains": frozenset(blocked)}
 
 

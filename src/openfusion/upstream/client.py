@@ -26,6 +26,7 @@ from openfusion.settings import HttpSettings, RetrySettings
 from openfusion.upstream.failures import diagnose
 from openfusion.upstream.providers import Provider, ProviderRegistry, Route
 from openfusion.upstream.retry import is_retryable, parse_retry_after, retrying
+from openfusion.upstream.shape import completion_problem
 from openfusion.upstream.sse_decode import sse_data
 from openfusion.upstream.trace import CallTrace, begin_call, end_call
 
@@ -108,6 +109,8 @@ class UpstreamClient:
             response = await self._send_retrying(route, payload, stream=False, call=call)
             data = _json(route, response.content)
             choice = _first_choice(route, data)
+            if problem := completion_problem(data, key="message"):
+                raise _protocol_error(route, problem)
             message = choice.get("message")
             if not isinstance(message, dict):
                 raise _protocol_error(route, "the response has no message")
@@ -306,9 +309,9 @@ async def _chunks(route: Route, response: httpx.Response, call: CallTrace) -> As
                     provider=route.provider.name,
                     upstream_status=code if isinstance(code, int) else None,
                 )
-            finished = finished or any(
-                isinstance(c, dict) and c.get("finish_reason") for c in chunk.get("choices") or []
-            )
+            if problem := completion_problem(chunk, key="delta"):
+                raise _protocol_error(route, problem)
+            finished = finished or any(c.get("finish_reason") for c in chunk.get("choices") or [])
             if call.first_token is None:
                 call.first_token = time.perf_counter()
             if isinstance(chunk.get("usage"), dict):

@@ -80,6 +80,37 @@ def normalize_tools(spec: str | Iterable[str | Mapping[str, Any]] | None) -> set
     return names
 
 
+class ToolSpecError(ValueError):
+    """A malformed research tool entry; `where` is its path inside the `tools` list, e.g. `[0].parameters`."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(message)
+        self.where = where
+
+
+def excluded_domains(spec: str | Iterable[str | Mapping[str, Any]] | None) -> set[str]:
+    """The domains a `tools` value's parameters exclude from research (`excluded_domains`, `blocked_domains`).
+
+    Each must be a list of domain names: anything else is refused, never ignored, so an exclusion is
+    enforced or the request fails.
+    """
+    domains: set[str] = set()
+    for index, item in enumerate([] if spec is None or isinstance(spec, str) else spec):
+        parameters = item.get("parameters") if isinstance(item, Mapping) else None
+        if parameters is None:
+            continue
+        if not isinstance(parameters, Mapping):
+            raise ToolSpecError(f"[{index}].parameters", "must be an object")
+        for key in ("excluded_domains", "blocked_domains"):
+            value = parameters.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, list) or not all(isinstance(d, str) and d.strip() for d in value):
+                raise ToolSpecError(f"[{index}].parameters.{key}", "must be a list of domain names")
+            domains.update(value)
+    return domains
+
+
 def tool_definitions(*, default_max_results: int = 5) -> dict[str, dict[str, Any]]:
     """The OpenAI function-tool definitions, by name."""
     # Plain JSON Schema only (no additionalProperties, minimum, format): some OpenAI-compatible

@@ -1,0 +1,61 @@
+"""The shape the pipeline relies on in an upstream answer: a field of the wrong type is a protocol error, not a crash.
+
+Only what openfusion itself reads is checked (choices, messages and deltas, tool calls, annotations,
+text parts, model, finish_reason); everything else is the client's business and passes as is.
+Missing fields and nulls are fine: providers leave out much of the format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def completion_problem(data: Mapping[str, Any], *, key: str) -> str | None:
+    """What is wrong with a completion (key="message") or a streamed chunk (key="delta"), or None."""
+    if not _optional(data.get("model"), str):
+        return "model is not a string"
+    choices = data.get("choices")
+    if not _optional(choices, list):
+        return "choices is not a list"
+    for choice in choices or []:
+        if not isinstance(choice, dict):
+            return "a choice is not an object"
+        if not _optional(choice.get("finish_reason"), str):
+            return "finish_reason is not a string"
+        message = choice.get(key)
+        if not _optional(message, dict):
+            return f"{key} is not an object"
+        problem = _message_problem(message or {})
+        if problem:
+            return f"{key}.{problem}"
+    return None
+
+
+def _message_problem(message: Mapping[str, Any]) -> str | None:
+    content = message.get("content")
+    if isinstance(content, list) and not all(_optional(p.get("text"), str) for p in content if isinstance(p, dict)):
+        return "content has a text part whose text is not a string"
+    if not _optional(message.get("annotations"), list):
+        return "annotations is not a list"
+    calls = message.get("tool_calls")
+    if not _optional(calls, list):
+        return "tool_calls is not a list"
+    for call in calls or []:
+        if not isinstance(call, dict):
+            return "tool_calls has an entry that is not an object"
+        index = call.get("index")
+        if index is not None and (not isinstance(index, int) or isinstance(index, bool)):
+            return "tool_calls[].index is not an integer"
+        if not (_optional(call.get("id"), str) and _optional(call.get("type"), str)):
+            return "tool_calls[] has an id or type that is not a string"
+        function = call.get("function")
+        if not _optional(function, dict):
+            return "tool_calls[].function is not an object"
+        if function and not (_optional(function.get("name"), str) and _optional(function.get("arguments"), str)):
+            return "tool_calls[].function has a name or arguments that are not strings"
+    return None
+
+
+def _optional(value: Any, kind: type) -> bool:
+    return value is None or isinstance(value, kind)
