@@ -16,6 +16,7 @@ from pydantic import SecretStr
 from openfusion import __version__
 from openfusion.access.config import AccessConfig
 from openfusion.access.control import build_access
+from openfusion.access.keys import plaintext_keys
 from openfusion.activity import ActivityWriter, PriceTable, open_store
 from openfusion.api import activity, chat, health, metrics, models
 from openfusion.api.access import install_access
@@ -23,6 +24,7 @@ from openfusion.api.deps import AppState
 from openfusion.api.handlers import install as install_error_handlers
 from openfusion.api.shutdown import Drain
 from openfusion.errors import ConfigError
+from openfusion.masking import SecretMasker
 from openfusion.presets import load_presets, shipped_presets_dir
 from openfusion.settings import Settings, load_settings
 from openfusion.upstream.client import UpstreamClient, build_http_client
@@ -32,17 +34,26 @@ from openfusion.upstream.web import WebResearch, build_fetch_client
 log = logging.getLogger("openfusion")
 
 
+def _search_key(settings: Settings, environ: Mapping[str, str]) -> str:
+    key_env = settings.research.search.key_env if settings.research.search else None
+    return environ.get(key_env, "").strip() if key_env else ""
+
+
 async def _web_research(
-    settings: Settings, environ: Mapping[str, str], http: httpx.AsyncClient, resources: contextlib.AsyncExitStack
+    settings: Settings,
+    environ: Mapping[str, str],
+    http: httpx.AsyncClient,
+    resources: contextlib.AsyncExitStack,
+    masker: SecretMasker,
 ) -> WebResearch | None:
     """The panel's web tools: search through the shared client, fetch through its own hardened client."""
     config = settings.research
     if config.search is None and not config.fetch.enabled:
         return None
-    key_env = config.search.key_env if config.search else None
-    key = environ.get(key_env, "").strip() if key_env else ""
+    key = _search_key(settings, environ)
     fetch_http = await resources.enter_async_context(build_fetch_client()) if config.fetch.enabled else None
-    return WebResearch.from_config(config, http=http, fetch_http=fetch_http, api_key=SecretStr(key) if key else None)
+    api_key = SecretStr(key) if key else None
+    return WebResearch.from_config(config, http=http, fetch_http=fetch_http, api_key=api_key, masker=masker)
 
 
 async def _refresh_prices(prices: PriceTable, upstream: UpstreamClient, provider: str) -> None:
@@ -73,13 +84,17 @@ def create_app(
     access_config = AccessConfig.model_validate(settings, from_attributes=True)
     access = build_access(access_config, environ)  # key variables are checked here, before anything listens
     drain = Drain()  # the server ends the shutdown grace period through it (app.state.drain)
+    # Every secret the server knows, masked in whatever an upstream sends back (it may echo a key).
+    masker = SecretMasker(
+        [*registry.secrets(), _search_key(settings, environ), *plaintext_keys(access_config, environ)]
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as resources:
             resources.push_async_callback(access.aclose)
             http = http_client or await resources.enter_async_context(build_http_client(settings.http))
-            upstream = UpstreamClient(http, registry, settings.retry)
+            upstream = UpstreamClient(http, registry, settings.retry, masker=masker)
             store = await open_store(settings.activity, environ) if settings.activity.enabled else None
             writer = None
             if store is not None:
@@ -97,7 +112,7 @@ def create_app(
                 registry=registry,
                 presets=presets,
                 upstream=upstream,
-                research=await _web_research(settings, environ, http, resources),
+                research=await _web_research(settings, environ, http, resources, masker),
                 activity=writer,
                 prices=prices,
                 drain=drain,

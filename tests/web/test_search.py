@@ -172,6 +172,22 @@ async def test_brave_maps_web_results(router: respx.MockRouter, http: httpx.Asyn
     assert result.snippet == "Deaths per TWh of electricity: nuclear 0.03, wind 0.04."
 
 
+async def test_a_search_api_echoing_its_key_in_results_is_masked(
+    router: respx.MockRouter, http: httpx.AsyncClient
+) -> None:
+    key = KEY.get_secret_value()
+    echo = {
+        "web": {
+            "results": [
+                {"title": f"Debug: token {key}", "url": f"https://example.org/?token={key}", "description": key[:-2]}
+            ]
+        }
+    }
+    router.get("https://api.search.brave.com/res/v1/web/search").respond(json=echo)
+    [result] = await backend(http, "brave").search("anything", max_results=3)
+    assert (result.title, result.url, result.snippet) == ("Debug: token ***", "https://example.org/?token=***", "***")
+
+
 async def test_brave_without_web_results_is_an_empty_list(router: respx.MockRouter, http: httpx.AsyncClient) -> None:
     router.get("https://api.search.brave.com/res/v1/web/search").respond(json={"type": "search", "query": {}})
     assert await backend(http, "brave").search("zzqx", max_results=5) == []

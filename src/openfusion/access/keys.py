@@ -94,6 +94,14 @@ def load_keys(config: AccessConfig, environ: Mapping[str, str]) -> KeyRing:
     return KeyRing(entries)
 
 
+def plaintext_keys(config: AccessConfig, environ: Mapping[str, str]) -> list[str]:
+    """The client keys whose value is known here (not those stored as a SHA-256), to be masked in upstream text."""
+    raw = config.api_keys.get_secret_value() if config.api_keys else ""
+    values = [value.strip() for value in raw.split(",")]
+    values += [environ.get(key.key_env, "").strip() for key in config.keys if key.key_env is not None]
+    return [value for value in values if value]
+
+
 def _check_unique(entries: list[tuple[bytes, Client]]) -> None:
     names: set[str] = set()
     owners: dict[bytes, str] = {}

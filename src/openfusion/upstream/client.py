@@ -21,6 +21,7 @@ from openfusion.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
+from openfusion.masking import SecretMasker
 from openfusion.protocol import Usage, parse_usage
 from openfusion.settings import HttpSettings, RetrySettings
 from openfusion.upstream.failures import diagnose
@@ -92,12 +93,25 @@ def build_http_client(settings: HttpSettings) -> httpx.AsyncClient:
 
 
 class UpstreamClient:
-    """Speaks the OpenAI chat-completions protocol to whichever provider serves a model slug."""
+    """Speaks the OpenAI chat-completions protocol to whichever provider serves a model slug.
 
-    def __init__(self, http: httpx.AsyncClient, registry: ProviderRegistry, retry: RetrySettings) -> None:
+    Everything an upstream sends is masked as it arrives (`masker`; by default the registry's
+    provider keys): error messages, relayed bodies and streams, answers. A provider that echoes a
+    key then cannot put it in a response, the `fusion` object, the activity store or a log.
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        registry: ProviderRegistry,
+        retry: RetrySettings,
+        *,
+        masker: SecretMasker | None = None,
+    ) -> None:
         self.http = http
         self.registry = registry
         self.retry = retry
+        self.masker = masker if masker is not None else SecretMasker(registry.secrets())
         self._endpoints: dict[str, _Endpoint] = {}
 
     async def complete(self, model: str, body: Mapping[str, Any]) -> Completion:
@@ -107,8 +121,8 @@ class UpstreamClient:
         call = begin_call(model, route.provider.name)
         try:
             response = await self._send_retrying(route, payload, stream=False, call=call)
-            data = _json(route, response.content)
-            choice = _first_choice(route, data)
+            data = _json(route, self.masker.bytes(response.content))
+            choice = _first_choice(route, data, self.masker)
             if problem := completion_problem(data, key="message"):
                 raise _protocol_error(route, problem)
             message = choice.get("message")
@@ -139,7 +153,7 @@ class UpstreamClient:
             _failed(call, exc)
             raise
         try:
-            yield _chunks(route, response, call)
+            yield _chunks(route, response, call, self.masker)
         except BaseException as exc:
             _failed(call, exc)
             raise
@@ -161,15 +175,17 @@ class UpstreamClient:
                 _failed(call, exc)
                 raise
             end_call(call, status="error", error=exc.message, upstream_status=exc.upstream_status)
-            body = _once(_masked(route, exc.body))
-            return Forwarded(exc.upstream_status, _relayable(exc.headers or {}), body, None, call)
+            headers = self._relayable(exc.headers or {})
+            return Forwarded(exc.upstream_status, headers, _once(exc.body), None, call)  # the body is masked
         except BaseException as exc:
             _failed(call, exc)
             raise
+        headers = self._relayable(response.headers)
         if not stream:
-            return Forwarded(response.status_code, _relayable(response.headers), _once(response.content), None, call)
-        body_iter = _guard(route, response.aiter_bytes())
-        return Forwarded(response.status_code, _relayable(response.headers), body_iter, response, call)
+            return Forwarded(response.status_code, headers, _once(self.masker.bytes(response.content)), None, call)
+        # Masked line by line: an SSE event is never held back longer than its own last byte takes to come.
+        body_iter = self.masker.lines(_guard(route, response.aiter_bytes()))
+        return Forwarded(response.status_code, headers, body_iter, response, call)
 
     async def list_models(self, provider_name: str) -> Any:
         """A provider's `GET /models` listing as parsed JSON (for prices); raises UpstreamError on failure."""
@@ -228,8 +244,13 @@ class UpstreamClient:
             finally:
                 await response.aclose()
             if response.status_code >= 400:
-                raise _status_error(route, response, response.content)
+                raise _status_error(route, response, self.masker)
         return response
+
+    def _relayable(self, headers: Mapping[str, str]) -> dict[str, str]:
+        return {
+            key.lower(): self.masker.text(value) for key, value in headers.items() if key.lower() in _RELAYED_HEADERS
+        }
 
     def _endpoint(self, provider: Provider) -> _Endpoint:
         endpoint = self._endpoints.get(provider.name)
@@ -288,7 +309,9 @@ def _payload(route: Route, body: Mapping[str, Any], *, stream: bool) -> dict[str
     return payload
 
 
-async def _chunks(route: Route, response: httpx.Response, call: CallTrace) -> AsyncIterator[dict[str, Any]]:
+async def _chunks(
+    route: Route, response: httpx.Response, call: CallTrace, masker: SecretMasker
+) -> AsyncIterator[dict[str, Any]]:
     finished = False
     if "text/event-stream" not in response.headers.get("content-type", ""):
         raise _protocol_error(route, "the streamed response is not an event stream")
@@ -299,12 +322,12 @@ async def _chunks(route: Route, response: httpx.Response, call: CallTrace) -> As
                 break
             if not data:
                 continue
-            chunk = _json(route, data)
+            chunk = _json(route, masker.bytes(data))
             if isinstance(chunk.get("error"), dict):  # a mid-stream error from the provider
                 error = chunk["error"]
                 code = error.get("code")
                 raise UpstreamStatusError(
-                    f"{route.slug} failed mid-stream: {error.get('message', 'unknown error')}",
+                    f"{route.slug} failed mid-stream: {_said(error.get('message', 'unknown error'), masker)}",
                     model=route.slug,
                     provider=route.provider.name,
                     upstream_status=code if isinstance(code, int) else None,
@@ -347,9 +370,9 @@ def _json(route: Route, raw: bytes) -> dict[str, Any]:
     return data
 
 
-def _first_choice(route: Route, data: dict[str, Any]) -> dict[str, Any]:
-    if isinstance(data.get("error"), dict):
-        message = data["error"].get("message", "unknown error")
+def _first_choice(route: Route, data: dict[str, Any], masker: SecretMasker) -> dict[str, Any]:
+    if isinstance(data.get("error"), dict):  # a 200 that carries an error object
+        message = _said(data["error"].get("message", "unknown error"), masker)
         raise UpstreamStatusError(f"{route.slug} failed: {message}", model=route.slug, provider=route.provider.name)
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
@@ -393,11 +416,10 @@ def _transport_error(route: Route, exc: httpx.HTTPError, *, during: str = "the r
     return error
 
 
-def _status_error(route: Route, response: httpx.Response, raw: bytes) -> UpstreamStatusError:
-    detail = _error_message(raw) or response.reason_phrase or "error"
-    key = route.provider.api_key
-    if key is not None:  # never echo a provider key back, whatever the upstream put in its message
-        detail = detail.replace(key.get_secret_value(), "***")
+def _status_error(route: Route, response: httpx.Response, masker: SecretMasker) -> UpstreamStatusError:
+    # Masked before anything is cut from it: a key cut through at 1,000 characters would leave its prefix.
+    raw = masker.bytes(response.content)
+    detail = _error_message(raw, masker) or masker.text(response.reason_phrase) or "error"
     error = UpstreamStatusError(
         f"{route.slug} ({route.provider.name}) returned HTTP {response.status_code}: {detail}",
         model=route.slug,
@@ -410,27 +432,22 @@ def _status_error(route: Route, response: httpx.Response, raw: bytes) -> Upstrea
     return error
 
 
-def _masked(route: Route, body: bytes) -> bytes:
-    """An upstream error body with the provider's key (should the provider echo it) replaced by ***."""
-    key = route.provider.api_key
-    return body.replace(key.get_secret_value().encode(), b"***") if key is not None else body
-
-
-def _relayable(headers: Mapping[str, str]) -> dict[str, str]:
-    return {key.lower(): value for key, value in headers.items() if key.lower() in _RELAYED_HEADERS}
-
-
-def _error_message(raw: bytes) -> str:
+def _error_message(raw: bytes, masker: SecretMasker) -> str:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return raw[:300].decode("utf-8", "replace").strip()
+        data = None
     if isinstance(data, dict):
         error = data.get("error")
         if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])[:1000]
+            return _said(error["message"], masker)
         if isinstance(error, str):
-            return error[:1000]
+            return _said(error, masker)
         if isinstance(data.get("message"), str):
-            return str(data["message"])[:1000]
-    return raw[:300].decode("utf-8", "replace").strip()
+            return _said(data["message"], masker)
+    return _said(raw[:4096].decode("utf-8", "replace"), masker, limit=300).strip()
+
+
+def _said(value: Any, masker: SecretMasker, *, limit: int = 1000) -> str:
+    """Text an upstream sent, masked and then cut to `limit` characters (cut first, a key would leave its prefix)."""
+    return masker.text(str(value))[:limit]

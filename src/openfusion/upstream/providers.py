@@ -92,6 +92,10 @@ class ProviderRegistry:
                     inactive.append(config)
         return cls(providers, inactive)
 
+    def secrets(self) -> list[str]:
+        """Every provider key, to be masked wherever an upstream might echo one."""
+        return [p.api_key.get_secret_value() for p in self.providers if p.api_key is not None]
+
     def resolve(self, slug: str) -> Route:
         """The route for a slug: the first provider whose patterns match it."""
         route = self._routes.get(slug)

@@ -12,6 +12,7 @@ import httpx
 import orjson
 from pydantic import BaseModel, SecretStr
 
+from openfusion.masking import SecretMasker
 from openfusion.upstream.web.config import SearchConfig
 from openfusion.upstream.web.errors import SearchError
 
@@ -53,12 +54,20 @@ class HttpSearchBackend:
     needs_key: ClassVar[bool] = True
 
     def __init__(
-        self, *, http: httpx.AsyncClient, base_url: str, api_key: SecretStr | None, timeout_s: float = 15.0
+        self,
+        *,
+        http: httpx.AsyncClient,
+        base_url: str,
+        api_key: SecretStr | None,
+        timeout_s: float = 15.0,
+        masker: SecretMasker | None = None,
     ) -> None:
         self.http = http
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.timeout_s = timeout_s
+        # Results reach models and, as sources, clients: an API echoing a key must not pass it on.
+        self.masker = masker if masker is not None else SecretMasker([self.key()])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"
@@ -99,7 +108,7 @@ class HttpSearchBackend:
             logger.info("search backend %s answered HTTP %s", self.name, response.status_code)
             raise SearchError(self.status_message(response.status_code))
         try:
-            return orjson.loads(response.content)
+            return orjson.loads(self.masker.bytes(response.content))
         except orjson.JSONDecodeError:
             raise SearchError(f"the {self.name} search backend returned a response that is not JSON.") from None
 
@@ -202,7 +211,7 @@ BACKENDS: dict[str, type[HttpSearchBackend]] = {
 
 
 def build_search_backend(
-    config: SearchConfig, *, http: httpx.AsyncClient, api_key: SecretStr | None
+    config: SearchConfig, *, http: httpx.AsyncClient, api_key: SecretStr | None, masker: SecretMasker | None = None
 ) -> HttpSearchBackend:
     """The backend a `[research.search]` table names; ValueError when its API key is missing."""
     backend = BACKENDS[config.backend]
@@ -211,7 +220,7 @@ def build_search_backend(
         raise ValueError(f"the {config.backend} search backend needs base_url")
     if backend.needs_key and (api_key is None or not api_key.get_secret_value()):
         raise ValueError(f"the {config.backend} search backend needs an API key (set {config.key_env})")
-    return backend(http=http, base_url=base_url, api_key=api_key, timeout_s=config.timeout_s)
+    return backend(http=http, base_url=base_url, api_key=api_key, timeout_s=config.timeout_s, masker=masker)
 
 
 def result(title: Any, url: Any, snippet: Any) -> SearchResult | None:

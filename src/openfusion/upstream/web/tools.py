@@ -10,6 +10,7 @@ import httpx
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from openfusion.masking import SecretMasker
 from openfusion.upstream.web.config import ResearchConfig
 from openfusion.upstream.web.errors import FetchError, SearchError
 from openfusion.upstream.web.fetch import FetchedPage, Fetcher
@@ -192,6 +193,7 @@ class WebResearch:
         fetch_http: httpx.AsyncClient | None = None,
         api_key: SecretStr | None = None,
         resolver: Resolver | None = None,
+        masker: SecretMasker | None = None,
     ) -> WebResearch:
         """Build from `[research]`: `http` serves the search API, `fetch_http` (see build_fetch_client) fetches."""
         search: SearchBackend | None = None
@@ -200,7 +202,7 @@ class WebResearch:
         if config.search is not None:
             max_results = config.search.max_results
             try:
-                search = build_search_backend(config.search, http=http, api_key=api_key)
+                search = build_search_backend(config.search, http=http, api_key=api_key, masker=masker)
             except ValueError as exc:
                 reason = str(exc)
         fetcher = None
