@@ -22,6 +22,7 @@ from openfusion.api import activity, chat, health, metrics, models
 from openfusion.api.access import install_access
 from openfusion.api.deps import AppState
 from openfusion.api.handlers import install as install_error_handlers
+from openfusion.api.responses import route as responses
 from openfusion.api.shutdown import Drain
 from openfusion.errors import ConfigError
 from openfusion.masking import SecretMasker
@@ -134,6 +135,6 @@ def create_app(
     app.state.drain = drain
     install_error_handlers(app)
     install_access(app, access, cors=access_config.cors)
-    for router in (chat.router, models.router, health.router, activity.router, metrics.router):
+    for router in (chat.router, responses.router, models.router, health.router, activity.router, metrics.router):
         app.include_router(router)
     return app

@@ -196,10 +196,16 @@ def invalid_request_from(exc: Any, *, prefix: str = "") -> InvalidRequest:
     return InvalidRequest(f"Invalid value for '{param}': {message}.", param=param)
 
 
+# The names pydantic puts in an error's location for the member of a union it tried.
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "literal"})
+
+
 def format_loc(loc: Any, *, prefix: str = "") -> str:
     """A pydantic location as a parameter path: ('plugins', 0, 'model') -> 'plugins[0].model'."""
     path = prefix
     for part in loc:
+        if isinstance(part, str) and (part in _UNION_TAGS or "[" in part):
+            continue  # which member of `str | list[...]` pydantic tried: not a parameter name
         if isinstance(part, int):
             path += f"[{part}]"
         else:

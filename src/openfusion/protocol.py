@@ -166,12 +166,18 @@ def parse_usage(raw: Any) -> Usage:
     prompt, completion = count("prompt_tokens"), count("completion_tokens")
     total = count("total_tokens") or prompt + completion
     cost = raw.get("cost")
+    # The token details (cached, reasoning) ride along for surfaces that report them; sums drop them.
+    details = {key: raw[key] for key in _DETAILS if isinstance(raw.get(key), dict)}
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=total,
         cost=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+        **details,
     )
+
+
+_DETAILS = ("prompt_tokens_details", "completion_tokens_details")
 
 
 def new_generation_id() -> str:

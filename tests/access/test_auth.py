@@ -56,7 +56,8 @@ def api_routes(app: FastAPI) -> list[tuple[str, str]]:
 
 
 def call(url: str, method: str, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
-    body = chat_body("fake/a") if method == "POST" else None
+    # One body every POST route takes: `messages` for Chat Completions, `input` for Responses.
+    body = {**chat_body("fake/a"), "input": "Hi"} if method == "POST" else None
     return httpx.request(method, url + path, json=body, headers=headers, timeout=10)
 
 

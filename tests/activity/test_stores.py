@@ -26,6 +26,12 @@ from openfusion.activity.postgres_store import PostgresStore
 from openfusion.activity.sqlite_store import SqliteStore
 from openfusion.errors import ConfigError
 
+# A generation as the first schema kept it (the columns of version 1 only).
+V1_ROW = (
+    "INSERT INTO generations (id, created_at, requested_model, status, latency_ms, streamed) "
+    "VALUES (%s, %s, %s, %s, %s, %s)"
+)
+V1_VALUES = ("gen-old", "2026-01-01T00:00:00.000000+00:00", "fusion", "ok", 12, False)
 EXPECTED_TABLES = {"schema_version", "generations", "calls"}
 
 
@@ -57,10 +63,10 @@ async def test_sqlite_creates_file_folder_and_schema(sqlite_path: Path) -> None:
 
 async def test_sqlite_upgrades_an_older_schema_and_keeps_its_data(sqlite_path: Path) -> None:
     old = await SqliteStore.open(sqlite_path, migrations=MIGRATIONS[:1])
-    await old.write([make_entry("gen-old")])
     assert await old.schema_version() == 1
     await old.close()
     with sqlite3.connect(sqlite_path) as conn:
+        conn.execute(V1_ROW.replace("%s", "?"), V1_VALUES)
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "generations_newest_first" not in indexes
 
@@ -69,6 +75,7 @@ async def test_sqlite_upgrades_an_older_schema_and_keeps_its_data(sqlite_path: P
         assert await store.schema_version() == latest_version()
         entry = await store.get("gen-old")
         assert entry is not None and entry.generation.id == "gen-old"
+        assert entry.generation.api_type == "completions"  # every request before version 4 was a chat one
     finally:
         await store.close()
     with sqlite3.connect(sqlite_path) as conn:
@@ -114,13 +121,15 @@ async def test_postgres_migrates_a_fresh_schema(postgres_url: str) -> None:
 
 async def test_postgres_upgrades_an_older_schema(postgres_url: str) -> None:
     old = await PostgresStore.open(postgres_url, migrations=MIGRATIONS[:1])
-    await old.write([make_entry("gen-old")])
     assert await old.schema_version() == 1
     await old.close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(V1_ROW, V1_VALUES)
     store = await PostgresStore.open(postgres_url)
     try:
         assert await store.schema_version() == latest_version()
-        assert await store.get("gen-old") is not None
+        entry = await store.get("gen-old")
+        assert entry is not None and entry.generation.api_type == "completions"
     finally:
         await store.close()
 

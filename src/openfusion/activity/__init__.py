@@ -5,6 +5,7 @@ from openfusion.activity.cost import ModelPrice, PriceTable, prices_from_listing
 from openfusion.activity.records import (
     ActivityEntry,
     ActivityPage,
+    ApiType,
     CallRecord,
     GenerationRecord,
     PanelText,
@@ -20,6 +21,7 @@ __all__ = [
     "ActivitySettings",
     "ActivityStore",
     "ActivityWriter",
+    "ApiType",
     "CallRecord",
     "GenerationRecord",
     "ModelPrice",

@@ -71,6 +71,8 @@ CREATE TABLE calls (
 
 
 _SPEND_INDEX = "CREATE INDEX generations_spend ON generations (key_name, created_at)"
+# Every generation before this step came through Chat Completions.
+_API_TYPE = "ALTER TABLE generations ADD COLUMN api_type TEXT NOT NULL DEFAULT 'completions'"
 _PAGINATION_INDEX = "CREATE INDEX generations_newest_first ON generations (created_at DESC, id DESC)"
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -97,6 +99,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         description="index for a key's spend today (daily spend caps)",
         sqlite=(_SPEND_INDEX,),
         postgres=(_SPEND_INDEX,),
+    ),
+    Migration(
+        version=4,
+        description="the API surface a generation came through (api_type)",
+        sqlite=(_API_TYPE,),
+        postgres=(_API_TYPE,),
     ),
 )
 

@@ -13,6 +13,8 @@ from openfusion.protocol import Usage
 GenerationStatus = Literal["ok", "error", "cancelled"]
 CallRole = Literal["panel", "judge", "synthesizer", "outer", "passthrough"]
 CallStatus = Literal["ok", "error", "cancelled"]
+# The API surface a request came through (OpenRouter's `api_type`).
+ApiType = Literal["completions", "responses", "messages"]
 
 Name = Annotated[str, Field(min_length=1, max_length=512)]
 
@@ -62,6 +64,7 @@ class GenerationRecord(_Record):
     cost: float | None = Field(default=None, ge=0)  # USD; None means unknown, never 0 or -1
     streamed: bool = False
     key_name: str | None = None  # the client key's configured name, never the key itself
+    api_type: ApiType = "completions"
     # Content, stored only with `store_content` on.
     panel_answers: list[PanelText] | None = None
     # The judge's analysis as JSON (Analysis.model_dump()): kept schemaless so old rows stay readable.

@@ -27,6 +27,7 @@ SUMMARY_COLUMNS = (
     "cost",
     "streamed",
     "key_name",
+    "api_type",
 )
 CONTENT_COLUMNS = ("panel_answers", "analysis", "final_answer")
 GENERATION_COLUMNS = SUMMARY_COLUMNS + CONTENT_COLUMNS
@@ -154,6 +155,7 @@ def _generation_values(record: GenerationRecord) -> tuple[Any, ...]:
         record.cost,
         record.streamed,
         record.key_name,
+        record.api_type,
         panel,
         _json_text(record.analysis) if record.analysis is not None else None,
         record.final_answer,
@@ -183,6 +185,7 @@ def generation_from_row(row: Sequence[Any]) -> GenerationRecord:
         cost=values["cost"],
         streamed=bool(values["streamed"]),
         key_name=values["key_name"],
+        api_type=values["api_type"],
         panel_answers=[PanelText(**p) for p in orjson.loads(panel)] if panel is not None else None,
         analysis=orjson.loads(analysis) if analysis is not None else None,
         final_answer=values.get("final_answer"),

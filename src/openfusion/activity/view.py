@@ -46,6 +46,7 @@ def summary_body(generation: GenerationRecord) -> dict[str, Any]:
         "streamed": generation.streamed,
         "cancelled": generation.status == "cancelled",
         "key_name": generation.key_name,
+        "api_type": generation.api_type,
     }
 
 

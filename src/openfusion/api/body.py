@@ -43,6 +43,22 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def parse_chat_request(raw: bytes) -> tuple[ChatRequest, dict[str, Any]]:
     """The validated request and the raw JSON object it came from (kept whole for pass-through)."""
+    data = load_json_object(raw)
+    models = data.get("models")
+    if "model" not in data and isinstance(models, list) and models and isinstance(models[0], str):
+        data = {**data, "model": models[0]}  # OpenRouter allows `models` alone: the first is the primary
+    try:
+        chat = ChatRequest.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_request_from(exc) from None
+    param = unsafe_name_param(data)
+    if param is not None:
+        raise InvalidRequest(f"Invalid value for '{param}': {NAME_ERROR}.", param=param)
+    return chat, data
+
+
+def load_json_object(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object (nested at most MAX_JSON_DEPTH deep), else a 400 saying what is wrong."""
     if not raw.strip():
         raise InvalidRequest("The request body is empty: send a JSON object.", param="body")
     try:
@@ -56,17 +72,7 @@ def parse_chat_request(raw: bytes) -> tuple[ChatRequest, dict[str, Any]]:
     # Nesting needs a bracket per level: a body with few brackets needs no walk (the hot path's case).
     if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _deeper_than(data, MAX_JSON_DEPTH):
         raise _too_deep()
-    models = data.get("models")
-    if "model" not in data and isinstance(models, list) and models and isinstance(models[0], str):
-        data = {**data, "model": models[0]}  # OpenRouter allows `models` alone: the first is the primary
-    try:
-        chat = ChatRequest.model_validate(data)
-    except ValidationError as exc:
-        raise invalid_request_from(exc) from None
-    param = unsafe_name_param(data)
-    if param is not None:
-        raise InvalidRequest(f"Invalid value for '{param}': {NAME_ERROR}.", param=param)
-    return chat, data
+    return data
 
 
 def _deeper_than(data: Any, limit: int) -> bool:

@@ -28,7 +28,7 @@ async def chat_completions(request: Request) -> Response:
             return await cancel_on_disconnect(request, work, drain=state.drain)
         return await _fusion(exchange)
 
-    return await serve(request, chat, render)
+    return await serve(request, chat, render, api_type="completions")
 
 
 # Plain Starlette routes: the handler reads and checks its own body, so FastAPI's per-request machinery

@@ -14,6 +14,7 @@ from fastapi import Request
 from starlette.background import BackgroundTask
 from starlette.responses import Response
 
+from openfusion.activity import ApiType
 from openfusion.api.access import admit, client_key_name
 from openfusion.api.deps import AppState
 from openfusion.api.ledger import Ledger
@@ -56,7 +57,7 @@ class Exchange:
 Renderer = Callable[[Exchange], Awaitable[Response]]
 
 
-async def open_exchange(request: Request, chat: ChatRequest) -> Exchange:
+async def open_exchange(request: Request, chat: ChatRequest, *, api_type: ApiType) -> Exchange:
     """Plan, admit (scope, guards, limits) and price a request, then open its ledger."""
     state: AppState = request.app.state.openfusion
     plan = plan_fusion(
@@ -73,13 +74,14 @@ async def open_exchange(request: Request, chat: ChatRequest) -> Exchange:
         preset=plan.preset if plan else None,
         key_name=client_key_name(request),
         route=_route(state, chat, plan),
+        api_type=api_type,
     )
     return Exchange(request, state, chat, plan, ledger)
 
 
-async def serve(request: Request, chat: ChatRequest, render: Renderer) -> Response:
+async def serve(request: Request, chat: ChatRequest, render: Renderer, *, api_type: ApiType) -> Response:
     """Admit the request, render its response, and close its ledger once the last byte is out."""
-    exchange = await open_exchange(request, chat)
+    exchange = await open_exchange(request, chat, api_type=api_type)
     ledger = exchange.ledger
     try:
         response = await render(exchange)

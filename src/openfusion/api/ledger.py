@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from openfusion.activity import CallRecord, GenerationRecord, PanelText, Tokens, total_cost, utc_now
+from openfusion.activity import ApiType, CallRecord, GenerationRecord, PanelText, Tokens, total_cost, utc_now
 from openfusion.api.deps import AppState
 from openfusion.api.disconnect import ClientDisconnected
 from openfusion.api.shutdown import shutting_down
@@ -36,6 +36,7 @@ class Ledger:
         preset: str | None = None,
         key_name: str | None = None,
         route: str = "passthrough",
+        api_type: ApiType = "completions",
     ) -> None:
         self.state = state
         self.generation_id = new_generation_id()
@@ -47,6 +48,7 @@ class Ledger:
         self.preset = preset
         self.key_name = key_name
         self.route = route  # the metrics label: bounded, unlike the model names clients may send
+        self.api_type = api_type  # the surface the request came through
         self.status = "ok"
         self.failure_reason: str | None = None
         self.finish_reason: str | None = None
@@ -75,12 +77,15 @@ class Ledger:
         now = time.perf_counter()
         return max(0.0, (now - self.trace.started - self.trace.upstream_seconds(now)) * 1000)
 
-    async def closing(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def closing(
+        self, body: AsyncIterator[bytes], *, render_error: Callable[[OpenFusionError], bytes] | None = None
+    ) -> AsyncIterator[bytes]:
         """Relay a streamed body; a failure (or the client leaving) is recorded and closes the ledger at once.
 
         A body that ends well leaves the closing to the response's background task, after the last byte.
         The end of the shutdown grace period stops the body where it waits and ends the stream with a
-        `server_shutting_down` error chunk and `[DONE]`.
+        `server_shutting_down` error chunk and `[DONE]` — or what `render_error` makes of the error, for
+        a surface whose streams end another way.
         """
         task = asyncio.current_task()  # the one relaying this body
         drain = self.state.drain
@@ -98,7 +103,8 @@ class Ledger:
             error = shutting_down()
             self.failed(error)
             try:  # a blank line first: the body may have stopped in the middle of an event
-                yield b"\n\n" + encode(self._error_chunk(error)) + DONE
+                end = render_error(error) if render_error else encode(self._error_chunk(error)) + DONE
+                yield b"\n\n" + end
             finally:
                 self.close()
         finally:
@@ -158,6 +164,7 @@ class Ledger:
             cost=cost,
             streamed=self.streamed,
             key_name=self.key_name,
+            api_type=self.api_type,
             panel_answers=[PanelText(model=m, content=c) for m, c in self.content.get("panel_answers", [])] or None,
             analysis=self.content.get("analysis"),
             final_answer=self.content.get("final_answer"),

@@ -39,7 +39,7 @@ async def forward_first_success(state: AppState, chat: ChatRequest, body: dict[s
 
 async def pass_through(state: AppState, chat: ChatRequest, data: dict[str, Any], ledger: Ledger) -> Response:
     """Send the request to the model's provider and relay its answer as it comes."""
-    body = _without_openfusion_fields(chat, data)
+    body = without_openfusion_fields(chat, data)
     forwarded = await forward_first_success(state, chat, body)
     if forwarded.status_code >= 400:
         ledger.status, ledger.failure_reason = "error", f"upstream_{forwarded.status_code}"
@@ -81,7 +81,7 @@ def _usage_of(content: bytes) -> Usage | None:
     return parse_usage(usage) if isinstance(usage, dict) else None
 
 
-def _without_openfusion_fields(chat: ChatRequest, data: dict[str, Any]) -> dict[str, Any]:
+def without_openfusion_fields(chat: ChatRequest, data: dict[str, Any]) -> dict[str, Any]:
     """The fusion plugin and the `models` fallback list are openfusion's own business: providers never see them."""
     body = {key: value for key, value in data.items() if key not in ("plugins", "models")}
     index = fusion_plugin_index(chat)

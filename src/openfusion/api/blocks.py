@@ -1,0 +1,131 @@
+"""Chat-completion chunks as output blocks: the translation every non-chat surface shares.
+
+Responses output items and Messages content blocks are both a sequence of blocks — reasoning, text,
+tool calls — each started, filled by deltas, then stopped. `BlockStream` turns the chat chunks the
+pipeline and the upstream client speak (streamed deltas, or a whole message as one delta) into that
+sequence, so a surface only maps block events to its own wire events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+BlockKind = Literal["reasoning", "text", "tool_call"]
+
+
+@dataclass
+class Block:
+    """One output block: its kind, the text (or tool arguments) so far, and a tool call's id and name."""
+
+    index: int
+    kind: BlockKind
+    text: str = ""
+    call_id: str = ""
+    name: str = ""
+    closed: bool = False
+    _parts: list[str] = field(default_factory=list, repr=False)
+
+    def add(self, piece: str) -> None:
+        self._parts.append(piece)
+        if len(self._parts) >= 64:  # long answers stay compact: a str per token costs ~50 bytes
+            self._parts = ["".join(self._parts)]
+
+    def value(self) -> str:
+        """The block's whole text (tool calls: the arguments)."""
+        return self.text + "".join(self._parts)
+
+
+@dataclass
+class BlockStarted:
+    block: Block
+
+
+@dataclass
+class BlockDelta:
+    block: Block
+    delta: str
+
+
+@dataclass
+class BlockStopped:
+    block: Block
+
+
+BlockEvent = BlockStarted | BlockDelta | BlockStopped
+
+
+class BlockStream:
+    """Feeds chat chunks, returns block events; keeps the finish reason, usage, model and annotations seen."""
+
+    def __init__(self) -> None:
+        self.blocks: list[Block] = []
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.model: str | None = None
+        self.annotations: list[dict[str, Any]] = []  # chat-format url_citation annotations
+        self._open: Block | None = None
+        self._calls: dict[int, Block] = {}  # chat tool-call index -> its block
+
+    def feed(self, chunk: dict[str, Any]) -> list[BlockEvent]:
+        """The block events one chunk (or one whole message as a delta) makes."""
+        self.model = chunk.get("model") or self.model
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        events: list[BlockEvent] = []
+        for choice in chunk.get("choices") or []:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or choice.get("message") or {}
+            reasoning = delta.get("reasoning") or delta.get("reasoning_content")
+            if isinstance(reasoning, str) and reasoning:
+                self._text("reasoning", reasoning, events)
+            if isinstance(delta.get("content"), str) and delta["content"]:
+                self._text("text", delta["content"], events)
+            elif isinstance(delta.get("content"), list):  # content parts: their text
+                text = "".join(p.get("text", "") for p in delta["content"] if isinstance(p, dict))
+                if text:
+                    self._text("text", text, events)
+            for position, call in enumerate(delta.get("tool_calls") or []):
+                if isinstance(call, dict):
+                    self._tool_call(call, position, events)
+            self.annotations.extend(a for a in delta.get("annotations") or [] if isinstance(a, dict))
+            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+        return events
+
+    def close(self) -> list[BlockEvent]:
+        """Stop the open block (at the end, or before something else is output)."""
+        block, self._open = self._open, None
+        if block is None or block.closed:
+            return []
+        block.closed = True
+        return [BlockStopped(block)]
+
+    def _start(self, kind: BlockKind, events: list[BlockEvent], **fields: str) -> Block:
+        events.extend(self.close())
+        block = Block(index=len(self.blocks), kind=kind, **fields)
+        self.blocks.append(block)
+        self._open = block
+        events.append(BlockStarted(block))
+        return block
+
+    def _text(self, kind: BlockKind, piece: str, events: list[BlockEvent]) -> None:
+        block = self._open if self._open is not None and self._open.kind == kind else self._start(kind, events)
+        block.add(piece)
+        events.append(BlockDelta(block, piece))
+
+    def _tool_call(self, call: dict[str, Any], position: int, events: list[BlockEvent]) -> None:
+        key = call.get("index", position)
+        function = call.get("function") or {}
+        block = self._calls.get(key)
+        if block is None:
+            block = self._start("tool_call", events, call_id=str(call.get("id") or ""), name=function.get("name") or "")
+            self._calls[key] = block
+        else:
+            block.call_id = block.call_id or str(call.get("id") or "")
+            block.name = block.name or function.get("name") or ""
+        arguments = function.get("arguments") or ""
+        if isinstance(arguments, str) and arguments:
+            block.add(arguments)
+            if not block.closed:  # a late piece of an earlier call: only its final value carries it
+                events.append(BlockDelta(block, arguments))

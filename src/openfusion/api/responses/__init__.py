@@ -1,0 +1,1 @@
+"""The Responses API surface: request translation, event rendering, the route."""

@@ -1,0 +1,294 @@
+"""A Responses API request, validated, and translated into the internal chat request.
+
+Input items become chat messages (function calls and their outputs as tool calls and tool
+messages), `instructions` a system message, function tools chat tools, `text.format` a
+`response_format`, `max_output_tokens` `max_completion_tokens`. Unknown fields are ignored, as
+OpenAI does; a wrong type is a 400 naming the parameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from openfusion.errors import InvalidRequest, invalid_request_from
+from openfusion.pipeline.plan import FUSION_TOOL_TYPES
+from openfusion.protocol import NAME_ERROR, ChatRequest, ModelSlug, PlainName, WireModel, plain_name
+
+# Output items a client may send back as history that carry nothing a chat model can read: skipped.
+_SKIPPED_ITEMS = frozenset(
+    {
+        "reasoning",
+        "openrouter:fusion",
+        "web_search_call",
+        "file_search_call",
+        "image_generation_call",
+        "code_interpreter_call",
+        "mcp_list_tools",
+        "mcp_approval_request",
+        "compaction",
+    }
+)
+# Tools only OpenAI (or the client itself) can run: a chat provider cannot take them, so they are left out.
+_CHAT_TOOL_TYPES = ("function", *FUSION_TOOL_TYPES)
+
+
+class ResponsesRequest(WireModel):
+    """A `POST /v1/responses` body, validated as far as openfusion needs it."""
+
+    model: ModelSlug
+    input: str | list[dict[str, Any]] | None = None
+    instructions: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    stream: bool = False
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = None
+    top_p: float | None = None
+    reasoning: dict[str, Any] | None = None
+    text: dict[str, Any] | None = None
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    plugins: list[dict[str, Any]] | None = None
+    store: bool | None = None
+    previous_response_id: str | None = Field(default=None, min_length=1, max_length=256)
+    user: PlainName | None = None
+    background: bool | None = None
+    models: list[ModelSlug] | None = Field(default=None, max_length=8)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class _MessageItem(_Strict):
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[dict[str, Any]]
+
+
+class _FunctionCall(_Strict):
+    call_id: PlainName = Field(min_length=1)
+    name: PlainName = Field(min_length=1)
+    arguments: str = ""
+
+
+class _FunctionCallOutput(_Strict):
+    call_id: PlainName = Field(min_length=1)
+    output: str | list[dict[str, Any]]
+
+
+@dataclass
+class Translated:
+    """A Responses request as the pipeline sees it: the chat request and its body (for a chat provider)."""
+
+    request: ResponsesRequest
+    chat: ChatRequest
+    body: dict[str, Any]  # the chat-completions body, openfusion's own fields included
+    items: list[dict[str, Any]]  # the conversation as input items (history first), for a stored response
+
+
+def parse_request(data: dict[str, Any]) -> ResponsesRequest:
+    """The validated request; a wrong type is a 400 naming the parameter."""
+    try:
+        request = ResponsesRequest.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_request_from(exc) from None
+    if request.background:
+        raise InvalidRequest("Background responses are not supported: send 'background': false.", param="background")
+    if data.get("conversation") is not None:
+        raise InvalidRequest(
+            "Conversations are not supported: continue with 'previous_response_id'.", param="conversation"
+        )
+    return request
+
+
+def input_items(request: ResponsesRequest) -> list[dict[str, Any]]:
+    """The request's `input` as a list of items (a string is one user message)."""
+    if request.input is None:
+        return []
+    if isinstance(request.input, str):
+        return [{"type": "message", "role": "user", "content": request.input}]
+    return list(request.input)
+
+
+def translate(request: ResponsesRequest, history: list[dict[str, Any]] | None = None) -> Translated:
+    """The internal chat request for a Responses request, after the stored `history` items if any."""
+    own = input_items(request)
+    items = [*(history or []), *own]
+    offset = len(history or [])
+    messages: list[dict[str, Any]] = []
+    if request.instructions:
+        messages.append({"role": "system", "content": request.instructions})
+    for position, item in enumerate(items):
+        # Errors name the client's own items; stored history was checked when it was sent.
+        _add_item(messages, item, f"input[{position - offset}]")
+    if not items:
+        raise InvalidRequest("Missing required parameter: 'input'.", param="input")
+    body: dict[str, Any] = {"model": request.model, "messages": messages, "stream": request.stream}
+    body.update(_sampling(request))
+    try:
+        chat = ChatRequest.model_validate(body)
+    except ValidationError as exc:
+        raise invalid_request_from(exc) from None
+    return Translated(request=request, chat=chat, body=body, items=items)
+
+
+def _sampling(request: ResponsesRequest) -> dict[str, Any]:
+    """Everything but the messages, in chat-completions names."""
+    out: dict[str, Any] = {}
+    for name in ("temperature", "top_p", "parallel_tool_calls", "user", "plugins", "models"):
+        value = getattr(request, name)
+        if value is not None:
+            out[name] = value
+    if request.max_output_tokens is not None:
+        out["max_completion_tokens"] = request.max_output_tokens
+    if request.reasoning is not None:
+        effort = request.reasoning.get("effort")
+        out["reasoning"] = {"effort": effort} if effort is not None else {}
+        for key in ("max_tokens", "exclude", "enabled"):  # OpenRouter's own reasoning fields
+            if key in request.reasoning:
+                out["reasoning"][key] = request.reasoning[key]
+    if request.tools is not None:
+        tools = [_tool(tool, f"tools[{i}]") for i, tool in enumerate(request.tools)]
+        out["tools"] = [tool for tool in tools if tool is not None]
+    if request.tool_choice is not None:
+        out["tool_choice"] = _tool_choice(request.tool_choice)
+    response_format = _response_format(request.text)
+    if response_format is not None:
+        out["response_format"] = response_format
+    return out
+
+
+def _tool(tool: dict[str, Any], param: str) -> dict[str, Any] | None:
+    kind = tool.get("type")
+    if kind in FUSION_TOOL_TYPES:
+        return tool
+    if kind != "function":
+        return None  # web_search, file_search, namespace…: run by OpenAI or the client, not by a chat model
+    name = tool.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest(f"Missing required parameter: '{param}.name'.", param=f"{param}.name")
+    _check_name(name, f"{param}.name")
+    function = {"name": name, "parameters": tool.get("parameters") or {"type": "object", "properties": {}}}
+    if isinstance(tool.get("description"), str):
+        function["description"] = tool["description"]
+    if isinstance(tool.get("strict"), bool):
+        function["strict"] = tool["strict"]
+    return {"type": "function", "function": function}
+
+
+def _check_name(name: str, param: str) -> None:
+    try:
+        plain_name(name)
+    except ValueError:
+        raise InvalidRequest(f"Invalid value for '{param}': {NAME_ERROR}.", param=param) from None
+
+
+def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
+    if isinstance(choice, str):
+        if choice not in ("auto", "none", "required"):
+            raise InvalidRequest(
+                f"Invalid value for 'tool_choice': {choice!r} (expected auto, none or required).", param="tool_choice"
+            )
+        return choice
+    kind = choice.get("type")
+    if kind == "function":
+        name = choice.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest("Missing required parameter: 'tool_choice.name'.", param="tool_choice.name")
+        _check_name(name, "tool_choice.name")
+        return {"type": "function", "function": {"name": name}}
+    if kind in FUSION_TOOL_TYPES:
+        return choice
+    if kind == "allowed_tools":
+        return "required" if choice.get("mode") == "required" else "auto"
+    return "auto"  # a hosted tool the chat model is not offered
+
+
+def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
+    fmt = (text or {}).get("format")
+    if not isinstance(fmt, dict) or fmt.get("type") in (None, "text"):
+        return None
+    if fmt["type"] == "json_object":
+        return {"type": "json_object"}
+    if fmt["type"] == "json_schema":
+        schema = fmt.get("schema")
+        if not isinstance(schema, dict):
+            raise InvalidRequest("Missing required parameter: 'text.format.schema'.", param="text.format.schema")
+        spec = {"name": fmt.get("name") or "response", "schema": schema}
+        spec.update({k: fmt[k] for k in ("strict", "description") if k in fmt})
+        return {"type": "json_schema", "json_schema": spec}
+    raise InvalidRequest(
+        f"Invalid value for 'text.format.type': {fmt['type']!r} (expected text, json_object or json_schema).",
+        param="text.format.type",
+    )
+
+
+def _validated(model: type[_Strict], item: dict[str, Any], param: str) -> Any:
+    try:
+        return model.model_validate(item)
+    except ValidationError as exc:
+        raise invalid_request_from(exc, prefix=param) from None
+
+
+def _add_item(messages: list[dict[str, Any]], item: Any, param: str) -> None:
+    if not isinstance(item, dict):
+        raise InvalidRequest(f"Invalid value for '{param}': an input item must be an object.", param=param)
+    kind = item.get("type", "message")
+    if kind == "message":
+        message = _validated(_MessageItem, item, param)
+        role = "system" if message.role == "developer" else message.role
+        messages.append({"role": role, "content": _content(message.content, role=role, param=f"{param}.content")})
+    elif kind == "function_call":
+        call = _validated(_FunctionCall, item, param)
+        function = {"name": call.name, "arguments": call.arguments}
+        tool_call = {"id": call.call_id, "type": "function", "function": function}
+        last = messages[-1] if messages else None
+        if last is not None and last["role"] == "assistant":  # the calls of the message just before
+            last.setdefault("tool_calls", []).append(tool_call)
+        else:
+            messages.append({"role": "assistant", "content": None, "tool_calls": [tool_call]})
+    elif kind == "function_call_output":
+        output = _validated(_FunctionCallOutput, item, param)
+        text = output.output if isinstance(output.output, str) else _text_of(output.output)
+        messages.append({"role": "tool", "tool_call_id": output.call_id, "content": text})
+    elif kind not in _SKIPPED_ITEMS:
+        raise InvalidRequest(f"Invalid value for '{param}.type': input items of type {kind!r} are not supported.",
+                             param=f"{param}.type")  # fmt: skip
+
+
+def _content(content: str | list[dict[str, Any]], *, role: str, param: str) -> str | list[dict[str, Any]]:
+    """Responses content parts as chat content: text for assistant and system messages, parts for the user."""
+    if isinstance(content, str):
+        return content
+    if role != "user":
+        return _text_of(content)
+    parts: list[dict[str, Any]] = []
+    for position, part in enumerate(content):
+        kind = part.get("type")
+        if kind in ("input_text", "output_text", "text"):
+            parts.append({"type": "text", "text": str(part.get("text", ""))})
+        elif kind == "input_image":
+            url = part.get("image_url")
+            if not isinstance(url, str) or not url:
+                where = f"{param}[{position}].image_url"
+                message = f"Missing required parameter: '{where}' (file ids are not supported)."
+                raise InvalidRequest(message, param=where)
+            image = {"url": url, **({"detail": part["detail"]} if part.get("detail") else {})}
+            parts.append({"type": "image_url", "image_url": image})
+        elif kind == "input_file":
+            file = {k: part[k] for k in ("file_data", "filename", "file_id") if isinstance(part.get(k), str)}
+            parts.append({"type": "file", "file": file})
+        else:
+            where = f"{param}[{position}].type"
+            raise InvalidRequest(f"Invalid value for '{where}': content parts of type {kind!r} are not supported.",
+                                 param=where)  # fmt: skip
+    if len(parts) == 1 and parts[0]["type"] == "text":
+        return str(parts[0]["text"])
+    return parts
+
+
+def _text_of(parts: list[dict[str, Any]]) -> str:
+    return "".join(str(p.get("text", "")) for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str))

@@ -1,0 +1,105 @@
+"""POST /v1/responses: the Responses API for fusion models and pass-through models alike."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
+
+from openfusion.api.body import load_json_object, read_body
+from openfusion.api.deps import AppState
+from openfusion.api.disconnect import cancel_on_disconnect
+from openfusion.api.dispatch import Exchange, serve
+from openfusion.api.fusion_response import with_keepalive
+from openfusion.api.ledger import Ledger
+from openfusion.api.passthrough import SSE_HEADERS
+from openfusion.api.responses.request import Translated, parse_request, translate
+from openfusion.api.responses.writer import ResponseWriter
+from openfusion.api.translated import chat_events
+from openfusion.errors import OpenFusionError
+from openfusion.pipeline.events import Event, RunFinished
+from openfusion.sse import KEEPALIVE
+
+log = logging.getLogger("openfusion")
+
+
+async def create_response(request: Request) -> Response:
+    """Create a model response."""
+    state: AppState = request.app.state.openfusion
+    data = load_json_object(await read_body(request, state.settings.max_body_bytes))
+    translated = translate(parse_request(data))
+
+    async def render(exchange: Exchange) -> Response:
+        return await _render(exchange, translated)
+
+    return await serve(request, translated.chat, render, api_type="responses")
+
+
+router = APIRouter()
+for _path in ("/v1/responses", "/api/v1/responses"):
+    router.add_route(_path, create_response, methods=["POST"], include_in_schema=False)
+
+
+async def _render(exchange: Exchange, translated: Translated) -> Response:
+    chat, ledger = exchange.chat, exchange.ledger
+    if exchange.plan is not None:
+        events = exchange.fusion_events(stream=chat.stream)
+    else:
+        opening = chat_events(exchange.state, chat, translated.body)
+        events = await cancel_on_disconnect(exchange.request, opening, drain=exchange.state.drain)
+    writer = ResponseWriter(request=translated.request, model=chat.model)
+    if chat.stream:
+        interval = exchange.state.settings.keepalive_interval_s
+        body = ledger.closing(
+            _stream(writer, events, ledger=ledger, keepalive_interval=interval),
+            render_error=lambda error: _encode(writer.fail(error)),  # the end of the grace period
+        )
+        return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
+    work = _complete(writer, events, ledger=ledger)
+    result = await cancel_on_disconnect(exchange.request, work, drain=exchange.state.drain)
+    return Response(orjson.dumps(result), media_type="application/json")
+
+
+async def _stream(
+    writer: ResponseWriter, events: AsyncIterator[Event], *, ledger: Ledger, keepalive_interval: float
+) -> AsyncIterator[bytes]:
+    """The SSE body: `response.created` first, then the run's events (keep-alives while it is silent)."""
+    yield _encode(writer.start())
+    try:
+        async for batch in with_keepalive(events, keepalive_interval):
+            out = b"".join([KEEPALIVE if event is None else _encode(_render_event(writer, event, ledger))
+                            for event in batch])  # fmt: skip
+            if out:
+                yield out
+    except OpenFusionError as exc:
+        ledger.failed(exc)
+        yield _encode(writer.fail(exc))
+    except Exception as exc:
+        ledger.failed(exc)
+        log.exception("responses stream failed")
+        yield _encode(writer.fail(OpenFusionError("Internal server error.", code="server_error")))
+
+
+async def _complete(writer: ResponseWriter, events: AsyncIterator[Event], *, ledger: Ledger) -> dict[str, Any]:
+    """The non-streamed body: the response object the same events build."""
+    async for event in events:
+        _render_event(writer, event, ledger)
+    if writer.status == "in_progress":
+        raise OpenFusionError("The run ended without an answer.", code="internal_error")
+    return writer.snapshot()
+
+
+def _render_event(writer: ResponseWriter, event: Event, ledger: Ledger) -> list[dict[str, Any]]:
+    out = writer.render(event)
+    if isinstance(event, RunFinished):
+        ledger.finished(event, finish_reason=writer.finish_reason)
+    return out
+
+
+def _encode(events: list[dict[str, Any]]) -> bytes:
+    """Server-sent events with OpenAI's `event:` line; there is no `[DONE]` in this API."""
+    return b"".join([b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events])

@@ -1,0 +1,89 @@
+"""Pass-through for a surface its provider does not speak: the chat call, reported as pipeline events.
+
+A Responses (or Messages) request for a plain model goes to its provider as a chat completion;
+its chunks (or whole message) come back as `SynthesisChunk` / `SynthesisMessage` events and a
+`RunFinished`, so the surface renders them exactly as it renders a fusion answer. The `models`
+fallback list is tried in order while the call fails before its answer begins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from openfusion.api.deps import AppState
+from openfusion.api.passthrough import without_openfusion_fields
+from openfusion.errors import UpstreamError, UpstreamStatusError
+from openfusion.pipeline.events import Event, RunFinished, SynthesisChunk, SynthesisMessage, SynthesisStarted
+from openfusion.protocol import ChatRequest, Usage, parse_usage
+
+# Upstream refusals that are the client's to fix or to wait out: relayed with their own status.
+_RELAYED_STATUSES = frozenset({400, 404, 413, 422, 429})
+
+
+async def chat_events(state: AppState, chat: ChatRequest, body: dict[str, Any]) -> AsyncIterator[Event]:
+    """The provider's answer as events; the call is made (and may fail with an HTTP error) before this returns."""
+    payload = without_openfusion_fields(chat, body)
+    if not chat.stream:
+        completion = await _first_success(state, chat, payload)
+        return _whole(completion)
+    stack = contextlib.AsyncExitStack()
+    try:
+        model, chunks = await _open_stream(state, chat, payload, stack)
+    except BaseException:
+        await stack.aclose()
+        raise
+    return _streamed(model, chunks, stack)
+
+
+async def _first_success(state: AppState, chat: ChatRequest, payload: dict[str, Any]) -> Any:
+    candidates = chat.candidate_models()
+    for position, model in enumerate(candidates):
+        try:
+            return await state.upstream.complete(model, payload)
+        except UpstreamError as exc:
+            if position == len(candidates) - 1:
+                raise _relayed(exc) from None
+    raise AssertionError("unreachable: the candidate list is never empty")
+
+
+async def _open_stream(
+    state: AppState, chat: ChatRequest, payload: dict[str, Any], stack: contextlib.AsyncExitStack
+) -> tuple[str, AsyncIterator[dict[str, Any]]]:
+    candidates = chat.candidate_models()
+    for position, model in enumerate(candidates):
+        try:
+            return model, await stack.enter_async_context(state.upstream.stream(model, payload))
+        except UpstreamError as exc:
+            if position == len(candidates) - 1:
+                raise _relayed(exc) from None
+    raise AssertionError("unreachable: the candidate list is never empty")
+
+
+async def _whole(completion: Any) -> AsyncIterator[Event]:
+    yield SynthesisMessage(completion.message, completion.finish_reason)
+    yield RunFinished(model=completion.model, usage=completion.usage, fusion={})
+
+
+async def _streamed(
+    model: str, chunks: AsyncIterator[dict[str, Any]], stack: contextlib.AsyncExitStack
+) -> AsyncIterator[Event]:
+    async with stack:  # leaving early closes the upstream response at once
+        yield SynthesisStarted(model)
+        usage: Usage | None = None
+        reported = model
+        async for chunk in chunks:
+            reported = chunk.get("model") or reported
+            if isinstance(chunk.get("usage"), dict):
+                usage = parse_usage(chunk["usage"])
+            yield SynthesisChunk(chunk)
+        yield RunFinished(model=reported, usage=usage or Usage(), fusion={})
+
+
+def _relayed(exc: UpstreamError) -> UpstreamError:
+    """A provider's 4xx the client can act on keeps its status (and Retry-After); the rest stay 502/504."""
+    if isinstance(exc, UpstreamStatusError) and exc.upstream_status in _RELAYED_STATUSES:
+        exc.status_code = exc.upstream_status
+        exc.error_type = "rate_limit_error" if exc.upstream_status == 429 else "invalid_request_error"
+    return exc
