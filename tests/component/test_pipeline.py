@@ -462,10 +462,12 @@ def _usage(prompt: int, completion: int, cost: float | None = None) -> dict[str,
 @pytest.mark.parametrize("stream", [False, True], ids=["message", "stream"])
 async def test_usage_is_summed_over_every_call(client: UpstreamClient, fake: ScriptedUpstream, stream: bool) -> None:
     fake.script("a", Reply("A.", usage=_usage(10, 1, cost=0.001)))
-    fake.script("b", Reply("B.", usage=_usage(20, 2)))
+    fake.script("b", Reply("B.", usage=_usage(20, 2, cost=0.003)))
     fake.script("c", Reply("C.", usage=_usage(30, 3, cost=0.002)))
     fake.script(
-        "judge", Reply("not json", usage=_usage(100, 10, cost=0.01)), Reply(ANALYSIS_JSON, usage=_usage(200, 20))
+        "judge",
+        Reply("not json", usage=_usage(100, 10, cost=0.01)),
+        Reply(ANALYSIS_JSON, usage=_usage(200, 20, cost=0.02)),
     )
     fake.script("synth", Reply("Final.", usage=_usage(1000, 100, cost=0.1)))
 
@@ -475,10 +477,23 @@ async def test_usage_is_summed_over_every_call(client: UpstreamClient, fake: Scr
     assert usage.prompt_tokens == 10 + 20 + 30 + 100 + 200 + 1000
     assert usage.completion_tokens == 1 + 2 + 3 + 10 + 20 + 100
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
-    assert usage.cost == pytest.approx(0.001 + 0.002 + 0.01 + 0.1)
+    assert usage.cost == pytest.approx(0.001 + 0.003 + 0.002 + 0.01 + 0.02 + 0.1)
+    assert finished(events).fusion["usage_complete"] is True
     panel_usage = {entry["model"]: entry["usage"] for entry in finished(events).fusion["panel"]}
     assert panel_usage["up/a"] == _usage(10, 1, cost=0.001)
-    assert panel_usage["up/b"] == _usage(20, 2)
+    assert panel_usage["up/b"] == _usage(20, 2, cost=0.003)
+
+
+async def test_one_call_of_unknown_cost_leaves_the_cost_unknown(client: UpstreamClient, fake: ScriptedUpstream) -> None:
+    """A partial sum would under-report: the tokens are all known, the cost is not."""
+    fake.script("a", Reply("A.", usage=_usage(10, 1, cost=0.001)))
+    fake.script("b", Reply("B.", usage=_usage(20, 2)))
+
+    events = await run(client)
+
+    usage = finished(events).usage
+    assert usage.cost is None and usage.prompt_tokens == 10 + 20 + 3 * 10
+    assert finished(events).fusion["usage_complete"] is True
 
 
 async def test_usage_without_any_cost_reports_no_cost(client: UpstreamClient, fake: ScriptedUpstream) -> None:

@@ -112,7 +112,8 @@ def test_a_fusion_panelist_names_the_cause(broken_server: Any, kind: str, tmp_pa
     assert failed["status"] == "error" and failed["error"]["code"] == "upstream_unreachable"
     assert failed["error"]["cause"] == cause
     assert words in failed["error"]["message"]
-    # The activity record's call says the same.
+    # The activity record's call says the same; a request that never left costs nothing and is fully counted.
     [call] = [c for c in record["calls"] if c["model"] == "broken/m"]
-    assert words in call["error"]
+    assert words in call["error"] and call["cost"] == 0
+    assert response.json()["fusion"]["usage_complete"] is True
 

@@ -46,6 +46,8 @@ def data_payloads(lines: list[tuple[float, str]]) -> list[Any]:
 def test_fused_answer_through_the_sdk(upstream: FakeUpstream, server: str) -> None:
     upstream.script("synth", Script(content="Rayleigh scattering.", cost=0.5))
     upstream.script("a", Script(content="Blue light scatters more.", cost=0.25))
+    for model in ("b", "c", "judge"):
+        upstream.script(model, Script(content=json.dumps(ANALYSIS) if model == "judge" else None, cost=0.125))
 
     response = ask(server)
 
@@ -55,7 +57,7 @@ def test_fused_answer_through_the_sdk(upstream: FakeUpstream, server: str) -> No
     assert response.id.startswith("gen-")
     # Five upstream calls (3 panel + judge + synthesizer) of 11 + 7 tokens each.
     assert (response.usage.prompt_tokens, response.usage.completion_tokens, response.usage.total_tokens) == (55, 35, 90)
-    assert response.usage.model_extra["cost"] == pytest.approx(0.75)
+    assert response.usage.model_extra["cost"] == pytest.approx(0.5 + 0.25 + 3 * 0.125)
     fusion = response.model_extra["fusion"]
     assert fusion["preset"] == "trio"
     assert [p["model"] for p in fusion["panel"]] == ["fake/a", "fake/b", "fake/c"]

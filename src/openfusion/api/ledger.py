@@ -8,16 +8,16 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from openfusion.activity import ApiType, CallRecord, GenerationRecord, PanelText, Tokens, total_cost, utc_now
+from openfusion.activity import ApiType, CallRecord, GenerationRecord, PanelText, Tokens, utc_now
 from openfusion.api.deps import AppState
 from openfusion.api.disconnect import ClientDisconnected
 from openfusion.api.shutdown import shutting_down
 from openfusion.errors import OpenFusionError
 from openfusion.observability.logs import generation_id as generation_id_var
 from openfusion.pipeline.events import RunFinished
-from openfusion.protocol import Usage, new_generation_id, sum_usage
+from openfusion.protocol import Usage, new_generation_id
 from openfusion.sse import DONE, encode, error_chunk
-from openfusion.upstream.trace import CallTrace, start_trace
+from openfusion.upstream.trace import CallTrace, known_usage, start_trace
 
 log = logging.getLogger("openfusion.requests")
 
@@ -41,7 +41,7 @@ class Ledger:
         self.state = state
         self.generation_id = new_generation_id()
         generation_id_var.set(self.generation_id)
-        self.trace = start_trace()
+        self.trace = start_trace(pricing=state.prices.cost_of)  # the one source of the request's usage and cost
         self.created_at = utc_now()
         self.requested_model = requested_model
         self.streamed = streamed
@@ -53,7 +53,6 @@ class Ledger:
         self.failure_reason: str | None = None
         self.finish_reason: str | None = None
         self.model: str | None = None
-        self.usage: Usage | None = None
         self.content: dict[str, Any] = {}
         self._closed = False
         state.metrics.in_flight.inc()
@@ -61,7 +60,7 @@ class Ledger:
 
     def finished(self, event: RunFinished, *, finish_reason: str | None = None) -> None:
         """The fusion run produced its answer."""
-        self.model, self.usage, self.content = event.model, event.usage, event.content
+        self.model, self.content = event.model, event.content
         self.finish_reason = finish_reason
 
     def failed(self, exc: BaseException) -> None:
@@ -126,7 +125,8 @@ class Ledger:
         latency_ms = round((time.perf_counter() - self.trace.started) * 1000)
         overhead = self.overhead_ms()
         calls = [self._call_record(call) for call in self.trace.calls]
-        cost = total_cost(call.cost for call in calls) if calls else None
+        bill = self.trace.bill()  # what the response reported, if it got that far: the same calls, the same sums
+        cost = bill.usage.cost
         for call in self.trace.calls:
             state.metrics.observe_call(call)
         state.metrics.requests.labels(self.route, self.status).inc()
@@ -134,7 +134,7 @@ class Ledger:
         if cost:
             state.metrics.cost.inc(cost)
         if state.activity is not None:
-            state.activity.record(self._generation_record(latency_ms, cost), calls)
+            state.activity.record(self._generation_record(latency_ms, bill.usage), calls)
         log.info(
             "request finished",
             extra={
@@ -148,8 +148,7 @@ class Ledger:
             },
         )
 
-    def _generation_record(self, latency_ms: int, cost: float | None) -> GenerationRecord:
-        usage = self.usage or sum_usage([call.usage for call in self.trace.calls if call.usage is not None])
+    def _generation_record(self, latency_ms: int, usage: Usage) -> GenerationRecord:
         return GenerationRecord(
             id=self.generation_id,
             created_at=self.created_at,
@@ -161,7 +160,7 @@ class Ledger:
             finish_reason=self.finish_reason,
             latency_ms=latency_ms,
             usage=Tokens.of(usage),
-            cost=cost,
+            cost=usage.cost,
             streamed=self.streamed,
             key_name=self.key_name,
             api_type=self.api_type,
@@ -171,13 +170,8 @@ class Ledger:
         )
 
     def _call_record(self, call: CallTrace) -> CallRecord:
-        usage = call.usage
-        if usage is not None:
-            cost = self.state.prices.cost_of(call.model, usage, call.reported_cost)
-        elif call.status == "error" and call.upstream_status is not None:
-            cost = 0.0  # refused with an HTTP error: providers bill nothing for those
-        else:
-            cost = None  # no usage reported: unknown, never guessed
+        usage = known_usage(call)
+        cost = self.trace.cost_of(call)  # unknown stays unknown, never guessed
         status = call.status if call.status in ("ok", "error") else "cancelled"
         return CallRecord(
             generation_id=self.generation_id,

@@ -34,6 +34,7 @@ class PanelFailure:
     code: str | None = None
     label: str = ""
     cause: str | None = None  # a transport failure's cause (name_not_resolved, connection_refused, …)
+    usage: Usage | None = None  # what its calls were billed before it failed, when any reported usage
 
 
 @dataclass

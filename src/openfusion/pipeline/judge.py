@@ -64,7 +64,7 @@ async def analyse(
             async with asyncio.timeout(timeout_s):
                 # The judge may verify claims on the web first; the repair call only fixes its JSON.
                 done = await answer_with_research(
-                    call, messages=messages, plan=research if attempt == 0 else NO_RESEARCH
+                    call, messages=messages, plan=research if attempt == 0 else NO_RESEARCH, usages=usages
                 )
         except TimeoutError:
             outcome.failure_reason = "judge_upstream_error"
@@ -73,7 +73,6 @@ async def analyse(
         except OpenFusionError as exc:
             outcome.failure_reason, outcome.detail = "judge_upstream_error", exc.message
             break
-        usages.extend(done.usages)
         if attempt == 0:
             outcome.research = done.log
         completion = done.completion

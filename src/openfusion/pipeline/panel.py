@@ -11,7 +11,7 @@ from openfusion.errors import OpenFusionError, UpstreamError
 from openfusion.pipeline.events import PanelAnswer, PanelDeadline, PanelFailure
 from openfusion.pipeline.prompts import Messages
 from openfusion.pipeline.research import NO_RESEARCH, ResearchPlan, answer_with_research
-from openfusion.protocol import sum_usage
+from openfusion.protocol import Usage, sum_usage
 from openfusion.upstream.client import Completion, UpstreamClient
 from openfusion.upstream.trace import role
 
@@ -27,6 +27,7 @@ async def ask_panelist(
 ) -> PanelAnswer | PanelFailure:
     """One panelist's answer (after its research, if any), or its failure; never raises for an upstream problem."""
     started = time.perf_counter()
+    billed: list[Usage] = []  # every completion's usage, kept when a later step fails
 
     async def call(messages: Messages, tools: list[dict[str, Any]] | None, choice: str | None) -> Completion:
         return await upstream.complete(model, {**body, "messages": messages, "tools": tools, "tool_choice": choice})
@@ -34,20 +35,20 @@ async def ask_panelist(
     try:
         async with asyncio.timeout(timeout_s):
             with role("panel"):
-                done = await answer_with_research(call, messages=body["messages"], plan=research)
+                done = await answer_with_research(call, messages=body["messages"], plan=research, usages=billed)
     except TimeoutError:
         message = f"{model} did not answer within panel_timeout_s ({timeout_s:g} s)"
-        return PanelFailure(model, message, _ms(started), code="timeout", label=label)
+        return PanelFailure(model, message, _ms(started), code="timeout", label=label, usage=_spent(billed))
     except OpenFusionError as exc:
         status, cause = (exc.upstream_status, exc.cause) if isinstance(exc, UpstreamError) else (None, None)
         return PanelFailure(
-            model, exc.message, _ms(started), status_code=status, code=exc.code, label=label, cause=cause
-        )
+            model, exc.message, _ms(started), status_code=status, code=exc.code, label=label, cause=cause,
+            usage=_spent(billed),
+        )  # fmt: skip
     completion = done.completion
     if not completion.content.strip():
-        return PanelFailure(
-            model, f"{model} returned an empty answer", _ms(started), code="empty_completion", label=label
-        )
+        message = f"{model} returned an empty answer"
+        return PanelFailure(model, message, _ms(started), code="empty_completion", label=label, usage=_spent(billed))
     return PanelAnswer(
         model,
         completion.content,
@@ -119,6 +120,10 @@ async def collect_answers(
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+
+
+def _spent(usages: list[Usage]) -> Usage | None:
+    return sum_usage(usages) if usages else None
 
 
 def _ms(started: float) -> int:

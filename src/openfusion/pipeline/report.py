@@ -18,6 +18,9 @@ def panel_entry(result: PanelAnswer | PanelFailure) -> dict[str, Any]:
         if result.research.tool_calls:
             entry["server_tool_use_details"] = result.research.details()
         return entry
+    entry: dict[str, Any] = {"model": result.model, "status": "error", "latency_ms": result.latency_ms}
+    if result.usage is not None:  # billed before it failed (an empty answer, research rounds)
+        entry["usage"] = result.usage.render()
     error: dict[str, Any] = {"message": result.message}
     if result.status_code is not None:
         error["status_code"] = result.status_code
@@ -25,7 +28,7 @@ def panel_entry(result: PanelAnswer | PanelFailure) -> dict[str, Any]:
         error["code"] = result.code
     if result.cause:
         error["cause"] = result.cause
-    return {"model": result.model, "status": "error", "latency_ms": result.latency_ms, "error": error}
+    return {**entry, "error": error}
 
 
 def judge_entry(plan: FusionPlan, judges: list[JudgeOutcome]) -> dict[str, Any]:
@@ -82,6 +85,7 @@ def fusion_report(
     synth_ms: int,
     sources: list[Source] | None = None,
     research: ResearchPlan | None = None,
+    usage_complete: bool = True,
 ) -> dict[str, Any]:
     """The `fusion` object of a finished run."""
     report: dict[str, Any] = {
@@ -94,8 +98,8 @@ def fusion_report(
             "latency_ms": synth_ms,
             "usage": synthesis.usage.render() if synthesis.usage_known else None,
         },
-        # False when an upstream did not report its usage: the summed `usage` then leaves it out.
-        "usage_complete": synthesis.usage_known,
+        # False when some upstream call's usage is unknown: the summed `usage` then leaves it out.
+        "usage_complete": usage_complete,
     }
     if research is not None and (entry := _research_entry(research)) is not None:
         report["research"] = entry

@@ -69,18 +69,23 @@ class Researched:
     log: ResearchLog
 
 
-async def answer_with_research(call: Caller, *, messages: Messages, plan: ResearchPlan) -> Researched:
+async def answer_with_research(
+    call: Caller, *, messages: Messages, plan: ResearchPlan, usages: list[Usage] | None = None
+) -> Researched:
     """Let the model research, running its tool calls (in parallel), until it answers or the budget is spent.
 
     A spent budget means one last call with the tools still listed (providers refuse tool messages
-    otherwise) but `tool_choice: "none"`, after a note asking for the final answer.
+    otherwise) but `tool_choice: "none"`, after a note asking for the final answer. Each completion's
+    usage is appended to `usages` as it arrives, so a caller keeps what was billed even when a later
+    round fails.
     """
     offered, research = plan.offered(), plan.research
     log = ResearchLog()
-    usages: list[Usage] = []
+    usages = [] if usages is None else usages
     if not offered:
         completion = await call(messages, None, None)
-        return Researched(completion, [completion.usage], log)
+        usages.append(completion.usage)
+        return Researched(completion, usages, log)
     assert research is not None
     history = list(messages)
     remaining = plan.budget

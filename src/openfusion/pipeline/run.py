@@ -33,9 +33,9 @@ from openfusion.pipeline.research import NO_RESEARCH, ResearchPlan
 from openfusion.pipeline.structured import DialectMemory
 from openfusion.pipeline.synthesize import MessageAccumulator, SynthesisStream, synthesis_body
 from openfusion.pipeline.turns import TurnCache, flatten_tool_messages, is_agent_step, turn_key
-from openfusion.protocol import ChatRequest, sum_usage
+from openfusion.protocol import ChatRequest
 from openfusion.upstream.client import UpstreamClient
-from openfusion.upstream.trace import role
+from openfusion.upstream.trace import current_trace, role
 from openfusion.upstream.web import WebResearch
 
 
@@ -62,6 +62,7 @@ class FusionRun:
         self.research = ResearchPlan(research, plan.tools, plan.max_tool_calls, plan.blocked_domains)
         self.results: list[PanelAnswer | PanelFailure] = []
         self.judges: list[JudgeOutcome] = []
+        self.trace = current_trace()  # the request's upstream calls: its usage and cost
 
     @property
     def answers(self) -> list[PanelAnswer]:
@@ -182,17 +183,17 @@ class FusionRun:
                 message["annotations"] = [*message.get("annotations", []), *citations]
             yield SynthesisMessage(message, accumulator.finish_reason)
         synth_ms = round((time.perf_counter() - started) * 1000)
-        usages = [synthesis.usage]
-        if self.panel_source == "fresh":  # a reused turn's panel and judge were paid for by an earlier request
-            usages += [a.usage for a in self.answers] + [u for j in self.judges for u in j.usages]
+        # Every upstream call this request made, failed ones included; a reused turn's panel and judge were
+        # paid for by an earlier request and are not among them.
+        bill = self.trace.bill()
         report = fusion_report(
             self.plan, results=self.results, judges=self.judges, synthesis=synthesis, synth_ms=synth_ms,
-            sources=sources, research=self.research,
+            sources=sources, research=self.research, usage_complete=bill.complete,
         )  # fmt: skip
         report["panel_source"] = self.panel_source
         yield RunFinished(
             model=synthesis.reported_model or synthesis.model,
-            usage=sum_usage(usages),
+            usage=bill.usage,
             fusion=report,
             annotations=citations if stream else [],
             server_tool_use=report.get("server_tool_use_details"),

@@ -24,7 +24,7 @@ from openfusion.pipeline.structured import DialectMemory
 from openfusion.pipeline.synthesize import MessageAccumulator, client_tools
 from openfusion.protocol import ChatRequest, Message, Usage, parse_usage, sum_usage
 from openfusion.upstream.client import UpstreamClient
-from openfusion.upstream.trace import role
+from openfusion.upstream.trace import current_trace, role
 from openfusion.upstream.web import WebResearch
 
 FUSION_FUNCTION = "fusion"
@@ -71,6 +71,7 @@ class ToolModeRun:
         self.inner: FusionRun | None = None
         self.fusion_status: str | None = None  # "ok" | "error" once fusion ran
         self.reported_model: str | None = None
+        self.trace = current_trace()  # the request's upstream calls: its usage and cost
 
     async def run(self, *, stream: bool) -> AsyncIterator[Event]:
         """Events for the edge: relayed outer chunks, fusion progress, the final message, the summary."""
@@ -176,8 +177,7 @@ class ToolModeRun:
         inner = self.inner
         results: list[PanelAnswer | PanelFailure] = inner.results if inner else []
         judges = inner.judges if inner else []
-        usages = [*self.outer_usages, *(r.usage for r in results if isinstance(r, PanelAnswer))]
-        usages += [u for j in judges for u in j.usages]
+        bill = self.trace.bill()  # every upstream call of the request: outer, panel, judge, failed ones too
         logs = [r.research for r in results if isinstance(r, PanelAnswer)] + [j.research for j in judges]
         # tool_calls_executed counts fusion runs (OpenRouter's proof that fusion ran); research is counted apart.
         server_tool_use = {**research_totals(logs), "tool_calls_executed": 1 if inner else 0}
@@ -192,6 +192,7 @@ class ToolModeRun:
                 "calls": self.outer_calls,
                 "usage": sum_usage(self.outer_usages).render(),
             },
+            "usage_complete": bill.complete,
         }
         if inner is not None:
             report["panel"] = [panel_entry(r) for r in results]
@@ -203,7 +204,7 @@ class ToolModeRun:
         analysis = inner.analysis() if inner else None
         return RunFinished(
             model=self.reported_model or self.plan.synthesizer,
-            usage=sum_usage(usages),
+            usage=bill.usage,
             fusion=report,
             server_tool_use=server_tool_use,
             content={

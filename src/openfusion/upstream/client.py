@@ -208,7 +208,7 @@ class UpstreamClient:
         # The first attempt runs outside tenacity: a controller per call costs more than the call's own
         # HTTP work on a fast upstream, and most calls succeed at once.
         try:
-            return await self._send(route, payload, stream=stream)
+            return await self._send(route, payload, stream=stream, call=call)
         except UpstreamError as exc:
             if not is_retryable(exc, self.retry):
                 raise
@@ -218,10 +218,10 @@ class UpstreamClient:
                 if attempt.retry_state.attempt_number == 1:
                     raise first_failure  # the policy decides the wait and the rest from the failure seen
                 call.retries = attempt.retry_state.attempt_number - 1
-                return await self._send(route, payload, stream=stream)
+                return await self._send(route, payload, stream=stream, call=call)
         raise AssertionError("unreachable: tenacity either returns or re-raises")
 
-    async def _send(self, route: Route, payload: dict[str, Any], *, stream: bool) -> httpx.Response:
+    async def _send(self, route: Route, payload: dict[str, Any], *, stream: bool, call: CallTrace) -> httpx.Response:
         endpoint = self._endpoint(route.provider)
         request = httpx.Request(
             "POST",
@@ -232,10 +232,13 @@ class UpstreamClient:
             content=bytes(memoryview(orjson.dumps(payload))),
             extensions=endpoint.extensions,
         )
+        sent_before, call.sent = call.sent, True  # from here the provider may see (and bill) the request
         try:
             response = await endpoint.transport.handle_async_request(request)
         except httpx.HTTPError as exc:
-            raise _transport_error(route, exc) from None
+            error = _transport_error(route, exc)
+            call.sent = sent_before or error.sent  # a connection never made sent nothing
+            raise error from None
         if response.status_code >= 400 or not stream:  # an error body, or a whole answer: read it now
             try:
                 await response.aread()

@@ -1,18 +1,23 @@
-"""A request's upstream calls, recorded as they happen: for the activity store, metrics and the overhead header.
+"""A request's upstream calls, recorded as they happen: for usage and cost, the activity store, metrics and the
+overhead header.
 
 The trace lives in a context variable, so every task a request spawns (panelists included) appends to the
-same trace; the pipeline names the role of its calls with `role(...)`.
+same trace; the pipeline names the role of its calls with `role(...)`. What a request used and cost is read
+from here alone (`RequestTrace.bill()`), by the response and the activity record alike.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from openfusion.protocol import Usage
+from openfusion.protocol import Usage, sum_usage
+
+# (model slug, usage, the cost the upstream reported or None) -> the call's cost in USD, None when unknown
+Pricing = Callable[[str, Usage, float | None], float | None]
 
 
 @dataclass
@@ -31,10 +36,34 @@ class CallTrace:
     upstream_status: int | None = None
     retries: int = 0
     first_token: float | None = None  # streams: when the first chunk arrived
+    sent: bool = False  # whether the request may have reached the provider (a refused connection never does)
 
     @property
     def latency_ms(self) -> int:
         return round(((self.ended or time.perf_counter()) - self.started) * 1000)
+
+
+def known_usage(call: CallTrace) -> Usage | None:
+    """What a finished call used: as reported; nothing when the provider never saw it or refused it with an
+    HTTP error; None when unknown (no usage reported, or broken off after the provider may have started)."""
+    if call.usage is not None:
+        return call.usage
+    if call.status in ("error", "cancelled") and (not call.sent or call.upstream_status is not None):
+        return Usage()
+    return None
+
+
+def reported_cost(model: str, usage: Usage, reported: float | None) -> float | None:
+    """The pricing without a price table: the cost the upstream reported, else unknown."""
+    return reported if reported is not None else usage.cost
+
+
+@dataclass(frozen=True)
+class Bill:
+    """What a request's upstream calls used, summed."""
+
+    usage: Usage  # tokens of every call whose usage is known; `cost` only when every call's cost is known
+    complete: bool  # False when some call's usage is unknown: the tokens above then leave it out
 
 
 @dataclass
@@ -43,6 +72,24 @@ class RequestTrace:
 
     started: float = field(default_factory=time.perf_counter)
     calls: list[CallTrace] = field(default_factory=list)
+    pricing: Pricing = reported_cost
+
+    def cost_of(self, call: CallTrace) -> float | None:
+        """One call's cost: 0 when nothing was billed, else priced (reported, else the price table), else None."""
+        usage = known_usage(call)
+        if usage is None:
+            return None
+        if call.usage is None:
+            return 0.0  # never sent, or refused with an HTTP error: providers bill nothing for those
+        return self.pricing(call.model, usage, call.reported_cost)
+
+    def bill(self) -> Bill:
+        """Tokens and cost summed over every call so far, and whether every call's usage is known."""
+        usages = [known_usage(call) for call in self.calls]
+        costs = [self.cost_of(call) for call in self.calls]
+        tokens = sum_usage([usage for usage in usages if usage is not None])
+        cost = None if not costs or None in costs else sum(c for c in costs if c is not None)
+        return Bill(tokens.model_copy(update={"cost": cost}), complete=None not in usages)
 
     def upstream_seconds(self, until: float | None = None) -> float:
         """Wall time during which at least one upstream call was running (the union of their intervals)."""
@@ -65,11 +112,16 @@ _trace: ContextVar[RequestTrace | None] = ContextVar("openfusion_trace", default
 _role: ContextVar[str] = ContextVar("openfusion_role", default="passthrough")
 
 
-def start_trace() -> RequestTrace:
+def start_trace(pricing: Pricing = reported_cost) -> RequestTrace:
     """Begin tracing the current request (and every task it starts from here on)."""
-    trace = RequestTrace()
+    trace = RequestTrace(pricing=pricing)
     _trace.set(trace)
     return trace
+
+
+def current_trace() -> RequestTrace:
+    """The current request's trace; one is started when there is none (a pipeline run outside a server)."""
+    return _trace.get() or start_trace()
 
 
 @contextlib.contextmanager
