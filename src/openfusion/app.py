@@ -133,6 +133,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.drain = drain
+    app.state.settings = settings  # the server's own options (`[server]`) are read from here by whoever serves it
     install_error_handlers(app)
     install_access(app, access, cors=access_config.cors)
     for router in (chat.router, responses.router, models.router, health.router, activity.router, metrics.router):

@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def serve(args: argparse.Namespace) -> int:
     from openfusion.access.keys import warn_if_open
-    from openfusion.api.server_protocol import http_protocol
+    from openfusion.api.server_limits import raise_open_file_limit
+    from openfusion.api.server_protocol import uvicorn_options
     from openfusion.api.shutdown import run_server
     from openfusion.app import create_app
     from openfusion.observability.logs import configure_logging
@@ -67,16 +68,17 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     warn_if_open(args.host, app.state.access.keys)
     settle_heap()
+    raise_open_file_limit()  # idle connections each hold a descriptor: 1,024 is too few for a gateway
     started = run_server(
         app,
         drain=app.state.drain,
         grace_s=settings.shutdown_grace_s,
         host=args.host,
         port=args.port,
-        http=http_protocol(),
         log_level=args.log_level,
         log_config=log_config,
         access_log=args.access_log,
+        **uvicorn_options(settings),
     )
     return 0 if started else 3  # uvicorn's exit status for a failed start
 

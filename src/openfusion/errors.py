@@ -89,6 +89,47 @@ class ServerShuttingDown(OpenFusionError):
     code = "server_shutting_down"
 
 
+class UnsupportedMediaType(OpenFusionError):
+    """A request body that is not JSON (`Content-Type: application/json`)."""
+
+    status_code = 415
+    error_type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class CrossSiteRequest(OpenFusionError):
+    """A browser request from another site that CORS does not allow."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "cross_site_request"
+
+
+class RequestTimeout(OpenFusionError):
+    """The client took too long to send a request's headers or body."""
+
+    status_code = 408
+    error_type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class HeadersTooLarge(OpenFusionError):
+    """A request's headers are too large or too many."""
+
+    status_code = 431
+    error_type = "invalid_request_error"
+    code = "request_headers_too_large"
+
+
+class ServerBusy(OpenFusionError):
+    """Every connection the server may hold is busy."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "server_busy"
+    retry_after = 1.0
+
+
 class UpstreamError(OpenFusionError):
     """An upstream provider call failed."""
 

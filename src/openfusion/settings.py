@@ -60,6 +60,29 @@ class HttpSettings(BaseModel):
     transport: Literal["aiohttp", "httpx"] = "aiohttp"
 
 
+class ServerSettings(BaseModel):
+    """`[server]`: the HTTP server's own limits (connections, request headers, read timeouts)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Open client connections; past this a new one displaces the longest-idle one (or, when every
+    # connection is busy, may only ask the health probes). Lowered to fit the open-file limit.
+    max_connections: int = Field(default=1000, ge=1)
+    # Connections beyond max_connections kept for /healthz and /readyz while every other one is busy.
+    probe_connections: int = Field(default=16, ge=0)
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    max_headers: int = Field(default=100, ge=1)
+    # From a connection's start (or a request's first byte) to the end of its headers.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    # From the end of a request's headers to the end of its body, however steadily it trickles.
+    body_timeout_s: float = Field(default=60.0, gt=0)
+    # An idle connection between two requests is closed after this long.
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0)
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed ("*" for any); unset: uvicorn's default,
+    # $FORWARDED_ALLOW_IPS or else 127.0.0.1. Every other peer is known by its own address.
+    forwarded_allow_ips: list[str] | None = None
+
+
 class PricingSettings(BaseModel):
     """Model prices (USD per token) for cost where upstreams do not report it."""
 
@@ -85,6 +108,7 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
     # Client keys (see openfusion.access): none configured = an open server.
     api_keys: SecretStr | None = None  # OPENFUSION_API_KEYS: comma-separated, named env-1, env-2, ...
     keys: list[KeyConfig] = Field(default_factory=list)

@@ -21,13 +21,15 @@ def serve_in_thread(
     """Serve `app` with uvicorn on a free port in a daemon thread and yield its base URL.
 
     `http` is uvicorn's connection protocol; by default openfusion's production one (coalesced
-    writes), so every end-to-end test runs through it. A caller without openfusion installed (the
+    writes, the `[server]` limits of the app's settings), with the same options `openfusion serve`
+    passes, so every end-to-end test runs through it. A caller without openfusion installed (the
     container smoke test's host side) passes "auto". `tls` = (certificate file, key file) serves HTTPS.
     """
+    options: dict[str, Any] = {"http": http}
     if http is None:
-        from openfusion.api.server_protocol import http_protocol
+        from openfusion.api.server_protocol import uvicorn_options
 
-        http = http_protocol()
+        options = uvicorn_options(getattr(getattr(app, "state", None), "settings", None))
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -41,7 +43,7 @@ def serve_in_thread(
         log_level="warning",
         lifespan="on",
         timeout_graceful_shutdown=2,
-        http=http,
+        **options,
         ssl_certfile=certificate,
         ssl_keyfile=key,
     )

@@ -1,16 +1,32 @@
-"""The HTTP server's connection protocol: uvicorn's httptools protocol, with each tick's writes coalesced.
+"""The HTTP server's connection protocol: uvicorn's httptools protocol, with writes coalesced and limits kept.
 
-uvicorn writes a response's status line and headers as soon as the app sends them, and its body
+Writes: uvicorn writes a response's status line and headers as soon as the app sends them, and its body
 in a second write. On loopback and in virtual machines each write that wakes the client costs a
 wake-up (measured here: ~1.5 ms at one request at a time), so a small answer paid for two. Writes
 made in one pass of the event loop now go out as one: nothing waits longer than the callback that
 made it, and a stream's chunks still leave as they come.
+
+Limits (the `[server]` settings): uvicorn's httptools protocol bounds neither the size nor the number
+of a request's headers, nor the time a client takes to send them or a body, and never closes a
+connection that has not sent its first request: a few hundred idle or trickling connections held a
+server's every file descriptor, and one endless header grew it by hundreds of MiB. Here headers are
+counted as they arrive (431 past the limit), each request has a deadline for its headers and one for
+its body (408), and the server holds at most `max_connections`: a new connection beyond that displaces
+the longest-idle one, or, when every connection is busy, may ask only the health probes.
 """
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
+
+from openfusion.api.access import OPEN_PATHS
+from openfusion.api.server_limits import ConnectionBudget, fit_connections, refusal, refusal_app
+from openfusion.errors import HeadersTooLarge, OpenFusionError, RequestTimeout, ServerBusy
+from openfusion.settings import ServerSettings, Settings
+
+_PROBE_PATHS = frozenset(path.encode("ascii") for path in OPEN_PATHS)
+_BUSY = refusal_app(ServerBusy("The server is at its connection limit; try again shortly.", code="server_busy"))
 
 
 class CoalescedWrites:
@@ -51,15 +67,181 @@ class CoalescedWrites:
         return getattr(self._transport, name)
 
 
-def http_protocol() -> type[asyncio.Protocol] | str:
-    """The protocol class for `uvicorn.run(http=...)`; uvicorn's own choice where httptools is missing."""
+class _HeaderLimit(Exception):
+    """Raised inside the parser's callback to stop parsing a request whose headers broke a limit."""
+
+
+class LimitedConnection:
+    """The limits of one connection, mixed in before uvicorn's HttpToolsProtocol (see `http_protocol`)."""
+
+    budget: ConnectionBudget  # shared by every connection of one server
+    server_settings: ServerSettings
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self._reading_headers = True
+        self._header_bytes = self._header_size = self._header_count = 0
+        self._refusal: OpenFusionError | None = None
+        self._probes_only = False
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._counted = True
+        super().connection_made(CoalescedWrites(transport, self.loop))  # type: ignore[misc, attr-defined]
+        admission = self.budget.admit(self)
+        if admission == "refuse":
+            self._forget()
+            self.transport.close()  # type: ignore[attr-defined]
+            return
+        self._probes_only = admission == "probes"
+        self.budget.idle[self] = None
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._forget()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def evict(self) -> None:
+        """Close this idle connection to make room for a new one (counted as gone at once)."""
+        self._forget()
+        self.transport.close()  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        if self._reading_headers:
+            self._header_bytes += len(data)
+        super().data_received(data)  # type: ignore[misc]
+        if self._reading_headers and self._header_bytes > self.server_settings.max_header_bytes:
+            self._refuse(self._too_large())
+
+    def send_400_response(self, msg: str) -> None:  # uvicorn's answer to a parser error, ours among them
+        if self._refusal is not None:
+            self._refuse(self._refusal)
+        else:
+            super().send_400_response(msg)  # type: ignore[misc]
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()  # type: ignore[misc]
+        self._arm_header_timer()
+
+    def on_url(self, url: bytes) -> None:
+        self._count_header_bytes(len(url))
+        super().on_url(url)  # type: ignore[misc]
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self.server_settings.max_headers:
+            self._refusal = HeadersTooLarge(f"Too many request headers (at most {self.server_settings.max_headers}).")
+            raise _HeaderLimit
+        self._count_header_bytes(len(name) + len(value) + 4)
+        super().on_header(name, value)  # type: ignore[misc]
+
+    def on_headers_complete(self) -> None:
+        self._reading_headers = False
+        self._cancel_timers()
+        self.budget.idle.pop(self, None)
+        app = self.app  # type: ignore[has-type]
+        if self._probes_only and self._path() not in _PROBE_PATHS:
+            self.app = _BUSY
+        try:
+            super().on_headers_complete()  # type: ignore[misc]
+        finally:
+            self.app = app
+        self._body_timer = self.loop.call_later(self.server_settings.body_timeout_s, self._body_timed_out)  # type: ignore[attr-defined]
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()  # type: ignore[misc]
+        self._cancel_timers()
+        self._reading_headers = True
+        self._header_bytes = self._header_size = self._header_count = 0
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        if self._counted and not self.pipeline and not self.transport.is_closing():  # type: ignore[attr-defined]
+            self.budget.idle[self] = None  # at the end: now the most recently idle
+
+    def _count_header_bytes(self, size: int) -> None:
+        # Headers that arrive whole in one read are measured here; `data_received` bounds the unfinished ones.
+        self._header_size += size
+        if self._header_size > self.server_settings.max_header_bytes:
+            self._refusal = self._too_large()
+            raise _HeaderLimit
+
+    def _too_large(self) -> HeadersTooLarge:
+        return HeadersTooLarge(f"Request headers are larger than {self.server_settings.max_header_bytes} bytes.")
+
+    def _path(self) -> bytes:
+        url: bytes = self.url  # type: ignore[attr-defined]
+        return url.split(b"?", 1)[0]
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None:
+            timeout = self.server_settings.header_timeout_s
+            self._header_timer = self.loop.call_later(timeout, self._headers_timed_out)  # type: ignore[attr-defined]
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._header_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._header_timer = self._body_timer = None
+
+    def _headers_timed_out(self) -> None:
+        self._header_timer = None
+        if not self._reading_headers:
+            return
+        if self._header_bytes:
+            timeout = self.server_settings.header_timeout_s
+            self._refuse(RequestTimeout(f"The request headers took longer than {timeout:g} s to arrive."))
+        else:  # nothing asked: a silent close, as for an idle keep-alive connection
+            self.transport.close()  # type: ignore[attr-defined]
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        cycle = self.cycle  # type: ignore[attr-defined]
+        if cycle is None or not cycle.more_body:
+            return
+        timeout = self.server_settings.body_timeout_s
+        if cycle.response_started:
+            self.transport.close()  # type: ignore[attr-defined]
+        else:
+            self._refuse(RequestTimeout(f"The request body took longer than {timeout:g} s to arrive."))
+        # The app waiting for the rest of the body hears that the client is gone.
+        cycle.disconnected = True
+        cycle.message_event.set()
+
+    def _refuse(self, error: OpenFusionError) -> None:
+        transport: asyncio.Transport = self.transport  # type: ignore[attr-defined]
+        if not transport.is_closing():
+            transport.write(refusal(error))
+            transport.close()
+
+    def _forget(self) -> None:
+        self._cancel_timers()
+        if self._counted:
+            self._counted = False
+            self.budget.idle.pop(self, None)
+            self.budget.release()
+
+
+def http_protocol(
+    server: ServerSettings | None = None, *, upstream_connections: int = 512
+) -> type[asyncio.Protocol] | str:
+    """The protocol class for `uvicorn.run(http=...)`, with its own connection budget; "auto" without httptools."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-    except ImportError:  # no httptools: uvicorn falls back to h11 itself
+    except ImportError:  # no httptools: uvicorn falls back to h11 itself (and these limits do not apply)
         return "auto"
+    server = server or ServerSettings()
+    budget = fit_connections(server, upstream_connections=upstream_connections)
+    namespace = {"budget": budget, "server_settings": server}
+    return type("HttpProtocol", (LimitedConnection, HttpToolsProtocol), namespace)
 
-    class HttpProtocol(HttpToolsProtocol):
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(CoalescedWrites(transport, self.loop))  # type: ignore[arg-type]
 
-    return HttpProtocol
+def uvicorn_options(settings: Settings | None = None) -> dict[str, Any]:
+    """The connection options of `uvicorn.run` / `uvicorn.Config` for these settings (`openfusion serve` and tests)."""
+    server = settings.server if settings is not None else ServerSettings()
+    upstream = settings.http.max_connections if settings is not None else 512
+    options: dict[str, Any] = {
+        "http": http_protocol(server, upstream_connections=upstream),
+        "timeout_keep_alive": server.keep_alive_timeout_s,
+    }
+    if server.forwarded_allow_ips is not None:
+        options["forwarded_allow_ips"] = server.forwarded_allow_ips
+    return options

@@ -38,7 +38,7 @@ def run_local(args: argparse.Namespace) -> int:
     """Start the servers, write the config, serve fusion until interrupted, then stop everything."""
     import uvicorn
 
-    from openfusion.api.server_protocol import http_protocol
+    from openfusion.api.server_protocol import uvicorn_options
     from openfusion.app import create_app
     from openfusion.settings import load_settings
 
@@ -50,7 +50,8 @@ def run_local(args: argparse.Namespace) -> int:
     try:
         with running_servers(args.panel, log_dir=workdir) as servers:
             config, presets = write_config(servers, workdir)
-            app = create_app(load_settings(config, presets_dir=presets))
+            settings = load_settings(config, presets_dir=presets)
+            app = create_app(settings)
             print(  # noqa: T201 - the one thing a person starting this needs to read
                 f"openfusion: {len(servers)} llama.cpp servers ready (SmolLM2-135M: it shows the mechanics, "
                 f"its answers are weak). Config in {config}.\n"
@@ -59,7 +60,7 @@ def run_local(args: argparse.Namespace) -> int:
                 "colour.\"}]}'",
                 file=sys.stderr,
             )
-            uvicorn.run(app, host=args.host, port=args.port, log_level="info", http=http_protocol())
+            uvicorn.run(app, host=args.host, port=args.port, log_level="info", **uvicorn_options(settings))
     except LocalModelUnavailable as exc:
         print(f"openfusion local: {exc}", file=sys.stderr)  # noqa: T201
         return 2
