@@ -18,11 +18,13 @@ from openfusion.access.config import AccessConfig
 from openfusion.access.control import build_access
 from openfusion.access.keys import plaintext_keys
 from openfusion.activity import ActivityWriter, PriceTable, open_store
+from openfusion.activity.stored import ResponseStore
 from openfusion.api import activity, chat, health, metrics, models
 from openfusion.api.access import install_access
 from openfusion.api.deps import AppState
 from openfusion.api.handlers import install as install_error_handlers
 from openfusion.api.responses import route as responses
+from openfusion.api.responses.keeper import ResponseKeeper
 from openfusion.api.shutdown import Drain
 from openfusion.errors import ConfigError
 from openfusion.masking import SecretMasker
@@ -63,6 +65,12 @@ async def _refresh_prices(prices: PriceTable, upstream: UpstreamClient, provider
         await prices.refresh(lambda: upstream.list_models(provider))
     except Exception as exc:  # prices stay as configured; costs without a price stay unknown
         log.warning("could not refresh prices from %s: %s", provider, exc)
+
+
+def _response_store(store: object, settings: Settings) -> ResponseKeeper | None:
+    """The activity store keeps Responses API responses, unless their retention is 0."""
+    days = settings.activity.response_retention_days
+    return ResponseKeeper(store, retention_days=days) if days > 0 and isinstance(store, ResponseStore) else None
 
 
 def create_app(
@@ -117,6 +125,7 @@ def create_app(
                 activity=writer,
                 prices=prices,
                 drain=drain,
+                responses=_response_store(store, settings),
             )
             if writer is not None:
                 state.metrics.watch_activity(writer)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -24,6 +24,7 @@ from openfusion.activity import (
 from openfusion.activity.migrations import MIGRATIONS, latest_version, pending
 from openfusion.activity.postgres_store import PostgresStore
 from openfusion.activity.sqlite_store import SqliteStore
+from openfusion.activity.stored import ResponseStore, StoredResponse
 from openfusion.errors import ConfigError
 
 # A generation as the first schema kept it (the columns of version 1 only).
@@ -32,7 +33,7 @@ V1_ROW = (
     "VALUES (%s, %s, %s, %s, %s, %s)"
 )
 V1_VALUES = ("gen-old", "2026-01-01T00:00:00.000000+00:00", "fusion", "ok", 12, False)
-EXPECTED_TABLES = {"schema_version", "generations", "calls"}
+EXPECTED_TABLES = {"schema_version", "generations", "calls", "stored_responses"}
 
 
 def _is_file(path: Path) -> bool:
@@ -360,3 +361,26 @@ async def test_spent_today_sums_known_costs_per_key(store: ActivityStore) -> Non
     assert await store.spent_today("team-b") == pytest.approx(1.0)
     assert await store.spent_today(None) == pytest.approx(1.25)
     assert await store.spent_today("nobody") == 0.0
+
+
+def _stored(response_id: str, *, owner: str, created: datetime, days: float = 1.0) -> StoredResponse:
+    items = [{"type": "message", "role": "user", "content": "Hi"}]
+    response = {"id": response_id, "output": [{"type": "message", "role": "assistant", "content": []}]}
+    return StoredResponse(response_id, owner, "gen-1", created, created + timedelta(days=days), items, response)
+
+
+async def test_stored_responses_are_found_by_their_owner_until_they_expire(store: ActivityStore) -> None:
+    assert isinstance(store, ResponseStore)
+    await store.save_response(_stored("resp_a", owner="alice", created=T0))
+    await store.save_response(_stored("resp_open", owner="", created=T0))
+
+    found = await store.load_response("resp_a", owner="alice", now=T0 + timedelta(hours=1))
+    assert found is not None and found.items[0]["content"] == "Hi" and found.response["id"] == "resp_a"
+    assert found.expires_at == T0 + timedelta(days=1) and found.generation_id == "gen-1"
+    assert await store.load_response("resp_a", owner="bob", now=T0) is None  # another key's: not there
+    assert await store.load_response("resp_a", owner="", now=T0) is None  # nor for a server without keys
+    assert await store.load_response("resp_open", owner="", now=T0) is not None
+    assert await store.load_response("resp_a", owner="alice", now=T0 + timedelta(days=1)) is None  # expired
+
+    assert await store.purge_responses(now=T0 + timedelta(days=2)) == 2
+    assert await store.load_response("resp_open", owner="", now=T0) is None

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from openfusion.activity.stored import EXPIRY_INDEX, stored_responses_table
+
 Dialect = Literal["sqlite", "postgres"]
 
 # Applied versions are recorded here; a store applies every newer step, in order, when it opens.
@@ -105,6 +107,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         description="the API surface a generation came through (api_type)",
         sqlite=(_API_TYPE,),
         postgres=(_API_TYPE,),
+    ),
+    Migration(
+        version=5,
+        description="stored responses, for the Responses API's previous_response_id",
+        sqlite=(stored_responses_table(timestamp="TEXT"), EXPIRY_INDEX),
+        postgres=(stored_responses_table(timestamp="TIMESTAMPTZ"), EXPIRY_INDEX),
     ),
 )
 

@@ -6,6 +6,7 @@ import logging
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -19,10 +20,12 @@ from openfusion.activity.sql import (
     generation_values,
 )
 from openfusion.activity.store import StoreUnavailable, UnknownCursor, redact_url
+from openfusion.activity.stored import StoredResponse, StoredStatements, stored_from_row, stored_values
 
 log = logging.getLogger("openfusion.activity")
 
 SQL = Statements("%s")
+STORED = StoredStatements("%s")
 # Replicas starting together serialize their migrations on this transaction-level advisory lock.
 _MIGRATION_LOCK = zlib.crc32(b"openfusion.activity.migrations")
 
@@ -142,6 +145,23 @@ class PostgresStore:
                 cursor = await conn.execute(SQL.spent_by_key_since, (start_of_day(), key_name))
             row = await cursor.fetchone()
         return float(row[0] or 0.0) if row else 0.0
+
+    async def save_response(self, stored: StoredResponse) -> None:
+        """Keep a response until it expires."""
+        async with self._connection() as conn:
+            await conn.execute(STORED.insert, stored_values(stored))
+
+    async def load_response(self, response_id: str, *, owner: str, now: datetime) -> StoredResponse | None:
+        """The owner's unexpired response of that id, or None."""
+        async with self._connection() as conn:
+            row = await (await conn.execute(STORED.select, (response_id, owner, now))).fetchone()
+        return stored_from_row(row) if row is not None else None
+
+    async def purge_responses(self, *, now: datetime) -> int:
+        """Delete the expired responses; how many."""
+        async with self._connection() as conn:
+            cursor = await conn.execute(STORED.purge, (now,))
+        return cursor.rowcount
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers."""

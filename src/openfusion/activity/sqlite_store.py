@@ -21,11 +21,13 @@ from openfusion.activity.sql import (
     generation_values,
 )
 from openfusion.activity.store import StoreUnavailable, UnknownCursor
+from openfusion.activity.stored import StoredResponse, StoredStatements, stored_from_row, stored_values
 
 log = logging.getLogger("openfusion.activity")
 
 T = TypeVar("T")
 SQL = Statements("?")
+STORED = StoredStatements("?")
 
 
 def timestamp(value: datetime) -> str:
@@ -177,6 +179,21 @@ class SqliteStore:
         else:
             row = await self._run(lambda: self._conn.execute(SQL.spent_by_key_since, (since, key_name)).fetchone())
         return float(row[0] or 0.0)
+
+    async def save_response(self, stored: StoredResponse) -> None:
+        """Keep a response until it expires."""
+        values = stored_values(stored, stamp=timestamp)
+        await self._run(lambda: self._conn.execute(STORED.insert, values))
+
+    async def load_response(self, response_id: str, *, owner: str, now: datetime) -> StoredResponse | None:
+        """The owner's unexpired response of that id, or None."""
+        args = (response_id, owner, timestamp(now))
+        row = await self._run(lambda: self._conn.execute(STORED.select, args).fetchone())
+        return stored_from_row(row) if row is not None else None
+
+    async def purge_responses(self, *, now: datetime) -> int:
+        """Delete the expired responses; how many."""
+        return await self._run(lambda: self._conn.execute(STORED.purge, (timestamp(now),)).rowcount)
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers."""

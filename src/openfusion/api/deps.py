@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from openfusion.activity import ActivityWriter, PriceTable
+from openfusion.api.responses.keeper import ResponseKeeper
 from openfusion.api.shutdown import Drain
 from openfusion.observability.metrics import Metrics
 from openfusion.pipeline.structured import DialectMemory
@@ -34,6 +35,7 @@ class AppState:
     prices: PriceTable = field(default_factory=PriceTable)
     turns: TurnCache = field(default_factory=TurnCache)
     drain: Drain = field(default_factory=Drain)
+    responses: ResponseKeeper | None = None  # Responses API responses kept for follow-ups (None: not kept)
 
 
 async def get_state(request: Request) -> AppState:

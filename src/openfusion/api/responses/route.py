@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
+from openfusion.api.access import client_key_name
 from openfusion.api.body import load_json_object, read_body
 from openfusion.api.deps import AppState
 from openfusion.api.disconnect import cancel_on_disconnect
@@ -17,6 +18,7 @@ from openfusion.api.dispatch import Exchange, serve
 from openfusion.api.fusion_response import with_keepalive
 from openfusion.api.ledger import Ledger
 from openfusion.api.passthrough import SSE_HEADERS
+from openfusion.api.responses.keeper import not_stored
 from openfusion.api.responses.request import Translated, parse_request, translate
 from openfusion.api.responses.writer import ResponseWriter
 from openfusion.api.translated import chat_events
@@ -31,10 +33,17 @@ async def create_response(request: Request) -> Response:
     """Create a model response."""
     state: AppState = request.app.state.openfusion
     data = load_json_object(await read_body(request, state.settings.max_body_bytes))
-    translated = translate(parse_request(data))
+    parsed = parse_request(data)
+    owner = client_key_name(request) or ""  # stored responses belong to the key that made them
+    history = None
+    if parsed.previous_response_id is not None:
+        if state.responses is None:
+            raise not_stored(parsed.previous_response_id)
+        history = await state.responses.history(parsed.previous_response_id, owner=owner)
+    translated = translate(parsed, history)
 
     async def render(exchange: Exchange) -> Response:
-        return await _render(exchange, translated)
+        return await _render(exchange, translated, owner=owner)
 
     return await serve(request, translated.chat, render, api_type="responses")
 
@@ -44,28 +53,45 @@ for _path in ("/v1/responses", "/api/v1/responses"):
     router.add_route(_path, create_response, methods=["POST"], include_in_schema=False)
 
 
-async def _render(exchange: Exchange, translated: Translated) -> Response:
-    chat, ledger = exchange.chat, exchange.ledger
+async def _render(exchange: Exchange, translated: Translated, *, owner: str) -> Response:
+    chat, ledger, keeper = exchange.chat, exchange.ledger, exchange.state.responses
     if exchange.plan is not None:
         events = exchange.fusion_events(stream=chat.stream)
     else:
         opening = chat_events(exchange.state, chat, translated.body)
         events = await cancel_on_disconnect(exchange.request, opening, drain=exchange.state.drain)
-    writer = ResponseWriter(request=translated.request, model=chat.model)
+    store = keeper is not None and translated.request.store is not False
+    writer = ResponseWriter(request=translated.request, model=chat.model, store=store)
+
+    kept = False
+
+    async def keep() -> None:  # before the client hears the response is done: a follow-up may come at once
+        nonlocal kept
+        if keeper is not None and store and not kept:
+            kept = True
+            # The input side only: the output is in the response object, and history() appends it.
+            await keeper.keep(writer.snapshot(), items=translated.items, owner=owner,
+                              generation_id=ledger.generation_id)  # fmt: skip
+
     if chat.stream:
         interval = exchange.state.settings.keepalive_interval_s
         body = ledger.closing(
-            _stream(writer, events, ledger=ledger, keepalive_interval=interval),
+            _stream(writer, events, ledger=ledger, keepalive_interval=interval, keep=keep),
             render_error=lambda error: _encode(writer.fail(error)),  # the end of the grace period
         )
         return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
-    work = _complete(writer, events, ledger=ledger)
+    work = _complete(writer, events, ledger=ledger, keep=keep)
     result = await cancel_on_disconnect(exchange.request, work, drain=exchange.state.drain)
     return Response(orjson.dumps(result), media_type="application/json")
 
 
 async def _stream(
-    writer: ResponseWriter, events: AsyncIterator[Event], *, ledger: Ledger, keepalive_interval: float
+    writer: ResponseWriter,
+    events: AsyncIterator[Event],
+    *,
+    ledger: Ledger,
+    keepalive_interval: float,
+    keep: Callable[[], Awaitable[None]],
 ) -> AsyncIterator[bytes]:
     """The SSE body: `response.created` first, then the run's events (keep-alives while it is silent)."""
     yield _encode(writer.start())
@@ -73,6 +99,8 @@ async def _stream(
         async for batch in with_keepalive(events, keepalive_interval):
             out = b"".join([KEEPALIVE if event is None else _encode(_render_event(writer, event, ledger))
                             for event in batch])  # fmt: skip
+            if writer.finished:
+                await keep()
             if out:
                 yield out
     except OpenFusionError as exc:
@@ -84,12 +112,15 @@ async def _stream(
         yield _encode(writer.fail(OpenFusionError("Internal server error.", code="server_error")))
 
 
-async def _complete(writer: ResponseWriter, events: AsyncIterator[Event], *, ledger: Ledger) -> dict[str, Any]:
+async def _complete(
+    writer: ResponseWriter, events: AsyncIterator[Event], *, ledger: Ledger, keep: Callable[[], Awaitable[None]]
+) -> dict[str, Any]:
     """The non-streamed body: the response object the same events build."""
     async for event in events:
         _render_event(writer, event, ledger)
-    if writer.status == "in_progress":
+    if not writer.finished:
         raise OpenFusionError("The run ended without an answer.", code="internal_error")
+    await keep()
     return writer.snapshot()
 
 

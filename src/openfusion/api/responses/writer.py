@@ -40,11 +40,14 @@ def new_id(prefix: str) -> str:
 class ResponseWriter:
     """Renders one response's events and keeps its response object up to date."""
 
-    def __init__(self, *, request: ResponsesRequest, model: str, response_id: str | None = None) -> None:
+    def __init__(
+        self, *, request: ResponsesRequest, model: str, store: bool = False, response_id: str | None = None
+    ) -> None:
         self.id = response_id or new_id("resp")
         self.created_at = int(time.time())
         self.request = request
         self.model = model
+        self.store = store  # whether the response is kept for follow-ups
         self.status = "in_progress"
         self.output: list[dict[str, Any]] = []  # by output index; items in progress are updated in place
         self.usage: dict[str, Any] | None = None
@@ -88,6 +91,11 @@ class ResponseWriter:
         return [*events, self._event("response.failed", response=self.snapshot())]
 
     @property
+    def finished(self) -> bool:
+        """Whether the response completed (or ended incomplete): it can be kept for a follow-up."""
+        return self.status in ("completed", "incomplete")
+
+    @property
     def finish_reason(self) -> str | None:
         """The chat finish reason of the answer (for the activity record)."""
         return self._blocks.finish_reason
@@ -109,7 +117,7 @@ class ResponseWriter:
             "parallel_tool_calls": request.parallel_tool_calls is not False,
             "previous_response_id": request.previous_response_id,
             "reasoning": {"effort": (request.reasoning or {}).get("effort"), "summary": None},
-            "store": request.store is not False,
+            "store": self.store,
             "temperature": request.temperature,
             "text": request.text or {"format": {"type": "text"}},
             "tool_choice": request.tool_choice or "auto",

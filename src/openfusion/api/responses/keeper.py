@@ -1,0 +1,71 @@
+"""Stored responses at the edge: continue a conversation from `previous_response_id`, keep a finished one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import Any
+
+from openfusion.activity.records import utc_now
+from openfusion.activity.stored import ResponseStore, StoredResponse
+from openfusion.errors import NotFound, OpenFusionError
+
+log = logging.getLogger("openfusion")
+
+_PURGE_EVERY_S = 600.0
+_TIMEOUT_S = 10.0
+
+
+class PreviousResponseNotFound(NotFound):
+    """`previous_response_id` names no response this key stored (unknown, expired, or another key's)."""
+
+    code = "previous_response_not_found"
+
+
+class ResponseKeeper:
+    """Reads and writes stored responses for one app; expired ones are purged now and then."""
+
+    def __init__(self, store: ResponseStore, *, retention_days: float) -> None:
+        self.store = store
+        self.retention = timedelta(days=retention_days)
+        self._last_purge = 0.0
+
+    async def history(self, response_id: str, *, owner: str) -> list[dict[str, Any]]:
+        """The conversation items a follow-up continues from; 404 unless this owner stored that response."""
+        async with asyncio.timeout(_TIMEOUT_S):
+            stored = await self.store.load_response(response_id, owner=owner, now=utc_now())
+        if stored is None:
+            raise _not_found(response_id)
+        return [*stored.items, *_continuable(stored.response.get("output") or [])]
+
+    async def keep(
+        self, response: dict[str, Any], *, items: list[dict[str, Any]], owner: str, generation_id: str
+    ) -> None:
+        """Store a finished response; a database failure is logged, never the client's problem."""
+        now = utc_now()
+        stored = StoredResponse(response["id"], owner, generation_id, now, now + self.retention, items, response)
+        try:
+            async with asyncio.timeout(_TIMEOUT_S):
+                await self.store.save_response(stored)
+                loop = asyncio.get_running_loop()
+                if loop.time() - self._last_purge > _PURGE_EVERY_S:
+                    self._last_purge = loop.time()
+                    await self.store.purge_responses(now=now)
+        except (OpenFusionError, TimeoutError) as exc:
+            log.warning("could not store response %s: %s", response["id"], exc)
+
+
+def not_stored(response_id: str) -> PreviousResponseNotFound:
+    """The 404 on a server that keeps no responses."""
+    return _not_found(response_id, "this server keeps no responses (activity or response_retention_days is off)")
+
+
+def _not_found(response_id: str, why: str = "") -> PreviousResponseNotFound:
+    message = f"Previous response with id {response_id!r} not found" + (f": {why}." if why else ".")
+    return PreviousResponseNotFound(message, param="previous_response_id")
+
+
+def _continuable(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A response's output as input items for the next turn: what it said and the calls it made."""
+    return [item for item in output if item.get("type") in ("message", "function_call")]

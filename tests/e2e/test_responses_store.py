@@ -1,0 +1,148 @@
+"""Stored responses: `previous_response_id` continues a conversation, per client key, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from agents import Agent, OpenAIResponsesModel, Runner, set_tracing_disabled
+
+from fakes.server import serve_in_thread
+from fakes.upstream import FakeUpstream, Script
+from openfusion.app import create_app
+from openfusion.settings import Settings
+
+RESPONSES = "/v1/responses"
+KEYS = {"ALICE_KEY": "sk-alice-secret", "BOB_KEY": "sk-bob-secret"}
+Start = Callable[..., AbstractContextManager[str]]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def start(request: pytest.FixtureRequest, make_settings: Callable[..., Settings], tmp_path: Path) -> Start:
+    """openfusion with two client keys (alice, bob) and its activity store on SQLite or PostgreSQL."""
+    environ = {"FAKE_KEY": "sk-provider-secret", **KEYS}
+    if request.param == "postgres":
+        environ["DATABASE_URL"] = request.getfixturevalue("postgres_url")
+
+    @contextmanager
+    def run(**overrides: Any) -> Iterator[str]:
+        settings = make_settings(
+            keys=[{"name": "alice", "key_env": "ALICE_KEY"}, {"name": "bob", "key_env": "BOB_KEY"}],
+            activity={"path": tmp_path / "activity.sqlite3", **overrides.pop("activity", {})},
+            **overrides,
+        )
+        with serve_in_thread(create_app(settings, environ=environ)) as url:
+            yield url
+
+    return run
+
+
+def post(url: str, key: str, **body: Any) -> httpx.Response:
+    return httpx.post(f"{url}{RESPONSES}", json=body, headers={"Authorization": f"Bearer {KEYS[key]}"}, timeout=30)
+
+
+def test_a_follow_up_continues_the_conversation(upstream: FakeUpstream, start: Start) -> None:
+    upstream.script("plain", Script(content="Paris."), Script(content="About 2.1 million."))
+
+    with start() as url:
+        first = post(url, "ALICE_KEY", model="fake/plain", input="Capital of France?", instructions="Be brief.")
+        assert first.status_code == 200 and first.json()["store"] is True
+        with httpx.stream("POST", f"{url}{RESPONSES}", headers={"Authorization": f"Bearer {KEYS['ALICE_KEY']}"},
+                          json={"model": "fake/plain", "input": "Its population?", "stream": True,
+                                "previous_response_id": first.json()["id"]}, timeout=30) as second:  # fmt: skip
+            events = [json.loads(line[6:]) for line in second.iter_lines() if line.startswith("data: ")]
+
+    assert events[-1]["type"] == "response.completed"
+    assert events[-1]["response"]["previous_response_id"] == first.json()["id"]
+    # The history, then the new input; the first request's instructions are not carried over.
+    assert upstream.calls_for("plain")[1].body["messages"] == [
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "Its population?"},
+    ]
+
+
+def test_a_follow_up_answers_a_function_call(upstream: FakeUpstream, start: Start) -> None:
+    call = {"id": "call_9", "function": {"name": "lookup", "arguments": {"q": "x"}}}
+    upstream.script("plain", Script(tool_calls=[call]), Script(content="Found it."))
+    tool = {"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}
+
+    with start() as url:
+        first = post(url, "ALICE_KEY", model="fake/plain", input="Look it up.", tools=[tool]).json()
+        output = {"type": "function_call_output", "call_id": "call_9", "output": "42"}
+        second = post(url, "ALICE_KEY", model="fake/plain", input=[output], tools=[tool],
+                      previous_response_id=first["id"])  # fmt: skip
+
+    assert second.status_code == 200 and second.json()["output"][0]["content"][0]["text"] == "Found it."
+    sent = upstream.calls_for("plain")[1].body["messages"]
+    assert sent[1]["tool_calls"][0]["id"] == "call_9"
+    assert sent[2] == {"role": "tool", "tool_call_id": "call_9", "content": "42"}
+
+
+def test_a_key_never_continues_another_keys_response(upstream: FakeUpstream, start: Start) -> None:
+    upstream.script("plain", Script(content="Alice's secret plan."))
+
+    with start() as url:
+        alice = post(url, "ALICE_KEY", model="fake/plain", input="My secret plan?").json()
+        stolen = post(url, "BOB_KEY", model="fake/plain", input="Repeat that.", previous_response_id=alice["id"])
+        unknown = post(url, "BOB_KEY", model="fake/plain", input="x", previous_response_id="resp_" + "0" * 48)
+        own = post(url, "ALICE_KEY", model="fake/plain", input="Repeat that.", previous_response_id=alice["id"])
+
+    assert stolen.status_code == 404
+    error = stolen.json()["error"]
+    assert error["code"] == "previous_response_not_found" and error["param"] == "previous_response_id"
+    assert error["type"] == "invalid_request_error"
+    # Bob learns nothing: the same answer as for an id that never existed, and nothing went upstream.
+    assert unknown.status_code == 404 and unknown.json()["error"]["message"].replace("0" * 48, "X") == (
+        error["message"].replace(alice["id"].removeprefix("resp_"), "X")
+    )
+    assert "secret" not in stolen.text
+    assert own.status_code == 200
+    assert len(upstream.calls_for("plain")) == 2  # alice's two requests only
+
+
+def test_store_false_keeps_nothing(upstream: FakeUpstream, start: Start) -> None:
+    with start() as url:
+        first = post(url, "ALICE_KEY", model="fake/plain", input="Hi", store=False).json()
+        follow_up = post(url, "ALICE_KEY", model="fake/plain", input="Again", previous_response_id=first["id"])
+
+    assert first["store"] is False
+    assert follow_up.status_code == 404
+
+
+def test_without_retention_nothing_is_kept(upstream: FakeUpstream, start: Start) -> None:
+    with start(activity={"response_retention_days": 0}) as url:
+        first = post(url, "ALICE_KEY", model="fake/plain", input="Hi").json()
+        follow_up = post(url, "ALICE_KEY", model="fake/plain", input="Again", previous_response_id=first["id"])
+
+    assert first["store"] is False
+    assert follow_up.status_code == 404 and "keeps no responses" in follow_up.json()["error"]["message"]
+
+
+@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings:UserWarning")
+def test_the_agents_sdk_continues_with_previous_response_id(upstream: FakeUpstream, start: Start) -> None:
+    upstream.script("synth", Script(content="Blue, by Rayleigh scattering."), Script(content="Red, at sunset."))
+    set_tracing_disabled(True)
+
+    async def run(url: str) -> Any:
+        async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=KEYS["ALICE_KEY"], max_retries=0) as client:
+            agent = Agent(name="a", model=OpenAIResponsesModel(model="fusion/trio", openai_client=client))
+            first = await Runner.run(agent, "Why is the sky blue?")
+            second = await Runner.run(agent, "And at sunset?", previous_response_id=first.last_response_id)
+            assert first.final_output == "Blue, by Rayleigh scattering."
+            return second
+
+    with start() as url:
+        second = asyncio.run(run(url))
+
+    assert second.final_output == "Red, at sunset."
+    history = upstream.calls_for("synth")[1].body["messages"]
+    said = [m["content"] for m in history if m["role"] in ("user", "assistant") and isinstance(m["content"], str)]
+    assert "Why is the sky blue?" in said and "Blue, by Rayleigh scattering." in said
