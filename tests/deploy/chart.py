@@ -100,11 +100,12 @@ class Helm:
         assert result.returncode == 0, f"helm template failed:\n{result.stderr}"
         return Manifests(doc for doc in yaml.safe_load_all(result.stdout) if doc)
 
-    def refusal(self, values: str | None = None, *, settings: dict[str, Any] | None = None) -> str:
-        """Render values the chart must refuse; returns helm's error message."""
+    def refusal(self, values: str | None = None, *, settings: dict[str, Any] | None = None, by: str = "chart") -> str:
+        """Render values the chart must refuse, `by` its templates' checks or its values schema; helm's message."""
         result = self.run(*self._template(values, settings or {}, ()))
         assert result.returncode != 0, f"helm template accepted values it must refuse: {settings}"
-        assert "execution error" in result.stderr, f"not the chart's own refusal:\n{result.stderr}"
+        expected = {"chart": "execution error", "schema": "don't meet the specifications of the schema"}[by]
+        assert expected in result.stderr, f"not refused by the {by}:\n{result.stderr}"
         return result.stderr
 
     def notes(self, values: str | None = None, *, settings: dict[str, Any] | None = None) -> str:

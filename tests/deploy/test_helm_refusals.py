@@ -12,7 +12,11 @@ POSTGRES = {"database.url": "postgresql://db.internal/openfusion"}
 CLIENT_KEYS = {"clientKeys.existingSecret": "openfusion-clients"}
 
 
-@pytest.mark.parametrize("settings", [{"replicaCount": 2}, {"replicaCount": 3, "redis.url": "redis://r:6379/0"}])
+@pytest.mark.parametrize(
+    "settings",
+    [{"replicaCount": 2}, {"replicaCount": 3, "redis.url": "redis://r:6379/0"}],
+    ids=["two", "three-with-redis"],
+)
 def test_several_replicas_on_sqlite_are_refused(helm: Helm, settings: dict[str, object]) -> None:
     message = helm.refusal(settings=settings)
     assert f"replicaCount is {settings['replicaCount']} but no DATABASE_URL is configured" in message
@@ -66,6 +70,7 @@ def test_the_gateway_values_without_client_keys_are_refused(helm: Helm) -> None:
         ({"shutdownGraceSeconds": 120, "terminationGracePeriodSeconds": 100}, 130),
         ({"shutdownGraceSeconds": 29.5, "terminationGracePeriodSeconds": 40}, 40),  # grace rounds up
     ],
+    ids=["no-margin", "shorter", "long-grace", "fractional-grace"],
 )
 def test_a_termination_grace_too_short_for_streams_to_drain_is_refused(
     helm: Helm, settings: dict[str, object], budget: int
@@ -99,6 +104,11 @@ def test_a_disruption_budget_with_both_bounds_is_refused(helm: Helm) -> None:
     assert pdb.one("PodDisruptionBudget")["spec"]["minAvailable"] == 1
 
 
+def test_an_autoscaler_whose_floor_is_above_its_ceiling_is_refused(helm: Helm) -> None:
+    settings = {"autoscaling.enabled": True, "autoscaling.minReplicas": 5, "autoscaling.maxReplicas": 3, **POSTGRES}
+    assert "autoscaling.minReplicas (5) is larger than autoscaling.maxReplicas (3)" in helm.refusal(settings=settings)
+
+
 def test_an_autoscaler_without_a_metric_is_refused(helm: Helm) -> None:
     settings = {"autoscaling.enabled": True, "autoscaling.targetCPUUtilizationPercentage": "", **POSTGRES}
     assert "the autoscaler has no metric" in helm.refusal(settings=settings)
@@ -117,3 +127,23 @@ def test_a_service_monitor_that_could_not_scrape_through_client_keys_is_refused(
 def test_a_preset_name_openfusion_would_not_load_is_refused(helm: Helm, name: str) -> None:
     message = helm.refusal(settings={"presets": {name: 'analysis_models = ["a/b"]\nmodel = "a/b"\n'}})
     assert "is not a valid preset name" in message
+
+
+@pytest.mark.parametrize(
+    ("settings", "complaint"),
+    [
+        ({"replicas": 3}, "(root): Additional property replicas is not allowed"),
+        ({"ingress.enable": True}, "ingress: Additional property enable is not allowed"),
+        ({"database.URL": "postgresql://db/x"}, "database: Additional property URL is not allowed"),
+        ({"replicaCount": "three"}, "replicaCount: Invalid type"),
+        ({"database.url": "sqlite:////var/lib/openfusion/activity.sqlite3"}, "database.url: Does not match pattern"),
+        ({"service.type": "ExternalName"}, "service.type: service.type must be one of"),
+        ({"env": {"OPENFUSION-DEFAULT-PRESET": "fast"}}, "env: Does not match pattern"),
+        ({"image.digest": "0123abcd"}, "image.digest: Does not match pattern"),
+        ({"terminationGracePeriodSeconds": "60"}, "terminationGracePeriodSeconds"),
+    ],
+    ids=["typo", "nested-typo", "case", "type", "sqlite-url", "service-type", "env-name", "digest", "grace-string"],
+)
+def test_values_the_schema_refuses(helm: Helm, settings: dict[str, object], complaint: str) -> None:
+    """A misspelt or mistyped value fails the render instead of being silently ignored."""
+    assert complaint in helm.refusal(settings=settings, by="schema")
