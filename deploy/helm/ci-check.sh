@@ -4,7 +4,8 @@
 # deploy/helm/openfusion/ci/ (and the defaults), every rendered manifest validated offline against
 # the Kubernetes JSON schemas (kubernetes-validate, from the test extra), the properties the chart
 # promises (probes, security context, shutdown timing, checksums, secret references, autoscaler),
-# and the values it must refuse.
+# the values it must refuse (its checks and values.schema.json), and the rendered pods run as real
+# `openfusion serve` processes (needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379).
 #
 # Usage: deploy/helm/ci-check.sh [PYTHON]    PYTHON: an interpreter with '.[test]' installed (default python3)
 set -euo pipefail
