@@ -75,10 +75,12 @@ def preflight(url: str, origin: str = ORIGIN) -> httpx.Response:
 def test_cors_is_off_by_default(upstream: FakeUpstream, serve: Serve) -> None:
     with serve({"api_keys": "sk-x"}) as (url, _):
         response = preflight(url)
-        assert response.status_code == 401  # an OPTIONS like any other request: it needs a key
+        assert response.status_code == 403  # another origin, CORS off: refused before the key check
         assert "access-control-allow-origin" not in response.headers
+        # Without CORS a browser request from another origin is refused outright (see test_cross_site.py).
         answer = httpx.get(f"{url}/v1/models", headers={"Origin": ORIGIN, **bearer("sk-x")})
-        assert answer.status_code == 200 and "access-control-allow-origin" not in answer.headers
+        assert answer.status_code == 403 and "access-control-allow-origin" not in answer.headers
+        assert httpx.get(f"{url}/v1/models", headers=bearer("sk-x")).status_code == 200
 
 
 def test_cors_with_configured_origins(upstream: FakeUpstream, serve: Serve) -> None:

@@ -21,6 +21,8 @@ from openfusion.access.keys import Client
 from openfusion.access.limiter import Slot
 from openfusion.access.scope import check_scope, requested_models
 from openfusion.access.spend import SpendSource
+from openfusion.api.browser import BrowserGuard, is_activity_page
+from openfusion.api.browser import route_path as _route_path
 from openfusion.api.handlers import error_response
 from openfusion.errors import OpenFusionError
 from openfusion.pipeline.plan import FusionPlan
@@ -118,6 +120,7 @@ def install_access(app: FastAPI, access: AccessControl, *, cors: CorsConfig) -> 
     """Put access control (and CORS, when configured) in front of every route."""
     app.state.access = access
     app.add_middleware(AccessMiddleware, access=access)
+    app.add_middleware(BrowserGuard, cors=cors)  # before the key check: a refused request costs nothing
     if cors.allow_origins:
         # Added last, so it runs first: preflights are answered without a key, and errors carry CORS headers.
         app.add_middleware(
@@ -130,24 +133,19 @@ def install_access(app: FastAPI, access: AccessControl, *, cors: CorsConfig) -> 
         )
 
 
-def _route_path(scope: Scope) -> str:
-    """The path the routes see: without the `root_path` a reverse proxy mounted the app under."""
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    if root and path.startswith(root):
-        return path[len(root) :] or "/"
-    return path
-
-
 def _presented_key(scope: Scope) -> str | None:
-    """The key from `Authorization: Bearer <key>`, or the password of Basic auth (for a browser)."""
+    """The key from `Authorization: Bearer <key>`, or, on the /activity pages only, the password of Basic auth.
+
+    A browser replays Basic credentials it has cached to any page's request here; on the API they
+    would let another site's page spend on the user's key.
+    """
     for name, value in scope["headers"]:
         if name == b"authorization":
             scheme, _, credentials = value.decode("latin-1").strip().partition(" ")
             credentials = credentials.strip()
             if scheme.lower() == "bearer":
                 return credentials or None
-            if scheme.lower() == "basic":
+            if scheme.lower() == "basic" and is_activity_page(_route_path(scope)):
                 try:
                     decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
                 except (binascii.Error, UnicodeDecodeError):
@@ -161,6 +159,6 @@ def _render(error: OpenFusionError, scope: Scope) -> Response:
     response = error_response(error)
     if isinstance(error, AuthenticationFailed):
         # Basic lets a person open the /activity pages in a browser with the key as password.
-        scheme = "Basic" if _route_path(scope).startswith("/activity") else "Bearer"
+        scheme = "Basic" if is_activity_page(_route_path(scope)) else "Bearer"
         response.headers["WWW-Authenticate"] = f'{scheme} realm="openfusion"'
     return response

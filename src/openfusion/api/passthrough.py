@@ -17,7 +17,7 @@ from openfusion.sse import DONE, encode, error_chunk
 from openfusion.upstream.client import Forwarded
 from openfusion.upstream.trace import end_call
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
 async def forward_first_success(state: AppState, chat: ChatRequest, body: dict[str, Any]) -> Forwarded:

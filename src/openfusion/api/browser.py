@@ -1,0 +1,93 @@
+"""Browser safety at the edge: JSON-only bodies, no cross-site API calls, no caching, no framing.
+
+A web page on another site can make a visitor's browser send a "simple" request here — a form post,
+or `fetch` with a text/plain or typeless body — without any CORS preflight, and the browser may add
+credentials it holds for this server. Such a request could start paid runs. So a request body must
+be `application/json` (no simple request can send that type), and a request the browser marks as
+coming from another site (`Sec-Fetch-Site`, else an `Origin` other than this server) is refused on
+every route but the `/activity` pages, unless `[cors]` allows its origin. Every response says
+`Cache-Control: no-store` (answers and activity are private) and may not be framed by another page.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from openfusion.access.config import CorsConfig
+from openfusion.api.handlers import error_response
+from openfusion.errors import CrossSiteRequest, OpenFusionError, UnsupportedMediaType
+
+_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+_OTHER_SITE = frozenset({"cross-site", "same-site"})
+_SAFETY_HEADERS = [(b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff")]
+
+
+def route_path(scope: Scope) -> str:
+    """The path the routes see: without the `root_path` a reverse proxy mounted the app under."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
+
+
+def is_activity_page(path: str) -> bool:
+    """Whether a route path is one of the HTML activity pages (the only place for Basic auth)."""
+    return path == "/activity" or path.startswith("/activity/")
+
+
+class BrowserGuard:
+    """Refuses non-JSON bodies (415) and cross-site API requests (403); marks every response private."""
+
+    def __init__(self, app: ASGIApp, *, cors: CorsConfig) -> None:
+        self.app = app
+        self.any_origin = "*" in cors.allow_origins
+        self.origins = frozenset(origin.rstrip("/").lower() for origin in cors.allow_origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def private(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"cache-control"]
+                present = {k.lower() for k, _ in headers}
+                headers += [(k, v) for k, v in _SAFETY_HEADERS if k not in present]
+                headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        refusal = self._refusal(scope)
+        if refusal is not None:
+            await error_response(refusal)(scope, receive, private)
+            return
+        await self.app(scope, receive, private)
+
+    def _refusal(self, scope: Scope) -> OpenFusionError | None:
+        headers = Headers(scope=scope)
+        if not is_activity_page(route_path(scope)) and self._from_another_site(headers):
+            return CrossSiteRequest(
+                "Cross-site browser requests are refused: call this API from a server, or allow the page's "
+                "origin in [cors] allow_origins."
+            )
+        if scope["method"] in _WITH_BODY:
+            media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            if media_type != "application/json":
+                shown = f"got {media_type!r}" if media_type else "none was sent"
+                return UnsupportedMediaType(f"Content-Type must be application/json ({shown}).")
+        return None
+
+    def _from_another_site(self, headers: Headers) -> bool:
+        origin = headers.get("origin")
+        if origin is not None and (self.any_origin or origin.rstrip("/").lower() in self.origins):
+            return False  # the operator allows this origin's pages to call the API
+        site = headers.get("sec-fetch-site")
+        if site is not None:  # every current browser sends it: trust it over Host, which proxies rewrite
+            return site in _OTHER_SITE
+        if origin is None:
+            return False  # not a browser (SDKs, curl), or a same-origin GET
+        return urlsplit(origin).netloc.lower() != headers.get("host", "").lower()
