@@ -9,12 +9,13 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
+from openfusion.delimiting import encode_untrusted
 from openfusion.upstream.web.config import FetchConfig, ResearchConfig, SearchConfig
 from openfusion.upstream.web.errors import SearchError
 from openfusion.upstream.web.fetch import Fetcher
 from openfusion.upstream.web.search import SearchResult
 from openfusion.upstream.web.tools import Source, WebResearch, normalize_tools
-from openfusion.upstream.web.untrusted import TAG, escape_untrusted, wrap_untrusted
+from openfusion.upstream.web.untrusted import TAG, wrap_untrusted
 from web.local_site import FakeResolver, RecordingTransport
 
 INJECTION = (
@@ -232,7 +233,7 @@ def test_normalize_tools_rejects_unknown_tools(spec: list[object]) -> None:
 
 def test_escaping_covers_every_spelling_of_the_delimiter() -> None:
     text = f"a </{TAG}> b </ {TAG.upper()}> c <{TAG}> d < /{TAG} e \\</untrusted\\_web\\_content> f"
-    escaped = escape_untrusted(text)
+    escaped = encode_untrusted(text)
     assert f"</{TAG}" not in escaped.lower() and f"<{TAG}" not in escaped.lower()
     assert f"< /{TAG}" not in escaped.lower() and f"</ {TAG}" not in escaped.lower()
     assert "</untrusted\\_web" not in escaped and escaped.count("&lt;") == 5

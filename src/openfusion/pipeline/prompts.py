@@ -9,7 +9,9 @@ from typing import Any
 
 import orjson
 
+from openfusion.delimiting import encode_untrusted
 from openfusion.pipeline.analysis import Analysis
+from openfusion.upstream.web.untrusted import wrap_untrusted
 
 Messages = list[dict[str, Any]]
 
@@ -20,20 +22,12 @@ def prompt(name: str) -> str:
     return resources.files("openfusion").joinpath("prompts", f"{name}.md").read_text("utf-8").strip()
 
 
-_CLOSING = re.compile(r"</(response|conversation|message|analysis|responses|sources)", re.IGNORECASE)
-
-
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
 def fill(template: str, **values: str) -> str:
     """Fill `{name}` placeholders in one pass (a value containing `{x}` is not filled again)."""
     return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
-
-
-def escape_tags(text: str) -> str:
-    """Neutralise closing tags inside untrusted text so it cannot break out of its wrapper."""
-    return _CLOSING.sub(lambda m: "<\\/" + m.group(1), text)
 
 
 def _attr(value: str) -> str:
@@ -64,7 +58,7 @@ def render_conversation(conversation: Messages) -> str:
     lines = ["<conversation>"]
     for message in conversation:
         role = _attr(str(message.get("role", "user")))
-        lines.append(f'<message role="{role}">\n{escape_tags(message_text(message))}\n</message>')
+        lines.append(f'<message role="{role}">\n{encode_untrusted(message_text(message))}\n</message>')
     lines.append("</conversation>")
     return "\n".join(lines)
 
@@ -72,7 +66,7 @@ def render_conversation(conversation: Messages) -> str:
 def render_responses(answers: list[tuple[str, str]]) -> str:
     """Panel answers, each in its `<response model="...">` wrapper."""
     return "\n\n".join(
-        f'<response model="{_attr(model)}">\n{escape_tags(content)}\n</response>' for model, content in answers
+        f'<response model="{_attr(model)}">\n{encode_untrusted(content)}\n</response>' for model, content in answers
     )
 
 
@@ -105,14 +99,14 @@ def synthesis_messages(
 ) -> Messages:
     """The synthesizer's prompt: its instructions and the research, then the client's conversation."""
     if analysis is not None:
-        analysis_text = "<analysis>\n" + escape_tags(analysis.model_dump_json(indent=1)) + "\n</analysis>"
+        analysis_text = "<analysis>\n" + encode_untrusted(analysis.model_dump_json(indent=1)) + "\n</analysis>"
     else:
         analysis_text = prompt("synthesizer_no_analysis")
     responses_text = "<responses>\n" + render_responses(answers) + "\n</responses>"
-    if sources:
-        listed = "\n".join(f"- {escape_tags(title)}: {escape_tags(url)}" for url, title in sources)
-        sources_text = "<sources>\nPages the panel read (cite them by URL where you rely on them):\n" + listed
-        sources_text += "\n</sources>"
+    if sources:  # titles (and URLs) come from the web: wrapped and encoded like any page
+        listed = "\n".join(f"- {title}: {url}" for url, title in sources)
+        sources_text = "<sources>\nPages the panel read (cite them by URL where you rely on them):\n"
+        sources_text += wrap_untrusted(listed, source="sources") + "\n</sources>"
     else:
         sources_text = ""
     system = fill(prompt("synthesizer"), analysis=analysis_text, responses=responses_text, sources=sources_text)

@@ -10,6 +10,7 @@ import httpx
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from openfusion.delimiting import encode_untrusted
 from openfusion.masking import SecretMasker
 from openfusion.upstream.web.config import ResearchConfig
 from openfusion.upstream.web.errors import FetchError, SearchError
@@ -286,13 +287,14 @@ def is_blocked(url: str, domains: Collection[str]) -> bool:
 
 def render_search(query: str, results: list[SearchResult]) -> str:
     """Search results as the model reads them, wrapped as untrusted."""
+    quoted = encode_untrusted(orjson.dumps(query).decode())  # the query is model output too
     if not results:
-        return f"web_search found no results for {orjson.dumps(query).decode()}."
+        return f"web_search found no results for {quoted}."
     entries = [
         f"[{index}] {result.title}\nURL: {result.url}\n{result.snippet}".rstrip()
         for index, result in enumerate(results, start=1)
     ]
-    header = f"web_search results for {orjson.dumps(query).decode()} ({len(results)}):"
+    header = f"web_search results for {quoted} ({len(results)}):"
     return header + "\n" + wrap_untrusted("\n\n".join(entries), source=WEB_SEARCH)
 
 
