@@ -33,6 +33,13 @@ CASES = [
     ("fusion 408 tokens stream c=10", LONG, True, 10, "CPU per request (per token vs 8 tokens)"),
     ("pass-through non-stream c=1", None, False, 1, "added latency"),
     ("pass-through non-stream c=50", None, False, 50, "CPU per request"),
+    ("pass-through 8 tokens stream c=10", "fake/lat-0-tok-8", True, 10, "CPU per request"),
+    ("pass-through 408 tokens stream c=10", "fake/lat-0-tok-408", True, 10, "CPU per request (per token vs 8)"),
+]
+# (arm of the table, the 8-token case, the 408-token case): the proxy CPU of one more relayed token.
+TOKEN_PRICES = [
+    ("fusion", "fusion 8 tokens stream c=10", "fusion 408 tokens stream c=10"),
+    ("pass-through", "pass-through 8 tokens stream c=10", "pass-through 408 tokens stream c=10"),
 ]
 
 
@@ -48,7 +55,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             bench.openfusion_bin = exe
             bench.start_openfusion(f"openfusion_{arm}", presets)
         for name, preset, stream, c, shows in CASES:
-            model = f"fusion/{preset.name}" if preset else PASS_MODEL
+            if args.only and not any(word in name for word in args.only.split(",")):
+                continue
+            model = preset if isinstance(preset, str) else f"fusion/{preset.name}" if preset else PASS_MODEL
             body = chat_body(model, stream=stream)
             arms = {
                 arm: (
@@ -76,12 +85,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for arm, x in row.items():
                 p50 = x.get(key, {}).get("p50", float("nan"))
                 say(f"    {arm:>16}: {p50:8.2f} {proxy_cpu_ms(x):7.2f} {x['rps']:7.0f} {x['errors']:4d}")
-        say("price of a relayed token (µs of proxy CPU, 408 vs 8 tokens at c=10):")
-        for arm in builds:
-            short = proxy_cpu_ms(results["cases"]["fusion 8 tokens stream c=10"][arm])
-            long = proxy_cpu_ms(results["cases"]["fusion 408 tokens stream c=10"][arm])
-            results["us_per_token"][arm] = (long - short) * 1000 / 400
-            say(f"    {arm:>16}: {results['us_per_token'][arm]:8.1f}")
+        for kind, short_case, long_case in TOKEN_PRICES:
+            if short_case not in results["cases"] or long_case not in results["cases"]:
+                continue
+            say(f"price of a relayed {kind} token (µs of proxy CPU, 408 vs 8 tokens at c=10):")
+            for arm in builds:
+                short = proxy_cpu_ms(results["cases"][short_case][arm])
+                long = proxy_cpu_ms(results["cases"][long_case][arm])
+                results["us_per_token"].setdefault(kind, {})[arm] = price = (long - short) * 1000 / 400
+                say(f"    {arm:>16}: {price:8.1f}")
     finally:
         await bench.close_sessions()
         bench.stop_all()
@@ -97,6 +109,7 @@ def main() -> int:
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--slice-s", type=float, default=3.0)
+    parser.add_argument("--only", default="", help="comma-separated words: run only the cases whose name has one")
     args = parser.parse_args()
     run_harness(run(args))
     return 0

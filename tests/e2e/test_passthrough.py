@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import httpx
 import openai
+import pytest
 
-from fakes.upstream import FakeUpstream, Script
+from fakes.upstream import FakeUpstream, Script, wait_until
+
+HI = [{"role": "user", "content": "Hi"}]
 
 
 def test_non_stream_pass_through(upstream: FakeUpstream, server: str) -> None:
@@ -89,3 +96,90 @@ def test_an_unreachable_provider_is_a_clear_502(start_server: object, upstream: 
     assert response.status_code in (502, 504)
     error = response.json()["error"]
     assert error["code"] in ("upstream_unreachable", "upstream_timeout") and "dead/m" in error["message"]
+
+
+# ---- streams that end without finishing: the client is told, and activity records the failure ---------------
+
+
+def _recorded(url: str, generation_id: str) -> dict[str, Any]:
+    """The generation as the activity API returns it, once the writer has stored it."""
+    found: dict[str, Any] = {}
+
+    def stored() -> bool:
+        response = httpx.get(f"{url}/api/v1/generation", params={"id": generation_id})
+        found.update(response.json().get("data") or {} if response.status_code == 200 else {})
+        return bool(found)
+
+    wait_until(stored, timeout=10)
+    return found
+
+
+def _stream(url: str, model: str) -> tuple[str, str]:
+    """A streamed pass-through request read to its end; (body text, generation id)."""
+    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=20) as response:
+        assert response.status_code == 200
+        return response.read().decode(), response.headers["x-generation-id"]
+
+
+def _payloads(text: str) -> list[Any]:
+    lines = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+    return [line if line == "[DONE]" else json.loads(line) for line in lines]
+
+
+@pytest.mark.parametrize(
+    ("script", "code"),
+    [
+        (Script(content="one two three", end_stream_after=2), "upstream_invalid_response"),
+        (Script(raw_body=b""), "upstream_invalid_response"),
+        (Script(content="one two", error_event={"message": "provider overloaded", "code": 502}), "upstream_error"),
+    ],
+    ids=["ends-early", "empty", "error-event"],
+)
+def test_a_stream_that_ends_without_finishing_ends_with_an_error_chunk(
+    upstream: FakeUpstream, start_server: Any, tmp_path: Path, script: Script, code: str
+) -> None:
+    upstream.script("plain", script)
+
+    with start_server(activity={"path": tmp_path / "activity.sqlite3"}) as url:
+        text, generation_id = _stream(url, "fake/plain")
+        record = _recorded(url, generation_id)
+
+    call = upstream.calls_for("plain")[0]
+    assert call.finished is not None and not call.disconnected  # the upstream ended cleanly …
+    assert call.ended_early or script.raw_body == b""  # … before its answer was complete
+    payloads = _payloads(text)
+    assert payloads[-1] == "[DONE]" and payloads.count("[DONE]") == 1
+    last = payloads[-2]
+    assert last["choices"][0]["finish_reason"] == "error" and last["error"]["code"] == code
+    assert record["status"] == "error" and record["failure_reason"] == code
+    assert record["calls"][0]["status"] == "error"
+    if script.error_event:
+        assert "provider overloaded" in last["error"]["message"]
+
+
+def test_a_whole_stream_is_relayed_untouched_and_recorded_ok(
+    upstream: FakeUpstream, start_server: Any, tmp_path: Path
+) -> None:
+    upstream.script("plain", Script(content="one two"))
+
+    with start_server(activity={"path": tmp_path / "activity.sqlite3"}) as url:
+        text, generation_id = _stream(url, "fake/plain")
+        record = _recorded(url, generation_id)
+
+    assert '"error"' not in text and text.endswith("data: [DONE]\n\n")
+    assert record["status"] == "ok"
+
+
+def test_an_empty_answer_is_a_502(upstream: FakeUpstream, start_server: Any, tmp_path: Path) -> None:
+    upstream.script("plain", Script(raw_body=b""))
+
+    with start_server(activity={"path": tmp_path / "activity.sqlite3"}) as url:
+        response = httpx.post(f"{url}/v1/chat/completions", json={"model": "fake/plain", "messages": HI}, timeout=20)
+        wait_until(lambda: bool(httpx.get(f"{url}/v1/activity").json()["data"]), timeout=10)
+        record = httpx.get(f"{url}/v1/activity").json()["data"][0]  # an error response names no generation
+
+    assert upstream.calls_for("plain")[0].finished is not None  # the upstream answered: 200, no body
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_invalid_response"
+    assert record["status"] == "error" and record["failure_reason"] == "upstream_invalid_response"

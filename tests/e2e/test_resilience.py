@@ -235,6 +235,10 @@ def _check_passthrough(fault: str, stream: bool, response: httpx.Response) -> No
         assert response.status_code == 200 and '"code":"upstream_unreachable"' in response.text
     elif fault == "reset":
         assert response.status_code == 502 and response.json()["error"]["code"] == "upstream_unreachable"
+    elif fault == "malformed" and stream:  # relayed as it came; an event stream that never finished ends in an error
+        assert response.status_code == 200 and response.content.startswith(b"{not json")
+        assert '"code":"upstream_invalid_response"' in response.text
+        assert response.text.rstrip().endswith("data: [DONE]")
     elif fault == "malformed":
         assert response.status_code == 200 and response.content == b"{not json"  # verbatim, as the provider sent it
     elif fault == "cut" and stream:

@@ -188,6 +188,24 @@ def test_cut_stream_raises_connection_error_in_sdk(fake: FakeUpstream, sdk: open
     assert not fake.calls[0].disconnected
 
 
+def test_a_stream_can_end_cleanly_before_it_finishes(fake: FakeUpstream, http: httpx.Client) -> None:
+    fake.script("m", Script(content="one two three", end_stream_after=2))
+    data = sse_data(http, {"model": "m", "stream": True})
+    chunks = [json.loads(d) for d in data]
+    assert [c["choices"][0]["delta"].get("content") for c in chunks] == ["", "one ", "two "]
+    assert all(c["choices"][0]["finish_reason"] is None for c in chunks) and "[DONE]" not in data
+    wait_until(lambda: fake.calls[0].finished is not None)
+    assert fake.calls[0].ended_early and not fake.calls[0].disconnected
+
+
+def test_a_stream_can_end_with_an_error_event(fake: FakeUpstream, http: httpx.Client) -> None:
+    fake.script("m", Script(content="one two", error_event={"message": "overloaded", "code": 502}))
+    data = sse_data(http, {"model": "m", "stream": True})
+    assert json.loads(data[-1])["error"] == {"message": "overloaded", "code": 502}
+    assert all(json.loads(d).get("choices", [{}])[0].get("finish_reason") is None for d in data[:-1])
+    assert "[DONE]" not in data and fake.calls[0].ended_early
+
+
 def test_client_closing_slow_stream_marks_call_disconnected(fake: FakeUpstream, http: httpx.Client) -> None:
     fake.script("m", Script(chunks=["x"] * 50, chunk_interval_s=0.1))
     with http.stream("POST", "/chat/completions", json={"model": "m", "stream": True}) as r:

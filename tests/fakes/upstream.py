@@ -50,6 +50,11 @@ class Script:
     tool_calls: list[dict[str, Any]] | None = None
     raw_body: bytes | None = None
     cut_stream_after: int | None = None
+    # Streams: end cleanly (no reset) after this many content chunks, with no finish_reason and no [DONE].
+    end_stream_after: int | None = None
+    # Streams: after the content chunks, this object as a mid-stream error event (`data: {"error": …}`), then a
+    # clean end with no finish_reason and no [DONE].
+    error_event: dict[str, Any] | None = None
     reject_response_format: set[str] | None = None
     reset: bool = False  # drop the connection right after the status line: no body at all
     reject_status: int = 400  # llama.cpp's server answers a json_schema response_format with HTTP 500
@@ -67,6 +72,7 @@ class Call:
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     disconnected: bool = False
+    ended_early: bool = False  # a stream the fake ended cleanly before its finish_reason, as scripted
 
 
 class _StreamCut(Exception):
@@ -312,14 +318,19 @@ async def _stream_events(
             pieces = script.chunks
         else:
             pieces = re.findall(r"\S+\s*|\s+", reply.content or "")
-        cut = script.cut_stream_after
+        cut = script.cut_stream_after if script.cut_stream_after is not None else script.end_stream_after
         for n, piece in enumerate(pieces if cut is None else pieces[:cut]):
             if n and await _pause(request, script.chunk_interval_s):
                 return
             yield event({"content": piece})
-        if cut is not None:
+        if script.cut_stream_after is not None:
             disconnected = False
             raise _StreamCut(f"stream cut after {cut} content chunks")
+        if script.end_stream_after is not None or script.error_event is not None:
+            if script.error_event is not None:
+                yield b"data: " + orjson.dumps({**reply.base, "error": script.error_event}) + b"\n\n"
+            disconnected, call.ended_early = False, True
+            return
         for i, tc in enumerate(reply.tool_calls):
             args = tc["function"]["arguments"]
             yield event({"tool_calls": [{"index": i, **tc, "function": {**tc["function"], "arguments": ""}}]})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,7 +11,7 @@ from starlette.responses import Response, StreamingResponse
 
 from openfusion.api.deps import AppState
 from openfusion.api.ledger import Ledger
-from openfusion.errors import UpstreamError
+from openfusion.errors import UpstreamError, UpstreamProtocolError, UpstreamStatusError
 from openfusion.pipeline.plan import fusion_plugin_index
 from openfusion.protocol import ChatRequest, Usage, parse_usage
 from openfusion.sse import DONE, encode, error_chunk
@@ -57,18 +58,96 @@ async def pass_through(state: AppState, chat: ChatRequest, data: dict[str, Any],
 
 async def _relay(forwarded: Forwarded, *, model: str, ledger: Ledger) -> AsyncIterator[bytes]:
     complete = False
+    # The last few reads, by reference (no copy on the hot path): the end of the stream says whether it is whole.
+    recent: deque[bytes] = deque(maxlen=4)
     try:
         async for chunk in forwarded.body:
+            recent.append(chunk)
             yield chunk
         complete = True
+        ending = unfinished(forwarded, _tail(recent))
+        if ending is not None:  # ended cleanly, yet not a whole answer: say so, as for a cut stream
+            error, done_sent = ending
+            tail = _failed(forwarded, error, model=model, ledger=ledger)
+            if not done_sent:  # after a [DONE] the client reads nothing more: the record alone says it
+                yield tail
     except UpstreamError as exc:  # the upstream broke off mid-stream: say so rather than end silently
         complete = True
-        ledger.failed(exc)
-        if forwarded.trace is not None and forwarded.trace.ended is None:
-            end_call(forwarded.trace, status="error", error=exc.message, upstream_status=exc.upstream_status)
-        yield b"\n\n" + encode(error_chunk(exc, generation_id=ledger.generation_id, model=model, created=0)) + DONE
+        yield _failed(forwarded, exc, model=model, ledger=ledger)
     finally:
         await forwarded.aclose(complete=complete)
+
+
+def _failed(forwarded: Forwarded, exc: UpstreamError, *, model: str, ledger: Ledger) -> bytes:
+    """Record a relayed stream's failure; the error chunk and [DONE] that end it for the client."""
+    ledger.failed(exc)
+    if forwarded.trace is not None and forwarded.trace.ended is None:
+        end_call(forwarded.trace, status="error", error=exc.message, upstream_status=exc.upstream_status)
+    # A blank line first: the upstream may have stopped in the middle of an event.
+    return b"\n\n" + encode(error_chunk(exc, generation_id=ledger.generation_id, model=model, created=0)) + DONE
+
+
+def unfinished(forwarded: Forwarded, tail: bytes) -> tuple[UpstreamError, bool] | None:
+    """Why an event stream that ended cleanly is not a whole answer, and whether it sent [DONE]; None if whole.
+
+    Whole: it sent [DONE] or a finish_reason, and no error event. Only its last events are read, once.
+    """
+    if "text/event-stream" not in forwarded.headers.get("content-type", ""):
+        return None  # not a stream at all (an upstream that ignored stream: true): relayed as it is
+    events = _last_data(tail)
+    if events and events[0] == b"[DONE]" and not any(b'"error"' in data for data in events):
+        return None  # the usual end, told without parsing anything
+    trace = forwarded.trace
+    slug, provider = (trace.model, trace.provider) if trace is not None else ("upstream", "")
+    done = finished = False
+    error: dict[str, Any] | None = None
+    for data in events:
+        if data == b"[DONE]":
+            done = True
+            continue
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            continue  # the first event may be cut by the window
+        if not isinstance(chunk, dict):
+            continue
+        if error is None and isinstance(chunk.get("error"), dict):
+            error = chunk["error"]
+        choices = chunk.get("choices")
+        finished = finished or any(isinstance(c, dict) and c.get("finish_reason") for c in choices or [])
+    if error is not None:
+        code = error.get("code")
+        message = f"{slug} failed mid-stream: {error.get('message') or 'unknown error'}"
+        status = code if isinstance(code, int) else None
+        return UpstreamStatusError(message, model=slug, provider=provider, upstream_status=status), done
+    if done or finished:
+        return None
+    message = f"{slug} ({provider}): the stream ended before the completion finished"
+    return UpstreamProtocolError(message, model=slug, provider=provider), False
+
+
+def _tail(reads: deque[bytes], size: int = 8192) -> bytes:
+    """The last `size` bytes of the stream (a large read is sliced, never split into lines whole)."""
+    parts: list[bytes] = []
+    length = 0
+    for read in reversed(reads):
+        parts.append(read)
+        length += len(read)
+        if length >= size:
+            break
+    return b"".join(reversed(parts))[-size:]
+
+
+def _last_data(tail: bytes, count: int = 4) -> list[bytes]:
+    """The `data` of the last `count` events in `tail`, newest first (one-line data, as chat streams send)."""
+    found: list[bytes] = []
+    end = len(tail)
+    while len(found) < count and (start := tail.rfind(b"data:", 0, end)) >= 0:
+        if start == 0 or tail[start - 1] in b"\r\n":  # a field, not the text "data:" inside an event
+            line_end = tail.find(b"\n", start, end)
+            found.append(tail[start + 5 : line_end if line_end >= 0 else end].strip())
+        end = start
+    return found
 
 
 def _usage_of(content: bytes) -> Usage | None:

@@ -182,6 +182,10 @@ class UpstreamClient:
             raise
         headers = self._relayable(response.headers)
         if not stream:
+            if not response.content.strip():  # a 200 with nothing in it is no answer to relay
+                empty = _protocol_error(route, "the response is empty")
+                _failed(call, empty)
+                raise empty
             return Forwarded(response.status_code, headers, _once(self.masker.bytes(response.content)), None, call)
         # Masked line by line: an SSE event is never held back longer than its own last byte takes to come.
         body_iter = self.masker.lines(_guard(route, response.aiter_bytes()))
