@@ -191,3 +191,17 @@ def test_one_bad_record_never_costs_the_rest_of_its_batch(
     assert _read(environ, settings, ids["huge"]) is None
     lost = [r.getMessage() for r in caplog.records if "lost" in r.getMessage()]
     assert len(lost) == 1 and f"1 generation(s) lost ({ids['huge']})" in lost[0]
+
+
+def test_responses_ids_and_names_with_nul_are_refused(
+    upstream: FakeUpstream, serve: Serve, store_environ: dict[str, Any]
+) -> None:
+    with _serve(serve, store_environ, keys=[]) as (url, _):
+        for param, body in (
+            ("previous_response_id", {"model": "fake/a", "input": "Hi", "previous_response_id": f"resp_{NUL}"}),
+            ("model", {"model": f"fake/a{NUL}", "input": "Hi"}),
+        ):
+            response = httpx.post(f"{url}/v1/responses", json=body, timeout=10)
+            assert response.status_code == 400, (param, response.text)
+            assert response.json()["error"]["param"] == param
+    assert upstream.calls == []

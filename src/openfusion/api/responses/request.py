@@ -53,7 +53,7 @@ class ResponsesRequest(WireModel):
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
     plugins: list[dict[str, Any]] | None = None
     store: bool | None = None
-    previous_response_id: str | None = Field(default=None, min_length=1, max_length=256)
+    previous_response_id: PlainName | None = Field(default=None, min_length=1, max_length=256)
     user: PlainName | None = None
     background: bool | None = None
     models: list[ModelSlug] | None = Field(default=None, max_length=8)
