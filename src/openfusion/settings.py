@@ -111,6 +111,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     # Client keys (see openfusion.access): none configured = an open server.
     api_keys: SecretStr | None = None  # OPENFUSION_API_KEYS: comma-separated, named env-1, env-2, ...
+    admin_keys: SecretStr | None = None  # OPENFUSION_ADMIN_KEYS: the same, named admin-1, ..., seeing all activity
     keys: list[KeyConfig] = Field(default_factory=list)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     guards: GuardsConfig = Field(default_factory=GuardsConfig)

@@ -47,6 +47,23 @@ def test_config_keys_from_an_environment_variable_and_from_a_hash() -> None:
     assert ring.find(sha("sk-team-b")) is None  # the stored hash is not itself a key
 
 
+def test_admin_keys_come_from_the_config_or_their_own_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from openfusion.settings import Settings
+
+    monkeypatch.setenv("OPENFUSION_API_KEYS", "sk-plain-0123456789")
+    monkeypatch.setenv("OPENFUSION_ADMIN_KEYS", "sk-ops-0123456789,sk-audit-0123456789")
+    config = AccessConfig.model_validate(
+        Settings(keys=[{"name": "root", "key_env": "ROOT_KEY", "admin": True}]), from_attributes=True
+    )
+    ring = load_keys(config, {"ROOT_KEY": "sk-root-0123456789"})
+    assert ring.names == ["env-1", "admin-1", "admin-2", "root"]
+    for name, key in [("admin-2", "sk-audit-0123456789"), ("root", "sk-root-0123456789")]:
+        admin = ring.find(key)
+        assert admin is not None and admin.admin and admin.sees_all_activity and admin.name == name
+    plain = ring.find("sk-plain-0123456789")
+    assert plain is not None and not plain.admin and not plain.sees_all_activity
+
+
 def test_a_missing_key_variable_is_a_config_error_naming_the_variable() -> None:
     config = AccessConfig(keys=[KeyConfig(name="team-a", key_env="TEAM_A_KEY")])
     with pytest.raises(ConfigError, match=r"'team-a'.*TEAM_A_KEY"):

@@ -384,3 +384,65 @@ async def test_stored_responses_are_found_by_their_owner_until_they_expire(store
 
     assert await store.purge_responses(now=T0 + timedelta(days=2)) == 2
     assert await store.load_response("resp_open", owner="", now=T0) is None
+
+
+async def test_one_keys_generations_are_read_in_the_query(store: ActivityStore) -> None:
+    keys = ["team-a", "team-b", None, "team-a", "team-b", "team-a", "team-a"]
+    entries = [
+        make_entry(f"gen-{i}", created_at=T0 + timedelta(seconds=i), key_name=key, content=True)
+        for i, key in enumerate(keys)
+    ]
+    await store.write(entries)
+    mine = [e.generation.id for e in reversed(entries) if e.generation.key_name == "team-a"]
+    seen: list[str] = []
+    before = None
+    while True:
+        page = await store.list(limit=3, before=before, key_name="team-a")
+        seen += [g.id for g in page.generations]
+        if not page.has_more:
+            break
+        before = page.next_before
+    assert seen == mine
+    assert [g.id for g in (await store.list(limit=10)).generations] == [e.generation.id for e in reversed(entries)]
+    # Another key's generation, fetched or used as a cursor, is as missing as one that never existed.
+    assert await store.get("gen-1", key_name="team-a") is None
+    assert await store.get("gen-2", key_name="team-a") is None  # recorded without a key: not team-a's either
+    entry = await store.get("gen-0", key_name="team-a")
+    assert entry is not None and entry.generation.final_answer and entry.calls
+    assert (await store.get("gen-1")) is not None
+    with pytest.raises(UnknownCursor):
+        await store.list(limit=5, before="gen-1", key_name="team-a")
+
+
+async def test_a_keys_activity_and_spend_are_read_through_one_index(
+    sqlite_store: SqliteStore, sqlite_path: Path
+) -> None:
+    from openfusion.activity.sqlite_store import SQL
+
+    await sqlite_store.write(entries_over_time(3))
+    conn = sqlite3.connect(sqlite_path)  # the store's own statements, planned on its file
+    for statement, params in (
+        SQL.page(3, "team-a", None),
+        SQL.page(3, "team-a", ("2026-11-01T12:00:00.000000+00:00", "gen-9")),
+        (SQL.spent_by_key_since, ("2026-11-01T00:00:00.000000+00:00", "team-a")),
+    ):
+        plan = " ".join(row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {statement}", params))
+        assert "USING INDEX generations_by_key" in plan or "USING COVERING INDEX generations_by_key" in plan, plan
+        assert "TEMP B-TREE" not in plan, plan  # newest first straight from the index, no sort
+    conn.close()
+
+
+async def test_postgres_reads_a_keys_page_through_its_index(postgres_url: str) -> None:
+    from openfusion.activity.postgres_store import SQL
+
+    store = await PostgresStore.open(postgres_url)
+    try:
+        await store.write(entries_over_time(3))
+        async with store._connection() as conn:
+            await conn.execute("SET enable_seqscan = off")  # a few rows: make the planner show its index choice
+            statement, params = SQL.page(3, "team-a", None)
+            rows = await (await conn.execute(f"EXPLAIN {statement}", params)).fetchall()
+        plan = " ".join(row[0] for row in rows)
+        assert "generations_by_key" in plan and "Sort" not in plan, plan
+    finally:
+        await store.close()

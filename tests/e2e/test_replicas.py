@@ -67,7 +67,7 @@ def test_two_processes_share_history_and_limits(
         'default_preset = "trio"\nredis_url = "redis://127.0.0.1:6379/0"\n'
         f'[limits]\nredis_prefix = "{redis_prefix}"\n\n'
         '[[keys]]\nname = "team"\nkey_env = "TEAM_KEY"\nrequests_per_minute = 3\n\n'
-        '[[keys]]\nname = "ops"\nkey_env = "OPS_KEY"\n\n'
+        '[[keys]]\nname = "ops"\nkey_env = "OPS_KEY"\nadmin = true\n\n'  # reads the team's activity
         f'[[providers]]\nname = "fake"\nbase_url = "{upstream_url}/v1"\nmodels = ["fake/*"]\nstrip_prefix = true\n'
     )
     environ = {**os.environ, "DATABASE_URL": postgres_url, "TEAM_KEY": "sk-team-shared", "OPS_KEY": "sk-ops-unlimited"}

@@ -1,4 +1,4 @@
-"""The access configuration: `[[keys]]`, `[limits]`, `[guards]`, `[cors]`, `OPENFUSION_API_KEYS` and `REDIS_URL`."""
+"""The access configuration: `[[keys]]`, `[limits]`, `[guards]`, `[cors]`, the key variables and `REDIS_URL`."""
 
 from __future__ import annotations
 
@@ -44,6 +44,8 @@ class KeyConfig(Limits):
     key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
     # fnmatch patterns over the requested model slug (fusion presets as `fusion/<name>`).
     models: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    # An admin key sees every key's activity; any other key sees only its own.
+    admin: bool = False
 
     @field_validator("key_sha256")
     @classmethod
@@ -84,6 +86,7 @@ class AccessConfig(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     api_keys: SecretStr | None = None
+    admin_keys: SecretStr | None = None  # OPENFUSION_ADMIN_KEYS: like api_keys, named admin-1, …, and admin
     keys: list[KeyConfig] = Field(default_factory=list)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     guards: GuardsConfig = Field(default_factory=GuardsConfig)

@@ -23,6 +23,12 @@ class Client:
     name: str | None
     limits: Limits
     models: tuple[str, ...] = ("*",)
+    admin: bool = False  # sees every key's activity
+
+    @property
+    def sees_all_activity(self) -> bool:
+        """An admin key, or anyone on a server without keys (one tenant); other keys see only their own."""
+        return self.admin or self.name is None
 
     @property
     def bucket(self) -> str:
@@ -74,12 +80,20 @@ class KeyRing:
 
 
 def load_keys(config: AccessConfig, environ: Mapping[str, str]) -> KeyRing:
-    """Keys from `OPENFUSION_API_KEYS` (named env-1, env-2, …) and from `[[keys]]`; errors name keys, never values."""
+    """Keys from `OPENFUSION_API_KEYS` (named env-1, …), `OPENFUSION_ADMIN_KEYS` (admin-1, …) and `[[keys]]`.
+
+    Errors name keys, never values.
+    """
     entries: list[tuple[bytes, Client]] = []
     raw = config.api_keys.get_secret_value() if config.api_keys else ""
     values = [value.strip() for value in raw.split(",") if value.strip()]
     for number, value in enumerate(values, start=1):
         entries.append((key_digest(value), Client(name=f"env-{number}", limits=Limits().over(config.limits))))
+    raw = config.admin_keys.get_secret_value() if config.admin_keys else ""
+    values = [value.strip() for value in raw.split(",") if value.strip()]
+    for number, value in enumerate(values, start=1):
+        admin = Client(name=f"admin-{number}", limits=Limits().over(config.limits), admin=True)
+        entries.append((key_digest(value), admin))
     for key in config.keys:
         if key.key_env is not None:
             value = environ.get(key.key_env, "").strip()
@@ -89,7 +103,8 @@ def load_keys(config: AccessConfig, environ: Mapping[str, str]) -> KeyRing:
         else:
             assert key.key_sha256 is not None
             digest = bytes.fromhex(key.key_sha256)
-        entries.append((digest, Client(name=key.name, limits=key.over(config.limits), models=tuple(key.models))))
+        limits = key.over(config.limits)
+        entries.append((digest, Client(name=key.name, limits=limits, models=tuple(key.models), admin=key.admin)))
     _check_unique(entries)
     return KeyRing(entries)
 

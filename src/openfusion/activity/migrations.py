@@ -75,6 +75,9 @@ CREATE TABLE calls (
 _SPEND_INDEX = "CREATE INDEX generations_spend ON generations (key_name, created_at)"
 # Every generation before this step came through Chat Completions.
 _API_TYPE = "ALTER TABLE generations ADD COLUMN api_type TEXT NOT NULL DEFAULT 'completions'"
+# One key's activity newest first (and its spend today): serves both, so the spend-only index goes.
+_BY_KEY_INDEX = "CREATE INDEX generations_by_key ON generations (key_name, created_at DESC, id DESC)"
+_DROP_SPEND_INDEX = "DROP INDEX IF EXISTS generations_spend"
 _PAGINATION_INDEX = "CREATE INDEX generations_newest_first ON generations (created_at DESC, id DESC)"
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -113,6 +116,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         description="stored responses, for the Responses API's previous_response_id",
         sqlite=(stored_responses_table(timestamp="TEXT"), EXPIRY_INDEX),
         postgres=(stored_responses_table(timestamp="TIMESTAMPTZ"), EXPIRY_INDEX),
+    ),
+    Migration(
+        version=6,
+        description="index for one key's activity, newest first (and its spend today)",
+        sqlite=(_BY_KEY_INDEX, _DROP_SPEND_INDEX),
+        postgres=(_BY_KEY_INDEX, _DROP_SPEND_INDEX),
     ),
 )
 

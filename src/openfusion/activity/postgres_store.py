@@ -115,25 +115,27 @@ class PostgresStore:
             for statement, params in statements:
                 await cursor.execute(statement, params)
 
-    async def get(self, generation_id: str) -> ActivityEntry | None:
-        """One generation with its calls (and content, when stored), or None."""
+    async def get(self, generation_id: str, *, key_name: str | None = None) -> ActivityEntry | None:
+        """One generation with its calls (and content, when stored), or None; with `key_name`, only that key's."""
         async with self._connection() as conn:
-            row = await (await conn.execute(SQL.select_generation, (generation_id,))).fetchone()
+            row = await (await conn.execute(*SQL.generation(generation_id, key_name))).fetchone()
             if row is None:
                 return None
             calls = await (await conn.execute(SQL.select_calls, (generation_id,))).fetchall()
         return ActivityEntry(generation_from_row(row), tuple(call_from_row(c) for c in calls))
 
-    async def list(self, *, limit: int, before: str | None = None) -> ActivityPage:
-        """Generations newest first, without content; `before` is the id the previous page ended with."""
+    async def list(self, *, limit: int, before: str | None = None, key_name: str | None = None) -> ActivityPage:
+        """Generations newest first, without content; `before` is the id the previous page ended with.
+
+        With `key_name`, only that key's generations (and `before` must be one of them).
+        """
         async with self._connection() as conn:
-            if before is None:
-                rows = await (await conn.execute(SQL.select_newest, (limit + 1,))).fetchall()
-            else:
-                cursor = await (await conn.execute(SQL.select_cursor, (before,))).fetchone()
-                if cursor is None:
+            after = None
+            if before is not None:
+                after = await (await conn.execute(*SQL.cursor(before, key_name))).fetchone()
+                if after is None:
                     raise UnknownCursor(before)
-                rows = await (await conn.execute(SQL.select_older, (cursor[0], cursor[1], limit + 1))).fetchall()
+            rows = await (await conn.execute(*SQL.page(limit + 1, key_name, after))).fetchall()
         return ActivityPage(tuple(generation_from_row(r) for r in rows[:limit]), has_more=len(rows) > limit)
 
     async def spent_today(self, key_name: str | None) -> float | None:

@@ -67,6 +67,37 @@ class Statements:
             f"SELECT {summary} FROM generations WHERE (created_at, id) < ({p}, {p}) "
             f"ORDER BY created_at DESC, id DESC LIMIT {p}"
         )
+        # One key's generations, in the query (on the generations_by_key index), never filtered after fetching.
+        self._of_key = f" AND key_name = {p}"
+        self._newest_of_key = (
+            f"SELECT {summary} FROM generations WHERE key_name = {p} ORDER BY created_at DESC, id DESC LIMIT {p}"
+        )
+        self._older_of_key = (
+            f"SELECT {summary} FROM generations WHERE key_name = {p} AND (created_at, id) < ({p}, {p}) "
+            f"ORDER BY created_at DESC, id DESC LIMIT {p}"
+        )
+
+    def generation(self, generation_id: str, key_name: str | None) -> tuple[str, tuple[Any, ...]]:
+        """The statement reading one generation; with `key_name`, only when that key made it."""
+        if key_name is None:
+            return self.select_generation, (generation_id,)
+        return self.select_generation + self._of_key, (generation_id, key_name)
+
+    def cursor(self, before: str, key_name: str | None) -> tuple[str, tuple[Any, ...]]:
+        """The statement reading a page cursor's position; with `key_name`, only one of that key's generations."""
+        if key_name is None:
+            return self.select_cursor, (before,)
+        return self.select_cursor + self._of_key, (before, key_name)
+
+    def page(self, limit: int, key_name: str | None, after: Sequence[Any] | None) -> tuple[str, tuple[Any, ...]]:
+        """The statement reading a page, newest first, older than the `after` (created_at, id) position if given."""
+        if after is None:
+            if key_name is None:
+                return self.select_newest, (limit,)
+            return self._newest_of_key, (key_name, limit)
+        if key_name is None:
+            return self.select_older, (after[0], after[1], limit)
+        return self._older_of_key, (key_name, after[0], after[1], limit)
 
     def write_batch(
         self,

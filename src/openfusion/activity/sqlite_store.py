@@ -145,29 +145,31 @@ class SqliteStore:
             conn.execute("ROLLBACK")
             raise
 
-    async def get(self, generation_id: str) -> ActivityEntry | None:
-        """One generation with its calls (and content, when stored), or None."""
-        return await self._run(self._get, generation_id)
+    async def get(self, generation_id: str, *, key_name: str | None = None) -> ActivityEntry | None:
+        """One generation with its calls (and content, when stored), or None; with `key_name`, only that key's."""
+        return await self._run(self._get, generation_id, key_name)
 
-    def _get(self, generation_id: str) -> ActivityEntry | None:
-        row = self._conn.execute(SQL.select_generation, (generation_id,)).fetchone()
+    def _get(self, generation_id: str, key_name: str | None) -> ActivityEntry | None:
+        row = self._conn.execute(*SQL.generation(generation_id, key_name)).fetchone()
         if row is None:
             return None
         calls = self._conn.execute(SQL.select_calls, (generation_id,)).fetchall()
         return ActivityEntry(generation_from_row(row), tuple(call_from_row(c) for c in calls))
 
-    async def list(self, *, limit: int, before: str | None = None) -> ActivityPage:
-        """Generations newest first, without content; `before` is the id the previous page ended with."""
-        return await self._run(self._list, limit, before)
+    async def list(self, *, limit: int, before: str | None = None, key_name: str | None = None) -> ActivityPage:
+        """Generations newest first, without content; `before` is the id the previous page ended with.
 
-    def _list(self, limit: int, before: str | None) -> ActivityPage:
-        if before is None:
-            rows = self._conn.execute(SQL.select_newest, (limit + 1,)).fetchall()
-        else:
-            cursor = self._conn.execute(SQL.select_cursor, (before,)).fetchone()
-            if cursor is None:
+        With `key_name`, only that key's generations (and `before` must be one of them).
+        """
+        return await self._run(self._list, limit, before, key_name)
+
+    def _list(self, limit: int, before: str | None, key_name: str | None) -> ActivityPage:
+        after = None
+        if before is not None:
+            after = self._conn.execute(*SQL.cursor(before, key_name)).fetchone()
+            if after is None:
                 raise UnknownCursor(before)
-            rows = self._conn.execute(SQL.select_older, (cursor[0], cursor[1], limit + 1)).fetchall()
+        rows = self._conn.execute(*SQL.page(limit + 1, key_name, after)).fetchall()
         # One row past the limit tells whether an older page exists without a COUNT.
         return ActivityPage(tuple(generation_from_row(r) for r in rows[:limit]), has_more=len(rows) > limit)
 

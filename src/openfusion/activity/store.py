@@ -36,12 +36,15 @@ class ActivityStore(Protocol):
         """Write a batch in one transaction; an id written again replaces the earlier copy."""
         ...
 
-    async def get(self, generation_id: str) -> ActivityEntry | None:
-        """One generation with its calls (and content, when stored), or None."""
+    async def get(self, generation_id: str, *, key_name: str | None = None) -> ActivityEntry | None:
+        """One generation with its calls (and content, when stored), or None; with `key_name`, only that key's."""
         ...
 
-    async def list(self, *, limit: int, before: str | None = None) -> ActivityPage:
-        """Generations newest first, without content; `before` is the id the previous page ended with."""
+    async def list(self, *, limit: int, before: str | None = None, key_name: str | None = None) -> ActivityPage:
+        """Generations newest first, without content; `before` is the id the previous page ended with.
+
+        With `key_name`, only that key's generations (and `before` must be one of them); None: every key's.
+        """
         ...
 
     async def ping(self) -> None:

@@ -110,6 +110,17 @@ def client_key_name(request: Request) -> str | None:
     return grant.client.name if grant is not None else None
 
 
+async def activity_owner(request: Request) -> str | None:
+    """Whose activity the caller may read: its own key's (by name), or everyone's (None) for an admin key.
+
+    Without client keys the server has one tenant, and everyone reads everything.
+    """
+    grant: Grant | None = request.scope.get("state", {}).get(_GRANT)
+    if grant is None or grant.client.sees_all_activity:
+        return None
+    return grant.client.name
+
+
 def spend_source(app: FastAPI) -> SpendSource | None:
     """The activity store, when there is one that can tell today's spend."""
     store = getattr(app.state, "activity_store", None)

@@ -1,7 +1,9 @@
 """The activity read side: `GET /api/v1/generation`, `GET /v1/activity`, and the `/activity` pages.
 
 The routes read the store from `request.app.state.activity_store` (an `ActivityStore`, set by the
-app's lifespan); without one they answer 404, as if the routes did not exist.
+app's lifespan); without one they answer 404, as if the routes did not exist. A client key reads only
+its own generations (the store filters by key): another key's generation is exactly as missing as
+one that never existed. An admin key, or anyone on a server without keys, reads them all.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from openfusion.activity.view import (
     generation_body,
     summary_body,
 )
+from openfusion.api.access import activity_owner
 from openfusion.errors import InvalidRequest, NotFound
 from openfusion.protocol import NAME_ERROR, plain_name
 
@@ -52,6 +55,8 @@ async def get_store(request: Request) -> ActivityStore:
 
 
 Store = Annotated[ActivityStore, Depends(get_store)]
+# The key whose generations the caller may read; None: every key's.
+Owner = Annotated[str | None, Depends(activity_owner)]
 
 
 def parse_limit(raw: str | None) -> int:
@@ -75,13 +80,13 @@ def checked_id(value: str, param: str) -> str:
         raise InvalidRequest(f"Invalid value for '{param}': {NAME_ERROR}.", param=param) from None
 
 
-async def read_page(store: ActivityStore, *, limit: str | None, before: str | None) -> ActivityPage:
-    """One page of generations, newest first; an unknown `before` cursor is a 400."""
+async def read_page(store: ActivityStore, *, limit: str | None, before: str | None, owner: str | None) -> ActivityPage:
+    """One page of `owner`'s generations (None: everyone's), newest first; an unknown `before` cursor is a 400."""
     count = parse_limit(limit)
     if before:
         checked_id(before, "before")
     try:
-        return await store.list(limit=count, before=before or None)
+        return await store.list(limit=count, before=before or None, key_name=owner)
     except UnknownCursor:
         raise InvalidRequest(
             f"Invalid value for 'before': no generation {before!r}.", param="before", code="invalid_cursor"
@@ -89,20 +94,22 @@ async def read_page(store: ActivityStore, *, limit: str | None, before: str | No
 
 
 @router.get("/api/v1/generation")
-async def get_generation(store: Store, generation_id: Annotated[str | None, Query(alias="id")] = None) -> Any:
+async def get_generation(
+    store: Store, owner: Owner, generation_id: Annotated[str | None, Query(alias="id")] = None
+) -> Any:
     """One generation in OpenRouter's field names, with the per-call breakdown."""
     if not generation_id:
         raise InvalidRequest("Missing required parameter: 'id'.", param="id")
-    entry = await store.get(checked_id(generation_id, "id"))
+    entry = await store.get(checked_id(generation_id, "id"), key_name=owner)
     if entry is None:
         raise NotFound(f"Generation {generation_id!r} not found.", param="id", code="generation_not_found")
     return generation_body(entry)
 
 
 @router.get("/v1/activity")
-async def list_activity(store: Store, limit: str | None = None, before: str | None = None) -> Any:
+async def list_activity(store: Store, owner: Owner, limit: str | None = None, before: str | None = None) -> Any:
     """Recent generations, newest first; pass `before=<last id>` for the next page."""
-    page = await read_page(store, limit=limit, before=before)
+    page = await read_page(store, limit=limit, before=before, owner=owner)
     return {
         "object": "list",
         "data": [summary_body(g) for g in page.generations],
@@ -112,16 +119,18 @@ async def list_activity(store: Store, limit: str | None = None, before: str | No
 
 
 @router.get("/activity", response_class=HTMLResponse, include_in_schema=False)
-async def activity_page(store: Store, limit: str | None = None, before: str | None = None) -> HTMLResponse:
+async def activity_page(
+    store: Store, owner: Owner, limit: str | None = None, before: str | None = None
+) -> HTMLResponse:
     """The list of recent requests, each linking to its timeline."""
-    page = await read_page(store, limit=limit, before=before)
+    page = await read_page(store, limit=limit, before=before, owner=owner)
     return _html("activity_list.html", page=page)
 
 
 @router.get("/activity/{generation_id}", response_class=HTMLResponse, include_in_schema=False)
-async def generation_page(store: Store, generation_id: str) -> HTMLResponse:
+async def generation_page(store: Store, owner: Owner, generation_id: str) -> HTMLResponse:
     """One request: its timeline of upstream calls and, when stored, the answers side by side."""
-    entry = await store.get(checked_id(generation_id, "generation_id"))
+    entry = await store.get(checked_id(generation_id, "generation_id"), key_name=owner)
     if entry is None:
         return _html("activity_missing.html", status_code=404, generation_id=generation_id)
     return _html(

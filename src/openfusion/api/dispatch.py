@@ -50,7 +50,8 @@ class Exchange:
             stream=stream,
             dialects=state.dialects,
             research=state.research,
-            **({"turns": state.turns} if plan.mode == "slug" else {}),
+            # Each key finds only its own agent-loop turns.
+            **({"turns": state.turns.owned_by(self.ledger.key_name)} if plan.mode == "slug" else {}),
         )
 
 

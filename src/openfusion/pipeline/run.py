@@ -32,7 +32,7 @@ from openfusion.pipeline.report import fusion_report
 from openfusion.pipeline.research import NO_RESEARCH, ResearchPlan
 from openfusion.pipeline.structured import DialectMemory
 from openfusion.pipeline.synthesize import MessageAccumulator, SynthesisStream, synthesis_body
-from openfusion.pipeline.turns import TurnCache, flatten_tool_messages, is_agent_step, turn_key
+from openfusion.pipeline.turns import Turns, flatten_tool_messages, is_agent_step, turn_key
 from openfusion.protocol import ChatRequest
 from openfusion.upstream.client import UpstreamClient
 from openfusion.upstream.trace import current_trace, role
@@ -50,7 +50,7 @@ class FusionRun:
         request: ChatRequest,
         dialects: DialectMemory,
         research: WebResearch | None,
-        turns: TurnCache | None = None,
+        turns: Turns | None = None,
     ) -> None:
         self.upstream = upstream
         self.turns = turns
@@ -217,7 +217,7 @@ async def run_fusion(
     stream: bool,
     dialects: DialectMemory | None = None,
     research: WebResearch | None = None,
-    turns: TurnCache | None = None,
+    turns: Turns | None = None,
 ) -> AsyncIterator[Event]:
     """Run one fusion request. Raises FusionFailed when the panel has too few answers."""
     run = FusionRun(

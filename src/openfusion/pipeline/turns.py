@@ -2,7 +2,9 @@
 
 An agent calls the model, runs the tools it asked for, and calls it again with the results. Fanning the
 panel out again on every such step multiplies cost for no new question; the analysis of the user's turn
-is kept here (bounded in size and age) and handed to the synthesizer instead.
+is kept here (bounded in size and age) and handed to the synthesizer instead. Each client has its own
+turns (`TurnCache.owned_by`): another client replaying the same conversation gets a fresh panel, never
+the first one's answers.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -41,6 +43,16 @@ def turn_key(plan: FusionPlan, conversation: Messages) -> str:
     return hashlib.sha256(orjson.dumps(identity, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+class Turns(Protocol):
+    """Where a run finds and keeps its user turns."""
+
+    def get(self, key: str) -> Turn | None:
+        """The turn stored under `key`, if still kept."""
+
+    def put(self, key: str, answers: list[PanelAnswer], judges: list[JudgeOutcome]) -> None:
+        """Keep a turn under `key`."""
+
+
 class TurnCache:
     """The most recent turns' analyses, least recently used first out, each kept at most `ttl_s`."""
 
@@ -67,6 +79,27 @@ class TurnCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def owned_by(self, owner: str | None) -> OwnedTurns:
+        """One client's view (`owner`: its key's name; None without keys): it finds only the turns it stored."""
+        return OwnedTurns(self, owner)
+
+
+class OwnedTurns:
+    """The turns of one client, kept in the shared cache (one bound on size and age for all)."""
+
+    def __init__(self, cache: TurnCache, owner: str | None) -> None:
+        self._cache = cache
+        # Key names never hold a ':', so no owner's prefix can be another's.
+        self._prefix = f"{owner or ''}:"
+
+    def get(self, key: str) -> Turn | None:
+        """This client's turn under `key`, if still kept."""
+        return self._cache.get(self._prefix + key)
+
+    def put(self, key: str, answers: list[PanelAnswer], judges: list[JudgeOutcome]) -> None:
+        """Keep a turn for this client."""
+        self._cache.put(self._prefix + key, answers, judges)
 
 
 def flatten_tool_messages(conversation: Messages) -> Messages:
