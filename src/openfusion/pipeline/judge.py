@@ -15,6 +15,11 @@ from openfusion.pipeline.structured import DialectMemory, rejects_response_forma
 from openfusion.protocol import Usage
 from openfusion.upstream.client import Completion, UpstreamClient
 
+_TRUNCATED = (
+    "the reply was cut off at the token limit (max_completion_tokens {limit}) before it was complete; "
+    "keep every item short so the whole object fits"
+)
+
 
 async def ask_for_json(
     upstream: UpstreamClient, model: str, body: dict[str, Any], *, dialects: DialectMemory
@@ -77,6 +82,8 @@ async def analyse(
             outcome.research = done.log
         completion = done.completion
         try:
+            if completion.finish_reason == "length":  # JSON cut short can still parse (or be repaired) as valid
+                raise AnalysisError("judge_truncated", _TRUNCATED.format(limit=max_completion_tokens))
             outcome.analysis = parse_analysis(completion.content)
         except AnalysisError as exc:
             outcome.failure_reason, outcome.detail = exc.reason, exc.detail
