@@ -69,3 +69,51 @@ def test_a_judge_chain_cut_every_time_degrades(upstream: FakeUpstream, server: s
     assert report["analysis"] is None
     synth_prompt = upstream.calls_for("synth")[0].body["messages"][0]["content"]
     assert "<analysis>" not in synth_prompt  # the synthesizer compares the answers itself
+
+
+# ---- sampling parameters a model refuses ------------------------------------------------------------
+
+
+def test_a_judge_that_refuses_temperature_is_asked_without_it_from_then_on(
+    upstream: FakeUpstream, server: str
+) -> None:
+    upstream.script("judge", Script(content=json.dumps(ANALYSIS), reject_parameters={"temperature"}))
+
+    first_run = fusion(server)
+    second_run = fusion(server)
+
+    calls = upstream.calls_for("judge")
+    # The fault happened once: temperature 0 was refused; the same call went again without it, and the
+    # next request never sent it.
+    assert [c.body.get("temperature") for c in calls] == [0, None, None]
+    for report in (first_run, second_run):
+        assert report["judge"]["status"] == "ok" and report["analysis"] == ANALYSIS
+        assert report["judge"]["unsupported_parameters"] == ["temperature"]
+        assert report["judge"]["attempts"] == 1  # a step-down is not a repair
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_a_panelist_and_a_synthesizer_that_refuse_sampling_still_answer(
+    upstream: FakeUpstream, server: str, stream: bool
+) -> None:
+    upstream.script("a", Script(content="From a.", reject_parameters={"temperature"}))
+    upstream.script("synth", Script(content="Fused.", reject_parameters={"temperature", "top_p"}))
+    body = {"model": "fusion/trio", "messages": HI, "stream": stream, "temperature": 0.4, "top_p": 0.9,
+            "plugins": [{"id": "fusion", "temperature": 0.7}]}  # fmt: skip
+
+    response = httpx.post(f"{server}{CHAT}", json=body, timeout=30)
+
+    assert response.status_code == 200, response.text
+    if stream:
+        payloads = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: {")]
+        text = "".join(p["choices"][0]["delta"].get("content") or "" for p in payloads if p["choices"])
+        report = payloads[-1]["fusion"]
+    else:
+        text, report = response.json()["choices"][0]["message"]["content"], response.json()["fusion"]
+    assert text == "Fused."
+    assert [c.body.get("temperature") for c in upstream.calls_for("a")] == [0.7, None]
+    assert report["panel"][0]["status"] == "ok" and report["panel"][0]["unsupported_parameters"] == ["temperature"]
+    assert "unsupported_parameters" not in report["panel"][1]
+    sent = [(c.body.get("temperature"), c.body.get("top_p")) for c in upstream.calls_for("synth")]
+    assert sent == [(0.4, 0.9), (None, 0.9), (None, None)]  # one refusal at a time, each stepped down
+    assert report["synthesizer"]["unsupported_parameters"] == ["temperature", "top_p"]

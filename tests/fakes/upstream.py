@@ -59,6 +59,7 @@ class Script:
     reset: bool = False  # drop the connection right after the status line: no body at all
     reject_status: int = 400  # llama.cpp's server answers a json_schema response_format with HTTP 500
     stream_usage: bool = True  # False: never send a usage chunk, even when asked (llama.cpp's server)
+    reject_parameters: set[str] | None = None  # sampling parameters refused with a 400 (as reasoning models do)
 
 
 @dataclass
@@ -236,6 +237,11 @@ class FakeUpstream:
 
         if script.reset:
             return _ClosingStreamingResponse(_reset_body(call), media_type="application/json")
+        refused = sorted(name for name in script.reject_parameters or () if body.get(name) is not None)
+        if refused:  # OpenAI's words for a reasoning model given a temperature
+            message = f"Unsupported parameter: '{refused[0]}' is not supported with this model."
+            error = {"message": message, "type": "invalid_request_error", "param": refused[0], "code": None}
+            return _json({"error": error}, 400, background=done)
         if rejected:
             message = f"response_format type '{fmt}': Input should be 'text' or 'json_object'"
             return _error(script.reject_status, message, background=done)

@@ -21,6 +21,7 @@ class PanelAnswer:
     reported_model: str | None = None
     label: str = ""  # the name the judge and synthesizer see (unique even when a model sits twice)
     research: ResearchLog = field(default_factory=ResearchLog)
+    dropped: list[str] = field(default_factory=list)  # sampling parameters the model refused, left out
 
 
 @dataclass
@@ -35,6 +36,7 @@ class PanelFailure:
     label: str = ""
     cause: str | None = None  # a transport failure's cause (name_not_resolved, connection_refused, …)
     usage: Usage | None = None  # what its calls were billed before it failed, when any reported usage
+    dropped: list[str] = field(default_factory=list)  # sampling parameters the model refused, left out
 
 
 @dataclass
@@ -80,6 +82,7 @@ class JudgeOutcome:
     usages: list[Usage] = field(default_factory=list)
     attempts: int = 0
     dialect: str | None = None  # how structured output was asked for (see pipeline.structured)
+    dropped: list[str] = field(default_factory=list)  # sampling parameters the model refused, left out
     research: ResearchLog = field(default_factory=ResearchLog)
 
     @property

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from openfusion.errors import OpenFusionError, UpstreamStatusError
+from openfusion.pipeline import sampling
 from openfusion.pipeline.analysis import AnalysisError, parse_analysis
 from openfusion.pipeline.events import JudgeOutcome, PanelAnswer
 from openfusion.pipeline.prompts import Messages, judge_messages, judge_repair_messages
@@ -23,19 +24,22 @@ _TRUNCATED = (
 
 async def ask_for_json(
     upstream: UpstreamClient, model: str, body: dict[str, Any], *, dialects: DialectMemory
-) -> tuple[Completion, str]:
-    """A completion asked for schema-shaped JSON, stepping down the dialects the provider refuses."""
+) -> tuple[Completion, str, list[str]]:
+    """A completion asked for schema-shaped JSON, stepping down the dialects and the sampling parameters the
+    provider refuses; with the dialect used and the sampling parameters left out."""
     provider = upstream.registry.resolve(model).provider.name
     candidates = dialects.candidates(provider)
     for dialect in candidates:
         try:
-            completion = await upstream.complete(model, {**body, "response_format": response_format(dialect)})
+            completion, dropped = await sampling.complete(
+                upstream, model, {**body, "response_format": response_format(dialect)}, memory=dialects.sampling
+            )
         except UpstreamStatusError as exc:
             if dialect == candidates[-1] or not rejects_response_format(exc):
                 raise
             dialects.rejected(provider, dialect)
             continue
-        return completion, dialect
+        return completion, dialect, dropped
     raise AssertionError("unreachable: the last dialect sends no response_format")
 
 
@@ -60,7 +64,8 @@ async def analyse(
 
     async def call(history: Messages, tools: list[dict[str, Any]] | None, choice: str | None) -> Completion:
         body = {**base, "messages": history, "tools": tools, "tool_choice": choice}
-        completion, outcome.dialect = await ask_for_json(upstream, model, body, dialects=dialects)
+        completion, outcome.dialect, dropped = await ask_for_json(upstream, model, body, dialects=dialects)
+        outcome.dropped = sampling.names([*outcome.dropped, *dropped])
         return completion
 
     for attempt in range(2):

@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from openfusion.errors import OpenFusionError, UpstreamError
+from openfusion.pipeline import sampling
 from openfusion.pipeline.events import PanelAnswer, PanelDeadline, PanelFailure
 from openfusion.pipeline.prompts import Messages
 from openfusion.pipeline.research import NO_RESEARCH, ResearchPlan, answer_with_research
+from openfusion.pipeline.sampling import SamplingMemory
 from openfusion.protocol import Usage, sum_usage
 from openfusion.upstream.client import Completion, UpstreamClient
 from openfusion.upstream.trace import role
@@ -24,31 +26,37 @@ async def ask_panelist(
     label: str,
     timeout_s: float,
     research: ResearchPlan = NO_RESEARCH,
+    memory: SamplingMemory | None = None,
 ) -> PanelAnswer | PanelFailure:
     """One panelist's answer (after its research, if any), or its failure; never raises for an upstream problem."""
     started = time.perf_counter()
     billed: list[Usage] = []  # every completion's usage, kept when a later step fails
+    dropped: list[str] = []  # sampling parameters the model refused
+    memory = memory or SamplingMemory()
 
     async def call(messages: Messages, tools: list[dict[str, Any]] | None, choice: str | None) -> Completion:
-        return await upstream.complete(model, {**body, "messages": messages, "tools": tools, "tool_choice": choice})
+        request = {**body, "messages": messages, "tools": tools, "tool_choice": choice}
+        completion, left_out = await sampling.complete(upstream, model, request, memory=memory)
+        dropped[:] = sampling.names([*dropped, *left_out])
+        return completion
+
+    def failed(message: str, **details: Any) -> PanelFailure:
+        return PanelFailure(
+            model, message, _ms(started), label=label, usage=_spent(billed), dropped=dropped, **details
+        )
 
     try:
         async with asyncio.timeout(timeout_s):
             with role("panel"):
                 done = await answer_with_research(call, messages=body["messages"], plan=research, usages=billed)
     except TimeoutError:
-        message = f"{model} did not answer within panel_timeout_s ({timeout_s:g} s)"
-        return PanelFailure(model, message, _ms(started), code="timeout", label=label, usage=_spent(billed))
+        return failed(f"{model} did not answer within panel_timeout_s ({timeout_s:g} s)", code="timeout")
     except OpenFusionError as exc:
         status, cause = (exc.upstream_status, exc.cause) if isinstance(exc, UpstreamError) else (None, None)
-        return PanelFailure(
-            model, exc.message, _ms(started), status_code=status, code=exc.code, label=label, cause=cause,
-            usage=_spent(billed),
-        )  # fmt: skip
+        return failed(exc.message, status_code=status, code=exc.code, cause=cause)
     completion = done.completion
     if not completion.content.strip():
-        message = f"{model} returned an empty answer"
-        return PanelFailure(model, message, _ms(started), code="empty_completion", label=label, usage=_spent(billed))
+        return failed(f"{model} returned an empty answer", code="empty_completion")
     return PanelAnswer(
         model,
         completion.content,
@@ -57,6 +65,7 @@ async def ask_panelist(
         completion.model,
         label=label,
         research=done.log,
+        dropped=dropped,
     )
 
 
@@ -79,6 +88,7 @@ async def collect_answers(
     deadline_s: float | None = None,
     min_successful: int = 1,
     research: ResearchPlan = NO_RESEARCH,
+    memory: SamplingMemory | None = None,
 ) -> AsyncIterator[PanelAnswer | PanelFailure | PanelDeadline]:
     """Ask every panelist at once and yield each result as it lands.
 
@@ -88,7 +98,7 @@ async def collect_answers(
     started = time.perf_counter()
     running: dict[asyncio.Task[PanelAnswer | PanelFailure], tuple[str, str]] = {
         asyncio.create_task(
-            ask_panelist(upstream, model, body, label=label, timeout_s=timeout_s, research=research),
+            ask_panelist(upstream, model, body, label=label, timeout_s=timeout_s, research=research, memory=memory),
             name=f"panel:{label}",
         ): (model, label)
         for model, label in zip(models, panel_labels(models), strict=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from openfusion.pipeline import sampling
 from openfusion.pipeline.events import JudgeOutcome, PanelAnswer, PanelFailure
 from openfusion.pipeline.plan import FusionPlan
 from openfusion.pipeline.research import ResearchLog, ResearchPlan
@@ -17,7 +18,7 @@ def panel_entry(result: PanelAnswer | PanelFailure) -> dict[str, Any]:
         entry = {"model": result.model, "status": "ok", "latency_ms": result.latency_ms, "usage": result.usage.render()}
         if result.research.tool_calls:
             entry["server_tool_use_details"] = result.research.details()
-        return entry
+        return _with_dropped(entry, result.dropped)
     entry: dict[str, Any] = {"model": result.model, "status": "error", "latency_ms": result.latency_ms}
     if result.usage is not None:  # billed before it failed (an empty answer, research rounds)
         entry["usage"] = result.usage.render()
@@ -28,7 +29,7 @@ def panel_entry(result: PanelAnswer | PanelFailure) -> dict[str, Any]:
         error["code"] = result.code
     if result.cause:
         error["cause"] = result.cause
-    return {**entry, "error": error}
+    return _with_dropped({**entry, "error": error}, result.dropped)
 
 
 def judge_entry(plan: FusionPlan, judges: list[JudgeOutcome]) -> dict[str, Any]:
@@ -44,6 +45,7 @@ def judge_entry(plan: FusionPlan, judges: list[JudgeOutcome]) -> dict[str, Any]:
     }
     if last.dialect:
         entry["structured_output"] = last.dialect
+    _with_dropped(entry, sampling.names(name for j in judges for name in j.dropped))
     if any(j.research.tool_calls for j in judges):
         entry["server_tool_use_details"] = research_totals([j.research for j in judges])
     if not last.ok:
@@ -53,6 +55,13 @@ def judge_entry(plan: FusionPlan, judges: list[JudgeOutcome]) -> dict[str, Any]:
         entry["fallbacks"] = [
             {"model": j.model, "failure_reason": j.failure_reason, "error": j.detail} for j in judges[:-1]
         ]
+    return entry
+
+
+def _with_dropped(entry: dict[str, Any], dropped: list[str]) -> dict[str, Any]:
+    """The entry, saying which sampling parameters its model refused and was called without."""
+    if dropped:
+        entry["unsupported_parameters"] = dropped
     return entry
 
 
@@ -110,6 +119,7 @@ def fusion_report(
         report["sources"] = [{"url": s.url, "title": s.title} for s in sources]
     if synthesis.failures:
         report["synthesizer"]["fallbacks"] = [{"model": m, "error": why} for m, why in synthesis.failures]
+    _with_dropped(report["synthesizer"], synthesis.dropped)
     if plan.expose:
         analysis = judges[-1].analysis if judges else None
         report["analysis"] = analysis.model_dump() if analysis else None

@@ -86,6 +86,7 @@ class FusionRun:
             deadline_s=plan.panel_deadline_s,
             min_successful=plan.min_successful,
             research=self.research,
+            memory=self.dialects.sampling,
         )
         async with contextlib.aclosing(panel):  # leaving early closes every panel call at once
             async for result in panel:
@@ -164,6 +165,7 @@ class FusionRun:
             body=synthesis_body(self.request, self.plan, messages),
             first_token_timeout_s=self.plan.synth_timeout_s,
             client_streams=stream,
+            memory=self.dialects.sampling,
         )
         started = time.perf_counter()
         accumulator = MessageAccumulator()

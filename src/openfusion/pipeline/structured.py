@@ -11,6 +11,7 @@ from typing import Any
 
 from openfusion.errors import UpstreamStatusError
 from openfusion.pipeline.analysis import ANALYSIS_SCHEMA, RESPONSE_FORMAT
+from openfusion.pipeline.sampling import SamplingMemory
 
 DIALECTS = ("json_schema", "json_object", "instructions")
 
@@ -38,10 +39,14 @@ def rejects_response_format(error: UpstreamStatusError) -> bool:
 
 
 class DialectMemory:
-    """Per provider, the first dialect still worth trying; learned once per process."""
+    """Per provider, the first dialect still worth trying; per model, the sampling parameters it refuses.
+
+    Learned once per process.
+    """
 
     def __init__(self) -> None:
         self._start: dict[str, int] = {}
+        self.sampling = SamplingMemory()
 
     def candidates(self, provider: str) -> tuple[str, ...]:
         """The dialects to try for a provider, best first."""

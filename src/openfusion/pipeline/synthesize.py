@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from openfusion.errors import OpenFusionError, UpstreamProtocolError, UpstreamTimeout
+from openfusion.pipeline import sampling
 from openfusion.pipeline.events import SynthesisStarted
 from openfusion.pipeline.plan import FusionPlan
 from openfusion.pipeline.prompts import Messages
+from openfusion.pipeline.sampling import SamplingMemory
 from openfusion.protocol import ChatRequest, Usage, parse_usage
 from openfusion.upstream.client import UpstreamClient
 from openfusion.upstream.trace import role
@@ -67,8 +69,10 @@ class SynthesisStream:
         body: dict[str, Any],
         first_token_timeout_s: float,
         client_streams: bool = True,
+        memory: SamplingMemory | None = None,
     ) -> None:
         self._upstream = upstream
+        self._memory = memory or SamplingMemory()
         self._models = models
         self._body = body
         self._timeout = first_token_timeout_s
@@ -78,6 +82,7 @@ class SynthesisStream:
         self.model = models[0]  # the slug that answered
         self.reported_model: str | None = None  # what its upstream called itself
         self.failures: list[tuple[str, str]] = []  # (model, why) for each synthesizer that failed
+        self.dropped: list[str] = []  # sampling parameters the answering model refused, left out
 
     async def chunks(self) -> AsyncIterator[SynthesisStarted | dict[str, Any]]:
         """Progress markers and the upstream chunks that carry choices, in order."""
@@ -108,12 +113,15 @@ class SynthesisStream:
         # usage in streams is asked without one when the client does not stream, so its usage is known.
         if self._client_streams or self._upstream.registry.resolve(model).provider.config.stream_usage:
             with role("synthesizer"):
-                return await stack.enter_async_context(self._upstream.stream(model, self._body))
+                chunks, self.dropped = await sampling.open_stream(
+                    self._upstream, model, self._body, memory=self._memory, stack=stack
+                )
+                return chunks
         return self._complete_as_chunk(model)
 
     async def _complete_as_chunk(self, model: str) -> AsyncIterator[dict[str, Any]]:
         with role("synthesizer"):
-            completion = await self._upstream.complete(model, self._body)
+            completion, self.dropped = await sampling.complete(self._upstream, model, self._body, memory=self._memory)
         choice = {"index": 0, "delta": completion.message, "finish_reason": completion.finish_reason}
         chunk: dict[str, Any] = {"model": completion.model, "choices": [choice]}
         if completion.usage_reported:

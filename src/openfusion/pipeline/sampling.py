@@ -1,0 +1,119 @@
+"""Sampling parameters a model refuses: dropped after its first refusal, remembered per model for the process.
+
+Reasoning models (OpenAI's o-series and GPT-5, some of Anthropic's with thinking on) answer a `temperature`,
+`top_p` and the like with HTTP 400. openfusion asks the judge for temperature 0 and passes the plan's or
+the client's sampling on; such a model gets the call again without the refused parameter, and is never
+sent it again.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import AsyncExitStack
+from typing import Any, TypeVar
+
+import orjson
+
+from openfusion.errors import UpstreamStatusError
+from openfusion.upstream.client import Completion, UpstreamClient
+
+SAMPLING = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "frequency_penalty",
+    "presence_penalty",
+    "repetition_penalty",
+    "seed",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+)
+_NAMED = {name: re.compile(rf"\b{name}\b") for name in SAMPLING}
+_REFUSAL_STATUSES = (400, 422)
+T = TypeVar("T")
+
+
+def names(parameters: Iterable[str]) -> list[str]:
+    """Parameter names in SAMPLING's order, once each (for a report)."""
+    given = set(parameters)
+    return [name for name in SAMPLING if name in given]
+
+
+def refused_parameter(error: UpstreamStatusError, body: Mapping[str, Any]) -> str | None:
+    """The sampling parameter the body sent that an upstream's refusal names (its `param`, else its words)."""
+    if error.upstream_status not in _REFUSAL_STATUSES:
+        return None
+    text = _provider_words(error).lower()
+    return next((name for name in SAMPLING if body.get(name) is not None and _NAMED[name].search(text)), None)
+
+
+def _provider_words(error: UpstreamStatusError) -> str:
+    """What the provider said: its error's `param` and message (not our own prefix, which names the model)."""
+    try:
+        data = orjson.loads(error.body or b"")
+    except orjson.JSONDecodeError:
+        return error.body.decode("utf-8", "replace") if error.body else ""
+    detail = data.get("error") if isinstance(data, dict) else None
+    if isinstance(detail, dict):
+        return f"{detail.get('param') or ''} {detail.get('message') or ''}"
+    return str(detail or data)
+
+
+class SamplingMemory:
+    """Per model, the sampling parameters it refused; learned once per process."""
+
+    def __init__(self) -> None:
+        self._refused: dict[str, set[str]] = {}
+
+    def prepare(self, model: str, body: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """The body without what `model` refused before, and the names left out."""
+        refused = self._refused.get(model, set())
+        dropped = [name for name in SAMPLING if name in refused and body.get(name) is not None]
+        return {key: value for key, value in body.items() if key not in dropped}, dropped
+
+    def refused(self, model: str, parameter: str) -> None:
+        """`model` refused `parameter`: never send it again."""
+        self._refused.setdefault(model, set()).add(parameter)
+
+
+async def complete(
+    upstream: UpstreamClient, model: str, body: Mapping[str, Any], *, memory: SamplingMemory
+) -> tuple[Completion, list[str]]:
+    """A completion, stepping down the sampling parameters the model refuses; and the names dropped."""
+    return await _stepping_down(lambda sent: upstream.complete(model, sent), model, body, memory)
+
+
+async def open_stream(
+    upstream: UpstreamClient,
+    model: str,
+    body: Mapping[str, Any],
+    *,
+    memory: SamplingMemory,
+    stack: AsyncExitStack,
+) -> tuple[AsyncIterator[dict[str, Any]], list[str]]:
+    """A stream opened on `stack` (closed with it), stepping down refused sampling parameters."""
+
+    async def opened(sent: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        return await stack.enter_async_context(upstream.stream(model, sent))
+
+    return await _stepping_down(opened, model, body, memory)
+
+
+async def _stepping_down(
+    send: Callable[[dict[str, Any]], Awaitable[T]], model: str, body: Mapping[str, Any], memory: SamplingMemory
+) -> tuple[T, list[str]]:
+    sent, dropped = memory.prepare(model, body)
+    while True:
+        try:
+            return await send(sent), dropped
+        except UpstreamStatusError as exc:
+            parameter = refused_parameter(exc, sent)
+            if parameter is None:
+                raise
+            memory.refused(model, parameter)
+            dropped.append(parameter)
+            sent = {key: value for key, value in sent.items() if key != parameter}
+

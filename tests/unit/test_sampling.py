@@ -1,0 +1,51 @@
+"""refused_parameter(): which sampling parameter a provider's refusal names."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from openfusion.errors import UpstreamStatusError
+from openfusion.pipeline.sampling import SamplingMemory, refused_parameter
+
+SENT = {"temperature": 0, "top_p": 0.9, "logprobs": True, "top_logprobs": 2, "seed": 7}
+
+
+def refusal(status: int, error: object, model: str = "up/seed-1") -> UpstreamStatusError:
+    exc = UpstreamStatusError(f"{model} (up) returned HTTP {status}: …", model=model, provider="up",
+                              upstream_status=status)  # fmt: skip
+    exc.body = orjson.dumps({"error": error})
+    return exc
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "expected"),
+    [
+        (400, {"message": "Unsupported value: 'temperature' does not support 0 with this model.",
+               "param": "temperature"}, "temperature"),  # OpenAI, reasoning models
+        (400, {"message": "Unsupported parameter: 'top_p' is not supported with this model.", "param": None}, "top_p"),
+        (400, {"message": "`temperature` and `top_p` cannot both be specified for this model."}, "temperature"),
+        (400, {"message": "top_logprobs must be at most 20", "param": "top_logprobs"}, "top_logprobs"),
+        (422, {"message": "seed: extra inputs are not permitted"}, "seed"),
+        # The model's own slug (`up/seed-1`) is ours, not the provider's words: not a refusal of `seed`.
+        (400, {"message": "This model's maximum context length is 8192 tokens."}, None),
+        (400, {"message": "Invalid value for 'temperature'."}, "temperature"),
+        (500, {"message": "temperature sampler crashed"}, None),  # not a refusal: a server error
+        (429, {"message": "Rate limit reached for temperature experiments"}, None),
+    ],
+)  # fmt: skip
+def test_the_refused_parameter(status: int, error: object, expected: str | None) -> None:
+    assert refused_parameter(refusal(status, error), SENT) == expected
+
+
+def test_a_parameter_not_sent_is_never_the_one_refused() -> None:
+    error = refusal(400, {"message": "Unsupported parameter: 'top_k'", "param": "top_k"})
+    assert refused_parameter(error, {"top_k": None, "temperature": 1}) is None
+
+
+def test_the_memory_is_per_model() -> None:
+    memory = SamplingMemory()
+    memory.refused("openai/o3", "temperature")
+
+    assert memory.prepare("openai/o3", {"temperature": 0, "messages": []}) == ({"messages": []}, ["temperature"])
+    assert memory.prepare("openai/gpt-4.1", {"temperature": 0}) == ({"temperature": 0}, [])
