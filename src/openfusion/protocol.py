@@ -35,7 +35,8 @@ def plain_name(value: str) -> str:
 # A name or an id a client sends (message and function names, tool call ids, presets).
 PlainName = Annotated[str, AfterValidator(plain_name)]
 # A model slug as openfusion accepts it anywhere: requests, fallbacks, presets, plugin parameters.
-ModelSlug = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(plain_name)]
+MAX_SLUG_LENGTH = 256
+ModelSlug = Annotated[str, Field(min_length=1, max_length=MAX_SLUG_LENGTH), AfterValidator(plain_name)]
 
 
 class ToolCallFunction(WireModel):

@@ -12,7 +12,7 @@ from starlette.requests import ClientDisconnect
 
 from openfusion.api.disconnect import ClientDisconnected
 from openfusion.errors import InvalidRequest, PayloadTooLarge, invalid_request_from
-from openfusion.protocol import NAME_ERROR, ChatRequest, unsafe_name_param
+from openfusion.protocol import MAX_SLUG_LENGTH, NAME_ERROR, ChatRequest, plain_name, unsafe_name_param
 
 log = logging.getLogger("openfusion.requests")
 
@@ -73,6 +73,30 @@ def load_json_object(raw: bytes) -> dict[str, Any]:
     if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _deeper_than(data, MAX_JSON_DEPTH):
         raise _too_deep()
     return data
+
+
+def named_model(raw: bytes) -> tuple[str, bool] | None:
+    """The model a body names (`model`, else the first of `models`) and whether it asks to stream.
+
+    None when there is no usable one (not JSON, no model, not a plain slug): the refusal is then not recorded.
+    Called only for a refused body, so parsing it again costs nothing on the served path.
+    """
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    model, models = data.get("model"), data.get("models")
+    if model is None and isinstance(models, list) and models:
+        model = models[0]
+    if not isinstance(model, str) or not 1 <= len(model) <= MAX_SLUG_LENGTH:
+        return None
+    try:
+        plain_name(model)
+    except ValueError:
+        return None
+    return model, data.get("stream") is True
 
 
 def _deeper_than(data: Any, limit: int) -> bool:

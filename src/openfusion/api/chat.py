@@ -11,16 +11,21 @@ from starlette.responses import Response, StreamingResponse
 from openfusion.api.body import parse_chat_request, read_body
 from openfusion.api.deps import AppState
 from openfusion.api.disconnect import cancel_on_disconnect
-from openfusion.api.dispatch import Exchange, serve
+from openfusion.api.dispatch import Exchange, record_unparsed_refusal, serve
 from openfusion.api.fusion_response import complete_fusion, stream_fusion
 from openfusion.api.passthrough import SSE_HEADERS, pass_through
+from openfusion.errors import OpenFusionError
 
 
 async def chat_completions(request: Request) -> Response:
     """Create a chat completion."""
     state: AppState = request.app.state.openfusion
     raw = await read_body(request, state.settings.max_body_bytes)
-    chat, data = parse_chat_request(raw)
+    try:
+        chat, data = parse_chat_request(raw)
+    except OpenFusionError as exc:
+        record_unparsed_refusal(request, raw, exc, api_type="completions")
+        raise
 
     async def render(exchange: Exchange) -> Response:
         if exchange.plan is None:

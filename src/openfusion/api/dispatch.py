@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from openfusion.activity import ApiType
 from openfusion.api.access import admit, client_key_name
+from openfusion.api.body import named_model
 from openfusion.api.deps import AppState
 from openfusion.api.ledger import Ledger
 from openfusion.errors import OpenFusionError
@@ -61,13 +62,19 @@ Renderer = Callable[[Exchange], Awaitable[Response]]
 async def open_exchange(request: Request, chat: ChatRequest, *, api_type: ApiType) -> Exchange:
     """Plan, admit (scope, guards, limits) and price a request, then open its ledger."""
     state: AppState = request.app.state.openfusion
-    plan = plan_fusion(
-        chat, presets=state.presets, default_preset=state.settings.default_preset, registry=state.registry
-    )
-    reach = reach_of(chat, plan)  # every model it can call: for the scope, the guards and the estimate
-    await admit(request, chat=chat, plan=plan, reach=reach)  # 403 scope, 400 guards, 429 spend/concurrency
-    if plan is not None:
-        plan = priced(plan, WorstCase(chat, plan, reach, prices=state.prices))  # 402 when over max_cost
+    plan: FusionPlan | None = None
+    try:
+        plan = plan_fusion(
+            chat, presets=state.presets, default_preset=state.settings.default_preset, registry=state.registry
+        )
+        reach = reach_of(chat, plan)  # every model it can call: for the scope, the guards and the estimate
+        await admit(request, chat=chat, plan=plan, reach=reach)  # 403 scope, 400 guards, 429 spend/concurrency
+        if plan is not None:
+            plan = priced(plan, WorstCase(chat, plan, reach, prices=state.prices))  # 402 when over max_cost
+    except OpenFusionError as exc:
+        preset = plan.preset if plan else None
+        record_refusal(request, exc, model=chat.model, streamed=chat.stream, api_type=api_type, preset=preset)
+        raise
     ledger = Ledger(
         state,
         requested_model=chat.model,
@@ -78,6 +85,39 @@ async def open_exchange(request: Request, chat: ChatRequest, *, api_type: ApiTyp
         api_type=api_type,
     )
     return Exchange(request, state, chat, plan, ledger)
+
+
+def record_refusal(
+    request: Request,
+    error: OpenFusionError,
+    *,
+    model: str,
+    streamed: bool,
+    api_type: ApiType,
+    preset: str | None = None,
+) -> None:
+    """Record a request refused before it ran (400, 402, 403, 404, 429): an error generation under the key's name.
+
+    Counted under the `refused` route: requests that never ran stay apart from the failures of those that did.
+    """
+    ledger = Ledger(
+        request.app.state.openfusion,
+        requested_model=model,
+        streamed=streamed,
+        preset=preset,
+        key_name=client_key_name(request),
+        route="refused",
+        api_type=api_type,
+    )
+    ledger.failed(error)
+    ledger.close()
+
+
+def record_unparsed_refusal(request: Request, raw: bytes, error: OpenFusionError, *, api_type: ApiType) -> None:
+    """Record a body refused while a surface parsed it, when it names a model to file the refusal under."""
+    named = named_model(raw)
+    if named is not None:
+        record_refusal(request, error, model=named[0], streamed=named[1], api_type=api_type)
 
 
 async def serve(request: Request, chat: ChatRequest, render: Renderer, *, api_type: ApiType) -> Response:

@@ -14,7 +14,7 @@ from openfusion.api.access import client_key_name
 from openfusion.api.body import load_json_object, read_body
 from openfusion.api.deps import AppState
 from openfusion.api.disconnect import cancel_on_disconnect
-from openfusion.api.dispatch import Exchange, serve
+from openfusion.api.dispatch import Exchange, record_unparsed_refusal, serve
 from openfusion.api.fusion_response import with_keepalive
 from openfusion.api.ledger import Ledger
 from openfusion.api.passthrough import SSE_HEADERS
@@ -32,15 +32,19 @@ log = logging.getLogger("openfusion")
 async def create_response(request: Request) -> Response:
     """Create a model response."""
     state: AppState = request.app.state.openfusion
-    data = load_json_object(await read_body(request, state.settings.max_body_bytes))
-    parsed = parse_request(data)
+    raw = await read_body(request, state.settings.max_body_bytes)
     owner = client_key_name(request) or ""  # stored responses belong to the key that made them
-    history = None
-    if parsed.previous_response_id is not None:
-        if state.responses is None:
-            raise not_stored(parsed.previous_response_id)
-        history = await state.responses.history(parsed.previous_response_id, owner=owner)
-    translated = translate(parsed, history)
+    try:
+        parsed = parse_request(load_json_object(raw))
+        history = None
+        if parsed.previous_response_id is not None:
+            if state.responses is None:
+                raise not_stored(parsed.previous_response_id)
+            history = await state.responses.history(parsed.previous_response_id, owner=owner)
+        translated = translate(parsed, history)
+    except OpenFusionError as exc:
+        record_unparsed_refusal(request, raw, exc, api_type="responses")
+        raise
 
     async def render(exchange: Exchange) -> Response:
         return await _render(exchange, translated, owner=owner)

@@ -1,0 +1,108 @@
+"""Requests refused before they run (400, 402, 403, 404, 429) are recorded under the key's name, fusion and
+pass-through alike; an unknown key (401) is not, and neither is a body that names no model."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fakes.upstream import FakeUpstream
+
+CHAT = "/v1/chat/completions"
+HI = [{"role": "user", "content": "Hi"}]
+ALICE = "sk-client-alice"
+KEYS = [{"name": "alice", "key_sha256": hashlib.sha256(ALICE.encode()).hexdigest(), "models": ["fusion/*", "fake/*"]}]
+PRICES = {"models": {f"fake/{m}": {"prompt": 1e-3, "completion": 1e-3} for m in ("a", "b", "c", "judge", "synth")}}
+
+
+
+def nested(depth: int) -> Any:
+    value: Any = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+# (body, status, code): each refused before any upstream call.
+REFUSALS: list[tuple[dict[str, Any], int, str]] = [
+    ({"model": "fusion/trio", "messages": HI, "temperature": 5}, 400, "invalid_request"),
+    ({"model": "fusion/trio", "messages": HI, "stream": True, "plugins": [{"id": "fusion", "max_tool_calls": 99}]},
+     400, "invalid_request"),
+    ({"model": "fusion/trio", "messages": HI, "plugins": [{"id": "fusion", "analysis_models": ["fusion"]}]},
+     400, "fusion_recursion"),
+    ({"model": "fusion/trio", "messages": "Hi"}, 400, "invalid_request"),
+    ({"model": "fake/plain", "messages": HI, "metadata": nested(200)}, 400, "invalid_request"),
+    ({"model": "fusion/nope", "messages": HI}, 404, "model_not_found"),
+    ({"model": "fusion/trio", "messages": HI, "plugins": [{"id": "fusion", "max_cost": 0.0001}]},
+     402, "max_cost_exceeded"),
+    ({"model": "other/model", "messages": HI}, 403, "model_not_allowed"),
+    ({"model": "fake/plain", "messages": []}, 400, "invalid_request"),
+    ({"model": "fake/plain", "messages": HI, "n": "two"}, 400, "invalid_request"),
+    ({"models": ["fake/plain"], "messages": HI, "stop": ["a"] * 5}, 400, "invalid_request"),
+]  # fmt: skip
+
+
+def listed(url: str, want: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The newest generations once at least `want` are recorded (the writer batches off the hot path)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = httpx.get(f"{url}/v1/activity", params={"limit": 200}, headers={"authorization": f"Bearer {ALICE}"})
+        assert response.status_code == 200, response.text
+        data: list[dict[str, Any]] = response.json()["data"]
+        if len(data) >= want or time.monotonic() > deadline:
+            return data
+        time.sleep(0.05)
+
+
+def test_refused_requests_are_recorded_with_status_reason_and_key(
+    upstream: FakeUpstream, start_server: Any, tmp_path: Path
+) -> None:
+    refusals = REFUSALS
+    with start_server(activity={"path": tmp_path / "activity.sqlite3"}, keys=KEYS, pricing=PRICES) as url:
+        auth = {"authorization": f"Bearer {ALICE}"}
+        for body, status, code in refusals:
+            response = httpx.post(f"{url}{CHAT}", json=body, headers=auth, timeout=20)
+            assert response.status_code == status, (body, response.text)
+            assert response.json()["error"]["code"] == code
+        records = listed(url, len(refusals))
+        metrics = httpx.get(f"{url}/metrics", headers=auth).text
+
+    assert upstream.calls == []  # every one was refused before anything was sent
+    assert len(records) == len(refusals)
+    for record, (body, _, code) in zip(reversed(records), refusals, strict=True):  # newest first
+        assert record["status"] == "error" and record["failure_reason"] == code, record
+        assert record["key_name"] == "alice"
+        assert record["requested_model"] == body.get("model", (body.get("models") or [None])[0])
+        assert record["streamed"] is (body.get("stream") is True)
+    by_reason = {r["failure_reason"] for r in records}
+    assert by_reason == {"invalid_request", "fusion_recursion", "model_not_found", "max_cost_exceeded",
+                         "model_not_allowed"}  # fmt: skip
+    assert next(r for r in records if r["failure_reason"] == "max_cost_exceeded")["preset"] == "trio"
+    assert f'openfusion_requests_total{{route="refused",status="error"}} {len(refusals)}.0' in metrics
+    assert "openfusion_requests_in_flight 0.0" in metrics
+
+
+def test_unknown_keys_and_bodies_without_a_model_leave_no_record(
+    upstream: FakeUpstream, start_server: Any, tmp_path: Path
+) -> None:
+    with start_server(activity={"path": tmp_path / "activity.sqlite3"}, keys=KEYS) as url:
+        auth = {"authorization": f"Bearer {ALICE}"}
+        stranger = httpx.post(f"{url}{CHAT}", json={"model": "fusion/trio", "messages": HI},
+                              headers={"authorization": "Bearer sk-unknown"})  # fmt: skip
+        nameless = [
+            httpx.post(f"{url}{CHAT}", content=raw, headers={**auth, "content-type": "application/json"})
+            for raw in (b"{not json", b"[1]", b'{"messages": []}', b'{"model": 7, "messages": []}',
+                        b'{"model": "fake/\\u0000", "messages": []}')
+        ]  # fmt: skip
+        marker = httpx.post(f"{url}{CHAT}", json={"model": "fusion/nope", "messages": HI}, headers=auth)
+        records = listed(url, 1)  # records queue in request order: once the last is written, all earlier are
+
+    assert stranger.status_code == 401 and marker.status_code == 404
+    assert [r.status_code for r in nameless] == [400] * 5
+    # Only the marker: an unknown key has no name to file a record under, and a flood of them must not
+    # become writes; a body naming no usable model has nothing to file it under (it is logged instead).
+    assert [(r["requested_model"], r["failure_reason"]) for r in records] == [("fusion/nope", "model_not_found")]
