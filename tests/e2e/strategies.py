@@ -24,11 +24,24 @@ scalars = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
     text,
 )
-# Any JSON value, a few levels deep: what a careless or hostile client puts anywhere.
-junk = st.recursive(
-    scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(text, inner, max_size=3)),
-    max_leaves=4,
+
+
+def nested(depth: int) -> Any:
+    """Arrays `depth` levels deep."""
+    value: Any = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+# Any JSON value, a few levels deep, or now and then hundreds: what a careless or hostile client puts anywhere.
+junk = st.one_of(
+    st.recursive(
+        scalars,
+        lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(text, inner, max_size=3)),
+        max_leaves=4,
+    ),
+    st.integers(min_value=100, max_value=900).map(nested),
 )
 
 
@@ -84,12 +97,22 @@ message = body(
     {"role": st.sampled_from(ROLES), "content": content},
     {"name": name, "tool_calls": st.lists(tool_call, max_size=1), "tool_call_id": name, "refusal": text},
 )
-messages = st.lists(message, min_size=1, max_size=3)
+# An agent loop's turn: the assistant's tool calls, their result, and a question or not.
+agent_turn = st.tuples(
+    body({"role": st.just("assistant"), "tool_calls": st.lists(tool_call, min_size=1, max_size=2)},
+         {"content": content}),
+    body({"role": st.just("tool"), "tool_call_id": st.just("call_1"), "content": text}, {}),
+    st.lists(body({"role": st.just("user"), "content": text}, {}), max_size=1),
+).map(lambda turn: [turn[0], turn[1], *turn[2]])
+messages = st.one_of(
+    st.lists(message, min_size=1, max_size=3),
+    st.tuples(st.lists(message, min_size=1, max_size=2), agent_turn).map(lambda parts: parts[0] + parts[1]),
+)
 
 domains = st.lists(st.sampled_from(["example.com", "example.org/path", "sub.example.net"]), max_size=2)
 research_tool = body(
     {"type": st.sampled_from(["web_search", "openrouter:web_search", "web_fetch", "openrouter:web_fetch", "x"])},
-    {"parameters": body({}, {"excluded_domains": domains, "blocked_domains": domains, "max_results": st.integers()})},
+    {"parameters": body({"excluded_domains": domains}, {"blocked_domains": domains, "max_results": st.integers()})},
 )
 reasoning = body(
     {},
@@ -113,7 +136,7 @@ fusion_fields: dict[str, st.SearchStrategy[Any]] = {
     "temperature": st.floats(min_value=-1, max_value=3),
     "expose": st.booleans(),
     "enabled": st.booleans(),
-    "tools": st.lists(research_tool, max_size=2),
+    "tools": st.lists(research_tool, min_size=1, max_size=2),
     "judge_tools": st.booleans(),
     "panel_timeout_s": seconds,
     "panel_deadline_s": seconds,

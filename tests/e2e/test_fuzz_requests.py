@@ -17,11 +17,11 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from e2e.conftest import TRIO, judge_script
-from e2e.strategies import chat_request, junk
+from e2e.strategies import chat_request, junk, nested
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream
 from openfusion.app import create_app
@@ -125,6 +125,25 @@ def check_answer(client: httpx.Client, payload: Any) -> None:
             assert isinstance(json.loads(response.read()), dict)
 
 
+HI = [{"role": "user", "content": "Hi"}]
+AGENT_STEP = [HI[0], {"role": "assistant", "content": None}, {"role": "tool", "content": "42"}, HI[0]]
+
+
+def _with_tool_calls(tool_calls: Any) -> list[dict[str, Any]]:
+    return [{**m, "tool_calls": tool_calls} if m["role"] == "assistant" else m for m in AGENT_STEP]
+
+
+def _excluding(value: Any) -> list[dict[str, Any]]:
+    return [{"id": "fusion", "tools": [{"type": "web_fetch", "parameters": {"excluded_domains": value}}]}]
+
+
+# Crashes found before (each a 500 then): they run on every profile, before the drawn examples.
+@example(payload={"model": "fusion/trio", "messages": _with_tool_calls(5)})
+@example(payload={"model": "fusion/trio", "messages": _with_tool_calls([{"function": "lookup"}]), "stream": True})
+@example(payload={"model": "fusion/trio", "messages": HI, "plugins": _excluding(5)})
+@example(payload={"model": "fusion/trio", "messages": HI, "plugins": _excluding(True), "stream": True})
+@example(payload={"model": "fake/plain", "messages": HI, "metadata": nested(300)})
+@example(payload={"model": "fusion/trio", "messages": HI, "response_format": {"type": "json_object", "x": nested(300)}})
 @settings(settings.get_profile(PROFILE))
 @given(payload=st.one_of(*[chat_request] * 15, junk))
 def test_no_request_gets_a_5xx_or_a_malformed_error(fuzz_server: tuple[str, ErrorLog], payload: Any) -> None:
