@@ -205,12 +205,13 @@ async def test_synthesizer_gets_the_analysis_the_answers_and_the_whole_conversat
     [synth] = fake.calls_to("synth")
     system, *conversation = synth.messages
     assert system["role"] == "system"
+    assert system["content"].startswith(CONVERSATION[0]["content"] + "\n\n")  # the client's prompt first
     assert "<analysis>" in system["content"]
     assert "Paris is the capital of France." in system["content"]
     assert "nobody cited a source" in system["content"]
     for name in ("a", "b", "c"):
         assert response_tag(f"up/{name}", f"Answer from {name}.") in system["content"]
-    assert conversation == CONVERSATION  # including the client's own system message
+    assert conversation == CONVERSATION[1:]  # the rest of the client's conversation, unchanged
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["message", "stream"])

@@ -97,7 +97,7 @@ def synthesis_messages(
     answers: list[tuple[str, str]],
     sources: list[tuple[str, str]] | None = None,
 ) -> Messages:
-    """The synthesizer's prompt: its instructions and the research, then the client's conversation."""
+    """The client's conversation with the synthesizer's instructions and the research added to its system prompt."""
     if analysis is not None:
         analysis_text = "<analysis>\n" + encode_untrusted(analysis.model_dump_json(indent=1)) + "\n</analysis>"
     else:
@@ -110,4 +110,21 @@ def synthesis_messages(
     else:
         sources_text = ""
     system = fill(prompt("synthesizer"), analysis=analysis_text, responses=responses_text, sources=sources_text)
-    return [{"role": "system", "content": system}, *conversation]
+    return with_system_text(conversation, system)
+
+
+def with_system_text(conversation: Messages, text: str) -> Messages:
+    """The conversation with `text` after the client's own system prompt, in the one system message at its start.
+
+    A second system message ahead of the client's would leave the model two competing preambles (and
+    some providers take only one): the client's prompt stays first, ours follows it.
+    """
+    first = conversation[0] if conversation else {}
+    if first.get("role") not in ("system", "developer"):
+        return [{"role": "system", "content": text}, *conversation]
+    content = first.get("content")
+    if isinstance(content, list):
+        merged: str | list[Any] = [*content, {"type": "text", "text": text}]
+    else:
+        merged = f"{content}\n\n{text}" if isinstance(content, str) and content.strip() else text
+    return [{**first, "content": merged}, *conversation[1:]]
