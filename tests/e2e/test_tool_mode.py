@@ -165,6 +165,43 @@ def test_streaming_relays_the_outer_answer_with_keepalives(upstream: FakeUpstrea
     assert all(p["id"] == payloads[0]["id"] for p in payloads)
 
 
+def answer_both_ways(upstream: FakeUpstream, url: str, *scripts: Script, **body: Any) -> list[tuple[Any, Any]]:
+    """(content, tool call names) of the same exchange asked without and with streaming."""
+    answers = []
+    for stream in (False, True):
+        upstream.reset()
+        upstream.script("judge", Script(content=json.dumps(ANALYSIS)))
+        upstream.script("outer", *scripts)
+        result = ask(url, stream=stream, **body)
+        if stream:
+            content = "".join(c.choices[0].delta.content or "" for c in result if c.choices)
+            calls = [tc.function.name for c in result if c.choices for tc in c.choices[0].delta.tool_calls or []]
+        else:
+            content = result.choices[0].message.content
+            calls = [tc.function.name for tc in result.choices[0].message.tool_calls or []]
+        assert len(upstream.calls_for("a")) == 1  # fusion ran, after the text written before its call
+        answers.append((content, calls))
+    return answers
+
+
+def test_text_written_before_the_fusion_call_is_in_both_answers(upstream: FakeUpstream, server: str) -> None:
+    before = Script(content="Let me ask the panel.", tool_calls=[call("fusion", prompt="q")])
+
+    plain, streamed = answer_both_ways(upstream, server, before, Script(content="Do not shard yet."),
+                                       tools=[fusion_tool()])  # fmt: skip
+
+    assert plain == streamed == ("Let me ask the panel.\n\nDo not shard yet.", [])
+
+
+def test_text_and_a_client_tool_call_after_fusion_are_the_same_both_ways(upstream: FakeUpstream, server: str) -> None:
+    before = Script(content="Checking.", tool_calls=[call("fusion", prompt="q")])
+    after = Script(content="Now the weather.", tool_calls=[call("get_weather", city="Oslo")])
+
+    plain, streamed = answer_both_ways(upstream, server, before, after, tools=[WEATHER, fusion_tool()])
+
+    assert plain == streamed == ("Checking.\n\nNow the weather.", ["get_weather"])
+
+
 def test_the_judge_defaults_to_the_outer_model(upstream: FakeUpstream, server: str) -> None:
     upstream.script("outer", Script(tool_calls=[call("fusion", prompt="q")]), Script(content=json.dumps(ANALYSIS)),
                     Script(content="Final."))  # fmt: skip

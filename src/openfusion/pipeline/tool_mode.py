@@ -30,6 +30,8 @@ from openfusion.upstream.web import WebResearch
 FUSION_FUNCTION = "fusion"
 # Outer-model calls per request: fusion runs once, so a model that keeps calling tools is cut off here.
 MAX_OUTER_CALLS = 4
+# Between the texts of two outer calls (say, "Let me ask the panel." and the answer), streamed or not.
+TEXT_SEPARATOR = "\n\n"
 
 
 def fusion_function() -> dict[str, Any]:
@@ -68,6 +70,7 @@ class ToolModeRun:
         self.client = client_tools(request)
         self.outer_usages: list[Usage] = []
         self.outer_calls = 0
+        self.texts: list[str] = []  # the text of each outer call that wrote any: the answer is all of it
         self.inner: FusionRun | None = None
         self.fusion_status: str | None = None  # "ok" | "error" once fusion ran
         self.reported_model: str | None = None
@@ -98,6 +101,9 @@ class ToolModeRun:
                     {"role": "tool", "tool_call_id": call.get("id", ""), "content": orjson.dumps(result).decode()}
                 )
         message, finish_reason = final
+        # Text written before a fusion call reached a streaming client as it came: the whole answer is all of it.
+        answer = TEXT_SEPARATOR.join(self.texts)
+        message = {**message, "content": answer if answer or not message.get("tool_calls") else None}
         if stream:
             for chunk in _final_chunks(message, finish_reason, self.reported_model or self.plan.synthesizer):
                 yield SynthesisChunk(chunk)
@@ -123,8 +129,10 @@ class ToolModeRun:
                 completion = await self.upstream.complete(self.plan.synthesizer, body)
                 self.reported_model = completion.model
                 self.outer_usages.append(completion.usage)
+                self._keep_text(completion.content)
                 into.append((completion.message, completion.finish_reason))
                 return
+            separated = not self.texts  # the answer's first text needs no separator
             async with self.upstream.stream(self.plan.synthesizer, body) as chunks:
                 async for chunk in chunks:
                     accumulator.feed(chunk)
@@ -132,8 +140,14 @@ class ToolModeRun:
                     if isinstance(chunk.get("usage"), dict):
                         self.outer_usages.append(parse_usage(chunk["usage"]))
                     if (relayed := _relayable(chunk)) is not None:
+                        separated = separated or _prefix_text(relayed, TEXT_SEPARATOR)
                         yield SynthesisChunk(relayed)
+        self._keep_text(str(accumulator.content))
         into.append((accumulator.message(), accumulator.finish_reason))
+
+    def _keep_text(self, text: str) -> None:
+        if text:
+            self.texts.append(text)
 
     async def _fusion(self, call: dict[str, Any], *, into: dict[str, Any]) -> AsyncIterator[Event]:
         """Run panel + judge for the call's prompt (once per request), leaving the tool result in `into`."""
@@ -265,6 +279,15 @@ def _relayable(chunk: dict[str, Any]) -> dict[str, Any] | None:
         if delta.get("content") or delta.get("reasoning"):
             choices.append({"index": choice.get("index", 0), "delta": delta, "finish_reason": None})
     return {**chunk, "choices": choices} if choices else None
+
+
+def _prefix_text(chunk: dict[str, Any], prefix: str) -> bool:
+    """Put `prefix` before the chunk's first text; False when it carries none (reasoning only)."""
+    for choice in chunk["choices"]:
+        if choice["delta"].get("content"):
+            choice["delta"]["content"] = prefix + choice["delta"]["content"]
+            return True
+    return False
 
 
 def _final_chunks(message: dict[str, Any], finish_reason: str | None, model: str) -> list[dict[str, Any]]:
