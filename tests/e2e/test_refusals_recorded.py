@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from fakes.upstream import FakeUpstream
+from fakes.upstream import FakeUpstream, Script, wait_until
 
 CHAT = "/v1/chat/completions"
 HI = [{"role": "user", "content": "Hi"}]
@@ -106,3 +106,28 @@ def test_unknown_keys_and_bodies_without_a_model_leave_no_record(
     # Only the marker: an unknown key has no name to file a record under, and a flood of them must not
     # become writes; a body naming no usable model has nothing to file it under (it is logged instead).
     assert [(r["requested_model"], r["failure_reason"]) for r in records] == [("fusion/nope", "model_not_found")]
+
+
+def test_a_key_over_its_concurrency_limit_is_recorded(
+    upstream: FakeUpstream, start_server: Any, tmp_path: Path
+) -> None:
+    upstream.script("a", Script(delay_s=30))  # holds the first run's slot until the client leaves
+    keys = [{**KEYS[0], "max_concurrent_fusion": 1}]
+    body = {"model": "fusion/trio", "messages": HI, "stream": True}
+    with start_server(activity={"path": tmp_path / "activity.sqlite3"}, keys=keys) as url:
+        auth = {"authorization": f"Bearer {ALICE}"}
+        with httpx.stream("POST", f"{url}{CHAT}", json=body, headers=auth, timeout=20) as running:
+            assert running.status_code == 200
+            wait_until(lambda: bool(upstream.calls_for("a")), timeout=10)  # the run holds its slot
+            refused = httpx.post(f"{url}{CHAT}", json=body, headers=auth, timeout=20)
+        records = listed(url, 2)
+
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "concurrency_limited"
+    refusal = next(r for r in records if r["id"] == refused_id(records, running))
+    assert refusal["failure_reason"] == "concurrency_limited" and refusal["key_name"] == "alice"
+    assert refusal["streamed"] is True and refusal["preset"] == "trio"
+
+
+def refused_id(records: list[dict[str, Any]], running: httpx.Response) -> str:
+    """The record that is not the run that held the slot."""
+    return next(r["id"] for r in records if r["id"] != running.headers["x-generation-id"])
