@@ -73,8 +73,9 @@ def test_refused_requests_are_recorded_with_status_reason_and_key(
 
     assert upstream.calls == []  # every one was refused before anything was sent
     assert len(records) == len(refusals)
-    for record, (body, _, code) in zip(reversed(records), refusals, strict=True):  # newest first
+    for record, (body, status, code) in zip(reversed(records), refusals, strict=True):  # newest first
         assert record["status"] == "error" and record["failure_reason"] == code, record
+        assert record["status_code"] == status
         assert record["key_name"] == "alice"
         assert record["requested_model"] == body.get("model", (body.get("models") or [None])[0])
         assert record["streamed"] is (body.get("stream") is True)
@@ -125,9 +126,35 @@ def test_a_key_over_its_concurrency_limit_is_recorded(
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "concurrency_limited"
     refusal = next(r for r in records if r["id"] == refused_id(records, running))
     assert refusal["failure_reason"] == "concurrency_limited" and refusal["key_name"] == "alice"
-    assert refusal["streamed"] is True and refusal["preset"] == "trio"
+    assert refusal["streamed"] is True and refusal["preset"] == "trio" and refusal["status_code"] == 429
+    held = next(r for r in records if r["id"] == running.headers["x-generation-id"])
+    assert held["status"] == "cancelled" and held["status_code"] == 200  # its client left; the stream had begun
 
 
 def refused_id(records: list[dict[str, Any]], running: httpx.Response) -> str:
     """The record that is not the run that held the slot."""
     return next(r["id"] for r in records if r["id"] != running.headers["x-generation-id"])
+
+
+def test_every_record_keeps_the_http_status_its_client_got(
+    upstream: FakeUpstream, start_server: Any, tmp_path: Path
+) -> None:
+    upstream.script("missing", Script(status=404))
+    upstream.script("synth", Script(chunks=["a", "b", "c"], cut_stream_after=2))  # breaks off after its first bytes
+    with start_server(activity={"path": tmp_path / "activity.sqlite3"}, keys=KEYS) as url:
+        auth = {"authorization": f"Bearer {ALICE}"}
+        answered = httpx.post(f"{url}{CHAT}", json={"model": "fake/plain", "messages": HI}, headers=auth)
+        relayed = httpx.post(f"{url}{CHAT}", json={"model": "fake/missing", "messages": HI}, headers=auth)
+        broken = httpx.post(f"{url}{CHAT}", json={"model": "fusion/trio", "messages": HI, "stream": True},
+                            headers=auth, timeout=20)  # fmt: skip
+        failed = httpx.post(f"{url}{CHAT}", json={"model": "fusion/trio", "messages": HI}, headers=auth, timeout=20)
+        records = listed(url, 4)[::-1]  # oldest first: in request order
+
+    assert (answered.status_code, relayed.status_code, broken.status_code, failed.status_code) == (200, 404, 200, 502)
+    assert [r["id"] for r in records[:3]] == [r.headers["x-generation-id"] for r in (answered, relayed, broken)]
+    assert [(r["status"], r["status_code"]) for r in records] == [
+        ("ok", 200),
+        ("error", 404),  # the provider's status, relayed
+        ("error", 200),  # the stream had begun: its status line was 200
+        ("error", 502),
+    ]

@@ -75,6 +75,7 @@ CREATE TABLE calls (
 _SPEND_INDEX = "CREATE INDEX generations_spend ON generations (key_name, created_at)"
 # Every generation before this step came through Chat Completions.
 _API_TYPE = "ALTER TABLE generations ADD COLUMN api_type TEXT NOT NULL DEFAULT 'completions'"
+_STATUS_CODE = "ALTER TABLE generations ADD COLUMN status_code INTEGER"
 # One key's activity newest first (and its spend today): serves both, so the spend-only index goes.
 _BY_KEY_INDEX = "CREATE INDEX generations_by_key ON generations (key_name, created_at DESC, id DESC)"
 _DROP_SPEND_INDEX = "DROP INDEX IF EXISTS generations_spend"
@@ -122,6 +123,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         description="index for one key's activity, newest first (and its spend today)",
         sqlite=(_BY_KEY_INDEX, _DROP_SPEND_INDEX),
         postgres=(_BY_KEY_INDEX, _DROP_SPEND_INDEX),
+    ),
+    Migration(
+        version=7,
+        description="the HTTP status a generation was answered with (status_code)",
+        sqlite=(_STATUS_CODE,),
+        postgres=(_STATUS_CODE,),
     ),
 )
 

@@ -65,6 +65,9 @@ class GenerationRecord(_Record):
     streamed: bool = False
     key_name: str | None = None  # the client key's configured name, never the key itself
     api_type: ApiType = "completions"
+    # The HTTP status of the response: a stream that failed (or was left) after it began was a 200; None
+    # for a client that left before any response, and for rows older than this field.
+    status_code: int | None = None
     # Content, stored only with `store_content` on.
     panel_answers: list[PanelText] | None = None
     # The judge's analysis as JSON (Analysis.model_dump()): kept schemaless so old rows stay readable.

@@ -28,6 +28,7 @@ SUMMARY_COLUMNS = (
     "streamed",
     "key_name",
     "api_type",
+    "status_code",
 )
 CONTENT_COLUMNS = ("panel_answers", "analysis", "final_answer")
 GENERATION_COLUMNS = SUMMARY_COLUMNS + CONTENT_COLUMNS
@@ -187,6 +188,7 @@ def _generation_values(record: GenerationRecord) -> tuple[Any, ...]:
         record.streamed,
         record.key_name,
         record.api_type,
+        record.status_code,
         panel,
         _json_text(record.analysis) if record.analysis is not None else None,
         record.final_answer,
@@ -217,6 +219,7 @@ def generation_from_row(row: Sequence[Any]) -> GenerationRecord:
         streamed=bool(values["streamed"]),
         key_name=values["key_name"],
         api_type=values["api_type"],
+        status_code=values["status_code"],
         panel_answers=[PanelText(**p) for p in orjson.loads(panel)] if panel is not None else None,
         analysis=orjson.loads(analysis) if analysis is not None else None,
         final_answer=values.get("final_answer"),

@@ -47,6 +47,7 @@ def summary_body(generation: GenerationRecord) -> dict[str, Any]:
         "cancelled": generation.status == "cancelled",
         "key_name": generation.key_name,
         "api_type": generation.api_type,
+        "status_code": generation.status_code,
     }
 
 

@@ -130,6 +130,7 @@ async def serve(request: Request, chat: ChatRequest, render: Renderer, *, api_ty
         ledger.failed(exc)
         ledger.close()
         raise
+    ledger.status_code = response.status_code
     response.headers["X-Generation-Id"] = ledger.generation_id
     # Streams: the time before the first byte; otherwise the whole request's own time.
     response.headers["X-Openfusion-Overhead-Ms"] = f"{ledger.overhead_ms():.2f}"

@@ -51,6 +51,7 @@ class Ledger:
         self.api_type = api_type  # the surface the request came through
         self.status = "ok"
         self.failure_reason: str | None = None
+        self.status_code: int | None = None  # the HTTP status the client got, once known
         self.finish_reason: str | None = None
         self.model: str | None = None
         self.content: dict[str, Any] = {}
@@ -70,6 +71,8 @@ class Ledger:
         else:
             self.status = "error"
             self.failure_reason = exc.code if isinstance(exc, OpenFusionError) and exc.code else "unexpected_error"
+            if self.status_code is None:  # unless the response already began (a stream's 200)
+                self.status_code = exc.status_code if isinstance(exc, OpenFusionError) else 500
 
     def overhead_ms(self) -> float:
         """Time spent in openfusion itself so far: elapsed time not covered by any upstream call."""
@@ -164,6 +167,7 @@ class Ledger:
             streamed=self.streamed,
             key_name=self.key_name,
             api_type=self.api_type,
+            status_code=self.status_code,
             panel_answers=[PanelText(model=m, content=c) for m, c in self.content.get("panel_answers", [])] or None,
             analysis=self.content.get("analysis"),
             final_answer=self.content.get("final_answer"),
