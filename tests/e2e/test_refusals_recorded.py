@@ -149,6 +149,7 @@ def test_every_record_keeps_the_http_status_its_client_got(
                             headers=auth, timeout=20)  # fmt: skip
         failed = httpx.post(f"{url}{CHAT}", json={"model": "fusion/trio", "messages": HI}, headers=auth, timeout=20)
         records = listed(url, 4)[::-1]  # oldest first: in request order
+        page = httpx.get(f"{url}/activity/{relayed.headers['x-generation-id']}", auth=("alice", ALICE)).text
 
     assert (answered.status_code, relayed.status_code, broken.status_code, failed.status_code) == (200, 404, 200, 502)
     assert [r["id"] for r in records[:3]] == [r.headers["x-generation-id"] for r in (answered, relayed, broken)]
@@ -158,3 +159,4 @@ def test_every_record_keeps_the_http_status_its_client_got(
         ("error", 200),  # the stream had begun: its status line was 200
         ("error", 502),
     ]
+    assert "<span>HTTP status</span>404" in page
