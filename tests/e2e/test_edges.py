@@ -168,6 +168,23 @@ def test_models_lists_fusion_slugs_and_presets(server: str) -> None:
     assert trio["fusion"]["analysis_models"] == ["fake/a", "fake/b", "fake/c"]
     assert trio["description"] == "three fake panelists"
     assert models["fusion"].model_extra["fusion"]["preset"] == "trio"  # the configured default preset
+    # Tool-capable, so model pickers that filter on tools keep it; prices unknown here: OpenRouter's "-1".
+    assert {"tools", "tool_choice", "reasoning", "response_format"} <= set(trio["supported_parameters"])
+    assert trio["pricing"] == {"prompt": "-1", "completion": "-1", "request": "0"}
+    assert trio["architecture"]["input_modalities"] == ["text", "image"]
+
+
+def test_models_prices_a_preset_whose_prices_are_known(start_server: Any) -> None:
+    prices = {f"fake/{m}": {"prompt": 1e-6, "completion": 2e-6} for m in ("a", "b", "c", "judge", "synth")}
+    with start_server(pricing={"models": prices}) as url:
+        listing = httpx.get(f"{url}/v1/models").json()
+
+    trio = next(m for m in listing["data"] if m["id"] == "fusion/trio")
+    # Every model of the preset reads the prompt and writes about as much as the answer.
+    assert trio["pricing"] == {"prompt": "5e-06", "completion": "1e-05", "request": "0"}
+    # The Anthropic Models API's fields too (Claude Code lists models with them).
+    assert trio["type"] == "model" and trio["display_name"] == "Fusion (trio)" and trio["created_at"]
+    assert listing["has_more"] is False and listing["first_id"] == listing["data"][0]["id"]
 
 
 def test_healthz(server: str) -> None:

@@ -6,20 +6,55 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from openfusion.activity import PriceTable
 from openfusion.api.deps import State
 from openfusion.presets import Preset
 
 router = APIRouter()
 
+# What a fusion model takes (OpenRouter's names): the synthesizer answers with the client's tools and
+# format, so model pickers that filter on tool support find it (OpenRouter lists `[]` for its slugs).
+SUPPORTED_PARAMETERS = [
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "reasoning",
+    "include_reasoning",
+    "response_format",
+    "structured_outputs",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+]
+_ARCHITECTURE = {
+    "modality": "text+image->text",
+    "input_modalities": ["text", "image"],
+    "output_modalities": ["text"],
+    "tokenizer": "Other",
+    "instruct_type": None,
+}
+# OpenRouter's sentinel for "the price varies": a model of the preset has no known price.
+_VARIES = "-1"
 
-def _entry(model_id: str, preset: Preset, description: str | None = None) -> dict[str, Any]:
+
+def _entry(model_id: str, preset: Preset, prices: PriceTable, description: str | None = None) -> dict[str, Any]:
+    name = f"Fusion ({preset.name})"
     return {
         "id": model_id,
+        "canonical_slug": model_id,
         "object": "model",
+        "type": "model",  # with display_name and created_at: the Anthropic Models API's fields, for Claude Code
         "created": 0,
+        "created_at": "1970-01-01T00:00:00Z",
         "owned_by": "openfusion",
-        "name": f"Fusion ({preset.name})",
+        "name": name,
+        "display_name": name,
         "description": description or preset.description,
+        "architecture": _ARCHITECTURE,
+        "pricing": pricing(preset, prices),
+        "supported_parameters": SUPPORTED_PARAMETERS,
         "fusion": {
             "preset": preset.name,
             "analysis_models": preset.analysis_models,
@@ -41,8 +76,22 @@ async def list_models(state: State) -> dict[str, Any]:
             about = f"Fusion with the default preset ({default.name})" + (
                 f": {default.description}" if default.description else "."
             )
-            data.append(_entry(alias, default, about))
+            data.append(_entry(alias, default, state.prices, about))
     if "fast" in presets:
-        data.append(_entry("openrouter/fusion-flash", presets["fast"]))
-    data.extend(_entry(f"fusion/{name}", preset) for name, preset in sorted(presets.items()))
-    return {"object": "list", "data": data}
+        data.append(_entry("openrouter/fusion-flash", presets["fast"], state.prices))
+    data.extend(_entry(f"fusion/{name}", preset, state.prices) for name, preset in sorted(presets.items()))
+    ids = [entry["id"] for entry in data]
+    return {"object": "list", "data": data, "has_more": False, "first_id": ids[0] if ids else None,
+            "last_id": ids[-1] if ids else None}  # fmt: skip
+
+
+def pricing(preset: Preset, prices: PriceTable) -> dict[str, str]:
+    """USD per token, as the sum over every model of the preset (each reads the prompt and writes about
+    as much as the answer): a rough guide, not a quote. "-1" when a model's price is unknown."""
+    models = [*preset.analysis_models, preset.model, preset.synthesizer]
+    known = [prices.price_of(model) for model in models]
+    if any(price is None for price in known):
+        return {"prompt": _VARIES, "completion": _VARIES, "request": "0"}
+    prompt = sum(price.prompt for price in known if price is not None)
+    completion = sum(price.completion for price in known if price is not None)
+    return {"prompt": f"{prompt:.12g}", "completion": f"{completion:.12g}", "request": "0"}
