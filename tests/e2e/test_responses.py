@@ -68,23 +68,38 @@ def test_a_fused_answer_through_responses_create(upstream: FakeUpstream, server:
 
 @unknown_item_warning
 def test_a_fused_answer_through_responses_stream(upstream: FakeUpstream, server: str) -> None:
-    upstream.script("synth", Script(chunks=["Rayleigh ", "scattering."]))
+    # Panelists one after another (0.3 s apart), so the order of their events is fixed.
+    for delay, model in enumerate("abc"):
+        upstream.script(model, Script(chunks=[f"From {model}, ", "an answer."], delay_s=0.3 * delay))
+    upstream.script("synth", Script(chunks=["Rayleigh ", "scattering."], reasoning=["Compare ", "them."]))
 
     with sdk(server) as client, client.responses.stream(model="fusion/trio", input="Why is the sky blue?") as stream:
-        kinds = [event.type for event in stream]
+        events = list(stream)
         final = stream.get_final_response()
 
     assert final.output_text == "Rayleigh scattering." and final.status == "completed"
-    panel = ["response.fusion_call.panel.added"] * 3 + ["response.fusion_call.panel.completed"] * 3
-    assert kinds == [
+    assert [item.type for item in final.output] == ["openrouter:fusion", "reasoning", "message"]
+    assert final.output[1].content[0].text == "Compare them."
+    panelist = [
+        "response.fusion_call.panel.delta",
+        "response.fusion_call.panel.delta",
+        "response.fusion_call.panel.completed",
+    ]
+    assert [event.type for event in events] == [
         "response.created",
         "response.in_progress",
         "response.output_item.added",
         "response.fusion_call.in_progress",
-        *panel,
+        *["response.fusion_call.panel.added"] * 3,
+        *panelist * 3,
         "response.fusion_call.analysis.in_progress",
         "response.fusion_call.analysis.completed",
         "response.fusion_call.completed",
+        "response.output_item.done",
+        "response.output_item.added",
+        "response.reasoning_text.delta",
+        "response.reasoning_text.delta",
+        "response.reasoning_text.done",
         "response.output_item.done",
         "response.output_item.added",
         "response.content_part.added",
@@ -95,6 +110,19 @@ def test_a_fused_answer_through_responses_stream(upstream: FakeUpstream, server:
         "response.output_item.done",
         "response.completed",
     ]
+    deltas = [e.to_dict() for e in events if e.type == "response.fusion_call.panel.delta"]
+    assert [(d["model"], d["delta"]) for d in deltas[:2]] == [("fake/a", "From a, "), ("fake/a", "an answer.")]
+    assert [e.output_index for e in events if e.type == "response.output_item.added"] == [0, 1, 2]
+
+
+def test_a_non_streamed_panel_is_not_streamed_upstream(upstream: FakeUpstream, server: str) -> None:
+    httpx.post(f"{server}{RESPONSES}", json={"model": "fusion/trio", "input": "Hi"}, timeout=30)
+    streamed = [model for model in "abc" if upstream.calls_for(model)[0].stream]
+
+    httpx.post(f"{server}{RESPONSES}", json={"model": "fusion/trio", "input": "Hi", "stream": True}, timeout=30)
+
+    assert streamed == []  # nobody watches the panel write: one whole answer each
+    assert all(upstream.calls_for(model)[1].stream for model in "abc")  # a streamed response shows it
 
 
 def test_the_raw_event_stream(upstream: FakeUpstream, start_server: Any) -> None:

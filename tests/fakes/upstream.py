@@ -60,6 +60,7 @@ class Script:
     reject_status: int = 400  # llama.cpp's server answers a json_schema response_format with HTTP 500
     stream_usage: bool = True  # False: never send a usage chunk, even when asked (llama.cpp's server)
     reject_parameters: set[str] | None = None  # sampling parameters refused with a 400 (as reasoning models do)
+    reasoning: list[str] | None = None  # reasoning text (`delta.reasoning` pieces) before the answer
 
 
 @dataclass
@@ -275,12 +276,15 @@ class _Reply:
         if script.cost is not None:
             self.usage["cost"] = script.cost
         self.finish_reason = script.finish_reason
+        self.reasoning = script.reasoning
         if self.tool_calls and self.finish_reason == "stop":
             self.finish_reason = "tool_calls"
         self.base = {"id": reply_id, "created": int(time.time()), "model": script.response_model or model}
 
     def completion(self) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.reasoning:
+            message["reasoning"] = "".join(self.reasoning)
         if self.tool_calls:
             message["tool_calls"] = self.tool_calls
         choice = {"index": 0, "message": message, "finish_reason": self.finish_reason}
@@ -320,6 +324,8 @@ async def _stream_events(
         if await _pause(request, script.delay_s if script.headers_first else 0.0):
             return
         yield event({"role": "assistant", "content": "" if reply.content is not None else None})
+        for piece in script.reasoning or []:
+            yield event({"reasoning": piece})
         if script.chunks is not None:
             pieces = script.chunks
         else:

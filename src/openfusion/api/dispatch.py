@@ -39,8 +39,9 @@ class Exchange:
     plan: FusionPlan | None
     ledger: Ledger
 
-    def fusion_events(self, *, stream: bool) -> AsyncIterator[Event]:
-        """The fusion run's events (slug or tool mode); `stream` asks for the answer chunk by chunk."""
+    def fusion_events(self, *, stream: bool, panel_deltas: bool = False) -> AsyncIterator[Event]:
+        """The fusion run's events (slug or tool mode); `stream` asks for the answer chunk by chunk,
+        `panel_deltas` for the panel's text as it is written (for a surface that shows it)."""
         plan, state = self.plan, self.state
         assert plan is not None, "fusion_events() of a pass-through request"
         runner = run_tool_mode if plan.mode == "tool" else run_fusion
@@ -51,6 +52,7 @@ class Exchange:
             stream=stream,
             dialects=state.dialects,
             research=state.research,
+            panel_deltas=panel_deltas,
             # Each key finds only its own agent-loop turns.
             **({"turns": state.turns.owned_by(self.ledger.key_name)} if plan.mode == "slug" else {}),
         )

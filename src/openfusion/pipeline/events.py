@@ -45,6 +45,15 @@ class PanelStarted:
 
 
 @dataclass
+class PanelDelta:
+    """A piece of a panelist's answer (or reasoning) as it streams; only for runs that ask for it."""
+
+    label: str
+    delta: str
+    reasoning: bool = False
+
+
+@dataclass
 class PanelDeadline:
     """The panel deadline passed with a quorum: the stragglers are dropped."""
 
@@ -120,6 +129,7 @@ class RunFinished:
 
 Event = (
     PanelStarted
+    | PanelDelta
     | PanelistDone
     | PanelDeadline
     | JudgeStarted

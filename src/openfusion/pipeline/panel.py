@@ -9,7 +9,8 @@ from typing import Any
 
 from openfusion.errors import OpenFusionError, UpstreamError
 from openfusion.pipeline import sampling
-from openfusion.pipeline.events import PanelAnswer, PanelDeadline, PanelFailure
+from openfusion.pipeline.events import PanelAnswer, PanelDeadline, PanelDelta, PanelFailure
+from openfusion.pipeline.panel_stream import PanelDeltas, complete_streaming
 from openfusion.pipeline.prompts import Messages
 from openfusion.pipeline.research import NO_RESEARCH, ResearchPlan, answer_with_research
 from openfusion.pipeline.sampling import SamplingMemory
@@ -27,6 +28,7 @@ async def ask_panelist(
     timeout_s: float,
     research: ResearchPlan = NO_RESEARCH,
     memory: SamplingMemory | None = None,
+    deltas: PanelDeltas | None = None,
 ) -> PanelAnswer | PanelFailure:
     """One panelist's answer (after its research, if any), or its failure; never raises for an upstream problem."""
     started = time.perf_counter()
@@ -36,7 +38,10 @@ async def ask_panelist(
 
     async def call(messages: Messages, tools: list[dict[str, Any]] | None, choice: str | None) -> Completion:
         request = {**body, "messages": messages, "tools": tools, "tool_choice": choice}
-        completion, left_out = await sampling.complete(upstream, model, request, memory=memory)
+        if deltas is not None:
+            completion, left_out = await complete_streaming(upstream, model, request, deltas, memory=memory)
+        else:
+            completion, left_out = await sampling.complete(upstream, model, request, memory=memory)
         dropped[:] = sampling.names([*dropped, *left_out])
         return completion
 
@@ -89,20 +94,25 @@ async def collect_answers(
     min_successful: int = 1,
     research: ResearchPlan = NO_RESEARCH,
     memory: SamplingMemory | None = None,
-) -> AsyncIterator[PanelAnswer | PanelFailure | PanelDeadline]:
+    stream_deltas: bool = False,
+) -> AsyncIterator[PanelAnswer | PanelFailure | PanelDeadline | PanelDelta]:
     """Ask every panelist at once and yield each result as it lands.
 
     Once `deadline_s` has passed and at least `min_successful` answers are in, the stragglers are
-    cancelled and reported as timeouts. Leaving early cancels every call still running.
+    cancelled and reported as timeouts. Leaving early cancels every call still running. With
+    `stream_deltas`, the panelists' text comes as PanelDelta events while they write, each before
+    its panelist's result.
     """
     started = time.perf_counter()
+    queue: asyncio.Queue[PanelDelta] | None = asyncio.Queue() if stream_deltas else None
     running: dict[asyncio.Task[PanelAnswer | PanelFailure], tuple[str, str]] = {
         asyncio.create_task(
-            ask_panelist(upstream, model, body, label=label, timeout_s=timeout_s, research=research, memory=memory),
+            ask_panelist(upstream, model, body, label=label, timeout_s=timeout_s, research=research, memory=memory,
+                         deltas=PanelDeltas(label, queue) if queue is not None else None),
             name=f"panel:{label}",
         ): (model, label)
         for model, label in zip(models, panel_labels(models), strict=True)
-    }
+    }  # fmt: skip
     answered = 0
     try:
         while running:
@@ -111,7 +121,14 @@ async def collect_answers(
             if past_deadline and answered >= min_successful:
                 break
             wait = None if deadline_s is None or past_deadline else deadline_s - elapsed
-            done, _ = await asyncio.wait(running, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            if queue is None:
+                done, _ = await asyncio.wait(running, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            else:
+                done, taken = await _wait_or_delta(running, queue, wait)
+                if taken is not None:
+                    yield taken
+                while not queue.empty():  # a panelist's text before its result
+                    yield queue.get_nowait()
             for task in done:
                 del running[task]
                 result = task.result()
@@ -130,6 +147,23 @@ async def collect_answers(
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+
+
+async def _wait_or_delta(
+    running: dict[asyncio.Task[PanelAnswer | PanelFailure], tuple[str, str]],
+    queue: asyncio.Queue[PanelDelta],
+    wait_s: float | None,
+) -> tuple[set[asyncio.Task[PanelAnswer | PanelFailure]], PanelDelta | None]:
+    """Wait until a panelist finishes or writes something: the finished tasks, and the delta taken (if one was)."""
+    if not queue.empty():
+        return {task for task in running if task.done()}, None
+    arrival = asyncio.ensure_future(queue.get())
+    try:
+        await asyncio.wait([*running, arrival], timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        arrival.cancel()
+    taken = arrival.result() if arrival.done() and not arrival.cancelled() else None
+    return {task for task in running if task.done()}, taken
 
 
 def _spent(usages: list[Usage]) -> Usage | None:

@@ -16,6 +16,7 @@ from openfusion.pipeline.events import (
     JudgeStarted,
     PanelAnswer,
     PanelDeadline,
+    PanelDelta,
     PanelFailure,
     PanelistDone,
     PanelStarted,
@@ -51,9 +52,11 @@ class FusionRun:
         dialects: DialectMemory,
         research: WebResearch | None,
         turns: Turns | None = None,
+        panel_deltas: bool = False,
     ) -> None:
         self.upstream = upstream
         self.turns = turns
+        self.panel_deltas = panel_deltas  # stream the panel's text as PanelDelta events
         self.panel_source = "fresh"  # or "cached" / "skipped": an agent loop's step reusing its user turn
         self.plan = plan
         self.request = request
@@ -87,10 +90,11 @@ class FusionRun:
             min_successful=plan.min_successful,
             research=self.research,
             memory=self.dialects.sampling,
+            stream_deltas=self.panel_deltas,
         )
         async with contextlib.aclosing(panel):  # leaving early closes every panel call at once
             async for result in panel:
-                if isinstance(result, PanelDeadline):
+                if isinstance(result, PanelDeadline | PanelDelta):
                     yield result
                     continue
                 self.results.append(result)
@@ -220,6 +224,7 @@ async def run_fusion(
     dialects: DialectMemory | None = None,
     research: WebResearch | None = None,
     turns: Turns | None = None,
+    panel_deltas: bool = False,
 ) -> AsyncIterator[Event]:
     """Run one fusion request. Raises FusionFailed when the panel has too few answers."""
     run = FusionRun(
@@ -229,6 +234,7 @@ async def run_fusion(
         dialects=dialects or DialectMemory(),
         research=research,
         turns=turns,
+        panel_deltas=panel_deltas,
     )
     stages = [run.panel(), run.judge()] if plan.enabled and run.needs_panel() else []
     for stage in [*stages, run.synthesize(stream=stream)]:

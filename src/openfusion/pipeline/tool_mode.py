@@ -63,8 +63,10 @@ class ToolModeRun:
         request: ChatRequest,
         dialects: DialectMemory,
         research: WebResearch | None,
+        panel_deltas: bool = False,
     ) -> None:
         self.upstream, self.plan, self.request = upstream, plan, request
+        self.panel_deltas = panel_deltas
         self.dialects, self.web = dialects, research
         self.messages: Messages = [m.model_dump(exclude_unset=True) for m in request.messages]
         self.client = client_tools(request)
@@ -162,6 +164,7 @@ class ToolModeRun:
             request=ChatRequest(model=self.plan.synthesizer, messages=self._panel_messages(question)),
             dialects=self.dialects,
             research=self.web,
+            panel_deltas=self.panel_deltas,
         )
         try:
             async for event in self.inner.panel():
@@ -310,11 +313,13 @@ async def run_tool_mode(
     stream: bool,
     dialects: DialectMemory | None = None,
     research: WebResearch | None = None,
+    panel_deltas: bool = False,
 ) -> AsyncIterator[Event]:
     """Run one tool-mode request."""
     run = ToolModeRun(
-        upstream=upstream, plan=plan, request=request, dialects=dialects or DialectMemory(), research=research
-    )
+        upstream=upstream, plan=plan, request=request, dialects=dialects or DialectMemory(), research=research,
+        panel_deltas=panel_deltas,
+    )  # fmt: skip
     events = run.run(stream=stream)
     async with contextlib.aclosing(events):
         async for event in events:

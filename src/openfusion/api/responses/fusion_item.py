@@ -6,7 +6,14 @@ from typing import Any
 
 from openfusion.errors import OpenFusionError
 from openfusion.pipeline.citations import merge_sources
-from openfusion.pipeline.events import JudgeOutcome, JudgeStarted, PanelAnswer, PanelFailure, PanelistDone
+from openfusion.pipeline.events import (
+    JudgeOutcome,
+    JudgeStarted,
+    PanelAnswer,
+    PanelDelta,
+    PanelFailure,
+    PanelistDone,
+)
 from openfusion.pipeline.panel import panel_labels
 from openfusion.pipeline.run import panel_failed
 
@@ -36,9 +43,14 @@ class FusionItem:
         events += [(f"{_PREFIX}.panel.added", {**self._where(), "model": label}) for label in self.labels]
         return events
 
-    def progress(self, event: PanelistDone | JudgeStarted | JudgeOutcome) -> list[tuple[str, dict[str, Any]]]:
-        """A panelist finished, or the analyst started or finished."""
+    def progress(
+        self, event: PanelDelta | PanelistDone | JudgeStarted | JudgeOutcome
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """A panelist wrote or finished, or the analyst started or finished."""
         where = self._where()
+        if isinstance(event, PanelDelta):
+            kind = "panel.reasoning.delta" if event.reasoning else "panel.delta"
+            return [(f"{_PREFIX}.{kind}", {**where, "model": event.label, "delta": event.delta})]
         if isinstance(event, PanelistDone):
             result = event.result
             self.results.append(result)

@@ -60,7 +60,7 @@ for _path in ("/v1/responses", "/api/v1/responses"):
 async def _render(exchange: Exchange, translated: Translated, *, owner: str) -> Response:
     chat, ledger, keeper = exchange.chat, exchange.ledger, exchange.state.responses
     if exchange.plan is not None:
-        events = exchange.fusion_events(stream=chat.stream)
+        events = exchange.fusion_events(stream=chat.stream, panel_deltas=chat.stream)
     else:
         opening = chat_events(exchange.state, chat, translated.body)
         events = await cancel_on_disconnect(exchange.request, opening, drain=exchange.state.drain)

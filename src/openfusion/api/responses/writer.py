@@ -20,6 +20,7 @@ from openfusion.pipeline.events import (
     Event,
     JudgeOutcome,
     JudgeStarted,
+    PanelDelta,
     PanelistDone,
     PanelStarted,
     RunFinished,
@@ -71,7 +72,8 @@ class ResponseWriter:
         fusion = self._fusion
         if isinstance(event, PanelStarted):
             return self._open_fusion(event)
-        if fusion is not None and not fusion.done and isinstance(event, PanelistDone | JudgeStarted | JudgeOutcome):
+        progress = PanelDelta | PanelistDone | JudgeStarted | JudgeOutcome
+        if fusion is not None and not fusion.done and isinstance(event, progress):
             return [self._event(kind, **fields) for kind, fields in fusion.progress(event)]
         if isinstance(event, SynthesisChunk):
             return self._close_fusion() + self._blocks_events(self._blocks.feed(event.chunk))
