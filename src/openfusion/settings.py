@@ -33,6 +33,9 @@ class ProviderConfig(BaseModel):
     reasoning_style: Literal["openrouter", "reasoning_effort", "none"] = "reasoning_effort"
     # Whether streamed calls may ask for `stream_options.include_usage`.
     stream_usage: bool = True
+    # Whether it also speaks the Responses API (`POST {base_url}/responses`): pass-through Responses
+    # requests are then forwarded as sent, not translated to chat completions.
+    responses: bool = False
 
 
 class RetrySettings(BaseModel):

@@ -20,6 +20,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from fakes import responses_api
+
 DEFAULT_USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -75,6 +77,7 @@ class Call:
     finished: float | None = None
     disconnected: bool = False
     ended_early: bool = False  # a stream the fake ended cleanly before its finish_reason, as scripted
+    path: str = "/v1/chat/completions"
 
 
 class _StreamCut(Exception):
@@ -169,6 +172,7 @@ class FakeUpstream:
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
+                Route("/v1/responses", self._responses, methods=["POST"]),
             ]
         )
 
@@ -213,6 +217,29 @@ class FakeUpstream:
             models = sorted(self._scripts)
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in models]
         return _json({"object": "list", "data": data})
+
+    async def _responses(self, request: Request) -> Response:
+        """The Responses API, for a provider that speaks it: text answers, errors and delays as scripted."""
+        body = orjson.loads(await request.body())
+        model = str(body.get("model", ""))
+        call = Call(model, body, dict(request.headers), body.get("stream") is True, path="/v1/responses")
+        with self._lock:
+            self._calls.append(call)
+        script = self._next_script(model)
+        done = BackgroundTask(_finish_async, call)
+        if await _pause(request, script.delay_s):
+            _finish(call, disconnected=True)
+            return Response(status_code=204)
+        if script.status != 200:
+            message = script.error_message or f"Fake upstream error {script.status} for {model}"
+            return _error(script.status, message, background=done)
+        reply = _Reply(script, model, f"resp_fake{next(self._ids)}")
+        text, usage = reply.content or "", reply.usage
+        if not call.stream:
+            return _json(responses_api.response_object(reply.base["id"], model, text, usage, status="completed"),
+                         background=done)  # fmt: skip
+        events = responses_api.stream_events(reply.base["id"], model, text, usage)
+        return StreamingResponse(iter(list(events)), media_type="text/event-stream", background=done)
 
     async def _chat(self, request: Request) -> Response:
         started = time.monotonic()

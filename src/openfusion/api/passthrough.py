@@ -15,19 +15,21 @@ from openfusion.errors import UpstreamError, UpstreamProtocolError, UpstreamStat
 from openfusion.pipeline.plan import fusion_plugin_index
 from openfusion.protocol import ChatRequest, Usage, parse_usage
 from openfusion.sse import DONE, encode, error_chunk
-from openfusion.upstream.client import Forwarded
+from openfusion.upstream.client import CHAT_PATH, Forwarded
 from openfusion.upstream.trace import end_call
 
 SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
-async def forward_first_success(state: AppState, chat: ChatRequest, body: dict[str, Any]) -> Forwarded:
+async def forward_first_success(
+    state: AppState, chat: ChatRequest, body: dict[str, Any], *, path: str = CHAT_PATH
+) -> Forwarded:
     """Forward to `model`, then each of `models` while the previous one answered with an error."""
     candidates = chat.candidate_models()
     for position, model in enumerate(candidates):
         last = position == len(candidates) - 1
         try:
-            forwarded = await state.upstream.forward(model, body, stream=chat.stream)
+            forwarded = await state.upstream.forward(model, body, stream=chat.stream, path=path)
         except UpstreamError:
             if last:
                 raise

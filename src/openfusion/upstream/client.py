@@ -33,6 +33,10 @@ from openfusion.upstream.trace import CallTrace, begin_call, end_call
 
 log = logging.getLogger("openfusion.upstream")
 
+# The endpoints under a provider's base URL: chat completions, and the Responses API where it has one.
+CHAT_PATH = "/chat/completions"
+RESPONSES_PATH = "/responses"
+
 # Response headers worth relaying to a pass-through client.
 _RELAYED_HEADERS = ("content-type", "retry-after", "x-request-id", "openai-processing-ms")
 
@@ -162,14 +166,20 @@ class UpstreamClient:
             if call.ended is None:  # the consumer left before the end
                 end_call(call, status="cancelled", usage=call.usage, error="closed before the end of the stream")
 
-    async def forward(self, model: str, body: Mapping[str, Any], *, stream: bool) -> Forwarded:
-        """Pass a request through: retried like any call, the last answer (error or not) relayed as is."""
+    async def forward(
+        self, model: str, body: Mapping[str, Any], *, stream: bool, path: str = CHAT_PATH
+    ) -> Forwarded:
+        """Pass a request through: retried like any call, the last answer (error or not) relayed as is.
+
+        `path` is the provider's endpoint under its base URL: chat completions, or `/responses` for a
+        provider that speaks the Responses API itself.
+        """
         route = self.registry.resolve(model)
         payload = {**body, "model": route.upstream_model}
         call = begin_call(model, route.provider.name)
         try:
             # A non-streamed answer is read whole inside the retried attempt: a body cut short is retried too.
-            response = await self._send_retrying(route, payload, stream=stream, call=call)
+            response = await self._send_retrying(route, payload, stream=stream, call=call, path=path)
         except UpstreamStatusError as exc:
             if exc.body is None or exc.upstream_status is None:
                 _failed(call, exc)
@@ -207,12 +217,12 @@ class UpstreamClient:
         return orjson.loads(response.content)
 
     async def _send_retrying(
-        self, route: Route, payload: dict[str, Any], *, stream: bool, call: CallTrace
+        self, route: Route, payload: dict[str, Any], *, stream: bool, call: CallTrace, path: str = CHAT_PATH
     ) -> httpx.Response:
         # The first attempt runs outside tenacity: a controller per call costs more than the call's own
         # HTTP work on a fast upstream, and most calls succeed at once.
         try:
-            return await self._send(route, payload, stream=stream, call=call)
+            return await self._send(route, payload, stream=stream, call=call, path=path)
         except UpstreamError as exc:
             if not is_retryable(exc, self.retry):
                 raise
@@ -222,11 +232,13 @@ class UpstreamClient:
                 if attempt.retry_state.attempt_number == 1:
                     raise first_failure  # the policy decides the wait and the rest from the failure seen
                 call.retries = attempt.retry_state.attempt_number - 1
-                return await self._send(route, payload, stream=stream, call=call)
+                return await self._send(route, payload, stream=stream, call=call, path=path)
         raise AssertionError("unreachable: tenacity either returns or re-raises")
 
-    async def _send(self, route: Route, payload: dict[str, Any], *, stream: bool, call: CallTrace) -> httpx.Response:
-        endpoint = self._endpoint(route.provider)
+    async def _send(
+        self, route: Route, payload: dict[str, Any], *, stream: bool, call: CallTrace, path: str = CHAT_PATH
+    ) -> httpx.Response:
+        endpoint = self._endpoint(route.provider, path)
         request = httpx.Request(
             "POST",
             endpoint.url,
@@ -259,10 +271,11 @@ class UpstreamClient:
             key.lower(): self.masker.text(value) for key, value in headers.items() if key.lower() in _RELAYED_HEADERS
         }
 
-    def _endpoint(self, provider: Provider) -> _Endpoint:
-        endpoint = self._endpoints.get(provider.name)
+    def _endpoint(self, provider: Provider, path: str = CHAT_PATH) -> _Endpoint:
+        key = provider.name if path == CHAT_PATH else provider.name + path  # chat, the hot path: no new string
+        endpoint = self._endpoints.get(key)
         if endpoint is None:
-            url = httpx.URL(provider.config.base_url.rstrip("/") + "/chat/completions")
+            url = httpx.URL(provider.config.base_url.rstrip("/") + path)
             headers = {**provider.headers(), "Content-Type": "application/json"}
             endpoint = _Endpoint(
                 url=url,
@@ -271,7 +284,7 @@ class UpstreamClient:
                 extensions={"timeout": self.http.timeout.as_dict()},
                 transport=_transport_for(self.http, url),
             )
-            self._endpoints[provider.name] = endpoint
+            self._endpoints[key] = endpoint
         return endpoint
 
 

@@ -87,6 +87,7 @@ class Translated:
     chat: ChatRequest
     body: dict[str, Any]  # the chat-completions body, openfusion's own fields included
     items: list[dict[str, Any]]  # the conversation as input items (history first), for a stored response
+    raw: dict[str, Any]  # the body as the client sent it (for a provider that speaks the Responses API)
 
 
 def parse_request(data: dict[str, Any]) -> ResponsesRequest:
@@ -113,7 +114,9 @@ def input_items(request: ResponsesRequest) -> list[dict[str, Any]]:
     return list(request.input)
 
 
-def translate(request: ResponsesRequest, history: list[dict[str, Any]] | None = None) -> Translated:
+def translate(
+    request: ResponsesRequest, history: list[dict[str, Any]] | None = None, *, raw: dict[str, Any] | None = None
+) -> Translated:
     """The internal chat request for a Responses request, after the stored `history` items if any."""
     own = input_items(request)
     items = [*(history or []), *own]
@@ -132,7 +135,7 @@ def translate(request: ResponsesRequest, history: list[dict[str, Any]] | None = 
         chat = ChatRequest.model_validate(body)
     except ValidationError as exc:
         raise invalid_request_from(exc) from None
-    return Translated(request=request, chat=chat, body=body, items=items)
+    return Translated(request=request, chat=chat, body=body, items=items, raw=raw or {})
 
 
 def _sampling(request: ResponsesRequest) -> dict[str, Any]:

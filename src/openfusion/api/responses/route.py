@@ -19,6 +19,7 @@ from openfusion.api.fusion_response import with_keepalive
 from openfusion.api.ledger import Ledger
 from openfusion.api.passthrough import SSE_HEADERS
 from openfusion.api.responses.keeper import not_stored
+from openfusion.api.responses.native import forward_native, speaks_responses
 from openfusion.api.responses.request import Translated, parse_request, translate
 from openfusion.api.responses.writer import ResponseWriter
 from openfusion.api.translated import chat_events
@@ -35,13 +36,14 @@ async def create_response(request: Request) -> Response:
     raw = await read_body(request, state.settings.max_body_bytes)
     owner = client_key_name(request) or ""  # stored responses belong to the key that made them
     try:
-        parsed = parse_request(load_json_object(raw))
+        data = load_json_object(raw)
+        parsed = parse_request(data)
         history = None
         if parsed.previous_response_id is not None:
             if state.responses is None:
                 raise not_stored(parsed.previous_response_id)
             history = await state.responses.history(parsed.previous_response_id, owner=owner)
-        translated = translate(parsed, history)
+        translated = translate(parsed, history, raw=data)
     except OpenFusionError as exc:
         record_unparsed_refusal(request, raw, exc, api_type="responses")
         raise
@@ -59,24 +61,26 @@ for _path in ("/v1/responses", "/api/v1/responses"):
 
 async def _render(exchange: Exchange, translated: Translated, *, owner: str) -> Response:
     chat, ledger, keeper = exchange.chat, exchange.ledger, exchange.state.responses
-    if exchange.plan is not None:
-        events = exchange.fusion_events(stream=chat.stream, panel_deltas=chat.stream)
-    else:
-        opening = chat_events(exchange.state, chat, translated.body)
-        events = await cancel_on_disconnect(exchange.request, opening, drain=exchange.state.drain)
     store = keeper is not None and translated.request.store is not False
-    writer = ResponseWriter(request=translated.request, model=chat.model, store=store)
-
     kept = False
 
-    async def keep() -> None:  # before the client hears the response is done: a follow-up may come at once
+    async def keep(response: dict[str, Any]) -> None:  # before the client hears it is done: a follow-up may come
         nonlocal kept
         if keeper is not None and store and not kept:
             kept = True
             # The input side only: the output is in the response object, and history() appends it.
-            await keeper.keep(writer.snapshot(), items=translated.items, owner=owner,
-                              generation_id=ledger.generation_id)  # fmt: skip
+            await keeper.keep(response, items=translated.items, owner=owner, generation_id=ledger.generation_id)
 
+    if exchange.plan is not None:
+        events = exchange.fusion_events(stream=chat.stream, panel_deltas=chat.stream)
+    elif speaks_responses(exchange):
+        return await cancel_on_disconnect(
+            exchange.request, forward_native(exchange, translated, keep=keep), drain=exchange.state.drain
+        )
+    else:
+        opening = chat_events(exchange.state, chat, translated.body)
+        events = await cancel_on_disconnect(exchange.request, opening, drain=exchange.state.drain)
+    writer = ResponseWriter(request=translated.request, model=chat.model, store=store)
     if chat.stream:
         interval = exchange.state.settings.keepalive_interval_s
         body = ledger.closing(
@@ -95,7 +99,7 @@ async def _stream(
     *,
     ledger: Ledger,
     keepalive_interval: float,
-    keep: Callable[[], Awaitable[None]],
+    keep: Callable[[dict[str, Any]], Awaitable[None]],
 ) -> AsyncIterator[bytes]:
     """The SSE body: `response.created` first, then the run's events (keep-alives while it is silent)."""
     yield _encode(writer.start())
@@ -104,7 +108,7 @@ async def _stream(
             out = b"".join([KEEPALIVE if event is None else _encode(_render_event(writer, event, ledger))
                             for event in batch])  # fmt: skip
             if writer.finished:
-                await keep()
+                await keep(writer.snapshot())
             if out:
                 yield out
     except OpenFusionError as exc:
@@ -117,14 +121,18 @@ async def _stream(
 
 
 async def _complete(
-    writer: ResponseWriter, events: AsyncIterator[Event], *, ledger: Ledger, keep: Callable[[], Awaitable[None]]
+    writer: ResponseWriter,
+    events: AsyncIterator[Event],
+    *,
+    ledger: Ledger,
+    keep: Callable[[dict[str, Any]], Awaitable[None]],
 ) -> dict[str, Any]:
     """The non-streamed body: the response object the same events build."""
     async for event in events:
         _render_event(writer, event, ledger)
     if not writer.finished:
         raise OpenFusionError("The run ended without an answer.", code="internal_error")
-    await keep()
+    await keep(writer.snapshot())
     return writer.snapshot()
 
 

@@ -1,0 +1,121 @@
+"""Pass-through to a provider that speaks the Responses API itself: the request forwarded, the answer relayed.
+
+The body goes as the client sent it, less openfusion's own fields; `previous_response_id` is always
+resolved here (from this server's stored responses, per key) and sent as the conversation it names,
+so a key can only ever continue its own responses. The relayed stream is watched for its
+`response.completed` event: its usage goes to the activity record, and the response is stored
+before that event reaches the client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.responses import Response, StreamingResponse
+
+from openfusion.api.dispatch import Exchange
+from openfusion.api.ledger import Ledger
+from openfusion.api.passthrough import SSE_HEADERS, forward_first_success, without_openfusion_fields
+from openfusion.api.responses.request import Translated
+from openfusion.errors import OpenFusionError, UpstreamError
+from openfusion.protocol import Usage
+from openfusion.upstream.client import RESPONSES_PATH, Forwarded
+
+Keep = Callable[[dict[str, Any]], Awaitable[None]]
+_COMPLETED = b'"response.completed"'
+
+
+def speaks_responses(exchange: Exchange) -> bool:
+    """Whether the model's provider takes Responses API requests itself."""
+    route = exchange.state.registry.resolve(exchange.chat.model)
+    return route.provider.config.responses
+
+
+async def forward_native(exchange: Exchange, translated: Translated, *, keep: Keep) -> Response:
+    """Forward the request (with the `models` fallbacks) and relay the answer as it comes."""
+    chat, ledger = exchange.chat, exchange.ledger
+    forwarded = await forward_first_success(exchange.state, chat, native_body(translated), path=RESPONSES_PATH)
+    if forwarded.status_code >= 400:
+        ledger.status, ledger.failure_reason = "error", f"upstream_{forwarded.status_code}"
+    elif chat.stream:
+        relay = ledger.closing(_relay(forwarded, ledger=ledger, keep=keep), render_error=_error_event)
+        return StreamingResponse(relay, status_code=forwarded.status_code, headers={**forwarded.headers, **SSE_HEADERS})
+    try:
+        content = b"".join([chunk async for chunk in forwarded.body])
+    finally:
+        await forwarded.aclose()
+    if forwarded.status_code < 400:
+        response = _json(content)
+        if response is not None:
+            _record(forwarded, ledger, response)
+            await keep(response)
+    return Response(content, status_code=forwarded.status_code, headers=forwarded.headers)
+
+
+def native_body(translated: Translated) -> dict[str, Any]:
+    """The client's body for the provider: openfusion's fields out, a stored conversation spelt out."""
+    body = without_openfusion_fields(translated.chat, translated.raw)
+    body.pop("previous_response_id", None)
+    if translated.request.previous_response_id is not None or isinstance(body.get("input"), list):
+        body["input"] = [item for item in translated.items if _forwardable(item)]
+    return body
+
+
+def _forwardable(item: dict[str, Any]) -> bool:
+    """Items the provider can take: not fusion's own, nor reasoning it cannot verify (no encrypted content)."""
+    kind = item.get("type")
+    if kind == "openrouter:fusion":
+        return False
+    return kind != "reasoning" or bool(item.get("encrypted_content"))
+
+
+async def _relay(forwarded: Forwarded, *, ledger: Ledger, keep: Keep) -> AsyncIterator[bytes]:
+    complete = False
+    pending = b""  # the last line, while it is unfinished
+    try:
+        async for chunk in forwarded.body:
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                if line.startswith(b"data: ") and _COMPLETED in line[:64]:
+                    response = (_json(line[6:]) or {}).get("response")
+                    if isinstance(response, dict):
+                        _record(forwarded, ledger, response)
+                        await keep(response)  # before the client hears it is done
+            yield chunk
+        complete = True
+    except UpstreamError as exc:  # the provider broke off mid-stream: say so rather than end silently
+        complete = True
+        ledger.failed(exc)
+        yield b"\n\n" + _error_event(exc)
+    finally:
+        await forwarded.aclose(complete=complete)
+
+
+def _error_event(error: OpenFusionError) -> bytes:
+    """The Responses API's `error` event (the provider's own sequence numbers are not known here)."""
+    event = {"type": "error", "code": error.code, "message": error.message, "param": None, "sequence_number": 0}
+    return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
+
+
+def _record(forwarded: Forwarded, ledger: Ledger, response: dict[str, Any]) -> None:
+    """The answer's model and usage, for the activity record."""
+    ledger.model = response.get("model") if isinstance(response.get("model"), str) else ledger.model
+    usage = response.get("usage")
+    if forwarded.trace is not None and isinstance(usage, dict):
+        tokens = [usage.get(k) if isinstance(usage.get(k), int) else 0 for k in ("input_tokens", "output_tokens")]
+        cost = usage.get("cost")
+        forwarded.trace.usage = Usage(
+            prompt_tokens=tokens[0], completion_tokens=tokens[1], total_tokens=tokens[0] + tokens[1],
+            cost=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+        )  # fmt: skip
+
+
+def _json(raw: bytes) -> dict[str, Any] | None:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None

@@ -1,0 +1,59 @@
+"""The fake upstream's Responses API (`POST /v1/responses`), for a provider that speaks it natively."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+
+def response_object(reply_id: str, model: str, text: str, usage: dict[str, Any], *, status: str) -> dict[str, Any]:
+    """A `response` object with one message (when done) and usage in the Responses shape."""
+    output = []
+    if status == "completed":
+        part = {"type": "output_text", "text": text, "annotations": []}
+        output = [{"id": "msg_fake", "type": "message", "status": "completed", "role": "assistant", "content": [part]}]
+    return {
+        "id": reply_id,
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": status,
+        "model": model,
+        "output": output,
+        "usage": {
+            "input_tokens": usage["prompt_tokens"],
+            "output_tokens": usage["completion_tokens"],
+            "total_tokens": usage["total_tokens"],
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": 0},
+        }
+        if status == "completed"
+        else None,
+    }
+
+
+def stream_events(reply_id: str, model: str, text: str, usage: dict[str, Any]) -> Iterator[bytes]:
+    """The SSE body of a streamed text answer, event by event."""
+    sequence = 0
+
+    def event(kind: str, **fields: Any) -> bytes:
+        nonlocal sequence
+        data = {"type": kind, "sequence_number": sequence, **fields}
+        sequence += 1
+        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+    yield event("response.created", response=response_object(reply_id, model, text, usage, status="in_progress"))
+    item = {"id": "msg_fake", "type": "message", "status": "in_progress", "role": "assistant", "content": []}
+    yield event("response.output_item.added", output_index=0, item=item)
+    where = {"item_id": "msg_fake", "output_index": 0, "content_index": 0}
+    yield event("response.content_part.added", **where, part={"type": "output_text", "text": "", "annotations": []})
+    for piece in re.findall(r"\S+\s*|\s+", text):
+        yield event("response.output_text.delta", **where, delta=piece)
+    done = response_object(reply_id, model, text, usage, status="completed")
+    yield event("response.output_text.done", **where, text=text)
+    yield event("response.content_part.done", **where, part=done["output"][0]["content"][0])
+    yield event("response.output_item.done", output_index=0, item=done["output"][0])
+    yield event("response.completed", response=done)
