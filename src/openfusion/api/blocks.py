@@ -64,8 +64,10 @@ class BlockStream:
         self.usage: dict[str, Any] | None = None
         self.model: str | None = None
         self.annotations: list[dict[str, Any]] = []  # chat-format url_citation annotations
-        self._open: Block | None = None
+        self._open: Block | None = None  # the text or reasoning block being written
         self._calls: dict[int, Block] = {}  # chat tool-call index -> its block
+        # Tool calls stay open until the answer ends: a provider may interleave the arguments of several.
+        self._open_calls: list[Block] = []
 
     def feed(self, chunk: dict[str, Any]) -> list[BlockEvent]:
         """The block events one chunk (or one whole message as a delta) makes."""
@@ -94,23 +96,37 @@ class BlockStream:
         return events
 
     def close(self) -> list[BlockEvent]:
-        """Stop the open block (at the end, or before something else is output)."""
+        """Stop every open block (at the end, or before something else is output)."""
+        return self._close_text() + self._close_calls()
+
+    def _close_text(self) -> list[BlockEvent]:
         block, self._open = self._open, None
         if block is None or block.closed:
             return []
         block.closed = True
         return [BlockStopped(block)]
 
+    def _close_calls(self) -> list[BlockEvent]:
+        calls, self._open_calls = self._open_calls, []
+        for block in calls:
+            block.closed = True
+        return [BlockStopped(block) for block in calls]
+
     def _start(self, kind: BlockKind, events: list[BlockEvent], **fields: str) -> Block:
-        events.extend(self.close())
+        events.extend(self._close_text() if kind == "tool_call" else self.close())
         block = Block(index=len(self.blocks), kind=kind, **fields)
         self.blocks.append(block)
-        self._open = block
+        if kind == "tool_call":
+            self._open_calls.append(block)
+        else:
+            self._open = block
         events.append(BlockStarted(block))
         return block
 
     def _text(self, kind: BlockKind, piece: str, events: list[BlockEvent]) -> None:
-        block = self._open if self._open is not None and self._open.kind == kind else self._start(kind, events)
+        current = self._open
+        block = current if current is not None and current.kind == kind and not self._open_calls else None
+        block = block or self._start(kind, events)
         block.add(piece)
         events.append(BlockDelta(block, piece))
 
@@ -125,7 +141,6 @@ class BlockStream:
             block.call_id = block.call_id or str(call.get("id") or "")
             block.name = block.name or function.get("name") or ""
         arguments = function.get("arguments") or ""
-        if isinstance(arguments, str) and arguments:
+        if isinstance(arguments, str) and arguments and not block.closed:
             block.add(arguments)
-            if not block.closed:  # a late piece of an earlier call: only its final value carries it
-                events.append(BlockDelta(block, arguments))
+            events.append(BlockDelta(block, arguments))
