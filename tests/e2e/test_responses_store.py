@@ -108,6 +108,21 @@ def test_a_key_never_continues_another_keys_response(upstream: FakeUpstream, sta
     assert len(upstream.calls_for("plain")) == 2  # alice's two requests only
 
 
+def test_a_stored_response_is_retrieved_by_its_key_only(upstream: FakeUpstream, start: Start) -> None:
+    with start() as url:
+        created = post(url, "ALICE_KEY", model="fake/plain", input="Hi").json()
+        mine = httpx.get(f"{url}{RESPONSES}/{created['id']}", headers={"Authorization": f"Bearer {KEYS['ALICE_KEY']}"})
+        theirs = httpx.get(f"{url}{RESPONSES}/{created['id']}", headers={"Authorization": f"Bearer {KEYS['BOB_KEY']}"})
+        bad_id = httpx.get(f"{url}{RESPONSES}/resp_%00x", headers={"Authorization": f"Bearer {KEYS['ALICE_KEY']}"})
+        bad_previous = post(url, "ALICE_KEY", model="fake/plain", input="Hi", previous_response_id="resp_\u0000")
+
+    assert mine.status_code == 200 and mine.json() == created
+    assert bad_id.status_code == 400 and bad_id.json()["error"]["param"] == "response_id"
+    assert bad_previous.status_code == 400 and bad_previous.json()["error"]["param"] == "previous_response_id"
+    assert theirs.status_code == 404 and theirs.json()["error"]["code"] == "response_not_found"
+    assert "Hi" not in theirs.text
+
+
 def test_store_false_keeps_nothing(upstream: FakeUpstream, start: Start) -> None:
     with start() as url:
         first = post(url, "ALICE_KEY", model="fake/plain", input="Hi", store=False).json()

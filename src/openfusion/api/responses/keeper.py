@@ -33,11 +33,16 @@ class ResponseKeeper:
 
     async def history(self, response_id: str, *, owner: str) -> list[dict[str, Any]]:
         """The conversation items a follow-up continues from; 404 unless this owner stored that response."""
+        stored = await self.load(response_id, owner=owner)
+        return [*stored.items, *_continuable(stored.response.get("output") or [])]
+
+    async def load(self, response_id: str, *, owner: str, param: str | None = "previous_response_id") -> StoredResponse:
+        """This owner's stored response of that id; 404 otherwise (unknown, expired, another key's)."""
         async with asyncio.timeout(_TIMEOUT_S):
             stored = await self.store.load_response(response_id, owner=owner, now=utc_now())
         if stored is None:
-            raise _not_found(response_id)
-        return [*stored.items, *_continuable(stored.response.get("output") or [])]
+            raise _not_found(response_id, param=param)
+        return stored
 
     async def keep(
         self, response: dict[str, Any], *, items: list[dict[str, Any]], owner: str, generation_id: str
@@ -56,14 +61,18 @@ class ResponseKeeper:
             log.warning("could not store response %s: %s", response["id"], exc)
 
 
-def not_stored(response_id: str) -> PreviousResponseNotFound:
+def not_stored(response_id: str, *, param: str | None = "previous_response_id") -> PreviousResponseNotFound:
     """The 404 on a server that keeps no responses."""
-    return _not_found(response_id, "this server keeps no responses (activity or response_retention_days is off)")
+    why = "this server keeps no responses (activity or response_retention_days is off)"
+    return _not_found(response_id, why, param=param)
 
 
-def _not_found(response_id: str, why: str = "") -> PreviousResponseNotFound:
-    message = f"Previous response with id {response_id!r} not found" + (f": {why}." if why else ".")
-    return PreviousResponseNotFound(message, param="previous_response_id")
+def _not_found(
+    response_id: str, why: str = "", *, param: str | None = "previous_response_id"
+) -> PreviousResponseNotFound:
+    what = "Previous response" if param else "Response"
+    message = f"{what} with id {response_id!r} not found" + (f": {why}." if why else ".")
+    return PreviousResponseNotFound(message, param=param, code=None if param else "response_not_found")
 
 
 def _continuable(output: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -23,8 +23,9 @@ from openfusion.api.responses.native import forward_native, speaks_responses
 from openfusion.api.responses.request import Translated, parse_request, translate
 from openfusion.api.responses.writer import ResponseWriter
 from openfusion.api.translated import chat_events
-from openfusion.errors import OpenFusionError
+from openfusion.errors import InvalidRequest, OpenFusionError
 from openfusion.pipeline.events import Event, RunFinished
+from openfusion.protocol import NAME_ERROR, plain_name
 from openfusion.sse import KEEPALIVE
 
 log = logging.getLogger("openfusion")
@@ -54,9 +55,26 @@ async def create_response(request: Request) -> Response:
     return await serve(request, translated.chat, render, api_type="responses")
 
 
+async def retrieve_response(request: Request) -> Response:
+    """A stored response, to the key that created it."""
+    state: AppState = request.app.state.openfusion
+    response_id = request.path_params["response_id"]
+    try:
+        plain_name(response_id)
+    except ValueError:
+        raise InvalidRequest(f"Invalid value for 'response_id': {NAME_ERROR}.", param="response_id") from None
+    if state.responses is None:
+        raise not_stored(response_id, param=None)
+    stored = await state.responses.load(response_id, owner=client_key_name(request) or "", param=None)
+    return Response(orjson.dumps(stored.response), media_type="application/json")
+
+
 router = APIRouter()
-for _path in ("/v1/responses", "/api/v1/responses"):
-    router.add_route(_path, create_response, methods=["POST"], include_in_schema=False)
+for _prefix in ("/v1", "/api/v1"):
+    router.add_route(f"{_prefix}/responses", create_response, methods=["POST"], include_in_schema=False)
+    router.add_route(
+        f"{_prefix}/responses/{{response_id}}", retrieve_response, methods=["GET"], include_in_schema=False
+    )
 
 
 async def _render(exchange: Exchange, translated: Translated, *, owner: str) -> Response:
