@@ -67,8 +67,13 @@ async def post(
     stream: bool,
     headers: dict[str, str] | None = None,
     keep_gaps: bool = False,
+    dialect: str = "chat",
 ) -> Sample:
-    """POST a chat completion and time it; streams are read line by line."""
+    """POST a chat completion (or, with dialect="responses", a Responses API request) and time it.
+
+    Streams are read line by line.
+    """
+    marks = _MARKS[dialect]
     _check_loopback(url)
     hdrs = {"Content-Type": "application/json", **(headers or {})}
     t0 = time.perf_counter()
@@ -81,8 +86,8 @@ async def post(
                 payload = await response.read()
                 if response.status >= 400:
                     sample.error = f"HTTP {response.status}: {payload[:200]!r}"
-                elif b'"choices"' not in payload:
-                    sample.error = f"no choices in {payload[:200]!r}"
+                elif marks.whole not in payload:
+                    sample.error = f"no {marks.whole.decode()} in {payload[:200]!r}"
                 else:
                     sample.ok = True
             else:
@@ -98,16 +103,16 @@ async def post(
                         sample.keepalives += 1
                         continue
                     if line.startswith(b"data:"):
-                        if b"[DONE]" in line:
+                        if marks.done in line:
                             done = True
                             continue
-                        if b'"finish_reason":"error"' in line:
+                        if marks.error in line:
                             sample.error = line[:300].decode(errors="replace")
-                        if b'"reasoning":"' in line:
+                        if marks.progress in line:
                             sample.progress_lines += 1
                             if sample.first_progress is None:
                                 sample.first_progress = now
-                        if b'"content":"' in line and b'"content":""' not in line:
+                        if marks.content in line and marks.empty not in line:
                             if sample.first_data is None:
                                 sample.first_data = now
                             if keep_gaps and last_data is not None:
@@ -116,11 +121,31 @@ async def post(
                             sample.data_lines += 1
                 sample.ok = done and sample.error is None
                 if not done and sample.error is None:
-                    sample.error = "stream ended without [DONE]"
+                    sample.error = f"stream ended without {marks.done.decode()}"
     except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
         sample.error = f"{type(exc).__name__}: {exc}"[:200]
     sample.wall = time.perf_counter() - t0
     return sample
+
+
+@dataclass(frozen=True)
+class _Marks:
+    """How a stream of one API surface shows its end, an error, progress and answer text."""
+
+    whole: bytes  # in a successful non-streamed body
+    done: bytes
+    error: bytes
+    progress: bytes
+    content: bytes
+    empty: bytes
+
+
+_MARKS = {
+    "chat": _Marks(b'"choices"', b"[DONE]", b'"finish_reason":"error"', b'"reasoning":"', b'"content":"',
+                   b'"content":""'),
+    "responses": _Marks(b'"output"', b'"type":"response.completed"', b'"type":"response.failed"',
+                        b'"type":"response.fusion_call.', b'"type":"response.output_text.delta"', b'"delta":""'),
+}  # fmt: skip
 
 
 RequestFn = Callable[[aiohttp.ClientSession], Awaitable[Sample]]
@@ -224,6 +249,11 @@ def summarize(samples: Sequence[Sample], *, elapsed: float, completed: int, base
     if any(s.keepalives for s in ok):
         out["keepalives"] = statistics.median([s.keepalives for s in ok])
     return out
+
+
+def responses_body(model: str, *, stream: bool, content: str = "Is nuclear power safer than wind?") -> bytes:
+    """The same question as a Responses API request."""
+    return orjson.dumps({"model": model, "input": content, "stream": stream, "store": False})
 
 
 def chat_body(model: str, *, stream: bool, content: str = "Is nuclear power safer than wind?", **extra: Any) -> bytes:

@@ -19,7 +19,7 @@ import orjson
 
 from bench.fakeup import parse_profile
 from bench.harness import MASTER_KEY, Bench, aggregate, interleaved
-from bench.load import Sample, chat_body, percentile, post
+from bench.load import Sample, chat_body, percentile, post, responses_body
 
 AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
 
@@ -163,9 +163,11 @@ def ideal_fn(url: str, fusion: Fusion, *, stream: bool) -> Any:
     return run
 
 
-def request_fn(url: str, body: bytes, *, stream: bool, headers: dict[str, str] | None = None) -> Any:
+def request_fn(
+    url: str, body: bytes, *, stream: bool, headers: dict[str, str] | None = None, dialect: str = "chat"
+) -> Any:
     async def run(session: aiohttp.ClientSession) -> Sample:
-        return await post(session, url, body, stream=stream, headers=headers, keep_gaps=stream)
+        return await post(session, url, body, stream=stream, headers=headers, keep_gaps=stream, dialect=dialect)
 
     return run
 
@@ -174,18 +176,27 @@ def request_fn(url: str, body: bytes, *, stream: bool, headers: dict[str, str] |
 
 
 async def fusion_overhead(bench: Bench, plan: Plan) -> dict[str, Any]:
-    """Fusion through openfusion vs the same calls made directly; overhead over the nominal critical path."""
+    """Fusion through openfusion (Chat Completions and the Responses API) vs the same calls made directly;
+    overhead over the nominal critical path."""
     fake = bench.services["fake"].url + "/v1/chat/completions"
     of = bench.services["openfusion"].url + "/v1/chat/completions"
+    of_responses = bench.services["openfusion"].url + "/v1/responses"
     out: dict[str, Any] = {"preset": BENCH3.toml(), "critical_path_ms": BENCH3.critical_s * 1000}
     for stream in (False, True):
         mode = "stream" if stream else "non_stream"
         out[mode] = {}
         for c in plan.concurrencies:
             body = chat_body(f"fusion/{BENCH3.name}", stream=stream)
+            responses = responses_body(f"fusion/{BENCH3.name}", stream=stream)
             arms = {
                 "ideal": (bench.session(), ideal_fn(fake, BENCH3, stream=stream), ()),
                 "openfusion": (bench.session(), request_fn(of, body, stream=stream, headers=AUTH), ("openfusion",)),
+                # The same run on the Responses API: its events (and, streamed, the panel's text) rendered.
+                "responses": (
+                    bench.session(),
+                    request_fn(of_responses, responses, stream=stream, headers=AUTH, dialect="responses"),
+                    ("openfusion",),
+                ),
             }
             slices = await interleaved(
                 bench,
@@ -200,7 +211,7 @@ async def fusion_overhead(bench: Bench, plan: Plan) -> dict[str, Any]:
                 min_samples=min(c, plan.min_samples_cap),
             )
             out[mode][str(c)] = {
-                arm: aggregate(s, base_s=BENCH3.critical_s, proxy="openfusion" if arm == "openfusion" else None)
+                arm: aggregate(s, base_s=BENCH3.critical_s, proxy=None if arm == "ideal" else "openfusion")
                 for arm, s in slices.items()
             }
             _log_row(f"fusion {mode} c={c}", out[mode][str(c)], "overhead")
