@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -111,8 +112,20 @@ def test_a_native_providers_error_is_relayed(upstream: FakeUpstream, native_serv
     assert response.status_code == 429 and "slow down" in response.text
 
 
-def _completed_id(sse: str) -> str:
-    import json
+def test_a_native_stream_cut_short_ends_with_an_error(upstream: FakeUpstream, native_server: str) -> None:
+    upstream.script("plain", Script(content="One two three four.", end_stream_after=2))
 
+    with httpx.stream("POST", f"{native_server}{RESPONSES}", timeout=30,
+                      json={"model": "native/plain", "input": "Hi", "stream": True}) as response:  # fmt: skip
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+        generation_id = response.headers["x-generation-id"]
+
+    last = json.loads(lines[-1][6:])
+    assert last["type"] == "error" and last["code"] == "upstream_invalid_response"
+    assert "response.completed" not in "".join(lines)
+    assert generation(native_server, generation_id)["status"] == "error"
+
+
+def _completed_id(sse: str) -> str:
     events = [json.loads(line[6:]) for line in sse.splitlines() if line.startswith("data: ")]
     return str(next(e["response"]["id"] for e in events if e["type"] == "response.completed"))

@@ -35,8 +35,10 @@ def response_object(reply_id: str, model: str, text: str, usage: dict[str, Any],
     }
 
 
-def stream_events(reply_id: str, model: str, text: str, usage: dict[str, Any]) -> Iterator[bytes]:
-    """The SSE body of a streamed text answer, event by event."""
+def stream_events(
+    reply_id: str, model: str, text: str, usage: dict[str, Any], *, end_after: int | None = None
+) -> Iterator[bytes]:
+    """The SSE body of a streamed text answer, event by event; `end_after` deltas: it stops there, cleanly."""
     sequence = 0
 
     def event(kind: str, **fields: Any) -> bytes:
@@ -50,7 +52,9 @@ def stream_events(reply_id: str, model: str, text: str, usage: dict[str, Any]) -
     yield event("response.output_item.added", output_index=0, item=item)
     where = {"item_id": "msg_fake", "output_index": 0, "content_index": 0}
     yield event("response.content_part.added", **where, part={"type": "output_text", "text": "", "annotations": []})
-    for piece in re.findall(r"\S+\s*|\s+", text):
+    for n, piece in enumerate(re.findall(r"\S+\s*|\s+", text)):
+        if n == end_after:
+            return
         yield event("response.output_text.delta", **where, delta=piece)
     done = response_object(reply_id, model, text, usage, status="completed")
     yield event("response.output_text.done", **where, text=text)

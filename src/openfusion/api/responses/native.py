@@ -19,12 +19,14 @@ from openfusion.api.dispatch import Exchange
 from openfusion.api.ledger import Ledger
 from openfusion.api.passthrough import SSE_HEADERS, forward_first_success, without_openfusion_fields
 from openfusion.api.responses.request import Translated
-from openfusion.errors import OpenFusionError, UpstreamError
+from openfusion.errors import OpenFusionError, UpstreamError, UpstreamProtocolError
 from openfusion.protocol import Usage
 from openfusion.upstream.client import RESPONSES_PATH, Forwarded
 
 Keep = Callable[[dict[str, Any]], Awaitable[None]]
 _COMPLETED = b'"response.completed"'
+# Any of these ends a Responses stream; a stream that stops before one is cut short.
+_TERMINAL = (_COMPLETED, b'"response.incomplete"', b'"response.failed"', b'"type":"error"')
 
 
 def speaks_responses(exchange: Exchange) -> bool:
@@ -72,20 +74,31 @@ def _forwardable(item: dict[str, Any]) -> bool:
 
 
 async def _relay(forwarded: Forwarded, *, ledger: Ledger, keep: Keep) -> AsyncIterator[bytes]:
-    complete = False
+    complete = ended = False
     pending = b""  # the last line, while it is unfinished
     try:
         async for chunk in forwarded.body:
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop()
             for line in lines:
-                if line.startswith(b"data: ") and _COMPLETED in line[:64]:
+                if not line.startswith(b"data: "):
+                    continue
+                head = line[:64]
+                ended = ended or any(mark in head for mark in _TERMINAL)
+                if _COMPLETED in head:
                     response = (_json(line[6:]) or {}).get("response")
                     if isinstance(response, dict):
                         _record(forwarded, ledger, response)
                         await keep(response)  # before the client hears it is done
             yield chunk
         complete = True
+        if not ended:  # the provider closed the stream before its end: the client must not take it as whole
+            error = UpstreamProtocolError(
+                f"{ledger.requested_model}: the stream ended before the response was complete",
+                model=ledger.requested_model, provider=forwarded.trace.provider if forwarded.trace else "",
+            )  # fmt: skip
+            ledger.failed(error)
+            yield b"\n\n" + _error_event(error)
     except UpstreamError as exc:  # the provider broke off mid-stream: say so rather than end silently
         complete = True
         ledger.failed(exc)
