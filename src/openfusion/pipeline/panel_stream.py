@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +18,6 @@ from openfusion.pipeline.sampling import SamplingMemory
 from openfusion.pipeline.synthesize import MessageAccumulator
 from openfusion.protocol import Usage, parse_usage
 from openfusion.upstream.client import Completion, UpstreamClient
-
-DeltaSink = Callable[[PanelDelta], None]
 
 
 @dataclass(frozen=True)
