@@ -405,3 +405,21 @@ def test_activity_records_the_surface(upstream: FakeUpstream, start_server: Any,
     assert responses_record["api_type"] == "responses" and responses_record["preset"] == "trio"
     assert len(responses_record["calls"]) == 5
     assert chat_record["api_type"] == "completions"
+
+
+def test_a_streamed_panel_call_steps_down_a_refused_temperature(upstream: FakeUpstream, server: str) -> None:
+    upstream.script("a", Script(reject_parameters={"temperature"}, chunks=["Cold ", "answer."]))
+    body = {"model": "fusion/trio", "input": "Hi", "plugins": [{"id": "fusion", "temperature": 0.7}]}
+
+    _, events = raw_events(server, body)
+
+    completed = [e for e in events if e["type"] == "response.fusion_call.panel.completed"]
+    assert {e["model"]: e["content"] for e in completed}["fake/a"] == "Cold answer."
+    assert [
+        e["delta"] for e in events if e["type"] == "response.fusion_call.panel.delta" and e["model"] == "fake/a"
+    ] == [
+        "Cold ",
+        "answer.",
+    ]
+    calls = upstream.calls_for("a")
+    assert [("temperature" in c.body, c.stream) for c in calls] == [(True, True), (False, True)]
