@@ -103,7 +103,9 @@ def create_app(
         async with contextlib.AsyncExitStack() as resources:
             resources.push_async_callback(access.aclose)
             http = http_client or await resources.enter_async_context(build_http_client(settings.http))
-            upstream = UpstreamClient(http, registry, settings.retry, masker=masker)
+            upstream = UpstreamClient(
+                http, registry, settings.retry, masker=masker, call_timeout_s=settings.http.call_timeout_s
+            )
             store = await open_store(settings.activity, environ) if settings.activity.enabled else None
             writer = None
             if store is not None:

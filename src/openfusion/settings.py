@@ -48,6 +48,9 @@ class RetrySettings(BaseModel):
     max_backoff_s: float = Field(default=8.0, ge=0)
     # A Retry-After longer than this is not waited for: the 429 goes back to the caller.
     max_retry_after_s: float = Field(default=20.0, ge=0)
+    # All attempts of one upstream call and the waits between them, until its answer (a stream: until it
+    # starts): no retry or wait goes past it.
+    deadline_s: float = Field(default=300.0, gt=0)
 
 
 class HttpSettings(BaseModel):
@@ -58,6 +61,9 @@ class HttpSettings(BaseModel):
     connect_timeout_s: float = Field(default=10.0, gt=0)
     # Per read: a long generation is fine as long as bytes keep coming.
     read_timeout_s: float = Field(default=300.0, gt=0)
+    # One attempt of an upstream call: a non-streamed answer must be whole within it; a stream must start
+    # within it, and is cut once it has sent nothing but filler (comments, blank lines) for this long.
+    call_timeout_s: float = Field(default=300.0, gt=0)
     max_connections: int = Field(default=512, ge=1)
     # "aiohttp" (httpx-aiohttp, fast under load) or "httpx" (httpx's own pool).
     transport: Literal["aiohttp", "httpx"] = "aiohttp"

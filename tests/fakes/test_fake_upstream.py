@@ -206,6 +206,31 @@ def test_a_stream_can_end_with_an_error_event(fake: FakeUpstream, http: httpx.Cl
     assert "[DONE]" not in data and fake.calls[0].ended_early
 
 
+def test_a_json_body_can_trickle_spaces(fake: FakeUpstream, http: httpx.Client) -> None:
+    fake.script("m", Script(trickle_s=0.05))
+    with http.stream("POST", "/chat/completions", json={"model": "m"}) as r:
+        assert r.status_code == 200
+        received = b""
+        for piece in r.iter_raw():
+            received += piece
+            if len(received) >= 3:
+                break
+    assert received.strip() == b""
+    wait_until(lambda: fake.calls[0].disconnected)
+    assert fake.calls[0].trickled >= 3
+
+
+def test_a_stream_can_trickle_comments_after_its_tokens(fake: FakeUpstream, http: httpx.Client) -> None:
+    fake.script("m", Script(chunks=["first"], trickle_s=0.05))
+    with http.stream("POST", "/chat/completions", json={"model": "m", "stream": True}) as r:
+        lines = r.iter_lines()
+        data = [next(lines) for _ in range(4)]  # role, first token, and blank lines between
+        comments = [line for line in (next(lines) for _ in range(6)) if line.startswith(":")]
+    assert '"content":"first"' in "".join(data) and len(comments) >= 2
+    wait_until(lambda: fake.calls[0].disconnected)
+    assert fake.calls[0].trickled >= 2
+
+
 def test_client_closing_slow_stream_marks_call_disconnected(fake: FakeUpstream, http: httpx.Client) -> None:
     fake.script("m", Script(chunks=["x"] * 50, chunk_interval_s=0.1))
     with http.stream("POST", "/chat/completions", json={"model": "m", "stream": True}) as r:

@@ -57,6 +57,9 @@ class Script:
     # Streams: after the content chunks, this object as a mid-stream error event (`data: {"error": …}`), then a
     # clean end with no finish_reason and no [DONE].
     error_event: dict[str, Any] | None = None
+    # Filler without progress, every this many seconds, until the client leaves: a space in a JSON body
+    # (after the headers), an SSE comment in a stream (after the content chunks, before any finish).
+    trickle_s: float | None = None
     reject_response_format: set[str] | None = None
     reset: bool = False  # drop the connection right after the status line: no body at all
     reject_status: int = 400  # llama.cpp's server answers a json_schema response_format with HTTP 500
@@ -78,6 +81,7 @@ class Call:
     disconnected: bool = False
     ended_early: bool = False  # a stream the fake ended cleanly before its finish_reason, as scripted
     path: str = "/v1/chat/completions"
+    trickled: int = 0  # filler pieces sent (spaces or SSE comments), as scripted by `trickle_s`
 
 
 class _StreamCut(Exception):
@@ -282,6 +286,9 @@ class FakeUpstream:
             return _error(script.status, message, headers, background=done)
 
         reply = _Reply(script, model, f"chatcmpl-fake-{next(self._ids)}")
+        if not streaming and script.trickle_s is not None:
+            trickle = _trickle(request, call, b" ", script.trickle_s)
+            return _ClosingStreamingResponse(trickle, media_type="application/json")
         if not streaming:
             return _json(reply.completion(), background=done)
         include_usage = script.stream_usage and bool((body.get("stream_options") or {}).get("include_usage"))
@@ -331,6 +338,18 @@ class _Reply:
         return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
+async def _trickle(request: Request, call: Call, filler: bytes, interval_s: float) -> AsyncIterator[bytes]:
+    """`filler` every `interval_s` until the client leaves (then the call is marked disconnected)."""
+    try:
+        while True:
+            yield filler
+            call.trickled += 1
+            if await _pause(request, interval_s):
+                return
+    finally:
+        _finish(call, disconnected=True)
+
+
 async def _reset_body(call: Call) -> AsyncIterator[bytes]:
     """A body that breaks off before its first byte (uvicorn then drops the connection)."""
     _finish(call)
@@ -365,6 +384,10 @@ async def _stream_events(
         if script.cut_stream_after is not None:
             disconnected = False
             raise _StreamCut(f"stream cut after {cut} content chunks")
+        if script.trickle_s is not None:
+            async for filler in _trickle(request, call, b": keep-alive\n\n", script.trickle_s):
+                yield filler
+            return
         if script.end_stream_after is not None or script.error_event is not None:
             if script.error_event is not None:
                 yield b"data: " + orjson.dumps({**reply.base, "error": script.error_event}) + b"\n\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import time
 from typing import Any
@@ -133,6 +134,20 @@ def test_never_waits_longer_than_the_retry_after_cap(code: int, retry_after: flo
     exc = status(code, retry_after=retry_after)
     if is_retryable(exc, SETTINGS):
         assert wait_before_retry(exc, SETTINGS) <= SETTINGS.max_retry_after_s
+
+
+async def test_no_retry_starts_past_the_deadline() -> None:
+    loop = asyncio.get_running_loop()
+    settings = RetrySettings(max_attempts=10, initial_backoff_s=0, max_backoff_s=0)
+    for deadline, wait, stops in (
+        (loop.time() + 60, 0.0, False),
+        (loop.time() + 60, 61.0, True),
+        (loop.time(), 0.0, True),
+    ):
+        controller = retrying(settings, deadline=deadline)
+        state = RetryCallState(retry_object=controller, fn=None, args=(), kwargs={})
+        state.upcoming_sleep = wait
+        assert controller.stop(state) is stops
 
 
 # --- usage -------------------------------------------------------------------------------------------

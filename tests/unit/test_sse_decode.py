@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 
+from openfusion.upstream.limits import ProgressClock, Stalled
 from openfusion.upstream.sse_decode import sse_data
 
 STREAM = (
@@ -51,3 +53,75 @@ async def test_comments_and_other_fields_yield_nothing() -> None:
         yield b": keep-alive\n\nevent: ping\n\nid: 3\n\n"
 
     assert [event async for event in sse_data(blocks())] == []
+
+
+async def test_the_clock_moves_only_for_blocks_that_complete_an_event() -> None:
+    clock = ProgressClock(limit_s=60)
+    moved: list[bool] = []
+
+    async def blocks() -> AsyncIterator[bytes]:
+        for block in (
+            b": OPENROUTER PROCESSING\n\n",
+            b'data: {"a": 1}\n\n',
+            b"\n",
+            b'data: {"b"',
+            b": 2}\n\n: ping\n\n",
+        ):
+            yield block
+            moved.append(clock.moved)  # as the decoder left it after that block
+
+    assert [event async for event in sse_data(blocks(), clock=clock)] == [b'{"a": 1}', b'{"b": 2}']
+    assert moved == [False, True, False, False, True]
+
+
+async def test_filler_past_the_limit_stalls_the_stream() -> None:
+    clock = ProgressClock(limit_s=0.05)
+
+    async def blocks() -> AsyncIterator[bytes]:
+        yield b'data: {"a": 1}\n\n'
+        while True:
+            await asyncio.sleep(0.02)
+            yield b": keep-alive\n\n"
+
+    events = []
+    with pytest.raises(Stalled):
+        async for event in sse_data(blocks(), clock=clock):
+            events.append(event)
+    assert events == [b'{"a": 1}']
+
+
+@pytest.mark.parametrize(
+    ("read", "progress"),
+    [
+        (b'data: {"a": 1}\n\n', True),
+        (b'\n\ndata: {"a": 1}\n\n', True),  # the end of one event and the next
+        (b": keep-alive\n\n", False),
+        (b"\n\n", False),
+        (b" ", False),
+        (b"", False),
+        (b'{"id": "chatcmpl-1"', True),  # a JSON body relayed as it comes
+        (b'", "b": 2}\n', True),
+    ],
+)
+def test_a_relayed_read_is_progress_unless_it_is_filler(read: bytes, progress: bool) -> None:
+    clock = ProgressClock(limit_s=0)
+    clock.filler()  # filler began …
+    clock.filler_since -= 1  # … a second ago: more filler now stalls
+    if progress:
+        clock.read(read)
+        assert clock.moved
+    else:
+        with pytest.raises(Stalled):
+            clock.read(read)
+
+
+def test_filler_alone_is_timed_from_its_first_piece() -> None:
+    clock = ProgressClock(limit_s=60)
+    clock.filler()
+    clock.filler_since -= 59
+    clock.filler()  # 59 s of filler: still within the limit
+    clock.moved = True  # a real event
+    clock.filler()  # filler starts over
+    clock.filler_since -= 61
+    with pytest.raises(Stalled):
+        clock.filler()

@@ -25,6 +25,7 @@ from openfusion.masking import SecretMasker
 from openfusion.protocol import Usage, parse_usage
 from openfusion.settings import HttpSettings, RetrySettings
 from openfusion.upstream.failures import diagnose
+from openfusion.upstream.limits import ProgressClock, Stalled, stalled
 from openfusion.upstream.providers import Provider, ProviderRegistry, Route
 from openfusion.upstream.retry import is_retryable, parse_retry_after, retrying
 from openfusion.upstream.shape import completion_problem
@@ -111,10 +112,12 @@ class UpstreamClient:
         retry: RetrySettings,
         *,
         masker: SecretMasker | None = None,
+        call_timeout_s: float = 300.0,
     ) -> None:
         self.http = http
         self.registry = registry
         self.retry = retry
+        self.call_timeout_s = call_timeout_s  # one attempt; for a stream, also the longest run of filler alone
         self.masker = masker if masker is not None else SecretMasker(registry.secrets())
         self._endpoints: dict[str, _Endpoint] = {}
 
@@ -157,7 +160,7 @@ class UpstreamClient:
             _failed(call, exc)
             raise
         try:
-            yield _chunks(route, response, call, self.masker)
+            yield _chunks(route, response, call, self.masker, stall_s=self.call_timeout_s)
         except BaseException as exc:
             _failed(call, exc)
             raise
@@ -198,7 +201,7 @@ class UpstreamClient:
                 raise empty
             return Forwarded(response.status_code, headers, _once(self.masker.bytes(response.content)), None, call)
         # Masked line by line: an SSE event is never held back longer than its own last byte takes to come.
-        body_iter = self.masker.lines(_guard(route, response.aiter_bytes()))
+        body_iter = self.masker.lines(_guard(route, response.aiter_bytes(), stall_s=self.call_timeout_s))
         return Forwarded(response.status_code, headers, body_iter, response, call)
 
     async def list_models(self, provider_name: str) -> Any:
@@ -221,19 +224,40 @@ class UpstreamClient:
     ) -> httpx.Response:
         # The first attempt runs outside tenacity: a controller per call costs more than the call's own
         # HTTP work on a fast upstream, and most calls succeed at once.
+        deadline = asyncio.get_running_loop().time() + self.retry.deadline_s
         try:
-            return await self._send(route, payload, stream=stream, call=call, path=path)
+            return await self._attempt(route, payload, stream=stream, call=call, path=path, deadline=deadline)
         except UpstreamError as exc:
             if not is_retryable(exc, self.retry):
                 raise
             first_failure = exc
-        async for attempt in retrying(self.retry):
+        async for attempt in retrying(self.retry, deadline=deadline):
             with attempt:
                 if attempt.retry_state.attempt_number == 1:
                     raise first_failure  # the policy decides the wait and the rest from the failure seen
                 call.retries = attempt.retry_state.attempt_number - 1
-                return await self._send(route, payload, stream=stream, call=call, path=path)
+                return await self._attempt(route, payload, stream=stream, call=call, path=path, deadline=deadline)
         raise AssertionError("unreachable: tenacity either returns or re-raises")
+
+    async def _attempt(
+        self, route: Route, payload: dict[str, Any], *, stream: bool, call: CallTrace, path: str, deadline: float
+    ) -> httpx.Response:
+        """One attempt, within `http.call_timeout_s` and what is left of `retry.deadline_s`.
+
+        httpx's timeouts are per read: an upstream that trickles a byte now and then never trips them.
+        """
+        budget = min(self.call_timeout_s, deadline - asyncio.get_running_loop().time())
+        try:
+            async with asyncio.timeout(budget):
+                return await self._send(route, payload, stream=stream, call=call, path=path)
+        except TimeoutError:
+            limit = "http.call_timeout_s" if budget == self.call_timeout_s else "retry.deadline_s"
+            what = "start its answer" if stream else "answer"
+            raise UpstreamTimeout(
+                f"{route.slug} ({route.provider.name}) did not {what} within {limit} ({budget:.3g} s)",
+                model=route.slug,
+                provider=route.provider.name,
+            ) from None
 
     async def _send(
         self, route: Route, payload: dict[str, Any], *, stream: bool, call: CallTrace, path: str = CHAT_PATH
@@ -330,13 +354,13 @@ def _payload(route: Route, body: Mapping[str, Any], *, stream: bool) -> dict[str
 
 
 async def _chunks(
-    route: Route, response: httpx.Response, call: CallTrace, masker: SecretMasker
+    route: Route, response: httpx.Response, call: CallTrace, masker: SecretMasker, *, stall_s: float
 ) -> AsyncIterator[dict[str, Any]]:
     finished = False
     if "text/event-stream" not in response.headers.get("content-type", ""):
         raise _protocol_error(route, "the streamed response is not an event stream")
     try:
-        async for data in sse_data(response.aiter_bytes()):
+        async for data in sse_data(response.aiter_bytes(), clock=ProgressClock(stall_s)):
             if data == b"[DONE]":
                 finished = True  # the provider says the completion is whole, finish_reason or not
                 break
@@ -362,18 +386,24 @@ async def _chunks(
             yield chunk
     except httpx.HTTPError as exc:
         raise _transport_error(route, exc, during="the stream") from None
+    except Stalled:
+        raise stalled(route, stall_s) from None
     if not finished:
         raise _protocol_error(route, "the stream ended before the completion finished")
     end_call(call, status="ok", usage=call.usage)
 
 
-async def _guard(route: Route, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Map transport failures while relaying a pass-through body to upstream errors."""
+async def _guard(route: Route, body: AsyncIterator[bytes], *, stall_s: float) -> AsyncIterator[bytes]:
+    """Map transport failures while relaying a pass-through body to upstream errors; cut it when it stalls."""
+    clock = ProgressClock(stall_s)
     try:
         async for chunk in body:
+            clock.read(chunk)
             yield chunk
     except httpx.HTTPError as exc:
         raise _transport_error(route, exc, during="the response body") from None
+    except Stalled:
+        raise stalled(route, stall_s) from None
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:

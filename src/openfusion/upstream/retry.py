@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import math
 import time
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.stop import stop_base
 from tenacity.wait import wait_base, wait_random_exponential
 
 from openfusion.errors import UpstreamConnectionError, UpstreamStatusError, UpstreamTimeout
@@ -56,10 +58,21 @@ class _WaitRetryAfter(wait_base):
         return float(self._fallback(retry_state))
 
 
-def retrying(settings: RetrySettings) -> AsyncRetrying:
-    """A fresh tenacity controller for one upstream call."""
+class _StopAtDeadline(stop_base):
+    """Stop when the next attempt would begin past the call's deadline (event-loop time)."""
+
+    def __init__(self, deadline: float) -> None:
+        self._deadline = deadline
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return asyncio.get_running_loop().time() + retry_state.upcoming_sleep >= self._deadline
+
+
+def retrying(settings: RetrySettings, *, deadline: float | None = None) -> AsyncRetrying:
+    """A fresh tenacity controller for one upstream call; no attempt starts past `deadline` (loop time)."""
+    stop = stop_after_attempt(settings.max_attempts)
     return AsyncRetrying(
-        stop=stop_after_attempt(settings.max_attempts),
+        stop=stop if deadline is None else stop | _StopAtDeadline(deadline),
         wait=_WaitRetryAfter(settings),
         retry=retry_if_exception(lambda exc: is_retryable(exc, settings)),
         reraise=True,

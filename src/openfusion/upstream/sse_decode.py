@@ -9,12 +9,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from openfusion.upstream.limits import ProgressClock
 
-async def sse_data(blocks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Each event's data, from bytes split anywhere (mid-line, mid-CRLF, mid-character)."""
+
+async def sse_data(blocks: AsyncIterator[bytes], *, clock: ProgressClock | None = None) -> AsyncIterator[bytes]:
+    """Each event's data, from bytes split anywhere (mid-line, mid-CRLF, mid-character).
+
+    With a `clock`, a block that completes an event is progress; one that does not (comments, blank
+    lines, part of an event) is filler, and raises Stalled once filler alone has come for its limit.
+    """
     pending = b""
     data: list[bytes] = []
     async for block in blocks:
+        produced = False
         buffer = pending + block
         lines = buffer.splitlines(keepends=True)
         # A last line without its end may continue in the next block; a lone CR may be half a CRLF.
@@ -26,11 +33,17 @@ async def sse_data(blocks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             line = raw.rstrip(b"\r\n")
             if not line:
                 if data:
+                    produced = True
                     yield b"\n".join(data)
                     data = []
             elif line.startswith(b"data:"):
                 value = line[5:]
                 data.append(value[1:] if value.startswith(b" ") else value)
+        if clock is not None:
+            if produced:
+                clock.moved = True
+            else:
+                clock.filler()
     tail = pending.rstrip(b"\r\n")
     if tail.startswith(b"data:"):
         value = tail[5:]
