@@ -28,6 +28,11 @@ log = logging.getLogger("openfusion.activity")
 T = TypeVar("T")
 SQL = Statements("?")
 STORED = StoredStatements("?")
+# How long a statement waits for another connection's write lock (SQLite's busy timeout) ...
+BUSY_TIMEOUT_S = 5.0
+# ... and how many times a batch is tried when it still finds the database busy.
+WRITE_ATTEMPTS = 2
+_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def timestamp(value: datetime) -> str:
@@ -86,10 +91,10 @@ def _use_wal(conn: sqlite3.Connection, *, within_s: float = 5.0) -> None:
             time.sleep(0.02)
 
 
-def _connect(path: Path, migrations: tuple[Migration, ...]) -> sqlite3.Connection:
+def _connect(path: Path, migrations: tuple[Migration, ...], busy_timeout_s: float) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), never implicit.
-    conn = sqlite3.connect(path, isolation_level=None, timeout=5.0)
+    conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_s)
     try:
         _use_wal(conn)  # readers (the activity page) never block the writer
         conn.execute("PRAGMA foreign_keys=ON")
@@ -110,11 +115,14 @@ class SqliteStore:
         self._closed = False
 
     @classmethod
-    async def open(cls, path: Path, *, migrations: tuple[Migration, ...] = MIGRATIONS) -> SqliteStore:
+    async def open(
+        cls, path: Path, *, migrations: tuple[Migration, ...] = MIGRATIONS, busy_timeout_s: float = BUSY_TIMEOUT_S
+    ) -> SqliteStore:
         """Open (creating the file and its folder if needed) and migrate."""
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="activity-sqlite")
+        loop = asyncio.get_running_loop()
         try:
-            conn = await asyncio.get_running_loop().run_in_executor(executor, _connect, Path(path), migrations)
+            conn = await loop.run_in_executor(executor, _connect, Path(path), migrations, busy_timeout_s)
         except (sqlite3.Error, OSError) as exc:
             executor.shutdown(wait=False)
             raise StoreUnavailable(f"cannot open the activity database {path}: {exc}") from exc
@@ -134,8 +142,21 @@ class SqliteStore:
             await self._run(self._write, list(batch))
 
     def _write(self, batch: list[ActivityEntry]) -> None:
-        conn = self._conn
         statements = SQL.write_batch(batch, _generation_row)
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                self._write_once(statements)
+                return
+            except sqlite3.OperationalError as exc:
+                if attempt == WRITE_ATTEMPTS or exc.sqlite_errorcode & 0xFF not in _BUSY:
+                    raise
+                # Another process (a worker of the same server, a backup) held the write lock past the
+                # busy timeout, or SQLite said busy without waiting (a crashed writer's journal recovering).
+                log.info("activity database busy (%s): writing the batch again", exc)
+                time.sleep(0.05 * attempt)
+
+    def _write_once(self, statements: list[tuple[str, list[Any]]]) -> None:
+        conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             for statement, params in statements:
