@@ -28,6 +28,7 @@ from openfusion.api.responses.keeper import ResponseKeeper
 from openfusion.api.shutdown import Drain
 from openfusion.errors import ConfigError
 from openfusion.masking import SecretMasker
+from openfusion.observability.metrics import Metrics
 from openfusion.presets import load_presets, shipped_presets_dir
 from openfusion.settings import Settings, load_settings
 from openfusion.upstream.client import UpstreamClient, build_http_client
@@ -78,8 +79,12 @@ def create_app(
     *,
     environ: Mapping[str, str] | None = None,
     http_client: httpx.AsyncClient | None = None,
+    metrics_dir: Path | None = None,
 ) -> FastAPI:
-    """Build the app. Configuration errors surface here, before anything listens."""
+    """Build the app. Configuration errors surface here, before anything listens.
+
+    `metrics_dir`: the multiprocess metrics directory of a worker of several (`openfusion serve --workers`).
+    """
     environ = os.environ if environ is None else environ
     if settings is None:
         config = environ.get("OPENFUSION_CONFIG")
@@ -128,9 +133,10 @@ def create_app(
                 prices=prices,
                 drain=drain,
                 responses=_response_store(store, settings),
+                metrics=Metrics(metrics_dir),
             )
-            if writer is not None:
-                state.metrics.watch_activity(writer)
+            if writer is not None and (publishing := state.metrics.watch_activity(writer)) is not None:
+                resources.callback(publishing.cancel)
             yield
             # Requests the server cancelled at the last moment are still recording themselves: their
             # records go into the writer before it closes.

@@ -1,8 +1,18 @@
-"""Prometheus metrics, one registry per app (so several apps in one process never collide)."""
+"""Prometheus metrics, one registry per app (so several apps in one process never collide).
+
+Under `--workers N` each worker counts in prometheus_client's multiprocess mode (files in the server's
+private directory, see `observability.metrics_dir`), and /metrics, whichever worker answers it, adds up
+every worker's files: counters and histograms over all workers, dead ones included; a gauge by its
+`multiprocess_mode`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from openfusion.activity import ActivityWriter
 from openfusion.upstream.trace import CallTrace
@@ -10,12 +20,16 @@ from openfusion.upstream.trace import CallTrace
 # Seconds: from a fast local call to a long reasoning run.
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
 _OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+# How often a worker publishes its activity writer's counters (a gauge function cannot cross processes).
+_PUBLISH_EVERY_S = 1.0
 
 
 class Metrics:
     """The counters, histograms and gauges openfusion exports at /metrics."""
 
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
+        # Set only in a worker of several, whose prometheus_client was imported with PROMETHEUS_MULTIPROC_DIR.
+        self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -24,7 +38,9 @@ class Metrics:
             ["route", "status"],
             registry=r,
         )
-        self.in_flight = Gauge("openfusion_requests_in_flight", "Requests being served now.", registry=r)
+        self.in_flight = Gauge(
+            "openfusion_requests_in_flight", "Requests being served now.", registry=r, multiprocess_mode="livesum"
+        )
         self.stage_seconds = Histogram(
             "openfusion_upstream_call_seconds",
             "Upstream call latency by role (panel member, judge, synthesizer, passthrough).",
@@ -50,17 +66,38 @@ class Metrics:
             buckets=_OVERHEAD_BUCKETS,
             registry=r,
         )
+        # A worker's drops stay counted after it exits ("sum"); its backlog goes with it ("livesum").
         self.activity_dropped = Gauge(
-            "openfusion_activity_dropped", "Activity records dropped (queue full or store outage).", registry=r
+            "openfusion_activity_dropped",
+            "Activity records dropped (queue full or store outage).",
+            registry=r,
+            multiprocess_mode="sum",
         )
         self.activity_queued = Gauge(
-            "openfusion_activity_queued", "Activity records waiting for the store (the writer's backlog).", registry=r
+            "openfusion_activity_queued",
+            "Activity records waiting for the store (the writer's backlog).",
+            registry=r,
+            multiprocess_mode="livesum",
         )
 
-    def watch_activity(self, writer: ActivityWriter) -> None:
-        """Read the writer's counters when scraped: a value set per request would go stale once the backlog drains."""
-        self.activity_dropped.set_function(lambda: writer.stats.dropped)
-        self.activity_queued.set_function(lambda: writer.stats.queued)
+    def watch_activity(self, writer: ActivityWriter) -> asyncio.Task[None] | None:
+        """Read the writer's counters when scraped: a value set per request would go stale once the backlog drains.
+
+        A worker of several cannot be read by the worker that answers the scrape: it publishes them every
+        second instead, from the task returned (cancel it at shutdown).
+        """
+        if self.multiprocess_dir is None:
+            self.activity_dropped.set_function(lambda: writer.stats.dropped)
+            self.activity_queued.set_function(lambda: writer.stats.queued)
+            return None
+        return asyncio.get_running_loop().create_task(self._publish(writer), name="openfusion-metrics-activity")
+
+    async def _publish(self, writer: ActivityWriter) -> None:
+        while True:
+            stats = writer.stats
+            self.activity_dropped.set(stats.dropped)
+            self.activity_queued.set(stats.queued)
+            await asyncio.sleep(_PUBLISH_EVERY_S)
 
     def observe_call(self, call: CallTrace) -> None:
         """Count one finished upstream call."""
@@ -75,5 +112,9 @@ class Metrics:
             self.tokens.labels("completion").inc(call.usage.completion_tokens)
 
     def render(self) -> bytes:
-        """The text exposition format."""
-        return generate_latest(self.registry)
+        """The text exposition format (of every worker, under several)."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(self.multiprocess_dir))
+        return generate_latest(registry)
