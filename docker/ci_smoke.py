@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -62,6 +63,8 @@ HEALTHY_WITHIN_S = 60.0
 
 
 # Prints a {path inside the package: sha256} map of the installed openfusion package.
+# What `workers = auto` counts inside the container.
+CPUS = "from openfusion.workers.count import usable_cpus; print(usable_cpus())"
 _INSTALLED_FILES = """
 import hashlib, json, pathlib, openfusion
 root = pathlib.Path(openfusion.__file__).parent
@@ -191,6 +194,16 @@ def check_running_container(name: str, base: str, fake: FakeUpstream) -> None:
     logs = podman("logs", name).stdout + podman("logs", name).stderr
     assert UPSTREAM_KEY not in logs, "the provider key appeared in the container's log"
     say("ok the provider key appears nowhere in the container's log")
+
+    # OPENFUSION_WORKERS=auto: one worker per CPU the container may use, counted together in /metrics.
+    cpus = int(podman("exec", name, "python", "-c", CPUS).stdout)
+    workers = re.findall(r"(\d+) workers on ", logs)
+    assert workers == ([str(cpus)] if cpus > 1 else []), (cpus, workers)
+    metrics = http("GET", f"{base}/metrics")[1].decode()
+    served = re.search(r'^openfusion_requests_total\{route="fusion/ci",status="ok"\} (\S+)$', metrics, re.M)
+    assert served and float(served.group(1)) == 2, metrics[-500:]
+    say(f"ok {cpus} worker(s) (OPENFUSION_WORKERS=auto, {cpus} usable CPUs): /metrics counts both requests, "
+        "whichever worker served them, from its private directory in the read-only container's /tmp")
 
 
 def check_content(name: str, digest_at_build: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -13,6 +12,7 @@ from openfusion import __version__
 from openfusion.errors import ConfigError
 from openfusion.evaluation.command import add_eval_arguments, run_eval
 from openfusion.localdemo.command import add_local_arguments, run_local
+from openfusion.workers.count import workers_value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
         default=False,
         help="also log uvicorn's access lines (openfusion logs one 'request finished' line per request anyway)",
     )
+    serve.add_argument(
+        "--workers",
+        type=workers_value,
+        default=None,
+        metavar="N",
+        help="worker processes on the one port, or 'auto': one per usable CPU (default: $OPENFUSION_WORKERS, else 1)",
+    )
     evaluate = commands.add_parser(
         "eval",
         help="grade models on DRACO-format tasks through a running openfusion",
@@ -50,49 +57,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from openfusion.access.keys import warn_if_open
-    from openfusion.api.server_limits import raise_open_file_limit
-    from openfusion.api.server_protocol import uvicorn_options
-    from openfusion.api.shutdown import run_server
-    from openfusion.app import create_app
     from openfusion.observability.logs import configure_logging
     from openfusion.settings import load_settings
+    from openfusion.workers.serve import ServeOptions
+    from openfusion.workers.serve import serve as serve_settings
 
     config = args.config or (Path(os.environ["OPENFUSION_CONFIG"]) if os.environ.get("OPENFUSION_CONFIG") else None)
-    log_config = configure_logging(level=args.log_level, fmt=args.log_format)
+    configure_logging(level=args.log_level, fmt=args.log_format)
+    options = ServeOptions(
+        host=args.host, port=args.port, log_level=args.log_level, log_format=args.log_format, access_log=args.access_log
+    )
     try:
         settings = load_settings(config, presets_dir=args.presets)
-        app = create_app(settings)
+        return serve_settings(settings, options, workers=args.workers)
     except ConfigError as exc:
         print(f"openfusion: {exc.message}", file=sys.stderr)  # noqa: T201
         return 2
-    warn_if_open(args.host, app.state.access.keys)
-    settle_heap()
-    raise_open_file_limit()  # idle connections each hold a descriptor: 1,024 is too few for a gateway
-    started = run_server(
-        app,
-        drain=app.state.drain,
-        grace_s=settings.shutdown_grace_s,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        log_config=log_config,
-        access_log=args.access_log,
-        **uvicorn_options(settings),
-    )
-    return 0 if started else 3  # uvicorn's exit status for a failed start
-
-
-def settle_heap() -> None:
-    """Tune the garbage collector for a long-running server, once start-up is done.
-
-    Everything start-up built (modules, schemas, the app) lives as long as the process: frozen, no later
-    collection walks it again. Young collections run a tenth as often: a request allocates thousands
-    of short-lived objects, and collecting every 700 allocations cost ~10% of a fusion request's CPU.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(7000, 20, 20)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     keepalive_interval_s: float = Field(default=2.0, gt=0)
     # On SIGTERM: stop accepting, let in-flight requests finish this long, then cancel them.
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    # Worker processes of `openfusion serve` on one port; "auto": one per CPU this process may use.
+    workers: Annotated[int, Field(ge=1, le=512)] | Literal["auto"] = 1
     retry: RetrySettings = Field(default_factory=RetrySettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)

@@ -66,3 +66,8 @@ def test_dockerignore_lets_only_the_build_inputs_through() -> None:
     lines = [ln for ln in (DOCKER.parent / ".dockerignore").read_text().splitlines() if ln and ln[0] != "#"]
     assert lines[0] == "*"
     assert {"!pyproject.toml", "!README.md", "!src/", "!presets/"} <= set(lines)
+
+
+def test_the_image_runs_one_worker_per_usable_cpu_by_default() -> None:
+    text = (DOCKER / "Dockerfile").read_text()
+    assert re.search(r"^\s+OPENFUSION_WORKERS=auto \\$", text, re.M), "the image's ENV sets OPENFUSION_WORKERS=auto"

@@ -7,14 +7,10 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-import redis
 
 from fakes.upstream import FakeUpstream
 
@@ -28,17 +24,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def redis_prefix() -> Iterator[str]:
-    prefix = f"openfusion-replicas-{uuid.uuid4().hex}"
-    yield prefix
-    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
-    keys = list(client.scan_iter(f"{prefix}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def _serve(config: Path, presets: Path, environ: dict[str, str]) -> tuple[str, subprocess.Popen[bytes]]:

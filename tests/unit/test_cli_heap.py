@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from openfusion.cli import settle_heap
+from openfusion.workers.serve import settle_heap
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -93,3 +94,16 @@ class AccessConfig(BaseModel):
     cors: CorsConfig = Field(default_factory=CorsConfig)
     # Shared counters for several replicas; unset: `REDIS_URL` from the environment, else in-process.
     redis_url: SecretStr | None = None
+
+
+def redis_url(config: AccessConfig, environ: Mapping[str, str]) -> str:
+    """The Redis URL of the shared limit counters: `redis_url`, else `REDIS_URL` from `environ`; "" for none."""
+    return config.redis_url.get_secret_value() if config.redis_url else environ.get("REDIS_URL", "").strip()
+
+
+def configured_limits(config: AccessConfig) -> list[str]:
+    """Every per-client limit set, named where it is set (`[limits] requests_per_minute`, `key 'team' ...`)."""
+    found = [f"[limits] {name}" for name in Limits.model_fields if getattr(config.limits, name) is not None]
+    for key in config.keys:
+        found += [f"key {key.name!r} {name}" for name in Limits.model_fields if getattr(key, name) is not None]
+    return found

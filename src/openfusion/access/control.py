@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from openfusion.access.config import AccessConfig, GuardsConfig, Limits
+from openfusion.access.config import AccessConfig, GuardsConfig, Limits, redis_url
 from openfusion.access.errors import AuthenticationFailed, LimitExceeded
 from openfusion.access.keys import Client, KeyRing, load_keys
 from openfusion.access.limiter import Limiter, MemoryLimiter, Slot
@@ -107,7 +107,7 @@ def build_access(config: AccessConfig, environ: Mapping[str, str], *, lease_ttl_
     Raises ConfigError (naming keys and variables, never values) when the configuration is wrong.
     """
     limiter: Limiter
-    url = config.redis_url.get_secret_value() if config.redis_url else environ.get("REDIS_URL", "").strip()
+    url = redis_url(config, environ)
     if url:
         limiter = RedisLimiter.from_url(url, prefix=config.limits.redis_prefix, lease_ttl_s=lease_ttl_s)
     else:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+from collections.abc import Callable
 from typing import Any
 
 from openfusion.errors import ServerShuttingDown
@@ -93,16 +95,33 @@ def shutting_down() -> ServerShuttingDown:
     return ServerShuttingDown("The server is shutting down; the request was stopped. Retry it.")
 
 
-def run_server(app: Any, *, drain: Drain, grace_s: float, **options: Any) -> bool:
-    """Serve `app` with uvicorn until SIGTERM/SIGINT, with our grace period; False when it could not start."""
+def run_server(
+    app: Any,
+    *,
+    drain: Drain,
+    grace_s: float,
+    sockets: list[socket.socket] | None = None,
+    on_started: Callable[[], None] | None = None,
+    **options: Any,
+) -> bool:
+    """Serve `app` with uvicorn until SIGTERM/SIGINT, with our grace period; False when it could not start.
+
+    `sockets`: listen on these (a worker of several, on its supervisor's socket) instead of binding.
+    `on_started` is called once the app's lifespan has started and the server listens.
+    """
     import uvicorn
 
     class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started and on_started is not None:
+                on_started()
+
         async def shutdown(self, sockets: Any = None) -> None:
             drain.begin(grace_s)  # uvicorn has just stopped listening; in-flight requests get grace_s
             await super().shutdown(sockets)
 
     config = uvicorn.Config(app, timeout_graceful_shutdown=grace_s + BACKSTOP_S, **options)
     server = Server(config)
-    server.run()
+    server.run(sockets)
     return bool(server.started)

@@ -46,19 +46,39 @@ class TextFormatter(logging.Formatter):
         return f"{text} [{current}]" if current else text
 
 
-def configure_logging(*, level: str = "info", fmt: str = "json") -> dict[str, object]:
-    """Route openfusion's and uvicorn's logs through one handler; returns uvicorn's `log_config`."""
-    formatter: logging.Formatter = (
-        JsonFormatter() if fmt == "json" else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
+class _Worker(logging.Filter):
+    """Marks every line with the worker process that wrote it (`worker`: 1..N)."""
+
+    def __init__(self, worker: int) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.worker
+        return True
+
+
+def configure_logging(*, level: str = "info", fmt: str = "json", worker: int | None = None) -> dict[str, object]:
+    """Route openfusion's and uvicorn's logs through one handler; returns uvicorn's `log_config`.
+
+    `worker`: this process is worker number `worker` of several; its lines say so.
+    """
+    fields = "%(asctime)s %(levelname)s %(name)s" + (" [worker %(worker)s]" if worker is not None else "")
+    formatter: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter(f"{fields}: %(message)s")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
     handler.set_name("openfusion")
+    if worker is not None:
+        handler.addFilter(_Worker(worker))
     root = logging.getLogger()
     # Replace a handler installed by an earlier call; leave others (a test's capture, say) alone.
     root.handlers[:] = [h for h in root.handlers if h.get_name() != "openfusion"] + [handler]
     root.setLevel(level.upper())
-    # uvicorn keeps its loggers but hands their lines to ours (propagate), so there is one format.
+    return uvicorn_log_config(level)
+
+
+def uvicorn_log_config(level: str) -> dict[str, object]:
+    """uvicorn's `log_config`: its loggers keep their names but hand their lines to ours, in one format."""
     return {
         "version": 1,
         "disable_existing_loggers": False,

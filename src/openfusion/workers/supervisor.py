@@ -1,0 +1,256 @@
+"""The supervisor of `openfusion serve --workers N`: one listening socket, N worker processes kept running.
+
+It binds the socket once and starts N workers (spawned, not forked: each imports openfusion afresh and
+builds the app from the same pickled settings), each accepting on that socket with openfusion's own
+connection protocol. A worker that dies is replaced, at once after a long life, then with a backoff
+that doubles up to 30 s while it keeps dying young; if every worker of the first generation fails
+before serving, start-up has failed (exit status 3, as with one worker). SIGTERM or SIGINT: the
+supervisor closes its copy of the socket, sends SIGTERM to every worker, and each runs the same
+grace period as a single server (`api.shutdown`); it waits for them well past the grace period and
+kills only a worker still alive after that. A worker whose supervisor is gone (killed) shuts down
+the same way by itself.
+
+Why not uvicorn's own `workers=`: it pickles its Config to each worker, so the app must be an import
+string and the connection protocol an importable class without per-server state; it restarts a dead
+worker immediately and forever, waits on workers without a bound, and knows nothing of the metrics
+files a dead worker leaves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from openfusion.api.shutdown import BACKSTOP_S
+from openfusion.observability.metrics_dir import MetricsDirectory
+from openfusion.settings import Settings
+from openfusion.workers.serve import STARTUP_FAILURE, ServeOptions
+from openfusion.workers.worker import READY, WorkerSpec, run_worker
+
+log = logging.getLogger("openfusion")
+
+# A worker that lived this long before dying is replaced at once; younger ones wait, 1 s doubling to 30 s.
+STABLE_S = 30.0
+FIRST_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 30.0
+# Past the grace period (and uvicorn's backstop), the time a worker gets to record its requests and close.
+STRAGGLER_S = 20.0
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@dataclass
+class _Worker:
+    number: int
+    process: BaseProcess
+    channel: Connection
+    started: float = field(default_factory=time.monotonic)
+    ready: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid or 0
+
+
+class Supervisor:
+    """N workers of one server, on one socket."""
+
+    def __init__(self, settings: Settings, options: ServeOptions, *, count: int) -> None:
+        self.settings = settings
+        self.options = options
+        self.count = count
+        self._context = multiprocessing.get_context("spawn")
+        self._workers: dict[int, _Worker] = {}  # by worker number, 1..count
+        self._due: dict[int, float] = {}  # worker number -> when to start its replacement
+        self._failures: dict[int, int] = {}  # worker number -> young deaths in a row
+        self._ever_ready = False
+        self._startup_failures = 0
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; the exit status (1: cannot listen, 3: no worker could start)."""
+        sock = _bind(self.options)
+        if sock is None:
+            return 1
+        metrics = MetricsDirectory.create()
+        previous = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics.path)  # read by prometheus_client when a worker imports it
+        spec = WorkerSpec(self.settings, self.options, metrics.path)
+        try:
+            with _SignalPipe() as signals:
+                status = self._supervise(spec, sock, metrics, signals)
+                self._stop(sock, metrics, signals)
+                return status
+        finally:
+            sock.close()
+            metrics.remove()
+            if previous is None:
+                os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+            else:
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = previous
+
+    def _supervise(self, spec: WorkerSpec, sock: socket.socket, metrics: MetricsDirectory, signals: _SignalPipe) -> int:
+        """Start the workers and keep them running until a signal (0) or a failed start-up (3)."""
+        for number in range(1, self.count + 1):
+            self._start(spec, number, sock)
+        log.info("%d workers on %s:%d", self.count, self.options.host, self.options.port)
+        while True:
+            timeout = max(0.0, min(self._due.values()) - time.monotonic()) if self._due else None
+            ready = wait([signals.reader, *self._waitables()], timeout)
+            if signals.reader in ready:
+                received = signals.read()
+                if received:
+                    log.info("received %s: stopping %d workers", signal.Signals(received[0]).name, len(self._workers))
+                    return 0
+            for worker in list(self._workers.values()):
+                self._hear(worker)
+                if not worker.process.is_alive() and not self._exited(worker, metrics):
+                    return STARTUP_FAILURE
+            now = time.monotonic()
+            for number, due in list(self._due.items()):
+                if due <= now:
+                    del self._due[number]
+                    self._start(spec, number, sock)
+
+    def _start(self, spec: WorkerSpec, number: int, sock: socket.socket) -> None:
+        ours, theirs = self._context.Pipe()
+        process = self._context.Process(
+            target=run_worker,
+            args=(spec,),
+            kwargs={"number": number, "sock": sock, "channel": theirs},
+            name=f"openfusion-worker-{number}",
+            daemon=True,
+        )
+        process.start()
+        theirs.close()  # the worker's end lives in the worker only: when ours closes, it sees the end
+        self._workers[number] = _Worker(number, process, ours)
+        log.info("worker %d started (pid %d)", number, process.pid)
+
+    def _waitables(self) -> list[Any]:
+        waitables: list[Any] = []
+        for worker in self._workers.values():
+            waitables.append(worker.process.sentinel)
+            if not worker.ready:
+                waitables.append(worker.channel)
+        return waitables
+
+    def _hear(self, worker: _Worker) -> None:
+        """Read the worker's "ready", if it said it."""
+        try:
+            while not worker.ready and worker.channel.poll():
+                if worker.channel.recv() == READY:
+                    worker.ready = self._ever_ready = True
+                    log.info("worker %d (pid %d) is serving", worker.number, worker.pid)
+        except (EOFError, OSError):
+            pass
+
+    def _exited(self, worker: _Worker, metrics: MetricsDirectory) -> bool:
+        """A worker died on its own: schedule its replacement; False when start-up has failed altogether."""
+        worker.process.join()
+        worker.channel.close()
+        del self._workers[worker.number]
+        metrics.worker_exited(worker.pid)
+        lived = time.monotonic() - worker.started
+        if not worker.ready and not self._ever_ready:
+            self._startup_failures += 1
+            if self._startup_failures >= self.count:
+                log.error("no worker could start (the last exited with status %s)", worker.process.exitcode)
+                return False
+        # Dying young again and again (a crash at start-up, say) must not become a busy loop of restarts.
+        streak = 0 if worker.ready and lived >= STABLE_S else self._failures.get(worker.number, 0) + 1
+        self._failures[worker.number] = streak
+        delay = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** (streak - 1)) if streak else 0.0
+        log.warning(
+            "worker %d (pid %d) exited with status %s after %.1f s; replacing it in %.1f s",
+            worker.number,
+            worker.pid,
+            worker.process.exitcode,
+            lived,
+            delay,
+        )
+        self._due[worker.number] = time.monotonic() + delay
+        return True
+
+    def _stop(self, sock: socket.socket, metrics: MetricsDirectory, signals: _SignalPipe) -> None:
+        """SIGTERM to every worker, each then runs its grace period; wait for them, kill what outlives it all."""
+        sock.close()  # once the workers close theirs too, new connections are refused
+        self._due.clear()
+        for worker in self._workers.values():
+            _signal(worker, signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.shutdown_grace_s + BACKSTOP_S + STRAGGLER_S
+        while self._workers and (left := deadline - time.monotonic()) > 0:
+            ready = wait([signals.reader, *(w.process.sentinel for w in self._workers.values())], left)
+            if signals.reader in ready and signal.SIGINT in signals.read():
+                for worker in self._workers.values():  # a second Ctrl-C: stop now, as uvicorn does
+                    _signal(worker, signal.SIGINT)
+            for worker in [w for w in self._workers.values() if not w.process.is_alive()]:
+                self._reap(worker, metrics)
+        for worker in list(self._workers.values()):
+            log.error("worker %d (pid %d) still running past the grace period: killed", worker.number, worker.pid)
+            worker.process.kill()
+            self._reap(worker, metrics)
+        log.info("every worker has stopped")
+
+    def _reap(self, worker: _Worker, metrics: MetricsDirectory) -> None:
+        worker.process.join()
+        worker.channel.close()
+        metrics.worker_exited(worker.pid)
+        del self._workers[worker.number]
+
+
+def _signal(worker: _Worker, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it has just exited
+        os.kill(worker.pid, signum)
+
+
+def _bind(options: ServeOptions) -> socket.socket | None:
+    """The listening socket every worker accepts on; None (logged) when the address cannot be bound."""
+    family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((options.host, options.port))
+        sock.listen(2048)  # connections made while the workers start wait here
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", options.host, options.port, exc)
+        sock.close()
+        return None
+    sock.set_inheritable(True)
+    return sock
+
+
+class _SignalPipe:
+    """SIGTERM and SIGINT as bytes on a socket, so one `wait` hears signals, worker exits and messages alike."""
+
+    def __enter__(self) -> _SignalPipe:
+        self.reader, self._writer = socket.socketpair()
+        for end in (self.reader, self._writer):
+            end.setblocking(False)
+        self._previous = {signum: signal.signal(signum, _ignore) for signum in _SIGNALS}
+        self._previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        return self
+
+    def read(self) -> list[int]:
+        """The signals received since the last read."""
+        try:
+            return [byte for byte in self.reader.recv(64) if byte in _SIGNALS]
+        except BlockingIOError:
+            return []
+
+    def __exit__(self, *exc_info: object) -> None:
+        signal.set_wakeup_fd(self._previous_fd)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self.reader.close()
+        self._writer.close()
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """The handler itself does nothing: the wake-up byte on the socket is what the supervisor reads."""

@@ -1,0 +1,278 @@
+"""`openfusion serve --workers N`: several processes on one port, supervised, adding up to one server.
+
+Which worker accepts a connection is the kernel's choice; to put a request on a given worker, the
+others are stopped (SIGSTOP) while it connects (`Served.only`), and the `worker` field of each
+`request finished` log line shows who served it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from e2e.processes import HI, alive, fusion, metric, provider_config, serve
+from fakes.upstream import FakeUpstream, Script, wait_until
+
+pytestmark = pytest.mark.e2e
+
+FUSION_OK = {"route": "fusion/trio", "status": "ok"}
+
+
+def _activity_rows(path: Path) -> list[tuple[str, str | None]]:
+    if not path.exists():
+        return []
+    with sqlite3.connect(path) as conn:
+        try:
+            return conn.execute("SELECT status, failure_reason FROM generations").fetchall()
+        except sqlite3.OperationalError:  # not migrated yet
+            return []
+
+
+def _metrics_dirs(base: Path) -> list[Path]:
+    return sorted(base.glob("openfusion-metrics-*"))
+
+
+def test_two_workers_add_up_to_one_server(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path
+) -> None:
+    """Requests served by either worker: one count in /metrics (whichever worker answers), every record kept."""
+    _, upstream_url = fake_upstream
+    activity, tmp = tmp_path / "activity.sqlite3", tmp_path / "tmp"
+    tmp.mkdir()
+    config = provider_config(upstream_url, extra=f'[activity]\npath = "{activity}"\n')
+    with serve(config, presets_dir, tmp_path, args=("--workers", "2"), env={"TMPDIR": str(tmp)}) as served:
+        pids = served.wait_serving(2)
+        assert len(set(pids.values())) == 2 and served.process.pid not in pids.values()
+        per_worker = {1: 3, 2: 2}
+        for number, count in per_worker.items():
+            with served.only(pids[number], pids):
+                for _ in range(count):
+                    assert fusion(served.url).status_code == 200
+        assert served.finished_by_worker() == per_worker  # each worker served its share
+        for number in (1, 2, 1, 2):  # every worker's /metrics counts every worker's requests
+            with served.only(pids[number], pids):
+                text = httpx.get(f"{served.url}/metrics", timeout=10).text
+            assert metric(text, "openfusion_requests_total", **FUSION_OK) == 5
+            assert metric(text, "openfusion_upstream_call_seconds_count", role="panel") == 15
+            assert metric(text, "openfusion_requests_in_flight") == 0
+        wait_until(lambda: len(_activity_rows(activity)) == 5, timeout=10)  # both workers wrote to one SQLite file
+        (private,) = _metrics_dirs(tmp)
+        assert any(private.glob("counter_*.db"))
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(timeout=30) == 0
+    assert _metrics_dirs(tmp) == []  # removed at exit
+    assert "Traceback" not in served.log_text()
+
+
+def _in_background(fn: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["response"] = fn()
+        except httpx.HTTPError as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, result
+
+
+def test_a_killed_worker_is_replaced_and_its_requests_leave_the_gauge(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path
+) -> None:
+    """SIGKILL a worker mid-request: its client gets an error at once, a new worker takes its place, and
+    /metrics no longer counts its request in flight (the dead worker's live gauges are forgotten)."""
+    _, upstream_url = fake_upstream
+    upstream.script("slow", Script(delay_s=60))
+    with serve(provider_config(upstream_url), presets_dir, tmp_path, args=("--workers", "2")) as served:
+        pids = served.wait_serving(2)
+        with served.only(pids[1], pids):
+            body = {"model": "fake/slow", "messages": HI}
+            post = lambda: httpx.post(f"{served.url}/v1/chat/completions", json=body, timeout=60)  # noqa: E731
+            thread, result = _in_background(post)
+            wait_until(lambda: len(upstream.calls_for("slow")) == 1, timeout=20)
+        assert metric(httpx.get(f"{served.url}/metrics").text, "openfusion_requests_in_flight") == 1
+        os.kill(pids[1], signal.SIGKILL)
+        thread.join(10)
+        assert not thread.is_alive() and isinstance(result.get("error"), httpx.TransportError), result
+        replaced = served.wait_serving(2, excluding=frozenset({pids[1]}))
+        assert replaced[2] == pids[2] and replaced[1] != pids[1] and not alive(pids[1])
+        for number in (1, 2):
+            with served.only(replaced[number], replaced):
+                text = httpx.get(f"{served.url}/metrics", timeout=10).text
+                assert metric(text, "openfusion_requests_in_flight") == 0
+                assert fusion(served.url).status_code == 200
+        assert served.finished_by_worker() == {1: 1, 2: 1}
+        assert "exited with status -9" in served.log_text()
+
+
+def _request(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as response:
+        result["status"] = response.status_code
+        result["text"] = response.read().decode()
+    return result
+
+
+def test_sigterm_drains_every_worker_with_the_grace_period(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path
+) -> None:
+    """SIGTERM to the supervisor: on each worker, a request that fits the grace period finishes, the rest end
+    with `server_shutting_down` (an error chunk in a stream, a 503 otherwise), and every one is recorded."""
+    _, upstream_url = fake_upstream
+    for model in "abc":
+        upstream.script(model, Script(delay_s=60))
+    upstream.script("slow", Script(delay_s=60))
+    upstream.script("quick", Script(content="Done in time.", delay_s=3))
+    activity = tmp_path / "activity.sqlite3"
+    config = provider_config(upstream_url, grace_s=6, extra=f'[activity]\npath = "{activity}"\n')
+    bodies = [
+        {"model": "fusion", "messages": HI, "stream": True},
+        {"model": "fake/slow", "messages": HI},
+        {"model": "fake/quick", "messages": HI},
+    ]
+    with serve(config, presets_dir, tmp_path, args=("--workers", "2")) as served:
+        pids = served.wait_serving(2)
+        requests = []
+        for number in (1, 2):
+            with served.only(pids[number], pids):
+                for body in bodies:
+                    requests.append(_in_background(lambda body=body: _request(served.url, body)))
+                wait_until(lambda n=number: len(upstream.calls) == n * 5, timeout=20)
+        sent = time.monotonic()
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(timeout=40) == 0
+        stopped = time.monotonic() - sent
+        for thread, _ in requests:
+            thread.join(15)
+        assert not any(alive(pid) for pid in pids.values())
+        with pytest.raises(httpx.TransportError):  # no longer accepting
+            httpx.get(f"{served.url}/healthz", timeout=2)
+    assert 6 <= stopped < 6 + 10, stopped  # the grace period, then a few seconds to end and record
+    results = [result for _, result in requests]
+    assert all("response" in result for result in results), results
+    for stream, plain, quick in (results[:3], results[3:]):
+        assert quick["response"]["status"] == 200 and "Done in time." in quick["response"]["text"]
+        assert plain["response"]["status"] == 503 and "server_shutting_down" in plain["response"]["text"]
+        assert stream["response"]["status"] == 200
+        assert '"code":"server_shutting_down"' in stream["response"]["text"].replace(" ", "")
+        assert stream["response"]["text"].rstrip().endswith("data: [DONE]")
+    assert served.finished_by_worker() == {1: 3, 2: 3}
+    rows = sorted(_activity_rows(activity), key=str)
+    assert rows == sorted([("ok", None)] * 2 + [("error", "server_shutting_down")] * 4, key=str)
+
+
+LIMITED_KEYS = """
+[[keys]]
+name = "rate"
+key_env = "RATE_KEY"
+requests_per_minute = 3
+
+[[keys]]
+name = "solo"
+key_env = "SOLO_KEY"
+max_concurrent_fusion = 1
+"""
+RATE = {"Authorization": "Bearer sk-rate-test"}
+SOLO = {"Authorization": "Bearer sk-solo-test"}
+KEYS_ENV = {"RATE_KEY": "sk-rate-test", "SOLO_KEY": "sk-solo-test"}
+
+
+def test_limits_hold_across_workers_through_redis(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path, redis_prefix: str
+) -> None:
+    """A key's requests per minute and concurrent fusion runs are counted once, whichever worker serves it."""
+    _, upstream_url = fake_upstream
+    for model in "abc":
+        upstream.script(model, Script(delay_s=60))
+    top = f'redis_url = "redis://127.0.0.1:6379/0"\n[limits]\nredis_prefix = "{redis_prefix}"\n'
+    config = provider_config(upstream_url, top=top, extra=LIMITED_KEYS)
+    with serve(config, presets_dir, tmp_path, args=("--workers", "2"), env=KEYS_ENV) as served:
+        pids = served.wait_serving(2)
+        statuses = []
+        for number in (1, 2, 1, 2):
+            with served.only(pids[number], pids):
+                statuses.append(httpx.get(f"{served.url}/v1/models", headers=RATE, timeout=10).status_code)
+        assert statuses == [200, 200, 200, 429]
+        with served.only(pids[1], pids):
+            thread, _ = _in_background(lambda: fusion(served.url, headers=SOLO))
+            wait_until(lambda: len(upstream.calls) == 3, timeout=20)
+        with served.only(pids[2], pids):
+            refused = fusion(served.url, headers=SOLO)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "concurrency_limited"
+        os.killpg(served.process.pid, signal.SIGKILL)
+        thread.join(10)
+
+
+def test_several_workers_without_redis_refuse_per_key_limits(presets_dir: Path, tmp_path: Path) -> None:
+    """In-process counters would let each worker admit a key's whole limit: start-up says so and stops."""
+    config = tmp_path / "openfusion.toml"
+    config.write_text(f"builtin_providers = false\n{LIMITED_KEYS}")
+    command = [str(Path(sys.executable).parent / "openfusion"), "serve", "--config", str(config),
+               "--workers", "3", "--port", "1"]  # fmt: skip
+    done = subprocess.run(command, env={**os.environ, **KEYS_ENV}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "workers = 3 needs Redis" in done.stderr
+    assert "key 'rate' requests_per_minute, key 'solo' max_concurrent_fusion" in done.stderr
+    assert "sk-rate-test" not in done.stderr + done.stdout
+
+
+def test_workers_stop_by_themselves_when_their_supervisor_is_killed(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path
+) -> None:
+    """SIGKILL to the supervisor alone: its workers notice, run their grace period and exit, freeing the port."""
+    _, upstream_url = fake_upstream
+    with serve(provider_config(upstream_url, grace_s=1), presets_dir, tmp_path, args=("--workers", "2")) as served:
+        pids = served.wait_serving(2)
+        served.process.kill()
+        served.process.wait(timeout=10)
+        wait_until(lambda: not any(alive(pid) for pid in pids.values()), timeout=30)
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{served.url}/healthz", timeout=2)
+    assert served.log_text().count("Application shutdown complete.") == 2  # a graceful stop, not a kill
+
+
+def test_each_server_counts_in_its_own_metrics_directory(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path
+) -> None:
+    """Two servers on one host, even given one PROMETHEUS_MULTIPROC_DIR, never add up each other's requests;
+    a directory left by a server that was killed is removed at the next start."""
+    _, upstream_url = fake_upstream
+    tmp, shared = tmp_path / "tmp", tmp_path / "shared"
+    tmp.mkdir()
+    shared.mkdir()
+    stale = tmp / f"openfusion-metrics-{_dead_pid()}-left"
+    stale.mkdir()
+    (stale / "counter_1.db").write_bytes(b"\0" * 16)
+    env = {"TMPDIR": str(tmp), "PROMETHEUS_MULTIPROC_DIR": str(shared)}
+    config = provider_config(upstream_url)
+    with (
+        serve(config, presets_dir, tmp_path / "a", args=("--workers", "2"), env=env) as first,
+        serve(config, presets_dir, tmp_path / "b", args=("--workers", "2"), env=env) as second,
+    ):
+        first.wait_serving(2)
+        second.wait_serving(2)
+        for _ in range(2):
+            assert fusion(first.url).status_code == 200
+        assert fusion(second.url).status_code == 200
+        assert metric(httpx.get(f"{first.url}/metrics").text, "openfusion_requests_total", **FUSION_OK) == 2
+        assert metric(httpx.get(f"{second.url}/metrics").text, "openfusion_requests_total", **FUSION_OK) == 1
+        assert not stale.exists() and len(_metrics_dirs(tmp)) == 2
+    assert list(shared.iterdir()) == []
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
