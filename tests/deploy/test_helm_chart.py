@@ -143,6 +143,14 @@ def test_termination_grace_outlasts_the_prestop_sleep_and_openfusions_own_grace(
     assert termination_s == expected
 
 
+def test_pods_run_the_workers_the_values_say_not_the_images_auto(helm: Helm) -> None:
+    """The image alone runs one worker per CPU of the node (no CPU limit by default): the chart says 1."""
+    assert helm.template().env()["OPENFUSION_WORKERS"]["value"] == "1"
+    manifests = helm.template(settings={"workers": "auto", "resources.limits.cpu": "2"})
+    assert manifests.env()["OPENFUSION_WORKERS"]["value"] == "auto"
+    assert helm.template(settings={"workers": 3}).env()["OPENFUSION_WORKERS"]["value"] == "3"
+
+
 def test_secrets_reach_the_pod_by_reference_only(helm: Helm) -> None:
     manifests = helm.template("gateway")
     env = manifests.env()

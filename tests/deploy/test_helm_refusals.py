@@ -97,6 +97,11 @@ def test_shutdown_grace_set_behind_the_charts_back_is_refused(helm: Helm) -> Non
     assert "env sets OPENFUSION_SHUTDOWN_GRACE_S" in message
 
 
+def test_workers_set_behind_the_charts_back_is_refused(helm: Helm) -> None:
+    message = helm.refusal(settings={"env": {"OPENFUSION_WORKERS": "4"}})
+    assert "env sets OPENFUSION_WORKERS: set workers instead" in message
+
+
 def test_a_disruption_budget_with_both_bounds_is_refused(helm: Helm) -> None:
     message = helm.refusal(settings={"podDisruptionBudget.minAvailable": 1})
     assert "set minAvailable or maxUnavailable, not both" in message
@@ -141,8 +146,13 @@ def test_a_preset_name_openfusion_would_not_load_is_refused(helm: Helm, name: st
         ({"env": {"OPENFUSION-DEFAULT-PRESET": "fast"}}, "env: Does not match pattern"),
         ({"image.digest": "0123abcd"}, "image.digest: Does not match pattern"),
         ({"terminationGracePeriodSeconds": "60"}, "terminationGracePeriodSeconds"),
+        ({"workers": 0}, "workers"),
+        ({"workers": "many"}, "workers"),
     ],
-    ids=["typo", "nested-typo", "case", "type", "sqlite-url", "service-type", "env-name", "digest", "grace-string"],
+    ids=[
+        *("typo", "nested-typo", "case", "type", "sqlite-url", "service-type", "env-name", "digest"),
+        *("grace-string", "no-workers", "workers-word"),
+    ],
 )
 def test_values_the_schema_refuses(helm: Helm, settings: dict[str, object], complaint: str) -> None:
     """A misspelt or mistyped value fails the render instead of being silently ignored."""
