@@ -168,8 +168,19 @@ FAULTS: dict[str, dict[str, Any]] = {
     "drip": {"chunks": ["d", "r", "i", "p"], "chunk_interval_s": 0.1},
 }
 STAGE_MODEL = {"panel": "a", "judge": "judge", "synth": "synth", "passthrough": "plain"}
-# Faults a non-streamed upstream call never sees (the fake only cuts or drips streams).
-STREAM_ONLY = {"cut", "drip"}
+# What the fake records on a call once it has put the fault in its answer; a delay shows instead as the
+# caller hanging up (`disconnected`). Streamed or not, every call sees its fault: a whole answer is cut
+# midway or dripped in pieces too.
+FAULT_RECORDS = {
+    "429": "status 429",
+    "5xx": "status 500",
+    "402": "status 402",
+    "reset": "reset",
+    "malformed": "raw body",
+    "cut": "cut",
+    "drip": "drip",
+}
+SLOW_ONLY = {"drip"}  # slow, but whole: every stage still answers
 
 
 def _expected_panel_code(fault: str) -> str | None:
@@ -177,15 +188,25 @@ def _expected_panel_code(fault: str) -> str | None:
         "timeout": "timeout",
         "hang": "timeout",
         "reset": "upstream_unreachable",
+        "cut": "upstream_unreachable",
         "malformed": "upstream_invalid_response",
     }.get(fault)
+
+
+def _assert_the_fault_happened(upstream: FakeUpstream, model: str, fault: str) -> None:
+    calls = upstream.calls_for(model)
+    assert calls, f"{model} was never called: the fault was not reached"
+    if fault in FAULT_RECORDS:
+        assert {call.fault for call in calls} == {FAULT_RECORDS[fault]}, [call.fault for call in calls]
+    else:  # a delay: the caller gave up waiting (its time limit), every time it asked
+        wait_until(lambda: all(call.disconnected for call in upstream.calls_for(model)))
 
 
 def _check(stage: str, fault: str, stream: bool, response: httpx.Response) -> None:
     if stage == "passthrough":
         _check_passthrough(fault, stream, response)
         return
-    if stage in ("panel", "judge") or fault == "drip":
+    if stage in ("panel", "judge") or fault in SLOW_ONLY:
         assert response.status_code == 200, response.text
         if stream:
             payloads = stream_payloads(response)
@@ -193,17 +214,17 @@ def _check(stage: str, fault: str, stream: bool, response: httpx.Response) -> No
             report = payloads[-2]["fusion"]
         else:
             report = response.json()["fusion"]
-        if stage == "panel" and fault not in STREAM_ONLY:
+        if fault in SLOW_ONLY:
+            assert all(p["status"] == "ok" for p in report["panel"]) and report["judge"]["status"] == "ok"
+        elif stage == "panel":
             failed = report["panel"][0]
             assert failed["status"] == "error", failed
             assert failed["error"].get("status_code") == FAULTS[fault].get("status")
             if _expected_panel_code(fault):
                 assert failed["error"]["code"] == _expected_panel_code(fault)
-        elif stage == "judge" and fault not in STREAM_ONLY:
+        else:
             assert report["judge"]["status"] == "error"
             assert report["judge"]["failure_reason"] == "judge_upstream_error"
-        else:
-            assert all(p["status"] == "ok" for p in report["panel"]) and report["judge"]["status"] == "ok"
         return
     # The synthesizer failed (it is always streamed upstream, so cut applies here too).
     if stream:
@@ -243,8 +264,14 @@ def _check_passthrough(fault: str, stream: bool, response: httpx.Response) -> No
         assert response.status_code == 200 and response.content == b"{not json"  # verbatim, as the provider sent it
     elif fault == "cut" and stream:
         assert response.status_code == 200 and '"finish_reason":"error"' in response.text
+    elif fault == "cut":  # read whole before relaying: a body cut short is retried, then a 502
+        assert response.status_code == 502 and response.json()["error"]["code"] == "upstream_unreachable"
+    elif stream:  # dripped: relayed whole
+        assert response.status_code == 200 and "".join(
+            p["choices"][0]["delta"].get("content") or "" for p in stream_payloads(response)[:-1] if p["choices"]
+        ) == "drip"
     else:
-        assert response.status_code == 200
+        assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"] == "drip"
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
@@ -266,9 +293,10 @@ def test_fault_matrix(upstream: FakeUpstream, start_probed_server: Any, stage: s
             response = httpx.post(
                 f"{url}{CHAT}", json={"model": "fake/plain", "messages": HI, "stream": stream}, timeout=20
             )
-        else:
-            response = fusion(url, stream=stream, **FAST_LIMITS)
+        else:  # a drip is slow by design: the stage limits are left at their defaults for it
+            response = fusion(url, stream=stream, **({} if fault in SLOW_ONLY else FAST_LIMITS))
         assert time.monotonic() - started < 15  # bounded: no fault may hang the request
+        _assert_the_fault_happened(upstream, STAGE_MODEL[stage], fault)
         _check(stage, fault, stream, response)
         # Nothing is left behind: no task of ours on the server loop, no upstream call still open.
         wait_until(lambda: not [n for n in probe.task_names() if n.startswith(OUR_TASKS)])

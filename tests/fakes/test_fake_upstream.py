@@ -263,3 +263,31 @@ def test_reject_response_format(fake: FakeUpstream, sdk: openai.OpenAI) -> None:
     assert "json_schema" in err.value.message
     resp = sdk.chat.completions.create(model="m", messages=MESSAGES, response_format={"type": "json_object"})
     assert resp.choices[0].message.content == "Answer from m."
+
+
+def test_a_whole_answer_can_be_cut_midway(fake: FakeUpstream, http: httpx.Client) -> None:
+    fake.script("m", Script(content="partial", cut_stream_after=1))
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        http.post("/chat/completions", json={"model": "m", "messages": MESSAGES})
+
+    assert fake.calls_for("m")[0].fault == "cut"
+
+
+def test_a_whole_answer_can_drip(fake: FakeUpstream, http: httpx.Client) -> None:
+    fake.script("m", Script(chunks=["d", "r", "i", "p"], chunk_interval_s=0.05))
+
+    started = time.monotonic()
+    body = http.post("/chat/completions", json={"model": "m", "messages": MESSAGES}).json()
+
+    assert body["choices"][0]["message"]["content"] == "drip"
+    assert fake.calls_for("m")[0].fault == "drip"  # sent in pieces, the pauses between them taken
+    assert time.monotonic() - started >= 0.15
+
+
+def test_the_fault_put_in_an_answer_is_recorded(fake: FakeUpstream, http: httpx.Client) -> None:
+    for model, script in [("s", Script(status=429)), ("r", Script(raw_body=b"{not json")), ("p", Script())]:
+        fake.script(model, script)
+        http.post("/chat/completions", json={"model": model, "messages": MESSAGES})
+
+    assert [(c.model, c.fault) for c in fake.calls] == [("s", "status 429"), ("r", "raw body"), ("p", None)]

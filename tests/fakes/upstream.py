@@ -41,7 +41,7 @@ class Script:
     chunks: list[str] | None = None
     delay_s: float = 0.0
     headers_first: bool = True
-    chunk_interval_s: float = 0.0
+    chunk_interval_s: float = 0.0  # between streamed chunks; a whole answer is then sent in dribs too
     status: int = 200
     error_message: str | None = None
     retry_after: str | None = None
@@ -51,7 +51,7 @@ class Script:
     finish_reason: str = "stop"
     tool_calls: list[dict[str, Any]] | None = None
     raw_body: bytes | None = None
-    cut_stream_after: int | None = None
+    cut_stream_after: int | None = None  # streams: drop after this many content chunks; a whole answer: midway
     # Streams: end cleanly (no reset) after this many content chunks, with no finish_reason and no [DONE].
     end_stream_after: int | None = None
     # Streams: after the content chunks, this object as a mid-stream error event (`data: {"error": …}`), then a
@@ -82,6 +82,9 @@ class Call:
     ended_early: bool = False  # a stream the fake ended cleanly before its finish_reason, as scripted
     path: str = "/v1/chat/completions"
     trickled: int = 0  # filler pieces sent (spaces or SSE comments), as scripted by `trickle_s`
+    # The fault the fake put in this answer, once it did: "status 429", "reset", "raw body", "cut", "drip".
+    # (A delay shows as `disconnected` when the caller gave up waiting.)
+    fault: str | None = None
 
 
 class _StreamCut(Exception):
@@ -268,6 +271,7 @@ class FakeUpstream:
             return Response(status_code=204)  # nobody is listening any more
 
         if script.reset:
+            call.fault = "reset"
             return _ClosingStreamingResponse(_reset_body(call), media_type="application/json")
         refused = sorted(name for name in script.reject_parameters or () if body.get(name) is not None)
         if refused:  # OpenAI's words for a reasoning model given a temperature
@@ -278,9 +282,11 @@ class FakeUpstream:
             message = f"response_format type '{fmt}': Input should be 'text' or 'json_object'"
             return _error(script.reject_status, message, background=done)
         if script.raw_body is not None:
+            call.fault = "raw body"
             media = "text/event-stream" if call.stream else "application/json"
             return Response(script.raw_body, script.status, media_type=media, background=done)
         if script.status != 200:
+            call.fault = f"status {script.status}"
             headers = {"retry-after": script.retry_after} if script.retry_after else None
             message = script.error_message or f"Fake upstream error {script.status} for {model}"
             return _error(script.status, message, headers, background=done)
@@ -289,6 +295,9 @@ class FakeUpstream:
         if not streaming and script.trickle_s is not None:
             trickle = _trickle(request, call, b" ", script.trickle_s)
             return _ClosingStreamingResponse(trickle, media_type="application/json")
+        if not streaming and (script.cut_stream_after is not None or script.chunk_interval_s):
+            body_pieces = _completion_pieces(request, call, script, orjson.dumps(reply.completion()))
+            return _ClosingStreamingResponse(body_pieces, media_type="application/json")
         if not streaming:
             return _json(reply.completion(), background=done)
         include_usage = script.stream_usage and bool((body.get("stream_options") or {}).get("include_usage"))
@@ -350,6 +359,27 @@ async def _trickle(request: Request, call: Call, filler: bytes, interval_s: floa
         _finish(call, disconnected=True)
 
 
+async def _completion_pieces(request: Request, call: Call, script: Script, body: bytes) -> AsyncIterator[bytes]:
+    """A whole answer in pieces: cut off midway (`cut_stream_after`), or dripped (`chunk_interval_s` apart)."""
+    disconnected = True  # unless we reach the end or cut on purpose
+    try:
+        if script.cut_stream_after is not None:
+            yield body[: len(body) // 2]
+            call.fault, disconnected = "cut", False
+            raise _StreamCut("body cut midway")
+        count = len(script.chunks or ()) or 4
+        size = -(-len(body) // count)
+        for n in range(0, len(body), size):
+            if n:
+                if await _pause(request, script.chunk_interval_s):
+                    return
+                call.fault = "drip"
+            yield body[n : n + size]
+        disconnected = False
+    finally:
+        _finish(call, disconnected)
+
+
 async def _reset_body(call: Call) -> AsyncIterator[bytes]:
     """A body that breaks off before its first byte (uvicorn then drops the connection)."""
     _finish(call)
@@ -380,9 +410,11 @@ async def _stream_events(
         for n, piece in enumerate(pieces if cut is None else pieces[:cut]):
             if n and await _pause(request, script.chunk_interval_s):
                 return
+            if n and script.chunk_interval_s:
+                call.fault = "drip"
             yield event({"content": piece})
         if script.cut_stream_after is not None:
-            disconnected = False
+            call.fault, disconnected = "cut", False
             raise _StreamCut(f"stream cut after {cut} content chunks")
         if script.trickle_s is not None:
             async for filler in _trickle(request, call, b": keep-alive\n\n", script.trickle_s):
