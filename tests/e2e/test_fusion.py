@@ -176,6 +176,17 @@ def test_streamed_deltas_are_relayed_one_by_one(upstream: FakeUpstream, server: 
     assert lines[0][1] == ": OPENFUSION PROCESSING"
 
 
+def test_keepalives_come_every_two_seconds_by_default(upstream: FakeUpstream, server: str) -> None:
+    upstream.script("a", Script(delay_s=5.5))  # the one long wait of the run
+
+    lines = sse_events(server, {"model": "fusion/trio", "messages": [{"role": "user", "content": "Why?"}]})
+
+    keepalives = [at for at, line in lines[1:] if line == ": OPENFUSION PROCESSING"]  # after the first, at once
+    # Timers fire late under load, never early: at least two in 5.5 s, and never closer than a 2 s interval allows.
+    assert len(keepalives) >= 2
+    assert min(later - earlier for earlier, later in itertools.pairwise(keepalives)) > 1.5
+
+
 def test_stream_through_the_sdk_carries_usage_and_fusion(upstream: FakeUpstream, server: str) -> None:
     upstream.script("synth", Script(chunks=["one ", "two ", "three"]))
 

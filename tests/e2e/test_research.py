@@ -120,6 +120,32 @@ def test_a_panelist_searches_fetches_and_cites(upstream: FakeUpstream, start_ser
     assert content[citation["start_index"] : citation["end_index"]] == f"{site}/article"
 
 
+def test_a_streamed_answer_gets_its_citations_in_a_chunk_before_the_last(
+    upstream: FakeUpstream, start_server: Any, site: str
+) -> None:
+    upstream.script(
+        "a",
+        Script(tool_calls=[call("web_fetch", url=f"{site}/article")]),
+        Script(content=f"Curtailment fell by a third ({site}/article)."),
+    )
+    upstream.script("synth", Script(chunks=["It fell by a third, ", f"per {site}/article", "."]))
+    body = {"model": "fusion/trio", "messages": HI, "stream": True}
+
+    with start_server(**research_settings(site)) as url:
+        response = httpx.post(f"{url}{CHAT}", json=body, timeout=30)
+
+    payloads = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: {")]
+    content = "".join(p["choices"][0]["delta"].get("content") or "" for p in payloads if p["choices"])
+    annotated = [p for p in payloads if p["choices"] and p["choices"][0]["delta"].get("annotations")]
+    assert annotated == [payloads[-2]]  # one chunk, right before the last (usage and fusion)
+    [annotation] = payloads[-2]["choices"][0]["delta"]["annotations"]
+    assert annotation["type"] == "url_citation"
+    citation = annotation["url_citation"]
+    assert citation["url"] == f"{site}/article" and citation["title"]
+    assert content[citation["start_index"] : citation["end_index"]] == f"{site}/article"
+    assert payloads[-1]["choices"] == [] and "fusion" in payloads[-1]
+
+
 def test_the_tool_call_cap_ends_research_with_a_final_answer(
     upstream: FakeUpstream, start_server: Any, site: str
 ) -> None:

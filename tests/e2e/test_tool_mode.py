@@ -7,8 +7,10 @@ from typing import Any
 
 import httpx
 import openai
+import pytest
 
 from fakes.upstream import FakeUpstream, Script
+from openfusion.pipeline.tool_mode import MAX_OUTER_CALLS
 
 from .conftest import ANALYSIS
 
@@ -146,6 +148,71 @@ def test_a_failed_panel_is_a_tool_error_not_an_http_error(upstream: FakeUpstream
     assert result["status"] == "error" and result["failure_reason"] == "rate_limited"
     assert response.choices[0].message.content == "From my own knowledge."
     assert response.model_extra["fusion"]["status"] == "error"
+
+
+def test_the_tool_result_lists_failed_models_and_sources(
+    upstream: FakeUpstream, fake_upstream: tuple[FakeUpstream, str], start_server: Any
+) -> None:
+    page = f"{fake_upstream[1]}/v1/models"  # a page the panelist reads (any loopback URL will do)
+    upstream.script("outer", Script(tool_calls=[call("fusion", prompt="q")]), Script(content="Done."))
+    upstream.script("a", Script(tool_calls=[call("web_fetch", url=page)]), Script(content="From a."))
+    upstream.script("b", Script(status=429, retry_after="0", error_message="slow down"))
+    upstream.script("c", Script(delay_s=30))
+    tool = fusion_tool(analysis_models=["fake/a", "fake/b", "fake/c"], tools=["web_fetch"], panel_timeout_s=1)
+
+    with start_server(research={"fetch": {"allow_private": ["127.0.0.0/8"]}}) as url:
+        response = ask(url, tools=[tool])
+
+    [result] = tool_results(upstream)
+    assert result["status"] == "ok"  # two failed, one answered
+    assert result["failed_models"] == [
+        {"model": "fake/b", "error": result["failed_models"][0]["error"], "status_code": 429},
+        {"model": "fake/c", "error": result["failed_models"][1]["error"]},  # a timeout has no HTTP status
+    ]
+    assert "slow down" in result["failed_models"][0]["error"]
+    assert "panel_timeout_s" in result["failed_models"][1]["error"]
+    assert [s["url"] for s in result["sources"]] == [page]
+    assert [s["url"] for s in response.model_extra["fusion"]["sources"]] == [page]
+
+
+def test_the_tool_result_has_no_failed_models_when_none_failed(upstream: FakeUpstream, server: str) -> None:
+    upstream.script("outer", Script(tool_calls=[call("fusion", prompt="q")]), Script(content="Done."))
+
+    ask(server, tools=[fusion_tool()])
+
+    [result] = tool_results(upstream)
+    assert "failed_models" not in result and result["sources"] == []
+
+
+def test_a_failed_judge_leaves_the_analysis_out_of_the_tool_result(upstream: FakeUpstream, server: str) -> None:
+    upstream.script("outer", Script(tool_calls=[call("fusion", prompt="q")]), Script(content="Done."))
+    upstream.script("judge", Script(status=400, error_message="bad judge"))
+
+    response = ask(server, tools=[fusion_tool()])
+
+    [result] = tool_results(upstream)
+    assert len(upstream.calls_for("judge")) == 1  # the fault happened
+    assert result["status"] == "ok" and "analysis" not in result  # degraded, as OpenRouter's analyst does
+    assert [r["model"] for r in result["responses"]] == ["fake/a", "fake/b"]
+    assert response.model_extra["fusion"]["judge"]["failure_reason"] == "judge_upstream_error"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_the_last_outer_call_may_call_no_tool(upstream: FakeUpstream, server: str, stream: bool) -> None:
+    # A model that calls fusion every time: fusion runs once, and the last allowed call is told to answer.
+    upstream.script("outer", Script(content="Thinking.", tool_calls=[call("fusion", prompt="q")]))
+
+    result = ask(server, tools=[WEATHER, fusion_tool()], stream=stream)
+
+    calls = upstream.calls_for("outer")
+    assert len(calls) == MAX_OUTER_CALLS
+    assert [c.body.get("tool_choice") for c in calls] == [None] * (MAX_OUTER_CALLS - 1) + ["none"]
+    assert all({t["function"]["name"] for t in c.body["tools"]} == {"get_weather", "fusion"} for c in calls)
+    assert len(upstream.calls_for("a")) == 1  # fusion itself ran once; the other calls were capped
+    if stream:
+        assert not [c for c in result if c.choices and c.choices[0].delta.tool_calls]
+    else:
+        assert result.choices[0].message.tool_calls is None  # fusion's own call never reaches the client
 
 
 def test_streaming_relays_the_outer_answer_with_keepalives(upstream: FakeUpstream, start_server: Any) -> None:

@@ -53,6 +53,7 @@ def test_defaults_without_a_file() -> None:
     assert settings.retry.max_attempts == 3
     assert settings.retry.max_retry_after_s == 20.0
     assert settings.http.transport == "aiohttp"
+    assert settings.keepalive_interval_s == 2.0  # a stream's keep-alive comment every 2 s (README, Streaming)
 
 
 def test_load_from_toml(tmp_path: Path) -> None:
