@@ -3,7 +3,7 @@ error is OpenAI-shaped — in the body before the first byte, or as an error chu
 
 Requests are drawn over the whole request schema (tests/e2e/strategies.py). The fast suite runs a fixed,
 derandomized set of examples with no example database, so CI sees the same requests every run; set
-OPENFUSION_FUZZ=deep for a long random run (thousands of examples, new ones each time).
+FUZZ_PROFILE=deep for a long random run (thousands of examples, new ones each time).
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ settings.register_profile(
     "fuzz-deep", max_examples=4000, database=None, deadline=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )  # fmt: skip
-PROFILE = "fuzz-deep" if os.environ.get("OPENFUSION_FUZZ") == "deep" else "fuzz-fast"
+# Not an OPENFUSION_ variable: those are settings, and the tests clear them.
+PROFILE = "fuzz-deep" if os.environ.get("FUZZ_PROFILE") == "deep" else "fuzz-fast"
 
 
 class ErrorLog(logging.Handler):
