@@ -23,6 +23,8 @@ from openfusion.api import activity, chat, health, metrics, models
 from openfusion.api.access import install_access
 from openfusion.api.deps import AppState
 from openfusion.api.handlers import install as install_error_handlers
+from openfusion.api.messages import errors as messages_errors
+from openfusion.api.messages import route as messages
 from openfusion.api.responses import route as responses
 from openfusion.api.responses.keeper import ResponseKeeper
 from openfusion.api.shutdown import Drain
@@ -151,8 +153,9 @@ def create_app(
     )
     app.state.drain = drain
     app.state.settings = settings  # the server's own options (`[server]`) are read from here by whoever serves it
-    install_error_handlers(app)
+    install_error_handlers(app, dialects=[messages_errors.ERRORS])
     install_access(app, access, cors=access_config.cors)
-    for router in (chat.router, responses.router, models.router, health.router, activity.router, metrics.router):
+    surfaces = (chat.router, responses.router, messages.router)
+    for router in (*surfaces, models.router, health.router, activity.router, metrics.router):
         app.include_router(router)
     return app

@@ -22,8 +22,7 @@ from openfusion.access.limiter import Slot
 from openfusion.access.scope import check_scope, requested_models
 from openfusion.access.spend import SpendSource
 from openfusion.api.browser import BrowserGuard, is_activity_page
-from openfusion.api.browser import route_path as _route_path
-from openfusion.api.handlers import error_response
+from openfusion.api.handlers import error_response, route_path
 from openfusion.errors import OpenFusionError
 from openfusion.pipeline.plan import FusionPlan
 from openfusion.pipeline.reach import Reach
@@ -65,7 +64,7 @@ class AccessMiddleware:
         self.access = access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or _route_path(scope) in OPEN_PATHS:
+        if scope["type"] not in ("http", "websocket") or route_path(scope) in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         try:
@@ -145,31 +144,35 @@ def install_access(app: FastAPI, access: AccessControl, *, cors: CorsConfig) -> 
 
 
 def _presented_key(scope: Scope) -> str | None:
-    """The key from `Authorization: Bearer <key>`, or, on the /activity pages only, the password of Basic auth.
+    """The key from `Authorization: Bearer <key>`, `x-api-key`, or, on the /activity pages only, Basic auth's password.
 
     A browser replays Basic credentials it has cached to any page's request here; on the API they
-    would let another site's page spend on the user's key.
+    would let another site's page spend on the user's key. `x-api-key` is how Anthropic's clients
+    (Claude Code among them) send their key; `Authorization` wins when both are sent.
     """
+    api_key: str | None = None
     for name, value in scope["headers"]:
-        if name == b"authorization":
+        if name == b"x-api-key":
+            api_key = value.decode("latin-1").strip() or None
+        elif name == b"authorization":
             scheme, _, credentials = value.decode("latin-1").strip().partition(" ")
             credentials = credentials.strip()
             if scheme.lower() == "bearer":
                 return credentials or None
-            if scheme.lower() == "basic" and is_activity_page(_route_path(scope)):
+            if scheme.lower() == "basic" and is_activity_page(route_path(scope)):
                 try:
                     decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
                 except (binascii.Error, UnicodeDecodeError):
                     return None
                 return decoded.partition(":")[2] or None
             return None
-    return None
+    return api_key
 
 
 def _render(error: OpenFusionError, scope: Scope) -> Response:
-    response = error_response(error)
+    response = error_response(error, scope)
     if isinstance(error, AuthenticationFailed):
         # Basic lets a person open the /activity pages in a browser with the key as password.
-        scheme = "Basic" if is_activity_page(_route_path(scope)) else "Bearer"
+        scheme = "Basic" if is_activity_page(route_path(scope)) else "Bearer"
         response.headers["WWW-Authenticate"] = f'{scheme} realm="openfusion"'
     return response

@@ -17,21 +17,12 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openfusion.access.config import CorsConfig
-from openfusion.api.handlers import error_response
+from openfusion.api.handlers import error_response, route_path
 from openfusion.errors import CrossSiteRequest, OpenFusionError, UnsupportedMediaType
 
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 _OTHER_SITE = frozenset({"cross-site", "same-site"})
 _SAFETY_HEADERS = [(b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff")]
-
-
-def route_path(scope: Scope) -> str:
-    """The path the routes see: without the `root_path` a reverse proxy mounted the app under."""
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    if root and path.startswith(root):
-        return path[len(root) :] or "/"
-    return path
 
 
 def is_activity_page(path: str) -> bool:
@@ -63,7 +54,7 @@ class BrowserGuard:
 
         refusal = self._refusal(scope)
         if refusal is not None:
-            await error_response(refusal)(scope, receive, private)
+            await error_response(refusal, scope)(scope, receive, private)
             return
         await self.app(scope, receive, private)
 

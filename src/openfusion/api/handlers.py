@@ -1,64 +1,112 @@
-"""The one place where exceptions become HTTP responses, always in OpenAI's error format."""
+"""The one place where exceptions become HTTP responses: OpenAI's error format, or a surface's own.
+
+A surface whose clients expect another error shape (Anthropic Messages) declares an `ErrorDialect`
+for its paths; every error answered on those paths — from a route, the access middleware, a 404 of
+the router — is then written in that shape, with the same status and headers.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.types import Scope
 
 from openfusion.errors import InvalidRequest, OpenFusionError, invalid_request_from
 
 log = logging.getLogger("openfusion")
 
 
-def error_response(error: OpenFusionError) -> Response:
-    """Render an openfusion error as an OpenAI-format JSON response (with Retry-After when it has one)."""
+def openai_error_body(error: OpenFusionError) -> dict[str, Any]:
+    """OpenAI's (and OpenRouter's) error body: `{"error": {message, type, param, code, metadata}}`."""
+    return {"error": error.to_body()}
+
+
+@dataclass(frozen=True)
+class ErrorDialect:
+    """The error body of the routes under some paths (OpenAI's everywhere else)."""
+
+    paths: tuple[str, ...]  # route paths; their sub-paths too
+    body: Callable[[OpenFusionError], dict[str, Any]]
+
+    def covers(self, path: str) -> bool:
+        """Whether a route path is one of this dialect's paths or under one."""
+        return any(path == p or path.startswith(p + "/") for p in self.paths)
+
+
+def error_response(error: OpenFusionError, scope: Scope | None = None) -> Response:
+    """Render an openfusion error as JSON in the shape of the request's path (with Retry-After when it has one)."""
     headers = {}
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))  # never sooner than asked
     return Response(
-        orjson.dumps({"error": error.to_body()}),
+        orjson.dumps(error_body_for(scope)(error)),
         status_code=error.status_code,
         media_type="application/json",
         headers=headers,
     )
 
 
-async def _openfusion_error(_: Request, exc: Exception) -> Response:
+def error_body_for(scope: Scope | None) -> Callable[[OpenFusionError], dict[str, Any]]:
+    """The error body writer of a request's path: its surface's dialect, else OpenAI's."""
+    app = scope.get("app") if scope is not None else None
+    dialects: tuple[ErrorDialect, ...] = getattr(getattr(app, "state", None), "error_dialects", ())
+    if dialects and scope is not None:
+        path = route_path(scope)
+        for dialect in dialects:
+            if dialect.covers(path):
+                return dialect.body
+    return openai_error_body
+
+
+def route_path(scope: Scope) -> str:
+    """The path the routes see: without the `root_path` a reverse proxy mounted the app under."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
+
+
+async def _openfusion_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, OpenFusionError)
     if exc.status_code >= 500:
         log.warning("request failed: %s", exc.message)
-    return error_response(exc)
+    return error_response(exc, request.scope)
 
 
-async def _validation_error(_: Request, exc: Exception) -> Response:
+async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    return error_response(invalid_request_from(exc))
+    return error_response(invalid_request_from(exc), request.scope)
 
 
-async def _http_error(_: Request, exc: Exception) -> Response:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     error = OpenFusionError(str(exc.detail))
     error.status_code = exc.status_code
     error.error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
     error.code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-    response = error_response(error)
+    response = error_response(error, request.scope)
     response.headers.update(exc.headers or {})  # e.g. a 405's Allow
     return response
 
 
-async def _unexpected_error(_: Request, exc: Exception) -> Response:
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error", exc_info=exc)
-    return error_response(OpenFusionError("Internal server error.", code="internal_error"))
+    return error_response(OpenFusionError("Internal server error.", code="internal_error"), request.scope)
 
 
-def install(app: FastAPI) -> None:
-    """Register every exception handler on the app."""
+def install(app: FastAPI, *, dialects: Iterable[ErrorDialect] = ()) -> None:
+    """Register every exception handler on the app, and the error dialects of its surfaces."""
+    app.state.error_dialects = tuple(dialects)
     app.add_exception_handler(OpenFusionError, _openfusion_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)

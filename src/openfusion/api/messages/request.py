@@ -1,0 +1,187 @@
+"""An Anthropic Messages request, validated, and translated into the internal chat request.
+
+`system` becomes a system message, content blocks chat content (tool_use blocks tool calls,
+tool_result blocks tool messages, images image parts), `tools` chat function tools, `tool_choice`
+its chat form, `stop_sequences` `stop`, `max_tokens` `max_completion_tokens`, `thinking` a
+`reasoning` object, `metadata.user_id` `user`. Fields openfusion cannot use (`cache_control`,
+`output_config`, `context_management`, `container`, `service_tier`, …) are accepted and ignored; a
+wrong type is a 400 naming the parameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from openfusion.api.messages.conversation import chat_messages
+from openfusion.errors import InvalidRequest, invalid_request_from
+from openfusion.pipeline.plan import FUSION_TOOL_TYPES
+from openfusion.protocol import NAME_ERROR, ChatRequest, ModelSlug, PlainName, WireModel, plain_name
+
+_MAX_STOPS = 4  # what chat providers take (OpenAI refuses more)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class _Thinking(_Strict):
+    type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: int | None = Field(default=None, ge=1)
+    display: str | None = None
+
+
+class _Metadata(_Strict):
+    user_id: PlainName | None = Field(default=None, max_length=512)
+
+
+class MessagesRequest(WireModel):
+    """A `POST /v1/messages` body, validated as far as openfusion needs it."""
+
+    model: ModelSlug
+    max_tokens: int = Field(ge=1)
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    system: str | list[dict[str, Any]] | None = None
+    stop_sequences: list[str] | None = None
+    stream: bool = False
+    temperature: float | None = Field(default=None, ge=0, le=1)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+    thinking: _Thinking | None = None
+    metadata: _Metadata | None = None
+    # OpenRouter's fields: the fusion plugin, and fallbacks for pass-through.
+    plugins: list[dict[str, Any]] | None = None
+    models: list[ModelSlug] | None = Field(default=None, max_length=8)
+
+    @property
+    def shows_thinking(self) -> bool:
+        """Whether the answer's reasoning goes out as thinking blocks (asked for, and not to be omitted)."""
+        thinking = self.thinking
+        return thinking is not None and thinking.type != "disabled" and thinking.display != "omitted"
+
+
+@dataclass
+class Translated:
+    """A Messages request as the pipeline sees it: the chat request and its body (for a chat provider)."""
+
+    request: MessagesRequest
+    chat: ChatRequest
+    body: dict[str, Any]  # the chat-completions body, openfusion's own fields included
+    raw: dict[str, Any]  # the request as the client sent it (for a provider that speaks Messages)
+
+
+def parse_request(data: dict[str, Any]) -> MessagesRequest:
+    """The validated request; a wrong type is a 400 naming the parameter."""
+    try:
+        request = MessagesRequest.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_request_from(exc) from None
+    if request.stop_sequences is not None and len(request.stop_sequences) > _MAX_STOPS:
+        raise InvalidRequest(
+            f"Invalid value for 'stop_sequences': at most {_MAX_STOPS} stop sequences are supported.",
+            param="stop_sequences",
+        )
+    return request
+
+
+def translate(request: MessagesRequest, raw: dict[str, Any]) -> Translated:
+    """The internal chat request for a Messages request."""
+    messages = chat_messages(request.system, request.messages)
+    body: dict[str, Any] = {"model": request.model, "messages": messages, "stream": request.stream}
+    body.update(_sampling(request))
+    try:
+        chat = ChatRequest.model_validate(body)
+    except ValidationError as exc:
+        raise invalid_request_from(exc) from None
+    return Translated(request=request, chat=chat, body=body, raw=raw)
+
+
+def _sampling(request: MessagesRequest) -> dict[str, Any]:
+    """Everything but the messages, in chat-completions names."""
+    out: dict[str, Any] = {"max_completion_tokens": request.max_tokens}
+    for name in ("temperature", "top_p", "plugins", "models"):
+        value = getattr(request, name)
+        if value is not None:
+            out[name] = value
+    if request.top_k is not None:
+        out["top_k"] = request.top_k  # not a chat field: only the providers that know it (a pass-through) use it
+    if request.stop_sequences:
+        out["stop"] = request.stop_sequences
+    if request.metadata is not None and request.metadata.user_id:
+        out["user"] = request.metadata.user_id
+    reasoning = _reasoning(request)
+    if reasoning is not None:
+        out["reasoning"] = reasoning
+    if request.tools is not None:
+        tools = [_tool(tool, f"tools[{i}]") for i, tool in enumerate(request.tools)]
+        out["tools"] = [tool for tool in tools if tool is not None]
+    if request.tool_choice is not None:
+        out.update(_tool_choice(request.tool_choice))
+    return out
+
+
+def _reasoning(request: MessagesRequest) -> dict[str, Any] | None:
+    """`thinking` with a budget as a reasoning budget and an effort; adaptive thinking is the model's own call."""
+    thinking = request.thinking
+    if thinking is None or thinking.type != "enabled" or thinking.budget_tokens is None:
+        return None
+    share = thinking.budget_tokens / request.max_tokens
+    effort = "high" if share > 0.6 else "medium" if share > 0.3 else "low"
+    return {"max_tokens": thinking.budget_tokens, "effort": effort}
+
+
+def _tool(tool: Any, param: str) -> dict[str, Any] | None:
+    if not isinstance(tool, dict):
+        raise InvalidRequest(f"Invalid value for '{param}': a tool must be an object.", param=param)
+    kind = tool.get("type")
+    if kind in FUSION_TOOL_TYPES:
+        return tool
+    if kind not in (None, "custom") or tool.get("defer_loading") is True:
+        return None  # Anthropic's own tools (bash_…, web_search_…) and deferred ones: no schema a chat model can use
+    name = tool.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest(f"Missing required parameter: '{param}.name'.", param=f"{param}.name")
+    _check_name(name, f"{param}.name")
+    schema = tool.get("input_schema")
+    if not isinstance(schema, dict):
+        raise InvalidRequest(f"Missing required parameter: '{param}.input_schema'.", param=f"{param}.input_schema")
+    function: dict[str, Any] = {"name": name, "parameters": schema}
+    if isinstance(tool.get("description"), str):
+        function["description"] = tool["description"]
+    return {"type": "function", "function": function}
+
+
+def _tool_choice(choice: dict[str, Any]) -> dict[str, Any]:
+    kind = choice.get("type")
+    out: dict[str, Any] = {}
+    if choice.get("disable_parallel_tool_use") is True:
+        out["parallel_tool_calls"] = False
+    if kind in ("auto", "none"):
+        out["tool_choice"] = kind
+    elif kind == "any":
+        out["tool_choice"] = "required"
+    elif kind == "tool":
+        name = choice.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest("Missing required parameter: 'tool_choice.name'.", param="tool_choice.name")
+        _check_name(name, "tool_choice.name")
+        out["tool_choice"] = {"type": "function", "function": {"name": name}}
+    elif kind in FUSION_TOOL_TYPES:
+        out["tool_choice"] = choice
+    else:
+        raise InvalidRequest(
+            f"Invalid value for 'tool_choice.type': {kind!r} (expected auto, any, tool or none).",
+            param="tool_choice.type",
+        )
+    return out
+
+
+def _check_name(name: str, param: str) -> None:
+    try:
+        plain_name(name)
+    except ValueError:
+        raise InvalidRequest(f"Invalid value for '{param}': {NAME_ERROR}.", param=param) from None

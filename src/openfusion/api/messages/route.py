@@ -1,0 +1,123 @@
+"""POST /v1/messages (and /v1/messages/count_tokens): the Anthropic Messages API for every model."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
+
+from openfusion.api.body import load_json_object, read_body
+from openfusion.api.deps import AppState
+from openfusion.api.disconnect import cancel_on_disconnect
+from openfusion.api.dispatch import Exchange, serve
+from openfusion.api.fusion_response import with_keepalive
+from openfusion.api.ledger import Ledger
+from openfusion.api.messages.request import Translated, parse_request, translate
+from openfusion.api.messages.tokens import estimate_input_tokens
+from openfusion.api.messages.writer import PING, MessageWriter
+from openfusion.api.passthrough import SSE_HEADERS
+from openfusion.api.translated import chat_events
+from openfusion.errors import OpenFusionError
+from openfusion.pipeline.events import Event, RunFinished
+from openfusion.pipeline.plan import plan_fusion
+
+log = logging.getLogger("openfusion")
+
+
+async def create_message(request: Request) -> Response:
+    """Create a message."""
+    state: AppState = request.app.state.openfusion
+    data = load_json_object(await read_body(request, state.settings.max_body_bytes))
+    translated = translate(parse_request(data), data)
+
+    async def render(exchange: Exchange) -> Response:
+        return await _render(exchange, translated)
+
+    return await serve(request, translated.chat, render, api_type="messages")
+
+
+async def count_tokens(request: Request) -> Response:
+    """Count a message's input tokens (an estimate: see `messages.tokens`)."""
+    state: AppState = request.app.state.openfusion
+    data = load_json_object(await read_body(request, state.settings.max_body_bytes))
+    # The same request as /v1/messages, but without max_tokens: nothing is generated.
+    translated = translate(parse_request({"max_tokens": 1, **data}), data)
+    chat = translated.chat
+    plan = plan_fusion(chat, presets=state.presets, default_preset=state.settings.default_preset,
+                       registry=state.registry)  # fmt: skip
+    if plan is None:
+        state.registry.resolve(chat.model)  # 404 for a model nothing serves, as on /v1/messages
+    return Response(orjson.dumps({"input_tokens": estimate_input_tokens(translated.request)}),
+                    media_type="application/json")  # fmt: skip
+
+
+router = APIRouter()
+for _prefix in ("/v1", "/api/v1"):
+    router.add_route(f"{_prefix}/messages", create_message, methods=["POST"], include_in_schema=False)
+    router.add_route(f"{_prefix}/messages/count_tokens", count_tokens, methods=["POST"], include_in_schema=False)
+
+
+async def _render(exchange: Exchange, translated: Translated) -> Response:
+    chat, ledger, state = exchange.chat, exchange.ledger, exchange.state
+    if exchange.plan is not None:
+        events = exchange.fusion_events(stream=chat.stream)
+    else:
+        opening = chat_events(state, chat, translated.body)
+        events = await cancel_on_disconnect(exchange.request, opening, drain=state.drain)
+    writer = MessageWriter(request=translated.request, model=chat.model,
+                           input_tokens=estimate_input_tokens(translated.request))  # fmt: skip
+    if chat.stream:
+        body = ledger.closing(
+            _stream(writer, events, ledger=ledger, keepalive_interval=state.settings.keepalive_interval_s),
+            render_error=lambda error: _encode(writer.fail(error)),  # the end of the grace period
+        )
+        return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
+    result = await cancel_on_disconnect(exchange.request, _complete(writer, events, ledger=ledger), drain=state.drain)
+    return Response(orjson.dumps(result), media_type="application/json")
+
+
+async def _stream(
+    writer: MessageWriter, events: AsyncIterator[Event], *, ledger: Ledger, keepalive_interval: float
+) -> AsyncIterator[bytes]:
+    """The SSE body: `message_start` first, then the run's events, with a `ping` whenever it is silent."""
+    yield _encode(writer.start())
+    try:
+        async for batch in with_keepalive(events, keepalive_interval):
+            out = b"".join([_encode([PING] if event is None else _render_event(writer, event, ledger))
+                            for event in batch])  # fmt: skip
+            if out:
+                yield out
+        if not writer.finished:
+            raise OpenFusionError("The run ended without an answer.", code="internal_error")
+    except OpenFusionError as exc:
+        ledger.failed(exc)
+        yield _encode(writer.fail(exc))
+    except Exception as exc:
+        ledger.failed(exc)
+        log.exception("messages stream failed")
+        yield _encode(writer.fail(OpenFusionError("Internal server error.", code="internal_error")))
+
+
+async def _complete(writer: MessageWriter, events: AsyncIterator[Event], *, ledger: Ledger) -> dict[str, Any]:
+    """The non-streamed body: the message the same events build."""
+    async for event in events:
+        _render_event(writer, event, ledger)
+    if not writer.finished:
+        raise OpenFusionError("The run ended without an answer.", code="internal_error")
+    return writer.snapshot()
+
+
+def _render_event(writer: MessageWriter, event: Event, ledger: Ledger) -> list[dict[str, Any]]:
+    out = writer.render(event)
+    if isinstance(event, RunFinished):
+        ledger.finished(event, finish_reason=writer.finish_reason)
+    return out
+
+
+def _encode(events: list[dict[str, Any]]) -> bytes:
+    """Server-sent events, each with its `event:` line; there is no `[DONE]` in this API."""
+    return b"".join([b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events])
