@@ -227,7 +227,7 @@ def test_errors_before_and_after_routing_are_in_anthropics_shape(
     upstream: FakeUpstream, start: Callable[..., AbstractContextManager[str]]
 ) -> None:
     body = {"model": "fake/solo", "max_tokens": 10, "messages": QUESTION}
-    with contextlib.ExitStack() as stack, start(max_body_bytes=2048, limits={"requests_per_minute": 10}) as url:
+    with contextlib.ExitStack() as stack, start(max_body_bytes=2048, limits={"requests_per_minute": 8}) as url:
         http = stack.enter_context(httpx.Client(base_url=url, timeout=10))
         post = http.post
         no_key = post(MESSAGES, json=body)
