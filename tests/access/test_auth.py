@@ -56,8 +56,9 @@ def api_routes(app: FastAPI) -> list[tuple[str, str]]:
 
 
 def call(url: str, method: str, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
-    # One body every POST route takes: `messages` for Chat Completions, `input` for Responses.
-    body = {**chat_body("fake/a"), "input": "Hi"} if method == "POST" else None
+    # One body every POST route takes: `messages` for Chat Completions, `input` for Responses,
+    # `max_tokens` for Anthropic Messages.
+    body = {**chat_body("fake/a"), "input": "Hi", "max_tokens": 16} if method == "POST" else None
     return httpx.request(method, url + path, json=body, headers=headers, timeout=10)
 
 
@@ -70,7 +71,8 @@ def call(url: str, method: str, path: str, headers: dict[str, str] | None = None
         (bearer("sk-client-on"), "Invalid API key"),
         ({"Authorization": "sk-client-one"}, "Missing API key"),
         ({"Authorization": "Token sk-client-one"}, "Missing API key"),
-        ({"X-Api-Key": "sk-client-one"}, "Missing API key"),
+        ({"X-Api-Key": "sk-client-three"}, "Invalid API key"),
+        ({"X-Api-Key": ""}, "Missing API key"),
         ({"Authorization": "Basic %%%"}, "Missing API key"),
     ],
 )
@@ -81,8 +83,13 @@ def test_every_api_route_refuses_a_missing_or_wrong_key(
         for method, path in api_routes(app):
             response = call(url, method, path, headers)
             assert response.status_code == 401, (method, path)
-            error = response.json()["error"]
-            assert error["code"] == "invalid_api_key" and error["type"] == "authentication_error"
+            body = response.json()
+            error = body["error"]
+            if path.startswith(("/v1/messages", "/api/v1/messages")):  # Anthropic's shape on its surface
+                assert body["type"] == "error" and "code" not in error
+            else:
+                assert error["code"] == "invalid_api_key"
+            assert error["type"] == "authentication_error"
             assert error["message"].startswith(message)
             assert "sk-client" not in response.text
             assert response.headers["www-authenticate"].endswith('realm="openfusion"')
@@ -98,11 +105,14 @@ def test_health_probes_never_need_a_key(upstream: FakeUpstream, serve: Serve) ->
                 assert "sk-client" not in response.text
 
 
-def test_a_valid_key_opens_every_route(upstream: FakeUpstream, serve: Serve) -> None:
+@pytest.mark.parametrize("present", [bearer, lambda key: {"X-Api-Key": key}], ids=["bearer", "x-api-key"])
+def test_a_valid_key_opens_every_route(
+    upstream: FakeUpstream, serve: Serve, present: Callable[[str], dict[str, str]]
+) -> None:
     with serve(KEYS) as (url, app):
         for key in ("sk-client-one", "sk-client-two"):
             for method, path in api_routes(app):
-                response = call(url, method, path, bearer(key))
+                response = call(url, method, path, present(key))
                 # The activity routes answer 404 on a server that records no activity (as here), and so does
                 # a stored response (none is kept without an activity store).
                 unrecorded = path.startswith(("/activity", "/api/v1/generation", "/v1/activity"))
