@@ -183,6 +183,12 @@ def test_images_and_thinking(upstream: FakeUpstream, server: str) -> None:
             thinking={"type": "enabled", "budget_tokens": 1500},
             messages=[{"role": "user", "content": [image, linked, {"type": "text", "text": "What is it?"}]}],
         )
+        fused = client.messages.create(
+            model="fusion/trio",
+            max_tokens=2000,
+            thinking={"type": "enabled", "budget_tokens": 500},
+            messages=[{"role": "user", "content": "What is it?"}],
+        )
 
     sent = upstream.calls_for("solo")[0].body
     assert sent["messages"][0]["content"] == [
@@ -191,6 +197,8 @@ def test_images_and_thinking(upstream: FakeUpstream, server: str) -> None:
         {"type": "text", "text": "What is it?"},
     ]
     assert sent["reasoning_effort"] == "high"  # the fake provider's reasoning style
+    assert fused.stop_reason == "end_turn"
+    assert upstream.calls_for("synth")[0].body["reasoning_effort"] == "low"
 
 
 def test_count_tokens(upstream: FakeUpstream, server: str) -> None:

@@ -125,13 +125,13 @@ def _sampling(request: MessagesRequest) -> dict[str, Any]:
 
 
 def _reasoning(request: MessagesRequest) -> dict[str, Any] | None:
-    """`thinking` with a budget as a reasoning budget and an effort; adaptive thinking is the model's own call."""
+    """`thinking` with a budget as a reasoning effort (every provider style takes one; OpenRouter turns it back
+    into a budget for Anthropic's models); adaptive thinking is the model's own call."""
     thinking = request.thinking
     if thinking is None or thinking.type != "enabled" or thinking.budget_tokens is None:
         return None
     share = thinking.budget_tokens / request.max_tokens
-    effort = "high" if share > 0.6 else "medium" if share > 0.3 else "low"
-    return {"max_tokens": thinking.budget_tokens, "effort": effort}
+    return {"effort": "high" if share > 0.6 else "medium" if share > 0.3 else "low"}
 
 
 def _tool(tool: Any, param: str) -> dict[str, Any] | None:
