@@ -36,6 +36,9 @@ class ProviderConfig(BaseModel):
     # Whether it also speaks the Responses API (`POST {base_url}/responses`): pass-through Responses
     # requests are then forwarded as sent, not translated to chat completions.
     responses: bool = False
+    # Whether it also speaks Anthropic's Messages API (`POST {base_url}/messages`, its key as `x-api-key`):
+    # pass-through Messages requests are then forwarded as sent, not translated to chat completions.
+    messages: bool = False
 
 
 class RetrySettings(BaseModel):

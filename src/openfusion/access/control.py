@@ -36,7 +36,8 @@ class AccessControl:
             return self.anonymous
         if not presented:
             raise AuthenticationFailed(
-                "Missing API key: send it as 'Authorization: Bearer <key>'.", code="invalid_api_key"
+                "Missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
+                code="invalid_api_key",
             )
         client = self.keys.find(presented)
         if client is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
@@ -22,14 +22,19 @@ SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
 async def forward_first_success(
-    state: AppState, chat: ChatRequest, body: dict[str, Any], *, path: str = CHAT_PATH
+    state: AppState,
+    chat: ChatRequest,
+    body: dict[str, Any],
+    *,
+    path: str = CHAT_PATH,
+    headers: Mapping[str, str] | None = None,
 ) -> Forwarded:
     """Forward to `model`, then each of `models` while the previous one answered with an error."""
     candidates = chat.candidate_models()
     for position, model in enumerate(candidates):
         last = position == len(candidates) - 1
         try:
-            forwarded = await state.upstream.forward(model, body, stream=chat.stream, path=path)
+            forwarded = await state.upstream.forward(model, body, stream=chat.stream, path=path, headers=headers)
         except UpstreamError:
             if last:
                 raise

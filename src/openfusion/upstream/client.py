@@ -34,12 +34,17 @@ from openfusion.upstream.trace import CallTrace, begin_call, end_call
 
 log = logging.getLogger("openfusion.upstream")
 
-# The endpoints under a provider's base URL: chat completions, and the Responses API where it has one.
+# The endpoints under a provider's base URL: chat completions, and the Responses API and Anthropic's
+# Messages API where it has them.
 CHAT_PATH = "/chat/completions"
 RESPONSES_PATH = "/responses"
+MESSAGES_PATH = "/messages"
+MESSAGES_COUNT_PATH = "/messages/count_tokens"
+# Anthropic's Messages API takes the provider key in its own header, not as a bearer token.
+_KEY_HEADERS = {MESSAGES_PATH: "x-api-key", MESSAGES_COUNT_PATH: "x-api-key"}
 
 # Response headers worth relaying to a pass-through client.
-_RELAYED_HEADERS = ("content-type", "retry-after", "x-request-id", "openai-processing-ms")
+_RELAYED_HEADERS = ("content-type", "retry-after", "x-request-id", "openai-processing-ms", "request-id")
 
 
 @dataclass
@@ -170,19 +175,26 @@ class UpstreamClient:
                 end_call(call, status="cancelled", usage=call.usage, error="closed before the end of the stream")
 
     async def forward(
-        self, model: str, body: Mapping[str, Any], *, stream: bool, path: str = CHAT_PATH
+        self,
+        model: str,
+        body: Mapping[str, Any],
+        *,
+        stream: bool,
+        path: str = CHAT_PATH,
+        headers: Mapping[str, str] | None = None,
     ) -> Forwarded:
         """Pass a request through: retried like any call, the last answer (error or not) relayed as is.
 
-        `path` is the provider's endpoint under its base URL: chat completions, or `/responses` for a
-        provider that speaks the Responses API itself.
+        `path` is the provider's endpoint under its base URL: chat completions, or `/responses` or
+        `/messages` for a provider that speaks the Responses or Messages API itself; `headers` are the
+        client's own to send along.
         """
         route = self.registry.resolve(model)
         payload = {**body, "model": route.upstream_model}
         call = begin_call(model, route.provider.name)
         try:
             # A non-streamed answer is read whole inside the retried attempt: a body cut short is retried too.
-            response = await self._send_retrying(route, payload, stream=stream, call=call, path=path)
+            response = await self._send_retrying(route, payload, stream=stream, call=call, path=path, headers=headers)
         except UpstreamStatusError as exc:
             if exc.body is None or exc.upstream_status is None:
                 _failed(call, exc)
@@ -220,13 +232,22 @@ class UpstreamClient:
         return orjson.loads(response.content)
 
     async def _send_retrying(
-        self, route: Route, payload: dict[str, Any], *, stream: bool, call: CallTrace, path: str = CHAT_PATH
+        self,
+        route: Route,
+        payload: dict[str, Any],
+        *,
+        stream: bool,
+        call: CallTrace,
+        path: str = CHAT_PATH,
+        headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         # The first attempt runs outside tenacity: a controller per call costs more than the call's own
         # HTTP work on a fast upstream, and most calls succeed at once.
         deadline = asyncio.get_running_loop().time() + self.retry.deadline_s
         try:
-            return await self._attempt(route, payload, stream=stream, call=call, path=path, deadline=deadline)
+            return await self._attempt(
+                route, payload, stream=stream, call=call, path=path, headers=headers, deadline=deadline
+            )
         except UpstreamError as exc:
             if not is_retryable(exc, self.retry):
                 raise
@@ -236,11 +257,21 @@ class UpstreamClient:
                 if attempt.retry_state.attempt_number == 1:
                     raise first_failure  # the policy decides the wait and the rest from the failure seen
                 call.retries = attempt.retry_state.attempt_number - 1
-                return await self._attempt(route, payload, stream=stream, call=call, path=path, deadline=deadline)
+                return await self._attempt(
+                    route, payload, stream=stream, call=call, path=path, headers=headers, deadline=deadline
+                )
         raise AssertionError("unreachable: tenacity either returns or re-raises")
 
     async def _attempt(
-        self, route: Route, payload: dict[str, Any], *, stream: bool, call: CallTrace, path: str, deadline: float
+        self,
+        route: Route,
+        payload: dict[str, Any],
+        *,
+        stream: bool,
+        call: CallTrace,
+        path: str,
+        deadline: float,
+        headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         """One attempt, within `http.call_timeout_s` and what is left of `retry.deadline_s`.
 
@@ -249,7 +280,7 @@ class UpstreamClient:
         budget = min(self.call_timeout_s, deadline - asyncio.get_running_loop().time())
         try:
             async with asyncio.timeout(budget):
-                return await self._send(route, payload, stream=stream, call=call, path=path)
+                return await self._send(route, payload, stream=stream, call=call, path=path, headers=headers)
         except TimeoutError:
             limit = "http.call_timeout_s" if budget == self.call_timeout_s else "retry.deadline_s"
             what = "start its answer" if stream else "answer"
@@ -260,13 +291,21 @@ class UpstreamClient:
             ) from None
 
     async def _send(
-        self, route: Route, payload: dict[str, Any], *, stream: bool, call: CallTrace, path: str = CHAT_PATH
+        self,
+        route: Route,
+        payload: dict[str, Any],
+        *,
+        stream: bool,
+        call: CallTrace,
+        path: str = CHAT_PATH,
+        headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         endpoint = self._endpoint(route.provider, path)
+        sent_headers = endpoint.stream_headers if stream else endpoint.headers
         request = httpx.Request(
             "POST",
             endpoint.url,
-            headers=endpoint.stream_headers if stream else endpoint.headers,
+            headers={**sent_headers, **headers} if headers else sent_headers,
             # orjson's result holds a ~16 KiB allocation whatever its length, and the request (with its
             # body) lives as long as its response: for a streamed answer that is the whole stream.
             content=bytes(memoryview(orjson.dumps(payload))),
@@ -300,7 +339,8 @@ class UpstreamClient:
         endpoint = self._endpoints.get(key)
         if endpoint is None:
             url = httpx.URL(provider.config.base_url.rstrip("/") + path)
-            headers = {**provider.headers(), "Content-Type": "application/json"}
+            key_header = _KEY_HEADERS.get(path, "Authorization")
+            headers = {**provider.headers(key_header=key_header), "Content-Type": "application/json"}
             endpoint = _Endpoint(
                 url=url,
                 headers=headers,

@@ -36,11 +36,12 @@ class Provider:
             return slug.split("/", 1)[1]
         return slug
 
-    def headers(self) -> dict[str, str]:
-        """Headers for every call to this provider: its own extras and its key."""
+    def headers(self, *, key_header: str = "Authorization") -> dict[str, str]:
+        """Headers for every call to this provider: its own extras and its key (a bearer token, or in `key_header`)."""
         headers = dict(self.config.headers)
         if self.api_key is not None:
-            headers["Authorization"] = f"Bearer {self.api_key.get_secret_value()}"
+            key = self.api_key.get_secret_value()
+            headers[key_header] = f"Bearer {key}" if key_header == "Authorization" else key
         return headers
 
 

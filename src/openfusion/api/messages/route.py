@@ -16,6 +16,7 @@ from openfusion.api.disconnect import cancel_on_disconnect
 from openfusion.api.dispatch import Exchange, serve
 from openfusion.api.fusion_response import with_keepalive
 from openfusion.api.ledger import Ledger
+from openfusion.api.messages.native import count_native, forward_native, speaks_messages
 from openfusion.api.messages.request import Translated, parse_request, translate
 from openfusion.api.messages.tokens import estimate_input_tokens
 from openfusion.api.messages.writer import PING, MessageWriter
@@ -49,8 +50,8 @@ async def count_tokens(request: Request) -> Response:
     chat = translated.chat
     plan = plan_fusion(chat, presets=state.presets, default_preset=state.settings.default_preset,
                        registry=state.registry)  # fmt: skip
-    if plan is None:
-        state.registry.resolve(chat.model)  # 404 for a model nothing serves, as on /v1/messages
+    if plan is None and speaks_messages(state, chat):  # 404 for a model nothing serves, as on /v1/messages
+        return await count_native(state, chat, translated.raw, request)
     return Response(orjson.dumps({"input_tokens": estimate_input_tokens(translated.request)}),
                     media_type="application/json")  # fmt: skip
 
@@ -65,6 +66,9 @@ async def _render(exchange: Exchange, translated: Translated) -> Response:
     chat, ledger, state = exchange.chat, exchange.ledger, exchange.state
     if exchange.plan is not None:
         events = exchange.fusion_events(stream=chat.stream)
+    elif speaks_messages(state, chat):
+        native = forward_native(exchange, translated.raw)
+        return await cancel_on_disconnect(exchange.request, native, drain=state.drain)
     else:
         opening = chat_events(state, chat, translated.body)
         events = await cancel_on_disconnect(exchange.request, opening, drain=state.drain)

@@ -1,0 +1,120 @@
+"""Pass-through to a provider that speaks Anthropic Messages itself: the request forwarded, the answer relayed.
+
+The body goes as the client sent it, less openfusion's own fields (`plugins`, `models`), with the
+client's `anthropic-version` and `anthropic-beta` headers unchanged and the provider's key as
+`x-api-key`. The relayed stream is watched for `message_start` and `message_delta`, whose usage
+goes to the activity record; a stream the provider breaks off ends with an `error` event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from openfusion.api.deps import AppState
+from openfusion.api.dispatch import Exchange
+from openfusion.api.ledger import Ledger
+from openfusion.api.messages.errors import error_event
+from openfusion.api.passthrough import SSE_HEADERS, forward_first_success, without_openfusion_fields
+from openfusion.errors import UpstreamError
+from openfusion.protocol import ChatRequest, Usage
+from openfusion.upstream.client import MESSAGES_COUNT_PATH, MESSAGES_PATH, Forwarded
+
+# The client's headers a Messages provider reads; `anthropic-version` is required by Anthropic.
+_FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
+_DEFAULT_VERSION = "2023-06-01"
+_USAGE_EVENTS = (b'"message_start"', b'"message_delta"')
+
+
+def speaks_messages(state: AppState, chat: ChatRequest) -> bool:
+    """Whether every model the request may go to (fallbacks included) has a provider that takes Messages requests."""
+    return all(state.registry.resolve(model).provider.config.messages for model in chat.candidate_models())
+
+
+def anthropic_headers(request: Request) -> dict[str, str]:
+    """The client's Anthropic headers, as it sent them."""
+    headers = {name: value for name in _FORWARDED_HEADERS if (value := request.headers.get(name)) is not None}
+    headers.setdefault("anthropic-version", _DEFAULT_VERSION)
+    return headers
+
+
+async def forward_native(exchange: Exchange, raw: dict[str, Any]) -> Response:
+    """Forward the request (with the `models` fallbacks) and relay the answer as it comes."""
+    chat, ledger = exchange.chat, exchange.ledger
+    body = without_openfusion_fields(chat, raw)
+    forwarded = await forward_first_success(exchange.state, chat, body, path=MESSAGES_PATH,
+                                            headers=anthropic_headers(exchange.request))  # fmt: skip
+    if forwarded.status_code >= 400:
+        ledger.status, ledger.failure_reason = "error", f"upstream_{forwarded.status_code}"
+    elif chat.stream:
+        relay = ledger.closing(_relay(forwarded, ledger=ledger), render_error=error_event)
+        return StreamingResponse(relay, status_code=forwarded.status_code, headers={**forwarded.headers, **SSE_HEADERS})
+    try:
+        content = b"".join([chunk async for chunk in forwarded.body])
+        if forwarded.status_code < 400 and (message := _json(content)) is not None:
+            _record(forwarded, ledger, message, message.get("usage"))  # before the call's trace is closed
+    finally:
+        await forwarded.aclose()
+    return Response(content, status_code=forwarded.status_code, headers=forwarded.headers)
+
+
+async def count_native(state: AppState, chat: ChatRequest, raw: dict[str, Any], request: Request) -> Response:
+    """The provider's own token count for the request."""
+    body = without_openfusion_fields(chat, raw)
+    forwarded = await state.upstream.forward(chat.model, body, stream=False, path=MESSAGES_COUNT_PATH,
+                                             headers=anthropic_headers(request))  # fmt: skip
+    try:
+        content = b"".join([chunk async for chunk in forwarded.body])
+    finally:
+        await forwarded.aclose()
+    return Response(content, status_code=forwarded.status_code, headers=forwarded.headers)
+
+
+async def _relay(forwarded: Forwarded, *, ledger: Ledger) -> AsyncIterator[bytes]:
+    complete = False
+    pending = b""  # the last line, while it is unfinished
+    usage: dict[str, Any] = {}
+    try:
+        async for chunk in forwarded.body:
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                if line.startswith(b"data: ") and any(kind in line[:40] for kind in _USAGE_EVENTS):
+                    event = _json(line[6:]) or {}
+                    message = event.get("message") if isinstance(event.get("message"), dict) else {}
+                    for source in (message.get("usage"), event.get("usage")):  # start, then the cumulative delta
+                        if isinstance(source, dict):
+                            usage.update({k: v for k, v in source.items() if isinstance(v, int)})
+                    _record(forwarded, ledger, message, usage)
+            yield chunk
+        complete = True
+    except UpstreamError as exc:  # the provider broke off mid-stream: say so rather than end silently
+        complete = True
+        ledger.failed(exc)
+        yield b"\n\n" + error_event(exc)
+    finally:
+        await forwarded.aclose(complete=complete)
+
+
+def _record(forwarded: Forwarded, ledger: Ledger, message: dict[str, Any], usage: Any) -> None:
+    """The answer's model and usage (cache reads and writes count as input), for the activity record."""
+    if isinstance(message.get("model"), str):
+        ledger.model = message["model"]
+    if forwarded.trace is None or not isinstance(usage, dict):
+        return
+    counts = {k: v if isinstance(v, int) and not isinstance(v, bool) else 0 for k, v in usage.items()}
+    prompt = sum(counts.get(k, 0) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
+    completion = counts.get("output_tokens", 0)
+    forwarded.trace.usage = Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+def _json(raw: bytes) -> dict[str, Any] | None:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None

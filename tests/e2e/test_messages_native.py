@@ -1,0 +1,161 @@
+"""Pass-through to a provider that speaks Anthropic Messages natively: the request forwarded as sent, headers intact."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import pytest
+
+from fakes.anthropic_api import USAGE, FakeAnthropic, Reply
+from fakes.server import serve_in_thread
+from fakes.upstream import FakeUpstream, wait_until
+from openfusion.app import create_app
+from openfusion.settings import ProviderConfig, Settings
+
+VERSION = "2023-06-01"  # the SDK's own default is newer: the client's choice is what must arrive
+BETA = "claude-code-20250219,interleaved-thinking-2025-05-14"
+QUESTION = [{"role": "user", "content": "Hi"}]
+
+
+@pytest.fixture
+def native() -> Iterator[tuple[FakeAnthropic, str]]:
+    fake = FakeAnthropic()
+    with serve_in_thread(fake.app) as url:
+        yield fake, url
+
+
+@pytest.fixture
+def gateway(
+    upstream: FakeUpstream, native: tuple[FakeAnthropic, str], make_settings: Callable[..., Settings], tmp_path: Path
+) -> Iterator[str]:
+    """openfusion with the chat fake and an Anthropic-native provider serving `claude/*`."""
+    chat = make_settings().providers
+    claude = ProviderConfig(name="claude", base_url=f"{native[1]}/v1", api_key_env="CLAUDE_KEY",
+                            models=["claude/*"], strip_prefix=True, messages=True)  # fmt: skip
+    settings = make_settings(providers=[*chat, claude], activity={"path": tmp_path / "activity.sqlite3"},
+                             keys=[{"name": "cc", "key_env": "CLIENT_KEY"}])  # fmt: skip
+    environ = {"FAKE_KEY": "sk-provider-secret", "CLAUDE_KEY": "sk-ant-provider", "CLIENT_KEY": "sk-client"}
+    with serve_in_thread(create_app(settings, environ=environ)) as url:
+        yield url
+
+
+def generation(url: str, generation_id: str) -> dict[str, Any]:
+    """The recorded generation (the writer batches off the hot path, so wait for it)."""
+    found: list[dict[str, Any]] = []
+
+    def recorded() -> bool:
+        response = httpx.get(
+            f"{url}/api/v1/generation", params={"id": generation_id}, headers={"x-api-key": "sk-client"}
+        )
+        found[:] = [response.json()["data"]] if response.status_code == 200 else []
+        return bool(found)
+
+    wait_until(recorded, timeout=5)
+    return found[0]
+
+
+def sdk(url: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=url, api_key="sk-client", max_retries=0,
+                               default_headers={"anthropic-beta": BETA, "anthropic-version": VERSION})  # fmt: skip
+
+
+def assert_forwarded(call: Any, *, stream: bool) -> None:
+    """The provider got its own key as x-api-key, the client's Anthropic headers unchanged, the body as sent."""
+    assert call.path == "/v1/messages"
+    assert call.headers["x-api-key"] == "sk-ant-provider" and "authorization" not in call.headers
+    assert call.headers["anthropic-version"] == VERSION and call.headers["anthropic-beta"] == BETA
+    assert "sk-client" not in json.dumps(call.headers)
+    assert call.body["model"] == "opus" and call.body.get("stream", False) is stream
+    # What openfusion does not translate reaches the provider untouched.
+    assert call.body["context_management"] == {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]}
+    assert call.body["system"][0]["cache_control"] == {"type": "ephemeral"}
+    assert "plugins" not in call.body
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_native_provider_gets_the_request_as_sent(
+    upstream: FakeUpstream, native: tuple[FakeAnthropic, str], gateway: str, stream: bool
+) -> None:
+    fake, _ = native
+    body: dict[str, Any] = {
+        "model": "claude/opus",
+        "max_tokens": 100,
+        "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+        "messages": QUESTION,
+        "extra_body": {"context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]}},
+    }
+    with sdk(gateway) as client:
+        if stream:
+            with client.messages.stream(**body) as events:
+                message = events.get_final_message()
+            generation_id = events.response.headers["x-generation-id"]
+        else:
+            raw = client.messages.with_raw_response.create(**body)
+            message, generation_id = raw.parse(), raw.headers["x-generation-id"]
+        record = generation(gateway, generation_id)
+
+    assert message.content[0].text == "Native answer." and message.id == "msg_native"  # type: ignore[union-attr]
+    assert message.usage.input_tokens == USAGE["input_tokens"]
+    assert_forwarded(fake.calls[0], stream=stream)
+    assert upstream.calls == []  # nothing went through chat completions
+    assert record["api_type"] == "messages" and record["status"] == "ok" and record["model"] == "opus"
+    # The provider's usage, cache reads included, in the activity record.
+    assert (record["tokens_prompt"], record["tokens_completion"]) == (24, 4)
+
+
+def test_a_native_stream_cut_short_ends_with_an_error_event(native: tuple[FakeAnthropic, str], gateway: str) -> None:
+    fake, _ = native
+    fake.replies = [Reply(cut_after=3)]
+    body = {"model": "claude/opus", "max_tokens": 10, "messages": QUESTION, "stream": True}
+
+    with httpx.stream("POST", f"{gateway}/v1/messages", json=body, headers={"x-api-key": "sk-client"}) as response:
+        lines = [line for line in response.iter_lines() if line]
+
+    events = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+    assert events[0]["type"] == "message_start" and events[-1]["type"] == "error"
+    assert events[-1]["error"]["type"] == "api_error" and "message_stop" not in lines
+    assert lines[-2] == "event: error"
+    wait_until(lambda: len(fake.calls) == 1)
+
+
+def test_a_native_error_is_relayed_as_the_provider_sent_it(native: tuple[FakeAnthropic, str], gateway: str) -> None:
+    fake, _ = native
+    fake.replies = [Reply(status=529)]
+
+    with sdk(gateway) as client, pytest.raises(anthropic.APIStatusError) as failed:
+        client.messages.create(model="claude/opus", max_tokens=10, messages=QUESTION)  # type: ignore[arg-type]
+
+    assert failed.value.status_code == 529 and failed.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+    assert len(fake.calls) == 3  # retried by the one policy, then relayed
+
+
+def test_count_tokens_comes_from_a_native_provider(native: tuple[FakeAnthropic, str], gateway: str) -> None:
+    fake, _ = native
+    with sdk(gateway) as client:
+        counted = client.messages.count_tokens(model="claude/opus", messages=QUESTION)  # type: ignore[arg-type]
+
+    assert counted.input_tokens == 1234
+    call = fake.calls[0]
+    assert call.path == "/v1/messages/count_tokens" and call.headers["x-api-key"] == "sk-ant-provider"
+    assert call.headers["anthropic-beta"] == BETA and call.body["model"] == "opus"
+
+
+def test_fallbacks_a_native_provider_cannot_take_are_translated(
+    upstream: FakeUpstream, native: tuple[FakeAnthropic, str], gateway: str
+) -> None:
+    fake, _ = native
+    with sdk(gateway) as client:
+        message = client.messages.create(
+            model="fake/solo",
+            max_tokens=10,
+            messages=QUESTION,
+            extra_body={"models": ["claude/opus"]},  # type: ignore[arg-type]
+        )
+
+    assert message.content[0].text == "Answer from solo."  # type: ignore[union-attr]
+    assert fake.calls == []

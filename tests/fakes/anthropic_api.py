@@ -1,0 +1,103 @@
+"""A fake provider that speaks Anthropic's Messages API natively (`POST /v1/messages`), for pass-through tests.
+
+It records every call with its headers, so a test can assert what reached the provider: the
+provider's key as `x-api-key`, the client's `anthropic-version` and `anthropic-beta` unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from fakes.upstream import _StreamCut
+
+USAGE = {"input_tokens": 21, "output_tokens": 4, "cache_read_input_tokens": 3, "cache_creation_input_tokens": 0}
+
+
+@dataclass
+class Reply:
+    """How the fake answers one call."""
+
+    text: str = "Native answer."
+    status: int = 200
+    cut_after: int | None = None  # stream: break off after this many events
+
+
+@dataclass
+class NativeCall:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+@dataclass
+class FakeAnthropic:
+    """Scripted replies (the last one repeats) and the calls received."""
+
+    replies: list[Reply] = field(default_factory=lambda: [Reply()])
+    calls: list[NativeCall] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route("/v1/messages", self._messages, methods=["POST"]),
+                                 Route("/v1/messages/count_tokens", self._count, methods=["POST"])])  # fmt: skip
+
+    def _record(self, request: Request, body: dict[str, Any]) -> Reply:
+        with self._lock:
+            self.calls.append(NativeCall(request.url.path, dict(request.headers), body))
+            return self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+
+    async def _count(self, request: Request) -> Response:
+        self._record(request, orjson.loads(await request.body()))
+        return Response(orjson.dumps({"input_tokens": 1234}), media_type="application/json")
+
+    async def _messages(self, request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        reply = self._record(request, body)
+        if reply.status != 200:
+            error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+            return Response(orjson.dumps(error), reply.status, media_type="application/json")
+        message = _message(str(body["model"]), reply.text)
+        if not body.get("stream"):
+            return Response(orjson.dumps(message), media_type="application/json")
+        return StreamingResponse(_events(message, reply.cut_after), media_type="text/event-stream")
+
+
+def _message(model: str, text: str) -> dict[str, Any]:
+    return {"id": "msg_native", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+            "usage": USAGE}  # fmt: skip
+
+
+def _events(message: dict[str, Any], cut_after: int | None) -> Iterator[bytes]:
+    start = {**message, "content": [], "stop_reason": None, "usage": {**USAGE, "output_tokens": 1}}
+    events: list[dict[str, Any]] = [
+        {"type": "message_start", "message": start},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "ping"},
+        *(
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}}
+            for word in re.findall(r"\S+\s*", message["content"][0]["text"])
+        ),
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": USAGE["output_tokens"]},
+        },
+        {"type": "message_stop"},
+    ]
+    for position, event in enumerate(events):
+        if cut_after is not None and position == cut_after:
+            raise _StreamCut("cut on purpose")  # uvicorn drops the connection mid-body
+        yield b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
