@@ -119,3 +119,4 @@ def test_claude_code_runs_a_command_and_its_small_fast_model(
     assert upstream.calls_for("small"), [c.model for c in upstream.calls]
     helped = next(m for m in turns[2] if m["role"] == "tool" and m["tool_call_id"] == "toolu_agent")
     assert "Hello from the small model." in helped["content"]
+    assert len(upstream.calls_for("a")) == 1  # the tool results are steps of the same turn: no new panel
