@@ -69,7 +69,8 @@ async def post(
     keep_gaps: bool = False,
     dialect: str = "chat",
 ) -> Sample:
-    """POST a chat completion (or, with dialect="responses", a Responses API request) and time it.
+    """POST a chat completion (or, with dialect="responses" or "messages", a Responses API or an Anthropic
+    Messages request) and time it.
 
     Streams are read line by line.
     """
@@ -145,6 +146,9 @@ _MARKS = {
                    b'"content":""'),
     "responses": _Marks(b'"output"', b'"type":"response.completed"', b'"type":"response.failed"',
                         b'"type":"response.fusion_call.', b'"type":"response.output_text.delta"', b'"delta":""'),
+    # Messages streams report no fusion progress (pings only): its progress mark never matches.
+    "messages": _Marks(b'"type":"message"', b'"type":"message_stop"', b'"type":"error"', b"\x00",
+                       b'"type":"text_delta"', b'"text":""'),
 }  # fmt: skip
 
 
@@ -254,6 +258,11 @@ def summarize(samples: Sequence[Sample], *, elapsed: float, completed: int, base
 def responses_body(model: str, *, stream: bool, content: str = "Is nuclear power safer than wind?") -> bytes:
     """The same question as a Responses API request."""
     return orjson.dumps({"model": model, "input": content, "stream": stream, "store": False})
+def messages_body(model: str, *, stream: bool, content: str = "Is nuclear power safer than wind?") -> bytes:
+    """The same question as an Anthropic Messages request."""
+    return orjson.dumps(
+        {"model": model, "max_tokens": 1024, "messages": [{"role": "user", "content": content}], "stream": stream}
+    )
 
 
 def chat_body(model: str, *, stream: bool, content: str = "Is nuclear power safer than wind?", **extra: Any) -> bytes:

@@ -12,6 +12,7 @@ from bench.scenarios import dumps
 ARM_LABELS = {
     "ideal": "ideal (the client calls the fake itself)",
     "openfusion": "openfusion",
+    "messages": "openfusion, Anthropic Messages API",
     "direct": "direct to the fake",
     "litellm": "LiteLLM proxy",
     "openfusion_accesslog": "openfusion, access log on",

@@ -19,7 +19,7 @@ import orjson
 
 from bench.fakeup import parse_profile
 from bench.harness import MASTER_KEY, Bench, aggregate, interleaved
-from bench.load import Sample, chat_body, percentile, post, responses_body
+from bench.load import Sample, chat_body, messages_body, percentile, post, responses_body
 
 AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
 
@@ -176,11 +176,12 @@ def request_fn(
 
 
 async def fusion_overhead(bench: Bench, plan: Plan) -> dict[str, Any]:
-    """Fusion through openfusion (Chat Completions and the Responses API) vs the same calls made directly;
-    overhead over the nominal critical path."""
+    """Fusion through openfusion (Chat Completions, the Responses API, Anthropic Messages) vs the same calls made
+    directly; overhead over the nominal critical path."""
     fake = bench.services["fake"].url + "/v1/chat/completions"
     of = bench.services["openfusion"].url + "/v1/chat/completions"
     of_responses = bench.services["openfusion"].url + "/v1/responses"
+    of_messages = bench.services["openfusion"].url + "/v1/messages"
     out: dict[str, Any] = {"preset": BENCH3.toml(), "critical_path_ms": BENCH3.critical_s * 1000}
     for stream in (False, True):
         mode = "stream" if stream else "non_stream"
@@ -188,6 +189,7 @@ async def fusion_overhead(bench: Bench, plan: Plan) -> dict[str, Any]:
         for c in plan.concurrencies:
             body = chat_body(f"fusion/{BENCH3.name}", stream=stream)
             responses = responses_body(f"fusion/{BENCH3.name}", stream=stream)
+            messages = messages_body(f"fusion/{BENCH3.name}", stream=stream)
             arms = {
                 "ideal": (bench.session(), ideal_fn(fake, BENCH3, stream=stream), ()),
                 "openfusion": (bench.session(), request_fn(of, body, stream=stream, headers=AUTH), ("openfusion",)),
@@ -195,6 +197,12 @@ async def fusion_overhead(bench: Bench, plan: Plan) -> dict[str, Any]:
                 "responses": (
                     bench.session(),
                     request_fn(of_responses, responses, stream=stream, headers=AUTH, dialect="responses"),
+                    ("openfusion",),
+                ),
+                # The same run on the Anthropic Messages API: translated in, its events rendered out.
+                "messages": (
+                    bench.session(),
+                    request_fn(of_messages, messages, stream=stream, headers=AUTH, dialect="messages"),
                     ("openfusion",),
                 ),
             }
