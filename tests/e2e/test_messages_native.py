@@ -108,9 +108,12 @@ def test_a_native_provider_gets_the_request_as_sent(
     assert (record["tokens_prompt"], record["tokens_completion"]) == (24, 4)
 
 
-def test_a_native_stream_cut_short_ends_with_an_error_event(native: tuple[FakeAnthropic, str], gateway: str) -> None:
+@pytest.mark.parametrize("reply", [Reply(cut_after=3), Reply(end_after=3)], ids=["connection cut", "clean close"])
+def test_a_native_stream_cut_short_ends_with_an_error_event(
+    native: tuple[FakeAnthropic, str], gateway: str, reply: Reply
+) -> None:
     fake, _ = native
-    fake.replies = [Reply(cut_after=3)]
+    fake.replies = [reply]
     body = {"model": "claude/opus", "max_tokens": 10, "messages": QUESTION, "stream": True}
 
     with httpx.stream("POST", f"{gateway}/v1/messages", json=body, headers={"x-api-key": "sk-client"}) as response:

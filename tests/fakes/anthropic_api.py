@@ -6,6 +6,7 @@ provider's key as `x-api-key`, the client's `anthropic-version` and `anthropic-b
 
 from __future__ import annotations
 
+import itertools
 import re
 import threading
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ class Reply:
     text: str = "Native answer."
     status: int = 200
     cut_after: int | None = None  # stream: break off after this many events
+    end_after: int | None = None  # stream: end cleanly after this many events (no message_stop)
 
 
 @dataclass
@@ -70,7 +72,10 @@ class FakeAnthropic:
         message = _message(str(body["model"]), reply.text)
         if not body.get("stream"):
             return Response(orjson.dumps(message), media_type="application/json")
-        return StreamingResponse(_events(message, reply.cut_after), media_type="text/event-stream")
+        events = _events(message, reply.cut_after)
+        if reply.end_after is not None:
+            events = itertools.islice(events, reply.end_after)
+        return StreamingResponse(events, media_type="text/event-stream")
 
 
 def _message(model: str, text: str) -> dict[str, Any]:

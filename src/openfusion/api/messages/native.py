@@ -20,7 +20,7 @@ from openfusion.api.dispatch import Exchange
 from openfusion.api.ledger import Ledger
 from openfusion.api.messages.errors import error_event
 from openfusion.api.passthrough import SSE_HEADERS, forward_first_success, without_openfusion_fields
-from openfusion.errors import UpstreamError
+from openfusion.errors import UpstreamError, UpstreamProtocolError
 from openfusion.protocol import ChatRequest, Usage
 from openfusion.upstream.client import MESSAGES_COUNT_PATH, MESSAGES_PATH, Forwarded
 
@@ -28,6 +28,7 @@ from openfusion.upstream.client import MESSAGES_COUNT_PATH, MESSAGES_PATH, Forwa
 _FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
 _DEFAULT_VERSION = "2023-06-01"
 _USAGE_EVENTS = (b'"message_start"', b'"message_delta"')
+_END_EVENTS = (b'"message_stop"', b'"type":"error"')  # a provider's own error event ends its stream too
 
 
 def speaks_messages(state: AppState, chat: ChatRequest) -> bool:
@@ -51,7 +52,7 @@ async def forward_native(exchange: Exchange, raw: dict[str, Any]) -> Response:
     if forwarded.status_code >= 400:
         ledger.status, ledger.failure_reason = "error", f"upstream_{forwarded.status_code}"
     elif chat.stream:
-        relay = ledger.closing(_relay(forwarded, ledger=ledger), render_error=error_event)
+        relay = ledger.closing(_relay(forwarded, ledger=ledger, model=chat.model), render_error=error_event)
         return StreamingResponse(relay, status_code=forwarded.status_code, headers={**forwarded.headers, **SSE_HEADERS})
     try:
         content = b"".join([chunk async for chunk in forwarded.body])
@@ -74,8 +75,8 @@ async def count_native(state: AppState, chat: ChatRequest, raw: dict[str, Any], 
     return Response(content, status_code=forwarded.status_code, headers=forwarded.headers)
 
 
-async def _relay(forwarded: Forwarded, *, ledger: Ledger) -> AsyncIterator[bytes]:
-    complete = False
+async def _relay(forwarded: Forwarded, *, ledger: Ledger, model: str) -> AsyncIterator[bytes]:
+    complete = ended = False
     pending = b""  # the last line, while it is unfinished
     usage: dict[str, Any] = {}
     try:
@@ -83,7 +84,10 @@ async def _relay(forwarded: Forwarded, *, ledger: Ledger) -> AsyncIterator[bytes
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop()
             for line in lines:
-                if line.startswith(b"data: ") and any(kind in line[:40] for kind in _USAGE_EVENTS):
+                if not line.startswith(b"data: "):
+                    continue
+                ended = ended or any(kind in line[:40] for kind in _END_EVENTS)
+                if any(kind in line[:40] for kind in _USAGE_EVENTS):
                     event = _json(line[6:]) or {}
                     message = event.get("message") if isinstance(event.get("message"), dict) else {}
                     for source in (message.get("usage"), event.get("usage")):  # start, then the cumulative delta
@@ -92,6 +96,9 @@ async def _relay(forwarded: Forwarded, *, ledger: Ledger) -> AsyncIterator[bytes
                     _record(forwarded, ledger, message, usage)
             yield chunk
         complete = True
+        if not ended:  # a clean close before `message_stop`: the answer is cut short all the same
+            raise UpstreamProtocolError(f"{model}: the stream ended before message_stop", model=model,
+                                        provider=forwarded.trace.provider if forwarded.trace else "")  # fmt: skip
     except UpstreamError as exc:  # the provider broke off mid-stream: say so rather than end silently
         complete = True
         ledger.failed(exc)
