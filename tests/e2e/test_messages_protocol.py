@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -21,6 +23,8 @@ from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream, Script, wait_until
 from openfusion.app import create_app
 from openfusion.settings import Settings
+
+from .test_shutdown import served
 
 MESSAGES = "/v1/messages"
 QUESTION = [{"role": "user", "content": "Why is the sky blue?"}]
@@ -310,3 +314,44 @@ def test_bearer_and_x_api_key_both_authenticate(
     assert bearer.status_code == api_key.status_code == chat.status_code == 200
     assert both.status_code == 401  # Authorization, when sent, is the key that counts
     assert all("sk-client-key" not in json.dumps(c.headers) for c in upstream.calls)  # never passed upstream
+
+
+def test_past_the_shutdown_grace_a_stream_ends_with_an_error_event(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Any, tmp_path: Any
+) -> None:
+    """SIGTERM while a fused Messages stream and a whole request wait on a slow panel: both end in Anthropic's shape."""
+    _, upstream_url = fake_upstream
+    for model in "abc":
+        upstream.script(model, Script(delay_s=60))
+    body = {"model": "fusion/trio", "max_tokens": 10, "messages": QUESTION}
+    results: list[httpx.Response] = []
+
+    def send(stream: bool) -> threading.Thread:
+        def run() -> None:
+            with httpx.stream("POST", f"{url}{MESSAGES}", json={**body, "stream": stream}, timeout=60) as response:
+                response.read()
+                results.append(response)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    with served(upstream_url, presets_dir, tmp_path, grace_s=1) as (url, process):
+        threads = [send(True), send(False)]
+        wait_until(lambda: len(upstream.calls) == 6, timeout=20)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) in (0, -signal.SIGTERM)
+        for thread in threads:
+            thread.join(15)
+
+    streamed = next(r for r in results if r.headers["content-type"].startswith("text/event-stream"))
+    lines = [line for line in streamed.text.splitlines() if line]
+    events = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+    assert events[0]["type"] == "message_start" and lines[-2] == "event: error"
+    assert events[-1] == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": events[-1]["error"]["message"]},
+    }
+    whole = next(r for r in results if r is not streamed)
+    anthropic_error(whole, 503, "overloaded_error")
+    wait_until(lambda: all(call.disconnected for call in upstream.calls))  # every panel call was closed
