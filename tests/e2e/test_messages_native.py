@@ -122,7 +122,7 @@ def test_a_native_stream_cut_short_ends_with_an_error_event(
     events = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
     # A cut may swallow the events read with it (the transport drops a broken read): the end is what counts.
     assert events[-1]["type"] == "error" and events[-1]["error"]["type"] == "api_error"
-    assert not any("message_stop" in line for line in lines)
+    assert "event: message_stop" not in lines
     assert lines[-2] == "event: error"
     wait_until(lambda: len(fake.calls) == 1)
 
