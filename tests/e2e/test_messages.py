@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import anthropic
+import httpx
 import pytest
 
 from fakes.upstream import FakeUpstream, Script
@@ -226,3 +228,22 @@ def test_activity_records_the_surface(upstream: FakeUpstream, start_server: Any,
 
     assert record["api_type"] == "messages" and record["preset"] == "trio" and record["status"] == "ok"
     assert len(record["calls"]) == 5
+
+
+def test_refused_requests_are_recorded_on_this_surface(
+    upstream: FakeUpstream, start_server: Any, tmp_path: Any
+) -> None:
+    with start_server(activity={"path": tmp_path / "activity.sqlite3"}) as url, sdk(url) as client:
+        with pytest.raises(anthropic.BadRequestError):  # refused while parsing: no max_tokens
+            client.post("/v1/messages", cast_to=object, body={"model": "fake/solo", "messages": [], "stream": True})
+        with pytest.raises(anthropic.NotFoundError):  # refused by the dispatcher: no such preset
+            client.messages.create(model="fusion/nope", max_tokens=5, messages=[{"role": "user", "content": "Hi"}])
+        deadline = time.monotonic() + 5
+        while len(records := httpx.get(f"{url}/v1/activity").json()["data"]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    assert [(r["requested_model"], r["failure_reason"], r["api_type"], r["streamed"]) for r in records] == [
+        ("fusion/nope", "model_not_found", "messages", False),
+        ("fake/solo", "invalid_request", "messages", True),
+    ]
+    assert upstream.calls == []

@@ -13,7 +13,7 @@ from starlette.responses import Response, StreamingResponse
 from openfusion.api.body import load_json_object, read_body
 from openfusion.api.deps import AppState
 from openfusion.api.disconnect import cancel_on_disconnect
-from openfusion.api.dispatch import Exchange, serve
+from openfusion.api.dispatch import Exchange, record_unparsed_refusal, serve
 from openfusion.api.fusion_response import with_keepalive
 from openfusion.api.ledger import Ledger
 from openfusion.api.messages.native import count_native, forward_native, speaks_messages
@@ -32,8 +32,13 @@ log = logging.getLogger("openfusion")
 async def create_message(request: Request) -> Response:
     """Create a message."""
     state: AppState = request.app.state.openfusion
-    data = load_json_object(await read_body(request, state.settings.max_body_bytes))
-    translated = translate(parse_request(data), data)
+    raw = await read_body(request, state.settings.max_body_bytes)
+    try:
+        data = load_json_object(raw)
+        translated = translate(parse_request(data), data)
+    except OpenFusionError as exc:
+        record_unparsed_refusal(request, raw, exc, api_type="messages")
+        raise
 
     async def render(exchange: Exchange) -> Response:
         return await _render(exchange, translated)
