@@ -258,6 +258,8 @@ def summarize(samples: Sequence[Sample], *, elapsed: float, completed: int, base
 def responses_body(model: str, *, stream: bool, content: str = "Is nuclear power safer than wind?") -> bytes:
     """The same question as a Responses API request."""
     return orjson.dumps({"model": model, "input": content, "stream": stream, "store": False})
+
+
 def messages_body(model: str, *, stream: bool, content: str = "Is nuclear power safer than wind?") -> bytes:
     """The same question as an Anthropic Messages request."""
     return orjson.dumps(
