@@ -215,6 +215,26 @@ def test_the_last_outer_call_may_call_no_tool(upstream: FakeUpstream, server: st
         assert result.choices[0].message.tool_calls is None  # fusion's own call never reaches the client
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_an_outer_model_that_refuses_temperature_still_answers(
+    upstream: FakeUpstream, server: str, stream: bool
+) -> None:
+    refusing = Script(tool_calls=[call("fusion", prompt="q")], reject_parameters={"temperature"})
+    # The refused call takes one script of the queue: the same call again, then the answer.
+    upstream.script("outer", refusing, refusing, Script(content="Done.", reject_parameters={"temperature"}))
+
+    result = ask(server, tools=[fusion_tool()], temperature=0.3, stream=stream)
+
+    sent = [c.body.get("temperature") for c in upstream.calls_for("outer")]
+    assert sent == [0.3, None, None]  # refused once, then never sent again
+    final = result[-1] if stream else result
+    text = "".join(c.choices[0].delta.content or "" for c in result if c.choices) if stream else (
+        result.choices[0].message.content
+    )
+    assert text == "Done."
+    assert final.model_extra["fusion"]["outer"]["unsupported_parameters"] == ["temperature"]
+
+
 def test_streaming_relays_the_outer_answer_with_keepalives(upstream: FakeUpstream, start_server: Any) -> None:
     upstream.script("outer", Script(tool_calls=[call("fusion", prompt="q")]),
                     Script(chunks=["Not ", "yet."], chunk_interval_s=0.05))  # fmt: skip

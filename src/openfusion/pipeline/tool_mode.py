@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from openfusion.errors import FusionFailed
+from openfusion.pipeline import sampling
 from openfusion.pipeline.citations import merge_sources
 from openfusion.pipeline.events import Event, PanelAnswer, PanelFailure, RunFinished, SynthesisChunk, SynthesisMessage
 from openfusion.pipeline.plan import FusionPlan
@@ -73,6 +74,7 @@ class ToolModeRun:
         self.outer_usages: list[Usage] = []
         self.outer_calls = 0
         self.texts: list[str] = []  # the text of each outer call that wrote any: the answer is all of it
+        self.outer_dropped: list[str] = []  # sampling parameters the outer model refused, left out
         self.inner: FusionRun | None = None
         self.fusion_status: str | None = None  # "ok" | "error" once fusion ran
         self.reported_model: str | None = None
@@ -125,17 +127,20 @@ class ToolModeRun:
         elif last_step or (choice == "required" and self.fusion_status is not None):
             choice = "none" if last_step else "auto"
         body = {**self._sampling(), "messages": self.messages, "tools": tools, "tool_choice": choice}
-        accumulator = MessageAccumulator()
+        accumulator, model, memory = MessageAccumulator(), self.plan.synthesizer, self.dialects.sampling
         with role("outer"):
             if not stream:
-                completion = await self.upstream.complete(self.plan.synthesizer, body)
+                completion, dropped = await sampling.complete(self.upstream, model, body, memory=memory)
+                self.outer_dropped = sampling.names([*self.outer_dropped, *dropped])
                 self.reported_model = completion.model
                 self.outer_usages.append(completion.usage)
                 self._keep_text(completion.content)
                 into.append((completion.message, completion.finish_reason))
                 return
             separated = not self.texts  # the answer's first text needs no separator
-            async with self.upstream.stream(self.plan.synthesizer, body) as chunks:
+            async with contextlib.AsyncExitStack() as stack:
+                chunks, dropped = await sampling.open_stream(self.upstream, model, body, memory=memory, stack=stack)
+                self.outer_dropped = sampling.names([*self.outer_dropped, *dropped])
                 async for chunk in chunks:
                     accumulator.feed(chunk)
                     self.reported_model = chunk.get("model") or self.reported_model
@@ -211,6 +216,8 @@ class ToolModeRun:
             },
             "usage_complete": bill.complete,
         }
+        if self.outer_dropped:
+            report["outer"]["unsupported_parameters"] = self.outer_dropped
         if inner is not None:
             report["panel"] = [panel_entry(r) for r in results]
             report["judge"] = judge_entry(self.plan, judges)
