@@ -130,6 +130,13 @@ def redis_client() -> Iterator[redis.Redis]:
     client.close()
 
 
+def fake_prices(per_token: float = 1e-12, *, max_completion_tokens: int = 1000) -> dict[str, Any]:
+    """`pricing` for every fake model: a spend cap needs a bounded worst case before it admits a request."""
+    price = {"prompt": per_token, "completion": per_token, "max_completion_tokens": max_completion_tokens}
+    models = ("a", "b", "c", "judge", "synth", "outer")
+    return {"models": {f"fake/{model}": price for model in models}}
+
+
 def chat_body(model: str = "fusion/trio", *, stream: bool = False, **extra: Any) -> dict[str, Any]:
     """A minimal chat request."""
     return {"model": model, "stream": stream, "messages": [{"role": "user", "content": "Hi"}], **extra}

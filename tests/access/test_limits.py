@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from fakes.upstream import FakeUpstream, Script, wait_until
 
-from .conftest import REDIS_URL, bearer, chat_body
+from .conftest import REDIS_URL, bearer, chat_body, fake_prices
 
 Serve = Callable[..., AbstractContextManager[tuple[str, FastAPI]]]
 TEAM_A = {"name": "team-a", "key_env": "TEAM_A_KEY"}
@@ -188,7 +188,7 @@ def seconds_to_midnight() -> float:
 
 def test_daily_spend_cap(upstream: FakeUpstream, serve: Serve) -> None:
     keys = [{**TEAM_A, "daily_spend_usd": 5.0}, TEAM_B]
-    with serve({"keys": keys}, environ=ENVIRON) as (url, app):
+    with serve({"keys": keys}, environ=ENVIRON, pricing=fake_prices()) as (url, app):
         store = app.state.activity_store = FakeActivityStore(4.99)
 
         def post(key: dict[str, str]) -> httpx.Response:
@@ -210,7 +210,7 @@ def test_daily_spend_cap(upstream: FakeUpstream, serve: Serve) -> None:
 
 
 def test_a_global_spend_cap_asks_for_all_traffic(upstream: FakeUpstream, serve: Serve) -> None:
-    with serve({"limits": {"daily_spend_usd": 1.0}}) as (url, app):
+    with serve({"limits": {"daily_spend_usd": 1.0}}, pricing=fake_prices()) as (url, app):
         store = app.state.activity_store = FakeActivityStore(0.5)
         assert httpx.post(f"{url}/v1/chat/completions", json=chat_body("fusion")).status_code == 200
         store.spent = 1.5
@@ -250,7 +250,7 @@ def test_a_spend_cap_is_enforced_from_the_activity_store(
     access = {"keys": [{**TEAM_A, "daily_spend_usd": 1.0}]}
     activity = {"enabled": True, "path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
 
-    with serve(access, environ=ENVIRON, activity=activity) as (url, _):
+    with serve(access, environ=ENVIRON, activity=activity, pricing=fake_prices()) as (url, _):
         first = httpx.post(f"{url}/v1/chat/completions", json=chat_body("fake/a"), headers=A, timeout=10)
         assert first.status_code == 200
 

@@ -18,7 +18,7 @@ from fakes.upstream import FakeUpstream, Script, wait_until
 from openfusion.activity import ActivityStore, open_store
 from openfusion.activity.config import ActivitySettings
 
-from .conftest import ANALYSIS, bearer, chat_body
+from .conftest import ANALYSIS, bearer, chat_body, fake_prices
 
 Serve = Callable[..., AbstractContextManager[tuple[str, FastAPI]]]
 CHAT = "/v1/chat/completions"
@@ -38,7 +38,8 @@ def store_environ(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[di
 
 def _serve(serve: Serve, where: dict[str, Any], *, keys: list[dict[str, Any]], **activity: Any) -> Any:
     access = {"keys": keys}
-    return serve(access, environ={**KEYS, **where["environ"]}, activity={**where["activity"], **activity})
+    environ = {**KEYS, **where["environ"]}
+    return serve(access, environ=environ, activity={**where["activity"], **activity}, pricing=fake_prices())
 
 
 def _priced(upstream: FakeUpstream, *, synth: Script) -> None:

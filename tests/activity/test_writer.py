@@ -271,3 +271,26 @@ async def test_content_is_kept_only_when_turned_on(sqlite_store: SqliteStore, st
     else:
         assert loaded.generation == entry.generation.without_content()
         assert loaded.calls == entry.calls  # metadata is always kept
+
+
+async def test_each_waiter_is_told_once_whether_its_record_reached_the_store(sqlite_store: SqliteStore) -> None:
+    store = FailingStore(sqlite_store, failures=1)
+    writer = ActivityWriter(store, batch_size=2, flush_interval_s=60.0, queue_size=5)
+    told: dict[str, list[bool]] = {}
+    entries = entries_over_time(6)
+    writer.start()
+    for entry in entries[:5]:
+        # What a spend reservation does: its cost is counted by the store only once it is there.
+        assert writer.record(entry.generation, entry.calls, on_written=told.setdefault(entry.generation.id, []).append)
+    dropped = entries[5]  # over the queue's bound: refused now, and its waiter is never called
+    assert writer.record(dropped.generation, on_written=told.setdefault(dropped.generation.id, []).append) is False
+    await writer.aclose()
+    assert store.batches == [2, 2, 1]  # the first batch hits the outage
+    assert told == {
+        "gen-000": [False],
+        "gen-001": [False],
+        "gen-002": [True],
+        "gen-003": [True],
+        "gen-004": [True],
+        "gen-005": [],
+    }

@@ -3,29 +3,45 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from openfusion.access.config import AccessConfig, GuardsConfig, Limits, redis_url
-from openfusion.access.errors import AuthenticationFailed, LimitExceeded
+from openfusion.access.errors import AuthenticationFailed, LimitExceeded, LimitsUnavailable
 from openfusion.access.keys import Client, KeyRing, load_keys
 from openfusion.access.limiter import Limiter, MemoryLimiter, Slot
 from openfusion.access.redis_limiter import RedisLimiter
-from openfusion.access.spend import SpendSource, seconds_until_utc_midnight
+from openfusion.access.redis_spend import RedisSpendBook
+from openfusion.access.spend import (
+    MemorySpendBook,
+    Refusal,
+    Reservation,
+    SpendBook,
+    SpendSource,
+    seconds_until_utc_midnight,
+    utc_day,
+)
 
 log = logging.getLogger("openfusion.access")
 
 _MINUTE_S = 60.0
 # No slot frees at a known time; a client may ask again soon.
 _CONCURRENCY_RETRY_AFTER_S = 1.0
+# Nor does a spend reservation of a request in flight.
+_SPEND_RETRY_AFTER_S = 2.0
+# Readings of today's spend that took too long are taken again this many times.
+_SPEND_READS = 3
 
 
 class AccessControl:
     """The configured keys, guards and limit counters of one app."""
 
-    def __init__(self, *, keys: KeyRing, defaults: Limits, guards: GuardsConfig, limiter: Limiter) -> None:
+    def __init__(
+        self, *, keys: KeyRing, defaults: Limits, guards: GuardsConfig, limiter: Limiter, spend: SpendBook
+    ) -> None:
         self.keys = keys
         self.guards = guards
         self.limiter = limiter
+        self.spend = spend
         # Without keys everyone is one client, and `[limits]` is one budget shared by all.
         self.anonymous = Client(name=None, limits=defaults)
         self._warned_no_spend_source = False
@@ -57,27 +73,45 @@ class AccessControl:
                 retry_after=wait,
             )
 
-    async def check_spend(self, client: Client, source: SpendSource | None) -> None:
-        """429 when the client's daily spend cap is reached; an unknown spend never blocks."""
+    async def reserve_spend(
+        self, client: Client, source: SpendSource | None, estimate: Callable[[str], float]
+    ) -> Reservation | None:
+        """Reserve a request's worst case against the client's daily spend cap (None: no cap to hold).
+
+        `estimate(why)` is the request's worst-case cost, asked for only under a cap; it raises (402)
+        when the cost cannot be bounded. 429 `spend_limited` when today's spend, what requests in flight
+        hold and this estimate are over the cap. An unknown spend (the store is down) counts as 0.
+        """
         cap = client.limits.daily_spend_usd
         if cap is None:
-            return
+            return None
         if source is None:
             if not self._warned_no_spend_source:
                 log.warning("daily_spend_usd is set but there is no activity store to read spend from: not enforced")
                 self._warned_no_spend_source = True
-            return
+            return None
+        who = _who(client)
+        usd = estimate(f"{who[:1].upper()}{who[1:]} has a daily spend cap")
+        day = utc_day()
+        for _ in range(_SPEND_READS):
+            read_at = await self.spend.clock()  # before the reading: costs written after it still count
+            spent = await self._spent_today(client, source)
+            outcome = await self.spend.reserve(
+                client.bucket, day=day, cap=cap, estimate=usd, spent=spent, read_at=read_at
+            )
+            if isinstance(outcome, Reservation):
+                return outcome
+            if isinstance(outcome, Refusal):
+                raise _spend_limited(client, cap=cap, estimate=usd, refusal=outcome)
+        raise LimitsUnavailable("Today's spend cannot be read in time (the activity store is slow); try again shortly.")
+
+    async def _spent_today(self, client: Client, source: SpendSource) -> float:
         try:
             spent = await source.spent_today(client.name)
         except Exception as exc:  # the activity store's outage must not take requests down with it
             log.warning("could not read today's spend for %s: %s", _who(client), type(exc).__name__)
-            return
-        if spent is not None and spent >= cap:
-            raise LimitExceeded(
-                f"Daily spend cap of ${cap:.2f} reached for {_who(client)}; it resets at 00:00 UTC.",
-                code="spend_limited",
-                retry_after=seconds_until_utc_midnight(),
-            )
+            return 0.0
+        return spent or 0.0
 
     async def take_fusion_slot(self, client: Client) -> Slot | None:
         """A concurrency slot for one fusion run (None when unlimited); 429 when all are held."""
@@ -94,12 +128,38 @@ class AccessControl:
         return slot
 
     async def aclose(self) -> None:
-        """Close the limit store."""
+        """Settle pending reservations, then close the limit store."""
+        await self.spend.aclose()
         await self.limiter.aclose()
 
 
 def _who(client: Client) -> str:
     return f"API key {client.name!r}" if client.name is not None else "this server"
+
+
+def _spend_limited(client: Client, *, cap: float, estimate: float, refusal: Refusal) -> LimitExceeded:
+    """The 429 of a refused reservation: retry soon when requests in flight block it, else after midnight."""
+    if refusal.counted >= cap:
+        return LimitExceeded(
+            f"Daily spend cap of ${cap:.2f} reached for {_who(client)}; it resets at 00:00 UTC.",
+            code="spend_limited",
+            retry_after=seconds_until_utc_midnight(),
+        )
+    message = (
+        f"Daily spend cap of ${cap:.2f} for {_who(client)}: ${refusal.counted:.4f} is spent or held by requests in "
+        f"flight today, and this request may cost up to ${estimate:.4f}."
+    )
+    if refusal.counted - refusal.in_flight + estimate <= cap:
+        return LimitExceeded(
+            message + " Retry when requests in flight have finished, or lower max_tokens.",
+            code="spend_limited",
+            retry_after=_SPEND_RETRY_AFTER_S,
+        )
+    return LimitExceeded(
+        message + " Lower max_tokens (or the panel), or wait until 00:00 UTC.",
+        code="spend_limited",
+        retry_after=seconds_until_utc_midnight(),
+    )
 
 
 def build_access(config: AccessConfig, environ: Mapping[str, str], *, lease_ttl_s: float = 60.0) -> AccessControl:
@@ -108,14 +168,18 @@ def build_access(config: AccessConfig, environ: Mapping[str, str], *, lease_ttl_
     Raises ConfigError (naming keys and variables, never values) when the configuration is wrong.
     """
     limiter: Limiter
+    spend: SpendBook
     url = redis_url(config, environ)
     if url:
-        limiter = RedisLimiter.from_url(url, prefix=config.limits.redis_prefix, lease_ttl_s=lease_ttl_s)
+        prefix = config.limits.redis_prefix
+        shared = RedisLimiter.from_url(url, prefix=prefix, lease_ttl_s=lease_ttl_s)
+        limiter, spend = shared, RedisSpendBook(shared.client, prefix=prefix, lease_ttl_s=lease_ttl_s)
     else:
-        limiter = MemoryLimiter()
+        limiter, spend = MemoryLimiter(), MemorySpendBook()
     return AccessControl(
         keys=load_keys(config, environ),
         defaults=Limits().over(config.limits),
         guards=config.guards,
         limiter=limiter,
+        spend=spend,
     )

@@ -23,11 +23,11 @@ from openfusion.errors import ConfigError
 
 log = logging.getLogger("openfusion.access")
 
-_NOW_MS = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+NOW_MS = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 
 # KEYS[1] request log; ARGV: limit, window (ms), unique member. Returns 0 (admitted) or ms to wait.
 _HIT = (
-    _NOW_MS
+    NOW_MS
     + """
 local window = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
@@ -43,7 +43,7 @@ return math.max(1, tonumber(oldest[2]) + window - now)
 
 # KEYS[1] leases; ARGV: limit, lease time (ms), lease id. Returns 1 (taken) or 0 (all held).
 _ACQUIRE = (
-    _NOW_MS
+    NOW_MS
     + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
@@ -57,7 +57,7 @@ return 0
 
 # KEYS[1] leases; ARGV: lease time (ms), lease id. Returns 1 (renewed) or 0 (the lease had expired).
 _RENEW = (
-    _NOW_MS
+    NOW_MS
     + """
 if redis.call('ZSCORE', KEYS[1], ARGV[2]) then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[2])
@@ -84,6 +84,11 @@ class RedisLimiter:
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._slots: set[_RedisSlot] = set()
+
+    @property
+    def client(self) -> Redis:
+        """The Redis client (spend reservations share it; this limiter closes it)."""
+        return self._client
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str, lease_ttl_s: float = 60.0) -> RedisLimiter:

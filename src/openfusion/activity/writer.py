@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -51,6 +51,8 @@ class ActivityWriter:
         self._closing = False  # aclose() was called: write what is queued, and what still comes, then stop
         self._stopped = False  # the writing is over: a record now could never reach the store
         self._written = self._dropped = self._failed = 0
+        # Told once whether a generation reached the store (a spend cap's reservation waits for it), by id.
+        self._on_written: dict[str, Callable[[bool], None]] = {}
 
     @classmethod
     def from_settings(cls, store: ActivityStore, settings: ActivitySettings) -> ActivityWriter:
@@ -74,12 +76,19 @@ class ActivityWriter:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="activity-writer")
 
-    def record(self, generation: GenerationRecord, calls: Iterable[CallRecord] = ()) -> bool:
+    def record(
+        self,
+        generation: GenerationRecord,
+        calls: Iterable[CallRecord] = (),
+        *,
+        on_written: Callable[[bool], None] | None = None,
+    ) -> bool:
         """Enqueue one generation without waiting; False when it was dropped (queue full or writer stopped).
 
         Call it on the event loop's thread (any route or pipeline code is); it never awaits, raises or blocks.
         While aclose() drains the queue, records are still taken: requests cancelled at shutdown record
-        themselves then.
+        themselves then. `on_written(True)` is called once the generation is in the store, `on_written(False)`
+        once it is lost; never when this returns False.
         """
         if self._stopped or self._pending >= self._queue_size:
             self._dropped += 1
@@ -89,6 +98,8 @@ class ActivityWriter:
         if not self._store_content:
             generation = generation.without_content()
         self._pending += 1
+        if on_written is not None:
+            self._on_written[generation.id] = on_written
         self._queue.put_nowait(ActivityEntry(generation, tuple(calls)))
         return True
 
@@ -155,8 +166,10 @@ class ActivityWriter:
                 self._lost(batch, exc)
         else:
             self._written += len(batch)
+            self._tell(batch, written=True)
         finally:
             self._pending -= len(batch)
+            self._tell(batch, written=False)  # any not told yet: the write was cancelled
 
     async def _write(self, batch: list[ActivityEntry]) -> None:
         async with asyncio.timeout(self._write_timeout_s):
@@ -182,9 +195,23 @@ class ActivityWriter:
                 self._lost([entry], exc)
             else:
                 self._written += 1
+                self._tell([entry], written=True)
+
+    def _tell(self, entries: list[ActivityEntry], *, written: bool) -> None:
+        """Tell whoever waits on these generations whether they reached the store (each once)."""
+        if not self._on_written:
+            return
+        for entry in entries:
+            callback = self._on_written.pop(entry.generation.id, None)
+            if callback is not None:
+                try:
+                    callback(written)
+                except Exception:  # a waiter's bug must not stop the writer
+                    log.exception("an activity write callback failed")
 
     def _lost(self, entries: list[ActivityEntry], exc: Exception) -> None:
         self._failed += len(entries)
+        self._tell(entries, written=False)
         which = f" ({entries[0].generation.id})" if len(entries) == 1 else ""
         log.warning(
             "activity store write failed, %d generation(s) lost%s (%d so far): %s: %s",

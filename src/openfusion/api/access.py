@@ -20,10 +20,11 @@ from openfusion.access.guards import check_guards
 from openfusion.access.keys import Client
 from openfusion.access.limiter import Slot
 from openfusion.access.scope import check_scope, requested_models
-from openfusion.access.spend import SpendSource
+from openfusion.access.spend import Reservation, SpendSource
 from openfusion.api.browser import BrowserGuard, is_activity_page
 from openfusion.api.handlers import error_response, route_path
 from openfusion.errors import OpenFusionError
+from openfusion.pipeline.budget import WorstCase
 from openfusion.pipeline.plan import FusionPlan
 from openfusion.pipeline.reach import Reach
 from openfusion.protocol import ChatRequest
@@ -37,19 +38,23 @@ _POLICY_VIOLATION = 1008
 
 @dataclass
 class Grant:
-    """One request's client and the slots it holds until its response has ended."""
+    """One request's client, the slots it holds until its response has ended, and its spend reservation."""
 
     access: AccessControl
     client: Client
     slots: list[Slot] = field(default_factory=list)
+    reservation: Reservation | None = None  # settled by the request's ledger; released here if never used
 
     async def release(self) -> None:
         """Give back every slot, even while the request is being cancelled (client gone)."""
-        if not self.slots:
+        if not self.slots and self.reservation is None:
             return
         with anyio.move_on_after(_RELEASE_TIMEOUT_S, shield=True):
             while self.slots:
                 await self.slots.pop().release()
+            if self.reservation is not None:
+                reservation, self.reservation = self.reservation, None
+                await reservation.release()
 
 
 class AccessMiddleware:
@@ -84,23 +89,36 @@ class AccessMiddleware:
             await grant.release()
 
 
-async def admit(request: Request, *, chat: ChatRequest, plan: FusionPlan | None, reach: Reach) -> None:
-    """Check a chat request against its key's scope, the guards and the spend cap; hold a fusion slot.
+async def admit(
+    request: Request, *, chat: ChatRequest, plan: FusionPlan | None, reach: Reach, worst: WorstCase
+) -> None:
+    """Check a chat request against its key's scope and the guards; reserve its spend; hold a fusion slot.
 
-    Raises ModelNotAllowed (403), InvalidRequest (400) or LimitExceeded (429). The slot is given
-    back by the middleware when the response ends.
+    Raises ModelNotAllowed (403), InvalidRequest (400), CostLimitExceeded (402: a cost a spend cap cannot
+    bound) or LimitExceeded (429). The slot is given back by the middleware when the response ends; the
+    reservation is settled by the request's ledger.
     """
     grant: Grant | None = request.scope.get("state", {}).get(_GRANT)
     if grant is None:
         raise RuntimeError("admit() needs AccessMiddleware: call install_access(app, ...)")
     check_scope(grant.client, requested_models(reach))
     check_guards(grant.access.guards, chat=chat, plan=plan, reach=reach)
-    if grant.client.limits.daily_spend_usd is not None:
-        await grant.access.check_spend(grant.client, spend_source(request.app))
+    if grant.client.limits.daily_spend_usd is not None:  # keys without a cap never pay for an estimate
+
+        def bound(why: str) -> float:
+            return worst.estimate.bounded(why=why)
+
+        grant.reservation = await grant.access.reserve_spend(grant.client, spend_source(request.app), bound)
     if plan is not None:
         slot = await grant.access.take_fusion_slot(grant.client)
         if slot is not None:
             grant.slots.append(slot)
+
+
+def spend_reservation(request: Request) -> Reservation | None:
+    """The request's reservation against its key's daily spend cap, if it has one."""
+    grant: Grant | None = request.scope.get("state", {}).get(_GRANT)
+    return grant.reservation if grant is not None else None
 
 
 def client_key_name(request: Request) -> str | None:

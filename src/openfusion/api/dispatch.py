@@ -15,7 +15,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 
 from openfusion.activity import ApiType
-from openfusion.api.access import admit, client_key_name
+from openfusion.api.access import admit, client_key_name, spend_reservation
 from openfusion.api.body import named_model
 from openfusion.api.deps import AppState
 from openfusion.api.ledger import Ledger
@@ -70,9 +70,11 @@ async def open_exchange(request: Request, chat: ChatRequest, *, api_type: ApiTyp
             chat, presets=state.presets, default_preset=state.settings.default_preset, registry=state.registry
         )
         reach = reach_of(chat, plan)  # every model it can call: for the scope, the guards and the estimate
-        await admit(request, chat=chat, plan=plan, reach=reach)  # 403 scope, 400 guards, 429 spend/concurrency
+        worst = WorstCase(chat, plan, reach, prices=state.prices)  # computed only when something needs it
+        # 403 scope, 400 guards, 402 unbounded under a spend cap, 429 spend (reserved here) or concurrency
+        await admit(request, chat=chat, plan=plan, reach=reach, worst=worst)
         if plan is not None:
-            plan = priced(plan, WorstCase(chat, plan, reach, prices=state.prices))  # 402 when over max_cost
+            plan = priced(plan, worst)  # 402 when over max_cost
     except OpenFusionError as exc:
         preset = plan.preset if plan else None
         record_refusal(request, exc, model=chat.model, streamed=chat.stream, api_type=api_type, preset=preset)
@@ -85,6 +87,7 @@ async def open_exchange(request: Request, chat: ChatRequest, *, api_type: ApiTyp
         key_name=client_key_name(request),
         route=_route(state, chat, plan),
         api_type=api_type,
+        reservation=spend_reservation(request),  # settled when the ledger closes
     )
     return Exchange(request, state, chat, plan, ledger)
 

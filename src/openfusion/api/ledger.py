@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from openfusion.access.spend import Reservation
 from openfusion.activity import ApiType, CallRecord, GenerationRecord, PanelText, Tokens, utc_now
 from openfusion.api.deps import AppState
 from openfusion.api.disconnect import ClientDisconnected
@@ -37,6 +38,7 @@ class Ledger:
         key_name: str | None = None,
         route: str = "passthrough",
         api_type: ApiType = "completions",
+        reservation: Reservation | None = None,
     ) -> None:
         self.state = state
         self.generation_id = new_generation_id()
@@ -56,6 +58,10 @@ class Ledger:
         self.model: str | None = None
         self.content: dict[str, Any] = {}
         self._closed = False
+        # Its spend cap's hold: settled to the actual cost here, released once that is in the store.
+        self.reservation = reservation
+        if reservation is not None:
+            reservation.started()
         state.metrics.in_flight.inc()
         state.drain.opened()
 
@@ -136,8 +142,15 @@ class Ledger:
         state.metrics.overhead_seconds.observe(overhead / 1000)
         if cost:
             state.metrics.cost.inc(cost)
+        reservation = self.reservation
+        if reservation is not None:
+            reservation.settle(cost if calls else 0.0)  # no upstream call: nothing spent
+        written = reservation.written if reservation is not None else None
+        recorded = False
         if state.activity is not None:
-            state.activity.record(self._generation_record(latency_ms, bill.usage), calls)
+            recorded = state.activity.record(self._generation_record(latency_ms, bill.usage), calls, on_written=written)
+        if reservation is not None and not recorded:
+            reservation.written(False)  # never reaches the store: its cost stays counted here
         log.info(
             "request finished",
             extra={

@@ -1,0 +1,154 @@
+"""Spend reservations: the same rules in this process and in the real Redis, step by step."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis
+
+from openfusion.access.redis_spend import RedisSpendBook
+from openfusion.access.spend import MemorySpendBook, Refusal, Reservation, SpendBook
+
+from .conftest import REDIS_URL
+
+DAY = "2026-12-05"
+BUCKET = "key:team-a"
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def book(request: pytest.FixtureRequest) -> AsyncIterator[SpendBook]:
+    """A spend book with a short reading window (1 s); the Redis one on a fresh key prefix."""
+    if request.param == "memory":
+        yield MemorySpendBook(read_window_s=1.0)
+        return
+    prefix = request.getfixturevalue("redis_prefix")
+    client = redis.asyncio.Redis.from_url(REDIS_URL)
+    shared = RedisSpendBook(client, prefix=prefix, read_window_s=1.0, clock_margin_s=0.05)
+    yield shared
+    await shared.aclose()
+    await client.aclose()
+
+
+async def reserve(book: SpendBook, estimate: float, *, cap: float = 1.0, spent: float = 0.0) -> Reservation | Refusal:
+    outcome = await book.reserve(BUCKET, day=DAY, cap=cap, estimate=estimate, spent=spent, read_at=await book.clock())
+    assert outcome is not None
+    return outcome
+
+
+async def settled(book: SpendBook) -> None:
+    """Let a shared book's background settlement reach Redis."""
+    if isinstance(book, RedisSpendBook):
+        await asyncio.sleep(0.1)
+
+
+async def test_reservations_count_until_the_cap(book: SpendBook) -> None:
+    first, second = await reserve(book, 0.4), await reserve(book, 0.4)
+    assert isinstance(first, Reservation) and isinstance(second, Reservation)
+    refused = await reserve(book, 0.4)
+    assert refused == Refusal(counted=pytest.approx(0.8), in_flight=pytest.approx(0.8))
+    # What the store already counts adds to what requests in flight hold.
+    assert isinstance(await reserve(book, 0.1, spent=0.05), Reservation)
+    assert isinstance(await reserve(book, 0.1, spent=0.05), Refusal)
+
+
+async def test_a_reservation_never_used_is_given_back(book: SpendBook) -> None:
+    unused = await reserve(book, 0.9)
+    assert isinstance(unused, Reservation)
+    await unused.release()
+    assert isinstance(await reserve(book, 0.9), Reservation)
+
+
+async def test_a_settled_cost_counts_until_a_reading_after_its_write(book: SpendBook) -> None:
+    held = await reserve(book, 0.9)
+    assert isinstance(held, Reservation)
+    before_write = await book.clock()  # a reading of the store begun before the write lands
+    held.started()
+    held.settle(0.3)
+    assert isinstance(await reserve(book, 0.2), Refusal)  # still its estimate until the record is written
+    held.written(True)
+    await settled(book)
+    await held.release()  # after settling: nothing to give back
+    # Read before the write: the store does not show it, so the reservation counts it (at its actual cost).
+    stale_view = await book.reserve(BUCKET, day=DAY, cap=1.0, estimate=0.8, spent=0.0, read_at=before_write)
+    assert isinstance(stale_view, Refusal) and stale_view.counted == pytest.approx(0.3)
+    # Read after: the store shows it, and the reservation no longer counts.
+    await asyncio.sleep(0.1)
+    after = await book.reserve(BUCKET, day=DAY, cap=1.0, estimate=0.7, spent=0.3, read_at=await book.clock())
+    assert isinstance(after, Reservation)
+
+
+async def test_a_reading_older_than_the_window_is_read_again(book: SpendBook) -> None:
+    read_at = await book.clock() - 2.0
+    assert await book.reserve(BUCKET, day=DAY, cap=1.0, estimate=0.1, spent=0.0, read_at=read_at) is None
+
+
+@pytest.mark.parametrize("how", ["unknown cost", "lost record", "never settled"])
+async def test_costs_the_store_will_not_count_stay_counted_all_day(book: SpendBook, how: str) -> None:
+    held = await reserve(book, 0.5)
+    assert isinstance(held, Reservation)
+    held.started()
+    if how == "unknown cost":  # a stream without usage, a cancelled call: its estimate is what it may have cost
+        held.settle(None)
+        kept = 0.5
+    elif how == "lost record":
+        held.settle(0.2)
+        held.written(False)
+        kept = 0.2
+    else:  # the response ended without its ledger closing
+        await held.release()
+        kept = 0.5
+    await settled(book)
+    await asyncio.sleep(1.2)  # past the reading window
+    refused = await reserve(book, 1.0 - kept + 0.01)
+    assert isinstance(refused, Refusal) and refused.counted == pytest.approx(kept) and refused.in_flight == 0
+    assert isinstance(await reserve(book, 1.0 - kept - 0.01), Reservation)
+    # Another day starts from nothing.
+    tomorrow = await book.reserve(
+        BUCKET, day="2026-12-06", cap=1.0, estimate=1.0, spent=0.0, read_at=await book.clock()
+    )
+    assert isinstance(tomorrow, Reservation)
+
+
+async def test_each_bucket_has_its_own_reservations(book: SpendBook) -> None:
+    assert isinstance(await reserve(book, 1.0), Reservation)
+    other = await book.reserve("key:team-b", day=DAY, cap=1.0, estimate=1.0, spent=0.0, read_at=await book.clock())
+    assert isinstance(other, Reservation)
+
+
+async def test_a_crashed_replicas_reservations_expire_with_their_lease(redis_prefix: str) -> None:
+    client = redis.asyncio.Redis.from_url(REDIS_URL)
+    crashed = RedisSpendBook(client, prefix=redis_prefix, lease_ttl_s=0.5)
+    alive = RedisSpendBook(client, prefix=redis_prefix, lease_ttl_s=0.5)
+    try:
+        held = await reserve(crashed, 1.0)
+        assert isinstance(held, Reservation)
+        running = await reserve(alive, 0.5, cap=2.0)
+        assert isinstance(running, Reservation)
+        assert crashed._renewer is not None
+        crashed._renewer.cancel()  # the replica dies: its leases are no longer renewed
+        await asyncio.sleep(1.0)
+        # The dead replica's hold is gone; the live one's, renewed, still counts.
+        refused = await reserve(alive, 1.6, cap=2.0)
+        assert isinstance(refused, Refusal) and refused.counted == pytest.approx(0.5)
+        assert isinstance(await reserve(alive, 1.5, cap=2.0), Reservation)
+    finally:
+        await alive.aclose()
+        await client.aclose()
+
+
+async def test_readings_are_dated_by_the_redis_clock_never_late(redis_prefix: str) -> None:
+    client = redis.asyncio.Redis.from_url(REDIS_URL)
+    book = RedisSpendBook(client, prefix=redis_prefix)
+    try:
+        for _ in range(20):
+            dated = await book.clock()  # asked of Redis once, then told from the last script's time
+            seconds, micros = await client.time()
+            redis_now = seconds + micros / 1e6
+            # Never after the Redis time (a reading dated late could miss a cost), never far before it.
+            assert redis_now - 1.0 <= dated <= redis_now
+            assert isinstance(await reserve(book, 0.01, cap=100.0), Reservation)
+    finally:
+        await book.aclose()
+        await client.aclose()

@@ -1,0 +1,220 @@
+"""Daily spend caps under concurrency: each request reserves its worst case before anything is sent.
+
+Against the real server: requests fired together, a real activity store (SQLite; PostgreSQL shared
+by two replicas reserving in the real Redis), and a fake upstream whose answers cost exactly what
+their estimate says, so the cap must hold to the cent.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from fakes.upstream import FakeUpstream, Script, wait_until
+
+from .conftest import ANALYSIS, REDIS_URL, bearer, chat_body
+
+Serve = Callable[..., AbstractContextManager[tuple[str, FastAPI]]]
+KEY = "sk-capped-team-0123456789"
+ADMIN = "sk-auditor-0123456789abc"
+ENVIRON = {"CAPPED_KEY": KEY, "AUDIT_KEY": ADMIN}
+CHAT = "/v1/chat/completions"
+CENT = 0.01  # USD per completion token of the priced models below: 10 tokens cost $0.10
+# Ten completion tokens at most, and the fake answers with exactly ten: each request costs its estimate.
+FULL = {"prompt_tokens": 40, "completion_tokens": 10, "total_tokens": 50}
+
+
+def capped(cap: float, **extra: Any) -> dict[str, Any]:
+    return {
+        "keys": [
+            {"name": "capped", "key_env": "CAPPED_KEY", "daily_spend_usd": cap, **extra},
+            {"name": "auditor", "key_env": "AUDIT_KEY", "admin": True},
+        ]
+    }
+
+
+def pricing(**completion: float) -> dict[str, Any]:
+    """Free prompts; completion prices per model (USD per token); every fake model priced."""
+    prices = {m: 0.0 for m in ("a", "b", "c", "judge", "synth")} | completion
+    return {"models": {f"fake/{m}": {"prompt": 0.0, "completion": p, "max_completion_tokens": 1000}
+                       for m, p in prices.items()}}  # fmt: skip
+
+
+def fire(url: str, body: dict[str, Any] | list[dict[str, Any]], *, count: int) -> list[httpx.Response]:
+    """`count` requests at once (several URLs: round robin), each on its own connection."""
+    urls = [url] if isinstance(url, str) else url
+
+    def post(i: int) -> httpx.Response:
+        return httpx.post(f"{urls[i % len(urls)]}{CHAT}", json=body, headers=bearer(KEY), timeout=30)
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(post, range(count)))
+
+
+def spent(url: str, *, records: int) -> float:
+    """Today's recorded cost of the capped key, once its `records` generations are in the store."""
+
+    def listed() -> list[dict[str, Any]]:
+        body = httpx.get(f"{url}/v1/activity", params={"limit": 200}, headers=bearer(ADMIN)).json()
+        # Refusals are recorded too (as errors that cost nothing): the requests that ran are the ones served.
+        return [g for g in body["data"] if g["key_name"] == "capped" and g["status"] == "ok"]
+
+    wait_until(lambda: len(listed()) >= records, timeout=15)
+    generations = listed()
+    assert len(generations) == records
+    return sum(g["total_cost"] for g in generations)
+
+
+def codes(responses: list[httpx.Response]) -> list[int]:
+    return sorted(r.status_code for r in responses)
+
+
+def test_concurrent_requests_cannot_spend_past_the_cap(upstream: FakeUpstream, serve: Serve, tmp_path: Path) -> None:
+    upstream.script("a", Script(delay_s=3.0, usage=FULL))  # all six are in flight together
+    upstream.script("b", Script(usage={"prompt_tokens": 40, "completion_tokens": 5, "total_tokens": 45}))
+    activity = {"path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
+    body = chat_body("fake/a", max_tokens=10)  # worst case: 10 tokens x $0.01 = $0.10
+    with serve(capped(0.35), environ=ENVIRON, activity=activity, pricing=pricing(a=CENT, b=CENT)) as (url, _):
+        responses = fire(url, body, count=6)
+        assert codes(responses) == [200, 200, 200, 429, 429, 429], [r.text for r in responses]
+        refused = [r for r in responses if r.status_code == 429]
+        for response in refused:
+            assert response.json()["error"]["code"] == "spend_limited"
+            # Held by requests in flight, not spent yet: worth asking again soon.
+            assert int(response.headers["retry-after"]) <= 2
+            assert "$0.35" in response.json()["error"]["message"]
+        assert spent(url, records=3) == pytest.approx(0.30)  # at most the cap: three of $0.10 within $0.35
+        # Settled: the spend is in the store now, and one more would pass the cap, until midnight.
+        again = httpx.post(f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30)
+        assert again.status_code == 429 and int(again.headers["retry-after"]) > 60
+        # A smaller request still fits what is left, to the cent.
+        small = httpx.post(f"{url}{CHAT}", json=chat_body("fake/b", max_tokens=5), headers=bearer(KEY), timeout=30)
+        assert small.status_code == 200
+        assert spent(url, records=4) == pytest.approx(0.35)
+    assert len(upstream.calls_for("a")) == 3
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_concurrent_fusion_runs_across_two_replicas_hold_one_cap(
+    upstream: FakeUpstream, serve: Serve, postgres_url: str, redis_prefix: str, stream: bool
+) -> None:
+    for model in "abc":
+        upstream.script(model, Script(delay_s=2.0))
+    upstream.script("judge", Script(content=json.dumps(ANALYSIS)))
+    upstream.script("synth", Script(usage=FULL))
+    access = {**capped(0.25), "redis_url": REDIS_URL, "limits": {"redis_prefix": redis_prefix}}
+    environ = {**ENVIRON, "DATABASE_URL": postgres_url}
+    settings = {"activity": {"flush_interval_s": 0.05}, "pricing": pricing(synth=CENT)}
+    body = chat_body("fusion/trio", max_tokens=10, stream=stream)  # only the synthesizer is paid: $0.10 at most
+    with (
+        serve(access, environ=environ, **settings) as (url_a, _),
+        serve(access, environ=environ, **settings) as (
+            url_b,
+            _,
+        ),
+    ):
+        responses = fire([url_a, url_b], body, count=6)
+        assert codes(responses) == [200, 200, 429, 429, 429, 429], [r.text for r in responses]
+        assert spent(url_b, records=2) == pytest.approx(0.20)  # within $0.25, whichever replica served them
+    assert len(upstream.calls_for("synth")) == 2
+
+
+def test_a_cost_that_stays_unknown_keeps_its_estimate_counted(
+    upstream: FakeUpstream, serve: Serve, tmp_path: Path
+) -> None:
+    # A relayed stream's usage is not read: its cost stays unknown, and so it counts at its worst case.
+    activity = {"path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
+    body = chat_body("fake/a", max_tokens=10, stream=True)
+    with serve(capped(0.15), environ=ENVIRON, activity=activity, pricing=pricing(a=CENT)) as (url, _):
+        first = httpx.post(f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30)
+        assert first.status_code == 200 and first.text.rstrip().endswith("[DONE]")
+        generation = first.headers["x-generation-id"]
+
+        def recorded() -> bool:
+            detail = httpx.get(f"{url}/api/v1/generation", params={"id": generation}, headers=bearer(KEY))
+            return detail.status_code == 200
+
+        wait_until(recorded, timeout=10)
+        assert (
+            httpx.get(f"{url}/api/v1/generation", params={"id": generation}, headers=bearer(KEY)).json()["data"][
+                "total_cost"
+            ]
+            is None
+        )
+        # The store counts nothing for it; the cap counts its $0.10, so another $0.10 no longer fits.
+        second = httpx.post(f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30)
+        assert second.status_code == 429 and second.json()["error"]["code"] == "spend_limited"
+    assert len(upstream.calls_for("a")) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "named"),
+    [
+        (chat_body("fake/unpriced", max_tokens=10), "model", "fake/unpriced"),
+        (chat_body("fake/a", models=["fake/unpriced"], max_tokens=10), "models[0]", "fake/unpriced"),
+        (
+            chat_body("fake/a", max_tokens=10, tools=[{"type": "openrouter:fusion",
+                      "parameters": {"analysis_models": ["fake/b", "fake/unpriced"]}}]),
+            "tools[0].parameters.analysis_models[1]",
+            "fake/unpriced",
+        ),
+        (chat_body("fake/windowless"), "max_tokens", "fake/windowless"),  # nothing bounds its output
+    ],
+)  # fmt: skip
+def test_a_cost_a_cap_cannot_bound_is_refused_before_anything_is_sent(
+    upstream: FakeUpstream, serve: Serve, tmp_path: Path, body: dict[str, Any], param: str, named: str
+) -> None:
+    prices = pricing(a=CENT)
+    prices["models"]["fake/windowless"] = {"prompt": 0.0, "completion": CENT}
+    activity = {"path": str(tmp_path / "activity.sqlite3")}
+    with serve(capped(1.0), environ=ENVIRON, activity=activity, pricing=prices) as (url, _):
+        response = httpx.post(f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30)
+        assert response.status_code == 402, response.text
+        error = response.json()["error"]
+        assert (error["code"], error["param"]) == ("cost_unbounded", param)
+        assert named in error["message"] and "daily spend cap" in error["message"]
+        assert upstream.calls == []  # refused before anything was sent
+        # A key without a cap is not asked for a bound.
+        assert httpx.post(f"{url}{CHAT}", json=body, headers=bearer(ADMIN), timeout=30).status_code == 200
+
+
+def test_a_reservation_is_given_back_when_the_request_is_refused_later(
+    upstream: FakeUpstream, serve: Serve, tmp_path: Path
+) -> None:
+    for model in "abc":
+        upstream.script(model, Script(delay_s=2.0))
+    upstream.script("judge", Script(content=json.dumps(ANALYSIS)))
+    upstream.script("synth", Script(usage=FULL))
+    activity = {"path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
+    body = chat_body("fusion/trio", max_tokens=10)  # $0.10 at most, and the synthesizer bills exactly that
+    access = capped(0.25, max_concurrent_fusion=1)
+    with serve(access, environ=ENVIRON, activity=activity, pricing=pricing(synth=CENT)) as (url, app):
+        book = app.state.access.spend
+        results: list[httpx.Response] = []
+        running = threading.Thread(
+            target=lambda: results.append(httpx.post(f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30))
+        )
+        running.start()
+        wait_until(lambda: len(upstream.calls_for("a")) == 1, timeout=10)  # admitted, its panel at work
+        # Refused after reserving: no fusion slot free (429), or over its own max_cost (402).
+        no_slot = httpx.post(f"{url}{CHAT}", json={**body, "max_tokens": 5}, headers=bearer(KEY), timeout=30)
+        assert no_slot.status_code == 429 and no_slot.json()["error"]["code"] == "concurrency_limited"
+        running.join()
+        wait_until(lambda: app.state.access.limiter.held("key:capped") == 0, timeout=5)  # its slot given back
+        tight = {**body, "max_tokens": 7, "plugins": [{"id": "fusion", "max_cost": 0.01}]}
+        over_cost = httpx.post(f"{url}{CHAT}", json=tight, headers=bearer(KEY), timeout=30)
+        assert over_cost.status_code == 402 and over_cost.json()["error"]["code"] == "max_cost_exceeded"
+        assert results[0].status_code == 200 and spent(url, records=1) == pytest.approx(0.10)
+        # Neither refused request holds anything (given back once its response is out): only the finished
+        # one's $0.10 counts (in the store).
+        wait_until(lambda: abs(book.held("key:capped") - 0.10) < 1e-9, timeout=5)
+        assert httpx.post(f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30).status_code == 200
