@@ -201,3 +201,58 @@ def test_list_click_timeline_and_screenshot(site: str, browser: Browser, tmp_pat
     assert counts["panel"] > 18 * 200, counts
     assert counts["judge"] > 18 * 200 and counts["synth"] > 18 * 150, counts
     assert counts["failed"] > 200, counts
+
+
+ALICE, BOB = "sk-alice-browser-0123456789", "sk-bob-browser-0123456789"
+
+
+@pytest.fixture
+def keyed_site(tmp_path: Path) -> Iterator[str]:
+    """The real app with two client keys, over a store holding one generation of each."""
+    import asyncio
+
+    from openfusion.app import create_app
+    from openfusion.settings import ProviderConfig, Settings
+
+    path = tmp_path / "keyed.sqlite3"
+
+    async def fill() -> None:
+        store = await SqliteStore.open(path)
+        secret = make_entry("gen-alice", created_at=T0, key_name="alice", content=True, final_answer="Alice's plan.")
+        await store.write([secret, make_entry("gen-bob", created_at=T0 + timedelta(seconds=5), key_name="bob")])
+        await store.close()
+
+    asyncio.run(fill())
+    settings = Settings(
+        providers=[ProviderConfig(name="none", base_url="http://127.0.0.1:9/v1", models=["*"])],
+        builtin_providers=False,
+        keys=[{"name": "alice", "key_env": "ALICE_KEY"}, {"name": "bob", "key_env": "BOB_KEY"}],
+        activity={"path": path},
+    )
+    with serve_in_thread(create_app(settings, environ={"ALICE_KEY": ALICE, "BOB_KEY": BOB})) as url:
+        yield url
+
+
+def test_a_browser_signed_in_with_a_key_sees_only_that_keys_activity(keyed_site: str, browser: Browser) -> None:
+    bob = browser.new_context(http_credentials={"username": "bob", "password": BOB})
+    page = bob.new_page()
+    page.goto(f"{keyed_site}/activity")
+    rows = page.locator("tr.request")
+    expect(rows).to_have_count(1)
+    assert page.locator('a[href="/activity/gen-alice"]').count() == 0
+    # Alice's page, typed in: as missing as a page that never existed, and nothing of hers on it.
+    response = page.goto(f"{keyed_site}/activity/gen-alice")
+    assert response is not None and response.status == 404
+    assert "Alice's plan" not in page.content()
+    missing = page.goto(f"{keyed_site}/activity/gen-nobody")
+    assert missing is not None and missing.status == 404
+    bob.close()
+
+    alice = browser.new_context(http_credentials={"username": "alice", "password": ALICE})
+    page = alice.new_page()
+    page.goto(f"{keyed_site}/activity")
+    expect(page.locator("tr.request")).to_have_count(1)
+    page.click('a[href="/activity/gen-alice"]')
+    page.wait_for_url(f"{keyed_site}/activity/gen-alice")
+    expect(page.locator(".final-answer pre")).to_contain_text("Alice's plan.")
+    alice.close()
