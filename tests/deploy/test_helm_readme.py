@@ -1,4 +1,4 @@
-"""The README's Kubernetes (Helm) section: its `helm install` commands render, and say what they claim."""
+"""The documentation's Kubernetes (Helm) page: its `helm install` commands render, and say what they claim."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ pytestmark = pytest.mark.helm
 
 
 def _section() -> str:
-    text = (REPO / "README.md").read_text()
-    start = text.index("### Kubernetes (Helm)")
-    return text[start : text.index("\n## ", start)]
+    """The page docs/deployment/kubernetes.md."""
+    return (REPO / "docs" / "deployment" / "kubernetes.md").read_text()
 
 
 def _install_commands() -> list[list[str]]:
@@ -54,7 +53,7 @@ def test_the_gateway_install_renders_a_keyed_three_replica_gateway(helm: Helm) -
     assert manifests.container()["image"].startswith("registry.example.com/openfusion:")
 
 
-def test_the_private_install_renders_one_pod_at_the_address_the_readme_gives(helm: Helm) -> None:
+def test_the_private_install_renders_one_pod_at_the_address_the_docs_give(helm: Helm) -> None:
     _, private = _install_commands()
     manifests = _render(helm, private)
     assert manifests.one("Deployment")["spec"]["replicas"] == 1
