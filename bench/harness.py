@@ -105,6 +105,14 @@ class Bench:
         self.fake = self._start(Service("fake", argv, port, "/health", log_dir=self.logs, cwd=REPO))
         return self.fake
 
+    def start_floor(self, name: str, presets: dict[str, dict[str, Any]], *, workers: int = 1) -> Service:
+        """The floor arm (`bench/floor.py`): raw aiohttp on uvloop making a fusion's five calls to the fake."""
+        assert self.fake is not None
+        port = free_port()
+        argv = [sys.executable, "-m", "bench.floor", "--port", str(port), "--upstream", f"{self.fake.url}/v1"]
+        argv += ["--presets", json.dumps(presets, separators=(",", ":")), "--workers", str(workers)]
+        return self._start(Service(name, argv, port, "/health", log_dir=self.logs, cwd=REPO))
+
     def openfusion_exe(self) -> str:
         if self.openfusion_bin:
             return self.openfusion_bin
@@ -162,6 +170,7 @@ class Bench:
         http_extra: str = "",
         access_log: bool = False,
         max_connections: int = 2048,
+        workers: int | None = None,
     ) -> Service:
         config, preset_dir = self.write_openfusion_config(
             name, presets, http_extra=http_extra, max_connections=max_connections
@@ -178,6 +187,7 @@ class Bench:
             str(port),
         ]
         argv += [] if access_log else ["--no-access-log", "--log-level", "warning"]
+        argv += ["--workers", str(workers)] if workers else []
         env = {k: "" for k in os.environ if k.endswith("_API_KEY")}  # no provider keys from the shell
         return self._start(Service(name, argv, port, "/healthz", env=env, log_dir=self.logs), timeout=30)
 

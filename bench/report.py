@@ -11,7 +11,11 @@ from bench.scenarios import dumps
 
 ARM_LABELS = {
     "ideal": "ideal (the client calls the fake itself)",
+    "floor": "floor (raw aiohttp proxy, same five calls)",
     "openfusion": "openfusion",
+    "responses": "openfusion, Responses API",
+    "openfusion_w2": "openfusion --workers 2",
+    "floor_w2": "floor, 2 processes",
     "messages": "openfusion, Anthropic Messages API",
     "direct": "direct to the fake",
     "litellm": "LiteLLM proxy",
@@ -162,6 +166,134 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def floor_targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(target, measured, verdict) for the targets set against the floor arm, measured in the same run."""
+    rows: list[tuple[str, str, str]] = []
+
+    def verdict(ok: bool | None) -> str:
+        return "–" if ok is None else ("met" if ok else "**not met**")
+
+    modes = ("non_stream", "stream")
+    over = {m: _get(results, "fusion", m, "1", "openfusion", "overhead", "p50") for m in modes}
+    floor = {m: _get(results, "fusion", m, "1", "floor", "overhead", "p50") for m in modes}
+    if all(over[m] is not None and floor[m] is not None for m in modes):
+        gaps = {m: over[m] - floor[m] for m in modes}
+        rows.append(
+            (
+                "fusion overhead at c=1, p50: within 1 ms of the floor arm's",
+                "; ".join(
+                    f"{m.replace('_', '-')}: openfusion {f(over[m], 2)} ms, floor {f(floor[m], 2)} ms "
+                    f"(+{f(gaps[m], 2)} ms)"
+                    for m in modes
+                ),
+                verdict(max(gaps.values()) <= 1.0),
+            )
+        )
+    cpu = {m: proxy_cpu(_get(results, "fusion", m, "50", "openfusion") or {}) for m in modes}
+    fcpu = {m: proxy_cpu(_get(results, "fusion", m, "50", "floor") or {}) for m in modes}
+    if all(cpu[m] and fcpu[m] for m in modes):
+        ratios = {m: cpu[m] / fcpu[m] for m in modes}  # type: ignore[operator]
+        rows.append(
+            (
+                "proxy CPU per fusion request at c=50: at most 1.5× the floor arm's",
+                "; ".join(
+                    f"{m.replace('_', '-')}: openfusion {f(cpu[m], 2)} ms, floor {f(fcpu[m], 2)} ms "
+                    f"({f(ratios[m], 2)}×)"
+                    for m in modes
+                ),
+                verdict(max(ratios.values()) <= 1.5),
+            )
+        )
+    w = results.get("workers") or {}
+    w2, w1, fl2 = w.get("openfusion_w2") or {}, w.get("openfusion") or {}, w.get("floor_w2") or {}
+    if w2.get("share_of_allowed") is not None and w1.get("overhead"):
+        p99_2, p99_1 = w2["overhead"]["p99"], w1["overhead"]["p99"]
+        rows.append(
+            (
+                f"throughput with `--workers 2` at c={w.get('concurrency')}: ≥ 90% of what the machine allows "
+                "(cores ÷ CPU per request of proxy + fake + load generator), p99 overhead not worse than one "
+                "worker's",
+                f"{f(w2['rps'])} req/s of {f(w2['machine_allows_rps'])} allowed ({f(100 * w2['share_of_allowed'])}%; "
+                f"{f(w2['all_cpu_ms_per_req'], 2)} ms of CPU per request in all; the cores other jobs left free "
+                f"allowed "
+                f"{f(w2.get('free_allows_rps'))}); p99 overhead {f(p99_2)} ms vs "
+                f"{f(p99_1)} ms with one worker ({f(w1.get('rps'))} req/s); floor with 2 processes: "
+                f"{f(fl2.get('rps'))} req/s of {f(fl2.get('machine_allows_rps'))} allowed",
+                verdict(w2["share_of_allowed"] >= 0.9 and p99_2 <= p99_1),
+            )
+        )
+    inflight = _get(results, "memory", "inflight") or {}
+    if inflight:
+        top = max(inflight, key=int)
+        per = inflight[top]["per_stream_kb"]
+        fl = _get(results, "memory", "floor_inflight", "per_stream_kb")
+        rows.append(
+            (
+                "RSS per in-flight fusion stream ≤ 64 KiB",
+                f"openfusion {f(per)} KiB, floor {f(fl)} KiB (at {inflight[top]['in_flight']} streams inside "
+                "synthesis)",
+                verdict(per <= 64),
+            )
+        )
+    added = {
+        arm: _get(results, "passthrough", "non_stream", "1", arm, "added", "p50")
+        for arm in ("openfusion", "floor", "litellm")
+    }
+    if added["openfusion"] is not None:
+        rows.append(
+            (
+                "pass-through added latency ≤ 1.5 ms p50 (c=1, non-stream)",
+                f"openfusion {f(added['openfusion'], 2)} ms, floor {f(added['floor'], 2)} ms, LiteLLM "
+                f"{f(added['litellm'], 2)} ms",
+                verdict(added["openfusion"] <= 1.5),
+            )
+        )
+    return rows
+
+
+def workers_section(data: dict[str, Any]) -> str:
+    if "error" in data:
+        return f"Failed: {data['error']}"
+    rows = []
+    for arm, s in data.items():
+        if not isinstance(s, dict) or "n" not in s:
+            continue
+        cpu = s.get("cpu_ms_per_req", {})
+        rows.append(
+            [
+                ARM_LABELS.get(arm, arm),
+                f"{s['n']} / {s['errors']}",
+                qqq(s, "overhead"),
+                q(s, "first_data"),
+                f(s["rps"]),
+                f(proxy_cpu(s), 2),
+                f(cpu.get("fake"), 2),
+                f(s.get("client_cpu_ms_per_req"), 2),
+                f(s.get("machine_allows_rps")),
+                f(100 * s["share_of_allowed"]) if s.get("share_of_allowed") is not None else "–",
+                f(s.get("free_allows_rps")),
+                f(s.get("rss_mb")),
+                f(s.get("other_load_cores"), 2),
+            ]
+        )
+    header = [
+        "arm",
+        "n / errors",
+        "overhead p50/p95/p99 ms",
+        "first token p50",
+        "req/s",
+        "proxy CPU ms/req",
+        "fake CPU ms/req",
+        "client CPU ms/req",
+        "machine allows req/s",
+        "% of allowed",
+        "the cores left free allow req/s",
+        "proxy RSS MiB",
+        "other load (cores)",
+    ]
+    return _table(header, rows)
+
+
 # -- markdown ------------------------------------------------------------------------------------
 
 
@@ -258,22 +390,29 @@ def fusion_section(data: dict[str, Any]) -> str:
 def breakdown_table(data: dict[str, Any]) -> str:
     """Where the c=1 overhead goes, segment by segment, the ideal client beside openfusion."""
     p50 = data.get("p50_ms") or {}
-    ideal, of = p50.get("ideal") or {}, p50.get("openfusion") or {}
+    ideal, floor, of = p50.get("ideal") or {}, p50.get("floor") or {}, p50.get("openfusion") or {}
     if not ideal or not of:
         return ""
     from bench.scenarios import SEGMENTS
 
     rows = [
-        [name, what, f(ideal.get(name), 2), f(of.get(name), 2), f(of.get(name, 0) - ideal.get(name, 0), 2)]
+        [
+            name,
+            what,
+            f(ideal.get(name), 2),
+            f(floor.get(name), 2),
+            f(of.get(name), 2),
+            f(of.get(name, 0) - floor.get(name, math.nan), 2),
+        ]
         for name, what in SEGMENTS
     ]
     n = data.get("n") or {}
     return (
         "\n\n**Where the c=1 overhead goes** (non-stream, one request at a time, each arm's requests back to "
         "back, two rounds in swapped order; "
-        f"n = {n.get('ideal')} / {n.get('openfusion')}). The fake records each call's arrival and end and the "
-        "client its send and finish, on the machine's one monotonic clock; p50 ms per segment:\n\n"
-        + _table(["segment", "what", "ideal", "openfusion", "openfusion − ideal"], rows)
+        f"n = {n.get('ideal')} / {n.get('floor')} / {n.get('openfusion')}). The fake records each call's arrival "
+        "and end and the client its send and finish, on the machine's one monotonic clock; p50 ms per segment:\n\n"
+        + _table(["segment", "what", "ideal", "floor", "openfusion", "openfusion − floor"], rows)
     )
 
 
@@ -488,6 +627,13 @@ def memory_section(data: dict[str, Any]) -> str:
             f"instance: RSS {f(pt['rss_before_mb'])} → {f(pt['rss_held_mb'])} MiB, {f(pt['per_stream_kb'])} KiB per "
             f"stream (errors: {pt['errors'] or 0})."
         )
+    fl = data.get("floor_inflight")
+    if fl:
+        parts.append(
+            f"The floor arm (raw aiohttp, fresh) holding {fl['in_flight']} of the same fusion streams: RSS "
+            f"{f(fl['rss_before_mb'])} → {f(fl['rss_held_mb'])} MiB, {f(fl['per_stream_kb'])} KiB per stream "
+            f"(errors: {fl['errors'] or 0})."
+        )
     if data.get("slope_kb_per_stream") is not None:
         parts.append(f"Slope between the two largest levels: {f(data['slope_kb_per_stream'])} KiB per stream.")
     soak = data.get("soak") or {}
@@ -603,7 +749,12 @@ def markdown(results: dict[str, Any], chart: str | None) -> str:
         "percentile is the arm's percentile minus the direct one (so tails can even come out negative). CPU per "
         "request is the process's CPU time over the slice (per-thread schedstat) divided by the requests "
         "completed in it.",
-        "## Targets (issue 9)",
+        "## Targets against the floor arm",
+        "The floor arm (`bench/floor.py`) is a raw aiohttp proxy on uvloop making the same five calls as a fusion "
+        "(three panelists at once, the judge, the synthesizer streamed back) with no validation, records or "
+        "framework, run interleaved with openfusion against the same fake upstream and load generator.",
+        _table(["target", "measured", "verdict"], [list(r) for r in floor_targets(results)]),
+        "## Absolute targets",
         _table(["target", "measured", "verdict"], [list(r) for r in targets(results)]),
         "## Machine",
         machine_section(results),
@@ -630,9 +781,15 @@ def markdown(results: dict[str, Any], chart: str | None) -> str:
         "what orchestration adds. 'first line' is the first body line (openfusion's keep-alive comment); "
         "'first progress' the first `delta.reasoning` progress chunk; 'first token' the first answer content.",
         fusion_section(fusion) if fusion else "Not run.",
+        "## 1b. Throughput with two workers",
+        "Streamed `bench3` fusion at c=200 through one and two processes of openfusion (`--workers 2`) and of the "
+        "floor arm, interleaved. *Machine allows* = cores ÷ (CPU per request of the proxy + the fake upstream + "
+        "the load generator), from the same slices: what a perfectly parallel server would reach with every core "
+        "busy (other people's jobs on the machine take from it too: see 'other load').",
+        workers_section(results.get("workers") or {}) if results.get("workers") else "Not run.",
         "## 2. Pass-through overhead",
         f"Model `{(results.get('passthrough') or {}).get('model', 'fake/lat-0')}` (a zero-latency fake answer): "
-        "the same request bytes go directly to the fake, through openfusion and through LiteLLM, arms "
+        "the same request bytes go directly to the fake, through the floor arm, openfusion and LiteLLM, arms "
         "interleaved round by round. added = arm p50 − direct p50 (and likewise for p95/p99).",
         passthrough_section(results.get("passthrough") or {}) if results.get("passthrough") else "Not run.",
         "## 3. OptiLLM `moa` vs openfusion on the same fake",
@@ -679,11 +836,13 @@ def chart(results: dict[str, Any], path: Path) -> bool:
 
     for c, row in (_get(results, "fusion", "non_stream") or {}).items():
         add("openfusion fusion, non-stream", c, row.get("openfusion"), "overhead")
-        add("ideal client (floor), non-stream", c, row.get("ideal"), "overhead")
+        add("ideal client, non-stream", c, row.get("ideal"), "overhead")
+        add("floor arm (raw aiohttp), non-stream", c, row.get("floor"), "overhead")
     for c, row in (_get(results, "fusion", "stream") or {}).items():
         add("openfusion fusion, stream", c, row.get("openfusion"), "overhead")
     for c, row in (_get(results, "passthrough", "non_stream") or {}).items():
         add("openfusion pass-through", c, row.get("openfusion"), "added")
+        add("floor arm pass-through", c, row.get("floor"), "added")
         add("LiteLLM pass-through", c, row.get("litellm"), "added")
     optillm = results.get("optillm") or {}
     for c, row in optillm.items():
@@ -738,7 +897,7 @@ def write(results: dict[str, Any], out: Path) -> list[Path]:
 
 
 def console_summary(results: dict[str, Any]) -> str:
-    lines = ["", "Targets (issue 9):"]
-    for target, measured, verdict in targets(results):
+    lines = ["", "Targets:"]
+    for target, measured, verdict in floor_targets(results) + targets(results):
         lines.append(f"  [{verdict.strip('*')}] {target}: {measured}")
     return "\n".join(lines)

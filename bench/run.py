@@ -25,7 +25,7 @@ from bench import envs, report, scenarios
 from bench.harness import REPO, Bench, run_harness
 from bench.procs import loadavg
 
-SCENARIOS = ("fusion", "passthrough", "optillm", "tail", "memory", "profile")
+SCENARIOS = ("fusion", "workers", "passthrough", "optillm", "tail", "memory", "profile")
 PASS_MODELS = ["fake/lat-0"]
 
 
@@ -130,6 +130,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         bench.start_fake()
         bench.start_openfusion("openfusion", scenarios.main_presets())
+        bench.start_floor("floor", scenarios.floor_presets())
         if plan.access_log_arm and "passthrough" in only:
             bench.start_openfusion("openfusion_accesslog", scenarios.main_presets(), access_log=True)
         with LoadSampler() as sampler:
@@ -166,6 +167,8 @@ async def _scenario(
 ) -> dict[str, Any]:
     if name == "fusion":
         return await scenarios.fusion_overhead(bench, plan)
+    if name == "workers":
+        return await scenarios.workers(bench, plan)
     if name == "passthrough":
         # The peers run only during their own scenario: an idle LiteLLM still burns CPU on timers.
         active = list(peers)

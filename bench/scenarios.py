@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import statistics
 import subprocess
@@ -123,6 +124,10 @@ class Fusion:
             f'model = "{self.judge}"\nsynthesis_model = "{self.synth}"\n{self.extra}'
         )
 
+    def floor(self) -> dict[str, Any]:
+        """The same five calls for the floor arm (`bench/floor.py`)."""
+        return {"panel": list(self.panel), "judge": self.judge, "synth": self.synth}
+
 
 BENCH3 = Fusion("bench3", ("fake/lat-100", "fake/lat-150", "fake/lat-200"), "fake/lat-50", "fake/lat-50-tok-20-every-5")
 MOA3 = Fusion("moa3", ("fake/lat-100", "fake/lat-100", "fake/lat-100"), "fake/lat-100", "fake/lat-100")
@@ -130,8 +135,15 @@ FAST0 = Fusion("fast0", ("fake/lat-0", "fake/lat-0", "fake/lat-0"), "fake/lat-0"
 PASS_MODEL = "fake/lat-0"  # a zero-latency upstream: every added millisecond is the proxy's
 
 
+HOLD = Fusion("hold", ("fake/lat-0", "fake/lat-0", "fake/lat-0"), "fake/lat-0", "fake/lat-0-tok-1200-every-100")
+
+
 def main_presets() -> dict[str, str]:
     return {p.name: p.toml() for p in (BENCH3, MOA3, FAST0)}
+
+
+def floor_presets() -> dict[str, dict[str, Any]]:
+    return {p.name: p.floor() for p in (BENCH3, MOA3, FAST0, HOLD)}
 
 
 def ideal_fn(url: str, fusion: Fusion, *, stream: bool) -> Any:
@@ -182,6 +194,7 @@ async def fusion_overhead(bench: Bench, plan: Plan) -> dict[str, Any]:
     of = bench.services["openfusion"].url + "/v1/chat/completions"
     of_responses = bench.services["openfusion"].url + "/v1/responses"
     of_messages = bench.services["openfusion"].url + "/v1/messages"
+    floor = bench.services["floor"].url + "/v1/chat/completions"
     out: dict[str, Any] = {"preset": BENCH3.toml(), "critical_path_ms": BENCH3.critical_s * 1000}
     for stream in (False, True):
         mode = "stream" if stream else "non_stream"
@@ -192,6 +205,8 @@ async def fusion_overhead(bench: Bench, plan: Plan) -> dict[str, Any]:
             messages = messages_body(f"fusion/{BENCH3.name}", stream=stream)
             arms = {
                 "ideal": (bench.session(), ideal_fn(fake, BENCH3, stream=stream), ()),
+                # The least a proxy on this stack costs for the same five calls (raw aiohttp, no logic).
+                "floor": (bench.session(), request_fn(floor, body, stream=stream, headers=AUTH), ("floor",)),
                 "openfusion": (bench.session(), request_fn(of, body, stream=stream, headers=AUTH), ("openfusion",)),
                 # The same run on the Responses API: its events (and, streamed, the panel's text) rendered.
                 "responses": (
@@ -219,12 +234,15 @@ async def fusion_overhead(bench: Bench, plan: Plan) -> dict[str, Any]:
                 min_samples=min(c, plan.min_samples_cap),
             )
             out[mode][str(c)] = {
-                arm: aggregate(s, base_s=BENCH3.critical_s, proxy=None if arm == "ideal" else "openfusion")
+                arm: aggregate(s, base_s=BENCH3.critical_s, proxy=_PROXY.get(arm, "openfusion"))
                 for arm, s in slices.items()
             }
             _log_row(f"fusion {mode} c={c}", out[mode][str(c)], "overhead")
     out["breakdown"] = await critical_path_breakdown(bench, plan)
     return out
+
+
+_PROXY: dict[str, str | None] = {"ideal": None, "floor": "floor"}
 
 
 # Segments of one bench3 request on the critical path, from the client's clock and the fake's trace.
@@ -253,13 +271,14 @@ async def critical_path_breakdown(bench: Bench, plan: Plan) -> dict[str, Any]:
     body = chat_body(f"fusion/{BENCH3.name}", stream=False)
     arms = {
         "ideal": ideal_fn(fake_url + "/v1/chat/completions", BENCH3, stream=False),
+        "floor": request_fn(bench.services["floor"].url + "/v1/chat/completions", body, stream=False, headers=AUTH),
         "openfusion": request_fn(of, body, stream=False, headers=AUTH),
     }
     slowest, judge_model, synth_model = max(BENCH3.panel, key=_dur), BENCH3.judge, BENCH3.synth
     rows: dict[str, list[dict[str, float]]] = {arm: [] for arm in arms}
     session = bench.session()
     per_round = max(1, plan.breakdown_requests // 2)
-    for order in (list(arms), list(reversed(arms))):
+    for order in (list(arms), list(reversed(arms))):  # ideal, floor, openfusion; then the other way round
         for arm in order:
             for i in range(per_round + 2):  # two unrecorded requests wake the arm up
                 async with session.post(fake_url + "/trace") as started:
@@ -291,10 +310,63 @@ async def critical_path_breakdown(bench: Bench, plan: Plan) -> dict[str, Any]:
     out: dict[str, Any] = {"n": {arm: len(r) for arm, r in rows.items()}, "p50_ms": {}}
     for arm, samples in rows.items():
         out["p50_ms"][arm] = {k: statistics.median(r[k] for r in samples) * 1000 for k, _ in SEGMENTS if samples}
-    ideal, of = out["p50_ms"]["ideal"], out["p50_ms"]["openfusion"]
+    ideal, floor, of = (out["p50_ms"][arm] for arm in ("ideal", "floor", "openfusion"))
     nan = float("nan")
-    say("critical path at c=1 (p50 ms, ideal / openfusion):")
-    say("    " + ", ".join(f"{k} {ideal.get(k, nan):.2f}/{of.get(k, nan):.2f}" for k, _ in SEGMENTS))
+    say("critical path at c=1 (p50 ms, ideal / floor / openfusion):")
+    say(
+        "    "
+        + ", ".join(f"{k} {ideal.get(k, nan):.2f}/{floor.get(k, nan):.2f}/{of.get(k, nan):.2f}" for k, _ in SEGMENTS)
+    )
+    return out
+
+
+# -- 1b. throughput with two workers -------------------------------------------------------------
+
+
+async def workers(bench: Bench, plan: Plan) -> dict[str, Any]:
+    """Streamed bench3 fusion at c=200 through one and two processes of openfusion and of the floor arm.
+
+    What the machine allows an arm is its cores divided by the CPU one request costs all the processes
+    involved together (the proxy, the fake upstream, the load generator), measured in the same slices:
+    the throughput a perfectly parallel server would reach once every core is busy.
+    """
+    c = max(plan.concurrencies)
+    body = chat_body(f"fusion/{BENCH3.name}", stream=True)
+    bench.start_openfusion("openfusion_w2", main_presets(), workers=2)
+    bench.start_floor("floor_w2", floor_presets(), workers=2)
+    names = {"openfusion": "openfusion", "openfusion_w2": "openfusion_w2", "floor": "floor", "floor_w2": "floor_w2"}
+    arms = {
+        arm: (bench.session(), request_fn(bench.services[svc].url + "/v1/chat/completions", body, stream=True), (svc,))
+        for arm, svc in names.items()
+    }
+    try:
+        slices = await interleaved(
+            bench,
+            arms,
+            concurrency=c,
+            rounds=plan.rounds,
+            slice_s=plan.fusion_slice_s,
+            max_requests=plan.max_requests,
+            warmup_s=plan.warmup_s,
+            prewarm=plan.prewarm,
+            min_samples=min(c, plan.min_samples_cap),
+        )
+    finally:
+        bench.stop("openfusion_w2")
+        bench.stop("floor_w2")
+    cores = os.cpu_count() or 1
+    out: dict[str, Any] = {"concurrency": c, "cores": cores, "preset": BENCH3.name}
+    for arm, sl in slices.items():
+        summary = aggregate(sl, base_s=BENCH3.critical_s, proxy=names[arm])
+        per_req = sum(summary["cpu_ms_per_req"].values()) + summary["client_cpu_ms_per_req"]
+        summary["all_cpu_ms_per_req"] = per_req
+        summary["machine_allows_rps"] = cores * 1000 / per_req if per_req else None
+        summary["share_of_allowed"] = summary["rps"] / summary["machine_allows_rps"] if per_req else None
+        # The same for the cores other people's jobs left free during the slices (this machine is shared).
+        free = max(0.0, cores - summary["other_load_cores"])
+        summary["free_allows_rps"] = free * 1000 / per_req if per_req else None
+        out[arm] = summary
+    _log_row(f"workers stream c={c}", {k: v for k, v in out.items() if isinstance(v, dict)}, "overhead")
     return out
 
 
@@ -303,7 +375,11 @@ async def critical_path_breakdown(bench: Bench, plan: Plan) -> dict[str, Any]:
 
 async def passthrough(bench: Bench, plan: Plan, *, peers: list[str]) -> dict[str, Any]:
     """Direct vs openfusion vs LiteLLM (vs openfusion with its access log), interleaved, same bytes."""
-    targets = {"direct": bench.services["fake"].url, "openfusion": bench.services["openfusion"].url}
+    targets = {
+        "direct": bench.services["fake"].url,
+        "floor": bench.services["floor"].url,
+        "openfusion": bench.services["openfusion"].url,
+    }
     if "litellm" in peers:
         targets["litellm"] = bench.services["litellm"].url
     if "openfusion_accesslog" in bench.services:
@@ -471,7 +547,7 @@ def _first_error_line(text: str) -> str:
 
 async def memory(bench: Bench, plan: Plan) -> dict[str, Any]:
     """RSS with N in-flight fusion streams (a slow synthesizer keeps them open), and around a soak."""
-    hold = Fusion("hold", ("fake/lat-0", "fake/lat-0", "fake/lat-0"), "fake/lat-0", "fake/lat-0-tok-1200-every-100")
+    hold = HOLD
     out: dict[str, Any] = {"inflight": {}, "hold_preset": hold.toml()}
     service = bench.start_openfusion("openfusion_mem", {"hold": hold.toml(), FAST0.name: FAST0.toml()})
     url = service.url + "/v1/chat/completions"
@@ -504,6 +580,19 @@ async def memory(bench: Bench, plan: Plan) -> dict[str, Any]:
     out["passthrough_inflight"] = result = await hold_streams(bench, service, session, url, slow_model, n)
     say(f"[memory] {n} pass-through streams: {result['per_stream_kb']:.1f} KiB each")
     bench.stop("openfusion_mem_pt")
+    # The floor arm holding the same fusion streams, fresh and warmed the same way.
+    service = bench.start_floor("floor_mem", floor_presets())
+    url = service.url + "/v1/chat/completions"
+    await bench.measure(
+        session,
+        request_fn(url, chat_body(f"fusion/{FAST0.name}", stream=True), stream=True),
+        concurrency=10,
+        duration_s=30,
+        max_requests=100,
+    )
+    out["floor_inflight"] = result = await hold_streams(bench, service, session, url, body, n)
+    say(f"[memory] {n} fusion streams through the floor arm: {result['per_stream_kb']:.1f} KiB each")
+    bench.stop("floor_mem")
     levels = [str(n) for n in plan.mem_levels if out["inflight"].get(str(n), {}).get("in_flight")]
     if len(levels) >= 2:
         lo, hi = out["inflight"][levels[-2]], out["inflight"][levels[-1]]
