@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from openfusion.localdemo.config import MAX_COMPLETION_TOKENS
 from openfusion.localdemo.servers import LlamaServer
 
 QUESTION = [{"role": "user", "content": "Name one primary colour."}]
@@ -35,14 +36,22 @@ def test_fusion_non_stream_through_the_sdk(openfusion_url: str) -> None:
     assert [p["status"] for p in fusion["panel"]] == ["ok", "ok", "ok"]
     # The judge's structured output, as this server accepts it (json_schema is refused with a 500).
     assert fusion["judge"]["structured_output"] == "json_object"
-    assert fusion["judge"]["status"] == "ok", fusion["judge"]
-    assert set(fusion["analysis"]) == {
-        "consensus",
-        "contradictions",
-        "partial_coverage",
-        "unique_insights",
-        "blind_spots",
-    }
+    judge = fusion["judge"]
+    if judge["status"] == "ok":
+        assert set(fusion["analysis"]) == {
+            "consensus",
+            "contradictions",
+            "partial_coverage",
+            "unique_insights",
+            "blind_spots",
+        }
+    else:
+        # A 135M model under a JSON grammar mostly writes until the token limit: llama.cpp reports that as
+        # finish_reason "length", and a cut analysis is never taken as valid, however well it parses. One
+        # repair call, then the synthesizer answers from the panel alone.
+        assert (judge["failure_reason"], judge["attempts"]) == ("judge_truncated", 2), judge
+        assert judge["usage"]["completion_tokens"] == 2 * MAX_COMPLETION_TOKENS, judge
+        assert fusion["analysis"] is None
     # Usage is summed from the real usage fields of every call.
     parts = [p["usage"] for p in fusion["panel"]] + [fusion["judge"]["usage"], fusion["synthesizer"]["usage"]]
     assert fusion["usage_complete"] is True
