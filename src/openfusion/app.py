@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from openfusion import __version__
-from openfusion.access.config import AccessConfig
+from openfusion.access.config import AccessConfig, redis_url
 from openfusion.access.control import build_access
 from openfusion.access.keys import plaintext_keys
 from openfusion.activity import ActivityWriter, PriceTable, open_store
@@ -28,6 +28,8 @@ from openfusion.api.messages import route as messages
 from openfusion.api.responses import route as responses
 from openfusion.api.responses.keeper import ResponseKeeper
 from openfusion.api.shutdown import Drain
+from openfusion.cache.service import ResultCache
+from openfusion.cache.stores import build_store, check_backend
 from openfusion.errors import ConfigError
 from openfusion.masking import SecretMasker
 from openfusion.observability.metrics import Metrics
@@ -99,6 +101,8 @@ def create_app(
     registry = ProviderRegistry.from_settings(settings, environ)
     access_config = AccessConfig.model_validate(settings, from_attributes=True)
     access = build_access(access_config, environ)  # key variables are checked here, before anything listens
+    cache_redis = redis_url(access_config, environ)
+    check_backend(settings.cache, redis_url=cache_redis, activity=settings.activity.enabled)
     drain = Drain()  # the server ends the shutdown grace period through it (app.state.drain)
     # Every secret the server knows, masked in whatever an upstream sends back (it may echo a key).
     masker = SecretMasker(
@@ -125,6 +129,13 @@ def create_app(
             if settings.pricing.refresh_from:
                 refresh = asyncio.create_task(_refresh_prices(prices, upstream, settings.pricing.refresh_from))
                 resources.callback(refresh.cancel)
+            metrics = Metrics(metrics_dir)
+            cache_store = build_store(
+                settings.cache, redis_url=cache_redis, prefix=settings.limits.redis_prefix,
+                database=store,
+            )  # fmt: skip
+            cache = ResultCache(cache_store, settings.cache, metrics)
+            resources.push_async_callback(cache.aclose)
             app.state.openfusion = state = AppState(
                 settings=settings,
                 registry=registry,
@@ -135,7 +146,8 @@ def create_app(
                 prices=prices,
                 drain=drain,
                 responses=_response_store(store, settings),
-                metrics=Metrics(metrics_dir),
+                metrics=metrics,
+                cache=cache,
             )
             if writer is not None and (publishing := state.metrics.watch_activity(writer)) is not None:
                 resources.callback(publishing.cancel)

@@ -14,6 +14,8 @@ from openfusion.protocol import ModelSlug
 from openfusion.upstream.web.tools import ToolSpecError, excluded_domains, normalize_tools
 
 Seconds = Annotated[float, Field(gt=0, le=3600)]
+# How long a cached run may be served: up to 30 days.
+CacheSeconds = Annotated[float, Field(gt=0, le=30 * 24 * 3600)]
 Fallbacks = Annotated[list[ModelSlug], Field(max_length=4)]
 
 # OpenRouter gives every inner call 300 s; the same generous default here.
@@ -52,6 +54,10 @@ class Preset(BaseModel):
     synth_timeout_s: Seconds = DEFAULT_TIMEOUT_S
     judge_fallbacks: Fallbacks = Field(default_factory=list)
     synthesis_fallbacks: Fallbacks = Field(default_factory=list)
+    # The result cache (off unless set): identical requests within this many seconds get the first run's answer.
+    cache_ttl_s: CacheSeconds | None = None
+    cache_degraded: bool = False  # also cache runs with a failed panelist, judge or synthesizer
+    cache_research: bool = False  # also cache runs that researched the web (their sources may go stale)
 
     @model_validator(mode="after")
     def _consistent(self) -> Preset:

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from openfusion.access.config import CorsConfig, GuardsConfig, KeyConfig, LimitsConfig
 from openfusion.activity.config import ActivitySettings
 from openfusion.activity.cost import ModelPrice
+from openfusion.cache.config import CacheSettings
 from openfusion.errors import ConfigError
 from openfusion.upstream.web.config import ResearchConfig
 
@@ -134,6 +135,7 @@ class Settings(BaseSettings):
     research: ResearchConfig = Field(default_factory=ResearchConfig)
     activity: ActivitySettings = Field(default_factory=ActivitySettings)
     pricing: PricingSettings = Field(default_factory=PricingSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -33,7 +33,7 @@ V1_ROW = (
     "VALUES (%s, %s, %s, %s, %s, %s)"
 )
 V1_VALUES = ("gen-old", "2026-01-01T00:00:00.000000+00:00", "fusion", "ok", 12, False)
-EXPECTED_TABLES = {"schema_version", "generations", "calls", "stored_responses"}
+EXPECTED_TABLES = {"schema_version", "generations", "calls", "stored_responses", "result_cache"}
 
 
 def _is_file(path: Path) -> bool:

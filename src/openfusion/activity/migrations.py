@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from openfusion.activity.cached import CACHE_EVICTION_INDEX, CACHE_EXPIRY_INDEX, result_cache_table
 from openfusion.activity.stored import EXPIRY_INDEX, stored_responses_table
 
 Dialect = Literal["sqlite", "postgres"]
@@ -80,6 +81,9 @@ _STATUS_CODE = "ALTER TABLE generations ADD COLUMN status_code INTEGER"
 _BY_KEY_INDEX = "CREATE INDEX generations_by_key ON generations (key_name, created_at DESC, id DESC)"
 _DROP_SPEND_INDEX = "DROP INDEX IF EXISTS generations_spend"
 _PAGINATION_INDEX = "CREATE INDEX generations_newest_first ON generations (created_at DESC, id DESC)"
+# A generation answered from the result cache, and what its original run cost.
+_CACHE_HIT = "ALTER TABLE generations ADD COLUMN cache_hit {boolean} NOT NULL DEFAULT {false}"
+_COST_SAVED = "ALTER TABLE generations ADD COLUMN cost_saved {real}"
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -129,6 +133,24 @@ MIGRATIONS: tuple[Migration, ...] = (
         description="the HTTP status a generation was answered with (status_code)",
         sqlite=(_STATUS_CODE,),
         postgres=(_STATUS_CODE,),
+    ),
+    Migration(
+        version=8,
+        description="the result cache, and generations answered from it (cache_hit, cost_saved)",
+        sqlite=(
+            _CACHE_HIT.format(boolean="INTEGER", false="0"),
+            _COST_SAVED.format(real="REAL"),
+            result_cache_table(blob="BLOB", real="REAL", integer="INTEGER"),
+            CACHE_EXPIRY_INDEX,
+            CACHE_EVICTION_INDEX,
+        ),
+        postgres=(
+            _CACHE_HIT.format(boolean="BOOLEAN", false="FALSE"),
+            _COST_SAVED.format(real="DOUBLE PRECISION"),
+            result_cache_table(blob="BYTEA", real="DOUBLE PRECISION", integer="BIGINT"),
+            CACHE_EXPIRY_INDEX,
+            CACHE_EVICTION_INDEX,
+        ),
     ),
 )
 

@@ -11,6 +11,7 @@ from datetime import datetime
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from openfusion.activity.cached import CacheStatements
 from openfusion.activity.migrations import MIGRATIONS, VERSION_TABLE, Migration, latest_version, pending
 from openfusion.activity.records import ActivityEntry, ActivityPage, start_of_day
 from openfusion.activity.sql import (
@@ -26,6 +27,7 @@ log = logging.getLogger("openfusion.activity")
 
 SQL = Statements("%s")
 STORED = StoredStatements("%s")
+CACHE = CacheStatements("%s")
 # Replicas starting together serialize their migrations on this transaction-level advisory lock.
 _MIGRATION_LOCK = zlib.crc32(b"openfusion.activity.migrations")
 
@@ -164,6 +166,30 @@ class PostgresStore:
         async with self._connection() as conn:
             cursor = await conn.execute(STORED.purge, (now,))
         return cursor.rowcount
+
+    async def cache_get(self, key: str, *, now: float) -> bytes | None:
+        """A cached run's bytes unless absent or expired; reading it marks it used."""
+        async with self._connection() as conn:
+            row = await (await conn.execute(CACHE.get, (now, key, now))).fetchone()
+        return bytes(row[0]) if row is not None else None
+
+    async def cache_put(self, key: str, entry: bytes, *, now: float, ttl_s: float, max_bytes: int) -> None:
+        """Keep a run until it expires; then drop expired rows, and the least recently used past `max_bytes`."""
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute(CACHE.put, (key, now, now + ttl_s, now, len(entry), entry))
+            await conn.execute(CACHE.purge, (now,))
+            await conn.execute(CACHE.evict, (max_bytes,))
+
+    async def cache_delete(self, key: str) -> None:
+        """Forget one cached run."""
+        async with self._connection() as conn:
+            await conn.execute(CACHE.delete, (key,))
+
+    async def cache_usage(self) -> tuple[int, int]:
+        """How many runs are cached, and their bytes."""
+        async with self._connection() as conn:
+            row = await (await conn.execute(CACHE.usage)).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers."""

@@ -68,6 +68,9 @@ class GenerationRecord(_Record):
     # The HTTP status of the response: a stream that failed (or was left) after it began was a 200; None
     # for a client that left before any response, and for rows older than this field.
     status_code: int | None = None
+    # Answered from the result cache: no upstream call was made; `cost_saved` is what the original run cost.
+    cache_hit: bool = False
+    cost_saved: float | None = Field(default=None, ge=0)
     # Content, stored only with `store_content` on.
     panel_answers: list[PanelText] | None = None
     # The judge's analysis as JSON (Analysis.model_dump()): kept schemaless so old rows stay readable.

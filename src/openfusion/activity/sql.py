@@ -29,6 +29,8 @@ SUMMARY_COLUMNS = (
     "key_name",
     "api_type",
     "status_code",
+    "cache_hit",
+    "cost_saved",
 )
 CONTENT_COLUMNS = ("panel_answers", "analysis", "final_answer")
 GENERATION_COLUMNS = SUMMARY_COLUMNS + CONTENT_COLUMNS
@@ -189,6 +191,8 @@ def _generation_values(record: GenerationRecord) -> tuple[Any, ...]:
         record.key_name,
         record.api_type,
         record.status_code,
+        record.cache_hit,
+        record.cost_saved,
         panel,
         _json_text(record.analysis) if record.analysis is not None else None,
         record.final_answer,
@@ -220,6 +224,8 @@ def generation_from_row(row: Sequence[Any]) -> GenerationRecord:
         key_name=values["key_name"],
         api_type=values["api_type"],
         status_code=values["status_code"],
+        cache_hit=bool(values["cache_hit"]),
+        cost_saved=values["cost_saved"],
         panel_answers=[PanelText(**p) for p in orjson.loads(panel)] if panel is not None else None,
         analysis=orjson.loads(analysis) if analysis is not None else None,
         final_answer=values.get("final_answer"),

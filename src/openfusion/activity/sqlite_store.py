@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from openfusion.activity.cached import CacheStatements
 from openfusion.activity.migrations import MIGRATIONS, VERSION_TABLE, Migration, latest_version, pending
 from openfusion.activity.records import ActivityEntry, ActivityPage, GenerationRecord, start_of_day, utc_now
 from openfusion.activity.sql import (
@@ -28,6 +29,7 @@ log = logging.getLogger("openfusion.activity")
 T = TypeVar("T")
 SQL = Statements("?")
 STORED = StoredStatements("?")
+CACHE = CacheStatements("?")
 # How long a statement waits for another connection's write lock (SQLite's busy timeout) ...
 BUSY_TIMEOUT_S = 5.0
 # ... and how many times a batch is tried when it still finds the database busy.
@@ -217,6 +219,30 @@ class SqliteStore:
     async def purge_responses(self, *, now: datetime) -> int:
         """Delete the expired responses; how many."""
         return await self._run(lambda: self._conn.execute(STORED.purge, (timestamp(now),)).rowcount)
+
+    async def cache_get(self, key: str, *, now: float) -> bytes | None:
+        """A cached run's bytes unless absent or expired; reading it marks it used."""
+        row = await self._run(lambda: self._conn.execute(CACHE.get, (now, key, now)).fetchone())
+        return bytes(row[0]) if row is not None else None
+
+    async def cache_put(self, key: str, entry: bytes, *, now: float, ttl_s: float, max_bytes: int) -> None:
+        """Keep a run until it expires; then drop expired rows, and the least recently used past `max_bytes`."""
+        values = (key, now, now + ttl_s, now, len(entry), entry)
+        statements: list[tuple[str, list[Any]]] = [
+            (CACHE.put, list(values)),
+            (CACHE.purge, [now]),
+            (CACHE.evict, [max_bytes]),
+        ]
+        await self._run(self._write_once, statements)
+
+    async def cache_delete(self, key: str) -> None:
+        """Forget one cached run."""
+        await self._run(lambda: self._conn.execute(CACHE.delete, (key,)))
+
+    async def cache_usage(self) -> tuple[int, int]:
+        """How many runs are cached, and their bytes."""
+        row = await self._run(lambda: self._conn.execute(CACHE.usage).fetchone())
+        return int(row[0]), int(row[1])
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers."""

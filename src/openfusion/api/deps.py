@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from openfusion.activity import ActivityWriter, PriceTable
 from openfusion.api.responses.keeper import ResponseKeeper
 from openfusion.api.shutdown import Drain
+from openfusion.cache.service import ResultCache
 from openfusion.observability.metrics import Metrics
 from openfusion.pipeline.structured import DialectMemory
 from openfusion.pipeline.turns import TurnCache
@@ -36,6 +37,7 @@ class AppState:
     turns: TurnCache = field(default_factory=TurnCache)
     drain: Drain = field(default_factory=Drain)
     responses: ResponseKeeper | None = None  # Responses API responses kept for follow-ups (None: not kept)
+    cache: ResultCache | None = None  # the result cache (None: nothing is cached)
 
 
 async def get_state(request: Request) -> AppState:

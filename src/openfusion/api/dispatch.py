@@ -17,8 +17,11 @@ from starlette.responses import Response
 from openfusion.activity import ApiType
 from openfusion.api.access import admit, client_key_name, spend_reservation
 from openfusion.api.body import named_model
+from openfusion.api.cache import CACHE_HEADER, consult_cache
 from openfusion.api.deps import AppState
 from openfusion.api.ledger import Ledger
+from openfusion.cache.entry import replayed
+from openfusion.cache.service import Ticket
 from openfusion.errors import OpenFusionError
 from openfusion.pipeline.budget import WorstCase, priced
 from openfusion.pipeline.events import Event
@@ -38,14 +41,17 @@ class Exchange:
     chat: ChatRequest
     plan: FusionPlan | None
     ledger: Ledger
+    cache: Ticket | None = None  # the result cache's answer, when the request is cacheable
 
     def fusion_events(self, *, stream: bool, panel_deltas: bool = False) -> AsyncIterator[Event]:
         """The fusion run's events (slug or tool mode); `stream` asks for the answer chunk by chunk,
         `panel_deltas` for the panel's text as it is written (for a surface that shows it)."""
-        plan, state = self.plan, self.state
+        plan, state, ticket = self.plan, self.state, self.cache
         assert plan is not None, "fusion_events() of a pass-through request"
+        if ticket is not None and ticket.entry is not None:  # a hit: the cached run's events, at once
+            return replayed(ticket.entry.replay(stream=stream, panel_deltas=panel_deltas))
         runner = run_tool_mode if plan.mode == "tool" else run_fusion
-        return runner(
+        events = runner(
             upstream=state.upstream,
             plan=plan,
             request=self.chat,
@@ -56,6 +62,9 @@ class Exchange:
             # Each key finds only its own agent-loop turns.
             **({"turns": state.turns.owned_by(self.ledger.key_name)} if plan.mode == "slug" else {}),
         )
+        if ticket is None or state.cache is None:
+            return events
+        return state.cache.record(ticket, events, generation_id=self.ledger.generation_id, streamed=stream)
 
 
 Renderer = Callable[[Exchange], Awaitable[Response]]
@@ -130,11 +139,16 @@ async def serve(request: Request, chat: ChatRequest, render: Renderer, *, api_ty
     exchange = await open_exchange(request, chat, api_type=api_type)
     ledger = exchange.ledger
     try:
+        exchange.cache = await consult_cache(exchange)
         response = await render(exchange)
     except BaseException as exc:
+        if exchange.cache is not None:
+            exchange.cache.release()
         ledger.failed(exc)
         ledger.close()
         raise
+    if exchange.cache is not None:
+        response.headers[CACHE_HEADER] = exchange.cache.header
     ledger.status_code = response.status_code
     response.headers["X-Generation-Id"] = ledger.generation_id
     # Streams: the time before the first byte; otherwise the whole request's own time.

@@ -57,6 +57,8 @@ class Ledger:
         self.finish_reason: str | None = None
         self.model: str | None = None
         self.content: dict[str, Any] = {}
+        self.cache_hit = False  # answered from the result cache
+        self.cost_saved: float | None = None  # what the cached run cost, on a hit
         self._closed = False
         # Its spend cap's hold: settled to the actual cost here, released once that is in the store.
         self.reservation = reservation
@@ -135,7 +137,9 @@ class Ledger:
         overhead = self.overhead_ms()
         calls = [self._call_record(call) for call in self.trace.calls]
         bill = self.trace.bill()  # what the response reported, if it got that far: the same calls, the same sums
-        cost = bill.usage.cost
+        # A cache hit made no call: it cost nothing (known), not an unknown amount.
+        usage = bill.usage.model_copy(update={"cost": 0.0}) if self.cache_hit else bill.usage
+        cost = usage.cost
         for call in self.trace.calls:
             state.metrics.observe_call(call)
         state.metrics.requests.labels(self.route, self.status).inc()
@@ -148,7 +152,7 @@ class Ledger:
         written = reservation.written if reservation is not None else None
         recorded = False
         if state.activity is not None:
-            recorded = state.activity.record(self._generation_record(latency_ms, bill.usage), calls, on_written=written)
+            recorded = state.activity.record(self._generation_record(latency_ms, usage), calls, on_written=written)
         if reservation is not None and not recorded:
             reservation.written(False)  # never reaches the store: its cost stays counted here
         log.info(
@@ -181,6 +185,8 @@ class Ledger:
             key_name=self.key_name,
             api_type=self.api_type,
             status_code=self.status_code,
+            cache_hit=self.cache_hit,
+            cost_saved=self.cost_saved,
             panel_answers=[PanelText(model=m, content=c) for m, c in self.content.get("panel_answers", [])] or None,
             analysis=self.content.get("analysis"),
             final_answer=self.content.get("final_answer"),

@@ -80,6 +80,26 @@ class Metrics:
             multiprocess_mode="livesum",
         )
 
+        self.cache_lookups = Counter(
+            "openfusion_cache_lookups",
+            "Result cache lookups of cacheable fusion requests by result (hit, miss, bypass, refresh).",
+            ["result"],
+            registry=r,
+        )
+        self.cache_bytes = Counter(
+            "openfusion_cache_stored_bytes", "Bytes of fusion runs written to the result cache.", registry=r
+        )
+        self.cache_cost_saved = Counter(
+            "openfusion_cache_cost_saved_usd", "Known upstream cost in USD that result cache hits did not spend.",
+            registry=r,
+        )  # fmt: skip
+        self.cache_skipped = Counter(
+            "openfusion_cache_skipped",
+            "Finished runs of cacheable requests not kept, by reason (degraded, research, too_large).",
+            ["reason"],
+            registry=r,
+        )
+
     def watch_activity(self, writer: ActivityWriter) -> asyncio.Task[None] | None:
         """Read the writer's counters when scraped: a value set per request would go stale once the backlog drains.
 

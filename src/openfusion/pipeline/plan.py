@@ -41,6 +41,24 @@ class Reasoning(BaseModel):
     enabled: bool | None = None
 
 
+class CacheRequest(BaseModel):
+    """The plugin's `cache` object: cache this request's run (or not, with `ttl_s: 0`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    ttl_s: float | None = Field(default=None, ge=0, le=30 * 24 * 3600)  # 0: not cached
+    degraded: bool | None = None  # also cache the run when it degraded
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """Whether and how long a run's result is cached, resolved from the preset and the plugin."""
+
+    ttl_s: float
+    degraded: bool = False  # runs with a failed panelist, judge or synthesizer too
+    research: bool = False  # runs that researched the web too (only a preset allows it)
+
+
 class FusionPlugin(BaseModel):
     """`plugins: [{"id": "fusion", ...}]`: per-request overrides of the preset."""
 
@@ -69,6 +87,7 @@ class FusionPlugin(BaseModel):
     max_cost: float | None = Field(default=None, gt=0)
     # Agent loops on the slug path: "auto" reuses the turn's analysis when the last message is a tool result.
     refire: Literal["auto", "always"] = "auto"
+    cache: CacheRequest | None = None
 
 
 # Plugin fields that name models, checked by the recursion guard and for a provider.
@@ -126,6 +145,7 @@ class FusionPlan:
     config_param: str = ""  # where the request's fusion settings came from: "plugins[0]", "tools[1].parameters"
     force_tool: bool = False  # tool mode: tool_choice asked for a fusion run
     refire: Literal["auto", "always"] = "auto"
+    cache: CachePolicy | None = None  # None: the run's result is not cached
 
     @property
     def judge(self) -> str:
@@ -216,11 +236,22 @@ def plan_fusion(
         config_param=prefix if plugin is not None else "",
         force_tool=mode == "tool" and _forces_fusion(request.tool_choice),
         refire=plugin.refire if plugin else "auto",
+        cache=_cache_policy(preset, plugin) if mode == "slug" else None,
         **_research_tools(plugin.tools if plugin and plugin.tools is not None else preset.tools, prefix),
         **overrides,
     )
     _check_models(registry, plan, given=given, prefix=prefix)
     return plan
+
+
+def _cache_policy(preset: Preset, plugin: FusionPlugin | None) -> CachePolicy | None:
+    """The plugin's `cache` over the preset's; None when neither turns caching on (or the plugin turns it off)."""
+    asked = plugin.cache if plugin is not None and plugin.cache is not None else CacheRequest()
+    ttl_s = asked.ttl_s if asked.ttl_s is not None else preset.cache_ttl_s
+    if not ttl_s:
+        return None
+    degraded = asked.degraded if asked.degraded is not None else preset.cache_degraded
+    return CachePolicy(ttl_s=float(ttl_s), degraded=degraded, research=preset.cache_research)
 
 
 def _research_tools(spec: list[Any], prefix: str) -> dict[str, frozenset[str]]:

@@ -1,0 +1,47 @@
+"""The result cache at the edge: the request header that bypasses or refreshes it, and the lookup."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fastapi import Request
+
+from openfusion.api.access import client_key_name
+from openfusion.cache.key import cache_key
+from openfusion.cache.service import Mode, Ticket
+from openfusion.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from openfusion.api.dispatch import Exchange
+
+CACHE_HEADER = "X-Openfusion-Cache"
+_MODES: dict[str, Mode] = {"": "use", "use": "use", "bypass": "bypass", "refresh": "refresh"}
+
+
+def requested_mode(request: Request) -> Mode:
+    """What the client asked of the cache: `bypass` (neither read nor kept), `refresh` (run anew and kept)."""
+    value = request.headers.get(CACHE_HEADER, "").strip().lower()
+    mode = _MODES.get(value)
+    if mode is None:
+        raise InvalidRequest(
+            f"Invalid value for the {CACHE_HEADER} header: {value[:40]!r}; use 'bypass' or 'refresh'.",
+            param=CACHE_HEADER,
+        )
+    return mode
+
+
+async def consult_cache(exchange: Exchange) -> Ticket | None:
+    """The cache's answer for a fusion request whose preset or plugin caches it (None: not cached at all).
+
+    The key holds the client key's name: one key never reads another's cached answers.
+    """
+    cache, plan = exchange.state.cache, exchange.plan
+    if cache is None or plan is None or plan.cache is None:
+        return None
+    mode = requested_mode(exchange.request)
+    key = cache_key(plan, exchange.chat, tenant=client_key_name(exchange.request) or "")
+    ticket = await cache.consult(key, plan.cache, mode=mode)
+    if ticket.entry is not None:
+        exchange.ledger.cache_hit = True
+        exchange.ledger.cost_saved = ticket.entry.cost
+    return ticket

@@ -1,0 +1,1 @@
+"""The result cache: a repeated fusion request answered from an earlier run of the same request."""

@@ -1,0 +1,211 @@
+"""The result cache at work: look a request up, make identical requests wait for one run, keep its result."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from redis.exceptions import RedisError
+
+from openfusion.cache.config import CacheSettings
+from openfusion.cache.entry import CachedRun, CorruptEntry, dump_event, encode_run
+from openfusion.cache.stores import RedisStore, ResultStore
+from openfusion.errors import OpenFusionError
+from openfusion.observability.metrics import Metrics
+from openfusion.pipeline.events import Event, RunFinished
+from openfusion.pipeline.plan import CachePolicy
+
+log = logging.getLogger("openfusion.cache")
+
+Mode = Literal["use", "bypass", "refresh"]
+# What a store may raise: the cache then acts as if it held nothing (the request runs).
+_STORE_ERRORS = (OpenFusionError, RedisError, OSError, TimeoutError, CorruptEntry)
+_POLL_S = 0.05  # how often a request waiting for another replica's run looks again
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One request's dealings with the cache: a hit to replay, or a run to keep (`key` set) or not."""
+
+    status: Literal["hit", "miss", "bypass", "refresh"]
+    policy: CachePolicy
+    key: str | None = None  # set when the run's result is to be kept
+    entry: CachedRun | None = None  # set on a hit
+    _release: list[Any] = field(default_factory=list)  # callbacks giving back the run of `key`
+
+    @property
+    def header(self) -> str:
+        """The `X-Openfusion-Cache` response header: a refreshed run is a miss that was kept."""
+        return "miss" if self.status == "refresh" else self.status
+
+    def release(self) -> None:
+        """Let requests waiting for this run look again (idempotent)."""
+        callbacks, self._release = self._release, []
+        for callback in callbacks:
+            callback()
+
+
+class ResultCache:
+    """Looks up, de-duplicates and keeps fusion runs in one store."""
+
+    def __init__(self, store: ResultStore, settings: CacheSettings, metrics: Metrics) -> None:
+        self.store = store
+        self.settings = settings
+        self.metrics = metrics
+        self._flights: dict[str, asyncio.Future[None]] = {}  # runs in this process, by key
+        self._unlocking: set[asyncio.Task[None]] = set()
+
+    async def consult(self, key: str, policy: CachePolicy, *, mode: Mode) -> Ticket:
+        """A hit, or a miss whose run this request makes (identical ones wait for it, up to `wait_s`)."""
+        if mode == "bypass":
+            ticket = Ticket("bypass", policy)
+        elif mode == "refresh":
+            ticket = Ticket("refresh", policy, key=key)
+            await self._lease(ticket, key)  # waiters may take this run's result; it waits for nobody
+        else:
+            ticket = await self._look_up(key, policy)
+        self.metrics.cache_lookups.labels(ticket.status).inc()
+        if ticket.entry is not None and ticket.entry.cost:
+            self.metrics.cache_cost_saved.inc(ticket.entry.cost)
+        return ticket
+
+    async def _look_up(self, key: str, policy: CachePolicy) -> Ticket:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.wait_s
+        while True:
+            entry = await self._get(key)
+            if entry is not None and not entry.flags - allowed(policy):
+                return Ticket("hit", policy, entry=entry)
+            ticket = Ticket("miss", policy, key=key)
+            remaining = deadline - loop.time()
+            if await self._lease(ticket, key) or remaining <= 0:
+                return ticket  # this request runs (after waiting its fill, without the lease)
+            await self._wait(key, remaining)
+
+    async def _get(self, key: str) -> CachedRun | None:
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                raw = await self.store.get(key)
+            return CachedRun.decode(raw) if raw is not None else None
+        except _STORE_ERRORS as exc:
+            log.warning("result cache lookup failed (the request runs): %s", exc)
+            return None
+
+    async def _lease(self, ticket: Ticket, key: str) -> bool:
+        """Take the run of `key`: identical requests wait for it. False when another request has it."""
+        if self.settings.wait_s <= 0 or key in self._flights:
+            return False
+        flight = asyncio.get_running_loop().create_future()
+        self._flights[key] = flight
+
+        def land() -> None:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+            if not flight.done():
+                flight.set_result(None)
+
+        ticket._release.append(land)
+        if isinstance(self.store, RedisStore):  # other replicas wait for it too
+            token = secrets.token_hex(8)
+            try:
+                async with asyncio.timeout(self.settings.timeout_s):
+                    taken = await self.store.lock(key, token, ttl_s=self.settings.wait_s)
+            except _STORE_ERRORS as exc:
+                log.warning("result cache lock failed: %s", exc)
+                taken = True  # run without the lock: at worst another replica runs it too
+            if not taken:
+                ticket.release()
+                return False
+            ticket._release.append(lambda: self._unlock(key, token))
+        return True
+
+    def _unlock(self, key: str, token: str) -> None:
+        assert isinstance(self.store, RedisStore)
+        task = asyncio.get_running_loop().create_task(self._unlock_now(self.store, key, token))
+        self._unlocking.add(task)
+        task.add_done_callback(self._unlocking.discard)
+
+    async def _unlock_now(self, store: RedisStore, key: str, token: str) -> None:
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                await store.unlock(key, token)
+        except _STORE_ERRORS as exc:  # the lock expires by itself
+            log.warning("result cache unlock failed: %s", exc)
+
+    async def _wait(self, key: str, remaining: float) -> None:
+        """Until the run of `key` ends here, or a moment passes (it runs on another replica), at most `remaining`."""
+        flight = self._flights.get(key)
+        try:
+            if flight is not None:
+                await asyncio.wait_for(asyncio.shield(flight), remaining)
+            else:
+                await asyncio.sleep(min(_POLL_S, remaining))
+        except TimeoutError:
+            pass
+
+    async def record(
+        self, ticket: Ticket, events: AsyncIterator[Event], *, generation_id: str, streamed: bool
+    ) -> AsyncIterator[Event]:
+        """Relay a run's events, keeping a copy; a run that ends well (and is cacheable) is stored before its end
+        is relayed, so the requests waiting for it find it."""
+        kept: list[dict[str, Any]] = []
+        try:
+            async for event in events:
+                kept.append(dump_event(event))  # a copy, before a surface's renderer touches the event
+                if isinstance(event, RunFinished):
+                    await self._keep(ticket, event, kept, generation_id=generation_id, streamed=streamed)
+                    ticket.release()
+                yield event
+        finally:
+            ticket.release()  # failed or abandoned: the waiting requests run themselves
+
+    async def _keep(
+        self, ticket: Ticket, end: RunFinished, events: list[dict[str, Any]], *, generation_id: str, streamed: bool
+    ) -> None:
+        if ticket.key is None:
+            return
+        flags = run_flags(end.fusion)
+        for flag in flags - allowed(ticket.policy):
+            self.metrics.cache_skipped.labels(flag).inc()
+            return
+        raw = encode_run(generation_id=generation_id, created_at=time.time(), cost=end.usage.cost,
+                         streamed=streamed, flags=sorted(flags), events=events)  # fmt: skip
+        if len(raw) > self.settings.max_entry_bytes:
+            self.metrics.cache_skipped.labels("too_large").inc()
+            return
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                await self.store.put(ticket.key, raw, ttl_s=ticket.policy.ttl_s)
+        except _STORE_ERRORS as exc:
+            log.warning("result cache write failed: %s", exc)
+            return
+        self.metrics.cache_bytes.inc(len(raw))
+
+    async def aclose(self) -> None:
+        """Finish the pending unlocks and release the store's connections."""
+        if self._unlocking:
+            await asyncio.gather(*self._unlocking, return_exceptions=True)
+        await self.store.aclose()
+
+
+def allowed(policy: CachePolicy) -> frozenset[str]:
+    """The kinds of run a request's policy accepts from the cache (and lets it keep)."""
+    return frozenset({*(["degraded"] if policy.degraded else []), *(["research"] if policy.research else [])})
+
+
+def run_flags(fusion: dict[str, Any]) -> frozenset[str]:
+    """What makes a finished run unfit to keep unless asked for: it degraded, or it researched the web."""
+    flags = set()
+    panel = fusion.get("panel") or []
+    judge = fusion.get("judge") or {}
+    synthesizer = fusion.get("synthesizer") or {}
+    if any(p.get("status") != "ok" for p in panel) or judge.get("status") == "error" or synthesizer.get("fallbacks"):
+        flags.add("degraded")
+    if (fusion.get("server_tool_use_details") or {}).get("tool_calls_executed", 0) > 0:
+        flags.add("research")
+    return frozenset(flags)

@@ -1,0 +1,99 @@
+"""The result cache's stores against real SQLite, PostgreSQL and Redis (and process memory): expiry and eviction."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+import pytest
+import redis
+
+from openfusion.activity.postgres_store import PostgresStore
+from openfusion.activity.sqlite_store import SqliteStore
+from openfusion.cache.stores import DatabaseStore, MemoryStore, RedisStore, ResultStore
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+LIMIT = 3000
+
+StoreFactory = Callable[[], AbstractAsyncContextManager[ResultStore]]
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres", "redis"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """A store of each kind with a 3,000-byte limit, closed afterwards."""
+    kind = request.param
+
+    @asynccontextmanager
+    async def opened() -> AsyncIterator[ResultStore]:
+        if kind == "memory":
+            yield MemoryStore(max_bytes=LIMIT)
+        elif kind == "sqlite":
+            database = await SqliteStore.open(tmp_path / "activity.sqlite3")
+            try:
+                yield DatabaseStore(database, max_bytes=LIMIT)
+            finally:
+                await database.close()
+        elif kind == "postgres":
+            url = request.getfixturevalue("postgres_url")
+            database = await PostgresStore.open(url)
+            try:
+                yield DatabaseStore(database, max_bytes=LIMIT)
+            finally:
+                await database.close()
+        else:
+            prefix = f"openfusion-test-{uuid.uuid4().hex}"
+            store = RedisStore.from_url(REDIS_URL, prefix=prefix, max_bytes=LIMIT)
+            try:
+                yield store
+            finally:
+                await store.aclose()
+                client = redis.Redis.from_url(REDIS_URL)
+                keys = list(client.scan_iter(f"{prefix}*"))
+                if keys:
+                    client.delete(*keys)
+                client.close()
+
+    return opened
+
+
+async def test_kept_bytes_come_back_and_unknown_keys_do_not(open_store: StoreFactory) -> None:
+    async with open_store() as store:
+        await store.put("k1", b"\x00binary\xffvalue", ttl_s=60)
+        assert await store.get("k1") == b"\x00binary\xffvalue"
+        assert await store.get("k2") is None
+        await store.put("k1", b"replaced", ttl_s=60)
+        assert await store.get("k1") == b"replaced"
+        assert await store.usage() == (1, len(b"replaced"))
+
+
+async def test_an_entry_expires_after_its_ttl(open_store: StoreFactory) -> None:
+    async with open_store() as store:
+        await store.put("short", b"x" * 10, ttl_s=0.3)
+        await store.put("long", b"y" * 10, ttl_s=60)
+        assert await store.get("short") == b"x" * 10
+        await asyncio.sleep(0.4)
+        assert await store.get("short") is None
+        assert await store.get("long") == b"y" * 10
+        await store.put("next", b"z", ttl_s=60)  # a write drops what expired
+        assert await store.usage() == (2, 11)
+
+
+async def test_past_the_size_limit_the_least_recently_read_go_first(open_store: StoreFactory) -> None:
+    async with open_store() as store:
+        for key in ("a", "b", "c"):
+            await store.put(key, key.encode() * 1000, ttl_s=60)
+            await asyncio.sleep(0.01)  # distinct use times
+        assert await store.usage() == (3, 3000)
+        assert await store.get("a") is not None  # read: "b" is now the least recently used
+        await asyncio.sleep(0.01)
+        await store.put("d", b"d" * 1000, ttl_s=60)
+        assert await store.get("b") is None
+        assert [await store.get(k) is not None for k in ("a", "c", "d")] == [True, True, True]
+        assert await store.usage() == (3, 3000)
+        await store.put("big", b"e" * 2500, ttl_s=60)  # room for it alone and nothing else but the newest use
+        count, size = await store.usage()
+        assert size <= LIMIT and await store.get("big") is not None
+        assert count == 1

@@ -1,0 +1,377 @@
+"""The result cache through the real server: hit, miss, bypass, refresh, tenants, expiry, what is never kept."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from fakes.server import serve_in_thread
+from fakes.upstream import FakeUpstream, Script
+from openfusion.activity.sqlite_store import SqliteStore
+from openfusion.app import create_app
+from openfusion.settings import Settings
+
+from .conftest import ANALYSIS, TRIO
+
+ALICE, BOB = "sk-alice-0123456789abcdef", "sk-bob-0123456789abcdef0"
+KEYS = [{"name": "alice", "key_env": "ALICE_KEY"}, {"name": "bob", "key_env": "BOB_KEY"}]
+QUESTION = [{"role": "user", "content": "Why is the sky blue?"}]
+FUSION_CALLS = 5  # three panelists, the judge, the synthesizer
+
+
+@pytest.fixture
+def cached_presets(presets_dir: Path) -> Path:
+    """`fusion/cached`: the trio with a one-minute cache."""
+    (presets_dir / "cached.toml").write_text(TRIO + "cache_ttl_s = 60\n")
+    return presets_dir
+
+
+@pytest.fixture
+def start(
+    upstream: FakeUpstream, make_settings: Callable[..., Settings], cached_presets: Path, tmp_path: Path
+) -> Callable[..., AbstractContextManager[str]]:
+    """Start openfusion (client keys alice and bob, activity in SQLite under tmp_path); yields its URL."""
+
+    @contextmanager
+    def run(environ: dict[str, str] | None = None, **overrides: Any) -> Iterator[str]:
+        overrides.setdefault("activity", {"path": tmp_path / "activity.sqlite3", "flush_interval_s": 0.05})
+        settings = make_settings(keys=KEYS, **overrides)
+        env = {"FAKE_KEY": "sk-provider-secret", "ALICE_KEY": ALICE, "BOB_KEY": BOB, **(environ or {})}
+        with serve_in_thread(create_app(settings, environ=env)) as url:
+            yield url
+
+    return run
+
+
+def script_run(upstream: FakeUpstream, answer: str = "Rayleigh scattering.", cost: float = 0.125) -> None:
+    for model in ("a", "b", "c"):
+        upstream.script(model, Script(content=f"{model} says blue.", cost=cost))
+    upstream.script("judge", Script(content=json.dumps(ANALYSIS), cost=cost))
+    upstream.script("synth", Script(content=answer, cost=cost))
+
+
+def ask(url: str, *, key: str = ALICE, cache: str | None = None, **kwargs: Any) -> tuple[str | None, Any]:
+    """One chat completion through the SDK: (X-Openfusion-Cache header, parsed completion)."""
+    kwargs.setdefault("model", "fusion/cached")
+    kwargs.setdefault("messages", QUESTION)
+    headers = {"X-Openfusion-Cache": cache} if cache else None
+    with openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, default_headers=headers) as sdk:
+        raw = sdk.chat.completions.with_raw_response.create(**kwargs)
+        return raw.headers.get("x-openfusion-cache"), raw.parse()
+
+
+def test_a_repeat_is_answered_from_the_cache_for_nothing(upstream: FakeUpstream, start: Any) -> None:
+    script_run(upstream)
+    with start() as url:
+        first_header, first = ask(url)
+        assert first_header == "miss" and len(upstream.calls) == FUSION_CALLS
+        second_header, second = ask(url)
+        assert second_header == "hit"
+        assert len(upstream.calls) == FUSION_CALLS  # no upstream call at all
+        metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {ALICE}"}).text
+    assert second.choices[0].message.content == first.choices[0].message.content == "Rayleigh scattering."
+    assert second.id != first.id and second.model == first.model
+    assert first.usage.model_extra["cost"] == pytest.approx(5 * 0.125)
+    assert second.usage.model_extra["cost"] == 0
+    assert second.usage.total_tokens == 0
+    fusion = second.model_extra["fusion"]
+    assert fusion["cached"] is True
+    assert fusion["cache"]["generation_id"] == first.id
+    assert fusion["cache"]["cost_saved"] == pytest.approx(5 * 0.125)
+    assert [p["model"] for p in fusion["panel"]] == ["fake/a", "fake/b", "fake/c"]  # the original run's report
+    assert "cached" not in first.model_extra["fusion"]
+    assert 'openfusion_cache_lookups_total{result="miss"} 1.0' in metrics
+    assert 'openfusion_cache_lookups_total{result="hit"} 1.0' in metrics
+    assert "openfusion_cache_cost_saved_usd_total 0.625" in metrics
+    stored = next(line for line in metrics.splitlines() if line.startswith("openfusion_cache_stored_bytes_total"))
+    assert float(stored.split()[1]) > 100
+
+
+def test_bypass_neither_reads_nor_keeps_and_refresh_runs_anew_and_keeps(upstream: FakeUpstream, start: Any) -> None:
+    script_run(upstream, answer="First answer.")
+    with start() as url:
+        assert ask(url)[0] == "miss"
+        header, bypassed = ask(url, cache="bypass")
+        assert header == "bypass" and len(upstream.calls) == 2 * FUSION_CALLS
+        assert "cached" not in bypassed.model_extra["fusion"]
+        script_run(upstream, answer="Second answer.")
+        header, refreshed = ask(url, cache="refresh")
+        assert header == "miss" and len(upstream.calls) == 3 * FUSION_CALLS
+        assert refreshed.choices[0].message.content == "Second answer."
+        header, again = ask(url)
+        assert header == "hit" and again.choices[0].message.content == "Second answer."
+        assert len(upstream.calls) == 3 * FUSION_CALLS
+
+
+def test_an_unknown_cache_header_is_a_clear_400(upstream: FakeUpstream, start: Any) -> None:
+    script_run(upstream)
+    with start() as url, pytest.raises(openai.BadRequestError) as refused:
+        ask(url, cache="sometimes")
+    assert "X-Openfusion-Cache" in refused.value.message
+    assert upstream.calls == []
+
+
+def test_no_key_reads_another_keys_cached_answer(upstream: FakeUpstream, start: Any) -> None:
+    script_run(upstream)
+    with start() as url:
+        assert ask(url, key=ALICE)[0] == "miss"
+        assert ask(url, key=BOB)[0] == "miss"
+        assert len(upstream.calls) == 2 * FUSION_CALLS
+        assert ask(url, key=BOB)[0] == "hit"
+        assert ask(url, key=ALICE)[0] == "hit"
+        assert len(upstream.calls) == 2 * FUSION_CALLS
+
+
+def test_what_the_key_holds(upstream: FakeUpstream, start: Any) -> None:
+    """Another question, sampling or plugin setting is another entry; the slug's spelling, ttl and stream are not."""
+    script_run(upstream)
+    with start() as url:
+        assert ask(url)[0] == "miss"
+        assert ask(url, messages=[{"role": "user", "content": "Why is the sea blue?"}])[0] == "miss"
+        assert ask(url, temperature=0.3)[0] == "miss"
+        assert ask(url, extra_body={"plugins": [{"id": "fusion", "expose": True}]})[0] == "miss"
+        two = {"plugins": [{"id": "fusion", "analysis_models": ["fake/a", "fake/b"]}]}
+        assert ask(url, extra_body=two)[0] == "miss"
+        calls = len(upstream.calls)
+        assert ask(url, model="fusion", extra_body={"plugins": [{"id": "fusion", "preset": "cached"}]})[0] == "hit"
+        assert ask(url, extra_body={"plugins": [{"id": "fusion", "cache": {"ttl_s": 5}}]})[0] == "hit"
+        assert ask(url, temperature=0.3)[0] == "hit"
+        assert len(upstream.calls) == calls
+
+
+def test_caching_is_off_unless_a_preset_or_the_plugin_asks(upstream: FakeUpstream, start: Any) -> None:
+    script_run(upstream)
+    with start() as url:
+        header, _ = ask(url, model="fusion/trio")
+        assert header is None
+        assert ask(url, model="fusion/trio")[0] is None
+        assert len(upstream.calls) == 2 * FUSION_CALLS
+        plugin = {"plugins": [{"id": "fusion", "cache": {"ttl_s": 60}}]}
+        assert ask(url, model="fusion/trio", extra_body=plugin)[0] == "miss"
+        assert ask(url, model="fusion/trio", extra_body=plugin)[0] == "hit"
+        off = {"plugins": [{"id": "fusion", "cache": {"ttl_s": 0}}]}
+        assert ask(url, extra_body=off)[0] is None  # the plugin turns the preset's cache off
+        assert len(upstream.calls) == 4 * FUSION_CALLS
+
+
+def test_an_entry_expires_after_its_ttl(upstream: FakeUpstream, start: Any) -> None:
+    script_run(upstream)
+    short = {"plugins": [{"id": "fusion", "cache": {"ttl_s": 0.5}}]}
+    with start() as url:
+        assert ask(url, extra_body=short)[0] == "miss"
+        assert ask(url, extra_body=short)[0] == "hit"
+        time.sleep(0.6)
+        assert ask(url, extra_body=short)[0] == "miss"
+        assert len(upstream.calls) == 2 * FUSION_CALLS
+
+
+def test_errors_are_never_cached(upstream: FakeUpstream, start: Any) -> None:
+    for model in ("a", "b", "c"):
+        upstream.script(model, Script(status=500, error_message="down"))
+    with start(retry={"max_attempts": 1}) as url:
+        with pytest.raises(openai.APIStatusError):
+            ask(url)
+        script_run(upstream)
+        assert ask(url)[0] == "miss"
+        assert ask(url)[0] == "hit"
+
+
+def test_degraded_runs_are_not_cached_unless_asked(upstream: FakeUpstream, start: Any) -> None:
+    script_run(upstream)
+    upstream.script("b", Script(status=500, error_message="down"))  # every call to b fails
+    with start(retry={"max_attempts": 1}) as url:
+        header, degraded = ask(url)
+        assert header == "miss" and degraded.model_extra["fusion"]["panel"][1]["status"] == "error"
+        assert ask(url)[0] == "miss"  # run again: the degraded answer was not kept
+        allowed = {"plugins": [{"id": "fusion", "cache": {"degraded": True}}]}
+        assert ask(url, extra_body=allowed)[0] == "miss"
+        assert ask(url, extra_body=allowed)[0] == "hit"
+        # The same key, but a degraded answer goes only to a request that accepts one: this one runs, and keeps
+        # its clean answer in its place.
+        upstream.script("b", Script(content="b says blue."))
+        assert ask(url)[0] == "miss"
+        assert ask(url)[0] == "hit"
+        assert ask(url, extra_body=allowed)[0] == "hit"
+
+
+def sse_payloads(url: str, body: dict[str, Any], *, key: str = ALICE) -> tuple[str | None, list[Any]]:
+    """A raw streamed request: (cache header, every data payload without its id and created)."""
+    payloads: list[Any] = []
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json={**body, "stream": True}, headers=headers,
+                      timeout=30) as response:  # fmt: skip
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                payload = json.loads(line[6:])
+                payload.pop("id"), payload.pop("created")
+                payloads.append(payload)
+        return response.headers.get("x-openfusion-cache"), payloads
+
+
+def test_a_streamed_hit_replays_the_same_events(upstream: FakeUpstream, start: Any) -> None:
+    script_run(upstream)
+    upstream.script("synth", Script(chunks=["Rayleigh ", "scattering ", "again."], cost=0.125))
+    body = {"model": "fusion/cached", "messages": QUESTION}
+    with start() as url:
+        first_header, first = sse_payloads(url, body)
+        second_header, second = sse_payloads(url, body)
+        assert (first_header, second_header) == ("miss", "hit")
+        assert len(upstream.calls) == FUSION_CALLS
+        header, whole = ask(url)  # a non-streamed request takes the streamed run's answer, whole
+    assert header == "hit" and whole.choices[0].message.content == "Rayleigh scattering again."
+    *first_events, first_end = first
+    *second_events, second_end = second
+    assert second_events == first_events  # progress lines, then the same chunks, in the same order
+    texts = [e["choices"][0]["delta"].get("content") for e in first_events if e["choices"]]
+    assert [t for t in texts if t] == ["Rayleigh ", "scattering ", "again."]
+    assert second_end["usage"]["cost"] == 0 and second_end["fusion"]["cached"] is True
+    assert {k: v for k, v in second_end["fusion"].items() if k not in ("cached", "cache")} == first_end["fusion"]
+
+
+def test_a_whole_answer_is_replayed_to_a_stream(upstream: FakeUpstream, start: Any) -> None:
+    script_run(upstream)
+    with start() as url:
+        assert ask(url)[0] == "miss"
+        header, events = sse_payloads(url, {"model": "fusion/cached", "messages": QUESTION})
+    assert header == "hit"
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+    assert text == "Rayleigh scattering."
+    assert events[-1]["fusion"]["cached"] is True and events[-1]["choices"] == []
+
+
+def test_a_hit_is_recorded_as_one_with_the_cost_it_saved(upstream: FakeUpstream, start: Any, tmp_path: Path) -> None:
+    script_run(upstream)
+    with start() as url:
+        _, first = ask(url)
+        _, second = ask(url)
+        time.sleep(0.3)  # the writer flushes every 50 ms
+
+    async def read() -> tuple[Any, Any]:
+        store = await SqliteStore.open(tmp_path / "activity.sqlite3")
+        try:
+            return await store.get(first.id), await store.get(second.id)
+        finally:
+            await store.close()
+
+    original, hit = asyncio.run(read())
+    assert original.generation.cache_hit is False and original.generation.cost == pytest.approx(0.625)
+    assert hit.generation.cache_hit is True
+    assert hit.generation.cost == 0 and hit.generation.cost_saved == pytest.approx(0.625)
+    assert hit.calls == () and hit.generation.key_name == "alice" and hit.generation.status == "ok"
+
+
+async def ask_together(url: str, count: int, *, stream: bool = False) -> list[tuple[str | None, str]]:
+    """`count` identical requests at once through the async SDK: (cache header, answer text) of each."""
+    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=ALICE, max_retries=0) as sdk:
+
+        async def one() -> tuple[str | None, str]:
+            raw = await sdk.chat.completions.with_raw_response.create(
+                model="fusion/cached", messages=QUESTION, stream=stream
+            )
+            parsed = raw.parse()
+            if stream:
+                text = "".join([c.choices[0].delta.content or "" async for c in parsed if c.choices])
+            else:
+                text = parsed.choices[0].message.content
+            return raw.headers.get("x-openfusion-cache"), text
+
+        return await asyncio.gather(*(one() for _ in range(count)))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_identical_requests_at_once_fuse_once(upstream: FakeUpstream, start: Any, stream: bool) -> None:
+    script_run(upstream)
+    upstream.script("synth", Script(content="Rayleigh scattering.", delay_s=0.5))
+    with start() as url:
+        results = asyncio.run(ask_together(url, 4, stream=stream))
+    assert len(upstream.calls) == FUSION_CALLS  # one fusion for the four
+    assert sorted(header for header, _ in results) == ["hit", "hit", "hit", "miss"]
+    assert {text for _, text in results} == {"Rayleigh scattering."}
+
+
+def test_a_waiting_request_runs_itself_when_the_first_fails(upstream: FakeUpstream, start: Any) -> None:
+    script_run(upstream)
+    upstream.script("synth", Script(status=500, error_message="down", delay_s=0.5), Script(content="Second try."))
+    with start(retry={"max_attempts": 1}) as url:
+
+        async def both() -> list[Any]:
+            return await asyncio.gather(ask_together(url, 1), ask_together(url, 1), return_exceptions=True)
+
+        first, second = asyncio.run(both())
+    outcomes = [first, second]
+    failed = [o for o in outcomes if isinstance(o, openai.APIStatusError)]
+    answered = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(failed) == 1 and answered == [[("miss", "Second try.")]]
+    assert len(upstream.calls_for("synth")) == 2
+
+
+def test_a_wait_is_bounded(upstream: FakeUpstream, start: Any) -> None:
+    script_run(upstream)
+    upstream.script("synth", Script(content="Slow.", delay_s=1.0))
+    with start(cache={"wait_s": 0.2}) as url:
+        results = asyncio.run(ask_together(url, 2))
+    assert [h for h, _ in results] == ["miss", "miss"]  # the second gave up waiting and ran itself
+    assert len(upstream.calls_for("synth")) == 2
+
+
+def responses_events(url: str, *, stream: bool) -> tuple[str | None, Any]:
+    """One Responses request: (cache header, the response, or the list of streamed event types and the last)."""
+    with openai.OpenAI(base_url=f"{url}/v1", api_key=ALICE, max_retries=0) as sdk:
+        raw = sdk.responses.with_raw_response.create(model="fusion/cached", input="Why is the sky blue?", stream=stream)
+        parsed = raw.parse()
+        if not stream:
+            return raw.headers.get("x-openfusion-cache"), parsed
+        events = list(parsed)
+        return raw.headers.get("x-openfusion-cache"), ([e.type for e in events], events[-1].response)
+
+
+def test_the_responses_surface_is_served_from_the_cache(upstream: FakeUpstream, start: Any) -> None:
+    script_run(upstream)
+    upstream.script("synth", Script(chunks=["Rayleigh ", "scattering."]))
+    with start() as url:
+        first_header, (first_types, first) = responses_events(url, stream=True)
+        second_header, (second_types, second) = responses_events(url, stream=True)
+        whole_header, whole = responses_events(url, stream=False)
+    assert (first_header, second_header, whole_header) == ("miss", "hit", "hit")
+    assert len(upstream.calls) == FUSION_CALLS
+    assert second_types == first_types  # the same event sequence, panel progress included
+    assert second.output_text == first.output_text == whole.output_text == "Rayleigh scattering."
+    assert second.id != first.id
+    assert second.model_extra["fusion"]["cached"] is True
+
+
+def test_the_messages_surface_is_served_from_the_cache(upstream: FakeUpstream, start: Any) -> None:
+    script_run(upstream)
+    upstream.script("synth", Script(chunks=["Rayleigh ", "scattering."]))
+
+    def create(stream: bool) -> tuple[str | None, Any]:
+        with anthropic.Anthropic(base_url=url, api_key=ALICE, max_retries=0) as sdk:
+            raw = sdk.messages.with_raw_response.create(
+                model="fusion/cached",
+                max_tokens=500,
+                messages=QUESTION,
+                stream=stream,  # type: ignore[arg-type]
+            )
+            parsed = raw.parse()
+            return raw.headers.get("x-openfusion-cache"), [e.type for e in parsed] if stream else parsed
+
+    with start() as url:
+        first_header, first_types = create(stream=True)
+        second_header, second_types = create(stream=True)
+        whole_header, whole = create(stream=False)
+    assert (first_header, second_header, whole_header) == ("miss", "hit", "hit")
+    assert len(upstream.calls) == FUSION_CALLS
+    assert second_types == first_types
+    assert whole.content[0].text == "Rayleigh scattering."
+    assert whole.model_extra["fusion"]["cached"] is True
