@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -14,9 +15,11 @@ import anthropic
 import httpx
 import openai
 import pytest
+import redis
 
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream, Script
+from openfusion.activity.postgres_store import PostgresStore
 from openfusion.activity.sqlite_store import SqliteStore
 from openfusion.app import create_app
 from openfusion.settings import Settings
@@ -375,3 +378,61 @@ def test_the_messages_surface_is_served_from_the_cache(upstream: FakeUpstream, s
     assert second_types == first_types
     assert whole.content[0].text == "Rayleigh scattering."
     assert whole.model_extra["fusion"]["cached"] is True
+
+
+@contextmanager
+def replicas(start: Any, count: int, environ: dict[str, str], **overrides: Any) -> Iterator[list[str]]:
+    """`count` servers sharing what `environ` points them at (Redis, PostgreSQL); yields their URLs."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(start(environ=environ, **overrides)) for _ in range(count)]
+
+
+def test_replicas_share_the_cache_through_redis(upstream: FakeUpstream, start: Any, redis_prefix: str) -> None:
+    script_run(upstream)
+    shared = {"REDIS_URL": "redis://127.0.0.1:6379/0"}
+    with replicas(start, 2, shared, limits={"redis_prefix": redis_prefix}) as (one, two):
+        assert ask(one)[0] == "miss"
+        header, answer = ask(two)
+        assert header == "hit" and answer.choices[0].message.content == "Rayleigh scattering."
+        assert ask(two, key=BOB)[0] == "miss"  # still one cache per key
+    assert len(upstream.calls) == 2 * FUSION_CALLS
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    try:
+        assert len(list(client.scan_iter(f"{redis_prefix}:cache:*:entry:*"))) == 2
+    finally:
+        client.close()
+
+
+def test_identical_requests_on_two_replicas_fuse_once(upstream: FakeUpstream, start: Any, redis_prefix: str) -> None:
+    script_run(upstream)
+    upstream.script("synth", Script(content="Rayleigh scattering.", delay_s=0.5))
+    shared = {"REDIS_URL": "redis://127.0.0.1:6379/0"}
+    with replicas(start, 2, shared, limits={"redis_prefix": redis_prefix}) as (one, two):
+
+        async def both() -> list[list[tuple[str | None, str]]]:
+            return await asyncio.gather(ask_together(one, 2), ask_together(two, 2))
+
+        results = [result for replica in asyncio.run(both()) for result in replica]
+    assert len(upstream.calls) == FUSION_CALLS
+    assert sorted(header for header, _ in results) == ["hit", "hit", "hit", "miss"]
+
+
+def test_replicas_share_the_cache_through_postgresql(upstream: FakeUpstream, start: Any, postgres_url: str) -> None:
+    script_run(upstream)
+    with replicas(start, 2, {"DATABASE_URL": postgres_url}) as (one, two):
+        _, first = ask(one)
+        header, second = ask(two)
+        assert header == "hit" and second.choices[0].message.content == first.choices[0].message.content
+        time.sleep(0.3)  # the writer flushes every 50 ms
+    assert len(upstream.calls) == FUSION_CALLS
+
+    async def read() -> Any:
+        store = await PostgresStore.open(postgres_url)
+        try:
+            return await store.get(second.id), await store.cache_usage()
+        finally:
+            await store.close()
+
+    hit, (entries, size) = asyncio.run(read())
+    assert hit.generation.cache_hit is True and hit.generation.cost_saved == pytest.approx(0.625)
+    assert entries == 1 and size > 100
