@@ -48,6 +48,8 @@ def summary_body(generation: GenerationRecord) -> dict[str, Any]:
         "key_name": generation.key_name,
         "api_type": generation.api_type,
         "status_code": generation.status_code,
+        "cache_hit": generation.cache_hit,
+        "cost_saved": generation.cost_saved,
     }
 
 
