@@ -259,6 +259,10 @@ def test_a_hit_is_recorded_as_one_with_the_cost_it_saved(upstream: FakeUpstream,
         _, first = ask(url)
         _, second = ask(url)
         time.sleep(0.3)  # the writer flushes every 50 ms
+        generation = httpx.get(f"{url}/api/v1/generation", params={"id": second.id},
+                               headers={"Authorization": f"Bearer {ALICE}"}).json()["data"]  # fmt: skip
+    assert generation["cache_hit"] is True and generation["total_cost"] == 0
+    assert generation["cost_saved"] == pytest.approx(0.625)
 
     async def read() -> tuple[Any, Any]:
         store = await SqliteStore.open(tmp_path / "activity.sqlite3")
