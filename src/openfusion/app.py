@@ -37,7 +37,7 @@ from openfusion.presets import load_presets, shipped_presets_dir
 from openfusion.settings import Settings, load_settings
 from openfusion.upstream.client import UpstreamClient, build_http_client
 from openfusion.upstream.providers import ProviderRegistry
-from openfusion.upstream.web import WebResearch, build_fetch_client
+from openfusion.upstream.web import ExtractionPool, WebResearch, build_fetch_client
 
 log = logging.getLogger("openfusion")
 
@@ -59,9 +59,15 @@ async def _web_research(
     if config.search is None and not config.fetch.enabled:
         return None
     key = _search_key(settings, environ)
-    fetch_http = await resources.enter_async_context(build_fetch_client()) if config.fetch.enabled else None
+    fetch_http = extractor = None
+    if config.fetch.enabled:
+        fetch_http = await resources.enter_async_context(build_fetch_client())
+        extractor = ExtractionPool.from_config(config.fetch)  # its workers start on the first extraction
+        resources.push_async_callback(extractor.aclose)
     api_key = SecretStr(key) if key else None
-    return WebResearch.from_config(config, http=http, fetch_http=fetch_http, api_key=api_key, masker=masker)
+    return WebResearch.from_config(
+        config, http=http, fetch_http=fetch_http, api_key=api_key, masker=masker, extractor=extractor
+    )
 
 
 async def _refresh_prices(prices: PriceTable, upstream: UpstreamClient, provider: str) -> None:

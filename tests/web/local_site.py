@@ -17,7 +17,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response, S
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from web.pages import article_html, make_pdf
+from web.pages import article_html, costly_pdf, make_pdf
 
 SECRET = "TOP-SECRET-METADATA-CREDENTIALS"
 PDF_LINES = ["Quarterly grid report", "Curtailment fell by 34 percent."]
@@ -112,6 +112,8 @@ _APP = Starlette(
         Route("/slow", _slow),
         Route("/gzip-bomb", lambda _: _gzip_bomb()),
         Route("/big-pdf", lambda _: _big_pdf()),
+        Route("/costly-pdf", lambda _: Response(costly_pdf(), media_type="application/pdf")),
+        Route("/five-pages-pdf", lambda _: Response(costly_pdf(pages=5, operators=1), media_type="application/pdf")),
     ]
 )
 

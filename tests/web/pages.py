@@ -1,6 +1,8 @@
-"""Test content: a real-looking news article page and a minimal hand-built PDF."""
+"""Test content: a real-looking news article page, a minimal hand-built PDF and a costly one."""
 
 from __future__ import annotations
+
+import zlib
 
 ARTICLE_TITLE = "Offshore wind farms cut curtailment by a third, grid study finds"
 
@@ -84,6 +86,11 @@ def make_pdf(lines: list[str], *, title: str = "Test document") -> bytes:
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
         b"<< /Title (" + _pdf_escape(title).encode("latin-1") + b") >>",
     ]
+    return _assemble(objects, info=6)
+
+
+def _assemble(objects: list[bytes], *, info: int) -> bytes:
+    """Numbered objects (from 1; the catalog first) with a correct xref table and trailer."""
     out = bytearray(b"%PDF-1.4\n")
     offsets = []
     for number, body in enumerate(objects, start=1):
@@ -92,9 +99,31 @@ def make_pdf(lines: list[str], *, title: str = "Test document") -> bytes:
     xref = len(out)
     out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
     out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
-    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R /Info 6 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R /Info {info} 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
     return bytes(out)
 
 
 def _pdf_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+
+
+def costly_pdf(*, pages: int = 200, operators: int = 100_000) -> bytes:
+    """A small PDF (~30 KB) whose pages all draw one compressed content stream of `operators` text matrices.
+
+    pypdf spends seconds of CPU on each page's text: minutes for the document, unless extraction is cut.
+    """
+    stream = zlib.compress(b"BT /F1 12 Tf " + b"1 0 0 1 0 0 Tm " * operators + b"(a) Tj ET", 9)
+    kids = " ".join(f"{6 + index} 0 R" for index in range(pages))
+    page = (
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 3 0 R >> >> >>"
+    )
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>".encode(),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Title (Costly) >>",
+        *[page] * pages,
+    ]
+    return _assemble(objects, info=5)

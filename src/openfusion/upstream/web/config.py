@@ -68,6 +68,15 @@ class FetchConfig(BaseModel):
     # Host names ("wiki.corp.example", "*.corp.example") whose addresses are not range-checked.
     allow_hosts: list[str] = Field(default_factory=list)
     user_agent: str = Field(default=DEFAULT_USER_AGENT, min_length=1)
+    # Wall time one HTML or PDF text extraction may take; its worker process is killed past it (and when its
+    # request is cancelled). The worker's RLIMIT_CPU is this plus a second.
+    extract_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    # Address space of an extraction worker process (RLIMIT_AS), in MiB.
+    extract_memory_mb: int = Field(default=1024, ge=256, le=65536)
+    # Pages of a PDF whose text is read; the rest is left out with a truncation marker.
+    max_pdf_pages: int = Field(default=50, ge=1, le=10_000)
+    # Extraction worker processes (started on the first extraction); more extractions wait for one.
+    extract_workers: int = Field(default=2, ge=1, le=32)
 
     @field_validator("allow_private", mode="before")
     @classmethod

@@ -44,6 +44,8 @@ class Extracted:
 
     title: str | None
     text: str
+    # What was left unread, when something was (a PDF's pages past max_pages).
+    cut: str | None = None
 
 
 def parse_content_type(header: str | None) -> tuple[str, str | None]:
@@ -94,12 +96,14 @@ def sniff_kind(body: bytes) -> ContentKind | None:
     return "text" if b"\x00" not in body[:4096] else None
 
 
-def extract(kind: ContentKind, body: bytes, *, charset: str | None, url: str, max_chars: int) -> Extracted:
-    """The readable text of `body` (CPU-bound: call it in a worker thread)."""
-    extracted = _EXTRACTORS[kind](body, charset, url, max_chars)
+def extract(
+    kind: ContentKind, body: bytes, *, charset: str | None, url: str, max_chars: int, max_pages: int = 50
+) -> Extracted:
+    """The readable text of `body` (CPU-bound and unbounded on hostile input: see extract_pool)."""
+    extracted = _EXTRACTORS[kind](body, charset, url, max_chars, max_pages)
     text = _BLANK_LINES.sub("\n\n", _CONTROL.sub("", extracted.text)).strip()
     title = " ".join(extracted.title.split()) if extracted.title else None
-    return Extracted(title=title or None, text=text)
+    return Extracted(title=title or None, text=text, cut=extracted.cut)
 
 
 def decode_text(body: bytes, charset: str | None) -> str:
@@ -111,7 +115,7 @@ def decode_text(body: bytes, charset: str | None) -> str:
     return body.decode(encoding, errors="replace").lstrip("\ufeff")
 
 
-def _html(body: bytes, charset: str | None, url: str, max_chars: int) -> Extracted:
+def _html(body: bytes, charset: str | None, url: str, max_chars: int, max_pages: int) -> Extracted:
     import trafilatura  # imported lazily: it is heavy and only fetches need it
 
     # Without a declared charset trafilatura reads the bytes itself (it honours <meta charset>).
@@ -131,17 +135,19 @@ def _html(body: bytes, charset: str | None, url: str, max_chars: int) -> Extract
         if not text:
             # No main content found (a tiny or script-built page): fall back to all visible text.
             text = trafilatura.html2txt(html)
+    except MemoryError:  # the worker's memory limit: it says so itself
+        raise
     except Exception as exc:  # a parser bug on hostile HTML must not take the panelist down
         logger.info("HTML extraction failed for %s: %s", url, type(exc).__name__)
         raise FetchFailed("the page's HTML could not be read.") from None
     return Extracted(title=metadata.title if metadata is not None else None, text=text or "")
 
 
-def _text(body: bytes, charset: str | None, url: str, max_chars: int) -> Extracted:
+def _text(body: bytes, charset: str | None, url: str, max_chars: int, max_pages: int) -> Extracted:
     return Extracted(title=None, text=decode_text(body, charset))
 
 
-def _json(body: bytes, charset: str | None, url: str, max_chars: int) -> Extracted:
+def _json(body: bytes, charset: str | None, url: str, max_chars: int, max_pages: int) -> Extracted:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -149,7 +155,7 @@ def _json(body: bytes, charset: str | None, url: str, max_chars: int) -> Extract
     return Extracted(title=None, text=orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
 
 
-def _pdf(body: bytes, charset: str | None, url: str, max_chars: int) -> Extracted:
+def _pdf(body: bytes, charset: str | None, url: str, max_chars: int, max_pages: int) -> Extracted:
     from pypdf import PdfReader  # imported lazily, like trafilatura
 
     try:
@@ -158,13 +164,16 @@ def _pdf(body: bytes, charset: str | None, url: str, max_chars: int) -> Extracte
             raise FetchFailed("the PDF is encrypted.")
         pages: list[str] = []
         size = 0
-        for page in reader.pages:
+        count = len(reader.pages)
+        for page in reader.pages[:max_pages]:
             pages.append(page.extract_text() or "")
             size += len(pages[-1])
             if size > max_chars:  # the rest would be truncated anyway
                 break
+        # Stopped by the page limit (not by max_chars, whose truncation marker says so itself).
+        cut = f"only the first {max_pages} of {count} pages were read" if len(pages) == max_pages < count else None
         title = reader.metadata.title if reader.metadata is not None else None
-    except FetchFailed:
+    except (FetchFailed, MemoryError):  # a MemoryError is the worker's memory limit: it says so itself
         raise
     except Exception as exc:  # pypdf raises many types on malformed files
         logger.info("PDF extraction failed for %s: %s", url, type(exc).__name__)
@@ -172,10 +181,10 @@ def _pdf(body: bytes, charset: str | None, url: str, max_chars: int) -> Extracte
     text = "\n\n".join(page.strip() for page in pages if page.strip())
     if not text:
         raise FetchFailed("the PDF has no extractable text (it may be scanned images).")
-    return Extracted(title=str(title) if title else None, text=text)
+    return Extracted(title=str(title) if title else None, text=text, cut=cut)
 
 
-_EXTRACTORS: dict[ContentKind, Callable[[bytes, str | None, str, int], Extracted]] = {
+_EXTRACTORS: dict[ContentKind, Callable[[bytes, str | None, str, int, int], Extracted]] = {
     "html": _html,
     "text": _text,
     "json": _json,

@@ -14,18 +14,22 @@ from openfusion.upstream.web.config import FetchConfig
 from openfusion.upstream.web.errors import FetchFailed, FetchRefused
 from openfusion.upstream.web.extract import (
     ContentKind,
+    Extracted,
     content_kind,
     extract,
     is_unlabelled,
     parse_content_type,
     sniff_kind,
 )
+from openfusion.upstream.web.extract_pool import ExtractionPool
 from openfusion.upstream.web.ssrf import AddressPolicy, IPAddress, Resolver, Target, resolve_target, system_resolver
 
 logger = logging.getLogger(__name__)
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _ACCEPT = "text/html,application/xhtml+xml,text/plain;q=0.9,application/json;q=0.9,application/pdf;q=0.8,*/*;q=0.1"
+# Cheap to read in a thread; HTML and PDF go to the extraction workers (their parsers can be made to run for minutes).
+_INLINE_KINDS = frozenset({"text", "json"})
 # A host with many addresses: try a few (all of them checked) before giving up.
 _MAX_ADDRESSES = 3
 _SNIFFED_TYPES: dict[ContentKind, str] = {
@@ -60,7 +64,15 @@ def build_fetch_client(*, verify: ssl.SSLContext | bool = True, max_connections:
 class Fetcher:
     """Fetches public web pages for the model, refusing anything the SSRF guard does not allow."""
 
-    def __init__(self, config: FetchConfig, *, http: httpx.AsyncClient, resolver: Resolver | None = None) -> None:
+    def __init__(
+        self,
+        config: FetchConfig,
+        *,
+        http: httpx.AsyncClient,
+        resolver: Resolver | None = None,
+        extractor: ExtractionPool | None = None,
+    ) -> None:
+        """`extractor`: the app's pool of extraction workers; without one the fetcher starts its own."""
         if http.trust_env:
             # An environment proxy would resolve host names itself, undoing the address check.
             raise ValueError("the fetch client must be built with trust_env=False (see build_fetch_client)")
@@ -68,19 +80,25 @@ class Fetcher:
         self.http = http
         self.resolver = resolver or system_resolver
         self.policy = AddressPolicy.from_config(config)
+        self.extractor = extractor or ExtractionPool.from_config(config)
 
     async def fetch(self, url: str) -> FetchedPage:
         """Fetch `url` (following up to `max_redirects` checked redirects); raise FetchRefused or FetchFailed."""
+        extracting: list[ContentKind] = []  # set while the text is extracted, for the timeout's message
         try:
             async with asyncio.timeout(self.config.timeout_s):
-                return await self._fetch(url)
+                return await self._fetch(url, extracting)
         except TimeoutError:
+            if extracting:
+                raise FetchFailed(
+                    f"the fetch timed out after {self.config.timeout_s:g} s: text extraction was cut off."
+                ) from None
             raise FetchFailed(f"the fetch timed out after {self.config.timeout_s:g} s.") from None
         except FetchRefused as exc:
             logger.info("web_fetch refused: %s", exc.message)
             raise
 
-    async def _fetch(self, url: str) -> FetchedPage:
+    async def _fetch(self, url: str, extracting: list[ContentKind]) -> FetchedPage:
         current = url
         first: Target | None = None
         for hop in range(self.config.max_redirects + 1):
@@ -96,7 +114,7 @@ class Fetcher:
             try:
                 location = response.headers.get("location") if response.status_code in _REDIRECTS else None
                 if location is None:
-                    return await self._page(first, target, response)
+                    return await self._page(first, target, response, extracting)
             finally:
                 # A redirect's body is never read.
                 await response.aclose()
@@ -141,7 +159,9 @@ class Fetcher:
         # Built directly (not client.build_request) so no client default header or cookie is sent.
         return httpx.Request("GET", url, headers=headers, extensions=extensions)
 
-    async def _page(self, first: Target, target: Target, response: httpx.Response) -> FetchedPage:
+    async def _page(
+        self, first: Target, target: Target, response: httpx.Response, extracting: list[ContentKind]
+    ) -> FetchedPage:
         status = response.status_code
         if not 200 <= status < 300:
             raise FetchFailed(f"{target.host} answered HTTP {status}.")
@@ -160,10 +180,11 @@ class Fetcher:
         if kind == "pdf" and cut:
             raise FetchFailed(f"the PDF is larger than the {self.config.max_bytes} bytes web_fetch may download.")
         max_chars = self.config.max_chars
-        extracted = await asyncio.to_thread(
-            extract, kind, body, charset=charset, url=str(target.url), max_chars=max_chars
+        extracting.append(kind)
+        extracted = await self._extract(kind, body, charset=charset, url=str(target.url))
+        text, truncated = truncate(
+            extracted.text, max_chars=max_chars, bytes_cut=cut, max_bytes=self.config.max_bytes, cut=extracted.cut
         )
-        text, truncated = truncate(extracted.text, max_chars=max_chars, bytes_cut=cut, max_bytes=self.config.max_bytes)
         return FetchedPage(
             url=str(first.url),
             final_url=str(target.url),
@@ -172,6 +193,12 @@ class Fetcher:
             content_type=media_type,
             truncated=truncated,
         )
+
+    async def _extract(self, kind: ContentKind, body: bytes, *, charset: str | None, url: str) -> Extracted:
+        max_chars = self.config.max_chars
+        if kind in _INLINE_KINDS:
+            return await asyncio.to_thread(extract, kind, body, charset=charset, url=url, max_chars=max_chars)
+        return await self.extractor.extract(kind, body, charset=charset, url=url, max_chars=max_chars)
 
     async def _read(self, target: Target, response: httpx.Response) -> tuple[bytes, bool]:
         """The body up to max_bytes (decoded), and whether more was left unread."""
@@ -193,15 +220,18 @@ class Fetcher:
         return b"".join(chunks), False
 
 
-def truncate(text: str, *, max_chars: int, bytes_cut: bool = False, max_bytes: int = 0) -> tuple[str, bool]:
-    """Cut `text` to at most `max_chars` characters (marker included); say so when the download was cut too."""
+def truncate(
+    text: str, *, max_chars: int, bytes_cut: bool = False, max_bytes: int = 0, cut: str | None = None
+) -> tuple[str, bool]:
+    """Cut `text` to at most `max_chars` characters (marker included); say so when anything was left out."""
     if len(text) > max_chars:
-        marker = f"\n\n[… truncated: the text continues beyond {max_chars} characters]"
-        return text[: max(0, max_chars - len(marker))].rstrip() + marker, True
-    if bytes_cut:
-        marker = f"\n\n[… truncated: only the first {max_bytes} bytes were downloaded]"
-        return text[: max(0, max_chars - len(marker))].rstrip() + marker, True
-    return text, False
+        cut = f"the text continues beyond {max_chars} characters"
+    elif bytes_cut:
+        cut = f"only the first {max_bytes} bytes were downloaded"
+    if cut is None:
+        return text, False
+    marker = f"\n\n[… truncated: {cut}]"
+    return text[: max(0, max_chars - len(marker))].rstrip() + marker, True
 
 
 def _content_length(response: httpx.Response) -> int:

@@ -14,6 +14,7 @@ from openfusion.delimiting import encode_untrusted
 from openfusion.masking import SecretMasker
 from openfusion.upstream.web.config import ResearchConfig
 from openfusion.upstream.web.errors import FetchError, SearchError
+from openfusion.upstream.web.extract_pool import ExtractionPool
 from openfusion.upstream.web.fetch import FetchedPage, Fetcher
 from openfusion.upstream.web.search import SearchBackend, SearchResult, build_search_backend
 from openfusion.upstream.web.ssrf import Resolver
@@ -195,6 +196,7 @@ class WebResearch:
         api_key: SecretStr | None = None,
         resolver: Resolver | None = None,
         masker: SecretMasker | None = None,
+        extractor: ExtractionPool | None = None,
     ) -> WebResearch:
         """Build from `[research]`: `http` serves the search API, `fetch_http` (see build_fetch_client) fetches."""
         search: SearchBackend | None = None
@@ -208,7 +210,7 @@ class WebResearch:
                 reason = str(exc)
         fetcher = None
         if config.fetch.enabled:
-            fetcher = Fetcher(config.fetch, http=fetch_http or http, resolver=resolver)
+            fetcher = Fetcher(config.fetch, http=fetch_http or http, resolver=resolver, extractor=extractor)
         return cls(search=search, fetcher=fetcher, default_max_results=max_results, search_unavailable_reason=reason)
 
     @property

@@ -1,0 +1,152 @@
+"""A costly document cannot keep the server busy: text extraction is cut at its limit and dies with its request.
+
+`openfusion serve` runs as its own process; a panelist fetches a 34 KB PDF whose text pypdf would need
+minutes of CPU for. The server's process tree (the server, its fork server and extraction workers) is
+watched through /proc: once the request has ended, nothing in it may keep burning CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+
+from e2e.processes import Served, alive, provider_config, serve
+from fakes.server import serve_in_thread
+from fakes.upstream import FakeUpstream, Script, wait_until
+from web.pages import costly_pdf
+
+pytestmark = pytest.mark.e2e
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+_IDLE_CPU_S = 0.2  # what the whole tree may spend over _WINDOW_S once the work is cut (an idle one: ~0.01 s)
+_WINDOW_S = 2.0
+_SITE = Starlette(routes=[Route("/costly.pdf", lambda _: Response(costly_pdf(), media_type="application/pdf"))])
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[str]:
+    with serve_in_thread(_SITE) as url:
+        yield url
+
+
+def _fetch_call(url: str) -> Script:
+    arguments = orjson.dumps({"url": url}).decode()
+    return Script(tool_calls=[{"function": {"name": "web_fetch", "arguments": arguments}}])
+
+
+def _config(upstream_url: str, fetch: str) -> str:
+    return provider_config(upstream_url, extra=f'[research.fetch]\nallow_private = ["127.0.0.0/8"]\n{fetch}\n')
+
+
+def _cpu_by_pid(root: int) -> dict[int, float]:
+    """CPU seconds (user + system) of `root` and every process descending from it, by pid."""
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS)
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, (ppid, _) in stats.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier += children
+    return {pid: stats[pid][1] for pid in tree if pid in stats}
+
+
+def _busiest(root: int) -> tuple[int, float]:
+    """The process of the tree that spent the most CPU over the window, and the CPU the whole tree spent."""
+    before = _cpu_by_pid(root)
+    time.sleep(_WINDOW_S)
+    after = _cpu_by_pid(root)
+    spent = {pid: cpu - before.get(pid, 0.0) for pid, cpu in after.items()}
+    busiest = max(spent, key=spent.__getitem__)
+    return busiest, sum(spent.values())
+
+
+def _ask(served: Served) -> httpx.Response:
+    body = {"model": "fusion/trio", "messages": [{"role": "user", "content": "Summarise the report."}]}
+    return httpx.post(f"{served.url}/v1/chat/completions", json=body, timeout=120)
+
+
+def _tool_result(upstream: FakeUpstream) -> str:
+    content: str = upstream.calls_for("a")[1].body["messages"][-1]["content"]
+    return content
+
+
+@pytest.mark.parametrize(
+    ("fetch", "bound_s", "said"),
+    [
+        # The fetch's own time limit (which already existed) ends the extraction with the fetch.
+        ("timeout_s = 3", 3, "the fetch timed out after 3 s: text extraction was cut off."),
+        # The extraction's limit, well inside the fetch's.
+        ("timeout_s = 60\nextract_timeout_s = 2", 2, "text extraction was cut off after 2 s: the PDF is too costly"),
+    ],
+)
+def test_a_costly_pdf_is_cut_at_the_limit_and_leaves_nothing_running(
+    fake_upstream: Any,
+    upstream: FakeUpstream,
+    presets_dir: Path,
+    tmp_path: Path,
+    site: str,
+    fetch: str,
+    bound_s: float,
+    said: str,
+) -> None:
+    _, upstream_url = fake_upstream
+    upstream.script("a", _fetch_call(f"{site}/costly.pdf"), Script(content="The report could not be read."))
+
+    with serve(_config(upstream_url, fetch), presets_dir, tmp_path) as served:
+        started = time.monotonic()
+        response = _ask(served)
+        elapsed = time.monotonic() - started
+        _, spent = _busiest(served.process.pid)
+
+    assert response.status_code == 200, response.text
+    assert elapsed < bound_s + 5  # the limit, plus the fake panel, judge and synthesizer
+    assert spent < _IDLE_CPU_S, f"the server's processes spent {spent:.2f} s of CPU in {_WINDOW_S} s after the request"
+    result = _tool_result(upstream)
+    assert result.startswith("web_fetch error") and said in result, result
+
+
+def test_a_client_that_hangs_up_takes_its_extraction_with_it(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path, site: str
+) -> None:
+    _, upstream_url = fake_upstream
+    upstream.script("a", _fetch_call(f"{site}/costly.pdf"), Script(content="unused"))
+    # The fetch may take 300 s, the extraction 10 s (the default): the client leaves well before.
+    config = _config(upstream_url, "timeout_s = 300")
+
+    with serve(config, presets_dir, tmp_path) as served:
+        body = orjson.dumps({"model": "fusion/trio", "messages": [{"role": "user", "content": "Summarise."}]})
+        port = int(served.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body) + body
+            )
+            wait_until(lambda: len(upstream.calls_for("a")) == 1, timeout=30)
+            _busiest(served.process.pid)  # the first extraction starts the fork server (it imports the parsers)
+            busiest, spent = _busiest(served.process.pid)  # the extraction is under way
+            assert spent > _IDLE_CPU_S, "the extraction did not start"
+        # The client has hung up (about 4 s into the extraction).
+        _, spent = _busiest(served.process.pid)
+        assert spent < _IDLE_CPU_S, f"the server's processes spent {spent:.2f} s of CPU in {_WINDOW_S} s after it"
+        assert busiest != served.process.pid and not alive(busiest)  # it ran in a worker, now killed
+
+    assert len(upstream.calls_for("a")) == 1  # the panelist never got to a second turn

@@ -1,0 +1,115 @@
+"""Extraction in killable workers: cut at its time, CPU, memory and page limits; the pool recovers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+
+from openfusion.upstream.web.config import FetchConfig
+from openfusion.upstream.web.errors import FetchFailed
+from openfusion.upstream.web.extract_pool import ExtractionPool, ExtractLimits
+from openfusion.upstream.web.fetch import Fetcher
+from web.local_site import PDF_LINES
+from web.pages import article_html, costly_pdf, make_pdf
+
+MakeFetcher = Callable[..., Fetcher]
+SiteUrl = Callable[[str], str]
+
+
+def _limits(**overrides: float) -> ExtractLimits:
+    values = {"timeout_s": 30.0, "cpu_s": 30, "memory_bytes": 1024 << 20, "max_pages": 50, **overrides}
+    return ExtractLimits(**values)  # type: ignore[arg-type]
+
+
+def _alive(pool: ExtractionPool) -> list[int]:
+    return [worker.process.pid for worker in pool._idle if worker.process.is_alive() and worker.process.pid]
+
+
+def test_the_defaults_are_documented_ones() -> None:
+    config = FetchConfig()
+    assert (config.extract_timeout_s, config.extract_memory_mb, config.max_pdf_pages, config.extract_workers) == (
+        10.0, 1024, 50, 2,
+    )  # fmt: skip
+    limits = ExtractLimits.from_config(config)
+    assert (limits.timeout_s, limits.cpu_s, limits.memory_bytes) == (10.0, 11, 1 << 30)
+
+
+async def test_a_costly_pdf_is_cut_at_the_extraction_limit(make_fetcher: MakeFetcher, site_url: SiteUrl) -> None:
+    fetcher = make_fetcher(extract_timeout_s=1)
+    started = time.monotonic()
+    with pytest.raises(FetchFailed, match=r"text extraction was cut off after 1 s: the PDF is too costly to read"):
+        await fetcher.fetch(site_url("/costly-pdf"))
+    assert time.monotonic() - started < 5
+    assert _alive(fetcher.extractor) == []  # the worker was killed, not kept
+    page = await fetcher.fetch(site_url("/pdf"))  # a fresh worker reads the next document
+    assert page.text == "\n".join(PDF_LINES)
+    await fetcher.extractor.aclose()
+
+
+async def test_pages_past_the_limit_are_left_out_and_the_text_says_so(
+    make_fetcher: MakeFetcher, site_url: SiteUrl
+) -> None:
+    fetcher = make_fetcher(max_pdf_pages=2)
+    page = await fetcher.fetch(site_url("/five-pages-pdf"))
+    await fetcher.extractor.aclose()
+    assert page.truncated
+    assert page.text == "a\n\na\n\n[… truncated: only the first 2 of 5 pages were read]"
+
+
+async def test_a_cancelled_extraction_kills_its_worker() -> None:
+    pool = ExtractionPool(_limits())
+    task = asyncio.create_task(pool.extract("pdf", costly_pdf(), charset=None, url="http://x/", max_chars=20_000))
+    for _ in range(1000):  # until a worker has the job
+        if pool._busy:
+            break
+        await asyncio.sleep(0.01)
+    [worker] = pool._busy
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.to_thread(worker.process.join, 5)
+    assert worker.process.exitcode is not None and worker.process.exitcode < 0  # killed by a signal
+    assert pool._idle == [] and pool._busy == set()
+    await pool.aclose()
+
+
+async def test_the_cpu_limit_ends_a_worker_nobody_kills() -> None:
+    # The wall-clock limit is far away: only RLIMIT_CPU, set in the worker itself, can stop it.
+    pool = ExtractionPool(_limits(timeout_s=60, cpu_s=1))
+    with pytest.raises(FetchFailed, match="needed more CPU or memory than allowed"):
+        await pool.extract("pdf", costly_pdf(), charset=None, url="http://x/", max_chars=20_000)
+    html = await pool.extract("html", article_html().encode(), charset=None, url="http://x/", max_chars=20_000)
+    assert html.title is not None and "curtailment" in html.text  # the next job gets a new worker
+    await pool.aclose()
+
+
+async def test_the_memory_limit_cuts_an_extraction_that_needs_more() -> None:
+    pool = ExtractionPool(_limits(memory_bytes=200 << 20))
+    body = make_pdf(["x" * 100] * 40)
+    # A 60 MB content stream: decompressing and parsing it needs more than 200 MB.
+    costly = costly_pdf(pages=1, operators=4_000_000)
+    with pytest.raises(FetchFailed, match=r"needed more (CPU or )?memory than allowed"):
+        await pool.extract("pdf", costly, charset=None, url="http://x/", max_chars=20_000)
+    page = await pool.extract("pdf", body, charset=None, url="http://x/", max_chars=20_000)
+    assert page.text.startswith("x" * 100)
+    await pool.aclose()
+
+
+async def test_closing_the_pool_kills_its_workers() -> None:
+    pool = ExtractionPool(_limits(), workers=2)
+    await asyncio.gather(
+        *(pool.extract("html", article_html().encode(), charset=None, url="http://x/", max_chars=20_000)
+          for _ in range(2))
+    )  # fmt: skip
+    workers = [worker.process for worker in pool._idle]
+    assert len(workers) == 2 and all(process.is_alive() for process in workers)
+    await pool.aclose()
+    for process in workers:
+        await asyncio.to_thread(process.join, 5)
+        assert not process.is_alive()
+    with pytest.raises(FetchFailed, match="shutting down"):
+        await pool.extract("html", b"<p>late</p>", charset=None, url="http://x/", max_chars=200)
