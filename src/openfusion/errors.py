@@ -43,11 +43,42 @@ class ConfigError(OpenFusionError):
 
 
 class InvalidRequest(OpenFusionError):
-    """The client's request is malformed or out of range."""
+    """The client's request is malformed or out of range.
+
+    `reason` is what is wrong with `param` without naming it ("Field required", "Input should be a valid
+    integer"), for a surface whose errors name the parameter their own way (Anthropic's `path: reason`); it
+    is read from the two forms every message naming a parameter takes (see `invalid_value`, `missing`).
+    """
 
     status_code = 400
     error_type = "invalid_request_error"
     code = "invalid_request"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message, param=param, code=code)
+        self.reason = _reason(message, param)
+
+
+def invalid_value(param: str, reason: str) -> InvalidRequest:
+    """A 400 for a parameter with a wrong value: "Invalid value for 'param': reason."."""
+    return InvalidRequest(f"Invalid value for '{param}': {reason}.", param=param)
+
+
+def missing(param: str, note: str = "") -> InvalidRequest:
+    """A 400 for a required parameter that is absent: "Missing required parameter: 'param'" and a note."""
+    return InvalidRequest(f"Missing required parameter: '{param}'{note}.", param=param)
+
+
+def _reason(message: str, param: str | None) -> str | None:
+    if param is None:
+        return None
+    invalid, absent = f"Invalid value for '{param}': ", f"Missing required parameter: '{param}'"
+    if message.startswith(invalid):
+        return message[len(invalid) :].removesuffix(".")
+    if message.startswith(absent):
+        note = message[len(absent) :].removesuffix(".").strip()
+        return f"Field required {note}" if note else "Field required"
+    return None
 
 
 class AuthenticationFailed(OpenFusionError):

@@ -255,7 +255,7 @@ def test_errors_before_and_after_routing_are_in_anthropics_shape(
     anthropic_error(no_route, 404, "not_found_error")
     assert "nobody/serves-this" in anthropic_error(no_model, 404, "not_found_error")
     assert "max_tokens" in anthropic_error(no_max_tokens, 400, "invalid_request_error")
-    assert "messages[0].content[0].type" in anthropic_error(bad_block, 400, "invalid_request_error")
+    assert anthropic_error(bad_block, 400, "invalid_request_error").startswith("messages.0.content.0.type: ")
     anthropic_error(not_json, 415, "invalid_request_error")
     anthropic_error(cross_site, 403, "permission_error")
     anthropic_error(wrong_method, 405, "invalid_request_error")

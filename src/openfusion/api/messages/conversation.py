@@ -20,14 +20,19 @@ _SKIPPED = frozenset({"thinking", "redacted_thinking", "server_tool_use", "mcp_t
 _ROLES = ("user", "assistant", "system")
 
 
-def chat_messages(system: str | list[dict[str, Any]] | None, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The chat conversation for a Messages request's `system` and `messages`."""
+def chat_messages(
+    system: str | list[dict[str, Any]] | None, messages: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The chat conversation for a Messages request's `system` and `messages`, and where each came from
+    (`system`, `messages[2]`: a message may give several chat messages)."""
     out: list[dict[str, Any]] = []
+    origins: list[str] = []
     if system:
         text = system if isinstance(system, str) else _system_text(system, "system")
         if text:
             out.append({"role": "system", "content": text})
     for position, message in enumerate(messages):
+        origins += ["system"] * (len(out) - len(origins))
         param = f"messages[{position}]"
         if not isinstance(message, dict):
             raise InvalidRequest(f"Invalid value for '{param}': a message must be an object.", param=param)
@@ -47,7 +52,8 @@ def chat_messages(system: str | list[dict[str, Any]] | None, messages: list[dict
             out.append(_assistant(content, f"{param}.content"))
         else:
             out.extend(_user(content, f"{param}.content"))
-    return out
+        origins += [param] * (len(out) - len(origins))
+    return out, origins
 
 
 def _blocks(content: list[Any], param: str) -> list[tuple[str, dict[str, Any]]]:

@@ -1,17 +1,19 @@
 """Errors in the Anthropic Messages shape: `{"type": "error", "error": {"type", "message"}}`.
 
 The HTTP status stays the one openfusion gives the error; the `type` is Anthropic's name for it.
-The same body is the `error` event of a stream that fails after it began.
+A request that is not valid names the parameter as Anthropic does, by its path before the reason
+(`messages.0.content.1.type: …`). The same body is the `error` event of a stream that fails after it began.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
 
 from openfusion.api.handlers import ErrorDialect
-from openfusion.errors import OpenFusionError
+from openfusion.errors import InvalidRequest, OpenFusionError
 
 # Anthropic's error types by HTTP status; any other 4xx is a bad request, any other 5xx an API error.
 _TYPES = {
@@ -33,7 +35,21 @@ def error_type(status: int) -> str:
 
 def error_body(error: OpenFusionError) -> dict[str, Any]:
     """The Anthropic error object for an openfusion error."""
-    return {"type": "error", "error": {"type": error_type(error.status_code), "message": error.message}}
+    return {"type": "error", "error": {"type": error_type(error.status_code), "message": _message(error)}}
+
+
+def anthropic_path(param: str) -> str:
+    """A parameter path in Anthropic's notation: 'messages[0].content[1].type' -> 'messages.0.content.1.type'."""
+    return _INDEX.sub(r".\1", param)
+
+
+_INDEX = re.compile(r"\[(\d+)\]")
+
+
+def _message(error: OpenFusionError) -> str:
+    if isinstance(error, InvalidRequest) and error.param not in (None, "body"):
+        return f"{anthropic_path(error.param)}: {error.reason or error.message}"
+    return error.message
 
 
 def error_event(error: OpenFusionError) -> bytes:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from openfusion.api.messages.conversation import chat_messages
+from openfusion.api.params import ParamNames, renamed
 from openfusion.errors import InvalidRequest, invalid_request_from
 from openfusion.pipeline.plan import FUSION_TOOL_TYPES
 from openfusion.protocol import NAME_ERROR, ChatRequest, ModelSlug, PlainName, WireModel, plain_name
@@ -72,6 +73,7 @@ class Translated:
     chat: ChatRequest
     body: dict[str, Any]  # the chat-completions body, openfusion's own fields included
     raw: dict[str, Any]  # the request as the client sent it (for a provider that speaks Messages)
+    names: ParamNames  # the client's names for the chat body's parameters, for errors found in it
 
 
 def parse_request(data: dict[str, Any]) -> MessagesRequest:
@@ -90,14 +92,22 @@ def parse_request(data: dict[str, Any]) -> MessagesRequest:
 
 def translate(request: MessagesRequest, raw: dict[str, Any]) -> Translated:
     """The internal chat request for a Messages request."""
-    messages = chat_messages(request.system, request.messages)
+    messages, origins = chat_messages(request.system, request.messages)
     body: dict[str, Any] = {"model": request.model, "messages": messages, "stream": request.stream}
     body.update(_sampling(request))
+    tools = [i for i, tool in enumerate(request.tools or []) if _kept(tool)]
+    names = ParamNames(fields=_FIELDS, messages=origins, tools=tools, tool_fields=_TOOL_FIELDS)
     try:
         chat = ChatRequest.model_validate(body)
     except ValidationError as exc:
-        raise invalid_request_from(exc) from None
-    return Translated(request=request, chat=chat, body=body, raw=raw)
+        raise renamed(invalid_request_from(exc), names) from None
+    return Translated(request=request, chat=chat, body=body, raw=raw, names=names)
+
+
+# Chat parameters under their Messages names (the others are the same in both).
+_FIELDS = {"max_completion_tokens": "max_tokens", "stop": "stop_sequences", "user": "metadata.user_id",
+           "reasoning": "thinking", "parallel_tool_calls": "tool_choice.disable_parallel_tool_use"}  # fmt: skip
+_TOOL_FIELDS = {".function.name": ".name", ".function.parameters": ".input_schema", ".function": ""}
 
 
 def _sampling(request: MessagesRequest) -> dict[str, Any]:
@@ -134,14 +144,21 @@ def _reasoning(request: MessagesRequest) -> dict[str, Any] | None:
     return {"effort": "high" if share > 0.6 else "medium" if share > 0.3 else "low"}
 
 
+def _kept(tool: dict[str, Any]) -> bool:
+    """Whether a (valid) tool goes to the chat model: Anthropic's own tools (bash_…, web_search_…) and deferred
+    ones do not, having no schema a chat model can use."""
+    kind = tool.get("type")
+    return kind in FUSION_TOOL_TYPES or (kind in (None, "custom") and tool.get("defer_loading") is not True)
+
+
 def _tool(tool: Any, param: str) -> dict[str, Any] | None:
     if not isinstance(tool, dict):
         raise InvalidRequest(f"Invalid value for '{param}': a tool must be an object.", param=param)
     kind = tool.get("type")
+    if not _kept(tool):
+        return None
     if kind in FUSION_TOOL_TYPES:
         return tool
-    if kind not in (None, "custom") or tool.get("defer_loading") is True:
-        return None  # Anthropic's own tools (bash_…, web_search_…) and deferred ones: no schema a chat model can use
     name = tool.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidRequest(f"Missing required parameter: '{param}.name'.", param=f"{param}.name")

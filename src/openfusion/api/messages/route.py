@@ -20,6 +20,7 @@ from openfusion.api.messages.native import count_native, forward_native, speaks_
 from openfusion.api.messages.request import Translated, parse_request, translate
 from openfusion.api.messages.tokens import estimate_input_tokens
 from openfusion.api.messages.writer import PING, MessageWriter
+from openfusion.api.params import renamed
 from openfusion.api.passthrough import SSE_HEADERS
 from openfusion.api.translated import chat_events
 from openfusion.errors import OpenFusionError
@@ -43,7 +44,10 @@ async def create_message(request: Request) -> Response:
     async def render(exchange: Exchange) -> Response:
         return await _render(exchange, translated)
 
-    return await serve(request, translated.chat, render, api_type="messages")
+    try:
+        return await serve(request, translated.chat, render, api_type="messages")
+    except OpenFusionError as exc:  # found in the chat request (its plan, the guards): named as the client sent it
+        raise renamed(exc, translated.names) from None
 
 
 async def count_tokens(request: Request) -> Response:
@@ -53,8 +57,11 @@ async def count_tokens(request: Request) -> Response:
     # The same request as /v1/messages, but without max_tokens: nothing is generated.
     translated = translate(parse_request({"max_tokens": 1, **data}), data)
     chat = translated.chat
-    plan = plan_fusion(chat, presets=state.presets, default_preset=state.settings.default_preset,
-                       registry=state.registry)  # fmt: skip
+    try:
+        plan = plan_fusion(chat, presets=state.presets, default_preset=state.settings.default_preset,
+                           registry=state.registry)  # fmt: skip
+    except OpenFusionError as exc:
+        raise renamed(exc, translated.names) from None
     if plan is None and speaks_messages(state, chat):  # 404 for a model nothing serves, as on /v1/messages
         return await count_native(state, chat, translated.raw, request)
     return Response(orjson.dumps({"input_tokens": estimate_input_tokens(translated.request)}),

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from openfusion.api.params import ParamNames, renamed
 from openfusion.errors import InvalidRequest, invalid_request_from
 from openfusion.pipeline.plan import FUSION_TOOL_TYPES
 from openfusion.protocol import NAME_ERROR, ChatRequest, ModelSlug, PlainName, WireModel, plain_name
@@ -88,6 +89,7 @@ class Translated:
     body: dict[str, Any]  # the chat-completions body, openfusion's own fields included
     items: list[dict[str, Any]]  # the conversation as input items (history first), for a stored response
     raw: dict[str, Any]  # the body as the client sent it (for a provider that speaks the Responses API)
+    names: ParamNames  # the client's names for the chat body's parameters, for errors found in it
 
 
 def parse_request(data: dict[str, Any]) -> ResponsesRequest:
@@ -122,20 +124,31 @@ def translate(
     items = [*(history or []), *own]
     offset = len(history or [])
     messages: list[dict[str, Any]] = []
+    origins: list[str] = []  # the parameter each chat message came from
     if request.instructions:
         messages.append({"role": "system", "content": request.instructions})
+        origins.append("instructions")
     for position, item in enumerate(items):
         # Errors name the client's own items; stored history was checked when it was sent.
-        _add_item(messages, item, f"input[{position - offset}]")
+        param = f"input[{position - offset}]" if position >= offset else "previous_response_id"
+        _add_item(messages, item, param)
+        origins += [param] * (len(messages) - len(origins))
     if not items:
         raise InvalidRequest("Missing required parameter: 'input'.", param="input")
     body: dict[str, Any] = {"model": request.model, "messages": messages, "stream": request.stream}
     body.update(_sampling(request))
+    tools = [i for i, tool in enumerate(request.tools or []) if tool.get("type") in _CHAT_TOOL_TYPES]
+    names = ParamNames(fields=_FIELDS, messages=origins, tools=tools, tool_fields=_TOOL_FIELDS)
     try:
         chat = ChatRequest.model_validate(body)
     except ValidationError as exc:
-        raise invalid_request_from(exc) from None
-    return Translated(request=request, chat=chat, body=body, items=items, raw=raw or {})
+        raise renamed(invalid_request_from(exc), names) from None
+    return Translated(request=request, chat=chat, body=body, items=items, raw=raw or {}, names=names)
+
+
+# Chat parameters under their Responses names (the others are the same in both).
+_FIELDS = {"max_completion_tokens": "max_output_tokens", "response_format": "text.format", "messages": "input"}
+_TOOL_FIELDS = {".function.name": ".name", ".function.parameters": ".parameters", ".function": ""}
 
 
 def _sampling(request: ResponsesRequest) -> dict[str, Any]:

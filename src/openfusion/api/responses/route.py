@@ -17,6 +17,7 @@ from openfusion.api.disconnect import cancel_on_disconnect
 from openfusion.api.dispatch import Exchange, record_unparsed_refusal, serve
 from openfusion.api.fusion_response import with_keepalive
 from openfusion.api.ledger import Ledger
+from openfusion.api.params import renamed
 from openfusion.api.passthrough import SSE_HEADERS
 from openfusion.api.responses.keeper import not_stored
 from openfusion.api.responses.native import forward_native, speaks_responses
@@ -52,7 +53,10 @@ async def create_response(request: Request) -> Response:
     async def render(exchange: Exchange) -> Response:
         return await _render(exchange, translated, owner=owner)
 
-    return await serve(request, translated.chat, render, api_type="responses")
+    try:
+        return await serve(request, translated.chat, render, api_type="responses")
+    except OpenFusionError as exc:  # found in the chat request (its plan, the guards): named as the client sent it
+        raise renamed(exc, translated.names) from None
 
 
 async def retrieve_response(request: Request) -> Response:
