@@ -70,7 +70,7 @@ def _replaced(value: Any, path: tuple[Any, ...], new: Any) -> Any:
 
 
 @st.composite
-def mutated(draw: st.DrawFn, valid: st.SearchStrategy[Any]) -> Any:
+def mutated(draw: st.DrawFn, valid: st.SearchStrategy[Any], junk: st.SearchStrategy[Any] = junk) -> Any:
     """A valid value with none, one or two of its parts (anywhere inside) replaced by junk of any type."""
     value = draw(valid)
     for _ in range(draw(st.sampled_from([0, 0, 1, 1, 1, 2]))):

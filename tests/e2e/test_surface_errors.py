@@ -96,6 +96,10 @@ RESPONSES_CASES = [
     ({"tools": [{"type": "web_search"}, {"type": "function"}]}, "tools[1].name"),
     ({"text": {"format": {"type": "yaml"}}}, "text.format.type"),
     ({"max_output_tokens": 0}, "max_output_tokens"),
+    # An item whose type is not a string (a 500 once: an unhashable type), and input a model cannot read.
+    ({"input": [{"type": ["message"], "role": "user", "content": "Hi"}]}, "input[0].type"),
+    ({"input": [{"type": "reasoning", "summary": []}]}, "input"),
+    ({"input": [{"role": "user", "content": [{"type": "input_text", "text": {"a": 1}}]}]}, "input[0].content[0].text"),
     ({"model": "fusion/trio", "extra_body": {"plugins": [{"id": "fusion", "preset": "nope"}]}},
      "plugins[0].preset"),
     ({"tools": [{"type": "web_search"}, {"type": "openrouter:fusion", "parameters": {"preset": "nope"}}]},

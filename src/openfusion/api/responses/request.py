@@ -135,6 +135,10 @@ def translate(
         origins += [param] * (len(messages) - len(origins))
     if not items:
         raise InvalidRequest("Missing required parameter: 'input'.", param="input")
+    if not messages:  # only items a chat model cannot read (reasoning, fusion results), and no instructions
+        raise InvalidRequest(
+            "Invalid value for 'input': no message, function call or function call output to answer.", param="input"
+        )
     body: dict[str, Any] = {"model": request.model, "messages": messages, "stream": request.stream}
     body.update(_sampling(request))
     tools = [i for i, tool in enumerate(request.tools or []) if tool.get("type") in _CHAT_TOOL_TYPES]
@@ -253,6 +257,8 @@ def _add_item(messages: list[dict[str, Any]], item: Any, param: str) -> None:
     if not isinstance(item, dict):
         raise InvalidRequest(f"Invalid value for '{param}': an input item must be an object.", param=param)
     kind = item.get("type", "message")
+    if not isinstance(kind, str):
+        raise InvalidRequest(f"Invalid value for '{param}.type': expected a string.", param=f"{param}.type")
     if kind == "message":
         message = _validated(_MessageItem, item, param)
         role = "system" if message.role == "developer" else message.role
@@ -285,7 +291,11 @@ def _content(content: str | list[dict[str, Any]], *, role: str, param: str) -> s
     for position, part in enumerate(content):
         kind = part.get("type")
         if kind in ("input_text", "output_text", "text"):
-            parts.append({"type": "text", "text": str(part.get("text", ""))})
+            text = part.get("text", "")
+            if not isinstance(text, str):
+                where = f"{param}[{position}].text"
+                raise InvalidRequest(f"Invalid value for '{where}': expected a string.", param=where)
+            parts.append({"type": "text", "text": text})
         elif kind == "input_image":
             url = part.get("image_url")
             if not isinstance(url, str) or not url:
