@@ -22,8 +22,8 @@ from openfusion.activity.stored import ResponseStore
 from openfusion.api import activity, chat, health, metrics, models
 from openfusion.api.access import install_access
 from openfusion.api.deps import AppState
+from openfusion.api.dialects import ERROR_DIALECTS
 from openfusion.api.handlers import install as install_error_handlers
-from openfusion.api.messages import errors as messages_errors
 from openfusion.api.messages import route as messages
 from openfusion.api.responses import route as responses
 from openfusion.api.responses.keeper import ResponseKeeper
@@ -171,7 +171,7 @@ def create_app(
     )
     app.state.drain = drain
     app.state.settings = settings  # the server's own options (`[server]`) are read from here by whoever serves it
-    install_error_handlers(app, dialects=[messages_errors.ERRORS])
+    install_error_handlers(app, dialects=ERROR_DIALECTS)
     install_access(app, access, cors=access_config.cors)
     surfaces = (chat.router, responses.router, messages.router)
     for router in (*surfaces, models.router, health.router, activity.router, metrics.router):

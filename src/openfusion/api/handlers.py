@@ -60,10 +60,15 @@ def error_body_for(scope: Scope | None) -> Callable[[OpenFusionError], dict[str,
     app = scope.get("app") if scope is not None else None
     dialects: tuple[ErrorDialect, ...] = getattr(getattr(app, "state", None), "error_dialects", ())
     if dialects and scope is not None:
-        path = route_path(scope)
-        for dialect in dialects:
-            if dialect.covers(path):
-                return dialect.body
+        return error_body_for_path(route_path(scope), dialects)
+    return openai_error_body
+
+
+def error_body_for_path(path: str, dialects: Iterable[ErrorDialect]) -> Callable[[OpenFusionError], dict[str, Any]]:
+    """The error body writer of a route path: the first dialect that covers it, else OpenAI's."""
+    for dialect in dialects:
+        if dialect.covers(path):
+            return dialect.body
     return openai_error_body
 
 

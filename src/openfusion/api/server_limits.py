@@ -1,7 +1,8 @@
 """The server's connection budget: how many connections it holds, which idle one gives way, and raw refusals.
 
 A refusal here is written straight to the socket, before any ASGI app has seen the request (its
-headers may not even be complete), but in OpenAI's error format like every other error.
+headers may not even be complete), but in the error shape of the request's path like every other
+error: Anthropic's on /v1/messages, OpenAI's elsewhere (and when the path is not known yet).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from openfusion.api.dialects import ERROR_DIALECTS
+from openfusion.api.handlers import error_body_for_path, route_path
 from openfusion.errors import OpenFusionError
 from openfusion.settings import ServerSettings
 
@@ -95,9 +98,9 @@ def raise_open_file_limit() -> int:
     return soft
 
 
-def refusal(error: OpenFusionError) -> bytes:
-    """A complete HTTP/1.1 response for `error` that closes the connection."""
-    body = orjson.dumps({"error": error.to_body()})
+def refusal(error: OpenFusionError, path: str = "") -> bytes:
+    """A complete HTTP/1.1 response for `error` to a request for `path` (its route path) that closes the connection."""
+    body = orjson.dumps(error_body_for_path(path, ERROR_DIALECTS)(error))
     phrase = http.HTTPStatus(error.status_code).phrase
     head = [
         f"HTTP/1.1 {error.status_code} {phrase}",
@@ -112,18 +115,18 @@ def refusal(error: OpenFusionError) -> bytes:
 
 
 def refusal_app(error: OpenFusionError) -> Any:
-    """An ASGI app that answers every request with `error` and closes the connection."""
-    body = orjson.dumps({"error": error.to_body()})
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode("ascii")),
-        (b"cache-control", b"no-store"),
-        (b"connection", b"close"),
-    ]
-    if error.retry_after is not None:
-        headers.append((b"retry-after", str(max(1, round(error.retry_after))).encode("ascii")))
+    """An ASGI app that answers every request with `error` (in its path's shape) and closes the connection."""
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
+        body = orjson.dumps(error_body_for_path(route_path(scope), ERROR_DIALECTS)(error))
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode("ascii")),
+            (b"cache-control", b"no-store"),
+            (b"connection", b"close"),
+        ]
+        if error.retry_after is not None:
+            headers.append((b"retry-after", str(max(1, round(error.retry_after))).encode("ascii")))
         await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

@@ -209,7 +209,8 @@ class LimitedConnection:
     def _refuse(self, error: OpenFusionError) -> None:
         transport: asyncio.Transport = self.transport  # type: ignore[attr-defined]
         if not transport.is_closing():
-            transport.write(refusal(error))
+            # The error's shape is its path's (Anthropic's on /v1/messages), as far as the path has arrived.
+            transport.write(refusal(error, self._path().decode("latin-1") if hasattr(self, "url") else ""))
             transport.close()
 
     def _forget(self) -> None:
