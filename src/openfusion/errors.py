@@ -12,6 +12,7 @@ class OpenFusionError(Exception):
     error_type: str = "server_error"
     code: str | None = None
     retry_after: float | None = None  # seconds, sent as Retry-After when set
+    generation_id: str | None = None  # the activity record of the request it ended, sent as X-Generation-Id
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)

@@ -125,6 +125,7 @@ def record_refusal(
     )
     ledger.failed(error)
     ledger.close()
+    error.generation_id = ledger.generation_id  # the client gets its record's id with the error
 
 
 def record_unparsed_refusal(request: Request, raw: bytes, error: OpenFusionError, *, api_type: ApiType) -> None:
@@ -146,6 +147,8 @@ async def serve(request: Request, chat: ChatRequest, render: Renderer, *, api_ty
             exchange.cache.release()
         ledger.failed(exc)
         ledger.close()
+        if isinstance(exc, OpenFusionError):
+            exc.generation_id = ledger.generation_id  # the client gets its record's id with the error
         raise
     if exchange.cache is not None:
         response.headers[CACHE_HEADER] = exchange.cache.header

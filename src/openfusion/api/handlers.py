@@ -43,10 +43,13 @@ class ErrorDialect:
 
 
 def error_response(error: OpenFusionError, scope: Scope | None = None) -> Response:
-    """Render an openfusion error as JSON in the shape of the request's path (with Retry-After when it has one)."""
+    """Render an openfusion error as JSON in the shape of the request's path (with Retry-After when it has one,
+    and X-Generation-Id when the request has an activity record)."""
     headers = {}
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))  # never sooner than asked
+    if error.generation_id is not None:
+        headers["X-Generation-Id"] = error.generation_id
     return Response(
         orjson.dumps(error_body_for(scope)(error)),
         status_code=error.status_code,
