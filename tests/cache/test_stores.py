@@ -33,14 +33,14 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
         elif kind == "sqlite":
             database = await SqliteStore.open(tmp_path / "activity.sqlite3")
             try:
-                yield DatabaseStore(database, max_bytes=LIMIT)
+                yield DatabaseStore(database, max_bytes=LIMIT, touch_every_s=0)  # every read a use
             finally:
                 await database.close()
         elif kind == "postgres":
             url = request.getfixturevalue("postgres_url")
             database = await PostgresStore.open(url)
             try:
-                yield DatabaseStore(database, max_bytes=LIMIT)
+                yield DatabaseStore(database, max_bytes=LIMIT, touch_every_s=0)
             finally:
                 await database.close()
         else:
@@ -97,3 +97,19 @@ async def test_past_the_size_limit_the_least_recently_read_go_first(open_store: 
         count, size = await store.usage()
         assert size <= LIMIT and await store.get("big") is not None
         assert count == 1
+
+
+async def test_a_database_read_marks_its_row_used_only_when_the_mark_has_aged(tmp_path: Path) -> None:
+    """Most hits are a plain SELECT: a write (and its fsync) only once the last mark is older than a minute."""
+    database = await SqliteStore.open(tmp_path / "activity.sqlite3")
+    try:
+        await database.cache_put("k", b"v", now=1000.0, ttl_s=3600, max_bytes=LIMIT)
+        changes = database._conn.total_changes  # SQLite's count of rows written on this connection
+        assert await database.cache_get("k", now=1030.0, touch_every_s=60) == b"v"
+        assert database._conn.total_changes == changes  # read only
+        assert await database.cache_get("k", now=1061.0, touch_every_s=60) == b"v"
+        assert database._conn.total_changes == changes + 1  # the mark moved to 1061
+        assert await database.cache_get("k", now=1100.0, touch_every_s=60) == b"v"
+        assert database._conn.total_changes == changes + 1
+    finally:
+        await database.close()

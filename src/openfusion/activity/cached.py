@@ -32,8 +32,9 @@ class CacheStatements:
 
     def __init__(self, p: str) -> None:
         t = CACHE_TABLE
+        self.get = f"SELECT entry, last_used FROM {t} WHERE key = {p} AND expires_at > {p}"
         # A read is also a use: it moves the row to the back of the eviction order.
-        self.get = f"UPDATE {t} SET last_used = {p} WHERE key = {p} AND expires_at > {p} RETURNING entry"
+        self.touch = f"UPDATE {t} SET last_used = {p} WHERE key = {p}"
         self.put = (
             f"INSERT INTO {t} (key, created_at, expires_at, last_used, size, entry) "
             f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}) "

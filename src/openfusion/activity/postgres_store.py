@@ -167,10 +167,13 @@ class PostgresStore:
             cursor = await conn.execute(STORED.purge, (now,))
         return cursor.rowcount
 
-    async def cache_get(self, key: str, *, now: float) -> bytes | None:
-        """A cached run's bytes unless absent or expired; reading it marks it used."""
+    async def cache_get(self, key: str, *, now: float, touch_every_s: float) -> bytes | None:
+        """A cached run's bytes unless absent or expired; reading it marks it used, when its mark is older
+        than `touch_every_s` (most hits are then a plain SELECT: no write)."""
         async with self._connection() as conn:
-            row = await (await conn.execute(CACHE.get, (now, key, now))).fetchone()
+            row = await (await conn.execute(CACHE.get, (key, now))).fetchone()
+            if row is not None and row[1] <= now - touch_every_s:
+                await conn.execute(CACHE.touch, (now, key))
         return bytes(row[0]) if row is not None else None
 
     async def cache_put(self, key: str, entry: bytes, *, now: float, ttl_s: float, max_bytes: int) -> None:

@@ -220,10 +220,18 @@ class SqliteStore:
         """Delete the expired responses; how many."""
         return await self._run(lambda: self._conn.execute(STORED.purge, (timestamp(now),)).rowcount)
 
-    async def cache_get(self, key: str, *, now: float) -> bytes | None:
-        """A cached run's bytes unless absent or expired; reading it marks it used."""
-        row = await self._run(lambda: self._conn.execute(CACHE.get, (now, key, now)).fetchone())
-        return bytes(row[0]) if row is not None else None
+    async def cache_get(self, key: str, *, now: float, touch_every_s: float) -> bytes | None:
+        """A cached run's bytes unless absent or expired; reading it marks it used, when its mark is older
+        than `touch_every_s` (most hits are then a plain SELECT: no write)."""
+        return await self._run(self._cache_get, key, now, touch_every_s)
+
+    def _cache_get(self, key: str, now: float, touch_every_s: float) -> bytes | None:
+        row = self._conn.execute(CACHE.get, (key, now)).fetchone()
+        if row is None:
+            return None
+        if row[1] <= now - touch_every_s:
+            self._conn.execute(CACHE.touch, (now, key))
+        return bytes(row[0])
 
     async def cache_put(self, key: str, entry: bytes, *, now: float, ttl_s: float, max_bytes: int) -> None:
         """Keep a run until it expires; then drop expired rows, and the least recently used past `max_bytes`."""

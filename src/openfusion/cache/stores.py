@@ -39,22 +39,28 @@ class ResultStore(Protocol):
 class CacheDatabase(Protocol):
     """The activity store's side of the cache (SQLite or PostgreSQL: the `result_cache` table)."""
 
-    async def cache_get(self, key: str, *, now: float) -> bytes | None: ...
+    async def cache_get(self, key: str, *, now: float, touch_every_s: float) -> bytes | None: ...
 
     async def cache_put(self, key: str, entry: bytes, *, now: float, ttl_s: float, max_bytes: int) -> None: ...
 
     async def cache_usage(self) -> tuple[int, int]: ...
 
 
+# A database read marks its row used only when the mark is older than this: most hits are then a plain
+# SELECT (no write, no fsync), and the eviction order is right to within this many seconds.
+TOUCH_EVERY_S = 60.0
+
+
 class DatabaseStore:
     """Cached runs in the activity database's `result_cache` table."""
 
-    def __init__(self, database: CacheDatabase, *, max_bytes: int) -> None:
+    def __init__(self, database: CacheDatabase, *, max_bytes: int, touch_every_s: float = TOUCH_EVERY_S) -> None:
         self.database = database
         self.max_bytes = max_bytes
+        self.touch_every_s = touch_every_s
 
     async def get(self, key: str) -> bytes | None:
-        return await self.database.cache_get(key, now=time.time())
+        return await self.database.cache_get(key, now=time.time(), touch_every_s=self.touch_every_s)
 
     async def put(self, key: str, value: bytes, *, ttl_s: float) -> None:
         await self.database.cache_put(key, value, now=time.time(), ttl_s=ttl_s, max_bytes=self.max_bytes)
