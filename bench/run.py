@@ -25,7 +25,7 @@ from bench import envs, report, scenarios
 from bench.harness import REPO, Bench, run_harness
 from bench.procs import loadavg
 
-SCENARIOS = ("fusion", "workers", "passthrough", "optillm", "tail", "memory", "profile")
+SCENARIOS = ("fusion", "workers", "passthrough", "optillm", "tail", "memory", "profile", "cache")
 PASS_MODELS = ["fake/lat-0"]
 
 
@@ -196,6 +196,13 @@ async def _scenario(
         return await scenarios.memory(bench, plan)
     if name == "profile":
         return await scenarios.profile(bench, plan)
+    if name == "cache":
+        # The same presets with the cache in process memory: the hit path without a database read.
+        bench.start_openfusion("openfusion_memcache", scenarios.main_presets(), http_extra=scenarios.MEMORY_CACHE)
+        try:
+            return await scenarios.cache_hits(bench, plan)
+        finally:
+            bench.stop("openfusion_memcache")
     raise ValueError(name)
 
 

@@ -133,13 +133,17 @@ BENCH3 = Fusion("bench3", ("fake/lat-100", "fake/lat-150", "fake/lat-200"), "fak
 MOA3 = Fusion("moa3", ("fake/lat-100", "fake/lat-100", "fake/lat-100"), "fake/lat-100", "fake/lat-100")
 FAST0 = Fusion("fast0", ("fake/lat-0", "fake/lat-0", "fake/lat-0"), "fake/lat-0", "fake/lat-0-tok-8")
 PASS_MODEL = "fake/lat-0"  # a zero-latency upstream: every added millisecond is the proxy's
+# bench3 with the result cache on (kept in the activity database, SQLite).
+CACHED = replace(BENCH3, name="bench3cached", extra="cache_ttl_s = 86400\n")
+CACHE_BYPASS = {**AUTH, "X-Openfusion-Cache": "bypass"}
+MEMORY_CACHE = '\n[cache]\nbackend = "memory"\n'
 
 
 HOLD = Fusion("hold", ("fake/lat-0", "fake/lat-0", "fake/lat-0"), "fake/lat-0", "fake/lat-0-tok-1200-every-100")
 
 
 def main_presets() -> dict[str, str]:
-    return {p.name: p.toml() for p in (BENCH3, MOA3, FAST0)}
+    return {p.name: p.toml() for p in (BENCH3, MOA3, FAST0, CACHED)}
 
 
 def floor_presets() -> dict[str, dict[str, Any]]:
@@ -240,6 +244,62 @@ async def fusion_overhead(bench: Bench, plan: Plan) -> dict[str, Any]:
             _log_row(f"fusion {mode} c={c}", out[mode][str(c)], "overhead")
     out["breakdown"] = await critical_path_breakdown(bench, plan)
     return out
+
+
+async def cache_hits(bench: Bench, plan: Plan) -> dict[str, Any]:
+    """The result cache's hit path: a cached bench3 answer served again (from the activity database, and from
+    process memory on a second instance), beside the same request run in full (`X-Openfusion-Cache: bypass`, at
+    c=1 and 50). The servers' own hit counters are read before and after."""
+    of = bench.services["openfusion"].url + "/v1/chat/completions"
+    mem = bench.services["openfusion_memcache"].url + "/v1/chat/completions"
+    out: dict[str, Any] = {"preset": CACHED.toml(), "critical_path_ms": CACHED.critical_s * 1000}
+    hits_before = await _cache_hits_counted(bench)
+    for stream in (False, True):
+        mode = "stream" if stream else "non_stream"
+        out[mode] = {}
+        body = chat_body(f"fusion/{CACHED.name}", stream=stream)
+        for url in (of, mem):
+            primed = await post(bench.session(), url, body, stream=stream, headers=AUTH)  # fills the cache
+            if not primed.ok:
+                raise RuntimeError(f"priming the cache failed: {primed.error}")
+        for c in plan.concurrencies:
+            arms = {
+                "hit (SQLite)": (bench.session(), request_fn(of, body, stream=stream, headers=AUTH), ("openfusion",)),
+                "hit (memory)": (
+                    bench.session(),
+                    request_fn(mem, body, stream=stream, headers=AUTH),
+                    ("openfusion_memcache",),
+                ),
+            }
+            if c <= 50:
+                run = request_fn(of, body, stream=stream, headers=CACHE_BYPASS)
+                arms["bypass"] = (bench.session(), run, ("openfusion",))
+            slices = await interleaved(
+                bench,
+                arms,
+                concurrency=c,
+                rounds=plan.rounds,
+                slice_s=plan.fusion_slice_s,
+                max_requests=plan.max_requests,
+                warmup_s=plan.warmup_s,
+                prewarm=plan.prewarm,
+                min_samples=min(c, plan.min_samples_cap),
+            )
+            out[mode][str(c)] = {arm: aggregate(s, proxy=arms[arm][2][0]) for arm, s in slices.items()}
+            _log_row(f"cache {mode} c={c}", out[mode][str(c)], "wall")
+    out["hits_counted"] = await _cache_hits_counted(bench) - hits_before
+    return out
+
+
+async def _cache_hits_counted(bench: Bench) -> float:
+    """openfusion_cache_lookups_total{result="hit"} as the two servers of the scenario report it, summed."""
+    total = 0.0
+    for service in ("openfusion", "openfusion_memcache"):
+        async with bench.session().get(bench.services[service].url + "/metrics", headers=AUTH) as response:
+            text = await response.text()
+        found = re.search(r'^openfusion_cache_lookups_total\{result="hit"\} (\S+)$', text, re.MULTILINE)
+        total += float(found.group(1)) if found else 0.0
+    return total
 
 
 _PROXY: dict[str, str | None] = {"ideal": None, "floor": "floor"}
