@@ -237,3 +237,14 @@ def test_the_readme_links_resolve() -> None:
     assert any(t.startswith("docs/") for t in targets)
     missing = [t for t in targets if not (ROOT / t.split("#", 1)[0]).exists()]
     assert not missing, f"README links to files that do not exist: {missing}"
+
+
+def test_the_readme_quickstart_commands_are_the_getting_started_page_s() -> None:
+    """The README's two commands (CI runs the second) are the ones the getting-started page walks through."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    page = (DOCS / "getting-started.md").read_text(encoding="utf-8")
+    quickstart = readme[readme.index("## Quickstart") :]
+    commands = re.findall(r"```bash\n(.*?)```", quickstart, re.S)[:2]
+    assert commands[1].strip() == ".venv/bin/pip install '.[test]' && .venv/bin/python -m pytest"
+    for command in commands:
+        assert f"```bash\n{command}```" in page
