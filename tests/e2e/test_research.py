@@ -235,3 +235,17 @@ def _analysis() -> dict[str, Any]:
     from .conftest import ANALYSIS
 
     return ANALYSIS
+
+
+def test_public_addresses_are_fetched_on_web_ports_only(upstream: FakeUpstream, start_server: Any, site: str) -> None:
+    # A public address on another port: a mail, database or admin service the server can reach.
+    upstream.script("a", Script(tool_calls=[call("web_fetch", url="http://93.184.216.34:8443/")]), Script(content="-"))
+
+    with start_server(**research_settings(site, search=False, allow_loopback=False)) as url:
+        response = ask(url)
+
+    assert response.status_code == 200
+    result = upstream.calls_for("a")[1].body["messages"][-1]["content"]
+    assert result == (
+        "web_fetch error: refused: port 8443 is not fetched; public addresses are fetched only on ports 80 and 443."
+    )

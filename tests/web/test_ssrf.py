@@ -181,7 +181,7 @@ async def test_rebinding_between_redirect_hops_is_caught_at_the_next_hop() -> No
 
 
 async def test_https_sends_the_host_name_as_sni_while_connecting_to_the_checked_ip() -> None:
-    fetcher, transport, _ = make_guarded()
+    fetcher, transport, _ = make_guarded(allow_ports=[443, 8443])
     await fetcher.fetch("https://public.test:8443/secure")
     [request] = transport.requests
     assert str(request.url) == "https://93.184.216.34:8443/secure"
@@ -309,3 +309,41 @@ def test_the_loopback_safety_net_is_in_place(loopback_only: list[str]) -> None:
     assert off_loopback(("169.254.169.254", 80)) == "169.254.169.254"
     assert off_loopback(("fe80::1%eth0", 80, 0, 2)) == "fe80::1%eth0"
     assert off_loopback("/run/socket") is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://public.test:8080/", "https://93.184.216.34:22/", "http://public.test:81/", "http://[2606:4700::1]:25/"],
+)
+async def test_public_addresses_are_fetched_on_ports_80_and_443_only(url: str) -> None:
+    fetcher, transport, _ = make_guarded()
+    with pytest.raises(FetchRefused, match=r"only on ports 80 and 443"):
+        await fetcher.fetch(url)
+    assert transport.requests == []
+
+
+async def test_allow_ports_opens_other_ports_of_public_addresses() -> None:
+    fetcher, transport, _ = make_guarded(allow_ports=[80, 443, 8443])
+    await fetcher.fetch("http://public.test:8443/")
+    with pytest.raises(FetchRefused, match=r"only on ports 80, 443 and 8443"):
+        await fetcher.fetch("http://public.test:8080/")
+    assert [request.url.port for request in transport.requests] == [8443]
+
+
+async def test_a_redirect_to_another_port_is_refused_too() -> None:
+    def respond(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(302, headers={"location": "http://public.test:6379/"})
+
+    transport = RecordingTransport(respond)
+    http = httpx.AsyncClient(transport=transport, trust_env=False)
+    fetcher = Fetcher(FetchConfig(), http=http, resolver=FakeResolver(HOSTILE_DNS))
+    with pytest.raises(FetchRefused, match=r"a redirect went off limits: .*port 6379"):
+        await fetcher.fetch("http://public.test/")
+    assert len(transport.requests) == 1
+
+
+async def test_operator_allowed_intranet_targets_keep_any_port() -> None:
+    fetcher, transport, _ = make_guarded(allow_private=["10.1.0.0/16"], allow_hosts=["router.test"])
+    await fetcher.fetch("http://intranet.test:8080/wiki")
+    await fetcher.fetch("http://router.test:8443/")
+    assert [request.url.port for request in transport.requests] == [8080, 8443]

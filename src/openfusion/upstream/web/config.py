@@ -68,6 +68,8 @@ class FetchConfig(BaseModel):
     # Host names ("wiki.corp.example", "*.corp.example") whose addresses are not range-checked.
     allow_hosts: list[str] = Field(default_factory=list)
     user_agent: str = Field(default=DEFAULT_USER_AGENT, min_length=1)
+    # Ports of public addresses fetch may connect to (targets let through by the allow-lists keep any port).
+    allow_ports: list[int] = Field(default_factory=lambda: [80, 443], min_length=1)
     # Wall time one HTML or PDF text extraction may take; its worker process is killed past it (and when its
     # request is cancelled). The worker's RLIMIT_CPU is this plus a second.
     extract_timeout_s: float = Field(default=10.0, gt=0, le=300)
@@ -85,6 +87,13 @@ class FetchConfig(BaseModel):
             # strict=False: "10.1.2.3/8" means 10.0.0.0/8, as an operator would expect.
             return [ipaddress.ip_network(item, strict=False) if isinstance(item, str) else item for item in value]
         return value
+
+    @field_validator("allow_ports")
+    @classmethod
+    def _ports(cls, value: list[int]) -> list[int]:
+        if any(not 0 < port < 65536 for port in value):
+            raise ValueError("ports are 1-65535")
+        return sorted(set(value))
 
     @field_validator("allow_hosts")
     @classmethod

@@ -87,11 +87,29 @@ class AddressPolicy:
 
     allow_private: tuple[IPNetwork, ...] = ()
     allow_hosts: tuple[str, ...] = ()
+    allow_ports: tuple[int, ...] = (80, 443)
 
     @classmethod
     def from_config(cls, config: FetchConfig) -> AddressPolicy:
         """The policy of a `[research.fetch]` table."""
-        return cls(allow_private=tuple(config.allow_private), allow_hosts=tuple(config.allow_hosts))
+        return cls(
+            allow_private=tuple(config.allow_private),
+            allow_hosts=tuple(config.allow_hosts),
+            allow_ports=tuple(config.allow_ports),
+        )
+
+    def port_refusal(self, port: int, addresses: Sequence[IPAddress], *, host_allowed: bool) -> str | None:
+        """Why `port` may not be connected to on these (already allowed) addresses, or None when it may.
+
+        Public addresses are reached on the web's ports only (a mail, database or admin service may
+        listen elsewhere); a target the operator let through by name or range keeps any port.
+        """
+        if port in self.allow_ports or host_allowed:
+            return None
+        if all(non_public_reason(address) is not None for address in addresses):
+            return None  # not public, yet allowed: an allow_private range
+        allowed = _listed(self.allow_ports)
+        return f"refused: port {port} is not fetched; public addresses are fetched only on ports {allowed}."
 
     def host_allowed(self, host: str) -> bool:
         """Whether the host name is on the operator's allow-list (exactly or by a `*.suffix` pattern)."""
@@ -273,6 +291,7 @@ async def resolve_target(raw: str, *, policy: AddressPolicy, resolver: Resolver)
         reason = policy.refusal(host, host_allowed=policy.host_allowed(str(host)))
         if reason is not None:
             raise FetchRefused(f"refused: {host} is {reason}; only public web addresses can be fetched.")
+        _check_port(policy, port, [host], host_allowed=policy.host_allowed(str(host)))
         return Target(url=url, host=str(host), port=port, addresses=(connect_address(host),), ip_literal=True)
     addresses = await _resolve(host, port, resolver)
     allowed_host = policy.host_allowed(host)
@@ -281,8 +300,21 @@ async def resolve_target(raw: str, *, policy: AddressPolicy, resolver: Resolver)
         if reason is not None:
             # Name the category, not the address: internal DNS answers are not the model's business.
             raise FetchRefused(f"refused: {host} resolves to {reason}; only public web addresses can be fetched.")
+    _check_port(policy, port, addresses, host_allowed=allowed_host)
     unique = tuple(dict.fromkeys(connect_address(address) for address in addresses))
     return Target(url=url, host=host, port=port, addresses=unique, ip_literal=False)
+
+
+def _check_port(policy: AddressPolicy, port: int, addresses: Sequence[IPAddress], *, host_allowed: bool) -> None:
+    reason = policy.port_refusal(port, addresses, host_allowed=host_allowed)
+    if reason is not None:
+        raise FetchRefused(reason)
+
+
+def _listed(ports: Sequence[int]) -> str:
+    """"80 and 443", "80, 443 and 8443"."""
+    words = [str(port) for port in ports]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
 
 async def _resolve(host: str, port: int, resolver: Resolver) -> list[IPAddress]:
