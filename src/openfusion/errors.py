@@ -21,6 +21,11 @@ class OpenFusionError(Exception):
         if code is not None:
             self.code = code
 
+    @property
+    def log_message(self) -> str:
+        """What the server logs about this error (an error may say more to the operator than to the client)."""
+        return self.message
+
     def to_body(self) -> dict[str, Any]:
         """The OpenAI-format error object (the value of the top-level `error` key)."""
         body: dict[str, Any] = {

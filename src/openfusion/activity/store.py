@@ -18,11 +18,27 @@ POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
 class StoreUnavailable(OpenFusionError):
-    """The activity database cannot be reached or refused an operation."""
+    """The activity database cannot be reached or refused an operation.
+
+    Clients are told only that: `detail` (where the database is and why it failed, never a password) is
+    for the server's log, and is what `str()` gives.
+    """
 
     status_code = 503
     error_type = "server_error"
     code = "activity_store_unavailable"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("The activity store is unavailable; try again later.")
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail
+
+    @property
+    def log_message(self) -> str:
+        """What the server logs about this error."""
+        return self.detail
 
 
 class UnknownCursor(LookupError):

@@ -87,7 +87,7 @@ def route_path(scope: Scope) -> str:
 async def _openfusion_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, OpenFusionError)
     if exc.status_code >= 500:
-        log.warning("request failed: %s", exc.message)
+        log.warning("request failed: %s", exc.log_message)
     return error_response(exc, request.scope)
 
 
