@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +32,8 @@ T = TypeVar("T")
 SQL = Statements("?")
 STORED = StoredStatements("?")
 CACHE = CacheStatements("?")
+# Prompts and answers: the owner's to read, nobody else's.
+_PRIVATE = 0o600
 # How long a statement waits for another connection's write lock (SQLite's busy timeout) ...
 BUSY_TIMEOUT_S = 5.0
 # ... and how many times a batch is tried when it still finds the database busy.
@@ -93,8 +97,25 @@ def _use_wal(conn: sqlite3.Connection, *, within_s: float = 5.0) -> None:
             time.sleep(0.02)
 
 
+def _make_private(path: Path) -> None:
+    """Create the database file readable by its owner only, and tighten one an older version left open.
+
+    SQLite gives the -wal and -shm files it creates the database file's permissions.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, _PRIVATE))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if stat.S_IMODE(file.stat().st_mode) & ~_PRIVATE:
+                file.chmod(_PRIVATE)
+        except FileNotFoundError:
+            continue
+        except PermissionError:  # another user's file: say so, it still works
+            log.warning("could not make %s private (owner read/write only): it belongs to another user", file)
+
+
 def _connect(path: Path, migrations: tuple[Migration, ...], busy_timeout_s: float) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_private(path)
     # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), never implicit.
     conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_s)
     try:
