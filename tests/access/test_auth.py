@@ -26,7 +26,7 @@ from openfusion.settings import load_settings
 from .conftest import bearer, build_app, chat_body
 
 Serve = Callable[..., AbstractContextManager[tuple[str, FastAPI]]]
-KEYS = {"api_keys": "sk-client-one,sk-client-two"}
+KEYS = {"api_keys": "sk-client-one-4f9a2c,sk-client-two-4f9a2c"}
 OPEN = {"/healthz", "/readyz"}
 
 
@@ -69,8 +69,8 @@ def call(url: str, method: str, path: str, headers: dict[str, str] | None = None
         ({"Authorization": "Bearer"}, "Missing API key"),
         (bearer("sk-client-three"), "Invalid API key"),
         (bearer("sk-client-on"), "Invalid API key"),
-        ({"Authorization": "sk-client-one"}, "Missing API key"),
-        ({"Authorization": "Token sk-client-one"}, "Missing API key"),
+        ({"Authorization": "sk-client-one-4f9a2c"}, "Missing API key"),
+        ({"Authorization": "Token sk-client-one-4f9a2c"}, "Missing API key"),
         ({"X-Api-Key": "sk-client-three"}, "Invalid API key"),
         ({"X-Api-Key": ""}, "Missing API key"),
         ({"Authorization": "Basic %%%"}, "Missing API key"),
@@ -110,7 +110,7 @@ def test_a_valid_key_opens_every_route(
     upstream: FakeUpstream, serve: Serve, present: Callable[[str], dict[str, str]]
 ) -> None:
     with serve(KEYS) as (url, app):
-        for key in ("sk-client-one", "sk-client-two"):
+        for key in ("sk-client-one-4f9a2c", "sk-client-two-4f9a2c"):
             for method, path in api_routes(app):
                 response = call(url, method, path, present(key))
                 # The activity routes answer 404 on a server that records no activity (as here), and so does
@@ -119,7 +119,9 @@ def test_a_valid_key_opens_every_route(
                 unrecorded = unrecorded or (method == "GET" and path.endswith("/responses/{response_id}"))
                 expected = 404 if unrecorded or path == "/v1/no-such-route" else 200
                 assert response.status_code == expected, (method, path, response.text)
-        fusion = httpx.post(f"{url}/v1/chat/completions", json=chat_body("fusion"), headers=bearer("sk-client-one"))
+        fusion = httpx.post(
+            f"{url}/v1/chat/completions", json=chat_body("fusion"), headers=bearer("sk-client-one-4f9a2c")
+        )
         assert fusion.status_code == 200
     # The client's key stays here: upstream calls carry the provider's key.
     assert upstream.calls
@@ -128,7 +130,7 @@ def test_a_valid_key_opens_every_route(
 
 def test_the_bearer_scheme_is_case_insensitive(upstream: FakeUpstream, serve: Serve) -> None:
     with serve(KEYS) as (url, _):
-        response = httpx.get(f"{url}/v1/models", headers={"Authorization": "bearer  sk-client-two"})
+        response = httpx.get(f"{url}/v1/models", headers={"Authorization": "bearer  sk-client-two-4f9a2c"})
         assert response.status_code == 200
 
 
@@ -140,10 +142,10 @@ def test_a_browser_may_send_the_key_as_basic_auth_password_on_the_activity_pages
         assert prompt.status_code == 401
         assert prompt.headers["www-authenticate"] == 'Basic realm="openfusion"'
         assert httpx.get(f"{url}/v1/models").headers["www-authenticate"] == 'Bearer realm="openfusion"'
-        good = base64.b64encode(b"anyone:sk-client-one").decode()
+        good = base64.b64encode(b"anyone:sk-client-one-4f9a2c").decode()
         # Past the key check (activity is off here, so the page itself is a 404).
         assert httpx.get(f"{url}/activity", headers={"Authorization": f"Basic {good}"}).status_code == 404
-        bad = base64.b64encode(b"sk-client-one:").decode()  # the key must be the password
+        bad = base64.b64encode(b"sk-client-one-4f9a2c:").decode()  # the key must be the password
         assert httpx.get(f"{url}/activity", headers={"Authorization": f"Basic {bad}"}).status_code == 401
         # The API takes a bearer token only (see test_cross_site.py for why).
         assert httpx.get(f"{url}/v1/models", headers={"Authorization": f"Basic {good}"}).status_code == 401
@@ -159,15 +161,15 @@ def test_without_keys_every_route_is_open(upstream: FakeUpstream, serve: Serve) 
 def test_keys_from_the_environment_variable(
     upstream: FakeUpstream, serve: Serve, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("OPENFUSION_API_KEYS", "sk-from-env-1, sk-from-env-2")
+    monkeypatch.setenv("OPENFUSION_API_KEYS", "sk-from-env-1-4f9a2c, sk-from-env-2-4f9a2c")
     with serve({}) as (url, app):  # Settings reads OPENFUSION_API_KEYS itself
         assert app.state.access.keys.names == ["env-1", "env-2"]
         assert httpx.get(f"{url}/v1/models").status_code == 401
-        assert httpx.get(f"{url}/v1/models", headers=bearer("sk-from-env-2")).status_code == 200
+        assert httpx.get(f"{url}/v1/models", headers=bearer("sk-from-env-2-4f9a2c")).status_code == 200
 
 
 def test_named_keys_from_the_config_file(upstream: FakeUpstream, core_settings: dict[str, Any], tmp_path: Path) -> None:
-    digest = hashlib.sha256(b"sk-team-b").hexdigest()
+    digest = hashlib.sha256(b"sk-team-b-4f9a2c7e1d").hexdigest()
     config = tmp_path / "openfusion.toml"
     config.write_text(
         f"""
@@ -182,16 +184,16 @@ key_sha256 = "{digest}"
 models = ["fake/*"]
 """
     )
-    environ = {"TEAM_A_KEY": "sk-team-a"}
+    environ = {"TEAM_A_KEY": "sk-team-a-4f9a2c7e1d"}
     app = create_app(load_settings(config, **core_settings), environ={"FAKE_KEY": "x", **environ})
     with serve_in_thread(app) as url:
 
         def post(key: str, model: str) -> httpx.Response:
             return httpx.post(f"{url}/v1/chat/completions", json=chat_body(model), headers=bearer(key), timeout=10)
 
-        assert post("sk-team-a", "fusion").status_code == 200
-        assert post("sk-team-b", "fake/a").status_code == 200
-        refused = post("sk-team-b", "fusion")
+        assert post("sk-team-a-4f9a2c7e1d", "fusion").status_code == 200
+        assert post("sk-team-b-4f9a2c7e1d", "fake/a").status_code == 200
+        refused = post("sk-team-b-4f9a2c7e1d", "fusion")
         assert refused.status_code == 403
         assert refused.json()["error"] == {
             "message": "This API key (team-b) is not allowed to use 'fusion/trio'.",
@@ -199,7 +201,7 @@ models = ["fake/*"]
             "param": "model",
             "code": "model_not_allowed",
         }
-        assert post("sk-team-a", "fake/a").status_code == 403
+        assert post("sk-team-a-4f9a2c7e1d", "fake/a").status_code == 403
         assert post(digest, "fake/a").status_code == 401  # the stored hash does not open anything
 
 
@@ -221,16 +223,18 @@ def test_a_scoped_out_model_is_403_before_anything_is_sent(
     upstream: FakeUpstream, serve: Serve, body: dict[str, Any], param: str
 ) -> None:
     keys = [{"name": "trio-only", "key_env": "K", "models": ["fusion/trio", "fake/b"]}]
-    with serve({"keys": keys}, environ={"K": "sk-trio"}) as (url, _):
+    with serve({"keys": keys}, environ={"K": "sk-trio-4f9a2c7e1d3b"}) as (url, _):
         for stream in (False, True):
             response = httpx.post(
-                f"{url}/v1/chat/completions", json={**body, "stream": stream}, headers=bearer("sk-trio")
+                f"{url}/v1/chat/completions", json={**body, "stream": stream}, headers=bearer("sk-trio-4f9a2c7e1d3b")
             )
             assert response.status_code == 403
             error = response.json()["error"]
             assert (error["code"], error["param"]) == ("model_not_allowed", param)
         ok = {**chat_body("fusion/trio"), "plugins": [{"id": "fusion", "analysis_models": ["fake/b"]}]}
-        assert httpx.post(f"{url}/v1/chat/completions", json=ok, headers=bearer("sk-trio")).status_code == 200
+        assert (
+            httpx.post(f"{url}/v1/chat/completions", json=ok, headers=bearer("sk-trio-4f9a2c7e1d3b")).status_code == 200
+        )
     assert {call.model for call in upstream.calls} == {"b", "judge", "synth"}
 
 
@@ -238,21 +242,23 @@ def test_keys_never_reach_the_logs(upstream: FakeUpstream, serve: Serve, caplog:
     caplog.set_level(logging.DEBUG)
     with serve(KEYS) as (url, _):
         httpx.get(f"{url}/v1/models", headers=bearer("sk-client-wrong"))
-        httpx.get(f"{url}/v1/models", headers=bearer("sk-client-one"))
-        httpx.post(f"{url}/v1/chat/completions", json=chat_body("fusion"), headers=bearer("sk-client-two"))
+        httpx.get(f"{url}/v1/models", headers=bearer("sk-client-one-4f9a2c"))
+        httpx.post(f"{url}/v1/chat/completions", json=chat_body("fusion"), headers=bearer("sk-client-two-4f9a2c"))
     assert caplog.records
     assert "sk-client" not in caplog.text
 
 
 def test_routes_can_tell_which_key_called(upstream: FakeUpstream, core_settings: dict[str, Any]) -> None:
-    app = build_app(core_settings, {"keys": [{"name": "team-a", "key_env": "K"}]}, environ={"K": "sk-team-a"})
+    app = build_app(
+        core_settings, {"keys": [{"name": "team-a", "key_env": "K"}]}, environ={"K": "sk-team-a-4f9a2c7e1d"}
+    )
 
     @app.get("/v1/whoami")
     async def whoami(request: Request) -> dict[str, str | None]:
         return {"key_name": client_key_name(request)}
 
     with serve_in_thread(app) as url:
-        assert httpx.get(f"{url}/v1/whoami", headers=bearer("sk-team-a")).json() == {"key_name": "team-a"}
+        assert httpx.get(f"{url}/v1/whoami", headers=bearer("sk-team-a-4f9a2c7e1d")).json() == {"key_name": "team-a"}
     open_app = build_app(core_settings)
     open_app.add_api_route("/v1/whoami", whoami)
     with serve_in_thread(open_app) as url:
@@ -281,5 +287,5 @@ def test_websockets_need_a_key_too(core_settings: dict[str, Any]) -> None:
         with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/v1/echo"):
             pass
         assert refused.value.code == 1008
-        with client.websocket_connect("/v1/echo", headers=bearer("sk-client-one")) as websocket:
+        with client.websocket_connect("/v1/echo", headers=bearer("sk-client-one-4f9a2c")) as websocket:
             assert websocket.receive_text() == "hello"

@@ -13,7 +13,8 @@ from openfusion.cli import main
 
 
 @pytest.mark.parametrize(
-    ("host", "keys", "warned"), [("0.0.0.0", None, True), ("127.0.0.1", None, False), ("0.0.0.0", "sk-x", False)]
+    ("host", "keys", "warned"),
+    [("0.0.0.0", None, True), ("127.0.0.1", None, False), ("0.0.0.0", "sk-x-4f9a2c7e1d3b5a", False)],
 )
 def test_serve_warns_when_open_beyond_loopback(
     monkeypatch: pytest.MonkeyPatch,

@@ -73,18 +73,18 @@ def preflight(url: str, origin: str = ORIGIN) -> httpx.Response:
 
 
 def test_cors_is_off_by_default(upstream: FakeUpstream, serve: Serve) -> None:
-    with serve({"api_keys": "sk-x"}) as (url, _):
+    with serve({"api_keys": "sk-x-4f9a2c7e1d3b5a"}) as (url, _):
         response = preflight(url)
         assert response.status_code == 403  # another origin, CORS off: refused before the key check
         assert "access-control-allow-origin" not in response.headers
         # Without CORS a browser request from another origin is refused outright (see test_cross_site.py).
-        answer = httpx.get(f"{url}/v1/models", headers={"Origin": ORIGIN, **bearer("sk-x")})
+        answer = httpx.get(f"{url}/v1/models", headers={"Origin": ORIGIN, **bearer("sk-x-4f9a2c7e1d3b5a")})
         assert answer.status_code == 403 and "access-control-allow-origin" not in answer.headers
-        assert httpx.get(f"{url}/v1/models", headers=bearer("sk-x")).status_code == 200
+        assert httpx.get(f"{url}/v1/models", headers=bearer("sk-x-4f9a2c7e1d3b5a")).status_code == 200
 
 
 def test_cors_with_configured_origins(upstream: FakeUpstream, serve: Serve) -> None:
-    with serve({"api_keys": "sk-x", "cors": {"allow_origins": [ORIGIN]}}) as (url, _):
+    with serve({"api_keys": "sk-x-4f9a2c7e1d3b5a", "cors": {"allow_origins": [ORIGIN]}}) as (url, _):
         allowed = preflight(url)
         assert allowed.status_code == 200  # answered before the key check: browsers send no key here
         assert allowed.headers["access-control-allow-origin"] == ORIGIN
@@ -93,7 +93,9 @@ def test_cors_with_configured_origins(upstream: FakeUpstream, serve: Serve) -> N
         assert preflight(url, "https://evil.example").status_code == 400
 
         answer = httpx.post(
-            f"{url}/v1/chat/completions", json=chat_body("fusion"), headers={"Origin": ORIGIN, **bearer("sk-x")}
+            f"{url}/v1/chat/completions",
+            json=chat_body("fusion"),
+            headers={"Origin": ORIGIN, **bearer("sk-x-4f9a2c7e1d3b5a")},
         )
         assert answer.status_code == 200
         assert answer.headers["access-control-allow-origin"] == ORIGIN

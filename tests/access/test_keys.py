@@ -21,11 +21,11 @@ def sha(key: str) -> str:
 
 
 def test_env_keys_are_named_in_order_and_found() -> None:
-    ring = load_keys(AccessConfig(api_keys=" sk-one , ,sk-two,"), {})
+    ring = load_keys(AccessConfig(api_keys=" sk-one-0123456789ab , ,sk-two-0123456789ab,"), {})
     assert ring.names == ["env-1", "env-2"]
-    found = ring.find("sk-two")
+    found = ring.find("sk-two-0123456789ab")
     assert found is not None and found.name == "env-2"
-    assert ring.find("sk-three") is None
+    assert ring.find("sk-three-0123456789ab") is None
     assert ring.find("") is None
 
 
@@ -33,18 +33,18 @@ def test_config_keys_from_an_environment_variable_and_from_a_hash() -> None:
     config = AccessConfig(
         keys=[
             KeyConfig(name="team-a", key_env="TEAM_A_KEY", models=["fusion/*"], requests_per_minute=5),
-            KeyConfig(name="team-b", key_sha256=sha("sk-team-b").upper()),
+            KeyConfig(name="team-b", key_sha256=sha("sk-team-b-4f9a2c7e1d").upper()),
         ],
         limits={"requests_per_minute": 100, "max_concurrent_fusion": 2},
     )
-    ring = load_keys(config, {"TEAM_A_KEY": "sk-team-a\n"})
-    team_a, team_b = ring.find("sk-team-a"), ring.find("sk-team-b")
+    ring = load_keys(config, {"TEAM_A_KEY": "sk-team-a-4f9a2c7e1d\n"})
+    team_a, team_b = ring.find("sk-team-a-4f9a2c7e1d"), ring.find("sk-team-b-4f9a2c7e1d")
     assert team_a is not None and team_b is not None
     assert team_a.models == ("fusion/*",) and team_b.models == ("*",)
     # A key's own limit wins; an unset one comes from [limits].
     assert (team_a.limits.requests_per_minute, team_a.limits.max_concurrent_fusion) == (5, 2)
     assert (team_b.limits.requests_per_minute, team_b.limits.max_concurrent_fusion) == (100, 2)
-    assert ring.find(sha("sk-team-b")) is None  # the stored hash is not itself a key
+    assert ring.find(sha("sk-team-b-4f9a2c7e1d")) is None  # the stored hash is not itself a key
 
 
 def test_admin_keys_come_from_the_config_or_their_own_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -88,21 +88,28 @@ def test_invalid_key_entries_are_refused(entry: dict[str, Any]) -> None:
 
 def test_duplicate_names_and_duplicate_keys_are_refused_without_showing_the_key() -> None:
     with pytest.raises(ConfigError, match="'env-1' is configured twice"):
-        load_keys(AccessConfig(api_keys="sk-a", keys=[KeyConfig(name="env-1", key_sha256=sha("sk-b"))]), {})
+        load_keys(
+            AccessConfig(api_keys="sk-a-0123456789abcd", keys=[KeyConfig(name="env-1", key_sha256=sha("sk-b"))]), {}
+        )
     with pytest.raises(ConfigError, match="'env-1' and 'team'") as caught:
-        load_keys(AccessConfig(api_keys="sk-same", keys=[KeyConfig(name="team", key_env="K")]), {"K": "sk-same"})
-    assert "sk-same" not in str(caught.value)
+        load_keys(
+            AccessConfig(api_keys="sk-same-0123456789ab", keys=[KeyConfig(name="team", key_env="K")]),
+            {"K": "sk-same-0123456789ab"},
+        )
+    assert "sk-same-0123456789ab" not in str(caught.value)
 
 
 def test_keys_never_show_in_reprs() -> None:
-    config = AccessConfig(api_keys="sk-secret-value")
+    config = AccessConfig(api_keys="sk-secret-value-0123")
     ring = load_keys(config, {})
-    assert "sk-secret-value" not in repr(config)
-    assert "sk-secret-value" not in repr(ring.__dict__)
+    assert "sk-secret-value-0123" not in repr(config)
+    assert "sk-secret-value-0123" not in repr(ring.__dict__)
 
 
 def test_lookup_compares_the_digest_against_every_key_whatever_the_outcome(monkeypatch: pytest.MonkeyPatch) -> None:
-    ring = load_keys(AccessConfig(api_keys="sk-1,sk-2,sk-3,sk-4"), {})
+    ring = load_keys(
+        AccessConfig(api_keys="sk-1-0123456789abcd,sk-2-0123456789abcd,sk-3-0123456789abcd,sk-4-0123456789abcd"), {}
+    )
     compared: list[tuple[bytes, bytes]] = []
     real_compare = hmac.compare_digest
 
@@ -111,7 +118,12 @@ def test_lookup_compares_the_digest_against_every_key_whatever_the_outcome(monke
         return real_compare(a, b)
 
     monkeypatch.setattr(keys_module.hmac, "compare_digest", counting_compare)
-    for presented, expected in [("sk-1", "env-1"), ("sk-4", "env-4"), ("sk-nope", None), ("s", None)]:
+    for presented, expected in [
+        ("sk-1-0123456789abcd", "env-1"),
+        ("sk-4-0123456789abcd", "env-4"),
+        ("sk-nope", None),
+        ("s", None),
+    ]:
         compared.clear()
         found = ring.find(presented)
         assert (found.name if found else None) == expected
@@ -147,5 +159,17 @@ def test_start_up_warns_when_open_beyond_loopback(caplog: pytest.LogCaptureFixtu
 
     caplog.clear()
     assert warn_if_open("127.0.0.1", KeyRing([])) is False
-    assert warn_if_open("0.0.0.0", load_keys(AccessConfig(api_keys="sk-x"), {})) is False
+    assert warn_if_open("0.0.0.0", load_keys(AccessConfig(api_keys="sk-x-4f9a2c7e1d3b5a"), {})) is False
     assert caplog.records == []
+
+
+def test_keys_shorter_than_16_characters_are_refused_by_name() -> None:
+    assert load_keys(AccessConfig(api_keys="k" * 16), {}).names == ["env-1"]
+    with pytest.raises(ConfigError, match=r"key 'env-1' \(OPENFUSION_API_KEYS\) is 15 characters long") as caught:
+        load_keys(AccessConfig(api_keys="k" * 15), {})
+    assert "k" * 15 not in str(caught.value)
+    config = AccessConfig(keys=[KeyConfig(name="team", key_env="TEAM_KEY")])
+    with pytest.raises(ConfigError, match=r"key 'team' \(TEAM_KEY\) is 5 characters long"):
+        load_keys(config, {"TEAM_KEY": " short "})
+    # A key stored as its SHA-256 cannot be measured: it is taken as it is.
+    assert load_keys(AccessConfig(keys=[KeyConfig(name="hashed", key_sha256=sha("x"))]), {}).names == ["hashed"]

@@ -21,8 +21,8 @@ from .conftest import REDIS_URL, bearer, chat_body, fake_prices
 Serve = Callable[..., AbstractContextManager[tuple[str, FastAPI]]]
 TEAM_A = {"name": "team-a", "key_env": "TEAM_A_KEY"}
 TEAM_B = {"name": "team-b", "key_env": "TEAM_B_KEY"}
-ENVIRON = {"TEAM_A_KEY": "sk-team-a", "TEAM_B_KEY": "sk-team-b"}
-A, B = bearer("sk-team-a"), bearer("sk-team-b")
+ENVIRON = {"TEAM_A_KEY": "sk-team-a-4f9a2c7e1d", "TEAM_B_KEY": "sk-team-b-4f9a2c7e1d"}
+A, B = bearer("sk-team-a-4f9a2c7e1d"), bearer("sk-team-b-4f9a2c7e1d")
 
 
 def assert_429(response: httpx.Response, code: str, *, max_retry_after: int) -> int:

@@ -39,7 +39,7 @@ def gateway(
                             models=["claude/*"], strip_prefix=True, messages=True)  # fmt: skip
     settings = make_settings(providers=[*chat, claude], activity={"path": tmp_path / "activity.sqlite3"},
                              keys=[{"name": "cc", "key_env": "CLIENT_KEY"}])  # fmt: skip
-    environ = {"FAKE_KEY": "sk-provider-secret", "CLAUDE_KEY": "sk-ant-provider", "CLIENT_KEY": "sk-client"}
+    environ = {"FAKE_KEY": "sk-provider-secret", "CLAUDE_KEY": "sk-ant-provider", "CLIENT_KEY": "sk-client-7d2e4f9a"}
     with serve_in_thread(create_app(settings, environ=environ)) as url:
         yield url
 
@@ -50,7 +50,7 @@ def generation(url: str, generation_id: str) -> dict[str, Any]:
 
     def recorded() -> bool:
         response = httpx.get(
-            f"{url}/api/v1/generation", params={"id": generation_id}, headers={"x-api-key": "sk-client"}
+            f"{url}/api/v1/generation", params={"id": generation_id}, headers={"x-api-key": "sk-client-7d2e4f9a"}
         )
         found[:] = [response.json()["data"]] if response.status_code == 200 else []
         return bool(found)
@@ -60,7 +60,7 @@ def generation(url: str, generation_id: str) -> dict[str, Any]:
 
 
 def sdk(url: str) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=url, api_key="sk-client", max_retries=0,
+    return anthropic.Anthropic(base_url=url, api_key="sk-client-7d2e4f9a", max_retries=0,
                                default_headers={"anthropic-beta": BETA, "anthropic-version": VERSION})  # fmt: skip
 
 
@@ -69,7 +69,7 @@ def assert_forwarded(call: Any, *, stream: bool) -> None:
     assert call.path == "/v1/messages"
     assert call.headers["x-api-key"] == "sk-ant-provider" and "authorization" not in call.headers
     assert call.headers["anthropic-version"] == VERSION and call.headers["anthropic-beta"] == BETA
-    assert "sk-client" not in json.dumps(call.headers)
+    assert "sk-client-7d2e4f9a" not in json.dumps(call.headers)
     assert call.body["model"] == "opus" and call.body.get("stream", False) is stream
     # What openfusion does not translate reaches the provider untouched.
     assert call.body["context_management"] == {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]}
@@ -116,7 +116,8 @@ def test_a_native_stream_cut_short_ends_with_an_error_event(
     fake.replies = [reply]
     body = {"model": "claude/opus", "max_tokens": 10, "messages": QUESTION, "stream": True}
 
-    with httpx.stream("POST", f"{gateway}/v1/messages", json=body, headers={"x-api-key": "sk-client"}) as response:
+    client_key = {"x-api-key": "sk-client-7d2e4f9a"}
+    with httpx.stream("POST", f"{gateway}/v1/messages", json=body, headers=client_key) as response:
         lines = [line for line in response.iter_lines() if line]
 
     events = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]

@@ -28,7 +28,7 @@ from .test_shutdown import served
 
 MESSAGES = "/v1/messages"
 QUESTION = [{"role": "user", "content": "Why is the sky blue?"}]
-HEADERS = {"x-api-key": "sk-client-key", "anthropic-version": "2023-06-01"}
+HEADERS = {"x-api-key": "sk-client-key-7d2e4f9a", "anthropic-version": "2023-06-01"}
 
 
 def read_stream(url: str, body: dict[str, Any], **headers: str) -> tuple[list[str], list[dict[str, Any]]]:
@@ -75,11 +75,11 @@ def kinds_of(events: list[dict[str, Any]]) -> list[str]:
 
 @pytest.fixture
 def start(make_settings: Callable[..., Settings]) -> Callable[..., AbstractContextManager[str]]:
-    """openfusion under uvicorn with settings overrides and the client key `sk-client-key`."""
+    """openfusion under uvicorn with settings overrides and the client key `sk-client-key-7d2e4f9a`."""
 
     @contextmanager
     def run(**overrides: Any) -> Iterator[str]:
-        environ = {"FAKE_KEY": "sk-provider-secret", "CLIENT_KEY": "sk-client-key"}
+        environ = {"FAKE_KEY": "sk-provider-secret", "CLIENT_KEY": "sk-client-key-7d2e4f9a"}
         keys = [{"name": "claude", "key_env": "CLIENT_KEY"}]
         with serve_in_thread(create_app(make_settings(keys=keys, **overrides), environ=environ)) as url:
             yield url
@@ -279,7 +279,7 @@ def test_the_sdk_raises_its_own_errors(
             pytest.raises(anthropic.AuthenticationError),
         ):
             wrong.messages.create(model="fake/solo", max_tokens=10, messages=QUESTION)  # type: ignore[arg-type]
-        with anthropic.Anthropic(base_url=url, api_key="sk-client-key", max_retries=0) as client:
+        with anthropic.Anthropic(base_url=url, api_key="sk-client-key-7d2e4f9a", max_retries=0) as client:
             with pytest.raises(anthropic.RateLimitError) as limited:
                 client.messages.create(model="fake/solo", max_tokens=10, messages=QUESTION)  # type: ignore[arg-type]
             with pytest.raises(anthropic.InternalServerError) as failed:
@@ -304,16 +304,16 @@ def test_bearer_and_x_api_key_both_authenticate(
 ) -> None:
     body = {"model": "fake/solo", "max_tokens": 10, "messages": QUESTION}
     with start() as url:
-        bearer = httpx.post(f"{url}{MESSAGES}", json=body, headers={"authorization": "Bearer sk-client-key"})
-        api_key = httpx.post(f"{url}{MESSAGES}", json=body, headers={"x-api-key": "sk-client-key"})
+        bearer = httpx.post(f"{url}{MESSAGES}", json=body, headers={"authorization": "Bearer sk-client-key-7d2e4f9a"})
+        api_key = httpx.post(f"{url}{MESSAGES}", json=body, headers={"x-api-key": "sk-client-key-7d2e4f9a"})
         chat = httpx.post(f"{url}/v1/chat/completions", json={"model": "fake/solo", "messages": QUESTION},
-                          headers={"x-api-key": "sk-client-key"})  # fmt: skip
+                          headers={"x-api-key": "sk-client-key-7d2e4f9a"})  # fmt: skip
         both = httpx.post(f"{url}{MESSAGES}", json=body,
-                          headers={"authorization": "Bearer sk-wrong", "x-api-key": "sk-client-key"})  # fmt: skip
+                          headers={"authorization": "Bearer sk-wrong", **HEADERS})  # fmt: skip
 
     assert bearer.status_code == api_key.status_code == chat.status_code == 200
     assert both.status_code == 401  # Authorization, when sent, is the key that counts
-    assert all("sk-client-key" not in json.dumps(c.headers) for c in upstream.calls)  # never passed upstream
+    assert all("sk-client-key-7d2e4f9a" not in json.dumps(c.headers) for c in upstream.calls)  # never passed upstream
 
 
 def test_past_the_shutdown_grace_a_stream_ends_with_an_error_event(

@@ -16,7 +16,7 @@ from fakes.upstream import FakeUpstream
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 HI = [{"role": "user", "content": "Hi"}]
-KEY = {"Authorization": "Bearer sk-team-shared"}
+KEY = {"Authorization": "Bearer sk-team-shared-7d2e4f9a"}
 OPS = {"Authorization": "Bearer sk-ops-unlimited"}
 
 
@@ -55,7 +55,8 @@ def test_two_processes_share_history_and_limits(
         '[[keys]]\nname = "ops"\nkey_env = "OPS_KEY"\nadmin = true\n\n'  # reads the team's activity
         f'[[providers]]\nname = "fake"\nbase_url = "{upstream_url}/v1"\nmodels = ["fake/*"]\nstrip_prefix = true\n'
     )
-    environ = {**os.environ, "DATABASE_URL": postgres_url, "TEAM_KEY": "sk-team-shared", "OPS_KEY": "sk-ops-unlimited"}
+    keys = {"TEAM_KEY": "sk-team-shared-7d2e4f9a", "OPS_KEY": "sk-ops-unlimited"}
+    environ = {**os.environ, "DATABASE_URL": postgres_url, **keys}
     replicas = [_serve(config, presets_dir, environ) for _ in range(2)]
     try:
         (url_a, _), (url_b, _) = replicas
@@ -79,4 +80,4 @@ def test_two_processes_share_history_and_limits(
             process.terminate()
         for _, process in replicas:
             output = process.communicate(timeout=20)[0].decode()
-            assert "sk-team-shared" not in output
+            assert "sk-team-shared-7d2e4f9a" not in output

@@ -20,7 +20,7 @@ from openfusion.app import create_app
 from openfusion.settings import Settings
 
 RESPONSES = "/v1/responses"
-KEYS = {"ALICE_KEY": "sk-alice-secret", "BOB_KEY": "sk-bob-secret"}
+KEYS = {"ALICE_KEY": "sk-alice-secret-7d2e4f9a", "BOB_KEY": "sk-bob-secret-7d2e4f9a"}
 Start = Callable[..., AbstractContextManager[str]]
 
 

@@ -184,9 +184,9 @@ name = "solo"
 key_env = "SOLO_KEY"
 max_concurrent_fusion = 1
 """
-RATE = {"Authorization": "Bearer sk-rate-test"}
-SOLO = {"Authorization": "Bearer sk-solo-test"}
-KEYS_ENV = {"RATE_KEY": "sk-rate-test", "SOLO_KEY": "sk-solo-test"}
+RATE = {"Authorization": "Bearer sk-rate-test-7d2e4f9a"}
+SOLO = {"Authorization": "Bearer sk-solo-test-7d2e4f9a"}
+KEYS_ENV = {"RATE_KEY": "sk-rate-test-7d2e4f9a", "SOLO_KEY": "sk-solo-test-7d2e4f9a"}
 
 
 def test_limits_hold_across_workers_through_redis(
@@ -225,7 +225,7 @@ def test_several_workers_without_redis_refuse_per_key_limits(presets_dir: Path, 
     assert done.returncode == 2, done.stderr
     assert "workers = 3 needs Redis" in done.stderr
     assert "key 'rate' requests_per_minute, key 'solo' max_concurrent_fusion" in done.stderr
-    assert "sk-rate-test" not in done.stderr + done.stdout
+    assert "sk-rate-test-7d2e4f9a" not in done.stderr + done.stdout
 
 
 def test_workers_stop_by_themselves_when_their_supervisor_is_killed(

@@ -15,6 +15,9 @@ from openfusion.errors import ConfigError
 
 log = logging.getLogger("openfusion.access")
 
+# Shorter keys could be guessed: refused at start-up.
+MIN_KEY_LENGTH = 16
+
 
 @dataclass(frozen=True)
 class Client:
@@ -88,10 +91,12 @@ def load_keys(config: AccessConfig, environ: Mapping[str, str]) -> KeyRing:
     raw = config.api_keys.get_secret_value() if config.api_keys else ""
     values = [value.strip() for value in raw.split(",") if value.strip()]
     for number, value in enumerate(values, start=1):
+        _check_length(value, name=f"env-{number}", source="OPENFUSION_API_KEYS")
         entries.append((key_digest(value), Client(name=f"env-{number}", limits=Limits().over(config.limits))))
     raw = config.admin_keys.get_secret_value() if config.admin_keys else ""
     values = [value.strip() for value in raw.split(",") if value.strip()]
     for number, value in enumerate(values, start=1):
+        _check_length(value, name=f"admin-{number}", source="OPENFUSION_ADMIN_KEYS")
         admin = Client(name=f"admin-{number}", limits=Limits().over(config.limits), admin=True)
         entries.append((key_digest(value), admin))
     for key in config.keys:
@@ -99,6 +104,7 @@ def load_keys(config: AccessConfig, environ: Mapping[str, str]) -> KeyRing:
             value = environ.get(key.key_env, "").strip()
             if not value:
                 raise ConfigError(f"key {key.name!r}: environment variable {key.key_env} is not set or empty")
+            _check_length(value, name=key.name, source=key.key_env)
             digest = key_digest(value)
         else:
             assert key.key_sha256 is not None
@@ -107,6 +113,15 @@ def load_keys(config: AccessConfig, environ: Mapping[str, str]) -> KeyRing:
         entries.append((digest, Client(name=key.name, limits=limits, models=tuple(key.models), admin=key.admin)))
     _check_unique(entries)
     return KeyRing(entries)
+
+
+def _check_length(value: str, *, name: str, source: str) -> None:
+    """Refuse a key short enough to guess (its length is said, never its value)."""
+    if len(value) < MIN_KEY_LENGTH:
+        raise ConfigError(
+            f"key {name!r} ({source}) is {len(value)} characters long; client keys must have at least "
+            f"{MIN_KEY_LENGTH} (e.g. python3 -c 'import secrets; print(\"sk-\" + secrets.token_urlsafe(24))')"
+        )
 
 
 def plaintext_keys(config: AccessConfig, environ: Mapping[str, str]) -> list[str]:
