@@ -35,6 +35,13 @@ class LimitsConfig(Limits):
 
     # Namespace of the counters in Redis (several deployments may share one Redis).
     redis_prefix: str = Field(default="openfusion", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    # Wrong keys one client address may present within `auth_failure_window_s` before it is refused (429
+    # `auth_failures`) for `auth_block_s`; counted in each process. 0 turns the brake off.
+    auth_failures: int = Field(default=10, ge=0)
+    # The window the wrong keys of `auth_failures` are counted in.
+    auth_failure_window_s: float = Field(default=60.0, gt=0)
+    # How long an address that presented too many wrong keys is refused, whatever key it sends.
+    auth_block_s: float = Field(default=300.0, gt=0)
 
 
 class KeyConfig(Limits):

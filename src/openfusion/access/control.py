@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
+from openfusion.access.brake import AuthBrake
 from openfusion.access.config import AccessConfig, GuardsConfig, Limits, redis_url
 from openfusion.access.errors import AuthenticationFailed, LimitExceeded, LimitsUnavailable
 from openfusion.access.keys import Client, KeyRing, load_keys
@@ -36,20 +37,39 @@ class AccessControl:
     """The configured keys, guards and limit counters of one app."""
 
     def __init__(
-        self, *, keys: KeyRing, defaults: Limits, guards: GuardsConfig, limiter: Limiter, spend: SpendBook
+        self,
+        *,
+        keys: KeyRing,
+        defaults: Limits,
+        guards: GuardsConfig,
+        limiter: Limiter,
+        spend: SpendBook,
+        brake: AuthBrake | None = None,
     ) -> None:
         self.keys = keys
         self.guards = guards
         self.limiter = limiter
         self.spend = spend
+        self.brake = brake or AuthBrake(max_failures=0, window_s=60.0, block_s=300.0)
         # Without keys everyone is one client, and `[limits]` is one budget shared by all.
         self.anonymous = Client(name=None, limits=defaults)
         self._warned_no_spend_source = False
 
-    def authenticate(self, presented: str | None) -> Client:
-        """The calling client; raises AuthenticationFailed (401) when keys are configured and this is none of them."""
+    def authenticate(self, presented: str | None, *, address: str | None = None) -> Client:
+        """The calling client; raises AuthenticationFailed (401) when keys are configured and this is none of them.
+
+        An `address` that presented too many wrong keys lately is refused first (429 `auth_failures`),
+        whatever it presents now: a lucky guess must not get through the brake.
+        """
         if not self.keys:
             return self.anonymous
+        blocked = self.brake.blocked_for(address)
+        if blocked > 0:
+            raise LimitExceeded(
+                "Too many requests with a wrong API key from this address; try again later.",
+                code="auth_failures",
+                retry_after=blocked,
+            )
         if not presented:
             raise AuthenticationFailed(
                 "Missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
@@ -57,6 +77,7 @@ class AccessControl:
             )
         client = self.keys.find(presented)
         if client is None:
+            self.brake.failed(address)
             raise AuthenticationFailed("Invalid API key.", code="invalid_api_key")
         return client
 
@@ -182,4 +203,9 @@ def build_access(config: AccessConfig, environ: Mapping[str, str], *, lease_ttl_
         guards=config.guards,
         limiter=limiter,
         spend=spend,
+        brake=AuthBrake(
+            max_failures=config.limits.auth_failures,
+            window_s=config.limits.auth_failure_window_s,
+            block_s=config.limits.auth_block_s,
+        ),
     )

@@ -73,7 +73,7 @@ class AccessMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            client = self.access.authenticate(_presented_key(scope))
+            client = self.access.authenticate(_presented_key(scope), address=_client_address(scope))
             await self.access.count_request(client)
         except OpenFusionError as exc:
             if scope["type"] == "websocket":  # no route uses one yet; refuse it all the same
@@ -185,6 +185,12 @@ def _presented_key(scope: Scope) -> str | None:
                 return decoded.partition(":")[2] or None
             return None
     return api_key
+
+
+def _client_address(scope: Scope) -> str | None:
+    """The client's IP address (a trusted proxy's X-Forwarded-For already applied by the server), if known."""
+    client = scope.get("client")
+    return str(client[0]) if client else None
 
 
 def _render(error: OpenFusionError, scope: Scope) -> Response:

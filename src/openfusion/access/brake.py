@@ -1,0 +1,72 @@
+"""The authentication brake: an address that keeps presenting wrong keys is refused for a while.
+
+Kept in this process (each worker and replica counts on its own): it slows guessing down without a
+round trip to a shared store on every request. Only wrong keys count; a request without a key is no
+guess (a browser asks without credentials first), and successes count for nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+# Addresses tracked at most: past it, the longest-quiet ones are forgotten (a flood of addresses cannot
+# grow the table without bound).
+MAX_ADDRESSES = 65_536
+
+
+@dataclass
+class _Record:
+    failures: deque[float] = field(default_factory=deque)
+    blocked_until: float = 0.0
+
+
+class AuthBrake:
+    """Counts wrong keys per address; past `max_failures` within `window_s` the address is refused for `block_s`."""
+
+    def __init__(
+        self,
+        *,
+        max_failures: int,
+        window_s: float,
+        block_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        max_addresses: int = MAX_ADDRESSES,
+    ) -> None:
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self.block_s = block_s
+        self._clock = clock
+        self._max_addresses = max_addresses
+        self._records: OrderedDict[str, _Record] = OrderedDict()
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the brake is on (`max_failures` 0 turns it off)."""
+        return self.max_failures > 0
+
+    def blocked_for(self, address: str | None) -> float:
+        """Seconds this address stays refused (0: it is not)."""
+        record = self._records.get(address) if address is not None else None
+        if record is None:
+            return 0.0
+        return max(0.0, record.blocked_until - self._clock())
+
+    def failed(self, address: str | None) -> None:
+        """Count one wrong key from this address; block it when that makes too many within the window."""
+        if not self.enabled or address is None:
+            return
+        now = self._clock()
+        record = self._records.pop(address, None) or _Record()
+        self._records[address] = record  # the most recently failing last: the first forgotten are the quietest
+        failures = record.failures
+        while failures and failures[0] <= now - self.window_s:
+            failures.popleft()
+        failures.append(now)
+        if len(failures) >= self.max_failures:
+            record.blocked_until = now + self.block_s
+            failures.clear()
+        while len(self._records) > self._max_addresses:
+            self._records.popitem(last=False)
