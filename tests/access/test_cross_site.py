@@ -18,7 +18,7 @@ import orjson
 import pytest
 from fastapi import FastAPI
 
-from fakes.upstream import FakeUpstream
+from fakes.upstream import FakeUpstream, wait_until
 
 from .conftest import bearer, chat_body
 
@@ -164,9 +164,19 @@ def test_responses_are_never_cached_nor_framed(upstream: FakeUpstream, serve: Se
             httpx.get(f"{url}/activity", headers=basic(KEY)),
             httpx.get(f"{url}/v1/models"),  # a 401
             httpx.post(f"{url}{CHAT}", content="x", headers={"Content-Type": "text/plain"}),  # a 415
+            httpx.get(f"{url}/api/v1/generation", params={"id": "gen-none"}, headers=bearer(KEY)),  # a 404
+            httpx.get(f"{url}/activity/gen-none", headers=basic(KEY)),  # the missing generation's page
+        ]
+        generation = answers[1].headers["x-generation-id"]
+        wait_until(lambda: httpx.get(f"{url}/activity/{generation}", headers=basic(KEY)).status_code == 200, 10)
+        answers += [
+            httpx.get(f"{url}/api/v1/generation", params={"id": generation}, headers=bearer(KEY)),
+            httpx.get(f"{url}/activity/{generation}", headers=basic(KEY)),
         ]
         for answer in answers:
             assert answer.headers["cache-control"] == "no-store", answer.request.url
             assert answer.headers["x-frame-options"] == "DENY"
             assert answer.headers["x-content-type-options"] == "nosniff"
-        assert "frame-ancestors 'none'" in answers[5].headers["content-security-policy"]
+        for page in (answers[5], answers[9], answers[11]):  # the HTML pages
+            assert "frame-ancestors 'none'" in page.headers["content-security-policy"], page.request.url
+        assert [answer.status_code for answer in answers[8:]] == [404, 404, 200, 200]
