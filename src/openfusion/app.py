@@ -127,7 +127,8 @@ def create_app(
             writer = None
             if store is not None:
                 resources.push_async_callback(store.close)
-                writer = ActivityWriter.from_settings(store, settings.activity)
+                shared = bool(environ.get("DATABASE_URL", "").strip())  # PostgreSQL, as open_store chose
+                writer = ActivityWriter.from_settings(store, settings.activity, shared=shared)
                 writer.start()
                 resources.push_async_callback(writer.aclose)  # runs first: flushes the queue into the open store
             app.state.activity_store = store

@@ -174,7 +174,8 @@ def test_one_bad_record_never_costs_the_rest_of_its_batch(
     # An upstream reporting a token count past BIGINT: a record that no database can store, even cleaned.
     upstream.script("huge", Script(usage={"prompt_tokens": 2**63, "completion_tokens": 1, "total_tokens": 2**63}))
     keys = [{"name": "team-a", "key_env": "TEAM_A_KEY"}, {"name": "team-b", "key_env": "TEAM_B_KEY"}]
-    activity = {"store_content": True, "flush_interval_s": 60.0, "batch_size": 100}  # one batch, written at stop
+    # One batch, written at stop (no response waits for its record, PostgreSQL's default).
+    activity = {"store_content": True, "flush_interval_s": 60.0, "batch_size": 100, "record_before_end": False}
     serving = _serve(serve, store_environ, keys=keys, **activity)
     with caplog.at_level(logging.WARNING, logger="openfusion.activity"), serving as (url, app):
         nul = httpx.post(f"{url}{CHAT}", json=chat_body("fusion/trio"), headers=A, timeout=20)

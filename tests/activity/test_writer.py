@@ -114,6 +114,32 @@ async def test_a_lone_record_is_written_after_the_interval(sqlite_store: SqliteS
         assert await sqlite_store.get("gen-lone") == entry
 
 
+async def test_a_record_someone_waits_for_goes_out_at_once_with_those_queued(sqlite_store: SqliteStore) -> None:
+    store = RecordingStore(sqlite_store)
+    async with ActivityWriter(store, batch_size=100, flush_interval_s=60.0) as writer:
+        told: dict[str, bool] = {}
+        for name in ("gen-queued-1", "gen-queued-2"):  # no hurry: they would wait a minute for company
+            entry = make_entry(name)
+            writer.record(entry.generation, entry.calls)
+        awaited = make_entry("gen-awaited")
+        writer.record(awaited.generation, awaited.calls, on_written=lambda ok: told.update(awaited=ok), hurry=True)
+        await asyncio.wait_for(store.wait_for_batches([3]), timeout=10)  # one write, not the minute
+        assert told == {"awaited": True}
+        assert await _stored_ids(sqlite_store) == ["gen-awaited", "gen-queued-1", "gen-queued-2"]
+        later = make_entry("gen-later")  # the hurry is over: batching again
+        writer.record(later.generation, later.calls)
+        await asyncio.sleep(0.2)
+        assert store.batches == [3]
+
+
+def test_records_wait_for_their_store_by_default_with_postgresql_only(sqlite_store: SqliteStore) -> None:
+    sqlite = sqlite_store
+    assert not ActivityWriter.from_settings(sqlite, ActivitySettings()).confirms
+    assert ActivityWriter.from_settings(sqlite, ActivitySettings(), shared=True).confirms
+    assert ActivityWriter.from_settings(sqlite, ActivitySettings(record_before_end=True)).confirms
+    assert not ActivityWriter.from_settings(sqlite, ActivitySettings(record_before_end=False), shared=True).confirms
+
+
 async def test_close_flushes_everything_queued(sqlite_store: SqliteStore) -> None:
     writer = ActivityWriter(sqlite_store, batch_size=50, flush_interval_s=60.0)
     writer.start()

@@ -24,6 +24,10 @@ class ActivitySettings(BaseModel):
     # A write that hangs longer than this counts as failed, so an outage cannot stall the queue forever.
     write_timeout_s: float = Field(default=10.0, gt=0)
     pool_max_size: int = Field(default=4, ge=1, le=100)
+    # A response's end ([DONE] of a stream, the body of any other) waits until its record is in the store,
+    # so a replica killed right after a client saw its answer cannot take the record with it (one store
+    # write, shared by the requests ending together). Unset: on with PostgreSQL (replicas), off with SQLite.
+    record_before_end: bool | None = None
     # Responses API responses are kept this long for `previous_response_id` (unless sent with `store: false`);
     # 0: never kept. They hold the conversation whatever `store_content` says: the client asked for it.
     response_retention_days: float = Field(default=30.0, ge=0, le=3650)

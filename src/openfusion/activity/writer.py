@@ -37,6 +37,7 @@ class ActivityWriter:
         batch_size: int = 100,
         flush_interval_s: float = 0.5,
         write_timeout_s: float = 10.0,
+        confirms: bool = False,
     ) -> None:
         self._store = store
         self._store_content = store_content
@@ -44,6 +45,9 @@ class ActivityWriter:
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
         self._write_timeout_s = write_timeout_s
+        # Responses end only once their record is in the store (Ledger.commit): a killed process loses none.
+        self.confirms = confirms
+        self._hurry = False  # a record is awaited: write what is queued now, without waiting for the interval
         # Unbounded on purpose: the bound is enforced in record(), so the stop sentinel always fits.
         self._queue: asyncio.Queue[ActivityEntry | None] = asyncio.Queue()
         self._pending = 0
@@ -55,8 +59,9 @@ class ActivityWriter:
         self._on_written: dict[str, Callable[[bool], None]] = {}
 
     @classmethod
-    def from_settings(cls, store: ActivityStore, settings: ActivitySettings) -> ActivityWriter:
-        """A writer configured by the `[activity]` section."""
+    def from_settings(cls, store: ActivityStore, settings: ActivitySettings, *, shared: bool = False) -> ActivityWriter:
+        """A writer configured by the `[activity]` section (`shared`: the store is PostgreSQL, for replicas)."""
+        confirms = settings.record_before_end
         return cls(
             store,
             store_content=settings.store_content,
@@ -64,7 +69,13 @@ class ActivityWriter:
             batch_size=settings.batch_size,
             flush_interval_s=settings.flush_interval_s,
             write_timeout_s=settings.write_timeout_s,
+            confirms=shared if confirms is None else confirms,
         )
+
+    @property
+    def write_timeout_s(self) -> float:
+        """How long one write may take before it counts as failed."""
+        return self._write_timeout_s
 
     @property
     def stats(self) -> WriterStats:
@@ -82,8 +93,12 @@ class ActivityWriter:
         calls: Iterable[CallRecord] = (),
         *,
         on_written: Callable[[bool], None] | None = None,
+        hurry: bool = False,
     ) -> bool:
         """Enqueue one generation without waiting; False when it was dropped (queue full or writer stopped).
+
+        `hurry`: someone waits for this record, so the writer writes what is queued at once instead of
+        gathering a batch for `flush_interval_s` (records arriving meanwhile join the next write).
 
         Call it on the event loop's thread (any route or pipeline code is); it never awaits, raises or blocks.
         While aclose() drains the queue, records are still taken: requests cancelled at shutdown record
@@ -100,6 +115,7 @@ class ActivityWriter:
         self._pending += 1
         if on_written is not None:
             self._on_written[generation.id] = on_written
+        self._hurry = self._hurry or hurry
         self._queue.put_nowait(ActivityEntry(generation, tuple(calls)))
         return True
 
@@ -142,8 +158,9 @@ class ActivityWriter:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._flush_interval_s
         while len(batch) < self._batch_size:
-            if self._closing:
+            if self._closing or self._hurry:
                 if self._queue.empty():
+                    self._hurry = False  # every record awaited is in this batch
                     return
                 entry = self._queue.get_nowait()
             else:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 from starlette.background import BackgroundTask
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from openfusion.activity import ApiType
 from openfusion.api.access import admit, client_key_name, spend_reservation
@@ -156,6 +156,8 @@ async def serve(request: Request, chat: ChatRequest, render: Renderer, *, api_ty
     response.headers["X-Generation-Id"] = ledger.generation_id
     # Streams: the time before the first byte; otherwise the whole request's own time.
     response.headers["X-Openfusion-Overhead-Ms"] = f"{ledger.overhead_ms():.2f}"
+    if not isinstance(response, StreamingResponse):
+        await ledger.commit()  # with record_before_end, the body goes out once its record is stored
     response.background = BackgroundTask(_close, ledger)  # after the last byte: off the client's path
     return response
 

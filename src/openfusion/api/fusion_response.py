@@ -133,6 +133,8 @@ async def stream_fusion(
         log.exception("fusion stream failed")
         error = OpenFusionError("Internal server error.", code="internal_error")
         yield encode(error_chunk(error, generation_id=generation_id, model=sse.model, created=sse.created))
+    if ledger is not None:
+        await ledger.commit()  # clients stop reading at [DONE]: the record goes to the store first
     yield DONE
 
 

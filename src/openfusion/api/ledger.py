@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -92,10 +93,11 @@ class Ledger:
     ) -> AsyncIterator[bytes]:
         """Relay a streamed body; a failure (or the client leaving) is recorded and closes the ledger at once.
 
-        A body that ends well leaves the closing to the response's background task, after the last byte.
-        The end of the shutdown grace period stops the body where it waits and ends the stream with a
-        `server_shutting_down` error chunk and `[DONE]` — or what `render_error` makes of the error, for
-        a surface whose streams end another way.
+        A body that ends well leaves the closing to the response's background task, after the last byte
+        (with `record_before_end`: to commit(), before it). The end of the shutdown grace period stops the
+        body where it waits and ends the stream with a `server_shutting_down` error chunk and `[DONE]` —
+        or what `render_error` makes of the error, for a surface whose streams end another way — unless
+        the answer was whole and recorded already: then the stream just ends.
         """
         task = asyncio.current_task()  # the one relaying this body
         drain = self.state.drain
@@ -104,12 +106,15 @@ class Ledger:
         try:
             async for chunk in body:
                 yield chunk
+            await self.commit()  # before the body's end, which tells the client the response is whole
         except BaseException as exc:
             if not (isinstance(exc, asyncio.CancelledError) and task is not None and drain.stopped(task)):
                 self.failed(exc)
                 self.close()
                 raise
             task.uncancel()  # our own cancellation, now handled: the error goes to the client
+            if self._closed:  # stopped while its record was being written: the answer is whole
+                return
             error = shutting_down()
             self.failed(error)
             try:  # a blank line first: the body may have stopped in the middle of an event
@@ -125,10 +130,39 @@ class Ledger:
         model = self.model or self.requested_model
         return error_chunk(error, generation_id=self.generation_id, model=model, created=int(time.time()))
 
+    @property
+    def confirms(self) -> bool:
+        """Whether commit() waits for the record (`record_before_end`)."""
+        return self.state.activity is not None and self.state.activity.confirms
+
+    async def commit(self) -> None:
+        """Close now, and with `record_before_end` wait until the record is in the store (or known lost).
+
+        Called before a response's last bytes: once a client has seen its answer end, its record is
+        written, whatever happens to this process next. The wait is bounded by the store's write timeout.
+        """
+        activity = self.state.activity
+        if self._closed or activity is None or not activity.confirms:
+            return
+        outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+        def told(written: bool) -> None:
+            if not outcome.done():
+                outcome.set_result(written)
+
+        if self._close(confirm=told):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(activity.write_timeout_s):
+                    await asyncio.shield(outcome)
+
     def close(self) -> None:
         """Record the request: activity (off the hot path), metrics, one log line. Idempotent."""
+        self._close()
+
+    def _close(self, *, confirm: Callable[[bool], None] | None = None) -> bool:
+        """Close (see close()); True if this closed it and its record was queued, `confirm` then told its fate."""
         if self._closed:
-            return
+            return False
         self._closed = True
         state = self.state
         state.metrics.in_flight.dec()
@@ -150,9 +184,12 @@ class Ledger:
         if reservation is not None:
             reservation.settle(cost if calls else 0.0)  # no upstream call: nothing spent
         written = reservation.written if reservation is not None else None
+        if confirm is not None:
+            written = confirm if written is None else _both(written, confirm)
         recorded = False
         if state.activity is not None:
-            recorded = state.activity.record(self._generation_record(latency_ms, usage), calls, on_written=written)
+            generation = self._generation_record(latency_ms, usage)
+            recorded = state.activity.record(generation, calls, on_written=written, hurry=confirm is not None)
         if reservation is not None and not recorded:
             reservation.written(False)  # never reaches the store: its cost stays counted here
         log.info(
@@ -167,6 +204,7 @@ class Ledger:
                 "key_name": self.key_name,
             },
         )
+        return recorded
 
     def _generation_record(self, latency_ms: int, usage: Usage) -> GenerationRecord:
         return GenerationRecord(
@@ -211,3 +249,11 @@ class Ledger:
             upstream_status=call.upstream_status,
             retries=call.retries,
         )
+
+
+def _both(first: Callable[[bool], None], second: Callable[[bool], None]) -> Callable[[bool], None]:
+    def tell(written: bool) -> None:
+        first(written)
+        second(written)
+
+    return tell

@@ -63,13 +63,21 @@ async def pass_through(state: AppState, chat: ChatRequest, data: dict[str, Any],
     return Response(content, status_code=forwarded.status_code, headers=forwarded.headers)
 
 
+_DONE_FIELD = b"data: [DONE]"
+
+
 async def _relay(forwarded: Forwarded, *, model: str, ledger: Ledger) -> AsyncIterator[bytes]:
     complete = False
     # The last few reads, by reference (no copy on the hot path): the end of the stream says whether it is whole.
     recent: deque[bytes] = deque(maxlen=4)
+    confirms = ledger.confirms
     try:
         async for chunk in forwarded.body:
             recent.append(chunk)
+            if confirms and _DONE_FIELD in chunk and unfinished(forwarded, _tail(recent)) is None:
+                # Clients stop reading at [DONE]: the answer is whole, so its record goes to the store first.
+                forwarded.answered()
+                await ledger.commit()
             yield chunk
         complete = True
         ending = unfinished(forwarded, _tail(recent))

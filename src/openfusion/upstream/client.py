@@ -81,6 +81,10 @@ class Forwarded:
         """Close the upstream response; `complete=False`: the body was abandoned before its end."""
         if self._response is not None:
             await self._response.aclose()
+        self.answered(complete=complete)
+
+    def answered(self, *, complete: bool = True) -> None:
+        """End the call's trace (once): the answer is whole (a stream's [DONE]) or was abandoned."""
         if self.trace is not None and self.trace.ended is None:
             status = ("ok" if self.status_code < 400 else "error") if complete else "cancelled"
             end_call(self.trace, status=status, usage=self.trace.usage, upstream_status=self.status_code)

@@ -1,0 +1,107 @@
+"""A response ends only once its activity record is stored: a server killed right after loses no record.
+
+The real server (`openfusion serve`) is SIGKILLed (its whole process group) the moment the SDK has
+seen the last request end; its activity writer batches for a minute, so a record still queued then
+would be lost. With PostgreSQL (replicas) `record_before_end` is on by default; SQLite opts in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import psycopg
+import pytest
+
+from e2e.processes import provider_config, serve
+from fakes.upstream import FakeUpstream, Script
+
+pytestmark = pytest.mark.e2e
+
+HI = [{"role": "user", "content": "Hi"}]
+BATCHING = "[activity]\nflush_interval_s = 60\n{extra}"  # a record queued when the server dies is lost
+
+
+def _chat(url: str, model: str, *, stream: bool) -> str:
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=HI, stream=stream)  # type: ignore[call-overload]
+    if stream:
+        assert [c.choices[0].finish_reason for c in raw.parse() if c.choices][-1] == "stop"
+    else:
+        assert raw.parse().choices[0].message.content
+    return str(raw.headers["x-generation-id"])
+
+
+def _messages(url: str) -> str:
+    client = anthropic.Anthropic(base_url=url, api_key="unused", max_retries=0, timeout=30)
+    raw = client.messages.with_raw_response.create(model="fusion/trio", max_tokens=100, messages=HI, stream=True)
+    assert [event.type for event in raw.parse()][-1] == "message_stop"
+    return str(raw.headers["x-generation-id"])
+
+
+def _responses(url: str) -> str:
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
+    raw = client.responses.with_raw_response.create(model="fusion/trio", input="Hi", stream=True)
+    assert [event.type for event in raw.parse()][-1] == "response.completed"
+    return str(raw.headers["x-generation-id"])
+
+
+REQUESTS: dict[str, Callable[[str], str]] = {
+    "fusion": lambda url: _chat(url, "fusion/trio", stream=False),
+    "fusion, streamed": lambda url: _chat(url, "fusion/trio", stream=True),
+    "pass-through": lambda url: _chat(url, "fake/a", stream=False),
+    "pass-through, streamed": lambda url: _chat(url, "fake/a", stream=True),
+    "messages, streamed": _messages,
+    "responses, streamed": _responses,
+}
+
+
+def _served_then_killed(
+    fake_upstream: Any, presets_dir: Path, workdir: Path, *, extra: str, env: dict[str, str], kinds: list[str]
+) -> list[str]:
+    """Each kind of request once, then SIGKILL the moment the last one ended; their generation ids."""
+    _, upstream_url = fake_upstream
+    config = provider_config(upstream_url, extra=BATCHING.format(extra=extra))
+    with serve(config, presets_dir, workdir, env=env) as served:
+        ids = [REQUESTS[kind](served.url) for kind in kinds]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(served.process.pid, signal.SIGKILL)
+    return ids
+
+
+def test_every_surface_s_record_is_stored_before_its_end_with_postgresql(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path, postgres_url: str
+) -> None:
+    upstream.script("synth", Script(chunks=["The sky ", "is blue."]))
+    kinds = list(REQUESTS)
+    ids = _served_then_killed(
+        fake_upstream, presets_dir, tmp_path, extra="", env={"DATABASE_URL": postgres_url}, kinds=kinds
+    )
+    with psycopg.connect(postgres_url) as conn:
+        rows = conn.execute("SELECT id, status FROM generations WHERE id = ANY(%s)", (ids,)).fetchall()
+        calls = conn.execute("SELECT generation_id, status FROM calls WHERE generation_id = ANY(%s)", (ids,)).fetchall()
+    assert dict(rows) == dict.fromkeys(ids, "ok"), {kind: i for kind, i in zip(kinds, ids, strict=True)}
+    # Whole records: every upstream call ended well (a pass-through's at its [DONE]), none left "cancelled".
+    assert {status for _, status in calls} == {"ok"}
+    assert {gid for gid, _ in calls} == set(ids)
+
+
+def test_sqlite_waits_for_the_record_when_asked(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path
+) -> None:
+    """SQLite (one host) batches off the response's path unless `record_before_end = true`."""
+    database = tmp_path / "activity.sqlite3"
+    extra = f'path = "{database}"\nrecord_before_end = true\n'
+    (gid,) = _served_then_killed(
+        fake_upstream, presets_dir, tmp_path / "server", extra=extra, env={}, kinds=["fusion, streamed"]
+    )
+    with sqlite3.connect(database) as conn:
+        stored = conn.execute("SELECT id FROM generations WHERE id = ?", (gid,)).fetchall()
+    assert stored == [(gid,)]
