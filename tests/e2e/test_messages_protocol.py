@@ -21,6 +21,7 @@ import pytest
 
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream, Script, wait_until
+from openfusion.api.messages.writer import thinking_signature
 from openfusion.app import create_app
 from openfusion.settings import Settings
 
@@ -48,6 +49,7 @@ def check_framing(lines: list[str], events: list[dict[str, Any]]) -> None:
     assert [line[7:] for line in lines if line.startswith("event: ")] == [e["type"] for e in events]
     open_block: int | None = None
     kinds: dict[int, str] = {}
+    signed: set[int] = set()
     for event in events:
         if event["type"] == "content_block_start":
             assert open_block is None and event["index"] == len(kinds)  # one at a time, numbered in order
@@ -55,10 +57,15 @@ def check_framing(lines: list[str], events: list[dict[str, Any]]) -> None:
             kinds[open_block] = event["content_block"]["type"]
         elif event["type"] == "content_block_delta":
             assert event["index"] == open_block  # never a delta before its block started, or after it stopped
+            assert open_block not in signed  # a thinking block's signature is its last delta
             expected = {"text": "text_delta", "thinking": "thinking_delta", "tool_use": "input_json_delta"}
-            assert event["delta"]["type"] == expected[kinds[open_block]]
+            if event["delta"]["type"] == "signature_delta" and kinds[open_block] == "thinking":
+                signed.add(open_block)
+            else:
+                assert event["delta"]["type"] == expected[kinds[open_block]]
         elif event["type"] == "content_block_stop":
             assert event["index"] == open_block
+            assert kinds[open_block] != "thinking" or open_block in signed  # Claude Code drops unsigned thinking
             open_block = None
         elif event["type"] in ("message_delta", "message_stop", "error"):
             assert open_block is None or event["type"] == "error"
@@ -173,8 +180,10 @@ def test_thinking_deltas_only_inside_a_thinking_block(
     assert starts == (["thinking", "text"] if shown else ["text"])
     thought = [e["delta"] for e in events if e["type"] == "content_block_delta" and e["index"] == 0]
     if shown:
-        assert thought == [{"type": "thinking_delta", "thinking": "Light "}, {"type": "thinking_delta",
-                                                                              "thinking": "scatters."}]  # fmt: skip
+        assert thought == [{"type": "thinking_delta", "thinking": "Light "},
+                           {"type": "thinking_delta", "thinking": "scatters."},
+                           {"type": "signature_delta", "signature": thinking_signature("Light scatters.")}]  # fmt: skip
+        assert thought[-1]["signature"].startswith("openfusion:") and len(thought[-1]["signature"]) > 20
     else:
         assert thought == [{"type": "text_delta", "text": "Blue."}]
 

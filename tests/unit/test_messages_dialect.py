@@ -8,7 +8,7 @@ import pytest
 
 from openfusion.api.messages.request import parse_request, translate
 from openfusion.api.messages.tokens import estimate_input_tokens
-from openfusion.api.messages.writer import MessageWriter
+from openfusion.api.messages.writer import SIGNATURE_PREFIX, MessageWriter, thinking_signature
 from openfusion.errors import InvalidRequest, UpstreamTimeout
 from openfusion.pipeline.events import PanelStarted, RunFinished, SynthesisChunk, SynthesisMessage
 from openfusion.protocol import Usage
@@ -241,11 +241,30 @@ def test_a_whole_message_with_reasoning_shown_or_not() -> None:
         {"type": "thinking", "thinking": "", "signature": ""},
         {"type": "text", "text": ""},
     ]
+    signature = thinking_signature("Think.")
     assert [e["delta"] for e in shown if e["type"] == "content_block_delta"] == [
         {"type": "thinking_delta", "thinking": "Think."},
+        {"type": "signature_delta", "signature": signature},
         {"type": "text_delta", "text": "Say."},
     ]
     assert [e["index"] for e in hidden if e["type"] == "content_block_start"] == [0]
+
+
+def test_a_thinking_block_is_signed_in_the_stream_and_the_message() -> None:
+    w = writer(thinking={"type": "enabled", "budget_tokens": 10})
+    events = run(w, chunk({"reasoning": "Hm, "}), chunk({"reasoning": "blue."}), chunk({"content": "Blue."}, "stop"),
+                 FINISHED)  # fmt: skip
+    kinds = [(e["type"], e.get("delta", {}).get("type")) for e in events if e["type"].startswith("content_block")]
+    assert kinds == [
+        ("content_block_start", None), ("content_block_delta", "thinking_delta"),
+        ("content_block_delta", "thinking_delta"), ("content_block_delta", "signature_delta"),
+        ("content_block_stop", None),
+        ("content_block_start", None), ("content_block_delta", "text_delta"), ("content_block_stop", None),
+    ]  # fmt: skip
+    assert w.snapshot()["content"][0] == {"type": "thinking", "thinking": "Hm, blue.",
+                                          "signature": thinking_signature("Hm, blue.")}  # fmt: skip
+    assert thinking_signature("Hm, blue.").startswith(SIGNATURE_PREFIX)
+    assert thinking_signature("Hm, blue.") != thinking_signature("Hm, red.")
 
 
 def test_a_failure_is_an_error_event() -> None:

@@ -1,6 +1,8 @@
 """Pass-through to a provider that speaks Anthropic Messages itself: the request forwarded, the answer relayed.
 
-The body goes as the client sent it, less openfusion's own fields (`plugins`, `models`), with the
+The body goes as the client sent it, less openfusion's own fields (`plugins`, `models`) and the
+thinking blocks the provider did not sign (openfusion's own, from a fused or translated answer
+earlier in the conversation, or unsigned ones: the provider refuses any of them), with the
 client's `anthropic-version` and `anthropic-beta` headers unchanged and the provider's key as
 `x-api-key`. The relayed stream is watched for `message_start` and `message_delta`, whose usage
 goes to the activity record; a stream the provider breaks off ends with an `error` event.
@@ -19,6 +21,7 @@ from openfusion.api.deps import AppState
 from openfusion.api.dispatch import Exchange
 from openfusion.api.ledger import Ledger
 from openfusion.api.messages.errors import error_event
+from openfusion.api.messages.writer import SIGNATURE_PREFIX
 from openfusion.api.passthrough import SSE_HEADERS, forward_first_success, without_openfusion_fields
 from openfusion.errors import UpstreamError, UpstreamProtocolError
 from openfusion.protocol import ChatRequest, Usage
@@ -46,7 +49,7 @@ def anthropic_headers(request: Request) -> dict[str, str]:
 async def forward_native(exchange: Exchange, raw: dict[str, Any]) -> Response:
     """Forward the request (with the `models` fallbacks) and relay the answer as it comes."""
     chat, ledger = exchange.chat, exchange.ledger
-    body = without_openfusion_fields(chat, raw)
+    body = _without_foreign_thinking(without_openfusion_fields(chat, raw))
     forwarded = await forward_first_success(exchange.state, chat, body, path=MESSAGES_PATH,
                                             headers=anthropic_headers(exchange.request))  # fmt: skip
     if forwarded.status_code >= 400:
@@ -65,7 +68,7 @@ async def forward_native(exchange: Exchange, raw: dict[str, Any]) -> Response:
 
 async def count_native(state: AppState, chat: ChatRequest, raw: dict[str, Any], request: Request) -> Response:
     """The provider's own token count for the request."""
-    body = without_openfusion_fields(chat, raw)
+    body = _without_foreign_thinking(without_openfusion_fields(chat, raw))
     forwarded = await state.upstream.forward(chat.model, body, stream=False, path=MESSAGES_COUNT_PATH,
                                              headers=anthropic_headers(request))  # fmt: skip
     try:
@@ -117,6 +120,36 @@ def _record(forwarded: Forwarded, ledger: Ledger, message: dict[str, Any], usage
     prompt = sum(counts.get(k, 0) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
     completion = counts.get("output_tokens", 0)
     forwarded.trace.usage = Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+def _without_foreign_thinking(body: dict[str, Any]) -> dict[str, Any]:
+    """The body without the assistant's thinking blocks that carry no signature of the provider's."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not any(_foreign_thinking(m) for m in messages):
+        return body  # the usual case: forwarded exactly as sent
+    kept = []
+    for message in messages:
+        if _foreign_thinking(message):
+            blocks = [b for b in message["content"] if not _is_foreign_thinking(b)]
+            message = {**message, "content": blocks} if blocks else message  # never an empty turn
+        kept.append(message)
+    return {**body, "messages": kept}
+
+
+def _foreign_thinking(message: Any) -> bool:
+    return (
+        isinstance(message, dict)
+        and message.get("role") == "assistant"
+        and isinstance(message.get("content"), list)
+        and any(_is_foreign_thinking(block) for block in message["content"])
+    )
+
+
+def _is_foreign_thinking(block: Any) -> bool:
+    if not isinstance(block, dict) or block.get("type") != "thinking":
+        return False
+    signature = block.get("signature")
+    return not isinstance(signature, str) or not signature or signature.startswith(SIGNATURE_PREFIX)
 
 
 def _json(raw: bytes) -> dict[str, Any] | None:

@@ -4,13 +4,17 @@ One `MessageWriter` per answer: `start()` gives `message_start`, `render(event)`
 pipeline event, `ping()` a keep-alive, `fail(error)` the `error` event that ends a failed stream.
 The same writer builds the non-streamed body, so both forms agree. Content blocks are numbered in
 the order they are sent, each started before its first delta and stopped after its last; thinking
-deltas only ever go into thinking blocks. A tool call goes out whole once the answer is complete
+deltas only ever go into thinking blocks, each closed by a `signature_delta` as Anthropic's are (Claude
+Code drops a thinking block without one; the signature is openfusion's own, see `SIGNATURE_PREFIX`). A
+tool call goes out whole once the answer is complete
 (start, its input as one `input_json_delta`, stop): a chat stream may still add to an earlier call
 after a later one began, and Anthropic's stream has no way to amend a stopped block.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import secrets
 from typing import Any
 
@@ -31,6 +35,15 @@ _STOP_REASONS = {
     "content_filter": "refusal",
 }
 PING = {"type": "ping"}
+# A thinking block's signature: this prefix and a digest of its text. Only Anthropic can sign a block its API
+# accepts back, so one signed here is left out of what goes to a provider that speaks Messages (`native`).
+SIGNATURE_PREFIX = "openfusion:"
+
+
+def thinking_signature(thinking: str) -> str:
+    """openfusion's signature of a thinking block's text."""
+    digest = hashlib.blake2b(thinking.encode("utf-8", "surrogatepass"), digest_size=18).digest()
+    return SIGNATURE_PREFIX + base64.urlsafe_b64encode(digest).decode()
 
 
 def new_message_id() -> str:
@@ -134,7 +147,7 @@ class MessageWriter:
             elif isinstance(event, BlockDelta):
                 out.append(self._delta(block, event.delta))
             else:
-                out.append(self._close(block))
+                out += self._close(block)
         return out
 
     def _open(self, block: Block) -> dict[str, Any]:
@@ -150,10 +163,16 @@ class MessageWriter:
                                                                                      "thinking": piece}  # fmt: skip
         return {"type": "content_block_delta", "index": self._indexes[block.index], "delta": delta}
 
-    def _close(self, block: Block) -> dict[str, Any]:
+    def _close(self, block: Block) -> list[dict[str, Any]]:
         index = self._indexes[block.index]
-        self.content[index]["text" if block.kind == "text" else "thinking"] = block.value()
-        return {"type": "content_block_stop", "index": index}
+        stop = {"type": "content_block_stop", "index": index}
+        if block.kind == "text":
+            self.content[index]["text"] = block.value()
+            return [stop]
+        signature = thinking_signature(block.value())
+        self.content[index].update(thinking=block.value(), signature=signature)
+        delta = {"type": "signature_delta", "signature": signature}
+        return [{"type": "content_block_delta", "index": index, "delta": delta}, stop]
 
     def _tool_use(self, block: Block) -> list[dict[str, Any]]:
         index = len(self.content)
