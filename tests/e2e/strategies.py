@@ -45,6 +45,15 @@ junk = st.one_of(
 )
 
 
+def mostly(valid: st.SearchStrategy[Any], *odd: st.SearchStrategy[Any], odds: int = 9) -> st.SearchStrategy[Any]:
+    """`valid` `odds` times out of `odds + 1`, else one of `odd`.
+
+    (`st.one_of(valid, valid, …)` would not do: Hypothesis draws each distinct branch alike.)
+    """
+    rare = st.one_of(*odd)
+    return st.sampled_from([False] * odds + [True]).flatmap(lambda odd_one: rare if odd_one else valid)
+
+
 def body(required: dict[str, st.SearchStrategy[Any]], optional: dict[str, st.SearchStrategy[Any]]) -> Any:
     """An object with the required keys and any subset of the optional ones."""
     return st.fixed_dictionaries(required, optional=optional)

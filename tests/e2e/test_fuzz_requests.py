@@ -18,10 +18,9 @@ from typing import Any
 import httpx
 import pytest
 from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
 
 from e2e.conftest import TRIO, judge_script
-from e2e.strategies import chat_request, junk, nested
+from e2e.strategies import chat_request, junk, mostly, nested
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream
 from openfusion.app import create_app
@@ -146,7 +145,7 @@ def _excluding(value: Any) -> list[dict[str, Any]]:
 @example(payload={"model": "fake/plain", "messages": HI, "metadata": nested(300)})
 @example(payload={"model": "fusion/trio", "messages": HI, "response_format": {"type": "json_object", "x": nested(300)}})
 @settings(settings.get_profile(PROFILE))
-@given(payload=st.one_of(*[chat_request] * 15, junk))
+@given(payload=mostly(chat_request, junk, odds=15))
 def test_no_request_gets_a_5xx_or_a_malformed_error(fuzz_server: tuple[str, ErrorLog], payload: Any) -> None:
     url, errors = fuzz_server
     before = len(errors.records)

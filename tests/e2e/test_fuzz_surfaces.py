@@ -27,11 +27,11 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import event, example, given, settings
+from hypothesis import example, given, settings
 
 from e2e.conftest import TRIO, judge_script
-from e2e.strategies import nested
-from e2e.surface_strategies import count_tokens_request, junk, messages_request, mostly, responses_request
+from e2e.strategies import mostly, nested
+from e2e.surface_strategies import count_tokens_request, junk, messages_request, responses_request
 from e2e.test_fuzz_requests import PROFILE, ErrorLog
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream
@@ -175,7 +175,6 @@ def send(client: httpx.Client, path: str, payload: Any, seen: Exchanges) -> None
     headers = {"content-type": "application/json"}
     with client.stream("POST", path, content=encode(payload), headers=headers) as response:
         status = response.status_code
-        event(f"HTTP {status}{' streamed' if streamed and status == 200 else ''}")  # --hypothesis-show-statistics
         assert status < 500, response.read().decode(errors="replace")[:500]
         generation = response.headers.get("x-generation-id")
         if generation is not None:
