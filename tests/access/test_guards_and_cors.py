@@ -100,6 +100,7 @@ def test_cors_with_configured_origins(upstream: FakeUpstream, serve: Serve) -> N
         assert answer.status_code == 200
         assert answer.headers["access-control-allow-origin"] == ORIGIN
         assert "X-Generation-Id" in answer.headers["access-control-expose-headers"]
+        assert "X-Openfusion-Cache" in answer.headers["access-control-expose-headers"]  # the result cache's answer
         # Errors carry CORS headers too, so a browser app can read why it was refused.
         refused = httpx.get(f"{url}/v1/models", headers={"Origin": ORIGIN})
         assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == ORIGIN

@@ -156,7 +156,7 @@ def install_access(app: FastAPI, access: AccessControl, *, cors: CorsConfig) -> 
             allow_origins=cors.allow_origins,
             allow_methods=["GET", "POST"],
             allow_headers=cors.allow_headers,
-            expose_headers=["X-Generation-Id", "Retry-After"],
+            expose_headers=["X-Generation-Id", "Retry-After", "X-Openfusion-Cache"],
             max_age=cors.max_age,
         )
 
