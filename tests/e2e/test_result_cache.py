@@ -440,3 +440,31 @@ def test_replicas_share_the_cache_through_postgresql(upstream: FakeUpstream, sta
     hit, (entries, size) = asyncio.run(read())
     assert hit.generation.cache_hit is True and hit.generation.cost_saved == pytest.approx(0.625)
     assert entries == 1 and size > 100
+
+
+LOOKUP = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
+STEP = [
+    *QUESTION,
+    {"role": "assistant", "content": None,
+     "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]},
+    {"role": "tool", "tool_call_id": "c1", "content": "scattering=rayleigh"},
+]  # fmt: skip
+
+
+def test_an_agent_step_after_a_hit_reuses_the_cached_turn(
+    upstream: FakeUpstream, start: Any, redis_prefix: str
+) -> None:
+    """A hit on a replica that never ran the turn keeps it there too: the loop's next step fans out no more."""
+    script_run(upstream)
+    call = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+    upstream.script("synth", Script(tool_calls=[call]), Script(content="Rayleigh scattering, looked up."))
+    shared = {"REDIS_URL": "redis://127.0.0.1:6379/0"}
+    with replicas(start, 2, shared, limits={"redis_prefix": redis_prefix}) as (one, two):
+        assert ask(one, tools=[LOOKUP])[0] == "miss"
+        header, hit = ask(two, tools=[LOOKUP])
+        assert header == "hit" and hit.choices[0].finish_reason == "tool_calls"
+        _, step = ask(two, tools=[LOOKUP], messages=STEP)
+    assert step.model_extra["fusion"]["panel_source"] == "cached"
+    assert step.choices[0].message.content == "Rayleigh scattering, looked up."
+    assert [len(upstream.calls_for(m)) for m in ("a", "b", "c", "judge", "synth")] == [1, 1, 1, 1, 2]
+    assert "a says blue." in upstream.calls_for("synth")[1].body["messages"][0]["content"]  # the turn's answers

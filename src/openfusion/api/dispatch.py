@@ -29,6 +29,7 @@ from openfusion.pipeline.plan import FusionPlan, plan_fusion
 from openfusion.pipeline.reach import reach_of
 from openfusion.pipeline.run import run_fusion
 from openfusion.pipeline.tool_mode import run_tool_mode
+from openfusion.pipeline.turns import remember_replayed
 from openfusion.protocol import ChatRequest
 
 
@@ -49,7 +50,11 @@ class Exchange:
         plan, state, ticket = self.plan, self.state, self.cache
         assert plan is not None, "fusion_events() of a pass-through request"
         if ticket is not None and ticket.entry is not None:  # a hit: the cached run's events, at once
-            return replayed(ticket.entry.replay(stream=stream, panel_deltas=panel_deltas))
+            events = ticket.entry.replay(stream=stream, panel_deltas=panel_deltas)
+            if plan.mode == "slug":  # an agent loop's next step finds this turn's analysis, as after a run
+                conversation = [message.model_dump(exclude_unset=True) for message in self.chat.messages]
+                remember_replayed(state.turns.owned_by(self.ledger.key_name), plan, conversation, events)
+            return replayed(events)
         runner = run_tool_mode if plan.mode == "tool" else run_fusion
         events = runner(
             upstream=state.upstream,

@@ -17,7 +17,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from openfusion.pipeline.events import JudgeOutcome, PanelAnswer
+from openfusion.pipeline.events import Event, JudgeOutcome, PanelAnswer, PanelistDone, RunFinished
+from openfusion.pipeline.panel import panel_labels
 from openfusion.pipeline.plan import FusionPlan
 from openfusion.pipeline.prompts import Messages, message_text
 
@@ -51,6 +52,19 @@ class Turns(Protocol):
 
     def put(self, key: str, answers: list[PanelAnswer], judges: list[JudgeOutcome]) -> None:
         """Keep a turn under `key`."""
+
+
+def remember_replayed(turns: Turns, plan: FusionPlan, conversation: Messages, events: list[Event]) -> None:
+    """Keep the turn of a run answered again from the result cache, as the run itself kept it: the agent-loop
+    steps that follow (on this server, which may not be the one that ran it) reuse its panel and analysis."""
+    end = next((e for e in events if isinstance(e, RunFinished)), None)
+    if end is None or end.fusion.get("panel_source") != "fresh":
+        return
+    labels = panel_labels(plan.panel)  # the run kept them in panel order; the events hold their arrival order
+    answers = [e.result for e in events if isinstance(e, PanelistDone) and isinstance(e.result, PanelAnswer)]
+    answers.sort(key=lambda a: labels.index(a.label) if a.label in labels else len(labels))
+    if answers:
+        turns.put(turn_key(plan, conversation), answers, [e for e in events if isinstance(e, JudgeOutcome)])
 
 
 class TurnCache:
