@@ -8,6 +8,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -33,6 +34,7 @@ from openfusion.cache.stores import build_store, check_backend
 from openfusion.errors import ConfigError
 from openfusion.masking import SecretMasker
 from openfusion.observability.metrics import Metrics
+from openfusion.observability.tracing import tracing_config
 from openfusion.presets import load_presets, shipped_presets_dir
 from openfusion.settings import Settings, load_settings
 from openfusion.upstream.client import UpstreamClient, build_http_client
@@ -78,6 +80,24 @@ async def _refresh_prices(prices: PriceTable, upstream: UpstreamClient, provider
         log.warning("could not refresh prices from %s: %s", provider, exc)
 
 
+def _tracing(app: FastAPI, settings: Settings, environ: Mapping[str, str], masker: SecretMasker) -> Any:
+    """Trace every request when an OTLP endpoint is configured; OpenTelemetry is not even imported otherwise."""
+    config = tracing_config(settings.tracing, environ)
+    if config is None:
+        return None
+    try:
+        from openfusion.api.tracing import install_tracing
+        from openfusion.observability.otel import Tracing
+    except ImportError as exc:
+        raise ConfigError(
+            f"tracing is configured (to {config.traces_endpoint}) but OpenTelemetry is not installed:"
+            " pip install 'openfusion[otel]'"
+        ) from exc
+    tracing = Tracing(config, masker)
+    install_tracing(app, tracing)
+    return tracing
+
+
 def _response_store(store: object, settings: Settings) -> ResponseKeeper | None:
     """The activity store keeps Responses API responses, unless their retention is 0."""
     days = settings.activity.response_retention_days
@@ -118,6 +138,9 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as resources:
+            if tracing is not None:  # per process (each worker's own), and the last to close: it flushes
+                tracing.start()
+                resources.push_async_callback(tracing.aclose)
             resources.push_async_callback(access.aclose)
             http = http_client or await resources.enter_async_context(build_http_client(settings.http))
             upstream = UpstreamClient(
@@ -174,6 +197,7 @@ def create_app(
     app.state.settings = settings  # the server's own options (`[server]`) are read from here by whoever serves it
     install_error_handlers(app, dialects=ERROR_DIALECTS)
     install_access(app, access, cors=access_config.cors)
+    tracing = _tracing(app, settings, environ, masker)  # added last: its middleware runs first
     surfaces = (chat.router, responses.router, messages.router)
     for router in (*surfaces, models.router, health.router, activity.router, metrics.router):
         app.include_router(router)

@@ -14,6 +14,7 @@ from openfusion.activity.config import ActivitySettings
 from openfusion.activity.cost import ModelPrice
 from openfusion.cache.config import CacheSettings
 from openfusion.errors import ConfigError
+from openfusion.observability.tracing import TracingSettings
 from openfusion.upstream.web.config import ResearchConfig
 
 
@@ -136,6 +137,7 @@ class Settings(BaseSettings):
     activity: ActivitySettings = Field(default_factory=ActivitySettings)
     pricing: PricingSettings = Field(default_factory=PricingSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

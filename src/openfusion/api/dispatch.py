@@ -67,6 +67,9 @@ class Exchange:
             # Each key finds only its own agent-loop turns.
             **({"turns": state.turns.owned_by(self.ledger.key_name)} if plan.mode == "slug" else {}),
         )
+        spans = self.ledger.spans
+        if spans is not None:  # the run's stages in their spans (a cached run's replay has none)
+            events = spans.events(events, request=self.chat)
         if ticket is None or state.cache is None:
             return events
         return state.cache.record(ticket, events, generation_id=self.ledger.generation_id, streamed=stream)

@@ -16,6 +16,7 @@ from openfusion.api.disconnect import ClientDisconnected
 from openfusion.api.shutdown import shutting_down
 from openfusion.errors import OpenFusionError
 from openfusion.observability.logs import generation_id as generation_id_var
+from openfusion.observability.tracing import current_request_spans
 from openfusion.pipeline.events import RunFinished
 from openfusion.protocol import Usage, new_generation_id
 from openfusion.sse import DONE, encode, error_chunk
@@ -44,7 +45,11 @@ class Ledger:
         self.state = state
         self.generation_id = new_generation_id()
         generation_id_var.set(self.generation_id)
-        self.trace = start_trace(pricing=state.prices.cost_of)  # the one source of the request's usage and cost
+        self.spans = current_request_spans()  # None unless tracing is on
+        # The one source of the request's usage and cost.
+        self.trace = start_trace(pricing=state.prices.cost_of, observer=self.spans)
+        if self.spans is not None:
+            self.spans.trace = self.trace
         self.created_at = utc_now()
         self.requested_model = requested_model
         self.streamed = streamed
@@ -187,6 +192,17 @@ class Ledger:
         if confirm is not None:
             written = confirm if written is None else _both(written, confirm)
         recorded = False
+        if self.spans is not None:
+            self.spans.closed(
+                generation_id=self.generation_id,
+                status=self.status,
+                failure_reason=self.failure_reason,
+                preset=self.preset,
+                requested_model=self.requested_model,
+                model=self.model,
+                usage=bill.usage,
+                api_type=self.api_type,
+            )
         if state.activity is not None:
             generation = self._generation_record(latency_ms, usage)
             recorded = state.activity.record(generation, calls, on_written=written, hurry=confirm is not None)

@@ -154,6 +154,7 @@ class UpstreamClient:
             usage=parse_usage(data.get("usage")),
             usage_reported=isinstance(data.get("usage"), dict),
         )
+        call.response_model, call.finish_reason = completion.model, completion.finish_reason
         end_call(call, status="ok", usage=completion.usage if completion.usage_reported else None)
         return completion
 
@@ -267,6 +268,32 @@ class UpstreamClient:
         raise AssertionError("unreachable: tenacity either returns or re-raises")
 
     async def _attempt(
+        self,
+        route: Route,
+        payload: dict[str, Any],
+        *,
+        stream: bool,
+        call: CallTrace,
+        path: str,
+        deadline: float,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """One attempt; when the request is traced, in its own span, whose context goes out with it."""
+        observer = call.observer
+        if observer is None:
+            return await self._timed_attempt(
+                route, payload, stream=stream, call=call, path=path, headers=headers, deadline=deadline
+            )
+        headers = observer.attempt_started(call, headers)
+        try:
+            return await self._timed_attempt(
+                route, payload, stream=stream, call=call, path=path, headers=headers, deadline=deadline
+            )
+        except BaseException as exc:
+            observer.attempt_failed(call, exc)
+            raise
+
+    async def _timed_attempt(
         self,
         route: Route,
         payload: dict[str, Any],
@@ -422,9 +449,13 @@ async def _chunks(
                 )
             if problem := completion_problem(chunk, key="delta"):
                 raise _protocol_error(route, problem)
-            finished = finished or any(c.get("finish_reason") for c in chunk.get("choices") or [])
+            if not finished:
+                reasons = [c["finish_reason"] for c in chunk.get("choices") or [] if c.get("finish_reason")]
+                if reasons:
+                    finished, call.finish_reason = True, reasons[0]
             if call.first_token is None:
                 call.first_token = time.perf_counter()
+                call.response_model = chunk.get("model")
             if isinstance(chunk.get("usage"), dict):
                 call.usage = parse_usage(chunk["usage"])
             yield chunk

@@ -10,14 +10,37 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from openfusion.protocol import Usage, sum_usage
 
 # (model slug, usage, the cost the upstream reported or None) -> the call's cost in USD, None when unknown
 Pricing = Callable[[str, Usage, float | None], float | None]
+
+
+class CallObserver(Protocol):
+    """Watches a request's upstream calls and research tool calls as they happen (the tracing spans).
+
+    Only a request whose trace has one (see `start_trace`) pays for any of this.
+    """
+
+    def attempt_started(self, call: CallTrace, headers: Mapping[str, str] | None) -> Mapping[str, str]:
+        """An attempt of `call` begins (`call.retries` before it); returns the headers to send with it."""
+
+    def attempt_failed(self, call: CallTrace, error: BaseException) -> None:
+        """The attempt under way failed (another may follow)."""
+
+    def call_ended(self, call: CallTrace) -> None:
+        """`call` ended (see its status)."""
+
+    def tool_started(self, name: str, arguments: str | None) -> Any:
+        """A research tool call begins; returns what `tool_ended` gets back."""
+
+    def tool_ended(self, handle: Any, *, error: str | None, sources: int) -> None:
+        """A research tool call ended: `error` is why it failed, if it did."""
 
 
 @dataclass
@@ -37,6 +60,9 @@ class CallTrace:
     retries: int = 0
     first_token: float | None = None  # streams: when the first chunk arrived
     sent: bool = False  # whether the request may have reached the provider (a refused connection never does)
+    response_model: str | None = None  # what the upstream called itself
+    finish_reason: str | None = None
+    observer: CallObserver | None = field(default=None, repr=False)
 
     @property
     def latency_ms(self) -> int:
@@ -73,6 +99,7 @@ class RequestTrace:
     started: float = field(default_factory=time.perf_counter)
     calls: list[CallTrace] = field(default_factory=list)
     pricing: Pricing = reported_cost
+    observer: CallObserver | None = None  # tracing: set only when it is on
 
     def cost_of(self, call: CallTrace) -> float | None:
         """One call's cost: 0 when nothing was billed, else priced (reported, else the price table), else None."""
@@ -112,9 +139,9 @@ _trace: ContextVar[RequestTrace | None] = ContextVar("openfusion_trace", default
 _role: ContextVar[str] = ContextVar("openfusion_role", default="passthrough")
 
 
-def start_trace(pricing: Pricing = reported_cost) -> RequestTrace:
+def start_trace(pricing: Pricing = reported_cost, *, observer: CallObserver | None = None) -> RequestTrace:
     """Begin tracing the current request (and every task it starts from here on)."""
-    trace = RequestTrace(pricing=pricing)
+    trace = RequestTrace(pricing=pricing, observer=observer)
     _trace.set(trace)
     return trace
 
@@ -134,12 +161,24 @@ def role(name: str) -> Iterator[None]:
         _role.reset(token)
 
 
+def current_role() -> str:
+    """The role of the calls made here (panel, judge, synthesizer, outer, passthrough)."""
+    return _role.get()
+
+
+def current_observer() -> CallObserver | None:
+    """The current request's call observer: None unless tracing is on."""
+    trace = _trace.get()
+    return trace.observer if trace is not None else None
+
+
 def begin_call(model: str, provider: str) -> CallTrace:
     """Record the start of an upstream call in the current trace (a detached record if there is none)."""
     call = CallTrace(role=_role.get(), model=model, provider=provider, started=time.perf_counter())
     trace = _trace.get()
     if trace is not None:
         trace.calls.append(call)
+        call.observer = trace.observer
     return call
 
 
@@ -159,3 +198,5 @@ def end_call(
     call.reported_cost = reported_cost if reported_cost is not None else (usage.cost if usage else None)
     call.error = error
     call.upstream_status = upstream_status
+    if call.observer is not None:
+        call.observer.call_ended(call)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from openfusion.delimiting import encode_untrusted
 from openfusion.masking import SecretMasker
+from openfusion.upstream.trace import current_observer
 from openfusion.upstream.web.config import ResearchConfig
 from openfusion.upstream.web.errors import FetchError, SearchError
 from openfusion.upstream.web.extract_pool import ExtractionPool
@@ -229,6 +230,19 @@ class WebResearch:
 
         `blocked_domains` (and their subdomains) are dropped from search results and refused by fetch.
         """
+        observer = current_observer()
+        if observer is None:
+            return await self._execute(name, arguments, blocked_domains)
+        handle = observer.tool_started(name, arguments)
+        try:
+            outcome = await self._execute(name, arguments, blocked_domains)
+        except BaseException as exc:
+            observer.tool_ended(handle, error=type(exc).__name__, sources=0)
+            raise
+        observer.tool_ended(handle, error=outcome.content if outcome.is_error else None, sources=len(outcome.sources))
+        return outcome
+
+    async def _execute(self, name: str, arguments: str | None, blocked_domains: Collection[str]) -> ToolOutcome:
         if name == WEB_SEARCH:
             return await self._search(arguments, blocked_domains)
         if name == WEB_FETCH:

@@ -1,0 +1,294 @@
+"""OpenTelemetry traces through the real server, exported over OTLP/HTTP to a real receiver on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from fakes.otlp import CLIENT, SERVER, STATUS_ERROR, Receiver, Span, by_trace, children, otlp_receiver
+from fakes.server import serve_in_thread
+from fakes.upstream import FakeUpstream, Script, wait_until
+from openfusion.app import create_app
+from openfusion.settings import Settings
+
+QUESTION = "Why is the sky blue?"
+PROVIDER_KEY = "sk-provider-secret"
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[Receiver, str]]:
+    with otlp_receiver() as received:
+        yield received
+
+
+@pytest.fixture
+def traced_server(
+    make_settings: Callable[..., Settings], receiver: tuple[Receiver, str]
+) -> Callable[..., AbstractContextManager[str]]:
+    """openfusion exporting its traces to the receiver (through OTEL_EXPORTER_OTLP_ENDPOINT, or `[tracing]`).
+
+    Leaving the block stops the server, which flushes every span to the receiver.
+    """
+    _, collector = receiver
+
+    @contextmanager
+    def start(*, tracing: dict[str, Any] | None = None, **overrides: Any) -> Iterator[str]:
+        environ = {"FAKE_KEY": PROVIDER_KEY}
+        if tracing is None:
+            environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = collector
+        else:
+            overrides["tracing"] = {"endpoint": collector, **tracing}
+        app = create_app(make_settings(**overrides), environ=environ)
+        with serve_in_thread(app) as url:
+            yield url
+
+    return start
+
+
+def ask(url: str, **kwargs: Any) -> Any:
+    kwargs.setdefault("model", "fusion/trio")
+    kwargs.setdefault("messages", [{"role": "user", "content": QUESTION}])
+    with openai.OpenAI(base_url=f"{url}/v1", api_key="sk-client-key-0123456789", max_retries=0) as sdk:
+        result = sdk.chat.completions.with_raw_response.create(**kwargs)
+        return result.headers, (list(result.parse()) if kwargs.get("stream") else result.parse())
+
+
+def server_span(spans: list[Span]) -> Span:
+    (root,) = [span for span in spans if span.kind == SERVER]
+    return root
+
+
+def named(spans: list[Span], name: str) -> Span:
+    (span,) = [span for span in spans if span.name == name]
+    return span
+
+
+def traceparent_of(span: Span) -> str:
+    """The version, trace and parent of a `traceparent` naming this span (its flags left out)."""
+    return f"00-{span.trace_id}-{span.span_id}"
+
+
+def sent_parent(header: str | None) -> str:
+    return (header or "").rsplit("-", 1)[0]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_fusion_is_one_trace_of_stages_and_calls(
+    upstream: FakeUpstream, traced_server: Any, receiver: tuple[Receiver, str], stream: bool
+) -> None:
+    with traced_server() as url:
+        headers, _ = ask(url, stream=stream)
+    spans = receiver[0].spans
+
+    root = server_span(spans)
+    assert {span.trace_id for span in spans} == {root.trace_id}  # one request, one trace
+    assert root.name == "POST /v1/chat/completions" and root.parent_id == ""
+    assert root.attributes["http.response.status_code"] == 200
+    assert root.attributes["http.route"] == "/v1/chat/completions"
+    assert root.attributes["openfusion.preset"] == "trio"
+    assert root.attributes["openfusion.status"] == "ok"
+    assert root.attributes["openfusion.generation_id"] == headers["x-generation-id"]
+    assert root.attributes["openfusion.panel_source"] == "fresh"
+    assert root.attributes["gen_ai.request.model"] == "fusion/trio"
+    assert root.attributes["gen_ai.usage.input_tokens"] == 5 * 11  # five calls of the fake's usage
+    assert root.resource["service.name"] == "openfusion"
+
+    panel, judge, synthesizer = children(spans, root)
+    assert (panel.name, judge.name, synthesizer.name) == ("panel", "judge fake/judge", "synthesize fake/synth")
+    assert panel.end_ns <= judge.start_ns and judge.end_ns <= synthesizer.start_ns  # in order, not overlapping
+    assert panel.attributes["openfusion.panel.answered"] == 3
+    assert [event for event, _ in panel.events] == ["panelist"] * 3
+
+    panel_calls = children(spans, panel)
+    assert sorted(span.name for span in panel_calls) == ["chat fake/a", "chat fake/b", "chat fake/c"]
+    (judge_call,) = children(spans, judge)
+    (synth_call,) = children(spans, synthesizer)
+    for call, role in [*((c, "panel") for c in panel_calls), (judge_call, "judge"), (synth_call, "synthesizer")]:
+        assert call.kind == CLIENT
+        attributes = call.attributes
+        assert attributes["gen_ai.operation.name"] == "chat"
+        assert attributes["gen_ai.request.model"] == call.name.removeprefix("chat ")
+        assert attributes["gen_ai.provider.name"] == "fake"
+        assert attributes["gen_ai.response.model"] == call.name.removeprefix("chat fake/")  # the fake echoes it
+        assert attributes["gen_ai.usage.input_tokens"] == 11 and attributes["gen_ai.usage.output_tokens"] == 7
+        assert attributes["gen_ai.response.finish_reasons"] == ["stop"]
+        assert attributes["openfusion.role"] == role
+        assert attributes["openfusion.attempt"] == 1 and attributes["openfusion.retry"] is False
+        assert attributes["openfusion.status"] == "ok"
+        assert call.status_code != STATUS_ERROR
+    # Each upstream call carried its own span's context: the provider's spans join the same trace.
+    sent = {call.model: sent_parent(call.headers.get("traceparent")) for call in upstream.calls}
+    assert sent == {c.attributes["gen_ai.request.model"].removeprefix("fake/"): traceparent_of(c)
+                    for c in [*panel_calls, judge_call, synth_call]}  # fmt: skip
+    # No prompt or answer text unless asked for.
+    assert not [key for span in spans for key in span.attributes if key.endswith("messages")]
+
+
+def test_a_failed_panelist_is_an_error_span_in_a_fusion_that_succeeded(
+    upstream: FakeUpstream, traced_server: Any, receiver: tuple[Receiver, str]
+) -> None:
+    upstream.script("b", Script(status=400, error_message="no such thing"))
+    with traced_server() as url:
+        ask(url)
+    spans = receiver[0].spans
+
+    root = server_span(spans)
+    assert root.attributes["openfusion.status"] == "ok" and root.status_code != STATUS_ERROR
+    panel = named(spans, "panel")
+    assert panel.attributes["openfusion.panel.answered"] == 2 and panel.attributes["openfusion.panel.failed"] == 1
+    failed = [attributes for event, attributes in panel.events if attributes["openfusion.status"] == "error"]
+    assert [(f["gen_ai.request.model"], f["openfusion.failure_reason"]) for f in failed] == [
+        ("fake/b", "upstream_error")
+    ]
+    call = named(spans, "chat fake/b")
+    assert call.parent_id == panel.span_id
+    assert call.status_code == STATUS_ERROR and "no such thing" in call.status_message
+    assert call.attributes["http.response.status_code"] == 400
+    assert call.attributes["openfusion.failure_reason"] == "upstream_error"
+    assert call.attributes["openfusion.status"] == "error"
+
+
+def test_a_retried_call_is_a_span_per_attempt(
+    upstream: FakeUpstream, traced_server: Any, receiver: tuple[Receiver, str]
+) -> None:
+    upstream.script("a", Script(status=503), Script(content="second time lucky"))
+    with traced_server() as url:
+        ask(url)
+    spans = receiver[0].spans
+
+    panel = named(spans, "panel")
+    first, second = sorted((s for s in spans if s.name == "chat fake/a"), key=lambda s: s.start_ns)
+    assert first.parent_id == second.parent_id == panel.span_id
+    assert first.end_ns <= second.start_ns
+    assert (first.attributes["openfusion.attempt"], first.attributes["openfusion.retry"]) == (1, False)
+    assert first.status_code == STATUS_ERROR and first.attributes["http.response.status_code"] == 503
+    assert (second.attributes["openfusion.attempt"], second.attributes["openfusion.retry"]) == (2, True)
+    assert second.attributes["http.request.resend_count"] == 1
+    assert second.attributes["openfusion.status"] == "ok" and second.attributes["gen_ai.usage.output_tokens"] == 7
+    # Each attempt went out with its own span as the parent.
+    assert [sent_parent(call.headers["traceparent"]) for call in upstream.calls_for("a")] == [
+        traceparent_of(first),
+        traceparent_of(second),
+    ]
+
+
+def test_a_cancelled_request_ends_every_span_as_cancelled(
+    upstream: FakeUpstream, traced_server: Any, receiver: tuple[Receiver, str]
+) -> None:
+    for model in ("a", "b", "c"):
+        upstream.script(model, Script(delay_s=30))
+    with traced_server() as url:
+        with pytest.raises(httpx.ReadTimeout):  # the client leaves while the panel is still thinking
+            httpx.post(
+                f"{url}/v1/chat/completions",
+                json={"model": "fusion/trio", "messages": [{"role": "user", "content": QUESTION}]},
+                timeout=0.5,
+            )
+        wait_until(lambda: len(upstream.calls) == 3 and all(c.disconnected for c in upstream.calls), timeout=3)
+    spans = receiver[0].spans
+
+    root = server_span(spans)
+    assert root.attributes["openfusion.status"] == "cancelled"
+    assert root.attributes["openfusion.failure_reason"] == "cancelled"
+    (panel,) = children(spans, root)  # the run never got past its panel
+    assert panel.name == "panel" and panel.attributes["openfusion.status"] == "cancelled"
+    calls = children(spans, panel)
+    assert sorted(c.name for c in calls) == ["chat fake/a", "chat fake/b", "chat fake/c"]
+    assert {c.attributes["openfusion.status"] for c in calls} == {"cancelled"}
+
+
+def test_an_incoming_traceparent_is_continued(
+    upstream: FakeUpstream, traced_server: Any, receiver: tuple[Receiver, str]
+) -> None:
+    caller_trace, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    with traced_server(tracing={}) as url:  # configured by `[tracing]` this time
+        response = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={"model": "fusion/trio", "messages": [{"role": "user", "content": QUESTION}]},
+            headers={"traceparent": f"00-{caller_trace}-{caller_span}-01"},
+            timeout=20,
+        )
+        assert response.status_code == 200
+    spans = receiver[0].spans
+
+    root = server_span(spans)
+    assert (root.trace_id, root.parent_id) == (caller_trace, caller_span)
+    assert {span.trace_id for span in spans} == {caller_trace}
+    assert len(by_trace(spans, caller_trace)) == 3 + 5 + 1  # server, three stages, five calls
+    assert all(call.headers["traceparent"].split("-")[1] == caller_trace for call in upstream.calls)
+
+
+def test_prompt_and_answer_text_only_when_asked_and_masked(
+    upstream: FakeUpstream, traced_server: Any, receiver: tuple[Receiver, str]
+) -> None:
+    upstream.script("a", Script(content=f"my key is {PROVIDER_KEY}, the sky scatters blue"))
+    upstream.script("synth", Script(content="Rayleigh scattering."))
+    with traced_server(tracing={"capture_content": True}) as url:
+        ask(url, messages=[{"role": "user", "content": f"{QUESTION} (use {PROVIDER_KEY})"}])
+    spans = receiver[0].spans
+
+    root = server_span(spans)
+    assert QUESTION in root.attributes["gen_ai.input.messages"]
+    assert "Rayleigh scattering." in root.attributes["gen_ai.output.messages"]
+    panel = named(spans, "panel")
+    answers = [attributes["gen_ai.output.messages"] for _, attributes in panel.events]
+    assert any("the sky scatters blue" in answer for answer in answers)
+    assert "consensus" in named(spans, "judge fake/judge").attributes["gen_ai.output.messages"]
+    exported = repr([(span.attributes, span.events) for span in spans])
+    assert PROVIDER_KEY not in exported and "sk-provider" not in exported  # masked like activity
+
+
+def test_tracing_off_never_imports_the_tracing_sdk(tmp_path: Any) -> None:
+    """(Other libraries may import parts of OpenTelemetry themselves: redis-py its metrics, FastAPI its API.)"""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from openfusion.app import create_app\n"
+        "from openfusion.settings import Settings\n"
+        "create_app(Settings(), environ={})\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry.sdk.trace', 'opentelemetry.exporter',"
+        " 'openfusion.observability.otel', 'openfusion.api.tracing'))))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_research_tool_calls_are_client_spans_of_their_stage(
+    upstream: FakeUpstream, traced_server: Any, receiver: tuple[Receiver, str]
+) -> None:
+    from .test_research import SITE, call, research_settings
+
+    with serve_in_thread(SITE) as site:
+        upstream.script(
+            "a",
+            Script(tool_calls=[call("web_search", query="grid curtailment")]),
+            Script(tool_calls=[call("web_fetch", url=f"{site}/secret-nothing-here")]),
+            Script(content="Curtailment fell by a third."),
+        )
+        with traced_server(**research_settings(site)) as url:
+            ask(url)
+    spans = receiver[0].spans
+
+    panel = named(spans, "panel")
+    search, fetch = named(spans, "execute_tool web_search"), named(spans, "execute_tool web_fetch")
+    for tool, name in ((search, "web_search"), (fetch, "web_fetch")):
+        assert tool.parent_id == panel.span_id and tool.kind == CLIENT
+        assert tool.attributes["gen_ai.operation.name"] == "execute_tool"
+        assert tool.attributes["gen_ai.tool.name"] == name
+        assert tool.attributes["openfusion.role"] == "panel"
+        assert "gen_ai.tool.call.arguments" not in tool.attributes  # the query is the user's text: not captured
+    assert search.attributes["openfusion.sources"] == 2 and search.status_code != STATUS_ERROR
+    assert fetch.status_code == STATUS_ERROR and "web_fetch error" in fetch.status_message  # a 404 page
+    # Between the tool calls, the panelist's three completions, in order.
+    a_calls = sorted((s for s in spans if s.name == "chat fake/a"), key=lambda s: s.start_ns)
+    assert len(a_calls) == 3
+    assert a_calls[0].end_ns <= search.start_ns <= search.end_ns <= a_calls[1].start_ns
+    assert a_calls[1].end_ns <= fetch.start_ns <= fetch.end_ns <= a_calls[2].start_ns
