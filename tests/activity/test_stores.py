@@ -158,7 +158,7 @@ def test_pending_refuses_unordered_steps() -> None:
 
 
 async def test_round_trip_with_content(store: ActivityStore) -> None:
-    entry = make_entry("gen-rt", content=True, cost=0.0581)
+    entry = make_entry("gen-rt", content=True, cost=0.0581, trace_id="4bf92f3577b34da6a3ce929d0e0e4736")
     await store.write([entry])
     loaded = await store.get("gen-rt")
     assert loaded == entry  # every field, the calls in their order, the content, the exact timestamp
@@ -171,6 +171,7 @@ async def test_round_trip_metadata_only_and_unknown_cost(store: ActivityStore) -
     loaded = await store.get("gen-meta")
     assert loaded is not None
     assert loaded.generation.cost is None  # unknown stays unknown, not 0
+    assert loaded.generation.trace_id is None  # recorded without tracing
     assert not loaded.generation.has_content
     assert loaded.calls == ()
 

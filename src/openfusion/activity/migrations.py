@@ -77,6 +77,7 @@ _SPEND_INDEX = "CREATE INDEX generations_spend ON generations (key_name, created
 # Every generation before this step came through Chat Completions.
 _API_TYPE = "ALTER TABLE generations ADD COLUMN api_type TEXT NOT NULL DEFAULT 'completions'"
 _STATUS_CODE = "ALTER TABLE generations ADD COLUMN status_code INTEGER"
+_TRACE_ID = "ALTER TABLE generations ADD COLUMN trace_id TEXT"
 # One key's activity newest first (and its spend today): serves both, so the spend-only index goes.
 _BY_KEY_INDEX = "CREATE INDEX generations_by_key ON generations (key_name, created_at DESC, id DESC)"
 _DROP_SPEND_INDEX = "DROP INDEX IF EXISTS generations_spend"
@@ -151,6 +152,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             CACHE_EXPIRY_INDEX,
             CACHE_EVICTION_INDEX,
         ),
+    ),
+    Migration(
+        version=9,
+        description="the OpenTelemetry trace a generation was recorded in (trace_id)",
+        sqlite=(_TRACE_ID,),
+        postgres=(_TRACE_ID,),
     ),
 )
 

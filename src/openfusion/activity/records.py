@@ -71,6 +71,8 @@ class GenerationRecord(_Record):
     # Answered from the result cache: no upstream call was made; `cost_saved` is what the original run cost.
     cache_hit: bool = False
     cost_saved: float | None = Field(default=None, ge=0)
+    # The OpenTelemetry trace of the request (32 hex digits), when tracing is on.
+    trace_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
     # Content, stored only with `store_content` on.
     panel_answers: list[PanelText] | None = None
     # The judge's analysis as JSON (Analysis.model_dump()): kept schemaless so old rows stay readable.

@@ -31,6 +31,7 @@ SUMMARY_COLUMNS = (
     "status_code",
     "cache_hit",
     "cost_saved",
+    "trace_id",
 )
 CONTENT_COLUMNS = ("panel_answers", "analysis", "final_answer")
 GENERATION_COLUMNS = SUMMARY_COLUMNS + CONTENT_COLUMNS
@@ -193,6 +194,7 @@ def _generation_values(record: GenerationRecord) -> tuple[Any, ...]:
         record.status_code,
         record.cache_hit,
         record.cost_saved,
+        record.trace_id,
         panel,
         _json_text(record.analysis) if record.analysis is not None else None,
         record.final_answer,
@@ -226,6 +228,7 @@ def generation_from_row(row: Sequence[Any]) -> GenerationRecord:
         status_code=values["status_code"],
         cache_hit=bool(values["cache_hit"]),
         cost_saved=values["cost_saved"],
+        trace_id=values["trace_id"],
         panel_answers=[PanelText(**p) for p in orjson.loads(panel)] if panel is not None else None,
         analysis=orjson.loads(analysis) if analysis is not None else None,
         final_answer=values.get("final_answer"),

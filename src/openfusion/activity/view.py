@@ -50,6 +50,7 @@ def summary_body(generation: GenerationRecord) -> dict[str, Any]:
         "status_code": generation.status_code,
         "cache_hit": generation.cache_hit,
         "cost_saved": generation.cost_saved,
+        "trace_id": generation.trace_id,
     }
 
 

@@ -128,14 +128,17 @@ async def activity_page(
 
 
 @router.get("/activity/{generation_id}", response_class=HTMLResponse, include_in_schema=False)
-async def generation_page(store: Store, owner: Owner, generation_id: str) -> HTMLResponse:
+async def generation_page(request: Request, store: Store, owner: Owner, generation_id: str) -> HTMLResponse:
     """One request: its timeline of upstream calls and, when stored, the answers side by side."""
     entry = await store.get(checked_id(generation_id, "generation_id"), key_name=owner)
     if entry is None:
         return _html("activity_missing.html", status_code=404, generation_id=generation_id)
+    settings = getattr(request.app.state, "settings", None)  # an app of the activity routes alone has none
+    trace_id, trace_url = entry.generation.trace_id, settings.tracing.trace_url if settings is not None else None
     return _html(
         "activity_detail.html",
         g=entry.generation,
+        trace_link=trace_url.replace("{trace_id}", trace_id) if trace_url and trace_id else None,
         calls=entry.calls,
         timeline=build_timeline(entry.generation, entry.calls),
         sections=ANALYSIS_SECTIONS,

@@ -241,6 +241,7 @@ class Ledger:
             status_code=self.status_code,
             cache_hit=self.cache_hit,
             cost_saved=self.cost_saved,
+            trace_id=self.spans.trace_id if self.spans is not None else None,
             panel_answers=[PanelText(model=m, content=c) for m, c in self.content.get("panel_answers", [])] or None,
             analysis=self.content.get("analysis"),
             final_answer=self.content.get("final_answer"),

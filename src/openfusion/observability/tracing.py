@@ -36,6 +36,15 @@ class TracingSettings(BaseModel):
     # Prompt and answer text on the spans (masked like activity); also
     # OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true. Off: no text leaves in a span.
     capture_content: bool = False
+    # The activity page links a generation to its trace here, e.g. "http://jaeger:16686/trace/{trace_id}".
+    trace_url: str | None = None
+
+    @field_validator("trace_url")
+    @classmethod
+    def _trace_link(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith(("http://", "https://")) or "{trace_id}" not in value):
+            raise ValueError("tracing.trace_url must be an http(s) URL with {trace_id} in it")
+        return value
 
     @field_validator("endpoint")
     @classmethod
