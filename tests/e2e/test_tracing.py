@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from e2e.processes import fusion, provider_config, serve
 from fakes.otlp import CLIENT, SERVER, STATUS_ERROR, Receiver, Span, by_trace, children, otlp_receiver
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream, Script, wait_until
@@ -292,3 +293,49 @@ def test_research_tool_calls_are_client_spans_of_their_stage(
     assert len(a_calls) == 3
     assert a_calls[0].end_ns <= search.start_ns <= search.end_ns <= a_calls[1].start_ns
     assert a_calls[1].end_ns <= fetch.start_ns <= fetch.end_ns <= a_calls[2].start_ns
+
+
+def test_the_activity_record_links_the_generation_to_its_trace(
+    upstream: FakeUpstream, traced_server: Any, receiver: tuple[Receiver, str], tmp_path: Any
+) -> None:
+    activity = {"path": tmp_path / "activity.sqlite3"}
+    trace_url = "http://traces.example/trace/{trace_id}"
+    with traced_server(tracing={"trace_url": trace_url}, activity=activity) as url:
+        headers, _ = ask(url)
+        generation_id = headers["x-generation-id"]
+        wait_until(lambda: httpx.get(f"{url}/api/v1/generation", params={"id": generation_id}).status_code == 200)
+        recorded = httpx.get(f"{url}/api/v1/generation", params={"id": generation_id}).json()["data"]
+        page = httpx.get(f"{url}/activity/{generation_id}").text
+    spans = receiver[0].spans
+    root = named(spans, "POST /v1/chat/completions")
+    # The activity reads are requests too, each its own trace.
+    assert {s.name for s in spans if s.kind == SERVER} >= {"GET /api/v1/generation", "GET /activity/{generation_id}"}
+
+    assert root.attributes["openfusion.generation_id"] == generation_id
+    assert recorded["trace_id"] == root.trace_id
+    assert f'href="http://traces.example/trace/{root.trace_id}"' in page
+
+
+def test_each_worker_exports_its_own_spans_and_flushes_them_at_exit(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Any, tmp_path: Any, receiver: tuple[Receiver, str]
+) -> None:
+    import signal
+
+    _, upstream_url = fake_upstream
+    config = provider_config(upstream_url, extra=f'[tracing]\nendpoint = "{receiver[1]}"\n')
+    with serve(config, presets_dir, tmp_path, args=("--workers", "2")) as served:
+        pids = served.wait_serving(2)
+        generations = []
+        for number in (1, 2):
+            with served.only(pids[number], pids):
+                response = fusion(served.url)
+                assert response.status_code == 200
+                generations.append(response.headers["x-generation-id"])
+        served.process.send_signal(signal.SIGTERM)  # at once: the spans are still waiting for their batch
+        assert served.process.wait(timeout=30) == 0
+    spans = receiver[0].spans
+
+    roots = [span for span in spans if span.name == "POST /v1/chat/completions"]
+    assert sorted(root.attributes["openfusion.generation_id"] for root in roots) == sorted(generations)
+    assert {root.resource["process.pid"] for root in roots} == set(pids.values())  # one exporter per worker
+    assert len(spans) == 2 * (1 + 3 + 5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -55,7 +56,8 @@ class Tracing:
         self.tracer: Tracer | None = None
 
     def start(self) -> None:
-        resource = Resource.create({"service.name": self.config.service_name, "service.version": __version__})
+        attributes = {"service.name": self.config.service_name, "service.version": __version__}
+        resource = Resource.create({**attributes, "process.pid": os.getpid()})  # which worker of several
         provider = TracerProvider(resource=resource)
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=self.config.traces_endpoint)))
         self.provider, self.tracer = provider, provider.get_tracer("openfusion", __version__)
