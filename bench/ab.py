@@ -1,24 +1,28 @@
 """Before/after: openfusion builds side by side, interleaved, on the costs that matter most.
 
     python -m bench.ab --build before=/tmp/a/bin/openfusion --build after=/tmp/b/bin/openfusion [--rounds 3]
+    python -m bench.ab --build off=… --build on=… --traced on   # `on` exports traces to a local collector
 
 For an optimisation, build one venv without and one with the change (e.g. `python -m bench
 --snapshot` leaves a frozen build of the checkout in /tmp/openfusion-bench/snapshot/venv), then
 run this: both instances get the same fake upstream and the same requests, round by round with the
 order rotated. Prints and writes (as JSON next to the logs) CPU per request, latency and the price of
-a relayed token for each.
+a relayed token for each. An arm named by `--traced` runs with `[tracing]` pointed at a local OTLP/HTTP
+sink (`bench/collector.py`, its own process): the cost of tracing every request.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.harness import Bench, aggregate, interleaved, run_harness
+from bench.harness import REPO, Bench, aggregate, interleaved, run_harness
 from bench.load import chat_body
+from bench.procs import Service, free_port
 from bench.scenarios import BENCH3, FAST0, PASS_MODEL, dumps, main_presets, proxy_cpu_ms, request_fn, say
 
 LONG = replace(FAST0, name="fast0long", synth="fake/lat-0-tok-408")
@@ -51,9 +55,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     bench = Bench(run_dir)
     try:
         bench.start_fake()
+        tracing = ""
+        if args.traced:
+            port = free_port()
+            argv = [sys.executable, "-m", "bench.collector", "--port", str(port)]
+            collector = bench._start(Service("collector", argv, port, "/health", log_dir=bench.logs, cwd=REPO))
+            tracing = f'\n[tracing]\nendpoint = "{collector.url}"\n'
         for arm, exe in builds.items():
             bench.openfusion_bin = exe
-            bench.start_openfusion(f"openfusion_{arm}", presets)
+            bench.start_openfusion(f"openfusion_{arm}", presets, http_extra=tracing if arm in args.traced else "")
         for name, preset, stream, c, shows in CASES:
             if args.only and not any(word in name for word in args.only.split(",")):
                 continue
@@ -94,6 +104,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 long = proxy_cpu_ms(results["cases"][long_case][arm])
                 results["us_per_token"].setdefault(kind, {})[arm] = price = (long - short) * 1000 / 400
                 say(f"    {arm:>16}: {price:8.1f}")
+        if args.traced:
+            async with bench.session().get(bench.services["collector"].url + "/stats") as response:
+                results["collector"] = await response.json()
+            say(f"collector received: {results['collector']}")
     finally:
         await bench.close_sessions()
         bench.stop_all()
@@ -108,6 +122,9 @@ def main() -> int:
         "--build", action="append", required=True, help="NAME=PATH of an `openfusion` executable (repeat: 2 or more)"
     )
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--traced", action="append", default=[], help="NAME of a build to run with tracing to a local collector"
+    )
     parser.add_argument("--slice-s", type=float, default=3.0)
     parser.add_argument("--only", default="", help="comma-separated words: run only the cases whose name has one")
     args = parser.parse_args()
