@@ -137,6 +137,7 @@ class Settings(BaseSettings):
     activity: ActivitySettings = Field(default_factory=ActivitySettings)
     pricing: PricingSettings = Field(default_factory=PricingSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    # OpenTelemetry traces over OTLP/HTTP (the `openfusion[otel]` extra); off without an endpoint.
     tracing: TracingSettings = Field(default_factory=TracingSettings)
 
 
