@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -38,6 +39,12 @@ max_completion_tokens = 1000
 def judge_script(analysis: dict[str, Any] | None = None) -> Script:
     """The fake judge's reply: a valid analysis."""
     return Script(content=json.dumps(analysis or ANALYSIS))
+
+
+def server_environ(**values: str) -> dict[str, str]:
+    """The environment a test server reads: the fake's key, and the session's temporary state directory (an
+    explicit environment without XDG_STATE_HOME would put the default activity store under ~/.local/state)."""
+    return {"FAKE_KEY": "sk-provider-secret", "XDG_STATE_HOME": os.environ["XDG_STATE_HOME"], **values}
 
 
 @pytest.fixture
@@ -85,7 +92,7 @@ def start_server(make_settings: Callable[..., Settings]) -> Callable[..., Abstra
 
     @contextmanager
     def start(**overrides: Any) -> Iterator[str]:
-        app = create_app(make_settings(**overrides), environ={"FAKE_KEY": "sk-provider-secret"})
+        app = create_app(make_settings(**overrides), environ=server_environ())
         with serve_in_thread(app) as url:
             yield url
 
@@ -119,7 +126,7 @@ def start_probed_server(make_settings: Callable[..., Settings]) -> Callable[...,
 
     @contextmanager
     def start(**overrides: Any) -> Iterator[tuple[str, LoopProbe]]:
-        probe = LoopProbe(create_app(make_settings(**overrides), environ={"FAKE_KEY": "sk-provider-secret"}))
+        probe = LoopProbe(create_app(make_settings(**overrides), environ=server_environ()))
         with serve_in_thread(probe) as url:
             yield url, probe
 
