@@ -17,6 +17,8 @@ from fakes.upstream import FakeUpstream, Script, wait_until
 from openfusion.app import create_app
 from openfusion.settings import Settings
 
+from .conftest import server_environ
+
 QUESTION = "Why is the sky blue?"
 PROVIDER_KEY = "sk-provider-secret"
 
@@ -39,7 +41,7 @@ def traced_server(
 
     @contextmanager
     def start(*, tracing: dict[str, Any] | None = None, **overrides: Any) -> Iterator[str]:
-        environ = {"FAKE_KEY": PROVIDER_KEY}
+        environ = server_environ()
         if tracing is None:
             environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = collector
         else:
@@ -339,3 +341,21 @@ def test_each_worker_exports_its_own_spans_and_flushes_them_at_exit(
     assert sorted(root.attributes["openfusion.generation_id"] for root in roots) == sorted(generations)
     assert {root.resource["process.pid"] for root in roots} == set(pids.values())  # one exporter per worker
     assert len(spans) == 2 * (1 + 3 + 5)
+
+
+def test_a_cache_hit_is_a_trace_without_stages_or_calls(
+    upstream: FakeUpstream, traced_server: Any, receiver: tuple[Receiver, str], presets_dir: Any
+) -> None:
+    from .conftest import TRIO
+
+    (presets_dir / "cached.toml").write_text(TRIO + "cache_ttl_s = 60\n")
+    with traced_server() as url:
+        ask(url, model="fusion/cached")
+        ask(url, model="fusion/cached")
+    spans = receiver[0].spans
+
+    miss, hit = sorted((s for s in spans if s.kind == SERVER), key=lambda s: s.start_ns)
+    assert (miss.attributes["openfusion.cache"], hit.attributes["openfusion.cache"]) == ("miss", "hit")
+    assert len(by_trace(spans, miss.trace_id)) == 1 + 3 + 5  # the run, traced as any
+    assert by_trace(spans, hit.trace_id) == [hit]  # answered at once: nothing ran, nothing was called
+    assert hit.attributes["openfusion.status"] == "ok" and hit.attributes["openfusion.cost"] == 0

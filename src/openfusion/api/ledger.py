@@ -200,7 +200,7 @@ class Ledger:
                 preset=self.preset,
                 requested_model=self.requested_model,
                 model=self.model,
-                usage=bill.usage,
+                usage=usage,
                 api_type=self.api_type,
             )
         if state.activity is not None:

@@ -11,12 +11,14 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openfusion.api.access import OPEN_PATHS
+from openfusion.api.cache import CACHE_HEADER
 from openfusion.api.handlers import route_path
 from openfusion.observability.otel import PROPAGATOR, Tracing
 from openfusion.observability.tracing import reset_request_spans, set_request_spans
 
 _UNTRACED = OPEN_PATHS | {"/metrics"}  # probes and scrapes: many, periodic, of no interest
 _PROPAGATED = (b"traceparent", b"tracestate")
+_CACHE = CACHE_HEADER.lower().encode("latin-1")
 
 
 class TracingMiddleware:
@@ -50,6 +52,9 @@ class TracingMiddleware:
                 server.set_attribute("http.response.status_code", status)
                 if status >= 500:
                     server.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
+                for name, value in message.get("headers", ()):
+                    if name.lower() == _CACHE:  # the result cache's hit, miss or bypass
+                        server.set_attribute("openfusion.cache", value.decode("latin-1"))
             await send(message)
 
         try:
