@@ -183,3 +183,15 @@ def test_an_empty_answer_is_a_502(upstream: FakeUpstream, start_server: Any, tmp
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "upstream_invalid_response"
     assert record["status"] == "error" and record["failure_reason"] == "upstream_invalid_response"
+
+
+def test_a_stream_client_that_leaves_closes_the_upstream_stream(upstream: FakeUpstream, server: str) -> None:
+    upstream.script("plain", Script(chunks=[f"t{i} " for i in range(20)], chunk_interval_s=0.5))
+    body = {"model": "fake/plain", "stream": True, "messages": HI}
+
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=10) as response:
+        lines = response.iter_lines()  # keep the iterator: a collected one closes the response
+        assert any("t0" in line for line in lines)
+
+    # The client went away: the relay stops and closes the upstream stream, long before its last chunk (~10 s).
+    wait_until(lambda: upstream.calls_for("plain")[0].disconnected, timeout=3.0)

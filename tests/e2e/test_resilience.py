@@ -17,7 +17,7 @@ CHAT = "/v1/chat/completions"
 HI = [{"role": "user", "content": "Hi"}]
 # Short stage limits so every fault resolves quickly; the matrix asserts outcomes, not speed.
 FAST_LIMITS = {"panel_timeout_s": 0.5, "judge_timeout_s": 0.5, "synth_timeout_s": 0.5}
-OUR_TASKS = ("panel:", "fusion-run", "disconnect-watch")
+OUR_TASKS = ("panel:", "fusion-run", "disconnect-watch", "response-body")
 
 
 def fusion(url: str, *, stream: bool = False, timeout: float = 20, **plugin: Any) -> httpx.Response:

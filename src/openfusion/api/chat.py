@@ -6,12 +6,13 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from openfusion.api.body import parse_chat_request, read_body
 from openfusion.api.deps import AppState
 from openfusion.api.disconnect import cancel_on_disconnect
 from openfusion.api.dispatch import Exchange, record_unparsed_refusal, serve
+from openfusion.api.event_stream import EventStreamResponse
 from openfusion.api.fusion_response import complete_fusion, stream_fusion
 from openfusion.api.passthrough import SSE_HEADERS, pass_through
 from openfusion.errors import OpenFusionError
@@ -56,7 +57,7 @@ async def _fusion(exchange: Exchange) -> Response:
             progress=not (chat.reasoning or {}).get("exclude", False),
             ledger=ledger,
         )
-        return StreamingResponse(ledger.closing(body), media_type="text/event-stream", headers=SSE_HEADERS)
+        return EventStreamResponse(ledger.closing(body), media_type="text/event-stream", headers=SSE_HEADERS)
     work = complete_fusion(events, generation_id=ledger.generation_id, ledger=ledger)
     result: dict[str, Any] = await cancel_on_disconnect(exchange.request, work, drain=exchange.state.drain)
     return Response(orjson.dumps(result), media_type="application/json")

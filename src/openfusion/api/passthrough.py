@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from openfusion.api.deps import AppState
+from openfusion.api.event_stream import EventStreamResponse
 from openfusion.api.ledger import Ledger
 from openfusion.errors import UpstreamError, UpstreamProtocolError, UpstreamStatusError
 from openfusion.pipeline.plan import fusion_plugin_index
@@ -53,7 +54,8 @@ async def pass_through(state: AppState, chat: ChatRequest, data: dict[str, Any],
         ledger.status, ledger.failure_reason = "error", f"upstream_{forwarded.status_code}"
     if chat.stream and forwarded.status_code < 400:
         relay = ledger.closing(_relay(forwarded, model=chat.model, ledger=ledger))
-        return StreamingResponse(relay, status_code=forwarded.status_code, headers={**forwarded.headers, **SSE_HEADERS})
+        sse_headers = {**forwarded.headers, **SSE_HEADERS}
+        return EventStreamResponse(relay, status_code=forwarded.status_code, headers=sse_headers)
     try:
         content = b"".join([chunk async for chunk in forwarded.body])
         if forwarded.trace is not None and forwarded.status_code < 400:

@@ -15,10 +15,11 @@ from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from openfusion.api.deps import AppState
 from openfusion.api.dispatch import Exchange
+from openfusion.api.event_stream import EventStreamResponse
 from openfusion.api.ledger import Ledger
 from openfusion.api.messages.errors import error_event
 from openfusion.api.messages.writer import SIGNATURE_PREFIX
@@ -56,7 +57,8 @@ async def forward_native(exchange: Exchange, raw: dict[str, Any]) -> Response:
         ledger.status, ledger.failure_reason = "error", f"upstream_{forwarded.status_code}"
     elif chat.stream:
         relay = ledger.closing(_relay(forwarded, ledger=ledger, model=chat.model), render_error=error_event)
-        return StreamingResponse(relay, status_code=forwarded.status_code, headers={**forwarded.headers, **SSE_HEADERS})
+        sse_headers = {**forwarded.headers, **SSE_HEADERS}
+        return EventStreamResponse(relay, status_code=forwarded.status_code, headers=sse_headers)
     try:
         content = b"".join([chunk async for chunk in forwarded.body])
         if forwarded.status_code < 400 and (message := _json(content)) is not None:

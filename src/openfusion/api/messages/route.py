@@ -8,12 +8,13 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from openfusion.api.body import load_json_object, read_body
 from openfusion.api.deps import AppState
 from openfusion.api.disconnect import cancel_on_disconnect
 from openfusion.api.dispatch import Exchange, record_unparsed_refusal, serve
+from openfusion.api.event_stream import EventStreamResponse
 from openfusion.api.fusion_response import with_keepalive
 from openfusion.api.ledger import Ledger
 from openfusion.api.messages.native import count_native, forward_native, speaks_messages
@@ -91,7 +92,7 @@ async def _render(exchange: Exchange, translated: Translated) -> Response:
             _stream(writer, events, ledger=ledger, keepalive_interval=state.settings.keepalive_interval_s),
             render_error=lambda error: _encode(writer.fail(error)),  # the end of the grace period
         )
-        return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
+        return EventStreamResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
     result = await cancel_on_disconnect(exchange.request, _complete(writer, events, ledger=ledger), drain=state.drain)
     return Response(orjson.dumps(result), media_type="application/json")
 

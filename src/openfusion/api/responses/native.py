@@ -13,9 +13,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from openfusion.api.dispatch import Exchange
+from openfusion.api.event_stream import EventStreamResponse
 from openfusion.api.ledger import Ledger
 from openfusion.api.passthrough import SSE_HEADERS, forward_first_success, without_openfusion_fields
 from openfusion.api.responses.request import Translated
@@ -43,7 +44,8 @@ async def forward_native(exchange: Exchange, translated: Translated, *, keep: Ke
         ledger.status, ledger.failure_reason = "error", f"upstream_{forwarded.status_code}"
     elif chat.stream:
         relay = ledger.closing(_relay(forwarded, ledger=ledger, keep=keep), render_error=_error_event)
-        return StreamingResponse(relay, status_code=forwarded.status_code, headers={**forwarded.headers, **SSE_HEADERS})
+        sse_headers = {**forwarded.headers, **SSE_HEADERS}
+        return EventStreamResponse(relay, status_code=forwarded.status_code, headers=sse_headers)
     try:
         content = b"".join([chunk async for chunk in forwarded.body])
     finally:

@@ -1,0 +1,54 @@
+"""The streamed response of every SSE route: Starlette's StreamingResponse, watching for the client's
+departure with one plain asyncio task instead of an anyio task group.
+
+Under an ASGI server that speaks spec 2.3 (uvicorn), Starlette streams a body inside an anyio task
+group: a cancel scope, a task for the body and a second one listening for `http.disconnect`. Per
+streamed request that was ~4% of a fusion's CPU and ~9 KiB of memory for as long as the stream is
+open. Here the body runs as one task and the request's own task listens: the client leaving cancels
+the body (its upstream calls close at once, as before) and the response ends quietly, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+
+class EventStreamResponse(StreamingResponse):
+    """A streamed body; the client leaving cancels it (its background task still runs afterwards)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        listener = asyncio.current_task()
+        assert listener is not None
+        body = asyncio.create_task(self.stream_response(send), name="response-body")
+        ended = False  # the body's end interrupted the listening (our own cancellation)
+
+        def stop_listening(_: asyncio.Future[None]) -> None:
+            nonlocal ended
+            ended = True
+            listener.cancel()
+
+        body.add_done_callback(stop_listening)
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            # The client left first: cancel the body (its upstream calls close) and let it unwind.
+            body.remove_done_callback(stop_listening)
+            body.cancel()
+            await asyncio.wait((body,))
+            if not body.cancelled():
+                body.result()  # it ended on its own meanwhile (its error, if any, surfaces here)
+        except asyncio.CancelledError:
+            if not ended or listener.uncancel() > 0:  # cancelled from outside: the body goes too, then this
+                body.remove_done_callback(stop_listening)
+                body.cancel()
+                await asyncio.wait((body,))
+                raise
+            body.result()  # the body's own error, if any, surfaces here as it did
+        if self.background is not None:
+            await self.background()

@@ -1,0 +1,107 @@
+"""The SSE routes' streamed response: its body, its client leaving, its errors and its background task."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from starlette.background import BackgroundTask
+
+from openfusion.api.event_stream import EventStreamResponse
+
+SCOPE = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "method": "POST", "path": "/"}
+
+
+class Client:
+    """The ASGI side of one request: what was sent, and a disconnect to hand over when told."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.leave = asyncio.Event()
+        self.got_body = asyncio.Event()  # some of the body arrived
+
+    async def receive(self) -> dict[str, Any]:
+        await self.leave.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+        if message.get("body"):
+            self.got_body.set()
+
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.sent if m["type"] == "http.response.body")
+
+
+async def _body(log: dict[str, Any], parts: list[tuple[float, bytes]]) -> AsyncIterator[bytes]:
+    try:
+        for delay, part in parts:
+            await asyncio.sleep(delay)
+            yield part
+        log["ended"] = True
+    except asyncio.CancelledError:
+        log["cancelled"] = True
+        raise
+    finally:
+        log["closed"] = True
+
+
+def _response(log: dict[str, Any], parts: list[tuple[float, bytes]]) -> EventStreamResponse:
+    def background() -> None:
+        log["background"] = True
+
+    return EventStreamResponse(_body(log, parts), media_type="text/event-stream", background=BackgroundTask(background))
+
+
+async def test_the_whole_body_goes_out_then_the_background_task_runs() -> None:
+    log: dict[str, Any] = {}
+    client = Client()
+
+    await _response(log, [(0, b"a"), (0.01, b"b"), (0, b"c")])(SCOPE, client.receive, client.send)
+
+    assert client.sent[0]["type"] == "http.response.start" and client.sent[0]["status"] == 200
+    assert client.body() == b"abc"
+    assert client.sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    assert log == {"ended": True, "closed": True, "background": True}
+
+
+async def test_a_client_that_leaves_cancels_the_body_at_once() -> None:
+    log: dict[str, Any] = {}
+    client = Client()
+    task = asyncio.create_task(_response(log, [(0, b"a"), (60, b"never")])(SCOPE, client.receive, client.send))
+    await client.got_body.wait()
+    assert client.body() == b"a"
+
+    client.leave.set()
+    async with asyncio.timeout(2):
+        await task  # ends quietly, long before the body's next part
+
+    assert log == {"cancelled": True, "closed": True, "background": True}
+    assert not any(m.get("more_body") is False for m in client.sent)  # no end of body to a client that is gone
+
+
+async def test_a_body_that_fails_raises_its_error() -> None:
+    async def failing() -> AsyncIterator[bytes]:
+        yield b"a"
+        raise RuntimeError("broken body")
+
+    client = Client()
+    with pytest.raises(RuntimeError, match="broken body"):
+        await EventStreamResponse(failing())(SCOPE, client.receive, client.send)
+    assert client.body() == b"a"
+
+
+async def test_cancelling_the_request_cancels_its_body_too() -> None:
+    log: dict[str, Any] = {}
+    client = Client()
+    task = asyncio.create_task(_response(log, [(0, b"a"), (60, b"never")])(SCOPE, client.receive, client.send))
+    await client.got_body.wait()
+    assert client.body() == b"a"
+
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert log == {"cancelled": True, "closed": True}  # the body unwound before the request ended; no background
