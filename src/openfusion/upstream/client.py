@@ -333,10 +333,13 @@ class UpstreamClient:
     ) -> httpx.Response:
         endpoint = self._endpoint(route.provider, path)
         sent_headers = endpoint.stream_headers if stream else endpoint.headers
+        if headers:  # the client's own, for a native pass-through: added to (or replacing) the endpoint's
+            sent_headers = sent_headers.copy()
+            sent_headers.update(headers)
         request = httpx.Request(
             "POST",
             endpoint.url,
-            headers={**sent_headers, **headers} if headers else sent_headers,
+            headers=sent_headers,
             # orjson's result holds a ~16 KiB allocation whatever its length, and the request (with its
             # body) lives as long as its response: for a streamed answer that is the whole stream.
             content=bytes(memoryview(orjson.dumps(payload))),
@@ -374,8 +377,8 @@ class UpstreamClient:
             headers = {**provider.headers(key_header=key_header), "Content-Type": "application/json"}
             endpoint = _Endpoint(
                 url=url,
-                headers=headers,
-                stream_headers={**headers, "Accept": "text/event-stream"},
+                headers=httpx.Headers(headers),
+                stream_headers=httpx.Headers({**headers, "Accept": "text/event-stream"}),
                 extensions={"timeout": self.http.timeout.as_dict()},
                 transport=_transport_for(self.http, url),
             )
@@ -385,11 +388,15 @@ class UpstreamClient:
 
 @dataclass(frozen=True)
 class _Endpoint:
-    """A provider's chat-completions endpoint, parsed once: URL, headers, timeouts and the transport to it."""
+    """A provider's chat-completions endpoint, parsed once: URL, headers, timeouts and the transport to it.
+
+    The headers are kept as `httpx.Headers`: a request copies them as they are, where a dict would be
+    normalised again, name by name, for every call (~15% of building an `httpx.Request`).
+    """
 
     url: httpx.URL
-    headers: dict[str, str] = field(repr=False)
-    stream_headers: dict[str, str] = field(repr=False)
+    headers: httpx.Headers = field(repr=False)
+    stream_headers: httpx.Headers = field(repr=False)
     extensions: dict[str, Any]
     transport: httpx.AsyncBaseTransport
 
