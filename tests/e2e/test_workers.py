@@ -58,6 +58,8 @@ def test_two_workers_add_up_to_one_server(
             with served.only(pids[number], pids):
                 for _ in range(count):
                     assert fusion(served.url).status_code == 200
+        # A request's record (its log line among it) is closed just after its last byte has left.
+        wait_until(lambda: served.finished_by_worker() == per_worker, timeout=5)
         assert served.finished_by_worker() == per_worker  # each worker served its share
         for number in (1, 2, 1, 2):  # every worker's /metrics counts every worker's requests
             with served.only(pids[number], pids):
@@ -113,6 +115,7 @@ def test_a_killed_worker_is_replaced_and_its_requests_leave_the_gauge(
                 text = httpx.get(f"{served.url}/metrics", timeout=10).text
                 assert metric(text, "openfusion_requests_in_flight") == 0
                 assert fusion(served.url).status_code == 200
+        wait_until(lambda: served.finished_by_worker() == {1: 1, 2: 1}, timeout=5)  # recorded after the last byte
         assert served.finished_by_worker() == {1: 1, 2: 1}
         assert "exited with status -9" in served.log_text()
 

@@ -74,3 +74,32 @@ def test_the_server_protocol_is_uvicorns_httptools_protocol() -> None:
 
     protocol = http_protocol()
     assert isinstance(protocol, type) and issubclass(protocol, HttpToolsProtocol)
+
+
+async def test_a_complete_response_reaches_the_socket_before_the_app_does_anything_else() -> None:
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    real = _Transport()
+    seen_when_sent: list[list[bytes]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+        # What runs here before the next await (a response's background task: the request's record) must not
+        # hold the answer back: it has reached the socket already.
+        seen_when_sent.append(list(real.writes))
+
+    config = uvicorn.Config(app, lifespan="off", log_level="warning")
+    protocol = http_protocol()(config=config, server_state=ServerState(), app_state={})  # type: ignore[operator, call-arg]
+    protocol.connection_made(real)
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+    for _ in range(20):
+        await asyncio.sleep(0)
+        if seen_when_sent:
+            break
+
+    assert len(seen_when_sent) == 1
+    (written,) = seen_when_sent[0]  # status line, headers and body in one write
+    assert written.startswith(b"HTTP/1.1 200 OK\r\n") and written.endswith(b"\r\n\r\nok")
+    protocol.connection_lost(None)

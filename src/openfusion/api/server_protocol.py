@@ -4,7 +4,8 @@ Writes: uvicorn writes a response's status line and headers as soon as the app s
 in a second write. On loopback and in virtual machines each write that wakes the client costs a
 wake-up (measured here: ~1.5 ms at one request at a time), so a small answer paid for two. Writes
 made in one pass of the event loop now go out as one: nothing waits longer than the callback that
-made it, and a stream's chunks still leave as they come.
+made it, and a stream's chunks still leave as they come. A response's last write leaves as soon as
+the response is complete, before whatever the app does next (the request's record is closed then).
 
 Limits (the `[server]` settings): uvicorn's httptools protocol bounds neither the size nor the number
 of a request's headers, nor the time a client takes to send them or a body, and never closes a
@@ -153,6 +154,12 @@ class LimitedConnection:
         self._header_bytes = self._header_size = self._header_count = 0
 
     def on_response_complete(self) -> None:
+        # The response's last bytes leave now, not after the app's next await: what an app does once its
+        # response is sent (the request's record, a background task) runs synchronously up to that await,
+        # and would otherwise sit between the client and the end of its answer.
+        transport = self.transport  # type: ignore[attr-defined]
+        if isinstance(transport, CoalescedWrites):
+            transport.flush()
         super().on_response_complete()  # type: ignore[misc]
         if self._counted and not self.pipeline and not self.transport.is_closing():  # type: ignore[attr-defined]
             self.budget.idle[self] = None  # at the end: now the most recently idle
