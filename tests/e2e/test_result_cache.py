@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -468,3 +469,17 @@ def test_an_agent_step_after_a_hit_reuses_the_cached_turn(
     assert step.choices[0].message.content == "Rayleigh scattering, looked up."
     assert [len(upstream.calls_for(m)) for m in ("a", "b", "c", "judge", "synth")] == [1, 1, 1, 1, 2]
     assert "a says blue." in upstream.calls_for("synth")[1].body["messages"][0]["content"]  # the turn's answers
+
+
+def test_an_unreadable_entry_is_a_miss_and_is_replaced(upstream: FakeUpstream, start: Any, tmp_path: Path) -> None:
+    """A damaged row (a disk fault, another version's format) never fails the request: it runs, and its run
+    takes the row's place."""
+    script_run(upstream)
+    with start() as url:
+        assert ask(url)[0] == "miss"
+        with sqlite3.connect(tmp_path / "activity.sqlite3", timeout=5) as db:
+            assert db.execute("UPDATE result_cache SET entry = ?", (b"{not json",)).rowcount == 1
+        header, answer = ask(url)
+        assert header == "miss" and answer.choices[0].message.content == "Rayleigh scattering."
+        assert ask(url)[0] == "hit"
+    assert len(upstream.calls) == 2 * FUSION_CALLS
