@@ -359,3 +359,44 @@ def test_a_cache_hit_is_a_trace_without_stages_or_calls(
     assert len(by_trace(spans, miss.trace_id)) == 1 + 3 + 5  # the run, traced as any
     assert by_trace(spans, hit.trace_id) == [hit]  # answered at once: nothing ran, nothing was called
     assert hit.attributes["openfusion.status"] == "ok" and hit.attributes["openfusion.cost"] == 0
+
+
+def test_tool_mode_outer_calls_frame_the_fusion_stages(
+    upstream: FakeUpstream, traced_server: Any, receiver: tuple[Receiver, str]
+) -> None:
+    from .test_tool_mode import call, fusion_tool
+
+    upstream.script(
+        "outer", Script(tool_calls=[call("fusion", prompt="Shard or not?")]), Script(content="Do not shard yet.")
+    )
+    with traced_server() as url:
+        ask(url, model="fake/outer", tools=[fusion_tool()])
+    spans = receiver[0].spans
+
+    root = server_span(spans)
+    first, panel, judge, second = children(spans, root)  # outer call, the fusion it asked for, outer call again
+    assert (first.name, panel.name, judge.name, second.name) == (
+        "chat fake/outer",
+        "panel",
+        "judge fake/judge",
+        "chat fake/outer",
+    )
+    assert {first.attributes["openfusion.role"], second.attributes["openfusion.role"]} == {"outer"}
+    assert first.attributes["gen_ai.response.finish_reasons"] == ["tool_calls"]
+    assert first.end_ns <= panel.start_ns and judge.end_ns <= second.start_ns
+    assert sorted(s.name for s in children(spans, panel)) == ["chat fake/a", "chat fake/b"]
+
+
+def test_a_pass_through_request_is_a_server_span_and_its_call(
+    upstream: FakeUpstream, traced_server: Any, receiver: tuple[Receiver, str]
+) -> None:
+    with traced_server() as url:
+        ask(url, model="fake/plain", stream=True)
+    spans = receiver[0].spans
+
+    root = server_span(spans)
+    assert root.attributes["gen_ai.request.model"] == "fake/plain" and "openfusion.preset" not in root.attributes
+    (call,) = children(spans, root)
+    assert call.name == "chat fake/plain" and call.attributes["openfusion.role"] == "passthrough"
+    assert call.attributes["openfusion.status"] == "ok"
+    assert sent_parent(upstream.calls_for("plain")[0].headers["traceparent"]) == traceparent_of(call)
