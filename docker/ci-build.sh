@@ -15,7 +15,8 @@
 #   5. docker/ci_smoke.py runs the image (--network=host, --read-only), waits for its HEALTHCHECK,
 #      passes fusion requests through it to tests/fakes/upstream.py on loopback, and checks the
 #      installed package is exactly the source tree;
-#   6. podman-compose parses docker/compose.yaml (it cannot be run here).
+#   6. podman-compose parses docker/compose.yaml and docker/compose.gateway.yaml, and refuses the
+#      gateway without OPENFUSION_API_KEYS or POSTGRES_PASSWORD (they cannot be run here).
 # Podman keeps its images in its own storage under the cache dir, so the locally made
 # `python:3.11-slim-bookworm` never shadows anything else on the machine.
 #
@@ -198,14 +199,29 @@ stage "run the image with podman and pass fusion requests through it (docker/ci_
 "$tools/bin/python" docker/ci_smoke.py run --image "$image" --name "$container" --source-digest "$source_digest"
 ok "container checks passed"
 
-stage "docker/compose.yaml: podman-compose $podman_compose_version config, per profile"
-for profile in sidecar gateway; do
-    "$tools/bin/podman-compose" -f docker/compose.yaml --profile "$profile" config >"$work/compose-$profile.yaml" 2>&1 \
-        || { cat "$work/compose-$profile.yaml"; exit 1; }
-    services=$("$tools/bin/python" -c 'import sys, yaml; print(*sorted(yaml.safe_load(open(sys.argv[1]))["services"]))' \
-        "$work/compose-$profile.yaml")
-    echo "profile $profile: $services"
+stage "docker/compose.yaml and docker/compose.gateway.yaml: podman-compose $podman_compose_version config"
+compose_services() {
+    "$tools/bin/python" -c 'import sys, yaml; print(*sorted(yaml.safe_load(open(sys.argv[1]))["services"]))' "$1"
+}
+env -u OPENFUSION_API_KEYS -u POSTGRES_PASSWORD "$tools/bin/podman-compose" -f docker/compose.yaml config \
+    >"$work/compose-sidecar.yaml" 2>&1 || { cat "$work/compose-sidecar.yaml"; exit 1; }
+echo "sidecar: $(compose_services "$work/compose-sidecar.yaml")"
+# The gateway is published: compose itself refuses it without client keys or a PostgreSQL password.
+gateway_env=(OPENFUSION_API_KEYS=ci-client-key-0123456789 POSTGRES_PASSWORD=ci-password)
+for missing in OPENFUSION_API_KEYS POSTGRES_PASSWORD; do
+    given=()
+    for assignment in "${gateway_env[@]}"; do [[ $assignment == "$missing="* ]] || given+=("$assignment"); done
+    if env -u OPENFUSION_API_KEYS -u POSTGRES_PASSWORD "${given[@]}" \
+        "$tools/bin/podman-compose" -f docker/compose.gateway.yaml config >"$work/compose-refused.txt" 2>&1; then
+        echo "docker/compose.gateway.yaml was accepted without $missing" >&2; exit 1
+    fi
+    grep -q "required variable $missing is missing a value: set $missing" "$work/compose-refused.txt" \
+        || { cat "$work/compose-refused.txt"; exit 1; }
+    echo "gateway without $missing: refused ($(grep -o "required variable $missing[^:]*" "$work/compose-refused.txt" | head -1))"
 done
-ok "podman-compose config accepts both setups (the compose file cannot be run here: no engine)"
+env "${gateway_env[@]}" "$tools/bin/podman-compose" -f docker/compose.gateway.yaml config >"$work/compose-gateway.yaml" 2>&1 \
+    || { cat "$work/compose-gateway.yaml"; exit 1; }
+echo "gateway: $(compose_services "$work/compose-gateway.yaml")"
+ok "podman-compose config accepts both setups, and refuses the gateway without its secrets (no engine to run them here)"
 
 printf '\nCI-BUILD OK in %ss\n' "$((SECONDS - t0))"

@@ -28,6 +28,7 @@ from fakes.server import serve_in_thread  # noqa: E402
 from fakes.upstream import FakeUpstream, Script  # noqa: E402
 
 UPSTREAM_KEY = "sk-fake-upstream-secret-7f3a"  # must reach the fake, and never the container's log
+CLIENT_KEY = "sk-ci-client-key-5c1e9b0d7a"  # the image listens on 0.0.0.0: without a client key it refuses to start
 ANSWER = "Fused answer from the container: the sky is blue because of Rayleigh scattering."
 PANEL_ANSWER = "Panel answer: Rayleigh scattering."
 ANALYSIS = {
@@ -105,7 +106,8 @@ def free_port() -> int:
 
 def http(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT_KEY}"}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     with urllib.request.urlopen(request, timeout=60) as response:
         return response.status, response.read()
 
@@ -130,6 +132,16 @@ def check_image(image: str) -> None:
     test = (inspected.get("Healthcheck") or {}).get("Test") or []
     assert "/healthz" in " ".join(test), f"no /healthz HEALTHCHECK in the image: {test}"
     say(f"ok image config: USER {user}, HEALTHCHECK {test[0]} … /healthz (kept: built with --format docker)")
+
+
+def check_refuses_to_be_open(image: str) -> None:
+    """Without client keys (and without OPENFUSION_ALLOW_OPEN) the image's default command refuses to start."""
+    result = podman("run", "--rm", "--network=none", "--read-only", "--tmpfs", "/tmp", image, check=False, timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, f"exit status {result.returncode}:\n{output}"
+    assert "refusing to listen on 0.0.0.0 with no client keys" in output and "OPENFUSION_ALLOW_OPEN=1" in output, output
+    assert "Traceback" not in output, output
+    say("ok without client keys the image refuses to start (exit 2), saying how to set keys or OPENFUSION_ALLOW_OPEN=1")
 
 
 def wait_healthy(name: str) -> float:
@@ -193,6 +205,7 @@ def check_running_container(name: str, base: str, fake: FakeUpstream) -> None:
 
     logs = podman("logs", name).stdout + podman("logs", name).stderr
     assert UPSTREAM_KEY not in logs, "the provider key appeared in the container's log"
+    assert CLIENT_KEY not in logs, "the client key appeared in the container's log"
     say("ok the provider key appears nowhere in the container's log")
 
     # OPENFUSION_WORKERS=auto: one worker per CPU the container may use, counted together in /metrics.
@@ -232,6 +245,7 @@ def main() -> int:
         return 0
 
     check_image(args.image)
+    check_refuses_to_be_open(args.image)
     fake = FakeUpstream(default=Script(content=PANEL_ANSWER))
     fake.script("judge", Script(content=json.dumps(ANALYSIS)))
     fake.script("synth", Script(content=ANSWER))
@@ -248,6 +262,7 @@ def main() -> int:
             "--env", f"OPENFUSION_PORT={port}",
             "--env", "OPENFUSION_CONFIG=/etc/openfusion/config.toml",
             "--env", f"FAKE_UPSTREAM_KEY={UPSTREAM_KEY}",
+            "--env", f"OPENFUSION_API_KEYS={CLIENT_KEY}",
             "--volume", f"{config}:/etc/openfusion/config.toml:ro",
             "--volume", f"{presets}:/etc/openfusion/presets:ro",
             args.image,

@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     api_keys: SecretStr | None = None  # OPENFUSION_API_KEYS: comma-separated, named env-1, env-2, ...
     admin_keys: SecretStr | None = None  # OPENFUSION_ADMIN_KEYS: the same, named admin-1, ..., seeing all activity
     keys: list[KeyConfig] = Field(default_factory=list)
+    # OPENFUSION_ALLOW_OPEN=1: serve beyond loopback with no client keys (a private network, or something in
+    # front that authenticates); without it `openfusion serve` refuses to start so.
+    allow_open: bool = False
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     guards: GuardsConfig = Field(default_factory=GuardsConfig)
     cors: CorsConfig = Field(default_factory=CorsConfig)

@@ -1,8 +1,11 @@
-"""`openfusion serve` warns when it would listen beyond loopback without client keys."""
+"""`openfusion serve` refuses to listen beyond loopback without client keys, unless the operator opts in."""
 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,25 +14,52 @@ import pytest
 from openfusion.api import shutdown
 from openfusion.cli import main
 
+CLIENT_KEY = "sk-client-key-0123456789"
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "openfusion.toml"
+    path.write_text('builtin_providers = false\ndefault_preset = "quality"\n')
+    return path
+
+
+def test_serve_refuses_to_listen_beyond_loopback_without_client_keys(config: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENFUSION_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "openfusion", "serve", "--host", "0.0.0.0", "--port", "1", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "refusing to listen on 0.0.0.0 with no client keys" in result.stderr
+    assert "OPENFUSION_API_KEYS=" in result.stderr and "OPENFUSION_ALLOW_OPEN=1" in result.stderr
+    assert "Traceback" not in result.stderr
+
 
 @pytest.mark.parametrize(
-    ("host", "keys", "warned"),
-    [("0.0.0.0", None, True), ("127.0.0.1", None, False), ("0.0.0.0", "sk-x-4f9a2c7e1d3b5a", False)],
+    ("host", "environ", "warned"),
+    [
+        ("0.0.0.0", {"OPENFUSION_ALLOW_OPEN": "1"}, True),
+        ("127.0.0.1", {}, False),
+        ("0.0.0.0", {"OPENFUSION_API_KEYS": CLIENT_KEY}, False),
+    ],
 )
-def test_serve_warns_when_open_beyond_loopback(
+def test_serve_starts_open_beyond_loopback_only_when_allowed(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
-    tmp_path: Path,
+    config: Path,
     host: str,
-    keys: str | None,
+    environ: dict[str, str],
     warned: bool,
 ) -> None:
     ran: list[dict[str, Any]] = []
     monkeypatch.setattr(shutdown, "run_server", lambda app, **options: ran.append(options) is None)
-    if keys:
-        monkeypatch.setenv("OPENFUSION_API_KEYS", keys)
-    config = tmp_path / "openfusion.toml"
-    config.write_text('builtin_providers = false\ndefault_preset = "quality"\n')
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
     assert main(["serve", "--host", host, "--config", str(config)]) == 0
     assert ran and ran[0]["host"] == host
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "no client keys" in r.getMessage()]

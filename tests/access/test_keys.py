@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 import openfusion.access.keys as keys_module
 from openfusion.access.config import AccessConfig, KeyConfig
-from openfusion.access.keys import KeyRing, is_loopback, load_keys, warn_if_open
+from openfusion.access.keys import KeyRing, check_exposure, is_loopback, load_keys
 from openfusion.errors import ConfigError
 
 
@@ -150,16 +150,22 @@ def test_loopback_addresses(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
 
 
-def test_start_up_warns_when_open_beyond_loopback(caplog: pytest.LogCaptureFixture) -> None:
+def test_start_up_refuses_to_be_open_beyond_loopback_unless_allowed(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="openfusion.access")
-    assert warn_if_open("0.0.0.0", KeyRing([])) is True
+    with pytest.raises(ConfigError) as refused:
+        check_exposure("0.0.0.0", KeyRing([]), allow_open=False)
+    assert "0.0.0.0" in refused.value.message
+    assert "OPENFUSION_API_KEYS" in refused.value.message and "OPENFUSION_ALLOW_OPEN=1" in refused.value.message
+    assert caplog.records == []
+
+    assert check_exposure("0.0.0.0", KeyRing([]), allow_open=True) is True
     [record] = caplog.records
-    assert record.levelno == logging.WARNING
-    assert "0.0.0.0" in record.getMessage() and "OPENFUSION_API_KEYS" in record.getMessage()
+    assert record.levelno == logging.WARNING and "0.0.0.0" in record.getMessage()
 
     caplog.clear()
-    assert warn_if_open("127.0.0.1", KeyRing([])) is False
-    assert warn_if_open("0.0.0.0", load_keys(AccessConfig(api_keys="sk-x-4f9a2c7e1d3b5a"), {})) is False
+    assert check_exposure("127.0.0.1", KeyRing([]), allow_open=False) is False
+    keys = load_keys(AccessConfig(api_keys="sk-client-key-0123456789"), {})
+    assert check_exposure("0.0.0.0", keys, allow_open=False) is False
     assert caplog.records == []
 
 

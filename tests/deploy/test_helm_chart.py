@@ -92,6 +92,23 @@ def test_probes_use_healthz_for_liveness_and_readyz_for_readiness(setup: tuple[s
     assert manifests.env()["OPENFUSION_PORT"]["value"] == "8000"
 
 
+def test_pods_without_client_keys_are_allowed_to_listen_open_only_inside_the_cluster(
+    setup: tuple[str, Manifests],
+) -> None:
+    # openfusion refuses to listen beyond loopback without client keys; the chart allows it where it has
+    # checked that nothing outside the cluster reaches the pods.
+    name, manifests = setup
+    env = manifests.env()
+    assert env["OPENFUSION_HOST"]["value"] == "0.0.0.0"
+    if name in {"gateway", "autoscaled"}:
+        assert "OPENFUSION_API_KEYS" in env
+        assert "OPENFUSION_ALLOW_OPEN" not in env
+    else:
+        assert manifests.one("Service")["spec"]["type"] == "ClusterIP"
+        assert not manifests.all("Ingress")
+        assert env["OPENFUSION_ALLOW_OPEN"]["value"] == "1"
+
+
 def test_pod_runs_as_uid_10001_with_a_read_only_root_and_no_privileges(setup: tuple[str, Manifests]) -> None:
     _, manifests = setup
     pod = manifests.pod()["spec"]

@@ -129,9 +129,11 @@ def running(manifests: Manifests, cluster_secrets: dict[str, dict[str, str]], tm
     env |= {"PATH": os.environ["PATH"], "HOME": str(root / "nonexistent"), "TMPDIR": str(mounts["/tmp"])}
     env["OPENFUSION_LIMITS__REDIS_PREFIX"] = prefix
     port = _free_port()
-    # The image's entrypoint: `openfusion serve --host $OPENFUSION_HOST --port $OPENFUSION_PORT ARGS`,
-    # here on loopback and a free port.
-    command = [str(Path(sys.executable).parent / "openfusion"), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    # The image's entrypoint: `openfusion serve --host $OPENFUSION_HOST --port $OPENFUSION_PORT ARGS`, on the
+    # rendered host (beyond loopback: it refuses to start without client keys unless allowed) and a free port.
+    host = env["OPENFUSION_HOST"]
+    assert host == "0.0.0.0"
+    command = [str(Path(sys.executable).parent / "openfusion"), "serve", "--host", host, "--port", str(port)]
     command += manifests.container().get("args", [])
     log = (tmp_path / "pod.log").open("wb")
     process = subprocess.Popen(command, env=env, cwd=mounts["/tmp"], stdout=log, stderr=subprocess.STDOUT)

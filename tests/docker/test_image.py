@@ -26,7 +26,8 @@ MARKERS = [
     "each with the key from -e",
     "(non-root)",
     "ok the provider key appears nowhere in the container's log",
-    "ok podman-compose config accepts both setups",
+    "ok without client keys the image refuses to start (exit 2)",
+    "ok podman-compose config accepts both setups, and refuses the gateway without its secrets",
     "CI-BUILD OK",
 ]
 

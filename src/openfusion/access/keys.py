@@ -155,14 +155,25 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
-def warn_if_open(host: str, keys: KeyRing) -> bool:
-    """Log a WARNING when listening beyond loopback with no client keys; True when it warned."""
+def check_exposure(host: str, keys: KeyRing, *, allow_open: bool) -> bool:
+    """Refuse to listen beyond loopback with no client keys unless allowed; True when it is open beyond loopback.
+
+    Raises ConfigError saying how to set keys or opt in; when opted in, logs a WARNING.
+    """
     if keys or is_loopback(host):
         return False
+    if not allow_open:
+        raise ConfigError(
+            f"refusing to listen on {host} with no client keys: anyone who can reach this address could spend "
+            "your provider credits. Set client keys: OPENFUSION_API_KEYS=<key>[,<key>...] (long random strings, e.g. "
+            "from `openssl rand -hex 24`, sent by clients as 'Authorization: Bearer <key>'), or [[keys]] in the "
+            "config file; or, on a "
+            "private network or behind something that authenticates, allow it with OPENFUSION_ALLOW_OPEN=1 "
+            "(allow_open = true in the config file)."
+        )
     log.warning(
-        "openfusion is listening on %s with no client keys: anyone who can reach this address can spend "
-        "your provider credits. Set OPENFUSION_API_KEYS or add [[keys]] to the config file "
-        "(this is fine on a private network, e.g. as a sidecar).",
+        "openfusion is listening on %s with no client keys (OPENFUSION_ALLOW_OPEN): anyone who can reach this "
+        "address can spend your provider credits.",
         host,
     )
     return True

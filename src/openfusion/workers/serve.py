@@ -35,10 +35,11 @@ def serve(
 ) -> int:
     """Serve until SIGTERM/SIGINT; the exit status. `workers` overrides `settings.workers`.
 
-    Raises ConfigError (before anything listens) when the settings, or the number of workers, are wrong.
+    Raises ConfigError (before anything listens) when the settings, or the number of workers, are wrong, or
+    when it would listen beyond loopback with no client keys and `allow_open` is not set.
     """
     from openfusion.access.config import AccessConfig
-    from openfusion.access.keys import warn_if_open
+    from openfusion.access.keys import check_exposure
     from openfusion.api.server_limits import raise_open_file_limit
     from openfusion.app import create_app
     from openfusion.workers.count import resolve_workers
@@ -47,7 +48,7 @@ def serve(
     access = AccessConfig.model_validate(settings, from_attributes=True)
     count = resolve_workers(workers or settings.workers, access=access, environ=environ)
     app = create_app(settings, environ=environ)  # every configuration error surfaces here, in one worker or many
-    warn_if_open(options.host, app.state.access.keys)
+    check_exposure(options.host, app.state.access.keys, allow_open=settings.allow_open)
     raise_open_file_limit()  # idle connections each hold a descriptor: 1,024 is too few for a gateway
     if count == 1:
         settle_heap()
