@@ -104,6 +104,19 @@ def _response_store(store: object, settings: Settings) -> ResponseKeeper | None:
     return ResponseKeeper(store, retention_days=days) if days > 0 and isinstance(store, ResponseStore) else None
 
 
+def _warn_if_unusable(registry: ProviderRegistry) -> None:
+    """At start-up, say loudly when no model can be served, or which configured keys are missing."""
+    problem = registry.unusable()
+    if problem is not None:
+        log.warning(
+            "%s: every model request will fail and /readyz answers 503 until a provider key is set (e.g. "
+            "OPENROUTER_API_KEY, OPENAI_API_KEY, ANTHROPIC_API_KEY) or [[providers]] are added to the config file",
+            problem,
+        )
+    elif missing := registry.missing_keys():
+        log.warning("provider keys not set: %s; requests for their models will fail", ", ".join(missing))
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -125,6 +138,7 @@ def create_app(
             f"default_preset {settings.default_preset!r} is not a preset; available: {', '.join(sorted(presets))}"
         )
     registry = ProviderRegistry.from_settings(settings, environ)
+    _warn_if_unusable(registry)
     access_config = AccessConfig.model_validate(settings, from_attributes=True)
     access = build_access(access_config, environ)  # key variables are checked here, before anything listens
     cache_redis = redis_url(access_config, environ)

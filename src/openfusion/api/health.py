@@ -42,11 +42,8 @@ async def readyz(request: Request) -> Response:
 
 
 def _providers_check(app_state: Any) -> str:
-    # The key-less built-ins (Ollama) are always on, so they alone do not make a configured server:
-    # readiness wants a provider the operator set up or gave a key to.
-    providers = app_state.registry.providers if app_state is not None else []
-    configured = [p for p in providers if not (p.builtin and p.config.api_key_env is None)]
-    return "ok" if configured else "no provider configured"
+    # Readiness wants a provider the operator set up or gave a key to, whose key (if it names one) is set.
+    return (app_state.registry.unusable() or "ok") if app_state is not None else "no provider configured"
 
 
 async def _probe(name: str, ping: Callable[[], Awaitable[Any]]) -> str:

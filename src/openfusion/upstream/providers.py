@@ -93,6 +93,24 @@ class ProviderRegistry:
                     inactive.append(config)
         return cls(providers, inactive)
 
+    def missing_keys(self) -> list[str]:
+        """The configured providers whose key variable is not set, as "VAR (provider 'name')"."""
+        return [
+            f"{p.config.api_key_env} (provider {p.name!r})"
+            for p in self.providers
+            if not p.builtin and p.config.api_key_env and p.api_key is None
+        ]
+
+    def unusable(self) -> str | None:
+        """Why no model can be served (None when a provider is usable): none configured, or their keys unset.
+
+        The key-less built-ins (Ollama) are always on, so they alone do not make a configured server.
+        """
+        if any(p.api_key is not None or (not p.builtin and not p.config.api_key_env) for p in self.providers):
+            return None
+        missing = self.missing_keys()
+        return f"no usable provider: {', '.join(missing)} not set" if missing else "no provider configured"
+
     def secrets(self) -> list[str]:
         """Every provider key, to be masked wherever an upstream might echo one."""
         return [p.api_key.get_secret_value() for p in self.providers if p.api_key is not None]
