@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from fakes.upstream import FakeUpstream, Script, wait_until
@@ -316,3 +317,31 @@ def test_a_retry_after_beyond_the_cap_returns_the_429_at_once(upstream: FakeUpst
 
     assert response.status_code == 429 and response.headers["retry-after"] == "3600"
     assert len(upstream.calls_for("plain")) == 1  # not waited for, not retried
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_sdk_retrying_a_request_gets_one_upstream_attempt_per_retry(
+    upstream: FakeUpstream, server: str, stream: bool
+) -> None:
+    """The SDK's retries and openfusion's do not multiply: its retries (x-stainless-retry-count > 0) get one
+    attempt per upstream call, its first attempt openfusion's usual three."""
+    upstream.script("x", Script(status=503, error_message="overloaded"))
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=2)
+
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model="fake/x", messages=HI, stream=stream)  # type: ignore[call-overload]
+
+    calls = upstream.calls_for("x")
+    assert len(calls) == 3 + 1 + 1, [call.headers.get("x-stainless-retry-count") for call in calls]
+
+
+def test_a_fusion_request_retried_by_its_client_calls_each_panelist_once(upstream: FakeUpstream, server: str) -> None:
+    upstream.script("a", Script(status=503))
+    first = httpx.post(f"{server}{CHAT}", json={"model": "fusion/trio", "messages": HI})
+    assert first.status_code == 200 and len(upstream.calls_for("a")) == 3
+    retried = httpx.post(
+        f"{server}{CHAT}", json={"model": "fusion/trio", "messages": HI}, headers={"x-stainless-retry-count": "1"}
+    )
+    assert retried.status_code == 200
+    assert len(upstream.calls_for("a")) == 3 + 1
+    assert [len(upstream.calls_for(m)) for m in ("b", "c")] == [2, 2]

@@ -31,6 +31,7 @@ from openfusion.pipeline.run import run_fusion
 from openfusion.pipeline.tool_mode import run_tool_mode
 from openfusion.pipeline.turns import remember_replayed
 from openfusion.protocol import ChatRequest
+from openfusion.upstream.retry import note_client_retry
 
 
 @dataclass
@@ -81,6 +82,7 @@ Renderer = Callable[[Exchange], Awaitable[Response]]
 async def open_exchange(request: Request, chat: ChatRequest, *, api_type: ApiType) -> Exchange:
     """Plan, admit (scope, guards, limits) and price a request, then open its ledger."""
     state: AppState = request.app.state.openfusion
+    note_client_retry(request.headers)  # an SDK's retry: every upstream call of it gets one attempt
     plan: FusionPlan | None = None
     try:
         plan = plan_fusion(

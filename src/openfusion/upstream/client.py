@@ -27,7 +27,7 @@ from openfusion.settings import HttpSettings, RetrySettings
 from openfusion.upstream.failures import diagnose
 from openfusion.upstream.limits import ProgressClock, Stalled, stalled
 from openfusion.upstream.providers import Provider, ProviderRegistry, Route
-from openfusion.upstream.retry import is_retryable, parse_retry_after, retrying
+from openfusion.upstream.retry import client_is_retrying, is_retryable, parse_retry_after, retrying
 from openfusion.upstream.shape import completion_problem
 from openfusion.upstream.sse_decode import sse_data
 from openfusion.upstream.trace import CallTrace, begin_call, end_call
@@ -254,7 +254,9 @@ class UpstreamClient:
                 route, payload, stream=stream, call=call, path=path, headers=headers, deadline=deadline
             )
         except UpstreamError as exc:
-            if not is_retryable(exc, self.retry):
+            # A client retrying this request itself gets one attempt per call: its retries times ours would
+            # multiply the calls (and the cost) of one failing request.
+            if not is_retryable(exc, self.retry) or client_is_retrying():
                 raise
             first_failure = exc
         async for attempt in retrying(self.retry, deadline=deadline):

@@ -6,6 +6,8 @@ import asyncio
 import email.utils
 import math
 import time
+from collections.abc import Mapping
+from contextvars import ContextVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.stop import stop_base
@@ -13,6 +15,26 @@ from tenacity.wait import wait_base, wait_random_exponential
 
 from openfusion.errors import UpstreamConnectionError, UpstreamStatusError, UpstreamTimeout
 from openfusion.settings import RetrySettings
+
+# The header the openai and anthropic SDKs send with every attempt: 0 on the first, n on their n-th retry.
+CLIENT_RETRY_HEADER = "x-stainless-retry-count"
+
+# Whether the current request is a client's own retry: its upstream calls then get one attempt each, so the
+# client's retries and ours do not multiply (set per request, inherited by every task it starts).
+_client_retrying: ContextVar[bool] = ContextVar("openfusion_client_retrying", default=False)
+
+
+def note_client_retry(headers: Mapping[str, str]) -> bool:
+    """Remember for the current request whether its client is retrying it (retry count above 0); that flag."""
+    value = headers.get(CLIENT_RETRY_HEADER, "").strip()
+    retrying_already = value.isdigit() and int(value) > 0
+    _client_retrying.set(retrying_already)
+    return retrying_already
+
+
+def client_is_retrying() -> bool:
+    """Whether the current request is a client's retry: no upstream call of it is retried again."""
+    return _client_retrying.get()
 
 
 def parse_retry_after(value: str | None) -> float | None:
