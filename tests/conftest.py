@@ -20,6 +20,20 @@ _KEY_VARS = {c.api_key_env for c in builtin_provider_configs() if c.api_key_env}
 _SERVICE_VARS = {"DATABASE_URL", "REDIS_URL", "BRAVE_API_KEY", "TAVILY_API_KEY", "EXA_API_KEY"}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test, session fixtures included (a server started once for many tests), writes the user's home state
+    (~/.local/state/openfusion): XDG_STATE_HOME and HOME point at temporary directories for the session."""
+    base = tmp_path_factory.getbasetemp()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(base / "state"))
+        # An app built with an explicit `environ` (no XDG_STATE_HOME in it) falls back to ~/.local/state:
+        # the home directory is a temporary one too.
+        (base / "home").mkdir(exist_ok=True)
+        patch.setenv("HOME", str(base / "home"))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """No provider key, service URL or openfusion setting leaks in from the developer's shell.

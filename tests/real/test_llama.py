@@ -177,6 +177,8 @@ def test_the_local_command_serves_a_fusion_a_person_can_curl(tmp_path: Any) -> N
     assert response.status_code == 200, output
     assert response.json()["fusion"]["preset"] == "local"
     assert "curl http://127.0.0.1" in output and (tmp_path / "openfusion.toml").exists()
+    # Its activity store is in its work directory: demo traffic never mixes with a real server's history.
+    assert (tmp_path / "activity.sqlite3").is_file()
     # Stopped with a plain SIGTERM, it stopped its llama.cpp servers too: none is left listening.
     ports = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)/v1", (tmp_path / "openfusion.toml").read_text())]
     assert len(ports) == 3

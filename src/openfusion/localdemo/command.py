@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import signal
+import socket
 import sys
 import tempfile
 from pathlib import Path
 
 from openfusion.localdemo.config import write_config
-from openfusion.localdemo.servers import LocalModelUnavailable, running_servers
+from openfusion.localdemo.servers import LocalDemoError, running_servers
 from openfusion.workers.count import workers_value
 
 log = logging.getLogger("openfusion.local")
@@ -31,7 +33,16 @@ def add_local_arguments(parser: argparse.ArgumentParser) -> None:
         "--workdir",
         type=Path,
         default=None,
-        help="where to write the generated config, preset and server logs (default: a temp dir)",
+        help="where to write the generated config, preset, server logs and activity store, created if missing "
+        "(default: a temporary directory, removed on exit unless --keep)",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the temporary directory (config, logs, activity) on exit; a --workdir is always kept",
+    )
+    parser.add_argument(
+        "--model", type=Path, default=None, help="a GGUF model file to serve (default: the bundled SmolLM2-135M)"
     )
     parser.add_argument(
         "--workers",
@@ -54,14 +65,20 @@ def run_local(args: argparse.Namespace) -> int:
     # would end the process at once and leave them running.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     configure_logging(fmt="text")
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="openfusion-local-"))
     try:
-        with running_servers(args.panel, log_dir=workdir) as servers:
+        check_port_free(args.host, args.port)  # before minutes of starting servers, not after
+        workdir, temporary = _workdir(args.workdir)
+    except LocalDemoError as exc:
+        print(f"openfusion local: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    try:
+        with running_servers(args.panel, log_dir=workdir, model=args.model) as servers:
             config, presets = write_config(servers, workdir)
             settings = load_settings(config, presets_dir=presets)
             print(  # noqa: T201 - the one thing a person starting this needs to read
-                f"openfusion: {len(servers)} llama.cpp servers ready (SmolLM2-135M: it shows the mechanics, "
-                f"its answers are weak). Config in {config}.\n"
+                f"openfusion: {len(servers)} llama.cpp servers ready "
+                f"({args.model.name if args.model else 'SmolLM2-135M: it shows the mechanics, its answers are weak'})."
+                f" Config in {config}.\n"
                 f"Try: curl http://{args.host}:{args.port}/v1/chat/completions -H 'Content-Type: application/json' "
                 '-d \'{"model": "fusion", "messages": [{"role": "user", "content": "Name a primary '
                 "colour.\"}]}'",
@@ -69,12 +86,47 @@ def run_local(args: argparse.Namespace) -> int:
             )
             options = ServeOptions(host=args.host, port=args.port, log_format="text")
             return serve(settings, options, workers=args.workers)
-    except LocalModelUnavailable as exc:
+    except LocalDemoError as exc:
         print(f"openfusion local: {exc}", file=sys.stderr)  # noqa: T201
         return 2
     except ConfigError as exc:
         print(f"openfusion local: {exc.message}", file=sys.stderr)  # noqa: T201
         return 2
+    finally:
+        if temporary and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        elif temporary:
+            print(f"openfusion local: kept {workdir}", file=sys.stderr)  # noqa: T201
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise LocalDemoError unless openfusion could listen on host:port now."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise LocalDemoError(f"--host {host}: {exc.strerror}") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no conflict
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise LocalDemoError(
+                f"cannot listen on {host}:{port} ({exc.strerror}): another server is using it? Choose another "
+                "with --port"
+            ) from None
+
+
+def _workdir(path: Path | None) -> tuple[Path, bool]:
+    """The work directory, created when missing, and whether it is a temporary one of ours."""
+    if path is None:
+        return Path(tempfile.mkdtemp(prefix="openfusion-local-")), True
+    if path.exists() and not path.is_dir():
+        raise LocalDemoError(f"--workdir {path} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LocalDemoError(f"--workdir {path} cannot be created: {exc.strerror}") from None
+    return path, False
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

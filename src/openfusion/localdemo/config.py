@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from openfusion.localdemo.servers import MODEL_ALIAS, LlamaServer
 
 # A 135M model has a small context and rambles: keep every inner call short.
 MAX_COMPLETION_TOKENS = 200
+ACTIVITY_FILE = "activity.sqlite3"
 
 
 def provider_name(index: int) -> str:
@@ -15,7 +17,10 @@ def provider_name(index: int) -> str:
 
 
 def write_config(servers: list[LlamaServer], directory: Path) -> tuple[Path, Path]:
-    """Write `openfusion.toml` and `presets/local.toml` for these servers; return (config file, presets dir)."""
+    """Write `openfusion.toml` and `presets/local.toml` for these servers; return (config file, presets dir).
+
+    The activity store is a SQLite file in `directory` too: demo traffic never mixes with a real server's.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     presets = directory / "presets"
     presets.mkdir(exist_ok=True)
@@ -34,7 +39,9 @@ def write_config(servers: list[LlamaServer], directory: Path) -> tuple[Path, Pat
             'reasoning_style = "none"\n'
         )
     config = directory / "openfusion.toml"
-    config.write_text('default_preset = "local"\n\n' + "\n".join(providers), encoding="utf-8")
+    # A TOML basic string is a JSON string (the same escapes), whatever the path holds.
+    activity = f"[activity]\npath = {json.dumps(str(directory.resolve() / ACTIVITY_FILE))}\n"
+    config.write_text('default_preset = "local"\n\n' + "\n".join([*providers, activity]), encoding="utf-8")
     slugs = [f"{provider_name(i)}/{MODEL_ALIAS}" for i in range(len(servers))]
     panel = ", ".join(f'"{slug}"' for slug in slugs)
     (presets / "local.toml").write_text(

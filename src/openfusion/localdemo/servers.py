@@ -23,8 +23,25 @@ INSTALL_HINT = (
 )
 
 
-class LocalModelUnavailable(RuntimeError):
+class LocalDemoError(RuntimeError):
+    """`openfusion local` cannot go on: the message says why and what to do."""
+
+
+class LocalModelUnavailable(LocalDemoError):
     """llama-cpp-python or the bundled model is not installed."""
+
+
+class LocalServerFailed(LocalDemoError):
+    """A llama.cpp server exited, or was not ready in time, before serving."""
+
+
+def model_path(model: Path | None) -> Path:
+    """The GGUF file to serve: `model` when given (it must exist), else the bundled one."""
+    if model is None:
+        return bundled_model_path()
+    if not model.is_file():
+        raise LocalModelUnavailable(f"--model {model}: no such file")
+    return model
 
 
 def bundled_model_path() -> Path:
@@ -56,6 +73,7 @@ class LlamaServer:
 
     port: int
     process: subprocess.Popen[bytes]
+    log: Path | None = None
 
     @property
     def base_url(self) -> str:
@@ -73,7 +91,7 @@ def start_server(model: Path, *, port: int, n_ctx: int = 4096, log: Path | None 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(log or os.devnull, "ab") as output:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
-    return LlamaServer(port, process)
+    return LlamaServer(port, process, log)
 
 
 def wait_ready(servers: list[LlamaServer], *, timeout_s: float = 90) -> None:
@@ -83,7 +101,10 @@ def wait_ready(servers: list[LlamaServer], *, timeout_s: float = 90) -> None:
     while pending:
         server = pending[0]
         if server.process.poll() is not None:
-            raise RuntimeError(f"llama.cpp server on port {server.port} exited with {server.process.returncode}")
+            raise LocalServerFailed(
+                f"the llama.cpp server on port {server.port} exited with status {server.process.returncode} "
+                f"before it was ready{_log_hint(server)}"
+            )
         try:
             if httpx.get(f"{server.base_url}/models", timeout=2).status_code == 200:
                 pending.pop(0)
@@ -91,8 +112,22 @@ def wait_ready(servers: list[LlamaServer], *, timeout_s: float = 90) -> None:
         except httpx.TransportError:
             pass
         if time.monotonic() > deadline:
-            raise RuntimeError(f"llama.cpp server on port {server.port} not ready after {timeout_s:g} s")
+            raise LocalServerFailed(
+                f"the llama.cpp server on port {server.port} was not ready after {timeout_s:g} s{_log_hint(server)}"
+            )
         time.sleep(0.2)
+
+
+def _log_hint(server: LlamaServer, *, lines: int = 5) -> str:
+    """Where the server's log is, with its last lines."""
+    if server.log is None:
+        return " (its output was not kept)"
+    try:
+        tail = server.log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        tail = []
+    shown = "".join(f"\n  | {line}" for line in tail)
+    return f"; its log is {server.log}" + (f", ending:{shown}" if shown else "")
 
 
 def stop(servers: list[LlamaServer]) -> None:
@@ -108,10 +143,15 @@ def stop(servers: list[LlamaServer]) -> None:
 
 
 @contextlib.contextmanager
-def running_servers(count: int, *, n_ctx: int = 4096, log_dir: Path | None = None) -> Iterator[list[LlamaServer]]:
-    """`count` ready llama.cpp servers with the bundled model, stopped on exit."""
+def running_servers(
+    count: int, *, n_ctx: int = 4096, log_dir: Path | None = None, model: Path | None = None
+) -> Iterator[list[LlamaServer]]:
+    """`count` ready llama.cpp servers with `model` (default: the bundled one), stopped on exit.
+
+    Raises LocalDemoError (LocalModelUnavailable, LocalServerFailed naming the server's log) when they cannot run.
+    """
     check_server_installed()
-    model = bundled_model_path()
+    model = model_path(model)
     servers: list[LlamaServer] = []
     try:
         for index in range(count):
