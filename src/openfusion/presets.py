@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from openfusion.config_errors import describe
 from openfusion.errors import ConfigError
 from openfusion.protocol import ModelSlug
 from openfusion.upstream.web.tools import ToolSpecError, excluded_domains, normalize_tools
@@ -134,6 +135,6 @@ def _load_preset(path: Path) -> Preset:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"preset {path} is not valid TOML: {exc}") from exc
     except ValidationError as exc:
-        raise ConfigError(f"preset {path} is invalid:\n{exc}") from exc
+        raise ConfigError(describe(exc, model=Preset, source=f"preset {path} is invalid")) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"preset {path} cannot be read: {exc}") from exc

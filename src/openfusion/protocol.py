@@ -119,6 +119,12 @@ def _fields(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def round_usd(value: float) -> float:
+    """A cost in USD without float noise: sums and products of prices to 12 significant digits
+    (0.0012929999999999999 -> 0.001293), tiny per-token prices kept as they are."""
+    return float(f"{value:.12g}")
+
+
 class Usage(WireModel):
     """Token usage; `cost` (USD) only when an upstream reports it."""
 
@@ -132,7 +138,7 @@ class Usage(WireModel):
         if self.cost is None and other.cost is None:
             cost = None
         else:
-            cost = (self.cost or 0.0) + (other.cost or 0.0)
+            cost = round_usd((self.cost or 0.0) + (other.cost or 0.0))
         return Usage(
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
             completion_tokens=self.completion_tokens + other.completion_tokens,

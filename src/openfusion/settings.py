@@ -13,6 +13,7 @@ from openfusion.access.config import CorsConfig, GuardsConfig, KeyConfig, Limits
 from openfusion.activity.config import ActivitySettings
 from openfusion.activity.cost import ModelPrice
 from openfusion.cache.config import CacheSettings
+from openfusion.config_errors import describe
 from openfusion.errors import ConfigError
 from openfusion.observability.tracing import TracingSettings
 from openfusion.upstream.web.config import ResearchConfig
@@ -160,4 +161,5 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid configuration{f' in {config_file}' if config_file else ''}:\n{exc}") from exc
+        source = f"invalid configuration{f' in {config_file}' if config_file else ''}"
+        raise ConfigError(describe(exc, model=Settings, source=source, env_prefix="OPENFUSION_")) from None

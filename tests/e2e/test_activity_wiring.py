@@ -14,6 +14,8 @@ from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream, Script, wait_until
 from openfusion.app import create_app
 
+from .conftest import ANALYSIS
+
 CHAT = "/v1/chat/completions"
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -268,3 +270,21 @@ def test_prices_refresh_from_a_providers_model_listing(
 
     assert record["total_cost"] == pytest.approx(5 * (11 * 0.001 + 7 * 0.002))
     assert response.json()["fusion"]["estimated_max_cost"] is not None
+
+
+def test_costs_are_summed_without_float_noise(upstream: FakeUpstream, start_server: Any, activity_path: Path) -> None:
+    # 0.0001 + 0.0002 is 0.00030000000000000003 in floats: neither the response nor the record may show that.
+    upstream.script("a", Script(content="A.", cost=0.0001))
+    upstream.script("b", Script(content="B.", cost=0.0002))
+    for model in ("c", "judge", "synth"):
+        upstream.script(model, Script(content=json.dumps(ANALYSIS) if model == "judge" else "Fine.", cost=0.0))
+
+    with start_server(activity={"path": activity_path}) as url:
+        response = httpx.post(f"{url}{CHAT}", json={"model": "fusion/trio", "messages": HI}, timeout=20)
+        record = generation(url, response.headers["x-generation-id"])
+        page = httpx.get(f"{url}/activity/{response.headers['x-generation-id']}", timeout=10)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["cost"] == 0.0003 and '"cost":0.0003' in response.text.replace(" ", "")
+    assert record["total_cost"] == 0.0003
+    assert page.status_code == 200 and "$0.000300" in page.text and "0.00030000000000000003" not in page.text

@@ -345,3 +345,14 @@ def test_a_fusion_request_retried_by_its_client_calls_each_panelist_once(upstrea
     assert retried.status_code == 200
     assert len(upstream.calls_for("a")) == 3 + 1
     assert [len(upstream.calls_for(m)) for m in ("b", "c")] == [2, 2]
+
+
+def test_a_failed_panel_names_each_model_once(upstream: FakeUpstream, server: str) -> None:
+    for model in ("a", "b", "c"):
+        upstream.script(model, Script(status=400, error_message=f"{model} refuses"))
+    response = fusion(server)
+    assert response.status_code == 502, response.text
+    message = response.json()["error"]["message"]
+    assert "fake/a (fake) returned HTTP 400: a refuses" in message
+    for model in ("fake/a", "fake/b", "fake/c"):
+        assert message.count(model) == 1, message

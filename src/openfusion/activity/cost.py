@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from openfusion.protocol import Usage
+from openfusion.protocol import Usage, round_usd
 
 log = logging.getLogger("openfusion.activity")
 
@@ -26,7 +26,7 @@ class ModelPrice(BaseModel):
 
     def cost(self, *, prompt_tokens: int, completion_tokens: int) -> float:
         """The price of this many tokens."""
-        return prompt_tokens * self.prompt + completion_tokens * self.completion
+        return round_usd(prompt_tokens * self.prompt + completion_tokens * self.completion)
 
 
 class PriceTable:
@@ -73,7 +73,7 @@ def total_cost(costs: Iterable[float | None]) -> float | None:
         if cost is None:
             return None
         total += cost
-    return total
+    return round_usd(total)
 
 
 def _key(model: str) -> str:

@@ -10,6 +10,7 @@ from openfusion.evaluation.dataset import Task
 from openfusion.evaluation.records import AnswerRecord, ResultStore
 from openfusion.evaluation.scoring import mean, pass_rate, percentile, rubric_score
 from openfusion.presets import is_fusion_slug
+from openfusion.protocol import round_usd
 
 
 @dataclass(frozen=True)
@@ -128,9 +129,9 @@ def _summarize_model(
         answers=len(answered),
         answer_failures=len(tasks) - len(answered),
         grader_failures=grader_failures,
-        cost=sum(costs) if costs else None,
+        cost=round_usd(sum(costs)) if costs else None,
         cost_reported=len(costs),
-        grader_cost=sum(grader_costs) if grader_costs else None,
+        grader_cost=round_usd(sum(grader_costs)) if grader_costs else None,
         latency_p50_ms=percentile(latencies, 50),
         latency_p95_ms=percentile(latencies, 95),
         panel_calls=len(panel),

@@ -23,7 +23,7 @@ from openfusion.errors import CostLimitExceeded
 from openfusion.pipeline.plan import FusionPlan
 from openfusion.pipeline.reach import ModelUse, Reach
 from openfusion.pipeline.tool_mode import MAX_OUTER_CALLS
-from openfusion.protocol import ChatRequest
+from openfusion.protocol import ChatRequest, round_usd
 
 # Tokens per character of JSON, rounded up: English prose runs about 1 token per 4 characters, so
 # 1 per 3 over-counts, which is the right side to err on for a worst case.
@@ -158,7 +158,7 @@ def _priced(parts: list[_Part], prices: PriceTable, *, combine: Callable[[Iterab
         price = prices.price_of(use.slug)
         assert price is not None and completion is not None
         costs.append(price.cost(prompt_tokens=prompt, completion_tokens=completion))
-    return Estimate(combine(costs))
+    return Estimate(round_usd(combine(costs)))
 
 
 def priced(plan: FusionPlan, worst: WorstCase) -> FusionPlan:

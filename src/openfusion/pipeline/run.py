@@ -255,12 +255,20 @@ def panel_failed(failures: list[PanelFailure], answers: list[PanelAnswer], min_s
         code, what = "rate_limited", "a provider rate-limited the request (429)"
     else:
         code, what = "all_panels_failed", "all panel models failed"
-    details = "; ".join(f"{f.label or f.model}: {f.message}" for f in failures)
+    details = "; ".join(_named(f) for f in failures)
     return FusionFailed(
         f"Fusion failed: {what}. {details}",
         code=code,
         failures=[_failure_entry(f) for f in failures],
     )
+
+
+def _named(failure: PanelFailure) -> str:
+    """`model: why`, the model named once: an upstream error's message begins with its slug already."""
+    name = failure.label or failure.model
+    if failure.message.startswith(failure.model):
+        return name + failure.message[len(failure.model) :]
+    return f"{name}: {failure.message}"
 
 
 def _failure_entry(failure: PanelFailure) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from openfusion.protocol import Usage, sum_usage
+from openfusion.protocol import Usage, round_usd, sum_usage
 
 # (model slug, usage, the cost the upstream reported or None) -> the call's cost in USD, None when unknown
 Pricing = Callable[[str, Usage, float | None], float | None]
@@ -115,7 +115,7 @@ class RequestTrace:
         usages = [known_usage(call) for call in self.calls]
         costs = [self.cost_of(call) for call in self.calls]
         tokens = sum_usage([usage for usage in usages if usage is not None])
-        cost = None if not costs or None in costs else sum(c for c in costs if c is not None)
+        cost = None if not costs or None in costs else round_usd(sum(c for c in costs if c is not None))
         return Bill(tokens.model_copy(update={"cost": cost}), complete=None not in usages)
 
     def upstream_seconds(self, until: float | None = None) -> float:

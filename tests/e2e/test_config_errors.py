@@ -1,0 +1,58 @@
+"""A wrong config file or preset: `openfusion serve` exits 2 with the file, each key, what is wrong and an example,
+in the words of the rest of the errors (no pydantic internals, no traceback, no secret repeated)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+OPENFUSION = str(Path(sys.executable).parent / "openfusion")
+PYDANTIC_NOISE = ("pydantic", "[type=", "input_value", "validation error", "Traceback", "For further information")
+
+
+def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [OPENFUSION, "serve", "--port", "1", *args],
+        capture_output=True, text=True, timeout=60, check=False, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def test_a_wrong_config_file_names_the_file_each_key_the_problem_and_an_example(tmp_path: Path) -> None:
+    config = tmp_path / "openfusion.toml"
+    config.write_text(
+        'max_body_bytes = "lots"\nadmin_keys = 12345678901234567\n[retry]\nmax_attempts = 0\n'
+        '[[providers]]\nname = "corp"\nbase_url = "http://corp"\nmodelz = ["corp/*"]\n'
+    )
+    result = serve("--config", str(config))
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"openfusion: invalid configuration in {config}:"
+    assert set(lines[1:]) == {
+        "  [[providers]] #1 models: is required; e.g. models = [\"openai/*\", \"anthropic/*\"]",
+        "  [[providers]] #1 modelz: is not a setting here: did you mean models?",
+        "  max_body_bytes (or OPENFUSION_MAX_BODY_BYTES): should be a valid integer, unable to parse string as an "
+        'integer (got "lots"); e.g. max_body_bytes = 10485760 (the default)',
+        "  admin_keys (or OPENFUSION_ADMIN_KEYS): should be a valid string",
+        "  [retry] max_attempts (or OPENFUSION_RETRY__MAX_ATTEMPTS): should be greater than or equal to 1 (got 0); "
+        "e.g. max_attempts = 3 (the default)",
+    }, result.stderr
+    assert "12345678901234567" not in result.stderr  # a key's value is never repeated
+    assert not [noise for noise in PYDANTIC_NOISE if noise in result.stderr]
+
+
+def test_a_wrong_preset_names_its_file_and_keys(tmp_path: Path) -> None:
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "team.toml").write_text('analysis_models = "openai/gpt-5"\nmodel = "openai/gpt-5"\ntemprature = 0.3\n')
+    config = tmp_path / "openfusion.toml"
+    config.write_text('default_preset = "quality"\n')
+    result = serve("--config", str(config), "--presets", str(presets))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"openfusion: preset {presets / 'team.toml'} is invalid:",
+        '  analysis_models: should be a valid list (got "openai/gpt-5"); e.g. analysis_models = '
+        '["openai/gpt-5", "anthropic/claude-sonnet-4.5"]',
+        "  temprature: is not a setting here: did you mean temperature?",
+    ]
