@@ -167,13 +167,16 @@ def test_every_environment_variable_the_code_reads_is_on_the_reference_page() ->
     )
 
 
+COMPOSE_FILES = ("compose.yaml", "compose.gateway.yaml")
+
+
 def test_the_compose_variables_are_documented() -> None:
-    compose = (ROOT / "docker" / "compose.yaml").read_text(encoding="utf-8")
+    compose = "".join((ROOT / "docker" / name).read_text(encoding="utf-8") for name in COMPOSE_FILES)
     variables = set(re.findall(r"\$\{([A-Z][A-Z0-9_]+)", compose))
     assert "POSTGRES_PASSWORD" in variables
     docs = "".join(path.read_text(encoding="utf-8") for path in DOCS.rglob("*.md"))
     missing = sorted(name for name in variables if name not in docs)
-    assert not missing, f"variables of docker/compose.yaml missing from docs/: {missing}"
+    assert not missing, f"variables of the compose files missing from docs/: {missing}"
 
 
 def test_the_reference_page_holds_the_marker_the_hook_replaces() -> None:
