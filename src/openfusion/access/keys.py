@@ -165,11 +165,10 @@ def check_exposure(host: str, keys: KeyRing, *, allow_open: bool) -> bool:
     if not allow_open:
         raise ConfigError(
             f"refusing to listen on {host} with no client keys: anyone who can reach this address could spend "
-            "your provider credits. Set client keys: OPENFUSION_API_KEYS=<key>[,<key>...] (long random strings, e.g. "
-            "from `openssl rand -hex 24`, sent by clients as 'Authorization: Bearer <key>'), or [[keys]] in the "
-            "config file; or, on a "
-            "private network or behind something that authenticates, allow it with OPENFUSION_ALLOW_OPEN=1 "
-            "(allow_open = true in the config file)."
+            "your provider credits. Set client keys: OPENFUSION_API_KEYS=<key>[,<key>...] (random strings of 16 "
+            "characters or more, e.g. from `openssl rand -hex 24`, sent by clients as 'Authorization: Bearer "
+            "<key>'), or [[keys]] in the config file; or, on a private network or behind something that "
+            "authenticates, allow it with OPENFUSION_ALLOW_OPEN=1 (allow_open = true in the config file)."
         )
     log.warning(
         "openfusion is listening on %s with no client keys (OPENFUSION_ALLOW_OPEN): anyone who can reach this "
