@@ -79,7 +79,7 @@ def make_settings(fake_upstream: tuple[FakeUpstream, str], presets_dir: Path) ->
             "presets_dir": presets_dir,
             "default_preset": "trio",
             "retry": {"initial_backoff_s": 0, "max_backoff_s": 0},
-            # Explicit: the app's environ has no XDG_STATE_HOME, and the default is under the home directory.
+            # Each test its own activity store, never a shared default one.
             "activity": {"path": presets_dir.parent / "activity.sqlite3"},
         }
         values.update(overrides)
