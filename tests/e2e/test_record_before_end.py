@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx
 import openai
+import orjson
 import psycopg
 import pytest
 
-from e2e.processes import provider_config, serve
+from e2e.processes import Served, provider_config, serve
 from fakes.upstream import FakeUpstream, Script
 
 pytestmark = pytest.mark.e2e
@@ -105,3 +107,66 @@ def test_sqlite_waits_for_the_record_when_asked(
     with sqlite3.connect(database) as conn:
         stored = conn.execute("SELECT id FROM generations WHERE id = ?", (gid,)).fetchall()
     assert stored == [(gid,)]
+
+
+# The request, the event its stream ends with and the record's status, on the surfaces whose streams have no [DONE].
+TERMINAL: dict[str, tuple[str, dict[str, Any], str, str]] = {
+    "messages": (
+        "/v1/messages",
+        {"model": "fusion/trio", "max_tokens": 100, "messages": HI, "stream": True},
+        "message_stop",
+        "ok",
+    ),
+    "responses": ("/v1/responses", {"model": "fusion/trio", "input": "Hi", "stream": True}, "response.completed", "ok"),
+    "responses, failed": (  # the synthesizer breaks off mid-answer
+        "/v1/responses",
+        {"model": "fusion/trio", "input": "Hi", "stream": True},
+        "response.failed",
+        "error",
+    ),
+    "responses, relayed": (  # a provider's own Responses stream, relayed as it comes
+        "/v1/responses",
+        {"model": "native/plain", "input": "Hi", "stream": True},
+        "response.completed",
+        "ok",
+    ),
+}
+# A provider that takes Responses requests itself.
+NATIVE = (
+    '[[providers]]\nname = "native"\nbase_url = "{url}/v1"\nmodels = ["native/*"]\nstrip_prefix = true\n'
+    "responses = true\n"
+)
+
+
+def _killed_at_terminal_event(served: Served, path: str, body: dict[str, Any], terminal: str) -> str:
+    """Read the stream line by line like a client that stops at its terminal event; SIGKILL the server then."""
+    with httpx.stream("POST", f"{served.url}{path}", json=body, timeout=30) as response:
+        assert response.status_code == 200
+        gid = str(response.headers["x-generation-id"])
+        for line in response.iter_lines():
+            if line.startswith("data: ") and orjson.loads(line[6:]).get("type") == terminal:
+                os.killpg(served.process.pid, signal.SIGKILL)  # the client has seen the end: nothing more
+                return gid
+    raise AssertionError(f"the stream ended without {terminal}")
+
+
+@pytest.mark.parametrize("case", list(TERMINAL))
+def test_the_record_is_stored_before_a_stream_s_terminal_event(
+    case: str,
+    fake_upstream: Any,
+    upstream: FakeUpstream,
+    presets_dir: Path,
+    tmp_path: Path,
+    postgres_url: str,
+) -> None:
+    """Messages and Responses streams end with an event, not [DONE]: the record is stored before it is sent."""
+    cut = 1 if case.endswith("failed") else None
+    upstream.script("synth", Script(chunks=["The sky ", "is blue."], cut_stream_after=cut))
+    _, upstream_url = fake_upstream
+    config = provider_config(upstream_url, extra=BATCHING.format(extra=NATIVE.format(url=upstream_url)))
+    path, body, terminal, status = TERMINAL[case]
+    with serve(config, presets_dir, tmp_path, env={"DATABASE_URL": postgres_url}) as served:
+        gid = _killed_at_terminal_event(served, path, body, terminal)
+    with psycopg.connect(postgres_url) as conn:
+        rows = conn.execute("SELECT status FROM generations WHERE id = %s", (gid,)).fetchall()
+    assert rows == [(status,)]

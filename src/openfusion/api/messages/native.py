@@ -84,8 +84,10 @@ async def _relay(forwarded: Forwarded, *, ledger: Ledger, model: str) -> AsyncIt
     complete = ended = False
     pending = b""  # the last line, while it is unfinished
     usage: dict[str, Any] = {}
+    confirms = ledger.confirms
     try:
         async for chunk in forwarded.body:
+            was_ended = ended
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop()
             for line in lines:
@@ -99,6 +101,10 @@ async def _relay(forwarded: Forwarded, *, ledger: Ledger, model: str) -> AsyncIt
                         if isinstance(source, dict):
                             usage.update({k: v for k, v in source.items() if isinstance(v, int)})
                     _record(forwarded, ledger, message, usage)
+            if confirms and ended and not was_ended:
+                # Clients stop reading at `message_stop`: the answer is whole, its record goes first.
+                forwarded.answered()
+                await ledger.commit()
             yield chunk
         complete = True
         if not ended:  # a clean close before `message_stop`: the answer is cut short all the same

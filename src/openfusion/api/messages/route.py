@@ -106,16 +106,20 @@ async def _stream(
         async for batch in with_keepalive(events, keepalive_interval):
             out = b"".join([_encode([PING] if event is None else _render_event(writer, event, ledger))
                             for event in batch])  # fmt: skip
+            if writer.finished:
+                await ledger.commit()  # clients stop reading at `message_stop`: the record goes to the store first
             if out:
                 yield out
         if not writer.finished:
             raise OpenFusionError("The run ended without an answer.", code="internal_error")
     except OpenFusionError as exc:
         ledger.failed(exc)
+        await ledger.commit()  # the `error` event ends the stream: its record first
         yield _encode(writer.fail(exc))
     except Exception as exc:
         ledger.failed(exc)
         log.exception("messages stream failed")
+        await ledger.commit()
         yield _encode(writer.fail(OpenFusionError("Internal server error.", code="internal_error")))
 
 

@@ -78,8 +78,10 @@ def _forwardable(item: dict[str, Any]) -> bool:
 async def _relay(forwarded: Forwarded, *, ledger: Ledger, keep: Keep) -> AsyncIterator[bytes]:
     complete = ended = False
     pending = b""  # the last line, while it is unfinished
+    confirms = ledger.confirms
     try:
         async for chunk in forwarded.body:
+            was_ended = ended
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop()
             for line in lines:
@@ -92,6 +94,10 @@ async def _relay(forwarded: Forwarded, *, ledger: Ledger, keep: Keep) -> AsyncIt
                     if isinstance(response, dict):
                         _record(forwarded, ledger, response)
                         await keep(response)  # before the client hears it is done
+            if confirms and ended and not was_ended:
+                # Clients stop reading at the terminal event: the answer is whole, its record goes first.
+                forwarded.answered()
+                await ledger.commit()
             yield chunk
         complete = True
         if not ended:  # the provider closed the stream before its end: the client must not take it as whole

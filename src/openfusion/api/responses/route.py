@@ -132,14 +132,17 @@ async def _stream(
                             for event in batch])  # fmt: skip
             if writer.finished:
                 await keep(writer.snapshot())
+                await ledger.commit()  # clients stop reading at `response.completed`: the record goes first
             if out:
                 yield out
     except OpenFusionError as exc:
         ledger.failed(exc)
+        await ledger.commit()  # likewise before `response.failed`
         yield _encode(writer.fail(exc))
     except Exception as exc:
         ledger.failed(exc)
         log.exception("responses stream failed")
+        await ledger.commit()
         yield _encode(writer.fail(OpenFusionError("Internal server error.", code="server_error")))
 
 
