@@ -128,6 +128,26 @@ def test_a_native_stream_cut_short_ends_with_an_error_event(
     wait_until(lambda: len(fake.calls) == 1)
 
 
+def test_a_native_stream_the_provider_ends_with_an_error_event_is_recorded_as_failed(
+    native: tuple[FakeAnthropic, str], gateway: str
+) -> None:
+    fake, _ = native
+    fake.replies = [Reply(error_after=4)]
+    body = {"model": "claude/opus", "max_tokens": 10, "messages": QUESTION, "stream": True}
+
+    client_key = {"x-api-key": "sk-client-7d2e4f9a"}
+    with httpx.stream("POST", f"{gateway}/v1/messages", json=body, headers=client_key) as response:
+        lines = [line for line in response.iter_lines() if line]
+        generation_id = response.headers["x-generation-id"]
+
+    events = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+    # The provider's own error event reaches the client as it sent it, and ends the stream.
+    assert events[-1] == {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded mid-stream"}}
+    record = generation(gateway, generation_id)
+    assert record["status"] == "error" and record["failure_reason"] == "upstream_error", record
+    assert "Overloaded mid-stream" in json.dumps(record)
+
+
 def test_a_native_error_is_relayed_as_the_provider_sent_it(native: tuple[FakeAnthropic, str], gateway: str) -> None:
     fake, _ = native
     fake.replies = [Reply(status=529)]

@@ -129,3 +129,21 @@ def test_a_native_stream_cut_short_ends_with_an_error(upstream: FakeUpstream, na
 def _completed_id(sse: str) -> str:
     events = [json.loads(line[6:]) for line in sse.splitlines() if line.startswith("data: ")]
     return str(next(e["response"]["id"] for e in events if e["type"] == "response.completed"))
+
+
+def test_a_native_stream_the_provider_ends_with_response_failed_is_recorded_as_failed(
+    upstream: FakeUpstream, native_server: str
+) -> None:
+    failure = {"code": "server_error", "message": "the model crashed"}
+    upstream.script("plain", Script(content="One two three.", error_event=failure))
+
+    with httpx.stream("POST", f"{native_server}{RESPONSES}", timeout=30,
+                      json={"model": "native/plain", "input": "Hi", "stream": True}) as response:  # fmt: skip
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+        generation_id = response.headers["x-generation-id"]
+
+    # The provider's own failure event reaches the client as it sent it, and ends the stream.
+    assert events[-1]["type"] == "response.failed" and events[-1]["response"]["error"] == failure
+    record = generation(native_server, generation_id)
+    assert record["status"] == "error" and record["failure_reason"] == "upstream_error", record
+    assert "the model crashed" in json.dumps(record)

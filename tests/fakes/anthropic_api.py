@@ -32,6 +32,7 @@ class Reply:
     status: int = 200
     cut_after: int | None = None  # stream: break off after this many events
     end_after: int | None = None  # stream: end cleanly after this many events (no message_stop)
+    error_after: int | None = None  # stream: after this many events, Anthropic's own `error` event, then the end
 
 
 @dataclass
@@ -75,6 +76,11 @@ class FakeAnthropic:
         events = _events(message, reply.cut_after)
         if reply.end_after is not None:
             events = itertools.islice(events, reply.end_after)
+        if reply.error_after is not None:
+            error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded mid-stream"}}
+            events = itertools.chain(
+                itertools.islice(events, reply.error_after), [b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"]
+            )
         return StreamingResponse(events, media_type="text/event-stream")
 
 

@@ -36,9 +36,16 @@ def response_object(reply_id: str, model: str, text: str, usage: dict[str, Any],
 
 
 def stream_events(
-    reply_id: str, model: str, text: str, usage: dict[str, Any], *, end_after: int | None = None
+    reply_id: str,
+    model: str,
+    text: str,
+    usage: dict[str, Any],
+    *,
+    end_after: int | None = None,
+    error: dict[str, Any] | None = None,
 ) -> Iterator[bytes]:
-    """The SSE body of a streamed text answer, event by event; `end_after` deltas: it stops there, cleanly."""
+    """The SSE body of a streamed text answer, event by event; `end_after` deltas: it stops there, cleanly;
+    `error`: after the deltas, the provider's own `response.failed` with this error, then a clean end."""
     sequence = 0
 
     def event(kind: str, **fields: Any) -> bytes:
@@ -56,6 +63,10 @@ def stream_events(
         if n == end_after:
             return
         yield event("response.output_text.delta", **where, delta=piece)
+    if error is not None:
+        failed = {**response_object(reply_id, model, text, usage, status="failed"), "error": error}
+        yield event("response.failed", response=failed)
+        return
     done = response_object(reply_id, model, text, usage, status="completed")
     yield event("response.output_text.done", **where, text=text)
     yield event("response.content_part.done", **where, part=done["output"][0]["content"][0])

@@ -245,7 +245,9 @@ class FakeUpstream:
         if not call.stream:
             return _json(responses_api.response_object(reply.base["id"], model, text, usage, status="completed"),
                          background=done)  # fmt: skip
-        events = responses_api.stream_events(reply.base["id"], model, text, usage, end_after=script.end_stream_after)
+        events = responses_api.stream_events(
+            reply.base["id"], model, text, usage, end_after=script.end_stream_after, error=script.error_event
+        )
         return StreamingResponse(iter(list(events)), media_type="text/event-stream", background=done)
 
     async def _chat(self, request: Request) -> Response:

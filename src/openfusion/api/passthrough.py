@@ -104,6 +104,19 @@ def _failed(forwarded: Forwarded, exc: UpstreamError, *, model: str, ledger: Led
     return b"\n\n" + encode(error_chunk(exc, generation_id=ledger.generation_id, model=model, created=0)) + DONE
 
 
+def provider_failed(forwarded: Forwarded, ledger: Ledger, error: Any) -> None:
+    """A relayed stream the provider ended with its own failure event (`error`, its error object): the
+    client gets that event as sent; the request and its upstream call are recorded as failed."""
+    trace = forwarded.trace
+    slug, provider = (trace.model, trace.provider) if trace is not None else (ledger.requested_model, "")
+    message = error.get("message") if isinstance(error, dict) else None
+    reason = message if isinstance(message, str) and message else "unknown error"
+    exc = UpstreamStatusError(f"{slug} failed mid-stream: {reason}", model=slug, provider=provider)
+    ledger.failed(exc)
+    if trace is not None and trace.ended is None:
+        end_call(trace, status="error", error=exc.message)
+
+
 def unfinished(forwarded: Forwarded, tail: bytes) -> tuple[UpstreamError, bool] | None:
     """Why an event stream that ended cleanly is not a whole answer, and whether it sent [DONE]; None if whole.
 

@@ -23,7 +23,7 @@ from openfusion.api.event_stream import EventStreamResponse
 from openfusion.api.ledger import Ledger
 from openfusion.api.messages.errors import error_event
 from openfusion.api.messages.writer import SIGNATURE_PREFIX
-from openfusion.api.passthrough import SSE_HEADERS, forward_first_success, without_openfusion_fields
+from openfusion.api.passthrough import SSE_HEADERS, forward_first_success, provider_failed, without_openfusion_fields
 from openfusion.errors import UpstreamError, UpstreamProtocolError
 from openfusion.protocol import ChatRequest, Usage
 from openfusion.upstream.client import MESSAGES_COUNT_PATH, MESSAGES_PATH, Forwarded
@@ -32,7 +32,8 @@ from openfusion.upstream.client import MESSAGES_COUNT_PATH, MESSAGES_PATH, Forwa
 _FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
 _DEFAULT_VERSION = "2023-06-01"
 _USAGE_EVENTS = (b'"message_start"', b'"message_delta"')
-_END_EVENTS = (b'"message_stop"', b'"type":"error"')  # a provider's own error event ends its stream too
+_ERROR_EVENT = b'"type":"error"'
+_END_EVENTS = (b'"message_stop"', _ERROR_EVENT)  # a provider's own error event ends its stream too
 
 
 def speaks_messages(state: AppState, chat: ChatRequest) -> bool:
@@ -94,6 +95,8 @@ async def _relay(forwarded: Forwarded, *, ledger: Ledger, model: str) -> AsyncIt
                 if not line.startswith(b"data: "):
                     continue
                 ended = ended or any(kind in line[:40] for kind in _END_EVENTS)
+                if _ERROR_EVENT in line[:40]:
+                    provider_failed(forwarded, ledger, (_json(line[6:]) or {}).get("error"))
                 if any(kind in line[:40] for kind in _USAGE_EVENTS):
                     event = _json(line[6:]) or {}
                     message = event.get("message") if isinstance(event.get("message"), dict) else {}

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from openfusion.api.dispatch import Exchange
 from openfusion.api.event_stream import EventStreamResponse
 from openfusion.api.ledger import Ledger
-from openfusion.api.passthrough import SSE_HEADERS, forward_first_success, without_openfusion_fields
+from openfusion.api.passthrough import SSE_HEADERS, forward_first_success, provider_failed, without_openfusion_fields
 from openfusion.api.responses.request import Translated
 from openfusion.errors import OpenFusionError, UpstreamError, UpstreamProtocolError
 from openfusion.protocol import Usage
@@ -27,7 +27,8 @@ from openfusion.upstream.client import RESPONSES_PATH, Forwarded
 Keep = Callable[[dict[str, Any]], Awaitable[None]]
 _COMPLETED = b'"response.completed"'
 # Any of these ends a Responses stream; a stream that stops before one is cut short.
-_TERMINAL = (_COMPLETED, b'"response.incomplete"', b'"response.failed"', b'"type":"error"')
+_FAILED = (b'"response.failed"', b'"type":"error"')
+_TERMINAL = (_COMPLETED, b'"response.incomplete"', *_FAILED)
 
 
 def speaks_responses(exchange: Exchange) -> bool:
@@ -94,6 +95,12 @@ async def _relay(forwarded: Forwarded, *, ledger: Ledger, keep: Keep) -> AsyncIt
                     if isinstance(response, dict):
                         _record(forwarded, ledger, response)
                         await keep(response)  # before the client hears it is done
+                elif any(mark in head for mark in _FAILED):
+                    event = _json(line[6:]) or {}
+                    response = event.get("response")
+                    if isinstance(response, dict):  # response.failed: its usage still counts
+                        _record(forwarded, ledger, response)
+                    provider_failed(forwarded, ledger, response.get("error") if isinstance(response, dict) else event)
             if confirms and ended and not was_ended:
                 # Clients stop reading at the terminal event: the answer is whole, its record goes first.
                 forwarded.answered()
