@@ -92,6 +92,7 @@ def test_a_run_grades_every_criterion_and_reports_the_hand_computed_numbers(
     grader_body = fake.calls_for("grader")[0].body
     assert grader_body["response_format"]["type"] == "json_schema"
     assert grader_body["temperature"] == 0
+    assert grader_body["max_tokens"] == 2048  # bounded by default: a rambling grader fails one grade, cheaply
     kinds = [r["kind"] for r in results(out)]
     assert (kinds.count("answer"), kinds.count("grade")) == (3 * 4, 3 * CRITERIA)
 

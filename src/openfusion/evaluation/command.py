@@ -24,6 +24,9 @@ from openfusion.evaluation.summary import lifts, summarize
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_KEY_ENV = "OPENFUSION_API_KEY"
+# A grade is a verdict and a sentence or two: a bound that still leaves a reasoning grader room to think,
+# so a grader that rambles fails that one grade instead of running up its bill.
+DEFAULT_GRADER_MAX_TOKENS = 2048
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +37,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     arg("--data", required=True, help="DRACO-format JSONL file, or hf:perplexity-ai/draco")
     arg("--grader", required=True, help="the grader model (one call per criterion)")
     arg("--grader-temperature", type=float, default=0.0, help="grader temperature (default 0)")
-    arg("--grader-max-tokens", type=_positive, default=None, help="max_tokens of each grader call")
+    arg("--grader-max-tokens", type=_positive, default=DEFAULT_GRADER_MAX_TOKENS,
+        help=f"max_tokens of each grader call (default {DEFAULT_GRADER_MAX_TOKENS})")  # fmt: skip
     arg("--max-tokens", type=_positive, default=None, help="max_tokens of each answer")
     arg("--repeats", type=_positive, default=1, help="grading runs per answer, averaged (DRACO's paper: 5)")
     arg("--limit", type=_positive, default=None, help="sample this many tasks")
