@@ -262,6 +262,12 @@ def test_a_hit_is_recorded_as_one_with_the_cost_it_saved(upstream: FakeUpstream,
         time.sleep(0.3)  # the writer flushes every 50 ms
         generation = httpx.get(f"{url}/api/v1/generation", params={"id": second.id},
                                headers={"Authorization": f"Bearer {ALICE}"}).json()["data"]  # fmt: skip
+        listed = httpx.get(f"{url}/activity", headers={"Authorization": f"Bearer {ALICE}"}).text
+        page = httpx.get(f"{url}/activity/{second.id}", headers={"Authorization": f"Bearer {ALICE}"}).text
+    # The pages mark the hit too: in the list beside its cost, and on its own page with the cost it saved.
+    rows = {row.split('data-id="')[1].split('"')[0]: row for row in listed.split('<tr class="request"')[1:]}
+    assert 'class="badge cache-hit"' in rows[second.id] and "cache-hit" not in rows[first.id]
+    assert "Result cache" in page and "$0.625" in page, page
     assert generation["cache_hit"] is True and generation["total_cost"] == 0
     assert generation["cost_saved"] == pytest.approx(0.625)
 
