@@ -12,6 +12,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +53,12 @@ class ErrorLog(logging.Handler):
         self.records.append(record)
 
 
-@pytest.fixture(scope="module")
-def fuzz_server(
-    fake_upstream: tuple[FakeUpstream, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, ErrorLog]]:
-    """One openfusion (fake/* provider, trio preset, SQLite activity) for every example; its URL and ERROR log."""
-    fake, upstream_url = fake_upstream
+@contextmanager
+def fuzz_served(fake: FakeUpstream, upstream_url: str, root: Path, **activity: Any) -> Iterator[tuple[str, ErrorLog]]:
+    """One openfusion (fake/* provider, trio preset, SQLite activity in `root`) for every example of a fuzz;
+    its URL and the ERROR records it logs."""
     fake.reset()
     fake.script("judge", judge_script())
-    root = tmp_path_factory.mktemp("fuzz")
     presets = root / "presets"
     presets.mkdir()
     (presets / "trio.toml").write_text(TRIO)
@@ -73,7 +71,7 @@ def fuzz_server(
         presets_dir=presets,
         default_preset="trio",
         retry={"max_attempts": 1},
-        activity={"path": Path(root) / "activity.sqlite3"},
+        activity={"path": root / "activity.sqlite3", **activity},
     )  # fmt: skip
     errors = ErrorLog()
     loggers = [logging.getLogger(name) for name in ("openfusion", "uvicorn.error")]
@@ -86,6 +84,15 @@ def fuzz_server(
         for logger in loggers:
             logger.removeHandler(errors)
         fake.reset()
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(
+    fake_upstream: tuple[FakeUpstream, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, ErrorLog]]:
+    """The chat fuzz's server."""
+    with fuzz_served(*fake_upstream, tmp_path_factory.mktemp("fuzz")) as served:
+        yield served
 
 
 def assert_error_shape(error: Any, where: str) -> None:

@@ -17,26 +17,20 @@ fixed, derandomized set; FUZZ_PROFILE=deep runs thousands of fresh ones per surf
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from hypothesis import example, given, settings
 
-from e2e.conftest import TRIO, judge_script
 from e2e.strategies import mostly, nested
 from e2e.surface_strategies import count_tokens_request, junk, messages_request, responses_request
-from e2e.test_fuzz_requests import PROFILE, ErrorLog
-from fakes.server import serve_in_thread
+from e2e.test_fuzz_requests import PROFILE, ErrorLog, fuzz_served
 from fakes.upstream import FakeUpstream
-from openfusion.app import create_app
-from openfusion.settings import ProviderConfig, Settings
 
 RESPONSES, MESSAGES, COUNT_TOKENS = "/v1/responses", "/v1/messages", "/v1/messages/count_tokens"
 # Fewer examples than chat's: the schemas are smaller, and the fast suite keeps each surface to a few seconds.
@@ -60,36 +54,9 @@ ANTHROPIC_PATH = re.compile(r"^([a-z_]+)((?:\.[A-Za-z0-9_:-]+)*): \S")
 def surfaces_server(
     fake_upstream: tuple[FakeUpstream, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, ErrorLog]]:
-    """One openfusion (fake/* provider, trio preset, SQLite activity flushed often) for every example."""
-    fake, upstream_url = fake_upstream
-    fake.reset()
-    fake.script("judge", judge_script())
-    root = tmp_path_factory.mktemp("fuzz-surfaces")
-    presets = root / "presets"
-    presets.mkdir()
-    (presets / "trio.toml").write_text(TRIO)
-    app_settings = Settings(
-        providers=[
-            ProviderConfig(name="fake", base_url=f"{upstream_url}/v1", api_key_env="FAKE_KEY", models=["fake/*"],
-                           strip_prefix=True)
-        ],
-        builtin_providers=False,
-        presets_dir=presets,
-        default_preset="trio",
-        retry={"max_attempts": 1},
-        activity={"path": Path(root) / "activity.sqlite3", "flush_interval_s": 0.05},
-    )  # fmt: skip
-    errors = ErrorLog()
-    loggers = [logging.getLogger(name) for name in ("openfusion", "uvicorn.error")]
-    for logger in loggers:
-        logger.addHandler(errors)
-    try:
-        with serve_in_thread(create_app(app_settings, environ={"FAKE_KEY": "sk-fake"})) as url:
-            yield url, errors
-    finally:
-        for logger in loggers:
-            logger.removeHandler(errors)
-        fake.reset()
+    """The surfaces fuzz's server, its activity flushed often (every generation id is looked up)."""
+    with fuzz_served(*fake_upstream, tmp_path_factory.mktemp("fuzz-surfaces"), flush_interval_s=0.05) as served:
+        yield served
 
 
 def encode(payload: Any) -> bytes:
