@@ -156,6 +156,24 @@ async def test_the_grader_steps_down_to_what_the_server_accepts(
     assert all(b["temperature"] == 0 and b["max_tokens"] == 64 for b in bodies)
 
 
+async def test_a_grader_that_refuses_max_tokens_gets_max_completion_tokens(server: tuple[FakeUpstream, str]) -> None:
+    fake, url = server
+    # OpenAI's reasoning models refuse max_tokens (400, param max_tokens) and want max_completion_tokens.
+    verdict = json.dumps({"criterion_status": "MET", "explanation": "present"})
+    fake.script("reasoner", Script(content=verdict, reject_parameters={"max_tokens"}))
+    messages = [{"role": "user", "content": "grade"}]
+
+    async with make_client(base_url=url, api_key="k", timeout=10, max_retries=0) as client:
+        grader = Grader(client, model="reasoner", temperature=0, max_tokens=2048)
+        first = await grader.judge(messages)
+        second = await grader.judge(messages)
+
+    assert first.verdict is not None and first.verdict.met and second.verdict is not None
+    limits = [(c.body.get("max_tokens"), c.body.get("max_completion_tokens")) for c in fake.calls_for("reasoner")]
+    # One refusal, then the other name for the rest of the run.
+    assert limits == [(2048, None), (None, 2048), (None, 2048)]
+
+
 async def test_grader_errors_are_failures_not_exceptions(server: tuple[FakeUpstream, str]) -> None:
     fake, url = server
     fake.script("g429", Script(status=429, error_message="slow down"))

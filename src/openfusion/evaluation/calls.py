@@ -109,6 +109,9 @@ class Grader:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.dialect = 0  # index into DIALECTS, shared by every call of the run
+        # `max_tokens` goes everywhere but to OpenAI's reasoning models, which refuse it for
+        # `max_completion_tokens`: a refusal switches the name for the rest of the run.
+        self.limit_field = "max_tokens"
 
     async def judge(self, messages: list[dict[str, str]]) -> GraderReply:
         """One grader call; never raises for an API or parse failure (those are grader failures)."""
@@ -120,6 +123,9 @@ class Grader:
                 response = await self._create(messages, DIALECTS[dialect])
                 break
             except openai.APIError as exc:
+                if self.max_tokens and self.limit_field == "max_tokens" and refuses_parameter(exc, "max_tokens"):
+                    self.limit_field = "max_completion_tokens"
+                    continue
                 if not refuses_format(exc) or dialect + 1 == len(DIALECTS):
                     return GraderReply(None, error=describe(exc))
                 self.dialect = max(self.dialect, dialect + 1)  # concurrent refusals step down once
@@ -131,7 +137,7 @@ class Grader:
             return GraderReply(None, error=str(exc), cost=cost)
 
     async def _create(self, messages: list[dict[str, str]], response_format: dict[str, Any] | None) -> Any:
-        options: dict[str, Any] = {"max_tokens": self.max_tokens} if self.max_tokens else {}
+        options: dict[str, Any] = {self.limit_field: self.max_tokens} if self.max_tokens else {}
         if response_format is not None:
             options["response_format"] = response_format
         return await self.client.chat.completions.create(
@@ -140,6 +146,16 @@ class Grader:
             temperature=self.temperature,
             **options,
         )
+
+
+def refuses_parameter(exc: Exception, name: str) -> bool:
+    """Whether an API error is a 400 refusing the parameter `name` (OpenAI names it in `param`)."""
+    import openai
+
+    if not isinstance(exc, openai.BadRequestError):
+        return False
+    param = exc.body.get("param") if isinstance(exc.body, dict) else None
+    return param == name or f"'{name}'" in describe(exc)
 
 
 def usage_cost(usage: Any) -> float | None:
