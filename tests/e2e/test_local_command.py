@@ -9,6 +9,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from openfusion.localdemo.config import ACTIVITY_FILE, write_config
 from openfusion.localdemo.servers import LlamaServer
 from openfusion.settings import load_settings
@@ -34,6 +36,23 @@ def test_a_busy_port_is_refused_before_any_server_starts(tmp_path: Path) -> None
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "work").exists(), "checked before anything was made"
     assert not list(tmp_path.glob("openfusion-local-*"))
+
+
+def test_an_address_beyond_loopback_without_client_keys_is_refused_before_any_server_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENFUSION_API_KEYS", raising=False)
+    monkeypatch.delenv("OPENFUSION_ALLOW_OPEN", raising=False)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    result = local("--host", "0.0.0.0", "--port", str(port), "--workdir", str(tmp_path / "work"), tmp_path=tmp_path)
+
+    assert result.returncode == 2, result.stderr
+    assert "refusing to listen on 0.0.0.0 with no client keys" in result.stderr
+    assert "OPENFUSION_API_KEYS" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "work").exists(), "refused before anything was made or started"
 
 
 def test_a_missing_workdir_is_created(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -66,10 +67,16 @@ def run_local(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     configure_logging(fmt="text")
     try:
-        check_port_free(args.host, args.port)  # before minutes of starting servers, not after
+        # Before minutes of starting servers, not after: the port, and an address beyond loopback without
+        # client keys (the demo's config adds none: they can only come from the environment).
+        check_port_free(args.host, args.port)
+        _check_exposure(args.host)
         workdir, temporary = _workdir(args.workdir)
     except LocalDemoError as exc:
         print(f"openfusion local: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    except ConfigError as exc:
+        print(f"openfusion local: {exc.message}", file=sys.stderr)  # noqa: T201
         return 2
     try:
         with running_servers(args.panel, log_dir=workdir, model=args.model) as servers:
@@ -97,6 +104,19 @@ def run_local(args: argparse.Namespace) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
         elif temporary:
             print(f"openfusion local: kept {workdir}", file=sys.stderr)  # noqa: T201
+
+
+def _check_exposure(host: str) -> None:
+    """Raise ConfigError where `openfusion serve` would: beyond loopback with no client keys, unless allowed."""
+    from openfusion.access.config import AccessConfig
+    from openfusion.access.keys import check_exposure, is_loopback, load_keys
+    from openfusion.settings import load_settings
+
+    if is_loopback(host):
+        return
+    settings = load_settings(None)
+    keys = load_keys(AccessConfig.model_validate(settings, from_attributes=True), os.environ)
+    check_exposure(host, keys, allow_open=settings.allow_open)
 
 
 def check_port_free(host: str, port: int) -> None:
