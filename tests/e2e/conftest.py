@@ -19,6 +19,8 @@ from fakes.upstream import FakeUpstream, Script
 from openfusion.app import create_app
 from openfusion.settings import ProviderConfig, Settings
 
+from .loopback_net import LoopbackNet
+
 ANALYSIS = {
     "consensus": ["The sky is blue because of Rayleigh scattering."],
     "contradictions": [{"topic": "sunsets", "stances": [{"model": "fake/a", "stance": "red"}]}],
@@ -86,6 +88,14 @@ def make_settings(fake_upstream: tuple[FakeUpstream, str], presets_dir: Path) ->
         return Settings(**values)
 
     return make
+
+
+@pytest.fixture
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> LoopbackNet:
+    """Safety net: nothing may connect or resolve beyond loopback, whatever the SSRF guard does (see loopback_net)."""
+    net = LoopbackNet()
+    net.install(monkeypatch)
+    return net
 
 
 @pytest.fixture

@@ -17,7 +17,9 @@ from starlette.routing import Route
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream, Script
 
-from .test_research import call, loopback_only, research_settings  # noqa: F401  (loopback_only: autouse)
+from .test_research import call, research_settings
+
+pytestmark = pytest.mark.usefixtures("loopback_only")
 
 CHAT = "/v1/chat/completions"
 HI = [{"role": "user", "content": "Which answer is right?"}]

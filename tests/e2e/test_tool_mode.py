@@ -150,6 +150,7 @@ def test_a_failed_panel_is_a_tool_error_not_an_http_error(upstream: FakeUpstream
     assert response.model_extra["fusion"]["status"] == "error"
 
 
+@pytest.mark.usefixtures("loopback_only")
 def test_the_tool_result_lists_failed_models_and_sources(
     upstream: FakeUpstream, fake_upstream: tuple[FakeUpstream, str], start_server: Any
 ) -> None:

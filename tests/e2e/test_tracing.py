@@ -264,6 +264,7 @@ def test_tracing_off_never_imports_the_tracing_sdk(tmp_path: Any) -> None:
     assert result.stdout.strip() == "[]"
 
 
+@pytest.mark.usefixtures("loopback_only")
 def test_research_tool_calls_are_client_spans_of_their_stage(
     upstream: FakeUpstream, traced_server: Any, receiver: tuple[Receiver, str]
 ) -> None:
