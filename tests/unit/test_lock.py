@@ -37,7 +37,10 @@ def requirements(*extras: str) -> list[Requirement]:
 
 @pytest.mark.parametrize(
     ("lock", "extras", "hashed"),
-    [("requirements.lock", ("postgres",), True), ("requirements-dev.lock", ("test", "docs", "postgres"), False)],
+    [
+        ("requirements.lock", ("postgres", "otel"), True),
+        ("requirements-dev.lock", ("test", "docs", "postgres", "otel"), False),
+    ],
 )
 def test_every_dependency_is_pinned_within_its_range(lock: str, extras: tuple[str, ...], hashed: bool) -> None:
     pinned = pins(lock)
