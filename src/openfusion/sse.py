@@ -18,6 +18,26 @@ def encode(payload: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
+def encode_named(events: list[dict[str, Any]]) -> bytes:
+    """Events with their `event:` line (the Responses and Messages APIs): each named by its `type`."""
+    return b"".join([b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events])
+
+
+class DataLines:
+    """The `data:` lines of an event stream read in chunks of any size: a line a chunk cuts waits for the rest."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The whole `data:` lines this chunk completes, in order."""
+        lines = (self._pending + chunk).split(b"\n")
+        self._pending = lines.pop()
+        return [line for line in lines if line.startswith(b"data: ")]
+
+
 def error_chunk(error: OpenFusionError, *, generation_id: str, model: str, created: int) -> dict[str, Any]:
     """The final chunk of a stream that failed after it began (OpenAI fields plus OpenRouter's metadata)."""
     body = error.to_body()

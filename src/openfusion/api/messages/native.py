@@ -26,6 +26,7 @@ from openfusion.api.messages.writer import SIGNATURE_PREFIX
 from openfusion.api.passthrough import SSE_HEADERS, forward_first_success, provider_failed, without_openfusion_fields
 from openfusion.errors import UpstreamError, UpstreamProtocolError
 from openfusion.protocol import ChatRequest, Usage
+from openfusion.sse import DataLines
 from openfusion.upstream.client import MESSAGES_COUNT_PATH, MESSAGES_PATH, Forwarded
 
 # The client's headers a Messages provider reads; `anthropic-version` is required by Anthropic.
@@ -83,17 +84,13 @@ async def count_native(state: AppState, chat: ChatRequest, raw: dict[str, Any], 
 
 async def _relay(forwarded: Forwarded, *, ledger: Ledger, model: str) -> AsyncIterator[bytes]:
     complete = ended = False
-    pending = b""  # the last line, while it is unfinished
+    data = DataLines()
     usage: dict[str, Any] = {}
     confirms = ledger.confirms
     try:
         async for chunk in forwarded.body:
             was_ended = ended
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()
-            for line in lines:
-                if not line.startswith(b"data: "):
-                    continue
+            for line in data.feed(chunk):
                 ended = ended or any(kind in line[:40] for kind in _END_EVENTS)
                 if _ERROR_EVENT in line[:40]:
                     provider_failed(forwarded, ledger, (_json(line[6:]) or {}).get("error"))

@@ -27,6 +27,7 @@ from openfusion.api.translated import chat_events
 from openfusion.errors import OpenFusionError
 from openfusion.pipeline.events import Event, RunFinished
 from openfusion.pipeline.plan import plan_fusion
+from openfusion.sse import encode_named
 
 log = logging.getLogger("openfusion")
 
@@ -90,7 +91,7 @@ async def _render(exchange: Exchange, translated: Translated) -> Response:
     if chat.stream:
         body = ledger.closing(
             _stream(writer, events, ledger=ledger, keepalive_interval=state.settings.keepalive_interval_s),
-            render_error=lambda error: _encode(writer.fail(error)),  # the end of the grace period
+            render_error=lambda error: encode_named(writer.fail(error)),  # the end of the grace period
         )
         return EventStreamResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
     result = await cancel_on_disconnect(exchange.request, _complete(writer, events, ledger=ledger), drain=state.drain)
@@ -101,10 +102,10 @@ async def _stream(
     writer: MessageWriter, events: AsyncIterator[Event], *, ledger: Ledger, keepalive_interval: float
 ) -> AsyncIterator[bytes]:
     """The SSE body: `message_start` first, then the run's events, with a `ping` whenever it is silent."""
-    yield _encode(writer.start())
+    yield encode_named(writer.start())
     try:
         async for batch in with_keepalive(events, keepalive_interval):
-            out = b"".join([_encode([PING] if event is None else _render_event(writer, event, ledger))
+            out = b"".join([encode_named([PING] if event is None else _render_event(writer, event, ledger))
                             for event in batch])  # fmt: skip
             if writer.finished:
                 await ledger.commit()  # clients stop reading at `message_stop`: the record goes to the store first
@@ -115,12 +116,12 @@ async def _stream(
     except OpenFusionError as exc:
         ledger.failed(exc)
         await ledger.commit()  # the `error` event ends the stream: its record first
-        yield _encode(writer.fail(exc))
+        yield encode_named(writer.fail(exc))
     except Exception as exc:
         ledger.failed(exc)
         log.exception("messages stream failed")
         await ledger.commit()
-        yield _encode(writer.fail(OpenFusionError("Internal server error.", code="internal_error")))
+        yield encode_named(writer.fail(OpenFusionError("Internal server error.", code="internal_error")))
 
 
 async def _complete(writer: MessageWriter, events: AsyncIterator[Event], *, ledger: Ledger) -> dict[str, Any]:
@@ -137,8 +138,3 @@ def _render_event(writer: MessageWriter, event: Event, ledger: Ledger) -> list[d
     if isinstance(event, RunFinished):
         ledger.finished(event, finish_reason=writer.finish_reason)
     return out
-
-
-def _encode(events: list[dict[str, Any]]) -> bytes:
-    """Server-sent events, each with its `event:` line; there is no `[DONE]` in this API."""
-    return b"".join([b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events])

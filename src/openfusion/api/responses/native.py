@@ -22,6 +22,7 @@ from openfusion.api.passthrough import SSE_HEADERS, forward_first_success, provi
 from openfusion.api.responses.request import Translated
 from openfusion.errors import OpenFusionError, UpstreamError, UpstreamProtocolError
 from openfusion.protocol import Usage
+from openfusion.sse import DataLines
 from openfusion.upstream.client import RESPONSES_PATH, Forwarded
 
 Keep = Callable[[dict[str, Any]], Awaitable[None]]
@@ -78,16 +79,12 @@ def _forwardable(item: dict[str, Any]) -> bool:
 
 async def _relay(forwarded: Forwarded, *, ledger: Ledger, keep: Keep) -> AsyncIterator[bytes]:
     complete = ended = False
-    pending = b""  # the last line, while it is unfinished
+    data = DataLines()
     confirms = ledger.confirms
     try:
         async for chunk in forwarded.body:
             was_ended = ended
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()
-            for line in lines:
-                if not line.startswith(b"data: "):
-                    continue
+            for line in data.feed(chunk):
                 head = line[:64]
                 ended = ended or any(mark in head for mark in _TERMINAL)
                 if _COMPLETED in head:

@@ -28,7 +28,7 @@ from openfusion.api.translated import chat_events
 from openfusion.errors import InvalidRequest, OpenFusionError
 from openfusion.pipeline.events import Event, RunFinished
 from openfusion.protocol import NAME_ERROR, plain_name
-from openfusion.sse import KEEPALIVE
+from openfusion.sse import KEEPALIVE, encode_named
 
 log = logging.getLogger("openfusion")
 
@@ -108,7 +108,7 @@ async def _render(exchange: Exchange, translated: Translated, *, owner: str) -> 
         interval = exchange.state.settings.keepalive_interval_s
         body = ledger.closing(
             _stream(writer, events, ledger=ledger, keepalive_interval=interval, keep=keep),
-            render_error=lambda error: _encode(writer.fail(error)),  # the end of the grace period
+            render_error=lambda error: encode_named(writer.fail(error)),  # the end of the grace period
         )
         return EventStreamResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
     work = _complete(writer, events, ledger=ledger, keep=keep)
@@ -125,10 +125,10 @@ async def _stream(
     keep: Callable[[dict[str, Any]], Awaitable[None]],
 ) -> AsyncIterator[bytes]:
     """The SSE body: `response.created` first, then the run's events (keep-alives while it is silent)."""
-    yield _encode(writer.start())
+    yield encode_named(writer.start())
     try:
         async for batch in with_keepalive(events, keepalive_interval):
-            out = b"".join([KEEPALIVE if event is None else _encode(_render_event(writer, event, ledger))
+            out = b"".join([KEEPALIVE if event is None else encode_named(_render_event(writer, event, ledger))
                             for event in batch])  # fmt: skip
             if writer.finished:
                 await keep(writer.snapshot())
@@ -138,12 +138,12 @@ async def _stream(
     except OpenFusionError as exc:
         ledger.failed(exc)
         await ledger.commit()  # likewise before `response.failed`
-        yield _encode(writer.fail(exc))
+        yield encode_named(writer.fail(exc))
     except Exception as exc:
         ledger.failed(exc)
         log.exception("responses stream failed")
         await ledger.commit()
-        yield _encode(writer.fail(OpenFusionError("Internal server error.", code="server_error")))
+        yield encode_named(writer.fail(OpenFusionError("Internal server error.", code="server_error")))
 
 
 async def _complete(
@@ -167,8 +167,3 @@ def _render_event(writer: ResponseWriter, event: Event, ledger: Ledger) -> list[
     if isinstance(event, RunFinished):
         ledger.finished(event, finish_reason=writer.finish_reason)
     return out
-
-
-def _encode(events: list[dict[str, Any]]) -> bytes:
-    """Server-sent events with OpenAI's `event:` line; there is no `[DONE]` in this API."""
-    return b"".join([b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events])
