@@ -19,7 +19,7 @@ import aiohttp
 
 from bench import envs
 from bench.load import LoopResult, RequestFn, Sample, closed_loop, summarize
-from bench.procs import Service, cpu_delta, free_port, loadavg, machine_busy_seconds, raise_fd_limit
+from bench.procs import Service, connections_by_pid, cpu_delta, free_port, loadavg, machine_busy_seconds, raise_fd_limit
 
 REPO = Path(__file__).resolve().parents[1]
 MASTER_KEY = "sk-bench"  # LiteLLM refuses to start without one; every arm gets the same header
@@ -39,6 +39,10 @@ class Slice:
     calls: dict[str, int] = field(default_factory=dict)  # upstream calls the fake saw, per kind
     rss: dict[str, int] = field(default_factory=dict)
     loadavg: str = ""
+    # CPU seconds of each process of a watched service (a supervisor and its workers), by pid.
+    cpu_by_pid: dict[str, dict[int, float]] = field(default_factory=dict)
+    # Client connections each of those processes held at the end of a steady window, by pid.
+    connections_by_pid: dict[str, dict[int, int]] = field(default_factory=dict)
 
 
 def aggregate(slices: Sequence[Slice], *, base_s: float = 0.0, proxy: str | None = None) -> dict[str, Any]:
@@ -61,6 +65,18 @@ def aggregate(slices: Sequence[Slice], *, base_s: float = 0.0, proxy: str | None
     out["upstream_calls_per_req"] = {k: sum(sl.calls.get(k, 0) for sl in slices) / completed for k in sorted(kinds)}
     if proxy and slices[-1].rss.get(proxy):
         out["rss_mb"] = slices[-1].rss[proxy] / 2**20
+    if proxy and any(sl.cpu_by_pid.get(proxy) for sl in slices):
+        # Each process's share of the proxy's CPU, largest first, slice by slice (pids differ after a restart).
+        out["cpu_split"] = [
+            sorted((v / total for v in sl.cpu_by_pid[proxy].values()), reverse=True)
+            for sl in slices
+            if (total := sum(sl.cpu_by_pid.get(proxy, {}).values())) > 0
+        ]
+        out["connection_split"] = [
+            sorted(sl.connections_by_pid.get(proxy, {}).values(), reverse=True)
+            for sl in slices
+            if sl.connections_by_pid.get(proxy)
+        ]
     out["loadavg"] = [sl.loadavg for sl in slices]
     out["completed"] = completed
     if base_s:
@@ -254,10 +270,39 @@ class Bench:
         warmup_s: float = 0.0,
         min_samples: int = 0,
         watch: Sequence[str] = (),
+        steady: bool = False,
     ) -> Slice:
-        """One slice of closed-loop load, with the CPU of every service and of the machine around it."""
+        """One slice of closed-loop load, with the CPU of every service and of the machine around it.
+
+        `steady`: CPU, throughput and the requests it is divided by are those of the steady window only
+        (from the end of the warm-up to `duration_s`), not of the whole slice with its ramp-up and drain.
+        """
+        if steady:
+            marks: dict[str, tuple[dict[str, dict[str, float]], float, float]] = {}
+            held: dict[str, dict[int, int]] = {}
+
+            def mark(name: str) -> None:
+                marks[name] = (self._cpu(), time.process_time(), machine_busy_seconds())
+                if name == "end":
+                    held.update({s: connections_by_pid(self.services[s].pid, self.services[s].port) for s in watch})
+
+            result = await closed_loop(
+                session,
+                request,
+                concurrency=concurrency,
+                duration_s=duration_s,
+                max_requests=max_requests,
+                warmup_s=warmup_s,
+                min_samples=min_samples,
+                steady=mark,
+            )
+            (cpu0, client0, busy0), (cpu1, client1, busy1) = marks["start"], marks["end"]
+            result.elapsed, result.completed = result.steady_s, result.steady_completed
+            taken = self._slice(result, {}, cpu0, client0, busy0, watch, after=(cpu1, client1, busy1, {}))
+            taken.connections_by_pid = {name: split for name, split in held.items() if len(split) > 1}
+            return taken
         calls0, cpu0, client0, busy0 = self.fake_calls(), self._cpu(), time.process_time(), machine_busy_seconds()
-        result: LoopResult = await closed_loop(
+        result = await closed_loop(
             session,
             request,
             concurrency=concurrency,
@@ -285,11 +330,16 @@ class Bench:
         client0: float,
         busy0: float,
         watch: Sequence[str],
+        *,
+        after: tuple[dict[str, dict[str, float]], float, float, dict[str, int]] | None = None,
     ) -> Slice:
-        cpu1, client1, busy1 = self._cpu(), time.process_time(), machine_busy_seconds()
-        calls1 = self.fake_calls()
+        if after is None:
+            cpu1, client1, busy1, calls1 = self._cpu(), time.process_time(), machine_busy_seconds(), self.fake_calls()
+        else:
+            cpu1, client1, busy1, calls1 = after
         cpu = {name: cpu_delta(cpu0.get(name, cpu1[name]), cpu1[name]) for name in cpu1}
         rss = {name: self.services[name].rss() for name in watch if name in self.services}
+        by_pid = {name: _cpu_by_pid(cpu0.get(name, {}), cpu1[name]) for name in watch if name in cpu1}
         return Slice(
             samples=result.samples,
             elapsed=result.elapsed,
@@ -301,7 +351,20 @@ class Bench:
             calls={k: calls1.get(k, 0) - calls0.get(k, 0) for k in calls1},
             rss=rss,
             loadavg=loadavg(),
+            cpu_by_pid={name: split for name, split in by_pid.items() if len(split) > 1},
         )
+
+
+def _cpu_by_pid(before: dict[str, float], after: dict[str, float]) -> dict[int, float]:
+    """CPU seconds of each process of a tree between two `cpu_snapshot`s (processes that did any work)."""
+    pids = {key.split("/", 1)[0] for key in after}
+    out = {}
+    for pid in pids:
+        mine = {k: v for k, v in after.items() if k.split("/", 1)[0] == pid}
+        spent = cpu_delta({k: v for k, v in before.items() if k.split("/", 1)[0] == pid}, mine)
+        if spent > 0.001:
+            out[int(pid)] = spent
+    return out
 
 
 async def interleaved(
@@ -315,6 +378,7 @@ async def interleaved(
     warmup_s: float,
     prewarm: bool = True,
     min_samples: int = 0,
+    steady: bool = False,
 ) -> dict[str, list[Slice]]:
     """Run every arm `rounds` times, rotating the order each round so drift hits all arms alike.
 
@@ -347,6 +411,7 @@ async def interleaved(
                     warmup_s=warmup_s,
                     min_samples=min_samples,
                     watch=watch,
+                    steady=steady,
                 )
             )
             await asyncio.sleep(0.1)

@@ -160,6 +160,9 @@ class LoopResult:
     samples: list[Sample]
     elapsed: float  # from first start to last completion
     completed: int  # requests finished in the window, warm-up ones included (for CPU accounting)
+    # With `steady`: the requests finished between the end of the warm-up and `duration_s`, and that span.
+    steady_completed: int = 0
+    steady_s: float = 0.0
 
 
 async def closed_loop(
@@ -172,6 +175,7 @@ async def closed_loop(
     warmup_s: float = 0.0,
     min_samples: int = 0,
     max_duration_s: float | None = None,
+    steady: Callable[[str], None] | None = None,
 ) -> LoopResult:
     """`concurrency` workers each send a request, wait for it, send the next, until time or count runs out.
 
@@ -179,6 +183,11 @@ async def closed_loop(
     A slow arm keeps going past `duration_s` until it has `min_samples`, but never past
     `max_duration_s`. Nothing is cancelled: in-flight requests finish, so the window's CPU covers
     whole requests.
+
+    `steady`, if given, is called with "start" once the warm-up is over and with "end" at `duration_s`
+    (e.g. to read every process's CPU then); the result counts the requests finished in between: a
+    steady state at full concurrency, without the ramp-up (every connection opening, the first
+    synchronised wave) nor the drain (fewer and fewer requests in flight once time is up).
     """
     started = time.perf_counter()
     stop_at = started + duration_s
@@ -187,6 +196,8 @@ async def closed_loop(
     issued = 0
     samples: list[Sample] = []
     completed = 0
+    window = [math.inf, math.inf]  # when `steady` was called with "start" and with "end"
+    finished: list[float] = []  # completion times, for the steady window
 
     async def worker() -> None:
         nonlocal issued, completed
@@ -197,11 +208,23 @@ async def closed_loop(
             issued += 1
             sample = await request(session)
             completed += 1
+            if steady is not None:
+                finished.append(time.perf_counter())
             if sample.started >= warm_until:
                 samples.append(sample)
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return LoopResult(samples, time.perf_counter() - started, completed)
+    async def marks(callback: Callable[[str], None]) -> None:
+        for i, (at, mark) in enumerate(((warm_until, "start"), (stop_at, "end"))):
+            await asyncio.sleep(max(0.0, at - time.perf_counter()))
+            callback(mark)
+            window[i] = time.perf_counter()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)), *([marks(steady)] if steady else []))
+    result = LoopResult(samples, time.perf_counter() - started, completed)
+    if steady is not None and window[1] < math.inf:
+        result.steady_completed = sum(1 for t in finished if window[0] <= t < window[1])
+        result.steady_s = window[1] - window[0]
+    return result
 
 
 async def wave(session: aiohttp.ClientSession, request: RequestFn, *, count: int) -> LoopResult:

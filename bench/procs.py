@@ -98,6 +98,34 @@ def cpu_seconds(pid: int) -> float:
     return sum(v for k, v in cpu_snapshot(pid).items() if "/" not in k)
 
 
+def connections_by_pid(pid: int, port: int) -> dict[int, int]:
+    """Established TCP connections on local `port` that each process of a tree holds (who accepted what)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 01: ESTABLISHED
+                inodes.add(fields[9])
+    out: dict[int, int] = {}
+    for p in tree(pid):
+        try:
+            fds = os.listdir(f"/proc/{p}/fd")
+        except OSError:
+            continue
+        held = 0
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"/proc/{p}/fd/{fd}")
+                held += link.startswith("socket:[") and link[8:-1] in inodes
+        if held:
+            out[p] = held
+    return out
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of a process and its live descendants."""
     total = 0

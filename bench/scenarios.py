@@ -48,6 +48,11 @@ class Plan:
     profile_s: float
     access_log_arm: bool
     breakdown_requests: int  # sequential traced fusion requests per arm for the critical-path breakdown
+    # Throughput with two workers: each slice's warm-up at full concurrency, then its steady window.
+    workers_warmup_s: float
+    workers_window_s: float
+    workers_rounds: int
+    workers_latency_bound: bool  # also the `bench3` arms (a 395 ms critical path)
 
 
 QUICK = Plan(
@@ -70,6 +75,10 @@ QUICK = Plan(
     profile_s=0.0,
     access_log_arm=False,
     breakdown_requests=4,
+    workers_warmup_s=1.5,
+    workers_window_s=2.5,
+    workers_rounds=1,
+    workers_latency_bound=False,
 )
 
 FULL = Plan(
@@ -92,6 +101,10 @@ FULL = Plan(
     profile_s=15.0,
     access_log_arm=True,
     breakdown_requests=40,
+    workers_warmup_s=3.0,
+    workers_window_s=6.0,
+    workers_rounds=3,
+    workers_latency_bound=True,
 )
 
 JUDGE_FORMAT = {"type": "json_schema", "json_schema": {"name": "fusion_analysis", "strict": True, "schema": {}}}
@@ -384,40 +397,59 @@ async def critical_path_breakdown(bench: Bench, plan: Plan) -> dict[str, Any]:
 
 
 async def workers(bench: Bench, plan: Plan) -> dict[str, Any]:
-    """Streamed bench3 fusion at c=200 through one and two processes of openfusion and of the floor arm.
+    """Streamed fusion at c=200 through one and two processes of openfusion and of the floor arm.
 
+    The verdict's preset is `fast0`: every upstream call answers at once, so nothing but the CPU limits a
+    closed loop of 200 connections and a server that uses both cores gets the machine's throughput.
     What the machine allows an arm is its cores divided by the CPU one request costs all the processes
-    involved together (the proxy, the fake upstream, the load generator), measured in the same slices:
-    the throughput a perfectly parallel server would reach once every core is busy.
+    involved together (the proxy, the fake upstream, the load generator), measured in the same steady
+    windows: each slice first runs at full concurrency for `workers_warmup_s` (connections opened, the
+    first synchronised wave past), then CPU and completed requests are counted over `workers_window_s`,
+    before the drain. In full mode the same is run with `bench3` (critical path 395 ms), whose closed
+    loop cannot exceed c ÷ critical path (~506 req/s) whatever the CPU: reported as its ceiling.
     """
     c = max(plan.concurrencies)
-    body = chat_body(f"fusion/{BENCH3.name}", stream=True)
     bench.start_openfusion("openfusion_w2", main_presets(), workers=2)
     bench.start_floor("floor_w2", floor_presets(), workers=2)
     names = {"openfusion": "openfusion", "openfusion_w2": "openfusion_w2", "floor": "floor", "floor_w2": "floor_w2"}
+    cores = os.cpu_count() or 1
+    out: dict[str, Any] = {"concurrency": c, "cores": cores, "preset": FAST0.name, "window_s": plan.workers_window_s}
+    presets = [FAST0, BENCH3] if plan.workers_latency_bound else [FAST0]
+    try:
+        for fusion in presets:
+            out[fusion.name] = await _workers_at(bench, plan, fusion, names, concurrency=c, cores=cores)
+    finally:
+        bench.stop("openfusion_w2")
+        bench.stop("floor_w2")
+    return out
+
+
+async def _workers_at(
+    bench: Bench, plan: Plan, fusion: Fusion, names: dict[str, str], *, concurrency: int, cores: int
+) -> dict[str, Any]:
+    body = chat_body(f"fusion/{fusion.name}", stream=True)
     arms = {
         arm: (bench.session(), request_fn(bench.services[svc].url + "/v1/chat/completions", body, stream=True), (svc,))
         for arm, svc in names.items()
     }
-    try:
-        slices = await interleaved(
-            bench,
-            arms,
-            concurrency=c,
-            rounds=plan.rounds,
-            slice_s=plan.fusion_slice_s,
-            max_requests=plan.max_requests,
-            warmup_s=plan.warmup_s,
-            prewarm=plan.prewarm,
-            min_samples=min(c, plan.min_samples_cap),
-        )
-    finally:
-        bench.stop("openfusion_w2")
-        bench.stop("floor_w2")
-    cores = os.cpu_count() or 1
-    out: dict[str, Any] = {"concurrency": c, "cores": cores, "preset": BENCH3.name}
+    slices = await interleaved(
+        bench,
+        arms,
+        concurrency=concurrency,
+        rounds=plan.workers_rounds,
+        slice_s=plan.workers_warmup_s + plan.workers_window_s,
+        max_requests=plan.max_requests,
+        warmup_s=plan.workers_warmup_s,
+        prewarm=plan.prewarm,
+        steady=True,
+    )
+    # A closed loop of c connections completes at most c requests per critical path, however fast the server.
+    ceiling = concurrency / fusion.critical_s if fusion.critical_s else None
+    out: dict[str, Any] = {"critical_path_ms": fusion.critical_s * 1000, "concurrency_ceiling_rps": ceiling}
     for arm, sl in slices.items():
-        summary = aggregate(sl, base_s=BENCH3.critical_s, proxy=names[arm])
+        summary = aggregate(sl, base_s=fusion.critical_s, proxy=names[arm])
+        if not fusion.critical_s and "wall" in summary:
+            summary["overhead"] = summary["wall"]  # a zero critical path: all of the wall time is overhead
         per_req = sum(summary["cpu_ms_per_req"].values()) + summary["client_cpu_ms_per_req"]
         summary["all_cpu_ms_per_req"] = per_req
         summary["machine_allows_rps"] = cores * 1000 / per_req if per_req else None
@@ -425,8 +457,16 @@ async def workers(bench: Bench, plan: Plan) -> dict[str, Any]:
         # The same for the cores other people's jobs left free during the slices (this machine is shared).
         free = max(0.0, cores - summary["other_load_cores"])
         summary["free_allows_rps"] = free * 1000 / per_req if per_req else None
+        summary["share_of_free"] = summary["rps"] / summary["free_allows_rps"] if free and per_req else None
         out[arm] = summary
-    _log_row(f"workers stream c={c}", {k: v for k, v in out.items() if isinstance(v, dict)}, "overhead")
+    _log_row(
+        f"workers {fusion.name} stream c={concurrency}", {k: v for k, v in out.items() if isinstance(v, dict)}, "wall"
+    )
+    for arm, summary in out.items():
+        if isinstance(summary, dict) and summary.get("cpu_split"):
+            split = ", ".join("/".join(f"{100 * share:.0f}" for share in sl) for sl in summary["cpu_split"])
+            held = ", ".join("/".join(str(n) for n in sl) for sl in summary.get("connection_split", []))
+            say(f"    {arm}: CPU per process (%), slice by slice: {split}; connections held: {held}")
     return out
 
 
