@@ -15,8 +15,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import httpx
+from httpcore._backends.sync import SyncBackend
 
 HI = [{"role": "user", "content": "Hi"}]
 _START_S = 60.0  # several workers each import openfusion on a shared 2-core machine
@@ -78,17 +80,32 @@ class Served:
             assert time.monotonic() < deadline, f"{count} workers did not start in time:\n{self.log_text()}"
             time.sleep(0.1)
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
     @contextmanager
     def only(self, pid: int, pids: dict[int, int]) -> Iterator[None]:
-        """Only the worker `pid` accepts connections meanwhile: every other one is stopped (SIGSTOP)."""
-        others = [other for other in pids.values() if other != pid]
-        for other in others:
-            os.kill(other, signal.SIGSTOP)
-        try:
+        """Meanwhile every new httpx connection to the server is one the worker `pid` accepted.
+
+        Each worker listens on a socket of its own and the kernel picks one by a hash of a connection's
+        addresses: a connection another worker accepted is closed and made again, from another port.
+        """
+        connect = SyncBackend.connect_tcp
+        server_port, workers = self.port, set(pids.values())
+
+        def connect_to_worker(backend: SyncBackend, host: str, port: int, *args: Any, **kwargs: Any) -> Any:
+            if port != server_port:
+                return connect(backend, host, port, *args, **kwargs)
+            for _ in range(100):  # each attempt lands on `pid` with a chance of one in len(pids)
+                stream = connect(backend, host, port, *args, **kwargs)
+                if accepted_by(stream.get_extra_info("socket"), workers) == pid:
+                    return stream
+                stream.close()
+            raise AssertionError(f"no connection to {port} was accepted by worker {pid}")
+
+        with patch.object(SyncBackend, "connect_tcp", connect_to_worker):
             yield
-        finally:
-            for other in others:
-                os.kill(other, signal.SIGCONT)
 
     def finished_by_worker(self) -> dict[int, int]:
         """How many `request finished` lines each worker wrote."""
@@ -130,8 +147,46 @@ def serve(
         yield served
     finally:
         with contextlib.suppress(ProcessLookupError):  # the group outlives its leader while workers remain
-            os.killpg(process.pid, signal.SIGKILL)  # the workers too, stopped ones included
+            os.killpg(process.pid, signal.SIGKILL)  # the workers too
         process.wait(timeout=10)
+
+
+def accepted_by(client: socket.socket, pids: set[int], timeout: float = 10) -> int:
+    """The process among `pids` that accepted the client's connection (once it has)."""
+    client_port, server_port = client.getsockname()[1], client.getpeername()[1]
+    deadline = time.monotonic() + timeout
+    while True:
+        inodes = tcp_sockets(server_port, state="01", remote_port=client_port)  # 01: established
+        for pid in pids:
+            if holds(pid, inodes):
+                return pid
+        assert time.monotonic() < deadline, f"no worker accepted the connection from port {client_port}"
+        time.sleep(0.01)
+
+
+def tcp_sockets(port: int, *, state: str, remote_port: int | None = None) -> set[str]:
+    """The inodes of the TCP sockets on local `port` in `state` (/proc/net/tcp's hex code: 0A listen, 01
+    established), from `remote_port` if given."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote = (int(address.rsplit(":", 1)[1], 16) for address in fields[1:3])
+            if local == port and fields[3] == state and remote_port in (None, remote):
+                inodes.add(fields[9])
+    return inodes
+
+
+def holds(pid: int, inodes: set[str]) -> set[str]:
+    """Which of these socket inodes the process has open."""
+    held = set()
+    with contextlib.suppress(FileNotFoundError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(FileNotFoundError):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    held.add(link[8:-1])
+    return held
 
 
 def alive(pid: int) -> bool:

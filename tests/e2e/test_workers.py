@@ -1,14 +1,15 @@
 """`openfusion serve --workers N`: several processes on one port, supervised, adding up to one server.
 
-Which worker accepts a connection is the kernel's choice; to put a request on a given worker, the
-others are stopped (SIGSTOP) while it connects (`Served.only`), and the `worker` field of each
-`request finished` log line shows who served it.
+Which worker accepts a connection is the kernel's choice (a hash over the workers' sockets); to put a
+request on a given worker, connections are made until that worker accepts one (`Served.only`), and the
+`worker` field of each `request finished` log line shows who served it.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from e2e.processes import HI, alive, fusion, metric, provider_config, serve
+from e2e.processes import HI, accepted_by, alive, fusion, holds, metric, provider_config, serve, tcp_sockets
 from fakes.upstream import FakeUpstream, Script, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -74,6 +75,53 @@ def test_two_workers_add_up_to_one_server(
         assert served.process.wait(timeout=30) == 0
     assert _metrics_dirs(tmp) == []  # removed at exit
     assert "Traceback" not in served.log_text()
+
+
+def test_connections_of_one_client_reach_every_worker_on_its_own_socket(
+    fake_upstream: Any, presets_dir: Path, tmp_path: Path
+) -> None:
+    """Each worker listens on a socket of its own, so the kernel spreads one client's many connections over all
+    of them; a killed worker's socket goes with it (no connection waits where nobody accepts), and its
+    replacement listens on a new one."""
+    _, upstream_url = fake_upstream
+    with serve(provider_config(upstream_url), presets_dir, tmp_path, args=("--workers", "2")) as served:
+        pids = served.wait_serving(2)
+        listening = tcp_sockets(served.port, state="0A")
+        assert len(listening) == 2 and all(len(holds(pid, listening)) == 1 for pid in pids.values())
+        assert not holds(served.process.pid, listening)  # the supervisor keeps no copy
+        assert _accepted(served.port, pids, count=40) == set(pids.values())  # 40 connections, every worker has some
+        os.kill(pids[1], signal.SIGKILL)
+        wait_until(lambda: not alive(pids[1]), timeout=10)
+        assert holds(pids[2], tcp_sockets(served.port, state="0A")) == tcp_sockets(served.port, state="0A")
+        replaced = served.wait_serving(2, excluding=frozenset({pids[1]}))
+        assert len(tcp_sockets(served.port, state="0A")) == 2
+        assert _accepted(served.port, replaced, count=40) == set(replaced.values())
+
+
+def test_a_port_another_server_listens_on_with_so_reuseport_is_refused(tmp_path: Path) -> None:
+    """The workers' sockets share the port with each other only: not with a server that happens to listen there."""
+    config = tmp_path / "openfusion.toml"
+    config.write_text("builtin_providers = false\n")
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        command = [str(Path(sys.executable).parent / "openfusion"), "serve", "--config", str(config),
+                   "--workers", "2", "--port", str(port)]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+
+
+def _accepted(port: int, pids: dict[int, int], *, count: int) -> set[int]:
+    """The workers that accepted `count` connections opened at once by one client."""
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(count)]
+    try:
+        return {accepted_by(client, set(pids.values())) for client in clients}
+    finally:
+        for client in clients:
+            client.close()
 
 
 def _in_background(fn: Any) -> tuple[threading.Thread, dict[str, Any]]:

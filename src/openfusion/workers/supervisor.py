@@ -1,14 +1,19 @@
-"""The supervisor of `openfusion serve --workers N`: one listening socket, N worker processes kept running.
+"""The supervisor of `openfusion serve --workers N`: N worker processes on one port, kept running.
 
-It binds the socket once and starts N workers (spawned, not forked: each imports openfusion afresh and
-builds the app from the same pickled settings), each accepting on that socket with openfusion's own
-connection protocol. A worker that dies is replaced, at once after a long life, then with a backoff
-that doubles up to 30 s while it keeps dying young; if every worker of the first generation fails
-before serving, start-up has failed (exit status 3, as with one worker). SIGTERM or SIGINT: the
-supervisor closes its copy of the socket, sends SIGTERM to every worker, and each runs the same
-grace period as a single server (`api.shutdown`); it waits for them well past the grace period and
-kills only a worker still alive after that. A worker whose supervisor is gone (killed) shuts down
-the same way by itself.
+It starts N workers (spawned, not forked: each imports openfusion afresh and builds the app from the
+same pickled settings), each with a socket of its own bound to the port with SO_REUSEPORT, on which
+it listens with openfusion's own connection protocol once it serves. The kernel spreads new
+connections over the listening sockets by a hash of their addresses, so a client holding many
+keep-alive connections gets about as many on every worker; one socket accepted on by every worker
+went to whichever woke first, and a burst of connections could land mostly on one worker for their
+whole life (167 of 200 in the benchmark). A worker's socket lives in that worker only: when it dies,
+new connections go to the others until its replacement listens. A worker that dies is replaced, at
+once after a long life, then with a backoff that doubles up to 30 s while it keeps dying young; if
+every worker of the first generation fails before serving, start-up has failed (exit status 3, as
+with one worker). SIGTERM or SIGINT: the supervisor sends SIGTERM to every worker, and each runs the
+same grace period as a single server (`api.shutdown`); it waits for them well past the grace period
+and kills only a worker still alive after that. A worker whose supervisor is gone (killed) shuts
+down the same way by itself.
 
 Why not uvicorn's own `workers=`: it pickles its Config to each worker, so the app must be an import
 string and the connection protocol an importable class without per-server state; it restarts a dead
@@ -61,7 +66,7 @@ class _Worker:
 
 
 class Supervisor:
-    """N workers of one server, on one socket."""
+    """N workers of one server, on one port."""
 
     def __init__(self, settings: Settings, options: ServeOptions, *, count: int) -> None:
         self.settings = settings
@@ -76,8 +81,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; the exit status (1: cannot listen, 3: no worker could start)."""
-        sock = _bind(self.options)
-        if sock is None:
+        if not _available(self.options):
             return 1
         metrics = MetricsDirectory.create()
         previous = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
@@ -85,21 +89,21 @@ class Supervisor:
         spec = WorkerSpec(self.settings, self.options, metrics.path)
         try:
             with _SignalPipe() as signals:
-                status = self._supervise(spec, sock, metrics, signals)
-                self._stop(sock, metrics, signals)
+                status = self._supervise(spec, metrics, signals)
+                self._stop(metrics, signals)
                 return status
         finally:
-            sock.close()
             metrics.remove()
             if previous is None:
                 os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
             else:
                 os.environ["PROMETHEUS_MULTIPROC_DIR"] = previous
 
-    def _supervise(self, spec: WorkerSpec, sock: socket.socket, metrics: MetricsDirectory, signals: _SignalPipe) -> int:
-        """Start the workers and keep them running until a signal (0) or a failed start-up (3)."""
+    def _supervise(self, spec: WorkerSpec, metrics: MetricsDirectory, signals: _SignalPipe) -> int:
+        """Start the workers and keep them running until a signal (0) or a failed start-up (1, 3)."""
         for number in range(1, self.count + 1):
-            self._start(spec, number, sock)
+            if not self._start(spec, number):
+                return 1
         log.info("%d workers on %s:%d", self.count, self.options.host, self.options.port)
         while True:
             timeout = max(0.0, min(self._due.values()) - time.monotonic()) if self._due else None
@@ -117,9 +121,14 @@ class Supervisor:
             for number, due in list(self._due.items()):
                 if due <= now:
                     del self._due[number]
-                    self._start(spec, number, sock)
+                    if not self._start(spec, number):  # the port was taken meanwhile: try again later
+                        self._due[number] = now + MAX_BACKOFF_S
 
-    def _start(self, spec: WorkerSpec, number: int, sock: socket.socket) -> None:
+    def _start(self, spec: WorkerSpec, number: int) -> bool:
+        """Start worker `number` on a socket of its own; False (logged) when the port cannot be bound."""
+        sock = _bind(self.options)
+        if sock is None:
+            return False
         ours, theirs = self._context.Pipe()
         process = self._context.Process(
             target=run_worker,
@@ -130,8 +139,10 @@ class Supervisor:
         )
         process.start()
         theirs.close()  # the worker's end lives in the worker only: when ours closes, it sees the end
+        sock.close()  # the worker's only too: when it dies, no connection waits on a socket nobody accepts on
         self._workers[number] = _Worker(number, process, ours)
         log.info("worker %d started (pid %d)", number, process.pid)
+        return True
 
     def _waitables(self) -> list[Any]:
         waitables: list[Any] = []
@@ -178,9 +189,8 @@ class Supervisor:
         self._due[worker.number] = time.monotonic() + delay
         return True
 
-    def _stop(self, sock: socket.socket, metrics: MetricsDirectory, signals: _SignalPipe) -> None:
+    def _stop(self, metrics: MetricsDirectory, signals: _SignalPipe) -> None:
         """SIGTERM to every worker, each then runs its grace period; wait for them, kill what outlives it all."""
-        sock.close()  # once the workers close theirs too, new connections are refused
         self._due.clear()
         for worker in self._workers.values():
             _signal(worker, signal.SIGTERM)
@@ -210,19 +220,38 @@ def _signal(worker: _Worker, signum: int) -> None:
         os.kill(worker.pid, signum)
 
 
-def _bind(options: ServeOptions) -> socket.socket | None:
-    """The listening socket every worker accepts on; None (logged) when the address cannot be bound."""
-    family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+def _available(options: ServeOptions) -> bool:
+    """Whether the address is free (logged when not): bound once without SO_REUSEPORT, so that another server
+    listening there with SO_REUSEPORT (another openfusion, say) is an error, not a share of its traffic."""
+    sock = _socket(options)
     try:
         sock.bind((options.host, options.port))
-        sock.listen(2048)  # connections made while the workers start wait here
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", options.host, options.port, exc)
+        return False
+    finally:
+        sock.close()
+    return True
+
+
+def _bind(options: ServeOptions) -> socket.socket | None:
+    """A worker's own socket, bound with SO_REUSEPORT beside the others' (the worker listens on it once it
+    serves: connections made before are refused, as with one worker); None (logged) when it cannot be."""
+    sock = _socket(options)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((options.host, options.port))
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", options.host, options.port, exc)
         sock.close()
         return None
-    sock.set_inheritable(True)
+    return sock
+
+
+def _socket(options: ServeOptions) -> socket.socket:
+    family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     return sock
 
 
