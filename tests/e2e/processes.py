@@ -18,7 +18,7 @@ from typing import Any
 from unittest.mock import patch
 
 import httpx
-from httpcore._backends.sync import SyncBackend
+from httpcore import SyncBackend
 
 HI = [{"role": "user", "content": "Hi"}]
 _START_S = 60.0  # several workers each import openfusion on a shared 2-core machine
@@ -168,8 +168,8 @@ def tcp_sockets(port: int, *, state: str, remote_port: int | None = None) -> set
     """The inodes of the TCP sockets on local `port` in `state` (/proc/net/tcp's hex code: 0A listen, 01
     established), from `remote_port` if given."""
     inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        for line in table.read_text().splitlines()[1:] if table.exists() else []:
             fields = line.split()
             local, remote = (int(address.rsplit(":", 1)[1], 16) for address in fields[1:3])
             if local == port and fields[3] == state and remote_port in (None, remote):
