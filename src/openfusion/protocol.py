@@ -148,17 +148,30 @@ class Usage(WireModel):
 
     def render(self) -> dict[str, Any]:
         """The wire form: the three token counts, plus `cost` when known."""
-        return self.model_dump(
-            include={"prompt_tokens", "completion_tokens", "total_tokens", "cost"}, exclude_none=True
-        )
+        wire: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+        if self.cost is not None:
+            wire["cost"] = self.cost
+        return wire
 
 
 def sum_usage(usages: list[Usage]) -> Usage:
-    """Sum token counts and costs over several upstream calls."""
-    total = Usage()
+    """Sum token counts and costs over several upstream calls (as `+` would, one after the other)."""
+    if not usages:
+        return Usage()
+    # Summed as plain numbers and built once: a Usage per addition costs more than the arithmetic.
+    prompt = completion = total = 0
+    cost: float | None = None
     for usage in usages:
-        total = total + usage
-    return total
+        prompt += usage.prompt_tokens
+        completion += usage.completion_tokens
+        total += usage.total_tokens
+        if cost is not None or usage.cost is not None:
+            cost = round_usd((cost or 0.0) + (usage.cost or 0.0))
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total, cost=cost)
 
 
 def parse_usage(raw: Any) -> Usage:
