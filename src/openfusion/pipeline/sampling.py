@@ -9,9 +9,9 @@ sent it again.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AsyncExitStack
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
@@ -33,7 +33,6 @@ SAMPLING = (
 )
 _NAMED = {name: re.compile(rf"\b{name}\b") for name in SAMPLING}
 _REFUSAL_STATUSES = (400, 422)
-T = TypeVar("T")
 
 
 def names(parameters: Iterable[str]) -> list[str]:
@@ -68,9 +67,11 @@ class SamplingMemory:
     def __init__(self) -> None:
         self._refused: dict[str, set[str]] = {}
 
-    def prepare(self, model: str, body: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    def prepare(self, model: str, body: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[str]]:
         """The body without what `model` refused before, and the names left out."""
-        refused = self._refused.get(model, set())
+        refused = self._refused.get(model)
+        if not refused:  # the usual case: the body as it is, not a copy (the upstream client copies it anyway)
+            return body, []
         dropped = [name for name in SAMPLING if name in refused and body.get(name) is not None]
         return {key: value for key, value in body.items() if key not in dropped}, dropped
 
@@ -83,7 +84,14 @@ async def complete(
     upstream: UpstreamClient, model: str, body: Mapping[str, Any], *, memory: SamplingMemory
 ) -> tuple[Completion, list[str]]:
     """A completion, stepping down the sampling parameters the model refuses; and the names dropped."""
-    return await _stepping_down(lambda sent: upstream.complete(model, sent), model, body, memory)
+    # The call is awaited here, not through a generic helper: every coroutine layer between a pipeline
+    # stage and the HTTP transport is resumed again on each of the call's wake-ups.
+    sent, dropped = memory.prepare(model, body)
+    while True:
+        try:
+            return await upstream.complete(model, sent), dropped
+        except UpstreamStatusError as exc:
+            sent = _stepped_down(exc, model, sent, memory, dropped)
 
 
 async def open_stream(
@@ -95,25 +103,22 @@ async def open_stream(
     stack: AsyncExitStack,
 ) -> tuple[AsyncIterator[dict[str, Any]], list[str]]:
     """A stream opened on `stack` (closed with it), stepping down refused sampling parameters."""
-
-    async def opened(sent: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        return await stack.enter_async_context(upstream.stream(model, sent))
-
-    return await _stepping_down(opened, model, body, memory)
-
-
-async def _stepping_down(
-    send: Callable[[dict[str, Any]], Awaitable[T]], model: str, body: Mapping[str, Any], memory: SamplingMemory
-) -> tuple[T, list[str]]:
     sent, dropped = memory.prepare(model, body)
     while True:
         try:
-            return await send(sent), dropped
+            return await stack.enter_async_context(upstream.stream(model, sent)), dropped
         except UpstreamStatusError as exc:
-            parameter = refused_parameter(exc, sent)
-            if parameter is None:
-                raise
-            memory.refused(model, parameter)
-            dropped.append(parameter)
-            sent = {key: value for key, value in sent.items() if key != parameter}
+            sent = _stepped_down(exc, model, sent, memory, dropped)
 
+
+def _stepped_down(
+    error: UpstreamStatusError, model: str, sent: Mapping[str, Any], memory: SamplingMemory, dropped: list[str]
+) -> dict[str, Any]:
+    """The body without the sampling parameter the model refused (remembered, and added to `dropped`);
+    re-raises `error` when it is not such a refusal."""
+    parameter = refused_parameter(error, sent)
+    if parameter is None:
+        raise error
+    memory.refused(model, parameter)
+    dropped.append(parameter)
+    return {key: value for key, value in sent.items() if key != parameter}
