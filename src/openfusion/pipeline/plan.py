@@ -244,9 +244,12 @@ def plan_fusion(
     return plan
 
 
+_NOT_ASKED = CacheRequest()  # no `cache` in the request: the preset decides
+
+
 def _cache_policy(preset: Preset, plugin: FusionPlugin | None) -> CachePolicy | None:
     """The plugin's `cache` over the preset's; None when neither turns caching on (or the plugin turns it off)."""
-    asked = plugin.cache if plugin is not None and plugin.cache is not None else CacheRequest()
+    asked = plugin.cache if plugin is not None and plugin.cache is not None else _NOT_ASKED
     ttl_s = asked.ttl_s if asked.ttl_s is not None else preset.cache_ttl_s
     if not ttl_s:
         return None
@@ -290,9 +293,15 @@ def _parse_config(data: Any, prefix: str) -> FusionPlugin:
     return plugin
 
 
+_SAMPLING_CHECKED = tuple(_SamplingChecks.model_fields)
+
+
 def _check_sampling(request: ChatRequest) -> None:
+    given = {name: value for name in _SAMPLING_CHECKED if (value := getattr(request, name)) is not None}
+    if not given:  # nothing set: nothing to check
+        return
     try:
-        checks = _SamplingChecks.model_validate(request.model_dump(include=set(_SamplingChecks.model_fields)))
+        checks = _SamplingChecks.model_validate(given)
     except ValidationError as exc:
         raise invalid_request_from(exc) from None
     if checks.reasoning and checks.reasoning.effort and checks.reasoning.max_tokens:
