@@ -36,11 +36,18 @@ _CLIENT_FIELDS = (
     "reasoning",
 )
 
+_DECLARED = frozenset(ChatRequest.model_fields)  # the others are extra fields, kept as sent
+
 
 def synthesis_body(request: ChatRequest, plan: FusionPlan, messages: Messages) -> dict[str, Any]:
     """The synthesizer call's body (model and stream flags are the upstream client's business)."""
-    given = request.model_dump(exclude_none=True)
-    body = {key: given[key] for key in _CLIENT_FIELDS if key in given}
+    # Read field by field: a dump of the whole request would copy every message.
+    extra = request.model_extra or {}
+    body: dict[str, Any] = {}
+    for key in _CLIENT_FIELDS:
+        value = getattr(request, key) if key in _DECLARED else extra.get(key)
+        if value is not None:
+            body[key] = value
     body.update(client_tools(request))
     body["messages"] = messages
     body["max_completion_tokens"] = request.max_completion_tokens or request.max_tokens or plan.max_completion_tokens
