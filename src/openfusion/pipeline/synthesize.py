@@ -190,15 +190,19 @@ class MessageAccumulator:
                 continue
             self.finish_reason = choice.get("finish_reason") or self.finish_reason
             delta = choice.get("delta") or {}
-            for key, parts in (("content", self.content), ("refusal", self.refusal)):
-                if isinstance(delta.get(key), str):
-                    parts.append(delta[key])
+            # Called for every relayed chunk: plain lookups, no per-call tuples or empty lists.
+            if isinstance(content := delta.get("content"), str):
+                self.content.append(content)
+            if isinstance(refusal := delta.get("refusal"), str):
+                self.refusal.append(refusal)
             text = delta.get("reasoning") or delta.get("reasoning_content")
             if isinstance(text, str):
                 self.reasoning.append(text)
-            self.annotations.extend(delta.get("annotations") or [])
-            for call in delta.get("tool_calls") or []:
-                self._feed_tool_call(call)
+            if annotations := delta.get("annotations"):
+                self.annotations.extend(annotations)
+            if tool_calls := delta.get("tool_calls"):
+                for call in tool_calls:
+                    self._feed_tool_call(call)
 
     def _feed_tool_call(self, call: dict[str, Any]) -> None:
         entry = self.tool_calls.setdefault(
