@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from functools import singledispatch
+from collections.abc import Callable
+from typing import Any
 
 from openfusion.pipeline.events import (
     Event,
@@ -20,19 +21,18 @@ def _s(ms: int) -> str:
     return f"{ms / 1000:.1f} s"
 
 
-@singledispatch
 def describe(event: Event) -> str | None:
     """One line about an event, or None for events that are not progress (answer chunks, the end)."""
-    return None
+    # Looked up by exact type: every relayed answer chunk passes here, and a dict lookup is the cheapest miss.
+    describer = _DESCRIBERS.get(type(event))
+    return describer(event) if describer is not None else None
 
 
-@describe.register
-def _(event: PanelStarted) -> str:
+def _panel_started(event: PanelStarted) -> str:
     return f"Asking {len(event.models)} models: {', '.join(event.models)}.\n"
 
 
-@describe.register
-def _(event: PanelistDone) -> str:
+def _panelist_done(event: PanelistDone) -> str:
     result = event.result
     name = result.label or result.model
     if isinstance(result, PanelAnswer):
@@ -41,30 +41,36 @@ def _(event: PanelistDone) -> str:
     return f"{name} failed after {_s(result.latency_ms)} ({why}).\n"
 
 
-@describe.register
-def _(event: PanelDeadline) -> str:
+def _panel_deadline(event: PanelDeadline) -> str:
     return (
         f"Panel deadline ({event.deadline_s:g} s) reached with {event.answered} answer(s): "
         f"not waiting for {', '.join(event.dropped)}.\n"
     )
 
 
-@describe.register
-def _(event: JudgeStarted) -> str:
+def _judge_started(event: JudgeStarted) -> str:
     if event.attempt > 1:
         return f"Falling back to judge {event.model}.\n"
     return f"{event.model} is comparing the answers.\n"
 
 
-@describe.register
-def _(event: JudgeOutcome) -> str:
+def _judge_outcome(event: JudgeOutcome) -> str:
     if event.ok:
         return f"Analysis ready in {_s(event.latency_ms)}.\n"
     return f"No analysis from {event.model} ({event.failure_reason}).\n"
 
 
-@describe.register
-def _(event: SynthesisStarted) -> str:
+def _synthesis_started(event: SynthesisStarted) -> str:
     if event.attempt > 1:
         return f"Falling back to synthesizer {event.model}.\n"
     return f"{event.model} is writing the answer.\n"
+
+
+_DESCRIBERS: dict[type, Callable[[Any], str]] = {
+    PanelStarted: _panel_started,
+    PanelistDone: _panelist_done,
+    PanelDeadline: _panel_deadline,
+    JudgeStarted: _judge_started,
+    JudgeOutcome: _judge_outcome,
+    SynthesisStarted: _synthesis_started,
+}
