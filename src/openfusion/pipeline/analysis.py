@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import json_repair
@@ -110,12 +111,19 @@ def parse_analysis(raw: str) -> Analysis:
 _DECODER = json.JSONDecoder()
 
 
-def _extract_object(text: str) -> dict[str, Any] | None:
-    candidates = [text, *(match.group(1) for match in _FENCE.finditer(text))]
-    start, end = text.find("{"), text.rfind("}")
+def _candidates(text: str, start: int, end: int) -> Iterator[str]:
+    """The reply whole, then each fenced block, then its outermost braces; made one at a time, since the
+    first usually parses (a judge held to a JSON schema replies with the object alone)."""
+    yield text
+    for match in _FENCE.finditer(text):
+        yield match.group(1)
     if 0 <= start < end:
-        candidates.append(text[start : end + 1])
-    for candidate in candidates:
+        yield text[start : end + 1]
+
+
+def _extract_object(text: str) -> dict[str, Any] | None:
+    start, end = text.find("{"), text.rfind("}")
+    for candidate in _candidates(text, start, end):
         try:
             data = orjson.loads(candidate)
         except orjson.JSONDecodeError:
