@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from typing import Any
@@ -173,3 +174,16 @@ def test_max_cost_uses_the_same_estimate() -> None:
     assert plan is not None
     worst = WorstCase(chat, plan, reach_of(chat, plan), prices=PRICES)
     assert math.isclose(priced(plan, worst).estimated_max_cost or 0, worst.estimate.usd or 1)
+
+
+def test_the_priced_plan_is_a_copy_with_only_its_estimate_set() -> None:
+    chat, plan = resolve(model="fusion/plain", plugins=[{"id": "fusion", "max_cost": 1.0}])
+    assert plan is not None and plan.estimated_max_cost is None
+    worst = WorstCase(chat, plan, reach_of(chat, plan), prices=PRICES)
+
+    quoted = priced(plan, worst)
+
+    assert quoted is not plan and plan.estimated_max_cost is None  # the plan it was given is left as it was
+    assert quoted == dataclasses.replace(plan, estimated_max_cost=worst.estimate.usd)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        quoted.estimated_max_cost = 0.0  # type: ignore[misc]

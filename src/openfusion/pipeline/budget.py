@@ -9,7 +9,6 @@ model, called up to MAX_OUTER_CALLS times.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from collections.abc import Callable, Iterable
@@ -174,4 +173,4 @@ def priced(plan: FusionPlan, worst: WorstCase) -> FusionPlan:
                 "use a smaller panel, or raise max_cost.",
                 param=param,
             )
-    return dataclasses.replace(plan, estimated_max_cost=estimate.usd)
+    return plan.with_estimate(estimate.usd)

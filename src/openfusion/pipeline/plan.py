@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -159,6 +160,15 @@ class FusionPlan:
     def enabled(self) -> bool:
         """False when the plugin turned the panel off: the synthesizer answers alone."""
         return bool(self.panel)
+
+    def with_estimate(self, usd: float | None) -> FusionPlan:
+        """This plan with its worst-case cost: a copy with that one field set.
+
+        `dataclasses.replace` would rebuild every field through `__init__` (~15 µs for a plan, per request).
+        """
+        plan = copy.copy(self)
+        object.__setattr__(plan, "estimated_max_cost", usd)  # as a frozen dataclass's own __init__ sets fields
+        return plan
 
 
 def fusion_plugin_index(request: ChatRequest) -> int | None:
