@@ -31,6 +31,7 @@ from openfusion.upstream.retry import client_is_retrying, is_retryable, parse_re
 from openfusion.upstream.shape import completion_problem
 from openfusion.upstream.sse_decode import sse_data
 from openfusion.upstream.trace import CallTrace, begin_call, end_call
+from openfusion.upstream.transport import AiohttpTransport, body_blocks, read_body
 
 log = logging.getLogger("openfusion.upstream")
 
@@ -45,6 +46,10 @@ _KEY_HEADERS = {MESSAGES_PATH: "x-api-key", MESSAGES_COUNT_PATH: "x-api-key"}
 
 # Response headers worth relaying to a pass-through client.
 _RELAYED_HEADERS = ("content-type", "retry-after", "x-request-id", "openai-processing-ms", "request-id")
+
+
+# A sent request's response, and its whole body when it was read at once (an error, a non-streamed answer).
+_Sent = tuple[httpx.Response, bytes]
 
 
 @dataclass
@@ -100,9 +105,8 @@ def build_http_client(settings: HttpSettings) -> httpx.AsyncClient:
     )
     limits = httpx.Limits(max_connections=settings.max_connections, max_keepalive_connections=settings.max_connections)
     if settings.transport == "aiohttp":
-        from httpx_aiohttp import HttpxAiohttpClient
-
-        return HttpxAiohttpClient(timeout=timeout, limits=limits, trust_env=False)
+        transport = AiohttpTransport(limits=limits)
+        return httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False, transport=transport)
     return httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False)
 
 
@@ -136,8 +140,8 @@ class UpstreamClient:
         payload = _payload(route, body, stream=False)
         call = begin_call(model, route.provider.name)
         try:
-            response = await self._send_retrying(route, payload, stream=False, call=call)
-            data = _json(route, self.masker.bytes(response.content))
+            _, content = await self._send_retrying(route, payload, stream=False, call=call)
+            data = _json(route, self.masker.bytes(content))
             choice = _first_choice(route, data, self.masker)
             if problem := completion_problem(data, key="message"):
                 raise _protocol_error(route, problem)
@@ -165,7 +169,7 @@ class UpstreamClient:
         payload = _payload(route, body, stream=True)
         call = begin_call(model, route.provider.name)
         try:
-            response = await self._send_retrying(route, payload, stream=True, call=call)
+            response, _ = await self._send_retrying(route, payload, stream=True, call=call)
         except BaseException as exc:
             _failed(call, exc)
             raise
@@ -199,7 +203,9 @@ class UpstreamClient:
         call = begin_call(model, route.provider.name)
         try:
             # A non-streamed answer is read whole inside the retried attempt: a body cut short is retried too.
-            response = await self._send_retrying(route, payload, stream=stream, call=call, path=path, headers=headers)
+            response, content = await self._send_retrying(
+                route, payload, stream=stream, call=call, path=path, headers=headers
+            )
         except UpstreamStatusError as exc:
             if exc.body is None or exc.upstream_status is None:
                 _failed(call, exc)
@@ -212,13 +218,13 @@ class UpstreamClient:
             raise
         headers = self._relayable(response.headers)
         if not stream:
-            if not response.content.strip():  # a 200 with nothing in it is no answer to relay
+            if not content.strip():  # a 200 with nothing in it is no answer to relay
                 empty = _protocol_error(route, "the response is empty")
                 _failed(call, empty)
                 raise empty
-            return Forwarded(response.status_code, headers, _once(self.masker.bytes(response.content)), None, call)
+            return Forwarded(response.status_code, headers, _once(self.masker.bytes(content)), None, call)
         # Masked line by line: an SSE event is never held back longer than its own last byte takes to come.
-        body_iter = self.masker.lines(_guard(route, response.aiter_bytes(), stall_s=self.call_timeout_s))
+        body_iter = self.masker.lines(_guard(route, body_blocks(response), stall_s=self.call_timeout_s))
         return Forwarded(response.status_code, headers, body_iter, response, call)
 
     async def list_models(self, provider_name: str) -> Any:
@@ -245,7 +251,7 @@ class UpstreamClient:
         call: CallTrace,
         path: str = CHAT_PATH,
         headers: Mapping[str, str] | None = None,
-    ) -> httpx.Response:
+    ) -> _Sent:
         # The first attempt runs outside tenacity: a controller per call costs more than the call's own
         # HTTP work on a fast upstream, and most calls succeed at once.
         deadline = asyncio.get_running_loop().time() + self.retry.deadline_s
@@ -279,7 +285,7 @@ class UpstreamClient:
         path: str,
         deadline: float,
         headers: Mapping[str, str] | None = None,
-    ) -> httpx.Response:
+    ) -> _Sent:
         """One attempt; when the request is traced, in its own span, whose context goes out with it."""
         observer = call.observer
         if observer is None:
@@ -305,7 +311,7 @@ class UpstreamClient:
         path: str,
         deadline: float,
         headers: Mapping[str, str] | None = None,
-    ) -> httpx.Response:
+    ) -> _Sent:
         """One attempt, within `http.call_timeout_s` and what is left of `retry.deadline_s`.
 
         httpx's timeouts are per read: an upstream that trickles a byte now and then never trips them.
@@ -332,21 +338,21 @@ class UpstreamClient:
         call: CallTrace,
         path: str = CHAT_PATH,
         headers: Mapping[str, str] | None = None,
-    ) -> httpx.Response:
+    ) -> _Sent:
         endpoint = self._endpoint(route.provider, path)
-        sent_headers = endpoint.stream_headers if stream else endpoint.headers
+        # orjson's result holds a ~16 KiB allocation whatever its length, and the request (with its
+        # body) lives as long as its response: for a streamed answer that is the whole stream.
+        content = bytes(memoryview(orjson.dumps(payload)))
+        sent_headers = (endpoint.stream_headers if stream else endpoint.headers).copy()
         if headers:  # the client's own, for a native pass-through: added to (or replacing) the endpoint's
-            sent_headers = sent_headers.copy()
             sent_headers.update(headers)
+        sent_headers["Content-Length"] = str(len(content))
+        # Built from a stream, with the headers httpx would add (Host, Content-Length) already there:
+        # `content=` would have httpx work out and merge those headers again, the costliest part of a request.
         request = httpx.Request(
-            "POST",
-            endpoint.url,
-            headers=sent_headers,
-            # orjson's result holds a ~16 KiB allocation whatever its length, and the request (with its
-            # body) lives as long as its response: for a streamed answer that is the whole stream.
-            content=bytes(memoryview(orjson.dumps(payload))),
-            extensions=endpoint.extensions,
+            "POST", endpoint.url, headers=sent_headers, stream=httpx.ByteStream(content), extensions=endpoint.extensions
         )
+        request.read()
         sent_before, call.sent = call.sent, True  # from here the provider may see (and bill) the request
         try:
             response = await endpoint.transport.handle_async_request(request)
@@ -354,16 +360,18 @@ class UpstreamClient:
             error = _transport_error(route, exc)
             call.sent = sent_before or error.sent  # a connection never made sent nothing
             raise error from None
-        if response.status_code >= 400 or not stream:  # an error body, or a whole answer: read it now
-            try:
-                await response.aread()
-            except httpx.HTTPError as exc:
-                raise _transport_error(route, exc) from None
-            finally:
-                await response.aclose()
-            if response.status_code >= 400:
-                raise _status_error(route, response, self.masker)
-        return response
+        if response.status_code < 400 and stream:
+            return response, b""
+        # An error body, or a whole answer: read it now.
+        try:
+            content = await read_body(response)
+        except httpx.HTTPError as exc:
+            raise _transport_error(route, exc) from None
+        finally:
+            await response.aclose()
+        if response.status_code >= 400:
+            raise _status_error(route, response, content, self.masker)
+        return response, content
 
     def _relayable(self, headers: Mapping[str, str]) -> dict[str, str]:
         return {
@@ -376,11 +384,14 @@ class UpstreamClient:
         if endpoint is None:
             url = httpx.URL(provider.config.base_url.rstrip("/") + path)
             key_header = _KEY_HEADERS.get(path, "Authorization")
-            headers = {**provider.headers(key_header=key_header), "Content-Type": "application/json"}
+            headers = httpx.Headers({**provider.headers(key_header=key_header), "Content-Type": "application/json"})
+            headers.setdefault("Host", url.netloc.decode("ascii"))  # what httpx would add to every request
+            stream_headers = headers.copy()
+            stream_headers["Accept"] = "text/event-stream"
             endpoint = _Endpoint(
                 url=url,
-                headers=httpx.Headers(headers),
-                stream_headers=httpx.Headers({**headers, "Accept": "text/event-stream"}),
+                headers=headers,
+                stream_headers=stream_headers,
                 extensions={"timeout": self.http.timeout.as_dict()},
                 transport=_transport_for(self.http, url),
             )
@@ -440,7 +451,7 @@ async def _chunks(
     if "text/event-stream" not in response.headers.get("content-type", ""):
         raise _protocol_error(route, "the streamed response is not an event stream")
     try:
-        async for data in sse_data(response.aiter_bytes(), clock=ProgressClock(stall_s)):
+        async for data in sse_data(body_blocks(response), clock=ProgressClock(stall_s)):
             if data == b"[DONE]":
                 finished = True  # the provider says the completion is whole, finish_reason or not
                 break
@@ -550,9 +561,9 @@ def _transport_error(route: Route, exc: httpx.HTTPError, *, during: str = "the r
     return error
 
 
-def _status_error(route: Route, response: httpx.Response, masker: SecretMasker) -> UpstreamStatusError:
+def _status_error(route: Route, response: httpx.Response, content: bytes, masker: SecretMasker) -> UpstreamStatusError:
     # Masked before anything is cut from it: a key cut through at 1,000 characters would leave its prefix.
-    raw = masker.bytes(response.content)
+    raw = masker.bytes(content)
     detail = _error_message(raw, masker) or masker.text(response.reason_phrase) or "error"
     error = UpstreamStatusError(
         f"{route.slug} ({route.provider.name}) returned HTTP {response.status_code}: {detail}",

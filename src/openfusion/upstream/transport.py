@@ -1,0 +1,193 @@
+"""An httpx transport over aiohttp's client: httpx's API for the callers, aiohttp's connection pool below.
+
+httpx-aiohttp's transport did the same with more per call than an API client needs: a cookie jar fed
+from every response, a new timeout object, URL and header conversions, a generator layer (and an
+exception-mapping context manager) per body read. Here a URL is parsed once per endpoint, a timeout
+built once per set of limits, the headers handed over as one multidict, and a body read straight from
+aiohttp's buffer: `read_body` reads it whole, `body_blocks` hands over each read as it came, both
+without httpx's decoder layers when the body has no content encoding (a gzip or br body still goes
+through httpx's decoders).
+
+Exceptions are mapped as httpx-aiohttp maps them (a failed connection is an `httpx.ConnectTimeout`
+whose cause chain holds the real error; `failures.diagnose` reads it from there).
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+import httpx
+from multidict import CIMultiDict
+from yarl import URL
+
+# aiohttp's exceptions → httpx's, the most specific match winning (httpx-aiohttp's table, kept as it was:
+# failures.diagnose and the web fetcher know its quirks).
+_ERRORS: dict[type[Exception], type[httpx.HTTPError]] = {
+    aiohttp.ServerTimeoutError: httpx.TimeoutException,
+    aiohttp.SocketTimeoutError: httpx.ReadTimeout,
+    aiohttp.ClientConnectionError: httpx.ConnectTimeout,
+    aiohttp.ClientConnectorError: httpx.ConnectError,
+    aiohttp.ClientPayloadError: httpx.ReadError,
+    aiohttp.ClientProxyConnectionError: httpx.ProxyError,
+    aiohttp.ClientHttpProxyError: httpx.ProxyError,
+    aiohttp.NonHttpUrlClientError: httpx.UnsupportedProtocol,
+    aiohttp.InvalidUrlClientError: httpx.UnsupportedProtocol,
+}
+_MAPPED = tuple(_ERRORS)
+_IDENTITY = (None, "identity")
+_HTTP_11 = {"http_version": b"HTTP/1.1"}
+_CACHED_URLS = 256  # endpoints are few; the cache is dropped whole if ever it grows past this
+
+
+def mapped_error(exc: Exception) -> httpx.HTTPError:
+    """The httpx exception for one of aiohttp's (`_MAPPED`)."""
+    found: type[httpx.HTTPError] = httpx.TransportError
+    for source, target in _ERRORS.items():
+        if isinstance(exc, source) and (found is httpx.TransportError or issubclass(target, found)):
+            found = target
+    return found(str(exc))
+
+
+class AiohttpBody(httpx.AsyncByteStream):
+    """A response body read from aiohttp; closing it releases (or, unread, closes) the connection."""
+
+    __slots__ = ("_response", "identity")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        # No content encoding: the bytes on the wire are the body, and httpx's decoders can be skipped.
+        self.identity = response.headers.get("Content-Encoding") in _IDENTITY
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        content = self._response.content
+        try:
+            while chunk := await content.readany():
+                yield chunk
+        except _MAPPED as exc:
+            raise mapped_error(exc) from exc
+
+    async def read(self) -> bytes:
+        """The whole body as it came (still encoded when it has a content encoding)."""
+        try:
+            return await self._response.read()
+        except _MAPPED as exc:
+            raise mapped_error(exc) from exc
+
+    async def aclose(self) -> None:
+        response = self._response
+        try:
+            response.release()
+            await response.wait_for_close()
+        except _MAPPED as exc:
+            raise mapped_error(exc) from exc
+
+
+async def read_body(response: httpx.Response) -> bytes:
+    """A response's whole body, decoded; read straight from aiohttp when nothing needs decoding."""
+    stream = response.stream
+    if isinstance(stream, AiohttpBody) and stream.identity:
+        return await stream.read()
+    return await response.aread()
+
+
+def body_blocks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """A response's body, decoded, read by read; each read as aiohttp has it when nothing needs decoding."""
+    stream = response.stream
+    if isinstance(stream, AiohttpBody) and stream.identity:
+        return aiter(stream)
+    return response.aiter_bytes()
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """httpx requests sent through one aiohttp session (its pool bounded by `limits.max_connections`)."""
+
+    def __init__(self, *, limits: httpx.Limits, verify: ssl.SSLContext | bool = True) -> None:
+        self.limits = limits
+        self.ssl_context = httpx.create_ssl_context(verify=verify, trust_env=False)
+        self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, URL] = {}
+        self._timeouts: dict[tuple[float | None, float | None, float | None], aiohttp.ClientTimeout] = {}
+
+    def _open(self) -> aiohttp.ClientSession:
+        """The session, made on first use (inside the event loop it will serve)."""
+        connector = aiohttp.TCPConnector(
+            limit=self.limits.max_connections or 0,
+            keepalive_timeout=self.limits.keepalive_expiry,
+            ssl=self.ssl_context,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            # httpx decodes (from the response's own headers); no cookies: an API client has no use for them.
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        return self._session
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        session = self._session or self._open()
+        headers = request.headers
+        try:
+            data: Any = request.content or None
+        except httpx.RequestNotRead:  # a streamed request body: aiohttp reads it and frames it itself
+            data = request.stream
+            headers = headers.copy()
+            headers.pop("transfer-encoding", None)
+        try:
+            response = await session.request(
+                request.method,
+                self._url(request.url),
+                headers=_multidict(headers),
+                data=data,
+                allow_redirects=False,
+                compress=False,
+                timeout=self._timeout(request.extensions.get("timeout")),
+                server_hostname=request.extensions.get("sni_hostname"),
+            )
+        except _MAPPED as exc:
+            raise mapped_error(exc) from exc
+        extensions = _HTTP_11
+        if response.reason:
+            extensions = {**_HTTP_11, "reason_phrase": response.reason.encode()}
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.raw_headers,
+            stream=AiohttpBody(response),
+            request=request,
+            extensions=extensions,
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _url(self, url: httpx.URL) -> URL:
+        text = str(url)
+        parsed = self._urls.get(text)
+        if parsed is None:
+            if len(self._urls) >= _CACHED_URLS:
+                self._urls.clear()
+            parsed = self._urls[text] = URL(text, encoded=True)  # httpx has encoded it already
+        return parsed
+
+    def _timeout(self, limits: Mapping[str, float | None] | None) -> aiohttp.ClientTimeout:
+        limits = limits or {}
+        key = (limits.get("connect"), limits.get("read"), limits.get("pool"))
+        timeout = self._timeouts.get(key)
+        if timeout is None:
+            # httpx's pool timeout bounds waiting for a connection, as aiohttp's `connect` does.
+            timeout = self._timeouts[key] = aiohttp.ClientTimeout(sock_connect=key[0], sock_read=key[1], connect=key[2])
+        return timeout
+
+
+def _multidict(headers: httpx.Headers) -> CIMultiDict[str]:
+    """The request's headers for aiohttp, every one kept (repeated names too), decoded as httpx encoded them."""
+    raw = headers.raw
+    try:
+        return CIMultiDict([(key.decode("ascii"), value.decode("ascii")) for key, value in raw])
+    except UnicodeDecodeError:
+        encoding = headers.encoding
+        return CIMultiDict([(key.decode(encoding), value.decode(encoding)) for key, value in raw])
