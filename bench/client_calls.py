@@ -1,13 +1,14 @@
-"""Client CPU per upstream call: openfusion's upstream client on its aiohttp transport (and httpx-aiohttp's), beside raw aiohttp.
+"""Client CPU per upstream call: openfusion's upstream client, on its transport and httpx-aiohttp's; bare aiohttp.
 
     python -m bench.client_calls [--calls 2000] [--rounds 5] [--concurrency 20]
 
 Starts the fake upstream (`bench.fakeup`, its own process), then in this process (uvloop) makes
-batches of concurrent calls — non-streamed (`complete`, a judge-sized answer) and streamed (`stream`,
-8 tokens, read to the end) — through `UpstreamClient` on each transport, and the same requests
-through a bare `aiohttp.ClientSession` (read and parse the body; read the stream's blocks). The arms
-alternate round by round; each figure is the least CPU time of this process per call over the
-rounds (`time.process_time`; the fake's CPU is its own). Prints a table, with the load average.
+batches of concurrent calls — non-streamed (`complete`, a judge-sized answer) and streamed (8 and
+408 tokens, read to the end; their difference is the price of a token) — through `UpstreamClient`
+on each transport, and the same requests through a bare `aiohttp.ClientSession` (read and parse
+the body; read the stream's blocks). The arms alternate round by round; each figure is the least
+CPU time of this process per call over the rounds (`time.process_time`; the fake's CPU is its
+own). Prints a table, with the load average.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import orjson
 import uvloop
 
 from bench.procs import free_port
+from bench.scenarios import say
 from openfusion.settings import HttpSettings, ProviderConfig, RetrySettings, Settings
 from openfusion.upstream.client import UpstreamClient, build_http_client
 from openfusion.upstream.providers import ProviderRegistry
@@ -44,11 +46,14 @@ def _upstream_calls(client: UpstreamClient) -> dict[str, Call]:
     async def complete() -> object:
         return await client.complete("fake/lat-0-tok-40", {"messages": MESSAGES})
 
-    async def stream() -> object:
-        async with client.stream("fake/lat-0-tok-8", {"messages": MESSAGES}) as chunks:
-            return [chunk async for chunk in chunks]
+    def stream(tokens: int) -> Call:
+        async def call() -> object:
+            async with client.stream(f"fake/lat-0-tok-{tokens}", {"messages": MESSAGES}) as chunks:
+                return [chunk async for chunk in chunks]
 
-    return {"complete": complete, "stream": stream}
+        return call
+
+    return {"complete": complete, "stream 8": stream(8), "stream 408": stream(408)}
 
 
 def _aiohttp_calls(session: aiohttp.ClientSession, url: str) -> dict[str, Call]:
@@ -59,12 +64,15 @@ def _aiohttp_calls(session: aiohttp.ClientSession, url: str) -> dict[str, Call]:
         async with session.post(url, data=body, headers=headers) as response:
             return orjson.loads(await response.read())
 
-    async def stream() -> object:
-        body = orjson.dumps({"model": "lat-0-tok-8", "messages": MESSAGES, "stream": True})
-        async with session.post(url, data=body, headers=headers) as response:
-            return [block async for block in response.content.iter_any()]
+    def stream(tokens: int) -> Call:
+        async def call() -> object:
+            body = orjson.dumps({"model": f"lat-0-tok-{tokens}", "messages": MESSAGES, "stream": True})
+            async with session.post(url, data=body, headers=headers) as response:
+                return [block async for block in response.content.iter_any()]
 
-    return {"complete": complete, "stream": stream}
+        return call
+
+    return {"complete": complete, "stream 8": stream(8), "stream 408": stream(408)}
 
 
 async def _cpu_per_call(call: Call, *, calls: int, concurrency: int) -> float:
@@ -137,11 +145,13 @@ def main() -> None:
     finally:
         fake.terminate()
         fake.wait(timeout=10)
-    print(f"client CPU per call, least of {args.rounds} rounds of {args.calls} calls, {args.concurrency} at a time")
-    print(f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f} ({os.cpu_count()} cores)\n")
-    print("| arm | complete (µs) | stream, 8 tokens (µs) |\n|---|---|---|")
+    say(f"client CPU per call, least of {args.rounds} rounds of {args.calls} calls, {args.concurrency} at a time")
+    say(f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f} ({os.cpu_count()} cores)\n")
+    say("| arm | complete (µs) | stream, 8 tokens (µs) | stream, 408 tokens (µs) | per token (µs) |")
+    say("|---|---|---|---|---|")
     for name in dict.fromkeys(name for name, _ in best):
-        print(f"| {name} | {best[name, 'complete'] * 1e6:.0f} | {best[name, 'stream'] * 1e6:.0f} |")
+        complete, short, long = (best[name, kind] * 1e6 for kind in ("complete", "stream 8", "stream 408"))
+        say(f"| {name} | {complete:.0f} | {short:.0f} | {long:.0f} | {(long - short) / 400:.2f} |")
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ class HttpSettings(BaseModel):
     # within it, and is cut once it has sent nothing but filler (comments, blank lines) for this long.
     call_timeout_s: float = Field(default=300.0, gt=0)
     max_connections: int = Field(default=512, ge=1)
-    # "aiohttp" (httpx-aiohttp, fast under load) or "httpx" (httpx's own pool).
+    # "aiohttp" (upstream/transport.py: httpx over aiohttp's pool, fast under load) or "httpx" (httpx's own pool).
     transport: Literal["aiohttp", "httpx"] = "aiohttp"
 
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
-from httpx_aiohttp import HttpxAiohttpClient
 
 from fakes.server import serve_in_thread
+from openfusion.upstream.transport import AiohttpTransport
 from openfusion.upstream.web.config import FetchConfig
 from openfusion.upstream.web.fetch import Fetcher, build_fetch_client
 from web.local_site import FakeResolver, Site, off_loopback
@@ -87,9 +87,13 @@ def resolver() -> FakeResolver:
 @pytest.fixture(params=["httpx", "aiohttp"])
 async def fetch_client(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
     """A fetch client on httpx's own transport (build_fetch_client) and one on the aiohttp transport."""
-    client = build_fetch_client() if request.param == "httpx" else HttpxAiohttpClient(trust_env=False)
+    client = build_fetch_client() if request.param == "httpx" else _on_aiohttp()
     async with client:
         yield client
+
+
+def _on_aiohttp() -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=AiohttpTransport(limits=httpx.Limits()), trust_env=False)
 
 
 @pytest.fixture

@@ -10,14 +10,15 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 import trustme
-from httpx_aiohttp import HttpxAiohttpClient
 
+from openfusion.upstream.transport import AiohttpTransport
 from openfusion.upstream.web.config import FetchConfig
 from openfusion.upstream.web.errors import FetchFailed
 from openfusion.upstream.web.fetch import Fetcher, build_fetch_client
 from web.local_site import FakeResolver
 
 BODY = b"served over TLS"
+LIMITS = httpx.Limits()
 
 
 @dataclass
@@ -65,7 +66,7 @@ async def trusting_client(request: pytest.FixtureRequest, ca: trustme.CA) -> Asy
     make: Callable[[], httpx.AsyncClient] = (
         (lambda: build_fetch_client(verify=context))
         if request.param == "httpx"
-        else (lambda: HttpxAiohttpClient(verify=context, trust_env=False))
+        else (lambda: httpx.AsyncClient(transport=AiohttpTransport(limits=LIMITS, verify=context), trust_env=False))
     )
     async with make() as client:
         yield client

@@ -470,9 +470,10 @@ async def _chunks(
             if problem := completion_problem(chunk, key="delta"):
                 raise _protocol_error(route, problem)
             if not finished:
-                reasons = [c["finish_reason"] for c in chunk.get("choices") or [] if c.get("finish_reason")]
-                if reasons:
-                    finished, call.finish_reason = True, reasons[0]
+                for choice in chunk.get("choices") or ():
+                    if reason := choice.get("finish_reason"):
+                        finished, call.finish_reason = True, reason
+                        break
             if call.first_token is None:
                 call.first_token = time.perf_counter()
                 call.response_model = chunk.get("model")

@@ -1,8 +1,9 @@
 """Why an upstream call failed below HTTP: the real cause behind a transport exception.
 
-httpx-aiohttp reports every aiohttp connection error as `httpx.ConnectTimeout`, so a name that does not
-resolve, a refused port and a failed TLS handshake all look like a timeout; the cause chain still
-holds the socket or TLS error that says what happened.
+The aiohttp transport (`transport.py`, mapping errors as httpx-aiohttp did) reports every aiohttp
+connection error as `httpx.ConnectTimeout`, so a name that does not resolve, a refused port and a
+failed TLS handshake all look like a timeout; the cause chain still holds the socket or TLS error
+that says what happened.
 """
 
 from __future__ import annotations

@@ -37,8 +37,7 @@ async def sse_data(blocks: AsyncIterator[bytes], *, clock: ProgressClock | None 
                     yield b"\n".join(data)
                     data = []
             elif line.startswith(b"data:"):
-                value = line[5:]
-                data.append(value[1:] if value.startswith(b" ") else value)
+                data.append(line[6:] if line.startswith(b"data: ") else line[5:])  # one space after the colon goes
         if clock is not None:
             if produced:
                 clock.moved = True
