@@ -38,7 +38,6 @@ _ERRORS: dict[type[Exception], type[httpx.HTTPError]] = {
 }
 _MAPPED = tuple(_ERRORS)
 _IDENTITY = (None, "identity")
-_HTTP_11 = {"http_version": b"HTTP/1.1"}
 _CACHED_URLS = 256  # endpoints are few; the cache is dropped whole if ever it grows past this
 
 
@@ -148,9 +147,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             )
         except _MAPPED as exc:
             raise mapped_error(exc) from exc
-        extensions = _HTTP_11
+        extensions = {"http_version": b"HTTP/1.1"}  # a dict of its own: a caller may add to it
         if response.reason:
-            extensions = {**_HTTP_11, "reason_phrase": response.reason.encode()}
+            extensions["reason_phrase"] = response.reason.encode()
         return httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,
