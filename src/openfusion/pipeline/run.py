@@ -171,6 +171,10 @@ class FusionRun:
             client_streams=stream,
             memory=self.dialects.sampling,
         )
+        # From here the prompt lives only in the synthesizer's request (see SynthesisStream), and the run keeps
+        # what its summary needs: a stream held open for minutes should not hold the conversation twice.
+        del messages
+        self.conversation = []
         started = time.perf_counter()
         accumulator = MessageAccumulator()
         chunks = synthesis.chunks()

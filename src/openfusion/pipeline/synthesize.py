@@ -107,7 +107,9 @@ class SynthesisStream:
                         raise error from None
                     continue
                 self.model = model
-                # From here on bytes reach the client: a failure ends the stream, no fallback.
+                # From here on bytes reach the client: a failure ends the stream, no fallback; so the request
+                # body (the whole prompt: conversation, panel answers, analysis) is no longer needed.
+                self._body = {}
                 if self._observe(first):
                     yield first
                 async for chunk in chunks:

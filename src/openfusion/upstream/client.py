@@ -173,6 +173,7 @@ class UpstreamClient:
         except BaseException as exc:
             _failed(call, exc)
             raise
+        del body, payload  # sent: a stream open for minutes should not keep its request's data alive here
         try:
             yield _chunks(route, response, call, self.masker, stall_s=self.call_timeout_s)
         except BaseException as exc:

@@ -1,0 +1,57 @@
+"""A run inside synthesis keeps only what its summary needs: the synthesizer's prompt is not held while it streams."""
+
+from __future__ import annotations
+
+import gc
+import types
+from collections.abc import Iterator
+from typing import Any
+
+from component.support import ScriptedUpstream
+from component.test_pipeline import make_plan, make_request
+from openfusion.pipeline.events import RunFinished, SynthesisChunk
+from openfusion.pipeline.run import FusionRun
+from openfusion.pipeline.structured import DialectMemory
+from openfusion.upstream.client import UpstreamClient
+
+# Objects that lead everywhere (module globals, classes) without belonging to one request.
+_SHARED = (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType, types.CodeType)
+
+
+def reachable_strings(root: Any, limit: int = 200_000) -> Iterator[str]:
+    """Every str reachable from `root` through object references, module-level state left out."""
+    seen = {id(root)}
+    todo = [root]
+    while todo and len(seen) < limit:
+        obj = todo.pop()
+        if isinstance(obj, str):
+            yield obj
+            continue
+        for ref in gc.get_referents(obj):
+            if id(ref) not in seen and not isinstance(ref, _SHARED):
+                seen.add(id(ref))
+                todo.append(ref)
+
+
+async def test_a_streaming_synthesis_holds_no_copy_of_its_prompt(
+    client: UpstreamClient, fake: ScriptedUpstream
+) -> None:
+    run = FusionRun(upstream=client, plan=make_plan(), request=make_request(), dialects=DialectMemory(), research=None)
+    async for _ in run.panel():
+        pass
+    async for _ in run.judge():
+        pass
+    synthesis = run.synthesize(stream=True)
+    async for event in synthesis:
+        if isinstance(event, SynthesisChunk):
+            break
+    # The synthesizer's system prompt embeds every panel answer; the answers themselves stay (the summary and the
+    # activity record carry them), the prompt built from them does not, nor the run's copy of the conversation.
+    prompts = [s for s in reachable_strings(synthesis) if "Answer from a." in s and s != "Answer from a."]
+    assert prompts == []
+    assert run.conversation == []
+    rest = [event async for event in synthesis]
+    assert isinstance(rest[-1], RunFinished)
+    assert rest[-1].content["panel_answers"] == [
+        (a.label, f"Answer from {name}.") for a, name in zip(run.answers, "abc", strict=True)
+    ]
