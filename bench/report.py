@@ -214,12 +214,14 @@ def floor_targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         top = max(inflight, key=int)
         per = inflight[top]["per_stream_kb"]
         fl = _get(results, "memory", "floor_inflight", "per_stream_kb")
+        soak = _get(results, "memory", "workers_soak") or {}
+        flat = soak.get("flat") if soak.get("per_worker") else None
         rows.append(
             (
-                "RSS per in-flight fusion stream ≤ 64 KiB",
+                "RSS per in-flight fusion stream ≤ 64 KiB, and flat over a 100k-request soak across workers",
                 f"openfusion {f(per)} KiB, floor {f(fl)} KiB (at {inflight[top]['in_flight']} streams inside "
-                "synthesis)",
-                verdict(per <= 64),
+                f"synthesis); {workers_soak_text(soak)}",
+                verdict(per <= 64 and flat is not False),
             )
         )
     added = {
@@ -278,6 +280,19 @@ def _splits(splits: list[list[float]] | None, *, percent: bool = False) -> str:
     if not splits:
         return "–"
     return ", ".join("/".join(f"{100 * v:.0f}" if percent else f"{v:.0f}" for v in sl) for sl in splits)
+
+
+def workers_soak_text(soak: dict[str, Any]) -> str:
+    """The soak through `--workers N`: requests, and each worker's growth over the second half."""
+    per = soak.get("per_worker") or {}
+    if not per:
+        return "soak across workers: not run" if not soak else f"soak across workers: {soak.get('error', 'no data')}"
+    growth = ", ".join(f"{w['second_half_mb']:+.2f}" for w in per.values())
+    return (
+        f"soak of {soak['requests']:,} requests through `--workers {soak['workers']}` "
+        f"({soak['summary'].get('errors', '?')} errors): each worker's RSS over the second half {growth} MiB "
+        f"({'flat' if soak.get('flat') else 'not flat'}: the rule is < 1 MiB each)"
+    )
 
 
 def workers_section(data: dict[str, Any]) -> str:
@@ -721,6 +736,23 @@ def memory_section(data: dict[str, Any]) -> str:
             parts.append(
                 _table(["requests done", *[f"{n:,}" for n, _ in points]], [["RSS MiB", *[f(v) for _, v in points]]])
             )
+    wsoak = data.get("workers_soak") or {}
+    if wsoak.get("checkpoints"):
+        s = wsoak.get("summary", {})
+        parts.append(
+            f"Soak across workers (fresh `openfusion serve --workers {wsoak['workers']}`, `fusion/fast0`, half "
+            f"streamed, c=50): {wsoak['requests']:,} requests in {f(wsoak['checkpoints'][-1]['t_s'])} s, "
+            f"{s.get('errors', '?')} errors, {f(s.get('rps'))} req/s; {workers_soak_text(wsoak)}."
+        )
+        pids = sorted({pid for c in wsoak["checkpoints"] for pid in c["rss_mb"]})
+        step = max(1, len(wsoak["checkpoints"]) // 10)
+        shown = wsoak["checkpoints"][step - 1 :: step]
+        parts.append(
+            _table(
+                ["requests done", *[f"{c['requests']:,}" for c in shown]],
+                [[f"worker {pid} RSS MiB", *[f(c["rss_mb"].get(pid)) for c in shown]] for pid in pids],
+            )
+        )
     return "\n\n".join(parts)
 
 

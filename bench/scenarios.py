@@ -21,6 +21,7 @@ import orjson
 from bench.fakeup import parse_profile
 from bench.harness import MASTER_KEY, Bench, aggregate, interleaved
 from bench.load import Sample, chat_body, messages_body, percentile, post, responses_body
+from bench.procs import rss_bytes, tree
 
 AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
 
@@ -45,6 +46,7 @@ class Plan:
     hang_panel_timeout_s: float | None
     mem_levels: tuple[int, ...]
     soak_requests: int
+    workers_soak_requests: int  # through `openfusion serve --workers 2`, each worker's RSS followed
     profile_s: float
     access_log_arm: bool
     breakdown_requests: int  # sequential traced fusion requests per arm for the critical-path breakdown
@@ -72,6 +74,7 @@ QUICK = Plan(
     hang_panel_timeout_s=None,
     mem_levels=(1, 100),
     soak_requests=300,
+    workers_soak_requests=600,
     profile_s=0.0,
     access_log_arm=False,
     breakdown_requests=4,
@@ -98,6 +101,7 @@ FULL = Plan(
     hang_panel_timeout_s=2.0,
     mem_levels=(1, 100, 1000),
     soak_requests=10_000,
+    workers_soak_requests=100_000,
     profile_s=15.0,
     access_log_arm=True,
     breakdown_requests=40,
@@ -700,6 +704,7 @@ async def memory(bench: Bench, plan: Plan) -> dict[str, Any]:
         if dn > 0:
             out["slope_kb_per_stream"] = (hi["rss_held_mb"] - lo["rss_held_mb"]) * 1024 / dn
     out["soak"] = await soak(bench, plan)
+    out["workers_soak"] = await soak_workers(bench, plan)
     return out
 
 
@@ -807,6 +812,85 @@ async def soak(bench: Bench, plan: Plan) -> dict[str, Any]:
     )
     bench.stop("openfusion_soak")
     return out
+
+
+FLAT_MIB = 1.0  # "flat": less than this much RSS growth over a soak's second half
+
+
+def worker_pids(service: Any) -> list[int]:
+    """The worker processes under `openfusion serve --workers N` (spawned: not the resource tracker)."""
+    pids = []
+    for pid in tree(service.pid)[1:]:
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                pids.append(pid)
+    return sorted(pids)
+
+
+async def soak_workers(bench: Bench, plan: Plan, *, workers: int = 2, legs: int = 20) -> dict[str, Any]:
+    """RSS of each worker of a fresh `openfusion serve --workers N` over `workers_soak_requests` fusion requests
+    (half streamed), read after each of `legs` equal legs; flat = each worker grew < FLAT_MIB over the second half."""
+    name = f"openfusion_soak_w{workers}"
+    service = bench.start_openfusion(name, {FAST0.name: FAST0.toml()}, workers=workers)
+    url = service.url + "/v1/chat/completions"
+    session = bench.session(120)
+    bodies = [chat_body(f"fusion/{FAST0.name}", stream=s) for s in (False, True)]
+    counter = 0
+
+    async def alternate(session: aiohttp.ClientSession) -> Sample:
+        nonlocal counter
+        counter += 1
+        stream = counter % 2 == 0
+        return await post(session, url, bodies[stream], stream=stream)
+
+    def sample() -> dict[str, float]:
+        return {str(pid): rss_bytes(pid) / 2**20 for pid in worker_pids(service)}
+
+    await bench.measure(session, alternate, concurrency=50, duration_s=60, max_requests=200 * workers)
+    out: dict[str, Any] = {"workers": workers, "rss_before_mb": sample()}
+    slices, checkpoints, done = [], [], 0
+    t0 = time.monotonic()
+    for leg in range(legs):
+        size = plan.workers_soak_requests * (leg + 1) // legs - done
+        sl = await bench.measure(session, alternate, concurrency=50, duration_s=600, max_requests=size, watch=(name,))
+        slices.append(sl)
+        done += sl.completed
+        checkpoints.append({"requests": done, "t_s": round(time.monotonic() - t0, 1), "rss_mb": sample()})
+    bench.stop(name)
+    out["requests"] = done
+    out["checkpoints"] = checkpoints
+    out["summary"] = aggregate(slices, proxy=name)
+    out["per_worker"] = per_worker_growth(checkpoints)
+    out["flat"] = bool(out["per_worker"]) and all(w["second_half_mb"] < FLAT_MIB for w in out["per_worker"].values())
+    say(
+        f"[soak --workers {workers}] {done} requests ({out['summary']['errors']} errors) in "
+        f"{checkpoints[-1]['t_s']} s: "
+        + "; ".join(
+            f"worker {pid} {w['first_mb']:.1f} -> {w['last_mb']:.1f} MiB ({w['second_half_mb']:+.2f} over the "
+            "second half)"
+            for pid, w in out["per_worker"].items()
+        )
+        + (" — flat" if out["flat"] else " — NOT flat")
+    )
+    return out
+
+
+def per_worker_growth(checkpoints: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each worker seen at every checkpoint: its RSS at the first, the middle and the last one (a worker that was
+    replaced mid-soak is not among them: its absence shows as fewer workers)."""
+    if len(checkpoints) < 2:
+        return {}
+    pids = set.intersection(*(set(c["rss_mb"]) for c in checkpoints))
+    half = checkpoints[len(checkpoints) // 2 - 1]["rss_mb"]
+    return {
+        pid: {
+            "first_mb": checkpoints[0]["rss_mb"][pid],
+            "middle_mb": half[pid],
+            "last_mb": checkpoints[-1]["rss_mb"][pid],
+            "second_half_mb": checkpoints[-1]["rss_mb"][pid] - half[pid],
+        }
+        for pid in sorted(pids)
+    }
 
 
 # -- 6. profile ----------------------------------------------------------------------------------
