@@ -25,6 +25,7 @@ from openfusion.api.access import install_access
 from openfusion.api.deps import AppState
 from openfusion.api.dialects import ERROR_DIALECTS
 from openfusion.api.handlers import install as install_error_handlers
+from openfusion.api.hot_routes import HotRouteApp
 from openfusion.api.messages import route as messages
 from openfusion.api.responses import route as responses
 from openfusion.api.responses.keeper import ResponseKeeper
@@ -200,7 +201,7 @@ def create_app(
             # records go into the writer before it closes.
             await drain.wait_closed(timeout_s=5.0)
 
-    app = FastAPI(
+    app = HotRouteApp(
         title="openfusion",
         version=__version__,
         lifespan=lifespan,
@@ -212,7 +213,7 @@ def create_app(
     install_error_handlers(app, dialects=ERROR_DIALECTS)
     install_access(app, access, cors=access_config.cors)
     tracing = _tracing(app, settings, environ, masker)  # added last: its middleware runs first
-    surfaces = (chat.router, responses.router, messages.router)
-    for router in (*surfaces, models.router, health.router, activity.router, metrics.router):
+    app.serve_directly(chat.router, responses.router, messages.router)  # the surfaces that call models
+    for router in (models.router, health.router, activity.router, metrics.router):
         app.include_router(router)
     return app

@@ -73,20 +73,29 @@ class AccessMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            client = self.access.authenticate(_presented_key(scope), address=_client_address(scope))
-            await self.access.count_request(client)
+            grant = await open_grant(self.access, scope)
         except OpenFusionError as exc:
             if scope["type"] == "websocket":  # no route uses one yet; refuse it all the same
                 await WebSocketClose(code=_POLICY_VIOLATION, reason=exc.message)(scope, receive, send)
             else:
-                await _render(exc, scope)(scope, receive, send)
+                await refusal_response(exc, scope)(scope, receive, send)
             return
-        grant = Grant(self.access, client)
-        scope.setdefault("state", {})[_GRANT] = grant
         try:
             await self.app(scope, receive, send)
         finally:
             await grant.release()
+
+
+async def open_grant(access: AccessControl, scope: Scope) -> Grant:
+    """Check the request's key and count it against its requests per minute; its grant goes into the scope.
+
+    Raises the refusal (401, 429); the caller releases the grant once the response has ended.
+    """
+    client = access.authenticate(_presented_key(scope), address=_client_address(scope))
+    await access.count_request(client)
+    grant = Grant(access, client)
+    scope.setdefault("state", {})[_GRANT] = grant
+    return grant
 
 
 async def admit(
@@ -193,7 +202,8 @@ def _client_address(scope: Scope) -> str | None:
     return str(client[0]) if client else None
 
 
-def _render(error: OpenFusionError, scope: Scope) -> Response:
+def refusal_response(error: OpenFusionError, scope: Scope) -> Response:
+    """The answer to a request refused by the key check, in its path's error shape."""
     response = error_response(error, scope)
     if isinstance(error, AuthenticationFailed):
         # Basic lets a person open the /activity pages in a browser with the key as password.

@@ -11,6 +11,7 @@ every route but the `/activity` pages, unless `[cors]` allows its origin. Every 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
@@ -30,6 +31,15 @@ def is_activity_page(path: str) -> bool:
     return path == "/activity" or path.startswith("/activity/")
 
 
+def private_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """A response's headers, marked private: never cached (`no-store` replaces any Cache-Control), never framed."""
+    private = [(k, v) for k, v in headers if k.lower() != b"cache-control"]
+    present = {k.lower() for k, _ in private}
+    private += [(k, v) for k, v in _SAFETY_HEADERS if k not in present]
+    private.append((b"cache-control", b"no-store"))
+    return private
+
+
 class BrowserGuard:
     """Refuses non-JSON bodies (415) and cross-site API requests (403); marks every response private."""
 
@@ -45,20 +55,17 @@ class BrowserGuard:
 
         async def private(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"cache-control"]
-                present = {k.lower() for k, _ in headers}
-                headers += [(k, v) for k, v in _SAFETY_HEADERS if k not in present]
-                headers.append((b"cache-control", b"no-store"))
-                message = {**message, "headers": headers}
+                message = {**message, "headers": private_headers(message.get("headers", ()))}
             await send(message)
 
-        refusal = self._refusal(scope)
+        refusal = self.refusal(scope)
         if refusal is not None:
             await error_response(refusal, scope)(scope, receive, private)
             return
         await self.app(scope, receive, private)
 
-    def _refusal(self, scope: Scope) -> OpenFusionError | None:
+    def refusal(self, scope: Scope) -> OpenFusionError | None:
+        """Why an HTTP request is refused (a cross-site call, a body that is not JSON), or None."""
         headers = Headers(scope=scope)
         if not is_activity_page(route_path(scope)) and self._from_another_site(headers):
             return CrossSiteRequest(
