@@ -105,3 +105,46 @@ async def test_cancelling_the_request_cancels_its_body_too() -> None:
         await task
 
     assert log == {"cancelled": True, "closed": True}  # the body unwound before the request ended; no background
+
+
+async def test_headers_can_wait_for_the_first_chunk_and_leave_with_it() -> None:
+    client = Client()
+    sent_before_first_chunk: list[str] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        await asyncio.sleep(0.01)  # the first chunk takes a loop step or more to be ready
+        sent_before_first_chunk.extend(m["type"] for m in client.sent)
+        yield b": hello\n\n"
+        yield b"data: 1\n\n"
+
+    response = EventStreamResponse(body(), media_type="text/event-stream", headers_with_first_chunk=True)
+    await response(SCOPE, client.receive, client.send)
+
+    assert sent_before_first_chunk == []  # nothing, not the headers, went out while the body had nothing
+    assert [m["type"] for m in client.sent] == ["http.response.start"] + ["http.response.body"] * 3
+    assert client.sent[0]["status"] == 200
+    assert client.body() == b": hello\n\ndata: 1\n\n"
+
+
+async def test_by_default_the_headers_leave_before_the_body_is_asked() -> None:
+    client = Client()
+    sent_before_first_chunk: list[str] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        sent_before_first_chunk.extend(m["type"] for m in client.sent)
+        yield b"data: 1\n\n"
+
+    await EventStreamResponse(body(), media_type="text/event-stream")(SCOPE, client.receive, client.send)
+    assert sent_before_first_chunk == ["http.response.start"]
+
+
+async def test_an_empty_body_with_headers_waiting_still_answers() -> None:
+    client = Client()
+
+    async def body() -> AsyncIterator[bytes]:
+        return
+        yield b""
+
+    response = EventStreamResponse(body(), media_type="text/event-stream", headers_with_first_chunk=True)
+    await response(SCOPE, client.receive, client.send)
+    assert [m["type"] for m in client.sent] == ["http.response.start", "http.response.body"]

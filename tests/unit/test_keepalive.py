@@ -82,3 +82,18 @@ async def test_leaving_early_closes_the_run_at_once() -> None:
         assert await anext(stream) == ["a"]
     assert log["closed"] is True  # the run's generator was closed, not left hanging on its 60 s wait
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "fusion-run"]
+
+
+async def test_first_at_once_gives_what_the_run_yields_before_it_first_waits() -> None:
+    log: dict[str, Any] = {}
+    stream = with_keepalive(_source([(0, "started"), (0, "also"), (0.05, "later")], log), 5.0, first_at_once=True)
+    async with contextlib.aclosing(stream):
+        assert await anext(stream) == ["started", "also"]  # one batch: the run's first step, taken at once
+        assert await anext(stream) == ["later"]
+
+
+async def test_first_at_once_gives_nothing_when_the_run_waits_first() -> None:
+    stream = with_keepalive(_source([(0.05, "later")], {}), 5.0, first_at_once=True)
+    async with contextlib.aclosing(stream):
+        assert await anext(stream) == []  # at once, empty: the caller's opening line need not wait
+        assert await anext(stream) == ["later"]

@@ -57,7 +57,9 @@ async def _fusion(exchange: Exchange) -> Response:
             progress=not (chat.reasoning or {}).get("exclude", False),
             ledger=ledger,
         )
-        return EventStreamResponse(ledger.closing(body), media_type="text/event-stream", headers=SSE_HEADERS)
+        return EventStreamResponse(
+            ledger.closing(body), media_type="text/event-stream", headers=SSE_HEADERS, headers_with_first_chunk=True
+        )
     work = complete_fusion(events, generation_id=ledger.generation_id, ledger=ledger)
     result: dict[str, Any] = await cancel_on_disconnect(exchange.request, work, drain=exchange.state.drain)
     return Response(orjson.dumps(result), media_type="application/json")

@@ -11,13 +11,39 @@ the body (its upstream calls close at once, as before) and the response ends qui
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 
 class EventStreamResponse(StreamingResponse):
-    """A streamed body; the client leaving cancels it (its background task still runs afterwards)."""
+    """A streamed body; the client leaving cancels it (its background task still runs afterwards).
+
+    `headers_with_first_chunk`: the status line and headers wait for the body's first chunk and leave in
+    the same write — for a body whose first chunk comes at once (a fusion stream's opening line, after
+    the run's first step), never for one that waits on an upstream.
+    """
+
+    def __init__(self, *args: Any, headers_with_first_chunk: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.headers_with_first_chunk = headers_with_first_chunk
+
+    async def stream_response(self, send: Send) -> None:
+        if not self.headers_with_first_chunk:
+            await super().stream_response(send)
+            return
+        start: Message | None = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        async for chunk in self.body_iterator:
+            if start is not None:
+                await send(start)
+                start = None
+            if not isinstance(chunk, bytes | memoryview):
+                chunk = chunk.encode(self.charset)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if start is not None:
+            await send(start)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

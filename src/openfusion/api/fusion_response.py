@@ -25,12 +25,17 @@ _KEEPALIVE = object()
 _BUFFERED = 64  # events a slow client may leave untaken before the run waits for it
 
 
-async def with_keepalive(events: AsyncIterator[Event], interval: float) -> AsyncIterator[list[Event | None]]:
+async def with_keepalive(
+    events: AsyncIterator[Event], interval: float, *, first_at_once: bool = False
+) -> AsyncIterator[list[Event | None]]:
     """Yield the events as they come, and None whenever `interval` seconds pass without one.
 
     Each yield is a list of everything that arrived since the consumer last took: one event when
     the client keeps up, several when an upstream read carried several chunks or the client fell
     behind — so they can go out in one write. Nothing is ever held back to make a batch.
+
+    `first_at_once`: the first batch is what the run yields in its first step (before it first waits),
+    possibly nothing, so a stream's opening line can leave with the run's first events in one write.
 
     The run is driven by its own task so a slow stage never blocks the keep-alives; leaving early
     (client gone) cancels that task, which closes every upstream call of the run. The keep-alives
@@ -75,6 +80,10 @@ async def with_keepalive(events: AsyncIterator[Event], interval: float) -> Async
     task = asyncio.create_task(pump(), name="fusion-run")
     timer = loop.call_at(last + interval, tick)
     try:
+        if first_at_once:
+            await asyncio.sleep(0)  # the run's task was scheduled first: it takes its first step now
+            if not items:
+                yield []
         while True:
             while not items:
                 consumer = loop.create_future()
@@ -117,22 +126,25 @@ async def stream_fusion(
     Events that are ready together go out in one write (one ASGI message, one system call).
     """
     sse = _SSE(generation_id=generation_id, model=model, progress=progress, ledger=ledger)
-    yield KEEPALIVE  # headers and a first line at once: clients and proxies see the request is alive
+    # Headers and a first line at once, so clients and proxies see the request is alive; with them, what
+    # the run said in its first step (the panel starting): one write (see EventStreamResponse).
+    lead = KEEPALIVE
     try:
-        async for batch in with_keepalive(events, keepalive_interval):
-            out = b"".join([sse.render(event) for event in batch])
+        async for batch in with_keepalive(events, keepalive_interval, first_at_once=True):
+            out = lead + b"".join([sse.render(event) for event in batch])
+            lead = b""
             if out:
                 yield out
     except OpenFusionError as exc:
         if ledger is not None:
             ledger.failed(exc)
-        yield encode(error_chunk(exc, generation_id=generation_id, model=sse.model, created=sse.created))
+        yield lead + encode(error_chunk(exc, generation_id=generation_id, model=sse.model, created=sse.created))
     except Exception as exc:
         if ledger is not None:
             ledger.failed(exc)
         log.exception("fusion stream failed")
         error = OpenFusionError("Internal server error.", code="internal_error")
-        yield encode(error_chunk(error, generation_id=generation_id, model=sse.model, created=sse.created))
+        yield lead + encode(error_chunk(error, generation_id=generation_id, model=sse.model, created=sse.created))
     if ledger is not None:
         await ledger.commit()  # clients stop reading at [DONE]: the record goes to the store first
     yield DONE

@@ -93,7 +93,9 @@ async def _render(exchange: Exchange, translated: Translated) -> Response:
             _stream(writer, events, ledger=ledger, keepalive_interval=state.settings.keepalive_interval_s),
             render_error=lambda error: encode_named(writer.fail(error)),  # the end of the grace period
         )
-        return EventStreamResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
+        return EventStreamResponse(
+            body, media_type="text/event-stream", headers=SSE_HEADERS, headers_with_first_chunk=True
+        )
     result = await cancel_on_disconnect(exchange.request, _complete(writer, events, ledger=ledger), drain=state.drain)
     return Response(orjson.dumps(result), media_type="application/json")
 
@@ -102,13 +104,14 @@ async def _stream(
     writer: MessageWriter, events: AsyncIterator[Event], *, ledger: Ledger, keepalive_interval: float
 ) -> AsyncIterator[bytes]:
     """The SSE body: `message_start` first, then the run's events, with a `ping` whenever it is silent."""
-    yield encode_named(writer.start())
+    lead = encode_named(writer.start())  # with the headers and the run's first events: one write
     try:
-        async for batch in with_keepalive(events, keepalive_interval):
-            out = b"".join([encode_named([PING] if event is None else _render_event(writer, event, ledger))
+        async for batch in with_keepalive(events, keepalive_interval, first_at_once=True):
+            out = lead + b"".join([encode_named([PING] if event is None else _render_event(writer, event, ledger))
                             for event in batch])  # fmt: skip
             if writer.finished:
                 await ledger.commit()  # clients stop reading at `message_stop`: the record goes to the store first
+            lead = b""
             if out:
                 yield out
         if not writer.finished:
@@ -116,12 +119,12 @@ async def _stream(
     except OpenFusionError as exc:
         ledger.failed(exc)
         await ledger.commit()  # the `error` event ends the stream: its record first
-        yield encode_named(writer.fail(exc))
+        yield lead + encode_named(writer.fail(exc))
     except Exception as exc:
         ledger.failed(exc)
         log.exception("messages stream failed")
         await ledger.commit()
-        yield encode_named(writer.fail(OpenFusionError("Internal server error.", code="internal_error")))
+        yield lead + encode_named(writer.fail(OpenFusionError("Internal server error.", code="internal_error")))
 
 
 async def _complete(writer: MessageWriter, events: AsyncIterator[Event], *, ledger: Ledger) -> dict[str, Any]:

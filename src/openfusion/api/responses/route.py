@@ -110,7 +110,9 @@ async def _render(exchange: Exchange, translated: Translated, *, owner: str) -> 
             _stream(writer, events, ledger=ledger, keepalive_interval=interval, keep=keep),
             render_error=lambda error: encode_named(writer.fail(error)),  # the end of the grace period
         )
-        return EventStreamResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
+        return EventStreamResponse(
+            body, media_type="text/event-stream", headers=SSE_HEADERS, headers_with_first_chunk=True
+        )
     work = _complete(writer, events, ledger=ledger, keep=keep)
     result = await cancel_on_disconnect(exchange.request, work, drain=exchange.state.drain)
     return Response(orjson.dumps(result), media_type="application/json")
@@ -125,25 +127,26 @@ async def _stream(
     keep: Callable[[dict[str, Any]], Awaitable[None]],
 ) -> AsyncIterator[bytes]:
     """The SSE body: `response.created` first, then the run's events (keep-alives while it is silent)."""
-    yield encode_named(writer.start())
+    lead = encode_named(writer.start())  # with the headers and the run's first events: one write
     try:
-        async for batch in with_keepalive(events, keepalive_interval):
-            out = b"".join([KEEPALIVE if event is None else encode_named(_render_event(writer, event, ledger))
+        async for batch in with_keepalive(events, keepalive_interval, first_at_once=True):
+            out = lead + b"".join([KEEPALIVE if event is None else encode_named(_render_event(writer, event, ledger))
                             for event in batch])  # fmt: skip
             if writer.finished:
                 await keep(writer.snapshot())
                 await ledger.commit()  # clients stop reading at `response.completed`: the record goes first
+            lead = b""
             if out:
                 yield out
     except OpenFusionError as exc:
         ledger.failed(exc)
         await ledger.commit()  # likewise before `response.failed`
-        yield encode_named(writer.fail(exc))
+        yield lead + encode_named(writer.fail(exc))
     except Exception as exc:
         ledger.failed(exc)
         log.exception("responses stream failed")
         await ledger.commit()
-        yield encode_named(writer.fail(OpenFusionError("Internal server error.", code="server_error")))
+        yield lead + encode_named(writer.fail(OpenFusionError("Internal server error.", code="server_error")))
 
 
 async def _complete(
