@@ -277,31 +277,16 @@ class Bench:
         `steady`: CPU, throughput and the requests it is divided by are those of the steady window only
         (from the end of the warm-up to `duration_s`), not of the whole slice with its ramp-up and drain.
         """
-        if steady:
-            marks: dict[str, tuple[dict[str, dict[str, float]], float, float]] = {}
-            held: dict[str, dict[int, int]] = {}
+        marks: dict[str, tuple[dict[str, dict[str, float]], float, float]] = {}
+        held: dict[str, dict[int, int]] = {}
 
-            def mark(name: str) -> None:
-                marks[name] = (self._cpu(), time.process_time(), machine_busy_seconds())
-                if name == "end":
-                    held.update({s: connections_by_pid(self.services[s].pid, self.services[s].port) for s in watch})
+        def mark(name: str) -> None:
+            marks[name] = (self._cpu(), time.process_time(), machine_busy_seconds())
+            if name == "end":
+                held.update({s: connections_by_pid(self.services[s].pid, self.services[s].port) for s in watch})
 
-            result = await closed_loop(
-                session,
-                request,
-                concurrency=concurrency,
-                duration_s=duration_s,
-                max_requests=max_requests,
-                warmup_s=warmup_s,
-                min_samples=min_samples,
-                steady=mark,
-            )
-            (cpu0, client0, busy0), (cpu1, client1, busy1) = marks["start"], marks["end"]
-            result.elapsed, result.completed = result.steady_s, result.steady_completed
-            taken = self._slice(result, {}, cpu0, client0, busy0, watch, after=(cpu1, client1, busy1, {}))
-            taken.connections_by_pid = {name: split for name, split in held.items() if len(split) > 1}
-            return taken
-        calls0, cpu0, client0, busy0 = self.fake_calls(), self._cpu(), time.process_time(), machine_busy_seconds()
+        calls0 = {} if steady else self.fake_calls()  # a steady slice counts between its marks instead
+        cpu0, client0, busy0 = self._cpu(), time.process_time(), machine_busy_seconds()
         result = await closed_loop(
             session,
             request,
@@ -310,8 +295,15 @@ class Bench:
             max_requests=max_requests,
             warmup_s=warmup_s,
             min_samples=min_samples,
+            steady=mark if steady else None,
         )
-        return self._slice(result, calls0, cpu0, client0, busy0, watch)
+        if not steady:
+            return self._slice(result, calls0, cpu0, client0, busy0, watch)
+        (cpu0, client0, busy0), (cpu1, client1, busy1) = marks["start"], marks["end"]
+        result.elapsed, result.completed = result.steady_s, result.steady_completed
+        taken = self._slice(result, {}, cpu0, client0, busy0, watch, after=(cpu1, client1, busy1, {}))
+        taken.connections_by_pid = {name: split for name, split in held.items() if len(split) > 1}
+        return taken
 
     async def measure_wave(
         self, session: aiohttp.ClientSession, request: RequestFn, *, count: int, watch: Sequence[str] = ()

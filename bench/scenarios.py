@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -765,11 +766,8 @@ async def hold_streams(
     }
 
 
-async def soak(bench: Bench, plan: Plan) -> dict[str, Any]:
-    """RSS of a fresh instance before and after `soak_requests` fusion requests (half streamed)."""
-    service = bench.start_openfusion("openfusion_soak", {FAST0.name: FAST0.toml()})
-    url = service.url + "/v1/chat/completions"
-    session = bench.session(120)
+def half_streamed(url: str) -> Callable[[aiohttp.ClientSession], Awaitable[Sample]]:
+    """A request function sending `fast0` fusions to `url`, streamed and not in turn."""
     bodies = [chat_body(f"fusion/{FAST0.name}", stream=s) for s in (False, True)]
     counter = 0
 
@@ -778,6 +776,16 @@ async def soak(bench: Bench, plan: Plan) -> dict[str, Any]:
         counter += 1
         stream = counter % 2 == 0
         return await post(session, url, bodies[stream], stream=stream)
+
+    return alternate
+
+
+async def soak(bench: Bench, plan: Plan) -> dict[str, Any]:
+    """RSS of a fresh instance before and after `soak_requests` fusion requests (half streamed)."""
+    service = bench.start_openfusion("openfusion_soak", {FAST0.name: FAST0.toml()})
+    url = service.url + "/v1/chat/completions"
+    session = bench.session(120)
+    alternate = half_streamed(url)
 
     out: dict[str, Any] = {"rss_fresh_mb": service.rss() / 2**20}
     await bench.measure(session, alternate, concurrency=50, duration_s=60, max_requests=200)
@@ -834,14 +842,7 @@ async def soak_workers(bench: Bench, plan: Plan, *, workers: int = 2, legs: int 
     service = bench.start_openfusion(name, {FAST0.name: FAST0.toml()}, workers=workers)
     url = service.url + "/v1/chat/completions"
     session = bench.session(120)
-    bodies = [chat_body(f"fusion/{FAST0.name}", stream=s) for s in (False, True)]
-    counter = 0
-
-    async def alternate(session: aiohttp.ClientSession) -> Sample:
-        nonlocal counter
-        counter += 1
-        stream = counter % 2 == 0
-        return await post(session, url, bodies[stream], stream=stream)
+    alternate = half_streamed(url)
 
     def sample() -> dict[str, float]:
         return {str(pid): rss_bytes(pid) / 2**20 for pid in worker_pids(service)}
