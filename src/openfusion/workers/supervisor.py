@@ -223,35 +223,27 @@ def _signal(worker: _Worker, signum: int) -> None:
 def _available(options: ServeOptions) -> bool:
     """Whether the address is free (logged when not): bound once without SO_REUSEPORT, so that another server
     listening there with SO_REUSEPORT (another openfusion, say) is an error, not a share of its traffic."""
-    sock = _socket(options)
-    try:
-        sock.bind((options.host, options.port))
-    except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", options.host, options.port, exc)
+    sock = _bind(options, share=False)
+    if sock is None:
         return False
-    finally:
-        sock.close()
+    sock.close()
     return True
 
 
-def _bind(options: ServeOptions) -> socket.socket | None:
+def _bind(options: ServeOptions, *, share: bool = True) -> socket.socket | None:
     """A worker's own socket, bound with SO_REUSEPORT beside the others' (the worker listens on it once it
     serves: connections made before are refused, as with one worker); None (logged) when it cannot be."""
-    sock = _socket(options)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if share:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((options.host, options.port))
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", options.host, options.port, exc)
         sock.close()
         return None
-    return sock
-
-
-def _socket(options: ServeOptions) -> socket.socket:
-    family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     return sock
 
 
