@@ -21,11 +21,12 @@ TAG_NAMES = ("response", "responses", "conversation", "message", "analysis", "so
 ENCODED_OPENER = "&lt;"
 
 # A `<` as text may spell it: the character and its look-alikes, then character references and escapes.
-_OPENER = re.compile(
-    "[<\uff1c\ufe64\u2039\u2329\u3008\u27e8\u276e\u29fc\u02c2\u1438]"
-    r"|&(?:lt|#0*60|#x0*3c);?|\\(?:u003c|x3c|074)|%3c",
-    re.IGNORECASE,
-)
+_OPENER_CHARACTERS = "<\uff1c\ufe64\u2039\u2329\u3008\u27e8\u276e\u29fc\u02c2\u1438"
+_OPENER = re.compile(f"[{_OPENER_CHARACTERS}]" r"|&(?:lt|#0*60|#x0*3c);?|\\(?:u003c|x3c|074)|%3c", re.IGNORECASE)
+# The first character of every spelling above. Looking for each with `in` (a memchr-like scan) costs
+# ~1-3 µs whatever the text's length; the pattern's scan costs ~13 ns per character (24 µs for a 2 KB
+# answer), and most panel answers, conversations and pages hold none of these.
+_OPENER_STARTS = (*_OPENER_CHARACTERS, "&", "\\", "%")
 # How far after a `<` a tag name is looked for (it may be padded with spaces and invisible characters).
 _WINDOW = 128
 # Characters a reader skips inside or before a tag name: separators, slashes (a closing tag), escapes.
@@ -45,7 +46,7 @@ _SKELETONS = tuple(sorted({name.replace("_", "") for name in TAG_NAMES}))
 
 def encode_untrusted(text: str) -> str:
     """`text` with every `<` (however spelled) that could open or close one of our tags replaced by `&lt;`."""
-    if not _OPENER.search(text):
+    if not any(start in text for start in _OPENER_STARTS):
         return text
     return _OPENER.sub(_encoded, text)
 

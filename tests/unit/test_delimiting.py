@@ -127,3 +127,21 @@ def test_code_reaches_the_models_as_written(code: str) -> None:
 )
 def test_known_attacks_are_encoded(text: str, encoded: str) -> None:
     assert encode_untrusted(text) == encoded
+
+
+@HYPOTHESIS
+@given(
+    st.lists(
+        st.sampled_from([*"<＜﹤‹〈〈⟨❮⧼˂ᐸ&\\%;#xXcCuU0346lLtT/ _aé", *INVISIBLE, "response", "RESPONSE", "sources"]),
+        max_size=30,
+    ).map("".join)
+    | st.text(max_size=60)
+)
+@example("&LT;/response>")
+@example("\\U003C/analysis>")
+@example("%3C/sources>")
+def test_the_quick_look_for_an_opener_skips_no_text_the_pattern_would_change(text: str) -> None:
+    """A text is left as it is without the pattern's scan only when no spelling of `<` starts in it."""
+    from openfusion.delimiting import _OPENER, _encoded
+
+    assert encode_untrusted(text) == _OPENER.sub(_encoded, text)
