@@ -181,7 +181,7 @@ class Ledger:
         cost = usage.cost
         for call in self.trace.calls:
             state.metrics.observe_call(call)
-        state.metrics.requests.labels(self.route, self.status).inc()
+        state.metrics.count_request(self.route, self.status)
         state.metrics.overhead_seconds.observe(overhead / 1000)
         if cost:
             state.metrics.cost.inc(cost)
