@@ -341,8 +341,8 @@ class UpstreamClient:
         headers: Mapping[str, str] | None = None,
     ) -> _Sent:
         endpoint = self._endpoint(route.provider, path)
-        # orjson's result holds a ~16 KiB allocation whatever its length, and the request (with its
-        # body) lives as long as its response: for a streamed answer that is the whole stream.
+        # orjson's result holds a ~16 KiB allocation whatever its length: a copy of the exact size is sent
+        # (under respx and httpx's own transports the response keeps its request, body and all).
         content = bytes(memoryview(orjson.dumps(payload)))
         sent_headers = (endpoint.stream_headers if stream else endpoint.headers).copy()
         if headers:  # the client's own, for a native pass-through: added to (or replacing) the endpoint's

@@ -150,11 +150,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         extensions = {"http_version": b"HTTP/1.1"}  # a dict of its own: a caller may add to it
         if response.reason:
             extensions["reason_phrase"] = response.reason.encode()
+        # No `request=`: httpx's client sets it on what a transport returns, and a caller of the transport
+        # alone (the upstream client) has no use for it. Holding it would keep the request's body — for the
+        # synthesizer, the whole prompt — for as long as its answer streams.
         return httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,
             stream=AiohttpBody(response),
-            request=request,
             extensions=extensions,
         )
 
