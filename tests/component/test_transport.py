@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
+import types
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -334,3 +336,32 @@ def _closed_port() -> int:
 def _registry_to(base_url: str) -> ProviderRegistry:
     provider = ProviderConfig(name="lo", base_url=base_url, api_key_env="LO_KEY", models=["lo/*"])
     return ProviderRegistry.from_settings(Settings(providers=[provider], builtin_providers=False), {"LO_KEY": KEY})
+
+
+async def test_a_streamed_answer_does_not_hold_its_request_body(loopback: Loopback, make_upstream: Any) -> None:
+    """A synthesizer's answer streams for minutes; its request body (the whole prompt) is not kept meanwhile."""
+    prompt = "the synthesizer's prompt, every panel answer in it " * 40
+    async with make_upstream().stream("lo/endless", {"messages": [{"role": "user", "content": prompt}]}) as chunks:
+        assert (await anext(chunks))["choices"][0]["delta"]["content"] == "first"
+        assert b"every panel answer in it" in loopback.bodies[0]  # the provider got it
+        loopback.bodies.clear()
+        held = [found for found in _reachable_bytes(chunks) if b"every panel answer in it" in found]
+    assert held == []
+
+
+def _reachable_bytes(root: Any) -> list[bytes]:
+    """The bytes reachable from `root` through object references; module-level state and event loops left out."""
+    shared = (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType, types.CodeType)
+    shared += (asyncio.AbstractEventLoop,)  # through the loop, everything else in the process (the provider too)
+    seen, todo, found = {id(root)}, [root], []
+    while todo:
+        obj = todo.pop()
+        if isinstance(obj, bytes):
+            found.append(obj)
+            continue
+        for ref in gc.get_referents(obj):
+            if id(ref) not in seen and not isinstance(ref, shared):
+                seen.add(id(ref))
+                todo.append(ref)
+    return found
+
