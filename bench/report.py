@@ -449,7 +449,11 @@ def fusion_section(data: dict[str, Any]) -> str:
         "proxy RSS MiB",
         "other load (cores)",
     ]
-    return _table(header, rows) + breakdown_table(data.get("breakdown") or {})
+    return (
+        _table(header, rows)
+        + breakdown_table(data.get("breakdown") or {}, stream=False)
+        + breakdown_table(data.get("breakdown_stream") or {}, stream=True)
+    )
 
 
 def cache_section(data: dict[str, Any]) -> str:
@@ -471,7 +475,7 @@ def cache_section(data: dict[str, Any]) -> str:
     return _table(header, rows) + note
 
 
-def breakdown_table(data: dict[str, Any]) -> str:
+def breakdown_table(data: dict[str, Any], *, stream: bool) -> str:
     """Where the c=1 overhead goes, segment by segment, the ideal client beside openfusion."""
     p50 = data.get("p50_ms") or {}
     ideal, floor, of = p50.get("ideal") or {}, p50.get("floor") or {}, p50.get("openfusion") or {}
@@ -492,8 +496,8 @@ def breakdown_table(data: dict[str, Any]) -> str:
     ]
     n = data.get("n") or {}
     return (
-        "\n\n**Where the c=1 overhead goes** (non-stream, one request at a time, each arm's requests back to "
-        "back, two rounds in swapped order; "
+        f"\n\n**Where the c=1 overhead goes, {'streamed' if stream else 'non-stream'}** (one request at a time, "
+        "each arm's requests back to back, two rounds in swapped order; "
         f"n = {n.get('ideal')} / {n.get('floor')} / {n.get('openfusion')}). The fake records each call's arrival "
         "and end and the client its send and finish, on the machine's one monotonic clock; p50 ms per segment:\n\n"
         + _table(["segment", "what", "ideal", "floor", "openfusion", "openfusion − floor"], rows)

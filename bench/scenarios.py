@@ -260,7 +260,8 @@ async def fusion_overhead(bench: Bench, plan: Plan) -> dict[str, Any]:
                 for arm, s in slices.items()
             }
             _log_row(f"fusion {mode} c={c}", out[mode][str(c)], "overhead")
-    out["breakdown"] = await critical_path_breakdown(bench, plan)
+    out["breakdown"] = await critical_path_breakdown(bench, plan, stream=False)
+    out["breakdown_stream"] = await critical_path_breakdown(bench, plan, stream=True)
     return out
 
 
@@ -336,7 +337,7 @@ SEGMENTS = (
 )
 
 
-async def critical_path_breakdown(bench: Bench, plan: Plan) -> dict[str, Any]:
+async def critical_path_breakdown(bench: Bench, plan: Plan, *, stream: bool) -> dict[str, Any]:
     """Where the c=1 overhead goes: the ideal client and openfusion, one traced request at a time.
 
     The fake records each call's arrival and end on the machine's monotonic clock, the client its own
@@ -346,11 +347,11 @@ async def critical_path_breakdown(bench: Bench, plan: Plan) -> dict[str, Any]:
     """
     fake_url = bench.services["fake"].url
     of = bench.services["openfusion"].url + "/v1/chat/completions"
-    body = chat_body(f"fusion/{BENCH3.name}", stream=False)
+    body = chat_body(f"fusion/{BENCH3.name}", stream=stream)
     arms = {
-        "ideal": ideal_fn(fake_url + "/v1/chat/completions", BENCH3, stream=False),
-        "floor": request_fn(bench.services["floor"].url + "/v1/chat/completions", body, stream=False, headers=AUTH),
-        "openfusion": request_fn(of, body, stream=False, headers=AUTH),
+        "ideal": ideal_fn(fake_url + "/v1/chat/completions", BENCH3, stream=stream),
+        "floor": request_fn(bench.services["floor"].url + "/v1/chat/completions", body, stream=stream, headers=AUTH),
+        "openfusion": request_fn(of, body, stream=stream, headers=AUTH),
     }
     slowest, judge_model, synth_model = max(BENCH3.panel, key=_dur), BENCH3.judge, BENCH3.synth
     rows: dict[str, list[dict[str, float]]] = {arm: [] for arm in arms}
@@ -390,7 +391,7 @@ async def critical_path_breakdown(bench: Bench, plan: Plan) -> dict[str, Any]:
         out["p50_ms"][arm] = {k: statistics.median(r[k] for r in samples) * 1000 for k, _ in SEGMENTS if samples}
     ideal, floor, of = (out["p50_ms"][arm] for arm in ("ideal", "floor", "openfusion"))
     nan = float("nan")
-    say("critical path at c=1 (p50 ms, ideal / floor / openfusion):")
+    say(f"critical path at c=1, {'stream' if stream else 'non-stream'} (p50 ms, ideal / floor / openfusion):")
     say(
         "    "
         + ", ".join(f"{k} {ideal.get(k, nan):.2f}/{floor.get(k, nan):.2f}/{of.get(k, nan):.2f}" for k, _ in SEGMENTS)
