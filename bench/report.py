@@ -393,7 +393,7 @@ def machine_section(results: dict[str, Any]) -> str:
         ["server stack", ", ".join(f"{k} {pk[k]}" for k in ("fastapi", "starlette", "uvicorn", "uvloop", "httptools"))],
         [
             "client stack",
-            ", ".join(f"{k} {pk[k]}" for k in ("httpx", "httpx-aiohttp", "aiohttp", "orjson", "tenacity")),
+            ", ".join(f"{k} {pk.get(k, '?')}" for k in ("httpx", "aiohttp", "multidict", "yarl", "orjson", "tenacity")),
         ],
         ["peers", ", ".join(f"{k} {v}" for k, v in results.get("peers", {}).items()) or "none"],
         ["load average", f"{m['loadavg_start']} at start, {m.get('loadavg_end', '?')} at end"],

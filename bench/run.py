@@ -30,7 +30,7 @@ PASS_MODELS = ["fake/lat-0"]
 
 
 def _versions() -> dict[str, str]:
-    names = ["openfusion", "fastapi", "starlette", "uvicorn", "uvloop", "httptools", "httpx", "httpx-aiohttp"]
+    names = ["openfusion", "fastapi", "starlette", "uvicorn", "uvloop", "httptools", "httpx", "multidict", "yarl"]
     names += ["aiohttp", "pydantic", "orjson", "tenacity", "py-spy", "matplotlib"]
     out = {}
     for name in names:

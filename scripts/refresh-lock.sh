@@ -14,6 +14,8 @@
 # image's Python 3.11.2 on Debian gets the async-timeout that redis needs there.
 #
 # Usage: scripts/refresh-lock.sh          (from anywhere; needs python3 and network access to PyPI)
+#        scripts/refresh-lock.sh --upgrade    every package at its newest allowed version; without it the
+#                                             pins already in the locks are kept where pyproject.toml allows
 # Env:   UV_VERSION                       the uv release used to resolve (default below)
 #        OPENFUSION_LOCK_INDEX            the index to resolve against (default https://pypi.org/simple)
 set -euo pipefail
@@ -23,13 +25,20 @@ uv_version=${UV_VERSION:-0.13.9}
 index=${OPENFUSION_LOCK_INDEX:-https://pypi.org/simple}
 base_tag=python:3.11-slim-bookworm   # keep in step with docker/Dockerfile's ARG PYTHON_IMAGE
 
+upgrade=()
+[[ ${1:-} == --upgrade ]] && upgrade=(--upgrade)
+
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 python3 -m venv "$work/uv"
 "$work/uv/bin/pip" install --quiet --disable-pip-version-check "uv==$uv_version"
-compile() {
+compile() {  # compile LOCK ARGS...: the lock on stdout (the current one read for its pins), a summary on stderr
+    local lock=$1
+    shift
+    grep -v '^#' "$lock" >"$work/current" || true
     "$work/uv/bin/uv" pip compile pyproject.toml --universal --python-version 3.11 --index-url "$index" \
-        --no-header "$@"   # the lock on stdout, the resolution's summary on stderr
+        --no-header --output-file "$work/current" "${upgrade[@]}" "$@" >/dev/null
+    sed "s|$work/||" "$work/current"
 }
 header() {
     printf '# %s\n# Regenerate with scripts/refresh-lock.sh (uv %s, --universal, Python 3.11); do not edit by hand.\n' "$1" \
@@ -37,11 +46,11 @@ header() {
 }
 
 { header "What CI installs (.ci/run): openfusion[test,docs,postgres,otel]'s dependencies, as pip constraints."
-  compile --extra test --extra docs --extra postgres --extra otel; } >"$work/requirements-dev.lock"
+  compile requirements-dev.lock --extra test --extra docs --extra postgres --extra otel; } >"$work/requirements-dev.lock"
 # Within CI's resolution, so that CI tests the very versions the image ships.
 { header "What the image installs (docker/Dockerfile): openfusion[postgres,otel]'s dependencies, hash-checked."
-  compile --extra postgres --extra otel --generate-hashes --constraint "$work/requirements-dev.lock" \
-      | sed "s|$work/||"; } >"$work/requirements.lock"
+  compile requirements.lock --extra postgres --extra otel --generate-hashes --constraint "$work/requirements-dev.lock"
+} >"$work/requirements.lock"
 for lock in requirements.lock requirements-dev.lock; do
     if cmp -s "$work/$lock" "$lock"; then
         echo "$lock: unchanged"
