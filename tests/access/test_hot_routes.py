@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
-from fakes.upstream import FakeUpstream
+from fakes.upstream import FakeUpstream, wait_until
 from openfusion.api import chat
 
 from .conftest import bearer, chat_body
@@ -90,6 +91,30 @@ def test_an_unexpected_error_is_a_500_in_the_callers_shape(
         assert failed.json()["error"]["code"] == "internal_error"
         assert "a bug" not in failed.text
         assert through_stack == []
+
+
+def test_a_request_that_crashes_once_admitted_gets_its_record_s_id(
+    upstream: FakeUpstream, serve: Serve, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A bug after the request was admitted: a 500 whose X-Generation-Id finds the error record it left."""
+
+    async def broken(exchange: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(chat, "_fusion", broken)
+    activity = {"path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
+    with serve({"api_keys": KEY}, activity=activity) as (url, _):
+        failed = httpx.post(f"{url}/v1/chat/completions", json=chat_body("fusion/trio"), headers=bearer(KEY))
+        assert failed.status_code == 500
+        assert (failed.json()["error"]["code"], "a bug" in failed.text) == ("internal_error", False)
+        generation_id = failed.headers["x-generation-id"]
+
+        def record() -> httpx.Response:
+            return httpx.get(f"{url}/api/v1/generation", params={"id": generation_id}, headers=bearer(KEY))
+
+        wait_until(lambda: record().status_code == 200, timeout=10)
+        data = record().json()["data"]
+        assert (data["status"], data["failure_reason"], data["status_code"]) == ("error", "unexpected_error", 500)
 
 
 def test_with_a_middleware_of_its_own_the_app_takes_the_whole_stack(upstream: FakeUpstream, serve: Serve) -> None:

@@ -157,8 +157,8 @@ async def serve(request: Request, chat: ChatRequest, render: Renderer, *, api_ty
             exchange.cache.release()
         ledger.failed(exc)
         ledger.close()
-        if isinstance(exc, OpenFusionError):
-            exc.generation_id = ledger.generation_id  # the client gets its record's id with the error
+        if isinstance(exc, Exception):  # the client gets its record's id with the error, a 500's too
+            exc.generation_id = ledger.generation_id  # type: ignore[attr-defined]
         raise
     if exchange.cache is not None:
         response.headers[CACHE_HEADER] = exchange.cache.header

@@ -109,7 +109,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error", exc_info=exc)
-    return error_response(OpenFusionError("Internal server error.", code="internal_error"), request.scope)
+    error = OpenFusionError("Internal server error.", code="internal_error")
+    error.generation_id = getattr(exc, "generation_id", None)  # set when the request's record was opened
+    return error_response(error, request.scope)
 
 
 def install(app: FastAPI, *, dialects: Iterable[ErrorDialect] = ()) -> None:
