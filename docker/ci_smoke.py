@@ -202,8 +202,10 @@ def check_running_container(name: str, base: str, fake: FakeUpstream, receiver: 
     podman("exec", name, "python", "-c", "import psycopg, psycopg_pool")
     state = podman("exec", name, "sh", "-c", "ls /var/lib/openfusion/openfusion").stdout.split()
     assert "activity.sqlite3" in state, state
-    say("ok the PostgreSQL driver is installed (DATABASE_URL works), and the default SQLite history is in "
-        "/var/lib/openfusion (the image's VOLUME)")
+    say(
+        "ok the PostgreSQL driver is installed (DATABASE_URL works), and the default SQLite history is in "
+        "/var/lib/openfusion (the image's VOLUME)"
+    )
 
     logs = podman("logs", name).stdout + podman("logs", name).stderr
     assert UPSTREAM_KEY not in logs, "the provider key appeared in the container's log"
@@ -217,8 +219,10 @@ def check_running_container(name: str, base: str, fake: FakeUpstream, receiver: 
     metrics = http("GET", f"{base}/metrics")[1].decode()
     served = re.search(r'^openfusion_requests_total\{route="fusion/ci",status="ok"\} (\S+)$', metrics, re.M)
     assert served and float(served.group(1)) == 2, metrics[-500:]
-    say(f"ok {cpus} worker(s) (OPENFUSION_WORKERS=auto, {cpus} usable CPUs): /metrics counts both requests, "
-        "whichever worker served them, from its private directory in the read-only container's /tmp")
+    say(
+        f"ok {cpus} worker(s) (OPENFUSION_WORKERS=auto, {cpus} usable CPUs): /metrics counts both requests, "
+        "whichever worker served them, from its private directory in the read-only container's /tmp"
+    )
 
     check_traces(receiver)
 
@@ -233,8 +237,10 @@ def check_traces(receiver: Receiver) -> None:
         assert root.resource.get("service.name") == "openfusion", root.resource
         calls = [s for s in spans if s.trace_id == root.trace_id and s.kind == CLIENT]
         assert len(calls) == 4, [s.name for s in spans if s.trace_id == root.trace_id]
-    say(f"ok traces exported over OTLP/HTTP to the host (tests/fakes/otlp.py): {receiver.posts} POST /v1/traces, "
-        f"{len(spans)} spans; each request one {route} trace with 4 upstream calls (panel 2, judge, synthesizer)")
+    say(
+        f"ok traces exported over OTLP/HTTP to the host (tests/fakes/otlp.py): {receiver.posts} POST /v1/traces, "
+        f"{len(spans)} spans; each request one {route} trace with 4 upstream calls (panel 2, judge, synthesizer)"
+    )
 
 
 def check_content(name: str, digest_at_build: str) -> None:

@@ -364,4 +364,3 @@ def _reachable_bytes(root: Any) -> list[bytes]:
                 seen.add(id(ref))
                 todo.append(ref)
     return found
-

@@ -108,8 +108,9 @@ message = body(
 )
 # An agent loop's turn: the assistant's tool calls, their result, and a question or not.
 agent_turn = st.tuples(
-    body({"role": st.just("assistant"), "tool_calls": st.lists(tool_call, min_size=1, max_size=2)},
-         {"content": content}),
+    body(
+        {"role": st.just("assistant"), "tool_calls": st.lists(tool_call, min_size=1, max_size=2)}, {"content": content}
+    ),
     body({"role": st.just("tool"), "tool_call_id": st.just("call_1"), "content": text}, {}),
     st.lists(body({"role": st.just("user"), "content": text}, {}), max_size=1),
 ).map(lambda turn: [turn[0], turn[1], *turn[2]])

@@ -30,7 +30,7 @@ def test_a_wrong_config_file_names_the_file_each_key_the_problem_and_an_example(
     lines = result.stderr.splitlines()
     assert lines[0] == f"openfusion: invalid configuration in {config}:"
     assert set(lines[1:]) == {
-        "  [[providers]] #1 models: is required; e.g. models = [\"openai/*\", \"anthropic/*\"]",
+        '  [[providers]] #1 models: is required; e.g. models = ["openai/*", "anthropic/*"]',
         "  [[providers]] #1 modelz: is not a setting here: did you mean models?",
         "  max_body_bytes (or OPENFUSION_MAX_BODY_BYTES): should be a valid integer, unable to parse string as an "
         'integer (got "lots"); e.g. max_body_bytes = 10485760 (the default)',

@@ -116,4 +116,3 @@ def test_a_fusion_panelist_names_the_cause(broken_server: Any, kind: str, tmp_pa
     [call] = [c for c in record["calls"] if c["model"] == "broken/m"]
     assert words in call["error"] and call["cost"] == 0
     assert response.json()["fusion"]["usage_complete"] is True
-

@@ -74,9 +74,7 @@ def test_a_judge_chain_cut_every_time_degrades(upstream: FakeUpstream, server: s
 # ---- sampling parameters a model refuses ------------------------------------------------------------
 
 
-def test_a_judge_that_refuses_temperature_is_asked_without_it_from_then_on(
-    upstream: FakeUpstream, server: str
-) -> None:
+def test_a_judge_that_refuses_temperature_is_asked_without_it_from_then_on(upstream: FakeUpstream, server: str) -> None:
     upstream.script("judge", Script(content=json.dumps(ANALYSIS), reject_parameters={"temperature"}))
 
     first_run = fusion(server)

@@ -74,7 +74,7 @@ def test_a_workdir_that_is_a_file_is_refused(tmp_path: Path) -> None:
 
 def test_the_demo_keeps_its_activity_store_in_its_work_directory(tmp_path: Path) -> None:
     servers = [LlamaServer(port, None) for port in (18001, 18002)]  # type: ignore[arg-type]  # not started
-    config, presets = write_config(servers, tmp_path / "dir with \"quotes\" and spaces")
+    config, presets = write_config(servers, tmp_path / 'dir with "quotes" and spaces')
     settings = load_settings(config, presets_dir=presets)
-    assert settings.activity.path == (tmp_path / "dir with \"quotes\" and spaces" / ACTIVITY_FILE).resolve()
+    assert settings.activity.path == (tmp_path / 'dir with "quotes" and spaces' / ACTIVITY_FILE).resolve()
     assert tomllib.loads(config.read_text())["default_preset"] == "local"

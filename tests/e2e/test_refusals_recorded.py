@@ -19,7 +19,6 @@ KEYS = [{"name": "alice", "key_sha256": hashlib.sha256(ALICE.encode()).hexdigest
 PRICES = {"models": {f"fake/{m}": {"prompt": 1e-3, "completion": 1e-3} for m in ("a", "b", "c", "judge", "synth")}}
 
 
-
 def nested(depth: int) -> Any:
     value: Any = []
     for _ in range(depth - 1):

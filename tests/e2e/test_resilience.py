@@ -274,9 +274,13 @@ def _check_passthrough(fault: str, stream: bool, response: httpx.Response) -> No
     elif fault == "cut":  # read whole before relaying: a body cut short is retried, then a 502
         assert response.status_code == 502 and response.json()["error"]["code"] == "upstream_unreachable"
     elif stream:  # dripped: relayed whole
-        assert response.status_code == 200 and "".join(
-            p["choices"][0]["delta"].get("content") or "" for p in stream_payloads(response)[:-1] if p["choices"]
-        ) == "drip"
+        assert (
+            response.status_code == 200
+            and "".join(
+                p["choices"][0]["delta"].get("content") or "" for p in stream_payloads(response)[:-1] if p["choices"]
+            )
+            == "drip"
+        )
     else:
         assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"] == "drip"
 

@@ -229,8 +229,10 @@ def test_an_outer_model_that_refuses_temperature_still_answers(
     sent = [c.body.get("temperature") for c in upstream.calls_for("outer")]
     assert sent == [0.3, None, None]  # refused once, then never sent again
     final = result[-1] if stream else result
-    text = "".join(c.choices[0].delta.content or "" for c in result if c.choices) if stream else (
-        result.choices[0].message.content
+    text = (
+        "".join(c.choices[0].delta.content or "" for c in result if c.choices)
+        if stream
+        else (result.choices[0].message.content)
     )
     assert text == "Done."
     assert final.model_extra["fusion"]["outer"]["unsupported_parameters"] == ["temperature"]

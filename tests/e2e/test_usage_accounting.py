@@ -102,8 +102,13 @@ def test_a_call_of_unknown_usage_makes_the_usage_incomplete(
 ) -> None:
     price_everything_else(upstream)
     # A completion without a usage object: it was answered (so billed), for an unknown amount.
-    unreported = {"id": "x", "object": "chat.completion", "created": 0, "model": "a",
-                  "choices": [{"index": 0, "message": {"role": "assistant", "content": "A."}, "finish_reason": "stop"}]}
+    unreported = {
+        "id": "x",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "a",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "A."}, "finish_reason": "stop"}],
+    }
     upstream.script("a", Script(raw_body=json.dumps(unreported).encode()))  # fmt: skip
 
     with start_server(activity={"path": tmp_path / "activity.sqlite3"}) as url:

@@ -186,8 +186,10 @@ PANEL_9 = "[" + ", ".join(f'"m/{i}"' for i in range(9)) + "]"
         (VALID + 'synthesis_model = "openrouter/fusion-flash:free"\n', "openrouter/fusion-flash:free"),
         (VALID + "panel_size = 3\n", "panel_size"),
         ('name = "other"\n' + VALID, "must match the file name"),
-        (VALID + 'tools = [{type = "web_fetch", parameters = {excluded_domains = "a.com"}}]\n',
-         "tools[0].parameters.excluded_domains: must be a list of domain names"),
+        (
+            VALID + 'tools = [{type = "web_fetch", parameters = {excluded_domains = "a.com"}}]\n',
+            "tools[0].parameters.excluded_domains: must be a list of domain names",
+        ),
         (VALID + 'tools = [{type = "web_fetch", parameters = {blocked_domains = [1]}}]\n', "blocked_domains"),
     ],
 )

@@ -46,9 +46,7 @@ async def ask_panelist(
         return completion
 
     def failed(message: str, **details: Any) -> PanelFailure:
-        return PanelFailure(
-            model, message, _ms(started), label=label, usage=_spent(billed), dropped=dropped, **details
-        )
+        return PanelFailure(model, message, _ms(started), label=label, usage=_spent(billed), dropped=dropped, **details)
 
     try:
         async with asyncio.timeout(timeout_s):

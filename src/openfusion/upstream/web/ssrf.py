@@ -312,7 +312,7 @@ def _check_port(policy: AddressPolicy, port: int, addresses: Sequence[IPAddress]
 
 
 def _listed(ports: Sequence[int]) -> str:
-    """"80 and 443", "80, 443 and 8443"."""
+    """ "80 and 443", "80, 443 and 8443"."""
     words = [str(port) for port in ports]
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
