@@ -2,6 +2,7 @@
 
     python -m bench.ab --build before=/tmp/a/bin/openfusion --build after=/tmp/b/bin/openfusion [--rounds 3]
     python -m bench.ab --build off=… --build on=… --traced on   # `on` exports traces to a local collector
+    python -m bench.ab --build … --build … --only nothing --breakdown 40   # where each build's c=1 time goes
 
 For an optimisation, build one venv without and one with the change (e.g. `python -m bench
 --snapshot` leaves a frozen build of the checkout in /tmp/openfusion-bench/snapshot/venv), then
@@ -23,7 +24,17 @@ from typing import Any
 from bench.harness import REPO, Bench, aggregate, interleaved, run_harness
 from bench.load import chat_body
 from bench.procs import Service, free_port
-from bench.scenarios import BENCH3, FAST0, PASS_MODEL, dumps, main_presets, proxy_cpu_ms, request_fn, say
+from bench.scenarios import (
+    BENCH3,
+    FAST0,
+    PASS_MODEL,
+    dumps,
+    main_presets,
+    proxy_cpu_ms,
+    request_fn,
+    say,
+    traced_critical_path,
+)
 
 LONG = replace(FAST0, name="fast0long", synth="fake/lat-0-tok-408")
 
@@ -95,6 +106,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for arm, x in row.items():
                 p50 = x.get(key, {}).get("p50", float("nan"))
                 say(f"    {arm:>16}: {p50:8.2f} {proxy_cpu_ms(x):7.2f} {x['rps']:7.0f} {x['errors']:4d}")
+        if args.breakdown:
+            for stream in (False, True):
+                body = chat_body(f"fusion/{BENCH3.name}", stream=stream)
+                arms = {
+                    arm: request_fn(
+                        bench.services[f"openfusion_{arm}"].url + "/v1/chat/completions", body, stream=stream
+                    )
+                    for arm in builds
+                }
+                mode = "stream" if stream else "non-stream"
+                results.setdefault("breakdown", {})[mode] = await traced_critical_path(
+                    bench, arms, requests=args.breakdown, stream=stream
+                )
         for kind, short_case, long_case in TOKEN_PRICES:
             if short_case not in results["cases"] or long_case not in results["cases"]:
                 continue
@@ -127,6 +151,13 @@ def main() -> int:
     )
     parser.add_argument("--slice-s", type=float, default=3.0)
     parser.add_argument("--only", default="", help="comma-separated words: run only the cases whose name has one")
+    parser.add_argument(
+        "--breakdown",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also cut N traced c=1 bench3 fusions per build (streamed and not) into their critical-path segments",
+    )
     args = parser.parse_args()
     run_harness(run(args))
     return 0

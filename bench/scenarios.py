@@ -338,7 +338,20 @@ SEGMENTS = (
 
 
 async def critical_path_breakdown(bench: Bench, plan: Plan, *, stream: bool) -> dict[str, Any]:
-    """Where the c=1 overhead goes: the ideal client and openfusion, one traced request at a time.
+    """Where the c=1 overhead goes: the ideal client, the floor arm and openfusion (see `traced_critical_path`)."""
+    body = chat_body(f"fusion/{BENCH3.name}", stream=stream)
+    arms = {
+        "ideal": ideal_fn(bench.services["fake"].url + "/v1/chat/completions", BENCH3, stream=stream),
+        "floor": request_fn(bench.services["floor"].url + "/v1/chat/completions", body, stream=stream, headers=AUTH),
+        "openfusion": request_fn(
+            bench.services["openfusion"].url + "/v1/chat/completions", body, stream=stream, headers=AUTH
+        ),
+    }
+    return await traced_critical_path(bench, arms, requests=plan.breakdown_requests, stream=stream)
+
+
+async def traced_critical_path(bench: Bench, arms: dict[str, Any], *, requests: int, stream: bool) -> dict[str, Any]:
+    """Each arm's c=1 `bench3` fusion cut into the segments of `SEGMENTS`, one traced request at a time.
 
     The fake records each call's arrival and end on the machine's monotonic clock, the client its own
     send and finish on the same clock; the gaps between them are each hop's and each stage change's cost.
@@ -346,18 +359,11 @@ async def critical_path_breakdown(bench: Bench, plan: Plan, *, stream: bool) -> 
     of the other arm wakes slower), in two rounds with the order swapped.
     """
     fake_url = bench.services["fake"].url
-    of = bench.services["openfusion"].url + "/v1/chat/completions"
-    body = chat_body(f"fusion/{BENCH3.name}", stream=stream)
-    arms = {
-        "ideal": ideal_fn(fake_url + "/v1/chat/completions", BENCH3, stream=stream),
-        "floor": request_fn(bench.services["floor"].url + "/v1/chat/completions", body, stream=stream, headers=AUTH),
-        "openfusion": request_fn(of, body, stream=stream, headers=AUTH),
-    }
     slowest, judge_model, synth_model = max(BENCH3.panel, key=_dur), BENCH3.judge, BENCH3.synth
     rows: dict[str, list[dict[str, float]]] = {arm: [] for arm in arms}
     session = bench.session()
-    per_round = max(1, plan.breakdown_requests // 2)
-    for order in (list(arms), list(reversed(arms))):  # ideal, floor, openfusion; then the other way round
+    per_round = max(1, requests // 2)
+    for order in (list(arms), list(reversed(arms))):  # in order, then the other way round
         for arm in order:
             for i in range(per_round + 2):  # two unrecorded requests wake the arm up
                 async with session.post(fake_url + "/trace") as started:
@@ -389,12 +395,10 @@ async def critical_path_breakdown(bench: Bench, plan: Plan, *, stream: bool) -> 
     out: dict[str, Any] = {"n": {arm: len(r) for arm, r in rows.items()}, "p50_ms": {}}
     for arm, samples in rows.items():
         out["p50_ms"][arm] = {k: statistics.median(r[k] for r in samples) * 1000 for k, _ in SEGMENTS if samples}
-    ideal, floor, of = (out["p50_ms"][arm] for arm in ("ideal", "floor", "openfusion"))
     nan = float("nan")
-    say(f"critical path at c=1, {'stream' if stream else 'non-stream'} (p50 ms, ideal / floor / openfusion):")
+    say(f"critical path at c=1, {'stream' if stream else 'non-stream'} (p50 ms, {' / '.join(arms)}):")
     say(
-        "    "
-        + ", ".join(f"{k} {ideal.get(k, nan):.2f}/{floor.get(k, nan):.2f}/{of.get(k, nan):.2f}" for k, _ in SEGMENTS)
+        "    " + ", ".join(f"{k} " + "/".join(f"{out['p50_ms'][a].get(k, nan):.2f}" for a in arms) for k, _ in SEGMENTS)
     )
     return out
 
