@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from openfusion.errors import OpenFusionError
@@ -46,19 +46,24 @@ async def with_keepalive(
     items: list[Any] = []  # at most _BUFFERED events the client has not taken yet
     consumer: asyncio.Future[None] | None = None  # set while the client side waits for an item
     producer: asyncio.Future[None] | None = None  # set while the run waits for room
-    last = loop.time()
 
     def hand_over(item: Any) -> None:
         items.append(item)
         if consumer is not None and not consumer.done():
             consumer.set_result(None)
 
+    def quiet() -> None:
+        if not items:  # with events still untaken the client has something to read already
+            hand_over(_KEEPALIVE)
+
+    silence = _Silence(loop, interval, quiet)
+
     async def pump() -> None:
-        nonlocal last, producer
+        nonlocal producer
         try:
             async with contextlib.aclosing(events):  # a cancelled run closes its upstream calls now
                 async for event in events:
-                    last = loop.time()
+                    silence.last = loop.time()
                     while len(items) >= _BUFFERED:
                         producer = loop.create_future()
                         await producer
@@ -68,17 +73,7 @@ async def with_keepalive(
         else:
             hand_over(_END)
 
-    def tick() -> None:
-        nonlocal last, timer
-        now = loop.time()
-        if now >= last + interval:
-            last = now
-            if not items:  # with events still untaken the client has something to read already
-                hand_over(_KEEPALIVE)
-        timer = loop.call_at(last + interval, tick)
-
     task = asyncio.create_task(pump(), name="fusion-run")
-    timer = loop.call_at(last + interval, tick)
     try:
         if first_at_once:
             await asyncio.sleep(0)  # the run's task was scheduled first: it takes its first step now
@@ -106,10 +101,38 @@ async def with_keepalive(
                 batch.append(None if item is _KEEPALIVE else item)
             yield batch
     finally:
-        timer.cancel()
+        silence.cancel()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+class _Silence:
+    """Calls `on_quiet` whenever `interval` seconds pass with `last` (the time something was heard) unchanged.
+
+    One loop timer, re-armed as it fires. An object rather than a closure that re-arms itself: such a closure names
+    itself, a reference cycle that would keep the request's context (its trace, its calls) until the garbage
+    collector found it; a cancelled timer drops its callback, so nothing of this outlives `cancel()`.
+    """
+
+    __slots__ = ("_interval", "_loop", "_on_quiet", "_timer", "last")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float, on_quiet: Callable[[], None]) -> None:
+        self._loop = loop
+        self._interval = interval
+        self._on_quiet = on_quiet
+        self.last = loop.time()
+        self._timer = loop.call_at(self.last + interval, self._tick)
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        if now >= self.last + self._interval:
+            self.last = now
+            self._on_quiet()
+        self._timer = self._loop.call_at(self.last + self._interval, self._tick)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 async def stream_fusion(
