@@ -24,4 +24,6 @@ def test_settle_heap_freezes_what_exists_and_raises_the_young_threshold(restored
     settle_heap()
 
     assert gc.get_freeze_count() >= len(survivor)  # no later collection walks the start-up objects
-    assert gc.get_threshold()[0] >= 7000  # and young collections run far less often than every 700 allocations
+    # Young collections wait for growth beyond what many requests in flight hold (~600 objects per streamed fusion),
+    # not every 700 allocations.
+    assert gc.get_threshold()[0] >= 50_000
