@@ -3,6 +3,7 @@
 An object caught in a reference cycle lives until a collection finds it, and a collection walks every young object.
 A streamed response's keep-alive timer named itself through its closure; the cycle kept the request's context (its
 trace, every call of it) alive after the response, and made a server streaming fusions collect ~15× as often.
+A failed upstream call did the same through the frames that held its error, the request's payload among them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from fakes.upstream import FakeUpstream
+from fakes.upstream import FakeUpstream, Script
 
 HI = [{"role": "user", "content": "Hi"}]
 REQUESTS = [
@@ -28,6 +29,31 @@ REQUESTS = [
     ("/v1/messages", {"model": "fusion/trio", "max_tokens": 100, "messages": HI, "stream": True}),
     ("/v1/messages", {"model": "fake/a", "max_tokens": 100, "messages": HI, "stream": True}),
 ]
+FAILURES = [
+    ("panelist-500-retried", "a", 500, "/v1/chat/completions", {"model": "fusion/trio", "messages": HI}, 200),
+    ("panelist-400", "a", 400, "/v1/chat/completions", {"model": "fusion/trio", "messages": HI, "stream": True}, 200),
+    (
+        "synthesizer-500-sse",
+        "synth",
+        500,
+        "/v1/chat/completions",
+        {"model": "fusion/trio", "messages": HI, "stream": True},
+        200,
+    ),
+    ("synthesizer-500-json", "synth", 500, "/v1/chat/completions", {"model": "fusion/trio", "messages": HI}, 502),
+    ("pass-through-429-retried", "a", 429, "/v1/chat/completions", {"model": "fake/a", "messages": HI}, 429),
+    (
+        "messages-synthesizer-500",
+        "synth",
+        500,
+        "/v1/messages",
+        {"model": "fusion/trio", "max_tokens": 100, "messages": HI, "stream": True},
+        200,
+    ),
+]
+# tenacity's controller for a retried call is a cycle of its own (its state and its bound methods), and it keeps the
+# retry policy openfusion gave it; once the call is done it holds nothing of the request.
+RETRY_POLICY = {"_StopAtDeadline", "_WaitRetryAfter", "function retrying.<locals>.<lambda>"}
 IDS = [
     f"{path.rsplit('/', 1)[-1]}-{body['model'].split('/')[0]}-{'sse' if body.get('stream') else 'json'}"
     for path, body in REQUESTS
@@ -54,21 +80,26 @@ def _ours(obj: Any) -> str | None:
 
 
 @pytest.fixture
-def cyclic_garbage() -> Iterator[list[Any]]:
-    """Everything that a collection at the end of the test finds unreachable (kept, not freed)."""
+def cyclic_garbage() -> Iterator[None]:
+    """From here on, what a collection finds unreachable is kept in `gc.garbage` (not freed), to be looked at."""
     gc.collect()
-    found: list[Any] = []
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
-        yield found
+        yield
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
 
 
+def ours_in_garbage() -> list[str]:
+    """What openfusion made among the objects only the garbage collector could free."""
+    gc.collect()
+    return sorted({what for obj in gc.garbage if (what := _ours(obj)) is not None})
+
+
 @pytest.mark.parametrize(("path", "body"), REQUESTS, ids=IDS)
 def test_a_finished_request_leaves_no_reference_cycle(
-    upstream: FakeUpstream, server: str, cyclic_garbage: list[Any], path: str, body: dict[str, Any]
+    upstream: FakeUpstream, server: str, cyclic_garbage: None, path: str, body: dict[str, Any]
 ) -> None:
     headers = {"anthropic-version": "2023-06-01"} if path == "/v1/messages" else {}
     # Each response has ended before the next request leaves, and the server has let go of all but the last one.
@@ -76,6 +107,26 @@ def test_a_finished_request_leaves_no_reference_cycle(
         response = httpx.post(f"{server}{path}", json=body, headers=headers, timeout=30)
         assert response.status_code == 200, response.text
         assert "Answer" in response.text  # the fake's "Answer from <model>.", whole or in streamed words
-    gc.collect()
-    ours = sorted({what for obj in gc.garbage if (what := _ours(obj)) is not None})
-    assert ours == []
+    assert ours_in_garbage() == []
+
+
+@pytest.mark.parametrize(
+    ("model", "status", "path", "body", "answered"), [f[1:] for f in FAILURES], ids=[f[0] for f in FAILURES]
+)
+def test_a_failed_upstream_call_leaves_no_reference_cycle(
+    upstream: FakeUpstream,
+    server: str,
+    cyclic_garbage: None,
+    model: str,
+    status: int,
+    path: str,
+    body: dict[str, Any],
+    answered: int,
+) -> None:
+    upstream.script(model, Script(status=status, error_message="the upstream failed"))
+    headers = {"anthropic-version": "2023-06-01"} if path == "/v1/messages" else {}
+    for _ in range(3):
+        response = httpx.post(f"{server}{path}", json=body, headers=headers, timeout=30)
+        assert response.status_code == answered, response.text
+    assert len(upstream.calls_for(model)) >= 3  # the failure did happen, each time
+    assert set(ours_in_garbage()) <= RETRY_POLICY

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("openfusion")
 
 _END = object()
+_FAILED = object()
 _KEEPALIVE = object()
 _BUFFERED = 64  # events a slow client may leave untaken before the run waits for it
 
@@ -44,6 +45,9 @@ async def with_keepalive(
     """
     loop = asyncio.get_running_loop()
     items: list[Any] = []  # at most _BUFFERED events the client has not taken yet
+    # The run's failure, raised to the client side from here: a frame holding the error it raises (in a local, or in
+    # a list it holds) is a reference cycle with the error's traceback, which keeps both until the collector runs.
+    failure: list[Exception] = []
     consumer: asyncio.Future[None] | None = None  # set while the client side waits for an item
     producer: asyncio.Future[None] | None = None  # set while the run waits for room
 
@@ -69,7 +73,8 @@ async def with_keepalive(
                         await producer
                     hand_over(event)
         except Exception as exc:  # handed to the consumer, which renders it
-            hand_over(exc)
+            failure.append(exc)
+            hand_over(_FAILED)
         else:
             hand_over(_END)
 
@@ -92,12 +97,12 @@ async def with_keepalive(
                 producer.set_result(None)
             batch: list[Event | None] = []
             for item in taken:
-                if item is _END or isinstance(item, Exception):
+                if item is _END or item is _FAILED:
                     if batch:
                         yield batch
                     if item is _END:
                         return
-                    raise item
+                    raise failure.pop()
                 batch.append(None if item is _KEEPALIVE else item)
             yield batch
     finally:

@@ -91,7 +91,10 @@ async def complete(
         try:
             return await upstream.complete(model, sent), dropped
         except UpstreamStatusError as exc:
-            sent = _stepped_down(exc, model, sent, memory, dropped)
+            parameter = refused_parameter(exc, sent)
+            if parameter is None:
+                raise
+        sent = _stepped_down(parameter, model, sent, memory, dropped)
 
 
 async def open_stream(
@@ -108,17 +111,20 @@ async def open_stream(
         try:
             return await stack.enter_async_context(upstream.stream(model, sent)), dropped
         except UpstreamStatusError as exc:
-            sent = _stepped_down(exc, model, sent, memory, dropped)
+            parameter = refused_parameter(exc, sent)
+            if parameter is None:
+                raise
+        sent = _stepped_down(parameter, model, sent, memory, dropped)
 
 
 def _stepped_down(
-    error: UpstreamStatusError, model: str, sent: Mapping[str, Any], memory: SamplingMemory, dropped: list[str]
+    parameter: str, model: str, sent: Mapping[str, Any], memory: SamplingMemory, dropped: list[str]
 ) -> dict[str, Any]:
-    """The body without the sampling parameter the model refused (remembered, and added to `dropped`);
-    re-raises `error` when it is not such a refusal."""
-    parameter = refused_parameter(error, sent)
-    if parameter is None:
-        raise error
+    """The body without the sampling parameter the model refused (remembered, and added to `dropped`).
+
+    Any other failure its callers re-raise themselves: a helper raising an error it was given holds it in its own
+    frame, which the error's traceback holds too, a reference cycle kept until the garbage collector runs.
+    """
     memory.refused(model, parameter)
     dropped.append(parameter)
     return {key: value for key, value in sent.items() if key != parameter}

@@ -101,10 +101,11 @@ class SynthesisStream:
                         chunks = await self._open(model, stack)
                         first = await anext(chunks)
                 except (OpenFusionError, TimeoutError, StopAsyncIteration) as exc:
-                    error = _as_error(exc, model, self._timeout)
-                    self.failures.append((model, error.message))
+                    self.failures.append((model, _as_error(exc, model, self._timeout).message))
                     if attempt == len(self._models):
-                        raise error from None
+                        # Raised as made, not from a local: a frame holding the error it raises is a reference
+                        # cycle with the error's traceback, kept (the run with it) until the collector runs.
+                        raise _as_error(exc, model, self._timeout) from None
                     continue
                 self.model = model
                 # From here on bytes reach the client: a failure ends the stream, no fallback; so the request

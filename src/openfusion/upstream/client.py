@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import orjson
@@ -33,7 +33,12 @@ from openfusion.upstream.sse_decode import sse_data
 from openfusion.upstream.trace import CallTrace, begin_call, end_call
 from openfusion.upstream.transport import AiohttpTransport, body_blocks, read_body
 
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
+
 log = logging.getLogger("openfusion.upstream")
+
+_E = TypeVar("_E", bound=BaseException)
 
 # The endpoints under a provider's base URL: chat completions, and the Responses API and Anthropic's
 # Messages API where it has them.
@@ -220,9 +225,7 @@ class UpstreamClient:
         headers = self._relayable(response.headers)
         if not stream:
             if not content.strip():  # a 200 with nothing in it is no answer to relay
-                empty = _protocol_error(route, "the response is empty")
-                _failed(call, empty)
-                raise empty
+                raise _failed(call, _protocol_error(route, "the response is empty"))
             return Forwarded(response.status_code, headers, _once(self.masker.bytes(content)), None, call)
         # Masked line by line: an SSE event is never held back longer than its own last byte takes to come.
         body_iter = self.masker.lines(_guard(route, body_blocks(response), stall_s=self.call_timeout_s))
@@ -265,15 +268,48 @@ class UpstreamClient:
             # multiply the calls (and the cost) of one failing request.
             if not is_retryable(exc, self.retry) or client_is_retrying():
                 raise
-            first_failure = exc
-        async for attempt in retrying(self.retry, deadline=deadline):
-            with attempt:
-                if attempt.retry_state.attempt_number == 1:
-                    raise first_failure  # the policy decides the wait and the rest from the failure seen
-                call.retries = attempt.retry_state.attempt_number - 1
-                return await self._attempt(
-                    route, payload, stream=stream, call=call, path=path, headers=headers, deadline=deadline
-                )
+            failures = [exc]  # a list the retries empty: this frame keeps no reference to the error
+        try:
+            return await self._retry(
+                failures, route, payload, stream=stream, call=call, path=path, headers=headers, deadline=deadline
+            )
+        except UpstreamError as exc:
+            # Its traceback runs through tenacity's frames, whose state holds the failure: a reference cycle that
+            # would keep the call, its payload included, until the garbage collector ran. The error says what failed.
+            raise exc.with_traceback(None) from None
+
+    async def _retry(
+        self,
+        failures: list[UpstreamError],
+        route: Route,
+        payload: dict[str, Any],
+        *,
+        stream: bool,
+        call: CallTrace,
+        path: str,
+        headers: Mapping[str, str] | None,
+        deadline: float,
+    ) -> _Sent:
+        """The attempts after the first, which failed with `failures`' one error, as the retry policy allows.
+
+        tenacity's controller is a reference cycle (its state and its bound methods), freed only by the garbage
+        collector: once done, its state lets go of the last failure, so that the error and what its traceback holds
+        are freed with the request.
+        """
+        state: RetryCallState | None = None
+        try:
+            async for attempt in retrying(self.retry, deadline=deadline):
+                with attempt:
+                    state = attempt.retry_state
+                    if state.attempt_number == 1:
+                        raise failures.pop()  # the policy decides the wait and the rest from the failure seen
+                    call.retries = state.attempt_number - 1
+                    return await self._attempt(
+                        route, payload, stream=stream, call=call, path=path, headers=headers, deadline=deadline
+                    )
+        finally:
+            if state is not None:
+                state.outcome = None
         raise AssertionError("unreachable: tenacity either returns or re-raises")
 
     async def _attempt(
@@ -358,9 +394,7 @@ class UpstreamClient:
         try:
             response = await endpoint.transport.handle_async_request(request)
         except httpx.HTTPError as exc:
-            error = _transport_error(route, exc)
-            call.sent = sent_before or error.sent  # a connection never made sent nothing
-            raise error from None
+            raise _noting_sent(call, sent_before, _transport_error(route, exc)) from None
         if response.status_code < 400 and stream:
             return response, b""
         # An error body, or a whole answer: read it now.
@@ -527,10 +561,18 @@ def _first_choice(route: Route, data: dict[str, Any], masker: SecretMasker) -> d
     return choices[0]
 
 
-def _failed(call: CallTrace, exc: BaseException) -> None:
-    """Record how a call failed (once: the first ending wins)."""
+def _noting_sent(call: CallTrace, sent_before: bool, error: UpstreamError) -> UpstreamError:
+    """`error`, once the call notes whether its request may have reached the provider (a connection never made
+    sent nothing). Errors are raised as made, not from a local: a frame holding the error it raises is a reference
+    cycle with the error's traceback, kept (the call's payload with it) until the garbage collector runs."""
+    call.sent = sent_before or error.sent
+    return error
+
+
+def _failed(call: CallTrace, exc: _E) -> _E:
+    """Record how a call failed (once: the first ending wins); `exc` itself, to be raised."""
     if call.ended is not None:
-        return
+        return exc
     if isinstance(exc, asyncio.CancelledError | GeneratorExit):
         end_call(call, status="cancelled", usage=call.usage, error="cancelled")
     elif isinstance(exc, UpstreamError):
@@ -539,6 +581,7 @@ def _failed(call: CallTrace, exc: BaseException) -> None:
             log.warning("upstream call failed: %s", exc.message, extra={"cause": exc.cause, "provider": call.provider})
     else:
         end_call(call, status="error", usage=call.usage, error=type(exc).__name__)
+    return exc
 
 
 def _protocol_error(route: Route, what: str) -> UpstreamProtocolError:
