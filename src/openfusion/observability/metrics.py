@@ -130,7 +130,7 @@ class Metrics:
             self.first_token_seconds.observe(call.first_token - call.started)
         if call.status == "error":
             status = str(call.upstream_status) if call.upstream_status else "transport"
-            self.upstream_errors.labels(call.provider, status).inc()
+            self._labelled(self.upstream_errors, call.provider, status).inc()
         if call.usage is not None:
             self._labelled(self.tokens, "prompt").inc(call.usage.prompt_tokens)
             self._labelled(self.tokens, "completion").inc(call.usage.completion_tokens)
