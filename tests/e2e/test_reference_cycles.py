@@ -1,9 +1,9 @@
 """A finished request leaves nothing of openfusion's to the garbage collector: reference counting frees it all.
 
-An object caught in a reference cycle lives until a collection finds it, and a collection walks every young object.
-A streamed response's keep-alive timer named itself through its closure; the cycle kept the request's context (its
-trace, every call of it) alive after the response, and made a server streaming fusions collect ~15× as often.
-A failed upstream call did the same through the frames that held its error, the request's payload among them.
+An object caught in a reference cycle lives until a collection finds it, and the server makes young collections rare
+(`settle_heap`). A streamed response's keep-alive timer named itself through its closure; the cycle kept the request's
+context (its trace, every call of it) after the response. A failed upstream call did the same through the frames that
+held its error, the request's payload among them.
 """
 
 from __future__ import annotations
