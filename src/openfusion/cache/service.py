@@ -83,8 +83,16 @@ class ResultCache:
                 return Ticket("hit", policy, entry=entry)
             ticket = Ticket("miss", policy, key=key)
             remaining = deadline - loop.time()
-            if await self._lease(ticket, key) or remaining <= 0:
-                return ticket  # this request runs (after waiting its fill, without the lease)
+            if await self._lease(ticket, key):
+                # Between the look and the lease, an identical run may have been kept and its lease given back:
+                # one more look (a read, against a whole run) or it would be made twice.
+                entry = await self._get(key)
+                if entry is not None and not entry.flags - allowed(policy):
+                    ticket.release()
+                    return Ticket("hit", policy, entry=entry)
+                return ticket  # this request makes the run
+            if remaining <= 0:
+                return ticket  # this request runs after waiting its fill, without the lease
             await self._wait(key, remaining)
 
     async def _get(self, key: str) -> CachedRun | None:
