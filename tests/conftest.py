@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import secrets
+import uuid
 from collections.abc import Iterator
 from urllib.parse import quote
 
 import psycopg
 import pytest
+import redis
 
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream
@@ -98,3 +100,28 @@ def postgres_url(postgres_database: str) -> Iterator[str]:
     finally:
         with psycopg.connect(postgres_database, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+REDIS_START = (
+    'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no '
+    "--dir /var/lib/redis --logfile /var/log/redis/ci.log"
+)
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A fresh key prefix in the real Redis on 127.0.0.1:6379; its keys are deleted afterwards."""
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0", socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError as exc:
+        client.close()
+        pytest.fail(f"Redis is not reachable on 127.0.0.1:6379 ({exc}); start it with: {REDIS_START}")
+    prefix = f"openfusion-test-{uuid.uuid4().hex}"
+    try:
+        yield prefix
+    finally:
+        keys = list(client.scan_iter(f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()

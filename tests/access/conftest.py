@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -21,10 +20,6 @@ from openfusion.app import create_app
 from openfusion.settings import ProviderConfig, Settings
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-REDIS_START = (
-    'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no '
-    "--dir /var/lib/redis --logfile /var/log/redis/ci.log"
-)
 ACCESS_FIELDS = set(AccessConfig.model_fields)
 
 ANALYSIS = {
@@ -101,25 +96,6 @@ def serve(
             yield url, app
 
     return start
-
-
-@pytest.fixture
-def redis_prefix() -> Iterator[str]:
-    """A fresh key prefix in the real Redis on 127.0.0.1:6379; its keys are deleted afterwards."""
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.exceptions.ConnectionError as exc:
-        client.close()
-        pytest.fail(f"Redis is not reachable on 127.0.0.1:6379 ({exc}); start it with: {REDIS_START}")
-    prefix = f"openfusion-test-{uuid.uuid4().hex}"
-    try:
-        yield prefix
-    finally:
-        keys = list(client.scan_iter(f"{prefix}:*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
 
 
 @pytest.fixture

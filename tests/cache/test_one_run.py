@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-
-import pytest
-import redis
+from collections.abc import Awaitable, Callable
 
 from openfusion.cache.config import CacheSettings
 from openfusion.cache.entry import encode_run
@@ -34,21 +30,9 @@ class LateStore(RedisStore):
         return raw
 
 
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    prefix = f"openfusion-cache-test-{uuid.uuid4().hex}"
-    yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        for key in client.scan_iter(f"{prefix}:*"):
-            client.delete(key)
-    finally:
-        client.close()
-
-
-async def test_a_run_kept_between_a_look_and_a_lease_is_not_made_again(prefix: str) -> None:
-    one_store = RedisStore.from_url(REDIS_URL, prefix=prefix, max_bytes=1 << 20)
-    two_store = LateStore.from_url(REDIS_URL, prefix=prefix, max_bytes=1 << 20)
+async def test_a_run_kept_between_a_look_and_a_lease_is_not_made_again(redis_prefix: str) -> None:
+    one_store = RedisStore.from_url(REDIS_URL, prefix=redis_prefix, max_bytes=1 << 20)
+    two_store = LateStore.from_url(REDIS_URL, prefix=redis_prefix, max_bytes=1 << 20)
     one = ResultCache(one_store, SETTINGS, Metrics())
     two = ResultCache(two_store, SETTINGS, Metrics())
     try:

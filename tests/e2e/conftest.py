@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream, Script
@@ -150,15 +148,3 @@ def server(upstream: FakeUpstream, start_server: Callable[..., AbstractContextMa
     """openfusion with default test settings, against the reset fake upstream."""
     with start_server() as url:
         yield url
-
-
-@pytest.fixture
-def redis_prefix() -> Iterator[str]:
-    """A fresh key prefix in the local Redis, its keys deleted afterwards."""
-    prefix = f"openfusion-e2e-{uuid.uuid4().hex}"
-    yield prefix
-    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
-    keys = list(client.scan_iter(f"{prefix}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
