@@ -78,22 +78,27 @@ class ResultCache:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.wait_s
         while True:
-            entry = await self._get(key)
-            if entry is not None and not entry.flags - allowed(policy):
-                return Ticket("hit", policy, entry=entry)
+            if hit := await self._hit(key, policy):
+                return hit
             ticket = Ticket("miss", policy, key=key)
             remaining = deadline - loop.time()
             if await self._lease(ticket, key):
                 # Between the look and the lease, an identical run may have been kept and its lease given back:
                 # one more look (a read, against a whole run) or it would be made twice.
-                entry = await self._get(key)
-                if entry is not None and not entry.flags - allowed(policy):
+                if hit := await self._hit(key, policy):
                     ticket.release()
-                    return Ticket("hit", policy, entry=entry)
+                    return hit
                 return ticket  # this request makes the run
             if remaining <= 0:
                 return ticket  # this request runs after waiting its fill, without the lease
             await self._wait(key, remaining)
+
+    async def _hit(self, key: str, policy: CachePolicy) -> Ticket | None:
+        """A hit on `key`, when the store holds a run that `policy` accepts."""
+        entry = await self._get(key)
+        if entry is None or entry.flags - allowed(policy):
+            return None
+        return Ticket("hit", policy, entry=entry)
 
     async def _get(self, key: str) -> CachedRun | None:
         try:
