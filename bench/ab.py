@@ -3,6 +3,7 @@
     python -m bench.ab --build before=/tmp/a/bin/openfusion --build after=/tmp/b/bin/openfusion [--rounds 3]
     python -m bench.ab --build off=… --build on=… --traced on   # `on` exports traces to a local collector
     python -m bench.ab --build … --build … --only nothing --breakdown 40   # where each build's c=1 time goes
+    python -m bench.ab --build now=… --floor [--only c=50]   # one build beside the floor arm: the targets' ratios
 
 For an optimisation, build one venv without and one with the change (e.g. `python -m bench
 --snapshot` leaves a frozen build of the checkout in /tmp/openfusion-bench/snapshot/venv), then
@@ -25,10 +26,12 @@ from bench.harness import REPO, Bench, aggregate, interleaved, run_harness
 from bench.load import chat_body
 from bench.procs import Service, free_port
 from bench.scenarios import (
+    AUTH,
     BENCH3,
     FAST0,
     PASS_MODEL,
     dumps,
+    floor_presets,
     main_presets,
     proxy_cpu_ms,
     request_fn,
@@ -75,18 +78,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for arm, exe in builds.items():
             bench.openfusion_bin = exe
             bench.start_openfusion(f"openfusion_{arm}", presets, http_extra=tracing if arm in args.traced else "")
+        # Each arm's process (its CPU is the proxy's) and its chat URL; the floor arm, if asked, beside the builds.
+        procs = {arm: f"openfusion_{arm}" for arm in builds}
+        if args.floor:
+            bench.start_floor("floor", floor_presets())
+            procs["floor"] = "floor"
+        urls = {arm: bench.services[name].url + "/v1/chat/completions" for arm, name in procs.items()}
         for name, preset, stream, c, shows in CASES:
             if args.only and not any(word in name for word in args.only.split(",")):
                 continue
             model = preset if isinstance(preset, str) else f"fusion/{preset.name}" if preset else PASS_MODEL
             body = chat_body(model, stream=stream)
             arms = {
-                arm: (
-                    bench.session(),
-                    request_fn(bench.services[f"openfusion_{arm}"].url + "/v1/chat/completions", body, stream=stream),
-                    (f"openfusion_{arm}",),
-                )
-                for arm in builds
+                arm: (bench.session(), request_fn(urls[arm], body, stream=stream, headers=AUTH), (procs[arm],))
+                for arm in procs
             }
             slices = await interleaved(
                 bench,
@@ -99,7 +104,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 min_samples=min(c, 20),
             )
             base = BENCH3.critical_s if preset is BENCH3 else 0.0
-            row = {arm: aggregate(s, base_s=base, proxy=f"openfusion_{arm}") for arm, s in slices.items()}
+            row = {arm: aggregate(s, base_s=base, proxy=procs[arm]) for arm, s in slices.items()}
             results["cases"][name] = {"shows": shows, **row}
             key = "overhead" if base else "wall"
             say(f"{name} ({key} p50 ms, proxy CPU ms/req, req/s, errors):")
@@ -109,12 +114,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.breakdown:
             for stream in (False, True):
                 body = chat_body(f"fusion/{BENCH3.name}", stream=stream)
-                arms = {
-                    arm: request_fn(
-                        bench.services[f"openfusion_{arm}"].url + "/v1/chat/completions", body, stream=stream
-                    )
-                    for arm in builds
-                }
+                arms = {arm: request_fn(urls[arm], body, stream=stream, headers=AUTH) for arm in procs}
                 mode = "stream" if stream else "non-stream"
                 results.setdefault("breakdown", {})[mode] = await traced_critical_path(
                     bench, arms, requests=args.breakdown, stream=stream
@@ -123,7 +123,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if short_case not in results["cases"] or long_case not in results["cases"]:
                 continue
             say(f"price of a relayed {kind} token (µs of proxy CPU, 408 vs 8 tokens at c=10):")
-            for arm in builds:
+            for arm in procs:
                 short = proxy_cpu_ms(results["cases"][short_case][arm])
                 long = proxy_cpu_ms(results["cases"][long_case][arm])
                 results["us_per_token"].setdefault(kind, {})[arm] = price = (long - short) * 1000 / 400
@@ -143,7 +143,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--build", action="append", required=True, help="NAME=PATH of an `openfusion` executable (repeat: 2 or more)"
+        "--build", action="append", required=True, help="NAME=PATH of an `openfusion` executable (repeat to compare)"
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
@@ -157,6 +157,9 @@ def main() -> int:
         default=0,
         metavar="N",
         help="also cut N traced c=1 bench3 fusions per build (streamed and not) into their critical-path segments",
+    )
+    parser.add_argument(
+        "--floor", action="store_true", help="run the floor arm (`bench/floor.py`) beside the builds in every case"
     )
     args = parser.parse_args()
     run_harness(run(args))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import time
 from collections.abc import AsyncIterator
 
@@ -31,6 +30,7 @@ from openfusion.settings import ProviderConfig, Settings
 from openfusion.upstream.client import UpstreamClient
 from openfusion.upstream.providers import ProviderRegistry
 from openfusion.upstream.trace import start_trace
+from openfusion.workers.serve import settle_heap
 
 USAGE = {"prompt_tokens": 20, "completion_tokens": 30, "total_tokens": 50}
 ANALYSIS = {
@@ -104,9 +104,7 @@ async def measure(requests: int, *, concurrency: int, stream: bool) -> float:
             await asyncio.create_task(one())  # its own context, as a server's request has
 
     await worker(20)
-    gc.collect()
-    gc.freeze()  # as `openfusion serve` does once started
-    gc.set_threshold(7000, 20, 20)
+    settle_heap()  # as `openfusion serve` does once started
     started = time.process_time()
     await asyncio.gather(*(worker(requests // concurrency) for _ in range(concurrency)))
     return (time.process_time() - started) / (requests // concurrency * concurrency)
