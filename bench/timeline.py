@@ -1,6 +1,6 @@
 """One c=1 fusion request, function by function: where each microsecond of its critical path goes.
 
-    python -m bench.timeline [--requests 30] [--stream] [--openfusion-bin PATH]
+    python -m bench.timeline [--requests 30] [--stream] [--also MODULE:QUALNAME ...] [--openfusion-bin PATH]
 
 Starts the fake upstream and openfusion (`bench3`: panel 100/150/200 ms, judge 50 ms, synthesizer 20
 tokens 5 ms apart), with the probe (`bench/probe/sitecustomize.py`) marking entry and exit of the
@@ -71,7 +71,8 @@ async def run(args: argparse.Namespace) -> None:
         bench.start_fake()
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROBE), saved["PYTHONPATH"]]))
         os.environ["OPENFUSION_TIMELINE"] = str(marks_file)
-        os.environ["OPENFUSION_TIMELINE_TARGETS"] = " ".join(f"{m}:{n}" for m, n in TARGETS)
+        targets = [f"{m}:{n}" for m, n in TARGETS] + args.also
+        os.environ["OPENFUSION_TIMELINE_TARGETS"] = " ".join(targets)
         service = bench.start_openfusion("openfusion", main_presets())
         for key, value in saved.items():  # only openfusion runs with the probe
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
@@ -136,6 +137,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=30)
     parser.add_argument("--stream", action="store_true")
+    parser.add_argument(
+        "--also", action="append", default=[], metavar="MODULE:NAME", help="mark this function too (repeatable)"
+    )
     parser.add_argument("--openfusion-bin", default="", help="that `openfusion` executable (default: next to python)")
     run_harness(run(parser.parse_args()))
     return 0
