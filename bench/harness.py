@@ -187,6 +187,7 @@ class Bench:
         access_log: bool = False,
         max_connections: int = 2048,
         workers: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> Service:
         config, preset_dir = self.write_openfusion_config(
             name, presets, http_extra=http_extra, max_connections=max_connections
@@ -204,8 +205,8 @@ class Bench:
         ]
         argv += [] if access_log else ["--no-access-log", "--log-level", "warning"]
         argv += ["--workers", str(workers)] if workers else []
-        env = {k: "" for k in os.environ if k.endswith("_API_KEY")}  # no provider keys from the shell
-        return self._start(Service(name, argv, port, "/healthz", env=env, log_dir=self.logs), timeout=30)
+        own = {k: "" for k in os.environ if k.endswith("_API_KEY")}  # no provider keys from the shell
+        return self._start(Service(name, argv, port, "/healthz", env=own | (env or {}), log_dir=self.logs), timeout=30)
 
     def start_litellm(self, models: Sequence[str]) -> Service:
         assert self.fake is not None

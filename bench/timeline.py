@@ -65,17 +65,15 @@ async def run(args: argparse.Namespace) -> None:
     bench = Bench(run_dir)
     if args.openfusion_bin:
         bench.openfusion_bin = args.openfusion_bin
-    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "OPENFUSION_TIMELINE", "OPENFUSION_TIMELINE_TARGETS")}
     sent: list[tuple[int, int]] = []
     try:
         bench.start_fake()
-        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROBE), saved["PYTHONPATH"]]))
-        os.environ["OPENFUSION_TIMELINE"] = str(marks_file)
-        targets = [f"{m}:{n}" for m, n in TARGETS] + args.also
-        os.environ["OPENFUSION_TIMELINE_TARGETS"] = " ".join(targets)
-        service = bench.start_openfusion("openfusion", main_presets())
-        for key, value in saved.items():  # only openfusion runs with the probe
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+        probe = {
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(PROBE), os.environ.get("PYTHONPATH")])),
+            "OPENFUSION_TIMELINE": str(marks_file),
+            "OPENFUSION_TIMELINE_TARGETS": " ".join([f"{m}:{n}" for m, n in TARGETS] + args.also),
+        }
+        service = bench.start_openfusion("openfusion", main_presets(), env=probe)
         body = chat_body(f"fusion/{BENCH3.name}", stream=args.stream)
         send = request_fn(service.url + "/v1/chat/completions", body, stream=args.stream, headers=AUTH)
         session = bench.session()

@@ -1,7 +1,7 @@
 """The timeline probe (`python -m bench.timeline`): loaded by the server's interpreter from PYTHONPATH.
 
 Active only in an `openfusion` process started with OPENFUSION_TIMELINE=<file>: it wraps the functions
-named in OPENFUSION_TIMELINE_TARGETS ("module:Qualified.name" lines) so that each entry, exit and (for
+named in OPENFUSION_TIMELINE_TARGETS ("module:Qualified.name", separated by spaces) so that each entry, exit and (for
 async generators) each yield appends (monotonic ns, label) to a list, written to <file> on SIGUSR1.
 Wrapping happens as each module is imported, before other modules bind the names, so `from x import f`
 callers see the wrapper too. Each mark costs ~1 µs: the timeline shows where time goes, slightly inflated.
