@@ -67,6 +67,50 @@ async def test_the_whole_body_goes_out_then_the_background_task_runs() -> None:
     assert log == {"ended": True, "closed": True, "background": True}
 
 
+async def test_the_background_task_runs_in_the_step_that_sent_the_end_of_the_body() -> None:
+    """The record closes before the loop's next pass: ahead of anything that pass brings (the next request)."""
+    order: list[str] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message.get("more_body") is False:
+            asyncio.get_running_loop().call_soon(order.append, "the loop's next pass")
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"a"
+
+    async def close_the_record() -> None:  # as the routes' background task is: a coroutine that never waits
+        order.append("background")
+
+    response = EventStreamResponse(body(), media_type="text/event-stream", background=BackgroundTask(close_the_record))
+    await response(SCOPE, Client().receive, send)
+    await asyncio.sleep(0)
+
+    assert order == ["background", "the loop's next pass"]
+
+
+async def test_a_server_that_reports_the_response_complete_as_a_disconnect_does_not_lose_the_background() -> None:
+    """uvicorn's receive() answers `http.disconnect` once the body's end is sent: that is no client leaving."""
+    log: dict[str, Any] = {}
+    client = Client()
+    background_runs: list[str] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        await client.send(message)
+        if message.get("more_body") is False:
+            client.leave.set()
+
+    response = EventStreamResponse(
+        _body(log, [(0, b"a"), (0, b"b")]),
+        media_type="text/event-stream",
+        background=BackgroundTask(background_runs.append, "ran"),
+    )
+    await response(SCOPE, client.receive, send)
+
+    assert client.body() == b"ab"
+    assert log == {"ended": True, "closed": True}
+    assert background_runs == ["ran"]  # once
+
+
 async def test_a_client_that_leaves_cancels_the_body_at_once() -> None:
     log: dict[str, Any] = {}
     client = Client()

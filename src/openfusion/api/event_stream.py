@@ -6,6 +6,9 @@ group: a cancel scope, a task for the body and a second one listening for `http.
 streamed request that was ~4% of a fusion's CPU and ~9 KiB of memory for as long as the stream is
 open. Here the body runs as one task and the request's own task listens: the client leaving cancels
 the body (its upstream calls close at once, as before) and the response ends quietly, as before.
+
+A body that ends runs the background task (the request's record) itself, in the step that sent its last
+bytes: before the server reads the client's next request, not several loop passes later behind it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from starlette.types import Message, Receive, Scope, Send
 class EventStreamResponse(StreamingResponse):
     """A streamed body; the client leaving cancels it (its background task still runs afterwards).
 
+    The background task runs once: in the body's task as soon as the body's end is sent, or in the
+    request's task once the client left first.
+
     `headers_with_first_chunk`: the status line and headers wait for the body's first chunk and leave in
     the same write — for a body whose first chunk comes at once (a fusion stream's opening line, after
     the run's first step), never for one that waits on an upstream.
@@ -28,6 +34,13 @@ class EventStreamResponse(StreamingResponse):
     def __init__(self, *args: Any, headers_with_first_chunk: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.headers_with_first_chunk = headers_with_first_chunk
+        self._ended = False  # the body's end went out: its task runs the background task
+
+    async def _respond(self, send: Send) -> None:
+        await self.stream_response(send)
+        self._ended = True
+        if self.background is not None:
+            await self.background()
 
     async def stream_response(self, send: Send) -> None:
         if not self.headers_with_first_chunk:
@@ -51,8 +64,8 @@ class EventStreamResponse(StreamingResponse):
             return
         listener = asyncio.current_task()
         assert listener is not None
-        body = asyncio.create_task(self.stream_response(send), name="response-body")
-        ended = False  # the body's end interrupted the listening (our own cancellation)
+        body = asyncio.create_task(self._respond(send), name="response-body")
+        ended = False  # the body's task ending interrupted the listening (our own cancellation)
 
         def stop_listening(_: asyncio.Future[None]) -> None:
             nonlocal ended
@@ -63,9 +76,10 @@ class EventStreamResponse(StreamingResponse):
         try:
             while (await receive())["type"] != "http.disconnect":
                 pass
-            # The client left first: cancel the body (its upstream calls close) and let it unwind.
             body.remove_done_callback(stop_listening)
-            body.cancel()
+            if not self._ended:  # the client left first: cancel the body (its upstream calls close), let it unwind
+                body.cancel()
+            # (Otherwise this is the server's word that the response is complete: the body's task finishes.)
             await asyncio.wait((body,))
             if not body.cancelled():
                 body.result()  # it ended on its own meanwhile (its error, if any, surfaces here)
@@ -76,5 +90,5 @@ class EventStreamResponse(StreamingResponse):
                 await asyncio.wait((body,))
                 raise
             body.result()  # the body's own error, if any, surfaces here as it did
-        if self.background is not None:
+        if self.background is not None and not self._ended:
             await self.background()
