@@ -52,6 +52,6 @@ async def test_a_streaming_synthesis_holds_no_copy_of_its_prompt(
     assert run.conversation == []
     rest = [event async for event in synthesis]
     assert isinstance(rest[-1], RunFinished)
-    assert rest[-1].content["panel_answers"] == [
+    assert rest[-1].content.panel_answers == [
         (a.label, f"Answer from {name}.") for a, name in zip(run.answers, "abc", strict=True)
     ]

@@ -285,6 +285,31 @@ def test_a_hit_is_recorded_as_one_with_the_cost_it_saved(upstream: FakeUpstream,
     assert hit.calls == () and hit.generation.key_name == "alice" and hit.generation.status == "ok"
 
 
+def test_a_hit_keeps_the_runs_content_when_content_is_stored(
+    upstream: FakeUpstream, start: Any, tmp_path: Path
+) -> None:
+    """The replayed run's analysis comes back from the cache as JSON and is stored as the original's was."""
+    script_run(upstream)
+    activity = {"path": tmp_path / "activity.sqlite3", "flush_interval_s": 0.05, "store_content": True}
+    with start(activity=activity) as url:
+        _, first = ask(url)
+        header, second = ask(url)
+        time.sleep(0.3)  # the writer flushes every 50 ms
+
+    async def read() -> tuple[Any, Any]:
+        store = await SqliteStore.open(tmp_path / "activity.sqlite3")
+        try:
+            return await store.get(first.id), await store.get(second.id)
+        finally:
+            await store.close()
+
+    original, hit = asyncio.run(read())
+    assert header == "hit" and hit.generation.cache_hit is True
+    assert original.generation.analysis == ANALYSIS and hit.generation.analysis == ANALYSIS
+    assert [p.content for p in hit.generation.panel_answers] == [f"{m} says blue." for m in "abc"]
+    assert hit.generation.final_answer == original.generation.final_answer == "Rayleigh scattering."
+
+
 async def ask_together(url: str, count: int, *, stream: bool = False) -> list[tuple[str | None, str]]:
     """`count` identical requests at once through the async SDK: (cache header, answer text) of each."""
     async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=ALICE, max_retries=0) as sdk:

@@ -87,6 +87,11 @@ class ActivityWriter:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="activity-writer")
 
+    @property
+    def stores_content(self) -> bool:
+        """Whether records keep their content (panel answers, analysis, final answer) or only metadata."""
+        return self._store_content
+
     def record(
         self,
         generation: GenerationRecord,

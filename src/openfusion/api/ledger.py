@@ -10,14 +10,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from openfusion.access.spend import Reservation
-from openfusion.activity import ApiType, CallRecord, GenerationRecord, PanelText, Tokens, utc_now
+from openfusion.activity import ActivityWriter, ApiType, CallRecord, GenerationRecord, PanelText, Tokens, utc_now
 from openfusion.api.deps import AppState
 from openfusion.api.disconnect import ClientDisconnected
 from openfusion.api.shutdown import shutting_down
 from openfusion.errors import OpenFusionError
 from openfusion.observability.logs import generation_id as generation_id_var
 from openfusion.observability.tracing import current_request_spans
-from openfusion.pipeline.events import RunFinished
+from openfusion.pipeline.events import RunContent, RunFinished
 from openfusion.protocol import Usage, new_generation_id
 from openfusion.sse import DONE, encode, error_chunk
 from openfusion.upstream.trace import CallTrace, known_usage, start_trace
@@ -62,7 +62,7 @@ class Ledger:
         self.status_code: int | None = None  # the HTTP status the client got, once known
         self.finish_reason: str | None = None
         self.model: str | None = None
-        self.content: dict[str, Any] = {}
+        self.content = RunContent()
         self.cache_hit = False  # answered from the result cache
         self.cost_saved: float | None = None  # what the cached run cost, on a hit
         self._closed = False
@@ -204,7 +204,7 @@ class Ledger:
                 api_type=self.api_type,
             )
         if state.activity is not None:
-            generation = self._generation_record(latency_ms, usage)
+            generation = self._generation_record(state.activity, latency_ms, usage)
             recorded = state.activity.record(generation, calls, on_written=written, hurry=confirm is not None)
         if reservation is not None and not recorded:
             reservation.written(False)  # never reaches the store: its cost stays counted here
@@ -222,7 +222,7 @@ class Ledger:
         )
         return recorded
 
-    def _generation_record(self, latency_ms: int, usage: Usage) -> GenerationRecord:
+    def _generation_record(self, activity: ActivityWriter, latency_ms: int, usage: Usage) -> GenerationRecord:
         return GenerationRecord(
             id=self.generation_id,
             created_at=self.created_at,
@@ -242,10 +242,17 @@ class Ledger:
             cache_hit=self.cache_hit,
             cost_saved=self.cost_saved,
             trace_id=self.spans.trace_id if self.spans is not None else None,
-            panel_answers=[PanelText(model=m, content=c) for m, c in self.content.get("panel_answers", [])] or None,
-            analysis=self.content.get("analysis"),
-            final_answer=self.content.get("final_answer"),
+            **(self._content_fields() if activity.stores_content else {}),
         )
+
+    def _content_fields(self) -> dict[str, Any]:
+        """The record's content fields: built only for a store that keeps them."""
+        content = self.content
+        return {
+            "panel_answers": [PanelText(model=m, content=c) for m, c in content.panel_answers] or None,
+            "analysis": content.analysis.model_dump() if content.analysis is not None else None,
+            "final_answer": content.final_answer,
+        }
 
     def _call_record(self, call: CallTrace) -> CallRecord:
         usage = known_usage(call)

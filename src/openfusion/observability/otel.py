@@ -251,7 +251,7 @@ class RequestSpans:
         self.server.set_attribute("gen_ai.response.model", event.model)
         if (source := event.fusion.get("panel_source")) is not None:
             self.server.set_attribute("openfusion.panel_source", source)
-        if self.capture is not None and (answer := event.content.get("final_answer")) is not None:
+        if self.capture is not None and (answer := event.content.final_answer) is not None:
             self.server.set_attribute("gen_ai.output.messages", self._text([{"role": "assistant", "content": answer}]))
 
     def closed(

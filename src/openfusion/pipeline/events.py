@@ -115,6 +115,15 @@ class SynthesisMessage:
 
 
 @dataclass
+class RunContent:
+    """What a run said, for the activity store: kept only when the operator turns on content storage."""
+
+    panel_answers: list[tuple[str, str]] = field(default_factory=list)  # (label, text), in panel order
+    analysis: Analysis | None = None  # the judge's: turned into JSON only for a store that keeps it
+    final_answer: str | None = None
+
+
+@dataclass
 class RunFinished:
     """The end of a run: what the response reports."""
 
@@ -123,8 +132,7 @@ class RunFinished:
     fusion: dict[str, Any]
     annotations: list[dict[str, Any]] = field(default_factory=list)  # citations, for streamed answers
     server_tool_use: dict[str, int] | None = None  # research counts, for `usage.server_tool_use_details`
-    # For the activity store (kept only when the operator turns on content storage).
-    content: dict[str, Any] = field(default_factory=dict)
+    content: RunContent = field(default_factory=RunContent)  # for the activity store
 
 
 Event = (

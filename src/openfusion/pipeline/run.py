@@ -20,6 +20,7 @@ from openfusion.pipeline.events import (
     PanelFailure,
     PanelistDone,
     PanelStarted,
+    RunContent,
     RunFinished,
     SynthesisChunk,
     SynthesisMessage,
@@ -207,11 +208,11 @@ class FusionRun:
             fusion=report,
             annotations=citations if stream else [],
             server_tool_use=report.get("server_tool_use_details"),
-            content={
-                "panel_answers": [(a.label, a.content) for a in self.answers],
-                "analysis": analysis.model_dump() if (analysis := self.analysis()) else None,
-                "final_answer": message.get("content"),
-            },
+            content=RunContent(
+                panel_answers=[(a.label, a.content) for a in self.answers],
+                analysis=self.analysis(),
+                final_answer=message.get("content"),
+            ),
         )
 
     def analysis(self) -> Analysis | None:

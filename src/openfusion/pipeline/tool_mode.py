@@ -16,7 +16,15 @@ import orjson
 from openfusion.errors import FusionFailed
 from openfusion.pipeline import sampling
 from openfusion.pipeline.citations import merge_sources
-from openfusion.pipeline.events import Event, PanelAnswer, PanelFailure, RunFinished, SynthesisChunk, SynthesisMessage
+from openfusion.pipeline.events import (
+    Event,
+    PanelAnswer,
+    PanelFailure,
+    RunContent,
+    RunFinished,
+    SynthesisChunk,
+    SynthesisMessage,
+)
 from openfusion.pipeline.plan import FusionPlan
 from openfusion.pipeline.prompts import Messages, message_text, prompt
 from openfusion.pipeline.report import judge_entry, panel_entry, research_totals
@@ -225,17 +233,16 @@ class ToolModeRun:
                 report["sources"] = [{"url": s.url, "title": s.title} for s in sources]
             if self.plan.expose:
                 report.update(_tool_result(inner))
-        analysis = inner.analysis() if inner else None
         return RunFinished(
             model=self.reported_model or self.plan.synthesizer,
             usage=bill.usage,
             fusion=report,
             server_tool_use=server_tool_use,
-            content={
-                "panel_answers": [(a.label, a.content) for a in inner.answers] if inner else [],
-                "analysis": analysis.model_dump() if analysis else None,
-                "final_answer": message.get("content"),
-            },
+            content=RunContent(
+                panel_answers=[(a.label, a.content) for a in inner.answers] if inner else [],
+                analysis=inner.analysis() if inner else None,
+                final_answer=message.get("content"),
+            ),
         )
 
 
