@@ -48,3 +48,24 @@ def test_the_price_table_fills_in_an_unreported_cost() -> None:
 def test_no_calls_cost_nothing_known() -> None:
     bill = RequestTrace().bill()
     assert bill.complete and bill.usage.total_tokens == 0 and bill.usage.cost is None
+
+
+def test_asked_again_with_nothing_changed_it_is_the_same_bill_priced_once() -> None:
+    priced: list[str] = []
+
+    def pricing(model: str, usage: Usage, reported: float | None) -> float | None:
+        priced.append(model)
+        return 0.25
+
+    running = CallTrace(role="synthesizer", model="up/s", provider="up", started=0.0, sent=True)
+    trace = RequestTrace(calls=[call("ok", usage=USED.model_copy(update={"cost": None}))], pricing=pricing)
+    first = trace.bill()
+    assert trace.bill() is first and priced == ["up/a"]  # the response's summary, then the record: one pricing
+    assert first.costs == (0.25,)
+
+    trace.calls.append(running)  # a new call: billed anew
+    assert trace.bill().costs == (0.25, None) and not trace.bill().complete
+    end_call(running, status="ok", usage=USED)  # it ended and reported: billed anew, the new call now priced
+    ended = trace.bill()
+    assert ended.complete and ended.usage.total_tokens == 2 * 910 and ended.costs == (0.25, 0.25)
+    assert priced == ["up/a", "up/a", "up/a", "up/s"]

@@ -174,8 +174,8 @@ class Ledger:
         state.drain.closed()
         latency_ms = round((time.perf_counter() - self.trace.started) * 1000)
         overhead = self.overhead_ms()
-        calls = [self._call_record(call) for call in self.trace.calls]
         bill = self.trace.bill()  # what the response reported, if it got that far: the same calls, the same sums
+        calls = [self._call_record(call, cost) for call, cost in zip(self.trace.calls, bill.costs, strict=True)]
         # A cache hit made no call: it cost nothing (known), not an unknown amount.
         usage = bill.usage.model_copy(update={"cost": 0.0}) if self.cache_hit else bill.usage
         cost = usage.cost
@@ -254,9 +254,9 @@ class Ledger:
             "final_answer": content.final_answer,
         }
 
-    def _call_record(self, call: CallTrace) -> CallRecord:
+    def _call_record(self, call: CallTrace, cost: float | None) -> CallRecord:
+        """`cost`: the bill's for this call (unknown stays unknown, never guessed)."""
         usage = known_usage(call)
-        cost = self.trace.cost_of(call)  # unknown stays unknown, never guessed
         status = call.status if call.status in ("ok", "error") else "cancelled"
         return CallRecord(
             generation_id=self.generation_id,

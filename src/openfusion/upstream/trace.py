@@ -90,6 +90,7 @@ class Bill:
 
     usage: Usage  # tokens of every call whose usage is known; `cost` only when every call's cost is known
     complete: bool  # False when some call's usage is unknown: the tokens above then leave it out
+    costs: tuple[float | None, ...] = ()  # each call's cost (see `RequestTrace.cost_of`), in the calls' order
 
 
 @dataclass
@@ -100,6 +101,8 @@ class RequestTrace:
     calls: list[CallTrace] = field(default_factory=list)
     pricing: Pricing = reported_cost
     observer: CallObserver | None = None  # tracing: set only when it is on
+    # The last bill, and the state of the calls it summed: the response and the record ask for the same one.
+    _billed: tuple[tuple[Any, ...], Bill] | None = field(default=None, repr=False)
 
     def cost_of(self, call: CallTrace) -> float | None:
         """One call's cost: 0 when nothing was billed, else priced (reported, else the price table), else None."""
@@ -111,12 +114,21 @@ class RequestTrace:
         return self.pricing(call.model, usage, call.reported_cost)
 
     def bill(self) -> Bill:
-        """Tokens and cost summed over every call so far, and whether every call's usage is known."""
+        """Tokens and cost summed over every call so far, and whether every call's usage is known.
+
+        Asked again with no call changed since (the response's summary, then the request's record), it is the
+        same bill: not summed and priced twice, and never two different answers.
+        """
+        state = tuple((id(c), c.status, c.sent, c.upstream_status, id(c.usage), c.reported_cost) for c in self.calls)
+        if self._billed is not None and self._billed[0] == state:
+            return self._billed[1]
         usages = [known_usage(call) for call in self.calls]
-        costs = [self.cost_of(call) for call in self.calls]
+        costs = tuple(self.cost_of(call) for call in self.calls)
         tokens = sum_usage([usage for usage in usages if usage is not None])
         cost = None if not costs or None in costs else round_usd(sum(c for c in costs if c is not None))
-        return Bill(tokens.model_copy(update={"cost": cost}), complete=None not in usages)
+        bill = Bill(tokens.model_copy(update={"cost": cost}), complete=None not in usages, costs=costs)
+        self._billed = (state, bill)
+        return bill
 
     def upstream_seconds(self, until: float | None = None) -> float:
         """Wall time during which at least one upstream call was running (the union of their intervals)."""
