@@ -25,6 +25,7 @@ from openfusion.pipeline.events import (
 )
 from openfusion.pipeline.plan import FusionPlan
 from openfusion.pipeline.run import run_fusion
+from openfusion.pipeline.turns import TurnCache, turn_key
 from openfusion.protocol import ChatRequest
 from openfusion.upstream.client import UpstreamClient
 
@@ -778,3 +779,50 @@ async def test_a_synthesizer_slower_than_its_first_token_timeout_falls_back(
     assert fake.calls_to("synth")[0].cancelled
     assert synthesized_text(events) == "In time."
     assert "synth_timeout_s" in finished(events).fusion["synthesizer"]["fallbacks"][0]["error"]
+
+
+# ======================================================================================================================
+# the turn kept for the agent-loop steps that follow
+# ======================================================================================================================
+
+
+class WatchedTurns(TurnCache):
+    """A turn cache that notes, at each put, how many calls the synthesizer had been sent by then."""
+
+    def __init__(self, fake: ScriptedUpstream) -> None:
+        super().__init__()
+        self.fake = fake
+        self.synth_calls_at_put: list[int] = []
+
+    def put(self, key: str, answers: list[PanelAnswer], judges: list[JudgeOutcome]) -> None:
+        self.synth_calls_at_put.append(len(self.fake.calls_to("synth")))
+        super().put(key, answers, judges)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["message", "stream"])
+async def test_the_turn_is_kept_once_the_synthesizers_request_is_out(
+    client: UpstreamClient, fake: ScriptedUpstream, stream: bool
+) -> None:
+    """Its key (the conversation serialised and hashed) is not made between the judge and the synthesizer."""
+    turns = WatchedTurns(fake)
+    plan, request = make_plan(), make_request()
+    events = [e async for e in run_fusion(upstream=client, plan=plan, request=request, stream=stream, turns=turns)]
+
+    assert synthesized_text(events) == "The fused final answer."
+    assert turns.synth_calls_at_put == [1]
+    turn = turns.get(turn_key(plan, [m.model_dump(exclude_unset=True) for m in request.messages]))
+    assert turn is not None and [a.content for a in turn.answers] == [f"Answer from {m}." for m in "abc"]
+
+
+async def test_the_turn_is_kept_when_no_synthesizer_answers(client: UpstreamClient, fake: ScriptedUpstream) -> None:
+    fake.script("synth", Reply(status=500, content="synthesizer down"))
+    turns = WatchedTurns(fake)
+    plan, request = make_plan(), make_request()
+
+    with pytest.raises(UpstreamStatusError):
+        async for _ in run_fusion(upstream=client, plan=plan, request=request, stream=True, turns=turns):
+            pass
+
+    # Kept once every attempt failed: the agent's retry of this step finds the panel's work.
+    assert turns.synth_calls_at_put == [len(fake.calls_to("synth"))] and fake.calls_to("synth")
+    assert turns.get(turn_key(plan, [m.model_dump(exclude_unset=True) for m in request.messages])) is not None

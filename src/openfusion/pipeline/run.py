@@ -118,10 +118,10 @@ class FusionRun:
             self.results, self.judges = list(turn.answers), list(turn.judges)
         return False
 
-    def remember_turn(self) -> None:
-        """Keep this turn's analysis for the agent-loop steps that follow it."""
+    def remember_turn(self, conversation: Messages) -> None:
+        """Keep this turn's analysis for the agent-loop steps that follow it (`conversation`: the request's)."""
         if self.turns is not None and self.panel_source == "fresh" and self.answers:
-            self.turns.put(turn_key(self.plan, self.conversation), self.answers, self.judges)
+            self.turns.put(turn_key(self.plan, conversation), self.answers, self.judges)
 
     async def judge(self) -> AsyncIterator[Event]:
         """The judge, then its fallbacks until one produces an analysis (none may: that degrades)."""
@@ -154,7 +154,9 @@ class FusionRun:
     async def synthesize(self, *, stream: bool) -> AsyncIterator[Event]:
         """The final answer: relayed chunk by chunk, or as one message; then the run's summary."""
         sources = self.sources()  # fixed once the panel and judge are done
-        self.remember_turn()
+        # The turn is kept once the synthesizer's request is out (its first answer, or its failure), not before:
+        # the turn's key (the conversation serialised and hashed) would sit between the judge and the synthesizer.
+        unkept: Messages | None = self.conversation
         if self.plan.enabled and self.panel_source != "skipped":
             messages = synthesis_messages(
                 conversation=self.conversation,
@@ -180,13 +182,21 @@ class FusionRun:
         accumulator = MessageAccumulator()
         chunks = synthesis.chunks()
         async with contextlib.aclosing(chunks):  # leaving early closes the synthesizer's stream at once
-            async for item in chunks:
-                if isinstance(item, SynthesisStarted):
-                    yield item
-                    continue
-                accumulator.feed(item)
-                if stream:
-                    yield SynthesisChunk(item)
+            try:
+                async for item in chunks:
+                    if isinstance(item, SynthesisStarted):
+                        yield item
+                        continue
+                    if unkept is not None:
+                        self.remember_turn(unkept)
+                        unkept = None
+                    accumulator.feed(item)
+                    if stream:
+                        yield SynthesisChunk(item)
+            finally:
+                if unkept is not None:  # no synthesizer answered, or the client left: the turn is kept all the same
+                    self.remember_turn(unkept)
+                    unkept = None
         message = accumulator.message()
         citations = url_citations(message.get("content") or "", sources)
         if not stream:
