@@ -218,7 +218,9 @@ def test_a_stalled_upstream_ends_with_an_error_event_not_a_bare_close(
 ) -> None:
     upstream.script("solo", Script(chunks=["Started ", "then stalled."], chunk_interval_s=5))
 
-    with start(http={"read_timeout_s": 0.5}, keepalive_interval_s=0.2) as url:
+    # Pings every 0.1 s, the upstream given up on after 1 s of silence: only a stall of the whole process for most
+    # of a second could leave no ping. (At 0.2 s / 0.5 s, one run of the whole suite once saw none.)
+    with start(http={"read_timeout_s": 1.0}, keepalive_interval_s=0.1) as url:
         lines, events = read_stream(url, {"model": "fake/solo", "max_tokens": 100, "messages": QUESTION})
         wait_until(lambda: upstream.calls_for("solo")[0].disconnected, timeout=10)  # openfusion gave up on it
 
