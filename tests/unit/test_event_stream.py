@@ -99,10 +99,12 @@ async def test_a_server_that_reports_the_response_complete_as_a_disconnect_does_
         if message.get("more_body") is False:
             client.leave.set()
 
+    async def close_the_record() -> None:  # one that waits: the "disconnect" comes while it runs
+        await asyncio.sleep(0.01)
+        background_runs.append("ran")
+
     response = EventStreamResponse(
-        _body(log, [(0, b"a"), (0, b"b")]),
-        media_type="text/event-stream",
-        background=BackgroundTask(background_runs.append, "ran"),
+        _body(log, [(0, b"a"), (0, b"b")]), media_type="text/event-stream", background=BackgroundTask(close_the_record)
     )
     await response(SCOPE, client.receive, send)
 
