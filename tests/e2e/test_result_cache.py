@@ -254,6 +254,19 @@ def test_a_whole_answer_is_replayed_to_a_stream(upstream: FakeUpstream, start: A
     assert events[-1]["fusion"]["cached"] is True and events[-1]["choices"] == []
 
 
+def stored(path: Path, *ids: str) -> list[Any]:
+    """These generations as the SQLite activity store holds them (each with its calls)."""
+
+    async def read() -> list[Any]:
+        store = await SqliteStore.open(path)
+        try:
+            return [await store.get(generation_id) for generation_id in ids]
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
 def test_a_hit_is_recorded_as_one_with_the_cost_it_saved(upstream: FakeUpstream, start: Any, tmp_path: Path) -> None:
     script_run(upstream)
     with start() as url:
@@ -271,14 +284,7 @@ def test_a_hit_is_recorded_as_one_with_the_cost_it_saved(upstream: FakeUpstream,
     assert generation["cache_hit"] is True and generation["total_cost"] == 0
     assert generation["cost_saved"] == pytest.approx(0.625)
 
-    async def read() -> tuple[Any, Any]:
-        store = await SqliteStore.open(tmp_path / "activity.sqlite3")
-        try:
-            return await store.get(first.id), await store.get(second.id)
-        finally:
-            await store.close()
-
-    original, hit = asyncio.run(read())
+    original, hit = stored(tmp_path / "activity.sqlite3", first.id, second.id)
     assert original.generation.cache_hit is False and original.generation.cost == pytest.approx(0.625)
     assert hit.generation.cache_hit is True
     assert hit.generation.cost == 0 and hit.generation.cost_saved == pytest.approx(0.625)
@@ -296,14 +302,7 @@ def test_a_hit_keeps_the_runs_content_when_content_is_stored(
         header, second = ask(url)
         time.sleep(0.3)  # the writer flushes every 50 ms
 
-    async def read() -> tuple[Any, Any]:
-        store = await SqliteStore.open(tmp_path / "activity.sqlite3")
-        try:
-            return await store.get(first.id), await store.get(second.id)
-        finally:
-            await store.close()
-
-    original, hit = asyncio.run(read())
+    original, hit = stored(tmp_path / "activity.sqlite3", first.id, second.id)
     assert header == "hit" and hit.generation.cache_hit is True
     assert original.generation.analysis == ANALYSIS and hit.generation.analysis == ANALYSIS
     assert [p.content for p in hit.generation.panel_answers] == [f"{m} says blue." for m in "abc"]
