@@ -823,6 +823,8 @@ async def test_the_turn_is_kept_when_no_synthesizer_answers(client: UpstreamClie
         async for _ in run_fusion(upstream=client, plan=plan, request=request, stream=True, turns=turns):
             pass
 
-    # Kept once every attempt failed: the agent's retry of this step finds the panel's work.
-    assert turns.synth_calls_at_put == [len(fake.calls_to("synth"))] and fake.calls_to("synth")
+    # Kept once, after the synthesizer was first asked, though none answered: the agent's retry of this step finds
+    # the panel's work.
+    assert len(fake.calls_to("synth")) == 3
+    assert len(turns.synth_calls_at_put) == 1 and turns.synth_calls_at_put[0] >= 1
     assert turns.get(turn_key(plan, [m.model_dump(exclude_unset=True) for m in request.messages])) is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from openfusion.pipeline import sampling
@@ -85,23 +86,59 @@ def _research_entry(research: ResearchPlan) -> dict[str, Any] | None:
     return entry
 
 
-def fusion_report(
+@dataclass(frozen=True, slots=True)
+class StagesReport:
+    """The parts of the `fusion` object that are fixed once the panel and the judge are done."""
+
+    panel: list[dict[str, Any]]
+    judge: dict[str, Any]
+    research: dict[str, Any] | None = None
+    server_tool_use: dict[str, int] | None = None
+    exposed: dict[str, Any] | None = None  # the analysis and the panel's answers, for a preset that exposes them
+
+
+def stages_report(
     plan: FusionPlan,
     *,
     results: list[PanelAnswer | PanelFailure],
     judges: list[JudgeOutcome],
+    research: ResearchPlan | None = None,
+) -> StagesReport:
+    """What the report says of the panel and the judge: made while the synthesizer's answer is awaited."""
+    logs = [r.research for r in results if isinstance(r, PanelAnswer)] + [j.research for j in judges]
+    exposed = None
+    if plan.expose:
+        analysis = judges[-1].analysis if judges else None
+        exposed = {
+            "analysis": analysis.model_dump() if analysis else None,
+            "responses": [
+                {"model": r.label or r.model, "content": r.content} for r in results if isinstance(r, PanelAnswer)
+            ],
+        }
+    return StagesReport(
+        panel=[panel_entry(result) for result in results],
+        judge=judge_entry(plan, judges),
+        research=_research_entry(research) if research is not None else None,
+        server_tool_use=research_totals(logs) if any(log.tool_calls for log in logs) else None,
+        exposed=exposed,
+    )
+
+
+def fusion_report(
+    plan: FusionPlan,
+    *,
+    stages: StagesReport,
     synthesis: SynthesisStream,
     synth_ms: int,
     sources: list[Source] | None = None,
-    research: ResearchPlan | None = None,
     usage_complete: bool = True,
 ) -> dict[str, Any]:
     """The `fusion` object of a finished run."""
     report: dict[str, Any] = {
         "preset": plan.preset,
         "estimated_max_cost": plan.estimated_max_cost,
-        "panel": [panel_entry(result) for result in results],
-        "judge": judge_entry(plan, judges),
+        "panel": stages.panel,
+        "judge": stages.judge,
         "synthesizer": {
             "model": synthesis.model,
             "latency_ms": synth_ms,
@@ -110,20 +147,15 @@ def fusion_report(
         # False when some upstream call's usage is unknown: the summed `usage` then leaves it out.
         "usage_complete": usage_complete,
     }
-    if research is not None and (entry := _research_entry(research)) is not None:
-        report["research"] = entry
-    logs = [r.research for r in results if isinstance(r, PanelAnswer)] + [j.research for j in judges]
-    if any(log.tool_calls for log in logs):
-        report["server_tool_use_details"] = research_totals(logs)
+    if stages.research is not None:
+        report["research"] = stages.research
+    if stages.server_tool_use is not None:
+        report["server_tool_use_details"] = stages.server_tool_use
     if sources:
         report["sources"] = [{"url": s.url, "title": s.title} for s in sources]
     if synthesis.failures:
         report["synthesizer"]["fallbacks"] = [{"model": m, "error": why} for m, why in synthesis.failures]
     _with_dropped(report["synthesizer"], synthesis.dropped)
-    if plan.expose:
-        analysis = judges[-1].analysis if judges else None
-        report["analysis"] = analysis.model_dump() if analysis else None
-        report["responses"] = [
-            {"model": r.label or r.model, "content": r.content} for r in results if isinstance(r, PanelAnswer)
-        ]
+    if stages.exposed is not None:
+        report.update(stages.exposed)
     return report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from openfusion.errors import FusionFailed
 from openfusion.pipeline.analysis import Analysis
 from openfusion.pipeline.citations import merge_sources, url_citations
+from openfusion.pipeline.deferred import Deferred
 from openfusion.pipeline.events import (
     Event,
     JudgeOutcome,
@@ -30,7 +32,7 @@ from openfusion.pipeline.judge import analyse
 from openfusion.pipeline.panel import collect_answers, panel_labels
 from openfusion.pipeline.plan import FusionPlan
 from openfusion.pipeline.prompts import Messages, synthesis_messages
-from openfusion.pipeline.report import fusion_report
+from openfusion.pipeline.report import StagesReport, fusion_report, stages_report
 from openfusion.pipeline.research import NO_RESEARCH, ResearchPlan
 from openfusion.pipeline.structured import DialectMemory
 from openfusion.pipeline.synthesize import MessageAccumulator, SynthesisStream, synthesis_body
@@ -154,18 +156,16 @@ class FusionRun:
     async def synthesize(self, *, stream: bool) -> AsyncIterator[Event]:
         """The final answer: relayed chunk by chunk, or as one message; then the run's summary."""
         sources = self.sources()  # fixed once the panel and judge are done
-        # The turn is kept once the synthesizer's request is out (its first answer, or its failure), not before:
-        # the turn's key (the conversation serialised and hashed) would sit between the judge and the synthesizer.
-        unkept: Messages | None = self.conversation
+        conversation = self.conversation
         if self.plan.enabled and self.panel_source != "skipped":
             messages = synthesis_messages(
-                conversation=self.conversation,
+                conversation=conversation,
                 analysis=self.analysis(),
                 answers=[(a.label, a.content) for a in self.answers],
                 sources=[(s.url, s.title) for s in sources],
             )
         else:
-            messages = self.conversation
+            messages = conversation
         synthesis = SynthesisStream(
             self.upstream,
             models=self.plan.synthesizers,
@@ -178,6 +178,11 @@ class FusionRun:
         # what its summary needs: a stream held open for minutes should not hold the conversation twice.
         del messages
         self.conversation = []
+        # The turn kept and the summary's panel and judge parts made once the synthesizer's request is out,
+        # while its answer is awaited (or when the summary needs them, if that comes first): neither sits
+        # between the judge and the synthesizer, nor between the synthesizer's answer and the client.
+        settled = Deferred(functools.partial(self._settle, conversation))
+        del conversation
         started = time.perf_counter()
         accumulator = MessageAccumulator()
         chunks = synthesis.chunks()
@@ -187,16 +192,11 @@ class FusionRun:
                     if isinstance(item, SynthesisStarted):
                         yield item
                         continue
-                    if unkept is not None:
-                        self.remember_turn(unkept)
-                        unkept = None
                     accumulator.feed(item)
                     if stream:
                         yield SynthesisChunk(item)
             finally:
-                if unkept is not None:  # no synthesizer answered, or the client left: the turn is kept all the same
-                    self.remember_turn(unkept)
-                    unkept = None
+                stages = settled.result()  # no synthesizer answered, or the client left: the turn is kept all the same
         message = accumulator.message()
         citations = url_citations(message.get("content") or "", sources)
         if not stream:
@@ -208,8 +208,8 @@ class FusionRun:
         # paid for by an earlier request and are not among them.
         bill = self.trace.bill()
         report = fusion_report(
-            self.plan, results=self.results, judges=self.judges, synthesis=synthesis, synth_ms=synth_ms,
-            sources=sources, research=self.research, usage_complete=bill.complete,
+            self.plan, stages=stages, synthesis=synthesis, synth_ms=synth_ms, sources=sources,
+            usage_complete=bill.complete,
         )  # fmt: skip
         report["panel_source"] = self.panel_source
         yield RunFinished(
@@ -224,6 +224,11 @@ class FusionRun:
                 final_answer=message.get("content"),
             ),
         )
+
+    def _settle(self, conversation: Messages) -> StagesReport:
+        """What the run can do while the synthesizer's answer is awaited: keep the turn, report the stages."""
+        self.remember_turn(conversation)
+        return stages_report(self.plan, results=self.results, judges=self.judges, research=self.research)
 
     def analysis(self) -> Analysis | None:
         """The judge's analysis, if a judge produced one."""
