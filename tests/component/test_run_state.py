@@ -10,7 +10,7 @@ from typing import Any
 from component.support import ScriptedUpstream
 from component.test_pipeline import make_plan, make_request
 from openfusion.pipeline.events import RunFinished, SynthesisChunk
-from openfusion.pipeline.run import FusionRun
+from openfusion.pipeline.run import FusionRun, run_fusion
 from openfusion.pipeline.structured import DialectMemory
 from openfusion.upstream.client import UpstreamClient
 
@@ -18,19 +18,24 @@ from openfusion.upstream.client import UpstreamClient
 _SHARED = (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType, types.CodeType)
 
 
-def reachable_strings(root: Any, limit: int = 200_000) -> Iterator[str]:
-    """Every str reachable from `root` through object references, module-level state left out."""
+def reachable(root: Any, limit: int = 200_000) -> Iterator[Any]:
+    """Every object reachable from `root` through object references, module-level state left out."""
     seen = {id(root)}
     todo = [root]
     while todo and len(seen) < limit:
         obj = todo.pop()
+        yield obj
         if isinstance(obj, str):
-            yield obj
             continue
         for ref in gc.get_referents(obj):
             if id(ref) not in seen and not isinstance(ref, _SHARED):
                 seen.add(id(ref))
                 todo.append(ref)
+
+
+def reachable_strings(root: Any) -> Iterator[str]:
+    """Every str reachable from `root` (see `reachable`)."""
+    return (obj for obj in reachable(root) if isinstance(obj, str))
 
 
 async def test_a_streaming_synthesis_holds_no_copy_of_its_prompt(
@@ -55,3 +60,23 @@ async def test_a_streaming_synthesis_holds_no_copy_of_its_prompt(
     assert rest[-1].content.panel_answers == [
         (a.label, f"Answer from {name}.") for a, name in zip(run.answers, "abc", strict=True)
     ]
+
+
+async def test_a_run_under_way_in_synthesis_holds_neither_its_finished_stages_nor_its_first_chunk(
+    client: UpstreamClient, fake: ScriptedUpstream
+) -> None:
+    """A stream held open for minutes keeps what is still to come, not the panel's and judge's generators."""
+    events = run_fusion(upstream=client, plan=make_plan(), request=make_request(), stream=True)
+    chunks: list[SynthesisChunk] = []
+    async for event in events:
+        if isinstance(event, SynthesisChunk):
+            chunks.append(event)
+            if len(chunks) == 2:
+                break
+    first = chunks.pop(0).chunk
+    held = list(reachable(events))
+    stages = [o.ag_code.co_name for o in held if isinstance(o, types.AsyncGeneratorType)]
+    assert "panel" not in stages and "judge" not in stages
+    assert "synthesize" in stages  # the walk does reach the run's live stage
+    assert not [o for o in held if o is first]
+    await events.aclose()

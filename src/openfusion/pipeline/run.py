@@ -256,10 +256,12 @@ async def run_fusion(
         turns=turns,
         panel_deltas=panel_deltas,
     )
-    stages = [run.panel(), run.judge()] if plan.enabled and run.needs_panel() else []
-    for stage in [*stages, run.synthesize(stream=stream)]:
-        async with contextlib.aclosing(stage):  # an abandoned run closes the stage's upstream calls at once
-            async for event in stage:
+    stages = [run.panel, run.judge] if plan.enabled and run.needs_panel() else []
+    # Each stage's generator made as the stage starts, and let go of as the next one replaces it: a stream held
+    # open for minutes does not keep its finished stages.
+    for stage in [*stages, functools.partial(run.synthesize, stream=stream)]:
+        async with contextlib.aclosing(stage()) as events:  # an abandoned run closes the stage's calls at once
+            async for event in events:
                 yield event
 
 

@@ -113,6 +113,7 @@ class SynthesisStream:
                 self._body = {}
                 if self._observe(first):
                     yield first
+                del first  # not held for as long as the rest streams
                 async for chunk in chunks:
                     if self._observe(chunk):
                         yield chunk
