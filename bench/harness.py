@@ -121,13 +121,15 @@ class Bench:
         self.fake = self._start(Service("fake", argv, port, "/health", log_dir=self.logs, cwd=REPO))
         return self.fake
 
-    def start_floor(self, name: str, presets: dict[str, dict[str, Any]], *, workers: int = 1) -> Service:
+    def start_floor(
+        self, name: str, presets: dict[str, dict[str, Any]], *, workers: int = 1, env: dict[str, str] | None = None
+    ) -> Service:
         """The floor arm (`bench/floor.py`): raw aiohttp on uvloop making a fusion's five calls to the fake."""
         assert self.fake is not None
         port = free_port()
         argv = [sys.executable, "-m", "bench.floor", "--port", str(port), "--upstream", f"{self.fake.url}/v1"]
         argv += ["--presets", json.dumps(presets, separators=(",", ":")), "--workers", str(workers)]
-        return self._start(Service(name, argv, port, "/health", log_dir=self.logs, cwd=REPO))
+        return self._start(Service(name, argv, port, "/health", env=env or {}, log_dir=self.logs, cwd=REPO))
 
     def openfusion_exe(self) -> str:
         if self.openfusion_bin:

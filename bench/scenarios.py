@@ -715,9 +715,19 @@ async def memory(bench: Bench, plan: Plan) -> dict[str, Any]:
 
 
 async def hold_streams(
-    bench: Bench, service: Any, session: aiohttp.ClientSession, url: str, body: bytes, n: int
+    bench: Bench,
+    service: Any,
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    n: int,
+    *,
+    at_hold: Callable[[], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
-    """Open n streams at once, wait until each has its first answer token, read RSS, then close them."""
+    """Open n streams at once, wait until each has its first answer token, read RSS, then close them.
+
+    `at_hold`: awaited while every stream is held, before RSS is read (`bench.heap` takes its snapshot there).
+    """
     before = service.rss()
     reached = 0
     all_in = asyncio.Event()
@@ -753,6 +763,8 @@ async def hold_streams(
             await all_in.wait()
     ramp = time.perf_counter() - t0
     await asyncio.sleep(0.5)
+    if at_hold is not None:
+        await at_hold()
     held = service.rss()
     fake_rss = bench.services["fake"].rss()
     release.set()

@@ -1,10 +1,12 @@
-"""The timeline probe (`python -m bench.timeline`): loaded by the server's interpreter from PYTHONPATH.
+"""The benchmarks' probe, loaded by a server's interpreter from PYTHONPATH; it does nothing unless asked.
 
-Active only in an `openfusion` process started with OPENFUSION_TIMELINE=<file>: it wraps the functions
-named in OPENFUSION_TIMELINE_TARGETS ("module:Qualified.name", separated by spaces) so that each entry, exit and (for
-async generators) each yield appends (monotonic ns, label) to a list, written to <file> on SIGUSR1.
-Wrapping happens as each module is imported, before other modules bind the names, so `from x import f`
-callers see the wrapper too. Each mark costs ~1 µs: the timeline shows where time goes, slightly inflated.
+- `python -m bench.timeline`: in an `openfusion` process started with OPENFUSION_TIMELINE=<file>, it wraps the
+  functions named in OPENFUSION_TIMELINE_TARGETS ("module:Qualified.name", separated by spaces) so that each entry,
+  exit and (for async generators) each yield appends (monotonic ns, label) to a list, written to <file> on SIGUSR1.
+  Wrapping happens as each module is imported, before other modules bind the names, so `from x import f` callers
+  see the wrapper too. Each mark costs ~1 µs: the timeline shows where time goes, slightly inflated.
+- `python -m bench.heap`: in any process started with OPENFUSION_HEAP=<directory> (openfusion or the floor arm), it
+  traces allocations and writes a snapshot of them on SIGUSR2 (see `_install_heap`).
 """
 
 from __future__ import annotations
@@ -97,3 +99,26 @@ def _install(path: str, targets: list[tuple[str, str]]) -> None:
 if os.path.basename(sys.argv[0]) == "openfusion" and os.environ.get("OPENFUSION_TIMELINE"):
     _lines = os.environ.get("OPENFUSION_TIMELINE_TARGETS", "").split()
     _install(os.environ["OPENFUSION_TIMELINE"], [tuple(line.split(":", 1)) for line in _lines])  # type: ignore[misc]
+
+
+def _install_heap(directory: str, frames: int) -> None:
+    """`python -m bench.heap`: trace the process's allocations; on SIGUSR2 write a snapshot, then a line to `done`."""
+    import gc
+    import itertools
+    import signal
+    import tracemalloc
+
+    tracemalloc.start(frames)
+    taken = itertools.count()
+
+    def snapshot(*_: object) -> None:
+        gc.collect()  # what is still held, not what awaits the collector
+        tracemalloc.take_snapshot().dump(os.path.join(directory, f"snapshot-{next(taken)}.pickle"))
+        with open(os.path.join(directory, "done"), "a", encoding="utf-8") as out:
+            out.write("x")
+
+    signal.signal(signal.SIGUSR2, snapshot)
+
+
+if os.environ.get("OPENFUSION_HEAP"):  # openfusion or the floor arm: the same probe for both
+    _install_heap(os.environ["OPENFUSION_HEAP"], int(os.environ.get("OPENFUSION_HEAP_FRAMES", "12")))
