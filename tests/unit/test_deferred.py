@@ -18,6 +18,7 @@ async def test_the_work_runs_after_a_task_the_same_step_started() -> None:
         order.append("body written")
 
     deferred = Deferred(lambda: order.append("work"))
+    deferred.schedule()
     writer = asyncio.create_task(write_body())
     assert order == []  # nothing yet: the step that deferred the work (and sent the request) is still going
     await writer
@@ -35,6 +36,7 @@ async def test_asked_for_first_it_runs_at_once_and_never_again() -> None:
         return 42
 
     deferred = Deferred(work)
+    deferred.schedule()
     assert deferred.result() == 42 and runs == [1]
     for _ in range(4):
         await asyncio.sleep(0)
@@ -51,6 +53,7 @@ async def test_work_that_failed_in_the_loop_is_logged_and_raises_where_its_resul
         raise ValueError("broken")
 
     deferred = Deferred(work)
+    deferred.schedule()
     with caplog.at_level(logging.ERROR, logger="openfusion"):
         for _ in range(3):
             await asyncio.sleep(0)
@@ -64,9 +67,23 @@ async def test_work_that_failed_in_the_loop_is_logged_and_raises_where_its_resul
 async def test_cancelled_it_runs_only_when_asked() -> None:
     runs: list[int] = []
     deferred = Deferred(lambda: runs.append(1))
+    deferred.schedule()
     deferred.cancel()
     for _ in range(4):
         await asyncio.sleep(0)
     assert runs == []
     deferred.result()
+    assert runs == [1]
+
+
+async def test_unscheduled_it_runs_only_when_asked_and_once_run_it_is_not_scheduled_again() -> None:
+    runs: list[int] = []
+    deferred = Deferred(lambda: runs.append(1))
+    for _ in range(4):
+        await asyncio.sleep(0)
+    assert runs == []
+    deferred.result()
+    deferred.schedule()
+    for _ in range(4):
+        await asyncio.sleep(0)
     assert runs == [1]

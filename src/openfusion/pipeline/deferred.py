@@ -1,10 +1,11 @@
 """Work a run can do while it waits on an upstream call, instead of on the way to the client.
 
-A run that has just sent a request (the synthesizer's) has time to spare until the answer comes, and some
-of what it must hand over later (its summary's parts, the turn it keeps) is already fixed. `Deferred` runs such
-work a few passes of the event loop after it is made: by then what the current step set going (the request's
-body, written by a task of aiohttp's own) has gone out, and the run is waiting. Whoever needs the result first
-gets it: `result()` does the work at once if the loop has not got to it yet. Either way it runs once.
+A run that is about to send a request (the synthesizer's) will have time to spare until the answer comes, and some
+of what it must hand over later (its summary's parts, the turn it keeps) is already fixed. `Deferred.schedule()`,
+called in the step that sends the request, runs such work a few passes of the event loop later: by then what that
+step set going (the request's body, written by a task of aiohttp's own) has gone out, and the run is waiting.
+Whoever needs the result first gets it: `result()` does the work at once if the loop has not got to it yet, or if
+it was never scheduled. Either way it runs once.
 """
 
 from __future__ import annotations
@@ -26,19 +27,25 @@ _PASSES = 2
 class Deferred(Generic[T]):
     """`work()`, done while the run waits, or on demand, whichever comes first; once."""
 
-    __slots__ = ("_handle", "_left", "_loop", "_result", "_work")
+    __slots__ = ("_handle", "_left", "_result", "_work")
 
-    def __init__(self, work: Callable[[], T], *, passes: int = _PASSES) -> None:
-        self._loop = asyncio.get_running_loop()
+    def __init__(self, work: Callable[[], T]) -> None:
         self._work: Callable[[], T] | None = work
         self._result: T | None = None
+        self._left = 0
+        self._handle: asyncio.Handle | None = None
+
+    def schedule(self, passes: int = _PASSES) -> None:
+        """Do the work `passes` passes of the event loop from now, unless its result is asked for first."""
+        if self._work is None or self._handle is not None:
+            return
         self._left = passes
-        self._handle: asyncio.Handle | None = self._loop.call_soon(self._tick)
+        self._handle = asyncio.get_running_loop().call_soon(self._tick)
 
     def _tick(self) -> None:
         self._left -= 1
         if self._left > 0:
-            self._handle = self._loop.call_soon(self._tick)
+            self._handle = asyncio.get_running_loop().call_soon(self._tick)
             return
         self._handle = None
         try:

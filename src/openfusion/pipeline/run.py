@@ -191,6 +191,7 @@ class FusionRun:
                 async for item in chunks:
                     if isinstance(item, SynthesisStarted):
                         yield item
+                        settled.schedule()  # the request goes out in this step, when the loop next takes `chunks`
                         continue
                     accumulator.feed(item)
                     if stream:
