@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -793,9 +794,11 @@ class WatchedTurns(TurnCache):
         super().__init__()
         self.fake = fake
         self.synth_calls_at_put: list[int] = []
+        self.put_at: list[float] = []
 
     def put(self, key: str, answers: list[PanelAnswer], judges: list[JudgeOutcome]) -> None:
         self.synth_calls_at_put.append(len(self.fake.calls_to("synth")))
+        self.put_at.append(time.perf_counter())
         super().put(key, answers, judges)
 
 
@@ -812,6 +815,24 @@ async def test_the_turn_is_kept_once_the_synthesizers_request_is_out(
     assert turns.synth_calls_at_put == [1]
     turn = turns.get(turn_key(plan, [m.model_dump(exclude_unset=True) for m in request.messages]))
     assert turn is not None and [a.content for a in turn.answers] == [f"Answer from {m}." for m in "abc"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["message", "stream"])
+async def test_the_turn_is_kept_while_the_synthesizers_answer_is_awaited(
+    client: UpstreamClient, fake: ScriptedUpstream, stream: bool
+) -> None:
+    """Neither on the first token's way (kept as it arrives) nor on the last's (kept as the run ends)."""
+    fake.script("synth", Reply(content="The fused final answer.", delay_s=0.3))
+    turns = WatchedTurns(fake)
+    answered_at = None
+    async for event in run_fusion(
+        upstream=client, plan=make_plan(), request=make_request(), stream=stream, turns=turns
+    ):
+        if isinstance(event, SynthesisChunk | SynthesisMessage) and answered_at is None:
+            answered_at = time.perf_counter()
+    assert answered_at is not None and len(turns.put_at) == 1
+    synth = fake.calls_to("synth")[0]
+    assert synth.started <= turns.put_at[0] < answered_at - 0.2  # kept within the synthesizer's 0.3 s wait
 
 
 async def test_the_turn_is_kept_when_no_synthesizer_answers(client: UpstreamClient, fake: ScriptedUpstream) -> None:
