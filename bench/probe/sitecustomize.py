@@ -102,7 +102,7 @@ if os.path.basename(sys.argv[0]) == "openfusion" and os.environ.get("OPENFUSION_
 
 
 def _install_heap(directory: str, frames: int) -> None:
-    """`python -m bench.heap`: trace the process's allocations; on SIGUSR2 write a snapshot, then a line to `done`."""
+    """`python -m bench.heap`: trace the process's allocations; on SIGUSR2 write a snapshot, then a mark to `done`."""
     import gc
     import itertools
     import signal
