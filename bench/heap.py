@@ -27,7 +27,7 @@ from typing import Any
 
 from bench.harness import REPO, Bench, run_harness
 from bench.load import chat_body
-from bench.scenarios import FAST0, Fusion, floor_presets, hold_streams, request_fn, say
+from bench.scenarios import FAST0, Fusion, floor_presets, hold_streams, package_of, request_fn, say, source_path
 
 PROBE = REPO / "bench" / "probe"
 HOLD = Fusion("hold", ("fake/lat-0", "fake/lat-0", "fake/lat-0"), "fake/lat-0", "fake/lat-0-tok-1200-every-1000")
@@ -47,29 +47,18 @@ async def snapshot(pid: int, directory: Path) -> Path:
     raise SystemExit("the probe wrote no snapshot within 120 s")
 
 
-def _short(frame: tracemalloc.Frame) -> str:
-    name = frame.filename
-    for cut in ("/site-packages/", "/src/", "/lib/python3."):
-        if cut in name:
-            name = name.split(cut, 1)[1]
-            name = name.split("/", 1)[1] if cut == "/lib/python3." else name
-            break
-    return f"{name.replace(str(REPO) + '/', '')}:{frame.lineno}"
+def _at(frame: tracemalloc.Frame) -> str:
+    return f"{source_path(frame.filename)}:{frame.lineno}"
 
 
 def _site(trace: tracemalloc.Trace) -> tuple[str, str]:
     frames = list(trace.traceback)  # oldest first
     own = [f for f in frames if any(part in f.filename for part in OWN)]
-    return (_short(own[-1]) if own else "-", _short(frames[-1]))
+    return (_at(own[-1]) if own else "-", _at(frames[-1]))
 
 
 def _package(trace: tracemalloc.Trace) -> str:
-    name = trace.traceback[-1].filename
-    if "/site-packages/" in name:
-        return name.split("/site-packages/", 1)[1].split("/", 1)[0]
-    if "/openfusion/" in name:
-        return "openfusion/" + name.split("/openfusion/", 1)[1].split("/", 1)[0].removesuffix(".py")
-    return "stdlib" if "/lib/python3." in name else Path(name).name
+    return package_of(trace.traceback[-1].filename)
 
 
 def grown(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, key: Any) -> list[tuple[Any, int, int]]:

@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 
 from bench.fakeup import parse_profile
-from bench.harness import MASTER_KEY, Bench, aggregate, interleaved
+from bench.harness import MASTER_KEY, REPO, Bench, aggregate, interleaved
 from bench.load import Sample, chat_body, messages_body, percentile, post, responses_body
 from bench.procs import rss_bytes, tree
 
@@ -975,18 +975,20 @@ async def _pyspy(
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::\d+)?\)$")
 
 
-def _where(path: str) -> str:
+def source_path(path: str) -> str:
+    """A source file's path, short: from its package (site-packages, openfusion, stdlib/) or this checkout."""
     if "site-packages/" in path:
         return path.split("site-packages/", 1)[1]
     if "/src/openfusion/" in path:
         return "openfusion/" + path.split("/src/openfusion/", 1)[1]
     if "/lib/python3" in path:
         return "stdlib/" + path.split("/lib/python3", 1)[1].split("/", 1)[-1]
-    return path
+    return path.removeprefix(f"{REPO}/")  # the benchmarks' own (the floor arm)
 
 
-def _package(path: str) -> str:
-    where = _where(path)
+def package_of(path: str) -> str:
+    """The package a source file belongs to (`openfusion/<subpackage>`, `stdlib/<module>`, or its top level)."""
+    where = source_path(path)
     if where.startswith("openfusion/"):
         parts = where.split("/")
         return "/".join(parts[:2]) if len(parts) > 2 else "openfusion"
@@ -1016,9 +1018,9 @@ def top_frames(raw: Path, limit: int = 40) -> dict[str, Any]:
             match = _FRAME.match(frame)
             names.append((match["func"], match["file"]) if match else (frame, ""))
         func, path = names[-1]
-        self_time[f"{func} ({_where(path)})"] += count
-        packages[_package(path)] += count
-        for key in {f"{f} ({_where(p)})" for f, p in names}:
+        self_time[f"{func} ({source_path(path)})"] += count
+        packages[package_of(path)] += count
+        for key in {f"{f} ({source_path(p)})" for f, p in names}:
             inclusive[key] += count
 
     def share(counter: Counter[str]) -> list[tuple[str, float]]:
