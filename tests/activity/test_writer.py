@@ -320,3 +320,53 @@ async def test_each_waiter_is_told_once_whether_its_record_reached_the_store(sql
         "gen-004": [True],
         "gen-005": [],
     }
+
+
+class CountedDraft:
+    """A record handed over unbuilt (`ActivityWriter.enqueue`): it counts when the writer builds it."""
+
+    def __init__(self, entry: ActivityEntry, *, broken: bool = False) -> None:
+        self.entry, self.broken, self.builds = entry, broken, 0
+
+    @property
+    def generation_id(self) -> str:
+        return self.entry.generation.id
+
+    def build(self) -> ActivityEntry:
+        self.builds += 1
+        if self.broken:
+            raise ValueError("a field out of range")
+        return self.entry
+
+
+async def test_a_draft_is_built_in_its_batch_not_when_it_is_queued(sqlite_store: SqliteStore) -> None:
+    store = RecordingStore(sqlite_store)
+    async with ActivityWriter(store, batch_size=100, flush_interval_s=0.2) as writer:
+        drafts = [CountedDraft(entry) for entry in entries_over_time(3)]
+        for draft in drafts:
+            assert writer.enqueue(draft) is True
+        for _ in range(5):  # the writer runs meanwhile, but the batch is still gathering
+            await asyncio.sleep(0)
+        assert [d.builds for d in drafts] == [0, 0, 0] and store.batches == []
+        await store.wait_for_batches([3])
+        assert [d.builds for d in drafts] == [1, 1, 1]
+    assert await _stored_ids(sqlite_store) == ["gen-000", "gen-001", "gen-002"]
+
+
+async def test_a_draft_that_fails_to_build_costs_only_itself(
+    sqlite_store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RecordingStore(sqlite_store)
+    told: dict[str, list[bool]] = {}
+    entries = entries_over_time(3)
+    drafts = [CountedDraft(entry, broken=entry.generation.id == "gen-001") for entry in entries]
+    with caplog.at_level(logging.ERROR, logger="openfusion.activity"):
+        async with ActivityWriter(store, batch_size=100, flush_interval_s=60.0) as writer:
+            for draft in drafts:
+                on_written = told.setdefault(draft.generation_id, []).append
+                assert writer.enqueue(draft, on_written=on_written, hurry=True) is True
+            await store.wait_for_batches([2])
+            assert writer.stats.failed == 1 and writer.stats.queued == 0
+    assert told == {"gen-000": [True], "gen-001": [False], "gen-002": [True]}
+    assert await _stored_ids(sqlite_store) == ["gen-000", "gen-002"]
+    assert any("gen-001" in r.getMessage() and "not built" in r.getMessage() for r in caplog.records)

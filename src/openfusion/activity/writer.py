@@ -1,18 +1,51 @@
-"""The background writer: requests enqueue records without waiting; one task batches them into the store."""
+"""The background writer: requests enqueue records without waiting; one task batches them into the store.
+
+A request may hand over its record unbuilt (`Draft`): the writer builds it with the rest of its batch, off
+the request's path. The writer wakes once per batch, not once per record.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Protocol
 
 from openfusion.activity.config import ActivitySettings
 from openfusion.activity.records import ActivityEntry, CallRecord, GenerationRecord
 from openfusion.activity.store import ActivityStore
 
 log = logging.getLogger("openfusion.activity")
+
+
+class Draft(Protocol):
+    """A generation's record, built only when the writer takes it into a batch."""
+
+    @property
+    def generation_id(self) -> str: ...
+
+    def build(self) -> ActivityEntry:
+        """The record as it stood when it was handed over."""
+        ...
+
+
+class _Built:
+    """A record handed over already built."""
+
+    __slots__ = ("entry",)
+
+    def __init__(self, entry: ActivityEntry) -> None:
+        self.entry = entry
+
+    @property
+    def generation_id(self) -> str:
+        return self.entry.generation.id
+
+    def build(self) -> ActivityEntry:
+        return self.entry
 
 
 @dataclass(frozen=True)
@@ -48,9 +81,11 @@ class ActivityWriter:
         # Responses end only once their record is in the store (Ledger.commit): a killed process loses none.
         self.confirms = confirms
         self._hurry = False  # a record is awaited: write what is queued now, without waiting for the interval
-        # Unbounded on purpose: the bound is enforced in record(), so the stop sentinel always fits.
-        self._queue: asyncio.Queue[ActivityEntry | None] = asyncio.Queue()
-        self._pending = 0
+        self._queue: deque[Draft] = deque()  # bounded in enqueue(), by `_pending`
+        # Set by the first record of a batch, and by whatever cuts the batch's wait short (a full batch, a
+        # record awaited, aclose()): the writer sleeps through every other record.
+        self._wake = asyncio.Event()
+        self._pending = 0  # queued or being written
         self._task: asyncio.Task[None] | None = None
         self._closing = False  # aclose() was called: write what is queued, and what still comes, then stop
         self._stopped = False  # the writing is over: a record now could never reach the store
@@ -110,18 +145,27 @@ class ActivityWriter:
         themselves then. `on_written(True)` is called once the generation is in the store, `on_written(False)`
         once it is lost; never when this returns False.
         """
+        return self.enqueue(_Built(ActivityEntry(generation, tuple(calls))), on_written=on_written, hurry=hurry)
+
+    def enqueue(self, draft: Draft, *, on_written: Callable[[bool], None] | None = None, hurry: bool = False) -> bool:
+        """record(), for a record the writer builds when it takes it into a batch (`draft.build()`).
+
+        A draft that fails to build is logged and counts as failed (`on_written(False)`); the rest of its
+        batch is written.
+        """
         if self._stopped or self._pending >= self._queue_size:
             self._dropped += 1
             if self._dropped == 1 or self._dropped % 1000 == 0:
                 log.warning("activity queue full or closed: %d generation(s) dropped so far", self._dropped)
             return False
-        if not self._store_content:
-            generation = generation.without_content()
         self._pending += 1
         if on_written is not None:
-            self._on_written[generation.id] = on_written
+            self._on_written[draft.generation_id] = on_written
         self._hurry = self._hurry or hurry
-        self._queue.put_nowait(ActivityEntry(generation, tuple(calls)))
+        queue = self._queue
+        queue.append(draft)
+        if len(queue) == 1 or hurry or len(queue) >= self._batch_size:
+            self._wake.set()
         return True
 
     async def aclose(self) -> None:
@@ -131,7 +175,7 @@ class ActivityWriter:
                 await asyncio.shield(self._task)
             return
         self._closing = True
-        self._queue.put_nowait(None)
+        self._wake.set()
         if self._task is None:  # never started: drain here so a clean stop still loses nothing
             await self._run()
         else:
@@ -148,34 +192,46 @@ class ActivityWriter:
 
     async def _run(self) -> None:
         try:
-            while not (self._closing and self._queue.empty()):
-                first = await self._queue.get()
-                if first is None:  # aclose()'s wake-up: the loop now drains without waiting
+            while self._queue or not self._closing:
+                if not self._queue:
+                    self._wake.clear()
+                    await self._wake.wait()  # the first record, or aclose()
                     continue
-                batch = [first]
-                await self._fill(batch)
-                await self._flush(batch)
+                await self._gather()
+                await self._flush(self._take())
         finally:
             self._stopped = True
 
-    async def _fill(self, batch: list[ActivityEntry]) -> None:
-        """Add queued entries until the batch is full or the interval passed (draining: until the queue is empty)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._flush_interval_s
-        while len(batch) < self._batch_size:
-            if self._closing or self._hurry:
-                if self._queue.empty():
-                    self._hurry = False  # every record awaited is in this batch
-                    return
-                entry = self._queue.get_nowait()
-            else:
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        entry = await self._queue.get()
-                except TimeoutError:
-                    return
-            if entry is not None:
-                batch.append(entry)
+    async def _gather(self) -> None:
+        """Wait until the batch is full, a record is awaited, aclose() was called, or the interval passed."""
+        deadline = asyncio.get_running_loop().time() + self._flush_interval_s
+        while not (self._closing or self._hurry or len(self._queue) >= self._batch_size):
+            self._wake.clear()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._wake.wait()
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[ActivityEntry]:
+        """Up to a batch of the queued records, built; one that fails to build is counted as lost, alone."""
+        queue, batch = self._queue, []
+        while queue and len(batch) < self._batch_size:
+            draft = queue.popleft()
+            try:
+                entry = draft.build()
+            except Exception:  # a bug in one record must not cost the batch, nor stop the writer
+                self._pending -= 1
+                self._failed += 1
+                log.exception("activity record %s not built (%d lost so far)", draft.generation_id, self._failed)
+                self._tell_id(draft.generation_id, written=False)
+                continue
+            if not self._store_content and entry.generation.has_content:
+                entry = ActivityEntry(entry.generation.without_content(), entry.calls)
+            batch.append(entry)
+        if not queue:
+            self._hurry = False  # every record awaited is in this batch
+        return batch
 
     async def _flush(self, batch: list[ActivityEntry]) -> None:
         try:
@@ -224,12 +280,15 @@ class ActivityWriter:
         if not self._on_written:
             return
         for entry in entries:
-            callback = self._on_written.pop(entry.generation.id, None)
-            if callback is not None:
-                try:
-                    callback(written)
-                except Exception:  # a waiter's bug must not stop the writer
-                    log.exception("an activity write callback failed")
+            self._tell_id(entry.generation.id, written=written)
+
+    def _tell_id(self, generation_id: str, *, written: bool) -> None:
+        callback = self._on_written.pop(generation_id, None)
+        if callback is not None:
+            try:
+                callback(written)
+            except Exception:  # a waiter's bug must not stop the writer
+                log.exception("an activity write callback failed")
 
     def _lost(self, entries: list[ActivityEntry], exc: Exception) -> None:
         self._failed += len(entries)
