@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from openfusion.access.spend import Reservation
-from openfusion.activity import ActivityWriter, ApiType, CallRecord, GenerationRecord, PanelText, Tokens, utc_now
+from openfusion.activity import (
+    ActivityEntry,
+    ActivityWriter,
+    ApiType,
+    CallRecord,
+    GenerationRecord,
+    PanelText,
+    Tokens,
+    utc_now,
+)
 from openfusion.api.deps import AppState
 from openfusion.api.disconnect import ClientDisconnected
 from openfusion.api.shutdown import shutting_down
@@ -175,7 +185,7 @@ class Ledger:
         latency_ms = round((time.perf_counter() - self.trace.started) * 1000)
         overhead = self.overhead_ms()
         bill = self.trace.bill()  # what the response reported, if it got that far: the same calls, the same sums
-        calls = [self._call_record(call, cost) for call, cost in zip(self.trace.calls, bill.costs, strict=True)]
+        calls = list(zip(self.trace.calls, bill.costs, strict=True))
         # A cache hit made no call: it cost nothing (known), not an unknown amount.
         usage = bill.usage.model_copy(update={"cost": 0.0}) if self.cache_hit else bill.usage
         cost = usage.cost
@@ -204,8 +214,10 @@ class Ledger:
                 api_type=self.api_type,
             )
         if state.activity is not None:
-            generation = self._generation_record(state.activity, latency_ms, usage)
-            recorded = state.activity.record(generation, calls, on_written=written, hurry=confirm is not None)
+            # Built by the writer with the rest of its batch, as it stands now: off the path of the client's next
+            # request, which often comes while this runs.
+            draft = _Draft(self, state.activity, latency_ms, usage, calls)
+            recorded = state.activity.enqueue(draft, on_written=written, hurry=confirm is not None)
         if reservation is not None and not recorded:
             reservation.written(False)  # never reaches the store: its cost stays counted here
         log.info(
@@ -221,6 +233,12 @@ class Ledger:
             },
         )
         return recorded
+
+    def _entry(
+        self, activity: ActivityWriter, latency_ms: int, usage: Usage, calls: list[tuple[CallTrace, float | None]]
+    ) -> ActivityEntry:
+        generation = self._generation_record(activity, latency_ms, usage)
+        return ActivityEntry(generation, tuple(self._call_record(call, cost) for call, cost in calls))
 
     def _generation_record(self, activity: ActivityWriter, latency_ms: int, usage: Usage) -> GenerationRecord:
         return GenerationRecord(
@@ -273,6 +291,46 @@ class Ledger:
             upstream_status=call.upstream_status,
             retries=call.retries,
         )
+
+
+class _Draft:
+    """A closed ledger's record, for the activity writer to build in its batch (`ActivityWriter.enqueue`).
+
+    It keeps the ledger as it was at its close (a shallow copy: what is set on it later is not recorded), without
+    the run's content unless the store keeps it, and calls still under way then as they were, stopped at that
+    moment.
+    """
+
+    __slots__ = ("_activity", "_calls", "_latency_ms", "_ledger", "_usage")
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        activity: ActivityWriter,
+        latency_ms: int,
+        usage: Usage,
+        calls: list[tuple[CallTrace, float | None]],
+    ) -> None:
+        now = time.perf_counter()
+        self._ledger = snapshot = copy.copy(ledger)
+        if not activity.stores_content:  # not held while the record waits for its batch
+            snapshot.content = RunContent()
+        self._activity, self._latency_ms, self._usage = activity, latency_ms, usage
+        self._calls = [(call if call.ended is not None else _stopped(call, now), cost) for call, cost in calls]
+
+    @property
+    def generation_id(self) -> str:
+        return self._ledger.generation_id
+
+    def build(self) -> ActivityEntry:
+        return self._ledger._entry(self._activity, self._latency_ms, self._usage, self._calls)
+
+
+def _stopped(call: CallTrace, now: float) -> CallTrace:
+    """An unfinished call as it is at `now`: what it has done so far, no later change."""
+    snapshot = copy.copy(call)
+    snapshot.ended = now
+    return snapshot
 
 
 def _both(first: Callable[[bool], None], second: Callable[[bool], None]) -> Callable[[bool], None]:
