@@ -137,6 +137,17 @@ def rss_bytes(pid: int) -> int:
     return total
 
 
+def open_files(pid: int) -> int:
+    """File descriptors a process and its live descendants hold open (sockets among them)."""
+    total = 0
+    for p in tree(pid):
+        try:
+            total += len(os.listdir(f"/proc/{p}/fd"))
+        except OSError:
+            continue
+    return total
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds all cores spent busy since boot (from /proc/stat), for load accounting."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
@@ -218,6 +229,9 @@ class Service:
 
     def rss(self) -> int:
         return rss_bytes(self.pid)
+
+    def open_files(self) -> int:
+        return open_files(self.pid)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the service's own process group, SIGKILL it if it lingers."""

@@ -220,7 +220,8 @@ def floor_targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             (
                 "RSS per in-flight fusion stream ≤ 64 KiB, and flat over a 100k-request soak across workers",
                 f"openfusion {f(per)} KiB, floor {f(fl)} KiB (at {inflight[top]['in_flight']} streams inside "
-                f"synthesis); {workers_soak_text(soak)}",
+                f"synthesis; open files held: openfusion {_files(inflight[top])}, floor "
+                f"{_files(_get(results, 'memory', 'floor_inflight') or {})}); {workers_soak_text(soak)}",
                 verdict(per <= 64 and flat is not False),
             )
         )
@@ -673,6 +674,13 @@ def tail_section(data: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
+def _files(held: dict[str, Any]) -> str:
+    """Open files before the streams and while they were held (absent from runs before they were counted)."""
+    if "open_files_held" not in held:
+        return "–"
+    return f"{held['open_files_before']:,} → {held['open_files_held']:,}"
+
+
 def memory_section(data: dict[str, Any]) -> str:
     if "error" in data:
         return f"Failed: {data['error']}"
@@ -688,6 +696,7 @@ def memory_section(data: dict[str, Any]) -> str:
                 f(s["rss_held_mb"]),
                 f(s["rss_after_release_mb"]),
                 f(s["per_stream_kb"]),
+                _files(s),
                 f(s["fake_rss_mb"]),
             ]
         )
@@ -703,6 +712,7 @@ def memory_section(data: dict[str, Any]) -> str:
                 "RSS held MiB",
                 "RSS after release MiB",
                 "per stream KiB",
+                "open files before → held",
                 "fake RSS MiB",
             ],
             rows,
@@ -719,9 +729,15 @@ def memory_section(data: dict[str, Any]) -> str:
     if fl:
         parts.append(
             f"The floor arm (raw aiohttp, fresh) holding {fl['in_flight']} of the same fusion streams: RSS "
-            f"{f(fl['rss_before_mb'])} → {f(fl['rss_held_mb'])} MiB, {f(fl['per_stream_kb'])} KiB per stream "
-            f"(errors: {fl['errors'] or 0})."
+            f"{f(fl['rss_before_mb'])} → {f(fl['rss_held_mb'])} MiB, {f(fl['per_stream_kb'])} KiB per stream, "
+            f"open files {_files(fl)} (errors: {fl['errors'] or 0})."
         )
+    parts.append(
+        "RSS per held stream follows the burst's peak, not only what a held stream keeps: memory freed after the "
+        "ramp stays with the process. Beyond each held stream's client and synthesizer connections, the open "
+        "files count the upstream connections the ramp opened and left idle in the pool: the quicker the ramp, "
+        "the more requests were between their panel and their synthesizer at once, and the higher the peak."
+    )
     if data.get("slope_kb_per_stream") is not None:
         parts.append(f"Slope between the two largest levels: {f(data['slope_kb_per_stream'])} KiB per stream.")
     soak = data.get("soak") or {}

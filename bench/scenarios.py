@@ -727,8 +727,10 @@ async def hold_streams(
     """Open n streams at once, wait until each has its first answer token, read RSS, then close them.
 
     `at_hold`: awaited while every stream is held, before RSS is read (`bench.heap` takes its snapshot there).
+    The open files (sockets) are counted too: RSS per held stream follows the burst's peak, and the upstream
+    connections the burst left open say how high that was (a quicker ramp opens more at once).
     """
-    before = service.rss()
+    before, files_before = service.rss(), service.open_files()
     reached = 0
     all_in = asyncio.Event()
     release = asyncio.Event()
@@ -765,7 +767,7 @@ async def hold_streams(
     await asyncio.sleep(0.5)
     if at_hold is not None:
         await at_hold()
-    held = service.rss()
+    held, files_held = service.rss(), service.open_files()
     fake_rss = bench.services["fake"].rss()
     release.set()
     await asyncio.gather(*tasks)
@@ -780,6 +782,8 @@ async def hold_streams(
         "rss_after_release_mb": after / 2**20,
         "per_stream_kb": (held - before) / 1024 / max(1, reached),
         "fake_rss_mb": fake_rss / 2**20,
+        "open_files_before": files_before,
+        "open_files_held": files_held,
     }
 
 
