@@ -180,7 +180,11 @@ def test_metrics_count_requests_stages_and_errors(
     assert 'openfusion_upstream_errors_total{provider="fake",status="503"} 2.0' in text
     assert "openfusion_synthesizer_first_token_seconds_count 2.0" in text
     assert "openfusion_requests_in_flight 0.0" in text
-    assert 'openfusion_tokens_total{kind="prompt"}' in text and "openfusion_overhead_seconds_bucket" in text
+    # The four calls that answered in each request (a, c, the judge, the synthesizer): 11 prompt and 7 completion
+    # tokens each, added up per request.
+    assert 'openfusion_tokens_total{kind="prompt"} 88.0' in text
+    assert 'openfusion_tokens_total{kind="completion"} 56.0' in text
+    assert "openfusion_overhead_seconds_bucket" in text
 
 
 def test_json_logs_carry_the_generation_id(upstream: FakeUpstream, start_server: Any, activity_path: Path) -> None:

@@ -189,8 +189,7 @@ class Ledger:
         # A cache hit made no call: it cost nothing (known), not an unknown amount.
         usage = bill.usage.model_copy(update={"cost": 0.0}) if self.cache_hit else bill.usage
         cost = usage.cost
-        for call in self.trace.calls:
-            state.metrics.observe_call(call)
+        state.metrics.observe_calls(self.trace.calls)
         state.metrics.count_request(self.route, self.status)
         state.metrics.overhead_seconds.observe(overhead / 1000)
         if cost:

@@ -9,6 +9,7 @@ every worker's files: counters and histograms over all workers, dead ones includ
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -123,17 +124,24 @@ class Metrics:
             self.activity_queued.set(stats.queued)
             await asyncio.sleep(_PUBLISH_EVERY_S)
 
-    def observe_call(self, call: CallTrace) -> None:
-        """Count one finished upstream call."""
-        self._labelled(self.stage_seconds, call.role).observe(call.latency_ms / 1000)
-        if call.role == "synthesizer" and call.first_token is not None:
-            self.first_token_seconds.observe(call.first_token - call.started)
-        if call.status == "error":
-            status = str(call.upstream_status) if call.upstream_status else "transport"
-            self._labelled(self.upstream_errors, call.provider, status).inc()
-        if call.usage is not None:
-            self._labelled(self.tokens, "prompt").inc(call.usage.prompt_tokens)
-            self._labelled(self.tokens, "completion").inc(call.usage.completion_tokens)
+    def observe_calls(self, calls: Iterable[CallTrace]) -> None:
+        """Count a request's finished upstream calls (their tokens added up first: one increment per kind)."""
+        prompt = completion = 0
+        reported = False
+        for call in calls:
+            self._labelled(self.stage_seconds, call.role).observe(call.latency_ms / 1000)
+            if call.role == "synthesizer" and call.first_token is not None:
+                self.first_token_seconds.observe(call.first_token - call.started)
+            if call.status == "error":
+                status = str(call.upstream_status) if call.upstream_status else "transport"
+                self._labelled(self.upstream_errors, call.provider, status).inc()
+            if call.usage is not None:
+                reported = True
+                prompt += call.usage.prompt_tokens
+                completion += call.usage.completion_tokens
+        if reported:
+            self._labelled(self.tokens, "prompt").inc(prompt)
+            self._labelled(self.tokens, "completion").inc(completion)
 
     def count_request(self, route: str, status: str) -> None:
         """Count one finished request."""
