@@ -219,18 +219,19 @@ class Ledger:
             recorded = state.activity.enqueue(draft, on_written=written, hurry=confirm is not None)
         if reservation is not None and not recorded:
             reservation.written(False)  # never reaches the store: its cost stays counted here
-        log.info(
-            "request finished",
-            extra={
-                "model": self.requested_model,
-                "status": self.status,
-                "failure_reason": self.failure_reason,
-                "latency_ms": latency_ms,
-                "overhead_ms": round(overhead, 2),
-                "upstream_calls": len(calls),
-                "key_name": self.key_name,
-            },
-        )
+        if log.isEnabledFor(logging.INFO):  # its fields are not gathered for a line nobody writes
+            log.info(
+                "request finished",
+                extra={
+                    "model": self.requested_model,
+                    "status": self.status,
+                    "failure_reason": self.failure_reason,
+                    "latency_ms": latency_ms,
+                    "overhead_ms": round(overhead, 2),
+                    "upstream_calls": len(calls),
+                    "key_name": self.key_name,
+                },
+            )
         return recorded
 
     def _entry(
