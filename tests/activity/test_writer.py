@@ -370,3 +370,17 @@ async def test_a_draft_that_fails_to_build_costs_only_itself(
     assert told == {"gen-000": [True], "gen-001": [False], "gen-002": [True]}
     assert await _stored_ids(sqlite_store) == ["gen-000", "gen-002"]
     assert any("gen-001" in r.getMessage() and "not built" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_batch_of_drafts_that_all_fail_to_build_writes_nothing(sqlite_store: SqliteStore) -> None:
+    store = RecordingStore(sqlite_store)
+    broken = CountedDraft(make_entry("gen-broken"), broken=True)
+    lost = asyncio.Event()
+    async with ActivityWriter(store, flush_interval_s=60.0) as writer:
+        assert writer.enqueue(broken, on_written=lambda ok: ok or lost.set(), hurry=True) is True
+        await asyncio.wait_for(lost.wait(), timeout=5)
+        later = make_entry("gen-later")  # the writer carries on
+        writer.record(later.generation, later.calls, hurry=True)
+        await store.wait_for_batches([1])
+    assert broken.builds == 1 and store.batches == [1]  # no empty write for the batch that had nothing left
+    assert await _stored_ids(sqlite_store) == ["gen-later"]

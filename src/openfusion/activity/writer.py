@@ -198,7 +198,8 @@ class ActivityWriter:
                     await self._wake.wait()  # the first record, or aclose()
                     continue
                 await self._gather()
-                await self._flush(self._take())
+                if batch := self._take():  # empty when every record in it failed to build
+                    await self._flush(batch)
         finally:
             self._stopped = True
 
