@@ -46,6 +46,10 @@ CASES = [
     ("fusion bench3 non-stream c=1", BENCH3, False, 1, "overhead over 395 ms"),
     ("fusion bench3 stream c=1", BENCH3, True, 1, "overhead over 395 ms"),
     ("fusion fast0 stream c=50", FAST0, True, 50, "CPU per request"),
+    # The targets' own case (the full run's fusion scenario): upstream waits as in bench3, so the loop idles
+    # between stages, as it does under real providers.
+    ("fusion bench3 stream c=50", BENCH3, True, 50, "CPU per request"),
+    ("fusion bench3 non-stream c=50", BENCH3, False, 50, "CPU per request"),
     ("fusion fast0 non-stream c=50", FAST0, False, 50, "CPU per request"),
     ("fusion 8 tokens stream c=10", FAST0, True, 10, "CPU per request"),
     ("fusion 408 tokens stream c=10", LONG, True, 10, "CPU per request (per token vs 8 tokens)"),
