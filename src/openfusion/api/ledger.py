@@ -185,7 +185,6 @@ class Ledger:
         latency_ms = round((time.perf_counter() - self.trace.started) * 1000)
         overhead = self.overhead_ms()
         bill = self.trace.bill()  # what the response reported, if it got that far: the same calls, the same sums
-        calls = list(zip(self.trace.calls, bill.costs, strict=True))
         # A cache hit made no call: it cost nothing (known), not an unknown amount.
         usage = bill.usage.model_copy(update={"cost": 0.0}) if self.cache_hit else bill.usage
         cost = usage.cost
@@ -196,7 +195,7 @@ class Ledger:
             state.metrics.cost.inc(cost)
         reservation = self.reservation
         if reservation is not None:
-            reservation.settle(cost if calls else 0.0)  # no upstream call: nothing spent
+            reservation.settle(cost if self.trace.calls else 0.0)  # no upstream call: nothing spent
         written = reservation.written if reservation is not None else None
         if confirm is not None:
             written = confirm if written is None else _both(written, confirm)
@@ -215,7 +214,7 @@ class Ledger:
         if state.activity is not None:
             # Built by the writer with the rest of its batch, as it stands now: off the path of the client's next
             # request, which often comes while this runs.
-            draft = _Draft(self, state.activity, latency_ms, usage, calls)
+            draft = _Draft(self, state.activity, latency_ms, usage, bill.costs)
             recorded = state.activity.enqueue(draft, on_written=written, hurry=confirm is not None)
         if reservation is not None and not recorded:
             reservation.written(False)  # never reaches the store: its cost stays counted here
@@ -228,7 +227,7 @@ class Ledger:
                     "failure_reason": self.failure_reason,
                     "latency_ms": latency_ms,
                     "overhead_ms": round(overhead, 2),
-                    "upstream_calls": len(calls),
+                    "upstream_calls": len(self.trace.calls),
                     "key_name": self.key_name,
                 },
             )
@@ -297,8 +296,8 @@ class _Draft:
     """A closed ledger's record, for the activity writer to build in its batch (`ActivityWriter.enqueue`).
 
     It keeps the ledger as it was at its close (a shallow copy: what is set on it later is not recorded), without
-    the run's content unless the store keeps it, and calls still under way then as they were, stopped at that
-    moment.
+    the run's content unless the store keeps it; its calls with their costs (`costs`: the bill's, in the calls'
+    order), those still under way then as they were, stopped at that moment.
     """
 
     __slots__ = ("_activity", "_calls", "_latency_ms", "_ledger", "_usage")
@@ -309,14 +308,17 @@ class _Draft:
         activity: ActivityWriter,
         latency_ms: int,
         usage: Usage,
-        calls: list[tuple[CallTrace, float | None]],
+        costs: tuple[float | None, ...],
     ) -> None:
         now = time.perf_counter()
         self._ledger = snapshot = copy.copy(ledger)
         if not activity.stores_content:  # not held while the record waits for its batch
             snapshot.content = RunContent()
         self._activity, self._latency_ms, self._usage = activity, latency_ms, usage
-        self._calls = [(call if call.ended is not None else _stopped(call, now), cost) for call, cost in calls]
+        self._calls = [
+            (call if call.ended is not None else _stopped(call, now), cost)
+            for call, cost in zip(ledger.trace.calls, costs, strict=True)
+        ]
 
     @property
     def generation_id(self) -> str:
