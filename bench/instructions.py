@@ -1,0 +1,163 @@
+"""Instructions per request: a proxy's CPU cost counted, not timed, so small changes can be compared.
+
+    python -m bench.instructions --build before=/tmp/a/bin/openfusion --build after=/tmp/b/bin/openfusion
+    python -m bench.instructions --build now=… --floor --requests 200 --concurrency 1,8
+
+Timed CPU moves by several percent between runs on these machines (`bench.ab`'s noise); a change worth
+50 µs per fusion (~2%) drowns in it. Here each server runs under valgrind's callgrind, which counts the
+instructions the process executes whatever else the machine is doing. Start-up runs uninstrumented; then,
+per case, `callgrind_control` switches counting on, a warm-up is sent, the counters are zeroed, N requests
+are sent, and the counters are dumped: instructions per request is the dump's total over N. The fake
+upstream and the load generator run natively. Under valgrind a server runs ~50× slower, so the cases use
+the zero-latency `fast0` preset, and concurrency means how many requests are queued, not load.
+
+Counts are of instructions, not time: a cache miss or a system call costs more than its count says. Use
+this to compare builds on the same work, `bench.ab` for what a change does to latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.harness import REPO, Bench, run_harness
+from bench.load import chat_body
+from bench.procs import Service, free_port
+from bench.scenarios import AUTH, FAST0, PASS_MODEL, dumps, floor_presets, main_presets, request_fn, say
+
+CASES = {  # name: (model, stream)
+    "fusion stream": (f"fusion/{FAST0.name}", True),
+    "fusion non-stream": (f"fusion/{FAST0.name}", False),
+    "pass-through non-stream": (PASS_MODEL, False),
+}
+TOTALS = re.compile(rb"^(?:summary|totals):\s+(\d+)", re.MULTILINE)
+
+
+def under_callgrind(service: Service, out_dir: Path) -> Service:
+    """The service's command run under callgrind, counting nothing until switched on."""
+    out = out_dir / f"callgrind.{service.name}.%p"
+    service.argv = [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        "--cache-sim=no",
+        "--branch-sim=no",
+        f"--callgrind-out-file={out}",
+        *service.argv,
+    ]
+    return service
+
+
+def control(pid: int, *flags: str) -> None:
+    subprocess.run(["callgrind_control", *flags, str(pid)], check=True, capture_output=True, timeout=120)
+
+
+def dumped_total(out_dir: Path, name: str, pid: int, before: set[Path]) -> int:
+    """The instruction total of the dump that `callgrind_control --dump` just wrote."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        new = set(out_dir.glob(f"callgrind.{name}.{pid}*")) - before
+        for path in new:
+            found = TOTALS.search(path.read_bytes())
+            if found:
+                return int(found.group(1))
+        time.sleep(0.2)
+    raise RuntimeError(f"no callgrind dump for {name}")
+
+
+async def send(fn: Any, session: Any, requests: int, concurrency: int) -> int:
+    """Send `requests` requests, `concurrency` at a time; the number that failed."""
+    queue = iter(range(requests))
+    failed = 0
+
+    async def worker() -> None:
+        nonlocal failed
+        for _ in queue:
+            sample = await fn(session)
+            failed += not sample.ok
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return failed
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    run_dir = Path(f"/tmp/openfusion-bench/instructions-{time.strftime('%Y%m%d-%H%M%S')}")
+    out_dir = run_dir / "callgrind"
+    out_dir.mkdir(parents=True)
+    builds = dict(spec.split("=", 1) for spec in args.build)
+    bench = Bench(run_dir)
+    results: dict[str, Any] = {"builds": builds, "requests": args.requests, "cases": {}}
+    try:
+        bench.start_fake()
+        services: dict[str, Service] = {}
+        for arm, exe in builds.items():
+            bench.openfusion_bin = exe
+            config, preset_dir = bench.write_openfusion_config(f"openfusion_{arm}", main_presets())
+            port = free_port()
+            argv = [exe, "serve", "--config", str(config), "--presets", str(preset_dir), "--port", str(port)]
+            argv += ["--no-access-log", "--log-level", "warning"]
+            env = {"OPENROUTER_API_KEY": "", "OPENAI_API_KEY": ""}
+            service = Service(f"openfusion_{arm}", argv, port, "/healthz", env=env, log_dir=bench.logs)
+            services[arm] = bench._start(under_callgrind(service, out_dir), timeout=600)
+        if args.floor:
+            assert bench.fake is not None
+            port = free_port()
+            argv = [sys.executable, "-m", "bench.floor", "--port", str(port), "--upstream", f"{bench.fake.url}/v1"]
+            argv += ["--presets", dumps(floor_presets()).decode(), "--workers", "1"]
+            service = Service("floor", argv, port, "/health", log_dir=bench.logs, cwd=REPO)
+            services["floor"] = bench._start(under_callgrind(service, out_dir), timeout=600)
+        session = bench.session(timeout_s=600)
+        concurrencies = [int(c) for c in args.concurrency.split(",")]
+        for case, (model, stream) in CASES.items():
+            if args.only and not any(word in case for word in args.only.split(",")):
+                continue
+            for c in concurrencies:
+                name = f"{case} c={c}"
+                row = results["cases"][name] = {}
+                for arm, service in services.items():
+                    if arm == "floor" and model == PASS_MODEL:
+                        continue
+                    url = service.url + "/v1/chat/completions"
+                    fn = request_fn(url, chat_body(model, stream=stream), stream=stream, headers=AUTH)
+                    control(service.pid, "--instr=on")
+                    await send(fn, session, args.warmup, c)
+                    control(service.pid, "--zero")
+                    failed = await send(fn, session, args.requests, c)
+                    await asyncio.sleep(args.settle_s)  # what the requests left to do (records, closes)
+                    before = set(out_dir.glob(f"callgrind.{service.name}.{service.pid}*"))
+                    control(service.pid, "--dump")
+                    total = dumped_total(out_dir, service.name, service.pid, before)
+                    control(service.pid, "--instr=off")
+                    row[arm] = {"instructions_per_request": total / args.requests, "failed": failed}
+                    per_request = total / args.requests / 1e6
+                    say(f"{name:>32} {arm:>10}: {per_request:8.3f} M instructions/request, {failed} failed")
+    finally:
+        await bench.close_sessions()
+        bench.stop_all()
+    (run_dir / "instructions.json").write_bytes(dumps(results))
+    say(f"wrote {run_dir / 'instructions.json'}")
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--build", action="append", required=True, help="NAME=PATH of an `openfusion` executable")
+    parser.add_argument("--floor", action="store_true", help="count the floor arm (`bench/floor.py`) too")
+    parser.add_argument("--requests", type=int, default=100, help="requests counted per build and case")
+    parser.add_argument("--warmup", type=int, default=20, help="requests sent first, not counted")
+    parser.add_argument("--concurrency", default="1,8", help="comma-separated: requests in flight at once")
+    parser.add_argument("--settle-s", type=float, default=1.0, help="wait after the last response before the dump")
+    parser.add_argument("--only", default="", help="comma-separated words: run only the cases whose name has one")
+    args = parser.parse_args()
+    run_harness(run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
