@@ -10,6 +10,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from activity.support import FUSION_CALLS, T0, entries_over_time, make_entry
 from openfusion.activity import (
@@ -23,6 +25,7 @@ from openfusion.activity import (
 )
 from openfusion.activity.migrations import MIGRATIONS, latest_version, pending
 from openfusion.activity.postgres_store import PostgresStore
+from openfusion.activity.sql import _UNSTORABLE, storable
 from openfusion.activity.sqlite_store import SqliteStore
 from openfusion.activity.stored import ResponseStore, StoredResponse
 from openfusion.errors import ConfigError
@@ -276,7 +279,11 @@ async def test_nul_and_lone_surrogates_are_stored_alike_in_both_stores(store: Ac
         analysis={"consensus": [odd]},
         calls=({**FUSION_CALLS[1], "error": odd},),
     )
-    await store.write([make_entry("gen-before"), entry, make_entry("gen-after")])
+    plain = make_entry("gen-plain-nul", final_answer="plain\x00text", calls=({**FUSION_CALLS[1], "error": "e\x00"},))
+    await store.write([make_entry("gen-before"), entry, plain, make_entry("gen-after")])
+    loaded_plain = await store.get("gen-plain-nul")  # ASCII text: its NUL is found without the pattern's scan
+    assert loaded_plain is not None
+    assert loaded_plain.generation.final_answer == "plain\ufffdtext" and loaded_plain.calls[0].error == "e\ufffd"
     loaded = await store.get("gen-odd")
     assert loaded is not None
     replaced = "a\ufffdb\ufffdc"
@@ -447,3 +454,13 @@ async def test_postgres_reads_a_keys_page_through_its_index(postgres_url: str) -
         assert "generations_by_key" in plan and "Sort" not in plan, plan
     finally:
         await store.close()
+
+
+_ODD_TEXT = st.text(alphabet=st.sampled_from("a\x00\ud800\udfff\ue000é\x7f"))  # NUL, surrogates and their neighbours
+
+
+@given(st.one_of(st.text(), st.text(alphabet=st.characters(max_codepoint=127)), _ODD_TEXT, st.none(), st.integers()))
+def test_storable_replaces_exactly_what_the_pattern_finds(value: object) -> None:
+    """The ASCII shortcut in `storable` gives what the pattern alone gives, for any text."""
+    expected = _UNSTORABLE.sub("\ufffd", value) if isinstance(value, str) else value
+    assert storable(value) == expected
