@@ -65,6 +65,24 @@ async def test_sqlite_creates_file_folder_and_schema(sqlite_path: Path) -> None:
     assert _sqlite_versions(sqlite_path) == [m.version for m in MIGRATIONS]
 
 
+async def test_sqlite_binds_nulls_and_booleans_as_sqlite_values(sqlite_path: Path) -> None:
+    """None is NULL and a bool is the integer 0 or 1 in the file, as other SQLite readers expect."""
+    store = await SqliteStore.open(sqlite_path)
+    try:
+        await store.write([make_entry("gen-types", cost=None, failure_reason=None, streamed=True, cache_hit=False)])
+        assert (await store.get("gen-types")) == make_entry(
+            "gen-types", cost=None, failure_reason=None, streamed=True, cache_hit=False
+        )
+    finally:
+        await store.close()
+    with sqlite3.connect(sqlite_path) as conn:
+        row = conn.execute(
+            "SELECT typeof(cost), typeof(failure_reason), streamed, typeof(streamed), cache_hit, typeof(cache_hit)"
+            " FROM generations WHERE id = 'gen-types'"
+        ).fetchone()
+    assert row == ("null", "null", 1, "integer", 0, "integer")
+
+
 async def test_sqlite_upgrades_an_older_schema_and_keeps_its_data(sqlite_path: Path) -> None:
     old = await SqliteStore.open(sqlite_path, migrations=MIGRATIONS[:1])
     assert await old.schema_version() == 1
