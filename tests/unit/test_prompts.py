@@ -7,6 +7,8 @@ import re
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from openfusion.delimiting import encode_untrusted
 from openfusion.pipeline.analysis import Analysis
@@ -222,6 +224,17 @@ def test_fill_is_single_pass() -> None:
 def test_fill_leaves_unknown_placeholders_and_json() -> None:
     assert fill("{known} {unknown}", known="x") == "x {unknown}"
     assert fill('{"key": [string]}', key="no") == '{"key": [string]}'
+
+
+_TEMPLATE_TEXT = st.text(alphabet=st.sampled_from("{}ab_ \n"), max_size=40)
+
+
+@given(_TEMPLATE_TEXT, st.dictionaries(st.sampled_from(["a", "b", "a_b", "_"]), _TEMPLATE_TEXT, max_size=4))
+def test_fill_agrees_with_one_substitution_pass(template: str, values: dict[str, str]) -> None:
+    """The template is split once and cached; what comes out is what one `re.sub` pass makes of it."""
+    expected = re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), template)
+    assert fill(template, **values) == expected
+    assert fill(template, **values) == expected  # and again, from the cached split
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
@@ -25,9 +25,19 @@ def prompt(name: str) -> str:
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
+@lru_cache(maxsize=32)
+def _pieces(template: str) -> tuple[str, ...]:
+    """A template split once: text, placeholder name, text, …, text (a prompt is several KiB to scan)."""
+    return tuple(_PLACEHOLDER.split(template))
+
+
 def fill(template: str, **values: str) -> str:
     """Fill `{name}` placeholders in one pass (a value containing `{x}` is not filled again)."""
-    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
+    pieces = _pieces(template)
+    filled = list(pieces)
+    for i in range(1, len(pieces), 2):
+        filled[i] = values.get(pieces[i], "{" + pieces[i] + "}")
+    return "".join(filled)
 
 
 def _attr(value: str) -> str:
