@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openfusion.access.config import CorsConfig
@@ -66,26 +65,40 @@ class BrowserGuard:
 
     def refusal(self, scope: Scope) -> OpenFusionError | None:
         """Why an HTTP request is refused (a cross-site call, a body that is not JSON), or None."""
-        headers = Headers(scope=scope)
+        headers = _read_headers(scope)
         if not is_activity_page(route_path(scope)) and self._from_another_site(headers):
             return CrossSiteRequest(
                 "Cross-site browser requests are refused: call this API from a server, or allow the page's "
                 "origin in [cors] allow_origins."
             )
         if scope["method"] in _WITH_BODY:
-            media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            media_type = headers.get(b"content-type", "").split(";", 1)[0].strip().lower()
             if media_type != "application/json":
                 shown = f"got {media_type!r}" if media_type else "none was sent"
                 return UnsupportedMediaType(f"Content-Type must be application/json ({shown}).")
         return None
 
-    def _from_another_site(self, headers: Headers) -> bool:
-        origin = headers.get("origin")
+    def _from_another_site(self, headers: dict[bytes, str]) -> bool:
+        origin = headers.get(b"origin")
         if origin is not None and (self.any_origin or origin.rstrip("/").lower() in self.origins):
             return False  # the operator allows this origin's pages to call the API
-        site = headers.get("sec-fetch-site")
+        site = headers.get(b"sec-fetch-site")
         if site is not None:  # every current browser sends it: trust it over Host, which proxies rewrite
             return site in _OTHER_SITE
         if origin is None:
             return False  # not a browser (SDKs, curl), or a same-origin GET
-        return urlsplit(origin).netloc.lower() != headers.get("host", "").lower()
+        return urlsplit(origin).netloc.lower() != headers.get(b"host", "").lower()
+
+
+_READ = frozenset({b"origin", b"sec-fetch-site", b"host", b"content-type"})
+
+
+def _read_headers(scope: Scope) -> dict[bytes, str]:
+    """The headers the guard reads, in one pass (the first of each, as `Headers.get` gives; ASGI names are
+    lowercase). Most requests lack `Origin` and `Sec-Fetch-Site`: a `Headers` lookup of each raised and caught
+    a KeyError."""
+    found: dict[bytes, str] = {}
+    for name, value in scope["headers"]:
+        if name in _READ and name not in found:
+            found[name] = value.decode("latin-1")
+    return found
