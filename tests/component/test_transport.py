@@ -21,8 +21,10 @@ from aiohttp.test_utils import TestServer
 from component.support import chunk_json, completion_json, sse_bytes
 from openfusion.errors import UpstreamConnectionError, UpstreamStatusError, UpstreamTimeout
 from openfusion.settings import HttpSettings, ProviderConfig, RetrySettings, Settings
+from openfusion.upstream import client as client_module
 from openfusion.upstream.client import UpstreamClient, build_http_client
 from openfusion.upstream.providers import ProviderRegistry
+from openfusion.upstream.stage import within_stage
 from openfusion.upstream.transport import AiohttpBody, AiohttpTransport, body_blocks, mapped_error, read_body
 
 KEY = "sk-loopback-0123456789"
@@ -364,3 +366,58 @@ def _reachable_bytes(root: Any) -> list[bytes]:
                 seen.add(id(ref))
                 todo.append(ref)
     return found
+
+
+class _CountedLimits:
+    """The client module's `asyncio`, with `asyncio.timeout` counted: how many limits its attempts set."""
+
+    def __init__(self) -> None:
+        self.set = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    def timeout(self, delay: float | None) -> asyncio.Timeout:
+        self.set += 1
+        return asyncio.timeout(delay)
+
+
+@pytest.fixture
+def counted_limits(monkeypatch: pytest.MonkeyPatch) -> _CountedLimits:
+    counted = _CountedLimits()
+    monkeypatch.setattr(client_module, "asyncio", counted)
+    return counted
+
+
+async def test_a_call_in_a_stage_that_ends_first_sets_no_limit_of_its_own(
+    make_upstream: Any, counted_limits: _CountedLimits
+) -> None:
+    client = make_upstream(call_timeout_s=300)
+    await client.complete("lo/plain", {"messages": MESSAGES})
+    assert counted_limits.set == 1  # outside a stage: the attempt's own limit
+
+    async with asyncio.timeout(60) as limit:
+        with within_stage(limit):
+            await client.complete("lo/plain", {"messages": MESSAGES})
+    assert counted_limits.set == 1  # the stage ends before the attempt's 300 s would: no second timer
+
+    async with asyncio.timeout(600) as limit:
+        with within_stage(limit):
+            await client.complete("lo/plain", {"messages": MESSAGES})
+    assert counted_limits.set == 2  # a stage that ends later: the attempt keeps its own
+
+
+async def test_a_shorter_call_limit_still_applies_inside_a_stage(make_upstream: Any) -> None:
+    async with asyncio.timeout(30) as limit:
+        with within_stage(limit), pytest.raises(UpstreamTimeout, match=r"http\.call_timeout_s"):
+            await make_upstream(call_timeout_s=0.2).complete("lo/slow", {"messages": MESSAGES})
+
+
+async def test_the_stage_limit_alone_ends_a_call_that_sets_none(make_upstream: Any) -> None:
+    client = make_upstream(call_timeout_s=300)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2) as limit:
+            with within_stage(limit):
+                await client.complete("lo/slow", {"messages": MESSAGES})
+    assert asyncio.get_running_loop().time() - started < 1.5  # the 2 s upstream was not waited for

@@ -30,6 +30,7 @@ from openfusion.upstream.providers import Provider, ProviderRegistry, Route
 from openfusion.upstream.retry import client_is_retrying, is_retryable, parse_retry_after, retrying
 from openfusion.upstream.shape import completion_problem
 from openfusion.upstream.sse_decode import sse_data
+from openfusion.upstream.stage import stage_ends
 from openfusion.upstream.trace import CallTrace, begin_call, end_call
 from openfusion.upstream.transport import AiohttpTransport, body_blocks, read_body
 
@@ -353,7 +354,11 @@ class UpstreamClient:
 
         httpx's timeouts are per read: an upstream that trickles a byte now and then never trips them.
         """
-        budget = min(self.call_timeout_s, deadline - asyncio.get_running_loop().time())
+        now = asyncio.get_running_loop().time()
+        budget = min(self.call_timeout_s, deadline - now)
+        ends = stage_ends()
+        if ends is not None and ends <= now + budget:  # the stage's limit ends first: it alone can fire
+            return await self._send(route, payload, stream=stream, call=call, path=path, headers=headers)
         try:
             async with asyncio.timeout(budget):
                 return await self._send(route, payload, stream=stream, call=call, path=path, headers=headers)
