@@ -155,8 +155,11 @@ def main() -> int:
     parser.add_argument("--settle-s", type=float, default=1.0, help="wait after the last response before the dump")
     parser.add_argument("--only", default="", help="comma-separated words: run only the cases whose name has one")
     args = parser.parse_args()
-    run_harness(run(args))
-    return 0
+    results = run_harness(run(args))
+    failed = sum(arm["failed"] for row in results["cases"].values() for arm in row.values())
+    if failed:
+        say(f"{failed} requests failed: their counts do not measure what they name")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
