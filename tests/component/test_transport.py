@@ -406,6 +406,11 @@ async def test_a_call_in_a_stage_that_ends_first_sets_no_limit_of_its_own(
             await client.complete("lo/plain", {"messages": MESSAGES})
     assert counted_limits.set == 2  # a stage that ends later: the attempt keeps its own
 
+    async with asyncio.timeout(60) as limit:
+        with within_stage(limit):
+            await asyncio.create_task(client.complete("lo/plain", {"messages": MESSAGES}))
+    assert counted_limits.set == 3  # another task, which the stage's limit does not cancel: its own limit
+
 
 async def test_a_shorter_call_limit_still_applies_inside_a_stage(make_upstream: Any) -> None:
     async with asyncio.timeout(30) as limit:

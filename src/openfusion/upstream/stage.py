@@ -3,21 +3,28 @@
 Every upstream attempt runs within `http.call_timeout_s` (and what is left of `retry.deadline_s`), and every
 fusion stage (a panelist, the judge, the synthesizer's first token) within its own limit. With the defaults
 (300 s each) the stage's limit, set first, always ends first: the attempt's would never fire, yet each cost a
-timer scheduled and cancelled (~5 µs, five per fusion). A stage says when it ends here; an attempt whose own
-limit would end later sets none. A shorter `call_timeout_s` still applies.
+timer scheduled and cancelled (~5 µs, five per fusion). A stage says here when it ends, and which task it
+bounds; an attempt made by that task whose own limit would end later sets none. A shorter `call_timeout_s`
+still applies, and so does the attempt's own limit in any other task (one the stage started, which its limit
+does not cancel and which may outlive it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from contextvars import ContextVar, Token
 from types import TracebackType
+from typing import Any
 
-_STAGE_ENDS: ContextVar[float | None] = ContextVar("openfusion_stage_ends", default=None)
+# (when the stage ends, its task): the task by weak reference, as a context that names its own task would be a
+# reference cycle (a task holds its context).
+_Stage = tuple[float, "weakref.ref[asyncio.Task[Any]]"]
+_STAGE: ContextVar[_Stage | None] = ContextVar("openfusion_stage", default=None)
 
 
 class within_stage:
-    """Inside `async with asyncio.timeout(...) as limit:`, tells the calls made here when that limit ends.
+    """Inside `async with asyncio.timeout(...) as limit:`, tells the calls this task makes here when that limit ends.
 
     The limit's deadline is read once, on entry: a stage does not move its deadline.
     """
@@ -28,14 +35,19 @@ class within_stage:
         self._limit = limit
 
     def __enter__(self) -> None:
-        self._token: Token[float | None] = _STAGE_ENDS.set(self._limit.when())
+        ends, task = self._limit.when(), asyncio.current_task()
+        stage = None if ends is None or task is None else (ends, weakref.ref(task))
+        self._token: Token[_Stage | None] = _STAGE.set(stage)
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        _STAGE_ENDS.reset(self._token)
+        _STAGE.reset(self._token)
 
 
 def stage_ends() -> float | None:
-    """When the enclosing stage's limit ends (the event loop's clock), or None outside a limited stage."""
-    return _STAGE_ENDS.get()
+    """When the limit of the stage this task runs in ends (the event loop's clock), or None outside one."""
+    stage = _STAGE.get()
+    if stage is None or stage[1]() is not asyncio.current_task():
+        return None
+    return stage[0]
