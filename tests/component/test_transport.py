@@ -24,7 +24,7 @@ from openfusion.settings import HttpSettings, ProviderConfig, RetrySettings, Set
 from openfusion.upstream import client as client_module
 from openfusion.upstream.client import UpstreamClient, build_http_client
 from openfusion.upstream.providers import ProviderRegistry
-from openfusion.upstream.stage import within_stage
+from openfusion.upstream.stage import stage_limit
 from openfusion.upstream.transport import AiohttpBody, AiohttpTransport, body_blocks, mapped_error, read_body
 
 KEY = "sk-loopback-0123456789"
@@ -396,25 +396,22 @@ async def test_a_call_in_a_stage_that_ends_first_sets_no_limit_of_its_own(
     await client.complete("lo/plain", {"messages": MESSAGES})
     assert counted_limits.set == 1  # outside a stage: the attempt's own limit
 
-    async with asyncio.timeout(60) as limit:
-        with within_stage(limit):
-            await client.complete("lo/plain", {"messages": MESSAGES})
+    async with stage_limit(60):
+        await client.complete("lo/plain", {"messages": MESSAGES})
     assert counted_limits.set == 1  # the stage ends before the attempt's 300 s would: no second timer
 
-    async with asyncio.timeout(600) as limit:
-        with within_stage(limit):
-            await client.complete("lo/plain", {"messages": MESSAGES})
+    async with stage_limit(600):
+        await client.complete("lo/plain", {"messages": MESSAGES})
     assert counted_limits.set == 2  # a stage that ends later: the attempt keeps its own
 
-    async with asyncio.timeout(60) as limit:
-        with within_stage(limit):
-            await asyncio.create_task(client.complete("lo/plain", {"messages": MESSAGES}))
+    async with stage_limit(60):
+        await asyncio.create_task(client.complete("lo/plain", {"messages": MESSAGES}))
     assert counted_limits.set == 3  # another task, which the stage's limit does not cancel: its own limit
 
 
 async def test_a_shorter_call_limit_still_applies_inside_a_stage(make_upstream: Any) -> None:
-    async with asyncio.timeout(30) as limit:
-        with within_stage(limit), pytest.raises(UpstreamTimeout, match=r"http\.call_timeout_s"):
+    async with stage_limit(30):
+        with pytest.raises(UpstreamTimeout, match=r"http\.call_timeout_s"):
             await make_upstream(call_timeout_s=0.2).complete("lo/slow", {"messages": MESSAGES})
 
 
@@ -422,7 +419,6 @@ async def test_the_stage_limit_alone_ends_a_call_that_sets_none(make_upstream: A
     client = make_upstream(call_timeout_s=300)
     started = asyncio.get_running_loop().time()
     with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.2) as limit:
-            with within_stage(limit):
-                await client.complete("lo/slow", {"messages": MESSAGES})
+        async with stage_limit(0.2):
+            await client.complete("lo/slow", {"messages": MESSAGES})
     assert asyncio.get_running_loop().time() - started < 1.5  # the 2 s upstream was not waited for

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -15,7 +14,7 @@ from openfusion.pipeline.research import NO_RESEARCH, ResearchPlan, answer_with_
 from openfusion.pipeline.structured import DialectMemory, rejects_response_format, response_format
 from openfusion.protocol import Usage
 from openfusion.upstream.client import Completion, UpstreamClient
-from openfusion.upstream.stage import within_stage
+from openfusion.upstream.stage import stage_limit
 
 _TRUNCATED = (
     "the reply was cut off at the token limit (max_completion_tokens {limit}) before it was complete; "
@@ -72,12 +71,11 @@ async def analyse(
     for attempt in range(2):
         outcome.attempts = attempt + 1
         try:
-            async with asyncio.timeout(timeout_s) as limit:
+            async with stage_limit(timeout_s):
                 # The judge may verify claims on the web first; the repair call only fixes its JSON.
-                with within_stage(limit):
-                    done = await answer_with_research(
-                        call, messages=messages, plan=research if attempt == 0 else NO_RESEARCH, usages=usages
-                    )
+                done = await answer_with_research(
+                    call, messages=messages, plan=research if attempt == 0 else NO_RESEARCH, usages=usages
+                )
         except TimeoutError:
             outcome.failure_reason = "judge_upstream_error"
             outcome.detail = f"{model} did not answer within judge_timeout_s ({timeout_s:g} s)"

@@ -16,7 +16,7 @@ from openfusion.pipeline.research import NO_RESEARCH, ResearchPlan, answer_with_
 from openfusion.pipeline.sampling import SamplingMemory
 from openfusion.protocol import Usage, sum_usage
 from openfusion.upstream.client import Completion, UpstreamClient
-from openfusion.upstream.stage import within_stage
+from openfusion.upstream.stage import stage_limit
 from openfusion.upstream.trace import role
 
 
@@ -50,8 +50,8 @@ async def ask_panelist(
         return PanelFailure(model, message, _ms(started), label=label, usage=_spent(billed), dropped=dropped, **details)
 
     try:
-        async with asyncio.timeout(timeout_s) as limit:
-            with role("panel"), within_stage(limit):
+        async with stage_limit(timeout_s):
+            with role("panel"):
                 done = await answer_with_research(call, messages=body["messages"], plan=research, usages=billed)
     except TimeoutError:
         return failed(f"{model} did not answer within panel_timeout_s ({timeout_s:g} s)", code="timeout")

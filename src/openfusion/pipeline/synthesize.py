@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,7 +14,7 @@ from openfusion.pipeline.prompts import Messages
 from openfusion.pipeline.sampling import SamplingMemory
 from openfusion.protocol import ChatRequest, Usage, parse_usage
 from openfusion.upstream.client import UpstreamClient
-from openfusion.upstream.stage import within_stage
+from openfusion.upstream.stage import stage_limit
 from openfusion.upstream.trace import role
 
 # Client fields that shape the final answer and so go to the synthesizer as given.
@@ -98,10 +97,9 @@ class SynthesisStream:
             yield SynthesisStarted(model, attempt)
             async with contextlib.AsyncExitStack() as stack:
                 try:
-                    async with asyncio.timeout(self._timeout) as limit:
-                        with within_stage(limit):
-                            chunks = await self._open(model, stack)
-                            first = await anext(chunks)
+                    async with stage_limit(self._timeout):
+                        chunks = await self._open(model, stack)
+                        first = await anext(chunks)
                 except (OpenFusionError, TimeoutError, StopAsyncIteration) as exc:
                     self.failures.append((model, _as_error(exc, model, self._timeout).message))
                     if attempt == len(self._models):

@@ -1,4 +1,4 @@
-"""When the pipeline stage a call runs in must end: a call inside a stage that ends first sets no time limit of its own.
+"""A pipeline stage's time limit, known to the calls made under it: a call in a stage that ends first sets none.
 
 Every upstream attempt runs within `http.call_timeout_s` (and what is left of `retry.deadline_s`), and every
 fusion stage (a panelist, the judge, the synthesizer's first token) within its own limit. With the defaults
@@ -23,26 +23,30 @@ _Stage = tuple[float, "weakref.ref[asyncio.Task[Any]]"]
 _STAGE: ContextVar[_Stage | None] = ContextVar("openfusion_stage", default=None)
 
 
-class within_stage:
-    """Inside `async with asyncio.timeout(...) as limit:`, tells the calls this task makes here when that limit ends.
+class stage_limit:
+    """`async with stage_limit(seconds):` is `asyncio.timeout(seconds)`, and tells the calls this task makes
+    inside when it ends.
 
-    The limit's deadline is read once, on entry: a stage does not move its deadline.
+    One object for both, so that no frame keeps the timeout (which holds its task) once the block is left: a
+    synthesizer's stream, suspended for minutes after its first token, holds nothing of the limit it had.
     """
 
-    __slots__ = ("_limit", "_token")
+    __slots__ = ("_timeout", "_token")
 
-    def __init__(self, limit: asyncio.Timeout) -> None:
-        self._limit = limit
+    def __init__(self, seconds: float | None) -> None:
+        self._timeout = asyncio.timeout(seconds)
 
-    def __enter__(self) -> None:
-        ends, task = self._limit.when(), asyncio.current_task()
+    async def __aenter__(self) -> None:
+        await self._timeout.__aenter__()
+        ends, task = self._timeout.when(), asyncio.current_task()
         stage = None if ends is None or task is None else (ends, weakref.ref(task))
         self._token: Token[_Stage | None] = _STAGE.set(stage)
 
-    def __exit__(
+    async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
-    ) -> None:
+    ) -> bool | None:
         _STAGE.reset(self._token)
+        return await self._timeout.__aexit__(kind, error, traceback)
 
 
 def stage_ends() -> float | None:
