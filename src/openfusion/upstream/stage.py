@@ -45,8 +45,10 @@ class stage_limit:
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> bool | None:
-        _STAGE.reset(self._token)
-        return await self._timeout.__aexit__(kind, error, traceback)
+        try:
+            return await self._timeout.__aexit__(kind, error, traceback)  # the timer cancelled, whatever happens next
+        finally:
+            _STAGE.reset(self._token)
 
 
 def stage_ends() -> float | None:
