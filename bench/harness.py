@@ -10,7 +10,7 @@ import sys
 import textwrap
 import time
 import urllib.request
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +22,8 @@ from bench.load import LoopResult, RequestFn, Sample, closed_loop, summarize
 from bench.procs import Service, connections_by_pid, cpu_delta, free_port, loadavg, machine_busy_seconds, raise_fd_limit
 
 REPO = Path(__file__).resolve().parents[1]
+# What a service's command is run under, if anything: the service with its command changed.
+Wrap = Callable[[Service], Service]
 MASTER_KEY = "sk-bench"  # LiteLLM refuses to start without one; every arm gets the same header
 
 
@@ -99,7 +101,9 @@ class Bench:
 
     # -- processes ---------------------------------------------------------------------------
 
-    def _start(self, service: Service, timeout: float = 60.0) -> Service:
+    def _start(self, service: Service, timeout: float = 60.0, *, wrap: Wrap | None = None) -> Service:
+        if wrap is not None:  # e.g. run under a profiler (`bench.instructions`)
+            service = wrap(service)
         self.services[service.name] = service
         self.commands[service.name] = " ".join(service.argv)
         service.start()
@@ -122,14 +126,22 @@ class Bench:
         return self.fake
 
     def start_floor(
-        self, name: str, presets: dict[str, dict[str, Any]], *, workers: int = 1, env: dict[str, str] | None = None
+        self,
+        name: str,
+        presets: dict[str, dict[str, Any]],
+        *,
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+        wrap: Wrap | None = None,
+        ready_timeout_s: float = 60.0,
     ) -> Service:
         """The floor arm (`bench/floor.py`): raw aiohttp on uvloop making a fusion's five calls to the fake."""
         assert self.fake is not None
         port = free_port()
         argv = [sys.executable, "-m", "bench.floor", "--port", str(port), "--upstream", f"{self.fake.url}/v1"]
         argv += ["--presets", json.dumps(presets, separators=(",", ":")), "--workers", str(workers)]
-        return self._start(Service(name, argv, port, "/health", env=env or {}, log_dir=self.logs, cwd=REPO))
+        service = Service(name, argv, port, "/health", env=env or {}, log_dir=self.logs, cwd=REPO)
+        return self._start(service, ready_timeout_s, wrap=wrap)
 
     def openfusion_exe(self) -> str:
         if self.openfusion_bin:
@@ -190,6 +202,8 @@ class Bench:
         max_connections: int = 2048,
         workers: int | None = None,
         env: dict[str, str] | None = None,
+        wrap: Wrap | None = None,
+        ready_timeout_s: float = 30.0,
     ) -> Service:
         config, preset_dir = self.write_openfusion_config(
             name, presets, http_extra=http_extra, max_connections=max_connections
@@ -208,7 +222,8 @@ class Bench:
         argv += [] if access_log else ["--no-access-log", "--log-level", "warning"]
         argv += ["--workers", str(workers)] if workers else []
         own = {k: "" for k in os.environ if k.endswith("_API_KEY")}  # no provider keys from the shell
-        return self._start(Service(name, argv, port, "/healthz", env=own | (env or {}), log_dir=self.logs), timeout=30)
+        service = Service(name, argv, port, "/healthz", env=own | (env or {}), log_dir=self.logs)
+        return self._start(service, ready_timeout_s, wrap=wrap)
 
     def start_litellm(self, models: Sequence[str]) -> Service:
         assert self.fake is not None

@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import REPO, Bench, run_harness
+from bench.harness import Bench, run_harness
 from bench.load import chat_body
-from bench.procs import Service, free_port
+from bench.procs import Service
 from bench.scenarios import AUTH, FAST0, PASS_MODEL, dumps, floor_presets, main_presets, request_fn, say
 
 CASES = {  # name: (model, stream)
@@ -96,22 +96,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         bench.start_fake()
         services: dict[str, Service] = {}
+        wrap = functools.partial(under_callgrind, out_dir=out_dir)
         for arm, exe in builds.items():
             bench.openfusion_bin = exe
-            config, preset_dir = bench.write_openfusion_config(f"openfusion_{arm}", main_presets())
-            port = free_port()
-            argv = [exe, "serve", "--config", str(config), "--presets", str(preset_dir), "--port", str(port)]
-            argv += ["--no-access-log", "--log-level", "warning"]
-            env = {"OPENROUTER_API_KEY": "", "OPENAI_API_KEY": ""}
-            service = Service(f"openfusion_{arm}", argv, port, "/healthz", env=env, log_dir=bench.logs)
-            services[arm] = bench._start(under_callgrind(service, out_dir), timeout=600)
+            services[arm] = bench.start_openfusion(f"openfusion_{arm}", main_presets(), wrap=wrap, ready_timeout_s=600)
         if args.floor:
-            assert bench.fake is not None
-            port = free_port()
-            argv = [sys.executable, "-m", "bench.floor", "--port", str(port), "--upstream", f"{bench.fake.url}/v1"]
-            argv += ["--presets", dumps(floor_presets()).decode(), "--workers", "1"]
-            service = Service("floor", argv, port, "/health", log_dir=bench.logs, cwd=REPO)
-            services["floor"] = bench._start(under_callgrind(service, out_dir), timeout=600)
+            services["floor"] = bench.start_floor("floor", floor_presets(), wrap=wrap, ready_timeout_s=600)
         session = bench.session(timeout_s=600)
         concurrencies = [int(c) for c in args.concurrency.split(",")]
         for case, (model, stream) in CASES.items():
