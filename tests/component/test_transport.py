@@ -17,6 +17,7 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
 
 from component.support import chunk_json, completion_json, sse_bytes
 from openfusion.errors import UpstreamConnectionError, UpstreamStatusError, UpstreamTimeout
@@ -25,7 +26,15 @@ from openfusion.upstream import client as client_module
 from openfusion.upstream.client import UpstreamClient, build_http_client
 from openfusion.upstream.providers import ProviderRegistry
 from openfusion.upstream.stage import stage_limit
-from openfusion.upstream.transport import AiohttpBody, AiohttpTransport, body_blocks, mapped_error, read_body
+from openfusion.upstream.transport import (
+    AiohttpBody,
+    AiohttpReply,
+    AiohttpTransport,
+    body_blocks,
+    mapped_error,
+    read_body,
+    wire_headers,
+)
 
 KEY = "sk-loopback-0123456789"
 MESSAGES = [{"role": "user", "content": "Hi"}]
@@ -76,6 +85,11 @@ class Loopback:
 
     async def _failing(self, _request: web.Request) -> web.Response:
         return web.json_response({"error": {"message": "overloaded right now"}}, status=503)
+
+    async def _limited(self, _request: web.Request) -> web.Response:
+        headers = CIMultiDict([("Retry-After", "7"), ("X-Request-Id", "first"), ("X-Request-Id", "second")])
+        body = {"error": {"message": "slow down please"}}
+        return web.json_response(body, status=429, reason="Slow Down", headers=headers)
 
     async def _hold(self, _request: web.Request) -> web.Response:
         self.open_now += 1
@@ -297,6 +311,75 @@ async def test_a_body_is_read_straight_from_aiohttp_only_when_it_is_not_encoded(
         response = await transport.handle_async_request(request)
         assert b"".join([block async for block in body_blocks(response)]) == SSE  # decoded by httpx
         await response.aclose()
+    finally:
+        await transport.aclose()
+
+
+async def test_the_client_s_own_calls_build_no_httpx_request_or_response(
+    make_upstream: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = {"request": 0, "response": 0}
+    for cls, name in ((httpx.Request, "request"), (httpx.Response, "response")):
+        original = cls.__init__
+
+        def counted(self: Any, *args: Any, _original: Any = original, _name: str = name, **kwargs: Any) -> None:
+            built[_name] += 1
+            _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__init__", counted)
+    client = make_upstream()
+
+    assert (await client.complete("lo/plain", {"messages": MESSAGES})).content == "plain answer"
+    async with client.stream("lo/stream", {"messages": MESSAGES}) as chunks:
+        assert len([chunk async for chunk in chunks]) == 3
+    with pytest.raises(UpstreamStatusError, match="HTTP 429"):
+        await client.complete("lo/limited", {"messages": MESSAGES})
+    forwarded = await client.forward("lo/plain", {"messages": MESSAGES}, stream=False)
+    await forwarded.aclose()
+    assert built == {"request": 0, "response": 0}
+
+    # An encoded answer is httpx's to decode: it comes as an httpx.Response.
+    assert (await client.complete("lo/gzip", {"messages": MESSAGES})).content == "gzipped answer"
+    assert built == {"request": 0, "response": 1}
+
+
+async def test_an_error_answer_reads_as_httpx_would_read_it(make_upstream: Any) -> None:
+    client = make_upstream()
+    with pytest.raises(UpstreamStatusError, match="HTTP 429: slow down please") as caught:
+        await client.complete("lo/limited", {"messages": MESSAGES})
+
+    error = caught.value
+    assert (error.upstream_status, error.retry_after) == (429, 7)
+    assert error.headers is not None
+    assert error.headers["x-request-id"] == "first, second"  # names lowercase, a repeated header's values joined
+    forwarded = await client.forward("lo/limited", {"messages": MESSAGES}, stream=False)
+    assert forwarded.status_code == 429
+    assert forwarded.headers["retry-after"] == "7"
+    assert forwarded.headers["x-request-id"] == "first, second"
+
+
+@pytest.mark.parametrize("model", ["plain", "limited", "failing", "stream"])
+async def test_a_reply_reads_as_the_httpx_response_would(loopback: Loopback, model: str) -> None:
+    """`post`'s reply and `handle_async_request`'s httpx.Response, to the same request: the same status, reason,
+    headers (but the date) and body."""
+    transport = AiohttpTransport(limits=httpx.Limits())
+    url = httpx.URL(f"{loopback.base_url}/chat/completions")
+    body = orjson.dumps({"model": model})
+    headers = httpx.Headers({"Host": url.netloc.decode(), "Content-Length": str(len(body))})
+
+    async def read(response: Any) -> tuple[Any, ...]:
+        try:
+            items = [(k, v) for k, v in response.headers.multi_items() if k != "date"]
+            return response.status_code, response.reason_phrase, items, await read_body(response)
+        finally:
+            await response.aclose()
+
+    try:
+        request = httpx.Request("POST", url, headers=headers, content=body)
+        as_httpx = await read(await transport.handle_async_request(request))
+        reply = await transport.post(url, wire_headers(headers), body, {})
+        assert isinstance(reply, AiohttpReply)
+        assert await read(reply) == as_httpx
     finally:
         await transport.aclose()
 

@@ -32,9 +32,10 @@ from openfusion.upstream.shape import completion_problem
 from openfusion.upstream.sse_decode import sse_data
 from openfusion.upstream.stage import stage_ends
 from openfusion.upstream.trace import CallTrace, begin_call, end_call
-from openfusion.upstream.transport import AiohttpTransport, body_blocks, read_body
+from openfusion.upstream.transport import AiohttpTransport, Reply, body_blocks, read_body, wire_headers
 
 if TYPE_CHECKING:
+    from multidict import CIMultiDict
     from tenacity import RetryCallState
 
 log = logging.getLogger("openfusion.upstream")
@@ -55,7 +56,7 @@ _RELAYED_HEADERS = ("content-type", "retry-after", "x-request-id", "openai-proce
 
 
 # A sent request's response, and its whole body when it was read at once (an error, a non-streamed answer).
-_Sent = tuple[httpx.Response, bytes]
+_Sent = tuple[Reply, bytes]
 
 
 @dataclass
@@ -85,7 +86,7 @@ class Forwarded:
     status_code: int
     headers: dict[str, str]
     body: AsyncIterator[bytes]
-    _response: httpx.Response | None = field(repr=False)
+    _response: Reply | None = field(repr=False)
     trace: CallTrace | None = None
 
     async def aclose(self, *, complete: bool = True) -> None:
@@ -385,19 +386,21 @@ class UpstreamClient:
         # orjson's result holds a ~16 KiB allocation whatever its length: a copy of the exact size is sent
         # (under respx and httpx's own transports the response keeps its request, body and all).
         content = bytes(memoryview(orjson.dumps(payload)))
-        sent_headers = (endpoint.stream_headers if stream else endpoint.headers).copy()
-        if headers:  # the client's own, for a native pass-through: added to (or replacing) the endpoint's
-            sent_headers.update(headers)
-        sent_headers["Content-Length"] = str(len(content))
-        # Built from a stream, with the headers httpx would add (Host, Content-Length) already there:
-        # `content=` would have httpx work out and merge those headers again, the costliest part of a request.
-        request = httpx.Request(
-            "POST", endpoint.url, headers=sent_headers, stream=httpx.ByteStream(content), extensions=endpoint.extensions
-        )
-        request.read()
+        direct = endpoint.aiohttp  # the default transport: no httpx request or response is built
+        if direct is not None:
+            if headers:
+                sent = wire_headers(_with_own(endpoint, stream, headers))
+            else:
+                sent = (endpoint.wire_stream_headers if stream else endpoint.wire_headers).copy()
+            sent["Content-Length"] = str(len(content))
+        else:
+            request = _request(endpoint, stream, headers, content)
         sent_before, call.sent = call.sent, True  # from here the provider may see (and bill) the request
         try:
-            response = await endpoint.transport.handle_async_request(request)
+            if direct is not None:
+                response = await direct.post(endpoint.url, sent, content, endpoint.extensions["timeout"])
+            else:
+                response = await endpoint.transport.handle_async_request(request)
         except httpx.HTTPError as exc:
             raise _noting_sent(call, sent_before, _transport_error(route, exc)) from None
         if response.status_code < 400 and stream:
@@ -428,12 +431,16 @@ class UpstreamClient:
             headers.setdefault("Host", url.netloc.decode("ascii"))  # what httpx would add to every request
             stream_headers = headers.copy()
             stream_headers["Accept"] = "text/event-stream"
+            transport = _transport_for(self.http, url)
             endpoint = _Endpoint(
                 url=url,
                 headers=headers,
                 stream_headers=stream_headers,
                 extensions={"timeout": self.http.timeout.as_dict()},
-                transport=_transport_for(self.http, url),
+                transport=transport,
+                aiohttp=transport if isinstance(transport, AiohttpTransport) else None,
+                wire_headers=wire_headers(headers),
+                wire_stream_headers=wire_headers(stream_headers),
             )
             self._endpoints[key] = endpoint
         return endpoint
@@ -452,6 +459,30 @@ class _Endpoint:
     stream_headers: httpx.Headers = field(repr=False)
     extensions: dict[str, Any]
     transport: httpx.AsyncBaseTransport
+    aiohttp: AiohttpTransport | None  # the transport, when it is the aiohttp one: called without httpx's objects
+    wire_headers: CIMultiDict[str] = field(repr=False)  # the headers as that transport takes them
+    wire_stream_headers: CIMultiDict[str] = field(repr=False)
+
+
+def _with_own(endpoint: _Endpoint, stream: bool, own: Mapping[str, str] | None) -> httpx.Headers:
+    """The endpoint's headers with the client's own (a native pass-through's) added, or replacing its own."""
+    headers = (endpoint.stream_headers if stream else endpoint.headers).copy()
+    if own:
+        headers.update(own)
+    return headers
+
+
+def _request(endpoint: _Endpoint, stream: bool, own: Mapping[str, str] | None, content: bytes) -> httpx.Request:
+    """The call as an `httpx.Request`, for a transport other than the aiohttp one (httpx's own, respx's)."""
+    headers = _with_own(endpoint, stream, own)
+    headers["Content-Length"] = str(len(content))
+    # Built from a stream, with the headers httpx would add (Host, Content-Length) already there:
+    # `content=` would have httpx work out and merge those headers again, the costliest part of a request.
+    request = httpx.Request(
+        "POST", endpoint.url, headers=headers, stream=httpx.ByteStream(content), extensions=endpoint.extensions
+    )
+    request.read()
+    return request
 
 
 def _transport_for(http: httpx.AsyncClient, url: httpx.URL) -> httpx.AsyncBaseTransport:
@@ -485,7 +516,7 @@ def _payload(route: Route, body: Mapping[str, Any], *, stream: bool) -> dict[str
 
 
 async def _chunks(
-    route: Route, response: httpx.Response, call: CallTrace, masker: SecretMasker, *, stall_s: float
+    route: Route, response: Reply, call: CallTrace, masker: SecretMasker, *, stall_s: float
 ) -> AsyncIterator[dict[str, Any]]:
     finished = False
     if "text/event-stream" not in response.headers.get("content-type", ""):
@@ -611,7 +642,7 @@ def _transport_error(route: Route, exc: httpx.HTTPError, *, during: str = "the r
     return error
 
 
-def _status_error(route: Route, response: httpx.Response, content: bytes, masker: SecretMasker) -> UpstreamStatusError:
+def _status_error(route: Route, response: Reply, content: bytes, masker: SecretMasker) -> UpstreamStatusError:
     # Masked before anything is cut from it: a key cut through at 1,000 characters would leave its prefix.
     raw = masker.bytes(content)
     detail = _error_message(raw, masker) or masker.text(response.reason_phrase) or "error"
