@@ -30,6 +30,8 @@ import httpx
 from multidict import CIMultiDict
 from yarl import URL
 
+from openfusion.upstream.read_timeout import use_lazy_read_timeout
+
 # aiohttp's exceptions → httpx's, the most specific match winning (httpx-aiohttp's table, kept as it was:
 # failures.diagnose and the web fetcher know its quirks).
 _ERRORS: dict[type[Exception], type[httpx.HTTPError]] = {
@@ -128,6 +130,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             keepalive_timeout=self.limits.keepalive_expiry,
             ssl=self.ssl_context,
         )
+        use_lazy_read_timeout(connector)  # one timer per connection for `sock_read`, not one per read
         self._session = aiohttp.ClientSession(
             connector=connector,
             # httpx decodes (from the response's own headers); no cookies: an API client has no use for them.
