@@ -11,7 +11,7 @@ through httpx's decoders).
 The upstream client's own calls skip httpx's request and response objects altogether (`post`): the
 headers go out as a multidict built once per endpoint, and the answer comes back as an `AiohttpReply`,
 which has what the client reads of an `httpx.Response` (status, reason, headers, body, close) and builds
-nothing more. Per fusion (five calls) that was ~5% of its instructions. An encoded answer still comes
+nothing more. Per fusion (five calls) that was ~6% of its instructions. An encoded answer still comes
 back as an `httpx.Response`, decoded by httpx; every other caller (web search and fetch, price listings)
 uses the transport through `httpx.AsyncClient` as before.
 
