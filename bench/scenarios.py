@@ -157,15 +157,18 @@ CACHE_BYPASS = {**AUTH, "X-Openfusion-Cache": "bypass"}
 MEMORY_CACHE = '\n[cache]\nbackend = "memory"\n'
 
 
+# fast0 with a synthesizer whose 40 tokens come 2 ms apart, each in a read of its own: what relaying a token costs
+# (bench.instructions).
+DRIP = replace(FAST0, name="drip", synth="fake/lat-0-tok-40-every-2")
 HOLD = Fusion("hold", ("fake/lat-0", "fake/lat-0", "fake/lat-0"), "fake/lat-0", "fake/lat-0-tok-1200-every-100")
 
 
 def main_presets() -> dict[str, str]:
-    return {p.name: p.toml() for p in (BENCH3, MOA3, FAST0, CACHED)}
+    return {p.name: p.toml() for p in (BENCH3, MOA3, FAST0, CACHED, DRIP)}
 
 
 def floor_presets() -> dict[str, dict[str, Any]]:
-    return {p.name: p.floor() for p in (BENCH3, MOA3, FAST0, HOLD)}
+    return {p.name: p.floor() for p in (BENCH3, MOA3, FAST0, HOLD, DRIP)}
 
 
 def ideal_fn(url: str, fusion: Fusion, *, stream: bool) -> Any:
