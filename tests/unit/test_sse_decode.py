@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from openfusion.upstream.limits import ProgressClock, Stalled
 from openfusion.upstream.sse_decode import sse_data
@@ -125,3 +127,58 @@ def test_filler_alone_is_timed_from_its_first_piece() -> None:
     clock.filler_since -= 61
     with pytest.raises(Stalled):
         clock.filler()
+
+
+# Any field value an event can carry: anything but the line ends.
+_VALUE = st.binary(max_size=12).map(lambda raw: raw.replace(b"\r", b"").replace(b"\n", b""))
+_PREFIX = st.sampled_from([b"data: ", b"data:", b": ", b"event: ", b"id: ", b""])  # b"": a blank line
+_END = st.sampled_from([b"\n", b"\n", b"\n", b"\r\n", b"\r"])  # mostly LF, as most providers send
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    lines=st.lists(st.tuples(_PREFIX, _VALUE, _END), max_size=24),
+    tail=st.one_of(st.just(b""), st.tuples(_PREFIX, _VALUE).map(b"".join)),
+    cuts=st.lists(st.integers(min_value=0, max_value=600), max_size=16),
+)
+async def test_any_stream_split_anywhere_gives_what_the_spec_reads_in_it(
+    lines: list[tuple[bytes, bytes, bytes]], tail: bytes, cuts: list[int]
+) -> None:
+    """LF, CRLF and CR line ends mixed, one-line and multi-line events, comments, other fields and blank lines, a
+    last line maybe without its end, cut into blocks anywhere: the events `_reference` reads in the whole stream."""
+    stream = b"".join(prefix + (value if prefix else b"") + end for prefix, value, end in lines) + tail
+    positions = sorted({min(cut, len(stream)) for cut in cuts})
+
+    async def blocks() -> AsyncIterator[bytes]:
+        start = 0
+        for end in [*positions, len(stream)]:
+            yield stream[start:end]
+            start = end
+
+    assert [event async for event in sse_data(blocks())] == _reference(stream)
+
+
+async def test_a_long_event_in_small_blocks_is_read_whole() -> None:
+    """An event longer than the LF-only way re-reads goes the general way, its lines gathered as they complete."""
+    lines = [b"data: " + bytes([65 + i % 26]) * 1000 for i in range(60)]
+    stream = b"\n".join(lines) + b"\n\ndata: next\n\n"
+
+    assert [event async for event in sse_data(_blocks(stream, 700))] == _reference(stream)
+    assert len(_reference(stream)) == 2
+
+
+def _reference(stream: bytes) -> list[bytes]:
+    """The events of a whole stream by the spec's rules, as far as a chat stream needs them: lines end in CRLF, CR or
+    LF; `data` lines join with LF; a blank line (or the stream's end) ends an event; other lines carry nothing."""
+    out, data = [], []
+    for line in stream.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"):
+        if not line:
+            if data:
+                out.append(b"\n".join(data))
+            data = []
+        elif line.startswith(b"data:"):
+            value = line[5:]
+            data.append(value[1:] if value.startswith(b" ") else value)
+    if data:
+        out.append(b"\n".join(data))
+    return out
