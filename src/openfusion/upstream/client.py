@@ -32,7 +32,14 @@ from openfusion.upstream.shape import completion_problem
 from openfusion.upstream.sse_decode import sse_data
 from openfusion.upstream.stage import stage_ends
 from openfusion.upstream.trace import CallTrace, begin_call, end_call
-from openfusion.upstream.transport import AiohttpTransport, Reply, body_blocks, read_body, wire_headers
+from openfusion.upstream.transport import (
+    AiohttpTransport,
+    Reply,
+    body_blocks,
+    content_type,
+    read_body,
+    wire_headers,
+)
 
 if TYPE_CHECKING:
     from multidict import CIMultiDict
@@ -519,7 +526,7 @@ async def _chunks(
     route: Route, response: Reply, call: CallTrace, masker: SecretMasker, *, stall_s: float
 ) -> AsyncIterator[dict[str, Any]]:
     finished = False
-    if "text/event-stream" not in response.headers.get("content-type", ""):
+    if "text/event-stream" not in content_type(response):
         raise _protocol_error(route, "the streamed response is not an event stream")
     try:
         async for data in sse_data(body_blocks(response), clock=ProgressClock(stall_s)):

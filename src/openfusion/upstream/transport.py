@@ -256,6 +256,14 @@ class AiohttpReply:
 Reply = httpx.Response | AiohttpReply
 
 
+def content_type(response: Reply) -> str:
+    """The response's Content-Type ("" without one); from an `AiohttpReply` without building its `httpx.Headers`,
+    which a stream would then hold for as long as it is read."""
+    if isinstance(response, AiohttpReply):
+        return response._response.headers.get("Content-Type", "")
+    return response.headers.get("content-type", "")
+
+
 def _httpx_response(response: aiohttp.ClientResponse) -> httpx.Response:
     extensions = {"http_version": b"HTTP/1.1"}  # a dict of its own: a caller may add to it
     if response.reason:
