@@ -91,11 +91,11 @@ async def test_a_stream_that_keeps_coming_is_read_whole_with_one_timer(
 async def test_reads_closer_together_than_the_limit_keep_moving_its_deadline(
     transport: AiohttpTransport, drip_url: str, arms: list[float]
 ) -> None:
-    # 0.6 s of reads 0.04 s apart under a 0.15 s limit: the timer fires several times and re-arms each time.
-    blocks = await _read(transport, drip_url, read_s=0.15, pieces=15, gap=0.04, stall=0)
+    # 0.45 s of reads 0.03 s apart under a 0.2 s limit: the timer fires and re-arms (twice, as timed here).
+    blocks = await _read(transport, drip_url, read_s=0.2, pieces=15, gap=0.03, stall=0)
 
     assert b"".join(blocks).count(b"data: ") == 15
-    assert len(arms) >= 3
+    assert len(arms) >= 2
     assert arms == sorted(arms)
 
 

@@ -1,7 +1,7 @@
 """aiohttp's response protocol with its read timeout kept by one timer, moved lazily.
 
 aiohttp bounds every wait for an upstream's next bytes by `sock_read` (`http.read_timeout_s`): each read
-that brings bytes cancels the connection's timer and schedules a new one (~2.7 µs here; a streamed answer
+that brings bytes cancels the connection's timer and schedules a new one (~2 µs here; a streamed answer
 pays it for every token). Here a read only moves the deadline forward; the one timer, when it fires,
 re-arms itself for what is left until the deadline, or times the read out. The deadline is aiohttp's own
 (the last read plus the limit, from the same clock); only the timer's bookkeeping is lazy. A limit
