@@ -10,7 +10,7 @@ per case, `callgrind_control` switches counting on, a warm-up is sent, the count
 are sent, and the counters are dumped: instructions per request is the dump's total over N. The fake
 upstream and the load generator run natively. Under valgrind a server runs ~50× slower, so the cases use
 the zero-latency `fast0` preset, and concurrency means how many requests are queued, not load. One case
-streams 40 tokens 2 ms apart (`drip`), 32 more than `fast0`, each a read of its own at c=1 (at c=8 under
+streams 40 tokens 2 ms apart (`drip`), 32 more than `fast0`, each read apart from the others at c=1 (at c=8 under
 valgrind several streams' tokens may share a read): (its count − `fusion stream`'s) / 32 is what a token costs.
 
 Counts are of instructions, not time: a cache miss or a system call costs more than its count says. Use
@@ -35,7 +35,7 @@ from bench.scenarios import AUTH, DRIP, FAST0, PASS_MODEL, dumps, floor_presets,
 
 CASES = {  # name: (model, stream)
     "fusion stream": (f"fusion/{FAST0.name}", True),
-    # 32 tokens more than `fusion stream`, each in a read of its own: the difference over 32 is a token's cost.
+    # 32 tokens more than `fusion stream`, each read apart from the others: the difference over 32 is a token's cost.
     "fusion stream 40 tokens": (f"fusion/{DRIP.name}", True),
     "fusion non-stream": (f"fusion/{FAST0.name}", False),
     "pass-through non-stream": (PASS_MODEL, False),

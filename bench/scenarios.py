@@ -157,7 +157,7 @@ CACHE_BYPASS = {**AUTH, "X-Openfusion-Cache": "bypass"}
 MEMORY_CACHE = '\n[cache]\nbackend = "memory"\n'
 
 
-# fast0 with a synthesizer whose 40 tokens come 2 ms apart, each in a read of its own: what relaying a token costs
+# fast0 with a synthesizer whose 40 tokens come 2 ms apart, each read apart from the others: what relaying a token costs
 # (bench.instructions).
 DRIP = replace(FAST0, name="drip", synth="fake/lat-0-tok-40-every-2")
 HOLD = Fusion("hold", ("fake/lat-0", "fake/lat-0", "fake/lat-0"), "fake/lat-0", "fake/lat-0-tok-1200-every-100")
