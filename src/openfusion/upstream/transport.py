@@ -94,9 +94,8 @@ class AiohttpBody(httpx.AsyncByteStream):
 
 
 async def read_body(response: Reply) -> bytes:
-    """A response's whole body, decoded; read straight from aiohttp when nothing needs decoding."""
-    if isinstance(response, AiohttpReply):
-        return await response.stream.read()
+    """A response's whole body, decoded; read straight from aiohttp when nothing needs decoding (as for every
+    `AiohttpReply`, which `post` makes only for an unencoded answer)."""
     stream = response.stream
     if isinstance(stream, AiohttpBody) and stream.identity:
         return await stream.read()
@@ -105,8 +104,6 @@ async def read_body(response: Reply) -> bytes:
 
 def body_blocks(response: Reply) -> AsyncIterator[bytes]:
     """A response's body, decoded, read by read; each read as aiohttp has it when nothing needs decoding."""
-    if isinstance(response, AiohttpReply):
-        return aiter(response.stream)
     stream = response.stream
     if isinstance(stream, AiohttpBody) and stream.identity:
         return aiter(stream)
@@ -165,10 +162,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         `limits` is httpx's timeout dict (connect, read, pool). An unencoded answer comes back as an
         `AiohttpReply`, one with a content encoding as an `httpx.Response` that decodes it.
         """
-        response = await self._request("POST", url, headers, content, limits)
-        if response.headers.get("Content-Encoding") in _IDENTITY:
-            return AiohttpReply(response)
-        return _httpx_response(response)
+        reply = AiohttpReply(await self._request("POST", url, headers, content, limits))
+        return reply if reply.stream.identity else _httpx_response(reply._response)
 
     async def _request(
         self,
