@@ -39,8 +39,48 @@ async def test_writes_in_one_callback_become_one() -> None:
     transport.write(b"{}")
     assert real.writes == []  # not before this callback is done
     await asyncio.sleep(0)
+    assert real.writes == []  # a head waits one pass more (see the next test)
+    await asyncio.sleep(0)
 
     assert real.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+
+
+async def test_a_head_leaves_after_the_upstream_writes_its_pass_made_ready() -> None:
+    """A fusion stream starts in one pass: the run makes its panel calls' tasks, and the response writes its head
+    (with the opening line). Each call's task makes the task that writes its upstream request (aiohttp's
+    `write_bytes`), one pass later. Those writes are what the answer waits for: they leave before the head does."""
+    order: list[str] = []
+
+    class _Client(_Transport):
+        def write(self, data: bytes) -> None:
+            order.append("client")
+            super().write(data)
+
+    async def upstream_request_written() -> None:
+        order.append("upstream")
+
+    async def panel_call() -> None:
+        asyncio.get_running_loop().create_task(upstream_request_written())
+
+    real = _Client()
+    transport = CoalescedWrites(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+    calls = [asyncio.create_task(panel_call()) for _ in range(3)]
+    transport.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+    transport.write(b"1a\r\n: OPENFUSION PROCESSING\n\n\r\n")
+    for _ in range(4):
+        await asyncio.sleep(0)
+
+    assert order == ["upstream", "upstream", "upstream", "client"]
+    assert len(real.writes) == 1 and real.writes[0].startswith(b"HTTP/1.1 200 OK")
+    await asyncio.gather(*calls)
+
+
+async def test_a_body_write_leaves_in_the_next_pass() -> None:
+    real = _Transport()
+    transport = CoalescedWrites(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport.write(b"1a\r\ndata: {}\n\n\r\n")  # a streamed chunk: no head, no wait beyond this callback
+    await asyncio.sleep(0)
+    assert real.writes == [b"1a\r\ndata: {}\n\n\r\n"]
 
 
 async def test_writes_in_separate_callbacks_stay_separate() -> None:
