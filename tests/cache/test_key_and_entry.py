@@ -10,6 +10,7 @@ import pytest
 from openfusion.cache.entry import CachedRun, CorruptEntry, dump_event, encode_run
 from openfusion.cache.key import cache_key
 from openfusion.pipeline.analysis import Analysis
+from openfusion.pipeline.budget import Estimate
 from openfusion.pipeline.events import (
     Event,
     JudgeOutcome,
@@ -37,7 +38,7 @@ def test_the_key_ignores_delivery_and_the_slugs_spelling_but_not_the_tenant_or_t
     key = cache_key(PLAN, request(), tenant="alice")
     assert cache_key(PLAN, request(stream=True, stream_options={"include_usage": True}), tenant="alice") == key
     assert cache_key(PLAN, request(model="fusion"), tenant="alice") == key  # the plan names the preset
-    cached_longer = replace(PLAN, cache=CachePolicy(ttl_s=5), max_cost=1.0, estimated_max_cost=0.5)
+    cached_longer = replace(PLAN, cache=CachePolicy(ttl_s=5), max_cost=1.0, cost=Estimate(0.5))
     assert cache_key(cached_longer, request(), tenant="alice") == key
     assert len(key) == 64 and int(key, 16) >= 0
     others = [

@@ -184,6 +184,22 @@ def test_the_priced_plan_is_a_copy_with_only_its_estimate_set() -> None:
     quoted = priced(plan, worst)
 
     assert quoted is not plan and plan.estimated_max_cost is None  # the plan it was given is left as it was
-    assert quoted == dataclasses.replace(plan, estimated_max_cost=worst.estimate.usd)
+    assert quoted == plan and quoted.cost is worst and quoted.estimated_max_cost == worst.estimate.usd
     with pytest.raises(dataclasses.FrozenInstanceError):
-        quoted.estimated_max_cost = 0.0  # type: ignore[misc]
+        quoted.cost = None  # type: ignore[misc]
+
+
+def test_without_max_cost_the_estimate_waits_until_something_asks_for_it() -> None:
+    """Pricing reads the whole conversation: a plan without max_cost leaves it to the report (priced while the
+    synthesizer's answer is awaited), not to the request's way in, before its first upstream call."""
+    long = [{"role": "user" if i % 2 == 0 else "assistant", "content": "x" * 2000} for i in range(40)]
+    chat, plan = resolve(model="fusion/plain", messages=long)
+    assert plan is not None and plan.max_cost is None
+    worst = WorstCase(chat, plan, reach_of(chat, plan), prices=PRICES)
+
+    quoted = priced(plan, worst)
+
+    assert "estimate" not in vars(worst)  # not computed yet
+    usd = quoted.estimated_max_cost
+    assert usd is not None and usd == worst.estimate.usd and "estimate" in vars(worst)
+    assert quoted.estimated_max_cost == usd  # computed once

@@ -15,7 +15,7 @@ from openfusion.protocol import ChatRequest
 KEY_VERSION = 1
 
 # Plan fields that do not change the answer: limits, estimates, and the cache's own settings.
-_PLAN_IGNORED = frozenset({"max_cost", "estimated_max_cost", "config_param", "cache"})
+_PLAN_IGNORED = frozenset({"max_cost", "cost", "config_param", "cache"})
 # Request fields that do not change the answer: how it is delivered; the fusion plugin is in the plan.
 _REQUEST_IGNORED = frozenset({"stream", "stream_options", "model"})
 

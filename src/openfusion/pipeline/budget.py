@@ -78,6 +78,11 @@ class WorstCase:
         prompt_tokens = prompt_tokens_upper_bound(self.request)
         return worst_case(self.request, self.plan, self.reach, self.prices, prompt_tokens=prompt_tokens)
 
+    @property
+    def usd(self) -> float | None:
+        """The estimate in USD (None: it cannot be bounded); computed on first use."""
+        return self.estimate.usd
+
 
 # (model, prompt tokens, completion tokens or None when unbounded), summed over all its calls
 _Part = tuple[ModelUse, int, int | None]
@@ -161,11 +166,15 @@ def _priced(parts: list[_Part], prices: PriceTable, *, combine: Callable[[Iterab
 
 
 def priced(plan: FusionPlan, worst: WorstCase) -> FusionPlan:
-    """The plan with its worst-case cost; raises CostLimitExceeded (402) when that is above `max_cost`."""
-    estimate = worst.estimate
+    """The plan with its worst-case cost; raises CostLimitExceeded (402) when that is above `max_cost`.
+
+    Without `max_cost` (and a spend cap, which `admit` checks) nothing before the run needs the estimate: it is
+    priced when the report first asks (`FusionRun` asks while the synthesizer's answer is awaited). Pricing reads
+    the whole conversation, so a long one would otherwise delay the first upstream call.
+    """
     if plan.max_cost is not None:
         param = f"{plan.config_param}.max_cost"
-        bound = estimate.bounded(why="max_cost is set", param=param, code="max_cost_exceeded")
+        bound = worst.estimate.bounded(why="max_cost is set", param=param, code="max_cost_exceeded")
         if bound > plan.max_cost:
             raise CostLimitExceeded(
                 f"The worst-case cost of this fusion request is ${bound:.4f}, above max_cost "
@@ -173,4 +182,4 @@ def priced(plan: FusionPlan, worst: WorstCase) -> FusionPlan:
                 "use a smaller panel, or raise max_cost.",
                 param=param,
             )
-    return plan.with_estimate(estimate.usd)
+    return plan.with_estimate(worst)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -118,6 +118,13 @@ class _SamplingChecks(BaseModel):
     reasoning: Reasoning | None = None
 
 
+class CostEstimate(Protocol):
+    """A worst-case cost (`pipeline.budget`): USD, or None when it cannot be bounded."""
+
+    @property
+    def usd(self) -> float | None: ...
+
+
 @dataclass(frozen=True)
 class FusionPlan:
     """Everything a fusion run needs to know, resolved and validated."""
@@ -140,7 +147,9 @@ class FusionPlan:
     judge_timeout_s: float = DEFAULT_TIMEOUT_S
     synth_timeout_s: float = DEFAULT_TIMEOUT_S
     max_cost: float | None = None  # USD: refuse (402) when the worst case is above it
-    estimated_max_cost: float | None = None  # USD, worst case, priced before the run (None: unknown)
+    # The worst case in USD, priced when first asked (at once with max_cost; otherwise while the synthesizer's
+    # answer is awaited, for the report): see `estimated_max_cost`.
+    cost: CostEstimate | None = field(default=None, compare=False, repr=False)
     # "slug": fusion answers; "tool": the caller's own (outer) model may call fusion as a tool.
     mode: Literal["slug", "tool"] = "slug"
     config_param: str = ""  # where the request's fusion settings came from: "plugins[0]", "tools[1].parameters"
@@ -161,13 +170,18 @@ class FusionPlan:
         """False when the plugin turned the panel off: the synthesizer answers alone."""
         return bool(self.panel)
 
-    def with_estimate(self, usd: float | None) -> FusionPlan:
+    @property
+    def estimated_max_cost(self) -> float | None:
+        """The worst-case cost in USD (None: unknown, or not priced); priced on first use."""
+        return self.cost.usd if self.cost is not None else None
+
+    def with_estimate(self, cost: CostEstimate) -> FusionPlan:
         """This plan with its worst-case cost: a copy with that one field set.
 
         `dataclasses.replace` would rebuild every field through `__init__` (~15 µs for a plan, per request).
         """
         plan = copy.copy(self)
-        object.__setattr__(plan, "estimated_max_cost", usd)  # as a frozen dataclass's own __init__ sets fields
+        object.__setattr__(plan, "cost", cost)  # as a frozen dataclass's own __init__ sets fields
         return plan
 
 

@@ -92,6 +92,7 @@ class StagesReport:
 
     panel: list[dict[str, Any]]
     judge: dict[str, Any]
+    estimated_max_cost: float | None = None  # the plan's worst case, priced here if nothing priced it before
     research: dict[str, Any] | None = None
     server_tool_use: dict[str, int] | None = None
     exposed: dict[str, Any] | None = None  # the analysis and the panel's answers, for a preset that exposes them
@@ -118,6 +119,7 @@ def stages_report(
     return StagesReport(
         panel=[panel_entry(result) for result in results],
         judge=judge_entry(plan, judges),
+        estimated_max_cost=plan.estimated_max_cost,
         research=_research_entry(research) if research is not None else None,
         server_tool_use=research_totals(logs) if any(log.tool_calls for log in logs) else None,
         exposed=exposed,
@@ -136,7 +138,7 @@ def fusion_report(
     """The `fusion` object of a finished run."""
     report: dict[str, Any] = {
         "preset": plan.preset,
-        "estimated_max_cost": plan.estimated_max_cost,
+        "estimated_max_cost": stages.estimated_max_cost,
         "panel": stages.panel,
         "judge": stages.judge,
         "synthesizer": {

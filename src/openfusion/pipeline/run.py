@@ -227,7 +227,8 @@ class FusionRun:
         )
 
     def _settle(self, conversation: Messages) -> StagesReport:
-        """What the run can do while the synthesizer's answer is awaited: keep the turn, report the stages."""
+        """What the run can do while the synthesizer's answer is awaited: keep the turn, report the stages (with
+        the plan's worst-case cost, priced there unless `max_cost` priced it before the run)."""
         self.remember_turn(conversation)
         return stages_report(self.plan, results=self.results, judges=self.judges, research=self.research)
 
