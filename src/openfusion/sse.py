@@ -29,12 +29,16 @@ class DataLines:
     __slots__ = ("_pending",)
 
     def __init__(self) -> None:
-        self._pending = b""
+        self._pending: list[bytes] = []  # the unfinished line, in the chunks it came in: joined once, when it ends
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """The whole `data:` lines this chunk completes, in order."""
-        lines = (self._pending + chunk).split(b"\n")
-        self._pending = lines.pop()
+        if b"\n" not in chunk:  # a long line (an image as a data URL) grows in pieces, not re-joined per chunk
+            self._pending.append(chunk)
+            return []
+        lines = b"".join((*self._pending, chunk)).split(b"\n") if self._pending else chunk.split(b"\n")
+        tail = lines.pop()
+        self._pending = [tail] if tail else []
         return [line for line in lines if line.startswith(b"data: ")]
 
 
