@@ -176,6 +176,17 @@ def test_streamed_deltas_are_relayed_one_by_one(upstream: FakeUpstream, server: 
     assert lines[0][1] == ": OPENFUSION PROCESSING"
 
 
+def test_a_delta_of_megabytes_arrives_whole(upstream: FakeUpstream, server: str) -> None:
+    """One event of 2 MiB on one line (an image as a data URL), read from the synthesizer in many reads, reaches the
+    client as it was sent."""
+    image = "data:image/png;base64," + "QUJD" * (1 << 19)
+    upstream.script("synth", Script(chunks=["Here: ", image, "."]))
+
+    chunks = ask(server, stream=True)
+
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Here: " + image + "."
+
+
 def test_keepalives_come_every_two_seconds_by_default(upstream: FakeUpstream, server: str) -> None:
     upstream.script("a", Script(delay_s=5.5))  # the one long wait of the run
 
