@@ -109,6 +109,52 @@ async def test_everything_else_is_the_real_transports() -> None:
     assert transport.is_closing() is False
 
 
+def test_it_forwards_the_whole_transport_interface_by_name() -> None:
+    """Every public method of asyncio's Transport is defined on the wrapper itself (no `__getattr__`, which would
+    cost every attribute the wrapper reads of itself): a server that calls any of them reaches the real one."""
+    interface = {name for name in dir(asyncio.Transport) if not name.startswith("_")}
+    assert interface <= set(vars(CoalescedWrites))
+    assert "__getattr__" not in vars(CoalescedWrites)
+
+
+async def test_the_forwarded_methods_reach_a_real_socket_transport() -> None:
+    """Over a real loopback connection: reading paused and resumed, buffer limits, extra info, and the buffer's size
+    counting what is still pending in the wrapper."""
+    loop = asyncio.get_running_loop()
+    accepted: list[asyncio.StreamWriter] = []
+    connected = asyncio.Event()
+
+    def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        connected.set()
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    real, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+    transport = CoalescedWrites(real, loop)  # type: ignore[arg-type]
+    try:
+        assert transport.get_extra_info("peername") == ("127.0.0.1", port)
+        transport.pause_reading()
+        assert transport.is_reading() is False
+        transport.resume_reading()
+        assert transport.is_reading() is True
+        transport.set_write_buffer_limits(high=4096, low=1024)
+        assert transport.get_write_buffer_limits() == (1024, 4096)
+        transport.write(b"12345")
+        assert transport.get_write_buffer_size() == 5  # still pending here, not yet handed to the socket
+        assert transport.can_write_eof() is True and transport.get_protocol() is real.get_protocol()
+    finally:
+        transport.close()
+        async with asyncio.timeout(5):
+            await connected.wait()  # the server's side of the connection, closed too
+        for writer in accepted:
+            writer.close()
+            await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+    assert transport.is_closing()
+
+
 def test_the_server_protocol_is_uvicorns_httptools_protocol() -> None:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
