@@ -33,7 +33,7 @@ class DataLines:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """The whole `data:` lines this chunk completes, in order."""
-        if b"\n" not in chunk:  # a long line (an image as a data URL) grows in pieces, not re-joined per chunk
+        if chunk.find(b"\n") < 0:  # a long line (an image as a data URL) grows in pieces, not re-joined per chunk
             self._pending.append(chunk)
             return []
         lines = b"".join((*self._pending, chunk)).split(b"\n") if self._pending else chunk.split(b"\n")

@@ -101,6 +101,8 @@ async def test_filler_past_the_limit_stalls_the_stream() -> None:
         (b"\n\n", False),
         (b" ", False),
         (b"", False),
+        (b"\t\r\n", False),
+        (b': ping\n\ndata: {"a": 1}\n\n', True),  # filler first, then an event in the same read
         (b'{"id": "chatcmpl-1"', True),  # a JSON body relayed as it comes
         (b'", "b": 2}\n', True),
     ],

@@ -16,6 +16,7 @@ from openfusion.upstream.providers import Route
 
 # The first byte of every filler read: an SSE comment, a blank line, keep-alive whitespace.
 FILLER_START = b": \r\n\t"
+_FILLER_START = frozenset(FILLER_START)  # as ints: `chunk[0] in` this, not `chunk[:1] in FILLER_START` (see `read`)
 
 
 class Stalled(Exception):
@@ -42,7 +43,9 @@ class ProgressClock:
 
     def read(self, chunk: bytes) -> None:
         """A relayed read: filler when it starts with filler and holds no SSE data field; progress otherwise."""
-        if chunk[:1] in FILLER_START and b"data:" not in chunk:
+        # Per relayed read, so `find` rather than `in`: CPython's `in` on bytes first tries the needle as an int,
+        # and builds (then drops) an error doing so.
+        if (not chunk or chunk[0] in _FILLER_START) and chunk.find(b"data:") < 0:
             self.filler()
         else:
             self.moved = True

@@ -21,7 +21,8 @@ async def sse_data(blocks: AsyncIterator[bytes], *, clock: ProgressClock | None 
     pending: list[bytes] = []  # the unfinished last line, in the blocks it came in
     data: list[bytes] = []
     async for block in blocks:
-        if b"\n" not in block and b"\r" not in block and not (pending and pending[-1].endswith(b"\r")):
+        # (`find`, not `in`: CPython's `in` on bytes first tries the needle as an int, and builds an error doing so.)
+        if block.find(b"\n") < 0 and block.find(b"\r") < 0 and not (pending and pending[-1].endswith(b"\r")):
             # No line ends in this block: the line goes on. Its pieces are joined once, when it ends: joining them
             # at every block made a long line (a multi-MB image as a data URL, in 16 KiB reads) quadratic.
             pending.append(block)
