@@ -141,6 +141,34 @@ async def test_panel_then_judge_then_synthesizer_are_called_once_each(
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["message", "stream"])
+async def test_the_worst_case_is_priced_once_the_synthesizer_has_been_asked(
+    client: UpstreamClient, fake: ScriptedUpstream, stream: bool
+) -> None:
+    """Without max_cost the plan's estimate is priced while the synthesizer answers, not before the panel is asked:
+    pricing reads the whole conversation. The report carries it."""
+
+    class Spy:
+        def __init__(self) -> None:
+            self.calls_made_then: list[int] = []
+            self.asked_at: list[float] = []
+
+        @property
+        def usd(self) -> float:
+            self.calls_made_then.append(len(fake.calls))
+            self.asked_at.append(time.perf_counter())
+            return 0.25
+
+    spy = Spy()
+    fake.script("synth", Reply(content="Paris.", delay_s=0.05))  # answers a moment after it is asked
+    events = await run(client, make_plan(cost=spy), stream=stream)
+
+    assert spy.calls_made_then[:1] == [5]  # first asked with all five calls made: the synthesizer's among them
+    synth = fake.calls_to("synth")[0]
+    assert spy.asked_at[0] < synth.ended  # while the synthesizer was still answering
+    assert finished(events).fusion["estimated_max_cost"] == 0.25
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["message", "stream"])
 async def test_run_reports_the_model_the_synthesizer_reported(
     client: UpstreamClient, fake: ScriptedUpstream, stream: bool
 ) -> None:
