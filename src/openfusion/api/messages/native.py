@@ -32,9 +32,8 @@ from openfusion.upstream.client import MESSAGES_COUNT_PATH, MESSAGES_PATH, Forwa
 # The client's headers a Messages provider reads; `anthropic-version` is required by Anthropic.
 _FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
 _DEFAULT_VERSION = "2023-06-01"
-_USAGE_EVENTS = (b'"message_start"', b'"message_delta"')
-_ERROR_EVENT = b'"type":"error"'
-_END_EVENTS = (b'"message_stop"', _ERROR_EVENT)  # a provider's own error event ends its stream too
+_START, _DELTA, _STOP = b'"message_start"', b'"message_delta"', b'"message_stop"'
+_ERROR_EVENT = b'"type":"error"'  # a provider's own error event ends its stream too
 
 
 def speaks_messages(state: AppState, chat: ChatRequest) -> bool:
@@ -91,10 +90,14 @@ async def _relay(forwarded: Forwarded, *, ledger: Ledger, model: str) -> AsyncIt
         async for chunk in forwarded.body:
             was_ended = ended
             for line in data.feed(chunk):
-                ended = ended or any(kind in line[:40] for kind in _END_EVENTS)
-                if _ERROR_EVENT in line[:40]:
+                # Per event, so `find` rather than `in`: CPython's `in` on bytes first tries the needle as an int and
+                # builds (then drops) an error doing so; with `any()` over the marks, 1.8 µs a line against 0.5.
+                head = line[:40]
+                failed = head.find(_ERROR_EVENT) >= 0
+                ended = ended or failed or head.find(_STOP) >= 0
+                if failed:
                     provider_failed(forwarded, ledger, (_json(line[6:]) or {}).get("error"))
-                if any(kind in line[:40] for kind in _USAGE_EVENTS):
+                if head.find(_START) >= 0 or head.find(_DELTA) >= 0:
                     event = _json(line[6:]) or {}
                     message = event.get("message") if isinstance(event.get("message"), dict) else {}
                     for source in (message.get("usage"), event.get("usage")):  # start, then the cumulative delta

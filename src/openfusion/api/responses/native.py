@@ -26,10 +26,9 @@ from openfusion.sse import DataLines
 from openfusion.upstream.client import RESPONSES_PATH, Forwarded
 
 Keep = Callable[[dict[str, Any]], Awaitable[None]]
-_COMPLETED = b'"response.completed"'
-# Any of these ends a Responses stream; a stream that stops before one is cut short.
-_FAILED = (b'"response.failed"', b'"type":"error"')
-_TERMINAL = (_COMPLETED, b'"response.incomplete"', *_FAILED)
+# Any of these ends a Responses stream (the last two: a failure); a stream that stops before one is cut short.
+_COMPLETED, _INCOMPLETE = b'"response.completed"', b'"response.incomplete"'
+_FAILED, _ERROR = b'"response.failed"', b'"type":"error"'
 
 
 def speaks_responses(exchange: Exchange) -> bool:
@@ -85,14 +84,18 @@ async def _relay(forwarded: Forwarded, *, ledger: Ledger, keep: Keep) -> AsyncIt
         async for chunk in forwarded.body:
             was_ended = ended
             for line in data.feed(chunk):
+                # Per event, so `find` rather than `in`: CPython's `in` on bytes first tries the needle as an int and
+                # builds (then drops) an error doing so.
                 head = line[:64]
-                ended = ended or any(mark in head for mark in _TERMINAL)
-                if _COMPLETED in head:
+                completed = head.find(_COMPLETED) >= 0
+                failed = not completed and (head.find(_FAILED) >= 0 or head.find(_ERROR) >= 0)
+                ended = ended or completed or failed or head.find(_INCOMPLETE) >= 0
+                if completed:
                     response = (_json(line[6:]) or {}).get("response")
                     if isinstance(response, dict):
                         _record(forwarded, ledger, response)
                         await keep(response)  # before the client hears it is done
-                elif any(mark in head for mark in _FAILED):
+                elif failed:
                     event = _json(line[6:]) or {}
                     response = event.get("response")
                     if isinstance(response, dict):  # response.failed: its usage still counts
