@@ -14,9 +14,8 @@ import time
 from openfusion.errors import UpstreamTimeout
 from openfusion.upstream.providers import Route
 
-# The first byte of every filler read: an SSE comment, a blank line, keep-alive whitespace.
-FILLER_START = b": \r\n\t"
-_FILLER_START = frozenset(FILLER_START)  # as ints: `chunk[0] in` this, not `chunk[:1] in FILLER_START` (see `read`)
+# The first byte of every filler read: an SSE comment, a blank line, keep-alive whitespace (as ints: `chunk[0]`).
+_FILLER_START = frozenset(b": \r\n\t")
 
 
 class Stalled(Exception):
