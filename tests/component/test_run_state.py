@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import types
 from collections.abc import Iterator
 from typing import Any
+
+import pytest
 
 from component.support import ScriptedUpstream
 from component.test_pipeline import make_plan, make_request
@@ -80,3 +83,40 @@ async def test_a_run_under_way_in_synthesis_holds_neither_its_finished_stages_no
     assert "synthesize" in stages  # the walk does reach the run's live stage
     assert not [o for o in held if o is first]
     await events.aclose()
+
+
+@pytest.mark.parametrize("keep_content", [True, False])
+async def test_a_run_without_content_lets_go_of_the_answers_and_the_analysis_once_synthesis_is_under_way(
+    client: UpstreamClient, fake: ScriptedUpstream, keep_content: bool
+) -> None:
+    """Only a store that keeps content reads the panel's answers and the analysis from the summary: without one, a
+    stream held open for minutes does not hold them (nor what the panel's research fetched)."""
+    run = FusionRun(
+        upstream=client, plan=make_plan(), request=make_request(), dialects=DialectMemory(), research=None,
+        keep_content=keep_content,
+    )  # fmt: skip
+    async for _ in run.panel():
+        pass
+    async for _ in run.judge():
+        pass
+    synthesis = run.synthesize(stream=True)
+    async for event in synthesis:
+        if isinstance(event, SynthesisChunk):
+            break
+    for _ in range(3):  # the run settles a few loop passes after the synthesizer's request went out
+        await asyncio.sleep(0)
+    held = set(reachable_strings(synthesis))
+    answers = {f"Answer from {name}." for name in "abc"}
+    insight = "the metro area"  # one of the analysis's strings
+    if keep_content:
+        assert answers <= held and insight in held
+    else:
+        assert not answers & held and insight not in held
+    rest = [event async for event in synthesis]
+    end = rest[-1]
+    assert isinstance(end, RunFinished)
+    assert end.content.final_answer == "The fused final answer."
+    assert bool(end.content.panel_answers) is keep_content
+    assert (end.content.analysis is not None) is keep_content
+    assert end.fusion["judge"]["status"] == "ok"  # the report was made before they went
+    assert len(end.fusion["panel"]) == 3

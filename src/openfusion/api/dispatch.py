@@ -56,18 +56,18 @@ class Exchange:
                 conversation = [message.model_dump(exclude_unset=True) for message in self.chat.messages]
                 remember_replayed(state.turns.owned_by(self.ledger.key_name), plan, conversation, events)
             return replayed(events)
-        runner = run_tool_mode if plan.mode == "tool" else run_fusion
-        events = runner(
-            upstream=state.upstream,
-            plan=plan,
-            request=self.chat,
-            stream=stream,
-            dialects=state.dialects,
-            research=state.research,
-            panel_deltas=panel_deltas,
-            # Each key finds only its own agent-loop turns.
-            **({"turns": state.turns.owned_by(self.ledger.key_name)} if plan.mode == "slug" else {}),
-        )
+        if plan.mode == "tool":
+            events = run_tool_mode(
+                upstream=state.upstream, plan=plan, request=self.chat, stream=stream, dialects=state.dialects,
+                research=state.research, panel_deltas=panel_deltas,
+            )  # fmt: skip
+        else:
+            events = run_fusion(
+                upstream=state.upstream, plan=plan, request=self.chat, stream=stream, dialects=state.dialects,
+                research=state.research, panel_deltas=panel_deltas,
+                turns=state.turns.owned_by(self.ledger.key_name),  # each key finds only its own agent-loop turns
+                keep_content=state.activity is not None and state.activity.stores_content,  # only its record reads it
+            )  # fmt: skip
         spans = self.ledger.spans
         if spans is not None:  # the run's stages in their spans (a cached run's replay has none)
             events = spans.events(events, request=self.chat)

@@ -56,8 +56,12 @@ class FusionRun:
         research: WebResearch | None,
         turns: Turns | None = None,
         panel_deltas: bool = False,
+        keep_content: bool = True,
     ) -> None:
         self.upstream = upstream
+        # Whether the summary carries what the panel and judge said (`RunContent`): only a store that keeps content
+        # needs it. Without it, a run lets go of the answers and the analysis once synthesis is under way.
+        self.keep_content = keep_content
         self.turns = turns
         self.panel_deltas = panel_deltas  # stream the panel's text as PanelDelta events
         self.panel_source = "fresh"  # or "cached" / "skipped": an agent loop's step reusing its user turn
@@ -230,7 +234,12 @@ class FusionRun:
         """What the run can do while the synthesizer's answer is awaited: keep the turn, report the stages (with
         the plan's worst-case cost, priced there unless `max_cost` priced it before the run)."""
         self.remember_turn(conversation)
-        return stages_report(self.plan, results=self.results, judges=self.judges, research=self.research)
+        stages = stages_report(self.plan, results=self.results, judges=self.judges, research=self.research)
+        if not self.keep_content:
+            # Nothing needs them past this point: a stream held open for minutes should not hold every panel
+            # answer (with what its research fetched) and the analysis too. The turn kept above has its own copy.
+            self.results, self.judges = [], []
+        return stages
 
     def analysis(self) -> Analysis | None:
         """The judge's analysis, if a judge produced one."""
@@ -247,8 +256,13 @@ async def run_fusion(
     research: WebResearch | None = None,
     turns: Turns | None = None,
     panel_deltas: bool = False,
+    keep_content: bool = True,
 ) -> AsyncIterator[Event]:
-    """Run one fusion request. Raises FusionFailed when the panel has too few answers."""
+    """Run one fusion request. Raises FusionFailed when the panel has too few answers.
+
+    `keep_content`: the summary (`RunFinished.content`) carries the panel's answers and the analysis; without it only
+    the final answer, and the run lets go of the rest as soon as synthesis is under way.
+    """
     run = FusionRun(
         upstream=upstream,
         plan=plan,
@@ -257,6 +271,7 @@ async def run_fusion(
         research=research,
         turns=turns,
         panel_deltas=panel_deltas,
+        keep_content=keep_content,
     )
     stages = [run.panel, run.judge] if plan.enabled and run.needs_panel() else []
     # Each stage's generator made as the stage starts, and let go of as the next one replaces it: a stream held
