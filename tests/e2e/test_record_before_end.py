@@ -31,27 +31,29 @@ HI = [{"role": "user", "content": "Hi"}]
 BATCHING = "[activity]\nflush_interval_s = 60\n{extra}"  # a record queued when the server dies is lost
 
 
+# Each client is closed when its request is done: the server is killed right after, and a pooled connection left
+# open to it would be found by the garbage collector in some later test, as an unclosed socket.
 def _chat(url: str, model: str, *, stream: bool) -> str:
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
-    raw = client.chat.completions.with_raw_response.create(model=model, messages=HI, stream=stream)  # type: ignore[call-overload]
-    if stream:
-        assert [c.choices[0].finish_reason for c in raw.parse() if c.choices][-1] == "stop"
-    else:
-        assert raw.parse().choices[0].message.content
+    with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30) as client:
+        raw = client.chat.completions.with_raw_response.create(model=model, messages=HI, stream=stream)  # type: ignore[call-overload]
+        if stream:
+            assert [c.choices[0].finish_reason for c in raw.parse() if c.choices][-1] == "stop"
+        else:
+            assert raw.parse().choices[0].message.content
     return str(raw.headers["x-generation-id"])
 
 
 def _messages(url: str) -> str:
-    client = anthropic.Anthropic(base_url=url, api_key="unused", max_retries=0, timeout=30)
-    raw = client.messages.with_raw_response.create(model="fusion/trio", max_tokens=100, messages=HI, stream=True)
-    assert [event.type for event in raw.parse()][-1] == "message_stop"
+    with anthropic.Anthropic(base_url=url, api_key="unused", max_retries=0, timeout=30) as client:
+        raw = client.messages.with_raw_response.create(model="fusion/trio", max_tokens=100, messages=HI, stream=True)
+        assert [event.type for event in raw.parse()][-1] == "message_stop"
     return str(raw.headers["x-generation-id"])
 
 
 def _responses(url: str) -> str:
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
-    raw = client.responses.with_raw_response.create(model="fusion/trio", input="Hi", stream=True)
-    assert [event.type for event in raw.parse()][-1] == "response.completed"
+    with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30) as client:
+        raw = client.responses.with_raw_response.create(model="fusion/trio", input="Hi", stream=True)
+        assert [event.type for event in raw.parse()][-1] == "response.completed"
     return str(raw.headers["x-generation-id"])
 
 
