@@ -94,7 +94,7 @@ async def measure(requests: int, *, concurrency: int, stream: bool) -> float:
         assert plan is not None
         events = run_fusion(upstream=upstream, plan=plan, request=chat, stream=stream, dialects=dialects)
         if stream:
-            async for _ in stream_fusion(events, generation_id="gen-1", model=chat.model, keepalive_interval=15):
+            async for _ in stream_fusion(events, generation_id="gen-1", model=chat.model):
                 pass
         else:
             await complete_fusion(events, generation_id="gen-1")

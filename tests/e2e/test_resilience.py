@@ -17,7 +17,7 @@ from .conftest import ANALYSIS
 CHAT = "/v1/chat/completions"
 HI = [{"role": "user", "content": "Hi"}]
 # Short stage limits so every fault resolves quickly; the matrix asserts outcomes, not speed.
-OUR_TASKS = ("panel:", "fusion-run", "disconnect-watch", "response-body")
+OUR_TASKS = ("panel:", "keepalive", "disconnect-watch", "response-body")
 
 
 def fusion(url: str, *, stream: bool = False, timeout: float = 20, **plugin: Any) -> httpx.Response:

@@ -194,3 +194,90 @@ async def test_an_empty_body_with_headers_waiting_still_answers() -> None:
     response = EventStreamResponse(body(), media_type="text/event-stream", headers_with_first_chunk=True)
     await response(SCOPE, client.receive, client.send)
     assert [m["type"] for m in client.sent] == ["http.response.start", "http.response.body"]
+
+
+# --- keep-alives -----------------------------------------------------------------------------------------------------
+
+BEAT = b": beat\n\n"
+
+
+def _beating(log: dict[str, Any], parts: list[tuple[float, bytes]], interval: float) -> EventStreamResponse:
+    return EventStreamResponse(
+        _body(log, parts), media_type="text/event-stream", headers_with_first_chunk=True, keepalive=BEAT,
+        keepalive_interval=interval,
+    )  # fmt: skip
+
+
+def _bodies(client: Client) -> list[bytes]:
+    return [m["body"] for m in client.sent if m["type"] == "http.response.body"]
+
+
+async def test_keepalives_go_out_while_the_body_is_silent_and_only_then() -> None:
+    log: dict[str, Any] = {}
+    client = Client()
+    parts = [(0, b"open"), (0.35, b"a"), *[(0.02, b"t") for _ in range(10)], (0.35, b"b")]
+
+    await _beating(log, parts, 0.1)(SCOPE, client.receive, client.send)
+
+    bodies = _bodies(client)
+    assert [b for b in bodies if b != BEAT] == [b"open", b"a", *[b"t"] * 10, b"b", b""]
+    a, b = bodies.index(b"a"), bodies.index(b"b")
+    assert bodies[1:a].count(BEAT) >= 2  # ~3 quiet intervals before "a"
+    assert BEAT not in bodies[a : a + 11]  # none while chunks keep coming, 20 ms apart
+    assert bodies[a + 11 : b].count(BEAT) >= 2  # and again before "b"
+    assert bodies[-1] == b"" and bodies[-2] == b"b"  # none after the end
+    assert client.sent[0]["type"] == "http.response.start"  # the headers, before any beat
+    assert log == {"ended": True, "closed": True}
+
+
+async def test_no_keepalive_before_the_headers_leave_nor_after_the_body_ends() -> None:
+    client = Client()
+
+    async def body() -> AsyncIterator[bytes]:
+        await asyncio.sleep(0.25)  # the first chunk comes late: the headers wait for it, and so do the beats
+        yield b"open"
+
+    response = EventStreamResponse(
+        body(), media_type="text/event-stream", headers_with_first_chunk=True, keepalive=BEAT, keepalive_interval=0.05
+    )
+    await response(SCOPE, client.receive, client.send)
+    await asyncio.sleep(0.2)  # a timer left behind would beat now
+
+    assert [m["type"] for m in client.sent] == ["http.response.start", "http.response.body", "http.response.body"]
+    assert _bodies(client) == [b"open", b""]
+
+
+async def test_a_keepalive_waiting_on_a_slow_client_is_dropped_when_the_body_ends() -> None:
+    """A beat whose send waits (the client reads nothing) is one at a time, and the body's end is the last message."""
+    client = Client()
+    slow = asyncio.Event()
+    beats_waiting: list[int] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message.get("body") == BEAT:
+            beats_waiting.append(1)
+            await slow.wait()  # as a send does while the transport is paused
+        await client.send(message)
+
+    response = _beating({}, [(0, b"open"), (0.3, b"a")], 0.05)
+    await response(SCOPE, client.receive, send)
+    await asyncio.sleep(0.1)
+
+    assert beats_waiting == [1]  # five quiet intervals, one beat: the next waits for it
+    assert _bodies(client) == [b"open", b"a", b""]  # the waiting beat was cancelled, nothing after the end
+    assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+
+async def test_a_client_that_leaves_stops_the_keepalives() -> None:
+    log: dict[str, Any] = {}
+    client = Client()
+    task = asyncio.create_task(_beating(log, [(0, b"open"), (60, b"never")], 0.05)(SCOPE, client.receive, client.send))
+    await asyncio.sleep(0.2)
+    client.leave.set()
+    await asyncio.wait_for(task, 5)
+    sent = len(client.sent)
+    await asyncio.sleep(0.2)
+
+    assert log.get("cancelled") is True
+    assert BEAT in _bodies(client)
+    assert len(client.sent) == sent  # nothing more once the client left

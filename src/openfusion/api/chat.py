@@ -16,6 +16,7 @@ from openfusion.api.event_stream import EventStreamResponse
 from openfusion.api.fusion_response import complete_fusion, stream_fusion
 from openfusion.api.passthrough import SSE_HEADERS, pass_through
 from openfusion.errors import OpenFusionError
+from openfusion.sse import KEEPALIVE
 
 
 async def chat_completions(request: Request) -> Response:
@@ -53,12 +54,16 @@ async def _fusion(exchange: Exchange) -> Response:
             events,
             generation_id=ledger.generation_id,
             model=plan.synthesizer,
-            keepalive_interval=exchange.state.settings.keepalive_interval_s,
             progress=not (chat.reasoning or {}).get("exclude", False),
             ledger=ledger,
         )
         return EventStreamResponse(
-            ledger.closing(body), media_type="text/event-stream", headers=SSE_HEADERS, headers_with_first_chunk=True
+            ledger.closing(body),
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
+            headers_with_first_chunk=True,
+            keepalive=KEEPALIVE,
+            keepalive_interval=exchange.state.settings.keepalive_interval_s,
         )
     work = complete_fusion(events, generation_id=ledger.generation_id, ledger=ledger)
     result: dict[str, Any] = await cancel_on_disconnect(exchange.request, work, drain=exchange.state.drain)

@@ -9,6 +9,10 @@ the body (its upstream calls close at once, as before) and the response ends qui
 
 A body that ends runs the background task (the request's record) itself, in the step that sent its last
 bytes: before the server reads the client's next request, not several loop passes later behind it.
+
+Keep-alives are the response's too (`keepalive`): while the body is silent (a stage thinking, an upstream slow to
+answer) a timer sends them, so the body's task can run the fusion itself and relay each event as it comes, with no
+task of the run's own between it and the client.
 """
 
 from __future__ import annotations
@@ -27,13 +31,24 @@ class EventStreamResponse(StreamingResponse):
     request's task once the client left first.
 
     `headers_with_first_chunk`: the status line and headers wait for the body's first chunk and leave in
-    the same write — for a body whose first chunk comes at once (a fusion stream's opening line, after
-    the run's first step), never for one that waits on an upstream.
+    the same write — for a body whose first chunk comes at once (a fusion stream's opening line), never for
+    one that waits on an upstream.
+
+    `keepalive`: bytes sent whenever `keepalive_interval` seconds pass without a chunk of the body, from the
+    headers on (an SSE comment, or a surface's own ping event).
     """
 
-    def __init__(self, *args: Any, headers_with_first_chunk: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        headers_with_first_chunk: bool = False,
+        keepalive: bytes = b"",
+        keepalive_interval: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.headers_with_first_chunk = headers_with_first_chunk
+        self.keepalive, self.keepalive_interval = keepalive, keepalive_interval
         self._ended = False  # the body's end went out: its task runs the background task
 
     async def _respond(self, send: Send) -> None:
@@ -43,20 +58,39 @@ class EventStreamResponse(StreamingResponse):
             await self.background()
 
     async def stream_response(self, send: Send) -> None:
-        if not self.headers_with_first_chunk:
+        if not (self.headers_with_first_chunk or self.keepalive):
             await super().stream_response(send)
             return
         start: Message | None = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-        async for chunk in self.body_iterator:
-            if start is not None:
+        heartbeat: _Heartbeat | None = None
+        try:
+            if not self.headers_with_first_chunk:
                 await send(start)
-                start = None
-            if not isinstance(chunk, bytes | memoryview):
-                chunk = chunk.encode(self.charset)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                start, heartbeat = None, self._heartbeat(send)
+            async for chunk in self.body_iterator:
+                if start is not None:
+                    await send(start)
+                    start, heartbeat = None, self._heartbeat(send)
+                if not isinstance(chunk, bytes | memoryview):
+                    chunk = chunk.encode(self.charset)
+                if heartbeat is not None:
+                    heartbeat.last = heartbeat.loop.time()
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
+            if heartbeat is not None:
+                heartbeat.stop()  # before the body's end: nothing may follow it
+            # Left early (the client gone while a chunk was being sent): the body, suspended where it yielded, is
+            # closed now, and with it the run it drives and its upstream calls; not whenever the collector finds it.
+            if (close := getattr(self.body_iterator, "aclose", None)) is not None:
+                await close()
         if start is not None:
             await send(start)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _heartbeat(self, send: Send) -> _Heartbeat | None:
+        if not (self.keepalive and self.keepalive_interval > 0):
+            return None
+        return _Heartbeat(send, self.keepalive, self.keepalive_interval)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,3 +126,42 @@ class EventStreamResponse(StreamingResponse):
             body.result()  # the body's own error, if any, surfaces here as it did
         if self.background is not None and not self._ended:
             await self.background()
+
+
+class _Heartbeat:
+    """Sends `beat` whenever `interval` seconds pass with nothing sent (`last`: when the body last sent a chunk).
+
+    One loop timer, re-armed as it fires; a beat goes out from a short task of its own, at most one at a time. A
+    beat between two chunks of the body is whole, like them: it never splits an event. An object rather than a
+    closure that re-arms itself: such a closure names itself, a reference cycle that would keep the request
+    until the garbage collector found it; a cancelled timer drops its callback, so nothing outlives `stop()`.
+    """
+
+    __slots__ = ("_beat", "_interval", "_send", "_task", "_timer", "last", "loop")
+
+    def __init__(self, send: Send, beat: bytes, interval: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._send, self._beat, self._interval = send, beat, interval
+        self._task: asyncio.Task[None] | None = None
+        self.last = self.loop.time()
+        self._timer = self.loop.call_at(self.last + interval, self._tick)
+
+    def _tick(self) -> None:
+        now = self.loop.time()
+        if now >= self.last + self._interval and self._task is None:
+            self.last = now
+            self._task = self.loop.create_task(self._beat_once(), name="keepalive")
+        when = self.last + self._interval  # a chunk sent since the timer was set moves the next beat on
+        self._timer = self.loop.call_at(when if when > now else now + self._interval, self._tick)
+
+    async def _beat_once(self) -> None:
+        try:
+            await self._send({"type": "http.response.body", "body": self._beat, "more_body": True})
+        finally:
+            self._task = None
+
+    def stop(self) -> None:
+        self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()  # one still waiting for the client to read: its bytes are written already
+            self._task = None

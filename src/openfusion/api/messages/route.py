@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,7 +16,6 @@ from openfusion.api.deps import AppState
 from openfusion.api.disconnect import cancel_on_disconnect
 from openfusion.api.dispatch import Exchange, record_unparsed_refusal, serve
 from openfusion.api.event_stream import EventStreamResponse
-from openfusion.api.fusion_response import with_keepalive
 from openfusion.api.ledger import Ledger
 from openfusion.api.messages.native import count_native, forward_native, speaks_messages
 from openfusion.api.messages.request import Translated, parse_request, translate
@@ -28,6 +28,8 @@ from openfusion.errors import OpenFusionError
 from openfusion.pipeline.events import Event, RunFinished
 from openfusion.pipeline.plan import plan_fusion
 from openfusion.sse import encode_named
+
+_PING = encode_named([PING])
 
 log = logging.getLogger("openfusion")
 
@@ -90,41 +92,43 @@ async def _render(exchange: Exchange, translated: Translated) -> Response:
                            input_tokens=estimate_input_tokens(translated.request))  # fmt: skip
     if chat.stream:
         body = ledger.closing(
-            _stream(writer, events, ledger=ledger, keepalive_interval=state.settings.keepalive_interval_s),
+            _stream(writer, events, ledger=ledger),
             render_error=lambda error: encode_named(writer.fail(error)),  # the end of the grace period
         )
         return EventStreamResponse(
-            body, media_type="text/event-stream", headers=SSE_HEADERS, headers_with_first_chunk=True
+            body,
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
+            headers_with_first_chunk=True,
+            keepalive=_PING,  # whenever the run is silent
+            keepalive_interval=state.settings.keepalive_interval_s,
         )
     result = await cancel_on_disconnect(exchange.request, _complete(writer, events, ledger=ledger), drain=state.drain)
     return Response(orjson.dumps(result), media_type="application/json")
 
 
-async def _stream(
-    writer: MessageWriter, events: AsyncIterator[Event], *, ledger: Ledger, keepalive_interval: float
-) -> AsyncIterator[bytes]:
-    """The SSE body: `message_start` first, then the run's events, with a `ping` whenever it is silent."""
-    lead = encode_named(writer.start())  # with the headers and the run's first events: one write
+async def _stream(writer: MessageWriter, events: AsyncIterator[Event], *, ledger: Ledger) -> AsyncIterator[bytes]:
+    """The SSE body: `message_start` at once, then the run's events as they come (the run driven here)."""
+    yield encode_named(writer.start())  # with the headers and the run's first events: one write
     try:
-        async for batch in with_keepalive(events, keepalive_interval, first_at_once=True):
-            out = lead + b"".join([encode_named([PING] if event is None else _render_event(writer, event, ledger))
-                            for event in batch])  # fmt: skip
-            if writer.finished:
-                await ledger.commit()  # clients stop reading at `message_stop`: the record goes to the store first
-            lead = b""
-            if out:
-                yield out
+        async with contextlib.aclosing(events):  # the client gone: the run's upstream calls close at once
+            async for event in events:
+                out = encode_named(_render_event(writer, event, ledger))
+                if writer.finished:
+                    await ledger.commit()  # clients stop reading at `message_stop`: the record goes to the store first
+                if out:
+                    yield out
         if not writer.finished:
             raise OpenFusionError("The run ended without an answer.", code="internal_error")
     except OpenFusionError as exc:
         ledger.failed(exc)
         await ledger.commit()  # the `error` event ends the stream: its record first
-        yield lead + encode_named(writer.fail(exc))
+        yield encode_named(writer.fail(exc))
     except Exception as exc:
         ledger.failed(exc)
         log.exception("messages stream failed")
         await ledger.commit()
-        yield lead + encode_named(writer.fail(OpenFusionError("Internal server error.", code="internal_error")))
+        yield encode_named(writer.fail(OpenFusionError("Internal server error.", code="internal_error")))
 
 
 async def _complete(writer: MessageWriter, events: AsyncIterator[Event], *, ledger: Ledger) -> dict[str, Any]:

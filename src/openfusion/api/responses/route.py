@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -16,7 +17,6 @@ from openfusion.api.deps import AppState
 from openfusion.api.disconnect import cancel_on_disconnect
 from openfusion.api.dispatch import Exchange, record_unparsed_refusal, serve
 from openfusion.api.event_stream import EventStreamResponse
-from openfusion.api.fusion_response import with_keepalive
 from openfusion.api.ledger import Ledger
 from openfusion.api.params import renamed
 from openfusion.api.passthrough import SSE_HEADERS
@@ -105,13 +105,17 @@ async def _render(exchange: Exchange, translated: Translated, *, owner: str) -> 
         events = await cancel_on_disconnect(exchange.request, opening, drain=exchange.state.drain)
     writer = ResponseWriter(request=translated.request, model=chat.model, store=store)
     if chat.stream:
-        interval = exchange.state.settings.keepalive_interval_s
         body = ledger.closing(
-            _stream(writer, events, ledger=ledger, keepalive_interval=interval, keep=keep),
+            _stream(writer, events, ledger=ledger, keep=keep),
             render_error=lambda error: encode_named(writer.fail(error)),  # the end of the grace period
         )
         return EventStreamResponse(
-            body, media_type="text/event-stream", headers=SSE_HEADERS, headers_with_first_chunk=True
+            body,
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
+            headers_with_first_chunk=True,
+            keepalive=KEEPALIVE,  # whenever the run is silent
+            keepalive_interval=exchange.state.settings.keepalive_interval_s,
         )
     work = _complete(writer, events, ledger=ledger, keep=keep)
     result = await cancel_on_disconnect(exchange.request, work, drain=exchange.state.drain)
@@ -123,30 +127,28 @@ async def _stream(
     events: AsyncIterator[Event],
     *,
     ledger: Ledger,
-    keepalive_interval: float,
     keep: Callable[[dict[str, Any]], Awaitable[None]],
 ) -> AsyncIterator[bytes]:
-    """The SSE body: `response.created` first, then the run's events (keep-alives while it is silent)."""
-    lead = encode_named(writer.start())  # with the headers and the run's first events: one write
+    """The SSE body: `response.created` at once, then the run's events as they come (the run driven here)."""
+    yield encode_named(writer.start())  # with the headers and the run's first events: one write
     try:
-        async for batch in with_keepalive(events, keepalive_interval, first_at_once=True):
-            out = lead + b"".join([KEEPALIVE if event is None else encode_named(_render_event(writer, event, ledger))
-                            for event in batch])  # fmt: skip
-            if writer.finished:
-                await keep(writer.snapshot())
-                await ledger.commit()  # clients stop reading at `response.completed`: the record goes first
-            lead = b""
-            if out:
-                yield out
+        async with contextlib.aclosing(events):  # the client gone: the run's upstream calls close at once
+            async for event in events:
+                out = encode_named(_render_event(writer, event, ledger))
+                if writer.finished:
+                    await keep(writer.snapshot())
+                    await ledger.commit()  # clients stop reading at `response.completed`: the record goes first
+                if out:
+                    yield out
     except OpenFusionError as exc:
         ledger.failed(exc)
         await ledger.commit()  # likewise before `response.failed`
-        yield lead + encode_named(writer.fail(exc))
+        yield encode_named(writer.fail(exc))
     except Exception as exc:
         ledger.failed(exc)
         log.exception("responses stream failed")
         await ledger.commit()
-        yield lead + encode_named(writer.fail(OpenFusionError("Internal server error.", code="server_error")))
+        yield encode_named(writer.fail(OpenFusionError("Internal server error.", code="server_error")))
 
 
 async def _complete(
