@@ -70,11 +70,7 @@ class _SSE:
         self.role_sent = False
 
     def render(self, event: Event) -> bytes:
-        if self.progress and (text := describe(event)) is not None:
-            delta = {"reasoning": text} if self.role_sent else {"role": "assistant", "reasoning": text}
-            self.role_sent = True
-            return self._chunk(self.model, [{"index": 0, "delta": delta, "finish_reason": None}])
-        if isinstance(event, SynthesisChunk):
+        if type(event) is SynthesisChunk:  # first: every answer chunk comes this way, and is no progress
             chunk = event.chunk
             self.model = chunk.get("model") or self.model
             chunk["id"] = self.generation_id
@@ -82,6 +78,10 @@ class _SSE:
             chunk.setdefault("created", self.created)
             chunk.pop("usage", None)  # the summed usage comes in the last chunk
             return encode(chunk)
+        if self.progress and (text := describe(event)) is not None:
+            delta = {"reasoning": text} if self.role_sent else {"role": "assistant", "reasoning": text}
+            self.role_sent = True
+            return self._chunk(self.model, [{"index": 0, "delta": delta, "finish_reason": None}])
         if isinstance(event, RunFinished):
             if self.ledger is not None:
                 self.ledger.finished(event)
