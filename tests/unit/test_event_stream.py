@@ -281,3 +281,21 @@ async def test_a_client_that_leaves_stops_the_keepalives() -> None:
     assert log.get("cancelled") is True
     assert BEAT in _bodies(client)
     assert len(client.sent) == sent  # nothing more once the client left
+
+
+async def test_a_chunk_sent_just_after_the_headers_moves_the_first_keepalive_on_by_one_interval_not_two() -> None:
+    """The timer set with the headers finds a chunk sent since: the beat comes an interval after that chunk."""
+    loop = asyncio.get_running_loop()
+    sent_at: list[tuple[float, bytes]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            sent_at.append((loop.time(), message["body"]))
+
+    interval = 0.2
+    response = _beating({}, [(0, b"open"), (0.02, b"a"), (0.5, b"b")], interval)
+    await response(SCOPE, Client().receive, send)
+
+    chunk = next(at for at, body in sent_at if body == b"a")
+    first_beat = next(at for at, body in sent_at if body == BEAT)
+    assert 0.9 * interval <= first_beat - chunk < 1.5 * interval  # timers fire late, not early; two intervals: wrong
