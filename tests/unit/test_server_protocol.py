@@ -38,8 +38,9 @@ async def test_writes_in_one_callback_become_one() -> None:
     transport.write(b"")  # an empty body message writes nothing
     transport.write(b"{}")
     assert real.writes == []  # not before this callback is done
-    await asyncio.sleep(0)
-    assert real.writes == []  # a head waits one pass more (see the next test)
+    for _ in range(2):
+        await asyncio.sleep(0)
+        assert real.writes == []  # a head waits three passes (see the next tests)
     await asyncio.sleep(0)
 
     assert real.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
@@ -75,10 +76,61 @@ async def test_a_head_leaves_after_the_upstream_writes_its_pass_made_ready() -> 
     await asyncio.gather(*calls)
 
 
-async def test_a_body_write_leaves_in_the_next_pass() -> None:
+async def test_a_head_written_before_the_panel_calls_are_made_still_leaves_after_their_requests() -> None:
+    """The order of a stream driven by its response's task: the head and the opening line are written first, then
+    the run's first step makes the panel calls' tasks, in the same step."""
+    order: list[str] = []
+
+    class _Client(_Transport):
+        def write(self, data: bytes) -> None:
+            order.append("client")
+            super().write(data)
+
+    async def upstream_request_written() -> None:
+        order.append("upstream")
+
+    async def panel_call() -> None:
+        asyncio.get_running_loop().create_task(upstream_request_written())
+
+    transport = CoalescedWrites(_Client(), asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+    calls = [asyncio.create_task(panel_call()) for _ in range(3)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+    assert order == ["upstream", "upstream", "upstream", "client"]
+    await asyncio.gather(*calls)
+
+
+async def test_a_progress_line_leaves_after_the_request_its_step_made() -> None:
+    """The judge starting: its progress line is written, then in the same step the call is made, whose request
+    aiohttp writes from a task of its own. The request goes first."""
+    order: list[str] = []
+
+    class _Client(_Transport):
+        def write(self, data: bytes) -> None:
+            order.append("client")
+            super().write(data)
+
+    async def upstream_request_written() -> None:
+        order.append("upstream")
+
+    transport = CoalescedWrites(_Client(), asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport.write(b"1a\r\ndata: {}\n\n\r\n")  # a streamed chunk: no head
+    writer = asyncio.get_running_loop().create_task(upstream_request_written())
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+    assert order == ["upstream", "client"]
+    await writer
+
+
+async def test_a_body_write_leaves_two_passes_later() -> None:
     real = _Transport()
     transport = CoalescedWrites(real, asyncio.get_running_loop())  # type: ignore[arg-type]
-    transport.write(b"1a\r\ndata: {}\n\n\r\n")  # a streamed chunk: no head, no wait beyond this callback
+    transport.write(b"1a\r\ndata: {}\n\n\r\n")
+    await asyncio.sleep(0)
+    assert real.writes == []
     await asyncio.sleep(0)
     assert real.writes == [b"1a\r\ndata: {}\n\n\r\n"]
 
@@ -88,7 +140,8 @@ async def test_writes_in_separate_callbacks_stay_separate() -> None:
     transport = CoalescedWrites(real, asyncio.get_running_loop())  # type: ignore[arg-type]
     for chunk in (b"data: 1\n\n", b"data: 2\n\n"):  # a stream: one token, then the next one later
         transport.write(chunk)
-        await asyncio.sleep(0)
+        for _ in range(2):
+            await asyncio.sleep(0)
     assert real.writes == [b"data: 1\n\n", b"data: 2\n\n"]
 
 

@@ -37,9 +37,12 @@ _BUSY = refusal_app(ServerBusy("The server is at its connection limit; try again
 class CoalescedWrites:
     """A transport whose writes within one event-loop callback reach the socket as one write.
 
-    They leave in the loop's next pass; a response's head in the pass after: by then the tasks made ready
-    with it (a streamed fusion's panel calls, made in the step that yields its first event) have run, and
-    so have the writes of their upstream requests, which each such task schedules in turn.
+    They leave two passes of the loop later, and a response's head three: after the upstream requests the same
+    step set going. A write that wakes the client can cost the writer its CPU while the client reads, so what the
+    answer waits for goes first. A fusion stream's body is written by the task that drives the run: it writes a
+    progress line (the judge starting), then makes the call in the same step, and aiohttp writes the request from
+    a task of its own, one pass later. A stream's first step writes the head, then makes the panel calls' tasks,
+    which make their request writers in the pass after.
     """
 
     __slots__ = ("_loop", "_pending", "_transport")
@@ -53,10 +56,11 @@ class CoalescedWrites:
         if not data:
             return
         if not self._pending:
-            if data.startswith(b"HTTP/"):  # a response's head: after what its pass made ready
-                self._loop.call_soon(self._loop.call_soon, self.flush)
+            loop = self._loop
+            if data.startswith(b"HTTP/"):  # a response's head: after what its step made ready, and their writers
+                loop.call_soon(loop.call_soon, loop.call_soon, self.flush)
             else:
-                self._loop.call_soon(self.flush)
+                loop.call_soon(loop.call_soon, self.flush)
         self._pending.append(data)
 
     def writelines(self, lines: Any) -> None:
