@@ -292,8 +292,8 @@ async def test_a_chunk_sent_just_after_the_headers_moves_the_first_keepalive_on_
         if message["type"] == "http.response.body":
             sent_at.append((loop.time(), message["body"]))
 
-    interval = 0.2
-    response = _beating({}, [(0, b"open"), (0.02, b"a"), (0.5, b"b")], interval)
+    interval = 0.3  # a beat due at 0.3 s after "a"; a timer re-armed from the headers instead would give ~0.57 s
+    response = _beating({}, [(0, b"open"), (0.03, b"a"), (0.7, b"b")], interval)
     await response(SCOPE, Client().receive, send)
 
     chunk = next(at for at, body in sent_at if body == b"a")
