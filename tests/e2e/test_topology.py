@@ -133,6 +133,8 @@ def _refused(url: str) -> None:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
         except ConnectionRefusedError:
             return
+        except ConnectionResetError:  # taken into the backlog of a listening socket the dying process then closed
+            pass
         assert time.monotonic() < deadline, f"{url} still takes connections"
         time.sleep(0.005)
 
