@@ -46,32 +46,39 @@ async def test_writes_in_one_callback_become_one() -> None:
     assert real.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
 
 
+class _Ordered(_Transport):
+    """A socket that notes when the client's bytes reach it, beside the upstream requests' writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: list[str] = []
+
+    def write(self, data: bytes) -> None:
+        self.order.append("client")
+        super().write(data)
+
+    async def upstream_request_written(self) -> None:
+        """aiohttp's `write_bytes` task for one upstream request."""
+        self.order.append("upstream")
+
+    async def panel_call(self) -> None:
+        """A panel call's task: it makes the task that writes its upstream request, one pass later."""
+        asyncio.get_running_loop().create_task(self.upstream_request_written())
+
+
 async def test_a_head_leaves_after_the_upstream_writes_its_pass_made_ready() -> None:
     """A fusion stream starts in one pass: the run makes its panel calls' tasks, and the response writes its head
     (with the opening line). Each call's task makes the task that writes its upstream request (aiohttp's
     `write_bytes`), one pass later. Those writes are what the answer waits for: they leave before the head does."""
-    order: list[str] = []
-
-    class _Client(_Transport):
-        def write(self, data: bytes) -> None:
-            order.append("client")
-            super().write(data)
-
-    async def upstream_request_written() -> None:
-        order.append("upstream")
-
-    async def panel_call() -> None:
-        asyncio.get_running_loop().create_task(upstream_request_written())
-
-    real = _Client()
+    real = _Ordered()
     transport = CoalescedWrites(real, asyncio.get_running_loop())  # type: ignore[arg-type]
-    calls = [asyncio.create_task(panel_call()) for _ in range(3)]
+    calls = [asyncio.create_task(real.panel_call()) for _ in range(3)]
     transport.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
     transport.write(b"1a\r\n: OPENFUSION PROCESSING\n\n\r\n")
     for _ in range(4):
         await asyncio.sleep(0)
 
-    assert order == ["upstream", "upstream", "upstream", "client"]
+    assert real.order == ["upstream", "upstream", "upstream", "client"]
     assert len(real.writes) == 1 and real.writes[0].startswith(b"HTTP/1.1 200 OK")
     await asyncio.gather(*calls)
 
@@ -79,49 +86,28 @@ async def test_a_head_leaves_after_the_upstream_writes_its_pass_made_ready() -> 
 async def test_a_head_written_before_the_panel_calls_are_made_still_leaves_after_their_requests() -> None:
     """The order of a stream driven by its response's task: the head and the opening line are written first, then
     the run's first step makes the panel calls' tasks, in the same step."""
-    order: list[str] = []
-
-    class _Client(_Transport):
-        def write(self, data: bytes) -> None:
-            order.append("client")
-            super().write(data)
-
-    async def upstream_request_written() -> None:
-        order.append("upstream")
-
-    async def panel_call() -> None:
-        asyncio.get_running_loop().create_task(upstream_request_written())
-
-    transport = CoalescedWrites(_Client(), asyncio.get_running_loop())  # type: ignore[arg-type]
+    real = _Ordered()
+    transport = CoalescedWrites(real, asyncio.get_running_loop())  # type: ignore[arg-type]
     transport.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-    calls = [asyncio.create_task(panel_call()) for _ in range(3)]
+    calls = [asyncio.create_task(real.panel_call()) for _ in range(3)]
     for _ in range(5):
         await asyncio.sleep(0)
 
-    assert order == ["upstream", "upstream", "upstream", "client"]
+    assert real.order == ["upstream", "upstream", "upstream", "client"]
     await asyncio.gather(*calls)
 
 
 async def test_a_progress_line_leaves_after_the_request_its_step_made() -> None:
     """The judge starting: its progress line is written, then in the same step the call is made, whose request
     aiohttp writes from a task of its own. The request goes first."""
-    order: list[str] = []
-
-    class _Client(_Transport):
-        def write(self, data: bytes) -> None:
-            order.append("client")
-            super().write(data)
-
-    async def upstream_request_written() -> None:
-        order.append("upstream")
-
-    transport = CoalescedWrites(_Client(), asyncio.get_running_loop())  # type: ignore[arg-type]
+    real = _Ordered()
+    transport = CoalescedWrites(real, asyncio.get_running_loop())  # type: ignore[arg-type]
     transport.write(b"1a\r\ndata: {}\n\n\r\n")  # a streamed chunk: no head
-    writer = asyncio.get_running_loop().create_task(upstream_request_written())
+    writer = asyncio.get_running_loop().create_task(real.upstream_request_written())
     for _ in range(3):
         await asyncio.sleep(0)
 
-    assert order == ["upstream", "client"]
+    assert real.order == ["upstream", "client"]
     await writer
 
 
