@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import types
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
 from component.support import ScriptedUpstream
 from component.test_pipeline import make_plan, make_request
-from openfusion.pipeline.events import RunFinished, SynthesisChunk
+from openfusion.pipeline.events import Event, RunFinished, SynthesisChunk
 from openfusion.pipeline.run import FusionRun, run_fusion
 from openfusion.pipeline.structured import DialectMemory
 from openfusion.upstream.client import UpstreamClient
@@ -41,10 +41,8 @@ def reachable_strings(root: Any) -> Iterator[str]:
     return (obj for obj in reachable(root) if isinstance(obj, str))
 
 
-async def test_a_streaming_synthesis_holds_no_copy_of_its_prompt(
-    client: UpstreamClient, fake: ScriptedUpstream
-) -> None:
-    run = FusionRun(upstream=client, plan=make_plan(), request=make_request(), dialects=DialectMemory(), research=None)
+async def streaming_synthesis(run: FusionRun) -> AsyncIterator[Event]:
+    """The run's synthesis, past its panel and judge, with its first answer chunk taken."""
     async for _ in run.panel():
         pass
     async for _ in run.judge():
@@ -53,6 +51,14 @@ async def test_a_streaming_synthesis_holds_no_copy_of_its_prompt(
     async for event in synthesis:
         if isinstance(event, SynthesisChunk):
             break
+    return synthesis
+
+
+async def test_a_streaming_synthesis_holds_no_copy_of_its_prompt(
+    client: UpstreamClient, fake: ScriptedUpstream
+) -> None:
+    run = FusionRun(upstream=client, plan=make_plan(), request=make_request(), dialects=DialectMemory(), research=None)
+    synthesis = await streaming_synthesis(run)
     # The synthesizer's system prompt embeds every panel answer; the answers themselves stay (the summary and the
     # activity record carry them), the prompt built from them does not, nor the run's copy of the conversation.
     prompts = [s for s in reachable_strings(synthesis) if "Answer from a." in s and s != "Answer from a."]
@@ -95,14 +101,7 @@ async def test_a_run_without_content_lets_go_of_the_answers_and_the_analysis_onc
         upstream=client, plan=make_plan(), request=make_request(), dialects=DialectMemory(), research=None,
         keep_content=keep_content,
     )  # fmt: skip
-    async for _ in run.panel():
-        pass
-    async for _ in run.judge():
-        pass
-    synthesis = run.synthesize(stream=True)
-    async for event in synthesis:
-        if isinstance(event, SynthesisChunk):
-            break
+    synthesis = await streaming_synthesis(run)
     for _ in range(3):  # the run settles a few loop passes after the synthesizer's request went out
         await asyncio.sleep(0)
     held = set(reachable_strings(synthesis))
