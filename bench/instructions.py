@@ -29,16 +29,18 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import Bench, run_harness
-from bench.load import chat_body
+from bench.load import agent_body, chat_body
 from bench.procs import Service
 from bench.scenarios import AUTH, DRIP, FAST0, PASS_MODEL, dumps, floor_presets, main_presets, request_fn, say
 
-CASES = {  # name: (model, stream)
-    "fusion stream": (f"fusion/{FAST0.name}", True),
+CASES = {  # name: (model, stream, body)
+    "fusion stream": (f"fusion/{FAST0.name}", True, chat_body),
     # 32 tokens more than `fusion stream`, each read apart from the others: the difference over 32 is a token's cost.
-    "fusion stream 40 tokens": (f"fusion/{DRIP.name}", True),
-    "fusion non-stream": (f"fusion/{FAST0.name}", False),
-    "pass-through non-stream": (PASS_MODEL, False),
+    "fusion stream 40 tokens": (f"fusion/{DRIP.name}", True, chat_body),
+    "fusion non-stream": (f"fusion/{FAST0.name}", False, chat_body),
+    # A coding agent's long conversation (~150 KB): what a request costs for the size of its context.
+    "fusion non-stream 150 KB": (f"fusion/{FAST0.name}", False, agent_body),
+    "pass-through non-stream": (PASS_MODEL, False, chat_body),
 }
 TOTALS = re.compile(rb"^(?:summary|totals):\s+(\d+)", re.MULTILINE)
 
@@ -108,7 +110,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             services["floor"] = bench.start_floor("floor", floor_presets(), wrap=wrap, ready_timeout_s=600)
         session = bench.session(timeout_s=600)
         concurrencies = [int(c) for c in args.concurrency.split(",")]
-        for case, (model, stream) in CASES.items():
+        for case, (model, stream, make_body) in CASES.items():
             if args.only and not any(word in case for word in args.only.split(",")):
                 continue
             for c in concurrencies:
@@ -118,7 +120,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     if arm == "floor" and model == PASS_MODEL:
                         continue
                     url = service.url + "/v1/chat/completions"
-                    fn = request_fn(url, chat_body(model, stream=stream), stream=stream, headers=AUTH)
+                    fn = request_fn(url, make_body(model, stream=stream), stream=stream, headers=AUTH)
                     control(service.pid, "--instr=on")
                     await send(fn, session, args.warmup, c)
                     control(service.pid, "--zero")

@@ -295,3 +295,24 @@ def chat_body(model: str, *, stream: bool, content: str = "Is nuclear power safe
     body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": content}], "stream": stream}
     body.update(extra)
     return orjson.dumps(body)
+
+
+def agent_body(model: str, *, stream: bool, steps: int = 60) -> bytes:
+    """A coding agent's request late in its loop (~150 KB): a system prompt, `steps` rounds of a user turn, an
+    assistant tool call and its result, then a new question (so that no agent-loop turn is reused)."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": "You are a coding agent. " * 40}]
+    for i in range(steps):
+        arguments = orjson.dumps({"path": f"src/module_{i}.py"}).decode()
+        messages += [
+            {"role": "user", "content": f"Step {i}: " + "please look at the failing test and fix it. " * 18},
+            {
+                "role": "assistant",
+                "content": "I will read the file first. " * 30,
+                "tool_calls": [
+                    {"id": f"call_{i}", "type": "function", "function": {"name": "read_file", "arguments": arguments}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": f"call_{i}", "content": "def f(x):\n    return x + 1\n" * 22},
+        ]
+    messages.append({"role": "user", "content": "Now summarise what changed and why."})
+    return orjson.dumps({"model": model, "messages": messages, "stream": stream})
