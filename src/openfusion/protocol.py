@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
@@ -78,6 +78,22 @@ class ChatRequest(WireModel):
     n: int | None = None
     # OpenRouter's fallback list for pass-through requests: tried in order after `model`.
     models: list[ModelSlug] | None = Field(default=None, max_length=8)
+    _conversation: list[dict[str, Any]] | None = PrivateAttr(default=None)
+
+    def conversation(self) -> list[dict[str, Any]]:
+        """The messages as the client sent them, as plain dicts: made once, and shared by everyone who asks (the
+        run, its worst-case cost, its trace), so nobody may change them. A coding agent's conversation runs to
+        hundreds of KB, and dumping one costs about as much as validating it did.
+
+        `forget_conversation()` lets go of it once nothing will ask again.
+        """
+        if self._conversation is None:
+            self._conversation = [message.model_dump(exclude_unset=True) for message in self.messages]
+        return self._conversation
+
+    def forget_conversation(self) -> None:
+        """Let go of the dicts `conversation()` made (asking again makes them again)."""
+        self._conversation = None
 
     def candidate_models(self) -> list[str]:
         """`model`, then the `models` fallbacks not already tried."""

@@ -11,10 +11,14 @@ from typing import Any
 import pytest
 
 from component.support import ScriptedUpstream
-from component.test_pipeline import make_plan, make_request
+from component.test_pipeline import PANEL, make_plan, make_request
+from openfusion.activity import ModelPrice, PriceTable
+from openfusion.pipeline.budget import WorstCase
 from openfusion.pipeline.events import Event, RunFinished, SynthesisChunk
+from openfusion.pipeline.reach import reach_of
 from openfusion.pipeline.run import FusionRun, run_fusion
 from openfusion.pipeline.structured import DialectMemory
+from openfusion.protocol import Message
 from openfusion.upstream.client import UpstreamClient
 
 # Objects that lead everywhere (module globals, classes) without belonging to one request.
@@ -119,3 +123,52 @@ async def test_a_run_without_content_lets_go_of_the_answers_and_the_analysis_onc
     assert (end.content.analysis is not None) is keep_content
     assert end.fusion["judge"]["status"] == "ok"  # the report was made before they went
     assert len(end.fusion["panel"]) == 3
+
+
+def _conversation_dicts(root: Any, request: Any) -> list[dict[str, Any]]:
+    """The dicts reachable from `root` that are the request's messages as dicts (`ChatRequest.conversation()`)."""
+    texts = {message.content for message in request.messages}
+    fields = {id(vars(message)) for message in request.messages}  # the models' own attribute dicts are not dumps
+    return [
+        o
+        for o in reachable(root)
+        if isinstance(o, dict) and id(o) not in fields and o.get("role") and o.get("content") in texts
+    ]
+
+
+async def test_a_run_and_its_worst_case_read_one_dump_of_the_conversation(
+    client: UpstreamClient, fake: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A coding agent's conversation runs to hundreds of KB, and dumping its messages costs about what validating
+    them did: the run's stages and the worst-case cost it reports share one dump."""
+    request, plan = make_request(), make_plan()
+    prices = PriceTable({slug: ModelPrice(prompt=1e-6, completion=2e-6) for slug in [*PANEL, "up/judge", "up/synth"]})
+    plan = plan.with_estimate(WorstCase(request, plan, reach_of(request, plan), prices=prices))
+    dumped: list[str] = []
+    dump = Message.model_dump
+
+    def counted(self: Message, **kwargs: Any) -> dict[str, Any]:
+        dumped.append(self.role)
+        return dump(self, **kwargs)
+
+    monkeypatch.setattr(Message, "model_dump", counted)
+    events = [event async for event in run_fusion(upstream=client, plan=plan, request=request, stream=False)]
+    end = events[-1]
+    assert isinstance(end, RunFinished)
+    assert end.fusion["estimated_max_cost"] > 0  # priced while the synthesizer answered
+    assert dumped == [message.role for message in request.messages]  # each message once
+
+
+async def test_a_streaming_synthesis_that_settled_holds_no_dump_of_the_conversation(
+    client: UpstreamClient, fake: ScriptedUpstream
+) -> None:
+    """The dump is shared while the stages and the worst case read it; a stream held open for minutes then holds
+    the request's messages once, not twice."""
+    request = make_request()
+    run = FusionRun(upstream=client, plan=make_plan(), request=request, dialects=DialectMemory(), research=None)
+    assert _conversation_dicts(run, request)  # the walk finds the dump while the run reads it
+    synthesis = await streaming_synthesis(run)
+    for _ in range(3):  # the run settles a few loop passes after the synthesizer's request went out
+        await asyncio.sleep(0)
+    assert _conversation_dicts(synthesis, request) == []
+    await synthesis.aclose()

@@ -53,8 +53,7 @@ class Exchange:
         if ticket is not None and ticket.entry is not None:  # a hit: the cached run's events, at once
             events = ticket.entry.replay(stream=stream, panel_deltas=panel_deltas)
             if plan.mode == "slug":  # an agent loop's next step finds this turn's analysis, as after a run
-                conversation = [message.model_dump(exclude_unset=True) for message in self.chat.messages]
-                remember_replayed(state.turns.owned_by(self.ledger.key_name), plan, conversation, events)
+                remember_replayed(state.turns.owned_by(self.ledger.key_name), plan, self.chat.conversation(), events)
             return replayed(events)
         if plan.mode == "tool":
             events = run_tool_mode(

@@ -170,8 +170,7 @@ class RequestSpans:
 
     async def events(self, events: AsyncIterator[Event], *, request: ChatRequest) -> AsyncIterator[Event]:
         if self.capture is not None:
-            messages = [m.model_dump(exclude_unset=True) for m in request.messages]
-            self.server.set_attribute("gen_ai.input.messages", self._text(messages))
+            self.server.set_attribute("gen_ai.input.messages", self._text(request.conversation()))
         try:
             async with contextlib.aclosing(events):  # leaving early closes the run (and its calls) at once
                 async for event in events:

@@ -33,7 +33,7 @@ JUDGE_CALLS = 2
 
 def prompt_tokens_upper_bound(request: ChatRequest) -> int:
     """A generous estimate, in tokens, of what the request puts in a prompt: its messages and tools."""
-    parts: dict[str, Any] = {"messages": [message.model_dump(exclude_unset=True) for message in request.messages]}
+    parts: dict[str, Any] = {"messages": request.conversation()}
     if request.tools:
         parts["tools"] = request.tools
     return math.ceil(len(orjson.dumps(parts)) / _CHARS_PER_TOKEN)

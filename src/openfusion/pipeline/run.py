@@ -68,7 +68,7 @@ class FusionRun:
         self.plan = plan
         self.request = request
         self.dialects = dialects
-        self.conversation: Messages = [message.model_dump(exclude_unset=True) for message in request.messages]
+        self.conversation: Messages = request.conversation()
         self.research = ResearchPlan(research, plan.tools, plan.max_tool_calls, plan.blocked_domains)
         self.results: list[PanelAnswer | PanelFailure] = []
         self.judges: list[JudgeOutcome] = []
@@ -235,6 +235,8 @@ class FusionRun:
         the plan's worst-case cost, priced there unless `max_cost` priced it before the run)."""
         self.remember_turn(conversation)
         stages = stages_report(self.plan, results=self.results, judges=self.judges, research=self.research)
+        # The worst case (priced just now, if nothing did before) was the last to read the request's conversation.
+        self.request.forget_conversation()
         if not self.keep_content:
             # Nothing needs them past this point: a stream held open for minutes should not hold every panel
             # answer (with what its research fetched) and the analysis too. The turn kept above has its own copy.

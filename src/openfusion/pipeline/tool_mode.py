@@ -77,7 +77,7 @@ class ToolModeRun:
         self.upstream, self.plan, self.request = upstream, plan, request
         self.panel_deltas = panel_deltas
         self.dialects, self.web = dialects, research
-        self.messages: Messages = [m.model_dump(exclude_unset=True) for m in request.messages]
+        self.messages: Messages = list(request.conversation())  # its own list: the outer calls are added to it
         self.client = client_tools(request)
         self.outer_usages: list[Usage] = []
         self.outer_calls = 0
