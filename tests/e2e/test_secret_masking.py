@@ -22,10 +22,11 @@ from openfusion.settings import Settings
 PROVIDER_KEY = "sk-proj-Q7vX2mN9pL4kR8sT1wY6zA3bC5dE0fGh"
 SEARCH_KEY = "BSAk2x9Lq7Vn4Zp8Rt1Wy6"
 CLIENT_KEY = "of-client-d41d8cd98f00b204e980"
+ADMIN_KEY = "of-admin-9e107d9d372bb6826bd8"  # OPENFUSION_ADMIN_KEYS: the most powerful key, masked like the others
 ENVIRON = {"FAKE_KEY": PROVIDER_KEY, "BRAVE_API_KEY": SEARCH_KEY}
 CLIENT = {"Authorization": f"Bearer {CLIENT_KEY}"}
 # The shortest prefix of each that gives anything away (after `sk-proj-` and `of-client-`, their public heads).
-LEAKS = (PROVIDER_KEY[:12], SEARCH_KEY[:8], CLIENT_KEY[:14])
+LEAKS = (PROVIDER_KEY[:12], SEARCH_KEY[:8], CLIENT_KEY[:14], ADMIN_KEY[:13])
 CHAT = "/v1/chat/completions"
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -57,12 +58,13 @@ def long_echo(offset: int = 14) -> str:
 def masked_server(
     upstream: FakeUpstream, make_settings: Callable[..., Settings], tmp_path: Path
 ) -> Iterator[Callable[..., Any]]:
-    """openfusion with a provider key, a search key and a client key, recording content in SQLite."""
+    """openfusion with a provider key, a search key, a client key and an admin key, recording content in SQLite."""
 
     @contextmanager
     def start() -> Iterator[str]:
         settings = make_settings(
             api_keys=CLIENT_KEY,
+            admin_keys=ADMIN_KEY,
             research={"search": {"backend": "brave"}},
             activity={"path": tmp_path / "activity.sqlite3", "store_content": True, "flush_interval_s": 0.05},
         )
@@ -76,6 +78,8 @@ _CHUNK = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": 
 PASS_THROUGH_ECHOES = {
     # A 200 whose body is an error object quoting the key.
     "ok200": (Script(raw_body=echo_error(f"Invalid API key: {PROVIDER_KEY}", 200)), False, "Invalid API key: ***"),
+    # An error quoting the admin key, which reaches an ordinary key's client unless masked.
+    "admin": (Script(status=401, error_message=f"Incorrect API key provided: {ADMIN_KEY}"), False, "provided: ***"),
     # An error body long enough that the 1,000-character cut of its message falls inside the key.
     "long": (Script(status=401, error_message=long_echo()), False, "x*** was ref"),
     # A stream that sends a chunk, then an error chunk quoting the key.
@@ -119,7 +123,7 @@ def test_a_fusion_panel_echo_is_masked_in_the_fusion_object_records_and_answer(
 ) -> None:
     upstream.script("a", Script(raw_body=echo_error(f"Incorrect API key provided: {PROVIDER_KEY}", 200)))
     upstream.script("b", Script(status=403, error_message=long_echo(offset=20)))
-    upstream.script("c", Script(content=f"Keys seen: {SEARCH_KEY} and {CLIENT_KEY}."))
+    upstream.script("c", Script(content=f"Keys seen: {SEARCH_KEY} and {CLIENT_KEY} and {ADMIN_KEY}."))
     upstream.script("synth", Script(content=f"Final, quoting {PROVIDER_KEY}."))
     body = {"model": "fusion/trio", "messages": HI, "plugins": [{"id": "fusion", "expose": True}]}
 
@@ -133,7 +137,7 @@ def test_a_fusion_panel_echo_is_masked_in_the_fusion_object_records_and_answer(
     panel = {entry["model"]: entry for entry in fusion["panel"]}
     assert panel["fake/a"]["status"] == "error" and panel["fake/a"]["error"]["message"].endswith("provided: ***")
     assert "x*** was ref" in panel["fake/b"]["error"]["message"]
-    assert fusion["responses"] == [{"model": "fake/c", "content": "Keys seen: *** and ***."}]
+    assert fusion["responses"] == [{"model": "fake/c", "content": "Keys seen: *** and *** and ***."}]
     assert response.json()["choices"][0]["message"]["content"] == "Final, quoting ***."
     # The judge and the synthesizer read the panel's answers masked too.
     assert_clean(json.dumps([call.body for call in upstream.calls_for("judge") + upstream.calls_for("synth")]))

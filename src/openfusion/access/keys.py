@@ -125,9 +125,11 @@ def _check_length(value: str, *, name: str, source: str) -> None:
 
 
 def plaintext_keys(config: AccessConfig, environ: Mapping[str, str]) -> list[str]:
-    """The client keys whose value is known here (not those stored as a SHA-256), to be masked in upstream text."""
-    raw = config.api_keys.get_secret_value() if config.api_keys else ""
-    values = [value.strip() for value in raw.split(",")]
+    """The client keys whose value is known here (not those stored as a SHA-256), to be masked in upstream text:
+    `OPENFUSION_API_KEYS`, `OPENFUSION_ADMIN_KEYS` and each `[[keys]]` entry's `key_env`."""
+    values: list[str] = []
+    for listed in (config.api_keys, config.admin_keys):
+        values += [value.strip() for value in (listed.get_secret_value() if listed else "").split(",")]
     values += [environ.get(key.key_env, "").strip() for key in config.keys if key.key_env is not None]
     return [value for value in values if value]
 
