@@ -20,6 +20,7 @@ from openfusion.settings import ProviderConfig, Settings
 VERSION = "2023-06-01"  # the SDK's own default is newer: the client's choice is what must arrive
 BETA = "claude-code-20250219,interleaved-thinking-2025-05-14"
 QUESTION = [{"role": "user", "content": "Hi"}]
+SCOPED_KEY = "sk-scoped-0c4e1b7f"  # a key whose scope is fake/* alone
 
 
 @pytest.fixture
@@ -38,8 +39,10 @@ def gateway(
     claude = ProviderConfig(name="claude", base_url=f"{native[1]}/v1", api_key_env="CLAUDE_KEY",
                             models=["claude/*"], strip_prefix=True, messages=True)  # fmt: skip
     settings = make_settings(providers=[*chat, claude], activity={"path": tmp_path / "activity.sqlite3"},
-                             keys=[{"name": "cc", "key_env": "CLIENT_KEY"}])  # fmt: skip
-    environ = {"FAKE_KEY": "sk-provider-secret", "CLAUDE_KEY": "sk-ant-provider", "CLIENT_KEY": "sk-client-7d2e4f9a"}
+                             keys=[{"name": "cc", "key_env": "CLIENT_KEY"},
+                                   {"name": "scoped", "key_env": "SCOPED_KEY", "models": ["fake/*"]}])  # fmt: skip
+    environ = {"FAKE_KEY": "sk-provider-secret", "CLAUDE_KEY": "sk-ant-provider", "CLIENT_KEY": "sk-client-7d2e4f9a",
+               "SCOPED_KEY": SCOPED_KEY}  # fmt: skip
     with serve_in_thread(create_app(settings, environ=environ)) as url:
         yield url
 
@@ -168,6 +171,27 @@ def test_count_tokens_comes_from_a_native_provider(native: tuple[FakeAnthropic, 
     call = fake.calls[0]
     assert call.path == "/v1/messages/count_tokens" and call.headers["x-api-key"] == "sk-ant-provider"
     assert call.headers["anthropic-beta"] == BETA and call.body["model"] == "opus"
+
+
+@pytest.mark.parametrize("model", ["claude/opus", "fusion/trio"])
+def test_count_tokens_refuses_a_model_outside_the_keys_scope(
+    native: tuple[FakeAnthropic, str], gateway: str, model: str
+) -> None:
+    """Counting spends nothing, but a native provider is asked with the operator's key: a key may count only what it
+    may call, as on /v1/messages."""
+    fake, _ = native
+    with anthropic.Anthropic(base_url=gateway, api_key=SCOPED_KEY, max_retries=0) as client:
+        with pytest.raises(anthropic.PermissionDeniedError) as counting:
+            client.messages.count_tokens(model=model, messages=QUESTION)  # type: ignore[arg-type]
+        with pytest.raises(anthropic.PermissionDeniedError) as creating:
+            client.messages.create(model=model, max_tokens=10, messages=QUESTION)  # type: ignore[arg-type]
+        allowed = client.messages.count_tokens(model="fake/a", messages=QUESTION)  # type: ignore[arg-type]
+
+    refused = {"type": "permission_error", "message": f"This API key (scoped) is not allowed to use '{model}'."}
+    assert counting.value.status_code == 403 and counting.value.body == {"type": "error", "error": refused}
+    assert creating.value.body == counting.value.body  # as on /v1/messages
+    assert fake.calls == []  # the provider was never asked
+    assert allowed.input_tokens > 0  # a model in scope is counted
 
 
 def test_fallbacks_a_native_provider_cannot_take_are_translated(

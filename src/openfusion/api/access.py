@@ -124,6 +124,15 @@ async def admit(
             grant.slots.append(slot)
 
 
+def check_request_scope(request: Request, reach: Reach) -> None:
+    """Raise ModelNotAllowed (403) when the request's key may not use a model it names: for a route that calls no
+    model through `admit` (counting tokens), but may still reach one's provider."""
+    grant: Grant | None = request.scope.get("state", {}).get(_GRANT)
+    if grant is None:
+        raise RuntimeError("check_request_scope() needs AccessMiddleware: call install_access(app, ...)")
+    check_scope(grant.client, requested_models(reach))
+
+
 def spend_reservation(request: Request) -> Reservation | None:
     """The request's reservation against its key's daily spend cap, if it has one."""
     grant: Grant | None = request.scope.get("state", {}).get(_GRANT)

@@ -11,6 +11,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from openfusion.api.access import check_request_scope
 from openfusion.api.body import load_json_object, read_body
 from openfusion.api.deps import AppState
 from openfusion.api.disconnect import cancel_on_disconnect
@@ -27,6 +28,7 @@ from openfusion.api.translated import chat_events
 from openfusion.errors import OpenFusionError
 from openfusion.pipeline.events import Event, RunFinished
 from openfusion.pipeline.plan import plan_fusion
+from openfusion.pipeline.reach import reach_of
 from openfusion.sse import encode_named
 
 _PING = encode_named([PING])
@@ -64,6 +66,9 @@ async def count_tokens(request: Request) -> Response:
     try:
         plan = plan_fusion(chat, presets=state.presets, default_preset=state.settings.default_preset,
                            registry=state.registry)  # fmt: skip
+        # Counting spends nothing, but a provider that speaks Messages is asked with the operator's key: a model
+        # outside the key's scope is refused here as on /v1/messages.
+        check_request_scope(request, reach_of(chat, plan))
     except OpenFusionError as exc:
         raise renamed(exc, translated.names) from None
     if plan is None and speaks_messages(state, chat):  # 404 for a model nothing serves, as on /v1/messages
