@@ -127,8 +127,8 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     # Client keys (see openfusion.access): none configured = an open server.
-    api_keys: SecretStr | None = None  # OPENFUSION_API_KEYS: comma-separated, named env-1, env-2, ...
-    admin_keys: SecretStr | None = None  # OPENFUSION_ADMIN_KEYS: the same, named admin-1, ..., seeing all activity
+    api_keys: SecretStr | None = None  # OPENFUSION_API_KEYS: comma-separated, named env-<first 12 hex of SHA-256>
+    admin_keys: SecretStr | None = None  # OPENFUSION_ADMIN_KEYS: the same, named admin-<...>, seeing all activity
     keys: list[KeyConfig] = Field(default_factory=list)
     # OPENFUSION_ALLOW_OPEN=1: serve beyond loopback with no client keys (a private network, or something in
     # front that authenticates); without it `openfusion serve` refuses to start so.

@@ -16,6 +16,7 @@ import pytest
 from fastapi import FastAPI
 
 from fakes.upstream import FakeUpstream, Script, wait_until
+from openfusion.access.keys import key_digest, listed_key_name
 
 from .conftest import bearer, chat_body
 
@@ -111,7 +112,26 @@ def test_admin_keys_from_the_environment(upstream: FakeUpstream, serve: Serve, t
         wait_until(lambda: set(listed(url, ROOT)) == {first, second}, timeout=10)
         assert listed(url, ALICE) == [first] and listed(url, BOB) == [second]
         body = httpx.get(f"{url}/api/v1/generation", params={"id": first}, headers=bearer(ROOT)).json()
-        assert body["data"]["key_name"] == "env-1"
+        assert body["data"]["key_name"] == listed_key_name("env", key_digest(ALICE))
+
+
+def test_a_key_removed_from_the_list_leaves_its_activity_to_no_other_key(
+    upstream: FakeUpstream, serve: Serve, activity: dict[str, Any]
+) -> None:
+    """Revoking a key the documented way (dropping it from OPENFUSION_API_KEYS and restarting) must not hand what it
+    made to the key that takes its place in the list: keys listed in a variable are named by fingerprint."""
+    upstream.script("a", Script(content=SECRET))
+    settings, environ = activity["settings"], activity["environ"]
+    with serve({"api_keys": f"{ALICE},{BOB}", "admin_keys": ROOT}, environ=environ, activity=settings) as (url, _):
+        alices = ask(url, ALICE, chat_body("fake/a"))
+        wait_until(lambda: listed(url, ALICE) == [alices], timeout=10)
+    with serve({"api_keys": BOB, "admin_keys": ROOT}, environ=environ, activity=settings) as (url, _):
+        assert alices not in listed(url, BOB)
+        read = httpx.get(f"{url}/api/v1/generation", params={"id": alices}, headers=bearer(BOB))
+        assert read.status_code == 404 and SECRET not in read.text
+        page = httpx.get(f"{url}/activity/{alices}", headers=bearer(BOB))
+        assert page.status_code == 404 and SECRET not in page.text
+        assert alices in listed(url, ROOT)  # still there, for the admin key
 
 
 def test_pages_of_one_key_walk_only_its_generations(upstream: FakeUpstream, serve: Serve, tmp_path: Path) -> None:

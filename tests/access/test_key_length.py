@@ -27,8 +27,8 @@ def _serve(tmp_path: Path, env: dict[str, str], extra: str = "") -> subprocess.C
 @pytest.mark.parametrize(
     ("env", "extra", "named"),
     [
-        ({"OPENFUSION_API_KEYS": f"{LONG},{SHORT}"}, "", "key 'env-2' (OPENFUSION_API_KEYS)"),
-        ({"OPENFUSION_ADMIN_KEYS": SHORT}, "", "key 'admin-1' (OPENFUSION_ADMIN_KEYS)"),
+        ({"OPENFUSION_API_KEYS": f"{LONG},{SHORT}"}, "", "key 'env key 2 of 2' (OPENFUSION_API_KEYS)"),
+        ({"OPENFUSION_ADMIN_KEYS": SHORT}, "", "key 'admin key 1 of 1' (OPENFUSION_ADMIN_KEYS)"),
         ({"TEAM_KEY": SHORT}, '[[keys]]\nname = "team"\nkey_env = "TEAM_KEY"\n', "key 'team' (TEAM_KEY)"),
     ],
 )

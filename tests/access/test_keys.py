@@ -20,11 +20,16 @@ def sha(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def test_env_keys_are_named_in_order_and_found() -> None:
+def env(key: str, prefix: str = "env") -> str:
+    """The name of a key listed in OPENFUSION_API_KEYS (or, with prefix "admin", OPENFUSION_ADMIN_KEYS)."""
+    return f"{prefix}-{sha(key)[:12]}"
+
+
+def test_env_keys_are_named_by_their_fingerprint_and_found() -> None:
     ring = load_keys(AccessConfig(api_keys=" sk-one-0123456789ab , ,sk-two-0123456789ab,"), {})
-    assert ring.names == ["env-1", "env-2"]
+    assert ring.names == [env("sk-one-0123456789ab"), env("sk-two-0123456789ab")]
     found = ring.find("sk-two-0123456789ab")
-    assert found is not None and found.name == "env-2"
+    assert found is not None and found.name == env("sk-two-0123456789ab")
     assert ring.find("sk-three-0123456789ab") is None
     assert ring.find("") is None
 
@@ -56,8 +61,9 @@ def test_admin_keys_come_from_the_config_or_their_own_variable(monkeypatch: pyte
         Settings(keys=[{"name": "root", "key_env": "ROOT_KEY", "admin": True}]), from_attributes=True
     )
     ring = load_keys(config, {"ROOT_KEY": "sk-root-0123456789"})
-    assert ring.names == ["env-1", "admin-1", "admin-2", "root"]
-    for name, key in [("admin-2", "sk-audit-0123456789"), ("root", "sk-root-0123456789")]:
+    ops, audit = env("sk-ops-0123456789", "admin"), env("sk-audit-0123456789", "admin")
+    assert ring.names == [env("sk-plain-0123456789"), ops, audit, "root"]
+    for name, key in [(audit, "sk-audit-0123456789"), ("root", "sk-root-0123456789")]:
         admin = ring.find(key)
         assert admin is not None and admin.admin and admin.sees_all_activity and admin.name == name
     plain = ring.find("sk-plain-0123456789")
@@ -87,11 +93,12 @@ def test_invalid_key_entries_are_refused(entry: dict[str, Any]) -> None:
 
 
 def test_duplicate_names_and_duplicate_keys_are_refused_without_showing_the_key() -> None:
-    with pytest.raises(ConfigError, match="'env-1' is configured twice"):
+    taken = env("sk-a-0123456789abcd")
+    with pytest.raises(ConfigError, match=f"'{taken}' is configured twice"):
         load_keys(
-            AccessConfig(api_keys="sk-a-0123456789abcd", keys=[KeyConfig(name="env-1", key_sha256=sha("sk-b"))]), {}
+            AccessConfig(api_keys="sk-a-0123456789abcd", keys=[KeyConfig(name=taken, key_sha256=sha("sk-b"))]), {}
         )
-    with pytest.raises(ConfigError, match="'env-1' and 'team'") as caught:
+    with pytest.raises(ConfigError, match=f"'{env('sk-same-0123456789ab')}' and 'team'") as caught:
         load_keys(
             AccessConfig(api_keys="sk-same-0123456789ab", keys=[KeyConfig(name="team", key_env="K")]),
             {"K": "sk-same-0123456789ab"},
@@ -119,8 +126,8 @@ def test_lookup_compares_the_digest_against_every_key_whatever_the_outcome(monke
 
     monkeypatch.setattr(keys_module.hmac, "compare_digest", counting_compare)
     for presented, expected in [
-        ("sk-1-0123456789abcd", "env-1"),
-        ("sk-4-0123456789abcd", "env-4"),
+        ("sk-1-0123456789abcd", env("sk-1-0123456789abcd")),
+        ("sk-4-0123456789abcd", env("sk-4-0123456789abcd")),
         ("sk-nope", None),
         ("s", None),
     ]:
@@ -170,8 +177,10 @@ def test_start_up_refuses_to_be_open_beyond_loopback_unless_allowed(caplog: pyte
 
 
 def test_keys_shorter_than_16_characters_are_refused_by_name() -> None:
-    assert load_keys(AccessConfig(api_keys="k" * 16), {}).names == ["env-1"]
-    with pytest.raises(ConfigError, match=r"key 'env-1' \(OPENFUSION_API_KEYS\) is 15 characters long") as caught:
+    assert load_keys(AccessConfig(api_keys="k" * 16), {}).names == [env("k" * 16)]
+    with pytest.raises(
+        ConfigError, match=r"key 'env key 1 of 1' \(OPENFUSION_API_KEYS\) is 15 characters long"
+    ) as caught:
         load_keys(AccessConfig(api_keys="k" * 15), {})
     assert "k" * 15 not in str(caught.value)
     config = AccessConfig(keys=[KeyConfig(name="team", key_env="TEAM_KEY")])

@@ -8,7 +8,7 @@ import hmac
 import ipaddress
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from openfusion.access.config import AccessConfig, Limits
 from openfusion.errors import ConfigError
@@ -83,22 +83,23 @@ class KeyRing:
 
 
 def load_keys(config: AccessConfig, environ: Mapping[str, str]) -> KeyRing:
-    """Keys from `OPENFUSION_API_KEYS` (named env-1, …), `OPENFUSION_ADMIN_KEYS` (admin-1, …) and `[[keys]]`.
+    """Keys from `OPENFUSION_API_KEYS` (named env-<fingerprint>), `OPENFUSION_ADMIN_KEYS` (admin-<fingerprint>) and
+    `[[keys]]`.
 
     Errors name keys, never values.
     """
     entries: list[tuple[bytes, Client]] = []
-    raw = config.api_keys.get_secret_value() if config.api_keys else ""
-    values = [value.strip() for value in raw.split(",") if value.strip()]
-    for number, value in enumerate(values, start=1):
-        _check_length(value, name=f"env-{number}", source="OPENFUSION_API_KEYS")
-        entries.append((key_digest(value), Client(name=f"env-{number}", limits=Limits().over(config.limits))))
-    raw = config.admin_keys.get_secret_value() if config.admin_keys else ""
-    values = [value.strip() for value in raw.split(",") if value.strip()]
-    for number, value in enumerate(values, start=1):
-        _check_length(value, name=f"admin-{number}", source="OPENFUSION_ADMIN_KEYS")
-        admin = Client(name=f"admin-{number}", limits=Limits().over(config.limits), admin=True)
-        entries.append((key_digest(value), admin))
+    for listed, source, prefix in (
+        (config.api_keys, "OPENFUSION_API_KEYS", "env"),
+        (config.admin_keys, "OPENFUSION_ADMIN_KEYS", "admin"),
+    ):
+        raw = listed.get_secret_value() if listed else ""
+        values = [value.strip() for value in raw.split(",") if value.strip()]
+        for number, value in enumerate(values, start=1):
+            _check_length(value, name=f"{prefix} key {number} of {len(values)}", source=source)
+            digest = key_digest(value)
+            client = Client(name=listed_key_name(prefix, digest), limits=Limits().over(config.limits))
+            entries.append((digest, replace(client, admin=True) if prefix == "admin" else client))
     for key in config.keys:
         if key.key_env is not None:
             value = environ.get(key.key_env, "").strip()
@@ -113,6 +114,14 @@ def load_keys(config: AccessConfig, environ: Mapping[str, str]) -> KeyRing:
         entries.append((digest, Client(name=key.name, limits=limits, models=tuple(key.models), admin=key.admin)))
     _check_unique(entries)
     return KeyRing(entries)
+
+
+def listed_key_name(prefix: str, digest: bytes) -> str:
+    """The name of a key listed in an environment variable: `env-` or `admin-` and the first 12 hex digits of its
+    SHA-256. It follows the key, not its place in the list: activity, stored responses, cached results, agent-loop
+    turns and limit counters belong to a key by name, so a name by position would hand them to the next key when
+    one is removed. The digits say nothing useful about a key of 16 or more random characters."""
+    return f"{prefix}-{digest.hex()[:12]}"
 
 
 def _check_length(value: str, *, name: str, source: str) -> None:
