@@ -46,9 +46,11 @@ FALLBACK_DESCRIPTIONS: dict[str, str] = {
     "retry": "The retry policy of every upstream call.",
     "http": "The shared upstream HTTP client.",
     "server": "The HTTP server's own limits.",
-    "api_keys": "Comma-separated client keys, each named `env-` and the first 12 hex digits of its SHA-256 (every model, the `[limits]` defaults). "
+    "api_keys": "Comma-separated client keys, each named `env-` and the first 12 hex digits of its SHA-256 (every "
+    "model, the `[limits]` defaults). "
     "No client keys at all: an open server.",
-    "admin_keys": "Comma-separated admin keys (they read every key's activity), each named `admin-` and the first 12 hex digits of its SHA-256",
+    "admin_keys": "Comma-separated admin keys (they read every key's activity), each named `admin-` and the first "
+    "12 hex digits of its SHA-256",
     "redis_url": "Redis for the shared limit counters; unset: `REDIS_URL` from the environment, else in-process "
     "counters. A top-level key: before any table.",
     "keys": "Named client keys with their scopes and limits.",
