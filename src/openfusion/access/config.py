@@ -94,7 +94,7 @@ class AccessConfig(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     api_keys: SecretStr | None = None
-    admin_keys: SecretStr | None = None  # OPENFUSION_ADMIN_KEYS: like api_keys, named admin-<first 12 hex of SHA-256>, and admin
+    admin_keys: SecretStr | None = None  # OPENFUSION_ADMIN_KEYS: like api_keys (named admin-<fingerprint>), and admin
     keys: list[KeyConfig] = Field(default_factory=list)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     guards: GuardsConfig = Field(default_factory=GuardsConfig)
