@@ -166,6 +166,26 @@ def test_the_raw_event_stream(upstream: FakeUpstream, start_server: Any) -> None
     }
 
 
+@unknown_item_warning
+def test_a_panelist_failing_does_not_end_the_sdks_stream(upstream: FakeUpstream, server: str) -> None:
+    """openai-python raises APIError at any streamed event with a top-level `error`: a panelist's failure is
+    reported as `message`, and the answer streams on to the end."""
+    upstream.script("a", Script(status=429, error_message="rate limited"))
+    upstream.script("synth", Script(chunks=["Rayleigh ", "scattering."]))
+
+    with sdk(server) as client:
+        with client.responses.stream(model="fusion/trio", input="Why is the sky blue?") as stream:
+            events = list(stream)
+            final = stream.get_final_response()
+        created = list(client.responses.create(model="fusion/trio", input="Why is the sky blue?", stream=True))
+
+    assert final.status == "completed" and final.output_text == "Rayleigh scattering."
+    failed = [e.to_dict() for e in events if e.type == "response.fusion_call.panel.failed"]
+    assert len(failed) == 1 and failed[0]["model"] == "fake/a" and failed[0]["status_code"] == 429
+    assert "rate limited" in failed[0]["message"] and "error" not in failed[0]
+    assert created[-1].type == "response.completed"
+
+
 def test_a_failed_fusion_ends_with_response_failed(upstream: FakeUpstream, server: str) -> None:
     for model in "abc":
         upstream.script(model, Script(status=500, error_message=f"{model} is down"))

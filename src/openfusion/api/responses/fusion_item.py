@@ -57,7 +57,9 @@ class FusionItem:
             name = result.label or result.model
             if isinstance(result, PanelAnswer):
                 return [(f"{_PREFIX}.panel.completed", {**where, "model": name, "content": result.content})]
-            failed = {**where, "model": name, "error": result.message}
+            # `message`, where OpenRouter's event names it `error`: openai-python ends any stream at an event whose
+            # top-level `error` is set (APIError), and one panelist failing must not end the answer.
+            failed = {**where, "model": name, "message": result.message}
             if result.status_code is not None:
                 failed["status_code"] = result.status_code
             return [(f"{_PREFIX}.panel.failed", failed)]
