@@ -7,6 +7,7 @@ from typing import Any
 
 import anthropic
 import httpx
+import orjson
 import pytest
 
 from fakes.upstream import FakeUpstream, Script
@@ -126,6 +127,42 @@ def test_a_streamed_tool_use(upstream: FakeUpstream, server: str, model: str) ->
         ("tool_use", "call_w1", "get_weather", {"city": "Paris"})
     ]
     assert "input_json" in kinds and kinds[-1] == "message_stop"
+
+
+def gemini_tool_calls() -> bytes:
+    """A chat stream as Gemini's OpenAI-compatible endpoint sends parallel calls: each whole, one per chunk, and
+    none with an `index`."""
+    chunks = [
+        {"role": "assistant", "tool_calls": [{"id": "call_1", "type": "function",
+                                              "function": {"name": "get_weather", "arguments": '{"city":"London"}'}}]},
+        {"tool_calls": [{"id": "call_2", "type": "function",
+                         "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}]},
+    ]  # fmt: skip
+    body = b""
+    for delta, finish in [*((c, None) for c in chunks), ({}, "tool_calls")]:
+        chunk = {"id": "c", "object": "chat.completion.chunk", "model": "m",
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+        body += b"data: " + orjson.dumps(chunk) + b"\n\n"
+    return body + b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize("model", ["fusion/trio", "fake/solo"])
+def test_streamed_parallel_calls_without_an_index_stay_apart(upstream: FakeUpstream, server: str, model: str) -> None:
+    upstream.script("synth" if model == "fusion/trio" else "solo", Script(raw_body=gemini_tool_calls()))
+
+    with (
+        sdk(server) as client,
+        client.messages.stream(
+            model=model, max_tokens=200, tools=[WEATHER], messages=[{"role": "user", "content": "London and Oslo?"}]
+        ) as stream,
+    ):
+        final = stream.get_final_message()
+
+    assert final.stop_reason == "tool_use"
+    assert [(b.type, b.id, b.input) for b in final.content] == [  # type: ignore[union-attr]
+        ("tool_use", "call_1", {"city": "London"}),
+        ("tool_use", "call_2", {"city": "Oslo"}),
+    ]
 
 
 def test_pass_through_is_translated_for_a_chat_provider(upstream: FakeUpstream, server: str) -> None:

@@ -13,6 +13,7 @@ from fakes.upstream import FakeUpstream, Script
 
 from .conftest import ANALYSIS
 from .test_activity_wiring import generation
+from .test_messages import gemini_tool_calls
 
 RESPONSES = "/v1/responses"
 WEATHER = {
@@ -184,6 +185,24 @@ def test_a_panelist_failing_does_not_end_the_sdks_stream(upstream: FakeUpstream,
     assert len(failed) == 1 and failed[0]["model"] == "fake/a" and failed[0]["status_code"] == 429
     assert "rate limited" in failed[0]["message"] and "error" not in failed[0]
     assert created[-1].type == "response.completed"
+
+
+@unknown_item_warning
+@pytest.mark.parametrize("model", ["fusion/trio", "fake/plain"])
+def test_streamed_parallel_calls_without_an_index_stay_apart(upstream: FakeUpstream, server: str, model: str) -> None:
+    upstream.script("synth" if model == "fusion/trio" else "plain", Script(raw_body=gemini_tool_calls()))
+
+    with (
+        sdk(server) as client,
+        client.responses.stream(model=model, input="London and Oslo?", tools=[WEATHER]) as stream,
+    ):
+        final = stream.get_final_response()
+
+    calls = [item for item in final.output if item.type == "function_call"]
+    assert [(c.call_id, c.name, json.loads(c.arguments)) for c in calls] == [  # type: ignore[union-attr]
+        ("call_1", "get_weather", {"city": "London"}),
+        ("call_2", "get_weather", {"city": "Oslo"}),
+    ]
 
 
 def test_a_failed_fusion_ends_with_response_failed(upstream: FakeUpstream, server: str) -> None:

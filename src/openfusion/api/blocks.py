@@ -8,6 +8,7 @@ sequence, so a surface only maps block events to its own wire events.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -65,7 +66,8 @@ class BlockStream:
         self.model: str | None = None
         self.annotations: list[dict[str, Any]] = []  # chat-format url_citation annotations
         self._open: Block | None = None  # the text or reasoning block being written
-        self._calls: dict[int, Block] = {}  # chat tool-call index -> its block
+        self._calls: dict[Hashable, Block] = {}  # chat tool-call index (or id, see `_call_key`) -> its block
+        self._last_call: Hashable = None  # the key of the tool call a streamed fragment without index or id goes on
         # Tool calls stay open until the answer ends: a provider may interleave the arguments of several.
         self._open_calls: list[Block] = []
 
@@ -88,9 +90,10 @@ class BlockStream:
                 text = "".join(p.get("text", "") for p in delta["content"] if isinstance(p, dict))
                 if text:
                     self._text("text", text, events)
+            streamed = "delta" in choice
             for position, call in enumerate(delta.get("tool_calls") or []):
                 if isinstance(call, dict):
-                    self._tool_call(call, position, events)
+                    self._tool_call(self._call_key(call, position, streamed), call, events)
             self.annotations.extend(a for a in delta.get("annotations") or [] if isinstance(a, dict))
             self.finish_reason = choice.get("finish_reason") or self.finish_reason
         return events
@@ -130,8 +133,22 @@ class BlockStream:
         block.add(piece)
         events.append(BlockDelta(block, piece))
 
-    def _tool_call(self, call: dict[str, Any], position: int, events: list[BlockEvent]) -> None:
-        key = call.get("index", position)
+    def _call_key(self, call: dict[str, Any], position: int, streamed: bool) -> Hashable:
+        """Which tool call a delta's entry belongs to: its `index`; in a whole message, its place in the list.
+
+        Some providers number no streamed calls (Gemini's OpenAI-compatible endpoint sends each call whole, in a
+        chunk of its own, every one without `index`): there a new `id` is a new call, and a fragment with neither
+        goes on with the call before it.
+        """
+        index = call.get("index")
+        if index is not None or not streamed:
+            return index if index is not None else position
+        if call.get("id"):
+            return ("id", str(call["id"]))
+        return self._last_call if self._last_call is not None else position
+
+    def _tool_call(self, key: Hashable, call: dict[str, Any], events: list[BlockEvent]) -> None:
+        self._last_call = key
         function = call.get("function") or {}
         block = self._calls.get(key)
         if block is None:
