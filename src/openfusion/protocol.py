@@ -150,44 +150,52 @@ class Usage(WireModel):
     cost: float | None = None
 
     def __add__(self, other: Usage) -> Usage:
-        cost: float | None
-        if self.cost is None and other.cost is None:
-            cost = None
-        else:
-            cost = round_usd((self.cost or 0.0) + (other.cost or 0.0))
-        return Usage(
-            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
-            completion_tokens=self.completion_tokens + other.completion_tokens,
-            total_tokens=self.total_tokens + other.total_tokens,
-            cost=cost,
-        )
+        return sum_usage([self, other])
 
     def render(self) -> dict[str, Any]:
-        """The wire form: the three token counts, plus `cost` when known."""
+        """The wire form: the three token counts, the token details an upstream reported (cached, reasoning: summed
+        over a fusion's calls), and `cost` when known."""
         wire: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
         }
+        extra = self.__pydantic_extra__
+        if extra:
+            wire.update((key, extra[key]) for key in _DETAILS if isinstance(extra.get(key), dict))
         if self.cost is not None:
             wire["cost"] = self.cost
         return wire
 
 
 def sum_usage(usages: list[Usage]) -> Usage:
-    """Sum token counts and costs over several upstream calls (as `+` would, one after the other)."""
+    """Sum token counts, token details and costs over several upstream calls (as `+` would, one after the other)."""
     if not usages:
         return Usage()
     # Summed as plain numbers and built once: a Usage per addition costs more than the arithmetic.
     prompt = completion = total = 0
     cost: float | None = None
+    details: dict[str, dict[str, int]] = {}
     for usage in usages:
         prompt += usage.prompt_tokens
         completion += usage.completion_tokens
         total += usage.total_tokens
         if cost is not None or usage.cost is not None:
             cost = round_usd((cost or 0.0) + (usage.cost or 0.0))
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total, cost=cost)
+        if usage.__pydantic_extra__:
+            _add_details(details, usage.__pydantic_extra__)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total, cost=cost, **details)
+
+
+def _add_details(into: dict[str, dict[str, int]], extra: dict[str, Any]) -> None:
+    """Add one usage's token details (`cached_tokens`, `reasoning_tokens`, …: the counts in them) to `into`."""
+    for key in _DETAILS:
+        part = extra.get(key)
+        if isinstance(part, dict):
+            summed = into.setdefault(key, {})
+            for name, value in part.items():
+                if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                    summed[name] = summed.get(name, 0) + value
 
 
 def parse_usage(raw: Any) -> Usage:

@@ -209,6 +209,35 @@ def test_stream_through_the_sdk_carries_usage_and_fusion(upstream: FakeUpstream,
     assert chunks[-1].model_extra["fusion"]["synthesizer"]["model"] == "fake/synth"
 
 
+DETAILED = {
+    "prompt_tokens": 100,
+    "completion_tokens": 50,
+    "total_tokens": 150,
+    "prompt_tokens_details": {"cached_tokens": 40},
+    "completion_tokens_details": {"reasoning_tokens": 30},
+}
+
+
+def detailed_usage(upstream: FakeUpstream) -> None:
+    """Every call of a fusion (three panelists, the judge, the synthesizer) reports cached and reasoning tokens."""
+    for model in "abc":
+        upstream.script(model, Script(content=f"From {model}.", usage=DETAILED))
+    upstream.script("judge", Script(content=json.dumps(ANALYSIS), usage=DETAILED))
+    upstream.script("synth", Script(chunks=["one ", "two"], usage=DETAILED))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["message", "stream"])
+def test_a_fusions_usage_sums_the_token_details_of_its_calls(upstream: FakeUpstream, server: str, stream: bool) -> None:
+    detailed_usage(upstream)
+
+    chunks = ask(server, stream=stream)
+    usage = chunks[-1].usage if stream else chunks.usage
+
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (500, 250)
+    assert usage.prompt_tokens_details is not None and usage.prompt_tokens_details.cached_tokens == 200
+    assert usage.completion_tokens_details is not None and usage.completion_tokens_details.reasoning_tokens == 150
+
+
 async def test_async_sdk_stream_and_non_stream(upstream: FakeUpstream, server: str) -> None:
     upstream.script("synth", Script(content="Async answer."))
     aclient = openai.AsyncOpenAI(base_url=f"{server}/v1", api_key="k", max_retries=0)

@@ -13,6 +13,7 @@ from fakes.upstream import FakeUpstream, Script
 
 from .conftest import ANALYSIS
 from .test_activity_wiring import generation
+from .test_fusion import detailed_usage
 from .test_messages import gemini_tool_calls
 
 RESPONSES = "/v1/responses"
@@ -203,6 +204,24 @@ def test_streamed_parallel_calls_without_an_index_stay_apart(upstream: FakeUpstr
         ("call_1", "get_weather", {"city": "London"}),
         ("call_2", "get_weather", {"city": "Oslo"}),
     ]
+
+
+@unknown_item_warning
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
+def test_a_fusions_usage_sums_the_token_details_of_its_calls(upstream: FakeUpstream, server: str, stream: bool) -> None:
+    detailed_usage(upstream)
+
+    with sdk(server) as client:
+        if stream:
+            with client.responses.stream(model="fusion/trio", input="Why?") as events:
+                response = events.get_final_response()
+        else:
+            response = client.responses.create(model="fusion/trio", input="Why?")
+
+    usage = response.usage
+    assert usage is not None and (usage.input_tokens, usage.output_tokens) == (500, 250)
+    assert usage.input_tokens_details.cached_tokens == 200
+    assert usage.output_tokens_details.reasoning_tokens == 150
 
 
 def test_a_failed_fusion_ends_with_response_failed(upstream: FakeUpstream, server: str) -> None:
