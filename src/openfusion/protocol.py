@@ -107,6 +107,16 @@ class ChatRequest(WireModel):
         return value
 
 
+def without_empty_tools(body: dict[str, Any]) -> dict[str, Any]:
+    """A translated chat body without `tools`, `tool_choice` and `parallel_tool_calls` when no tool is left to offer
+    (every tool the client sent runs elsewhere: a hosted one, Anthropic's own): some providers refuse an empty
+    `tools` (DeepSeek), and OpenAI refuses the other two without tools."""
+    if not body.get("tools"):
+        for key in ("tools", "tool_choice", "parallel_tool_calls"):
+            body.pop(key, None)
+    return body
+
+
 def unsafe_name_param(data: Mapping[str, Any]) -> str | None:
     """The first name or id in a raw request's free-form parts (tools, tool calls) that `plain_name` refuses."""
     for param, value in _free_form_names(data):

@@ -165,6 +165,23 @@ def test_streamed_parallel_calls_without_an_index_stay_apart(upstream: FakeUpstr
     ]
 
 
+def test_a_pass_through_whose_tools_all_run_elsewhere_sends_the_provider_no_tools(
+    upstream: FakeUpstream, server: str
+) -> None:
+    """Anthropic's own web search tool is no tool a chat model is offered: an empty `tools` is refused by some
+    providers, and `tool_choice` or `parallel_tool_calls` without tools by OpenAI."""
+    search = {"type": "web_search_20250305", "name": "web_search"}
+    with sdk(server) as client:
+        message = client.messages.create(
+            model="fake/solo", max_tokens=100, messages=[{"role": "user", "content": "News?"}], tools=[search],
+            tool_choice={"type": "tool", "name": "web_search", "disable_parallel_tool_use": True},
+        )  # type: ignore[call-overload]  # fmt: skip
+
+    assert message.stop_reason == "end_turn"
+    sent = upstream.calls_for("solo")[0].body
+    assert not {"tools", "tool_choice", "parallel_tool_calls"} & set(sent)
+
+
 def test_pass_through_is_translated_for_a_chat_provider(upstream: FakeUpstream, server: str) -> None:
     upstream.script("solo", Script(chunks=["Hello", " there."], usage={"prompt_tokens": 9, "completion_tokens": 2,
                                                                        "total_tokens": 11}))  # fmt: skip

@@ -224,6 +224,22 @@ def test_a_fusions_usage_sums_the_token_details_of_its_calls(upstream: FakeUpstr
     assert usage.output_tokens_details.reasoning_tokens == 150
 
 
+def test_a_pass_through_whose_tools_all_run_elsewhere_sends_the_provider_no_tools(
+    upstream: FakeUpstream, server: str
+) -> None:
+    """The Agents SDK's WebSearchTool alone: a hosted tool no chat model is offered. An empty `tools` is refused by
+    some providers, and `tool_choice` or `parallel_tool_calls` without tools by OpenAI."""
+    with sdk(server) as client:
+        response = client.responses.create(
+            model="fake/plain", input="News?", tools=[{"type": "web_search"}], tool_choice="required",
+            parallel_tool_calls=True,
+        )  # fmt: skip
+
+    assert response.status == "completed"
+    sent = upstream.calls_for("plain")[0].body
+    assert not {"tools", "tool_choice", "parallel_tool_calls"} & set(sent)
+
+
 def test_a_failed_fusion_ends_with_response_failed(upstream: FakeUpstream, server: str) -> None:
     for model in "abc":
         upstream.script(model, Script(status=500, error_message=f"{model} is down"))

@@ -19,7 +19,15 @@ from openfusion.api.messages.conversation import chat_messages
 from openfusion.api.params import ParamNames, renamed
 from openfusion.errors import InvalidRequest, invalid_request_from
 from openfusion.pipeline.plan import FUSION_TOOL_TYPES
-from openfusion.protocol import NAME_ERROR, ChatRequest, ModelSlug, PlainName, WireModel, plain_name
+from openfusion.protocol import (
+    NAME_ERROR,
+    ChatRequest,
+    ModelSlug,
+    PlainName,
+    WireModel,
+    plain_name,
+    without_empty_tools,
+)
 
 _MAX_STOPS = 4  # what chat providers take (OpenAI refuses more)
 
@@ -131,7 +139,7 @@ def _sampling(request: MessagesRequest) -> dict[str, Any]:
         out["tools"] = [tool for tool in tools if tool is not None]
     if request.tool_choice is not None:
         out.update(_tool_choice(request.tool_choice))
-    return out
+    return without_empty_tools(out)
 
 
 def _reasoning(request: MessagesRequest) -> dict[str, Any] | None:

@@ -16,7 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from openfusion.api.params import ParamNames, renamed
 from openfusion.errors import InvalidRequest, invalid_request_from
 from openfusion.pipeline.plan import FUSION_TOOL_TYPES
-from openfusion.protocol import NAME_ERROR, ChatRequest, ModelSlug, PlainName, WireModel, plain_name
+from openfusion.protocol import (
+    NAME_ERROR,
+    ChatRequest,
+    ModelSlug,
+    PlainName,
+    WireModel,
+    plain_name,
+    without_empty_tools,
+)
 
 # Output items a client may send back as history that carry nothing a chat model can read: skipped.
 _SKIPPED_ITEMS = frozenset(
@@ -178,7 +186,7 @@ def _sampling(request: ResponsesRequest) -> dict[str, Any]:
     response_format = _response_format(request.text)
     if response_format is not None:
         out["response_format"] = response_format
-    return out
+    return without_empty_tools(out)
 
 
 def _tool(tool: dict[str, Any], param: str) -> dict[str, Any] | None:
