@@ -31,8 +31,12 @@ def nginx_binary() -> str | None:
     return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
 
 
-def nginx_config(template: str, *, port: int, replicas: list[str], prefix: Path) -> str:
-    """docker/'s server block, unchanged but for its listen port and its replicas, in a complete nginx.conf."""
+def nginx_config(template: str, *, port: int, replicas: list[str], prefix: Path, source: str | None = None) -> str:
+    """docker/'s server block, unchanged but for its listen port and its replicas, in a complete nginx.conf.
+
+    `source`: the address nginx connects to the replicas from (`proxy_bind`), as its own container's address in
+    compose; by default the kernel's choice, 127.0.0.1, which a replica trusts as a proxy by default.
+    """
     lines = []
     for line in template.splitlines():
         stripped = line.strip()
@@ -44,6 +48,8 @@ def nginx_config(template: str, *, port: int, replicas: list[str], prefix: Path)
         if stripped == "listen 80;":
             line = f"    listen 127.0.0.1:{port};"
         lines.append(line)
+        if stripped == "proxy_pass http://openfusion;" and source is not None:
+            lines.append(f"        proxy_bind {source};")
     server = "\n".join(lines)
     assert server.count("    server 127.0.0.1:") == len(replicas) and f"listen 127.0.0.1:{port};" in server, (
         "docker/nginx/openfusion.conf.template changed shape: update tests/e2e/gateway.py"
@@ -75,12 +81,13 @@ class Nginx:
 
 
 @contextmanager
-def nginx(binary: str, replicas: list[str], prefix: Path) -> Iterator[Nginx]:
-    """nginx in the foreground balancing over `replicas` (host:port), configured like docker/'s gateway."""
+def nginx(binary: str, replicas: list[str], prefix: Path, *, source: str | None = None) -> Iterator[Nginx]:
+    """nginx in the foreground balancing over `replicas` (host:port), configured like docker/'s gateway (connecting
+    from `source`, see `nginx_config`)."""
     prefix.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = prefix / "nginx.conf"
-    conf.write_text(nginx_config(TEMPLATE.read_text(), port=port, replicas=replicas, prefix=prefix))
+    conf.write_text(nginx_config(TEMPLATE.read_text(), port=port, replicas=replicas, prefix=prefix, source=source))
     with (prefix / "stderr.log").open("wb") as stderr:
         process = subprocess.Popen(
             [binary, "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(conf)],
