@@ -262,7 +262,7 @@ def test_errors_before_and_after_routing_are_in_anthropics_shape(
 
     anthropic_error(no_key, 401, "authentication_error")
     anthropic_error(wrong_key, 401, "authentication_error")
-    anthropic_error(too_large, 413, "invalid_request_error")
+    anthropic_error(too_large, 413, "request_too_large")
     anthropic_error(no_route, 404, "not_found_error")
     assert "nobody/serves-this" in anthropic_error(no_model, 404, "not_found_error")
     assert "max_tokens" in anthropic_error(no_max_tokens, 400, "invalid_request_error")

@@ -110,6 +110,6 @@ def test_oversized_and_malformed_bodies_answer_in_anthropics_shape(start_server:
         undeclared = httpx.post(f"{url}/v1/messages", content=chunks, headers={"content-type": "application/json"})
         not_json = refused(url, post_head(b"/v1/messages", b"Connection: close", length=5) + b"\r\n{nope")
 
-    assert "too large" in anthropic(declared, 413, "invalid_request_error")
-    assert undeclared.status_code == 413 and undeclared.json()["error"]["type"] == "invalid_request_error"
+    assert "too large" in anthropic(declared, 413, "request_too_large")
+    assert undeclared.status_code == 413 and undeclared.json()["error"]["type"] == "request_too_large"
     assert "not valid JSON" in anthropic(not_json, 400, "invalid_request_error")
