@@ -120,9 +120,12 @@ def test_a_native_stream_cut_short_ends_with_an_error(upstream: FakeUpstream, na
         lines = [line for line in response.iter_lines() if line.startswith("data: ")]
         generation_id = response.headers["x-generation-id"]
 
-    last = json.loads(lines[-1][6:])
+    events = [json.loads(line[6:]) for line in lines]
+    last = events[-1]
     assert last["type"] == "error" and last["code"] == "upstream_invalid_response"
     assert "response.completed" not in "".join(lines)
+    numbers = [event["sequence_number"] for event in events]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))  # the error event comes next in order
     assert generation(native_server, generation_id)["status"] == "error"
 
 

@@ -9,6 +9,7 @@ before that event reaches the client.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -44,7 +45,9 @@ async def forward_native(exchange: Exchange, translated: Translated, *, keep: Ke
     if forwarded.status_code >= 400:
         ledger.status, ledger.failure_reason = "error", f"upstream_{forwarded.status_code}"
     elif chat.stream:
-        relay = ledger.closing(_relay(forwarded, ledger=ledger, keep=keep), render_error=_error_event)
+        numbering = _Numbering()
+        relay = _relay(forwarded, ledger=ledger, keep=keep, numbering=numbering)
+        relay = ledger.closing(relay, render_error=numbering.error_event)
         sse_headers = {**forwarded.headers, **SSE_HEADERS}
         return EventStreamResponse(relay, status_code=forwarded.status_code, headers=sse_headers)
     try:
@@ -76,7 +79,7 @@ def _forwardable(item: dict[str, Any]) -> bool:
     return kind != "reasoning" or bool(item.get("encrypted_content"))
 
 
-async def _relay(forwarded: Forwarded, *, ledger: Ledger, keep: Keep) -> AsyncIterator[bytes]:
+async def _relay(forwarded: Forwarded, *, ledger: Ledger, keep: Keep, numbering: _Numbering) -> AsyncIterator[bytes]:
     complete = ended = False
     data = DataLines()
     confirms = ledger.confirms
@@ -84,6 +87,7 @@ async def _relay(forwarded: Forwarded, *, ledger: Ledger, keep: Keep) -> AsyncIt
         async for chunk in forwarded.body:
             was_ended = ended
             for line in data.feed(chunk):
+                numbering.see(line)
                 # Per event, so `find` rather than `in`: CPython's `in` on bytes first tries the needle as an int and
                 # builds (then drops) an error doing so.
                 head = line[:64]
@@ -113,19 +117,41 @@ async def _relay(forwarded: Forwarded, *, ledger: Ledger, keep: Keep) -> AsyncIt
                 model=ledger.requested_model, provider=forwarded.trace.provider if forwarded.trace else "",
             )  # fmt: skip
             ledger.failed(error)
-            yield b"\n\n" + _error_event(error)
+            yield b"\n\n" + numbering.error_event(error)
     except UpstreamError as exc:  # the provider broke off mid-stream: say so rather than end silently
         complete = True
         ledger.failed(exc)
-        yield b"\n\n" + _error_event(exc)
+        yield b"\n\n" + numbering.error_event(exc)
     finally:
         await forwarded.aclose(complete=complete)
 
 
-def _error_event(error: OpenFusionError) -> bytes:
-    """The Responses API's `error` event (the provider's own sequence numbers are not known here)."""
-    event = {"type": "error", "code": error.code, "message": error.message, "param": None, "sequence_number": 0}
-    return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
+class _Numbering:
+    """The provider's sequence numbers, followed so that the `error` event openfusion adds to its stream (cut short,
+    broken off, the shutdown's end) comes next in order: clients check that they only go up."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = -1
+
+    def see(self, line: bytes) -> None:
+        """Note an event's `sequence_number` (a `data:` line; its number usually ends it)."""
+        at = line.rfind(_SEQUENCE)
+        if at >= 0:
+            found = _NUMBER.match(line, at + len(_SEQUENCE))
+            if found is not None:
+                self.last = max(self.last, int(found.group(1)))
+
+    def error_event(self, error: OpenFusionError) -> bytes:
+        """The Responses API's `error` event, numbered after the last event relayed."""
+        event = {"type": "error", "code": error.code, "message": error.message, "param": None,
+                 "sequence_number": self.last + 1}  # fmt: skip
+        return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
+
+
+_SEQUENCE = b'"sequence_number":'
+_NUMBER = re.compile(rb"\s*(\d+)")
 
 
 def _record(forwarded: Forwarded, ledger: Ledger, response: dict[str, Any]) -> None:
