@@ -146,6 +146,48 @@ def gemini_tool_calls() -> bytes:
     return body + b"data: [DONE]\n\n"
 
 
+REFUSAL = "I can't help with that."
+
+
+def refusal(*, streamed: bool) -> bytes:
+    """A chat answer that is OpenAI's `refusal` (content null), as a stream of two pieces or a whole completion."""
+    if not streamed:
+        message = {"role": "assistant", "content": None, "refusal": REFUSAL}
+        return orjson.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                             "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                             "usage": {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}})  # fmt: skip
+    body = b""
+    for delta, finish in [({"role": "assistant", "refusal": "I can't "}, None), ({"refusal": "help with that."}, None),
+                          ({}, "stop")]:  # fmt: skip
+        chunk = {"id": "c", "object": "chat.completion.chunk", "model": "m",
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+        body += b"data: " + orjson.dumps(chunk) + b"\n\n"
+    return body + b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
+@pytest.mark.parametrize("model", ["fusion/trio", "fake/solo"])
+def test_a_refusal_is_a_text_block_that_stops_with_refusal(
+    upstream: FakeUpstream, server: str, model: str, stream: bool
+) -> None:
+    # The synthesizer is always streamed from its provider; a pass-through only when the client streams.
+    upstream.script(
+        "synth" if model == "fusion/trio" else "solo",
+        Script(raw_body=refusal(streamed=stream or model == "fusion/trio")),
+    )
+    question = [{"role": "user", "content": "Something harmful."}]
+
+    with sdk(server) as client:
+        if stream:
+            with client.messages.stream(model=model, max_tokens=100, messages=question) as events:  # type: ignore[arg-type]
+                message = events.get_final_message()
+        else:
+            message = client.messages.create(model=model, max_tokens=100, messages=question)  # type: ignore[arg-type]
+
+    assert [(block.type, block.text) for block in message.content] == [("text", REFUSAL)]  # type: ignore[union-attr]
+    assert message.stop_reason == "refusal"
+
+
 @pytest.mark.parametrize("model", ["fusion/trio", "fake/solo"])
 def test_streamed_parallel_calls_without_an_index_stay_apart(upstream: FakeUpstream, server: str, model: str) -> None:
     upstream.script("synth" if model == "fusion/trio" else "solo", Script(raw_body=gemini_tool_calls()))

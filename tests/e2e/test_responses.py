@@ -14,7 +14,7 @@ from fakes.upstream import FakeUpstream, Script
 from .conftest import ANALYSIS
 from .test_activity_wiring import generation
 from .test_fusion import detailed_usage
-from .test_messages import gemini_tool_calls
+from .test_messages import REFUSAL, gemini_tool_calls, refusal
 
 RESPONSES = "/v1/responses"
 WEATHER = {
@@ -238,6 +238,30 @@ def test_a_pass_through_whose_tools_all_run_elsewhere_sends_the_provider_no_tool
     assert response.status == "completed"
     sent = upstream.calls_for("plain")[0].body
     assert not {"tools", "tool_choice", "parallel_tool_calls"} & set(sent)
+
+
+@unknown_item_warning
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
+@pytest.mark.parametrize("model", ["fusion/trio", "fake/plain"])
+def test_a_refusal_is_a_refusal_content_part(upstream: FakeUpstream, server: str, model: str, stream: bool) -> None:
+    upstream.script(
+        "synth" if model == "fusion/trio" else "plain",
+        Script(raw_body=refusal(streamed=stream or model == "fusion/trio")),
+    )
+
+    with sdk(server) as client:
+        if stream:
+            with client.responses.stream(model=model, input="Something harmful.") as events:
+                kinds = [event.type for event in events]
+                response = events.get_final_response()
+        else:
+            response = client.responses.create(model=model, input="Something harmful.")
+
+    message = response.output[-1]
+    assert message.type == "message" and response.status == "completed"
+    assert [part.to_dict() for part in message.content] == [{"type": "refusal", "refusal": REFUSAL}]  # type: ignore[union-attr]
+    if stream:
+        assert kinds.count("response.refusal.delta") == 2 and "response.refusal.done" in kinds
 
 
 def test_a_failed_fusion_ends_with_response_failed(upstream: FakeUpstream, server: str) -> None:

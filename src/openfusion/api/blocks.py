@@ -1,7 +1,7 @@
 """Chat-completion chunks as output blocks: the translation every non-chat surface shares.
 
 Responses output items and Messages content blocks are both a sequence of blocks — reasoning, text,
-tool calls — each started, filled by deltas, then stopped. `BlockStream` turns the chat chunks the
+refusals, tool calls — each started, filled by deltas, then stopped. `BlockStream` turns the chat chunks the
 pipeline and the upstream client speak (streamed deltas, or a whole message as one delta) into that
 sequence, so a surface only maps block events to its own wire events.
 """
@@ -12,7 +12,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-BlockKind = Literal["reasoning", "text", "tool_call"]
+# "refusal": a model declining to answer (OpenAI's `refusal`, in place of content).
+BlockKind = Literal["reasoning", "text", "refusal", "tool_call"]
 
 
 @dataclass
@@ -84,6 +85,9 @@ class BlockStream:
             reasoning = delta.get("reasoning") or delta.get("reasoning_content")
             if isinstance(reasoning, str) and reasoning:
                 self._text("reasoning", reasoning, events)
+            refusal = delta.get("refusal")
+            if isinstance(refusal, str) and refusal:
+                self._text("refusal", refusal, events)
             if isinstance(delta.get("content"), str) and delta["content"]:
                 self._text("text", delta["content"], events)
             elif isinstance(delta.get("content"), list):  # content parts: their text

@@ -40,6 +40,11 @@ PING = {"type": "ping"}
 SIGNATURE_PREFIX = "openfusion:"
 
 
+# Blocks written as text: a model's refusal (OpenAI's `refusal`) is a text block, and the message stops with
+# stop_reason "refusal".
+_TEXT = ("text", "refusal")
+
+
 def thinking_signature(thinking: str) -> str:
     """openfusion's signature of a thinking block's text."""
     digest = hashlib.blake2b(thinking.encode("utf-8", "surrogatepass"), digest_size=18).digest()
@@ -130,6 +135,8 @@ class MessageWriter:
             return "stop_sequence"
         if self._calls and reason == "stop":  # some providers end a turn of tool calls with "stop"
             return "tool_use"
+        if any(block.kind == "refusal" for block in self._blocks.blocks):
+            return "refusal"
         return _STOP_REASONS.get(reason, "end_turn")
 
     def _block_events(self, events: list[BlockEvent]) -> list[dict[str, Any]]:
@@ -153,20 +160,20 @@ class MessageWriter:
     def _open(self, block: Block) -> dict[str, Any]:
         index = len(self.content)
         self._indexes[block.index] = index
-        start = {"type": "text", "text": ""} if block.kind == "text" else {"type": "thinking", "thinking": "",
-                                                                            "signature": ""}  # fmt: skip
+        start = {"type": "text", "text": ""} if block.kind in _TEXT else {"type": "thinking", "thinking": "",
+                                                                           "signature": ""}  # fmt: skip
         self.content.append(dict(start))
         return {"type": "content_block_start", "index": index, "content_block": start}
 
     def _delta(self, block: Block, piece: str) -> dict[str, Any]:
-        delta = {"type": "text_delta", "text": piece} if block.kind == "text" else {"type": "thinking_delta",
-                                                                                     "thinking": piece}  # fmt: skip
+        delta = {"type": "text_delta", "text": piece} if block.kind in _TEXT else {"type": "thinking_delta",
+                                                                                    "thinking": piece}  # fmt: skip
         return {"type": "content_block_delta", "index": self._indexes[block.index], "delta": delta}
 
     def _close(self, block: Block) -> list[dict[str, Any]]:
         index = self._indexes[block.index]
         stop = {"type": "content_block_stop", "index": index}
-        if block.kind == "text":
+        if block.kind in _TEXT:
             self.content[index]["text"] = block.value()
             return [stop]
         signature = thinking_signature(block.value())

@@ -30,7 +30,8 @@ from openfusion.pipeline.events import (
 from openfusion.protocol import Usage
 
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
-_PREFIX = {"text": "msg", "reasoning": "rs", "tool_call": "fc"}
+_PREFIX = {"text": "msg", "refusal": "msg", "reasoning": "rs", "tool_call": "fc"}
+_MESSAGE = ("text", "refusal")  # the kinds of block that are an assistant message (its one content part)
 
 
 def new_id(prefix: str) -> str:
@@ -183,7 +184,7 @@ class ResponseWriter:
         index = len(self.output)
         self._items[block.index] = index
         item: dict[str, Any] = {"id": new_id(_PREFIX[block.kind])}
-        if block.kind == "text":
+        if block.kind in _MESSAGE:
             item.update(type="message", status="in_progress", role="assistant", content=[])
         elif block.kind == "reasoning":
             item.update(type="reasoning", summary=[], content=[])
@@ -193,8 +194,12 @@ class ResponseWriter:
                         arguments="")  # fmt: skip
         self.output.append(item)
         events = [self._event("response.output_item.added", output_index=index, item=dict(item))]
-        if block.kind == "text":
-            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        if block.kind in _MESSAGE:
+            part = (
+                {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+                if block.kind == "text"
+                else {"type": "refusal", "refusal": ""}
+            )
             events.append(self._event("response.content_part.added", **self._where(block), content_index=0, part=part))
         return events
 
@@ -208,6 +213,8 @@ class ResponseWriter:
                                logprobs=[])  # fmt: skip
         if block.kind == "reasoning":
             return self._event("response.reasoning_text.delta", **self._where(block), content_index=0, delta=delta)
+        if block.kind == "refusal":
+            return self._event("response.refusal.delta", **self._where(block), content_index=0, delta=delta)
         return self._event("response.function_call_arguments.delta", **self._where(block), delta=delta)
 
     def _item_done(self, block: Block, status: str) -> list[dict[str, Any]]:
@@ -221,6 +228,11 @@ class ResponseWriter:
                                           annotation_index=position, annotation=annotation))  # fmt: skip
             part = {"type": "output_text", "text": value, "annotations": annotations, "logprobs": []}
             events.append(self._event("response.output_text.done", **where, content_index=0, text=value, logprobs=[]))
+            events.append(self._event("response.content_part.done", **where, content_index=0, part=part))
+            item.update(status=status, content=[part])
+        elif block.kind == "refusal":
+            part = {"type": "refusal", "refusal": value}
+            events.append(self._event("response.refusal.done", **where, content_index=0, refusal=value))
             events.append(self._event("response.content_part.done", **where, content_index=0, part=part))
             item.update(status=status, content=[part])
         elif block.kind == "reasoning":
