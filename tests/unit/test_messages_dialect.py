@@ -80,11 +80,13 @@ def test_documents_and_search_results() -> None:
                                                              "data": "JVBE"}}  # fmt: skip
     text = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "Plain."}}
     found = {"type": "search_result", "title": "T", "source": "u", "content": [{"type": "text", "text": "S."}]}
-    body = chat_of(messages=[{"role": "user", "content": [pdf, text, found]}])
+    said = {"type": "document", "source": {"type": "content", "content": "As a string."}}  # Anthropic takes one
+    body = chat_of(messages=[{"role": "user", "content": [pdf, text, found, said]}])
     assert body["messages"][0]["content"] == [
         {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBE", "filename": "a.pdf"}},
         {"type": "text", "text": "Plain."},
         {"type": "text", "text": "T\nS."},
+        {"type": "text", "text": "As a string."},
     ]
 
 
@@ -103,9 +105,10 @@ def test_tools_and_tool_choice() -> None:
     ]
     assert body["tool_choice"] == {"type": "function", "function": {"name": "get"}}
     assert body["parallel_tool_calls"] is False
-    assert (
-        chat_of(messages=[{"role": "user", "content": "Hi"}], tool_choice={"type": "any"})["tool_choice"] == "required"
-    )
+    hi = [{"role": "user", "content": "Hi"}]
+    assert chat_of(messages=hi, tools=tools[:1], tool_choice={"type": "any"})["tool_choice"] == "required"
+    # No tool left to offer: neither tools nor a tool_choice naming one goes to the chat model.
+    assert not {"tools", "tool_choice"} & set(chat_of(messages=hi, tools=tools[1:2], tool_choice={"type": "any"}))
 
 
 def test_sampling_and_the_fields_openfusion_ignores() -> None:
