@@ -173,6 +173,35 @@ def test_count_tokens_comes_from_a_native_provider(native: tuple[FakeAnthropic, 
     assert call.headers["anthropic-beta"] == BETA and call.body["model"] == "opus"
 
 
+# Valid Messages content no chat message can carry: a file id, a tool reference (tool search), a container upload.
+UNTRANSLATABLE = [
+    {"role": "user", "content": [
+        {"type": "image", "source": {"type": "file", "file_id": "file_011CNha8iCJcU1wXNR6q4V8w"}},
+        {"type": "text", "text": "What is in it?"},
+    ]},
+    {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "tool_search", "input": {}}]},
+    {"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "tool_reference", "tool_name": "get"}]},
+        {"type": "container_upload", "file_id": "file_022"},
+    ]},
+]  # fmt: skip
+
+
+def test_content_no_chat_model_can_read_goes_to_a_native_provider_as_sent(
+    native: tuple[FakeAnthropic, str], gateway: str
+) -> None:
+    fake, _ = native
+    with sdk(gateway) as client:
+        message = client.messages.create(model="claude/opus", max_tokens=50, messages=UNTRANSLATABLE)  # type: ignore[arg-type]
+        counted = client.messages.count_tokens(model="claude/opus", messages=UNTRANSLATABLE)  # type: ignore[arg-type]
+        with pytest.raises(anthropic.BadRequestError) as refused:  # a chat model cannot be given it
+            client.messages.create(model="fake/a", max_tokens=50, messages=UNTRANSLATABLE)  # type: ignore[arg-type]
+
+    assert message.content and counted.input_tokens == 1234
+    assert [call.body["messages"] for call in fake.calls] == [UNTRANSLATABLE, UNTRANSLATABLE]
+    assert refused.value.body["error"]["message"].startswith("messages.0.content.0.source")  # type: ignore[index]
+
+
 @pytest.mark.parametrize("model", ["claude/opus", "fusion/trio"])
 def test_count_tokens_refuses_a_model_outside_the_keys_scope(
     native: tuple[FakeAnthropic, str], gateway: str, model: str

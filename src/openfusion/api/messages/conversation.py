@@ -15,16 +15,26 @@ import orjson
 from openfusion.errors import InvalidRequest
 from openfusion.protocol import NAME_ERROR, plain_name
 
+
+class Untranslatable(InvalidRequest):
+    """A valid Messages block that no chat message can carry (a file id, a container upload, a tool reference):
+    refused for a chat model, and no reason to refuse a request that goes to a provider speaking Messages."""
+
+
 # Assistant blocks that only Anthropic's own servers can read back (or that hold nothing to read).
 _SKIPPED = frozenset({"thinking", "redacted_thinking", "server_tool_use", "mcp_tool_use", "container_upload"})
 _ROLES = ("user", "assistant", "system")
 
 
 def chat_messages(
-    system: str | list[dict[str, Any]] | None, messages: list[dict[str, Any]]
+    system: str | list[dict[str, Any]] | None, messages: list[dict[str, Any]], *, lenient: bool = False
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The chat conversation for a Messages request's `system` and `messages`, and where each came from
-    (`system`, `messages[2]`: a message may give several chat messages)."""
+    (`system`, `messages[2]`: a message may give several chat messages).
+
+    A block no chat message can carry raises `Untranslatable`; `lenient`, it becomes a placeholder text (`[file
+    image]`) instead: for a request that goes to its provider as sent, whose chat form only sizes and checks it.
+    """
     out: list[dict[str, Any]] = []
     origins: list[str] = []
     if system:
@@ -49,9 +59,9 @@ def chat_messages(
             out.append({"role": "system", "content": content if isinstance(content, str) else
                         _system_text(content, f"{param}.content")})  # fmt: skip
         elif role == "assistant":
-            out.append(_assistant(content, f"{param}.content"))
+            out.append(_assistant(content, f"{param}.content", lenient))
         else:
-            out.extend(_user(content, f"{param}.content"))
+            out.extend(_user(content, f"{param}.content", lenient))
         origins += [param] * (len(out) - len(origins))
     return out, origins
 
@@ -73,7 +83,7 @@ def _system_text(blocks: list[Any], param: str) -> str:
     return "\n\n".join(text for text in texts if text)
 
 
-def _assistant(content: str | list[Any], param: str) -> dict[str, Any]:
+def _assistant(content: str | list[Any], param: str, lenient: bool) -> dict[str, Any]:
     if isinstance(content, str):
         return {"role": "assistant", "content": content}
     texts: list[str] = []
@@ -86,7 +96,7 @@ def _assistant(content: str | list[Any], param: str) -> dict[str, Any]:
             call_id, name = _name(block, "id", where), _name(block, "name", where)
             arguments = orjson.dumps(block.get("input") if isinstance(block.get("input"), dict) else {}).decode()
             calls.append({"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}})
-        elif kind not in _SKIPPED and not kind.endswith("_tool_result"):
+        elif kind not in _SKIPPED and not kind.endswith("_tool_result") and not lenient:
             raise _unsupported(kind, where)
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or (None if calls else "")}
     if calls:
@@ -94,7 +104,7 @@ def _assistant(content: str | list[Any], param: str) -> dict[str, Any]:
     return message
 
 
-def _user(content: str | list[Any], param: str) -> list[dict[str, Any]]:
+def _user(content: str | list[Any], param: str, lenient: bool) -> list[dict[str, Any]]:
     """Tool messages for the tool results, then the user message with the rest (when there is any)."""
     if isinstance(content, str):
         return [{"role": "user", "content": content}]
@@ -103,11 +113,11 @@ def _user(content: str | list[Any], param: str) -> list[dict[str, Any]]:
     for where, block in _blocks(content, param):
         if block["type"] == "tool_result":
             call_id = _name(block, "tool_use_id", where)
-            text, images = _result_content(block.get("content"), f"{where}.content")
+            text, images = _result_content(block.get("content"), f"{where}.content", lenient)
             results.append({"role": "tool", "tool_call_id": call_id, "content": text})
             parts.extend(images)  # a tool message holds text only: its images follow as the user's
         elif block["type"] not in ("thinking", "redacted_thinking"):
-            parts.append(_part(block, where))
+            parts.append(_part(block, where, lenient))
     if not results or parts:
         results.append({"role": "user", "content": _user_content(parts)})
     return results
@@ -119,7 +129,18 @@ def _user_content(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
     return parts
 
 
-def _part(block: dict[str, Any], param: str) -> dict[str, Any]:
+def _part(block: dict[str, Any], param: str, lenient: bool) -> dict[str, Any]:
+    try:
+        return _chat_part(block, param)
+    except Untranslatable:
+        if not lenient:
+            raise
+        source = block.get("source") if isinstance(block.get("source"), dict) else {}
+        what = " ".join(str(x) for x in (source.get("type"), block["type"]) if isinstance(x, str))
+        return {"type": "text", "text": f"[{what}]"}
+
+
+def _chat_part(block: dict[str, Any], param: str) -> dict[str, Any]:
     kind = block["type"]
     if kind == "text":
         return {"type": "text", "text": _text(block, param)}
@@ -140,8 +161,10 @@ def _document(block: dict[str, Any], param: str) -> dict[str, Any]:
     if source.get("type") == "text" and isinstance(source.get("data"), str):
         return {"type": "text", "text": source["data"]}
     if source.get("type") == "content":
-        texts = [_text(b, w) for w, b in _blocks(_list(source.get("content")), f"{param}.source.content")
-                 if b["type"] == "text"]  # fmt: skip
+        content, where = source.get("content"), f"{param}.source.content"
+        if isinstance(content, str):  # Anthropic takes a string here too
+            return {"type": "text", "text": content}
+        texts = [_text(b, w) for w, b in _blocks(_list(content, where), where) if b["type"] == "text"]
         return {"type": "text", "text": "\n".join(texts)}
     file = {"file_data": _source_url(block, param, what="document")}
     if isinstance(block.get("title"), str):
@@ -160,20 +183,20 @@ def _source_url(block: dict[str, Any], param: str, *, what: str) -> str:
         return f"data:{media_type};base64,{source['data']}"
     if source.get("type") == "url" and isinstance(source.get("url"), str) and source["url"]:
         return str(source["url"])
-    raise InvalidRequest(
+    raise Untranslatable(
         f"Invalid value for '{where}': a {what} source must be base64 data or a URL (file ids are not supported).",
         param=where,
     )
 
 
-def _result_content(content: Any, param: str) -> tuple[str, list[dict[str, Any]]]:
+def _result_content(content: Any, param: str, lenient: bool) -> tuple[str, list[dict[str, Any]]]:
     """A tool result's text, and its images as user content parts."""
     if content is None or isinstance(content, str):
         return content or "", []
     texts: list[str] = []
     images: list[dict[str, Any]] = []
     for where, block in _blocks(_list(content, param), param):
-        part = _part(block, where)
+        part = _part(block, where, lenient)
         if part["type"] == "text":
             texts.append(part["text"])
         else:
@@ -207,7 +230,7 @@ def _list(value: Any, param: str = "content") -> list[Any]:
     raise InvalidRequest(f"Invalid value for '{param}': expected a list of blocks.", param=param)
 
 
-def _unsupported(kind: str, param: str) -> InvalidRequest:
+def _unsupported(kind: str, param: str) -> Untranslatable:
     where = f"{param}.type"
-    return InvalidRequest(f"Invalid value for '{where}': content blocks of type {kind!r} are not supported.",
+    return Untranslatable(f"Invalid value for '{where}': content blocks of type {kind!r} are not supported.",
                           param=where)  # fmt: skip

@@ -98,9 +98,9 @@ def parse_request(data: dict[str, Any]) -> MessagesRequest:
     return request
 
 
-def translate(request: MessagesRequest, raw: dict[str, Any]) -> Translated:
-    """The internal chat request for a Messages request."""
-    messages, origins = chat_messages(request.system, request.messages)
+def translate(request: MessagesRequest, raw: dict[str, Any], *, lenient: bool = False) -> Translated:
+    """The internal chat request for a Messages request (`lenient`: see `chat_messages`)."""
+    messages, origins = chat_messages(request.system, request.messages, lenient=lenient)
     body: dict[str, Any] = {"model": request.model, "messages": messages, "stream": request.stream}
     body.update(_sampling(request))
     tools = [i for i, tool in enumerate(request.tools or []) if _kept(tool)]

@@ -18,8 +18,9 @@ from openfusion.api.disconnect import cancel_on_disconnect
 from openfusion.api.dispatch import Exchange, record_unparsed_refusal, serve
 from openfusion.api.event_stream import EventStreamResponse
 from openfusion.api.ledger import Ledger
+from openfusion.api.messages.conversation import Untranslatable
 from openfusion.api.messages.native import count_native, forward_native, speaks_messages
-from openfusion.api.messages.request import Translated, parse_request, translate
+from openfusion.api.messages.request import MessagesRequest, Translated, parse_request, translate
 from openfusion.api.messages.tokens import estimate_input_tokens
 from openfusion.api.messages.writer import PING, MessageWriter
 from openfusion.api.params import renamed
@@ -42,7 +43,7 @@ async def create_message(request: Request) -> Response:
     raw = await read_body(request, state.settings.max_body_bytes)
     try:
         data = load_json_object(raw)
-        translated = translate(parse_request(data), data)
+        translated = _translated(state, parse_request(data), data)
     except OpenFusionError as exc:
         record_unparsed_refusal(request, raw, exc, api_type="messages")
         raise
@@ -61,7 +62,7 @@ async def count_tokens(request: Request) -> Response:
     state: AppState = request.app.state.openfusion
     data = load_json_object(await read_body(request, state.settings.max_body_bytes))
     # The same request as /v1/messages, but without max_tokens: nothing is generated.
-    translated = translate(parse_request({"max_tokens": 1, **data}), data)
+    translated = _translated(state, parse_request({"max_tokens": 1, **data}), data)
     chat = translated.chat
     try:
         plan = plan_fusion(chat, presets=state.presets, default_preset=state.settings.default_preset,
@@ -75,6 +76,26 @@ async def count_tokens(request: Request) -> Response:
         return await count_native(state, chat, translated.raw, request)
     return Response(orjson.dumps({"input_tokens": estimate_input_tokens(translated.request)}),
                     media_type="application/json")  # fmt: skip
+
+
+def _translated(state: AppState, request: MessagesRequest, raw: dict[str, Any]) -> Translated:
+    """The request in chat form. A block no chat message can carry (a file id, a container upload, a tool
+    reference) is refused, unless the request goes as sent to a provider that speaks Messages: its chat form then
+    only sizes and checks it, with a placeholder for the block."""
+    try:
+        return translate(request, raw)
+    except Untranslatable as refused:
+        translated = translate(request, raw, lenient=True)
+        chat = translated.chat
+        try:
+            plan = plan_fusion(chat, presets=state.presets, default_preset=state.settings.default_preset,
+                               registry=state.registry)  # fmt: skip
+            native = plan is None and speaks_messages(state, chat)
+        except OpenFusionError:
+            native = False
+        if not native:
+            raise refused from None
+        return translated
 
 
 router = APIRouter()
