@@ -103,6 +103,24 @@ def test_concurrent_requests_cannot_spend_past_the_cap(upstream: FakeUpstream, s
     assert len(upstream.calls_for("a")) == 3
 
 
+def test_images_given_by_url_cannot_spend_past_the_cap(upstream: FakeUpstream, serve: Serve, tmp_path: Path) -> None:
+    """An image URL is ~40 characters of the body and ~2,000 prompt tokens at the provider: reserved by its length,
+    ten such requests at once all got in and spent four times the cap."""
+    scan = {"prompt_tokens": 2000, "completion_tokens": 0, "total_tokens": 2000}  # a large image, as billed
+    upstream.script("a", Script(delay_s=1.0, usage=scan))
+    question = [{"type": "text", "text": "Read this."},
+                {"type": "image_url", "image_url": {"url": "https://example.com/scan.png"}}]  # fmt: skip
+    body = {"model": "fake/a", "max_tokens": 10, "messages": [{"role": "user", "content": question}]}
+    prices = {"models": {"fake/a": {"prompt": 1e-5, "completion": 0.0, "max_completion_tokens": 1000}}}
+    activity = {"path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
+    with serve(capped(0.10), environ=ENVIRON, activity=activity, pricing=prices) as (url, _):
+        responses = fire(url, body, count=10)
+        served = sum(r.status_code == 200 for r in responses)
+        assert {r.status_code for r in responses} <= {200, 429}, [r.text for r in responses]
+        assert 1 <= served < 10
+        assert spent(url, records=served) <= 0.10  # each one $0.02: held to the cap
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_concurrent_fusion_runs_across_two_replicas_hold_one_cap(
     upstream: FakeUpstream, serve: Serve, postgres_url: str, redis_prefix: str, stream: bool

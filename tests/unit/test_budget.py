@@ -11,7 +11,13 @@ import pytest
 
 from openfusion.activity import ModelPrice, PriceTable
 from openfusion.errors import CostLimitExceeded
-from openfusion.pipeline.budget import WorstCase, priced, prompt_tokens_upper_bound
+from openfusion.pipeline.budget import (
+    URL_IMAGE_TOKENS,
+    URL_MEDIA_TOKENS,
+    WorstCase,
+    priced,
+    prompt_tokens_upper_bound,
+)
 from openfusion.pipeline.plan import FusionPlan, plan_fusion
 from openfusion.pipeline.reach import reach_of
 from openfusion.pipeline.tool_mode import MAX_OUTER_CALLS
@@ -77,6 +83,25 @@ def test_the_prompt_bound_is_one_token_per_three_characters_of_messages_and_tool
     tool = {"type": "function", "function": {"name": "get_weather", "description": "x" * 300}}
     with_tools = ChatRequest(model="m", messages=messages, tools=[tool])
     assert prompt_tokens_upper_bound(with_tools) > P + 100
+
+
+def test_media_the_provider_fetches_counts_an_allowance_each() -> None:
+    """A URL or a file id is a few characters in the body and thousands of tokens at the provider; media given as
+    data is in the body, counted by its length."""
+
+    def bound(*parts: dict[str, Any]) -> int:
+        text = {"type": "text", "text": "Describe these."}
+        return prompt_tokens_upper_bound(ChatRequest(model="m", messages=[{"role": "user", "content": [text, *parts]}]))
+
+    plain = bound()
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/scan.png"}}
+    pdf = {"type": "file", "file": {"filename": "a.pdf", "file_data": "https://example.com/a.pdf"}}
+    stored = {"type": "file", "file": {"file_id": "file-abc"}}
+    inline = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 3000}}
+    assert bound(image) - plain < URL_IMAGE_TOKENS + 30  # and its ~70 characters
+    assert bound(image) - plain >= URL_IMAGE_TOKENS
+    assert bound(image, image, pdf, stored) - plain >= 2 * URL_IMAGE_TOKENS + 2 * URL_MEDIA_TOKENS
+    assert 1000 <= bound(inline) - plain < 1100  # its 3,000 characters, a token per three
 
 
 def test_a_fusion_run_with_research_by_hand() -> None:

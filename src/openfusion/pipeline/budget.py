@@ -31,12 +31,45 @@ _CHARS_PER_TOKEN = 3
 JUDGE_CALLS = 2
 
 
+# Media the provider fetches itself (a URL, a file id) costs far more than its reference's few characters. An
+# image is billed by its size, up to about 1,600 tokens at the large providers (OpenAI, Anthropic, Gemini): 6,000
+# leaves room. A document, audio or video is billed by its pages or length, which nothing here knows: 100,000 makes
+# a spend cap hold for all but the largest, and reservations are settled to the real cost once the answer is in.
+URL_IMAGE_TOKENS = 6_000
+URL_MEDIA_TOKENS = 100_000
+
+
 def prompt_tokens_upper_bound(request: ChatRequest) -> int:
-    """A generous estimate, in tokens, of what the request puts in a prompt: its messages and tools."""
-    parts: dict[str, Any] = {"messages": request.conversation()}
+    """A generous estimate, in tokens, of what the request puts in a prompt: its messages and tools, and an
+    allowance for each piece of media given by reference rather than in the body."""
+    conversation = request.conversation()
+    parts: dict[str, Any] = {"messages": conversation}
     if request.tools:
         parts["tools"] = request.tools
-    return math.ceil(len(orjson.dumps(parts)) / _CHARS_PER_TOKEN)
+    return math.ceil(len(orjson.dumps(parts)) / _CHARS_PER_TOKEN) + _referenced_media_tokens(conversation)
+
+
+def _referenced_media_tokens(conversation: list[dict[str, Any]]) -> int:
+    """The allowance for the media parts the provider fetches (data URLs are in the body, counted by length)."""
+    tokens = 0
+    for message in conversation:
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") in (None, "text"):
+                continue
+            kind = part.get("type")
+            inner = part.get(kind) if isinstance(kind, str) else None
+            if isinstance(inner, str):
+                reference = inner
+            elif isinstance(inner, dict):
+                reference = inner.get("url") or inner.get("file_data") or inner.get("file_id") or ""
+            else:
+                continue
+            if isinstance(reference, str) and reference and not reference.startswith("data:"):
+                tokens += URL_IMAGE_TOKENS if kind == "image_url" else URL_MEDIA_TOKENS
+    return tokens
 
 
 @dataclass(frozen=True)
