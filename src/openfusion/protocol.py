@@ -8,7 +8,16 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
@@ -80,10 +89,23 @@ class ChatRequest(WireModel):
     models: list[ModelSlug] | None = Field(default=None, max_length=8)
     _conversation: list[dict[str, Any]] | None = PrivateAttr(default=None)
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_the_messages_sent(cls, data: Any, handler: ModelWrapValidatorHandler[ChatRequest]) -> ChatRequest:
+        """The messages as sent, when they were plain dicts: `conversation()` is then those dicts, as a dump of the
+        validated messages would rebuild them (validating a message changes nothing in it: its fields are strings
+        checked as they are, and what it does not name is kept)."""
+        request = handler(data)
+        sent = data.get("messages") if isinstance(data, dict) else None
+        if type(sent) is list and all(type(message) is dict for message in sent):
+            request._conversation = sent
+        return request
+
     def conversation(self) -> list[dict[str, Any]]:
-        """The messages as the client sent them, as plain dicts: made once, and shared by everyone who asks (the
-        run, its worst-case cost, its trace), so nobody may change them. A coding agent's conversation runs to
-        hundreds of KB, and dumping one costs about as much as validating it did.
+        """The messages as the client sent them, as plain dicts: the request's own (see `_keep_the_messages_sent`),
+        else dumped once; shared by everyone who asks (the run, its worst-case cost, its trace), so nobody may
+        change them. A coding agent's conversation runs to hundreds of KB, and dumping one costs about as much as
+        validating it did.
 
         `forget_conversation()` lets go of it once nothing will ask again.
         """

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 
 from component.support import ScriptedUpstream
-from component.test_pipeline import PANEL, make_plan, make_request
+from component.test_pipeline import CONVERSATION, PANEL, make_plan, make_request
 from openfusion.activity import ModelPrice, PriceTable
 from openfusion.pipeline.budget import WorstCase
 from openfusion.pipeline.events import Event, RunFinished, SynthesisChunk
 from openfusion.pipeline.reach import reach_of
 from openfusion.pipeline.run import FusionRun, run_fusion
 from openfusion.pipeline.structured import DialectMemory
-from openfusion.protocol import Message
+from openfusion.protocol import ChatRequest, Message
 from openfusion.upstream.client import UpstreamClient
 
 # Objects that lead everywhere (module globals, classes) without belonging to one request.
@@ -136,12 +136,17 @@ def _conversation_dicts(root: Any, request: Any) -> list[dict[str, Any]]:
     ]
 
 
+@pytest.mark.parametrize("sent_as", ["dicts", "models"])
 async def test_a_run_and_its_worst_case_read_one_dump_of_the_conversation(
-    client: UpstreamClient, fake: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
+    client: UpstreamClient, fake: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch, sent_as: str
 ) -> None:
     """A coding agent's conversation runs to hundreds of KB, and dumping its messages costs about what validating
-    them did: the run's stages and the worst-case cost it reports share one dump."""
-    request, plan = make_request(), make_plan()
+    them did: the run's stages and the worst-case cost it reports read the messages as sent (plain dicts), or, for
+    messages given as models, one dump of them."""
+    request = make_request()
+    if sent_as == "models":
+        request = ChatRequest(model=request.model, messages=list(request.messages))
+    plan = make_plan()
     prices = PriceTable({slug: ModelPrice(prompt=1e-6, completion=2e-6) for slug in [*PANEL, "up/judge", "up/synth"]})
     plan = plan.with_estimate(WorstCase(request, plan, reach_of(request, plan), prices=prices))
     dumped: list[str] = []
@@ -156,7 +161,9 @@ async def test_a_run_and_its_worst_case_read_one_dump_of_the_conversation(
     end = events[-1]
     assert isinstance(end, RunFinished)
     assert end.fusion["estimated_max_cost"] > 0  # priced while the synthesizer answered
-    assert dumped == [message.role for message in request.messages]  # each message once
+    once = [message.role for message in request.messages]
+    assert dumped == ([] if sent_as == "dicts" else once)
+    assert fake.calls_to("a")[0].body["messages"] == CONVERSATION  # what the panel read: the conversation as sent
 
 
 async def test_a_streaming_synthesis_that_settled_holds_no_dump_of_the_conversation(
