@@ -27,6 +27,8 @@ _OPENER = re.compile(f"[{_OPENER_CHARACTERS}]" r"|&(?:lt|#0*60|#x0*3c);?|\\(?:u0
 # ~1-3 µs whatever the text's length; the pattern's scan costs ~13 ns per character (24 µs for a 2 KB
 # answer), and most panel answers, conversations and pages hold none of these.
 _OPENER_STARTS = (*_OPENER_CHARACTERS, "&", "\\", "%")
+# Those an ASCII text may hold (`str.isascii` is known without a scan): four scans instead of fourteen.
+_ASCII_OPENER_STARTS = tuple(start for start in _OPENER_STARTS if start.isascii())
 # How far after a `<` a tag name is looked for (it may be padded with spaces and invisible characters).
 _WINDOW = 128
 # Characters a reader skips inside or before a tag name: separators, slashes (a closing tag), escapes.
@@ -46,7 +48,7 @@ _SKELETONS = tuple(sorted({name.replace("_", "") for name in TAG_NAMES}))
 
 def encode_untrusted(text: str) -> str:
     """`text` with every `<` (however spelled) that could open or close one of our tags replaced by `&lt;`."""
-    if not any(start in text for start in _OPENER_STARTS):
+    if not any(map(text.__contains__, _ASCII_OPENER_STARTS if text.isascii() else _OPENER_STARTS)):
         return text
     return _OPENER.sub(_encoded, text)
 
