@@ -8,16 +8,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ModelWrapValidatorHandler,
-    PrivateAttr,
-    field_validator,
-    model_validator,
-)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
@@ -68,6 +59,9 @@ class Message(WireModel):
     tool_calls: list[ToolCall] | None = None
 
 
+_CONVERSATION = "_conversation"  # where a ChatRequest keeps its conversation (see `ChatRequest.conversation`)
+
+
 class ChatRequest(WireModel):
     """A `POST /v1/chat/completions` body, validated only as far as openfusion needs it."""
 
@@ -87,35 +81,36 @@ class ChatRequest(WireModel):
     n: int | None = None
     # OpenRouter's fallback list for pass-through requests: tried in order after `model`.
     models: list[ModelSlug] | None = Field(default=None, max_length=8)
-    _conversation: list[dict[str, Any]] | None = PrivateAttr(default=None)
 
-    @model_validator(mode="wrap")
     @classmethod
-    def _keep_the_messages_sent(cls, data: Any, handler: ModelWrapValidatorHandler[ChatRequest]) -> ChatRequest:
-        """The messages as sent, when they were plain dicts: `conversation()` is then those dicts, as a dump of the
-        validated messages would rebuild them (validating a message changes nothing in it: its fields are strings
-        checked as they are, and what it does not name is kept)."""
-        request = handler(data)
-        sent = data.get("messages") if isinstance(data, dict) else None
+    def of(cls, data: dict[str, Any]) -> ChatRequest:
+        """`data` validated (ValidationError as `model_validate`), its messages kept as sent when they are plain
+        dicts: `conversation()` is then those dicts. A dump of the validated messages would rebuild them: validating
+        a message changes nothing in it (its fields are strings checked as they are; what it does not name is kept).
+        """
+        request = cls.model_validate(data)
+        sent = data.get("messages")
         if type(sent) is list and all(type(message) is dict for message in sent):
-            request._conversation = sent
+            object.__setattr__(request, _CONVERSATION, sent)  # beside the fields: neither dumped nor compared
         return request
 
     def conversation(self) -> list[dict[str, Any]]:
-        """The messages as the client sent them, as plain dicts: the request's own (see `_keep_the_messages_sent`),
-        else dumped once; shared by everyone who asks (the run, its worst-case cost, its trace), so nobody may
-        change them. A coding agent's conversation runs to hundreds of KB, and dumping one costs about as much as
-        validating it did.
+        """The messages as the client sent them, as plain dicts: kept by `of`, else dumped once; shared by everyone
+        who asks (the run, its worst-case cost, its trace), so nobody may change them. A coding agent's conversation
+        runs to hundreds of KB, and dumping one costs about as much as validating it did.
 
-        `forget_conversation()` lets go of it once nothing will ask again.
+        `forget_conversation()` lets go of it once nothing will ask again. (`model_copy` would copy it: a copy with
+        other messages must forget it.)
         """
-        if self._conversation is None:
-            self._conversation = [message.model_dump(exclude_unset=True) for message in self.messages]
-        return self._conversation
+        conversation = self.__dict__.get(_CONVERSATION)
+        if conversation is None:
+            conversation = [message.model_dump(exclude_unset=True) for message in self.messages]
+            object.__setattr__(self, _CONVERSATION, conversation)
+        return conversation  # type: ignore[no-any-return]
 
     def forget_conversation(self) -> None:
-        """Let go of the dicts `conversation()` made (asking again makes them again)."""
-        self._conversation = None
+        """Let go of the dicts `conversation()` gave (asking again dumps the messages)."""
+        self.__dict__.pop(_CONVERSATION, None)
 
     def candidate_models(self) -> list[str]:
         """`model`, then the `models` fallbacks not already tried."""

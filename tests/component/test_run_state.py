@@ -143,7 +143,7 @@ async def test_a_run_and_its_worst_case_read_one_dump_of_the_conversation(
     """A coding agent's conversation runs to hundreds of KB, and dumping its messages costs about what validating
     them did: the run's stages and the worst-case cost it reports read the messages as sent (plain dicts), or, for
     messages given as models, one dump of them."""
-    request = make_request()
+    request = ChatRequest.of({"model": "fusion/test", "messages": CONVERSATION})  # as a surface validates a body
     if sent_as == "models":
         request = ChatRequest(model=request.model, messages=list(request.messages))
     plan = make_plan()

@@ -48,7 +48,7 @@ def parse_chat_request(raw: bytes) -> tuple[ChatRequest, dict[str, Any]]:
     if "model" not in data and isinstance(models, list) and models and isinstance(models[0], str):
         data = {**data, "model": models[0]}  # OpenRouter allows `models` alone: the first is the primary
     try:
-        chat = ChatRequest.model_validate(data)
+        chat = ChatRequest.of(data)
     except ValidationError as exc:
         raise invalid_request_from(exc) from None
     param = unsafe_name_param(data)

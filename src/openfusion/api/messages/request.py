@@ -106,7 +106,7 @@ def translate(request: MessagesRequest, raw: dict[str, Any], *, lenient: bool = 
     tools = [i for i, tool in enumerate(request.tools or []) if _kept(tool)]
     names = ParamNames(fields=_FIELDS, messages=origins, tools=tools, tool_fields=_TOOL_FIELDS)
     try:
-        chat = ChatRequest.model_validate(body)
+        chat = ChatRequest.of(body)
     except ValidationError as exc:
         raise renamed(invalid_request_from(exc), names) from None
     return Translated(request=request, chat=chat, body=body, raw=raw, names=names)

@@ -152,7 +152,7 @@ def translate(
     tools = [i for i, tool in enumerate(request.tools or []) if tool.get("type") in _CHAT_TOOL_TYPES]
     names = ParamNames(fields=_FIELDS, messages=origins, tools=tools, tool_fields=_TOOL_FIELDS)
     try:
-        chat = ChatRequest.model_validate(body)
+        chat = ChatRequest.of(body)
     except ValidationError as exc:
         raise renamed(invalid_request_from(exc), names) from None
     return Translated(request=request, chat=chat, body=body, items=items, raw=raw or {}, names=names)
