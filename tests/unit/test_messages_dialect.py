@@ -67,7 +67,7 @@ def test_tool_results_come_first_and_their_images_follow_as_the_users() -> None:
             {"id": "t2", "type": "function", "function": {"name": "log", "arguments": "{}"}},
         ]},
         {"role": "tool", "tool_call_id": "t1", "content": "done"},
-        {"role": "tool", "tool_call_id": "t2", "content": "ok"},
+        {"role": "tool", "tool_call_id": "t2", "content": "Error: ok"},  # is_error: said in the text
         {"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAA="}},
             {"type": "text", "text": "Describe it."},

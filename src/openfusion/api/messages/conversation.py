@@ -114,6 +114,8 @@ def _user(content: str | list[Any], param: str, lenient: bool) -> list[dict[str,
         if block["type"] == "tool_result":
             call_id = _name(block, "tool_use_id", where)
             text, images = _result_content(block.get("content"), f"{where}.content", lenient)
+            if block.get("is_error") is True:  # a chat tool message has no such flag: the model reads it instead
+                text = f"Error: {text}" if text else "Error."
             results.append({"role": "tool", "tool_call_id": call_id, "content": text})
             parts.extend(images)  # a tool message holds text only: its images follow as the user's
         elif block["type"] not in ("thinking", "redacted_thinking"):
