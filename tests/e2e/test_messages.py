@@ -188,6 +188,21 @@ def test_a_refusal_is_a_text_block_that_stops_with_refusal(
     assert message.stop_reason == "refusal"
 
 
+def test_a_stream_whose_provider_reports_no_usage_counts_estimates(upstream: FakeUpstream, server: str) -> None:
+    """A llama.cpp server's streams carry no usage: the message's counts are estimates, not zeros after text."""
+    upstream.script("solo", Script(chunks=["The answer ", "is forty-two, as computed."], stream_usage=False))
+
+    with (
+        sdk(server) as client,
+        client.messages.stream(model="fake/solo", max_tokens=100, messages=[{"role": "user", "content": "Q?"}]) as s,
+    ):
+        message = s.get_final_message()
+
+    assert message.content[0].text == "The answer is forty-two, as computed."  # type: ignore[union-attr]
+    assert message.usage.input_tokens > 0
+    assert message.usage.output_tokens == 10  # its 37 characters, a token per four
+
+
 @pytest.mark.parametrize("model", ["fusion/trio", "fake/solo"])
 def test_streamed_parallel_calls_without_an_index_stay_apart(upstream: FakeUpstream, server: str, model: str) -> None:
     upstream.script("synth" if model == "fusion/trio" else "solo", Script(raw_body=gemini_tool_calls()))

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -23,6 +25,7 @@ import orjson
 from openfusion.api.blocks import Block, BlockDelta, BlockEvent, BlockStarted, BlockStream
 from openfusion.api.messages.errors import error_body
 from openfusion.api.messages.request import MessagesRequest
+from openfusion.api.messages.tokens import CHARS_PER_TOKEN
 from openfusion.errors import OpenFusionError
 from openfusion.pipeline.events import Event, RunFinished, SynthesisChunk, SynthesisMessage
 from openfusion.protocol import Usage
@@ -123,11 +126,20 @@ class MessageWriter:
             events += self._tool_use(call)
         self.model = event.model or self.model
         self.stop_reason = self._stop_reason()
-        self.usage = _final_usage(event, self._blocks.usage, estimate=self.usage["input_tokens"])
+        self.usage = _final_usage(event, self._blocks.usage, estimate=self.usage["input_tokens"],
+                                  written=self._written_tokens)  # fmt: skip
         self.report = event.fusion or None
         self.finished = True
         delta: dict[str, Any] = {"stop_reason": self.stop_reason, "stop_sequence": self.stop_sequence}
         return [*events, {"type": "message_delta", "delta": delta, "usage": dict(self.usage)}, {"type": "message_stop"}]
+
+    def _written_tokens(self) -> int:
+        """An estimate of the tokens the answer's blocks hold (for a provider that reported no usage)."""
+        size = 0
+        for block in self.content:
+            value = block.get("text") or block.get("thinking") or block.get("input")
+            size += len(value) if isinstance(value, str) else len(orjson.dumps(value)) if value else 0
+        return math.ceil(size / CHARS_PER_TOKEN)
 
     def _stop_reason(self) -> str:
         reason = self._blocks.finish_reason or "stop"
@@ -222,14 +234,18 @@ def _usage(input_tokens: int, output_tokens: int, cached: int = 0) -> dict[str, 
     }
 
 
-def _final_usage(event: RunFinished, raw: dict[str, Any] | None, *, estimate: int) -> dict[str, Any]:
-    """The answer's usage: the providers' counts (the estimate while they reported none), the cost when known."""
+def _final_usage(
+    event: RunFinished, raw: dict[str, Any] | None, *, estimate: int, written: Callable[[], int]
+) -> dict[str, Any]:
+    """The answer's usage: the providers' counts (estimates of the input and of what was written while they
+    reported none: a llama.cpp server's streams carry no usage), the cost when known."""
     usage: Usage = event.usage
     details = (raw or usage.model_extra or {}).get("prompt_tokens_details") or {}
     cached = details.get("cached_tokens") if isinstance(details.get("cached_tokens"), int) else 0
     # Anthropic's input_tokens leaves out the tokens read from a cache: those are counted on their own.
     prompt = usage.prompt_tokens - cached if usage.prompt_tokens else estimate
-    body = _usage(max(prompt, 0), usage.completion_tokens, cached)
+    completion = usage.completion_tokens if usage.completion_tokens or usage.prompt_tokens else written()
+    body = _usage(max(prompt, 0), completion, cached)
     if usage.cost is not None:
         body["cost"] = usage.cost
     if event.server_tool_use:
