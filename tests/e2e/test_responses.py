@@ -264,6 +264,35 @@ def test_a_refusal_is_a_refusal_content_part(upstream: FakeUpstream, server: str
         assert kinds.count("response.refusal.delta") == 2 and "response.refusal.done" in kinds
 
 
+def test_the_response_echoes_truncation_and_reasoning_summary(upstream: FakeUpstream, server: str) -> None:
+    with sdk(server) as client:
+        response = client.responses.create(
+            model="fake/plain", input="Hi", truncation="auto", reasoning={"effort": "low", "summary": "auto"}
+        )
+
+    assert response.truncation == "auto"
+    assert response.reasoning is not None and (response.reasoning.effort, response.reasoning.summary) == ("low", "auto")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "param"),
+    [
+        ("truncation", "sometimes", "truncation"),
+        ("metadata", {"note": "x" * 513}, "metadata.note"),
+        ("metadata", {"k" * 65: "v"}, "metadata"),
+        ("text", {"format": {"type": "json_schema", "name": 5, "schema": {"type": "object"}}}, "text.format.name"),
+    ],
+)
+def test_values_openai_refuses_are_refused(
+    upstream: FakeUpstream, server: str, field: str, value: Any, param: str
+) -> None:
+    response = httpx.post(f"{server}{RESPONSES}", json={"model": "fake/plain", "input": "Hi", field: value}, timeout=30)
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"].startswith(param)
+    assert upstream.calls_for("plain") == []
+
+
 def test_a_failed_fusion_ends_with_response_failed(upstream: FakeUpstream, server: str) -> None:
     for model in "abc":
         upstream.script(model, Script(status=500, error_message=f"{model} is down"))

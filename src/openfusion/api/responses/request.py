@@ -9,7 +9,7 @@ OpenAI does; a wrong type is a 400 naming the parameter.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -59,7 +59,11 @@ class ResponsesRequest(WireModel):
     top_p: float | None = None
     reasoning: dict[str, Any] | None = None
     text: dict[str, Any] | None = None
-    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    # OpenAI's limits: 16 pairs, keys of 64 characters, values of 512.
+    metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None = Field(
+        default=None, max_length=16
+    )
+    truncation: Literal["auto", "disabled"] | None = None  # echoed; the provider's context is the provider's
     plugins: list[dict[str, Any]] | None = None
     store: bool | None = None
     previous_response_id: PlainName | None = Field(default=None, min_length=1, max_length=256)
@@ -245,7 +249,10 @@ def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
         schema = fmt.get("schema")
         if not isinstance(schema, dict):
             raise InvalidRequest("Missing required parameter: 'text.format.schema'.", param="text.format.schema")
-        spec = {"name": fmt.get("name") or "response", "schema": schema}
+        name = fmt.get("name")
+        if name is not None and not isinstance(name, str):
+            raise InvalidRequest("Invalid value for 'text.format.name': expected a string.", param="text.format.name")
+        spec = {"name": name or "response", "schema": schema}
         spec.update({k: fmt[k] for k in ("strict", "description") if k in fmt})
         return {"type": "json_schema", "json_schema": spec}
     raise InvalidRequest(
