@@ -172,6 +172,33 @@ def test_keys_from_the_environment_variable(
         assert httpx.get(f"{url}/v1/models", headers=bearer("sk-from-env-2-4f9a2c")).status_code == 200
 
 
+def test_the_model_list_shows_a_key_the_fusion_models_its_scope_allows(upstream: FakeUpstream, serve: Serve) -> None:
+    """A key scoped to one preset sees that one (and the aliases of the default preset, if it is that one): the list
+    says nothing of what it cannot use."""
+    keys = [
+        {"name": "duo-only", "key_env": "DUO_KEY", "models": ["fusion/duo"]},
+        {"name": "trio-only", "key_env": "TRIO_KEY", "models": ["fusion/trio", "fake/*"]},
+        {"name": "plain", "key_env": "PLAIN_KEY", "models": ["fake/*"]},
+    ]
+    environ = {
+        "DUO_KEY": "sk-duo-only-4f9a2c7e1d",
+        "TRIO_KEY": "sk-trio-only-4f9a2c7e1d",
+        "PLAIN_KEY": "sk-plain-4f9a2c7e1d",
+    }
+    with serve({"keys": keys}, environ=environ) as (url, _):
+
+        def listed(key: str) -> set[str]:
+            response = httpx.get(f"{url}/v1/models", headers=bearer(key))
+            assert response.status_code == 200
+            return {model["id"] for model in response.json()["data"]}
+
+        duo, trio, plain = (listed(environ[name]) for name in ("DUO_KEY", "TRIO_KEY", "PLAIN_KEY"))
+
+    assert "fusion/duo" in duo and not {"fusion/trio", "fusion", "openrouter/fusion"} & duo
+    assert {"fusion/trio", "fusion", "openrouter/fusion"} <= trio and "fusion/duo" not in trio  # trio: the default
+    assert plain == set()
+
+
 def test_named_keys_from_the_config_file(upstream: FakeUpstream, core_settings: dict[str, Any], tmp_path: Path) -> None:
     digest = hashlib.sha256(b"sk-team-b-4f9a2c7e1d").hexdigest()
     config = tmp_path / "openfusion.toml"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -122,6 +123,16 @@ async def admit(
         slot = await grant.access.take_fusion_slot(grant.client)
         if slot is not None:
             grant.slots.append(slot)
+
+
+def key_scope(request: Request) -> Callable[[str], bool]:
+    """Whether the request's key may use a model slug (any, on a server without keys)."""
+    grant: Grant | None = request.scope.get("state", {}).get(_GRANT)
+    return grant.client.allows if grant is not None else _anything
+
+
+def _anything(slug: str) -> bool:
+    return True
 
 
 def check_request_scope(request: Request, reach: Reach) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from openfusion.activity import PriceTable
+from openfusion.api.access import key_scope
 from openfusion.api.deps import State
 from openfusion.presets import Preset
 
@@ -66,9 +67,11 @@ def _entry(model_id: str, preset: Preset, prices: PriceTable, description: str |
 
 @router.get("/v1/models")
 @router.get("/api/v1/models", include_in_schema=False)
-async def list_models(state: State) -> dict[str, Any]:
-    """List the fusion models this server offers."""
-    presets = state.presets
+async def list_models(state: State, request: Request) -> dict[str, Any]:
+    """List the fusion models this server offers the caller's key: those its scope allows (a fusion slug is checked
+    as the preset it runs, `fusion/<preset>`, as a request for it is)."""
+    allows = key_scope(request)
+    presets = {name: preset for name, preset in state.presets.items() if allows(f"fusion/{name}")}
     data: list[dict[str, Any]] = []
     default = presets.get(state.settings.default_preset)
     if default is not None:
