@@ -50,3 +50,17 @@ def test_successes_and_missing_keys_do_not_count(upstream: FakeUpstream, serve: 
         for attempt in range(9):
             assert client.get(f"{url}/v1/models", headers=bearer(f"sk-typo-in-key-{attempt:04d}")).status_code == 401
         assert client.get(f"{url}/v1/models", headers=bearer(KEY)).status_code == 200
+
+
+def test_the_addresses_of_one_ipv6_subscriber_are_braked_together(upstream: FakeUpstream, serve: Serve) -> None:
+    """A subscriber gets a /64 and picks any address in it: one wrong key from each of eleven addresses of it is
+    eleven guesses from one place. The addresses come as a trusted proxy's (127.0.0.1's) X-Forwarded-For."""
+    with serve(KEYS) as (url, _), client_from("127.0.0.1") as proxy:
+
+        def from_address(address: str, key: str) -> httpx.Response:
+            return proxy.get(f"{url}/v1/models", headers={**bearer(key), "X-Forwarded-For": address})
+
+        for host in range(1, 11):
+            assert from_address(f"2001:db8:1:2::{host:x}", f"sk-guess-number-{host:04d}").status_code == 401
+        assert from_address("2001:db8:1:2:ffff::1", KEY).status_code == 429  # the same /64, the right key
+        assert from_address("2001:db8:1:3::1", KEY).status_code == 200  # the next /64 is someone else

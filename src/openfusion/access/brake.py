@@ -2,11 +2,13 @@
 
 Kept in this process (each worker and replica counts on its own): it slows guessing down without a
 round trip to a shared store on every request. Only wrong keys count; a request without a key is no
-guess (a browser asks without credentials first), and successes count for nothing.
+guess (a browser asks without credentials first), and successes count for nothing. An IPv6 address
+is counted as its /64.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -49,7 +51,7 @@ class AuthBrake:
 
     def blocked_for(self, address: str | None) -> float:
         """Seconds this address stays refused (0: it is not)."""
-        record = self._records.get(address) if address is not None else None
+        record = self._records.get(counted_as(address)) if address is not None else None
         if record is None:
             return 0.0
         return max(0.0, record.blocked_until - self._clock())
@@ -58,6 +60,7 @@ class AuthBrake:
         """Count one wrong key from this address; block it when that makes too many within the window."""
         if not self.enabled or address is None:
             return
+        address = counted_as(address)
         now = self._clock()
         record = self._records.pop(address, None) or _Record()
         self._records[address] = record  # the most recently failing last: the first forgotten are the quietest
@@ -70,3 +73,17 @@ class AuthBrake:
             failures.clear()
         while len(self._records) > self._max_addresses:
             self._records.popitem(last=False)
+
+
+def counted_as(address: str) -> str:
+    """What an address is counted as: itself, or for IPv6 its /64. One subscriber (a home, a VM) gets a /64 and
+    picks any address in it at will: counted one by one, it could guess without end."""
+    if ":" not in address:  # IPv4: no parsing on the way of every request
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
