@@ -43,7 +43,7 @@ def test_a_streamed_thinking_block_is_signed_and_can_be_sent_back(
         translated = client.messages.create(model="fake/thinker", max_tokens=100, messages=history)
         # Back to the provider that speaks Messages: its own signed block kept as sent, openfusion's left out.
         mixed = [QUESTION, {"role": "assistant", "content": [anthropic_signed, *history[1]["content"]]}, history[2]]
-        native_answer = client.messages.create(model="claude/opus", max_tokens=100, messages=mixed,
+        native_answer = client.messages.create(model="claude/opus", max_tokens=2048, messages=mixed,
                                                thinking=THINKING)  # type: ignore[arg-type]  # fmt: skip
 
     assert [block.type for block in answer.content] == ["thinking", "text"]

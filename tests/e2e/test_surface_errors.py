@@ -64,6 +64,20 @@ MESSAGES_CASES = [
     ({"tools": [BASH, {"name": "lookup"}]}, "tools.1.input_schema: Field required"),
     ({"thinking": {"type": "enabled", "budget_tokens": 0}},
      "thinking.budget_tokens: Input should be greater than or equal to 1"),
+    # As strict as Anthropic: a number that is a string or a boolean, thinking without a budget or past max_tokens,
+    # a tool named twice or of no string type, a tool_choice naming no tool.
+    ({"max_tokens": "10"}, "max_tokens: Input should be a valid integer"),
+    ({"max_tokens": True}, "max_tokens: Input should be a valid integer"),
+    ({"temperature": "NaN"}, "temperature: Input should be a valid number"),
+    ({"thinking": {"type": "enabled"}}, "thinking.budget_tokens: Field required"),
+    ({"max_tokens": 100, "thinking": {"type": "enabled", "budget_tokens": 100}},
+     "max_tokens: it must be greater than thinking.budget_tokens (100)"),
+    ({"tools": [{"name": "get", "input_schema": {}}, {"name": "get", "input_schema": {}}]},
+     "tools.1.name: tool names must be unique ('get' is there twice)"),
+    ({"tools": [{"type": 5, "name": "get", "input_schema": {}}]}, "tools.0.type: expected a string"),
+    ({"tools": [{"name": "get", "input_schema": []}]}, "tools.0.input_schema: expected a JSON schema object"),
+    ({"tools": [{"name": "get", "input_schema": {}}], "tool_choice": {"type": "tool", "name": "put"}},
+     "tool_choice.name: no tool is named 'put'"),
     # Found in the fusion plan, after translation: the plugin is the client's own.
     ({"model": "fusion/trio", "plugins": [{"id": "fusion", "preset": "nope"}]}, "plugins.0.preset: unknown preset"),
     # The fusion tool is the client's second tool, the chat request's first (Anthropic's bash tool is dropped).

@@ -38,7 +38,7 @@ class _Strict(BaseModel):
 
 class _Thinking(_Strict):
     type: Literal["enabled", "disabled", "adaptive"]
-    budget_tokens: int | None = Field(default=None, ge=1)
+    budget_tokens: int | None = Field(default=None, ge=1, strict=True)
     display: str | None = None
 
 
@@ -50,14 +50,14 @@ class MessagesRequest(WireModel):
     """A `POST /v1/messages` body, validated as far as openfusion needs it."""
 
     model: ModelSlug
-    max_tokens: int = Field(ge=1)
+    max_tokens: int = Field(ge=1, strict=True)  # as Anthropic: 10, not "10" nor true
     messages: list[dict[str, Any]] = Field(min_length=1)
     system: str | list[dict[str, Any]] | None = None
     stop_sequences: list[str] | None = None
     stream: bool = False
-    temperature: float | None = Field(default=None, ge=0, le=1)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    top_k: int | None = Field(default=None, ge=0)
+    temperature: float | None = Field(default=None, ge=0, le=1, strict=True)
+    top_p: float | None = Field(default=None, ge=0, le=1, strict=True)
+    top_k: int | None = Field(default=None, ge=0, strict=True)
     tools: list[dict[str, Any]] | None = None
     tool_choice: dict[str, Any] | None = None
     thinking: _Thinking | None = None
@@ -95,7 +95,51 @@ def parse_request(data: dict[str, Any]) -> MessagesRequest:
             f"Invalid value for 'stop_sequences': at most {_MAX_STOPS} stop sequences are supported.",
             param="stop_sequences",
         )
+    _check_thinking(request)
+    _check_tools(request)
     return request
+
+
+def _check_thinking(request: MessagesRequest) -> None:
+    """Thinking with a budget, below `max_tokens` (as Anthropic requires)."""
+    thinking = request.thinking
+    if thinking is None or thinking.type != "enabled":
+        return
+    if thinking.budget_tokens is None:
+        raise InvalidRequest("Missing required parameter: 'thinking.budget_tokens'.", param="thinking.budget_tokens")
+    if thinking.budget_tokens >= request.max_tokens:
+        raise InvalidRequest(
+            "Invalid value for 'max_tokens': it must be greater than thinking.budget_tokens "
+            f"({thinking.budget_tokens}).",
+            param="max_tokens",
+        )
+
+
+def _check_tools(request: MessagesRequest) -> None:
+    """Tools with a type that is a string (or none), each name once; a tool_choice of type tool names one of them."""
+    names: set[str] = set()
+    for position, tool in enumerate(request.tools or []):
+        param = f"tools[{position}]"
+        if not isinstance(tool, dict):
+            raise InvalidRequest(f"Invalid value for '{param}': a tool must be an object.", param=param)
+        if "type" in tool and not isinstance(tool["type"], str):
+            raise InvalidRequest(f"Invalid value for '{param}.type': expected a string.", param=f"{param}.type")
+        if "input_schema" in tool and not isinstance(tool["input_schema"], dict):
+            where = f"{param}.input_schema"
+            raise InvalidRequest(f"Invalid value for '{where}': expected a JSON schema object.", param=where)
+        name = tool.get("name")
+        if isinstance(name, str):
+            if name in names:
+                raise InvalidRequest(
+                    f"Invalid value for '{param}.name': tool names must be unique ({name!r} is there twice).",
+                    param=f"{param}.name",
+                )
+            names.add(name)
+    choice = request.tool_choice or {}
+    if choice.get("type") == "tool" and isinstance(choice.get("name"), str) and choice["name"] not in names:
+        raise InvalidRequest(
+            f"Invalid value for 'tool_choice.name': no tool is named {choice['name']!r}.", param="tool_choice.name"
+        )
 
 
 def translate(request: MessagesRequest, raw: dict[str, Any], *, lenient: bool = False) -> Translated:
