@@ -136,22 +136,26 @@ def without_empty_tools(body: dict[str, Any]) -> dict[str, Any]:
 
 def unsafe_name_param(data: Mapping[str, Any]) -> str | None:
     """The first name or id in a raw request's free-form parts (tools, tool calls) that `plain_name` refuses."""
-    for param, value in _free_form_names(data):
+    for path, value in _free_form_names(data):
         if isinstance(value, str) and _NOT_IN_NAMES.search(value):
-            return param
+            return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path).lstrip(".")
     return None
 
 
-def _free_form_names(data: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
-    yield "user", data.get("user")
+def _free_form_names(data: Mapping[str, Any]) -> Iterator[tuple[tuple[str | int, ...], Any]]:
+    """(path, value) of each: a path as parts, made into a parameter name only for the one refused (an agent's
+    conversation has hundreds of tool calls)."""
+    yield ("user",), data.get("user")
     for i, tool in enumerate(_items(data.get("tools"))):
-        yield f"tools[{i}].function.name", _fields(_fields(tool).get("function")).get("name")
-    yield "tool_choice.function.name", _fields(_fields(data.get("tool_choice")).get("function")).get("name")
+        yield ("tools", i, "function", "name"), _fields(_fields(tool).get("function")).get("name")
+    yield ("tool_choice", "function", "name"), _fields(_fields(data.get("tool_choice")).get("function")).get("name")
     for i, message in enumerate(_items(data.get("messages"))):
-        yield f"messages[{i}].tool_call_id", _fields(message).get("tool_call_id")
-        for j, call in enumerate(_items(_fields(message).get("tool_calls"))):
-            yield f"messages[{i}].tool_calls[{j}].id", _fields(call).get("id")
-            yield f"messages[{i}].tool_calls[{j}].function.name", _fields(_fields(call).get("function")).get("name")
+        fields = _fields(message)
+        yield ("messages", i, "tool_call_id"), fields.get("tool_call_id")
+        for j, call in enumerate(_items(fields.get("tool_calls"))):
+            call_fields = _fields(call)
+            yield ("messages", i, "tool_calls", j, "id"), call_fields.get("id")
+            yield ("messages", i, "tool_calls", j, "function", "name"), _fields(call_fields.get("function")).get("name")
 
 
 def _items(value: Any) -> list[Any]:
