@@ -203,6 +203,35 @@ def test_a_stream_whose_provider_reports_no_usage_counts_estimates(upstream: Fak
     assert message.usage.output_tokens == 10  # its 37 characters, a token per four
 
 
+def test_text_between_a_calls_arguments_leaves_the_call_whole(upstream: FakeUpstream, server: str) -> None:
+    """A stream that writes text while a call's arguments are still coming: the call keeps all of them."""
+    deltas = [
+        {"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                              "function": {"name": "get_weather", "arguments": '{"ci'}}]},
+        {"content": "Checking."},
+        {"tool_calls": [{"index": 0, "function": {"arguments": 'ty":"London"}'}}]},
+    ]  # fmt: skip
+    body = b""
+    for delta, finish in [*((d, None) for d in deltas), ({}, "tool_calls")]:
+        chunk = {"id": "c", "object": "chat.completion.chunk", "model": "m",
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+        body += b"data: " + orjson.dumps(chunk) + b"\n\n"
+    upstream.script("solo", Script(raw_body=body + b"data: [DONE]\n\n"))
+
+    with (
+        sdk(server) as client,
+        client.messages.stream(
+            model="fake/solo", max_tokens=200, tools=[WEATHER], messages=[{"role": "user", "content": "London?"}]
+        ) as stream,
+    ):
+        final = stream.get_final_message()
+
+    assert [(b.type, getattr(b, "text", None), getattr(b, "input", None)) for b in final.content] == [
+        ("text", "Checking.", None),
+        ("tool_use", None, {"city": "London"}),
+    ]
+
+
 @pytest.mark.parametrize("model", ["fusion/trio", "fake/solo"])
 def test_streamed_parallel_calls_without_an_index_stay_apart(upstream: FakeUpstream, server: str, model: str) -> None:
     upstream.script("synth" if model == "fusion/trio" else "solo", Script(raw_body=gemini_tool_calls()))

@@ -57,3 +57,19 @@ def test_a_whole_message_takes_its_calls_in_order() -> None:
     stream.feed({"choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}]})
 
     assert calls(stream) == [("c1", "weather", "{}"), ("c2", "time", "{}")]
+
+
+def test_text_written_between_a_calls_arguments_comes_after_the_call_which_stays_whole() -> None:
+    """A stream that writes text while a call's arguments are still coming: a stopped block takes no more, so the
+    call stayed cut (its input `{}`) when the text closed it; the text now follows the calls."""
+    stream = BlockStream()
+    stream.feed(streamed({"index": 0, "id": "c1", "function": {"name": "weather", "arguments": '{"ci'}}))
+    stream.feed({"choices": [{"index": 0, "delta": {"content": "Checking."}}]})
+    stream.feed(streamed({"index": 0, "function": {"arguments": 'ty":"London"}'}}))
+    stream.close()
+
+    assert [(b.kind, b.value()) for b in stream.blocks] == [
+        ("tool_call", '{"city":"London"}'),
+        ("text", "Checking."),
+    ]
+    assert all(block.closed for block in stream.blocks)

@@ -71,6 +71,9 @@ class BlockStream:
         self._last_call: Hashable = None  # the key of the tool call a streamed fragment without index or id goes on
         # Tool calls stay open until the answer ends: a provider may interleave the arguments of several.
         self._open_calls: list[Block] = []
+        # Text (or reasoning) written while tool calls are open, held until they close: a call's arguments may still
+        # come after it, and a stopped block takes no more.
+        self._held: list[tuple[BlockKind, str]] = []
 
     def feed(self, chunk: dict[str, Any]) -> list[BlockEvent]:
         """The block events one chunk (or one whole message as a delta) makes."""
@@ -104,7 +107,11 @@ class BlockStream:
 
     def close(self) -> list[BlockEvent]:
         """Stop every open block (at the end, or before something else is output)."""
-        return self._close_text() + self._close_calls()
+        events = self._close_text() + self._close_calls()
+        held, self._held = self._held, []
+        for kind, piece in held:
+            self._text(kind, piece, events)
+        return events + self._close_text()
 
     def _close_text(self) -> list[BlockEvent]:
         block, self._open = self._open, None
@@ -131,6 +138,9 @@ class BlockStream:
         return block
 
     def _text(self, kind: BlockKind, piece: str, events: list[BlockEvent]) -> None:
+        if self._open_calls:
+            self._held.append((kind, piece))
+            return
         current = self._open
         block = current if current is not None and current.kind == kind and not self._open_calls else None
         block = block or self._start(kind, events)
