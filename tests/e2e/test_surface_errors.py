@@ -78,6 +78,8 @@ MESSAGES_CASES = [
     ({"tools": [{"name": "get", "input_schema": []}]}, "tools.0.input_schema: expected a JSON schema object"),
     ({"tools": [{"name": "get", "input_schema": {}}], "tool_choice": {"type": "tool", "name": "put"}},
      "tool_choice.name: no tool is named 'put'"),
+    ({"messages": [{"role": "user", "content": []}]},
+     "messages.0.content: all messages must have non-empty content except for the optional final assistant message"),
     # Found in the fusion plan, after translation: the plugin is the client's own.
     ({"model": "fusion/trio", "plugins": [{"id": "fusion", "preset": "nope"}]}, "plugins.0.preset: unknown preset"),
     # The fusion tool is the client's second tool, the chat request's first (Anthropic's bash tool is dropped).

@@ -95,9 +95,25 @@ def parse_request(data: dict[str, Any]) -> MessagesRequest:
             f"Invalid value for 'stop_sequences': at most {_MAX_STOPS} stop sequences are supported.",
             param="stop_sequences",
         )
+    _check_content(request)
     _check_thinking(request)
     _check_tools(request)
     return request
+
+
+def _check_content(request: MessagesRequest) -> None:
+    """Every message has content, but the final one when it is the assistant's (a prefill to go on from)."""
+    last = len(request.messages) - 1
+    for position, message in enumerate(request.messages):
+        if not isinstance(message, dict) or message.get("content") not in ("", []):
+            continue
+        if position == last and message.get("role") == "assistant":
+            continue
+        raise InvalidRequest(
+            f"Invalid value for 'messages[{position}].content': all messages must have non-empty content except for "
+            "the optional final assistant message.",
+            param=f"messages[{position}].content",
+        )
 
 
 def _check_thinking(request: MessagesRequest) -> None:
