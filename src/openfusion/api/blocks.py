@@ -142,7 +142,7 @@ class BlockStream:
             self._held.append((kind, piece))
             return
         current = self._open
-        block = current if current is not None and current.kind == kind and not self._open_calls else None
+        block = current if current is not None and current.kind == kind else None
         block = block or self._start(kind, events)
         block.add(piece)
         events.append(BlockDelta(block, piece))
