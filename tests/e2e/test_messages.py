@@ -138,10 +138,15 @@ def gemini_tool_calls() -> bytes:
         {"tool_calls": [{"id": "call_2", "type": "function",
                          "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}]},
     ]  # fmt: skip
+    return chat_stream(*chunks, finish="tool_calls")
+
+
+def chat_stream(*deltas: dict[str, Any], finish: str) -> bytes:
+    """A raw chat-completions stream: a chunk per delta, one with `finish`, then `[DONE]`."""
     body = b""
-    for delta, finish in [*((c, None) for c in chunks), ({}, "tool_calls")]:
+    for delta, reason in [*((d, None) for d in deltas), ({}, finish)]:
         chunk = {"id": "c", "object": "chat.completion.chunk", "model": "m",
-                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]}  # fmt: skip
         body += b"data: " + orjson.dumps(chunk) + b"\n\n"
     return body + b"data: [DONE]\n\n"
 
@@ -156,13 +161,7 @@ def refusal(*, streamed: bool) -> bytes:
         return orjson.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
                              "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
                              "usage": {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}})  # fmt: skip
-    body = b""
-    for delta, finish in [({"role": "assistant", "refusal": "I can't "}, None), ({"refusal": "help with that."}, None),
-                          ({}, "stop")]:  # fmt: skip
-        chunk = {"id": "c", "object": "chat.completion.chunk", "model": "m",
-                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
-        body += b"data: " + orjson.dumps(chunk) + b"\n\n"
-    return body + b"data: [DONE]\n\n"
+    return chat_stream({"role": "assistant", "refusal": "I can't "}, {"refusal": "help with that."}, finish="stop")
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
@@ -211,12 +210,7 @@ def test_text_between_a_calls_arguments_leaves_the_call_whole(upstream: FakeUpst
         {"content": "Checking."},
         {"tool_calls": [{"index": 0, "function": {"arguments": 'ty":"London"}'}}]},
     ]  # fmt: skip
-    body = b""
-    for delta, finish in [*((d, None) for d in deltas), ({}, "tool_calls")]:
-        chunk = {"id": "c", "object": "chat.completion.chunk", "model": "m",
-                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
-        body += b"data: " + orjson.dumps(chunk) + b"\n\n"
-    upstream.script("solo", Script(raw_body=body + b"data: [DONE]\n\n"))
+    upstream.script("solo", Script(raw_body=chat_stream(*deltas, finish="tool_calls")))
 
     with (
         sdk(server) as client,
