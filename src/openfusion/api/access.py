@@ -108,9 +108,7 @@ async def admit(
     bound) or LimitExceeded (429). The slot is given back by the middleware when the response ends; the
     reservation is settled by the request's ledger.
     """
-    grant: Grant | None = request.scope.get("state", {}).get(_GRANT)
-    if grant is None:
-        raise RuntimeError("admit() needs AccessMiddleware: call install_access(app, ...)")
+    grant = _required_grant(request, "admit")
     check_scope(grant.client, requested_models(reach))
     check_guards(grant.access.guards, chat=chat, plan=plan, reach=reach)
     if grant.client.limits.daily_spend_usd is not None:  # keys without a cap never pay for an estimate
@@ -138,10 +136,15 @@ def _anything(slug: str) -> bool:
 def check_request_scope(request: Request, reach: Reach) -> None:
     """Raise ModelNotAllowed (403) when the request's key may not use a model it names: for a route that calls no
     model through `admit` (counting tokens), but may still reach one's provider."""
+    check_scope(_required_grant(request, "check_request_scope").client, requested_models(reach))
+
+
+def _required_grant(request: Request, caller: str) -> Grant:
+    """The request's grant, which AccessMiddleware sets before any route runs."""
     grant: Grant | None = request.scope.get("state", {}).get(_GRANT)
     if grant is None:
-        raise RuntimeError("check_request_scope() needs AccessMiddleware: call install_access(app, ...)")
-    check_scope(grant.client, requested_models(reach))
+        raise RuntimeError(f"{caller}() needs AccessMiddleware: call install_access(app, ...)")
+    return grant
 
 
 def spend_reservation(request: Request) -> Reservation | None:
