@@ -31,6 +31,7 @@ from fakes.upstream import FakeUpstream, Script  # noqa: E402
 
 UPSTREAM_KEY = "sk-fake-upstream-secret-7f3a"  # must reach the fake, and never the container's log
 CLIENT_KEY = "sk-ci-client-key-5c1e9b0d7a"  # the image listens on 0.0.0.0: without a client key it refuses to start
+ADMIN_KEY = "sk-ci-admin-key-0e6f1c84b3"  # only an admin (or metrics) key reads /metrics
 ANSWER = "Fused answer from the container: the sky is blue because of Rayleigh scattering."
 PANEL_ANSWER = "Panel answer: Rayleigh scattering."
 ANALYSIS = {
@@ -106,9 +107,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def http(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
+def http(method: str, url: str, body: dict[str, Any] | None = None, *, key: str = CLIENT_KEY) -> tuple[int, bytes]:
     data = json.dumps(body).encode() if body is not None else None
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT_KEY}"}
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
     request = urllib.request.Request(url, data=data, method=method, headers=headers)
     with urllib.request.urlopen(request, timeout=60) as response:
         return response.status, response.read()
@@ -216,7 +217,7 @@ def check_running_container(name: str, base: str, fake: FakeUpstream, receiver: 
     cpus = int(podman("exec", name, "python", "-c", CPUS).stdout)
     workers = re.findall(r"(\d+) workers on ", logs)
     assert workers == ([str(cpus)] if cpus > 1 else []), (cpus, workers)
-    metrics = http("GET", f"{base}/metrics")[1].decode()
+    metrics = http("GET", f"{base}/metrics", key=ADMIN_KEY)[1].decode()
     served = re.search(r'^openfusion_requests_total\{route="fusion/ci",status="ok"\} (\S+)$', metrics, re.M)
     assert served and float(served.group(1)) == 2, metrics[-500:]
     say(
@@ -292,6 +293,7 @@ def main() -> int:
             "--env", "OPENFUSION_CONFIG=/etc/openfusion/config.toml",
             "--env", f"FAKE_UPSTREAM_KEY={UPSTREAM_KEY}",
             "--env", f"OPENFUSION_API_KEYS={CLIENT_KEY}",
+            "--env", f"OPENFUSION_ADMIN_KEYS={ADMIN_KEY}",
             # Tracing as a user turns it on: the endpoint alone (the otel extra is in the image);
             # spans are batched for 200 ms rather than the SDK's 5 s.
             "--env", f"OTEL_EXPORTER_OTLP_ENDPOINT={otlp_url}",

@@ -236,6 +236,9 @@ def test_the_autoscaled_pod_serves_its_metrics_to_the_scrape_key_only(
         metric = manifests.one("HorizontalPodAutoscaler")["spec"]["metrics"][1]["pods"]["metric"]["name"]
         assert f"# TYPE {metric} gauge" in metrics.text
         assert httpx.get(pod.url + "/metrics", timeout=10).status_code == 401
+        # A client's key does not read the whole server's traffic and spend.
+        other = httpx.get(pod.url + "/metrics", headers={"Authorization": f"Bearer {CLIENT_KEY}"}, timeout=10)
+        assert other.status_code == 403 and other.json()["error"]["code"] == "metrics_not_allowed"
         # The scrape key cannot spend: no model is in its scope.
         body: dict[str, Any] = {"model": "openai/gpt-5", "messages": [{"role": "user", "content": "Hi"}]}
         refused = httpx.post(

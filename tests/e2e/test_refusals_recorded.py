@@ -15,7 +15,14 @@ from fakes.upstream import FakeUpstream, Script, wait_until
 CHAT = "/v1/chat/completions"
 HI = [{"role": "user", "content": "Hi"}]
 ALICE = "sk-client-alice-7d2e4f9a"
-KEYS = [{"name": "alice", "key_sha256": hashlib.sha256(ALICE.encode()).hexdigest(), "models": ["fusion/*", "fake/*"]}]
+KEYS = [
+    {
+        "name": "alice",
+        "key_sha256": hashlib.sha256(ALICE.encode()).hexdigest(),
+        "models": ["fusion/*", "fake/*"],
+        "metrics": True,  # reads /metrics below
+    }
+]
 PRICES = {"models": {f"fake/{m}": {"prompt": 1e-3, "completion": 1e-3} for m in ("a", "b", "c", "judge", "synth")}}
 
 

@@ -28,7 +28,7 @@ from openfusion.settings import Settings
 from .conftest import ANALYSIS, TRIO
 
 ALICE, BOB = "sk-alice-0123456789abcdef", "sk-bob-0123456789abcdef0"
-KEYS = [{"name": "alice", "key_env": "ALICE_KEY"}, {"name": "bob", "key_env": "BOB_KEY"}]
+KEYS = [{"name": "alice", "key_env": "ALICE_KEY", "metrics": True}, {"name": "bob", "key_env": "BOB_KEY"}]
 QUESTION = [{"role": "user", "content": "Why is the sky blue?"}]
 FUSION_CALLS = 5  # three panelists, the judge, the synthesizer
 

@@ -54,6 +54,8 @@ class KeyConfig(Limits):
     models: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     # An admin key sees every key's activity; any other key sees only its own.
     admin: bool = False
+    # May read /metrics (the whole server's traffic and spend); an admin key always may.
+    metrics: bool = False
 
     @field_validator("key_sha256")
     @classmethod

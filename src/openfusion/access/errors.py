@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from openfusion.errors import AuthenticationFailed, OpenFusionError
 
-__all__ = ["AuthenticationFailed", "LimitExceeded", "LimitsUnavailable", "ModelNotAllowed"]
+__all__ = ["AuthenticationFailed", "LimitExceeded", "LimitsUnavailable", "MetricsNotAllowed", "ModelNotAllowed"]
 
 
 class ModelNotAllowed(OpenFusionError):
@@ -13,6 +13,14 @@ class ModelNotAllowed(OpenFusionError):
     status_code = 403
     error_type = "permission_error"
     code = "model_not_allowed"
+
+
+class MetricsNotAllowed(OpenFusionError):
+    """The client's key may not read /metrics: neither an admin key nor one with `metrics = true`."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "metrics_not_allowed"
 
 
 class LimitExceeded(OpenFusionError):

@@ -27,11 +27,18 @@ class Client:
     limits: Limits
     models: tuple[str, ...] = ("*",)
     admin: bool = False  # sees every key's activity
+    metrics: bool = False  # reads /metrics
 
     @property
     def sees_all_activity(self) -> bool:
         """An admin key, or anyone on a server without keys (one tenant); other keys see only their own."""
         return self.admin or self.name is None
+
+    @property
+    def reads_metrics(self) -> bool:
+        """An admin or metrics key, or anyone on a server without keys: /metrics is the whole server's traffic and
+        spend, which no other tenant's key may see."""
+        return self.admin or self.metrics or self.name is None
 
     @property
     def bucket(self) -> str:
@@ -111,7 +118,8 @@ def load_keys(config: AccessConfig, environ: Mapping[str, str]) -> KeyRing:
             assert key.key_sha256 is not None
             digest = bytes.fromhex(key.key_sha256)
         limits = key.over(config.limits)
-        entries.append((digest, Client(name=key.name, limits=limits, models=tuple(key.models), admin=key.admin)))
+        client = Client(name=key.name, limits=limits, models=tuple(key.models), admin=key.admin, metrics=key.metrics)
+        entries.append((digest, client))
     _check_unique(entries)
     return KeyRing(entries)
 

@@ -16,7 +16,7 @@ from starlette.websockets import WebSocketClose
 
 from openfusion.access.config import CorsConfig
 from openfusion.access.control import AccessControl
-from openfusion.access.errors import AuthenticationFailed
+from openfusion.access.errors import AuthenticationFailed, MetricsNotAllowed
 from openfusion.access.guards import check_guards
 from openfusion.access.keys import Client
 from openfusion.access.limiter import Slot
@@ -137,6 +137,16 @@ def check_request_scope(request: Request, reach: Reach) -> None:
     """Raise ModelNotAllowed (403) when the request's key may not use a model it names: for a route that calls no
     model through `admit` (counting tokens), but may still reach one's provider."""
     check_scope(_required_grant(request, "check_request_scope").client, requested_models(reach))
+
+
+def check_metrics_reader(request: Request) -> None:
+    """Raise MetricsNotAllowed (403) unless the request's key may read /metrics (any caller without keys)."""
+    grant: Grant | None = request.scope.get("state", {}).get(_GRANT)
+    if grant is not None and not grant.client.reads_metrics:
+        raise MetricsNotAllowed(
+            f"Key {grant.client.name!r} may not read /metrics: it shows every key's traffic and spend. "
+            "Use an admin key, or a key with `metrics = true` in its [[keys]] entry."
+        )
 
 
 def _required_grant(request: Request, caller: str) -> Grant:

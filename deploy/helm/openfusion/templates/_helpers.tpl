@@ -125,7 +125,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- $sm := .Values.serviceMonitor }}
 {{- if and $sm.enabled (include "openfusion.hasClientKeys" .) (not (and $sm.bearerTokenSecret.name $sm.bearerTokenSecret.key)) }}
-{{- fail "serviceMonitor.enabled with client keys configured: /metrics needs a key, so every scrape would get 401. Set serviceMonitor.bearerTokenSecret.name and .key (a Secret entry holding a client key for Prometheus)." }}
+{{- fail "serviceMonitor.enabled with client keys configured: /metrics needs a key, so every scrape would get 401. Set serviceMonitor.bearerTokenSecret.name and .key (a Secret entry holding an admin key, or a key whose [[keys]] entry has metrics = true, for Prometheus)." }}
 {{- end }}
 {{- range $name, $_ := .Values.presets }}
 {{- if not (regexMatch "^[a-z0-9][a-z0-9_.-]*$" $name) }}
