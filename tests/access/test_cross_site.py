@@ -9,6 +9,7 @@ browser adds (`Origin`, `Sec-Fetch-Site`).
 from __future__ import annotations
 
 import base64
+import gzip
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -86,6 +87,30 @@ def test_a_body_that_is_not_declared_json_gets_415(
             assert error["type"] == "invalid_request_error" and error["code"] == "unsupported_media_type"
             assert error["message"] == f"Content-Type must be application/json ({shown})."
     assert upstream.calls == []
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "deflate, gzip"])
+def test_a_compressed_body_gets_415_not_a_json_error(upstream: FakeUpstream, serve: Serve, encoding: str) -> None:
+    """A compressed body, read as it came, would get 400 "not valid JSON", which points the client at its JSON."""
+    headers = {**bearer(KEY), "Content-Type": "application/json", "Content-Encoding": encoding}
+    body = gzip.compress(orjson.dumps(chat_body("fake/a")))
+    with serve(KEYS) as (url, _):
+        for path in (CHAT, "/api/v1/chat/completions", "/v1/responses", "/v1/messages"):
+            refused = httpx.post(f"{url}{path}", content=body, headers=headers)
+            assert refused.status_code == 415, (path, refused.text)
+            expected = f"Content-Encoding {encoding!r} is not supported: send the body uncompressed."
+            if path == "/v1/messages":  # Anthropic's error shape
+                assert refused.json()["error"]["message"] == expected
+            else:
+                assert (refused.json()["error"]["code"], refused.json()["error"]["message"]) == (
+                    "unsupported_media_type",
+                    expected,
+                )
+        # `identity` is no compression at all.
+        plain = {**headers, "Content-Encoding": "identity"}
+        served = httpx.post(f"{url}{CHAT}", content=orjson.dumps(chat_body("fake/a")), headers=plain)
+        assert served.status_code == 200, served.text
+    assert [call.model for call in upstream.calls] == ["a"]  # only the uncompressed request went through
 
 
 @pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8", "Application/JSON"])

@@ -40,7 +40,7 @@ def private_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes,
 
 
 class BrowserGuard:
-    """Refuses non-JSON bodies (415) and cross-site API requests (403); marks every response private."""
+    """Refuses non-JSON or compressed bodies (415) and cross-site API requests (403); marks every response private."""
 
     def __init__(self, app: ASGIApp, *, cors: CorsConfig) -> None:
         self.app = app
@@ -76,6 +76,12 @@ class BrowserGuard:
             if media_type != "application/json":
                 shown = f"got {media_type!r}" if media_type else "none was sent"
                 return UnsupportedMediaType(f"Content-Type must be application/json ({shown}).")
+            encoding = headers.get(b"content-encoding")
+            if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+                # Read as it came, a compressed body would be refused as JSON that does not parse.
+                return UnsupportedMediaType(
+                    f"Content-Encoding {encoding.strip()[:40]!r} is not supported: send the body uncompressed."
+                )
         return None
 
     def _from_another_site(self, headers: dict[bytes, str]) -> bool:
@@ -90,7 +96,7 @@ class BrowserGuard:
         return urlsplit(origin).netloc.lower() != headers.get(b"host", "").lower()
 
 
-_READ = frozenset({b"origin", b"sec-fetch-site", b"host", b"content-type"})
+_READ = frozenset({b"origin", b"sec-fetch-site", b"host", b"content-type", b"content-encoding"})
 
 
 def _read_headers(scope: Scope) -> dict[bytes, str]:
