@@ -267,7 +267,7 @@ def invalid_request_from(exc: Any, *, prefix: str = "") -> InvalidRequest:
     param = format_loc(error.get("loc", ()), prefix=prefix)
     message = str(error.get("msg", "invalid value"))
     message = message.removeprefix("Value error, ")
-    if error.get("type") == "model_type":  # pydantic names its own class here
+    if error.get("type") in ("model_type", "dict_type"):  # pydantic names its own class in the first
         message = "Input should be an object"
     if error.get("type") == "missing":
         return InvalidRequest(f"Missing required parameter: '{param}'.", param=param)

@@ -841,7 +841,7 @@ async def test_the_turn_is_kept_once_the_synthesizers_request_is_out(
 
     assert synthesized_text(events) == "The fused final answer."
     assert turns.synth_calls_at_put == [1]
-    turn = turns.get(turn_key(plan, [m.model_dump(exclude_unset=True) for m in request.messages]))
+    turn = turns.get(turn_key(plan, request.conversation()))
     assert turn is not None and [a.content for a in turn.answers] == [f"Answer from {m}." for m in "abc"]
 
 
@@ -876,4 +876,4 @@ async def test_the_turn_is_kept_when_no_synthesizer_answers(client: UpstreamClie
     # the panel's work.
     assert len(fake.calls_to("synth")) == 3
     assert len(turns.synth_calls_at_put) == 1 and turns.synth_calls_at_put[0] >= 1
-    assert turns.get(turn_key(plan, [m.model_dump(exclude_unset=True) for m in request.messages])) is not None
+    assert turns.get(turn_key(plan, request.conversation())) is not None

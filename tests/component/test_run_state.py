@@ -18,7 +18,7 @@ from openfusion.pipeline.events import Event, RunFinished, SynthesisChunk
 from openfusion.pipeline.reach import reach_of
 from openfusion.pipeline.run import FusionRun, run_fusion
 from openfusion.pipeline.structured import DialectMemory
-from openfusion.protocol import ChatRequest, Message
+from openfusion.protocol import ChatRequest
 from openfusion.upstream.client import UpstreamClient
 
 # Objects that lead everywhere (module globals, classes) without belonging to one request.
@@ -125,57 +125,49 @@ async def test_a_run_without_content_lets_go_of_the_answers_and_the_analysis_onc
     assert len(end.fusion["panel"]) == 3
 
 
-def _conversation_dicts(root: Any, request: Any) -> list[dict[str, Any]]:
-    """The dicts reachable from `root` that are the request's messages as dicts (`ChatRequest.conversation()`)."""
-    texts = {message.content for message in request.messages}
-    fields = {id(vars(message)) for message in request.messages}  # the models' own attribute dicts are not dumps
-    return [
-        o
-        for o in reachable(root)
-        if isinstance(o, dict) and id(o) not in fields and o.get("role") and o.get("content") in texts
-    ]
+def _conversation_dicts(root: Any, request: ChatRequest) -> list[dict[str, Any]]:
+    """The dicts reachable from `root` that hold one of the request's messages: its own, or copies of them."""
+    texts = {message.get("content") for message in request.messages}
+    return [o for o in reachable(root) if isinstance(o, dict) and o.get("role") and o.get("content") in texts]
 
 
-@pytest.mark.parametrize("sent_as", ["dicts", "models"])
-async def test_a_run_and_its_worst_case_read_one_dump_of_the_conversation(
-    client: UpstreamClient, fake: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch, sent_as: str
+def _copies(found: list[dict[str, Any]], request: ChatRequest) -> list[dict[str, Any]]:
+    own = {id(message) for message in request.messages}
+    return [o for o in found if id(o) not in own]
+
+
+async def test_a_run_and_its_worst_case_read_the_messages_as_sent(
+    client: UpstreamClient, fake: ScriptedUpstream
 ) -> None:
-    """A coding agent's conversation runs to hundreds of KB, and dumping its messages costs about what validating
-    them did: the run's stages and the worst-case cost it reports read the messages as sent (plain dicts), or, for
-    messages given as models, one dump of them."""
-    request = ChatRequest.of({"model": "fusion/test", "messages": CONVERSATION})  # as a surface validates a body
-    if sent_as == "models":
-        request = ChatRequest(model=request.model, messages=list(request.messages))
+    """A coding agent's conversation runs to hundreds of KB, and copying its messages costs about what validating
+    them did: the run's stages and the worst-case cost it reports read the dicts the client sent, and the request
+    holds no validated copies beside them."""
+    sent = [dict(message) for message in CONVERSATION]
+    request = ChatRequest.of({"model": "fusion/test", "messages": sent})  # as a surface validates a body
+    assert request.conversation() is sent
     plan = make_plan()
     prices = PriceTable({slug: ModelPrice(prompt=1e-6, completion=2e-6) for slug in [*PANEL, "up/judge", "up/synth"]})
     plan = plan.with_estimate(WorstCase(request, plan, reach_of(request, plan), prices=prices))
-    dumped: list[str] = []
-    dump = Message.model_dump
-
-    def counted(self: Message, **kwargs: Any) -> dict[str, Any]:
-        dumped.append(self.role)
-        return dump(self, **kwargs)
-
-    monkeypatch.setattr(Message, "model_dump", counted)
+    run = FusionRun(upstream=client, plan=plan, request=request, dialects=DialectMemory(), research=None)
+    assert run.conversation is sent
+    found = _conversation_dicts(run, request)
+    assert found and _copies(found, request) == []  # the walk finds the messages, and no copy of them
     events = [event async for event in run_fusion(upstream=client, plan=plan, request=request, stream=False)]
     end = events[-1]
     assert isinstance(end, RunFinished)
     assert end.fusion["estimated_max_cost"] > 0  # priced while the synthesizer answered
-    once = [message.role for message in request.messages]
-    assert dumped == ([] if sent_as == "dicts" else once)
     assert fake.calls_to("a")[0].body["messages"] == CONVERSATION  # what the panel read: the conversation as sent
 
 
-async def test_a_streaming_synthesis_that_settled_holds_no_dump_of_the_conversation(
+async def test_a_streaming_synthesis_that_settled_holds_the_conversation_once(
     client: UpstreamClient, fake: ScriptedUpstream
 ) -> None:
-    """The dump is shared while the stages and the worst case read it; a stream held open for minutes then holds
-    the request's messages once, not twice."""
+    """A stream held open for minutes holds the request's messages once: no copy made for the stages, the worst
+    case or the turn key outlives them."""
     request = make_request()
     run = FusionRun(upstream=client, plan=make_plan(), request=request, dialects=DialectMemory(), research=None)
-    assert _conversation_dicts(run, request)  # the walk finds the dump while the run reads it
     synthesis = await streaming_synthesis(run)
     for _ in range(3):  # the run settles a few loop passes after the synthesizer's request went out
         await asyncio.sleep(0)
-    assert _conversation_dicts(synthesis, request) == []
+    assert _copies(_conversation_dicts(synthesis, request), request) == []
     await synthesis.aclose()

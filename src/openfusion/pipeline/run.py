@@ -235,8 +235,6 @@ class FusionRun:
         the plan's worst-case cost, priced there unless `max_cost` priced it before the run)."""
         self.remember_turn(conversation)
         stages = stages_report(self.plan, results=self.results, judges=self.judges, research=self.research)
-        # The worst case (priced just now, if nothing did before) was the last to read the request's conversation.
-        self.request.forget_conversation()
         if not self.keep_content:
             # Nothing needs them past this point: a stream held open for minutes should not hold every panel
             # answer (with what its research fetched) and the analysis too. The turn kept above has its own copy.

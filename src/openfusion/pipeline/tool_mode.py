@@ -198,7 +198,7 @@ class ToolModeRun:
         return [*messages, Message(role="user", content=question)]
 
     def _sampling(self) -> dict[str, Any]:
-        given = self.request.model_dump(exclude_none=True)
+        given = self.request.model_dump(exclude_none=True, exclude={"messages"})  # not the whole conversation
         keys = ("temperature", "top_p", "stop", "seed", "response_format", "max_tokens", "max_completion_tokens",
                 "reasoning", "parallel_tool_calls", "user")  # fmt: skip
         return {key: given[key] for key in keys if key in given}
