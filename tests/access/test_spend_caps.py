@@ -238,3 +238,59 @@ def test_a_reservation_is_given_back_when_the_request_is_refused_later(
         # one's $0.10 counts (in the store).
         wait_until(lambda: abs(book.held("key:capped") - 0.10) < 1e-9, timeout=5)
         assert httpx.post(f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30).status_code == 200
+
+
+def recorded_generation(url: str, generation: str) -> dict[str, Any]:
+    """The generation's record, once the writer has stored it."""
+    found: list[dict[str, Any]] = []
+
+    def stored() -> bool:
+        detail = httpx.get(f"{url}/api/v1/generation", params={"id": generation}, headers=bearer(ADMIN))
+        found[:] = [detail.json()["data"]] if detail.status_code == 200 else []
+        return bool(found)
+
+    wait_until(stored, timeout=10)
+    return found[0]
+
+
+def test_a_pass_through_stream_the_client_leaves_keeps_its_estimate_counted(
+    upstream: FakeUpstream, serve: Serve, tmp_path: Path
+) -> None:
+    """The provider bills what it generated whether or not the client read it: a stream left mid-way has an unknown
+    cost, counted at its estimate, never at $0 (which let a capped key spend without limit by leaving early)."""
+    upstream.script("a", Script(chunks=["one ", "two ", "three ", "four ", "five ", "six"], chunk_interval_s=0.3,
+                                usage=FULL))  # fmt: skip
+    activity = {"path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
+    body = chat_body("fake/a", max_tokens=10, stream=True)
+    with serve(capped(0.15), environ=ENVIRON, activity=activity, pricing=pricing(a=CENT)) as (url, _):
+        with httpx.stream("POST", f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30) as left:
+            assert left.status_code == 200
+            lines = left.iter_lines()
+            read = [line for line, _ in zip(lines, range(4), strict=False)]
+            generation = left.headers["x-generation-id"]
+        assert any("one" in line for line in read)
+        wait_until(lambda: upstream.calls_for("a")[0].disconnected, timeout=10)  # the client did leave early
+        record = recorded_generation(url, generation)
+        assert (record["status"], record["total_cost"]) == ("cancelled", None)
+        # Its $0.10 is still counted against the cap: another $0.10 no longer fits.
+        again = httpx.post(f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30)
+        assert again.status_code == 429 and again.json()["error"]["code"] == "spend_limited", again.text
+    assert len(upstream.calls_for("a")) == 1
+
+
+def test_a_stream_that_ends_in_a_provider_error_event_keeps_its_estimate_counted(
+    upstream: FakeUpstream, serve: Serve, tmp_path: Path
+) -> None:
+    """An error event with an HTTP-like code after part of the answer is no refusal: the provider may bill what it
+    sent, so the cost is unknown, not $0."""
+    upstream.script("a", Script(chunks=["one ", "two "], error_event={"code": 502, "message": "provider died"}))
+    activity = {"path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
+    body = chat_body("fake/a", max_tokens=10, stream=True)
+    with serve(capped(0.15), environ=ENVIRON, activity=activity, pricing=pricing(a=CENT)) as (url, _):
+        failed = httpx.post(f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30)
+        assert failed.status_code == 200 and "provider died" in failed.text
+        record = recorded_generation(url, failed.headers["x-generation-id"])
+        assert (record["status"], record["total_cost"]) == ("error", None)
+        again = httpx.post(f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30)
+        assert again.status_code == 429 and again.json()["error"]["code"] == "spend_limited", again.text
+    assert len(upstream.calls_for("a")) == 1

@@ -151,6 +151,29 @@ def test_a_native_stream_the_provider_ends_with_an_error_event_is_recorded_as_fa
     assert "Overloaded mid-stream" in json.dumps(record)
 
 
+def test_a_native_stream_cut_after_it_began_has_an_unknown_usage(
+    native: tuple[FakeAnthropic, str], gateway: str
+) -> None:
+    """`message_start`'s output count (1) is a placeholder: what the provider generated before the stream broke off
+    is unknown, and a spend cap counts the request's estimate, not a token's worth."""
+    fake, _ = native
+    fake.replies = [Reply(cut_after=4)]  # message_start, a block's start, a ping, its first words: then the cut
+    body = {"model": "claude/opus", "max_tokens": 10, "messages": QUESTION, "stream": True}
+
+    with httpx.stream(
+        "POST", f"{gateway}/v1/messages", json=body, headers={"x-api-key": "sk-client-7d2e4f9a"}
+    ) as response:
+        lines = [line for line in response.iter_lines() if line]
+        generation_id = response.headers["x-generation-id"]
+
+    assert lines[-2] == "event: error"
+    record = generation(gateway, generation_id)
+    assert record["status"] == "error"
+    assert (record["usage"], record["total_cost"], record["tokens_completion"]) == (None, None, 0), record
+    [call] = record["calls"]
+    assert call["status"] == "error", call
+
+
 def test_a_native_error_is_relayed_as_the_provider_sent_it(native: tuple[FakeAnthropic, str], gateway: str) -> None:
     fake, _ = native
     fake.replies = [Reply(status=529)]

@@ -111,8 +111,15 @@ def provider_failed(forwarded: Forwarded, ledger: Ledger, error: Any) -> None:
     slug, provider = (trace.model, trace.provider) if trace is not None else (ledger.requested_model, "")
     message = error.get("message") if isinstance(error, dict) else None
     reason = message if isinstance(message, str) and message else "unknown error"
-    exc = UpstreamStatusError(f"{slug} failed mid-stream: {reason}", model=slug, provider=provider)
+    relay_failed(forwarded, ledger, UpstreamStatusError(f"{slug} failed mid-stream: {reason}", model=slug,
+                                                        provider=provider))  # fmt: skip
+
+
+def relay_failed(forwarded: Forwarded, ledger: Ledger, exc: UpstreamError) -> None:
+    """A relayed stream that failed after it began (cut off, closed early, an error event): the request and its
+    upstream call are recorded as failed. What the provider generated before is unknown: nobody reported it."""
     ledger.failed(exc)
+    trace = forwarded.trace
     if trace is not None and trace.ended is None:
         end_call(trace, status="error", error=exc.message)
 

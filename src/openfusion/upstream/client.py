@@ -410,8 +410,10 @@ class UpstreamClient:
                 response = await endpoint.transport.handle_async_request(request)
         except httpx.HTTPError as exc:
             raise _noting_sent(call, sent_before, _transport_error(route, exc)) from None
-        if response.status_code < 400 and stream:
-            return response, b""
+        if response.status_code < 400:
+            call.accepted = True
+            if stream:
+                return response, b""
         # An error body, or a whole answer: read it now.
         try:
             content = await read_body(response)

@@ -56,7 +56,8 @@ class CallTrace:
     usage: Usage | None = None  # None: the upstream did not report it
     reported_cost: float | None = None
     error: str | None = None
-    upstream_status: int | None = None
+    upstream_status: int | None = None  # the HTTP status, or the code of an error event the answer ended with
+    accepted: bool = False  # a success status came back: the provider took the request, and may bill from here
     retries: int = 0
     first_token: float | None = None  # streams: when the first chunk arrived
     sent: bool = False  # whether the request may have reached the provider (a refused connection never does)
@@ -71,10 +72,15 @@ class CallTrace:
 
 def known_usage(call: CallTrace) -> Usage | None:
     """What a finished call used: as reported; nothing when the provider never saw it or refused it with an
-    HTTP error; None when unknown (no usage reported, or broken off after the provider may have started)."""
+    HTTP error; None when unknown (no usage reported, or broken off after the provider may have started).
+
+    A call the provider accepted (a success status) and that ended early — the client gone mid-stream, an error
+    event after some of the answer — used what it generated until then, which nobody reported: unknown, so a spend
+    cap keeps counting its estimate."""
     if call.usage is not None:
         return call.usage
-    if call.status in ("error", "cancelled") and (not call.sent or call.upstream_status is not None):
+    refused = call.upstream_status is not None and not call.accepted
+    if call.status in ("error", "cancelled") and (not call.sent or refused):
         return Usage()
     return None
 
@@ -119,7 +125,9 @@ class RequestTrace:
         Asked again with no call changed since (the response's summary, then the request's record), it is the
         same bill: not summed and priced twice, and never two different answers.
         """
-        state = tuple((id(c), c.status, c.sent, c.upstream_status, id(c.usage), c.reported_cost) for c in self.calls)
+        state = tuple(
+            (id(c), c.status, c.sent, c.upstream_status, c.accepted, id(c.usage), c.reported_cost) for c in self.calls
+        )
         if self._billed is not None and self._billed[0] == state:
             return self._billed[1]
         usages = [known_usage(call) for call in self.calls]

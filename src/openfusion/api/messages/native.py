@@ -23,7 +23,13 @@ from openfusion.api.event_stream import EventStreamResponse
 from openfusion.api.ledger import Ledger
 from openfusion.api.messages.errors import error_event
 from openfusion.api.messages.writer import SIGNATURE_PREFIX
-from openfusion.api.passthrough import SSE_HEADERS, forward_first_success, provider_failed, without_openfusion_fields
+from openfusion.api.passthrough import (
+    SSE_HEADERS,
+    forward_first_success,
+    provider_failed,
+    relay_failed,
+    without_openfusion_fields,
+)
 from openfusion.errors import UpstreamError, UpstreamProtocolError
 from openfusion.protocol import ChatRequest, Usage
 from openfusion.sse import DataLines
@@ -97,13 +103,16 @@ async def _relay(forwarded: Forwarded, *, ledger: Ledger, model: str) -> AsyncIt
                 ended = ended or failed or head.find(_STOP) >= 0
                 if failed:
                     provider_failed(forwarded, ledger, (_json(line[6:]) or {}).get("error"))
-                if head.find(_START) >= 0 or head.find(_DELTA) >= 0:
+                delta = head.find(_DELTA) >= 0
+                if delta or head.find(_START) >= 0:
                     event = _json(line[6:]) or {}
                     message = event.get("message") if isinstance(event.get("message"), dict) else {}
                     for source in (message.get("usage"), event.get("usage")):  # start, then the cumulative delta
                         if isinstance(source, dict):
                             usage.update({k: v for k, v in source.items() if isinstance(v, int)})
-                    _record(forwarded, ledger, message, usage)
+                    # `message_start`'s output count is a placeholder (1): the usage is the answer's once a
+                    # `message_delta` says so. A stream left before it used what it generated, which nobody reported.
+                    _record(forwarded, ledger, message, usage if delta else None)
             if confirms and ended and not was_ended:
                 # Clients stop reading at `message_stop`: the answer is whole, its record goes first.
                 forwarded.answered()
@@ -115,14 +124,15 @@ async def _relay(forwarded: Forwarded, *, ledger: Ledger, model: str) -> AsyncIt
                                         provider=forwarded.trace.provider if forwarded.trace else "")  # fmt: skip
     except UpstreamError as exc:  # the provider broke off mid-stream: say so rather than end silently
         complete = True
-        ledger.failed(exc)
+        relay_failed(forwarded, ledger, exc)
         yield b"\n\n" + error_event(exc)
     finally:
         await forwarded.aclose(complete=complete)
 
 
 def _record(forwarded: Forwarded, ledger: Ledger, message: dict[str, Any], usage: Any) -> None:
-    """The answer's model and usage (cache reads and writes count as input), for the activity record."""
+    """The answer's model and usage (cache reads and writes count as input; None: not known yet), for the activity
+    record."""
     if isinstance(message.get("model"), str):
         ledger.model = message["model"]
     if forwarded.trace is None or not isinstance(usage, dict):

@@ -19,7 +19,13 @@ from starlette.responses import Response
 from openfusion.api.dispatch import Exchange
 from openfusion.api.event_stream import EventStreamResponse
 from openfusion.api.ledger import Ledger
-from openfusion.api.passthrough import SSE_HEADERS, forward_first_success, provider_failed, without_openfusion_fields
+from openfusion.api.passthrough import (
+    SSE_HEADERS,
+    forward_first_success,
+    provider_failed,
+    relay_failed,
+    without_openfusion_fields,
+)
 from openfusion.api.responses.request import Translated
 from openfusion.errors import OpenFusionError, UpstreamError, UpstreamProtocolError
 from openfusion.protocol import Usage
@@ -116,11 +122,11 @@ async def _relay(forwarded: Forwarded, *, ledger: Ledger, keep: Keep, numbering:
                 f"{ledger.requested_model}: the stream ended before the response was complete",
                 model=ledger.requested_model, provider=forwarded.trace.provider if forwarded.trace else "",
             )  # fmt: skip
-            ledger.failed(error)
+            relay_failed(forwarded, ledger, error)
             yield b"\n\n" + numbering.error_event(error)
     except UpstreamError as exc:  # the provider broke off mid-stream: say so rather than end silently
         complete = True
-        ledger.failed(exc)
+        relay_failed(forwarded, ledger, exc)
         yield b"\n\n" + numbering.error_event(exc)
     finally:
         await forwarded.aclose(complete=complete)
