@@ -149,7 +149,8 @@ def test_concurrent_fusion_runs_across_two_replicas_hold_one_cap(
 def test_a_cost_that_stays_unknown_keeps_its_estimate_counted(
     upstream: FakeUpstream, serve: Serve, tmp_path: Path
 ) -> None:
-    # A relayed stream's usage is not read: its cost stays unknown, and so it counts at its worst case.
+    # A relayed stream that carries no usage (the client did not ask for it): its cost stays unknown, and so it
+    # counts at its worst case.
     activity = {"path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
     body = chat_body("fake/a", max_tokens=10, stream=True)
     with serve(capped(0.15), environ=ENVIRON, activity=activity, pricing=pricing(a=CENT)) as (url, _):
@@ -294,3 +295,26 @@ def test_a_stream_that_ends_in_a_provider_error_event_keeps_its_estimate_counted
         again = httpx.post(f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30)
         assert again.status_code == 429 and again.json()["error"]["code"] == "spend_limited", again.text
     assert len(upstream.calls_for("a")) == 1
+
+
+def test_a_pass_through_stream_that_reports_its_usage_costs_what_it_reports(
+    upstream: FakeUpstream, serve: Serve, tmp_path: Path
+) -> None:
+    """The usage chunk a streamed answer ends with (`stream_options.include_usage`) is read as the relay ends: the
+    record has its tokens and cost, and the cap counts that, not the worst case (which locked capped keys out after a
+    few cheap streams)."""
+    upstream.script(
+        "a", Script(chunks=["Blue."], usage={"prompt_tokens": 40, "completion_tokens": 2, "total_tokens": 42})
+    )
+    activity = {"path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
+    body = chat_body("fake/a", max_tokens=10, stream=True, stream_options={"include_usage": True})
+    with serve(capped(0.15), environ=ENVIRON, activity=activity, pricing=pricing(a=CENT)) as (url, _):
+        first = httpx.post(f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30)
+        assert first.status_code == 200 and '"completion_tokens":2' in first.text.replace(" ", "")
+        record = recorded_generation(url, first.headers["x-generation-id"])
+        assert (record["tokens_prompt"], record["tokens_completion"]) == (40, 2)
+        assert record["total_cost"] == pytest.approx(2 * CENT)
+        # $0.02 spent and $0.10 of worst case fit under $0.15; counted at its own worst case, it would not.
+        second = httpx.post(f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30)
+        assert second.status_code == 200, second.text
+    assert len(upstream.calls_for("a")) == 2

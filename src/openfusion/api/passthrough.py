@@ -78,10 +78,12 @@ async def _relay(forwarded: Forwarded, *, model: str, ledger: Ledger) -> AsyncIt
             recent.append(chunk)
             if confirms and _DONE_FIELD in chunk and unfinished(forwarded, _tail(recent)) is None:
                 # Clients stop reading at [DONE]: the answer is whole, so its record goes to the store first.
+                _note_usage(forwarded, _tail(recent))
                 forwarded.answered()
                 await ledger.commit()
             yield chunk
         complete = True
+        _note_usage(forwarded, _tail(recent))
         ending = unfinished(forwarded, _tail(recent))
         if ending is not None:  # ended cleanly, yet not a whole answer: say so, as for a cut stream
             error, done_sent = ending
@@ -185,6 +187,25 @@ def _last_data(tail: bytes, count: int = 4) -> list[bytes]:
             found.append(tail[start + 5 : line_end if line_end >= 0 else end].strip())
         end = start
     return found
+
+
+def _note_usage(forwarded: Forwarded, tail: bytes) -> None:
+    """The usage a stream's last events report (the chunk `stream_options.include_usage` asks for, or one a provider
+    always sends), as the call's: its tokens and cost for the record and the spend cap. Read once, at the end."""
+    trace = forwarded.trace
+    if trace is None or trace.ended is not None or trace.usage is not None or tail.find(b'"usage"') < 0:
+        return
+    for data in _last_data(tail):
+        if data.find(b'"usage"') < 0:
+            continue
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            continue
+        usage = chunk.get("usage") if isinstance(chunk, dict) else None
+        if isinstance(usage, dict):
+            trace.usage = parse_usage(usage)
+            return
 
 
 def _usage_of(content: bytes) -> Usage | None:
