@@ -65,6 +65,8 @@ class Script:
     reject_status: int = 400  # llama.cpp's server answers a json_schema response_format with HTTP 500
     stream_usage: bool = True  # False: never send a usage chunk, even when asked (llama.cpp's server)
     reject_parameters: set[str] | None = None  # sampling parameters refused with a 400 (as reasoning models do)
+    # Sampling parameters refused with a 400 above a bound, as OpenAI refuses `top_p: 5` ("above maximum value").
+    reject_above: dict[str, float] | None = None
     reasoning: list[str] | None = None  # reasoning text (`delta.reasoning` pieces) before the answer
 
 
@@ -280,6 +282,19 @@ class FakeUpstream:
             message = f"Unsupported parameter: '{refused[0]}' is not supported with this model."
             error = {"message": message, "type": "invalid_request_error", "param": refused[0], "code": None}
             return _json({"error": error}, 400, background=done)
+        for name, bound in (script.reject_above or {}).items():
+            value = body.get(name)
+            if isinstance(value, int | float) and value > bound:  # OpenAI's words for a value out of range
+                message = (
+                    f"Invalid '{name}': decimal above maximum value. Expected a value <= {bound}, but got {value}."
+                )
+                error = {
+                    "message": message,
+                    "type": "invalid_request_error",
+                    "param": name,
+                    "code": "decimal_above_max_value",
+                }
+                return _json({"error": error}, 400, background=done)
         if rejected:
             message = f"response_format type '{fmt}': Input should be 'text' or 'json_object'"
             return _error(script.reject_status, message, background=done)

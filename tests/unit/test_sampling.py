@@ -45,7 +45,21 @@ def test_a_parameter_not_sent_is_never_the_one_refused() -> None:
 
 def test_the_memory_is_per_model() -> None:
     memory = SamplingMemory()
-    memory.refused("openai/o3", "temperature")
+    memory.refused("openai/o3", "temperature", 0)
 
     assert memory.prepare("openai/o3", {"temperature": 0, "messages": []}) == ({"messages": []}, ["temperature"])
     assert memory.prepare("openai/gpt-4.1", {"temperature": 0}) == ({"temperature": 0}, [])
+
+
+def test_the_memory_is_per_value_and_bounded() -> None:
+    """One client's out-of-range value never drops another's valid one; a flood of new values is not kept."""
+    memory = SamplingMemory()
+    memory.refused("up/m", "top_p", 5)
+    memory.refused("up/m", "logit_bias", {"b": 1, "a": 2})
+
+    assert memory.prepare("up/m", {"top_p": 5}) == ({}, ["top_p"])
+    assert memory.prepare("up/m", {"top_p": 0.3}) == ({"top_p": 0.3}, [])
+    assert memory.prepare("up/m", {"logit_bias": {"a": 2, "b": 1}}) == ({}, ["logit_bias"])  # the same value
+    for value in range(1000):
+        memory.refused("up/m", "seed", value)
+    assert sum(memory.prepare("up/m", {"seed": value})[1] == ["seed"] for value in range(1000)) == 64

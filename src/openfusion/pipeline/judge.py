@@ -26,9 +26,8 @@ async def ask_for_json(
     upstream: UpstreamClient, model: str, body: dict[str, Any], *, dialects: DialectMemory
 ) -> tuple[Completion, str, list[str]]:
     """A completion asked for schema-shaped JSON, stepping down the dialects and the sampling parameters the
-    provider refuses; with the dialect used and the sampling parameters left out."""
-    provider = upstream.registry.resolve(model).provider.name
-    candidates = dialects.candidates(provider)
+    model refuses; with the dialect used and the sampling parameters left out."""
+    candidates = dialects.candidates(model)
     for dialect in candidates:
         try:
             completion, dropped = await sampling.complete(
@@ -37,7 +36,7 @@ async def ask_for_json(
         except UpstreamStatusError as exc:
             if dialect == candidates[-1] or not rejects_response_format(exc):
                 raise
-            dialects.rejected(provider, dialect)
+            dialects.rejected(model, dialect)
             continue
         return completion, dialect, dropped
     raise AssertionError("unreachable: the last dialect sends no response_format")

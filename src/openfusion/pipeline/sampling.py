@@ -1,4 +1,4 @@
-"""Sampling parameters a model refuses: dropped after its first refusal, remembered per model for the process.
+"""Sampling parameters a model refuses: dropped after its first refusal, remembered per model and value for the process.
 
 Reasoning models (OpenAI's o-series and GPT-5, some of Anthropic's with thinking on) answer a `temperature`,
 `top_p` and the like with HTTP 400. openfusion asks the judge for temperature 0 and passes the plan's or
@@ -62,22 +62,44 @@ def _provider_words(error: UpstreamStatusError) -> str:
 
 
 class SamplingMemory:
-    """Per model, the sampling parameters it refused; learned once per process."""
+    """Per model, the sampling parameters it refused, with the values it refused them with; learned once per process.
+
+    A refusal is remembered with its value: a model that refuses `temperature` refuses every value (each is learned
+    on its first refusal), but one that refuses `top_p: 5` as out of range takes `top_p: 0.3`. Remembering the
+    parameter alone let one client's bad value silently drop every other client's good one, for every key.
+    """
 
     def __init__(self) -> None:
-        self._refused: dict[str, set[str]] = {}
+        self._refused: dict[str, dict[str, set[bytes]]] = {}  # model -> parameter -> values refused (as JSON)
 
     def prepare(self, model: str, body: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[str]]:
-        """The body without what `model` refused before, and the names left out."""
+        """The body without the values `model` refused before, and the names left out."""
         refused = self._refused.get(model)
         if not refused:  # the usual case: the body as it is, not a copy (the upstream client copies it anyway)
             return body, []
-        dropped = [name for name in SAMPLING if name in refused and body.get(name) is not None]
+        dropped = [
+            name
+            for name in SAMPLING
+            if name in refused and body.get(name) is not None and _value(body[name]) in refused[name]
+        ]
+        if not dropped:
+            return body, []
         return {key: value for key, value in body.items() if key not in dropped}, dropped
 
-    def refused(self, model: str, parameter: str) -> None:
-        """`model` refused `parameter`: never send it again."""
-        self._refused.setdefault(model, set()).add(parameter)
+    def refused(self, model: str, parameter: str, value: Any) -> None:
+        """`model` refused `parameter` with `value`: never send that again (a bounded number of values each)."""
+        values = self._refused.setdefault(model, {}).setdefault(parameter, set())
+        if len(values) < _VALUES_KEPT:
+            values.add(_value(value))
+
+
+# Values remembered per model and parameter: a client sending a new bad value with every request costs one refused
+# call each, never memory without bound.
+_VALUES_KEPT = 64
+
+
+def _value(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
 async def complete(
@@ -125,6 +147,6 @@ def _stepped_down(
     Any other failure its callers re-raise themselves: a helper raising an error it was given holds it in its own
     frame, which the error's traceback holds too, a reference cycle kept until the garbage collector runs.
     """
-    memory.refused(model, parameter)
+    memory.refused(model, parameter, sent[parameter])
     dropped.append(parameter)
     return {key: value for key, value in sent.items() if key != parameter}

@@ -1,4 +1,4 @@
-"""Structured-output dialects: ways to ask a provider for schema-shaped JSON, best first, remembered per provider.
+"""Structured-output dialects: ways to ask a model for schema-shaped JSON, best first, remembered per model.
 
 Providers differ: OpenAI-style servers take `json_schema`; llama.cpp's server rejects it (with an HTTP 500
 naming `json_object`) yet enforces `{"type": "json_object", "schema": ...}` by grammar; others know neither,
@@ -39,19 +39,20 @@ def rejects_response_format(error: UpstreamStatusError) -> bool:
 
 
 class DialectMemory:
-    """Per provider, the first dialect still worth trying; per model, the sampling parameters it refuses.
+    """Per model, the first dialect still worth trying, and the sampling parameters it refuses.
 
-    Learned once per process.
+    Learned once per process. Per model, not per provider: one provider (OpenRouter) serves models that differ, and a
+    judge a client chose that cannot do `json_schema` must not make every other client's judge there do without.
     """
 
     def __init__(self) -> None:
         self._start: dict[str, int] = {}
         self.sampling = SamplingMemory()
 
-    def candidates(self, provider: str) -> tuple[str, ...]:
-        """The dialects to try for a provider, best first."""
-        return DIALECTS[self._start.get(provider, 0) :]
+    def candidates(self, model: str) -> tuple[str, ...]:
+        """The dialects to try for a model (its slug), best first."""
+        return DIALECTS[self._start.get(model, 0) :]
 
-    def rejected(self, provider: str, dialect: str) -> None:
-        """The provider refused `dialect`: never ask it that way again."""
-        self._start[provider] = max(self._start.get(provider, 0), DIALECTS.index(dialect) + 1)
+    def rejected(self, model: str, dialect: str) -> None:
+        """The model refused `dialect`: never ask it that way again."""
+        self._start[model] = max(self._start.get(model, 0), DIALECTS.index(dialect) + 1)

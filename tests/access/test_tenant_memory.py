@@ -1,0 +1,59 @@
+"""What the server learns about models (sampling values they refuse, structured output they cannot do) is learnt for
+the model: one client's request never changes what is sent for another's.
+
+Against the real server under uvicorn, with a fake upstream that refuses as OpenAI does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from fakes.upstream import FakeUpstream, Script
+
+from .conftest import ANALYSIS, bearer, chat_body
+
+Serve = Callable[..., AbstractContextManager[tuple[str, FastAPI]]]
+ALICE, BOB = "sk-alice-0123456789abcdef", "sk-bob-0123456789abcdef"
+KEYS = {"keys": [{"name": "alice", "key_env": "ALICE_KEY"}, {"name": "bob", "key_env": "BOB_KEY"}]}
+ENVIRON = {"ALICE_KEY": ALICE, "BOB_KEY": BOB}
+CHAT = "/v1/chat/completions"
+
+
+def ask(url: str, key: str, body: dict[str, Any]) -> dict[str, Any]:
+    answer = httpx.post(f"{url}{CHAT}", json=body, headers=bearer(key), timeout=30)
+    assert answer.status_code == 200, answer.text
+    return answer.json()  # type: ignore[no-any-return]
+
+
+def test_one_clients_out_of_range_value_never_drops_anothers(upstream: FakeUpstream, serve: Serve) -> None:
+    upstream.script("synth", Script(content="Blue.", reject_above={"top_p": 1}))
+    with serve(KEYS, environ=ENVIRON) as (url, _):
+        alices = ask(url, ALICE, chat_body("fusion/trio", top_p=5))
+        # Alice's synthesizer call went again without her top_p, and her report says so.
+        assert alices["fusion"]["synthesizer"]["unsupported_parameters"] == ["top_p"]
+        bobs = ask(url, BOB, chat_body("fusion/trio", top_p=0.3))
+    sent = [call.body.get("top_p") for call in upstream.calls_for("synth")]
+    assert sent == [5, None, 0.3]  # refused, sent again without it; Bob's own value reached the model
+    assert "unsupported_parameters" not in bobs["fusion"]["synthesizer"]
+    # Alice's bad value is remembered for the model: asked again, it is left out at once.
+    with serve(KEYS, environ=ENVIRON) as (url, _):
+        ask(url, ALICE, chat_body("fusion/trio", top_p=5))
+        ask(url, ALICE, chat_body("fusion/trio", top_p=5))
+    assert [call.body.get("top_p") for call in upstream.calls_for("synth")][3:] == [5, None, None]
+
+
+def test_a_judge_one_client_chose_never_changes_how_anothers_is_asked(upstream: FakeUpstream, serve: Serve) -> None:
+    """A model that cannot do `json_schema` (some behind one provider cannot) steps down for itself only."""
+    upstream.script("plain", Script(content=json.dumps(ANALYSIS), reject_response_format={"json_schema"}))
+    with serve(KEYS, environ=ENVIRON) as (url, _):
+        ask(url, ALICE, chat_body("fusion/trio", plugins=[{"id": "fusion", "model": "fake/plain"}]))
+        ask(url, BOB, chat_body("fusion/trio"))
+    asked = [call.body.get("response_format", {}).get("type") for call in upstream.calls_for("plain")]
+    assert asked == ["json_schema", "json_object"]  # Alice's judge stepped down
+    assert [call.body["response_format"]["type"] for call in upstream.calls_for("judge")] == ["json_schema"]
