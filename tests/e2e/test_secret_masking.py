@@ -168,3 +168,31 @@ def test_a_streamed_fusion_whose_synthesizer_echoes_the_key_mid_stream(
     assert synth_call["status"] == "error" and "***" in synth_call["error"]
     for text in (response.text, json.dumps(record), caplog.text):
         assert_clean(text)
+
+
+GATEWAY_KEY = "gwkey-SECRET-0123456789abcdef"  # a company gateway's credential, sent as a configured header
+
+
+def test_a_credential_in_a_providers_headers_is_masked_like_its_key(
+    upstream: FakeUpstream, make_settings: Callable[..., Settings], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Gateways, Azure (`api-key`) and Cloudflare (`cf-aig-authorization`) take their credential in a header of
+    their own, configured in `[[providers]] headers`: an upstream echoing it shows `***`; other headers stay."""
+    [fake] = make_settings().providers
+    headers = {"X-Gateway-Key": GATEWAY_KEY, "cf-aig-authorization": "Bearer cfut-0123456789abcdef", "X-Title": "CI"}
+    settings = make_settings(
+        providers=[fake.model_copy(update={"headers": headers})],
+        api_keys=CLIENT_KEY,
+        activity={"path": tmp_path / "activity.sqlite3", "store_content": True, "flush_interval_s": 0.05},
+    )
+    echoed = f"got X-Gateway-Key: {GATEWAY_KEY}, cf-aig-authorization: Bearer cfut-0123456789abcdef, X-Title: CI"
+    upstream.script("echo", Script(status=401, error_message=echoed))
+    with caplog.at_level(logging.INFO), serve_in_thread(create_app(settings, environ=ENVIRON)) as url:
+        response = httpx.post(f"{url}{CHAT}", json={"model": "fake/echo", "messages": HI}, headers=CLIENT)
+        record = generation(url, response.headers["x-generation-id"])
+
+    sent = upstream.calls_for("echo")[0].headers
+    assert sent["x-gateway-key"] == GATEWAY_KEY  # the credential was sent
+    assert "X-Gateway-Key: ***, cf-aig-authorization: Bearer ***, X-Title: CI" in response.text
+    for text in (response.text, json.dumps(record), caplog.text):
+        assert GATEWAY_KEY[:12] not in text and "cfut-0123" not in text, text[:2000]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -12,6 +13,9 @@ from pydantic import SecretStr
 
 from openfusion.errors import ConfigError, ModelNotFound
 from openfusion.settings import ProviderConfig, Settings
+
+# Header names that carry a credential: their values are masked like provider keys.
+_CREDENTIAL_HEADER = re.compile(r"key|token|auth|secret|password|signature|credential|cookie|session", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -112,8 +116,16 @@ class ProviderRegistry:
         return f"no usable provider: {', '.join(missing)} not set" if missing else "no provider configured"
 
     def secrets(self) -> list[str]:
-        """Every provider key, to be masked wherever an upstream might echo one."""
-        return [p.api_key.get_secret_value() for p in self.providers if p.api_key is not None]
+        """Every provider key, to be masked wherever an upstream might echo one: from `api_key_env`, and the values of
+        the `headers` whose names say they carry a credential (a gateway's `X-Gateway-Key`, Azure's `api-key`,
+        `cf-aig-authorization`, ...), their scheme (`Bearer `) left out."""
+        keys = [p.api_key.get_secret_value() for p in self.providers if p.api_key is not None]
+        for provider in self.providers:
+            for name, value in provider.config.headers.items():
+                if _CREDENTIAL_HEADER.search(name):
+                    scheme, _, credential = value.strip().partition(" ")
+                    keys.append(credential.strip() if credential and scheme.isalpha() else value)
+        return keys
 
     def resolve(self, slug: str) -> Route:
         """The route for a slug: the first provider whose patterns match it."""
