@@ -345,8 +345,14 @@ def test_count_tokens(upstream: FakeUpstream, server: str) -> None:
         )
         with pytest.raises(anthropic.NotFoundError) as missing:
             client.messages.count_tokens(model="fusion/nope", messages=[{"role": "user", "content": "Hi"}])
+        # Thinking, as Claude Code counts with it on: count_tokens takes no max_tokens to be above its budget.
+        thinking = client.messages.count_tokens(
+            model="fusion/trio",
+            thinking={"type": "enabled", "budget_tokens": 16000},
+            messages=[{"role": "user", "content": "Hi"}],
+        )
 
-    assert 0 < short.input_tokens < 50
+    assert 0 < short.input_tokens < 50 and thinking.input_tokens == short.input_tokens
     assert 1000 < long.input_tokens < 1200  # ~4 characters a token
     assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
     assert upstream.calls == []  # counting calls no model

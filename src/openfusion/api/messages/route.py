@@ -57,12 +57,16 @@ async def create_message(request: Request) -> Response:
         raise renamed(exc, translated.names) from None
 
 
+_COUNTING_MAX_TOKENS = 2**31 - 1
+
+
 async def count_tokens(request: Request) -> Response:
     """Count a message's input tokens (an estimate: see `messages.tokens`)."""
     state: AppState = request.app.state.openfusion
     data = load_json_object(await read_body(request, state.settings.max_body_bytes))
-    # The same request as /v1/messages, but without max_tokens: nothing is generated.
-    translated = _translated(state, parse_request({"max_tokens": 1, **data}), data)
+    # The same request as /v1/messages, but without max_tokens: nothing is generated. Its stand-in is above any
+    # thinking budget, which /v1/messages requires to be below max_tokens.
+    translated = _translated(state, parse_request({"max_tokens": _COUNTING_MAX_TOKENS, **data}), data)
     chat = translated.chat
     try:
         plan = plan_fusion(chat, presets=state.presets, default_preset=state.settings.default_preset,
