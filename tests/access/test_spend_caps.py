@@ -318,3 +318,26 @@ def test_a_pass_through_stream_that_reports_its_usage_costs_what_it_reports(
         second = httpx.post(f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30)
         assert second.status_code == 200, second.text
     assert len(upstream.calls_for("a")) == 2
+
+
+def test_a_bound_a_max_tokens_only_server_would_ignore_is_sent_as_max_tokens(
+    upstream: FakeUpstream, serve: Serve, core_settings: dict[str, Any], tmp_path: Path
+) -> None:
+    """Older servers (the built-in deepseek, mistral, together, ollama: `max_tokens_field = "max_tokens"`) ignore
+    `max_completion_tokens`: passed through as sent, a client's bound did not hold, and a cap's estimate counted a
+    1-token answer for one billed at the server's own limit."""
+    [fake] = core_settings["providers"]
+    old = fake.model_copy(update={"name": "old", "models": ["old/*"], "max_tokens_field": "max_tokens"})
+    prices = pricing(a=CENT)
+    prices["models"]["old/a"] = prices["models"]["fake/a"]
+    upstream.script("a", Script(content="Hi.", usage={"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5}))
+    activity = {"path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
+    with serve(capped(0.05), environ=ENVIRON, activity=activity, pricing=prices, providers=[fake, old]) as (url, _):
+        bounded = httpx.post(f"{url}{CHAT}", json=chat_body("old/a", max_completion_tokens=1), headers=bearer(KEY))
+        assert bounded.status_code == 200, bounded.text
+        # Both bounds set: the estimate takes the larger ($0.10, past the cap), since the provider honours either.
+        both = chat_body("fake/a", max_completion_tokens=1, max_tokens=10)
+        refused = httpx.post(f"{url}{CHAT}", json=both, headers=bearer(KEY))
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "spend_limited", refused.text
+    [sent] = upstream.calls_for("a")
+    assert sent.body.get("max_tokens") == 1 and "max_completion_tokens" not in sent.body

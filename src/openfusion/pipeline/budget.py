@@ -141,9 +141,11 @@ def worst_case(
 
 
 def _output(request: ChatRequest, prices: PriceTable) -> Callable[[ModelUse], int | None]:
-    """A model's output limit for one call: the request's max tokens, else its known context length."""
-    asked = request.max_completion_tokens or request.max_tokens
-    if isinstance(asked, int) and asked > 0:
+    """A model's output limit for one call: the request's max tokens (the larger, when it sets both: a provider honours
+    one of them, and not always the newer), else its known context length."""
+    given = [n for n in (request.max_completion_tokens, request.max_tokens) if isinstance(n, int) and n > 0]
+    if given:
+        asked = max(given)
         return lambda use: asked
 
     def listed(use: ModelUse) -> int | None:
