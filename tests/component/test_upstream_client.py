@@ -742,7 +742,7 @@ async def test_forward_raises_when_the_upstream_cannot_be_reached(
 
 
 @pytest.mark.parametrize(("strip_prefix", "sent_model"), [(True, "gpt-x"), (False, "up/gpt-x")])
-async def test_forward_rewrites_only_the_model(
+async def test_forward_rewrites_only_the_model_and_the_name_of_a_bound_the_server_would_ignore(
     make_client: MakeClient, upstream: respx.Route, strip_prefix: bool, sent_model: str
 ) -> None:
     upstream.return_value = completion_response()
@@ -759,7 +759,9 @@ async def test_forward_rewrites_only_the_model(
     forwarded = await client.forward("up/gpt-x", body, stream=False)
     await _read(forwarded)
 
-    assert sent_json(upstream.calls.last.request) == {**body, "model": sent_model}
+    # A server that knows only max_tokens would ignore max_completion_tokens: the bound goes by its name there.
+    expected = {key: value for key, value in body.items() if key != "max_completion_tokens"}
+    assert sent_json(upstream.calls.last.request) == {**expected, "model": sent_model, "max_tokens": 10}
 
 
 @pytest.mark.parametrize(
