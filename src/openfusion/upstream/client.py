@@ -215,11 +215,11 @@ class UpstreamClient:
         """
         route = self.registry.resolve(model)
         payload = {**body, "model": route.upstream_model}
-        if path == CHAT_PATH and route.provider.config.max_tokens_field == "max_tokens":
-            # A server that knows only max_tokens ignores max_completion_tokens: the client's bound would not hold
-            # (nor the spend cap's estimate, which counts on it).
-            if "max_completion_tokens" in payload and "max_tokens" not in payload:
-                payload["max_tokens"] = payload.pop("max_completion_tokens")
+        # A server that knows only max_tokens ignores max_completion_tokens: the client's bound would not hold (nor
+        # the spend cap's estimate, which counts on it).
+        only_max_tokens = path == CHAT_PATH and route.provider.config.max_tokens_field == "max_tokens"
+        if only_max_tokens and "max_completion_tokens" in payload and "max_tokens" not in payload:
+            payload["max_tokens"] = payload.pop("max_completion_tokens")
         call = begin_call(model, route.provider.name)
         try:
             # A non-streamed answer is read whole inside the retried attempt: a body cut short is retried too.
