@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 import time
@@ -155,6 +156,19 @@ def _items(value: Any) -> list[Any]:
 
 def _fields(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, dict) else {}
+
+
+# No single upstream call costs more than this: a reported cost above it (1e308 from a broken or hostile upstream)
+# is no cost at all, and would otherwise fill every spend cap and the cost metric for good.
+MAX_REPORTED_CALL_USD = 10_000.0
+
+
+def plausible_cost(reported: float | None) -> float | None:
+    """An upstream's reported cost in USD, or None when there is none or it cannot be one (negative, not finite,
+    above MAX_REPORTED_CALL_USD)."""
+    if reported is None or not math.isfinite(reported) or not 0 <= reported <= MAX_REPORTED_CALL_USD:
+        return None
+    return float(reported)
 
 
 def round_usd(value: float) -> float:

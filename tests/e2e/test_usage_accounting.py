@@ -156,3 +156,20 @@ def test_tool_mode_counts_a_billed_empty_answer_too(upstream: FakeUpstream, star
     assert usage["total_tokens"] == 910 + 4 * 18  # a, b, the judge and two outer calls
     assert usage["cost"] == pytest.approx(0.5 + 4 * 0.01)
     assert response.json()["fusion"]["usage_complete"] is True
+
+
+@pytest.mark.parametrize("reported", [1e308, -0.5, 20_000.0])
+def test_a_cost_no_call_can_have_is_no_cost(
+    upstream: FakeUpstream, start_server: Any, tmp_path: Path, reported: float
+) -> None:
+    """An upstream reporting 1e308 USD (broken, or hostile) would fill every spend cap and the cost metric for good:
+    such a cost is unknown, as if none were reported."""
+    upstream.script("solo", Script(content="Hi.", usage={"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5,
+                                                         "cost": reported}))  # fmt: skip
+    with start_server(activity={"path": tmp_path / "activity.sqlite3"}) as url:
+        response = httpx.post(f"{url}{CHAT}", json={"model": "fake/solo", "messages": HI}, timeout=30)
+        assert response.status_code == 200, response.text
+        record = generation(url, response.headers["x-generation-id"])
+        metrics = httpx.get(f"{url}/metrics").text
+    assert record["total_cost"] is None and record["tokens_completion"] == 1
+    assert "openfusion_cost_usd_total 0.0" in metrics

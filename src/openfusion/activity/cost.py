@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from openfusion.protocol import Usage, round_usd
+from openfusion.protocol import Usage, plausible_cost, round_usd
 
 log = logging.getLogger("openfusion.activity")
 
@@ -45,10 +45,11 @@ class PriceTable:
         return self._configured.get(key) or self._listed.get(key)
 
     def cost_of(self, model: str, usage: Usage, reported_cost: float | None = None) -> float | None:
-        """Reported cost (the argument, else `usage.cost`) when given, else priced from the table, else None."""
-        reported = reported_cost if reported_cost is not None else usage.cost
-        if reported is not None and math.isfinite(reported) and reported >= 0:
-            return float(reported)
+        """Reported cost (the argument, else `usage.cost`) when given and plausible, else priced from the table, else
+        None."""
+        reported = plausible_cost(reported_cost if reported_cost is not None else usage.cost)
+        if reported is not None:
+            return reported
         price = self.price_of(model)
         if price is None:
             return None

@@ -15,7 +15,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from openfusion.protocol import Usage, round_usd, sum_usage
+from openfusion.protocol import Usage, plausible_cost, round_usd, sum_usage
 
 # (model slug, usage, the cost the upstream reported or None) -> the call's cost in USD, None when unknown
 Pricing = Callable[[str, Usage, float | None], float | None]
@@ -86,8 +86,8 @@ def known_usage(call: CallTrace) -> Usage | None:
 
 
 def reported_cost(model: str, usage: Usage, reported: float | None) -> float | None:
-    """The pricing without a price table: the cost the upstream reported, else unknown."""
-    return reported if reported is not None else usage.cost
+    """The pricing without a price table: the cost the upstream reported (when plausible), else unknown."""
+    return plausible_cost(reported if reported is not None else usage.cost)
 
 
 @dataclass(frozen=True)
