@@ -118,6 +118,7 @@ def test_a_valid_key_opens_every_route(
                 # a stored response (none is kept without an activity store).
                 unrecorded = path.startswith(("/activity", "/api/v1/generation", "/v1/activity"))
                 unrecorded = unrecorded or (method == "GET" and path.endswith("/responses/{response_id}"))
+                unrecorded = unrecorded or path.endswith("/models/{model_id:path}")  # no model has that id
                 expected = 404 if unrecorded or path == "/v1/no-such-route" else 200
                 if path == "/metrics":  # past the key check, but the whole server's metrics are an admin's
                     expected = 403
@@ -195,6 +196,13 @@ def test_the_model_list_shows_a_key_the_fusion_models_its_scope_allows(upstream:
             return {model["id"] for model in response.json()["data"]}
 
         duo, trio, plain = (listed(environ[name]) for name in ("DUO_KEY", "TRIO_KEY", "PLAIN_KEY"))
+
+        def retrieved(key: str, model: str) -> int:
+            return httpx.get(f"{url}/v1/models/{model}", headers=bearer(environ[key])).status_code
+
+        # One model, asked for by id: what the scope leaves out answers as one nothing serves.
+        assert [retrieved("DUO_KEY", m) for m in ("fusion/duo", "fusion/trio", "fake/a")] == [200, 404, 404]
+        assert [retrieved("PLAIN_KEY", m) for m in ("fake/a", "fusion", "fusion/duo")] == [200, 404, 404]
 
     assert "fusion/duo" in duo and not {"fusion/trio", "fusion", "openrouter/fusion"} & duo
     assert {"fusion/trio", "fusion", "openrouter/fusion"} <= trio and "fusion/duo" not in trio  # trio: the default

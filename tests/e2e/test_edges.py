@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -172,6 +173,27 @@ def test_models_lists_fusion_slugs_and_presets(server: str) -> None:
     assert {"tools", "tool_choice", "reasoning", "response_format"} <= set(trio["supported_parameters"])
     assert trio["pricing"] == {"prompt": "-1", "completion": "-1", "request": "0"}
     assert trio["architecture"]["input_modalities"] == ["text", "image"]
+
+
+def test_models_retrieve_one_model_with_the_openai_and_anthropic_sdks(server: str) -> None:
+    """`models.retrieve()` asks `GET /v1/models/{id}`: a fusion model as listed, a model a provider serves, and 404
+    in the SDK's own error for one nothing serves."""
+    with openai.OpenAI(base_url=f"{server}/v1", api_key="k", max_retries=0) as sdk:
+        trio, fusion, served = (
+            sdk.models.retrieve("fusion/trio"),
+            sdk.models.retrieve("fusion"),
+            sdk.models.retrieve("fake/solo"),
+        )
+        with pytest.raises(openai.NotFoundError) as missing:
+            sdk.models.retrieve("nobody/serves-this")
+        with pytest.raises(openai.NotFoundError):
+            sdk.models.retrieve("fusion/no-such-preset")
+    assert trio.model_extra["fusion"]["analysis_models"] == ["fake/a", "fake/b", "fake/c"]  # type: ignore[index]
+    assert fusion.id == "fusion" and served.id == "fake/solo" and served.owned_by == "fake"
+    assert missing.value.body["code"] == "model_not_found"  # type: ignore[index]
+    with anthropic.Anthropic(base_url=server, api_key="k", max_retries=0) as claude:
+        info = claude.models.retrieve("fusion/trio")
+    assert (info.id, info.type, info.display_name) == ("fusion/trio", "model", "Fusion (trio)")
 
 
 def test_models_prices_a_preset_whose_prices_are_known(start_server: Any) -> None:

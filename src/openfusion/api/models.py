@@ -1,4 +1,4 @@
-"""GET /v1/models: the fusion slugs and every preset, in OpenAI's list format."""
+"""GET /v1/models: the fusion slugs and every preset, in OpenAI's list format; GET /v1/models/{id}: one model."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from fastapi import APIRouter, Request
 
 from openfusion.activity import PriceTable
 from openfusion.api.access import key_scope
-from openfusion.api.deps import State
+from openfusion.api.deps import AppState, State
+from openfusion.errors import ModelNotFound
 from openfusion.presets import Preset
 
 router = APIRouter()
@@ -70,6 +71,33 @@ def _entry(model_id: str, preset: Preset, prices: PriceTable, description: str |
 async def list_models(state: State, request: Request) -> dict[str, Any]:
     """List the fusion models this server offers the caller's key: those its scope allows (a fusion slug is checked
     as the preset it runs, `fusion/<preset>`, as a request for it is)."""
+    data = _fusion_models(state, request)
+    ids = [entry["id"] for entry in data]
+    return {"object": "list", "data": data, "has_more": False, "first_id": ids[0] if ids else None,
+            "last_id": ids[-1] if ids else None}  # fmt: skip
+
+
+@router.get("/v1/models/{model_id:path}")
+@router.get("/api/v1/models/{model_id:path}", include_in_schema=False)
+async def retrieve_model(model_id: str, state: State, request: Request) -> dict[str, Any]:
+    """One model, as the OpenAI and Anthropic SDKs' `models.retrieve()` ask for it: a fusion model as listed, or a
+    model a provider serves; 404 `model_not_found` for one nothing serves or the key's scope leaves out (the same
+    answer: a key learns nothing of models it may not use)."""
+    for entry in _fusion_models(state, request):
+        if entry["id"] == model_id:
+            return entry
+    missing = ModelNotFound(f"The model '{model_id[:200]}' does not exist.", param="model")
+    if model_id.startswith("fusion/") or not key_scope(request)(model_id):
+        raise missing
+    try:
+        route = state.registry.resolve(model_id)
+    except ModelNotFound:
+        raise missing from None
+    return {"id": model_id, "object": "model", "type": "model", "created": 0, "created_at": "1970-01-01T00:00:00Z",
+            "owned_by": route.provider.name, "display_name": model_id}  # fmt: skip
+
+
+def _fusion_models(state: AppState, request: Request) -> list[dict[str, Any]]:
     allows = key_scope(request)
     presets = {name: preset for name, preset in state.presets.items() if allows(f"fusion/{name}")}
     data: list[dict[str, Any]] = []
@@ -83,9 +111,7 @@ async def list_models(state: State, request: Request) -> dict[str, Any]:
     if "fast" in presets:
         data.append(_entry("openrouter/fusion-flash", presets["fast"], state.prices))
     data.extend(_entry(f"fusion/{name}", preset, state.prices) for name, preset in sorted(presets.items()))
-    ids = [entry["id"] for entry in data]
-    return {"object": "list", "data": data, "has_more": False, "first_id": ids[0] if ids else None,
-            "last_id": ids[-1] if ids else None}  # fmt: skip
+    return data
 
 
 def pricing(preset: Preset, prices: PriceTable) -> dict[str, str]:
