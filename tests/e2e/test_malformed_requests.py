@@ -205,3 +205,55 @@ def test_a_synthesizer_tool_call_of_the_wrong_shape_is_upstream_invalid_response
     assert last["error"]["code"] == "upstream_invalid_response"
     assert last["choices"][0]["finish_reason"] == "error"
     assert len(upstream.calls_for("synth")) == 2  # the call was made and its answer refused, once per request
+
+
+def _user(content: Any) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": content}]
+
+
+FUSION_SHAPES = [
+    ({"messages": _user([1])}, "messages[0].content[0]"),
+    ({"messages": _user([])}, "messages[0].content"),
+    ({"messages": _user([{}])}, "messages[0].content[0].type"),
+    ({"messages": _user([{"type": "text"}])}, "messages[0].content[0].text"),
+    ({"messages": _user([{"type": "text", "text": 1}])}, "messages[0].content[0].text"),
+    ({"messages": _user([{"type": "image_url"}])}, "messages[0].content[0].image_url"),
+    ({"messages": _user([{"type": "image_url", "image_url": {}}])}, "messages[0].content[0].image_url.url"),
+    ({"messages": _user([{"type": "input_audio", "input_audio": "x"}])}, "messages[0].content[0].input_audio"),
+    ({"messages": _user([{"type": "file", "file": "x"}])}, "messages[0].content[0].file"),
+    ({"messages": [*HI, {"role": "tool", "content": "found"}]}, "messages[1].tool_call_id"),
+    ({"messages": [*HI, {"role": "assistant", "tool_calls": [{}]}, *HI]}, "messages[1].tool_calls[0].id"),
+    ({"messages": HI, "tools": [{}]}, "tools[0].type"),
+    ({"messages": HI, "tools": [{"type": "function", "function": {}}]}, "tools[0].function.name"),
+    ({"messages": HI, "tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]},
+     "tools[0].function.parameters"),
+    ({"messages": HI, "tool_choice": "any"}, "tool_choice"),
+    ({"messages": HI, "tool_choice": {"type": "function"}}, "tool_choice.function.name"),
+    ({"messages": HI, "response_format": {"type": 1}}, "response_format.type"),
+    ({"messages": HI, "response_format": {"type": "json_schema", "json_schema": "x"}}, "response_format.json_schema"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "param"), FUSION_SHAPES, ids=[param for _, param in FUSION_SHAPES])
+def test_a_fusion_request_no_model_could_read_is_400_before_any_call(
+    server: str, upstream: FakeUpstream, body: dict[str, Any], param: str
+) -> None:
+    """Every model a fusion calls reads the conversation (and the synthesizer the tools): a part or a tool none
+    could take got a 502 (or a 200 with an error chunk) once the panel, and for tools the judge, had been paid for."""
+    for stream in (False, True):
+        response = httpx.post(f"{server}{CHAT}", json={"model": "fusion/trio", "stream": stream, **body}, timeout=20)
+        assert_400(response, param)
+    assert upstream.calls == []
+
+
+def test_well_formed_parts_and_unknown_part_types_still_reach_the_panel(server: str, upstream: FakeUpstream) -> None:
+    parts = [
+        {"type": "text", "text": "What is in it?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        {"type": "input_video", "video_url": "https://example.com/v.mp4"},  # a provider's own: left to it
+    ]
+    tools = [{"type": "function", "function": {"name": "look", "parameters": {"type": "object"}}}]
+    body = {"model": "fusion/trio", "messages": _user(parts), "tools": tools, "tool_choice": "auto"}
+    response = httpx.post(f"{server}{CHAT}", json=body, timeout=20)
+    assert response.status_code == 200, response.text
+    assert upstream.calls_for("a")[0].body["messages"][0]["content"] == parts

@@ -18,6 +18,7 @@ from openfusion.activity import ApiType
 from openfusion.api.access import admit, client_key_name, spend_reservation
 from openfusion.api.body import named_model
 from openfusion.api.cache import CACHE_HEADER, consult_cache
+from openfusion.api.chat_shape import check_fusion_shape
 from openfusion.api.deps import AppState
 from openfusion.api.ledger import Ledger
 from openfusion.cache.entry import replayed
@@ -87,6 +88,8 @@ async def open_exchange(request: Request, chat: ChatRequest, *, api_type: ApiTyp
         plan = plan_fusion(
             chat, presets=state.presets, default_preset=state.settings.default_preset, registry=state.registry
         )
+        if plan is not None:  # every model it calls reads the conversation: a part none can read is a 400 now
+            check_fusion_shape(chat)
         reach = reach_of(chat, plan)  # every model it can call: for the scope, the guards and the estimate
         worst = WorstCase(chat, plan, reach, prices=state.prices)  # computed only when something needs it
         # 403 scope, 400 guards, 402 unbounded under a spend cap, 429 spend (reserved here) or concurrency

@@ -1,0 +1,119 @@
+"""The shape of what a fusion request hands to every model it calls: content parts, tool calls, tools, tool_choice,
+response_format.
+
+A pass-through request goes to one provider, whose own 400 the client gets. A fusion request goes to the panel,
+the judge and the synthesizer: a content part or a tool no model can read would fail every panelist (a 502 for a
+mistake of the client's) or, for tools, only the synthesizer, after the panel and the judge were paid for. So a
+fusion request is checked first, as OpenAI checks a request, and refused with a 400 naming the field. Part types
+openfusion does not know are left to the providers (they differ); the ones it knows must be whole.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+from openfusion.errors import InvalidRequest
+from openfusion.protocol import ChatRequest
+
+# What each known content part must carry: its field, and that field's own required string fields.
+_PARTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "text": ("text", ()),
+    "refusal": ("refusal", ()),
+    "image_url": ("image_url", ("url",)),
+    "input_audio": ("input_audio", ("data", "format")),
+    "file": ("file", ()),
+}
+_TOOL_CHOICES = ("none", "auto", "required")
+_RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+
+
+def check_fusion_shape(chat: ChatRequest) -> None:
+    """Raise InvalidRequest (400, its `param` the field) for a part, tool call, tool, tool_choice or response_format
+    that no model could take."""
+    for i, message in enumerate(chat.conversation()):
+        _check_message(message, f"messages[{i}]")
+    for i, tool in enumerate(chat.tools or []):
+        _check_tool(tool, f"tools[{i}]")
+    if chat.tool_choice is not None:
+        _check_tool_choice(chat.tool_choice)
+    if chat.response_format is not None:
+        _check_response_format(chat.response_format)
+
+
+def _check_message(message: dict[str, Any], at: str) -> None:
+    content = message.get("content")
+    if isinstance(content, list):
+        if not content:
+            _refuse(f"{at}.content", "an array of content parts must not be empty")
+        for j, part in enumerate(content):
+            _check_part(part, f"{at}.content[{j}]")
+    if message.get("role") == "tool" and not isinstance(message.get("tool_call_id"), str):
+        _refuse(f"{at}.tool_call_id", "a tool message must name the tool call it answers (a string)")
+    for j, call in enumerate(message.get("tool_calls") or []):
+        where = f"{at}.tool_calls[{j}]"
+        if not isinstance(call.get("id"), str):
+            _refuse(f"{where}.id", "a tool call must have an id (a string)")
+        function = call.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            _refuse(f"{where}.function.name", "a tool call must name its function (a string)")
+
+
+def _check_part(part: Any, at: str) -> None:
+    if not isinstance(part, dict):
+        _refuse(at, "a content part must be an object")
+    kind = part.get("type")
+    if not isinstance(kind, str):
+        _refuse(f"{at}.type", "a content part must have a type (a string)")
+    if kind not in _PARTS:
+        return
+    field, required = _PARTS[kind]
+    value = part.get(field)
+    if not required:
+        if field in ("text", "refusal") and not isinstance(value, str):
+            _refuse(f"{at}.{field}", f"a {kind} part must have its {field} (a string)")
+        if field == "file" and not isinstance(value, dict):
+            _refuse(f"{at}.{field}", "a file part must have its file (an object)")
+        return
+    if not isinstance(value, dict):
+        _refuse(f"{at}.{field}", f"an {kind} part must have its {field} (an object)")
+    for name in required:
+        if not isinstance(value.get(name), str):
+            _refuse(f"{at}.{field}.{name}", f"an {kind} part's {field} must have its {name} (a string)")
+
+
+def _check_tool(tool: dict[str, Any], at: str) -> None:
+    kind = tool.get("type")
+    if not isinstance(kind, str):
+        _refuse(f"{at}.type", "a tool must have a type (a string)")
+    if kind != "function":
+        return  # a server tool (openrouter:fusion, openrouter:web_search, ...), its own business
+    function = tool.get("function")
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        _refuse(f"{at}.function.name", "a function tool must name its function (a string)")
+    if "parameters" in function and not isinstance(function["parameters"], dict):
+        _refuse(f"{at}.function.parameters", "a function's parameters must be a JSON schema (an object)")
+
+
+def _check_tool_choice(choice: str | dict[str, Any]) -> None:
+    if isinstance(choice, str):
+        if choice not in _TOOL_CHOICES:
+            _refuse("tool_choice", f"must be one of {', '.join(_TOOL_CHOICES)}, or an object naming a function")
+        return
+    if not isinstance(choice.get("type"), str):
+        _refuse("tool_choice.type", "must be a string")
+    if choice["type"] == "function":
+        function = choice.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            _refuse("tool_choice.function.name", "must name the function to call (a string)")
+
+
+def _check_response_format(fmt: dict[str, Any]) -> None:
+    kind = fmt.get("type")
+    if kind not in _RESPONSE_FORMATS:
+        _refuse("response_format.type", f"must be one of {', '.join(_RESPONSE_FORMATS)}")
+    if kind == "json_schema" and not isinstance(fmt.get("json_schema"), dict):
+        _refuse("response_format.json_schema", "a json_schema response format needs its json_schema (an object)")
+
+
+def _refuse(param: str, why: str) -> NoReturn:
+    raise InvalidRequest(f"Invalid value for '{param}': {why}.", param=param)
