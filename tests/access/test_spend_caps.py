@@ -341,3 +341,27 @@ def test_a_bound_a_max_tokens_only_server_would_ignore_is_sent_as_max_tokens(
         assert refused.status_code == 429 and refused.json()["error"]["code"] == "spend_limited", refused.text
     [sent] = upstream.calls_for("a")
     assert sent.body.get("max_tokens") == 1 and "max_completion_tokens" not in sent.body
+
+
+@pytest.mark.parametrize(
+    "bulk",
+    [
+        {"functions": [{"name": "lookup", "description": "x" * 3000, "parameters": {"type": "object"}}]},
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "s", "description": "x" * 3000}}},
+    ],
+    ids=["functions", "response_format"],
+)
+def test_prompt_outside_the_messages_counts_in_the_estimate(
+    upstream: FakeUpstream, serve: Serve, tmp_path: Path, bulk: dict[str, Any]
+) -> None:
+    """Pass-through sends every field, and a provider bills a long schema as prompt: an estimate of the messages and
+    tools alone let one request spend several times a cap."""
+    prices = pricing()
+    prices["models"]["fake/a"] = {"prompt": 1e-4, "completion": 0.0, "max_completion_tokens": 1000}
+    activity = {"path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
+    with serve(capped(0.05), environ=ENVIRON, activity=activity, pricing=prices) as (url, _):
+        small = httpx.post(f"{url}{CHAT}", json=chat_body("fake/a", max_tokens=10), headers=bearer(KEY))
+        assert small.status_code == 200, small.text
+        bulky = httpx.post(f"{url}{CHAT}", json=chat_body("fake/a", max_tokens=10, **bulk), headers=bearer(KEY))
+        assert bulky.status_code == 429 and bulky.json()["error"]["code"] == "spend_limited", bulky.text
+    assert len(upstream.calls_for("a")) == 1

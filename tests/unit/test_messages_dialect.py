@@ -284,3 +284,17 @@ def test_the_token_estimate() -> None:
     assert 0 < estimate_input_tokens(short) < 20
     assert 1000 <= estimate_input_tokens(long) < 1030
     assert 1600 < estimate_input_tokens(pictured) < 1650  # the image counts 1,600, not its base64 length
+
+
+def test_a_document_by_file_id_counts_as_a_fetched_document_in_the_worst_case() -> None:
+    """Forwarded to a provider that speaks Messages, a document given by file id (a PDF of many pages) is read at the
+    provider; the chat form the worst case prices says so, rather than `[file document]`'s few characters."""
+    from openfusion.api.messages.conversation import chat_messages
+    from openfusion.pipeline.budget import URL_MEDIA_TOKENS, prompt_tokens_upper_bound
+    from openfusion.protocol import ChatRequest
+
+    document = {"type": "document", "source": {"type": "file", "file_id": "file_011CNha8iCJcU1wXNR6q4V8w"}}
+    messages, _ = chat_messages(None, [{"role": "user", "content": [document, {"type": "text", "text": "Sum up."}]}],
+                             lenient=True)  # fmt: skip
+    assert messages[0]["content"][0] == {"type": "file", "file": {"file_id": "file_011CNha8iCJcU1wXNR6q4V8w"}}
+    assert prompt_tokens_upper_bound(ChatRequest(model="claude/opus", messages=messages)) > URL_MEDIA_TOKENS

@@ -40,12 +40,17 @@ URL_MEDIA_TOKENS = 100_000
 
 
 def prompt_tokens_upper_bound(request: ChatRequest) -> int:
-    """A generous estimate, in tokens, of what the request puts in a prompt: its messages and tools, and an
-    allowance for each piece of media given by reference rather than in the body."""
+    """A generous estimate, in tokens, of what the request puts in a prompt: its messages and tools, its
+    `response_format` schema and every field openfusion does not know (legacy `functions`, a `prediction`...: a
+    provider may read them as prompt, and pass-through sends them), and an allowance for each piece of media given by
+    reference rather than in the body."""
     conversation = request.conversation()
     parts: dict[str, Any] = {"messages": conversation}
     if request.tools:
         parts["tools"] = request.tools
+    if request.response_format:
+        parts["response_format"] = request.response_format
+    parts.update(request.model_extra or {})
     return math.ceil(len(orjson.dumps(parts)) / _CHARS_PER_TOKEN) + _referenced_media_tokens(conversation)
 
 

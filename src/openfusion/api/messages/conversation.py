@@ -138,6 +138,10 @@ def _part(block: dict[str, Any], param: str, lenient: bool) -> dict[str, Any]:
         if not lenient:
             raise
         source = block.get("source") if isinstance(block.get("source"), dict) else {}
+        if isinstance(source.get("file_id"), str):
+            # A file the provider reads by reference (a PDF of many pages): the chat form says so, so the worst-case
+            # cost counts it as a fetched document, not as the few characters of its id.
+            return {"type": "file", "file": {"file_id": source["file_id"]}}
         what = " ".join(str(x) for x in (source.get("type"), block["type"]) if isinstance(x, str))
         return {"type": "text", "text": f"[{what}]"}
 
