@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -292,3 +293,22 @@ def test_costs_are_summed_without_float_noise(upstream: FakeUpstream, start_serv
     assert response.json()["usage"]["cost"] == 0.0003 and '"cost":0.0003' in response.text.replace(" ", "")
     assert record["total_cost"] == 0.0003
     assert page.status_code == 200 and "$0.000300" in page.text and "0.00030000000000000003" not in page.text
+
+
+def test_records_a_failing_store_loses_are_counted_as_dropped(
+    upstream: FakeUpstream, start_server: Any, activity_path: Path
+) -> None:
+    """A store that refuses writes (an outage, a full disk) loses records: each is logged, and the gauge operators
+    alert on counts it too, not only records dropped from a full queue."""
+    with start_server(activity={"path": activity_path, "flush_interval_s": 0.05}) as url:
+        first = httpx.post(f"{url}{CHAT}", json={"model": "fake/plain", "messages": HI})
+        generation(url, first.headers["x-generation-id"])  # the store works
+        with sqlite3.connect(activity_path) as db:  # from now on it refuses every generation, as a full disk would
+            db.execute("CREATE TRIGGER refuse BEFORE INSERT ON generations BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+        for _ in range(3):
+            assert httpx.post(f"{url}{CHAT}", json={"model": "fake/plain", "messages": HI}).status_code == 200
+
+        def counted() -> bool:
+            return "openfusion_activity_dropped 3.0" in httpx.get(f"{url}/metrics").text
+
+        wait_until(counted, timeout=10)

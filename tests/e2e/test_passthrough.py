@@ -185,6 +185,26 @@ def test_an_empty_answer_is_a_502(upstream: FakeUpstream, start_server: Any, tmp
     assert record["status"] == "error" and record["failure_reason"] == "upstream_invalid_response"
 
 
+@pytest.mark.parametrize("body", [b'{"id": "x", "choices": [ {garbage', b"<html>oops</html>", b'["not", "an object"]'])
+def test_an_answer_no_client_could_parse_is_a_502_and_the_next_fallback_answers(
+    upstream: FakeUpstream, start_server: Any, tmp_path: Path, body: bytes
+) -> None:
+    """A 200 whose body is not a JSON object is no answer: it was relayed as a success and recorded `ok`, and the
+    `models` fallbacks were never tried."""
+    upstream.script("broken", Script(raw_body=body))
+    with start_server(activity={"path": tmp_path / "activity.sqlite3"}) as url:
+        alone = httpx.post(f"{url}/v1/chat/completions", json={"model": "fake/broken", "messages": HI}, timeout=20)
+        wait_until(lambda: bool(httpx.get(f"{url}/v1/activity").json()["data"]), timeout=10)
+        record = httpx.get(f"{url}/v1/activity").json()["data"][0]
+        fallen_back = httpx.post(
+            f"{url}/v1/chat/completions", json={"model": "fake/broken", "models": ["fake/plain"], "messages": HI}
+        )
+
+    assert alone.status_code == 502 and alone.json()["error"]["code"] == "upstream_invalid_response", alone.text
+    assert record["status"] == "error" and record["failure_reason"] == "upstream_invalid_response"
+    assert fallen_back.status_code == 200 and fallen_back.json()["choices"][0]["message"]["content"]
+
+
 def test_a_stream_client_that_leaves_closes_the_upstream_stream(upstream: FakeUpstream, server: str) -> None:
     upstream.script("plain", Script(chunks=[f"t{i} " for i in range(20)], chunk_interval_s=0.5))
     body = {"model": "fake/plain", "stream": True, "messages": HI}

@@ -332,3 +332,18 @@ def _dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     return process.pid
+
+
+def test_a_worker_killed_at_the_end_of_the_shutdown_makes_the_exit_status_4(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path
+) -> None:
+    """A worker that outlives the grace period and its backstop is killed, and work may be lost with it: the
+    supervisor's exit status says so (4), where a clean drain exits 0."""
+    _, upstream_url = fake_upstream
+    with serve(provider_config(upstream_url, grace_s=1), presets_dir, tmp_path, args=("--workers", "2")) as served:
+        pids = served.wait_serving(2)
+        os.kill(pids[1], signal.SIGSTOP)  # a worker that cannot stop (stuck, or frozen): it ignores SIGTERM
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(timeout=60) == 4
+        assert not alive(pids[1]) and not alive(pids[2])
+    assert f"worker 1 (pid {pids[1]}) still running past the grace period: killed" in served.log_text()

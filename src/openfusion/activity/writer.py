@@ -57,6 +57,11 @@ class WriterStats:
     failed: int
     queued: int
 
+    @property
+    def lost(self) -> int:
+        """Records that never reached the store, whatever the reason (`openfusion_activity_dropped`)."""
+        return self.dropped + self.failed
+
 
 class ActivityWriter:
     """Queues activity off the request's hot path and writes it in batches; a store outage is counted, not raised."""

@@ -14,7 +14,7 @@ from openfusion.api.event_stream import EventStreamResponse
 from openfusion.api.ledger import Ledger
 from openfusion.errors import UpstreamError, UpstreamProtocolError, UpstreamStatusError
 from openfusion.pipeline.plan import fusion_plugin_index
-from openfusion.protocol import ChatRequest, Usage, parse_usage
+from openfusion.protocol import ChatRequest, parse_usage
 from openfusion.sse import DONE, encode, error_chunk
 from openfusion.upstream.client import CHAT_PATH, Forwarded
 from openfusion.upstream.trace import end_call
@@ -57,9 +57,7 @@ async def pass_through(state: AppState, chat: ChatRequest, data: dict[str, Any],
         sse_headers = {**forwarded.headers, **SSE_HEADERS}
         return EventStreamResponse(relay, status_code=forwarded.status_code, headers=sse_headers)
     try:
-        content = b"".join([chunk async for chunk in forwarded.body])
-        if forwarded.trace is not None and forwarded.status_code < 400:
-            forwarded.trace.usage = _usage_of(content)
+        content = b"".join([chunk async for chunk in forwarded.body])  # its usage read as it came (forward)
     finally:
         await forwarded.aclose()
     return Response(content, status_code=forwarded.status_code, headers=forwarded.headers)
@@ -206,16 +204,6 @@ def _note_usage(forwarded: Forwarded, tail: bytes) -> None:
         if isinstance(usage, dict):
             trace.usage = parse_usage(usage)
             return
-
-
-def _usage_of(content: bytes) -> Usage | None:
-    """The `usage` of a relayed JSON completion, for the activity record (None when it has none)."""
-    try:
-        data = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return None
-    usage = data.get("usage") if isinstance(data, dict) else None
-    return parse_usage(usage) if isinstance(usage, dict) else None
 
 
 def without_openfusion_fields(chat: ChatRequest, data: dict[str, Any]) -> dict[str, Any]:

@@ -112,7 +112,7 @@ class Metrics:
         second instead, from the task returned (cancel it at shutdown).
         """
         if self.multiprocess_dir is None:
-            self.activity_dropped.set_function(lambda: writer.stats.dropped)
+            self.activity_dropped.set_function(lambda: writer.stats.lost)
             self.activity_queued.set_function(lambda: writer.stats.queued)
             return None
         return asyncio.get_running_loop().create_task(self._publish(writer), name="openfusion-metrics-activity")
@@ -120,7 +120,7 @@ class Metrics:
     async def _publish(self, writer: ActivityWriter) -> None:
         while True:
             stats = writer.stats
-            self.activity_dropped.set(stats.dropped)
+            self.activity_dropped.set(stats.lost)
             self.activity_queued.set(stats.queued)
             await asyncio.sleep(_PUBLISH_EVERY_S)
 

@@ -240,6 +240,8 @@ class UpstreamClient:
         if not stream:
             if not content.strip():  # a 200 with nothing in it is no answer to relay
                 raise _failed(call, _protocol_error(route, "the response is empty"))
+            if path == CHAT_PATH:  # a completion no client could parse is no answer either: the next fallback's turn
+                call.usage = _completion_usage(route, call, content)
             return Forwarded(response.status_code, headers, _once(self.masker.bytes(content)), None, call)
         # Masked line by line: an SSE event is never held back longer than its own last byte takes to come.
         body_iter = self.masker.lines(_guard(route, body_blocks(response), stall_s=self.call_timeout_s))
@@ -589,6 +591,17 @@ async def _guard(route: Route, body: AsyncIterator[bytes], *, stall_s: float) ->
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+def _completion_usage(route: Route, call: CallTrace, content: bytes) -> Usage | None:
+    """A relayed completion's usage (None when it reports none); UpstreamProtocolError, the call failed, for a body
+    that is not a JSON object."""
+    try:
+        data = _json(route, content)
+    except UpstreamError as exc:
+        raise _failed(call, exc) from None
+    usage = data.get("usage")
+    return parse_usage(usage) if isinstance(usage, dict) else None
 
 
 def _json(route: Route, raw: bytes) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from openfusion.settings import Settings
 
 # uvicorn's exit status for a server that could not start.
 STARTUP_FAILURE = 3
+# `serve --workers`: a worker still running past the shutdown's grace period (and its backstop) was killed.
+SHUTDOWN_OVERRUN = 4
 
 
 @dataclass(frozen=True)

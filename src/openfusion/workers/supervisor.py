@@ -38,7 +38,7 @@ from typing import Any
 from openfusion.api.shutdown import BACKSTOP_S
 from openfusion.observability.metrics_dir import MetricsDirectory
 from openfusion.settings import Settings
-from openfusion.workers.serve import STARTUP_FAILURE, ServeOptions
+from openfusion.workers.serve import SHUTDOWN_OVERRUN, STARTUP_FAILURE, ServeOptions
 from openfusion.workers.worker import READY, WorkerSpec, run_worker
 
 log = logging.getLogger("openfusion")
@@ -80,7 +80,8 @@ class Supervisor:
         self._startup_failures = 0
 
     def run(self) -> int:
-        """Serve until SIGTERM/SIGINT; the exit status (1: cannot listen, 3: no worker could start)."""
+        """Serve until SIGTERM/SIGINT; the exit status (1: cannot listen, 3: no worker could start, 4: a worker had to
+        be killed at the end of the shutdown)."""
         if not _available(self.options):
             return 1
         metrics = MetricsDirectory.create()
@@ -90,8 +91,9 @@ class Supervisor:
         try:
             with _SignalPipe() as signals:
                 status = self._supervise(spec, metrics, signals)
-                self._stop(metrics, signals)
-                return status
+                killed = self._stop(metrics, signals)
+                # A process manager must tell a clean drain from one that cut work off.
+                return status or (SHUTDOWN_OVERRUN if killed else 0)
         finally:
             metrics.remove()
             if previous is None:
@@ -189,8 +191,9 @@ class Supervisor:
         self._due[worker.number] = time.monotonic() + delay
         return True
 
-    def _stop(self, metrics: MetricsDirectory, signals: _SignalPipe) -> None:
-        """SIGTERM to every worker, each then runs its grace period; wait for them, kill what outlives it all."""
+    def _stop(self, metrics: MetricsDirectory, signals: _SignalPipe) -> int:
+        """SIGTERM to every worker, each then runs its grace period; wait for them, kill what outlives it all (how many
+        were killed)."""
         self._due.clear()
         for worker in self._workers.values():
             _signal(worker, signal.SIGTERM)
@@ -202,11 +205,13 @@ class Supervisor:
                     _signal(worker, signal.SIGINT)
             for worker in [w for w in self._workers.values() if not w.process.is_alive()]:
                 self._reap(worker, metrics)
-        for worker in list(self._workers.values()):
+        killed = list(self._workers.values())
+        for worker in killed:
             log.error("worker %d (pid %d) still running past the grace period: killed", worker.number, worker.pid)
             worker.process.kill()
             self._reap(worker, metrics)
         log.info("every worker has stopped")
+        return len(killed)
 
     def _reap(self, worker: _Worker, metrics: MetricsDirectory) -> None:
         worker.process.join()
