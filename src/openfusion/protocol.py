@@ -72,18 +72,20 @@ class ChatRequest(WireModel):
 
     model: ModelSlug
     messages: list[Message] = Field(min_length=1)
-    stream: bool = False
-    temperature: float | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    # Strict, as OpenAI: `"stream": "false"` read as False here would reach a provider that reads it as true, and
+    # `"max_tokens": true` is no bound (pass-through forwards the body as sent).
+    stream: bool = Field(default=False, strict=True)
+    temperature: float | None = Field(default=None, strict=True)  # an integer is a number too
+    max_tokens: int | None = Field(default=None, strict=True)
+    max_completion_tokens: int | None = Field(default=None, strict=True)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, strict=True)
     response_format: dict[str, Any] | None = None
     reasoning: dict[str, Any] | None = None
     plugins: list[dict[str, Any]] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    n: int | None = None
+    n: int | None = Field(default=None, strict=True)
     # OpenRouter's fallback list for pass-through requests: tried in order after `model`.
     models: list[ModelSlug] | None = Field(default=None, max_length=8)
 

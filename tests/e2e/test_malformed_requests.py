@@ -257,3 +257,25 @@ def test_well_formed_parts_and_unknown_part_types_still_reach_the_panel(server: 
     response = httpx.post(f"{server}{CHAT}", json=body, timeout=20)
     assert response.status_code == 200, response.text
     assert upstream.calls_for("a")[0].body["messages"][0]["content"] == parts
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("stream", "yes"), ("stream", "false"), ("stream", 1), ("max_tokens", True), ("seed", 1.5), ("temperature", "0")],
+)
+def test_a_value_of_the_wrong_type_is_400_not_read_one_way_and_sent_another(
+    server: str, upstream: FakeUpstream, field: str, value: Any
+) -> None:
+    """Lax reading took `"stream": "false"` as False while pass-through sent the string on, which a provider may read
+    as true; `"max_tokens": true` bounded nothing. OpenAI refuses both; so does every surface here."""
+    for model in ("fusion/trio", "fake/plain"):
+        response = httpx.post(f"{server}/v1/chat/completions", json={"model": model, "messages": HI, field: value})
+        assert_400(response, field)
+    if field == "stream":
+        for path, body in (
+            ("/v1/responses", {"model": "fake/plain", "input": "Hi"}),
+            ("/v1/messages", {"model": "fake/plain", "max_tokens": 10, "messages": HI}),
+        ):
+            refused = httpx.post(f"{server}{path}", json={**body, "stream": value})
+            assert refused.status_code == 400, (path, refused.text)
+    assert upstream.calls == []

@@ -54,7 +54,7 @@ class MessagesRequest(WireModel):
     messages: list[dict[str, Any]] = Field(min_length=1)
     system: str | list[dict[str, Any]] | None = None
     stop_sequences: list[str] | None = None
-    stream: bool = False
+    stream: bool = Field(default=False, strict=True)  # as the API: "yes" or 1 is no boolean
     temperature: float | None = Field(default=None, ge=0, le=1, strict=True)
     top_p: float | None = Field(default=None, ge=0, le=1, strict=True)
     top_k: int | None = Field(default=None, ge=0, strict=True)

@@ -53,7 +53,7 @@ class ResponsesRequest(WireModel):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
-    stream: bool = False
+    stream: bool = Field(default=False, strict=True)  # as the API: "yes" or 1 is no boolean
     max_output_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = None
     top_p: float | None = None
