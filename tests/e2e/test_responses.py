@@ -473,6 +473,19 @@ def test_an_upstream_refusal_keeps_its_status(upstream: FakeUpstream, server: st
         ),
         ({"model": "fake/plain", "input": "Hi", "tools": [{**WEATHER, "name": "get\u0000weather"}]}, "tools[0].name"),
         ({"model": "fake/plain", "input": "Hi", "user": "a\rb"}, "user"),
+        # No text is no part: a whole fusion ran on an empty prompt.
+        (
+            {"model": "fusion/trio", "input": [{"role": "user", "content": [{"type": "input_text"}]}]},
+            "input[0].content[0].text",
+        ),
+        # A file with nothing in it (a file_url has no chat form): it was sent as an empty file.
+        (
+            {
+                "model": "fake/plain",
+                "input": [{"role": "user", "content": [{"type": "input_file", "file_url": "https://x"}]}],
+            },
+            "input[0].content[0].file_data",
+        ),
         (
             {"model": "fusion/trio", "input": "Hi", "plugins": [{"id": "fusion", "analysis_models": "x"}]},
             "plugins[0].analysis_models",

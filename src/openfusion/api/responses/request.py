@@ -306,9 +306,11 @@ def _content(content: str | list[dict[str, Any]], *, role: str, param: str) -> s
     for position, part in enumerate(content):
         kind = part.get("type")
         if kind in ("input_text", "output_text", "text"):
-            text = part.get("text", "")
+            text = part.get("text")
+            where = f"{param}[{position}].text"
+            if text is None:  # as OpenAI: no text is no part (and a run on an empty prompt costs a whole fusion)
+                raise InvalidRequest(f"Missing required parameter: '{where}'.", param=where)
             if not isinstance(text, str):
-                where = f"{param}[{position}].text"
                 raise InvalidRequest(f"Invalid value for '{where}': expected a string.", param=where)
             parts.append({"type": "text", "text": text})
         elif kind == "input_image":
@@ -321,6 +323,10 @@ def _content(content: str | list[dict[str, Any]], *, role: str, param: str) -> s
             parts.append({"type": "image_url", "image_url": image})
         elif kind == "input_file":
             file = {k: part[k] for k in ("file_data", "filename", "file_id") if isinstance(part.get(k), str)}
+            if "file_data" not in file and "file_id" not in file:  # a file_url has no chat form: it would be lost
+                where = f"{param}[{position}].file_data"
+                message = f"Missing required parameter: '{where}' (or file_id; file_url is not supported)."
+                raise InvalidRequest(message, param=where)
             parts.append({"type": "file", "file": file})
         else:
             where = f"{param}[{position}].type"
