@@ -330,3 +330,18 @@ def test_websockets_need_a_key_too(core_settings: dict[str, Any]) -> None:
         assert refused.value.code == 1008
         with client.websocket_connect("/v1/echo", headers=bearer("sk-client-one-4f9a2c")) as websocket:
             assert websocket.receive_text() == "hello"
+
+
+def test_several_different_keys_in_one_request_are_refused(upstream: FakeUpstream, serve: Serve) -> None:
+    """A repeated Authorization or x-api-key with different values: some servers take the first, others the last, so
+    which key was meant is anyone's guess (it was the first Authorization, but the last x-api-key)."""
+    good, wrong = "sk-client-one-4f9a2c", "sk-wrong-key-4f9a2c0000"
+    with serve(KEYS) as (url, _):
+        for name, form in (("authorization", "Bearer {}"), ("x-api-key", "{}")):
+            for pair in ((good, wrong), (wrong, good)):
+                headers = [(name, form.format(key)) for key in pair]
+                refused = httpx.get(f"{url}/v1/models", headers=headers)
+                assert refused.status_code == 401, (name, pair, refused.text)
+                assert "Several different API keys" in refused.json()["error"]["message"]
+            same = [(name, form.format(good)), (name, form.format(good))]  # repeated, but one key
+            assert httpx.get(f"{url}/v1/models", headers=same).status_code == 200

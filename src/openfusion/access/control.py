@@ -55,8 +55,9 @@ class AccessControl:
         self.anonymous = Client(name=None, limits=defaults)
         self._warned_no_spend_source = False
 
-    def authenticate(self, presented: str | None, *, address: str | None = None) -> Client:
-        """The calling client; raises AuthenticationFailed (401) when keys are configured and this is none of them.
+    def authenticate(self, presented: str | None, *, address: str | None = None, conflicting: bool = False) -> Client:
+        """The calling client; raises AuthenticationFailed (401) when keys are configured and this is none of them, or
+        when the request sent several different keys (`conflicting`: which one it meant is anyone's guess).
 
         An `address` that presented too many wrong keys lately is refused first (429 `auth_failures`),
         whatever it presents now: a lucky guess must not get through the brake.
@@ -69,6 +70,12 @@ class AccessControl:
                 "Too many requests with a wrong API key from this address; try again later.",
                 code="auth_failures",
                 retry_after=blocked,
+            )
+        if conflicting:
+            self.brake.failed(address)  # no client sends two keys: counted as a wrong one
+            raise AuthenticationFailed(
+                "Several different API keys were sent (in repeated Authorization or x-api-key headers): send one.",
+                code="invalid_api_key",
             )
         if not presented:
             raise AuthenticationFailed(

@@ -92,7 +92,9 @@ async def open_grant(access: AccessControl, scope: Scope) -> Grant:
 
     Raises the refusal (401, 429); the caller releases the grant once the response has ended.
     """
-    client = access.authenticate(_presented_key(scope), address=_client_address(scope))
+    client = access.authenticate(
+        _presented_key(scope), address=_client_address(scope), conflicting=_conflicting_keys(scope)
+    )
     await access.count_request(client)
     grant = Grant(access, client)
     scope.setdefault("state", {})[_GRANT] = grant
@@ -227,6 +229,16 @@ def _presented_key(scope: Scope) -> str | None:
                 return decoded.partition(":")[2] or None
             return None
     return api_key
+
+
+def _conflicting_keys(scope: Scope) -> bool:
+    """Whether the request repeats Authorization or x-api-key with different values: the first and the last of a
+    repeated header were each taken by some server, so which key was meant is anyone's guess."""
+    seen: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        if name in (b"authorization", b"x-api-key") and seen.setdefault(name, value) != value:
+            return True
+    return False
 
 
 def _client_address(scope: Scope) -> str | None:
