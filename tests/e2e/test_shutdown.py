@@ -197,3 +197,29 @@ def test_past_the_grace_period_every_request_ends_with_an_error_and_is_recorded(
     assert len(rows) == 20, log
     assert set(rows) == {("error", "server_shutting_down")}
     assert "dropped" not in log
+
+
+def test_a_stream_whose_client_stopped_reading_ends_quietly_at_the_end_of_the_grace_period(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path
+) -> None:
+    """A client that stops reading a long stream blocks its response in flow control: the grace period's end cancels
+    it, which used to escape as 'Exception in ASGI application' with a traceback at ERROR."""
+    _, upstream_url = fake_upstream
+    upstream.script("big", Script(chunks=["x" * 65536] * 300))
+    with served(upstream_url, presets_dir, tmp_path, grace_s=1) as (url, process):
+        port = int(url.rsplit(":", 1)[1])
+        body = json.dumps({"model": "fake/big", "stream": True, "messages": HI}).encode()
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            assert client.recv(1024).startswith(b"HTTP/1.1 200")  # the stream began; the client reads no more
+            wait_until(lambda: bool(upstream.calls_for("big")), timeout=10)
+            time.sleep(0.5)  # the server's buffers fill; its writes wait for the client
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=20)  # (uvicorn ends by re-raising SIGTERM: status -15)
+    log = (tmp_path / "serve.log").read_text(errors="replace")
+    assert "Exception in ASGI application" not in log and "Traceback" not in log, log[-3000:]

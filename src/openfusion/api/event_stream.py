@@ -123,7 +123,8 @@ class EventStreamResponse(StreamingResponse):
                 body.cancel()
                 await asyncio.wait((body,))
                 raise
-            body.result()  # the body's own error, if any, surfaces here as it did
+            if not body.cancelled():  # cancelled (the shutdown's end stops a body stuck on a client that stopped
+                body.result()  # reading): its end, not an error; else the body's own error, if any, surfaces here
         if self.background is not None and not self._ended:
             await self.background()
 
