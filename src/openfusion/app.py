@@ -207,6 +207,9 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # A trailing slash is another path (404 in the caller's dialect), not a bare redirect whose Location comes
+        # from the client's own Host header.
+        redirect_slashes=False,
     )
     app.state.drain = drain
     app.state.settings = settings  # the server's own options (`[server]`) are read from here by whoever serves it

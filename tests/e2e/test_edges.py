@@ -271,3 +271,14 @@ def test_the_console_script_refuses_a_bad_config_clearly(tmp_path: Path) -> None
     )
     assert result.returncode == 2
     assert "missing" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions/", "/v1/responses/", "/v1/messages/", "/v1/models/"])
+def test_a_trailing_slash_is_a_404_not_a_redirect_steered_by_the_host_header(
+    server: str, upstream: FakeUpstream, path: str
+) -> None:
+    response = httpx.post(f"{server}{path}", json={"model": "fake/plain"}, headers={"Host": "evil.example"})
+    assert response.status_code in (404, 405) and "location" not in response.headers, response.headers
+    body = response.json()
+    assert body["type"] == "error" if path.startswith("/v1/messages") else "message" in body["error"]
+    assert upstream.calls == []
