@@ -156,22 +156,8 @@ def test_a_cost_that_stays_unknown_keeps_its_estimate_counted(
     with serve(capped(0.15), environ=ENVIRON, activity=activity, pricing=pricing(a=CENT)) as (url, _):
         first = httpx.post(f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30)
         assert first.status_code == 200 and first.text.rstrip().endswith("[DONE]")
-        generation = first.headers["x-generation-id"]
-
-        def recorded() -> bool:
-            detail = httpx.get(f"{url}/api/v1/generation", params={"id": generation}, headers=bearer(KEY))
-            return detail.status_code == 200
-
-        wait_until(recorded, timeout=10)
-        assert (
-            httpx.get(f"{url}/api/v1/generation", params={"id": generation}, headers=bearer(KEY)).json()["data"][
-                "total_cost"
-            ]
-            is None
-        )
         # The store counts nothing for it; the cap counts its $0.10, so another $0.10 no longer fits.
-        second = httpx.post(f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30)
-        assert second.status_code == 429 and second.json()["error"]["code"] == "spend_limited"
+        assert_counted_at_its_estimate(url, first.headers["x-generation-id"], status="ok", body=body)
     assert len(upstream.calls_for("a")) == 1
 
 
@@ -241,6 +227,15 @@ def test_a_reservation_is_given_back_when_the_request_is_refused_later(
         assert httpx.post(f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30).status_code == 200
 
 
+def assert_counted_at_its_estimate(url: str, generation: str, *, status: str, body: dict[str, Any]) -> None:
+    """The generation is recorded with `status` and an unknown cost, and the cap still counts its estimate: the same
+    request again ($0.10 more, under a $0.15 cap) is refused."""
+    record = recorded_generation(url, generation)
+    assert (record["status"], record["total_cost"]) == (status, None)
+    again = httpx.post(f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30)
+    assert again.status_code == 429 and again.json()["error"]["code"] == "spend_limited", again.text
+
+
 def recorded_generation(url: str, generation: str) -> dict[str, Any]:
     """The generation's record, once the writer has stored it."""
     found: list[dict[str, Any]] = []
@@ -271,11 +266,7 @@ def test_a_pass_through_stream_the_client_leaves_keeps_its_estimate_counted(
             generation = left.headers["x-generation-id"]
         assert any("one" in line for line in read)
         wait_until(lambda: upstream.calls_for("a")[0].disconnected, timeout=10)  # the client did leave early
-        record = recorded_generation(url, generation)
-        assert (record["status"], record["total_cost"]) == ("cancelled", None)
-        # Its $0.10 is still counted against the cap: another $0.10 no longer fits.
-        again = httpx.post(f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30)
-        assert again.status_code == 429 and again.json()["error"]["code"] == "spend_limited", again.text
+        assert_counted_at_its_estimate(url, generation, status="cancelled", body=body)
     assert len(upstream.calls_for("a")) == 1
 
 
@@ -290,10 +281,7 @@ def test_a_stream_that_ends_in_a_provider_error_event_keeps_its_estimate_counted
     with serve(capped(0.15), environ=ENVIRON, activity=activity, pricing=pricing(a=CENT)) as (url, _):
         failed = httpx.post(f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30)
         assert failed.status_code == 200 and "provider died" in failed.text
-        record = recorded_generation(url, failed.headers["x-generation-id"])
-        assert (record["status"], record["total_cost"]) == ("error", None)
-        again = httpx.post(f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30)
-        assert again.status_code == 429 and again.json()["error"]["code"] == "spend_limited", again.text
+        assert_counted_at_its_estimate(url, failed.headers["x-generation-id"], status="error", body=body)
     assert len(upstream.calls_for("a")) == 1
 
 
