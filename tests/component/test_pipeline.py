@@ -136,8 +136,8 @@ async def test_panel_then_judge_then_synthesizer_are_called_once_each(
     models = [call.model for call in fake.calls]
     assert sorted(models[:3]) == ["a", "b", "c"]
     assert models[3:] == ["judge", "synth"]
-    # the synthesizer is always streamed upstream (a non-streamed run accumulates its chunks)
-    assert [call.body["stream"] for call in fake.calls] == [False, False, False, False, True]
+    # the synthesizer is streamed upstream when the client streams, asked for a whole answer otherwise
+    assert [call.body["stream"] for call in fake.calls] == [False, False, False, False, stream]
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["message", "stream"])

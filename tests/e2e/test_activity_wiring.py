@@ -179,7 +179,7 @@ def test_metrics_count_requests_stages_and_errors(
     assert 'openfusion_requests_total{route="fusion/trio",status="ok"} 2.0' in text
     assert 'openfusion_upstream_call_seconds_count{role="panel"} 6.0' in text
     assert 'openfusion_upstream_errors_total{provider="fake",status="503"} 2.0' in text
-    assert "openfusion_synthesizer_first_token_seconds_count 2.0" in text
+    assert "openfusion_synthesizer_first_token_seconds_count 1.0" in text  # the streamed one: the other is whole
     assert "openfusion_requests_in_flight 0.0" in text
     # The four calls that answered in each request (a, c, the judge, the synthesizer): 11 prompt and 7 completion
     # tokens each, added up per request.

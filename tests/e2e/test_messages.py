@@ -169,10 +169,10 @@ def refusal(*, streamed: bool) -> bytes:
 def test_a_refusal_is_a_text_block_that_stops_with_refusal(
     upstream: FakeUpstream, server: str, model: str, stream: bool
 ) -> None:
-    # The synthesizer is always streamed from its provider; a pass-through only when the client streams.
+    # The synthesizer, like a pass-through, is streamed from its provider only when the client streams.
     upstream.script(
         "synth" if model == "fusion/trio" else "solo",
-        Script(raw_body=refusal(streamed=stream or model == "fusion/trio")),
+        Script(raw_body=refusal(streamed=stream)),
     )
     question = [{"role": "user", "content": "Something harmful."}]
 

@@ -113,6 +113,37 @@ def test_synthesizer_fallback_before_the_first_byte(upstream: FakeUpstream, serv
     assert "synth_timeout_s" in report["synthesizer"]["fallbacks"][0]["error"]
 
 
+def test_a_client_that_does_not_stream_gets_the_next_synthesizer_when_one_fails_midway(
+    upstream: FakeUpstream, server: str
+) -> None:
+    """Such a client gets the answer whole, so the synthesizer is asked for it whole: one cut off partway is
+    replaced by the next synthesizer's answer, where a stream already relayed could only end in an error."""
+    upstream.script("synth", Script(chunks=["par", "tial"], cut_stream_after=1))
+    upstream.script("synth2", Script(content="From the fallback."))
+
+    response = fusion(server, synthesis_fallbacks=["fake/synth2"])
+
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == "From the fallback."
+    cut = upstream.calls_for("synth")
+    assert cut and {call.fault for call in cut} == {"cut"}  # the fault happened, on a whole answer
+    assert not any(call.stream for call in cut + upstream.calls_for("synth2"))
+    report = response.json()["fusion"]["synthesizer"]
+    assert report["model"] == "fake/synth2" and report["fallbacks"][0]["model"] == "fake/synth"
+
+
+def test_a_streaming_client_gets_the_synthesizers_tokens_as_they_come(upstream: FakeUpstream, server: str) -> None:
+    upstream.script("synth", Script(chunks=["one ", "two ", "three"]))
+
+    response = fusion(server, stream=True)
+
+    text = "".join(
+        p["choices"][0]["delta"].get("content") or "" for p in stream_payloads(response)[:-1] if p["choices"]
+    )
+    assert text == "one two three"
+    assert [call.stream for call in upstream.calls_for("synth")] == [True]
+
+
 def test_models_fallback_for_pass_through(upstream: FakeUpstream, server: str) -> None:
     upstream.script("x", Script(status=503))
     upstream.script("y", Script(content="y answered", response_model="y-1"))
@@ -233,7 +264,7 @@ def _check(stage: str, fault: str, stream: bool, response: httpx.Response) -> No
             assert report["judge"]["status"] == "error"
             assert report["judge"]["failure_reason"] == "judge_upstream_error"
         return
-    # The synthesizer failed (it is always streamed upstream, so cut applies here too).
+    # The synthesizer failed (streamed upstream for a streaming client, asked for a whole answer otherwise).
     if stream:
         assert response.status_code == 200
         payloads = stream_payloads(response)

@@ -174,7 +174,7 @@ class FusionRun:
             self.upstream,
             models=self.plan.synthesizers,
             body=synthesis_body(self.request, self.plan, messages),
-            first_token_timeout_s=self.plan.synth_timeout_s,
+            timeout_s=self.plan.synth_timeout_s,
             client_streams=stream,
             memory=self.dialects.sampling,
         )

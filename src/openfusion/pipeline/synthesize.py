@@ -66,7 +66,11 @@ def client_tools(request: ChatRequest) -> dict[str, Any]:
 
 
 class SynthesisStream:
-    """The synthesizer's chunks; the next model is tried while no chunk has been relayed."""
+    """The synthesizer's chunks; the next model is tried while no chunk has been relayed.
+
+    `timeout_s` bounds the time to the first chunk: a streamed answer's first token, or a whole answer
+    (asked for when the client does not stream, and relayed as one chunk).
+    """
 
     def __init__(
         self,
@@ -74,7 +78,7 @@ class SynthesisStream:
         *,
         models: list[str],
         body: dict[str, Any],
-        first_token_timeout_s: float,
+        timeout_s: float,
         client_streams: bool = True,
         memory: SamplingMemory | None = None,
     ) -> None:
@@ -82,7 +86,7 @@ class SynthesisStream:
         self._memory = memory or SamplingMemory()
         self._models = models
         self._body = body
-        self._timeout = first_token_timeout_s
+        self._timeout = timeout_s
         self._client_streams = client_streams
         self.usage = Usage()
         self.usage_known = False  # some servers (llama.cpp) never report usage in a stream
@@ -101,11 +105,11 @@ class SynthesisStream:
                         chunks = await self._open(model, stack)
                         first = await anext(chunks)
                 except (OpenFusionError, TimeoutError, StopAsyncIteration) as exc:
-                    self.failures.append((model, _as_error(exc, model, self._timeout).message))
+                    self.failures.append((model, self._error(exc, model).message))
                     if attempt == len(self._models):
                         # Raised as made, not from a local: a frame holding the error it raises is a reference
                         # cycle with the error's traceback, kept (the run with it) until the collector runs.
-                        raise _as_error(exc, model, self._timeout) from None
+                        raise self._error(exc, model) from None
                     continue
                 self.model = model
                 # From here on bytes reach the client: a failure ends the stream, no fallback; so the request
@@ -119,10 +123,14 @@ class SynthesisStream:
                         yield chunk
                 return
 
+    def _error(self, exc: BaseException, model: str) -> OpenFusionError:
+        return _as_error(exc, model, self._timeout, streamed=self._client_streams)
+
     async def _open(self, model: str, stack: contextlib.AsyncExitStack) -> AsyncIterator[dict[str, Any]]:
-        # Streaming upstream keeps long answers clear of read timeouts; but a provider that reports no
-        # usage in streams is asked without one when the client does not stream, so its usage is known.
-        if self._client_streams or self._upstream.registry.resolve(model).provider.config.stream_usage:
+        # A client that does not stream waits for the whole answer anyway: the synthesizer is asked for it
+        # whole (one read, not one wake-up per token), within `synth_timeout_s`, and the next synthesizer is
+        # tried if it fails at any point before it is complete. A streaming client gets its tokens as they come.
+        if self._client_streams:
             with role("synthesizer"):
                 chunks, self.dropped = await sampling.open_stream(
                     self._upstream, model, self._body, memory=self._memory, stack=stack
@@ -147,11 +155,12 @@ class SynthesisStream:
         return bool(chunk.get("choices"))
 
 
-def _as_error(exc: BaseException, model: str, timeout_s: float) -> OpenFusionError:
+def _as_error(exc: BaseException, model: str, timeout_s: float, *, streamed: bool) -> OpenFusionError:
     if isinstance(exc, OpenFusionError):
         return exc
     if isinstance(exc, TimeoutError):
-        message = f"{model} sent no token within synth_timeout_s ({timeout_s:g} s)"
+        what = "sent no token" if streamed else "did not answer"
+        message = f"{model} {what} within synth_timeout_s ({timeout_s:g} s)"
         return UpstreamTimeout(message, model=model, provider="")
     return UpstreamProtocolError(f"{model} returned an empty stream", model=model, provider="")
 
