@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from e2e.processes import fusion, provider_config, serve
-from fakes.otlp import CLIENT, SERVER, STATUS_ERROR, Receiver, Span, by_trace, children, otlp_receiver
+from fakes.otlp import CLIENT, SERVER, STATUS_ERROR, Receiver, Span, by_trace, children, otlp_receiver, silent_collector
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream, Script, wait_until
 from openfusion.app import create_app
@@ -342,6 +342,33 @@ def test_each_worker_exports_its_own_spans_and_flushes_them_at_exit(
     assert sorted(root.attributes["openfusion.generation_id"] for root in roots) == sorted(generations)
     assert {root.resource["process.pid"] for root in roots} == set(pids.values())  # one exporter per worker
     assert len(spans) == 2 * (1 + 3 + 5)
+
+
+def test_a_collector_that_never_answers_holds_shutdown_no_longer_than_the_flush_bound(
+    fake_upstream: Any, presets_dir: Any, tmp_path: Any
+) -> None:
+    """The spans queued at shutdown get FLUSH_AT_EXIT_S to leave; an export waiting on a silent collector (here
+    up to 60 s, the exporter's timeout) is left behind, not waited for."""
+    import signal
+    import time
+
+    from openfusion.observability.otel import FLUSH_AT_EXIT_S
+
+    _, upstream_url = fake_upstream
+    with silent_collector() as collector:
+        config = provider_config(upstream_url, grace_s=1, extra=f'[tracing]\nendpoint = "{collector.url}"\n')
+        with serve(config, presets_dir, tmp_path, env={"OTEL_EXPORTER_OTLP_TIMEOUT": "60"}) as served:
+            for _ in range(3):
+                assert fusion(served.url).status_code == 200
+            served.process.send_signal(signal.SIGTERM)  # the spans are still waiting for their batch
+            sent = time.monotonic()
+            served.process.wait(timeout=90)
+            took = time.monotonic() - sent
+            log = served.log_text()
+
+    assert collector.connections >= 1 and collector.bytes_read > 0  # the export was sent and never answered
+    assert took < 1 + FLUSH_AT_EXIT_S + 10, f"shutdown took {took:.1f} s"
+    assert "trace export not finished" in log, log
 
 
 def test_a_cache_hit_is_a_trace_without_stages_or_calls(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -140,3 +141,56 @@ def by_trace(spans: list[Span], trace_id: str) -> list[Span]:
 def children(spans: list[Span], parent: Span) -> list[Span]:
     """The spans whose parent is `parent`, in start order."""
     return sorted((s for s in spans if s.parent_id == parent.span_id), key=lambda s: s.start_ns)
+
+
+@dataclass
+class SilentCollector:
+    """A collector that takes connections and reads what is sent, but never answers."""
+
+    url: str
+    connections: int = 0
+    bytes_read: int = 0
+
+
+@contextmanager
+def silent_collector() -> Iterator[SilentCollector]:
+    """Serve a SilentCollector on a free loopback port until the block ends."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    collector = SilentCollector(f"http://127.0.0.1:{listener.getsockname()[1]}")
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def hold(conn: socket.socket) -> None:
+        conn.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                data = conn.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            collector.bytes_read += len(data)
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            collector.connections += 1
+            held.append(conn)
+            threading.Thread(target=hold, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, name="silent-collector", daemon=True)
+    thread.start()
+    try:
+        yield collector
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+        for conn in held:
+            conn.close()
+        listener.close()

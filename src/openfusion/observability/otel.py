@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -43,6 +45,9 @@ from openfusion.protocol import ChatRequest, Usage
 from openfusion.upstream.trace import CallTrace, RequestTrace, current_role
 
 PROPAGATOR = TraceContextTextMapPropagator()
+# At shutdown, the spans still queued get this long to reach the collector; then they are dropped.
+FLUSH_AT_EXIT_S = 5.0
+log = logging.getLogger("openfusion")
 _CANCELLED = (asyncio.CancelledError, GeneratorExit)
 
 
@@ -63,16 +68,46 @@ class Tracing:
         self.provider, self.tracer = provider, provider.get_tracer("openfusion", __version__)
 
     async def aclose(self) -> None:
-        """Export what is left and stop (in a thread: the exporter's last POST blocks)."""
+        """Export what is left, for at most `FLUSH_AT_EXIT_S`, and stop.
+
+        The exporter's POSTs block, so the provider shuts down in a thread of its own: a daemon, so that one
+        stuck on a collector that takes connections and never answers (each batch waits out the exporter's
+        timeout, 10 s by default) is left behind when the process exits instead of holding its shutdown.
+        """
         provider, self.provider, self.tracer = self.provider, None, None
-        if provider is not None:
-            await asyncio.to_thread(provider.shutdown)
+        if provider is None:
+            return
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def shut_down() -> None:
+            try:
+                provider.shutdown()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+                    loop.call_soon_threadsafe(_settle, done)
+
+        threading.Thread(target=shut_down, name="openfusion-trace-flush", daemon=True).start()
+        try:
+            async with asyncio.timeout(FLUSH_AT_EXIT_S):
+                await done
+        except TimeoutError:
+            log.warning(
+                "trace export not finished %g s into shutdown (the collector does not answer):"
+                " the spans still queued are dropped",
+                FLUSH_AT_EXIT_S,
+            )
 
     def request(self, server: Span) -> RequestSpans:
         """The spans of one request, under its server span."""
         assert self.tracer is not None
         masker = self.masker if self.config.capture_content else None
         return RequestSpans(self.tracer, server, capture=masker)
+
+
+def _settle(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
 
 
 class RequestSpans:
