@@ -28,7 +28,7 @@ from openfusion.api.handlers import install as install_error_handlers
 from openfusion.api.hot_routes import HotRouteApp
 from openfusion.api.messages import route as messages
 from openfusion.api.responses import route as responses
-from openfusion.api.responses.keeper import ResponseKeeper
+from openfusion.api.responses.keeper import ResponseKeeper, purge_now_and_then
 from openfusion.api.shutdown import Drain
 from openfusion.cache.service import ResultCache
 from openfusion.cache.stores import build_store, check_backend
@@ -170,6 +170,10 @@ def create_app(
                 writer.start()
                 resources.push_async_callback(writer.aclose)  # runs first: flushes the queue into the open store
             app.state.activity_store = store
+            if isinstance(store, ResponseStore):  # also with a retention of 0: what was kept before goes
+                days = settings.activity.response_retention_days
+                purging = asyncio.create_task(purge_now_and_then(store, retention_days=days))
+                resources.callback(purging.cancel)
             prices = PriceTable(settings.pricing.models)
             if settings.pricing.refresh_from:
                 refresh = asyncio.create_task(_refresh_prices(prices, upstream, settings.pricing.refresh_from))

@@ -408,8 +408,20 @@ async def test_stored_responses_are_found_by_their_owner_until_they_expire(store
     assert await store.load_response("resp_open", owner="", now=T0) is not None
     assert await store.load_response("resp_a", owner="alice", now=T0 + timedelta(days=1)) is None  # expired
 
-    assert await store.purge_responses(now=T0 + timedelta(days=2)) == 2
+    assert await store.purge_responses(now=T0 + timedelta(days=2), created_before=T0 - timedelta(days=1)) == 2
     assert await store.load_response("resp_open", owner="", now=T0) is None
+
+
+async def test_a_purge_deletes_what_a_lowered_retention_no_longer_keeps(store: ActivityStore) -> None:
+    """Kept for 30 days when stored, but the retention is now one hour: gone, though not yet expired."""
+    assert isinstance(store, ResponseStore)
+    await store.save_response(_stored("resp_old", owner="alice", created=T0, days=30))
+    await store.save_response(_stored("resp_new", owner="alice", created=T0 + timedelta(hours=2), days=30))
+
+    now = T0 + timedelta(hours=2, minutes=30)
+    assert await store.purge_responses(now=now, created_before=now - timedelta(hours=1)) == 1
+    assert await store.load_response("resp_old", owner="alice", now=now) is None
+    assert await store.load_response("resp_new", owner="alice", now=now) is not None
 
 
 async def test_one_keys_generations_are_read_in_the_query(store: ActivityStore) -> None:

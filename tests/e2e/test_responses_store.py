@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -11,11 +13,12 @@ from typing import Any
 
 import httpx
 import openai
+import psycopg
 import pytest
 from agents import Agent, OpenAIResponsesModel, Runner, set_tracing_disabled
 
 from fakes.server import serve_in_thread
-from fakes.upstream import FakeUpstream, Script
+from fakes.upstream import FakeUpstream, Script, wait_until
 from openfusion.app import create_app
 from openfusion.settings import Settings
 
@@ -41,6 +44,15 @@ def start(request: pytest.FixtureRequest, make_settings: Callable[..., Settings]
         with serve_in_thread(create_app(settings, environ=environ)) as url:
             yield url
 
+    def kept() -> int:
+        """How many stored responses the database holds, expired or not."""
+        if "DATABASE_URL" in environ:
+            with psycopg.connect(environ["DATABASE_URL"]) as conn:
+                return int(conn.execute("SELECT count(*) FROM stored_responses").fetchone()[0])  # type: ignore[index]
+        with sqlite3.connect(tmp_path / "activity.sqlite3") as conn:
+            return int(conn.execute("SELECT count(*) FROM stored_responses").fetchone()[0])
+
+    run.kept = kept  # type: ignore[attr-defined]
     return run
 
 
@@ -139,6 +151,28 @@ def test_without_retention_nothing_is_kept(upstream: FakeUpstream, start: Start)
 
     assert first["store"] is False
     assert follow_up.status_code == 404 and "keeps no responses" in follow_up.json()["error"]["message"]
+
+
+def test_a_lowered_retention_applies_to_the_responses_already_kept(upstream: FakeUpstream, start: Start) -> None:
+    """Stored under 30 days; the server restarted with one second, then with none: the old responses stop being
+    readable after the new period, and are deleted from the database (at start, and every few minutes)."""
+    with start() as url:
+        ids = [post(url, "ALICE_KEY", model="fake/plain", input=f"Hi {n}").json()["id"] for n in range(2)]
+    assert start.kept() == 2  # type: ignore[attr-defined]
+
+    time.sleep(1.2)
+    with start(activity={"response_retention_days": 1 / 86400}) as url:
+        headers = {"Authorization": f"Bearer {KEYS['ALICE_KEY']}"}
+        retrieved = httpx.get(f"{url}{RESPONSES}/{ids[0]}", headers=headers, timeout=10)
+        follow_up = post(url, "ALICE_KEY", model="fake/plain", input="Again", previous_response_id=ids[1])
+        wait_until(lambda: start.kept() == 0, timeout=5)  # type: ignore[attr-defined]
+        kept_again = post(url, "ALICE_KEY", model="fake/plain", input="New").json()
+        assert start.kept() == 1  # type: ignore[attr-defined]
+    assert retrieved.status_code == 404 and follow_up.status_code == 404
+    assert kept_again["store"] is True
+
+    with start(activity={"response_retention_days": 0}):  # keeps none: what was kept before goes too
+        wait_until(lambda: start.kept() == 0, timeout=5)  # type: ignore[attr-defined]
 
 
 @pytest.mark.filterwarnings("ignore:Pydantic serializer warnings:UserWarning")

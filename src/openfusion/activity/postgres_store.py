@@ -161,10 +161,10 @@ class PostgresStore:
             row = await (await conn.execute(STORED.select, (response_id, owner, now))).fetchone()
         return stored_from_row(row) if row is not None else None
 
-    async def purge_responses(self, *, now: datetime) -> int:
-        """Delete the expired responses; how many."""
+    async def purge_responses(self, *, now: datetime, created_before: datetime) -> int:
+        """Delete the responses expired by `now` or created before `created_before`; how many."""
         async with self._connection() as conn:
-            cursor = await conn.execute(STORED.purge, (now,))
+            cursor = await conn.execute(STORED.purge, (now, created_before))
         return cursor.rowcount
 
     async def cache_get(self, key: str, *, now: float, touch_every_s: float) -> bytes | None:

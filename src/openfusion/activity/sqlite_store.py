@@ -245,9 +245,10 @@ class SqliteStore:
         row = await self._run(lambda: self._conn.execute(STORED.select, args).fetchone())
         return stored_from_row(row) if row is not None else None
 
-    async def purge_responses(self, *, now: datetime) -> int:
-        """Delete the expired responses; how many."""
-        return await self._run(lambda: self._conn.execute(STORED.purge, (timestamp(now),)).rowcount)
+    async def purge_responses(self, *, now: datetime, created_before: datetime) -> int:
+        """Delete the responses expired by `now` or created before `created_before`; how many."""
+        args = (timestamp(now), timestamp(created_before))
+        return await self._run(lambda: self._conn.execute(STORED.purge, args).rowcount)
 
     async def cache_get(self, key: str, *, now: float, touch_every_s: float) -> bytes | None:
         """A cached run's bytes unless absent or expired; reading it marks it used, when its mark is older

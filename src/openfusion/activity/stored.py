@@ -58,8 +58,8 @@ class ResponseStore(Protocol):
         """The owner's unexpired response of that id, or None (another owner's is None too)."""
         ...
 
-    async def purge_responses(self, *, now: datetime) -> int:
-        """Delete the expired responses; how many."""
+    async def purge_responses(self, *, now: datetime, created_before: datetime) -> int:
+        """Delete the responses expired by `now` or created before `created_before`; how many."""
         ...
 
 
@@ -71,7 +71,8 @@ class StoredStatements:
         self.insert = f"INSERT INTO {STORED_TABLE} ({columns}) VALUES ({', '.join([p] * 7)})"
         # The owner is part of the lookup: a key never sees, nor learns of, another key's responses.
         self.select = f"SELECT {columns} FROM {STORED_TABLE} WHERE id = {p} AND owner = {p} AND expires_at > {p}"
-        self.purge = f"DELETE FROM {STORED_TABLE} WHERE expires_at <= {p}"
+        # Expired, or kept longer than the retention now in force (it may have been lowered since).
+        self.purge = f"DELETE FROM {STORED_TABLE} WHERE expires_at <= {p} OR created_at <= {p}"
 
 
 def stored_values(stored: StoredResponse, *, stamp: Any = None) -> tuple[Any, ...]:

@@ -13,7 +13,7 @@ from openfusion.errors import NotFound, OpenFusionError
 
 log = logging.getLogger("openfusion")
 
-_PURGE_EVERY_S = 600.0
+PURGE_EVERY_S = 600.0
 _TIMEOUT_S = 10.0
 
 
@@ -23,13 +23,29 @@ class PreviousResponseNotFound(NotFound):
     code = "previous_response_not_found"
 
 
+async def purge_now_and_then(store: ResponseStore, *, retention_days: float, every_s: float = PURGE_EVERY_S) -> None:
+    """Delete the responses no longer kept, at once and then every `every_s`: the expired ones, and those older
+    than the retention in force (which may have been lowered, or set to 0, since they were stored)."""
+    retention = timedelta(days=retention_days)
+    while True:
+        now = utc_now()
+        try:
+            async with asyncio.timeout(_TIMEOUT_S):
+                purged = await store.purge_responses(now=now, created_before=now - retention)
+        except (OpenFusionError, TimeoutError) as exc:
+            log.warning("could not purge stored responses: %s", exc)
+        else:
+            if purged:
+                log.info("stored responses purged: %d no longer kept", purged)
+        await asyncio.sleep(every_s)
+
+
 class ResponseKeeper:
-    """Reads and writes stored responses for one app; expired ones are purged now and then."""
+    """Reads and writes stored responses for one app (`purge_now_and_then` deletes those no longer kept)."""
 
     def __init__(self, store: ResponseStore, *, retention_days: float) -> None:
         self.store = store
         self.retention = timedelta(days=retention_days)
-        self._last_purge = 0.0
 
     async def history(self, response_id: str, *, owner: str) -> list[dict[str, Any]]:
         """The conversation items a follow-up continues from; 404 unless this owner stored that response."""
@@ -38,9 +54,10 @@ class ResponseKeeper:
 
     async def load(self, response_id: str, *, owner: str, param: str | None = "previous_response_id") -> StoredResponse:
         """This owner's stored response of that id; 404 otherwise (unknown, expired, another key's)."""
+        now = utc_now()
         async with asyncio.timeout(_TIMEOUT_S):
-            stored = await self.store.load_response(response_id, owner=owner, now=utc_now())
-        if stored is None:
+            stored = await self.store.load_response(response_id, owner=owner, now=now)
+        if stored is None or stored.created_at <= now - self.retention:  # kept longer than the retention now
             raise _not_found(response_id, param=param)
         return stored
 
@@ -53,10 +70,6 @@ class ResponseKeeper:
         try:
             async with asyncio.timeout(_TIMEOUT_S):
                 await self.store.save_response(stored)
-                loop = asyncio.get_running_loop()
-                if loop.time() - self._last_purge > _PURGE_EVERY_S:
-                    self._last_purge = loop.time()
-                    await self.store.purge_responses(now=now)
         except (OpenFusionError, TimeoutError) as exc:
             log.warning("could not store response %s: %s", response["id"], exc)
 
