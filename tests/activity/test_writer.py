@@ -18,6 +18,7 @@ from openfusion.activity import (
     ActivityWriter,
     StoreUnavailable,
     Tokens,
+    WriterStats,
 )
 from openfusion.activity.sqlite_store import SqliteStore
 
@@ -228,6 +229,90 @@ async def test_a_hanging_store_times_out_and_counts(sqlite_store: SqliteStore) -
     async with asyncio.timeout(5):
         await writer.aclose()
     assert writer.stats.failed == 1 and writer.stats.written == 0
+
+
+class PartitionedStore(RecordingStore):
+    """A database behind a network partition, as psycopg meets it: a write never gets an answer.
+
+    Cancelled once, psycopg asks the server to cancel the query and waits for that (~10 s here unanswered);
+    cancelled again meanwhile, it closes the connection and ends at once.
+    """
+
+    def __init__(self, inner: SqliteStore) -> None:
+        super().__init__(inner)
+        self.cancellations = 0
+        self.pings = 0
+
+    async def write(self, batch: Sequence[ActivityEntry]) -> None:
+        self.batches.append(len(batch))
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancellations += 1
+            try:
+                await asyncio.sleep(10)  # the cancel request, then the query, unanswered
+            except asyncio.CancelledError:
+                self.cancellations += 1  # the connection is closed, at once
+                raise
+            raise
+
+    async def ping(self) -> None:
+        self.pings += 1
+        await asyncio.Event().wait()
+
+
+async def test_close_with_a_deadline_abandons_a_store_that_does_not_answer(
+    sqlite_store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = PartitionedStore(sqlite_store)
+    writer = ActivityWriter(store, batch_size=2, flush_interval_s=60.0)  # the default 10 s write timeout
+    told: list[bool] = []
+    writer.start()
+    for entry in entries_over_time(5):
+        writer.record(entry.generation, entry.calls, on_written=told.append)
+    await asyncio.sleep(0.05)  # the first batch is being written, the rest queued
+    with caplog.at_level(logging.WARNING, logger="openfusion.activity"):
+        started = asyncio.get_running_loop().time()
+        await writer.aclose(timeout_s=0.2)
+        took = asyncio.get_running_loop().time() - started
+    assert took < 1.0  # the deadline, then a second cancellation: not psycopg's ~10 s wait for the server
+    assert store.batches == [2] and store.cancellations == 2 and store.pings == 0
+    assert writer.stats == WriterStats(written=0, dropped=0, failed=5, queued=0) and writer.stats.lost == 5
+    assert told == [False] * 5
+    [warning] = [r for r in caplog.records if r.name == "openfusion.activity"]
+    assert "5 generation(s) lost" in warning.getMessage() and warning.exc_info is None
+
+
+async def test_while_closing_a_write_that_times_out_ends_the_flush_without_a_ping(
+    sqlite_store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = PartitionedStore(sqlite_store)
+    writer = ActivityWriter(store, batch_size=2, flush_interval_s=60.0, write_timeout_s=0.05)
+    for entry in entries_over_time(5):
+        writer.record(entry.generation, entry.calls)
+    with caplog.at_level(logging.WARNING, logger="openfusion.activity"):
+        async with asyncio.timeout(2):
+            await writer.aclose(timeout_s=1.5)
+    # One batch tried: the store did not answer, so neither a ping nor the other batches were waited for.
+    assert store.batches == [2] and store.pings == 0
+    assert writer.stats.failed == 5 and writer.stats.queued == 0
+    [warning] = [r for r in caplog.records if r.name == "openfusion.activity"]
+    assert "5 generation(s) lost" in warning.getMessage()
+
+
+async def test_close_with_a_deadline_writes_everything_when_the_store_answers(
+    sqlite_store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RecordingStore(sqlite_store)
+    writer = ActivityWriter(store, batch_size=2, flush_interval_s=60.0)
+    writer.start()
+    for entry in entries_over_time(5):
+        writer.record(entry.generation, entry.calls)
+    with caplog.at_level(logging.WARNING, logger="openfusion.activity"):
+        await writer.aclose(timeout_s=5.0)
+    assert store.batches == [2, 2, 1] and writer.stats.written == 5 and writer.stats.lost == 0
+    assert len(await _stored_ids(sqlite_store)) == 5
+    assert not caplog.records
 
 
 async def test_full_queue_drops_and_counts_without_blocking(sqlite_store: SqliteStore) -> None:

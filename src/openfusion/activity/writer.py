@@ -94,6 +94,9 @@ class ActivityWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False  # aclose() was called: write what is queued, and what still comes, then stop
         self._stopped = False  # the writing is over: a record now could never reach the store
+        # While closing, a write timed out: the store does not answer, so nothing more is tried (see aclose()).
+        self._unreachable = False
+        self._unwritten = 0  # records of abandoned writes, not counted yet: aclose() counts them with the queue
         self._written = self._dropped = self._failed = 0
         # Told once whether a generation reached the store (a spend cap's reservation waits for it), by id.
         self._on_written: dict[str, Callable[[bool], None]] = {}
@@ -173,18 +176,26 @@ class ActivityWriter:
             self._wake.set()
         return True
 
-    async def aclose(self) -> None:
-        """Write everything queued (and recorded meanwhile), then stop the task (the store stays open)."""
-        if self._closing:
-            if self._task is not None:
-                await asyncio.shield(self._task)
-            return
-        self._closing = True
-        self._wake.set()
-        if self._task is None:  # never started: drain here so a clean stop still loses nothing
-            await self._run()
-        else:
-            await asyncio.shield(self._task)
+    async def aclose(self, *, timeout_s: float | None = None) -> None:
+        """Write everything queued (and recorded meanwhile), then stop the task (the store stays open).
+
+        `timeout_s` bounds the whole flush: a shutdown must end even when the store does not answer (a
+        network partition drops packets, it refuses nothing). The write still running then is abandoned, its
+        connection closed; it and the queue are counted as lost, in one warning. While closing, a write that
+        times out ends the flush the same way at once: no ping, no other write.
+        """
+        if not self._closing:
+            self._closing = True
+            self._wake.set()
+            self.start()  # never started: the task drains the queue all the same, so a clean stop loses nothing
+        task = self._task
+        assert task is not None
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(task)
+        except TimeoutError:
+            await _abandon(task)
+        self._give_up()
 
     async def __aenter__(self) -> ActivityWriter:
         self.start()
@@ -197,7 +208,7 @@ class ActivityWriter:
 
     async def _run(self) -> None:
         try:
-            while self._queue or not self._closing:
+            while (self._queue or not self._closing) and not self._unreachable:
                 if not self._queue:
                     self._wake.clear()
                     await self._wake.wait()  # the first record, or aclose()
@@ -240,9 +251,15 @@ class ActivityWriter:
         return batch
 
     async def _flush(self, batch: list[ActivityEntry]) -> None:
+        counted = self._written + self._failed
         try:
             await self._write(batch)
+        except asyncio.CancelledError:  # aclose() stopped waiting for the store: what is unwritten is lost
+            self._unwritten += len(batch) - (self._written + self._failed - counted)
+            raise
         except Exception as exc:  # any store failure: count and log, never reach a request
+            if self._ends_the_close(exc, len(batch)):
+                return
             if len(batch) > 1 and await self._reachable():
                 # The store is up, so it refused something in the batch: one bad record must not cost the rest.
                 await self._write_each(batch)
@@ -259,6 +276,18 @@ class ActivityWriter:
         async with asyncio.timeout(self._write_timeout_s):
             await self._store.write(batch)
 
+    def _ends_the_close(self, exc: Exception, unwritten: int) -> bool:
+        """While closing, a write that timed out means the store does not answer: the flush ends there.
+
+        Nothing more is tried (a ping or another write would only wait as long again): these `unwritten`
+        records and the queue are left for aclose() to count as lost.
+        """
+        if not (self._closing and isinstance(exc, TimeoutError)):
+            return False
+        self._unreachable = True
+        self._unwritten += unwritten
+        return True
+
     async def _reachable(self) -> bool:
         try:
             async with asyncio.timeout(self._write_timeout_s):
@@ -273,6 +302,8 @@ class ActivityWriter:
             try:
                 await self._write([entry])
             except Exception as exc:
+                if self._ends_the_close(exc, len(batch) - position):
+                    return
                 if not await self._reachable():  # the store went away meanwhile: do not wait once per record
                     self._lost(batch[position:], exc)
                     return
@@ -296,6 +327,23 @@ class ActivityWriter:
             except Exception:  # a waiter's bug must not stop the writer
                 log.exception("an activity write callback failed")
 
+    def _give_up(self) -> None:
+        """Count what aclose() could not write as lost, in one warning: the abandoned writes and the queue."""
+        queue = self._queue
+        lost = self._unwritten + len(queue)
+        if not lost:
+            return
+        self._pending -= len(queue)
+        self._failed += lost
+        self._unwritten = 0
+        while queue:
+            self._tell_id(queue.popleft().generation_id, written=False)
+        log.warning(
+            "activity store not written to in time at shutdown: %d generation(s) lost (%d lost in all)",
+            lost,
+            self._failed + self._dropped,
+        )
+
     def _lost(self, entries: list[ActivityEntry], exc: Exception) -> None:
         self._failed += len(entries)
         self._tell(entries, written=False)
@@ -308,3 +356,22 @@ class ActivityWriter:
             type(exc).__name__,
             exc,
         )
+
+
+# How often, and how many times, _abandon() cancels a task that goes on after being cancelled.
+_ABANDON_EVERY_S = 0.1
+_ABANDON_TRIES = 10
+
+
+async def _abandon(task: asyncio.Task[None]) -> None:
+    """Cancel `task`, again and again until it ends (for at most a second).
+
+    psycopg answers a first cancellation by asking the server to cancel the query and waiting for it (about
+    10 s when the server does not answer); cancelled again meanwhile, it closes the connection at once.
+    """
+    for _ in range(_ABANDON_TRIES):
+        task.cancel()
+        await asyncio.wait([task], timeout=_ABANDON_EVERY_S)
+        if task.done():
+            return
+    log.warning("the activity writer did not stop when cancelled")
