@@ -29,7 +29,7 @@ from openfusion.api.hot_routes import HotRouteApp
 from openfusion.api.messages import route as messages
 from openfusion.api.responses import route as responses
 from openfusion.api.responses.keeper import ResponseKeeper, purge_now_and_then
-from openfusion.api.shutdown import Drain
+from openfusion.api.shutdown import ACTIVITY_FLUSH_S, Drain
 from openfusion.cache.service import ResultCache
 from openfusion.cache.stores import build_store, check_backend
 from openfusion.errors import ConfigError
@@ -168,7 +168,8 @@ def create_app(
                 shared = bool(environ.get("DATABASE_URL", "").strip())  # PostgreSQL, as open_store chose
                 writer = ActivityWriter.from_settings(store, settings.activity, shared=shared)
                 writer.start()
-                resources.push_async_callback(writer.aclose)  # runs first: flushes the queue into the open store
+                # Runs first: flushes the queue into the open store, or counts it lost when the store does not answer.
+                resources.push_async_callback(writer.aclose, timeout_s=ACTIVITY_FLUSH_S)
             app.state.activity_store = store
             if isinstance(store, ResponseStore):  # also with a retention of 0: what was kept before goes
                 days = settings.activity.response_retention_days

@@ -51,3 +51,31 @@ async def test_the_record_is_the_request_at_its_close_not_later(sqlite_store: Sq
     assert (synth.status, synth.completion_tokens) == ("cancelled", 0)
     assert 50 <= synth.latency_ms < 200
     assert entry.generation.usage.completion_tokens == 2
+
+
+class UnansweringStore:
+    """A store whose writes never get an answer (a database behind a network partition)."""
+
+    async def write(self, batch: object) -> None:
+        await asyncio.Event().wait()
+
+    async def ping(self) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_a_response_waiting_for_its_record_stops_waiting_when_the_grace_period_ends() -> None:
+    writer = ActivityWriter(UnansweringStore(), write_timeout_s=30.0, confirms=True)  # type: ignore[arg-type]
+    writer.start()
+    state = _state(writer)
+    waiting = Ledger(state, requested_model="fusion/trio", streamed=False)  # type: ignore[arg-type]
+    commit = asyncio.create_task(waiting.commit())
+    await asyncio.sleep(0.05)
+    assert not commit.done()  # record_before_end: the body waits for its record
+    state.drain.stop()
+    async with asyncio.timeout(1):  # not the store's 30 s write timeout: the answer is whole, the record queued
+        await commit
+    late = Ledger(state, requested_model="fusion/trio", streamed=False)  # type: ignore[arg-type]
+    async with asyncio.timeout(1):  # once the grace period is over, no response waits for its record at all
+        await late.commit()
+    await writer.aclose(timeout_s=0.1)
+    assert writer.stats.lost == 2

@@ -30,6 +30,9 @@ STORED = StoredStatements("%s")
 CACHE = CacheStatements("%s")
 # Replicas starting together serialize their migrations on this transaction-level advisory lock.
 _MIGRATION_LOCK = zlib.crc32(b"openfusion.activity.migrations")
+# How long close() waits for the pool's own tasks (a reconnection, say: it hangs while the server does not
+# answer); past it the pool is closed anyway, and the event loop cancels what is left when the process ends.
+CLOSE_TIMEOUT_S = 0.5
 
 
 def describe(exc: psycopg.Error) -> str:
@@ -206,5 +209,5 @@ class PostgresStore:
         return int(row[0]) if row and row[0] is not None else 0
 
     async def close(self) -> None:
-        """Close every pooled connection (idempotent)."""
-        await self._pool.close()
+        """Close every pooled connection (idempotent), within about `CLOSE_TIMEOUT_S`."""
+        await self._pool.close(timeout=CLOSE_TIMEOUT_S)

@@ -154,7 +154,8 @@ class Ledger:
         """Close now, and with `record_before_end` wait until the record is in the store (or known lost).
 
         Called before a response's last bytes: once a client has seen its answer end, its record is
-        written, whatever happens to this process next. The wait is bounded by the store's write timeout.
+        written, whatever happens to this process next. The wait is bounded by the store's write timeout,
+        and ends with the shutdown's grace period.
         """
         activity = self.state.activity
         if self._closed or activity is None or not activity.confirms:
@@ -166,6 +167,7 @@ class Ledger:
                 outcome.set_result(written)
 
         if self._close(confirm=told):
+            self.state.drain.cut_short(outcome)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(activity.write_timeout_s):
                     await asyncio.shield(outcome)

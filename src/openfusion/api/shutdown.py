@@ -25,6 +25,10 @@ log = logging.getLogger("openfusion")
 # uvicorn cancels what is still running this long after our grace period ended (a client that
 # stopped reading can hold its response's last write forever).
 BACKSTOP_S = 2.0
+# Once the requests are over, the most the activity writer's last flush may take: a store that does not
+# answer (a network partition drops packets, it refuses nothing) must not hold the stop. With the backstop
+# and the database pool's close (`postgres_store.CLOSE_TIMEOUT_S`), a stop ends within the grace period + 5 s.
+ACTIVITY_FLUSH_S = 2.0
 
 
 class Drain:
@@ -34,6 +38,7 @@ class Drain:
         self.stopping = False
         self._watched: set[asyncio.Task[Any]] = set()
         self._stopped: set[asyncio.Task[Any]] = set()
+        self._waits: set[asyncio.Future[bool]] = set()  # see cut_short()
         self._open = 0  # requests whose record is not written yet
         self._idle: asyncio.Event | None = None
 
@@ -49,12 +54,31 @@ class Drain:
                 log.warning("grace period over: ending %d request(s) in flight", len(self._watched))
         for task in list(self._watched):
             self._stop(task)
+        for waiter in list(self._waits):
+            self._cut(waiter)
 
     def watch(self, task: asyncio.Task[Any]) -> None:
         """Cancel `task` when the grace period ends (at once if it already has)."""
         self._watched.add(task)
         if self.stopping:
             self._stop(task)
+
+    def cut_short(self, waiter: asyncio.Future[bool]) -> None:
+        """End `waiter` with False when the grace period ends (at once if it already has), unless done by then.
+
+        A response waiting for its record (`record_before_end`) ends then: its answer is whole, and the record
+        is the activity writer's to write, or to count as lost, when it closes.
+        """
+        if self.stopping:
+            self._cut(waiter)
+        elif not waiter.done():
+            self._waits.add(waiter)
+            waiter.add_done_callback(self._waits.discard)
+
+    @staticmethod
+    def _cut(waiter: asyncio.Future[bool]) -> None:
+        if not waiter.done():
+            waiter.set_result(False)
 
     def unwatch(self, task: asyncio.Task[Any]) -> None:
         self._watched.discard(task)
