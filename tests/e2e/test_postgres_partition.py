@@ -1,0 +1,96 @@
+"""SIGTERM while PostgreSQL is cut off by a network partition: the server still stops in bounded time.
+
+A partition sends no RST: the activity writer's connections stay open and its write simply never gets
+an answer. The real `openfusion serve` runs with the default activity settings against the real
+PostgreSQL, through a proxy (`partition.PartitionProxy`) that stops forwarding mid-run.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from e2e.partition import PartitionProxy
+from e2e.processes import Served, fusion, provider_config, serve
+from fakes.upstream import FakeUpstream, wait_until
+
+pytestmark = pytest.mark.e2e
+
+GRACE_S = 2.0
+# What a stop may take past the grace period: the activity writer's last flush and the pool's close, with room.
+BOUND_S = GRACE_S + 5.0
+CALLS_PER_FUSION = 5  # three panelists, the judge, the synthesizer
+
+
+def _through(proxy: PartitionProxy, url: str) -> str:
+    """The database URL, with the proxy in the place of the server."""
+    assert "@127.0.0.1:5432/" in url, url
+    return url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{proxy.port}/")
+
+
+def _fusions_in_background(url: str, count: int) -> tuple[list[threading.Thread], list[httpx.Response]]:
+    responses: list[httpx.Response] = []
+
+    def run() -> None:
+        responses.append(fusion(url, timeout=60))
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    return threads, responses
+
+
+def _stop(served: Served) -> float:
+    """SIGTERM, then the seconds until the process exited (it is killed past the bound and a minute more)."""
+    sent = time.monotonic()
+    served.process.send_signal(signal.SIGTERM)
+    try:
+        served.process.wait(timeout=BOUND_S + 60)
+    except subprocess.TimeoutExpired:
+        served.process.kill()
+    return time.monotonic() - sent
+
+
+def _stored(postgres_url: str, ids: list[str]) -> set[str]:
+    """Which of these generations PostgreSQL holds, asked directly (not through the proxy)."""
+    with psycopg.connect(postgres_url, connect_timeout=5) as conn:
+        rows = conn.execute("SELECT id FROM generations WHERE id = ANY(%s)", (ids,)).fetchall()
+    return {row[0] for row in rows}
+
+
+def test_sigterm_with_postgresql_partitioned_stops_within_the_bound_and_counts_the_lost_records(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path, postgres_url: str
+) -> None:
+    _, upstream_url = fake_upstream
+    with PartitionProxy(("127.0.0.1", 5432)) as proxy:
+        env = {"DATABASE_URL": _through(proxy, postgres_url)}
+        with serve(provider_config(upstream_url, grace_s=GRACE_S), presets_dir, tmp_path, env=env) as served:
+            before = [fusion(served.url).headers["x-generation-id"] for _ in range(2)]
+            assert _stored(postgres_url, before) == set(before)  # written (record_before_end is on with PostgreSQL)
+
+            proxy.partition()
+            threads, responses = _fusions_in_background(served.url, 3)
+            wait_until(lambda: len(upstream.calls) == 5 * CALLS_PER_FUSION, timeout=10)
+            wait_until(lambda: proxy.dropped > 0, timeout=5)  # the writer's write went into the partition
+            stopped_after = _stop(served)
+            for thread in threads:
+                thread.join(10)
+            log = served.log()
+
+        assert stopped_after <= BOUND_S, f"openfusion serve took {stopped_after:.1f} s to stop (bound {BOUND_S} s)"
+        after = [response.headers["x-generation-id"] for response in responses]
+        assert len(after) == 3 and all(response.status_code == 200 for response in responses)
+        [lost] = [line for line in log if line["logger"] == "openfusion.activity" and "lost" in line["message"]]
+        assert lost["level"] == "warning" and "3 generation(s)" in lost["message"], lost
+        assert not [line for line in log if line["level"] in ("error", "critical") or "exception" in line], log
+    # The fault happened: the proxy dropped the writer's bytes, and the later records never reached PostgreSQL.
+    assert proxy.dropped > 0
+    assert _stored(postgres_url, before + after) == set(before)
