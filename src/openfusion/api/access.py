@@ -26,7 +26,7 @@ from openfusion.api.browser import BrowserGuard, is_activity_page
 from openfusion.api.handlers import error_response, route_path
 from openfusion.errors import OpenFusionError
 from openfusion.pipeline.budget import WorstCase
-from openfusion.pipeline.plan import FusionPlan
+from openfusion.pipeline.plan import FusionAsk, FusionPlan
 from openfusion.pipeline.reach import Reach
 from openfusion.protocol import ChatRequest
 
@@ -133,6 +133,18 @@ def key_scope(request: Request) -> Callable[[str], bool]:
 
 def _anything(slug: str) -> bool:
     return True
+
+
+def check_preset_scope(request: Request, ask: FusionAsk) -> None:
+    """Raise ModelNotAllowed (403) when the key may not use the preset a fusion request runs, whether it exists or not.
+
+    Checked before anything reads a preset: the answer depends on the key and the request alone, so a key learns
+    nothing of a preset outside its scope (neither its panel nor that it exists). A fusion slug that names no
+    preset is left to the 404, which lists only the presets in scope.
+    """
+    if ask.preset is not None:
+        client = _required_grant(request, "check_preset_scope").client
+        check_scope(client, [(ask.preset_param, f"fusion/{ask.preset}")])
 
 
 def check_request_scope(request: Request, reach: Reach) -> None:

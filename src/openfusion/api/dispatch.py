@@ -15,7 +15,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
 from openfusion.activity import ApiType
-from openfusion.api.access import admit, client_key_name, spend_reservation
+from openfusion.api.access import admit, check_preset_scope, client_key_name, key_scope, spend_reservation
 from openfusion.api.body import named_model
 from openfusion.api.cache import CACHE_HEADER, consult_cache
 from openfusion.api.chat_shape import check_fusion_shape
@@ -26,7 +26,7 @@ from openfusion.cache.service import Ticket
 from openfusion.errors import OpenFusionError
 from openfusion.pipeline.budget import WorstCase, priced
 from openfusion.pipeline.events import Event
-from openfusion.pipeline.plan import FusionPlan, plan_fusion
+from openfusion.pipeline.plan import FusionPlan, plan_asked, read_fusion
 from openfusion.pipeline.reach import reach_of
 from openfusion.pipeline.run import run_fusion
 from openfusion.pipeline.tool_mode import run_tool_mode
@@ -85,9 +85,7 @@ async def open_exchange(request: Request, chat: ChatRequest, *, api_type: ApiTyp
     note_client_retry(request.headers)  # an SDK's retry: every upstream call of it gets one attempt
     plan: FusionPlan | None = None
     try:
-        plan = plan_fusion(
-            chat, presets=state.presets, default_preset=state.settings.default_preset, registry=state.registry
-        )
+        plan = plan_request(request, chat)
         if plan is not None:  # every model it calls reads the conversation: a part none can read is a 400 now
             check_fusion_shape(chat)
         reach = reach_of(chat, plan)  # every model it can call: for the scope, the guards and the estimate
@@ -111,6 +109,20 @@ async def open_exchange(request: Request, chat: ChatRequest, *, api_type: ApiTyp
         reservation=spend_reservation(request),  # settled when the ledger closes
     )
     return Exchange(request, state, chat, plan, ledger)
+
+
+def plan_request(request: Request, chat: ChatRequest) -> FusionPlan | None:
+    """The request's fusion plan (None: a pass-through), its preset checked against the key's scope first.
+
+    403 for a preset outside the scope, before any preset is read: whether it exists, its panel size (a quorum
+    above it) or its models never show in the answer; an unknown preset's 404 names only presets in scope.
+    """
+    state: AppState = request.app.state.openfusion
+    ask = read_fusion(chat, default_preset=state.settings.default_preset)
+    if ask is None:
+        return None
+    check_preset_scope(request, ask)
+    return plan_asked(chat, ask, presets=state.presets, registry=state.registry, listed=key_scope(request))
 
 
 def record_refusal(

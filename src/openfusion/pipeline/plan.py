@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -207,10 +208,48 @@ def _forces_fusion(tool_choice: Any) -> bool:
     return isinstance(tool_choice, dict) and tool_choice.get("type") in FUSION_TOOL_TYPES
 
 
+@dataclass(frozen=True)
+class FusionAsk:
+    """What a fusion request asks for, read from the request alone: no preset has been looked at yet.
+
+    The key's scope is checked on `preset` before any preset is read, so that a key learns nothing (not even
+    whether it exists) of a preset outside its scope.
+    """
+
+    mode: Literal["slug", "tool"]
+    prefix: str  # where its settings are: "plugins[0]", "tools[1].parameters"
+    plugin: FusionPlugin | None  # those settings, validated
+    preset: str | None  # the preset it runs (OpenRouter's names mapped to ours); None: a fusion slug naming none
+    preset_param: str  # the field that chose the preset: `<prefix>.preset`, or `model` (the slug, or the default)
+
+
+def _everything(slug: str) -> bool:
+    return True
+
+
 def plan_fusion(
-    request: ChatRequest, *, presets: dict[str, Preset], default_preset: str, registry: ProviderRegistry
+    request: ChatRequest,
+    *,
+    presets: dict[str, Preset],
+    default_preset: str,
+    registry: ProviderRegistry,
+    listed: Callable[[str], bool] = _everything,
 ) -> FusionPlan | None:
-    """The fusion plan for a request, or None when the request is a plain pass-through."""
+    """The fusion plan for a request, or None when the request is a plain pass-through.
+
+    `listed` says which presets (as `fusion/<name>`) an unknown preset's error may name: those the caller may use.
+    """
+    ask = read_fusion(request, default_preset=default_preset)
+    if ask is None:
+        return None
+    return plan_asked(request, ask, presets=presets, registry=registry, listed=listed)
+
+
+def read_fusion(request: ChatRequest, *, default_preset: str) -> FusionAsk | None:
+    """What a request asks of fusion (mode, settings, preset), or None for a plain pass-through; 400 for bad settings.
+
+    Reads the request alone: nothing here depends on the configured presets.
+    """
     fusion_slug = is_fusion_slug(request.model)
     tool_index = fusion_tool_index(request)
     if tool_index is not None and not fusion_slug:
@@ -218,7 +257,7 @@ def plan_fusion(
         parameters = (request.tools or [])[tool_index].get("parameters") or {}
         if not isinstance(parameters, dict):
             raise InvalidRequest(f"Invalid value for '{prefix}': must be an object.", param=prefix)
-        plugin = _parse_config(parameters, prefix)
+        plugin: FusionPlugin | None = _parse_config(parameters, prefix)
         mode: Literal["slug", "tool"] = "tool"
     else:
         index = fusion_plugin_index(request)
@@ -228,7 +267,28 @@ def plan_fusion(
             return None
         mode = "slug"
     _check_sampling(request)
-    preset = _select_preset(request, plugin, prefix, presets=presets, default_preset=default_preset)
+    if plugin is not None and plugin.preset is not None:
+        preset, preset_param = PRESET_ALIASES.get(plugin.preset, plugin.preset), f"{prefix}.preset"
+    elif fusion_slug:
+        named = preset_name_for(request.model, default_preset)
+        preset, preset_param = PRESET_ALIASES.get(named, named) if named else None, "model"
+    else:
+        preset, preset_param = default_preset, "model"
+    return FusionAsk(mode=mode, prefix=prefix, plugin=plugin, preset=preset, preset_param=preset_param)
+
+
+def plan_asked(
+    request: ChatRequest,
+    ask: FusionAsk,
+    *,
+    presets: dict[str, Preset],
+    registry: ProviderRegistry,
+    listed: Callable[[str], bool] = _everything,
+) -> FusionPlan:
+    """The plan for what `read_fusion` found in a request: its preset resolved, the plugin's overrides applied."""
+    mode, prefix, plugin = ask.mode, ask.prefix, ask.plugin
+    fusion_slug = is_fusion_slug(request.model)
+    preset = _select_preset(request, ask, presets=presets, listed=listed)
     given = plugin.model_dump(exclude_none=True) if plugin else {}
     panel = list(given.get("analysis_models", preset.analysis_models))
     if fusion_slug:
@@ -333,36 +393,25 @@ def _check_sampling(request: ChatRequest) -> None:
 
 
 def _select_preset(
-    request: ChatRequest,
-    plugin: FusionPlugin | None,
-    prefix: str,
-    *,
-    presets: dict[str, Preset],
-    default_preset: str,
+    request: ChatRequest, ask: FusionAsk, *, presets: dict[str, Preset], listed: Callable[[str], bool]
 ) -> Preset:
+    """The preset a request asked for; an unknown one is refused naming only the presets `listed` allows."""
+    if ask.preset is not None and ask.preset in presets:
+        return presets[ask.preset]
+    names = sorted(name for name in presets if listed(f"fusion/{name}"))
+    plugin = ask.plugin
     if plugin is not None and plugin.preset is not None:
-        name = PRESET_ALIASES.get(plugin.preset, plugin.preset)
-        if name not in presets:
-            param = f"{prefix}.preset"
-            raise InvalidRequest(
-                f"Invalid value for '{param}': unknown preset {plugin.preset!r}; "
-                f"available: {', '.join(sorted(presets))}.",
-                param=param,
-            )
-        return presets[name]
+        param = f"{ask.prefix}.preset"
+        available = f"available: {', '.join(names)}" if names else "none is available"
+        raise InvalidRequest(
+            f"Invalid value for '{param}': unknown preset {plugin.preset!r}; {available}.", param=param
+        )
     if is_fusion_slug(request.model):
-        name = preset_name_for(request.model, default_preset)
-        name = PRESET_ALIASES.get(name, name) if name else None
-        if name is None or name not in presets:
-            raise ModelNotFound(
-                f"The model {request.model!r} does not exist: no such fusion preset. "
-                f"Available: {', '.join('fusion/' + n for n in sorted(presets))}.",
-                param="model",
-            )
-        return presets[name]
-    if default_preset not in presets:
-        raise ModelNotFound(f"The default fusion preset {default_preset!r} does not exist.", param="model")
-    return presets[default_preset]
+        available = f"Available: {', '.join('fusion/' + n for n in names)}" if names else "None is available"
+        raise ModelNotFound(
+            f"The model {request.model!r} does not exist: no such fusion preset. {available}.", param="model"
+        )
+    raise ModelNotFound(f"The default fusion preset {ask.preset!r} does not exist.", param="model")
 
 
 def _check_models(registry: ProviderRegistry, plan: FusionPlan, *, given: dict[str, Any], prefix: str) -> None:

@@ -15,7 +15,7 @@ from openfusion.api.access import check_request_scope
 from openfusion.api.body import load_json_object, read_body
 from openfusion.api.deps import AppState
 from openfusion.api.disconnect import cancel_on_disconnect
-from openfusion.api.dispatch import Exchange, record_unparsed_refusal, serve
+from openfusion.api.dispatch import Exchange, plan_request, record_unparsed_refusal, serve
 from openfusion.api.event_stream import EventStreamResponse
 from openfusion.api.ledger import Ledger
 from openfusion.api.messages.conversation import Untranslatable
@@ -28,7 +28,7 @@ from openfusion.api.passthrough import SSE_HEADERS
 from openfusion.api.translated import chat_events
 from openfusion.errors import OpenFusionError
 from openfusion.pipeline.events import Event, RunFinished
-from openfusion.pipeline.plan import plan_fusion
+from openfusion.pipeline.plan import read_fusion
 from openfusion.pipeline.reach import reach_of
 from openfusion.sse import encode_named
 
@@ -69,8 +69,7 @@ async def count_tokens(request: Request) -> Response:
     translated = _translated(state, parse_request({"max_tokens": _COUNTING_MAX_TOKENS, **data}), data)
     chat = translated.chat
     try:
-        plan = plan_fusion(chat, presets=state.presets, default_preset=state.settings.default_preset,
-                           registry=state.registry)  # fmt: skip
+        plan = plan_request(request, chat)  # a preset outside the key's scope: 403 before it is read
         # Counting spends nothing, but a provider that speaks Messages is asked with the operator's key: a model
         # outside the key's scope is refused here as on /v1/messages.
         check_request_scope(request, reach_of(chat, plan))
@@ -92,9 +91,9 @@ def _translated(state: AppState, request: MessagesRequest, raw: dict[str, Any]) 
         translated = translate(request, raw, lenient=True)
         chat = translated.chat
         try:
-            plan = plan_fusion(chat, presets=state.presets, default_preset=state.settings.default_preset,
-                               registry=state.registry)  # fmt: skip
-            native = plan is None and speaks_messages(state, chat)
+            # Only a pass-through may go as sent: whether it is one is read from the request, no preset looked at.
+            native = read_fusion(chat, default_preset=state.settings.default_preset) is None
+            native = native and speaks_messages(state, chat)
         except OpenFusionError:
             native = False
         if not native:
