@@ -207,6 +207,18 @@ class UpstreamStatusError(UpstreamError):
     headers: dict[str, str] | None = None
 
 
+# Upstream refusals that are the client's to fix or to wait out: answered with their own status.
+RELAYED_STATUSES = frozenset({400, 404, 413, 422, 429})
+
+
+def relayed(exc: UpstreamError) -> UpstreamError:
+    """A provider's 4xx the client can act on keeps its status (and Retry-After); the rest stay 502/504."""
+    if isinstance(exc, UpstreamStatusError) and exc.upstream_status in RELAYED_STATUSES:
+        exc.status_code = exc.upstream_status
+        exc.error_type = "rate_limit_error" if exc.upstream_status == 429 else "invalid_request_error"
+    return exc
+
+
 class UpstreamTimeout(UpstreamError):
     status_code = 504
     code = "upstream_timeout"

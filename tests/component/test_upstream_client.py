@@ -805,3 +805,19 @@ async def test_build_http_client_drives_the_upstream_client(transport: str) -> N
         assert sent_json(route.calls.last.request)["model"] == "gpt-x"
     finally:
         await http.aclose()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_forward_raises_an_error_status_whose_body_is_not_json(
+    client: UpstreamClient, upstream: respx.Route, stream: bool
+) -> None:
+    page = b"<html><body><h1>502 Bad Gateway</h1><script>track()</script></body></html>"
+    upstream.return_value = httpx.Response(502, content=page, headers={"content-type": "text/html"})
+
+    with pytest.raises(UpstreamStatusError) as raised:
+        await client.forward("up/gpt-x", {"messages": MESSAGES, "stream": stream}, stream=stream)
+
+    assert raised.value.upstream_status == 502 and raised.value.status_code == 502
+    assert raised.value.message == (
+        "up/gpt-x (up) returned HTTP 502 with a body that is not a JSON object (text/html): 502 Bad Gateway"
+    )

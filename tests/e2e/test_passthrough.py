@@ -215,3 +215,83 @@ def test_a_stream_client_that_leaves_closes_the_upstream_stream(upstream: FakeUp
 
     # The client went away: the relay stops and closes the upstream stream, long before its last chunk (~10 s).
     wait_until(lambda: upstream.calls_for("plain")[0].disconnected, timeout=3.0)
+
+
+# ---- an error status whose body is not JSON (a proxy's HTML error page) ------------------------------------
+
+PROXY_PAGE = (
+    b"<html><head><title>500 Internal Server Error</title><style>h1 { color: red }</style></head>"
+    b"<body><h1>500 Internal Server Error</h1><hr><center>nginx</center>"
+    b"<!-- upstream key sk-provider-secret --></body></html>"
+)
+
+
+def proxy_page(status: int = 500) -> Script:
+    return Script(status=status, raw_body=PROXY_PAGE, raw_media_type="text/html")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_non_json_error_page_is_an_openai_error(upstream: FakeUpstream, server: str, stream: bool) -> None:
+    """An HTML 500 from a proxy in front of the provider was relayed as is, status and HTML, to a client that
+    expects an OpenAI error object."""
+    upstream.script("plain", proxy_page())
+
+    response = httpx.post(
+        f"{server}/v1/chat/completions", json={"model": "fake/plain", "messages": HI, "stream": stream}, timeout=20
+    )
+
+    assert response.status_code == 502, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert error["code"] == "upstream_error" and error["type"] == "upstream_error"
+    assert error["metadata"]["upstream_status"] == 500 and error["metadata"]["model"] == "fake/plain"
+    message = error["message"]
+    assert "fake/plain" in message and "HTTP 500" in message and "not a JSON object" in message, message
+    assert "500 Internal Server Error" in message  # a short excerpt of what the page says …
+    assert "<" not in message and "color" not in message and len(message) < 400  # … without its markup
+    assert "sk-provider-secret" not in response.text
+
+
+def test_the_sdk_reads_a_non_json_error_page_as_an_api_error(upstream: FakeUpstream, server: str) -> None:
+    upstream.script("plain", proxy_page())
+    with openai.OpenAI(base_url=f"{server}/v1", api_key="k", max_retries=0) as sdk:
+        for stream in (False, True):
+            with pytest.raises(openai.InternalServerError) as raised:
+                sdk.chat.completions.create(model="fake/plain", messages=HI, stream=stream)  # type: ignore[arg-type,call-overload]
+            assert raised.value.status_code == 502
+            assert isinstance(raised.value.body, dict) and raised.value.body["code"] == "upstream_error"
+
+
+def test_a_non_json_refusal_the_client_can_act_on_keeps_its_status(upstream: FakeUpstream, server: str) -> None:
+    upstream.script("plain", proxy_page(413))
+
+    response = httpx.post(f"{server}/v1/chat/completions", json={"model": "fake/plain", "messages": HI}, timeout=20)
+
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["metadata"]["upstream_status"] == 413
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_non_json_error_page_moves_on_to_the_next_fallback(upstream: FakeUpstream, server: str, stream: bool) -> None:
+    upstream.script("broken", proxy_page())
+    upstream.script("plain", Script(content="From the fallback."))
+    body = {"model": "fake/broken", "models": ["fake/broken", "fake/plain"], "messages": HI, "stream": stream}
+
+    response = httpx.post(f"{server}/v1/chat/completions", json=body, timeout=20)
+
+    assert response.status_code == 200, response.text
+    assert "From" in response.text and "fallback" in response.text
+    assert upstream.calls_for("broken") and upstream.calls_for("plain")
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/responses"])
+def test_other_surfaces_tell_a_non_json_error_page_the_same_way(upstream: FakeUpstream, server: str, path: str) -> None:
+    upstream.script("plain", proxy_page())
+    body = {"model": "fake/plain", "max_tokens": 16, "messages": HI} if "messages" in path else {
+        "model": "fake/plain", "input": "Hi"}  # fmt: skip
+
+    response = httpx.post(server + path, json=body, timeout=20)
+
+    assert response.status_code == 502, response.text
+    message = response.json()["error"]["message"]
+    assert "HTTP 500" in message and "not a JSON object" in message and "<" not in message, message

@@ -51,6 +51,7 @@ class Script:
     finish_reason: str = "stop"
     tool_calls: list[dict[str, Any]] | None = None
     raw_body: bytes | None = None
+    raw_media_type: str | None = None  # the raw body's content type (default: JSON, or SSE for a stream)
     cut_stream_after: int | None = None  # streams: drop after this many content chunks; a whole answer: midway
     # Streams: end cleanly (no reset) after this many content chunks, with no finish_reason and no [DONE].
     end_stream_after: int | None = None
@@ -300,7 +301,7 @@ class FakeUpstream:
             return _error(script.reject_status, message, background=done)
         if script.raw_body is not None:
             call.fault = "raw body"
-            media = "text/event-stream" if call.stream else "application/json"
+            media = script.raw_media_type or ("text/event-stream" if call.stream else "application/json")
             return Response(script.raw_body, script.status, media_type=media, background=done)
         if script.status != 200:
             call.fault = f"status {script.status}"

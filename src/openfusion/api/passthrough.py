@@ -12,7 +12,7 @@ from starlette.responses import Response
 from openfusion.api.deps import AppState
 from openfusion.api.event_stream import EventStreamResponse
 from openfusion.api.ledger import Ledger
-from openfusion.errors import UpstreamError, UpstreamProtocolError, UpstreamStatusError
+from openfusion.errors import UpstreamError, UpstreamProtocolError, UpstreamStatusError, relayed
 from openfusion.pipeline.plan import fusion_plugin_index
 from openfusion.protocol import ChatRequest, parse_usage
 from openfusion.sse import DONE, encode, error_chunk
@@ -30,15 +30,19 @@ async def forward_first_success(
     path: str = CHAT_PATH,
     headers: Mapping[str, str] | None = None,
 ) -> Forwarded:
-    """Forward to `model`, then each of `models` while the previous one answered with an error."""
+    """Forward to `model`, then each of `models` while the previous one answered with an error.
+
+    The last one's error is relayed as the provider sent it when it is JSON; one that is not (a proxy's HTML page)
+    is raised, for the client to get an error in its own API's shape.
+    """
     candidates = chat.candidate_models()
     for position, model in enumerate(candidates):
         last = position == len(candidates) - 1
         try:
             forwarded = await state.upstream.forward(model, body, stream=chat.stream, path=path, headers=headers)
-        except UpstreamError:
+        except UpstreamError as exc:  # unreachable, or an error no client could read (a proxy's HTML page)
             if last:
-                raise
+                raise relayed(exc) from None
             continue
         if forwarded.status_code < 400 or last:
             return forwarded

@@ -14,12 +14,9 @@ from typing import Any
 
 from openfusion.api.deps import AppState
 from openfusion.api.passthrough import without_openfusion_fields
-from openfusion.errors import UpstreamError, UpstreamStatusError
+from openfusion.errors import UpstreamError, relayed
 from openfusion.pipeline.events import Event, RunFinished, SynthesisChunk, SynthesisMessage, SynthesisStarted
 from openfusion.protocol import ChatRequest, Usage, parse_usage
-
-# Upstream refusals that are the client's to fix or to wait out: relayed with their own status.
-_RELAYED_STATUSES = frozenset({400, 404, 413, 422, 429})
 
 
 async def chat_events(state: AppState, chat: ChatRequest, body: dict[str, Any]) -> AsyncIterator[Event]:
@@ -44,7 +41,7 @@ async def _first_success(state: AppState, chat: ChatRequest, payload: dict[str, 
             return await state.upstream.complete(model, payload)
         except UpstreamError as exc:
             if position == len(candidates) - 1:
-                raise _relayed(exc) from None
+                raise relayed(exc) from None
     raise AssertionError("unreachable: the candidate list is never empty")
 
 
@@ -57,7 +54,7 @@ async def _open_stream(
             return model, await stack.enter_async_context(state.upstream.stream(model, payload))
         except UpstreamError as exc:
             if position == len(candidates) - 1:
-                raise _relayed(exc) from None
+                raise relayed(exc) from None
     raise AssertionError("unreachable: the candidate list is never empty")
 
 
@@ -79,11 +76,3 @@ async def _streamed(
                 usage = parse_usage(chunk["usage"])
             yield SynthesisChunk(chunk)
         yield RunFinished(model=reported, usage=usage or Usage(), fusion={})
-
-
-def _relayed(exc: UpstreamError) -> UpstreamError:
-    """A provider's 4xx the client can act on keeps its status (and Retry-After); the rest stay 502/504."""
-    if isinstance(exc, UpstreamStatusError) and exc.upstream_status in _RELAYED_STATUSES:
-        exc.status_code = exc.upstream_status
-        exc.error_type = "rate_limit_error" if exc.upstream_status == 429 else "invalid_request_error"
-    return exc

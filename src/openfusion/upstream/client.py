@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -209,6 +211,9 @@ class UpstreamClient:
     ) -> Forwarded:
         """Pass a request through: retried like any call, the last answer (error or not) relayed as is.
 
+        An error status whose body is not a JSON object (a proxy's HTML page, an empty body) is raised as
+        UpstreamStatusError instead: relayed, no client could read it.
+
         `path` is the provider's endpoint under its base URL: chat completions, or `/responses` or
         `/messages` for a provider that speaks the Responses or Messages API itself; `headers` are the
         client's own to send along.
@@ -227,7 +232,9 @@ class UpstreamClient:
                 route, payload, stream=stream, call=call, path=path, headers=headers
             )
         except UpstreamStatusError as exc:
-            if exc.body is None or exc.upstream_status is None:
+            if exc.body is None or exc.upstream_status is None or _json_object(exc.body) is None:
+                # No client could read it as the provider's error (a proxy's HTML page): raised, to be answered in
+                # the client's own error shape
                 _failed(call, exc)
                 raise
             end_call(call, status="error", error=exc.message, upstream_status=exc.upstream_status)
@@ -672,9 +679,13 @@ def _transport_error(route: Route, exc: httpx.HTTPError, *, during: str = "the r
 def _status_error(route: Route, response: Reply, content: bytes, masker: SecretMasker) -> UpstreamStatusError:
     # Masked before anything is cut from it: a key cut through at 1,000 characters would leave its prefix.
     raw = masker.bytes(content)
-    detail = _error_message(raw, masker) or masker.text(response.reason_phrase) or "error"
+    data = _json_object(raw)
+    if data is not None:
+        said = f": {_error_message(data, raw, masker) or masker.text(response.reason_phrase) or 'error'}"
+    else:
+        said = _not_json(raw, response.headers.get("content-type"), masker)
     error = UpstreamStatusError(
-        f"{route.slug} ({route.provider.name}) returned HTTP {response.status_code}: {detail}",
+        f"{route.slug} ({route.provider.name}) returned HTTP {response.status_code}{said}",
         model=route.slug,
         provider=route.provider.name,
         upstream_status=response.status_code,
@@ -685,20 +696,46 @@ def _status_error(route: Route, response: Reply, content: bytes, masker: SecretM
     return error
 
 
-def _error_message(raw: bytes, masker: SecretMasker) -> str:
+def _error_message(data: dict[str, Any], raw: bytes, masker: SecretMasker) -> str:
+    """What a JSON error object says: its message, else the object itself (short)."""
+    error = data.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return _said(error["message"], masker)
+    if isinstance(error, str):
+        return _said(error, masker)
+    if isinstance(data.get("message"), str):
+        return _said(data["message"], masker)
+    return _said(raw[:4096].decode("utf-8", "replace"), masker, limit=300).strip()
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    """An error body as the JSON object every API's error is; None for anything else (a proxy's HTML page)."""
+    if not raw.lstrip().startswith(b"{"):
+        return None
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        data = None
-    if isinstance(data, dict):
-        error = data.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return _said(error["message"], masker)
-        if isinstance(error, str):
-            return _said(error, masker)
-        if isinstance(data.get("message"), str):
-            return _said(data["message"], masker)
-    return _said(raw[:4096].decode("utf-8", "replace"), masker, limit=300).strip()
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# Markup and what it hides from a reader: scripts, styles, comments, then every tag.
+_HIDDEN = re.compile(r"<(script|style)\b.*?</\1\s*>|<!--.*?-->", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]*>")
+
+
+def _not_json(raw: bytes, content_type: str | None, masker: SecretMasker) -> str:
+    """How an error body that is not JSON is told: its type and a short excerpt of its text, markup left out.
+
+    An error page of a proxy may say where it runs; the excerpt is kept to the first words a reader would see.
+    """
+    if not raw.strip():
+        return " with an empty body"
+    text = _TAG.sub(" ", _HIDDEN.sub(" ", raw[:4096].decode("utf-8", "replace")))
+    text = " ".join("".join(c for c in html.unescape(text) if c.isprintable() or c.isspace()).split())
+    kind = masker.text(content_type.split(";")[0].strip())[:60] if content_type else "no content type"
+    excerpt = _said(text, masker, limit=120)
+    return f" with a body that is not a JSON object ({kind})" + (f": {excerpt}" if excerpt else "")
 
 
 def _said(value: Any, masker: SecretMasker, *, limit: int = 1000) -> str:
