@@ -284,7 +284,7 @@ def test_pass_through_is_translated_for_a_chat_provider(upstream: FakeUpstream, 
     assert whole.content[0].text == streamed.content[0].text == "Hello there."  # type: ignore[union-attr]
     assert (whole.usage.input_tokens, whole.usage.output_tokens) == (9, 2)
     assert (streamed.usage.input_tokens, streamed.usage.output_tokens) == (9, 2)
-    assert whole.model == "solo"
+    assert whole.model == streamed.model == "fake/solo"  # the answering model's slug, streamed or not
     sent = upstream.calls_for("solo")[0].body
     assert sent["messages"] == [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"}]
     assert (sent["stop"], sent["temperature"], sent["top_k"], sent["user"]) == (["END"], 0.2, 5, "user-7")

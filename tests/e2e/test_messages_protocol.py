@@ -117,7 +117,7 @@ def test_the_event_flow_of_a_fused_answer_with_pings_while_the_panel_works(
     assert sum(e["type"] == "ping" for e in events) >= 3  # 0.6 s of panel at one ping per 0.1 s of silence
     started = events[0]["message"]
     assert started["id"].startswith("msg_") and started["content"] == [] and started["stop_reason"] is None
-    assert started["model"] == "fusion/trio" and started["role"] == "assistant"
+    assert started["model"] == "fake/synth" and started["role"] == "assistant"
     assert started["usage"]["input_tokens"] > 0  # an estimate: the run has not counted anything yet
     block = next(e for e in events if e["type"] == "content_block_start")
     assert block == {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}

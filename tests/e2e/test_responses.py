@@ -63,7 +63,7 @@ def test_a_fused_answer_through_responses_create(upstream: FakeUpstream, server:
     assert (usage.input_tokens, usage.output_tokens, usage.total_tokens) == (55, 35, 90)
     assert usage.input_tokens_details.cached_tokens == 0 and usage.output_tokens_details.reasoning_tokens == 0
     assert raw.headers["x-generation-id"].startswith("gen-")
-    assert response.model == "synth" and response.model_extra["fusion"]["preset"] == "trio"
+    assert response.model == "fake/synth" and response.model_extra["fusion"]["preset"] == "trio"
     # The panel saw the question as a user message.
     assert upstream.calls_for("a")[0].body["messages"] == [{"role": "user", "content": "Why is the sky blue?"}]
 

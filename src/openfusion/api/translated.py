@@ -19,26 +19,30 @@ from openfusion.pipeline.events import Event, RunFinished, SynthesisChunk, Synth
 from openfusion.protocol import ChatRequest, Usage, parse_usage
 
 
-async def chat_events(state: AppState, chat: ChatRequest, body: dict[str, Any]) -> AsyncIterator[Event]:
-    """The provider's answer as events; the call is made (and may fail with an HTTP error) before this returns."""
+async def chat_events(state: AppState, chat: ChatRequest, body: dict[str, Any]) -> tuple[str, AsyncIterator[Event]]:
+    """The slug of the model that answers (a fallback, when the first failed) and its answer as events.
+
+    The call is made (and may fail with an HTTP error) before this returns, so the surface knows which model
+    answers before its first event.
+    """
     payload = without_openfusion_fields(chat, body)
     if not chat.stream:
-        completion = await _first_success(state, chat, payload)
-        return _whole(completion)
+        model, completion = await _first_success(state, chat, payload)
+        return model, _whole(model, completion)
     stack = contextlib.AsyncExitStack()
     try:
         model, chunks = await _open_stream(state, chat, payload, stack)
     except BaseException:
         await stack.aclose()
         raise
-    return _streamed(model, chunks, stack)
+    return model, _streamed(model, chunks, stack)
 
 
-async def _first_success(state: AppState, chat: ChatRequest, payload: dict[str, Any]) -> Any:
+async def _first_success(state: AppState, chat: ChatRequest, payload: dict[str, Any]) -> tuple[str, Any]:
     candidates = chat.candidate_models()
     for position, model in enumerate(candidates):
         try:
-            return await state.upstream.complete(model, payload)
+            return model, await state.upstream.complete(model, payload)
         except UpstreamError as exc:
             if position == len(candidates) - 1:
                 raise relayed(exc) from None
@@ -58,9 +62,9 @@ async def _open_stream(
     raise AssertionError("unreachable: the candidate list is never empty")
 
 
-async def _whole(completion: Any) -> AsyncIterator[Event]:
+async def _whole(model: str, completion: Any) -> AsyncIterator[Event]:
     yield SynthesisMessage(completion.message, completion.finish_reason)
-    yield RunFinished(model=completion.model, usage=completion.usage, fusion={})
+    yield RunFinished(model=completion.model, usage=completion.usage, fusion={}, slug=model)
 
 
 async def _streamed(
@@ -75,4 +79,4 @@ async def _streamed(
             if isinstance(chunk.get("usage"), dict):
                 usage = parse_usage(chunk["usage"])
             yield SynthesisChunk(chunk)
-        yield RunFinished(model=reported, usage=usage or Usage(), fusion={})
+        yield RunFinished(model=reported, usage=usage or Usage(), fusion={}, slug=model)

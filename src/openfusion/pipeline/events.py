@@ -127,9 +127,10 @@ class RunContent:
 class RunFinished:
     """The end of a run: what the response reports."""
 
-    model: str
+    model: str  # as the answering model's upstream calls itself (Chat Completions reports it)
     usage: Usage
     fusion: dict[str, Any]
+    slug: str | None = None  # openfusion's slug of the model that wrote the answer (a fallback's, when one did)
     annotations: list[dict[str, Any]] = field(default_factory=list)  # citations, for streamed answers
     server_tool_use: dict[str, int] | None = None  # research counts, for `usage.server_tool_use_details`
     content: RunContent = field(default_factory=RunContent)  # for the activity store

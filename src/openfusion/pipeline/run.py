@@ -221,6 +221,7 @@ class FusionRun:
             model=synthesis.reported_model or synthesis.model,
             usage=bill.usage,
             fusion=report,
+            slug=synthesis.model,
             annotations=citations if stream else [],
             server_tool_use=report.get("server_tool_use_details"),
             content=RunContent(

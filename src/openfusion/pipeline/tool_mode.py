@@ -237,6 +237,7 @@ class ToolModeRun:
             model=self.reported_model or self.plan.synthesizer,
             usage=bill.usage,
             fusion=report,
+            slug=self.plan.synthesizer,
             server_tool_use=server_tool_use,
             content=RunContent(
                 panel_answers=[(a.label, a.content) for a in inner.answers] if inner else [],

@@ -110,14 +110,15 @@ for _prefix in ("/v1", "/api/v1"):
 async def _render(exchange: Exchange, translated: Translated) -> Response:
     chat, ledger, state = exchange.chat, exchange.ledger, exchange.state
     if exchange.plan is not None:
-        events = exchange.fusion_events(stream=chat.stream)
+        model, events = exchange.plan.synthesizer, exchange.fusion_events(stream=chat.stream)
     elif speaks_messages(state, chat):
         native = forward_native(exchange, translated.raw)
         return await cancel_on_disconnect(exchange.request, native, drain=state.drain)
     else:
         opening = chat_events(state, chat, translated.body)
-        events = await cancel_on_disconnect(exchange.request, opening, drain=state.drain)
-    writer = MessageWriter(request=translated.request, model=chat.model,
+        model, events = await cancel_on_disconnect(exchange.request, opening, drain=state.drain)
+    # The model that writes the answer, as `message_start` (a stream's only word on it) must name it at once.
+    writer = MessageWriter(request=translated.request, model=model,
                            input_tokens=estimate_input_tokens(translated.request))  # fmt: skip
     if chat.stream:
         body = ledger.closing(

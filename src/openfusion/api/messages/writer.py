@@ -124,7 +124,7 @@ class MessageWriter:
         events = self._block_events(self._blocks.close())
         for call in self._calls:
             events += self._tool_use(call)
-        self.model = event.model or self.model
+        self.model = event.slug or self.model  # openfusion's slug, as `message_start` named it in a stream
         self.stop_reason = self._stop_reason()
         self.usage = _final_usage(event, self._blocks.usage, estimate=self.usage["input_tokens"],
                                   written=self._written_tokens)  # fmt: skip

@@ -95,6 +95,7 @@ async def _render(exchange: Exchange, translated: Translated, *, owner: str) -> 
             await keeper.keep(response, items=translated.items, owner=owner, generation_id=ledger.generation_id)
 
     if exchange.plan is not None:
+        model = exchange.plan.synthesizer
         events = exchange.fusion_events(stream=chat.stream, panel_deltas=chat.stream)
     elif speaks_responses(exchange):
         return await cancel_on_disconnect(
@@ -102,8 +103,9 @@ async def _render(exchange: Exchange, translated: Translated, *, owner: str) -> 
         )
     else:
         opening = chat_events(exchange.state, chat, translated.body)
-        events = await cancel_on_disconnect(exchange.request, opening, drain=exchange.state.drain)
-    writer = ResponseWriter(request=translated.request, model=chat.model, store=store)
+        model, events = await cancel_on_disconnect(exchange.request, opening, drain=exchange.state.drain)
+    # The model that writes the answer, from the first event on (a fallback synthesizer's, once it answers).
+    writer = ResponseWriter(request=translated.request, model=model, store=store)
     if chat.stream:
         body = ledger.closing(
             _stream(writer, events, ledger=ledger, keep=keep),

@@ -162,7 +162,7 @@ class ResponseWriter:
         return [*events, done]
 
     def _finish(self, event: RunFinished) -> list[dict[str, Any]]:
-        self.model = event.model or self.model
+        self.model = event.slug or self.model  # openfusion's slug, as `response.created` named it in a stream
         self._blocks.annotations.extend(event.annotations)  # a streamed answer's citations come at the end
         self.incomplete = _INCOMPLETE.get(self._blocks.finish_reason or "")
         events = self._blocks_events(self._blocks.close(), status="incomplete" if self.incomplete else "completed")
