@@ -237,7 +237,7 @@ models = ["fake/*"]
         refused = post("sk-team-b-4f9a2c7e1d", "fusion")
         assert refused.status_code == 403
         assert refused.json()["error"] == {
-            "message": "This API key (team-b) is not allowed to use 'fusion/trio'.",
+            "message": "This API key (team-b) is not allowed to use 'fusion'.",  # not the default preset's name
             "type": "permission_error",
             "param": "model",
             "code": "model_not_allowed",

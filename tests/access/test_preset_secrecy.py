@@ -108,6 +108,20 @@ def test_tool_mode_names_no_preset_outside_the_scope(upstream: FakeUpstream, ser
     assert upstream.calls == []
 
 
+@pytest.mark.parametrize("surface", sorted(SURFACES))
+def test_the_default_preset_outside_the_scope_is_not_named(upstream: FakeUpstream, serve: Serve, surface: str) -> None:
+    """`fusion` runs the default preset (trio): a key that may not use it is told so in the terms it used."""
+    with serve(SCOPED, environ=ENVIRON) as (url, _):
+        alias = ask(url, surface, "fusion")
+        plugin = ask(url, surface, "fake/a", plugins=[{"id": "fusion", "min_successful": 4}])
+
+    for response in (alias, plugin):
+        assert response.status_code == 403, response.text
+        assert_reveals_nothing(response, asked="'fusion'")
+    assert "'fusion'" in error_of(alias)["message"] and "default fusion preset" in error_of(plugin)["message"]
+    assert upstream.calls == []
+
+
 def test_counting_tokens_names_no_preset_outside_the_scope(upstream: FakeUpstream, serve: Serve) -> None:
     with serve(SCOPED, environ=ENVIRON) as (url, _):
         existing = ask(url, "messages", "fusion/trio", plugins=[{"id": "fusion", "min_successful": 5}])

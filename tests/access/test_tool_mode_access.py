@@ -45,7 +45,7 @@ def script_outer(upstream: FakeUpstream) -> None:
         ({"preset": "duo", "model": "fake/secret-judge"}, "tools[0].parameters.model", "fake/secret-judge"),
         ({"preset": "duo", "judge_fallbacks": ["fake/secret-judge"]},
          "tools[0].parameters.judge_fallbacks[0]", "fake/secret-judge"),
-        ({"analysis_models": ["fake/c"]}, "model", "fusion/trio"),  # the default preset is not in scope
+        ({"analysis_models": ["fake/c"]}, "model", "the default fusion preset"),  # not in scope, nor named
     ],
 )  # fmt: skip
 def test_models_in_the_tools_parameters_are_checked_against_the_keys_scope(

@@ -16,7 +16,7 @@ from starlette.websockets import WebSocketClose
 
 from openfusion.access.config import CorsConfig
 from openfusion.access.control import AccessControl
-from openfusion.access.errors import AuthenticationFailed, MetricsNotAllowed
+from openfusion.access.errors import AuthenticationFailed, MetricsNotAllowed, ModelNotAllowed
 from openfusion.access.guards import check_guards
 from openfusion.access.keys import Client
 from openfusion.access.limiter import Slot
@@ -139,12 +139,15 @@ def check_preset_scope(request: Request, ask: FusionAsk) -> None:
     """Raise ModelNotAllowed (403) when the key may not use the preset a fusion request runs, whether it exists or not.
 
     Checked before anything reads a preset: the answer depends on the key and the request alone, so a key learns
-    nothing of a preset outside its scope (neither its panel nor that it exists). A fusion slug that names no
+    nothing of a preset outside its scope (neither its panel nor that it exists; the message names the preset as
+    the client did, so an alias or the default gives no configured name away). A fusion slug that names no
     preset is left to the 404, which lists only the presets in scope.
     """
-    if ask.preset is not None:
-        client = _required_grant(request, "check_preset_scope").client
-        check_scope(client, [(ask.preset_param, f"fusion/{ask.preset}")])
+    client = _required_grant(request, "check_preset_scope").client
+    if ask.preset is not None and not client.allows(f"fusion/{ask.preset}"):
+        raise ModelNotAllowed(
+            f"This API key ({client.name}) is not allowed to use {ask.preset_named}.", param=ask.preset_param
+        )
 
 
 def check_request_scope(request: Request, reach: Reach) -> None:

@@ -221,6 +221,7 @@ class FusionAsk:
     plugin: FusionPlugin | None  # those settings, validated
     preset: str | None  # the preset it runs (OpenRouter's names mapped to ours); None: a fusion slug naming none
     preset_param: str  # the field that chose the preset: `<prefix>.preset`, or `model` (the slug, or the default)
+    preset_named: str  # how the client named it: `'fusion/x'`, `'openrouter/fusion'`, or the default preset
 
 
 def _everything(slug: str) -> bool:
@@ -267,14 +268,17 @@ def read_fusion(request: ChatRequest, *, default_preset: str) -> FusionAsk | Non
             return None
         mode = "slug"
     _check_sampling(request)
+    # The preset's name as the client wrote it: an alias or the default never gives the configured name away.
     if plugin is not None and plugin.preset is not None:
         preset, preset_param = PRESET_ALIASES.get(plugin.preset, plugin.preset), f"{prefix}.preset"
+        named = repr(f"fusion/{plugin.preset}")
     elif fusion_slug:
-        named = preset_name_for(request.model, default_preset)
-        preset, preset_param = PRESET_ALIASES.get(named, named) if named else None, "model"
+        name = preset_name_for(request.model, default_preset)
+        preset, preset_param, named = PRESET_ALIASES.get(name, name) if name else None, "model", repr(request.model)
     else:
-        preset, preset_param = default_preset, "model"
-    return FusionAsk(mode=mode, prefix=prefix, plugin=plugin, preset=preset, preset_param=preset_param)
+        preset, preset_param, named = default_preset, "model", "the default fusion preset"
+    return FusionAsk(mode=mode, prefix=prefix, plugin=plugin, preset=preset, preset_param=preset_param,
+                     preset_named=named)  # fmt: skip
 
 
 def plan_asked(
