@@ -315,6 +315,32 @@ async def test_close_with_a_deadline_writes_everything_when_the_store_answers(
     assert not caplog.records
 
 
+async def test_close_with_a_deadline_writes_a_backlog_longer_than_it_while_the_store_takes_it_in(
+    sqlite_store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The deadline is for a store that does not answer: each batch here takes most of it, all of them five
+    times it, and every record is written."""
+
+    class SlowStore(RecordingStore):
+        async def write(self, batch: Sequence[ActivityEntry]) -> None:
+            await asyncio.sleep(0.15)
+            await super().write(batch)
+
+    store = SlowStore(sqlite_store)
+    writer = ActivityWriter(store, batch_size=2, flush_interval_s=60.0)
+    writer.start()
+    for entry in entries_over_time(10):
+        writer.record(entry.generation, entry.calls)
+    with caplog.at_level(logging.WARNING, logger="openfusion.activity"):
+        started = asyncio.get_running_loop().time()
+        await writer.aclose(timeout_s=0.2)
+        took = asyncio.get_running_loop().time() - started
+    assert took > 0.2  # the flush outlasted the deadline...
+    assert store.batches == [2] * 5 and writer.stats.written == 10 and writer.stats.lost == 0  # ...and lost nothing
+    assert len(await _stored_ids(sqlite_store)) == 10
+    assert not caplog.records
+
+
 async def test_full_queue_drops_and_counts_without_blocking(sqlite_store: SqliteStore) -> None:
     gate = asyncio.Event()
 

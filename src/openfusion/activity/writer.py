@@ -179,10 +179,12 @@ class ActivityWriter:
     async def aclose(self, *, timeout_s: float | None = None) -> None:
         """Write everything queued (and recorded meanwhile), then stop the task (the store stays open).
 
-        `timeout_s` bounds the whole flush: a shutdown must end even when the store does not answer (a
-        network partition drops packets, it refuses nothing). The write still running then is abandoned, its
-        connection closed; it and the queue are counted as lost, in one warning. While closing, a write that
-        times out ends the flush the same way at once: no ping, no other write.
+        `timeout_s` bounds each stretch of the flush in which nothing reaches the store: a shutdown must end
+        even when the store does not answer (a network partition drops packets, it refuses nothing), but a
+        long backlog that a working store takes in keeps being written. Once a stretch passes without a
+        record written, the write still running is abandoned, its connection closed; it and the queue are
+        counted as lost, in one warning. While closing, a write that times out ends the flush the same way at
+        once: no ping, no other write.
         """
         if not self._closing:
             self._closing = True
@@ -190,11 +192,14 @@ class ActivityWriter:
             self.start()  # never started: the task drains the queue all the same, so a clean stop loses nothing
         task = self._task
         assert task is not None
-        try:
-            async with asyncio.timeout(timeout_s):
-                await asyncio.shield(task)
-        except TimeoutError:
-            await _abandon(task)
+        while not task.done():
+            written = self._written
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await asyncio.shield(task)
+            except TimeoutError:
+                if self._written == written:  # nothing reached the store meanwhile: it does not answer
+                    await _abandon(task)
         self._give_up()
 
     async def __aenter__(self) -> ActivityWriter:

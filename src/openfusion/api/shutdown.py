@@ -25,9 +25,10 @@ log = logging.getLogger("openfusion")
 # uvicorn cancels what is still running this long after our grace period ended (a client that
 # stopped reading can hold its response's last write forever).
 BACKSTOP_S = 2.0
-# Once the requests are over, the most the activity writer's last flush may take: a store that does not
-# answer (a network partition drops packets, it refuses nothing) must not hold the stop. With the backstop
-# and the database pool's close (`postgres_store.CLOSE_TIMEOUT_S`), a stop ends within the grace period + 5 s.
+# Once the requests are over, the most the activity writer's last flush may go without writing a record: a
+# store that does not answer (a network partition drops packets, it refuses nothing) must not hold the stop,
+# while a backlog a working store takes in is written whole. With the backstop and the database pool's close
+# (`postgres_store.CLOSE_TIMEOUT_S`), a stop with a store that does not answer ends within the grace period + 5 s.
 ACTIVITY_FLUSH_S = 2.0
 
 
