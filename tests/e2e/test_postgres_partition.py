@@ -107,3 +107,38 @@ def test_sigterm_with_postgresql_partitioned_stops_within_the_bound_and_counts_t
     # The fault happened: the proxy dropped the writer's bytes, and the later records never reached PostgreSQL.
     assert proxy.dropped > 0
     assert _stored(postgres_url, before + after) == set(before)
+
+
+def test_a_capped_keys_request_is_not_held_by_a_spend_read_postgresql_never_answers(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path, postgres_url: str
+) -> None:
+    """A daily spend cap reads today's spend from the activity store: partitioned, the read gets no answer, and
+    the request goes on once SPEND_READ_TIMEOUT_S has passed (the spend unknown, as in an outage)."""
+    from openfusion.access.control import SPEND_READ_TIMEOUT_S
+
+    _, upstream_url = fake_upstream
+    extra = (
+        "[activity]\nwrite_timeout_s = 1.0\n\n"
+        '[pricing.models."fake/plain"]\nprompt = 0.0\ncompletion = 0.01\nmax_completion_tokens = 100\n\n'
+        '[[keys]]\nname = "capped"\nkey_env = "CAPPED_KEY"\ndaily_spend_usd = 100.0\n'
+    )
+    key = "sk-capped-0123456789abcdef"
+    ask = {"model": "fake/plain", "messages": [{"role": "user", "content": "Hi"}]}
+    headers = {"Authorization": f"Bearer {key}"}
+    with PartitionProxy(("127.0.0.1", 5432)) as proxy:
+        env = {"DATABASE_URL": _through(proxy, postgres_url), "CAPPED_KEY": key}
+        with serve(provider_config(upstream_url, extra=extra), presets_dir, tmp_path, env=env) as served:
+            chat = f"{served.url}/v1/chat/completions"
+            assert httpx.post(chat, json=ask, headers=headers, timeout=30).status_code == 200
+            proxy.partition()
+            started = time.monotonic()
+            response = httpx.post(chat, json=ask, headers=headers, timeout=60)
+            took = time.monotonic() - started
+            log = served.log()
+
+    assert response.status_code == 200, response.text
+    assert proxy.dropped > 0  # the fault happened: the database's bytes went into the partition
+    [read] = [line for line in log if "could not read today's spend" in line["message"]]
+    assert "TimeoutError" in read["message"]
+    # The spend read's limit, the record's wait (write_timeout_s) and room; not psycopg's ~10 s more per read.
+    assert took < SPEND_READ_TIMEOUT_S + 1.0 + 5.0, f"the request took {took:.1f} s"

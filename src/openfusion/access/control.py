@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from openfusion.access.brake import AuthBrake
 from openfusion.access.config import AccessConfig, GuardsConfig, Limits, redis_url
@@ -29,6 +31,8 @@ _MINUTE_S = 60.0
 _CONCURRENCY_RETRY_AFTER_S = 1.0
 # Nor does a spend reservation of a request in flight.
 _SPEND_RETRY_AFTER_S = 2.0
+# The most a request waits for today's spend to be read; past it the spend counts as unknown (0), as in an outage.
+SPEND_READ_TIMEOUT_S = 5.0
 # Readings of today's spend that took too long are taken again this many times.
 _SPEND_READS = 3
 
@@ -134,9 +138,23 @@ class AccessControl:
         raise LimitsUnavailable("Today's spend cannot be read in time (the activity store is slow); try again shortly.")
 
     async def _spent_today(self, client: Client, source: SpendSource) -> float:
+        """Today's spend by the client; 0 when the store cannot tell within `SPEND_READ_TIMEOUT_S`.
+
+        The read runs in a task of its own, left to end in the background past the limit: a database that
+        does not answer (a partition drops packets, it refuses nothing) makes psycopg wait ~10 s more for
+        the cancellation of the query, and the request must not wait with it.
+        """
+        read = asyncio.ensure_future(source.spent_today(client.name))
         try:
-            spent = await source.spent_today(client.name)
+            async with asyncio.timeout(SPEND_READ_TIMEOUT_S):
+                spent = await asyncio.shield(read)
+        except asyncio.CancelledError:
+            read.cancel()
+            raise
         except Exception as exc:  # the activity store's outage must not take requests down with it
+            if isinstance(exc, TimeoutError):
+                read.cancel()
+                read.add_done_callback(_forget_outcome)
             log.warning("could not read today's spend for %s: %s", _who(client), type(exc).__name__)
             return 0.0
         return spent or 0.0
@@ -159,6 +177,12 @@ class AccessControl:
         """Settle pending reservations, then close the limit store."""
         await self.spend.aclose()
         await self.limiter.aclose()
+
+
+def _forget_outcome(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned read's outcome, so that its error is not reported as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _who(client: Client) -> str:
