@@ -60,7 +60,7 @@ MESSAGES_CASES = [
     ({"messages": [HI, {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": 5}]}]},
      "messages.1.content.0.name: Field required"),
     ({"messages": [HI, {"role": "robot", "content": "x"}]},
-     "messages.1.role: 'robot' (expected user or assistant)"),
+     "messages.1.role: 'robot' (expected user, assistant or system)"),
     ({"tools": [BASH, {"name": "lookup"}]}, "tools.1.input_schema: Field required"),
     ({"thinking": {"type": "enabled", "budget_tokens": 0}},
      "thinking.budget_tokens: Input should be greater than or equal to 1"),

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from openfusion.errors import InvalidRequest
+from openfusion.errors import InvalidRequest, invalid_value
 from openfusion.protocol import NAME_ERROR, plain_name
 
 
@@ -49,7 +49,8 @@ def chat_messages(
         role = message.get("role")
         if role not in _ROLES:
             raise InvalidRequest(
-                f"Invalid value for '{param}.role': {role!r} (expected user or assistant).", param=f"{param}.role"
+                f"Invalid value for '{param}.role': {role!r} (expected user, assistant or system).",
+                param=f"{param}.role",
             )
         content = message.get("content")
         if not isinstance(content, str | list):
@@ -79,7 +80,13 @@ def _blocks(content: list[Any], param: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _system_text(blocks: list[Any], param: str) -> str:
-    texts = [_text(block, where) for where, block in _blocks(blocks, param) if block["type"] == "text"]
+    """The text of a system prompt's or a system turn's blocks: text blocks only, as Anthropic takes them (another
+    block would be lost without a word)."""
+    texts = []
+    for where, block in _blocks(blocks, param):
+        if block["type"] != "text":
+            raise invalid_value(f"{where}.type", f"a system message takes text blocks only, not {block['type']!r}")
+        texts.append(_text(block, where))
     return "\n\n".join(text for text in texts if text)
 
 

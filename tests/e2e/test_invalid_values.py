@@ -1,0 +1,137 @@
+"""Values the caller's own API refuses are refused here first: a 400 in the caller's dialect, naming the field.
+
+On /v1/messages Anthropic's shape (`{"type": "error", "error": {"type": "invalid_request_error", "message":
+"messages.1.content.0.input: …"}}`), on /v1/responses OpenAI's (`{"error": {…, "param": "tools[0].parameters"}}`).
+Each is checked for a fusion model, a pass-through model translated to chat, and a pass-through model whose
+provider speaks the dialect itself (the body forwarded as sent): none of them may reach a model. Read through the
+official SDKs, against the real server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from fakes.anthropic_api import FakeAnthropic
+from fakes.server import serve_in_thread
+from fakes.upstream import FakeUpstream
+from openfusion.app import create_app
+from openfusion.settings import ProviderConfig, Settings
+
+from .conftest import server_environ
+
+KEY = "sk-any-client-key-0123"
+HI = {"role": "user", "content": "Hi"}
+# Fusion; a pass-through translated to chat; a pass-through to a provider that speaks the dialect natively.
+MESSAGES_MODELS = ("fusion/trio", "fake/solo", "claude/opus")
+RESPONSES_MODELS = ("fusion/trio", "fake/solo", "native/plain")
+IMAGE = "data:image/png;base64,iVBORw0KGgo="
+
+
+@pytest.fixture
+def anthropic_native() -> Iterator[tuple[FakeAnthropic, str]]:
+    fake = FakeAnthropic()
+    with serve_in_thread(fake.app) as url:
+        yield fake, url
+
+
+@pytest.fixture
+def gateway(
+    upstream: FakeUpstream,
+    fake_upstream: tuple[FakeUpstream, str],
+    anthropic_native: tuple[FakeAnthropic, str],
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+) -> Iterator[str]:
+    """openfusion with `fake/*` on a chat provider, `native/*` on one that speaks the Responses API and `claude/*`
+    on one that speaks Anthropic Messages."""
+    native = ProviderConfig(name="native", base_url=f"{fake_upstream[1]}/v1", api_key_env="FAKE_KEY",
+                            models=["native/*"], strip_prefix=True, responses=True)  # fmt: skip
+    claude = ProviderConfig(name="claude", base_url=f"{anthropic_native[1]}/v1", api_key_env="FAKE_KEY",
+                            models=["claude/*"], strip_prefix=True, messages=True)  # fmt: skip
+    settings = make_settings(providers=[*make_settings().providers, native, claude],
+                             activity={"path": tmp_path / "activity.sqlite3"})  # fmt: skip
+    with serve_in_thread(create_app(settings, environ=server_environ())) as url:
+        yield url
+
+
+def messages_refusal(url: str, **request: Any) -> str:
+    """The message of the 400 the anthropic SDK raises for this request, checked to be in Anthropic's shape."""
+    body = {"max_tokens": 2048, **request}
+    client = anthropic.Anthropic(base_url=url, api_key=KEY, max_retries=0)
+    with client, pytest.raises(anthropic.BadRequestError) as raised:
+        client.messages.create(**body)
+    error: Any = raised.value.body
+    assert raised.value.status_code == 400
+    assert set(error) == {"type", "error"} and error["type"] == "error", error
+    assert set(error["error"]) == {"type", "message"} and error["error"]["type"] == "invalid_request_error", error
+    return str(error["error"]["message"])
+
+
+def responses_refusal(url: str, **request: Any) -> dict[str, Any]:
+    """The error object of the 400 the openai SDK raises for this request, checked to be in OpenAI's shape."""
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+    with client, pytest.raises(openai.BadRequestError) as raised:
+        client.responses.create(**request)
+    body = raised.value.response.json()
+    assert raised.value.status_code == 400 and set(body) == {"error"}, body
+    error: dict[str, Any] = body["error"]
+    assert set(error) >= {"message", "type", "param", "code"} and error["type"] == "invalid_request_error", error
+    return error
+
+
+def assert_no_model_called(upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str]) -> None:
+    assert upstream.calls == []
+    assert anthropic_native[0].calls == []
+
+
+# ---------------------------------------------------------------------------------------------- /v1/messages
+
+
+def test_a_role_messages_does_not_have_is_refused(
+    upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str], gateway: str
+) -> None:
+    """Anthropic's `messages` take user, assistant and (mid-conversation) system turns; nothing else."""
+    for model in MESSAGES_MODELS:
+        for role in ("developer", "tool", "function"):
+            message = messages_refusal(gateway, model=model, messages=[HI, {"role": role, "content": "Be brief."}])
+            assert message == f"messages.1.role: {role!r} (expected user, assistant or system)", (model, message)
+    assert_no_model_called(upstream, anthropic_native)
+
+
+def test_a_system_turn_holds_text_blocks_only(
+    upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str], gateway: str
+) -> None:
+    """A system turn's blocks are text (Anthropic's SystemMessageParam), like the top-level `system`: any other
+    block would be dropped without a word."""
+    image = {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}
+    for model in MESSAGES_MODELS:
+        turn = {"role": "system", "content": [{"type": "text", "text": "Look:"}, image]}
+        message = messages_refusal(gateway, model=model, messages=[HI, turn])
+        assert message.startswith("messages.1.content.1.type: a system message takes text blocks only"), message
+        top_level = messages_refusal(gateway, model=model, system=[image], messages=[HI])
+        assert top_level.startswith("system.0.type: a system message takes text blocks only"), top_level
+    assert_no_model_called(upstream, anthropic_native)
+
+
+def test_a_system_turn_is_taken_as_claude_code_sends_it(
+    upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str], gateway: str
+) -> None:
+    """A mid-conversation system message (Anthropic's, on Claude Opus 4.8; Claude Code sends its agent list so):
+    a system message for a chat model, forwarded as sent to a provider that speaks Messages."""
+    turn = {"role": "system", "content": "Available agent types: Explore."}
+    blocks = {"role": "system", "content": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "x"}}]}
+    with anthropic.Anthropic(base_url=gateway, api_key=KEY, max_retries=0) as client:
+        for model in MESSAGES_MODELS:
+            client.messages.create(model=model, max_tokens=2048, messages=[HI, turn, blocks])  # type: ignore[list-item]
+
+    expected = [{"role": "user", "content": "Hi"}, {"role": "system", "content": "Available agent types: Explore."},
+                {"role": "system", "content": "Be brief."}]  # fmt: skip
+    assert upstream.calls_for("solo")[0].body["messages"] == expected
+    assert upstream.calls_for("synth")[0].body["messages"][-3:] == expected
+    assert anthropic_native[0].calls[0].body["messages"] == [HI, turn, blocks]
