@@ -135,3 +135,31 @@ def test_a_system_turn_is_taken_as_claude_code_sends_it(
     assert upstream.calls_for("solo")[0].body["messages"] == expected
     assert upstream.calls_for("synth")[0].body["messages"][-3:] == expected
     assert anthropic_native[0].calls[0].body["messages"] == [HI, turn, blocks]
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [("ls -la", "expected an object"), (["ls"], "expected an object"), (None, "expected an object")],
+)
+def test_a_tool_use_input_that_is_no_object_is_refused(
+    upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str], gateway: str, value: Any, reason: str
+) -> None:
+    for model in MESSAGES_MODELS:
+        call = {"type": "tool_use", "id": "toolu_1", "name": "bash", "input": value}
+        result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"}
+        conversation = [HI, {"role": "assistant", "content": [call]}, {"role": "user", "content": [result]}]
+        message = messages_refusal(gateway, model=model, messages=conversation)
+        assert message == f"messages.1.content.0.input: {reason}", (model, message)
+    assert_no_model_called(upstream, anthropic_native)
+
+
+def test_a_tool_use_without_input_is_refused(
+    upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str], gateway: str
+) -> None:
+    for model in MESSAGES_MODELS:
+        call = {"type": "tool_use", "id": "toolu_1", "name": "bash"}
+        result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"}
+        conversation = [HI, {"role": "assistant", "content": [call]}, {"role": "user", "content": [result]}]
+        message = messages_refusal(gateway, model=model, messages=conversation)
+        assert message.startswith("messages.1.content.0.input: Field required"), (model, message)
+    assert_no_model_called(upstream, anthropic_native)

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from openfusion.errors import InvalidRequest, invalid_value
+from openfusion.errors import InvalidRequest, invalid_value, missing
 from openfusion.protocol import NAME_ERROR, plain_name
 
 
@@ -101,7 +101,7 @@ def _assistant(content: str | list[Any], param: str, lenient: bool) -> dict[str,
             texts.append(_text(block, where))
         elif kind == "tool_use":
             call_id, name = _name(block, "id", where), _name(block, "name", where)
-            arguments = orjson.dumps(block.get("input") if isinstance(block.get("input"), dict) else {}).decode()
+            arguments = orjson.dumps(_tool_input(block, where)).decode()
             calls.append({"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}})
         elif kind not in _SKIPPED and not kind.endswith("_tool_result") and not lenient:
             raise _unsupported(kind, where)
@@ -109,6 +109,18 @@ def _assistant(content: str | list[Any], param: str, lenient: bool) -> dict[str,
     if calls:
         message["tool_calls"] = calls
     return message
+
+
+def _tool_input(block: dict[str, Any], param: str) -> dict[str, Any]:
+    """A tool_use block's input: an object, as Anthropic requires (a string or a list is no arguments a chat model
+    can be shown)."""
+    where = f"{param}.input"
+    if "input" not in block:
+        raise missing(where)
+    arguments = block["input"]
+    if not isinstance(arguments, dict):
+        raise invalid_value(where, "expected an object")
+    return arguments
 
 
 def _user(content: str | list[Any], param: str, lenient: bool) -> list[dict[str, Any]]:
