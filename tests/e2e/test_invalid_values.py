@@ -163,3 +163,19 @@ def test_a_tool_use_without_input_is_refused(
         message = messages_refusal(gateway, model=model, messages=conversation)
         assert message.startswith("messages.1.content.0.input: Field required"), (model, message)
     assert_no_model_called(upstream, anthropic_native)
+
+
+@pytest.mark.parametrize("budget", [10, 1023])
+def test_a_thinking_budget_below_1024_is_refused(
+    upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str], gateway: str, budget: int
+) -> None:
+    thinking = {"type": "enabled", "budget_tokens": budget}
+    for model in MESSAGES_MODELS:
+        message = messages_refusal(gateway, model=model, thinking=thinking, messages=[HI])
+        assert message == "thinking.budget_tokens: it must be at least 1024", (model, message)
+    client = anthropic.Anthropic(base_url=gateway, api_key=KEY, max_retries=0)
+    with client, pytest.raises(anthropic.BadRequestError) as counting:  # counting takes the same request
+        client.messages.count_tokens(model="claude/opus", thinking=thinking, messages=[HI])  # type: ignore[arg-type]
+    assert counting.value.body == {"type": "error", "error": {"type": "invalid_request_error",
+                                   "message": "thinking.budget_tokens: it must be at least 1024"}}  # fmt: skip
+    assert_no_model_called(upstream, anthropic_native)

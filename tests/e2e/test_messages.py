@@ -321,8 +321,8 @@ def test_images_and_thinking(upstream: FakeUpstream, server: str) -> None:
         )
         fused = client.messages.create(
             model="fusion/trio",
-            max_tokens=2000,
-            thinking={"type": "enabled", "budget_tokens": 500},
+            max_tokens=4096,
+            thinking={"type": "enabled", "budget_tokens": 1024},
             messages=[{"role": "user", "content": "What is it?"}],
         )
 

@@ -118,13 +118,14 @@ def test_sampling_and_the_fields_openfusion_ignores() -> None:
         top_p=0.9,
         top_k=3,
         metadata={"user_id": "u1"},
-        thinking={"type": "enabled", "budget_tokens": 40},
+        max_tokens=4000,
+        thinking={"type": "enabled", "budget_tokens": 1500},
         output_config={"effort": "high"},
         context_management={"edits": []},
         service_tier="auto",
     )
     assert {k: body[k] for k in ("stop", "top_p", "top_k", "user", "max_completion_tokens", "reasoning")} == {
-        "stop": ["\n\nHuman:"], "top_p": 0.9, "top_k": 3, "user": "u1", "max_completion_tokens": 100,
+        "stop": ["\n\nHuman:"], "top_p": 0.9, "top_k": 3, "user": "u1", "max_completion_tokens": 4000,
         "reasoning": {"effort": "medium"},
     }  # fmt: skip
     assert "output_config" not in body and "context_management" not in body and "service_tier" not in body
@@ -238,7 +239,7 @@ def test_stop_reasons(finish: str, extra: dict[str, Any], reason: str, sequence:
 
 def test_a_whole_message_with_reasoning_shown_or_not() -> None:
     message = SynthesisMessage({"role": "assistant", "reasoning": "Think.", "content": "Say."}, "stop")
-    shown = run(writer(thinking={"type": "enabled", "budget_tokens": 10}), message, FINISHED)
+    shown = run(writer(max_tokens=2048, thinking={"type": "enabled", "budget_tokens": 1024}), message, FINISHED)
     hidden = run(writer(), message, FINISHED)
     assert [e["content_block"] for e in shown if e["type"] == "content_block_start"] == [
         {"type": "thinking", "thinking": "", "signature": ""},
@@ -254,7 +255,7 @@ def test_a_whole_message_with_reasoning_shown_or_not() -> None:
 
 
 def test_a_thinking_block_is_signed_in_the_stream_and_the_message() -> None:
-    w = writer(thinking={"type": "enabled", "budget_tokens": 10})
+    w = writer(max_tokens=2048, thinking={"type": "enabled", "budget_tokens": 1024})
     events = run(w, chunk({"reasoning": "Hm, "}), chunk({"reasoning": "blue."}), chunk({"content": "Blue."}, "stop"),
                  FINISHED)  # fmt: skip
     kinds = [(e["type"], e.get("delta", {}).get("type")) for e in events if e["type"].startswith("content_block")]

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from openfusion.api.messages.conversation import chat_messages
 from openfusion.api.params import ParamNames, renamed
-from openfusion.errors import InvalidRequest, invalid_request_from
+from openfusion.errors import InvalidRequest, invalid_request_from, invalid_value
 from openfusion.pipeline.plan import FUSION_TOOL_TYPES
 from openfusion.protocol import (
     NAME_ERROR,
@@ -30,6 +30,7 @@ from openfusion.protocol import (
 )
 
 _MAX_STOPS = 4  # what chat providers take (OpenAI refuses more)
+_MIN_THINKING_BUDGET = 1024  # Anthropic's minimum for `thinking.budget_tokens`
 
 
 class _Strict(BaseModel):
@@ -117,12 +118,14 @@ def _check_content(request: MessagesRequest) -> None:
 
 
 def _check_thinking(request: MessagesRequest) -> None:
-    """Thinking with a budget, below `max_tokens` (as Anthropic requires)."""
+    """Thinking with a budget of at least 1024 tokens, below `max_tokens` (as Anthropic requires)."""
     thinking = request.thinking
     if thinking is None or thinking.type != "enabled":
         return
     if thinking.budget_tokens is None:
         raise InvalidRequest("Missing required parameter: 'thinking.budget_tokens'.", param="thinking.budget_tokens")
+    if thinking.budget_tokens < _MIN_THINKING_BUDGET:
+        raise invalid_value("thinking.budget_tokens", f"it must be at least {_MIN_THINKING_BUDGET}")
     if thinking.budget_tokens >= request.max_tokens:
         raise InvalidRequest(
             "Invalid value for 'max_tokens': it must be greater than thinking.budget_tokens "
