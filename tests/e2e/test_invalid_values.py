@@ -179,3 +179,23 @@ def test_a_thinking_budget_below_1024_is_refused(
     assert counting.value.body == {"type": "error", "error": {"type": "invalid_request_error",
                                    "message": "thinking.budget_tokens: it must be at least 1024"}}  # fmt: skip
     assert_no_model_called(upstream, anthropic_native)
+
+
+# --------------------------------------------------------------------------------------------- /v1/responses
+
+
+@pytest.mark.parametrize("detail", ["bogus", "HIGH", 5])
+def test_an_image_detail_openai_does_not_have_is_refused(
+    upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str], gateway: str, detail: Any
+) -> None:
+    image = {"type": "input_image", "image_url": IMAGE, "detail": detail}
+    for model in RESPONSES_MODELS:
+        for role in ("user", "system"):
+            content = [{"type": "input_text", "text": "What is it?"}, image]
+            error = responses_refusal(gateway, model=model, input=[{"role": role, "content": content}])
+            assert error["param"] == "input[0].content[1].detail", (model, error)
+            assert (
+                "'input[0].content[1].detail'" in error["message"]
+                and "low, high, auto or original" in (error["message"])
+            ), error
+    assert_no_model_called(upstream, anthropic_native)

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from openfusion.api.params import ParamNames, renamed
-from openfusion.errors import InvalidRequest, invalid_request_from
+from openfusion.errors import InvalidRequest, invalid_request_from, invalid_value
 from openfusion.pipeline.plan import FUSION_TOOL_TYPES
 from openfusion.protocol import (
     NAME_ERROR,
@@ -42,6 +42,7 @@ _SKIPPED_ITEMS = frozenset(
 )
 # Tools only OpenAI (or the client itself) can run: a chat provider cannot take them, so they are left out.
 _CHAT_TOOL_TYPES = ("function", *FUSION_TOOL_TYPES)
+_IMAGE_DETAILS = ("low", "high", "auto", "original")  # an input_image's `detail`, as OpenAI takes it
 
 
 class ResponsesRequest(WireModel):
@@ -276,6 +277,7 @@ def _add_item(messages: list[dict[str, Any]], item: Any, param: str) -> None:
         raise InvalidRequest(f"Invalid value for '{param}.type': expected a string.", param=f"{param}.type")
     if kind == "message":
         message = _validated(_MessageItem, item, param)
+        _check_image_details(message.content, f"{param}.content")
         role = "system" if message.role == "developer" else message.role
         messages.append({"role": role, "content": _content(message.content, role=role, param=f"{param}.content")})
     elif kind == "function_call":
@@ -294,6 +296,17 @@ def _add_item(messages: list[dict[str, Any]], item: Any, param: str) -> None:
     elif kind not in _SKIPPED_ITEMS:
         raise InvalidRequest(f"Invalid value for '{param}.type': input items of type {kind!r} are not supported.",
                              param=f"{param}.type")  # fmt: skip
+
+
+def _check_image_details(content: str | list[dict[str, Any]], param: str) -> None:
+    """Every input_image part's `detail` is absent or one OpenAI knows: in any message, since a provider that speaks
+    the Responses API gets the parts as sent, and a chat provider refuses an unknown one (a fusion panel, all of it)."""
+    if isinstance(content, str):
+        return
+    for position, part in enumerate(content):
+        detail = part.get("detail")
+        if part.get("type") == "input_image" and detail is not None and detail not in _IMAGE_DETAILS:
+            raise invalid_value(f"{param}[{position}].detail", f"{detail!r} (expected low, high, auto or original)")
 
 
 def _content(content: str | list[dict[str, Any]], *, role: str, param: str) -> str | list[dict[str, Any]]:
