@@ -199,3 +199,25 @@ def test_an_image_detail_openai_does_not_have_is_refused(
                 and "low, high, auto or original" in (error["message"])
             ), error
     assert_no_model_called(upstream, anthropic_native)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "param"),
+    [
+        ({}, "text.format.type"),
+        ({"name": "answer", "schema": {"type": "object"}}, "text.format.type"),
+        ({"type": None}, "text.format.type"),
+        ("json_object", "text.format"),
+        ({"type": "json_schema", "schema": {"type": "object"}}, "text.format.name"),
+        ({"type": "json_schema", "name": "", "schema": {"type": "object"}}, "text.format.name"),
+        ({"type": "json_schema", "name": "my answer", "schema": {"type": "object"}}, "text.format.name"),
+        ({"type": "json_schema", "name": "answer"}, "text.format.schema"),
+    ],
+)
+def test_a_text_format_without_its_type_name_or_schema_is_refused(
+    upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str], gateway: str, fmt: Any, param: str
+) -> None:
+    for model in RESPONSES_MODELS:
+        error = responses_refusal(gateway, model=model, input="Hi", text={"format": fmt})
+        assert error["param"] == param and f"'{param}'" in error["message"], (model, error)
+    assert_no_model_called(upstream, anthropic_native)

@@ -8,13 +8,14 @@ OpenAI does; a wrong type is a 400 naming the parameter.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from openfusion.api.params import ParamNames, renamed
-from openfusion.errors import InvalidRequest, invalid_request_from, invalid_value
+from openfusion.errors import InvalidRequest, invalid_request_from, invalid_value, missing
 from openfusion.pipeline.plan import FUSION_TOOL_TYPES
 from openfusion.protocol import (
     NAME_ERROR,
@@ -43,6 +44,7 @@ _SKIPPED_ITEMS = frozenset(
 # Tools only OpenAI (or the client itself) can run: a chat provider cannot take them, so they are left out.
 _CHAT_TOOL_TYPES = ("function", *FUSION_TOOL_TYPES)
 _IMAGE_DETAILS = ("low", "high", "auto", "original")  # an input_image's `detail`, as OpenAI takes it
+_FORMAT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a json_schema format's `name`, as OpenAI takes it
 
 
 class ResponsesRequest(WireModel):
@@ -241,25 +243,43 @@ def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
 
 
 def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`text.format` as a chat `response_format` (None: plain text); a format without its type, or a json_schema
+    without its name or schema, is a 400 rather than an answer in a shape the client did not ask for."""
     fmt = (text or {}).get("format")
-    if not isinstance(fmt, dict) or fmt.get("type") in (None, "text"):
+    if fmt is None:
         return None
-    if fmt["type"] == "json_object":
+    if not isinstance(fmt, dict):
+        raise invalid_value("text.format", "expected an object with a type")
+    kind = fmt.get("type")
+    if kind is None:
+        raise missing("text.format.type", " (text, json_object or json_schema)")
+    if kind == "text":
+        return None
+    if kind == "json_object":
         return {"type": "json_object"}
-    if fmt["type"] == "json_schema":
-        schema = fmt.get("schema")
-        if not isinstance(schema, dict):
-            raise InvalidRequest("Missing required parameter: 'text.format.schema'.", param="text.format.schema")
-        name = fmt.get("name")
-        if name is not None and not isinstance(name, str):
-            raise InvalidRequest("Invalid value for 'text.format.name': expected a string.", param="text.format.name")
-        spec = {"name": name or "response", "schema": schema}
-        spec.update({k: fmt[k] for k in ("strict", "description") if k in fmt})
-        return {"type": "json_schema", "json_schema": spec}
+    if kind == "json_schema":
+        return {"type": "json_schema", "json_schema": _json_schema(fmt)}
     raise InvalidRequest(
-        f"Invalid value for 'text.format.type': {fmt['type']!r} (expected text, json_object or json_schema).",
+        f"Invalid value for 'text.format.type': {kind!r} (expected text, json_object or json_schema).",
         param="text.format.type",
     )
+
+
+def _json_schema(fmt: dict[str, Any]) -> dict[str, Any]:
+    """A json_schema format's chat `json_schema`: its name (letters, digits, _ and -, at most 64) and its schema."""
+    name = fmt.get("name")
+    if name is None:
+        raise missing("text.format.name")
+    if not isinstance(name, str):
+        raise invalid_value("text.format.name", "expected a string")
+    if not _FORMAT_NAME.fullmatch(name):
+        raise invalid_value("text.format.name", "only letters, digits, underscores and dashes, at most 64")
+    schema = fmt.get("schema")
+    if not isinstance(schema, dict):
+        raise missing("text.format.schema")
+    spec = {"name": name, "schema": schema}
+    spec.update({k: fmt[k] for k in ("strict", "description") if k in fmt})
+    return spec
 
 
 def _validated(model: type[_Strict], item: dict[str, Any], param: str) -> Any:
