@@ -221,3 +221,37 @@ def test_a_text_format_without_its_type_name_or_schema_is_refused(
         error = responses_refusal(gateway, model=model, input="Hi", text={"format": fmt})
         assert error["param"] == param and f"'{param}'" in error["message"], (model, error)
     assert_no_model_called(upstream, anthropic_native)
+
+
+@pytest.mark.parametrize("parameters", ['{"type": "object"}', ["q"], 5])
+def test_function_parameters_that_are_no_object_are_refused(
+    upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str], gateway: str, parameters: Any
+) -> None:
+    tools = [{"type": "web_search"}, {"type": "function", "name": "lookup", "parameters": parameters}]
+    for model in RESPONSES_MODELS:
+        error = responses_refusal(gateway, model=model, input="Hi", tools=tools)
+        assert error["param"] == "tools[1].parameters", (model, error)
+        assert error["message"] == "Invalid value for 'tools[1].parameters': expected a JSON schema object.", error
+    assert_no_model_called(upstream, anthropic_native)
+
+
+def test_values_openai_takes_go_through(upstream: FakeUpstream, gateway: str) -> None:
+    """Each refusal above has its valid neighbours: an image's `original` detail or none, a function without
+    parameters (null), a named json_schema format, and a `max_output_tokens` below 16 (OpenAI's own models refuse
+    it, but no documented minimum exists, and other models take it: the provider is the judge)."""
+    content = [{"type": "input_text", "text": "Compare."}, {"type": "input_image", "image_url": IMAGE,
+               "detail": "original"}, {"type": "input_image", "image_url": IMAGE, "detail": None}]  # fmt: skip
+    tool = {"type": "function", "name": "lookup", "parameters": None, "strict": None}
+    fmt = {"type": "json_schema", "name": "an_answer-1", "schema": {"type": "object"}}
+    with openai.OpenAI(base_url=f"{gateway}/v1", api_key=KEY, max_retries=0) as client:
+        for model in ("fake/solo", "native/plain"):
+            client.responses.create(model=model, input=[{"role": "user", "content": content}], tools=[tool],  # type: ignore[list-item]
+                                    text={"format": fmt}, max_output_tokens=10)  # type: ignore[arg-type]  # fmt: skip
+
+    chat = upstream.calls_for("solo")[0].body
+    assert [part.get("image_url") for part in chat["messages"][0]["content"]] == [
+        None, {"url": IMAGE, "detail": "original"}, {"url": IMAGE}]  # fmt: skip
+    assert chat["tools"][0]["function"]["parameters"] == {"type": "object", "properties": {}}
+    assert chat["response_format"]["json_schema"]["name"] == "an_answer-1" and chat["max_completion_tokens"] == 10
+    native = upstream.calls_for("plain")[0].body
+    assert native["input"][0]["content"] == content and native["tools"] == [tool] and native["max_output_tokens"] == 10

@@ -206,7 +206,10 @@ def _tool(tool: dict[str, Any], param: str) -> dict[str, Any] | None:
     if not isinstance(name, str) or not name:
         raise InvalidRequest(f"Missing required parameter: '{param}.name'.", param=f"{param}.name")
     _check_name(name, f"{param}.name")
-    function = {"name": name, "parameters": tool.get("parameters") or {"type": "object", "properties": {}}}
+    parameters = tool.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):  # null is OpenAI's "no parameters"
+        raise invalid_value(f"{param}.parameters", "expected a JSON schema object")
+    function = {"name": name, "parameters": parameters or {"type": "object", "properties": {}}}
     if isinstance(tool.get("description"), str):
         function["description"] = tool["description"]
     if isinstance(tool.get("strict"), bool):
