@@ -61,7 +61,8 @@ input_part = mostly(
     body({"type": st.sampled_from(["input_text", "output_text", "text"]), "text": text}, {}),
     body({"type": st.just("input_image")},
          {"image_url": st.sampled_from(["https://example.com/a.png", "data:image/png;base64,iVBO", ""]),
-          "detail": st.sampled_from(["auto", "low", "high"]), "file_id": st.just("file-1")}),
+          "detail": mostly(st.sampled_from(["auto", "low", "high", "original"]), st.sampled_from(["bogus", ""])),
+          "file_id": st.just("file-1")}),
     body({"type": st.just("input_file")}, {"file_data": st.just("data:application/pdf;base64,JVBE"),
                                            "filename": text, "file_id": st.just("file-1")}),
     body({"type": st.sampled_from(["input_audio", "refusal", "summary_text"])}, {"text": text}),
@@ -87,7 +88,8 @@ other_item = st.one_of(
 input_item = mostly(st.one_of(message_item, message_item, function_call_item, function_output_item), other_item)
 responses_tool = st.one_of(
     with_extras(body({"type": st.just("function"), "name": TOOL_NAMES},
-                     {"description": text, "parameters": SCHEMA, "strict": st.booleans()})),
+                     {"description": text, "parameters": mostly(SCHEMA, st.none(), st.just('{"type": "object"}')),
+                      "strict": st.booleans()})),
     body({"type": st.sampled_from(["openrouter:fusion", "fusion"])}, {"parameters": fusion_plugin}),
     body({"type": st.sampled_from(["web_search", "file_search", "namespace", "custom"])}, {"name": name}),
     research_tool,
@@ -98,9 +100,15 @@ responses_tool_choice = mostly(
          {"name": TOOL_NAMES, "mode": st.sampled_from(["auto", "required"])}),
 )  # fmt: skip
 text_format = mostly(
-    body({"type": st.sampled_from(["text", "json_object", "yaml"])}, {}),
-    body({"type": st.just("json_schema")}, {"name": st.just("answer"), "schema": SCHEMA, "strict": st.booleans()}),
-)
+    st.one_of(
+        body({"type": st.sampled_from(["text", "json_object"])}, {}),
+        body({"type": st.just("json_schema"), "name": st.sampled_from(["answer", "an-answer_2"]), "schema": SCHEMA},
+             {"strict": st.booleans(), "description": text}),
+    ),
+    body({"type": st.just("yaml")}, {}),
+    st.just({}),
+    body({"type": st.just("json_schema")}, {"name": st.sampled_from(["an answer", ""]), "schema": SCHEMA}),
+)  # fmt: skip
 valid_responses_request = with_extras(body(
     {"model": model, "input": st.one_of(text, st.lists(input_item, min_size=1, max_size=4))},
     {
@@ -159,7 +167,7 @@ odd_block = body({"type": st.sampled_from(["video", "server_tool_use", "web_sear
 block = mostly(st.one_of(text_block, text_block, media_block, tool_use_block, tool_result_block, thinking_block),
                odd_block)  # fmt: skip
 anthropic_message = with_extras(body(
-    {"role": mostly(st.sampled_from(["user", "assistant"]), st.sampled_from(["system", "tool"])),
+    {"role": mostly(st.sampled_from(["user", "assistant"]), st.sampled_from(["system", "tool", "developer"])),
      "content": st.one_of(text, st.lists(block, max_size=3))},
     {},
 ))  # fmt: skip
@@ -177,7 +185,8 @@ anthropic_tool_choice = body(
 )
 thinking = st.one_of(
     body({"type": st.just("enabled"),
-          "budget_tokens": mostly(st.integers(min_value=1, max_value=1_000), st.sampled_from([-1, 0, 64_000]))},
+          "budget_tokens": mostly(st.integers(min_value=1024, max_value=4_000),
+                                  st.sampled_from([-1, 0, 10, 1023, 64_000]))},
          {"display": st.sampled_from(["summarized", "omitted"])}),
     body({"type": mostly(st.sampled_from(["disabled", "adaptive"]), st.just("auto"))}, {}),
 )  # fmt: skip
