@@ -41,7 +41,7 @@ FUZZ = settings(settings.get_profile(PROFILE), max_examples=EXAMPLES)
 RESPONSES_PARAMS = {
     "body", "model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls", "stream",
     "max_output_tokens", "temperature", "top_p", "reasoning", "text", "metadata", "plugins", "store",
-    "previous_response_id", "user", "background", "models", "conversation",
+    "previous_response_id", "user", "background", "models", "conversation", "truncation",
 }  # fmt: skip
 MESSAGES_PARAMS = {
     "model", "max_tokens", "messages", "system", "stop_sequences", "stream", "temperature", "top_p", "top_k",
