@@ -182,12 +182,19 @@ async def serve(request: Request, chat: ChatRequest, render: Renderer, *, api_ty
     response.headers["X-Openfusion-Overhead-Ms"] = f"{ledger.overhead_ms():.2f}"
     if not isinstance(response, StreamingResponse):
         await ledger.commit()  # with record_before_end, the body goes out once its record is stored
-    response.background = BackgroundTask(_close, ledger)  # after the last byte: off the client's path
+    response.background = BackgroundTask(_close, exchange)  # after the last byte: off the client's path
     return response
 
 
-async def _close(ledger: Ledger) -> None:
-    ledger.close()
+async def _close(exchange: Exchange) -> None:
+    """The response's end, however it came: the cache's run is given back and the ledger closed.
+
+    A stream whose client left before its body began never runs the body's own clean-up, so this is the one
+    path every response takes.
+    """
+    if exchange.cache is not None:
+        exchange.cache.release()  # idempotent: the run's events usually gave it back already
+    exchange.ledger.close()
 
 
 def _route(state: AppState, chat: ChatRequest, plan: FusionPlan | None) -> str:

@@ -1,0 +1,102 @@
+"""Identical requests at once through the real server: the run they share, given back however a response ends."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fakes.server import serve_in_thread
+from fakes.upstream import FakeUpstream, Script
+from openfusion.app import create_app
+from openfusion.settings import Settings
+
+from .conftest import TRIO, judge_script
+
+QUESTION = [{"role": "user", "content": "Why is the sky blue?"}]
+BODY = {"model": "fusion/cached", "messages": QUESTION}
+# Long enough that a request stuck behind a run nobody makes stands out from one that runs (well under a second).
+WAIT_S = 8.0
+
+
+@pytest.fixture
+def start(
+    upstream: FakeUpstream, make_settings: Callable[..., Settings], presets_dir: Path, tmp_path: Path
+) -> Callable[..., AbstractContextManager[str]]:
+    """Start openfusion with `fusion/cached` (the trio, cached for a minute), activity in SQLite; yields its URL."""
+    (presets_dir / "cached.toml").write_text(TRIO + "cache_ttl_s = 60\n")
+
+    @contextmanager
+    def run(**overrides: Any) -> Iterator[str]:
+        overrides.setdefault("activity", {"path": tmp_path / "activity.sqlite3", "flush_interval_s": 0.05})
+        with serve_in_thread(create_app(make_settings(**overrides), environ={"FAKE_KEY": "sk-fake"})) as url:
+            yield url
+
+    return run
+
+
+def script_degraded_run(upstream: FakeUpstream, *, synth_delay_s: float) -> None:
+    """Every run degrades (panelist `a` fails), so none is kept; the synthesizer takes `synth_delay_s`."""
+    upstream.script("a", Script(status=400, error_message="bad request"))
+    upstream.script("b", Script(content="b says blue."))
+    upstream.script("c", Script(content="c says blue."))
+    upstream.script("judge", judge_script())
+    upstream.script("synth", Script(content="Rayleigh scattering.", delay_s=synth_delay_s))
+
+
+async def until(condition: Callable[[], bool], *, timeout_s: float = 10.0) -> None:
+    """Wait until `condition()` holds (checked every 20 ms)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.02)
+
+
+def streamed_records(path: Path) -> list[tuple[str, int | None, str | None]]:
+    """(status, status_code, failure_reason) of each streamed request in the SQLite activity store."""
+    if not path.exists():
+        return []
+    with sqlite3.connect(path, timeout=5) as db:
+        query = "SELECT status, status_code, failure_reason FROM generations WHERE streamed = 1"
+        return [tuple(row) for row in db.execute(query)]
+
+
+async def leave_while_waiting(client: httpx.AsyncClient, url: str) -> None:
+    """A streamed identical request whose client gives up before any byte comes."""
+    with pytest.raises(httpx.ReadTimeout):  # the client really left, having received nothing
+        await client.post(f"{url}/v1/chat/completions", json={**BODY, "stream": True}, timeout=0.3)
+
+
+async def a_waiter_leaves_then_one_more(url: str, upstream: FakeUpstream, activity: Path) -> float:
+    """A run that is not kept, a streamed waiter whose client leaves meanwhile, then one more identical request:
+    how long that last one took."""
+    async with httpx.AsyncClient(timeout=60) as client:
+        first = asyncio.create_task(client.post(f"{url}/v1/chat/completions", json=BODY))
+        await until(lambda: bool(upstream.calls_for("b")))  # the first request has the run
+        await leave_while_waiting(client, url)
+        answer = await first
+        assert answer.headers["x-openfusion-cache"] == "miss"
+        assert answer.json()["fusion"]["panel"][0]["status"] == "error"  # degraded: the run was not kept
+        await until(lambda: len(streamed_records(activity)) == 1)  # the server is done with the waiter that left
+        started = time.monotonic()
+        last = await client.post(f"{url}/v1/chat/completions", json=BODY)
+        assert last.status_code == 200 and last.headers["x-openfusion-cache"] == "miss"
+        return time.monotonic() - started
+
+
+def test_a_waiter_whose_client_left_gives_the_run_back(upstream: FakeUpstream, start: Any, tmp_path: Path) -> None:
+    """The streamed waiter takes the run once the first is not kept, but its body never starts: the run must still
+    be given back, or every later identical request waits `wait_s` for a run nobody makes."""
+    script_degraded_run(upstream, synth_delay_s=1.0)
+    activity = tmp_path / "activity.sqlite3"
+    with start(cache={"wait_s": WAIT_S}) as url:
+        took = asyncio.run(a_waiter_leaves_then_one_more(url, upstream, activity))
+    assert took < WAIT_S / 2, f"the last request waited {took:.1f} s for a run nobody made"
+    assert len(upstream.calls_for("synth")) == 2  # the first and the last: the waiter that left made no call
