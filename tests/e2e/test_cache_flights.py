@@ -100,3 +100,30 @@ def test_a_waiter_whose_client_left_gives_the_run_back(upstream: FakeUpstream, s
         took = asyncio.run(a_waiter_leaves_then_one_more(url, upstream, activity))
     assert took < WAIT_S / 2, f"the last request waited {took:.1f} s for a run nobody made"
     assert len(upstream.calls_for("synth")) == 2  # the first and the last: the waiter that left made no call
+
+
+async def a_waiter_leaves(url: str, upstream: FakeUpstream, activity: Path) -> list[tuple[str, int | None, str | None]]:
+    """A streamed identical request whose client leaves while the first runs: its activity record."""
+    async with httpx.AsyncClient(timeout=60) as client:
+        first = asyncio.create_task(client.post(f"{url}/v1/chat/completions", json=BODY))
+        await until(lambda: bool(upstream.calls_for("b")))  # the first request has the run
+        await leave_while_waiting(client, url)
+        assert (await first).status_code == 200
+        await until(lambda: len(streamed_records(activity)) == 1)
+        return streamed_records(activity)
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["hit", "not-kept"])
+def test_a_waiter_whose_client_left_is_recorded_as_cancelled(
+    upstream: FakeUpstream, start: Any, tmp_path: Path, kept: bool
+) -> None:
+    """Not as a 200 `ok`: the client left before any response (whether the run it waited for was kept or not)."""
+    script_degraded_run(upstream, synth_delay_s=1.0)
+    if kept:
+        upstream.script("a", Script(content="a says blue."))
+    with start(cache={"wait_s": WAIT_S}) as url:
+        records = asyncio.run(a_waiter_leaves(url, upstream, tmp_path / "activity.sqlite3"))
+        metrics = httpx.get(f"{url}/metrics").text
+    assert records == [("cancelled", None, "cancelled")]
+    assert 'openfusion_requests_total{route="fusion/cached",status="cancelled"} 1.0' in metrics
+    assert len(upstream.calls_for("synth")) == 1  # the waiter that left made no run

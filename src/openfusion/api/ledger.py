@@ -98,6 +98,16 @@ class Ledger:
             if self.status_code is None:  # unless the response already began (a stream's 200)
                 self.status_code = exc.status_code if isinstance(exc, OpenFusionError) else 500
 
+    def abandoned(self) -> None:
+        """The client left before its response began: cancelled, and it got no status at all."""
+        self.failed(ClientDisconnected("The client left before the response began."))
+        self.status_code = None
+
+    @property
+    def closed(self) -> bool:
+        """Whether the request is recorded already."""
+        return self._closed
+
     def overhead_ms(self) -> float:
         """Time spent in openfusion itself so far: elapsed time not covered by any upstream call."""
         now = time.perf_counter()
