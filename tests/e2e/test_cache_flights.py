@@ -127,3 +127,27 @@ def test_a_waiter_whose_client_left_is_recorded_as_cancelled(
     assert records == [("cancelled", None, "cancelled")]
     assert 'openfusion_requests_total{route="fusion/cached",status="cancelled"} 1.0' in metrics
     assert len(upstream.calls_for("synth")) == 1  # the waiter that left made no run
+
+
+async def first_then_three(url: str, upstream: FakeUpstream) -> list[httpx.Response]:
+    """One request, then three identical ones while it runs."""
+    async with httpx.AsyncClient(timeout=60) as client:
+        first = asyncio.create_task(client.post(f"{url}/v1/chat/completions", json=BODY))
+        await until(lambda: bool(upstream.calls_for("b")))  # the first request has the run
+        waiters = [client.post(f"{url}/v1/chat/completions", json=BODY) for _ in range(3)]
+        return await asyncio.gather(first, *waiters)
+
+
+def test_requests_that_waited_for_a_run_not_kept_run_together(upstream: FakeUpstream, start: Any) -> None:
+    """Not one after another (the k-th waiting for k-1 whole runs): nothing was kept, so nothing is to be had by
+    waiting for each other."""
+    script_degraded_run(upstream, synth_delay_s=1.0)
+    with start(cache={"wait_s": 30.0}) as url:
+        answers = asyncio.run(first_then_three(url, upstream))
+    assert [a.headers["x-openfusion-cache"] for a in answers] == ["miss"] * 4
+    assert all(a.json()["fusion"]["panel"][0]["status"] == "error" for a in answers)  # degraded: none was kept
+    first, *waiters = sorted(upstream.calls_for("synth"), key=lambda call: call.started)
+    assert len(waiters) == 3 and first.finished is not None
+    assert all(call.started >= first.finished for call in waiters)  # they did wait for the first run
+    ends = [call.finished for call in waiters if call.finished is not None]
+    assert max(call.started for call in waiters) < min(ends)  # then all ran at the same time

@@ -36,6 +36,7 @@ class Ticket:
     policy: CachePolicy
     key: str | None = None  # set when the run's result is to be kept
     entry: CachedRun | None = None  # set on a hit
+    kept: bool = False  # its run's result is in the store: the requests waiting for it find it there
     _release: list[Any] = field(default_factory=list)  # callbacks giving back the run of `key`
 
     @property
@@ -57,7 +58,7 @@ class ResultCache:
         self.store = store
         self.settings = settings
         self.metrics = metrics
-        self._flights: dict[str, asyncio.Future[None]] = {}  # runs in this process, by key
+        self._flights: dict[str, asyncio.Future[bool]] = {}  # runs in this process, by key: look again when done?
         self._unlocking: set[asyncio.Task[None]] = set()
 
     async def consult(self, key: str, policy: CachePolicy, *, mode: Mode) -> Ticket:
@@ -91,7 +92,11 @@ class ResultCache:
                 return ticket  # this request makes the run
             if remaining <= 0:
                 return ticket  # this request runs after waiting its fill, without the lease
-            await self._wait(key, remaining)
+            if not await self._wait(key, remaining):
+                # The run ended without keeping its result: every request that waited for it runs now, not one
+                # after another; the first to get here takes the lease, so that later identical ones wait for it.
+                await self._lease(ticket, key)
+                return ticket
 
     async def _hit(self, key: str, policy: CachePolicy) -> Ticket | None:
         """A hit on `key`, when the store holds a run that `policy` accepts."""
@@ -115,14 +120,7 @@ class ResultCache:
             return False
         flight = asyncio.get_running_loop().create_future()
         self._flights[key] = flight
-
-        def land() -> None:
-            if self._flights.get(key) is flight:
-                del self._flights[key]
-            if not flight.done():
-                flight.set_result(None)
-
-        ticket._release.append(land)
+        ticket._release.append(lambda: self._land(key, flight, look_again=ticket.kept))
         if isinstance(self.store, RedisStore):  # other replicas wait for it too
             token = secrets.token_hex(8)
             try:
@@ -131,11 +129,19 @@ class ResultCache:
             except _STORE_ERRORS as exc:
                 log.warning("result cache lock failed: %s", exc)
                 taken = True  # run without the lock: at worst another replica runs it too
-            if not taken:
-                ticket.release()
+            if not taken:  # another replica makes the run: whoever waits for it here looks again
+                ticket._release.clear()
+                self._land(key, flight, look_again=True)
                 return False
             ticket._release.append(lambda: self._unlock(key, token))
         return True
+
+    def _land(self, key: str, flight: asyncio.Future[bool], *, look_again: bool) -> None:
+        """The end of a run of `key` here; `look_again` False: it kept nothing, its waiters need not look."""
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        if not flight.done():
+            flight.set_result(look_again)
 
     def _unlock(self, key: str, token: str) -> None:
         assert isinstance(self.store, RedisStore)
@@ -150,16 +156,19 @@ class ResultCache:
         except _STORE_ERRORS as exc:  # the lock expires by itself
             log.warning("result cache unlock failed: %s", exc)
 
-    async def _wait(self, key: str, remaining: float) -> None:
-        """Until the run of `key` ends here, or a moment passes (it runs on another replica), at most `remaining`."""
+    async def _wait(self, key: str, remaining: float) -> bool:
+        """Until the run of `key` ends here, or a moment passes (it runs on another replica), at most `remaining`.
+
+        False when the run ended here without keeping its result (nothing to find: waiting again is pointless).
+        """
         flight = self._flights.get(key)
+        if flight is None:
+            await asyncio.sleep(min(_POLL_S, remaining))
+            return True
         try:
-            if flight is not None:
-                await asyncio.wait_for(asyncio.shield(flight), remaining)
-            else:
-                await asyncio.sleep(min(_POLL_S, remaining))
+            return await asyncio.wait_for(asyncio.shield(flight), remaining)
         except TimeoutError:
-            pass
+            return True
 
     async def record(
         self, ticket: Ticket, events: AsyncIterator[Event], *, generation_id: str, streamed: bool
@@ -197,6 +206,7 @@ class ResultCache:
         except _STORE_ERRORS as exc:
             log.warning("result cache write failed: %s", exc)
             return
+        ticket.kept = True
         self.metrics.cache_bytes.inc(len(raw))
 
     async def aclose(self) -> None:
