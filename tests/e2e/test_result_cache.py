@@ -208,6 +208,34 @@ def test_degraded_runs_are_not_cached_unless_asked(upstream: FakeUpstream, start
         assert ask(url, extra_body=allowed)[0] == "hit"
 
 
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (Script(content="Rayleigh scat", finish_reason="length"), "truncated"),
+        (Script(content="Rayleigh scat", finish_reason="content_filter"), "filtered"),
+        (Script(content=""), "empty"),
+    ],
+    ids=["length", "content_filter", "empty"],
+)
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_an_answer_that_did_not_end_well_is_not_kept(
+    upstream: FakeUpstream, start: Any, answer: Script, reason: str, stream: bool
+) -> None:
+    """A truncated, filtered or empty answer would be served for the whole ttl; a retry may well do better."""
+    script_run(upstream)
+    upstream.script("synth", answer)
+    body = {"model": "fusion/cached", "messages": QUESTION}
+    with start() as url:
+        first = sse_payloads(url, body)[0] if stream else ask(url)[0]
+        header, repeat = ask(url)
+        metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {ALICE}"}).text
+    assert (first, header) == ("miss", "miss")  # the repeat ran anew
+    assert repeat.choices[0].message.content == (answer.content or "")  # it was that unclean answer again
+    assert repeat.choices[0].finish_reason == answer.finish_reason
+    assert len(upstream.calls_for("synth")) == 2
+    assert f'openfusion_cache_skipped_total{{reason="{reason}"}} 2.0' in metrics
+
+
 def sse_payloads(url: str, body: dict[str, Any], *, key: str = ALICE) -> tuple[str | None, list[Any]]:
     """A raw streamed request: (cache header, every data payload without its id and created)."""
     payloads: list[Any] = []

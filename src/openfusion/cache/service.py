@@ -17,7 +17,7 @@ from openfusion.cache.entry import CachedRun, CorruptEntry, dump_event, encode_r
 from openfusion.cache.stores import RedisStore, ResultStore
 from openfusion.errors import OpenFusionError
 from openfusion.observability.metrics import Metrics
-from openfusion.pipeline.events import Event, RunFinished
+from openfusion.pipeline.events import Event, RunFinished, SynthesisChunk, SynthesisMessage
 from openfusion.pipeline.plan import CachePolicy
 
 log = logging.getLogger("openfusion.cache")
@@ -26,6 +26,8 @@ Mode = Literal["use", "bypass", "refresh"]
 # What a store may raise: the cache then acts as if it held nothing (the request runs).
 _STORE_ERRORS = (OpenFusionError, RedisError, OSError, TimeoutError, CorruptEntry)
 _POLL_S = 0.05  # how often a request waiting for another replica's run looks again
+# An answer that stopped for these reasons is not one to serve again: the next run may well finish.
+_UNCLEAN_FINISH = {"length": "truncated", "content_filter": "filtered"}
 
 
 @dataclass(eq=False)
@@ -176,24 +178,37 @@ class ResultCache:
         """Relay a run's events, keeping a copy; a run that ends well (and is cacheable) is stored before its end
         is relayed, so the requests waiting for it find it."""
         kept: list[dict[str, Any]] = []
+        answer = Answer()
         try:
             async for event in events:
                 kept.append(dump_event(event))  # a copy, before a surface's renderer touches the event
+                answer.observe(event)
                 if isinstance(event, RunFinished):
-                    await self._keep(ticket, event, kept, generation_id=generation_id, streamed=streamed)
+                    await self._keep(ticket, event, kept, answer=answer, generation_id=generation_id,
+                                     streamed=streamed)  # fmt: skip
                     ticket.release()
                 yield event
         finally:
             ticket.release()  # failed or abandoned: the waiting requests run themselves
 
     async def _keep(
-        self, ticket: Ticket, end: RunFinished, events: list[dict[str, Any]], *, generation_id: str, streamed: bool
+        self,
+        ticket: Ticket,
+        end: RunFinished,
+        events: list[dict[str, Any]],
+        *,
+        answer: Answer,
+        generation_id: str,
+        streamed: bool,
     ) -> None:
         if ticket.key is None:
             return
         flags = run_flags(end.fusion)
         for flag in flags - allowed(ticket.policy):
             self.metrics.cache_skipped.labels(flag).inc()
+            return
+        if (flaw := answer.flaw()) is not None:
+            self.metrics.cache_skipped.labels(flaw).inc()
             return
         raw = encode_run(generation_id=generation_id, created_at=time.time(), cost=end.usage.cost,
                          streamed=streamed, flags=sorted(flags), events=events)  # fmt: skip
@@ -214,6 +229,37 @@ class ResultCache:
         if self._unlocking:
             await asyncio.gather(*self._unlocking, return_exceptions=True)
         await self.store.aclose()
+
+
+class Answer:
+    """What a run's answer came to, read from its synthesis events: how it finished, and whether it said anything."""
+
+    __slots__ = ("finish_reason", "said")
+
+    def __init__(self) -> None:
+        self.finish_reason: str | None = None
+        self.said = False  # any text or tool call
+
+    def observe(self, event: Event) -> None:
+        """Take note of one event of the run (only the synthesizer's answer counts)."""
+        if type(event) is SynthesisChunk:
+            for choice in event.chunk.get("choices") or ():
+                self._note(choice.get("delta") or {}, choice.get("finish_reason"))
+        elif type(event) is SynthesisMessage:
+            self._note(event.message, event.finish_reason)
+
+    def _note(self, message: dict[str, Any], finish_reason: str | None) -> None:
+        content = message.get("content")
+        if message.get("tool_calls") or (content.strip() if isinstance(content, str) else content):
+            self.said = True
+        if finish_reason:
+            self.finish_reason = finish_reason
+
+    def flaw(self) -> str | None:
+        """Why the answer is unfit to keep (`truncated`, `filtered`, `empty`), or None for a clean one."""
+        if self.finish_reason in _UNCLEAN_FINISH:
+            return _UNCLEAN_FINISH[self.finish_reason]
+        return None if self.said else "empty"
 
 
 def allowed(policy: CachePolicy) -> frozenset[str]:

@@ -100,7 +100,8 @@ class Metrics:
         )  # fmt: skip
         self.cache_skipped = Counter(
             "openfusion_cache_skipped",
-            "Finished runs of cacheable requests not kept, by reason (degraded, research, too_large).",
+            "Finished runs of cacheable requests not kept, by reason (degraded, research, truncated, filtered, empty, "
+            "too_large).",
             ["reason"],
             registry=r,
         )
