@@ -443,6 +443,22 @@ def test_the_messages_surface_is_served_from_the_cache(upstream: FakeUpstream, s
     assert whole.model_extra["fusion"]["cached"] is True
 
 
+def test_a_messages_hit_reports_no_tokens(upstream: FakeUpstream, start: Any) -> None:
+    """As a Chat Completions or Responses hit does: nothing was read or written, known (not estimated)."""
+    script_run(upstream)
+    with start() as url, anthropic.Anthropic(base_url=url, api_key=ALICE, max_retries=0) as sdk:
+        miss = sdk.messages.create(model="fusion/cached", max_tokens=500, messages=QUESTION)  # type: ignore[arg-type]
+        hit = sdk.messages.create(model="fusion/cached", max_tokens=500, messages=QUESTION)  # type: ignore[arg-type]
+        events = list(sdk.messages.create(model="fusion/cached", max_tokens=500, messages=QUESTION, stream=True))  # type: ignore[arg-type]
+    assert miss.usage.input_tokens > 0 and miss.usage.output_tokens > 0  # the run itself did read and write
+    assert hit.model_extra["fusion"]["cached"] is True and len(upstream.calls) == FUSION_CALLS
+    assert (hit.usage.input_tokens, hit.usage.output_tokens, hit.usage.model_extra["cost"]) == (0, 0, 0)
+    started = next(e for e in events if e.type == "message_start")
+    ended = next(e for e in events if e.type == "message_delta")
+    assert (started.message.usage.input_tokens, started.message.usage.output_tokens) == (0, 0)
+    assert (ended.usage.input_tokens, ended.usage.output_tokens) == (0, 0)
+
+
 @contextmanager
 def replicas(start: Any, count: int, environ: dict[str, str], **overrides: Any) -> Iterator[list[str]]:
     """`count` servers sharing what `environ` points them at (Redis, PostgreSQL); yields their URLs."""

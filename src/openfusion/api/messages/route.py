@@ -117,9 +117,10 @@ async def _render(exchange: Exchange, translated: Translated) -> Response:
     else:
         opening = chat_events(state, chat, translated.body)
         model, events = await cancel_on_disconnect(exchange.request, opening, drain=state.drain)
+    hit = exchange.cache is not None and exchange.cache.entry is not None  # reads nothing: no tokens to estimate
     # The model that writes the answer, as `message_start` (a stream's only word on it) must name it at once.
     writer = MessageWriter(request=translated.request, model=model,
-                           input_tokens=estimate_input_tokens(translated.request))  # fmt: skip
+                           input_tokens=0 if hit else estimate_input_tokens(translated.request))  # fmt: skip
     if chat.stream:
         body = ledger.closing(
             _stream(writer, events, ledger=ledger),

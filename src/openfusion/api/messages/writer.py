@@ -238,8 +238,11 @@ def _final_usage(
     event: RunFinished, raw: dict[str, Any] | None, *, estimate: int, written: Callable[[], int]
 ) -> dict[str, Any]:
     """The answer's usage: the providers' counts (estimates of the input and of what was written while they
-    reported none: a llama.cpp server's streams carry no usage), the cost when known."""
+    reported none: a llama.cpp server's streams carry no usage), the cost when known. A cache hit's is zero:
+    known, not unknown (its replayed chunks still carry the original run's counts)."""
     usage: Usage = event.usage
+    if event.fusion.get("cached") is True:
+        return {**_usage(0, 0), "cost": 0.0}
     details = (raw or usage.model_extra or {}).get("prompt_tokens_details") or {}
     cached = details.get("cached_tokens") if isinstance(details.get("cached_tokens"), int) else 0
     # Anthropic's input_tokens leaves out the tokens read from a cache: those are counted on their own.
