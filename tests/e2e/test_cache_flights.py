@@ -69,8 +69,8 @@ def streamed_records(path: Path) -> list[tuple[str, int | None, str | None]]:
 
 
 async def leave_while_waiting(client: httpx.AsyncClient, url: str) -> None:
-    """A streamed identical request whose client gives up before any byte comes."""
-    with pytest.raises(httpx.ReadTimeout):  # the client really left, having received nothing
+    """A streamed identical request whose client gives up while the first runs."""
+    with pytest.raises(httpx.ReadTimeout):  # the client really left, before the answer
         await client.post(f"{url}/v1/chat/completions", json={**BODY, "stream": True}, timeout=0.3)
 
 
@@ -117,14 +117,15 @@ async def a_waiter_leaves(url: str, upstream: FakeUpstream, activity: Path) -> l
 def test_a_waiter_whose_client_left_is_recorded_as_cancelled(
     upstream: FakeUpstream, start: Any, tmp_path: Path, kept: bool
 ) -> None:
-    """Not as a 200 `ok`: the client left before any response (whether the run it waited for was kept or not)."""
+    """Not as a 200 `ok` (whether the run it waited for was kept or not); it got its response's start, the wait
+    being the stream's, so its status is the 200 it got."""
     script_degraded_run(upstream, synth_delay_s=1.0)
     if kept:
         upstream.script("a", Script(content="a says blue."))
     with start(cache={"wait_s": WAIT_S}) as url:
         records = asyncio.run(a_waiter_leaves(url, upstream, tmp_path / "activity.sqlite3"))
         metrics = httpx.get(f"{url}/metrics").text
-    assert records == [("cancelled", None, "cancelled")]
+    assert records == [("cancelled", 200, "cancelled")]
     assert 'openfusion_requests_total{route="fusion/cached",status="cancelled"} 1.0' in metrics
     assert len(upstream.calls_for("synth")) == 1  # the waiter that left made no run
 
@@ -151,3 +152,45 @@ def test_requests_that_waited_for_a_run_not_kept_run_together(upstream: FakeUpst
     assert all(call.started >= first.finished for call in waiters)  # they did wait for the first run
     ends = [call.finished for call in waiters if call.finished is not None]
     assert max(call.started for call in waiters) < min(ends)  # then all ran at the same time
+
+
+KEEPALIVE = b": OPENFUSION PROCESSING\n\n"
+SURFACES = {  # path, body, first bytes, keep-alive
+    "chat": ("/v1/chat/completions", BODY, KEEPALIVE, KEEPALIVE),
+    "responses": ("/v1/responses", {"model": "fusion/cached", "input": "Why is the sky blue?"},
+                  b"event: response.created\n", KEEPALIVE),
+    "messages": ("/v1/messages", {**BODY, "max_tokens": 500}, b"event: message_start\n", b"event: ping\n"),
+}  # fmt: skip
+
+
+async def stream_while_the_first_runs(url: str, upstream: FakeUpstream, path: str, body: dict[str, Any]) -> Any:
+    """One request, then an identical streamed one while it runs: (its cache header, its first bytes, whether the
+    first run was still under way when they came, the rest of its body)."""
+    async with httpx.AsyncClient(timeout=30) as client:
+        first = asyncio.create_task(client.post(f"{url}{path}", json=body))
+        await until(lambda: bool(upstream.calls_for("b")))  # the first request has the run
+        async with client.stream("POST", f"{url}{path}", json={**body, "stream": True}) as response:
+            chunks = response.aiter_raw()
+            opening = await anext(chunks)
+            running = all(call.finished is None for call in upstream.calls_for("synth"))
+            rest = b"".join([chunk async for chunk in chunks])
+        assert (await first).status_code == 200
+        return response.headers["x-openfusion-cache"], opening, running, rest
+
+
+@pytest.mark.parametrize("surface", list(SURFACES))
+def test_a_stream_that_waits_for_an_identical_run_begins_at_once(
+    upstream: FakeUpstream, start: Any, surface: str
+) -> None:
+    """Its headers and first bytes go out as a fresh run's do, the wait being the stream's (with keep-alives): not
+    nothing at all until the run it waits for has ended, which a proxy's idle timeout would cut."""
+    script_degraded_run(upstream, synth_delay_s=1.5)
+    upstream.script("a", Script(content="a says blue."))  # a clean run: kept, the waiter's answer
+    path, body, first_bytes, keepalive = SURFACES[surface]
+    with start(cache={"wait_s": 30.0}, keepalive_interval_s=0.2) as url:
+        header, opening, running, rest = asyncio.run(stream_while_the_first_runs(url, upstream, path, body))
+    assert running, "the stream's first bytes came only once the run it waited for had ended"
+    assert header == "pending" and opening.startswith(first_bytes)
+    after_opening = (opening + rest).split(b"\n\n", 1)[1]
+    assert keepalive in after_opening  # then keep-alives while it waits (the run it waits for takes 1.5 s)
+    assert b"Rayleigh scattering." in rest and len(upstream.calls) == 5  # then the first run's answer: a hit

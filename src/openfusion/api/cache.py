@@ -30,18 +30,32 @@ def requested_mode(request: Request) -> Mode:
     return mode
 
 
-async def consult_cache(exchange: Exchange) -> Ticket | None:
+async def consult_cache(exchange: Exchange, *, wait: bool = True) -> Ticket | None:
     """The cache's answer for a fusion request whose preset or plugin caches it (None: not cached at all).
 
-    The key holds the client key's name: one key never reads another's cached answers.
+    The key holds the client key's name: one key never reads another's cached answers. `wait=False` (a stream,
+    whose first bytes go out at once): a `pending` ticket rather than waiting for an identical run under way;
+    `settle_pending` waits for it then, inside the stream.
     """
     cache, plan = exchange.state.cache, exchange.plan
     if cache is None or plan is None or plan.cache is None:
         return None
     mode = requested_mode(exchange.request)
     key = cache_key(plan, exchange.chat, tenant=client_key_name(exchange.request) or "")
-    ticket = await cache.consult(key, plan.cache, mode=mode)
+    ticket = await cache.consult(key, plan.cache, mode=mode, wait=wait)
+    _note_hit(exchange, ticket)
+    return ticket
+
+
+async def settle_pending(exchange: Exchange) -> None:
+    """Wait for the identical run a `pending` ticket found under way: the exchange's ticket is then a hit or a miss."""
+    cache, pending = exchange.state.cache, exchange.cache
+    assert cache is not None and pending is not None and pending.key is not None, "settle_pending() of no pending"
+    exchange.cache = await cache.consult(pending.key, pending.policy, mode="use")
+    _note_hit(exchange, exchange.cache)
+
+
+def _note_hit(exchange: Exchange, ticket: Ticket) -> None:
     if ticket.entry is not None:
         exchange.ledger.cache_hit = True
         exchange.ledger.cost_saved = ticket.entry.cost
-    return ticket

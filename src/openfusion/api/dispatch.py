@@ -7,6 +7,7 @@ Access, limits, cost and activity happen here, the same for every surface.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from openfusion.activity import ApiType
 from openfusion.api.access import admit, check_preset_scope, client_key_name, key_scope, spend_reservation
 from openfusion.api.body import named_model
-from openfusion.api.cache import CACHE_HEADER, consult_cache
+from openfusion.api.cache import CACHE_HEADER, consult_cache, settle_pending
 from openfusion.api.chat_shape import check_fusion_shape
 from openfusion.api.deps import AppState
 from openfusion.api.event_stream import EventStreamResponse
@@ -50,6 +51,19 @@ class Exchange:
     def fusion_events(self, *, stream: bool, panel_deltas: bool = False) -> AsyncIterator[Event]:
         """The fusion run's events (slug or tool mode); `stream` asks for the answer chunk by chunk,
         `panel_deltas` for the panel's text as it is written (for a surface that shows it)."""
+        if self.cache is not None and self.cache.pending:
+            return self._after_identical_run(stream=stream, panel_deltas=panel_deltas)
+        return self._events(stream=stream, panel_deltas=panel_deltas)
+
+    async def _after_identical_run(self, *, stream: bool, panel_deltas: bool) -> AsyncIterator[Event]:
+        """A stream's events once the identical run it waits for has ended: replayed from the cache, or its own
+        run. The wait is the stream's (its first bytes and keep-alives go out meanwhile)."""
+        await settle_pending(self)
+        async with contextlib.aclosing(self._events(stream=stream, panel_deltas=panel_deltas)) as events:
+            async for event in events:
+                yield event
+
+    def _events(self, *, stream: bool, panel_deltas: bool) -> AsyncIterator[Event]:
         plan, state, ticket = self.plan, self.state, self.cache
         assert plan is not None, "fusion_events() of a pass-through request"
         if ticket is not None and ticket.entry is not None:  # a hit: the cached run's events, at once
@@ -165,7 +179,8 @@ async def serve(request: Request, chat: ChatRequest, render: Renderer, *, api_ty
     exchange = await open_exchange(request, chat, api_type=api_type)
     ledger = exchange.ledger
     try:
-        exchange.cache = await consult_cache(exchange)
+        # A stream waits for an identical run under way inside its body, its first bytes sent: not before them.
+        exchange.cache = await consult_cache(exchange, wait=not chat.stream)
         response = await render(exchange)
     except BaseException as exc:
         if exchange.cache is not None:

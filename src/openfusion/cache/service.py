@@ -34,7 +34,7 @@ _UNCLEAN_FINISH = {"length": "truncated", "content_filter": "filtered"}
 class Ticket:
     """One request's dealings with the cache: a hit to replay, or a run to keep (`key` set) or not."""
 
-    status: Literal["hit", "miss", "bypass", "refresh"]
+    status: Literal["hit", "miss", "bypass", "refresh", "pending"]
     policy: CachePolicy
     key: str | None = None  # set when the run's result is to be kept
     entry: CachedRun | None = None  # set on a hit
@@ -43,8 +43,14 @@ class Ticket:
 
     @property
     def header(self) -> str:
-        """The `X-Openfusion-Cache` response header: a refreshed run is a miss that was kept."""
+        """The `X-Openfusion-Cache` response header: a refreshed run is a miss that was kept; `pending`: the outcome
+        comes later (a stream that waits for an identical run, its headers sent meanwhile)."""
         return "miss" if self.status == "refresh" else self.status
+
+    @property
+    def pending(self) -> bool:
+        """An identical run is under way: `consult` again to wait for it (without waiting, nothing is known yet)."""
+        return self.status == "pending"
 
     def release(self) -> None:
         """Let requests waiting for this run look again (idempotent)."""
@@ -63,21 +69,26 @@ class ResultCache:
         self._flights: dict[str, asyncio.Future[bool]] = {}  # runs in this process, by key: look again when done?
         self._unlocking: set[asyncio.Task[None]] = set()
 
-    async def consult(self, key: str, policy: CachePolicy, *, mode: Mode) -> Ticket:
-        """A hit, or a miss whose run this request makes (identical ones wait for it, up to `wait_s`)."""
+    async def consult(self, key: str, policy: CachePolicy, *, mode: Mode, wait: bool = True) -> Ticket:
+        """A hit, or a miss whose run this request makes (identical ones wait for it, up to `wait_s`).
+
+        `wait=False`: a `pending` ticket instead of waiting for an identical run under way (to consult again later).
+        """
         if mode == "bypass":
             ticket = Ticket("bypass", policy)
         elif mode == "refresh":
             ticket = Ticket("refresh", policy, key=key)
             await self._lease(ticket, key)  # waiters may take this run's result; it waits for nobody
         else:
-            ticket = await self._look_up(key, policy)
+            ticket = await self._look_up(key, policy, wait=wait)
+        if ticket.pending:
+            return ticket  # counted once its outcome is known
         self.metrics.cache_lookups.labels(ticket.status).inc()
         if ticket.entry is not None and ticket.entry.cost:
             self.metrics.cache_cost_saved.inc(ticket.entry.cost)
         return ticket
 
-    async def _look_up(self, key: str, policy: CachePolicy) -> Ticket:
+    async def _look_up(self, key: str, policy: CachePolicy, *, wait: bool) -> Ticket:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.wait_s
         while True:
@@ -85,20 +96,26 @@ class ResultCache:
                 return hit
             ticket = Ticket("miss", policy, key=key)
             remaining = deadline - loop.time()
-            if await self._lease(ticket, key):
-                # Between the look and the lease, an identical run may have been kept and its lease given back:
-                # one more look (a read, against a whole run) or it would be made twice.
-                if hit := await self._hit(key, policy):
-                    ticket.release()
-                    return hit
-                return ticket  # this request makes the run
-            if remaining <= 0:
-                return ticket  # this request runs after waiting its fill, without the lease
-            if not await self._wait(key, remaining):
-                # The run ended without keeping its result: every request that waited for it runs now, not one
-                # after another; the first to get here takes the lease, so that later identical ones wait for it.
-                await self._lease(ticket, key)
-                return ticket
+            try:
+                if await self._lease(ticket, key):
+                    # Between the look and the lease, an identical run may have been kept and its lease given back:
+                    # one more look (a read, against a whole run) or it would be made twice.
+                    if hit := await self._hit(key, policy):
+                        ticket.release()
+                        return hit
+                    return ticket  # this request makes the run
+                if remaining <= 0:
+                    return ticket  # this request runs after waiting its fill, without the lease
+                if not wait:
+                    return Ticket("pending", policy, key=key)
+                if not await self._wait(key, remaining):
+                    # The run ended without keeping its result: every request that waited for it runs now, not one
+                    # after another; the first to get here takes the lease, so that later identical ones wait.
+                    await self._lease(ticket, key)
+                    return ticket
+            except BaseException:  # cancelled (the client of a stream that waits here left): the lease goes back
+                ticket.release()
+                raise
 
     async def _hit(self, key: str, policy: CachePolicy) -> Ticket | None:
         """A hit on `key`, when the store holds a run that `policy` accepts."""
