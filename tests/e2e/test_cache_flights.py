@@ -194,3 +194,40 @@ def test_a_stream_that_waits_for_an_identical_run_begins_at_once(
     after_opening = (opening + rest).split(b"\n\n", 1)[1]
     assert keepalive in after_opening  # then keep-alives while it waits (the run it waits for takes 1.5 s)
     assert b"Rayleigh scattering." in rest and len(upstream.calls) == 5  # then the first run's answer: a hit
+
+
+async def leave_during_a_slow_lookup(url: str, activity: Path) -> tuple[list[tuple[str, int | None, str | None]], int]:
+    """A streamed request whose client leaves during its cache lookup, then one more: (the activity of streamed
+    requests, the status of the last request)."""
+    async with httpx.AsyncClient(timeout=60) as client:
+        await leave_while_waiting(client, url)
+        await until(lambda: len(streamed_records(activity)) == 1)
+        last = await client.post(f"{url}/v1/chat/completions", json=BODY)
+        return streamed_records(activity), last.status_code
+
+
+def test_a_stream_whose_client_left_before_it_began_is_recorded_as_cancelled(
+    upstream: FakeUpstream, make_settings: Callable[..., Settings], presets_dir: Path, tmp_path: Path
+) -> None:
+    """A slow cache lookup: the client leaves before the stream begins, so its body never runs. Recorded as
+    cancelled with no status code (not a 200 `ok`), its run given back."""
+    script_degraded_run(upstream, synth_delay_s=0.0)
+    (presets_dir / "cached.toml").write_text(TRIO + "cache_ttl_s = 60\n")
+    activity = tmp_path / "activity.sqlite3"
+    settings = make_settings(activity={"path": activity, "flush_interval_s": 0.05}, cache={"wait_s": WAIT_S})
+    app = create_app(settings, environ={"FAKE_KEY": "sk-fake"})
+    with serve_in_thread(app) as url:
+        store = app.state.openfusion.cache.store
+        look = store.get
+
+        async def slow_get(key: str) -> bytes | None:
+            await asyncio.sleep(1.0)  # the client gives up after 0.3 s
+            return await look(key)
+
+        store.get = slow_get
+        started = time.monotonic()
+        records, status = asyncio.run(leave_during_a_slow_lookup(url, activity))
+        took = time.monotonic() - started
+    assert records[0] == ("cancelled", None, "cancelled")
+    assert status == 200 and took < WAIT_S  # the run it took was given back: the next one did not wait for it
+    assert len(upstream.calls_for("synth")) == 1  # the one of the last request
