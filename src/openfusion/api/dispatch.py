@@ -21,7 +21,6 @@ from openfusion.api.body import named_model
 from openfusion.api.cache import CACHE_HEADER, consult_cache, settle_pending
 from openfusion.api.chat_shape import check_fusion_shape
 from openfusion.api.deps import AppState
-from openfusion.api.event_stream import EventStreamResponse
 from openfusion.api.ledger import Ledger
 from openfusion.cache.entry import replayed
 from openfusion.cache.service import Ticket
@@ -198,20 +197,22 @@ async def serve(request: Request, chat: ChatRequest, render: Renderer, *, api_ty
     response.headers["X-Openfusion-Overhead-Ms"] = f"{ledger.overhead_ms():.2f}"
     if not isinstance(response, StreamingResponse):
         await ledger.commit()  # with record_before_end, the body goes out once its record is stored
-    response.background = BackgroundTask(_close, exchange, response)  # after the last byte: off the client's path
+    # After the last byte: off the client's path. (Not the response itself: it holds this task, a reference cycle.)
+    streamed = isinstance(response, StreamingResponse)
+    response.background = BackgroundTask(_close, exchange, streamed=streamed)
     return response
 
 
-async def _close(exchange: Exchange, response: Response) -> None:
+async def _close(exchange: Exchange, *, streamed: bool) -> None:
     """The response's end, however it came: the cache's run is given back and the ledger closed.
 
-    A stream whose client left before its body began never runs the body's own clean-up (which records a
-    client leaving), so this is the one path every response takes.
+    A stream whose client left before its body began never runs the body's own clean-up (`Ledger.closing`, which
+    records a client leaving), so this is the one path every response takes.
     """
     if exchange.cache is not None:
         exchange.cache.release()  # idempotent: the run's events usually gave it back already
     ledger = exchange.ledger
-    if isinstance(response, EventStreamResponse) and not response.began and not ledger.closed:
+    if streamed and not ledger.body_began and not ledger.closed:
         ledger.abandoned()
     ledger.close()
 

@@ -50,10 +50,8 @@ class EventStreamResponse(StreamingResponse):
         self.headers_with_first_chunk = headers_with_first_chunk
         self.keepalive, self.keepalive_interval = keepalive, keepalive_interval
         self._ended = False  # the body's end went out: its task runs the background task
-        self.began = False  # the body's task started: a client that left before it got nothing at all
 
     async def _respond(self, send: Send) -> None:
-        self.began = True
         await self.stream_response(send)
         self._ended = True
         if self.background is not None:

@@ -76,6 +76,7 @@ class Ledger:
         self.cache_hit = False  # answered from the result cache
         self.cost_saved: float | None = None  # what the cached run cost, on a hit
         self._closed = False
+        self.body_began = False  # a streamed body began relaying (`closing`): its own end records a departure
         # Its spend cap's hold: settled to the actual cost here, released once that is in the store.
         self.reservation = reservation
         if reservation is not None:
@@ -124,6 +125,7 @@ class Ledger:
         or what `render_error` makes of the error, for a surface whose streams end another way — unless
         the answer was whole and recorded already: then the stream just ends.
         """
+        self.body_began = True
         task = asyncio.current_task()  # the one relaying this body
         drain = self.state.drain
         if task is not None:
