@@ -16,6 +16,7 @@ from openfusion.pipeline.research import NO_RESEARCH, ResearchPlan, answer_with_
 from openfusion.pipeline.sampling import SamplingMemory
 from openfusion.protocol import Usage, sum_usage
 from openfusion.upstream.client import Completion, UpstreamClient
+from openfusion.upstream.encoded import EncodedJSON
 from openfusion.upstream.stage import stage_limit
 from openfusion.upstream.trace import role
 
@@ -30,15 +31,22 @@ async def ask_panelist(
     research: ResearchPlan = NO_RESEARCH,
     memory: SamplingMemory | None = None,
     deltas: PanelDeltas | None = None,
+    sent_messages: EncodedJSON | None = None,
 ) -> PanelAnswer | PanelFailure:
-    """One panelist's answer (after its research, if any), or its failure; never raises for an upstream problem."""
+    """One panelist's answer (after its research, if any), or its failure; never raises for an upstream problem.
+
+    `sent_messages`: the body's messages already serialized (shared by the panel), sent in their place as long as the
+    conversation is the body's own (not once research has added to it).
+    """
     started = time.perf_counter()
     billed: list[Usage] = []  # every completion's usage, kept when a later step fails
     dropped: list[str] = []  # sampling parameters the model refused
     memory = memory or SamplingMemory()
+    conversation = body["messages"]
 
     async def call(messages: Messages, tools: list[dict[str, Any]] | None, choice: str | None) -> Completion:
-        request = {**body, "messages": messages, "tools": tools, "tool_choice": choice}
+        sent = sent_messages if sent_messages is not None and messages is conversation else messages
+        request = {**body, "messages": sent, "tools": tools, "tool_choice": choice}
         if deltas is not None:
             completion, left_out = await complete_streaming(upstream, model, request, deltas, memory=memory)
         else:
@@ -52,7 +60,7 @@ async def ask_panelist(
     try:
         async with stage_limit(timeout_s):
             with role("panel"):
-                done = await answer_with_research(call, messages=body["messages"], plan=research, usages=billed)
+                done = await answer_with_research(call, messages=conversation, plan=research, usages=billed)
     except TimeoutError:
         return failed(f"{model} did not answer within panel_timeout_s ({timeout_s:g} s)", code="timeout")
     except OpenFusionError as exc:
@@ -104,10 +112,12 @@ async def collect_answers(
     """
     started = time.perf_counter()
     queue: asyncio.Queue[PanelDelta] | None = asyncio.Queue() if stream_deltas else None
+    # The conversation is the same for every panelist, and the largest part of each request: serialized once.
+    shared = EncodedJSON(body["messages"]) if len(models) > 1 else None
     running: dict[asyncio.Task[PanelAnswer | PanelFailure], tuple[str, str]] = {
         asyncio.create_task(
             ask_panelist(upstream, model, body, label=label, timeout_s=timeout_s, research=research, memory=memory,
-                         deltas=PanelDeltas(label, queue) if queue is not None else None),
+                         deltas=PanelDeltas(label, queue) if queue is not None else None, sent_messages=shared),
             name=f"panel:{label}",
         ): (model, label)
         for model, label in zip(models, panel_labels(models), strict=True)

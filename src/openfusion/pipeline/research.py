@@ -87,7 +87,7 @@ async def answer_with_research(
         usages.append(completion.usage)
         return Researched(completion, usages, log)
     assert research is not None
-    history = list(messages)
+    history = messages  # the conversation as given (the caller may have it serialized already) until a round adds to it
     remaining = plan.budget
     while True:
         completion = await call(history, offered, None if remaining > 0 else "none")
@@ -95,6 +95,8 @@ async def answer_with_research(
         tool_calls = [c for c in completion.message.get("tool_calls") or [] if isinstance(c, dict)]
         if remaining <= 0 or not tool_calls:
             return Researched(completion, usages, log)
+        if history is messages:
+            history = list(messages)
         history.append({"role": "assistant", "content": completion.message.get("content"), "tool_calls": tool_calls})
         allowed, refused = tool_calls[:remaining], tool_calls[remaining:]
         outcomes = await asyncio.gather(*(_execute(research, c, plan.blocked_domains) for c in allowed))

@@ -26,6 +26,7 @@ from openfusion.errors import (
 from openfusion.masking import SecretMasker
 from openfusion.protocol import Usage, parse_usage
 from openfusion.settings import HttpSettings, RetrySettings
+from openfusion.upstream.encoded import request_bytes
 from openfusion.upstream.failures import diagnose
 from openfusion.upstream.limits import ProgressClock, Stalled, stalled
 from openfusion.upstream.providers import Provider, ProviderRegistry, Route
@@ -404,9 +405,7 @@ class UpstreamClient:
         headers: Mapping[str, str] | None = None,
     ) -> _Sent:
         endpoint = self._endpoint(route.provider, path)
-        # orjson's result holds a ~16 KiB allocation whatever its length: a copy of the exact size is sent
-        # (under respx and httpx's own transports the response keeps its request, body and all).
-        content = bytes(memoryview(orjson.dumps(payload)))
+        content = request_bytes(payload)
         direct = endpoint.aiohttp  # the default transport: no httpx request or response is built
         if direct is not None:
             if headers:
