@@ -108,3 +108,9 @@ class PartitionProxy:
         if sock.fileno() != -1:
             self._selector.unregister(sock)
             sock.close()
+
+
+def through(proxy: PartitionProxy, url: str) -> str:
+    """A database URL of the local PostgreSQL (127.0.0.1:5432), with the proxy in the place of the server."""
+    assert "@127.0.0.1:5432/" in url, url
+    return url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{proxy.port}/")

@@ -19,7 +19,7 @@ import httpx
 import psycopg
 import pytest
 
-from e2e.partition import PartitionProxy
+from e2e.partition import PartitionProxy, through
 from e2e.processes import Served, fusion, provider_config, serve
 from fakes.upstream import FakeUpstream, wait_until
 
@@ -29,12 +29,6 @@ GRACE_S = 2.0
 # What a stop may take past the grace period: the activity writer's last flush and the pool's close, with room.
 BOUND_S = GRACE_S + 5.0
 CALLS_PER_FUSION = 5  # three panelists, the judge, the synthesizer
-
-
-def _through(proxy: PartitionProxy, url: str) -> str:
-    """The database URL, with the proxy in the place of the server."""
-    assert "@127.0.0.1:5432/" in url, url
-    return url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{proxy.port}/")
 
 
 def _fusions_in_background(url: str, count: int) -> tuple[list[threading.Thread], list[httpx.Response]]:
@@ -80,7 +74,7 @@ def test_sigterm_with_postgresql_partitioned_stops_within_the_bound_and_counts_t
     config = provider_config(upstream_url, grace_s=GRACE_S)
     args = ("--workers", str(workers)) if workers > 1 else ()
     with PartitionProxy(("127.0.0.1", 5432)) as proxy:
-        env = {"DATABASE_URL": _through(proxy, postgres_url)}
+        env = {"DATABASE_URL": through(proxy, postgres_url)}
         with serve(config, presets_dir, tmp_path, args=args, env=env) as served:
             if workers > 1:
                 served.wait_serving(workers)
@@ -126,7 +120,7 @@ def test_a_capped_keys_request_is_not_held_by_a_spend_read_postgresql_never_answ
     ask = {"model": "fake/plain", "messages": [{"role": "user", "content": "Hi"}]}
     headers = {"Authorization": f"Bearer {key}"}
     with PartitionProxy(("127.0.0.1", 5432)) as proxy:
-        env = {"DATABASE_URL": _through(proxy, postgres_url), "CAPPED_KEY": key}
+        env = {"DATABASE_URL": through(proxy, postgres_url), "CAPPED_KEY": key}
         with serve(provider_config(upstream_url, extra=extra), presets_dir, tmp_path, env=env) as served:
             chat = f"{served.url}/v1/chat/completions"
             assert httpx.post(chat, json=ask, headers=headers, timeout=30).status_code == 200

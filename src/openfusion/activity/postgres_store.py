@@ -12,6 +12,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from openfusion.activity.cached import CacheStatements
+from openfusion.activity.cancellation import ends_when_cancelled
 from openfusion.activity.migrations import MIGRATIONS, VERSION_TABLE, Migration, latest_version, pending
 from openfusion.activity.records import ActivityEntry, ActivityPage, start_of_day
 from openfusion.activity.sql import (
@@ -68,7 +69,7 @@ async def migrate(conn: psycopg.AsyncConnection, migrations: tuple[Migration, ..
 
 
 class PostgresStore:
-    """ActivityStore on PostgreSQL."""
+    """ActivityStore on PostgreSQL; every call ends at once when cancelled, even with the server silent."""
 
     def __init__(self, pool: AsyncConnectionPool, url: str) -> None:
         self._pool = pool
@@ -111,6 +112,7 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise StoreUnavailable(f"activity database error at {self._where}: {describe(exc)}") from exc
 
+    @ends_when_cancelled
     async def write(self, batch: Sequence[ActivityEntry]) -> None:
         """Write a batch in one transaction; an id written again replaces the earlier copy."""
         if not batch:
@@ -120,6 +122,7 @@ class PostgresStore:
             for statement, params in statements:
                 await cursor.execute(statement, params)
 
+    @ends_when_cancelled
     async def get(self, generation_id: str, *, key_name: str | None = None) -> ActivityEntry | None:
         """One generation with its calls (and content, when stored), or None; with `key_name`, only that key's."""
         async with self._connection() as conn:
@@ -129,6 +132,7 @@ class PostgresStore:
             calls = await (await conn.execute(SQL.select_calls, (generation_id,))).fetchall()
         return ActivityEntry(generation_from_row(row), tuple(call_from_row(c) for c in calls))
 
+    @ends_when_cancelled
     async def list(self, *, limit: int, before: str | None = None, key_name: str | None = None) -> ActivityPage:
         """Generations newest first, without content; `before` is the id the previous page ended with.
 
@@ -143,6 +147,7 @@ class PostgresStore:
             rows = await (await conn.execute(*SQL.page(limit + 1, key_name, after))).fetchall()
         return ActivityPage(tuple(generation_from_row(r) for r in rows[:limit]), has_more=len(rows) > limit)
 
+    @ends_when_cancelled
     async def spent_today(self, key_name: str | None) -> float | None:
         """USD spent since midnight UTC by one key (None: by everyone), where costs are known."""
         async with self._connection() as conn:
@@ -153,23 +158,27 @@ class PostgresStore:
             row = await cursor.fetchone()
         return float(row[0] or 0.0) if row else 0.0
 
+    @ends_when_cancelled
     async def save_response(self, stored: StoredResponse) -> None:
         """Keep a response until it expires."""
         async with self._connection() as conn:
             await conn.execute(STORED.insert, stored_values(stored))
 
+    @ends_when_cancelled
     async def load_response(self, response_id: str, *, owner: str, now: datetime) -> StoredResponse | None:
         """The owner's unexpired response of that id, or None."""
         async with self._connection() as conn:
             row = await (await conn.execute(STORED.select, (response_id, owner, now))).fetchone()
         return stored_from_row(row) if row is not None else None
 
+    @ends_when_cancelled
     async def purge_responses(self, *, now: datetime, created_before: datetime) -> int:
         """Delete the responses expired by `now` or created before `created_before`; how many."""
         async with self._connection() as conn:
             cursor = await conn.execute(STORED.purge, (now, created_before))
         return cursor.rowcount
 
+    @ends_when_cancelled
     async def cache_get(self, key: str, *, now: float, touch_every_s: float) -> bytes | None:
         """A cached run's bytes unless absent or expired; reading it marks it used, when its mark is older
         than `touch_every_s` (most hits are then a plain SELECT: no write)."""
@@ -179,6 +188,7 @@ class PostgresStore:
                 await conn.execute(CACHE.touch, (now, key))
         return bytes(row[0]) if row is not None else None
 
+    @ends_when_cancelled
     async def cache_put(self, key: str, entry: bytes, *, now: float, ttl_s: float, max_bytes: int) -> None:
         """Keep a run until it expires; then drop expired rows, and the least recently used past `max_bytes`."""
         async with self._connection() as conn, conn.transaction():
@@ -186,22 +196,26 @@ class PostgresStore:
             await conn.execute(CACHE.purge, (now,))
             await conn.execute(CACHE.evict, (max_bytes,))
 
+    @ends_when_cancelled
     async def cache_delete(self, key: str) -> None:
         """Forget one cached run."""
         async with self._connection() as conn:
             await conn.execute(CACHE.delete, (key,))
 
+    @ends_when_cancelled
     async def cache_usage(self) -> tuple[int, int]:
         """How many runs are cached, and their bytes."""
         async with self._connection() as conn:
             row = await (await conn.execute(CACHE.usage)).fetchone()
         return (int(row[0]), int(row[1])) if row else (0, 0)
 
+    @ends_when_cancelled
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers."""
         async with self._connection() as conn:
             await conn.execute("SELECT 1")
 
+    @ends_when_cancelled
     async def schema_version(self) -> int:
         """The highest applied migration."""
         async with self._connection() as conn:

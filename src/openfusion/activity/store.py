@@ -46,7 +46,11 @@ class UnknownCursor(LookupError):
 
 
 class ActivityStore(Protocol):
-    """Where generations and their calls are kept. Every method raises StoreUnavailable on a database failure."""
+    """Where generations and their calls are kept. Every method raises StoreUnavailable on a database failure.
+
+    Every method ends at once when cancelled, even while the database does not answer: a caller bounds a call
+    with `asyncio.timeout` and gets its TimeoutError at the limit (see `cancellation`).
+    """
 
     async def write(self, batch: Sequence[ActivityEntry]) -> None:
         """Write a batch in one transaction; an id written again replaces the earlier copy."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
 
+from openfusion.activity.cancellation import cancel_until_done
 from openfusion.activity.config import ActivitySettings
 from openfusion.activity.records import ActivityEntry, CallRecord, GenerationRecord
 from openfusion.activity.store import ActivityStore
@@ -363,20 +364,10 @@ class ActivityWriter:
         )
 
 
-# How often, and how many times, _abandon() cancels a task that goes on after being cancelled.
-_ABANDON_EVERY_S = 0.1
-_ABANDON_TRIES = 10
-
-
 async def _abandon(task: asyncio.Task[None]) -> None:
-    """Cancel `task`, again and again until it ends (for at most a second).
+    """Cancel the writer's task and wait (about a second at most) until it has ended.
 
-    psycopg answers a first cancellation by asking the server to cancel the query and waiting for it (about
-    10 s when the server does not answer); cancelled again meanwhile, it closes the connection at once.
+    Its write ends at once when cancelled, even while the database does not answer (`cancellation`).
     """
-    for _ in range(_ABANDON_TRIES):
-        task.cancel()
-        await asyncio.wait([task], timeout=_ABANDON_EVERY_S)
-        if task.done():
-            return
-    log.warning("the activity writer did not stop when cancelled")
+    if not await cancel_until_done(task):
+        log.warning("the activity writer did not stop when cancelled")

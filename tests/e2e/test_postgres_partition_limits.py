@@ -1,0 +1,93 @@
+"""Time limits on the activity database hold while PostgreSQL is cut off by a network partition.
+
+A partition drops packets and sends no RST: a query simply gets no answer. Each wait on the database has a
+limit (the readiness probe's, the result cache's `timeout_s`, the stored responses'); past it psycopg, cancelled
+once, would ask the server to cancel the query and wait ~10 s more for an answer that never comes. The real
+`openfusion serve` runs against the real PostgreSQL through `partition.PartitionProxy`, cut mid-run.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from e2e.partition import PartitionProxy, through
+from e2e.processes import HI, provider_config, serve
+from fakes.upstream import FakeUpstream
+from openfusion.api.health import _PROBE_TIMEOUT_S
+
+pytestmark = pytest.mark.e2e
+
+# What a request may take past its limits (a fusion run against the fake upstream, a busy machine); psycopg's
+# wait for a cancellation the server never answers is ~10 s more per call, well past it.
+SLACK_S = 2.5
+CACHE_TIMEOUT_S = 1.0
+# The activity writer's limit, which a response's end waits for (record_before_end, on with PostgreSQL).
+WRITE_TIMEOUT_S = 1.0
+ACTIVITY = f"[activity]\nwrite_timeout_s = {WRITE_TIMEOUT_S}\n\n"
+CALLS_PER_FUSION = 5  # three panelists, the judge, the synthesizer
+
+
+def _timed(send: Any) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = send()
+    return response, time.monotonic() - started
+
+
+def _warnings(log: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+    return [line for line in log if line["level"] == "warning" and text in line["message"]]
+
+
+def test_readyz_reports_the_database_not_ready_within_its_probe_limit(
+    fake_upstream: Any, presets_dir: Path, tmp_path: Path, postgres_url: str
+) -> None:
+    _, upstream_url = fake_upstream
+    with PartitionProxy(("127.0.0.1", 5432)) as proxy:
+        env = {"DATABASE_URL": through(proxy, postgres_url)}
+        with serve(provider_config(upstream_url), presets_dir, tmp_path, env=env) as served:
+            ready = httpx.get(f"{served.url}/readyz", timeout=30)
+            assert ready.status_code == 200, ready.text
+            proxy.partition()
+            response, took = _timed(lambda: httpx.get(f"{served.url}/readyz", timeout=60))
+            log = served.log()
+
+    assert proxy.dropped > 0  # the fault happened: the probe's bytes went into the partition
+    assert response.status_code == 503
+    assert response.json() == {"status": "not_ready", "checks": {"providers": "ok", "activity_store": "timeout"}}
+    assert _warnings(log, "activity_store did not answer")
+    # The probe's limit and a fraction of a second; not psycopg's ~10 s more.
+    assert took < _PROBE_TIMEOUT_S + SLACK_S, f"/readyz took {took:.1f} s"
+
+
+def test_a_cached_fusion_runs_as_a_miss_within_the_caches_limits_when_the_database_is_cut_off(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path, postgres_url: str
+) -> None:
+    """The result cache on the activity database (`backend = "database"`): the lookup and the write each give up
+    at `timeout_s`, the request runs and is answered, a miss."""
+    _, upstream_url = fake_upstream
+    extra = f'{ACTIVITY}[cache]\nbackend = "database"\ntimeout_s = {CACHE_TIMEOUT_S}\n'
+    body = {"model": "fusion", "messages": HI, "plugins": [{"id": "fusion", "cache": {"ttl_s": 600}}]}
+    with PartitionProxy(("127.0.0.1", 5432)) as proxy:
+        env = {"DATABASE_URL": through(proxy, postgres_url)}
+        with serve(provider_config(upstream_url, extra=extra), presets_dir, tmp_path, env=env) as served:
+            chat = f"{served.url}/v1/chat/completions"
+            first = httpx.post(chat, json=body, timeout=30)
+            assert (first.status_code, first.headers["x-openfusion-cache"]) == (200, "miss"), first.text
+            assert httpx.post(chat, json=body, timeout=30).headers["x-openfusion-cache"] == "hit"
+            proxy.partition()
+            calls = len(upstream.calls)
+            response, took = _timed(lambda: httpx.post(chat, json=body, timeout=60))
+            log = served.log()
+
+    assert proxy.dropped > 0
+    assert response.status_code == 200, response.text
+    assert response.headers["x-openfusion-cache"] == "miss"  # the kept run could not be read: the request ran
+    assert len(upstream.calls) == calls + CALLS_PER_FUSION
+    assert _warnings(log, "result cache lookup failed") and _warnings(log, "result cache write failed")
+    # The lookup's limit, the write's, the record's (record_before_end) and room; not ~10 s more per call.
+    bound = 2 * CACHE_TIMEOUT_S + WRITE_TIMEOUT_S + SLACK_S
+    assert took < bound, f"the request took {took:.1f} s (bound {bound} s)"
