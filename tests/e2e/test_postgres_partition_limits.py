@@ -19,6 +19,7 @@ from e2e.partition import PartitionProxy, through
 from e2e.processes import HI, provider_config, serve
 from fakes.upstream import FakeUpstream
 from openfusion.api.health import _PROBE_TIMEOUT_S
+from openfusion.api.responses.keeper import _TIMEOUT_S as STORED_RESPONSE_TIMEOUT_S
 
 pytestmark = pytest.mark.e2e
 
@@ -91,3 +92,38 @@ def test_a_cached_fusion_runs_as_a_miss_within_the_caches_limits_when_the_databa
     # The lookup's limit, the write's, the record's (record_before_end) and room; not ~10 s more per call.
     bound = 2 * CACHE_TIMEOUT_S + WRITE_TIMEOUT_S + SLACK_S
     assert took < bound, f"the request took {took:.1f} s (bound {bound} s)"
+
+
+def test_stored_responses_keep_their_documented_outcomes_within_their_limit_when_the_database_is_cut_off(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path, postgres_url: str
+) -> None:
+    """`store: true` still completes (the failed write is logged); a follow-up whose `previous_response_id`
+    cannot be read gets a clear 503 in OpenAI's shape. Each within the stored responses' limit."""
+    _, upstream_url = fake_upstream
+    with PartitionProxy(("127.0.0.1", 5432)) as proxy:
+        env = {"DATABASE_URL": through(proxy, postgres_url)}
+        with serve(provider_config(upstream_url, extra=ACTIVITY), presets_dir, tmp_path, env=env) as served:
+            responses = f"{served.url}/v1/responses"
+            first = httpx.post(responses, json={"model": "fusion", "input": "Hi", "store": True}, timeout=30)
+            assert first.status_code == 200, first.text
+            proxy.partition()
+            ask = {"model": "fusion", "input": "Why?", "store": True}
+            stored, store_took = _timed(lambda: httpx.post(responses, json=ask, timeout=60))
+            follow_up = {"model": "fusion", "input": "And then?", "previous_response_id": first.json()["id"]}
+            refused, read_took = _timed(lambda: httpx.post(responses, json=follow_up, timeout=60))
+            log = served.log()
+
+    assert proxy.dropped > 0
+    assert stored.status_code == 200, stored.text
+    assert stored.json()["status"] == "completed" and stored.json()["store"] is True
+    assert _warnings(log, f"could not store response {stored.json()['id']}")
+    # The write's limit and the record's (record_before_end), and room; not ~10 s more.
+    bound = STORED_RESPONSE_TIMEOUT_S + WRITE_TIMEOUT_S + SLACK_S
+    assert store_took < bound, f"store: true took {store_took:.1f} s (bound {bound} s)"
+
+    assert refused.status_code == 503, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "activity_store_unavailable" and error["type"] == "server_error"
+    assert error["message"] == "The activity store is unavailable; try again later."
+    bound = STORED_RESPONSE_TIMEOUT_S + SLACK_S
+    assert read_took < bound, f"the follow-up took {read_took:.1f} s (bound {bound} s)"

@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from openfusion.activity.records import utc_now
+from openfusion.activity.store import StoreUnavailable
 from openfusion.activity.stored import ResponseStore, StoredResponse
 from openfusion.errors import NotFound, OpenFusionError
 
@@ -53,10 +54,16 @@ class ResponseKeeper:
         return [*stored.items, *_continuable(stored.response.get("output") or [])]
 
     async def load(self, response_id: str, *, owner: str, param: str | None = "previous_response_id") -> StoredResponse:
-        """This owner's stored response of that id; 404 otherwise (unknown, expired, another key's)."""
+        """This owner's stored response of that id; 404 otherwise (unknown, expired, another key's).
+
+        503 (StoreUnavailable) when the database fails or does not answer within `_TIMEOUT_S`.
+        """
         now = utc_now()
-        async with asyncio.timeout(_TIMEOUT_S):
-            stored = await self.store.load_response(response_id, owner=owner, now=now)
+        try:
+            async with asyncio.timeout(_TIMEOUT_S):
+                stored = await self.store.load_response(response_id, owner=owner, now=now)
+        except TimeoutError:
+            raise StoreUnavailable(f"stored response not read: no answer within {_TIMEOUT_S:g} s") from None
         if stored is None or stored.created_at <= now - self.retention:  # kept longer than the retention now
             raise _not_found(response_id, param=param)
         return stored
