@@ -18,6 +18,7 @@ import pytest
 from e2e.partition import PartitionProxy, through
 from e2e.processes import HI, provider_config, serve
 from fakes.upstream import FakeUpstream
+from openfusion.api.activity import READ_TIMEOUT_S
 from openfusion.api.health import _PROBE_TIMEOUT_S
 from openfusion.api.responses.keeper import _TIMEOUT_S as STORED_RESPONSE_TIMEOUT_S
 
@@ -127,3 +128,25 @@ def test_stored_responses_keep_their_documented_outcomes_within_their_limit_when
     assert error["message"] == "The activity store is unavailable; try again later."
     bound = STORED_RESPONSE_TIMEOUT_S + SLACK_S
     assert read_took < bound, f"the follow-up took {read_took:.1f} s (bound {bound} s)"
+
+
+def test_the_activity_api_answers_503_within_its_read_limit_when_the_database_is_cut_off(
+    fake_upstream: Any, presets_dir: Path, tmp_path: Path, postgres_url: str
+) -> None:
+    """Without a limit, the read waited as long as the database stayed silent (TCP gives up after minutes)."""
+    _, upstream_url = fake_upstream
+    with PartitionProxy(("127.0.0.1", 5432)) as proxy:
+        env = {"DATABASE_URL": through(proxy, postgres_url)}
+        with serve(provider_config(upstream_url), presets_dir, tmp_path, env=env) as served:
+            activity = f"{served.url}/v1/activity"
+            assert httpx.get(activity, timeout=30).status_code == 200
+            proxy.partition()
+            response, took = _timed(lambda: httpx.get(activity, timeout=READ_TIMEOUT_S + 20))
+            log = served.log()
+
+    assert proxy.dropped > 0
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "activity_store_unavailable"
+    assert _warnings(log, "reading activity: no answer from the activity database")
+    bound = READ_TIMEOUT_S + SLACK_S
+    assert took < bound, f"GET /v1/activity took {took:.1f} s (bound {bound} s)"

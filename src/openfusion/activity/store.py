@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from openfusion.activity.config import ActivitySettings
@@ -15,6 +16,8 @@ from openfusion.errors import ConfigError, OpenFusionError
 log = logging.getLogger("openfusion.activity")
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+T = TypeVar("T")
 
 
 class StoreUnavailable(OpenFusionError):
@@ -39,6 +42,18 @@ class StoreUnavailable(OpenFusionError):
     def log_message(self) -> str:
         """What the server logs about this error."""
         return self.detail
+
+
+async def answered_within(call: Awaitable[T], *, timeout_s: float, what: str) -> T:
+    """What a store call returns; StoreUnavailable (503) when the database has not answered within `timeout_s`.
+
+    The call ends at the limit even while the database is silent (see ActivityStore).
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await call
+    except TimeoutError:
+        raise StoreUnavailable(f"{what}: no answer from the activity database within {timeout_s:g} s") from None
 
 
 class UnknownCursor(LookupError):

@@ -16,8 +16,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from openfusion.activity.records import ActivityPage
-from openfusion.activity.store import ActivityStore, UnknownCursor
+from openfusion.activity.records import ActivityEntry, ActivityPage
+from openfusion.activity.store import ActivityStore, UnknownCursor, answered_within
 from openfusion.activity.view import (
     ANALYSIS_SECTIONS,
     analysis_points,
@@ -36,6 +36,9 @@ router = APIRouter()
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+# A read the database has not answered within this is a 503: a silent database must not hold the request. Longer
+# than the pool's wait for a connection (10 s), which fails with its own cause (the server refused, say).
+READ_TIMEOUT_S = 12.0
 # Answers shown on the page are untrusted model output: besides escaping, forbid any script or remote load.
 _PAGE_HEADERS = {
     "Content-Security-Policy": (
@@ -86,11 +89,18 @@ async def read_page(store: ActivityStore, *, limit: str | None, before: str | No
     if before:
         checked_id(before, "before")
     try:
-        return await store.list(limit=count, before=before or None, key_name=owner)
+        page = store.list(limit=count, before=before or None, key_name=owner)
+        return await answered_within(page, timeout_s=READ_TIMEOUT_S, what="reading activity")
     except UnknownCursor:
         raise InvalidRequest(
             f"Invalid value for 'before': no generation {before!r}.", param="before", code="invalid_cursor"
         ) from None
+
+
+async def read_entry(store: ActivityStore, generation_id: str, *, owner: str | None) -> ActivityEntry | None:
+    """One of `owner`'s generations (None: anyone's) with its calls, or None."""
+    entry = store.get(generation_id, key_name=owner)
+    return await answered_within(entry, timeout_s=READ_TIMEOUT_S, what="reading a generation")
 
 
 @router.get("/api/v1/generation")
@@ -100,7 +110,7 @@ async def get_generation(
     """One generation in OpenRouter's field names, with the per-call breakdown."""
     if not generation_id:
         raise InvalidRequest("Missing required parameter: 'id'.", param="id")
-    entry = await store.get(checked_id(generation_id, "id"), key_name=owner)
+    entry = await read_entry(store, checked_id(generation_id, "id"), owner=owner)
     if entry is None:
         raise NotFound(f"Generation {generation_id!r} not found.", param="id", code="generation_not_found")
     return generation_body(entry)
@@ -130,7 +140,7 @@ async def activity_page(
 @router.get("/activity/{generation_id}", response_class=HTMLResponse, include_in_schema=False)
 async def generation_page(request: Request, store: Store, owner: Owner, generation_id: str) -> HTMLResponse:
     """One request: its timeline of upstream calls and, when stored, the answers side by side."""
-    entry = await store.get(checked_id(generation_id, "generation_id"), key_name=owner)
+    entry = await read_entry(store, checked_id(generation_id, "generation_id"), owner=owner)
     if entry is None:
         return _html("activity_missing.html", status_code=404, generation_id=generation_id)
     settings = getattr(request.app.state, "settings", None)  # an app of the activity routes alone has none

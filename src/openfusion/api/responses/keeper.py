@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from openfusion.activity.records import utc_now
-from openfusion.activity.store import StoreUnavailable
+from openfusion.activity.store import answered_within
 from openfusion.activity.stored import ResponseStore, StoredResponse
 from openfusion.errors import NotFound, OpenFusionError
 
@@ -59,11 +59,8 @@ class ResponseKeeper:
         503 (StoreUnavailable) when the database fails or does not answer within `_TIMEOUT_S`.
         """
         now = utc_now()
-        try:
-            async with asyncio.timeout(_TIMEOUT_S):
-                stored = await self.store.load_response(response_id, owner=owner, now=now)
-        except TimeoutError:
-            raise StoreUnavailable(f"stored response not read: no answer within {_TIMEOUT_S:g} s") from None
+        read = self.store.load_response(response_id, owner=owner, now=now)
+        stored = await answered_within(read, timeout_s=_TIMEOUT_S, what="reading a stored response")
         if stored is None or stored.created_at <= now - self.retention:  # kept longer than the retention now
             raise _not_found(response_id, param=param)
         return stored
