@@ -10,10 +10,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import orjson
-
 from openfusion.api.handlers import ErrorDialect
 from openfusion.errors import InvalidRequest, OpenFusionError
+from openfusion.sse import dumps
 
 # Anthropic's error types by HTTP status; any other 4xx is a bad request, any other 5xx an API error.
 _TYPES = {
@@ -55,7 +54,7 @@ def _message(error: OpenFusionError) -> str:
 
 def error_event(error: OpenFusionError) -> bytes:
     """The `error` event that ends a stream which failed after it began."""
-    return b"event: error\ndata: " + orjson.dumps(error_body(error)) + b"\n\n"
+    return b"event: error\ndata: " + dumps(error_body(error)) + b"\n\n"
 
 
 # Every /v1/messages route answers errors in Anthropic's shape, those raised before routing included.

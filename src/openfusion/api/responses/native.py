@@ -29,7 +29,7 @@ from openfusion.api.passthrough import (
 from openfusion.api.responses.request import Translated
 from openfusion.errors import OpenFusionError, UpstreamError, UpstreamProtocolError
 from openfusion.protocol import Usage
-from openfusion.sse import DataLines
+from openfusion.sse import DataLines, dumps
 from openfusion.upstream.client import RESPONSES_PATH, Forwarded
 
 Keep = Callable[[dict[str, Any]], Awaitable[None]]
@@ -153,7 +153,7 @@ class _Numbering:
         """The Responses API's `error` event, numbered after the last event relayed."""
         event = {"type": "error", "code": error.code, "message": error.message, "param": None,
                  "sequence_number": self.last + 1}  # fmt: skip
-        return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
+        return b"event: error\ndata: " + dumps(event) + b"\n\n"
 
 
 _SEQUENCE = b'"sequence_number":'
