@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from openfusion.api.params import ParamNames, renamed
+from openfusion.api.responses.content import check_image_details, media_parts, text_of, tool_output, user_content
 from openfusion.errors import InvalidRequest, invalid_request_from, invalid_value, missing
 from openfusion.pipeline.plan import FUSION_TOOL_TYPES
 from openfusion.protocol import (
@@ -43,7 +44,6 @@ _SKIPPED_ITEMS = frozenset(
 )
 # Tools only OpenAI (or the client itself) can run: a chat provider cannot take them, so they are left out.
 _CHAT_TOOL_TYPES = ("function", *FUSION_TOOL_TYPES)
-_IMAGE_DETAILS = ("low", "high", "auto", "original")  # an input_image's `detail`, as OpenAI takes it
 _FORMAT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a json_schema format's `name`, as OpenAI takes it
 
 
@@ -143,11 +143,15 @@ def translate(
     if request.instructions:
         messages.append({"role": "system", "content": request.instructions})
         origins.append("instructions")
+    tool_media: dict[int, list[dict[str, Any]]] = {}  # a tool message's images and files, by its index
     for position, item in enumerate(items):
         # Errors name the client's own items; stored history was checked when it was sent.
         param = f"input[{position - offset}]" if position >= offset else "previous_response_id"
-        _add_item(messages, item, param)
+        if media := _add_item(messages, item, param):
+            tool_media[len(messages) - 1] = media
         origins += [param] * (len(messages) - len(origins))
+    if tool_media:
+        messages, origins = _with_tool_media(messages, origins, tool_media)
     if not items:
         raise InvalidRequest("Missing required parameter: 'input'.", param="input")
     if not messages:  # only items a chat model cannot read (reasoning, fusion results), and no instructions
@@ -292,17 +296,15 @@ def _validated(model: type[_Strict], item: dict[str, Any], param: str) -> Any:
         raise invalid_request_from(exc, prefix=param) from None
 
 
-def _add_item(messages: list[dict[str, Any]], item: Any, param: str) -> None:
+def _add_item(messages: list[dict[str, Any]], item: Any, param: str) -> list[dict[str, Any]] | None:
+    """Append the item's chat messages; a tool output's images and files are returned, for a user turn after it."""
     if not isinstance(item, dict):
         raise InvalidRequest(f"Invalid value for '{param}': an input item must be an object.", param=param)
     kind = item.get("type", "message")
     if not isinstance(kind, str):
         raise InvalidRequest(f"Invalid value for '{param}.type': expected a string.", param=f"{param}.type")
     if kind == "message":
-        message = _validated(_MessageItem, item, param)
-        _check_image_details(message.content, f"{param}.content")
-        role = "system" if message.role == "developer" else message.role
-        messages.append({"role": role, "content": _content(message.content, role=role, param=f"{param}.content")})
+        _add_message(messages, _validated(_MessageItem, item, param), f"{param}.content")
     elif kind == "function_call":
         call = _validated(_FunctionCall, item, param)
         function = {"name": call.name, "arguments": call.arguments}
@@ -314,64 +316,49 @@ def _add_item(messages: list[dict[str, Any]], item: Any, param: str) -> None:
             messages.append({"role": "assistant", "content": None, "tool_calls": [tool_call]})
     elif kind == "function_call_output":
         output = _validated(_FunctionCallOutput, item, param)
-        text = output.output if isinstance(output.output, str) else _text_of(output.output)
-        messages.append({"role": "tool", "tool_call_id": output.call_id, "content": text})
+        check_image_details(output.output, f"{param}.output")
+        content, media = tool_output(output.output, param=f"{param}.output")
+        messages.append({"role": "tool", "tool_call_id": output.call_id, "content": content})
+        if media:
+            label = {"type": "text", "text": f"Images and files from the output of tool call {output.call_id}:"}
+            return [label, *media]
     elif kind not in _SKIPPED_ITEMS:
         raise InvalidRequest(f"Invalid value for '{param}.type': input items of type {kind!r} are not supported.",
                              param=f"{param}.type")  # fmt: skip
+    return None
 
 
-def _check_image_details(content: str | list[dict[str, Any]], param: str) -> None:
-    """Every input_image part's `detail` is absent or one OpenAI knows: in any message, since a provider that speaks
-    the Responses API gets the parts as sent, and a chat provider refuses an unknown one (a fusion panel, all of it)."""
-    if isinstance(content, str):
+def _add_message(messages: list[dict[str, Any]], message: _MessageItem, param: str) -> None:
+    check_image_details(message.content, param)
+    role = "system" if message.role == "developer" else message.role
+    if role == "user":
+        messages.append({"role": role, "content": user_content(message.content, param=param)})
         return
-    for position, part in enumerate(content):
-        detail = part.get("detail")
-        if part.get("type") == "input_image" and detail is not None and detail not in _IMAGE_DETAILS:
-            raise invalid_value(f"{param}[{position}].detail", f"{detail!r} (expected low, high, auto or original)")
+    text = message.content if isinstance(message.content, str) else text_of(message.content)
+    media = media_parts(message.content, param=param)
+    if text or not media:
+        messages.append({"role": role, "content": text})
+    if media:  # chat holds images and files in user messages only: they follow, in a user turn of their own
+        messages.append({"role": "user", "content": media})
 
 
-def _content(content: str | list[dict[str, Any]], *, role: str, param: str) -> str | list[dict[str, Any]]:
-    """Responses content parts as chat content: text for assistant and system messages, parts for the user."""
-    if isinstance(content, str):
-        return content
-    if role != "user":
-        return _text_of(content)
-    parts: list[dict[str, Any]] = []
-    for position, part in enumerate(content):
-        kind = part.get("type")
-        if kind in ("input_text", "output_text", "text"):
-            text = part.get("text")
-            where = f"{param}[{position}].text"
-            if text is None:  # as OpenAI: no text is no part (and a run on an empty prompt costs a whole fusion)
-                raise InvalidRequest(f"Missing required parameter: '{where}'.", param=where)
-            if not isinstance(text, str):
-                raise InvalidRequest(f"Invalid value for '{where}': expected a string.", param=where)
-            parts.append({"type": "text", "text": text})
-        elif kind == "input_image":
-            url = part.get("image_url")
-            if not isinstance(url, str) or not url:
-                where = f"{param}[{position}].image_url"
-                message = f"Missing required parameter: '{where}' (file ids are not supported)."
-                raise InvalidRequest(message, param=where)
-            image = {"url": url, **({"detail": part["detail"]} if part.get("detail") else {})}
-            parts.append({"type": "image_url", "image_url": image})
-        elif kind == "input_file":
-            file = {k: part[k] for k in ("file_data", "filename", "file_id") if isinstance(part.get(k), str)}
-            if "file_data" not in file and "file_id" not in file:  # a file_url has no chat form: it would be lost
-                where = f"{param}[{position}].file_data"
-                message = f"Missing required parameter: '{where}' (or file_id; file_url is not supported)."
-                raise InvalidRequest(message, param=where)
-            parts.append({"type": "file", "file": file})
-        else:
-            where = f"{param}[{position}].type"
-            raise InvalidRequest(f"Invalid value for '{where}': content parts of type {kind!r} are not supported.",
-                                 param=where)  # fmt: skip
-    if len(parts) == 1 and parts[0]["type"] == "text":
-        return str(parts[0]["text"])
-    return parts
-
-
-def _text_of(parts: list[dict[str, Any]]) -> str:
-    return "".join(str(p.get("text", "")) for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str))
+def _with_tool_media(
+    messages: list[dict[str, Any]], origins: list[str], media: dict[int, list[dict[str, Any]]]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The messages with, after each run of tool messages, one user turn holding their outputs' images and files: a
+    chat tool message holds text only, and nothing may come between one call's tool message and the next."""
+    out: list[dict[str, Any]] = []
+    where: list[str] = []
+    turn: list[dict[str, Any]] = []
+    for index, (message, origin) in enumerate(zip(messages, origins, strict=True)):
+        if turn and message["role"] != "tool":
+            out.append({"role": "user", "content": turn})
+            where.append(where[-1])
+            turn = []
+        out.append(message)
+        where.append(origin)
+        turn += media.get(index, [])
+    if turn:
+        out.append({"role": "user", "content": turn})
+        where.append(where[-1])
+    return out, where
