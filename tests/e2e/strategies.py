@@ -96,9 +96,17 @@ slug = st.one_of(
 )
 function = body({"name": st.sampled_from(["lookup", "get_weather"])}, {"arguments": st.just('{"q": "x"}')})
 tool_call = body({"id": st.just("call_1"), "type": st.just("function"), "function": function}, {"index": st.integers()})
+# OpenAI's chat image details, and values it refuses (a 400 naming `…image_url.detail` for fusion).
+detail = mostly(st.sampled_from(["auto", "low", "high", "original"]), st.sampled_from(["bogus", "HIGH", ""]), junk)
 content_part = st.one_of(
     body({"type": st.just("text"), "text": text}, {}),
-    body({"type": st.just("image_url"), "image_url": body({"url": st.just("https://example.com/a.png")}, {})}, {}),
+    body(
+        {
+            "type": st.just("image_url"),
+            "image_url": body({"url": st.just("https://example.com/a.png")}, {"detail": detail}),
+        },
+        {},
+    ),
     body({"type": st.just("input_audio")}, {"input_audio": junk}),
 )
 content = st.one_of(text, st.none(), st.lists(content_part, max_size=3))

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import openai
 import pytest
 
 from fakes.upstream import FakeUpstream, Script, wait_until
@@ -211,6 +212,10 @@ def _user(content: Any) -> list[dict[str, Any]]:
     return [{"role": "user", "content": content}]
 
 
+def _image(detail: Any) -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": detail}}
+
+
 FUSION_SHAPES = [
     ({"messages": _user([1])}, "messages[0].content[0]"),
     ({"messages": _user([])}, "messages[0].content"),
@@ -219,6 +224,9 @@ FUSION_SHAPES = [
     ({"messages": _user([{"type": "text", "text": 1}])}, "messages[0].content[0].text"),
     ({"messages": _user([{"type": "image_url"}])}, "messages[0].content[0].image_url"),
     ({"messages": _user([{"type": "image_url", "image_url": {}}])}, "messages[0].content[0].image_url.url"),
+    ({"messages": _user([_image("bogus")])}, "messages[0].content[0].image_url.detail"),
+    ({"messages": _user([{"type": "text", "text": "Q?"}, _image("HIGH")])}, "messages[0].content[1].image_url.detail"),
+    ({"messages": _user([_image(5)])}, "messages[0].content[0].image_url.detail"),
     ({"messages": _user([{"type": "input_audio", "input_audio": "x"}])}, "messages[0].content[0].input_audio"),
     ({"messages": _user([{"type": "file", "file": "x"}])}, "messages[0].content[0].file"),
     ({"messages": [*HI, {"role": "tool", "content": "found"}]}, "messages[1].tool_call_id"),
@@ -250,6 +258,7 @@ def test_well_formed_parts_and_unknown_part_types_still_reach_the_panel(server: 
     parts = [
         {"type": "text", "text": "What is in it?"},
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        *[_image(detail) for detail in ("auto", "low", "high", "original", None)],
         {"type": "input_video", "video_url": "https://example.com/v.mp4"},  # a provider's own: left to it
     ]
     tools = [{"type": "function", "function": {"name": "look", "parameters": {"type": "object"}}}]
@@ -278,4 +287,15 @@ def test_a_value_of_the_wrong_type_is_400_not_read_one_way_and_sent_another(
         ):
             refused = httpx.post(f"{server}{path}", json={**body, "stream": value})
             assert refused.status_code == 400, (path, refused.text)
+    assert upstream.calls == []
+
+
+def test_an_image_detail_openai_does_not_have_is_refused_to_the_sdk(server: str, upstream: FakeUpstream) -> None:
+    content = [{"type": "text", "text": "What is it?"}, _image("ultra")]
+    with openai.OpenAI(base_url=f"{server}/v1", api_key="k", max_retries=0) as sdk:
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as raised:
+                sdk.chat.completions.create(model="fusion/trio", messages=_user(content), stream=stream)  # type: ignore[call-overload]
+            assert raised.value.body["param"] == "messages[0].content[1].image_url.detail"  # type: ignore[index]
+            assert "'ultra' (expected auto, low, high, original)" in raised.value.body["message"]  # type: ignore[index]
     assert upstream.calls == []

@@ -23,6 +23,8 @@ _PARTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "input_audio": ("input_audio", ("data", "format")),
     "file": ("file", ()),
 }
+# An image_url part's `detail`, as OpenAI's chat API takes it (openai-python's ChatCompletionContentPartImageParam).
+_IMAGE_DETAILS = ("auto", "low", "high", "original")
 _TOOL_CHOICES = ("none", "auto", "required")
 _RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 
@@ -79,6 +81,8 @@ def _check_part(part: Any, at: str) -> None:
     for name in required:
         if not isinstance(value.get(name), str):
             _refuse(f"{at}.{field}.{name}", f"an {kind} part's {field} must have its {name} (a string)")
+    if kind == "image_url" and value.get("detail") is not None and value["detail"] not in _IMAGE_DETAILS:
+        _refuse(f"{at}.image_url.detail", f"{value['detail']!r} (expected {', '.join(_IMAGE_DETAILS)})")
 
 
 def _check_tool(tool: dict[str, Any], at: str) -> None:
