@@ -34,13 +34,6 @@ IMAGE = "data:image/png;base64,iVBORw0KGgo="
 
 
 @pytest.fixture
-def anthropic_native() -> Iterator[tuple[FakeAnthropic, str]]:
-    fake = FakeAnthropic()
-    with serve_in_thread(fake.app) as url:
-        yield fake, url
-
-
-@pytest.fixture
 def gateway(
     upstream: FakeUpstream,
     fake_upstream: tuple[FakeUpstream, str],

@@ -24,19 +24,15 @@ SCOPED_KEY = "sk-scoped-0c4e1b7f"  # a key whose scope is fake/* alone
 
 
 @pytest.fixture
-def native() -> Iterator[tuple[FakeAnthropic, str]]:
-    fake = FakeAnthropic()
-    with serve_in_thread(fake.app) as url:
-        yield fake, url
-
-
-@pytest.fixture
 def gateway(
-    upstream: FakeUpstream, native: tuple[FakeAnthropic, str], make_settings: Callable[..., Settings], tmp_path: Path
+    upstream: FakeUpstream,
+    anthropic_native: tuple[FakeAnthropic, str],
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
 ) -> Iterator[str]:
     """openfusion with the chat fake and an Anthropic-native provider serving `claude/*`."""
     chat = make_settings().providers
-    claude = ProviderConfig(name="claude", base_url=f"{native[1]}/v1", api_key_env="CLAUDE_KEY",
+    claude = ProviderConfig(name="claude", base_url=f"{anthropic_native[1]}/v1", api_key_env="CLAUDE_KEY",
                             models=["claude/*"], strip_prefix=True, messages=True)  # fmt: skip
     settings = make_settings(providers=[*chat, claude], activity={"path": tmp_path / "activity.sqlite3"},
                              keys=[{"name": "cc", "key_env": "CLIENT_KEY"},
@@ -82,9 +78,9 @@ def assert_forwarded(call: Any, *, stream: bool) -> None:
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_native_provider_gets_the_request_as_sent(
-    upstream: FakeUpstream, native: tuple[FakeAnthropic, str], gateway: str, stream: bool
+    upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str], gateway: str, stream: bool
 ) -> None:
-    fake, _ = native
+    fake, _ = anthropic_native
     body: dict[str, Any] = {
         "model": "claude/opus",
         "max_tokens": 100,
@@ -113,9 +109,9 @@ def test_a_native_provider_gets_the_request_as_sent(
 
 @pytest.mark.parametrize("reply", [Reply(cut_after=3), Reply(end_after=3)], ids=["connection cut", "clean close"])
 def test_a_native_stream_cut_short_ends_with_an_error_event(
-    native: tuple[FakeAnthropic, str], gateway: str, reply: Reply
+    anthropic_native: tuple[FakeAnthropic, str], gateway: str, reply: Reply
 ) -> None:
-    fake, _ = native
+    fake, _ = anthropic_native
     fake.replies = [reply]
     body = {"model": "claude/opus", "max_tokens": 10, "messages": QUESTION, "stream": True}
 
@@ -132,9 +128,9 @@ def test_a_native_stream_cut_short_ends_with_an_error_event(
 
 
 def test_a_native_stream_the_provider_ends_with_an_error_event_is_recorded_as_failed(
-    native: tuple[FakeAnthropic, str], gateway: str
+    anthropic_native: tuple[FakeAnthropic, str], gateway: str
 ) -> None:
-    fake, _ = native
+    fake, _ = anthropic_native
     fake.replies = [Reply(error_after=4)]
     body = {"model": "claude/opus", "max_tokens": 10, "messages": QUESTION, "stream": True}
 
@@ -152,11 +148,11 @@ def test_a_native_stream_the_provider_ends_with_an_error_event_is_recorded_as_fa
 
 
 def test_a_native_stream_cut_after_it_began_has_an_unknown_usage(
-    native: tuple[FakeAnthropic, str], gateway: str
+    anthropic_native: tuple[FakeAnthropic, str], gateway: str
 ) -> None:
     """`message_start`'s output count (1) is a placeholder: what the provider generated before the stream broke off
     is unknown, and a spend cap counts the request's estimate, not a token's worth."""
-    fake, _ = native
+    fake, _ = anthropic_native
     fake.replies = [Reply(cut_after=4)]  # message_start, a block's start, a ping, its first words: then the cut
     body = {"model": "claude/opus", "max_tokens": 10, "messages": QUESTION, "stream": True}
 
@@ -174,8 +170,10 @@ def test_a_native_stream_cut_after_it_began_has_an_unknown_usage(
     assert call["status"] == "error", call
 
 
-def test_a_native_error_is_relayed_as_the_provider_sent_it(native: tuple[FakeAnthropic, str], gateway: str) -> None:
-    fake, _ = native
+def test_a_native_error_is_relayed_as_the_provider_sent_it(
+    anthropic_native: tuple[FakeAnthropic, str], gateway: str
+) -> None:
+    fake, _ = anthropic_native
     fake.replies = [Reply(status=529)]
 
     with sdk(gateway) as client, pytest.raises(anthropic.APIStatusError) as failed:
@@ -185,8 +183,8 @@ def test_a_native_error_is_relayed_as_the_provider_sent_it(native: tuple[FakeAnt
     assert len(fake.calls) == 3  # retried by the one policy, then relayed
 
 
-def test_count_tokens_comes_from_a_native_provider(native: tuple[FakeAnthropic, str], gateway: str) -> None:
-    fake, _ = native
+def test_count_tokens_comes_from_a_native_provider(anthropic_native: tuple[FakeAnthropic, str], gateway: str) -> None:
+    fake, _ = anthropic_native
     with sdk(gateway) as client:
         counted = client.messages.count_tokens(model="claude/opus", messages=QUESTION)  # type: ignore[arg-type]
 
@@ -211,9 +209,9 @@ UNTRANSLATABLE = [
 
 
 def test_content_no_chat_model_can_read_goes_to_a_native_provider_as_sent(
-    native: tuple[FakeAnthropic, str], gateway: str
+    anthropic_native: tuple[FakeAnthropic, str], gateway: str
 ) -> None:
-    fake, _ = native
+    fake, _ = anthropic_native
     with sdk(gateway) as client:
         message = client.messages.create(model="claude/opus", max_tokens=50, messages=UNTRANSLATABLE)  # type: ignore[arg-type]
         counted = client.messages.count_tokens(model="claude/opus", messages=UNTRANSLATABLE)  # type: ignore[arg-type]
@@ -227,11 +225,11 @@ def test_content_no_chat_model_can_read_goes_to_a_native_provider_as_sent(
 
 @pytest.mark.parametrize("model", ["claude/opus", "fusion/trio"])
 def test_count_tokens_refuses_a_model_outside_the_keys_scope(
-    native: tuple[FakeAnthropic, str], gateway: str, model: str
+    anthropic_native: tuple[FakeAnthropic, str], gateway: str, model: str
 ) -> None:
     """Counting spends nothing, but a native provider is asked with the operator's key: a key may count only what it
     may call, as on /v1/messages."""
-    fake, _ = native
+    fake, _ = anthropic_native
     with anthropic.Anthropic(base_url=gateway, api_key=SCOPED_KEY, max_retries=0) as client:
         with pytest.raises(anthropic.PermissionDeniedError) as counting:
             client.messages.count_tokens(model=model, messages=QUESTION)  # type: ignore[arg-type]
@@ -247,9 +245,9 @@ def test_count_tokens_refuses_a_model_outside_the_keys_scope(
 
 
 def test_fallbacks_a_native_provider_cannot_take_are_translated(
-    upstream: FakeUpstream, native: tuple[FakeAnthropic, str], gateway: str
+    upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str], gateway: str
 ) -> None:
-    fake, _ = native
+    fake, _ = anthropic_native
     with sdk(gateway) as client:
         message = client.messages.create(
             model="fake/solo",
