@@ -18,6 +18,10 @@ server's every file descriptor, and one endless header grew it by hundreds of Mi
 counted as they arrive (431 past the limit), each request has a deadline for its headers and one for
 its body (408), and the server holds at most `max_connections`: a new connection beyond that displaces
 the longest-idle one, or, when every connection is busy, may ask only the health probes.
+
+Errors: a request the parser cannot read (a bad request line, header or chunked encoding) was answered in
+uvicorn's plain text; like every refusal here it is now answered in the error shape of its path, with the
+parser's reason.
 """
 
 from __future__ import annotations
@@ -27,8 +31,20 @@ from typing import Any
 
 from openfusion.api.access import OPEN_PATHS
 from openfusion.api.server_limits import ConnectionBudget, fit_connections, refusal, refusal_app
-from openfusion.errors import HeadersTooLarge, OpenFusionError, RequestTimeout, ServerBusy
+from openfusion.errors import (
+    HeadersTooLarge,
+    InvalidRequest,
+    OpenFusionError,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServerBusy,
+)
 from openfusion.settings import ServerSettings, Settings
+
+try:
+    from httptools import HttpParserError, HttpParserUpgrade
+except ImportError:  # without httptools the server runs uvicorn's h11 protocol, not this one (see `http_protocol`)
+    HttpParserError = HttpParserUpgrade = Exception
 
 _PROBE_PATHS = frozenset(path.encode("ascii") for path in OPEN_PATHS)
 _BUSY = refusal_app(ServerBusy("The server is at its connection limit; try again shortly.", code="server_busy"))
@@ -128,6 +144,14 @@ class _HeaderLimit(Exception):
     """Raised inside the parser's callback to stop parsing a request whose headers broke a limit."""
 
 
+def malformed(reason: str) -> OpenFusionError:
+    """The error for a request the HTTP parser refused; `reason` is llhttp's, a fixed phrase with no request data."""
+    reason = reason.rstrip(".")
+    if reason == "Content-Length overflow":
+        return PayloadTooLarge("Request body too large: its Content-Length does not fit in 64 bits.")
+    return InvalidRequest(f"The request is not valid HTTP/1.1: {reason}.", code="malformed_request")
+
+
 class LimitedConnection:
     """The limits of one connection, mixed in before uvicorn's HttpToolsProtocol (see `http_protocol`)."""
 
@@ -162,17 +186,29 @@ class LimitedConnection:
         self.transport.close()  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
+        # uvicorn's, but a parser error is answered in JSON with llhttp's reason.
         if self._reading_headers:
             self._header_bytes += len(data)
-        super().data_received(data)  # type: ignore[misc]
+        self._unset_keepalive_if_required()  # type: ignore[attr-defined]
+        try:
+            self.parser.feed_data(data)  # type: ignore[attr-defined]
+        except HttpParserUpgrade:
+            if self._should_upgrade():  # type: ignore[attr-defined]
+                self.handle_websocket_upgrade()  # type: ignore[attr-defined]
+            else:
+                self._unsupported_upgrade_warning()  # type: ignore[attr-defined]
+        except HttpParserError as exc:
+            if self._refusal is None:
+                reason = str(exc.args[0]) if exc.args else "unparseable"
+                self.logger.warning("Invalid HTTP request received: %s.", reason.rstrip("."))  # type: ignore[attr-defined]
+                self._refusal = malformed(reason)
+            self._refuse(self._refusal)
+            return
         if self._reading_headers and self._header_bytes > self.server_settings.max_header_bytes:
             self._refuse(self._too_large())
 
-    def send_400_response(self, msg: str) -> None:  # uvicorn's answer to a parser error, ours among them
-        if self._refusal is not None:
-            self._refuse(self._refusal)
-        else:
-            super().send_400_response(msg)  # type: ignore[misc]
+    def send_400_response(self, msg: str) -> None:  # uvicorn's plain-text answer to a parser error, should it call it
+        self._refuse(self._refusal or InvalidRequest(msg, code="malformed_request"))
 
     def on_message_begin(self) -> None:
         super().on_message_begin()  # type: ignore[misc]

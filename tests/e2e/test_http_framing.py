@@ -1,0 +1,95 @@
+"""Requests the HTTP parser cannot read, against the real server over raw sockets.
+
+Each is answered in the API's error shape (OpenAI's, Anthropic's on /v1/messages) with `Connection: close`,
+never uvicorn's plain text.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from e2e.test_connection_limits import connect, read_until_closed
+
+HEALTH = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+def split_responses(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """The HTTP/1.1 responses in `data`, each (status, headers, body); every one must carry a Content-Length."""
+    responses = []
+    while data:
+        head, separator, rest = data.partition(b"\r\n\r\n")
+        assert separator, f"an unfinished response: {data[:200]!r}"
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+        length = int(headers["content-length"])
+        responses.append((int(status_line.split(" ", 2)[1]), headers, rest[:length]))
+        data = rest[length:]
+    return responses
+
+
+def exchange(url: str, data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """Send `data` in one write; every response until the server closes the connection."""
+    with connect(url) as sock:
+        sock.sendall(data)
+        return split_responses(read_until_closed(sock))
+
+
+def assert_openai_error(response: tuple[int, dict[str, str], bytes], status: int, code: str) -> str:
+    """An OpenAI-shaped error with `status` and `code` that closes the connection; returns its message."""
+    got, headers, body = response
+    assert got == status, body
+    assert headers["content-type"] == "application/json" and headers["connection"] == "close"
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert error["type"] == "invalid_request_error" and error["code"] == code
+    return str(error["message"])
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code", "reason"),
+    [
+        (b"GARBAGE /healthz HTTP/1.1\r\nHost: t\r\n\r\n", 400, "malformed_request", "Invalid method"),
+        (b"GET /healthz HTTP/1.1\r\nHost: t\r\nBad Header: x\r\n\r\n", 400, "malformed_request", "header token"),
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+            400,
+            "malformed_request",
+            "chunk size",
+        ),
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            400,
+            "malformed_request",
+            "Transfer-Encoding",
+        ),
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            413,
+            "payload_too_large",
+            "Content-Length",
+        ),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: t\r\nCookie: " + b"c" * 40_000 + b"\r\n\r\n",
+            431,
+            "request_headers_too_large",
+            "",
+        ),
+    ],
+    ids=["request-line", "header", "chunked", "length-and-chunked", "length-overflow", "oversized-headers"],
+)
+def test_an_unreadable_request_gets_a_json_error(
+    server: str, request_bytes: bytes, status: int, code: str, reason: str
+) -> None:
+    [response] = exchange(server, request_bytes)
+    message = assert_openai_error(response, status, code)
+    assert reason in message and "Invalid HTTP request received" not in message
+
+
+def test_an_unreadable_request_to_messages_gets_anthropics_shape(server: str) -> None:
+    [(status, headers, body)] = exchange(server, b"POST /v1/messages HTTP/1.1\r\nHost: t\r\nBad Header: x\r\n\r\n")
+    assert status == 400 and headers["connection"] == "close"
+    answer = json.loads(body)
+    assert answer["type"] == "error" and answer["error"]["type"] == "invalid_request_error"
+    assert "header token" in answer["error"]["message"]
