@@ -1,7 +1,7 @@
 """Requests the HTTP parser cannot read, against the real server over raw sockets.
 
 Each is answered in the API's error shape (OpenAI's, Anthropic's on /v1/messages) with `Connection: close`,
-never uvicorn's plain text.
+never uvicorn's plain text; requests pipelined before it on the same connection still get their answers first.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 import pytest
 
 from e2e.test_connection_limits import connect, read_until_closed
+from fakes.upstream import FakeUpstream, Script
 
 HEALTH = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
 
@@ -93,3 +94,44 @@ def test_an_unreadable_request_to_messages_gets_anthropics_shape(server: str) ->
     answer = json.loads(body)
     assert answer["type"] == "error" and answer["error"]["type"] == "invalid_request_error"
     assert "header token" in answer["error"]["message"]
+
+
+def test_requests_pipelined_before_an_unreadable_one_are_answered_first(server: str) -> None:
+    responses = exchange(server, HEALTH + HEALTH + b"GARBAGE / HTTP/1.1\r\n\r\n" + HEALTH)
+    # Both requests before it are answered, in order, then the refusal closes the connection: the last
+    # request, after the unreadable one, cannot be read, and the client knows to send it again.
+    assert [status for status, _, _ in responses] == [200, 200, 400]
+    assert [json.loads(body)["status"] for _, _, body in responses[:2]] == ["ok", "ok"]
+    assert_openai_error(responses[2], 400, "malformed_request")
+
+
+def test_a_slow_answer_before_an_unreadable_request_is_not_cut_off(server: str, upstream: FakeUpstream) -> None:
+    upstream.script("plain", Script(content="Direct answer.", delay_s=0.5))
+    body = json.dumps({"model": "fake/plain", "messages": [{"role": "user", "content": "Hi"}]}).encode()
+    chat = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    # The second request's headers are read, its body is not: it waits behind the first, and is refused after it.
+    broken = b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+    responses = exchange(server, chat + broken)
+    assert [status for status, _, _ in responses] == [200, 400]
+    assert json.loads(responses[0][2])["choices"][0]["message"]["content"] == "Direct answer."
+    assert_openai_error(responses[1], 400, "malformed_request")
+    assert len(upstream.calls_for("plain")) == 1
+
+
+def test_a_bad_body_in_intact_framing_keeps_the_connection(server: str) -> None:
+    bad_json = b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+    bad_json += b"Content-Length: 5\r\n\r\n{oops"
+    with connect(server) as sock:
+        sock.sendall(bad_json + HEALTH)
+        sock.settimeout(8)
+        received = b""
+        while received.count(b"HTTP/1.1 ") < 2 or not received.endswith(b"}"):
+            received += sock.recv(65536)
+        responses = split_responses(received)
+        assert [status for status, _, _ in responses] == [400, 200]
+        assert "connection" not in responses[0][1]
+        sock.sendall(HEALTH)  # the connection is still good
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")

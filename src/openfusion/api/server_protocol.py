@@ -21,7 +21,7 @@ the longest-idle one, or, when every connection is busy, may ask only the health
 
 Errors: a request the parser cannot read (a bad request line, header or chunked encoding) was answered in
 uvicorn's plain text; like every refusal here it is now answered in the error shape of its path, with the
-parser's reason.
+parser's reason. Requests a client pipelined before it were read whole: each gets its answer first.
 """
 
 from __future__ import annotations
@@ -162,6 +162,8 @@ class LimitedConnection:
         self._reading_headers = True
         self._header_bytes = self._header_size = self._header_count = 0
         self._refusal: OpenFusionError | None = None
+        # Set once a request cannot be read: what is written when the answers owed before it have been sent.
+        self._broken: bytes | None = None
         self._probes_only = False
         self._header_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
@@ -186,7 +188,9 @@ class LimitedConnection:
         self.transport.close()  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
-        # uvicorn's, but a parser error is answered in JSON with llhttp's reason.
+        # uvicorn's, but a parser error is answered in JSON with llhttp's reason, after the answers owed before it.
+        if self._broken is not None:
+            return  # the parser stopped at a malformed request: nothing after it can be read
         if self._reading_headers:
             self._header_bytes += len(data)
         self._unset_keepalive_if_required()  # type: ignore[attr-defined]
@@ -252,7 +256,12 @@ class LimitedConnection:
         transport = self.transport  # type: ignore[attr-defined]
         if isinstance(transport, CoalescedWrites):
             transport.flush()
+        # Nothing queued: that was the last answer owed before an unreadable request, if one came.
+        last_owed = self._broken is not None and not self.pipeline  # type: ignore[attr-defined]
         super().on_response_complete()  # type: ignore[misc]
+        if last_owed:
+            self._close_with(self._broken)  # type: ignore[arg-type]
+            return
         if self._counted and not self.pipeline and not self.transport.is_closing():  # type: ignore[attr-defined]
             self.budget.idle[self] = None  # at the end: now the most recently idle
 
@@ -306,10 +315,37 @@ class LimitedConnection:
         cycle.message_event.set()
 
     def _refuse(self, error: OpenFusionError) -> None:
+        """Answer `error` and close, once the answers owed to the requests before the refused one have been sent.
+
+        A client may send its next requests without waiting (pipelining). Nothing after a request that cannot be
+        read can be, but the requests before it were read whole: each still gets its answer, in order, then the
+        refusal with `Connection: close`, and the client knows what to send again.
+        """
+        transport: asyncio.Transport = self.transport  # type: ignore[attr-defined]
+        if transport.is_closing() or self._broken is not None:
+            return
+        # The error's shape is its path's (Anthropic's on /v1/messages), as far as the path has arrived.
+        answer = refusal(error, self._path().decode("latin-1") if hasattr(self, "url") else "")
+        cycle = self.cycle  # type: ignore[attr-defined]
+        pipeline = self.pipeline  # type: ignore[attr-defined]
+        if cycle is not None and not self._reading_headers:  # the refused request is `cycle` (its body)
+            if cycle.response_started:
+                answer = b""  # it has an answer (given without reading its body): close after it
+            elif pipeline and pipeline[0][0] is cycle:  # queued (the newest), not started: it waits its turn
+                pipeline.popleft()
+            else:
+                self._close_with(answer)  # the app waiting for the body hears that the client is gone
+                return
+        if (cycle is None or cycle.response_complete) and not pipeline:
+            self._close_with(answer)
+            return
+        self._broken = answer  # written by `on_response_complete` once the last answer owed has gone
+        self._cancel_timers()
+
+    def _close_with(self, answer: bytes) -> None:
         transport: asyncio.Transport = self.transport  # type: ignore[attr-defined]
         if not transport.is_closing():
-            # The error's shape is its path's (Anthropic's on /v1/messages), as far as the path has arrived.
-            transport.write(refusal(error, self._path().decode("latin-1") if hasattr(self, "url") else ""))
+            transport.write(answer)
             transport.close()
 
     def _forget(self) -> None:
