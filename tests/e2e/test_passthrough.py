@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,10 @@ import httpx
 import openai
 import pytest
 
+from e2e.conftest import server_environ
+from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream, Script, wait_until
+from openfusion.app import create_app
 
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -295,3 +300,52 @@ def test_other_surfaces_tell_a_non_json_error_page_the_same_way(upstream: FakeUp
     assert response.status_code == 502, response.text
     message = response.json()["error"]["message"]
     assert "HTTP 500" in message and "not a JSON object" in message and "<" not in message, message
+
+
+class LeavesAsTheStreamStarts:
+    """An ASGI wrapper whose client is gone the instant the response begins: the first time the app listens for the
+    client after the request's work is done (the streamed response's own listener), it hears `http.disconnect`."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.left = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != "/v1/chat/completions":
+            await self.app(scope, receive, send)
+            return
+        listening = 0
+
+        async def leaving() -> Any:
+            nonlocal listening
+            if listening:  # the request's body was read: this is the app listening for the client
+                listening += 1
+                if listening > 2:  # the first is the watcher of the request's work; the next, the response's
+                    self.left = True
+                    return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body"):
+                listening = 1
+            return message
+
+        await self.app(scope, leaving, send)
+
+
+def test_a_stream_client_that_leaves_as_the_stream_starts_closes_the_upstream_stream(
+    upstream: FakeUpstream, make_settings: Any
+) -> None:
+    """A client gone in the instant before its stream's first byte: the relay never began, so nothing closed the
+    upstream response; its connection stayed open (the provider generating on) until the garbage collector ran."""
+    upstream.script("plain", Script(chunks=[f"t{i} " for i in range(40)], chunk_interval_s=0.25))
+    app = LeavesAsTheStreamStarts(create_app(make_settings(), environ=server_environ()))
+    body = {"model": "fake/plain", "stream": True, "messages": HI}
+    gc.disable()  # what only a collection would close stays open: the test sees it
+    try:
+        with serve_in_thread(app) as url, httpx.Client(timeout=10) as client:
+            with contextlib.suppress(httpx.HTTPError):
+                client.post(f"{url}/v1/chat/completions", json=body)
+            assert app.left and upstream.calls_for("plain")  # the stream was asked for, and its client left first
+            # The upstream stream runs ~10 s; its connection closes as soon as openfusion lets go of it.
+            wait_until(lambda: upstream.calls_for("plain")[0].disconnected, timeout=4)
+    finally:
+        gc.enable()

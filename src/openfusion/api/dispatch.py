@@ -212,8 +212,10 @@ async def _close(exchange: Exchange, *, streamed: bool) -> None:
     if exchange.cache is not None:
         exchange.cache.release()  # idempotent: the run's events usually gave it back already
     ledger = exchange.ledger
-    if streamed and not ledger.body_began and not ledger.closed:
-        ledger.abandoned()
+    if streamed and not ledger.body_began:
+        await ledger.release_unread()  # its upstream response, or the provider would go on generating for no one
+        if not ledger.closed:
+            ledger.abandoned()
     ledger.close()
 
 

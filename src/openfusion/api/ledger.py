@@ -8,7 +8,7 @@ import copy
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from openfusion.access.spend import Reservation
 from openfusion.activity import (
@@ -31,6 +31,9 @@ from openfusion.pipeline.events import RunContent, RunFinished
 from openfusion.protocol import Usage, new_generation_id
 from openfusion.sse import DONE, encode, error_chunk
 from openfusion.upstream.trace import CallTrace, known_usage, start_trace
+
+if TYPE_CHECKING:
+    from openfusion.upstream.client import Forwarded
 
 log = logging.getLogger("openfusion.requests")
 
@@ -77,6 +80,7 @@ class Ledger:
         self.cost_saved: float | None = None  # what the cached run cost, on a hit
         self._closed = False
         self.body_began = False  # a streamed body began relaying (`closing`): its own end records a departure
+        self._unread: Forwarded | None = None  # the upstream response a streamed body will relay, until it begins
         # Its spend cap's hold: settled to the actual cost here, released once that is in the store.
         self.reservation = reservation
         if reservation is not None:
@@ -114,8 +118,12 @@ class Ledger:
         now = time.perf_counter()
         return max(0.0, (now - self.trace.started - self.trace.upstream_seconds(now)) * 1000)
 
-    async def closing(
-        self, body: AsyncIterator[bytes], *, render_error: Callable[[OpenFusionError], bytes] | None = None
+    def closing(
+        self,
+        body: AsyncIterator[bytes],
+        *,
+        upstream: Forwarded | None = None,
+        render_error: Callable[[OpenFusionError], bytes] | None = None,
     ) -> AsyncIterator[bytes]:
         """Relay a streamed body; a failure (or the client leaving) is recorded and closes the ledger at once.
 
@@ -124,8 +132,24 @@ class Ledger:
         body where it waits and ends the stream with a `server_shutting_down` error chunk and `[DONE]` —
         or what `render_error` makes of the error, for a surface whose streams end another way — unless
         the answer was whole and recorded already: then the stream just ends.
+
+        `upstream`, the response `body` relays: a body whose client left before it began never runs (a generator
+        not started has no clean-up to run), so `release_unread` closes it then.
         """
+        self._unread = upstream
+        return self._closing(body, render_error)
+
+    async def release_unread(self) -> None:
+        """Close the upstream response of a streamed body that never began (its client left first)."""
+        upstream, self._unread = self._unread, None
+        if upstream is not None and not self.body_began:
+            await upstream.aclose(complete=False)
+
+    async def _closing(
+        self, body: AsyncIterator[bytes], render_error: Callable[[OpenFusionError], bytes] | None
+    ) -> AsyncIterator[bytes]:
         self.body_began = True
+        self._unread = None  # the body's own clean-up closes it from here
         task = asyncio.current_task()  # the one relaying this body
         drain = self.state.drain
         if task is not None:

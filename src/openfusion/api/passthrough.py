@@ -57,7 +57,7 @@ async def pass_through(state: AppState, chat: ChatRequest, data: dict[str, Any],
     if forwarded.status_code >= 400:
         ledger.status, ledger.failure_reason = "error", f"upstream_{forwarded.status_code}"
     if chat.stream and forwarded.status_code < 400:
-        relay = ledger.closing(_relay(forwarded, model=chat.model, ledger=ledger))
+        relay = ledger.closing(_relay(forwarded, model=chat.model, ledger=ledger), upstream=forwarded)
         sse_headers = {**forwarded.headers, **SSE_HEADERS}
         return EventStreamResponse(relay, status_code=forwarded.status_code, headers=sse_headers)
     try:

@@ -63,7 +63,9 @@ async def forward_native(exchange: Exchange, raw: dict[str, Any]) -> Response:
     if forwarded.status_code >= 400:
         ledger.status, ledger.failure_reason = "error", f"upstream_{forwarded.status_code}"
     elif chat.stream:
-        relay = ledger.closing(_relay(forwarded, ledger=ledger, model=chat.model), render_error=error_event)
+        relay = ledger.closing(
+            _relay(forwarded, ledger=ledger, model=chat.model), upstream=forwarded, render_error=error_event
+        )
         sse_headers = {**forwarded.headers, **SSE_HEADERS}
         return EventStreamResponse(relay, status_code=forwarded.status_code, headers=sse_headers)
     try:

@@ -53,7 +53,7 @@ async def forward_native(exchange: Exchange, translated: Translated, *, keep: Ke
     elif chat.stream:
         numbering = _Numbering()
         relay = _relay(forwarded, ledger=ledger, keep=keep, numbering=numbering)
-        relay = ledger.closing(relay, render_error=numbering.error_event)
+        relay = ledger.closing(relay, upstream=forwarded, render_error=numbering.error_event)
         sse_headers = {**forwarded.headers, **SSE_HEADERS}
         return EventStreamResponse(relay, status_code=forwarded.status_code, headers=sse_headers)
     try:
