@@ -349,3 +349,50 @@ def test_a_stream_client_that_leaves_as_the_stream_starts_closes_the_upstream_st
             wait_until(lambda: upstream.calls_for("plain")[0].disconnected, timeout=4)
     finally:
         gc.enable()
+
+
+def test_a_stream_answered_with_an_html_page_is_an_openai_error(upstream: FakeUpstream, server: str) -> None:
+    """A 200 to a streamed request whose body is a proxy's HTML page was relayed to the client as is: the SDK read
+    no event from it and the stream ended empty, as if the model had said nothing."""
+    upstream.script("plain", Script(raw_body=PROXY_PAGE, raw_media_type="text/html"))
+    sdk = openai.OpenAI(base_url=f"{server}/v1", api_key="k", max_retries=0)
+    with sdk, pytest.raises(openai.APIStatusError) as raised:
+        list(sdk.chat.completions.create(model="fake/plain", messages=HI, stream=True))  # type: ignore[arg-type]
+
+    assert upstream.calls_for("plain")[0].fault == "raw body"  # the page was sent, with a 200
+    assert raised.value.status_code == 502
+    error = raised.value.body
+    assert isinstance(error, dict) and error["code"] == "upstream_invalid_response"
+    assert error["metadata"]["upstream_status"] == 200 and error["metadata"]["model"] == "fake/plain"
+    message = error["message"]
+    assert "HTTP 200" in message and "not an event stream (text/html)" in message, message
+    assert "500 Internal Server Error" in message and "<" not in message and "color" not in message
+    assert "sk-provider-secret" not in str(error)
+
+
+@pytest.mark.parametrize("media_type", ["text/plain", "application/octet-stream", "TEXT/EVENT-STREAM; charset=utf-8"])
+def test_a_stream_labelled_otherwise_is_still_relayed(upstream: FakeUpstream, server: str, media_type: str) -> None:
+    events = b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"plain","choices":[{"index":0,'
+    events += b'"delta":{"content":"Hi"},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+    upstream.script("plain", Script(raw_body=b"\n" + events, raw_media_type=media_type))
+    with openai.OpenAI(base_url=f"{server}/v1", api_key="k", max_retries=0) as sdk:
+        chunks = list(sdk.chat.completions.create(model="fake/plain", messages=HI, stream=True))  # type: ignore[arg-type]
+
+    assert [chunk.choices[0].delta.content for chunk in chunks] == ["Hi"]
+
+
+def test_a_stream_answered_with_an_html_page_moves_on_to_the_next_fallback(upstream: FakeUpstream, server: str) -> None:
+    upstream.script("broken", Script(raw_body=PROXY_PAGE, raw_media_type="text/html"))
+    upstream.script("plain", Script(chunks=["From the ", "fallback."]))
+    with openai.OpenAI(base_url=f"{server}/v1", api_key="k", max_retries=0) as sdk:
+        chunks = list(
+            sdk.chat.completions.create(
+                model="fake/broken",
+                messages=HI,  # type: ignore[arg-type]
+                stream=True,
+                extra_body={"models": ["fake/broken", "fake/plain"]},
+            )
+        )
+
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "From the fallback."
+    assert upstream.calls_for("broken") and upstream.calls_for("plain")

@@ -253,7 +253,46 @@ class UpstreamClient:
             return Forwarded(response.status_code, headers, _once(self.masker.bytes(content)), None, call)
         # Masked line by line: an SSE event is never held back longer than its own last byte takes to come.
         body_iter = self.masker.lines(_guard(route, body_blocks(response), stall_s=self.call_timeout_s))
+        kind = headers.get("content-type", "")
+        if "event-stream" not in kind and "event-stream" not in kind.lower():
+            body_iter = await self._unlabelled_stream(route, call, response, body_iter, headers)
         return Forwarded(response.status_code, headers, body_iter, response, call)
+
+    async def _unlabelled_stream(
+        self, route: Route, call: CallTrace, response: Reply, body: AsyncIterator[bytes], headers: dict[str, str]
+    ) -> AsyncIterator[bytes]:
+        """A stream not labelled `text/event-stream`, judged by its first bytes before any reaches the client.
+
+        Events (a server that labels its stream `text/plain`, or not at all) are relayed, as an event stream; a JSON
+        body (a server that ignored `stream: true`) as it is. Anything else (a proxy's HTML page, an empty body) no
+        client could read: raised, for the `models` fallbacks and then an error in the client's shape.
+        """
+        start = b""
+        try:
+            while not start.strip() and len(start) < 4096:
+                block = await anext(body, None)
+                if block is None:
+                    break
+                start += block
+        except BaseException as exc:  # cut off, stalled, or the client gone
+            await response.aclose()
+            _failed(call, exc)
+            raise
+        head = start.lstrip()
+        if head.startswith((b"{", b"[")):
+            return _prefixed(start, body)
+        if head.startswith(_SSE_FIELDS):
+            headers["content-type"] = "text/event-stream"
+            return _prefixed(start, body)
+        await response.aclose()
+        said = _not_json(start, headers.get("content-type"), self.masker, expected="an event stream")
+        error = UpstreamProtocolError(
+            f"{route.slug} ({route.provider.name}) returned HTTP {response.status_code}{said}",
+            model=route.slug,
+            provider=route.provider.name,
+            upstream_status=response.status_code,
+        )
+        raise _failed(call, error)
 
     async def list_models(self, provider_name: str) -> Any:
         """A provider's `GET /models` listing as parsed JSON (for prices); raises UpstreamError on failure."""
@@ -599,6 +638,16 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
+async def _prefixed(start: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield start
+    async for block in rest:
+        yield block
+
+
+# The fields an event stream's first line begins with (a comment begins with a colon).
+_SSE_FIELDS = (b"data:", b"event:", b"id:", b"retry:", b":")
+
+
 def _completion_usage(route: Route, call: CallTrace, content: bytes) -> Usage | None:
     """A relayed completion's usage (None when it reports none); UpstreamProtocolError, the call failed, for a body
     that is not a JSON object."""
@@ -723,8 +772,8 @@ _HIDDEN = re.compile(r"<(script|style)\b.*?</\1\s*>|<!--.*?-->", re.IGNORECASE |
 _TAG = re.compile(r"<[^>]*>")
 
 
-def _not_json(raw: bytes, content_type: str | None, masker: SecretMasker) -> str:
-    """How an error body that is not JSON is told: its type and a short excerpt of its text, markup left out.
+def _not_json(raw: bytes, content_type: str | None, masker: SecretMasker, *, expected: str = "a JSON object") -> str:
+    """How a body that is not what was `expected` is told: its type and a short excerpt of its text, markup left out.
 
     An error page of a proxy may say where it runs; the excerpt is kept to the first words a reader would see.
     """
@@ -734,7 +783,7 @@ def _not_json(raw: bytes, content_type: str | None, masker: SecretMasker) -> str
     text = " ".join("".join(c for c in html.unescape(text) if c.isprintable() or c.isspace()).split())
     kind = masker.text(content_type.split(";")[0].strip())[:60] if content_type else "no content type"
     excerpt = _said(text, masker, limit=120)
-    return f" with a body that is not a JSON object ({kind})" + (f": {excerpt}" if excerpt else "")
+    return f" with a body that is not {expected} ({kind})" + (f": {excerpt}" if excerpt else "")
 
 
 def _said(value: Any, masker: SecretMasker, *, limit: int = 1000) -> str:
