@@ -14,19 +14,19 @@ from fakes.anthropic_api import FakeAnthropic
 from fakes.upstream import FakeUpstream, Script
 from openfusion.api.messages.writer import thinking_signature
 
-from .test_messages_native import gateway, native, sdk
+from .test_messages_native import gateway, sdk
 from .test_messages_protocol import reasoning_stream
 
-__all__ = ["gateway", "native"]  # fixtures
+__all__ = ["gateway"]  # fixtures
 THINKING = {"type": "enabled", "budget_tokens": 1024}
 QUESTION = {"role": "user", "content": "Why is the sky blue?"}
 
 
 def test_a_streamed_thinking_block_is_signed_and_can_be_sent_back(
-    upstream: FakeUpstream, native: tuple[FakeAnthropic, str], gateway: str
+    upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str], gateway: str
 ) -> None:
     upstream.script("thinker", Script(raw_body=reasoning_stream(["Light ", "scatters."], ["Blue."])))
-    fake, _ = native
+    fake, _ = anthropic_native
     anthropic_signed = {"type": "thinking", "thinking": "Earlier.", "signature": "EqQBCgIYAhIMsignedbyanthropic"}
     with sdk(gateway) as client:
         with client.messages.stream(model="fake/thinker", max_tokens=2048, thinking=THINKING,  # type: ignore[arg-type]
@@ -58,7 +58,7 @@ def test_a_streamed_thinking_block_is_signed_and_can_be_sent_back(
     assert forwarded[0] == QUESTION and forwarded[2] == history[2]
 
 
-def test_a_whole_message_signs_its_thinking(upstream: FakeUpstream, native: tuple[FakeAnthropic, str],
+def test_a_whole_message_signs_its_thinking(upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str],
                                             gateway: str) -> None:  # fmt: skip
     upstream.script("thinker", Script(content="Blue.", reasoning=["Hm."]))
     with sdk(gateway) as client:
@@ -68,8 +68,8 @@ def test_a_whole_message_signs_its_thinking(upstream: FakeUpstream, native: tupl
     assert block.type == "thinking" and block.signature == thinking_signature("Hm.")
 
 
-def test_an_unsigned_thinking_block_is_not_forwarded(native: tuple[FakeAnthropic, str], gateway: str) -> None:
-    fake, _ = native
+def test_an_unsigned_thinking_block_is_not_forwarded(anthropic_native: tuple[FakeAnthropic, str], gateway: str) -> None:
+    fake, _ = anthropic_native
     unsigned = {"role": "assistant", "content": [{"type": "thinking", "thinking": "x", "signature": ""},
                                                  {"type": "text", "text": "Blue."}]}  # fmt: skip
     with sdk(gateway) as client:
