@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
@@ -13,7 +14,9 @@ from openfusion.access.spend import MemorySpendBook, Refusal, Reservation, Spend
 
 from .conftest import REDIS_URL
 
-DAY = "2026-12-05"
+# Today (UTC), as the server reserves: a day's keys expire a day after it ends, so a fixed date would expire at once.
+TODAY = datetime.now(UTC).date()
+DAY, NEXT_DAY = TODAY.isoformat(), (TODAY + timedelta(days=1)).isoformat()
 BUCKET = "key:team-a"
 
 
@@ -105,9 +108,7 @@ async def test_costs_the_store_will_not_count_stay_counted_all_day(book: SpendBo
     assert isinstance(refused, Refusal) and refused.counted == pytest.approx(kept) and refused.in_flight == 0
     assert isinstance(await reserve(book, 1.0 - kept - 0.01), Reservation)
     # Another day starts from nothing.
-    tomorrow = await book.reserve(
-        BUCKET, day="2026-12-06", cap=1.0, estimate=1.0, spent=0.0, read_at=await book.clock()
-    )
+    tomorrow = await book.reserve(BUCKET, day=NEXT_DAY, cap=1.0, estimate=1.0, spent=0.0, read_at=await book.clock())
     assert isinstance(tomorrow, Reservation)
 
 
