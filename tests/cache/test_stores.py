@@ -113,3 +113,21 @@ async def test_a_database_read_marks_its_row_used_only_when_the_mark_has_aged(tm
         assert database._conn.total_changes == changes + 1
     finally:
         await database.close()
+
+
+async def test_a_redis_lock_names_its_holder_and_a_run_that_kept_nothing_is_marked(redis_prefix: str) -> None:
+    """What a request waiting on another replica reads: who has the run, and whether it ended keeping nothing."""
+    store = RedisStore.from_url(REDIS_URL, prefix=redis_prefix, max_bytes=LIMIT)
+    try:
+        assert await store.lock("q", "first", ttl_s=60) == "first"
+        assert await store.lock("q", "second", ttl_s=60) == "first"  # taken: the holder, for the waiter
+        await store.unlock("q", "first", kept=False, unkept_ttl_s=0.2)
+        assert await store.unkept("first") and not await store.locked("q")
+        assert await store.lock("q", "second", ttl_s=60) == "second"  # its place taken; the mark stays
+        assert await store.unkept("first") and not await store.unkept("second")
+        await asyncio.sleep(0.3)
+        assert not await store.unkept("first")  # the mark is short-lived
+        await store.unlock("q", "second", kept=True, unkept_ttl_s=0.2)
+        assert not await store.unkept("second") and not await store.locked("q")  # a kept run leaves no mark
+    finally:
+        await store.aclose()

@@ -19,6 +19,7 @@ from openfusion.app import create_app
 from openfusion.settings import Settings
 
 from .conftest import TRIO, judge_script
+from .processes import provider_config, serve
 
 QUESTION = [{"role": "user", "content": "Why is the sky blue?"}]
 BODY = {"model": "fusion/cached", "messages": QUESTION}
@@ -231,3 +232,41 @@ def test_a_stream_whose_client_left_before_it_began_is_recorded_as_cancelled(
     assert records[0] == ("cancelled", None, "cancelled")
     assert status == 200 and took < WAIT_S  # the run it took was given back: the next one did not wait for it
     assert len(upstream.calls_for("synth")) == 1  # the one of the last request
+
+
+async def first_then_two_on_each(first_url: str, other_url: str, upstream: FakeUpstream) -> list[httpx.Response]:
+    """One request on the first replica, then two identical ones on each replica while it runs."""
+    async with httpx.AsyncClient(timeout=60) as client:
+        first = asyncio.create_task(client.post(f"{first_url}/v1/chat/completions", json=BODY))
+        await until(lambda: bool(upstream.calls_for("b")))  # the first request has the run
+        waiters = [client.post(f"{url}/v1/chat/completions", json=BODY) for url in (first_url, other_url) * 2]
+        return await asyncio.gather(first, *waiters)
+
+
+def test_requests_on_other_replicas_that_waited_for_a_run_not_kept_run_together(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path, redis_prefix: str
+) -> None:
+    """Two `openfusion serve` sharing Redis: a run cut off at its token limit is not kept, and the requests that
+    waited for it on the other replica learn so at once, as those on its own do. Not one run after another there
+    (the lock taken by one of them, the others waiting for that run too)."""
+    for model in ("a", "b", "c"):
+        upstream.script(model, Script(content=f"{model} says blue."))
+    upstream.script("synth", Script(content="Rayleigh scat", finish_reason="length", delay_s=1.5))
+    (presets_dir / "cached.toml").write_text(TRIO + "cache_ttl_s = 60\n")
+    _, upstream_url = fake_upstream
+    config = provider_config(
+        upstream_url,
+        top='redis_url = "redis://127.0.0.1:6379/0"',
+        # A Redis call slower than timeout_s runs without the lock (by design): patient on a loaded machine.
+        extra=f'[limits]\nredis_prefix = "{redis_prefix}"\n[cache]\nwait_s = 30.0\ntimeout_s = 30.0\n',
+    )
+    with serve(config, presets_dir, tmp_path / "one") as one, serve(config, presets_dir, tmp_path / "two") as two:
+        answers = asyncio.run(first_then_two_on_each(one.url, two.url, upstream))
+    assert [a.status_code for a in answers] == [200] * 5, [a.text for a in answers]
+    assert [a.headers["x-openfusion-cache"] for a in answers] == ["miss"] * 5
+    assert all(a.json()["choices"][0]["finish_reason"] == "length" for a in answers)  # truncated: none was kept
+    first, *waiters = sorted(upstream.calls_for("synth"), key=lambda call: call.started)
+    assert len(waiters) == 4 and first.finished is not None
+    assert all(call.started >= first.finished for call in waiters)  # they did wait for the first run
+    ends = [call.finished for call in waiters if call.finished is not None]
+    assert max(call.started for call in waiters) < min(ends)  # then all ran at the same time, on both replicas

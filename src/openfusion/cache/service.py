@@ -26,6 +26,8 @@ Mode = Literal["use", "bypass", "refresh"]
 # What a store may raise: the cache then acts as if it held nothing (the request runs).
 _STORE_ERRORS = (OpenFusionError, RedisError, OSError, TimeoutError, CorruptEntry)
 _POLL_S = 0.05  # how often a request waiting for another replica's run looks again
+# How long a run that kept nothing stays marked so in Redis: many looks by its waiters on other replicas.
+_UNKEPT_S = 10.0
 # An answer that stopped for these reasons is not one to serve again: the next run may well finish.
 _UNCLEAN_FINISH = {"length": "truncated", "content_filter": "filtered"}
 
@@ -57,6 +59,13 @@ class Ticket:
         callbacks, self._release = self._release, []
         for callback in callbacks:
             callback()
+
+
+@dataclass
+class _Remote:
+    """The run on another replica that a request waits for: its lock's token, once seen."""
+
+    token: str | None = None
 
 
 class ResultCache:
@@ -91,16 +100,18 @@ class ResultCache:
     async def _look_up(self, key: str, policy: CachePolicy, *, wait: bool) -> Ticket:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.wait_s
+        remote = _Remote()
         while True:
             if hit := await self._hit(key, policy):
                 return hit
             ticket = Ticket("miss", policy, key=key)
             remaining = deadline - loop.time()
             try:
-                if await self._lease(ticket, key):
+                if await self._lease(ticket, key, remote=remote):
                     # Between the look and the lease, an identical run may have been kept and its lease given back:
                     # one more look (a read, against a whole run) or it would be made twice.
                     if hit := await self._hit(key, policy):
+                        ticket.kept = True  # what waits for this lease finds the hit too
                         ticket.release()
                         return hit
                     return ticket  # this request makes the run
@@ -108,9 +119,10 @@ class ResultCache:
                     return ticket  # this request runs after waiting its fill, without the lease
                 if not wait:
                     return Ticket("pending", policy, key=key)
-                if not await self._wait(key, remaining):
-                    # The run ended without keeping its result: every request that waited for it runs now, not one
-                    # after another; the first to get here takes the lease, so that later identical ones wait.
+                if not await self._wait(key, remaining, remote=remote):
+                    # The run ended without keeping its result: every request that waited for it runs now (on every
+                    # replica), not one after another; the first to get here takes the lease, so that later identical
+                    # ones wait.
                     await self._lease(ticket, key)
                     return ticket
             except BaseException:  # cancelled (the client of a stream that waits here left): the lease goes back
@@ -133,8 +145,9 @@ class ResultCache:
             log.warning("result cache lookup failed (the request runs): %s", exc)
             return None
 
-    async def _lease(self, ticket: Ticket, key: str) -> bool:
-        """Take the run of `key`: identical requests wait for it. False when another request has it."""
+    async def _lease(self, ticket: Ticket, key: str, *, remote: _Remote | None = None) -> bool:
+        """Take the run of `key`: identical requests wait for it. False when another request has it (`remote` then
+        notes the first run on another replica this request saw holding it)."""
         if self.settings.wait_s <= 0 or key in self._flights:
             return False
         flight = asyncio.get_running_loop().create_future()
@@ -144,15 +157,17 @@ class ResultCache:
             token = secrets.token_hex(8)
             try:
                 async with asyncio.timeout(self.settings.timeout_s):
-                    taken = await self.store.lock(key, token, ttl_s=self.settings.wait_s)
+                    holder = await self.store.lock(key, token, ttl_s=self.settings.wait_s)
             except _STORE_ERRORS as exc:
                 log.warning("result cache lock failed: %s", exc)
-                taken = True  # run without the lock: at worst another replica runs it too
-            if not taken:  # another replica makes the run: whoever waits for it here looks again
+                holder = token  # run without the lock: at worst another replica runs it too
+            if holder != token:  # another replica makes the run: whoever waits for it here looks again
+                if remote is not None and remote.token is None:
+                    remote.token = holder  # the run to wait for, even once another has taken its place
                 ticket._release.clear()
                 self._land(key, flight, look_again=True)
                 return False
-            ticket._release.append(lambda: self._unlock(key, token))
+            ticket._release.append(lambda: self._unlock(key, token, kept=ticket.kept))
         return True
 
     def _land(self, key: str, flight: asyncio.Future[bool], *, look_again: bool) -> None:
@@ -162,32 +177,42 @@ class ResultCache:
         if not flight.done():
             flight.set_result(look_again)
 
-    def _unlock(self, key: str, token: str) -> None:
+    def _unlock(self, key: str, token: str, *, kept: bool) -> None:
         assert isinstance(self.store, RedisStore)
-        task = asyncio.get_running_loop().create_task(self._unlock_now(self.store, key, token))
+        task = asyncio.get_running_loop().create_task(self._unlock_now(self.store, key, token, kept=kept))
         self._unlocking.add(task)
         task.add_done_callback(self._unlocking.discard)
 
-    async def _unlock_now(self, store: RedisStore, key: str, token: str) -> None:
+    async def _unlock_now(self, store: RedisStore, key: str, token: str, *, kept: bool) -> None:
         try:
             async with asyncio.timeout(self.settings.timeout_s):
-                await store.unlock(key, token)
+                await store.unlock(key, token, kept=kept, unkept_ttl_s=_UNKEPT_S)
         except _STORE_ERRORS as exc:  # the lock expires by itself
             log.warning("result cache unlock failed: %s", exc)
 
-    async def _wait(self, key: str, remaining: float) -> bool:
+    async def _wait(self, key: str, remaining: float, *, remote: _Remote) -> bool:
         """Until the run of `key` ends here, or a moment passes (it runs on another replica), at most `remaining`.
 
-        False when the run ended here without keeping its result (nothing to find: waiting again is pointless).
+        False when the run ended without keeping its result (nothing to find: waiting again is pointless).
         """
         flight = self._flights.get(key)
-        if flight is None:
+        if remote.token is not None or flight is None:  # not a run here (one here now may be its replacement)
             await asyncio.sleep(min(_POLL_S, remaining))
-            return True
+            return remote.token is None or not await self._unkept(remote.token)
         try:
             return await asyncio.wait_for(asyncio.shield(flight), remaining)
         except TimeoutError:
             return True
+
+    async def _unkept(self, token: str) -> bool:
+        """Whether the run of `token` on another replica ended without keeping its result."""
+        assert isinstance(self.store, RedisStore)
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                return await self.store.unkept(token)
+        except _STORE_ERRORS as exc:  # look again in a moment
+            log.warning("result cache lookup failed: %s", exc)
+            return False
 
     async def record(
         self, ticket: Ticket, events: AsyncIterator[Event], *, generation_id: str, streamed: bool

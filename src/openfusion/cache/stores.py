@@ -154,8 +154,16 @@ end
 return value
 """
 
-# KEYS: lock. ARGV: token. Deletes the lock only while this holder still has it.
+# KEYS: lock. ARGV: token, ttl ms. The holder's token once the lock is taken (this one's when it was free).
+_LOCK = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return ARGV[1] end
+return redis.call('GET', KEYS[1])
+"""
+
+# KEYS: lock, this run's not-kept mark. ARGV: token, the mark's ttl ms (0: the run was kept, no mark). Deletes the
+# lock only while this holder still has it; the mark tells the requests that waited for this run that it kept nothing.
 _UNLOCK = """
+if ARGV[2] ~= '0' then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
@@ -170,9 +178,11 @@ class RedisStore:
         base = f"{prefix}:cache:{{result}}"  # one hash slot: the scripts touch several keys
         self._entry = f"{base}:entry:"
         self._lock = f"{base}:lock:"
+        self._unkept = f"{base}:unkept:"  # by the token of a run that ended without keeping its result
         self._index = (f"{base}:uses", f"{base}:expiries", f"{base}:sizes")
         self._put = client.register_script(_PUT)
         self._get = client.register_script(_GET)
+        self._lock_script = client.register_script(_LOCK)
         self._unlock = client.register_script(_UNLOCK)
 
     @classmethod
@@ -192,16 +202,25 @@ class RedisStore:
         total = await self.client.hget(self._index[2], "")
         return int(count), int(total or 0)
 
-    async def lock(self, key: str, token: str, *, ttl_s: float) -> bool:
-        """Take the run of `key` for this request, across replicas, for at most `ttl_s`; False if another has it."""
-        return bool(await self.client.set(self._lock + key, token, nx=True, px=max(1, round(ttl_s * 1000))))
+    async def lock(self, key: str, token: str, *, ttl_s: float) -> str:
+        """Take the run of `key` for this request, across replicas, for at most `ttl_s`: the holder's token (this
+        one's when taken, another request's when it has the run)."""
+        holder = await self._lock_script(keys=[self._lock + key], args=[token, max(1, round(ttl_s * 1000))])
+        return holder.decode() if isinstance(holder, bytes) else str(holder)
 
     async def locked(self, key: str) -> bool:
         """Whether some request (on any replica) is running `key` now."""
         return bool(await self.client.exists(self._lock + key))
 
-    async def unlock(self, key: str, token: str) -> None:
-        await self._unlock(keys=[self._lock + key], args=[token])
+    async def unlock(self, key: str, token: str, *, kept: bool, unkept_ttl_s: float) -> None:
+        """Give the run back; one that kept nothing is marked so for `unkept_ttl_s` (see `unkept`)."""
+        mark_ms = 0 if kept else max(1, round(unkept_ttl_s * 1000))
+        await self._unlock(keys=[self._lock + key, self._unkept + token], args=[token, mark_ms])
+
+    async def unkept(self, token: str) -> bool:
+        """Whether the run of `token` ended without keeping its result (lately): the requests that waited for it,
+        on any replica, run now."""
+        return bool(await self.client.exists(self._unkept + token))
 
     async def aclose(self) -> None:
         await self.client.aclose()
