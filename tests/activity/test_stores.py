@@ -26,7 +26,7 @@ from openfusion.activity import (
 from openfusion.activity.migrations import MIGRATIONS, latest_version, pending
 from openfusion.activity.postgres_store import PostgresStore
 from openfusion.activity.sql import _UNSTORABLE, storable
-from openfusion.activity.sqlite_store import SqliteStore
+from openfusion.activity.sqlite_store import SQL, SqliteStore, _generation_row
 from openfusion.activity.stored import ResponseStore, StoredResponse
 from openfusion.errors import ConfigError
 
@@ -231,6 +231,20 @@ async def test_a_batch_past_the_statement_parameter_limit_round_trips(store: Act
         assert loaded.calls == entry.calls
     page = await store.list(limit=500)
     assert len(page.generations) == 300
+
+
+def test_batches_of_every_size_take_a_few_statement_texts() -> None:
+    # Each text is a statement the connection compiles and caches (sqlite3: 128 per connection, the largest
+    # ~100 KiB): one text per batch size filled that cache, and the process's memory, over a long run.
+    entries = entries_over_time(300)
+    texts: set[str] = set()
+    written = 0
+    for size in range(1, 301):
+        statements = SQL.write_batch(entries[:size], _generation_row)
+        texts |= {text for text, _ in statements}
+        written = sum(len(params) for text, params in statements if text.startswith("INSERT INTO generations"))
+        assert written == size * len(_generation_row(entries[0].generation))
+    assert len(texts) <= 40
 
 
 async def test_list_is_newest_first_without_content(store: ActivityStore) -> None:
