@@ -14,7 +14,7 @@ import httpx
 from fastapi import FastAPI
 from pydantic import SecretStr
 
-from openfusion import __version__
+from openfusion import __version__, memory
 from openfusion.access.config import AccessConfig, redis_url
 from openfusion.access.control import build_access
 from openfusion.access.keys import plaintext_keys
@@ -179,6 +179,12 @@ def create_app(
             if settings.pricing.refresh_from:
                 refresh = asyncio.create_task(_refresh_prices(prices, upstream, settings.pricing.refresh_from))
                 resources.callback(refresh.cancel)
+            if (trim := memory.malloc_trim()) is not None:  # memory a burst freed, back to the system once it is over
+                trimmer = memory.BurstTrimmer(
+                    drain.in_flight, trim, min_burst=memory.MIN_BURST, settle=memory.SETTLE_CHECKS
+                )
+                trimming = asyncio.create_task(trimmer.run(memory.CHECK_EVERY_S))
+                resources.callback(trimming.cancel)
             metrics = Metrics(metrics_dir)
             cache_store = build_store(
                 settings.cache, redis_url=cache_redis, prefix=settings.limits.redis_prefix,

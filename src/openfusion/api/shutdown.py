@@ -94,6 +94,10 @@ class Drain:
             self._stopped.add(task)
             task.cancel("server shutting down")
 
+    def in_flight(self) -> int:
+        """The requests begun whose record is not handed over yet."""
+        return self._open
+
     def opened(self) -> None:
         """A request began: its record is owed."""
         self._open += 1
