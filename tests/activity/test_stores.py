@@ -244,7 +244,7 @@ def test_batches_of_every_size_take_a_few_statement_texts() -> None:
         texts |= {text for text, _ in statements}
         written = sum(len(params) for text, params in statements if text.startswith("INSERT INTO generations"))
         assert written == size * len(_generation_row(entries[0].generation))
-    assert len(texts) <= 40
+    assert len(texts) <= 90
 
 
 async def test_list_is_newest_first_without_content(store: ActivityStore) -> None:

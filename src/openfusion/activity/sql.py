@@ -144,21 +144,25 @@ _MAX_PARAMETERS = 999
 
 
 def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    """`items` in chunks of `size`, the rest in chunks of decreasing powers of two (100 by 43: 43, 43, 8, 4, 2).
+    """`items` in chunks of `size`; a rest above `_EXACT` in chunks of decreasing powers of two, the last
+    `_EXACT` or fewer as one chunk (100 by 43: 43, 43, 14; 40 by 71: 32, 8).
 
     A statement's text follows its chunk's length, and each text is a statement the connection compiles and
     keeps in its cache (sqlite3 keeps 128, each up to ~100 KiB for 999 parameters): with any length, batches of
     every size fill that cache over hours, and the process's memory with it. With these, a statement has at most
-    log2(size) + 2 texts, each compiled once.
+    `_EXACT` + log2(size) + 1 texts, each compiled once, and a small batch is still one statement per table.
     """
     chunks: list[Sequence[Any]] = []
     start, left = 0, len(items)
     while left:
-        length = size if left >= size else 1 << (left.bit_length() - 1)
+        length = size if left >= size else left if left <= _EXACT else 1 << (left.bit_length() - 1)
         chunks.append(items[start : start + length])
         start += length
         left -= length
     return chunks
+
+
+_EXACT = 16
 
 
 # PostgreSQL text cannot hold NUL and UTF-8 cannot encode a lone surrogate: either would fail the whole
