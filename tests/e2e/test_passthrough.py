@@ -15,6 +15,7 @@ import pytest
 from e2e.conftest import server_environ
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream, Script, wait_until
+from openfusion.api import completion_events
 from openfusion.app import create_app
 
 HI = [{"role": "user", "content": "Hi"}]
@@ -396,3 +397,75 @@ def test_a_stream_answered_with_an_html_page_moves_on_to_the_next_fallback(upstr
 
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "From the fallback."
     assert upstream.calls_for("broken") and upstream.calls_for("plain")
+
+
+# ---- a provider that ignores `stream: true` and answers with one completion ------------------------------------
+def _whole(message: dict[str, Any], finish_reason: str = "stop") -> bytes:
+    choice = {"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    completion = {"id": "chatcmpl-1", "object": "chat.completion", "created": 7, "model": "plain", "choices": [choice]}
+    return json.dumps({**completion, "usage": usage}).encode()
+
+
+def test_a_stream_answered_with_one_completion_reaches_the_client_as_a_stream(
+    upstream: FakeUpstream, server: str
+) -> None:
+    """Its JSON was relayed into the event stream as it was: the SDK found no event in it and gave an empty answer."""
+    message = {"role": "assistant", "content": "Whole answer.", "refusal": None}
+    upstream.script("plain", Script(raw_body=_whole(message), raw_media_type="application/json"))
+    with openai.OpenAI(base_url=f"{server}/v1", api_key="k", max_retries=0) as sdk:
+        stream = sdk.chat.completions.create(
+            model="fake/plain",
+            messages=HI,  # type: ignore[arg-type]
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = list(stream)
+
+    told = [chunk for chunk in chunks if chunk.choices]
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in told) == "Whole answer."
+    assert told[-1].choices[0].finish_reason == "stop" and told[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 5
+    assert {chunk.object for chunk in chunks} == {"chat.completion.chunk"}
+
+
+def test_tool_calls_answered_in_one_completion_arrive_numbered(upstream: FakeUpstream, server: str) -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "sky"}'}}
+    message = {"role": "assistant", "content": None, "tool_calls": [call]}
+    upstream.script("plain", Script(raw_body=_whole(message, "tool_calls"), raw_media_type="application/json"))
+    with openai.OpenAI(base_url=f"{server}/v1", api_key="k", max_retries=0) as sdk:
+        chunks = list(sdk.chat.completions.create(model="fake/plain", messages=HI, stream=True))  # type: ignore[arg-type]
+
+    deltas = [chunk.choices[0] for chunk in chunks if chunk.choices]
+    calls = [tool for choice in deltas for tool in choice.delta.tool_calls or []]
+    assert [(c.index, c.id, c.function.name, c.function.arguments) for c in calls if c.function] == [
+        (0, "call_1", "lookup", '{"q": "sky"}')
+    ]
+    assert deltas[-1].finish_reason == "tool_calls"
+
+
+def test_an_error_object_answered_to_a_stream_is_an_error_the_sdk_raises(upstream: FakeUpstream, server: str) -> None:
+    error = json.dumps({"error": {"message": "the model is overloaded", "code": 503}}).encode()
+    upstream.script("plain", Script(raw_body=error, raw_media_type="application/json"))
+    with (
+        openai.OpenAI(base_url=f"{server}/v1", api_key="k", max_retries=0) as sdk,
+        pytest.raises(openai.APIError) as raised,
+    ):
+        list(sdk.chat.completions.create(model="fake/plain", messages=HI, stream=True))  # type: ignore[arg-type]
+
+    assert "the model is overloaded" in str(raised.value.message)
+
+
+def test_a_whole_answer_to_a_stream_is_read_only_up_to_its_bound(
+    upstream: FakeUpstream, server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(completion_events, "MAX_WHOLE_BYTES", 64)
+    message = {"role": "assistant", "content": "An answer longer than the bound allows. " * 4}
+    upstream.script("plain", Script(raw_body=_whole(message), raw_media_type="application/json"))
+    with (
+        openai.OpenAI(base_url=f"{server}/v1", api_key="k", max_retries=0) as sdk,
+        pytest.raises(openai.APIError) as raised,
+    ):
+        list(sdk.chat.completions.create(model="fake/plain", messages=HI, stream=True))  # type: ignore[arg-type]
+
+    assert "whole answer over 64 bytes" in str(raised.value.message)

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
+from openfusion.api.completion_events import as_event_stream
 from openfusion.api.deps import AppState
 from openfusion.api.event_stream import EventStreamResponse
 from openfusion.api.ledger import Ledger
@@ -57,6 +58,8 @@ async def pass_through(state: AppState, chat: ChatRequest, data: dict[str, Any],
     if forwarded.status_code >= 400:
         ledger.status, ledger.failure_reason = "error", f"upstream_{forwarded.status_code}"
     if chat.stream and forwarded.status_code < 400:
+        if "event-stream" not in forwarded.headers.get("content-type", "").lower():  # it ignored `stream: true`
+            forwarded = as_event_stream(forwarded)
         relay = ledger.closing(_relay(forwarded, model=chat.model, ledger=ledger), upstream=forwarded)
         sse_headers = {**forwarded.headers, **SSE_HEADERS}
         return EventStreamResponse(relay, status_code=forwarded.status_code, headers=sse_headers)

@@ -1,0 +1,86 @@
+"""A whole chat completion told as the event stream its client asked for.
+
+Some servers ignore `stream: true` and answer with one `chat.completion` (a local server without streaming, a proxy
+that buffers). Relayed as it is, that JSON reaches a client reading events: the OpenAI SDK finds no event in it and
+ends with an empty answer. Instead the completion becomes the stream it would have been: one chunk with each
+choice's whole message as its delta (tool calls numbered, as deltas number them), the usage in a last chunk, [DONE].
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from openfusion.errors import UpstreamProtocolError, UpstreamStatusError
+from openfusion.sse import DONE, encode
+from openfusion.upstream.client import Forwarded
+
+# A whole answer is read before any of it is told: this much at most (a stream's own reads have no such bound).
+MAX_WHOLE_BYTES = 32 * 1024 * 1024
+# What a chunk repeats of the completion it comes from.
+_HEAD_FIELDS = ("id", "created", "model", "system_fingerprint", "service_tier")
+
+
+def as_event_stream(forwarded: Forwarded) -> Forwarded:
+    """`forwarded`, whose body is one JSON completion, as an event stream (its content type says so)."""
+    forwarded.headers["content-type"] = "text/event-stream"
+    forwarded.body = _events(forwarded.body, forwarded)
+    return forwarded
+
+
+async def _events(body: AsyncIterator[bytes], forwarded: Forwarded) -> AsyncIterator[bytes]:
+    parts: list[bytes] = []
+    size = 0
+    async for block in body:
+        size += len(block)
+        if size > MAX_WHOLE_BYTES:
+            raise _error(forwarded, f"answered a streamed request with a whole answer over {MAX_WHOLE_BYTES} bytes")
+        parts.append(block)
+    yield completion_events(b"".join(parts), forwarded)
+
+
+def completion_events(raw: bytes, forwarded: Forwarded) -> bytes:
+    """The events of a stream that says what the completion `raw` says."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):  # a 200 that carries an error object
+        message = data["error"].get("message")
+        slug, provider = _who(forwarded)
+        reason = message if isinstance(message, str) and message else "unknown error"
+        raise UpstreamStatusError(f"{slug} failed: {reason[:1000]}", model=slug, provider=provider)
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        raise _error(forwarded, "answered a streamed request with JSON that is not a chat completion")
+    head = {"object": "chat.completion.chunk"} | {key: data[key] for key in _HEAD_FIELDS if key in data}
+    choices = [_delta(position, choice) for position, choice in enumerate(data["choices"]) if isinstance(choice, dict)]
+    events = [encode({**head, "choices": choices})]
+    if isinstance(data.get("usage"), dict):
+        events.append(encode({**head, "choices": [], "usage": data["usage"]}))
+    events.append(DONE)
+    return b"".join(events)
+
+
+def _delta(position: int, choice: dict[str, Any]) -> dict[str, Any]:
+    message = choice.get("message")
+    delta = {key: value for key, value in message.items() if value is not None} if isinstance(message, dict) else {}
+    if isinstance(delta.get("tool_calls"), list):
+        calls = [call for call in delta["tool_calls"] if isinstance(call, dict)]
+        delta["tool_calls"] = [{"index": number, **call} for number, call in enumerate(calls)]
+    told: dict[str, Any] = {"index": choice.get("index", position), "delta": delta}
+    told["finish_reason"] = choice.get("finish_reason")
+    if "logprobs" in choice:
+        told["logprobs"] = choice["logprobs"]
+    return told
+
+
+def _who(forwarded: Forwarded) -> tuple[str, str]:
+    trace = forwarded.trace
+    return (trace.model, trace.provider) if trace is not None else ("upstream", "")
+
+
+def _error(forwarded: Forwarded, what: str) -> UpstreamProtocolError:
+    slug, provider = _who(forwarded)
+    return UpstreamProtocolError(f"{slug} ({provider}) {what}", model=slug, provider=provider)
