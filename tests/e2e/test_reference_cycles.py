@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from fakes.upstream import FakeUpstream, Script
+from fakes.upstream import FakeUpstream, Script, wait_until
 
 HI = [{"role": "user", "content": "Hi"}]
 CHAT = "/v1/chat/completions"
@@ -135,3 +135,35 @@ def test_a_failed_upstream_call_leaves_no_reference_cycle(
     calls = len(upstream.calls_for(model))  # the failure did happen, each time; retried, more than once each
     assert calls > 3 if retried else calls == 3
     assert set(ours_in_garbage()) <= RETRY_POLICY
+
+
+# The fake upstream's own server runs in this process too: a stream cancelled there (its client, openfusion, left)
+# leaves Starlette's task group in a cycle, and with it that connection's transport wrapper (openfusion's class).
+FAKE_SERVERS_OWN = {"CoalescedWrites"}
+LEFT = [
+    (CHAT, {**FUSION, "stream": True}),
+    (CHAT, {"model": "fake/synth", "messages": HI, "stream": True}),
+    ("/v1/responses", {"model": "fusion/trio", "input": "Hi", "stream": True, "store": False}),
+    ("/v1/messages", {"model": "fusion/trio", "max_tokens": 100, "messages": HI, "stream": True}),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), LEFT, ids=[f"{p.rsplit('/', 1)[-1]}-{b['model']}" for p, b in LEFT])
+def test_a_stream_whose_client_left_leaves_no_reference_cycle(
+    upstream: FakeUpstream, server: str, cyclic_garbage: None, path: str, body: dict[str, Any]
+) -> None:
+    """The cancelled response task kept its CancelledError, whose traceback kept the frame relaying the body, which
+    held the task: the whole request (its run, its ledger, its response) stayed until a full collection."""
+    upstream.script("synth", Script(chunks=[f"w{i} " for i in range(200)], chunk_interval_s=0.05))
+    headers = {"anthropic-version": "2023-06-01"} if path == "/v1/messages" else {}
+    for _ in range(3):
+        with httpx.stream("POST", f"{server}{path}", json=body, headers=headers, timeout=30) as response:
+            read = b""
+            for chunk in response.iter_bytes():
+                read += chunk
+                if b"w3" in read:
+                    break  # the client leaves in the middle of the answer
+    synth_calls = upstream.calls_for("synth")
+    assert len(synth_calls) == 3
+    wait_until(lambda: all(call.disconnected for call in synth_calls), timeout=5)  # each stream was cut short
+    assert set(ours_in_garbage()) <= FAKE_SERVERS_OWN

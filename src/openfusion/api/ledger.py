@@ -176,6 +176,9 @@ class Ledger:
         finally:
             if task is not None:
                 drain.unwatch(task)
+            # A cancelled task keeps the CancelledError it ended with, and the error's traceback keeps this frame:
+            # holding the task here too would make a cycle that keeps the whole request until a full collection.
+            del task
 
     def _error_chunk(self, error: OpenFusionError) -> dict[str, Any]:
         model = self.model or self.requested_model
