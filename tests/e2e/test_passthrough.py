@@ -207,6 +207,11 @@ def test_an_answer_no_client_could_parse_is_a_502_and_the_next_fallback_answers(
         )
 
     assert alone.status_code == 502 and alone.json()["error"]["code"] == "upstream_invalid_response", alone.text
+    # What it was, as for an error page: the status, the content type and the first words, without markup.
+    message = alone.json()["error"]["message"]
+    assert "HTTP 200 with a body that is not a JSON object (application/json)" in message, message
+    excerpt = {b"<": "oops", b"[": '["not", "an object"]', b"{": '{"id": "x", "choices": [ {garbage'}[body[:1]]
+    assert message.endswith(f": {excerpt}") and "<" not in message, message
     assert record["status"] == "error" and record["failure_reason"] == "upstream_invalid_response"
     assert fallen_back.status_code == 200 and fallen_back.json()["choices"][0]["message"]["content"]
 

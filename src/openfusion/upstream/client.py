@@ -249,7 +249,11 @@ class UpstreamClient:
             if not content.strip():  # a 200 with nothing in it is no answer to relay
                 raise _failed(call, _protocol_error(route, "the response is empty"))
             if path == CHAT_PATH:  # a completion no client could parse is no answer either: the next fallback's turn
-                call.usage = _completion_usage(route, call, content)
+                try:
+                    call.usage = _completion_usage(route, content)
+                except UpstreamProtocolError:
+                    said = _not_json(content, headers.get("content-type"), self.masker)
+                    raise _failed(call, _unreadable(route, response.status_code, said)) from None
             return Forwarded(response.status_code, headers, _once(self.masker.bytes(content)), None, call)
         # Masked line by line: an SSE event is never held back longer than its own last byte takes to come.
         body_iter = self.masker.lines(_guard(route, body_blocks(response), stall_s=self.call_timeout_s))
@@ -286,13 +290,7 @@ class UpstreamClient:
             return _prefixed(start, body)
         await response.aclose()
         said = _not_json(start, headers.get("content-type"), self.masker, expected="an event stream")
-        error = UpstreamProtocolError(
-            f"{route.slug} ({route.provider.name}) returned HTTP {response.status_code}{said}",
-            model=route.slug,
-            provider=route.provider.name,
-            upstream_status=response.status_code,
-        )
-        raise _failed(call, error)
+        raise _failed(call, _unreadable(route, response.status_code, said))
 
     async def list_models(self, provider_name: str) -> Any:
         """A provider's `GET /models` listing as parsed JSON (for prices); raises UpstreamError on failure."""
@@ -648,14 +646,10 @@ async def _prefixed(start: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[b
 _SSE_FIELDS = (b"data:", b"event:", b"id:", b"retry:", b":")
 
 
-def _completion_usage(route: Route, call: CallTrace, content: bytes) -> Usage | None:
-    """A relayed completion's usage (None when it reports none); UpstreamProtocolError, the call failed, for a body
-    that is not a JSON object."""
-    try:
-        data = _json(route, content)
-    except UpstreamError as exc:
-        raise _failed(call, exc) from None
-    usage = data.get("usage")
+def _completion_usage(route: Route, content: bytes) -> Usage | None:
+    """A relayed completion's usage (None when it reports none); UpstreamProtocolError for a body that is not a JSON
+    object."""
+    usage = _json(route, content).get("usage")
     return parse_usage(usage) if isinstance(usage, dict) else None
 
 
@@ -700,6 +694,16 @@ def _failed(call: CallTrace, exc: _E) -> _E:
     else:
         end_call(call, status="error", usage=call.usage, error=type(exc).__name__)
     return exc
+
+
+def _unreadable(route: Route, status: int, said: str) -> UpstreamProtocolError:
+    """A 200 no client could read, told by what it was (`said`: see `_not_json`)."""
+    return UpstreamProtocolError(
+        f"{route.slug} ({route.provider.name}) returned HTTP {status}{said}",
+        model=route.slug,
+        provider=route.provider.name,
+        upstream_status=status,
+    )
 
 
 def _protocol_error(route: Route, what: str) -> UpstreamProtocolError:
