@@ -49,7 +49,11 @@ def test_named_events_carry_their_type_as_the_event_line() -> None:
 _BREAKS = "\x85\u2028\u2029"
 
 
-@given(text=st.text(alphabet=st.sampled_from(["a", "é", "\u201c", "\u00a0", "€", "\n", *_BREAKS]) | st.characters()))
+# Any text JSON can carry: no lone surrogate (no upstream answer holds one: orjson refuses it on the way in).
+_TEXT = st.sampled_from(["a", "é", "\u201c", "\u00a0", "€", "\n", *_BREAKS]) | st.characters(exclude_categories=("Cs",))
+
+
+@given(text=st.text(alphabet=_TEXT))
 def test_a_data_line_escapes_what_splitlines_would_split_and_means_the_same(text: str) -> None:
     payload = {"type": "x", "delta": text, _BREAKS: [text]}
     for line in (dumps(payload), encode(payload), encode_named([payload])):
