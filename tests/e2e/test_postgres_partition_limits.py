@@ -9,6 +9,8 @@ once, would ask the server to cancel the query and wait ~10 s more for an answer
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,17 @@ ACTIVITY = f"[activity]\nwrite_timeout_s = {WRITE_TIMEOUT_S}\n\n"
 CALLS_PER_FUSION = 5  # three panelists, the judge, the synthesizer
 
 
+@contextmanager
+def _server_behind_partition(
+    upstream_url: str, presets_dir: Path, tmp_path: Path, postgres_url: str, *, extra: str = ""
+) -> Iterator[tuple[PartitionProxy, Any]]:
+    """`openfusion serve` on PostgreSQL through a proxy the test can partition, and the proxy."""
+    with PartitionProxy(("127.0.0.1", 5432)) as proxy:
+        env = {"DATABASE_URL": through(proxy, postgres_url)}
+        with serve(provider_config(upstream_url, extra=extra), presets_dir, tmp_path, env=env) as served:
+            yield proxy, served
+
+
 def _timed(send: Any) -> tuple[httpx.Response, float]:
     started = time.monotonic()
     response = send()
@@ -48,14 +61,12 @@ def test_readyz_reports_the_database_not_ready_within_its_probe_limit(
     fake_upstream: Any, presets_dir: Path, tmp_path: Path, postgres_url: str
 ) -> None:
     _, upstream_url = fake_upstream
-    with PartitionProxy(("127.0.0.1", 5432)) as proxy:
-        env = {"DATABASE_URL": through(proxy, postgres_url)}
-        with serve(provider_config(upstream_url), presets_dir, tmp_path, env=env) as served:
-            ready = httpx.get(f"{served.url}/readyz", timeout=30)
-            assert ready.status_code == 200, ready.text
-            proxy.partition()
-            response, took = _timed(lambda: httpx.get(f"{served.url}/readyz", timeout=60))
-            log = served.log()
+    with _server_behind_partition(upstream_url, presets_dir, tmp_path, postgres_url) as (proxy, served):
+        ready = httpx.get(f"{served.url}/readyz", timeout=30)
+        assert ready.status_code == 200, ready.text
+        proxy.partition()
+        response, took = _timed(lambda: httpx.get(f"{served.url}/readyz", timeout=60))
+        log = served.log()
 
     assert proxy.dropped > 0  # the fault happened: the probe's bytes went into the partition
     assert response.status_code == 503
@@ -73,17 +84,15 @@ def test_a_cached_fusion_runs_as_a_miss_within_the_caches_limits_when_the_databa
     _, upstream_url = fake_upstream
     extra = f'{ACTIVITY}[cache]\nbackend = "database"\ntimeout_s = {CACHE_TIMEOUT_S}\n'
     body = {"model": "fusion", "messages": HI, "plugins": [{"id": "fusion", "cache": {"ttl_s": 600}}]}
-    with PartitionProxy(("127.0.0.1", 5432)) as proxy:
-        env = {"DATABASE_URL": through(proxy, postgres_url)}
-        with serve(provider_config(upstream_url, extra=extra), presets_dir, tmp_path, env=env) as served:
-            chat = f"{served.url}/v1/chat/completions"
-            first = httpx.post(chat, json=body, timeout=30)
-            assert (first.status_code, first.headers["x-openfusion-cache"]) == (200, "miss"), first.text
-            assert httpx.post(chat, json=body, timeout=30).headers["x-openfusion-cache"] == "hit"
-            proxy.partition()
-            calls = len(upstream.calls)
-            response, took = _timed(lambda: httpx.post(chat, json=body, timeout=60))
-            log = served.log()
+    with _server_behind_partition(upstream_url, presets_dir, tmp_path, postgres_url, extra=extra) as (proxy, served):
+        chat = f"{served.url}/v1/chat/completions"
+        first = httpx.post(chat, json=body, timeout=30)
+        assert (first.status_code, first.headers["x-openfusion-cache"]) == (200, "miss"), first.text
+        assert httpx.post(chat, json=body, timeout=30).headers["x-openfusion-cache"] == "hit"
+        proxy.partition()
+        calls = len(upstream.calls)
+        response, took = _timed(lambda: httpx.post(chat, json=body, timeout=60))
+        log = served.log()
 
     assert proxy.dropped > 0
     assert response.status_code == 200, response.text
@@ -101,18 +110,16 @@ def test_stored_responses_keep_their_documented_outcomes_within_their_limit_when
     """`store: true` still completes (the failed write is logged); a follow-up whose `previous_response_id`
     cannot be read gets a clear 503 in OpenAI's shape. Each within the stored responses' limit."""
     _, upstream_url = fake_upstream
-    with PartitionProxy(("127.0.0.1", 5432)) as proxy:
-        env = {"DATABASE_URL": through(proxy, postgres_url)}
-        with serve(provider_config(upstream_url, extra=ACTIVITY), presets_dir, tmp_path, env=env) as served:
-            responses = f"{served.url}/v1/responses"
-            first = httpx.post(responses, json={"model": "fusion", "input": "Hi", "store": True}, timeout=30)
-            assert first.status_code == 200, first.text
-            proxy.partition()
-            ask = {"model": "fusion", "input": "Why?", "store": True}
-            stored, store_took = _timed(lambda: httpx.post(responses, json=ask, timeout=60))
-            follow_up = {"model": "fusion", "input": "And then?", "previous_response_id": first.json()["id"]}
-            refused, read_took = _timed(lambda: httpx.post(responses, json=follow_up, timeout=60))
-            log = served.log()
+    with _server_behind_partition(upstream_url, presets_dir, tmp_path, postgres_url, extra=ACTIVITY) as (proxy, served):
+        responses = f"{served.url}/v1/responses"
+        first = httpx.post(responses, json={"model": "fusion", "input": "Hi", "store": True}, timeout=30)
+        assert first.status_code == 200, first.text
+        proxy.partition()
+        ask = {"model": "fusion", "input": "Why?", "store": True}
+        stored, store_took = _timed(lambda: httpx.post(responses, json=ask, timeout=60))
+        follow_up = {"model": "fusion", "input": "And then?", "previous_response_id": first.json()["id"]}
+        refused, read_took = _timed(lambda: httpx.post(responses, json=follow_up, timeout=60))
+        log = served.log()
 
     assert proxy.dropped > 0
     assert stored.status_code == 200, stored.text
@@ -135,14 +142,12 @@ def test_the_activity_api_answers_503_within_its_read_limit_when_the_database_is
 ) -> None:
     """Without a limit, the read waited as long as the database stayed silent (TCP gives up after minutes)."""
     _, upstream_url = fake_upstream
-    with PartitionProxy(("127.0.0.1", 5432)) as proxy:
-        env = {"DATABASE_URL": through(proxy, postgres_url)}
-        with serve(provider_config(upstream_url), presets_dir, tmp_path, env=env) as served:
-            activity = f"{served.url}/v1/activity"
-            assert httpx.get(activity, timeout=30).status_code == 200
-            proxy.partition()
-            response, took = _timed(lambda: httpx.get(activity, timeout=READ_TIMEOUT_S + 20))
-            log = served.log()
+    with _server_behind_partition(upstream_url, presets_dir, tmp_path, postgres_url) as (proxy, served):
+        activity = f"{served.url}/v1/activity"
+        assert httpx.get(activity, timeout=30).status_code == 200
+        proxy.partition()
+        response, took = _timed(lambda: httpx.get(activity, timeout=READ_TIMEOUT_S + 20))
+        log = served.log()
 
     assert proxy.dropped > 0
     assert response.status_code == 503, response.text
