@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 
 from openfusion.cache.config import CacheSettings
 from openfusion.cache.entry import CachedRun, CorruptEntry, dump_event, encode_run
+from openfusion.cache.run_ends import RunEnds
 from openfusion.cache.stores import RedisStore, ResultStore
 from openfusion.errors import OpenFusionError
 from openfusion.observability.metrics import Metrics
@@ -25,7 +26,8 @@ log = logging.getLogger("openfusion.cache")
 Mode = Literal["use", "bypass", "refresh"]
 # What a store may raise: the cache then acts as if it held nothing (the request runs).
 _STORE_ERRORS = (OpenFusionError, RedisError, OSError, TimeoutError, CorruptEntry)
-_POLL_S = 0.05  # how often a request waiting for another replica's run looks again
+_POLL_S = 0.05  # how often a request waiting for another replica's run looks again, unless told when it ends
+_LOOK_AGAIN_S = 1.0  # how often it looks again when told (`RunEnds`): for a lock that expired with its holder
 # How long a run that kept nothing stays marked so in Redis: many looks by its waiters on other replicas.
 _UNKEPT_S = 10.0
 # An answer that stopped for these reasons is not one to serve again: the next run may well finish.
@@ -101,33 +103,39 @@ class ResultCache:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.wait_s
         remote = _Remote()
+        ends = self.store.ends if wait and isinstance(self.store, RedisStore) else None
         while True:
-            if hit := await self._hit(key, policy):
-                return hit
-            ticket = Ticket("miss", policy, key=key)
-            remaining = deadline - loop.time()
+            # Watched before the look: a run of `key` given back from here on, on any replica, wakes this request.
+            ended = ends.watch(key) if ends is not None else None
             try:
-                if await self._lease(ticket, key, remote=remote):
-                    # Between the look and the lease, an identical run may have been kept and its lease given back:
-                    # one more look (a read, against a whole run) or it would be made twice.
-                    if hit := await self._hit(key, policy):
-                        ticket.kept = True  # what waits for this lease finds the hit too
-                        ticket.release()
-                        return hit
-                    return ticket  # this request makes the run
-                if remaining <= 0:
-                    return ticket  # this request runs after waiting its fill, without the lease
-                if not wait:
-                    return Ticket("pending", policy, key=key)
-                if not await self._wait(key, remaining, remote=remote):
-                    # The run ended without keeping its result: every request that waited for it runs now (on every
-                    # replica), not one after another; the first to get here takes the lease, so that later identical
-                    # ones wait.
-                    await self._lease(ticket, key)
-                    return ticket
-            except BaseException:  # cancelled (the client of a stream that waits here left): the lease goes back
-                ticket.release()
-                raise
+                if hit := await self._hit(key, policy):
+                    return hit
+                ticket = Ticket("miss", policy, key=key)
+                remaining = deadline - loop.time()
+                try:
+                    if await self._lease(ticket, key, remote=remote):
+                        # Between the look and the lease, an identical run may have been kept and its lease given back:
+                        # one more look (a read, against a whole run) or it would be made twice.
+                        if hit := await self._hit(key, policy):
+                            ticket.kept = True  # what waits for this lease finds the hit too
+                            ticket.release()
+                            return hit
+                        return ticket  # this request makes the run
+                    if remaining <= 0:
+                        return ticket  # this request runs after waiting its fill, without the lease
+                    if not wait:
+                        return Ticket("pending", policy, key=key)
+                    if not await self._wait(key, remaining, remote=remote, ended=ended):
+                        # The run ended without keeping its result: every request that waited for it runs now (on
+                        # every replica), not one after another; the first to get here takes the lease, so that later
+                        # identical ones wait.
+                        await self._lease(ticket, key)
+                        return ticket
+                except BaseException:  # cancelled (the client of a stream that waits here left): the lease goes back
+                    ticket.release()
+                    raise
+            finally:
+                _unwatch(ends, key, ended)
 
     async def _hit(self, key: str, policy: CachePolicy) -> Ticket | None:
         """A hit on `key`, when the store holds a run that `policy` accepts."""
@@ -190,14 +198,20 @@ class ResultCache:
         except _STORE_ERRORS as exc:  # the lock expires by itself
             log.warning("result cache unlock failed: %s", exc)
 
-    async def _wait(self, key: str, remaining: float, *, remote: _Remote) -> bool:
-        """Until the run of `key` ends here, or a moment passes (it runs on another replica), at most `remaining`.
+    async def _wait(
+        self, key: str, remaining: float, *, remote: _Remote, ended: asyncio.Future[None] | None = None
+    ) -> bool:
+        """Until the run of `key` ends here, or ends on another replica (`ended`: Redis says so; a moment, without
+        it), at most `remaining`.
 
         False when the run ended without keeping its result (nothing to find: waiting again is pointless).
         """
         flight = self._flights.get(key)
         if remote.token is not None or flight is None:  # not a run here (one here now may be its replacement)
-            await asyncio.sleep(min(_POLL_S, remaining))
+            if ended is not None and isinstance(self.store, RedisStore) and self.store.ends.live:
+                await asyncio.wait((ended,), timeout=min(_LOOK_AGAIN_S, remaining))
+            else:
+                await asyncio.sleep(min(_POLL_S, remaining))
             return remote.token is None or not await self._unkept(remote.token)
         try:
             return await asyncio.wait_for(asyncio.shield(flight), remaining)
@@ -302,6 +316,11 @@ class Answer:
         if self.finish_reason in _UNCLEAN_FINISH:
             return _UNCLEAN_FINISH[self.finish_reason]
         return None if self.said else "empty"
+
+
+def _unwatch(ends: RunEnds | None, key: str, ended: asyncio.Future[None] | None) -> None:
+    if ends is not None and ended is not None:
+        ends.unwatch(key, ended)
 
 
 def allowed(policy: CachePolicy) -> frozenset[str]:

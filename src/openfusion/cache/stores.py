@@ -13,6 +13,7 @@ from typing import Protocol
 from redis.asyncio import Redis
 
 from openfusion.cache.config import CacheSettings
+from openfusion.cache.run_ends import RunEnds
 from openfusion.errors import ConfigError
 
 
@@ -160,12 +161,16 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return ARGV[1] 
 return redis.call('GET', KEYS[1])
 """
 
-# KEYS: lock, this run's not-kept mark. ARGV: token, the mark's ttl ms (0: the run was kept, no mark). Deletes the
-# lock only while this holder still has it; the mark tells the requests that waited for this run that it kept nothing.
+# KEYS: lock, this run's not-kept mark. ARGV: token, the mark's ttl ms (0: the run was kept, no mark), key, the
+# channel of runs' ends. Deletes the lock only while this holder still has it; the mark tells the requests that waited
+# for this run that it kept nothing; the key, published, wakes them (`RunEnds`) to look again (a user whose ACL has
+# no channels gets no announcement, and its waiters look every 50 ms: the unlock itself must not fail for it).
 _UNLOCK = """
 if ARGV[2] ~= '0' then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+local deleted = 0
+if redis.call('GET', KEYS[1]) == ARGV[1] then deleted = redis.call('DEL', KEYS[1]) end
+redis.pcall('PUBLISH', ARGV[4], ARGV[3])
+return deleted
 """
 
 
@@ -180,6 +185,8 @@ class RedisStore:
         self._lock = f"{base}:lock:"
         self._unkept = f"{base}:unkept:"  # by the token of a run that ended without keeping its result
         self._index = (f"{base}:uses", f"{base}:expiries", f"{base}:sizes")
+        self._ends_channel = f"{base}:ends"
+        self.ends = RunEnds(client, self._ends_channel)  # runs given back, on any replica: their waiters woken
         self._put = client.register_script(_PUT)
         self._get = client.register_script(_GET)
         self._lock_script = client.register_script(_LOCK)
@@ -215,7 +222,8 @@ class RedisStore:
     async def unlock(self, key: str, token: str, *, kept: bool, unkept_ttl_s: float) -> None:
         """Give the run back; one that kept nothing is marked so for `unkept_ttl_s` (see `unkept`)."""
         mark_ms = 0 if kept else max(1, round(unkept_ttl_s * 1000))
-        await self._unlock(keys=[self._lock + key, self._unkept + token], args=[token, mark_ms])
+        keys = [self._lock + key, self._unkept + token]
+        await self._unlock(keys=keys, args=[token, mark_ms, key, self._ends_channel])
 
     async def unkept(self, token: str) -> bool:
         """Whether the run of `token` ended without keeping its result (lately): the requests that waited for it,
@@ -223,6 +231,7 @@ class RedisStore:
         return bool(await self.client.exists(self._unkept + token))
 
     async def aclose(self) -> None:
+        await self.ends.aclose()
         await self.client.aclose()
 
 
