@@ -1,14 +1,16 @@
-"""A whole chat completion told as the event stream its client asked for.
+"""A whole answer told as the event stream its client asked for.
 
-Some servers ignore `stream: true` and answer with one `chat.completion` (a local server without streaming, a proxy
-that buffers). Relayed as it is, that JSON reaches a client reading events: the OpenAI SDK finds no event in it and
-ends with an empty answer. Instead the completion becomes the stream it would have been: one chunk with each
-choice's whole message as its delta (tool calls numbered, as deltas number them), the usage in a last chunk, [DONE].
+Some servers ignore `stream: true` and answer with one JSON body (a local server without streaming, a proxy that
+buffers). Relayed as it is, that JSON reaches a client reading events: the SDKs find no event in it and end with an
+empty answer or an error that says nothing of why. Instead the answer is read whole (up to `MAX_WHOLE_BYTES`) and
+becomes the stream it would have been, told by its API's own teller: a `chat.completion` here (one chunk with each
+choice's whole message as its delta, tool calls numbered as deltas number them, the usage in a last chunk, [DONE]);
+an Anthropic message in `messages.whole`, a Responses `response` in `responses.whole`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -22,23 +24,28 @@ MAX_WHOLE_BYTES = 32 * 1024 * 1024
 # What a chunk repeats of the completion it comes from.
 _HEAD_FIELDS = ("id", "created", "model", "system_fingerprint", "service_tier")
 
+# The events that tell a whole answer (its raw JSON) as a stream; raises UpstreamError for one no client could use.
+Teller = Callable[[bytes, Forwarded], bytes]
 
-def as_event_stream(forwarded: Forwarded) -> Forwarded:
-    """`forwarded`, whose body is one JSON completion, as an event stream (its content type says so)."""
+
+def as_event_stream(forwarded: Forwarded, tell: Teller | None = None) -> Forwarded:
+    """`forwarded`, whose body is one whole JSON answer, as an event stream (its content type says so): told by
+    `tell`, a chat completion's teller unless another is given."""
     forwarded.headers["content-type"] = "text/event-stream"
-    forwarded.body = _events(forwarded.body, forwarded)
+    forwarded.body = _events(forwarded.body, forwarded, tell or completion_events)
     return forwarded
 
 
-async def _events(body: AsyncIterator[bytes], forwarded: Forwarded) -> AsyncIterator[bytes]:
+async def _events(body: AsyncIterator[bytes], forwarded: Forwarded, tell: Teller) -> AsyncIterator[bytes]:
     parts: list[bytes] = []
     size = 0
     async for block in body:
         size += len(block)
         if size > MAX_WHOLE_BYTES:
-            raise _error(forwarded, f"answered a streamed request with a whole answer over {MAX_WHOLE_BYTES} bytes")
+            what = f"answered a streamed request with a whole answer over {MAX_WHOLE_BYTES} bytes"
+            raise whole_error(forwarded, what)
         parts.append(block)
-    yield completion_events(b"".join(parts), forwarded)
+    yield tell(b"".join(parts), forwarded)
 
 
 def completion_events(raw: bytes, forwarded: Forwarded) -> bytes:
@@ -53,7 +60,7 @@ def completion_events(raw: bytes, forwarded: Forwarded) -> bytes:
         reason = message if isinstance(message, str) and message else "unknown error"
         raise UpstreamStatusError(f"{slug} failed: {reason[:1000]}", model=slug, provider=provider)
     if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-        raise _error(forwarded, "answered a streamed request with JSON that is not a chat completion")
+        raise whole_error(forwarded, "answered a streamed request with JSON that is not a chat completion")
     head = {"object": "chat.completion.chunk"} | {key: data[key] for key in _HEAD_FIELDS if key in data}
     choices = [_delta(position, choice) for position, choice in enumerate(data["choices"]) if isinstance(choice, dict)]
     events = [encode({**head, "choices": choices})]
@@ -81,6 +88,7 @@ def _who(forwarded: Forwarded) -> tuple[str, str]:
     return (trace.model, trace.provider) if trace is not None else ("upstream", "")
 
 
-def _error(forwarded: Forwarded, what: str) -> UpstreamProtocolError:
+def whole_error(forwarded: Forwarded, what: str) -> UpstreamProtocolError:
+    """A whole answer no stream can tell: what the provider did, as `upstream_invalid_response`."""
     slug, provider = _who(forwarded)
     return UpstreamProtocolError(f"{slug} ({provider}) {what}", model=slug, provider=provider)
