@@ -14,6 +14,7 @@ import pytest
 from fakes.anthropic_api import USAGE, FakeAnthropic, Reply
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream, wait_until
+from openfusion.api import completion_events
 from openfusion.app import create_app
 from openfusion.settings import ProviderConfig, Settings
 
@@ -258,3 +259,155 @@ def test_fallbacks_a_native_provider_cannot_take_are_translated(
 
     assert message.content[0].text == "Answer from solo."  # type: ignore[union-attr]
     assert fake.calls == []
+
+
+# ---- a provider that ignores `stream: true` and answers with one whole message ---------------------------------
+WHOLE_USAGE = {"input_tokens": 30, "output_tokens": 12, "cache_read_input_tokens": 5, "cache_creation_input_tokens": 0}
+SEARCH_RESULT = {"type": "web_search_result", "url": "https://example.com/weather", "title": "Weather",
+                 "encrypted_content": "EqgfCioIARgBIiQ", "page_age": None}  # fmt: skip
+CITATION = {"type": "web_search_result_location", "url": "https://example.com/weather", "title": "Weather",
+            "encrypted_index": "Eo8BCioIAhgBIiQ", "cited_text": "Mild in Paris."}  # fmt: skip
+WHOLE_MESSAGE: dict[str, Any] = {
+    "id": "msg_whole",
+    "type": "message",
+    "role": "assistant",
+    "model": "opus",
+    "content": [
+        {"type": "thinking", "thinking": "The user wants the weather.", "signature": "EuYBCkQYAiJA-signed"},
+        {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix-redacted"},
+        {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"query": "Paris weather"}},
+        {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": [SEARCH_RESULT]},
+        {"type": "text", "text": "Let me look that up.\u2028Paris first.", "citations": [CITATION]},
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris", "days": [1, 2]}},
+    ],
+    "stop_reason": "tool_use",
+    "stop_sequence": None,
+    "usage": WHOLE_USAGE,
+}
+WEATHER_TOOL = {"name": "get_weather", "description": "The weather.", "input_schema": {"type": "object"}}
+
+
+def stream_body(**fields: Any) -> dict[str, Any]:
+    return {"model": "claude/opus", "max_tokens": 100, "messages": QUESTION, "tools": [WEATHER_TOOL], **fields}
+
+
+def stream_error(url: str) -> anthropic.APIStatusError:
+    """The error the SDK's stream helper raises reading the answer to `stream_body()`."""
+    with (
+        sdk(url) as client,
+        pytest.raises(anthropic.APIStatusError) as raised,
+        client.messages.stream(**stream_body()) as stream,  # type: ignore[arg-type]
+    ):
+        stream.get_final_message()
+    return raised.value
+
+
+def test_a_whole_message_answered_to_a_stream_reaches_the_sdks_stream_helper(
+    anthropic_native: tuple[FakeAnthropic, str], gateway: str
+) -> None:
+    """Its JSON was relayed as it was: the SDK found no event in it, and raised openfusion's "ended before
+    message_stop" error."""
+    fake, _ = anthropic_native
+    fake.replies = [Reply(whole=WHOLE_MESSAGE)]
+    with sdk(gateway) as client, client.messages.stream(**stream_body()) as stream:  # type: ignore[arg-type]
+        texts = list(stream.text_stream)
+        message = stream.get_final_message()
+        generation_id = stream.response.headers["x-generation-id"]
+
+    assert "".join(texts) == "Let me look that up.\u2028Paris first."
+    assert message.id == "msg_whole" and message.model == "opus"
+    kinds = [block.type for block in message.content]
+    assert kinds == ["thinking", "redacted_thinking", "server_tool_use", "web_search_tool_result", "text", "tool_use"]
+    thinking, redacted, search, result, text, call = message.content
+    assert [citation.cited_text for citation in text.citations or []] == ["Mild in Paris."]  # type: ignore[union-attr]
+    assert (thinking.thinking, thinking.signature) == ("The user wants the weather.", "EuYBCkQYAiJA-signed")  # type: ignore[union-attr]
+    assert redacted.data == "EmwKAhgBEgy3va3pzix-redacted"  # type: ignore[union-attr]
+    assert search.input == {"query": "Paris weather"}  # type: ignore[union-attr]
+    assert result.content[0].url == SEARCH_RESULT["url"]  # type: ignore[union-attr,index]
+    assert (call.id, call.name, call.input) == ("toolu_1", "get_weather", {"city": "Paris", "days": [1, 2]})  # type: ignore[union-attr]
+    assert (message.stop_reason, message.stop_sequence) == ("tool_use", None)
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (30, 12)
+    assert message.usage.cache_read_input_tokens == 5
+    assert fake.calls[0].body["stream"] is True
+    record = generation(gateway, generation_id)
+    assert record["status"] == "ok" and (record["tokens_prompt"], record["tokens_completion"]) == (35, 12), record
+
+
+def test_a_whole_message_answered_to_a_stream_comes_as_anthropics_events(
+    anthropic_native: tuple[FakeAnthropic, str], gateway: str
+) -> None:
+    """The raw stream, as `create(stream=True)` reads it: each event named by its type, each block started before
+    its deltas and stopped after them, `message_start` with the usage and no content, `message_stop` last."""
+    fake, _ = anthropic_native
+    fake.replies = [Reply(whole=WHOLE_MESSAGE)]
+    with sdk(gateway) as client:
+        events = list(client.messages.create(**stream_body(), stream=True))  # type: ignore[call-overload]
+    with httpx.stream("POST", f"{gateway}/v1/messages", json=stream_body(stream=True),
+                      headers={"x-api-key": "sk-client-7d2e4f9a"}) as response:  # fmt: skip
+        lines = [line for line in response.iter_lines() if line]
+
+    names = [line[7:] for line in lines if line.startswith("event: ")]
+    data = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+    assert names == [event["type"] for event in data] == [event.type for event in events]
+    assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"]
+    start = events[0].message  # type: ignore[union-attr]
+    assert start.content == [] and start.stop_reason is None and start.usage.input_tokens == 30
+    blocks: dict[int, list[str]] = {}
+    for event in data[1:-2]:
+        blocks.setdefault(event["index"], []).append(
+            event["type"] if event["type"] != "content_block_delta" else event["delta"]["type"]
+        )
+    assert blocks == {
+        0: ["content_block_start", "thinking_delta", "signature_delta", "content_block_stop"],
+        1: ["content_block_start", "content_block_stop"],  # redacted thinking, whole in its start
+        2: ["content_block_start", "input_json_delta", "content_block_stop"],
+        3: ["content_block_start", "content_block_stop"],  # a server tool's result, whole in its start
+        4: ["content_block_start", "citations_delta", "text_delta", "content_block_stop"],
+        5: ["content_block_start", "input_json_delta", "content_block_stop"],
+    }
+    starts = {event["index"]: event["content_block"] for event in data if event["type"] == "content_block_start"}
+    deltas = {event["index"]: event["delta"] for event in data if event["type"] == "content_block_delta"}
+    assert starts[1] == WHOLE_MESSAGE["content"][1] and starts[3] == WHOLE_MESSAGE["content"][3]
+    assert starts[0] == {"type": "thinking", "thinking": "", "signature": ""} and starts[5]["input"] == {}
+    assert starts[4] == {"type": "text", "text": "", "citations": []} and deltas[4]["text"].endswith("Paris first.")
+    assert json.loads(deltas[5]["partial_json"]) == {"city": "Paris", "days": [1, 2]}
+    delta = events[-2]
+    assert delta.delta.stop_reason == "tool_use" and delta.usage.output_tokens == 12  # type: ignore[union-attr]
+
+
+def test_an_error_object_answered_to_a_stream_is_an_error_the_sdk_raises(
+    anthropic_native: tuple[FakeAnthropic, str], gateway: str
+) -> None:
+    fake, _ = anthropic_native
+    fake.replies = [Reply(whole={"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded now"}})]
+    raised = stream_error(gateway)
+    generation_id = raised.response.headers["x-generation-id"]
+
+    assert raised.body == {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded now"}}
+    record = generation(gateway, generation_id)
+    assert record["status"] == "error" and record["failure_reason"] == "upstream_error", record
+    assert "Overloaded now" in json.dumps(record)
+
+
+def test_json_that_is_not_a_message_answered_to_a_stream_says_so(
+    anthropic_native: tuple[FakeAnthropic, str], gateway: str
+) -> None:
+    fake, _ = anthropic_native
+    fake.replies = [Reply(whole={"object": "chat.completion", "choices": []})]
+    raised = stream_error(gateway)
+
+    error = raised.body["error"]  # type: ignore[index]
+    assert error["type"] == "api_error" and "JSON that is not a message" in error["message"]
+    record = generation(gateway, raised.response.headers["x-generation-id"])
+    assert record["status"] == "error" and record["failure_reason"] == "upstream_invalid_response", record
+
+
+def test_a_whole_message_answered_to_a_stream_is_read_only_up_to_its_bound(
+    anthropic_native: tuple[FakeAnthropic, str], gateway: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(completion_events, "MAX_WHOLE_BYTES", 64)
+    fake, _ = anthropic_native
+    fake.replies = [Reply(whole=WHOLE_MESSAGE)]
+    raised = stream_error(gateway)
+
+    assert "whole answer over 64 bytes" in raised.body["error"]["message"]  # type: ignore[index]

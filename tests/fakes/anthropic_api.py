@@ -33,6 +33,8 @@ class Reply:
     cut_after: int | None = None  # stream: break off after this many events
     end_after: int | None = None  # stream: end cleanly after this many events (no message_stop)
     error_after: int | None = None  # stream: after this many events, Anthropic's own `error` event, then the end
+    # This JSON answered whole, as it is, whether or not the request streams (a server that ignores `stream: true`)
+    whole: dict[str, Any] | None = None
 
 
 @dataclass
@@ -70,6 +72,8 @@ class FakeAnthropic:
         if reply.status != 200:
             error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
             return Response(orjson.dumps(error), reply.status, media_type="application/json")
+        if reply.whole is not None:
+            return Response(orjson.dumps(reply.whole), media_type="application/json")
         message = _message(str(body["model"]), reply.text)
         if not body.get("stream"):
             return Response(orjson.dumps(message), media_type="application/json")

@@ -5,7 +5,9 @@ thinking blocks the provider did not sign (openfusion's own, from a fused or tra
 earlier in the conversation, or unsigned ones: the provider refuses any of them), with the
 client's `anthropic-version` and `anthropic-beta` headers unchanged and the provider's key as
 `x-api-key`. The relayed stream is watched for `message_start` and `message_delta`, whose usage
-goes to the activity record; a stream the provider breaks off ends with an `error` event.
+goes to the activity record; a stream the provider breaks off ends with an `error` event. A provider
+that answers a streamed request with one whole message has it told as the stream it would have been
+(`whole`), watched the same way.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from openfusion.api.completion_events import as_event_stream
 from openfusion.api.deps import AppState
 from openfusion.api.dispatch import Exchange
 from openfusion.api.event_stream import EventStreamResponse
 from openfusion.api.ledger import Ledger
 from openfusion.api.messages.errors import error_event
+from openfusion.api.messages.whole import message_events
 from openfusion.api.messages.writer import SIGNATURE_PREFIX
 from openfusion.api.passthrough import (
     SSE_HEADERS,
@@ -63,6 +67,8 @@ async def forward_native(exchange: Exchange, raw: dict[str, Any]) -> Response:
     if forwarded.status_code >= 400:
         ledger.status, ledger.failure_reason = "error", f"upstream_{forwarded.status_code}"
     elif chat.stream:
+        if "event-stream" not in forwarded.headers.get("content-type", "").lower():  # it ignored `stream: true`
+            forwarded = as_event_stream(forwarded, message_events)
         relay = ledger.closing(
             _relay(forwarded, ledger=ledger, model=chat.model), upstream=forwarded, render_error=error_event
         )
