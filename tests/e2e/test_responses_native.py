@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from fakes.upstream import FakeUpstream, Script
+from openfusion.api import completion_events
 from openfusion.settings import ProviderConfig
 
 from .test_activity_wiring import generation
@@ -150,3 +151,170 @@ def test_a_native_stream_the_provider_ends_with_response_failed_is_recorded_as_f
     record = generation(native_server, generation_id)
     assert record["status"] == "error" and record["failure_reason"] == "upstream_error", record
     assert "the model crashed" in json.dumps(record)
+
+
+# ---- a provider that ignores `stream: true` and answers with one whole response --------------------------------
+CITATION = {"type": "url_citation", "url": "https://example.com/sky", "title": "Sky", "start_index": 0, "end_index": 3}
+REASONING = {"id": "rs_whole", "type": "reasoning", "summary": [{"type": "summary_text", "text": "Think of Rayleigh."}],
+             "encrypted_content": "gAAAAB-opaque"}  # fmt: skip
+TEXT = {"type": "output_text", "text": "Sky is blue.", "annotations": [CITATION], "logprobs": []}
+MESSAGE = {"id": "msg_whole", "type": "message", "status": "completed", "role": "assistant", "content": [TEXT]}
+CALL = {"id": "fc_whole", "type": "function_call", "status": "completed", "call_id": "call_1", "name": "lookup",
+        "arguments": '{"q": "sky"}'}  # fmt: skip
+WHOLE_USAGE = {"input_tokens": 13, "output_tokens": 9, "total_tokens": 22, "input_tokens_details": {"cached_tokens": 0},
+               "output_tokens_details": {"reasoning_tokens": 4}}  # fmt: skip
+
+
+def whole_response(status: str = "completed", **fields: Any) -> bytes:
+    """A provider's whole `response` object, with a reasoning item, a message and a function call."""
+    response = {"id": "resp_whole", "object": "response", "created_at": 1765000000, "status": status, "error": None,
+                "incomplete_details": None, "model": "plain", "output": [REASONING, MESSAGE, CALL],
+                "usage": WHOLE_USAGE, **fields}  # fmt: skip
+    return json.dumps(response).encode()
+
+
+def answered_whole(upstream: FakeUpstream, raw: bytes) -> None:
+    upstream.script("plain", Script(raw_body=raw, raw_media_type="application/json"))
+
+
+def test_a_whole_response_answered_to_a_stream_reaches_the_sdks_stream_helper(
+    upstream: FakeUpstream, native_server: str
+) -> None:
+    """Its JSON was relayed as it was: openai-python's helper wants `response.created` first, and raised."""
+    answered_whole(upstream, whole_response())
+    client = openai.OpenAI(base_url=f"{native_server}/v1", api_key="k", max_retries=0)
+    with client, client.responses.stream(model="native/plain", input="Why is the sky blue?") as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+
+    assert upstream.calls_for("plain")[0].stream
+    assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
+    assert final.id == "resp_whole" and final.output_text == "Sky is blue."
+    reasoning, message, call = final.output
+    assert reasoning.type == "reasoning" and reasoning.encrypted_content == "gAAAAB-opaque"
+    assert [part.text for part in reasoning.summary] == ["Think of Rayleigh."]
+    assert message.type == "message" and message.content[0].annotations[0].url == CITATION["url"]  # type: ignore[union-attr]
+    assert call.type == "function_call" and (call.call_id, call.name, call.arguments) == (
+        "call_1", "lookup", '{"q": "sky"}'
+    )  # fmt: skip
+    assert final.usage is not None and (final.usage.input_tokens, final.usage.output_tokens) == (13, 9)
+
+
+def test_a_whole_response_answered_to_a_stream_comes_as_the_apis_events(
+    upstream: FakeUpstream, native_server: str
+) -> None:
+    """The raw events, as `create(stream=True)` reads them: numbered in order, each item added then done."""
+    answered_whole(upstream, whole_response())
+    client = openai.OpenAI(base_url=f"{native_server}/v1", api_key="k", max_retries=0)
+    with client:
+        raw = client.responses.with_raw_response.create(model="native/plain", input="Hi", stream=True)
+        generation_id = raw.headers["x-generation-id"]
+        events = list(raw.parse())
+
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    assert [event.type for event in events] == [
+        "response.created", "response.in_progress",
+        "response.output_item.added",  # the reasoning item: its summary part by part
+        "response.reasoning_summary_part.added", "response.reasoning_summary_text.delta",
+        "response.reasoning_summary_text.done", "response.reasoning_summary_part.done",
+        "response.output_item.done",
+        "response.output_item.added",  # the message: its text part
+        "response.content_part.added", "response.output_text.delta", "response.output_text.annotation.added",
+        "response.output_text.done", "response.content_part.done",
+        "response.output_item.done",
+        "response.output_item.added",  # the function call: its arguments
+        "response.function_call_arguments.delta", "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]  # fmt: skip
+    created = events[0].response  # type: ignore[union-attr]
+    assert created.id == "resp_whole" and created.status == "in_progress" and created.output == []
+    assert events[2].item.encrypted_content is None  # type: ignore[union-attr]  # it comes with the item done
+    assert events[10].delta == "Sky is blue." and events[16].delta == '{"q": "sky"}'  # type: ignore[union-attr]
+    assert [event.output_index for event in events if event.type == "response.output_item.done"] == [0, 1, 2]  # type: ignore[union-attr]
+    assert events[-1].response.status == "completed"  # type: ignore[union-attr]
+    record = generation(native_server, generation_id)
+    assert record["status"] == "ok" and (record["tokens_prompt"], record["tokens_completion"]) == (13, 9), record
+
+
+def test_a_whole_response_answered_to_a_stream_is_kept_for_a_follow_up(
+    upstream: FakeUpstream, native_server: str
+) -> None:
+    answered_whole(upstream, whole_response())
+    with httpx.stream("POST", f"{native_server}{RESPONSES}", timeout=30,
+                      json={"model": "native/plain", "input": "Why?", "stream": True}) as response:  # fmt: skip
+        response.read()
+    upstream.script("plain", Script(content="Because of scattering."))
+
+    second = httpx.post(f"{native_server}{RESPONSES}", json={"model": "native/plain", "input": "Sure?",
+                        "previous_response_id": "resp_whole"}, timeout=30)  # fmt: skip
+
+    assert second.status_code == 200, second.text
+    sent = upstream.calls_for("plain")[1].body["input"]
+    # The stored response is what its `response.completed` said: its message and call continue the conversation.
+    assert [item.get("type") for item in sent] == ["message", "message", "function_call", "message"]
+    assert sent[1] == MESSAGE and sent[2] == CALL
+
+
+def test_an_incomplete_whole_response_ends_its_stream_incomplete(upstream: FakeUpstream, native_server: str) -> None:
+    answered_whole(upstream, whole_response("incomplete", incomplete_details={"reason": "max_output_tokens"}))
+    with httpx.stream("POST", f"{native_server}{RESPONSES}", timeout=30,
+                      json={"model": "native/plain", "input": "Hi", "stream": True}) as response:  # fmt: skip
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+
+    assert events[-1]["type"] == "response.incomplete"
+    assert events[-1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert "response.completed" not in [event["type"] for event in events]
+
+
+def test_an_error_object_answered_to_a_stream_is_an_error_the_sdk_raises(
+    upstream: FakeUpstream, native_server: str
+) -> None:
+    error = {"message": "the model is overloaded", "type": "server_error", "code": "server_overloaded", "param": None}
+    answered_whole(upstream, json.dumps({"error": error}).encode())
+    client = openai.OpenAI(base_url=f"{native_server}/v1", api_key="k", max_retries=0)
+    with (
+        client,
+        pytest.raises(openai.APIError) as raised,
+        client.responses.stream(model="native/plain", input="Hi") as stream,
+    ):
+        list(stream)
+
+    assert raised.value.message == "the model is overloaded" and raised.value.body == error
+    with httpx.stream("POST", f"{native_server}{RESPONSES}", timeout=30,
+                      json={"model": "native/plain", "input": "Hi", "stream": True}) as response:  # fmt: skip
+        lines = [line for line in response.iter_lines() if line]
+        generation_id = response.headers["x-generation-id"]
+    assert lines[0] == "event: error" and json.loads(lines[1][6:]) == {
+        "type": "error", "sequence_number": 0, "code": "server_overloaded", "message": "the model is overloaded",
+        "param": None, "error": error,
+    }  # fmt: skip
+    record = generation(native_server, generation_id)
+    assert record["status"] == "error" and record["failure_reason"] == "upstream_error", record
+
+
+def test_a_failed_whole_response_ends_its_stream_failed(upstream: FakeUpstream, native_server: str) -> None:
+    failure = {"code": "server_error", "message": "the model crashed"}
+    answered_whole(upstream, whole_response("failed", error=failure, output=[], usage=None))
+    with httpx.stream("POST", f"{native_server}{RESPONSES}", timeout=30,
+                      json={"model": "native/plain", "input": "Hi", "stream": True}) as response:  # fmt: skip
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+        generation_id = response.headers["x-generation-id"]
+
+    assert [event["type"] for event in events] == ["response.created", "response.in_progress", "response.failed"]
+    assert events[-1]["response"]["error"] == failure
+    record = generation(native_server, generation_id)
+    assert record["status"] == "error" and "the model crashed" in json.dumps(record), record
+
+
+def test_a_whole_response_answered_to_a_stream_is_read_only_up_to_its_bound(
+    upstream: FakeUpstream, native_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(completion_events, "MAX_WHOLE_BYTES", 64)
+    answered_whole(upstream, whole_response())
+    with httpx.stream("POST", f"{native_server}{RESPONSES}", timeout=30,
+                      json={"model": "native/plain", "input": "Hi", "stream": True}) as response:  # fmt: skip
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+
+    assert events[-1]["type"] == "error" and events[-1]["code"] == "upstream_invalid_response"
+    assert "whole answer over 64 bytes" in events[-1]["message"]

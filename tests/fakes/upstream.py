@@ -229,7 +229,7 @@ class FakeUpstream:
         return _json({"object": "list", "data": data})
 
     async def _responses(self, request: Request) -> Response:
-        """The Responses API, for a provider that speaks it: text answers, errors and delays as scripted."""
+        """The Responses API, for a provider that speaks it: text answers, errors, delays and raw bodies as scripted."""
         body = orjson.loads(await request.body())
         model = str(body.get("model", ""))
         call = Call(model, body, dict(request.headers), body.get("stream") is True, path="/v1/responses")
@@ -240,6 +240,10 @@ class FakeUpstream:
         if await _pause(request, script.delay_s):
             _finish(call, disconnected=True)
             return Response(status_code=204)
+        if script.raw_body is not None:  # as for chat: sent as it is, whether or not the request streams
+            call.fault = "raw body"
+            media = script.raw_media_type or ("text/event-stream" if call.stream else "application/json")
+            return Response(script.raw_body, script.status, media_type=media, background=done)
         if script.status != 200:
             message = script.error_message or f"Fake upstream error {script.status} for {model}"
             return _error(script.status, message, background=done)

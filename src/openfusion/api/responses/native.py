@@ -4,7 +4,8 @@ The body goes as the client sent it, less openfusion's own fields; `previous_res
 resolved here (from this server's stored responses, per key) and sent as the conversation it names,
 so a key can only ever continue its own responses. The relayed stream is watched for its
 `response.completed` event: its usage goes to the activity record, and the response is stored
-before that event reaches the client.
+before that event reaches the client. A provider that answers a streamed request with one whole
+response has it told as the stream it would have been (`whole`), watched the same way.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
+from openfusion.api.completion_events import as_event_stream
 from openfusion.api.dispatch import Exchange
 from openfusion.api.event_stream import EventStreamResponse
 from openfusion.api.ledger import Ledger
@@ -27,6 +29,7 @@ from openfusion.api.passthrough import (
     without_openfusion_fields,
 )
 from openfusion.api.responses.request import Translated
+from openfusion.api.responses.whole import response_events
 from openfusion.errors import OpenFusionError, UpstreamError, UpstreamProtocolError
 from openfusion.protocol import Usage
 from openfusion.sse import DataLines, dumps
@@ -51,6 +54,8 @@ async def forward_native(exchange: Exchange, translated: Translated, *, keep: Ke
     if forwarded.status_code >= 400:
         ledger.status, ledger.failure_reason = "error", f"upstream_{forwarded.status_code}"
     elif chat.stream:
+        if "event-stream" not in forwarded.headers.get("content-type", "").lower():  # it ignored `stream: true`
+            forwarded = as_event_stream(forwarded, response_events)
         numbering = _Numbering()
         relay = _relay(forwarded, ledger=ledger, keep=keep, numbering=numbering)
         relay = ledger.closing(relay, upstream=forwarded, render_error=numbering.error_event)
