@@ -318,3 +318,23 @@ def test_a_whole_response_answered_to_a_stream_is_read_only_up_to_its_bound(
 
     assert events[-1]["type"] == "error" and events[-1]["code"] == "upstream_invalid_response"
     assert "whole answer over 64 bytes" in events[-1]["message"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [whole_response("queued"), json.dumps({"object": "chat.completion", "choices": []}).encode()],
+    ids=["a response still queued", "a chat completion"],
+)
+def test_json_that_is_not_a_finished_response_answered_to_a_stream_says_so(
+    upstream: FakeUpstream, native_server: str, raw: bytes
+) -> None:
+    answered_whole(upstream, raw)
+    with httpx.stream("POST", f"{native_server}{RESPONSES}", timeout=30,
+                      json={"model": "native/plain", "input": "Hi", "stream": True}) as response:  # fmt: skip
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+        generation_id = response.headers["x-generation-id"]
+
+    assert [event["type"] for event in events] == ["error"] and events[0]["code"] == "upstream_invalid_response"
+    assert "not a finished response" in events[0]["message"]
+    record = generation(native_server, generation_id)
+    assert record["status"] == "error" and record["failure_reason"] == "upstream_invalid_response", record
