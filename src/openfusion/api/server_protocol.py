@@ -27,6 +27,7 @@ parser's reason. Requests a client pipelined before it were read whole: each get
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from openfusion.api.access import OPEN_PATHS
@@ -45,6 +46,8 @@ try:
     from httptools import HttpParserError, HttpParserUpgrade
 except ImportError:  # without httptools the server runs uvicorn's h11 protocol, not this one (see `http_protocol`)
     HttpParserError = HttpParserUpgrade = Exception
+
+log = logging.getLogger("openfusion")
 
 _PROBE_PATHS = frozenset(path.encode("ascii") for path in OPEN_PATHS)
 _BUSY = refusal_app(ServerBusy("The server is at its connection limit; try again shortly.", code="server_busy"))
@@ -363,6 +366,11 @@ def http_protocol(
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:  # no httptools: uvicorn falls back to h11 itself (and these limits do not apply)
+        log.warning(
+            "httptools is not installed: the server runs uvicorn's h11 protocol, without the [server] connection"
+            " limits (header size and count, header and body deadlines, max_connections) or JSON errors for"
+            " requests the parser cannot read; install uvicorn[standard] (with httptools) to have them"
+        )
         return "auto"
     server = server or ServerSettings()
     budget = fit_connections(server, upstream_connections=upstream_connections)
