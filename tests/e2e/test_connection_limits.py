@@ -124,6 +124,34 @@ def test_an_endless_header_is_cut_off_at_the_limit(start_server: Start) -> None:
     assert stopped or response.startswith(b"HTTP/1.1 431"), f"the server took {sent} bytes of one header"
 
 
+def test_an_endless_trailer_is_cut_off_at_the_limit(start_server: Start) -> None:
+    # A chunked body's trailers are headers the parser holds until they end: one that never did grew the server's
+    # memory for as long as the body's deadline (60 s by default), at whatever rate the client could send.
+    with start_server() as url, connect(url) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Endless: "
+        )
+        assert trickle(sock, b"a" * 4096, every_s=0.05, for_s=PATIENCE_S), "the server took a trailer without end"
+        status, error = status_and_error(read_until_closed(sock))
+    assert status == 431 and error["code"] == "request_headers_too_large"
+    assert "trailers" in str(error["message"]) and "32768 bytes" in str(error["message"])
+
+
+def test_a_body_in_many_small_chunks_is_not_mistaken_for_a_long_trailer(start_server: Start) -> None:
+    body = b'{"model": "fusion", "messages": []}' + b" " * 60_000
+    chunked = b"".join(b"1\r\n%c\r\n" % byte for byte in body) + b"0\r\nX-Trailer: fine\r\n\r\n"
+    with start_server() as url, connect(url) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        for start in range(0, len(chunked), 4096):  # ~6 bytes of framing to each byte of data
+            sock.sendall(chunked[start : start + 4096])
+        status, error = status_and_error(read_until_closed(sock))
+    assert status == 400 and "messages" in str(error["message"])  # read whole, refused for what it says
+
+
 def test_headers_that_arrive_too_slowly_get_408(start_server: Start) -> None:
     with start_server(server={"header_timeout_s": 1}) as url, connect(url) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")

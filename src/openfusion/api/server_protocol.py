@@ -14,10 +14,11 @@ one request at a time); the requests the answer waits for go out first (see `Coa
 Limits (the `[server]` settings): uvicorn's httptools protocol bounds neither the size nor the number
 of a request's headers, nor the time a client takes to send them or a body, and never closes a
 connection that has not sent its first request: a few hundred idle or trickling connections held a
-server's every file descriptor, and one endless header grew it by hundreds of MiB. Here headers are
-counted as they arrive (431 past the limit), each request has a deadline for its headers and one for
-its body (408), and the server holds at most `max_connections`: a new connection beyond that displaces
-the longest-idle one, or, when every connection is busy, may ask only the health probes.
+server's every file descriptor, and one endless header (or a chunked body's trailer) grew it by hundreds
+of MiB. Here headers, and what a body sends besides its data, are counted as they arrive (431 past the
+limit), each request has a deadline for its headers and one for its body (408), and the server holds at
+most `max_connections`: a new connection beyond that displaces the longest-idle one, or, when every
+connection is busy, may ask only the health probes.
 
 Errors: a request the parser cannot read (a bad request line, header or chunked encoding) was answered in
 uvicorn's plain text; like every refusal here it is now answered in the error shape of its path, with the
@@ -164,6 +165,7 @@ class LimitedConnection:
     def connection_made(self, transport: asyncio.Transport) -> None:
         self._reading_headers = True
         self._header_bytes = self._header_size = self._header_count = 0
+        self._framing_bytes = 0  # read since the body last moved (see `data_received`)
         self._refusal: OpenFusionError | None = None
         # Set once a request cannot be read: what is written when the answers owed before it have been sent.
         self._broken: bytes | None = None
@@ -196,6 +198,8 @@ class LimitedConnection:
             return  # the parser stopped at a malformed request: nothing after it can be read
         if self._reading_headers:
             self._header_bytes += len(data)
+        else:  # a body's framing, not its data: chunk sizes, extensions, and trailers (headers after a chunked body)
+            self._framing_bytes += len(data)  # back to 0 as soon as body data arrives (`on_body`)
         self._unset_keepalive_if_required()  # type: ignore[attr-defined]
         try:
             self.parser.feed_data(data)  # type: ignore[attr-defined]
@@ -213,6 +217,11 @@ class LimitedConnection:
             return
         if self._reading_headers and self._header_bytes > self.server_settings.max_header_bytes:
             self._refuse(self._too_large())
+        elif not self._reading_headers and self._framing_bytes > self.server_settings.max_header_bytes:
+            # httptools keeps an unfinished trailer in memory, as it does a header: one that never ends grew it without
+            # bound until the body's deadline. Chunk headers between data are a few bytes each.
+            limit = self.server_settings.max_header_bytes
+            self._refuse(HeadersTooLarge(f"Request trailers (or chunk extensions) are larger than {limit} bytes."))
 
     def send_400_response(self, msg: str) -> None:  # uvicorn's plain-text answer to a parser error, should it call it
         self._refuse(self._refusal or InvalidRequest(msg, code="malformed_request"))
@@ -246,7 +255,12 @@ class LimitedConnection:
             self.app = app
         self._body_timer = self.loop.call_later(self.server_settings.body_timeout_s, self._body_timed_out)  # type: ignore[attr-defined]
 
+    def on_body(self, body: bytes) -> None:
+        self._framing_bytes = 0
+        super().on_body(body)  # type: ignore[misc]
+
     def on_message_complete(self) -> None:
+        self._framing_bytes = 0
         super().on_message_complete()  # type: ignore[misc]
         self._cancel_timers()
         self._reading_headers = True
