@@ -7,10 +7,11 @@ never uvicorn's plain text; requests pipelined before it on the same connection 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
-from e2e.test_connection_limits import connect, read_until_closed
+from e2e.test_connection_limits import Start, connect, read_until_closed
 from fakes.upstream import FakeUpstream, Script
 
 HEALTH = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
@@ -135,3 +136,41 @@ def test_a_bad_body_in_intact_framing_keeps_the_connection(server: str) -> None:
         assert "connection" not in responses[0][1]
         sock.sendall(HEALTH)  # the connection is still good
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+
+
+UPGRADE_CHAT = (
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+    b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+)
+
+
+def test_a_request_that_asks_to_upgrade_is_served_as_sent(server: str, upstream: FakeUpstream) -> None:
+    # As `curl --http2` sends to an http:// URL. The parser took the upgrade as done: the body went to the app as
+    # empty ("The request body is empty") and the requests after it in the same read were dropped unanswered.
+    upstream.script("plain", Script(content="Direct answer."))
+    body = json.dumps({"model": "fake/plain", "messages": [{"role": "user", "content": "Hi"}]}).encode()
+    chat = UPGRADE_CHAT + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    health = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket2\r\n\r\n"
+    responses = exchange(
+        server, chat + health + HEALTH + b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    assert [status for status, _, _ in responses] == [200, 200, 200, 200], responses[0][2]
+    assert json.loads(responses[0][2])["choices"][0]["message"]["content"] == "Direct answer."
+    assert [json.loads(body)["status"] for _, _, body in responses[1:]] == ["ok"] * 3
+
+
+def test_the_body_of_a_request_that_asks_to_upgrade_is_never_a_request(start_server: Start) -> None:
+    # The skipped body, arriving after its headers, was parsed as the next request: one smuggled inside it was served.
+    smuggled = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+    with start_server(server={"keep_alive_timeout_s": 1}) as url, connect(url) as sock:
+        sock.sendall(UPGRADE_CHAT + b"Content-Length: %d\r\n\r\n" % len(smuggled))
+        time.sleep(0.3)  # the headers read on their own, as a proxy forwarding them first would have them
+        sock.sendall(smuggled)
+        responses = split_responses(read_until_closed(sock))  # closed once idle
+    assert [status for status, _, _ in responses] == [400]
+    assert "not valid JSON" in json.loads(responses[0][2])["error"]["message"]
+
+
+def test_a_request_that_asks_to_upgrade_with_a_chunked_body_is_refused(server: str) -> None:
+    [response] = exchange(server, UPGRADE_CHAT + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n" + HEALTH)
+    assert "chunked" in assert_openai_error(response, 400, "malformed_request")

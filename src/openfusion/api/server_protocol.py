@@ -145,7 +145,7 @@ class CoalescedWrites:
 
 
 class _HeaderLimit(Exception):
-    """Raised inside the parser's callback to stop parsing a request whose headers broke a limit."""
+    """Raised inside a parser callback to stop parsing a request refused for its headers (`_refusal` says why)."""
 
 
 def malformed(reason: str) -> OpenFusionError:
@@ -166,6 +166,7 @@ class LimitedConnection:
         self._reading_headers = True
         self._header_bytes = self._header_size = self._header_count = 0
         self._framing_bytes = 0  # read since the body last moved (see `data_received`)
+        self._unparsed_body = 0  # what is left of a body the parser skipped (see `_ignore_upgrade`)
         self._refusal: OpenFusionError | None = None
         # Set once a request cannot be read: what is written when the answers owed before it have been sent.
         self._broken: bytes | None = None
@@ -193,9 +194,19 @@ class LimitedConnection:
         self.transport.close()  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
-        # uvicorn's, but a parser error is answered in JSON with llhttp's reason, after the answers owed before it.
+        # uvicorn's, but a parser error is answered in JSON with llhttp's reason, after the answers owed before it,
+        # and a request that asks for an upgrade the server does not make is served as an ordinary one.
+        while data:
+            data = self._parse(data)
+
+    def _parse(self, data: bytes) -> bytes:
+        """Feed `data` to the parser; what is left of it when the parser stopped at an ignored upgrade."""
         if self._broken is not None:
-            return  # the parser stopped at a malformed request: nothing after it can be read
+            return b""  # the parser stopped at a malformed request: nothing after it can be read
+        if self._unparsed_body:
+            data = self._read_unparsed_body(data)
+            if not data:
+                return b""
         if self._reading_headers:
             self._header_bytes += len(data)
         else:  # a body's framing, not its data: chunk sizes, extensions, and trailers (headers after a chunked body)
@@ -203,18 +214,22 @@ class LimitedConnection:
         self._unset_keepalive_if_required()  # type: ignore[attr-defined]
         try:
             self.parser.feed_data(data)  # type: ignore[attr-defined]
-        except HttpParserUpgrade:
+        except HttpParserUpgrade as exc:
             if self._should_upgrade():  # type: ignore[attr-defined]
                 self.handle_websocket_upgrade()  # type: ignore[attr-defined]
             else:
                 self._unsupported_upgrade_warning()  # type: ignore[attr-defined]
+                # Not upgraded: the parser stopped where the other protocol would begin, and the rest of this read
+                # is the request's body and the requests after it (see `_ignore_upgrade`).
+                rest = data[exc.args[0] :] if exc.args else b""
+                return rest if len(rest) < len(data) else b""  # always on: never the same bytes again
         except HttpParserError as exc:
             if self._refusal is None:
                 reason = str(exc.args[0]) if exc.args else "unparseable"
                 self.logger.warning("Invalid HTTP request received: %s.", reason.rstrip("."))  # type: ignore[attr-defined]
                 self._refusal = malformed(reason)
             self._refuse(self._refusal)
-            return
+            return b""
         if self._reading_headers and self._header_bytes > self.server_settings.max_header_bytes:
             self._refuse(self._too_large())
         elif not self._reading_headers and self._framing_bytes > self.server_settings.max_header_bytes:
@@ -222,6 +237,7 @@ class LimitedConnection:
             # bound until the body's deadline. Chunk headers between data are a few bytes each.
             limit = self.server_settings.max_header_bytes
             self._refuse(HeadersTooLarge(f"Request trailers (or chunk extensions) are larger than {limit} bytes."))
+        return b""
 
     def send_400_response(self, msg: str) -> None:  # uvicorn's plain-text answer to a parser error, should it call it
         self._refuse(self._refusal or InvalidRequest(msg, code="malformed_request"))
@@ -243,6 +259,14 @@ class LimitedConnection:
         super().on_header(name, value)  # type: ignore[misc]
 
     def on_headers_complete(self) -> None:
+        ignored_upgrade = self.parser.should_upgrade() and not self._should_upgrade()  # type: ignore[attr-defined]
+        if ignored_upgrade and any(name == b"transfer-encoding" for name, _ in self.headers):  # type: ignore[attr-defined]
+            self._refusal = InvalidRequest(
+                "A request that asks to upgrade its connection (Upgrade, other than a WebSocket) cannot have a chunked "
+                "body: send it without the Upgrade header, or with a Content-Length.",
+                code="malformed_request",
+            )
+            raise _HeaderLimit  # refused before it starts
         self._reading_headers = False
         self._cancel_timers()
         self.budget.idle.pop(self, None)
@@ -254,12 +278,16 @@ class LimitedConnection:
         finally:
             self.app = app
         self._body_timer = self.loop.call_later(self.server_settings.body_timeout_s, self._body_timed_out)  # type: ignore[attr-defined]
+        if ignored_upgrade:
+            self._ignore_upgrade()
 
     def on_body(self, body: bytes) -> None:
         self._framing_bytes = 0
         super().on_body(body)  # type: ignore[misc]
 
     def on_message_complete(self) -> None:
+        if self._unparsed_body:
+            return  # the parser skipped the body of a request that asked to upgrade: it ends once read here
         self._framing_bytes = 0
         super().on_message_complete()  # type: ignore[misc]
         self._cancel_timers()
@@ -281,6 +309,30 @@ class LimitedConnection:
             return
         if self._counted and not self.pipeline and not self.transport.is_closing():  # type: ignore[attr-defined]
             self.budget.idle[self] = None  # at the end: now the most recently idle
+
+    def _ignore_upgrade(self) -> None:
+        """Serve a request that asks to upgrade to a protocol the server does not speak as an ordinary one.
+
+        A server may ignore Upgrade (RFC 9110, 7.8), and clients send it unasked (`curl --http2` to an http:// URL
+        sends `Upgrade: h2c` with its first request). httptools, though, takes every Upgrade as done: it ends the
+        request after its headers, skips its body and stops parsing. The body went to the app as empty, and what came
+        after it in the same read was dropped, or, arriving later, parsed as requests of their own: a body that held
+        one was served as a second request. Here the body (its Content-Length; a chunked one is refused) is read as
+        the body, then the parser goes on with the next request.
+        """
+        for name, value in self.headers:  # type: ignore[attr-defined]
+            if name == b"content-length":
+                self._unparsed_body = int(value)  # llhttp has checked it: digits, one value
+
+    def _read_unparsed_body(self, data: bytes) -> bytes:
+        """Take what `data` holds of the body the parser skipped (see `_ignore_upgrade`); the rest of `data`."""
+        taken = data[: self._unparsed_body]
+        self._unparsed_body -= len(taken)
+        self._framing_bytes = 0
+        self.on_body(taken)
+        if not self._unparsed_body:
+            self.on_message_complete()
+        return data[len(taken) :]
 
     def _count_header_bytes(self, size: int) -> None:
         # Headers that arrive whole in one read are measured here; `data_received` bounds the unfinished ones.
