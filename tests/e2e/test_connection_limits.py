@@ -230,3 +230,19 @@ def test_nonsense_limits_are_refused_at_start_up(setting: dict[str, object]) -> 
 
     with pytest.raises(ValidationError):
         Settings(server=setting)
+
+
+def test_websocket_handshakes_give_their_places_back(start_server: Start) -> None:
+    # A WebSocket handshake hands the connection to another protocol: its place in the budget was never given back,
+    # and once as many handshakes as places had been made (each refused), every new connection was refused.
+    handshake = (
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    with start_server(server={"max_connections": 4, "probe_connections": 1}) as url:
+        for _ in range(10):
+            with connect(url) as sock:
+                sock.sendall(handshake)
+                assert read_until_closed(sock).startswith(b"HTTP/1.1 403")  # no route takes a WebSocket
+        models = httpx.get(f"{url}/v1/models", timeout=PATIENCE_S)
+        assert models.status_code == 200 and models.json()["object"] == "list"

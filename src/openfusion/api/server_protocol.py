@@ -188,6 +188,13 @@ class LimitedConnection:
         self._forget()
         super().connection_lost(exc)  # type: ignore[misc]
 
+    def handle_websocket_upgrade(self) -> None:
+        # The connection goes to uvicorn's WebSocket protocol, whose end this one never hears (`connection_lost` is
+        # the new protocol's): it stops counting here. Counted, each handshake held its place in the budget for
+        # good, and a thousand of them (each refused, no route takes a WebSocket) locked every client out.
+        self._forget()
+        super().handle_websocket_upgrade()  # type: ignore[misc]
+
     def evict(self) -> None:
         """Close this idle connection to make room for a new one (counted as gone at once)."""
         self._forget()
