@@ -159,6 +159,17 @@ def test_a_request_that_asks_to_upgrade_is_served_as_sent(server: str, upstream:
     assert [json.loads(body)["status"] for _, _, body in responses[1:]] == ["ok"] * 3
 
 
+def test_an_upgrade_not_made_fills_no_log(server: str, caplog: pytest.LogCaptureFixture) -> None:
+    # uvicorn logged two warnings for each (one saying no WebSocket library was installed): a client could flood the
+    # log with them at will, for requests that are now served as sent.
+    health = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    with caplog.at_level("DEBUG", logger="uvicorn.error"):
+        responses = exchange(server, health * 20 + b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    assert [status for status, _, _ in responses] == [200] * 21
+    said = [record for record in caplog.records if "pgrade" in record.getMessage()]
+    assert said and all(record.levelname == "DEBUG" for record in said), [r.getMessage() for r in said]
+
+
 def test_the_body_of_a_request_that_asks_to_upgrade_is_never_a_request(start_server: Start) -> None:
     # The skipped body, arriving after its headers, was parsed as the next request: one smuggled inside it was served.
     smuggled = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"

@@ -317,6 +317,11 @@ class LimitedConnection:
         if self._counted and not self.pipeline and not self.transport.is_closing():  # type: ignore[attr-defined]
             self.budget.idle[self] = None  # at the end: now the most recently idle
 
+    def _unsupported_upgrade_warning(self) -> None:
+        # uvicorn's two warnings per request ("Unsupported upgrade request", and a WebSocket library said missing) for
+        # what is now served as sent: any client could flood the log with them. Told at debug level only.
+        self.logger.debug("Upgrade to %r not made: the request is served as sent.", self._get_upgrade())  # type: ignore[attr-defined]
+
     def _ignore_upgrade(self) -> None:
         """Serve a request that asks to upgrade to a protocol the server does not speak as an ordinary one.
 
