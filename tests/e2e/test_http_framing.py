@@ -185,3 +185,22 @@ def test_the_body_of_a_request_that_asks_to_upgrade_is_never_a_request(start_ser
 def test_a_request_that_asks_to_upgrade_with_a_chunked_body_is_refused(server: str) -> None:
     [response] = exchange(server, UPGRADE_CHAT + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n" + HEALTH)
     assert "chunked" in assert_openai_error(response, 400, "malformed_request")
+
+
+def test_a_body_pipelined_behind_a_slow_answer_is_read_after_it(start_server: Start, upstream: FakeUpstream) -> None:
+    # The server stops reading while the first answer is under way: the second body, sent at once but larger than
+    # one read (and under the 1 MiB aiohttp warns about), waits in the socket. Its deadline ran all the same, and it
+    # was refused as too slow to arrive.
+    upstream.script("slow", Script(content="Slow answer.", delay_s=3))
+    upstream.script("quick", Script(content="Quick answer."))
+
+    def chat(model: str, content: str, *, close: bool = False) -> bytes:
+        body = json.dumps({"model": model, "messages": [{"role": "user", "content": content}]}).encode()
+        head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        return head + (b"Connection: close\r\n" if close else b"") + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    with start_server(server={"body_timeout_s": 1}) as url:
+        responses = exchange(url, chat("fake/slow", "Hi") + chat("fake/quick", "x" * 900_000, close=True))
+    assert [status for status, _, _ in responses] == [200, 200], responses[-1][2][:300]
+    answers = [json.loads(body)["choices"][0]["message"]["content"] for _, _, body in responses]
+    assert answers == ["Slow answer.", "Quick answer."]

@@ -387,6 +387,13 @@ class LimitedConnection:
         if cycle is None or not cycle.more_body:
             return
         timeout = self.server_settings.body_timeout_s
+        pipeline = self.pipeline  # type: ignore[attr-defined]
+        if pipeline and pipeline[0][0] is cycle:
+            # Queued behind a request pipelined before it, still being answered: the server reads nothing until that
+            # answer has gone, so the body cannot arrive meanwhile, however promptly it was sent. Its time starts
+            # again (once the request is under way, the server reads).
+            self._body_timer = self.loop.call_later(timeout, self._body_timed_out)  # type: ignore[attr-defined]
+            return
         if cycle.response_started:
             self.transport.close()  # type: ignore[attr-defined]
         else:
