@@ -13,6 +13,9 @@ class OpenFusionError(Exception):
     code: str | None = None
     retry_after: float | None = None  # seconds, sent as Retry-After when set
     generation_id: str | None = None  # the activity record of the request it ended, sent as X-Generation-Id
+    # The request's body was left unread: the answer says `Connection: close`, or the server would go on reading
+    # (and discarding) whatever the client still sends, gigabytes at the client's will, before the next request.
+    closes_connection: bool = False
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -117,6 +120,7 @@ class PayloadTooLarge(OpenFusionError):
     status_code = 413
     error_type = "invalid_request_error"
     code = "payload_too_large"
+    closes_connection = True  # refused before its body was read to its end
 
 
 class ServerShuttingDown(OpenFusionError):

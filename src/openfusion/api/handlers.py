@@ -50,6 +50,8 @@ def error_response(error: OpenFusionError, scope: Scope | None = None) -> Respon
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))  # never sooner than asked
     if error.generation_id is not None:
         headers["X-Generation-Id"] = error.generation_id
+    if error.closes_connection:
+        headers["Connection"] = "close"  # uvicorn closes it once this answer is sent
     return Response(
         orjson.dumps(error_body_for(scope)(error)),
         status_code=error.status_code,
