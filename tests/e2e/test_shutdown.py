@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from fakes.upstream import FakeUpstream, Script, wait_until
@@ -223,3 +224,42 @@ def test_a_stream_whose_client_stopped_reading_ends_quietly_at_the_end_of_the_gr
             process.wait(timeout=20)  # (uvicorn ends by re-raising SIGTERM: status -15)
     log = (tmp_path / "serve.log").read_text(errors="replace")
     assert "Exception in ASGI application" not in log and "Traceback" not in log, log[-3000:]
+
+
+def _unread_stream_sdk(url: str) -> openai.OpenAI:
+    """The OpenAI SDK on connections with a 4 KiB receive buffer: a stream it opens and never reads holds the
+    server's writes in flow control once a few MiB are out."""
+    transport = httpx.HTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)])
+    http = httpx.Client(transport=transport, timeout=60)
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0, http_client=http)
+
+
+def test_a_stream_the_servers_backstop_cancels_is_still_recorded(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path
+) -> None:
+    """A pass-through stream whose client stopped reading while the provider was slow: the grace period's end stops
+    the body while it waits on the provider, and its error chunk then waits on the client forever, so uvicorn's own
+    cancellation (the backstop) ends the request. Its record used to be written only after the activity writer
+    closed: lost, and the shutdown waited its whole drain timeout for it."""
+    _, upstream_url = fake_upstream
+    upstream.script("big", Script(chunks=["x" * (4 << 20), "tail"], chunk_interval_s=60))  # 4 MiB, then a long wait
+    activity = tmp_path / "activity.sqlite3"
+    with (
+        served(upstream_url, presets_dir, tmp_path, grace_s=1, extra=f'\n[activity]\npath = "{activity}"\n') as (
+            url,
+            process,
+        ),
+        _unread_stream_sdk(url) as sdk,
+    ):
+        stream = sdk.chat.completions.create(model="fake/big", messages=HI, stream=True)  # headers read, no more
+        with stream:
+            wait_until(lambda: bool(upstream.calls_for("big")), timeout=10)
+            time.sleep(2)  # the 4 MiB go out and fill the buffers; the body waits on the provider's next chunk
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0  # a clean stop
+    log = (tmp_path / "serve.log").read_text(errors="replace")
+    assert "Cancel 1 running task(s)" in log, log[-3000:]  # the fault: uvicorn's backstop cancelled the request
+    with sqlite3.connect(activity) as conn:
+        rows = conn.execute("SELECT requested_model, status, failure_reason FROM generations").fetchall()
+    assert rows == [("fake/big", "error", "server_shutting_down")], log[-3000:]
+    assert "still unrecorded" not in log and "dropped" not in log, log[-3000:]

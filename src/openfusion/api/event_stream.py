@@ -28,7 +28,8 @@ class EventStreamResponse(StreamingResponse):
     """A streamed body; the client leaving cancels it (its background task still runs afterwards).
 
     The background task runs once: in the body's task as soon as the body's end is sent, or in the
-    request's task once the client left first.
+    request's task once the client left first, or once the request's task was cancelled (the task still
+    ends cancelled).
 
     `headers_with_first_chunk`: the status line and headers wait for the body's first chunk and leave in
     the same write — for a body whose first chunk comes at once (a fusion stream's opening line), never for
@@ -122,9 +123,17 @@ class EventStreamResponse(StreamingResponse):
                 body.remove_done_callback(stop_listening)
                 body.cancel()
                 await asyncio.wait((body,))
+                # Still cancelled (the cancellation is re-raised below), yet the request's end is owed: the server's
+                # backstop at the end of its shutdown cancels a stream stuck on a client that stopped reading, and
+                # the request must record itself before the activity writer closes.
+                await self._background_once()
                 raise
             if not body.cancelled():  # cancelled (the shutdown's end stops a body stuck on a client that stopped
                 body.result()  # reading): its end, not an error; else the body's own error, if any, surfaces here
+        await self._background_once()
+
+    async def _background_once(self) -> None:
+        """The background task, in the request's task: unless the body's task ran it once its end went out."""
         if self.background is not None and not self._ended:
             await self.background()
 
