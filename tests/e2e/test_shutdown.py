@@ -263,3 +263,47 @@ def test_a_stream_the_servers_backstop_cancels_is_still_recorded(
         rows = conn.execute("SELECT requested_model, status, failure_reason FROM generations").fetchall()
     assert rows == [("fake/big", "error", "server_shutting_down")], log[-3000:]
     assert "still unrecorded" not in log and "dropped" not in log, log[-3000:]
+
+
+def _raw_request(body: dict[str, Any]) -> bytes:
+    raw = json.dumps(body).encode()
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(raw)}\r\n\r\n".encode()
+        + raw
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_response_held_behind_an_unread_one_is_recorded_when_the_backstop_cancels_it(
+    stream: bool, fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path
+) -> None:
+    """Two requests pipelined on one connection by a client that reads nothing: the first one's 16 MiB answer fills
+    the buffers, so the second one's answer waits before its first byte (in flow control), past the grace period,
+    until uvicorn's own cancellation (the backstop) ends it. Its response's background task, which records it (and
+    for a stream closes its upstream response), was skipped: no record, and the shutdown waited its whole drain
+    timeout for it."""
+    _, upstream_url = fake_upstream
+    upstream.script("big", Script(content="x" * (16 << 20)))
+    upstream.script("small", Script(chunks=["Hello", " there"]))
+    activity = tmp_path / "activity.sqlite3"
+    with served(upstream_url, presets_dir, tmp_path, grace_s=1, extra=f'\n[activity]\npath = "{activity}"\n') as (
+        url,
+        process,
+    ):
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.sendall(
+                _raw_request({"model": "fake/big", "messages": HI})
+                + _raw_request({"model": "fake/small", "messages": HI, "stream": stream})
+            )
+            wait_until(lambda: bool(upstream.calls_for("small")), timeout=20)  # the second one is answered
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0  # a clean stop
+    log = (tmp_path / "serve.log").read_text(errors="replace")
+    assert "Cancel 1 running task(s)" in log, log[-3000:]  # the fault: uvicorn's backstop cancelled the second one
+    with sqlite3.connect(activity) as conn:
+        rows = conn.execute("SELECT requested_model, status, failure_reason FROM generations").fetchall()
+    assert sorted(rows) == [("fake/big", "ok", None), ("fake/small", "cancelled", "cancelled")], log[-3000:]
+    assert "still unrecorded" not in log and "dropped" not in log, log[-3000:]

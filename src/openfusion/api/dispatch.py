@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from fastapi import Request
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from openfusion.activity import ApiType
 from openfusion.api.access import admit, check_preset_scope, client_key_name, key_scope, spend_reservation
@@ -198,9 +199,10 @@ async def serve(request: Request, chat: ChatRequest, render: Renderer, *, api_ty
     if not isinstance(response, StreamingResponse):
         await ledger.commit()  # with record_before_end, the body goes out once its record is stored
     # After the last byte: off the client's path. (Not the response itself: it holds this task, a reference cycle.)
-    streamed = isinstance(response, StreamingResponse)
-    response.background = BackgroundTask(_close, exchange, streamed=streamed)
-    return response
+    if isinstance(response, StreamingResponse):
+        response.background = BackgroundTask(_close, exchange, streamed=True)
+        return response
+    return _PlainResponse(response, exchange)
 
 
 async def _close(exchange: Exchange, *, streamed: bool) -> None:
@@ -217,6 +219,33 @@ async def _close(exchange: Exchange, *, streamed: bool) -> None:
         if not ledger.closed:
             ledger.abandoned()
     ledger.close()
+
+
+class _PlainResponse(Response):
+    """A response's status, headers and body as rendered, whose background task runs however its sends end.
+
+    Starlette's plain response runs it after its last send only: one cancelled in a send (the server's backstop at
+    the end of its shutdown, an answer held behind an earlier one its client never read) skipped it, and the request
+    never gave back its cache lease nor recorded itself, its in-flight count kept and the shutdown waiting for it. (A
+    stream's response runs its background task on every path: `EventStreamResponse`.)
+    """
+
+    def __init__(self, response: Response, exchange: Exchange) -> None:  # (not Response's: nothing to render again)
+        self.status_code, self.body, self.raw_headers = response.status_code, response.body, response.raw_headers
+        self.background: BackgroundTask | None = BackgroundTask(_close, exchange, streamed=False)
+        self._ledger = exchange.ledger
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        background, self.background = self.background, None
+        try:
+            await super().__call__(scope, receive, send)
+        except BaseException as exc:  # cancelled in a send: its answer never went out whole
+            if not self._ledger.closed:
+                self._ledger.failed(exc)
+            raise
+        finally:
+            if background is not None:  # run once, cancelled or not (a plain response's `_close` never waits)
+                await background()
 
 
 def _route(state: AppState, chat: ChatRequest, plan: FusionPlan | None) -> str:
