@@ -265,6 +265,35 @@ def test_a_stream_the_servers_backstop_cancels_is_still_recorded(
     assert "still unrecorded" not in log and "dropped" not in log, log[-3000:]
 
 
+def test_a_stream_cut_at_the_end_of_the_grace_period_is_not_recorded_as_whole(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path
+) -> None:
+    """A pass-through stream whose client stopped reading mid-answer: the grace period's end cancels its response
+    where it waits on the client. Its body, never closed, was recorded as a whole answer (ok) by the response's end;
+    its relay, and the upstream response it reads, were left to the garbage collector."""
+    _, upstream_url = fake_upstream
+    upstream.script("big", Script(chunks=["x" * 65536] * 300))  # ~19 MiB: more than every buffer on the way holds
+    activity = tmp_path / "activity.sqlite3"
+    with (
+        served(upstream_url, presets_dir, tmp_path, grace_s=1, extra=f'\n[activity]\npath = "{activity}"\n') as (
+            url,
+            process,
+        ),
+        _unread_stream_sdk(url) as sdk,
+    ):
+        stream = sdk.chat.completions.create(model="fake/big", messages=HI, stream=True)  # headers read, no more
+        with stream:
+            wait_until(lambda: bool(upstream.calls_for("big")), timeout=10)
+            time.sleep(1)  # the server's buffers fill; its writes wait for the client
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0  # a clean stop
+    log = (tmp_path / "serve.log").read_text(errors="replace")
+    assert "grace period over: ending 1 request(s) in flight" in log, log[-3000:]  # the fault: stopped mid-answer
+    with sqlite3.connect(activity) as conn:
+        rows = conn.execute("SELECT requested_model, status, failure_reason FROM generations").fetchall()
+    assert rows == [("fake/big", "cancelled", "cancelled")], log[-3000:]
+
+
 def _raw_request(body: dict[str, Any]) -> bytes:
     raw = json.dumps(body).encode()
     return (

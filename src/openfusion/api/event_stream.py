@@ -60,7 +60,10 @@ class EventStreamResponse(StreamingResponse):
 
     async def stream_response(self, send: Send) -> None:
         if not (self.headers_with_first_chunk or self.keepalive):
-            await super().stream_response(send)
+            try:
+                await super().stream_response(send)
+            finally:  # (cancelled in a send: the body, suspended where it yielded, ends now too; see below)
+                await self._close_body()
             return
         start: Message | None = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         heartbeat: _Heartbeat | None = None
@@ -80,13 +83,17 @@ class EventStreamResponse(StreamingResponse):
         finally:
             if heartbeat is not None:
                 heartbeat.stop()  # before the body's end: nothing may follow it
-            # Left early (the client gone while a chunk was being sent): the body, suspended where it yielded, is
-            # closed now, and with it the run it drives and its upstream calls; not whenever the collector finds it.
-            if (close := getattr(self.body_iterator, "aclose", None)) is not None:
-                await close()
+            await self._close_body()
         if start is not None:
             await send(start)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _close_body(self) -> None:
+        """Left early (the client gone, or the grace period's end, while a chunk was being sent): the body, suspended
+        where it yielded, is closed now, and with it the run it drives and its upstream calls, and its ledger records
+        how it ended; not whenever the collector finds it (by then a stream cut short was recorded as whole)."""
+        if (close := getattr(self.body_iterator, "aclose", None)) is not None:
+            await close()
 
     def _heartbeat(self, send: Send) -> _Heartbeat | None:
         if not (self.keepalive and self.keepalive_interval > 0):
