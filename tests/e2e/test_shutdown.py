@@ -270,7 +270,8 @@ def test_a_stream_cut_at_the_end_of_the_grace_period_is_not_recorded_as_whole(
 ) -> None:
     """A pass-through stream whose client stopped reading mid-answer: the grace period's end cancels its response
     where it waits on the client. Its body, never closed, was recorded as a whole answer (ok) by the response's end;
-    its relay, and the upstream response it reads, were left to the garbage collector."""
+    its relay, and the upstream response it reads, were left to the garbage collector. It is one the shutdown
+    stopped, as those told so."""
     _, upstream_url = fake_upstream
     upstream.script("big", Script(chunks=["x" * 65536] * 300))  # ~19 MiB: more than every buffer on the way holds
     activity = tmp_path / "activity.sqlite3"
@@ -291,7 +292,7 @@ def test_a_stream_cut_at_the_end_of_the_grace_period_is_not_recorded_as_whole(
     assert "grace period over: ending 1 request(s) in flight" in log, log[-3000:]  # the fault: stopped mid-answer
     with sqlite3.connect(activity) as conn:
         rows = conn.execute("SELECT requested_model, status, failure_reason FROM generations").fetchall()
-    assert rows == [("fake/big", "cancelled", "cancelled")], log[-3000:]
+    assert rows == [("fake/big", "error", "server_shutting_down")], log[-3000:]
 
 
 def _raw_request(body: dict[str, Any]) -> bytes:

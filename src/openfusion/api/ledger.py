@@ -159,8 +159,11 @@ class Ledger:
                 yield chunk
             await self.commit()  # before the body's end, which tells the client the response is whole
         except BaseException as exc:
-            if not (isinstance(exc, asyncio.CancelledError) and task is not None and drain.stopped(task)):
-                self.failed(exc)
+            stopped = task is not None and drain.stopped(task)
+            if not (isinstance(exc, asyncio.CancelledError) and stopped):
+                # Closed where it yielded, its send to a client that reads no more stopped by the grace period's end:
+                # stopped by the shutdown, as those told so (that error has no way to its client).
+                self.failed(shutting_down() if stopped and isinstance(exc, GeneratorExit) else exc)
                 self.close()
                 raise
             task.uncancel()  # our own cancellation, now handled: the error goes to the client
