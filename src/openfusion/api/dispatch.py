@@ -196,12 +196,11 @@ async def serve(request: Request, chat: ChatRequest, render: Renderer, *, api_ty
     response.headers["X-Generation-Id"] = ledger.generation_id
     # Streams: the time before the first byte; otherwise the whole request's own time.
     response.headers["X-Openfusion-Overhead-Ms"] = f"{ledger.overhead_ms():.2f}"
-    if not isinstance(response, StreamingResponse):
-        await ledger.commit()  # with record_before_end, the body goes out once its record is stored
     # After the last byte: off the client's path. (Not the response itself: it holds this task, a reference cycle.)
     if isinstance(response, StreamingResponse):
         response.background = BackgroundTask(_close, exchange, streamed=True)
         return response
+    await ledger.commit()  # with record_before_end, the body goes out once its record is stored
     return _PlainResponse(response, exchange)
 
 
