@@ -194,6 +194,24 @@ def fusion_plugin_index(request: ChatRequest) -> int | None:
     return None
 
 
+def check_one_fusion_plugin(request: ChatRequest) -> None:
+    """Raise InvalidRequest (400) naming the second fusion plugin, when `plugins` has more than one.
+
+    Only the first is read here and taken out of a pass-through body; a second would go on to the provider as
+    sent, and one that runs fusion itself (OpenRouter) would call the models it names: beyond the key's scope,
+    the guards and the worst-case cost, which read the first alone.
+    """
+    found = [
+        i for i, plugin in enumerate(request.plugins or []) if isinstance(plugin, dict) and plugin.get("id") == "fusion"
+    ]
+    if len(found) > 1:
+        param = f"plugins[{found[1]}]"
+        raise InvalidRequest(
+            f"Invalid value for '{param}': only one fusion plugin may be given (the first is plugins[{found[0]}]).",
+            param=param,
+        )
+
+
 def fusion_tool_index(request: ChatRequest) -> int | None:
     """The index of the fusion server tool in `tools`, if there is one."""
     for index, tool in enumerate(request.tools or []):
@@ -251,6 +269,7 @@ def read_fusion(request: ChatRequest, *, default_preset: str) -> FusionAsk | Non
 
     Reads the request alone: nothing here depends on the configured presets.
     """
+    check_one_fusion_plugin(request)
     fusion_slug = is_fusion_slug(request.model)
     tool_index = fusion_tool_index(request)
     if tool_index is not None and not fusion_slug:
