@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -24,7 +24,7 @@ from openfusion.access.scope import check_scope, requested_models
 from openfusion.access.spend import Reservation, SpendSource
 from openfusion.api.browser import BrowserGuard, is_activity_page
 from openfusion.api.handlers import error_response, route_path
-from openfusion.errors import OpenFusionError
+from openfusion.errors import CostLimitExceeded, OpenFusionError
 from openfusion.pipeline.budget import WorstCase
 from openfusion.pipeline.plan import FusionAsk, FusionPlan
 from openfusion.pipeline.reach import Reach
@@ -123,6 +123,33 @@ async def admit(
         slot = await grant.access.take_fusion_slot(grant.client)
         if slot is not None:
             grant.slots.append(slot)
+
+
+def check_tools_billed_apart(request: Request, chat: ChatRequest, billed: Sequence[tuple[str, str]]) -> None:
+    """Raise CostLimitExceeded (402 `cost_unbounded`) when a key under a daily spend cap sends a provider a tool that
+    the provider runs itself and bills per use, apart from tokens (`billed`: each one's param and type).
+
+    A cap needs a bound: no price here knows what a web search or a code container costs, and no record counts it,
+    so every such request would spend past the cap unseen. Only a request the cap is enforced on (an activity store
+    to read spend from) and whose models the key's scope covers is judged here: another is left to its own refusal.
+    """
+    if not billed:
+        return
+    client = _required_grant(request, "check_tools_billed_apart").client
+    cap = client.limits.daily_spend_usd
+    if cap is None or spend_source(request.app) is None:
+        return
+    if not all(client.allows(model) for model in chat.candidate_models()):
+        return  # the scope's 403 comes first, and says nothing of how a model outside it is served
+    param, kind = billed[0]
+    who = f"API key {client.name!r}" if client.name is not None else "This server"
+    raise CostLimitExceeded(
+        f"{who} has a daily spend cap, but the worst-case cost of this request cannot be bounded: the provider runs "
+        f"the {kind!r} tool ({param}) itself and bills each use apart from tokens, at a price nothing here knows. "
+        "Leave the tool out, or use a key without a spend cap.",
+        param=param,
+        code="cost_unbounded",
+    )
 
 
 def key_scope(request: Request) -> Callable[[str], bool]:

@@ -99,6 +99,18 @@ def named_model(raw: bytes) -> tuple[str, bool] | None:
     return model, data.get("stream") is True
 
 
+def tools_typed(data: dict[str, Any], prefixes: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(param, type) of each tool in the body's `tools` whose type starts with one of `prefixes`."""
+    tools = data.get("tools")
+    if not isinstance(tools, list):
+        return []
+    return [
+        (f"tools[{index}]", tool["type"])
+        for index, tool in enumerate(tools)
+        if isinstance(tool, dict) and isinstance(tool.get("type"), str) and tool["type"].startswith(prefixes)
+    ]
+
+
 def _deeper_than(data: Any, limit: int) -> bool:
     """Whether arrays and objects nest more than `limit` levels: a walk level by level, without recursion."""
     level, depth = [data], 1

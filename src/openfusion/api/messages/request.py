@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from openfusion.api.body import tools_typed
 from openfusion.api.messages.conversation import chat_messages
 from openfusion.api.params import ParamNames, renamed
 from openfusion.errors import InvalidRequest, invalid_request_from, invalid_value
@@ -31,6 +32,8 @@ from openfusion.protocol import (
 
 _MAX_STOPS = 4  # what chat providers take (OpenAI refuses more)
 _MIN_THINKING_BUDGET = 1024  # Anthropic's minimum for `thinking.budget_tokens`
+# Anthropic's server tools billed per use on top of tokens (web search per search, code execution per container hour).
+_BILLED_APART = ("web_search_", "code_execution_")
 
 
 class _Strict(BaseModel):
@@ -213,6 +216,12 @@ def _reasoning(request: MessagesRequest) -> dict[str, Any] | None:
         return None
     share = thinking.budget_tokens / request.max_tokens
     return {"effort": "high" if share > 0.6 else "medium" if share > 0.3 else "low"}
+
+
+def tools_billed_apart(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    """(param, type) of each tool in the body that Anthropic runs itself and bills per use, apart from tokens: web
+    search (per search) and code execution (per container hour). Sent only to a provider that speaks Messages."""
+    return tools_typed(raw, _BILLED_APART)
 
 
 def _kept(tool: dict[str, Any]) -> bool:

@@ -11,7 +11,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from openfusion.api.access import check_request_scope
+from openfusion.api.access import check_request_scope, check_tools_billed_apart
 from openfusion.api.body import load_json_object, read_body
 from openfusion.api.deps import AppState
 from openfusion.api.disconnect import cancel_on_disconnect
@@ -20,7 +20,7 @@ from openfusion.api.event_stream import EventStreamResponse
 from openfusion.api.ledger import Ledger
 from openfusion.api.messages.conversation import Untranslatable
 from openfusion.api.messages.native import count_native, forward_native, speaks_messages
-from openfusion.api.messages.request import MessagesRequest, Translated, parse_request, translate
+from openfusion.api.messages.request import MessagesRequest, Translated, parse_request, tools_billed_apart, translate
 from openfusion.api.messages.tokens import estimate_input_tokens
 from openfusion.api.messages.writer import PING, MessageWriter
 from openfusion.api.params import renamed
@@ -44,6 +44,7 @@ async def create_message(request: Request) -> Response:
     try:
         data = load_json_object(raw)
         translated = _translated(state, parse_request(data), data)
+        check_tools_billed_apart(request, translated.chat, _sent_tools_billed_apart(state, translated))
     except OpenFusionError as exc:
         record_unparsed_refusal(request, raw, exc, api_type="messages")
         raise
@@ -99,6 +100,20 @@ def _translated(state: AppState, request: MessagesRequest, raw: dict[str, Any]) 
         if not native:
             raise refused from None
         return translated
+
+
+def _sent_tools_billed_apart(state: AppState, translated: Translated) -> list[tuple[str, str]]:
+    """The tools billed per use that the provider gets: on a pass-through to a provider that speaks Messages, which
+    takes the body as sent (fusion and chat providers never get them)."""
+    billed = tools_billed_apart(translated.raw)
+    if not billed:
+        return []
+    try:
+        native = read_fusion(translated.chat, default_preset=state.settings.default_preset) is None
+        native = native and speaks_messages(state, translated.chat)
+    except OpenFusionError:  # refused on its own account further on
+        return []
+    return billed if native else []
 
 
 router = APIRouter()

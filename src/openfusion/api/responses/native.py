@@ -18,6 +18,7 @@ import orjson
 from starlette.responses import Response
 
 from openfusion.api.completion_events import as_event_stream
+from openfusion.api.deps import AppState
 from openfusion.api.dispatch import Exchange
 from openfusion.api.event_stream import EventStreamResponse
 from openfusion.api.ledger import Ledger
@@ -31,7 +32,7 @@ from openfusion.api.passthrough import (
 from openfusion.api.responses.request import Translated
 from openfusion.api.responses.whole import response_events
 from openfusion.errors import OpenFusionError, UpstreamError, UpstreamProtocolError
-from openfusion.protocol import Usage
+from openfusion.protocol import ChatRequest, Usage
 from openfusion.sse import DataLines, dumps
 from openfusion.upstream.client import RESPONSES_PATH, Forwarded
 
@@ -43,8 +44,12 @@ _FAILED, _ERROR = b'"response.failed"', b'"type":"error"'
 
 def speaks_responses(exchange: Exchange) -> bool:
     """Whether the model's provider takes Responses API requests itself."""
-    route = exchange.state.registry.resolve(exchange.chat.model)
-    return route.provider.config.responses
+    return provider_speaks_responses(exchange.state, exchange.chat)
+
+
+def provider_speaks_responses(state: AppState, chat: ChatRequest) -> bool:
+    """Whether the provider of the request's model takes Responses API requests itself (404 for a model none serves)."""
+    return state.registry.resolve(chat.model).provider.config.responses
 
 
 async def forward_native(exchange: Exchange, translated: Translated, *, keep: Keep) -> Response:

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from openfusion.api.body import tools_typed
 from openfusion.api.params import ParamNames, renamed
 from openfusion.api.responses.content import check_image_details, media_parts, text_of, tool_output, user_content
 from openfusion.errors import InvalidRequest, invalid_request_from, invalid_value, missing
@@ -44,6 +45,9 @@ _SKIPPED_ITEMS = frozenset(
 )
 # Tools only OpenAI (or the client itself) can run: a chat provider cannot take them, so they are left out.
 _CHAT_TOOL_TYPES = ("function", *FUSION_TOOL_TYPES)
+# OpenAI's hosted tools billed per use on top of tokens: web search and file search per call, code interpreter per
+# container, image generation per image.
+_BILLED_APART = ("web_search", "file_search", "code_interpreter", "image_generation")
 _FORMAT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a json_schema format's `name`, as OpenAI takes it
 
 
@@ -120,6 +124,12 @@ def parse_request(data: dict[str, Any]) -> ResponsesRequest:
             "Conversations are not supported: continue with 'previous_response_id'.", param="conversation"
         )
     return request
+
+
+def tools_billed_apart(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    """(param, type) of each hosted tool in the body that the provider runs itself and bills per use, apart from
+    tokens. Sent only to a provider that speaks the Responses API (a chat provider never gets them)."""
+    return tools_typed(raw, _BILLED_APART)
 
 
 def input_items(request: ResponsesRequest) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from openfusion.api.access import client_key_name
+from openfusion.api.access import check_tools_billed_apart, client_key_name
 from openfusion.api.body import load_json_object, read_body
 from openfusion.api.deps import AppState
 from openfusion.api.disconnect import cancel_on_disconnect
@@ -21,12 +21,13 @@ from openfusion.api.ledger import Ledger
 from openfusion.api.params import renamed
 from openfusion.api.passthrough import SSE_HEADERS
 from openfusion.api.responses.keeper import not_stored
-from openfusion.api.responses.native import forward_native, speaks_responses
-from openfusion.api.responses.request import Translated, parse_request, translate
+from openfusion.api.responses.native import forward_native, provider_speaks_responses, speaks_responses
+from openfusion.api.responses.request import Translated, parse_request, tools_billed_apart, translate
 from openfusion.api.responses.writer import ResponseWriter
 from openfusion.api.translated import chat_events
 from openfusion.errors import InvalidRequest, OpenFusionError
 from openfusion.pipeline.events import Event, RunFinished
+from openfusion.pipeline.plan import read_fusion
 from openfusion.protocol import NAME_ERROR, plain_name
 from openfusion.sse import KEEPALIVE, encode_named
 
@@ -47,6 +48,7 @@ async def create_response(request: Request) -> Response:
                 raise not_stored(parsed.previous_response_id)
             history = await state.responses.history(parsed.previous_response_id, owner=owner)
         translated = translate(parsed, history, raw=data)
+        check_tools_billed_apart(request, translated.chat, _sent_tools_billed_apart(state, translated))
     except OpenFusionError as exc:
         record_unparsed_refusal(request, raw, exc, api_type="responses")
         raise
@@ -72,6 +74,20 @@ async def retrieve_response(request: Request) -> Response:
         raise not_stored(response_id, param=None)
     stored = await state.responses.load(response_id, owner=client_key_name(request) or "", param=None)
     return Response(orjson.dumps(stored.response), media_type="application/json")
+
+
+def _sent_tools_billed_apart(state: AppState, translated: Translated) -> list[tuple[str, str]]:
+    """The hosted tools billed per use that the provider gets: on a pass-through to a provider that speaks the
+    Responses API, which takes the body as sent (fusion and chat providers never get them)."""
+    billed = tools_billed_apart(translated.raw)
+    if not billed:
+        return []
+    try:
+        native = read_fusion(translated.chat, default_preset=state.settings.default_preset) is None
+        native = native and provider_speaks_responses(state, translated.chat)
+    except OpenFusionError:  # refused on its own account further on
+        return []
+    return billed if native else []
 
 
 router = APIRouter()
