@@ -57,3 +57,22 @@ def test_a_judge_one_client_chose_never_changes_how_anothers_is_asked(upstream: 
     asked = [call.body.get("response_format", {}).get("type") for call in upstream.calls_for("plain")]
     assert asked == ["json_schema", "json_object"]  # Alice's judge stepped down
     assert [call.body["response_format"]["type"] for call in upstream.calls_for("judge")] == ["json_schema"]
+
+
+def test_one_clients_reasoning_never_drops_anothers_temperature(upstream: FakeUpstream, serve: Serve) -> None:
+    """A model that refuses a temperature with thinking on takes it with thinking off: what one client's reasoning
+    request learns holds for reasoning requests alone, never for another client's (nor for the judge's own 0)."""
+    upstream.script("synth", Script(content="Blue.", reject_with_reasoning={"temperature"}))
+    upstream.script("judge", Script(content=json.dumps(ANALYSIS), reject_with_reasoning={"temperature"}))
+    thinking = {"effort": "high"}
+    with serve(KEYS, environ=ENVIRON) as (url, _):
+        alices = ask(url, ALICE, chat_body("fusion/trio", temperature=0.5, reasoning=thinking))
+        assert alices["fusion"]["synthesizer"]["unsupported_parameters"] == ["temperature"]
+        bobs = ask(url, BOB, chat_body("fusion/trio", temperature=0.5))
+        ask(url, ALICE, chat_body("fusion/trio", temperature=0.5, reasoning=thinking))
+    synth = [(call.body.get("temperature"), call.body.get("reasoning_effort")) for call in upstream.calls_for("synth")]
+    # Alice's refused, sent again without it; Bob's own value reached the model; Alice's next left out at once.
+    assert synth == [(0.5, "high"), (None, "high"), (0.5, None), (None, "high")]
+    assert "unsupported_parameters" not in bobs["fusion"]["synthesizer"]
+    judge = [(call.body.get("temperature"), call.body.get("reasoning_effort")) for call in upstream.calls_for("judge")]
+    assert judge == [(0, "high"), (None, "high"), (0, None), (None, "high")]  # Bob's judge asked at temperature 0

@@ -66,6 +66,9 @@ class Script:
     reject_status: int = 400  # llama.cpp's server answers a json_schema response_format with HTTP 500
     stream_usage: bool = True  # False: never send a usage chunk, even when asked (llama.cpp's server)
     reject_parameters: set[str] | None = None  # sampling parameters refused with a 400 (as reasoning models do)
+    # Sampling parameters refused with a 400 when the request turns reasoning on (other than 1), and taken without it:
+    # as Anthropic's models refuse a temperature with thinking on.
+    reject_with_reasoning: set[str] | None = None
     # Sampling parameters refused with a 400 above a bound, as OpenAI refuses `top_p: 5` ("above maximum value").
     reject_above: dict[str, float] | None = None
     reasoning: list[str] | None = None  # reasoning text (`delta.reasoning` pieces) before the answer
@@ -287,6 +290,11 @@ class FakeUpstream:
             message = f"Unsupported parameter: '{refused[0]}' is not supported with this model."
             error = {"message": message, "type": "invalid_request_error", "param": refused[0], "code": None}
             return _json({"error": error}, 400, background=done)
+        thinking = body.get("reasoning") is not None or body.get("reasoning_effort") not in (None, "none")
+        refused = [n for n in sorted(script.reject_with_reasoning or ()) if thinking and body.get(n) not in (None, 1)]
+        if refused:  # Anthropic's words
+            message = f"`{refused[0]}` may only be set to 1 when thinking is enabled."
+            return _json({"error": {"message": message, "type": "invalid_request_error"}}, 400, background=done)
         for name, bound in (script.reject_above or {}).items():
             value = body.get(name)
             if isinstance(value, int | float) and value > bound:  # OpenAI's words for a value out of range

@@ -1,4 +1,5 @@
-"""Sampling parameters a model refuses: dropped after its first refusal, remembered per model and value for the process.
+"""Sampling parameters a model refuses: dropped after its first refusal, remembered for the process per model and value
+(and the reasoning settings the refusal came with).
 
 Reasoning models (OpenAI's o-series and GPT-5, some of Anthropic's with thinking on) answer a `temperature`,
 `top_p` and the like with HTTP 400. openfusion asks the judge for temperature 0 and passes the plan's or
@@ -66,16 +67,24 @@ class SamplingMemory:
 
     A refusal is remembered with its value: a model that refuses `temperature` refuses every value (each is learned
     on its first refusal), but one that refuses `top_p: 5` as out of range takes `top_p: 0.3`. Remembering the
-    parameter alone let one client's bad value silently drop every other client's good one, for every key.
+    parameter alone let one client's bad value silently drop every other client's good one, for every key. And with
+    the reasoning settings it came with: Anthropic's models refuse a temperature other than 1 with thinking on and
+    take it with thinking off, so one client's reasoning request must not drop the temperature of every other
+    request (the judge's own 0 among them) sent without it.
     """
 
     def __init__(self) -> None:
-        self._refused: dict[str, dict[str, set[bytes]]] = {}  # model -> parameter -> values refused (as JSON)
+        # model -> reasoning settings (as JSON) -> parameter -> values refused (as JSON)
+        self._refused: dict[str, dict[bytes, dict[str, set[bytes]]]] = {}
 
     def prepare(self, model: str, body: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[str]]:
-        """The body without the values `model` refused before, and the names left out."""
-        refused = self._refused.get(model)
-        if not refused:  # the usual case: the body as it is, not a copy (the upstream client copies it anyway)
+        """The body without the values `model` refused before (with the same reasoning settings), and the names left
+        out."""
+        settings = self._refused.get(model)
+        if not settings:  # the usual case: the body as it is, not a copy (the upstream client copies it anyway)
+            return body, []
+        refused = settings.get(_reasoning(body))
+        if not refused:
             return body, []
         dropped = [
             name
@@ -86,9 +95,14 @@ class SamplingMemory:
             return body, []
         return {key: value for key, value in body.items() if key not in dropped}, dropped
 
-    def refused(self, model: str, parameter: str, value: Any) -> None:
-        """`model` refused `parameter` with `value`: never send that again (a bounded number of values each)."""
-        values = self._refused.setdefault(model, {}).setdefault(parameter, set())
+    def refused(self, model: str, parameter: str, value: Any, sent: Mapping[str, Any] | None = None) -> None:
+        """`model` refused `parameter` with `value` in the body `sent`: never send that again with the same reasoning
+        settings (a bounded number of settings and values each)."""
+        settings = self._refused.setdefault(model, {})
+        reasoning = _reasoning(sent or {})
+        if reasoning not in settings and len(settings) >= _SETTINGS_KEPT:
+            return  # past the bound a refusal costs one refused call each, never memory
+        values = settings.setdefault(reasoning, {}).setdefault(parameter, set())
         if len(values) < _VALUES_KEPT:
             values.add(_value(value))
 
@@ -98,8 +112,19 @@ class SamplingMemory:
 _VALUES_KEPT = 64
 
 
+# Reasoning settings remembered per model, which clients choose: past these, the same.
+_SETTINGS_KEPT = 16
+# The fields that turn a model's reasoning on or set its effort.
+_REASONING = ("reasoning", "reasoning_effort")
+
+
 def _value(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def _reasoning(body: Mapping[str, Any]) -> bytes:
+    """A body's reasoning settings, as a key: what else decides which sampling values a model takes."""
+    return _value([body.get(name) for name in _REASONING])
 
 
 async def complete(
@@ -147,6 +172,6 @@ def _stepped_down(
     Any other failure its callers re-raise themselves: a helper raising an error it was given holds it in its own
     frame, which the error's traceback holds too, a reference cycle kept until the garbage collector runs.
     """
-    memory.refused(model, parameter, sent[parameter])
+    memory.refused(model, parameter, sent[parameter], sent)
     dropped.append(parameter)
     return {key: value for key, value in sent.items() if key != parameter}
