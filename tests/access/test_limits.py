@@ -1,4 +1,5 @@
-"""Limits end to end: requests per minute, concurrent fusion runs and the daily spend cap, in-process and via Redis."""
+"""Limits end to end: requests per minute, concurrent fusion runs and requests, and the daily spend cap, in-process and
+via Redis."""
 
 from __future__ import annotations
 
@@ -160,6 +161,74 @@ def test_concurrent_fusion_runs_across_two_replicas_sharing_redis(
             on_a.close()
             wait_until(lambda: redis_client.zcard(leases) == 1)
             streams.enter_context(open_fusion_stream(url_b, A))
+            assert redis_client.zcard(leases) == 2
+        wait_until(lambda: redis_client.zcard(leases) == 0)
+
+
+@contextlib.contextmanager
+def open_passthrough_stream(url: str, headers: dict[str, str]) -> httpx.Response:  # type: ignore[misc]
+    """A pass-through stream held open after its first chunk (the fake's `slow` model waits between chunks)."""
+    body = chat_body("fake/slow", stream=True)
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers, timeout=10) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()  # kept: dropping a half-read iterator closes the connection
+        assert next(lines).startswith("data: ")
+        yield response
+
+
+def test_concurrent_requests_per_key_count_pass_through_and_fusion_on_every_surface(
+    upstream: FakeUpstream, serve: Serve
+) -> None:
+    """Pass-through is not a fusion run, so `max_concurrent_fusion` never counted it: one key could hold every
+    upstream connection the server shares (its pool) with slow streams. `max_concurrent_requests` counts both."""
+    upstream.script("slow", Script(chunks=["Hello", " there"], chunk_interval_s=5))
+    keys = [{**TEAM_A, "max_concurrent_requests": 2}, TEAM_B]
+    with serve({"keys": keys}, environ=ENVIRON) as (url, app), ExitStack() as streams:
+        limiter = app.state.access.limiter
+        first = streams.enter_context(open_passthrough_stream(url, A))
+        streams.enter_context(open_passthrough_stream(url, A))
+        assert limiter.held("key:team-a", "requests") == 2
+        for stream in (False, True):
+            for model in ("fake/judge", "fusion"):
+                refused = httpx.post(f"{url}/v1/chat/completions", json=chat_body(model, stream=stream), headers=A)
+                assert_429(refused, "concurrency_limited", max_retry_after=1)
+        responses = httpx.post(f"{url}/v1/responses", json={"model": "fake/judge", "input": "Hi"}, headers=A)
+        assert_429(responses, "concurrency_limited", max_retry_after=1)
+        messages = httpx.post(
+            f"{url}/v1/messages",
+            json={"model": "fake/judge", "max_tokens": 16, "messages": [{"role": "user", "content": "Hi"}]},
+            headers=A,
+        )
+        assert messages.status_code == 429 and messages.json()["error"]["type"] == "rate_limit_error"
+        assert messages.json()["type"] == "error"  # Anthropic's shape on its surface
+        # Other keys have their own; a client that leaves gives its slot back.
+        assert httpx.post(f"{url}/v1/chat/completions", json=chat_body("fake/judge"), headers=B).status_code == 200
+        first.close()
+        wait_until(lambda: limiter.held("key:team-a", "requests") == 1)
+        assert httpx.post(f"{url}/v1/chat/completions", json=chat_body("fake/judge"), headers=A).status_code == 200
+    assert limiter.held("key:team-a", "requests") == 0
+
+
+def test_concurrent_requests_across_two_replicas_sharing_redis(
+    upstream: FakeUpstream, serve: Serve, redis_prefix: str, redis_client: redis.Redis
+) -> None:
+    upstream.script("slow", Script(chunks=["Hello", " there"], chunk_interval_s=5))
+    access = {
+        "keys": [{**TEAM_A, "max_concurrent_requests": 2}],
+        "redis_url": REDIS_URL,
+        "limits": {"redis_prefix": redis_prefix},
+    }
+    leases = f"{redis_prefix}:requests:key:team-a"
+    with serve(access, environ=ENVIRON) as (url_a, _), serve(access, environ=ENVIRON) as (url_b, _):
+        with ExitStack() as streams:
+            on_a = streams.enter_context(open_passthrough_stream(url_a, A))
+            streams.enter_context(open_passthrough_stream(url_b, A))
+            for url in (url_a, url_b):
+                refused = httpx.post(f"{url}/v1/chat/completions", json=chat_body("fake/judge"), headers=A)
+                assert_429(refused, "concurrency_limited", max_retry_after=1)
+            on_a.close()
+            wait_until(lambda: redis_client.zcard(leases) == 1)
+            streams.enter_context(open_passthrough_stream(url_b, A))
             assert redis_client.zcard(leases) == 2
         wait_until(lambda: redis_client.zcard(leases) == 0)
 

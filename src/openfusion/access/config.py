@@ -18,6 +18,9 @@ class Limits(BaseModel):
 
     requests_per_minute: int | None = Field(default=None, ge=1)
     max_concurrent_fusion: int | None = Field(default=None, ge=1)
+    # Model-calling requests in flight, fusion and pass-through, on every surface: one key cannot hold the upstream
+    # connections every key shares (a fusion run holds a slot of both limits).
+    max_concurrent_requests: int | None = Field(default=None, ge=1)
     daily_spend_usd: float | None = Field(default=None, gt=0)
 
     def over(self, defaults: Limits) -> Limits:

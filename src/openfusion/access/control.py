@@ -150,6 +150,20 @@ class AccessControl:
             return 0.0
         return spent or 0.0
 
+    async def take_request_slot(self, client: Client) -> Slot | None:
+        """A concurrency slot for one model-calling request of any kind (None when unlimited); 429 when all are held."""
+        limit = client.limits.max_concurrent_requests
+        if limit is None:
+            return None
+        slot = await self.limiter.acquire(client.bucket, limit=limit, kind="requests")
+        if slot is None:
+            raise LimitExceeded(
+                f"Too many requests at once for {_who(client)}: at most {limit} in flight (fusion and pass-through).",
+                code="concurrency_limited",
+                retry_after=_CONCURRENCY_RETRY_AFTER_S,
+            )
+        return slot
+
     async def take_fusion_slot(self, client: Client) -> Slot | None:
         """A concurrency slot for one fusion run (None when unlimited); 429 when all are held."""
         limit = client.limits.max_concurrent_fusion

@@ -27,8 +27,9 @@ class Limiter(Protocol):
     async def hit(self, bucket: str, *, limit: int, window_s: float) -> float:
         """Count one request: 0 when admitted, else the seconds until one would be."""
 
-    async def acquire(self, bucket: str, *, limit: int) -> Slot | None:
-        """Take a slot, or None when all `limit` slots are held."""
+    async def acquire(self, bucket: str, *, limit: int, kind: str = "fusion") -> Slot | None:
+        """Take a slot of the `kind` limit ("fusion" runs, or "requests" of any kind), or None when all `limit` slots
+        are held."""
 
     async def ping(self) -> None:
         """Raise when the counters cannot be reached."""
@@ -58,16 +59,17 @@ class MemoryLimiter:
             return 0.0
         return log[0] + window_s - now
 
-    async def acquire(self, bucket: str, *, limit: int) -> Slot | None:
+    async def acquire(self, bucket: str, *, limit: int, kind: str = "fusion") -> Slot | None:
         """Take a slot if fewer than `limit` are held."""
+        bucket = _counted(bucket, kind)
         if self._held.get(bucket, 0) >= limit:
             return None
         self._held[bucket] = self._held.get(bucket, 0) + 1
         return _MemorySlot(self, bucket)
 
-    def held(self, bucket: str) -> int:
-        """How many slots of a bucket are held."""
-        return self._held.get(bucket, 0)
+    def held(self, bucket: str, kind: str = "fusion") -> int:
+        """How many slots of a bucket's `kind` limit are held."""
+        return self._held.get(_counted(bucket, kind), 0)
 
     def _release(self, bucket: str) -> None:
         self._held[bucket] -= 1
@@ -90,3 +92,8 @@ class _MemorySlot:
         if self._bucket is not None:
             self._limiter._release(self._bucket)
             self._bucket = None
+
+
+def _counted(bucket: str, kind: str) -> str:
+    """Where a bucket's slots of one limit are counted (a fusion run's under the bucket's own name)."""
+    return bucket if kind == "fusion" else f"{kind}|{bucket}"

@@ -72,7 +72,8 @@ _TIMEOUT_S = 2.0
 
 
 class RedisLimiter:
-    """Counters shared through Redis under `<prefix>:rpm:<bucket>` and `<prefix>:fusion:<bucket>`."""
+    """Counters shared through Redis under `<prefix>:rpm:<bucket>`, `<prefix>:fusion:<bucket>` and
+    `<prefix>:requests:<bucket>`."""
 
     shared = True
 
@@ -108,9 +109,9 @@ class RedisLimiter:
             wait_ms = await self._hit(keys=[self._key("rpm", bucket)], args=[limit, window_ms, member])
         return int(wait_ms) / 1000
 
-    async def acquire(self, bucket: str, *, limit: int) -> Slot | None:
-        """Take a lease if fewer than `limit` live leases are held."""
-        key, lease = self._key("fusion", bucket), secrets.token_hex(8)
+    async def acquire(self, bucket: str, *, limit: int, kind: str = "fusion") -> Slot | None:
+        """Take a lease if fewer than `limit` live leases of the `kind` limit are held."""
+        key, lease = self._key(kind, bucket), secrets.token_hex(8)
         async with _unavailable_on_error():
             taken = await self._acquire(keys=[key], args=[limit, self._lease_ms, lease])
         if not int(taken):

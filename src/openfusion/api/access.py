@@ -104,10 +104,11 @@ async def open_grant(access: AccessControl, scope: Scope) -> Grant:
 async def admit(
     request: Request, *, chat: ChatRequest, plan: FusionPlan | None, reach: Reach, worst: WorstCase
 ) -> None:
-    """Check a chat request against its key's scope and the guards; reserve its spend; hold a fusion slot.
+    """Check a chat request against its key's scope and the guards; reserve its spend; hold its slots (a request's,
+    and a fusion run's).
 
     Raises ModelNotAllowed (403), InvalidRequest (400), CostLimitExceeded (402: a cost a spend cap cannot
-    bound) or LimitExceeded (429). The slot is given back by the middleware when the response ends; the
+    bound) or LimitExceeded (429). The slots are given back by the middleware when the response ends; the
     reservation is settled by the request's ledger.
     """
     grant = _required_grant(request, "admit")
@@ -119,6 +120,9 @@ async def admit(
             return worst.estimate.bounded(why=why)
 
         grant.reservation = await grant.access.reserve_spend(grant.client, spend_source(request.app), bound)
+    request_slot = await grant.access.take_request_slot(grant.client)
+    if request_slot is not None:
+        grant.slots.append(request_slot)
     if plan is not None:
         slot = await grant.access.take_fusion_slot(grant.client)
         if slot is not None:
