@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import ipaddress
 import socket
+import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -111,6 +112,8 @@ _APP = Starlette(
         Route("/drip", _drip),
         Route("/slow", _slow),
         Route("/gzip-bomb", lambda _: _gzip_bomb()),
+        Route("/deflate/{framing}", lambda request: _deflated(request.path_params["framing"])),
+        Route("/encoded/{coding}", lambda request: _encoded_as(request.path_params["coding"])),
         Route("/big-pdf", lambda _: _big_pdf()),
         Route("/costly-pdf", lambda _: Response(costly_pdf(), media_type="application/pdf")),
         Route("/five-pages-pdf", lambda _: Response(costly_pdf(pages=5, operators=1), media_type="application/pdf")),
@@ -126,6 +129,18 @@ def _with_cookie() -> Response:
 
 def _gzip_bomb() -> Response:
     return Response(_GZIP_BOMB, media_type="text/plain", headers={"Content-Encoding": "gzip"})
+
+
+def _deflated(framing: str) -> Response:
+    # "deflate" is zlib-wrapped by the RFC, raw in some servers: both are read.
+    compressor = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS if framing == "zlib" else -zlib.MAX_WBITS)
+    body = compressor.compress(b"Deflated facts.") + compressor.flush()
+    return Response(body, media_type="text/plain", headers={"Content-Encoding": "deflate"})
+
+
+def _encoded_as(coding: str) -> Response:
+    # A coding the fetcher never asked for, or a stack of them: the body is gzip either way.
+    return Response(gzip.compress(b"Encoded facts."), media_type="text/plain", headers={"Content-Encoding": coding})
 
 
 def _big_pdf() -> Response:
@@ -173,6 +188,18 @@ class RecordingTransport(httpx.MockTransport):
 
         def record(request: httpx.Request) -> httpx.Response:
             self.requests.append(request)
-            return respond(request)
+            response = respond(request)
+            # Handed over unread, as from the network: the fetcher reads a body's raw bytes as they come.
+            return httpx.Response(response.status_code, headers=response.headers, stream=_Unread(response.content))
 
         super().__init__(record)
+
+
+class _Unread(httpx.AsyncByteStream):
+    """A body not yet read (httpx reads a response built from bytes at once)."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.body

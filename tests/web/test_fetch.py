@@ -111,6 +111,27 @@ async def test_the_byte_cap_counts_decompressed_bytes(make_fetcher: MakeFetcher,
     assert len(page.text) <= 20_000
 
 
+@pytest.mark.parametrize("framing", ["zlib", "raw"])
+async def test_a_deflated_page_is_read_in_either_framing(
+    make_fetcher: MakeFetcher, site_url: SiteUrl, framing: str
+) -> None:
+    page = await make_fetcher().fetch(site_url(f"/deflate/{framing}"))
+    assert page.text == "Deflated facts."
+
+
+@pytest.mark.parametrize("coding", ["gzip, gzip", "br", "zstd"])
+async def test_a_content_coding_not_asked_for_is_refused(
+    make_fetcher: MakeFetcher, site_url: SiteUrl, coding: str
+) -> None:
+    with pytest.raises(FetchFailed, match=rf"the content encoding '{coding}' is not supported"):
+        await make_fetcher().fetch(site_url(f"/encoded/{coding}"))
+
+
+async def test_a_gzip_page_labelled_identity_too_is_read(make_fetcher: MakeFetcher, site_url: SiteUrl) -> None:
+    page = await make_fetcher().fetch(site_url("/encoded/identity, gzip"))
+    assert page.text == "Encoded facts."
+
+
 async def test_text_is_cut_to_max_chars_with_a_marker(make_fetcher: MakeFetcher, site_url: SiteUrl) -> None:
     page = await make_fetcher(max_chars=400).fetch(site_url("/article"))
     assert page.truncated

@@ -11,6 +11,7 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 import httpx
 
 from openfusion.upstream.web.config import FetchConfig
+from openfusion.upstream.web.content_coding import ACCEPT_ENCODING, BoundedDecoder
 from openfusion.upstream.web.errors import FetchFailed, FetchRefused
 from openfusion.upstream.web.extract import (
     ContentKind,
@@ -150,7 +151,7 @@ class Fetcher:
             "Host": target.url.netloc.decode("ascii"),
             "User-Agent": self.config.user_agent,
             "Accept": _ACCEPT,
-            "Accept-Encoding": "gzip, deflate",
+            "Accept-Encoding": ACCEPT_ENCODING,
             "Connection": "close",
         }
         extensions: dict[str, object] = {"timeout": httpx.Timeout(self.config.timeout_s).as_dict()}
@@ -203,16 +204,17 @@ class Fetcher:
     async def _read(self, target: Target, response: httpx.Response) -> tuple[bytes, bool]:
         """The body up to max_bytes (decoded), and whether more was left unread."""
         limit = self.config.max_bytes
+        # Raw bytes, decoded here: httpx would inflate each chunk in full, however far past the limit.
+        decoder = BoundedDecoder(response.headers.get("content-encoding"))
         chunks: list[bytes] = []
         size = 0
         try:
-            async for chunk in response.aiter_bytes():
-                room = limit - size
-                if len(chunk) > room:
-                    chunks.append(chunk[:room])
-                    return b"".join(chunks), True
+            async for raw in response.aiter_raw():
+                chunk, more = decoder.decode(raw, limit - size)
                 chunks.append(chunk)
                 size += len(chunk)
+                if more:
+                    return b"".join(chunks), True
         except httpx.TimeoutException:
             raise FetchFailed(f"{target.host} stopped sending in time.") from None
         except httpx.HTTPError as exc:

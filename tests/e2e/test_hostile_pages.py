@@ -1,0 +1,102 @@
+"""Pages built to hurt the server that fetches them, through `openfusion serve` and the OpenAI SDK.
+
+Each "site" is a server on loopback (allowed with `allow_private`, so the fetch is made); a fake
+panelist asks for it with web_fetch. The server runs as its own process, so what a page does to it
+(its memory, its CPU) is read from /proc.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+
+from e2e.processes import Served, provider_config, serve
+from fakes.server import serve_in_thread
+from fakes.upstream import FakeUpstream, Script
+
+pytestmark = pytest.mark.e2e
+
+_GIB = 1 << 30
+_MIB = 1 << 20
+
+
+@cache
+def _stacked_gzip_bomb() -> bytes:
+    """1 GiB of zeros gzipped twice: about 12 KB on the wire."""
+    inner = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = bytes(_MIB)
+    first = b"".join(inner.compress(block) for _ in range(_GIB // _MIB)) + inner.flush()
+    outer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return outer.compress(first) + outer.flush()
+
+
+def _bomb(_: Any) -> Response:
+    return Response(_stacked_gzip_bomb(), media_type="text/plain", headers={"Content-Encoding": "gzip, gzip"})
+
+
+_SITE = Starlette(routes=[Route("/bomb", _bomb)])
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[str]:
+    with serve_in_thread(_SITE) as url:
+        yield url
+
+
+def _fetch_call(url: str) -> Script:
+    arguments = orjson.dumps({"url": url}).decode()
+    return Script(tool_calls=[{"function": {"name": "web_fetch", "arguments": arguments}}])
+
+
+def _config(upstream_url: str) -> str:
+    return provider_config(upstream_url, extra='[research.fetch]\nallow_private = ["127.0.0.0/8"]\n')
+
+
+def _ask(served: Served) -> Any:
+    with openai.OpenAI(base_url=f"{served.url}/v1", api_key="sk-client-key", max_retries=0, timeout=120) as sdk:
+        return sdk.chat.completions.create(
+            model="fusion/trio", messages=[{"role": "user", "content": "Summarise the page."}]
+        )
+
+
+def _tool_result(upstream: FakeUpstream) -> str:
+    content: str = upstream.calls_for("a")[1].body["messages"][-1]["content"]
+    return content
+
+
+def _peak_memory(pid: int) -> int:
+    """The most resident memory the process has held so far (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
+
+
+def test_a_page_compressed_twice_is_not_inflated_in_memory(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path, site: str
+) -> None:
+    _, upstream_url = fake_upstream
+    upstream.script("a", _fetch_call(f"{site}/bomb"), Script(content="The page could not be read."))
+    _stacked_gzip_bomb()  # made before the server starts, not while it is measured
+
+    with serve(_config(upstream_url), presets_dir, tmp_path) as served:
+        before = _peak_memory(served.process.pid)
+        completion = _ask(served)
+        grown = _peak_memory(served.process.pid) - before
+
+    assert completion.choices[0].message.content
+    # 12 KB on the wire that decompress to 1 GiB: the server may hold at most a few copies of max_bytes (2 MiB).
+    assert grown < 128 * _MIB, f"the server's peak memory grew by {grown // _MIB} MiB fetching a 12 KB page"
+    result = _tool_result(upstream)
+    said = "web_fetch error: the content encoding 'gzip, gzip' is not supported (only one of gzip or deflate)."
+    assert result == said
