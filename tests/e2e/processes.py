@@ -22,6 +22,9 @@ from httpcore import SyncBackend
 
 HI = [{"role": "user", "content": "Hi"}]
 _START_S = 60.0  # several workers each import openfusion on a shared 2-core machine
+_TICKS = os.sysconf("SC_CLK_TCK")
+IDLE_CPU_S = 0.2  # what a server's whole tree may spend over WINDOW_S with no work (an idle one: ~0.01 s)
+WINDOW_S = 2.0
 
 
 def free_port() -> int:
@@ -217,3 +220,33 @@ def metric(text: str, name: str, **labels: str) -> float:
         if sample_name == name and ",".join(sorted(sample_labels.rstrip("}").split(","))) == wanted:
             return float(value)
     return 0.0
+
+
+def cpu_by_pid(root: int) -> dict[int, float]:
+    """CPU seconds (user + system) of `root` and every process descending from it, by pid."""
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS)
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, (ppid, _) in stats.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier += children
+    return {pid: stats[pid][1] for pid in tree if pid in stats}
+
+
+def watch_cpu(root: int) -> tuple[int, float]:
+    """Over WINDOW_S: the process of `root`'s tree that spent the most CPU, and the CPU the whole tree spent."""
+    before = cpu_by_pid(root)
+    time.sleep(WINDOW_S)
+    after = cpu_by_pid(root)
+    spent = {pid: cpu - before.get(pid, 0.0) for pid, cpu in after.items()}
+    top = max(spent, key=spent.__getitem__)
+    return top, sum(spent.values())

@@ -7,7 +7,6 @@ watched through /proc: once the request has ended, nothing in it may keep burnin
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from collections.abc import Iterator
@@ -21,16 +20,13 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
-from e2e.processes import Served, alive, provider_config, serve
+from e2e.processes import IDLE_CPU_S, WINDOW_S, Served, alive, provider_config, serve, watch_cpu
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream, Script, wait_until
 from web.pages import costly_pdf
 
 pytestmark = pytest.mark.e2e
 
-_TICKS = os.sysconf("SC_CLK_TCK")
-_IDLE_CPU_S = 0.2  # what the whole tree may spend over _WINDOW_S once the work is cut (an idle one: ~0.01 s)
-_WINDOW_S = 2.0
 _SITE = Starlette(routes=[Route("/costly.pdf", lambda _: Response(costly_pdf(), media_type="application/pdf"))])
 
 
@@ -47,36 +43,6 @@ def _fetch_call(url: str) -> Script:
 
 def _config(upstream_url: str, fetch: str) -> str:
     return provider_config(upstream_url, extra=f'[research.fetch]\nallow_private = ["127.0.0.0/8"]\n{fetch}\n')
-
-
-def _cpu_by_pid(root: int) -> dict[int, float]:
-    """CPU seconds (user + system) of `root` and every process descending from it, by pid."""
-    stats: dict[int, tuple[int, float]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS)
-    tree, frontier = {root}, [root]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, (ppid, _) in stats.items() if ppid == parent and pid not in tree]
-        tree.update(children)
-        frontier += children
-    return {pid: stats[pid][1] for pid in tree if pid in stats}
-
-
-def _busiest(root: int) -> tuple[int, float]:
-    """The process of the tree that spent the most CPU over the window, and the CPU the whole tree spent."""
-    before = _cpu_by_pid(root)
-    time.sleep(_WINDOW_S)
-    after = _cpu_by_pid(root)
-    spent = {pid: cpu - before.get(pid, 0.0) for pid, cpu in after.items()}
-    busiest = max(spent, key=spent.__getitem__)
-    return busiest, sum(spent.values())
 
 
 def _ask(served: Served) -> httpx.Response:
@@ -115,11 +81,11 @@ def test_a_costly_pdf_is_cut_at_the_limit_and_leaves_nothing_running(
         started = time.monotonic()
         response = _ask(served)
         elapsed = time.monotonic() - started
-        _, spent = _busiest(served.process.pid)
+        _, spent = watch_cpu(served.process.pid)
 
     assert response.status_code == 200, response.text
     assert elapsed < bound_s + 5  # the limit, plus the fake panel, judge and synthesizer
-    assert spent < _IDLE_CPU_S, f"the server's processes spent {spent:.2f} s of CPU in {_WINDOW_S} s after the request"
+    assert spent < IDLE_CPU_S, f"the server's processes spent {spent:.2f} s of CPU in {WINDOW_S} s after the request"
     result = _tool_result(upstream)
     assert result.startswith("web_fetch error") and said in result, result
 
@@ -141,12 +107,12 @@ def test_a_client_that_hangs_up_takes_its_extraction_with_it(
                 b"Content-Length: %d\r\n\r\n" % len(body) + body
             )
             wait_until(lambda: len(upstream.calls_for("a")) == 1, timeout=30)
-            _busiest(served.process.pid)  # the first extraction starts the fork server (it imports the parsers)
-            busiest, spent = _busiest(served.process.pid)  # the extraction is under way
-            assert spent > _IDLE_CPU_S, "the extraction did not start"
+            watch_cpu(served.process.pid)  # the first extraction starts the fork server (it imports the parsers)
+            busiest, spent = watch_cpu(served.process.pid)  # the extraction is under way
+            assert spent > IDLE_CPU_S, "the extraction did not start"
         # The client has hung up (about 4 s into the extraction).
-        _, spent = _busiest(served.process.pid)
-        assert spent < _IDLE_CPU_S, f"the server's processes spent {spent:.2f} s of CPU in {_WINDOW_S} s after it"
+        _, spent = watch_cpu(served.process.pid)
+        assert spent < IDLE_CPU_S, f"the server's processes spent {spent:.2f} s of CPU in {WINDOW_S} s after it"
         assert busiest != served.process.pid and not alive(busiest)  # it ran in a worker, now killed
 
     assert len(upstream.calls_for("a")) == 1  # the panelist never got to a second turn
