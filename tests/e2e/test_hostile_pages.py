@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
-from e2e.processes import Served, provider_config, serve
+from e2e.processes import IDLE_CPU_S, WINDOW_S, Served, provider_config, serve, watch_cpu
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream, Script
 
@@ -44,7 +44,15 @@ def _bomb(_: Any) -> Response:
     return Response(_stacked_gzip_bomb(), media_type="text/plain", headers={"Content-Encoding": "gzip, gzip"})
 
 
-_SITE = Starlette(routes=[Route("/bomb", _bomb)])
+# Python decodes punycode in quadratic time: a 1 MB body declared as such takes minutes of CPU.
+_PUNYCODE_BODY = b"x-" + b"99" * 500_000
+
+
+def _punycode(_: Any) -> Response:
+    return Response(_PUNYCODE_BODY, headers={"Content-Type": "text/plain; charset=punycode"})
+
+
+_SITE = Starlette(routes=[Route("/bomb", _bomb), Route("/punycode.txt", _punycode)])
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +66,8 @@ def _fetch_call(url: str) -> Script:
     return Script(tool_calls=[{"function": {"name": "web_fetch", "arguments": arguments}}])
 
 
-def _config(upstream_url: str) -> str:
-    return provider_config(upstream_url, extra='[research.fetch]\nallow_private = ["127.0.0.0/8"]\n')
+def _config(upstream_url: str, fetch: str = "") -> str:
+    return provider_config(upstream_url, extra=f'[research.fetch]\nallow_private = ["127.0.0.0/8"]\n{fetch}\n')
 
 
 def _ask(served: Served) -> Any:
@@ -100,3 +108,21 @@ def test_a_page_compressed_twice_is_not_inflated_in_memory(
     result = _tool_result(upstream)
     said = "web_fetch error: the content encoding 'gzip, gzip' is not supported (only one of gzip or deflate)."
     assert result == said
+
+
+def test_a_page_declaring_a_costly_charset_is_read_as_utf_8_and_leaves_nothing_running(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path, site: str
+) -> None:
+    _, upstream_url = fake_upstream
+    upstream.script("a", _fetch_call(f"{site}/punycode.txt"), Script(content="The page says nothing."))
+
+    # Plain text is decoded in a thread of the server itself, which no time limit can stop.
+    with serve(_config(upstream_url, "timeout_s = 5"), presets_dir, tmp_path) as served:
+        completion = _ask(served)
+        _, spent = watch_cpu(served.process.pid)
+
+    assert completion.choices[0].message.content
+    assert spent < IDLE_CPU_S, f"the server spent {spent:.2f} s of CPU in {WINDOW_S} s after the request"
+    result = _tool_result(upstream)
+    assert result.startswith("web_fetch result (text/plain, 20000 characters, truncated):"), result[:200]
+    assert "x-9999" in result

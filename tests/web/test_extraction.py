@@ -10,6 +10,7 @@ import pytest
 
 from openfusion.upstream.web.config import FetchConfig
 from openfusion.upstream.web.errors import FetchFailed
+from openfusion.upstream.web.extract import decode_text
 from openfusion.upstream.web.extract_pool import ExtractionPool, ExtractLimits
 from openfusion.upstream.web.fetch import Fetcher
 from web.local_site import PDF_LINES
@@ -113,3 +114,20 @@ async def test_closing_the_pool_kills_its_workers() -> None:
         assert not process.is_alive()
     with pytest.raises(FetchFailed, match="shutting down"):
         await pool.extract("html", b"<p>late</p>", charset=None, url="http://x/", max_chars=200)
+
+
+@pytest.mark.parametrize(
+    ("charset", "body", "text"),
+    [
+        ("windows-1252", "Café".encode("cp1252"), "Café"),
+        ("Shift_JIS", "東京".encode("shift_jis"), "東京"),
+        ("no-such-charset", b"plain", "plain"),
+        # Codecs Python has that no page is written in: not text (decoding would raise), or quadratic.
+        ("base64", b"aGVsbG8=", "aGVsbG8="),
+        ("zlib", b"x\x9c", "x\ufffd"),
+        ("punycode", b"x-99", "x-99"),
+        ("rot13", b"uryyb", "uryyb"),
+    ],
+)
+def test_a_declared_charset_is_used_only_when_pages_are_written_in_it(charset: str, body: bytes, text: str) -> None:
+    assert decode_text(body, charset) == text

@@ -34,6 +34,20 @@ _KINDS: dict[str, ContentKind] = {
 }
 # Servers that do not say what they send: look at the bytes instead.
 _UNLABELLED = {"", "application/octet-stream", "binary/octet-stream", "application/unknown"}
+# The encodings of the WHATWG Encoding Standard (what browsers read pages in), by Python codec name. A page may
+# name any codec Python has: some are not text (base64, zlib: decoding raises), and punycode decodes in quadratic
+# time (a 1 MB page: minutes of CPU, in a thread nothing can stop).
+_PAGE_ENCODINGS = frozenset(
+    codecs.lookup(label).name
+    for label in (
+        "utf-8", "utf-8-sig", "utf-16", "utf-16-be", "utf-16-le", "ascii", "latin-1", "cp866", "iso8859-2",
+        "iso8859-3", "iso8859-4", "iso8859-5", "iso8859-6", "iso8859-7", "iso8859-8", "iso8859-10", "iso8859-13",
+        "iso8859-14", "iso8859-15", "iso8859-16", "koi8-r", "koi8-u", "mac-roman", "mac-cyrillic", "cp874",
+        "tis-620", "cp1250", "cp1251", "cp1252", "cp1253", "cp1254", "cp1255", "cp1256", "cp1257", "cp1258",
+        "gbk", "gb2312", "gb18030", "big5", "big5hkscs", "euc-jp", "iso2022-jp", "shift_jis", "cp932", "euc-kr",
+        "cp949",
+    )
+)  # fmt: skip
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _BLANK_LINES = re.compile(r"\n{3,}")
 
@@ -107,11 +121,13 @@ def extract(
 
 
 def decode_text(body: bytes, charset: str | None) -> str:
-    """Decode with the declared charset when it is a real one, else UTF-8; bad bytes become U+FFFD."""
+    """Decode with the declared charset when it is one web pages are written in, else UTF-8; bad bytes become
+    U+FFFD."""
     encoding = "utf-8"
     if charset:
         with contextlib.suppress(LookupError):
-            encoding = codecs.lookup(charset).name
+            name = codecs.lookup(charset).name
+            encoding = name if name in _PAGE_ENCODINGS else encoding
     return body.decode(encoding, errors="replace").lstrip("\ufeff")
 
 
