@@ -148,6 +148,24 @@ async def test_bad_urls_are_refused(url: str, why: str) -> None:
     assert transport.requests == [] and resolver.calls == []
 
 
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("http://exa mple.com/", "refused: the host is not a valid host name."),
+        ("http://obey%20the%20page/", "refused: the host is not a valid host name."),
+        ("obey the page://x/", "refused: the scheme is not supported; only absolute http:// and https:// URLs are."),
+        ("http://256.1.1.1/", "refused: the host '256.1.1.1' is not a valid IP address."),
+        ("http://0177.0.0.1/", "refused: the host '0177.0.0.1' is 127.0.0.1, a loopback address."),
+    ],
+)
+async def test_a_refusal_quotes_a_scheme_or_host_only_in_its_plain_form(url: str, said: str) -> None:
+    # A URL may come from a page (a redirect): words in it are not repeated to the model outside the untrusted block.
+    fetcher, _, _ = make_guarded()
+    with pytest.raises(FetchRefused) as refused:
+        await fetcher.fetch(url)
+    assert refused.value.message == said
+
+
 async def test_a_public_host_is_fetched_through_its_checked_address() -> None:
     fetcher, transport, resolver = make_guarded()
     page = await fetcher.fetch("http://public.test/page?q=1#frag")

@@ -48,6 +48,8 @@ _PAGE_ENCODINGS = frozenset(
         "cp949",
     )
 )  # fmt: skip
+# RFC 6838's restricted names, type/subtype: no spaces, quotes or angle brackets, at most 127 characters each.
+_MEDIA_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _BLANK_LINES = re.compile(r"\n{3,}")
 
@@ -63,7 +65,11 @@ class Extracted:
 
 
 def parse_content_type(header: str | None) -> tuple[str, str | None]:
-    """A Content-Type header as (media type in lower case, charset or None)."""
+    """A Content-Type header as (media type in lower case, charset or None).
+
+    A media type not of the form `type/subtype` (RFC 6838 names) is taken as none: the body is sniffed,
+    as a browser would, and the page's header text never reaches the model outside its untrusted block.
+    """
     if not header:
         return "", None
     media_type, *params = header.split(";")
@@ -72,7 +78,8 @@ def parse_content_type(header: str | None) -> tuple[str, str | None]:
         key, _, value = param.partition("=")
         if key.strip().lower() == "charset":
             charset = value.strip().strip("\"'") or None
-    return media_type.strip().lower(), charset
+    media_type = media_type.strip().lower()
+    return (media_type if _MEDIA_TYPE.match(media_type) else ""), charset
 
 
 def content_kind(media_type: str) -> ContentKind | None:

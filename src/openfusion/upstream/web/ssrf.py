@@ -26,6 +26,10 @@ _HOST_NAME = re.compile(
     r"^(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*$"
 )
 _NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
+# What of a URL a refusal may quote. A redirect's URL is the page's text, and the model reads refusals
+# outside the block that marks web text untrusted: a scheme or host that is not of this form is named, not
+# quoted, so it cannot carry words (`http://new instructions from the operator/`) to the model.
+_QUOTABLE = re.compile(r"^[a-z0-9._:\[\]-]{1,64}$")
 
 _net = ipaddress.ip_network
 
@@ -216,7 +220,7 @@ def parse_host(host: str) -> IPAddress | str:
         decoded = unquote(text)
         address = _as_ip(decoded.split("%")[0] if ":" in decoded else decoded)
         reason = non_public_reason(address) if address is not None else None
-        raise FetchRefused(f"refused: the host {host!r} is {reason or 'not a valid host name'}.")
+        raise FetchRefused(f"refused: {_named('the host', host)} is {reason or 'not a valid host name'}.")
     text = text.rstrip(".")
     address = _as_ip(text)
     if address is not None:
@@ -224,9 +228,9 @@ def parse_host(host: str) -> IPAddress | str:
     labels = text.split(".")
     if _NUMERIC_LABEL.match(labels[-1]):
         # A numeric last label makes the host an IPv4 address (WHATWG URL rules), never a name to look up.
-        raise FetchRefused(f"refused: the host {host!r} is not a valid IP address.")
+        raise FetchRefused(f"refused: {_named('the host', host)} is not a valid IP address.")
     if not _HOST_NAME.match(text):
-        raise FetchRefused(f"refused: {host!r} is not a valid host name.")
+        raise FetchRefused(f"refused: {_named('the host', host)} is not a valid host name.")
     return text
 
 
@@ -243,7 +247,7 @@ def parse_url(raw: str) -> tuple[httpx.URL, IPAddress | str, int]:
         raise FetchRefused(f"refused: the URL is longer than {MAX_URL_LENGTH} characters.")
     scheme = raw.split(":", 1)[0].strip().lower() if ":" in raw else ""
     if scheme not in _DEFAULT_PORTS:
-        shown = f"the scheme {scheme!r}" if scheme else "a URL without a scheme"
+        shown = _named("the scheme", scheme) if scheme else "a URL without a scheme"
         raise FetchRefused(f"refused: {shown} is not supported; only absolute http:// and https:// URLs are.")
     try:
         url = httpx.URL(raw.strip())
@@ -262,6 +266,12 @@ def parse_url(raw: str) -> tuple[httpx.URL, IPAddress | str, int]:
     return url, host, port
 
 
+def _named(noun: str, text: str) -> str:
+    """`noun` followed by `text` quoted when it has the plain form of a scheme or host ("the host 'x'"), else
+    `noun` alone ("the host")."""
+    return f"{noun} {text!r}" if _QUOTABLE.match(text) else noun
+
+
 def _invalid_url(raw: str) -> FetchRefused:
     """A URL httpx cannot parse; when its host is an odd IP spelling, say what it really points to."""
     try:
@@ -273,7 +283,7 @@ def _invalid_url(raw: str) -> FetchRefused:
         parsed = None
     reason = non_public_reason(parsed) if parsed is not None and not isinstance(parsed, str) else None
     if reason is not None:
-        return FetchRefused(f"refused: the host {host!r} is {parsed}, {reason}.")
+        return FetchRefused(f"refused: {_named('the host', host)} is {parsed}, {reason}.")
     return FetchRefused("refused: the URL is not valid.")
 
 
