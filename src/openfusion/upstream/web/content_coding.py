@@ -8,6 +8,7 @@ ones it asks for) is undone; a stack of them, or one it never asked for, is refu
 
 from __future__ import annotations
 
+import re
 import zlib
 
 from openfusion.upstream.web.errors import FetchFailed
@@ -18,6 +19,7 @@ _GZIP = 16 + zlib.MAX_WBITS
 _ZLIB = zlib.MAX_WBITS
 _RAW_DEFLATE = -zlib.MAX_WBITS
 _WBITS = {"gzip": _GZIP, "x-gzip": _GZIP, "deflate": _ZLIB}
+_CODING = re.compile(r"^[a-z0-9._+-]{1,32}$")
 
 
 class BoundedDecoder:
@@ -28,8 +30,10 @@ class BoundedDecoder:
         codings = [c.strip().lower() for c in (content_encoding or "").split(",")]
         codings = [c for c in codings if c and c != "identity"]
         if len(codings) > 1 or (codings and codings[0] not in _WBITS):
-            shown = ", ".join(codings)
-            raise FetchFailed(f"the content encoding {shown!r} is not supported (only one of gzip or deflate).")
+            # Quoted only when it reads as codings: the header is the page's text, and this message is not
+            # inside the block that marks web text untrusted.
+            named = f" {', '.join(codings)!r}" if all(_CODING.match(c) for c in codings) else ""
+            raise FetchFailed(f"the content encoding{named} is not supported (only one of gzip or deflate).")
         self.coding = codings[0] if codings else None
         self._inflate = zlib.decompressobj(_WBITS[self.coding]) if self.coding else None
         self._started = False
