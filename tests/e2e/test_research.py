@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import uvloop
 from starlette.applications import Starlette
@@ -216,6 +217,52 @@ def test_excluded_domains_keep_a_site_out_of_research(upstream: FakeUpstream, st
 
     result = upstream.calls_for("a")[1].body["messages"][-1]["content"]
     assert "excluded from research" in result
+
+
+EXCLUDED_HITS: list[str] = []
+
+
+def _excluded_page(request: Request) -> Response:
+    EXCLUDED_HITS.append(f"{request.headers['host']}{request.url.path}")
+    return PlainTextResponse("Facts from an excluded site.")
+
+
+EXCLUDED_SITE = Starlette(
+    routes=[
+        Route("/page", _excluded_page),
+        Route("/hop", lambda r: RedirectResponse(f"http://localhost:{r.url.port}/page", 302)),
+    ]
+)
+
+
+def test_an_excluded_site_gets_no_request_by_a_redirect_or_another_spelling_of_its_host(
+    upstream: FakeUpstream, start_server: Any, site: str
+) -> None:
+    with serve_in_thread(EXCLUDED_SITE) as other:
+        port = httpx.URL(other).port
+        urls = {
+            "localhost": [f"http://127.0.0.1:{port}/hop"],  # redirected into the excluded host
+            "127.0.0.1": [f"http://2130706433:{port}/page", f"http://localhost:{port}/page"],  # its address
+        }
+        results: dict[str, list[str]] = {}
+        with start_server(**research_settings(site, search=False)) as url:
+            for excluded, fetched in urls.items():
+                upstream.reset()
+                upstream.script("judge", Script(content=json.dumps(_analysis())))
+                upstream.script(
+                    "a", Script(tool_calls=[call("web_fetch", url=u) for u in fetched]), Script(content="-")
+                )
+                tools = [{"type": "openrouter:web_fetch", "parameters": {"blocked_domains": [excluded]}}]
+                with openai.OpenAI(base_url=f"{url}/v1", api_key="sk-client", max_retries=0) as sdk:
+                    sdk.chat.completions.create(
+                        model="fusion/trio", messages=HI, extra_body={"plugins": [{"id": "fusion", "tools": tools}]}
+                    )
+                messages = upstream.calls_for("a")[1].body["messages"]
+                results[excluded] = [m["content"] for m in messages if m["role"] == "tool"]
+
+    excluded = "web_fetch error: that site is excluded from research for this request."
+    assert results == {"localhost": [excluded], "127.0.0.1": [excluded, excluded]}
+    assert EXCLUDED_HITS == []  # not even a request whose answer was then withheld
 
 
 def test_an_unknown_research_tool_is_a_400(server: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Collection
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 
@@ -13,6 +14,7 @@ import httpx
 from openfusion.upstream.web.config import FetchConfig
 from openfusion.upstream.web.content_coding import ACCEPT_ENCODING, BoundedDecoder
 from openfusion.upstream.web.errors import FetchFailed, FetchRefused
+from openfusion.upstream.web.exclusions import FetchExcluded, excludes
 from openfusion.upstream.web.extract import (
     ContentKind,
     Extracted,
@@ -83,12 +85,15 @@ class Fetcher:
         self.policy = AddressPolicy.from_config(config)
         self.extractor = extractor or ExtractionPool.from_config(config)
 
-    async def fetch(self, url: str) -> FetchedPage:
-        """Fetch `url` (following up to `max_redirects` checked redirects); raise FetchRefused or FetchFailed."""
+    async def fetch(self, url: str, *, excluded: Collection[str] = ()) -> FetchedPage:
+        """Fetch `url` (following up to `max_redirects` checked redirects); raise FetchRefused or FetchFailed.
+
+        `excluded`: domains (see exclusions.excludes) no hop may go to; such a hop is refused before its request.
+        """
         extracting: list[ContentKind] = []  # set while the text is extracted, for the timeout's message
         try:
             async with asyncio.timeout(self.config.timeout_s):
-                return await self._fetch(url, extracting)
+                return await self._fetch(url, extracting, excluded)
         except TimeoutError:
             if extracting:
                 raise FetchFailed(
@@ -99,7 +104,7 @@ class Fetcher:
             logger.info("web_fetch refused: %s", exc.message)
             raise
 
-    async def _fetch(self, url: str, extracting: list[ContentKind]) -> FetchedPage:
+    async def _fetch(self, url: str, extracting: list[ContentKind], excluded: Collection[str]) -> FetchedPage:
         current = url
         first: Target | None = None
         for hop in range(self.config.max_redirects + 1):
@@ -110,6 +115,8 @@ class Fetcher:
                     raise
                 inner = exc.message.removeprefix("refused: ")
                 raise FetchRefused(f"refused: a redirect went off limits: {inner}") from None
+            if excludes(target, excluded):
+                raise FetchExcluded
             first = first or target
             response = await self._open(target)
             try:

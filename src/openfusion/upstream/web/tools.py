@@ -15,6 +15,7 @@ from openfusion.masking import SecretMasker
 from openfusion.upstream.trace import current_observer
 from openfusion.upstream.web.config import ResearchConfig
 from openfusion.upstream.web.errors import FetchError, SearchError
+from openfusion.upstream.web.exclusions import EXCLUDED, is_blocked
 from openfusion.upstream.web.extract_pool import ExtractionPool
 from openfusion.upstream.web.fetch import FetchedPage, Fetcher
 from openfusion.upstream.web.search import SearchBackend, SearchResult, build_search_backend
@@ -271,34 +272,15 @@ class WebResearch:
             return ToolOutcome(f"web_fetch error: {args}", is_error=True, kind="fetch")
         if self.fetcher is None:
             return ToolOutcome("web_fetch is not available on this server.", is_error=True, kind="fetch")
-        blocked = "web_fetch error: that site is excluded from research for this request."
-        if is_blocked(args.url.strip(), blocked_domains):
-            return ToolOutcome(blocked, is_error=True, kind="fetch")
+        if is_blocked(args.url.strip(), blocked_domains):  # before even a DNS lookup
+            return ToolOutcome(f"web_fetch error: {EXCLUDED}", is_error=True, kind="fetch")
         try:
-            page = await self.fetcher.fetch(args.url.strip())
+            # Every hop, redirects too, is checked against the exclusions before it is requested.
+            page = await self.fetcher.fetch(args.url.strip(), excluded=blocked_domains)
         except FetchError as exc:
             return ToolOutcome(f"web_fetch error: {exc.message}", is_error=True, kind="fetch")
-        if is_blocked(page.final_url, blocked_domains):  # redirected into an excluded site
-            return ToolOutcome(blocked, is_error=True, kind="fetch")
         source = Source(url=page.final_url, title=page.title or page.final_url)
         return ToolOutcome(render_page(page), sources=[source], kind="fetch")
-
-
-def is_blocked(url: str, domains: Collection[str]) -> bool:
-    """Whether a URL is on one of `domains` (or a subdomain); an entry may carry a path prefix (`host/path`)."""
-    if not domains:
-        return False
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
-        return False  # not a URL fetch would accept either
-    host, path = parsed.host.lower().rstrip("."), parsed.path.lower()
-    for entry in domains:
-        domain, _, prefix = entry.lower().strip().partition("/")
-        domain = domain.strip(".")
-        if (host == domain or host.endswith("." + domain)) and path.startswith("/" + prefix):
-            return True
-    return False
 
 
 def render_search(query: str, results: list[SearchResult]) -> str:
