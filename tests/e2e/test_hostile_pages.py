@@ -8,9 +8,13 @@ next prompt at the fake upstream.
 
 from __future__ import annotations
 
+import asyncio
 import re
+import threading
+import time
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -77,8 +81,29 @@ def _hit(request: Request) -> Response:
     return Response(status_code=302, headers={"Location": f"http://{_ORDERS}/"})  # sent as written
 
 
+# Pages that hold their connection until the test lets them go: a fetch client's pool taken up by one request.
+_HELD = threading.Event()
+_HOLDING: list[str] = []  # the held pages requested before they were let go
+_FAST_WHILE_HELD: list[bool] = []
+
+
+async def _held(request: Request) -> Response:
+    if not _HELD.is_set():
+        _HOLDING.append(request.url.path)
+    while not _HELD.is_set():  # noqa: ASYNC110 - let go from the test's thread, not this event loop
+        await asyncio.sleep(0.05)
+    return Response(b"Slow facts.", media_type="text/plain")
+
+
+def _fast(_: Any) -> Response:
+    _FAST_WHILE_HELD.append(not _HELD.is_set())
+    return Response(b"Fast facts.", media_type="text/plain")
+
+
 _SITE = Starlette(
     routes=[
+        Route("/held/{n}", _held),
+        Route("/fast", _fast),
         Route("/bomb", _bomb),
         Route("/punycode.txt", _punycode),
         *(Route(path, _hit) for path in ("/typed-text", "/typed-other", "/encoded-words", "/redirect-to-words")),
@@ -186,3 +211,54 @@ def test_what_a_page_sends_besides_its_text_reaches_the_model_only_inside_the_un
         assert result.startswith("web_fetch result (text/plain, 12 characters):") and "Plain facts." in result
     assert results[2] == "web_fetch error: the content encoding is not supported (only one of gzip or deflate)."
     assert results[3] == "web_fetch error: refused: a redirect went off limits: the host is not a valid host name."
+
+
+_HOGS = [f"h{n}" for n in range(8)]
+_HOG_PRESET = f"""
+analysis_models = {[f"fake/{h}" for h in _HOGS]!r}
+model = "fake/judge"
+synthesis_model = "fake/synth"
+max_tool_calls = 16
+""".replace("'", '"')
+
+
+def test_one_request_fetching_pages_that_hold_cannot_keep_another_requests_fetches_waiting(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path, site: str
+) -> None:
+    _, upstream_url = fake_upstream
+    (presets_dir / "hog.toml").write_text(_HOG_PRESET)
+    # Eight panelists asking for 16 pages each: 128 fetches, twice the connections of the worker's fetch client.
+    for number, hog in enumerate(_HOGS):
+        held = [f"{site}/held/{number}-{page}" for page in range(16)]
+        calls = [{"function": {"name": "web_fetch", "arguments": orjson.dumps({"url": u}).decode()}} for u in held]
+        upstream.script(hog, Script(tool_calls=calls), Script(content="Slowly read."))
+    upstream.script("a", _fetch_call(f"{site}/fast"), Script(content="Quickly read."))
+    _HELD.clear()
+    _HOLDING.clear()
+    _FAST_WHILE_HELD.clear()
+
+    with serve(_config(upstream_url, "timeout_s = 30"), presets_dir, tmp_path) as served:
+        sdk = openai.OpenAI(base_url=f"{served.url}/v1", api_key="sk-client-key", max_retries=0, timeout=120)
+        with sdk, ThreadPoolExecutor(1) as pool:
+            messages: Any = [{"role": "user", "content": "Read them all."}]
+            hog = pool.submit(sdk.chat.completions.create, model="fusion/hog", messages=messages)
+            deadline = time.monotonic() + 60  # only so that a broken server fails the test instead of hanging it
+            while len(_HOLDING) < 16 and not hog.done() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            try:
+                # The hog's pages are all held: another request's fetch must still get through.
+                other = _ask(served)
+                held = len(_HOLDING)
+            finally:
+                _HELD.set()
+            hogged = hog.result()
+
+    assert hogged.choices[0].message.content and other.choices[0].message.content
+    assert held == 16, f"one request had {held} fetches under way at once"
+    result = _tool_result(upstream)
+    assert result.startswith("web_fetch result (text/plain, 11 characters):") and "Fast facts." in result, result
+    assert _FAST_WHILE_HELD == [True]  # read while the first request's fetches still held their connections
+    hog_results = [
+        m["content"] for h in _HOGS for m in upstream.calls_for(h)[1].body["messages"] if m["role"] == "tool"
+    ]
+    assert len(hog_results) == 128 and all("Slow facts." in r for r in hog_results)  # let go, they all read

@@ -45,12 +45,18 @@ class ResearchLog:
 
 @dataclass(frozen=True)
 class ResearchPlan:
-    """What research a model may do: the tools, the call budget, the domains to keep out of it."""
+    """What research a model may do: the tools, the call budget, the domains to keep out of it.
+
+    `fetch_slots` is the request's share of the worker's fetch client (WebResearch.fetch_slots): one plan
+    serves a run's panel and judge, so together they hold no more connections than that, and pages that
+    trickle until their time-out cannot keep other requests' research waiting.
+    """
 
     research: WebResearch | None = None
     tools: frozenset[str] = frozenset()
     budget: int = 4
     blocked_domains: frozenset[str] = frozenset()
+    fetch_slots: asyncio.Semaphore | None = None
 
     def offered(self) -> list[dict[str, Any]]:
         """The tool definitions a model is offered (none without research or tools)."""
@@ -99,7 +105,7 @@ async def answer_with_research(
             history = list(messages)
         history.append({"role": "assistant", "content": completion.message.get("content"), "tool_calls": tool_calls})
         allowed, refused = tool_calls[:remaining], tool_calls[remaining:]
-        outcomes = await asyncio.gather(*(_execute(research, c, plan.blocked_domains) for c in allowed))
+        outcomes = await asyncio.gather(*(_execute(research, c, plan) for c in allowed))
         remaining -= len(allowed)
         for tool_call, outcome in zip(allowed, outcomes, strict=True):
             log.record(outcome)
@@ -116,12 +122,14 @@ async def answer_with_research(
             history.append({"role": "user", "content": prompt("research_budget_spent")})
 
 
-async def _execute(research: WebResearch, tool_call: dict[str, Any], blocked: frozenset[str]) -> ToolOutcome:
+async def _execute(research: WebResearch, tool_call: dict[str, Any], plan: ResearchPlan) -> ToolOutcome:
     """Run one tool call; a bug in a tool becomes a tool error for the model, not a failed panelist."""
     function = tool_call.get("function") or {}
     name, arguments = str(function.get("name", "")), function.get("arguments")
     try:
-        return await research.execute(name, arguments, blocked_domains=blocked)
+        return await research.execute(
+            name, arguments, blocked_domains=plan.blocked_domains, fetch_slots=plan.fetch_slots
+        )
     except Exception:
         log.exception("research tool %s failed unexpectedly", name)
         return ToolOutcome(f"{name} error: the tool failed on this server.", is_error=True)

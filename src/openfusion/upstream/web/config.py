@@ -79,6 +79,9 @@ class FetchConfig(BaseModel):
     max_pdf_pages: int = Field(default=50, ge=1, le=10_000)
     # Extraction worker processes (started on the first extraction); more extractions wait for one.
     extract_workers: int = Field(default=2, ge=1, le=32)
+    # Fetches one request (one fusion run: its panel and judge together) may have under way at once; more wait
+    # for a turn, within their timeout_s. The worker's fetch client has 64 connections for every request.
+    max_fetches_per_request: int = Field(default=16, ge=1, le=64)
 
     @field_validator("allow_private", mode="before")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Collection
@@ -85,16 +86,27 @@ class Fetcher:
         self.policy = AddressPolicy.from_config(config)
         self.extractor = extractor or ExtractionPool.from_config(config)
 
-    async def fetch(self, url: str, *, excluded: Collection[str] = ()) -> FetchedPage:
+    async def fetch(
+        self, url: str, *, excluded: Collection[str] = (), slots: asyncio.Semaphore | None = None
+    ) -> FetchedPage:
         """Fetch `url` (following up to `max_redirects` checked redirects); raise FetchRefused or FetchFailed.
 
         `excluded`: domains (see exclusions.excludes) no hop may go to; such a hop is refused before its request.
+        `slots`: the fetches its request may have under way at once (see WebResearch.fetch_slots); the wait for
+        one counts against `timeout_s`, so a request's fetches never hold more of the shared client than that.
         """
         extracting: list[ContentKind] = []  # set while the text is extracted, for the timeout's message
+        started = False
         try:
-            async with asyncio.timeout(self.config.timeout_s):
+            async with asyncio.timeout(self.config.timeout_s), slots or contextlib.nullcontext():
+                started = True
                 return await self._fetch(url, extracting, excluded)
         except TimeoutError:
+            if not started:
+                raise FetchFailed(
+                    f"the fetch timed out after {self.config.timeout_s:g} s waiting for a turn: this request had "
+                    f"{self.config.max_fetches_per_request} other fetches under way."
+                ) from None
             if extracting:
                 raise FetchFailed(
                     f"the fetch timed out after {self.config.timeout_s:g} s: text extraction was cut off."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -226,28 +227,48 @@ class WebResearch:
         names += [WEB_FETCH] if self.fetcher is not None else []
         return [self._definitions[name] for name in names if enabled is None or name in enabled]
 
-    async def execute(self, name: str, arguments: str | None, *, blocked_domains: Collection[str] = ()) -> ToolOutcome:
+    def fetch_slots(self) -> asyncio.Semaphore | None:
+        """A new request's share of the fetch client: `max_fetches_per_request` fetches at once (None: no fetch)."""
+        if self.fetcher is None:
+            return None
+        return asyncio.Semaphore(self.fetcher.config.max_fetches_per_request)
+
+    async def execute(
+        self,
+        name: str,
+        arguments: str | None,
+        *,
+        blocked_domains: Collection[str] = (),
+        fetch_slots: asyncio.Semaphore | None = None,
+    ) -> ToolOutcome:
         """Run one tool call; bad arguments and failed searches or fetches come back as an error result.
 
         `blocked_domains` (and their subdomains) are dropped from search results and refused by fetch.
+        `fetch_slots`: the request's share of the fetch client (see fetch_slots), shared by all its tool calls.
         """
         observer = current_observer()
         if observer is None:
-            return await self._execute(name, arguments, blocked_domains)
+            return await self._execute(name, arguments, blocked_domains, fetch_slots)
         handle = observer.tool_started(name, arguments)
         try:
-            outcome = await self._execute(name, arguments, blocked_domains)
+            outcome = await self._execute(name, arguments, blocked_domains, fetch_slots)
         except BaseException as exc:
             observer.tool_ended(handle, error=type(exc).__name__, sources=0)
             raise
         observer.tool_ended(handle, error=outcome.content if outcome.is_error else None, sources=len(outcome.sources))
         return outcome
 
-    async def _execute(self, name: str, arguments: str | None, blocked_domains: Collection[str]) -> ToolOutcome:
+    async def _execute(
+        self,
+        name: str,
+        arguments: str | None,
+        blocked_domains: Collection[str],
+        fetch_slots: asyncio.Semaphore | None,
+    ) -> ToolOutcome:
         if name == WEB_SEARCH:
             return await self._search(arguments, blocked_domains)
         if name == WEB_FETCH:
-            return await self._fetch(arguments, blocked_domains)
+            return await self._fetch(arguments, blocked_domains, fetch_slots)
         return ToolOutcome(f"Error: there is no tool named {name!r}; use web_search or web_fetch.", is_error=True)
 
     async def _search(self, arguments: str | None, blocked_domains: Collection[str]) -> ToolOutcome:
@@ -266,7 +287,9 @@ class WebResearch:
         sources = [Source(url=result.url, title=result.title) for result in results]
         return ToolOutcome(render_search(args.query.strip(), results), sources=sources, kind="search")
 
-    async def _fetch(self, arguments: str | None, blocked_domains: Collection[str]) -> ToolOutcome:
+    async def _fetch(
+        self, arguments: str | None, blocked_domains: Collection[str], slots: asyncio.Semaphore | None
+    ) -> ToolOutcome:
         args = _parse(_FetchArgs, arguments)
         if isinstance(args, str):
             return ToolOutcome(f"web_fetch error: {args}", is_error=True, kind="fetch")
@@ -276,7 +299,7 @@ class WebResearch:
             return ToolOutcome(f"web_fetch error: {EXCLUDED}", is_error=True, kind="fetch")
         try:
             # Every hop, redirects too, is checked against the exclusions before it is requested.
-            page = await self.fetcher.fetch(args.url.strip(), excluded=blocked_domains)
+            page = await self.fetcher.fetch(args.url.strip(), excluded=blocked_domains, slots=slots)
         except FetchError as exc:
             return ToolOutcome(f"web_fetch error: {exc.message}", is_error=True, kind="fetch")
         source = Source(url=page.final_url, title=page.title or page.final_url)
