@@ -146,6 +146,14 @@ class CrossSiteRequest(OpenFusionError):
     code = "cross_site_request"
 
 
+class GatewayFetch(OpenFusionError):
+    """A request made by a gateway's own `web_fetch` (its `Via` mark): a gateway's pages are never research."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "gateway_fetch"
+
+
 class RequestTimeout(OpenFusionError):
     """The client took too long to send a request's headers or body."""
 

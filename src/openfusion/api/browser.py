@@ -7,6 +7,7 @@ be `application/json` (no simple request can send that type), and a request the 
 coming from another site (`Sec-Fetch-Site`, else an `Origin` other than this server) is refused on
 every route but the `/activity` pages, unless `[cors]` allows its origin. Every response says
 `Cache-Control: no-store` (answers and activity are private) and may not be framed by another page.
+The guard also refuses, first of all, a request made by a gateway's own `web_fetch` (see gateway_fetch).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openfusion.access.config import CorsConfig
+from openfusion.api.gateway_fetch import gateway_fetch
 from openfusion.api.handlers import error_response, route_path
 from openfusion.errors import CrossSiteRequest, OpenFusionError, UnsupportedMediaType
 
@@ -40,7 +42,8 @@ def private_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes,
 
 
 class BrowserGuard:
-    """Refuses non-JSON or compressed bodies (415) and cross-site API requests (403); marks every response private."""
+    """Refuses non-JSON or compressed bodies (415), cross-site API requests and a gateway's fetches (403); marks every
+    response private."""
 
     def __init__(self, app: ASGIApp, *, cors: CorsConfig) -> None:
         self.app = app
@@ -64,7 +67,10 @@ class BrowserGuard:
         await self.app(scope, receive, private)
 
     def refusal(self, scope: Scope) -> OpenFusionError | None:
-        """Why an HTTP request is refused (a cross-site call, a body that is not JSON), or None."""
+        """Why an HTTP request is refused (a gateway's fetch, a cross-site call, a body that is not JSON), or None."""
+        fetched = gateway_fetch(scope)
+        if fetched is not None:
+            return fetched
         headers = _read_headers(scope)
         if not is_activity_page(route_path(scope)) and self._from_another_site(headers):
             return CrossSiteRequest(

@@ -31,6 +31,9 @@ from openfusion.upstream.web.ssrf import AddressPolicy, IPAddress, Resolver, Tar
 logger = logging.getLogger(__name__)
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# Every fetch says it comes from a gateway's fetcher, and every openfusion server refuses a request that says so
+# (api/gateway_fetch.py): an allow-list that covers a gateway's own address cannot make it read its own pages.
+FETCHER_VIA = "1.1 openfusion-fetch"
 _ACCEPT = "text/html,application/xhtml+xml,text/plain;q=0.9,application/json;q=0.9,application/pdf;q=0.8,*/*;q=0.1"
 # Cheap to read in a thread; HTML and PDF go to the extraction workers (their parsers can be made to run for minutes).
 _INLINE_KINDS = frozenset({"text", "json"})
@@ -172,6 +175,7 @@ class Fetcher:
             "Accept": _ACCEPT,
             "Accept-Encoding": ACCEPT_ENCODING,
             "Connection": "close",
+            "Via": FETCHER_VIA,
         }
         extensions: dict[str, object] = {"timeout": httpx.Timeout(self.config.timeout_s).as_dict()}
         if target.url.scheme == "https" and not target.ip_literal:
