@@ -1,0 +1,56 @@
+"""Excluded research domains compared with hosts as the fetcher connects to them."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+
+import httpx
+import pytest
+
+from openfusion.upstream.web.exclusions import excludes, is_blocked
+from openfusion.upstream.web.ssrf import AddressPolicy, Target, resolve_target
+
+
+def _target(url: str, *addresses: str) -> Target:
+    """The target as the fetcher checks it (resolve_target), `addresses` what its host name resolves to."""
+
+    async def resolver(host: str, port: int) -> list[str]:
+        return list(addresses)
+
+    anywhere = AddressPolicy(allow_private=(ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")))
+    return asyncio.run(resolve_target(url, policy=anywhere, resolver=resolver))
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://2130706433/", "http://0x7f.1/", "http://127.0.0.1./", "http://017700000001/", "http://[::ffff:7f00:1]/"],
+)
+def test_every_spelling_of_an_excluded_address_is_excluded(url: str) -> None:
+    assert excludes(_target(url), ["127.0.0.1"])
+    assert is_blocked(url, ["127.0.0.1"])
+
+
+def test_an_address_entry_excludes_the_names_that_resolve_to_it_and_a_name_entry_only_its_names() -> None:
+    assert excludes(_target("http://intranet.example/page", "10.0.0.7"), ["10.0.0.7"])
+    assert not excludes(_target("http://intranet.example/page", "10.0.0.8"), ["10.0.0.7"])
+    assert not excludes(_target("http://10.0.0.7/page"), ["intranet.example"])
+
+
+@pytest.mark.parametrize(
+    ("entry", "url", "excluded"),
+    [
+        ("Example.COM.", "http://EXAMPLE.com./a", True),
+        ("example.com", "http://docs.example.com/a", True),
+        ("example.com", "http://notexample.com/a", False),
+        ("example.com/private", "http://example.com/Private/x", True),
+        ("example.com/private", "http://example.com/public", False),
+        ("bücher.example", "http://xn--bcher-kva.example/", True),
+        ("0.1", "http://10.0.0.1/", False),  # an address entry is not a suffix of another address
+    ],
+)
+def test_hosts_are_compared_in_one_form(entry: str, url: str, excluded: bool) -> None:
+    host = httpx.URL(url).host
+    addresses = () if host[0].isdigit() else ("93.184.216.34",)
+    assert excludes(_target(url, *addresses), [entry]) is excluded
+    assert is_blocked(url, [entry]) is excluded
