@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request
@@ -24,9 +25,9 @@ from openfusion.access.scope import check_scope, requested_models
 from openfusion.access.spend import Reservation, SpendSource
 from openfusion.api.browser import BrowserGuard, is_activity_page
 from openfusion.api.handlers import error_response, route_path
-from openfusion.errors import CostLimitExceeded, OpenFusionError
+from openfusion.errors import CostLimitExceeded, InvalidRequest, OpenFusionError
 from openfusion.pipeline.budget import WorstCase
-from openfusion.pipeline.plan import FusionAsk, FusionPlan
+from openfusion.pipeline.plan import FusionAsk, FusionPlan, fusion_plugin_index
 from openfusion.pipeline.reach import Reach
 from openfusion.protocol import ChatRequest
 
@@ -113,6 +114,8 @@ async def admit(
     """
     grant = _required_grant(request, "admit")
     check_scope(grant.client, requested_models(reach))
+    if plan is None:  # a fusion run sends providers bodies of its own, without the client's OpenRouter fields
+        check_provider_choices(request, chat, chat.model_extra or {})
     check_guards(grant.access.guards, chat=chat, plan=plan, reach=reach)
     if grant.client.limits.daily_spend_usd is not None:  # keys without a cap never pay for an estimate
 
@@ -151,6 +154,77 @@ def check_tools_billed_apart(request: Request, chat: ChatRequest, billed: Sequen
         f"{who} has a daily spend cap, but the worst-case cost of this request cannot be bounded: the provider runs "
         f"the {kind!r} tool ({param}) itself and bills each use apart from tokens, at a price nothing here knows. "
         "Leave the tool out, or use a key without a spend cap.",
+        param=param,
+        code="cost_unbounded",
+    )
+
+
+# Plugins OpenRouter runs that call no model but the one requested (the key's scope covers it). Any other plugin (an
+# auto router's `allowed_models`, one added tomorrow) may choose models: a scoped key may not send it.
+_PLUGINS_WITHIN_SCOPE = frozenset({"web", "file-parser", "response-healing"})
+
+
+def check_provider_choices(request: Request, chat: ChatRequest, sent: Mapping[str, Any]) -> None:
+    """Refuse what a pass-through would let the provider choose past a key's scope or spend cap: an OpenRouter
+    `preset` (the operator's, naming any model and settings), a fusion plugin spelt other than `"fusion"`
+    (OpenRouter may read it as its own and run a panel of the models it names), and plugins the provider runs.
+
+    `sent` holds the top-level fields the provider gets as sent (the chat body's extra fields, or a native
+    surface's whole body). Refused rather than stripped: the client asked for them, and an answer made without
+    them would not be the one it asked for. A key with every model in scope and no enforced cap is left alone:
+    for it a pass-through stays a pass-through (its fields already reach only what the operator allows it).
+    Raises ModelNotAllowed (403), InvalidRequest (400) or CostLimitExceeded (402 `cost_unbounded`).
+    """
+    client = _required_grant(request, "check_provider_choices").client
+    scoped = "*" not in client.models
+    capped = client.limits.daily_spend_usd is not None and spend_source(request.app) is not None
+    if not (scoped or capped):
+        return
+    if not all(client.allows(model) for model in chat.candidate_models()):
+        return  # the scope's 403 comes first, and says nothing of how a model outside it is served
+    who = f"API key {client.name!r}" if client.name is not None else "This server"
+    own = fusion_plugin_index(chat)
+    for index, plugin in enumerate(chat.plugins or []):
+        kind = plugin.get("id") if isinstance(plugin, dict) else None
+        if index == own:
+            continue  # openfusion's own, read and checked against the scope, never forwarded
+        if isinstance(kind, str) and _reads_as_fusion(kind):
+            param = f"plugins[{index}].id"
+            raise InvalidRequest(
+                f"Invalid value for '{param}': the fusion plugin is spelt \"fusion\"; a provider may read "
+                f"{kind!r} as its own fusion and call models the key's scope and spend cap never checked.",
+                param=param,
+            )
+        if plugin.get("enabled") is False:
+            continue  # turned off: the provider runs nothing of it
+        if scoped and kind not in _PLUGINS_WITHIN_SCOPE:
+            raise ModelNotAllowed(
+                f"This API key ({client.name}) may not send the {kind!r} plugin (plugins[{index}]): the provider "
+                "runs it, and it may call models outside the key's scope.",
+                param=f"plugins[{index}]",
+            )
+        if capped:
+            raise _unbounded(who, f"plugins[{index}]", f"runs the {kind!r} plugin itself and may bill it")
+    preset = sent.get("preset")
+    if preset is not None:
+        if scoped:
+            raise ModelNotAllowed(
+                f"This API key ({client.name}) may not use a provider's preset ('preset'): it chooses its own "
+                "models, which the key's scope cannot check.",
+                param="preset",
+            )
+        raise _unbounded(who, "preset", "applies its own preset, which chooses models and settings unpriced here")
+
+
+def _reads_as_fusion(kind: str) -> bool:
+    """Whether a plugin id another reader may take for fusion's (`"Fusion"`, `" fusion "`, `"openrouter:fusion"`)."""
+    return "fusion" in kind.lower()
+
+
+def _unbounded(who: str, param: str, what: str) -> CostLimitExceeded:
+    return CostLimitExceeded(
+        f"{who} has a daily spend cap, but the worst-case cost of this request cannot be bounded: the provider "
+        f"{what} ({param}), apart from the tokens priced here. Leave it out, or use a key without a spend cap.",
         param=param,
         code="cost_unbounded",
     )

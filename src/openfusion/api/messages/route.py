@@ -11,7 +11,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from openfusion.api.access import check_request_scope, check_tools_billed_apart
+from openfusion.api.access import check_provider_choices, check_request_scope, check_tools_billed_apart
 from openfusion.api.body import load_json_object, read_body
 from openfusion.api.deps import AppState
 from openfusion.api.disconnect import cancel_on_disconnect
@@ -44,7 +44,9 @@ async def create_message(request: Request) -> Response:
     try:
         data = load_json_object(raw)
         translated = _translated(state, parse_request(data), data)
-        check_tools_billed_apart(request, translated.chat, _sent_tools_billed_apart(state, translated))
+        if _sent_as_is(state, translated):  # the provider gets the body as sent: what it may choose is judged here
+            check_provider_choices(request, translated.chat, translated.raw)
+            check_tools_billed_apart(request, translated.chat, tools_billed_apart(translated.raw))
     except OpenFusionError as exc:
         record_unparsed_refusal(request, raw, exc, api_type="messages")
         raise
@@ -102,18 +104,15 @@ def _translated(state: AppState, request: MessagesRequest, raw: dict[str, Any]) 
         return translated
 
 
-def _sent_tools_billed_apart(state: AppState, translated: Translated) -> list[tuple[str, str]]:
-    """The tools billed per use that the provider gets: on a pass-through to a provider that speaks Messages, which
-    takes the body as sent (fusion and chat providers never get them)."""
-    billed = tools_billed_apart(translated.raw)
-    if not billed:
-        return []
+def _sent_as_is(state: AppState, translated: Translated) -> bool:
+    """Whether the request is a pass-through to a provider that speaks Messages, which takes the body as
+    sent (fusion and chat providers never get the client's own fields, its hosted tools among them)."""
     try:
-        native = read_fusion(translated.chat, default_preset=state.settings.default_preset) is None
-        native = native and speaks_messages(state, translated.chat)
+        return read_fusion(translated.chat, default_preset=state.settings.default_preset) is None and speaks_messages(
+            state, translated.chat
+        )
     except OpenFusionError:  # refused on its own account further on
-        return []
-    return billed if native else []
+        return False
 
 
 router = APIRouter()

@@ -11,7 +11,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from openfusion.api.access import check_tools_billed_apart, client_key_name
+from openfusion.api.access import check_provider_choices, check_tools_billed_apart, client_key_name
 from openfusion.api.body import load_json_object, read_body
 from openfusion.api.deps import AppState
 from openfusion.api.disconnect import cancel_on_disconnect
@@ -48,7 +48,9 @@ async def create_response(request: Request) -> Response:
                 raise not_stored(parsed.previous_response_id)
             history = await state.responses.history(parsed.previous_response_id, owner=owner)
         translated = translate(parsed, history, raw=data)
-        check_tools_billed_apart(request, translated.chat, _sent_tools_billed_apart(state, translated))
+        if _sent_as_is(state, translated):  # the provider gets the body as sent: what it may choose is judged here
+            check_provider_choices(request, translated.chat, translated.raw)
+            check_tools_billed_apart(request, translated.chat, tools_billed_apart(translated.raw))
     except OpenFusionError as exc:
         record_unparsed_refusal(request, raw, exc, api_type="responses")
         raise
@@ -76,18 +78,15 @@ async def retrieve_response(request: Request) -> Response:
     return Response(orjson.dumps(stored.response), media_type="application/json")
 
 
-def _sent_tools_billed_apart(state: AppState, translated: Translated) -> list[tuple[str, str]]:
-    """The hosted tools billed per use that the provider gets: on a pass-through to a provider that speaks the
-    Responses API, which takes the body as sent (fusion and chat providers never get them)."""
-    billed = tools_billed_apart(translated.raw)
-    if not billed:
-        return []
+def _sent_as_is(state: AppState, translated: Translated) -> bool:
+    """Whether the request is a pass-through to a provider that speaks the Responses API, which takes the body as
+    sent (fusion and chat providers never get the client's own fields, its hosted tools among them)."""
     try:
-        native = read_fusion(translated.chat, default_preset=state.settings.default_preset) is None
-        native = native and provider_speaks_responses(state, translated.chat)
+        return read_fusion(
+            translated.chat, default_preset=state.settings.default_preset
+        ) is None and provider_speaks_responses(state, translated.chat)
     except OpenFusionError:  # refused on its own account further on
-        return []
-    return billed if native else []
+        return False
 
 
 router = APIRouter()

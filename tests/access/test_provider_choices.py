@@ -1,0 +1,136 @@
+"""What a pass-through would let the provider choose, under a scoped or capped key: refused before anything is sent.
+
+A pass-through forwards the client's fields as sent. OpenRouter reads some of them as choices of its own: a `preset`
+(the operator's account's, naming any model), a plugin (an auto router picks models; `web` is billed per result), and
+a fusion plugin spelt other than `"fusion"` (openfusion's reading) that OpenRouter may take for its own and run a
+panel of the models it names. A key's scope and spend cap must hold for what the provider runs; a key with every
+model in scope and no cap still gets them forwarded as sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+from fastapi import FastAPI
+
+from access.conftest import fake_prices
+from fakes.upstream import FakeUpstream, Script
+from openfusion.settings import ProviderConfig
+
+Serve = Callable[..., AbstractContextManager[tuple[str, FastAPI]]]
+SCOPED, CAPPED, FREE = "sk-outer-only-0123456789", "sk-capped-team-0123456789", "sk-everything-0123456789"
+ENVIRON = {"SCOPED_KEY": SCOPED, "CAPPED_KEY": CAPPED, "FREE_KEY": FREE}
+KEYS = {
+    "keys": [
+        {"name": "outer-only", "key_env": "SCOPED_KEY", "models": ["fake/outer", "native/gpt"]},
+        {"name": "capped", "key_env": "CAPPED_KEY", "daily_spend_usd": 5.0},
+        {"name": "everything", "key_env": "FREE_KEY"},
+    ]
+}
+HI: Any = [{"role": "user", "content": "Hi"}]
+OUTER_FUSION = {"id": "Fusion", "analysis_models": ["fake/secret-a", "fake/secret-b"], "model": "fake/secret-judge"}
+
+
+@pytest.fixture
+def gateway(
+    upstream: FakeUpstream,
+    serve: Serve,
+    core_settings: dict[str, Any],
+    fake_upstream: tuple[FakeUpstream, str],
+    tmp_path: Path,
+) -> Iterator[str]:
+    """The fake upstream as a chat provider (`fake/*`) and as a Responses-native one (`native/*`); a key scoped to
+    two plain models, a capped key, and a key with neither."""
+    upstream.script("outer", Script(content="Hello."))
+    native = ProviderConfig(name="native", base_url=f"{fake_upstream[1]}/v1", api_key_env="FAKE_KEY",
+                            models=["native/*"], strip_prefix=True, responses=True)  # fmt: skip
+    pricing = fake_prices()
+    pricing["models"]["native/gpt"] = pricing["models"]["fake/outer"]
+    with serve(
+        KEYS,
+        environ=ENVIRON,
+        providers=[*core_settings["providers"], native],
+        activity={"path": tmp_path / "activity.sqlite3"},
+        pricing=pricing,
+    ) as (url, _):
+        yield url
+
+
+def _chat(url: str, key: str, **extra: Any) -> Any:
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+    return client.chat.completions.create(model="fake/outer", messages=HI, max_tokens=100, extra_body=extra)
+
+
+def _native(url: str, key: str, **extra: Any) -> Any:
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+    return client.responses.create(model="native/gpt", input="Hi", max_output_tokens=100, extra_body=extra)
+
+
+@pytest.mark.parametrize("send", [_chat, _native], ids=["chat", "native-responses"])
+def test_a_scoped_key_may_not_send_the_providers_preset(gateway: str, upstream: FakeUpstream, send: Any) -> None:
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        send(gateway, SCOPED, preset="operators-anything")
+    assert refused.value.code == "model_not_allowed" and refused.value.param == "preset"
+    assert upstream.calls == []  # nothing reached the provider, the preset least of all
+
+
+@pytest.mark.parametrize("send", [_chat, _native], ids=["chat", "native-responses"])
+def test_a_fusion_plugin_spelt_otherwise_is_refused_under_a_scope(
+    gateway: str, upstream: FakeUpstream, send: Any
+) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        send(gateway, SCOPED, plugins=[{"id": "fusion", "enabled": False}, OUTER_FUSION])
+    assert refused.value.param == "plugins[1].id"
+    assert 'spelt "fusion"' in refused.value.message
+    assert upstream.calls == []
+
+
+def test_a_fusion_plugin_spelt_otherwise_is_refused_in_anthropics_dialect(gateway: str, upstream: FakeUpstream) -> None:
+    client = anthropic.Anthropic(base_url=gateway, api_key=SCOPED, max_retries=0)
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client.messages.create(model="fake/outer", max_tokens=100, messages=HI, extra_body={"plugins": [OUTER_FUSION]})
+    assert "plugins.0.id: the fusion plugin is spelt" in refused.value.message
+    assert upstream.calls == []
+
+
+def test_a_scoped_key_may_not_send_a_plugin_that_may_choose_models(gateway: str, upstream: FakeUpstream) -> None:
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        _chat(gateway, SCOPED, plugins=[{"id": "auto-router", "allowed_models": ["fake/secret-*"]}])
+    assert refused.value.code == "model_not_allowed" and refused.value.param == "plugins[0]"
+    assert upstream.calls == []
+
+
+def test_a_scoped_key_keeps_the_plugins_that_call_no_other_model(gateway: str, upstream: FakeUpstream) -> None:
+    assert _chat(gateway, SCOPED, plugins=[{"id": "web", "max_results": 3}]).choices[0].message.content == "Hello."
+    assert upstream.calls[0].body["plugins"] == [{"id": "web", "max_results": 3}]  # forwarded as sent
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [({"plugins": [{"id": "web"}]}, "plugins[0]"), ({"preset": "operators-anything"}, "preset")],
+    ids=["web-plugin", "preset"],
+)
+@pytest.mark.parametrize("send", [_chat, _native], ids=["chat", "native-responses"])
+def test_a_capped_key_may_not_send_what_the_provider_prices(
+    gateway: str, upstream: FakeUpstream, send: Any, extra: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(openai.APIStatusError) as refused:
+        send(gateway, CAPPED, **extra)
+    assert refused.value.status_code == 402
+    assert refused.value.code == "cost_unbounded" and refused.value.param == param
+    assert upstream.calls == []
+
+
+def test_a_key_without_scope_or_cap_still_gets_them_forwarded(gateway: str, upstream: FakeUpstream) -> None:
+    plugins = [{"id": "web"}, OUTER_FUSION]
+    assert _chat(gateway, FREE, preset="mine", plugins=plugins).choices[0].message.content == "Hello."
+    assert _native(gateway, FREE, preset="mine", plugins=plugins).status == "completed"
+    for call in upstream.calls:
+        assert call.body["preset"] == "mine" and call.body["plugins"] == plugins  # a pass-through, as before
+    assert len(upstream.calls) == 2
