@@ -76,3 +76,19 @@ def test_one_clients_reasoning_never_drops_anothers_temperature(upstream: FakeUp
     assert "unsupported_parameters" not in bobs["fusion"]["synthesizer"]
     judge = [(call.body.get("temperature"), call.body.get("reasoning_effort")) for call in upstream.calls_for("judge")]
     assert judge == [(0, "high"), (None, "high"), (0, None), (None, "high")]  # Bob's judge asked at temperature 0
+
+
+def test_one_clients_judge_error_never_steps_down_anothers_judge(upstream: FakeUpstream, serve: Serve) -> None:
+    """A judge call that failed with words about a schema (an error a client's own request may bring about) steps
+    down that client's judge alone; another client's judge is still asked for `json_schema`."""
+    analysis = Script(content=json.dumps(ANALYSIS))
+    upstream.script("judge", Script(status=400, error_message="Invalid schema for this request"), analysis)
+    with serve(KEYS, environ=ENVIRON) as (url, _):
+        alices = ask(url, ALICE, chat_body("fusion/trio"))
+        bobs = ask(url, BOB, chat_body("fusion/trio"))
+        alices_next = ask(url, ALICE, chat_body("fusion/trio"))
+    assert alices["fusion"]["judge"]["structured_output"] == "json_object"  # the error stepped Alice's judge down
+    assert bobs["fusion"]["judge"]["structured_output"] == "json_schema"  # Bob's never saw it
+    assert alices_next["fusion"]["judge"]["structured_output"] == "json_object"  # Alice's memory holds for her
+    asked = [call.body["response_format"]["type"] for call in upstream.calls_for("judge")]
+    assert asked == ["json_schema", "json_object", "json_schema", "json_object"]

@@ -71,14 +71,16 @@ class Exchange:
             if plan.mode == "slug":  # an agent loop's next step finds this turn's analysis, as after a run
                 remember_replayed(state.turns.owned_by(self.ledger.key_name), plan, self.chat.conversation(), events)
             return replayed(events)
+        # What a judge's errors teach is each key's own: one key's run never changes how another's judge is asked.
+        dialects = state.dialects.owned_by(self.ledger.key_name)
         if plan.mode == "tool":
             events = run_tool_mode(
-                upstream=state.upstream, plan=plan, request=self.chat, stream=stream, dialects=state.dialects,
+                upstream=state.upstream, plan=plan, request=self.chat, stream=stream, dialects=dialects,
                 research=state.research, panel_deltas=panel_deltas,
             )  # fmt: skip
         else:
             events = run_fusion(
-                upstream=state.upstream, plan=plan, request=self.chat, stream=stream, dialects=state.dialects,
+                upstream=state.upstream, plan=plan, request=self.chat, stream=stream, dialects=dialects,
                 research=state.research, panel_deltas=panel_deltas,
                 turns=state.turns.owned_by(self.ledger.key_name),  # each key finds only its own agent-loop turns
                 keep_content=state.activity is not None and state.activity.stores_content,  # only its record reads it

@@ -39,20 +39,32 @@ def rejects_response_format(error: UpstreamStatusError) -> bool:
 
 
 class DialectMemory:
-    """Per model, the first dialect still worth trying, and the sampling parameters it refuses.
+    """Per client and model, the first dialect still worth trying; and the sampling parameters models refuse.
 
     Learned once per process. Per model, not per provider: one provider (OpenRouter) serves models that differ, and a
     judge a client chose that cannot do `json_schema` must not make every other client's judge there do without.
+    Per client too (`owned_by`): a judge call fails with words about a schema for reasons a client's own request can
+    bring about (an error echoing its conversation, a provider it routed to), so what one client's runs learn steps
+    down only its own judge; each client pays at most one refused call per dialect and model to learn it.
     """
 
     def __init__(self) -> None:
-        self._start: dict[str, int] = {}
+        self._start: dict[tuple[str | None, str], int] = {}  # (owner, model): the first dialect worth trying
+        self._owner: str | None = None
         self.sampling = SamplingMemory()
+
+    def owned_by(self, owner: str | None) -> DialectMemory:
+        """One client's view (`owner`: its key's name; None without keys), kept in this memory: what its runs learn
+        about a dialect holds for its own runs alone."""
+        view = DialectMemory.__new__(DialectMemory)
+        view._start, view._owner, view.sampling = self._start, owner, self.sampling
+        return view
 
     def candidates(self, model: str) -> tuple[str, ...]:
         """The dialects to try for a model (its slug), best first."""
-        return DIALECTS[self._start.get(model, 0) :]
+        return DIALECTS[self._start.get((self._owner, model), 0) :]
 
     def rejected(self, model: str, dialect: str) -> None:
-        """The model refused `dialect`: never ask it that way again."""
-        self._start[model] = max(self._start.get(model, 0), DIALECTS.index(dialect) + 1)
+        """The model refused `dialect`: never ask it that way again (for this client)."""
+        key = (self._owner, model)
+        self._start[key] = max(self._start.get(key, 0), DIALECTS.index(dialect) + 1)
