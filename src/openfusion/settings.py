@@ -39,6 +39,10 @@ class ProviderConfig(BaseModel):
     # Whether it also speaks the Responses API (`POST {base_url}/responses`): pass-through Responses
     # requests are then forwarded as sent, not translated to chat completions.
     responses: bool = False
+    # Whether native Responses requests may be kept on its account (OpenAI's `store`, true by default there). Off:
+    # they go with `store: false` (and input items without their ids, which the provider then never stored), since
+    # openfusion keeps responses itself for `previous_response_id`; on: the client's `store` goes as sent.
+    responses_store: bool = False
     # Whether it also speaks Anthropic's Messages API (`POST {base_url}/messages`, its key as `x-api-key`):
     # pass-through Messages requests are then forwarded as sent, not translated to chat completions.
     messages: bool = False

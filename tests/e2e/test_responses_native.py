@@ -50,9 +50,10 @@ def test_a_native_provider_gets_the_request_as_sent(upstream: FakeUpstream, nati
     )
     call = upstream.calls_for("plain")[0]
     assert call.path == "/v1/responses"
-    # As sent, but the model's upstream name; openfusion's own `models` list is not the provider's business.
+    # As sent, but the model's upstream name; openfusion's own `models` list is not the provider's business, nor is
+    # keeping the response (openfusion keeps it, per key): `store` goes false (see test_native_store_*).
     assert call.body == {"model": "plain", "input": "Hi", "instructions": "Be brief.", "include": ["x"],
-                         "store": True, "plugins": [{"id": "web"}]}  # fmt: skip
+                         "store": False, "plugins": [{"id": "web"}]}  # fmt: skip
     assert call.headers["authorization"] == "Bearer sk-provider-secret"
     record = generation(native_server, response.headers["x-generation-id"])
     assert record["api_type"] == "responses" and (record["tokens_prompt"], record["tokens_completion"]) == (11, 7)
@@ -253,7 +254,8 @@ def test_a_whole_response_answered_to_a_stream_is_kept_for_a_follow_up(
     sent = upstream.calls_for("plain")[1].body["input"]
     # The stored response is what its `response.completed` said: its message and call continue the conversation.
     assert [item.get("type") for item in sent] == ["message", "message", "function_call", "message"]
-    assert sent[1] == MESSAGE and sent[2] == CALL
+    # Without their ids: the provider was asked to keep nothing, and refuses an id it never stored.
+    assert sent[1] == without_id(MESSAGE) and sent[2] == without_id(CALL)
 
 
 def test_an_incomplete_whole_response_ends_its_stream_incomplete(upstream: FakeUpstream, native_server: str) -> None:
@@ -338,3 +340,51 @@ def test_json_that_is_not_a_finished_response_answered_to_a_stream_says_so(
     assert "not a finished response" in events[0]["message"]
     record = generation(native_server, generation_id)
     assert record["status"] == "error" and record["failure_reason"] == "upstream_invalid_response", record
+
+
+# ---- `store`: the provider keeps nothing unless the operator says so; openfusion keeps responses itself ----------
+def without_id(item: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in item.items() if key != "id"}
+
+
+def test_native_store_is_false_upstream_and_a_follow_up_still_continues_the_conversation(
+    upstream: FakeUpstream, native_server: str
+) -> None:
+    """A native request goes with `store: false` whatever the client's `store`; a follow-up naming it is resolved from
+    openfusion's own store, its items sent without the ids the provider never stored; a reasoning item the client
+    replays with its `encrypted_content` goes on with it (how a stateless conversation keeps its reasoning)."""
+    answered_whole(upstream, whole_response())
+    client = openai.OpenAI(base_url=f"{native_server}/v1", api_key="k", max_retries=0)
+    with client:
+        first = client.responses.create(model="native/plain", input="Why?", store=True,
+                                        include=["reasoning.encrypted_content"])  # fmt: skip
+        upstream.script("plain", Script(content="Because of scattering."))
+        second = client.responses.create(model="native/plain", input="Sure?", previous_response_id=first.id)
+        replayed: Any = [{"role": "user", "content": "Why?"}, REASONING, MESSAGE, {"role": "user", "content": "More?"}]
+        client.responses.create(model="native/plain", input=replayed, include=["reasoning.encrypted_content"])
+        kept = client.responses.retrieve(second.id)  # openfusion's own copy, for the key that made it
+
+    assert second.output_text == "Because of scattering." and kept.output_text == "Because of scattering."
+    calls = upstream.calls_for("plain")
+    assert [call.body["store"] for call in calls] == [False, False, False]
+    follow_up = calls[1].body["input"]
+    assert [item.get("type") for item in follow_up] == ["message", "message", "function_call", "message"]
+    assert follow_up[1] == without_id(MESSAGE) and follow_up[2] == without_id(CALL)
+    assert not any("id" in item for item in follow_up)
+    assert calls[2].body["input"][1] == without_id(REASONING)  # its encrypted_content carries the reasoning
+
+
+def test_native_store_goes_as_sent_when_the_operator_lets_the_provider_keep_responses(
+    upstream: FakeUpstream, fake_upstream: tuple[FakeUpstream, str], start_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    provider = ProviderConfig(name="native", base_url=f"{fake_upstream[1]}/v1", api_key_env="FAKE_KEY",
+                              models=["native/*"], strip_prefix=True, responses=True, responses_store=True)  # fmt: skip
+    upstream.script("plain", Script(content="Kept upstream."))
+    server: AbstractContextManager[str] = start_server(providers=[provider], activity={"path": tmp_path / "a.db"})
+    with server as base, openai.OpenAI(base_url=f"{base}/v1", api_key="k", max_retries=0) as client:
+        client.responses.create(model="native/plain", input="Hi")
+        client.responses.create(model="native/plain", input=[{**without_id(MESSAGE), "id": "msg_1"}], store=True)
+
+    first, second = (call.body for call in upstream.calls_for("plain"))
+    assert "store" not in first  # the client's (OpenAI's default: kept)
+    assert second["store"] is True and second["input"][0]["id"] == "msg_1"  # as sent

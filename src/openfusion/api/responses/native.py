@@ -1,6 +1,7 @@
 """Pass-through to a provider that speaks the Responses API itself: the request forwarded, the answer relayed.
 
-The body goes as the client sent it, less openfusion's own fields; `previous_response_id` is always
+The body goes as the client sent it, less openfusion's own fields and with `store: false` (unless the provider
+may keep it); `previous_response_id` is always
 resolved here (from this server's stored responses, per key) and sent as the conversation it names,
 so a key can only ever continue its own responses. The relayed stream is watched for its
 `response.completed` event: its usage goes to the activity record, and the response is stored
@@ -55,7 +56,8 @@ def provider_speaks_responses(state: AppState, chat: ChatRequest) -> bool:
 async def forward_native(exchange: Exchange, translated: Translated, *, keep: Keep) -> Response:
     """Forward the request (with the `models` fallbacks) and relay the answer as it comes."""
     chat, ledger = exchange.chat, exchange.ledger
-    forwarded = await forward_first_success(exchange.state, chat, native_body(translated), path=RESPONSES_PATH)
+    body = native_body(translated, provider_keeps=provider_keeps(exchange.state, chat))
+    forwarded = await forward_first_success(exchange.state, chat, body, path=RESPONSES_PATH)
     if forwarded.status_code >= 400:
         ledger.status, ledger.failure_reason = "error", f"upstream_{forwarded.status_code}"
     elif chat.stream:
@@ -78,13 +80,42 @@ async def forward_native(exchange: Exchange, translated: Translated, *, keep: Ke
     return Response(content, status_code=forwarded.status_code, headers=forwarded.headers)
 
 
-def native_body(translated: Translated) -> dict[str, Any]:
-    """The client's body for the provider: openfusion's fields out, a stored conversation spelt out."""
+def provider_keeps(state: AppState, chat: ChatRequest) -> bool:
+    """Whether every provider the request may go to (its `models` fallbacks too) may keep it (`responses_store`)."""
+    for model in chat.candidate_models():
+        try:
+            if not state.registry.resolve(model).provider.config.responses_store:
+                return False
+        except OpenFusionError:  # served by none: its forward fails on its own account
+            return False
+    return True
+
+
+def native_body(translated: Translated, *, provider_keeps: bool = False) -> dict[str, Any]:
+    """The client's body for the provider: openfusion's fields out, a stored conversation spelt out.
+
+    Unless the provider may keep it (`provider_keeps`), it goes with `store: false`: openfusion keeps responses
+    itself (`previous_response_id` is resolved here, per key), so a copy on the operator's account serves no client
+    and keeps every tenant's conversation there. Input items then go without their `id`: the provider stored none
+    of them, and refuses an id it does not know ("Item with id … not found"); their content carries the
+    conversation (a reasoning item its `encrypted_content`, when the client asked for it).
+    """
     body = without_openfusion_fields(translated.chat, translated.raw)
     body.pop("previous_response_id", None)
     if translated.request.previous_response_id is not None or isinstance(body.get("input"), list):
         body["input"] = [item for item in translated.items if _forwardable(item)]
+    if not provider_keeps:
+        body["store"] = False
+        if isinstance(body.get("input"), list):
+            body["input"] = [_without_id(item) for item in body["input"]]
     return body
+
+
+def _without_id(item: Any) -> Any:
+    """An input item without its `id` (a copy: the stored conversation shares the item)."""
+    if isinstance(item, dict) and "id" in item:
+        return {key: value for key, value in item.items() if key != "id"}
+    return item
 
 
 def _forwardable(item: dict[str, Any]) -> bool:
