@@ -20,6 +20,8 @@ import pytest
 from fastapi import FastAPI
 
 from access.conftest import fake_prices
+from fakes.anthropic_api import FakeAnthropic
+from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream, Script
 from openfusion.settings import ProviderConfig
 
@@ -28,7 +30,7 @@ SCOPED, CAPPED, FREE = "sk-outer-only-0123456789", "sk-capped-team-0123456789", 
 ENVIRON = {"SCOPED_KEY": SCOPED, "CAPPED_KEY": CAPPED, "FREE_KEY": FREE}
 KEYS = {
     "keys": [
-        {"name": "outer-only", "key_env": "SCOPED_KEY", "models": ["fake/outer", "native/gpt"]},
+        {"name": "outer-only", "key_env": "SCOPED_KEY", "models": ["fake/outer", "native/gpt", "claude/sonnet"]},
         {"name": "capped", "key_env": "CAPPED_KEY", "daily_spend_usd": 5.0},
         {"name": "everything", "key_env": "FREE_KEY"},
     ]
@@ -38,24 +40,34 @@ OUTER_FUSION = {"id": "Fusion", "analysis_models": ["fake/secret-a", "fake/secre
 
 
 @pytest.fixture
+def claude() -> Iterator[tuple[FakeAnthropic, str]]:
+    fake = FakeAnthropic()
+    with serve_in_thread(fake.app) as url:
+        yield fake, url
+
+
+@pytest.fixture
 def gateway(
     upstream: FakeUpstream,
     serve: Serve,
     core_settings: dict[str, Any],
     fake_upstream: tuple[FakeUpstream, str],
+    claude: tuple[FakeAnthropic, str],
     tmp_path: Path,
 ) -> Iterator[str]:
-    """The fake upstream as a chat provider (`fake/*`) and as a Responses-native one (`native/*`); a key scoped to
-    two plain models, a capped key, and a key with neither."""
+    """The fake upstream as a chat provider (`fake/*`) and as a Responses-native one (`native/*`), a fake Anthropic
+    (`claude/*`, Messages-native); a key scoped to three plain models, a capped key, and a key with neither."""
     upstream.script("outer", Script(content="Hello."))
     native = ProviderConfig(name="native", base_url=f"{fake_upstream[1]}/v1", api_key_env="FAKE_KEY",
                             models=["native/*"], strip_prefix=True, responses=True)  # fmt: skip
+    anthropic_native = ProviderConfig(name="claude", base_url=f"{claude[1]}/v1", api_key_env="FAKE_KEY",
+                                      models=["claude/*"], strip_prefix=True, messages=True)  # fmt: skip
     pricing = fake_prices()
-    pricing["models"]["native/gpt"] = pricing["models"]["fake/outer"]
+    pricing["models"]["native/gpt"] = pricing["models"]["claude/sonnet"] = pricing["models"]["fake/outer"]
     with serve(
         KEYS,
         environ=ENVIRON,
-        providers=[*core_settings["providers"], native],
+        providers=[*core_settings["providers"], native, anthropic_native],
         activity={"path": tmp_path / "activity.sqlite3"},
         pricing=pricing,
     ) as (url, _):
@@ -134,3 +146,18 @@ def test_a_key_without_scope_or_cap_still_gets_them_forwarded(gateway: str, upst
     for call in upstream.calls:
         assert call.body["preset"] == "mine" and call.body["plugins"] == plugins  # a pass-through, as before
     assert len(upstream.calls) == 2
+
+
+@pytest.mark.parametrize(("key", "status"), [(SCOPED, 403), (CAPPED, 402)], ids=["scoped", "capped"])
+def test_a_native_messages_request_may_not_carry_the_providers_preset(
+    gateway: str, claude: tuple[FakeAnthropic, str], key: str, status: int
+) -> None:
+    """A provider that speaks Messages gets the body as sent: its `preset` is judged there too."""
+    client = anthropic.Anthropic(base_url=gateway, api_key=key, max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        client.messages.create(model="claude/sonnet", max_tokens=100, messages=HI, extra_body={"preset": "anything"})
+    assert refused.value.status_code == status and "preset" in refused.value.message
+    assert claude[0].calls == []
+    free = anthropic.Anthropic(base_url=gateway, api_key=FREE, max_retries=0)
+    free.messages.create(model="claude/sonnet", max_tokens=100, messages=HI, extra_body={"preset": "mine"})
+    assert [call.body["preset"] for call in claude[0].calls] == ["mine"]  # a key without scope or cap: as sent
