@@ -27,12 +27,14 @@ from openfusion.settings import ProviderConfig
 
 Serve = Callable[..., AbstractContextManager[tuple[str, FastAPI]]]
 SCOPED, CAPPED, FREE = "sk-outer-only-0123456789", "sk-capped-team-0123456789", "sk-everything-0123456789"
-ENVIRON = {"SCOPED_KEY": SCOPED, "CAPPED_KEY": CAPPED, "FREE_KEY": FREE}
+PATTERN = "sk-fake-anything-0123456789"
+ENVIRON = {"SCOPED_KEY": SCOPED, "CAPPED_KEY": CAPPED, "FREE_KEY": FREE, "PATTERN_KEY": PATTERN}
 KEYS = {
     "keys": [
         {"name": "outer-only", "key_env": "SCOPED_KEY", "models": ["fake/outer", "native/gpt", "claude/sonnet"]},
         {"name": "capped", "key_env": "CAPPED_KEY", "daily_spend_usd": 5.0},
         {"name": "everything", "key_env": "FREE_KEY"},
+        {"name": "fake-anything", "key_env": "PATTERN_KEY", "models": ["fake/*"]},
     ]
 }
 HI: Any = [{"role": "user", "content": "Hi"}]
@@ -161,3 +163,20 @@ def test_a_native_messages_request_may_not_carry_the_providers_preset(
     free = anthropic.Anthropic(base_url=gateway, api_key=FREE, max_retries=0)
     free.messages.create(model="claude/sonnet", max_tokens=100, messages=HI, extra_body={"preset": "mine"})
     assert [call.body["preset"] for call in claude[0].calls] == ["mine"]  # a key without scope or cap: as sent
+
+
+@pytest.mark.parametrize(
+    ("model", "fallbacks", "param"),
+    [("fake/outer@preset/anything", None, "model"), ("fake/outer", ["fake/outer@preset/anything"], "models[0]")],
+    ids=["model", "fallback"],
+)
+def test_a_preset_named_in_the_slug_is_refused_under_a_scope_its_pattern_would_match(
+    gateway: str, upstream: FakeUpstream, model: str, fallbacks: list[str] | None, param: str
+) -> None:
+    """OpenRouter reads `vendor/model@preset/x` as the preset's request: `fake/*` matches the slug, not what it runs."""
+    client = openai.OpenAI(base_url=f"{gateway}/v1", api_key=PATTERN, max_retries=0)
+    extra = {"models": fallbacks} if fallbacks else None
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        client.chat.completions.create(model=model, messages=HI, max_tokens=100, extra_body=extra)
+    assert refused.value.code == "model_not_allowed" and refused.value.param == param
+    assert upstream.calls == []

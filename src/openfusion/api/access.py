@@ -205,15 +205,24 @@ def check_provider_choices(request: Request, chat: ChatRequest, sent: Mapping[st
             )
         if capped:
             raise _unbounded(who, f"plugins[{index}]", f"runs the {kind!r} plugin itself and may bill it")
+    named = [("model", chat.model), *((f"models[{i}]", model) for i, model in enumerate(chat.models or []))]
+    for param, model in named:
+        if "@preset/" in model:  # OpenRouter's way of naming a preset in the slug: `@preset/x`, `vendor/m@preset/x`
+            _refuse_preset(client, who, param, scoped=scoped)
     preset = sent.get("preset")
     if preset is not None:
-        if scoped:
-            raise ModelNotAllowed(
-                f"This API key ({client.name}) may not use a provider's preset ('preset'): it chooses its own "
-                "models, which the key's scope cannot check.",
-                param="preset",
-            )
-        raise _unbounded(who, "preset", "applies its own preset, which chooses models and settings unpriced here")
+        _refuse_preset(client, who, "preset", scoped=scoped)
+
+
+def _refuse_preset(client: Client, who: str, param: str, *, scoped: bool) -> None:
+    """Raise for a provider's preset: 403 under a scope (it chooses its own models), else 402 (no cap can bound it)."""
+    if scoped:
+        raise ModelNotAllowed(
+            f"This API key ({client.name}) may not use a provider's preset ({param!r}): it chooses its own models, "
+            "which the key's scope cannot check.",
+            param=param,
+        )
+    raise _unbounded(who, param, "applies its own preset, which chooses models and settings unpriced here")
 
 
 def _reads_as_fusion(kind: str) -> bool:
