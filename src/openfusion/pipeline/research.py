@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -56,7 +57,11 @@ class ResearchPlan:
     tools: frozenset[str] = frozenset()
     budget: int = 4
     blocked_domains: frozenset[str] = frozenset()
-    fetch_slots: asyncio.Semaphore | None = None
+
+    @functools.cached_property
+    def fetch_slots(self) -> asyncio.Semaphore | None:
+        """Made at the run's first tool call: a run that researches nothing (most) never makes one."""
+        return self.research.fetch_slots() if self.research is not None else None
 
     def offered(self) -> list[dict[str, Any]]:
         """The tool definitions a model is offered (none without research or tools)."""

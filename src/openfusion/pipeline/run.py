@@ -69,8 +69,7 @@ class FusionRun:
         self.request = request
         self.dialects = dialects
         self.conversation: Messages = request.conversation()
-        slots = research.fetch_slots() if research is not None else None  # this run's share of the fetch client
-        self.research = ResearchPlan(research, plan.tools, plan.max_tool_calls, plan.blocked_domains, slots)
+        self.research = ResearchPlan(research, plan.tools, plan.max_tool_calls, plan.blocked_domains)
         self.results: list[PanelAnswer | PanelFailure] = []
         self.judges: list[JudgeOutcome] = []
         self.trace = current_trace()  # the request's upstream calls: its usage and cost
