@@ -24,8 +24,9 @@ MAX_WHOLE_BYTES = 32 * 1024 * 1024
 # What a chunk repeats of the completion it comes from.
 _HEAD_FIELDS = ("id", "created", "model", "system_fingerprint", "service_tier")
 
-# The events that tell a whole answer (its raw JSON) as a stream; raises UpstreamError for one no client could use.
-Teller = Callable[[bytes, Forwarded], bytes]
+# The events that tell a whole answer (its JSON, read; None when it is not JSON) as a stream; raises UpstreamError
+# for one no client could use.
+Teller = Callable[[Any, Forwarded], bytes]
 
 
 def as_event_stream(forwarded: Forwarded, tell: Teller | None = None) -> Forwarded:
@@ -45,15 +46,15 @@ async def _events(body: AsyncIterator[bytes], forwarded: Forwarded, tell: Teller
             what = f"answered a streamed request with a whole answer over {MAX_WHOLE_BYTES} bytes"
             raise whole_error(forwarded, what)
         parts.append(block)
-    yield tell(b"".join(parts), forwarded)
-
-
-def completion_events(raw: bytes, forwarded: Forwarded) -> bytes:
-    """The events of a stream that says what the completion `raw` says."""
     try:
-        data = orjson.loads(raw)
+        answer = orjson.loads(b"".join(parts))
     except orjson.JSONDecodeError:
-        data = None
+        answer = None
+    yield tell(answer, forwarded)
+
+
+def completion_events(data: Any, forwarded: Forwarded) -> bytes:
+    """The events of a stream that says what the completion `data` says."""
     if isinstance(data, dict) and isinstance(data.get("error"), dict):  # a 200 that carries an error object
         message = data["error"].get("message")
         slug, provider = _who(forwarded)

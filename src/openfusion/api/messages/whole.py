@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from openfusion.api.completion_events import whole_error
 from openfusion.sse import dumps, encode_named
 from openfusion.upstream.client import Forwarded
@@ -24,12 +22,8 @@ from openfusion.upstream.client import Forwarded
 _INPUT_BLOCKS = ("tool_use", "server_tool_use", "mcp_tool_use")
 
 
-def message_events(raw: bytes, forwarded: Forwarded) -> bytes:
-    """The Messages events of a stream that says what the whole message `raw` says."""
-    try:
-        message = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        message = None
+def message_events(message: Any, forwarded: Forwarded) -> bytes:
+    """The Messages events of a stream that says what the whole message `message` says."""
     if isinstance(message, dict) and isinstance(message.get("error"), dict):  # a 200 that carries an error object
         return encode_named([_error_event(message["error"])])
     is_message = isinstance(message, dict) and message.get("type") == "message"

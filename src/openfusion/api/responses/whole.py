@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from openfusion.api.completion_events import whole_error
 from openfusion.sse import encode_named
 from openfusion.upstream.client import Forwarded
@@ -35,12 +33,8 @@ _NOT_YET = {"output": [], "usage": None, "error": None, "incomplete_details": No
 Told = list[tuple[str, dict[str, Any]]]  # events before they are numbered: their type and their fields
 
 
-def response_events(raw: bytes, forwarded: Forwarded) -> bytes:
-    """The Responses events of a stream that says what the whole response `raw` says."""
-    try:
-        response = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        response = None
+def response_events(response: Any, forwarded: Forwarded) -> bytes:
+    """The Responses events of a stream that says what the whole response `response` says."""
     if not isinstance(response, dict):
         raise whole_error(forwarded, "answered a streamed request with JSON that is not a response")
     is_response = response.get("object") == "response" or isinstance(response.get("output"), list)
