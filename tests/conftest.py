@@ -12,6 +12,7 @@ import psycopg
 import pytest
 import redis
 
+from fakes.anthropic_api import FakeAnthropic
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream
 from openfusion.upstream.providers import builtin_provider_configs
@@ -54,6 +55,14 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.
 def fake_upstream() -> Iterator[tuple[FakeUpstream, str]]:
     """The scripted fake OpenAI-compatible upstream under uvicorn, shared by the session; (fake, base URL)."""
     fake = FakeUpstream()
+    with serve_in_thread(fake.app) as url:
+        yield fake, url
+
+
+@pytest.fixture
+def anthropic_native() -> Iterator[tuple[FakeAnthropic, str]]:
+    """A fake provider that speaks Anthropic Messages itself, served in a thread: it and its base URL."""
+    fake = FakeAnthropic()
     with serve_in_thread(fake.app) as url:
         yield fake, url
 

@@ -32,21 +32,17 @@ ANTHROPIC_CUSTOM = {"name": "lookup", "description": "Look it up.", "input_schem
 
 
 @pytest.fixture
-def claude() -> Iterator[tuple[FakeAnthropic, str]]:
-    fake = FakeAnthropic()
-    with serve_in_thread(fake.app) as url:
-        yield fake, url
-
-
-@pytest.fixture
 def gateway(
-    upstream: FakeUpstream, fake_upstream: tuple[FakeUpstream, str], claude: tuple[FakeAnthropic, str], tmp_path: Path
+    upstream: FakeUpstream,
+    fake_upstream: tuple[FakeUpstream, str],
+    anthropic_native: tuple[FakeAnthropic, str],
+    tmp_path: Path,
 ) -> Iterator[str]:
     """Anthropic's API natively (`claude/*`) and OpenAI's Responses API natively (`oai/*`), a capped key and one
     without a cap."""
     providers = [
-        ProviderConfig(name="claude", base_url=f"{claude[1]}/v1", api_key_env="CLAUDE_KEY", models=["claude/*"],
-                       strip_prefix=True, messages=True),
+        ProviderConfig(name="claude", base_url=f"{anthropic_native[1]}/v1", api_key_env="CLAUDE_KEY",
+                       models=["claude/*"], strip_prefix=True, messages=True),
         ProviderConfig(name="oai", base_url=f"{fake_upstream[1]}/v1", api_key_env="FAKE_KEY", models=["oai/*"],
                        strip_prefix=True, responses=True),
     ]  # fmt: skip
@@ -76,13 +72,13 @@ def _responses(url: str, key: str, tools: list[dict[str, Any]]) -> Any:
 
 
 def test_a_capped_key_offering_anthropics_web_search_is_refused(
-    gateway: str, claude: tuple[FakeAnthropic, str]
+    gateway: str, anthropic_native: tuple[FakeAnthropic, str]
 ) -> None:
     with pytest.raises(anthropic.APIStatusError) as refused:
         _messages(gateway, CAPPED, [ANTHROPIC_CUSTOM, ANTHROPIC_SEARCH])
     assert refused.value.status_code == 402
     assert "the 'web_search_20250305' tool (tools[1])" in refused.value.message
-    assert claude[0].calls == []  # nothing reached the provider
+    assert anthropic_native[0].calls == []  # nothing reached the provider
 
 
 HOSTED = [
@@ -106,19 +102,19 @@ def test_a_capped_key_offering_openais_hosted_tools_is_refused(
 
 
 def test_tools_billed_by_tokens_alone_stay_open_to_a_capped_key(
-    gateway: str, claude: tuple[FakeAnthropic, str], upstream: FakeUpstream
+    gateway: str, anthropic_native: tuple[FakeAnthropic, str], upstream: FakeUpstream
 ) -> None:
     assert _messages(gateway, CAPPED, [ANTHROPIC_CUSTOM]).content[0].text == "Native answer."
     function = {"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}
     assert _responses(gateway, CAPPED, [function]).status == "completed"
-    assert [call.body["tools"][0]["name"] for call in claude[0].calls] == ["lookup"]
+    assert [call.body["tools"][0]["name"] for call in anthropic_native[0].calls] == ["lookup"]
     assert [call.body["tools"][0]["name"] for call in upstream.calls] == ["lookup"]
 
 
 def test_a_key_without_a_cap_still_gets_the_providers_tools(
-    gateway: str, claude: tuple[FakeAnthropic, str], upstream: FakeUpstream
+    gateway: str, anthropic_native: tuple[FakeAnthropic, str], upstream: FakeUpstream
 ) -> None:
     assert _messages(gateway, FREE, [ANTHROPIC_SEARCH]).content[0].text == "Native answer."
     assert _responses(gateway, FREE, [{"type": "web_search"}]).status == "completed"
-    assert claude[0].calls[0].body["tools"] == [ANTHROPIC_SEARCH]  # forwarded as sent
+    assert anthropic_native[0].calls[0].body["tools"] == [ANTHROPIC_SEARCH]  # forwarded as sent
     assert upstream.calls[0].body["tools"] == [{"type": "web_search"}]

@@ -21,7 +21,6 @@ from fastapi import FastAPI
 
 from access.conftest import fake_prices
 from fakes.anthropic_api import FakeAnthropic
-from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream, Script
 from openfusion.settings import ProviderConfig
 
@@ -42,19 +41,12 @@ OUTER_FUSION = {"id": "Fusion", "analysis_models": ["fake/secret-a", "fake/secre
 
 
 @pytest.fixture
-def claude() -> Iterator[tuple[FakeAnthropic, str]]:
-    fake = FakeAnthropic()
-    with serve_in_thread(fake.app) as url:
-        yield fake, url
-
-
-@pytest.fixture
 def gateway(
     upstream: FakeUpstream,
     serve: Serve,
     core_settings: dict[str, Any],
     fake_upstream: tuple[FakeUpstream, str],
-    claude: tuple[FakeAnthropic, str],
+    anthropic_native: tuple[FakeAnthropic, str],
     tmp_path: Path,
 ) -> Iterator[str]:
     """The fake upstream as a chat provider (`fake/*`) and as a Responses-native one (`native/*`), a fake Anthropic
@@ -62,14 +54,14 @@ def gateway(
     upstream.script("outer", Script(content="Hello."))
     native = ProviderConfig(name="native", base_url=f"{fake_upstream[1]}/v1", api_key_env="FAKE_KEY",
                             models=["native/*"], strip_prefix=True, responses=True)  # fmt: skip
-    anthropic_native = ProviderConfig(name="claude", base_url=f"{claude[1]}/v1", api_key_env="FAKE_KEY",
+    messages_native = ProviderConfig(name="claude", base_url=f"{anthropic_native[1]}/v1", api_key_env="FAKE_KEY",
                                       models=["claude/*"], strip_prefix=True, messages=True)  # fmt: skip
     pricing = fake_prices()
     pricing["models"]["native/gpt"] = pricing["models"]["claude/sonnet"] = pricing["models"]["fake/outer"]
     with serve(
         KEYS,
         environ=ENVIRON,
-        providers=[*core_settings["providers"], native, anthropic_native],
+        providers=[*core_settings["providers"], native, messages_native],
         activity={"path": tmp_path / "activity.sqlite3"},
         pricing=pricing,
     ) as (url, _):
@@ -152,17 +144,19 @@ def test_a_key_without_scope_or_cap_still_gets_them_forwarded(gateway: str, upst
 
 @pytest.mark.parametrize(("key", "status"), [(SCOPED, 403), (CAPPED, 402)], ids=["scoped", "capped"])
 def test_a_native_messages_request_may_not_carry_the_providers_preset(
-    gateway: str, claude: tuple[FakeAnthropic, str], key: str, status: int
+    gateway: str, anthropic_native: tuple[FakeAnthropic, str], key: str, status: int
 ) -> None:
     """A provider that speaks Messages gets the body as sent: its `preset` is judged there too."""
     client = anthropic.Anthropic(base_url=gateway, api_key=key, max_retries=0)
     with pytest.raises(anthropic.APIStatusError) as refused:
         client.messages.create(model="claude/sonnet", max_tokens=100, messages=HI, extra_body={"preset": "anything"})
     assert refused.value.status_code == status and "preset" in refused.value.message
-    assert claude[0].calls == []
+    assert anthropic_native[0].calls == []
     free = anthropic.Anthropic(base_url=gateway, api_key=FREE, max_retries=0)
     free.messages.create(model="claude/sonnet", max_tokens=100, messages=HI, extra_body={"preset": "mine"})
-    assert [call.body["preset"] for call in claude[0].calls] == ["mine"]  # a key without scope or cap: as sent
+    assert [call.body["preset"] for call in anthropic_native[0].calls] == [
+        "mine"
+    ]  # a key without scope or cap: as sent
 
 
 @pytest.mark.parametrize(

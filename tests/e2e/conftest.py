@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from fakes.anthropic_api import FakeAnthropic
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream, Script
 from openfusion.app import create_app
@@ -55,14 +54,6 @@ def upstream(fake_upstream: tuple[FakeUpstream, str]) -> FakeUpstream:
     fake.reset()
     fake.script("judge", judge_script())
     return fake
-
-
-@pytest.fixture
-def anthropic_native() -> Iterator[tuple[FakeAnthropic, str]]:
-    """A fake provider that speaks Anthropic Messages itself, served in a thread: it and its base URL."""
-    fake = FakeAnthropic()
-    with serve_in_thread(fake.app) as url:
-        yield fake, url
 
 
 @pytest.fixture
