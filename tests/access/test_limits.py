@@ -137,34 +137,6 @@ def test_finished_and_failed_fusion_runs_give_their_slot_back(upstream: FakeUpst
         assert app.state.access.limiter.held("key:team-a") == 0
 
 
-def test_concurrent_fusion_runs_across_two_replicas_sharing_redis(
-    upstream: FakeUpstream, serve: Serve, redis_prefix: str, redis_client: redis.Redis
-) -> None:
-    slow_panel(upstream)
-    access = {
-        "keys": [{**TEAM_A, "max_concurrent_fusion": 2}],
-        "redis_url": REDIS_URL,
-        "limits": {"redis_prefix": redis_prefix},
-    }
-    leases = f"{redis_prefix}:fusion:key:team-a"
-    with serve(access, environ=ENVIRON) as (url_a, _), serve(access, environ=ENVIRON) as (url_b, _):
-        with ExitStack() as streams:
-            on_a = streams.enter_context(open_fusion_stream(url_a, A))
-            streams.enter_context(open_fusion_stream(url_b, A))
-            for url in (url_a, url_b):
-                body = chat_body("fusion", stream=True)
-                assert_429(
-                    httpx.post(f"{url}/v1/chat/completions", json=body, headers=A),
-                    "concurrency_limited",
-                    max_retry_after=1,
-                )
-            on_a.close()
-            wait_until(lambda: redis_client.zcard(leases) == 1)
-            streams.enter_context(open_fusion_stream(url_b, A))
-            assert redis_client.zcard(leases) == 2
-        wait_until(lambda: redis_client.zcard(leases) == 0)
-
-
 @contextlib.contextmanager
 def open_passthrough_stream(url: str, headers: dict[str, str]) -> httpx.Response:  # type: ignore[misc]
     """A pass-through stream held open after its first chunk (the fake's `slow` model waits between chunks)."""
@@ -209,26 +181,30 @@ def test_concurrent_requests_per_key_count_pass_through_and_fusion_on_every_surf
     assert limiter.held("key:team-a", "requests") == 0
 
 
-def test_concurrent_requests_across_two_replicas_sharing_redis(
-    upstream: FakeUpstream, serve: Serve, redis_prefix: str, redis_client: redis.Redis
+@pytest.mark.parametrize("limit", ["max_concurrent_fusion", "max_concurrent_requests"])
+def test_concurrent_limits_across_two_replicas_sharing_redis(
+    limit: str, upstream: FakeUpstream, serve: Serve, redis_prefix: str, redis_client: redis.Redis
 ) -> None:
+    """Fusion runs (held open by a slow panel), or model-calling requests of any kind (pass-through streams held open
+    by a slow provider), counted once across two replicas."""
+    slow_panel(upstream)
     upstream.script("slow", Script(chunks=["Hello", " there"], chunk_interval_s=5))
-    access = {
-        "keys": [{**TEAM_A, "max_concurrent_requests": 2}],
-        "redis_url": REDIS_URL,
-        "limits": {"redis_prefix": redis_prefix},
-    }
-    leases = f"{redis_prefix}:requests:key:team-a"
+    if limit == "max_concurrent_fusion":
+        hold, refused_body, kind = open_fusion_stream, chat_body("fusion", stream=True), "fusion"
+    else:
+        hold, refused_body, kind = open_passthrough_stream, chat_body("fake/judge"), "requests"
+    access = {"keys": [{**TEAM_A, limit: 2}], "redis_url": REDIS_URL, "limits": {"redis_prefix": redis_prefix}}
+    leases = f"{redis_prefix}:{kind}:key:team-a"
     with serve(access, environ=ENVIRON) as (url_a, _), serve(access, environ=ENVIRON) as (url_b, _):
         with ExitStack() as streams:
-            on_a = streams.enter_context(open_passthrough_stream(url_a, A))
-            streams.enter_context(open_passthrough_stream(url_b, A))
+            on_a = streams.enter_context(hold(url_a, A))
+            streams.enter_context(hold(url_b, A))
             for url in (url_a, url_b):
-                refused = httpx.post(f"{url}/v1/chat/completions", json=chat_body("fake/judge"), headers=A)
+                refused = httpx.post(f"{url}/v1/chat/completions", json=refused_body, headers=A)
                 assert_429(refused, "concurrency_limited", max_retry_after=1)
             on_a.close()
             wait_until(lambda: redis_client.zcard(leases) == 1)
-            streams.enter_context(open_passthrough_stream(url_b, A))
+            streams.enter_context(hold(url_b, A))
             assert redis_client.zcard(leases) == 2
         wait_until(lambda: redis_client.zcard(leases) == 0)
 
