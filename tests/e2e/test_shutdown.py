@@ -226,6 +226,34 @@ def test_a_stream_whose_client_stopped_reading_ends_quietly_at_the_end_of_the_gr
     assert "Exception in ASGI application" not in log and "Traceback" not in log, log[-3000:]
 
 
+def _generations(activity: Path) -> list[tuple[str, str, str | None]]:
+    """(requested model, status, failure reason) of each request the SQLite activity store recorded."""
+    with sqlite3.connect(activity) as conn:
+        return conn.execute("SELECT requested_model, status, failure_reason FROM generations").fetchall()
+
+
+def _stopped_with_an_unread_stream(
+    upstream_url: str, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path, *, settle_s: float
+) -> tuple[str, list[tuple[str, str, str | None]]]:
+    """Serve (grace period 1 s), open a stream of `fake/big` the client never reads, let it settle for `settle_s`,
+    stop the server with SIGTERM: its log, and the requests it recorded."""
+    activity = tmp_path / "activity.sqlite3"
+    with (
+        served(upstream_url, presets_dir, tmp_path, grace_s=1, extra=f'\n[activity]\npath = "{activity}"\n') as (
+            url,
+            process,
+        ),
+        _unread_stream_sdk(url) as sdk,
+    ):
+        stream = sdk.chat.completions.create(model="fake/big", messages=HI, stream=True)  # headers read, no more
+        with stream:
+            wait_until(lambda: bool(upstream.calls_for("big")), timeout=10)
+            time.sleep(settle_s)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0  # a clean stop
+    return (tmp_path / "serve.log").read_text(errors="replace"), _generations(activity)
+
+
 def _unread_stream_sdk(url: str) -> openai.OpenAI:
     """The OpenAI SDK on connections with a 4 KiB receive buffer: a stream it opens and never reads holds the
     server's writes in flow control once a few MiB are out."""
@@ -243,24 +271,9 @@ def test_a_stream_the_servers_backstop_cancels_is_still_recorded(
     closed: lost, and the shutdown waited its whole drain timeout for it."""
     _, upstream_url = fake_upstream
     upstream.script("big", Script(chunks=["x" * (4 << 20), "tail"], chunk_interval_s=60))  # 4 MiB, then a long wait
-    activity = tmp_path / "activity.sqlite3"
-    with (
-        served(upstream_url, presets_dir, tmp_path, grace_s=1, extra=f'\n[activity]\npath = "{activity}"\n') as (
-            url,
-            process,
-        ),
-        _unread_stream_sdk(url) as sdk,
-    ):
-        stream = sdk.chat.completions.create(model="fake/big", messages=HI, stream=True)  # headers read, no more
-        with stream:
-            wait_until(lambda: bool(upstream.calls_for("big")), timeout=10)
-            time.sleep(2)  # the 4 MiB go out and fill the buffers; the body waits on the provider's next chunk
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=30) == 0  # a clean stop
-    log = (tmp_path / "serve.log").read_text(errors="replace")
+    # The 4 MiB go out and fill the buffers; the body waits on the provider's next chunk.
+    log, rows = _stopped_with_an_unread_stream(upstream_url, upstream, presets_dir, tmp_path, settle_s=2)
     assert "Cancel 1 running task(s)" in log, log[-3000:]  # the fault: uvicorn's backstop cancelled the request
-    with sqlite3.connect(activity) as conn:
-        rows = conn.execute("SELECT requested_model, status, failure_reason FROM generations").fetchall()
     assert rows == [("fake/big", "error", "server_shutting_down")], log[-3000:]
     assert "still unrecorded" not in log and "dropped" not in log, log[-3000:]
 
@@ -274,24 +287,9 @@ def test_a_stream_cut_at_the_end_of_the_grace_period_is_not_recorded_as_whole(
     stopped, as those told so."""
     _, upstream_url = fake_upstream
     upstream.script("big", Script(chunks=["x" * 65536] * 300))  # ~19 MiB: more than every buffer on the way holds
-    activity = tmp_path / "activity.sqlite3"
-    with (
-        served(upstream_url, presets_dir, tmp_path, grace_s=1, extra=f'\n[activity]\npath = "{activity}"\n') as (
-            url,
-            process,
-        ),
-        _unread_stream_sdk(url) as sdk,
-    ):
-        stream = sdk.chat.completions.create(model="fake/big", messages=HI, stream=True)  # headers read, no more
-        with stream:
-            wait_until(lambda: bool(upstream.calls_for("big")), timeout=10)
-            time.sleep(1)  # the server's buffers fill; its writes wait for the client
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=30) == 0  # a clean stop
-    log = (tmp_path / "serve.log").read_text(errors="replace")
+    # The server's buffers fill; its writes wait for the client.
+    log, rows = _stopped_with_an_unread_stream(upstream_url, upstream, presets_dir, tmp_path, settle_s=1)
     assert "grace period over: ending 1 request(s) in flight" in log, log[-3000:]  # the fault: stopped mid-answer
-    with sqlite3.connect(activity) as conn:
-        rows = conn.execute("SELECT requested_model, status, failure_reason FROM generations").fetchall()
     assert rows == [("fake/big", "error", "server_shutting_down")], log[-3000:]
 
 
@@ -333,7 +331,6 @@ def test_a_response_held_behind_an_unread_one_is_recorded_when_the_backstop_canc
             assert process.wait(timeout=30) == 0  # a clean stop
     log = (tmp_path / "serve.log").read_text(errors="replace")
     assert "Cancel 1 running task(s)" in log, log[-3000:]  # the fault: uvicorn's backstop cancelled the second one
-    with sqlite3.connect(activity) as conn:
-        rows = conn.execute("SELECT requested_model, status, failure_reason FROM generations").fetchall()
+    rows = _generations(activity)
     assert sorted(rows) == [("fake/big", "ok", None), ("fake/small", "cancelled", "cancelled")], log[-3000:]
     assert "still unrecorded" not in log and "dropped" not in log, log[-3000:]
