@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from e2e.processes import IDLE_CPU_S, WINDOW_S, Served, alive, provider_config, serve, watch_cpu
 from fakes.server import serve_in_thread
-from fakes.upstream import FakeUpstream, Script, wait_until
+from fakes.upstream import FakeUpstream, Script, wait_until, web_fetch_call
 from web.pages import costly_pdf
 
 pytestmark = pytest.mark.e2e
@@ -34,11 +34,6 @@ _SITE = Starlette(routes=[Route("/costly.pdf", lambda _: Response(costly_pdf(), 
 def site() -> Iterator[str]:
     with serve_in_thread(_SITE) as url:
         yield url
-
-
-def _fetch_call(url: str) -> Script:
-    arguments = orjson.dumps({"url": url}).decode()
-    return Script(tool_calls=[{"function": {"name": "web_fetch", "arguments": arguments}}])
 
 
 def _config(upstream_url: str, fetch: str) -> str:
@@ -75,7 +70,9 @@ def test_a_costly_pdf_is_cut_at_the_limit_and_leaves_nothing_running(
     said: str,
 ) -> None:
     _, upstream_url = fake_upstream
-    upstream.script("a", _fetch_call(f"{site}/costly.pdf"), Script(content="The report could not be read."))
+    upstream.script(
+        "a", Script(tool_calls=[web_fetch_call(f"{site}/costly.pdf")]), Script(content="The report could not be read.")
+    )
 
     with serve(_config(upstream_url, fetch), presets_dir, tmp_path) as served:
         started = time.monotonic()
@@ -94,7 +91,7 @@ def test_a_client_that_hangs_up_takes_its_extraction_with_it(
     fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path, site: str
 ) -> None:
     _, upstream_url = fake_upstream
-    upstream.script("a", _fetch_call(f"{site}/costly.pdf"), Script(content="unused"))
+    upstream.script("a", Script(tool_calls=[web_fetch_call(f"{site}/costly.pdf")]), Script(content="unused"))
     # The fetch may take 300 s, the extraction 10 s (the default): the client leaves well before.
     config = _config(upstream_url, "timeout_s = 300")
 

@@ -15,11 +15,10 @@ from typing import Any
 import anthropic
 import httpx
 import openai
-import orjson
 import pytest
 
 from e2e.processes import Served, provider_config, serve
-from fakes.upstream import FakeUpstream, Script
+from fakes.upstream import FakeUpstream, Script, web_fetch_call
 
 pytestmark = pytest.mark.e2e
 
@@ -62,10 +61,7 @@ def test_web_fetch_cannot_read_the_gateways_own_pages(
         earlier = _chat(served)  # a request whose record a fetch of /v1/activity would list
         _wait_listed(served, earlier.id)
         paths = ["/v1/activity", "/activity", "/metrics"]
-        calls = [
-            {"function": {"name": "web_fetch", "arguments": orjson.dumps({"url": f"{served.url}{p}"}).decode()}}
-            for p in paths
-        ]
+        calls = [web_fetch_call(f"{served.url}{p}") for p in paths]
         upstream.script("a", Script(tool_calls=calls), Script(content="Nothing was read."))
         later = _chat(served)
 

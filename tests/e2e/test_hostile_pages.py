@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import openai
-import orjson
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -29,7 +28,7 @@ from starlette.routing import Route
 
 from e2e.processes import IDLE_CPU_S, WINDOW_S, Served, provider_config, serve, watch_cpu
 from fakes.server import serve_in_thread
-from fakes.upstream import FakeUpstream, Script
+from fakes.upstream import FakeUpstream, Script, web_fetch_call
 
 pytestmark = pytest.mark.e2e
 
@@ -118,11 +117,6 @@ def site() -> Iterator[str]:
         yield url
 
 
-def _fetch_call(url: str) -> Script:
-    arguments = orjson.dumps({"url": url}).decode()
-    return Script(tool_calls=[{"function": {"name": "web_fetch", "arguments": arguments}}])
-
-
 def _config(upstream_url: str, fetch: str = "") -> str:
     return provider_config(upstream_url, extra=f'[research.fetch]\nallow_private = ["127.0.0.0/8"]\n{fetch}\n')
 
@@ -151,7 +145,9 @@ def test_a_page_compressed_twice_is_not_inflated_in_memory(
     fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path, site: str
 ) -> None:
     _, upstream_url = fake_upstream
-    upstream.script("a", _fetch_call(f"{site}/bomb"), Script(content="The page could not be read."))
+    upstream.script(
+        "a", Script(tool_calls=[web_fetch_call(f"{site}/bomb")]), Script(content="The page could not be read.")
+    )
     _stacked_gzip_bomb()  # made before the server starts, not while it is measured
 
     with serve(_config(upstream_url), presets_dir, tmp_path) as served:
@@ -171,7 +167,9 @@ def test_a_page_declaring_a_costly_charset_is_read_as_utf_8_and_leaves_nothing_r
     fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path, site: str
 ) -> None:
     _, upstream_url = fake_upstream
-    upstream.script("a", _fetch_call(f"{site}/punycode.txt"), Script(content="The page says nothing."))
+    upstream.script(
+        "a", Script(tool_calls=[web_fetch_call(f"{site}/punycode.txt")]), Script(content="The page says nothing.")
+    )
 
     # Plain text is decoded in a thread of the server itself, which no time limit can stop.
     with serve(_config(upstream_url, "timeout_s = 5"), presets_dir, tmp_path) as served:
@@ -190,10 +188,7 @@ def test_what_a_page_sends_besides_its_text_reaches_the_model_only_inside_the_un
 ) -> None:
     _, upstream_url = fake_upstream
     paths = ["/typed-text", "/typed-other", "/encoded-words", "/redirect-to-words"]
-    calls = [
-        {"function": {"name": "web_fetch", "arguments": orjson.dumps({"url": f"{site}{path}"}).decode()}}
-        for path in paths
-    ]
+    calls = [web_fetch_call(f"{site}{path}") for path in paths]
     upstream.script("a", Script(tool_calls=calls), Script(content="Nothing useful."))
     _HITS.clear()
 
@@ -230,9 +225,9 @@ def test_one_request_fetching_pages_that_hold_cannot_keep_another_requests_fetch
     # Eight panelists asking for 16 pages each: 128 fetches, twice the connections of the worker's fetch client.
     for number, hog in enumerate(_HOGS):
         held = [f"{site}/held/{number}-{page}" for page in range(16)]
-        calls = [{"function": {"name": "web_fetch", "arguments": orjson.dumps({"url": u}).decode()}} for u in held]
+        calls = [web_fetch_call(u) for u in held]
         upstream.script(hog, Script(tool_calls=calls), Script(content="Slowly read."))
-    upstream.script("a", _fetch_call(f"{site}/fast"), Script(content="Quickly read."))
+    upstream.script("a", Script(tool_calls=[web_fetch_call(f"{site}/fast")]), Script(content="Quickly read."))
     _HELD.clear()
     _HOLDING.clear()
     _FAST_WHILE_HELD.clear()

@@ -116,6 +116,11 @@ class _ClosingStreamingResponse(StreamingResponse):
             await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
 
+def web_fetch_call(url: str) -> dict[str, Any]:
+    """A model's tool call asking the gateway to fetch `url` (for `Script(tool_calls=[...])`)."""
+    return {"function": {"name": "web_fetch", "arguments": {"url": url}}}
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
     """Poll `predicate` until it is true; raise AssertionError after `timeout` seconds."""
     deadline = time.monotonic() + timeout
