@@ -68,10 +68,10 @@ class BrowserGuard:
 
     def refusal(self, scope: Scope) -> OpenFusionError | None:
         """Why an HTTP request is refused (a gateway's fetch, a cross-site call, a body that is not JSON), or None."""
-        fetched = gateway_fetch(scope)
+        headers = _read_headers(scope)
+        fetched = gateway_fetch(headers.get(b"via", ""))
         if fetched is not None:
             return fetched
-        headers = _read_headers(scope)
         if not is_activity_page(route_path(scope)) and self._from_another_site(headers):
             return CrossSiteRequest(
                 "Cross-site browser requests are refused: call this API from a server, or allow the page's "
@@ -102,15 +102,17 @@ class BrowserGuard:
         return urlsplit(origin).netloc.lower() != headers.get(b"host", "").lower()
 
 
-_READ = frozenset({b"origin", b"sec-fetch-site", b"host", b"content-type", b"content-encoding"})
+_READ = frozenset({b"origin", b"sec-fetch-site", b"host", b"content-type", b"content-encoding", b"via"})
 
 
 def _read_headers(scope: Scope) -> dict[bytes, str]:
     """The headers the guard reads, in one pass (the first of each, as `Headers.get` gives; ASGI names are
-    lowercase). Most requests lack `Origin` and `Sec-Fetch-Site`: a `Headers` lookup of each raised and caught
-    a KeyError."""
+    lowercase; `Via` whole: its lines joined, as one line would list them). Most requests lack `Origin` and
+    `Sec-Fetch-Site`: a `Headers` lookup of each raised and caught a KeyError."""
     found: dict[bytes, str] = {}
     for name, value in scope["headers"]:
         if name in _READ and name not in found:
             found[name] = value.decode("latin-1")
+        elif name == b"via":
+            found[name] = found[name] + ", " + value.decode("latin-1")
     return found

@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import re
 
-from starlette.types import Scope
-
 from openfusion.errors import GatewayFetch
 
-# The fetcher's name as a whole token of a Via value; a proxy named, say, `openfusion-fetcher` is not it.
-_MARK = re.compile(rb"(?<![\w.-])openfusion-fetch(?![\w.-])", re.IGNORECASE)
+# The fetcher's name as a whole token of a Via value; a proxy named, say, `openfusion-fetcher` is not it. (ASCII rules:
+# the header is read as latin-1, byte for byte, and a byte above 127 is no part of a token.)
+_MARK = re.compile(r"(?<![\w.-])openfusion-fetch(?![\w.-])", re.IGNORECASE | re.ASCII)
 
 
-def gateway_fetch(scope: Scope) -> GatewayFetch | None:
-    """The refusal of a request a gateway's `web_fetch` made (its `Via` mark), or None for any other."""
-    for name, value in scope["headers"]:
-        if name == b"via" and _MARK.search(value):
-            return GatewayFetch(
-                "Requests made by a gateway's web_fetch are refused: a gateway's own pages are never research."
-            )
+def gateway_fetch(via: str) -> GatewayFetch | None:
+    """The refusal of a request a gateway's `web_fetch` made (`via`: its `Via` lines, joined; the mark in any of
+    them), or None for any other."""
+    if via and _MARK.search(via):
+        return GatewayFetch(
+            "Requests made by a gateway's web_fetch are refused: a gateway's own pages are never research."
+        )
     return None
