@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -13,8 +13,8 @@ from openfusion.api.completion_events import as_event_stream
 from openfusion.api.deps import AppState
 from openfusion.api.event_stream import EventStreamResponse
 from openfusion.api.ledger import Ledger
-from openfusion.errors import UpstreamError, UpstreamProtocolError, UpstreamStatusError, relayed
-from openfusion.pipeline.plan import fusion_plugin_index
+from openfusion.errors import OpenFusionError, UpstreamError, UpstreamProtocolError, UpstreamStatusError, relayed
+from openfusion.pipeline.plan import fusion_plugin_index, read_fusion
 from openfusion.protocol import ChatRequest, parse_usage
 from openfusion.sse import DONE, encode, error_chunk
 from openfusion.upstream.client import CHAT_PATH, Forwarded
@@ -211,6 +211,16 @@ def _note_usage(forwarded: Forwarded, tail: bytes) -> None:
         if isinstance(usage, dict):
             trace.usage = parse_usage(usage)
             return
+
+
+def goes_as_sent(state: AppState, chat: ChatRequest, speaks: Callable[[AppState, ChatRequest], bool]) -> bool:
+    """Whether a request goes as sent to providers that speak its surface's API themselves (`speaks`): a pass-through
+    (no fusion asked for, read from the request, no preset looked at) whose providers all speak it. False for one
+    refused on its own account further on (a model no provider serves)."""
+    try:
+        return read_fusion(chat, default_preset=state.settings.default_preset) is None and speaks(state, chat)
+    except OpenFusionError:
+        return False
 
 
 def without_openfusion_fields(chat: ChatRequest, data: dict[str, Any]) -> dict[str, Any]:

@@ -24,11 +24,10 @@ from openfusion.api.messages.request import MessagesRequest, Translated, parse_r
 from openfusion.api.messages.tokens import estimate_input_tokens
 from openfusion.api.messages.writer import PING, MessageWriter
 from openfusion.api.params import renamed
-from openfusion.api.passthrough import SSE_HEADERS
+from openfusion.api.passthrough import SSE_HEADERS, goes_as_sent
 from openfusion.api.translated import chat_events
 from openfusion.errors import OpenFusionError
 from openfusion.pipeline.events import Event, RunFinished
-from openfusion.pipeline.plan import read_fusion
 from openfusion.pipeline.reach import reach_of
 from openfusion.sse import encode_named
 
@@ -44,7 +43,9 @@ async def create_message(request: Request) -> Response:
     try:
         data = load_json_object(raw)
         translated = _translated(state, parse_request(data), data)
-        if _sent_as_is(state, translated):  # the provider gets the body as sent: what it may choose is judged here
+        # A provider that speaks Messages gets the body as sent (fusion and chat providers never get the client's own
+        # fields, its hosted tools among them): what it may choose is judged here.
+        if goes_as_sent(state, translated.chat, speaks_messages):
             check_provider_choices(request, translated.chat, translated.raw)
             check_tools_billed_apart(request, translated.chat, tools_billed_apart(translated.raw))
     except OpenFusionError as exc:
@@ -92,27 +93,9 @@ def _translated(state: AppState, request: MessagesRequest, raw: dict[str, Any]) 
         return translate(request, raw)
     except Untranslatable as refused:
         translated = translate(request, raw, lenient=True)
-        chat = translated.chat
-        try:
-            # Only a pass-through may go as sent: whether it is one is read from the request, no preset looked at.
-            native = read_fusion(chat, default_preset=state.settings.default_preset) is None
-            native = native and speaks_messages(state, chat)
-        except OpenFusionError:
-            native = False
-        if not native:
+        if not goes_as_sent(state, translated.chat, speaks_messages):
             raise refused from None
         return translated
-
-
-def _sent_as_is(state: AppState, translated: Translated) -> bool:
-    """Whether the request is a pass-through to a provider that speaks Messages, which takes the body as
-    sent (fusion and chat providers never get the client's own fields, its hosted tools among them)."""
-    try:
-        return read_fusion(translated.chat, default_preset=state.settings.default_preset) is None and speaks_messages(
-            state, translated.chat
-        )
-    except OpenFusionError:  # refused on its own account further on
-        return False
 
 
 router = APIRouter()

@@ -19,7 +19,7 @@ from openfusion.api.dispatch import Exchange, record_unparsed_refusal, serve
 from openfusion.api.event_stream import EventStreamResponse
 from openfusion.api.ledger import Ledger
 from openfusion.api.params import renamed
-from openfusion.api.passthrough import SSE_HEADERS
+from openfusion.api.passthrough import SSE_HEADERS, goes_as_sent
 from openfusion.api.responses.keeper import not_stored
 from openfusion.api.responses.native import forward_native, provider_speaks_responses, speaks_responses
 from openfusion.api.responses.request import Translated, parse_request, tools_billed_apart, translate
@@ -27,7 +27,6 @@ from openfusion.api.responses.writer import ResponseWriter
 from openfusion.api.translated import chat_events
 from openfusion.errors import InvalidRequest, OpenFusionError
 from openfusion.pipeline.events import Event, RunFinished
-from openfusion.pipeline.plan import read_fusion
 from openfusion.protocol import NAME_ERROR, plain_name
 from openfusion.sse import KEEPALIVE, encode_named
 
@@ -48,7 +47,9 @@ async def create_response(request: Request) -> Response:
                 raise not_stored(parsed.previous_response_id)
             history = await state.responses.history(parsed.previous_response_id, owner=owner)
         translated = translate(parsed, history, raw=data)
-        if _sent_as_is(state, translated):  # the provider gets the body as sent: what it may choose is judged here
+        # A provider that speaks the Responses API gets the body as sent (fusion and chat providers never get the
+        # client's own fields, its hosted tools among them): what it may choose is judged here.
+        if goes_as_sent(state, translated.chat, provider_speaks_responses):
             check_provider_choices(request, translated.chat, translated.raw)
             check_tools_billed_apart(request, translated.chat, tools_billed_apart(translated.raw))
     except OpenFusionError as exc:
@@ -76,17 +77,6 @@ async def retrieve_response(request: Request) -> Response:
         raise not_stored(response_id, param=None)
     stored = await state.responses.load(response_id, owner=client_key_name(request) or "", param=None)
     return Response(orjson.dumps(stored.response), media_type="application/json")
-
-
-def _sent_as_is(state: AppState, translated: Translated) -> bool:
-    """Whether the request is a pass-through to a provider that speaks the Responses API, which takes the body as
-    sent (fusion and chat providers never get the client's own fields, its hosted tools among them)."""
-    try:
-        return read_fusion(
-            translated.chat, default_preset=state.settings.default_preset
-        ) is None and provider_speaks_responses(state, translated.chat)
-    except OpenFusionError:  # refused on its own account further on
-        return False
 
 
 router = APIRouter()
