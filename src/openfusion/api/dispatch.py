@@ -73,15 +73,17 @@ class Exchange:
             return replayed(events)
         # What a judge's errors teach is each key's own: one key's run never changes how another's judge is asked.
         dialects = state.dialects.owned_by(self.ledger.key_name)
+        # A key's requests share its turns at the fetch client: one key's research cannot hold every connection.
+        research = state.research.owned_by(self.ledger.key_name) if state.research is not None else None
         if plan.mode == "tool":
             events = run_tool_mode(
                 upstream=state.upstream, plan=plan, request=self.chat, stream=stream, dialects=dialects,
-                research=state.research, panel_deltas=panel_deltas,
+                research=research, panel_deltas=panel_deltas,
             )  # fmt: skip
         else:
             events = run_fusion(
                 upstream=state.upstream, plan=plan, request=self.chat, stream=stream, dialects=dialects,
-                research=state.research, panel_deltas=panel_deltas,
+                research=research, panel_deltas=panel_deltas,
                 turns=state.turns.owned_by(self.ledger.key_name),  # each key finds only its own agent-loop turns
                 keep_content=state.activity is not None and state.activity.stores_content,  # only its record reads it
             )  # fmt: skip

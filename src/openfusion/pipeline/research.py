@@ -12,7 +12,7 @@ from typing import Any
 from openfusion.pipeline.prompts import Messages, prompt
 from openfusion.protocol import Usage
 from openfusion.upstream.client import Completion
-from openfusion.upstream.web import Source, ToolOutcome, WebResearch
+from openfusion.upstream.web import FetchSlots, Source, ToolOutcome, WebResearch
 
 log = logging.getLogger("openfusion")
 
@@ -49,8 +49,9 @@ class ResearchPlan:
     """What research a model may do: the tools, the call budget, the domains to keep out of it.
 
     `fetch_slots` is the request's share of the worker's fetch client (WebResearch.fetch_slots): one plan
-    serves a run's panel and judge, so together they hold no more connections than that, and pages that
-    trickle until their time-out cannot keep other requests' research waiting.
+    serves a run's panel and judge, so together they hold no more connections than that, nor more than their
+    client key's share left by its other requests; pages that trickle until their time-out cannot keep other
+    requests' or other keys' research waiting.
     """
 
     research: WebResearch | None = None
@@ -59,7 +60,7 @@ class ResearchPlan:
     blocked_domains: frozenset[str] = frozenset()
 
     @functools.cached_property
-    def fetch_slots(self) -> asyncio.Semaphore | None:
+    def fetch_slots(self) -> FetchSlots | None:
         """Made at the run's first tool call: a run that researches nothing (most) never makes one."""
         return self.research.fetch_slots() if self.research is not None else None
 

@@ -4,6 +4,7 @@ from openfusion.upstream.web.config import FetchConfig, ResearchConfig, SearchCo
 from openfusion.upstream.web.errors import FetchError, FetchFailed, FetchRefused, SearchError, WebError
 from openfusion.upstream.web.extract_pool import ExtractionPool
 from openfusion.upstream.web.fetch import FetchedPage, Fetcher, build_fetch_client
+from openfusion.upstream.web.fetch_slots import FetchSlots
 from openfusion.upstream.web.search import SearchBackend, SearchResult, build_search_backend
 from openfusion.upstream.web.tools import Source, ToolOutcome, WebResearch, normalize_tools
 
@@ -13,6 +14,7 @@ __all__ = [
     "FetchError",
     "FetchFailed",
     "FetchRefused",
+    "FetchSlots",
     "FetchedPage",
     "Fetcher",
     "ResearchConfig",

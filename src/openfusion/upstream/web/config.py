@@ -82,6 +82,10 @@ class FetchConfig(BaseModel):
     # Fetches one request (one fusion run: its panel and judge together) may have under way at once; more wait
     # for a turn, within their timeout_s. The worker's fetch client has 64 connections for every request.
     max_fetches_per_request: int = Field(default=16, ge=1, le=64)
+    # Fetches one client key (all its requests together; no key at all counts as one) may have under way at once
+    # in a worker; more wait for a turn, within their timeout_s. Half the client's 64 connections by default, so
+    # one key's requests cannot take the connections every other key's research needs.
+    max_fetches_per_key: int = Field(default=32, ge=1, le=64)
 
     @field_validator("allow_private", mode="before")
     @classmethod

@@ -26,6 +26,7 @@ from openfusion.upstream.web.extract import (
     sniff_kind,
 )
 from openfusion.upstream.web.extract_pool import ExtractionPool
+from openfusion.upstream.web.fetch_slots import FetchSlots, Turn
 from openfusion.upstream.web.ssrf import AddressPolicy, IPAddress, Resolver, Target, resolve_target, system_resolver
 
 logger = logging.getLogger(__name__)
@@ -89,35 +90,41 @@ class Fetcher:
         self.policy = AddressPolicy.from_config(config)
         self.extractor = extractor or ExtractionPool.from_config(config)
 
-    async def fetch(
-        self, url: str, *, excluded: Collection[str] = (), slots: asyncio.Semaphore | None = None
-    ) -> FetchedPage:
+    async def fetch(self, url: str, *, excluded: Collection[str] = (), slots: FetchSlots | None = None) -> FetchedPage:
         """Fetch `url` (following up to `max_redirects` checked redirects); raise FetchRefused or FetchFailed.
 
         `excluded`: domains (see exclusions.excludes) no hop may go to; such a hop is refused before its request.
-        `slots`: the fetches its request may have under way at once (see WebResearch.fetch_slots); the wait for
-        one counts against `timeout_s`, so a request's fetches never hold more of the shared client than that.
+        `slots`: the turns its request and its client key take at the shared client (see WebResearch.fetch_slots);
+        the wait for one counts against `timeout_s`, so neither a request nor a key holds more than its share.
         """
         extracting: list[ContentKind] = []  # set while the text is extracted, for the timeout's message
-        started = False
+        turn = Turn()
         try:
-            async with asyncio.timeout(self.config.timeout_s), slots or contextlib.nullcontext():
-                started = True
+            async with asyncio.timeout(self.config.timeout_s), contextlib.AsyncExitStack() as held:
+                if slots is not None:
+                    await turn.take(slots, held)
                 return await self._fetch(url, extracting, excluded)
         except TimeoutError:
-            if not started:
-                raise FetchFailed(
-                    f"the fetch timed out after {self.config.timeout_s:g} s waiting for a turn: this request had "
-                    f"{self.config.max_fetches_per_request} other fetches under way."
-                ) from None
-            if extracting:
-                raise FetchFailed(
-                    f"the fetch timed out after {self.config.timeout_s:g} s: text extraction was cut off."
-                ) from None
-            raise FetchFailed(f"the fetch timed out after {self.config.timeout_s:g} s.") from None
+            raise self._timed_out(turn, extracting) from None
         except FetchRefused as exc:
             logger.info("web_fetch refused: %s", exc.message)
             raise
+
+    def _timed_out(self, turn: Turn, extracting: list[ContentKind]) -> FetchFailed:
+        """What the model is told of a fetch that ran out of `timeout_s`: whether it had to wait for a turn."""
+        after = f"the fetch timed out after {self.config.timeout_s:g} s"
+        if turn.waited_for == "request":
+            whose = f"this request had {self.config.max_fetches_per_request} other fetches under way"
+        elif turn.waited_for == "key":
+            count = self.config.max_fetches_per_key
+            whose = f"requests made with this client key had {count} fetch{'es' if count > 1 else ''} under way"
+        elif extracting:
+            return FetchFailed(f"{after}: text extraction was cut off.")
+        else:
+            return FetchFailed(f"{after}.")
+        if turn.waiting:
+            return FetchFailed(f"{after} waiting for a turn: {whose}.")
+        return FetchFailed(f"{after}, {turn.waited_s:.1f} s of it waiting for a turn ({whose}).")
 
     async def _fetch(self, url: str, extracting: list[ContentKind], excluded: Collection[str]) -> FetchedPage:
         current = url

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -19,6 +20,7 @@ from openfusion.upstream.web.errors import FetchError, SearchError
 from openfusion.upstream.web.exclusions import EXCLUDED, is_blocked
 from openfusion.upstream.web.extract_pool import ExtractionPool
 from openfusion.upstream.web.fetch import FetchedPage, Fetcher
+from openfusion.upstream.web.fetch_slots import FetchSlots, KeyFetchSlots
 from openfusion.upstream.web.search import SearchBackend, SearchResult, build_search_backend
 from openfusion.upstream.web.ssrf import Resolver
 from openfusion.upstream.web.untrusted import wrap_untrusted
@@ -171,7 +173,10 @@ def tool_definitions(*, default_max_results: int = 5) -> dict[str, dict[str, Any
 
 
 class WebResearch:
-    """Executes web_search / web_fetch calls for the panel's tool loop; never raises for a failed call."""
+    """Executes web_search / web_fetch calls for the panel's tool loop; never raises for a failed call.
+
+    One per worker; `owned_by` gives a client key's view of it, whose requests share that key's fetch turns.
+    """
 
     def __init__(
         self,
@@ -188,6 +193,8 @@ class WebResearch:
             None if search is not None else "no search backend is configured"
         )
         self._definitions = tool_definitions(default_max_results=default_max_results)
+        self._owner: str | None = None  # the client key whose requests this view serves (None: no key)
+        self._key_slots = KeyFetchSlots(fetcher.config.max_fetches_per_key) if fetcher is not None else None
 
     @classmethod
     def from_config(
@@ -227,11 +234,20 @@ class WebResearch:
         names += [WEB_FETCH] if self.fetcher is not None else []
         return [self._definitions[name] for name in names if enabled is None or name in enabled]
 
-    def fetch_slots(self) -> asyncio.Semaphore | None:
-        """A new request's share of the fetch client: `max_fetches_per_request` fetches at once (None: no fetch)."""
-        if self.fetcher is None:
+    def owned_by(self, owner: str | None) -> WebResearch:
+        """One client key's view (`owner`: its name; None without keys): the fetches of all the requests run through
+        it share that key's `max_fetches_per_key` turns, so one key's requests cannot hold the whole fetch client."""
+        view = copy.copy(self)
+        view._owner = owner
+        return view
+
+    def fetch_slots(self) -> FetchSlots | None:
+        """A new request's share of the fetch client (None: no fetch): `max_fetches_per_request` fetches at once
+        of its own, each also taking a turn of its client key's `max_fetches_per_key`."""
+        if self.fetcher is None or self._key_slots is None:
             return None
-        return asyncio.Semaphore(self.fetcher.config.max_fetches_per_request)
+        request = asyncio.Semaphore(self.fetcher.config.max_fetches_per_request)
+        return FetchSlots(request=request, key=self._key_slots.of(self._owner))
 
     async def execute(
         self,
@@ -239,7 +255,7 @@ class WebResearch:
         arguments: str | None,
         *,
         blocked_domains: Collection[str] = (),
-        fetch_slots: asyncio.Semaphore | None = None,
+        fetch_slots: FetchSlots | None = None,
     ) -> ToolOutcome:
         """Run one tool call; bad arguments and failed searches or fetches come back as an error result.
 
@@ -263,7 +279,7 @@ class WebResearch:
         name: str,
         arguments: str | None,
         blocked_domains: Collection[str],
-        fetch_slots: asyncio.Semaphore | None,
+        fetch_slots: FetchSlots | None,
     ) -> ToolOutcome:
         if name == WEB_SEARCH:
             return await self._search(arguments, blocked_domains)
@@ -288,7 +304,7 @@ class WebResearch:
         return ToolOutcome(render_search(args.query.strip(), results), sources=sources, kind="search")
 
     async def _fetch(
-        self, arguments: str | None, blocked_domains: Collection[str], slots: asyncio.Semaphore | None
+        self, arguments: str | None, blocked_domains: Collection[str], slots: FetchSlots | None
     ) -> ToolOutcome:
         args = _parse(_FetchArgs, arguments)
         if isinstance(args, str):

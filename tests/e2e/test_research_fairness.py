@@ -1,0 +1,181 @@
+"""One client key's research cannot hold a worker's fetch client, through the real server with two client keys.
+
+The pages trickle a byte at a time until the test lets them go, as a hostile or slow site would: each fetch holds
+one of the fetch client's 64 connections meanwhile. The page server counts the pages being sent at each moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from fakes.server import serve_in_thread
+from fakes.upstream import FakeUpstream, Script, web_fetch_call
+from openfusion.app import create_app
+from openfusion.settings import Settings
+
+from .conftest import server_environ
+
+pytestmark = pytest.mark.usefixtures("loopback_only")
+
+ALICE, BOB = "sk-alice-fetches-0123456789", "sk-bob-fetches-0123456789"
+KEYS = [{"name": "alice", "key_env": "ALICE_KEY"}, {"name": "bob", "key_env": "BOB_KEY"}]
+READER = """
+analysis_models = ["fake/reader"]
+model = "fake/judge"
+synthesis_model = "fake/synth"
+max_tool_calls = 16
+"""
+
+
+class TricklingSite:
+    """Pages that send a byte every 50 ms until `release`; `held` counts those being sent right now."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self.lock = threading.Lock()
+        self.held = 0
+        self.peak = 0  # the most pages held at once
+        self.fast: list[tuple[int, bool]] = []  # per /fast request: pages held then, and whether still held
+        self.app = Starlette(routes=[Route("/slow/{n}", self._slow), Route("/fast", self._fast)])
+
+    def reset(self) -> None:
+        self.released.clear()
+        self.held = self.peak = 0
+        self.fast.clear()
+
+    async def _slow(self, _: Request) -> Response:
+        return StreamingResponse(self._trickle(), media_type="text/plain")
+
+    async def _trickle(self) -> AsyncIterator[bytes]:
+        with self.lock:
+            self.held += 1
+            self.peak = max(self.peak, self.held)
+        try:
+            while not self.released.is_set():
+                yield b"."
+                await asyncio.sleep(0.05)
+            yield b" Slow facts."
+        finally:  # also when the fetcher gives up and the connection goes
+            with self.lock:
+                self.held -= 1
+
+    def _fast(self, _: Request) -> Response:
+        with self.lock:
+            self.fast.append((self.held, not self.released.is_set()))
+        return PlainTextResponse("Fast facts.")
+
+
+_SITE = TricklingSite()
+
+
+@pytest.fixture(scope="module")
+def _served() -> Iterator[str]:
+    with serve_in_thread(_SITE.app) as url:
+        yield url
+
+
+@pytest.fixture
+def site(_served: str) -> Iterator[tuple[TricklingSite, str]]:
+    _SITE.reset()
+    yield _SITE, _served
+    _SITE.released.set()  # nothing left trickling for the next test
+
+
+@pytest.fixture
+def start(make_settings: Callable[..., Settings], presets_dir: Path) -> Callable[..., AbstractContextManager[str]]:
+    """openfusion with the keys alice and bob, fetching from loopback with these `[research.fetch]` values."""
+    (presets_dir / "reader.toml").write_text(READER)
+
+    @contextmanager
+    def run(**fetch: Any) -> Iterator[str]:
+        research = {"fetch": {"allow_private": ["127.0.0.0/8"], **fetch}}
+        settings = make_settings(keys=KEYS, research=research)
+        with serve_in_thread(create_app(settings, environ=server_environ(ALICE_KEY=ALICE, BOB_KEY=BOB))) as url:
+            yield url
+
+    return run
+
+
+def ask(url: str, key: str, preset: str) -> httpx.Response:
+    body = {"model": f"fusion/{preset}", "messages": [{"role": "user", "content": "Read them."}]}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=90)
+
+
+def tool_results(upstream: FakeUpstream, model: str) -> list[str]:
+    """What the model was told by its tool calls, over every request's second call to it."""
+    return [m["content"] for call in upstream.calls_for(model) for m in call.body["messages"] if m["role"] == "tool"]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Whether `predicate` came true within `timeout` (only so that a broken server fails instead of hanging)."""
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_one_keys_requests_fetching_trickling_pages_leave_another_keys_fetch_a_connection(
+    upstream: FakeUpstream, start: Callable[..., AbstractContextManager[str]], site: tuple[TricklingSite, str]
+) -> None:
+    pages, base = site
+    # Alice: four requests of 16 fetches each, 64 in all: every connection of the worker's fetch client.
+    reads = [Script(tool_calls=[web_fetch_call(f"{base}/slow/{r}-{p}") for p in range(16)]) for r in range(4)]
+    upstream.script("reader", *reads, *(Script(content="Slowly read.") for _ in range(4)))
+    upstream.script("a", Script(tool_calls=[web_fetch_call(f"{base}/fast")]), Script(content="Quickly read."))
+
+    with start(timeout_s=60) as url, ThreadPoolExecutor(5) as pool:
+        alices = [pool.submit(ask, url, ALICE, "reader") for _ in range(4)]
+        try:
+            # Alice's fetches fill her share (32, half the connections); the rest of hers wait for a turn.
+            wait_for(lambda: pages.held >= 32 or any(a.done() for a in alices), timeout=30)
+            bobs = pool.submit(ask, url, BOB, "trio")
+            wait_for(lambda: bool(pages.fast) or bobs.done(), timeout=30)
+        finally:
+            pages.released.set()
+        answers = [a.result() for a in [*alices, bobs]]
+
+    assert [answer.status_code for answer in answers] == [200] * 5, [a.text for a in answers]
+    # Bob's page was read while Alice's 32 were still held, never waiting for one of hers to end.
+    assert pages.fast == [(32, True)]
+    assert pages.peak == 32  # at most her share at once, though her requests asked for 64
+    (read,) = tool_results(upstream, "a")
+    assert "Fast facts." in read
+    slow = tool_results(upstream, "reader")
+    assert len(slow) == 64 and all("Slow facts." in result for result in slow)  # those that waited read too
+
+
+def test_a_fetch_that_waited_for_its_keys_turn_until_it_timed_out_says_so(
+    upstream: FakeUpstream, start: Callable[..., AbstractContextManager[str]], site: tuple[TricklingSite, str]
+) -> None:
+    pages, base = site
+    slow = [web_fetch_call(f"{base}/slow/{n}") for n in range(2)]
+    upstream.script("a", Script(tool_calls=slow), Script(content="Nothing read."))
+
+    with start(timeout_s=1, max_fetches_per_key=1) as url:
+        answer = ask(url, ALICE, "trio")
+
+    assert answer.status_code == 200, answer.text
+    assert pages.peak == 1  # the second waited for the key's one turn, instead of taking a second connection
+    first, second = tool_results(upstream, "a")
+    assert first == "web_fetch error: the fetch timed out after 1 s."
+    # It waited, within its own time-out, for the first to give the turn back (at the first's time-out): it may
+    # have had a moment of its own left, or none.
+    waited = r"(, 1\.0 s of it waiting for a turn \((.*)\)| waiting for a turn: (.*))\.$"
+    said = re.fullmatch(r"web_fetch error: the fetch timed out after 1 s" + waited, second)
+    assert said is not None, second
+    assert "requests made with this client key had 1 fetch under way" in said.group(1), second
