@@ -231,8 +231,23 @@ EXCLUDED_SITE = Starlette(
     routes=[
         Route("/page", _excluded_page),
         Route("/hop", lambda r: RedirectResponse(f"http://localhost:{r.url.port}/page", 302)),
+        Route("/to", lambda r: RedirectResponse(r.query_params["url"], 302)),
     ]
 )
+EXCLUDED = "web_fetch error: that site is excluded from research for this request."
+
+
+def told_excluding(upstream: FakeUpstream, url: str, excluded: list[str], fetched: list[str]) -> list[str]:
+    """What panelist `a` is told of its fetches of `fetched` in a request whose web_fetch excludes `excluded`."""
+    upstream.reset()
+    upstream.script("judge", Script(content=json.dumps(_analysis())))
+    upstream.script("a", Script(tool_calls=[call("web_fetch", url=u) for u in fetched]), Script(content="-"))
+    tools = [{"type": "openrouter:web_fetch", "parameters": {"blocked_domains": excluded}}]
+    with openai.OpenAI(base_url=f"{url}/v1", api_key="sk-client", max_retries=0) as sdk:
+        sdk.chat.completions.create(
+            model="fusion/trio", messages=HI, extra_body={"plugins": [{"id": "fusion", "tools": tools}]}
+        )
+    return [m["content"] for m in upstream.calls_for("a")[1].body["messages"] if m["role"] == "tool"]
 
 
 def test_an_excluded_site_gets_no_request_by_a_redirect_or_another_spelling_of_its_host(
@@ -244,25 +259,34 @@ def test_an_excluded_site_gets_no_request_by_a_redirect_or_another_spelling_of_i
             "localhost": [f"http://127.0.0.1:{port}/hop"],  # redirected into the excluded host
             "127.0.0.1": [f"http://2130706433:{port}/page", f"http://localhost:{port}/page"],  # its address
         }
-        results: dict[str, list[str]] = {}
         with start_server(**research_settings(site, search=False)) as url:
-            for excluded, fetched in urls.items():
-                upstream.reset()
-                upstream.script("judge", Script(content=json.dumps(_analysis())))
-                upstream.script(
-                    "a", Script(tool_calls=[call("web_fetch", url=u) for u in fetched]), Script(content="-")
-                )
-                tools = [{"type": "openrouter:web_fetch", "parameters": {"blocked_domains": [excluded]}}]
-                with openai.OpenAI(base_url=f"{url}/v1", api_key="sk-client", max_retries=0) as sdk:
-                    sdk.chat.completions.create(
-                        model="fusion/trio", messages=HI, extra_body={"plugins": [{"id": "fusion", "tools": tools}]}
-                    )
-                messages = upstream.calls_for("a")[1].body["messages"]
-                results[excluded] = [m["content"] for m in messages if m["role"] == "tool"]
+            results = {
+                excluded: told_excluding(upstream, url, [excluded], fetched) for excluded, fetched in urls.items()
+            }
 
-    excluded = "web_fetch error: that site is excluded from research for this request."
-    assert results == {"localhost": [excluded], "127.0.0.1": [excluded, excluded]}
+    assert results == {"localhost": [EXCLUDED], "127.0.0.1": [EXCLUDED, EXCLUDED]}
     assert EXCLUDED_HITS == []  # not even a request whose answer was then withheld
+
+
+def test_an_excluded_address_range_keeps_out_every_address_in_it_and_every_name_resolving_into_it(
+    upstream: FakeUpstream, start_server: Any, site: str
+) -> None:
+    EXCLUDED_HITS.clear()
+    with serve_in_thread(EXCLUDED_SITE) as first, serve_in_thread(EXCLUDED_SITE, host="127.0.0.2") as second:
+        port = httpx.URL(first).port
+        with start_server(**research_settings(site, search=False)) as url:
+            loopback = told_excluding(
+                upstream, url, ["127.0.0.0/8"], [f"http://localhost:{port}/page", f"http://2130706433:{port}/page"]
+            )
+            ipv6 = told_excluding(upstream, url, ["::/120"], [f"http://[::1]:{port}/page"])
+            # A range of two addresses: the redirect into it is refused, the address beside it is read.
+            hop = f"{first}/to?url={second}/page"
+            beside = told_excluding(upstream, url, ["127.0.0.2/31"], [hop, f"{first}/page"])
+
+    assert loopback == [EXCLUDED, EXCLUDED]
+    assert ipv6 == [EXCLUDED]
+    assert beside[0] == EXCLUDED and "Facts from an excluded site." in beside[1], beside
+    assert [f"127.0.0.1:{port}/page"] == EXCLUDED_HITS  # only the page outside the range
 
 
 def test_an_unknown_research_tool_is_a_400(server: str) -> None:

@@ -54,3 +54,27 @@ def test_hosts_are_compared_in_one_form(entry: str, url: str, excluded: bool) ->
     addresses = () if host[0].isdigit() else ("93.184.216.34",)
     assert excludes(_target(url, *addresses), [entry]) is excluded
     assert is_blocked(url, [entry]) is excluded
+
+
+@pytest.mark.parametrize(
+    ("entry", "url", "addresses", "excluded"),
+    [
+        ("10.0.0.0/8", "http://10.20.30.40/a", (), True),  # an address in the range
+        ("10.0.0.0/8", "http://0xa141e28/a", (), True),  # another spelling of it
+        ("10.0.0.0/8", "http://intranet.example/a", ("10.9.9.9",), True),  # a name resolving into it
+        ("10.0.0.0/8", "http://intranet.example/a", ("93.184.216.34", "10.9.9.9"), True),  # any answer in it
+        ("10.0.0.0/8", "http://intranet.example/a", ("11.0.0.1",), False),
+        ("10.0.0.0/8", "http://11.0.0.1/8", (), False),  # not a host 10.0.0.0 with a path prefix "8"
+        ("10.1.2.3/8", "http://10.200.0.1/", (), True),  # host bits set: the range it is in, as allow_private
+        ("192.0.2.0/24", "http://[::ffff:192.0.2.7]/", (), True),  # an IPv4-mapped address is its IPv4 address
+        ("2001:db8::/32", "http://[2001:db8:1::5]/a", (), True),
+        ("2001:db8::/32", "http://docs.example/a", ("2001:db8::80",), True),
+        ("2001:db8::/32", "http://[2001:db9::1]/a", (), False),
+    ],
+)
+def test_an_address_range_excludes_every_address_in_it(
+    entry: str, url: str, addresses: tuple[str, ...], excluded: bool
+) -> None:
+    assert excludes(_target(url, *addresses), [entry]) is excluded
+    # Before any lookup: a URL's own address is judged; a name's addresses are not known yet.
+    assert is_blocked(url, [entry]) is (excluded and not addresses)

@@ -4,16 +4,19 @@ An exclusion is kept, not just the excluded page's text: the fetcher asks `exclu
 (the URL the model gave and each redirect) before it sends anything, so an excluded site never gets a
 request. Hosts are compared as the SSRF guard parses them, so `2130706433`, `0x7f.1` and `127.0.0.1.`
 are all `127.0.0.1`, and `Example.COM.` is `example.com`; an entry that names an IP address also
-excludes every host name that resolves to it.
+excludes every host name that resolves to it, and one that is an address range (`10.0.0.0/8`,
+`2001:db8::/32`) every address in it and every host name resolving into it.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Collection
+from dataclasses import dataclass
 
 import httpx
 
+from openfusion.upstream.web.config import IPNetwork
 from openfusion.upstream.web.errors import FetchRefused
 from openfusion.upstream.web.ssrf import IPAddress, Target, connect_address, parse_host
 
@@ -40,10 +43,39 @@ def canonical_host(host: str) -> str:
     return parsed if isinstance(parsed, str) else str(connect_address(parsed))
 
 
-def _entry(entry: str) -> tuple[str, str]:
-    """An exclusion's host (canonical) and path prefix ("" for the whole site)."""
-    domain, _, prefix = entry.strip().partition("/")
-    return canonical_host(domain.strip(".")), prefix.lower()
+@dataclass(frozen=True)
+class _Exclusion:
+    """One entry: an address range (`10.0.0.0/8`, `2001:db8::/32`), or a host with a path prefix ("": all of it)."""
+
+    network: IPNetwork | None = None
+    host: str = ""
+    prefix: str = ""
+
+    @classmethod
+    def parse(cls, entry: str) -> _Exclusion:
+        text = entry.strip()
+        try:
+            # strict=False: "10.1.2.3/8" means 10.0.0.0/8, as in allow_private.
+            return cls(network=ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            pass
+        domain, _, prefix = text.partition("/")
+        return cls(host=canonical_host(domain.strip(".")), prefix=prefix.lower())
+
+    def covers_host(self, host: str, path: str) -> bool:
+        """Whether a host (canonical) and path are excluded by name, or, an IP address, by its range."""
+        if self.network is not None:
+            address = _address(host)
+            return address is not None and _in(address, self.network)
+        return path.startswith("/" + self.prefix) and (
+            host == self.host or (_address(self.host) is None and host.endswith("." + self.host))
+        )
+
+    def covers_address(self, address: IPAddress, path: str) -> bool:
+        """Whether an address a host resolved to is excluded: it is in the range, or is the entry's address."""
+        if self.network is not None:
+            return _in(address, self.network)
+        return path.startswith("/" + self.prefix) and self.host == str(address)
 
 
 def _address(host: str) -> IPAddress | None:
@@ -53,12 +85,14 @@ def _address(host: str) -> IPAddress | None:
         return None
 
 
-def _host_matches(host: str, domain: str) -> bool:
-    return host == domain or (_address(domain) is None and host.endswith("." + domain))
+def _in(address: IPAddress, network: IPNetwork) -> bool:
+    """Whether the address reached is in the range: an IPv4-mapped IPv6 address is compared as its IPv4 address."""
+    return connect_address(address) in network or address in network
 
 
 def is_blocked(url: str, domains: Collection[str]) -> bool:
-    """Whether a URL is on one of `domains` (or a subdomain); an entry may carry a path prefix (`host/path`)."""
+    """Whether a URL is excluded by what it says: its host is one of `domains` (or a subdomain; an entry may carry
+    a path prefix, `host/path`), or an IP address in an excluded range. Needs no DNS lookup."""
     if not domains:
         return False
     try:
@@ -66,7 +100,7 @@ def is_blocked(url: str, domains: Collection[str]) -> bool:
     except httpx.InvalidURL:
         return False  # not a URL fetch would accept either
     host, path = canonical_host(parsed.host), parsed.path.lower()
-    return any(_host_matches(host, domain) and path.startswith("/" + prefix) for domain, prefix in map(_entry, domains))
+    return any(_Exclusion.parse(entry).covers_host(host, path) for entry in domains)
 
 
 def excludes(target: Target, domains: Collection[str]) -> bool:
@@ -74,10 +108,9 @@ def excludes(target: Target, domains: Collection[str]) -> bool:
     if not domains:
         return False
     path = target.url.path.lower()
-    addresses = {str(address) for address in target.addresses}
-    for domain, prefix in map(_entry, domains):
-        if not path.startswith("/" + prefix):
-            continue
-        if _host_matches(target.host, domain) or (_address(domain) is not None and domain in addresses):
+    for exclusion in map(_Exclusion.parse, domains):
+        if exclusion.covers_host(target.host, path):
+            return True
+        if any(exclusion.covers_address(address, path) for address in target.addresses):
             return True
     return False
