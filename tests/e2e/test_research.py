@@ -289,6 +289,21 @@ def test_an_excluded_address_range_keeps_out_every_address_in_it_and_every_name_
     assert [f"127.0.0.1:{port}/page"] == EXCLUDED_HITS  # only the page outside the range
 
 
+def test_a_redirect_to_an_excluded_name_is_refused_without_looking_the_name_up(
+    upstream: FakeUpstream, start_server: Any, site: str, loopback_only: LoopbackNet
+) -> None:
+    with serve_in_thread(EXCLUDED_SITE) as other, start_server(**research_settings(site, search=False)) as url:
+        excluded = told_excluding(upstream, url, ["excluded.example"], [f"{other}/to?url=http://excluded.example/"])
+        lookups_for_excluded = list(loopback_only.blocked)
+        # The same redirect to a name not excluded: the name is looked up (and, beyond loopback, not resolved).
+        other_name = told_excluding(upstream, url, ["excluded.example"], [f"{other}/to?url=http://elsewhere.example/"])
+
+    assert lookups_for_excluded == []  # the resolver was never asked for the excluded name
+    assert excluded == [EXCLUDED]
+    assert other_name == ["web_fetch error: could not resolve the host elsewhere.example."]
+    assert loopback_only.blocked == ["resolve elsewhere.example"]  # lookups are seen here when they are made
+
+
 def test_an_unknown_research_tool_is_a_400(server: str) -> None:
     response = ask(server, tools=["web_teleport"])
     assert response.status_code == 400 and response.json()["error"]["param"] == "plugins[0].tools"

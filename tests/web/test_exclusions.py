@@ -8,8 +8,11 @@ import ipaddress
 import httpx
 import pytest
 
-from openfusion.upstream.web.exclusions import excludes, is_blocked
+from openfusion.upstream.web.config import FetchConfig
+from openfusion.upstream.web.exclusions import FetchExcluded, excludes, is_blocked
+from openfusion.upstream.web.fetch import Fetcher
 from openfusion.upstream.web.ssrf import AddressPolicy, Target, resolve_target
+from web.local_site import FakeResolver, RecordingTransport
 
 
 def _target(url: str, *addresses: str) -> Target:
@@ -78,3 +81,24 @@ def test_an_address_range_excludes_every_address_in_it(
     assert excludes(_target(url, *addresses), [entry]) is excluded
     # Before any lookup: a URL's own address is judged; a name's addresses are not known yet.
     assert is_blocked(url, [entry]) is (excluded and not addresses)
+
+
+@pytest.mark.parametrize(
+    ("location", "excluded"),
+    [
+        ("http://docs.excluded.test/page", "excluded.test"),  # a subdomain of an excluded name
+        ("http://public.test/private/page", "public.test/private"),  # an excluded path of the same host
+        ("http://10.1.2.3/page", "10.0.0.0/8"),  # an address in an excluded range
+    ],
+)
+async def test_a_redirect_to_an_excluded_url_is_refused_before_its_name_is_looked_up(
+    location: str, excluded: str
+) -> None:
+    transport = RecordingTransport(lambda _: httpx.Response(302, headers={"location": location}))
+    resolver = FakeResolver({"public.test": ["93.184.216.34"], "docs.excluded.test": ["93.184.216.35"]})
+    http = httpx.AsyncClient(transport=transport, trust_env=False)
+    fetcher = Fetcher(FetchConfig(allow_private=["10.0.0.0/8"]), http=http, resolver=resolver)
+    with pytest.raises(FetchExcluded):
+        await fetcher.fetch("http://public.test/start", excluded=[excluded])
+    assert resolver.calls == [("public.test", 80)]  # the first hop's lookup only
+    assert [str(request.url) for request in transport.requests] == ["http://93.184.216.34/start"]

@@ -5,7 +5,9 @@ An exclusion is kept, not just the excluded page's text: the fetcher asks `exclu
 request. Hosts are compared as the SSRF guard parses them, so `2130706433`, `0x7f.1` and `127.0.0.1.`
 are all `127.0.0.1`, and `Example.COM.` is `example.com`; an entry that names an IP address also
 excludes every host name that resolves to it, and one that is an address range (`10.0.0.0/8`,
-`2001:db8::/32`) every address in it and every host name resolving into it.
+`2001:db8::/32`) every address in it and every host name resolving into it. What a hop's URL says
+of itself (its host name, or the address it names) is checked before the name is looked up
+(`is_blocked`): an excluded name costs no DNS lookup. The addresses a name resolves to, after (`excludes`).
 """
 
 from __future__ import annotations

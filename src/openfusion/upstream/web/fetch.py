@@ -15,7 +15,7 @@ import httpx
 from openfusion.upstream.web.config import FetchConfig
 from openfusion.upstream.web.content_coding import ACCEPT_ENCODING, BoundedDecoder
 from openfusion.upstream.web.errors import FetchFailed, FetchRefused
-from openfusion.upstream.web.exclusions import FetchExcluded, excludes
+from openfusion.upstream.web.exclusions import FetchExcluded, excludes, is_blocked
 from openfusion.upstream.web.extract import (
     ContentKind,
     Extracted,
@@ -130,6 +130,8 @@ class Fetcher:
         current = url
         first: Target | None = None
         for hop in range(self.config.max_redirects + 1):
+            if is_blocked(current, excluded):  # by what the URL says of itself: an excluded name is not looked up
+                raise FetchExcluded
             try:
                 target = await resolve_target(current, policy=self.policy, resolver=self.resolver)
             except FetchRefused as exc:
@@ -137,7 +139,7 @@ class Fetcher:
                     raise
                 inner = exc.message.removeprefix("refused: ")
                 raise FetchRefused(f"refused: a redirect went off limits: {inner}") from None
-            if excludes(target, excluded):
+            if excludes(target, excluded):  # by the addresses it resolved to
                 raise FetchExcluded
             first = first or target
             response = await self._open(target)
