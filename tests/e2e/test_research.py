@@ -309,6 +309,16 @@ def test_an_unknown_research_tool_is_a_400(server: str) -> None:
     assert response.status_code == 400 and response.json()["error"]["param"] == "plugins[0].tools"
 
 
+@pytest.mark.parametrize("entry", ["10.0.0.0/33", "[2001:db8::]/129"])
+def test_an_exclusion_written_as_an_address_range_that_is_none_is_a_400(server: str, entry: str) -> None:
+    """Read as a host with a path, it would exclude nothing of what was meant: refused, never ignored."""
+    response = ask(server, tools=[{"type": "openrouter:web_fetch", "parameters": {"blocked_domains": [entry]}}])
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "plugins[0].tools[0].parameters.blocked_domains"
+    assert f"{entry!r} is not a valid address range" in error["message"], error
+
+
 def _analysis() -> dict[str, Any]:
     from .conftest import ANALYSIS
 

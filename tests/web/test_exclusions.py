@@ -73,6 +73,8 @@ def test_hosts_are_compared_in_one_form(entry: str, url: str, excluded: bool) ->
         ("2001:db8::/32", "http://[2001:db8:1::5]/a", (), True),
         ("2001:db8::/32", "http://docs.example/a", ("2001:db8::80",), True),
         ("2001:db8::/32", "http://[2001:db9::1]/a", (), False),
+        ("[2001:db8::]/32", "http://[2001:db8:1::5]/a", (), True),  # the address as a URL spells it
+        ("10.0.0.7/private", "http://10.0.0.7/private/a", (), True),  # an address with a path is no range
     ],
 )
 def test_an_address_range_excludes_every_address_in_it(

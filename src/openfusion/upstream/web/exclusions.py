@@ -55,13 +55,10 @@ class _Exclusion:
 
     @classmethod
     def parse(cls, entry: str) -> _Exclusion:
-        text = entry.strip()
-        try:
-            # strict=False: "10.1.2.3/8" means 10.0.0.0/8, as in allow_private.
-            return cls(network=ipaddress.ip_network(text, strict=False))
-        except ValueError:
-            pass
-        domain, _, prefix = text.partition("/")
+        network = address_range(entry)
+        if network is not None:
+            return cls(network=network)
+        domain, _, prefix = entry.strip().partition("/")
         return cls(host=canonical_host(domain.strip(".")), prefix=prefix.lower())
 
     def covers_host(self, host: str, path: str) -> bool:
@@ -78,6 +75,23 @@ class _Exclusion:
         if self.network is not None:
             return _in(address, self.network)
         return path.startswith("/" + self.prefix) and self.host == str(address)
+
+
+def address_range(entry: str) -> IPNetwork | None:
+    """The address range an entry is written as (`10.0.0.0/8`, `[2001:db8::]/32`, a lone address), else None.
+
+    Raises ValueError for an address with a prefix length that makes no range (`10.0.0.0/33`): read as a
+    host with a path, it would exclude nothing of what was meant.
+    """
+    text = entry.strip()
+    address, slash, bits = text.partition("/")
+    if _address(address.strip("[]")) is None or (slash and not bits.isdigit()):
+        return None  # a name, or an address with a path
+    try:
+        # strict=False: "10.1.2.3/8" means 10.0.0.0/8, as in allow_private.
+        return ipaddress.ip_network(address.strip("[]") + slash + bits, strict=False)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a valid address range") from None
 
 
 def _address(host: str) -> IPAddress | None:

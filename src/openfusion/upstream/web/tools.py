@@ -17,7 +17,7 @@ from openfusion.masking import SecretMasker
 from openfusion.upstream.trace import current_observer
 from openfusion.upstream.web.config import ResearchConfig
 from openfusion.upstream.web.errors import FetchError, SearchError
-from openfusion.upstream.web.exclusions import EXCLUDED, is_blocked
+from openfusion.upstream.web.exclusions import EXCLUDED, address_range, is_blocked
 from openfusion.upstream.web.extract_pool import ExtractionPool
 from openfusion.upstream.web.fetch import FetchedPage, Fetcher
 from openfusion.upstream.web.fetch_slots import FetchSlots, KeyFetchSlots
@@ -99,8 +99,8 @@ class ToolSpecError(ValueError):
 def excluded_domains(spec: str | Iterable[str | Mapping[str, Any]] | None) -> set[str]:
     """The domains a `tools` value's parameters exclude from research (`excluded_domains`, `blocked_domains`).
 
-    Each must be a list of domain names: anything else is refused, never ignored, so an exclusion is
-    enforced or the request fails.
+    Each must be a list of domain names (or address ranges): anything else is refused, never ignored, so an
+    exclusion is enforced or the request fails.
     """
     domains: set[str] = set()
     for index, item in enumerate([] if spec is None or isinstance(spec, str) else spec):
@@ -115,6 +115,11 @@ def excluded_domains(spec: str | Iterable[str | Mapping[str, Any]] | None) -> se
                 continue
             if not isinstance(value, list) or not all(isinstance(d, str) and d.strip() for d in value):
                 raise ToolSpecError(f"[{index}].parameters.{key}", "must be a list of domain names")
+            for entry in value:
+                try:
+                    address_range(entry)
+                except ValueError as exc:
+                    raise ToolSpecError(f"[{index}].parameters.{key}", str(exc)) from None
             domains.update(value)
     return domains
 
