@@ -1,5 +1,5 @@
 """What the server learns about models (sampling values they refuse, structured output they cannot do) is learnt for
-the model: one client's request never changes what is sent for another's.
+the model and the client key: one client's request never changes what is sent for another's.
 
 Against the real server under uvicorn, with a fake upstream that refuses as OpenAI does.
 """
@@ -46,6 +46,22 @@ def test_one_clients_out_of_range_value_never_drops_anothers(upstream: FakeUpstr
         ask(url, ALICE, chat_body("fusion/trio", top_p=5))
         ask(url, ALICE, chat_body("fusion/trio", top_p=5))
     assert [call.body.get("top_p") for call in upstream.calls_for("synth")][3:] == [5, None, None]
+
+
+def test_one_clients_refusal_never_drops_the_same_value_from_anothers(upstream: FakeUpstream, serve: Serve) -> None:
+    """A refusal is learnt by the key whose request met it: another key sending the same value still sends it (the
+    refusal may come of what the first key's request brought about), and learns it for itself on its own refusal."""
+    upstream.script("synth", Script(content="Blue.", reject_above={"top_p": 1}))
+    with serve(KEYS, environ=ENVIRON) as (url, _):
+        ask(url, ALICE, chat_body("fusion/trio", top_p=5))
+        bobs = ask(url, BOB, chat_body("fusion/trio", top_p=5))
+        ask(url, BOB, chat_body("fusion/trio", top_p=5))
+        ask(url, ALICE, chat_body("fusion/trio", top_p=5))
+    sent = [call.body.get("top_p") for call in upstream.calls_for("synth")]
+    # Alice's refused and sent again without it; Bob's went as he sent it, then he too was refused; each key's next
+    # request leaves it out at once.
+    assert sent == [5, None, 5, None, None, None]
+    assert bobs["fusion"]["synthesizer"]["unsupported_parameters"] == ["top_p"]
 
 
 def test_a_judge_one_client_chose_never_changes_how_anothers_is_asked(upstream: FakeUpstream, serve: Serve) -> None:

@@ -1,4 +1,4 @@
-"""refused_parameter(): which sampling parameter a provider's refusal names."""
+"""refused_parameter(): which sampling parameter a provider's refusal names; SamplingMemory: what is left out after."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import orjson
 import pytest
 
 from openfusion.errors import UpstreamStatusError
-from openfusion.pipeline.sampling import SamplingMemory, refused_parameter
+from openfusion.pipeline.sampling import MODELS_KEPT, SamplingMemory, refused_parameter
+from openfusion.pipeline.structured import DialectMemory
 
 SENT = {"temperature": 0, "top_p": 0.9, "logprobs": True, "top_logprobs": 2, "seed": 7}
 
@@ -63,3 +64,27 @@ def test_the_memory_is_per_value_and_bounded() -> None:
     for value in range(1000):
         memory.refused("up/m", "seed", value)
     assert sum(memory.prepare("up/m", {"seed": value})[1] == ["seed"] for value in range(1000)) == 64
+
+
+def test_the_memory_is_per_client_and_bounded_across_clients() -> None:
+    """What one key's requests learn leaves out nothing of another key's; many keys and models are not all kept."""
+    memory = SamplingMemory()
+    alice, bob = memory.owned_by("alice"), memory.owned_by("bob")
+    alice.refused("up/m", "temperature", 0.5)
+
+    assert alice.prepare("up/m", {"temperature": 0.5}) == ({}, ["temperature"])
+    assert memory.owned_by("alice").prepare("up/m", {"temperature": 0.5}) == ({}, ["temperature"])  # a view, kept
+    assert bob.prepare("up/m", {"temperature": 0.5}) == ({"temperature": 0.5}, [])
+    for number in range(MODELS_KEPT + 100):
+        memory.owned_by(f"key-{number}").refused("up/m", "temperature", 0.5)
+    kept = sum(memory.owned_by(f"key-{n}").prepare("up/m", {"temperature": 0.5})[1] != [] for n in range(2000))
+    assert kept == MODELS_KEPT - 1  # alice's pair took one place
+
+
+def test_the_judges_dialect_memory_is_bounded_across_clients() -> None:
+    memory = DialectMemory()
+    for number in range(MODELS_KEPT + 100):
+        memory.owned_by(f"key-{number}").rejected("up/m", "json_schema")
+    stepped = sum(memory.owned_by(f"key-{n}").candidates("up/m")[0] != "json_schema" for n in range(MODELS_KEPT + 100))
+    assert stepped == MODELS_KEPT
+    assert memory.owned_by("key-0").sampling.prepare("up/m", {"seed": 1}) == ({"seed": 1}, [])

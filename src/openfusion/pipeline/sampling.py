@@ -1,5 +1,5 @@
-"""Sampling parameters a model refuses: dropped after its first refusal, remembered for the process per model and value
-(and the reasoning settings the refusal came with).
+"""Sampling parameters a model refuses: dropped after its first refusal, remembered for the process per client key,
+model and value (and the reasoning settings the refusal came with).
 
 Reasoning models (OpenAI's o-series and GPT-5, some of Anthropic's with thinking on) answer a `temperature`,
 `top_p` and the like with HTTP 400. openfusion asks the judge for temperature 0 and passes the plan's or
@@ -63,24 +63,36 @@ def _provider_words(error: UpstreamStatusError) -> str:
 
 
 class SamplingMemory:
-    """Per model, the sampling parameters it refused, with the values it refused them with; learned once per process.
+    """Per client and model, the sampling parameters it refused, with the values it refused them with; learned once per
+    process.
 
     A refusal is remembered with its value: a model that refuses `temperature` refuses every value (each is learned
     on its first refusal), but one that refuses `top_p: 5` as out of range takes `top_p: 0.3`. Remembering the
     parameter alone let one client's bad value silently drop every other client's good one, for every key. And with
     the reasoning settings it came with: Anthropic's models refuse a temperature other than 1 with thinking on and
     take it with thinking off, so one client's reasoning request must not drop the temperature of every other
-    request (the judge's own 0 among them) sent without it.
+    request (the judge's own 0 among them) sent without it. Per client too (`owned_by`): a refusal may come of what
+    a client's own request brought about (a provider it routed to, words echoing its conversation), so what one
+    key's requests learn leaves out parameters from its own requests alone; each key pays at most one refused call
+    per value to learn it.
     """
 
     def __init__(self) -> None:
-        # model -> reasoning settings (as JSON) -> parameter -> values refused (as JSON)
-        self._refused: dict[str, dict[bytes, dict[str, set[bytes]]]] = {}
+        # (owner, model) -> reasoning settings (as JSON) -> parameter -> values refused (as JSON)
+        self._refused: dict[tuple[str | None, str], dict[bytes, dict[str, set[bytes]]]] = {}
+        self._owner: str | None = None
+
+    def owned_by(self, owner: str | None) -> SamplingMemory:
+        """One client's view (`owner`: its key's name; None without keys), kept in this memory: what its requests
+        learn leaves parameters out of its own requests alone."""
+        view = SamplingMemory.__new__(SamplingMemory)
+        view._refused, view._owner = self._refused, owner
+        return view
 
     def prepare(self, model: str, body: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[str]]:
-        """The body without the values `model` refused before (with the same reasoning settings), and the names left
-        out."""
-        settings = self._refused.get(model)
+        """The body without the values `model` refused before (for this client, with the same reasoning settings), and
+        the names left out."""
+        settings = self._refused.get((self._owner, model))
         if not settings:  # the usual case: the body as it is, not a copy (the upstream client copies it anyway)
             return body, []
         refused = settings.get(_reasoning(body))
@@ -96,15 +108,23 @@ class SamplingMemory:
         return {key: value for key, value in body.items() if key not in dropped}, dropped
 
     def refused(self, model: str, parameter: str, value: Any, sent: Mapping[str, Any] | None = None) -> None:
-        """`model` refused `parameter` with `value` in the body `sent`: never send that again with the same reasoning
-        settings (a bounded number of settings and values each)."""
-        settings = self._refused.setdefault(model, {})
+        """`model` refused `parameter` with `value` in the body `sent`: never send that again for this client with the
+        same reasoning settings (a bounded number of clients and models, settings and values each)."""
+        key = (self._owner, model)
+        if key not in self._refused and len(self._refused) >= MODELS_KEPT:
+            return  # past the bound a refusal costs one refused call each, never memory
+        settings = self._refused.setdefault(key, {})
         reasoning = _reasoning(sent or {})
         if reasoning not in settings and len(settings) >= _SETTINGS_KEPT:
-            return  # past the bound a refusal costs one refused call each, never memory
+            return
         values = settings.setdefault(reasoning, {}).setdefault(parameter, set())
         if len(values) < _VALUES_KEPT:
             values.add(_value(value))
+
+
+# (client, model) pairs remembered in all, which keys and their choices of model multiply: past these, a refusal costs
+# one refused call each, never memory without bound.
+MODELS_KEPT = 1024
 
 
 # Values remembered per model and parameter: a client sending a new bad value with every request costs one refused

@@ -11,7 +11,7 @@ from typing import Any
 
 from openfusion.errors import UpstreamStatusError
 from openfusion.pipeline.analysis import ANALYSIS_SCHEMA, RESPONSE_FORMAT
-from openfusion.pipeline.sampling import SamplingMemory
+from openfusion.pipeline.sampling import MODELS_KEPT, SamplingMemory
 
 DIALECTS = ("json_schema", "json_object", "instructions")
 
@@ -39,7 +39,8 @@ def rejects_response_format(error: UpstreamStatusError) -> bool:
 
 
 class DialectMemory:
-    """Per client and model, the first dialect still worth trying; and the sampling parameters models refuse.
+    """Per client and model, the first dialect still worth trying; and the sampling parameters models refuse (per
+    client and model too: `SamplingMemory`).
 
     Learned once per process. Per model, not per provider: one provider (OpenRouter) serves models that differ, and a
     judge a client chose that cannot do `json_schema` must not make every other client's judge there do without.
@@ -57,7 +58,7 @@ class DialectMemory:
         """One client's view (`owner`: its key's name; None without keys), kept in this memory: what its runs learn
         about a dialect holds for its own runs alone."""
         view = DialectMemory.__new__(DialectMemory)
-        view._start, view._owner, view.sampling = self._start, owner, self.sampling
+        view._start, view._owner, view.sampling = self._start, owner, self.sampling.owned_by(owner)
         return view
 
     def candidates(self, model: str) -> tuple[str, ...]:
@@ -67,4 +68,6 @@ class DialectMemory:
     def rejected(self, model: str, dialect: str) -> None:
         """The model refused `dialect`: never ask it that way again (for this client)."""
         key = (self._owner, model)
+        if key not in self._start and len(self._start) >= MODELS_KEPT:
+            return  # past the bound a step down costs one refused call each, never memory
         self._start[key] = max(self._start.get(key, 0), DIALECTS.index(dialect) + 1)
