@@ -195,6 +195,37 @@ def test_count_tokens_comes_from_a_native_provider(anthropic_native: tuple[FakeA
     assert call.headers["anthropic-beta"] == BETA and call.body["model"] == "opus"
 
 
+def test_count_tokens_sends_a_native_provider_only_what_its_count_takes(
+    anthropic_native: tuple[FakeAnthropic, str], gateway: str
+) -> None:
+    """Anthropic's count_tokens refuses fields it does not take (`max_tokens`, sampling, `stream`), and OpenRouter's
+    own (`provider`, `transforms`, `usage`, `reasoning`) are for OpenRouter alone: neither reaches the provider."""
+    fake, _ = anthropic_native
+    counted_fields = {
+        "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+        "tools": [{"name": "lookup", "description": "Look up", "input_schema": {"type": "object"}}],
+        "tool_choice": {"type": "auto"},
+        "thinking": {"type": "enabled", "budget_tokens": 2048},
+        "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+    }
+    foreign = {
+        "max_tokens": 4096, "temperature": 0.2, "top_k": 5, "stop_sequences": ["END"], "stream": False,
+        "metadata": {"user_id": "u-1"}, "service_tier": "auto",
+        "provider": {"order": ["anthropic"]}, "transforms": ["middle-out"], "usage": {"include": True},
+        "reasoning": {"effort": "high"}, "models": ["claude/sonnet"], "plugins": [{"id": "response-healing"}],
+    }  # fmt: skip
+    with sdk(gateway) as client:
+        counted = client.messages.count_tokens(
+            model="claude/opus",
+            messages=QUESTION,
+            extra_body={**counted_fields, **foreign},  # type: ignore[arg-type]
+        )
+
+    assert counted.input_tokens == 1234
+    body = fake.calls[0].body
+    assert body == {"model": "opus", "messages": QUESTION, **counted_fields}
+
+
 # Valid Messages content no chat message can carry: a file id, a tool reference (tool search), a container upload.
 UNTRANSLATABLE = [
     {"role": "user", "content": [

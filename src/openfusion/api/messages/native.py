@@ -7,7 +7,8 @@ client's `anthropic-version` and `anthropic-beta` headers unchanged and the prov
 `x-api-key`. The relayed stream is watched for `message_start` and `message_delta`, whose usage
 goes to the activity record; a stream the provider breaks off ends with an `error` event. A provider
 that answers a streamed request with one whole message has it told as the stream it would have been
-(`whole`), watched the same way.
+(`whole`), watched the same way. A token count (`count_native`) is asked with only the fields the
+provider's count takes.
 """
 
 from __future__ import annotations
@@ -83,9 +84,31 @@ async def forward_native(exchange: Exchange, raw: dict[str, Any]) -> Response:
     return Response(content, status_code=forwarded.status_code, headers=forwarded.headers)
 
 
+# The fields Anthropic's count_tokens takes (its beta ones among them, which the client's `anthropic-beta` turns on).
+# It refuses any other, and the rest of a Messages request counts for nothing: `max_tokens`, sampling and `stream` (no
+# model runs), OpenRouter's own fields (`provider`, `transforms`, `usage`, `plugins`: meant for OpenRouter alone).
+_COUNTED_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "system",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "cache_control",
+        "output_config",
+        "speed",
+        "context_management",
+        "mcp_servers",
+        "compaction",
+        "billing_policy",
+    }
+)
+
+
 async def count_native(state: AppState, chat: ChatRequest, raw: dict[str, Any], request: Request) -> Response:
-    """The provider's own token count for the request."""
-    body = _without_foreign_thinking(without_openfusion_fields(chat, raw))
+    """The provider's own token count for the request, asked with only the fields its count takes."""
+    body = _without_foreign_thinking({key: value for key, value in raw.items() if key in _COUNTED_FIELDS})
     forwarded = await state.upstream.forward(chat.model, body, stream=False, path=MESSAGES_COUNT_PATH,
                                              headers=anthropic_headers(request))  # fmt: skip
     try:
