@@ -4,7 +4,8 @@ The estimate covers every model the request can call (`pipeline.reach`): a pass-
 or the costliest of its `models` fallbacks (only one of them answers; one that fails is refused
 with an error, which providers do not bill), and in fusion the panel with its research rounds,
 every judge (each with one repair call), every synthesizer, and in tool mode the caller's own
-model, called up to MAX_OUTER_CALLS times.
+model, called up to MAX_OUTER_CALLS times. A model named with `:online` has no estimate: its web
+search is billed per call apart from tokens (`variants`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from openfusion.pipeline.plan import FusionPlan
 from openfusion.pipeline.reach import ModelUse, Reach
 from openfusion.pipeline.tool_mode import MAX_OUTER_CALLS
 from openfusion.protocol import ChatRequest, round_usd
+from openfusion.variants import read_variant
 
 # Tokens per character of JSON, rounded up: English prose runs about 1 token per 4 characters, so
 # 1 per 3 over-counts, which is the right side to err on for a worst case.
@@ -84,12 +86,20 @@ class Estimate:
     usd: float | None
     unpriced: tuple[ModelUse, ...] = ()  # models with no known price
     unbounded: tuple[ModelUse, ...] = ()  # models whose output nothing bounds (no max_tokens, no known limit)
+    searching: tuple[ModelUse, ...] = ()  # `:online` models: a web search on every call, billed apart from tokens
 
     def bounded(self, *, why: str, param: str | None = None, code: str = "cost_unbounded") -> float:
         """The estimate; raises CostLimitExceeded (402) when there is none. `why` says what needs a bound."""
         if self.usd is not None:
             return self.usd
-        if self.unpriced:
+        if self.searching:  # first: no price or token limit would bound it
+            names = ", ".join(sorted({use.slug for use in self.searching}))
+            reason = (
+                f"the provider runs a web search on every call to {names} (the `:online` variant), billed apart from "
+                "tokens at a price nothing here knows. Leave out `:online`."
+            )
+            param = param or self.searching[0].param
+        elif self.unpriced:
             names = ", ".join(sorted({use.slug for use in self.unpriced}))
             reason = f"no price is known for {names}. Add them under [pricing.models] or set pricing.refresh_from."
             param = param or self.unpriced[0].param
@@ -195,8 +205,9 @@ def _fusion_parts(
 def _priced(parts: list[_Part], prices: PriceTable, *, combine: Callable[[Iterable[float]], float]) -> Estimate:
     unpriced = tuple(use for use, _, _ in parts if prices.price_of(use.slug) is None)
     unbounded = tuple(use for use, _, completion in parts if completion is None)
-    if unpriced or unbounded or not parts:
-        return Estimate(None, unpriced, unbounded)
+    searching = tuple(use for use, _, _ in parts if read_variant(use.slug).web_search)
+    if unpriced or unbounded or searching or not parts:
+        return Estimate(None, unpriced, unbounded, searching)
     costs = []
     for use, prompt, completion in parts:
         price = prices.price_of(use.slug)
