@@ -1,8 +1,10 @@
-"""OpenRouter's model variants under a capped key: judged for what they add to the model they run.
+"""OpenRouter's model variants under a scoped or capped key: judged for the model they run and what they add.
 
 `:online` runs a web search on every request, billed apart from tokens: no price bounds it, so a capped key is refused
 with 402 `cost_unbounded` even where the operator priced the slug, on every surface and wherever the request names
-it. Against the real server, with a fake upstream and a real activity store.
+it. A routing variant (`:nitro`, `:floor`, `:exacto`) only chooses among the providers of its model: it has that
+model's price and is in any scope that covers the model. A catalog variant (`:free`, `:extended`) is a model of its
+own: priced and scoped as named. Against the real server, with a fake upstream and a real activity store.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from fakes.upstream import FakeUpstream, Script
 from openfusion.settings import ProviderConfig
 
 Serve = Callable[..., AbstractContextManager[tuple[str, FastAPI]]]
-CAPPED = "sk-capped-team-0123456789"
-ENVIRON = {"CAPPED_KEY": CAPPED}
+CAPPED, EXACT, FREE_ONLY = "sk-capped-team-0123456789", "sk-outer-exact-0123456789", "sk-free-only-0123456789"
+ENVIRON = {"CAPPED_KEY": CAPPED, "EXACT_KEY": EXACT, "FREE_KEY": FREE_ONLY}
 KEYS = {
     "keys": [
         {"name": "capped", "key_env": "CAPPED_KEY", "daily_spend_usd": 5.0},
+        {"name": "outer-exact", "key_env": "EXACT_KEY", "models": ["fake/outer"]},
+        {"name": "free-only", "key_env": "FREE_KEY", "models": ["*:free"]},
     ]
 }
 HI: Any = [{"role": "user", "content": "Hi"}]
@@ -105,3 +109,49 @@ def test_a_capped_key_may_not_run_a_web_search_through_a_native_surface(
         messages.messages.create(model="claude/sonnet:online", max_tokens=100, messages=HI)
     assert told.value.status_code == 402 and WEB in told.value.message  # in Anthropic's error shape
     assert upstream.calls == [] and anthropic_native[0].calls == []
+
+
+@pytest.mark.parametrize("suffix", [":nitro", ":floor", ":exacto"])
+def test_a_capped_key_runs_a_routing_variant_at_its_models_price(
+    gateway: str, upstream: FakeUpstream, suffix: str
+) -> None:
+    assert _chat(gateway, CAPPED, f"fake/outer{suffix}").choices[0].message.content is not None
+    assert [call.model for call in upstream.calls] == [f"outer{suffix}"]  # the slug goes as named
+
+
+def test_a_catalog_variant_is_priced_as_its_own_model(gateway: str, upstream: FakeUpstream) -> None:
+    """`:free`, `:extended` are entries of their own (their own price, context and providers): not the base's price."""
+    with pytest.raises(openai.APIStatusError) as refused:
+        _chat(gateway, CAPPED, "fake/outer:extended")
+    assert refused.value.status_code == 402 and "no price is known for fake/outer:extended" in refused.value.message
+    assert upstream.calls == []
+
+
+@pytest.mark.parametrize("model", ["fake/outer:nitro", "fake/outer:floor", "fake/outer:online"])
+def test_a_scope_covers_the_routing_and_web_search_variants_of_its_models(
+    gateway: str, upstream: FakeUpstream, model: str
+) -> None:
+    """They run the model the scope names (`:online` adds the web search a scoped key may ask for as a plugin)."""
+    assert _chat(gateway, EXACT, model).choices[0].message.content is not None
+    assert [call.model for call in upstream.calls] == [model.removeprefix("fake/")]
+
+
+OUTSIDE = [(EXACT, "fake/outer:free"), (EXACT, "fake/outer:extended"), (FREE_ONLY, "fake/outer:nitro"),
+           (FREE_ONLY, "fake/outer:online")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("key", "model"), OUTSIDE)
+def test_a_scope_judges_a_catalog_variant_as_its_own_model(
+    gateway: str, upstream: FakeUpstream, key: str, model: str
+) -> None:
+    """`fake/outer` does not cover `fake/outer:free` (other providers, which may keep prompts); a scope of free models
+    alone covers no paid model however it is routed."""
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        _chat(gateway, key, model)
+    assert refused.value.code == "model_not_allowed" and refused.value.param == "model"
+    assert upstream.calls == []
+
+
+def test_a_scope_of_free_models_covers_their_routing_variants(gateway: str, upstream: FakeUpstream) -> None:
+    assert _chat(gateway, FREE_ONLY, "fake/outer:free:nitro").choices[0].message.content is not None
+    assert [call.model for call in upstream.calls] == ["outer:free:nitro"]

@@ -70,6 +70,19 @@ def test_prices_from_an_openrouter_listing() -> None:
     assert len(prices) == 4
 
 
+def test_a_routing_variant_has_its_models_price_and_a_web_search_none() -> None:
+    """OpenRouter lists no `:nitro`, `:floor`, `:exacto` entries: they choose among the model's providers. `:online`
+    adds a web search billed apart from tokens; a catalog variant (`:free`) is an entry of its own."""
+    table = PriceTable({"vendor/m:exacto": ModelPrice(prompt=9, completion=9)})
+    table.update_listed(prices_from_listing(LISTING))
+    gpt5 = table.price_of("openai/gpt-5")
+    assert table.price_of("openai/gpt-5:nitro") == table.price_of("openai/gpt-5:FLOOR") == gpt5
+    assert table.price_of("vendor/m:exacto") == ModelPrice(prompt=9, completion=9)  # priced itself: its own price
+    assert table.price_of("openai/gpt-5:online") is None and table.price_of("openai/gpt-5:nitro:online") is None
+    assert table.price_of("meta-llama/llama-3.3-70b-instruct:free:nitro") == ModelPrice(prompt=0, completion=0)
+    assert table.price_of("openai/gpt-5:free") is None
+
+
 @pytest.mark.parametrize("payload", [None, [], {"data": "nope"}, {"data": [1, "x", {"id": "a", "pricing": 3}]}])
 def test_a_malformed_listing_gives_no_prices(payload: Any) -> None:
     assert prices_from_listing(payload) == {}

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from openfusion.access.config import AccessConfig, Limits
 from openfusion.errors import ConfigError
+from openfusion.variants import read_variant
 
 log = logging.getLogger("openfusion.access")
 
@@ -46,7 +47,14 @@ class Client:
         return f"key:{self.name}" if self.name is not None else "anonymous"
 
     def allows(self, slug: str) -> bool:
-        """Whether the key's scope covers a model slug."""
+        """Whether the key's scope covers a model slug: as named, or the model it runs less the suffixes that choose
+        among that model's providers or add the web search every scope allows (`:nitro`, `:online`: `variants`)."""
+        if self._matches(slug):
+            return True
+        variant = read_variant(slug)
+        return not variant.plain and self._matches(variant.model)
+
+    def _matches(self, slug: str) -> bool:
         return any(fnmatch.fnmatchcase(slug, pattern) for pattern in self.models)
 
 

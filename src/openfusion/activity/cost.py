@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from openfusion.protocol import Usage, plausible_cost, round_usd
+from openfusion.variants import read_variant
 
 log = logging.getLogger("openfusion.activity")
 
@@ -40,8 +41,17 @@ class PriceTable:
         return len(self._configured.keys() | self._listed.keys())
 
     def price_of(self, model: str) -> ModelPrice | None:
-        """The price of a model slug (case-insensitive), or None when unknown."""
+        """The price of a model slug (case-insensitive), or None when unknown. A routing variant (`:nitro`, `:floor`,
+        `:exacto`) not priced itself has its model's price: it only chooses among that model's providers, as a plain
+        request's routing does. One with `:online` has none: its web search is billed apart from tokens."""
         key = _key(model)
+        price = self._configured.get(key) or self._listed.get(key)
+        if price is not None:
+            return price
+        variant = read_variant(model)
+        if variant.plain or variant.web_search:
+            return None
+        key = _key(variant.model)
         return self._configured.get(key) or self._listed.get(key)
 
     def cost_of(self, model: str, usage: Usage, reported_cost: float | None = None) -> float | None:
