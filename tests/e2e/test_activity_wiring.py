@@ -188,6 +188,28 @@ def test_metrics_count_requests_stages_and_errors(
     assert "openfusion_overhead_seconds_bucket" in text
 
 
+def test_error_codes_a_provider_makes_up_mid_stream_add_no_metrics_series(
+    upstream: FakeUpstream, start_server: Any, activity_path: Path
+) -> None:
+    """An error event's `code` is the provider's to choose: one outside HTTP's statuses is counted as `other`, so
+    /metrics does not grow by a series per code."""
+    codes = [1000 + i for i in range(20)]
+    for code in codes:
+        upstream.script(f"code{code}", Script(chunks=["a"], error_event={"message": "boom", "code": code}))
+    upstream.script("teapot", Script(chunks=["a"], error_event={"message": "boom", "code": 418}))
+    with start_server(activity={"path": activity_path}) as url:
+        for model in [*(f"fake/code{code}" for code in codes), "fake/teapot"]:
+            body = {"model": model, "messages": HI, "stream": True}
+            assert httpx.post(f"{url}{CHAT}", json=body, timeout=20).status_code == 200
+        text = httpx.get(f"{url}/metrics").text
+
+    errors = [line for line in text.splitlines() if line.startswith("openfusion_upstream_errors_total")]
+    assert sorted(errors) == [
+        'openfusion_upstream_errors_total{provider="fake",status="418"} 1.0',
+        'openfusion_upstream_errors_total{provider="fake",status="other"} 20.0',
+    ]
+
+
 def test_json_logs_carry_the_generation_id(upstream: FakeUpstream, start_server: Any, activity_path: Path) -> None:
     import logging
 

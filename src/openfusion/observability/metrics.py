@@ -134,8 +134,7 @@ class Metrics:
             if call.role == "synthesizer" and call.first_token is not None:
                 self.first_token_seconds.observe(call.first_token - call.started)
             if call.status == "error":
-                status = str(call.upstream_status) if call.upstream_status else "transport"
-                self._labelled(self.upstream_errors, call.provider, status).inc()
+                self._labelled(self.upstream_errors, call.provider, _status_label(call.upstream_status)).inc()
             if call.usage is not None:
                 reported = True
                 prompt += call.usage.prompt_tokens
@@ -162,3 +161,14 @@ class Metrics:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(self.multiprocess_dir))
         return generate_latest(registry)
+
+
+def _status_label(status: int | None) -> str:
+    """An upstream error's `status` label: its HTTP status, else `transport`; `other` for a code outside HTTP's.
+
+    A provider chooses the code of an error event in a stream freely: taken as it came, each code would be a new
+    series in /metrics (and, under several workers, in every worker's files) for as long as the server runs.
+    """
+    if not status:
+        return "transport"
+    return str(status) if 100 <= status <= 599 else "other"
