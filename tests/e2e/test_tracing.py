@@ -150,7 +150,7 @@ def test_a_failed_panelist_is_an_error_span_in_a_fusion_that_succeeded(
     ]
     call = named(spans, "chat fake/b")
     assert call.parent_id == panel.span_id
-    assert call.status_code == STATUS_ERROR and "no such thing" in call.status_message
+    assert call.status_code == STATUS_ERROR and call.status_message == "upstream_error (HTTP 400)"  # not its words
     assert call.attributes["http.response.status_code"] == 400
     assert call.attributes["openfusion.failure_reason"] == "upstream_error"
     assert call.attributes["openfusion.status"] == "error"
@@ -244,6 +244,40 @@ def test_prompt_and_answer_text_only_when_asked_and_masked(
     assert "consensus" in named(spans, "judge fake/judge").attributes["gen_ai.output.messages"]
     exported = repr([(span.attributes, span.events) for span in spans])
     assert PROVIDER_KEY not in exported and "sk-provider" not in exported  # masked like activity
+
+
+@pytest.mark.parametrize("capture", [False, True])
+def test_a_providers_error_message_is_content_kept_out_of_spans_unless_asked(
+    upstream: FakeUpstream, traced_server: Any, receiver: tuple[Receiver, str], capture: bool
+) -> None:
+    """A provider's error message may quote the request it refuses (servers built on pydantic echo the `input` they
+    could not read): with capture off, a failed span is told by its code and status, never in the provider's words."""
+    quoting = f"cannot read input {QUESTION!r}"
+    upstream.script("b", Script(status=400, error_message=quoting))  # a panelist, failing before its answer
+    upstream.script("judge", Script(status=400, error_message=quoting))  # the judge: no analysis
+    upstream.script("cut", Script(chunks=["Rayleigh"], error_event={"message": quoting, "code": 500}))  # mid-stream
+    upstream.script("refused", Script(status=422, error_message=quoting))  # a pass-through's answer
+    for model in ("a", "c"):  # two of three answer, so the fusion itself succeeds
+        upstream.script(model, Script(content="blue"))
+    with traced_server(tracing={"capture_content": capture}) as url:
+        ask(url)
+        with pytest.raises(openai.APIError):  # the error event, relayed
+            ask(url, model="fake/cut", stream=True)
+        with pytest.raises(openai.UnprocessableEntityError):
+            ask(url, model="fake/refused")
+    spans = receiver[0].spans
+
+    failed = [span for span in spans if span.status_code == STATUS_ERROR]
+    assert {span.name for span in failed} >= {"chat fake/b", "judge fake/judge", "chat fake/cut", "chat fake/refused"}
+    told = {span.name: span.status_message for span in failed}
+    if capture:  # the provider's words, masked like all captured text
+        assert all(quoting in told[name] for name in ("chat fake/b", "chat fake/cut", "chat fake/refused"))
+        return
+    exported = repr([(span.name, span.attributes, span.events, span.status_message) for span in spans])
+    assert QUESTION not in exported and "cannot read input" not in exported
+    assert told["chat fake/b"] == "upstream_error (HTTP 400)"
+    assert told["chat fake/refused"] == "upstream_error (HTTP 422)"
+    assert told["judge fake/judge"] == "judge_upstream_error"
 
 
 def test_tracing_off_never_imports_the_tracing_sdk(tmp_path: Any) -> None:

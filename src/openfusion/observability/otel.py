@@ -152,7 +152,7 @@ class RequestSpans:
     def attempt_failed(self, call: CallTrace, error: BaseException) -> None:
         span = self._attempts.pop(id(call), None)
         if span is not None:
-            _failed(span, error)
+            _failed(span, error, quote=self.capture is not None)
             span.end()
 
     def call_ended(self, call: CallTrace) -> None:
@@ -174,7 +174,8 @@ class RequestSpans:
             if call.upstream_status is not None:
                 span.set_attribute("http.response.status_code", call.upstream_status)
             span.set_attribute("error.type", str(call.upstream_status or "upstream_error"))
-            span.set_status(Status(StatusCode.ERROR, call.error or "error"))
+            told = _told("upstream_error", call.upstream_status)
+            span.set_status(Status(StatusCode.ERROR, (call.error or told) if self.capture is not None else told))
         span.end()
 
     # Research tool calls.
@@ -273,7 +274,8 @@ class RequestSpans:
         else:
             judge.set_attribute("openfusion.status", "error")
             judge.set_attribute("openfusion.failure_reason", event.failure_reason or "judge_failed")
-            judge.set_status(Status(StatusCode.ERROR, event.detail or event.failure_reason or "no analysis"))
+            reason = event.failure_reason or "no analysis"
+            judge.set_status(Status(StatusCode.ERROR, (event.detail or reason) if self.capture is not None else reason))
         judge.end()
 
     def _finished(self, event: RunFinished) -> None:
@@ -344,7 +346,7 @@ class RequestSpans:
     def _end_stages(self, error: BaseException | None) -> None:
         for span in self._stages.values():
             if error is not None:
-                _failed(span, error)
+                _failed(span, error, quote=self.capture is not None)
             span.end()
         self._stages.clear()
 
@@ -353,8 +355,12 @@ class RequestSpans:
         return self.capture.text(orjson.dumps(value).decode())
 
 
-def _failed(span: Span, error: BaseException) -> None:
-    """Mark a span as failed by `error`, or as cancelled (the client left, or the run was abandoned)."""
+def _failed(span: Span, error: BaseException, *, quote: bool) -> None:
+    """Mark a span as failed by `error`, or as cancelled (the client left, or the run was abandoned).
+
+    `quote`: the error's message describes it (content is captured); else its code and upstream status do, since a
+    message may carry a provider's words, and those may quote the request.
+    """
     if isinstance(error, _CANCELLED) or (isinstance(error, OpenFusionError) and error.code == "cancelled"):
         span.set_attribute("openfusion.status", "cancelled")
         return
@@ -365,7 +371,13 @@ def _failed(span: Span, error: BaseException) -> None:
         span.set_attribute("error.type", reason)
         if isinstance(error, UpstreamError) and error.upstream_status is not None:
             span.set_attribute("http.response.status_code", error.upstream_status)
-        span.set_status(Status(StatusCode.ERROR, error.message[:1000]))
+        status = error.upstream_status if isinstance(error, UpstreamError) else None
+        span.set_status(Status(StatusCode.ERROR, error.message[:1000] if quote else _told(reason, status)))
     else:
         span.set_attribute("error.type", type(error).__name__)
         span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+
+
+def _told(reason: str, upstream_status: int | None) -> str:
+    """A failure in the server's words alone: its reason, and the provider's status when there is one."""
+    return f"{reason} (HTTP {upstream_status})" if upstream_status is not None else reason
