@@ -37,8 +37,23 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+# Control characters (C0, DEL, C1) and Unicode's line and paragraph separators, shown as escapes in a plain line:
+# a message may quote text from outside (a provider's error, which may quote the request), and there a line break
+# would start a forged line and a terminal escape would redraw the operator's screen.
+_UNPRINTABLE = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c != ord("\t")} | {
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+
+
 class TextFormatter(logging.Formatter):
-    """Plain lines for a terminal, with the generation id when there is one."""
+    """Plain lines for a terminal, with the generation id when there is one; a message is always one line."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = record.message.translate(_UNPRINTABLE)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
