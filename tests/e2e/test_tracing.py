@@ -226,6 +226,27 @@ def test_an_incoming_traceparent_is_continued(
     assert all(call.headers["traceparent"].split("-")[1] == caller_trace for call in upstream.calls)
 
 
+def test_a_caller_that_asks_not_to_be_sampled_is_traced_all_the_same(
+    upstream: FakeUpstream, traced_server: Any, receiver: tuple[Receiver, str]
+) -> None:
+    """A client's `traceparent` with the sampled flag off is continued, not obeyed: any client could otherwise take
+    its requests out of the operator's traces (and leave their activity records pointing at no trace)."""
+    caller_trace, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    with traced_server() as url:
+        response = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={"model": "fake/plain", "messages": [{"role": "user", "content": QUESTION}]},
+            headers={"traceparent": f"00-{caller_trace}-{caller_span}-00"},
+            timeout=20,
+        )
+        assert response.status_code == 200
+    spans = receiver[0].spans
+
+    root = server_span(spans)
+    assert (root.trace_id, root.parent_id) == (caller_trace, caller_span)
+    assert [span.name for span in children(spans, root)] == ["chat fake/plain"]
+
+
 def test_prompt_and_answer_text_only_when_asked_and_masked(
     upstream: FakeUpstream, traced_server: Any, receiver: tuple[Receiver, str]
 ) -> None:

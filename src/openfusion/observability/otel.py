@@ -22,6 +22,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -63,7 +64,7 @@ class Tracing:
     def start(self) -> None:
         attributes = {"service.name": self.config.service_name, "service.version": __version__}
         resource = Resource.create({**attributes, "process.pid": os.getpid()})  # which worker of several
-        provider = TracerProvider(resource=resource)
+        provider = TracerProvider(resource=resource, sampler=_sampler())
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=self.config.traces_endpoint)))
         self.provider, self.tracer = provider, provider.get_tracer("openfusion", __version__)
 
@@ -103,6 +104,18 @@ class Tracing:
         assert self.tracer is not None
         masker = self.masker if self.config.capture_content else None
         return RequestSpans(self.tracer, server, capture=masker)
+
+
+def _sampler() -> Sampler | None:
+    """Every request traced, a caller's `traceparent` continued but its sampled flag not obeyed; or, when
+    OTEL_TRACES_SAMPLER is set, the SDK's sampler as it says (None).
+
+    The SDK's default obeys the flag, and any client may send one: its requests would be left out of the
+    operator's traces.
+    """
+    if os.environ.get("OTEL_TRACES_SAMPLER", "").strip():
+        return None
+    return ParentBased(ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON)
 
 
 def _settle(done: asyncio.Future[None]) -> None:
