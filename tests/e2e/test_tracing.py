@@ -301,6 +301,26 @@ def test_a_providers_error_message_is_content_kept_out_of_spans_unless_asked(
     assert told["judge fake/judge"] == "judge_upstream_error"
 
 
+def test_captured_text_is_cut_so_one_clients_prompt_cannot_swell_every_export(
+    upstream: FakeUpstream, traced_server: Any, receiver: tuple[Receiver, str]
+) -> None:
+    """A captured attribute is at most CAPTURED_TEXT_CHARS long: a client's prompt (up to max_body_bytes) would
+    otherwise be a span as large, and a batch of them more than a collector takes (it refuses the batch whole,
+    every other request's spans with it)."""
+    from openfusion.observability.otel import CAPTURED_TEXT_CHARS
+
+    prompt = QUESTION + " " + "x" * (4 * CAPTURED_TEXT_CHARS)
+    with traced_server(tracing={"capture_content": True}) as url:
+        ask(url, messages=[{"role": "user", "content": prompt}])
+    spans = receiver[0].spans
+
+    captured = server_span(spans).attributes["gen_ai.input.messages"]
+    assert QUESTION in captured and len(captured) == CAPTURED_TEXT_CHARS
+    sizes = [len(str(value)) for span in spans for value in span.attributes.values()]
+    sizes += [len(str(value)) for span in spans for _, attributes in span.events for value in attributes.values()]
+    assert max(sizes) <= CAPTURED_TEXT_CHARS
+
+
 def test_tracing_off_never_imports_the_tracing_sdk(tmp_path: Any) -> None:
     """(Other libraries may import parts of OpenTelemetry themselves: redis-py its metrics, FastAPI its API.)"""
     import subprocess

@@ -20,7 +20,7 @@ import orjson
 from opentelemetry import trace as otel_trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
@@ -46,6 +46,8 @@ from openfusion.protocol import ChatRequest, Usage
 from openfusion.upstream.trace import CallTrace, RequestTrace, current_role
 
 PROPAGATOR = TraceContextTextMapPropagator()
+# The longest attribute value (captured text) a span carries unless OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT says otherwise.
+CAPTURED_TEXT_CHARS = 64 * 1024
 # At shutdown, the spans still queued get this long to reach the collector; then they are dropped.
 FLUSH_AT_EXIT_S = 5.0
 log = logging.getLogger("openfusion")
@@ -64,7 +66,7 @@ class Tracing:
     def start(self) -> None:
         attributes = {"service.name": self.config.service_name, "service.version": __version__}
         resource = Resource.create({**attributes, "process.pid": os.getpid()})  # which worker of several
-        provider = TracerProvider(resource=resource, sampler=_sampler())
+        provider = TracerProvider(resource=resource, sampler=_sampler(), span_limits=_span_limits())
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=self.config.traces_endpoint)))
         self.provider, self.tracer = provider, provider.get_tracer("openfusion", __version__)
 
@@ -116,6 +118,18 @@ def _sampler() -> Sampler | None:
     if os.environ.get("OTEL_TRACES_SAMPLER", "").strip():
         return None
     return ParentBased(ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON)
+
+
+def _span_limits() -> SpanLimits:
+    """The SDK's limits, attribute values cut at CAPTURED_TEXT_CHARS unless OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT is set.
+
+    The SDK cuts nothing by default, and captured text is as long as a client makes it: one prompt of
+    `max_body_bytes` would be a span as large, and a batch of such spans more than a collector takes (it
+    refuses the batch whole, every other request's spans with it).
+    """
+    if os.environ.get("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "").strip():
+        return SpanLimits()
+    return SpanLimits(max_attribute_length=CAPTURED_TEXT_CHARS)
 
 
 def _settle(done: asyncio.Future[None]) -> None:
