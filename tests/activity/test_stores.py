@@ -7,6 +7,7 @@ import logging
 import sqlite3
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -424,6 +425,65 @@ async def test_stored_responses_are_found_by_their_owner_until_they_expire(store
 
     assert await store.purge_responses(now=T0 + timedelta(days=2), created_before=T0 - timedelta(days=1)) == 2
     assert await store.load_response("resp_open", owner="", now=T0) is None
+
+
+async def test_two_owners_each_keep_their_own_response_of_one_id(store: ActivityStore) -> None:
+    """A pass-through response's id is the provider's: two keys may be given the same one."""
+    assert isinstance(store, ResponseStore)
+    for owner in ("alice", "bob"):
+        stored = _stored("resp_same", owner=owner, created=T0)
+        await store.save_response(StoredResponse(**{**vars(stored), "items": [{"role": "user", "content": owner}]}))
+
+    for owner in ("alice", "bob"):
+        found = await store.load_response("resp_same", owner=owner, now=T0)
+        assert found is not None and found.owner == owner and found.items == [{"role": "user", "content": owner}]
+    assert await store.purge_responses(now=T0 + timedelta(days=2), created_before=T0 - timedelta(days=1)) == 2
+
+
+# The schema before stored responses were keyed by their owner too.
+_BY_ID_ONLY = MIGRATIONS[: [m.version for m in MIGRATIONS].index(10)]
+
+
+async def _upgrade_keeps_stored_responses(open_old: Any, open_new: Any) -> None:
+    old = await open_old(_BY_ID_ONLY)
+    try:
+        await old.save_response(_stored("resp_old", owner="alice", created=T0, days=30))
+    finally:
+        await old.close()
+    store = await open_new()
+    try:
+        assert await store.schema_version() == latest_version()
+        kept = await store.load_response("resp_old", owner="alice", now=T0)
+        assert kept is not None and kept.items[0]["content"] == "Hi" and kept.expires_at == T0 + timedelta(days=30)
+        await store.save_response(_stored("resp_old", owner="bob", created=T0))  # refused under the old key
+        assert await store.load_response("resp_old", owner="bob", now=T0) is not None
+        assert await store.purge_responses(now=T0 + timedelta(days=31), created_before=T0 - timedelta(days=1)) == 2
+    finally:
+        await store.close()
+
+
+async def test_sqlite_upgrade_keys_stored_responses_by_owner_and_keeps_them(sqlite_path: Path) -> None:
+    await _upgrade_keeps_stored_responses(
+        lambda migrations: SqliteStore.open(sqlite_path, migrations=migrations), lambda: SqliteStore.open(sqlite_path)
+    )
+    with sqlite3.connect(sqlite_path) as conn:
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'stored_responses'")}
+    assert "stored_responses_expiry" in indexes and _sqlite_tables(sqlite_path) == EXPECTED_TABLES
+
+
+async def test_postgres_upgrade_keys_stored_responses_by_owner_and_keeps_them(postgres_url: str) -> None:
+    await _upgrade_keeps_stored_responses(
+        lambda migrations: PostgresStore.open(postgres_url, migrations=migrations),
+        lambda: PostgresStore.open(postgres_url),
+    )
+    with psycopg.connect(postgres_url) as conn:
+        key = conn.execute(
+            "SELECT a.attname FROM pg_index i"
+            " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
+            " WHERE i.indrelid = 'stored_responses'::regclass AND i.indisprimary"
+            " ORDER BY array_position(i.indkey::smallint[], a.attnum)"
+        ).fetchall()
+    assert [row[0] for row in key] == ["owner", "id"]
 
 
 async def test_a_purge_deletes_what_a_lowered_retention_no_longer_keeps(store: ActivityStore) -> None:

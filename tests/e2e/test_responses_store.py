@@ -20,7 +20,7 @@ from agents import Agent, OpenAIResponsesModel, Runner, set_tracing_disabled
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream, Script, wait_until
 from openfusion.app import create_app
-from openfusion.settings import Settings
+from openfusion.settings import ProviderConfig, Settings
 
 RESPONSES = "/v1/responses"
 KEYS = {"ALICE_KEY": "sk-alice-secret-7d2e4f9a", "BOB_KEY": "sk-bob-secret-7d2e4f9a"}
@@ -195,3 +195,44 @@ def test_the_agents_sdk_continues_with_previous_response_id(upstream: FakeUpstre
     history = upstream.calls_for("synth")[1].body["messages"]
     said = [m["content"] for m in history if m["role"] in ("user", "assistant") and isinstance(m["content"], str)]
     assert "Why is the sky blue?" in said and "Blue, by Rayleigh scattering." in said
+
+
+def native_providers(base_url: str) -> list[ProviderConfig]:
+    """`native/*` on a provider that speaks the Responses API itself (its answers carry the provider's ids)."""
+    return [ProviderConfig(name="native", base_url=f"{base_url}/v1", api_key_env="FAKE_KEY", models=["native/*"],
+                           strip_prefix=True, responses=True)]  # fmt: skip
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_two_keys_given_the_same_id_by_a_provider_each_keep_their_own(
+    upstream: FakeUpstream, fake_upstream: tuple[FakeUpstream, str], start: Start, stream: bool
+) -> None:
+    """A pass-through response's id is the provider's: a provider (or a compatible server) that gives two keys the same
+    id still leaves each key its own response, for `previous_response_id` and `GET` alike."""
+    same = [Script(content=said, reply_id="resp_same") for said in ("For Alice.", "For Bob.")]
+    upstream.script("plain", *same, Script(content="Alice again."), Script(content="Bob again."))
+
+    def create(url: str, key: str, said: str) -> str:
+        with httpx.stream("POST", f"{url}{RESPONSES}", headers={"Authorization": f"Bearer {KEYS[key]}"}, timeout=30,
+                          json={"model": "native/plain", "input": said, "stream": stream}) as response:  # fmt: skip
+            body = response.read().decode()
+        if not stream:
+            return str(json.loads(body)["id"])
+        events = [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: ")]
+        return str(next(e["response"]["id"] for e in events if e["type"] == "response.completed"))
+
+    with start(providers=native_providers(fake_upstream[1])) as url:
+        ids = [create(url, "ALICE_KEY", "Alice's question"), create(url, "BOB_KEY", "Bob's question")]
+        alice_next = post(url, "ALICE_KEY", model="native/plain", input="And?", previous_response_id="resp_same")
+        bob_next = post(url, "BOB_KEY", model="native/plain", input="And?", previous_response_id="resp_same")
+        kept = {key: httpx.get(f"{url}{RESPONSES}/resp_same", headers={"Authorization": f"Bearer {KEYS[key]}"})
+                for key in KEYS}  # fmt: skip
+
+    assert ids == ["resp_same", "resp_same"]
+    assert alice_next.status_code == 200 and bob_next.status_code == 200, (alice_next.text, bob_next.text)
+    alice_sent, bob_sent = (call.body["input"] for call in upstream.calls_for("plain")[2:])
+    assert [alice_sent[0]["content"], alice_sent[1]["content"][0]["text"]] == ["Alice's question", "For Alice."]
+    assert [bob_sent[0]["content"], bob_sent[1]["content"][0]["text"]] == ["Bob's question", "For Bob."]
+    assert kept["ALICE_KEY"].json()["output"][0]["content"][0]["text"] == "For Alice."
+    assert kept["BOB_KEY"].json()["output"][0]["content"][0]["text"] == "For Bob."
+    assert "Alice" not in bob_next.text + kept["BOB_KEY"].text

@@ -72,6 +72,7 @@ class Script:
     # Sampling parameters refused with a 400 above a bound, as OpenAI refuses `top_p: 5` ("above maximum value").
     reject_above: dict[str, float] | None = None
     reasoning: list[str] | None = None  # reasoning text (`delta.reasoning` pieces) before the answer
+    reply_id: str | None = None  # the Responses answer's id (default: a new one each time); a provider may reuse one
 
 
 @dataclass
@@ -255,7 +256,7 @@ class FakeUpstream:
         if script.status != 200:
             message = script.error_message or f"Fake upstream error {script.status} for {model}"
             return _error(script.status, message, background=done)
-        reply = _Reply(script, model, f"resp_fake{next(self._ids)}")
+        reply = _Reply(script, model, script.reply_id or f"resp_fake{next(self._ids)}")
         text, usage = reply.content or "", reply.usage
         if not call.stream:
             return _json(responses_api.response_object(reply.base["id"], model, text, usage, status="completed"),

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from openfusion.activity.cached import CACHE_EVICTION_INDEX, CACHE_EXPIRY_INDEX, result_cache_table
-from openfusion.activity.stored import EXPIRY_INDEX, stored_responses_table
+from openfusion.activity.stored import EXPIRY_INDEX, STORED_COLUMNS, STORED_TABLE, stored_responses_table
 
 Dialect = Literal["sqlite", "postgres"]
 
@@ -73,6 +73,34 @@ CREATE TABLE calls (
 )"""
 
 
+def _stored_responses_by_id(*, timestamp: str) -> str:
+    """Stored responses as version 5 made them: keyed by their id alone."""
+    return f"""
+CREATE TABLE {STORED_TABLE} (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    generation_id TEXT NOT NULL,
+    created_at {timestamp} NOT NULL,
+    expires_at {timestamp} NOT NULL,
+    items TEXT NOT NULL,
+    response TEXT NOT NULL
+)"""
+
+
+# SQLite cannot change a table's primary key: the rows move to a new table, which takes the old one's name (and the
+# expiry index, dropped with the old table, is made again). PostgreSQL changes the key in place.
+_NEW_STORED = f"{STORED_TABLE}_by_owner"
+_STORED_BY_OWNER_SQLITE = (
+    stored_responses_table(timestamp="TEXT", name=_NEW_STORED),
+    f"INSERT INTO {_NEW_STORED} ({', '.join(STORED_COLUMNS)}) SELECT {', '.join(STORED_COLUMNS)} FROM {STORED_TABLE}",
+    f"DROP TABLE {STORED_TABLE}",
+    f"ALTER TABLE {_NEW_STORED} RENAME TO {STORED_TABLE}",
+    EXPIRY_INDEX,
+)
+_STORED_BY_OWNER_POSTGRES = (
+    f"ALTER TABLE {STORED_TABLE} DROP CONSTRAINT {STORED_TABLE}_pkey, ADD PRIMARY KEY (owner, id)",
+)
+
 _SPEND_INDEX = "CREATE INDEX generations_spend ON generations (key_name, created_at)"
 # Every generation before this step came through Chat Completions.
 _API_TYPE = "ALTER TABLE generations ADD COLUMN api_type TEXT NOT NULL DEFAULT 'completions'"
@@ -120,8 +148,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         version=5,
         description="stored responses, for the Responses API's previous_response_id",
-        sqlite=(stored_responses_table(timestamp="TEXT"), EXPIRY_INDEX),
-        postgres=(stored_responses_table(timestamp="TIMESTAMPTZ"), EXPIRY_INDEX),
+        sqlite=(_stored_responses_by_id(timestamp="TEXT"), EXPIRY_INDEX),
+        postgres=(_stored_responses_by_id(timestamp="TIMESTAMPTZ"), EXPIRY_INDEX),
     ),
     Migration(
         version=6,
@@ -158,6 +186,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         description="the OpenTelemetry trace a generation was recorded in (trace_id)",
         sqlite=(_TRACE_ID,),
         postgres=(_TRACE_ID,),
+    ),
+    Migration(
+        version=10,
+        description="stored responses keyed by their owner and id (two keys may be given one id by a provider)",
+        sqlite=_STORED_BY_OWNER_SQLITE,
+        postgres=_STORED_BY_OWNER_POSTGRES,
     ),
 )
 

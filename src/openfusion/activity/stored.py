@@ -16,20 +16,26 @@ import orjson
 STORED_TABLE = "stored_responses"
 
 
-def stored_responses_table(*, timestamp: str) -> str:
-    """The table, for one database's timestamp type."""
+def stored_responses_table(*, timestamp: str, name: str = STORED_TABLE) -> str:
+    """The table, for one database's timestamp type.
+
+    A response is keyed by its owner and its id: a pass-through response's id is the provider's, and two keys given
+    the same one each keep their own.
+    """
     return f"""
-CREATE TABLE {STORED_TABLE} (
-    id TEXT PRIMARY KEY,
+CREATE TABLE {name} (
+    id TEXT NOT NULL,
     owner TEXT NOT NULL,
     generation_id TEXT NOT NULL,
     created_at {timestamp} NOT NULL,
     expires_at {timestamp} NOT NULL,
     items TEXT NOT NULL,
-    response TEXT NOT NULL
+    response TEXT NOT NULL,
+    PRIMARY KEY (owner, id)
 )"""
 
 
+STORED_COLUMNS = ("id", "owner", "generation_id", "created_at", "expires_at", "items", "response")
 EXPIRY_INDEX = f"CREATE INDEX stored_responses_expiry ON {STORED_TABLE} (expires_at)"
 
 
@@ -67,7 +73,7 @@ class StoredStatements:
     """The statements, for one placeholder style."""
 
     def __init__(self, p: str) -> None:
-        columns = "id, owner, generation_id, created_at, expires_at, items, response"
+        columns = ", ".join(STORED_COLUMNS)
         self.insert = f"INSERT INTO {STORED_TABLE} ({columns}) VALUES ({', '.join([p] * 7)})"
         # The owner is part of the lookup: a key never sees, nor learns of, another key's responses.
         self.select = f"SELECT {columns} FROM {STORED_TABLE} WHERE id = {p} AND owner = {p} AND expires_at > {p}"
