@@ -27,8 +27,8 @@ from openfusion.activity import (
 from openfusion.activity.migrations import MIGRATIONS, latest_version, pending
 from openfusion.activity.postgres_store import PostgresStore
 from openfusion.activity.sql import _UNSTORABLE, storable
-from openfusion.activity.sqlite_store import SQL, SqliteStore, _generation_row
-from openfusion.activity.stored import ResponseStore, StoredResponse
+from openfusion.activity.sqlite_store import SQL, SqliteStore, _generation_row, timestamp
+from openfusion.activity.stored import ResponseStore, StoredResponse, stored_values
 from openfusion.errors import ConfigError
 
 # A generation as the first schema kept it (the columns of version 1 only).
@@ -440,17 +440,27 @@ async def test_two_owners_each_keep_their_own_response_of_one_id(store: Activity
     assert await store.purge_responses(now=T0 + timedelta(days=2), created_before=T0 - timedelta(days=1)) == 2
 
 
-# The schema before stored responses were keyed by their owner too.
+async def test_an_owners_response_of_an_id_it_kept_before_takes_its_place(store: ActivityStore) -> None:
+    """A provider that gives one key an id twice: the newer response is the one a follow-up continues."""
+    assert isinstance(store, ResponseStore)
+    await store.save_response(_stored("resp_same", owner="alice", created=T0))
+    newer = _stored("resp_same", owner="alice", created=T0 + timedelta(hours=1), days=2)
+    await store.save_response(StoredResponse(**{**vars(newer), "items": [{"role": "user", "content": "Again"}]}))
+
+    found = await store.load_response("resp_same", owner="alice", now=T0 + timedelta(days=1, hours=2))
+    assert found is not None and found.items == [{"role": "user", "content": "Again"}]
+    assert found.created_at == T0 + timedelta(hours=1) and found.expires_at == T0 + timedelta(days=2, hours=1)
+
+
+# The schema before stored responses were keyed by their owner too, and a row as it kept one.
 _BY_ID_ONLY = MIGRATIONS[: [m.version for m in MIGRATIONS].index(10)]
+_V9_STORED = (
+    "INSERT INTO stored_responses (id, owner, generation_id, created_at, expires_at, items, response) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s)"
+)
 
 
-async def _upgrade_keeps_stored_responses(open_old: Any, open_new: Any) -> None:
-    old = await open_old(_BY_ID_ONLY)
-    try:
-        await old.save_response(_stored("resp_old", owner="alice", created=T0, days=30))
-    finally:
-        await old.close()
-    store = await open_new()
+async def _upgrade_keeps_stored_responses(store: Any) -> None:
     try:
         assert await store.schema_version() == latest_version()
         kept = await store.load_response("resp_old", owner="alice", now=T0)
@@ -463,19 +473,23 @@ async def _upgrade_keeps_stored_responses(open_old: Any, open_new: Any) -> None:
 
 
 async def test_sqlite_upgrade_keys_stored_responses_by_owner_and_keeps_them(sqlite_path: Path) -> None:
-    await _upgrade_keeps_stored_responses(
-        lambda migrations: SqliteStore.open(sqlite_path, migrations=migrations), lambda: SqliteStore.open(sqlite_path)
-    )
+    await (await SqliteStore.open(sqlite_path, migrations=_BY_ID_ONLY)).close()
+    with sqlite3.connect(sqlite_path) as conn:
+        row = stored_values(_stored("resp_old", owner="alice", created=T0, days=30), stamp=timestamp)
+        conn.execute(_V9_STORED.replace("%s", "?"), row)
+
+    await _upgrade_keeps_stored_responses(await SqliteStore.open(sqlite_path))
     with sqlite3.connect(sqlite_path) as conn:
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'stored_responses'")}
     assert "stored_responses_expiry" in indexes and _sqlite_tables(sqlite_path) == EXPECTED_TABLES
 
 
 async def test_postgres_upgrade_keys_stored_responses_by_owner_and_keeps_them(postgres_url: str) -> None:
-    await _upgrade_keeps_stored_responses(
-        lambda migrations: PostgresStore.open(postgres_url, migrations=migrations),
-        lambda: PostgresStore.open(postgres_url),
-    )
+    await (await PostgresStore.open(postgres_url, migrations=_BY_ID_ONLY)).close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(_V9_STORED, stored_values(_stored("resp_old", owner="alice", created=T0, days=30)))
+
+    await _upgrade_keeps_stored_responses(await PostgresStore.open(postgres_url))
     with psycopg.connect(postgres_url) as conn:
         key = conn.execute(
             "SELECT a.attname FROM pg_index i"

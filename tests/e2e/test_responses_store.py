@@ -236,3 +236,19 @@ def test_two_keys_given_the_same_id_by_a_provider_each_keep_their_own(
     assert kept["ALICE_KEY"].json()["output"][0]["content"][0]["text"] == "For Alice."
     assert kept["BOB_KEY"].json()["output"][0]["content"][0]["text"] == "For Bob."
     assert "Alice" not in bob_next.text + kept["BOB_KEY"].text
+
+
+def test_a_key_given_an_id_again_continues_the_newer_response(
+    upstream: FakeUpstream, fake_upstream: tuple[FakeUpstream, str], start: Start
+) -> None:
+    same = [Script(content=said, reply_id="resp_same") for said in ("Paris.", "Rome.")]
+    upstream.script("plain", *same, Script(content="Yes."))
+
+    with start(providers=native_providers(fake_upstream[1])) as url:
+        for question in ("Capital of France?", "Capital of Italy?"):
+            assert post(url, "ALICE_KEY", model="native/plain", input=question).json()["id"] == "resp_same"
+        follow_up = post(url, "ALICE_KEY", model="native/plain", input="Sure?", previous_response_id="resp_same")
+
+    assert follow_up.status_code == 200
+    sent = upstream.calls_for("plain")[2].body["input"]
+    assert [sent[0]["content"], sent[1]["content"][0]["text"]] == ["Capital of Italy?", "Rome."]

@@ -57,7 +57,7 @@ class ResponseStore(Protocol):
     """Where stored responses live (the activity store, SQLite or PostgreSQL)."""
 
     async def save_response(self, stored: StoredResponse) -> None:
-        """Keep a response until it expires; raises StoreUnavailable on a database failure."""
+        """Keep a response until it expires (in place of the owner's of that id); StoreUnavailable on a failure."""
         ...
 
     async def load_response(self, response_id: str, *, owner: str, now: datetime) -> StoredResponse | None:
@@ -74,7 +74,12 @@ class StoredStatements:
 
     def __init__(self, p: str) -> None:
         columns = ", ".join(STORED_COLUMNS)
-        self.insert = f"INSERT INTO {STORED_TABLE} ({columns}) VALUES ({', '.join([p] * 7)})"
+        # The owner's id again (a provider that reuses ids): the newer response is the one its follow-up continues.
+        newer = ", ".join(f"{column} = excluded.{column}" for column in STORED_COLUMNS[2:])
+        self.insert = (
+            f"INSERT INTO {STORED_TABLE} ({columns}) VALUES ({', '.join([p] * 7)}) "
+            f"ON CONFLICT (owner, id) DO UPDATE SET {newer}"
+        )
         # The owner is part of the lookup: a key never sees, nor learns of, another key's responses.
         self.select = f"SELECT {columns} FROM {STORED_TABLE} WHERE id = {p} AND owner = {p} AND expires_at > {p}"
         # Expired, or kept longer than the retention now in force (it may have been lowered since).
