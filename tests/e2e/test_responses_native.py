@@ -388,3 +388,31 @@ def test_native_store_goes_as_sent_when_the_operator_lets_the_provider_keep_resp
     first, second = (call.body for call in upstream.calls_for("plain"))
     assert "store" not in first  # the client's (OpenAI's default: kept)
     assert second["store"] is True and second["input"][0]["id"] == "msg_1"  # as sent
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["streamed", "answered-whole"])
+def test_a_native_response_openfusion_keeps_says_store_true_to_the_client(
+    upstream: FakeUpstream, native_server: str, whole: bool
+) -> None:
+    """The provider is asked to keep nothing, and echoes `store: false`; openfusion keeps the response and serves
+    follow-ups from it, so the object the client gets (whole, and in every stream event carrying it) says `store:
+    true`, as does the copy it keeps. A client's own `store: false` is relayed as it is, and nothing is kept."""
+    first = [Script(content="Created."), Script(content="Streamed.")]
+    streamed = Script(raw_body=whole_response(store=False), raw_media_type="application/json") if whole else first[1]
+    upstream.script("plain", first[0], streamed, Script(content="Not kept."))
+    client = openai.OpenAI(base_url=f"{native_server}/v1", api_key="k", max_retries=0)
+    with client:
+        created = client.responses.create(model="native/plain", input="Hi")
+        with client.responses.stream(model="native/plain", input="Hi") as stream:
+            carried = [(event.type, event.response.store) for event in stream if hasattr(event, "response")]
+            final = stream.get_final_response()
+        kept = [client.responses.retrieve(response.id).store for response in (created, final)]
+        unkept = client.responses.create(model="native/plain", input="Hi", store=False)
+        with pytest.raises(openai.NotFoundError) as not_kept:
+            client.responses.retrieve(unkept.id)
+
+    assert [call.body["store"] for call in upstream.calls_for("plain")] == [False, False, False]
+    assert carried[0][0] == "response.created" and carried[-1][0] == "response.completed"
+    said = {"created": created.store, "streamed": final.store, "events": {store for _, store in carried}, "kept": kept}
+    assert said == {"created": True, "streamed": True, "events": {True}, "kept": [True, True]}
+    assert unkept.store is False and not_kept.value.status_code == 404

@@ -10,8 +10,10 @@ from typing import Any
 import orjson
 
 
-def response_object(reply_id: str, model: str, text: str, usage: dict[str, Any], *, status: str) -> dict[str, Any]:
-    """A `response` object with one message (when done) and usage in the Responses shape."""
+def response_object(
+    reply_id: str, model: str, text: str, usage: dict[str, Any], *, status: str, store: bool = True
+) -> dict[str, Any]:
+    """A `response` object with one message (when done) and usage in the Responses shape; `store` as asked."""
     output = []
     if status == "completed":
         part = {"type": "output_text", "text": text, "annotations": []}
@@ -23,6 +25,7 @@ def response_object(reply_id: str, model: str, text: str, usage: dict[str, Any],
         "status": status,
         "model": model,
         "output": output,
+        "store": store,
         "usage": {
             "input_tokens": usage["prompt_tokens"],
             "output_tokens": usage["completion_tokens"],
@@ -43,6 +46,7 @@ def stream_events(
     *,
     end_after: int | None = None,
     error: dict[str, Any] | None = None,
+    store: bool = True,
 ) -> Iterator[bytes]:
     """The SSE body of a streamed text answer, event by event; `end_after` deltas: it stops there, cleanly;
     `error`: after the deltas, the provider's own `response.failed` with this error, then a clean end."""
@@ -54,7 +58,8 @@ def stream_events(
         sequence += 1
         return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
-    yield event("response.created", response=response_object(reply_id, model, text, usage, status="in_progress"))
+    started = response_object(reply_id, model, text, usage, status="in_progress", store=store)
+    yield event("response.created", response=started)
     item = {"id": "msg_fake", "type": "message", "status": "in_progress", "role": "assistant", "content": []}
     yield event("response.output_item.added", output_index=0, item=item)
     where = {"item_id": "msg_fake", "output_index": 0, "content_index": 0}
@@ -64,10 +69,10 @@ def stream_events(
             return
         yield event("response.output_text.delta", **where, delta=piece)
     if error is not None:
-        failed = {**response_object(reply_id, model, text, usage, status="failed"), "error": error}
+        failed = {**response_object(reply_id, model, text, usage, status="failed", store=store), "error": error}
         yield event("response.failed", response=failed)
         return
-    done = response_object(reply_id, model, text, usage, status="completed")
+    done = response_object(reply_id, model, text, usage, status="completed", store=store)
     yield event("response.output_text.done", **where, text=text)
     yield event("response.content_part.done", **where, part=done["output"][0]["content"][0])
     yield event("response.output_item.done", output_index=0, item=done["output"][0])

@@ -5,7 +5,8 @@ may keep it); `previous_response_id` is always
 resolved here (from this server's stored responses, per key) and sent as the conversation it names,
 so a key can only ever continue its own responses. The relayed stream is watched for its
 `response.completed` event: its usage goes to the activity record, and the response is stored
-before that event reaches the client. A provider that answers a streamed request with one whole
+before that event reaches the client; the response the client gets says it is stored when openfusion keeps it
+(`store_mark`). A provider that answers a streamed request with one whole
 response has it told as the stream it would have been (`whole`), watched the same way.
 """
 
@@ -31,6 +32,7 @@ from openfusion.api.passthrough import (
     without_openfusion_fields,
 )
 from openfusion.api.responses.request import Translated
+from openfusion.api.responses.store_mark import StoredMarks, mark_stored
 from openfusion.api.responses.whole import response_events
 from openfusion.errors import OpenFusionError, UpstreamError, UpstreamProtocolError
 from openfusion.protocol import ChatRequest, Usage
@@ -53,8 +55,11 @@ def provider_speaks_responses(state: AppState, chat: ChatRequest) -> bool:
     return state.registry.resolve(chat.model).provider.config.responses
 
 
-async def forward_native(exchange: Exchange, translated: Translated, *, keep: Keep) -> Response:
-    """Forward the request (with the `models` fallbacks) and relay the answer as it comes."""
+async def forward_native(exchange: Exchange, translated: Translated, *, keep: Keep, store: bool) -> Response:
+    """Forward the request (with the `models` fallbacks) and relay the answer as it comes.
+
+    With `store` (openfusion keeps the response), the response the client gets says so (`store_mark`).
+    """
     chat, ledger = exchange.chat, exchange.ledger
     body = native_body(translated, provider_keeps=provider_keeps(exchange.state, chat))
     forwarded = await forward_first_success(exchange.state, chat, body, path=RESPONSES_PATH)
@@ -64,7 +69,8 @@ async def forward_native(exchange: Exchange, translated: Translated, *, keep: Ke
         if "event-stream" not in forwarded.headers.get("content-type", "").lower():  # it ignored `stream: true`
             forwarded = as_event_stream(forwarded, response_events)
         numbering = _Numbering()
-        relay = _relay(forwarded, ledger=ledger, keep=keep, numbering=numbering)
+        marks = StoredMarks() if store else None
+        relay = _relay(forwarded, ledger=ledger, keep=keep, numbering=numbering, marks=marks)
         relay = ledger.closing(relay, upstream=forwarded, render_error=numbering.error_event)
         sse_headers = {**forwarded.headers, **SSE_HEADERS}
         return EventStreamResponse(relay, status_code=forwarded.status_code, headers=sse_headers)
@@ -76,6 +82,8 @@ async def forward_native(exchange: Exchange, translated: Translated, *, keep: Ke
         response = _json(content)
         if response is not None:
             _record(forwarded, ledger, response)
+            if store and mark_stored(response):
+                content = orjson.dumps(response)
             await keep(response)
     return Response(content, status_code=forwarded.status_code, headers=forwarded.headers)
 
@@ -126,12 +134,16 @@ def _forwardable(item: dict[str, Any]) -> bool:
     return kind != "reasoning" or bool(item.get("encrypted_content"))
 
 
-async def _relay(forwarded: Forwarded, *, ledger: Ledger, keep: Keep, numbering: _Numbering) -> AsyncIterator[bytes]:
+async def _relay(
+    forwarded: Forwarded, *, ledger: Ledger, keep: Keep, numbering: _Numbering, marks: StoredMarks | None
+) -> AsyncIterator[bytes]:
     complete = ended = False
     data = DataLines()
     confirms = ledger.confirms
     try:
         async for chunk in forwarded.body:
+            if marks is not None:
+                chunk = marks.feed(chunk)  # whole lines only: an event that carries the response is read whole
             was_ended = ended
             for line in data.feed(chunk):
                 numbering.see(line)
@@ -156,7 +168,10 @@ async def _relay(forwarded: Forwarded, *, ledger: Ledger, keep: Keep, numbering:
                 # Clients stop reading at the terminal event: the answer is whole, its record goes first.
                 forwarded.answered()
                 await ledger.commit()
-            yield chunk
+            if chunk:
+                yield chunk
+        if marks is not None and (rest := marks.rest()):
+            yield rest
         complete = True
         if not ended:  # the provider closed the stream before its end: the client must not take it as whole
             error = UpstreamProtocolError(

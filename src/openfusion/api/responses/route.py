@@ -104,7 +104,7 @@ async def _render(exchange: Exchange, translated: Translated, *, owner: str) -> 
         events = exchange.fusion_events(stream=chat.stream, panel_deltas=chat.stream)
     elif speaks_responses(exchange):
         return await cancel_on_disconnect(
-            exchange.request, forward_native(exchange, translated, keep=keep), drain=exchange.state.drain
+            exchange.request, forward_native(exchange, translated, keep=keep, store=store), drain=exchange.state.drain
         )
     else:
         opening = chat_events(exchange.state, chat, translated.body)
