@@ -252,3 +252,34 @@ def test_a_key_given_an_id_again_continues_the_newer_response(
     assert follow_up.status_code == 200
     sent = upstream.calls_for("plain")[2].body["input"]
     assert [sent[0]["content"], sent[1]["content"][0]["text"]] == ["Capital of Italy?", "Rome."]
+
+
+def test_another_keys_response_is_refused_as_one_that_never_existed(
+    upstream: FakeUpstream, fake_upstream: tuple[FakeUpstream, str], start: Start
+) -> None:
+    """Every way of naming a response (`GET`, `DELETE`, `previous_response_id` to a fusion, a chat or a native model,
+    streamed or not) answers another key's response exactly as an id nobody made: nothing tells Bob that Alice's
+    exists. (`DELETE` is no route here: 405 for every id.)"""
+    missing = "resp_" + "0" * 48
+    chat = ProviderConfig(name="fake", base_url=f"{fake_upstream[1]}/v1", api_key_env="FAKE_KEY", models=["fake/*"],
+                          strip_prefix=True)  # fmt: skip
+
+    def attempts(url: str, response_id: str) -> list[tuple[int, str, str]]:
+        headers = {"Authorization": f"Bearer {KEYS['BOB_KEY']}"}
+        answers = [
+            httpx.get(f"{url}{RESPONSES}/{response_id}", headers=headers),
+            httpx.delete(f"{url}{RESPONSES}/{response_id}", headers=headers),
+            *(post(url, "BOB_KEY", model=model, input="Go on.", stream=stream, previous_response_id=response_id)
+              for model in ("fake/plain", "fusion/trio", "native/plain") for stream in (False, True)),
+        ]  # fmt: skip
+        return [(a.status_code, a.headers.get("content-type", ""), a.text.replace(response_id, "ID")) for a in answers]
+
+    with start(providers=[chat, *native_providers(fake_upstream[1])]) as url:
+        alice = post(url, "ALICE_KEY", model="fake/plain", input="Hi").json()["id"]
+        theirs, nobodys = attempts(url, alice), attempts(url, missing)
+        own = httpx.get(f"{url}{RESPONSES}/{alice}", headers={"Authorization": f"Bearer {KEYS['ALICE_KEY']}"})
+
+    assert own.status_code == 200
+    assert theirs == nobodys
+    assert [status for status, _, _ in theirs] == [404, 405] + [404] * 6
+    assert len(upstream.calls) == 1  # Alice's own request only
