@@ -416,3 +416,30 @@ def test_a_native_response_openfusion_keeps_says_store_true_to_the_client(
     said = {"created": created.store, "streamed": final.store, "events": {store for _, store in carried}, "kept": kept}
     assert said == {"created": True, "streamed": True, "events": {True}, "kept": [True, True]}
     assert unkept.store is False and not_kept.value.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("stream", "raw"),
+    [
+        (False, b'{"error": {"message": "overloaded", "type": "server_error", "code": "busy"}}'),
+        (False, b'{"object": "response", "status": "completed", "output": []}'),
+        (True, b'{"object": "response", "status": "completed", "output": []}'),
+    ],
+    ids=["error-object", "response-without-id", "streamed-response-without-id"],
+)
+def test_an_answer_without_a_response_id_is_relayed_and_not_kept(
+    upstream: FakeUpstream, native_server: str, stream: bool, raw: bytes
+) -> None:
+    """A 200 that is no response with an id (an error object, a compatible server's response without one) cannot be
+    kept for a follow-up: it is relayed as the provider sent it, never turned into a 500."""
+    upstream.script("plain", Script(raw_body=raw, raw_media_type="application/json"))
+
+    body = {"model": "native/plain", "input": "Hi", "stream": stream}
+    response = httpx.post(f"{native_server}{RESPONSES}", json=body, timeout=30)
+
+    assert response.status_code == 200, response.text
+    if stream:
+        kinds = [json.loads(line[6:])["type"] for line in response.text.splitlines() if line.startswith("data: ")]
+        assert kinds[-1] == "response.completed"
+    else:
+        assert response.json() == json.loads(raw)

@@ -69,3 +69,9 @@ def test_a_response_that_already_says_stored_is_left_as_it_came() -> None:
     response = {"id": "resp_1"}
     assert mark_stored(response) and response == {"id": "resp_1", "store": True}
     assert not mark_stored(response)
+
+
+def test_a_response_without_an_id_is_not_marked_openfusion_keeps_none() -> None:
+    stream = event("response.completed", response={"object": "response", "status": "completed", "output": []})
+
+    assert marked(stream, []) == stream

@@ -32,7 +32,7 @@ from openfusion.api.passthrough import (
     without_openfusion_fields,
 )
 from openfusion.api.responses.request import Translated
-from openfusion.api.responses.store_mark import StoredMarks, mark_stored
+from openfusion.api.responses.store_mark import StoredMarks, keepable, mark_stored
 from openfusion.api.responses.whole import response_events
 from openfusion.errors import OpenFusionError, UpstreamError, UpstreamProtocolError
 from openfusion.protocol import ChatRequest, Usage
@@ -82,9 +82,10 @@ async def forward_native(exchange: Exchange, translated: Translated, *, keep: Ke
         response = _json(content)
         if response is not None:
             _record(forwarded, ledger, response)
-            if store and mark_stored(response):
-                content = orjson.dumps(response)
-            await keep(response)
+            if keepable(response):
+                if store and mark_stored(response):
+                    content = orjson.dumps(response)
+                await keep(response)
     return Response(content, status_code=forwarded.status_code, headers=forwarded.headers)
 
 
@@ -157,7 +158,8 @@ async def _relay(
                     response = (_json(line[6:]) or {}).get("response")
                     if isinstance(response, dict):
                         _record(forwarded, ledger, response)
-                        await keep(response)  # before the client hears it is done
+                        if keepable(response):
+                            await keep(response)  # before the client hears it is done
                 elif failed:
                     event = _json(line[6:]) or {}
                     response = event.get("response")

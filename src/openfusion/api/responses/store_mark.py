@@ -20,6 +20,12 @@ from openfusion.sse import dumps
 _RESPONSE = b'"response"'
 
 
+def keepable(response: dict[str, Any]) -> bool:
+    """Whether openfusion can keep it: a response has an id (a 200 may carry an error object, or a compatible server's
+    response none), which a follow-up names."""
+    return isinstance(response.get("id"), str)
+
+
 def mark_stored(response: dict[str, Any]) -> bool:
     """Set the response's `store` to true; whether it said otherwise."""
     if response.get("store") is True:
@@ -65,6 +71,6 @@ def _marked(line: bytes) -> bytes:
     except orjson.JSONDecodeError:
         return line  # relayed as it came: the relay's own reading says what is wrong with it
     response = event.get("response") if isinstance(event, dict) else None
-    if not isinstance(response, dict) or not mark_stored(response):
+    if not isinstance(response, dict) or not keepable(response) or not mark_stored(response):
         return line
     return b"data: " + dumps(event) + (b"\r" if line.endswith(b"\r") else b"")
