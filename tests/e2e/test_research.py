@@ -289,6 +289,26 @@ def test_an_excluded_address_range_keeps_out_every_address_in_it_and_every_name_
     assert [f"127.0.0.1:{port}/page"] == EXCLUDED_HITS  # only the page outside the range
 
 
+def test_an_address_range_excludes_its_addresses_whichever_family_either_is_written_in(
+    upstream: FakeUpstream, start_server: Any, site: str
+) -> None:
+    """`::ffff:127.0.0.0/104` is 127.0.0.0/8 written as IPv6 (its IPv4-mapped form): the loopback site is in it
+    by address and by a name resolving into it; and an IPv4 range holds an address a URL writes IPv4-mapped."""
+    EXCLUDED_HITS.clear()
+    with serve_in_thread(EXCLUDED_SITE) as other:
+        port = httpx.URL(other).port
+        by_address, by_name = f"http://127.0.0.1:{port}/page", f"http://localhost:{port}/page"
+        with start_server(**research_settings(site, search=False)) as url:
+            mapped_range = told_excluding(upstream, url, ["::ffff:127.0.0.0/104"], [by_address, by_name])
+            mapped_address = told_excluding(upstream, url, ["127.0.0.0/8"], [f"http://[::ffff:127.0.0.1]:{port}/page"])
+            one_mapped_address = told_excluding(upstream, url, ["::ffff:127.0.0.1"], [by_address])
+
+    assert mapped_range == [EXCLUDED, EXCLUDED]
+    assert mapped_address == [EXCLUDED]
+    assert one_mapped_address == [EXCLUDED]
+    assert EXCLUDED_HITS == []
+
+
 def test_a_redirect_to_an_excluded_name_is_refused_without_looking_the_name_up(
     upstream: FakeUpstream, start_server: Any, site: str, loopback_only: LoopbackNet
 ) -> None:

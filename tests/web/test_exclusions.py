@@ -75,6 +75,16 @@ def test_hosts_are_compared_in_one_form(entry: str, url: str, excluded: bool) ->
         ("2001:db8::/32", "http://[2001:db9::1]/a", (), False),
         ("[2001:db8::]/32", "http://[2001:db8:1::5]/a", (), True),  # the address as a URL spells it
         ("10.0.0.7/private", "http://10.0.0.7/private/a", (), True),  # an address with a path is no range
+        # One family: an IPv4 range written IPv4-mapped holds IPv4 addresses, and an IPv4 range mapped ones.
+        ("::ffff:10.0.0.0/104", "http://10.20.30.40/a", (), True),
+        ("::ffff:10.0.0.0/104", "http://intranet.example/a", ("10.9.9.9",), True),
+        ("::ffff:10.0.0.0/104", "http://[::ffff:10.1.2.3]/a", (), True),
+        ("::ffff:10.0.0.0/104", "http://11.0.0.1/a", (), False),
+        ("[::ffff:10.0.0.0]/104", "http://10.20.30.40/a", (), True),
+        ("::ffff:0:0/96", "http://93.184.216.34/a", (), True),  # every IPv4 address
+        ("10.0.0.0/8", "http://intranet.example/a", ("::ffff:10.9.9.9",), True),
+        ("::ffff:10.0.0.7", "http://10.0.0.7/a", (), True),  # one address, written IPv4-mapped
+        ("2001:db8::/32", "http://10.0.0.1/a", (), False),
     ],
 )
 def test_an_address_range_excludes_every_address_in_it(

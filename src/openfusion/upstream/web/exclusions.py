@@ -5,7 +5,9 @@ An exclusion is kept, not just the excluded page's text: the fetcher asks `exclu
 request. Hosts are compared as the SSRF guard parses them, so `2130706433`, `0x7f.1` and `127.0.0.1.`
 are all `127.0.0.1`, and `Example.COM.` is `example.com`; an entry that names an IP address also
 excludes every host name that resolves to it, and one that is an address range (`10.0.0.0/8`,
-`2001:db8::/32`) every address in it and every host name resolving into it. What a hop's URL says
+`2001:db8::/32`) every address in it and every host name resolving into it. Ranges and addresses are
+compared in one family, IPv6, an IPv4 one as its IPv4-mapped form: `::ffff:10.0.0.0/104` is
+`10.0.0.0/8`, whichever way the range or the address is written. What a hop's URL says
 of itself (its host name, or the address it names) is checked before the name is looked up
 (`is_blocked`): an excluded name costs no DNS lookup. The addresses a name resolves to, after (`excludes`).
 """
@@ -49,7 +51,7 @@ def canonical_host(host: str) -> str:
 class _Exclusion:
     """One entry: an address range (`10.0.0.0/8`, `2001:db8::/32`), or a host with a path prefix ("": all of it)."""
 
-    network: IPNetwork | None = None
+    network: ipaddress.IPv6Network | None = None  # in one family with the addresses it is compared with
     host: str = ""
     prefix: str = ""
 
@@ -57,7 +59,7 @@ class _Exclusion:
     def parse(cls, entry: str) -> _Exclusion:
         network = address_range(entry)
         if network is not None:
-            return cls(network=network)
+            return cls(network=_mapped_network(network))
         domain, _, prefix = entry.strip().partition("/")
         return cls(host=canonical_host(domain.strip(".")), prefix=prefix.lower())
 
@@ -101,9 +103,28 @@ def _address(host: str) -> IPAddress | None:
         return None
 
 
-def _in(address: IPAddress, network: IPNetwork) -> bool:
-    """Whether the address reached is in the range: an IPv4-mapped IPv6 address is compared as its IPv4 address."""
-    return connect_address(address) in network or address in network
+def _in(address: IPAddress, network: ipaddress.IPv6Network) -> bool:
+    """Whether the address reached is in the range (one written as `_mapped_network` gives it)."""
+    return _mapped(address) in network
+
+
+# The IPv4-mapped block (::ffff:0:0/96): an IPv4 address a.b.c.d is ::ffff:a.b.c.d there.
+_MAPPED_BLOCK = int(ipaddress.IPv6Address("::ffff:0:0"))
+
+
+def _mapped(address: IPAddress) -> ipaddress.IPv6Address:
+    """An address in IPv6's family: an IPv4 one as its IPv4-mapped IPv6 address, an IPv6 one as it is."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return ipaddress.IPv6Address(_MAPPED_BLOCK | int(address))
+    return address
+
+
+def _mapped_network(network: IPNetwork) -> ipaddress.IPv6Network:
+    """A range in IPv6's family: 10.0.0.0/8 as ::ffff:10.0.0.0/104, so that it and an address compare whichever
+    family either is written in (`ipaddress` says an address of one family is in no range of the other)."""
+    if isinstance(network, ipaddress.IPv4Network):
+        return ipaddress.IPv6Network((_MAPPED_BLOCK | int(network.network_address), 96 + network.prefixlen))
+    return network
 
 
 def is_blocked(url: str, domains: Collection[str]) -> bool:
