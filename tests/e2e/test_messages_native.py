@@ -35,7 +35,11 @@ def gateway(
     chat = make_settings().providers
     claude = ProviderConfig(name="claude", base_url=f"{anthropic_native[1]}/v1", api_key_env="CLAUDE_KEY",
                             models=["claude/*"], strip_prefix=True, messages=True)  # fmt: skip
-    settings = make_settings(providers=[*chat, claude], activity={"path": tmp_path / "activity.sqlite3"},
+    # OpenRouter's Messages endpoint (`reasoning_style = "openrouter"` says it is OpenRouter), on the same fake.
+    router = ProviderConfig(name="router", base_url=f"{anthropic_native[1]}/v1", api_key_env="CLAUDE_KEY",
+                            models=["router/*"], strip_prefix=True, messages=True,
+                            reasoning_style="openrouter")  # fmt: skip
+    settings = make_settings(providers=[*chat, claude, router], activity={"path": tmp_path / "activity.sqlite3"},
                              keys=[{"name": "cc", "key_env": "CLIENT_KEY"},
                                    {"name": "scoped", "key_env": "SCOPED_KEY", "models": ["fake/*"]}])  # fmt: skip
     environ = {"FAKE_KEY": "sk-provider-secret", "CLAUDE_KEY": "sk-ant-provider", "CLIENT_KEY": "sk-client-7d2e4f9a",
@@ -106,6 +110,57 @@ def test_a_native_provider_gets_the_request_as_sent(
     assert record["api_type"] == "messages" and record["status"] == "ok" and record["model"] == "opus"
     # The provider's usage, cache reads included, in the activity record.
     assert (record["tokens_prompt"], record["tokens_completion"]) == (24, 4)
+
+
+# OpenRouter's own fields, which Anthropic refuses ("Extra inputs are not permitted") or might one day read otherwise.
+OPENROUTER_ONLY: dict[str, Any] = {
+    "provider": {"order": ["anthropic"], "allow_fallbacks": False}, "route": "fallback", "preset": "mine",
+    "transforms": ["middle-out"], "usage": {"include": True}, "session_id": "conversation-1",
+    "trace": {"trace_id": "t-1"}, "debug": {"echo_upstream_body": True}, "reasoning": {"effort": "high"},
+    "plugins": [{"id": "web", "max_results": 3}],
+}  # fmt: skip
+# Anthropic's own, openfusion's translation aside: they reach it as sent.
+ANTHROPICS_OWN: dict[str, Any] = {
+    "top_k": 5, "stop_sequences": ["END"], "metadata": {"user_id": "u-1"}, "service_tier": "auto",
+    "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_native_provider_gets_none_of_openrouters_fields(
+    anthropic_native: tuple[FakeAnthropic, str], gateway: str, stream: bool
+) -> None:
+    fake, _ = anthropic_native
+    body: dict[str, Any] = {"model": "claude/opus", "max_tokens": 100, "messages": QUESTION,
+                            "extra_body": {**OPENROUTER_ONLY, **ANTHROPICS_OWN}}  # fmt: skip
+    with sdk(gateway) as client:
+        if stream:
+            with client.messages.stream(**body) as events:
+                message = events.get_final_message()
+        else:
+            message = client.messages.create(**body)
+
+    assert message.content[0].text == "Native answer."  # type: ignore[union-attr]
+    sent = fake.calls[0].body
+    assert sent == {"model": "opus", "max_tokens": 100, "messages": QUESTION, **ANTHROPICS_OWN,
+                    **({"stream": True} if stream else {})}  # fmt: skip
+
+
+def test_openrouters_fields_go_to_openrouter_alone_a_fallback_included(
+    anthropic_native: tuple[FakeAnthropic, str], gateway: str
+) -> None:
+    """The first provider (Anthropic) gets the body without them and fails; the fallback, OpenRouter, gets them."""
+    fake, _ = anthropic_native
+    fake.replies = [Reply(status=400), Reply()]
+    fusion_off = {"id": "fusion", "enabled": False}  # openfusion's own plugin: neither provider's business
+    extra = {**OPENROUTER_ONLY, "plugins": [*OPENROUTER_ONLY["plugins"], fusion_off], "models": ["router/opus"]}
+    with sdk(gateway) as client:
+        message = client.messages.create(model="claude/opus", max_tokens=100, messages=QUESTION, extra_body=extra)
+
+    assert message.content[0].text == "Native answer."  # type: ignore[union-attr]
+    to_anthropic, to_openrouter = (call.body for call in fake.calls)
+    assert to_anthropic == {"model": "opus", "max_tokens": 100, "messages": QUESTION}
+    assert to_openrouter == {"model": "opus", "max_tokens": 100, "messages": QUESTION, **OPENROUTER_ONLY}
 
 
 @pytest.mark.parametrize("reply", [Reply(cut_after=3), Reply(end_after=3)], ids=["connection cut", "clean close"])

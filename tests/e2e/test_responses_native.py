@@ -31,6 +31,9 @@ def native_server(
         ProviderConfig(name="native", base_url=f"{url}/v1", api_key_env="FAKE_KEY", models=["native/*"],
                        strip_prefix=True, responses=True),
         ProviderConfig(name="fake", base_url=f"{url}/v1", api_key_env="FAKE_KEY", models=["fake/*"], strip_prefix=True),
+        # OpenRouter's Responses endpoint (`reasoning_style = "openrouter"` says it is OpenRouter)
+        ProviderConfig(name="router", base_url=f"{url}/v1", api_key_env="FAKE_KEY", models=["router/*"],
+                       strip_prefix=True, responses=True, reasoning_style="openrouter"),
     ]  # fmt: skip
     server: AbstractContextManager[str] = start_server(providers=providers, activity={"path": tmp_path / "a.db"})
     with server as base:
@@ -50,14 +53,65 @@ def test_a_native_provider_gets_the_request_as_sent(upstream: FakeUpstream, nati
     )
     call = upstream.calls_for("plain")[0]
     assert call.path == "/v1/responses"
-    # As sent, but the model's upstream name; openfusion's own `models` list is not the provider's business, nor is
-    # keeping the response (openfusion keeps it, per key): `store` goes false (see test_native_store_*).
+    # As sent, but the model's upstream name; openfusion's own `models` list is not the provider's business, nor
+    # OpenRouter's `plugins` (test_openrouters_fields_*), nor is keeping the response (openfusion keeps it, per key):
+    # `store` goes false (see test_native_store_*).
     assert call.body == {"model": "plain", "input": "Hi", "instructions": "Be brief.", "include": ["x"],
-                         "store": False, "plugins": [{"id": "web"}]}  # fmt: skip
+                         "store": False}  # fmt: skip
     assert call.headers["authorization"] == "Bearer sk-provider-secret"
     record = generation(native_server, response.headers["x-generation-id"])
     assert record["api_type"] == "responses" and (record["tokens_prompt"], record["tokens_completion"]) == (11, 7)
     assert record["calls"][0]["provider_name"] == "native"
+
+
+# OpenRouter's own fields, which OpenAI refuses ("Unknown parameter") or might one day read otherwise.
+OPENROUTER_ONLY: dict[str, Any] = {
+    "provider": {"order": ["openai"], "allow_fallbacks": False}, "route": "fallback", "preset": "mine",
+    "transforms": ["middle-out"], "usage": {"include": True}, "session_id": "conversation-1",
+    "trace": {"trace_id": "t-1"}, "debug": {"echo_upstream_body": True}, "plugins": [{"id": "web", "max_results": 3}],
+}  # fmt: skip
+# OpenAI's own, its `reasoning` and `user` among them: they reach it as sent.
+OPENAIS_OWN: dict[str, Any] = {
+    "reasoning": {"effort": "low"}, "user": "u-1", "max_tool_calls": 3, "prompt_cache_key": "k-1",
+    "safety_identifier": "s-1", "service_tier": "auto", "metadata": {"team": "a"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_native_provider_gets_none_of_openrouters_fields(
+    upstream: FakeUpstream, native_server: str, stream: bool
+) -> None:
+    upstream.script("plain", Script(content="Native hello."))
+    client = openai.OpenAI(base_url=f"{native_server}/v1", api_key="k", max_retries=0)
+    with client:
+        if stream:
+            with client.responses.stream(model="native/plain", input="Hi",
+                                         extra_body={**OPENROUTER_ONLY, **OPENAIS_OWN}) as events:  # fmt: skip
+                answer = events.get_final_response()
+        else:
+            answer = client.responses.create(model="native/plain", input="Hi",
+                                             extra_body={**OPENROUTER_ONLY, **OPENAIS_OWN})  # fmt: skip
+
+    assert answer.output_text == "Native hello."
+    sent = upstream.calls_for("plain")[0].body
+    streamed = {"stream": True} if stream else {}
+    assert sent == {"model": "plain", "input": "Hi", "store": False, **OPENAIS_OWN, **streamed}
+
+
+def test_openrouters_fields_go_to_openrouter_alone_a_fallback_included(
+    upstream: FakeUpstream, native_server: str
+) -> None:
+    """The first provider (OpenAI) gets the body without them and fails; the fallback, OpenRouter, gets them."""
+    upstream.script("plain", Script(status=400, error_message="Unknown parameter"))
+    upstream.script("other", Script(content="From the fallback."))
+    fusion_off = {"id": "fusion", "enabled": False}  # openfusion's own plugin: neither provider's business
+    extra = {**OPENROUTER_ONLY, "plugins": [*OPENROUTER_ONLY["plugins"], fusion_off], "models": ["router/other"]}
+    with openai.OpenAI(base_url=f"{native_server}/v1", api_key="k", max_retries=0) as client:
+        answer = client.responses.create(model="native/plain", input="Hi", extra_body=extra)
+
+    assert answer.output_text == "From the fallback."
+    assert upstream.calls_for("plain")[0].body == {"model": "plain", "input": "Hi", "store": False}
+    assert upstream.calls_for("other")[0].body == {"model": "other", "input": "Hi", "store": False, **OPENROUTER_ONLY}
 
 
 def test_a_native_stream_is_relayed(upstream: FakeUpstream, native_server: str) -> None:

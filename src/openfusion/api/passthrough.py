@@ -22,6 +22,15 @@ from openfusion.upstream.trace import end_call
 
 SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
+# OpenRouter's own request fields, on each API it serves: its routing (`provider`, `route`), `preset`, prompt
+# `transforms`, `usage` accounting, `plugins`, the `models` fallbacks, `session_id`, `trace` and `debug`. Neither
+# Anthropic's Messages API nor OpenAI's Responses API has a field of these names (tests/unit/test_openrouter_fields.py
+# reads their SDKs' request types); both refuse a field they do not know with a 400, and one they take some day under
+# such a name may mean something else. A provider that speaks them natively gets them only if it is OpenRouter.
+OPENROUTER_FIELDS = frozenset(
+    {"provider", "route", "preset", "transforms", "usage", "plugins", "models", "session_id", "trace", "debug"}
+)
+
 
 async def forward_first_success(
     state: AppState,
@@ -30,17 +39,20 @@ async def forward_first_success(
     *,
     path: str = CHAT_PATH,
     headers: Mapping[str, str] | None = None,
+    openrouter_fields: frozenset[str] = frozenset(),
 ) -> Forwarded:
     """Forward to `model`, then each of `models` while the previous one answered with an error.
 
-    The last one's error is relayed as the provider sent it when it is JSON; one that is not (a proxy's HTML page)
-    is raised, for the client to get an error in its own API's shape.
+    `openrouter_fields` are the body's fields that go to OpenRouter alone (`takes_openrouter_fields`): each other
+    provider gets the body without them. The last one's error is relayed as the provider sent it when it is JSON; one
+    that is not (a proxy's HTML page) is raised, for the client to get an error in its own API's shape.
     """
     candidates = chat.candidate_models()
     for position, model in enumerate(candidates):
         last = position == len(candidates) - 1
+        sent = _for_provider(state, model, body, openrouter_fields) if openrouter_fields else body
         try:
-            forwarded = await state.upstream.forward(model, body, stream=chat.stream, path=path, headers=headers)
+            forwarded = await state.upstream.forward(model, sent, stream=chat.stream, path=path, headers=headers)
         except UpstreamError as exc:  # unreachable, or an error no client could read (a proxy's HTML page)
             if last:
                 raise relayed(exc) from None
@@ -49,6 +61,19 @@ async def forward_first_success(
             return forwarded
         await forwarded.aclose()
     raise AssertionError("unreachable: the candidate list is never empty")
+
+
+def _for_provider(
+    state: AppState, model: str, body: dict[str, Any], openrouter_fields: frozenset[str]
+) -> dict[str, Any]:
+    """The body as the provider of `model` takes it: without `openrouter_fields`, unless it is OpenRouter."""
+    try:
+        provider = state.registry.resolve(model).provider
+    except OpenFusionError:
+        return body  # served by none: its forward says so
+    if provider.takes_openrouter_fields or openrouter_fields.isdisjoint(body):
+        return body
+    return {key: value for key, value in body.items() if key not in openrouter_fields}
 
 
 async def pass_through(state: AppState, chat: ChatRequest, data: dict[str, Any], ledger: Ledger) -> Response:

@@ -30,6 +30,12 @@ class Provider:
     def name(self) -> str:
         return self.config.name
 
+    @property
+    def takes_openrouter_fields(self) -> bool:
+        """Whether it reads OpenRouter's own request fields (`provider`, `plugins`...): OpenRouter, or a provider that
+        speaks its dialect, which `reasoning_style = "openrouter"` says."""
+        return self.config.reasoning_style == "openrouter"
+
     def serves(self, slug: str) -> bool:
         """Whether any of the provider's `models` patterns matches the slug."""
         return any(fnmatch.fnmatchcase(slug, pattern) for pattern in self.config.models)

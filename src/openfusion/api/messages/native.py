@@ -1,6 +1,7 @@
 """Pass-through to a provider that speaks Anthropic Messages itself: the request forwarded, the answer relayed.
 
-The body goes as the client sent it, less openfusion's own fields (`plugins`, `models`) and the
+The body goes as the client sent it, less openfusion's own fields (the fusion plugin, `models`),
+OpenRouter's (`provider`, `plugins`, `reasoning`...: a provider other than OpenRouter refuses them) and the
 thinking blocks the provider did not sign (openfusion's own, from a fused or translated answer
 earlier in the conversation, or unsigned ones: the provider refuses any of them), with the
 client's `anthropic-version` and `anthropic-beta` headers unchanged and the provider's key as
@@ -29,6 +30,7 @@ from openfusion.api.messages.errors import error_event
 from openfusion.api.messages.whole import message_events
 from openfusion.api.messages.writer import SIGNATURE_PREFIX
 from openfusion.api.passthrough import (
+    OPENROUTER_FIELDS,
     SSE_HEADERS,
     forward_first_success,
     provider_failed,
@@ -59,12 +61,17 @@ def anthropic_headers(request: Request) -> dict[str, str]:
     return headers
 
 
+# OpenRouter's own fields, and its `reasoning` (Anthropic's is `thinking`): for OpenRouter alone.
+OPENROUTER_MESSAGES_FIELDS = OPENROUTER_FIELDS | {"reasoning"}
+
+
 async def forward_native(exchange: Exchange, raw: dict[str, Any]) -> Response:
     """Forward the request (with the `models` fallbacks) and relay the answer as it comes."""
     chat, ledger = exchange.chat, exchange.ledger
     body = _without_foreign_thinking(without_openfusion_fields(chat, raw))
     forwarded = await forward_first_success(exchange.state, chat, body, path=MESSAGES_PATH,
-                                            headers=anthropic_headers(exchange.request))  # fmt: skip
+                                            headers=anthropic_headers(exchange.request),
+                                            openrouter_fields=OPENROUTER_MESSAGES_FIELDS)  # fmt: skip
     if forwarded.status_code >= 400:
         ledger.status, ledger.failure_reason = "error", f"upstream_{forwarded.status_code}"
     elif chat.stream:

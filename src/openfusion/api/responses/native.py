@@ -1,8 +1,8 @@
 """Pass-through to a provider that speaks the Responses API itself: the request forwarded, the answer relayed.
 
-The body goes as the client sent it, less openfusion's own fields and with `store: false` (unless the provider
-may keep it); `previous_response_id` is always
-resolved here (from this server's stored responses, per key) and sent as the conversation it names,
+The body goes as the client sent it, less openfusion's own fields and OpenRouter's (`provider`, `plugins`...) for
+a provider other than OpenRouter, and with `store: false` (unless the provider may keep it); `previous_response_id`
+is always resolved here (from this server's stored responses, per key) and sent as the conversation it names,
 so a key can only ever continue its own responses. The relayed stream is watched for its
 `response.completed` event: its usage goes to the activity record, and the response is stored
 before that event reaches the client; the response the client gets says it is stored when openfusion keeps it
@@ -25,6 +25,7 @@ from openfusion.api.dispatch import Exchange
 from openfusion.api.event_stream import EventStreamResponse
 from openfusion.api.ledger import Ledger
 from openfusion.api.passthrough import (
+    OPENROUTER_FIELDS,
     SSE_HEADERS,
     forward_first_success,
     provider_failed,
@@ -62,7 +63,9 @@ async def forward_native(exchange: Exchange, translated: Translated, *, keep: Ke
     """
     chat, ledger = exchange.chat, exchange.ledger
     body = native_body(translated, provider_keeps=provider_keeps(exchange.state, chat))
-    forwarded = await forward_first_success(exchange.state, chat, body, path=RESPONSES_PATH)
+    forwarded = await forward_first_success(
+        exchange.state, chat, body, path=RESPONSES_PATH, openrouter_fields=OPENROUTER_FIELDS
+    )
     if forwarded.status_code >= 400:
         ledger.status, ledger.failure_reason = "error", f"upstream_{forwarded.status_code}"
     elif chat.stream:
