@@ -339,6 +339,39 @@ def test_an_exclusion_written_as_an_address_range_that_is_none_is_a_400(server: 
     assert f"{entry!r} is not a valid address range" in error["message"], error
 
 
+NO_RANGE = [{"type": "openrouter:web_fetch", "parameters": {"blocked_domains": ["10.0.0.0/33"]}}]
+
+
+def test_an_exclusion_that_is_no_range_is_a_400_in_anthropics_shape_on_messages(server: str) -> None:
+    body = {"model": "fusion/trio", "max_tokens": 100, "messages": HI, "plugins": [{"id": "fusion", "tools": NO_RANGE}]}
+    response = httpx.post(f"{server}/v1/messages", json=body, timeout=30)
+
+    assert response.status_code == 400, response.text
+    assert response.json() == {"type": "error", "error": {"type": "invalid_request_error", "message": (
+        "plugins.0.tools.0.parameters.blocked_domains: '10.0.0.0/33' is not a valid address range")}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("where", "param"),
+    [
+        ({"plugins": [{"id": "fusion", "tools": NO_RANGE}]}, "plugins[0].tools[0].parameters.blocked_domains"),
+        ({"tools": [{"type": "openrouter:fusion", "parameters": {"tools": NO_RANGE}}]},
+         "tools[0].parameters.tools[0].parameters.blocked_domains"),
+    ],
+    ids=["plugin", "server-tool"],
+)  # fmt: skip
+def test_an_exclusion_that_is_no_range_is_a_400_in_openais_shape_on_responses(
+    server: str, where: dict[str, Any], param: str
+) -> None:
+    model = "fusion/trio" if "plugins" in where else "fake/a"
+    response = httpx.post(f"{server}/v1/responses", json={"model": model, "input": "Hi", **where}, timeout=30)
+
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param, error
+    assert "'10.0.0.0/33' is not a valid address range" in error["message"], error
+
+
 def _analysis() -> dict[str, Any]:
     from .conftest import ANALYSIS
 
