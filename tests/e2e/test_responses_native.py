@@ -114,6 +114,25 @@ def test_openrouters_fields_go_to_openrouter_alone_a_fallback_included(
     assert upstream.calls_for("other")[0].body == {"model": "other", "input": "Hi", "store": False, **OPENROUTER_ONLY}
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_fallbacks_a_native_provider_cannot_take_are_translated(
+    upstream: FakeUpstream, native_server: str, stream: bool
+) -> None:
+    """A chat-only fallback (`fake/*`) never gets a Responses request: the whole request goes as chat completions."""
+    upstream.script("plain", Script(status=400, error_message="refused"))
+    upstream.script("solo", Script(content="From the chat fallback."))
+    body = {"model": "native/plain", "input": "Hi", "models": ["fake/solo"], "stream": stream}
+
+    response = httpx.post(f"{native_server}{RESPONSES}", json=body, timeout=30)
+
+    assert response.status_code == 200, response.text
+    assert "From the chat fallback." in response.text
+    assert [(call.path, call.model) for call in upstream.calls] == [
+        ("/v1/chat/completions", "plain"),
+        ("/v1/chat/completions", "solo"),
+    ]
+
+
 def test_a_native_stream_is_relayed(upstream: FakeUpstream, native_server: str) -> None:
     upstream.script("plain", Script(content="Streamed natively."))
 

@@ -47,13 +47,18 @@ _FAILED, _ERROR = b'"response.failed"', b'"type":"error"'
 
 
 def speaks_responses(exchange: Exchange) -> bool:
-    """Whether the model's provider takes Responses API requests itself."""
-    return provider_speaks_responses(exchange.state, exchange.chat)
+    """Whether every provider the request may go to takes Responses API requests itself (False when a model is served
+    by none: the translated request says so)."""
+    try:
+        return provider_speaks_responses(exchange.state, exchange.chat)
+    except OpenFusionError:
+        return False
 
 
 def provider_speaks_responses(state: AppState, chat: ChatRequest) -> bool:
-    """Whether the provider of the request's model takes Responses API requests itself (404 for a model none serves)."""
-    return state.registry.resolve(chat.model).provider.config.responses
+    """Whether every model the request may go to (its `models` fallbacks included) has a provider that takes Responses
+    API requests itself (404 for a model none serves): a chat-only fallback must get chat completions."""
+    return all(state.registry.resolve(model).provider.config.responses for model in chat.candidate_models())
 
 
 async def forward_native(exchange: Exchange, translated: Translated, *, keep: Keep, store: bool) -> Response:
