@@ -227,6 +227,25 @@ def test_a_reservation_is_given_back_when_the_request_is_refused_later(
         assert httpx.post(f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30).status_code == 200
 
 
+def test_an_answer_lost_on_its_way_and_retried_keeps_its_estimate_counted(
+    upstream: FakeUpstream, serve: Serve, tmp_path: Path
+) -> None:
+    """A 200 whose body is cut off was generated, so billed, though nobody read its usage: the call retried after it
+    has an unknown cost, counted at its estimate, not at what the last attempt alone reports (which let the cap be
+    overshot by every billed attempt before it)."""
+    half = {"prompt_tokens": 40, "completion_tokens": 5, "total_tokens": 45}  # $0.05 an attempt; $0.10 for both
+    upstream.script("a", Script(content="one two", usage=half, cut_stream_after=1), Script(content="one", usage=half))
+    activity = {"path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
+    body = chat_body("fake/a", max_tokens=10)  # its estimate: $0.10
+    retry = {"max_attempts": 2, "initial_backoff_s": 0}
+    with serve(capped(0.15), environ=ENVIRON, activity=activity, pricing=pricing(a=CENT), retry=retry) as (url, _):
+        first = httpx.post(f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30)
+        assert first.status_code == 200 and first.json()["choices"][0]["message"]["content"] == "one"
+        # $0.10 counted, not the $0.05 reported: another $0.10 no longer fits (the two attempts spent $0.10 already).
+        assert_counted_at_its_estimate(url, first.headers["x-generation-id"], status="ok", body=body)
+    assert [call.fault for call in upstream.calls_for("a")] == ["cut", None]  # the fault happened, then the retry
+
+
 def assert_counted_at_its_estimate(url: str, generation: str, *, status: str, body: dict[str, Any]) -> None:
     """The generation is recorded with `status` and an unknown cost, and the cap still counts its estimate: the same
     request again ($0.10 more, under a $0.15 cap) is refused."""

@@ -384,19 +384,29 @@ class UpstreamClient:
         deadline: float,
         headers: Mapping[str, str] | None = None,
     ) -> _Sent:
-        """One attempt; when the request is traced, in its own span, whose context goes out with it."""
+        """One attempt; when the request is traced, in its own span, whose context goes out with it.
+
+        An attempt that fails once its request may have reached the provider, without an HTTP error (a timeout, a lost
+        connection, an answer cut off), may have been billed: the call notes it, and its usage is then unknown (what
+        the next attempt reports is not all it used).
+        """
         observer = call.observer
-        if observer is None:
-            return await self._timed_attempt(
-                route, payload, stream=stream, call=call, path=path, headers=headers, deadline=deadline
-            )
-        headers = observer.attempt_started(call, headers)
         try:
-            return await self._timed_attempt(
-                route, payload, stream=stream, call=call, path=path, headers=headers, deadline=deadline
-            )
-        except BaseException as exc:
-            observer.attempt_failed(call, exc)
+            if observer is None:
+                return await self._timed_attempt(
+                    route, payload, stream=stream, call=call, path=path, headers=headers, deadline=deadline
+                )
+            headers = observer.attempt_started(call, headers)
+            try:
+                return await self._timed_attempt(
+                    route, payload, stream=stream, call=call, path=path, headers=headers, deadline=deadline
+                )
+            except BaseException as exc:
+                observer.attempt_failed(call, exc)
+                raise
+        except UpstreamError as exc:
+            if exc.sent and not isinstance(exc, UpstreamStatusError):  # an HTTP error status is a refusal: no bill
+                call.unreported_attempts += 1
             raise
 
     async def _timed_attempt(

@@ -59,6 +59,9 @@ class CallTrace:
     upstream_status: int | None = None  # the HTTP status, or the code of an error event the answer ended with
     accepted: bool = False  # a success status came back: the provider took the request, and may bill from here
     retries: int = 0
+    # Attempts that may have reached the provider and failed without an HTTP error (a timeout, a lost connection, an
+    # answer cut off): the provider may have billed them, and nobody reported what they used.
+    unreported_attempts: int = 0
     first_token: float | None = None  # streams: when the first chunk arrived
     sent: bool = False  # whether the request may have reached the provider (a refused connection never does)
     response_model: str | None = None  # what the upstream called itself
@@ -76,7 +79,10 @@ def known_usage(call: CallTrace) -> Usage | None:
 
     A call the provider accepted (a success status) and that ended early — the client gone mid-stream, an error
     event after some of the answer — used what it generated until then, which nobody reported: unknown, so a spend
-    cap keeps counting its estimate."""
+    cap keeps counting its estimate. So is a call retried after an attempt that may have been billed: its last
+    attempt's usage is not all it used."""
+    if call.unreported_attempts:
+        return None
     if call.usage is not None:
         return call.usage
     refused = call.upstream_status is not None and not call.accepted
@@ -126,7 +132,17 @@ class RequestTrace:
         same bill: not summed and priced twice, and never two different answers.
         """
         state = tuple(
-            (id(c), c.status, c.sent, c.upstream_status, c.accepted, id(c.usage), c.reported_cost) for c in self.calls
+            (
+                id(c),
+                c.status,
+                c.sent,
+                c.upstream_status,
+                c.accepted,
+                id(c.usage),
+                c.reported_cost,
+                c.unreported_attempts,
+            )
+            for c in self.calls
         )
         if self._billed is not None and self._billed[0] == state:
             return self._billed[1]
