@@ -139,6 +139,27 @@ def test_a_panelist_cut_off_by_its_timeout_makes_the_usage_incomplete(
     assert got["usage"]["total_tokens"] == 4 * 18 and "cost" not in got["usage"]
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_a_panelist_retried_after_its_answer_was_cut_off_makes_the_usage_incomplete(
+    upstream: FakeUpstream, start_server: Any, tmp_path: Path, stream: bool
+) -> None:
+    """The answer cut off on its way was generated, so billed: the retry's usage is not all the panelist used."""
+    price_everything_else(upstream)
+    upstream.script("a", Script(content="A long answer.", usage=BILLED, cost=0.5, cut_stream_after=1),
+                    Script(content="A.", cost=0.01))  # fmt: skip
+
+    with start_server(activity={"path": tmp_path / "activity.sqlite3"}, retry={"max_attempts": 2}) as url:
+        got, gid = fusion(url, stream=stream)
+        record = assert_record_agrees(url, gid, got["usage"])
+
+    assert [call.fault for call in upstream.calls_for("a")] == ["cut", None]  # the fault happened, then the retry
+    assert got["fusion"]["panel"][0]["status"] == "ok"
+    assert got["fusion"]["usage_complete"] is False
+    assert got["usage"]["total_tokens"] == 4 * 18 and "cost" not in got["usage"]  # not the retry's $0.01 as all
+    [panelist] = [c for c in record["calls"] if c["model"] == "fake/a"]
+    assert (panelist["retries"], panelist["cost"]) == (1, None)
+
+
 def test_tool_mode_counts_a_billed_empty_answer_too(upstream: FakeUpstream, start_server: Any, tmp_path: Path) -> None:
     price_everything_else(upstream)
     upstream.script("a", Script(content="", usage=BILLED, cost=0.5))
