@@ -246,6 +246,32 @@ def test_an_answer_lost_on_its_way_and_retried_keeps_its_estimate_counted(
     assert [call.fault for call in upstream.calls_for("a")] == ["cut", None]  # the fault happened, then the retry
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_a_key_at_its_cap_still_gets_its_cached_answers(
+    upstream: FakeUpstream, serve: Serve, tmp_path: Path, stream: bool
+) -> None:
+    """A hit spends nothing, so it needs no room under the cap: it is not refused for the worst case of a run it will
+    not make (a new question still is)."""
+    upstream.script("judge", Script(content=json.dumps(ANALYSIS)))
+    upstream.script("synth", Script(usage=FULL))  # $0.10, the estimate
+    activity = {"path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
+    body = chat_body("fusion/trio", max_tokens=10, stream=stream, plugins=[{"id": "fusion", "cache": {"ttl_s": 60}}])
+    with serve(capped(0.15), environ=ENVIRON, activity=activity, pricing=pricing(synth=CENT)) as (url, app):
+        first = httpx.post(f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30)
+        assert first.status_code == 200 and first.headers["x-openfusion-cache"] == "miss"
+        assert spent(url, records=1) == pytest.approx(0.10)  # another $0.10 run no longer fits under $0.15
+        again = httpx.post(f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30)
+        assert again.status_code == 200, again.text
+        assert again.headers["x-openfusion-cache"] == "hit"
+        record = recorded_generation(url, again.headers["x-generation-id"])
+        assert (record["cache_hit"], record["total_cost"]) == (True, 0)
+        assert app.state.access.spend.held("key:capped") == pytest.approx(0.10)  # the first run's, nothing more
+        other = {**body, "messages": [{"role": "user", "content": "Hi again"}]}
+        refused = httpx.post(f"{url}{CHAT}", json=other, headers=bearer(KEY), timeout=30)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "spend_limited"
+    assert len(upstream.calls_for("synth")) == 1
+
+
 def assert_counted_at_its_estimate(url: str, generation: str, *, status: str, body: dict[str, Any]) -> None:
     """The generation is recorded with `status` and an unknown cost, and the cap still counts its estimate: the same
     request again ($0.10 more, under a $0.15 cap) is refused."""

@@ -103,10 +103,10 @@ async def open_grant(access: AccessControl, scope: Scope) -> Grant:
 
 
 async def admit(
-    request: Request, *, chat: ChatRequest, plan: FusionPlan | None, reach: Reach, worst: WorstCase
+    request: Request, *, chat: ChatRequest, plan: FusionPlan | None, reach: Reach, worst: WorstCase, free: bool = False
 ) -> None:
     """Check a chat request against its key's scope and the guards; reserve its spend; hold its slots (a request's,
-    and a fusion run's).
+    and a fusion run's). `free`: its answer is at hand already (a cache hit), it spends nothing and reserves nothing.
 
     Raises ModelNotAllowed (403), InvalidRequest (400), CostLimitExceeded (402: a cost a spend cap cannot
     bound) or LimitExceeded (429). The slots are given back by the middleware when the response ends; the
@@ -117,7 +117,7 @@ async def admit(
     if plan is None:  # a fusion run sends providers bodies of its own, without the client's OpenRouter fields
         check_provider_choices(request, chat, chat.model_extra or {})
     check_guards(grant.access.guards, chat=chat, plan=plan, reach=reach)
-    if grant.client.limits.daily_spend_usd is not None:  # keys without a cap never pay for an estimate
+    if grant.client.limits.daily_spend_usd is not None and not free:  # keys without a cap never pay for an estimate
 
         def bound(why: str) -> float:
             return worst.estimate.bounded(why=why)

@@ -10,8 +10,11 @@ from openfusion.api.access import client_key_name
 from openfusion.cache.key import cache_key
 from openfusion.cache.service import Mode, Ticket
 from openfusion.errors import InvalidRequest
+from openfusion.pipeline.plan import FusionPlan
+from openfusion.protocol import ChatRequest
 
 if TYPE_CHECKING:
+    from openfusion.api.deps import AppState
     from openfusion.api.dispatch import Exchange
 
 CACHE_HEADER = "X-Openfusion-Cache"
@@ -30,6 +33,16 @@ def requested_mode(request: Request) -> Mode:
     return mode
 
 
+async def stored_answer(request: Request, chat: ChatRequest, plan: FusionPlan | None) -> Ticket | None:
+    """A hit for a request that reads the cache, looked up before the request is admitted: an answer that costs
+    nothing needs no room under a spend cap. None when there is none: the request is admitted and consults as usual.
+    """
+    state: AppState = request.app.state.openfusion
+    if state.cache is None or plan is None or plan.cache is None or requested_mode(request) != "use":
+        return None
+    return await state.cache.hit(_key(request, chat, plan), plan.cache)
+
+
 async def consult_cache(exchange: Exchange, *, wait: bool = True) -> Ticket | None:
     """The cache's answer for a fusion request whose preset or plugin caches it (None: not cached at all).
 
@@ -41,10 +54,13 @@ async def consult_cache(exchange: Exchange, *, wait: bool = True) -> Ticket | No
     if cache is None or plan is None or plan.cache is None:
         return None
     mode = requested_mode(exchange.request)
-    key = cache_key(plan, exchange.chat, tenant=client_key_name(exchange.request) or "")
-    ticket = await cache.consult(key, plan.cache, mode=mode, wait=wait)
-    _note_hit(exchange, ticket)
+    ticket = await cache.consult(_key(exchange.request, exchange.chat, plan), plan.cache, mode=mode, wait=wait)
+    note_hit(exchange, ticket)
     return ticket
+
+
+def _key(request: Request, chat: ChatRequest, plan: FusionPlan) -> str:
+    return cache_key(plan, chat, tenant=client_key_name(request) or "")
 
 
 async def settle_pending(exchange: Exchange) -> None:
@@ -52,10 +68,11 @@ async def settle_pending(exchange: Exchange) -> None:
     cache, pending = exchange.state.cache, exchange.cache
     assert cache is not None and pending is not None and pending.key is not None, "settle_pending() of no pending"
     exchange.cache = await cache.consult(pending.key, pending.policy, mode="use")
-    _note_hit(exchange, exchange.cache)
+    note_hit(exchange, exchange.cache)
 
 
-def _note_hit(exchange: Exchange, ticket: Ticket) -> None:
+def note_hit(exchange: Exchange, ticket: Ticket) -> None:
+    """Mark the exchange's record as answered from the cache, when `ticket` is a hit."""
     if ticket.entry is not None:
         exchange.ledger.cache_hit = True
         exchange.ledger.cost_saved = ticket.entry.cost

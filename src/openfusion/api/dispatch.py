@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 from openfusion.activity import ApiType
 from openfusion.api.access import admit, check_preset_scope, client_key_name, key_scope, spend_reservation
 from openfusion.api.body import named_model
-from openfusion.api.cache import CACHE_HEADER, consult_cache, settle_pending
+from openfusion.api.cache import CACHE_HEADER, consult_cache, note_hit, settle_pending, stored_answer
 from openfusion.api.chat_shape import check_fusion_shape
 from openfusion.api.deps import AppState
 from openfusion.api.ledger import Ledger
@@ -109,8 +109,9 @@ async def open_exchange(request: Request, chat: ChatRequest, *, api_type: ApiTyp
             check_fusion_shape(chat)
         reach = reach_of(chat, plan)  # every model it can call: for the scope, the guards and the estimate
         worst = WorstCase(chat, plan, reach, prices=state.prices)  # computed only when something needs it
+        hit = await stored_answer(request, chat, plan)  # an answer at hand spends nothing: no room under a cap needed
         # 403 scope, 400 guards, 402 unbounded under a spend cap, 429 spend (reserved here) or concurrency
-        await admit(request, chat=chat, plan=plan, reach=reach, worst=worst)
+        await admit(request, chat=chat, plan=plan, reach=reach, worst=worst, free=hit is not None)
         if plan is not None:
             plan = priced(plan, worst)  # 402 when over max_cost
     except OpenFusionError as exc:
@@ -127,7 +128,10 @@ async def open_exchange(request: Request, chat: ChatRequest, *, api_type: ApiTyp
         api_type=api_type,
         reservation=spend_reservation(request),  # settled when the ledger closes
     )
-    return Exchange(request, state, chat, plan, ledger)
+    exchange = Exchange(request, state, chat, plan, ledger, cache=hit)
+    if hit is not None:
+        note_hit(exchange, hit)
+    return exchange
 
 
 def plan_request(request: Request, chat: ChatRequest) -> FusionPlan | None:
@@ -184,7 +188,8 @@ async def serve(request: Request, chat: ChatRequest, render: Renderer, *, api_ty
     ledger = exchange.ledger
     try:
         # A stream waits for an identical run under way inside its body, its first bytes sent: not before them.
-        exchange.cache = await consult_cache(exchange, wait=not chat.stream)
+        if exchange.cache is None:  # (a hit found before admission is the answer already)
+            exchange.cache = await consult_cache(exchange, wait=not chat.stream)
         response = await render(exchange)
     except BaseException as exc:
         if exchange.cache is not None:

@@ -92,12 +92,22 @@ class ResultCache:
             await self._lease(ticket, key)  # waiters may take this run's result; it waits for nobody
         else:
             ticket = await self._look_up(key, policy, wait=wait)
-        if ticket.pending:
-            return ticket  # counted once its outcome is known
+        if not ticket.pending:  # (a pending one is counted once its outcome is known)
+            self._count(ticket)
+        return ticket
+
+    async def hit(self, key: str, policy: CachePolicy) -> Ticket | None:
+        """The stored run of `key`, when there is one `policy` accepts; None otherwise (not counted: the request then
+        `consult`s). Takes no lease and waits for nothing."""
+        ticket = await self._hit(key, policy)
+        if ticket is not None:
+            self._count(ticket)
+        return ticket
+
+    def _count(self, ticket: Ticket) -> None:
         self.metrics.cache_lookups.labels(ticket.status).inc()
         if ticket.entry is not None and ticket.entry.cost:
             self.metrics.cache_cost_saved.inc(ticket.entry.cost)
-        return ticket
 
     async def _look_up(self, key: str, policy: CachePolicy, *, wait: bool) -> Ticket:
         loop = asyncio.get_running_loop()
