@@ -23,6 +23,7 @@ from fakes.upstream import FakeUpstream, Script
 from openfusion.activity.postgres_store import PostgresStore
 from openfusion.activity.sqlite_store import SqliteStore
 from openfusion.app import create_app
+from openfusion.cache.stores import DatabaseStore
 from openfusion.settings import Settings
 
 from .conftest import ANALYSIS, TRIO
@@ -151,6 +152,27 @@ def test_what_the_key_holds(upstream: FakeUpstream, start: Any) -> None:
         assert ask(url, extra_body={"plugins": [{"id": "fusion", "cache": {"ttl_s": 5}}]})[0] == "hit"
         assert ask(url, temperature=0.3)[0] == "hit"
         assert len(upstream.calls) == calls
+
+
+def test_a_request_reads_the_store_once_before_it_runs(
+    upstream: FakeUpstream, start: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hit is one read; a miss two, never a third: its look (before it is admitted, so that a hit needs no room
+    under a spend cap) and the one after it takes the run (an identical run may have been kept meanwhile)."""
+    reads: list[str] = []
+    read = DatabaseStore.get
+
+    async def counted(store: DatabaseStore, key: str) -> bytes | None:
+        reads.append(key)
+        return await read(store, key)
+
+    monkeypatch.setattr(DatabaseStore, "get", counted)
+    script_run(upstream)
+    with start() as url:
+        assert ask(url)[0] == "miss"
+        assert len(reads) == 2
+        assert ask(url)[0] == "hit"
+        assert len(reads) == 3
 
 
 def test_caching_is_off_unless_a_preset_or_the_plugin_asks(upstream: FakeUpstream, start: Any) -> None:

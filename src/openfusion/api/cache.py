@@ -48,13 +48,15 @@ async def consult_cache(exchange: Exchange, *, wait: bool = True) -> Ticket | No
 
     The key holds the client key's name: one key never reads another's cached answers. `wait=False` (a stream,
     whose first bytes go out at once): a `pending` ticket rather than waiting for an identical run under way;
-    `settle_pending` waits for it then, inside the stream.
+    `settle_pending` waits for it then, inside the stream. Called after `stored_answer` found nothing: the store,
+    just read, is not read again before the lease.
     """
     cache, plan = exchange.state.cache, exchange.plan
     if cache is None or plan is None or plan.cache is None:
         return None
     mode = requested_mode(exchange.request)
-    ticket = await cache.consult(_key(exchange.request, exchange.chat, plan), plan.cache, mode=mode, wait=wait)
+    key = _key(exchange.request, exchange.chat, plan)
+    ticket = await cache.consult(key, plan.cache, mode=mode, wait=wait, looked=True)
     note_hit(exchange, ticket)
     return ticket
 

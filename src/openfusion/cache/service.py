@@ -80,10 +80,13 @@ class ResultCache:
         self._flights: dict[str, asyncio.Future[bool]] = {}  # runs in this process, by key: look again when done?
         self._unlocking: set[asyncio.Task[None]] = set()
 
-    async def consult(self, key: str, policy: CachePolicy, *, mode: Mode, wait: bool = True) -> Ticket:
+    async def consult(
+        self, key: str, policy: CachePolicy, *, mode: Mode, wait: bool = True, looked: bool = False
+    ) -> Ticket:
         """A hit, or a miss whose run this request makes (identical ones wait for it, up to `wait_s`).
 
         `wait=False`: a `pending` ticket instead of waiting for an identical run under way (to consult again later).
+        `looked`: the store was just read for `key` (`hit`) and held nothing: not read again before the lease.
         """
         if mode == "bypass":
             ticket = Ticket("bypass", policy)
@@ -91,7 +94,7 @@ class ResultCache:
             ticket = Ticket("refresh", policy, key=key)
             await self._lease(ticket, key)  # waiters may take this run's result; it waits for nobody
         else:
-            ticket = await self._look_up(key, policy, wait=wait)
+            ticket = await self._look_up(key, policy, wait=wait, looked=looked)
         if not ticket.pending:  # (a pending one is counted once its outcome is known)
             self._count(ticket)
         return ticket
@@ -109,7 +112,7 @@ class ResultCache:
         if ticket.entry is not None and ticket.entry.cost:
             self.metrics.cache_cost_saved.inc(ticket.entry.cost)
 
-    async def _look_up(self, key: str, policy: CachePolicy, *, wait: bool) -> Ticket:
+    async def _look_up(self, key: str, policy: CachePolicy, *, wait: bool, looked: bool = False) -> Ticket:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.wait_s
         remote = _Remote()
@@ -118,8 +121,11 @@ class ResultCache:
             # Watched before the look: a run of `key` given back from here on, on any replica, wakes this request.
             ended = ends.watch(key) if ends is not None else None
             try:
-                if hit := await self._hit(key, policy):
+                # Not when the store was read just now (`looked`): a run kept since is found by the look after the
+                # lease, or by the next round.
+                if not looked and (hit := await self._hit(key, policy)):
                     return hit
+                looked = False
                 ticket = Ticket("miss", policy, key=key)
                 remaining = deadline - loop.time()
                 try:
