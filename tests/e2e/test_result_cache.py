@@ -8,6 +8,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 import redis
 
 from fakes.server import serve_in_thread
-from fakes.upstream import FakeUpstream, Script
+from fakes.upstream import FakeUpstream, Script, wait_until
 from openfusion.activity.postgres_store import PostgresStore
 from openfusion.activity.sqlite_store import SqliteStore
 from openfusion.app import create_app
@@ -173,6 +174,27 @@ def test_a_request_reads_the_store_once_before_it_runs(
         assert len(reads) == 2
         assert ask(url)[0] == "hit"
         assert len(reads) == 3
+
+
+def test_a_hit_refused_admission_is_not_counted_as_one(upstream: FakeUpstream, start: Any) -> None:
+    """The answer is looked up before the request is admitted: one then refused (its key's fusion slot taken) was
+    served nothing, and the metrics count no hit and no cost saved for it."""
+    script_run(upstream)
+    for model in ("a", "b", "c"):  # the second question's panel takes a while
+        upstream.script(model, Script(content=f"{model} says blue.", cost=0.125), Script(content="Slow.", delay_s=1.5))
+    other = [{"role": "user", "content": "Why is the sea blue?"}]
+    with start(limits={"max_concurrent_fusion": 1}) as url:
+        assert ask(url)[0] == "miss"
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            slow = pool.submit(ask, url, messages=other)
+            wait_until(lambda: len(upstream.calls) > FUSION_CALLS)  # the slow run holds alice's one fusion slot
+            with pytest.raises(openai.RateLimitError):
+                ask(url)
+            assert slow.result()[0] == "miss"
+        assert ask(url)[0] == "hit"
+        metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {ALICE}"}).text
+    assert 'openfusion_cache_lookups_total{result="hit"} 1.0' in metrics
+    assert "openfusion_cache_cost_saved_usd_total 0.625" in metrics
 
 
 def test_caching_is_off_unless_a_preset_or_the_plugin_asks(upstream: FakeUpstream, start: Any) -> None:

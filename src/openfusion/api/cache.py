@@ -73,6 +73,14 @@ async def settle_pending(exchange: Exchange) -> None:
     note_hit(exchange, exchange.cache)
 
 
+def admitted_hit(exchange: Exchange, ticket: Ticket) -> None:
+    """A hit `stored_answer` found, its request now admitted: counted, and the exchange's answer."""
+    assert exchange.state.cache is not None, "admitted_hit() without a cache"
+    exchange.state.cache.count(ticket)
+    exchange.cache = ticket
+    note_hit(exchange, ticket)
+
+
 def note_hit(exchange: Exchange, ticket: Ticket) -> None:
     """Mark the exchange's record as answered from the cache, when `ticket` is a hit."""
     if ticket.entry is not None:

@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 from openfusion.activity import ApiType
 from openfusion.api.access import admit, check_preset_scope, client_key_name, key_scope, spend_reservation
 from openfusion.api.body import named_model
-from openfusion.api.cache import CACHE_HEADER, consult_cache, note_hit, settle_pending, stored_answer
+from openfusion.api.cache import CACHE_HEADER, admitted_hit, consult_cache, settle_pending, stored_answer
 from openfusion.api.chat_shape import check_fusion_shape
 from openfusion.api.deps import AppState
 from openfusion.api.ledger import Ledger
@@ -128,9 +128,9 @@ async def open_exchange(request: Request, chat: ChatRequest, *, api_type: ApiTyp
         api_type=api_type,
         reservation=spend_reservation(request),  # settled when the ledger closes
     )
-    exchange = Exchange(request, state, chat, plan, ledger, cache=hit)
+    exchange = Exchange(request, state, chat, plan, ledger)
     if hit is not None:
-        note_hit(exchange, hit)
+        admitted_hit(exchange, hit)
     return exchange
 
 

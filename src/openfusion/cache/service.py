@@ -96,18 +96,16 @@ class ResultCache:
         else:
             ticket = await self._look_up(key, policy, wait=wait, looked=looked)
         if not ticket.pending:  # (a pending one is counted once its outcome is known)
-            self._count(ticket)
+            self.count(ticket)
         return ticket
 
     async def hit(self, key: str, policy: CachePolicy) -> Ticket | None:
-        """The stored run of `key`, when there is one `policy` accepts; None otherwise (not counted: the request then
-        `consult`s). Takes no lease and waits for nothing."""
-        ticket = await self._hit(key, policy)
-        if ticket is not None:
-            self._count(ticket)
-        return ticket
+        """The stored run of `key`, when there is one `policy` accepts; None otherwise (the request then `consult`s).
+        Takes no lease and waits for nothing; not counted until the request it answers is admitted (`count`)."""
+        return await self._hit(key, policy)
 
-    def _count(self, ticket: Ticket) -> None:
+    def count(self, ticket: Ticket) -> None:
+        """Count a lookup's outcome (and the cost a hit saved) in the metrics."""
         self.metrics.cache_lookups.labels(ticket.status).inc()
         if ticket.entry is not None and ticket.entry.cost:
             self.metrics.cache_cost_saved.inc(ticket.entry.cost)
