@@ -197,6 +197,21 @@ def test_a_hit_refused_admission_is_not_counted_as_one(upstream: FakeUpstream, s
     assert "openfusion_cache_cost_saved_usd_total 0.625" in metrics
 
 
+def test_a_hit_is_served_whatever_the_max_cost(upstream: FakeUpstream, start: Any) -> None:
+    """`max_cost` bounds what a run may spend; a hit spends nothing, so it is not refused for a worst case it will not
+    reach (nor for one no price can bound). A new question under the same `max_cost` still is."""
+    script_run(upstream)
+    tight = {"plugins": [{"id": "fusion", "max_cost": 0.0001}]}  # below any run's worst case (and unpriced here)
+    with start() as url:
+        assert ask(url)[0] == "miss"
+        header, hit = ask(url, extra_body=tight)
+        assert header == "hit" and hit.model_extra["fusion"]["cached"] is True
+        with pytest.raises(openai.APIStatusError) as refused:
+            ask(url, messages=[{"role": "user", "content": "Why is the sea blue?"}], extra_body=tight)
+    assert refused.value.status_code == 402 and refused.value.code == "max_cost_exceeded"
+    assert len(upstream.calls) == FUSION_CALLS
+
+
 def test_caching_is_off_unless_a_preset_or_the_plugin_asks(upstream: FakeUpstream, start: Any) -> None:
     script_run(upstream)
     with start() as url:

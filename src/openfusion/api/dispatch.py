@@ -112,7 +112,7 @@ async def open_exchange(request: Request, chat: ChatRequest, *, api_type: ApiTyp
         hit = await stored_answer(request, chat, plan)  # an answer at hand spends nothing: no room under a cap needed
         # 403 scope, 400 guards, 402 unbounded under a spend cap, 429 spend (reserved here) or concurrency
         await admit(request, chat=chat, plan=plan, reach=reach, worst=worst, free=hit is not None)
-        if plan is not None:
+        if plan is not None and hit is None:  # (a hit spends nothing: no max_cost to keep under)
             plan = priced(plan, worst)  # 402 when over max_cost
     except OpenFusionError as exc:
         preset = plan.preset if plan else None
