@@ -311,6 +311,43 @@ def test_bad_tool_parameters_are_400(server: str) -> None:
     assert response.json()["error"]["param"] == "tools[0].parameters.analysis_models[0]"
 
 
+# A function of the client's own named `fusion`, beside the server tool, on each surface: (path, body, error param).
+_OWN_FUSION = {"type": "object", "properties": {}}
+NAMED_FUSION = [
+    (CHAT, {"model": "fake/outer", "messages": QUESTION,
+            "tools": [fusion_tool(), {"type": "function", "function": {"name": "fusion", "parameters": _OWN_FUSION}}]},
+     "tools[1].function.name"),
+    ("/v1/responses", {"model": "fake/outer", "input": "Shard?",
+                       "tools": [{"type": "web_search"}, fusion_tool(),
+                                 {"type": "function", "name": "fusion", "parameters": _OWN_FUSION}]},
+     "tools[2].name"),
+    ("/v1/messages", {"model": "fake/outer", "max_tokens": 100, "messages": [{"role": "user", "content": "Shard?"}],
+                      "tools": [{"name": "fusion", "input_schema": _OWN_FUSION}, fusion_tool()]},
+     "tools.0.name"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "body", "param"), NAMED_FUSION, ids=["chat", "responses", "messages"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_function_of_the_clients_named_fusion_beside_the_server_tool_is_400(
+    upstream: FakeUpstream, server: str, path: str, body: dict[str, Any], param: str, stream: bool
+) -> None:
+    """The outer model would be offered two functions named `fusion`, and its call of the client's would run a
+    panel (and be billed) instead of going back to the client: the request is refused before any call."""
+    upstream.script("outer", Script(tool_calls=[call("fusion", prompt="q")]), Script(content="Done."))
+
+    response = httpx.post(f"{server}{path}", json={**body, "stream": stream}, timeout=20)
+
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    if path == "/v1/messages":  # Anthropic's errors carry no param: the message names the field
+        assert error["type"] == "invalid_request_error" and param in error["message"]
+    else:
+        assert (error["code"], error["param"]) == ("invalid_request", param)
+    assert "fusion" in error["message"]
+    assert upstream.calls == []
+
+
 # ---- the fusion slug inside an agent loop -----------------------------------------------------------
 
 LOOKUP = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}

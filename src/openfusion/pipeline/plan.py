@@ -25,6 +25,8 @@ from openfusion.upstream.web.tools import ToolSpecError, excluded_domains, norma
 
 # The server tool's type, OpenRouter's spelling and ours.
 FUSION_TOOL_TYPES = ("openrouter:fusion", "fusion")
+# The function the caller's own model is offered in tool mode: no function of the client's may have its name.
+FUSION_FUNCTION = "fusion"
 
 # OpenRouter's preset names, accepted as aliases of ours.
 PRESET_ALIASES = {"general-high": "quality", "general-budget": "budget", "general-fast": "fast"}
@@ -220,6 +222,23 @@ def fusion_tool_index(request: ChatRequest) -> int | None:
     return None
 
 
+def _check_no_function_named_fusion(request: ChatRequest) -> None:
+    """Raise InvalidRequest (400) naming a function tool of the client's called `fusion`, beside the server tool.
+
+    The caller's model would be offered two functions of that name, and its call of the client's would run a panel
+    (billed to the key) rather than go back to the client.
+    """
+    for index, tool in enumerate(request.tools or []):
+        function = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
+        if isinstance(function, dict) and function.get("name") == FUSION_FUNCTION:
+            param = f"tools[{index}].function.name"
+            raise InvalidRequest(
+                f"Invalid value for '{param}': {FUSION_FUNCTION!r} is the name of the function fusion's server tool "
+                "offers the model; give your own function another name.",
+                param=param,
+            )
+
+
 def _forces_fusion(tool_choice: Any) -> bool:
     if tool_choice == "required":
         return True
@@ -278,6 +297,7 @@ def read_fusion(request: ChatRequest, *, default_preset: str) -> FusionAsk | Non
         if not isinstance(parameters, dict):
             raise InvalidRequest(f"Invalid value for '{prefix}': must be an object.", param=prefix)
         plugin: FusionPlugin | None = _parse_config(parameters, prefix)
+        _check_no_function_named_fusion(request)
         mode: Literal["slug", "tool"] = "tool"
     else:
         index = fusion_plugin_index(request)

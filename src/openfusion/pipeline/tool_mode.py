@@ -25,7 +25,7 @@ from openfusion.pipeline.events import (
     SynthesisChunk,
     SynthesisMessage,
 )
-from openfusion.pipeline.plan import FusionPlan
+from openfusion.pipeline.plan import FUSION_FUNCTION, FusionPlan
 from openfusion.pipeline.prompts import Messages, message_text, prompt
 from openfusion.pipeline.report import judge_entry, panel_entry, research_totals
 from openfusion.pipeline.run import FusionRun
@@ -36,7 +36,6 @@ from openfusion.upstream.client import UpstreamClient
 from openfusion.upstream.trace import current_trace, role
 from openfusion.upstream.web import WebResearch
 
-FUSION_FUNCTION = "fusion"
 # Outer-model calls per request: fusion runs once, so a model that keeps calling tools is cut off here.
 MAX_OUTER_CALLS = 4
 # Between the texts of two outer calls (say, "Let me ask the panel." and the answer), streamed or not.
