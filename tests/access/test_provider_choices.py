@@ -107,6 +107,44 @@ def test_a_fusion_plugin_spelt_otherwise_is_refused_in_anthropics_dialect(gatewa
     assert upstream.calls == []
 
 
+# Fusion's server tool spelt other than openfusion reads it: not tool mode here, so a pass-through would forward it.
+OUTER_FUSION_TOOL = {"type": "OpenRouter:Fusion", "parameters": {"analysis_models": ["fake/secret-a"]}}
+
+
+def _native_messages(url: str, key: str, **extra: Any) -> Any:
+    client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+    return client.messages.create(model="claude/sonnet", max_tokens=100, messages=HI, extra_body=extra)
+
+
+@pytest.mark.parametrize("key", [SCOPED, CAPPED], ids=["scoped", "capped"])
+@pytest.mark.parametrize("send", [_chat, _native], ids=["chat", "native-responses"])
+def test_a_fusion_tool_spelt_otherwise_is_refused(gateway: str, upstream: FakeUpstream, send: Any, key: str) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        send(gateway, key, tools=[{"type": "function", "function": {"name": "f"}, "name": "f"}, OUTER_FUSION_TOOL])
+    assert refused.value.param == "tools[1].type"
+    assert "'openrouter:fusion'" in refused.value.message
+    assert upstream.calls == []
+
+
+@pytest.mark.parametrize("key", [SCOPED, CAPPED], ids=["scoped", "capped"])
+def test_a_fusion_tool_spelt_otherwise_is_refused_on_native_messages(
+    gateway: str, anthropic_native: tuple[FakeAnthropic, str], key: str
+) -> None:
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        _native_messages(gateway, key, tools=[OUTER_FUSION_TOOL])
+    assert "tools.0.type" in refused.value.message
+    assert anthropic_native[0].calls == []
+
+
+def test_a_fusion_tool_spelt_otherwise_goes_as_sent_for_a_key_without_scope_or_cap(
+    gateway: str, upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str]
+) -> None:
+    assert _chat(gateway, FREE, tools=[OUTER_FUSION_TOOL]).choices[0].message.content == "Hello."
+    assert upstream.calls[0].body["tools"] == [OUTER_FUSION_TOOL]
+    _native_messages(gateway, FREE, tools=[OUTER_FUSION_TOOL])
+    assert anthropic_native[0].calls[0].body["tools"] == [OUTER_FUSION_TOOL]
+
+
 def test_a_scoped_key_may_not_send_a_plugin_that_may_choose_models(gateway: str, upstream: FakeUpstream) -> None:
     with pytest.raises(openai.PermissionDeniedError) as refused:
         _chat(gateway, SCOPED, plugins=[{"id": "auto-router", "allowed_models": ["fake/secret-*"]}])

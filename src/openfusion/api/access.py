@@ -27,7 +27,7 @@ from openfusion.api.browser import BrowserGuard, is_activity_page
 from openfusion.api.handlers import error_response, route_path
 from openfusion.errors import CostLimitExceeded, InvalidRequest, OpenFusionError
 from openfusion.pipeline.budget import WorstCase
-from openfusion.pipeline.plan import FusionAsk, FusionPlan, fusion_plugin_index
+from openfusion.pipeline.plan import FUSION_TOOL_TYPES, FusionAsk, FusionPlan, fusion_plugin_index
 from openfusion.pipeline.reach import Reach
 from openfusion.protocol import ChatRequest
 
@@ -205,6 +205,7 @@ def check_provider_choices(request: Request, chat: ChatRequest, sent: Mapping[st
             )
         if capped:
             raise _unbounded(who, f"plugins[{index}]", f"runs the {kind!r} plugin itself and may bill it")
+    _refuse_fusion_tool_spelt_otherwise(sent["tools"] if isinstance(sent.get("tools"), list) else chat.tools)
     named = [("model", chat.model), *((f"models[{i}]", model) for i, model in enumerate(chat.models or []))]
     for param, model in named:
         if "@preset/" in model:  # OpenRouter's way of naming a preset in the slug: `@preset/x`, `vendor/m@preset/x`
@@ -212,6 +213,21 @@ def check_provider_choices(request: Request, chat: ChatRequest, sent: Mapping[st
     preset = sent.get("preset")
     if preset is not None:
         _refuse_preset(client, who, "preset", scoped=scoped)
+
+
+def _refuse_fusion_tool_spelt_otherwise(tools: list[Any] | None) -> None:
+    """Raise InvalidRequest (400) for a tool whose type reads as fusion's server tool (`"OpenRouter:Fusion"`,
+    `"openrouter:fusion "`; openfusion's own spelling is tool mode, never a pass-through): a pass-through forwards it,
+    and a provider may run its own fusion with the models it names. (`tools`: as the provider gets them.)"""
+    for index, tool in enumerate(tools or []):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if isinstance(kind, str) and _reads_as_fusion(kind):
+            param = f"tools[{index}].type"
+            raise InvalidRequest(
+                f"Invalid value for '{param}': fusion's server tool is spelt {FUSION_TOOL_TYPES[0]!r}; a provider may "
+                f"read {kind!r} as its own fusion and call models the key's scope and spend cap never checked.",
+                param=param,
+            )
 
 
 def _refuse_preset(client: Client, who: str, param: str, *, scoped: bool) -> None:
