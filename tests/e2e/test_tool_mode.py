@@ -217,6 +217,36 @@ def test_the_last_outer_call_may_call_no_tool(upstream: FakeUpstream, server: st
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_a_last_outer_call_of_fusion_alone_ends_as_an_answer_on_every_surface(
+    upstream: FakeUpstream, server: str, stream: bool
+) -> None:
+    """A model that calls fusion even when told to call no tool: its call is dropped, and the response must not say
+    that tool calls follow (an agent would wait for calls that are not there)."""
+    upstream.script("outer", Script(content="Thinking.", tool_calls=[call("fusion", prompt="q")]))
+    question = [{"role": "user", "content": "Shard?"}]
+
+    body = {"model": "fake/outer", "messages": question, "stream": stream, "tools": [fusion_tool()]}
+    chat = httpx.post(f"{server}{CHAT}", json=body, timeout=20)
+    messages = httpx.post(f"{server}/v1/messages", json={**body, "max_tokens": 100}, timeout=20)
+
+    assert len(upstream.calls_for("outer")) == 2 * MAX_OUTER_CALLS
+    if stream:
+        finishes = [c["choices"][0]["finish_reason"] for c in _sse_data(chat.text) if c.get("choices")]
+        assert [f for f in finishes if f] == ["stop"]
+        deltas = [e["delta"] for e in _sse_data(messages.text) if e.get("type") == "message_delta"]
+        assert [d["stop_reason"] for d in deltas] == ["end_turn"]
+        assert '"tool_use"' not in messages.text
+    else:
+        assert chat.json()["choices"][0]["finish_reason"] == "stop"
+        assert messages.json()["stop_reason"] == "end_turn"
+        assert [b["type"] for b in messages.json()["content"]] == ["text"]
+
+
+def _sse_data(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
 def test_an_outer_model_that_refuses_temperature_still_answers(
     upstream: FakeUpstream, server: str, stream: bool
 ) -> None:

@@ -101,7 +101,7 @@ class ToolModeRun:
             client_calls = [c for c in calls if _name(c) != FUSION_FUNCTION]
             if client_calls or not fusion_calls or last_step:
                 # Done: an answer, or the client's own tool calls to run (never fusion's, never here).
-                final = (_without_fusion_calls(message, client_calls), "tool_calls" if client_calls else finish_reason)
+                final = (_without_fusion_calls(message, client_calls), _finish(finish_reason, client_calls))
                 break
             self.messages.append({"role": "assistant", "content": message.get("content"), "tool_calls": fusion_calls})
             for call in fusion_calls:
@@ -278,6 +278,14 @@ def _prompt_argument(call: dict[str, Any]) -> str:
 
 def _last_user_text(messages: Messages) -> str:
     return next((message_text(m) for m in reversed(messages) if m.get("role") == "user"), "")
+
+
+def _finish(finish_reason: str | None, client_calls: list[dict[str, Any]]) -> str | None:
+    """The answer's finish: `tool_calls` only when the client's own calls come with it. A last call that called fusion
+    alone (told to call no tool) had that call dropped: it ends as an answer, or clients wait for calls never sent."""
+    if client_calls:
+        return "tool_calls"
+    return "stop" if finish_reason == "tool_calls" else finish_reason
 
 
 def _without_fusion_calls(message: dict[str, Any], client_calls: list[dict[str, Any]]) -> dict[str, Any]:
