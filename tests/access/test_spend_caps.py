@@ -8,6 +8,7 @@ their estimate says, so the cap must hold to the cent.
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -398,3 +399,42 @@ def test_prompt_outside_the_messages_counts_in_the_estimate(
         bulky = httpx.post(f"{url}{CHAT}", json=chat_body("fake/a", max_tokens=10, **bulk), headers=bearer(KEY))
         assert bulky.status_code == 429 and bulky.json()["error"]["code"] == "spend_limited", bulky.text
     assert len(upstream.calls_for("a")) == 1
+
+
+FUSION_TOOL = {"type": "openrouter:fusion", "parameters": {"preset": "duo", "max_completion_tokens": 10, "tools": []}}
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (CHAT, {**chat_body("fusion/duo", max_tokens=10), "plugins": [{"id": "fusion", "max_completion_tokens": 10}]}),
+        (CHAT, chat_body("fake/outer", max_tokens=10, tools=[FUSION_TOOL])),
+        ("/v1/messages", chat_body("fake/outer", max_tokens=10, tools=[FUSION_TOOL])),
+    ],
+    ids=["slug", "tool-mode", "tool-mode-messages"],
+)
+def test_a_short_question_reserves_the_prompts_openfusion_adds(
+    upstream: FakeUpstream, serve: Serve, tmp_path: Path, path: str, body: dict[str, Any]
+) -> None:
+    """The judge's instructions and schema, the synthesizer's instructions and the fusion function are prompt the
+    providers bill: a reservation of the question alone let many short requests each spend several times theirs."""
+    per_token = 1e-3
+    price = {"prompt": per_token, "completion": per_token, "max_completion_tokens": 10}
+    prices = {"models": {f"fake/{m}": price for m in ("a", "b", "judge", "outer")}}
+    call = {"function": {"name": "fusion", "arguments": json.dumps({"prompt": "Hi"})}}
+    upstream.script("outer", Script(tool_calls=[call]), Script(content="Done."))
+    activity = {"path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
+    with serve(capped(100.0), environ=ENVIRON, activity=activity, pricing=prices) as (url, _):
+        response = httpx.post(f"{url}{path}", json=body, headers=bearer(KEY), timeout=30)
+    assert response.status_code == 200, response.text
+    reserved = response.json()["fusion"]["estimated_max_cost"]
+    # What was sent, at the estimate's own rate for the client's text (3 characters a token), each call's output
+    # at its limit: the worst case must cover it.
+    sent = 0
+    for sent_call in upstream.calls:
+        prompt = {
+            key: sent_call.body[key] for key in ("messages", "tools", "response_format") if sent_call.body.get(key)
+        }
+        sent += math.ceil(len(json.dumps(prompt, separators=(",", ":"))) / 3) + 10
+    assert len(upstream.calls) >= 4  # the panel, the judge, and the answer (the outer model twice in tool mode)
+    assert reserved >= sent * per_token, (reserved, sent * per_token)

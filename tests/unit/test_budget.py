@@ -17,6 +17,7 @@ from openfusion.pipeline.budget import (
     WorstCase,
     priced,
     prompt_tokens_upper_bound,
+    server_text,
 )
 from openfusion.pipeline.plan import FusionPlan, plan_fusion
 from openfusion.pipeline.reach import reach_of
@@ -61,6 +62,7 @@ PRICES = PriceTable(
 )
 QUESTION = "Why is the sky blue? " * 60
 P = prompt_tokens_upper_bound(ChatRequest(model="m", messages=[{"role": "user", "content": QUESTION}]))
+OWN = server_text()  # openfusion's own instructions, schemas and tool definitions in its calls' prompts
 
 
 def estimate(**body: Any) -> float | None:
@@ -107,12 +109,15 @@ def test_media_the_provider_fetches_counts_an_allowance_each() -> None:
 def test_a_fusion_run_with_research_by_hand() -> None:
     out, rounds = 1000, 3 + 1  # each panelist: max_tool_calls research rounds and its answer
     judge_calls = 2 + 3  # research rounds, the analysis, and one repair
-    answers = 2 * out
+    answers = 2 * (out + OWN.per_answer)
+    panelist = P + OWN.research  # offered the research tools
+    # The judge reads every answer, its instructions and schema, the research tools, and (repairing) its reply.
+    judge = P + answers + OWN.judge + OWN.research + out
     expected = (
-        rounds * P * 1e-6 + rounds * out * 2e-6  # panelist a
-        + rounds * P * 3e-6 + rounds * out * 5e-6  # panelist b
-        + judge_calls * (P + answers) * 1e-5 + judge_calls * out * 3e-5  # the judge reads every answer
-        + (P + answers + out) * 2e-6 + out * 4e-6  # the synthesizer reads the answers and the analysis
+        rounds * panelist * 1e-6 + rounds * out * 2e-6  # panelist a
+        + rounds * panelist * 3e-6 + rounds * out * 5e-6  # panelist b
+        + judge_calls * judge * 1e-5 + judge_calls * out * 3e-5
+        + (P + answers + out + OWN.synthesizer) * 2e-6 + out * 4e-6  # the answers, the analysis, its instructions
     )  # fmt: skip
     assert estimate(model="fusion/lab") == pytest.approx(expected)
     # The client's own max_tokens bounds the synthesizer, not the panel.
@@ -121,16 +126,19 @@ def test_a_fusion_run_with_research_by_hand() -> None:
 
 def test_without_research_each_panelist_answers_once_and_fallbacks_count() -> None:
     out = 100
+    answers = out + OWN.per_answer
+    judge = P + answers + OWN.judge + out
+    synthesizer = P + answers + out + OWN.synthesizer
     expected = (
         P * 1e-6 + out * 2e-6  # one panelist, one call
-        + 2 * (P + out) * 1e-5 + 2 * out * 3e-5  # the judge and its repair call
-        + 2 * (P + out) * 1e-5 + 2 * out * 1e-5  # its fallback may be called just the same
-        + (P + out + out) * 2e-6 + out * 4e-6
+        + 2 * judge * 1e-5 + 2 * out * 3e-5  # the judge and its repair call
+        + 2 * judge * 1e-5 + 2 * out * 1e-5  # its fallback may be called just the same
+        + synthesizer * 2e-6 + out * 4e-6
     )  # fmt: skip
     assert estimate(model="fusion/plain") == pytest.approx(expected)
     with_fallback = {"id": "fusion", "synthesis_fallbacks": ["p/cheap"]}
     assert estimate(model="fusion/plain", plugins=[with_fallback]) == pytest.approx(
-        expected + (P + 2 * out) * 1e-7 + out * 1e-7
+        expected + synthesizer * 1e-7 + out * 1e-7
     )
 
 
@@ -145,11 +153,14 @@ def test_tool_mode_counts_every_outer_call() -> None:
     tokens = prompt_tokens_upper_bound(chat)  # the fusion tool's definition is part of the request
     out, outer_out = 100, 50
     question = tokens + outer_out  # the panel's question is written by the outer model
-    per_outer_call = tokens + out + out + (MAX_OUTER_CALLS - 1) * outer_out
+    answers = out + OWN.per_answer
+    judge = question + answers + OWN.judge + out
+    # Each outer call: the request, the fusion function offered, fusion's result, and its own earlier calls.
+    per_outer_call = tokens + OWN.outer + answers + out + (MAX_OUTER_CALLS - 1) * outer_out
     expected = (
         question * 1e-6 + out * 2e-6
-        + 2 * (question + out) * 1e-5 + 2 * out * 3e-5
-        + 2 * (question + out) * 1e-5 + 2 * out * 1e-5
+        + 2 * judge * 1e-5 + 2 * out * 3e-5
+        + 2 * judge * 1e-5 + 2 * out * 1e-5
         + MAX_OUTER_CALLS * (per_outer_call * 1e-6 + outer_out * 1e-6)
     )  # fmt: skip
     assert estimate(model="p/outer", tools=[tool], max_tokens=outer_out) == pytest.approx(expected)

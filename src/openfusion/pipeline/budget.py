@@ -4,8 +4,9 @@ The estimate covers every model the request can call (`pipeline.reach`): a pass-
 or the costliest of its `models` fallbacks (only one of them answers; one that fails is refused
 with an error, which providers do not bill), and in fusion the panel with its research rounds,
 every judge (each with one repair call), every synthesizer, and in tool mode the caller's own
-model, called up to MAX_OUTER_CALLS times. A model named with `:online` has no estimate: its web
-search is billed per call apart from tokens (`variants`).
+model, called up to MAX_OUTER_CALLS times. Each call's prompt counts openfusion's own text in it too
+(`ServerText`): instructions, the analysis schema, tool definitions. A model named with `:online` has
+no estimate: its web search is billed per call apart from tokens (`variants`).
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ import orjson
 
 from openfusion.activity.cost import PriceTable
 from openfusion.errors import CostLimitExceeded
+from openfusion.pipeline.analysis import RESPONSE_FORMAT
 from openfusion.pipeline.plan import FusionPlan
+from openfusion.pipeline.prompts import judge_messages, render_responses
+from openfusion.pipeline.prompts import prompt as prompt_file
 from openfusion.pipeline.reach import ModelUse, Reach
-from openfusion.pipeline.tool_mode import MAX_OUTER_CALLS
+from openfusion.pipeline.tool_mode import MAX_OUTER_CALLS, fusion_function
 from openfusion.protocol import ChatRequest, round_usd
+from openfusion.upstream.web.tools import tool_definitions
 from openfusion.variants import read_variant
 
 # Tokens per character of JSON, rounded up: English prose runs about 1 token per 4 characters, so
@@ -77,6 +82,41 @@ def _referenced_media_tokens(conversation: list[dict[str, Any]]) -> int:
             if isinstance(reference, str) and reference and not reference.startswith("data:"):
                 tokens += URL_IMAGE_TOKENS if kind == "image_url" else URL_MEDIA_TOKENS
     return tokens
+
+
+def _tokens(value: Any) -> int:
+    """`value` (text, or anything JSON) in tokens, at the rate the request's own text is counted."""
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    return math.ceil(len(text) / _CHARS_PER_TOKEN)
+
+
+@dataclass(frozen=True)
+class ServerText:
+    """What openfusion itself adds to its calls' prompts, in tokens: its instructions, schemas and tool definitions.
+
+    A short question would otherwise be priced as a short prompt, though the judge's instructions and schema alone
+    run to a thousand tokens: many such requests under a spend cap each spent several times their reservation.
+    """
+
+    judge: int  # per judge call: its instructions and the analysis schema; a repair call's instructions too
+    per_answer: int  # per panel answer, in the judge's and the synthesizer's prompts: its wrapper
+    synthesizer: int  # the synthesizer's instructions (with the analysis, or the note that there is none)
+    outer: int  # per outer call in tool mode: the fusion function's definition
+    research: int  # per call offered research: the tool definitions and the note that the budget is spent
+
+
+@functools.cache
+def server_text() -> ServerText:
+    """The allowances, measured once on the texts themselves (a prompt edited is a prompt re-measured)."""
+    return ServerText(
+        judge=_tokens(judge_messages(conversation=[], answers=[])) + _tokens(RESPONSE_FORMAT)
+        + _tokens(prompt_file("judge_repair")),
+        per_answer=_tokens(render_responses([("x" * 64, "")])),
+        synthesizer=_tokens(prompt_file("synthesizer")) + _tokens(prompt_file("synthesizer_no_analysis")),
+        outer=_tokens(fusion_function()),
+        research=_tokens(list(tool_definitions(default_max_results=25).values()))
+        + _tokens(prompt_file("research_budget_spent")),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -174,30 +214,36 @@ def _fusion_parts(
     request: ChatRequest, plan: FusionPlan, reach: Reach, prices: PriceTable, prompt_tokens: int
 ) -> list[_Part]:
     out = plan.max_completion_tokens
+    own = server_text()
     outer = next((use for use in reach.models if use.role == "outer"), None)
     outer_out = _output(request, prices)(outer) if outer else None
     # In tool mode the panel's question is what the outer model wrote, beside the request's system messages.
     question = prompt_tokens + (outer_out or 0)
-    answers = len(plan.panel) * out
+    answers = len(plan.panel) * (out + own.per_answer)
     research_calls = plan.max_tool_calls + 1 if plan.tools else 1
-    judge_calls = JUDGE_CALLS + (plan.max_tool_calls if plan.tools and plan.judge_tools else 0)
+    panel_research = own.research if plan.tools else 0
+    judge_researches = bool(plan.tools and plan.judge_tools)
+    judge_calls = JUDGE_CALLS + (plan.max_tool_calls if judge_researches else 0)
+    # Every judge call: its instructions and schema; a repair call also reads the reply it repairs.
+    judge_prompt = question + answers + own.judge + out + (own.research if judge_researches else 0)
     synth_out = request.max_completion_tokens or request.max_tokens or out
     parts: list[_Part] = []
     for use in reach.models:
         if use.role == "panel":
-            parts.append((use, research_calls * question, research_calls * out))
+            parts.append((use, research_calls * (question + panel_research), research_calls * out))
         elif use.role == "judge":
-            parts.append((use, judge_calls * (question + answers), judge_calls * out))
+            parts.append((use, judge_calls * judge_prompt, judge_calls * out))
         elif use.role == "synthesizer":
             # It reads the answers and the analysis; with the panel off, the conversation alone.
-            parts.append((use, prompt_tokens + answers + out if plan.panel else prompt_tokens, synth_out))
+            read = prompt_tokens + answers + out + own.synthesizer if plan.panel else prompt_tokens
+            parts.append((use, read, synth_out))
         elif use.role == "outer":
             if outer_out is None:
                 parts.append((use, 0, None))
                 continue
-            # Each call reads the conversation, fusion's result (the answers and the analysis) and the
-            # calls it made before.
-            per_call = prompt_tokens + answers + out + (MAX_OUTER_CALLS - 1) * outer_out
+            # Each call reads the conversation, the fusion function, fusion's result (the answers and the
+            # analysis) and the calls it made before.
+            per_call = prompt_tokens + own.outer + answers + out + (MAX_OUTER_CALLS - 1) * outer_out
             parts.append((use, MAX_OUTER_CALLS * per_call, MAX_OUTER_CALLS * outer_out))
     return parts
 
