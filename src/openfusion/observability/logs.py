@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -34,7 +35,19 @@ class JsonFormatter(logging.Formatter):
                 line[key] = value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(line, default=str).decode()
+        raw = orjson.dumps(line, default=str)
+        return (raw if raw.isascii() else _RAW_BREAKS.sub(_escape, raw)).decode()
+
+
+# C1 controls (NEL, U+0085, among them) and Unicode's line and paragraph separators in UTF-8, which orjson writes
+# raw: log shippers and viewers that end lines at Unicode line breaks would start a new line there, so text from
+# outside (a provider's error quoting the request) could forge one. Only a JSON string can hold them: as escapes
+# they are the same JSON.
+_RAW_BREAKS = re.compile(rb"\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]")
+
+
+def _escape(match: re.Match[bytes]) -> bytes:
+    return b"\\u%04x" % ord(match.group().decode())
 
 
 # Control characters (C0, DEL, C1) and Unicode's line and paragraph separators, shown as escapes in a plain line:
