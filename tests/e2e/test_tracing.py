@@ -226,6 +226,31 @@ def test_an_incoming_traceparent_is_continued(
     assert all(call.headers["traceparent"].split("-")[1] == caller_trace for call in upstream.calls)
 
 
+def test_a_callers_tracestate_reaches_no_provider(
+    upstream: FakeUpstream, traced_server: Any, receiver: tuple[Receiver, str]
+) -> None:
+    """A client's `tracestate` is its own opaque data (its vendors' entries, user and tenant ids at times): sent
+    on with every upstream call, it reached every provider of a fusion run, third parties the operator chose
+    for answers, not for the client's tracing data. The trace is continued; the providers get our context only."""
+    caller_trace, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    caller_state = "client-vendor=user-4711-acme-corp,other=t61rcWkgMzE"
+    headers = {"traceparent": f"00-{caller_trace}-{caller_span}-01", "tracestate": caller_state}
+    with traced_server() as url:
+        for model in ("fusion/trio", "fake/plain"):
+            response = httpx.post(
+                f"{url}/v1/chat/completions",
+                json={"model": model, "messages": [{"role": "user", "content": QUESTION}]},
+                headers=headers,
+                timeout=20,
+            )
+            assert response.status_code == 200, response.text
+
+    assert len(upstream.calls) == 5 + 1  # the fusion run's five calls, the pass-through's one
+    assert all(call.headers["traceparent"].split("-")[1] == caller_trace for call in upstream.calls)
+    assert [call.headers.get("tracestate") for call in upstream.calls] == [None] * 6
+    assert not [call for call in upstream.calls if "4711" in str(call.headers)]
+
+
 def test_a_caller_that_asks_not_to_be_sampled_is_traced_all_the_same(
     upstream: FakeUpstream, traced_server: Any, receiver: tuple[Receiver, str]
 ) -> None:

@@ -1,4 +1,4 @@
-"""The HTTP edge of tracing: a server span around every request, continuing the caller's `traceparent`.
+"""The HTTP edge of tracing: a server span around every request, continuing the caller's `traceparent` alone.
 
 Imported only when tracing is configured (it needs the `openfusion[otel]` extra).
 """
@@ -17,7 +17,11 @@ from openfusion.observability.otel import PROPAGATOR, Tracing
 from openfusion.observability.tracing import reset_request_spans, set_request_spans
 
 _UNTRACED = OPEN_PATHS | {"/metrics"}  # probes and scrapes: many, periodic, of no interest
-_PROPAGATED = (b"traceparent", b"tracestate")
+# Only the caller's `traceparent` is read. Its `tracestate` is the caller's opaque data (its vendors' entries, which
+# may name users or tenants): continued, it would go out with every upstream call, to every provider of a run, third
+# parties chosen for answers and not for the caller's tracing data; a sampler may also read it (OpenTelemetry's
+# `ot` entry), and no client steers sampling here. W3C lets a participant drop entries it was sent.
+_PROPAGATED = (b"traceparent",)
 _CACHE = CACHE_HEADER.lower().encode("latin-1")
 
 
