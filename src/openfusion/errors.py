@@ -91,9 +91,15 @@ def _reason(message: str, param: str | None) -> str | None:
 
 
 class AuthenticationFailed(OpenFusionError):
+    """No configured client key: `reason` says which way (`missing`, `malformed`, `unknown`), never anything of it."""
+
     status_code = 401
     error_type = "authentication_error"
     code = "invalid_api_key"
+
+    def __init__(self, message: str, *, reason: str = "unknown", code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.reason = reason
 
 
 class NotFound(OpenFusionError):

@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
+from e2e.processes import metric
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream
 from openfusion.api.access import client_key_name
@@ -63,25 +64,26 @@ def call(url: str, method: str, path: str, headers: dict[str, str] | None = None
 
 
 @pytest.mark.parametrize(
-    ("headers", "message"),
+    ("headers", "message", "reason"),
     [
-        ({}, "Missing API key"),
-        ({"Authorization": "Bearer"}, "Missing API key"),
-        (bearer("sk-client-three"), "Invalid API key"),
-        (bearer("sk-client-on"), "Invalid API key"),
-        ({"Authorization": "sk-client-one-4f9a2c"}, "Missing API key"),
-        ({"Authorization": "Token sk-client-one-4f9a2c"}, "Missing API key"),
-        ({"X-Api-Key": "sk-client-three"}, "Invalid API key"),
-        ({"X-Api-Key": ""}, "Missing API key"),
-        ({"Authorization": "Basic %%%"}, "Missing API key"),
+        ({}, "Missing API key", "missing"),
+        ({"Authorization": "Bearer"}, "Missing API key", "malformed"),
+        (bearer("sk-client-three"), "Invalid API key", "unknown"),
+        (bearer("sk-client-on"), "Invalid API key", "unknown"),
+        ({"Authorization": "sk-client-one-4f9a2c"}, "Missing API key", "malformed"),
+        ({"Authorization": "Token sk-client-one-4f9a2c"}, "Missing API key", "malformed"),
+        ({"X-Api-Key": "sk-client-three"}, "Invalid API key", "unknown"),
+        ({"X-Api-Key": ""}, "Missing API key", "malformed"),
+        ({"Authorization": "Basic %%%"}, "Missing API key", "malformed"),
     ],
 )
 def test_every_api_route_refuses_a_missing_or_wrong_key(
-    upstream: FakeUpstream, serve: Serve, headers: dict[str, str], message: str
+    upstream: FakeUpstream, serve: Serve, headers: dict[str, str], message: str, reason: str
 ) -> None:
     # Every route with a wrong key would set the brake off (test_auth_brake.py): it is off here.
     with serve({**KEYS, "limits": {"auth_failures": 0}}) as (url, app):
-        for method, path in api_routes(app):
+        routes = api_routes(app)
+        for method, path in routes:
             response = call(url, method, path, headers)
             assert response.status_code == 401, (method, path)
             body = response.json()
@@ -94,7 +96,9 @@ def test_every_api_route_refuses_a_missing_or_wrong_key(
             assert error["message"].startswith(message)
             assert "sk-client" not in response.text
             assert response.headers["www-authenticate"].endswith('realm="openfusion"')
+        counted = app.state.openfusion.metrics.render().decode()
     assert upstream.calls == []
+    assert metric(counted, "openfusion_auth_refusals_total", reason=reason) == len(routes)  # each, by its reason
 
 
 def test_health_probes_never_need_a_key(upstream: FakeUpstream, serve: Serve) -> None:

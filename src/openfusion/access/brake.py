@@ -56,10 +56,10 @@ class AuthBrake:
             return 0.0
         return max(0.0, record.blocked_until - self._clock())
 
-    def failed(self, address: str | None) -> None:
-        """Count one wrong key from this address; block it when that makes too many within the window."""
+    def failed(self, address: str | None) -> bool:
+        """Count one wrong key from this address; block it when that makes too many within the window (True)."""
         if not self.enabled or address is None:
-            return
+            return False
         address = counted_as(address)
         now = self._clock()
         record = self._records.pop(address, None) or _Record()
@@ -68,11 +68,13 @@ class AuthBrake:
         while failures and failures[0] <= now - self.window_s:
             failures.popleft()
         failures.append(now)
-        if len(failures) >= self.max_failures:
+        blocked = len(failures) >= self.max_failures
+        if blocked:
             record.blocked_until = now + self.block_s
             failures.clear()
         while len(self._records) > self._max_addresses:
             self._records.popitem(last=False)
+        return blocked
 
 
 def counted_as(address: str) -> str:

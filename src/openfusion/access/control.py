@@ -6,13 +6,14 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 
-from openfusion.access.brake import AuthBrake
+from openfusion.access.brake import AuthBrake, counted_as
 from openfusion.access.config import AccessConfig, GuardsConfig, Limits, redis_url
-from openfusion.access.errors import AuthenticationFailed, LimitExceeded, LimitsUnavailable
+from openfusion.access.errors import AddressBraked, AuthenticationFailed, LimitExceeded, LimitsUnavailable
 from openfusion.access.keys import Client, KeyRing, load_keys
 from openfusion.access.limiter import Limiter, MemoryLimiter, Slot
 from openfusion.access.redis_limiter import RedisLimiter
 from openfusion.access.redis_spend import RedisSpendBook
+from openfusion.access.refusals import RefusalLog
 from openfusion.access.spend import (
     MemorySpendBook,
     Refusal,
@@ -54,42 +55,66 @@ class AccessControl:
         self.limiter = limiter
         self.spend = spend
         self.brake = brake or AuthBrake(max_failures=0, window_s=60.0, block_s=300.0)
+        self.refusals = RefusalLog()
         # Without keys everyone is one client, and `[limits]` is one budget shared by all.
         self.anonymous = Client(name=None, limits=defaults)
         self._warned_no_spend_source = False
 
-    def authenticate(self, presented: str | None, *, address: str | None = None, conflicting: bool = False) -> Client:
+    def authenticate(
+        self,
+        presented: str | None,
+        *,
+        address: str | None = None,
+        conflicting: bool = False,
+        unreadable: bool = False,
+    ) -> Client:
         """The calling client; raises AuthenticationFailed (401) when keys are configured and this is none of them, or
         when the request sent several different keys (`conflicting`: which one it meant is anyone's guess).
 
-        An `address` that presented too many wrong keys lately is refused first (429 `auth_failures`),
-        whatever it presents now: a lucky guess must not get through the brake.
+        An `address` that presented too many wrong keys lately is refused first (AddressBraked, 429
+        `auth_failures`), whatever it presents now: a lucky guess must not get through the brake. `unreadable`:
+        credentials were sent, but hold no key read here (another scheme, Basic on the API): `malformed`, not
+        `missing`. Every refusal is logged with its reason and address, never the key.
         """
         if not self.keys:
             return self.anonymous
         blocked = self.brake.blocked_for(address)
-        if blocked > 0:
-            raise LimitExceeded(
+        if blocked > 0:  # not logged: the brake's start was, and a guesser's every request would flood the log
+            raise AddressBraked(
                 "Too many requests with a wrong API key from this address; try again later.",
                 code="auth_failures",
                 retry_after=blocked,
             )
         if conflicting:
-            self.brake.failed(address)  # no client sends two keys: counted as a wrong one
+            self._wrong_key(address)  # no client sends two keys: counted as a wrong one
+            self.refusals.refused("malformed", address=address)
             raise AuthenticationFailed(
                 "Several different API keys were sent (in repeated Authorization or x-api-key headers): send one.",
+                reason="malformed",
                 code="invalid_api_key",
             )
         if not presented:
+            reason = "malformed" if unreadable else "missing"
+            self.refusals.refused(reason, address=address)
             raise AuthenticationFailed(
                 "Missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
+                reason=reason,
                 code="invalid_api_key",
             )
         client = self.keys.find(presented)
         if client is None:
-            self.brake.failed(address)
-            raise AuthenticationFailed("Invalid API key.", code="invalid_api_key")
+            self.refusals.refused("unknown", address=address, presented=presented)
+            self._wrong_key(address)
+            raise AuthenticationFailed("Invalid API key.", reason="unknown", code="invalid_api_key")
         return client
+
+    def _wrong_key(self, address: str | None) -> None:
+        """Count a wrong key against its address; say so when that brakes the address."""
+        brake = self.brake
+        if brake.failed(address) and address is not None:
+            self.refusals.braked(
+                counted_as(address), failures=brake.max_failures, window_s=brake.window_s, block_s=brake.block_s
+            )
 
     async def count_request(self, client: Client) -> None:
         """Count a request against the client's requests per minute; 429 when over."""

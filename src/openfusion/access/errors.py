@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from openfusion.errors import AuthenticationFailed, OpenFusionError
 
-__all__ = ["AuthenticationFailed", "LimitExceeded", "LimitsUnavailable", "MetricsNotAllowed", "ModelNotAllowed"]
+__all__ = [
+    "AddressBraked",
+    "AuthenticationFailed",
+    "LimitExceeded",
+    "LimitsUnavailable",
+    "MetricsNotAllowed",
+    "ModelNotAllowed",
+]
 
 
 class ModelNotAllowed(OpenFusionError):
@@ -33,6 +40,12 @@ class LimitExceeded(OpenFusionError):
     def __init__(self, message: str, *, code: str, retry_after: float) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after  # rendered as Retry-After by api.handlers.error_response
+
+
+class AddressBraked(LimitExceeded):
+    """The client's address presented too many wrong keys lately: refused for a while, whatever key it sends."""
+
+    reason = "braked"  # as AuthenticationFailed's reasons: the label of a refused authentication
 
 
 class LimitsUnavailable(OpenFusionError):

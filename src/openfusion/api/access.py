@@ -17,7 +17,7 @@ from starlette.websockets import WebSocketClose
 
 from openfusion.access.config import CorsConfig
 from openfusion.access.control import AccessControl
-from openfusion.access.errors import AuthenticationFailed, MetricsNotAllowed, ModelNotAllowed
+from openfusion.access.errors import AddressBraked, AuthenticationFailed, MetricsNotAllowed, ModelNotAllowed
 from openfusion.access.guards import check_guards
 from openfusion.access.keys import Client
 from openfusion.access.limiter import Slot
@@ -93,9 +93,14 @@ async def open_grant(access: AccessControl, scope: Scope) -> Grant:
 
     Raises the refusal (401, 429); the caller releases the grant once the response has ended.
     """
-    client = access.authenticate(
-        _presented_key(scope), address=_client_address(scope), conflicting=_conflicting_keys(scope)
-    )
+    presented, unreadable = _presented_key(scope)
+    try:
+        client = access.authenticate(
+            presented, address=_client_address(scope), conflicting=_conflicting_keys(scope), unreadable=unreadable
+        )
+    except (AuthenticationFailed, AddressBraked) as exc:
+        _count_refusal(scope, exc.reason)
+        raise
     await access.count_request(client)
     grant = Grant(access, client)
     scope.setdefault("state", {})[_GRANT] = grant
@@ -350,30 +355,41 @@ def install_access(app: FastAPI, access: AccessControl, *, cors: CorsConfig) -> 
         )
 
 
-def _presented_key(scope: Scope) -> str | None:
-    """The key from `Authorization: Bearer <key>`, `x-api-key`, or, on the /activity pages only, Basic auth's password.
+def _presented_key(scope: Scope) -> tuple[str | None, bool]:
+    """The key from `Authorization: Bearer <key>`, `x-api-key`, or, on the /activity pages only, Basic auth's password;
+    and whether credentials were sent that hold no key read here (another scheme, Basic on the API, an empty one).
 
     A browser replays Basic credentials it has cached to any page's request here; on the API they
     would let another site's page spend on the user's key. `x-api-key` is how Anthropic's clients
     (Claude Code among them) send their key; `Authorization` wins when both are sent.
     """
     api_key: str | None = None
+    sent = False
     for name, value in scope["headers"]:
         if name == b"x-api-key":
             api_key = value.decode("latin-1").strip() or None
+            sent = True
         elif name == b"authorization":
             scheme, _, credentials = value.decode("latin-1").strip().partition(" ")
             credentials = credentials.strip()
             if scheme.lower() == "bearer":
-                return credentials or None
+                return credentials or None, not credentials
             if scheme.lower() == "basic" and is_activity_page(route_path(scope)):
                 try:
                     decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
                 except (binascii.Error, UnicodeDecodeError):
-                    return None
-                return decoded.partition(":")[2] or None
-            return None
-    return api_key
+                    return None, True
+                password = decoded.partition(":")[2]
+                return password or None, not password
+            return None, True
+    return api_key, sent and api_key is None
+
+
+def _count_refusal(scope: Scope, reason: str) -> None:
+    """Count a refused authentication in the app's metrics (once its lifespan has made them)."""
+    state = getattr(getattr(scope.get("app"), "state", None), "openfusion", None)
+    if state is not None:
+        state.metrics.count_auth_refusal(reason)
 
 
 def _conflicting_keys(scope: Scope) -> bool:

@@ -61,6 +61,12 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self.tokens = Counter("openfusion_tokens", "Tokens used upstream.", ["kind"], registry=r)
+        self.auth_refusals = Counter(
+            "openfusion_auth_refusals",
+            "Requests refused by the key check, by reason (missing, malformed, unknown, braked).",
+            ["reason"],
+            registry=r,
+        )
         # Labelled children, each looked up once: `labels()` checks and converts its values under a lock
         # (~1.5 µs), and a fusion counts four times per upstream call.
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -146,6 +152,10 @@ class Metrics:
     def count_request(self, route: str, status: str) -> None:
         """Count one finished request."""
         self._labelled(self.requests, route, status).inc()
+
+    def count_auth_refusal(self, reason: str) -> None:
+        """Count one request refused by the key check."""
+        self._labelled(self.auth_refusals, reason).inc()
 
     def _labelled(self, metric: Any, *values: str) -> Any:
         key = (metric, *values)
