@@ -8,21 +8,29 @@ is counted as its /64.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import time
-from collections import OrderedDict, deque
+from array import array
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 # Addresses tracked at most: past it, the longest-quiet ones are forgotten (a flood of addresses cannot
 # grow the table without bound).
 MAX_ADDRESSES = 65_536
 
 
-@dataclass
 class _Record:
-    failures: deque[float] = field(default_factory=deque)
-    blocked_until: float = 0.0
+    """One address: the times of its wrong keys within the window, oldest first, and when its block ends.
+
+    Slots and an array of doubles: a full table is under 30 MB, where a dataclass holding a deque made it ~70 MB.
+    """
+
+    __slots__ = ("blocked_until", "failures")
+
+    def __init__(self) -> None:
+        self.failures = array("d")
+        self.blocked_until = 0.0
 
 
 class AuthBrake:
@@ -65,13 +73,12 @@ class AuthBrake:
         record = self._records.pop(address, None) or _Record()
         self._records[address] = record  # the most recently failing last: the first forgotten are the quietest
         failures = record.failures
-        while failures and failures[0] <= now - self.window_s:
-            failures.popleft()
+        del failures[: bisect.bisect_right(failures, now - self.window_s)]  # those that have left the window
         failures.append(now)
         blocked = len(failures) >= self.max_failures
         if blocked:
             record.blocked_until = now + self.block_s
-            failures.clear()
+            del failures[:]
         while len(self._records) > self._max_addresses:
             self._records.popitem(last=False)
         return blocked
