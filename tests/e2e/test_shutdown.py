@@ -278,6 +278,24 @@ def test_a_stream_the_servers_backstop_cancels_is_still_recorded(
     assert "still unrecorded" not in log and "dropped" not in log, log[-3000:]
 
 
+def test_a_request_the_servers_backstop_cancels_is_told_in_one_warning(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path
+) -> None:
+    """A stream whose client stopped reading outlives the grace period, and uvicorn's backstop cancels it: expected,
+    yet uvicorn logged it as 'Exception in ASGI application' at ERROR with the CancelledError's traceback, and its
+    cancelling at ERROR too, which operators read as a crash. One warning line for the request, with its id."""
+    _, upstream_url = fake_upstream
+    upstream.script("big", Script(chunks=["x" * (4 << 20), "tail"], chunk_interval_s=60))  # 4 MiB, then a long wait
+    log, rows = _stopped_with_an_unread_stream(upstream_url, upstream, presets_dir, tmp_path, settle_s=2)
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert "Cancel 1 running task(s)" in log, log[-3000:]  # the fault: uvicorn's backstop cancelled the request
+    assert "Exception in ASGI application" not in log and "Traceback" not in log, log[-3000:]
+    assert [line for line in lines if line["level"] in ("error", "critical")] == []
+    [told] = [line for line in lines if line["message"].startswith("request cancelled at shutdown")]
+    assert told["level"] == "warning" and told["generation_id"].startswith("gen-"), told
+    assert rows == [("fake/big", "error", "server_shutting_down")], log[-3000:]
+
+
 def test_a_stream_cut_at_the_end_of_the_grace_period_is_not_recorded_as_whole(
     fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path
 ) -> None:
@@ -331,6 +349,7 @@ def test_a_response_held_behind_an_unread_one_is_recorded_when_the_backstop_canc
             assert process.wait(timeout=30) == 0  # a clean stop
     log = (tmp_path / "serve.log").read_text(errors="replace")
     assert "Cancel 1 running task(s)" in log, log[-3000:]  # the fault: uvicorn's backstop cancelled the second one
+    assert "Exception in ASGI application" not in log and "request cancelled at shutdown" in log, log[-3000:]
     rows = _generations(activity)
     assert sorted(rows) == [("fake/big", "ok", None), ("fake/small", "cancelled", "cancelled")], log[-3000:]
     assert "still unrecorded" not in log and "dropped" not in log, log[-3000:]

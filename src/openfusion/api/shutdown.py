@@ -6,7 +6,8 @@ requests record themselves. Here the grace period is ours: when it ends, each re
 is cancelled where it waits (the upstream call), and turns that into a `server_shutting_down` error
 — an error chunk and `[DONE]` in a stream, an OpenAI-shaped 503 otherwise — recorded like any other.
 uvicorn's cancellation stays as a backstop a little later, and the app's lifespan waits for every
-request's record before it closes the activity writer.
+request's record before it closes the activity writer. What the backstop cancels is told in one warning line per
+request (`BackstopLog`), not as uvicorn's "Exception in ASGI application" with a traceback, read as a crash.
 """
 
 from __future__ import annotations
@@ -120,6 +121,44 @@ class Drain:
             log.warning("%d request(s) still unrecorded at shutdown", self._open)
 
 
+class BackstopLog(logging.Filter):
+    """On uvicorn's logger: a request its shutdown backstop cancelled is told in one warning line, not as a crash.
+
+    uvicorn logs every request task it cancels at the end of its shutdown as "Exception in ASGI application", at
+    ERROR with the CancelledError's traceback, and the cancelling itself at ERROR too. Both are this server's
+    design (`BACKSTOP_S`): warnings. Only a CancelledError of a request uvicorn is cancelling (its task has a
+    cancellation under way) once the grace period is over is told so; any other exception keeps its traceback.
+    """
+
+    def __init__(self, drain: Drain) -> None:
+        super().__init__()
+        self.drain = drain
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.drain.stopping:
+            return True
+        if record.msg == _BACKSTOP_CANCELS:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
+            log.warning("request cancelled at shutdown: still running %g s after the grace period ended", BACKSTOP_S)
+            return False
+        return True
+
+
+_BACKSTOP_CANCELS = "Cancel %s running task(s), timeout graceful shutdown exceeded"  # uvicorn's words
+
+
+def _being_cancelled() -> bool:
+    """Whether the current task (the request uvicorn reports on) has a cancellation under way."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running loop: not a request's report
+        return False
+    return task is not None and task.cancelling() > 0
+
+
 def shutting_down() -> ServerShuttingDown:
     """The error of a request the end of the grace period stopped."""
     return ServerShuttingDown("The server is shutting down; the request was stopped. Retry it.")
@@ -164,5 +203,10 @@ def run_server(
 
     config = uvicorn.Config(app, timeout_graceful_shutdown=grace_s + BACKSTOP_S, **options)
     server = Server(config)
-    server.run(sockets)
+    uvicorn_log, backstop_log = logging.getLogger("uvicorn.error"), BackstopLog(drain)
+    uvicorn_log.addFilter(backstop_log)  # (after Config, which configures uvicorn's loggers)
+    try:
+        server.run(sockets)
+    finally:
+        uvicorn_log.removeFilter(backstop_log)
     return bool(server.started)
