@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import time
 
 import pytest
 
-from e2e.test_connection_limits import Start, connect, read_until_closed
+from e2e.test_connection_limits import PATIENCE_S, Start, connect, read_until_closed
 from fakes.upstream import FakeUpstream, Script
 
 HEALTH = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
@@ -188,6 +189,13 @@ def test_a_request_that_asks_to_upgrade_with_a_chunked_body_is_refused(server: s
     assert "chunked" in assert_openai_error(response, 400, "malformed_request")
 
 
+def chat(model: str, content: str, *, close: bool = False) -> bytes:
+    """A Chat Completions request, whole, as a client writes it."""
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": content}]}).encode()
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+    return head + (b"Connection: close\r\n" if close else b"") + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
 def test_a_body_pipelined_behind_a_slow_answer_is_read_after_it(start_server: Start, upstream: FakeUpstream) -> None:
     # The server stops reading while the first answer is under way: the second body, sent at once but larger than
     # one read (and under the 1 MiB aiohttp warns about), waits in the socket. Its deadline ran all the same, and it
@@ -195,16 +203,37 @@ def test_a_body_pipelined_behind_a_slow_answer_is_read_after_it(start_server: St
     upstream.script("slow", Script(content="Slow answer.", delay_s=3))
     upstream.script("quick", Script(content="Quick answer."))
 
-    def chat(model: str, content: str, *, close: bool = False) -> bytes:
-        body = json.dumps({"model": model, "messages": [{"role": "user", "content": content}]}).encode()
-        head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-        return head + (b"Connection: close\r\n" if close else b"") + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-
     with start_server(server={"body_timeout_s": 1}) as url:
         responses = exchange(url, chat("fake/slow", "Hi") + chat("fake/quick", "x" * 900_000, close=True))
     assert [status for status, _, _ in responses] == [200, 200], responses[-1][2][:300]
     answers = [json.loads(body)["choices"][0]["message"]["content"] for _, _, body in responses]
     assert answers == ["Slow answer.", "Quick answer."]
+
+
+def read_answers(sock: socket.socket) -> list[tuple[int, dict[str, str], bytes]]:
+    """The responses the server sends until it closes the connection, read as they come (a close with bytes of
+    ours unread is a reset, which would take with it what the client had not read yet)."""
+    sock.settimeout(PATIENCE_S)
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            received += chunk
+    return split_responses(received)
+
+
+def test_headers_that_stop_after_a_request_are_refused_after_its_answer(
+    start_server: Start, upstream: FakeUpstream
+) -> None:
+    # A request, and in the same write the beginning of a second one whose headers never end. The second's first
+    # bytes, read with the end of the first, went uncounted: its deadline took it for a connection that had asked
+    # nothing and closed it without a word, the first answer (still under way) lost with it.
+    upstream.script("slow", Script(content="Slow answer.", delay_s=2))
+    with start_server(server={"header_timeout_s": 1}) as url, connect(url) as sock:
+        sock.sendall(chat("fake/slow", "First") + b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\n")
+        responses = read_answers(sock)
+    assert [status for status, _, _ in responses] == [200, 408], responses
+    assert json.loads(responses[0][2])["choices"][0]["message"]["content"] == "Slow answer."
+    assert_openai_error(responses[1], 408, "request_timeout")
 
 
 @pytest.mark.parametrize("framing", ["chunked", "declared"])

@@ -164,6 +164,7 @@ class LimitedConnection:
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self._reading_headers = True
+        self._asked = False  # the request whose headers are being read has begun (its first byte was parsed)
         self._header_bytes = self._header_size = self._header_count = 0
         self._framing_bytes = 0  # read since the body last moved (see `data_received`)
         self._unparsed_body = 0  # what is left of a body the parser skipped (see `_ignore_upgrade`)
@@ -251,6 +252,7 @@ class LimitedConnection:
 
     def on_message_begin(self) -> None:
         super().on_message_begin()  # type: ignore[misc]
+        self._asked = True
         self._arm_header_timer()
 
     def on_url(self, url: bytes) -> None:
@@ -299,6 +301,7 @@ class LimitedConnection:
         super().on_message_complete()  # type: ignore[misc]
         self._cancel_timers()
         self._reading_headers = True
+        self._asked = False
         self._header_bytes = self._header_size = self._header_count = 0
 
     def on_response_complete(self) -> None:
@@ -375,7 +378,9 @@ class LimitedConnection:
         self._header_timer = None
         if not self._reading_headers:
             return
-        if self._header_bytes:
+        # Begun, not by its byte count: a request whose first bytes came in the read that ended the one before it
+        # has none counted (they were read before that request's end reset the count).
+        if self._asked:
             timeout = self.server_settings.header_timeout_s
             self._refuse(RequestTimeout(f"The request headers took longer than {timeout:g} s to arrive."))
         else:  # nothing asked: a silent close, as for an idle keep-alive connection
