@@ -93,7 +93,8 @@ class ServerSettings(BaseModel):
     probe_connections: int = Field(default=16, ge=0)
     max_header_bytes: int = Field(default=32 * 1024, ge=1024)
     max_headers: int = Field(default=100, ge=1)
-    # From a connection's start (or a request's first byte) to the end of its headers.
+    # From a connection's start (or a request's first byte) to the end of its headers (a request pipelined behind
+    # another: counted while the server reads).
     header_timeout_s: float = Field(default=10.0, gt=0)
     # From the end of a request's headers to the end of its body, however steadily it trickles.
     body_timeout_s: float = Field(default=60.0, gt=0)

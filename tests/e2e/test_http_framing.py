@@ -14,7 +14,7 @@ import time
 import pytest
 
 from e2e.test_connection_limits import PATIENCE_S, Start, connect, read_until_closed
-from fakes.upstream import FakeUpstream, Script
+from fakes.upstream import FakeUpstream, Script, wait_until
 
 HEALTH = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
 
@@ -219,6 +219,28 @@ def read_answers(sock: socket.socket) -> list[tuple[int, dict[str, str], bytes]]
         while chunk := sock.recv(65536):
             received += chunk
     return split_responses(received)
+
+
+def test_headers_pipelined_behind_a_slow_answer_are_timed_from_when_they_are_read(
+    start_server: Start, upstream: FakeUpstream
+) -> None:
+    # While the first answer is under way, a second request comes whole and a third begins in the same write: the
+    # second's headers stop the server's reading (it is queued), the third's first bytes start its header deadline,
+    # and the rest of its headers, sent a moment later, wait in the socket until the first answer has gone. The
+    # deadline ran all the same, and the connection was closed with the first two answers still owed.
+    upstream.script("slow", Script(content="Slow answer.", delay_s=3))
+    upstream.script("quick", Script(content="Quick answer."))
+    third = chat("fake/quick", "Third", close=True)
+    with start_server(server={"header_timeout_s": 1}) as url, connect(url) as sock:
+        sock.sendall(chat("fake/slow", "First"))
+        wait_until(lambda: bool(upstream.calls_for("slow")), timeout=10)  # the first is being answered
+        sock.sendall(chat("fake/quick", "Second") + third[:40])
+        time.sleep(0.3)
+        sock.sendall(third[40:])  # promptly, but the server reads nothing until the first answer has gone
+        responses = read_answers(sock)
+    assert [status for status, _, _ in responses] == [200, 200, 200], responses
+    answers = [json.loads(body)["choices"][0]["message"]["content"] for _, _, body in responses]
+    assert answers == ["Slow answer.", "Quick answer.", "Quick answer."]
 
 
 def test_headers_that_stop_after_a_request_are_refused_after_its_answer(

@@ -378,6 +378,11 @@ class LimitedConnection:
         self._header_timer = None
         if not self._reading_headers:
             return
+        if self.flow.read_paused:  # type: ignore[attr-defined]
+            # Queued behind requests pipelined before it, still being answered: the server reads nothing until their
+            # answers have gone, so the rest of the headers cannot arrive meanwhile. Their time starts again.
+            self._arm_header_timer()
+            return
         # Begun, not by its byte count: a request whose first bytes came in the read that ended the one before it
         # has none counted (they were read before that request's end reset the count).
         if self._asked:
