@@ -224,6 +224,11 @@ def test_a_stream_whose_client_stopped_reading_ends_quietly_at_the_end_of_the_gr
             process.wait(timeout=20)  # (uvicorn ends by re-raising SIGTERM: status -15)
     log = (tmp_path / "serve.log").read_text(errors="replace")
     assert "Exception in ASGI application" not in log and "Traceback" not in log, log[-3000:]
+    # Nor as uvicorn's "ASGI callable returned without completing response" at ERROR: one warning.
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert [line for line in lines if line["level"] in ("error", "critical")] == [], log[-3000:]
+    [told] = [line for line in lines if line["message"].startswith("response cut short at shutdown")]
+    assert told["level"] == "warning" and told["generation_id"].startswith("gen-"), told
 
 
 def _generations(activity: Path) -> list[tuple[str, str, str | None]]:
@@ -308,6 +313,7 @@ def test_a_stream_cut_at_the_end_of_the_grace_period_is_not_recorded_as_whole(
     # The server's buffers fill; its writes wait for the client.
     log, rows = _stopped_with_an_unread_stream(upstream_url, upstream, presets_dir, tmp_path, settle_s=1)
     assert "grace period over: ending 1 request(s) in flight" in log, log[-3000:]  # the fault: stopped mid-answer
+    assert '"level":"error"' not in log and "response cut short at shutdown" in log, log[-3000:]
     assert rows == [("fake/big", "error", "server_shutting_down")], log[-3000:]
 
 

@@ -7,7 +7,7 @@ is cancelled where it waits (the upstream call), and turns that into a `server_s
 — an error chunk and `[DONE]` in a stream, an OpenAI-shaped 503 otherwise — recorded like any other.
 uvicorn's cancellation stays as a backstop a little later, and the app's lifespan waits for every
 request's record before it closes the activity writer. What the backstop cancels is told in one warning line per
-request (`BackstopLog`), not as uvicorn's "Exception in ASGI application" with a traceback, read as a crash.
+request (`ShutdownLog`), not as uvicorn's "Exception in ASGI application" with a traceback, read as a crash.
 """
 
 from __future__ import annotations
@@ -121,13 +121,15 @@ class Drain:
             log.warning("%d request(s) still unrecorded at shutdown", self._open)
 
 
-class BackstopLog(logging.Filter):
-    """On uvicorn's logger: a request its shutdown backstop cancelled is told in one warning line, not as a crash.
+class ShutdownLog(logging.Filter):
+    """On uvicorn's logger: a request the shutdown ended is told in one warning line, not as a crash.
 
-    uvicorn logs every request task it cancels at the end of its shutdown as "Exception in ASGI application", at
-    ERROR with the CancelledError's traceback, and the cancelling itself at ERROR too. Both are this server's
-    design (`BACKSTOP_S`): warnings. Only a CancelledError of a request uvicorn is cancelling (its task has a
-    cancellation under way) once the grace period is over is told so; any other exception keeps its traceback.
+    uvicorn logs every request task it cancels at the end of its shutdown (`BACKSTOP_S`) as "Exception in ASGI
+    application", at ERROR with the CancelledError's traceback, and the cancelling itself at ERROR too; and a stream
+    the grace period's end cut while its client read no more (its body closed, its last bytes never sent) as "ASGI
+    callable returned without completing response", at ERROR. Each is this server's design once the grace period is
+    over: a warning. Only a CancelledError of a request uvicorn is cancelling (its task has a cancellation under
+    way) is told so; any other exception keeps its traceback.
     """
 
     def __init__(self, drain: Drain) -> None:
@@ -140,6 +142,9 @@ class BackstopLog(logging.Filter):
         if record.msg == _BACKSTOP_CANCELS:
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             return True
+        if record.msg == _CUT_SHORT:
+            log.warning("response cut short at shutdown: its client was not reading when the grace period ended")
+            return False
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
             log.warning("request cancelled at shutdown: still running %g s after the grace period ended", BACKSTOP_S)
@@ -147,7 +152,9 @@ class BackstopLog(logging.Filter):
         return True
 
 
-_BACKSTOP_CANCELS = "Cancel %s running task(s), timeout graceful shutdown exceeded"  # uvicorn's words
+# uvicorn's words
+_BACKSTOP_CANCELS = "Cancel %s running task(s), timeout graceful shutdown exceeded"
+_CUT_SHORT = "ASGI callable returned without completing response."
 
 
 def _being_cancelled() -> bool:
@@ -203,10 +210,10 @@ def run_server(
 
     config = uvicorn.Config(app, timeout_graceful_shutdown=grace_s + BACKSTOP_S, **options)
     server = Server(config)
-    uvicorn_log, backstop_log = logging.getLogger("uvicorn.error"), BackstopLog(drain)
-    uvicorn_log.addFilter(backstop_log)  # (after Config, which configures uvicorn's loggers)
+    uvicorn_log, shutdown_log = logging.getLogger("uvicorn.error"), ShutdownLog(drain)
+    uvicorn_log.addFilter(shutdown_log)  # (after Config, which configures uvicorn's loggers)
     try:
         server.run(sockets)
     finally:
-        uvicorn_log.removeFilter(backstop_log)
+        uvicorn_log.removeFilter(shutdown_log)
     return bool(server.started)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from openfusion.api.shutdown import BackstopLog, Drain
+from openfusion.api.shutdown import Drain, ShutdownLog
 
 
 def _report(exc: BaseException) -> logging.LogRecord:
@@ -35,7 +35,7 @@ async def test_a_request_uvicorn_cancels_after_the_grace_period_is_one_warning(
         try:
             await asyncio.sleep(60)
         except asyncio.CancelledError as exc:  # as uvicorn's run_asgi logs it, in the request's task
-            told.append(BackstopLog(_stopping()).filter(_report(exc)))
+            told.append(ShutdownLog(_stopping()).filter(_report(exc)))
             raise
 
     task = asyncio.create_task(request())
@@ -53,14 +53,14 @@ async def test_a_request_uvicorn_cancels_after_the_grace_period_is_one_warning(
 @pytest.mark.parametrize("stopping", [True, False])
 async def test_a_real_exception_keeps_its_traceback(stopping: bool) -> None:
     record = _report(ValueError("a bug"))
-    assert BackstopLog(_stopping() if stopping else Drain()).filter(record)
+    assert ShutdownLog(_stopping() if stopping else Drain()).filter(record)
     assert record.levelno == logging.ERROR and record.exc_info is not None
 
 
 async def test_a_cancelled_error_no_cancellation_raised_keeps_its_traceback() -> None:
     """A CancelledError that escapes a request whose task nobody cancels is a bug, not the backstop."""
     record = _report(asyncio.CancelledError())
-    assert BackstopLog(_stopping()).filter(record)
+    assert ShutdownLog(_stopping()).filter(record)
     assert record.levelno == logging.ERROR and record.exc_info is not None
 
 
@@ -69,5 +69,20 @@ def test_the_backstops_cancelling_is_a_warning_once_the_grace_period_is_over() -
         "uvicorn.error", logging.ERROR, __file__, 1, "Cancel %s running task(s), timeout graceful shutdown exceeded",
         (1,), None,
     )  # fmt: skip
-    assert BackstopLog(_stopping()).filter(record)
+    assert ShutdownLog(_stopping()).filter(record)
     assert record.levelname == "WARNING" and record.getMessage().startswith("Cancel 1 running task(s)")
+
+
+@pytest.mark.parametrize("stopping", [True, False])
+def test_a_response_left_unfinished_is_a_warning_only_once_the_grace_period_is_over(
+    stopping: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before it, an app returning with its response unfinished is a bug; after it, a stream the shutdown cut."""
+    record = logging.LogRecord(
+        "uvicorn.error", logging.ERROR, __file__, 1, "ASGI callable returned without completing response.", (), None
+    )
+    with caplog.at_level(logging.WARNING, logger="openfusion"):
+        assert ShutdownLog(_stopping() if stopping else Drain()).filter(record) is not stopping
+    told = [r.getMessage() for r in caplog.records]
+    assert told == (["response cut short at shutdown: its client was not reading when the grace period ended"]
+                    if stopping else [])  # fmt: skip
