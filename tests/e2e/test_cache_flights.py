@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -14,7 +17,7 @@ import httpx
 import pytest
 
 from fakes.server import serve_in_thread
-from fakes.upstream import FakeUpstream, Script
+from fakes.upstream import FakeUpstream, Script, wait_until
 from openfusion.app import create_app
 from openfusion.settings import Settings
 
@@ -128,6 +131,38 @@ def test_a_waiter_whose_client_left_is_recorded_as_cancelled(
         metrics = httpx.get(f"{url}/metrics").text
     assert records == [("cancelled", 200, "cancelled")]
     assert 'openfusion_requests_total{route="fusion/cached",status="cancelled"} 1.0' in metrics
+    assert len(upstream.calls_for("synth")) == 1  # the waiter that left made no run
+
+
+def records(activity: Path) -> list[tuple[str, int | None, str | None]]:
+    """(status, status_code, failure_reason) of each request in the SQLite activity store."""
+    if not activity.exists():
+        return []
+    with sqlite3.connect(activity, timeout=5) as db:
+        return [tuple(row) for row in db.execute("SELECT status, status_code, failure_reason FROM generations")]
+
+
+async def a_plain_waiter_leaves(url: str, upstream: FakeUpstream, activity: Path) -> bool:
+    """A plain identical request whose client gives up while the first runs: whether the server was done with it
+    (recorded) while the first was still running."""
+    async with httpx.AsyncClient(timeout=60) as client:
+        first = asyncio.create_task(client.post(f"{url}/v1/chat/completions", json=BODY))
+        await until(lambda: bool(upstream.calls_for("b")))  # the first request has the run
+        with pytest.raises(httpx.ReadTimeout):  # the client really left, before the answer
+            await client.post(f"{url}/v1/chat/completions", json=BODY, timeout=0.3)
+        with contextlib.suppress(AssertionError):
+            await until(lambda: records(activity) == [("cancelled", None, "cancelled")], timeout_s=1.5)
+        ended_meanwhile = not first.done() and records(activity) == [("cancelled", None, "cancelled")]
+        assert (await first).status_code == 200
+        return ended_meanwhile
+
+
+def test_a_plain_waiter_whose_client_left_stops_waiting(upstream: FakeUpstream, start: Any, tmp_path: Path) -> None:
+    """A non-streamed request waiting for an identical run went on waiting (up to wait_s, holding its place under
+    the key's concurrency limit) once its client had left. It ends then, recorded as cancelled."""
+    script_degraded_run(upstream, synth_delay_s=4.0)
+    with start(cache={"wait_s": WAIT_S}) as url:
+        assert asyncio.run(a_plain_waiter_leaves(url, upstream, tmp_path / "activity.sqlite3"))
     assert len(upstream.calls_for("synth")) == 1  # the waiter that left made no run
 
 
@@ -270,3 +305,55 @@ def test_requests_on_other_replicas_that_waited_for_a_run_not_kept_run_together(
     assert all(call.started >= first.finished for call in waiters)  # they did wait for the first run
     ends = [call.finished for call in waiters if call.finished is not None]
     assert max(call.started for call in waiters) < min(ends)  # then all ran at the same time, on both replicas
+
+
+def test_a_request_waiting_for_a_run_on_another_replica_ends_with_the_grace_period(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path, redis_prefix: str
+) -> None:
+    """A plain request waiting for an identical run on another replica (up to `wait_s`) when its replica is stopped:
+    the grace period's end did not stop that wait, so it ran until uvicorn's backstop cancelled it, and its client
+    got a text/plain 500. It ends with the grace period, with a 503 `server_shutting_down`, and is recorded so."""
+    for model in ("a", "b", "c"):
+        upstream.script(model, Script(content=f"{model} says blue."))
+    upstream.script("synth", Script(content="Rayleigh scattering.", delay_s=30))
+    (presets_dir / "cached.toml").write_text(TRIO + "cache_ttl_s = 60\n")
+    _, upstream_url = fake_upstream
+
+    def config(name: str) -> str:
+        extra = (f'[limits]\nredis_prefix = "{redis_prefix}"\n[cache]\nwait_s = 60.0\ntimeout_s = 30.0\n'
+                 f'[activity]\npath = "{tmp_path / name / "activity.sqlite3"}"\n')  # fmt: skip
+        return provider_config(upstream_url, grace_s=1, top='redis_url = "redis://127.0.0.1:6379/0"', extra=extra)
+
+    answers: dict[str, Any] = {}
+
+    def post(name: str, url: str) -> None:
+        try:
+            answers[name] = httpx.post(f"{url}/v1/chat/completions", json=BODY, timeout=60)
+        except httpx.HTTPError as exc:
+            answers[name] = exc
+
+    with (
+        serve(config("one"), presets_dir, tmp_path / "one") as one,
+        serve(config("two"), presets_dir, tmp_path / "two") as two,
+    ):
+        first = threading.Thread(target=post, args=("first", one.url))
+        first.start()
+        wait_until(lambda: bool(upstream.calls_for("synth")), timeout=20)  # the run is under way on the first replica
+        second = threading.Thread(target=post, args=("second", two.url))
+        second.start()
+        time.sleep(1.0)  # the second request waits for that run
+        assert "second" not in answers
+        two.process.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        second.join(30)
+        took = time.monotonic() - stopped
+        assert two.process.wait(timeout=30) == 0, two.log_text()[-3000:]
+    first.join(30)
+    answer = answers["second"]
+    assert isinstance(answer, httpx.Response), answer
+    assert answer.status_code == 503, (answer.status_code, answer.text, took)
+    assert answer.json()["error"]["code"] == "server_shutting_down"
+    assert took < 2.5  # the grace period (1 s), not uvicorn's backstop 2 s later
+    with sqlite3.connect(tmp_path / "two" / "activity.sqlite3") as db:
+        rows = db.execute("SELECT status, failure_reason FROM generations").fetchall()
+    assert rows == [("error", "server_shutting_down")]

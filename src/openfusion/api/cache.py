@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from fastapi import Request
 
 from openfusion.api.access import client_key_name
+from openfusion.api.disconnect import cancel_on_disconnect
 from openfusion.cache.key import cache_key
 from openfusion.cache.service import Mode, Ticket
 from openfusion.errors import InvalidRequest
@@ -49,14 +50,19 @@ async def consult_cache(exchange: Exchange, *, wait: bool = True) -> Ticket | No
     The key holds the client key's name: one key never reads another's cached answers. `wait=False` (a stream,
     whose first bytes go out at once): a `pending` ticket rather than waiting for an identical run under way;
     `settle_pending` waits for it then, inside the stream. Called after `stored_answer` found nothing: the store,
-    just read, is not read again before the lease.
+    just read, is not read again before the lease. A wait here ends like a run when the client leaves
+    (ClientDisconnected) or the shutdown's grace period ends (`server_shutting_down`).
     """
     cache, plan = exchange.state.cache, exchange.plan
     if cache is None or plan is None or plan.cache is None:
         return None
     mode = requested_mode(exchange.request)
     key = _key(exchange.request, exchange.chat, plan)
-    ticket = await cache.consult(key, plan.cache, mode=mode, wait=wait, looked=True)
+    lookup = cache.consult(key, plan.cache, mode=mode, wait=wait, looked=True)
+    if wait:  # it may wait for an identical run (on another replica: up to wait_s), stopped as a run is
+        ticket = await cancel_on_disconnect(exchange.request, lookup, drain=exchange.state.drain)
+    else:
+        ticket = await lookup
     note_hit(exchange, ticket)
     return ticket
 
