@@ -28,6 +28,7 @@ QUESTION = [{"role": "user", "content": "Why is the sky blue?"}]
 BODY = {"model": "fusion/cached", "messages": QUESTION}
 # Long enough that a request stuck behind a run nobody makes stands out from one that runs (well under a second).
 WAIT_S = 8.0
+CACHE = "X-Openfusion-Cache"
 
 
 @pytest.fixture
@@ -267,6 +268,45 @@ def test_a_stream_whose_client_left_before_it_began_is_recorded_as_cancelled(
     assert records[0] == ("cancelled", None, "cancelled")
     assert status == 200 and took < WAIT_S  # the run it took was given back: the next one did not wait for it
     assert len(upstream.calls_for("synth")) == 1  # the one of the last request
+
+
+async def refresh_and_leave_then_ask(url: str) -> float:
+    """A plain request that refreshes the cache, whose client leaves while the run's Redis lock is being taken, then
+    an identical one: how long that one took."""
+    async with httpx.AsyncClient(timeout=60) as client:
+        with pytest.raises(httpx.ReadTimeout):  # the client really left, before the answer
+            await client.post(f"{url}/v1/chat/completions", json=BODY, headers={CACHE: "refresh"}, timeout=0.3)
+        await asyncio.sleep(1.0)  # the server is done with it
+        started = time.monotonic()
+        last = await client.post(f"{url}/v1/chat/completions", json=BODY)
+        assert last.status_code == 200, last.text
+        return time.monotonic() - started
+
+
+@pytest.mark.parametrize("taken", [False, True], ids=["before-redis-took-it", "after-redis-took-it"])
+def test_a_refresh_whose_client_left_while_its_lock_was_taken_gives_the_run_back(
+    taken: bool, upstream: FakeUpstream, make_settings: Callable[..., Settings], presets_dir: Path, redis_prefix: str
+) -> None:
+    """Cancelled while taking its run's Redis lock, a refreshing request never gave back the run it had begun to
+    take in its process, nor the lock Redis may have given it already: every later identical request waited
+    `wait_s` for a run nobody made (there for good, on every replica until the lock expired)."""
+    script_degraded_run(upstream, synth_delay_s=0.0)
+    (presets_dir / "cached.toml").write_text(TRIO + "cache_ttl_s = 60\n")
+    settings = make_settings(redis_url="redis://127.0.0.1:6379/0", limits={"redis_prefix": redis_prefix},
+                             cache={"wait_s": WAIT_S})  # fmt: skip
+    app = create_app(settings, environ={"FAKE_KEY": "sk-fake"})
+    with serve_in_thread(app) as url:
+        store = app.state.openfusion.cache.store
+        take = store.lock
+
+        async def slow_lock(key: str, token: str, *, ttl_s: float) -> str:
+            holder = await take(key, token, ttl_s=ttl_s) if taken else None
+            await asyncio.sleep(1.0)  # the client gives up after 0.3 s
+            return holder if holder is not None else await take(key, token, ttl_s=ttl_s)
+
+        store.lock = slow_lock
+        took = asyncio.run(refresh_and_leave_then_ask(url))
+    assert took < WAIT_S / 2, f"the last request waited {took:.1f} s for a run nobody made"
 
 
 async def first_then_two_on_each(first_url: str, other_url: str, upstream: FakeUpstream) -> list[httpx.Response]:

@@ -92,7 +92,11 @@ class ResultCache:
             ticket = Ticket("bypass", policy)
         elif mode == "refresh":
             ticket = Ticket("refresh", policy, key=key)
-            await self._lease(ticket, key)  # waiters may take this run's result; it waits for nobody
+            try:
+                await self._lease(ticket, key)  # waiters may take this run's result; it waits for nobody
+            except BaseException:  # cancelled while taking the lock (its client left): the run goes back
+                ticket.release()
+                raise
         else:
             ticket = await self._look_up(key, policy, wait=wait, looked=looked)
         if not ticket.pending:  # (a pending one is counted once its outcome is known)
@@ -177,6 +181,9 @@ class ResultCache:
         ticket._release.append(lambda: self._land(key, flight, look_again=ticket.kept))
         if isinstance(self.store, RedisStore):  # other replicas wait for it too
             token = secrets.token_hex(8)
+            # Given back from the start: cancelled while the lock is being taken, it may have been taken all the same
+            # (giving back a lock another holds leaves it alone: it is the token's only).
+            ticket._release.append(lambda: self._unlock(key, token, kept=ticket.kept))
             try:
                 async with asyncio.timeout(self.settings.timeout_s):
                     holder = await self.store.lock(key, token, ttl_s=self.settings.wait_s)
@@ -189,7 +196,6 @@ class ResultCache:
                 ticket._release.clear()
                 self._land(key, flight, look_again=True)
                 return False
-            ticket._release.append(lambda: self._unlock(key, token, kept=ticket.kept))
         return True
 
     def _land(self, key: str, flight: asyncio.Future[bool], *, look_again: bool) -> None:
