@@ -19,6 +19,8 @@ from openfusion.access.config import AccessConfig
 from openfusion.app import create_app
 from openfusion.settings import ProviderConfig, Settings
 
+from .private_redis import PrivateRedis
+
 REDIS_URL = "redis://127.0.0.1:6379/0"
 ACCESS_FIELDS = set(AccessConfig.model_fields)
 
@@ -120,3 +122,13 @@ def chat_body(model: str = "fusion/trio", *, stream: bool = False, **extra: Any)
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A Redis server of this test's own (stopped afterwards), for faults the shared one must not see."""
+    server = PrivateRedis(tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -3,7 +3,8 @@
 Times come from the Redis server (`TIME`), so replicas with skewed clocks still agree. Concurrency
 slots are leases in a sorted set scored by their expiry: a live run renews its lease every third
 of the lease time, and a replica that crashes mid-run cannot hold its slots for longer than one
-lease time.
+lease time. A renewal that finds its lease gone (Redis restarted empty) takes it again: the run still
+counts against its limit.
 """
 
 from __future__ import annotations
@@ -55,15 +56,15 @@ return 0
 """
 )
 
-# KEYS[1] leases; ARGV: lease time (ms), lease id. Returns 1 (renewed) or 0 (the lease had expired).
+# KEYS[1] leases; ARGV: lease time (ms), lease id. Returns 1 (renewed) or 0 (the lease was gone: taken again, since
+# its run still lives; Redis restarted empty, or this process could not renew it within the lease time).
 _RENEW = (
     NOW_MS
     + """
-if redis.call('ZSCORE', KEYS[1], ARGV[2]) then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-  return 1
-end
+local held = redis.call('ZSCORE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+if held then return 1 end
 return 0
 """
 )
@@ -166,8 +167,7 @@ class _RedisSlot:
                 log.warning("could not renew a fusion slot lease: %s", exc)
                 continue
             if not int(renewed):
-                log.warning("a fusion slot lease expired before its run ended")
-                return
+                log.warning("a concurrency slot's lease was gone before its run ended (Redis restarted?): taken again")
 
 
 @contextlib.asynccontextmanager

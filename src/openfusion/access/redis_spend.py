@@ -5,9 +5,10 @@ sorted set of lease expiries, and their total), the costs written to the store l
 set by the time they were written), and the kept costs. Each step touches only what changed, what
 expired and what was written during the caller's reading of the store. A running reservation is a
 lease renewed every third of its time, so a replica that crashed frees its reservations within one
-lease time. Times come from the Redis server (`TIME`); the time a reading of the store begins is
-told from this process's clock and the offset the last script showed, set a little early (an
-earlier reading counts more, never less), which saves a round trip per request.
+lease time; a renewal that finds its reservation gone (Redis restarted empty) makes it again. Times
+come from the Redis server (`TIME`); the time a reading of the store begins is told from this
+process's clock and the offset the last script showed, set a little early (an earlier reading
+counts more, never less), which saves a round trip per request.
 """
 
 from __future__ import annotations
@@ -73,13 +74,17 @@ return {1, tostring(counted), tostring(in_flight), now}
 """
 )
 
-# ARGV: id, lease (ms). Extends a running reservation; 0 when it is gone.
+# ARGV: id, lease (ms), amount, expire-at. Extends a running reservation; one that is gone (Redis restarted empty, or
+# this process could not renew it within the lease time) is made again, since its request still runs: 0 then.
 _RENEW = (
     NOW_MS
     + """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
-return 1
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 1 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('HINCRBYFLOAT', KEYS[4], 'running', ARGV[3])
+for _, key in ipairs({KEYS[1], KEYS[2], KEYS[4]}) do redis.call('EXPIREAT', key, ARGV[4]) end
+return 0
 """
 )
 
@@ -139,7 +144,8 @@ class RedisSpendBook:
         self._renew = client.register_script(_RENEW)
         self._finish = client.register_script(_FINISH)
         self._offset: float | None = None  # Redis time minus this process's monotonic clock, at most
-        self._live: dict[str, list[str]] = {}  # running reservations (id -> keys), their leases to renew
+        # Running reservations, their leases to renew: id -> (keys, amount, expire-at), to make again if Redis lost it.
+        self._live: dict[str, tuple[list[str], str, int]] = {}
         self._settlements: list[tuple[list[str], list[Any]]] = []  # (keys, args) of _FINISH, not sent yet
         self._renewer: asyncio.Task[None] | None = None
         self._settler: asyncio.Task[None] | None = None
@@ -175,7 +181,7 @@ class RedisSpendBook:
             return None
         if not int(status):
             return Refusal(float(counted), float(in_flight))
-        self._live[hold] = keys
+        self._live[hold] = (keys, repr(estimate), _expire_at(day))
         if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.get_running_loop().create_task(self._renew_leases(), name="openfusion-spend-leases")
         return Reservation(estimate, _RedisHold(self, keys, hold, day))
@@ -221,15 +227,20 @@ class RedisSpendBook:
             live = list(self._live.items())
             try:
                 async with self._client.pipeline(transaction=False) as pipe:
-                    for hold, keys in live:
-                        await self._renew(keys=keys, args=[hold, self._lease_ms], client=pipe)
+                    for hold, (keys, amount, expire_at) in live:
+                        await self._renew(keys=keys, args=[hold, self._lease_ms, amount, expire_at], client=pipe)
                     renewed = await pipe.execute()
             except (RedisError, OSError) as exc:
                 log.warning("could not renew %d spend reservation lease(s): %s", len(live), exc)
                 continue
-            lost = sum(1 for (hold, _), ok in zip(live, renewed, strict=True) if not int(ok) and hold in self._live)
-            if lost:
-                log.warning("%d spend reservation(s) expired before their request ended", lost)
+            remade = [(hold, keys, expire_at) for (hold, (keys, _, expire_at)), ok in zip(live, renewed, strict=True)
+                      if not int(ok)]  # fmt: skip
+            if remade:
+                log.warning("%d spend reservation(s) gone before their request ended (Redis restarted?): made again",
+                            len(remade))  # fmt: skip
+            for hold, keys, expire_at in remade:
+                if hold not in self._live:  # it ended while being made again: gone for good
+                    await self.give_back(hold, keys, [hold, "0", -1, expire_at])
 
     def _keys(self, bucket: str, day: str) -> list[str]:
         base = f"{self._prefix}:spend:{bucket}:{day}"

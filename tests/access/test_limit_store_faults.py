@@ -1,0 +1,111 @@
+"""The limit store failing under a running server: Redis restarted empty while requests hold its counters.
+
+Each test runs its own Redis (`private_redis`), restarts it for real, and checks the counters were gone before the
+server took them again. Leases are short here (renewed every 0.5 s) so that a renewal comes within the test.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+import openfusion.app
+from fakes.upstream import FakeUpstream, Script, wait_until
+from openfusion.access.control import build_access
+from openfusion.access.redis_spend import CLOCK_MARGIN_S
+
+from .conftest import bearer, chat_body
+from .private_redis import PrivateRedis
+from .test_limits import assert_429, open_passthrough_stream
+from .test_spend_caps import CENT, FULL, pricing
+
+Serve = Callable[..., AbstractContextManager[tuple[str, FastAPI]]]
+KEY = "sk-team-a-4f9a2c7e1d"
+A = bearer(KEY)
+ENVIRON = {"TEAM_A_KEY": KEY}
+PREFIX = "openfusion-faults"
+LEASE_S = 1.5
+
+
+@pytest.fixture(autouse=True)
+def short_leases(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(openfusion.app, "build_access", functools.partial(build_access, lease_ttl_s=LEASE_S))
+
+
+def team_a(redis: PrivateRedis, **limits: float) -> dict[str, object]:
+    keys = [{"name": "team-a", "key_env": "TEAM_A_KEY", **limits}]
+    return {"keys": keys, "redis_url": redis.url, "limits": {"redis_prefix": PREFIX}}
+
+
+def test_a_request_in_flight_keeps_its_concurrency_slot_when_redis_restarts_empty(
+    upstream: FakeUpstream, serve: Serve, private_redis: PrivateRedis
+) -> None:
+    """A restart emptied the leases: the stream still running went uncounted, and a second request got in."""
+    upstream.script("slow", Script(chunks=["Hello", " there", "!"], chunk_interval_s=3))
+    leases = f"{PREFIX}:requests:key:team-a"
+    with serve(team_a(private_redis, max_concurrent_requests=1), environ=ENVIRON) as (url, _):
+        with open_passthrough_stream(url, A), private_redis.client() as redis:
+            assert redis.zcard(leases) == 1
+            assert_429(
+                httpx.post(f"{url}/v1/chat/completions", json=chat_body("fake/a"), headers=A),
+                "concurrency_limited",
+                max_retry_after=1,
+            )
+            private_redis.restart_empty()
+            assert redis.zcard(leases) == 0  # the fault: Redis forgot the slot
+            wait_until(lambda: redis.zcard(leases) == 1, timeout=LEASE_S)  # taken again at its next renewal
+            refused = httpx.post(f"{url}/v1/chat/completions", json=chat_body("fake/a"), headers=A)
+            assert_429(refused, "concurrency_limited", max_retry_after=1)
+        with private_redis.client() as redis:
+            wait_until(lambda: redis.zcard(leases) == 0)  # given back when the stream ended
+        assert httpx.post(f"{url}/v1/chat/completions", json=chat_body("fake/a"), headers=A).status_code == 200
+
+
+def test_a_request_in_flight_keeps_its_spend_reservation_when_redis_restarts_empty(
+    upstream: FakeUpstream, serve: Serve, private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    """A restart emptied the reservations: a second $0.10 request got in under a $0.15 cap, and $0.20 was spent."""
+    upstream.script("a", Script(delay_s=4.0, usage=FULL))  # costs its estimate: $0.10
+    upstream.script("b", Script(usage={"prompt_tokens": 40, "completion_tokens": 5, "total_tokens": 45}))
+    activity = {"path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
+    body = chat_body("fake/a", max_tokens=10)
+    access = team_a(private_redis, daily_spend_usd=0.15)
+    with serve(access, environ=ENVIRON, activity=activity, pricing=pricing(a=CENT, b=CENT)) as (url, _):
+        first: list[httpx.Response] = []
+        running = threading.Thread(target=lambda: first.append(post(url, body)))
+        running.start()
+        with private_redis.client() as redis:
+            wait_until(lambda: held(redis) == 1)
+            assert_429(post(url, body), "spend_limited", max_retry_after=2)
+            private_redis.restart_empty()
+            assert held(redis) == 0  # the fault: Redis forgot the reservation
+            wait_until(lambda: held(redis) == 1, timeout=LEASE_S)  # made again at its next renewal
+            assert_429(post(url, body), "spend_limited", max_retry_after=2)
+            running.join()
+            assert first[0].status_code == 200
+            wait_until(lambda: held(redis) == 0)
+            # A reading dated before the cost's write counts it twice (early readings count more, never less).
+            time.sleep(CLOCK_MARGIN_S + 0.1)
+        # Counted once: $0.10 spent, and a $0.05 request still fits the cap.
+        fits = post(url, chat_body("fake/b", max_tokens=5))
+        assert fits.status_code == 200, fits.text
+        assert_429(post(url, chat_body("fake/b", max_tokens=5)), "spend_limited", max_retry_after=86_400)
+    assert len(upstream.calls_for("a")) == 1
+
+
+def post(url: str, body: dict[str, object]) -> httpx.Response:
+    return httpx.post(f"{url}/v1/chat/completions", json=body, headers=A, timeout=30)
+
+
+def held(redis: object) -> int:
+    """How many spend reservations of team-a are running in Redis today."""
+    keys = redis.keys(f"{PREFIX}:spend:key:team-a:*:running")  # type: ignore[attr-defined]
+    return sum(redis.hlen(key) for key in keys)  # type: ignore[attr-defined]
