@@ -177,6 +177,31 @@ async def test_store_outage_is_counted_not_raised(sqlite_store: SqliteStore, cap
     assert await _stored_ids(sqlite_store) == ["gen-004", "gen-005"]
 
 
+async def test_records_a_store_that_does_not_answer_could_not_take_are_written_when_it_answers(
+    sqlite_store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FailingStore(sqlite_store, failures=2)  # the first write and the next try: the database is restarting
+    writer = ActivityWriter(store, batch_size=10, flush_interval_s=0.01)
+    told: list[bool] = []
+    all_told = asyncio.Event()
+
+    def tell(written: bool) -> None:
+        told.append(written)
+        if len(told) == 3:
+            all_told.set()
+
+    writer.start()
+    with caplog.at_level(logging.WARNING, logger="openfusion.activity"):
+        for entry in entries_over_time(3):
+            writer.record(entry.generation, entry.calls, on_written=tell)
+        await asyncio.wait_for(all_told.wait(), timeout=5)
+        assert writer.stats == WriterStats(written=3, dropped=0, failed=0, queued=0)
+        await writer.aclose()
+    assert store.batches == [3, 3, 3] and told == [True] * 3
+    assert await _stored_ids(sqlite_store) == ["gen-000", "gen-001", "gen-002"]
+    assert "3 generation(s) kept queued until it answers" in caplog.text and "lost" not in caplog.text
+
+
 async def test_a_refused_record_costs_only_itself(store: ActivityStore, caplog: pytest.LogCaptureFixture) -> None:
     # A token count past BIGINT / SQLite INTEGER: both databases refuse the row, so they refuse its batch.
     huge = Tokens(prompt_tokens=2**63, completion_tokens=1, total_tokens=2**63 + 1)

@@ -21,7 +21,8 @@ class ActivitySettings(BaseModel):
     queue_size: int = Field(default=10_000, ge=1)
     batch_size: int = Field(default=100, ge=1, le=10_000)
     flush_interval_s: float = Field(default=0.5, gt=0, le=60)
-    # A write that hangs longer than this counts as failed, so an outage cannot stall the queue forever.
+    # A write that hangs longer than this is given up, so an outage cannot stall the queue forever; its records stay
+    # queued while the store does not answer a ping, and are written once it does.
     write_timeout_s: float = Field(default=10.0, gt=0)
     pool_max_size: int = Field(default=4, ge=1, le=100)
     # A response's end ([DONE] of a stream, the body of any other) waits until its record is in the store,

@@ -1,5 +1,7 @@
 """The background writer: requests enqueue records without waiting; one task batches them into the store.
 
+A store that does not answer (down, restarting, cut off) keeps its records queued: they are written when it answers.
+
 A request may hand over its record unbuilt (`Draft`): the writer builds it with the rest of its batch, off
 the request's path. The writer wakes once per batch, not once per record.
 """
@@ -7,6 +9,7 @@ the request's path. The writer wakes once per batch, not once per record.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -20,6 +23,10 @@ from openfusion.activity.records import ActivityEntry, CallRecord, GenerationRec
 from openfusion.activity.store import ActivityStore
 
 log = logging.getLogger("openfusion.activity")
+
+# A store that does not answer is tried again after this long, doubling up to the most while the outage lasts.
+_FIRST_RETRY_S = 0.5
+_MAX_RETRY_S = 10.0
 
 
 class Draft(Protocol):
@@ -65,7 +72,11 @@ class WriterStats:
 
 
 class ActivityWriter:
-    """Queues activity off the request's hot path and writes it in batches; a store outage is counted, not raised."""
+    """Queues activity off the request's hot path and writes it in batches; a store outage never reaches a request.
+
+    What a store that does not answer could not take stays queued (within `queue_size`) and is written once it
+    answers again; a record the store refuses while it answers is counted as lost, alone.
+    """
 
     def __init__(
         self,
@@ -98,6 +109,10 @@ class ActivityWriter:
         # While closing, a write timed out: the store does not answer, so nothing more is tried (see aclose()).
         self._unreachable = False
         self._unwritten = 0  # records of abandoned writes, not counted yet: aclose() counts them with the queue
+        # The store did not answer (a ping failed): what it did not take went back to the front of the queue, to be
+        # tried again after this many seconds (0: the store answers), growing while the outage lasts.
+        self._retry_in = 0.0
+        self._closed = asyncio.Event()  # aclose() was called: a wait before the next try ends at once
         self._written = self._dropped = self._failed = 0
         # Told once whether a generation reached the store (a spend cap's reservation waits for it), by id.
         self._on_written: dict[str, Callable[[bool], None]] = {}
@@ -189,6 +204,7 @@ class ActivityWriter:
         """
         if not self._closing:
             self._closing = True
+            self._closed.set()
             self._wake.set()
             self.start()  # never started: the task drains the queue all the same, so a clean stop loses nothing
         task = self._task
@@ -219,6 +235,8 @@ class ActivityWriter:
                     self._wake.clear()
                     await self._wake.wait()  # the first record, or aclose()
                     continue
+                if self._retry_in:
+                    await self._wait_to_retry()
                 await self._gather()
                 if batch := self._take():  # empty when every record in it failed to build
                     await self._flush(batch)
@@ -258,6 +276,7 @@ class ActivityWriter:
 
     async def _flush(self, batch: list[ActivityEntry]) -> None:
         counted = self._written + self._failed
+        kept = 0  # records put back in the queue: still pending, their waiters not told yet
         try:
             await self._write(batch)
         except asyncio.CancelledError:  # aclose() stopped waiting for the store: what is unwritten is lost
@@ -266,17 +285,23 @@ class ActivityWriter:
         except Exception as exc:  # any store failure: count and log, never reach a request
             if self._ends_the_close(exc, len(batch)):
                 return
-            if len(batch) > 1 and await self._reachable():
+            if len(batch) == 1 and self._closing:  # no ping: a shutdown does not wait for the store to come back
+                self._lost(batch, exc)
+            elif not await self._reachable():
+                kept = self._keep_for_later(batch, exc)
+            elif len(batch) > 1:
                 # The store is up, so it refused something in the batch: one bad record must not cost the rest.
-                await self._write_each(batch)
+                kept = await self._write_each(batch)
             else:
                 self._lost(batch, exc)
         else:
             self._written += len(batch)
             self._tell(batch, written=True)
+            self._recovered()
         finally:
-            self._pending -= len(batch)
-            self._tell(batch, written=False)  # any not told yet: the write was cancelled
+            self._pending -= len(batch) - kept
+            if not kept:
+                self._tell(batch, written=False)  # any not told yet: the write was cancelled
 
     async def _write(self, batch: list[ActivityEntry]) -> None:
         async with asyncio.timeout(self._write_timeout_s):
@@ -300,23 +325,56 @@ class ActivityWriter:
                 await self._store.ping()
         except Exception:
             return False
+        self._recovered()
         return True
 
-    async def _write_each(self, batch: list[ActivityEntry]) -> None:
-        """Write a refused batch record by record; a record that still fails is logged by its id."""
+    async def _write_each(self, batch: list[ActivityEntry]) -> int:
+        """Write a refused batch record by record; a record that still fails is logged by its id.
+
+        Returns how many went back to the queue: the rest of the batch, when the store went away meanwhile.
+        """
         for position, entry in enumerate(batch):
             try:
                 await self._write([entry])
             except Exception as exc:
                 if self._ends_the_close(exc, len(batch) - position):
-                    return
+                    return 0
                 if not await self._reachable():  # the store went away meanwhile: do not wait once per record
-                    self._lost(batch[position:], exc)
-                    return
+                    return self._keep_for_later(batch[position:], exc)
                 self._lost([entry], exc)
             else:
                 self._written += 1
                 self._tell([entry], written=True)
+        return 0
+
+    def _keep_for_later(self, entries: list[ActivityEntry], exc: Exception) -> int:
+        """The store does not answer: put these records back at the front of the queue, to be written when it does.
+
+        While closing they are lost instead (counted and logged): a shutdown does not wait for a store to come back.
+        Returns how many were put back.
+        """
+        if self._closing:
+            self._lost(entries, exc)
+            return 0
+        if not self._retry_in:
+            why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            log.warning(
+                "activity store unreachable (%s): %d generation(s) kept queued until it answers", why, len(entries)
+            )
+        self._retry_in = min(max(self._retry_in * 2, _FIRST_RETRY_S), _MAX_RETRY_S)
+        self._queue.extendleft(_Built(entry) for entry in reversed(entries))
+        return len(entries)
+
+    async def _wait_to_retry(self) -> None:
+        """Before trying a store that did not answer again: `_retry_in`, or less if aclose() is called meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._retry_in):
+                await self._closed.wait()
+
+    def _recovered(self) -> None:
+        if self._retry_in:
+            self._retry_in = 0.0
+            log.warning("activity store answers again: %d generation(s) still queued", len(self._queue))
 
     def _tell(self, entries: list[ActivityEntry], *, written: bool) -> None:
         """Tell whoever waits on these generations whether they reached the store (each once)."""
