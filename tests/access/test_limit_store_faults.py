@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from fastapi import FastAPI
 
 import openfusion.app
@@ -99,6 +100,37 @@ def test_a_request_in_flight_keeps_its_spend_reservation_when_redis_restarts_emp
         assert fits.status_code == 200, fits.text
         assert_429(post(url, chat_body("fake/b", max_tokens=5)), "spend_limited", max_retry_after=86_400)
     assert len(upstream.calls_for("a")) == 1
+
+
+def test_a_cost_settled_while_redis_is_down_is_counted_once_it_is_back(
+    upstream: FakeUpstream, serve: Serve, private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    """A relayed stream's cost is unknown, so its estimate stays counted all day: it was dropped when Redis could not
+    take it at the stream's end, and the next request got past the cap."""
+    upstream.script("slow", Script(chunks=["Hello", " there"], chunk_interval_s=1))
+    activity = {"path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
+    access = team_a(private_redis, daily_spend_usd=0.15)
+    streamed = chat_body("fake/slow", stream=True, max_tokens=10)  # $0.10 at most
+    with serve(access, environ=ENVIRON, activity=activity, pricing=pricing(a=CENT, slow=CENT)) as (url, _):
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=streamed, headers=A, timeout=30) as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: ")  # admitted: its reservation is in Redis
+            private_redis.stop()
+            assert list(lines)[-2:] == ["data: [DONE]", ""]  # the stream ends while Redis is down
+        with pytest.raises(redis.exceptions.ConnectionError), private_redis.client() as client:
+            client.ping()  # the fault: nothing could be settled
+        private_redis.start()  # empty
+        with private_redis.client() as client:
+            wait_until(lambda: kept(client) == pytest.approx(0.10), timeout=5)
+            assert_429(post(url, chat_body("fake/a", max_tokens=10)), "spend_limited", max_retry_after=86_400)
+            assert kept(client) == pytest.approx(0.10)  # once
+    assert not upstream.calls_for("a")
+
+
+def kept(client: redis.Redis) -> float:
+    """USD kept all day against team-a's cap in Redis (costs that stay unknown)."""
+    keys = client.keys(f"{PREFIX}:spend:key:team-a:*:totals")
+    return sum(float(client.hget(key, "kept") or 0) for key in keys)
 
 
 def post(url: str, body: dict[str, object]) -> httpx.Response:

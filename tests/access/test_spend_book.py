@@ -139,6 +139,25 @@ async def test_a_crashed_replicas_reservations_expire_with_their_lease(redis_pre
         await client.aclose()
 
 
+async def test_a_settlement_sent_again_is_counted_once(redis_prefix: str) -> None:
+    """A settlement whose answer was lost (Redis took it, the connection went) is sent again: counted once."""
+    client = redis.asyncio.Redis.from_url(REDIS_URL)
+    book = RedisSpendBook(client, prefix=redis_prefix)
+    try:
+        held = await reserve(book, 0.5)
+        assert isinstance(held, Reservation)
+        held.started()
+        held.settle(None)  # kept all day, at its estimate
+        [(keys, args)] = book._settlements
+        book.settle_later(args[0], keys[:4], args)  # the same settlement again
+        await settled(book)
+        refused = await reserve(book, 0.6)
+        assert isinstance(refused, Refusal) and refused.counted == pytest.approx(0.5)
+    finally:
+        await book.aclose()
+        await client.aclose()
+
+
 async def test_readings_are_dated_by_the_redis_clock_never_late(redis_prefix: str) -> None:
     client = redis.asyncio.Redis.from_url(REDIS_URL)
     book = RedisSpendBook(client, prefix=redis_prefix)

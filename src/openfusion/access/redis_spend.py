@@ -102,9 +102,12 @@ if held then
     redis.call('HINCRBYFLOAT', KEYS[4], 'running', -tonumber(held))
   end
 end
-if ARGV[3] == '1' then
+-- KEYS[5], when given, marks this settlement made: one sent again (its first answer lost) is not counted twice.
+local first = true
+if KEYS[5] then first = redis.call('SET', KEYS[5], '1', 'NX', 'PX', 3600000) end
+if first and ARGV[3] == '1' then
   redis.call('ZADD', KEYS[3], now, ARGV[1] .. ' ' .. ARGV[2])
-elseif ARGV[3] == '0' then
+elseif first and ARGV[3] == '0' then
   redis.call('HINCRBYFLOAT', KEYS[4], 'kept', ARGV[2])
 end
 for i = 3, 4 do redis.call('EXPIREAT', KEYS[i], ARGV[4]) end
@@ -113,6 +116,9 @@ return 1
 )
 
 _TIMEOUT_S = 5.0
+# Settlements Redis did not take are sent again after this long, doubling up to the most while it is away.
+_FIRST_RETRY_S = 0.5
+_MAX_RETRY_S = 10.0
 # How much earlier than the Redis clock a reading is said to begin: covers the drift between scripts.
 CLOCK_MARGIN_S = 0.5
 
@@ -121,7 +127,9 @@ class RedisSpendBook:
     """Reservations shared through Redis under `<prefix>:spend:<bucket>:<day>:…`.
 
     Leases are renewed, and settlements sent, in batches by one task each (one pipelined round
-    trip for all of them), however many requests are in flight.
+    trip for all of them), however many requests are in flight. A settlement Redis did not take is
+    sent again until it does, marked made (`<prefix>:spend:settled:<id>`, for an hour) so that it
+    counts once.
     """
 
     shared = True
@@ -197,7 +205,7 @@ class RedisSpendBook:
     def settle_later(self, hold: str, keys: list[str], args: list[Any]) -> None:
         """Stop renewing a reservation and queue its settlement (sent with the others pending)."""
         self._live.pop(hold, None)
-        self._settlements.append((keys, args))
+        self._settlements.append(([*keys, f"{self._prefix}:spend:settled:{hold}"], args))
         if self._settler is None or self._settler.done():
             self._settler = asyncio.get_running_loop().create_task(self._settle(), name="openfusion-spend-settle")
 
@@ -210,6 +218,7 @@ class RedisSpendBook:
             log.warning("could not give back a spend reservation (%s); it frees itself within the lease time", exc)
 
     async def _settle(self) -> None:
+        retry_in = 0.0
         while self._settlements:
             batch, self._settlements = self._settlements, []
             try:
@@ -218,8 +227,16 @@ class RedisSpendBook:
                         await self._finish(keys=keys, args=args, client=pipe)
                     await pipe.execute()
             except (RedisError, OSError) as exc:
-                # Their leases expire: a written cost is in the store anyway; a kept one goes uncounted.
-                log.warning("could not settle %d spend reservation(s): %s", len(batch), exc)
+                # Sent again until Redis takes them, or a cost kept all day would go uncounted; each is counted once,
+                # should Redis have taken it after all (`_FINISH` marks it made for an hour).
+                self._settlements[:0] = batch
+                if not retry_in:
+                    log.warning("could not settle %d spend reservation(s), sent again when Redis answers: %s",
+                                len(batch), exc)  # fmt: skip
+                retry_in = min(max(retry_in * 2, _FIRST_RETRY_S), _MAX_RETRY_S)
+                await asyncio.sleep(retry_in)
+            else:
+                retry_in = 0.0
 
     async def _renew_leases(self) -> None:
         while self._live:
