@@ -1,7 +1,8 @@
-"""The limit store failing under a running server: Redis restarted empty while requests hold its counters.
+"""The limit store failing under a running server: Redis restarted empty, stopped or cut off while requests hold its
+counters.
 
-Each test runs its own Redis (`private_redis`), restarts it for real, and checks the counters were gone before the
-server took them again. Leases are short here (renewed every 0.5 s) so that a renewal comes within the test.
+Each test runs its own Redis (`private_redis`), makes the fault for real, and checks it happened (the counters gone, or
+left behind) before the server mended them. Leases are short where a renewal must come within the test.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import redis
 from fastapi import FastAPI
 
 import openfusion.app
+from e2e.gateway import Link
 from fakes.upstream import FakeUpstream, Script, wait_until
 from openfusion.access.control import build_access
 from openfusion.access.redis_spend import CLOCK_MARGIN_S
@@ -36,8 +38,9 @@ PREFIX = "openfusion-faults"
 LEASE_S = 1.5
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def short_leases(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Leases of LEASE_S (renewed every third of it) instead of a minute, for renewals within a test."""
     monkeypatch.setattr(openfusion.app, "build_access", functools.partial(build_access, lease_ttl_s=LEASE_S))
 
 
@@ -47,7 +50,7 @@ def team_a(redis: PrivateRedis, **limits: float) -> dict[str, object]:
 
 
 def test_a_request_in_flight_keeps_its_concurrency_slot_when_redis_restarts_empty(
-    upstream: FakeUpstream, serve: Serve, private_redis: PrivateRedis
+    upstream: FakeUpstream, serve: Serve, private_redis: PrivateRedis, short_leases: None
 ) -> None:
     """A restart emptied the leases: the stream still running went uncounted, and a second request got in."""
     upstream.script("slow", Script(chunks=["Hello", " there", "!"], chunk_interval_s=3))
@@ -71,7 +74,7 @@ def test_a_request_in_flight_keeps_its_concurrency_slot_when_redis_restarts_empt
 
 
 def test_a_request_in_flight_keeps_its_spend_reservation_when_redis_restarts_empty(
-    upstream: FakeUpstream, serve: Serve, private_redis: PrivateRedis, tmp_path: Path
+    upstream: FakeUpstream, serve: Serve, private_redis: PrivateRedis, tmp_path: Path, short_leases: None
 ) -> None:
     """A restart emptied the reservations: a second $0.10 request got in under a $0.15 cap, and $0.20 was spent."""
     upstream.script("a", Script(delay_s=4.0, usage=FULL))  # costs its estimate: $0.10
@@ -131,6 +134,31 @@ def kept(client: redis.Redis) -> float:
     """USD kept all day against team-a's cap in Redis (costs that stay unknown)."""
     keys = client.keys(f"{PREFIX}:spend:key:team-a:*:totals")
     return sum(float(client.hget(key, "kept") or 0) for key in keys)
+
+
+def test_a_slot_given_back_while_redis_is_cut_off_is_freed_once_redis_answers(
+    upstream: FakeUpstream, serve: Serve, private_redis: PrivateRedis
+) -> None:
+    """A stream that ended while Redis was cut off left its slot held for the whole lease (a minute): the key's only
+    slot, so every request of the key got 429 for that long after Redis was back."""
+    upstream.script("slow", Script(chunks=["Hello", " there"], chunk_interval_s=1))
+    link = Link(("127.0.0.1", private_redis.port))
+    leases = f"{PREFIX}:requests:key:team-a"
+    access = {**team_a(private_redis, max_concurrent_requests=1), "redis_url": f"redis://127.0.0.1:{link.port}/0"}
+    try:
+        with serve(access, environ=ENVIRON) as (url, _), private_redis.client() as redis_server:
+            streamed = chat_body("fake/slow", stream=True)
+            with httpx.stream("POST", f"{url}/v1/chat/completions", json=streamed, headers=A, timeout=30) as response:
+                lines = response.iter_lines()
+                assert next(lines).startswith("data: ")  # admitted: its slot is in Redis
+                link.cut()
+                assert list(lines)[-2:] == ["data: [DONE]", ""]  # the stream ends while Redis is cut off
+            assert redis_server.zcard(leases) == 1  # the fault: the slot could not be given back
+            link.mend()
+            wait_until(lambda: redis_server.zcard(leases) == 0, timeout=5)  # well within the lease's minute
+            assert post(url, chat_body("fake/a")).status_code == 200
+    finally:
+        link.cut()
 
 
 def post(url: str, body: dict[str, object]) -> httpx.Response:

@@ -70,6 +70,9 @@ return 0
 )
 
 _TIMEOUT_S = 2.0
+# A slot Redis could not take back is given back again after this long, doubling up to the most, within its lease.
+_FIRST_RETRY_S = 0.5
+_MAX_RETRY_S = 10.0
 
 
 class RedisLimiter:
@@ -86,6 +89,7 @@ class RedisLimiter:
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._slots: set[_RedisSlot] = set()
+        self._giving_back: set[asyncio.Task[None]] = set()  # slots Redis could not take back yet, sent again
 
     @property
     def client(self) -> Redis:
@@ -129,7 +133,27 @@ class RedisLimiter:
         """Stop renewing leases and close the connections."""
         for slot in list(self._slots):
             slot.stop_renewing()
+        for task in list(self._giving_back):
+            task.cancel()
         await self._client.aclose()
+
+    def give_back_later(self, key: str, lease: str) -> None:
+        """Remove a lease Redis could not take back now: again every 0.5 s to 10 s, until it does or the lease ends."""
+        task = asyncio.get_running_loop().create_task(self._give_back(key, lease), name="openfusion-slot-give-back")
+        self._giving_back.add(task)
+        task.add_done_callback(self._giving_back.discard)
+
+    async def _give_back(self, key: str, lease: str) -> None:
+        loop = asyncio.get_running_loop()
+        expires = loop.time() + self._lease_ms / 1000
+        wait = _FIRST_RETRY_S
+        while (remaining := expires - loop.time()) > 0:
+            await asyncio.sleep(min(wait, remaining))
+            try:
+                await self._client.zrem(key, lease)
+                return
+            except (RedisError, OSError):
+                wait = min(wait * 2, _MAX_RETRY_S)
 
     def _key(self, kind: str, bucket: str) -> str:
         return f"{self._prefix}:{kind}:{bucket}"
@@ -150,8 +174,9 @@ class _RedisSlot:
         self.stop_renewing()
         try:
             await self._limiter._client.zrem(self._key, self._lease)
-        except (RedisError, OSError) as exc:  # the lease runs out by itself
-            log.warning("could not give back a fusion slot (%s); it frees itself within the lease time", exc)
+        except (RedisError, OSError) as exc:
+            log.warning("could not give back a concurrency slot (%s); sent again until Redis answers", exc)
+            self._limiter.give_back_later(self._key, self._lease)  # else it would stay held until its lease ends
 
     def stop_renewing(self) -> None:
         self._limiter._slots.discard(self)
