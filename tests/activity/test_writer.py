@@ -202,6 +202,31 @@ async def test_records_a_store_that_does_not_answer_could_not_take_are_written_w
     assert "3 generation(s) kept queued until it answers" in caplog.text and "lost" not in caplog.text
 
 
+async def test_records_whose_store_stopped_answering_are_counted_lost_when_a_close_abandons_its_ping(
+    sqlite_store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    class GoneStore(RecordingStore):
+        """Refuses a write at once, then a ping gets no answer (a partition): is it down, or was the batch refused?"""
+
+        async def write(self, batch: Sequence[ActivityEntry]) -> None:
+            self.batches.append(len(batch))
+            raise StoreUnavailable("activity database error: connection reset")
+
+        async def ping(self) -> None:
+            await asyncio.Event().wait()
+
+    writer = ActivityWriter(GoneStore(sqlite_store), batch_size=10, flush_interval_s=0.01)
+    told: list[bool] = []
+    writer.start()
+    for entry in entries_over_time(2):
+        writer.record(entry.generation, entry.calls, on_written=told.append)
+    await asyncio.sleep(0.1)  # the write failed; its ping waits
+    with caplog.at_level(logging.WARNING, logger="openfusion.activity"):
+        await writer.aclose(timeout_s=0.2)
+    assert writer.stats == WriterStats(written=0, dropped=0, failed=2, queued=0) and told == [False, False]
+    assert "2 generation(s) lost" in caplog.text
+
+
 async def test_a_refused_record_costs_only_itself(store: ActivityStore, caplog: pytest.LogCaptureFixture) -> None:
     # A token count past BIGINT / SQLite INTEGER: both databases refuse the row, so they refuse its batch.
     huge = Tokens(prompt_tokens=2**63, completion_tokens=1, total_tokens=2**63 + 1)

@@ -278,26 +278,29 @@ class ActivityWriter:
         counted = self._written + self._failed
         kept = 0  # records put back in the queue: still pending, their waiters not told yet
         try:
-            await self._write(batch)
-        except asyncio.CancelledError:  # aclose() stopped waiting for the store: what is unwritten is lost
+            try:
+                await self._write(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any store failure: count and log, never reach a request
+                if self._ends_the_close(exc, len(batch)):
+                    return
+                if len(batch) == 1 and self._closing:  # no ping: a shutdown does not wait for the store to come back
+                    self._lost(batch, exc)
+                elif not await self._reachable():
+                    kept = self._keep_for_later(batch, exc)
+                elif len(batch) > 1:
+                    # The store is up, so it refused something in the batch: one bad record must not cost the rest.
+                    kept = await self._write_each(batch)
+                else:
+                    self._lost(batch, exc)
+            else:
+                self._written += len(batch)
+                self._tell(batch, written=True)
+                self._recovered()
+        except asyncio.CancelledError:  # aclose() stopped waiting for the store (a write or a ping): the rest is lost
             self._unwritten += len(batch) - (self._written + self._failed - counted)
             raise
-        except Exception as exc:  # any store failure: count and log, never reach a request
-            if self._ends_the_close(exc, len(batch)):
-                return
-            if len(batch) == 1 and self._closing:  # no ping: a shutdown does not wait for the store to come back
-                self._lost(batch, exc)
-            elif not await self._reachable():
-                kept = self._keep_for_later(batch, exc)
-            elif len(batch) > 1:
-                # The store is up, so it refused something in the batch: one bad record must not cost the rest.
-                kept = await self._write_each(batch)
-            else:
-                self._lost(batch, exc)
-        else:
-            self._written += len(batch)
-            self._tell(batch, written=True)
-            self._recovered()
         finally:
             self._pending -= len(batch) - kept
             if not kept:
