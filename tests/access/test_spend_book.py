@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
+from e2e.gateway import Link
+from fakes.upstream import wait_until
 from openfusion.access.redis_spend import RedisSpendBook
 from openfusion.access.spend import MemorySpendBook, Refusal, Reservation, SpendBook
 
@@ -154,6 +156,29 @@ async def test_a_settlement_sent_again_is_counted_once(redis_prefix: str) -> Non
         refused = await reserve(book, 0.6)
         assert isinstance(refused, Refusal) and refused.counted == pytest.approx(0.5)
     finally:
+        await book.aclose()
+        await client.aclose()
+
+
+async def test_a_reservation_given_back_while_redis_is_cut_off_is_freed_once_redis_answers(
+    redis_prefix: str, redis_client: redis.Redis
+) -> None:
+    """It stayed held until its lease ran out (a minute), refusing the key's requests that it stood in the way of."""
+    link = Link(("127.0.0.1", 6379))
+    client = redis.asyncio.Redis.from_url(f"redis://127.0.0.1:{link.port}/0")
+    book = RedisSpendBook(client, prefix=redis_prefix)
+    running = f"{redis_prefix}:spend:{BUCKET}:{DAY}:running"
+    try:
+        unused = await reserve(book, 0.9)
+        assert isinstance(unused, Reservation) and redis_client.hlen(running) == 1
+        link.cut()
+        await unused.release()  # never used: given back, but Redis cannot be reached
+        assert redis_client.hlen(running) == 1  # the fault: still held
+        link.mend()
+        await asyncio.to_thread(wait_until, lambda: not redis_client.hlen(running), 5)  # well within the lease's minute
+        assert isinstance(await reserve(book, 0.9), Reservation)
+    finally:
+        link.cut()
         await book.aclose()
         await client.aclose()
 

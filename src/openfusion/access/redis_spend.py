@@ -205,17 +205,21 @@ class RedisSpendBook:
     def settle_later(self, hold: str, keys: list[str], args: list[Any]) -> None:
         """Stop renewing a reservation and queue its settlement (sent with the others pending)."""
         self._live.pop(hold, None)
-        self._settlements.append(([*keys, f"{self._prefix}:spend:settled:{hold}"], args))
-        if self._settler is None or self._settler.done():
-            self._settler = asyncio.get_running_loop().create_task(self._settle(), name="openfusion-spend-settle")
+        self._queue_settlement([*keys, f"{self._prefix}:spend:settled:{hold}"], args)
 
     async def give_back(self, hold: str, keys: list[str], args: list[Any]) -> None:
-        """Remove a reservation never used, now."""
+        """Remove a reservation never used, now (or, when Redis does not take it, once it does)."""
         self._live.pop(hold, None)
         try:
             await self._finish(keys=keys, args=args)
-        except (RedisError, OSError) as exc:  # the lease runs out by itself
-            log.warning("could not give back a spend reservation (%s); it frees itself within the lease time", exc)
+        except (RedisError, OSError) as exc:  # else it would stay held until its lease ends
+            log.warning("could not give back a spend reservation (%s); sent again until Redis answers", exc)
+            self._queue_settlement(keys, args)
+
+    def _queue_settlement(self, keys: list[str], args: list[Any]) -> None:
+        self._settlements.append((keys, args))
+        if self._settler is None or self._settler.done():
+            self._settler = asyncio.get_running_loop().create_task(self._settle(), name="openfusion-spend-settle")
 
     async def _settle(self) -> None:
         retry_in = 0.0
