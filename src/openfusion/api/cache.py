@@ -9,7 +9,7 @@ from fastapi import Request
 from openfusion.api.access import client_key_name
 from openfusion.api.disconnect import cancel_on_disconnect
 from openfusion.cache.key import cache_key
-from openfusion.cache.service import Mode, Ticket
+from openfusion.cache.service import Looked, Mode, Ticket
 from openfusion.errors import InvalidRequest
 from openfusion.pipeline.plan import FusionPlan
 from openfusion.protocol import ChatRequest
@@ -34,9 +34,10 @@ def requested_mode(request: Request) -> Mode:
     return mode
 
 
-async def stored_answer(request: Request, chat: ChatRequest, plan: FusionPlan | None) -> Ticket | None:
+async def stored_answer(request: Request, chat: ChatRequest, plan: FusionPlan | None) -> Ticket | Looked | None:
     """A hit for a request that reads the cache, looked up before the request is admitted: an answer that costs
-    nothing needs no room under a spend cap. None when there is none: the request is admitted and consults as usual.
+    nothing needs no room under a spend cap. Otherwise what the look found, for `consult_cache` (the request is
+    admitted and consults as usual); None when the request does not read the cache.
     """
     state: AppState = request.app.state.openfusion
     if state.cache is None or plan is None or plan.cache is None or requested_mode(request) != "use":
@@ -49,16 +50,16 @@ async def consult_cache(exchange: Exchange, *, wait: bool = True) -> Ticket | No
 
     The key holds the client key's name: one key never reads another's cached answers. `wait=False` (a stream,
     whose first bytes go out at once): a `pending` ticket rather than waiting for an identical run under way;
-    `settle_pending` waits for it then, inside the stream. Called after `stored_answer` found nothing: the store,
-    just read, is not read again before the lease. A wait here ends like a run when the client leaves
-    (ClientDisconnected) or the shutdown's grace period ends (`server_shutting_down`).
+    `settle_pending` waits for it then, inside the stream. Called after `stored_answer` found no hit: the store,
+    just read, is not read again before the lease (`exchange.looked`). A wait here ends like a run when the client
+    leaves (ClientDisconnected) or the shutdown's grace period ends (`server_shutting_down`).
     """
     cache, plan = exchange.state.cache, exchange.plan
     if cache is None or plan is None or plan.cache is None:
         return None
     mode = requested_mode(exchange.request)
     key = _key(exchange.request, exchange.chat, plan)
-    lookup = cache.consult(key, plan.cache, mode=mode, wait=wait, looked=True)
+    lookup = cache.consult(key, plan.cache, mode=mode, wait=wait, looked=exchange.looked)
     if wait:  # it may wait for an identical run (on another replica: up to wait_s), stopped as a run is
         ticket = await cancel_on_disconnect(exchange.request, lookup, drain=exchange.state.drain)
     else:

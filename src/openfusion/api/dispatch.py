@@ -24,7 +24,7 @@ from openfusion.api.chat_shape import check_fusion_shape
 from openfusion.api.deps import AppState
 from openfusion.api.ledger import Ledger
 from openfusion.cache.entry import replayed
-from openfusion.cache.service import Ticket
+from openfusion.cache.service import Looked, Ticket
 from openfusion.errors import OpenFusionError
 from openfusion.pipeline.budget import WorstCase, priced
 from openfusion.pipeline.events import Event
@@ -47,6 +47,7 @@ class Exchange:
     plan: FusionPlan | None
     ledger: Ledger
     cache: Ticket | None = None  # the result cache's answer, when the request is cacheable
+    looked: Looked | None = None  # what the look before admission found, when it found no hit
 
     def fusion_events(self, *, stream: bool, panel_deltas: bool = False) -> AsyncIterator[Event]:
         """The fusion run's events (slug or tool mode); `stream` asks for the answer chunk by chunk,
@@ -109,7 +110,8 @@ async def open_exchange(request: Request, chat: ChatRequest, *, api_type: ApiTyp
             check_fusion_shape(chat)
         reach = reach_of(chat, plan)  # every model it can call: for the scope, the guards and the estimate
         worst = WorstCase(chat, plan, reach, prices=state.prices)  # computed only when something needs it
-        hit = await stored_answer(request, chat, plan)  # an answer at hand spends nothing: no room under a cap needed
+        looked = await stored_answer(request, chat, plan)
+        hit = looked if isinstance(looked, Ticket) else None  # an answer at hand spends nothing: no room under a cap
         # 403 scope, 400 guards, 402 unbounded under a spend cap, 429 spend (reserved here) or concurrency
         await admit(request, chat=chat, plan=plan, reach=reach, worst=worst, free=hit is not None)
         if plan is not None and hit is None:  # (a hit spends nothing: no max_cost to keep under)
@@ -129,8 +131,10 @@ async def open_exchange(request: Request, chat: ChatRequest, *, api_type: ApiTyp
         reservation=spend_reservation(request),  # settled when the ledger closes
     )
     exchange = Exchange(request, state, chat, plan, ledger)
-    if hit is not None:
-        admitted_hit(exchange, hit)
+    if isinstance(looked, Ticket):
+        admitted_hit(exchange, looked)
+    else:
+        exchange.looked = looked
     return exchange
 
 

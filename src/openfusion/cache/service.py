@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -63,6 +64,14 @@ class Ticket:
             callback()
 
 
+class _StoreFailed(Exception):
+    """The store failed, or did not answer within `timeout_s`, when asked for an entry."""
+
+
+# What a look before `consult` found when it found no hit: nothing the policy accepts, or no answer from the store.
+Looked = Literal["empty", "unanswered"]
+
+
 @dataclass
 class _Remote:
     """The run on another replica that a request waits for: its lock's token, once seen."""
@@ -81,12 +90,13 @@ class ResultCache:
         self._unlocking: set[asyncio.Task[None]] = set()
 
     async def consult(
-        self, key: str, policy: CachePolicy, *, mode: Mode, wait: bool = True, looked: bool = False
+        self, key: str, policy: CachePolicy, *, mode: Mode, wait: bool = True, looked: Looked | None = None
     ) -> Ticket:
         """A hit, or a miss whose run this request makes (identical ones wait for it, up to `wait_s`).
 
         `wait=False`: a `pending` ticket instead of waiting for an identical run under way (to consult again later).
-        `looked`: the store was just read for `key` (`hit`) and held nothing: not read again before the lease.
+        `looked`: what reading the store for `key` just now (`hit`) found: "empty", it is not read again before the
+        lease; "unanswered", the request runs at once as a miss (the store would not answer the lock either).
         """
         if mode == "bypass":
             ticket = Ticket("bypass", policy)
@@ -103,10 +113,14 @@ class ResultCache:
             self.count(ticket)
         return ticket
 
-    async def hit(self, key: str, policy: CachePolicy) -> Ticket | None:
-        """The stored run of `key`, when there is one `policy` accepts; None otherwise (the request then `consult`s).
-        Takes no lease and waits for nothing; not counted until the request it answers is admitted (`count`)."""
-        return await self._hit(key, policy)
+    async def hit(self, key: str, policy: CachePolicy) -> Ticket | Looked:
+        """The stored run of `key`, when there is one `policy` accepts; otherwise what the look found (the request
+        then `consult`s with it). Takes no lease and waits for nothing; not counted until the request it answers is
+        admitted (`count`)."""
+        try:
+            return await self._hit(key, policy) or "empty"
+        except _StoreFailed:
+            return "unanswered"
 
     def count(self, ticket: Ticket) -> None:
         """Count a lookup's outcome (and the cost a hit saved) in the metrics."""
@@ -114,7 +128,7 @@ class ResultCache:
         if ticket.entry is not None and ticket.entry.cost:
             self.metrics.cache_cost_saved.inc(ticket.entry.cost)
 
-    async def _look_up(self, key: str, policy: CachePolicy, *, wait: bool, looked: bool = False) -> Ticket:
+    async def _look_up(self, key: str, policy: CachePolicy, *, wait: bool, looked: Looked | None = None) -> Ticket:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.wait_s
         remote = _Remote()
@@ -125,19 +139,29 @@ class ResultCache:
             try:
                 # Not when the store was read just now (`looked`): a run kept since is found by the look after the
                 # lease, or by the next round.
-                if not looked and (hit := await self._hit(key, policy)):
-                    return hit
-                looked = False
+                unanswered = looked == "unanswered"
+                if looked is None:
+                    try:
+                        if hit := await self._hit(key, policy):
+                            return hit
+                    except _StoreFailed:
+                        unanswered = True
+                looked = None
+                if unanswered:  # it will not answer the lock or another look either: run now, as a miss
+                    ticket = Ticket("miss", policy, key=key)
+                    await self._lease(ticket, key, lock=False)  # identical requests here still wait for it
+                    return ticket
                 ticket = Ticket("miss", policy, key=key)
                 remaining = deadline - loop.time()
                 try:
                     if await self._lease(ticket, key, remote=remote):
                         # Between the look and the lease, an identical run may have been kept and its lease given back:
                         # one more look (a read, against a whole run) or it would be made twice.
-                        if hit := await self._hit(key, policy):
-                            ticket.kept = True  # what waits for this lease finds the hit too
-                            ticket.release()
-                            return hit
+                        with contextlib.suppress(_StoreFailed):  # no answer now: this request makes the run
+                            if hit := await self._hit(key, policy):
+                                ticket.kept = True  # what waits for this lease finds the hit too
+                                ticket.release()
+                                return hit
                         return ticket  # this request makes the run
                     if remaining <= 0:
                         return ticket  # this request runs after waiting its fill, without the lease
@@ -156,30 +180,35 @@ class ResultCache:
                 _unwatch(ends, key, ended)
 
     async def _hit(self, key: str, policy: CachePolicy) -> Ticket | None:
-        """A hit on `key`, when the store holds a run that `policy` accepts."""
+        """A hit on `key`, when the store holds a run that `policy` accepts; _StoreFailed when it does not tell."""
         entry = await self._get(key)
         if entry is None or entry.flags - allowed(policy):
             return None
         return Ticket("hit", policy, entry=entry)
 
     async def _get(self, key: str) -> CachedRun | None:
+        """The entry of `key` (None: none, or one unreadable); raises _StoreFailed when the store does not tell."""
         try:
             async with asyncio.timeout(self.settings.timeout_s):
                 raw = await self.store.get(key)
             return CachedRun.decode(raw) if raw is not None else None
-        except _STORE_ERRORS as exc:
+        except CorruptEntry as exc:
             log.warning("result cache lookup failed (the request runs): %s", exc)
             return None
+        except _STORE_ERRORS as exc:
+            log.warning("result cache lookup failed (the request runs): %s", exc)
+            raise _StoreFailed from None
 
-    async def _lease(self, ticket: Ticket, key: str, *, remote: _Remote | None = None) -> bool:
+    async def _lease(self, ticket: Ticket, key: str, *, remote: _Remote | None = None, lock: bool = True) -> bool:
         """Take the run of `key`: identical requests wait for it. False when another request has it (`remote` then
-        notes the first run on another replica this request saw holding it)."""
+        notes the first run on another replica this request saw holding it). `lock=False`: in this process only (the
+        store just failed to answer a look: its lock would cost as long again)."""
         if self.settings.wait_s <= 0 or key in self._flights:
             return False
         flight = asyncio.get_running_loop().create_future()
         self._flights[key] = flight
         ticket._release.append(lambda: self._land(key, flight, look_again=ticket.kept))
-        if isinstance(self.store, RedisStore):  # other replicas wait for it too
+        if lock and isinstance(self.store, RedisStore):  # other replicas wait for it too
             token = secrets.token_hex(8)
             # Given back from the start: cancelled while the lock is being taken, it may have been taken all the same
             # (giving back a lock another holds leaves it alone: it is the token's only).

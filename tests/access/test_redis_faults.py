@@ -1,5 +1,5 @@
-"""The limit store failing under a running server: Redis restarted empty, stopped or cut off while requests hold its
-counters.
+"""Redis failing under a running server: restarted empty, stopped or cut off while requests hold its counters, or
+paused while a cached fusion looks its answer up.
 
 Each test runs its own Redis (`private_redis`), makes the fault for real, and checks it happened (the counters gone, or
 left behind) before the server mended them. Leases are short where a renewal must come within the test.
@@ -159,6 +159,28 @@ def test_a_slot_given_back_while_redis_is_cut_off_is_freed_once_redis_answers(
             assert post(url, chat_body("fake/a")).status_code == 200
     finally:
         link.cut()
+
+
+def test_a_cached_fusion_waits_for_one_lookup_and_one_write_while_redis_does_not_answer(
+    upstream: FakeUpstream, serve: Serve, private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a lookup Redis did not answer, the request also waited for the lock and a second lookup, each as long."""
+    timeout_s = 0.5
+    body = {**chat_body("fusion/trio"), "plugins": [{"id": "fusion", "cache": {"ttl_s": 600}}]}
+    access = {"redis_url": private_redis.url, "limits": {"redis_prefix": PREFIX}}
+    with serve(access, cache={"timeout_s": timeout_s}) as (url, _), private_redis.client() as redis_server:
+        assert httpx.post(f"{url}/v1/chat/completions", json=body).headers["x-openfusion-cache"] == "miss"
+        assert httpx.post(f"{url}/v1/chat/completions", json=body).headers["x-openfusion-cache"] == "hit"
+        redis_server.client_pause(10_000, all=False)  # writes, and scripts: every call of the cache
+        try:
+            started = time.monotonic()
+            response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+            took = time.monotonic() - started
+        finally:
+            redis_server.client_unpause()
+    assert response.status_code == 200 and response.headers["x-openfusion-cache"] == "miss"  # the hit went unread
+    assert "result cache lock failed" not in caplog.text
+    assert took < 3 * timeout_s, f"{took:.2f} s"  # the lookup's limit and the write's, not four of them
 
 
 def post(url: str, body: dict[str, object]) -> httpx.Response:
