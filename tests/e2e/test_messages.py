@@ -13,6 +13,7 @@ import pytest
 from fakes.upstream import FakeUpstream, Script
 
 from .test_activity_wiring import generation
+from .test_fusion import DETAILED, detailed_usage
 
 WEATHER = {
     "name": "get_weather",
@@ -200,6 +201,25 @@ def test_a_stream_whose_provider_reports_no_usage_counts_estimates(upstream: Fak
     assert message.content[0].text == "The answer is forty-two, as computed."  # type: ignore[union-attr]
     assert message.usage.input_tokens > 0
     assert message.usage.output_tokens == 10  # its 37 characters, a token per four
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
+def test_a_fusions_cache_reads_are_the_sum_of_its_calls(upstream: FakeUpstream, server: str, stream: bool) -> None:
+    """Five calls that each read 40 of their 100 input tokens from a cache: 200 read, 300 not; whichever chunk the
+    synthesizer reported its usage on (some providers put it on the one that finishes the answer)."""
+    detailed_usage(upstream)
+    upstream.script("synth", Script(chunks=["one ", "two"], usage=DETAILED, usage_on_finish=True))
+    question = [{"role": "user", "content": "Why?"}]
+
+    with sdk(server) as client:
+        if stream:
+            with client.messages.stream(model="fusion/trio", max_tokens=100, messages=question) as events:  # type: ignore[arg-type]
+                message = events.get_final_message()
+        else:
+            message = client.messages.create(model="fusion/trio", max_tokens=100, messages=question)  # type: ignore[arg-type]
+
+    usage = message.usage
+    assert (usage.input_tokens, usage.cache_read_input_tokens, usage.output_tokens) == (300, 200, 250)
 
 
 def test_text_between_a_calls_arguments_leaves_the_call_whole(upstream: FakeUpstream, server: str) -> None:

@@ -13,7 +13,7 @@ from fakes.upstream import FakeUpstream, Script
 
 from .conftest import ANALYSIS
 from .test_activity_wiring import generation
-from .test_fusion import detailed_usage
+from .test_fusion import DETAILED, detailed_usage
 from .test_messages import REFUSAL, gemini_tool_calls, refusal
 
 RESPONSES = "/v1/responses"
@@ -217,6 +217,24 @@ def test_a_fusions_usage_sums_the_token_details_of_its_calls(upstream: FakeUpstr
                 response = events.get_final_response()
         else:
             response = client.responses.create(model="fusion/trio", input="Why?")
+
+    usage = response.usage
+    assert usage is not None and (usage.input_tokens, usage.output_tokens) == (500, 250)
+    assert usage.input_tokens_details.cached_tokens == 200
+    assert usage.output_tokens_details.reasoning_tokens == 150
+
+
+@unknown_item_warning
+def test_a_fusions_token_details_are_its_sums_when_the_synthesizer_counts_on_its_last_chunk(
+    upstream: FakeUpstream, server: str
+) -> None:
+    """Some providers put the usage on the chunk that finishes the answer: the details stay the run's sums, as its
+    token counts are, not the synthesizer's alone."""
+    detailed_usage(upstream)
+    upstream.script("synth", Script(chunks=["one ", "two"], usage=DETAILED, usage_on_finish=True))
+
+    with sdk(server) as client, client.responses.stream(model="fusion/trio", input="Why?") as events:
+        response = events.get_final_response()
 
     usage = response.usage
     assert usage is not None and (usage.input_tokens, usage.output_tokens) == (500, 250)

@@ -65,6 +65,8 @@ class Script:
     reset: bool = False  # drop the connection right after the status line: no body at all
     reject_status: int = 400  # llama.cpp's server answers a json_schema response_format with HTTP 500
     stream_usage: bool = True  # False: never send a usage chunk, even when asked (llama.cpp's server)
+    # Streams: the usage rides on the chunk with the finish_reason (some providers' way), not on a chunk of its own.
+    usage_on_finish: bool = False
     reject_parameters: set[str] | None = None  # sampling parameters refused with a 400 (as reasoning models do)
     # Sampling parameters refused with a 400 when the request turns reasoning on (other than 1), and taken without it:
     # as Anthropic's models refuse a temperature with thinking on.
@@ -467,9 +469,12 @@ async def _stream_events(
             # Split the arguments so clients must reassemble them, as with real servers.
             for j in range(0, len(args), 8):
                 yield event({"tool_calls": [{"index": i, "function": {"arguments": args[j : j + 8]}}]})
-        yield event({}, reply.finish_reason)
-        if include_usage:
-            yield reply.chunk(None, usage=reply.usage, include_usage=True)
+        if include_usage and script.usage_on_finish:
+            yield reply.chunk({}, reply.finish_reason, usage=reply.usage, include_usage=True)
+        else:
+            yield event({}, reply.finish_reason)
+            if include_usage:
+                yield reply.chunk(None, usage=reply.usage, include_usage=True)
         yield b"data: [DONE]\n\n"
         disconnected = False
     finally:

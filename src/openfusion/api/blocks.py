@@ -58,12 +58,12 @@ BlockEvent = BlockStarted | BlockDelta | BlockStopped
 
 
 class BlockStream:
-    """Feeds chat chunks, returns block events; keeps the finish reason, usage, model and annotations seen."""
+    """Feeds chat chunks, returns block events; keeps the finish reason, model and annotations seen (the usage is
+    the run's, in its `RunFinished`: a chunk's is one call's)."""
 
     def __init__(self) -> None:
         self.blocks: list[Block] = []
         self.finish_reason: str | None = None
-        self.usage: dict[str, Any] | None = None
         self.model: str | None = None
         self.annotations: list[dict[str, Any]] = []  # chat-format url_citation annotations
         self._open: Block | None = None  # the text or reasoning block being written
@@ -78,8 +78,6 @@ class BlockStream:
     def feed(self, chunk: dict[str, Any]) -> list[BlockEvent]:
         """The block events one chunk (or one whole message as a delta) makes."""
         self.model = chunk.get("model") or self.model
-        if isinstance(chunk.get("usage"), dict):
-            self.usage = chunk["usage"]
         events: list[BlockEvent] = []
         for choice in chunk.get("choices") or []:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:

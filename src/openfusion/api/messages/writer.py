@@ -126,8 +126,7 @@ class MessageWriter:
             events += self._tool_use(call)
         self.model = event.slug or self.model  # openfusion's slug, as `message_start` named it in a stream
         self.stop_reason = self._stop_reason()
-        self.usage = _final_usage(event, self._blocks.usage, estimate=self.usage["input_tokens"],
-                                  written=self._written_tokens)  # fmt: skip
+        self.usage = _final_usage(event, estimate=self.usage["input_tokens"], written=self._written_tokens)
         self.report = event.fusion or None
         self.finished = True
         delta: dict[str, Any] = {"stop_reason": self.stop_reason, "stop_sequence": self.stop_sequence}
@@ -234,16 +233,15 @@ def _usage(input_tokens: int, output_tokens: int, cached: int = 0) -> dict[str, 
     }
 
 
-def _final_usage(
-    event: RunFinished, raw: dict[str, Any] | None, *, estimate: int, written: Callable[[], int]
-) -> dict[str, Any]:
+def _final_usage(event: RunFinished, *, estimate: int, written: Callable[[], int]) -> dict[str, Any]:
     """The answer's usage: the providers' counts (estimates of the input and of what was written while they
     reported none: a llama.cpp server's streams carry no usage), the cost when known. A cache hit's is zero:
-    known, not unknown (its replayed chunks still carry the original run's counts)."""
+    known, not unknown (its replayed chunks still carry the original run's counts). The token details are the run's
+    (a fusion's summed over its calls, as its counts are), never those of a chunk the synthesizer sent."""
     usage: Usage = event.usage
     if event.fusion.get("cached") is True:
         return {**_usage(0, 0), "cost": 0.0}
-    details = (raw or usage.model_extra or {}).get("prompt_tokens_details") or {}
+    details = (usage.model_extra or {}).get("prompt_tokens_details") or {}
     cached = details.get("cached_tokens") if isinstance(details.get("cached_tokens"), int) else 0
     # Anthropic's input_tokens leaves out the tokens read from a cache: those are counted on their own.
     prompt = usage.prompt_tokens - cached if usage.prompt_tokens else estimate

@@ -166,7 +166,7 @@ class ResponseWriter:
         self._blocks.annotations.extend(event.annotations)  # a streamed answer's citations come at the end
         self.incomplete = _INCOMPLETE.get(self._blocks.finish_reason or "")
         events = self._blocks_events(self._blocks.close(), status="incomplete" if self.incomplete else "completed")
-        self.usage = responses_usage(event.usage, self._blocks.usage, event.server_tool_use)
+        self.usage = responses_usage(event.usage, event.server_tool_use)
         self.report = event.fusion or None
         self.status = "incomplete" if self.incomplete else "completed"
         return [*events, self._event(f"response.{self.status}", response=self.snapshot())]
@@ -260,9 +260,10 @@ def url_citation(annotation: dict[str, Any]) -> dict[str, Any] | None:
     return out
 
 
-def responses_usage(usage: Usage, raw: dict[str, Any] | None, server_tool_use: dict[str, int] | None) -> dict[str, Any]:
-    """`usage` in the Responses shape: input/output/total tokens with their details, and the cost when known."""
-    raw = raw or usage.model_extra or {}
+def responses_usage(usage: Usage, server_tool_use: dict[str, int] | None) -> dict[str, Any]:
+    """`usage` in the Responses shape: input/output/total tokens with their details (a fusion's summed over its
+    calls, as its counts are), and the cost when known."""
+    raw = usage.model_extra or {}
     cached = (raw.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
     reasoning = (raw.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
     body: dict[str, Any] = {
