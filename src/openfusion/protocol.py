@@ -262,6 +262,12 @@ def parse_usage(raw: Any) -> Usage:
 _DETAILS = ("prompt_tokens_details", "completion_tokens_details")
 
 
+def token_count(details: Any, name: str) -> int:
+    """One count of a usage's token details (`cached_tokens` of `prompt_tokens_details`); 0 when absent or odd."""
+    value = details.get(name) if isinstance(details, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
 def new_generation_id() -> str:
     """A response id in OpenRouter's style: `gen-<unix time>-<random>`."""
     return f"gen-{int(time.time())}-{secrets.token_urlsafe(15)}"

@@ -222,6 +222,27 @@ def test_a_fusions_cache_reads_are_the_sum_of_its_calls(upstream: FakeUpstream, 
     assert (usage.input_tokens, usage.cache_read_input_tokens, usage.output_tokens) == (300, 200, 250)
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
+def test_tokens_written_to_a_cache_are_cache_creation_tokens(upstream: FakeUpstream, server: str, stream: bool) -> None:
+    """OpenRouter counts the prompt tokens a provider wrote to its cache as `cache_write_tokens`, within
+    prompt_tokens; Anthropic's usage counts them apart from input_tokens, as cache reads are."""
+    details = {"cached_tokens": 40, "cache_write_tokens": 30}
+    usage = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120, "prompt_tokens_details": details}
+    upstream.script("solo", Script(chunks=["Hi ", "there."], usage=usage))
+    question = [{"role": "user", "content": "Hi"}]
+
+    with sdk(server) as client:
+        if stream:
+            with client.messages.stream(model="fake/solo", max_tokens=100, messages=question) as events:  # type: ignore[arg-type]
+                message = events.get_final_message()
+        else:
+            message = client.messages.create(model="fake/solo", max_tokens=100, messages=question)  # type: ignore[arg-type]
+
+    counts = message.usage
+    assert (counts.input_tokens, counts.cache_creation_input_tokens, counts.cache_read_input_tokens) == (30, 30, 40)
+    assert counts.output_tokens == 20
+
+
 def test_text_between_a_calls_arguments_leaves_the_call_whole(upstream: FakeUpstream, server: str) -> None:
     """A stream that writes text while a call's arguments are still coming: the call keeps all of them."""
     deltas = [

@@ -242,6 +242,25 @@ def test_a_fusions_token_details_are_its_sums_when_the_synthesizer_counts_on_its
     assert usage.output_tokens_details.reasoning_tokens == 150
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
+def test_tokens_written_to_a_cache_are_counted_as_such(upstream: FakeUpstream, server: str, stream: bool) -> None:
+    details = {"cached_tokens": 40, "cache_write_tokens": 30}
+    usage = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120, "prompt_tokens_details": details}
+    upstream.script("solo", Script(chunks=["Hi ", "there."], usage=usage))
+
+    with sdk(server) as client:
+        if stream:
+            with client.responses.stream(model="fake/solo", input="Hi") as events:
+                response = events.get_final_response()
+        else:
+            response = client.responses.create(model="fake/solo", input="Hi")
+
+    counts = response.usage
+    assert counts is not None and (counts.input_tokens, counts.output_tokens) == (100, 20)
+    tokens = counts.input_tokens_details
+    assert (tokens.cached_tokens, tokens.cache_write_tokens) == (40, 30)
+
+
 def test_a_pass_through_whose_tools_all_run_elsewhere_sends_the_provider_no_tools(
     upstream: FakeUpstream, server: str
 ) -> None:

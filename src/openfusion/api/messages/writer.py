@@ -28,7 +28,7 @@ from openfusion.api.messages.request import MessagesRequest
 from openfusion.api.messages.tokens import CHARS_PER_TOKEN
 from openfusion.errors import OpenFusionError
 from openfusion.pipeline.events import Event, RunFinished, SynthesisChunk, SynthesisMessage
-from openfusion.protocol import Usage
+from openfusion.protocol import Usage, token_count
 
 _STOP_REASONS = {
     "stop": "end_turn",
@@ -224,12 +224,12 @@ def _arguments(raw: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _usage(input_tokens: int, output_tokens: int, cached: int = 0) -> dict[str, Any]:
+def _usage(input_tokens: int, output_tokens: int, *, cache_read: int = 0, cache_written: int = 0) -> dict[str, Any]:
     return {
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": cached,
+        "cache_creation_input_tokens": cache_written,
+        "cache_read_input_tokens": cache_read,
     }
 
 
@@ -242,11 +242,12 @@ def _final_usage(event: RunFinished, *, estimate: int, written: Callable[[], int
     if event.fusion.get("cached") is True:
         return {**_usage(0, 0), "cost": 0.0}
     details = (usage.model_extra or {}).get("prompt_tokens_details") or {}
-    cached = details.get("cached_tokens") if isinstance(details.get("cached_tokens"), int) else 0
-    # Anthropic's input_tokens leaves out the tokens read from a cache: those are counted on their own.
-    prompt = usage.prompt_tokens - cached if usage.prompt_tokens else estimate
+    read, wrote = token_count(details, "cached_tokens"), token_count(details, "cache_write_tokens")
+    # Anthropic's input_tokens leaves out the tokens read from a cache and those written to one (both within a chat
+    # provider's prompt_tokens): each is counted on its own.
+    prompt = usage.prompt_tokens - read - wrote if usage.prompt_tokens else estimate
     completion = usage.completion_tokens if usage.completion_tokens or usage.prompt_tokens else written()
-    body = _usage(max(prompt, 0), completion, cached)
+    body = _usage(max(prompt, 0), completion, cache_read=read, cache_written=wrote)
     if usage.cost is not None:
         body["cost"] = usage.cost
     if event.server_tool_use:

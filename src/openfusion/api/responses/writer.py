@@ -27,7 +27,7 @@ from openfusion.pipeline.events import (
     SynthesisChunk,
     SynthesisMessage,
 )
-from openfusion.protocol import Usage
+from openfusion.protocol import Usage, token_count
 
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 _PREFIX = {"text": "msg", "refusal": "msg", "reasoning": "rs", "tool_call": "fc"}
@@ -264,13 +264,15 @@ def responses_usage(usage: Usage, server_tool_use: dict[str, int] | None) -> dic
     """`usage` in the Responses shape: input/output/total tokens with their details (a fusion's summed over its
     calls, as its counts are), and the cost when known."""
     raw = usage.model_extra or {}
-    cached = (raw.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-    reasoning = (raw.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
+    prompt_details, reasoning = raw.get("prompt_tokens_details") or {}, raw.get("completion_tokens_details")
+    input_details = {"cached_tokens": token_count(prompt_details, "cached_tokens")}
+    if "cache_write_tokens" in prompt_details:  # OpenRouter's count of the tokens written to a cache, when reported
+        input_details["cache_write_tokens"] = token_count(prompt_details, "cache_write_tokens")
     body: dict[str, Any] = {
         "input_tokens": usage.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": cached if isinstance(cached, int) else 0},
+        "input_tokens_details": input_details,
         "output_tokens": usage.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": reasoning if isinstance(reasoning, int) else 0},
+        "output_tokens_details": {"reasoning_tokens": token_count(reasoning, "reasoning_tokens")},
         "total_tokens": usage.total_tokens or usage.prompt_tokens + usage.completion_tokens,
     }
     if usage.cost is not None:
