@@ -158,6 +158,48 @@ def test_a_tool_use_without_input_is_refused(
     assert_no_model_called(upstream, anthropic_native)
 
 
+CALL = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Oslo"}}
+RESULT = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "22 C"}
+AND = {"type": "text", "text": "And tomorrow?"}
+
+
+@pytest.mark.parametrize(
+    ("conversation", "path"),
+    [
+        ([{"role": "user", "content": [RESULT]}], "messages.0.content.0"),  # no call at all
+        (
+            [HI, {"role": "assistant", "content": "Let me see."}, {"role": "user", "content": [RESULT]}],
+            "messages.2.content.0",
+        ),  # an answer without the call
+        (
+            [
+                HI,
+                {"role": "assistant", "content": [CALL]},
+                {"role": "user", "content": [RESULT]},
+                {"role": "assistant", "content": "22 C in Oslo."},
+                {"role": "user", "content": [RESULT, AND]},
+            ],
+            "messages.4.content.0",
+        ),  # the result of a call two turns back, given again
+    ],
+)
+def test_a_tool_result_without_its_tool_use_is_refused(
+    upstream: FakeUpstream,
+    anthropic_native: tuple[FakeAnthropic, str],
+    gateway: str,
+    conversation: list[Any],
+    path: str,
+) -> None:
+    """Anthropic refuses a tool_result whose tool_use is not in the message before it, as chat providers refuse a
+    tool message that follows no call of its id: for a fusion that was its synthesizer's 400, told as a 502
+    (api_error) or a stream's `error` event, for the client's own mistake."""
+    for model in MESSAGES_MODELS:
+        message = messages_refusal(gateway, model=model, messages=conversation)
+        assert message == (f"{path}.tool_use_id: unexpected tool_use_id 'toolu_1': each tool_result block must have "
+                           "a corresponding tool_use block in the previous message"), (model, message)  # fmt: skip
+    assert_no_model_called(upstream, anthropic_native)
+
+
 @pytest.mark.parametrize("budget", [10, 1023])
 def test_a_thinking_budget_below_1024_is_refused(
     upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str], gateway: str, budget: int
@@ -213,6 +255,32 @@ def test_a_text_format_without_its_type_name_or_schema_is_refused(
     for model in RESPONSES_MODELS:
         error = responses_refusal(gateway, model=model, input="Hi", text={"format": fmt})
         assert error["param"] == param and f"'{param}'" in error["message"], (model, error)
+    assert_no_model_called(upstream, anthropic_native)
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [{"type": "function_call_output", "call_id": "call_1", "output": "22 C"}],
+        [
+            {"role": "user", "content": "Oslo?"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "22 C"},
+            {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{}"},
+        ],  # after, not before
+    ],
+)
+def test_a_function_call_output_without_its_call_is_refused(
+    upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str], gateway: str, items: list[Any]
+) -> None:
+    """OpenAI refuses an output no function_call before it asked for ("No tool call found for function call
+    output"), as chat providers refuse such a tool message: for a fusion that was its synthesizer's 400, told as a
+    502 or a `response.failed`, for the client's own mistake."""
+    position = next(i for i, item in enumerate(items) if item.get("type") == "function_call_output")
+    for model in RESPONSES_MODELS:
+        error = responses_refusal(gateway, model=model, input=items)
+        assert error["param"] == f"input[{position}].call_id", (model, error)
+        assert error["message"] == (f"Invalid value for 'input[{position}].call_id': no function call with call_id "
+                                    "'call_1' comes before this output."), error  # fmt: skip
     assert_no_model_called(upstream, anthropic_native)
 
 

@@ -326,6 +326,10 @@ def _add_item(messages: list[dict[str, Any]], item: Any, param: str) -> list[dic
             messages.append({"role": "assistant", "content": None, "tool_calls": [tool_call]})
     elif kind == "function_call_output":
         output = _validated(_FunctionCallOutput, item, param)
+        if not any(call["id"] == output.call_id for message in messages for call in message.get("tool_calls") or ()):
+            # As OpenAI refuses it, and chat providers a tool message that follows no call of its id.
+            raise invalid_value(f"{param}.call_id", f"no function call with call_id {output.call_id!r} comes before "
+                                                    "this output")  # fmt: skip
         check_image_details(output.output, f"{param}.output")
         content, media = tool_output(output.output, param=f"{param}.output")
         messages.append({"role": "tool", "tool_call_id": output.call_id, "content": content})
