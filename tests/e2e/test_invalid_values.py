@@ -200,6 +200,19 @@ def test_a_tool_result_without_its_tool_use_is_refused(
     assert_no_model_called(upstream, anthropic_native)
 
 
+@pytest.mark.parametrize("kind", ["string", "array", 5, None])
+def test_an_input_schema_of_another_type_than_object_is_refused(
+    upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str], gateway: str, kind: Any
+) -> None:
+    """A tool's input is an object (Anthropic: "input_schema.type: Input should be 'object'"; a chat provider refuses
+    such a function's parameters too, for a fusion at its synthesizer, after the panel was paid for)."""
+    tools = [{"name": "lookup", "input_schema": {"type": kind, "items": {"type": "string"}}}]
+    for model in MESSAGES_MODELS:
+        message = messages_refusal(gateway, model=model, messages=[HI], tools=tools)
+        assert message == "tools.0.input_schema.type: a tool's input schema is of type 'object'", (model, message)
+    assert_no_model_called(upstream, anthropic_native)
+
+
 @pytest.mark.parametrize("budget", [10, 1023])
 def test_a_thinking_budget_below_1024_is_refused(
     upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str], gateway: str, budget: int
@@ -293,6 +306,20 @@ def test_function_parameters_that_are_no_object_are_refused(
         error = responses_refusal(gateway, model=model, input="Hi", tools=tools)
         assert error["param"] == "tools[1].parameters", (model, error)
         assert error["message"] == "Invalid value for 'tools[1].parameters': expected a JSON schema object.", error
+    assert_no_model_called(upstream, anthropic_native)
+
+
+@pytest.mark.parametrize("kind", ["string", "array", 5, None])
+def test_function_parameters_of_another_type_than_object_are_refused(
+    upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str], gateway: str, kind: Any
+) -> None:
+    """OpenAI: "schema must be a JSON Schema of 'type: "object"'" (a fusion learnt it from its synthesizer)."""
+    tools = [{"type": "function", "name": "lookup", "parameters": {"type": kind, "items": {"type": "string"}}}]
+    for model in RESPONSES_MODELS:
+        error = responses_refusal(gateway, model=model, input="Hi", tools=tools)
+        assert error["param"] == "tools[0].parameters.type", (model, error)
+        message = "Invalid value for 'tools[0].parameters.type': a function's parameters are a schema of type 'object'."
+        assert error["message"] == message, error
     assert_no_model_called(upstream, anthropic_native)
 
 

@@ -167,9 +167,12 @@ def _check_tools(request: MessagesRequest) -> None:
             raise InvalidRequest(f"Invalid value for '{param}': a tool must be an object.", param=param)
         if "type" in tool and not isinstance(tool["type"], str):
             raise InvalidRequest(f"Invalid value for '{param}.type': expected a string.", param=f"{param}.type")
-        if "input_schema" in tool and not isinstance(tool["input_schema"], dict):
+        schema = tool.get("input_schema")
+        if "input_schema" in tool and not isinstance(schema, dict):
             where = f"{param}.input_schema"
             raise InvalidRequest(f"Invalid value for '{where}': expected a JSON schema object.", param=where)
+        if isinstance(schema, dict) and "type" in schema and schema["type"] != "object":  # as Anthropic and chat
+            raise invalid_value(f"{param}.input_schema.type", "a tool's input schema is of type 'object'")
         name = tool.get("name")
         if isinstance(name, str):
             if name in names:

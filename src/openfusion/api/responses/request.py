@@ -223,6 +223,8 @@ def _tool(tool: dict[str, Any], param: str) -> dict[str, Any] | None:
     parameters = tool.get("parameters")
     if parameters is not None and not isinstance(parameters, dict):  # null is OpenAI's "no parameters"
         raise invalid_value(f"{param}.parameters", "expected a JSON schema object")
+    if isinstance(parameters, dict) and "type" in parameters and parameters["type"] != "object":  # as OpenAI
+        raise invalid_value(f"{param}.parameters.type", "a function's parameters are a schema of type 'object'")
     function = {"name": name, "parameters": parameters or {"type": "object", "properties": {}}}
     if isinstance(tool.get("description"), str):
         function["description"] = tool["description"]
