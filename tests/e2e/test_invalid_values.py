@@ -323,6 +323,19 @@ def test_function_parameters_of_another_type_than_object_are_refused(
     assert_no_model_called(upstream, anthropic_native)
 
 
+@pytest.mark.parametrize("tools", [[], [{"type": "function", "name": "lookup"}, {"type": "web_search"}]])
+def test_a_tool_choice_naming_no_function_tool_is_refused(
+    upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str], gateway: str, tools: list[Any]
+) -> None:
+    """As OpenAI refuses it, and as /v1/messages refuses a tool_choice naming no tool."""
+    choice = {"type": "function", "name": "get_weather"}
+    for model in RESPONSES_MODELS:
+        error = responses_refusal(gateway, model=model, input="Hi", tools=tools, tool_choice=choice)
+        assert error["param"] == "tool_choice.name", (model, error)
+        assert error["message"] == "Invalid value for 'tool_choice.name': no function tool is named 'get_weather'."
+    assert_no_model_called(upstream, anthropic_native)
+
+
 def test_values_openai_takes_go_through(upstream: FakeUpstream, gateway: str) -> None:
     """Each refusal above has its valid neighbours: an image's `original` detail or none, a function without
     parameters (null), a named json_schema format, and a `max_output_tokens` below 16 (OpenAI's own models refuse

@@ -203,7 +203,7 @@ def _sampling(request: ResponsesRequest) -> dict[str, Any]:
         tools = [_tool(tool, f"tools[{i}]") for i, tool in enumerate(request.tools)]
         out["tools"] = [tool for tool in tools if tool is not None]
     if request.tool_choice is not None:
-        out["tool_choice"] = _tool_choice(request.tool_choice)
+        out["tool_choice"] = _tool_choice(request.tool_choice, request.tools or [])
     response_format = _response_format(request.text)
     if response_format is not None:
         out["response_format"] = response_format
@@ -240,7 +240,7 @@ def _check_name(name: str, param: str) -> None:
         raise InvalidRequest(f"Invalid value for '{param}': {NAME_ERROR}.", param=param) from None
 
 
-def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
+def _tool_choice(choice: str | dict[str, Any], tools: list[dict[str, Any]]) -> str | dict[str, Any]:
     if isinstance(choice, str):
         if choice not in ("auto", "none", "required"):
             raise InvalidRequest(
@@ -253,12 +253,20 @@ def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
         if not isinstance(name, str) or not name:
             raise InvalidRequest("Missing required parameter: 'tool_choice.name'.", param="tool_choice.name")
         _check_name(name, "tool_choice.name")
+        if name not in _function_names(tools):  # as OpenAI refuses it (a fusion's synthesizer would, after the panel)
+            raise invalid_value("tool_choice.name", f"no function tool is named {name!r}")
         return {"type": "function", "function": {"name": name}}
     if kind in FUSION_TOOL_TYPES:
         return choice
     if kind == "allowed_tools":
         return "required" if choice.get("mode") == "required" else "auto"
     return "auto"  # a hosted tool the chat model is not offered
+
+
+def _function_names(tools: list[dict[str, Any]]) -> set[Any]:
+    """The names of the function tools, those a tool holds in its own `tools` (Codex's namespaces) included."""
+    nested = [inner for tool in tools if isinstance(tool.get("tools"), list) for inner in tool["tools"]]
+    return {tool.get("name") for tool in tools + nested if isinstance(tool, dict) and tool.get("type") == "function"}
 
 
 def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
