@@ -213,6 +213,19 @@ def test_an_input_schema_of_another_type_than_object_is_refused(
     assert_no_model_called(upstream, anthropic_native)
 
 
+def test_a_tool_result_may_answer_a_call_of_the_assistant_turn_before(
+    anthropic_native: tuple[FakeAnthropic, str], gateway: str
+) -> None:
+    """Anthropic joins consecutive messages of one role into one turn: a call in the first of two assistant
+    messages is answered by the user message after the second."""
+    conversation = [HI, {"role": "assistant", "content": [CALL]}, {"role": "assistant", "content": "Checking."},
+                    {"role": "user", "content": [RESULT]}]  # fmt: skip
+    with anthropic.Anthropic(base_url=gateway, api_key=KEY, max_retries=0) as client:
+        client.messages.create(model="claude/opus", max_tokens=2048, messages=conversation)  # type: ignore[arg-type]
+
+    assert anthropic_native[0].calls[0].body["messages"] == conversation
+
+
 @pytest.mark.parametrize("budget", [10, 1023])
 def test_a_thinking_budget_below_1024_is_refused(
     upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str], gateway: str, budget: int

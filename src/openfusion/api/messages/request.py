@@ -122,23 +122,26 @@ def _check_content(request: MessagesRequest) -> None:
 
 
 def _check_tool_results(request: MessagesRequest) -> None:
-    """Each tool_result answers a tool_use of the assistant message before it (system turns aside), as Anthropic
-    requires, and as chat providers require of a tool message: a fusion would learn it only from its synthesizer."""
-    asked: set[str] = set()  # the tool_use ids of the assistant message before
+    """Each tool_result answers a tool_use of the assistant turn before it (system turns aside), as Anthropic
+    requires, and as chat providers require of a tool message: a fusion would learn it only from its synthesizer.
+    Consecutive messages of one role are one turn, as Anthropic joins them."""
+    asked: set[str] = set()  # the tool_use ids of the assistant turn before
+    previous = None  # the role of the message before
     for position, message in enumerate(request.messages):
         if not isinstance(message, dict) or message.get("role") == "system":
             continue
-        content = message.get("content")
+        content, role = message.get("content"), message.get("role")
         blocks = [b if isinstance(b, dict) else {} for b in content] if isinstance(content, list) else []
-        role = message.get("role")
+        if role == "assistant":
+            asked = asked if previous == "assistant" else set()
+            asked |= {b["id"] for b in blocks if b.get("type") == "tool_use" and isinstance(b.get("id"), str)}
         for index, block in enumerate(blocks if role == "user" else []):
             call_id = block.get("tool_use_id")  # (one missing or empty is refused as such later)
             if block.get("type") == "tool_result" and isinstance(call_id, str) and call_id and call_id not in asked:
                 raise invalid_value(f"messages[{position}].content[{index}].tool_use_id",
                                     f"unexpected tool_use_id {call_id!r}: each tool_result block must have a "
                                     "corresponding tool_use block in the previous message")  # fmt: skip
-        calls = [block.get("id") for block in blocks if block.get("type") == "tool_use"] if role == "assistant" else []
-        asked = {call_id for call_id in calls if isinstance(call_id, str)}
+        previous = role
 
 
 def _check_thinking(request: MessagesRequest) -> None:
