@@ -226,6 +226,18 @@ def test_a_tool_result_may_answer_a_call_of_the_assistant_turn_before(
     assert anthropic_native[0].calls[0].body["messages"] == conversation
 
 
+def test_an_image_by_file_id_is_refused_for_a_chat_model(
+    upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str], gateway: str
+) -> None:
+    """A chat message cannot carry a file id (a provider that speaks Messages gets it as sent)."""
+    image = {"type": "image", "source": {"type": "file", "file_id": "file_011"}}
+    for model in MESSAGES_MODELS[:2]:
+        message = messages_refusal(gateway, model=model, messages=[{"role": "user", "content": [image]}])
+        assert message == ("messages.0.content.0.source: an image source must be base64 data or a URL (file ids are "
+                           "not supported)"), (model, message)  # fmt: skip
+    assert_no_model_called(upstream, anthropic_native)
+
+
 @pytest.mark.parametrize("budget", [10, 1023])
 def test_a_thinking_budget_below_1024_is_refused(
     upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str], gateway: str, budget: int

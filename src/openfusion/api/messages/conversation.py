@@ -209,7 +209,8 @@ def _source_url(block: dict[str, Any], param: str, *, what: str) -> str:
     if source.get("type") == "url" and isinstance(source.get("url"), str) and source["url"]:
         return str(source["url"])
     raise Untranslatable(
-        f"Invalid value for '{where}': a {what} source must be base64 data or a URL (file ids are not supported).",
+        f"Invalid value for '{where}': {'an' if what[0] in 'aeiou' else 'a'} {what} source must be base64 data or a "
+        "URL (file ids are not supported).",
         param=where,
     )
 
