@@ -213,6 +213,28 @@ def test_an_input_schema_of_another_type_than_object_is_refused(
     assert_no_model_called(upstream, anthropic_native)
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        [AND],  # no result at all
+        [{**RESULT, "tool_use_id": "toolu_2"}],  # the result of one call of two
+    ],
+)
+def test_a_tool_use_without_its_tool_result_is_refused(
+    upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str], gateway: str, answer: list[Any]
+) -> None:
+    """Anthropic refuses calls left unanswered by the next message ("tool_use ids were found without tool_result
+    blocks immediately after"), as chat providers refuse tool calls without their tool messages."""
+    calls = [CALL, {**CALL, "id": "toolu_2"}] if answer[0].get("tool_use_id") == "toolu_2" else [CALL]
+    conversation = [HI, {"role": "assistant", "content": calls}, {"role": "user", "content": answer}]
+    for model in MESSAGES_MODELS:
+        message = messages_refusal(gateway, model=model, messages=conversation)
+        assert message == ("messages.1: tool_use ids were found without tool_result blocks immediately after: "
+                           "'toolu_1'. Each tool_use block must have a corresponding tool_result block in the next "
+                           "message"), (model, message)  # fmt: skip
+    assert_no_model_called(upstream, anthropic_native)
+
+
 def test_a_tool_result_may_answer_a_call_of_the_assistant_turn_before(
     anthropic_native: tuple[FakeAnthropic, str], gateway: str
 ) -> None:

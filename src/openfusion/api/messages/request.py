@@ -122,26 +122,51 @@ def _check_content(request: MessagesRequest) -> None:
 
 
 def _check_tool_results(request: MessagesRequest) -> None:
-    """Each tool_result answers a tool_use of the assistant turn before it (system turns aside), as Anthropic
-    requires, and as chat providers require of a tool message: a fusion would learn it only from its synthesizer.
-    Consecutive messages of one role are one turn, as Anthropic joins them."""
-    asked: set[str] = set()  # the tool_use ids of the assistant turn before
-    previous = None  # the role of the message before
-    for position, message in enumerate(request.messages):
-        if not isinstance(message, dict) or message.get("role") == "system":
-            continue
-        content, role = message.get("content"), message.get("role")
-        blocks = [b if isinstance(b, dict) else {} for b in content] if isinstance(content, list) else []
+    """Each tool_use is answered by a tool_result in the user turn after it, and each tool_result answers a tool_use
+    of the assistant turn before it, as Anthropic requires, and as chat providers require of tool calls and tool
+    messages: a fusion would learn it only from its synthesizer. Consecutive messages of one role are one turn, as
+    Anthropic joins them; system turns aside. Calls of a final assistant turn (a prefill) are not checked."""
+    asked: dict[str, int] = {}  # the tool_use ids of the assistant turn before, with the position of each's message
+    for role, messages in _turns(request.messages):
         if role == "assistant":
-            asked = asked if previous == "assistant" else set()
-            asked |= {b["id"] for b in blocks if b.get("type") == "tool_use" and isinstance(b.get("id"), str)}
-        for index, block in enumerate(blocks if role == "user" else []):
-            call_id = block.get("tool_use_id")  # (one missing or empty is refused as such later)
-            if block.get("type") == "tool_result" and isinstance(call_id, str) and call_id and call_id not in asked:
-                raise invalid_value(f"messages[{position}].content[{index}].tool_use_id",
-                                    f"unexpected tool_use_id {call_id!r}: each tool_result block must have a "
-                                    "corresponding tool_use block in the previous message")  # fmt: skip
-        previous = role
+            asked = {block["id"]: position for position, blocks in messages for block in blocks
+                     if block.get("type") == "tool_use" and isinstance(block.get("id"), str)}  # fmt: skip
+            continue
+        answered: set[Any] = set()
+        for position, blocks in messages:
+            for index, block in enumerate(blocks):
+                call_id = block.get("tool_use_id")  # (one missing or empty is refused as such later)
+                if block.get("type") != "tool_result":
+                    continue
+                if isinstance(call_id, str) and call_id and call_id not in asked:
+                    raise invalid_value(f"messages[{position}].content[{index}].tool_use_id",
+                                        f"unexpected tool_use_id {call_id!r}: each tool_result block must have a "
+                                        "corresponding tool_use block in the previous message")  # fmt: skip
+                answered.add(call_id if isinstance(call_id, str) and call_id else None)
+        unanswered = [call_id for call_id in asked if call_id not in answered]
+        if unanswered and None not in answered:  # (a result without its id: that is the error to name)
+            ids = ", ".join(repr(call_id)[:80] for call_id in unanswered[:5])
+            raise invalid_value(f"messages[{asked[unanswered[0]]}]",
+                                f"tool_use ids were found without tool_result blocks immediately after: {ids}. "
+                                "Each tool_use block must have a corresponding tool_result block in the next "
+                                "message")  # fmt: skip
+        asked = {}
+
+
+def _turns(messages: list[Any]) -> list[tuple[str, list[tuple[int, list[dict[str, Any]]]]]]:
+    """The user and assistant turns: each its role and its messages (position, blocks; a string content has none)."""
+    turns: list[tuple[str, list[tuple[int, list[dict[str, Any]]]]]] = []
+    for position, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in ("user", "assistant"):
+            continue
+        content = message.get("content")
+        blocks = [b if isinstance(b, dict) else {} for b in content] if isinstance(content, list) else []
+        if turns and turns[-1][0] == role:
+            turns[-1][1].append((position, blocks))
+        else:
+            turns.append((role, [(position, blocks)]))
+    return turns
 
 
 def _check_thinking(request: MessagesRequest) -> None:
