@@ -344,6 +344,20 @@ def test_a_function_call_output_without_its_call_is_refused(
     assert_no_model_called(upstream, anthropic_native)
 
 
+def test_a_function_call_without_its_output_is_refused(
+    upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str], gateway: str
+) -> None:
+    """OpenAI refuses a call left without its output ("No tool output found for function call"), as chat providers
+    refuse tool calls without their tool messages."""
+    call = {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{}"}
+    for model in RESPONSES_MODELS:
+        error = responses_refusal(gateway, model=model, input=[{"role": "user", "content": "Oslo?"}, call])
+        assert error["param"] == "input[1]", (model, error)
+        assert error["message"] == ("Invalid value for 'input[1]': no function_call_output answers the function call "
+                                    "with call_id 'call_1'."), error  # fmt: skip
+    assert_no_model_called(upstream, anthropic_native)
+
+
 @pytest.mark.parametrize("parameters", ['{"type": "object"}', ["q"], 5])
 def test_function_parameters_that_are_no_object_are_refused(
     upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str], gateway: str, parameters: Any

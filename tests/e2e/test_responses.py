@@ -430,6 +430,26 @@ def test_a_function_tool_round_trip(upstream: FakeUpstream, server: str) -> None
     ]
 
 
+def test_a_continued_response_answers_its_calls(upstream: FakeUpstream, server: str) -> None:
+    """A response that called a function is continued with the call's output, as OpenAI requires; a follow-up that
+    leaves the call unanswered is refused, naming previous_response_id, before any model is asked."""
+    call = {"id": "call_w1", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}
+    upstream.script("plain", Script(tool_calls=[call]), Script(content="It is sunny in Oslo."))
+
+    with sdk(server) as client:
+        first = client.responses.create(model="fake/plain", input="Weather in Oslo?", tools=[WEATHER])
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.responses.create(model="fake/plain", previous_response_id=first.id, input="Never mind.")
+        output = {"type": "function_call_output", "call_id": "call_w1", "output": "sunny"}
+        second = client.responses.create(model="fake/plain", previous_response_id=first.id, input=[output])
+
+    error = refused.value.response.json()["error"]
+    assert error["param"] == "previous_response_id", error
+    assert error["message"] == ("Invalid value for 'previous_response_id': no function_call_output answers the "
+                                "function call with call_id 'call_w1'."), error  # fmt: skip
+    assert second.output_text == "It is sunny in Oslo." and len(upstream.calls_for("plain")) == 2
+
+
 def test_a_streamed_function_call(upstream: FakeUpstream, server: str) -> None:
     arguments = {"city": "Oslo", "unit": "celsius"}
     upstream.script(

@@ -235,6 +235,7 @@ TEXT = {"type": "output_text", "text": "Sky is blue.", "annotations": [CITATION]
 MESSAGE = {"id": "msg_whole", "type": "message", "status": "completed", "role": "assistant", "content": [TEXT]}
 CALL = {"id": "fc_whole", "type": "function_call", "status": "completed", "call_id": "call_1", "name": "lookup",
         "arguments": '{"q": "sky"}'}  # fmt: skip
+OUTPUT = {"type": "function_call_output", "call_id": "call_1", "output": "the sky scatters blue light"}  # CALL's
 WHOLE_USAGE = {"input_tokens": 13, "output_tokens": 9, "total_tokens": 22, "input_tokens_details": {"cached_tokens": 0},
                "output_tokens_details": {"reasoning_tokens": 4}}  # fmt: skip
 
@@ -320,13 +321,13 @@ def test_a_whole_response_answered_to_a_stream_is_kept_for_a_follow_up(
         response.read()
     upstream.script("plain", Script(content="Because of scattering."))
 
-    second = httpx.post(f"{native_server}{RESPONSES}", json={"model": "native/plain", "input": "Sure?",
+    second = httpx.post(f"{native_server}{RESPONSES}", json={"model": "native/plain", "input": [OUTPUT],
                         "previous_response_id": "resp_whole"}, timeout=30)  # fmt: skip
 
     assert second.status_code == 200, second.text
     sent = upstream.calls_for("plain")[1].body["input"]
     # The stored response is what its `response.completed` said: its message and call continue the conversation.
-    assert [item.get("type") for item in sent] == ["message", "message", "function_call", "message"]
+    assert [item.get("type") for item in sent] == ["message", "message", "function_call", "function_call_output"]
     # Without their ids: the provider was asked to keep nothing, and refuses an id it never stored.
     assert sent[1] == without_id(MESSAGE) and sent[2] == without_id(CALL)
 
@@ -432,7 +433,7 @@ def test_native_store_is_false_upstream_and_a_follow_up_still_continues_the_conv
         first = client.responses.create(model="native/plain", input="Why?", store=True,
                                         include=["reasoning.encrypted_content"])  # fmt: skip
         upstream.script("plain", Script(content="Because of scattering."))
-        second = client.responses.create(model="native/plain", input="Sure?", previous_response_id=first.id)
+        second = client.responses.create(model="native/plain", input=[OUTPUT], previous_response_id=first.id)
         replayed: Any = [{"role": "user", "content": "Why?"}, REASONING, MESSAGE, {"role": "user", "content": "More?"}]
         client.responses.create(model="native/plain", input=replayed, include=["reasoning.encrypted_content"])
         kept = client.responses.retrieve(second.id)  # openfusion's own copy, for the key that made it
@@ -441,7 +442,7 @@ def test_native_store_is_false_upstream_and_a_follow_up_still_continues_the_conv
     calls = upstream.calls_for("plain")
     assert [call.body["store"] for call in calls] == [False, False, False]
     follow_up = calls[1].body["input"]
-    assert [item.get("type") for item in follow_up] == ["message", "message", "function_call", "message"]
+    assert [item.get("type") for item in follow_up] == ["message", "message", "function_call", "function_call_output"]
     assert follow_up[1] == without_id(MESSAGE) and follow_up[2] == without_id(CALL)
     assert not any("id" in item for item in follow_up)
     assert calls[2].body["input"][1] == without_id(REASONING)  # its encrypted_content carries the reasoning

@@ -160,6 +160,7 @@ def translate(
         if media := _add_item(messages, item, param):
             tool_media[len(messages) - 1] = media
         origins += [param] * (len(messages) - len(origins))
+    _check_answered(items, offset)
     if tool_media:
         messages, origins = _with_tool_media(messages, origins, tool_media)
     if not items:
@@ -350,6 +351,17 @@ def _add_item(messages: list[dict[str, Any]], item: Any, param: str) -> list[dic
         raise InvalidRequest(f"Invalid value for '{param}.type': input items of type {kind!r} are not supported.",
                              param=f"{param}.type")  # fmt: skip
     return None
+
+
+def _check_answered(items: list[dict[str, Any]], offset: int) -> None:
+    """Each function call has its output (as OpenAI requires, and chat providers of tool calls): named by its own
+    item, or by `previous_response_id` for a call of the response continued. (Every output follows its call.)"""
+    answered = {item.get("call_id") for item in items if item.get("type") == "function_call_output"}
+    for position, item in enumerate(items):
+        if item.get("type") == "function_call" and item.get("call_id") not in answered:
+            param = f"input[{position - offset}]" if position >= offset else "previous_response_id"
+            raise invalid_value(param, f"no function_call_output answers the function call with call_id "
+                                       f"{item.get('call_id')!r}")  # fmt: skip
 
 
 def _add_message(messages: list[dict[str, Any]], message: _MessageItem, param: str) -> None:
