@@ -824,10 +824,10 @@ class WatchedTurns(TurnCache):
         self.synth_calls_at_put: list[int] = []
         self.put_at: list[float] = []
 
-    def put(self, key: str, answers: list[PanelAnswer], judges: list[JudgeOutcome]) -> None:
+    def put(self, key: str, answers: list[PanelAnswer], judges: list[JudgeOutcome], *, settings: str) -> None:
         self.synth_calls_at_put.append(len(self.fake.calls_to("synth")))
         self.put_at.append(time.perf_counter())
-        super().put(key, answers, judges)
+        super().put(key, answers, judges, settings=settings)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["message", "stream"])
@@ -841,7 +841,7 @@ async def test_the_turn_is_kept_once_the_synthesizers_request_is_out(
 
     assert synthesized_text(events) == "The fused final answer."
     assert turns.synth_calls_at_put == [1]
-    turn = turns.get(turn_key(plan, request.conversation()))
+    turn = turns.get(turn_key(request.conversation()))
     assert turn is not None and [a.content for a in turn.answers] == [f"Answer from {m}." for m in "abc"]
 
 
@@ -876,4 +876,4 @@ async def test_the_turn_is_kept_when_no_synthesizer_answers(client: UpstreamClie
     # the panel's work.
     assert len(fake.calls_to("synth")) == 3
     assert len(turns.synth_calls_at_put) == 1 and turns.synth_calls_at_put[0] >= 1
-    assert turns.get(turn_key(plan, request.conversation())) is not None
+    assert turns.get(turn_key(request.conversation())) is not None

@@ -219,6 +219,41 @@ def test_excluded_domains_keep_a_site_out_of_research(upstream: FakeUpstream, st
     assert "excluded from research" in result
 
 
+def test_an_agent_step_that_excludes_a_site_the_turn_researched_gets_a_fresh_panel(
+    upstream: FakeUpstream, start_server: Any, site: str
+) -> None:
+    article = f"{site}/article"
+    fetch_it = (Script(tool_calls=[call("web_fetch", url=article)]), Script(content=f"Per {article}: fell."))
+    upstream.script("a", *fetch_it, *fetch_it)
+    upstream.script("synth", Script(tool_calls=[call("lookup")]), Script(content="It fell."))
+    lookup = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
+    step = [
+        *HI,
+        {"role": "assistant", "content": None,
+         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "region=EU"},
+    ]  # fmt: skip
+    excluding = [{"type": "openrouter:web_fetch", "parameters": {"blocked_domains": ["127.0.0.1"]}}]
+
+    def agent(messages: list[dict[str, Any]], tools: list[Any]) -> dict[str, Any]:
+        plugins = [{"id": "fusion", "tools": tools}]
+        body = {"model": "fusion/trio", "messages": messages, "tools": [lookup], "plugins": plugins}
+        return httpx.post(f"{url}{CHAT}", json=body, timeout=30).json()
+
+    with start_server(**research_settings(site)) as url:
+        turn = agent(HI, [{"type": "openrouter:web_fetch"}])
+        next_step = agent(step, excluding)
+
+    assert turn["fusion"]["panel_source"] == "fresh"
+    assert article in [s["url"] for s in turn["fusion"]["sources"]]
+    # The step's panel ran again under its exclusions: the site is refused, and nothing read from it reaches the
+    # synthesizer.
+    assert next_step["fusion"]["panel_source"] == "fresh", next_step["fusion"]
+    assert "excluded from research" in upstream.calls_for("a")[3].body["messages"][-1]["content"]
+    assert article not in [s["url"] for s in next_step["fusion"].get("sources", [])]
+    assert next_step["choices"][0]["message"]["content"] == "It fell."
+
+
 EXCLUDED_HITS: list[str] = []
 
 

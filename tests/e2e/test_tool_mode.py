@@ -415,6 +415,28 @@ def test_an_agent_loop_fans_out_once_per_user_turn(upstream: FakeUpstream, serve
     assert second.json()["usage"]["total_tokens"] == 18  # only the synthesizer was paid for this step
 
 
+@pytest.mark.parametrize(
+    ("changed", "source"),
+    [
+        ({"reasoning": {"effort": "high"}}, "fresh"),  # the request's own reasoning: the panel's too
+        ({"plugins": [{"id": "fusion", "temperature": 1.5}]}, "fresh"),
+        ({"plugins": [{"id": "fusion", "analysis_models": ["fake/a", "fake/b"]}]}, "fresh"),
+        ({"plugins": [{"id": "fusion", "expose": True, "synth_timeout_s": 30}]}, "cached"),  # the synthesizer's alone
+    ],
+)
+def test_an_agent_step_that_changes_how_the_panel_works_gets_a_fresh_panel(
+    upstream: FakeUpstream, server: str, changed: dict[str, Any], source: str
+) -> None:
+    slug(server, TURN)
+    response = slug(server, STEP, **changed)
+
+    assert response.json()["fusion"]["panel_source"] == source
+    assert len(upstream.calls_for("a")) == (2 if source == "fresh" else 1)
+    if source == "fresh":  # and the step's own panel is the turn now: the next step under its settings reuses it
+        assert slug(server, STEP, **changed).json()["fusion"]["panel_source"] == "cached"
+        assert len(upstream.calls_for("a")) == 2
+
+
 def test_without_a_cached_turn_the_synthesizer_answers_alone(upstream: FakeUpstream, server: str) -> None:
     response = slug(server, STEP)
 

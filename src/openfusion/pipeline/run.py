@@ -36,7 +36,7 @@ from openfusion.pipeline.report import StagesReport, fusion_report, stages_repor
 from openfusion.pipeline.research import NO_RESEARCH, ResearchPlan
 from openfusion.pipeline.structured import DialectMemory
 from openfusion.pipeline.synthesize import MessageAccumulator, SynthesisStream, synthesis_body
-from openfusion.pipeline.turns import Turns, flatten_tool_messages, is_agent_step, turn_key
+from openfusion.pipeline.turns import Turns, flatten_tool_messages, is_agent_step, panel_settings, turn_key
 from openfusion.protocol import ChatRequest
 from openfusion.upstream.client import UpstreamClient
 from openfusion.upstream.trace import current_trace, role
@@ -113,12 +113,15 @@ class FusionRun:
             raise panel_failed(failures, self.answers, plan.min_successful)
 
     def needs_panel(self) -> bool:
-        """False for an agent-loop step whose user turn was already fused (or cannot be): no fan-out again."""
+        """False for an agent-loop step whose user turn was already fused (or cannot be): no fan-out again. A turn
+        fused under other settings (another panel, other research exclusions, reasoning...) is fused again."""
         if self.turns is None or self.plan.refire == "always" or not is_agent_step(self.conversation):
             return True
-        turn = self.turns.get(turn_key(self.plan, self.conversation))
+        turn = self.turns.get(turn_key(self.conversation))
         if turn is None:
             self.panel_source = "skipped"
+        elif turn.settings != panel_settings(self.plan):
+            return True
         else:
             self.panel_source = "cached"
             self.results, self.judges = list(turn.answers), list(turn.judges)
@@ -127,7 +130,7 @@ class FusionRun:
     def remember_turn(self, conversation: Messages) -> None:
         """Keep this turn's analysis for the agent-loop steps that follow it (`conversation`: the request's)."""
         if self.turns is not None and self.panel_source == "fresh" and self.answers:
-            self.turns.put(turn_key(self.plan, conversation), self.answers, self.judges)
+            self.turns.put(turn_key(conversation), self.answers, self.judges, settings=panel_settings(self.plan))
 
     async def judge(self) -> AsyncIterator[Event]:
         """The judge, then its fallbacks until one produces an analysis (none may: that degrades)."""

@@ -9,6 +9,7 @@ the first one's answers.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections import OrderedDict
@@ -25,11 +26,20 @@ from openfusion.pipeline.prompts import Messages, message_text
 
 @dataclass(frozen=True)
 class Turn:
-    """What the panel and judge produced for one user turn."""
+    """What the panel and judge produced for one user turn, under the plan's `settings` (`panel_settings`)."""
 
     answers: list[PanelAnswer]
     judges: list[JudgeOutcome]
+    settings: str
     stored: float
+
+
+# Plan fields that shape neither the panel's answers nor the judge's analysis: the synthesizer's, limits and estimates,
+# and how the run was asked for and is kept. Every other field (a new one too) is among a turn's settings.
+_NOT_THE_PANELS = frozenset(
+    {"synthesizers", "synth_timeout_s", "max_cost", "cost", "expose", "mode", "config_param", "force_tool", "refire",
+     "cache"}
+)  # fmt: skip
 
 
 def is_agent_step(conversation: Messages) -> bool:
@@ -37,11 +47,26 @@ def is_agent_step(conversation: Messages) -> bool:
     return bool(conversation) and conversation[-1].get("role") in ("tool", "function")
 
 
-def turn_key(plan: FusionPlan, conversation: Messages) -> str:
-    """The conversation up to and including its last user message, and who answered it."""
+def turn_key(conversation: Messages) -> str:
+    """The conversation up to and including its last user message: the turn an agent step continues."""
     last_user = max((i for i, m in enumerate(conversation) if m.get("role") == "user"), default=-1)
-    identity = [plan.preset, plan.panel, plan.judges, sorted(plan.tools), conversation[: last_user + 1]]
-    return hashlib.sha256(orjson.dumps(identity, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return hashlib.sha256(orjson.dumps(conversation[: last_user + 1], option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def panel_settings(plan: FusionPlan) -> str:
+    """A digest of what shaped the panel's work on a turn: who answered and judged, and how (research tools and the
+    domains excluded from them, reasoning, temperature, token and tool-call limits, timeouts and quorum). An agent
+    step that changes any of these gets a fresh panel, not the turn's."""
+    settings = {
+        field.name: _plain(getattr(plan, field.name))
+        for field in dataclasses.fields(plan)
+        if field.name not in _NOT_THE_PANELS
+    }
+    return hashlib.sha256(orjson.dumps(settings, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    return sorted(value) if isinstance(value, frozenset | set) else value
 
 
 class Turns(Protocol):
@@ -50,8 +75,8 @@ class Turns(Protocol):
     def get(self, key: str) -> Turn | None:
         """The turn stored under `key`, if still kept."""
 
-    def put(self, key: str, answers: list[PanelAnswer], judges: list[JudgeOutcome]) -> None:
-        """Keep a turn under `key`."""
+    def put(self, key: str, answers: list[PanelAnswer], judges: list[JudgeOutcome], *, settings: str) -> None:
+        """Keep a turn under `key`, worked on under `settings`."""
 
 
 def remember_replayed(turns: Turns, plan: FusionPlan, conversation: Messages, events: list[Event]) -> None:
@@ -64,7 +89,8 @@ def remember_replayed(turns: Turns, plan: FusionPlan, conversation: Messages, ev
     answers = [e.result for e in events if isinstance(e, PanelistDone) and isinstance(e.result, PanelAnswer)]
     answers.sort(key=lambda a: labels.index(a.label) if a.label in labels else len(labels))
     if answers:
-        turns.put(turn_key(plan, conversation), answers, [e for e in events if isinstance(e, JudgeOutcome)])
+        judges = [e for e in events if isinstance(e, JudgeOutcome)]
+        turns.put(turn_key(conversation), answers, judges, settings=panel_settings(plan))
 
 
 class TurnCache:
@@ -85,8 +111,8 @@ class TurnCache:
         self._entries.move_to_end(key)
         return turn
 
-    def put(self, key: str, answers: list[PanelAnswer], judges: list[JudgeOutcome]) -> None:
-        self._entries[key] = Turn(list(answers), list(judges), time.monotonic())
+    def put(self, key: str, answers: list[PanelAnswer], judges: list[JudgeOutcome], *, settings: str) -> None:
+        self._entries[key] = Turn(list(answers), list(judges), settings, time.monotonic())
         self._entries.move_to_end(key)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
@@ -111,9 +137,9 @@ class OwnedTurns:
         """This client's turn under `key`, if still kept."""
         return self._cache.get(self._prefix + key)
 
-    def put(self, key: str, answers: list[PanelAnswer], judges: list[JudgeOutcome]) -> None:
+    def put(self, key: str, answers: list[PanelAnswer], judges: list[JudgeOutcome], *, settings: str) -> None:
         """Keep a turn for this client."""
-        self._cache.put(self._prefix + key, answers, judges)
+        self._cache.put(self._prefix + key, answers, judges, settings=settings)
 
 
 def flatten_tool_messages(conversation: Messages) -> Messages:
