@@ -332,6 +332,66 @@ def test_a_whole_response_answered_to_a_stream_is_kept_for_a_follow_up(
     assert sent[1] == without_id(MESSAGE) and sent[2] == without_id(CALL)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_response_cut_off_at_max_output_tokens_is_kept_and_continued(
+    upstream: FakeUpstream, native_server: str, stream: bool
+) -> None:
+    """OpenAI keeps an incomplete response, and a follow-up may continue it: streamed or not, so does openfusion."""
+    upstream.script("plain", Script(content="The sky is blue because", finish_reason="length"),
+                    Script(content="of Rayleigh scattering."))  # fmt: skip
+    with openai.OpenAI(base_url=f"{native_server}/v1", api_key="k", max_retries=0) as client:
+        if stream:  # the SDK's stream helper gives a completed response alone: the events say how it ended
+            events = list(client.responses.create(model="native/plain", input="Why?", max_output_tokens=5, stream=True))
+            assert events[-1].type == "response.incomplete"
+            first = events[-1].response  # type: ignore[union-attr]
+        else:
+            first = client.responses.create(model="native/plain", input="Why?", max_output_tokens=5)
+        follow_up = client.responses.create(model="native/plain", input="Go on.", previous_response_id=first.id)
+        kept = client.responses.retrieve(first.id)
+
+    assert first.status == "incomplete" and first.incomplete_details is not None
+    assert first.incomplete_details.reason == "max_output_tokens" and first.store is True
+    assert follow_up.output_text == "of Rayleigh scattering."
+    sent = upstream.calls_for("plain")[1].body["input"]
+    assert [sent[0]["content"], sent[1]["content"][0]["text"], sent[2]["content"]] == [
+        "Why?", "The sky is blue because", "Go on."
+    ]  # fmt: skip
+    assert kept.status == "incomplete" and kept.output_text == "The sky is blue because"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_translated_response_cut_off_at_max_output_tokens_is_kept_and_continued(
+    upstream: FakeUpstream, native_server: str, stream: bool
+) -> None:
+    """The same through a chat-completions provider: the answer cut at its `length` is kept and continued."""
+    upstream.script("plain", Script(content="The sky is blue because", finish_reason="length"),
+                    Script(content="of Rayleigh scattering."))  # fmt: skip
+    with openai.OpenAI(base_url=f"{native_server}/v1", api_key="k", max_retries=0) as client:
+        if stream:
+            events = list(client.responses.create(model="fake/plain", input="Why?", max_output_tokens=5, stream=True))
+            first = events[-1].response  # type: ignore[union-attr]
+        else:
+            first = client.responses.create(model="fake/plain", input="Why?", max_output_tokens=5)
+        follow_up = client.responses.create(model="fake/plain", input="Go on.", previous_response_id=first.id)
+
+    assert first.status == "incomplete" and follow_up.output_text == "of Rayleigh scattering."
+    assert upstream.calls_for("plain")[1].body["messages"] == [
+        {"role": "user", "content": "Why?"},
+        {"role": "assistant", "content": "The sky is blue because"},
+        {"role": "user", "content": "Go on."},
+    ]
+
+
+def test_an_incomplete_streamed_response_counts_its_usage(upstream: FakeUpstream, native_server: str) -> None:
+    upstream.script("plain", Script(content="The sky is blue because", finish_reason="length"))
+    with httpx.stream("POST", f"{native_server}{RESPONSES}", timeout=30,
+                      json={"model": "native/plain", "input": "Why?", "stream": True}) as response:  # fmt: skip
+        response.read()
+
+    record = generation(native_server, response.headers["x-generation-id"])
+    assert record["status"] == "ok" and (record["tokens_prompt"], record["tokens_completion"]) == (11, 7), record
+
+
 def test_an_incomplete_whole_response_ends_its_stream_incomplete(upstream: FakeUpstream, native_server: str) -> None:
     answered_whole(upstream, whole_response("incomplete", incomplete_details={"reason": "max_output_tokens"}))
     with httpx.stream("POST", f"{native_server}{RESPONSES}", timeout=30,

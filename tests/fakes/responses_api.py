@@ -13,16 +13,20 @@ import orjson
 def response_object(
     reply_id: str, model: str, text: str, usage: dict[str, Any], *, status: str, store: bool = True
 ) -> dict[str, Any]:
-    """A `response` object with one message (when done) and usage in the Responses shape; `store` as asked."""
+    """A `response` object with one message (when done) and usage in the Responses shape; `store` as asked.
+
+    `incomplete`: cut off at `max_output_tokens`, as OpenAI ends such a response (its message incomplete too)."""
     output = []
-    if status == "completed":
+    done = status in ("completed", "incomplete")
+    if done:
         part = {"type": "output_text", "text": text, "annotations": []}
-        output = [{"id": "msg_fake", "type": "message", "status": "completed", "role": "assistant", "content": [part]}]
+        output = [{"id": "msg_fake", "type": "message", "status": status, "role": "assistant", "content": [part]}]
     return {
         "id": reply_id,
         "object": "response",
         "created_at": int(time.time()),
         "status": status,
+        "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
         "model": model,
         "output": output,
         "store": store,
@@ -33,7 +37,7 @@ def response_object(
             "input_tokens_details": {"cached_tokens": 0},
             "output_tokens_details": {"reasoning_tokens": 0},
         }
-        if status == "completed"
+        if done
         else None,
     }
 
@@ -47,9 +51,11 @@ def stream_events(
     end_after: int | None = None,
     error: dict[str, Any] | None = None,
     store: bool = True,
+    status: str = "completed",
 ) -> Iterator[bytes]:
     """The SSE body of a streamed text answer, event by event; `end_after` deltas: it stops there, cleanly;
-    `error`: after the deltas, the provider's own `response.failed` with this error, then a clean end."""
+    `error`: after the deltas, the provider's own `response.failed` with this error, then a clean end;
+    `status` "incomplete": it ends with `response.incomplete` (cut off at `max_output_tokens`)."""
     sequence = 0
 
     def event(kind: str, **fields: Any) -> bytes:
@@ -72,8 +78,8 @@ def stream_events(
         failed = {**response_object(reply_id, model, text, usage, status="failed", store=store), "error": error}
         yield event("response.failed", response=failed)
         return
-    done = response_object(reply_id, model, text, usage, status="completed", store=store)
+    done = response_object(reply_id, model, text, usage, status=status, store=store)
     yield event("response.output_text.done", **where, text=text)
     yield event("response.content_part.done", **where, part=done["output"][0]["content"][0])
     yield event("response.output_item.done", output_index=0, item=done["output"][0])
-    yield event("response.completed", response=done)
+    yield event(f"response.{status}", response=done)

@@ -261,11 +261,12 @@ class FakeUpstream:
         reply = _Reply(script, model, script.reply_id or f"resp_fake{next(self._ids)}")
         text, usage = reply.content or "", reply.usage
         store = body.get("store") is not False  # echoed, as OpenAI does (kept unless asked not to)
+        status = "incomplete" if script.finish_reason == "length" else "completed"  # cut off at max_output_tokens
         if not call.stream:
-            return _json(responses_api.response_object(reply.base["id"], model, text, usage, status="completed",
+            return _json(responses_api.response_object(reply.base["id"], model, text, usage, status=status,
                                                        store=store), background=done)  # fmt: skip
         events = responses_api.stream_events(reply.base["id"], model, text, usage, end_after=script.end_stream_after,
-                                             error=script.error_event, store=store)  # fmt: skip
+                                             error=script.error_event, store=store, status=status)  # fmt: skip
         return StreamingResponse(iter(list(events)), media_type="text/event-stream", background=done)
 
     async def _chat(self, request: Request) -> Response:

@@ -4,9 +4,10 @@ The body goes as the client sent it, less openfusion's own fields and OpenRouter
 a provider other than OpenRouter, and with `store: false` (unless the provider may keep it); `previous_response_id`
 is always resolved here (from this server's stored responses, per key) and sent as the conversation it names,
 so a key can only ever continue its own responses. The relayed stream is watched for its
-`response.completed` event: its usage goes to the activity record, and the response is stored
-before that event reaches the client; the response the client gets says it is stored when openfusion keeps it
-(`store_mark`). A provider that answers a streamed request with one whole
+`response.completed` or `response.incomplete` event: its usage goes to the activity record, and the response is
+stored before that event reaches the client (an incomplete one too, as OpenAI keeps it: a follow-up may continue a
+response cut off at `max_output_tokens`, streamed or not); the response the client gets says it is stored when
+openfusion keeps it (`store_mark`). A provider that answers a streamed request with one whole
 response has it told as the stream it would have been (`whole`), watched the same way.
 """
 
@@ -159,10 +160,10 @@ async def _relay(
                 # Per event, so `find` rather than `in`: CPython's `in` on bytes first tries the needle as an int and
                 # builds (then drops) an error doing so.
                 head = line[:64]
-                completed = head.find(_COMPLETED) >= 0
-                failed = not completed and (head.find(_FAILED) >= 0 or head.find(_ERROR) >= 0)
-                ended = ended or completed or failed or head.find(_INCOMPLETE) >= 0
-                if completed:
+                answered = head.find(_COMPLETED) >= 0 or head.find(_INCOMPLETE) >= 0  # the response, whole or cut
+                failed = not answered and (head.find(_FAILED) >= 0 or head.find(_ERROR) >= 0)
+                ended = ended or answered or failed
+                if answered:
                     response = (_json(line[6:]) or {}).get("response")
                     if isinstance(response, dict):
                         _record(forwarded, ledger, response)
