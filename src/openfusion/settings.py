@@ -33,7 +33,7 @@ class ProviderConfig(BaseModel):
     # Older OpenAI-compatible servers only know `max_tokens`; new OpenAI models only `max_completion_tokens`.
     max_tokens_field: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
     # How a request's `reasoning` object is sent: as is (OpenRouter), as `reasoning_effort`, or not at all.
-    # "openrouter" also says it is OpenRouter: a native Responses or Messages pass-through keeps OpenRouter's own
+    # "openrouter" also says it is OpenRouter: a pass-through (chat, Responses or Messages) keeps OpenRouter's own
     # fields (`provider`, `plugins`, `preset`...) for it alone.
     reasoning_style: Literal["openrouter", "reasoning_effort", "none"] = "reasoning_effort"
     # Whether streamed calls may ask for `stream_options.include_usage`.

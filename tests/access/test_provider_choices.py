@@ -1,6 +1,7 @@
 """What a pass-through would let the provider choose, under a scoped or capped key: refused before anything is sent.
 
-A pass-through forwards the client's fields as sent. OpenRouter reads some of them as choices of its own: a `preset`
+A pass-through to OpenRouter forwards the client's fields as sent (no other provider gets OpenRouter's own fields:
+tests/e2e/test_passthrough.py). OpenRouter reads some of them as choices of its own: a `preset`
 (the operator's account's, naming any model), a plugin (an auto router picks models; `web` is billed per result), and
 a fusion plugin spelt other than `"fusion"` (openfusion's reading) that OpenRouter may take for its own and run a
 panel of the models it names. A key's scope and spend cap must hold for what the provider runs; a key with every
@@ -49,9 +50,11 @@ def gateway(
     anthropic_native: tuple[FakeAnthropic, str],
     tmp_path: Path,
 ) -> Iterator[str]:
-    """The fake upstream as a chat provider (`fake/*`) and as a Responses-native one (`native/*`), a fake Anthropic
+    """The fake upstream as OpenRouter's chat endpoint (`fake/*`) and its Responses one (`native/*`), a fake Anthropic
     (`claude/*`, Messages-native); a key scoped to three plain models, a capped key, and a key with neither."""
     upstream.script("outer", Script(content="Hello."))
+    # OpenRouter (`reasoning_style = "openrouter"`): the provider that reads these choices, and the only one sent them.
+    chat = core_settings["providers"][0].model_copy(update={"reasoning_style": "openrouter"})
     # OpenRouter's Responses endpoint (`reasoning_style = "openrouter"`): the provider that reads these choices.
     native = ProviderConfig(name="native", base_url=f"{fake_upstream[1]}/v1", api_key_env="FAKE_KEY",
                             models=["native/*"], strip_prefix=True, responses=True,
@@ -63,7 +66,7 @@ def gateway(
     with serve(
         KEYS,
         environ=ENVIRON,
-        providers=[*core_settings["providers"], native, messages_native],
+        providers=[chat, native, messages_native],
         activity={"path": tmp_path / "activity.sqlite3"},
         pricing=pricing,
     ) as (url, _):

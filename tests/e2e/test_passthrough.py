@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream, Script, wait_until
 from openfusion.api import completion_events
 from openfusion.app import create_app
+from openfusion.settings import ProviderConfig
 
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -46,6 +49,77 @@ def test_stream_pass_through_relays_every_chunk(upstream: FakeUpstream, server: 
     assert [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content] == ["a", "b", "c"]
     assert chunks[-1].choices[0].finish_reason == "stop"
     assert upstream.calls_for("plain")[0].stream is True
+
+
+# OpenRouter's own fields, which OpenAI ("Unrecognized request argument supplied"), Groq or Mistral refuse with a 400.
+OPENROUTER_ONLY: dict[str, Any] = {
+    "provider": {"order": ["openai"], "allow_fallbacks": False}, "route": "fallback", "preset": "mine",
+    "transforms": ["middle-out"], "usage": {"include": True}, "session_id": "conversation-1",
+    "trace": {"trace_id": "t-1"}, "debug": {"echo_upstream_body": True}, "plugins": [{"id": "web", "max_results": 3}],
+}  # fmt: skip
+# Chat Completions fields of OpenAI's own, and one openfusion does not know: they reach any provider as sent.
+OPENAIS_OWN: dict[str, Any] = {
+    "user": "u-1", "metadata": {"team": "a"}, "service_tier": "auto", "prompt_cache_key": "k-1",
+    "safety_identifier": "s-1", "reasoning_effort": "low", "top_k": 5,
+}  # fmt: skip
+
+
+@pytest.fixture
+def router_server(
+    upstream: FakeUpstream, fake_upstream: tuple[FakeUpstream, str], start_server: Callable[..., Any]
+) -> Iterator[str]:
+    """The fake upstream as a plain OpenAI-compatible provider (`fake/*`) and as OpenRouter (`router/*`:
+    `reasoning_style = "openrouter"` says it is OpenRouter)."""
+    url = f"{fake_upstream[1]}/v1"
+    providers = [
+        ProviderConfig(name="fake", base_url=url, api_key_env="FAKE_KEY", models=["fake/*"], strip_prefix=True),
+        ProviderConfig(name="router", base_url=url, api_key_env="FAKE_KEY", models=["router/*"], strip_prefix=True,
+                       reasoning_style="openrouter"),
+    ]  # fmt: skip
+    server: AbstractContextManager[str] = start_server(providers=providers)
+    with server as base:
+        yield base
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(("model", "openrouter"), [("fake/plain", False), ("router/plain", True)],
+                         ids=["openai-compatible", "openrouter"])  # fmt: skip
+def test_openrouters_fields_go_to_openrouter_alone(
+    upstream: FakeUpstream, router_server: str, model: str, openrouter: bool, stream: bool
+) -> None:
+    upstream.script("plain", Script(content="Direct answer."))
+    extra = {**OPENROUTER_ONLY, **OPENAIS_OWN}
+    with openai.OpenAI(base_url=f"{router_server}/v1", api_key="k", max_retries=0) as sdk:
+        if stream:
+            chunks = sdk.chat.completions.create(model=model, messages=HI, stream=True, extra_body=extra)
+            text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+        else:
+            text = sdk.chat.completions.create(model=model, messages=HI, extra_body=extra).choices[0].message.content
+    assert text == "Direct answer."
+
+    sent = upstream.calls_for("plain")[0].body
+    streamed = {"stream": True} if stream else {}
+    assert sent == {"model": "plain", "messages": HI, **OPENAIS_OWN, **(OPENROUTER_ONLY if openrouter else {}),
+                    **streamed}  # fmt: skip
+
+
+def test_each_fallback_gets_openrouters_fields_only_if_it_is_openrouter(
+    upstream: FakeUpstream, router_server: str
+) -> None:
+    """Decided per `models` candidate: a plain provider, then OpenRouter, then a plain one again."""
+    upstream.script("first", Script(status=400, error_message="Unrecognized request argument supplied: provider"))
+    upstream.script("second", Script(status=400, error_message="No endpoints found"))
+    upstream.script("third", Script(content="From the last fallback."))
+    fusion_off = {"id": "fusion", "enabled": False}  # openfusion's own plugin: no provider's business
+    extra = {**OPENROUTER_ONLY, "plugins": [*OPENROUTER_ONLY["plugins"], fusion_off],
+             "models": ["router/second", "fake/third"]}  # fmt: skip
+    with openai.OpenAI(base_url=f"{router_server}/v1", api_key="k", max_retries=0) as sdk:
+        answer = sdk.chat.completions.create(model="fake/first", messages=HI, extra_body=extra)
+
+    assert answer.choices[0].message.content == "From the last fallback."
+    assert upstream.calls_for("first")[0].body == {"model": "first", "messages": HI}
+    assert upstream.calls_for("second")[0].body == {"model": "second", "messages": HI, **OPENROUTER_ONLY}
+    assert upstream.calls_for("third")[0].body == {"model": "third", "messages": HI}
 
 
 def test_upstream_errors_are_relayed_verbatim(upstream: FakeUpstream, server: str) -> None:
@@ -92,8 +166,6 @@ def test_a_stream_cut_by_the_upstream_ends_with_an_error_chunk(upstream: FakeUps
 
 
 def test_an_unreachable_provider_is_a_clear_502(start_server: object, upstream: FakeUpstream) -> None:
-    from openfusion.settings import ProviderConfig
-
     dead = ProviderConfig(name="dead", base_url="http://127.0.0.1:9/v1", models=["dead/*"])
     with start_server(providers=[dead], default_preset="trio") as url:  # type: ignore[operator]
         response = httpx.post(

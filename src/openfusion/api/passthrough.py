@@ -1,4 +1,5 @@
-"""Pass-through: a non-fusion model goes to its provider; the `models` list is tried in order on error."""
+"""Pass-through: a non-fusion model goes to its provider (OpenRouter's own fields to OpenRouter alone); the `models`
+list is tried in order on error."""
 
 from __future__ import annotations
 
@@ -24,9 +25,10 @@ SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 # OpenRouter's own request fields, on each API it serves: its routing (`provider`, `route`), `preset`, prompt
 # `transforms`, `usage` accounting, `plugins`, the `models` fallbacks, `session_id`, `trace` and `debug`. Neither
-# Anthropic's Messages API nor OpenAI's Responses API has a field of these names (tests/unit/test_openrouter_fields.py
-# reads their SDKs' request types); both refuse a field they do not know with a 400, and one they take some day under
-# such a name may mean something else. A provider that speaks them natively gets them only if it is OpenRouter.
+# OpenAI's Chat Completions and Responses APIs nor Anthropic's Messages API has a field of these names
+# (tests/unit/test_openrouter_fields.py reads their SDKs' request types); they, and OpenAI-compatible servers such as
+# Groq's or Mistral's, refuse a field they do not know with a 400, and one they take some day under such a name may
+# mean something else. A pass-through sends them only to OpenRouter.
 OPENROUTER_FIELDS = frozenset(
     {"provider", "route", "preset", "transforms", "usage", "plugins", "models", "session_id", "trace", "debug"}
 )
@@ -39,7 +41,7 @@ async def forward_first_success(
     *,
     path: str = CHAT_PATH,
     headers: Mapping[str, str] | None = None,
-    openrouter_fields: frozenset[str] = frozenset(),
+    openrouter_fields: frozenset[str],
 ) -> Forwarded:
     """Forward to `model`, then each of `models` while the previous one answered with an error.
 
@@ -50,7 +52,7 @@ async def forward_first_success(
     candidates = chat.candidate_models()
     for position, model in enumerate(candidates):
         last = position == len(candidates) - 1
-        sent = _for_provider(state, model, body, openrouter_fields) if openrouter_fields else body
+        sent = _for_provider(state, model, body, openrouter_fields)
         try:
             forwarded = await state.upstream.forward(model, sent, stream=chat.stream, path=path, headers=headers)
         except UpstreamError as exc:  # unreachable, or an error no client could read (a proxy's HTML page)
@@ -67,19 +69,22 @@ def _for_provider(
     state: AppState, model: str, body: dict[str, Any], openrouter_fields: frozenset[str]
 ) -> dict[str, Any]:
     """The body as the provider of `model` takes it: without `openrouter_fields`, unless it is OpenRouter."""
+    if openrouter_fields.isdisjoint(body):
+        return body  # the usual request: nothing to look up
     try:
         provider = state.registry.resolve(model).provider
     except OpenFusionError:
         return body  # served by none: its forward says so
-    if provider.takes_openrouter_fields or openrouter_fields.isdisjoint(body):
+    if provider.takes_openrouter_fields:
         return body
     return {key: value for key, value in body.items() if key not in openrouter_fields}
 
 
 async def pass_through(state: AppState, chat: ChatRequest, data: dict[str, Any], ledger: Ledger) -> Response:
-    """Send the request to the model's provider and relay its answer as it comes."""
+    """Send the request to the model's provider (OpenRouter's own fields to OpenRouter alone) and relay its answer as
+    it comes."""
     body = without_openfusion_fields(chat, data)
-    forwarded = await forward_first_success(state, chat, body)
+    forwarded = await forward_first_success(state, chat, body, openrouter_fields=OPENROUTER_FIELDS)
     if forwarded.status_code >= 400:
         ledger.status, ledger.failure_reason = "error", f"upstream_{forwarded.status_code}"
     if chat.stream and forwarded.status_code < 400:
