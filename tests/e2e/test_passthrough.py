@@ -122,6 +122,29 @@ def test_each_fallback_gets_openrouters_fields_only_if_it_is_openrouter(
     assert upstream.calls_for("third")[0].body == {"model": "third", "messages": HI}
 
 
+# A Responses or Messages request for a chat provider, sent as a chat completion: the client's `plugins` come along.
+TRANSLATED = {
+    "responses": {"input": "Hi", "plugins": [{"id": "web"}]},
+    "messages": {"max_tokens": 100, "messages": HI, "plugins": [{"id": "web"}]},
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("surface", ["responses", "messages"])
+def test_a_translated_request_sends_openrouters_plugins_to_openrouter_alone(
+    upstream: FakeUpstream, router_server: str, surface: str, stream: bool
+) -> None:
+    upstream.script("plain", Script(content="Answered"))
+    upstream.script("routed", Script(content="Answered"))
+    for model in ("fake/plain", "router/routed"):
+        body = {**TRANSLATED[surface], "model": model, "stream": stream}
+        response = httpx.post(f"{router_server}/v1/{surface}", json=body, headers={"anthropic-version": "2023-06-01"})
+        assert response.status_code == 200 and "Answered" in response.text
+
+    assert "plugins" not in upstream.calls_for("plain")[0].body  # OpenAI, Groq, Mistral: a 400 for it
+    assert upstream.calls_for("routed")[0].body["plugins"] == [{"id": "web"}]  # OpenRouter's web search, as sent
+
+
 def test_upstream_errors_are_relayed_verbatim(upstream: FakeUpstream, server: str) -> None:
     upstream.script("plain", Script(status=400, error_message="context length exceeded"))
 

@@ -52,7 +52,7 @@ async def forward_first_success(
     candidates = chat.candidate_models()
     for position, model in enumerate(candidates):
         last = position == len(candidates) - 1
-        sent = _for_provider(state, model, body, openrouter_fields)
+        sent = body_for_provider(state, model, body, openrouter_fields)
         try:
             forwarded = await state.upstream.forward(model, sent, stream=chat.stream, path=path, headers=headers)
         except UpstreamError as exc:  # unreachable, or an error no client could read (a proxy's HTML page)
@@ -65,7 +65,7 @@ async def forward_first_success(
     raise AssertionError("unreachable: the candidate list is never empty")
 
 
-def _for_provider(
+def body_for_provider(
     state: AppState, model: str, body: dict[str, Any], openrouter_fields: frozenset[str]
 ) -> dict[str, Any]:
     """The body as the provider of `model` takes it: without `openrouter_fields`, unless it is OpenRouter."""

@@ -3,7 +3,8 @@
 A Responses (or Messages) request for a plain model goes to its provider as a chat completion;
 its chunks (or whole message) come back as `SynthesisChunk` / `SynthesisMessage` events and a
 `RunFinished`, so the surface renders them exactly as it renders a fusion answer. The `models`
-fallback list is tried in order while the call fails before its answer begins.
+fallback list is tried in order while the call fails before its answer begins; OpenRouter's own fields (the
+client's `plugins`) go to OpenRouter alone, decided for each.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from openfusion.api.deps import AppState
-from openfusion.api.passthrough import without_openfusion_fields
+from openfusion.api.passthrough import OPENROUTER_FIELDS, body_for_provider, without_openfusion_fields
 from openfusion.errors import UpstreamError, relayed
 from openfusion.pipeline.events import Event, RunFinished, SynthesisChunk, SynthesisMessage, SynthesisStarted
 from openfusion.protocol import ChatRequest, Usage, parse_usage
@@ -42,7 +43,7 @@ async def _first_success(state: AppState, chat: ChatRequest, payload: dict[str, 
     candidates = chat.candidate_models()
     for position, model in enumerate(candidates):
         try:
-            return model, await state.upstream.complete(model, payload)
+            return model, await state.upstream.complete(model, _sent_to(state, model, payload))
         except UpstreamError as exc:
             if position == len(candidates) - 1:
                 raise relayed(exc) from None
@@ -55,11 +56,17 @@ async def _open_stream(
     candidates = chat.candidate_models()
     for position, model in enumerate(candidates):
         try:
-            return model, await stack.enter_async_context(state.upstream.stream(model, payload))
+            return model, await stack.enter_async_context(state.upstream.stream(model, _sent_to(state, model, payload)))
         except UpstreamError as exc:
             if position == len(candidates) - 1:
                 raise relayed(exc) from None
     raise AssertionError("unreachable: the candidate list is never empty")
+
+
+def _sent_to(state: AppState, model: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """The chat call as the provider of `model` takes it: OpenRouter's own fields (the client's `plugins`) for
+    OpenRouter alone."""
+    return body_for_provider(state, model, payload, OPENROUTER_FIELDS)
 
 
 async def _whole(model: str, completion: Any) -> AsyncIterator[Event]:
