@@ -190,6 +190,21 @@ class Usage(WireModel):
     def __add__(self, other: Usage) -> Usage:
         return sum_usage([self, other])
 
+    @property
+    def cache_read_tokens(self) -> int:
+        """Prompt tokens read from the provider's prompt cache (`prompt_tokens_details.cached_tokens`)."""
+        return self._prompt_detail("cached_tokens")
+
+    @property
+    def cache_write_tokens(self) -> int:
+        """Prompt tokens written to the provider's prompt cache (`prompt_tokens_details.cache_write_tokens`)."""
+        return self._prompt_detail("cache_write_tokens")
+
+    def _prompt_detail(self, name: str) -> int:
+        details = (self.__pydantic_extra__ or {}).get("prompt_tokens_details")
+        value = details.get(name) if isinstance(details, dict) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
     def render(self) -> dict[str, Any]:
         """The wire form: the three token counts, the token details an upstream reported (cached, reasoning: summed
         over a fusion's calls), and `cost` when known."""

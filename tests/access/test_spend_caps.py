@@ -20,7 +20,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from fakes.anthropic_api import FakeAnthropic, Reply
 from fakes.upstream import FakeUpstream, Script, wait_until
+from openfusion.settings import ProviderConfig
 
 from .conftest import ANALYSIS, REDIS_URL, bearer, chat_body
 
@@ -438,3 +440,36 @@ def test_a_short_question_reserves_the_prompts_openfusion_adds(
         sent += math.ceil(len(json.dumps(prompt, separators=(",", ":"))) / 3) + 10
     assert len(upstream.calls) >= 4  # the panel, the judge, and the answer (the outer model twice in tool mode)
     assert reserved >= sent * per_token, (reserved, sent * per_token)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_native_messages_cache_write_is_spent_at_its_premium(
+    serve: Serve, core_settings: dict[str, Any], anthropic_native: tuple[FakeAnthropic, str], tmp_path: Path,
+    stream: bool,
+) -> None:  # fmt: skip
+    """Anthropic bills a prompt written to its cache at 1.25 times the input price and one read from it at a tenth:
+    priced as plain input, writes under-counted the key's spend, and a key at its cap still got in."""
+    fake, fake_url = anthropic_native
+    usage = {"input_tokens": 10, "cache_creation_input_tokens": 800, "cache_read_input_tokens": 100,
+             "output_tokens": 4}  # fmt: skip
+    fake.replies = [Reply(usage=usage)]
+    claude = ProviderConfig(name="claude", base_url=f"{fake_url}/v1", api_key_env="FAKE_KEY", models=["claude/*"],
+                            strip_prefix=True, messages=True)  # fmt: skip
+    price = {"prompt": 1e-4, "completion": 0.0, "input_cache_read": 1e-5, "input_cache_write": 1.25e-4}
+    activity = {"path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
+    body = {"model": "claude/opus", "max_tokens": 10, "stream": stream, "messages": [{"role": "user", "content": "Hi"}],
+            "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}]}  # fmt: skip
+    headers = {**bearer(KEY), "anthropic-version": "2023-06-01"}
+    with serve(capped(0.10), environ=ENVIRON, activity=activity, pricing={"models": {"claude/opus": price}},
+               providers=[*core_settings["providers"], claude]) as (url, _):  # fmt: skip
+        first = httpx.post(f"{url}/v1/messages", json=body, headers=headers, timeout=30)
+        assert first.status_code == 200, first.text
+        record = recorded_generation(url, first.headers["x-generation-id"])
+        assert (record["tokens_prompt"], record["tokens_completion"]) == (910, 4)
+        # 10 plain, 800 written, 100 read: $0.102, not the $0.091 of 910 plain input tokens.
+        assert record["total_cost"] == pytest.approx(10 * 1e-4 + 800 * 1.25e-4 + 100 * 1e-5)
+        assert spent(url, records=1) == pytest.approx(0.102)
+        # The key spent past its $0.10 cap: the next request is refused, not let in under $0.091 spent.
+        again = httpx.post(f"{url}/v1/messages", json=body, headers=headers, timeout=30)
+        assert again.status_code == 429 and again.json()["error"]["type"] == "rate_limit_error", again.text
+    assert len(fake.calls) == 1

@@ -14,6 +14,7 @@ from openfusion.protocol import Usage, parse_usage
 
 LISTING = json.loads((Path(__file__).parent / "fixtures" / "openrouter_models.json").read_text())
 GPT5 = ModelPrice(prompt=1.25e-6, completion=1e-5)
+FREE = ModelPrice(prompt=0, completion=0, input_cache_write=0)  # listed: a write costs what plain input does
 
 
 def _usage(prompt: int, completion: int, cost: float | None = None) -> Usage:
@@ -35,6 +36,30 @@ def test_priced_from_the_table_when_not_reported() -> None:
     table = PriceTable({"openai/gpt-5": GPT5})
     assert table.cost_of("openai/gpt-5", _usage(1000, 100)) == pytest.approx(1000 * 1.25e-6 + 100 * 1e-5)
     assert table.cost_of("OpenAI/GPT-5", _usage(2, 0)) == pytest.approx(2.5e-6)  # slugs are case-insensitive
+
+
+def test_cache_reads_and_writes_are_priced_apart_from_plain_input() -> None:
+    """`prompt_tokens` counts the cache reads and writes among them (OpenRouter's `prompt_tokens_details`)."""
+    claude = ModelPrice(prompt=3e-6, completion=1.5e-5, input_cache_read=3e-7, input_cache_write=3.75e-6)
+    table = PriceTable({"anthropic/claude-sonnet-4.5": claude, "openai/gpt-5": GPT5})
+    usage = parse_usage({"prompt_tokens": 1000, "completion_tokens": 10,
+                         "prompt_tokens_details": {"cached_tokens": 200, "cache_write_tokens": 700}})  # fmt: skip
+    assert (usage.cache_read_tokens, usage.cache_write_tokens) == (200, 700)
+    expected = 100 * 3e-6 + 200 * 3e-7 + 700 * 3.75e-6 + 10 * 1.5e-5
+    assert table.cost_of("anthropic/claude-sonnet-4.5", usage) == pytest.approx(expected)
+    # Unpriced cache tokens: a read at the prompt price (never under-counted), a write at 1.25 times it.
+    assert table.cost_of("openai/gpt-5", usage) == pytest.approx((300 + 700 * 1.25) * 1.25e-6 + 10 * 1e-5)
+    # A reported cost still wins.
+    assert table.cost_of("anthropic/claude-sonnet-4.5", usage.model_copy(update={"cost": 0.01})) == 0.01
+
+
+def test_cache_counts_beyond_the_prompt_are_bounded_by_it() -> None:
+    """A garbled report (more cached than prompt tokens) prices no more tokens than the prompt has, none negative."""
+    price = ModelPrice(prompt=1.0, completion=0.0, input_cache_read=0.5, input_cache_write=2.0)
+    # Reads first: 8 read, and of the 8 written only the 2 the prompt has left.
+    assert price.cost(prompt_tokens=10, completion_tokens=0, cache_read_tokens=8, cache_write_tokens=8) == 8.0
+    assert price.cost(prompt_tokens=10, completion_tokens=0, cache_read_tokens=30) == 5.0
+    assert parse_usage({"prompt_tokens": 5, "prompt_tokens_details": {"cached_tokens": -3}}).cache_read_tokens == 0
 
 
 def test_unknown_price_and_no_report_is_unknown_not_zero() -> None:
@@ -59,15 +84,19 @@ def test_total_cost_is_unknown_when_any_part_is() -> None:
 def test_prices_from_an_openrouter_listing() -> None:
     prices = prices_from_listing(LISTING)
     # The context window bounds what one call can produce (for a worst case without max_tokens).
-    listed = ModelPrice(prompt=1.25e-6, completion=1e-5, max_completion_tokens=400_000)
+    # Cache reads at their listed price; a model listed without a cache-write price bills a write as plain input.
+    listed = ModelPrice(prompt=1.25e-6, completion=1e-5, max_completion_tokens=400_000, input_cache_read=1.25e-7,
+                        input_cache_write=1.25e-6)  # fmt: skip
     assert prices["openai/gpt-5"] == listed
     assert prices["openai/gpt-5-2025-08-07"] == listed  # the canonical slug too
-    assert prices["deepseek/deepseek-v3.2"] == ModelPrice(prompt=2.7e-7, completion=4e-7)
-    assert prices["meta-llama/llama-3.3-70b-instruct:free"] == ModelPrice(prompt=0, completion=0)
+    assert prices["anthropic/claude-sonnet-4.5"] == ModelPrice(prompt=3e-6, completion=1.5e-5, input_cache_read=3e-7,
+                                                               input_cache_write=3.75e-6)  # fmt: skip
+    assert prices["deepseek/deepseek-v3.2"] == ModelPrice(prompt=2.7e-7, completion=4e-7, input_cache_write=2.7e-7)
+    assert prices["meta-llama/llama-3.3-70b-instruct:free"] == FREE
     # Variable ("-1"), missing, garbled or half-given prices are unknown, not zero.
     for unknown in ("openrouter/auto", "vendor/no-pricing", "vendor/garbled", "vendor/half-priced"):
         assert unknown not in prices
-    assert len(prices) == 4
+    assert len(prices) == 5
 
 
 def test_a_routing_variant_has_its_models_price_and_a_web_search_none() -> None:
@@ -79,7 +108,7 @@ def test_a_routing_variant_has_its_models_price_and_a_web_search_none() -> None:
     assert table.price_of("openai/gpt-5:nitro") == table.price_of("openai/gpt-5:FLOOR") == gpt5
     assert table.price_of("vendor/m:exacto") == ModelPrice(prompt=9, completion=9)  # priced itself: its own price
     assert table.price_of("openai/gpt-5:online") is None and table.price_of("openai/gpt-5:nitro:online") is None
-    assert table.price_of("meta-llama/llama-3.3-70b-instruct:free:nitro") == ModelPrice(prompt=0, completion=0)
+    assert table.price_of("meta-llama/llama-3.3-70b-instruct:free:nitro") == FREE
     assert table.price_of("openai/gpt-5:free") is None
 
 
@@ -99,9 +128,9 @@ async def test_refresh_from_an_injected_fetch_and_configured_prices_win() -> Non
         return LISTING
 
     assert table.price_of("openai/gpt-5") is None
-    assert await table.refresh(fetch) == 4
+    assert await table.refresh(fetch) == 5
     assert calls == 1
-    assert table.price_of("openai/gpt-5") == GPT5.model_copy(update={"max_completion_tokens": 400_000})
+    assert table.price_of("openai/gpt-5") == prices_from_listing(LISTING)["openai/gpt-5"]
     assert table.price_of("deepseek/deepseek-v3.2") == configured
     assert table.cost_of("openai/gpt-5", _usage(1000, 100)) == pytest.approx(0.00225)
     # A later refresh replaces the listed prices: a model that left the listing is unknown again.

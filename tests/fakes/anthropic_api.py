@@ -35,6 +35,7 @@ class Reply:
     error_after: int | None = None  # stream: after this many events, Anthropic's own `error` event, then the end
     # This JSON answered whole, as it is, whether or not the request streams (a server that ignores `stream: true`)
     whole: dict[str, Any] | None = None
+    usage: dict[str, Any] = field(default_factory=lambda: USAGE)  # what the answer reports it used
 
 
 @dataclass
@@ -74,7 +75,7 @@ class FakeAnthropic:
             return Response(orjson.dumps(error), reply.status, media_type="application/json")
         if reply.whole is not None:
             return Response(orjson.dumps(reply.whole), media_type="application/json")
-        message = _message(str(body["model"]), reply.text)
+        message = _message(str(body["model"]), reply.text, reply.usage)
         if not body.get("stream"):
             return Response(orjson.dumps(message), media_type="application/json")
         events = _events(message, reply.cut_after)
@@ -88,14 +89,15 @@ class FakeAnthropic:
         return StreamingResponse(events, media_type="text/event-stream")
 
 
-def _message(model: str, text: str) -> dict[str, Any]:
+def _message(model: str, text: str, usage: dict[str, Any]) -> dict[str, Any]:
     return {"id": "msg_native", "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
-            "usage": USAGE}  # fmt: skip
+            "usage": usage}  # fmt: skip
 
 
 def _events(message: dict[str, Any], cut_after: int | None) -> Iterator[bytes]:
-    start = {**message, "content": [], "stop_reason": None, "usage": {**USAGE, "output_tokens": 1}}
+    usage = message["usage"]
+    start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
     events: list[dict[str, Any]] = [
         {"type": "message_start", "message": start},
         {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
@@ -108,7 +110,7 @@ def _events(message: dict[str, Any], cut_after: int | None) -> Iterator[bytes]:
         {
             "type": "message_delta",
             "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-            "usage": {"output_tokens": USAGE["output_tokens"]},
+            "usage": {"output_tokens": usage["output_tokens"]},
         },
         {"type": "message_stop"},
     ]

@@ -15,6 +15,11 @@ from openfusion.variants import read_variant
 log = logging.getLogger("openfusion.activity")
 
 
+# A cache write unpriced is priced as Anthropic bills a 5-minute one, 1.25 times the prompt price: the dearest of the
+# common providers' write prices (OpenAI and Gemini's implicit caching bill none, and report no writes).
+DEFAULT_CACHE_WRITE_FACTOR = 1.25
+
+
 class ModelPrice(BaseModel):
     """A model's price in USD per token (config: `[pricing.models."openai/gpt-5"] prompt = 1.25e-6`)."""
 
@@ -24,10 +29,32 @@ class ModelPrice(BaseModel):
     completion: float = Field(ge=0)
     # The most tokens one call can produce (the context window at worst): bounds a call sent without max_tokens.
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    # USD per prompt token read from the provider's prompt cache; unset: the prompt price.
+    input_cache_read: float | None = Field(default=None, ge=0)
+    # USD per prompt token written to the provider's prompt cache; unset: 1.25 times the prompt price.
+    input_cache_write: float | None = Field(default=None, ge=0)
 
-    def cost(self, *, prompt_tokens: int, completion_tokens: int) -> float:
-        """The price of this many tokens."""
-        return round_usd(prompt_tokens * self.prompt + completion_tokens * self.completion)
+    @property
+    def cache_read(self) -> float:
+        """The price of a prompt token read from the cache (unknown: the prompt price, which never under-counts)."""
+        return self.prompt if self.input_cache_read is None else self.input_cache_read
+
+    @property
+    def cache_write(self) -> float:
+        """The price of a prompt token written to the cache (unknown: DEFAULT_CACHE_WRITE_FACTOR × the prompt price)."""
+        return self.prompt * DEFAULT_CACHE_WRITE_FACTOR if self.input_cache_write is None else self.input_cache_write
+
+    def cost(
+        self, *, prompt_tokens: int, completion_tokens: int, cache_read_tokens: int = 0, cache_write_tokens: int = 0
+    ) -> float:
+        """The price of this many tokens; `prompt_tokens` counts the cache reads and writes among them."""
+        read = min(cache_read_tokens, prompt_tokens)
+        written = min(cache_write_tokens, prompt_tokens - read)
+        plain = prompt_tokens - read - written
+        return round_usd(
+            plain * self.prompt + read * self.cache_read + written * self.cache_write
+            + completion_tokens * self.completion
+        )  # fmt: skip
 
 
 class PriceTable:
@@ -63,7 +90,12 @@ class PriceTable:
         price = self.price_of(model)
         if price is None:
             return None
-        return price.cost(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+        return price.cost(
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+        )
 
     def update_listed(self, prices: Mapping[str, ModelPrice]) -> None:
         """Replace the refreshed prices (configured prices still win over them)."""
@@ -92,10 +124,12 @@ def _key(model: str) -> str:
 
 
 def prices_from_listing(payload: Any) -> dict[str, ModelPrice]:
-    """Prices from a `/models` payload: `data[].pricing.prompt/completion` (USD per token, as strings).
+    """Prices from a `/models` payload: `data[].pricing.prompt/completion` (USD per token, as strings), with
+    `input_cache_read` and `input_cache_write` when listed.
 
     Entries without both prices, or with a negative one (OpenRouter's "-1" for a router whose price
-    depends on where it routes), are skipped: their price is unknown, not zero.
+    depends on where it routes), are skipped: their price is unknown, not zero. A listing prices cache
+    writes where the model bills them: an entry without `input_cache_write` bills a write as plain input.
     """
     data = payload.get("data") if isinstance(payload, dict) else None
     prices: dict[str, ModelPrice] = {}
@@ -106,7 +140,14 @@ def prices_from_listing(payload: Any) -> dict[str, ModelPrice]:
         completion = _price(entry["pricing"].get("completion"))
         if prompt is None or completion is None:
             continue
-        price = ModelPrice(prompt=prompt, completion=completion, max_completion_tokens=_output_limit(entry))
+        cache_write = _price(entry["pricing"].get("input_cache_write"))
+        price = ModelPrice(
+            prompt=prompt,
+            completion=completion,
+            max_completion_tokens=_output_limit(entry),
+            input_cache_read=_price(entry["pricing"].get("input_cache_read")),
+            input_cache_write=prompt if cache_write is None else cache_write,
+        )
         for name in (entry.get("id"), entry.get("canonical_slug")):
             if isinstance(name, str) and name:
                 prices[name] = price

@@ -147,7 +147,7 @@ async def _relay(forwarded: Forwarded, *, ledger: Ledger, model: str) -> AsyncIt
                     message = event.get("message") if isinstance(event.get("message"), dict) else {}
                     for source in (message.get("usage"), event.get("usage")):  # start, then the cumulative delta
                         if isinstance(source, dict):
-                            usage.update({k: v for k, v in source.items() if isinstance(v, int)})
+                            usage.update({k: v for k, v in source.items() if isinstance(v, int | float)})
                     # `message_start`'s output count is a placeholder (1): the usage is the answer's once a
                     # `message_delta` says so. A stream left before it used what it generated, which nobody reported.
                     _record(forwarded, ledger, message, usage if delta else None)
@@ -169,16 +169,25 @@ async def _relay(forwarded: Forwarded, *, ledger: Ledger, model: str) -> AsyncIt
 
 
 def _record(forwarded: Forwarded, ledger: Ledger, message: dict[str, Any], usage: Any) -> None:
-    """The answer's model and usage (cache reads and writes count as input; None: not known yet), for the activity
-    record."""
+    """The answer's model and usage (None: not known yet), for the activity record.
+
+    Cache reads and writes count as input, and are told apart (as OpenRouter's `prompt_tokens_details` tells them):
+    a provider bills them at their own prices. A `cost` the provider reported (OpenRouter's) is kept.
+    """
     if isinstance(message.get("model"), str):
         ledger.model = message["model"]
     if forwarded.trace is None or not isinstance(usage, dict):
         return
-    counts = {k: v if isinstance(v, int) and not isinstance(v, bool) else 0 for k, v in usage.items()}
-    prompt = sum(counts.get(k, 0) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
+    counts = {k: v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0 for k, v in usage.items()}
+    read, written = counts.get("cache_read_input_tokens", 0), counts.get("cache_creation_input_tokens", 0)
+    prompt = counts.get("input_tokens", 0) + read + written
     completion = counts.get("output_tokens", 0)
-    forwarded.trace.usage = Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    cost = usage.get("cost")
+    forwarded.trace.usage = Usage(
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+        cost=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+        prompt_tokens_details={"cached_tokens": read, "cache_write_tokens": written},
+    )  # fmt: skip
 
 
 def _without_foreign_thinking(body: dict[str, Any]) -> dict[str, Any]:
