@@ -48,16 +48,17 @@ PLAIN = Preset(
 PRESETS = {"lab": LAB, "plain": PLAIN}
 ANY_MODEL = [ProviderConfig(name="t", base_url="http://127.0.0.1:1/v1", models=["*"])]
 REGISTRY = ProviderRegistry.from_settings(Settings(providers=ANY_MODEL, builtin_providers=False), {})
+# Models that bill a cache write as plain input: the sums by hand price every prompt token at the prompt price.
 PRICES = PriceTable(
     {
-        "p/a": ModelPrice(prompt=1e-6, completion=2e-6),
-        "p/b": ModelPrice(prompt=3e-6, completion=5e-6),
-        "p/judge": ModelPrice(prompt=1e-5, completion=3e-5),
-        "p/j2": ModelPrice(prompt=1e-5, completion=1e-5),
-        "p/synth": ModelPrice(prompt=2e-6, completion=4e-6),
-        "p/outer": ModelPrice(prompt=1e-6, completion=1e-6, max_completion_tokens=5000),
-        "p/cheap": ModelPrice(prompt=1e-7, completion=1e-7),
-        "p/windowed": ModelPrice(prompt=1e-6, completion=1e-6, max_completion_tokens=8000),
+        "p/a": ModelPrice(prompt=1e-6, input_cache_write=1e-6, completion=2e-6),
+        "p/b": ModelPrice(prompt=3e-6, input_cache_write=3e-6, completion=5e-6),
+        "p/judge": ModelPrice(prompt=1e-5, input_cache_write=1e-5, completion=3e-5),
+        "p/j2": ModelPrice(prompt=1e-5, input_cache_write=1e-5, completion=1e-5),
+        "p/synth": ModelPrice(prompt=2e-6, input_cache_write=2e-6, completion=4e-6),
+        "p/outer": ModelPrice(prompt=1e-6, input_cache_write=1e-6, completion=1e-6, max_completion_tokens=5000),
+        "p/cheap": ModelPrice(prompt=1e-7, input_cache_write=1e-7, completion=1e-7),
+        "p/windowed": ModelPrice(prompt=1e-6, input_cache_write=1e-6, completion=1e-6, max_completion_tokens=8000),
     }
 )
 QUESTION = "Why is the sky blue? " * 60
@@ -174,6 +175,25 @@ def test_pass_through_is_the_costliest_candidate_times_n() -> None:
     assert estimate(model="p/a", models=["p/b", "p/cheap"], max_tokens=100) == pytest.approx(P * 3e-6 + 100 * 5e-6)
     assert estimate(model="p/a", max_completion_tokens=100, n=3) == pytest.approx(P * 1e-6 + 300 * 2e-6)
     assert estimate(model="p/windowed") == pytest.approx(P * 1e-6 + 8000 * 1e-6)
+
+
+def test_a_prompt_counts_at_the_cache_write_price_when_it_is_dearer() -> None:
+    """Any prompt may be written to the provider's cache (Anthropic's `cache_control`, automatic caching): a worst
+    case at the plain prompt price would let a capped key's cache writes pass its cap."""
+    chat, plan = resolve(model="c/claude", max_tokens=100)
+    prices = PriceTable(
+        {
+            "c/claude": ModelPrice(prompt=3e-6, completion=1.5e-5, input_cache_write=3.75e-6, input_cache_read=3e-7),
+            "c/unsaid": ModelPrice(prompt=2e-6, completion=1e-5),  # no write price: 1.25 times the prompt price
+            "c/cheaper": ModelPrice(prompt=2e-6, completion=1e-5, input_cache_write=1e-6),  # never below the prompt
+        }
+    )
+    by = WorstCase(chat, plan, reach_of(chat, plan), prices=prices)
+    assert by.usd == pytest.approx(P * 3.75e-6 + 100 * 1.5e-5)
+    for model, per_prompt_token in (("c/unsaid", 2.5e-6), ("c/cheaper", 2e-6)):
+        chat, plan = resolve(model=model, max_tokens=100)
+        by = WorstCase(chat, plan, reach_of(chat, plan), prices=prices)
+        assert by.usd == pytest.approx(P * per_prompt_token + 100 * 1e-5)
 
 
 def test_an_unbounded_estimate_says_why_and_names_the_field() -> None:

@@ -44,6 +44,11 @@ class ModelPrice(BaseModel):
         """The price of a prompt token written to the cache (unknown: DEFAULT_CACHE_WRITE_FACTOR × the prompt price)."""
         return self.prompt * DEFAULT_CACHE_WRITE_FACTOR if self.input_cache_write is None else self.input_cache_write
 
+    @property
+    def worst_prompt(self) -> float:
+        """The most one prompt token can cost: any prompt may be written to the provider's cache."""
+        return max(self.prompt, self.cache_write)
+
     def cost(
         self, *, prompt_tokens: int, completion_tokens: int, cache_read_tokens: int = 0, cache_write_tokens: int = 0
     ) -> float:
@@ -55,6 +60,10 @@ class ModelPrice(BaseModel):
             plain * self.prompt + read * self.cache_read + written * self.cache_write
             + completion_tokens * self.completion
         )  # fmt: skip
+
+    def worst_cost(self, *, prompt_tokens: int, completion_tokens: int) -> float:
+        """The most this many tokens can cost: every prompt token written to the cache at the dearer price."""
+        return round_usd(prompt_tokens * self.worst_prompt + completion_tokens * self.completion)
 
 
 class PriceTable:

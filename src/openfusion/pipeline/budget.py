@@ -5,8 +5,10 @@ or the costliest of its `models` fallbacks (only one of them answers; one that f
 with an error, which providers do not bill), and in fusion the panel with its research rounds,
 every judge (each with one repair call), every synthesizer, and in tool mode the caller's own
 model, called up to MAX_OUTER_CALLS times. Each call's prompt counts openfusion's own text in it too
-(`ServerText`): instructions, the analysis schema, tool definitions. A model named with `:online` has
-no estimate: its web search is billed per call apart from tokens (`variants`).
+(`ServerText`): instructions, the analysis schema, tool definitions. Each prompt token counts at the
+higher of the model's prompt and cache-write prices: any prompt may be written to the provider's cache.
+A model named with `:online` has no estimate: its web search is billed per call apart from tokens
+(`variants`).
 """
 
 from __future__ import annotations
@@ -258,7 +260,7 @@ def _priced(parts: list[_Part], prices: PriceTable, *, combine: Callable[[Iterab
     for use, prompt, completion in parts:
         price = prices.price_of(use.slug)
         assert price is not None and completion is not None
-        costs.append(price.cost(prompt_tokens=prompt, completion_tokens=completion))
+        costs.append(price.worst_cost(prompt_tokens=prompt, completion_tokens=completion))
     return Estimate(round_usd(combine(costs)))
 
 
