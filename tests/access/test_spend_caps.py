@@ -473,3 +473,26 @@ def test_a_native_messages_cache_write_is_spent_at_its_premium(
         again = httpx.post(f"{url}/v1/messages", json=body, headers=headers, timeout=30)
         assert again.status_code == 429 and again.json()["error"]["type"] == "rate_limit_error", again.text
     assert len(fake.calls) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_native_messages_reported_cost_wins_over_the_price_table(
+    serve: Serve, core_settings: dict[str, Any], anthropic_native: tuple[FakeAnthropic, str], tmp_path: Path,
+    stream: bool,
+) -> None:  # fmt: skip
+    """OpenRouter's Messages endpoint reports what it billed (`usage.cost`): that is the cost, as on the other
+    surfaces, whatever the price table would make of the tokens."""
+    fake, fake_url = anthropic_native
+    fake.replies = [Reply(usage={"input_tokens": 10, "cache_creation_input_tokens": 800, "output_tokens": 4,
+                                 "cost": 0.0425})]  # fmt: skip
+    claude = ProviderConfig(name="claude", base_url=f"{fake_url}/v1", api_key_env="FAKE_KEY", models=["claude/*"],
+                            strip_prefix=True, messages=True)  # fmt: skip
+    activity = {"path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
+    body = {"model": "claude/opus", "max_tokens": 10, "stream": stream, "messages": [{"role": "user", "content": "Hi"}]}
+    prices = {"models": {"claude/opus": {"prompt": 1e-4, "completion": 0.0}}}
+    with serve(capped(1.0), environ=ENVIRON, activity=activity, pricing=prices,
+               providers=[*core_settings["providers"], claude]) as (url, _):  # fmt: skip
+        answer = httpx.post(f"{url}/v1/messages", json=body, headers={**bearer(KEY), "anthropic-version": "2023-06-01"},
+                            timeout=30)  # fmt: skip
+        assert answer.status_code == 200, answer.text
+        assert recorded_generation(url, answer.headers["x-generation-id"])["total_cost"] == pytest.approx(0.0425)
