@@ -496,3 +496,27 @@ def test_a_native_messages_reported_cost_wins_over_the_price_table(
                             timeout=30)  # fmt: skip
         assert answer.status_code == 200, answer.text
         assert recorded_generation(url, answer.headers["x-generation-id"])["total_cost"] == pytest.approx(0.0425)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_native_responses_cache_read_is_spent_at_its_discount(
+    upstream: FakeUpstream, serve: Serve, core_settings: dict[str, Any], fake_upstream: tuple[FakeUpstream, str],
+    tmp_path: Path, stream: bool,
+) -> None:  # fmt: skip
+    """OpenAI bills input read from its prompt cache at a discount (`input_tokens_details.cached_tokens`, counted
+    in `input_tokens`): priced as plain input, a key's spend counted it at full price and its cap closed early."""
+    usage = {"prompt_tokens": 1000, "completion_tokens": 0, "total_tokens": 1000,
+             "prompt_tokens_details": {"cached_tokens": 800}}  # fmt: skip
+    upstream.script("gpt", Script(content="Blue.", usage=usage))
+    native = ProviderConfig(name="native", base_url=f"{fake_upstream[1]}/v1", api_key_env="FAKE_KEY",
+                            models=["native/*"], strip_prefix=True, responses=True)  # fmt: skip
+    activity = {"path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
+    prices = {"models": {"native/gpt": {"prompt": 1e-4, "completion": 0.0, "input_cache_read": 1e-5}}}
+    body = {"model": "native/gpt", "input": "Hi", "max_output_tokens": 16, "stream": stream}
+    with serve(capped(1.0), environ=ENVIRON, activity=activity, pricing=prices,
+               providers=[*core_settings["providers"], native]) as (url, _):  # fmt: skip
+        answer = httpx.post(f"{url}/v1/responses", json=body, headers=bearer(KEY), timeout=30)
+        assert answer.status_code == 200, answer.text
+        record = recorded_generation(url, answer.headers["x-generation-id"])
+    assert record["tokens_prompt"] == 1000
+    assert record["total_cost"] == pytest.approx(200 * 1e-4 + 800 * 1e-5)  # $0.028, not $0.10

@@ -16,6 +16,7 @@ def response_object(
     """A `response` object with one message (when done) and usage in the Responses shape; `store` as asked.
 
     `incomplete`: cut off at `max_output_tokens`, as OpenAI ends such a response (its message incomplete too)."""
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
     output = []
     done = status in ("completed", "incomplete")
     if done:
@@ -34,7 +35,7 @@ def response_object(
             "input_tokens": usage["prompt_tokens"],
             "output_tokens": usage["completion_tokens"],
             "total_tokens": usage["total_tokens"],
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": cached},
             "output_tokens_details": {"reasoning_tokens": 0},
         }
         if done

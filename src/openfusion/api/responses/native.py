@@ -228,15 +228,19 @@ _NUMBER = re.compile(rb"\s*(\d+)")
 
 
 def _record(forwarded: Forwarded, ledger: Ledger, response: dict[str, Any]) -> None:
-    """The answer's model and usage, for the activity record."""
+    """The answer's model and usage, for the activity record: the input tokens read from the provider's prompt cache
+    (`input_tokens_details.cached_tokens`, counted in `input_tokens`) told apart, as a provider bills them apart."""
     ledger.model = response.get("model") if isinstance(response.get("model"), str) else ledger.model
     usage = response.get("usage")
     if forwarded.trace is not None and isinstance(usage, dict):
         tokens = [usage.get(k) if isinstance(usage.get(k), int) else 0 for k in ("input_tokens", "output_tokens")]
         cost = usage.get("cost")
+        details = usage.get("input_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
         forwarded.trace.usage = Usage(
             prompt_tokens=tokens[0], completion_tokens=tokens[1], total_tokens=tokens[0] + tokens[1],
             cost=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+            prompt_tokens_details={"cached_tokens": cached if isinstance(cached, int) else 0},
         )  # fmt: skip
 
 
