@@ -194,12 +194,7 @@ def check_provider_choices(request: Request, chat: ChatRequest, sent: Mapping[st
         if index == own:
             continue  # openfusion's own, read and checked against the scope, never forwarded
         if isinstance(kind, str) and _reads_as_fusion(kind):
-            param = f"plugins[{index}].id"
-            raise InvalidRequest(
-                f"Invalid value for '{param}': the fusion plugin is spelt \"fusion\"; a provider may read "
-                f"{kind!r} as its own fusion and call models the key's scope and spend cap never checked.",
-                param=param,
-            )
+            raise _fusion_spelt_otherwise(f"plugins[{index}].id", kind, what="the fusion plugin", spelling='"fusion"')
         if plugin.get("enabled") is False:
             continue  # turned off: the provider runs nothing of it
         if scoped and kind not in _PLUGINS_WITHIN_SCOPE:
@@ -227,12 +222,17 @@ def _refuse_fusion_tool_spelt_otherwise(tools: list[Any] | None) -> None:
     for index, tool in enumerate(tools or []):
         kind = tool.get("type") if isinstance(tool, dict) else None
         if isinstance(kind, str) and _reads_as_fusion(kind):
-            param = f"tools[{index}].type"
-            raise InvalidRequest(
-                f"Invalid value for '{param}': fusion's server tool is spelt {FUSION_TOOL_TYPES[0]!r}; a provider may "
-                f"read {kind!r} as its own fusion and call models the key's scope and spend cap never checked.",
-                param=param,
-            )
+            what = "fusion's server tool"
+            raise _fusion_spelt_otherwise(f"tools[{index}].type", kind, what=what, spelling=repr(FUSION_TOOL_TYPES[0]))
+
+
+def _fusion_spelt_otherwise(param: str, kind: str, *, what: str, spelling: str) -> InvalidRequest:
+    """The 400 for fusion named another way than openfusion's own spelling: a pass-through would forward it."""
+    return InvalidRequest(
+        f"Invalid value for '{param}': {what} is spelt {spelling}; a provider may read {kind!r} as its own fusion "
+        "and call models the key's scope and spend cap never checked.",
+        param=param,
+    )
 
 
 def _refuse_preset(client: Client, who: str, param: str, *, scoped: bool) -> None:
