@@ -32,8 +32,13 @@ _RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 def check_fusion_shape(chat: ChatRequest) -> None:
     """Raise InvalidRequest (400, its `param` the field) for a part, tool call, tool, tool_choice or response_format
     that no model could take."""
+    called: set[str] = set()  # the tool calls of the assistant messages so far, by id
     for i, message in enumerate(chat.conversation()):
         _check_message(message, f"messages[{i}]")
+        called.update(call["id"] for call in message.get("tool_calls") or ())
+        if message.get("role") == "tool" and message["tool_call_id"] not in called:
+            # As OpenAI refuses it, and every chat provider: only the synthesizer would say so, after the panel.
+            _refuse(f"messages[{i}].tool_call_id", f"{message['tool_call_id']!r} answers no tool call before it")
     for i, tool in enumerate(chat.tools or []):
         _check_tool(tool, f"tools[{i}]")
     if chat.tool_choice is not None:
@@ -94,8 +99,11 @@ def _check_tool(tool: dict[str, Any], at: str) -> None:
     function = tool.get("function")
     if not isinstance(function, dict) or not isinstance(function.get("name"), str):
         _refuse(f"{at}.function.name", "a function tool must name its function (a string)")
-    if "parameters" in function and not isinstance(function["parameters"], dict):
+    parameters = function.get("parameters")
+    if "parameters" in function and not isinstance(parameters, dict):
         _refuse(f"{at}.function.parameters", "a function's parameters must be a JSON schema (an object)")
+    if isinstance(parameters, dict) and "type" in parameters and parameters["type"] != "object":  # as OpenAI
+        _refuse(f"{at}.function.parameters.type", "a function's parameters are a schema of type 'object'")
 
 
 def _check_tool_choice(choice: str | dict[str, Any]) -> None:
