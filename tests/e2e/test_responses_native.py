@@ -17,6 +17,7 @@ from openfusion.api import completion_events
 from openfusion.settings import ProviderConfig
 
 from .test_activity_wiring import generation
+from .test_passthrough import OPENROUTER_ONLY  # which OpenAI's Responses API refuses too ("Unknown parameter")
 
 RESPONSES = "/v1/responses"
 
@@ -64,12 +65,6 @@ def test_a_native_provider_gets_the_request_as_sent(upstream: FakeUpstream, nati
     assert record["calls"][0]["provider_name"] == "native"
 
 
-# OpenRouter's own fields, which OpenAI refuses ("Unknown parameter") or might one day read otherwise.
-OPENROUTER_ONLY: dict[str, Any] = {
-    "provider": {"order": ["openai"], "allow_fallbacks": False}, "route": "fallback", "preset": "mine",
-    "transforms": ["middle-out"], "usage": {"include": True}, "session_id": "conversation-1",
-    "trace": {"trace_id": "t-1"}, "debug": {"echo_upstream_body": True}, "plugins": [{"id": "web", "max_results": 3}],
-}  # fmt: skip
 # OpenAI's own, its `reasoning` and `user` among them: they reach it as sent.
 OPENAIS_OWN: dict[str, Any] = {
     "reasoning": {"effort": "low"}, "user": "u-1", "max_tool_calls": 3, "prompt_cache_key": "k-1",
