@@ -391,21 +391,17 @@ class UpstreamClient:
         the next attempt reports is not all it used).
         """
         observer = call.observer
-        try:
-            if observer is None:
-                return await self._timed_attempt(
-                    route, payload, stream=stream, call=call, path=path, headers=headers, deadline=deadline
-                )
+        if observer is not None:
             headers = observer.attempt_started(call, headers)
-            try:
-                return await self._timed_attempt(
-                    route, payload, stream=stream, call=call, path=path, headers=headers, deadline=deadline
-                )
-            except BaseException as exc:
+        try:
+            return await self._timed_attempt(
+                route, payload, stream=stream, call=call, path=path, headers=headers, deadline=deadline
+            )
+        except BaseException as exc:
+            if observer is not None:
                 observer.attempt_failed(call, exc)
-                raise
-        except UpstreamError as exc:
-            if exc.sent and not isinstance(exc, UpstreamStatusError):  # an HTTP error status is a refusal: no bill
+            # An HTTP error status is a refusal: no bill.
+            if isinstance(exc, UpstreamError) and exc.sent and not isinstance(exc, UpstreamStatusError):
                 call.unreported_attempts += 1
             raise
 
