@@ -173,6 +173,11 @@ def plausible_cost(reported: float | None) -> float | None:
     return float(reported)
 
 
+def reported_cost(value: Any) -> float | None:
+    """A usage object's `cost` field as sent: a number (a bool is none), or None."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 def round_usd(value: float) -> float:
     """A cost in USD without float noise: sums and products of prices to 12 significant digits
     (0.0012929999999999999 -> 0.001293), tiny per-token prices kept as they are."""
@@ -262,14 +267,13 @@ def parse_usage(raw: Any) -> Usage:
 
     prompt, completion = count("prompt_tokens"), count("completion_tokens")
     total = count("total_tokens") or prompt + completion
-    cost = raw.get("cost")
     # The token details (cached, reasoning) ride along for surfaces that report them; sums drop them.
     details = {key: raw[key] for key in _DETAILS if isinstance(raw.get(key), dict)}
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=total,
-        cost=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+        cost=reported_cost(raw.get("cost")),
         **details,
     )
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from openfusion.evaluation.errors import MissingDependency
 from openfusion.evaluation.grader import RESPONSE_FORMAT, VERDICT_SCHEMA, Verdict, VerdictError, parse_verdict
 from openfusion.evaluation.records import AnswerRecord
+from openfusion.protocol import reported_cost
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -160,8 +161,7 @@ def refuses_parameter(exc: Exception, name: str) -> bool:
 
 def usage_cost(usage: Any) -> float | None:
     """`usage.cost` when the server reported it (OpenRouter and openfusion do), else None."""
-    cost = (getattr(usage, "model_extra", None) or {}).get("cost")
-    return float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None
+    return reported_cost((getattr(usage, "model_extra", None) or {}).get("cost"))
 
 
 def describe(exc: Exception) -> str:

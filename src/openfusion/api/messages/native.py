@@ -38,7 +38,7 @@ from openfusion.api.passthrough import (
     without_openfusion_fields,
 )
 from openfusion.errors import UpstreamError, UpstreamProtocolError
-from openfusion.protocol import ChatRequest, Usage
+from openfusion.protocol import ChatRequest, Usage, reported_cost
 from openfusion.sse import DataLines
 from openfusion.upstream.client import MESSAGES_COUNT_PATH, MESSAGES_PATH, Forwarded
 
@@ -182,10 +182,9 @@ def _record(forwarded: Forwarded, ledger: Ledger, message: dict[str, Any], usage
     read, written = counts.get("cache_read_input_tokens", 0), counts.get("cache_creation_input_tokens", 0)
     prompt = counts.get("input_tokens", 0) + read + written
     completion = counts.get("output_tokens", 0)
-    cost = usage.get("cost")
     forwarded.trace.usage = Usage(
         prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
-        cost=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+        cost=reported_cost(usage.get("cost")),
         prompt_tokens_details={"cached_tokens": read, "cache_write_tokens": written},
     )  # fmt: skip
 

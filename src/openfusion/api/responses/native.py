@@ -37,7 +37,7 @@ from openfusion.api.responses.request import Translated
 from openfusion.api.responses.store_mark import StoredMarks, keepable, mark_stored
 from openfusion.api.responses.whole import response_events
 from openfusion.errors import OpenFusionError, UpstreamError, UpstreamProtocolError
-from openfusion.protocol import ChatRequest, Usage
+from openfusion.protocol import ChatRequest, Usage, reported_cost
 from openfusion.sse import DataLines, dumps
 from openfusion.upstream.client import RESPONSES_PATH, Forwarded
 
@@ -234,12 +234,11 @@ def _record(forwarded: Forwarded, ledger: Ledger, response: dict[str, Any]) -> N
     usage = response.get("usage")
     if forwarded.trace is not None and isinstance(usage, dict):
         tokens = [usage.get(k) if isinstance(usage.get(k), int) else 0 for k in ("input_tokens", "output_tokens")]
-        cost = usage.get("cost")
         details = usage.get("input_tokens_details")
         cached = details.get("cached_tokens") if isinstance(details, dict) else None
         forwarded.trace.usage = Usage(
             prompt_tokens=tokens[0], completion_tokens=tokens[1], total_tokens=tokens[0] + tokens[1],
-            cost=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+            cost=reported_cost(usage.get("cost")),
             prompt_tokens_details={"cached_tokens": cached if isinstance(cached, int) else 0},
         )  # fmt: skip
 
