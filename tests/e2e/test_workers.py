@@ -101,6 +101,40 @@ def test_connections_of_one_client_reach_every_worker_on_its_own_socket(
         assert _accepted(served.port, replaced, count=40) == set(replaced.values())
 
 
+_SLOW_START = """
+import os, sys, time
+if "--multiprocessing-fork" in sys.argv:  # a worker, not the supervisor: the first of them starts late
+    try:
+        os.close(os.open({marker!r}, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        pass
+    else:
+        time.sleep({delay_s})
+"""
+
+
+def test_a_worker_that_starts_late_still_gets_its_share_of_the_first_connections(
+    fake_upstream: Any, presets_dir: Path, tmp_path: Path
+) -> None:
+    """The first workers' sockets listen from the start: a client that connects as soon as the server answers (a
+    load balancer's keep-alive pool, a benchmark) has its connections spread over every worker, those on a worker
+    still starting waiting for it, not all of them held for their whole life by the worker that was up first."""
+    _, upstream_url = fake_upstream
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_SLOW_START.format(marker=str(tmp_path / "late"), delay_s=4))
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    with serve(provider_config(upstream_url), presets_dir, tmp_path, args=("--workers", "2"), env=env) as served:
+        assert len(served.serving()) < 2  # the server answers; one worker is still starting
+        clients = [socket.create_connection(("127.0.0.1", served.port), timeout=10) for _ in range(40)]
+        try:
+            pids = served.wait_serving(2)
+            assert {accepted_by(client, set(pids.values()), timeout=20) for client in clients} == set(pids.values())
+        finally:
+            for client in clients:
+                client.close()
+
+
 def test_a_port_another_server_listens_on_with_so_reuseport_is_refused(tmp_path: Path) -> None:
     """The workers' sockets share the port with each other only: not with a server that happens to listen there."""
     config = tmp_path / "openfusion.toml"

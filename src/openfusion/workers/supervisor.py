@@ -1,19 +1,21 @@
 """The supervisor of `openfusion serve --workers N`: N worker processes on one port, kept running.
 
-It starts N workers (spawned, not forked: each imports openfusion afresh and builds the app from the
-same pickled settings), each with a socket of its own bound to the port with SO_REUSEPORT, on which
-it listens with openfusion's own connection protocol once it serves. The kernel spreads new
-connections over the listening sockets by a hash of their addresses, so a client holding many
-keep-alive connections gets about as many on every worker; one socket accepted on by every worker
-went to whichever woke first, and a burst of connections could land mostly on one worker for their
-whole life (167 of 200 in the benchmark). A worker's socket lives in that worker only: when it dies,
-new connections go to the others until its replacement listens. A worker that dies is replaced, at
-once after a long life, then with a backoff that doubles up to 30 s while it keeps dying young; if
-every worker of the first generation fails before serving, start-up has failed (exit status 3, as
-with one worker). SIGTERM or SIGINT: the supervisor sends SIGTERM to every worker, and each runs the
-same grace period as a single server (`api.shutdown`); it waits for them well past the grace period
-and kills only a worker still alive after that. A worker whose supervisor is gone (killed) shuts
-down the same way by itself.
+It starts N workers (spawned, not forked: each imports openfusion afresh and builds the app from the same
+pickled settings), each with a socket of its own bound to the port with SO_REUSEPORT, on which it serves with
+openfusion's own connection protocol. The kernel spreads new connections over the listening sockets by a hash
+of their addresses, so a client holding many keep-alive connections gets about as many on every worker; one
+socket accepted on by every worker went to whichever woke first, and a burst of connections could land mostly
+on one worker for their whole life (167 of 200 in the benchmark). The first workers' sockets listen from the
+moment they are bound: a connection hashed to a worker still starting waits in its backlog for it, rather than
+every connection a client makes as soon as the server answers going to the worker that was up first, for as
+long as it is kept alive. A replacement's socket listens only once it serves, as the others already do. A
+worker's socket lives in that worker only: when it dies, new connections go to the others until its
+replacement listens. A worker that dies is replaced, at once after a long life, then with a backoff that
+doubles up to 30 s while it keeps dying young; if every worker of the first generation fails before serving,
+start-up has failed (exit status 3, as with one worker). SIGTERM or SIGINT: the supervisor sends SIGTERM to
+every worker, and each runs the same grace period as a single server (`api.shutdown`); it waits for them well
+past the grace period and kills only a worker still alive after that. A worker whose supervisor is gone
+(killed) shuts down the same way by itself.
 
 Why not uvicorn's own `workers=`: it pickles its Config to each worker, so the app must be an import
 string and the connection protocol an importable class without per-server state; it restarts a dead
@@ -49,6 +51,8 @@ FIRST_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 30.0
 # Past the grace period (and uvicorn's backstop), the time a worker gets to record its requests and close.
 STRAGGLER_S = 20.0
+# What a first worker's socket queues until it serves: uvicorn's backlog, which the worker then listens with.
+BACKLOG = 2048
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -104,7 +108,7 @@ class Supervisor:
     def _supervise(self, spec: WorkerSpec, metrics: MetricsDirectory, signals: _SignalPipe) -> int:
         """Start the workers and keep them running until a signal (0) or a failed start-up (1, 3)."""
         for number in range(1, self.count + 1):
-            if not self._start(spec, number):
+            if not self._start(spec, number, listen=True):
                 return 1
         log.info("%d workers on %s:%d", self.count, self.options.host, self.options.port)
         while True:
@@ -126,11 +130,14 @@ class Supervisor:
                     if not self._start(spec, number):  # the port was taken meanwhile: try again later
                         self._due[number] = now + MAX_BACKOFF_S
 
-    def _start(self, spec: WorkerSpec, number: int) -> bool:
-        """Start worker `number` on a socket of its own; False (logged) when the port cannot be bound."""
+    def _start(self, spec: WorkerSpec, number: int, *, listen: bool = False) -> bool:
+        """Start worker `number` on a socket of its own, listening now if `listen` (the first workers); False
+        (logged) when the port cannot be bound."""
         sock = _bind(self.options)
         if sock is None:
             return False
+        if listen:
+            sock.listen(BACKLOG)
         ours, theirs = self._context.Pipe()
         process = self._context.Process(
             target=run_worker,
@@ -236,8 +243,8 @@ def _available(options: ServeOptions) -> bool:
 
 
 def _bind(options: ServeOptions, *, share: bool = True) -> socket.socket | None:
-    """A worker's own socket, bound with SO_REUSEPORT beside the others' (the worker listens on it once it
-    serves: connections made before are refused, as with one worker); None (logged) when it cannot be."""
+    """A worker's own socket, bound with SO_REUSEPORT beside the others' (not listening yet: until it listens,
+    the kernel hashes no connection to it); None (logged) when it cannot be."""
     family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
