@@ -205,6 +205,12 @@ class Usage(WireModel):
         """Prompt tokens written to the provider's prompt cache (`prompt_tokens_details.cache_write_tokens`)."""
         return self._prompt_detail("cache_write_tokens")
 
+    @property
+    def cache_write_1h_tokens(self) -> int:
+        """Of the cache writes, those kept for an hour (`prompt_tokens_details.cache_write_1h_tokens`: Anthropic's
+        `cache_creation.ephemeral_1h_input_tokens`), billed dearer than the default 5-minute ones."""
+        return self._prompt_detail("cache_write_1h_tokens")
+
     def _prompt_detail(self, name: str) -> int:
         details = (self.__pydantic_extra__ or {}).get("prompt_tokens_details")
         value = details.get(name) if isinstance(details, dict) else None

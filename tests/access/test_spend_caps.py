@@ -520,3 +520,76 @@ def test_a_native_responses_cache_read_is_spent_at_its_discount(
         record = recorded_generation(url, answer.headers["x-generation-id"])
     assert record["tokens_prompt"] == 1000
     assert record["total_cost"] == pytest.approx(200 * 1e-4 + 800 * 1e-5)  # $0.028, not $0.10
+
+
+ONE_HOUR = {"type": "ephemeral", "ttl": "1h"}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_native_messages_one_hour_cache_write_is_spent_at_twice_the_input_price(
+    serve: Serve, core_settings: dict[str, Any], anthropic_native: tuple[FakeAnthropic, str], tmp_path: Path,
+    stream: bool,
+) -> None:  # fmt: skip
+    """Anthropic bills a 1-hour cache write at twice the input price (a 5-minute one at 1.25 times) and reports the
+    split in `cache_creation`: priced as 5-minute writes, the key's spend was under-counted by a third of them and a
+    key past its cap still got in."""
+    fake, fake_url = anthropic_native
+    usage = {"input_tokens": 10, "cache_creation_input_tokens": 800, "cache_read_input_tokens": 0, "output_tokens": 4,
+             "cache_creation": {"ephemeral_5m_input_tokens": 200, "ephemeral_1h_input_tokens": 600}}  # fmt: skip
+    fake.replies = [Reply(usage=usage)]
+    claude = ProviderConfig(name="claude", base_url=f"{fake_url}/v1", api_key_env="FAKE_KEY", models=["claude/*"],
+                            strip_prefix=True, messages=True)  # fmt: skip
+    # No 1-hour price configured: twice the prompt price, as Anthropic bills it.
+    price = {"prompt": 1e-4, "completion": 0.0, "input_cache_write": 1.25e-4}
+    activity = {"path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
+    body = {"model": "claude/opus", "max_tokens": 10, "stream": stream, "messages": [{"role": "user", "content": "Hi"}],
+            "system": [{"type": "text", "text": "Be brief.", "cache_control": ONE_HOUR}]}  # fmt: skip
+    headers = {**bearer(KEY), "anthropic-version": "2023-06-01"}
+    with serve(capped(0.14), environ=ENVIRON, activity=activity, pricing={"models": {"claude/opus": price}},
+               providers=[*core_settings["providers"], claude]) as (url, _):  # fmt: skip
+        first = httpx.post(f"{url}/v1/messages", json=body, headers=headers, timeout=30)
+        assert first.status_code == 200, first.text
+        record = recorded_generation(url, first.headers["x-generation-id"])
+        assert (record["tokens_prompt"], record["tokens_completion"]) == (810, 4)
+        # 10 plain, 200 written for 5 minutes, 600 for an hour: $0.146, not the $0.101 of 800 5-minute writes.
+        assert record["total_cost"] == pytest.approx(10 * 1e-4 + 200 * 1.25e-4 + 600 * 2e-4)
+        assert spent(url, records=1) == pytest.approx(0.146)
+        # Past its $0.14 cap: the next request is refused, not let in under $0.101 spent.
+        again = httpx.post(f"{url}/v1/messages", json=body, headers=headers, timeout=30)
+        assert again.status_code == 429 and again.json()["error"]["type"] == "rate_limit_error", again.text
+    assert len(fake.calls) == 1
+
+
+def test_a_native_messages_request_asking_for_one_hour_cache_writes_reserves_them_at_twice_the_input_price(
+    serve: Serve, core_settings: dict[str, Any], anthropic_native: tuple[FakeAnthropic, str], tmp_path: Path
+) -> None:
+    """Any prompt may be written to the cache, so the worst case prices each prompt token at the dearest write price
+    the request can incur: with `ttl: "1h"` asked for, a 1-hour write at twice the input price, not a 5-minute one."""
+    from openfusion.api.messages.request import parse_request, translate
+    from openfusion.pipeline.budget import prompt_tokens_upper_bound
+
+    fake, fake_url = anthropic_native
+    claude = ProviderConfig(name="claude", base_url=f"{fake_url}/v1", api_key_env="FAKE_KEY", models=["claude/*"],
+                            strip_prefix=True, messages=True)  # fmt: skip
+    activity = {"path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
+    system = "You answer questions about the grid. " * 80
+
+    def body(cache_control: dict[str, str]) -> dict[str, Any]:
+        return {"model": "claude/opus", "max_tokens": 10, "messages": [{"role": "user", "content": "Hi"}],
+                "system": [{"type": "text", "text": system, "cache_control": cache_control}]}  # fmt: skip
+
+    asked = body(ONE_HOUR)
+    tokens = prompt_tokens_upper_bound(translate(parse_request(asked), asked).chat)
+    prompt = 1e-5
+    cap = tokens * prompt * 1.6  # above the worst case at 1.25 times the prompt price, below it at twice
+    price = {"prompt": prompt, "completion": 0.0}
+    headers = {**bearer(KEY), "anthropic-version": "2023-06-01"}
+    with serve(capped(cap), environ=ENVIRON, activity=activity, pricing={"models": {"claude/opus": price}},
+               providers=[*core_settings["providers"], claude]) as (url, _):  # fmt: skip
+        refused = httpx.post(f"{url}/v1/messages", json=asked, headers=headers, timeout=30)
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["type"] == "rate_limit_error"
+        assert fake.calls == []  # refused before anything was sent
+        five_minutes = httpx.post(f"{url}/v1/messages", json=body({"type": "ephemeral"}), headers=headers, timeout=30)
+        assert five_minutes.status_code == 200, five_minutes.text
+    assert len(fake.calls) == 1

@@ -14,7 +14,8 @@ from openfusion.protocol import Usage, parse_usage
 
 LISTING = json.loads((Path(__file__).parent / "fixtures" / "openrouter_models.json").read_text())
 GPT5 = ModelPrice(prompt=1.25e-6, completion=1e-5)
-FREE = ModelPrice(prompt=0, completion=0, input_cache_write=0)  # listed: a write costs what plain input does
+# listed: a write costs what plain input does, for an hour too
+FREE = ModelPrice(prompt=0, completion=0, input_cache_write=0, input_cache_write_1h=0)
 
 
 def _usage(prompt: int, completion: int, cost: float | None = None) -> Usage:
@@ -86,12 +87,13 @@ def test_prices_from_an_openrouter_listing() -> None:
     # The context window bounds what one call can produce (for a worst case without max_tokens).
     # Cache reads at their listed price; a model listed without a cache-write price bills a write as plain input.
     listed = ModelPrice(prompt=1.25e-6, completion=1e-5, max_completion_tokens=400_000, input_cache_read=1.25e-7,
-                        input_cache_write=1.25e-6)  # fmt: skip
+                        input_cache_write=1.25e-6, input_cache_write_1h=1.25e-6)  # fmt: skip
     assert prices["openai/gpt-5"] == listed
     assert prices["openai/gpt-5-2025-08-07"] == listed  # the canonical slug too
     assert prices["anthropic/claude-sonnet-4.5"] == ModelPrice(prompt=3e-6, completion=1.5e-5, input_cache_read=3e-7,
                                                                input_cache_write=3.75e-6)  # fmt: skip
-    assert prices["deepseek/deepseek-v3.2"] == ModelPrice(prompt=2.7e-7, completion=4e-7, input_cache_write=2.7e-7)
+    assert prices["deepseek/deepseek-v3.2"] == ModelPrice(prompt=2.7e-7, completion=4e-7, input_cache_write=2.7e-7,
+                                                          input_cache_write_1h=2.7e-7)  # fmt: skip
     assert prices["meta-llama/llama-3.3-70b-instruct:free"] == FREE
     # Variable ("-1"), missing, garbled or half-given prices are unknown, not zero.
     for unknown in ("openrouter/auto", "vendor/no-pricing", "vendor/garbled", "vendor/half-priced"):
@@ -136,3 +138,20 @@ async def test_refresh_from_an_injected_fetch_and_configured_prices_win() -> Non
     # A later refresh replaces the listed prices: a model that left the listing is unknown again.
     table.update_listed({})
     assert table.price_of("openai/gpt-5") is None and table.price_of("deepseek/deepseek-v3.2") == configured
+
+
+def test_one_hour_cache_writes_are_priced_apart_from_five_minute_ones() -> None:
+    """Anthropic bills a 1-hour write at twice the input price (`cache_creation.ephemeral_1h_input_tokens`, counted
+    among `cache_creation_input_tokens`): priced as a 5-minute write, each was under-counted by 0.75 of the prompt."""
+    details = {"cache_write_tokens": 800, "cache_write_1h_tokens": 600}
+    usage = parse_usage({"prompt_tokens": 1000, "completion_tokens": 0, "prompt_tokens_details": details})
+    assert usage.cache_write_1h_tokens == 600
+    unsaid = ModelPrice(prompt=1.0, completion=0.0)  # 5-minute writes at 1.25, 1-hour ones at 2
+    assert PriceTable({"m": unsaid}).cost_of("m", usage) == pytest.approx(200 + 200 * 1.25 + 600 * 2.0)
+    priced = ModelPrice(prompt=1.0, completion=0.0, input_cache_write=1.5, input_cache_write_1h=3.0)
+    assert PriceTable({"m": priced}).cost_of("m", usage) == pytest.approx(200 + 200 * 1.5 + 600 * 3.0)
+    # More 1-hour writes than writes: no more than the writes are priced at the 1-hour price.
+    assert priced.cost(prompt_tokens=10, completion_tokens=0, cache_write_tokens=4, cache_write_1h_tokens=9) == 18.0
+    # A listing's model that bills writes as plain input does so for an hour too.
+    listed = prices_from_listing({"data": [{"id": "x/y", "pricing": {"prompt": "1", "completion": "0"}}]})["x/y"]
+    assert listed.cost(prompt_tokens=10, completion_tokens=0, cache_write_tokens=10, cache_write_1h_tokens=10) == 10

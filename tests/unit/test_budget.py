@@ -259,3 +259,33 @@ def test_without_max_cost_the_estimate_waits_until_something_asks_for_it() -> No
     usd = quoted.estimated_max_cost
     assert usd is not None and usd == worst.estimate.usd and "estimate" in vars(worst)
     assert quoted.estimated_max_cost == usd  # computed once
+
+
+def test_a_prompt_asking_for_one_hour_cache_writes_counts_at_the_one_hour_write_price() -> None:
+    """Anthropic bills a 1-hour cache write at twice the input price: a request asking for one (`ttl: "1h"`, in a chat
+    content part or in the body a native surface forwards as sent) is bounded at that price, others at a 5-minute
+    write's."""
+    prices = PriceTable(
+        {
+            "c/claude": ModelPrice(prompt=3e-6, completion=1.5e-5, input_cache_write=3.75e-6),  # 1h unset: 6e-6
+            "c/priced": ModelPrice(prompt=3e-6, completion=1.5e-5, input_cache_write_1h=5e-6),
+        }
+    )
+    part = {"type": "text", "text": QUESTION, "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+    for model, per_prompt_token in (("c/claude", 6e-6), ("c/priced", 5e-6)):
+        chat, plan = resolve(model=model, max_tokens=100, messages=[{"role": "user", "content": [part]}])
+        tokens = prompt_tokens_upper_bound(chat)
+        assert WorstCase(chat, plan, reach_of(chat, plan), prices=prices).usd == pytest.approx(
+            tokens * per_prompt_token + 100 * 1.5e-5
+        )
+    # A chat form without the field (a Messages request's), the body as sent asking for it.
+    chat, plan = resolve(model="c/claude", max_tokens=100)
+    sent = {"system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}
+    by = WorstCase(chat, plan, reach_of(chat, plan), prices=prices, sent=sent)
+    assert by.usd == pytest.approx(P * 6e-6 + 100 * 1.5e-5)
+    # A 5-minute write asked for, or the text "ttl":"1h" in a message (escaped in JSON), is priced at 1.25 times.
+    chat, plan = resolve(model="c/claude", max_tokens=100, messages=[{"role": "user", "content": '"ttl":"1h"'}])
+    tokens = prompt_tokens_upper_bound(chat)
+    five = {"system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral", "ttl": "5m"}}]}
+    by = WorstCase(chat, plan, reach_of(chat, plan), prices=prices, sent=five)
+    assert by.usd == pytest.approx(tokens * 3.75e-6 + 100 * 1.5e-5)

@@ -18,6 +18,8 @@ log = logging.getLogger("openfusion.activity")
 # A cache write unpriced is priced as Anthropic bills a 5-minute one, 1.25 times the prompt price: the dearest of the
 # common providers' write prices (OpenAI and Gemini's implicit caching bill none, and report no writes).
 DEFAULT_CACHE_WRITE_FACTOR = 1.25
+# A 1-hour cache write (Anthropic's `ttl: "1h"`) unpriced is priced as Anthropic bills it: twice the prompt price.
+DEFAULT_CACHE_WRITE_1H_FACTOR = 2.0
 
 
 class ModelPrice(BaseModel):
@@ -33,6 +35,8 @@ class ModelPrice(BaseModel):
     input_cache_read: float | None = Field(default=None, ge=0)
     # USD per prompt token written to the provider's prompt cache; unset: 1.25 times the prompt price.
     input_cache_write: float | None = Field(default=None, ge=0)
+    # USD per prompt token written to the cache for an hour (Anthropic's `ttl: "1h"`); unset: twice the prompt price.
+    input_cache_write_1h: float | None = Field(default=None, ge=0)
 
     @property
     def cache_read(self) -> float:
@@ -45,25 +49,42 @@ class ModelPrice(BaseModel):
         return self.prompt * DEFAULT_CACHE_WRITE_FACTOR if self.input_cache_write is None else self.input_cache_write
 
     @property
-    def worst_prompt(self) -> float:
-        """The most one prompt token can cost: any prompt may be written to the provider's cache."""
-        return max(self.prompt, self.cache_write)
+    def cache_write_1h(self) -> float:
+        """The price of a prompt token written to the cache for an hour (unknown: DEFAULT_CACHE_WRITE_1H_FACTOR × the
+        prompt price)."""
+        if self.input_cache_write_1h is None:
+            return self.prompt * DEFAULT_CACHE_WRITE_1H_FACTOR
+        return self.input_cache_write_1h
+
+    def worst_prompt(self, *, long_cache: bool = False) -> float:
+        """The most one prompt token can cost: any prompt may be written to the provider's cache (for an hour, at its
+        own price, when the request asks for `ttl: "1h"`: `long_cache`)."""
+        return max(self.prompt, self.cache_write, self.cache_write_1h if long_cache else 0.0)
 
     def cost(
-        self, *, prompt_tokens: int, completion_tokens: int, cache_read_tokens: int = 0, cache_write_tokens: int = 0
+        self,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        cache_write_1h_tokens: int = 0,
     ) -> float:
-        """The price of this many tokens; `prompt_tokens` counts the cache reads and writes among them."""
+        """The price of this many tokens; `prompt_tokens` counts the cache reads and writes among them, and
+        `cache_write_tokens` the 1-hour writes among its writes."""
         read = min(cache_read_tokens, prompt_tokens)
         written = min(cache_write_tokens, prompt_tokens - read)
+        long = min(cache_write_1h_tokens, written)
         plain = prompt_tokens - read - written
         return round_usd(
-            plain * self.prompt + read * self.cache_read + written * self.cache_write
-            + completion_tokens * self.completion
+            plain * self.prompt + read * self.cache_read + (written - long) * self.cache_write
+            + long * self.cache_write_1h + completion_tokens * self.completion
         )  # fmt: skip
 
-    def worst_cost(self, *, prompt_tokens: int, completion_tokens: int) -> float:
-        """The most this many tokens can cost: every prompt token written to the cache at the dearer price."""
-        return round_usd(prompt_tokens * self.worst_prompt + completion_tokens * self.completion)
+    def worst_cost(self, *, prompt_tokens: int, completion_tokens: int, long_cache: bool = False) -> float:
+        """The most this many tokens can cost: every prompt token written to the cache at the dearer price (the 1-hour
+        write's among them when `long_cache`)."""
+        return round_usd(prompt_tokens * self.worst_prompt(long_cache=long_cache) + completion_tokens * self.completion)
 
 
 class PriceTable:
@@ -104,6 +125,7 @@ class PriceTable:
             completion_tokens=usage.completion_tokens,
             cache_read_tokens=usage.cache_read_tokens,
             cache_write_tokens=usage.cache_write_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
         )
 
     def update_listed(self, prices: Mapping[str, ModelPrice]) -> None:
@@ -138,7 +160,9 @@ def prices_from_listing(payload: Any) -> dict[str, ModelPrice]:
 
     Entries without both prices, or with a negative one (OpenRouter's "-1" for a router whose price
     depends on where it routes), are skipped: their price is unknown, not zero. A listing prices cache
-    writes where the model bills them: an entry without `input_cache_write` bills a write as plain input.
+    writes where the model bills them: an entry without `input_cache_write` bills a write as plain input,
+    for an hour too. A listing names no 1-hour write price: one that bills writes has the default (twice the
+    prompt price, as Anthropic bills it).
     """
     data = payload.get("data") if isinstance(payload, dict) else None
     prices: dict[str, ModelPrice] = {}
@@ -156,6 +180,7 @@ def prices_from_listing(payload: Any) -> dict[str, ModelPrice]:
             max_completion_tokens=_output_limit(entry),
             input_cache_read=_price(entry["pricing"].get("input_cache_read")),
             input_cache_write=prompt if cache_write is None else cache_write,
+            input_cache_write_1h=prompt if cache_write is None else None,
         )
         for name in (entry.get("id"), entry.get("canonical_slug")):
             if isinstance(name, str) and name:

@@ -8,8 +8,9 @@ Access, limits, cost and activity happen here, the same for every surface.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Request
 from starlette.background import BackgroundTask
@@ -99,8 +100,11 @@ class Exchange:
 Renderer = Callable[[Exchange], Awaitable[Response]]
 
 
-async def open_exchange(request: Request, chat: ChatRequest, *, api_type: ApiType) -> Exchange:
-    """Plan, admit (scope, guards, limits) and price a request, then open its ledger."""
+async def open_exchange(
+    request: Request, chat: ChatRequest, *, api_type: ApiType, sent: Mapping[str, Any] | None = None
+) -> Exchange:
+    """Plan, admit (scope, guards, limits) and price a request, then open its ledger. `sent`: the body as the client
+    sent it, when a provider speaking its dialect may get it so (what it asks of the provider's cache is priced)."""
     state: AppState = request.app.state.openfusion
     note_client_retry(request.headers)  # an SDK's retry: every upstream call of it gets one attempt
     plan: FusionPlan | None = None
@@ -109,7 +113,7 @@ async def open_exchange(request: Request, chat: ChatRequest, *, api_type: ApiTyp
         if plan is not None:  # every model it calls reads the conversation: a part none can read is a 400 now
             check_fusion_shape(chat)
         reach = reach_of(chat, plan)  # every model it can call: for the scope, the guards and the estimate
-        worst = WorstCase(chat, plan, reach, prices=state.prices)  # computed only when something needs it
+        worst = WorstCase(chat, plan, reach, prices=state.prices, sent=sent)  # computed only when something needs it
         looked = await stored_answer(request, chat, plan)
         hit = looked if isinstance(looked, Ticket) else None  # an answer at hand spends nothing: no room under a cap
         # 403 scope, 400 guards, 402 unbounded under a spend cap, 429 spend (reserved here) or concurrency
@@ -186,9 +190,12 @@ def record_unparsed_refusal(request: Request, raw: bytes, error: OpenFusionError
         record_refusal(request, error, model=named[0], streamed=named[1], api_type=api_type)
 
 
-async def serve(request: Request, chat: ChatRequest, render: Renderer, *, api_type: ApiType) -> Response:
-    """Admit the request, render its response, and close its ledger once the last byte is out."""
-    exchange = await open_exchange(request, chat, api_type=api_type)
+async def serve(
+    request: Request, chat: ChatRequest, render: Renderer, *, api_type: ApiType, sent: Mapping[str, Any] | None = None
+) -> Response:
+    """Admit the request, render its response, and close its ledger once the last byte is out (`sent`: see
+    `open_exchange`)."""
+    exchange = await open_exchange(request, chat, api_type=api_type, sent=sent)
     ledger = exchange.ledger
     try:
         # A stream waits for an identical run under way inside its body, its first bytes sent: not before them.

@@ -6,16 +6,16 @@ with an error, which providers do not bill), and in fusion the panel with its re
 every judge (each with one repair call), every synthesizer, and in tool mode the caller's own
 model, called up to MAX_OUTER_CALLS times. Each call's prompt counts openfusion's own text in it too
 (`ServerText`): instructions, the analysis schema, tool definitions. Each prompt token counts at the
-higher of the model's prompt and cache-write prices: any prompt may be written to the provider's cache.
-A model named with `:online` has no estimate: its web search is billed per call apart from tokens
-(`variants`).
+higher of the model's prompt and cache-write prices: any prompt may be written to the provider's cache
+(for an hour, at the dearer 1-hour price, when the request asks for `ttl: "1h"` anywhere). A model named
+with `:online` has no estimate: its web search is billed per call apart from tokens (`variants`).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,12 +47,25 @@ JUDGE_CALLS = 2
 URL_IMAGE_TOKENS = 6_000
 URL_MEDIA_TOKENS = 100_000
 
+# A `cache_control` asking for a 1-hour cache write (Anthropic's `{"type": "ephemeral", "ttl": "1h"}`; OpenRouter's on a
+# chat content part), as compact JSON writes it: inside a string (a message's text) its quotes are escaped, so only a
+# real field matches, and a stray one only over-counts.
+_LONG_CACHE = b'"ttl":"1h"'
 
-def prompt_tokens_upper_bound(request: ChatRequest) -> int:
+
+@dataclass(frozen=True)
+class PromptSize:
+    """What the request puts in a prompt: its tokens (generously), and whether it asks for 1-hour cache writes."""
+
+    tokens: int
+    long_cache: bool
+
+
+def prompt_size(request: ChatRequest) -> PromptSize:
     """A generous estimate, in tokens, of what the request puts in a prompt: its messages and tools, its
     `response_format` schema and every field openfusion does not know (legacy `functions`, a `prediction`...: a
     provider may read them as prompt, and pass-through sends them), and an allowance for each piece of media given by
-    reference rather than in the body."""
+    reference rather than in the body; and whether any of it asks for a 1-hour cache write."""
     conversation = request.conversation()
     parts: dict[str, Any] = {"messages": conversation}
     if request.tools:
@@ -60,7 +73,19 @@ def prompt_tokens_upper_bound(request: ChatRequest) -> int:
     if request.response_format:
         parts["response_format"] = request.response_format
     parts.update(request.model_extra or {})
-    return math.ceil(len(orjson.dumps(parts)) / _CHARS_PER_TOKEN) + _referenced_media_tokens(conversation)
+    dumped = orjson.dumps(parts)
+    tokens = math.ceil(len(dumped) / _CHARS_PER_TOKEN) + _referenced_media_tokens(conversation)
+    return PromptSize(tokens, _LONG_CACHE in dumped)
+
+
+def prompt_tokens_upper_bound(request: ChatRequest) -> int:
+    """The request's prompt in tokens, generously (see `prompt_size`)."""
+    return prompt_size(request).tokens
+
+
+def asks_long_cache(body: Mapping[str, Any]) -> bool:
+    """Whether a body as sent (a native surface's) asks anywhere for a 1-hour cache write."""
+    return _LONG_CACHE in orjson.dumps(body)
 
 
 def _referenced_media_tokens(conversation: list[dict[str, Any]]) -> int:
@@ -157,16 +182,31 @@ class Estimate:
 
 
 class WorstCase:
-    """A request's worst-case cost, computed on first use (uncapped pass-through never pays for it)."""
+    """A request's worst-case cost, computed on first use (uncapped pass-through never pays for it).
 
-    def __init__(self, request: ChatRequest, plan: FusionPlan | None, reach: Reach, *, prices: PriceTable) -> None:
+    `sent`: the body as the client sent it, when a provider may get it so (a native surface's, whose chat form drops
+    its `cache_control`).
+    """
+
+    def __init__(
+        self,
+        request: ChatRequest,
+        plan: FusionPlan | None,
+        reach: Reach,
+        *,
+        prices: PriceTable,
+        sent: Mapping[str, Any] | None = None,
+    ) -> None:
         self.request, self.plan, self.reach, self.prices = request, plan, reach, prices
+        self.sent = sent
 
     @functools.cached_property
     def estimate(self) -> Estimate:
         """The estimate (computed once)."""
-        prompt_tokens = prompt_tokens_upper_bound(self.request)
-        return worst_case(self.request, self.plan, self.reach, self.prices, prompt_tokens=prompt_tokens)
+        size = prompt_size(self.request)
+        long_cache = size.long_cache or (self.sent is not None and asks_long_cache(self.sent))
+        return worst_case(self.request, self.plan, self.reach, self.prices, prompt_tokens=size.tokens,
+                          long_cache=long_cache)  # fmt: skip
 
     @property
     def usd(self) -> float | None:
@@ -179,12 +219,18 @@ _Part = tuple[ModelUse, int, int | None]
 
 
 def worst_case(
-    request: ChatRequest, plan: FusionPlan | None, reach: Reach, prices: PriceTable, *, prompt_tokens: int
+    request: ChatRequest,
+    plan: FusionPlan | None,
+    reach: Reach,
+    prices: PriceTable,
+    *,
+    prompt_tokens: int,
+    long_cache: bool = False,
 ) -> Estimate:
     """The most this request can cost, from prices and the token limits in force.
 
-    `prompt_tokens` bounds the request itself. Tool results a model's research feeds back (fetched
-    pages, search results) are not knowable up front and are not counted.
+    `prompt_tokens` bounds the request itself; `long_cache`: it asks for 1-hour cache writes. Tool results a model's
+    research feeds back (fetched pages, search results) are not knowable up front and are not counted.
     """
     if plan is None:
         out = _output(request, prices)
@@ -193,8 +239,9 @@ def worst_case(
         for use in reach.models:
             limit = out(use)
             parts.append((use, prompt_tokens, None if limit is None else n * limit))
-        return _priced(parts, prices, combine=max)
-    return _priced(_fusion_parts(request, plan, reach, prices, prompt_tokens), prices, combine=sum)
+        return _priced(parts, prices, combine=max, long_cache=long_cache)
+    return _priced(_fusion_parts(request, plan, reach, prices, prompt_tokens), prices, combine=sum,
+                   long_cache=long_cache)  # fmt: skip
 
 
 def _output(request: ChatRequest, prices: PriceTable) -> Callable[[ModelUse], int | None]:
@@ -250,7 +297,14 @@ def _fusion_parts(
     return parts
 
 
-def _priced(parts: list[_Part], prices: PriceTable, *, combine: Callable[[Iterable[float]], float]) -> Estimate:
+def _priced(
+    parts: list[_Part],
+    prices: PriceTable,
+    *,
+    combine: Callable[[Iterable[float]], float],
+    long_cache: bool = False,
+) -> Estimate:
+    """The parts' tokens priced and combined; unbounded when any part cannot be priced."""
     unpriced = tuple(use for use, _, _ in parts if prices.price_of(use.slug) is None)
     unbounded = tuple(use for use, _, completion in parts if completion is None)
     searching = tuple(use for use, _, _ in parts if read_variant(use.slug).web_search)
@@ -260,7 +314,7 @@ def _priced(parts: list[_Part], prices: PriceTable, *, combine: Callable[[Iterab
     for use, prompt, completion in parts:
         price = prices.price_of(use.slug)
         assert price is not None and completion is not None
-        costs.append(price.worst_cost(prompt_tokens=prompt, completion_tokens=completion))
+        costs.append(price.worst_cost(prompt_tokens=prompt, completion_tokens=completion, long_cache=long_cache))
     return Estimate(round_usd(combine(costs)))
 
 

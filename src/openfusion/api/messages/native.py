@@ -38,7 +38,7 @@ from openfusion.api.passthrough import (
     without_openfusion_fields,
 )
 from openfusion.errors import UpstreamError, UpstreamProtocolError
-from openfusion.protocol import ChatRequest, Usage, reported_cost
+from openfusion.protocol import ChatRequest, Usage, reported_cost, token_count
 from openfusion.sse import DataLines
 from openfusion.upstream.client import MESSAGES_COUNT_PATH, MESSAGES_PATH, Forwarded
 
@@ -147,7 +147,7 @@ async def _relay(forwarded: Forwarded, *, ledger: Ledger, model: str) -> AsyncIt
                     message = event.get("message") if isinstance(event.get("message"), dict) else {}
                     for source in (message.get("usage"), event.get("usage")):  # start, then the cumulative delta
                         if isinstance(source, dict):
-                            usage.update({k: v for k, v in source.items() if isinstance(v, int | float)})
+                            usage.update({k: v for k, v in source.items() if isinstance(v, int | float | dict)})
                     # `message_start`'s output count is a placeholder (1): the usage is the answer's once a
                     # `message_delta` says so. A stream left before it used what it generated, which nobody reported.
                     _record(forwarded, ledger, message, usage if delta else None)
@@ -172,20 +172,24 @@ def _record(forwarded: Forwarded, ledger: Ledger, message: dict[str, Any], usage
     """The answer's model and usage (None: not known yet), for the activity record.
 
     Cache reads and writes count as input, and are told apart (as OpenRouter's `prompt_tokens_details` tells them):
-    a provider bills them at their own prices. A `cost` the provider reported (OpenRouter's) is kept.
+    a provider bills them at their own prices. So are the writes kept for an hour (`cache_creation`'s split of them),
+    billed dearer than 5-minute ones. A `cost` the provider reported (OpenRouter's) is kept.
     """
     if isinstance(message.get("model"), str):
         ledger.model = message["model"]
     if forwarded.trace is None or not isinstance(usage, dict):
         return
-    counts = {k: v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0 for k, v in usage.items()}
-    read, written = counts.get("cache_read_input_tokens", 0), counts.get("cache_creation_input_tokens", 0)
-    prompt = counts.get("input_tokens", 0) + read + written
-    completion = counts.get("output_tokens", 0)
+    read, written = token_count(usage, "cache_read_input_tokens"), token_count(usage, "cache_creation_input_tokens")
+    split = usage.get("cache_creation")
+    long = token_count(split, "ephemeral_1h_input_tokens")
+    # The split may be all there is (a provider that leaves out the total): the total is at least its sum.
+    written = max(written, token_count(split, "ephemeral_5m_input_tokens") + long)
+    prompt = token_count(usage, "input_tokens") + read + written
+    completion = token_count(usage, "output_tokens")
     forwarded.trace.usage = Usage(
         prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
         cost=reported_cost(usage.get("cost")),
-        prompt_tokens_details={"cached_tokens": read, "cache_write_tokens": written},
+        prompt_tokens_details={"cached_tokens": read, "cache_write_tokens": written, "cache_write_1h_tokens": long},
     )  # fmt: skip
 
 

@@ -56,7 +56,7 @@ async def create_message(request: Request) -> Response:
         return await _render(exchange, translated)
 
     try:
-        return await serve(request, translated.chat, render, api_type="messages")
+        return await serve(request, translated.chat, render, api_type="messages", sent=translated.raw)
     except OpenFusionError as exc:  # found in the chat request (its plan, the guards): named as the client sent it
         raise renamed(exc, translated.names) from None
 
