@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -19,8 +19,13 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from fakes.anthropic_api import FakeAnthropic, Reply
+from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream, Script, wait_until
 from openfusion.settings import ProviderConfig
 
@@ -593,3 +598,50 @@ def test_a_native_messages_request_asking_for_one_hour_cache_writes_reserves_the
         five_minutes = httpx.post(f"{url}/v1/messages", json=body({"type": "ephemeral"}), headers=headers, timeout=30)
         assert five_minutes.status_code == 200, five_minutes.text
     assert len(fake.calls) == 1
+
+
+BRAVE_KEY = "brave-subscription-token-0123456789"
+
+
+def _brave(request: Request) -> Response:
+    """Brave's web search API, as the brave backend reads it."""
+    results = [{"title": "Grid report", "url": "https://example.org/grid", "description": "Curtailment fell."}]
+    return JSONResponse({"query": {"original": request.query_params.get("q")}, "web": {"results": results}})
+
+
+@pytest.fixture(scope="module")
+def brave() -> Iterator[str]:
+    with serve_in_thread(Starlette(routes=[Route("/res/v1/web/search", _brave)])) as url:
+        yield url
+
+
+def search_call(query: str) -> dict[str, Any]:
+    return {"function": {"name": "web_search", "arguments": {"query": query}}}
+
+
+def test_paid_searches_are_spent_and_reserved_under_a_cap(upstream: FakeUpstream, serve: Serve, tmp_path: Path,
+                                                          brave: str) -> None:  # fmt: skip
+    """A panelist's research searches through a paid backend (Brave, Tavily, Exa), billed per query: priced nowhere,
+    a capped key's research spent money its cap never saw, in its record or its worst case."""
+    activity = {"path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
+    # No price configured: Brave's list price, $5 per 1,000 searches.
+    research = {"search": {"backend": "brave", "base_url": brave}, "fetch": {"enabled": False}}
+    environ = {**ENVIRON, "BRAVE_API_KEY": BRAVE_KEY}
+    lone = {"id": "fusion", "analysis_models": ["fake/a"], "max_tool_calls": 2, "judge_tools": False}
+    body = chat_body("fusion/trio", max_tokens=10, plugins=[lone])  # every model free: two searches at $0.005 at most
+    with serve(capped(0.015), environ=environ, activity=activity, pricing=pricing(), research=research) as (url, _):
+        # The whole trio researching, its judge too: 4 tool calls each, up to $0.08 of searches, over the cap.
+        wide = httpx.post(f"{url}{CHAT}", json=chat_body("fusion/trio", max_tokens=10), headers=bearer(KEY), timeout=30)
+        assert wide.status_code == 429 and wide.json()["error"]["code"] == "spend_limited", wide.text
+        assert upstream.calls == []  # refused before anything was sent
+        upstream.script("a", Script(tool_calls=[search_call("grid curtailment")]),
+                        Script(tool_calls=[search_call("curtailment 2025")]), Script(content="It fell."))  # fmt: skip
+        answer = httpx.post(f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["usage"]["server_tool_use_details"]["web_search_requests"] == 2
+        assert answer.json()["usage"]["cost"] == pytest.approx(0.01)
+        assert recorded_generation(url, answer.headers["x-generation-id"])["total_cost"] == pytest.approx(0.01)
+        # $0.01 spent: another run that may search twice no longer fits under $0.015.
+        again = httpx.post(f"{url}{CHAT}", json=body, headers=bearer(KEY), timeout=30)
+        assert again.status_code == 429 and again.json()["error"]["code"] == "spend_limited", again.text
+    assert len(upstream.calls_for("a")) == 3

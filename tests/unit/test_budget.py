@@ -289,3 +289,24 @@ def test_a_prompt_asking_for_one_hour_cache_writes_counts_at_the_one_hour_write_
     five = {"system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral", "ttl": "5m"}}]}
     by = WorstCase(chat, plan, reach_of(chat, plan), prices=prices, sent=five)
     assert by.usd == pytest.approx(tokens * 3.75e-6 + 100 * 1.5e-5)
+
+
+def test_every_research_tool_call_counts_as_a_paid_search() -> None:
+    """A paid search backend bills per query: each panelist and each researching judge may search `max_tool_calls`
+    times, which the worst case counts at the most one search costs."""
+    chat, plan = resolve(model="fusion/lab")
+    assert plan is not None
+    base = WorstCase(chat, plan, reach_of(chat, plan), prices=PRICES).usd
+    searched = WorstCase(chat, plan, reach_of(chat, plan), prices=PRICES, search_price=0.01).usd
+    assert base is not None and searched is not None
+    assert searched - base == pytest.approx((2 + 1) * 3 * 0.01)  # two panelists and the judge, 3 calls each
+    chat, plan = resolve(model="fusion/lab", plugins=[{"id": "fusion", "judge_tools": False}])
+    assert plan is not None
+    searched = WorstCase(chat, plan, reach_of(chat, plan), prices=PRICES, search_price=0.01).usd
+    base = WorstCase(chat, plan, reach_of(chat, plan), prices=PRICES).usd
+    assert searched is not None and base is not None and searched - base == pytest.approx(2 * 3 * 0.01)
+    for body in ({"model": "fusion/plain"}, {"model": "p/a", "max_tokens": 10}):  # no research; a pass-through
+        chat, plan = resolve(**body)
+        assert WorstCase(chat, plan, reach_of(chat, plan), prices=PRICES, search_price=0.01).usd == (
+            WorstCase(chat, plan, reach_of(chat, plan), prices=PRICES).usd
+        )

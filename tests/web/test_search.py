@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import typing
 from collections.abc import AsyncIterator, Iterator
 
@@ -277,3 +278,36 @@ def test_the_key_never_shows_in_a_backend_repr(http: httpx.AsyncClient) -> None:
     built = backend(http, "brave")
     assert KEY.get_secret_value() not in repr(built)
     assert KEY.get_secret_value() not in repr(vars(built))
+
+
+def test_each_paid_backend_has_its_public_list_price_unless_one_is_configured(http: httpx.AsyncClient) -> None:
+    """Per search request, in USD: Brave $5 per 1,000, Tavily a basic search's credit at $0.008, Exa $7 per 1,000 for
+    up to 10 results and $1 per 1,000 results beyond; a SearXNG instance is the operator's own."""
+    assert [backend(http, name).max_price for name in ("searxng", "brave", "tavily")] == [0.0, 0.005, 0.008]
+    exa = backend(http, "exa")
+    assert (exa.price(5), exa.price(10)) == (0.007, 0.007)
+    assert exa.max_price == pytest.approx(0.007 + 15 * 0.001)  # 25 results asked for
+    assert backend(http, "exa", price_usd=0.004).max_price == 0.004
+
+
+@pytest.mark.parametrize(
+    ("outcome", "charged"),
+    [
+        (httpx.Response(200, json={"web": {"results": []}}), True),
+        (httpx.Response(200, text="not json"), True),  # answered: billed all the same
+        (httpx.ReadTimeout("slow"), True),  # it may have run the search
+        (httpx.RemoteProtocolError("cut"), True),
+        (httpx.Response(429), False),  # refused with an HTTP error: not billed
+        (httpx.ConnectError("refused"), False),  # never sent
+    ],
+)  # fmt: skip
+async def test_a_search_the_backend_may_bill_is_charged_to_the_request(
+    router: respx.MockRouter, http: httpx.AsyncClient, outcome: httpx.Response | Exception, charged: bool
+) -> None:
+    from openfusion.upstream.trace import start_trace
+
+    router.get("https://api.search.brave.com/res/v1/web/search").mock(side_effect=[outcome])
+    trace = start_trace()
+    with contextlib.suppress(SearchError):
+        await backend(http, "brave").search("q", max_results=5)
+    assert trace.charges == ([0.005] if charged else [])

@@ -28,6 +28,7 @@ class FakeSearch:
     """A search backend double: canned results, or a canned failure; records the queries."""
 
     name = "fake"
+    max_price = 0.0
 
     def __init__(self, results: list[SearchResult] | None = None, error: SearchError | None = None) -> None:
         self.results = results or []

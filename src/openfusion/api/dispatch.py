@@ -113,7 +113,9 @@ async def open_exchange(
         if plan is not None:  # every model it calls reads the conversation: a part none can read is a 400 now
             check_fusion_shape(chat)
         reach = reach_of(chat, plan)  # every model it can call: for the scope, the guards and the estimate
-        worst = WorstCase(chat, plan, reach, prices=state.prices, sent=sent)  # computed only when something needs it
+        search_price = state.research.search_price if state.research is not None else 0.0  # per research search
+        # The worst case, computed only when something needs it (a spend cap, max_cost, the fusion report).
+        worst = WorstCase(chat, plan, reach, prices=state.prices, search_price=search_price, sent=sent)
         looked = await stored_answer(request, chat, plan)
         hit = looked if isinstance(looked, Ticket) else None  # an answer at hand spends nothing: no room under a cap
         # 403 scope, 400 guards, 402 unbounded under a spend cap, 429 spend (reserved here) or concurrency

@@ -7,7 +7,8 @@ every judge (each with one repair call), every synthesizer, and in tool mode the
 model, called up to MAX_OUTER_CALLS times. Each call's prompt counts openfusion's own text in it too
 (`ServerText`): instructions, the analysis schema, tool definitions. Each prompt token counts at the
 higher of the model's prompt and cache-write prices: any prompt may be written to the provider's cache
-(for an hour, at the dearer 1-hour price, when the request asks for `ttl: "1h"` anywhere). A model named
+(for an hour, at the dearer 1-hour price, when the request asks for `ttl: "1h"` anywhere). Every research
+tool call a panelist or judge may make counts as a search at the search backend's price. A model named
 with `:online` has no estimate: its web search is billed per call apart from tokens (`variants`).
 """
 
@@ -30,7 +31,7 @@ from openfusion.pipeline.prompts import prompt as prompt_file
 from openfusion.pipeline.reach import ModelUse, Reach
 from openfusion.pipeline.tool_mode import MAX_OUTER_CALLS, fusion_function
 from openfusion.protocol import ChatRequest, round_usd
-from openfusion.upstream.web.tools import tool_definitions
+from openfusion.upstream.web.tools import WEB_SEARCH, tool_definitions
 from openfusion.variants import read_variant
 
 # Tokens per character of JSON, rounded up: English prose runs about 1 token per 4 characters, so
@@ -184,8 +185,8 @@ class Estimate:
 class WorstCase:
     """A request's worst-case cost, computed on first use (uncapped pass-through never pays for it).
 
-    `sent`: the body as the client sent it, when a provider may get it so (a native surface's, whose chat form drops
-    its `cache_control`).
+    `search_price`: the most one research search costs (0 without a paid search backend). `sent`: the body as the
+    client sent it, when a provider may get it so (a native surface's, whose chat form drops its `cache_control`).
     """
 
     def __init__(
@@ -195,10 +196,11 @@ class WorstCase:
         reach: Reach,
         *,
         prices: PriceTable,
+        search_price: float = 0.0,
         sent: Mapping[str, Any] | None = None,
     ) -> None:
         self.request, self.plan, self.reach, self.prices = request, plan, reach, prices
-        self.sent = sent
+        self.search_price, self.sent = search_price, sent
 
     @functools.cached_property
     def estimate(self) -> Estimate:
@@ -206,7 +208,7 @@ class WorstCase:
         size = prompt_size(self.request)
         long_cache = size.long_cache or (self.sent is not None and asks_long_cache(self.sent))
         return worst_case(self.request, self.plan, self.reach, self.prices, prompt_tokens=size.tokens,
-                          long_cache=long_cache)  # fmt: skip
+                          long_cache=long_cache, search_price=self.search_price)  # fmt: skip
 
     @property
     def usd(self) -> float | None:
@@ -226,11 +228,13 @@ def worst_case(
     *,
     prompt_tokens: int,
     long_cache: bool = False,
+    search_price: float = 0.0,
 ) -> Estimate:
     """The most this request can cost, from prices and the token limits in force.
 
-    `prompt_tokens` bounds the request itself; `long_cache`: it asks for 1-hour cache writes. Tool results a model's
-    research feeds back (fetched pages, search results) are not knowable up front and are not counted.
+    `prompt_tokens` bounds the request itself; `long_cache`: it asks for 1-hour cache writes; `search_price`: the most
+    one research search costs. Tool results a model's research feeds back (fetched pages, search results) are not
+    knowable up front and are not counted.
     """
     if plan is None:
         out = _output(request, prices)
@@ -240,8 +244,17 @@ def worst_case(
             limit = out(use)
             parts.append((use, prompt_tokens, None if limit is None else n * limit))
         return _priced(parts, prices, combine=max, long_cache=long_cache)
+    searches = _searches(plan, reach) * search_price
     return _priced(_fusion_parts(request, plan, reach, prices, prompt_tokens), prices, combine=sum,
-                   long_cache=long_cache)  # fmt: skip
+                   long_cache=long_cache, extra=searches)  # fmt: skip
+
+
+def _searches(plan: FusionPlan, reach: Reach) -> int:
+    """The most research searches a fusion run can make: each panelist's and researching judge's every tool call."""
+    if WEB_SEARCH not in plan.tools:
+        return 0
+    judges = plan.judge_tools
+    return sum(plan.max_tool_calls for use in reach.models if use.role == "panel" or (judges and use.role == "judge"))
 
 
 def _output(request: ChatRequest, prices: PriceTable) -> Callable[[ModelUse], int | None]:
@@ -303,8 +316,9 @@ def _priced(
     *,
     combine: Callable[[Iterable[float]], float],
     long_cache: bool = False,
+    extra: float = 0.0,
 ) -> Estimate:
-    """The parts' tokens priced and combined; unbounded when any part cannot be priced."""
+    """The parts' tokens priced and combined, plus `extra` (searches); unbounded when any part cannot be priced."""
     unpriced = tuple(use for use, _, _ in parts if prices.price_of(use.slug) is None)
     unbounded = tuple(use for use, _, completion in parts if completion is None)
     searching = tuple(use for use, _, _ in parts if read_variant(use.slug).web_search)
@@ -315,7 +329,7 @@ def _priced(
         price = prices.price_of(use.slug)
         assert price is not None and completion is not None
         costs.append(price.worst_cost(prompt_tokens=prompt, completion_tokens=completion, long_cache=long_cache))
-    return Estimate(round_usd(combine(costs)))
+    return Estimate(round_usd(combine(costs) + extra))
 
 
 def priced(plan: FusionPlan, worst: WorstCase) -> FusionPlan:

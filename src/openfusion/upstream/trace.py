@@ -111,6 +111,8 @@ class RequestTrace:
 
     started: float = field(default_factory=time.perf_counter)
     calls: list[CallTrace] = field(default_factory=list)
+    # What the request spent apart from its calls' tokens (USD): a paid search backend's searches, one each.
+    charges: list[float] = field(default_factory=list)
     pricing: Pricing = reported_cost
     observer: CallObserver | None = None  # tracing: set only when it is on
     # The last bill, and the state of the calls it summed: the response and the record ask for the same one.
@@ -126,12 +128,13 @@ class RequestTrace:
         return self.pricing(call.model, usage, call.reported_cost)
 
     def bill(self) -> Bill:
-        """Tokens and cost summed over every call so far, and whether every call's usage is known.
+        """Tokens and cost summed over every call so far (and the charges beside them), and whether every call's
+        usage is known.
 
         Asked again with no call changed since (the response's summary, then the request's record), it is the
         same bill: not summed and priced twice, and never two different answers.
         """
-        state = tuple(
+        calls = tuple(
             (
                 id(c),
                 c.status,
@@ -144,12 +147,14 @@ class RequestTrace:
             )
             for c in self.calls
         )
+        state = (*calls, len(self.charges))
         if self._billed is not None and self._billed[0] == state:
             return self._billed[1]
         usages = [known_usage(call) for call in self.calls]
         costs = tuple(self.cost_of(call) for call in self.calls)
         tokens = sum_usage([usage for usage in usages if usage is not None])
-        cost = None if not costs or None in costs else round_usd(sum(c for c in costs if c is not None))
+        spent = sum(c for c in costs if c is not None) + sum(self.charges)
+        cost = None if not costs or None in costs else round_usd(spent)
         bill = Bill(tokens.model_copy(update={"cost": cost}), complete=None not in usages, costs=costs)
         self._billed = (state, bill)
         return bill
@@ -195,6 +200,13 @@ def role(name: str) -> Iterator[None]:
         yield
     finally:
         _role.reset(token)
+
+
+def add_charge(usd: float) -> None:
+    """Charge the current request `usd` apart from its calls' tokens (a paid search); nothing outside a request."""
+    trace = _trace.get()
+    if trace is not None and usd > 0:
+        trace.charges.append(usd)
 
 
 def current_role() -> str:

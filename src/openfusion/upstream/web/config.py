@@ -28,6 +28,8 @@ class SearchConfig(BaseModel):
     api_key_env: str | None = Field(default=None, min_length=1)
     max_results: int = Field(default=5, ge=1, le=25)
     timeout_s: float = Field(default=15.0, gt=0, le=120)
+    # USD per search request, for cost and spend caps; unset: the backend's public list price (SearXNG: free).
+    price_usd: float | None = Field(default=None, ge=0, le=10)
 
     @field_validator("base_url")
     @classmethod

@@ -13,6 +13,7 @@ import orjson
 from pydantic import BaseModel, SecretStr
 
 from openfusion.masking import SecretMasker
+from openfusion.upstream.trace import add_charge
 from openfusion.upstream.web.config import SearchConfig
 from openfusion.upstream.web.errors import SearchError
 
@@ -39,8 +40,13 @@ class SearchBackend(Protocol):
         """The backend's name, for messages."""
         ...
 
+    @property
+    def max_price(self) -> float:
+        """The most one search costs, in USD (0: free)."""
+        ...
+
     async def search(self, query: str, *, max_results: int) -> list[SearchResult]:
-        """Up to `max_results` results for `query`."""
+        """Up to `max_results` results for `query`; a search the backend may bill is charged to the request."""
         ...
 
 
@@ -52,6 +58,11 @@ class HttpSearchBackend:
     # The most results the API returns for one request.
     max_results: ClassVar[int] = 25
     needs_key: ClassVar[bool] = True
+    # The API's public list price in USD of one request (the plain search openfusion asks for) returning up to
+    # `included_results` results, and of each result beyond them. An operator's `price_usd` replaces both.
+    list_price: ClassVar[float] = 0.0
+    included_results: ClassVar[int] = 25
+    extra_result_price: ClassVar[float] = 0.0
 
     def __init__(
         self,
@@ -61,21 +72,34 @@ class HttpSearchBackend:
         api_key: SecretStr | None,
         timeout_s: float = 15.0,
         masker: SecretMasker | None = None,
+        price_usd: float | None = None,
     ) -> None:
         self.http = http
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.timeout_s = timeout_s
+        self.price_usd = price_usd
         # Results reach models and, as sources, clients: an API echoing a key must not pass it on.
         self.masker = masker if masker is not None else SecretMasker([self.key()])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"
 
+    def price(self, count: int) -> float:
+        """What one request for `count` results costs, in USD."""
+        if self.price_usd is not None:
+            return self.price_usd
+        return self.list_price + self.extra_result_price * max(0, count - self.included_results)
+
+    @property
+    def max_price(self) -> float:
+        """The most one search costs, in USD: a request for as many results as the API returns."""
+        return self.price(self.max_results)
+
     async def search(self, query: str, *, max_results: int) -> list[SearchResult]:
         """Up to `max_results` results for `query` (clipped to what the API allows)."""
         count = max(1, min(max_results, self.max_results))
-        data = await self._send(self.build_request(query, count))
+        data = await self._send(self.build_request(query, count), price=self.price(count))
         results = [result for result in self.parse(data) if result is not None]
         return results[:count]
 
@@ -95,18 +119,26 @@ class HttpSearchBackend:
         timeout = httpx.Timeout(self.timeout_s)
         return self.http.build_request(method, self.base_url + path, timeout=timeout, **kwargs)
 
-    async def _send(self, request: httpx.Request) -> Any:
+    async def _send(self, request: httpx.Request, *, price: float) -> Any:
+        """The API's JSON answer. The request is charged (`price`) unless it never reached the API or the API refused
+        it with an HTTP error: one that timed out or broke off may have been billed, so it counts as billed."""
         try:
             async with asyncio.timeout(self.timeout_s):
                 response = await self.http.send(request)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # never sent: nothing billed
+            logger.info("search backend %s unreachable: %s", self.name, type(exc).__name__)
+            raise SearchError(f"the {self.name} search backend could not be reached.") from None
         except (TimeoutError, httpx.TimeoutException):
+            add_charge(price)
             raise SearchError(f"the {self.name} search backend timed out.") from None
         except httpx.HTTPError as exc:
+            add_charge(price)
             logger.info("search backend %s unreachable: %s", self.name, type(exc).__name__)
             raise SearchError(f"the {self.name} search backend could not be reached.") from None
         if response.status_code >= 400:
             logger.info("search backend %s answered HTTP %s", self.name, response.status_code)
             raise SearchError(self.status_message(response.status_code))
+        add_charge(price)
         try:
             return orjson.loads(self.masker.bytes(response.content))
         except orjson.JSONDecodeError:
@@ -145,6 +177,7 @@ class BraveBackend(HttpSearchBackend):
     name = "brave"
     default_base_url = "https://api.search.brave.com"
     max_results = 20
+    list_price = 0.005  # the Search plan: $5 per 1,000 requests
 
     def build_request(self, query: str, count: int) -> httpx.Request:
         params = {"q": query, "count": count, "text_decorations": "false"}
@@ -165,6 +198,7 @@ class TavilyBackend(HttpSearchBackend):
     name = "tavily"
     default_base_url = "https://api.tavily.com"
     max_results = 20
+    list_price = 0.008  # a basic search is 1 credit, $0.008 pay-as-you-go (monthly plans are cheaper)
 
     def build_request(self, query: str, count: int) -> httpx.Request:
         body = {"query": query, "max_results": count, "search_depth": "basic", "include_answer": False}
@@ -181,6 +215,10 @@ class ExaBackend(HttpSearchBackend):
     name = "exa"
     default_base_url = "https://api.exa.ai"
     max_results = 25
+    # $7 per 1,000 searches with contents for up to 10 results (highlights included), $1 per 1,000 results beyond.
+    list_price = 0.007
+    included_results = 10
+    extra_result_price = 0.001
 
     def build_request(self, query: str, count: int) -> httpx.Request:
         body = {
@@ -220,7 +258,8 @@ def build_search_backend(
         raise ValueError(f"the {config.backend} search backend needs base_url")
     if backend.needs_key and (api_key is None or not api_key.get_secret_value()):
         raise ValueError(f"the {config.backend} search backend needs an API key (set {config.key_env})")
-    return backend(http=http, base_url=base_url, api_key=api_key, timeout_s=config.timeout_s, masker=masker)
+    return backend(http=http, base_url=base_url, api_key=api_key, timeout_s=config.timeout_s, masker=masker,
+                   price_usd=config.price_usd)  # fmt: skip
 
 
 def result(title: Any, url: Any, snippet: Any) -> SearchResult | None:

@@ -233,6 +233,11 @@ class WebResearch:
         """Whether web_search can be offered."""
         return self.search is not None
 
+    @property
+    def search_price(self) -> float:
+        """The most one web_search call costs, in USD (0 without a search backend: the call spends nothing)."""
+        return self.search.max_price if self.search is not None else 0.0
+
     def available_tools(self, enabled: Collection[str] | None = None) -> list[dict[str, Any]]:
         """The tool definitions to offer: those configured, narrowed to `enabled` (see normalize_tools)."""
         names = [WEB_SEARCH] if self.search is not None else []
