@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import typing
 from collections.abc import AsyncIterator, Iterator
@@ -299,6 +300,7 @@ def test_each_paid_backend_has_its_public_list_price_unless_one_is_configured(ht
         (httpx.RemoteProtocolError("cut"), True),
         (httpx.Response(429), False),  # refused with an HTTP error: not billed
         (httpx.ConnectError("refused"), False),  # never sent
+        (httpx.ConnectTimeout("no answer"), False),
     ],
 )  # fmt: skip
 async def test_a_search_the_backend_may_bill_is_charged_to_the_request(
@@ -311,3 +313,21 @@ async def test_a_search_the_backend_may_bill_is_charged_to_the_request(
     with contextlib.suppress(SearchError):
         await backend(http, "brave").search("q", max_results=5)
     assert trace.charges == ([0.005] if charged else [])
+
+
+async def test_a_search_cancelled_in_flight_is_charged(router: respx.MockRouter, http: httpx.AsyncClient) -> None:
+    """The client left while the backend searched: the API may run (and bill) it all the same."""
+    from openfusion.upstream.trace import start_trace
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(10)
+        return httpx.Response(200, json={"web": {"results": []}})
+
+    router.get("https://api.search.brave.com/res/v1/web/search").mock(side_effect=slow)
+    trace = start_trace()
+    task = asyncio.create_task(backend(http, "brave").search("q", max_results=5))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert trace.charges == [0.005]

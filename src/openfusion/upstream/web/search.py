@@ -121,18 +121,20 @@ class HttpSearchBackend:
 
     async def _send(self, request: httpx.Request, *, price: float) -> Any:
         """The API's JSON answer. The request is charged (`price`) unless it never reached the API or the API refused
-        it with an HTTP error: one that timed out or broke off may have been billed, so it counts as billed."""
+        it with an HTTP error: one that timed out, broke off or was cancelled may have been billed, so it counts."""
         try:
             async with asyncio.timeout(self.timeout_s):
                 response = await self.http.send(request)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # never sent: nothing billed
-            logger.info("search backend %s unreachable: %s", self.name, type(exc).__name__)
-            raise SearchError(f"the {self.name} search backend could not be reached.") from None
-        except (TimeoutError, httpx.TimeoutException):
+        except asyncio.CancelledError:  # the client left mid-search: the API may run it all the same
             add_charge(price)
+            raise
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            if not isinstance(exc, httpx.ConnectTimeout):  # (never connected: never sent)
+                add_charge(price)
             raise SearchError(f"the {self.name} search backend timed out.") from None
         except httpx.HTTPError as exc:
-            add_charge(price)
+            if not isinstance(exc, httpx.ConnectError):
+                add_charge(price)
             logger.info("search backend %s unreachable: %s", self.name, type(exc).__name__)
             raise SearchError(f"the {self.name} search backend could not be reached.") from None
         if response.status_code >= 400:
