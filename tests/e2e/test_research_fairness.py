@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -32,8 +34,8 @@ from .conftest import server_environ
 
 pytestmark = pytest.mark.usefixtures("loopback_only")
 
-ALICE, BOB = "sk-alice-fetches-0123456789", "sk-bob-fetches-0123456789"
-KEYS = [{"name": "alice", "key_env": "ALICE_KEY"}, {"name": "bob", "key_env": "BOB_KEY"}]
+ALICE, BOB, CAROL = "sk-alice-fetches-0123456789", "sk-bob-fetches-0123456789", "sk-carol-fetches-0123456789"
+KEYS = [{"name": name, "key_env": f"{name.upper()}_KEY"} for name in ("alice", "bob", "carol")]
 READER = """
 analysis_models = ["fake/reader"]
 model = "fake/judge"
@@ -43,7 +45,8 @@ max_tool_calls = 16
 
 
 class TricklingSite:
-    """Pages that send a byte every 50 ms until `release`; `held` counts those being sent right now."""
+    """Pages that send a byte every 50 ms until `release` (or, one page at a time, `let_one_go`); `held` counts
+    those being sent right now, `started` every page asked for, in order."""
 
     def __init__(self) -> None:
         self.released = threading.Event()
@@ -51,14 +54,31 @@ class TricklingSite:
         self.held = 0
         self.peak = 0  # the most pages held at once
         self.fast: list[tuple[int, bool]] = []  # per /fast request: pages held then, and whether still held
+        self.started: list[str] = []  # the path of every page asked for, in order
+        self.let_go = 0  # slow pages allowed to end before `release`
         self.app = Starlette(routes=[Route("/slow/{n}", self._slow), Route("/fast", self._fast)])
 
     def reset(self) -> None:
         self.released.clear()
-        self.held = self.peak = 0
+        self.held = self.peak = self.let_go = 0
         self.fast.clear()
+        self.started.clear()
 
-    async def _slow(self, _: Request) -> Response:
+    def let_one_go(self) -> None:
+        """Let one slow page (whichever sees it first) end."""
+        with self.lock:
+            self.let_go += 1
+
+    def _may_end(self) -> bool:
+        with self.lock:
+            if self.let_go > 0:
+                self.let_go -= 1
+                return True
+        return self.released.is_set()
+
+    async def _slow(self, request: Request) -> Response:
+        with self.lock:
+            self.started.append(request.url.path)
         return StreamingResponse(self._trickle(), media_type="text/plain")
 
     async def _trickle(self) -> AsyncIterator[bytes]:
@@ -66,7 +86,7 @@ class TricklingSite:
             self.held += 1
             self.peak = max(self.peak, self.held)
         try:
-            while not self.released.is_set():
+            while not self._may_end():
                 yield b"."
                 await asyncio.sleep(0.05)
             yield b" Slow facts."
@@ -74,8 +94,9 @@ class TricklingSite:
             with self.lock:
                 self.held -= 1
 
-    def _fast(self, _: Request) -> Response:
+    def _fast(self, request: Request) -> Response:
         with self.lock:
+            self.started.append(request.url.path)
             self.fast.append((self.held, not self.released.is_set()))
         return PlainTextResponse("Fast facts.")
 
@@ -98,14 +119,16 @@ def site(_served: str) -> Iterator[tuple[TricklingSite, str]]:
 
 @pytest.fixture
 def start(make_settings: Callable[..., Settings], presets_dir: Path) -> Callable[..., AbstractContextManager[str]]:
-    """openfusion with the keys alice and bob, fetching from loopback with these `[research.fetch]` values."""
+    """openfusion with the keys alice, bob and carol, fetching from loopback with these `[research.fetch]` values."""
     (presets_dir / "reader.toml").write_text(READER)
 
     @contextmanager
     def run(**fetch: Any) -> Iterator[str]:
         research = {"fetch": {"allow_private": ["127.0.0.0/8"], **fetch}}
         settings = make_settings(keys=KEYS, research=research)
-        with serve_in_thread(create_app(settings, environ=server_environ(ALICE_KEY=ALICE, BOB_KEY=BOB))) as url:
+        with serve_in_thread(
+            create_app(settings, environ=server_environ(ALICE_KEY=ALICE, BOB_KEY=BOB, CAROL_KEY=CAROL))
+        ) as url:
             yield url
 
     return run
@@ -179,3 +202,101 @@ def test_a_fetch_that_waited_for_its_keys_turn_until_it_timed_out_says_so(
     said = re.fullmatch(r"web_fetch error: the fetch timed out after 1 s" + waited, second)
     assert said is not None, second
     assert "requests made with this client key had 1 fetch under way" in said.group(1), second
+
+
+def slow_reads(base: str, *, requests: range) -> list[Script]:
+    """One first turn per request of the `reader` preset: 16 fetches of trickling pages each."""
+    return [Script(tool_calls=[web_fetch_call(f"{base}/slow/{r}-{p}") for p in range(16)]) for r in requests]
+
+
+def test_a_freed_connection_goes_to_the_key_with_the_fewest_fetches_not_to_the_first_in_line(
+    upstream: FakeUpstream, start: Callable[..., AbstractContextManager[str]], site: tuple[TricklingSite, str]
+) -> None:
+    """Two keys hold all 64 connections and have more fetches waiting; a third key's fetch gets the next one freed.
+
+    Each key may have 48 under way: Alice takes 48 connections, Bob the other 16 and waits for 32 more. Carol
+    comes after both, yet with no fetch under way she is served before Bob (16) and Alice (48) get another.
+    """
+    pages, base = site
+    upstream.script("reader", *slow_reads(base, requests=range(8)), Script(content="Slowly read."))
+    upstream.script("a", Script(tool_calls=[web_fetch_call(f"{base}/fast")]), Script(content="Quickly read."))
+
+    with start(timeout_s=60, max_fetches_per_key=48) as url, ThreadPoolExecutor(9) as pool:
+        floods = [pool.submit(ask, url, ALICE, "reader") for _ in range(4)]
+        try:
+            assert wait_for(lambda: pages.held >= 48, timeout=30), pages.held
+            floods += [pool.submit(ask, url, BOB, "reader") for _ in range(4)]
+            assert wait_for(lambda: pages.held >= 64 and len(upstream.calls_for("reader")) >= 8, timeout=30)
+            time.sleep(0.5)  # Bob's other 32 fetches line up for a connection
+            carols = pool.submit(ask, url, CAROL, "trio")
+            assert wait_for(lambda: len(upstream.calls_for("a")) >= 1, timeout=30)
+            time.sleep(0.5)  # and Carol's behind them
+            assert pages.started.count("/fast") == 0 and pages.held == 64
+            # Connections come free one at a time, as slow pages end.
+            for _ in range(40):
+                if pages.fast:
+                    break
+                pages.let_one_go()
+                time.sleep(0.1)
+            before_carols = pages.started.index("/fast") if pages.fast else len(pages.started)
+        finally:
+            pages.released.set()
+        answers = [answer.result() for answer in [*floods, carols]]
+
+    assert [answer.status_code for answer in answers] == [200] * 9, [a.text for a in answers]
+    # Carol's page was asked for with the first connection freed (or, if she had not lined up yet, the next):
+    # before the fix, Bob's 32 waiting fetches, there first, took the next 32.
+    assert before_carols - 64 <= 1, f"{before_carols - 64} fetches of Alice's and Bob's went first"
+    assert pages.peak == 64  # never more than the fetch client's connections
+    (read,) = tool_results(upstream, "a")
+    assert "Fast facts." in read
+    slow = tool_results(upstream, "reader")
+    assert len(slow) == 128 and all("Slow facts." in result for result in slow)
+
+
+def hang_up_after_asking(url: str, key: str, preset: str) -> socket.socket:
+    """A client that sends its request and then leaves (the caller closes the socket) before any answer."""
+    body = orjson.dumps({"model": f"fusion/{preset}", "messages": [{"role": "user", "content": "Read them."}]})
+    client = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    client.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n" % (key.encode(), len(body)) + body
+    )
+    return client
+
+
+def test_fetches_waiting_for_a_connection_when_their_client_leaves_give_up_their_place(
+    upstream: FakeUpstream, start: Callable[..., AbstractContextManager[str]], site: tuple[TricklingSite, str]
+) -> None:
+    """Bob's fetches wait for a connection (Alice holds all 64) when he hangs up: they never start, and once
+    Alice's pages end, all 64 connections are there to be used again: no waiting fetch kept one."""
+    pages, base = site
+    reads = slow_reads(base, requests=range(4))
+    bobs_reads = Script(tool_calls=[web_fetch_call(f"{base}/slow/bob-{p}") for p in range(16)])
+    upstream.script("reader", *reads, bobs_reads, Script(content="Slowly read."))
+
+    with start(timeout_s=60, max_fetches_per_key=64) as url, ThreadPoolExecutor(4) as pool:
+        alices = [pool.submit(ask, url, ALICE, "reader") for _ in range(4)]
+        try:
+            assert wait_for(lambda: pages.held >= 64, timeout=30), pages.held
+            with hang_up_after_asking(url, BOB, "reader"):
+                assert wait_for(lambda: len(upstream.calls_for("reader")) >= 5, timeout=30)
+                time.sleep(0.5)  # his 16 fetches line up for a connection
+            time.sleep(1)  # he has gone: the server cancels his run, and with it the fetches waiting
+        finally:
+            pages.released.set()
+        assert [alice.result().status_code for alice in alices] == [200] * 4
+        bobs_pages = [path for path in pages.started if "/bob-" in path]
+
+        pages.reset()  # Alice again: 64 fetches at once, every connection (none lost to Bob's)
+        upstream.script("reader", *slow_reads(base, requests=range(4)), Script(content="Slowly read."))
+        again = [pool.submit(ask, url, ALICE, "reader") for _ in range(4)]
+        try:
+            all_at_once = wait_for(lambda: pages.held >= 64, timeout=30)
+            peak = pages.peak
+        finally:
+            pages.released.set()
+        assert [answer.result().status_code for answer in again] == [200] * 4
+
+    assert all_at_once and peak == 64, peak
+    assert bobs_pages == [], "a fetch of Bob's started after he left"

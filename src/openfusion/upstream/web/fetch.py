@@ -26,7 +26,7 @@ from openfusion.upstream.web.extract import (
     sniff_kind,
 )
 from openfusion.upstream.web.extract_pool import ExtractionPool
-from openfusion.upstream.web.fetch_slots import FetchSlots, Turn
+from openfusion.upstream.web.fetch_slots import FETCH_CONNECTIONS, FetchSlots, Turn
 from openfusion.upstream.web.ssrf import AddressPolicy, IPAddress, Resolver, Target, resolve_target, system_resolver
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,9 @@ class FetchedPage:
     truncated: bool
 
 
-def build_fetch_client(*, verify: ssl.SSLContext | bool = True, max_connections: int = 64) -> httpx.AsyncClient:
+def build_fetch_client(
+    *, verify: ssl.SSLContext | bool = True, max_connections: int = FETCH_CONNECTIONS
+) -> httpx.AsyncClient:
     """An httpx client for untrusted fetches: no proxies from the environment, no cookie memory, no pooling."""
     # Cookies from one fetched site must not ride along to the next; allowed_domains=[] refuses them all.
     no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
@@ -105,12 +107,12 @@ class Fetcher:
                     await turn.take(slots, held)
                 return await self._fetch(url, extracting, excluded)
         except TimeoutError:
-            raise self._timed_out(turn, extracting) from None
+            raise self._timed_out(turn, extracting, slots) from None
         except FetchRefused as exc:
             logger.info("web_fetch refused: %s", exc.message)
             raise
 
-    def _timed_out(self, turn: Turn, extracting: list[ContentKind]) -> FetchFailed:
+    def _timed_out(self, turn: Turn, extracting: list[ContentKind], slots: FetchSlots | None) -> FetchFailed:
         """What the model is told of a fetch that ran out of `timeout_s`: whether it had to wait for a turn."""
         after = f"the fetch timed out after {self.config.timeout_s:g} s"
         if turn.waited_for == "request":
@@ -118,6 +120,8 @@ class Fetcher:
         elif turn.waited_for == "key":
             count = self.config.max_fetches_per_key
             whose = f"requests made with this client key had {count} fetch{'es' if count > 1 else ''} under way"
+        elif turn.waited_for == "connections" and slots is not None:
+            whose = f"this server's fetch connections ({slots.connections.size}) were all in use"
         elif extracting:
             return FetchFailed(f"{after}: text extraction was cut off.")
         else:

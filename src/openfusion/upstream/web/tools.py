@@ -253,11 +253,13 @@ class WebResearch:
 
     def fetch_slots(self) -> FetchSlots | None:
         """A new request's share of the fetch client (None: no fetch): `max_fetches_per_request` fetches at once
-        of its own, each also taking a turn of its client key's `max_fetches_per_key`."""
+        of its own, each also taking a turn of its client key's `max_fetches_per_key`, then a connection, which
+        the worker's keys get in fair turns when they are all in use."""
         if self.fetcher is None or self._key_slots is None:
             return None
         request = asyncio.Semaphore(self.fetcher.config.max_fetches_per_request)
-        return FetchSlots(request=request, key=self._key_slots.of(self._owner))
+        keys = self._key_slots
+        return FetchSlots(request=request, key=keys.of(self._owner), connections=keys.connections, owner=self._owner)
 
     async def execute(
         self,
