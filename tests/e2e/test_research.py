@@ -441,3 +441,35 @@ def test_the_safety_net_stops_what_the_guard_lets_through(
     assert loopback_only.blocked == ["connect 93.184.216.34:80"]
     result = upstream.calls_for("a")[1].body["messages"][-1]["content"]
     assert result == "web_fetch error: could not connect to 93.184.216.34."
+
+
+def told_allowing(upstream: FakeUpstream, start_server: Any, allow_private: list[str], fetched: list[str]) -> list[str]:
+    """What panelist `a` is told of its fetches of `fetched` by a server whose `allow_private` is `allow_private`."""
+    upstream.reset()
+    upstream.script("a", Script(tool_calls=[call("web_fetch", url=u) for u in fetched]), Script(content="-"))
+    with start_server(research={"fetch": {"allow_private": allow_private}}) as url:
+        assert ask(url).status_code == 200
+    return [m["content"] for m in upstream.calls_for("a")[1].body["messages"] if m["role"] == "tool"]
+
+
+def test_an_allowed_private_range_lets_its_addresses_through_whichever_family_either_is_written_in(
+    upstream: FakeUpstream, start_server: Any
+) -> None:
+    """`::ffff:127.0.0.0/104` is 127.0.0.0/8 written as IPv6 (its IPv4-mapped form): allowing it lets the loopback
+    site through by address and by a name resolving into it; and an allowed IPv4 range holds an address a URL
+    writes IPv4-mapped. Each is what the operator allowed, not a private address to refuse."""
+    EXCLUDED_HITS.clear()
+    with serve_in_thread(EXCLUDED_SITE) as other:
+        port = httpx.URL(other).port
+        by_address, by_name = f"http://127.0.0.1:{port}/page", f"http://localhost:{port}/page"
+        mapped_range = told_allowing(upstream, start_server, ["::ffff:127.0.0.0/104"], [by_address, by_name])
+        one_mapped = told_allowing(upstream, start_server, ["::ffff:127.0.0.1/128"], [by_address])
+        mapped_url = told_allowing(upstream, start_server, ["127.0.0.0/8"], [f"http://[::ffff:127.0.0.1]:{port}/page"])
+        elsewhere = told_allowing(upstream, start_server, ["::ffff:10.0.0.0/104"], [by_address])
+
+    read = "Facts from an excluded site."  # the site's text: here nothing excludes it
+    assert [read in told for told in mapped_range + one_mapped + mapped_url] == [True] * 4, (mapped_range, one_mapped)
+    assert elsewhere == [
+        "web_fetch error: refused: 127.0.0.1 is a loopback address; only public web addresses can be fetched."
+    ]  # another range, written the same way, still lets nothing else through
+    assert len(EXCLUDED_HITS) == 4

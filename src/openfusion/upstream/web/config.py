@@ -7,8 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from openfusion.upstream.web.addresses import IPNetwork
+
 SearchBackendName = Literal["searxng", "brave", "tavily", "exa"]
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # The environment variable each keyed backend reads its key from unless `api_key_env` names another.
 DEFAULT_KEY_ENV: dict[str, str] = {"brave": "BRAVE_API_KEY", "tavily": "TAVILY_API_KEY", "exa": "EXA_API_KEY"}

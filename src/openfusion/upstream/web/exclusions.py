@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import httpx
 
-from openfusion.upstream.web.config import IPNetwork
+from openfusion.upstream.web.addresses import IPAddress, IPNetwork, connect_address, in_range, mapped_network
 from openfusion.upstream.web.errors import FetchRefused
-from openfusion.upstream.web.ssrf import IPAddress, Target, connect_address, parse_host
+from openfusion.upstream.web.ssrf import Target, parse_host
 
 EXCLUDED = "that site is excluded from research for this request."
 
@@ -59,7 +59,7 @@ class _Exclusion:
     def parse(cls, entry: str) -> _Exclusion:
         network = address_range(entry)
         if network is not None:
-            return cls(network=_mapped_network(network))
+            return cls(network=mapped_network(network))
         domain, _, prefix = entry.strip().partition("/")
         return cls(host=canonical_host(domain.strip(".")), prefix=prefix.lower())
 
@@ -67,7 +67,7 @@ class _Exclusion:
         """Whether a host (canonical) and path are excluded by name, or, an IP address, by its range."""
         if self.network is not None:
             address = _address(host)
-            return address is not None and _in(address, self.network)
+            return address is not None and in_range(address, self.network)
         return path.startswith("/" + self.prefix) and (
             host == self.host or (_address(self.host) is None and host.endswith("." + self.host))
         )
@@ -75,7 +75,7 @@ class _Exclusion:
     def covers_address(self, address: IPAddress, path: str) -> bool:
         """Whether an address a host resolved to is excluded: it is in the range, or is the entry's address."""
         if self.network is not None:
-            return _in(address, self.network)
+            return in_range(address, self.network)
         return path.startswith("/" + self.prefix) and self.host == str(address)
 
 
@@ -101,30 +101,6 @@ def _address(host: str) -> IPAddress | None:
         return ipaddress.ip_address(host)
     except ValueError:
         return None
-
-
-def _in(address: IPAddress, network: ipaddress.IPv6Network) -> bool:
-    """Whether the address reached is in the range (one written as `_mapped_network` gives it)."""
-    return _mapped(address) in network
-
-
-# The IPv4-mapped block (::ffff:0:0/96): an IPv4 address a.b.c.d is ::ffff:a.b.c.d there.
-_MAPPED_BLOCK = int(ipaddress.IPv6Address("::ffff:0:0"))
-
-
-def _mapped(address: IPAddress) -> ipaddress.IPv6Address:
-    """An address in IPv6's family: an IPv4 one as its IPv4-mapped IPv6 address, an IPv6 one as it is."""
-    if isinstance(address, ipaddress.IPv4Address):
-        return ipaddress.IPv6Address(_MAPPED_BLOCK | int(address))
-    return address
-
-
-def _mapped_network(network: IPNetwork) -> ipaddress.IPv6Network:
-    """A range in IPv6's family: 10.0.0.0/8 as ::ffff:10.0.0.0/104, so that it and an address compare whichever
-    family either is written in (`ipaddress` says an address of one family is in no range of the other)."""
-    if isinstance(network, ipaddress.IPv4Network):
-        return ipaddress.IPv6Network((_MAPPED_BLOCK | int(network.network_address), 96 + network.prefixlen))
-    return network
 
 
 def is_blocked(url: str, domains: Collection[str]) -> bool:

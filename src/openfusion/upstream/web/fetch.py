@@ -12,6 +12,7 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 
+from openfusion.upstream.web.addresses import IPAddress
 from openfusion.upstream.web.config import FetchConfig
 from openfusion.upstream.web.content_coding import ACCEPT_ENCODING, BoundedDecoder
 from openfusion.upstream.web.errors import FetchFailed, FetchRefused
@@ -27,7 +28,7 @@ from openfusion.upstream.web.extract import (
 )
 from openfusion.upstream.web.extract_pool import ExtractionPool
 from openfusion.upstream.web.fetch_slots import FETCH_CONNECTIONS, FetchSlots, Turn
-from openfusion.upstream.web.ssrf import AddressPolicy, IPAddress, Resolver, Target, resolve_target, system_resolver
+from openfusion.upstream.web.ssrf import AddressPolicy, Resolver, Target, resolve_target, system_resolver
 
 logger = logging.getLogger(__name__)
 

@@ -12,10 +12,9 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from openfusion.upstream.web.config import FetchConfig, IPNetwork
+from openfusion.upstream.web.addresses import IPAddress, IPNetwork, connect_address, in_range
+from openfusion.upstream.web.config import FetchConfig
 from openfusion.upstream.web.errors import FetchFailed, FetchRefused
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Resolves (host, port) to address strings. Injectable so tests never touch DNS and can script rebinding.
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
@@ -132,16 +131,9 @@ class AddressPolicy:
             if address in network:
                 return never
         reason = non_public_reason(address)
-        if reason is None or host_allowed or any(address in network for network in self.allow_private):
+        if reason is None or host_allowed or any(in_range(address, network) for network in self.allow_private):
             return None
         return reason
-
-
-def connect_address(address: IPAddress) -> IPAddress:
-    """The address actually reached: an IPv4-mapped IPv6 address is its IPv4 address."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 def non_public_reason(address: IPAddress) -> str | None:
