@@ -443,11 +443,14 @@ def test_the_safety_net_stops_what_the_guard_lets_through(
     assert result == "web_fetch error: could not connect to 93.184.216.34."
 
 
-def told_allowing(upstream: FakeUpstream, start_server: Any, allow_private: list[str], fetched: list[str]) -> list[str]:
-    """What panelist `a` is told of its fetches of `fetched` by a server whose `allow_private` is `allow_private`."""
+def told_allowing(
+    upstream: FakeUpstream, start_server: Any, allow_private: list[str], fetched: list[str], *, hosts: bool = False
+) -> list[str]:
+    """What panelist `a` is told of its fetches of `fetched` by a server whose `allow_private` is `allow_private`
+    (`hosts`: whose `allow_hosts` is)."""
     upstream.reset()
     upstream.script("a", Script(tool_calls=[call("web_fetch", url=u) for u in fetched]), Script(content="-"))
-    with start_server(research={"fetch": {"allow_private": allow_private}}) as url:
+    with start_server(research={"fetch": {"allow_hosts" if hosts else "allow_private": allow_private}}) as url:
         assert ask(url).status_code == 200
     return [m["content"] for m in upstream.calls_for("a")[1].body["messages"] if m["role"] == "tool"]
 
@@ -473,3 +476,24 @@ def test_an_allowed_private_range_lets_its_addresses_through_whichever_family_ei
         "web_fetch error: refused: 127.0.0.1 is a loopback address; only public web addresses can be fetched."
     ]  # another range, written the same way, still lets nothing else through
     assert len(EXCLUDED_HITS) == 4
+
+
+def test_an_allowed_host_that_is_an_address_is_let_through_whichever_family_the_url_writes_it_in(
+    upstream: FakeUpstream, start_server: Any
+) -> None:
+    """An address in `allow_hosts` is the address reached: `::ffff:127.0.0.1` is 127.0.0.1, and both are the
+    `[::ffff:127.0.0.1]` of a URL."""
+    EXCLUDED_HITS.clear()
+    with serve_in_thread(EXCLUDED_SITE) as other:
+        port = httpx.URL(other).port
+        by_address, mapped_url = f"http://127.0.0.1:{port}/page", f"http://[::ffff:127.0.0.1]:{port}/page"
+        mapped_entry = told_allowing(upstream, start_server, ["::ffff:127.0.0.1"], [by_address], hosts=True)
+        mapped_address = told_allowing(upstream, start_server, ["127.0.0.1"], [mapped_url], hosts=True)
+        elsewhere = told_allowing(upstream, start_server, ["::ffff:127.0.0.2"], [by_address], hosts=True)
+
+    read = "Facts from an excluded site."  # the site's text: here nothing excludes it
+    assert [read in told for told in mapped_entry + mapped_address] == [True] * 2, (mapped_entry, mapped_address)
+    assert elsewhere == [
+        "web_fetch error: refused: 127.0.0.1 is a loopback address; only public web addresses can be fetched."
+    ]
+    assert len(EXCLUDED_HITS) == 2

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from openfusion.upstream.web.addresses import IPNetwork
+from openfusion.upstream.web.addresses import IPNetwork, connect_address
 
 SearchBackendName = Literal["searxng", "brave", "tavily", "exa"]
 
@@ -126,12 +126,13 @@ class ResearchConfig(BaseModel):
 
 
 def normalize_host_pattern(pattern: str) -> str:
-    """An allow-list host in the form URLs are compared in: lower case, IDNA, no trailing dot."""
+    """An allow-list host in the form URLs are compared in: lower case, IDNA, no trailing dot; an address as the
+    one reached (`::ffff:10.1.2.3` is `10.1.2.3`)."""
     text = pattern.strip().lower().rstrip(".")
     wildcard = text.startswith("*.")
     name = text[2:] if wildcard else text
     try:
-        return str(ipaddress.ip_address(name.strip("[]")))
+        return str(connect_address(ipaddress.ip_address(name.strip("[]"))))
     except ValueError:
         pass
     if not name or any(char in name for char in "/:@%* "):

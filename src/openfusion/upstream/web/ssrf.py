@@ -290,10 +290,11 @@ async def resolve_target(raw: str, *, policy: AddressPolicy, resolver: Resolver)
     """Check a URL and resolve its host exactly once; refuse it if any address is off limits."""
     url, host, port = parse_url(raw)
     if not isinstance(host, str):
-        reason = policy.refusal(host, host_allowed=policy.host_allowed(str(host)))
+        listed = policy.host_allowed(str(connect_address(host)))  # as allow_hosts spells an address
+        reason = policy.refusal(host, host_allowed=listed)
         if reason is not None:
             raise FetchRefused(f"refused: {host} is {reason}; only public web addresses can be fetched.")
-        _check_port(policy, port, [host], host_allowed=policy.host_allowed(str(host)))
+        _check_port(policy, port, [host], host_allowed=listed)
         return Target(url=url, host=str(host), port=port, addresses=(connect_address(host),), ip_literal=True)
     addresses = await _resolve(host, port, resolver)
     allowed_host = policy.host_allowed(host)
