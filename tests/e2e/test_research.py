@@ -497,3 +497,45 @@ def test_an_allowed_host_that_is_an_address_is_let_through_whichever_family_the_
         "web_fetch error: refused: 127.0.0.1 is a loopback address; only public web addresses can be fetched."
     ]
     assert len(EXCLUDED_HITS) == 2
+
+
+# Search results on the excluded site, its URL written as a search backend may pass it on (a browser reads each
+# as a page of excluded.example); and one of another site.
+HIDDEN_RESULTS = [
+    "https://www.excluded.example/a",
+    "https://excluded%2Eexample/b",  # percent-encoded
+    "https://excluded.example:abc/c",  # a port no URL parser accepts
+    "https://EXCLUDED.example\\@kept.example/d",  # a backslash: a slash to a browser, not credentials
+    "https://ｅｘｃｌｕｄｅｄ.example/e",  # full-width letters
+    "https://excluded.example\t/f",  # a tab, which browsers drop
+]
+KEPT_RESULT = "https://kept.example/page"
+
+
+def _tricky_search(_: Request) -> Response:
+    urls = [*HIDDEN_RESULTS, KEPT_RESULT]
+    return JSONResponse(
+        {"results": [{"title": f"Hit {n}", "url": u, "content": "Snippet."} for n, u in enumerate(urls)]}
+    )
+
+
+def test_search_results_on_an_excluded_site_are_kept_from_the_model_however_their_url_is_written(
+    upstream: FakeUpstream, start_server: Any, loopback_only: LoopbackNet
+) -> None:
+    search_all = call("web_search", query="grid curtailment", max_results=10)
+    upstream.script("a", Script(tool_calls=[search_all]), Script(content="-"))
+    upstream.script("judge", Script(content=json.dumps(_analysis())))
+    tools = [{"type": "openrouter:web_search", "parameters": {"excluded_domains": ["excluded.example"]}}]
+    with (
+        serve_in_thread(Starlette(routes=[Route("/search", _tricky_search)])) as search,
+        start_server(**research_settings(search)) as url,
+        openai.OpenAI(base_url=f"{url}/v1", api_key="sk-client", max_retries=0) as sdk,
+    ):
+        sdk.chat.completions.create(
+            model="fusion/trio", messages=HI, extra_body={"plugins": [{"id": "fusion", "tools": tools}]}
+        )
+
+    (told,) = [m["content"] for m in upstream.calls_for("a")[1].body["messages"] if m["role"] == "tool"]
+    assert "(1):" in told and KEPT_RESULT in told, told  # the one result not on the excluded site
+    assert "excluded" not in told.lower() and "ｅｘｃｌｕｄｅｄ" not in told and "Hit 0" not in told, told
+    assert loopback_only.blocked == []  # judged by name: no result's host was looked up

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from openfusion.upstream.web.config import FetchConfig
-from openfusion.upstream.web.exclusions import FetchExcluded, excludes, is_blocked
+from openfusion.upstream.web.exclusions import FetchExcluded, excludes, hides_result, is_blocked
 from openfusion.upstream.web.fetch import Fetcher
 from openfusion.upstream.web.ssrf import AddressPolicy, Target, resolve_target
 from web.local_site import FakeResolver, RecordingTransport
@@ -114,3 +114,24 @@ async def test_a_redirect_to_an_excluded_url_is_refused_before_its_name_is_looke
         await fetcher.fetch("http://public.test/start", excluded=[excluded])
     assert resolver.calls == [("public.test", 80)]  # the first hop's lookup only
     assert [str(request.url) for request in transport.requests] == ["http://93.184.216.34/start"]
+
+
+@pytest.mark.parametrize(
+    ("url", "hidden"),
+    [
+        ("https://kept.example/excluded.example", False),
+        ("https://notexcluded.example/", False),
+        ("https://excluded.example.kept.example/", False),
+        ("https://kept.example/?u=https://excluded.example/", False),
+        ("https://kept.example/docs", False),  # the entry's host with a path prefix is another host's
+        ("https://excluded.example/docs/page", True),
+        ("https://excluded.example/blog", False),  # outside the entry's path prefix
+        ("https://excluded%2Eexample/docs", True),
+        ("https://excluded.example%5Cdocs/", False),  # %5C is no slash: the host is not excluded.example
+        ("https://[::ffff:10.1.2.3]/", True),  # an address in the excluded range, written IPv4-mapped
+        ("https://:80/", True),  # no host to judge: kept from the model
+    ],
+)
+def test_a_search_result_is_hidden_by_what_its_url_says_as_a_browser_reads_it(url: str, hidden: bool) -> None:
+    assert hides_result(url, ["excluded.example/docs", "10.0.0.0/8"]) is hidden
+    assert hides_result(url, []) is False

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Collection
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
@@ -25,6 +26,8 @@ from openfusion.upstream.web.errors import FetchRefused
 from openfusion.upstream.web.ssrf import Target, parse_host
 
 EXCLUDED = "that site is excluded from research for this request."
+# What the WHATWG URL parser removes from anywhere in a URL before reading it.
+_DROPPED_BY_BROWSERS = dict.fromkeys(map(ord, "\t\n\r"))
 
 
 class FetchExcluded(FetchRefused):
@@ -113,6 +116,27 @@ def is_blocked(url: str, domains: Collection[str]) -> bool:
     except httpx.InvalidURL:
         return False  # not a URL fetch would accept either
     host, path = canonical_host(parsed.host), parsed.path.lower()
+    return any(_Exclusion.parse(entry).covers_host(host, path) for entry in domains)
+
+
+def hides_result(url: str, domains: Collection[str]) -> bool:
+    """Whether a search result is kept from the model: its URL is excluded by what it says, as `is_blocked` reads
+    it or as a browser would (tabs and newlines dropped, a backslash a slash, the host percent-decoded and
+    IDNA-mapped: `https://exa%6Dple.com/` is a page of example.com), or it names no host that can be read.
+    Needs no DNS lookup."""
+    if not domains:
+        return False
+    if is_blocked(url, domains):
+        return True
+    text = url.translate(_DROPPED_BY_BROWSERS).strip().replace("\\", "/")
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname
+    except ValueError:
+        return True
+    if not host:
+        return True
+    host, path = canonical_host(unquote(host)), unquote(parts.path).lower()
     return any(_Exclusion.parse(entry).covers_host(host, path) for entry in domains)
 
 

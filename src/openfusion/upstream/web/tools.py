@@ -17,7 +17,7 @@ from openfusion.masking import SecretMasker
 from openfusion.upstream.trace import current_observer
 from openfusion.upstream.web.config import ResearchConfig
 from openfusion.upstream.web.errors import FetchError, SearchError
-from openfusion.upstream.web.exclusions import EXCLUDED, address_range, is_blocked
+from openfusion.upstream.web.exclusions import EXCLUDED, address_range, hides_result, is_blocked
 from openfusion.upstream.web.extract_pool import ExtractionPool
 from openfusion.upstream.web.fetch import FetchedPage, Fetcher
 from openfusion.upstream.web.fetch_slots import FetchSlots, KeyFetchSlots
@@ -311,7 +311,7 @@ class WebResearch:
             results = await self.search.search(args.query.strip(), max_results=count)
         except SearchError as exc:
             return ToolOutcome(f"web_search error: {exc.message}", is_error=True, kind="search")
-        results = [result for result in results if not is_blocked(result.url, blocked_domains)]
+        results = [result for result in results if not hides_result(result.url, blocked_domains)]
         sources = [Source(url=result.url, title=result.title) for result in results]
         return ToolOutcome(render_search(args.query.strip(), results), sources=sources, kind="search")
 
