@@ -15,6 +15,7 @@ from openfusion.pipeline.budget import (
     URL_IMAGE_TOKENS,
     URL_MEDIA_TOKENS,
     WorstCase,
+    asks_long_cache,
     priced,
     prompt_tokens_upper_bound,
     server_text,
@@ -289,6 +290,39 @@ def test_a_prompt_asking_for_one_hour_cache_writes_counts_at_the_one_hour_write_
     five = {"system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral", "ttl": "5m"}}]}
     by = WorstCase(chat, plan, reach_of(chat, plan), prices=prices, sent=five)
     assert by.usd == pytest.approx(tokens * 3.75e-6 + 100 * 1.5e-5)
+
+
+_HOUR = {"type": "ephemeral", "ttl": "1h"}
+
+
+def _said(content: Any) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": content}]}
+
+
+def _text(**cache: Any) -> dict[str, Any]:
+    return {"type": "text", "text": "Hi", **cache}
+
+
+_SCHEMA_NAMING_TTL = {"type": "object", "properties": {"ttl": {"default": "1h"}}}
+
+
+@pytest.mark.parametrize(
+    ("body", "asks"),
+    [
+        ({"cache_control": _HOUR, "messages": []}, True),  # the body's own (automatic caching)
+        ({"system": [_text(cache_control=_HOUR)]}, True),
+        ({"tools": [{"name": "f", "input_schema": {"type": "object"}, "cache_control": _HOUR}]}, True),
+        ({"messages": [{"role": "user", "content": "Hi", "cache_control": _HOUR}]}, True),
+        (_said([_text(cache_control=_HOUR)]), True),
+        (_said([{"type": "tool_result", "tool_use_id": "t", "content": [_text(cache_control=_HOUR)]}]), True),
+        (_said([_text(cache_control={"type": "ephemeral"})]), False),  # a 5-minute write
+        (_said('{"cache_control": {"ttl": "1h"}}'), False),  # text, not a field
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": _SCHEMA_NAMING_TTL}}]}, False),
+        ({"messages": "not a list", "system": "Be brief.", "tools": None}, False),
+    ],
+)
+def test_a_one_hour_cache_write_is_found_where_a_provider_reads_cache_control(body: dict[str, Any], asks: bool) -> None:
+    assert asks_long_cache(body) is asks
 
 
 def test_every_research_tool_call_counts_as_a_paid_search() -> None:

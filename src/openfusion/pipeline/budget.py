@@ -48,11 +48,6 @@ JUDGE_CALLS = 2
 URL_IMAGE_TOKENS = 6_000
 URL_MEDIA_TOKENS = 100_000
 
-# A `cache_control` asking for a 1-hour cache write (Anthropic's `{"type": "ephemeral", "ttl": "1h"}`; OpenRouter's on a
-# chat content part), as compact JSON writes it: inside a string (a message's text) its quotes are escaped, so only a
-# real field matches, and a stray one only over-counts.
-_LONG_CACHE = b'"ttl":"1h"'
-
 
 @dataclass(frozen=True)
 class PromptSize:
@@ -74,9 +69,8 @@ def prompt_size(request: ChatRequest) -> PromptSize:
     if request.response_format:
         parts["response_format"] = request.response_format
     parts.update(request.model_extra or {})
-    dumped = orjson.dumps(parts)
-    tokens = math.ceil(len(dumped) / _CHARS_PER_TOKEN) + _referenced_media_tokens(conversation)
-    return PromptSize(tokens, _LONG_CACHE in dumped)
+    tokens = math.ceil(len(orjson.dumps(parts)) / _CHARS_PER_TOKEN) + _referenced_media_tokens(conversation)
+    return PromptSize(tokens, asks_long_cache(parts))
 
 
 def prompt_tokens_upper_bound(request: ChatRequest) -> int:
@@ -85,8 +79,32 @@ def prompt_tokens_upper_bound(request: ChatRequest) -> int:
 
 
 def asks_long_cache(body: Mapping[str, Any]) -> bool:
-    """Whether a body as sent (a native surface's) asks anywhere for a 1-hour cache write."""
-    return _LONG_CACHE in orjson.dumps(body)
+    """Whether a body (a chat request's, or a native surface's as sent) asks for a 1-hour cache write (Anthropic's
+    `cache_control: {"type": "ephemeral", "ttl": "1h"}`) where a provider reads one: on the body itself, a message, a
+    content block (a tool result's own blocks among them), a system block or a tool.
+
+    Read where they can be, not searched for in the body's JSON: a search of a coding agent's 150 KB request costs
+    twice its `orjson.dumps`, and every fusion prices its worst case for its report.
+    """
+    if _long_cache(body) or _blocks_ask_long_cache(body.get("system")) or _blocks_ask_long_cache(body.get("tools")):
+        return True
+    messages = body.get("messages")
+    return isinstance(messages, list) and any(
+        _long_cache(message) or (isinstance(message, dict) and _blocks_ask_long_cache(message.get("content")))
+        for message in messages
+    )
+
+
+def _blocks_ask_long_cache(blocks: Any) -> bool:
+    return isinstance(blocks, list) and any(
+        _long_cache(block) or (isinstance(block, dict) and _blocks_ask_long_cache(block.get("content")))
+        for block in blocks
+    )
+
+
+def _long_cache(holder: Any) -> bool:
+    control = holder.get("cache_control") if isinstance(holder, dict) else None
+    return isinstance(control, dict) and control.get("ttl") == "1h"
 
 
 def _referenced_media_tokens(conversation: list[dict[str, Any]]) -> int:
