@@ -6,10 +6,10 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from openfusion.access.config import CorsConfig, GuardsConfig, KeyConfig, LimitsConfig
+from openfusion.access.config import CorsConfig, GuardsConfig, KeyConfig, LimitsConfig, check_fingerprint_key
 from openfusion.activity.config import ActivitySettings
 from openfusion.activity.cost import ModelPrice
 from openfusion.cache.config import CacheSettings
@@ -144,6 +144,9 @@ class Settings(BaseSettings):
     guards: GuardsConfig = Field(default_factory=GuardsConfig)
     cors: CorsConfig = Field(default_factory=CorsConfig)
     redis_url: SecretStr | None = None  # unset: REDIS_URL from the environment, else in-process counters
+    # OPENFUSION_FINGERPRINT_KEY: a secret (16 characters or more) keying the fingerprints of wrong keys in the log,
+    # the same on every replica given it; unset, each server makes one (its workers share it).
+    fingerprint_key: Annotated[SecretStr | None, AfterValidator(check_fingerprint_key)] = None
     research: ResearchConfig = Field(default_factory=ResearchConfig)
     activity: ActivitySettings = Field(default_factory=ActivitySettings)
     pricing: PricingSettings = Field(default_factory=PricingSettings)

@@ -1,9 +1,9 @@
 """The authentication brake: an address that keeps presenting wrong keys is refused for a while.
 
-Kept in this process (each worker and replica counts on its own): it slows guessing down without a
-round trip to a shared store on every request. Only wrong keys count; a request without a key is no
-guess (a browser asks without credentials first), and successes count for nothing. An IPv6 address
-is counted as its /64.
+`AuthBrake` counts in this process; with Redis, `redis_brake.SharedBrake` counts for every worker and
+replica at once and falls back on this one while Redis cannot be reached. Only wrong keys count; a
+request without a key is no guess (a browser asks without credentials first), and successes count for
+nothing. An IPv6 address is counted as its /64.
 """
 
 from __future__ import annotations
@@ -14,10 +14,27 @@ import time
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Protocol
 
 # Addresses tracked at most: past it, the longest-quiet ones are forgotten (a flood of addresses cannot
 # grow the table without bound).
 MAX_ADDRESSES = 65_536
+
+
+class Brake(Protocol):
+    """What access control asks of a brake, in this process or shared."""
+
+    max_failures: int
+    window_s: float
+    block_s: float
+
+    async def remaining_block(self, address: str | None) -> float:
+        """Seconds this address stays refused (0: it is not)."""
+        ...
+
+    async def count_wrong_key(self, address: str | None) -> bool:
+        """Count one wrong key from this address; True when that blocks it (said once, whichever process counted)."""
+        ...
 
 
 class _Record:
@@ -56,6 +73,14 @@ class AuthBrake:
     def enabled(self) -> bool:
         """Whether the brake is on (`max_failures` 0 turns it off)."""
         return self.max_failures > 0
+
+    async def remaining_block(self, address: str | None) -> float:
+        """Seconds this address stays refused (0: it is not)."""
+        return self.blocked_for(address)
+
+    async def count_wrong_key(self, address: str | None) -> bool:
+        """Count one wrong key from this address; True when that blocks it."""
+        return self.failed(address)
 
     def blocked_for(self, address: str | None) -> float:
         """Seconds this address stays refused (0: it is not)."""

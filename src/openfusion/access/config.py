@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Self
 
@@ -39,7 +40,8 @@ class LimitsConfig(Limits):
     # Namespace of the counters in Redis (several deployments may share one Redis).
     redis_prefix: str = Field(default="openfusion", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     # Wrong keys one client address may present within `auth_failure_window_s` before it is refused (429
-    # `auth_failures`) for `auth_block_s`; counted in each process. 0 turns the brake off.
+    # `auth_failures`) for `auth_block_s`; counted in Redis when it is configured, else in each process. 0 turns the
+    # brake off.
     auth_failures: int = Field(default=10, ge=0)
     # The window the wrong keys of `auth_failures` are counted in.
     auth_failure_window_s: float = Field(default=60.0, gt=0)
@@ -106,6 +108,8 @@ class AccessConfig(BaseModel):
     cors: CorsConfig = Field(default_factory=CorsConfig)
     # Shared counters for several replicas; unset: `REDIS_URL` from the environment, else in-process.
     redis_url: SecretStr | None = None
+    # The secret keying the fingerprints of wrong keys in the log; unset: made afresh by each server.
+    fingerprint_key: SecretStr | None = None
 
 
 def redis_url(config: AccessConfig, environ: Mapping[str, str]) -> str:
@@ -119,3 +123,23 @@ def configured_limits(config: AccessConfig) -> list[str]:
     for key in config.keys:
         found += [f"key {key.name!r} {name}" for name in Limits.model_fields if getattr(key, name) is not None]
     return found
+
+
+# The shortest fingerprint key taken: a short one could be found by trying, and with it the fingerprints matched
+# against a list of likely keys.
+MIN_FINGERPRINT_KEY_CHARS = 16
+
+
+def check_fingerprint_key(value: SecretStr | None) -> SecretStr | None:
+    """A fingerprint key long enough to stay secret (the message never shows it)."""
+    if value is not None and len(value.get_secret_value().strip()) < MIN_FINGERPRINT_KEY_CHARS:
+        raise ValueError(f"the fingerprint key must have at least {MIN_FINGERPRINT_KEY_CHARS} characters")
+    return value
+
+
+def fingerprint_key(config: AccessConfig) -> bytes | None:
+    """The BLAKE2b key of wrong keys' fingerprints, derived from `fingerprint_key`; None: one made in the process."""
+    if config.fingerprint_key is None:
+        return None
+    secret = config.fingerprint_key.get_secret_value().strip().encode("utf-8")
+    return hashlib.blake2b(secret, digest_size=32, person=b"of-fingerprint").digest()

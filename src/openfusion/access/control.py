@@ -6,11 +6,12 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 
-from openfusion.access.brake import AuthBrake, counted_as
-from openfusion.access.config import AccessConfig, GuardsConfig, Limits, redis_url
+from openfusion.access.brake import AuthBrake, Brake, counted_as
+from openfusion.access.config import AccessConfig, GuardsConfig, Limits, fingerprint_key, redis_url
 from openfusion.access.errors import AddressBraked, AuthenticationFailed, LimitExceeded, LimitsUnavailable
 from openfusion.access.keys import Client, KeyRing, load_keys
 from openfusion.access.limiter import Limiter, MemoryLimiter, Slot
+from openfusion.access.redis_brake import SharedBrake
 from openfusion.access.redis_limiter import RedisLimiter
 from openfusion.access.redis_spend import RedisSpendBook
 from openfusion.access.refusals import RefusalLog
@@ -48,19 +49,20 @@ class AccessControl:
         guards: GuardsConfig,
         limiter: Limiter,
         spend: SpendBook,
-        brake: AuthBrake | None = None,
+        brake: Brake | None = None,
+        fingerprint_key: bytes | None = None,
     ) -> None:
         self.keys = keys
         self.guards = guards
         self.limiter = limiter
         self.spend = spend
-        self.brake = brake or AuthBrake(max_failures=0, window_s=60.0, block_s=300.0)
-        self.refusals = RefusalLog()
+        self.brake: Brake = brake or AuthBrake(max_failures=0, window_s=60.0, block_s=300.0)
+        self.refusals = RefusalLog(key=fingerprint_key)
         # Without keys everyone is one client, and `[limits]` is one budget shared by all.
         self.anonymous = Client(name=None, limits=defaults)
         self._warned_no_spend_source = False
 
-    def authenticate(
+    async def authenticate(
         self,
         presented: str | None,
         *,
@@ -78,7 +80,7 @@ class AccessControl:
         """
         if not self.keys:
             return self.anonymous
-        blocked = self.brake.blocked_for(address)
+        blocked = await self.brake.remaining_block(address)
         if blocked > 0:  # not logged: the brake's start was, and a guesser's every request would flood the log
             raise AddressBraked(
                 "Too many requests with a wrong API key from this address; try again later.",
@@ -86,7 +88,7 @@ class AccessControl:
                 retry_after=blocked,
             )
         if conflicting:
-            self._wrong_key(address)  # no client sends two keys: counted as a wrong one
+            await self._wrong_key(address)  # no client sends two keys: counted as a wrong one
             self.refusals.refused("malformed", address=address)
             raise AuthenticationFailed(
                 "Several different API keys were sent (in repeated Authorization or x-api-key headers): send one.",
@@ -104,14 +106,14 @@ class AccessControl:
         client = self.keys.find(presented)
         if client is None:
             self.refusals.refused("unknown", address=address, presented=presented)
-            self._wrong_key(address)
+            await self._wrong_key(address)
             raise AuthenticationFailed("Invalid API key.", reason="unknown", code="invalid_api_key")
         return client
 
-    def _wrong_key(self, address: str | None) -> None:
+    async def _wrong_key(self, address: str | None) -> None:
         """Count a wrong key against its address; say so when that brakes the address."""
         brake = self.brake
-        if brake.failed(address) and address is not None:
+        if await brake.count_wrong_key(address) and address is not None:
             self.refusals.braked(
                 counted_as(address), failures=brake.max_failures, window_s=brake.window_s, block_s=brake.block_s
             )
@@ -245,11 +247,17 @@ def build_access(config: AccessConfig, environ: Mapping[str, str], *, lease_ttl_
     """
     limiter: Limiter
     spend: SpendBook
+    brake: Brake = AuthBrake(
+        max_failures=config.limits.auth_failures,
+        window_s=config.limits.auth_failure_window_s,
+        block_s=config.limits.auth_block_s,
+    )
     url = redis_url(config, environ)
     if url:
         prefix = config.limits.redis_prefix
         shared = RedisLimiter.from_url(url, prefix=prefix, lease_ttl_s=lease_ttl_s)
         limiter, spend = shared, RedisSpendBook(shared.client, prefix=prefix, lease_ttl_s=lease_ttl_s)
+        brake = SharedBrake(shared.client, prefix=prefix, local=brake)
     else:
         limiter, spend = MemoryLimiter(), MemorySpendBook()
     return AccessControl(
@@ -258,9 +266,6 @@ def build_access(config: AccessConfig, environ: Mapping[str, str], *, lease_ttl_
         guards=config.guards,
         limiter=limiter,
         spend=spend,
-        brake=AuthBrake(
-            max_failures=config.limits.auth_failures,
-            window_s=config.limits.auth_failure_window_s,
-            block_s=config.limits.auth_block_s,
-        ),
+        brake=brake,
+        fingerprint_key=fingerprint_key(config),
     )

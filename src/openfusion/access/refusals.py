@@ -14,13 +14,14 @@ _LEVELS = {"missing": logging.INFO, "malformed": logging.WARNING, "unknown": log
 
 
 class RefusalLog:
-    """Logs refused authentications; a wrong key is named by a fingerprint keyed afresh in each process."""
+    """Logs refused authentications; a wrong key is named by a fingerprint under `key` (the server's, or made here)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, key: bytes | None = None) -> None:
         # Keyed, so a fingerprint cannot be looked up from a list of likely values (a password typed into the wrong
-        # box is no random key); the same wrong key has the same fingerprint within this process, so a client sending
-        # one stale key is told from one sending many guesses.
-        self._key = secrets.token_bytes(16)
+        # box is no random key); the same wrong key has the same fingerprint under one key (every worker of a server,
+        # every replica given OPENFUSION_FINGERPRINT_KEY), so a client sending one stale key is told from one sending
+        # many guesses.
+        self._key = key or secrets.token_bytes(16)
 
     def fingerprint(self, presented: str) -> str:
         """Eight hex digits of a keyed BLAKE2b of the presented key."""

@@ -95,7 +95,7 @@ async def open_grant(access: AccessControl, scope: Scope) -> Grant:
     """
     presented, unreadable = _presented_key(scope)
     try:
-        client = access.authenticate(
+        client = await access.authenticate(
             presented, address=_client_address(scope), conflicting=_conflicting_keys(scope), unreadable=unreadable
         )
     except (AuthenticationFailed, AddressBraked) as exc:

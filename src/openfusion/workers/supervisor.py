@@ -29,6 +29,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import secrets
 import signal
 import socket
 import time
@@ -36,6 +37,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
+
+from pydantic import SecretStr
 
 from openfusion.api.shutdown import BACKSTOP_S
 from openfusion.observability.metrics_dir import MetricsDirectory
@@ -91,7 +94,7 @@ class Supervisor:
         metrics = MetricsDirectory.create()
         previous = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics.path)  # read by prometheus_client when a worker imports it
-        spec = WorkerSpec(self.settings, self.options, metrics.path)
+        spec = WorkerSpec(shared_secrets(self.settings), self.options, metrics.path)
         try:
             with _SignalPipe() as signals:
                 status = self._supervise(spec, metrics, signals)
@@ -225,6 +228,14 @@ class Supervisor:
         worker.channel.close()
         metrics.worker_exited(worker.pid)
         del self._workers[worker.number]
+
+
+def shared_secrets(settings: Settings) -> Settings:
+    """The settings every worker gets: with a fingerprint key made here when none is set, so the same wrong key has
+    the same fingerprint in every worker's log (it goes to them with the pickled settings, never to the log)."""
+    if settings.fingerprint_key is not None:
+        return settings
+    return settings.model_copy(update={"fingerprint_key": SecretStr(secrets.token_urlsafe(32))})
 
 
 def _signal(worker: _Worker, signum: int) -> None:

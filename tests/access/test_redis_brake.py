@@ -1,0 +1,109 @@
+"""The brake on wrong keys in Redis: bounded and expiring there, and the process's own while Redis is away.
+
+Against the real server under uvicorn and a real Redis (a private one to stop and start again). Clients connect from
+other loopback addresses (127.0.0.2, …), which Linux routes to the same interface.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+import openfusion.access.redis_brake
+from fakes.upstream import FakeUpstream, wait_until
+from openfusion.access.brake import AuthBrake
+from openfusion.access.redis_brake import SharedBrake
+
+from .conftest import REDIS_URL, bearer
+from .private_redis import PrivateRedis
+
+Serve = Callable[..., AbstractContextManager[tuple[str, FastAPI]]]
+KEY = "sk-redis-brake-right-key-0123"
+PREFIX = "openfusion-brake"
+
+
+def client_from(address: str) -> httpx.Client:
+    return httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=10)
+
+
+def test_the_brake_counts_in_the_process_while_redis_is_away_and_in_redis_once_it_answers(
+    upstream: FakeUpstream,
+    serve: Serve,
+    private_redis: PrivateRedis,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis stopped: nobody is refused for it, and a guesser is still braked (by this process); Redis back: counted
+    there again."""
+    monkeypatch.setattr(openfusion.access.redis_brake, "RETRY_S", 0.3)
+    access = {"api_keys": KEY, "redis_url": private_redis.url, "limits": {"redis_prefix": PREFIX, "auth_failures": 3}}
+    with (
+        caplog.at_level(logging.INFO, logger="openfusion.access"),
+        serve(access) as (url, _),
+        client_from("127.0.0.2") as guesser,
+        client_from("127.0.0.3") as other,
+        client_from("127.0.0.4") as later,
+    ):
+        assert guesser.get(f"{url}/v1/models", headers=bearer("sk-guess-while-up-000")).status_code == 401
+        private_redis.stop()
+        assert other.get(f"{url}/v1/models", headers=bearer(KEY)).status_code == 200  # open, not refusing everyone
+        # The process counted the wrong key before too: two more make three.
+        wrong = [guesser.get(f"{url}/v1/models", headers=bearer(f"sk-guess-{n:016d}")).status_code for n in range(2)]
+        braked = guesser.get(f"{url}/v1/models", headers=bearer(KEY))
+        assert other.get(f"{url}/v1/models", headers=bearer(KEY)).status_code == 200
+
+        private_redis.start()  # empty
+        time.sleep(0.4)
+        assert later.get(f"{url}/v1/models", headers=bearer("sk-guess-once-redis-is-back")).status_code == 401
+        with private_redis.client() as client:
+            counted = client.zcard(f"{PREFIX}:brake:127.0.0.4")
+        assert guesser.get(f"{url}/v1/models", headers=bearer(KEY)).status_code == 429  # the local block holds
+        wait_until(lambda: "Redis answers again" in caplog.text, timeout=5)
+
+    assert wrong == [401, 401]
+    assert braked.status_code == 429 and braked.json()["error"]["code"] == "auth_failures"
+    assert counted == 1
+    assert caplog.text.count("counting wrong keys in this process") == 1  # said once per outage, without the URL
+    assert private_redis.url not in caplog.text and KEY not in caplog.text
+
+
+async def test_the_addresses_kept_in_redis_are_bounded_and_every_key_expires(redis_prefix: str) -> None:
+    """A flood of addresses each with a wrong key: only the latest `max_addresses` are kept, the others' keys go."""
+    client = Redis.from_url(REDIS_URL)
+    brake = SharedBrake(
+        client,
+        prefix=redis_prefix,
+        local=AuthBrake(max_failures=2, window_s=30.0, block_s=60.0),
+        max_addresses=3,
+    )
+    try:
+        addresses = [f"192.0.2.{n}" for n in range(1, 6)]
+        for address in addresses:
+            assert await brake.count_wrong_key(address) is False
+        assert await brake.count_wrong_key("2001:db8:1:2::7") is False
+        assert await brake.count_wrong_key("2001:db8:1:2::8") is True  # the same /64: braked
+        listed = [member.decode() for member in await client.zrange(f"{redis_prefix}:brake:addresses", 0, -1)]
+        keys = sorted([key.decode() async for key in client.scan_iter(f"{redis_prefix}:*")])
+        ttls = [await client.pttl(key) for key in keys]
+        assert await brake.remaining_block("2001:db8:1:2:ffff::1") > 59
+        assert await brake.remaining_block("192.0.2.5") == 0
+    finally:
+        await client.aclose()
+
+    assert listed == ["192.0.2.4", "192.0.2.5", "2001:db8:1:2::/64"]  # the oldest forgotten
+    assert keys == sorted(
+        [
+            f"{redis_prefix}:brake:addresses",
+            f"{redis_prefix}:brake:192.0.2.4",
+            f"{redis_prefix}:brake:192.0.2.5",
+            f"{redis_prefix}:braked:2001:db8:1:2::/64",
+        ]
+    )
+    assert all(0 < ttl <= 60_000 for ttl in ttls), ttls
