@@ -16,6 +16,7 @@ import pytest
 
 from e2e.processes import metric, provider_config, serve
 from fakes.upstream import FakeUpstream, wait_until
+from openfusion.access.refusals import KEYLESS_BURST, KEYLESS_PER_S
 
 pytestmark = pytest.mark.e2e
 
@@ -96,3 +97,40 @@ def test_refusals_are_counted_logged_without_the_key_and_a_guesser_is_braked_unt
 
 def _bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+def test_a_flood_of_requests_without_a_key_is_counted_not_logged_line_by_line_nor_braked(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path
+) -> None:
+    """Requests without a key cost nothing and are never braked; a flood of them, from one address or many, must not
+    flood the log (each is counted in /metrics), nor keep wrong keys mixed in among them from being braked."""
+    _, upstream_url = fake_upstream
+    config = provider_config(upstream_url, top="[limits]\nauth_failures = 3\n")
+    env = {"OPENFUSION_API_KEYS": KEY, "OPENFUSION_ADMIN_KEYS": ADMIN}
+    with serve(config, presets_dir, tmp_path, env=env) as served, client_from("127.0.0.2") as flooder:
+        url, started = served.url, time.monotonic()
+        for _ in range(150):
+            assert flooder.get(f"{url}/v1/models").status_code == 401
+        for host in range(1, 61):  # one from each of many addresses
+            with client_from(f"127.0.1.{host}") as one:
+                assert one.get(f"{url}/v1/models", headers={"Authorization": "Token x"}).status_code == 401
+        with client_from("127.0.0.3") as guesser:
+            statuses = []
+            for guess in GUESSES:  # 30 requests without a key after each of the first two wrong keys
+                statuses.append(guesser.get(f"{url}/v1/models", headers=_bearer(guess)).status_code)
+                if guess != GUESSES[-1]:
+                    statuses += {guesser.get(f"{url}/v1/models").status_code for _ in range(30)}
+            braked = guesser.get(f"{url}/v1/models", headers=_bearer(KEY))
+        elapsed = time.monotonic() - started
+        counted = refusals(url)
+        records = served.log()
+
+    assert counted == {"missing": 210, "malformed": 60, "unknown": 3, "braked": 1}
+    assert statuses == [401] * 5 and braked.status_code == 429  # the flood in between neither helped nor hindered
+    keyless = [r for r in records if r.get("reason") in ("missing", "malformed")]
+    own = [r["client_address"] for r in keyless if r["client_address"].startswith("127.0.0.")]
+    # One line for the flood of one address; the guesser's own, after the many addresses' flood, may be left out.
+    assert own in (["127.0.0.2"], ["127.0.0.2", "127.0.0.3"])
+    assert len(keyless) <= KEYLESS_BURST + KEYLESS_PER_S * elapsed + 1  # many addresses: a burst, then one a second
+    assert sum(r.get("left_out", 0) for r in keyless) <= counted["missing"] + counted["malformed"] - len(keyless)
+    assert [r["reason"] for r in records if r.get("reason") == "unknown"] == ["unknown"] * 3  # every guess logged
