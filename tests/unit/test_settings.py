@@ -169,3 +169,13 @@ def test_file_and_overrides_beat_the_environment(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("OPENFUSION_DEFAULT_PRESET", "self")
     assert load_settings(write(tmp_path, CONFIG)).default_preset == "budget"
     assert load_settings(default_preset="fast").default_preset == "fast"
+
+
+def test_a_short_fingerprint_key_is_refused_without_showing_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENFUSION_FINGERPRINT_KEY", "short-secret")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "OPENFUSION_FINGERPRINT_KEY" in info.value.message and "16 characters" in info.value.message
+    assert "short-secret" not in info.value.message
+    monkeypatch.setenv("OPENFUSION_FINGERPRINT_KEY", "a-secret-long-enough-to-keep")
+    assert "a-secret" not in repr(load_settings())
