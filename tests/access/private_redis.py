@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -55,6 +56,15 @@ class PrivateRedis:
             self._process.kill()
             self._process.wait(10)
             self._process = None
+
+    def freeze(self) -> None:
+        """Stop it answering, connections open (SIGSTOP): as a partition that drops packets looks to a client."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
 
     def restart_empty(self) -> None:
         self.stop()

@@ -74,6 +74,28 @@ def test_the_brake_counts_in_the_process_while_redis_is_away_and_in_redis_once_i
     assert private_redis.url not in caplog.text and KEY not in caplog.text
 
 
+def test_a_redis_that_does_not_answer_holds_a_request_with_a_key_briefly_then_not_at_all(
+    upstream: FakeUpstream, serve: Serve, private_redis: PrivateRedis
+) -> None:
+    """Every request with a key asks Redis whether its address is braked: paused, Redis held each one for the client's
+    socket timeout (2 s) until the first failure; now the first waits `ANSWER_S` and the next ones not at all."""
+    access = {"api_keys": KEY, "redis_url": private_redis.url, "limits": {"redis_prefix": PREFIX}}
+    with serve(access) as (url, _):
+        assert httpx.get(f"{url}/v1/models", headers=bearer(KEY), timeout=10).status_code == 200
+        private_redis.freeze()
+        try:
+            took = []
+            for _ in range(3):
+                started = time.monotonic()
+                assert httpx.get(f"{url}/v1/models", headers=bearer(KEY), timeout=10).status_code == 200
+                took.append(time.monotonic() - started)
+        finally:
+            private_redis.thaw()
+
+    assert took[0] < openfusion.access.redis_brake.ANSWER_S + 0.5, took
+    assert max(took[1:]) < 0.3, took  # the process's own brake answers meanwhile
+
+
 async def test_the_addresses_kept_in_redis_are_bounded_and_every_key_expires(redis_prefix: str) -> None:
     """A flood of addresses each with a wrong key: only the latest `max_addresses` are kept, the others' keys go."""
     client = Redis.from_url(REDIS_URL)

@@ -12,6 +12,7 @@ all along): it fails open-but-local, never refusing everyone, and asks Redis aga
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -60,8 +61,11 @@ return blocked
 """
 )
 
+# Every request with a key asks Redis: one that does not answer (a partition drops packets) must not hold it for the
+# client's socket timeout. Past this, the process's own brake answers.
+ANSWER_S = 0.5
 # After Redis failed to answer, the brake stays the process's own this long before Redis is asked again: an outage
-# costs one request a timeout now and then, not every request.
+# costs a request a short wait now and then, not every request.
 RETRY_S = 5.0
 _PLAIN_ADDRESS = re.compile(r"^[0-9A-Fa-f.:/]{1,49}$")
 
@@ -100,8 +104,9 @@ class SharedBrake:
         if not self.enabled or address is None or self._away():
             return local
         try:
-            left_ms = int(await self._client.pttl(self._key("braked", address)))
-        except (RedisError, OSError) as exc:
+            async with asyncio.timeout(ANSWER_S):
+                left_ms = int(await self._client.pttl(self._key("braked", address)))
+        except (RedisError, OSError, TimeoutError) as exc:
             self._went_away(exc)
             return local
         self._came_back()
@@ -115,11 +120,12 @@ class SharedBrake:
         keyed = _keyed(counted_as(address))
         args = [self.max_failures, _ms(self.window_s), _ms(self.block_s), secrets.token_hex(8), keyed]
         try:
-            blocked = await self._count(
-                keys=[self._key("brake", address), self._key("braked", address), f"{self._prefix}:brake:addresses"],
-                args=[*args, self._max_addresses, self._prefix],
-            )
-        except (RedisError, OSError) as exc:
+            async with asyncio.timeout(ANSWER_S):
+                blocked = await self._count(
+                    keys=[self._key("brake", address), self._key("braked", address), f"{self._prefix}:brake:addresses"],
+                    args=[*args, self._max_addresses, self._prefix],
+                )
+        except (RedisError, OSError, TimeoutError) as exc:
             self._went_away(exc)
             return blocked_here
         self._came_back()
