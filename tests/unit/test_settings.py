@@ -179,3 +179,5 @@ def test_a_short_fingerprint_key_is_refused_without_showing_it(monkeypatch: pyte
     assert "short-secret" not in info.value.message
     monkeypatch.setenv("OPENFUSION_FINGERPRINT_KEY", "a-secret-long-enough-to-keep")
     assert "a-secret" not in repr(load_settings())
+    monkeypatch.setenv("OPENFUSION_FINGERPRINT_KEY", "")  # as compose passes `${OPENFUSION_FINGERPRINT_KEY:-}`: unset
+    assert load_settings().fingerprint_key is None

@@ -131,8 +131,10 @@ MIN_FINGERPRINT_KEY_CHARS = 16
 
 
 def check_fingerprint_key(value: SecretStr | None) -> SecretStr | None:
-    """A fingerprint key long enough to stay secret (the message never shows it)."""
-    if value is not None and len(value.get_secret_value().strip()) < MIN_FINGERPRINT_KEY_CHARS:
+    """A fingerprint key long enough to stay secret (the message never shows it); an empty one is none (`${VAR:-}`)."""
+    if value is None or not value.get_secret_value().strip():
+        return None
+    if len(value.get_secret_value().strip()) < MIN_FINGERPRINT_KEY_CHARS:
         raise ValueError(f"the fingerprint key must have at least {MIN_FINGERPRINT_KEY_CHARS} characters")
     return value
 
