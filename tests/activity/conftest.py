@@ -1,15 +1,21 @@
-"""Activity fixtures: a fresh SQLite file and a fresh PostgreSQL schema per test, in a database per session."""
+"""Activity fixtures: a fresh SQLite file and a fresh PostgreSQL schema per test, in a database per session, or a
+database of a test's own."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import secrets
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from conftest import POSTGRES_ADMIN_URL
 from openfusion.activity import ActivityStore
 from openfusion.activity.postgres_store import PostgresStore
 from openfusion.activity.sqlite_store import SqliteStore
+
+PASSWORD = "pw-activity-db-7f3c9e"  # the local server trusts loopback, so any password logs in
 
 
 @pytest.fixture
@@ -35,3 +41,20 @@ async def store(request: pytest.FixtureRequest, sqlite_path: Path) -> AsyncItera
         opened = await PostgresStore.open(request.getfixturevalue("postgres_url"))
     yield opened
     await opened.close()
+
+
+@pytest.fixture
+def database() -> Iterator[tuple[str, str, str]]:
+    """A database owned by a role of its own: (URL with the role and a password, database name, role name)."""
+    suffix = secrets.token_hex(4)
+    name, role = f"openfusion_outage_{suffix}", f"openfusion_role_{suffix}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        admin.execute(f'CREATE DATABASE "{name}" OWNER "{role}"')
+    host = POSTGRES_ADMIN_URL.split("@", 1)[1].rsplit("/", 1)[0]
+    try:
+        yield f"postgresql://{role}:{PASSWORD}@{host}/{name}", name, role
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.execute(f'DROP ROLE IF EXISTS "{role}"')

@@ -8,8 +8,6 @@ credential does.
 from __future__ import annotations
 
 import logging
-import secrets
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -23,24 +21,7 @@ from fakes.upstream import FakeUpstream, Script
 from openfusion.app import create_app
 from openfusion.settings import ProviderConfig, Settings
 
-PASSWORD = "pw-activity-db-7f3c9e"  # the local server trusts loopback, so any password logs in
-
-
-@pytest.fixture
-def database() -> Iterator[tuple[str, str, str]]:
-    """A database owned by a role of its own: (URL with the role and a password, database name, role name)."""
-    suffix = secrets.token_hex(4)
-    name, role = f"openfusion_outage_{suffix}", f"openfusion_role_{suffix}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE ROLE "{role}" LOGIN')
-        admin.execute(f'CREATE DATABASE "{name}" OWNER "{role}"')
-    host = POSTGRES_ADMIN_URL.split("@", 1)[1].rsplit("/", 1)[0]
-    try:
-        yield f"postgresql://{role}:{PASSWORD}@{host}/{name}", name, role
-    finally:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+from .conftest import PASSWORD
 
 
 def _cut_off(role: str) -> None:

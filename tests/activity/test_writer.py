@@ -16,6 +16,7 @@ from openfusion.activity import (
     ActivitySettings,
     ActivityStore,
     ActivityWriter,
+    DataRefused,
     StoreUnavailable,
     Tokens,
     WriterStats,
@@ -199,32 +200,55 @@ async def test_records_a_store_that_does_not_answer_could_not_take_are_written_w
         await writer.aclose()
     assert store.batches == [3, 3, 3] and told == [True] * 3
     assert await _stored_ids(sqlite_store) == ["gen-000", "gen-001", "gen-002"]
-    assert "3 generation(s) kept queued until it answers" in caplog.text and "lost" not in caplog.text
+    assert "3 generation(s) kept queued until it does" in caplog.text and "lost" not in caplog.text
 
 
-async def test_records_whose_store_stopped_answering_are_counted_lost_when_a_close_abandons_its_ping(
+async def test_records_a_store_still_fails_to_take_at_close_are_counted_lost(
     sqlite_store: SqliteStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     class GoneStore(RecordingStore):
-        """Refuses a write at once, then a ping gets no answer (a partition): is it down, or was the batch refused?"""
+        """Fails every write at once (its connections reset), while it answers pings."""
 
         async def write(self, batch: Sequence[ActivityEntry]) -> None:
             self.batches.append(len(batch))
             raise StoreUnavailable("activity database error: connection reset")
-
-        async def ping(self) -> None:
-            await asyncio.Event().wait()
 
     writer = ActivityWriter(GoneStore(sqlite_store), batch_size=10, flush_interval_s=0.01)
     told: list[bool] = []
     writer.start()
     for entry in entries_over_time(2):
         writer.record(entry.generation, entry.calls, on_written=told.append)
-    await asyncio.sleep(0.1)  # the write failed; its ping waits
+    await asyncio.sleep(0.1)  # the write failed: kept queued, tried again in 0.5 s
+    assert writer.stats == WriterStats(written=0, dropped=0, failed=0, queued=2) and told == []
     with caplog.at_level(logging.WARNING, logger="openfusion.activity"):
         await writer.aclose(timeout_s=0.2)
     assert writer.stats == WriterStats(written=0, dropped=0, failed=2, queued=0) and told == [False, False]
     assert "2 generation(s) lost" in caplog.text
+
+
+async def test_records_a_store_that_answers_but_does_not_write_could_not_take_are_written_when_it_does(
+    sqlite_store: SqliteStore,
+) -> None:
+    class ReadOnlyStore(RecordingStore):
+        """Answers pings, but fails its first writes (read-only after a failover, a table locked, a full disk)."""
+
+        failures = 3
+
+        async def write(self, batch: Sequence[ActivityEntry]) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise StoreUnavailable("activity database error: cannot execute INSERT in a read-only transaction")
+            await super().write(batch)
+
+    store = ReadOnlyStore(sqlite_store)
+    told: list[bool] = []
+    async with ActivityWriter(store, batch_size=10, flush_interval_s=0.01) as writer:
+        for entry in entries_over_time(3):
+            writer.record(entry.generation, entry.calls, on_written=told.append)
+        await asyncio.wait_for(store.wait_for_batches([3]), timeout=10)  # after 0.5 s, 1 s and 2 s
+    assert store.failures == 0 and told == [True] * 3
+    assert writer.stats == WriterStats(written=3, dropped=0, failed=0, queued=0)
+    assert await _stored_ids(sqlite_store) == ["gen-000", "gen-001", "gen-002"]
 
 
 async def test_a_refused_record_costs_only_itself(store: ActivityStore, caplog: pytest.LogCaptureFixture) -> None:
@@ -247,18 +271,13 @@ async def test_a_store_lost_while_writing_record_by_record_loses_the_rest_at_onc
     sqlite_store: SqliteStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     class VanishingStore(RecordingStore):
-        """Refuses a batch while answering pings, then stops answering anything."""
-
-        pings = 0
+        """Refuses a batch's data, then stops taking anything."""
 
         async def write(self, batch: Sequence[ActivityEntry]) -> None:
             self.batches.append(len(batch))
-            raise StoreUnavailable("activity database error: row refused" if len(batch) > 1 else "gone")
-
-        async def ping(self) -> None:
-            self.pings += 1
-            if self.pings > 1:
-                raise StoreUnavailable("activity database error: connection refused")
+            if len(batch) > 1:
+                raise DataRefused("activity database error: value out of range")
+            raise StoreUnavailable("activity database error: connection refused")
 
     store = VanishingStore(sqlite_store)
     with caplog.at_level(logging.WARNING, logger="openfusion.activity"):

@@ -12,7 +12,7 @@ from openfusion.activity.records import (
     Tokens,
     utc_now,
 )
-from openfusion.activity.store import ActivityStore, StoreUnavailable, UnknownCursor, open_store
+from openfusion.activity.store import ActivityStore, DataRefused, StoreUnavailable, UnknownCursor, open_store
 from openfusion.activity.writer import ActivityWriter, WriterStats
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "ActivityWriter",
     "ApiType",
     "CallRecord",
+    "DataRefused",
     "GenerationRecord",
     "ModelPrice",
     "PanelText",

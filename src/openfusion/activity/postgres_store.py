@@ -21,7 +21,7 @@ from openfusion.activity.sql import (
     generation_from_row,
     generation_values,
 )
-from openfusion.activity.store import StoreUnavailable, UnknownCursor, redact_url
+from openfusion.activity.store import DataRefused, StoreUnavailable, UnknownCursor, redact_url
 from openfusion.activity.stored import StoredResponse, StoredStatements, stored_from_row, stored_values
 
 log = logging.getLogger("openfusion.activity")
@@ -34,6 +34,21 @@ _MIGRATION_LOCK = zlib.crc32(b"openfusion.activity.migrations")
 # How long close() waits for the pool's own tasks (a reconnection, say: it hangs while the server does not
 # answer); past it the pool is closed anyway, and the event loop cancels what is left when the process ends.
 CLOSE_TIMEOUT_S = 0.5
+# SQLSTATE classes of errors about the data sent, not the database's state: data exception, integrity constraint
+# violation, program limit exceeded (a row or a value too big). Every other error may pass: a read-only or locked
+# database, a full disk, a deadlock, a cancelled statement, a lost connection.
+_DATA_ERRORS = ("22", "23", "54")
+# A session that is read-only stays so (a standby after a failover, `default_transaction_read_only`): closed, its
+# connection is replaced by one opened anew, which may reach the server that writes.
+_READ_ONLY_TRANSACTION = "25006"
+
+
+def refuses_the_data(exc: psycopg.Error) -> bool:
+    """Whether the database (or psycopg, before sending) refused the data sent, rather than failed for its state."""
+    if exc.sqlstate:
+        return exc.sqlstate[:2] in _DATA_ERRORS
+    # Raised before anything was sent: a value psycopg cannot send (a NUL in text, an object it cannot adapt).
+    return isinstance(exc, (psycopg.DataError, psycopg.ProgrammingError))
 
 
 def describe(exc: psycopg.Error) -> str:
@@ -108,9 +123,15 @@ class PostgresStore:
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
         try:
             async with self._pool.connection() as conn:
-                yield conn
+                try:
+                    yield conn
+                except psycopg.Error as exc:
+                    if exc.sqlstate == _READ_ONLY_TRANSACTION:
+                        await conn.close()  # the pool opens another in its place
+                    raise
         except psycopg.Error as exc:
-            raise StoreUnavailable(f"activity database error at {self._where}: {describe(exc)}") from exc
+            failed = DataRefused if refuses_the_data(exc) else StoreUnavailable
+            raise failed(f"activity database error at {self._where}: {describe(exc)}") from exc
 
     @ends_when_cancelled
     async def write(self, batch: Sequence[ActivityEntry]) -> None:

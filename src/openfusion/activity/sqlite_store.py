@@ -23,7 +23,7 @@ from openfusion.activity.sql import (
     generation_from_row,
     generation_values,
 )
-from openfusion.activity.store import StoreUnavailable, UnknownCursor
+from openfusion.activity.store import DataRefused, StoreUnavailable, UnknownCursor
 from openfusion.activity.stored import StoredResponse, StoredStatements, stored_from_row, stored_values
 
 log = logging.getLogger("openfusion.activity")
@@ -39,6 +39,9 @@ BUSY_TIMEOUT_S = 5.0
 # ... and how many times a batch is tried when it still finds the database busy.
 WRITE_ATTEMPTS = 2
 _BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+# Errors about the data sent, not the database's state (busy, read-only, full, I/O): a constraint broken, a value
+# of the wrong type or too big, a parameter out of range.
+_DATA_ERRORS = (sqlite3.SQLITE_CONSTRAINT, sqlite3.SQLITE_MISMATCH, sqlite3.SQLITE_TOOBIG, sqlite3.SQLITE_RANGE)
 
 
 # sqlite3 binds an int, float or str as it is, but looks every other value up in its adapter registry
@@ -52,6 +55,14 @@ sqlite3.register_adapter(bool, int)
 def timestamp(value: datetime) -> str:
     """A fixed-width UTC ISO-8601 string, so text order is time order."""
     return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def refuses_the_data(exc: sqlite3.Error) -> bool:
+    """Whether SQLite (or the sqlite3 module, before running the statement) refused the data sent."""
+    if isinstance(exc, (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError, sqlite3.InterfaceError)):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _DATA_ERRORS
 
 
 def _generation_row(generation: GenerationRecord) -> list[Any]:
@@ -165,7 +176,8 @@ class SqliteStore:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"activity database error: {exc}") from exc
+            failed = DataRefused if refuses_the_data(exc) else StoreUnavailable
+            raise failed(f"activity database error: {exc}") from exc
 
     async def write(self, batch: Sequence[ActivityEntry]) -> None:
         """Write a batch in one transaction; an id written again replaces the earlier copy."""

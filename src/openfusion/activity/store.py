@@ -44,6 +44,14 @@ class StoreUnavailable(OpenFusionError):
         return self.detail
 
 
+class DataRefused(StoreUnavailable):
+    """The database refused what a call sent (a value out of range, a constraint broken), not the call itself.
+
+    Sent again, the same data would be refused again; other data would be taken. Any other StoreUnavailable
+    is about the database's state (down, read-only, locked, full) and may pass.
+    """
+
+
 async def answered_within(call: Awaitable[T], *, timeout_s: float, what: str) -> T:
     """What a store call returns; StoreUnavailable (503) when the database has not answered within `timeout_s`.
 
@@ -61,7 +69,8 @@ class UnknownCursor(LookupError):
 
 
 class ActivityStore(Protocol):
-    """Where generations and their calls are kept. Every method raises StoreUnavailable on a database failure.
+    """Where generations and their calls are kept. Every method raises StoreUnavailable on a database failure
+    (DataRefused when the database refused the data sent).
 
     Every method ends at once when cancelled, even while the database does not answer: a caller bounds a call
     with `asyncio.timeout` and gets its TimeoutError at the limit (see `cancellation`).

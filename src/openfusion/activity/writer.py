@@ -1,6 +1,7 @@
 """The background writer: requests enqueue records without waiting; one task batches them into the store.
 
-A store that does not answer (down, restarting, cut off) keeps its records queued: they are written when it answers.
+A store that cannot take a write (down, restarting, cut off, read-only, locked, full) keeps its records queued: they
+are written when it can. Only a record whose data the store refuses is lost, alone.
 
 A request may hand over its record unbuilt (`Draft`): the writer builds it with the rest of its batch, off
 the request's path. The writer wakes once per batch, not once per record.
@@ -20,7 +21,7 @@ from typing import Protocol
 from openfusion.activity.cancellation import cancel_until_done
 from openfusion.activity.config import ActivitySettings
 from openfusion.activity.records import ActivityEntry, CallRecord, GenerationRecord
-from openfusion.activity.store import ActivityStore
+from openfusion.activity.store import ActivityStore, DataRefused, StoreUnavailable
 
 log = logging.getLogger("openfusion.activity")
 
@@ -74,8 +75,8 @@ class WriterStats:
 class ActivityWriter:
     """Queues activity off the request's hot path and writes it in batches; a store outage never reaches a request.
 
-    What a store that does not answer could not take stays queued (within `queue_size`) and is written once it
-    answers again; a record the store refuses while it answers is counted as lost, alone.
+    What a store could not take stays queued (within `queue_size`) and is tried again, waiting 0.5 s to 10 s
+    between tries, until the store takes it; a record whose data the store refuses is counted as lost, alone.
     """
 
     def __init__(
@@ -109,7 +110,7 @@ class ActivityWriter:
         # While closing, a write timed out: the store does not answer, so nothing more is tried (see aclose()).
         self._unreachable = False
         self._unwritten = 0  # records of abandoned writes, not counted yet: aclose() counts them with the queue
-        # The store did not answer (a ping failed): what it did not take went back to the front of the queue, to be
+        # The store did not take a write: what it did not take went back to the front of the queue, to be
         # tried again after this many seconds (0: the store answers), growing while the outage lasts.
         self._retry_in = 0.0
         self._closed = asyncio.Event()  # aclose() was called: a wait before the next try ends at once
@@ -200,7 +201,7 @@ class ActivityWriter:
         long backlog that a working store takes in keeps being written. Once a stretch passes without a
         record written, the write still running is abandoned, its connection closed; it and the queue are
         counted as lost, in one warning. While closing, a write that times out ends the flush the same way at
-        once: no ping, no other write.
+        once: no other write.
         """
         if not self._closing:
             self._closing = True
@@ -285,12 +286,9 @@ class ActivityWriter:
             except Exception as exc:  # any store failure: count and log, never reach a request
                 if self._ends_the_close(exc, len(batch)):
                     return
-                if len(batch) == 1 and self._closing:  # no ping: a shutdown does not wait for the store to come back
-                    self._lost(batch, exc)
-                elif not await self._reachable():
+                if not _refuses_the_data(exc):  # the store cannot write now (down, read-only, locked, full)
                     kept = self._keep_for_later(batch, exc)
-                elif len(batch) > 1:
-                    # The store is up, so it refused something in the batch: one bad record must not cost the rest.
+                elif len(batch) > 1:  # one bad record must not cost the rest
                     kept = await self._write_each(batch)
                 else:
                     self._lost(batch, exc)
@@ -298,7 +296,7 @@ class ActivityWriter:
                 self._written += len(batch)
                 self._tell(batch, written=True)
                 self._recovered()
-        except asyncio.CancelledError:  # aclose() stopped waiting for the store (a write or a ping): the rest is lost
+        except asyncio.CancelledError:  # aclose() stopped waiting for the store's write: the rest is lost
             self._unwritten += len(batch) - (self._written + self._failed - counted)
             raise
         finally:
@@ -313,7 +311,7 @@ class ActivityWriter:
     def _ends_the_close(self, exc: Exception, unwritten: int) -> bool:
         """While closing, a write that timed out means the store does not answer: the flush ends there.
 
-        Nothing more is tried (a ping or another write would only wait as long again): these `unwritten`
+        Nothing more is tried (another write would only wait as long again): these `unwritten`
         records and the queue are left for aclose() to count as lost.
         """
         if not (self._closing and isinstance(exc, TimeoutError)):
@@ -322,19 +320,11 @@ class ActivityWriter:
         self._unwritten += unwritten
         return True
 
-    async def _reachable(self) -> bool:
-        try:
-            async with asyncio.timeout(self._write_timeout_s):
-                await self._store.ping()
-        except Exception:
-            return False
-        self._recovered()
-        return True
-
     async def _write_each(self, batch: list[ActivityEntry]) -> int:
-        """Write a refused batch record by record; a record that still fails is logged by its id.
+        """Write a batch whose data was refused record by record; a record refused alone is lost, logged by its id.
 
-        Returns how many went back to the queue: the rest of the batch, when the store went away meanwhile.
+        Returns how many went back to the queue: the rest of the batch, when the store stopped taking writes
+        meanwhile (not once per record: one wait for it).
         """
         for position, entry in enumerate(batch):
             try:
@@ -342,16 +332,17 @@ class ActivityWriter:
             except Exception as exc:
                 if self._ends_the_close(exc, len(batch) - position):
                     return 0
-                if not await self._reachable():  # the store went away meanwhile: do not wait once per record
+                if not _refuses_the_data(exc):
                     return self._keep_for_later(batch[position:], exc)
                 self._lost([entry], exc)
             else:
                 self._written += 1
                 self._tell([entry], written=True)
+                self._recovered()
         return 0
 
     def _keep_for_later(self, entries: list[ActivityEntry], exc: Exception) -> int:
-        """The store does not answer: put these records back at the front of the queue, to be written when it does.
+        """The store did not take a write: put these records back at the front of the queue, to be tried again.
 
         While closing they are lost instead (counted and logged): a shutdown does not wait for a store to come back.
         Returns how many were put back.
@@ -361,9 +352,8 @@ class ActivityWriter:
             return 0
         if not self._retry_in:
             why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            log.warning(
-                "activity store unreachable (%s): %d generation(s) kept queued until it answers", why, len(entries)
-            )
+            log.warning("activity store did not take a write (%s): %d generation(s) kept queued until it does",
+                        why, len(entries))  # fmt: skip
         self._retry_in = min(max(self._retry_in * 2, _FIRST_RETRY_S), _MAX_RETRY_S)
         self._queue.extendleft(_Built(entry) for entry in reversed(entries))
         return len(entries)
@@ -377,7 +367,7 @@ class ActivityWriter:
     def _recovered(self) -> None:
         if self._retry_in:
             self._retry_in = 0.0
-            log.warning("activity store answers again: %d generation(s) still queued", len(self._queue))
+            log.warning("activity store takes writes again: %d generation(s) still queued", len(self._queue))
 
     def _tell(self, entries: list[ActivityEntry], *, written: bool) -> None:
         """Tell whoever waits on these generations whether they reached the store (each once)."""
@@ -423,6 +413,17 @@ class ActivityWriter:
             type(exc).__name__,
             exc,
         )
+
+
+def _refuses_the_data(exc: Exception) -> bool:
+    """Whether a write failed for the records it sent (written again, they would fail again), not for the store.
+
+    The store's other errors (down, read-only, locked, full) and a write past its time limit pass with time; an
+    error that is not the store's own (a value the driver cannot send) is the record's.
+    """
+    if isinstance(exc, DataRefused):
+        return True
+    return not isinstance(exc, (StoreUnavailable, TimeoutError, OSError))
 
 
 async def _abandon(task: asyncio.Task[None]) -> None:

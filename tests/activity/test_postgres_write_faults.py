@@ -1,0 +1,150 @@
+"""PostgreSQL that answers but cannot write: the records of the requests served meanwhile are written once it can.
+
+The real server on a real PostgreSQL database of the test's own. The database keeps answering (pings, `/readyz`)
+while every write fails: its sessions turned read-only (as on a standby after a failover), or the table held
+locked by another connection past the write's time limit. Then the fault is lifted, and nothing may be lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from activity.support import T0, make_entry
+from conftest import POSTGRES_ADMIN_URL
+from fakes.server import serve_in_thread
+from fakes.upstream import FakeUpstream, wait_until
+from openfusion.activity import ActivityWriter, Tokens, WriterStats
+from openfusion.activity.postgres_store import PostgresStore
+from openfusion.app import create_app
+from openfusion.settings import ProviderConfig, Settings
+
+
+def _admin(database: str) -> psycopg.Connection:
+    base, _, _ = POSTGRES_ADMIN_URL.rpartition("/")
+    return psycopg.connect(f"{base}/{database}", autocommit=True, connect_timeout=5)
+
+
+def _stored(database: str) -> set[str]:
+    with _admin(database) as conn:
+        return {row[0] for row in conn.execute("SELECT id FROM generations").fetchall()}
+
+
+def _read_only(database: str, *, on: bool) -> None:
+    """Turn the database's sessions read-only (as a standby's after a failover), ending those open; or lift it."""
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:  # not in `database`
+        if not on:
+            admin.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+            return
+        admin.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database,),
+        )
+
+
+@contextmanager
+def _served(
+    fake_upstream: tuple[FakeUpstream, str], url: str, tmp_path: Path
+) -> Iterator[tuple[str, Callable[[], int]]]:
+    """The server on the database at `url`: (its base URL, how many records it lost so far)."""
+    fake, upstream_url = fake_upstream
+    fake.reset()
+    provider = ProviderConfig(name="fake", base_url=f"{upstream_url}/v1", models=["fake/*"], strip_prefix=True)
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "solo.toml").write_text('analysis_models = ["fake/a"]\nmodel = "fake/judge"\n')
+    # A response waits for its record (record_before_end, on with PostgreSQL) for at most write_timeout_s.
+    activity = {"write_timeout_s": 1.0, "flush_interval_s": 0.05}
+    settings = Settings(
+        providers=[provider], builtin_providers=False, presets_dir=presets, default_preset="solo", activity=activity
+    )
+    app = create_app(settings, environ={"DATABASE_URL": url})
+    with serve_in_thread(app) as server:
+        yield server, lambda: app.state.openfusion.activity.stats.lost
+
+
+def _post(server: str) -> str:
+    body = {"model": "fake/a", "messages": [{"role": "user", "content": "Hi"}]}
+    response = httpx.post(f"{server}/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.headers["x-generation-id"]
+
+
+def _ready(server: str) -> int:
+    return httpx.get(f"{server}/readyz", timeout=10).status_code
+
+
+def test_records_of_requests_served_while_postgresql_is_read_only_are_written_once_it_takes_writes(
+    fake_upstream: tuple[FakeUpstream, str], database: tuple[str, str, str], tmp_path: Path
+) -> None:
+    url, name, _ = database
+    with _served(fake_upstream, url, tmp_path) as (server, lost):
+        before = _post(server)
+        assert before in _stored(name)
+        _read_only(name, on=True)  # a failover: the sessions the pool opens now are on a read-only server
+        during = [_post(server) for _ in range(3)]  # served all the same, each after write_timeout_s at most
+        assert _ready(server) == 200  # the database answers: only its writes fail
+        assert not set(during) & _stored(name)  # the fault: none of them could be written
+        _read_only(name, on=False)
+        wait_until(lambda: set(during) <= _stored(name), timeout=30)
+        assert lost() == 0
+
+
+def test_records_of_requests_served_while_their_table_is_locked_are_written_once_it_is_free(
+    fake_upstream: tuple[FakeUpstream, str], database: tuple[str, str, str], tmp_path: Path
+) -> None:
+    url, name, _ = database
+    with _served(fake_upstream, url, tmp_path) as (server, lost):
+        before = _post(server)
+        assert before in _stored(name)
+        with _admin(name) as locker:
+            with locker.transaction():  # a migration, a VACUUM FULL: the table held past the write's time limit
+                locker.execute("LOCK TABLE generations IN ACCESS EXCLUSIVE MODE")
+                during = [_post(server) for _ in range(3)]  # each write timed out after write_timeout_s
+                assert _ready(server) == 200
+                held = {row[0] for row in locker.execute("SELECT id FROM generations").fetchall()}
+                assert not set(during) & held  # the fault: none of them could be written
+            wait_until(lambda: set(during) <= _stored(name), timeout=30)
+        assert lost() == 0
+
+
+async def test_a_bad_record_queued_while_postgresql_is_read_only_costs_only_itself_once_it_takes_writes(
+    database: tuple[str, str, str],
+) -> None:
+    url, name, _ = database
+    store = await PostgresStore.open(url)
+    huge = Tokens(prompt_tokens=2**63, completion_tokens=1, total_tokens=2**63 + 1)  # past BIGINT: a data error
+    bad = make_entry("gen-bad", usage=huge)
+    good = [make_entry(f"gen-good-{i}", created_at=T0 + timedelta(seconds=i)) for i in range(3)]
+    told: dict[str, bool] = {}
+    all_told = asyncio.Event()
+
+    def tell(generation_id: str) -> Callable[[bool], None]:
+        def written(ok: bool) -> None:
+            told[generation_id] = ok
+            if len(told) == 4:
+                all_told.set()
+
+        return written
+
+    try:
+        _read_only(name, on=True)
+        async with ActivityWriter(store, batch_size=10, flush_interval_s=0.01, write_timeout_s=2.0) as writer:
+            for entry in (good[0], bad, *good[1:]):
+                writer.record(entry.generation, entry.calls, on_written=tell(entry.generation.id))
+            await asyncio.sleep(1.0)  # tried at once, then 0.5 s later: the server writes nothing
+            assert writer.stats == WriterStats(written=0, dropped=0, failed=0, queued=4) and not told
+            _read_only(name, on=False)
+            await asyncio.wait_for(all_told.wait(), timeout=15)
+        assert told == {"gen-good-0": True, "gen-bad": False, "gen-good-1": True, "gen-good-2": True}
+        assert writer.stats == WriterStats(written=3, dropped=0, failed=1, queued=0)
+        assert _stored(name) == {e.generation.id for e in good}
+    finally:
+        await store.close()
