@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator, Callable
 
@@ -127,6 +128,27 @@ async def test_a_crashed_replica_cannot_hold_slots_beyond_one_lease_time(
     await asyncio.sleep(0.35)
     assert await survivor.acquire("k", limit=2) is not None
     assert await survivor.acquire("k", limit=2) is not None
+
+
+async def test_the_next_admission_after_redis_lost_the_counters_takes_its_replicas_slots_again_once(
+    make_limiter: Callable[..., RedisLimiter],
+    redis_client: redis.Redis,
+    redis_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    one, two = make_limiter(), make_limiter()  # two replicas, each running one request
+    assert await one.acquire("k", limit=2) is not None
+    assert await two.acquire("k", limit=2) is not None
+    redis_client.delete(*redis_client.keys(f"{redis_prefix}:*"))  # what a restart without persistence does
+    with caplog.at_level(logging.WARNING, logger="openfusion.access"):
+        answers = await asyncio.gather(*(one.acquire("k", limit=2) for _ in range(5)))
+    # Its own run counted again before any of them: one more fits, not two; taken again once, not five times.
+    assert sum(answer is not None for answer in answers) == 1
+    assert sum("lost its counters" in r.getMessage() for r in caplog.records) == 1
+    # The other replica's run is counted again at that replica's own next admission (or renewal): until then a
+    # third run got in beside it.
+    assert await two.acquire("k", limit=2) is None
+    assert redis_client.zcard(f"{redis_prefix}:fusion:k") == 3
 
 
 def closed_port() -> int:

@@ -105,6 +105,61 @@ def test_a_request_in_flight_keeps_its_spend_reservation_when_redis_restarts_emp
     assert len(upstream.calls_for("a")) == 1
 
 
+def empty(private_redis: PrivateRedis, how: str) -> None:
+    """Make Redis lose every counter: restarted without persistence, or flushed."""
+    if how == "restarted":
+        private_redis.restart_empty()
+    else:
+        with private_redis.client() as client:
+            client.flushall()
+
+
+@pytest.mark.parametrize("how", ["restarted", "flushed"])
+def test_the_next_request_after_redis_lost_its_counters_finds_the_slot_of_one_in_flight_taken_again(
+    upstream: FakeUpstream, serve: Serve, private_redis: PrivateRedis, how: str
+) -> None:
+    """With the default lease (a minute, renewed every 20 s), a request that came after Redis lost the leases got in
+    beside the stream still running: that stream went uncounted until its next renewal."""
+    upstream.script("slow", Script(chunks=["Hello", " there", "!"], chunk_interval_s=3))
+    leases = f"{PREFIX}:requests:key:team-a"
+    with serve(team_a(private_redis, max_concurrent_requests=1), environ=ENVIRON) as (url, _):
+        with open_passthrough_stream(url, A), private_redis.client() as redis:
+            assert redis.zcard(leases) == 1
+            empty(private_redis, how)
+            assert redis.zcard(leases) == 0  # the fault: Redis forgot the slot
+            refused = httpx.post(f"{url}/v1/chat/completions", json=chat_body("fake/a"), headers=A)
+            assert_429(refused, "concurrency_limited", max_retry_after=1)
+            assert redis.zcard(leases) == 1  # taken again by that admission, not 20 s later
+        with private_redis.client() as redis:
+            wait_until(lambda: redis.zcard(leases) == 0)  # given back when the stream ended
+        assert httpx.post(f"{url}/v1/chat/completions", json=chat_body("fake/a"), headers=A).status_code == 200
+
+
+@pytest.mark.parametrize("how", ["restarted", "flushed"])
+def test_the_next_request_after_redis_lost_its_counters_finds_the_reservation_of_one_in_flight_made_again(
+    upstream: FakeUpstream, serve: Serve, private_redis: PrivateRedis, tmp_path: Path, how: str
+) -> None:
+    """With the default lease, a second $0.10 request got in under a $0.15 cap right after Redis lost the
+    reservations: $0.20 spent."""
+    upstream.script("a", Script(delay_s=3.0, usage=FULL))  # costs its estimate: $0.10
+    activity = {"path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
+    body = chat_body("fake/a", max_tokens=10)
+    access = team_a(private_redis, daily_spend_usd=0.15)
+    with serve(access, environ=ENVIRON, activity=activity, pricing=pricing(a=CENT)) as (url, _):
+        first: list[httpx.Response] = []
+        running = threading.Thread(target=lambda: first.append(post(url, body)))
+        running.start()
+        with private_redis.client() as redis:
+            wait_until(lambda: held(redis) == 1)
+            empty(private_redis, how)
+            assert held(redis) == 0  # the fault: Redis forgot the reservation
+            assert_429(post(url, body), "spend_limited", max_retry_after=2)
+            assert held(redis) == 1  # made again by that admission, not 20 s later
+            running.join()
+    assert first[0].status_code == 200
+    assert len(upstream.calls_for("a")) == 1
+
+
 def test_a_cost_settled_while_redis_is_down_is_counted_once_it_is_back(
     upstream: FakeUpstream, serve: Serve, private_redis: PrivateRedis, tmp_path: Path
 ) -> None:

@@ -256,7 +256,8 @@ def build_access(config: AccessConfig, environ: Mapping[str, str], *, lease_ttl_
     if url:
         prefix = config.limits.redis_prefix
         shared = RedisLimiter.from_url(url, prefix=prefix, lease_ttl_s=lease_ttl_s)
-        limiter, spend = shared, RedisSpendBook(shared.client, prefix=prefix, lease_ttl_s=lease_ttl_s)
+        spend = RedisSpendBook(shared.client, prefix=prefix, lease_ttl_s=lease_ttl_s, epoch=shared.epoch)
+        limiter = shared
         brake = SharedBrake(shared.client, prefix=prefix, local=brake)
     else:
         limiter, spend = MemoryLimiter(), MemorySpendBook()

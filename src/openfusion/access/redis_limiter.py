@@ -4,7 +4,8 @@ Times come from the Redis server (`TIME`), so replicas with skewed clocks still 
 slots are leases in a sorted set scored by their expiry: a live run renews its lease every third
 of the lease time, and a replica that crashes mid-run cannot hold its slots for longer than one
 lease time. A renewal that finds its lease gone (Redis restarted empty) takes it again: the run still
-counts against its limit.
+counts against its limit. So does the next admission that finds Redis emptied (`redis_epoch`), for every slot
+of this process at once.
 """
 
 from __future__ import annotations
@@ -20,16 +21,14 @@ from redis.exceptions import RedisError
 
 from openfusion.access.errors import LimitsUnavailable
 from openfusion.access.limiter import Slot
+from openfusion.access.redis_epoch import NOW_MS, RedisEpoch, admission
 from openfusion.errors import ConfigError
 
 log = logging.getLogger("openfusion.access")
 
-NOW_MS = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-
 # KEYS[1] request log; ARGV: limit, window (ms), unique member. Returns 0 (admitted) or ms to wait.
-_HIT = (
-    NOW_MS
-    + """
+_HIT = admission(
+    """
 local window = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
@@ -43,9 +42,8 @@ return math.max(1, tonumber(oldest[2]) + window - now)
 )
 
 # KEYS[1] leases; ARGV: limit, lease time (ms), lease id. Returns 1 (taken) or 0 (all held).
-_ACQUIRE = (
-    NOW_MS
-    + """
+_ACQUIRE = admission(
+    """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
@@ -90,6 +88,8 @@ class RedisLimiter:
         self._renew = client.register_script(_RENEW)
         self._slots: set[_RedisSlot] = set()
         self._giving_back: set[asyncio.Task[None]] = set()  # slots Redis could not take back yet, sent again
+        self.epoch = RedisEpoch(prefix=prefix)  # spend reservations share it
+        self.epoch.on_reset(self._retake)
 
     @property
     def client(self) -> Redis:
@@ -111,14 +111,15 @@ class RedisLimiter:
         window_ms = max(1, round(window_s * 1000))
         member = secrets.token_hex(8)
         async with _unavailable_on_error():
-            wait_ms = await self._hit(keys=[self._key("rpm", bucket)], args=[limit, window_ms, member])
+            key = self._key("rpm", bucket)
+            wait_ms = await self.epoch.admit(self._hit, keys=[key], args=[limit, window_ms, member])
         return int(wait_ms) / 1000
 
     async def acquire(self, bucket: str, *, limit: int, kind: str = "fusion") -> Slot | None:
         """Take a lease if fewer than `limit` live leases of the `kind` limit are held."""
         key, lease = self._key(kind, bucket), secrets.token_hex(8)
         async with _unavailable_on_error():
-            taken = await self._acquire(keys=[key], args=[limit, self._lease_ms, lease])
+            taken = await self.epoch.admit(self._acquire, keys=[key], args=[limit, self._lease_ms, lease])
         if not int(taken):
             return None
         slot = _RedisSlot(self, key, lease)
@@ -136,6 +137,19 @@ class RedisLimiter:
         for task in list(self._giving_back):
             task.cancel()
         await self._client.aclose()
+
+    async def _retake(self) -> None:
+        """Take every slot of this process's running requests again, in one round trip: Redis lost them."""
+        slots = list(self._slots)
+        if not slots:
+            return
+        async with self._client.pipeline(transaction=False) as pipe:
+            for slot in slots:
+                await self._renew(keys=[slot.key], args=[self._lease_ms, slot.lease], client=pipe)
+            await pipe.execute()
+        for slot in slots:
+            if slot.released:  # given back while it was being taken again: taken for nothing, given back again
+                await slot.give_back()
 
     def give_back_later(self, key: str, lease: str) -> None:
         """Remove a lease Redis could not take back now: again every 0.5 s to 10 s, until it does or the lease ends."""
@@ -162,21 +176,24 @@ class RedisLimiter:
 class _RedisSlot:
     def __init__(self, limiter: RedisLimiter, key: str, lease: str) -> None:
         self._limiter = limiter
-        self._key = key
-        self._lease = lease
-        self._released = False
+        self.key = key
+        self.lease = lease
+        self.released = False
         self._renewal = asyncio.create_task(self._renew_until_released(), name="openfusion-slot-lease")
 
     async def release(self) -> None:
-        if self._released:
+        if self.released:
             return
-        self._released = True
+        self.released = True
         self.stop_renewing()
+        await self.give_back()
+
+    async def give_back(self) -> None:
         try:
-            await self._limiter._client.zrem(self._key, self._lease)
+            await self._limiter._client.zrem(self.key, self.lease)
         except (RedisError, OSError) as exc:
             log.warning("could not give back a concurrency slot (%s); sent again until Redis answers", exc)
-            self._limiter.give_back_later(self._key, self._lease)  # else it would stay held until its lease ends
+            self._limiter.give_back_later(self.key, self.lease)  # else it would stay held until its lease ends
 
     def stop_renewing(self) -> None:
         self._limiter._slots.discard(self)
@@ -187,7 +204,7 @@ class _RedisSlot:
         while True:
             await asyncio.sleep(limiter._lease_ms / 3000)
             try:
-                renewed = await limiter._renew(keys=[self._key], args=[limiter._lease_ms, self._lease])
+                renewed = await limiter._renew(keys=[self.key], args=[limiter._lease_ms, self.lease])
             except (RedisError, OSError) as exc:
                 log.warning("could not renew a fusion slot lease: %s", exc)
                 continue

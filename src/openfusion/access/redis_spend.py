@@ -5,7 +5,8 @@ sorted set of lease expiries, and their total), the costs written to the store l
 set by the time they were written), and the kept costs. Each step touches only what changed, what
 expired and what was written during the caller's reading of the store. A running reservation is a
 lease renewed every third of its time, so a replica that crashed frees its reservations within one
-lease time; a renewal that finds its reservation gone (Redis restarted empty) makes it again. Times
+lease time; a renewal that finds its reservation gone (Redis restarted empty) makes it again, as does, for every
+reservation of this process at once, the next admission that finds Redis emptied (`redis_epoch`). Times
 come from the Redis server (`TIME`); the time a reading of the store begins is told from this
 process's clock and the offset the last script showed, set a little early (an earlier reading
 counts more, never less), which saves a round trip per request.
@@ -24,7 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from openfusion.access.errors import LimitsUnavailable
-from openfusion.access.redis_limiter import NOW_MS
+from openfusion.access.redis_epoch import NOW_MS, RedisEpoch, admission
 from openfusion.access.spend import READ_WINDOW_S, Refusal, Reservation
 
 log = logging.getLogger("openfusion.access")
@@ -48,9 +49,8 @@ if redis.call('HLEN', KEYS[1]) == 0 then redis.call('HSET', KEYS[4], 'running', 
 
 # ARGV: cap, estimate, spent, read_at (ms), id, lease (ms), read window (ms), expire-at (unix s).
 # Returns {1|0|-1 (admitted, refused, reading too old), counted, in flight, now (ms)}.
-_RESERVE = (
-    NOW_MS
-    + """
+_RESERVE = admission(
+    """
 local read_at = tonumber(ARGV[4])
 if now - read_at > tonumber(ARGV[7]) then return {-1, '0', '0', now} end
 """
@@ -142,6 +142,7 @@ class RedisSpendBook:
         lease_ttl_s: float = 60.0,
         read_window_s: float = READ_WINDOW_S,
         clock_margin_s: float = CLOCK_MARGIN_S,
+        epoch: RedisEpoch | None = None,
     ) -> None:
         self._client = client
         self._margin = clock_margin_s
@@ -157,6 +158,8 @@ class RedisSpendBook:
         self._settlements: list[tuple[list[str], list[Any]]] = []  # (keys, args) of _FINISH, not sent yet
         self._renewer: asyncio.Task[None] | None = None
         self._settler: asyncio.Task[None] | None = None
+        self._epoch = epoch or RedisEpoch(prefix=prefix)  # the limiter's, when they share a client
+        self._epoch.on_reset(self._renew_live)
 
     async def clock(self) -> float:
         """The Redis server's time (seconds), a little early: asked for once, then told from the last script."""
@@ -181,9 +184,10 @@ class RedisSpendBook:
         hold = secrets.token_hex(8)
         args = [repr(cap), repr(estimate), repr(spent), round(read_at * 1000), hold, self._lease_ms, self._window_ms]
         try:
-            status, counted, in_flight, now_ms = await self._reserve(keys=keys, args=[*args, _expire_at(day)])
+            answer = await self._epoch.admit(self._reserve, keys=keys, args=[*args, _expire_at(day)])
         except (RedisError, OSError) as exc:
             raise _unavailable(exc) from None
+        status, counted, in_flight, now_ms = answer
         self._learn(int(now_ms) / 1000)
         if int(status) < 0:
             return None
@@ -245,23 +249,28 @@ class RedisSpendBook:
     async def _renew_leases(self) -> None:
         while self._live:
             await asyncio.sleep(self._lease_ms / 3000)
-            live = list(self._live.items())
             try:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for hold, (keys, amount, expire_at) in live:
-                        await self._renew(keys=keys, args=[hold, self._lease_ms, amount, expire_at], client=pipe)
-                    renewed = await pipe.execute()
+                await self._renew_live()
             except (RedisError, OSError) as exc:
-                log.warning("could not renew %d spend reservation lease(s): %s", len(live), exc)
-                continue
-            remade = [(hold, keys, expire_at) for (hold, (keys, _, expire_at)), ok in zip(live, renewed, strict=True)
-                      if not int(ok)]  # fmt: skip
-            if remade:
-                log.warning("%d spend reservation(s) gone before their request ended (Redis restarted?): made again",
-                            len(remade))  # fmt: skip
-            for hold, keys, expire_at in remade:
-                if hold not in self._live:  # it ended while being made again: gone for good
-                    await self.give_back(hold, keys, [hold, "0", -1, expire_at])
+                log.warning("could not renew %d spend reservation lease(s): %s", len(self._live), exc)
+
+    async def _renew_live(self) -> None:
+        """Renew every running reservation in one round trip; make again those Redis lost (it restarted empty)."""
+        live = list(self._live.items())
+        if not live:
+            return
+        async with self._client.pipeline(transaction=False) as pipe:
+            for hold, (keys, amount, expire_at) in live:
+                await self._renew(keys=keys, args=[hold, self._lease_ms, amount, expire_at], client=pipe)
+            renewed = await pipe.execute()
+        remade = [(hold, keys, expire_at) for (hold, (keys, _, expire_at)), ok in zip(live, renewed, strict=True)
+                  if not int(ok)]  # fmt: skip
+        if remade:
+            log.warning("%d spend reservation(s) gone before their request ended (Redis restarted?): made again",
+                        len(remade))  # fmt: skip
+        for hold, keys, expire_at in remade:
+            if hold not in self._live:  # it ended while being made again: gone for good
+                await self.give_back(hold, keys, [hold, "0", -1, expire_at])
 
     def _keys(self, bucket: str, day: str) -> list[str]:
         base = f"{self._prefix}:spend:{bucket}:{day}"
