@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -249,6 +251,35 @@ async def test_records_a_store_that_answers_but_does_not_write_could_not_take_ar
     assert store.failures == 0 and told == [True] * 3
     assert writer.stats == WriterStats(written=3, dropped=0, failed=0, queued=0)
     assert await _stored_ids(sqlite_store) == ["gen-000", "gen-001", "gen-002"]
+
+
+async def test_records_a_sqlite_file_locked_by_another_process_could_not_take_are_written_once_it_is_free(
+    sqlite_path: Path,
+) -> None:
+    store = await SqliteStore.open(sqlite_path, busy_timeout_s=0.05)
+    other = sqlite3.connect(sqlite_path, isolation_level=None)  # a backup, another worker's long write
+    other.execute("BEGIN IMMEDIATE")
+    told: list[bool] = []
+    all_told = asyncio.Event()
+
+    def tell(written: bool) -> None:
+        told.append(written)
+        if len(told) == 3:
+            all_told.set()
+
+    try:
+        async with ActivityWriter(store, batch_size=10, flush_interval_s=0.01) as writer:
+            for entry in entries_over_time(3):
+                writer.record(entry.generation, entry.calls, on_written=tell)
+            await asyncio.sleep(0.8)  # tried at once and 0.5 s later: the file stays locked
+            assert writer.stats == WriterStats(written=0, dropped=0, failed=0, queued=3) and not told
+            other.execute("COMMIT")
+            await asyncio.wait_for(all_told.wait(), timeout=10)
+        assert told == [True] * 3 and writer.stats.lost == 0
+        assert await _stored_ids(store) == ["gen-000", "gen-001", "gen-002"]
+    finally:
+        other.close()
+        await store.close()
 
 
 async def test_a_refused_record_costs_only_itself(store: ActivityStore, caplog: pytest.LogCaptureFixture) -> None:
