@@ -320,6 +320,24 @@ async def test_a_store_lost_while_writing_record_by_record_loses_the_rest_at_onc
     assert "5 generation(s) lost" in caplog.text
 
 
+async def test_a_batch_too_slow_to_write_whole_is_written_record_by_record(sqlite_store: SqliteStore) -> None:
+    class SlowBatchStore(RecordingStore):
+        """Takes a record at once, but a batch takes longer than the write's time limit."""
+
+        async def write(self, batch: Sequence[ActivityEntry]) -> None:
+            if len(batch) > 1:
+                await asyncio.sleep(1.0)
+            await super().write(batch)
+
+    store = SlowBatchStore(sqlite_store)
+    async with ActivityWriter(store, batch_size=10, flush_interval_s=60.0, write_timeout_s=0.2) as writer:
+        for entry in entries_over_time(3):
+            writer.record(entry.generation, entry.calls, hurry=True)
+        await asyncio.wait_for(store.wait_for_batches([1, 1, 1]), timeout=5)
+    assert writer.stats == WriterStats(written=3, dropped=0, failed=0, queued=0)
+    assert await _stored_ids(sqlite_store) == ["gen-000", "gen-001", "gen-002"]
+
+
 async def test_a_hanging_store_times_out_and_counts(sqlite_store: SqliteStore) -> None:
     store = HangingStore(sqlite_store)
     writer = ActivityWriter(store, batch_size=10, flush_interval_s=0.01, write_timeout_s=0.05)

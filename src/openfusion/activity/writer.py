@@ -286,12 +286,14 @@ class ActivityWriter:
             except Exception as exc:  # any store failure: count and log, never reach a request
                 if self._ends_the_close(exc, len(batch)):
                     return
-                if not _refuses_the_data(exc):  # the store cannot write now (down, read-only, locked, full)
-                    kept = self._keep_for_later(batch, exc)
-                elif len(batch) > 1:  # one bad record must not cost the rest
+                refused = _refuses_the_data(exc)
+                if len(batch) > 1 and (refused or isinstance(exc, TimeoutError)):
+                    # One bad record must not cost the rest, nor a batch too slow to write whole its records.
                     kept = await self._write_each(batch)
-                else:
+                elif refused:
                     self._lost(batch, exc)
+                else:  # the store cannot write now (down, read-only, locked, full)
+                    kept = self._keep_for_later(batch, exc)
             else:
                 self._written += len(batch)
                 self._tell(batch, written=True)
@@ -321,7 +323,8 @@ class ActivityWriter:
         return True
 
     async def _write_each(self, batch: list[ActivityEntry]) -> int:
-        """Write a batch whose data was refused record by record; a record refused alone is lost, logged by its id.
+        """Write a batch that was refused (or too slow whole) record by record; a record refused alone is lost,
+        logged by its id.
 
         Returns how many went back to the queue: the rest of the batch, when the store stopped taking writes
         meanwhile (not once per record: one wait for it).
