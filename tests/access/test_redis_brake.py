@@ -82,6 +82,7 @@ def test_a_redis_that_does_not_answer_holds_a_request_with_a_key_briefly_then_no
     access = {"api_keys": KEY, "redis_url": private_redis.url, "limits": {"redis_prefix": PREFIX}}
     with serve(access) as (url, _):
         assert httpx.get(f"{url}/v1/models", headers=bearer(KEY), timeout=10).status_code == 200
+        time.sleep(openfusion.access.redis_brake.CLEARED_S)  # what Redis said of the address is asked again
         private_redis.freeze()
         try:
             took = []
@@ -129,3 +130,44 @@ async def test_the_addresses_kept_in_redis_are_bounded_and_every_key_expires(red
         ]
     )
     assert all(0 < ttl <= 60_000 for ttl in ttls), ttls
+
+
+async def test_a_client_asks_redis_once_a_second_not_on_every_request_and_a_wrong_key_asks_at_once(
+    redis_prefix: str,
+) -> None:
+    """Redis's "not braked" for an address holds in the process for `CLEARED_S`: a client's requests do not each wait
+    for a round trip. A wrong key from the address forgets it, so a block another process set is seen at once."""
+    client = Redis.from_url(REDIS_URL)
+    now = [1000.0]
+    brake = SharedBrake(
+        client,
+        prefix=redis_prefix,
+        local=AuthBrake(max_failures=3, window_s=30.0, block_s=60.0),
+        clock=lambda: now[0],
+    )
+    asked = []
+    pttl = client.pttl
+
+    async def counted_pttl(name: str) -> int:
+        asked.append(name)
+        return int(await pttl(name))
+
+    client.pttl = counted_pttl  # type: ignore[method-assign]
+    try:
+        assert [await brake.remaining_block("192.0.2.7") for _ in range(5)] == [0.0] * 5
+        assert len(asked) == 1
+        # Another process brakes the address: it holds here from its next wrong key on.
+        await client.set(f"{redis_prefix}:braked:192.0.2.7", "1", px=60_000)
+        assert await brake.count_wrong_key("192.0.2.7") is False  # already braked: not "this one braked it"
+        assert await brake.remaining_block("192.0.2.7") > 59
+        # Another address, asked again once its second has passed.
+        assert await brake.remaining_block("192.0.2.8") == 0.0
+        now[0] += openfusion.access.redis_brake.CLEARED_S / 2
+        assert await brake.remaining_block("192.0.2.8") == 0.0
+        asked_before = len(asked)
+        now[0] += openfusion.access.redis_brake.CLEARED_S
+        assert await brake.remaining_block("192.0.2.8") == 0.0
+    finally:
+        await client.aclose()
+
+    assert asked_before == 3 and len(asked) == 4

@@ -67,6 +67,12 @@ ANSWER_S = 0.5
 # After Redis failed to answer, the brake stays the process's own this long before Redis is asked again: an outage
 # costs a request a short wait now and then, not every request.
 RETRY_S = 5.0
+# An address Redis has just said is not braked is taken as still not braked this long, in this process, without
+# asking again: a client's every request would otherwise wait for a round trip. A wrong key from it forgets that at
+# once, so an address braked by other processes is refused here from its next wrong key on, and what a braked
+# guesser can get past this process is a right key within this time of its last request here that had one.
+CLEARED_S = 1.0
+CLEARED_KEPT = 4096  # addresses remembered as cleared at most (the oldest are forgotten first)
 _PLAIN_ADDRESS = re.compile(r"^[0-9A-Fa-f.:/]{1,49}$")
 
 
@@ -89,6 +95,7 @@ class SharedBrake:
         self._clock = clock
         self._count = client.register_script(_COUNT)
         self._away_until: float | None = None  # set while Redis is taken as away
+        self._cleared: dict[str, float] = {}  # address: until when Redis's "not braked" is taken as said again
         self.max_failures = local.max_failures
         self.window_s = local.window_s
         self.block_s = local.block_s
@@ -103,6 +110,8 @@ class SharedBrake:
         local = self._local.blocked_for(address)
         if not self.enabled or address is None or self._away():
             return local
+        if not local and self._clock() < self._cleared.get(address, 0.0):
+            return 0.0
         try:
             async with asyncio.timeout(ANSWER_S):
                 left_ms = int(await self._client.pttl(self._key("braked", address)))
@@ -110,10 +119,15 @@ class SharedBrake:
             self._went_away(exc)
             return local
         self._came_back()
-        return max(local, left_ms / 1000 if left_ms > 0 else 0.0)
+        if left_ms > 0:
+            return max(local, left_ms / 1000)
+        if not local:
+            self._clear(address)
+        return local
 
     async def count_wrong_key(self, address: str | None) -> bool:
         """Count one wrong key from this address in Redis (and in this process, for when Redis is away)."""
+        self._cleared.pop(address, None)  # the next request from it asks Redis again
         blocked_here = self._local.failed(address)
         if not self.enabled or address is None or self._away():
             return blocked_here
@@ -130,6 +144,14 @@ class SharedBrake:
             return blocked_here
         self._came_back()
         return bool(int(blocked))
+
+    def _clear(self, address: str) -> None:
+        """Remember that Redis has just said this address is not braked."""
+        cleared = self._cleared
+        cleared.pop(address, None)  # to the end: the oldest first out
+        if len(cleared) >= CLEARED_KEPT:
+            del cleared[next(iter(cleared))]
+        cleared[address] = self._clock() + CLEARED_S
 
     def _key(self, kind: str, address: str) -> str:
         return f"{self._prefix}:{kind}:{_keyed(counted_as(address))}"
