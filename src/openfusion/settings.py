@@ -18,6 +18,9 @@ from openfusion.errors import ConfigError
 from openfusion.observability.tracing import TracingSettings
 from openfusion.upstream.web.config import ResearchConfig
 
+# How a provider takes OpenRouter's `reasoning` object in a chat completion (`upstream.reasoning`).
+ReasoningStyle = Literal["openrouter", "reasoning_effort", "none"]
+
 
 class ProviderConfig(BaseModel):
     """One OpenAI-compatible endpoint and the model slugs it serves."""
@@ -35,7 +38,7 @@ class ProviderConfig(BaseModel):
     # How a request's `reasoning` object is sent: as is (OpenRouter), as `reasoning_effort`, or not at all.
     # "openrouter" also says it is OpenRouter: a pass-through (chat, Responses or Messages) keeps OpenRouter's own
     # fields (`provider`, `plugins`, `preset`...) for it alone.
-    reasoning_style: Literal["openrouter", "reasoning_effort", "none"] = "reasoning_effort"
+    reasoning_style: ReasoningStyle = "reasoning_effort"
     # Whether streamed calls may ask for `stream_options.include_usage`.
     stream_usage: bool = True
     # Whether it also speaks the Responses API (`POST {base_url}/responses`): pass-through Responses

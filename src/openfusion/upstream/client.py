@@ -30,6 +30,7 @@ from openfusion.upstream.encoded import request_bytes
 from openfusion.upstream.failures import diagnose
 from openfusion.upstream.limits import ProgressClock, Stalled, stalled
 from openfusion.upstream.providers import Provider, ProviderRegistry, Route
+from openfusion.upstream.reasoning import send_reasoning_as
 from openfusion.upstream.retry import client_is_retrying, is_retryable, parse_retry_after, retrying
 from openfusion.upstream.shape import completion_problem
 from openfusion.upstream.sse_decode import sse_data
@@ -567,11 +568,7 @@ def _payload(route: Route, body: Mapping[str, Any], *, stream: bool) -> dict[str
     payload["model"] = route.upstream_model
     if config.max_tokens_field == "max_tokens" and "max_completion_tokens" in payload:
         payload["max_tokens"] = payload.pop("max_completion_tokens")
-    reasoning = payload.pop("reasoning", None)
-    if reasoning is not None and config.reasoning_style == "openrouter":
-        payload["reasoning"] = reasoning
-    elif isinstance(reasoning, dict) and config.reasoning_style == "reasoning_effort" and "effort" in reasoning:
-        payload.setdefault("reasoning_effort", reasoning["effort"])
+    send_reasoning_as(payload, config.reasoning_style)
     payload["stream"] = stream
     if stream and config.stream_usage:
         payload["stream_options"] = {"include_usage": True}
