@@ -29,7 +29,7 @@ from openfusion.cache.service import Looked, Ticket
 from openfusion.errors import OpenFusionError
 from openfusion.pipeline.budget import WorstCase, priced
 from openfusion.pipeline.events import Event
-from openfusion.pipeline.plan import FusionPlan, plan_asked, read_fusion
+from openfusion.pipeline.plan import FusionPlan, check_reasoning, plan_asked, read_fusion
 from openfusion.pipeline.reach import reach_of
 from openfusion.pipeline.run import run_fusion
 from openfusion.pipeline.tool_mode import run_tool_mode
@@ -112,6 +112,8 @@ async def open_exchange(
         plan = plan_request(request, chat)
         if plan is not None:  # every model it calls reads the conversation: a part none can read is a 400 now
             check_fusion_shape(chat)
+        else:  # its `reasoning` is translated for each provider: a malformed one is a 400 now
+            check_reasoning(chat)
         reach = reach_of(chat, plan)  # every model it can call: for the scope, the guards and the estimate
         search_price = state.research.search_price if state.research is not None else 0.0  # per research search
         # The worst case, computed only when something needs it (a spend cap, max_cost, the fusion report).

@@ -1,5 +1,5 @@
-"""Pass-through: a non-fusion model goes to its provider (OpenRouter's own fields to OpenRouter alone); the `models`
-list is tried in order on error."""
+"""Pass-through: a non-fusion model goes to its provider (OpenRouter's own fields to OpenRouter alone, its `reasoning`
+object in the provider's style); the `models` list is tried in order on error."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from openfusion.pipeline.plan import fusion_plugin_index, read_fusion
 from openfusion.protocol import ChatRequest, parse_usage
 from openfusion.sse import DONE, encode, error_chunk
 from openfusion.upstream.client import CHAT_PATH, Forwarded
+from openfusion.upstream.reasoning import send_reasoning_as
 from openfusion.upstream.trace import end_call
 
 SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
@@ -46,13 +47,14 @@ async def forward_first_success(
     """Forward to `model`, then each of `models` while the previous one answered with an error.
 
     `openrouter_fields` are the body's fields that go to OpenRouter alone (`takes_openrouter_fields`): each other
-    provider gets the body without them. The last one's error is relayed as the provider sent it when it is JSON; one
-    that is not (a proxy's HTML page) is raised, for the client to get an error in its own API's shape.
+    provider gets the body without them, and its `reasoning` in the provider's own style. The last one's error is
+    relayed as the provider sent it when it is JSON; one that is not (a proxy's HTML page) is raised, for the client
+    to get an error in its own API's shape.
     """
     candidates = chat.candidate_models()
     for position, model in enumerate(candidates):
         last = position == len(candidates) - 1
-        sent = body_for_provider(state, model, body, openrouter_fields)
+        sent = body_for_provider(state, model, body, openrouter_fields, path=path)
         try:
             forwarded = await state.upstream.forward(model, sent, stream=chat.stream, path=path, headers=headers)
         except UpstreamError as exc:  # unreachable, or an error no client could read (a proxy's HTML page)
@@ -65,11 +67,17 @@ async def forward_first_success(
     raise AssertionError("unreachable: the candidate list is never empty")
 
 
+# How each API's `reasoning` goes to a provider other than OpenRouter (Messages: not at all, its own is `thinking`).
+_REASONING_SENT = {CHAT_PATH: send_reasoning_as}
+
+
 def body_for_provider(
-    state: AppState, model: str, body: dict[str, Any], openrouter_fields: frozenset[str]
+    state: AppState, model: str, body: dict[str, Any], openrouter_fields: frozenset[str], *, path: str = CHAT_PATH
 ) -> dict[str, Any]:
-    """The body as the provider of `model` takes it: without `openrouter_fields`, unless it is OpenRouter."""
-    if openrouter_fields.isdisjoint(body):
+    """The body as the provider of `model` takes it: without `openrouter_fields`, unless it is OpenRouter, and with
+    OpenRouter's `reasoning` object as its `reasoning_style` says (`upstream.reasoning`)."""
+    translate = _REASONING_SENT.get(path) if "reasoning" in body else None
+    if translate is None and openrouter_fields.isdisjoint(body):
         return body  # the usual request: nothing to look up
     try:
         provider = state.registry.resolve(model).provider
@@ -77,7 +85,8 @@ def body_for_provider(
         return body  # served by none: its forward says so
     if provider.takes_openrouter_fields:
         return body
-    return {key: value for key, value in body.items() if key not in openrouter_fields}
+    sent = {key: value for key, value in body.items() if key not in openrouter_fields}
+    return translate(sent, provider.config.reasoning_style) if translate is not None else sent
 
 
 async def pass_through(state: AppState, chat: ChatRequest, data: dict[str, Any], ledger: Ledger) -> Response:

@@ -435,6 +435,17 @@ def _check_sampling(request: ChatRequest) -> None:
         raise InvalidRequest("Invalid value for 'reasoning': use effort or max_tokens, not both.", param="reasoning")
 
 
+def check_reasoning(request: ChatRequest) -> None:
+    """A pass-through's `reasoning`, read as fusion reads it: it is translated for each provider
+    (`upstream.reasoning`), so one that is not OpenRouter's object (an effort of no known name) is a 400 here."""
+    if request.reasoning is None:
+        return
+    try:
+        Reasoning.model_validate(request.reasoning)
+    except ValidationError as exc:
+        raise invalid_request_from(exc, prefix="reasoning") from None
+
+
 def _select_preset(
     request: ChatRequest, ask: FusionAsk, *, presets: dict[str, Preset], listed: Callable[[str], bool]
 ) -> Preset:
