@@ -110,6 +110,52 @@ def test_openrouters_fields_go_to_openrouter_alone_a_fallback_included(
 
 
 @pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("reasoning", "to_openai"),
+    [
+        ({"effort": "high", "summary": "auto", "max_tokens": 2000, "exclude": True, "enabled": True},
+         {"effort": "high", "summary": "auto"}),
+        ({"max_tokens": 2000, "exclude": True}, None),
+    ],
+    ids=["effort-and-budget", "budget-only"],
+)  # fmt: skip
+def test_openrouters_reasoning_keys_go_to_openrouter_alone_a_fallback_included(
+    upstream: FakeUpstream, native_server: str, reasoning: dict[str, Any], to_openai: dict[str, Any] | None,
+    stream: bool,
+) -> None:  # fmt: skip
+    """OpenAI's `reasoning` has `effort` and `summary` and refuses OpenRouter's `max_tokens`, `exclude` and `enabled`
+    ("Unknown parameter"): the first provider (OpenAI) gets the object without them, the fallback (OpenRouter) whole."""
+    upstream.script("plain", Script(status=400, error_message="No such model"))
+    upstream.script("other", Script(content="From the fallback."))
+    extra = {"reasoning": reasoning, "models": ["router/other"]}
+    with openai.OpenAI(base_url=f"{native_server}/v1", api_key="k", max_retries=0) as client:
+        if stream:
+            with client.responses.stream(model="native/plain", input="Hi", extra_body=extra) as events:
+                answer = events.get_final_response()
+        else:
+            answer = client.responses.create(model="native/plain", input="Hi", extra_body=extra)
+
+    assert answer.output_text == "From the fallback."
+    streamed = {"stream": True} if stream else {}
+    to_openai_field = {} if to_openai is None else {"reasoning": to_openai}
+    assert upstream.calls_for("plain")[0].body == {"model": "plain", "input": "Hi", "store": False, **to_openai_field,
+                                                   **streamed}  # fmt: skip
+    assert upstream.calls_for("other")[0].body == {"model": "other", "input": "Hi", "store": False,
+                                                   "reasoning": reasoning, **streamed}  # fmt: skip
+
+
+def test_a_native_request_with_a_malformed_reasoning_is_a_400(upstream: FakeUpstream, native_server: str) -> None:
+    """Read as OpenRouter's object (its keys are translated per provider): an effort of no known name is refused here,
+    in the Responses API's error shape."""
+    client = openai.OpenAI(base_url=f"{native_server}/v1", api_key="k", max_retries=0)
+    with client, pytest.raises(openai.BadRequestError) as raised:
+        client.responses.create(model="native/plain", input="Hi", extra_body={"reasoning": {"effort": "ultra"}})
+    error = raised.value.response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == "reasoning.effort"
+    assert upstream.calls_for("plain") == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
 def test_fallbacks_a_native_provider_cannot_take_are_translated(
     upstream: FakeUpstream, native_server: str, stream: bool
 ) -> None:

@@ -18,8 +18,8 @@ from openfusion.errors import OpenFusionError, UpstreamError, UpstreamProtocolEr
 from openfusion.pipeline.plan import fusion_plugin_index, read_fusion
 from openfusion.protocol import ChatRequest, parse_usage
 from openfusion.sse import DONE, encode, error_chunk
-from openfusion.upstream.client import CHAT_PATH, Forwarded
-from openfusion.upstream.reasoning import send_reasoning_as
+from openfusion.upstream.client import CHAT_PATH, RESPONSES_PATH, Forwarded
+from openfusion.upstream.reasoning import send_reasoning_as, send_responses_reasoning_as
 from openfusion.upstream.trace import end_call
 
 SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
@@ -68,7 +68,7 @@ async def forward_first_success(
 
 
 # How each API's `reasoning` goes to a provider other than OpenRouter (Messages: not at all, its own is `thinking`).
-_REASONING_SENT = {CHAT_PATH: send_reasoning_as}
+_REASONING_SENT = {CHAT_PATH: send_reasoning_as, RESPONSES_PATH: send_responses_reasoning_as}
 
 
 def body_for_provider(

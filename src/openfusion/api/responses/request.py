@@ -28,6 +28,7 @@ from openfusion.protocol import (
     plain_name,
     without_empty_tools,
 )
+from openfusion.upstream.reasoning import OPENROUTER_REASONING_KEYS
 
 # Output items a client may send back as history that carry nothing a chat model can read: skipped.
 _SKIPPED_ITEMS = frozenset(
@@ -197,7 +198,7 @@ def _sampling(request: ResponsesRequest) -> dict[str, Any]:
     if request.reasoning is not None:
         effort = request.reasoning.get("effort")
         out["reasoning"] = {"effort": effort} if effort is not None else {}
-        for key in ("max_tokens", "exclude", "enabled"):  # OpenRouter's own reasoning fields
+        for key in OPENROUTER_REASONING_KEYS:
             if key in request.reasoning:
                 out["reasoning"][key] = request.reasoning[key]
     if request.tools is not None:
