@@ -112,6 +112,7 @@ async def test_complete_renames_max_completion_tokens_for_max_tokens_providers(
         ("reasoning_effort", {"effort": "high"}, {"reasoning_effort": "high"}),
         ("reasoning_effort", {"effort": "low", "exclude": True}, {"reasoning_effort": "low"}),
         ("reasoning_effort", {"max_tokens": 500}, {}),
+        ("reasoning_effort", {"effort": None}, {}),  # no effort named: no `reasoning_effort: null`
         ("none", {"effort": "high"}, {}),
         ("none", {"max_tokens": 500}, {}),
     ],
