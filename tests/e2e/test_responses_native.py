@@ -618,3 +618,61 @@ def test_an_answer_without_a_response_id_is_relayed_and_not_kept(
         assert kinds[-1] == "response.completed"
     else:
         assert response.json() == json.loads(raw)
+
+
+# ---- how a response ended is what it is kept as: OpenAI keeps a failed one too, and tells it by id --------------
+FAILURE = {"code": "server_error", "message": "the model crashed"}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_native_response_that_failed_is_kept_and_read_back_failed(
+    upstream: FakeUpstream, native_server: str, stream: bool
+) -> None:
+    """A provider's `status: "failed"` response is kept whether it came whole or as a stream ending in
+    `response.failed`: `GET /v1/responses/{id}` tells it failed, as OpenAI's does, rather than a 404."""
+    if stream:
+        upstream.script("plain", Script(content="One two three.", error_event=FAILURE, reply_id="resp_failed"))
+    else:
+        answered_whole(upstream, whole_response("failed", id="resp_failed", error=FAILURE, output=[], usage=None))
+    with openai.OpenAI(base_url=f"{native_server}/v1", api_key="k", max_retries=0) as client:
+        if stream:
+            events = list(client.responses.create(model="native/plain", input="Hi", stream=True))
+            assert events[-1].type == "response.failed"
+            failed = events[-1].response  # type: ignore[union-attr]
+        else:
+            failed = client.responses.create(model="native/plain", input="Hi")
+        kept = client.responses.retrieve("resp_failed")
+
+    assert failed.id == "resp_failed" and failed.status == "failed" and failed.store is True
+    assert kept.status == "failed" and kept.error is not None and kept.error.message == "the model crashed"
+
+
+def test_a_native_stream_cut_off_before_its_end_is_not_kept(upstream: FakeUpstream, native_server: str) -> None:
+    """No terminal event, no response to keep: never one kept as completed (nor in progress)."""
+    upstream.script("plain", Script(content="One two three four.", end_stream_after=2, reply_id="resp_cut"))
+    with httpx.stream("POST", f"{native_server}{RESPONSES}", timeout=30,
+                      json={"model": "native/plain", "input": "Hi", "stream": True}) as response:  # fmt: skip
+        kinds = [json.loads(line[6:])["type"] for line in response.iter_lines() if line.startswith("data: ")]
+    with (
+        openai.OpenAI(base_url=f"{native_server}/v1", api_key="k", max_retries=0) as client,
+        pytest.raises(openai.NotFoundError),
+    ):
+        client.responses.retrieve("resp_cut")
+
+    assert kinds[0] == "response.created" and kinds[-1] == "error"
+
+
+def test_a_translated_stream_that_failed_is_kept_and_read_back_failed(
+    upstream: FakeUpstream, native_server: str
+) -> None:
+    """The same through a chat-completions provider: the stream openfusion ends with `response.failed` (here its
+    provider broke off) keeps that response, as the one it completes would be."""
+    upstream.script("plain", Script(chunks=["Half ", "an ", "answer"], cut_stream_after=1))
+    with openai.OpenAI(base_url=f"{native_server}/v1", api_key="k", max_retries=0) as client:
+        events = list(client.responses.create(model="fake/plain", input="Hi", stream=True))
+        failed = events[-1].response  # type: ignore[union-attr]
+        kept = client.responses.retrieve(failed.id)
+
+    assert events[-1].type == "response.failed" and failed.store is True
+    assert kept.status == "failed" and kept.error is not None and kept.error.message == failed.error.message  # type: ignore[union-attr]
+    assert "lost its connection" in kept.error.message

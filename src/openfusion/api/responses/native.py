@@ -4,11 +4,13 @@ The body goes as the client sent it, less openfusion's own fields and OpenRouter
 a provider other than OpenRouter, and with `store: false` (unless the provider may keep it); `previous_response_id`
 is always resolved here (from this server's stored responses, per key) and sent as the conversation it names,
 so a key can only ever continue its own responses. The relayed stream is watched for its
-`response.completed` or `response.incomplete` event: its usage goes to the activity record, and the response is
-stored before that event reaches the client (an incomplete one too, as OpenAI keeps it: a follow-up may continue a
-response cut off at `max_output_tokens`, streamed or not); the response the client gets says it is stored when
-openfusion keeps it (`store_mark`). A provider that answers a streamed request with one whole
-response has it told as the stream it would have been (`whole`), watched the same way.
+terminal event, `response.completed`, `response.incomplete` or `response.failed`: its usage goes to the activity
+record, and the response is stored before that event reaches the client, whatever its status, as the whole answer
+to a request that does not stream is (OpenAI keeps each: a follow-up may continue a response cut off at
+`max_output_tokens`, and `GET /v1/responses/{id}` tells a failed one); a stream cut off before its terminal event
+holds no response to keep. The response the client gets says it is stored when openfusion keeps it (`store_mark`).
+A provider that answers a streamed request with one whole response has it told as the stream it would have been
+(`whole`), watched the same way.
 """
 
 from __future__ import annotations
@@ -174,6 +176,8 @@ async def _relay(
                     response = event.get("response")
                     if isinstance(response, dict):  # response.failed: its usage still counts
                         _record(forwarded, ledger, response)
+                        if keepable(response):
+                            await keep(response)  # as OpenAI keeps it: GET /v1/responses/{id} says it failed
                     provider_failed(forwarded, ledger, response.get("error") if isinstance(response, dict) else event)
             if confirms and ended and not was_ended:
                 # Clients stop reading at the terminal event: the answer is whole, its record goes first.

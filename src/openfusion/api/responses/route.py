@@ -147,15 +147,15 @@ async def _stream(
                     await ledger.commit()  # clients stop reading at `response.completed`: the record goes first
                 if out:
                     yield out
-    except OpenFusionError as exc:
-        ledger.failed(exc)
-        await ledger.commit()  # likewise before `response.failed`
-        yield encode_named(writer.fail(exc))
     except Exception as exc:
         ledger.failed(exc)
-        log.exception("responses stream failed")
-        await ledger.commit()
-        yield encode_named(writer.fail(OpenFusionError("Internal server error.", code="server_error")))
+        error = exc if isinstance(exc, OpenFusionError) else _internal_error()
+        if error is not exc:
+            log.exception("responses stream failed")
+        failed = encode_named(writer.fail(error))
+        await keep(writer.snapshot())  # a failed response is kept too, as OpenAI keeps it (GET tells how it ended)
+        await ledger.commit()  # likewise before `response.failed`
+        yield failed
 
 
 async def _complete(
@@ -172,6 +172,10 @@ async def _complete(
         raise OpenFusionError("The run ended without an answer.", code="internal_error")
     await keep(writer.snapshot())
     return writer.snapshot()
+
+
+def _internal_error() -> OpenFusionError:
+    return OpenFusionError("Internal server error.", code="server_error")
 
 
 def _render_event(writer: ResponseWriter, event: Event, ledger: Ledger) -> list[dict[str, Any]]:
