@@ -286,6 +286,12 @@ def test_a_limit_store_outage_is_503_in_openai_format(upstream: FakeUpstream, se
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "limits_unavailable"
         assert "pw-x" not in response.text
+        # On /v1/messages too, in Anthropic's shape: an outage of a store, not load, so no overloaded_error (which
+        # Anthropic pairs with 529) but 503 api_error.
+        body = {"model": "fake/a", "max_tokens": 10, "messages": [{"role": "user", "content": "Hi"}]}
+        messages = httpx.post(f"{url}/v1/messages", json=body, headers=A, timeout=10)
+        assert messages.status_code == 503 and messages.json()["error"]["type"] == "api_error", messages.text
+        assert "pw-x" not in messages.text
 
 
 def test_a_spend_cap_is_enforced_from_the_activity_store(

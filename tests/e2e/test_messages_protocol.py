@@ -364,5 +364,5 @@ def test_past_the_shutdown_grace_a_stream_ends_with_an_error_event(
         "error": {"type": "overloaded_error", "message": events[-1]["error"]["message"]},
     }
     whole = next(r for r in results if r is not streamed)
-    anthropic_error(whole, 503, "overloaded_error")
+    anthropic_error(whole, 529, "overloaded_error")  # Anthropic's pair (503 elsewhere)
     wait_until(lambda: all(call.disconnected for call in upstream.calls))  # every panel call was closed

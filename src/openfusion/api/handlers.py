@@ -2,7 +2,8 @@
 
 A surface whose clients expect another error shape (Anthropic Messages) declares an `ErrorDialect`
 for its paths; every error answered on those paths — from a route, the access middleware, a 404 of
-the router — is then written in that shape, with the same status and headers.
+the router — is then written in that shape, with the same headers, and the status the dialect gives
+it (its own unless the dialect names another for it: Anthropic's 529 for an overloaded server).
 """
 
 from __future__ import annotations
@@ -30,12 +31,18 @@ def openai_error_body(error: OpenFusionError) -> dict[str, Any]:
     return {"error": error.to_body()}
 
 
+def own_status(error: OpenFusionError) -> int:
+    """An error's HTTP status as openfusion gives it (OpenAI's dialect)."""
+    return error.status_code
+
+
 @dataclass(frozen=True)
 class ErrorDialect:
-    """The error body of the routes under some paths (OpenAI's everywhere else)."""
+    """The error body and status of the routes under some paths (OpenAI's everywhere else)."""
 
     paths: tuple[str, ...]  # route paths; their sub-paths too
     body: Callable[[OpenFusionError], dict[str, Any]]
+    status: Callable[[OpenFusionError], int] = own_status
 
     def covers(self, path: str) -> bool:
         """Whether a route path is one of this dialect's paths or under one."""
@@ -52,29 +59,31 @@ def error_response(error: OpenFusionError, scope: Scope | None = None) -> Respon
         headers["X-Generation-Id"] = error.generation_id
     if error.closes_connection:
         headers["Connection"] = "close"  # uvicorn closes it once this answer is sent
+    dialect = dialect_for(scope)
     return Response(
-        orjson.dumps(error_body_for(scope)(error)),
-        status_code=error.status_code,
+        orjson.dumps(dialect.body(error)),
+        status_code=dialect.status(error),
         media_type="application/json",
         headers=headers,
     )
 
 
-def error_body_for(scope: Scope | None) -> Callable[[OpenFusionError], dict[str, Any]]:
-    """The error body writer of a request's path: its surface's dialect, else OpenAI's."""
+OPENAI = ErrorDialect(paths=(), body=openai_error_body)
+"""OpenAI's (and OpenRouter's) errors: every path no other dialect covers."""
+
+
+def dialect_for(scope: Scope | None) -> ErrorDialect:
+    """The error dialect of a request's path: its surface's, else OpenAI's."""
     app = scope.get("app") if scope is not None else None
     dialects: tuple[ErrorDialect, ...] = getattr(getattr(app, "state", None), "error_dialects", ())
     if dialects and scope is not None:
-        return error_body_for_path(route_path(scope), dialects)
-    return openai_error_body
+        return dialect_for_path(route_path(scope), dialects)
+    return OPENAI
 
 
-def error_body_for_path(path: str, dialects: Iterable[ErrorDialect]) -> Callable[[OpenFusionError], dict[str, Any]]:
-    """The error body writer of a route path: the first dialect that covers it, else OpenAI's."""
-    for dialect in dialects:
-        if dialect.covers(path):
-            return dialect.body
-    return openai_error_body
+def dialect_for_path(path: str, dialects: Iterable[ErrorDialect]) -> ErrorDialect:
+    """The error dialect of a route path: the first dialect that covers it, else OpenAI's."""
+    return next((dialect for dialect in dialects if dialect.covers(path)), OPENAI)
 
 
 def route_path(scope: Scope) -> str:

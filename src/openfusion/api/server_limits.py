@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import orjson
 
 from openfusion.api.dialects import ERROR_DIALECTS
-from openfusion.api.handlers import error_body_for_path, route_path
+from openfusion.api.handlers import dialect_for_path, route_path
 from openfusion.errors import OpenFusionError
 from openfusion.settings import ServerSettings
 
@@ -100,10 +100,10 @@ def raise_open_file_limit() -> int:
 
 def refusal(error: OpenFusionError, path: str = "") -> bytes:
     """A complete HTTP/1.1 response for `error` to a request for `path` (its route path) that closes the connection."""
-    body = orjson.dumps(error_body_for_path(path, ERROR_DIALECTS)(error))
-    phrase = http.HTTPStatus(error.status_code).phrase
+    dialect = dialect_for_path(path, ERROR_DIALECTS)
+    body, status = orjson.dumps(dialect.body(error)), dialect.status(error)
     head = [
-        f"HTTP/1.1 {error.status_code} {phrase}",
+        f"HTTP/1.1 {status} {_phrase(status)}",
         "content-type: application/json",
         f"content-length: {len(body)}",
         "cache-control: no-store",
@@ -114,11 +114,20 @@ def refusal(error: OpenFusionError, path: str = "") -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
 
 
+def _phrase(status: int) -> str:
+    """A status line's reason phrase; Anthropic's 529 is in no registry (the phrase is informative only)."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Overloaded" if status == 529 else "Error"
+
+
 def refusal_app(error: OpenFusionError) -> Any:
     """An ASGI app that answers every request with `error` (in its path's shape) and closes the connection."""
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        body = orjson.dumps(error_body_for_path(route_path(scope), ERROR_DIALECTS)(error))
+        dialect = dialect_for_path(route_path(scope), ERROR_DIALECTS)
+        body = orjson.dumps(dialect.body(error))
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode("ascii")),
@@ -127,7 +136,7 @@ def refusal_app(error: OpenFusionError) -> Any:
         ]
         if error.retry_after is not None:
             headers.append((b"retry-after", str(max(1, round(error.retry_after))).encode("ascii")))
-        await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+        await send({"type": "http.response.start", "status": dialect.status(error), "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     return app
