@@ -676,3 +676,41 @@ def test_a_translated_stream_that_failed_is_kept_and_read_back_failed(
     assert events[-1].type == "response.failed" and failed.store is True
     assert kept.status == "failed" and kept.error is not None and kept.error.message == failed.error.message  # type: ignore[union-attr]
     assert "lost its connection" in kept.error.message
+
+
+def _type_last_stream(status: str) -> bytes:
+    """A stream as a server that writes openai-python's own event models writes it (vLLM's Responses API): each
+    event's fields in the models' (alphabetical) order, `type` last, after a `response` object of any size."""
+    response = {"id": "resp_typelast", "object": "response", "created_at": 1765000000, "instructions": "x" * 200,
+                "model": "plain", "output": [], "status": "in_progress"}  # fmt: skip
+    final = {**response, "status": status, "output": [MESSAGE] if status == "completed" else [],
+             "usage": WHOLE_USAGE, "error": FAILURE if status == "failed" else None}  # fmt: skip
+    delta = {"content_index": 0, "delta": "Sky is blue.", "item_id": "msg_whole", "logprobs": [], "output_index": 0}
+    events = [
+        {"response": response, "sequence_number": 0, "type": "response.created"},
+        {**delta, "sequence_number": 1, "type": "response.output_text.delta"},
+        {"response": final, "sequence_number": 2, "type": f"response.{status}"},
+    ]
+    lines = [(e["type"], json.dumps(e, separators=(",", ":"))) for e in events]  # compact, as pydantic writes JSON
+    return "".join(f"event: {kind}\ndata: {data}\n\n" for kind, data in lines).encode()
+
+
+@pytest.mark.parametrize("status", ["completed", "failed"])
+def test_a_stream_whose_events_name_their_type_last_ends_as_it_says(
+    upstream: FakeUpstream, native_server: str, status: str
+) -> None:
+    """Its terminal event is read wherever the event names its `type`: not taken for a stream cut short (an `error`
+    event added after `response.completed`, the request recorded failed, nothing kept)."""
+    upstream.script("plain", Script(raw_body=_type_last_stream(status), raw_media_type="text/event-stream"))
+    with httpx.stream("POST", f"{native_server}{RESPONSES}", timeout=30,
+                      json={"model": "native/plain", "input": "Hi", "stream": True}) as response:  # fmt: skip
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+        generation_id = response.headers["x-generation-id"]
+    with openai.OpenAI(base_url=f"{native_server}/v1", api_key="k", max_retries=0) as client:
+        kept = client.responses.retrieve("resp_typelast")
+
+    assert [event["type"] for event in events][-1] == f"response.{status}"
+    assert kept.status == status and kept.store is True
+    record = generation(native_server, generation_id)
+    assert record["status"] == ("ok" if status == "completed" else "error"), record
+    assert "the stream ended before" not in json.dumps([events, record])

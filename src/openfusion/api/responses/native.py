@@ -161,7 +161,7 @@ async def _relay(
                 numbering.see(line)
                 # Per event, so `find` rather than `in`: CPython's `in` on bytes first tries the needle as an int and
                 # builds (then drops) an error doing so.
-                head = line[:64]
+                head = _type_end(line)
                 answered = head.find(_COMPLETED) >= 0 or head.find(_INCOMPLETE) >= 0  # the response, whole or cut
                 failed = not answered and (head.find(_FAILED) >= 0 or head.find(_ERROR) >= 0)
                 ended = ended or answered or failed
@@ -228,6 +228,17 @@ class _Numbering:
 
 
 _SEQUENCE = b'"sequence_number":'
+_TYPE = b'"type"'
+
+
+def _type_end(line: bytes) -> bytes:
+    """The end of an event's `data:` line that names its type, read without parsing it: the start, where OpenAI writes
+    `type` first, else the end, where a server that writes openai-python's own event models puts it (their fields in
+    alphabetical order: `type` last, after the `response` object of a terminal event, of any size)."""
+    head = line[:64]
+    return head if head.find(_TYPE) >= 0 else line[-64:]
+
+
 _NUMBER = re.compile(rb"\s*(\d+)")
 
 
