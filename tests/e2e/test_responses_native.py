@@ -714,3 +714,19 @@ def test_a_stream_whose_events_name_their_type_last_ends_as_it_says(
     record = generation(native_server, generation_id)
     assert record["status"] == ("ok" if status == "completed" else "error"), record
     assert "the stream ended before" not in json.dumps([events, record])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_failed_response_is_recorded_failed_with_the_usage_it_reported(
+    upstream: FakeUpstream, native_server: str, stream: bool
+) -> None:
+    """A provider bills what a failed response used, and says so in its `usage`: the record counts it, and says the
+    request failed, whether the response came whole or ended a stream."""
+    answered_whole(upstream, whole_response("failed", error=FAILURE, output=[], usage=WHOLE_USAGE))
+    with httpx.stream("POST", f"{native_server}{RESPONSES}", timeout=30,
+                      json={"model": "native/plain", "input": "Hi", "stream": stream}) as response:  # fmt: skip
+        response.read()
+
+    record = generation(native_server, response.headers["x-generation-id"])
+    assert record["status"] == "error" and "the model crashed" in json.dumps(record), record
+    assert (record["tokens_prompt"], record["tokens_completion"]) == (13, 9), record

@@ -163,11 +163,12 @@ def provider_failed(forwarded: Forwarded, ledger: Ledger, error: Any) -> None:
 
 def relay_failed(forwarded: Forwarded, ledger: Ledger, exc: UpstreamError) -> None:
     """A relayed stream that failed after it began (cut off, closed early, an error event): the request and its
-    upstream call are recorded as failed. What the provider generated before is unknown: nobody reported it."""
+    upstream call are recorded as failed. The usage the provider reported before it failed counts (a failed
+    response's, which it bills); what it generated without reporting it is unknown."""
     ledger.failed(exc)
     trace = forwarded.trace
     if trace is not None and trace.ended is None:
-        end_call(trace, status="error", error=exc.message)
+        end_call(trace, status="error", usage=trace.usage, error=exc.message)
 
 
 def unfinished(forwarded: Forwarded, tail: bytes) -> tuple[UpstreamError, bool] | None:

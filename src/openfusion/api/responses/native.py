@@ -87,16 +87,17 @@ async def forward_native(exchange: Exchange, translated: Translated, *, keep: Ke
         return EventStreamResponse(relay, status_code=forwarded.status_code, headers=sse_headers)
     try:
         content = b"".join([chunk async for chunk in forwarded.body])
+        response = _json(content) if forwarded.status_code < 400 else None
+        if response is not None:
+            _record(forwarded, ledger, response)  # before the call's trace is closed
+            if response.get("status") == "failed":  # as the `response.failed` that ends a stream: the request failed
+                provider_failed(forwarded, ledger, response.get("error"))
     finally:
         await forwarded.aclose()
-    if forwarded.status_code < 400:
-        response = _json(content)
-        if response is not None:
-            _record(forwarded, ledger, response)
-            if keepable(response):
-                if store and mark_stored(response):
-                    content = orjson.dumps(response)
-                await keep(response)
+    if response is not None and keepable(response):
+        if store and mark_stored(response):
+            content = orjson.dumps(response)
+        await keep(response)
     return Response(content, status_code=forwarded.status_code, headers=forwarded.headers)
 
 
