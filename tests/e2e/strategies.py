@@ -114,14 +114,16 @@ message = body(
     {"role": st.sampled_from(ROLES), "content": content},
     {"name": name, "tool_calls": st.lists(tool_call, max_size=1), "tool_call_id": name, "refusal": text},
 )
-# An agent loop's turn: the assistant's tool calls, their result, and a question or not.
+# An agent loop's turn: the assistant's tool calls, their result (now and then none: a call left unanswered, a 400
+# for a fusion), and a question or not.
 agent_turn = st.tuples(
     body(
         {"role": st.just("assistant"), "tool_calls": st.lists(tool_call, min_size=1, max_size=2)}, {"content": content}
     ),
-    body({"role": st.just("tool"), "tool_call_id": st.just("call_1"), "content": text}, {}),
+    mostly(st.lists(body({"role": st.just("tool"), "tool_call_id": st.just("call_1"), "content": text}, {}),
+                    min_size=1, max_size=1), st.just([])),
     st.lists(body({"role": st.just("user"), "content": text}, {}), max_size=1),
-).map(lambda turn: [turn[0], turn[1], *turn[2]])
+).map(lambda turn: [turn[0], *turn[1], *turn[2]])  # fmt: skip
 messages = st.one_of(
     st.lists(message, min_size=1, max_size=3),
     st.tuples(st.lists(message, min_size=1, max_size=2), agent_turn).map(lambda parts: parts[0] + parts[1]),

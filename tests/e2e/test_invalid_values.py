@@ -235,6 +235,21 @@ def test_a_tool_use_without_its_tool_result_is_refused(
     assert_no_model_called(upstream, anthropic_native)
 
 
+def test_a_fusion_prefill_with_tool_use_is_refused(
+    upstream: FakeUpstream, anthropic_native: tuple[FakeAnthropic, str], gateway: str
+) -> None:
+    """A final assistant turn (a prefill) may hold calls no result answers yet; a fusion's synthesizer, a chat model,
+    refuses them (a 502 once the panel and the judge were paid for): a 400 before any call. A pass-through is left to
+    its provider, as before."""
+    conversation = [HI, {"role": "assistant", "content": [CALL]}]
+    message = messages_refusal(gateway, model="fusion/trio", messages=conversation)
+    assert message.startswith("messages.1: ") and "'toolu_1'" in message, message
+    assert_no_model_called(upstream, anthropic_native)
+    with anthropic.Anthropic(base_url=gateway, api_key=KEY, max_retries=0) as client:
+        client.messages.create(model="claude/opus", max_tokens=2048, messages=conversation)  # type: ignore[arg-type]
+    assert anthropic_native[0].calls[0].body["messages"] == conversation
+
+
 def test_a_tool_result_may_answer_a_call_of_the_assistant_turn_before(
     anthropic_native: tuple[FakeAnthropic, str], gateway: str
 ) -> None:

@@ -216,6 +216,8 @@ def _image(detail: Any) -> dict[str, Any]:
     return {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": detail}}
 
 
+CALL_1 = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+CALL_2 = {**CALL_1, "id": "call_2"}
 FUSION_SHAPES = [
     ({"messages": _user([1])}, "messages[0].content[0]"),
     ({"messages": _user([])}, "messages[0].content"),
@@ -232,6 +234,8 @@ FUSION_SHAPES = [
     ({"messages": [*HI, {"role": "tool", "content": "found"}]}, "messages[1].tool_call_id"),
     ({"messages": [*HI, {"role": "tool", "tool_call_id": "call_9", "content": "found"}]}, "messages[1].tool_call_id"),
     ({"messages": [*HI, {"role": "assistant", "tool_calls": [{}]}, *HI]}, "messages[1].tool_calls[0].id"),
+    ({"messages": [*HI, {"role": "assistant", "tool_calls": [CALL_1]}, *HI]}, "messages[1].tool_calls"),
+    ({"messages": [*HI, {"role": "assistant", "tool_calls": [CALL_1]}]}, "messages[1].tool_calls"),
     ({"messages": HI, "tools": [{}]}, "tools[0].type"),
     ({"messages": HI, "tools": [{"type": "function", "function": {}}]}, "tools[0].function.name"),
     ({"messages": HI, "tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]},
@@ -255,6 +259,58 @@ def test_a_fusion_request_no_model_could_read_is_400_before_any_call(
         response = httpx.post(f"{server}{CHAT}", json={"model": "fusion/trio", "stream": stream, **body}, timeout=20)
         assert_400(response, param)
     assert upstream.calls == []
+
+
+def _looked_up(*calls: dict[str, Any], answered: tuple[str, ...], then: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A question, an assistant's tool calls, tool messages answering the `answered` ones, then `then`."""
+    results = [{"role": "tool", "tool_call_id": call_id, "content": "found"} for call_id in answered]
+    return [*HI, {"role": "assistant", "content": None, "tool_calls": list(calls)}, *results, *then]
+
+
+REFUSED_CALLS = (
+    "An assistant message with 'tool_calls' must be followed by tool messages responding to each "
+    "'tool_call_id'. The following tool_call_ids did not have response messages: call_1"
+)
+UNANSWERED = [
+    (_looked_up(CALL_1, answered=(), then=HI), "messages[1].tool_calls", "'call_1'"),
+    (_looked_up(CALL_1, answered=(), then=[]), "messages[1].tool_calls", "'call_1'"),  # a trailing call: OpenAI's 400
+    (_looked_up(CALL_1, CALL_2, answered=("call_2",), then=HI), "messages[1].tool_calls", "'call_1'"),
+    (_looked_up(CALL_1, answered=("call_1",), then=[{"role": "assistant", "content": "More?", "tool_calls": [CALL_2]},
+                                                    *HI]), "messages[3].tool_calls", "'call_2'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("messages", "param", "named"), UNANSWERED, ids=["user-after", "trailing", "one-of-two",
+                                                                            "second-turn"])  # fmt: skip
+def test_a_fusion_tool_call_no_tool_message_answers_is_400_before_any_call(
+    server: str, upstream: FakeUpstream, messages: list[dict[str, Any]], param: str, named: str
+) -> None:
+    """Every chat provider refuses an assistant's tool call that no tool message answers: the synthesizer did, once
+    the panel and the judge had been paid for, and the client got a 502 for its own mistake."""
+    upstream.script("synth", Script(status=400, error_message=REFUSED_CALLS))  # as OpenAI answers it
+    with openai.OpenAI(base_url=f"{server}/v1", api_key="k", max_retries=0) as sdk:
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as raised:
+                sdk.chat.completions.create(model="fusion/trio", messages=messages, stream=stream)  # type: ignore[call-overload]
+            error = raised.value.body
+            assert isinstance(error, dict) and error["type"] == "invalid_request_error", error
+            assert error["param"] == param, error
+            assert "must be followed by tool messages" in error["message"] and named in error["message"], error
+    assert upstream.calls == []
+
+
+def test_an_unanswered_tool_call_is_left_to_the_provider_in_pass_through_and_tool_mode(
+    server: str, upstream: FakeUpstream
+) -> None:
+    """A pass-through goes to one provider, whose own 400 the client gets; in tool mode the caller's own model reads
+    the conversation first, before any panel: both forward it untouched, as before."""
+    messages = _looked_up(CALL_1, answered=(), then=HI)
+    tool = {"type": "openrouter:fusion", "parameters": {"analysis_models": ["fake/a", "fake/b"], "model": "fake/judge"}}
+    with openai.OpenAI(base_url=f"{server}/v1", api_key="k", max_retries=0) as sdk:
+        sdk.chat.completions.create(model="fake/plain", messages=messages)  # type: ignore[arg-type]
+        sdk.chat.completions.create(model="fake/outer", messages=messages, tools=[tool])  # type: ignore[arg-type, list-item]
+    assert upstream.calls_for("plain")[0].body["messages"] == messages
+    assert upstream.calls_for("outer")[0].body["messages"] == messages
 
 
 def test_well_formed_parts_and_unknown_part_types_still_reach_the_panel(server: str, upstream: FakeUpstream) -> None:

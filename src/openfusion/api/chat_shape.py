@@ -5,12 +5,13 @@ A pass-through request goes to one provider, whose own 400 the client gets. A fu
 the judge and the synthesizer: a content part or a tool no model can read would fail every panelist (a 502 for a
 mistake of the client's) or, for tools, only the synthesizer, after the panel and the judge were paid for. So a
 fusion request is checked first, as OpenAI checks a request, and refused with a 400 naming the field. Part types
-openfusion does not know are left to the providers (they differ); the ones it knows must be whole.
+openfusion does not know are left to the providers (they differ); the ones it knows must be whole. So must the
+tool exchanges: every tool message answers a call before it and, on the fusion slug, every call is answered.
 """
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from openfusion.errors import InvalidRequest
 from openfusion.protocol import ChatRequest
@@ -29,22 +30,40 @@ _TOOL_CHOICES = ("none", "auto", "required")
 _RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 
 
-def check_fusion_shape(chat: ChatRequest) -> None:
-    """Raise InvalidRequest (400, its `param` the field) for a part, tool call, tool, tool_choice or response_format
-    that no model could take."""
+def check_fusion_shape(chat: ChatRequest, *, mode: Literal["slug", "tool"]) -> None:
+    """Raise InvalidRequest (400, its `param` the field) for a part, tool call, tool message, tool, tool_choice or
+    response_format that no model could take."""
     called: set[str] = set()  # the tool calls of the assistant messages so far, by id
+    unanswered: dict[str, int] = {}  # the calls no tool message has answered yet: the index of each's message
     for i, message in enumerate(chat.conversation()):
         _check_message(message, f"messages[{i}]")
-        called.update(call["id"] for call in message.get("tool_calls") or ())
-        if message.get("role") == "tool" and message["tool_call_id"] not in called:
-            # As OpenAI refuses it, and every chat provider: only the synthesizer would say so, after the panel.
-            _refuse(f"messages[{i}].tool_call_id", f"{message['tool_call_id']!r} answers no tool call before it")
+        for call in message.get("tool_calls") or ():
+            called.add(call["id"])
+            unanswered.setdefault(call["id"], i)
+        if message.get("role") == "tool":
+            if message["tool_call_id"] not in called:
+                # As OpenAI refuses it, and every chat provider: only the synthesizer would say so, after the panel.
+                _refuse(f"messages[{i}].tool_call_id", f"{message['tool_call_id']!r} answers no tool call before it")
+            unanswered.pop(message["tool_call_id"], None)
+    # In tool mode the conversation goes first to the caller's own model, whose refusal comes before any panel is
+    # paid for: left to it, as a pass-through leaves it to its provider.
+    if unanswered and mode == "slug":
+        _refuse_unanswered(unanswered)
     for i, tool in enumerate(chat.tools or []):
         _check_tool(tool, f"tools[{i}]")
     if chat.tool_choice is not None:
         _check_tool_choice(chat.tool_choice)
     if chat.response_format is not None:
         _check_response_format(chat.response_format)
+
+
+def _refuse_unanswered(unanswered: dict[str, int]) -> NoReturn:
+    """Refuse the first assistant message with a call no tool message answers (as OpenAI refuses it, and every chat
+    provider: on the fusion slug only the synthesizer would say so, after the panel and the judge were paid for)."""
+    first = min(unanswered.values())
+    ids = ", ".join(repr(call_id)[:80] for call_id, at in unanswered.items() if at == first)
+    _refuse(f"messages[{first}].tool_calls", "an assistant message with tool calls must be followed by tool messages "
+                                             f"answering each of them; none answers {ids}")  # fmt: skip
 
 
 def _check_message(message: dict[str, Any], at: str) -> None:

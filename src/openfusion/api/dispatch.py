@@ -111,7 +111,7 @@ async def open_exchange(
     try:
         plan = plan_request(request, chat)
         if plan is not None:  # every model it calls reads the conversation: a part none can read is a 400 now
-            check_fusion_shape(chat)
+            check_fusion_shape(chat, mode=plan.mode)
         else:  # its `reasoning` is translated for each provider: a malformed one is a 400 now
             check_reasoning(chat)
         reach = reach_of(chat, plan)  # every model it can call: for the scope, the guards and the estimate
