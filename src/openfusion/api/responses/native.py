@@ -35,8 +35,8 @@ from openfusion.api.passthrough import (
     relay_failed,
     without_openfusion_fields,
 )
-from openfusion.api.responses.request import Translated
 from openfusion.api.responses.store_mark import StoredMarks, keepable, mark_stored
+from openfusion.api.responses.translation import Translated
 from openfusion.api.responses.whole import response_events
 from openfusion.errors import OpenFusionError, UpstreamError, UpstreamProtocolError
 from openfusion.protocol import ChatRequest, Usage, reported_cost

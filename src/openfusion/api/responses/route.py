@@ -22,7 +22,8 @@ from openfusion.api.params import renamed
 from openfusion.api.passthrough import SSE_HEADERS, goes_as_sent
 from openfusion.api.responses.keeper import not_stored
 from openfusion.api.responses.native import forward_native, provider_speaks_responses, speaks_responses
-from openfusion.api.responses.request import Translated, parse_request, tools_billed_apart, translate
+from openfusion.api.responses.request import parse_request, tools_billed_apart
+from openfusion.api.responses.translation import Translated, translate
 from openfusion.api.responses.writer import ResponseWriter
 from openfusion.api.translated import chat_events
 from openfusion.errors import InvalidRequest, OpenFusionError
