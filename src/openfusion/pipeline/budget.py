@@ -69,8 +69,10 @@ def prompt_size(request: ChatRequest) -> PromptSize:
     if request.response_format:
         parts["response_format"] = request.response_format
     parts.update(request.model_extra or {})
-    tokens = math.ceil(len(orjson.dumps(parts)) / _CHARS_PER_TOKEN) + _referenced_media_tokens(conversation)
-    return PromptSize(tokens, asks_long_cache(parts))
+    dumped = orjson.dumps(parts)
+    tokens = math.ceil(len(dumped) / _CHARS_PER_TOKEN) + _referenced_media_tokens(conversation)
+    # The walk costs ~3,000 instructions a message; the search of the JSON already at hand, a byte or so.
+    return PromptSize(tokens, _LONG_CACHE in dumped and asks_long_cache(parts))
 
 
 def prompt_tokens_upper_bound(request: ChatRequest) -> int:
@@ -78,13 +80,18 @@ def prompt_tokens_upper_bound(request: ChatRequest) -> int:
     return prompt_size(request).tokens
 
 
+# What compact JSON writes for a 1-hour `cache_control` (and for any other `"ttl": "1h"`): a body whose JSON lacks it
+# asks for none.
+_LONG_CACHE = b'"ttl":"1h"'
+
+
 def asks_long_cache(body: Mapping[str, Any]) -> bool:
     """Whether a body (a chat request's, or a native surface's as sent) asks for a 1-hour cache write (Anthropic's
     `cache_control: {"type": "ephemeral", "ttl": "1h"}`) where a provider reads one: on the body itself, a message, a
     content block (a tool result's own blocks among them), a system block or a tool.
 
-    Read where they can be, not searched for in the body's JSON: a search of a coding agent's 150 KB request costs
-    twice its `orjson.dumps`, and every fusion prices its worst case for its report.
+    Read where they can be, not searched for in the body's JSON: a `"ttl": "1h"` elsewhere (a tool's schema) asks for
+    nothing.
     """
     if _long_cache(body) or _blocks_ask_long_cache(body.get("system")) or _blocks_ask_long_cache(body.get("tools")):
         return True
