@@ -171,3 +171,29 @@ async def test_a_client_asks_redis_once_a_second_not_on_every_request_and_a_wron
         await client.aclose()
 
     assert asked_before == 3 and len(asked) == 4
+
+
+def test_a_subscriber_braked_elsewhere_cannot_guess_on_from_other_addresses_of_its_64(
+    upstream: FakeUpstream, serve: Serve, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis's "not braked", held in the process for `CLEARED_S`, is held for what the brake counts (an IPv6 /64), not
+    for one address of it: a subscriber that had each of its addresses cleared here, then braked by another replica,
+    could otherwise try a wrong key from each of them here in the meantime. The addresses come as a trusted proxy's
+    (127.0.0.1's) X-Forwarded-For."""
+    monkeypatch.setattr(openfusion.access.redis_brake, "CLEARED_S", 5.0)  # room for a slow machine
+    access = {"api_keys": KEY, "redis_url": REDIS_URL, "limits": {"redis_prefix": redis_prefix, "auth_failures": 3}}
+    addresses = [f"2001:db8:7:7::{host:x}" for host in range(1, 9)]
+    with serve(access) as (here, _), serve(access) as (elsewhere, _), client_from("127.0.0.1") as proxy:
+
+        def ask(url: str, address: str, key: str) -> int:
+            headers = {**bearer(key), "X-Forwarded-For": address}
+            return proxy.get(f"{url}/v1/models", headers=headers).status_code
+
+        cleared = [ask(here, address, KEY) for address in addresses]  # Redis said each is not braked
+        braking = [ask(elsewhere, "2001:db8:7:7:ffff::1", f"sk-guess-elsewhere-{n:04d}") for n in range(3)]
+        guesses = [ask(here, address, f"sk-guess-here-{n:04d}") for n, address in enumerate(addresses)]
+
+    assert cleared == [200] * 8
+    assert braking == [401, 401, 401]
+    # The first wrong key here was let through on what Redis said before the block; the next ones are refused.
+    assert guesses == [401] + [429] * 7, guesses

@@ -95,7 +95,10 @@ class SharedBrake:
         self._clock = clock
         self._count = client.register_script(_COUNT)
         self._away_until: float | None = None  # set while Redis is taken as away
-        self._cleared: dict[str, float] = {}  # address: until when Redis's "not braked" is taken as said again
+        # Counted as (an IPv6 address as its /64, as the brake counts it): until when Redis's "not braked" is taken as
+        # said again. Kept per address of a /64, a subscriber would have each of its addresses cleared beforehand and
+        # get one wrong key past here from each once braked elsewhere.
+        self._cleared: dict[str, float] = {}
         self.max_failures = local.max_failures
         self.window_s = local.window_s
         self.block_s = local.block_s
@@ -110,7 +113,8 @@ class SharedBrake:
         local = self._local.blocked_for(address)
         if not self.enabled or address is None or self._away():
             return local
-        if not local and self._clock() < self._cleared.get(address, 0.0):
+        counted = counted_as(address)
+        if not local and self._clock() < self._cleared.get(counted, 0.0):
             return 0.0
         try:
             async with asyncio.timeout(ANSWER_S):
@@ -122,12 +126,13 @@ class SharedBrake:
         if left_ms > 0:
             return max(local, left_ms / 1000)
         if not local:
-            self._clear(address)
+            self._clear(counted)
         return local
 
     async def count_wrong_key(self, address: str | None) -> bool:
         """Count one wrong key from this address in Redis (and in this process, for when Redis is away)."""
-        self._cleared.pop(address, None)  # the next request from it asks Redis again
+        if address is not None:
+            self._cleared.pop(counted_as(address), None)  # the next request from it (its /64) asks Redis again
         blocked_here = self._local.failed(address)
         if not self.enabled or address is None or self._away():
             return blocked_here
@@ -145,13 +150,13 @@ class SharedBrake:
         self._came_back()
         return bool(int(blocked))
 
-    def _clear(self, address: str) -> None:
-        """Remember that Redis has just said this address is not braked."""
+    def _clear(self, counted: str) -> None:
+        """Remember that Redis has just said this address (as counted) is not braked."""
         cleared = self._cleared
-        cleared.pop(address, None)  # to the end: the oldest first out
+        cleared.pop(counted, None)  # to the end: the oldest first out
         if len(cleared) >= CLEARED_KEPT:
             del cleared[next(iter(cleared))]
-        cleared[address] = self._clock() + CLEARED_S
+        cleared[counted] = self._clock() + CLEARED_S
 
     def _key(self, kind: str, address: str) -> str:
         return f"{self._prefix}:{kind}:{_keyed(counted_as(address))}"
