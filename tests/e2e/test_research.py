@@ -539,3 +539,21 @@ def test_search_results_on_an_excluded_site_are_kept_from_the_model_however_thei
     assert "(1):" in told and KEPT_RESULT in told, told  # the one result not on the excluded site
     assert "excluded" not in told.lower() and "ｅｘｃｌｕｄｅｄ" not in told and "Hit 0" not in told, told
     assert loopback_only.blocked == []  # judged by name: no result's host was looked up
+
+
+def test_an_allowed_ipv6_range_spanning_the_ipv4_mapped_block_opens_no_ipv4_address(
+    upstream: FakeUpstream, start_server: Any
+) -> None:
+    """`::/0` (or `::/64`) is every IPv6 address, the IPv4-mapped ones among them as a set of bits, but an operator
+    allowing it opens IPv6 ranges: it lets no IPv4 loopback, private or link-local (cloud metadata) address through,
+    written either way. Only a range inside the IPv4-mapped block (`::ffff:127.0.0.0/104`) names IPv4 addresses."""
+    EXCLUDED_HITS.clear()
+    with serve_in_thread(EXCLUDED_SITE) as other:
+        port = httpx.URL(other).port
+        fetched = [f"http://127.0.0.1:{port}/page", f"http://[::ffff:127.0.0.1]:{port}/page"]
+        everything = told_allowing(upstream, start_server, ["::/0"], fetched)
+        low = told_allowing(upstream, start_server, ["::/64"], fetched[:1])
+
+    refused = [told.startswith("web_fetch error: refused: ") and "is a loopback address" in told for told in everything]
+    assert [*refused, low == everything[:1]] == [True] * 3, everything + low
+    assert EXCLUDED_HITS == []

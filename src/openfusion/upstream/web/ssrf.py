@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from openfusion.upstream.web.addresses import IPAddress, IPNetwork, connect_address, in_range
+from openfusion.upstream.web.addresses import IPAddress, IPNetwork, allows, connect_address
 from openfusion.upstream.web.config import FetchConfig
 from openfusion.upstream.web.errors import FetchFailed, FetchRefused
 
@@ -131,7 +131,7 @@ class AddressPolicy:
             if address in network:
                 return never
         reason = non_public_reason(address)
-        if reason is None or host_allowed or any(in_range(address, network) for network in self.allow_private):
+        if reason is None or host_allowed or any(allows(address, network) for network in self.allow_private):
             return None
         return reason
 
