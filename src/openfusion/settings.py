@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from openfusion.access.config import CorsConfig, GuardsConfig, KeyConfig, LimitsConfig, check_fingerprint_key
 from openfusion.activity.config import ActivitySettings
 from openfusion.activity.cost import ModelPrice
 from openfusion.cache.config import CacheSettings
-from openfusion.config_errors import describe
+from openfusion.config_errors import describe, describe_environment
 from openfusion.errors import ConfigError
 from openfusion.observability.tracing import TracingSettings
 from openfusion.upstream.web.config import ResearchConfig
@@ -176,3 +177,5 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     except ValidationError as exc:
         source = f"invalid configuration{f' in {config_file}' if config_file else ''}"
         raise ConfigError(describe(exc, model=Settings, source=source, env_prefix="OPENFUSION_")) from None
+    except SettingsError as exc:  # an OPENFUSION_* variable holding a list or table that is not JSON
+        raise ConfigError(describe_environment(exc, environ=os.environ, env_prefix="OPENFUSION_")) from None

@@ -56,3 +56,44 @@ def test_a_wrong_preset_names_its_file_and_keys(tmp_path: Path) -> None:
         '["openai/gpt-5", "anthropic/claude-sonnet-4.5"]',
         "  temprature: is not a setting here: did you mean temperature?",
     ]
+
+
+def test_a_list_or_table_in_the_environment_that_is_not_json_names_its_variable(tmp_path: Path) -> None:
+    """pydantic-settings reads such a value as JSON and fails with an error of its own: still one message, no
+    traceback, the variable named and its value (perhaps a secret) not repeated."""
+    config = tmp_path / "openfusion.toml"
+    config.write_text("builtin_providers = false\n")
+    for variable, value in (
+        ("OPENFUSION_CORS__ALLOW_ORIGINS", "https://ui.example.org"),
+        ("OPENFUSION_PROVIDERS", "corp-secret-7d2e4f9a"),
+    ):
+        result = serve("--config", str(config), env={variable: value})
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(f"openfusion: invalid configuration in the environment: {variable}: a list or "
+                                        "table must be written as JSON, e.g. "), result.stderr  # fmt: skip
+        assert "Traceback" not in result.stderr and "SettingsError" not in result.stderr
+        assert value not in result.stderr
+
+
+def test_a_key_of_several_types_gets_one_line_in_its_own_name(tmp_path: Path) -> None:
+    """`workers` is a number or "auto", a preset's tool a name or a table: one line naming the key and both
+    types, not one per pydantic union member (`workers constrained-int`, `literal['auto']`)."""
+    config = tmp_path / "openfusion.toml"
+    config.write_text('workers = "many"\n')
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "team.toml").write_text('analysis_models = ["a/b"]\nmodel = "a/b"\ntools = [7]\n')
+    result = serve("--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"openfusion: invalid configuration in {config}:",
+        "  workers (or OPENFUSION_WORKERS): should be a valid integer, unable to parse string as an integer (got "
+        '"many"); or should be \'auto\' (got "many"); e.g. workers = 1 (the default)',
+    ]
+    config.write_text("")
+    result = serve("--config", str(config), "--presets", str(presets))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"openfusion: preset {presets / 'team.toml'} is invalid:",
+        "  tools item #1: should be a valid string (got 7); or should be a valid dictionary (got 7)",
+    ]
