@@ -13,6 +13,7 @@ from openfusion.errors import ConfigError
 from openfusion.evaluation.command import add_eval_arguments, run_eval
 from openfusion.localdemo.command import add_local_arguments, run_local
 from openfusion.workers.count import workers_value
+from openfusion.workers.serve import port_value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the HTTP server")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    serve.add_argument("--port", type=port_value, default=8000, help="port to listen on (default 8000)")
     serve.add_argument("--config", type=Path, default=None, help="TOML config file (default: $OPENFUSION_CONFIG)")
     serve.add_argument("--presets", type=Path, default=None, help="directory of extra or overriding preset files")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 OPENFUSION = str(Path(sys.executable).parent / "openfusion")
 PYDANTIC_NOISE = ("pydantic", "[type=", "input_value", "validation error", "Traceback", "For further information")
 
@@ -97,3 +99,18 @@ def test_a_key_of_several_types_gets_one_line_in_its_own_name(tmp_path: Path) ->
         f"openfusion: preset {presets / 'team.toml'} is invalid:",
         "  tools item #1: should be a valid string (got 7); or should be a valid dictionary (got 7)",
     ]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_beyond_65535_is_a_usage_error_not_another_port(workers: str, tmp_path: Path) -> None:
+    """`--port 70000` used to serve on 4464 (70000 mod 65536) while saying 70000, or, with several workers, end
+    in an OverflowError traceback."""
+    config = tmp_path / "openfusion.toml"
+    config.write_text("builtin_providers = false\n[activity]\nenabled = false\n")
+    result = subprocess.run(
+        [OPENFUSION, "serve", "--config", str(config), "--workers", workers, "--port", "70000"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "argument --port: expected a port number from 0 to 65535, not '70000'" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -78,3 +78,10 @@ def test_the_demo_keeps_its_activity_store_in_its_work_directory(tmp_path: Path)
     settings = load_settings(config, presets_dir=presets)
     assert settings.activity.path == (tmp_path / 'dir with "quotes" and spaces' / ACTIVITY_FILE).resolve()
     assert tomllib.loads(config.read_text())["default_preset"] == "local"
+
+
+def test_a_port_beyond_65535_is_a_usage_error(tmp_path: Path) -> None:
+    result = local("--port", "70000", "--workdir", str(tmp_path / "work"), tmp_path=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "argument --port: expected a port number from 0 to 65535, not '70000'" in result.stderr
+    assert not (tmp_path / "work").exists(), "refused before anything was made"

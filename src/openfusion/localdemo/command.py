@@ -15,13 +15,14 @@ from pathlib import Path
 from openfusion.localdemo.config import write_config
 from openfusion.localdemo.servers import LocalDemoError, running_servers
 from openfusion.workers.count import workers_value
+from openfusion.workers.serve import port_value
 
 log = logging.getLogger("openfusion.local")
 
 
 def add_local_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address openfusion listens on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port openfusion listens on (default 8000)")
+    parser.add_argument("--port", type=port_value, default=8000, help="port openfusion listens on (default 8000)")
     parser.add_argument(
         "--panel",
         type=int,

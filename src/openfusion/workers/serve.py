@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import gc
 import os
 import socket
@@ -15,6 +16,13 @@ from openfusion.settings import Settings
 STARTUP_FAILURE = 3
 # `serve --workers`: a worker still running past the shutdown's grace period (and its backstop) was killed.
 SHUTDOWN_OVERRUN = 4
+
+
+def port_value(text: str) -> int:
+    """`--port`: 0 (any free port) to 65535; a larger number would not be refused but wrap around (70000: 4464)."""
+    if text.isdigit() and int(text) <= 65535:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, not {text!r}")
 
 
 @dataclass(frozen=True)
