@@ -114,3 +114,16 @@ def test_a_port_beyond_65535_is_a_usage_error_not_another_port(workers: str, tmp
     assert result.returncode == 2, result.stderr
     assert "argument --port: expected a port number from 0 to 65535, not '70000'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_activity_store_that_cannot_be_opened_is_one_line_not_a_traceback(workers: str, tmp_path: Path) -> None:
+    """The store opens as the server starts (in each worker): it still says what is wrong in one line and exits 3."""
+    occupied = tmp_path / "a-file"
+    occupied.write_text("not a directory")
+    config = tmp_path / "openfusion.toml"
+    config.write_text(f'builtin_providers = false\n[activity]\npath = "{occupied}/activity.sqlite3"\n')
+    result = serve("--config", str(config), "--workers", workers, "--port", "0", "--log-format", "text")
+    assert result.returncode == 3, result.stderr
+    assert f"cannot start: cannot open the activity database {occupied}/activity.sqlite3" in result.stderr
+    assert "Traceback" not in result.stderr and "StoreUnavailable" not in result.stderr

@@ -187,6 +187,8 @@ def run_server(
     """
     import uvicorn
 
+    from openfusion.api.startup import StartupFailure
+
     class Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
@@ -208,7 +210,7 @@ def run_server(
                 finally:
                     getattr(self, "_captured_signals", []).clear()
 
-    config = uvicorn.Config(app, timeout_graceful_shutdown=grace_s + BACKSTOP_S, **options)
+    config = uvicorn.Config(StartupFailure(app), timeout_graceful_shutdown=grace_s + BACKSTOP_S, **options)
     server = Server(config)
     uvicorn_log, shutdown_log = logging.getLogger("uvicorn.error"), ShutdownLog(drain)
     uvicorn_log.addFilter(shutdown_log)  # (after Config, which configures uvicorn's loggers)
