@@ -381,3 +381,25 @@ def test_a_worker_killed_at_the_end_of_the_shutdown_makes_the_exit_status_4(
         assert served.process.wait(timeout=60) == 4
         assert not alive(pids[1]) and not alive(pids[2])
     assert f"worker 1 (pid {pids[1]}) still running past the grace period: killed" in served.log_text()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sighup_to_the_process_group_drains_as_sigterm_does(
+    workers: str, fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path
+) -> None:
+    """A closed terminal or a dropped SSH session sends SIGHUP to the whole process group: the server and each
+    worker stop as on SIGTERM (the request in flight finishes, exit status 0), not at once by its default action."""
+    _, upstream_url = fake_upstream
+    upstream.script("quick", Script(content="Done in time.", delay_s=2))
+    config = provider_config(upstream_url, grace_s=10)
+    with serve(config, presets_dir, tmp_path, args=("--workers", workers)) as served:
+        if workers == "2":
+            served.wait_serving(2)
+        thread, result = _in_background(lambda: _request(served.url, {"model": "fake/quick", "messages": HI}))
+        wait_until(lambda: len(upstream.calls_for("quick")) == 1, timeout=20)
+        os.killpg(served.process.pid, signal.SIGHUP)
+        assert served.process.wait(timeout=30) == 0, served.log_text()
+        thread.join(10)
+    assert result["response"]["status"] == 200 and "Done in time." in result["response"]["text"], result
+    assert served.log_text().count("Application shutdown complete.") == int(workers)
+    assert "Traceback" not in served.log_text()

@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -171,6 +173,19 @@ def shutting_down() -> ServerShuttingDown:
     return ServerShuttingDown("The server is shutting down; the request was stopped. Retry it.")
 
 
+@contextlib.contextmanager
+def _signal_handler(signum: int, handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """`handler` for `signum` meanwhile (only the main thread may set one: elsewhere, nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signum, previous)
+
+
 def run_server(
     app: Any,
     *,
@@ -180,7 +195,7 @@ def run_server(
     on_started: Callable[[], None] | None = None,
     **options: Any,
 ) -> bool:
-    """Serve `app` with uvicorn until SIGTERM/SIGINT, with our grace period; False when it could not start.
+    """Serve `app` with uvicorn until SIGTERM/SIGINT/SIGHUP, with our grace period; False when it could not start.
 
     `sockets`: listen on these (a worker of several, on its supervisor's socket) instead of binding.
     `on_started` is called once the app's lifespan has started and the server listens.
@@ -204,7 +219,9 @@ def run_server(
             # uvicorn raises the signal that stopped it again once it is done, so the process ends killed by
             # SIGTERM (status -15, or 143 in a shell) after a clean drain; here a clean stop exits 0, as with
             # several workers (whose supervisor reports an overrun as 4).
-            with super().capture_signals():
+            # SIGHUP (the terminal closed, the SSH session dropped) stops it as SIGTERM does: its default would end the
+            # process at once, cutting every request and losing the activity records not yet written.
+            with super().capture_signals(), _signal_handler(signal.SIGHUP, self.handle_exit):
                 try:
                     yield
                 finally:

@@ -12,7 +12,7 @@ long as it is kept alive. A replacement's socket listens only once it serves, as
 worker's socket lives in that worker only: when it dies, new connections go to the others until its
 replacement listens. A worker that dies is replaced, at once after a long life, then with a backoff that
 doubles up to 30 s while it keeps dying young; if every worker of the first generation fails before serving,
-start-up has failed (exit status 3, as with one worker). SIGTERM or SIGINT: the supervisor sends SIGTERM to
+start-up has failed (exit status 3, as with one worker). SIGTERM, SIGINT or SIGHUP: the supervisor sends SIGTERM to
 every worker, and each runs the same grace period as a single server (`api.shutdown`); it waits for them well
 past the grace period and kills only a worker still alive after that. A worker whose supervisor is gone
 (killed) shuts down the same way by itself.
@@ -56,7 +56,8 @@ MAX_BACKOFF_S = 30.0
 STRAGGLER_S = 20.0
 # What a first worker's socket queues until it serves: uvicorn's backlog, which the worker then listens with.
 BACKLOG = 2048
-_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGHUP too: a closed terminal or a dropped SSH session stops the server as gracefully as SIGTERM.
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 @dataclass
@@ -271,7 +272,7 @@ def _bind(options: ServeOptions, *, share: bool = True) -> socket.socket | None:
 
 
 class _SignalPipe:
-    """SIGTERM and SIGINT as bytes on a socket, so one `wait` hears signals, worker exits and messages alike."""
+    """SIGTERM, SIGINT and SIGHUP as bytes on a socket, so one `wait` hears signals, worker exits and messages alike."""
 
     def __enter__(self) -> _SignalPipe:
         self.reader, self._writer = socket.socketpair()
