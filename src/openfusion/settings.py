@@ -18,6 +18,7 @@ from openfusion.config_errors import describe, describe_environment
 from openfusion.errors import ConfigError
 from openfusion.observability.tracing import TracingSettings
 from openfusion.upstream.web.config import ResearchConfig
+from openfusion.workers.count import MAX_WORKERS
 
 # How a provider takes OpenRouter's `reasoning` object in a chat completion (`upstream.reasoning`).
 ReasoningStyle = Literal["openrouter", "reasoning_effort", "none"]
@@ -133,7 +134,7 @@ class Settings(BaseSettings):
     # On SIGTERM: stop accepting, let in-flight requests finish this long, then cancel them.
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     # Worker processes of `openfusion serve` on one port; "auto": one per CPU this process may use.
-    workers: Annotated[int, Field(ge=1, le=512)] | Literal["auto"] = 1
+    workers: Annotated[int, Field(ge=1, le=MAX_WORKERS)] | Literal["auto"] = 1
     retry: RetrySettings = Field(default_factory=RetrySettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)

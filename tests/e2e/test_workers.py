@@ -403,3 +403,15 @@ def test_sighup_to_the_process_group_drains_as_sigterm_does(
     assert result["response"]["status"] == 200 and "Done in time." in result["response"]["text"], result
     assert served.log_text().count("Application shutdown complete.") == int(workers)
     assert "Traceback" not in served.log_text()
+
+
+def test_more_workers_than_the_setting_allows_is_a_usage_error(tmp_path: Path) -> None:
+    """`--workers` has the bound of `workers` (512): a typo must not start thousands of processes. (The config's
+    per-key limits stop start-up anyway should the flag be taken: without Redis it may run one worker only.)"""
+    config = tmp_path / "openfusion.toml"
+    config.write_text(f"builtin_providers = false\n{LIMITED_KEYS}")
+    command = [str(Path(sys.executable).parent / "openfusion"), "serve", "--config", str(config),
+               "--workers", "5000", "--port", "0"]  # fmt: skip
+    done = subprocess.run(command, env={**os.environ, **KEYS_ENV}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "argument --workers: expected a number of workers (1 to 512) or 'auto', not '5000'" in done.stderr

@@ -75,13 +75,17 @@ def _ratio(quota_file: Path, period_file: Path | None) -> float | None:
     return int(quota) / int(period) if int(quota) > 0 else None
 
 
+# The most `--workers` may ask for: the same bound as the `workers` setting (a typo must not start thousands).
+MAX_WORKERS = 512
+
+
 def workers_value(text: str) -> int | str:
-    """`--workers`: a number of processes (1 or more), or "auto"."""
+    """`--workers`: a number of processes (1 to MAX_WORKERS), or "auto"."""
     if text == "auto":
         return text
-    if text.isdigit() and int(text) >= 1:
+    if text.isdigit() and 1 <= int(text) <= MAX_WORKERS:
         return int(text)
-    raise argparse.ArgumentTypeError(f"expected a number of workers (1 or more) or 'auto', not {text!r}")
+    raise argparse.ArgumentTypeError(f"expected a number of workers (1 to {MAX_WORKERS}) or 'auto', not {text!r}")
 
 
 def resolve_workers(
