@@ -60,7 +60,7 @@ def test_serve_starts_open_beyond_loopback_only_when_allowed(
     monkeypatch.setattr(shutdown, "run_server", lambda app, **options: ran.append(options) is None)
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
-    assert main(["serve", "--host", host, "--config", str(config)]) == 0
+    assert main(["serve", "--host", host, "--port", "0", "--config", str(config)]) == 0  # port 0: always free
     assert ran and ran[0]["host"] == host
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "no client keys" in r.getMessage()]
     assert len(warnings) == (1 if warned else 0)

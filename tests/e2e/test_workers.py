@@ -415,3 +415,22 @@ def test_more_workers_than_the_setting_allows_is_a_usage_error(tmp_path: Path) -
     done = subprocess.run(command, env={**os.environ, **KEYS_ENV}, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     assert "argument --workers: expected a number of workers (1 to 512) or 'auto', not '5000'" in done.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_busy_port_is_refused_before_the_app_starts(workers: str, tmp_path: Path) -> None:
+    """One worker or several: a port in use exits 1 saying so, before the app's start-up (stores opened,
+    migrations run) and not, with one worker, after it with uvicorn's status 3."""
+    config = tmp_path / "openfusion.toml"
+    config.write_text(f'builtin_providers = false\n[activity]\npath = "{tmp_path / "activity.sqlite3"}"\n')
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        command = [str(Path(sys.executable).parent / "openfusion"), "serve", "--config", str(config),
+                   "--workers", workers, "--port", str(port), "--log-format", "text"]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Waiting for application startup" not in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "activity.sqlite3").exists()

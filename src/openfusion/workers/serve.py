@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from openfusion.settings import Settings
 
+# The address is taken: nothing started.
+CANNOT_LISTEN = 1
 # uvicorn's exit status for a server that could not start.
 STARTUP_FAILURE = 3
 # `serve --workers`: a worker still running past the shutdown's grace period (and its backstop) was killed.
@@ -43,7 +45,8 @@ def serve(
     workers: int | Literal["auto"] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> int:
-    """Serve until SIGTERM/SIGINT; the exit status. `workers` overrides `settings.workers`.
+    """Serve until SIGTERM/SIGINT/SIGHUP; the exit status (1: the address is taken, found before the app starts).
+    `workers` overrides `settings.workers`.
 
     Raises ConfigError (before anything listens) when the settings, or the number of workers, are wrong, or
     when it would listen beyond loopback with no client keys and `allow_open` is not set.
@@ -60,12 +63,14 @@ def serve(
     app = create_app(settings, environ=environ)  # every configuration error surfaces here, in one worker or many
     check_exposure(options.host, app.state.access.keys, allow_open=settings.allow_open)
     raise_open_file_limit()  # idle connections each hold a descriptor: 1,024 is too few for a gateway
+    from openfusion.workers.supervisor import Supervisor, address_free
+
+    if not address_free(options):  # before the app starts (stores opened, migrations run) only to find it taken
+        return CANNOT_LISTEN
     if count == 1:
         settle_heap()
         return 0 if run_app(app, settings, options) else STARTUP_FAILURE
     del app  # each worker builds its own
-    from openfusion.workers.supervisor import Supervisor
-
     return Supervisor(settings, options, count=count).run()
 
 

@@ -43,7 +43,7 @@ from pydantic import SecretStr
 from openfusion.api.shutdown import BACKSTOP_S
 from openfusion.observability.metrics_dir import MetricsDirectory
 from openfusion.settings import Settings
-from openfusion.workers.serve import SHUTDOWN_OVERRUN, STARTUP_FAILURE, ServeOptions
+from openfusion.workers.serve import CANNOT_LISTEN, SHUTDOWN_OVERRUN, STARTUP_FAILURE, ServeOptions
 from openfusion.workers.worker import READY, WorkerSpec, run_worker
 
 log = logging.getLogger("openfusion")
@@ -90,8 +90,8 @@ class Supervisor:
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; the exit status (1: cannot listen, 3: no worker could start, 4: a worker had to
         be killed at the end of the shutdown)."""
-        if not _available(self.options):
-            return 1
+        if not address_free(self.options):
+            return CANNOT_LISTEN
         metrics = MetricsDirectory.create()
         previous = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics.path)  # read by prometheus_client when a worker imports it
@@ -113,7 +113,7 @@ class Supervisor:
         """Start the workers and keep them running until a signal (0) or a failed start-up (1, 3)."""
         for number in range(1, self.count + 1):
             if not self._start(spec, number, listen=True):
-                return 1
+                return CANNOT_LISTEN
         log.info("%d workers on %s:%d", self.count, self.options.host, self.options.port)
         while True:
             timeout = max(0.0, min(self._due.values()) - time.monotonic()) if self._due else None
@@ -244,7 +244,7 @@ def _signal(worker: _Worker, signum: int) -> None:
         os.kill(worker.pid, signum)
 
 
-def _available(options: ServeOptions) -> bool:
+def address_free(options: ServeOptions) -> bool:
     """Whether the address is free (logged when not): bound once without SO_REUSEPORT, so that another server
     listening there with SO_REUSEPORT (another openfusion, say) is an error, not a share of its traffic."""
     sock = _bind(options, share=False)
