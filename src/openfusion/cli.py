@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -14,6 +15,8 @@ from openfusion.evaluation.command import add_eval_arguments, run_eval
 from openfusion.localdemo.command import add_local_arguments, run_local
 from openfusion.workers.count import workers_value
 from openfusion.workers.serve import port_value
+
+log = logging.getLogger("openfusion")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def serve(args: argparse.Namespace) -> int:
     from openfusion.observability.logs import configure_logging
-    from openfusion.settings import load_settings
+    from openfusion.settings import load_settings, misspelt_variables
     from openfusion.workers.serve import ServeOptions
     from openfusion.workers.serve import serve as serve_settings
 
@@ -70,6 +73,8 @@ def serve(args: argparse.Namespace) -> int:
     )
     try:
         settings = load_settings(config, presets_dir=args.presets)
+        for variable, setting in misspelt_variables(os.environ):
+            log.warning("%s is not a setting and is ignored: did you mean %s?", variable, setting)
         return serve_settings(settings, options, workers=args.workers)
     except ConfigError as exc:
         print(f"openfusion: {exc.message}", file=sys.stderr)  # noqa: T201

@@ -65,7 +65,7 @@ def _without_union_tags(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[A
     annotation: Any = model
     for part in loc:
         members = _members(annotation)
-        if len(members) > 1 and isinstance(part, str) and _model_in(annotation) is None:
+        if len(members) > 1 and isinstance(part, str) and model_in(annotation) is None:
             annotation = None  # which member the rest is about cannot be told: stop following the types
             continue
         kept.append(part)
@@ -170,17 +170,17 @@ def _model_at(model: type[BaseModel], path: tuple[Any, ...]) -> type[BaseModel] 
             continue
         if current is None or part not in current.model_fields:
             return None
-        current = _model_in(current.model_fields[part].annotation)
+        current = model_in(current.model_fields[part].annotation)
     return current
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
+def model_in(annotation: Any) -> type[BaseModel] | None:
     """The BaseModel inside an annotation such as `Model`, `Model | None` or `list[Model]`."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     if typing.get_origin(annotation) in (typing.Union, types.UnionType, list, typing.Annotated):
         for arg in typing.get_args(annotation):
-            found = _model_in(arg)
+            found = model_in(arg)
             if found is not None:
                 return found
     return None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -14,7 +16,7 @@ from openfusion.access.config import CorsConfig, GuardsConfig, KeyConfig, Limits
 from openfusion.activity.config import ActivitySettings
 from openfusion.activity.cost import ModelPrice
 from openfusion.cache.config import CacheSettings
-from openfusion.config_errors import describe, describe_environment
+from openfusion.config_errors import describe, describe_environment, model_in
 from openfusion.errors import ConfigError
 from openfusion.observability.tracing import TracingSettings
 from openfusion.upstream.web.config import ResearchConfig
@@ -180,3 +182,35 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(describe(exc, model=Settings, source=source, env_prefix="OPENFUSION_")) from None
     except SettingsError as exc:  # an OPENFUSION_* variable holding a list or table that is not JSON
         raise ConfigError(describe_environment(exc, environ=os.environ, env_prefix="OPENFUSION_")) from None
+
+
+ENV_PREFIX = "OPENFUSION_"
+
+
+def misspelt_variables(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """`OPENFUSION_*` variables that set nothing but are one typo away from a setting's: (variable, the setting's).
+
+    pydantic-settings ignores a variable it does not know; `OPENFUSION_DEFUALT_PRESET` would go unnoticed. Only near
+    misses are told: other `OPENFUSION_*` variables (`OPENFUSION_CONFIG`, a deployment's own) are no mistake.
+    """
+    known = _setting_variables(Settings, ENV_PREFIX)
+    found = []
+    for variable in sorted(environ):
+        upper = variable.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known or any(upper.startswith(f"{k}__") for k in known):
+            continue
+        # Compared without the prefix all share: OPENFUSION_HOST is no typo of OPENFUSION_HTTP.
+        close = difflib.get_close_matches(upper[len(ENV_PREFIX) :], [k[len(ENV_PREFIX) :] for k in known], 1, 0.8)
+        if close:
+            found.append((variable, ENV_PREFIX + close[0]))
+    return found
+
+
+def _setting_variables(model: type[BaseModel], prefix: str) -> list[str]:
+    variables = []
+    for name, field in model.model_fields.items():
+        variable = f"{prefix}{name.upper()}"
+        variables.append(variable)
+        if (inner := model_in(field.annotation)) is not None:
+            variables += _setting_variables(inner, f"{variable}__")
+    return variables

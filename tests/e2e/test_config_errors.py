@@ -4,6 +4,7 @@ in the words of the rest of the errors (no pydantic internals, no traceback, no 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,23 @@ def test_an_activity_store_that_cannot_be_opened_is_one_line_not_a_traceback(wor
     assert result.returncode == 3, result.stderr
     assert f"cannot start: cannot open the activity database {occupied}/activity.sqlite3" in result.stderr
     assert "Traceback" not in result.stderr and "StoreUnavailable" not in result.stderr
+
+
+def test_a_misspelt_variable_is_told_not_silently_ignored(tmp_path: Path) -> None:
+    """pydantic-settings ignores an OPENFUSION_* variable it does not know: OPENFUSION_API_KEY (for _KEYS) would leave
+    the server open without a word. A near miss is a WARNING naming the setting; other variables are no mistake."""
+    config = tmp_path / "openfusion.toml"
+    config.write_text("builtin_providers = false\n[activity]\nenabled = false\n")
+    env = {"OPENFUSION_API_KEY": "sk-client-7d2e4f9a1b3c", "OPENFUSION_DEFUALT_PRESET": "budget"}
+    env["OPENFUSION_PORT"] = "80"  # the container image's own variable: not one of the settings, and no typo of one
+    with socket.socket() as busy:  # the server stops right after start-up's checks
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        result = serve("--config", str(config), "--port", str(busy.getsockname()[1]), "--log-format", "text", env=env)
+    assert result.returncode == 1, result.stderr
+    warnings = [line.split("openfusion: ", 1)[1] for line in result.stderr.splitlines() if "is not a setting" in line]
+    assert warnings == [
+        "OPENFUSION_API_KEY is not a setting and is ignored: did you mean OPENFUSION_API_KEYS?",
+        "OPENFUSION_DEFUALT_PRESET is not a setting and is ignored: did you mean OPENFUSION_DEFAULT_PRESET?",
+    ]
+    assert "sk-client-7d2e4f9a1b3c" not in result.stderr
