@@ -434,3 +434,30 @@ def test_a_busy_port_is_refused_before_the_app_starts(workers: str, tmp_path: Pa
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
     assert "Waiting for application startup" not in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "activity.sqlite3").exists()
+
+
+def test_port_0_is_one_free_port_for_every_worker(tmp_path: Path) -> None:
+    """`--port 0` (any free port) with several workers: one port, chosen once and logged, on which every worker
+    listens; each used to bind port 0 itself and get a port of its own, while the log said ":0"."""
+    config = tmp_path / "openfusion.toml"
+    config.write_text("builtin_providers = false\n[activity]\nenabled = false\n")
+    log_path = tmp_path / "serve.log"
+    command = [str(Path(sys.executable).parent / "openfusion"), "serve", "--config", str(config),
+               "--workers", "2", "--port", "0", "--log-format", "text"]  # fmt: skip
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: log_path.read_text().count("is serving") == 2, timeout=60)
+        text = log_path.read_text()
+        port = int(text.split("2 workers on 127.0.0.1:", 1)[1].split()[0])
+        assert port != 0
+        pids = {int(line.split("(pid ")[1].split(")")[0]) for line in text.splitlines() if "is serving" in line}
+        listening = tcp_sockets(port, state="0A")
+        assert len(listening) == 2 and all(holds(pid, listening) for pid in pids), text
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)

@@ -26,6 +26,7 @@ files a dead worker leaves.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -90,6 +91,11 @@ class Supervisor:
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; the exit status (1: cannot listen, 3: no worker could start, 4: a worker had to
         be killed at the end of the shutdown)."""
+        if self.options.port == 0:  # "any free port": one for all, not one each as every worker binding port 0 gets
+            port = _any_free_port(self.options)
+            if port is None:
+                return CANNOT_LISTEN
+            self.options = dataclasses.replace(self.options, port=port)
         if not address_free(self.options):
             return CANNOT_LISTEN
         metrics = MetricsDirectory.create()
@@ -252,6 +258,15 @@ def address_free(options: ServeOptions) -> bool:
         return False
     sock.close()
     return True
+
+
+def _any_free_port(options: ServeOptions) -> int | None:
+    """A port free on the host now, for every worker; None (logged) when none can be bound."""
+    sock = _bind(options, share=False)
+    if sock is None:
+        return None
+    with sock:
+        return int(sock.getsockname()[1])
 
 
 def _bind(options: ServeOptions, *, share: bool = True) -> socket.socket | None:
