@@ -84,10 +84,14 @@ def serve(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `openfusion` console script."""
     args = _parser().parse_args(argv)
-    if args.command == "serve":
-        return serve(args)
-    if args.command == "eval":
-        return run_eval(args)
-    if args.command == "local":
-        return run_local(args)
+    try:
+        if args.command == "serve":
+            return serve(args)
+        if args.command == "eval":
+            return run_eval(args)
+        if args.command == "local":
+            return run_local(args)
+    except KeyboardInterrupt:  # Ctrl-C before the server handles it (while starting): a stop, not a crash
+        print("openfusion: interrupted", file=sys.stderr)  # noqa: T201
+        return 130
     return 1

@@ -4,9 +4,11 @@ in the words of the rest of the errors (no pydantic internals, no traceback, no 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -148,3 +150,33 @@ def test_a_misspelt_variable_is_told_not_silently_ignored(tmp_path: Path) -> Non
         "OPENFUSION_DEFUALT_PRESET is not a setting and is ignored: did you mean OPENFUSION_DEFAULT_PRESET?",
     ]
     assert "sk-client-7d2e4f9a1b3c" not in result.stderr
+
+
+def test_ctrl_c_while_starting_is_a_stop_not_a_traceback(tmp_path: Path) -> None:
+    """SIGINT before the server handles signals (here: while it reads its config file, a FIFO nobody writes yet)
+    exits 130 with one line, not a KeyboardInterrupt traceback."""
+    config = tmp_path / "openfusion.toml"
+    os.mkfifo(config)
+    process = subprocess.Popen(
+        [OPENFUSION, "serve", "--port", "0", "--config", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # a FIFO opens for writing (without blocking) only once its reader has it open
+            try:
+                writer = os.open(config, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+        time.sleep(0.2)  # from open() into read(), where it waits
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+        os.close(writer)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "openfusion: interrupted" and "Traceback" not in stderr
