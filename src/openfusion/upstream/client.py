@@ -33,7 +33,7 @@ from openfusion.upstream.providers import Provider, ProviderRegistry, Route
 from openfusion.upstream.reasoning import send_reasoning_as
 from openfusion.upstream.retry import client_is_retrying, is_retryable, parse_retry_after, retrying
 from openfusion.upstream.shape import completion_problem
-from openfusion.upstream.sse_decode import sse_data
+from openfusion.upstream.sse_decode import SSEDecoder
 from openfusion.upstream.stage import stage_ends
 from openfusion.upstream.trace import CallTrace, begin_call, end_call
 from openfusion.upstream.transport import (
@@ -583,36 +583,30 @@ async def _chunks(
     finished = False
     if "text/event-stream" not in content_type(response):
         raise _protocol_error(route, "the streamed response is not an event stream")
+    # The decoder is fed here, read by read: an async generator of its own between the reads and this loop would
+    # be resumed, and would wrap each event in an awaitable and a StopIteration, for every token.
+    decoder = SSEDecoder(clock=ProgressClock(stall_s))
     try:
-        async for data in sse_data(body_blocks(response), clock=ProgressClock(stall_s)):
-            if data == b"[DONE]":
-                finished = True  # the provider says the completion is whole, finish_reason or not
-                break
-            if not data:
+        async for block in body_blocks(response):
+            for data in decoder.feed(block):
+                if data == b"[DONE]":
+                    finished = True  # the provider says the completion is whole, finish_reason or not
+                    break
+                if data:
+                    chunk = _stream_chunk(route, data, call, masker)
+                    finished = finished or _finishes(chunk, call)
+                    yield chunk
+            else:
                 continue
-            chunk = _json(route, masker.bytes(data))
-            if isinstance(chunk.get("error"), dict):  # a mid-stream error from the provider
-                error = chunk["error"]
-                code = error.get("code")
-                raise UpstreamStatusError(
-                    f"{route.slug} failed mid-stream: {_said(error.get('message', 'unknown error'), masker)}",
-                    model=route.slug,
-                    provider=route.provider.name,
-                    upstream_status=code if isinstance(code, int) else None,
-                )
-            if problem := completion_problem(chunk, key="delta"):
-                raise _protocol_error(route, problem)
-            if not finished:
-                for choice in chunk.get("choices") or ():
-                    if reason := choice.get("finish_reason"):
-                        finished, call.finish_reason = True, reason
-                        break
-            if call.first_token is None:
-                call.first_token = time.perf_counter()
-                call.response_model = chunk.get("model")
-            if isinstance(chunk.get("usage"), dict):
-                call.usage = parse_usage(chunk["usage"])
-            yield chunk
+            break  # [DONE]
+        else:
+            for data in decoder.end():
+                if data == b"[DONE]":
+                    finished = True
+                elif data:
+                    chunk = _stream_chunk(route, data, call, masker)
+                    finished = finished or _finishes(chunk, call)
+                    yield chunk
     except httpx.HTTPError as exc:
         raise _transport_error(route, exc, during="the stream") from None
     except Stalled:
@@ -620,6 +614,37 @@ async def _chunks(
     if not finished:
         raise _protocol_error(route, "the stream ended before the completion finished")
     end_call(call, status="ok", usage=call.usage)
+
+
+def _finishes(chunk: dict[str, Any], call: CallTrace) -> bool:
+    """Whether a chunk ends the completion (a choice's finish_reason, noted on the call)."""
+    for choice in chunk.get("choices") or ():
+        if reason := choice.get("finish_reason"):
+            call.finish_reason = reason
+            return True
+    return False
+
+
+def _stream_chunk(route: Route, data: bytes, call: CallTrace, masker: SecretMasker) -> dict[str, Any]:
+    """One streamed event's chunk, masked, parsed and checked; its first token's time and its usage noted."""
+    chunk = _json(route, masker.bytes(data))
+    if isinstance(chunk.get("error"), dict):  # a mid-stream error from the provider
+        error = chunk["error"]
+        code = error.get("code")
+        raise UpstreamStatusError(
+            f"{route.slug} failed mid-stream: {_said(error.get('message', 'unknown error'), masker)}",
+            model=route.slug,
+            provider=route.provider.name,
+            upstream_status=code if isinstance(code, int) else None,
+        )
+    if problem := completion_problem(chunk, key="delta"):
+        raise _protocol_error(route, problem)
+    if call.first_token is None:
+        call.first_token = time.perf_counter()
+        call.response_model = chunk.get("model")
+    if isinstance(chunk.get("usage"), dict):
+        call.usage = parse_usage(chunk["usage"])
+    return chunk
 
 
 async def _guard(route: Route, body: AsyncIterator[bytes], *, stall_s: float) -> AsyncIterator[bytes]:
