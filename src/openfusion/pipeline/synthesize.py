@@ -203,13 +203,14 @@ class MessageAccumulator:
                 continue
             self.finish_reason = choice.get("finish_reason") or self.finish_reason
             delta = choice.get("delta") or {}
-            # Called for every relayed chunk: plain lookups, no per-call tuples or empty lists.
+            # Called for every relayed chunk: plain lookups, no per-call tuples or empty lists, and `is not None`
+            # before an isinstance that would fail (a failing one also looks the value's `__class__` up).
             if isinstance(content := delta.get("content"), str):
                 self.content.append(content)
-            if isinstance(refusal := delta.get("refusal"), str):
+            if (refusal := delta.get("refusal")) is not None and isinstance(refusal, str):
                 self.refusal.append(refusal)
             text = delta.get("reasoning") or delta.get("reasoning_content")
-            if isinstance(text, str):
+            if text is not None and isinstance(text, str):
                 self.reasoning.append(text)
             if annotations := delta.get("annotations"):
                 self.annotations.extend(annotations)

@@ -43,7 +43,9 @@ def completion_problem(data: Mapping[str, Any], *, key: str) -> str | None:
 
 def _message_problem(message: Mapping[str, Any]) -> str | None:
     content = message.get("content")
-    if isinstance(content, list) and not all(_optional(p.get("text"), str) for p in content if isinstance(p, dict)):
+    # (Text first: an isinstance that fails costs a lookup of the value's `__class__`, and this runs per token.)
+    parts = content is not None and type(content) is not str and isinstance(content, list)
+    if parts and not all(_optional(p.get("text"), str) for p in content if isinstance(p, dict)):
         return "content has a text part whose text is not a string"
     annotations = message.get("annotations")
     if annotations is not None and not isinstance(annotations, list):
