@@ -70,9 +70,8 @@ def test_a_fused_answer_through_responses_create(upstream: FakeUpstream, server:
 
 @unknown_item_warning
 def test_a_fused_answer_through_responses_stream(upstream: FakeUpstream, server: str) -> None:
-    # Panelists one after another (0.3 s apart), so the order of their events is fixed.
-    for delay, model in enumerate("abc"):
-        upstream.script(model, Script(chunks=[f"From {model}, ", "an answer."], delay_s=0.3 * delay))
+    for model in "abc":
+        upstream.script(model, Script(chunks=[f"From {model}, ", "an answer."]))
     upstream.script("synth", Script(chunks=["Rayleigh ", "scattering."], reasoning=["Compare ", "them."]))
 
     with sdk(server) as client, client.responses.stream(model="fusion/trio", input="Why is the sky blue?") as stream:
@@ -82,18 +81,14 @@ def test_a_fused_answer_through_responses_stream(upstream: FakeUpstream, server:
     assert final.output_text == "Rayleigh scattering." and final.status == "completed"
     assert [item.type for item in final.output] == ["openrouter:fusion", "reasoning", "message"]
     assert final.output[1].content[0].text == "Compare them."
-    panelist = [
-        "response.fusion_call.panel.delta",
-        "response.fusion_call.panel.delta",
-        "response.fusion_call.panel.completed",
-    ]
-    assert [event.type for event in events] == [
+    panel_types = ("response.fusion_call.panel.delta", "response.fusion_call.panel.completed")
+    panel = [event.to_dict() for event in events if event.type in panel_types]
+    assert [event.type for event in events if event.type not in panel_types] == [
         "response.created",
         "response.in_progress",
         "response.output_item.added",
         "response.fusion_call.in_progress",
         *["response.fusion_call.panel.added"] * 3,
-        *panelist * 3,
         "response.fusion_call.analysis.in_progress",
         "response.fusion_call.analysis.completed",
         "response.fusion_call.completed",
@@ -112,8 +107,19 @@ def test_a_fused_answer_through_responses_stream(upstream: FakeUpstream, server:
         "response.output_item.done",
         "response.completed",
     ]
-    deltas = [e.to_dict() for e in events if e.type == "response.fusion_call.panel.delta"]
-    assert [(d["model"], d["delta"]) for d in deltas[:2]] == [("fake/a", "From a, "), ("fake/a", "an answer.")]
+    # The panelists answer at once, their events interleaved as they come: each one's own are in order, every one of
+    # them after the panel was announced and before the analysis began.
+    types = [event.type for event in events]
+    first, last = types.index(panel_types[0]), len(types) - 1 - types[::-1].index(panel_types[1])
+    assert types[first - 1] == "response.fusion_call.panel.added"
+    assert types[last + 1] == "response.fusion_call.analysis.in_progress"
+    for model in "abc":
+        own = [(event["type"], event.get("delta")) for event in panel if event["model"] == f"fake/{model}"]
+        assert own == [
+            ("response.fusion_call.panel.delta", f"From {model}, "),
+            ("response.fusion_call.panel.delta", "an answer."),
+            ("response.fusion_call.panel.completed", None),
+        ]
     assert [e.output_index for e in events if e.type == "response.output_item.added"] == [0, 1, 2]
 
 
