@@ -232,23 +232,33 @@ class Usage(WireModel):
         return wire
 
 
-def sum_usage(usages: list[Usage]) -> Usage:
-    """Sum token counts, token details and costs over several upstream calls (as `+` would, one after the other)."""
+class _Summed:
+    """`sum_usage`'s default cost: the sum of the usages' own."""
+
+
+_SUMMED = _Summed()
+
+
+def sum_usage(usages: list[Usage], *, cost: float | _Summed | None = _SUMMED) -> Usage:
+    """Sum token counts, token details and costs over several upstream calls (as `+` would, one after the other);
+    `cost`, when given, is the sum's cost instead of the usages' (a bill's, priced call by call)."""
     if not usages:
-        return Usage()
+        return Usage() if isinstance(cost, _Summed) else Usage(cost=cost)
     # Summed as plain numbers and built once: a Usage per addition costs more than the arithmetic.
     prompt = completion = total = 0
-    cost: float | None = None
+    summed: float | None = None
     details: dict[str, dict[str, int]] = {}
     for usage in usages:
         prompt += usage.prompt_tokens
         completion += usage.completion_tokens
         total += usage.total_tokens
-        if cost is not None or usage.cost is not None:
-            cost = round_usd((cost or 0.0) + (usage.cost or 0.0))
+        if summed is not None or usage.cost is not None:
+            summed = round_usd((summed or 0.0) + (usage.cost or 0.0))
         if usage.__pydantic_extra__:
             _add_details(details, usage.__pydantic_extra__)
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total, cost=cost, **details)
+    if not isinstance(cost, _Summed):
+        summed = cost
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total, cost=summed, **details)
 
 
 def _add_details(into: dict[str, dict[str, int]], extra: dict[str, Any]) -> None:

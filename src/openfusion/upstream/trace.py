@@ -151,11 +151,11 @@ class RequestTrace:
         if self._billed is not None and self._billed[0] == state:
             return self._billed[1]
         usages = [known_usage(call) for call in self.calls]
+        known = [usage for usage in usages if usage is not None]  # `is`, not `in`: a Usage compares field by field
         costs = tuple(self.cost_of(call) for call in self.calls)
-        tokens = sum_usage([usage for usage in usages if usage is not None])
         spent = sum(c for c in costs if c is not None) + sum(self.charges)
         cost = None if not costs or None in costs else round_usd(spent)
-        bill = Bill(tokens.model_copy(update={"cost": cost}), complete=None not in usages, costs=costs)
+        bill = Bill(sum_usage(known, cost=cost), complete=len(known) == len(usages), costs=costs)
         self._billed = (state, bill)
         return bill
 
