@@ -155,12 +155,17 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return _httpx_response(response)
 
     async def post(
-        self, url: httpx.URL, headers: CIMultiDict[str], content: bytes, limits: Mapping[str, float | None]
+        self,
+        url: httpx.URL | URL,
+        headers: CIMultiDict[str],
+        content: bytes,
+        limits: Mapping[str, float | None] | aiohttp.ClientTimeout,
     ) -> Reply:
         """POST `content` with exactly these headers (Host and Content-Length included); the answer unread.
 
-        `limits` is httpx's timeout dict (connect, read, pool). An unencoded answer comes back as an
-        `AiohttpReply`, one with a content encoding as an `httpx.Response` that decodes it.
+        `url` and `limits` (httpx's timeout dict: connect, read, pool) may come as `aiohttp_url` and `client_timeout`
+        made them, once per endpoint. An unencoded answer comes back as an `AiohttpReply`, one with a content encoding
+        as an `httpx.Response` that decodes it.
         """
         reply = AiohttpReply(await self._request("POST", url, headers, content, limits))
         return reply if reply.stream.identity else _httpx_response(reply._response)
@@ -168,10 +173,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def _request(
         self,
         method: str,
-        url: httpx.URL,
+        url: httpx.URL | URL,
         headers: CIMultiDict[str],
         data: Any,
-        limits: Mapping[str, float | None] | None,
+        limits: Mapping[str, float | None] | aiohttp.ClientTimeout | None,
         *,
         server_hostname: str | None = None,
     ) -> aiohttp.ClientResponse:
@@ -179,12 +184,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         try:
             return await session.request(
                 method,
-                self._url(url),
+                self.aiohttp_url(url),
                 headers=headers,
                 data=data,
                 allow_redirects=False,
                 compress=False,
-                timeout=self._timeout(limits),
+                timeout=self.client_timeout(limits),
                 server_hostname=server_hostname,
             )
         except _MAPPED as exc:
@@ -195,7 +200,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             await self._session.close()
             self._session = None
 
-    def _url(self, url: httpx.URL) -> URL:
+    def aiohttp_url(self, url: httpx.URL | URL) -> URL:
+        """The URL as aiohttp takes it (parsed once per URL: an endpoint keeps it, and `str` of an `httpx.URL` costs
+        as much as a small request's headers)."""
+        if isinstance(url, URL):
+            return url
         text = str(url)
         parsed = self._urls.get(text)
         if parsed is None:
@@ -204,7 +213,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             parsed = self._urls[text] = URL(text, encoded=True)  # httpx has encoded it already
         return parsed
 
-    def _timeout(self, limits: Mapping[str, float | None] | None) -> aiohttp.ClientTimeout:
+    def client_timeout(
+        self, limits: Mapping[str, float | None] | aiohttp.ClientTimeout | None
+    ) -> aiohttp.ClientTimeout:
+        """httpx's timeout dict as aiohttp's timeout (one per set of limits)."""
+        if isinstance(limits, aiohttp.ClientTimeout):
+            return limits
         limits = limits or {}
         key = (limits.get("connect"), limits.get("read"), limits.get("pool"))
         timeout = self._timeouts.get(key)
