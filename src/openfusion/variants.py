@@ -9,6 +9,7 @@ may keep prompts); they, and any other suffix (an Ollama tag such as `:8b`), sta
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 ROUTING = frozenset({"nitro", "floor", "exacto"})
@@ -29,6 +30,7 @@ class Variant:
         return not self.routing and not self.web_search
 
 
+@functools.lru_cache(maxsize=1024)  # a fusion reads its few slugs ~15 times (pricing, the worst case, key scopes)
 def read_variant(slug: str) -> Variant:
     """The model a slug names and what its suffixes ask for (`openai/gpt-4o:free:online` -> `openai/gpt-4o:free`, web
     search). Suffixes are read case-insensitively: the reading that sees more of what a provider may act on."""

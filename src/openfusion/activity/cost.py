@@ -93,6 +93,9 @@ class PriceTable:
     def __init__(self, configured: Mapping[str, ModelPrice] | None = None) -> None:
         self._configured = {_key(model): price for model, price in (configured or {}).items()}
         self._listed: dict[str, ModelPrice] = {}
+        # Each slug's price as asked for, looked up once: a fusion asks ~10 times for the same few models (the bill's
+        # calls, the worst case's parts). Emptied when the listed prices change, and when it grows past _FOUND_MAX.
+        self._found: dict[str, ModelPrice | None] = {}
 
     def __len__(self) -> int:
         return len(self._configured.keys() | self._listed.keys())
@@ -101,6 +104,16 @@ class PriceTable:
         """The price of a model slug (case-insensitive), or None when unknown. A routing variant (`:nitro`, `:floor`,
         `:exacto`) not priced itself has its model's price: it only chooses among that model's providers, as a plain
         request's routing does. One with `:online` has none: its web search is billed apart from tokens."""
+        try:
+            return self._found[model]
+        except KeyError:
+            pass
+        if len(self._found) >= _FOUND_MAX:
+            self._found.clear()
+        price = self._found[model] = self._look_up(model)
+        return price
+
+    def _look_up(self, model: str) -> ModelPrice | None:
         key = _key(model)
         price = self._configured.get(key) or self._listed.get(key)
         if price is not None:
@@ -131,6 +144,7 @@ class PriceTable:
     def update_listed(self, prices: Mapping[str, ModelPrice]) -> None:
         """Replace the refreshed prices (configured prices still win over them)."""
         self._listed = {_key(model): price for model, price in prices.items()}
+        self._found = {}
 
     async def refresh(self, fetch: Callable[[], Awaitable[Any]]) -> int:
         """Reload listed prices from `fetch()` (an OpenRouter-format `/models` payload); returns how many."""
@@ -138,6 +152,10 @@ class PriceTable:
         self.update_listed(prices)
         log.info("price table refreshed: %d model prices listed", len(prices))
         return len(prices)
+
+
+# Slugs whose price `price_of` remembers at most: the models a server routes are few, but a client names any it likes.
+_FOUND_MAX = 1024
 
 
 def total_cost(costs: Iterable[float | None]) -> float | None:
