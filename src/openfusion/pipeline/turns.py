@@ -57,12 +57,13 @@ def panel_settings(plan: FusionPlan) -> str:
     """A digest of what shaped the panel's work on a turn: who answered and judged, and how (research tools and the
     domains excluded from them, reasoning, temperature, token and tool-call limits, timeouts and quorum). An agent
     step that changes any of these gets a fresh panel, not the turn's."""
-    settings = {
-        field.name: _plain(getattr(plan, field.name))
-        for field in dataclasses.fields(plan)
-        if field.name not in _NOT_THE_PANELS
-    }
+    settings = {name: _plain(getattr(plan, name)) for name in _PANELS_FIELDS}
     return hashlib.sha256(orjson.dumps(settings, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+# The plan's fields among a turn's settings, found once: per request, `dataclasses.fields` and the filter cost as much
+# as reading the values.
+_PANELS_FIELDS = tuple(field.name for field in dataclasses.fields(FusionPlan) if field.name not in _NOT_THE_PANELS)
 
 
 def _plain(value: Any) -> Any:
