@@ -155,3 +155,14 @@ def test_one_hour_cache_writes_are_priced_apart_from_five_minute_ones() -> None:
     # A listing's model that bills writes as plain input does so for an hour too.
     listed = prices_from_listing({"data": [{"id": "x/y", "pricing": {"prompt": "1", "completion": "0"}}]})["x/y"]
     assert listed.cost(prompt_tokens=10, completion_tokens=0, cache_write_tokens=10, cache_write_1h_tokens=10) == 10
+
+
+def test_prices_looked_up_once_stay_right_past_the_tables_memory() -> None:
+    """`price_of` remembers each slug's price as asked for (a fusion asks ~10 times for its few models): the remembered
+    answers are the table's, for any spelling of a slug, and the memory stays bounded whatever slugs clients name."""
+    table = PriceTable({"vendor/m": ModelPrice(prompt=1, completion=2)})
+    for i in range(3000):
+        assert table.price_of(f"client/any-{i}") is None
+        assert table.price_of(" Vendor/M ") == table.price_of("vendor/m:nitro") == ModelPrice(prompt=1, completion=2)
+        assert table.price_of("vendor/m:online") is None
+    assert len(table._found) <= 1024
