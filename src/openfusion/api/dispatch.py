@@ -92,6 +92,10 @@ class Exchange:
         spans = self.ledger.spans
         if spans is not None:  # the run's stages in their spans (a cached run's replay has none)
             events = spans.events(events, request=self.chat)
+        # The run has the conversation now, and lets go of it once its synthesizer's request is out; the exchange,
+        # kept until the response's end (`_close`), keeps the request without it: a stream held open for minutes
+        # should not hold a coding agent's hundreds of KB through its exchange.
+        self.chat = self.chat.model_copy(update={"messages": []})
         if ticket is None or state.cache is None:
             return events
         return state.cache.record(ticket, events, generation_id=self.ledger.generation_id, streamed=stream)

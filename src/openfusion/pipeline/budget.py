@@ -207,6 +207,10 @@ class Estimate:
         )
 
 
+# What a WorstCase is computed from: the request, its plan, its reach, the prices, a search's price, the body as sent
+_Inputs = tuple[ChatRequest, FusionPlan | None, Reach, PriceTable, float, Mapping[str, Any] | None]
+
+
 class WorstCase:
     """A request's worst-case cost, computed on first use (uncapped pass-through never pays for it).
 
@@ -224,16 +228,21 @@ class WorstCase:
         search_price: float = 0.0,
         sent: Mapping[str, Any] | None = None,
     ) -> None:
-        self.request, self.plan, self.reach, self.prices = request, plan, reach, prices
-        self.search_price, self.sent = search_price, sent
+        # Until the estimate is made: the plan it is part of lives as long as the run (its report reads the estimate),
+        # and a stream held open for minutes should not keep the whole conversation through it.
+        self._inputs: _Inputs | None = (request, plan, reach, prices, search_price, sent)
 
     @functools.cached_property
     def estimate(self) -> Estimate:
-        """The estimate (computed once)."""
-        size = prompt_size(self.request)
-        long_cache = size.long_cache or (self.sent is not None and asks_long_cache(self.sent))
-        return worst_case(self.request, self.plan, self.reach, self.prices, prompt_tokens=size.tokens,
-                          long_cache=long_cache, search_price=self.search_price)  # fmt: skip
+        """The estimate (computed once; the request and the rest it was made from are let go of then)."""
+        assert self._inputs is not None, "inputs are let go of only once the estimate is cached"
+        request, plan, reach, prices, search_price, sent = self._inputs
+        size = prompt_size(request)
+        long_cache = size.long_cache or (sent is not None and asks_long_cache(sent))
+        estimate = worst_case(request, plan, reach, prices, prompt_tokens=size.tokens,
+                              long_cache=long_cache, search_price=search_price)  # fmt: skip
+        self._inputs = None
+        return estimate
 
     @property
     def usd(self) -> float | None:

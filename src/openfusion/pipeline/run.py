@@ -66,7 +66,8 @@ class FusionRun:
         self.panel_deltas = panel_deltas  # stream the panel's text as PanelDelta events
         self.panel_source = "fresh"  # or "cached" / "skipped": an agent loop's step reusing its user turn
         self.plan = plan
-        self.request = request
+        # Read until the synthesizer's request is built, then let go of (see `synthesize`).
+        self.request: ChatRequest | None = request
         self.dialects = dialects
         self.conversation: Messages = request.conversation()
         self.research = ResearchPlan(research, plan.tools, plan.max_tool_calls, plan.blocked_domains)
@@ -173,17 +174,19 @@ class FusionRun:
             )
         else:
             messages = conversation
+        request, self.request = self.request, None
+        assert request is not None, "a run synthesizes once"
         synthesis = SynthesisStream(
             self.upstream,
             models=self.plan.synthesizers,
-            body=synthesis_body(self.request, self.plan, messages),
+            body=synthesis_body(request, self.plan, messages),
             timeout_s=self.plan.synth_timeout_s,
             client_streams=stream,
             memory=self.dialects.sampling,
         )
         # From here the prompt lives only in the synthesizer's request (see SynthesisStream), and the run keeps
-        # what its summary needs: a stream held open for minutes should not hold the conversation twice.
-        del messages
+        # what its summary needs: a stream held open for minutes holds neither the conversation nor the request.
+        del messages, request
         self.conversation = []
         # The turn kept and the summary's panel and judge parts made once the synthesizer's request is out,
         # while its answer is awaited (or when the summary needs them, if that comes first): neither sits
@@ -277,6 +280,7 @@ async def run_fusion(
         panel_deltas=panel_deltas,
         keep_content=keep_content,
     )
+    del request  # the run's own, let go of once its synthesizer's request is built
     stages = [run.panel, run.judge] if plan.enabled and run.needs_panel() else []
     # Each stage's generator made as the stage starts, and let go of as the next one replaces it: a stream held
     # open for minutes does not keep its finished stages.
