@@ -64,7 +64,10 @@ class MessageWriter:
 
     def __init__(self, *, request: MessagesRequest, model: str, input_tokens: int) -> None:
         self.id = new_message_id()
-        self.request = request
+        # The two things the events read of the request, not the request: a stream held open for minutes should not
+        # keep the client's whole conversation through its writer.
+        self.shows_thinking = request.shows_thinking
+        self.stop_sequences = list(request.stop_sequences or [])
         self.model = model
         self.content: list[dict[str, Any]] = []  # by content index
         self.stop_reason: str | None = None
@@ -158,7 +161,7 @@ class MessageWriter:
                 if isinstance(event, BlockStarted):
                     self._calls.append(block)
                 continue
-            if block.kind == "reasoning" and not self.request.shows_thinking:
+            if block.kind == "reasoning" and not self.shows_thinking:
                 continue  # not asked for: a chat model's reasoning stays out of the message
             if isinstance(event, BlockStarted):
                 out.append(self._open(block))
@@ -207,7 +210,7 @@ class MessageWriter:
 
     def _note_stop_sequence(self, chunk: dict[str, Any]) -> None:
         """The stop sequence that ended the answer, when the provider names it (vLLM, SGLang)."""
-        stops = self.request.stop_sequences or []
+        stops = self.stop_sequences
         for choice in chunk.get("choices") or []:
             if isinstance(choice, dict) and choice.get("finish_reason") == "stop":
                 matched = choice.get("stop_reason", choice.get("matched_stop"))
