@@ -25,6 +25,7 @@ MARKER = "Which ocean is the deepest? (held-stream marker 7f3a9c)"
 ASKED = [{"role": "user", "content": MARKER}]
 BODIES = [
     ("/v1/chat/completions", {"model": "fusion/trio", "messages": ASKED, "stream": True}),
+    ("/v1/responses", {"model": "fusion/trio", "input": MARKER, "stream": True, "store": False}),
     ("/v1/messages", {"model": "fusion/trio", "max_tokens": 100, "messages": ASKED, "stream": True}),
 ]
 

@@ -91,14 +91,15 @@ for _prefix in ("/v1", "/api/v1"):
 async def _render(exchange: Exchange, translated: Translated, *, owner: str) -> Response:
     chat, ledger, keeper = exchange.chat, exchange.ledger, exchange.state.responses
     store = keeper is not None and translated.request.store is not False
+    items = translated.items if store else None  # all `keep` needs of the request: none when nothing is stored
     kept = False
 
     async def keep(response: dict[str, Any]) -> None:  # before the client hears it is done: a follow-up may come
         nonlocal kept
-        if keeper is not None and store and not kept:
+        if keeper is not None and items is not None and not kept:
             kept = True
             # The input side only: the output is in the response object, and history() appends it.
-            await keeper.keep(response, items=translated.items, owner=owner, generation_id=ledger.generation_id)
+            await keeper.keep(response, items=items, owner=owner, generation_id=ledger.generation_id)
 
     if exchange.plan is not None:
         model = exchange.plan.synthesizer

@@ -47,7 +47,9 @@ class ResponseWriter:
     ) -> None:
         self.id = response_id or new_id("resp")
         self.created_at = int(time.time())
-        self.request = request
+        # The fields a response object echoes, not the input: a stream held open for minutes should not keep the
+        # client's whole conversation through its writer (a stored response keeps its items apart, see `keep`).
+        self.request = request.model_copy(update={"input": None})
         self.model = model
         self.store = store  # whether the response is kept for follow-ups
         self.status = "in_progress"
