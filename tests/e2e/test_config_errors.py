@@ -178,5 +178,8 @@ def test_ctrl_c_while_starting_is_a_stop_not_a_traceback(tmp_path: Path) -> None
         if process.poll() is None:
             process.kill()
             process.wait()
+        for pipe in (process.stdout, process.stderr):  # not left for the collector to close in another test
+            if pipe is not None:
+                pipe.close()
     assert process.returncode == 130, stderr
     assert stderr.strip().splitlines()[-1] == "openfusion: interrupted" and "Traceback" not in stderr
