@@ -157,9 +157,12 @@ def test_ctrl_c_while_starting_is_a_stop_not_a_traceback(tmp_path: Path) -> None
     exits 130 with one line, not a KeyboardInterrupt traceback."""
     config = tmp_path / "openfusion.toml"
     os.mkfifo(config)
+    # As a terminal starts it: Ctrl-C not ignored (a background job of a script, as a test run may be, inherits it
+    # ignored, and Python then never raises KeyboardInterrupt).
     process = subprocess.Popen(
         [OPENFUSION, "serve", "--port", "0", "--config", str(config)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
