@@ -111,7 +111,10 @@ async def test_complete_renames_max_completion_tokens_for_max_tokens_providers(
         ("openrouter", {"max_tokens": 500, "exclude": True}, {"reasoning": {"max_tokens": 500, "exclude": True}}),
         ("reasoning_effort", {"effort": "high"}, {"reasoning_effort": "high"}),
         ("reasoning_effort", {"effort": "low", "exclude": True}, {"reasoning_effort": "low"}),
-        ("reasoning_effort", {"max_tokens": 500}, {}),
+        ("reasoning_effort", {"max_tokens": 500}, {"reasoning_effort": "medium"}),  # no output limit: the default
+        ("reasoning_effort", {"enabled": True}, {"reasoning_effort": "medium"}),
+        ("reasoning_effort", {"enabled": False}, {}),
+        ("reasoning_effort", {"exclude": True}, {}),
         ("reasoning_effort", {"effort": None}, {}),  # no effort named: no `reasoning_effort: null`
         ("none", {"effort": "high"}, {}),
         ("none", {"max_tokens": 500}, {}),
@@ -131,6 +134,25 @@ async def test_complete_translates_reasoning_per_provider_style(
 
     body = sent_json(upstream.calls.last.request)
     assert {key: body[key] for key in ("reasoning", "reasoning_effort") if key in body} == expected
+
+
+@pytest.mark.parametrize(
+    ("budget", "max_tokens_field", "effort"),
+    [(800, "max_completion_tokens", "high"), (400, "max_tokens", "medium"), (100, "max_tokens", "low")],
+)
+async def test_a_pipeline_calls_reasoning_budget_is_an_effort_of_its_output_limit(
+    make_client: MakeClient, upstream: respx.Route, budget: int, max_tokens_field: str, effort: str
+) -> None:
+    """A fusion call's budget (the plugin's `reasoning.max_tokens`), for a provider that takes only an effort: the
+    one spending about that share of the call's limit, whichever field carries it."""
+    upstream.return_value = completion_response()
+    client = make_client(make_registry(max_tokens_field=max_tokens_field))
+
+    await client.complete("up/gpt-x", {"messages": MESSAGES, "max_completion_tokens": 1000,
+                                       "reasoning": {"max_tokens": budget}})  # fmt: skip
+
+    body = sent_json(upstream.calls.last.request)
+    assert body["reasoning_effort"] == effort and "reasoning" not in body and body[max_tokens_field] == 1000
 
 
 # ======================================================================================================================

@@ -49,14 +49,23 @@ def _reasoning_fields(body: dict[str, Any]) -> dict[str, Any]:
         ("fake/plain", {"reasoning": {"effort": "high"}}, {"reasoning_effort": "high"}),
         ("fake/plain", {"reasoning": {"effort": "low", "exclude": True}}, {"reasoning_effort": "low"}),
         ("fake/plain", {"reasoning": {"effort": "high"}, "reasoning_effort": "low"}, {"reasoning_effort": "low"}),
-        ("fake/plain", {"reasoning": {"max_tokens": 2000}}, {}),
+        ("fake/plain", {"reasoning": {"max_tokens": 2000}}, {"reasoning_effort": "medium"}),
+        ("fake/plain", {"reasoning": {"max_tokens": 3500}, "max_completion_tokens": 4000},
+         {"reasoning_effort": "high"}),
+        ("fake/plain", {"reasoning": {"max_tokens": 2000, "exclude": True}, "max_tokens": 4000},
+         {"reasoning_effort": "medium"}),
+        ("fake/plain", {"reasoning": {"max_tokens": 500}, "max_completion_tokens": 4000}, {"reasoning_effort": "low"}),
+        ("fake/plain", {"reasoning": {"max_tokens": 2000}, "reasoning_effort": "high"}, {"reasoning_effort": "high"}),
         ("fake/plain", {"reasoning": {"exclude": True}}, {}),
-        ("fake/plain", {"reasoning": {"enabled": True}}, {}),
+        ("fake/plain", {"reasoning": {"enabled": True}}, {"reasoning_effort": "medium"}),
+        ("fake/plain", {"reasoning": {"enabled": False}}, {}),
         ("bare/plain", {"reasoning": {"effort": "high"}}, {}),
         ("bare/plain", {"reasoning": {"max_tokens": 2000, "exclude": True, "enabled": True}}, {}),
     ],
     ids=["openrouter-effort", "openrouter-budget", "openrouter-enabled", "effort", "effort-excluded",
-         "own-reasoning-effort-wins", "budget-only", "exclude-only", "enabled-only", "none-effort", "none-budget"],
+         "own-reasoning-effort-wins", "budget-no-limit", "budget-high", "budget-medium", "budget-low",
+         "own-reasoning-effort-wins-over-budget", "exclude-only", "enabled-only", "disabled-only", "none-effort",
+         "none-budget"],
 )  # fmt: skip
 def test_reasoning_reaches_each_provider_in_its_style(
     upstream: FakeUpstream, styled_server: str, model: str, extra: dict[str, Any], received: dict[str, Any],
@@ -116,6 +125,20 @@ def test_a_translated_request_sends_reasoning_in_the_providers_style(
     assert _reasoning_fields(upstream.calls_for("routed")[0].body) == {"reasoning": {"effort": "high"}}
     assert _reasoning_fields(upstream.calls_for("plain")[0].body) == {"reasoning_effort": "high"}
     assert _reasoning_fields(upstream.calls_for("bare")[0].body) == {}
+
+
+def test_a_translated_responses_budget_reaches_a_chat_provider_as_an_effort(
+    upstream: FakeUpstream, styled_server: str
+) -> None:
+    """A Responses request's OpenRouter budget, for a chat provider that takes `reasoning_effort`: weighed against
+    its `max_output_tokens` (3,500 of 4,000: high)."""
+    upstream.script("plain", Script(content="Answered"))
+    body = {"model": "fake/plain", "input": "Hi", "max_output_tokens": 4000, "reasoning": {"max_tokens": 3500}}
+    response = httpx.post(f"{styled_server}/v1/responses", json=body)
+    assert response.status_code == 200 and "Answered" in response.text
+
+    sent = upstream.calls_for("plain")[0].body
+    assert _reasoning_fields(sent) == {"reasoning_effort": "high"} and sent["max_completion_tokens"] == 4000
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -115,9 +115,10 @@ def test_openrouters_fields_go_to_openrouter_alone_a_fallback_included(
     [
         ({"effort": "high", "summary": "auto", "max_tokens": 2000, "exclude": True, "enabled": True},
          {"effort": "high", "summary": "auto"}),
-        ({"max_tokens": 2000, "exclude": True}, None),
+        ({"max_tokens": 2000, "exclude": True}, {"effort": "medium"}),
+        ({"exclude": True}, None),
     ],
-    ids=["effort-and-budget", "budget-only"],
+    ids=["effort-and-budget", "budget-only", "exclude-only"],
 )  # fmt: skip
 def test_openrouters_reasoning_keys_go_to_openrouter_alone_a_fallback_included(
     upstream: FakeUpstream, native_server: str, reasoning: dict[str, Any], to_openai: dict[str, Any] | None,
@@ -142,6 +143,33 @@ def test_openrouters_reasoning_keys_go_to_openrouter_alone_a_fallback_included(
                                                    **streamed}  # fmt: skip
     assert upstream.calls_for("other")[0].body == {"model": "other", "input": "Hi", "store": False,
                                                    "reasoning": reasoning, **streamed}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("reasoning", "max_output_tokens", "effort"),
+    [
+        ({"max_tokens": 3500}, 4000, "high"),
+        ({"max_tokens": 2000, "summary": "auto"}, 4000, "medium"),
+        ({"max_tokens": 500}, 4000, "low"),
+        ({"enabled": True}, None, "medium"),
+        ({"enabled": True, "effort": "low"}, None, "low"),
+    ],
+    ids=["budget-high", "budget-medium", "budget-low", "enabled", "effort-wins"],
+)
+def test_a_reasoning_budget_or_enabled_reaches_an_effort_only_provider_as_an_effort(
+    upstream: FakeUpstream, native_server: str, reasoning: dict[str, Any], max_output_tokens: int | None, effort: str
+) -> None:
+    """OpenRouter's `max_tokens` budget is the effort spending about that share of the output limit (high ~80%,
+    medium ~50%, low ~20%), `enabled: true` the default effort (medium): the provider reasons as the client asked."""
+    upstream.script("plain", Script(content="Thought about it."))
+    limit = {} if max_output_tokens is None else {"max_output_tokens": max_output_tokens}
+    with openai.OpenAI(base_url=f"{native_server}/v1", api_key="k", max_retries=0) as client:
+        answer = client.responses.create(model="native/plain", input="Hi", extra_body={"reasoning": reasoning}, **limit)
+
+    assert answer.output_text == "Thought about it."
+    kept = {key: value for key, value in reasoning.items() if key == "summary"}
+    assert upstream.calls_for("plain")[0].body == {"model": "plain", "input": "Hi", "store": False, **limit,
+                                                   "reasoning": {**kept, "effort": effort}}  # fmt: skip
 
 
 def test_a_native_request_with_a_malformed_reasoning_is_a_400(upstream: FakeUpstream, native_server: str) -> None:

@@ -29,6 +29,7 @@ from openfusion.protocol import (
     plain_name,
     without_empty_tools,
 )
+from openfusion.upstream.reasoning import effort_for_budget
 
 _MAX_STOPS = 4  # what chat providers take (OpenAI refuses more)
 _MIN_THINKING_BUDGET = 1024  # Anthropic's minimum for `thinking.budget_tokens`
@@ -266,8 +267,7 @@ def _reasoning(request: MessagesRequest) -> dict[str, Any] | None:
     thinking = request.thinking
     if thinking is None or thinking.type != "enabled" or thinking.budget_tokens is None:
         return None
-    share = thinking.budget_tokens / request.max_tokens
-    return {"effort": "high" if share > 0.6 else "medium" if share > 0.3 else "low"}
+    return {"effort": effort_for_budget(thinking.budget_tokens, request.max_tokens)}
 
 
 def tools_billed_apart(raw: dict[str, Any]) -> list[tuple[str, str]]:
