@@ -600,6 +600,46 @@ def test_a_native_messages_request_asking_for_one_hour_cache_writes_reserves_the
     assert len(fake.calls) == 1
 
 
+def test_a_native_responses_request_asking_for_one_hour_cache_writes_reserves_them_at_twice_the_input_price(
+    upstream: FakeUpstream, serve: Serve, core_settings: dict[str, Any], fake_upstream: tuple[FakeUpstream, str],
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """As on Messages: a Responses request's `cache_control` with `ttl: "1h"` (on an input item's content part) goes
+    to a provider that speaks the Responses API as sent, so its worst case prices each prompt token at the 1-hour
+    write's twice the input price, not at 1.25 times."""
+    from openfusion.api.responses.request import parse_request
+    from openfusion.api.responses.translation import translate
+    from openfusion.pipeline.budget import prompt_tokens_upper_bound
+
+    upstream.script("claude", Script(content="Blue."))
+    native = ProviderConfig(name="native", base_url=f"{fake_upstream[1]}/v1", api_key_env="FAKE_KEY",
+                            models=["native/*"], strip_prefix=True, responses=True)  # fmt: skip
+    activity = {"path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
+    text = "You answer questions about the grid. " * 80
+
+    def body(cache_control: dict[str, str]) -> dict[str, Any]:
+        part = {"type": "input_text", "text": text, "cache_control": cache_control}
+        return {"model": "native/claude", "max_output_tokens": 10,
+                "input": [{"role": "user", "content": [part, {"type": "input_text", "text": "Hi"}]}]}  # fmt: skip
+
+    asked = body(ONE_HOUR)
+    tokens = prompt_tokens_upper_bound(translate(parse_request(asked), raw=asked).chat)
+    prompt = 1e-5
+    cap = tokens * prompt * 1.6  # above the worst case at 1.25 times the prompt price, below it at twice
+    price = {"prompt": prompt, "completion": 0.0}
+    with serve(capped(cap), environ=ENVIRON, activity=activity, pricing={"models": {"native/claude": price}},
+               providers=[*core_settings["providers"], native]) as (url, _):  # fmt: skip
+        refused = httpx.post(f"{url}/v1/responses", json=asked, headers=bearer(KEY), timeout=30)
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["type"] == "rate_limit_error"
+        assert upstream.calls == []  # refused before anything was sent
+        five_minutes = httpx.post(f"{url}/v1/responses", json=body({"type": "ephemeral"}), headers=bearer(KEY),
+                                  timeout=30)  # fmt: skip
+        assert five_minutes.status_code == 200, five_minutes.text
+    assert len(upstream.calls) == 1
+    assert upstream.calls[0].body["input"][0]["content"][0]["cache_control"] == {"type": "ephemeral"}  # as sent
+
+
 BRAVE_KEY = "brave-subscription-token-0123456789"
 
 

@@ -16,6 +16,7 @@ from openfusion.pipeline.budget import (
     URL_MEDIA_TOKENS,
     WorstCase,
     asks_long_cache,
+    cache_ttls,
     priced,
     prompt_tokens_upper_bound,
     server_text,
@@ -303,6 +304,7 @@ def _text(**cache: Any) -> dict[str, Any]:
     return {"type": "text", "text": "Hi", **cache}
 
 
+_INPUT_TEXT = {"type": "input_text", "text": "42", "cache_control": _HOUR}
 _SCHEMA_NAMING_TTL = {"type": "object", "properties": {"ttl": {"default": "1h"}}}
 
 
@@ -319,10 +321,29 @@ _SCHEMA_NAMING_TTL = {"type": "object", "properties": {"ttl": {"default": "1h"}}
         (_said('{"cache_control": {"ttl": "1h"}}'), False),  # text, not a field
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": _SCHEMA_NAMING_TTL}}]}, False),
         ({"messages": "not a list", "system": "Be brief.", "tools": None}, False),
+        # A Responses body: an input item, its content parts, a function call's output parts
+        ({"input": [{"role": "user", "content": "Hi", "cache_control": _HOUR}]}, True),
+        ({"input": [{"role": "user", "content": [_INPUT_TEXT]}]}, True),
+        ({"input": [{"type": "function_call_output", "call_id": "c", "output": [_INPUT_TEXT]}]}, True),
+        ({"input": "Hi", "instructions": "Be brief."}, False),
     ],
 )
 def test_a_one_hour_cache_write_is_found_where_a_provider_reads_cache_control(body: dict[str, Any], asks: bool) -> None:
     assert asks_long_cache(body) is asks
+
+
+@pytest.mark.parametrize(
+    ("body", "ttls"),
+    [
+        (_said([_text(cache_control=_HOUR)]), {"1h"}),
+        ({"system": [_text(cache_control={"type": "ephemeral"})], **_said([_text(cache_control=_HOUR)])}, {"5m", "1h"}),
+        (_said([_text(cache_control={"type": "ephemeral", "ttl": "5m"})]), {"5m"}),
+        (_said("Hi"), set()),
+    ],
+    ids=["hour", "mixed", "five-minutes", "none"],
+)
+def test_the_cache_lifetimes_a_body_asks_for(body: dict[str, Any], ttls: set[str]) -> None:
+    assert cache_ttls(body) == ttls
 
 
 def test_every_research_tool_call_counts_as_a_paid_search() -> None:

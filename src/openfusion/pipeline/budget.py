@@ -87,31 +87,50 @@ _LONG_CACHE = b'"ttl":"1h"'
 
 def asks_long_cache(body: Mapping[str, Any]) -> bool:
     """Whether a body (a chat request's, or a native surface's as sent) asks for a 1-hour cache write (Anthropic's
-    `cache_control: {"type": "ephemeral", "ttl": "1h"}`) where a provider reads one: on the body itself, a message, a
-    content block (a tool result's own blocks among them), a system block or a tool.
+    `cache_control: {"type": "ephemeral", "ttl": "1h"}`) where a provider reads one (see `cache_ttls`)."""
+    return LONG_TTL in cache_ttls(body)
+
+
+# The lifetimes a cache write can ask for: Anthropic's default (no `ttl`, or "5m") and an hour.
+SHORT_TTL, LONG_TTL = "5m", "1h"
+
+
+def cache_ttls(body: Mapping[str, Any]) -> frozenset[str]:
+    """The cache lifetimes (SHORT_TTL, LONG_TTL) a body (a chat request's, or a native surface's as sent) asks its
+    cache writes for, in each `cache_control` where a provider reads one: on the body itself, a message or a Responses
+    input item, a content block (a tool result's own blocks among them, a function call output's), a system block or
+    a tool.
 
     Read where they can be, not searched for in the body's JSON: a `"ttl": "1h"` elsewhere (a tool's schema) asks for
     nothing.
     """
-    if _long_cache(body) or _blocks_ask_long_cache(body.get("system")) or _blocks_ask_long_cache(body.get("tools")):
-        return True
-    messages = body.get("messages")
-    return isinstance(messages, list) and any(
-        _long_cache(message) or (isinstance(message, dict) and _blocks_ask_long_cache(message.get("content")))
-        for message in messages
-    )
+    found: set[str] = set()
+    _note_ttl(body, found)
+    _note_block_ttls(body.get("system"), found)
+    _note_block_ttls(body.get("tools"), found)
+    for key in ("messages", "input"):
+        items = body.get(key)
+        if isinstance(items, list):
+            for item in items:
+                if isinstance(item, dict):
+                    _note_ttl(item, found)
+                    _note_block_ttls(item.get("content"), found)
+                    _note_block_ttls(item.get("output"), found)
+    return frozenset(found)
 
 
-def _blocks_ask_long_cache(blocks: Any) -> bool:
-    return isinstance(blocks, list) and any(
-        _long_cache(block) or (isinstance(block, dict) and _blocks_ask_long_cache(block.get("content")))
-        for block in blocks
-    )
+def _note_block_ttls(blocks: Any, found: set[str]) -> None:
+    if isinstance(blocks, list):
+        for block in blocks:
+            if isinstance(block, dict):
+                _note_ttl(block, found)
+                _note_block_ttls(block.get("content"), found)
 
 
-def _long_cache(holder: Any) -> bool:
-    control = holder.get("cache_control") if isinstance(holder, dict) else None
-    return isinstance(control, dict) and control.get("ttl") == "1h"
+def _note_ttl(holder: dict[str, Any] | Mapping[str, Any], found: set[str]) -> None:
+    control = holder.get("cache_control")
+    if isinstance(control, dict):
+        found.add(LONG_TTL if control.get("ttl") == LONG_TTL else SHORT_TTL)
 
 
 def _referenced_media_tokens(conversation: list[dict[str, Any]]) -> int:

@@ -60,8 +60,11 @@ async def create_response(request: Request) -> Response:
     async def render(exchange: Exchange) -> Response:
         return await _render(exchange, translated, owner=owner)
 
+    # What a provider that speaks the Responses API gets (a stored conversation spelt out): the cache writes it asks
+    # for are priced (its chat form has no `cache_control`).
+    sent = translated.raw if history is None else {**translated.raw, "input": translated.items}
     try:
-        return await serve(request, translated.chat, render, api_type="responses")
+        return await serve(request, translated.chat, render, api_type="responses", sent=sent)
     except OpenFusionError as exc:  # found in the chat request (its plan, the guards): named as the client sent it
         raise renamed(exc, translated.names) from None
 
