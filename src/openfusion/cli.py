@@ -1,4 +1,8 @@
-"""The `openfusion` command."""
+"""The `openfusion` command.
+
+Only the standard library is imported here: the console script imports this module before `main` can catch a
+Ctrl-C, so every other import (pydantic, the app, the subcommands) happens inside `main`.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +14,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from openfusion import __version__
-from openfusion.errors import ConfigError
-from openfusion.evaluation.command import add_eval_arguments, run_eval
-from openfusion.localdemo.command import add_local_arguments, run_local
-from openfusion.workers.count import workers_value
-from openfusion.workers.serve import port_value
 
 log = logging.getLogger("openfusion")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from openfusion.evaluation.command import add_eval_arguments
+    from openfusion.localdemo.command import add_local_arguments
+    from openfusion.workers.count import workers_value
+    from openfusion.workers.serve import port_value
+
     parser = argparse.ArgumentParser(prog="openfusion", description="OpenAI-compatible fusion proxy.")
     parser.add_argument("--version", action="version", version=f"openfusion {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -61,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from openfusion.errors import ConfigError
     from openfusion.observability.logs import configure_logging
     from openfusion.settings import load_settings, misspelt_variables
     from openfusion.workers.serve import ServeOptions
@@ -83,15 +88,19 @@ def serve(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `openfusion` console script."""
-    args = _parser().parse_args(argv)
     try:
+        args = _parser().parse_args(argv)  # imports the subcommands' modules: the first second of start-up
         if args.command == "serve":
             return serve(args)
         if args.command == "eval":
+            from openfusion.evaluation.command import run_eval
+
             return run_eval(args)
         if args.command == "local":
+            from openfusion.localdemo.command import run_local
+
             return run_local(args)
-    except KeyboardInterrupt:  # Ctrl-C before the server handles it (while starting): a stop, not a crash
+    except KeyboardInterrupt:  # Ctrl-C before the server handles it (importing, starting): a stop, not a crash
         print("openfusion: interrupted", file=sys.stderr)  # noqa: T201
         return 130
     return 1

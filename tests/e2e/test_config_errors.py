@@ -186,3 +186,49 @@ def test_ctrl_c_while_starting_is_a_stop_not_a_traceback(tmp_path: Path) -> None
                 pipe.close()
     assert process.returncode == 130, stderr
     assert stderr.strip().splitlines()[-1] == "openfusion: interrupted" and "Traceback" not in stderr
+
+
+# Installed as `sitecustomize` in a test's PYTHONPATH: the first import of a module beyond the standard library and the
+# command's own (`openfusion.cli`, which the console script imports before calling main) says so on stderr and waits.
+_STALL_IMPORTS = """
+import sys, time
+
+class _Stall:
+    def find_spec(self, name, path=None, target=None):
+        top = name.split(".")[0]
+        if name not in ("openfusion", "openfusion.cli") and top not in sys.stdlib_module_names:
+            sys.meta_path.remove(self)
+            sys.stderr.write("importing " + name + "\\n")
+            sys.stderr.flush()
+            time.sleep(60)
+        return None
+
+sys.meta_path.insert(0, _Stall())
+"""
+
+
+def test_ctrl_c_while_importing_is_a_stop_not_a_traceback(tmp_path: Path) -> None:
+    """SIGINT in the first second, while the command still imports its modules, exits 130 with one line as it does
+    later in start-up, not with a KeyboardInterrupt traceback out of an import."""
+    (tmp_path / "sitecustomize.py").write_text(_STALL_IMPORTS)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    process = subprocess.Popen(
+        [OPENFUSION, "serve", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal starts it (see above)
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        first = process.stderr.readline()  # blocks until the stalled import says where it waits
+        assert first.startswith("importing "), first
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines() == ["openfusion: interrupted"], stderr
