@@ -137,6 +137,12 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     # Worker processes of `openfusion serve` on one port; "auto": one per CPU this process may use.
     workers: Annotated[int, Field(ge=1, le=MAX_WORKERS)] | Literal["auto"] = 1
+    # Several workers: once they have exited this many times each on average (N workers: N times this many exits)
+    # within worker_restart_window_s, the server stops, exit status 5, for its process manager to restart it;
+    # 0: replace workers however often they die.
+    worker_restart_limit: int = Field(default=3, ge=0)
+    # The window worker_restart_limit counts worker exits in.
+    worker_restart_window_s: float = Field(default=300.0, gt=0)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)

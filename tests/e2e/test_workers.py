@@ -461,3 +461,30 @@ def test_port_0_is_one_free_port_for_every_worker(tmp_path: Path) -> None:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+
+
+def test_workers_that_keep_dying_after_a_good_start_stop_the_server(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path
+) -> None:
+    """Workers that serve, then die, again and again: once they have died `worker_restart_limit` times each within the
+    window, the supervisor stops the rest and exits 5, for systemd or Kubernetes to restart it (it used to replace
+    them forever)."""
+    _, upstream_url = fake_upstream
+    config = provider_config(upstream_url, grace_s=1, top="worker_restart_limit = 1\nworker_restart_window_s = 600\n")
+    with serve(config, presets_dir, tmp_path, args=("--workers", "2", "--log-format", "text")) as served:
+        wait_until(lambda: len(served_pids(served.log_text())) == 2, timeout=60)
+        os.kill(served_pids(served.log_text())[1], signal.SIGKILL)  # one death: the limit is 1 per worker, 2 for both
+        wait_until(lambda: len(served_pids(served.log_text())) == 3, timeout=60)  # replaced, and serving again
+        assert served.process.poll() is None
+        os.kill(served_pids(served.log_text())[2], signal.SIGKILL)
+        served.process.wait(timeout=30)
+        text = served.log_text()
+    assert served.process.returncode == 5, text
+    assert "workers keep dying: 2 exits within 600 s (worker_restart_limit = 1 for 2 workers): stopping" in text, text
+    assert not any(alive(pid) for pid in served_pids(text).values())
+
+
+def served_pids(text: str) -> dict[int, int]:
+    """Every worker that said it serves, in order: the nth such line -> its pid (text log lines)."""
+    pids = [int(line.split("(pid ")[1].split(")")[0]) for line in text.splitlines() if line.endswith("is serving")]
+    return dict(enumerate(pids, start=1))

@@ -18,6 +18,8 @@ CANNOT_LISTEN = 1
 STARTUP_FAILURE = 3
 # `serve --workers`: a worker still running past the shutdown's grace period (and its backstop) was killed.
 SHUTDOWN_OVERRUN = 4
+# `serve --workers`: the workers kept dying (`worker_restart_limit` each within `worker_restart_window_s`).
+WORKERS_DYING = 5
 
 
 def port_value(text: str) -> int:

@@ -12,9 +12,13 @@ long as it is kept alive. A replacement's socket listens only once it serves, as
 worker's socket lives in that worker only: when it dies, new connections go to the others until its
 replacement listens. A worker that dies is replaced, at once after a long life, then with a backoff that
 doubles up to 30 s while it keeps dying young; if every worker of the first generation fails before serving,
-start-up has failed (exit status 3, as with one worker). SIGTERM, SIGINT or SIGHUP: the supervisor sends SIGTERM to
-every worker, and each runs the same grace period as a single server (`api.shutdown`); it waits for them well
-past the grace period and kills only a worker still alive after that. A worker whose supervisor is gone
+start-up has failed (exit status 3, as with one worker). Workers that keep dying however long they lived (a crash
+on every few requests, a dependency gone) are not replaced forever: past `worker_restart_limit` exits per worker
+within `worker_restart_window_s`, the supervisor stops the others and exits 5, so that a process manager (systemd,
+Kubernetes) restarts the server, and says so, rather than it serving on at a fraction of its capacity unnoticed.
+SIGTERM, SIGINT or SIGHUP: the supervisor sends SIGTERM to every worker, and each runs the same grace period as a
+single server (`api.shutdown`); it waits for them well past the grace period and kills only a worker still alive
+after that. A worker whose supervisor is gone
 (killed) shuts down the same way by itself.
 
 Why not uvicorn's own `workers=`: it pickles its Config to each worker, so the app must be an import
@@ -34,6 +38,7 @@ import secrets
 import signal
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -44,7 +49,7 @@ from pydantic import SecretStr
 from openfusion.api.shutdown import BACKSTOP_S
 from openfusion.observability.metrics_dir import MetricsDirectory
 from openfusion.settings import Settings
-from openfusion.workers.serve import CANNOT_LISTEN, SHUTDOWN_OVERRUN, STARTUP_FAILURE, ServeOptions
+from openfusion.workers.serve import CANNOT_LISTEN, SHUTDOWN_OVERRUN, STARTUP_FAILURE, WORKERS_DYING, ServeOptions
 from openfusion.workers.worker import READY, WorkerSpec, run_worker
 
 log = logging.getLogger("openfusion")
@@ -87,10 +92,11 @@ class Supervisor:
         self._failures: dict[int, int] = {}  # worker number -> young deaths in a row
         self._ever_ready = False
         self._startup_failures = 0
+        self._exits: deque[float] = deque()  # when workers died, within the last worker_restart_window_s
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; the exit status (1: cannot listen, 3: no worker could start, 4: a worker had to
-        be killed at the end of the shutdown)."""
+        be killed at the end of the shutdown, 5: the workers kept dying)."""
         if self.options.port == 0:  # "any free port": one for all, not one each as every worker binding port 0 gets
             port = _any_free_port(self.options)
             if port is None:
@@ -116,7 +122,8 @@ class Supervisor:
                 os.environ["PROMETHEUS_MULTIPROC_DIR"] = previous
 
     def _supervise(self, spec: WorkerSpec, metrics: MetricsDirectory, signals: _SignalPipe) -> int:
-        """Start the workers and keep them running until a signal (0) or a failed start-up (1, 3)."""
+        """Start the workers and keep them running until a signal (0), a failed start-up (1, 3), or workers that keep
+        dying (5)."""
         for number in range(1, self.count + 1):
             if not self._start(spec, number, listen=True):
                 return CANNOT_LISTEN
@@ -131,8 +138,8 @@ class Supervisor:
                     return 0
             for worker in list(self._workers.values()):
                 self._hear(worker)
-                if not worker.process.is_alive() and not self._exited(worker, metrics):
-                    return STARTUP_FAILURE
+                if not worker.process.is_alive() and (status := self._exited(worker, metrics)):
+                    return status
             now = time.monotonic()
             for number, due in list(self._due.items()):
                 if due <= now:
@@ -181,8 +188,8 @@ class Supervisor:
         except (EOFError, OSError):
             pass
 
-    def _exited(self, worker: _Worker, metrics: MetricsDirectory) -> bool:
-        """A worker died on its own: schedule its replacement; False when start-up has failed altogether."""
+    def _exited(self, worker: _Worker, metrics: MetricsDirectory) -> int:
+        """A worker died on its own: schedule its replacement (0); else the exit status to stop the server with."""
         worker.process.join()
         worker.channel.close()
         del self._workers[worker.number]
@@ -192,7 +199,9 @@ class Supervisor:
             self._startup_failures += 1
             if self._startup_failures >= self.count:
                 log.error("no worker could start (the last exited with status %s)", worker.process.exitcode)
-                return False
+                return STARTUP_FAILURE
+        if self._dying():
+            return WORKERS_DYING
         # Dying young again and again (a crash at start-up, say) must not become a busy loop of restarts.
         streak = 0 if worker.ready and lived >= STABLE_S else self._failures.get(worker.number, 0) + 1
         self._failures[worker.number] = streak
@@ -206,6 +215,26 @@ class Supervisor:
             delay,
         )
         self._due[worker.number] = time.monotonic() + delay
+        return 0
+
+    def _dying(self) -> bool:
+        """Count one more exit; True (logged) when the workers have died `worker_restart_limit` times each within the
+        window: replacing them again would only hide it from whoever restarts the server."""
+        limit, window = self.settings.worker_restart_limit, self.settings.worker_restart_window_s
+        now = time.monotonic()
+        self._exits.append(now)
+        while self._exits[0] <= now - window:
+            self._exits.popleft()
+        if not limit or len(self._exits) < limit * self.count:
+            return False
+        log.error(
+            "workers keep dying: %d exits within %g s (worker_restart_limit = %d for %d workers): stopping the server "
+            "for its process manager to restart it",
+            len(self._exits),
+            window,
+            limit,
+            self.count,
+        )
         return True
 
     def _stop(self, metrics: MetricsDirectory, signals: _SignalPipe) -> int:
