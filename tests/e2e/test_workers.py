@@ -7,6 +7,7 @@ request on a given worker, connections are made until that worker accepts one (`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -488,3 +489,69 @@ def served_pids(text: str) -> dict[int, int]:
     """Every worker that said it serves, in order: the nth such line -> its pid (text log lines)."""
     pids = [int(line.split("(pid ")[1].split(")")[0]) for line in text.splitlines() if line.endswith("is serving")]
     return dict(enumerate(pids, start=1))
+
+
+def _pid_namespaces() -> bool:
+    """Whether this host lets a test start a process as PID 1 of its own PID namespace, as a container runtime does."""
+    try:
+        command = ["unshare", "--pid", "--fork", "--mount-proc", "true"]
+        return subprocess.run(command, capture_output=True, timeout=10, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _pid_namespaces(), reason="needs unshare --pid (root, or user namespaces)")
+def test_a_restarted_container_removes_the_metrics_directory_of_its_killed_server(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path
+) -> None:
+    """The supervisor as PID 1 of a container, killed, then started again with the same /tmp: its pid is 1 again,
+    so the killed server's directory looked alive and was never removed; it is now, and only that one."""
+    _, upstream_url = fake_upstream
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    config = tmp_path / "openfusion.toml"
+    config.write_text(provider_config(upstream_url, grace_s=1))
+    openfusion = str(Path(sys.executable).parent / "openfusion")
+
+    def container() -> tuple[subprocess.Popen[bytes], Path]:
+        port = _free_port()
+        command = ["unshare", "--pid", "--fork", "--mount-proc", openfusion, "serve", "--workers", "2", "--port",
+                   str(port), "--config", str(config), "--presets", str(presets_dir)]  # fmt: skip
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   env={**os.environ, "TMPDIR": str(tmp)}, start_new_session=True)  # fmt: skip
+
+        def up() -> bool:
+            assert process.poll() is None, "the server exited"
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(up, timeout=60)
+        return process, next(iter(set(_metrics_dirs(tmp)) - set(before)))
+
+    before: list[Path] = []
+    first, killed_dir = container()
+    try:
+        assert killed_dir.name.startswith("openfusion-metrics-1-")  # made by PID 1
+        os.killpg(first.pid, signal.SIGKILL)  # the container is killed: its PID 1 and every worker at once
+        first.wait(timeout=10)
+        assert killed_dir.exists()
+        before = _metrics_dirs(tmp)
+        second, own_dir = container()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)
+    try:
+        assert own_dir.name.startswith("openfusion-metrics-1-")
+        assert _metrics_dirs(tmp) == [own_dir], "the killed server's directory is gone, the running one's kept"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(second.pid, signal.SIGKILL)
+        second.wait(timeout=10)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

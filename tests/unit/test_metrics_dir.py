@@ -40,3 +40,21 @@ def test_a_dead_workers_live_gauges_go_and_its_counters_stay(tmp_path: Path) -> 
     directory.worker_exited(41)
     left = sorted(path.name for path in directory.path.iterdir())
     assert left == ["counter_41.db", "gauge_livesum_42.db", "gauge_sum_41.db", "histogram_41.db"]
+
+
+def test_a_directory_whose_pid_another_process_has_now_is_removed(tmp_path: Path) -> None:
+    """A pid comes round again (a container's PID 1 always): a live pid whose start time is not the one in the name
+    is another process's now, and the directory a gone server's; under its real start time it is kept."""
+    parent = os.getppid()  # alive, and not this process: the server that made the directories
+    with open(f"/proc/{parent}/stat") as stat:
+        started = int(stat.read().rsplit(")", 1)[1].split()[19])
+    reused = tmp_path / f"openfusion-metrics-{parent}-{started + 1}-abc"
+    live = tmp_path / f"openfusion-metrics-{parent}-{started}-def"
+    older_own_pid = tmp_path / f"openfusion-metrics-{os.getpid()}-ghi"  # an earlier version's, under this pid
+    for path in (reused, live, older_own_pid):
+        path.mkdir()
+        (path / "counter_7.db").write_bytes(b"x")
+    directory = MetricsDirectory.create(tmp_path)
+    assert not reused.exists() and not older_own_pid.exists() and live.exists()
+    assert remove_stale(tmp_path) == [], "this server's own directory is kept"
+    assert directory.path.exists()
