@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,8 +92,37 @@ def start_server(model: Path, *, port: int, n_ctx: int = 4096, log: Path | None 
     # One thread per server: several servers share this machine's cores.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(log or os.devnull, "ab") as output:  # the child keeps its own copy of the descriptor
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, env=env, preexec_fn=_ending_with_this_process()
+        )
     return LlamaServer(port, process, log)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _ending_with_this_process() -> Callable[[], None] | None:
+    """A `preexec_fn` that has the kernel SIGKILL the child when this process ends, however it ends (Linux).
+
+    `stop` ends the servers when `openfusion local` exits, or is stopped by SIGTERM or Ctrl-C; SIGKILL (an OOM kill,
+    `kill -9`) runs nothing of it, and the servers would run on, orphaned, each holding a model in memory and a port.
+    The signal comes when the thread that started the child ends: `local` starts them from its main thread. None
+    where there is no prctl (then only `stop` ends them).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def end_with_parent() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the request was made: nobody would send the signal
+            os._exit(1)
+
+    return end_with_parent
 
 
 def wait_ready(servers: list[LlamaServer], *, timeout_s: float = 90) -> None:
