@@ -10,6 +10,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 from fakes.server import serve_in_thread
@@ -45,6 +46,15 @@ def server_environ(**values: str) -> dict[str, str]:
     """The environment a test server reads: the fake's key, and the session's temporary state directory (an
     explicit environment without XDG_STATE_HOME would put the default activity store under ~/.local/state)."""
     return {"FAKE_KEY": "sk-provider-secret", "XDG_STATE_HOME": os.environ["XDG_STATE_HOME"], **values}
+
+
+def ask_text(base: str, *, model: str, messages: list[dict[str, Any]], extra: dict[str, Any], stream: bool) -> str:
+    """The answer's text to a chat completion asked of the server at `base` by the official SDK, streamed or not."""
+    with openai.OpenAI(base_url=f"{base}/v1", api_key="k", max_retries=0) as sdk:
+        if stream:
+            chunks = sdk.chat.completions.create(model=model, messages=messages, stream=True, extra_body=extra)
+            return "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+        return sdk.chat.completions.create(model=model, messages=messages, extra_body=extra).choices[0].message.content
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from e2e.conftest import server_environ
+from e2e.conftest import ask_text, server_environ
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream, Script, wait_until
 from openfusion.api import completion_events
@@ -89,13 +89,7 @@ def test_openrouters_fields_go_to_openrouter_alone(
 ) -> None:
     upstream.script("plain", Script(content="Direct answer."))
     extra = {**OPENROUTER_ONLY, **OPENAIS_OWN}
-    with openai.OpenAI(base_url=f"{router_server}/v1", api_key="k", max_retries=0) as sdk:
-        if stream:
-            chunks = sdk.chat.completions.create(model=model, messages=HI, stream=True, extra_body=extra)
-            text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
-        else:
-            text = sdk.chat.completions.create(model=model, messages=HI, extra_body=extra).choices[0].message.content
-    assert text == "Direct answer."
+    assert ask_text(router_server, model=model, messages=HI, extra=extra, stream=stream) == "Direct answer."
 
     sent = upstream.calls_for("plain")[0].body
     streamed = {"stream": True} if stream else {}

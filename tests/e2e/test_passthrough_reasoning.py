@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from e2e.conftest import ask_text
 from fakes.upstream import FakeUpstream, Script
 from openfusion.settings import ProviderConfig
 
@@ -72,13 +73,7 @@ def test_reasoning_reaches_each_provider_in_its_style(
     stream: bool,
 ) -> None:  # fmt: skip
     upstream.script("plain", Script(content="Direct answer."))
-    with openai.OpenAI(base_url=f"{styled_server}/v1", api_key="k", max_retries=0) as sdk:
-        if stream:
-            chunks = sdk.chat.completions.create(model=model, messages=HI, stream=True, extra_body=extra)
-            text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
-        else:
-            text = sdk.chat.completions.create(model=model, messages=HI, extra_body=extra).choices[0].message.content
-    assert text == "Direct answer."
+    assert ask_text(styled_server, model=model, messages=HI, extra=extra, stream=stream) == "Direct answer."
 
     sent = upstream.calls_for("plain")[0].body
     assert _reasoning_fields(sent) == received
