@@ -7,6 +7,7 @@ import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
@@ -14,6 +15,7 @@ from conftest import POSTGRES_ADMIN_URL
 from openfusion.activity import ActivityStore
 from openfusion.activity.postgres_store import PostgresStore
 from openfusion.activity.sqlite_store import SqliteStore
+from openfusion.settings import ProviderConfig, Settings
 
 PASSWORD = "pw-activity-db-7f3c9e"  # the local server trusts loopback, so any password logs in
 
@@ -58,3 +60,25 @@ def database() -> Iterator[tuple[str, str, str]]:
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def server_settings(upstream_url: str, tmp_path: Path) -> Settings:
+    """A server answering the `solo` preset from the fake upstream at `upstream_url`, its records in PostgreSQL
+    (`DATABASE_URL`, given with the app) sent every 50 ms and each waited for by its response for 1 s at most."""
+    provider = ProviderConfig(name="fake", base_url=f"{upstream_url}/v1", models=["fake/*"], strip_prefix=True)
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "solo.toml").write_text('analysis_models = ["fake/a"]\nmodel = "fake/judge"\n')
+    # A response waits for its record (record_before_end, on with PostgreSQL) for at most write_timeout_s.
+    activity = {"write_timeout_s": 1.0, "flush_interval_s": 0.05}
+    return Settings(
+        providers=[provider], builtin_providers=False, presets_dir=presets, default_preset="solo", activity=activity
+    )
+
+
+def post_chat(server: str) -> str:
+    """A chat completion from the `solo` server, answered: its generation id."""
+    body = {"model": "fake/a", "messages": [{"role": "user", "content": "Hi"}]}
+    response = httpx.post(f"{server}/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.headers["x-generation-id"]

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import psycopg
+import pytest
 
+from activity.conftest import post_chat, server_settings
 from activity.support import T0, make_entry
 from conftest import POSTGRES_ADMIN_URL
 from fakes.server import serve_in_thread
@@ -23,7 +25,6 @@ from fakes.upstream import FakeUpstream, wait_until
 from openfusion.activity import ActivityWriter, Tokens, WriterStats
 from openfusion.activity.postgres_store import PostgresStore
 from openfusion.app import create_app
-from openfusion.settings import ProviderConfig, Settings
 
 
 def _admin(database: str) -> psycopg.Connection:
@@ -56,62 +57,50 @@ def _served(
     """The server on the database at `url`: (its base URL, how many records it lost so far)."""
     fake, upstream_url = fake_upstream
     fake.reset()
-    provider = ProviderConfig(name="fake", base_url=f"{upstream_url}/v1", models=["fake/*"], strip_prefix=True)
-    presets = tmp_path / "presets"
-    presets.mkdir()
-    (presets / "solo.toml").write_text('analysis_models = ["fake/a"]\nmodel = "fake/judge"\n')
-    # A response waits for its record (record_before_end, on with PostgreSQL) for at most write_timeout_s.
-    activity = {"write_timeout_s": 1.0, "flush_interval_s": 0.05}
-    settings = Settings(
-        providers=[provider], builtin_providers=False, presets_dir=presets, default_preset="solo", activity=activity
-    )
-    app = create_app(settings, environ={"DATABASE_URL": url})
+    app = create_app(server_settings(upstream_url, tmp_path), environ={"DATABASE_URL": url})
     with serve_in_thread(app) as server:
         yield server, lambda: app.state.openfusion.activity.stats.lost
-
-
-def _post(server: str) -> str:
-    body = {"model": "fake/a", "messages": [{"role": "user", "content": "Hi"}]}
-    response = httpx.post(f"{server}/v1/chat/completions", json=body, timeout=30)
-    assert response.status_code == 200, response.text
-    return response.headers["x-generation-id"]
 
 
 def _ready(server: str) -> int:
     return httpx.get(f"{server}/readyz", timeout=10).status_code
 
 
-def test_records_of_requests_served_while_postgresql_is_read_only_are_written_once_it_takes_writes(
-    fake_upstream: tuple[FakeUpstream, str], database: tuple[str, str, str], tmp_path: Path
+@contextmanager
+def _sessions_read_only(database: str) -> Iterator[Callable[[], set[str]]]:
+    """A failover: the sessions the pool opens meanwhile are on a read-only server. Yields what is stored."""
+    _read_only(database, on=True)
+    try:
+        yield lambda: _stored(database)
+    finally:
+        _read_only(database, on=False)
+
+
+@contextmanager
+def _table_locked(database: str) -> Iterator[Callable[[], set[str]]]:
+    """A migration, a VACUUM FULL: the table held past the write's time limit. Yields what is stored, as the
+    connection holding the lock sees it (any other waits for the lock)."""
+    with _admin(database) as locker, locker.transaction():
+        locker.execute("LOCK TABLE generations IN ACCESS EXCLUSIVE MODE")
+        yield lambda: {row[0] for row in locker.execute("SELECT id FROM generations").fetchall()}
+
+
+@pytest.mark.parametrize("fault", [_sessions_read_only, _table_locked], ids=["read-only", "table-locked"])
+def test_records_of_requests_served_while_postgresql_cannot_write_are_written_once_it_can(
+    fake_upstream: tuple[FakeUpstream, str],
+    database: tuple[str, str, str],
+    tmp_path: Path,
+    fault: Callable[[str], AbstractContextManager[Callable[[], set[str]]]],
 ) -> None:
     url, name, _ = database
     with _served(fake_upstream, url, tmp_path) as (server, lost):
-        before = _post(server)
+        before = post_chat(server)
         assert before in _stored(name)
-        _read_only(name, on=True)  # a failover: the sessions the pool opens now are on a read-only server
-        during = [_post(server) for _ in range(3)]  # served all the same, each after write_timeout_s at most
-        assert _ready(server) == 200  # the database answers: only its writes fail
-        assert not set(during) & _stored(name)  # the fault: none of them could be written
-        _read_only(name, on=False)
+        with fault(name) as stored:
+            during = [post_chat(server) for _ in range(3)]  # served all the same, each after write_timeout_s at most
+            assert _ready(server) == 200  # the database answers: only its writes fail
+            assert not set(during) & stored()  # the fault: none of them could be written
         wait_until(lambda: set(during) <= _stored(name), timeout=30)
-        assert lost() == 0
-
-
-def test_records_of_requests_served_while_their_table_is_locked_are_written_once_it_is_free(
-    fake_upstream: tuple[FakeUpstream, str], database: tuple[str, str, str], tmp_path: Path
-) -> None:
-    url, name, _ = database
-    with _served(fake_upstream, url, tmp_path) as (server, lost):
-        before = _post(server)
-        assert before in _stored(name)
-        with _admin(name) as locker:
-            with locker.transaction():  # a migration, a VACUUM FULL: the table held past the write's time limit
-                locker.execute("LOCK TABLE generations IN ACCESS EXCLUSIVE MODE")
-                during = [_post(server) for _ in range(3)]  # each write timed out after write_timeout_s
-                assert _ready(server) == 200
-                held = {row[0] for row in locker.execute("SELECT id FROM generations").fetchall()}
-                assert not set(during) & held  # the fault: none of them could be written
-            wait_until(lambda: set(during) <= _stored(name), timeout=30)
         assert lost() == 0
 
 
