@@ -1,7 +1,9 @@
-"""Builders of realistic activity records for the activity tests."""
+"""Builders of realistic activity records for the activity tests, and a listener to what a writer says of them."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -116,3 +118,31 @@ def make_entry(
 def entries_over_time(count: int, *, step: timedelta = timedelta(seconds=1)) -> list[ActivityEntry]:
     """`count` generations one `step` apart, oldest first (ids sort like their times)."""
     return [make_entry(f"gen-{i:03d}", created_at=T0 + i * step) for i in range(count)]
+
+
+class Told:
+    """What a writer told records' `on_written` callbacks, in the order told (`said`) and, through `of`, by generation
+    id (`by_id`); `everything` waits until `expected` were told."""
+
+    def __init__(self, expected: int) -> None:
+        self.said: list[bool] = []
+        self.by_id: dict[str, bool] = {}
+        self._expected = expected
+        self._all_told = asyncio.Event()
+
+    def __call__(self, written: bool) -> None:
+        self.said.append(written)
+        if len(self.said) == self._expected:
+            self._all_told.set()
+
+    def of(self, generation_id: str) -> Callable[[bool], None]:
+        """The callback for one record, keeping what it is told under its id too."""
+
+        def written(ok: bool) -> None:
+            self.by_id[generation_id] = ok
+            self(ok)
+
+        return written
+
+    async def everything(self) -> None:
+        await self._all_told.wait()

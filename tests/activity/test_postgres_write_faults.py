@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from activity.conftest import post_chat, server_settings
-from activity.support import T0, make_entry
+from activity.support import T0, Told, make_entry
 from conftest import POSTGRES_ADMIN_URL
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream, wait_until
@@ -112,27 +112,17 @@ async def test_a_bad_record_queued_while_postgresql_is_read_only_costs_only_itse
     huge = Tokens(prompt_tokens=2**63, completion_tokens=1, total_tokens=2**63 + 1)  # past BIGINT: a data error
     bad = make_entry("gen-bad", usage=huge)
     good = [make_entry(f"gen-good-{i}", created_at=T0 + timedelta(seconds=i)) for i in range(3)]
-    told: dict[str, bool] = {}
-    all_told = asyncio.Event()
-
-    def tell(generation_id: str) -> Callable[[bool], None]:
-        def written(ok: bool) -> None:
-            told[generation_id] = ok
-            if len(told) == 4:
-                all_told.set()
-
-        return written
-
+    told = Told(4)
     try:
         _read_only(name, on=True)
         async with ActivityWriter(store, batch_size=10, flush_interval_s=0.01, write_timeout_s=2.0) as writer:
             for entry in (good[0], bad, *good[1:]):
-                writer.record(entry.generation, entry.calls, on_written=tell(entry.generation.id))
+                writer.record(entry.generation, entry.calls, on_written=told.of(entry.generation.id))
             await asyncio.sleep(1.0)  # tried at once, then 0.5 s later: the server writes nothing
-            assert writer.stats == WriterStats(written=0, dropped=0, failed=0, queued=4) and not told
+            assert writer.stats == WriterStats(written=0, dropped=0, failed=0, queued=4) and not told.by_id
             _read_only(name, on=False)
-            await asyncio.wait_for(all_told.wait(), timeout=15)
-        assert told == {"gen-good-0": True, "gen-bad": False, "gen-good-1": True, "gen-good-2": True}
+            await asyncio.wait_for(told.everything(), timeout=15)
+        assert told.by_id == {"gen-good-0": True, "gen-bad": False, "gen-good-1": True, "gen-good-2": True}
         assert writer.stats == WriterStats(written=3, dropped=0, failed=1, queued=0)
         assert _stored(name) == {e.generation.id for e in good}
     finally:

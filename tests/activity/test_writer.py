@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from activity.support import T0, entries_over_time, make_entry
+from activity.support import T0, Told, entries_over_time, make_entry
 from openfusion.activity import (
     ActivityEntry,
     ActivityPage,
@@ -185,22 +185,15 @@ async def test_records_a_store_that_does_not_answer_could_not_take_are_written_w
 ) -> None:
     store = FailingStore(sqlite_store, failures=2)  # the first write and the next try: the database is restarting
     writer = ActivityWriter(store, batch_size=10, flush_interval_s=0.01)
-    told: list[bool] = []
-    all_told = asyncio.Event()
-
-    def tell(written: bool) -> None:
-        told.append(written)
-        if len(told) == 3:
-            all_told.set()
-
+    told = Told(3)
     writer.start()
     with caplog.at_level(logging.WARNING, logger="openfusion.activity"):
         for entry in entries_over_time(3):
-            writer.record(entry.generation, entry.calls, on_written=tell)
-        await asyncio.wait_for(all_told.wait(), timeout=5)
+            writer.record(entry.generation, entry.calls, on_written=told)
+        await asyncio.wait_for(told.everything(), timeout=5)
         assert writer.stats == WriterStats(written=3, dropped=0, failed=0, queued=0)
         await writer.aclose()
-    assert store.batches == [3, 3, 3] and told == [True] * 3
+    assert store.batches == [3, 3, 3] and told.said == [True] * 3
     assert await _stored_ids(sqlite_store) == ["gen-000", "gen-001", "gen-002"]
     assert "3 generation(s) kept queued until it does" in caplog.text and "lost" not in caplog.text
 
@@ -259,23 +252,16 @@ async def test_records_a_sqlite_file_locked_by_another_process_could_not_take_ar
     store = await SqliteStore.open(sqlite_path, busy_timeout_s=0.05)
     other = sqlite3.connect(sqlite_path, isolation_level=None)  # a backup, another worker's long write
     other.execute("BEGIN IMMEDIATE")
-    told: list[bool] = []
-    all_told = asyncio.Event()
-
-    def tell(written: bool) -> None:
-        told.append(written)
-        if len(told) == 3:
-            all_told.set()
-
+    told = Told(3)
     try:
         async with ActivityWriter(store, batch_size=10, flush_interval_s=0.01) as writer:
             for entry in entries_over_time(3):
-                writer.record(entry.generation, entry.calls, on_written=tell)
+                writer.record(entry.generation, entry.calls, on_written=told)
             await asyncio.sleep(0.8)  # tried at once and 0.5 s later: the file stays locked
-            assert writer.stats == WriterStats(written=0, dropped=0, failed=0, queued=3) and not told
+            assert writer.stats == WriterStats(written=0, dropped=0, failed=0, queued=3) and not told.said
             other.execute("COMMIT")
-            await asyncio.wait_for(all_told.wait(), timeout=10)
-        assert told == [True] * 3 and writer.stats.lost == 0
+            await asyncio.wait_for(told.everything(), timeout=10)
+        assert told.said == [True] * 3 and writer.stats.lost == 0
         assert await _stored_ids(store) == ["gen-000", "gen-001", "gen-002"]
     finally:
         other.close()
