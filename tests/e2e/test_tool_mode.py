@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -454,3 +455,54 @@ def test_refire_always_restores_a_fresh_panel(upstream: FakeUpstream, server: st
     # The panel saw the agent's tool exchange as text, since it is not offered those tools.
     panel_messages = upstream.calls_for("a")[1].body["messages"]
     assert panel_messages[-1] == {"role": "user", "content": "[tool result]\nchurn=4%"}
+
+
+REFUSAL = "Invalid parameter: messages with role 'tool' must be a response to a preceding message with 'tool_calls'."
+
+
+def test_the_outer_providers_refusal_reaches_the_client_as_its_own_4xx(upstream: FakeUpstream, server: str) -> None:
+    """The caller's own model refusing the conversation is the caller's to fix: its 400 is passed on, as a
+    pass-through passes it, in each surface's own error shape, not turned into a 502 "upstream error"."""
+    refused = Script(status=400, error_message=REFUSAL)
+    upstream.script("outer", refused, refused, refused)
+
+    with openai.OpenAI(base_url=f"{server}/v1", api_key="k", max_retries=0) as sdk:
+        with pytest.raises(openai.BadRequestError) as chat:
+            sdk.chat.completions.create(model="fake/outer", messages=QUESTION, tools=[fusion_tool()])  # type: ignore[list-item]
+        with pytest.raises(openai.BadRequestError) as responses:
+            sdk.responses.create(model="fake/outer", input="Shard?", tools=[fusion_tool()])  # type: ignore[list-item]
+    with anthropic.Anthropic(base_url=server, api_key="k", max_retries=0) as claude, \
+            pytest.raises(anthropic.BadRequestError) as messages:  # fmt: skip
+        claude.messages.create(model="fake/outer", max_tokens=100, messages=[{"role": "user", "content": "Shard?"}],
+                               tools=[fusion_tool()])  # type: ignore[list-item]  # fmt: skip
+
+    for error in (chat.value, responses.value):
+        assert error.status_code == 400 and error.type == "invalid_request_error"
+        assert REFUSAL in error.message
+    assert messages.value.status_code == 400
+    assert messages.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    assert REFUSAL in messages.value.body["error"]["message"]  # type: ignore[index]
+    assert upstream.calls_for("a") == []  # refused before any panel ran
+
+
+def test_a_refusal_in_a_stream_says_what_the_provider_said(upstream: FakeUpstream, server: str) -> None:
+    """A stream has begun (its first line is sent at once): the refusal is its error chunk, with the provider's
+    status and words, as a refusal of the client's request rather than a provider outage."""
+    upstream.script("outer", Script(status=400, error_message=REFUSAL))
+    body = {"model": "fake/outer", "messages": QUESTION, "tools": [fusion_tool()], "stream": True}
+
+    text = httpx.post(f"{server}{CHAT}", json=body, timeout=20).text
+
+    [error] = [p["error"] for p in _sse_data(text) if "error" in p]
+    assert error["type"] == "invalid_request_error" and REFUSAL in error["message"]
+    assert error["metadata"]["upstream_status"] == 400 and error["metadata"]["error_type"] == "invalid_request"
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_an_outer_provider_failing_is_still_a_502(upstream: FakeUpstream, server: str, status: int) -> None:
+    upstream.script("outer", *[Script(status=status, error_message="upstream broke")] * 4)
+
+    with pytest.raises(openai.APIStatusError) as raised:
+        ask(server, tools=[fusion_tool()])
+
+    assert raised.value.status_code == 502

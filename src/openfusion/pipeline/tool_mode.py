@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from openfusion.errors import FusionFailed
+from openfusion.errors import FusionFailed, UpstreamError, relayed
 from openfusion.pipeline import sampling
 from openfusion.pipeline.citations import merge_sources
 from openfusion.pipeline.events import (
@@ -137,7 +137,10 @@ class ToolModeRun:
         accumulator, model, memory = MessageAccumulator(), self.plan.synthesizer, self.dialects.sampling
         with role("outer"):
             if not stream:
-                completion, dropped = await sampling.complete(self.upstream, model, body, memory=memory)
+                try:
+                    completion, dropped = await sampling.complete(self.upstream, model, body, memory=memory)
+                except UpstreamError as exc:  # the caller's own model refused the caller's conversation: theirs to fix
+                    raise relayed(exc) from None
                 self.outer_dropped = sampling.names([*self.outer_dropped, *dropped])
                 self.reported_model = completion.model
                 self.outer_usages.append(completion.usage)
@@ -146,16 +149,19 @@ class ToolModeRun:
                 return
             separated = not self.texts  # the answer's first text needs no separator
             async with contextlib.AsyncExitStack() as stack:
-                chunks, dropped = await sampling.open_stream(self.upstream, model, body, memory=memory, stack=stack)
+                try:
+                    chunks, dropped = await sampling.open_stream(self.upstream, model, body, memory=memory, stack=stack)
+                except UpstreamError as exc:  # as above: before its answer began, as a pass-through relays it
+                    raise relayed(exc) from None
                 self.outer_dropped = sampling.names([*self.outer_dropped, *dropped])
                 async for chunk in chunks:
                     accumulator.feed(chunk)
                     self.reported_model = chunk.get("model") or self.reported_model
                     if isinstance(chunk.get("usage"), dict):
                         self.outer_usages.append(parse_usage(chunk["usage"]))
-                    if (relayed := _relayable(chunk)) is not None:
-                        separated = separated or _prefix_text(relayed, TEXT_SEPARATOR)
-                        yield SynthesisChunk(relayed)
+                    if (shown := _relayable(chunk)) is not None:
+                        separated = separated or _prefix_text(shown, TEXT_SEPARATOR)
+                        yield SynthesisChunk(shown)
         self._keep_text(str(accumulator.content))
         into.append((accumulator.message(), accumulator.finish_reason))
 
