@@ -267,6 +267,7 @@ def _looked_up(*calls: dict[str, Any], answered: tuple[str, ...], then: list[dic
     return [*HI, {"role": "assistant", "content": None, "tool_calls": list(calls)}, *results, *then]
 
 
+TOOL_1 = {"role": "tool", "tool_call_id": "call_1", "content": "found"}
 REFUSED_CALLS = (
     "An assistant message with 'tool_calls' must be followed by tool messages responding to each "
     "'tool_call_id'. The following tool_call_ids did not have response messages: call_1"
@@ -277,11 +278,18 @@ UNANSWERED = [
     (_looked_up(CALL_1, CALL_2, answered=("call_2",), then=HI), "messages[1].tool_calls", "'call_1'"),
     (_looked_up(CALL_1, answered=("call_1",), then=[{"role": "assistant", "content": "More?", "tool_calls": [CALL_2]},
                                                     *HI]), "messages[3].tool_calls", "'call_2'"),
+    # Answered, but too late: OpenAI wants the tool messages right after the calls, before any other message.
+    (_looked_up(CALL_1, answered=(), then=[*HI, TOOL_1]), "messages[1].tool_calls", "'call_1'"),
+    (_looked_up(CALL_1, CALL_2, answered=("call_2",), then=[*HI, TOOL_1]), "messages[1].tool_calls", "'call_1'"),
+    (_looked_up(CALL_1, answered=(), then=[{"role": "assistant", "content": "Hm."}, TOOL_1]), "messages[1].tool_calls",
+     "'call_1'"),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(("messages", "param", "named"), UNANSWERED, ids=["user-after", "trailing", "one-of-two",
-                                                                            "second-turn"])  # fmt: skip
+                                                                            "second-turn", "answered-after-a-user",
+                                                                            "one-answered-after-a-user",
+                                                                            "answered-after-an-assistant"])  # fmt: skip
 def test_a_fusion_tool_call_no_tool_message_answers_is_400_before_any_call(
     server: str, upstream: FakeUpstream, messages: list[dict[str, Any]], param: str, named: str
 ) -> None:
@@ -311,6 +319,39 @@ def test_an_unanswered_tool_call_is_left_to_the_provider_in_pass_through_and_too
         sdk.chat.completions.create(model="fake/outer", messages=messages, tools=[tool])  # type: ignore[arg-type, list-item]
     assert upstream.calls_for("plain")[0].body["messages"] == messages
     assert upstream.calls_for("outer")[0].body["messages"] == messages
+
+
+def test_a_tool_message_after_another_message_is_400_in_tool_mode_and_left_to_the_provider_in_pass_through(
+    server: str, upstream: FakeUpstream
+) -> None:
+    """A tool message answers the calls of the assistant message right before its run of tool messages, as OpenAI
+    has it: one that comes after a user message is refused naming itself, before any call (the caller's own model, a
+    chat model, would refuse it too). A pass-through forwards it untouched: its provider's rule, its provider's 400."""
+    messages = _looked_up(CALL_1, answered=(), then=[*HI, TOOL_1])
+    tool = {"type": "openrouter:fusion", "parameters": {"analysis_models": ["fake/a", "fake/b"], "model": "fake/judge"}}
+    with openai.OpenAI(base_url=f"{server}/v1", api_key="k", max_retries=0) as sdk:
+        with pytest.raises(openai.BadRequestError) as raised:
+            sdk.chat.completions.create(model="fake/outer", messages=messages, tools=[tool])  # type: ignore[arg-type, list-item]
+        assert upstream.calls == []
+        sdk.chat.completions.create(model="fake/plain", messages=messages)  # type: ignore[arg-type]
+    error = raised.value.body
+    assert isinstance(error, dict) and error["param"] == "messages[3].tool_call_id", error
+    assert "'call_1' answers a tool call of an earlier assistant message" in error["message"], error
+    assert "must follow the assistant message whose calls they answer directly" in error["message"], error
+    assert upstream.calls_for("plain")[0].body["messages"] == messages
+
+
+def test_tool_messages_right_after_their_calls_in_any_order_are_taken(server: str, upstream: FakeUpstream) -> None:
+    """Parallel calls answered in another order, then a second round: as OpenAI takes them."""
+    messages = [
+        *_looked_up(CALL_1, CALL_2, answered=("call_2", "call_1"), then=[]),
+        {"role": "assistant", "content": "And more.", "tool_calls": [{**CALL_1, "id": "call_3"}]},
+        {"role": "tool", "tool_call_id": "call_3", "content": "found"},
+        *HI,
+    ]
+    with openai.OpenAI(base_url=f"{server}/v1", api_key="k", max_retries=0) as sdk:
+        sdk.chat.completions.create(model="fusion/trio", messages=messages)  # type: ignore[arg-type]
+    assert upstream.calls_for("synth")
 
 
 def test_well_formed_parts_and_unknown_part_types_still_reach_the_panel(server: str, upstream: FakeUpstream) -> None:

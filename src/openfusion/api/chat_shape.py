@@ -6,7 +6,8 @@ the judge and the synthesizer: a content part or a tool no model can read would 
 mistake of the client's) or, for tools, only the synthesizer, after the panel and the judge were paid for. So a
 fusion request is checked first, as OpenAI checks a request, and refused with a 400 naming the field. Part types
 openfusion does not know are left to the providers (they differ); the ones it knows must be whole. So must the
-tool exchanges: every tool message answers a call before it and, on the fusion slug, every call is answered.
+tool exchanges, as OpenAI has them: the tool messages answering an assistant message's calls come right after it and,
+on the fusion slug, answer every one of them.
 """
 
 from __future__ import annotations
@@ -33,22 +34,7 @@ _RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 def check_fusion_shape(chat: ChatRequest, *, mode: Literal["slug", "tool"]) -> None:
     """Raise InvalidRequest (400, its `param` the field) for a part, tool call, tool message, tool, tool_choice or
     response_format that no model could take."""
-    called: set[str] = set()  # the tool calls of the assistant messages so far, by id
-    unanswered: dict[str, int] = {}  # the calls no tool message has answered yet: the index of each's message
-    for i, message in enumerate(chat.conversation()):
-        _check_message(message, f"messages[{i}]")
-        for call in message.get("tool_calls") or ():
-            called.add(call["id"])
-            unanswered.setdefault(call["id"], i)
-        if message.get("role") == "tool":
-            if message["tool_call_id"] not in called:
-                # As OpenAI refuses it, and every chat provider: only the synthesizer would say so, after the panel.
-                _refuse(f"messages[{i}].tool_call_id", f"{message['tool_call_id']!r} answers no tool call before it")
-            unanswered.pop(message["tool_call_id"], None)
-    # In tool mode the conversation goes first to the caller's own model, whose refusal comes before any panel is
-    # paid for: left to it, as a pass-through leaves it to its provider.
-    if unanswered and mode == "slug":
-        _refuse_unanswered(unanswered)
+    _check_tool_exchanges(chat, mode=mode)
     for i, tool in enumerate(chat.tools or []):
         _check_tool(tool, f"tools[{i}]")
     if chat.tool_choice is not None:
@@ -57,13 +43,60 @@ def check_fusion_shape(chat: ChatRequest, *, mode: Literal["slug", "tool"]) -> N
         _check_response_format(chat.response_format)
 
 
-def _refuse_unanswered(unanswered: dict[str, int]) -> NoReturn:
-    """Refuse the first assistant message with a call no tool message answers (as OpenAI refuses it, and every chat
-    provider: on the fusion slug only the synthesizer would say so, after the panel and the judge were paid for)."""
-    first = min(unanswered.values())
-    ids = ", ".join(repr(call_id)[:80] for call_id, at in unanswered.items() if at == first)
-    _refuse(f"messages[{first}].tool_calls", "an assistant message with tool calls must be followed by tool messages "
-                                             f"answering each of them; none answers {ids}")  # fmt: skip
+def _check_tool_exchanges(chat: ChatRequest, *, mode: Literal["slug", "tool"]) -> None:
+    """Each message's shape, and OpenAI's rule for tool exchanges: an assistant message's tool calls are answered by
+    the tool messages right after it, one per call, before any other message; a tool message answers a call of the
+    assistant message right before its run of tool messages.
+
+    In tool mode the conversation goes first to the caller's own model, whose refusal of a call left unanswered comes
+    before any panel is paid for (and reaches the client as its own 400): left to it, as a pass-through leaves it to
+    its provider. A tool message answering no call just before it is refused in both modes, as before.
+    """
+    called: dict[str, int] = {}  # every tool call so far, by id: the index of its message
+    current: set[str] = set()  # the calls of the message just before this run of tool messages
+    unanswered: dict[str, None] = {}  # those of them no tool message has answered yet (in their order)
+    at = -1  # that message's index
+    for i, message in enumerate(chat.conversation()):
+        _check_message(message, f"messages[{i}]")
+        role = message.get("role")
+        if role == "tool":
+            call_id = message["tool_call_id"]
+            if call_id not in current:
+                _refuse_misplaced(i, call_id, earlier=call_id in called)
+            unanswered.pop(call_id, None)
+            continue
+        if unanswered and mode == "slug":  # the run of tool messages ends here, the calls not all answered
+            _refuse_unanswered(at, unanswered, before=role)
+        at, current, unanswered = i, set(), {}
+        for call in message.get("tool_calls") or ():
+            current.add(call["id"])
+            unanswered[call["id"]] = None
+            called.setdefault(call["id"], i)
+    if unanswered and mode == "slug":
+        _refuse_unanswered(at, unanswered, before=None)
+
+
+def _refuse_misplaced(index: int, call_id: str, *, earlier: bool) -> NoReturn:
+    """Refuse a tool message that answers no call of the assistant message just before it (as OpenAI refuses it, and
+    every chat provider: only the synthesizer would say so, after the panel)."""
+    named = repr(call_id)[:80]
+    if not earlier:
+        _refuse(f"messages[{index}].tool_call_id", f"{named} answers no tool call before it")
+    _refuse(f"messages[{index}].tool_call_id", f"{named} answers a tool call of an earlier assistant message, but "
+                                               "another message comes between them: tool messages must follow the "
+                                               "assistant message whose calls they answer directly (only other tool "
+                                               "messages between them)")  # fmt: skip
+
+
+def _refuse_unanswered(index: int, unanswered: dict[str, None], *, before: Any) -> NoReturn:
+    """Refuse an assistant message with a call no tool message right after it answers (as OpenAI refuses it, and every
+    chat provider: on the fusion slug only the synthesizer would say so, after the panel and the judge were paid
+    for)."""
+    ids = ", ".join(repr(call_id)[:80] for call_id in unanswered)
+    where = f"before the {before} message after them" if isinstance(before, str) else "before the conversation ends"
+    _refuse(f"messages[{index}].tool_calls", "an assistant message with tool calls must be followed by tool messages "
+                                             "answering each of them, directly, before any other message; none "
+                                             f"answers {ids} {where}")  # fmt: skip
 
 
 def _check_message(message: dict[str, Any], at: str) -> None:

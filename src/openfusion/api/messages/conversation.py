@@ -3,7 +3,8 @@
 A user message's `tool_result` blocks become tool messages (before the rest of its content, as a
 chat provider expects them right after the calls); an assistant's `tool_use` blocks become its
 tool calls; images become image parts (base64 as a data URL); PDF documents file parts. Thinking
-blocks and the results of Anthropic's own server tools carry nothing a chat model can read: skipped.
+blocks and the results of Anthropic's own server tools carry nothing a chat model can read: skipped. Consecutive
+messages of one role being one turn to Anthropic, the tool exchanges are then put in chat order (`in_chat_order`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from openfusion.api.tool_turns import in_chat_order
 from openfusion.errors import InvalidRequest, invalid_value, missing
 from openfusion.protocol import NAME_ERROR, plain_name
 
@@ -64,7 +66,7 @@ def chat_messages(
         else:
             out.extend(_user(content, f"{param}.content", lenient))
         origins += [param] * (len(out) - len(origins))
-    return out, origins
+    return in_chat_order(out, origins)
 
 
 def _blocks(content: list[Any], param: str) -> list[tuple[str, dict[str, Any]]]:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from openfusion.api.responses.content import check_image_details, media_parts, text_of, tool_output, user_content
+from openfusion.api.tool_turns import in_chat_order
 from openfusion.errors import InvalidRequest, invalid_request_from, invalid_value
 from openfusion.protocol import PlainName
 
@@ -72,7 +73,7 @@ def chat_messages(
     _check_answered(items, offset)
     if tool_media:
         messages, origins = _with_tool_media(messages, origins, tool_media)
-    return messages, origins
+    return in_chat_order(messages, origins)  # a message between a call and its output: after the output
 
 
 def _validated(model: type[_Strict], item: dict[str, Any], param: str) -> Any:
