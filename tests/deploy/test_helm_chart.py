@@ -180,11 +180,24 @@ def test_secrets_reach_the_pod_by_reference_only(helm: Helm) -> None:
     # Client keys are required: a missing entry stops the pod instead of opening the gateway.
     assert ref("OPENFUSION_API_KEYS") == {"name": "openfusion-clients", "key": "OPENFUSION_API_KEYS"}
     assert ref("TEAM_A_KEY") == {"name": "openfusion-clients", "key": "TEAM_A_KEY"}
+    # One fingerprint key for every replica, required: a pod must not start with one of its own instead.
+    assert ref("OPENFUSION_FINGERPRINT_KEY") == {"name": "openfusion-fingerprint", "key": "OPENFUSION_FINGERPRINT_KEY"}
     # Provider keys are optional one by one: the Secret holds the providers in use.
     for provider in ("OPENROUTER_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "BRAVE_API_KEY"):
         assert ref(provider) == {"name": "openfusion-providers", "key": provider, "optional": True}
     assert "envFrom" not in manifests.container()
     assert manifests.all("Secret") == [], "the gateway uses existing Secrets only"
+
+
+def test_the_fingerprint_key_comes_from_the_secret_and_entry_named(helm: Helm) -> None:
+    assert "OPENFUSION_FINGERPRINT_KEY" not in helm.template().env(), "unset: each pod makes its own"
+    settings = {"fingerprintKey.existingSecret": "shared", "fingerprintKey.existingSecretKey": "fingerprint"}
+    manifests = helm.template(settings=settings)
+    assert manifests.env()["OPENFUSION_FINGERPRINT_KEY"] == {
+        "name": "OPENFUSION_FINGERPRINT_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "shared", "key": "fingerprint"}},
+    }
+    kubernetes_validate.validate(manifests.one("Deployment"), KUBERNETES_VERSIONS[-1], strict=True)
 
 
 def test_the_trial_secret_is_the_only_place_its_values_appear(helm: Helm) -> None:

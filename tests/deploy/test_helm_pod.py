@@ -9,6 +9,7 @@ as it was (the pod's root filesystem is read-only).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -26,8 +27,11 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from pydantic import SecretStr
 
 from deploy.chart import REPO, SERVICE_MONITOR_API, Helm, Manifests
+from openfusion.access.config import AccessConfig, fingerprint_key
+from openfusion.access.refusals import RefusalLog
 
 pytestmark = pytest.mark.helm
 
@@ -190,9 +194,11 @@ def test_the_gateway_pod_starts_passes_its_probes_and_stops_in_time(
     helm: Helm, postgres_url: str, tmp_path: Path
 ) -> None:
     manifests = helm.template("gateway")
+    fingerprint_secret = secrets.token_hex(24)
     cluster_secrets = {
         "openfusion-providers": {"OPENROUTER_API_KEY": "sk-or-not-a-real-key"},
         "openfusion-clients": {"OPENFUSION_API_KEYS": CLIENT_KEY, "TEAM_A_KEY": "sk-team-a-" + secrets.token_hex(8)},
+        "openfusion-fingerprint": {"OPENFUSION_FINGERPRINT_KEY": fingerprint_secret},
         "openfusion-db": {"DATABASE_URL": postgres_url},
         "openfusion-redis": {"REDIS_URL": REDIS_URL},
     }
@@ -202,7 +208,17 @@ def test_the_gateway_pod_starts_passes_its_probes_and_stops_in_time(
         assert models.status_code == 200, models.text
         assert "fusion/careful" in {model["id"] for model in models.json()["data"]}
         assert httpx.get(pod.url + "/v1/models", timeout=10).status_code == 401
+        stale = "sk-stale-" + secrets.token_hex(8)
+        wrong = httpx.get(pod.url + "/v1/models", headers={"Authorization": f"Bearer {stale}"}, timeout=10)
+        assert wrong.status_code == 401
         _assert_ready_and_stops_in_time(pod)
+    # The wrong key is named under the Secret's fingerprint key, as every other replica names it; never shown.
+    log = (tmp_path / "pod.log").read_text()
+    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    [refused] = [record for record in records if record.get("reason") == "unknown"]
+    shared = RefusalLog(key=fingerprint_key(AccessConfig(fingerprint_key=SecretStr(fingerprint_secret))))
+    assert refused["key_fingerprint"] == shared.fingerprint(stale)
+    assert fingerprint_secret not in log and stale not in log
 
 
 def test_the_sidecar_pod_keeps_its_sqlite_store_on_its_volume(helm: Helm, tmp_path: Path) -> None:

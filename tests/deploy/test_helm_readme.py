@@ -45,6 +45,7 @@ def test_the_gateway_install_renders_a_keyed_three_replica_gateway(helm: Helm) -
         ("OPENFUSION_API_KEYS", "openfusion-clients"),
         ("DATABASE_URL", "openfusion-db"),
         ("REDIS_URL", "openfusion-redis"),
+        ("OPENFUSION_FINGERPRINT_KEY", "openfusion-fingerprint"),
         ("OPENROUTER_API_KEY", "openfusion-providers"),
     ]:
         assert env[name]["valueFrom"]["secretKeyRef"]["name"] == secret

@@ -102,6 +102,12 @@ def test_workers_set_behind_the_charts_back_is_refused(helm: Helm) -> None:
     assert "env sets OPENFUSION_WORKERS: set workers instead" in message
 
 
+def test_a_fingerprint_key_in_plain_values_is_refused(helm: Helm) -> None:
+    message = helm.refusal(settings={"env": {"OPENFUSION_FINGERPRINT_KEY": "a-secret-long-enough-to-keep"}})
+    assert "put it in a Secret and name it in fingerprintKey.existingSecret" in message
+    assert "a-secret-long-enough-to-keep" not in message
+
+
 def test_a_disruption_budget_with_both_bounds_is_refused(helm: Helm) -> None:
     message = helm.refusal(settings={"podDisruptionBudget.minAvailable": 1})
     assert "set minAvailable or maxUnavailable, not both" in message
@@ -148,10 +154,12 @@ def test_a_preset_name_openfusion_would_not_load_is_refused(helm: Helm, name: st
         ({"terminationGracePeriodSeconds": "60"}, "terminationGracePeriodSeconds"),
         ({"workers": 0}, "workers"),
         ({"workers": "many"}, "workers"),
+        ({"fingerprintKey.secret": "x"}, "fingerprintKey: Additional property secret is not allowed"),
+        ({"fingerprintKey.existingSecretKey": ""}, "fingerprintKey.existingSecretKey"),
     ],
     ids=[
         *("typo", "nested-typo", "case", "type", "sqlite-url", "service-type", "env-name", "digest"),
-        *("grace-string", "no-workers", "workers-word"),
+        *("grace-string", "no-workers", "workers-word", "fingerprint-typo", "fingerprint-no-key"),
     ],
 )
 def test_values_the_schema_refuses(helm: Helm, settings: dict[str, object], complaint: str) -> None:

@@ -106,6 +106,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if hasKey .Values.env "OPENFUSION_SHUTDOWN_GRACE_S" }}
 {{- fail "env sets OPENFUSION_SHUTDOWN_GRACE_S: set shutdownGraceSeconds instead (the termination grace period is derived from it)." }}
 {{- end }}
+{{- if hasKey .Values.env "OPENFUSION_FINGERPRINT_KEY" }}
+{{- fail "env sets OPENFUSION_FINGERPRINT_KEY, a secret, in plain values: put it in a Secret and name it in fingerprintKey.existingSecret (and .existingSecretKey)." }}
+{{- end }}
 {{- if hasKey .Values.env "OPENFUSION_WORKERS" }}
 {{- fail "env sets OPENFUSION_WORKERS: set workers instead (the pod would get the variable twice)." }}
 {{- end }}
