@@ -8,16 +8,18 @@ locked by another connection past the write's time limit. Then the fault is lift
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 
-from activity.conftest import post_chat, server_settings
+from activity.conftest import PASSWORD, post_chat, server_settings
 from activity.support import T0, Told, make_entry
 from conftest import POSTGRES_ADMIN_URL
 from fakes.server import serve_in_thread
@@ -125,5 +127,57 @@ async def test_a_bad_record_queued_while_postgresql_is_read_only_costs_only_itse
         assert told.by_id == {"gen-good-0": True, "gen-bad": False, "gen-good-1": True, "gen-good-2": True}
         assert writer.stats == WriterStats(written=3, dropped=0, failed=1, queued=0)
         assert _stored(name) == {e.generation.id for e in good}
+    finally:
+        await store.close()
+
+
+async def test_a_record_past_the_statement_time_limit_is_set_aside_while_the_others_are_written(
+    database: tuple[str, str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A write the database always cancels (its statement_timeout, shorter than the writer's time limit) is not
+    the database's state: the records around it are written, and it is set aside after a few tries, logged
+    without the database's password, counted; it does not hold the queue until it fills."""
+    url, name, role = database
+    with _admin(name) as admin:  # every session of the store: a statement ends after 300 ms
+        admin.execute(f'ALTER ROLE "{role}" IN DATABASE "{name}" SET statement_timeout = 300')
+    store = await PostgresStore.open(url)
+    await store.write([make_entry("gen-stuck")])  # written again, it replaces this row, held locked below
+    told: dict[str, bool] = {}
+    goods: list[str] = []
+    news = asyncio.Event()
+
+    def tell(generation_id: str, written: bool) -> None:
+        told[generation_id] = written
+        news.set()
+
+    try:
+        with _admin(name) as locker, locker.transaction(), caplog.at_level(logging.WARNING, "openfusion.activity"):
+            locker.execute("SELECT id FROM generations WHERE id = 'gen-stuck' FOR UPDATE")
+            async with ActivityWriter(store, batch_size=10, flush_interval_s=0.01, write_timeout_s=5.0) as writer:
+
+                def record(generation_id: str, minutes: int) -> None:
+                    entry = make_entry(generation_id, created_at=T0 + timedelta(minutes=minutes))
+                    writer.record(entry.generation, entry.calls, on_written=partial(tell, generation_id))
+
+                for number in range(60):  # traffic goes on: a record every 0.25 s
+                    if number == 1:
+                        record("gen-stuck", number)
+                    goods.append(f"gen-good-{number}")
+                    record(goods[-1], number)
+                    await asyncio.sleep(0.25)
+                    if "gen-stuck" in told:
+                        break
+                async with asyncio.timeout(15):
+                    while len(told) < len(goods) + 1:
+                        news.clear()
+                        await news.wait()
+                stats = writer.stats
+        assert told.pop("gen-stuck") is False
+        assert told == dict.fromkeys(goods, True)
+        assert stats == WriterStats(written=len(goods), dropped=0, failed=1, queued=0, set_aside=1)
+        assert _stored(name) == {"gen-stuck", *goods}  # the earlier copy of the record set aside stays
+        [warning] = [r.getMessage() for r in caplog.records if "set aside" in r.getMessage()]
+        assert "gen-stuck" in warning and "statement timeout" in warning
+        assert PASSWORD not in caplog.text
     finally:
         await store.close()

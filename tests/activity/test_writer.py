@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -240,7 +240,8 @@ async def test_records_a_store_that_answers_but_does_not_write_could_not_take_ar
     async with ActivityWriter(store, batch_size=10, flush_interval_s=0.01) as writer:
         for entry in entries_over_time(3):
             writer.record(entry.generation, entry.calls, on_written=told.append)
-        await asyncio.wait_for(store.wait_for_batches([3]), timeout=10)  # after 0.5 s, 1 s and 2 s
+        # Each try fails its batch, then (the store answers pings) its first record alone, until it writes.
+        await asyncio.wait_for(store.wait_for_batches([1, 1, 1]), timeout=10)
     assert store.failures == 0 and told == [True] * 3
     assert writer.stats == WriterStats(written=3, dropped=0, failed=0, queued=0)
     assert await _stored_ids(sqlite_store) == ["gen-000", "gen-001", "gen-002"]
@@ -599,3 +600,106 @@ async def test_a_batch_of_drafts_that_all_fail_to_build_writes_nothing(sqlite_st
         await store.wait_for_batches([1])
     assert broken.builds == 1 and store.batches == [1]  # no empty write for the batch that had nothing left
     assert await _stored_ids(sqlite_store) == ["gen-later"]
+
+
+class StuckRecordsStore(RecordingStore):
+    """Answers pings and writes, but a write with any of `stuck` in it fails as a statement past the database's
+    time limit does (not an error about the data); `down` makes every write fail so."""
+
+    def __init__(self, inner: SqliteStore, *, stuck: set[str]) -> None:
+        super().__init__(inner)
+        self.stuck = stuck
+        self.down = False
+        self.tries: list[list[str]] = []  # every write asked for, by its ids
+        self.tried = asyncio.Event()  # set as each write asked for ends
+
+    async def write(self, batch: Sequence[ActivityEntry]) -> None:
+        ids = [entry.generation.id for entry in batch]
+        self.tries.append(ids)
+        try:
+            if self.down or self.stuck & set(ids):
+                raise StoreUnavailable("activity database error: canceling statement due to statement timeout")
+            await super().write(batch)
+        finally:
+            self.tried.set()
+
+    async def until(self, condition: Callable[[], bool], *, timeout_s: float = 5.0) -> None:
+        """Wait, write by write, until `condition()` holds."""
+        async with asyncio.timeout(timeout_s):
+            while not condition():
+                self.tried.clear()
+                await self.tried.wait()
+
+
+async def test_records_that_keep_failing_alike_while_others_are_written_are_set_aside(
+    sqlite_store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two such records queued together, before the rest: the rest is written, and each of them is set aside after
+    the same number of tries, each logged by its id; the writer carries on."""
+    store = StuckRecordsStore(sqlite_store, stuck={"gen-001", "gen-002"})
+    entries = entries_over_time(6)
+    told: dict[str, list[bool]] = {}
+    with caplog.at_level(logging.WARNING, logger="openfusion.activity"):
+        async with ActivityWriter(store, batch_size=10, flush_interval_s=0.01) as writer:
+            for entry in entries:
+                writer.record(entry.generation, entry.calls, on_written=told.setdefault(entry.generation.id, []).append)
+
+            def settled() -> bool:
+                if all(told.values()):
+                    return True
+                later = make_entry(f"gen-later-{len(store.tries)}")  # traffic goes on: a record per write
+                writer.record(later.generation, later.calls)
+                return False
+
+            await store.until(settled, timeout_s=10)
+            stats = writer.stats
+    assert told == {
+        "gen-000": [True], "gen-001": [False], "gen-002": [False], "gen-003": [True], "gen-004": [True],
+        "gen-005": [True],
+    }  # fmt: skip
+    assert stats.set_aside == 2 and stats.failed == 2 and stats.dropped == 0
+    for stuck in ("gen-001", "gen-002"):
+        assert [ids for ids in store.tries if ids == [stuck]], "tried alone before being set aside"
+    assert {"gen-000", "gen-003", "gen-004", "gen-005"} <= set(await _stored_ids(sqlite_store))
+    set_aside = [r.getMessage() for r in caplog.records if "set aside" in r.getMessage()]
+    assert len(set_aside) == 2 and "gen-001" in set_aside[0] + set_aside[1] and "gen-002" in set_aside[0] + set_aside[1]
+    assert "after 3 failed writes" in set_aside[0]
+
+
+async def test_nothing_is_set_aside_while_the_store_writes_nothing_however_long(
+    sqlite_store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database answers pings but takes no write (read-only, full) for many more tries than a record is
+    given: every record stays queued, and is written once it does."""
+    monkeypatch.setattr("openfusion.activity.writer._FIRST_RETRY_S", 0.01)
+    monkeypatch.setattr("openfusion.activity.writer._MAX_RETRY_S", 0.02)
+    store = StuckRecordsStore(sqlite_store, stuck=set())
+    store.down = True
+    told: list[bool] = []
+    async with ActivityWriter(store, batch_size=10, flush_interval_s=0.01) as writer:
+        for entry in entries_over_time(5):
+            writer.record(entry.generation, entry.calls, on_written=told.append)
+        await store.until(lambda: len(store.tries) >= 40)  # many passes, record by record too
+        assert [ids for ids in store.tries if len(ids) == 1], "the records were tried one by one"
+        assert writer.stats == WriterStats(written=0, dropped=0, failed=0, queued=5) and told == []
+        store.down = False
+        await store.until(lambda: len(told) == 5)
+    assert told == [True] * 5 and writer.stats == WriterStats(written=5, dropped=0, failed=0, queued=0)
+    assert await _stored_ids(sqlite_store) == [f"gen-{i:03d}" for i in range(5)]
+
+
+async def test_a_record_that_failed_while_others_were_written_is_written_once_it_can_be(
+    sqlite_store: SqliteStore,
+) -> None:
+    """Fewer failures than it is given: the record is written, nothing set aside."""
+    store = StuckRecordsStore(sqlite_store, stuck={"gen-001"})
+    told: dict[str, list[bool]] = {}
+    async with ActivityWriter(store, batch_size=10, flush_interval_s=0.01) as writer:
+        for entry in entries_over_time(3):
+            writer.record(entry.generation, entry.calls, on_written=told.setdefault(entry.generation.id, []).append)
+        await store.until(lambda: bool(told["gen-000"] and told["gen-002"]))
+        assert told["gen-001"] == [] and writer.stats.queued == 1  # failed once: queued again
+        store.stuck.clear()  # the lock it waited for is gone
+        await store.until(lambda: bool(told["gen-001"]))
+    assert told == {"gen-000": [True], "gen-001": [True], "gen-002": [True]}
+    assert writer.stats == WriterStats(written=3, dropped=0, failed=0, queued=0, set_aside=0)

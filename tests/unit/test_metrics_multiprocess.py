@@ -18,7 +18,8 @@ from openfusion.activity.writer import WriterStats
 from openfusion.observability.metrics import Metrics
 
 class Writer:
-    stats = WriterStats(written=0, dropped=int(sys.argv[2]), failed=0, queued=int(sys.argv[3]))
+    stats = WriterStats(written=0, dropped=int(sys.argv[2]), failed=int(sys.argv[4]), queued=int(sys.argv[3]),
+                        set_aside=int(sys.argv[4]))
 
 async def main():
     metrics = Metrics(Path(sys.argv[1]))
@@ -32,9 +33,9 @@ asyncio.run(main())
 """
 
 
-def _worker(directory: Path, *, dropped: int, queued: int) -> str:
+def _worker(directory: Path, *, dropped: int, queued: int, set_aside: int = 0) -> str:
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
-    command = [sys.executable, "-c", WORKER, str(directory), str(dropped), str(queued)]
+    command = [sys.executable, "-c", WORKER, str(directory), str(dropped), str(queued), str(set_aside)]
     return subprocess.run(command, env=env, capture_output=True, text=True, check=True, timeout=60).stdout
 
 
@@ -45,14 +46,16 @@ def _value(text: str, name: str) -> float:
 
 def test_activity_gauges_of_every_worker_add_up_and_a_dead_workers_backlog_goes(tmp_path: Path) -> None:
     directory = MetricsDirectory.create(tmp_path)
-    _worker(directory.path, dropped=3, queued=2)
+    _worker(directory.path, dropped=3, queued=2, set_aside=1)
     text = _worker(directory.path, dropped=1, queued=5)
-    assert _value(text, "openfusion_activity_dropped") == 4  # both workers' drops
+    assert _value(text, "openfusion_activity_dropped") == 5  # both workers' drops (and the record set aside)
+    assert _value(text, "openfusion_activity_set_aside") == 1
     assert _value(text, "openfusion_activity_queued") == 7
     assert _value(text, "openfusion_requests_in_flight") == 2
     for path in directory.path.glob("gauge_livesum_*.db"):  # both workers have exited
         directory.worker_exited(int(path.stem.rsplit("_", 1)[1]))
     text = _worker(directory.path, dropped=0, queued=1)
-    assert _value(text, "openfusion_activity_dropped") == 4  # drops stay counted after a worker is gone
+    assert _value(text, "openfusion_activity_dropped") == 5  # drops stay counted after a worker is gone
+    assert _value(text, "openfusion_activity_set_aside") == 1
     assert _value(text, "openfusion_activity_queued") == 1  # a dead worker's backlog is not waiting anymore
     assert _value(text, "openfusion_requests_in_flight") == 1

@@ -1,7 +1,9 @@
 """The background writer: requests enqueue records without waiting; one task batches them into the store.
 
 A store that cannot take a write (down, restarting, cut off, read-only, locked, full) keeps its records queued: they
-are written when it can. Only a record whose data the store refuses is lost, alone.
+are written when it can. Only a record whose data the store refuses is lost, alone; and one that keeps failing
+otherwise while the records around it are written (past a statement time limit of the database, say) is set aside
+after a few tries instead of holding the queue.
 
 A request may hand over its record unbuilt (`Draft`): the writer builds it with the rest of its batch, off
 the request's path. The writer wakes once per batch, not once per record.
@@ -28,6 +30,12 @@ log = logging.getLogger("openfusion.activity")
 # A store that does not answer is tried again after this long, doubling up to the most while the outage lasts.
 _FIRST_RETRY_S = 0.5
 _MAX_RETRY_S = 10.0
+# A record that failed this many tries, each in a pass where another record was written, is set aside (lost, logged,
+# counted): the store takes writes, just not this one. While no write succeeds (an outage), nothing is set aside.
+SET_ASIDE_AFTER = 3
+# Written record by record, a failure before any record was written, or this many in a row after, say the store
+# takes no write now: the pass stops there (each failure may have taken the write's time limit).
+_FAILURES_IN_A_ROW = 2
 
 
 class Draft(Protocol):
@@ -59,12 +67,14 @@ class _Built:
 
 @dataclass(frozen=True)
 class WriterStats:
-    """Counters of generations: written to the store, dropped (queue full or closed), failed (store error)."""
+    """Counters of generations: written to the store, dropped (queue full or closed), failed (store error; of
+    which `set_aside`: failed again and again while other records were written)."""
 
     written: int
     dropped: int
     failed: int
     queued: int
+    set_aside: int = 0
 
     @property
     def lost(self) -> int:
@@ -76,7 +86,8 @@ class ActivityWriter:
     """Queues activity off the request's hot path and writes it in batches; a store outage never reaches a request.
 
     What a store could not take stays queued (within `queue_size`) and is tried again, waiting 0.5 s to 10 s
-    between tries, until the store takes it; a record whose data the store refuses is counted as lost, alone.
+    between tries, until the store takes it; a record whose data the store refuses is counted as lost, alone, and
+    so is one that failed `SET_ASIDE_AFTER` tries while other records were written (set aside).
     """
 
     def __init__(
@@ -114,7 +125,9 @@ class ActivityWriter:
         # tried again after this many seconds (0: the store answers), growing while the outage lasts.
         self._retry_in = 0.0
         self._closed = asyncio.Event()  # aclose() was called: a wait before the next try ends at once
-        self._written = self._dropped = self._failed = 0
+        self._written = self._dropped = self._failed = self._set_aside = 0
+        # Records that failed, for a reason not their data, in a pass where other records were written: how often.
+        self._strikes: dict[str, int] = {}
         # Told once whether a generation reached the store (a spend cap's reservation waits for it), by id.
         self._on_written: dict[str, Callable[[bool], None]] = {}
 
@@ -140,7 +153,7 @@ class ActivityWriter:
     @property
     def stats(self) -> WriterStats:
         """The counters so far (for logs and metrics)."""
-        return WriterStats(self._written, self._dropped, self._failed, self._pending)
+        return WriterStats(self._written, self._dropped, self._failed, self._pending, self._set_aside)
 
     def start(self) -> None:
         """Start the background task (call from the running event loop, e.g. the app's lifespan)."""
@@ -287,8 +300,9 @@ class ActivityWriter:
                 if self._ends_the_close(exc, len(batch)):
                     return
                 refused = _refuses_the_data(exc)
-                if len(batch) > 1 and (refused or isinstance(exc, TimeoutError)):
-                    # One bad record must not cost the rest, nor a batch too slow to write whole its records.
+                if len(batch) > 1 and (refused or isinstance(exc, TimeoutError) or await self._answers()):
+                    # One bad record must not cost the rest, nor a batch too slow to write whole its records; nor
+                    # one the store fails alone, while it answers (past a statement time limit), hold the queue.
                     kept = await self._write_each(batch)
                 elif refused:
                     self._lost(batch, exc)
@@ -296,6 +310,7 @@ class ActivityWriter:
                     kept = self._keep_for_later(batch, exc)
             else:
                 self._written += len(batch)
+                self._forgive(batch)
                 self._tell(batch, written=True)
                 self._recovered()
         except asyncio.CancelledError:  # aclose() stopped waiting for the store's write: the rest is lost
@@ -322,27 +337,101 @@ class ActivityWriter:
         self._unwritten += unwritten
         return True
 
-    async def _write_each(self, batch: list[ActivityEntry]) -> int:
-        """Write a batch that was refused (or too slow whole) record by record; a record refused alone is lost,
-        logged by its id.
+    async def _answers(self) -> bool:
+        """Whether the store answers a ping now (within the write's time limit): a failed write was then not an
+        outage's, or not only."""
+        if self._closing:  # a shutdown does not try the records one by one for a store that failed a write
+            return False
+        try:
+            async with asyncio.timeout(self._write_timeout_s):
+                await self._store.ping()
+        except Exception:
+            return False
+        return True
 
-        Returns how many went back to the queue: the rest of the batch, when the store stopped taking writes
-        meanwhile (not once per record: one wait for it).
+    async def _write_each(self, batch: list[ActivityEntry]) -> int:
+        """Write a failed batch record by record; a record refused alone is lost, logged by its id.
+
+        A record that fails for another reason once the store has written another in this pass counts that failure
+        against it (`_strike`), and the pass goes on. One such failure before any record was written, or two in a
+        row after, end the pass (each may have taken the write's time limit): the store may take no write now, and
+        what was not written waits for it, the records not tried yet first (so that when the failing ones are what
+        fails, the next pass writes others before them, and counts their failures).
+
+        Returns how many went back to the queue.
         """
+        failing: list[ActivityEntry] = []  # failed in this pass for a reason not their data
+        failure: Exception | None = None
+        written = in_a_row = 0
+        untried: list[ActivityEntry] = []
         for position, entry in enumerate(batch):
             try:
                 await self._write([entry])
             except Exception as exc:
-                if self._ends_the_close(exc, len(batch) - position):
+                if self._ends_the_close(exc, len(batch) - position + len(failing)):
                     return 0
-                if not _refuses_the_data(exc):
-                    return self._keep_for_later(batch[position:], exc)
-                self._lost([entry], exc)
+                if _refuses_the_data(exc):
+                    self._lost([entry], exc)
+                    continue
+                if self._closing:  # a shutdown does not wait for the store: one failure ends the pass
+                    return self._keep_for_later([*failing, *batch[position:]], exc)
+                failing.append(entry)
+                failure = exc
+                in_a_row += 1
+                if in_a_row >= (_FAILURES_IN_A_ROW if written else 1):
+                    untried = batch[position + 1 :]
+                    break
             else:
+                written += 1
+                in_a_row = 0
                 self._written += 1
+                self._forgive([entry])
                 self._tell([entry], written=True)
                 self._recovered()
-        return 0
+        if not failing:
+            return 0
+        assert failure is not None
+        if not written:  # nothing tells the store's failure from the records': as in any outage, none counted
+            return self._keep_for_later([*untried, *failing], failure)
+        kept = self._strike(failing, failure)
+        if untried:  # the pass ended on failures in a row: the store may have stopped taking writes
+            kept += self._keep_for_later(untried, failure)
+        return kept
+
+    def _strike(self, entries: list[ActivityEntry], exc: Exception) -> int:
+        """These records failed while the store wrote others: each `SET_ASIDE_AFTER`th time is its last.
+
+        The others go to the back of the queue (the store takes writes: no wait), so the records queued meanwhile
+        are written in whole batches before they are tried again. Returns how many went back.
+        """
+        kept = []
+        for entry in entries:
+            generation_id = entry.generation.id
+            strikes = self._strikes.get(generation_id, 0) + 1
+            if strikes < SET_ASIDE_AFTER:
+                self._strikes[generation_id] = strikes
+                kept.append(entry)
+                continue
+            self._strikes.pop(generation_id, None)
+            self._set_aside += 1
+            self._failed += 1
+            self._tell([entry], written=False)
+            log.warning(
+                "activity record %s set aside after %d failed writes while other records were written "
+                "(%d set aside so far): %s",
+                generation_id,
+                strikes,
+                self._set_aside,
+                _described(exc),
+            )
+        self._queue.extend(_Built(entry) for entry in kept)
+        return len(kept)
+
+    def _forgive(self, entries: list[ActivityEntry]) -> None:
+        """Written at last: these records' failures are forgotten."""
+        if self._strikes:
+            for entry in entries:
+                self._strikes.pop(entry.generation.id, None)
 
     def _keep_for_later(self, entries: list[ActivityEntry], exc: Exception) -> int:
         """The store did not take a write: put these records back at the front of the queue, to be tried again.
@@ -354,7 +443,7 @@ class ActivityWriter:
             self._lost(entries, exc)
             return 0
         if not self._retry_in:
-            why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            why = _described(exc)
             log.warning("activity store did not take a write (%s): %d generation(s) kept queued until it does",
                         why, len(entries))  # fmt: skip
         self._retry_in = min(max(self._retry_in * 2, _FIRST_RETRY_S), _MAX_RETRY_S)
@@ -406,6 +495,7 @@ class ActivityWriter:
 
     def _lost(self, entries: list[ActivityEntry], exc: Exception) -> None:
         self._failed += len(entries)
+        self._forgive(entries)
         self._tell(entries, written=False)
         which = f" ({entries[0].generation.id})" if len(entries) == 1 else ""
         log.warning(
@@ -416,6 +506,11 @@ class ActivityWriter:
             type(exc).__name__,
             exc,
         )
+
+
+def _described(exc: Exception) -> str:
+    """An error for the log: its type, and its message when it has one (a store's never holds a password)."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _refuses_the_data(exc: Exception) -> bool:

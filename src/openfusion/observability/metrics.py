@@ -84,6 +84,12 @@ class Metrics:
             registry=r,
             multiprocess_mode="sum",
         )
+        self.activity_set_aside = Gauge(
+            "openfusion_activity_set_aside",
+            "Activity records set aside: their writes kept failing while other records were written (in dropped too).",
+            registry=r,
+            multiprocess_mode="sum",
+        )
         self.activity_queued = Gauge(
             "openfusion_activity_queued",
             "Activity records waiting for the store (the writer's backlog).",
@@ -120,6 +126,7 @@ class Metrics:
         """
         if self.multiprocess_dir is None:
             self.activity_dropped.set_function(lambda: writer.stats.lost)
+            self.activity_set_aside.set_function(lambda: writer.stats.set_aside)
             self.activity_queued.set_function(lambda: writer.stats.queued)
             return None
         return asyncio.get_running_loop().create_task(self._publish(writer), name="openfusion-metrics-activity")
@@ -128,6 +135,7 @@ class Metrics:
         while True:
             stats = writer.stats
             self.activity_dropped.set(stats.lost)
+            self.activity_set_aside.set(stats.set_aside)
             self.activity_queued.set(stats.queued)
             await asyncio.sleep(_PUBLISH_EVERY_S)
 
