@@ -36,7 +36,7 @@ from openfusion.errors import ConfigError
 from openfusion.masking import SecretMasker
 from openfusion.observability.metrics import Metrics
 from openfusion.observability.tracing import tracing_config
-from openfusion.presets import load_presets, shipped_presets_dir
+from openfusion.presets import check_served, load_presets, shipped_presets_dir
 from openfusion.settings import Settings, load_settings
 from openfusion.upstream.client import UpstreamClient, build_http_client
 from openfusion.upstream.providers import ProviderRegistry
@@ -140,6 +140,7 @@ def create_app(
         )
     registry = ProviderRegistry.from_settings(settings, environ)
     _warn_if_unusable(registry)
+    check_served(presets, own_dir=settings.presets_dir, registry=registry)
     access_config = AccessConfig.model_validate(settings, from_attributes=True)
     access = build_access(access_config, environ)  # key variables are checked here, before anything listens
     cache_redis = redis_url(access_config, environ)

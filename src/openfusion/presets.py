@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -13,6 +14,11 @@ from openfusion.config_errors import describe
 from openfusion.errors import ConfigError
 from openfusion.protocol import ModelSlug
 from openfusion.upstream.web.tools import ToolSpecError, excluded_domains, normalize_tools
+
+if TYPE_CHECKING:
+    from openfusion.upstream.providers import ProviderRegistry
+
+log = logging.getLogger("openfusion")
 
 Seconds = Annotated[float, Field(gt=0, le=3600)]
 # How long a cached run may be served: up to 30 days.
@@ -79,6 +85,12 @@ class Preset(BaseModel):
     def synthesizer(self) -> str:
         return self.synthesis_model or self.model
 
+    @property
+    def slugs(self) -> list[str]:
+        """Every model the preset may call (panel, judge, synthesizer, fallbacks), each once, in that order."""
+        named = [*self.analysis_models, self.model, self.synthesizer, *self.judge_fallbacks, *self.synthesis_fallbacks]
+        return list(dict.fromkeys(named))
+
 
 def base_slug(slug: str) -> str:
     """The slug without a `:variant` suffix (`openrouter/fusion:free` -> `openrouter/fusion`)."""
@@ -138,3 +150,39 @@ def _load_preset(path: Path) -> Preset:
         raise ConfigError(describe(exc, model=Preset, source=f"preset {path} is invalid")) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"preset {path} cannot be read: {exc}") from exc
+
+
+def check_served(presets: dict[str, Preset], *, own_dir: Path | None, registry: ProviderRegistry) -> None:
+    """At start-up: every model of every preset must have a provider, as far as can be known offline.
+
+    A preset of the user's (in `own_dir`) naming a model no provider serves is a ConfigError; a shipped one only a
+    warning, since the shipped presets name OpenRouter's slugs and a server with other keys may never run them. A
+    provider's patterns decide (OpenRouter's `*` serves any slug: a misspelt model is then found upstream, at the
+    request). Nothing is checked when no provider is usable at all: that has its own warning.
+    """
+    if registry.unusable() is not None:
+        return
+    providers = ", ".join(provider.name for provider in registry.providers)
+    shipped: list[tuple[str, list[str]]] = []
+    for name, preset in sorted(presets.items()):
+        unserved = [slug for slug in preset.slugs if not registry.serves(slug)]
+        if not unserved:
+            continue
+        path = own_dir / f"{name}.toml" if own_dir is not None else None
+        if path is None or not path.is_file():
+            shipped.append((name, unserved))
+            continue
+        raise ConfigError(
+            f"preset {name!r} ({path}) names models no configured provider serves: "
+            f"{', '.join(map(repr, unserved))} (providers: {providers}). "
+            f"To serve {unserved[0]!r}, {registry.how_to_serve(unserved[0])}."
+        )
+    if shipped:
+        log.warning(
+            "shipped presets %s name models no configured provider serves (providers: %s), e.g. %r: fusion requests "
+            "for them will fail; set OPENROUTER_API_KEY, or replace them with presets of your own of the same names "
+            "(--presets)",
+            ", ".join(name for name, _ in shipped),
+            providers,
+            shipped[0][1][0],
+        )

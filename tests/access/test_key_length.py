@@ -45,6 +45,6 @@ def test_a_short_client_key_stops_the_server_with_a_clear_message(
 
 def test_a_key_of_16_characters_is_accepted(tmp_path: Path, presets_dir: Path) -> None:
     key = "k" * 16
-    config = '[[providers]]\nname = "x"\nbase_url = "http://127.0.0.1:9/v1"\nmodels = ["x/*"]\n'
+    config = '[[providers]]\nname = "x"\nbase_url = "http://127.0.0.1:9/v1"\nmodels = ["fake/*"]\n'
     with serve(f'default_preset = "trio"\n{config}', presets_dir, tmp_path, env={"OPENFUSION_API_KEYS": key}) as s:
         assert httpx.get(f"{s.url}/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200

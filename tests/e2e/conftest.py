@@ -74,17 +74,21 @@ def presets_dir(tmp_path: Path) -> Path:
     return directory
 
 
+def trio_provider(upstream_url: str) -> ProviderConfig:
+    """The fake upstream as the provider of `fake/*`, the `trio` preset's models: a test replacing the providers keeps
+    it beside its own, since a preset naming a model no provider serves stops the server at start-up."""
+    return ProviderConfig(
+        name="fake", base_url=f"{upstream_url}/v1", api_key_env="FAKE_KEY", models=["fake/*"], strip_prefix=True
+    )
+
+
 @pytest.fixture
 def make_settings(fake_upstream: tuple[FakeUpstream, str], presets_dir: Path) -> Callable[..., Settings]:
     _, url = fake_upstream
 
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
-            "providers": [
-                ProviderConfig(
-                    name="fake", base_url=f"{url}/v1", api_key_env="FAKE_KEY", models=["fake/*"], strip_prefix=True
-                )
-            ],
+            "providers": [trio_provider(url)],
             "builtin_providers": False,
             "presets_dir": presets_dir,
             "default_preset": "trio",

@@ -232,3 +232,63 @@ def test_ctrl_c_while_importing_is_a_stop_not_a_traceback(tmp_path: Path) -> Non
                 pipe.close()
     assert process.returncode == 130, stderr
     assert stderr.strip().splitlines() == ["openfusion: interrupted"], stderr
+
+
+def _start_up_checks(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`openfusion serve` on a port already taken: it runs every start-up check, then exits 1 without serving."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        return serve(*args, "--port", str(busy.getsockname()[1]), "--log-format", "text", env=env)
+
+
+def test_a_preset_naming_a_model_no_provider_serves_stops_the_start(tmp_path: Path) -> None:
+    """It used to be found only when a request used the preset (a 404 then); now the server does not start, and one
+    line names the preset, the model, the providers configured and what would serve it."""
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "team.toml").write_text(
+        'analysis_models = ["corp/big", "ollama/qwen3:8b", "openai/gpt-5"]\nmodel = "corp/big"\n'
+        'judge_fallbacks = ["corp/small"]\n'
+    )
+    config = tmp_path / "openfusion.toml"
+    config.write_text('[activity]\nenabled = false\n[[providers]]\nname = "corp"\nbase_url = "http://127.0.0.1:9/v1"\n'
+                      'models = ["corp/big"]\n')  # fmt: skip
+    result = _start_up_checks("--config", str(config), "--presets", str(presets))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1:] == [
+        f"openfusion: preset 'team' ({presets / 'team.toml'}) names models no configured provider serves: "
+        "'openai/gpt-5', 'corp/small' (providers: corp, ollama). To serve 'openai/gpt-5', set OPENAI_API_KEY "
+        "(built-in provider 'openai'), or set OPENROUTER_API_KEY (built-in provider 'openrouter'), or add a "
+        "[[providers]] entry to the config file whose `models` patterns match it."
+    ], result.stderr
+    assert "Traceback" not in result.stderr
+
+    (presets / "team.toml").write_text('analysis_models = ["corp/big", "ollama/qwen3:8b"]\nmodel = "corp/big"\n')
+    result = _start_up_checks("--config", str(config), "--presets", str(presets))
+    assert result.returncode == 1, result.stderr  # every check passed: only the port was taken
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_shipped_presets_start_with_only_an_openrouter_key(workers: str, tmp_path: Path) -> None:
+    """OpenRouter serves any slug: every shipped preset passes the check, quietly (the README's first command)."""
+    config = tmp_path / "openfusion.toml"
+    config.write_text("[activity]\nenabled = false\n")
+    result = _start_up_checks("--config", str(config), "--workers", workers, env={"OPENROUTER_API_KEY": "sk-or-x"})
+    assert result.returncode == 1, result.stderr
+    assert "preset" not in result.stderr and "serves" not in result.stderr, result.stderr
+
+
+def test_shipped_presets_no_provider_serves_are_a_warning_not_a_stop(tmp_path: Path) -> None:
+    """With only a direct key, the shipped presets' OpenRouter slugs have no provider: the server still starts (it
+    may serve pass-through only), and one warning names the presets that cannot run and how to run them."""
+    config = tmp_path / "openfusion.toml"
+    config.write_text("[activity]\nenabled = false\n")
+    result = _start_up_checks("--config", str(config), env={"OPENAI_API_KEY": "sk-test-only-openai"})
+    assert result.returncode == 1, result.stderr
+    warnings = [line.split("openfusion: ", 1)[1] for line in result.stderr.splitlines() if "shipped presets" in line]
+    assert warnings == [
+        "shipped presets budget, fast, quality, self name models no configured provider serves (providers: openai, "
+        "ollama), e.g. '~google/gemini-flash-latest': fusion requests for them will fail; set OPENROUTER_API_KEY, "
+        "or replace them with presets of your own of the same names (--presets)"
+    ], result.stderr

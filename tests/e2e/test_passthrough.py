@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from e2e.conftest import ask_text, server_environ
+from e2e.conftest import ask_text, server_environ, trio_provider
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream, Script, wait_until
 from openfusion.api import completion_events
@@ -182,9 +182,12 @@ def test_a_stream_cut_by_the_upstream_ends_with_an_error_chunk(upstream: FakeUps
     assert text.rstrip().endswith("data: [DONE]")
 
 
-def test_an_unreachable_provider_is_a_clear_502(start_server: object, upstream: FakeUpstream) -> None:
+def test_an_unreachable_provider_is_a_clear_502(
+    start_server: object, upstream: FakeUpstream, fake_upstream: tuple[FakeUpstream, str]
+) -> None:
     dead = ProviderConfig(name="dead", base_url="http://127.0.0.1:9/v1", models=["dead/*"])
-    with start_server(providers=[dead], default_preset="trio") as url:  # type: ignore[operator]
+    providers = [dead, trio_provider(fake_upstream[1])]
+    with start_server(providers=providers, default_preset="trio") as url:  # type: ignore[operator]
         response = httpx.post(
             f"{url}/v1/chat/completions", json={"model": "dead/m", "messages": [{"role": "user", "content": "Hi"}]}
         )

@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from e2e.conftest import trio_provider
 from fakes.upstream import FakeUpstream, Script
 from openfusion.api import completion_events
 from openfusion.settings import ProviderConfig
@@ -583,7 +584,8 @@ def test_native_store_goes_as_sent_when_the_operator_lets_the_provider_keep_resp
     provider = ProviderConfig(name="native", base_url=f"{fake_upstream[1]}/v1", api_key_env="FAKE_KEY",
                               models=["native/*"], strip_prefix=True, responses=True, responses_store=True)  # fmt: skip
     upstream.script("plain", Script(content="Kept upstream."))
-    server: AbstractContextManager[str] = start_server(providers=[provider], activity={"path": tmp_path / "a.db"})
+    providers = [provider, trio_provider(fake_upstream[1])]
+    server: AbstractContextManager[str] = start_server(providers=providers, activity={"path": tmp_path / "a.db"})
     with server as base, openai.OpenAI(base_url=f"{base}/v1", api_key="k", max_retries=0) as client:
         client.responses.create(model="native/plain", input="Hi")
         client.responses.create(model="native/plain", input=[{**without_id(MESSAGE), "id": "msg_1"}], store=True)

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from agents import Agent, OpenAIResponsesModel, Runner, set_tracing_disabled
 
+from e2e.conftest import trio_provider
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream, Script, wait_until
 from openfusion.app import create_app
@@ -221,7 +222,7 @@ def test_two_keys_given_the_same_id_by_a_provider_each_keep_their_own(
         events = [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: ")]
         return str(next(e["response"]["id"] for e in events if e["type"] == "response.completed"))
 
-    with start(providers=native_providers(fake_upstream[1])) as url:
+    with start(providers=[*native_providers(fake_upstream[1]), trio_provider(fake_upstream[1])]) as url:
         ids = [create(url, "ALICE_KEY", "Alice's question"), create(url, "BOB_KEY", "Bob's question")]
         alice_next = post(url, "ALICE_KEY", model="native/plain", input="And?", previous_response_id="resp_same")
         bob_next = post(url, "BOB_KEY", model="native/plain", input="And?", previous_response_id="resp_same")
@@ -244,7 +245,7 @@ def test_a_key_given_an_id_again_continues_the_newer_response(
     same = [Script(content=said, reply_id="resp_same") for said in ("Paris.", "Rome.")]
     upstream.script("plain", *same, Script(content="Yes."))
 
-    with start(providers=native_providers(fake_upstream[1])) as url:
+    with start(providers=[*native_providers(fake_upstream[1]), trio_provider(fake_upstream[1])]) as url:
         for question in ("Capital of France?", "Capital of Italy?"):
             assert post(url, "ALICE_KEY", model="native/plain", input=question).json()["id"] == "resp_same"
         follow_up = post(url, "ALICE_KEY", model="native/plain", input="Sure?", previous_response_id="resp_same")

@@ -146,14 +146,22 @@ class ProviderRegistry:
                 return route
         raise ModelNotFound(self._not_served_message(slug), param="model")
 
-    def _not_served_message(self, slug: str) -> str:
+    def serves(self, slug: str) -> bool:
+        """Whether a provider serves the slug (as far as its patterns say: OpenRouter's `*` serves any)."""
+        return any(provider.serves(slug) for provider in self.providers)
+
+    def how_to_serve(self, slug: str) -> str:
+        """What would serve a slug no provider serves: a built-in's key variable, else a `[[providers]]` entry."""
         hints = [
             f"set {config.api_key_env} (built-in provider {config.name!r})"
             for config in self._inactive
             if config.api_key_env and any(fnmatch.fnmatchcase(slug, p) for p in config.models)
         ]
         hints.append("add a [[providers]] entry to the config file whose `models` patterns match it")
-        return f"No provider serves model {slug!r}. To serve it, " + ", or ".join(hints) + "."
+        return ", or ".join(hints)
+
+    def _not_served_message(self, slug: str) -> str:
+        return f"No provider serves model {slug!r}. To serve it, {self.how_to_serve(slug)}."
 
 
 def _key(config: ProviderConfig, environ: Mapping[str, str]) -> SecretStr | None:
