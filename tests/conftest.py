@@ -130,7 +130,8 @@ def redis_prefix() -> Iterator[str]:
     try:
         yield prefix
     finally:
-        keys = list(client.scan_iter(f"{prefix}*"))
+        # The cache's keys start with the prefix, the limits' with it as a hash tag, `{prefix}`.
+        keys = [*client.scan_iter(f"{prefix}*"), *client.scan_iter(f"{{{prefix}}}*")]
         if keys:
             client.delete(*keys)
         client.close()

@@ -76,7 +76,7 @@ async def test_redis_window_is_shared_by_replicas(
     assert 59 < wait <= 60
     assert await one.hit("key:a", limit=3, window_s=60) > 0
     assert await one.hit("key:b", limit=3, window_s=60) == 0
-    key = f"{redis_prefix}:rpm:key:a"
+    key = f"{{{redis_prefix}}}:rpm:key:a"
     assert redis_client.zcard(key) == 3  # refused hits are not recorded
     assert 0 < redis_client.pttl(key) <= 60_000  # the log expires with its window
 
@@ -103,7 +103,7 @@ async def test_redis_slots_are_shared_and_given_back(
     assert slot is not None
     await slot.release()
     await slot.release()
-    assert redis_client.zcard(f"{redis_prefix}:fusion:key:a") == 1
+    assert redis_client.zcard(f"{{{redis_prefix}}}:fusion:key:a") == 1
     assert await two.acquire("key:a", limit=2) is not None
 
 
@@ -139,7 +139,7 @@ async def test_the_next_admission_after_redis_lost_the_counters_takes_its_replic
     one, two = make_limiter(), make_limiter()  # two replicas, each running one request
     assert await one.acquire("k", limit=2) is not None
     assert await two.acquire("k", limit=2) is not None
-    redis_client.delete(*redis_client.keys(f"{redis_prefix}:*"))  # what a restart without persistence does
+    redis_client.delete(*redis_client.keys(f"{{{redis_prefix}}}:*"))  # what a restart without persistence does
     with caplog.at_level(logging.WARNING, logger="openfusion.access"):
         answers = await asyncio.gather(*(one.acquire("k", limit=2) for _ in range(5)))
     # Its own run counted again before any of them: one more fits, not two; taken again once, not five times.
@@ -148,7 +148,7 @@ async def test_the_next_admission_after_redis_lost_the_counters_takes_its_replic
     # The other replica's run is counted again at that replica's own next admission (or renewal): until then a
     # third run got in beside it.
     assert await two.acquire("k", limit=2) is None
-    assert redis_client.zcard(f"{redis_prefix}:fusion:k") == 3
+    assert redis_client.zcard(f"{{{redis_prefix}}}:fusion:k") == 3
 
 
 def closed_port() -> int:

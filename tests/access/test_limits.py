@@ -194,7 +194,7 @@ def test_concurrent_limits_across_two_replicas_sharing_redis(
     else:
         hold, refused_body, kind = open_passthrough_stream, chat_body("fake/judge"), "requests"
     access = {"keys": [{**TEAM_A, limit: 2}], "redis_url": REDIS_URL, "limits": {"redis_prefix": redis_prefix}}
-    leases = f"{redis_prefix}:{kind}:key:team-a"
+    leases = f"{{{redis_prefix}}}:{kind}:key:team-a"
     with serve(access, environ=ENVIRON) as (url_a, _), serve(access, environ=ENVIRON) as (url_b, _):
         with ExitStack() as streams:
             on_a = streams.enter_context(hold(url_a, A))

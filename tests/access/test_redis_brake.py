@@ -65,7 +65,7 @@ def test_the_brake_counts_in_the_process_while_redis_is_away_and_in_redis_once_i
         time.sleep(0.4)
         assert later.get(f"{url}/v1/models", headers=bearer("sk-guess-once-redis-is-back")).status_code == 401
         with private_redis.client() as client:
-            counted = client.zcard(f"{PREFIX}:brake:127.0.0.4")
+            counted = client.zcard(f"{{{PREFIX}}}:brake:127.0.0.4")
         assert guesser.get(f"{url}/v1/models", headers=bearer(KEY)).status_code == 429  # the local block holds
         wait_until(lambda: "Redis answers again" in caplog.text, timeout=5)
 
@@ -129,8 +129,8 @@ async def test_the_addresses_kept_in_redis_are_bounded_and_every_key_expires(red
             assert await brake.count_wrong_key(address) is False
         assert await brake.count_wrong_key("2001:db8:1:2::7") is False
         assert await brake.count_wrong_key("2001:db8:1:2::8") is True  # the same /64: braked
-        listed = [member.decode() for member in await client.zrange(f"{redis_prefix}:brake:addresses", 0, -1)]
-        keys = sorted([key.decode() async for key in client.scan_iter(f"{redis_prefix}:*")])
+        listed = [member.decode() for member in await client.zrange(f"{{{redis_prefix}}}:brake:addresses", 0, -1)]
+        keys = sorted([key.decode() async for key in client.scan_iter(f"{{{redis_prefix}}}:*")])
         ttls = [await client.pttl(key) for key in keys]
         assert await brake.remaining_block("2001:db8:1:2:ffff::1") > 59
         assert await brake.remaining_block("192.0.2.5") == 0
@@ -140,10 +140,10 @@ async def test_the_addresses_kept_in_redis_are_bounded_and_every_key_expires(red
     assert listed == ["192.0.2.4", "192.0.2.5", "2001:db8:1:2::/64"]  # the oldest forgotten
     assert keys == sorted(
         [
-            f"{redis_prefix}:brake:addresses",
-            f"{redis_prefix}:brake:192.0.2.4",
-            f"{redis_prefix}:brake:192.0.2.5",
-            f"{redis_prefix}:braked:2001:db8:1:2::/64",
+            f"{{{redis_prefix}}}:brake:addresses",
+            f"{{{redis_prefix}}}:brake:192.0.2.4",
+            f"{{{redis_prefix}}}:brake:192.0.2.5",
+            f"{{{redis_prefix}}}:braked:2001:db8:1:2::/64",
         ]
     )
     assert all(0 < ttl <= 60_000 for ttl in ttls), ttls
@@ -174,7 +174,7 @@ async def test_a_client_asks_redis_once_a_second_not_on_every_request_and_a_wron
         assert [await brake.remaining_block("192.0.2.7") for _ in range(5)] == [0.0] * 5
         assert len(asked) == 1
         # Another process brakes the address: it holds here from its next wrong key on.
-        await client.set(f"{redis_prefix}:braked:192.0.2.7", "1", px=60_000)
+        await client.set(f"{{{redis_prefix}}}:braked:192.0.2.7", "1", px=60_000)
         assert await brake.count_wrong_key("192.0.2.7") is False  # already braked: not "this one braked it"
         assert await brake.remaining_block("192.0.2.7") > 59
         # Another address, asked again once its second has passed.

@@ -54,7 +54,7 @@ def test_a_request_in_flight_keeps_its_concurrency_slot_when_redis_restarts_empt
 ) -> None:
     """A restart emptied the leases: the stream still running went uncounted, and a second request got in."""
     upstream.script("slow", Script(chunks=["Hello", " there", "!"], chunk_interval_s=3))
-    leases = f"{PREFIX}:requests:key:team-a"
+    leases = f"{{{PREFIX}}}:requests:key:team-a"
     with serve(team_a(private_redis, max_concurrent_requests=1), environ=ENVIRON) as (url, _):
         with open_passthrough_stream(url, A), private_redis.client() as redis:
             assert redis.zcard(leases) == 1
@@ -121,7 +121,7 @@ def test_the_next_request_after_redis_lost_its_counters_finds_the_slot_of_one_in
     """With the default lease (a minute, renewed every 20 s), a request that came after Redis lost the leases got in
     beside the stream still running: that stream went uncounted until its next renewal."""
     upstream.script("slow", Script(chunks=["Hello", " there", "!"], chunk_interval_s=3))
-    leases = f"{PREFIX}:requests:key:team-a"
+    leases = f"{{{PREFIX}}}:requests:key:team-a"
     with serve(team_a(private_redis, max_concurrent_requests=1), environ=ENVIRON) as (url, _):
         with open_passthrough_stream(url, A), private_redis.client() as redis:
             assert redis.zcard(leases) == 1
@@ -187,7 +187,7 @@ def test_a_cost_settled_while_redis_is_down_is_counted_once_it_is_back(
 
 def kept(client: redis.Redis) -> float:
     """USD kept all day against team-a's cap in Redis (costs that stay unknown)."""
-    keys = client.keys(f"{PREFIX}:spend:key:team-a:*:totals")
+    keys = client.keys(f"{{{PREFIX}}}:spend:key:team-a:*:totals")
     return sum(float(client.hget(key, "kept") or 0) for key in keys)
 
 
@@ -198,7 +198,7 @@ def test_a_slot_given_back_while_redis_is_cut_off_is_freed_once_redis_answers(
     slot, so every request of the key got 429 for that long after Redis was back."""
     upstream.script("slow", Script(chunks=["Hello", " there"], chunk_interval_s=1))
     link = Link(("127.0.0.1", private_redis.port))
-    leases = f"{PREFIX}:requests:key:team-a"
+    leases = f"{{{PREFIX}}}:requests:key:team-a"
     access = {**team_a(private_redis, max_concurrent_requests=1), "redis_url": f"redis://127.0.0.1:{link.port}/0"}
     try:
         with serve(access, environ=ENVIRON) as (url, _), private_redis.client() as redis_server:
@@ -244,5 +244,5 @@ def post(url: str, body: dict[str, object]) -> httpx.Response:
 
 def held(redis: object) -> int:
     """How many spend reservations of team-a are running in Redis today."""
-    keys = redis.keys(f"{PREFIX}:spend:key:team-a:*:running")  # type: ignore[attr-defined]
+    keys = redis.keys(f"{{{PREFIX}}}:spend:key:team-a:*:running")  # type: ignore[attr-defined]
     return sum(redis.hlen(key) for key in keys)  # type: ignore[attr-defined]

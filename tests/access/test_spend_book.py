@@ -167,7 +167,7 @@ async def test_a_reservation_given_back_while_redis_is_cut_off_is_freed_once_red
     link = Link(("127.0.0.1", 6379))
     client = redis.asyncio.Redis.from_url(f"redis://127.0.0.1:{link.port}/0")
     book = RedisSpendBook(client, prefix=redis_prefix)
-    running = f"{redis_prefix}:spend:{BUCKET}:{DAY}:running"
+    running = f"{{{redis_prefix}}}:spend:{BUCKET}:{DAY}:running"
     try:
         unused = await reserve(book, 0.9)
         assert isinstance(unused, Reservation) and redis_client.hlen(running) == 1

@@ -161,8 +161,9 @@ def running(manifests: Manifests, cluster_secrets: dict[str, dict[str, str]], tm
         process.wait(timeout=30)
         log.close()
         client = redis.Redis.from_url(REDIS_URL)
-        for key in client.scan_iter(f"{prefix}*"):
-            client.delete(key)
+        for pattern in (f"{prefix}*", f"{{{prefix}}}*"):  # the cache's keys, the limits' (a hash tag)
+            for key in client.scan_iter(pattern):
+                client.delete(key)
         client.close()
 
 

@@ -45,8 +45,8 @@ def test_wrong_keys_spread_over_the_workers_are_braked_as_one_address(
             with s.only(pids[number], pids):
                 braked[number] = httpx.get(f"{s.url}/v1/models", headers=_bearer(KEY), timeout=10)
         with redis.Redis.from_url(REDIS_URL) as client:
-            keys = sorted(key.decode() for key in client.scan_iter(f"{redis_prefix}:brake*"))
-            block_ms = client.pttl(f"{redis_prefix}:braked:127.0.0.1")
+            keys = sorted(key.decode() for key in client.scan_iter(f"{{{redis_prefix}}}:brake*"))
+            block_ms = client.pttl(f"{{{redis_prefix}}}:braked:127.0.0.1")
         records = s.log()
 
     assert [r.status_code for r in wrong] == [401] * 4
@@ -55,7 +55,7 @@ def test_wrong_keys_spread_over_the_workers_are_braked_as_one_address(
         assert response.json()["error"]["code"] == "auth_failures"
         assert 290 <= int(response.headers["retry-after"]) <= 300
     # The window's count is spent in the block.
-    assert keys == [f"{redis_prefix}:brake:addresses", f"{redis_prefix}:braked:127.0.0.1"]
+    assert keys == [f"{{{redis_prefix}}}:brake:addresses", f"{{{redis_prefix}}}:braked:127.0.0.1"]
     assert 0 < block_ms <= 300_000  # each key of the brake expires
     starts = [r for r in records if r["message"].startswith("authentication brake")]
     assert len(starts) == 1 and "4 wrong keys" in starts[0]["message"]

@@ -37,7 +37,7 @@ class Limits(BaseModel):
 class LimitsConfig(Limits):
     """`[limits]`: every key's defaults, or one budget shared by all clients when no keys are configured."""
 
-    # Namespace of the counters in Redis (several deployments may share one Redis).
+    # Namespace of the counters in Redis (several deployments may share one Redis): their keys start `{<prefix>}:`.
     redis_prefix: str = Field(default="openfusion", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     # Wrong keys one client address may present within `auth_failure_window_s` before it is refused (429
     # `auth_failures`) for `auth_block_s`; counted in Redis when it is configured, else in each process. 0 turns the

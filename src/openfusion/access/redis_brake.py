@@ -1,10 +1,11 @@
 """The authentication brake counted in Redis, so every worker and replica brakes an address as one.
 
-Per address, `<prefix>:brake:<address>` holds the times of its wrong keys within the window (a sorted set,
-expiring with the window) and `<prefix>:braked:<address>` its block (expiring with it). The addresses seen
-within the window or a block are listed in `<prefix>:brake:addresses` by their last wrong key, and past
+Per address, `{<prefix>}:brake:<address>` holds the times of its wrong keys within the window (a sorted set,
+expiring with the window) and `{<prefix>}:braked:<address>` its block (expiring with it). The addresses seen
+within the window or a block are listed in `{<prefix>}:brake:addresses` by their last wrong key, and past
 `max_addresses` the quietest are forgotten with their keys, as in the process's own brake: a flood of
-addresses cannot grow Redis without bound. Each count is one atomic Lua script on the Redis server's clock.
+addresses cannot grow Redis without bound. Each count is one atomic Lua script on the Redis server's clock; every
+key hashes on the prefix alone (`key_start`), so the keys it forgets are in its slot too, under Redis Cluster.
 
 When Redis cannot be reached, the brake is the process's own (`AuthBrake`, which counts every wrong key
 all along): it fails open-but-local, never refusing everyone, and asks Redis again after a few seconds.
@@ -24,12 +25,12 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from openfusion.access.brake import MAX_ADDRESSES, AuthBrake, counted_as
-from openfusion.access.redis_limiter import NOW_MS
+from openfusion.access.redis_epoch import NOW_MS, key_start
 
 log = logging.getLogger("openfusion.access")
 
 # KEYS[1] the address's wrong keys, KEYS[2] its block, KEYS[3] the addresses tracked. ARGV: max failures, window
-# (ms), block (ms), unique member, the address as keyed, max addresses, the key prefix. Returns 1 when this wrong
+# (ms), block (ms), unique member, the address as keyed, max addresses, the keys' start. Returns 1 when this wrong
 # key blocks the address, else 0.
 _COUNT = (
     NOW_MS
@@ -89,7 +90,7 @@ class SharedBrake:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
-        self._prefix = prefix
+        self._start = key_start(prefix)
         self._local = local
         self._max_addresses = max_addresses
         self._clock = clock
@@ -141,8 +142,8 @@ class SharedBrake:
         try:
             async with asyncio.timeout(ANSWER_S):
                 blocked = await self._count(
-                    keys=[self._key("brake", address), self._key("braked", address), f"{self._prefix}:brake:addresses"],
-                    args=[*args, self._max_addresses, self._prefix],
+                    keys=[self._key("brake", address), self._key("braked", address), f"{self._start}:brake:addresses"],
+                    args=[*args, self._max_addresses, self._start],
                 )
         except (RedisError, OSError, TimeoutError) as exc:
             self._went_away(exc)
@@ -159,7 +160,7 @@ class SharedBrake:
         cleared[counted] = self._clock() + CLEARED_S
 
     def _key(self, kind: str, address: str) -> str:
-        return f"{self._prefix}:{kind}:{_keyed(counted_as(address))}"
+        return f"{self._start}:{kind}:{_keyed(counted_as(address))}"
 
     def _away(self) -> bool:
         return self._away_until is not None and self._clock() < self._away_until

@@ -1,6 +1,6 @@
 """Redis's data epoch: how a replica learns, at its next admission, that Redis lost the counters (restarted empty).
 
-A marker key, `<prefix>:epoch`, holds a random token, set by the first admission script that finds it absent:
+A marker key, `{<prefix>}:epoch`, holds a random token, set by the first admission script that finds it absent:
 after Redis restarted empty or was flushed, the next admission sets a new one. Every admission script reads it
 in its own round trip: one that finds a token other than the one this process knows counts nothing and says so,
 and the process takes its running slots and reservations again (one pipelined round trip each, once however many
@@ -19,6 +19,17 @@ from typing import Any
 from redis.commands.core import AsyncScript
 
 log = logging.getLogger("openfusion.access")
+
+
+def key_start(prefix: str) -> str:
+    """The start of every limit, spend and brake key: the configured prefix as a hash tag, `{prefix}`.
+
+    Redis Cluster (and proxies that route by slot) run a script only when all its keys hash to one slot: the marker
+    here joins every admission script's keys, and the brake's script removes keys it derives, so every key hashes
+    on the prefix alone. On a plain Redis the braces are only characters.
+    """
+    return "{" + prefix + "}"
+
 
 NOW_MS = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 
@@ -47,7 +58,7 @@ class RedisEpoch:
     """The epoch this process last saw, and the ways to take its counters again when Redis lost them."""
 
     def __init__(self, *, prefix: str) -> None:
-        self.key = f"{prefix}:epoch"
+        self.key = f"{key_start(prefix)}:epoch"
         self._known: bytes | None = None
         self._retakes: list[Callable[[], Awaitable[None]]] = []
         self._lock = asyncio.Lock()

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from openfusion.access.errors import LimitsUnavailable
 from openfusion.access.limiter import Slot
-from openfusion.access.redis_epoch import NOW_MS, RedisEpoch, admission
+from openfusion.access.redis_epoch import NOW_MS, RedisEpoch, admission, key_start
 from openfusion.errors import ConfigError
 
 log = logging.getLogger("openfusion.access")
@@ -74,14 +74,14 @@ _MAX_RETRY_S = 10.0
 
 
 class RedisLimiter:
-    """Counters shared through Redis under `<prefix>:rpm:<bucket>`, `<prefix>:fusion:<bucket>` and
-    `<prefix>:requests:<bucket>`."""
+    """Counters shared through Redis under `{<prefix>}:rpm:<bucket>`, `{<prefix>}:fusion:<bucket>` and
+    `{<prefix>}:requests:<bucket>` (one hash slot: see `key_start`)."""
 
     shared = True
 
     def __init__(self, client: Redis, *, prefix: str, lease_ttl_s: float = 60.0) -> None:
         self._client = client
-        self._prefix = prefix
+        self._start = key_start(prefix)
         self._lease_ms = max(1, round(lease_ttl_s * 1000))
         self._hit = client.register_script(_HIT)
         self._acquire = client.register_script(_ACQUIRE)
@@ -170,7 +170,7 @@ class RedisLimiter:
                 wait = min(wait * 2, _MAX_RETRY_S)
 
     def _key(self, kind: str, bucket: str) -> str:
-        return f"{self._prefix}:{kind}:{bucket}"
+        return f"{self._start}:{kind}:{bucket}"
 
 
 class _RedisSlot:

@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from openfusion.access.errors import LimitsUnavailable
-from openfusion.access.redis_epoch import NOW_MS, RedisEpoch, admission
+from openfusion.access.redis_epoch import NOW_MS, RedisEpoch, admission, key_start
 from openfusion.access.spend import READ_WINDOW_S, Refusal, Reservation
 
 log = logging.getLogger("openfusion.access")
@@ -124,11 +124,11 @@ CLOCK_MARGIN_S = 0.5
 
 
 class RedisSpendBook:
-    """Reservations shared through Redis under `<prefix>:spend:<bucket>:<day>:…`.
+    """Reservations shared through Redis under `{<prefix>}:spend:<bucket>:<day>:…` (one hash slot: `key_start`).
 
     Leases are renewed, and settlements sent, in batches by one task each (one pipelined round
     trip for all of them), however many requests are in flight. A settlement Redis did not take is
-    sent again until it does, marked made (`<prefix>:spend:settled:<id>`, for an hour) so that it
+    sent again until it does, marked made (`{<prefix>}:spend:settled:<id>`, for an hour) so that it
     counts once.
     """
 
@@ -146,7 +146,7 @@ class RedisSpendBook:
     ) -> None:
         self._client = client
         self._margin = clock_margin_s
-        self._prefix = prefix
+        self._start = key_start(prefix)
         self._lease_ms = max(1, round(lease_ttl_s * 1000))
         self._window_ms = max(1, round(read_window_s * 1000))
         self._reserve = client.register_script(_RESERVE)
@@ -209,7 +209,7 @@ class RedisSpendBook:
     def settle_later(self, hold: str, keys: list[str], args: list[Any]) -> None:
         """Stop renewing a reservation and queue its settlement (sent with the others pending)."""
         self._live.pop(hold, None)
-        self._queue_settlement([*keys, f"{self._prefix}:spend:settled:{hold}"], args)
+        self._queue_settlement([*keys, f"{self._start}:spend:settled:{hold}"], args)
 
     async def give_back(self, hold: str, keys: list[str], args: list[Any]) -> None:
         """Remove a reservation never used, now (or, when Redis does not take it, once it does)."""
@@ -273,7 +273,7 @@ class RedisSpendBook:
                 await self.give_back(hold, keys, [hold, "0", -1, expire_at])
 
     def _keys(self, bucket: str, day: str) -> list[str]:
-        base = f"{self._prefix}:spend:{bucket}:{day}"
+        base = f"{self._start}:spend:{bucket}:{day}"
         return [f"{base}:{name}" for name in _KEYS]
 
 
