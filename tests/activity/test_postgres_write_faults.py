@@ -138,8 +138,8 @@ async def test_a_record_past_the_statement_time_limit_is_set_aside_while_the_oth
     the database's state: the records around it are written, and it is set aside after a few tries, logged
     without the database's password, counted; it does not hold the queue until it fills."""
     url, name, role = database
-    with _admin(name) as admin:  # every session of the store: a statement ends after 300 ms
-        admin.execute(f'ALTER ROLE "{role}" IN DATABASE "{name}" SET statement_timeout = 300')
+    with _admin(name) as admin:  # every session of the store: a statement ends after 800 ms
+        admin.execute(f'ALTER ROLE "{role}" IN DATABASE "{name}" SET statement_timeout = 800')
     store = await PostgresStore.open(url)
     await store.write([make_entry("gen-stuck")])  # written again, it replaces this row, held locked below
     told: dict[str, bool] = {}
@@ -159,7 +159,7 @@ async def test_a_record_past_the_statement_time_limit_is_set_aside_while_the_oth
                     entry = make_entry(generation_id, created_at=T0 + timedelta(minutes=minutes))
                     writer.record(entry.generation, entry.calls, on_written=partial(tell, generation_id))
 
-                for number in range(60):  # traffic goes on: a record every 0.25 s
+                for number in range(120):  # traffic goes on: a record every 0.25 s
                     if number == 1:
                         record("gen-stuck", number)
                     goods.append(f"gen-good-{number}")
