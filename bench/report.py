@@ -718,6 +718,14 @@ def memory_section(data: dict[str, Any]) -> str:
             rows,
         ),
     ]
+    ag = data.get("agent_inflight")
+    if ag:
+        parts.append(
+            f"With a coding agent's conversation ({f(ag.get('body_kb'), 0)} KB, `bench.load.agent_body`) instead of "
+            f"the one-line question, {ag['in_flight']} fusion streams held inside synthesis through a fresh instance: "
+            f"RSS {f(ag['rss_before_mb'])} → {f(ag['rss_held_mb'])} MiB, {f(ag['per_stream_kb'])} KiB per stream "
+            f"(ramp {f(ag['ramp_s'], 2)} s, open files {_files(ag)}, errors: {ag['errors'] or 0})."
+        )
     pt = data.get("passthrough_inflight")
     if pt:
         parts.append(

@@ -21,7 +21,7 @@ import orjson
 
 from bench.fakeup import parse_profile
 from bench.harness import MASTER_KEY, REPO, Bench, aggregate, interleaved
-from bench.load import Sample, chat_body, messages_body, percentile, post, responses_body
+from bench.load import Sample, agent_body, chat_body, messages_body, percentile, post, responses_body
 from bench.procs import rss_bytes, tree
 
 AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
@@ -46,6 +46,7 @@ class Plan:
     tail_deadline_s: float
     hang_panel_timeout_s: float | None
     mem_levels: tuple[int, ...]
+    mem_agent_streams: int  # fusion streams held with a coding agent's ~150 KB conversation (`agent_body`)
     soak_requests: int
     workers_soak_requests: int  # through `openfusion serve --workers 2`, each worker's RSS followed
     profile_s: float
@@ -74,6 +75,7 @@ QUICK = Plan(
     tail_deadline_s=0.5,
     hang_panel_timeout_s=None,
     mem_levels=(1, 100),
+    mem_agent_streams=10,
     soak_requests=300,
     workers_soak_requests=600,
     profile_s=0.0,
@@ -101,6 +103,7 @@ FULL = Plan(
     tail_deadline_s=0.5,
     hang_panel_timeout_s=2.0,
     mem_levels=(1, 100, 1000),
+    mem_agent_streams=100,
     soak_requests=10_000,
     workers_soak_requests=100_000,
     profile_s=15.0,
@@ -677,6 +680,7 @@ async def memory(bench: Bench, plan: Plan) -> dict[str, Any]:
             f" {result['rss_after_release_mb']:.1f} MiB after release"
         )
     bench.stop("openfusion_mem")
+    out["agent_inflight"] = await hold_agent_streams(bench, plan, session)
     # The same number of plain pass-through streams, on a fresh instance (a used one reuses the memory
     # its fusion streams left behind): what a stream costs without the fusion machinery.
     n = max(plan.mem_levels)
@@ -715,6 +719,27 @@ async def memory(bench: Bench, plan: Plan) -> dict[str, Any]:
     out["soak"] = await soak(bench, plan)
     out["workers_soak"] = await soak_workers(bench, plan)
     return out
+
+
+async def hold_agent_streams(bench: Bench, plan: Plan, session: aiohttp.ClientSession) -> dict[str, Any]:
+    """Fusion streams held inside synthesis with a coding agent's conversation (~150 KB, `bench.load.agent_body`),
+    on a fresh instance: what a held stream keeps of a long conversation (OPTIMISATIONS 37: the run lets go of it
+    once the synthesizer's request is made), which the one-line question of the other levels cannot show."""
+    hold = HOLD
+    service = bench.start_openfusion("openfusion_mem_agent", {"hold": hold.toml(), FAST0.name: FAST0.toml()})
+    url = service.url + "/v1/chat/completions"
+    warm = request_fn(url, agent_body(f"fusion/{FAST0.name}", stream=True), stream=True)
+    await bench.measure(session, warm, concurrency=10, duration_s=30, max_requests=100)
+    body = agent_body("fusion/hold", stream=True)
+    n = plan.mem_agent_streams
+    result = await hold_streams(bench, service, session, url, body, n)
+    result["body_kb"] = len(body) / 1024
+    say(
+        f"[memory] {n} fusion streams with a {result['body_kb']:.0f} KB conversation: {result['in_flight']} in"
+        f" synthesis, {result['per_stream_kb']:.1f} KiB each"
+    )
+    bench.stop("openfusion_mem_agent")
+    return result
 
 
 async def hold_streams(
