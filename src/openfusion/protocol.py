@@ -211,6 +211,13 @@ class Usage(WireModel):
         `cache_creation.ephemeral_1h_input_tokens`), billed dearer than the default 5-minute ones."""
         return self._prompt_detail("cache_write_1h_tokens")
 
+    @property
+    def splits_cache_writes(self) -> bool:
+        """Whether the cache writes' 1-hour share was reported (`cache_write_1h_tokens`, 0 included): without it,
+        which writes are kept for an hour is not known from the usage alone."""
+        details = (self.__pydantic_extra__ or {}).get("prompt_tokens_details")
+        return isinstance(details, dict) and isinstance(details.get("cache_write_1h_tokens"), int)
+
     def _prompt_detail(self, name: str) -> int:
         details = (self.__pydantic_extra__ or {}).get("prompt_tokens_details")
         value = details.get(name) if isinstance(details, dict) else None

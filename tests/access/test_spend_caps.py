@@ -565,6 +565,80 @@ def test_a_native_messages_one_hour_cache_write_is_spent_at_twice_the_input_pric
     assert len(fake.calls) == 1
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize(
+    ("message_cache", "write_price"),
+    [(ONE_HOUR, 2e-4), ({"type": "ephemeral"}, 1.25e-4), (None, 2e-4)],
+    ids=["hour-only", "mixed", "hour-on-system-only"],
+)
+def test_a_native_messages_cache_write_without_its_split_is_spent_at_the_lifetime_asked_for(
+    serve: Serve, core_settings: dict[str, Any], anthropic_native: tuple[FakeAnthropic, str], tmp_path: Path,
+    stream: bool, message_cache: dict[str, str] | None, write_price: float,
+) -> None:  # fmt: skip
+    """A usage without `cache_creation` (a provider or gateway that reports only `cache_creation_input_tokens`) does
+    not say which writes are kept for an hour. A request that asked for 1-hour writes only made 1-hour writes: priced
+    as 5-minute ones, the key's spend was under-counted by a third of them. Asked for both, which is which is not
+    known: they stay 5-minute ones."""
+    fake, fake_url = anthropic_native
+    fake.replies = [Reply(usage={"input_tokens": 10, "cache_creation_input_tokens": 800, "output_tokens": 4})]
+    claude = ProviderConfig(name="claude", base_url=f"{fake_url}/v1", api_key_env="FAKE_KEY", models=["claude/*"],
+                            strip_prefix=True, messages=True)  # fmt: skip
+    price = {"prompt": 1e-4, "completion": 0.0, "input_cache_write": 1.25e-4}  # 1-hour: twice the prompt price
+    activity = {"path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
+    block: dict[str, Any] = {"type": "text", "text": "Hi"}
+    if message_cache is not None:
+        block["cache_control"] = message_cache
+    body = {"model": "claude/opus", "max_tokens": 10, "stream": stream,
+            "messages": [{"role": "user", "content": [block]}],
+            "system": [{"type": "text", "text": "Be brief.", "cache_control": ONE_HOUR}]}  # fmt: skip
+    headers = {**bearer(KEY), "anthropic-version": "2023-06-01"}
+    with serve(capped(1.0), environ=ENVIRON, activity=activity, pricing={"models": {"claude/opus": price}},
+               providers=[*core_settings["providers"], claude]) as (url, _):  # fmt: skip
+        answer = httpx.post(f"{url}/v1/messages", json=body, headers=headers, timeout=30)
+        assert answer.status_code == 200, answer.text
+        record = recorded_generation(url, answer.headers["x-generation-id"])
+        assert record["total_cost"] == pytest.approx(10 * 1e-4 + 800 * write_price)
+        assert spent(url, records=1) == pytest.approx(10 * 1e-4 + 800 * write_price)
+
+
+@pytest.mark.parametrize("cap", [5.0, None], ids=["capped", "uncapped"])
+def test_a_chat_cache_write_reported_without_its_split_is_spent_at_the_one_hour_price_when_only_that_was_asked(
+    upstream: FakeUpstream, serve: Serve, core_settings: dict[str, Any], tmp_path: Path, cap: float | None
+) -> None:
+    """A chat usage reports `prompt_tokens_details.cache_write_tokens` with no 1-hour share: after a request whose
+    every `cache_control` asks for an hour, they are 1-hour writes (twice the input price), without a `ttl` 5-minute
+    ones (1.25 times). Under a cap the request was read for its worst case already; without one, it is read when its
+    cost is."""
+    usage = {"prompt_tokens": 1000, "completion_tokens": 0, "total_tokens": 1000,
+             "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 800}}  # fmt: skip
+    activity = {"path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
+    prices = {"models": {"fake/claude": {"prompt": 1e-4, "completion": 0.0}}}
+
+    def body(cache_control: dict[str, str]) -> dict[str, Any]:
+        part = {"type": "text", "text": "Be brief.", "cache_control": cache_control}
+        return {"model": "fake/claude", "max_tokens": 10, "messages": [{"role": "system", "content": [part]},
+                                                                        {"role": "user", "content": "Hi"}]}  # fmt: skip
+
+    access = (
+        capped(5.0)
+        if cap is not None
+        else {
+            "keys": [
+                {"name": "capped", "key_env": "CAPPED_KEY"},
+                {"name": "auditor", "key_env": "AUDIT_KEY", "admin": True},
+            ]
+        }
+    )
+    with serve(access, environ=ENVIRON, activity=activity, pricing=prices) as (url, _):
+        costs = []
+        for cache_control in (ONE_HOUR, {"type": "ephemeral"}):
+            upstream.script("claude", Script(content="Blue.", usage=usage))
+            answer = httpx.post(f"{url}{CHAT}", json=body(cache_control), headers=bearer(KEY), timeout=30)
+            assert answer.status_code == 200, answer.text
+            costs.append(recorded_generation(url, answer.headers["x-generation-id"])["total_cost"])
+    assert costs == [pytest.approx(200 * 1e-4 + 800 * 2e-4), pytest.approx(200 * 1e-4 + 800 * 1.25e-4)]
+
+
 def test_a_native_messages_request_asking_for_one_hour_cache_writes_reserves_them_at_twice_the_input_price(
     serve: Serve, core_settings: dict[str, Any], anthropic_native: tuple[FakeAnthropic, str], tmp_path: Path
 ) -> None:

@@ -40,7 +40,7 @@ def test_the_bill_sums_known_calls_and_says_when_one_is_unknown() -> None:
 
 def test_the_price_table_fills_in_an_unreported_cost() -> None:
     unpriced = call("ok", usage=USED.model_copy(update={"cost": None}))
-    trace = RequestTrace(calls=[unpriced], pricing=lambda model, usage, reported: usage.prompt_tokens * 1e-3)
+    trace = RequestTrace(calls=[unpriced], pricing=lambda model, usage, reported, **_: usage.prompt_tokens * 1e-3)
     assert trace.bill().usage.cost == 0.9
     assert RequestTrace(calls=[unpriced]).bill().usage.cost is None  # without prices: unknown, never guessed
 
@@ -53,7 +53,7 @@ def test_no_calls_cost_nothing_known() -> None:
 def test_asked_again_with_nothing_changed_it_is_the_same_bill_priced_once() -> None:
     priced: list[str] = []
 
-    def pricing(model: str, usage: Usage, reported: float | None) -> float | None:
+    def pricing(model: str, usage: Usage, reported: float | None, /, *, long_writes: bool = False) -> float | None:
         priced.append(model)
         return 0.25
 

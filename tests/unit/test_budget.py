@@ -346,6 +346,28 @@ def test_the_cache_lifetimes_a_body_asks_for(body: dict[str, Any], ttls: set[str
     assert cache_ttls(body) == ttls
 
 
+@pytest.mark.parametrize("estimated", [False, True], ids=["on-demand", "with-the-estimate"])
+def test_a_request_asking_only_for_one_hour_cache_writes_is_told_apart(estimated: bool) -> None:
+    """Every `cache_control` it holds (its chat form's, the body as sent's) asks for an hour: read with the estimate
+    when one is made (its conversation then let go of), else when first asked."""
+
+    def only_long(messages: list[dict[str, Any]], sent: dict[str, Any] | None = None) -> bool:
+        chat, plan = resolve(model="p/a", max_tokens=10, messages=messages)
+        worst = WorstCase(chat, plan, reach_of(chat, plan), prices=PRICES, sent=sent)
+        if estimated:
+            assert worst.usd is not None
+        return worst.asks_only_long_cache()
+
+    hour = [{"role": "user", "content": [_text(cache_control=_HOUR)]}]
+    five = [{"role": "user", "content": [_text(cache_control={"type": "ephemeral"})]}]
+    plain = [{"role": "user", "content": "Hi"}]
+    assert only_long(hour) and not only_long(five) and not only_long(plain)
+    assert not only_long(hour, sent={"system": [_text(cache_control={"type": "ephemeral"})]})  # mixed
+    assert only_long(plain, sent={"system": [_text(cache_control=_HOUR)]})  # a native surface's body
+    assert not only_long(five, sent={"system": [_text(cache_control=_HOUR)]})
+    assert not only_long([{"role": "user", "content": '"ttl":"1h"'}])  # text, not a field
+
+
 def test_every_research_tool_call_counts_as_a_paid_search() -> None:
     """A paid search backend bills per query: each panelist and each researching judge may search `max_tool_calls`
     times, which the worst case counts at the most one search costs."""

@@ -124,9 +124,16 @@ class PriceTable:
         key = _key(variant.model)
         return self._configured.get(key) or self._listed.get(key)
 
-    def cost_of(self, model: str, usage: Usage, reported_cost: float | None = None) -> float | None:
+    def cost_of(
+        self, model: str, usage: Usage, reported_cost: float | None = None, *, long_writes: bool = False
+    ) -> float | None:
         """Reported cost (the argument, else `usage.cost`) when given and plausible, else priced from the table, else
-        None."""
+        None.
+
+        Cache writes reported without their 1-hour share (`Usage.splits_cache_writes`: a chat usage's
+        `cache_write_tokens`, Anthropic's usage without `cache_creation`) are 5-minute ones, unless `long_writes`: the
+        request asked for 1-hour writes only, so every write is one. (A request asking for both leaves them 5-minute
+        ones: which share is which, only the provider knows.)"""
         reported = plausible_cost(reported_cost if reported_cost is not None else usage.cost)
         if reported is not None:
             return reported
@@ -138,7 +145,11 @@ class PriceTable:
             completion_tokens=usage.completion_tokens,
             cache_read_tokens=usage.cache_read_tokens,
             cache_write_tokens=usage.cache_write_tokens,
-            cache_write_1h_tokens=usage.cache_write_1h_tokens,
+            cache_write_1h_tokens=(
+                usage.cache_write_tokens
+                if long_writes and not usage.splits_cache_writes
+                else usage.cache_write_1h_tokens
+            ),
         )
 
     def update_listed(self, prices: Mapping[str, ModelPrice]) -> None:

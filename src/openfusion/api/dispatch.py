@@ -105,7 +105,11 @@ Renderer = Callable[[Exchange], Awaitable[Response]]
 
 
 async def open_exchange(
-    request: Request, chat: ChatRequest, *, api_type: ApiType, sent: Mapping[str, Any] | None = None
+    request: Request,
+    chat: ChatRequest,
+    *,
+    api_type: ApiType,
+    sent: Mapping[str, Any] | None = None,
 ) -> Exchange:
     """Plan, admit (scope, guards, limits) and price a request, then open its ledger. `sent`: the body as the client
     sent it, when a provider speaking its dialect may get it so (what it asks of the provider's cache is priced)."""
@@ -142,6 +146,8 @@ async def open_exchange(
         api_type=api_type,
         reservation=spend_reservation(request),  # settled when the ledger closes
     )
+    # What its calls' cache writes cost depends on (read only when a call reports writes without their 1-hour share).
+    ledger.trace.long_cache_writes = worst.asks_only_long_cache
     exchange = Exchange(request, state, chat, plan, ledger)
     if isinstance(looked, Ticket):
         admitted_hit(exchange, looked)
@@ -199,7 +205,12 @@ def record_unparsed_refusal(request: Request, raw: bytes, error: OpenFusionError
 
 
 async def serve(
-    request: Request, chat: ChatRequest, render: Renderer, *, api_type: ApiType, sent: Mapping[str, Any] | None = None
+    request: Request,
+    chat: ChatRequest,
+    render: Renderer,
+    *,
+    api_type: ApiType,
+    sent: Mapping[str, Any] | None = None,
 ) -> Response:
     """Admit the request, render its response, and close its ledger once the last byte is out (`sent`: see
     `open_exchange`)."""

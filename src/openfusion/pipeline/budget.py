@@ -55,6 +55,8 @@ class PromptSize:
 
     tokens: int
     long_cache: bool
+    # The cache lifetimes it asks for (`cache_ttls`), when looked for: None when its JSON holds no 1-hour one.
+    ttls: frozenset[str] | None = None
 
 
 def prompt_size(request: ChatRequest) -> PromptSize:
@@ -62,17 +64,34 @@ def prompt_size(request: ChatRequest) -> PromptSize:
     `response_format` schema and every field openfusion does not know (legacy `functions`, a `prediction`...: a
     provider may read them as prompt, and pass-through sends them), and an allowance for each piece of media given by
     reference rather than in the body; and whether any of it asks for a 1-hour cache write."""
-    conversation = request.conversation()
-    parts: dict[str, Any] = {"messages": conversation}
+    parts = _prompt_parts(request)
+    dumped = orjson.dumps(parts)
+    tokens = math.ceil(len(dumped) / _CHARS_PER_TOKEN) + _referenced_media_tokens(parts["messages"])
+    # The walk costs ~3,000 instructions a message; the search of the JSON already at hand, a byte or so.
+    ttls = cache_ttls(parts) if _LONG_CACHE in dumped else None
+    return PromptSize(tokens, ttls is not None and LONG_TTL in ttls, ttls)
+
+
+def _prompt_parts(request: ChatRequest) -> dict[str, Any]:
+    """What of the request goes into a prompt: its messages, tools, `response_format` and the fields openfusion does
+    not know."""
+    parts: dict[str, Any] = {"messages": request.conversation()}
     if request.tools:
         parts["tools"] = request.tools
     if request.response_format:
         parts["response_format"] = request.response_format
     parts.update(request.model_extra or {})
-    dumped = orjson.dumps(parts)
-    tokens = math.ceil(len(dumped) / _CHARS_PER_TOKEN) + _referenced_media_tokens(conversation)
-    # The walk costs ~3,000 instructions a message; the search of the JSON already at hand, a byte or so.
-    return PromptSize(tokens, _LONG_CACHE in dumped and asks_long_cache(parts))
+    return parts
+
+
+def _asks_only_long_cache(
+    request: ChatRequest, sent_ttls: frozenset[str], chat_ttls: frozenset[str] | None = None
+) -> bool:
+    """Whether every `cache_control` of the request (its chat form's, `chat_ttls` when already read, and those of the
+    body as sent, `sent_ttls`) asks for an hour, and it holds one."""
+    if chat_ttls is None:
+        chat_ttls = cache_ttls(_prompt_parts(request))
+    return chat_ttls | sent_ttls == {LONG_TTL}
 
 
 def prompt_tokens_upper_bound(request: ChatRequest) -> int:
@@ -250,6 +269,7 @@ class WorstCase:
         # Until the estimate is made: the plan it is part of lives as long as the run (its report reads the estimate),
         # and a stream held open for minutes should not keep the whole conversation through it.
         self._inputs: _Inputs | None = (request, plan, reach, prices, search_price, sent)
+        self._only_long_cache: bool | None = None  # see `asks_only_long_cache`, read with the estimate or on demand
 
     @functools.cached_property
     def estimate(self) -> Estimate:
@@ -257,11 +277,28 @@ class WorstCase:
         assert self._inputs is not None, "inputs are let go of only once the estimate is cached"
         request, plan, reach, prices, search_price, sent = self._inputs
         size = prompt_size(request)
-        long_cache = size.long_cache or (sent is not None and asks_long_cache(sent))
+        sent_ttls = cache_ttls(sent) if sent is not None else frozenset()
+        long_cache = size.long_cache or LONG_TTL in sent_ttls
         estimate = worst_case(request, plan, reach, prices, prompt_tokens=size.tokens,
                               long_cache=long_cache, search_price=search_price)  # fmt: skip
+        if self._only_long_cache is None:  # read now, while the conversation is at hand
+            self._only_long_cache = long_cache and _asks_only_long_cache(request, sent_ttls, size.ttls)
         self._inputs = None
         return estimate
+
+    def asks_only_long_cache(self) -> bool:
+        """Whether the request asks for cache writes, every one kept for an hour (`ttl: "1h"` in each `cache_control`
+        it holds, in its chat form or as sent): then a write its provider reports without the 1-hour share
+        (`Usage.splits_cache_writes`) is a 1-hour one.
+
+        Read with the estimate (from what it found), else when first asked: only a call reporting such writes asks,
+        so a request nothing prices pays for no walk of its conversation."""
+        if self._only_long_cache is None:
+            assert self._inputs is not None, "inputs are let go of only once the estimate has read this"
+            request, sent = self._inputs[0], self._inputs[5]
+            sent_ttls = cache_ttls(sent) if sent is not None else frozenset()
+            self._only_long_cache = _asks_only_long_cache(request, sent_ttls)
+        return self._only_long_cache
 
     @property
     def usd(self) -> float | None:

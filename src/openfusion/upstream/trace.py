@@ -17,8 +17,15 @@ from typing import Any, Protocol
 
 from openfusion.protocol import Usage, plausible_cost, round_usd, sum_usage
 
-# (model slug, usage, the cost the upstream reported or None) -> the call's cost in USD, None when unknown
-Pricing = Callable[[str, Usage, float | None], float | None]
+
+class Pricing(Protocol):
+    """(model slug, usage, the cost the upstream reported or None) -> the call's cost in USD, None when unknown.
+
+    `long_writes`: the request asked for 1-hour cache writes only (see `PriceTable.cost_of`)."""
+
+    def __call__(
+        self, model: str, usage: Usage, reported: float | None, /, *, long_writes: bool = False
+    ) -> float | None: ...
 
 
 class CallObserver(Protocol):
@@ -91,7 +98,7 @@ def known_usage(call: CallTrace) -> Usage | None:
     return None
 
 
-def reported_cost(model: str, usage: Usage, reported: float | None) -> float | None:
+def reported_cost(model: str, usage: Usage, reported: float | None, /, *, long_writes: bool = False) -> float | None:
     """The pricing without a price table: the cost the upstream reported (when plausible), else unknown."""
     return plausible_cost(reported if reported is not None else usage.cost)
 
@@ -115,6 +122,9 @@ class RequestTrace:
     charges: list[float] = field(default_factory=list)
     pricing: Pricing = reported_cost
     observer: CallObserver | None = None  # tracing: set only when it is on
+    # Whether the request asked for 1-hour cache writes only: then a write reported without the 1-hour share is one
+    # (`pricing`). Asked only of a call that reports such writes.
+    long_cache_writes: Callable[[], bool] | None = None
     # The last bill, and the state of the calls it summed: the response and the record ask for the same one.
     _billed: tuple[tuple[Any, ...], Bill] | None = field(default=None, repr=False)
 
@@ -125,7 +135,9 @@ class RequestTrace:
             return None
         if call.usage is None:
             return 0.0  # never sent, or refused with an HTTP error: providers bill nothing for those
-        return self.pricing(call.model, usage, call.reported_cost)
+        unsplit = usage.cache_write_tokens > 0 and not usage.splits_cache_writes
+        long_writes = unsplit and self.long_cache_writes is not None and self.long_cache_writes()
+        return self.pricing(call.model, usage, call.reported_cost, long_writes=long_writes)
 
     def bill(self) -> Bill:
         """Tokens and cost summed over every call so far (and the charges beside them), and whether every call's

@@ -173,7 +173,8 @@ def _record(forwarded: Forwarded, ledger: Ledger, message: dict[str, Any], usage
 
     Cache reads and writes count as input, and are told apart (as OpenRouter's `prompt_tokens_details` tells them):
     a provider bills them at their own prices. So are the writes kept for an hour (`cache_creation`'s split of them),
-    billed dearer than 5-minute ones. A `cost` the provider reported (OpenRouter's) is kept.
+    billed dearer than 5-minute ones; without the split, their share is left unknown (the request says what it asked
+    for: `activity.cost`). A `cost` the provider reported (OpenRouter's) is kept.
     """
     if isinstance(message.get("model"), str):
         ledger.model = message["model"]
@@ -186,10 +187,12 @@ def _record(forwarded: Forwarded, ledger: Ledger, message: dict[str, Any], usage
     written = max(written, token_count(split, "ephemeral_5m_input_tokens") + long)
     prompt = token_count(usage, "input_tokens") + read + written
     completion = token_count(usage, "output_tokens")
+    details = {"cached_tokens": read, "cache_write_tokens": written}
+    if isinstance(split, dict) and "ephemeral_1h_input_tokens" in split:  # else unknown, not none (`cost`)
+        details["cache_write_1h_tokens"] = long
     forwarded.trace.usage = Usage(
         prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
-        cost=reported_cost(usage.get("cost")),
-        prompt_tokens_details={"cached_tokens": read, "cache_write_tokens": written, "cache_write_1h_tokens": long},
+        cost=reported_cost(usage.get("cost")), prompt_tokens_details=details,
     )  # fmt: skip
 
 
