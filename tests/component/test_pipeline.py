@@ -10,6 +10,7 @@ import pytest
 
 from component.support import VALID_ANALYSIS, Reply, ScriptedUpstream
 from openfusion.errors import FusionFailed, UpstreamStatusError
+from openfusion.pipeline import prompts
 from openfusion.pipeline.events import (
     Event,
     JudgeOutcome,
@@ -616,6 +617,38 @@ async def test_panelists_are_reported_as_they_land_but_judged_in_panel_order(
     assert [entry["model"] for entry in finished(events).fusion["panel"]] == PANEL
     prompt = fake.calls_to("judge")[0].messages[1]["content"]
     assert prompt.index('model="up/a"') < prompt.index('model="up/b"') < prompt.index('model="up/c"')
+
+
+async def test_the_judges_prompt_is_made_while_the_slowest_panelist_is_awaited(
+    client: UpstreamClient, fake: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the panel's last answer and the judge's request, only that answer is rendered: the conversation and
+    the answers that landed before it were rendered during the wait. The synthesizer's prompt renders none again."""
+    fake.script("a", Reply("Answer from a.", delay_s=0.0))
+    fake.script("b", Reply("Answer from b.", delay_s=0.0))
+    fake.script("c", Reply("Answer from c.", delay_s=0.3))
+    encoded: list[tuple[str, float]] = []  # each text the prompts scanned for delimiters, and when
+    scan = prompts.encode_untrusted
+
+    def spy(text: str) -> str:
+        encoded.append((text, time.perf_counter()))
+        return scan(text)
+
+    monkeypatch.setattr(prompts, "encode_untrusted", spy)
+
+    events = await run(client)
+
+    [slowest] = fake.calls_to("c")
+    before = {text for text, at in encoded if at < slowest.ended}
+    assert before == {m["content"] for m in CONVERSATION} | {"Answer from a.", "Answer from b."}
+    for name in "abc":  # each answer rendered once, for the judge and the synthesizer both
+        assert [text for text, _ in encoded].count(f"Answer from {name}.") == 1
+    judge_prompt = fake.calls_to("judge")[0].messages
+    assert judge_prompt == prompts.judge_messages(
+        conversation=CONVERSATION, answers=[(model, f"Answer from {model[3]}.") for model in PANEL]
+    )
+    assert response_tag("up/c", "Answer from c.") in fake.calls_to("synth")[0].system
+    assert finished(events).content.final_answer == "The fused final answer."
 
 
 SELF_PANEL = ["up/a", "up/a", "up/b"]

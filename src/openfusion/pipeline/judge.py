@@ -42,6 +42,11 @@ async def ask_for_json(
     raise AssertionError("unreachable: the last dialect sends no response_format")
 
 
+def judge_answers(answers: list[PanelAnswer]) -> list[tuple[str, str]]:
+    """The answers as the judge's prompt names them: (label, content)."""
+    return [(a.label or a.model, a.content) for a in answers]
+
+
 async def analyse(
     upstream: UpstreamClient,
     *,
@@ -53,10 +58,15 @@ async def analyse(
     timeout_s: float,
     dialects: DialectMemory,
     research: ResearchPlan = NO_RESEARCH,
+    prompt: Messages | None = None,
 ) -> JudgeOutcome:
-    """Ask the judge for the analysis; at most one repair call; failures become a reason, not an error."""
+    """Ask the judge for the analysis; at most one repair call; failures become a reason, not an error.
+
+    `prompt`: the judge's messages for this conversation and these answers, made already (`PreparedPrompts`)."""
     started = time.perf_counter()
-    messages = judge_messages(conversation=conversation, answers=[(a.label or a.model, a.content) for a in answers])
+    messages = prompt
+    if messages is None:
+        messages = judge_messages(conversation=conversation, answers=judge_answers(answers))
     usages: list[Usage] = []
     base = {"temperature": 0, "reasoning": reasoning, "max_completion_tokens": max_completion_tokens}
     outcome = JudgeOutcome(model=model, latency_ms=0, usages=usages)

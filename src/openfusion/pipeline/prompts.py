@@ -73,19 +73,27 @@ def render_conversation(conversation: Messages) -> str:
     return "\n".join(lines)
 
 
+def render_response(model: str, content: str) -> str:
+    """One panel answer in its `<response model="...">` wrapper."""
+    return f'<response model="{_attr(model)}">\n{encode_untrusted(content)}\n</response>'
+
+
 def render_responses(answers: list[tuple[str, str]]) -> str:
     """Panel answers, each in its `<response model="...">` wrapper."""
-    return "\n\n".join(
-        f'<response model="{_attr(model)}">\n{encode_untrusted(content)}\n</response>' for model, content in answers
-    )
+    return "\n\n".join(render_response(model, content) for model, content in answers)
 
 
 def judge_messages(*, conversation: Messages, answers: list[tuple[str, str]]) -> Messages:
     """The judge's prompt: instructions, then the conversation and the panel answers as data."""
+    return judge_prompt(conversation_text=render_conversation(conversation), responses_text=render_responses(answers))
+
+
+def judge_prompt(*, conversation_text: str, responses_text: str) -> Messages:
+    """`judge_messages` from its two parts already rendered (`render_conversation`, `render_responses`)."""
     user = (
-        render_conversation(conversation)
+        conversation_text
         + "\n\n<responses>\n"
-        + render_responses(answers)
+        + responses_text
         + "\n</responses>\n\nReply with the JSON analysis of these responses."
     )
     return [{"role": "system", "content": prompt("judge")}, {"role": "user", "content": user}]
@@ -106,13 +114,18 @@ def synthesis_messages(
     analysis: Analysis | None,
     answers: list[tuple[str, str]],
     sources: list[tuple[str, str]] | None = None,
+    rendered_answers: str | None = None,
 ) -> Messages:
-    """The client's conversation with the synthesizer's instructions and the research added to its system prompt."""
+    """The client's conversation with the synthesizer's instructions and the research added to its system prompt.
+
+    `rendered_answers`: `render_responses(answers)` made already (for the judge's prompt), not made again."""
     if analysis is not None:
         analysis_text = "<analysis>\n" + encode_untrusted(analysis.model_dump_json(indent=1)) + "\n</analysis>"
     else:
         analysis_text = prompt("synthesizer_no_analysis")
-    responses_text = "<responses>\n" + render_responses(answers) + "\n</responses>"
+    if rendered_answers is None:
+        rendered_answers = render_responses(answers)
+    responses_text = "<responses>\n" + rendered_answers + "\n</responses>"
     if sources:  # titles (and URLs) come from the web: wrapped and encoded like any page
         listed = "\n".join(f"- {title}: {url}" for url, title in sources)
         sources_text = "<sources>\nPages the panel read (cite them by URL where you rely on them):\n"

@@ -28,9 +28,10 @@ from openfusion.pipeline.events import (
     SynthesisMessage,
     SynthesisStarted,
 )
-from openfusion.pipeline.judge import analyse
+from openfusion.pipeline.judge import analyse, judge_answers
 from openfusion.pipeline.panel import collect_answers, panel_labels
 from openfusion.pipeline.plan import FusionPlan
+from openfusion.pipeline.prepared import PreparedPrompts
 from openfusion.pipeline.prompts import Messages, synthesis_messages
 from openfusion.pipeline.report import StagesReport, fusion_report, stages_report
 from openfusion.pipeline.research import NO_RESEARCH, ResearchPlan
@@ -70,6 +71,8 @@ class FusionRun:
         self.request: ChatRequest | None = request
         self.dialects = dialects
         self.conversation: Messages = request.conversation()
+        # The judge's prompt, made while the panel is awaited; let go of once the synthesizer's prompt is made.
+        self.prompts: PreparedPrompts | None = PreparedPrompts(self.conversation)
         self.research = ResearchPlan(research, plan.tools, plan.max_tool_calls, plan.blocked_domains)
         self.results: list[PanelAnswer | PanelFailure] = []
         self.judges: list[JudgeOutcome] = []
@@ -100,12 +103,17 @@ class FusionRun:
             memory=self.dialects.sampling,
             stream_deltas=self.panel_deltas,
         )
+        prompts = self.prompts
+        if prompts is not None:
+            prompts.schedule()  # the conversation rendered for the judge once the panel's requests are out
         async with contextlib.aclosing(panel):  # leaving early closes every panel call at once
             async for result in panel:
                 if isinstance(result, PanelDeadline | PanelDelta):
                     yield result
                     continue
                 self.results.append(result)
+                if prompts is not None and type(result) is PanelAnswer:  # while the rest of the panel is awaited
+                    prompts.answer(result.label or result.model, result.content)
                 yield PanelistDone(result)
         labels = panel_labels(plan.panel)
         self.results.sort(key=lambda r: labels.index(r.label))  # panel order, not arrival order
@@ -135,26 +143,35 @@ class FusionRun:
 
     async def judge(self) -> AsyncIterator[Event]:
         """The judge, then its fallbacks until one produces an analysis (none may: that degrades)."""
-        for attempt, model in enumerate(self.plan.judges, start=1):
-            yield JudgeStarted(model, attempt)
-            with role("judge"):
-                outcome = await self._analyse(model)
-            self.judges.append(outcome)
-            yield outcome
-            if outcome.ok:
-                return
+        try:
+            for attempt, model in enumerate(self.plan.judges, start=1):
+                yield JudgeStarted(model, attempt)
+                with role("judge"):
+                    outcome = await self._analyse(model)
+                self.judges.append(outcome)
+                yield outcome
+                if outcome.ok:
+                    return
+        finally:
+            if self.prompts is not None:
+                self.prompts.judged()
 
     async def _analyse(self, model: str) -> JudgeOutcome:
+        answers = self.answers
+        prompt = None
+        if self.prompts is not None:
+            prompt = self.prompts.judge_messages(judge_answers(answers), self.conversation)
         return await analyse(
             self.upstream,
             model=model,
             conversation=self.conversation,
-            answers=self.answers,
+            answers=answers,
             reasoning=self.plan.reasoning,
             max_completion_tokens=self.plan.max_completion_tokens,
             timeout_s=self.plan.judge_timeout_s,
             dialects=self.dialects,
             research=self.research if self.plan.judge_tools else NO_RESEARCH,
+            prompt=prompt,
         )
 
     def sources(self) -> list[Any]:
@@ -165,15 +182,21 @@ class FusionRun:
         """The final answer: relayed chunk by chunk, or as one message; then the run's summary."""
         sources = self.sources()  # fixed once the panel and judge are done
         conversation = self.conversation
+        prompts, self.prompts = self.prompts, None
+        answers: list[tuple[str, str]] = []
         if self.plan.enabled and self.panel_source != "skipped":
+            answers = [(a.label, a.content) for a in self.answers]
             messages = synthesis_messages(
                 conversation=conversation,
                 analysis=self.analysis(),
-                answers=[(a.label, a.content) for a in self.answers],
+                answers=answers,
                 sources=[(s.url, s.title) for s in sources],
+                # the judge's prompt rendered these answers already (a reused turn's were never rendered)
+                rendered_answers=prompts.responses_text(answers) if prompts is not None else None,
             )
         else:
             messages = conversation
+        del prompts, answers  # not held by this frame while the answer streams
         request, self.request = self.request, None
         assert request is not None, "a run synthesizes once"
         synthesis = SynthesisStream(

@@ -1,0 +1,65 @@
+"""The judge's prompt, made while the panel is awaited; its answers' text, shared with the synthesizer's prompt.
+
+The judge's prompt is the conversation rendered as text, then every answer in its wrapper. The conversation is
+known before the panel is asked, and each answer as it lands: rendered then, while the slowest panelist is still
+awaited, neither sits between the panel's last answer and the judge's request (a coding agent's conversation,
+~150 KB, takes ~0.15-0.25 ms to render; each answer is scanned for delimiters). The synthesizer's prompt carries
+the same answers' text: it is made once, not again between the judge's answer and the synthesizer's request.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from openfusion.pipeline.deferred import Deferred
+from openfusion.pipeline.prompts import Messages, judge_prompt, render_conversation, render_response
+
+# Passes of the event loop before the conversation is rendered, counted from the step that makes the panel's
+# tasks: the first runs the tasks up to their requests, whose bodies aiohttp writes from tasks of its own in the
+# second; the third comes after them.
+_AFTER_THE_PANEL_REQUESTS = 3
+
+
+class PreparedPrompts:
+    """The judge's prompt in parts, each made as soon as what it shows is known."""
+
+    __slots__ = ("_blocks", "_conversation_text", "_responses")
+
+    def __init__(self, conversation: Messages) -> None:
+        self._conversation_text: Deferred[str] | None = Deferred(functools.partial(render_conversation, conversation))
+        self._blocks: dict[str, tuple[str, str]] = {}  # label -> (the answer's content, its rendered block)
+        self._responses: tuple[list[tuple[str, str]], str] | None = None  # the answers last rendered, and their text
+
+    def schedule(self) -> None:
+        """Render the conversation once the panel's requests are out (call in the step that starts the panel)."""
+        if self._conversation_text is not None:
+            self._conversation_text.schedule(_AFTER_THE_PANEL_REQUESTS)
+
+    def answer(self, label: str, content: str) -> None:
+        """Render an answer as it lands, while the others are awaited."""
+        self._blocks[label] = (content, render_response(label, content))
+
+    def responses_text(self, answers: list[tuple[str, str]]) -> str:
+        """`render_responses(answers)`, from the blocks made as the answers landed (any other made now)."""
+        if self._responses is not None and self._responses[0] == answers:
+            return self._responses[1]
+        parts = []
+        for label, content in answers:
+            block = self._blocks.get(label)
+            parts.append(block[1] if block is not None and block[0] is content else render_response(label, content))
+        text = "\n\n".join(parts)
+        self._responses = (answers, text)
+        return text
+
+    def judge_messages(self, answers: list[tuple[str, str]], conversation: Messages) -> Messages:
+        """The judge's prompt (`prompts.judge_messages`), from the parts made ahead."""
+        rendered = self._conversation_text
+        conversation_text = rendered.result() if rendered is not None else render_conversation(conversation)
+        return judge_prompt(conversation_text=conversation_text, responses_text=self.responses_text(answers))
+
+    def judged(self) -> None:
+        """The judge stage is over: the conversation's text is let go of (only the answers' text is read again)."""
+        if self._conversation_text is not None:
+            self._conversation_text.cancel()
+            self._conversation_text = None
+        self._blocks = {}
