@@ -142,10 +142,9 @@ class SynthesisStream:
         with role("synthesizer"):
             completion, self.dropped = await sampling.complete(self._upstream, model, self._body, memory=self._memory)
         choice = {"index": 0, "delta": completion.message, "finish_reason": completion.finish_reason}
-        chunk: dict[str, Any] = {"model": completion.model, "choices": [choice]}
-        if completion.usage_reported:
-            chunk["usage"] = completion.usage.render()
-        yield chunk
+        if completion.usage_reported:  # taken as parsed: not rendered into the chunk to be parsed again there
+            self.usage, self.usage_known = completion.usage, True
+        yield {"model": completion.model, "choices": [choice]}
 
     def _observe(self, chunk: dict[str, Any]) -> bool:
         self.reported_model = chunk.get("model") or self.reported_model
