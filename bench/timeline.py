@@ -1,13 +1,14 @@
 """One c=1 fusion request, function by function: where each microsecond of its critical path goes.
 
-    python -m bench.timeline [--requests 30] [--stream] [--also MODULE:QUALNAME ...] [--openfusion-bin PATH]
+    python -m bench.timeline [--requests 30] [--stream] [--agent] [--also MODULE:QUALNAME ...] [--openfusion-bin PATH]
 
 Starts the fake upstream and openfusion (`bench3`: panel 100/150/200 ms, judge 50 ms, synthesizer 20
-tokens 5 ms apart), with the probe (`bench/probe/sitecustomize.py`) marking entry and exit of the
-functions in `TARGETS` in the server. Sends the requests one at a time, then prints the timeline of the
-one whose total time is the median: each mark's time from the client's send, and the gap since the mark
-before it. Gaps of more than 2 ms are upstream waits. `bench.ab --breakdown` gives the segments' medians
-beside another build or the floor arm; this shows what is inside them. Marks cost ~1 µs each.
+tokens 5 ms apart; `--agent` sends a coding agent's ~150 KB request, `bench.load.agent_body`), with the
+probe (`bench/probe/sitecustomize.py`) marking entry and exit of the functions in `TARGETS` in the server.
+Sends the requests one at a time, then prints the timeline of the one whose total time is the median: each
+mark's time from the client's send, and the gap since the mark before it. Gaps of more than 2 ms are
+upstream waits. `bench.ab --breakdown` gives the segments' medians beside another build or the floor arm;
+this shows what is inside them. Marks cost ~1 µs each.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 from bench.harness import REPO, Bench, run_harness
-from bench.load import chat_body
+from bench.load import agent_body, chat_body
 from bench.scenarios import AUTH, BENCH3, main_presets, request_fn, say
 
 # (module, qualified name): the server's path through a fusion request, edge to upstream and back.
@@ -74,7 +75,7 @@ async def run(args: argparse.Namespace) -> None:
             "OPENFUSION_TIMELINE_TARGETS": " ".join([f"{m}:{n}" for m, n in TARGETS] + args.also),
         }
         service = bench.start_openfusion("openfusion", main_presets(), env=probe)
-        body = chat_body(f"fusion/{BENCH3.name}", stream=args.stream)
+        body = (agent_body if args.agent else chat_body)(f"fusion/{BENCH3.name}", stream=args.stream)
         send = request_fn(service.url + "/v1/chat/completions", body, stream=args.stream, headers=AUTH)
         session = bench.session()
         for i in range(args.requests + 2):  # two unrecorded: the process wakes up
@@ -135,6 +136,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=30)
     parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--agent", action="store_true", help="send a coding agent's ~150 KB request (agent_body)")
     parser.add_argument(
         "--also", action="append", default=[], metavar="MODULE:NAME", help="mark this function too (repeatable)"
     )
