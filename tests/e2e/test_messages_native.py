@@ -203,6 +203,52 @@ def test_a_native_stream_the_provider_ends_with_an_error_event_is_recorded_as_fa
     assert "Overloaded mid-stream" in json.dumps(record)
 
 
+def test_a_native_stream_whose_events_name_their_type_last_is_read_whole(
+    anthropic_native: tuple[FakeAnthropic, str], gateway: str
+) -> None:
+    """A server that writes its events' fields in another order than Anthropic (the anthropic SDK's own models, in
+    alphabetical order: `type` last, or amid a `message_delta`): its `message_stop` still ends the stream, not an
+    error event added after a whole answer (the request recorded failed), and its usage is still read."""
+    fake, _ = anthropic_native
+    fake.replies = [Reply(type_last=True)]
+    body: dict[str, Any] = {"model": "claude/opus", "max_tokens": 10, "messages": QUESTION}
+
+    with sdk(gateway) as client, client.messages.stream(**body) as stream:
+        message = stream.get_final_message()
+        generation_id = stream.response.headers["x-generation-id"]
+    headers = {"x-api-key": "sk-client-7d2e4f9a"}
+    with httpx.stream("POST", f"{gateway}/v1/messages", json={**body, "stream": True}, headers=headers) as raw:
+        lines = [line for line in raw.iter_lines() if line]
+
+    assert message.content[0].text == "Native answer." and message.stop_reason == "end_turn"  # type: ignore[union-attr]
+    assert lines[-2:] == ["event: message_stop", lines[-1]] and "event: error" not in lines
+    record = generation(gateway, generation_id)
+    assert record["status"] == "ok", record
+    assert (record["tokens_prompt"], record["tokens_completion"]) == (24, 4), record
+    assert record["model"] == "opus", record
+
+
+def test_a_native_error_event_that_names_its_type_last_ends_the_stream_as_sent(
+    anthropic_native: tuple[FakeAnthropic, str], gateway: str
+) -> None:
+    fake, _ = anthropic_native
+    fake.replies = [Reply(error_after=4, type_last=True)]
+    body = {"model": "claude/opus", "max_tokens": 10, "messages": QUESTION, "stream": True}
+
+    with httpx.stream(
+        "POST", f"{gateway}/v1/messages", json=body, headers={"x-api-key": "sk-client-7d2e4f9a"}
+    ) as response:
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+        generation_id = response.headers["x-generation-id"]
+
+    # The provider's own error event ends the stream: no second one saying it ended before message_stop.
+    assert events[-1]["type"] == "error" and events[-1]["error"]["message"] == "Overloaded mid-stream"
+    assert [event["type"] for event in events].count("error") == 1
+    record = generation(gateway, generation_id)
+    assert record["status"] == "error" and "Overloaded mid-stream" in json.dumps(record), record
+    assert "before message_stop" not in json.dumps(record)
+
+
 def test_a_native_stream_cut_after_it_began_has_an_unknown_usage(
     anthropic_native: tuple[FakeAnthropic, str], gateway: str
 ) -> None:

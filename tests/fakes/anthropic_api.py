@@ -36,6 +36,10 @@ class Reply:
     # This JSON answered whole, as it is, whether or not the request streams (a server that ignores `stream: true`)
     whole: dict[str, Any] | None = None
     usage: dict[str, Any] = field(default_factory=lambda: USAGE)  # what the answer reports it used
+    # Stream: each event's fields in alphabetical order, as a server that writes the anthropic SDK's own event models
+    # writes them: `type` after a `message_start`'s message, amid a `message_delta`, after an `error`'s error; and a
+    # `message_stop` with a field before its type (Amazon Bedrock's invocation metrics)
+    type_last: bool = False
 
 
 @dataclass
@@ -78,11 +82,14 @@ class FakeAnthropic:
         message = _message(str(body["model"]), reply.text, reply.usage)
         if not body.get("stream"):
             return Response(orjson.dumps(message), media_type="application/json")
-        events = _events(message, reply.cut_after)
+        events = _events(message, reply.cut_after, type_last=reply.type_last)
         if reply.end_after is not None:
             events = itertools.islice(events, reply.end_after)
         if reply.error_after is not None:
             error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded mid-stream"}}
+            if reply.type_last:
+                error = {"error": {"message": "Overloaded mid-stream", "type": "overloaded_error"},
+                         "request_id": "req_011", "type": "error"}  # fmt: skip
             events = itertools.chain(
                 itertools.islice(events, reply.error_after), [b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"]
             )
@@ -95,7 +102,7 @@ def _message(model: str, text: str, usage: dict[str, Any]) -> dict[str, Any]:
             "usage": usage}  # fmt: skip
 
 
-def _events(message: dict[str, Any], cut_after: int | None) -> Iterator[bytes]:
+def _events(message: dict[str, Any], cut_after: int | None, *, type_last: bool = False) -> Iterator[bytes]:
     usage = message["usage"]
     start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
     events: list[dict[str, Any]] = [
@@ -114,6 +121,10 @@ def _events(message: dict[str, Any], cut_after: int | None) -> Iterator[bytes]:
         },
         {"type": "message_stop"},
     ]
+    if type_last:
+        metrics = {"inputTokenCount": 21, "outputTokenCount": 4, "invocationLatency": 512, "firstByteLatency": 180}
+        events[-1]["amazon-bedrock-invocationMetrics"] = metrics
+        events = [dict(sorted(event.items())) for event in events]
     for position, event in enumerate(events):
         if cut_after is not None and position == cut_after:
             raise _StreamCut("cut on purpose")  # uvicorn drops the connection mid-body
