@@ -708,6 +708,27 @@ def test_a_translated_stream_that_failed_is_kept_and_read_back_failed(
     assert "lost its connection" in kept.error.message
 
 
+def test_a_failed_response_is_not_continued(upstream: FakeUpstream, native_server: str) -> None:
+    """A kept response that failed can be read back, not continued: OpenAI refuses a `previous_response_id` naming
+    one with a 400, and so does openfusion, before any call (the follow-up went on as if the failed turn had
+    answered)."""
+    upstream.script("plain", Script(chunks=["Half ", "an ", "answer"], cut_stream_after=1))
+    with openai.OpenAI(base_url=f"{native_server}/v1", api_key="k", max_retries=0) as client:
+        failed = list(client.responses.create(model="fake/plain", input="Hi", stream=True))[-1].response  # type: ignore[union-attr]
+        assert failed.status == "failed"
+        upstream.reset()
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as refused:
+                client.responses.create(model="fake/plain", input="Go on.", previous_response_id=failed.id,
+                                        stream=stream)  # fmt: skip
+            error = refused.value.body
+            assert isinstance(error, dict) and error["type"] == "invalid_request_error", error
+            assert error["param"] == "previous_response_id", error
+            assert f"'{failed.id}'" in error["message"] and "failed" in error["message"], error
+
+    assert upstream.calls == []
+
+
 def _type_last_stream(status: str) -> bytes:
     """A stream as a server that writes openai-python's own event models writes it (vLLM's Responses API): each
     event's fields in the models' (alphabetical) order, `type` last, after a `response` object of any size."""

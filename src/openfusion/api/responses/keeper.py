@@ -10,7 +10,7 @@ from typing import Any
 from openfusion.activity.records import utc_now
 from openfusion.activity.store import answered_within
 from openfusion.activity.stored import ResponseStore, StoredResponse
-from openfusion.errors import NotFound, OpenFusionError
+from openfusion.errors import InvalidRequest, NotFound, OpenFusionError
 
 log = logging.getLogger("openfusion")
 
@@ -22,6 +22,10 @@ class PreviousResponseNotFound(NotFound):
     """`previous_response_id` names no response this key stored (unknown, expired, or another key's)."""
 
     code = "previous_response_not_found"
+
+
+class PreviousResponseFailed(InvalidRequest):
+    """`previous_response_id` names a response this key stored that failed: it may be read back, not continued."""
 
 
 async def purge_now_and_then(store: ResponseStore, *, retention_days: float, every_s: float = PURGE_EVERY_S) -> None:
@@ -49,8 +53,16 @@ class ResponseKeeper:
         self.retention = timedelta(days=retention_days)
 
     async def history(self, response_id: str, *, owner: str) -> list[dict[str, Any]]:
-        """The conversation items a follow-up continues from; 404 unless this owner stored that response."""
+        """The conversation items a follow-up continues from; 404 unless this owner stored that response, 400 when it
+        failed (kept to be read back, as OpenAI keeps one, not continued: OpenAI refuses that too)."""
         stored = await self.load(response_id, owner=owner)
+        if stored.response.get("status") == "failed":
+            raise PreviousResponseFailed(
+                f"Previous response with id {response_id!r} failed and cannot be continued: send its input again "
+                "(without previous_response_id, or with the id of the response before it), or continue from a "
+                "response that completed.",
+                param="previous_response_id",
+            )
         return [*stored.items, *_continuable(stored.response.get("output") or [])]
 
     async def load(self, response_id: str, *, owner: str, param: str | None = "previous_response_id") -> StoredResponse:
