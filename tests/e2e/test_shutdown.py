@@ -359,3 +359,41 @@ def test_a_response_held_behind_an_unread_one_is_recorded_when_the_backstop_canc
     rows = _generations(activity)
     assert sorted(rows) == [("fake/big", "ok", None), ("fake/small", "cancelled", "cancelled")], log[-3000:]
     assert "still unrecorded" not in log and "dropped" not in log, log[-3000:]
+
+
+def test_a_responses_stream_stopped_at_the_end_of_the_grace_period_is_kept_failed(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path
+) -> None:
+    """A translated Responses stream the shutdown stops ends with `response.failed` (`server_shutting_down`): that
+    response is kept, as any other that failed after it began, so a client retrieving it (from a replica, or this
+    server once it is back) learns how it ended rather than getting a 404 for an id it was given."""
+    _, upstream_url = fake_upstream
+    upstream.script("drip", Script(chunks=["first ", "second"], chunk_interval_s=60))
+    activity = tmp_path / "activity.sqlite3"
+    extra = f'\n[activity]\npath = "{activity}"\n'
+    result: dict[str, Any] = {}
+
+    def read(url: str) -> None:
+        body = {"model": "fake/drip", "input": "Hi", "stream": True}
+        with httpx.stream("POST", f"{url}/v1/responses", json=body, timeout=60) as response:
+            result["events"] = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+
+    with served(upstream_url, presets_dir, tmp_path, grace_s=1, extra=extra) as (url, process):
+        thread = threading.Thread(target=read, args=(url,))
+        thread.start()
+        wait_until(lambda: len(upstream.calls) == 1, timeout=20)
+        time.sleep(0.3)  # its first token relayed
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+        thread.join(15)
+
+    events = result["events"]
+    last = events[-1]
+    assert last["type"] == "response.failed" and last["response"]["error"]["code"] == "server_shutting_down", events
+    with (
+        served(upstream_url, presets_dir, tmp_path, grace_s=1, extra=extra) as (url, _),
+        openai.OpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0) as client,
+    ):
+        kept = client.responses.retrieve(last["response"]["id"])
+    assert kept.status == "failed" and kept.error is not None and kept.error.code == "server_shutting_down"
+    assert kept.output_text == "first "  # what was answered before the stop

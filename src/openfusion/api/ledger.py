@@ -7,7 +7,7 @@ import contextlib
 import copy
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from openfusion.access.spend import Reservation
@@ -124,6 +124,7 @@ class Ledger:
         *,
         upstream: Forwarded | None = None,
         render_error: Callable[[OpenFusionError], bytes] | None = None,
+        keep_stopped: Callable[[], Awaitable[None]] | None = None,
     ) -> AsyncIterator[bytes]:
         """Relay a streamed body; a failure (or the client leaving) is recorded and closes the ledger at once.
 
@@ -131,13 +132,15 @@ class Ledger:
         (with `record_before_end`: to commit(), before it). The end of the shutdown grace period stops the
         body where it waits and ends the stream with a `server_shutting_down` error chunk and `[DONE]` —
         or what `render_error` makes of the error, for a surface whose streams end another way — unless
-        the answer was whole and recorded already: then the stream just ends.
+        the answer was whole and recorded already: then the stream just ends. `keep_stopped` is awaited once that
+        error is rendered, before it is sent: where a surface keeps what it rendered (a Responses API response that
+        failed, for a client to retrieve), bounded by the surface to end before the server's backstop.
 
         `upstream`, the response `body` relays: a body whose client left before it began never runs (a generator
         not started has no clean-up to run), so `release_unread` closes it then.
         """
         self._unread = upstream
-        return self._closing(body, render_error)
+        return self._closing(body, render_error, keep_stopped)
 
     async def release_unread(self) -> None:
         """Close the upstream response of a streamed body that never began (its client left first)."""
@@ -146,7 +149,10 @@ class Ledger:
             await upstream.aclose(complete=False)
 
     async def _closing(
-        self, body: AsyncIterator[bytes], render_error: Callable[[OpenFusionError], bytes] | None
+        self,
+        body: AsyncIterator[bytes],
+        render_error: Callable[[OpenFusionError], bytes] | None,
+        keep_stopped: Callable[[], Awaitable[None]] | None,
     ) -> AsyncIterator[bytes]:
         self.body_began = True
         self._unread = None  # the body's own clean-up closes it from here
@@ -173,6 +179,8 @@ class Ledger:
             self.failed(error)
             try:  # a blank line first: the body may have stopped in the middle of an event
                 end = render_error(error) if render_error else encode(self._error_chunk(error)) + DONE
+                if keep_stopped is not None:
+                    await keep_stopped()
                 yield b"\n\n" + end
             finally:
                 self.close()

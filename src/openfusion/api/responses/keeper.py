@@ -16,6 +16,7 @@ log = logging.getLogger("openfusion")
 
 PURGE_EVERY_S = 600.0
 _TIMEOUT_S = 10.0
+KEEP_TIMEOUT_S = _TIMEOUT_S  # the most a response's keeping waits for the store
 
 
 class PreviousResponseNotFound(NotFound):
@@ -78,13 +79,19 @@ class ResponseKeeper:
         return stored
 
     async def keep(
-        self, response: dict[str, Any], *, items: list[dict[str, Any]], owner: str, generation_id: str
+        self,
+        response: dict[str, Any],
+        *,
+        items: list[dict[str, Any]],
+        owner: str,
+        generation_id: str,
+        timeout_s: float = _TIMEOUT_S,
     ) -> None:
-        """Store a finished response; a database failure is logged, never the client's problem."""
+        """Store a finished response within `timeout_s`; a database failure is logged, never the client's problem."""
         now = utc_now()
         stored = StoredResponse(response["id"], owner, generation_id, now, now + self.retention, items, response)
         try:
-            async with asyncio.timeout(_TIMEOUT_S):
+            async with asyncio.timeout(timeout_s):
                 await self.store.save_response(stored)
         except (OpenFusionError, TimeoutError) as exc:
             log.warning("could not store response %s: %s", response["id"], exc)

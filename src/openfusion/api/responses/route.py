@@ -20,11 +20,12 @@ from openfusion.api.event_stream import EventStreamResponse
 from openfusion.api.ledger import Ledger
 from openfusion.api.params import renamed
 from openfusion.api.passthrough import SSE_HEADERS, goes_as_sent
-from openfusion.api.responses.keeper import not_stored
+from openfusion.api.responses.keeper import KEEP_TIMEOUT_S, not_stored
 from openfusion.api.responses.native import forward_native, provider_speaks_responses, speaks_responses
 from openfusion.api.responses.request import parse_request, tools_billed_apart
 from openfusion.api.responses.translation import Translated, translate
 from openfusion.api.responses.writer import ResponseWriter
+from openfusion.api.shutdown import BACKSTOP_S
 from openfusion.api.translated import chat_events
 from openfusion.errors import InvalidRequest, OpenFusionError
 from openfusion.pipeline.events import Event, RunFinished
@@ -97,12 +98,14 @@ async def _render(exchange: Exchange, translated: Translated, *, owner: str) -> 
     items = translated.items if store else None  # all `keep` needs of the request: none when nothing is stored
     kept = False
 
-    async def keep(response: dict[str, Any]) -> None:  # before the client hears it is done: a follow-up may come
+    async def keep(response: dict[str, Any], timeout_s: float = KEEP_TIMEOUT_S) -> None:
+        """Keep the response (when responses are kept), before the client hears it is done: a follow-up may come."""
         nonlocal kept
         if keeper is not None and items is not None and not kept:
             kept = True
             # The input side only: the output is in the response object, and history() appends it.
-            await keeper.keep(response, items=items, owner=owner, generation_id=ledger.generation_id)
+            await keeper.keep(response, items=items, owner=owner, generation_id=ledger.generation_id,
+                              timeout_s=timeout_s)  # fmt: skip
 
     if exchange.plan is not None:
         model = exchange.plan.synthesizer
@@ -120,6 +123,9 @@ async def _render(exchange: Exchange, translated: Translated, *, owner: str) -> 
         body = ledger.closing(
             _stream(writer, events, ledger=ledger, keep=keep),
             render_error=lambda error: encode_named(writer.fail(error)),  # the end of the grace period
+            # ...whose failed response is kept as any other (GET tells how it ended), within half the time left before
+            # the server's backstop cancels the request: its client still gets `response.failed` if the store is slow.
+            keep_stopped=lambda: keep(writer.snapshot(), timeout_s=BACKSTOP_S / 2),
         )
         return EventStreamResponse(
             body,
