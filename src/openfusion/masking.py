@@ -87,22 +87,17 @@ class SecretMasker:
             async for chunk in chunks:
                 yield chunk
             return
-        held = b""
+        lines = LineMask(self)
         try:
             async for chunk in chunks:
-                data = held + chunk if held else chunk
-                cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
-                if len(data) - cut > _MAX_HELD_BYTES:
-                    cut = self._safe_cut(data, len(data) - self._longest)
-                held = data[cut:]
-                if cut:
-                    yield self.bytes(data[:cut])
+                if masked := lines.feed(chunk):
+                    yield masked
         except Exception:
-            if held:  # the stream broke off mid-line: relay what came, as an unmasked stream would have
-                yield self.bytes(held)
+            if held := lines.end():  # the stream broke off mid-line: relay what came, as an unmasked stream would have
+                yield held
             raise
-        if held:
-            yield self.bytes(held)
+        if held := lines.end():
+            yield held
 
     def _safe_cut(self, value: bytes, cut: int) -> int:
         """`cut`, moved back to the start of any secret's prefix that begins before it (and may go on past it)."""
@@ -133,3 +128,30 @@ def _common_prefix(value: bytes, start: int, form: bytes) -> int:
             break
         length += 1
     return length
+
+
+class LineMask:
+    """A byte stream masked line by line, fed by its caller's own loop (`SecretMasker.lines` as a plain object, so a
+    relay masks with no generator level of its own: each costs a relayed read a resumption)."""
+
+    __slots__ = ("_held", "_masker")
+
+    def __init__(self, masker: SecretMasker) -> None:
+        self._masker = masker
+        self._held = b""  # the unfinished last line
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The masked whole lines this chunk completes (b"" if none); a long unfinished line goes out in parts."""
+        held = self._held
+        data = held + chunk if held else chunk
+        cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+        masker = self._masker
+        if len(data) - cut > _MAX_HELD_BYTES:
+            cut = masker._safe_cut(data, len(data) - masker._longest)
+        self._held = data[cut:]
+        return masker.bytes(data[:cut]) if cut else b""
+
+    def end(self) -> bytes:
+        """What is held (an unfinished last line), masked: the stream's end, or where it broke off."""
+        held, self._held = self._held, b""
+        return self._masker.bytes(held) if held else b""
