@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from openfusion.errors import FusionFailed
@@ -42,6 +42,9 @@ from openfusion.protocol import ChatRequest
 from openfusion.upstream.client import UpstreamClient
 from openfusion.upstream.trace import current_trace, role
 from openfusion.upstream.web import WebResearch
+
+# A stage before the synthesis (the panel, the judge): its events, from a generator made as it starts.
+Stage = Callable[[], AsyncIterator[Event]]
 
 
 class FusionRun:
@@ -180,8 +183,19 @@ class FusionRun:
         logs = [a.research for a in self.answers] + [j.research for j in self.judges]
         return merge_sources(log.sources for log in logs)
 
-    async def synthesize(self, *, stream: bool) -> AsyncIterator[Event]:
-        """The final answer: relayed chunk by chunk, or as one message; then the run's summary."""
+    async def synthesize(self, *, stream: bool, stages: Sequence[Stage] = ()) -> AsyncIterator[Event]:
+        """The final answer: relayed chunk by chunk, or as one message; then the run's summary.
+
+        `stages` (the panel, the judge) go first, relayed from this same generator: a generator of the whole run's
+        above this one would be resumed for every token of the answer (~1.2 k instructions a level).
+        """
+        for stage in stages:
+            # Each stage's generator made as the stage starts, and let go of as it ends: a stream held open for
+            # minutes does not keep its finished stages.
+            async with contextlib.aclosing(stage()) as events:  # an abandoned run closes the stage's calls at once
+                async for event in events:
+                    yield event
+            del events
         sources = self.sources()  # fixed once the panel and judge are done
         conversation = self.conversation
         prompts, self.prompts = self.prompts, None
@@ -222,17 +236,26 @@ class FusionRun:
         del conversation
         started = time.perf_counter()
         accumulator = MessageAccumulator()
-        chunks = synthesis.chunks()
-        async with contextlib.aclosing(chunks):  # leaving early closes the synthesizer's stream at once
+        async with synthesis:  # leaving early closes the synthesizer's stream at once; an error is its call's
             try:
-                async for item in chunks:
-                    if type(item) is SynthesisStarted:  # (not isinstance: failing on every chunk, it costs a lookup)
-                        yield item
-                        settled.schedule()  # the request goes out in this step, when the loop next takes `chunks`
-                        continue
-                    accumulator.feed(item)
-                    if stream:
-                        yield SynthesisChunk(item)
+                opening = synthesis.opening()
+                async with contextlib.aclosing(opening):
+                    async for item in opening:
+                        if type(item) is SynthesisStarted:  # (not isinstance: on a chunk it would fail, with a lookup)
+                            yield item
+                            settled.schedule()  # the request goes out in this step, when the loop next takes `opening`
+                            continue
+                        accumulator.feed(item)
+                        if stream:
+                            yield SynthesisChunk(item)
+                del opening
+                # The answer's tokens, read here straight from the synthesizer's stream (no generator between).
+                observe = synthesis.observe
+                async for item in synthesis.rest:  # (`item` again: the first chunk is not held meanwhile)
+                    if observe(item):
+                        accumulator.feed(item)
+                        if stream:
+                            yield SynthesisChunk(item)
             finally:
                 stages = settled.result()  # no synthesizer answered, or the client left: the turn is kept all the same
         message = accumulator.message()
@@ -280,7 +303,7 @@ class FusionRun:
         return self.judges[-1].analysis if self.judges else None
 
 
-async def run_fusion(
+def run_fusion(
     *,
     upstream: UpstreamClient,
     plan: FusionPlan,
@@ -292,7 +315,7 @@ async def run_fusion(
     panel_deltas: bool = False,
     keep_content: bool = True,
 ) -> AsyncIterator[Event]:
-    """Run one fusion request. Raises FusionFailed when the panel has too few answers.
+    """Run one fusion request: its events, as it runs. Raises FusionFailed when the panel has too few answers.
 
     `keep_content`: the summary (`RunFinished.content`) carries the panel's answers and the analysis; without it only
     the final answer, and the run lets go of the rest as soon as synthesis is under way.
@@ -309,12 +332,9 @@ async def run_fusion(
     )
     del request  # the run's own, let go of once its synthesizer's request is built
     stages = [run.panel, run.judge] if plan.enabled and run.needs_panel() else []
-    # Each stage's generator made as the stage starts, and let go of as the next one replaces it: a stream held
-    # open for minutes does not keep its finished stages.
-    for stage in [*stages, functools.partial(run.synthesize, stream=stream)]:
-        async with contextlib.aclosing(stage()) as events:  # an abandoned run closes the stage's calls at once
-            async for event in events:
-                yield event
+    # The whole run is the synthesis' generator (its stages relayed first): the answer's tokens cross one generator
+    # fewer than under a generator of the run's own.
+    return run.synthesize(stream=stream, stages=stages)
 
 
 def panel_failed(failures: list[PanelFailure], answers: list[PanelAnswer], min_successful: int) -> FusionFailed:

@@ -67,8 +67,21 @@ def client_tools(request: ChatRequest) -> dict[str, Any]:
     return {"tools": tools, "tool_choice": choice}
 
 
+class _NoChunks:
+    """No chunk: the rest of an answer that never opened, or was closed."""
+
+    def __aiter__(self) -> _NoChunks:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        raise StopAsyncIteration
+
+
+_NO_CHUNKS = _NoChunks()
+
+
 class SynthesisStream:
-    """The synthesizer's chunks; the next model is tried while no chunk has been relayed.
+    """The synthesizer's chunks (`opening`, then `rest`); the next model is tried while no chunk has been relayed.
 
     `timeout_s` bounds the time to the first chunk: a streamed answer's first token, or a whole answer
     (asked for when the client does not stream, and relayed as one chunk).
@@ -96,9 +109,17 @@ class SynthesisStream:
         self.reported_model: str | None = None  # what its upstream called itself
         self.failures: list[tuple[str, str]] = []  # (model, why) for each synthesizer that failed
         self.dropped: list[str] = []  # sampling parameters the answering model refused, left out
+        self.rest: AsyncIterator[dict[str, Any]] = _NO_CHUNKS  # the answer's chunks after the first (see `opening`)
+        self._open_calls: contextlib.AsyncExitStack | None = None  # the answering synthesizer's stream, once open
 
-    async def chunks(self) -> AsyncIterator[SynthesisStarted | dict[str, Any]]:
-        """Progress markers and the upstream chunks that carry choices, in order."""
+    async def opening(self) -> AsyncIterator[SynthesisStarted | dict[str, Any]]:
+        """Progress markers, one per synthesizer tried, then the first upstream chunk if it carries choices; the rest
+        of the answer is then `rest`, open until the stream's `async with` block ends.
+
+        Only the opening, where a synthesizer may fail over to the next, is a generator of its own: the rest is read
+        by its consumer straight from the upstream's chunks, so the answer's tokens cross no level of this class's
+        (each costs a token a resumption, ~1.2 k instructions).
+        """
         for attempt, model in enumerate(self._models, start=1):
             yield SynthesisStarted(model, attempt)
             async with contextlib.AsyncExitStack() as stack:
@@ -117,13 +138,21 @@ class SynthesisStream:
                 # From here on bytes reach the client: a failure ends the stream, no fallback; so the request
                 # body (the whole prompt: conversation, panel answers, analysis) is no longer needed.
                 self._body = {}
-                if self._observe(first):
+                self.rest, self._open_calls = chunks, stack.pop_all()  # open until `__aexit__`
+                if self.observe(first):
                     yield first
-                del first  # not held for as long as the rest streams
-                async for chunk in chunks:
-                    if self._observe(chunk):
-                        yield chunk
                 return
+
+    async def __aenter__(self) -> SynthesisStream:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        """Close the answering synthesizer's stream, if one opened, at once: told how its reading ended (an error
+        mid-stream is the call's error, the client leaving its cancellation)."""
+        calls, self._open_calls = self._open_calls, None
+        self.rest = _NO_CHUNKS
+        if calls is not None:
+            await calls.__aexit__(*exc_info)
 
     def _error(self, exc: BaseException, model: str) -> OpenFusionError:
         return _as_error(exc, model, self._timeout, streamed=self._client_streams)
@@ -148,7 +177,8 @@ class SynthesisStream:
             self.usage, self.usage_known = completion.usage, True
         yield {"model": completion.model, "choices": [choice]}
 
-    def _observe(self, chunk: dict[str, Any]) -> bool:
+    def observe(self, chunk: dict[str, Any]) -> bool:
+        """Note a chunk's model and usage; whether it carries choices (is relayed)."""
         self.reported_model = chunk.get("model") or self.reported_model
         if chunk.get("usage"):
             self.usage = parse_usage(chunk["usage"])
