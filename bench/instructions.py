@@ -11,7 +11,10 @@ are sent, and the counters are dumped: instructions per request is the dump's to
 upstream and the load generator run natively. Under valgrind a server runs ~50× slower, so the cases use
 the zero-latency `fast0` preset, and concurrency means how many requests are queued, not load. One case
 streams 40 tokens 2 ms apart (`drip`), 32 more than `fast0`, each read apart from the others at c=1 (at c=8 under
-valgrind several streams' tokens may share a read): (its count − `fusion stream`'s) / 32 is what a token costs.
+valgrind several streams' tokens may share a read): (its count − `fusion stream`'s) / 32 is what a token costs. On a
+busy machine the server under valgrind sometimes reads several of those tokens at once, and the count moves with the
+load; two cases stream 40 and 400 tokens 10 ms apart, each read alone: (the difference) / 360 is a token's cost with
+neither the request's nor the load's part. The streamed pass-through cases do the same for a relayed stream.
 
 Counts are of instructions, not time: a cache miss or a system call costs more than its count says. Use
 this to compare builds on the same work, `bench.ab` for what a change does to latency.
@@ -31,16 +34,37 @@ from typing import Any
 from bench.harness import Bench, run_harness
 from bench.load import agent_body, chat_body
 from bench.procs import Service
-from bench.scenarios import AUTH, DRIP, FAST0, PASS_MODEL, dumps, floor_presets, main_presets, request_fn, say
+from bench.scenarios import (
+    AUTH,
+    DRIP,
+    DRIP40,
+    DRIP400,
+    FAST0,
+    PASS_DRIP40,
+    PASS_DRIP400,
+    PASS_MODEL,
+    dumps,
+    floor_presets,
+    main_presets,
+    request_fn,
+    say,
+)
 
 CASES = {  # name: (model, stream, body)
     "fusion stream": (f"fusion/{FAST0.name}", True, chat_body),
     # 32 tokens more than `fusion stream`, each read apart from the others: the difference over 32 is a token's cost.
     "fusion stream 40 tokens": (f"fusion/{DRIP.name}", True, chat_body),
+    # 40 and 400 tokens 10 ms apart (`scenarios.DRIP400`): (the difference) / 360, a token's cost with less noise.
+    "fusion stream 40 tokens 10 ms apart": (f"fusion/{DRIP40.name}", True, chat_body),
+    "fusion stream 400 tokens 10 ms apart": (f"fusion/{DRIP400.name}", True, chat_body),
     "fusion non-stream": (f"fusion/{FAST0.name}", False, chat_body),
     # A coding agent's long conversation (~150 KB): what a request costs for the size of its context.
     "fusion non-stream 150 KB": (f"fusion/{FAST0.name}", False, agent_body),
     "pass-through non-stream": (PASS_MODEL, False, chat_body),
+    # A streamed pass-through (8 tokens), and with 40 and 400 tokens 10 ms apart: the same difference per token.
+    "pass-through stream": (PASS_MODEL, True, chat_body),
+    "pass-through stream 40 tokens 10 ms apart": (PASS_DRIP40, True, chat_body),
+    "pass-through stream 400 tokens 10 ms apart": (PASS_DRIP400, True, chat_body),
 }
 TOTALS = re.compile(rb"^(?:summary|totals):\s+(\d+)", re.MULTILINE)
 
@@ -117,7 +141,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 name = f"{case} c={c}"
                 row = results["cases"][name] = {}
                 for arm, service in services.items():
-                    if arm == "floor" and model == PASS_MODEL:
+                    if arm == "floor" and not model.startswith("fusion/"):  # the floor has no pass-through
                         continue
                     url = service.url + "/v1/chat/completions"
                     fn = request_fn(url, make_body(model, stream=stream), stream=stream, headers=AUTH)

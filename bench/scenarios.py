@@ -163,15 +163,22 @@ MEMORY_CACHE = '\n[cache]\nbackend = "memory"\n'
 # fast0 with a synthesizer whose 40 tokens come 2 ms apart, each read apart from the others: what relaying a token costs
 # (bench.instructions).
 DRIP = replace(FAST0, name="drip", synth="fake/lat-0-tok-40-every-2")
+# 40 and 400 tokens 10 ms apart: the difference over 360 tokens is a token's cost without the request's. 2 ms apart,
+# a server slowed by valgrind on a busy machine reads several tokens at once some of the time, and the counts follow
+# the load (a relayed token read with others costs less): 10 ms apart, each is read alone.
+DRIP40 = replace(FAST0, name="drip40", synth="fake/lat-0-tok-40-every-10")
+DRIP400 = replace(FAST0, name="drip400", synth="fake/lat-0-tok-400-every-10")
+# Pass-through models whose tokens come the same way.
+PASS_DRIP40, PASS_DRIP400 = "fake/lat-0-tok-40-every-10", "fake/lat-0-tok-400-every-10"
 HOLD = Fusion("hold", ("fake/lat-0", "fake/lat-0", "fake/lat-0"), "fake/lat-0", "fake/lat-0-tok-1200-every-100")
 
 
 def main_presets() -> dict[str, str]:
-    return {p.name: p.toml() for p in (BENCH3, MOA3, FAST0, CACHED, DRIP)}
+    return {p.name: p.toml() for p in (BENCH3, MOA3, FAST0, CACHED, DRIP, DRIP40, DRIP400)}
 
 
 def floor_presets() -> dict[str, dict[str, Any]]:
-    return {p.name: p.floor() for p in (BENCH3, MOA3, FAST0, HOLD, DRIP)}
+    return {p.name: p.floor() for p in (BENCH3, MOA3, FAST0, HOLD, DRIP, DRIP40, DRIP400)}
 
 
 def ideal_fn(url: str, fusion: Fusion, *, stream: bool) -> Any:
