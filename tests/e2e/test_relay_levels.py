@@ -44,7 +44,7 @@ def _levels_at_each_read(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     return seen
 
 
-def test_a_token_crosses_four_generator_levels_in_a_fusion_stream_and_three_in_a_pass_through(
+def test_a_token_crosses_three_generator_levels_in_a_fusion_stream_and_two_in_a_pass_through(
     upstream: FakeUpstream, start_server: Callable[..., AbstractContextManager[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen = _levels_at_each_read(monkeypatch)
@@ -60,7 +60,7 @@ def test_a_token_crosses_four_generator_levels_in_a_fusion_stream_and_three_in_a
     for chunks in (fused, relayed):  # every token arrived, in order
         assert [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content] == TOKENS
     assert fusion and passthrough
-    # The upstream's answer parsed, the run (its stages and its synthesis), the SSE rendering, the request's record.
-    assert fusion[-1] == ["_chunks", "FusionRun.synthesize", "stream_fusion", "Ledger._closing"]
-    # The body read, masked and guarded; the relay's end checks; the request's record.
-    assert passthrough[-1] == ["_relayed", "_relay", "Ledger._closing"]
+    # The upstream's answer parsed; the run (its stages and its synthesis); the SSE rendering with the request's record.
+    assert fusion[-1] == ["_chunks", "FusionRun.synthesize", "stream_fusion"]
+    # The body read, masked and guarded; the relay with its end's checks and the request's record.
+    assert passthrough[-1] == ["_relayed", "_relay"]

@@ -32,30 +32,47 @@ async def stream_fusion(
 
     The run is driven here, by the response's own task, each event relayed as it comes; the keep-alives while it is
     silent are the response's (`EventStreamResponse(keepalive=KEEPALIVE)`). Leaving early (the client gone) closes
-    the run, and with it every upstream call, at once.
+    the run, and with it every upstream call, at once. With a `ledger`, this is also the body's relay that
+    `Ledger.closing` would be: a failure, the client leaving or the shutdown are recorded as it records them.
     """
     sse = _SSE(generation_id=generation_id, model=model, progress=progress, ledger=ledger)
-    # A first line at once, so clients and proxies see the request is alive: it leaves with the headers and with
-    # what the run says in its first step (the panel starting), written in the same loop pass (one system call).
-    yield KEEPALIVE
+    # The ledger's relay (`Ledger.closing`) done here, not by a generator around this one: each answer chunk would
+    # cross that level too, ~1.2 k instructions a token.
+    task = ledger.relay_began() if ledger is not None else None
     try:
-        async with contextlib.aclosing(events):
-            async for event in events:
-                if out := sse.render(event):
-                    yield out
-    except OpenFusionError as exc:
+        # A first line at once, so clients and proxies see the request is alive: it leaves with the headers and with
+        # what the run says in its first step (the panel starting), written in the same loop pass (one system call).
+        yield KEEPALIVE
+        try:
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    if out := sse.render(event):
+                        yield out
+        except OpenFusionError as exc:
+            if ledger is not None:
+                ledger.failed(exc)
+            yield encode(error_chunk(exc, generation_id=generation_id, model=sse.model, created=sse.created))
+        except Exception as exc:
+            if ledger is not None:
+                ledger.failed(exc)
+            log.exception("fusion stream failed")
+            error = OpenFusionError("Internal server error.", code="internal_error")
+            yield encode(error_chunk(error, generation_id=generation_id, model=sse.model, created=sse.created))
         if ledger is not None:
-            ledger.failed(exc)
-        yield encode(error_chunk(exc, generation_id=generation_id, model=sse.model, created=sse.created))
-    except Exception as exc:
+            await ledger.commit()  # clients stop reading at [DONE]: the record goes to the store first
+        yield DONE
+    except BaseException as exc:
+        if ledger is None or not ledger.relay_stopped(exc, task):
+            raise
+        if end := ledger.shutdown_ending():
+            try:
+                yield end
+            finally:
+                ledger.close()
+    finally:
         if ledger is not None:
-            ledger.failed(exc)
-        log.exception("fusion stream failed")
-        error = OpenFusionError("Internal server error.", code="internal_error")
-        yield encode(error_chunk(error, generation_id=generation_id, model=sse.model, created=sse.created))
-    if ledger is not None:
-        await ledger.commit()  # clients stop reading at [DONE]: the record goes to the store first
-    yield DONE
+            ledger.relay_ended(task)
+        del task  # (a cancelled task's error holds this frame: see `Ledger._closing`)
 
 
 class _SSE:

@@ -154,42 +154,77 @@ class Ledger:
         render_error: Callable[[OpenFusionError], bytes] | None,
         keep_stopped: Callable[[], Awaitable[None]] | None,
     ) -> AsyncIterator[bytes]:
-        self.body_began = True
-        self._unread = None  # the body's own clean-up closes it from here
-        task = asyncio.current_task()  # the one relaying this body
-        drain = self.state.drain
-        if task is not None:
-            drain.watch(task)
+        task = self.relay_began()
         try:
             async for chunk in body:
                 yield chunk
             await self.commit()  # before the body's end, which tells the client the response is whole
         except BaseException as exc:
-            stopped = task is not None and drain.stopped(task)
-            if not (isinstance(exc, asyncio.CancelledError) and stopped):
-                # Closed where it yielded, its send to a client that reads no more stopped by the grace period's end:
-                # stopped by the shutdown, as those told so (that error has no way to its client).
-                self.failed(shutting_down() if stopped and isinstance(exc, GeneratorExit) else exc)
-                self.close()
+            if not self.relay_stopped(exc, task):
                 raise
-            task.uncancel()  # our own cancellation, now handled: the error goes to the client
-            if self._closed:  # stopped while its record was being written: the answer is whole
-                return
-            error = shutting_down()
-            self.failed(error)
-            try:  # a blank line first: the body may have stopped in the middle of an event
-                end = render_error(error) if render_error else encode(self._error_chunk(error)) + DONE
-                if keep_stopped is not None:
-                    await keep_stopped()
-                yield b"\n\n" + end
-            finally:
-                self.close()
+            if end := self.shutdown_ending(render_error):
+                try:
+                    if keep_stopped is not None:  # what the surface keeps of its failed response, before it is told
+                        await keep_stopped()
+                    yield end
+                finally:
+                    self.close()
         finally:
-            if task is not None:
-                drain.unwatch(task)
+            self.relay_ended(task)
             # A cancelled task keeps the CancelledError it ended with, and the error's traceback keeps this frame:
             # holding the task here too would make a cycle that keeps the whole request until a full collection.
             del task
+
+    # A streamed body that relays itself, without `closing`'s generator around it (a level each of its chunks would
+    # cross), does what `_closing` does with these: `relay_began` as it begins; on any exception, `relay_stopped`, and
+    # then yields `shutdown_ending` (closing the ledger after it) or re-raises; `relay_ended` in its `finally`; and
+    # `commit` before its last bytes. `expect_relay` names the upstream response it will relay, as `closing` does.
+
+    def expect_relay(self, upstream: Forwarded | None) -> None:
+        """The upstream response a body that relays itself will relay: closed by `release_unread` if it never
+        begins."""
+        self._unread = upstream
+
+    def relay_began(self) -> asyncio.Task[Any] | None:
+        """A streamed body begins relaying: its task (watched by the shutdown's drain until `relay_ended`)."""
+        self.body_began = True
+        self._unread = None  # the body's own clean-up closes it from here
+        task = asyncio.current_task()  # the one relaying this body
+        if task is not None:
+            self.state.drain.watch(task)
+        return task
+
+    def relay_stopped(self, exc: BaseException, task: asyncio.Task[Any] | None) -> bool:
+        """Whether the relay `exc` interrupted was stopped by the shutdown's grace period (its error then goes to the
+        client: `shutdown_ending`); otherwise it is recorded as failed, and closed, for the caller to re-raise."""
+        stopped = task is not None and self.state.drain.stopped(task)
+        if not (isinstance(exc, asyncio.CancelledError) and stopped):
+            # Closed where it yielded, its send to a client that reads no more stopped by the grace period's end:
+            # stopped by the shutdown, as those told so (that error has no way to its client).
+            self.failed(shutting_down() if stopped and isinstance(exc, GeneratorExit) else exc)
+            self.close()
+            return False
+        assert task is not None
+        task.uncancel()  # our own cancellation, now handled: the error goes to the client
+        return True
+
+    def shutdown_ending(self, render_error: Callable[[OpenFusionError], bytes] | None = None) -> bytes:
+        """The bytes that end a relay the shutdown stopped (the ledger to be closed once they are yielded); b"" if
+        it was stopped while its record was being written: the answer is whole."""
+        if self._closed:
+            return b""
+        error = shutting_down()
+        self.failed(error)
+        try:  # a blank line first: the body may have stopped in the middle of an event
+            return b"\n\n" + (render_error(error) if render_error else encode(self._error_chunk(error)) + DONE)
+        except BaseException:
+            self.close()
+            raise
+
+    def relay_ended(self, task: asyncio.Task[Any] | None) -> None:
+        """The relay's end, however it came: its task no longer watched."""
+        if task is not None:
+            self.state.drain.unwatch(task)
 
     def _error_chunk(self, error: OpenFusionError) -> dict[str, Any]:
         model = self.model or self.requested_model
