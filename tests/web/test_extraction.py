@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 
 import pytest
 
+from openfusion.upstream.web import extract_pool
 from openfusion.upstream.web.config import FetchConfig
 from openfusion.upstream.web.errors import FetchFailed
 from openfusion.upstream.web.extract import decode_text, parse_content_type
-from openfusion.upstream.web.extract_pool import ExtractionPool, ExtractLimits
+from openfusion.upstream.web.extract_pool import ExtractionPool, ExtractLimits, _start_worker, _Worker
 from openfusion.upstream.web.fetch import Fetcher
 from web.local_site import PDF_LINES
 from web.pages import article_html, costly_pdf, make_pdf
@@ -76,6 +78,43 @@ async def test_a_cancelled_extraction_kills_its_worker() -> None:
     assert worker.process.exitcode is not None and worker.process.exitcode < 0  # killed by a signal
     assert pool._idle == [] and pool._busy == set()
     await pool.aclose()
+
+
+async def test_a_worker_still_starting_when_its_extraction_is_cancelled_is_kept_for_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Starting a worker can take seconds (the first starts the fork server, which imports the parsers), in a thread
+    that a cancelled request cannot stop: the worker it went on to start was known to nobody, left running until the
+    server exited."""
+    starting, go = threading.Event(), threading.Event()
+    started: list[int] = []
+
+    def start_when_told(memory_bytes: int) -> _Worker:
+        starting.set()
+        go.wait(30)
+        worker = _start_worker(memory_bytes)
+        started.append(worker.process.pid or 0)
+        return worker
+
+    monkeypatch.setattr(extract_pool, "_start_worker", start_when_told)
+    pool = ExtractionPool(_limits())
+    html = article_html().encode()
+    task = asyncio.create_task(pool.extract("html", html, charset=None, url="http://x/", max_chars=20_000))
+    assert await asyncio.to_thread(starting.wait, 30)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    go.set()
+    async with asyncio.timeout(30):
+        while not started or not pool._idle:  # noqa: ASYNC110 - started in a thread, taken in by a callback
+            await asyncio.sleep(0.01)
+    assert _alive(pool) == started  # kept, and known to the pool
+    page = await pool.extract("html", html, charset=None, url="http://x/", max_chars=20_000)
+    assert "curtailment" in page.text and _alive(pool) == started  # the next extraction's worker
+    [worker] = pool._idle
+    await pool.aclose()
+    await asyncio.to_thread(worker.process.join, 5)
+    assert not worker.process.is_alive()
 
 
 async def test_the_cpu_limit_ends_a_worker_nobody_kills() -> None:

@@ -88,9 +88,11 @@ class ExtractionPool:
 
     def __init__(self, limits: ExtractLimits, *, workers: int = 2) -> None:
         self.limits = limits
+        self._size = workers
         self._slots = asyncio.Semaphore(workers)
         self._idle: list[_Worker] = []
         self._busy: set[_Worker] = set()
+        self._starting: set[asyncio.Future[_Worker]] = set()  # workers started for extractions since cancelled
         self._closed = False
 
     @classmethod
@@ -145,7 +147,25 @@ class ExtractionPool:
                 return worker
             worker.kill()
         # Starting the first one may start the fork server (it imports the parsers): not on the event loop.
-        return await asyncio.to_thread(_start_worker, self.limits.memory_bytes)
+        starting = asyncio.ensure_future(asyncio.to_thread(_start_worker, self.limits.memory_bytes))
+        try:
+            return await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # The thread goes on starting it whatever happens here: the pool takes the worker in when it is up.
+            self._starting.add(starting)
+            starting.add_done_callback(self._take_in)
+            raise
+
+    def _take_in(self, starting: asyncio.Future[_Worker]) -> None:
+        """Keep a worker started for an extraction cancelled meanwhile for the next one, if the pool has room."""
+        self._starting.discard(starting)
+        if starting.cancelled() or starting.exception() is not None:
+            return
+        worker = starting.result()
+        if self._closed or len(self._idle) + len(self._busy) >= self._size:
+            worker.kill()
+        else:
+            self._idle.append(worker)
 
     async def aclose(self) -> None:
         """Kill every worker, busy ones included (their extractions fail)."""
