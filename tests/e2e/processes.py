@@ -222,8 +222,8 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-def cpu_by_pid(root: int) -> dict[int, float]:
-    """CPU seconds (user + system) of `root` and every process descending from it, by pid."""
+def _parents_and_cpu() -> dict[int, tuple[int, float]]:
+    """Every process's parent and CPU seconds (user + system), by pid."""
     stats: dict[int, tuple[int, float]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -233,13 +233,35 @@ def cpu_by_pid(root: int) -> dict[int, float]:
         except (FileNotFoundError, ProcessLookupError):
             continue
         stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS)
+    return stats
+
+
+def _tree(stats: dict[int, tuple[int, float]], root: int) -> set[int]:
     tree, frontier = {root}, [root]
     while frontier:
         parent = frontier.pop()
         children = [pid for pid, (ppid, _) in stats.items() if ppid == parent and pid not in tree]
         tree.update(children)
         frontier += children
-    return {pid: stats[pid][1] for pid in tree if pid in stats}
+    return tree & stats.keys()
+
+
+def cpu_by_pid(root: int) -> dict[int, float]:
+    """CPU seconds (user + system) of `root` and every process descending from it, by pid."""
+    stats = _parents_and_cpu()
+    return {pid: stats[pid][1] for pid in _tree(stats, root)}
+
+
+def forked_by_fork_server(root: int) -> dict[int, float]:
+    """CPU seconds, by pid, of the processes that the fork server of `root`'s tree (multiprocessing's "forkserver")
+    started: the server's extraction workers, and not the fork server itself."""
+    stats = _parents_and_cpu()
+    fork_servers = set()
+    for pid in _tree(stats, root):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            if b"multiprocessing.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                fork_servers.add(pid)
+    return {pid: cpu for pid, (ppid, cpu) in stats.items() if ppid in fork_servers}
 
 
 def watch_cpu(root: int) -> tuple[int, float]:
