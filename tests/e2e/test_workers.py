@@ -308,11 +308,7 @@ def test_limits_hold_across_workers_through_redis(
 
 def test_several_workers_without_redis_refuse_per_key_limits(presets_dir: Path, tmp_path: Path) -> None:
     """In-process counters would let each worker admit a key's whole limit: start-up says so and stops."""
-    config = tmp_path / "openfusion.toml"
-    config.write_text(f"builtin_providers = false\n{LIMITED_KEYS}")
-    command = [str(Path(sys.executable).parent / "openfusion"), "serve", "--config", str(config),
-               "--workers", "3", "--port", "1"]  # fmt: skip
-    done = subprocess.run(command, env={**os.environ, **KEYS_ENV}, capture_output=True, text=True, timeout=60)
+    done = _serve_limited_keys(tmp_path, "--workers", "3", "--port", "1")
     assert done.returncode == 2, done.stderr
     assert "workers = 3 needs Redis" in done.stderr
     assert "key 'rate' requests_per_minute, key 'solo' max_concurrent_fusion" in done.stderr
@@ -409,13 +405,17 @@ def test_sighup_to_the_process_group_drains_as_sigterm_does(
 def test_more_workers_than_the_setting_allows_is_a_usage_error(tmp_path: Path) -> None:
     """`--workers` has the bound of `workers` (512): a typo must not start thousands of processes. (The config's
     per-key limits stop start-up anyway should the flag be taken: without Redis it may run one worker only.)"""
-    config = tmp_path / "openfusion.toml"
-    config.write_text(f"builtin_providers = false\n{LIMITED_KEYS}")
-    command = [str(Path(sys.executable).parent / "openfusion"), "serve", "--config", str(config),
-               "--workers", "5000", "--port", "0"]  # fmt: skip
-    done = subprocess.run(command, env={**os.environ, **KEYS_ENV}, capture_output=True, text=True, timeout=60)
+    done = _serve_limited_keys(tmp_path, "--workers", "5000", "--port", "0")
     assert done.returncode == 2, done.stderr
     assert "argument --workers: expected a number of workers (1 to 512) or 'auto', not '5000'" in done.stderr
+
+
+def _serve_limited_keys(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`openfusion serve` with per-key limits and no Redis, and `args`, run until it exits."""
+    config = tmp_path / "openfusion.toml"
+    config.write_text(f"builtin_providers = false\n{LIMITED_KEYS}")
+    command = [str(Path(sys.executable).parent / "openfusion"), "serve", "--config", str(config), *args]
+    return subprocess.run(command, env={**os.environ, **KEYS_ENV}, capture_output=True, text=True, timeout=60)
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
