@@ -65,10 +65,7 @@ async def stream_fusion(
         if ledger is None or not ledger.relay_stopped(exc, task):
             raise
         if end := ledger.shutdown_ending():
-            try:
-                yield end
-            finally:
-                ledger.close()
+            yield end  # (the ledger closed by `relay_ended`)
     finally:
         if ledger is not None:
             ledger.relay_ended(task)

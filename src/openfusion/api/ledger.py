@@ -81,6 +81,7 @@ class Ledger:
         self._closed = False
         self.body_began = False  # a streamed body began relaying (`closing`): its own end records a departure
         self._unread: Forwarded | None = None  # the upstream response a streamed body will relay, until it begins
+        self._stopped_relay = False  # the shutdown stopped its relay: closed when the relay ends (`relay_ended`)
         # Its spend cap's hold: settled to the actual cost here, released once that is in the store.
         self.reservation = reservation
         if reservation is not None:
@@ -163,12 +164,9 @@ class Ledger:
             if not self.relay_stopped(exc, task):
                 raise
             if end := self.shutdown_ending(render_error):
-                try:
-                    if keep_stopped is not None:  # what the surface keeps of its failed response, before it is told
-                        await keep_stopped()
-                    yield end
-                finally:
-                    self.close()
+                if keep_stopped is not None:  # what the surface keeps of its failed response, before it is told
+                    await keep_stopped()
+                yield end
         finally:
             self.relay_ended(task)
             # A cancelled task keeps the CancelledError it ended with, and the error's traceback keeps this frame:
@@ -177,8 +175,9 @@ class Ledger:
 
     # A streamed body that relays itself, without `closing`'s generator around it (a level each of its chunks would
     # cross), does what `_closing` does with these: `relay_began` as it begins; on any exception, `relay_stopped`, and
-    # then yields `shutdown_ending` (closing the ledger after it) or re-raises; `relay_ended` in its `finally`; and
-    # `commit` before its last bytes. `expect_relay` names the upstream response it will relay, as `closing` does.
+    # then yields `shutdown_ending` or re-raises; `relay_ended` in its `finally` (it closes a ledger the shutdown
+    # stopped); and `commit` before its last bytes. `expect_relay` names the upstream response it will relay, as
+    # `closing` does.
 
     def expect_relay(self, upstream: Forwarded | None) -> None:
         """The upstream response a body that relays itself will relay: closed by `release_unread` if it never
@@ -209,20 +208,20 @@ class Ledger:
         return True
 
     def shutdown_ending(self, render_error: Callable[[OpenFusionError], bytes] | None = None) -> bytes:
-        """The bytes that end a relay the shutdown stopped (the ledger to be closed once they are yielded); b"" if
-        it was stopped while its record was being written: the answer is whole."""
+        """The bytes that end a relay the shutdown stopped (the ledger closed by `relay_ended`, once they are yielded
+        or the client is gone); b"" if it was stopped while its record was being written: the answer is whole."""
         if self._closed:
             return b""
+        self._stopped_relay = True
         error = shutting_down()
         self.failed(error)
-        try:  # a blank line first: the body may have stopped in the middle of an event
-            return b"\n\n" + (render_error(error) if render_error else encode(self._error_chunk(error)) + DONE)
-        except BaseException:
-            self.close()
-            raise
+        # A blank line first: the body may have stopped in the middle of an event.
+        return b"\n\n" + (render_error(error) if render_error else encode(self._error_chunk(error)) + DONE)
 
     def relay_ended(self, task: asyncio.Task[Any] | None) -> None:
-        """The relay's end, however it came: its task no longer watched."""
+        """The relay's end, however it came: a relay the shutdown stopped recorded, its task no longer watched."""
+        if self._stopped_relay:
+            self.close()
         if task is not None:
             self.state.drain.unwatch(task)
 

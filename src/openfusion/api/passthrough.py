@@ -149,10 +149,7 @@ async def _relay(forwarded: Forwarded, *, model: str, ledger: Ledger) -> AsyncIt
         if not ledger.relay_stopped(exc, task):
             raise
         if end := ledger.shutdown_ending():
-            try:
-                yield end
-            finally:
-                ledger.close()
+            yield end  # (the ledger closed by `relay_ended`)
     finally:
         ledger.relay_ended(task)
         del task  # (a cancelled task's error holds this frame: see `Ledger._closing`)
