@@ -22,19 +22,6 @@ class EncodedJSON:
         # A copy of the exact size: orjson's own result holds ~16 KiB however short.
         self.data = bytes(memoryview(orjson.dumps(value)))
 
-    @classmethod
-    def of_list(cls, head: list[Any], items: bytes) -> EncodedJSON:
-        """The JSON array of `head`'s values, then of the values `items` holds (`encoded_items`)."""
-        encoded = cls.__new__(cls)
-        first = orjson.dumps(head)
-        encoded.data = b"".join((first[:-1], b"," if head else b"", items, b"]")) if items else first
-        return encoded
-
-
-def encoded_items(values: list[Any]) -> bytes:
-    """`values` serialized as the items of a JSON array, without its brackets (`EncodedJSON.of_list`)."""
-    return orjson.dumps(values)[1:-1]
-
 
 def request_bytes(payload: Mapping[str, Any]) -> bytes:
     """`payload` as JSON; `messages` given as `EncodedJSON` goes in as its bytes (last)."""
