@@ -60,13 +60,19 @@ def _reasoning_fields(body: dict[str, Any]) -> dict[str, Any]:
         ("fake/plain", {"reasoning": {"exclude": True}}, {}),
         ("fake/plain", {"reasoning": {"enabled": True}}, {"reasoning_effort": "medium"}),
         ("fake/plain", {"reasoning": {"enabled": False}}, {}),
+        ("fake/plain", {"reasoning": {"enabled": False, "effort": "high"}}, {}),
+        ("fake/plain", {"reasoning": {"enabled": False, "max_tokens": 2000}}, {}),
+        ("fake/plain", {"reasoning": {"enabled": False}, "reasoning_effort": "high"}, {}),
+        ("router/plain", {"reasoning": {"enabled": False, "effort": "high"}},
+         {"reasoning": {"enabled": False, "effort": "high"}}),
         ("bare/plain", {"reasoning": {"effort": "high"}}, {}),
         ("bare/plain", {"reasoning": {"max_tokens": 2000, "exclude": True, "enabled": True}}, {}),
     ],
     ids=["openrouter-effort", "openrouter-budget", "openrouter-enabled", "effort", "effort-excluded",
          "own-reasoning-effort-wins", "budget-no-limit", "budget-high", "budget-medium", "budget-low",
-         "own-reasoning-effort-wins-over-budget", "exclude-only", "enabled-only", "disabled-only", "none-effort",
-         "none-budget"],
+         "own-reasoning-effort-wins-over-budget", "exclude-only", "enabled-only", "disabled-only",
+         "disabled-with-effort", "disabled-with-budget", "disabled-over-own-reasoning-effort",
+         "openrouter-disabled-with-effort", "none-effort", "none-budget"],
 )  # fmt: skip
 def test_reasoning_reaches_each_provider_in_its_style(
     upstream: FakeUpstream, styled_server: str, model: str, extra: dict[str, Any], received: dict[str, Any],
@@ -165,3 +171,41 @@ def test_a_malformed_reasoning_is_a_400_in_openais_shape(
     assert error["type"] == "invalid_request_error" and error["param"] == param
     assert f"'{param}'" in error["message"]
     assert upstream.calls_for("plain") == []  # refused here, not by the provider
+
+
+DISABLED = {"enabled": False, "effort": "high"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_reasoning_turned_off_reaches_no_fusion_call_as_an_effort(
+    upstream: FakeUpstream, styled_server: str, stream: bool
+) -> None:
+    """`enabled: false` wins over the effort beside it for the panel, the judge and the synthesizer alike, whether it
+    comes in the request or in the fusion plugin: a provider taking `reasoning_effort` is asked none."""
+    for name in ("a", "b", "c", "synth"):
+        upstream.script(name, Script(content=f"Answer {name}."))
+    for reasoning in ({"reasoning": DISABLED}, {"plugins": [{"id": "fusion", "reasoning": DISABLED}]}):
+        answer = ask_text(styled_server, model="fusion/trio", messages=HI, extra=reasoning, stream=stream)
+        assert answer == "Answer synth."
+
+    calls = [call for name in ("a", "b", "c", "judge", "synth") for call in upstream.calls_for(name)]
+    assert len(calls) == 10  # five calls a fusion, two fusions
+    assert [_reasoning_fields(call.body) for call in calls] == [{}] * 10
+
+
+def test_a_translated_responses_request_with_reasoning_off_sends_no_effort(
+    upstream: FakeUpstream, styled_server: str
+) -> None:
+    """A Responses request's OpenRouter `enabled: false` beside an effort: the chat provider is asked no effort, the
+    panel of a fusion neither."""
+    upstream.script("plain", Script(content="Answered"))
+    for name in ("a", "b", "c", "synth"):
+        upstream.script(name, Script(content="Fused"))
+    for model in ("fake/plain", "fusion/trio"):
+        body = {"model": model, "input": "Hi", "reasoning": {**DISABLED, "summary": "auto"}}
+        response = httpx.post(f"{styled_server}/v1/responses", json=body)
+        assert response.status_code == 200, response.text
+
+    calls = [call for name in ("plain", "a", "b", "c", "judge", "synth") for call in upstream.calls_for(name)]
+    assert len(calls) == 6
+    assert [_reasoning_fields(call.body) for call in calls] == [{}] * 6
