@@ -181,3 +181,75 @@ async def test_a_record_past_the_statement_time_limit_is_set_aside_while_the_oth
         assert PASSWORD not in caplog.text
     finally:
         await store.close()
+
+
+def _both(*callbacks: Callable[[bool], None]) -> Callable[[bool], None]:
+    def told(written: bool) -> None:
+        for callback in callbacks:
+            callback(written)
+
+    return told
+
+
+async def test_a_lone_record_past_the_statement_time_limit_is_set_aside_with_no_other_traffic(
+    database: tuple[str, str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """No record comes after the one the database cancels every time: the database still writes (the last record
+    written, written again, goes through), so each try counts, and the record is set aside after 3 tries rather than
+    tried for ever every 10 s."""
+    url, name, role = database
+    with _admin(name) as admin:  # every session of the store: a statement ends after 800 ms
+        admin.execute(f'ALTER ROLE "{role}" IN DATABASE "{name}" SET statement_timeout = 800')
+    store = await PostgresStore.open(url)
+    await store.write([make_entry("gen-stuck")])  # written again, it replaces this row, held locked below
+    first, told = Told(1), Told(2)
+    try:
+        with _admin(name) as locker, locker.transaction(), caplog.at_level(logging.WARNING, "openfusion.activity"):
+            locker.execute("SELECT id FROM generations WHERE id = 'gen-stuck' FOR UPDATE")
+            async with ActivityWriter(store, batch_size=10, flush_interval_s=0.01, write_timeout_s=5.0) as writer:
+                good = make_entry("gen-good", created_at=T0)
+                writer.record(good.generation, good.calls, on_written=_both(first, told.of("gen-good")))
+                await asyncio.wait_for(first.everything(), timeout=10)
+                stuck = make_entry("gen-stuck", created_at=T0 + timedelta(minutes=1))
+                writer.record(stuck.generation, stuck.calls, on_written=told.of("gen-stuck"))
+                await asyncio.wait_for(told.everything(), timeout=20)  # 3 tries of 0.8 s, and the waits between
+                stats = writer.stats
+        assert told.by_id == {"gen-good": True, "gen-stuck": False}
+        assert stats == WriterStats(written=1, dropped=0, failed=1, queued=0, set_aside=1)
+        assert _stored(name) == {"gen-stuck", "gen-good"}  # the earlier copy of the record set aside stays
+        [warning] = [r.getMessage() for r in caplog.records if "set aside" in r.getMessage()]
+        assert "gen-stuck" in warning and "after 3 failed writes" in warning and "statement timeout" in warning
+        assert PASSWORD not in caplog.text
+    finally:
+        await store.close()
+
+
+async def test_a_lone_record_queued_while_postgresql_is_read_only_is_kept_however_long(
+    database: tuple[str, str, str],
+) -> None:
+    """The database answers but writes nothing: the last record written, written again, fails too, so the lone
+    record's failures do not count; after many more tries than a record is given it is still queued, and written
+    once the database takes writes."""
+    url, name, _ = database
+    store = await PostgresStore.open(url)
+    first, told = Told(1), Told(2)
+    try:
+        async with ActivityWriter(store, batch_size=10, flush_interval_s=0.01, write_timeout_s=2.0) as writer:
+            good = make_entry("gen-good", created_at=T0)
+            writer.record(good.generation, good.calls, on_written=_both(first, told.of("gen-good")))
+            await asyncio.wait_for(first.everything(), timeout=10)
+            _read_only(name, on=True)
+            try:
+                later = make_entry("gen-later", created_at=T0 + timedelta(minutes=1))
+                writer.record(later.generation, later.calls, on_written=told.of("gen-later"))
+                await asyncio.sleep(4.5)  # tried at once, then after 0.5, 1 and 2 s: 4 tries, more than it is given
+                assert writer.stats == WriterStats(written=1, dropped=0, failed=0, queued=1)
+                assert "gen-later" not in told.by_id and _stored(name) == {"gen-good"}
+            finally:
+                _read_only(name, on=False)
+            await asyncio.wait_for(told.everything(), timeout=40)  # the outage's wait between tries is up to 10 s
+        assert told.by_id == {"gen-good": True, "gen-later": True}
+        assert writer.stats == WriterStats(written=2, dropped=0, failed=0, queued=0, set_aside=0)
+        assert _stored(name) == {"gen-good", "gen-later"}
+    finally:
+        await store.close()

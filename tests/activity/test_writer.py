@@ -703,3 +703,51 @@ async def test_a_record_that_failed_while_others_were_written_is_written_once_it
         await store.until(lambda: bool(told["gen-001"]))
     assert told == {"gen-000": [True], "gen-001": [True], "gen-002": [True]}
     assert writer.stats == WriterStats(written=3, dropped=0, failed=0, queued=0, set_aside=0)
+
+
+async def test_a_lone_record_that_keeps_failing_is_set_aside_with_no_other_traffic(
+    sqlite_store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No record comes after it: the store, asked to write the last record it took again, does, so each failure
+    counts; the record is set aside after 3, not tried again and again with the outage's wait."""
+    store = StuckRecordsStore(sqlite_store, stuck={"gen-stuck"})
+    told: dict[str, list[bool]] = {}
+    with caplog.at_level(logging.WARNING, logger="openfusion.activity"):
+        async with ActivityWriter(store, batch_size=10, flush_interval_s=0.01) as writer:
+            for generation_id in ("gen-good", "gen-stuck"):
+                entry = make_entry(generation_id)
+                writer.record(entry.generation, entry.calls, on_written=told.setdefault(generation_id, []).append)
+                await store.until(lambda: bool(told["gen-good"]))  # written alone, before the stuck one comes
+            await store.until(lambda: bool(told["gen-stuck"]), timeout_s=10)
+            stats = writer.stats
+    assert told == {"gen-good": [True], "gen-stuck": [False]}
+    assert stats == WriterStats(written=1, dropped=0, failed=1, queued=0, set_aside=1)
+    assert [ids for ids in store.tries if ids == ["gen-stuck"]] == [["gen-stuck"]] * 3
+    assert store.tries.count(["gen-good"]) == 1 + 3  # written, then written again after each failure
+    assert await _stored_ids(sqlite_store) == ["gen-good"]
+    [warning] = [r.getMessage() for r in caplog.records if "set aside" in r.getMessage()]
+    assert "gen-stuck" in warning and "after 3 failed writes" in warning
+
+
+async def test_a_lone_record_is_not_set_aside_while_the_store_writes_nothing_however_long(
+    sqlite_store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record was written before the store stopped writing (read-only, full): written again, it fails too, so no
+    failure counts; the lone record stays queued, and is written once the store takes writes."""
+    monkeypatch.setattr("openfusion.activity.writer._FIRST_RETRY_S", 0.01)
+    monkeypatch.setattr("openfusion.activity.writer._MAX_RETRY_S", 0.02)
+    store = StuckRecordsStore(sqlite_store, stuck=set())
+    told: dict[str, list[bool]] = {}
+    async with ActivityWriter(store, batch_size=10, flush_interval_s=0.01) as writer:
+        for generation_id in ("gen-good", "gen-later"):
+            entry = make_entry(generation_id)
+            writer.record(entry.generation, entry.calls, on_written=told.setdefault(generation_id, []).append)
+            await store.until(lambda: bool(told["gen-good"]))
+            store.down = True
+        await store.until(lambda: store.tries.count(["gen-later"]) >= 10)  # many more tries than it is given
+        assert store.tries.count(["gen-good"]) > 5  # the store was asked to write the last record again: it did not
+        assert writer.stats == WriterStats(written=1, dropped=0, failed=0, queued=1) and told["gen-later"] == []
+        store.down = False
+        await store.until(lambda: bool(told["gen-later"]))
+    assert told == {"gen-good": [True], "gen-later": [True]}
+    assert writer.stats == WriterStats(written=2, dropped=0, failed=0, queued=0, set_aside=0)

@@ -2,8 +2,9 @@
 
 A store that cannot take a write (down, restarting, cut off, read-only, locked, full) keeps its records queued: they
 are written when it can. Only a record whose data the store refuses is lost, alone; and one that keeps failing
-otherwise while the records around it are written (past a statement time limit of the database, say) is set aside
-after a few tries instead of holding the queue.
+otherwise while the store writes other records (past a statement time limit of the database, say) is set aside
+after a few tries instead of holding the queue. A record that fails alone, with no other record to write, is no
+exception: the store is asked to write again the last record it took, and when it does, the failure counts.
 
 A request may hand over its record unbuilt (`Draft`): the writer builds it with the rest of its batch, off
 the request's path. The writer wakes once per batch, not once per record.
@@ -31,7 +32,8 @@ log = logging.getLogger("openfusion.activity")
 _FIRST_RETRY_S = 0.5
 _MAX_RETRY_S = 10.0
 # A record that failed this many tries, each in a pass where another record was written, is set aside (lost, logged,
-# counted): the store takes writes, just not this one. While no write succeeds (an outage), nothing is set aside.
+# counted): the store takes writes, just not this one. While no write succeeds (an outage), nothing is set aside. A
+# pass with no other record to write writes the last one written again, to tell the two apart (`_takes_writes`).
 SET_ASIDE_AFTER = 3
 # Written record by record, a failure before any record was written, or this many in a row after, say the store
 # takes no write now: the pass stops there (each failure may have taken the write's time limit).
@@ -128,6 +130,8 @@ class ActivityWriter:
         self._written = self._dropped = self._failed = self._set_aside = 0
         # Records that failed, for a reason not their data, in a pass where other records were written: how often.
         self._strikes: dict[str, int] = {}
+        # The record the store took last: written again when a record fails with no other to write (`_takes_writes`).
+        self._last_written: ActivityEntry | None = None
         # Told once whether a generation reached the store (a spend cap's reservation waits for it), by id.
         self._on_written: dict[str, Callable[[bool], None]] = {}
 
@@ -306,10 +310,13 @@ class ActivityWriter:
                     kept = await self._write_each(batch)
                 elif refused:
                     self._lost(batch, exc)
+                elif await self._takes_writes():  # a lone record the store fails while it writes: counted
+                    kept = self._strike(batch, exc)
                 else:  # the store cannot write now (down, read-only, locked, full)
                     kept = self._keep_for_later(batch, exc)
             else:
                 self._written += len(batch)
+                self._last_written = batch[-1]
                 self._forgive(batch)
                 self._tell(batch, written=True)
                 self._recovered()
@@ -349,6 +356,20 @@ class ActivityWriter:
             return False
         return True
 
+    async def _takes_writes(self) -> bool:
+        """Whether the store writes now, though it failed a write with no other record to tell by: the last record it
+        took, written again (the same copy replaces itself). Never known before any record was written, nor while
+        closing (a shutdown does not wait for the store)."""
+        last = self._last_written
+        if last is None or self._closing:
+            return False
+        try:
+            await self._write([last])
+        except Exception:
+            return False
+        self._recovered()
+        return True
+
     async def _write_each(self, batch: list[ActivityEntry]) -> int:
         """Write a failed batch record by record; a record refused alone is lost, logged by its id.
 
@@ -356,7 +377,8 @@ class ActivityWriter:
         against it (`_strike`), and the pass goes on. One such failure before any record was written, or two in a
         row after, end the pass (each may have taken the write's time limit): the store may take no write now, and
         what was not written waits for it, the records not tried yet first (so that when the failing ones are what
-        fails, the next pass writes others before them, and counts their failures).
+        fails, the next pass writes others before them, and counts their failures) — unless the store, asked to write
+        the last record it took again, does: then the failure counts, and the others are tried next.
 
         Returns how many went back to the queue.
         """
@@ -385,21 +407,27 @@ class ActivityWriter:
                 written += 1
                 in_a_row = 0
                 self._written += 1
+                self._last_written = entry
                 self._forgive([entry])
                 self._tell([entry], written=True)
                 self._recovered()
         if not failing:
             return 0
         assert failure is not None
-        if not written:  # nothing tells the store's failure from the records': as in any outage, none counted
-            return self._keep_for_later([*untried, *failing], failure)
+        if not written:
+            if not await self._takes_writes():  # nothing tells the store's failure from the records': an outage
+                return self._keep_for_later([*untried, *failing], failure)
+            # The store writes: the records not tried yet are tried next, at once.
+            self._queue.extendleft(_Built(entry) for entry in reversed(untried))
+            return len(untried) + self._strike(failing, failure)
         kept = self._strike(failing, failure)
         if untried:  # the pass ended on failures in a row: the store may have stopped taking writes
             kept += self._keep_for_later(untried, failure)
         return kept
 
     def _strike(self, entries: list[ActivityEntry], exc: Exception) -> int:
-        """These records failed while the store wrote others: each `SET_ASIDE_AFTER`th time is its last.
+        """These records failed while the store wrote others (or the last one again): each `SET_ASIDE_AFTER`th time is
+        its last.
 
         The others go to the back of the queue (the store takes writes: no wait), so the records queued meanwhile
         are written in whole batches before they are tried again. Returns how many went back.
@@ -417,7 +445,7 @@ class ActivityWriter:
             self._failed += 1
             self._tell([entry], written=False)
             log.warning(
-                "activity record %s set aside after %d failed writes while other records were written "
+                "activity record %s set aside after %d failed writes while the store wrote other records "
                 "(%d set aside so far): %s",
                 generation_id,
                 strikes,
