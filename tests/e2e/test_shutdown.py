@@ -397,3 +397,49 @@ def test_a_responses_stream_stopped_at_the_end_of_the_grace_period_is_kept_faile
         kept = client.responses.retrieve(last["response"]["id"])
     assert kept.status == "failed" and kept.error is not None and kept.error.code == "server_shutting_down"
     assert kept.output_text == "first "  # what was answered before the stop
+
+
+def test_a_native_responses_stream_stopped_at_the_end_of_the_grace_period_is_kept_failed(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path
+) -> None:
+    """The same for a stream relayed from a provider that speaks the Responses API itself: it ends with
+    `response.failed` (`server_shutting_down`) for the response the provider began, which is kept failed, and the
+    request is in the activity store as stopped by the shutdown."""
+    _, upstream_url = fake_upstream
+    upstream.script("drip", Script(content="first second", chunk_interval_s=60))
+    activity = tmp_path / "activity.sqlite3"
+    extra = f'responses = true\n\n[activity]\npath = "{activity}"\n'
+    result: dict[str, Any] = {}
+
+    def read(url: str) -> None:
+        body = {"model": "fake/drip", "input": "Hi", "stream": True}
+        with httpx.stream("POST", f"{url}/v1/responses", json=body, timeout=60) as response:
+            result["events"] = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+
+    with served(upstream_url, presets_dir, tmp_path, grace_s=1, extra=extra) as (url, process):
+        thread = threading.Thread(target=read, args=(url,))
+        thread.start()
+        wait_until(lambda: len(upstream.calls) == 1, timeout=20)
+        time.sleep(0.3)  # its first token relayed
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+        thread.join(15)
+
+    assert upstream.calls[0].path == "/v1/responses"  # relayed as it came, not translated
+    events = result["events"]
+    assert [e["delta"] for e in events if e["type"] == "response.output_text.delta"] == ["first "]  # cut mid-answer
+    numbers = [e["sequence_number"] for e in events]
+    assert numbers == sorted(set(numbers))  # the event added comes next in order
+    last = events[-1]
+    assert last["type"] == "response.failed" and last["response"]["error"]["code"] == "server_shutting_down", events
+    assert last["response"]["id"] == events[0]["response"]["id"] and last["response"]["store"] is True
+    with sqlite3.connect(activity) as conn:
+        rows = conn.execute("SELECT api_type, status, failure_reason FROM generations").fetchall()
+    assert rows == [("responses", "error", "server_shutting_down")]
+    with (
+        served(upstream_url, presets_dir, tmp_path, grace_s=1, extra=extra) as (url, _),
+        openai.OpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0) as client,
+    ):
+        kept = client.responses.retrieve(last["response"]["id"])
+    assert kept.status == "failed" and kept.error is not None and kept.error.code == "server_shutting_down"
+    assert kept.model == "drip" and kept.output == []  # no output item was done before the stop

@@ -151,6 +151,18 @@ async def _finish_async(call: Call) -> None:
     _finish(call)
 
 
+async def _dripped(request: Request, call: Call, events: list[bytes], interval_s: float) -> AsyncIterator[bytes]:
+    """A Responses event stream with a pause before each text delta but the first (the client gone: it stops)."""
+    deltas = 0
+    for event in events:
+        if b"response.output_text.delta" in event:
+            deltas += 1
+            if deltas > 1 and await _pause(request, interval_s):
+                _finish(call, disconnected=True)
+                return
+        yield event
+
+
 async def _pause(request: Request, seconds: float) -> bool:
     """Sleep up to `seconds`; return True as soon as the client has disconnected."""
     deadline = time.monotonic() + seconds
@@ -267,6 +279,9 @@ class FakeUpstream:
                                                        store=store), background=done)  # fmt: skip
         events = responses_api.stream_events(reply.base["id"], model, text, usage, end_after=script.end_stream_after,
                                              error=script.error_event, store=store, status=status)  # fmt: skip
+        if script.chunk_interval_s:  # each text delta `chunk_interval_s` after the one before
+            return StreamingResponse(_dripped(request, call, list(events), script.chunk_interval_s),
+                                     media_type="text/event-stream", background=done)  # fmt: skip
         return StreamingResponse(iter(list(events)), media_type="text/event-stream", background=done)
 
     async def _chat(self, request: Request) -> Response:

@@ -8,7 +8,10 @@ terminal event, `response.completed`, `response.incomplete` or `response.failed`
 record, and the response is stored before that event reaches the client, whatever its status, as the whole answer
 to a request that does not stream is (OpenAI keeps each: a follow-up may continue a response cut off at
 `max_output_tokens`, and `GET /v1/responses/{id}` tells a failed one); a stream cut off before its terminal event
-holds no response to keep. The response the client gets says it is stored when openfusion keeps it (`store_mark`).
+holds no response to keep, but for one the end of the shutdown grace period stops: that one ends with
+`response.failed`, the response `response.created` gave with the output items done since, which is kept as the
+translated stream keeps its own (`_Begun`). The response the client gets says it is stored when openfusion keeps
+it (`store_mark`).
 A provider that answers a streamed request with one whole response has it told as the stream it would have been
 (`whole`), watched the same way.
 """
@@ -16,8 +19,8 @@ A provider that answers a streamed request with one whole response has it told a
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, Protocol
 
 import orjson
 from starlette.responses import Response
@@ -38,12 +41,19 @@ from openfusion.api.passthrough import (
 from openfusion.api.responses.store_mark import StoredMarks, keepable, mark_stored
 from openfusion.api.responses.translation import Translated
 from openfusion.api.responses.whole import response_events
+from openfusion.api.shutdown import BACKSTOP_S
 from openfusion.errors import OpenFusionError, UpstreamError, UpstreamProtocolError
 from openfusion.protocol import ChatRequest, Usage, reported_cost
 from openfusion.sse import DataLines, dumps
 from openfusion.upstream.client import RESPONSES_PATH, Forwarded
 
-Keep = Callable[[dict[str, Any]], Awaitable[None]]
+
+class Keep(Protocol):
+    """Keeps a response (when responses are kept), waiting for the store up to `timeout_s` (its own default: None)."""
+
+    def __call__(self, response: dict[str, Any], timeout_s: float = ...) -> Awaitable[None]: ...
+
+
 # Any of these ends a Responses stream (the last two: a failure); a stream that stops before one is cut short.
 _COMPLETED, _INCOMPLETE = b'"response.completed"', b'"response.incomplete"'
 _FAILED, _ERROR = b'"response.failed"', b'"type":"error"'
@@ -81,8 +91,21 @@ async def forward_native(exchange: Exchange, translated: Translated, *, keep: Ke
             forwarded = as_event_stream(forwarded, response_events)
         numbering = _Numbering()
         marks = StoredMarks() if store else None
-        relay = _relay(forwarded, ledger=ledger, keep=keep, numbering=numbering, marks=marks)
-        relay = ledger.closing(relay, upstream=forwarded, render_error=numbering.error_event)
+        begun = _Begun()
+        relay = _relay(forwarded, ledger=ledger, keep=keep, numbering=numbering, marks=marks, begun=begun)
+
+        async def keep_stopped() -> None:
+            # Within half the time left before the server's backstop: its client still gets `response.failed` if the
+            # store is slow (as the translated stream's).
+            if begun.failed is not None:
+                await keep(begun.failed, timeout_s=BACKSTOP_S / 2)
+
+        relay = ledger.closing(
+            relay,
+            upstream=forwarded,
+            render_error=lambda error: begun.stopped(error, numbering),  # the end of the grace period
+            keep_stopped=keep_stopped,
+        )
         sse_headers = {**forwarded.headers, **SSE_HEADERS}
         return EventStreamResponse(relay, status_code=forwarded.status_code, headers=sse_headers)
     try:
@@ -148,7 +171,13 @@ def _forwardable(item: dict[str, Any]) -> bool:
 
 
 async def _relay(
-    forwarded: Forwarded, *, ledger: Ledger, keep: Keep, numbering: _Numbering, marks: StoredMarks | None
+    forwarded: Forwarded,
+    *,
+    ledger: Ledger,
+    keep: Keep,
+    numbering: _Numbering,
+    marks: StoredMarks | None,
+    begun: _Begun,
 ) -> AsyncIterator[bytes]:
     complete = ended = False
     data = DataLines()
@@ -163,6 +192,7 @@ async def _relay(
                 # Per event, so `find` rather than `in`: CPython's `in` on bytes first tries the needle as an int and
                 # builds (then drops) an error doing so.
                 head = _type_end(line)
+                begun.see(head, line)
                 answered = head.find(_COMPLETED) >= 0 or head.find(_INCOMPLETE) >= 0  # the response, whole or cut
                 failed = not answered and (head.find(_FAILED) >= 0 or head.find(_ERROR) >= 0)
                 ended = ended or answered or failed
@@ -228,6 +258,43 @@ class _Numbering:
         return b"event: error\ndata: " + dumps(event) + b"\n\n"
 
 
+class _Begun:
+    """What a relayed stream told of its response before its end: the response as `response.created` gave it, and the
+    output items done since. A stream the end of the shutdown grace period stops ends with that response, failed
+    (`stopped`), kept as any other that failed; the text of an item still being written is not in it."""
+
+    __slots__ = ("failed", "items", "response")
+
+    def __init__(self) -> None:
+        self.response: dict[str, Any] | None = None
+        self.items: list[Any] = []
+        self.failed: dict[str, Any] | None = None  # the response `stopped` ended, to keep
+
+    def see(self, head: bytes, line: bytes) -> None:
+        """Note an event (a `data:` line, `head` the end of it that names its type) that carries the response or an
+        output item done: a few a response, parsed; the others (its deltas) only looked at."""
+        if self.response is None:  # `response.created` comes first: one look an event, not two
+            if head.find(_CREATED) >= 0:
+                response = (_json(line[6:]) or {}).get("response")
+                if isinstance(response, dict):
+                    self.response = response
+        elif head.find(_ITEM_DONE) >= 0:
+            item = (_json(line[6:]) or {}).get("item")
+            if item is not None:
+                self.items.append(item)
+
+    def stopped(self, error: OpenFusionError, numbering: _Numbering) -> bytes:
+        """The end of a stream the shutdown stopped: `response.failed` with the response so far (the `error` event
+        when the stream had not told its response, or one without an id, which nothing could retrieve)."""
+        if self.response is None or not keepable(self.response):
+            return numbering.error_event(error)
+        self.failed = {**self.response, "status": "failed", "output": self.items,
+                       "error": {"code": error.code or "server_error", "message": error.message}}  # fmt: skip
+        event = {"type": "response.failed", "sequence_number": numbering.last + 1, "response": self.failed}
+        return b"event: response.failed\ndata: " + dumps(event) + b"\n\n"
+
+
+_CREATED, _ITEM_DONE = b'"response.created"', b'"response.output_item.done"'
 _SEQUENCE = b'"sequence_number":'
 _TYPE = b'"type"'
 
