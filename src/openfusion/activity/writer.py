@@ -70,7 +70,7 @@ class _Built:
 @dataclass(frozen=True)
 class WriterStats:
     """Counters of generations: written to the store, dropped (queue full or closed), failed (store error; of
-    which `set_aside`: failed again and again while other records were written)."""
+    which `set_aside`: failed again and again while the store wrote other records)."""
 
     written: int
     dropped: int
@@ -89,7 +89,7 @@ class ActivityWriter:
 
     What a store could not take stays queued (within `queue_size`) and is tried again, waiting 0.5 s to 10 s
     between tries, until the store takes it; a record whose data the store refuses is counted as lost, alone, and
-    so is one that failed `SET_ASIDE_AFTER` tries while other records were written (set aside).
+    so is one that failed `SET_ASIDE_AFTER` tries while the store wrote other records (set aside).
     """
 
     def __init__(

@@ -86,7 +86,7 @@ class Metrics:
         )
         self.activity_set_aside = Gauge(
             "openfusion_activity_set_aside",
-            "Activity records set aside: their writes kept failing while other records were written (in dropped too).",
+            "Activity records set aside: their writes kept failing while the store wrote others (in dropped too).",
             registry=r,
             multiprocess_mode="sum",
         )
