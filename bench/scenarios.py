@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -879,6 +880,8 @@ async def soak(bench: Bench, plan: Plan) -> dict[str, Any]:
 
 
 FLAT_MIB = 1.0  # "flat": less than this much RSS growth over a soak's second half
+PROBE = REPO / "bench" / "probe"
+MEMORY_SIGNAL = signal.SIGRTMIN + 3  # the probe's memory reading (bench/probe/sitecustomize.py `_install_memory`)
 
 
 def worker_pids(service: Any) -> list[int]:
@@ -891,17 +894,67 @@ def worker_pids(service: Any) -> list[int]:
     return sorted(pids)
 
 
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+async def memory_readings(pids: list[int], path: Path, *, trim: bool = False) -> dict[str, dict[str, Any]]:
+    """Ask each worker's probe for a reading of its memory and wait for them (a worker gone is left out)."""
+    lines = _lines(path)
+    asked = []
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, MEMORY_SIGNAL + 1 if trim else MEMORY_SIGNAL)
+            asked.append(pid)
+    want = len(lines) + len(asked) * (2 if trim else 1)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(lines) < want:
+        await asyncio.sleep(0.05)
+        lines = _lines(path)
+    rows = [orjson.loads(line) for line in lines[want - len(asked) * (2 if trim else 1) :]]
+    return {str(row["pid"]): row for row in rows if not trim or row["kind"] == "trimmed"}
+
+
+def live_mb(reading: dict[str, Any]) -> float | None:
+    """Memory in live use: Python's small-object heap plus what malloc has handed out (see the probe)."""
+    if reading.get("pymalloc_bytes") is None or reading.get("malloc_bytes") is None:
+        return None
+    return float(reading["pymalloc_bytes"] + reading["malloc_bytes"]) / 2**20
+
+
 async def soak_workers(bench: Bench, plan: Plan, *, workers: int = 2, legs: int = 20) -> dict[str, Any]:
     """RSS of each worker of a fresh `openfusion serve --workers N` over `workers_soak_requests` fusion requests
-    (half streamed), read after each of `legs` equal legs; flat = each worker grew < FLAT_MIB over the second half."""
+    (half streamed), read after each of `legs` equal legs; flat = each worker grew < FLAT_MIB over the second half.
+
+    Beside RSS, the probe reads each worker's memory in live use (Python's heap and malloc's, see `live_mb`): a leak
+    grows it, while RSS also grows as the allocators keep freed memory resident (the high-water of a busier moment,
+    fragmentation) and as SQLite's page cache fills (2 MB a connection, bounded). `no_leak` = each worker's live
+    memory grew < FLAT_MIB over the second half. At the end the workers trim malloc's free memory once
+    (`rss_trimmed_mb`): RSS that goes with the trim was the allocator's, not the server's."""
     name = f"openfusion_soak_w{workers}"
-    service = bench.start_openfusion(name, {FAST0.name: FAST0.toml()}, workers=workers)
+    readings_file = bench.run_dir / f"{name}-memory.jsonl"
+    probe = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(PROBE), os.environ.get("PYTHONPATH")])),
+        "OPENFUSION_MEMORY": str(readings_file),
+    }
+    service = bench.start_openfusion(name, {FAST0.name: FAST0.toml()}, workers=workers, env=probe)
     url = service.url + "/v1/chat/completions"
     session = bench.session(120)
     alternate = half_streamed(url)
 
     def sample() -> dict[str, float]:
         return {str(pid): rss_bytes(pid) / 2**20 for pid in worker_pids(service)}
+
+    async def checkpoint(done: int, t_s: float) -> dict[str, Any]:
+        readings = await memory_readings(worker_pids(service), readings_file)
+        return {
+            "requests": done,
+            "t_s": round(t_s, 1),
+            "rss_mb": sample(),
+            "live_mb": {pid: live_mb(r) for pid, r in readings.items()},
+            "sqlite_mb": {pid: (r.get("sqlite_bytes") or 0) / 2**20 for pid, r in readings.items()},
+            "malloc_free_mb": {pid: (r.get("malloc_free_bytes") or 0) / 2**20 for pid, r in readings.items()},
+        }
 
     await bench.measure(session, alternate, concurrency=50, duration_s=60, max_requests=200 * workers)
     out: dict[str, Any] = {"workers": workers, "rss_before_mb": sample()}
@@ -912,42 +965,58 @@ async def soak_workers(bench: Bench, plan: Plan, *, workers: int = 2, legs: int 
         sl = await bench.measure(session, alternate, concurrency=50, duration_s=600, max_requests=size, watch=(name,))
         slices.append(sl)
         done += sl.completed
-        checkpoints.append({"requests": done, "t_s": round(time.monotonic() - t0, 1), "rss_mb": sample()})
+        checkpoints.append(await checkpoint(done, time.monotonic() - t0))
+    trimmed = await memory_readings(worker_pids(service), readings_file, trim=True)
+    out["rss_trimmed_mb"] = {pid: r["vmrss_bytes"] / 2**20 for pid, r in trimmed.items()}
     bench.stop(name)
     out["requests"] = done
     out["checkpoints"] = checkpoints
     out["summary"] = aggregate(slices, proxy=name)
     out["per_worker"] = per_worker_growth(checkpoints)
     out["flat"] = bool(out["per_worker"]) and all(w["second_half_mb"] < FLAT_MIB for w in out["per_worker"].values())
+    live = [w.get("live_second_half_mb") for w in out["per_worker"].values()]
+    out["no_leak"] = bool(live) and all(g is not None and g < FLAT_MIB for g in live)
     say(
         f"[soak --workers {workers}] {done} requests ({out['summary']['errors']} errors) in "
         f"{checkpoints[-1]['t_s']} s: "
         + "; ".join(
             f"worker {pid} {w['first_mb']:.1f} -> {w['last_mb']:.1f} MiB ({w['second_half_mb']:+.2f} over the "
-            "second half)"
+            f"second half, live memory {_signed(w.get('live_second_half_mb'))})"
             for pid, w in out["per_worker"].items()
         )
-        + (" — flat" if out["flat"] else " — NOT flat")
+        + (" — flat" if out["flat"] else " — RSS not flat")
+        + ("" if out["flat"] else (", live memory flat" if out["no_leak"] else ", live memory grows"))
     )
     return out
 
 
+def _signed(mb: float | None) -> str:
+    return "?" if mb is None else f"{mb:+.2f}"
+
+
 def per_worker_growth(checkpoints: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Each worker seen at every checkpoint: its RSS at the first, the middle and the last one (a worker that was
-    replaced mid-soak is not among them: its absence shows as fewer workers)."""
+    replaced mid-soak is not among them: its absence shows as fewer workers); its live memory's growth over the
+    second half where the probe read it."""
     if len(checkpoints) < 2:
         return {}
     pids = set.intersection(*(set(c["rss_mb"]) for c in checkpoints))
-    half = checkpoints[len(checkpoints) // 2 - 1]["rss_mb"]
-    return {
-        pid: {
+    mid = checkpoints[len(checkpoints) // 2 - 1]
+    half, last = mid["rss_mb"], checkpoints[-1]
+    out = {}
+    for pid in sorted(pids):
+        growth = {
             "first_mb": checkpoints[0]["rss_mb"][pid],
             "middle_mb": half[pid],
-            "last_mb": checkpoints[-1]["rss_mb"][pid],
-            "second_half_mb": checkpoints[-1]["rss_mb"][pid] - half[pid],
+            "last_mb": last["rss_mb"][pid],
+            "second_half_mb": last["rss_mb"][pid] - half[pid],
         }
-        for pid in sorted(pids)
-    }
+        live = [c.get("live_mb", {}).get(pid) for c in (mid, last)]
+        if None not in live:
+            growth["live_middle_mb"], growth["live_last_mb"] = live[0], live[1]
+            growth["live_second_half_mb"] = live[1] - live[0]
+        out[pid] = growth
+    return out
 
 
 # -- 6. profile ----------------------------------------------------------------------------------

@@ -7,6 +7,9 @@
   see the wrapper too. Each mark costs ~1 µs: the timeline shows where time goes, slightly inflated.
 - `python -m bench.heap`: in any process started with OPENFUSION_HEAP=<directory> (openfusion or the floor arm), it
   traces allocations and writes a snapshot of them on SIGUSR2 (see `_install_heap`).
+- the soak across workers (`scenarios.soak_workers`): in a process started with OPENFUSION_MEMORY=<file>, on
+  SIGRTMIN+3 it appends a line of JSON with what the process's memory holds by kind (see `_install_memory`); on
+  SIGRTMIN+4 it collects, trims malloc's free memory and appends two lines (before and after the trim).
 """
 
 from __future__ import annotations
@@ -122,3 +125,81 @@ def _install_heap(directory: str, frames: int) -> None:
 
 if os.environ.get("OPENFUSION_HEAP"):  # openfusion or the floor arm: the same probe for both
     _install_heap(os.environ["OPENFUSION_HEAP"], int(os.environ.get("OPENFUSION_HEAP_FRAMES", "12")))
+
+
+MEMORY_SIGNAL_OFFSET = 3  # SIGRTMIN + 3: a reading; SIGRTMIN + 4: gc, a reading, malloc_trim, a reading
+
+
+def _install_memory(path: str) -> None:
+    """What a process's memory holds, cheaply enough to read between a soak's legs (tracemalloc would slow it).
+
+    RSS alone cannot tell a leak from an allocator that has not settled yet: memory freed inside pymalloc's arenas
+    or malloc's heaps stays resident. So each reading also has the memory in live use: `pymalloc_bytes`, the
+    allocated blocks of Python's small-object allocator (from `sys._debugmallocstats`), and `malloc_bytes`, what
+    malloc has handed out and not got back (glibc's mallinfo2: every arena, and its mmapped chunks), which holds
+    Python's large objects and what C code allocates (SQLite's page cache, `sqlite_bytes`, among it).
+    `malloc_free_bytes` is what malloc holds free: resident until trimmed.
+    """
+    import ctypes
+    import gc
+    import json
+    import signal
+    import tempfile
+
+    class Mallinfo2(ctypes.Structure):
+        _names = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+        _fields_ = [(name, ctypes.c_size_t) for name in (*_names, "keepcost")]
+
+    libc = ctypes.CDLL(None)
+    mallinfo2 = getattr(libc, "mallinfo2", None)
+    if mallinfo2 is not None:
+        mallinfo2.restype = Mallinfo2
+    try:
+        sqlite = ctypes.CDLL("libsqlite3.so.0")  # the library the sqlite3 module is linked with, loaded once
+        sqlite.sqlite3_memory_used.restype = ctypes.c_int64
+    except OSError:
+        sqlite = None
+
+    def pymalloc_bytes() -> int | None:
+        saved = os.dup(2)  # sys._debugmallocstats writes to the C stderr
+        try:
+            with tempfile.TemporaryFile("w+") as out:
+                os.dup2(out.fileno(), 2)
+                try:
+                    sys._debugmallocstats()
+                finally:
+                    os.dup2(saved, 2)
+                out.seek(0)
+                for line in out:
+                    if line.startswith("# bytes in allocated blocks"):
+                        return int(line.split("=")[1].replace(",", ""))
+        finally:
+            os.close(saved)
+        return None
+
+    def reading(kind: str) -> None:
+        row: dict[str, object] = {"pid": os.getpid(), "kind": kind, "pymalloc_bytes": pymalloc_bytes()}
+        if mallinfo2 is not None:
+            info = mallinfo2()
+            row |= {"malloc_bytes": info.uordblks + info.hblkhd, "malloc_free_bytes": info.fordblks}
+        row["sqlite_bytes"] = sqlite.sqlite3_memory_used() if sqlite is not None else None
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "RssAnon"):
+                    row[key.lower() + "_bytes"] = int(value.split()[0]) * 1024
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps(row) + "\n")
+
+    def trimmed(*_: object) -> None:
+        gc.collect()
+        reading("collected")
+        libc.malloc_trim(0)
+        reading("trimmed")
+
+    signal.signal(signal.SIGRTMIN + MEMORY_SIGNAL_OFFSET, lambda *_: reading("plain"))
+    signal.signal(signal.SIGRTMIN + MEMORY_SIGNAL_OFFSET + 1, trimmed)
+
+
+if os.environ.get("OPENFUSION_MEMORY"):
+    _install_memory(os.environ["OPENFUSION_MEMORY"])
