@@ -32,6 +32,9 @@ from bench.scenarios import FAST0, Fusion, floor_presets, hold_streams, package_
 PROBE = REPO / "bench" / "probe"
 HOLD = Fusion("hold", ("fake/lat-0", "fake/lat-0", "fake/lat-0"), "fake/lat-0", "fake/lat-0-tok-1200-every-1000")
 OWN = ("/openfusion/", "/bench/floor.py")  # the frames that are the arm's own code
+# Tracing every allocation from the first import slows start-up several times over: on a busy machine past the
+# harness's usual 30 s.
+READY_S = 180.0
 
 
 async def snapshot(pid: int, directory: Path) -> Path:
@@ -94,10 +97,12 @@ async def run(args: argparse.Namespace) -> None:
     try:
         bench.start_fake()
         if args.arm == "floor":
-            service = bench.start_floor("floor", {**floor_presets(), HOLD.name: HOLD.floor()}, env=probe)
+            service = bench.start_floor(
+                "floor", {**floor_presets(), HOLD.name: HOLD.floor()}, env=probe, ready_timeout_s=READY_S
+            )
         else:
             presets = {HOLD.name: HOLD.toml(), FAST0.name: FAST0.toml()}
-            service = bench.start_openfusion("openfusion", presets, env=probe)
+            service = bench.start_openfusion("openfusion", presets, env=probe, ready_timeout_s=READY_S)
         url = service.url + "/v1/chat/completions"
         session = bench.session(600)
         warm = request_fn(url, chat_body(f"fusion/{FAST0.name}", stream=True), stream=True)
