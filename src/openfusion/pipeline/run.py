@@ -193,6 +193,9 @@ class FusionRun:
             async with contextlib.aclosing(stage()) as events:  # an abandoned run closes the stage's calls at once
                 async for event in events:
                     yield event
+                    # Not held by this frame past its relay: the judge stage's last event is its outcome (the
+                    # analysis, what its research read), which the answer's minutes of streaming have no use for.
+                    del event
             del events
         sources = self.sources()  # fixed once the panel and judge are done
         conversation = self.conversation
