@@ -29,6 +29,7 @@ from openfusion.pipeline.plan import FusionPlan
 from openfusion.pipeline.run import run_fusion
 from openfusion.pipeline.turns import TurnCache, turn_key
 from openfusion.protocol import ChatRequest
+from openfusion.upstream import encoded
 from openfusion.upstream.client import UpstreamClient
 
 CONVERSATION = [
@@ -649,6 +650,36 @@ async def test_the_judges_prompt_is_made_while_the_slowest_panelist_is_awaited(
     )
     assert response_tag("up/c", "Answer from c.") in fake.calls_to("synth")[0].system
     assert finished(events).content.final_answer == "The fused final answer."
+
+
+async def test_the_synthesizers_copy_of_the_conversation_is_serialized_while_the_judge_is_awaited(
+    client: UpstreamClient, fake: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the judge has answered, only the synthesizer's system message is left to serialize (an agent's
+    conversation is ~150 KB); its request carries the same messages as ever."""
+    fake.script("judge", Reply(ANALYSIS_JSON, delay_s=0.3))
+    serialized: list[tuple[Any, float]] = []  # each value the request bodies' serializer took, and when
+    dumps = orjson.dumps
+
+    class Spy:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(orjson, name)
+
+        @staticmethod
+        def dumps(value: Any, *args: Any) -> bytes:
+            serialized.append((value, time.perf_counter()))
+            return dumps(value, *args)
+
+    monkeypatch.setattr(encoded, "orjson", Spy())
+
+    await run(client)
+
+    [judge] = fake.calls_to("judge")
+    during = [value for value, at in serialized if judge.started < at < judge.ended]
+    assert CONVERSATION[1:] in during  # after the client's system message, which the synthesizer's prompt extends
+    [synth] = fake.calls_to("synth")
+    assert synth.messages[1:] == CONVERSATION[1:]
+    assert synth.messages[0]["content"].startswith(CONVERSATION[0]["content"] + "\n\n")
 
 
 SELF_PANEL = ["up/a", "up/a", "up/b"]

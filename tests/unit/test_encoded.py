@@ -8,7 +8,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from openfusion.upstream.encoded import EncodedJSON, request_bytes
+from openfusion.upstream.encoded import EncodedJSON, encoded_list, request_bytes
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(),
@@ -36,3 +36,9 @@ def test_the_messages_go_in_as_the_encoded_bytes() -> None:
 def test_a_request_without_encoded_messages_is_serialized_as_it_is() -> None:
     payload = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     assert request_bytes(payload) == orjson.dumps(payload)
+
+
+@given(head=MESSAGES, tail=MESSAGES)
+def test_a_list_whose_tail_was_serialized_ahead_reads_as_the_whole_list(head: list[Any], tail: list[Any]) -> None:
+    sent = request_bytes({"model": "m", "messages": EncodedJSON.of_list(head, encoded_list(tail))})
+    assert orjson.loads(sent) == {"model": "m", "messages": head + tail}

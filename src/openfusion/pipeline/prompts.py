@@ -142,12 +142,17 @@ def with_system_text(conversation: Messages, text: str) -> Messages:
     A second system message ahead of the client's would leave the model two competing preambles (and
     some providers take only one): the client's prompt stays first, ours follows it.
     """
-    first = conversation[0] if conversation else {}
-    if first.get("role") not in ("system", "developer"):
+    if not opens_with_system(conversation):
         return [{"role": "system", "content": text}, *conversation]
+    first = conversation[0]
     content = first.get("content")
     if isinstance(content, list):
         merged: str | list[Any] = [*content, {"type": "text", "text": text}]
     else:
         merged = f"{content}\n\n{text}" if isinstance(content, str) and content.strip() else text
     return [{**first, "content": merged}, *conversation[1:]]
+
+
+def opens_with_system(conversation: Messages) -> bool:
+    """Whether the conversation's first message is its system prompt (`with_system_text` adds to that one)."""
+    return bool(conversation) and conversation[0].get("role") in ("system", "developer")

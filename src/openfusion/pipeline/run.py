@@ -149,6 +149,8 @@ class FusionRun:
         try:
             for attempt, model in enumerate(self.plan.judges, start=1):
                 yield JudgeStarted(model, attempt)
+                if self.prompts is not None:
+                    self.prompts.judge_asked()  # the synthesizer's copy of the conversation made in the judge's wait
                 with role("judge"):
                     outcome = await self._analyse(model)
                 self.judges.append(outcome)
@@ -211,6 +213,8 @@ class FusionRun:
                 # the judge's prompt rendered these answers already (a reused turn's were never rendered)
                 rendered_answers=prompts.responses_text(answers) if prompts is not None else None,
             )
+            if prompts is not None:
+                messages = prompts.synthesis_messages(messages)
         else:
             messages = conversation
         del prompts, answers  # not held by this frame while the answer streams

@@ -14,6 +14,7 @@ from openfusion.pipeline.prompts import Messages
 from openfusion.pipeline.sampling import SamplingMemory
 from openfusion.protocol import ChatRequest, Usage, parse_usage
 from openfusion.upstream.client import UpstreamClient
+from openfusion.upstream.encoded import EncodedJSON
 from openfusion.upstream.stage import stage_limit
 from openfusion.upstream.trace import role
 
@@ -39,8 +40,9 @@ _CLIENT_FIELDS = (
 _DECLARED = frozenset(ChatRequest.model_fields)  # the others are extra fields, kept as sent
 
 
-def synthesis_body(request: ChatRequest, plan: FusionPlan, messages: Messages) -> dict[str, Any]:
-    """The synthesizer call's body (model and stream flags are the upstream client's business)."""
+def synthesis_body(request: ChatRequest, plan: FusionPlan, messages: Messages | EncodedJSON) -> dict[str, Any]:
+    """The synthesizer call's body (model and stream flags are the upstream client's business); `messages` may be
+    serialized already."""
     # Read field by field: a dump of the whole request would copy every message.
     extra = request.model_extra or {}
     body: dict[str, Any] = {}

@@ -12,15 +12,41 @@ from typing import Any
 
 import orjson
 
+# orjson's result holds a ~16 KiB allocation however short: below this length a copy of the exact size is kept.
+_COPIED_BELOW = 64 * 1024
+
 
 class EncodedJSON:
-    """A request's `messages` already serialized: its `data`, exactly as the request will carry it."""
+    """A request's `messages` already serialized: its `parts`, whose concatenation the request will carry.
 
-    __slots__ = ("data",)
+    The bytes are copied once, into the request's body (`request_bytes`): not into a whole of their own first. Under
+    callgrind a copy of an agent's 150 KB counts ~0.17 M instructions, a third of its serialization.
+    """
+
+    __slots__ = ("parts",)
 
     def __init__(self, value: Any) -> None:
         # A copy of the exact size: orjson's own result holds ~16 KiB however short.
-        self.data = bytes(memoryview(orjson.dumps(value)))
+        self.parts: tuple[bytes | memoryview, ...] = (bytes(memoryview(orjson.dumps(value))),)
+
+    @classmethod
+    def of_list(cls, head: list[Any], rest: bytes) -> EncodedJSON:
+        """The JSON array of `head`'s values, then of the values of `rest`, a JSON array serialized already
+        (`encoded_list`): its bytes are not copied here."""
+        encoded = cls.__new__(cls)
+        first = orjson.dumps(head)
+        if rest == b"[]" or not head:
+            encoded.parts = (first,) if rest == b"[]" else (rest,)
+        else:
+            encoded.parts = (memoryview(first)[:-1], b",", memoryview(rest)[1:])
+        return encoded
+
+
+def encoded_list(values: list[Any]) -> bytes:
+    """`values` serialized as a JSON array, to follow other values in one (`EncodedJSON.of_list`). A long one is
+    orjson's own result, not copied (its spare capacity is small beside it); a short one a copy of its size."""
+    data = orjson.dumps(values)
+    return data if len(data) >= _COPIED_BELOW else bytes(memoryview(data))
 
 
 def request_bytes(payload: Mapping[str, Any]) -> bytes:
@@ -31,4 +57,5 @@ def request_bytes(payload: Mapping[str, Any]) -> bytes:
         # (under respx and httpx's own transports the response keeps its request, body and all).
         return bytes(memoryview(orjson.dumps(payload)))
     head = orjson.dumps({key: value for key, value in payload.items() if key != "messages"})
-    return b"".join((head[:-1], b',"messages":' if len(head) > 2 else b'"messages":', messages.data, b"}"))
+    key = b',"messages":' if len(head) > 2 else b'"messages":'
+    return b"".join((memoryview(head)[:-1], key, *messages.parts, b"}"))
