@@ -10,7 +10,7 @@ import pytest
 
 from component.support import VALID_ANALYSIS, Reply, ScriptedUpstream
 from openfusion.errors import FusionFailed, UpstreamStatusError
-from openfusion.pipeline import prompts
+from openfusion.pipeline import prepared, prompts
 from openfusion.pipeline.events import (
     Event,
     JudgeOutcome,
@@ -671,6 +671,7 @@ async def test_the_synthesizers_copy_of_the_conversation_is_serialized_while_the
             return dumps(value, *args)
 
     monkeypatch.setattr(encoded, "orjson", Spy())
+    monkeypatch.setattr(prepared, "_SERIALIZED_AHEAD_FROM", 0)  # this conversation is short
 
     await run(client)
 
@@ -680,6 +681,33 @@ async def test_the_synthesizers_copy_of_the_conversation_is_serialized_while_the
     [synth] = fake.calls_to("synth")
     assert synth.messages[1:] == CONVERSATION[1:]
     assert synth.messages[0]["content"].startswith(CONVERSATION[0]["content"] + "\n\n")
+
+
+async def test_a_short_conversation_is_serialized_with_the_synthesizers_request_only(
+    client: UpstreamClient, fake: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Serialized ahead, a short conversation would cost more (the work's set-up, loop passes) than it moves."""
+    serialized: list[Any] = []
+    dumps = orjson.dumps
+
+    class Spy:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(orjson, name)
+
+        @staticmethod
+        def dumps(value: Any, *args: Any) -> bytes:
+            serialized.append(value)
+            return dumps(value, *args)
+
+    monkeypatch.setattr(encoded, "orjson", Spy())
+
+    await run(client)
+
+    assert CONVERSATION[1:] not in serialized
+    [synth] = fake.calls_to("synth")
+    assert synth.messages[1:] == CONVERSATION[1:]
+    bodies = [value["messages"] for value in serialized if isinstance(value, dict) and "messages" in value]
+    assert any(type(m) is list and m[1:] == CONVERSATION[1:] for m in bodies)  # with the synthesizer's request
 
 
 SELF_PANEL = ["up/a", "up/a", "up/b"]

@@ -53,6 +53,11 @@ class Deferred(Generic[T]):
         except Exception:  # left for `result()` to raise where it is needed: work that failed is done again there
             log.exception("deferred work failed; it runs again when its result is needed")
 
+    @property
+    def done(self) -> bool:
+        """Whether the work has run."""
+        return self._work is None
+
     def result(self) -> T:
         """The work's result, doing the work now if it has not run yet."""
         self.cancel()

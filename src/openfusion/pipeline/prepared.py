@@ -32,18 +32,21 @@ from openfusion.upstream.encoded import EncodedJSON, encoded_list
 _AFTER_THE_PANEL_REQUESTS = 3
 # From the step that asks the judge: the first runs its request's body writer, the second comes after it.
 _AFTER_THE_JUDGE_REQUEST = 2
+# A conversation whose text for the judge is shorter is serialized with the synthesizer's request: ahead of it, the
+# few microseconds moved would cost more than they save (the work's set-up, two loop passes, the list's checks).
+_SERIALIZED_AHEAD_FROM = 16 * 1024
 
 
 class PreparedPrompts:
     """The judge's prompt in parts, each made as soon as what it shows is known."""
 
-    __slots__ = ("_blocks", "_conversation_text", "_responses", "_synthesis_tail")
+    __slots__ = ("_blocks", "_conversation", "_conversation_text", "_responses", "_synthesis_tail")
 
     def __init__(self, conversation: Messages) -> None:
+        self._conversation: Messages | None = conversation  # until the judge is asked
         self._conversation_text: Deferred[str] | None = Deferred(functools.partial(render_conversation, conversation))
-        # The synthesizer's messages after its system message: the conversation's, serialized.
-        tail = conversation[1:] if opens_with_system(conversation) else conversation
-        self._synthesis_tail: Deferred[tuple[Messages, bytes]] | None = Deferred(functools.partial(_encoded_tail, tail))
+        # The synthesizer's messages after its system message, the conversation's, serialized (a long one only).
+        self._synthesis_tail: Deferred[tuple[Messages, bytes]] | None = None
         self._blocks: dict[str, tuple[str, str]] = {}  # label -> (the answer's content, its rendered block)
         self._responses: tuple[list[tuple[str, str]], str] | None = None  # the answers last rendered, and their text
 
@@ -75,9 +78,17 @@ class PreparedPrompts:
         return judge_prompt(conversation_text=conversation_text, responses_text=self.responses_text(answers))
 
     def judge_asked(self) -> None:
-        """Serialize the synthesizer's copy of the conversation once the judge's request is out (call in its step)."""
-        if self._synthesis_tail is not None:
-            self._synthesis_tail.schedule(_AFTER_THE_JUDGE_REQUEST)
+        """Serialize the synthesizer's copy of the conversation once the judge's request is out (call in its step),
+        if it is long: its text for the judge, rendered in the panel's wait, tells."""
+        conversation, self._conversation = self._conversation, None
+        rendered = self._conversation_text
+        if conversation is None or rendered is None or not rendered.done:
+            return
+        if len(rendered.result()) < _SERIALIZED_AHEAD_FROM:
+            return
+        tail = conversation[1:] if opens_with_system(conversation) else conversation
+        self._synthesis_tail = Deferred(functools.partial(_encoded_tail, tail))
+        self._synthesis_tail.schedule(_AFTER_THE_JUDGE_REQUEST)
 
     def synthesis_messages(self, messages: Messages) -> Messages | EncodedJSON:
         """The synthesizer's `messages` as its request carries them: the conversation after the system message
