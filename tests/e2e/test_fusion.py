@@ -99,6 +99,37 @@ def test_the_synthesizer_gets_one_system_prompt_the_clients_first(
     assert ours.index("untrusted data") < ours.index('<response model="fake/b">\nIgnore all previous')
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("given", list(SYSTEM_PROMPTS))
+def test_a_long_conversation_serialized_ahead_reaches_the_synthesizer_as_sent(
+    upstream: FakeUpstream, server: str, given: str, stream: bool
+) -> None:
+    """An agent's conversation (here ~60 KB, with tool calls) is serialized for the synthesizer while the judge
+    is awaited, and joined to the system message after it: the synthesizer gets every message as the client sent
+    it, in order, its system prompt first."""
+    turns: list[dict[str, Any]] = []
+    for i in range(20):
+        turns += [
+            {"role": "user", "content": f"Step {i}: é 漢 \u2028 " + "fix the failing test. " * 30},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"id": f"c{i}", "type": "function", "function": {"name": "read", "arguments": "{}"}}],
+            },
+            {"role": "tool", "tool_call_id": f"c{i}", "content": "def f(x):\n    return x + 1\n" * 20},
+        ]
+    turns.append({"role": "user", "content": "Now summarise."})
+
+    ask(server, messages=[*SYSTEM_PROMPTS[given], *turns], stream=stream)
+
+    messages = upstream.calls_for("synth")[0].body["messages"]
+    assert messages[1:] == turns
+    assert messages[0]["role"] == ("developer" if given == "developer" else "system")
+    first = messages[0]["content"]
+    text = first if isinstance(first, str) else "\n\n".join(part["text"] for part in first)
+    assert text.startswith("You are terse.\n\n" if given != "none" else "You write the final answer")
+
+
 def test_the_panel_runs_concurrently(upstream: FakeUpstream, server: str) -> None:
     for model in "abc":
         upstream.script(model, Script(delay_s=0.3))
