@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -116,12 +117,11 @@ class Statements:
         is a wait each time, and PostgreSQL pays a round trip each.
         """
         latest = {entry.generation.id: entry for entry in batch}
-        ids = [storable(generation_id) for generation_id in latest]
+        ids = list(storable_values(latest))
         statements: list[tuple[str, list[Any]]] = []
         for chunk in _chunks(ids, _MAX_PARAMETERS):
-            marks = ", ".join([self.placeholder] * len(chunk))
-            statements.append((f"DELETE FROM calls WHERE generation_id IN ({marks})", chunk))
-            statements.append((f"DELETE FROM generations WHERE id IN ({marks})", chunk))
+            deletes = _delete_texts(self.placeholder, len(chunk))
+            statements += [(text, chunk) for text in deletes]
         generations = [generation_row(entry.generation) for entry in latest.values()]
         calls = [call_values(call, i) for entry in latest.values() for i, call in enumerate(entry.calls)]
         statements += self._inserts("generations", GENERATION_COLUMNS, generations)
@@ -129,14 +129,34 @@ class Statements:
         return statements
 
     def _inserts(
-        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+        self, table: str, columns: tuple[str, ...], rows: Sequence[Sequence[Any]]
     ) -> list[tuple[str, list[Any]]]:
-        row = "(" + ", ".join([self.placeholder] * len(columns)) + ")"
-        head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
         return [
-            (head + ", ".join([row] * len(chunk)), [value for values in chunk for value in values])
+            (
+                _insert_text(self.placeholder, table, columns, len(chunk)),
+                [value for values in chunk for value in values],
+            )
             for chunk in _chunks(rows, _MAX_PARAMETERS // len(columns))
         ]
+
+
+# A statement's text made once per length (`_chunks` keeps them few): per batch, building it again cost as much as
+# the rest of the batch's Python work, and the same string object is then found in sqlite3's statement cache without
+# hashing its text again.
+
+
+@functools.lru_cache(maxsize=256)
+def _delete_texts(placeholder: str, count: int) -> tuple[str, str]:
+    """The statements deleting `count` generations (their calls first) by id."""
+    marks = ", ".join([placeholder] * count)
+    return f"DELETE FROM calls WHERE generation_id IN ({marks})", f"DELETE FROM generations WHERE id IN ({marks})"
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_text(placeholder: str, table: str, columns: tuple[str, ...], count: int) -> str:
+    """The statement inserting `count` rows of `columns` into `table`."""
+    row = "(" + ", ".join([placeholder] * len(columns)) + ")"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([row] * count)
 
 
 # Bound parameters per statement: within the oldest SQLite limit (999); PostgreSQL allows 65,535.
@@ -188,9 +208,14 @@ def _json_text(value: Any) -> str:
         return str(storable(json.dumps(value, ensure_ascii=False)))
 
 
+def storable_values(values: Iterable[Any]) -> tuple[Any, ...]:
+    """`values`, each string made `storable` (the rest, numbers and NULLs, taken as they are, without a call)."""
+    return tuple([storable(value) if isinstance(value, str) else value for value in values])
+
+
 def generation_values(record: GenerationRecord) -> tuple[Any, ...]:
     """A record as values in GENERATION_COLUMNS order (created_at stays a datetime), every string storable."""
-    return tuple(storable(value) for value in _generation_values(record))
+    return storable_values(_generation_values(record))
 
 
 def _generation_values(record: GenerationRecord) -> tuple[Any, ...]:
@@ -275,7 +300,7 @@ def call_values(call: CallRecord, position: int) -> tuple[Any, ...]:
         call.upstream_status,
         call.retries,
     )
-    return tuple(storable(value) for value in values)
+    return storable_values(values)
 
 
 def call_from_row(row: Sequence[Any]) -> CallRecord:
