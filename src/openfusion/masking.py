@@ -99,6 +99,18 @@ class SecretMasker:
         if held := lines.end():
             yield held
 
+    def line_cut(self, data: bytes) -> int:
+        """How much of `data` (a stream's bytes not yet relayed) to mask and relay now, the rest held for the next read,
+        so that no key is split between two masks: up to the end of its last line; of an unfinished line longer than
+        `_MAX_HELD_BYTES`, all but its last longest-secret's length, or up to a secret's prefix that begins earlier and
+        may go on past that. All of it when there is nothing to mask."""
+        if self._automaton is None:
+            return len(data)
+        cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+        if len(data) - cut > _MAX_HELD_BYTES:
+            return self._safe_cut(data, len(data) - self._longest)
+        return cut
+
     def _safe_cut(self, value: bytes, cut: int) -> int:
         """`cut`, moved back to the start of any secret's prefix that begins before it (and may go on past it)."""
         assert self._automaton is not None
@@ -144,10 +156,8 @@ class LineMask:
         """The masked whole lines this chunk completes (b"" if none); a long unfinished line goes out in parts."""
         held = self._held
         data = held + chunk if held else chunk
-        cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
         masker = self._masker
-        if len(data) - cut > _MAX_HELD_BYTES:
-            cut = masker._safe_cut(data, len(data) - masker._longest)
+        cut = masker.line_cut(data)
         self._held = data[cut:]
         return masker.bytes(data[:cut]) if cut else b""
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from openfusion.masking import MASK, SecretMasker
+from openfusion.masking import MASK, LineMask, SecretMasker
 
 PROVIDER = "sk-proj-Q7vX2mN9pL4kR8sT1wY6zA3bC5dE0fGh"
 SEARCH = "BSAk2x9Lq7Vn4Zp8Rt1Wy6"
@@ -145,3 +145,42 @@ def test_a_line_longer_than_the_hold_is_relayed_in_parts_without_splitting_a_key
     relayed = b"".join(out)
     assert relayed == filler + MASK.encode() + b" and more" + b"y" * 70_000 + b"\n"
     assert len(out) > 2  # not held whole until its end
+
+
+LONGEST = max(len(secret) for secret in SECRETS)  # none has a character JSON escapes: each spelled as it is
+
+
+@pytest.mark.parametrize(
+    ("data", "cut"),
+    [
+        (b"", 0),
+        (b"data: {}\n\n", 10),
+        (b"data: {}\r\n\r\ndata: {", 12),  # the whole lines; the unfinished one waits
+        (b"data: {}\r", 9),
+        (b"data: {", 0),
+        (b"data: key " + PROVIDER[:20].encode(), 0),  # the first read of a key split across two
+        (b"data: one\n\ndata: key " + PROVIDER[:20].encode(), 11),
+    ],
+)
+def test_line_cut_relays_whole_lines_and_holds_the_unfinished_one(data: bytes, cut: int) -> None:
+    assert MASKER.line_cut(data) == cut
+    assert SecretMasker().line_cut(data) == len(data)  # nothing to mask: nothing held
+
+
+def test_line_cut_of_a_line_past_the_hold_keeps_back_only_what_a_key_could_start_in() -> None:
+    long_line = b"data: " + b"x" * (64 * 1024)
+    assert MASKER.line_cut(long_line) == len(long_line) - LONGEST  # no secret: only the last longest key's length
+    assert MASKER.line_cut(long_line[:-LONGEST]) == 0  # within the hold: held whole
+    quoted = long_line + PROVIDER[:20].encode()  # a key's prefix that may go on in the next read: held back whole
+    assert MASKER.line_cut(quoted) == len(quoted) - LONGEST <= len(long_line)
+    whole = b"data: one\n" + long_line + PROVIDER.encode() + b" and more"  # a whole key past the cut, before the end
+    assert MASKER.line_cut(whole) == len(whole) - len(PROVIDER + " and more")
+
+
+def test_a_key_split_across_two_reads_is_masked_whole() -> None:
+    lines = LineMask(MASKER)
+    first, rest = PROVIDER[:20].encode(), PROVIDER[20:].encode()
+    assert lines.feed(b"data: one\n\ndata: key " + first) == b"data: one\n\n"
+    assert lines.feed(rest + b"\n\ndata: two") == b"data: key ***\n\n"
+    assert lines.end() == b"data: two"
+    assert lines.end() == b""
