@@ -247,7 +247,7 @@ async def _close(exchange: Exchange, *, streamed: bool) -> None:
     """The response's end, however it came: the cache's run is given back and the ledger closed.
 
     A stream whose client left before its body began never runs the body's own clean-up (`Ledger.closing`, or the
-    `relay_began`… of a body that relays itself, which records a client leaving), so this is the one path every
+    `Ledger.relay` of a body that relays itself, which records a client leaving), so this is the one path every
     response takes.
     """
     if exchange.cache is not None:

@@ -38,38 +38,34 @@ async def stream_fusion(
     sse = _SSE(generation_id=generation_id, model=model, progress=progress, ledger=ledger)
     # The ledger's relay (`Ledger.closing`) done here, not by a generator around this one: each answer chunk would
     # cross that level too, ~1.2 k instructions a token.
-    task = ledger.relay_began() if ledger is not None else None
-    try:
-        # A first line at once, so clients and proxies see the request is alive: it leaves with the headers and with
-        # what the run says in its first step (the panel starting), written in the same loop pass (one system call).
-        yield KEEPALIVE
+    with ledger.relay() if ledger is not None else contextlib.nullcontext() as relay:
         try:
-            async with contextlib.aclosing(events):
-                async for event in events:
-                    if out := sse.render(event):
-                        yield out
-        except OpenFusionError as exc:
+            # A first line at once, so clients and proxies see the request is alive: it leaves with the headers and with
+            # what the run says in its first step (the panel starting), written in the same loop pass (one system call).
+            yield KEEPALIVE
+            try:
+                async with contextlib.aclosing(events):
+                    async for event in events:
+                        if out := sse.render(event):
+                            yield out
+            except OpenFusionError as exc:
+                if ledger is not None:
+                    ledger.failed(exc)
+                yield encode(error_chunk(exc, generation_id=generation_id, model=sse.model, created=sse.created))
+            except Exception as exc:
+                if ledger is not None:
+                    ledger.failed(exc)
+                log.exception("fusion stream failed")
+                error = OpenFusionError("Internal server error.", code="internal_error")
+                yield encode(error_chunk(error, generation_id=generation_id, model=sse.model, created=sse.created))
             if ledger is not None:
-                ledger.failed(exc)
-            yield encode(error_chunk(exc, generation_id=generation_id, model=sse.model, created=sse.created))
-        except Exception as exc:
-            if ledger is not None:
-                ledger.failed(exc)
-            log.exception("fusion stream failed")
-            error = OpenFusionError("Internal server error.", code="internal_error")
-            yield encode(error_chunk(error, generation_id=generation_id, model=sse.model, created=sse.created))
-        if ledger is not None:
-            await ledger.commit()  # clients stop reading at [DONE]: the record goes to the store first
-        yield DONE
-    except BaseException as exc:
-        if ledger is None or not ledger.relay_stopped(exc, task):
-            raise
-        if end := ledger.shutdown_ending():
-            yield end  # (the ledger closed by `relay_ended`)
-    finally:
-        if ledger is not None:
-            ledger.relay_ended(task)
-        del task  # (a cancelled task's error holds this frame: see `Ledger._closing`)
+                await ledger.commit()  # clients stop reading at [DONE]: the record goes to the store first
+            yield DONE
+        except BaseException as exc:
+            if relay is None or (end := relay.stopped(exc)) is None:
+                raise
+            if end:
+                yield end  # (the ledger closed as the relay ends)
 
 
 class _SSE:

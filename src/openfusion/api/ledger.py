@@ -25,13 +25,12 @@ from openfusion.activity import (
 )
 from openfusion.api.deps import AppState
 from openfusion.api.disconnect import ClientDisconnected
-from openfusion.api.shutdown import shutting_down
+from openfusion.api.relay_record import RelayRecord
 from openfusion.errors import OpenFusionError
 from openfusion.observability.logs import generation_id as generation_id_var
 from openfusion.observability.tracing import current_request_spans
 from openfusion.pipeline.events import RunContent, RunFinished
 from openfusion.protocol import Usage, new_generation_id
-from openfusion.sse import DONE, encode, error_chunk
 from openfusion.upstream.trace import CallTrace, known_usage, start_trace
 
 if TYPE_CHECKING:
@@ -82,9 +81,8 @@ class Ledger:
         self.cache_hit = False  # answered from the result cache
         self.cost_saved: float | None = None  # what the cached run cost, on a hit
         self._closed = False
-        self.body_began = False  # a streamed body began relaying (`closing`): its own end records a departure
+        self.body_began = False  # a streamed body began relaying (`relay`): its own end records a departure
         self._unread: Forwarded | None = None  # the upstream response a streamed body will relay, until it begins
-        self._stopped_relay = False  # the shutdown stopped its relay: closed when the relay ends (`relay_ended`)
         # Its spend cap's hold: settled to the actual cost here, released once that is in the store.
         self.reservation = reservation
         if reservation is not None:
@@ -158,79 +156,33 @@ class Ledger:
         render_error: Callable[[OpenFusionError], bytes] | None,
         keep_stopped: Callable[[], Awaitable[None]] | None,
     ) -> AsyncIterator[bytes]:
-        task = self.relay_began()
-        try:
-            async for chunk in body:
-                yield chunk
-            await self.commit()  # before the body's end, which tells the client the response is whole
-        except BaseException as exc:
-            if not self.relay_stopped(exc, task):
-                raise
-            if end := self.shutdown_ending(render_error):
-                if keep_stopped is not None:  # what the surface keeps of its failed response, before it is told
-                    await keep_stopped()
-                yield end
-        finally:
-            self.relay_ended(task)
-            # A cancelled task keeps the CancelledError it ended with, and the error's traceback keeps this frame:
-            # holding the task here too would make a cycle that keeps the whole request until a full collection.
-            del task
+        with self.relay() as relay:
+            try:
+                async for chunk in body:
+                    yield chunk
+                await self.commit()  # before the body's end, which tells the client the response is whole
+            except BaseException as exc:
+                if (end := relay.stopped(exc, render_error)) is None:
+                    raise
+                if end:
+                    if keep_stopped is not None:  # what the surface keeps of its failed response, before it is told
+                        await keep_stopped()
+                    yield end
 
     # A streamed body that relays itself, without `closing`'s generator around it (a level each of its chunks would
-    # cross), does what `_closing` does with these: `relay_began` as it begins; on any exception, `relay_stopped`, and
-    # then yields `shutdown_ending` or re-raises; `relay_ended` in its `finally` (it closes a ledger the shutdown
-    # stopped); and `commit` before its last bytes. `expect_relay` names the upstream response it will relay, as
-    # `closing` does.
+    # cross), records its relay as `_closing` does, through `relay()` (`RelayRecord`), and commits before its last
+    # bytes. `expect_relay` names the upstream response it will relay, as `closing` does.
 
     def expect_relay(self, upstream: Forwarded | None) -> None:
         """The upstream response a body that relays itself will relay: closed by `release_unread` if it never
         begins."""
         self._unread = upstream
 
-    def relay_began(self) -> asyncio.Task[Any] | None:
-        """A streamed body begins relaying: its task (watched by the shutdown's drain until `relay_ended`)."""
+    def relay(self) -> RelayRecord:
+        """A streamed body begins relaying: the record of its relay, entered by the task relaying it (`RelayRecord`)."""
         self.body_began = True
         self._unread = None  # the body's own clean-up closes it from here
-        task = asyncio.current_task()  # the one relaying this body
-        if task is not None:
-            self.state.drain.watch(task)
-        return task
-
-    def relay_stopped(self, exc: BaseException, task: asyncio.Task[Any] | None) -> bool:
-        """Whether the relay `exc` interrupted was stopped by the shutdown's grace period (its error then goes to the
-        client: `shutdown_ending`); otherwise it is recorded as failed, and closed, for the caller to re-raise."""
-        stopped = task is not None and self.state.drain.stopped(task)
-        if not (isinstance(exc, asyncio.CancelledError) and stopped):
-            # Closed where it yielded, its send to a client that reads no more stopped by the grace period's end:
-            # stopped by the shutdown, as those told so (that error has no way to its client).
-            self.failed(shutting_down() if stopped and isinstance(exc, GeneratorExit) else exc)
-            self.close()
-            return False
-        assert task is not None
-        task.uncancel()  # our own cancellation, now handled: the error goes to the client
-        return True
-
-    def shutdown_ending(self, render_error: Callable[[OpenFusionError], bytes] | None = None) -> bytes:
-        """The bytes that end a relay the shutdown stopped (the ledger closed by `relay_ended`, once they are yielded
-        or the client is gone); b"" if it was stopped while its record was being written: the answer is whole."""
-        if self._closed:
-            return b""
-        self._stopped_relay = True
-        error = shutting_down()
-        self.failed(error)
-        # A blank line first: the body may have stopped in the middle of an event.
-        return b"\n\n" + (render_error(error) if render_error else encode(self._error_chunk(error)) + DONE)
-
-    def relay_ended(self, task: asyncio.Task[Any] | None) -> None:
-        """The relay's end, however it came: a relay the shutdown stopped recorded, its task no longer watched."""
-        if self._stopped_relay:
-            self.close()
-        if task is not None:
-            self.state.drain.unwatch(task)
-
-    def _error_chunk(self, error: OpenFusionError) -> dict[str, Any]:
-        model = self.model or self.requested_model
-        return error_chunk(error, generation_id=self.generation_id, model=model, created=int(time.time()))
+        return RelayRecord(self)
 
     @property
     def confirms(self) -> bool:

@@ -116,43 +116,40 @@ _DONE_FIELD = b"data: [DONE]"
 async def _relay(forwarded: Forwarded, *, model: str, ledger: Ledger) -> AsyncIterator[bytes]:
     """The relayed stream, with its ledger's relay (`Ledger.closing`) done here rather than by a generator around this
     one: a level each read would cross too, ~1.2 k instructions."""
-    task = ledger.relay_began()
-    try:
-        complete = False
-        # The last few reads, by reference (no copy on the hot path): the end of the stream says whether it is whole.
-        recent: deque[bytes] = deque(maxlen=4)
-        confirms = ledger.confirms
+    with ledger.relay() as relay:
         try:
-            async for chunk in forwarded.body:
-                recent.append(chunk)
-                if confirms and _DONE_FIELD in chunk and unfinished(forwarded, _tail(recent)) is None:
-                    # Clients stop reading at [DONE]: the answer is whole, so its record goes to the store first.
-                    _note_usage(forwarded, _tail(recent))
-                    forwarded.answered()
-                    await ledger.commit()
-                yield chunk
-            complete = True
-            _note_usage(forwarded, _tail(recent))
-            ending = unfinished(forwarded, _tail(recent))
-            if ending is not None:  # ended cleanly, yet not a whole answer: say so, as for a cut stream
-                error, done_sent = ending
-                tail = _failed(forwarded, error, model=model, ledger=ledger)
-                if not done_sent:  # after a [DONE] the client reads nothing more: the record alone says it
-                    yield tail
-        except UpstreamError as exc:  # the upstream broke off mid-stream: say so rather than end silently
-            complete = True
-            yield _failed(forwarded, exc, model=model, ledger=ledger)
-        finally:
-            await forwarded.aclose(complete=complete)
-        await ledger.commit()  # before the body's end, which tells the client the response is whole
-    except BaseException as exc:
-        if not ledger.relay_stopped(exc, task):
-            raise
-        if end := ledger.shutdown_ending():
-            yield end  # (the ledger closed by `relay_ended`)
-    finally:
-        ledger.relay_ended(task)
-        del task  # (a cancelled task's error holds this frame: see `Ledger._closing`)
+            complete = False
+            # The last few reads, by reference (no copy on the hot path): the end of the stream tells if it is whole.
+            recent: deque[bytes] = deque(maxlen=4)
+            confirms = ledger.confirms
+            try:
+                async for chunk in forwarded.body:
+                    recent.append(chunk)
+                    if confirms and _DONE_FIELD in chunk and unfinished(forwarded, _tail(recent)) is None:
+                        # Clients stop reading at [DONE]: the answer is whole, so its record goes to the store first.
+                        _note_usage(forwarded, _tail(recent))
+                        forwarded.answered()
+                        await ledger.commit()
+                    yield chunk
+                complete = True
+                _note_usage(forwarded, _tail(recent))
+                ending = unfinished(forwarded, _tail(recent))
+                if ending is not None:  # ended cleanly, yet not a whole answer: say so, as for a cut stream
+                    error, done_sent = ending
+                    tail = _failed(forwarded, error, model=model, ledger=ledger)
+                    if not done_sent:  # after a [DONE] the client reads nothing more: the record alone says it
+                        yield tail
+            except UpstreamError as exc:  # the upstream broke off mid-stream: say so rather than end silently
+                complete = True
+                yield _failed(forwarded, exc, model=model, ledger=ledger)
+            finally:
+                await forwarded.aclose(complete=complete)
+            await ledger.commit()  # before the body's end, which tells the client the response is whole
+        except BaseException as exc:
+            if (end := relay.stopped(exc)) is None:
+                raise
+            if end:
+                yield end  # (the ledger closed as the relay ends)
 
 
 def _failed(forwarded: Forwarded, exc: UpstreamError, *, model: str, ledger: Ledger) -> bytes:
