@@ -104,7 +104,8 @@ class SecretMasker:
         so that no key is split between two masks: up to the end of its last line; of an unfinished line longer than
         `_MAX_HELD_BYTES`, all but its last longest-secret's length, or up to a secret's prefix that begins earlier and
         may go on past that. All of it when there is nothing to mask."""
-        if self._automaton is None:
+        # A read that ends a line, as nearly every one of an SSE stream does, is relayed whole without a search.
+        if self._automaton is None or data.endswith(b"\n"):
             return len(data)
         cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
         if len(data) - cut > _MAX_HELD_BYTES:
