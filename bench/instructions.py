@@ -14,7 +14,8 @@ streams 40 tokens 2 ms apart (`drip`), 32 more than `fast0`, each read apart fro
 valgrind several streams' tokens may share a read): (its count − `fusion stream`'s) / 32 is what a token costs. On a
 busy machine the server under valgrind sometimes reads several of those tokens at once, and the count moves with the
 load; two cases stream 40 and 400 tokens 10 ms apart, each read alone: (the difference) / 360 is a token's cost with
-neither the request's nor the load's part. The streamed pass-through cases do the same for a relayed stream.
+neither the request's nor the load's part. The streamed pass-through cases do the same for a relayed stream. One case
+streams 400 tokens written back to back: most reads bring several, what relaying a fast stream costs.
 
 Counts are of instructions, not time: a cache miss or a system call costs more than its count says. Use
 this to compare builds on the same work, `bench.ab` for what a change does to latency.
@@ -36,6 +37,7 @@ from bench.load import agent_body, chat_body
 from bench.procs import Service
 from bench.scenarios import (
     AUTH,
+    BURST400,
     DRIP,
     DRIP40,
     DRIP400,
@@ -57,6 +59,8 @@ CASES = {  # name: (model, stream, body)
     # 40 and 400 tokens 10 ms apart (`scenarios.DRIP400`): (the difference) / 360, a token's cost with less noise.
     "fusion stream 40 tokens 10 ms apart": (f"fusion/{DRIP40.name}", True, chat_body),
     "fusion stream 400 tokens 10 ms apart": (f"fusion/{DRIP400.name}", True, chat_body),
+    # 400 tokens written back to back: the server reads several at once, what a relay of a fast stream costs.
+    "fusion stream 400 tokens back to back": (f"fusion/{BURST400.name}", True, chat_body),
     "fusion non-stream": (f"fusion/{FAST0.name}", False, chat_body),
     # A coding agent's long conversation (~150 KB): what a request costs for the size of its context.
     "fusion non-stream 150 KB": (f"fusion/{FAST0.name}", False, agent_body),

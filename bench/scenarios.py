@@ -169,17 +169,20 @@ DRIP = replace(FAST0, name="drip", synth="fake/lat-0-tok-40-every-2")
 # the load (a relayed token read with others costs less): 10 ms apart, each is read alone.
 DRIP40 = replace(FAST0, name="drip40", synth="fake/lat-0-tok-40-every-10")
 DRIP400 = replace(FAST0, name="drip400", synth="fake/lat-0-tok-400-every-10")
+# 400 tokens back to back: the fake writes them at once, and the server reads several at a time (how many depends on
+# the socket, not the load: the fake is done before the first is parsed).
+BURST400 = replace(FAST0, name="burst400", synth="fake/lat-0-tok-400")
 # Pass-through models whose tokens come the same way.
 PASS_DRIP40, PASS_DRIP400 = "fake/lat-0-tok-40-every-10", "fake/lat-0-tok-400-every-10"
 HOLD = Fusion("hold", ("fake/lat-0", "fake/lat-0", "fake/lat-0"), "fake/lat-0", "fake/lat-0-tok-1200-every-100")
 
 
 def main_presets() -> dict[str, str]:
-    return {p.name: p.toml() for p in (BENCH3, MOA3, FAST0, CACHED, DRIP, DRIP40, DRIP400)}
+    return {p.name: p.toml() for p in (BENCH3, MOA3, FAST0, CACHED, DRIP, DRIP40, DRIP400, BURST400)}
 
 
 def floor_presets() -> dict[str, dict[str, Any]]:
-    return {p.name: p.floor() for p in (BENCH3, MOA3, FAST0, HOLD, DRIP, DRIP40, DRIP400)}
+    return {p.name: p.floor() for p in (BENCH3, MOA3, FAST0, HOLD, DRIP, DRIP40, DRIP400, BURST400)}
 
 
 def ideal_fn(url: str, fusion: Fusion, *, stream: bool) -> Any:
