@@ -652,13 +652,9 @@ async def test_the_judges_prompt_is_made_while_the_slowest_panelist_is_awaited(
     assert finished(events).content.final_answer == "The fused final answer."
 
 
-async def test_the_synthesizers_copy_of_the_conversation_is_serialized_while_the_judge_is_awaited(
-    client: UpstreamClient, fake: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Once the judge has answered, only the synthesizer's system message is left to serialize (an agent's
-    conversation is ~150 KB); its request carries the same messages as ever."""
-    fake.script("judge", Reply(ANALYSIS_JSON, delay_s=0.3))
-    serialized: list[tuple[Any, float]] = []  # each value the request bodies' serializer took, and when
+def _spy_on_request_serialization(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, float]]:
+    """Each value the request bodies' serializer (`upstream.encoded`'s orjson) takes from here, and when."""
+    serialized: list[tuple[Any, float]] = []
     dumps = orjson.dumps
 
     class Spy:
@@ -671,6 +667,16 @@ async def test_the_synthesizers_copy_of_the_conversation_is_serialized_while_the
             return dumps(value, *args)
 
     monkeypatch.setattr(encoded, "orjson", Spy())
+    return serialized
+
+
+async def test_the_synthesizers_copy_of_the_conversation_is_serialized_while_the_judge_is_awaited(
+    client: UpstreamClient, fake: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the judge has answered, only the synthesizer's system message is left to serialize (an agent's
+    conversation is ~150 KB); its request carries the same messages as ever."""
+    fake.script("judge", Reply(ANALYSIS_JSON, delay_s=0.3))
+    serialized = _spy_on_request_serialization(monkeypatch)  # each value serialized, and when
     monkeypatch.setattr(prepared, "_SERIALIZED_AHEAD_FROM", 0)  # this conversation is short
 
     await run(client)
@@ -687,21 +693,11 @@ async def test_a_short_conversation_is_serialized_with_the_synthesizers_request_
     client: UpstreamClient, fake: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Serialized ahead, a short conversation would cost more (the work's set-up, loop passes) than it moves."""
-    serialized: list[Any] = []
-    dumps = orjson.dumps
-
-    class Spy:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(orjson, name)
-
-        @staticmethod
-        def dumps(value: Any, *args: Any) -> bytes:
-            serialized.append(value)
-            return dumps(value, *args)
-
-    monkeypatch.setattr(encoded, "orjson", Spy())
+    spied = _spy_on_request_serialization(monkeypatch)
 
     await run(client)
+
+    serialized = [value for value, _ in spied]
 
     assert CONVERSATION[1:] not in serialized
     [synth] = fake.calls_to("synth")

@@ -48,11 +48,11 @@ def _reachable_strings(root: Any, shared_names: frozenset[str] = frozenset()) ->
             todo.append(ref)
 
 
-@pytest.mark.parametrize(("path", "body"), BODIES, ids=[p.rsplit("/", 1)[-1] for p, _ in BODIES])
-def test_a_stream_inside_synthesis_holds_no_part_of_its_request(
-    upstream: FakeUpstream, start_probed_server: Any, path: str, body: dict[str, Any]
-) -> None:
-    upstream.script("synth", Script(chunks=[f"w{i} " for i in range(200)], chunk_interval_s=0.05))
+def _held_inside_synthesis(
+    start_probed_server: Any, path: str, body: dict[str, Any], needle: str, shared: frozenset[str] = frozenset()
+) -> tuple[list[str], bytes]:
+    """The strings holding `needle` that any task of the server's loop reaches (past objects of the `shared` types)
+    while the stream of `body` is inside synthesis, and the rest of that stream, read once they are counted."""
     with start_probed_server() as (server, probe):
         headers = {"anthropic-version": "2023-06-01"} if path == "/v1/messages" else {}
         with httpx.stream("POST", f"{server}{path}", json=body, headers=headers, timeout=30) as response:
@@ -64,12 +64,25 @@ def test_a_stream_inside_synthesis_holds_no_part_of_its_request(
 
             async def held() -> list[str]:
                 # Every task of the server's loop: the response's, uvicorn's for its connection, the app's own.
+                # (`needle` itself is reached too: through this coroutine's closure)
                 return [
-                    s for task in asyncio.all_tasks() for s in _reachable_strings(task) if "held-stream marker" in s
+                    s
+                    for task in asyncio.all_tasks()
+                    for s in _reachable_strings(task, shared)
+                    if needle in s and s is not needle
                 ]
 
-            assert asyncio.run_coroutine_threadsafe(held(), probe.loop).result(timeout=20) == []
-            rest = b"".join(chunks)
+            found = asyncio.run_coroutine_threadsafe(held(), probe.loop).result(timeout=20)
+            return found, b"".join(chunks)
+
+
+@pytest.mark.parametrize(("path", "body"), BODIES, ids=[p.rsplit("/", 1)[-1] for p, _ in BODIES])
+def test_a_stream_inside_synthesis_holds_no_part_of_its_request(
+    upstream: FakeUpstream, start_probed_server: Any, path: str, body: dict[str, Any]
+) -> None:
+    upstream.script("synth", Script(chunks=[f"w{i} " for i in range(200)], chunk_interval_s=0.05))
+    held, rest = _held_inside_synthesis(start_probed_server, path, body, "held-stream marker")
+    assert held == []
     assert b"w199 " in rest  # the stream ends whole
     (call,) = upstream.calls_for("synth")
     assert MARKER in str(call.body["messages"])  # the synthesizer did read the conversation
@@ -87,25 +100,10 @@ def test_a_stream_inside_synthesis_holds_no_part_of_its_analysis(
 ) -> None:
     upstream.script("judge", Script(content=json.dumps({**ANALYSIS, "consensus": [JUDGED]})))
     upstream.script("synth", Script(chunks=[f"w{i} " for i in range(200)], chunk_interval_s=0.05))
-    with start_probed_server() as (server, probe):
-        headers = {"anthropic-version": "2023-06-01"} if path == "/v1/messages" else {}
-        with httpx.stream("POST", f"{server}{path}", json=body, headers=headers, timeout=30) as response:
-            read, chunks = b"", response.iter_bytes()
-            for chunk in chunks:
-                read += chunk
-                if b"w3 " in read:  # inside synthesis, and past its settling (the first token came after it)
-                    break
-
-            async def held() -> list[str]:
-                # The agent loop's cache of turns (shared by the app, bounded, and read by a later step) is
-                # meant to keep the analysis; the stream itself is not.
-                shared = frozenset({"TurnCache"})
-                return [
-                    s for task in asyncio.all_tasks() for s in _reachable_strings(task, shared) if "judge marker" in s
-                ]
-
-            assert asyncio.run_coroutine_threadsafe(held(), probe.loop).result(timeout=20) == []
-            rest = b"".join(chunks)
+    # The agent loop's cache of turns (shared by the app, bounded, and read by a later step) is meant to keep the
+    # analysis; the stream itself is not.
+    held, rest = _held_inside_synthesis(start_probed_server, path, body, "judge marker", frozenset({"TurnCache"}))
+    assert held == []
     assert b"w199 " in rest  # the stream ends whole
     (call,) = upstream.calls_for("synth")
     assert JUDGED in str(call.body["messages"])  # the synthesizer did read the analysis

@@ -118,8 +118,13 @@ def test_openrouters_fields_go_to_openrouter_alone_a_fallback_included(
          {"effort": "high", "summary": "auto"}),
         ({"max_tokens": 2000, "exclude": True}, {"effort": "medium"}),
         ({"exclude": True}, None),
+        # `enabled: false` wins over the effort or budget beside it: OpenAI gets no `reasoning` at all (its efforts
+        # that come closest to off, `none` and `minimal`, are each refused by some of its models).
+        ({"enabled": False, "effort": "high"}, None),
+        ({"enabled": False, "effort": "low", "summary": "auto"}, None),
+        ({"enabled": False, "max_tokens": 3500}, None),
     ],
-    ids=["effort-and-budget", "budget-only", "exclude-only"],
+    ids=["effort-and-budget", "budget-only", "exclude-only", "off-effort", "off-effort-and-summary", "off-budget"],
 )  # fmt: skip
 def test_openrouters_reasoning_keys_go_to_openrouter_alone_a_fallback_included(
     upstream: FakeUpstream, native_server: str, reasoning: dict[str, Any], to_openai: dict[str, Any] | None,
@@ -171,35 +176,6 @@ def test_a_reasoning_budget_or_enabled_reaches_an_effort_only_provider_as_an_eff
     kept = {key: value for key, value in reasoning.items() if key == "summary"}
     assert upstream.calls_for("plain")[0].body == {"model": "plain", "input": "Hi", "store": False, **limit,
                                                    "reasoning": {**kept, "effort": effort}}  # fmt: skip
-
-
-@pytest.mark.parametrize("stream", [False, True])
-@pytest.mark.parametrize(
-    "reasoning",
-    [{"enabled": False, "effort": "high"}, {"enabled": False, "effort": "low", "summary": "auto"},
-     {"enabled": False, "max_tokens": 3500}],
-    ids=["effort", "effort-and-summary", "budget"],
-)  # fmt: skip
-def test_reasoning_turned_off_reaches_an_effort_only_provider_as_no_reasoning(
-    upstream: FakeUpstream, native_server: str, reasoning: dict[str, Any], stream: bool
-) -> None:
-    """`enabled: false` wins over the effort or budget beside it: OpenAI gets no `reasoning` at all (its efforts that
-    come closest to off, `none` and `minimal`, are each refused by some of its models), OpenRouter the object whole."""
-    upstream.script("plain", Script(status=400, error_message="No such model"))
-    upstream.script("other", Script(content="From the fallback."))
-    extra = {"reasoning": reasoning, "models": ["router/other"]}
-    with openai.OpenAI(base_url=f"{native_server}/v1", api_key="k", max_retries=0) as client:
-        if stream:
-            with client.responses.stream(model="native/plain", input="Hi", extra_body=extra) as events:
-                answer = events.get_final_response()
-        else:
-            answer = client.responses.create(model="native/plain", input="Hi", extra_body=extra)
-
-    assert answer.output_text == "From the fallback."
-    streamed = {"stream": True} if stream else {}
-    assert upstream.calls_for("plain")[0].body == {"model": "plain", "input": "Hi", "store": False, **streamed}
-    assert upstream.calls_for("other")[0].body == {"model": "other", "input": "Hi", "store": False,
-                                                   "reasoning": reasoning, **streamed}  # fmt: skip
 
 
 def test_a_native_request_with_a_malformed_reasoning_is_a_400(upstream: FakeUpstream, native_server: str) -> None:

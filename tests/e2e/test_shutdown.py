@@ -361,16 +361,11 @@ def test_a_response_held_behind_an_unread_one_is_recorded_when_the_backstop_canc
     assert "still unrecorded" not in log and "dropped" not in log, log[-3000:]
 
 
-def test_a_responses_stream_stopped_at_the_end_of_the_grace_period_is_kept_failed(
-    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path
-) -> None:
-    """A translated Responses stream the shutdown stops ends with `response.failed` (`server_shutting_down`): that
-    response is kept, as any other that failed after it began, so a client retrieving it (from a replica, or this
-    server once it is back) learns how it ended rather than getting a 404 for an id it was given."""
-    _, upstream_url = fake_upstream
-    upstream.script("drip", Script(chunks=["first ", "second"], chunk_interval_s=60))
-    activity = tmp_path / "activity.sqlite3"
-    extra = f'\n[activity]\npath = "{activity}"\n'
+def _responses_stream_stopped_at_grace(
+    upstream: FakeUpstream, upstream_url: str, presets_dir: Path, tmp_path: Path, extra: str
+) -> list[dict[str, Any]]:
+    """The events of a Responses stream of `fake/drip` whose server was sent SIGTERM after its first token (a 1 s
+    grace period: the stream outlives it)."""
     result: dict[str, Any] = {}
 
     def read(url: str) -> None:
@@ -386,15 +381,34 @@ def test_a_responses_stream_stopped_at_the_end_of_the_grace_period_is_kept_faile
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
         thread.join(15)
+    return result["events"]
 
-    events = result["events"]
-    last = events[-1]
-    assert last["type"] == "response.failed" and last["response"]["error"]["code"] == "server_shutting_down", events
+
+def _retrieved_after_a_restart(
+    upstream_url: str, presets_dir: Path, tmp_path: Path, extra: str, response_id: str
+) -> Any:
+    """The response `response_id` as a server started again on the same store gives it (the openai SDK's)."""
     with (
         served(upstream_url, presets_dir, tmp_path, grace_s=1, extra=extra) as (url, _),
         openai.OpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0) as client,
     ):
-        kept = client.responses.retrieve(last["response"]["id"])
+        return client.responses.retrieve(response_id)
+
+
+def test_a_responses_stream_stopped_at_the_end_of_the_grace_period_is_kept_failed(
+    fake_upstream: Any, upstream: FakeUpstream, presets_dir: Path, tmp_path: Path
+) -> None:
+    """A translated Responses stream the shutdown stops ends with `response.failed` (`server_shutting_down`): that
+    response is kept, as any other that failed after it began, so a client retrieving it (from a replica, or this
+    server once it is back) learns how it ended rather than getting a 404 for an id it was given."""
+    _, upstream_url = fake_upstream
+    upstream.script("drip", Script(chunks=["first ", "second"], chunk_interval_s=60))
+    activity = tmp_path / "activity.sqlite3"
+    extra = f'\n[activity]\npath = "{activity}"\n'
+    events = _responses_stream_stopped_at_grace(upstream, upstream_url, presets_dir, tmp_path, extra)
+    last = events[-1]
+    assert last["type"] == "response.failed" and last["response"]["error"]["code"] == "server_shutting_down", events
+    kept = _retrieved_after_a_restart(upstream_url, presets_dir, tmp_path, extra, last["response"]["id"])
     assert kept.status == "failed" and kept.error is not None and kept.error.code == "server_shutting_down"
     assert kept.output_text == "first "  # what was answered before the stop
 
@@ -409,24 +423,8 @@ def test_a_native_responses_stream_stopped_at_the_end_of_the_grace_period_is_kep
     upstream.script("drip", Script(content="first second", chunk_interval_s=60))
     activity = tmp_path / "activity.sqlite3"
     extra = f'responses = true\n\n[activity]\npath = "{activity}"\n'
-    result: dict[str, Any] = {}
-
-    def read(url: str) -> None:
-        body = {"model": "fake/drip", "input": "Hi", "stream": True}
-        with httpx.stream("POST", f"{url}/v1/responses", json=body, timeout=60) as response:
-            result["events"] = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
-
-    with served(upstream_url, presets_dir, tmp_path, grace_s=1, extra=extra) as (url, process):
-        thread = threading.Thread(target=read, args=(url,))
-        thread.start()
-        wait_until(lambda: len(upstream.calls) == 1, timeout=20)
-        time.sleep(0.3)  # its first token relayed
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
-        thread.join(15)
-
+    events = _responses_stream_stopped_at_grace(upstream, upstream_url, presets_dir, tmp_path, extra)
     assert upstream.calls[0].path == "/v1/responses"  # relayed as it came, not translated
-    events = result["events"]
     assert [e["delta"] for e in events if e["type"] == "response.output_text.delta"] == ["first "]  # cut mid-answer
     numbers = [e["sequence_number"] for e in events]
     assert numbers == sorted(set(numbers))  # the event added comes next in order
@@ -436,10 +434,6 @@ def test_a_native_responses_stream_stopped_at_the_end_of_the_grace_period_is_kep
     with sqlite3.connect(activity) as conn:
         rows = conn.execute("SELECT api_type, status, failure_reason FROM generations").fetchall()
     assert rows == [("responses", "error", "server_shutting_down")]
-    with (
-        served(upstream_url, presets_dir, tmp_path, grace_s=1, extra=extra) as (url, _),
-        openai.OpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0) as client,
-    ):
-        kept = client.responses.retrieve(last["response"]["id"])
+    kept = _retrieved_after_a_restart(upstream_url, presets_dir, tmp_path, extra, last["response"]["id"])
     assert kept.status == "failed" and kept.error is not None and kept.error.code == "server_shutting_down"
     assert kept.model == "drip" and kept.output == []  # no output item was done before the stop
