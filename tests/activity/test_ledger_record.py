@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 
 from openfusion.activity import ActivityWriter, PriceTable
@@ -34,6 +35,7 @@ async def test_the_record_is_the_request_at_its_close_not_later(sqlite_store: Sq
     await asyncio.sleep(0.05)
     ledger.failed(asyncio.CancelledError())  # the client left while the synthesizer was answering
     ledger.close()
+    closed_ms = (time.perf_counter() - ledger.trace.started) * 1000
     assert writer.stats.queued == 1 and await sqlite_store.get(ledger.generation_id) is None  # not written yet
     # What happens after the close reaches neither the ledger's record nor its calls'.
     ledger.status, ledger.model = "ok", "fake/later"
@@ -47,9 +49,10 @@ async def test_the_record_is_the_request_at_its_close_not_later(sqlite_store: Sq
     assert (entry.generation.status, entry.generation.model) == ("cancelled", None)
     panel, synth = entry.calls
     assert (panel.status, panel.completion_tokens) == ("ok", 2)
-    # Stopped where the close found it: no tokens, and the time until then, not until it later ended.
+    # Stopped where the close found it: no tokens, and the time until then, not until it later ended (0.2 s after the
+    # close at least). Bounded by the close as read here, not by a fixed time a loaded machine may overrun.
     assert (synth.status, synth.completion_tokens) == ("cancelled", 0)
-    assert 50 <= synth.latency_ms < 200
+    assert 50 <= synth.latency_ms <= closed_ms + 1
     assert entry.generation.usage.completion_tokens == 2
 
 
