@@ -82,12 +82,15 @@ async def test_redis_window_is_shared_by_replicas(
 
 
 async def test_redis_window_slides(make_limiter: Callable[..., RedisLimiter]) -> None:
+    """A window of 2 s holds three round trips to Redis on a loaded machine (0.3 s may not); its end is waited for as
+    the refusal tells, rather than for a fixed time."""
     limiter = make_limiter()
-    assert await limiter.hit("k", limit=2, window_s=0.3) == 0
-    assert await limiter.hit("k", limit=2, window_s=0.3) == 0
-    assert 0 < await limiter.hit("k", limit=2, window_s=0.3) <= 0.3
-    await asyncio.sleep(0.35)
-    assert await limiter.hit("k", limit=2, window_s=0.3) == 0
+    assert await limiter.hit("k", limit=2, window_s=2.0) == 0
+    assert await limiter.hit("k", limit=2, window_s=2.0) == 0
+    wait = await limiter.hit("k", limit=2, window_s=2.0)
+    assert 0 < wait <= 2.0
+    await asyncio.sleep(wait + 0.05)
+    assert await limiter.hit("k", limit=2, window_s=2.0) == 0
 
 
 async def test_redis_slots_are_shared_and_given_back(
