@@ -109,8 +109,10 @@ if "--multiprocessing-fork" in sys.argv:  # a worker, not the supervisor: the fi
         os.close(os.open({marker!r}, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
         pass
-    else:
-        time.sleep({delay_s})
+    else:  # held until the test opens the gate (a fixed delay could end before a loaded machine starts the other)
+        deadline = time.monotonic() + 120
+        while not os.path.exists({gate!r}) and time.monotonic() < deadline:
+            time.sleep(0.05)
 """
 
 
@@ -123,12 +125,19 @@ def test_a_worker_that_starts_late_still_gets_its_share_of_the_first_connections
     _, upstream_url = fake_upstream
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(_SLOW_START.format(marker=str(tmp_path / "late"), delay_s=4))
+    gate = tmp_path / "gate"
+    (site / "sitecustomize.py").write_text(_SLOW_START.format(marker=str(tmp_path / "late"), gate=str(gate)))
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
-    with serve(provider_config(upstream_url), presets_dir, tmp_path, args=("--workers", "2"), env=env) as served:
-        assert len(served.serving()) < 2  # the server answers; one worker is still starting
+    # The connections carry no request: a loaded machine may take longer than the default 10 s header timeout to
+    # start the held worker, and the first worker would close those it accepted before they are counted.
+    idle = "[server]\nheader_timeout_s = 600\nkeep_alive_timeout_s = 600\n"
+    config = provider_config(upstream_url, extra=idle)
+    with serve(config, presets_dir, tmp_path, args=("--workers", "2"), env=env) as served:
+        assert len(served.serving()) == 1  # the server answers; the other worker is held before it starts
         clients = [socket.create_connection(("127.0.0.1", served.port), timeout=10) for _ in range(40)]
         try:
+            assert len(served.serving()) == 1  # every connection was made while one worker served
+            gate.touch()
             pids = served.wait_serving(2)
             assert {accepted_by(client, set(pids.values()), timeout=20) for client in clients} == set(pids.values())
         finally:
