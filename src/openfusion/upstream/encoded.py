@@ -44,7 +44,9 @@ class EncodedJSON:
 
 def encoded_list(values: list[Any]) -> bytes:
     """`values` serialized as a JSON array, to follow other values in one (`EncodedJSON.of_list`). A long one is
-    orjson's own result, not copied (its spare capacity is small beside it); a short one a copy of its size."""
+    orjson's own result, not copied for the copy's cost (~0.17 M instructions for an agent's 150 KB): its spare
+    capacity is not small (254 KiB held for an agent's 148 KiB, traced), but it is held only while the judge is
+    awaited. A short one is a copy of its size, as orjson's result holds ~16 KiB however short."""
     data = orjson.dumps(values)
     return data if len(data) >= _COPIED_BELOW else bytes(memoryview(data))
 
