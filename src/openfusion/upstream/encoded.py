@@ -35,8 +35,10 @@ class EncodedJSON:
         (`encoded_list`): its bytes are not copied here."""
         encoded = cls.__new__(cls)
         first = orjson.dumps(head)
-        if rest == b"[]" or not head:
-            encoded.parts = (first,) if rest == b"[]" else (rest,)
+        if rest == b"[]":
+            encoded.parts = (first,)
+        elif not head:
+            encoded.parts = (rest,)
         else:
             encoded.parts = (memoryview(first)[:-1], b",", memoryview(rest)[1:])
         return encoded
