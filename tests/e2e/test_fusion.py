@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from fakes.upstream import FakeUpstream, Script, wait_until
+from openfusion.upstream.read_timeout import LazyReadTimeout
 
 from .conftest import ANALYSIS
 
@@ -99,14 +100,8 @@ def test_the_synthesizer_gets_one_system_prompt_the_clients_first(
     assert ours.index("untrusted data") < ours.index('<response model="fake/b">\nIgnore all previous')
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
-@pytest.mark.parametrize("given", list(SYSTEM_PROMPTS))
-def test_a_long_conversation_serialized_ahead_reaches_the_synthesizer_as_sent(
-    upstream: FakeUpstream, server: str, given: str, stream: bool
-) -> None:
-    """An agent's conversation (here ~60 KB, with tool calls) is serialized for the synthesizer while the judge
-    is awaited, and joined to the system message after it: the synthesizer gets every message as the client sent
-    it, in order, its system prompt first."""
+def agent_turns() -> list[dict[str, Any]]:
+    """An agent's conversation, ~60 KB with tool calls."""
     turns: list[dict[str, Any]] = []
     for i in range(20):
         turns += [
@@ -119,6 +114,18 @@ def test_a_long_conversation_serialized_ahead_reaches_the_synthesizer_as_sent(
             {"role": "tool", "tool_call_id": f"c{i}", "content": "def f(x):\n    return x + 1\n" * 20},
         ]
     turns.append({"role": "user", "content": "Now summarise."})
+    return turns
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("given", list(SYSTEM_PROMPTS))
+def test_a_long_conversation_serialized_ahead_reaches_the_synthesizer_as_sent(
+    upstream: FakeUpstream, server: str, given: str, stream: bool
+) -> None:
+    """An agent's conversation (here ~60 KB, with tool calls) is serialized for the synthesizer while the judge
+    is awaited, and joined to the system message after it: the synthesizer gets every message as the client sent
+    it, in order, its system prompt first."""
+    turns = agent_turns()
 
     ask(server, messages=[*SYSTEM_PROMPTS[given], *turns], stream=stream)
 
@@ -128,6 +135,61 @@ def test_a_long_conversation_serialized_ahead_reaches_the_synthesizer_as_sent(
     first = messages[0]["content"]
     text = first if isinstance(first, str) else "\n\n".join(part["text"] for part in first)
     assert text.startswith("You are terse.\n\n" if given != "none" else "You write the final answer")
+
+
+class RecordingTransport:
+    """An upstream connection's transport that remembers each write it is given, buffer by buffer."""
+
+    def __init__(self, transport: Any, writes: list[list[bytes]]) -> None:
+        self._transport = transport
+        self._writes = writes
+
+    def write(self, data: Any) -> None:
+        self._writes.append([bytes(data)])
+        self._transport.write(data)
+
+    def writelines(self, buffers: Any) -> None:
+        buffers = list(buffers)
+        self._writes.append([bytes(buffer) for buffer in buffers])
+        self._transport.writelines(buffers)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def test_a_long_conversation_goes_upstream_without_its_head_joined_to_its_body(
+    upstream: FakeUpstream, start_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each upstream request of a fusion on an agent's conversation (~60 KB) reaches its connection's transport as
+    its head and its body, two buffers of one write, not joined into a copy of the whole first (Python 3.11's
+    aiohttp did that to every request of 2 KiB or more; each copy of an agent's 150 KB counts ~0.17 M
+    instructions)."""
+    writes: list[list[bytes]] = []
+    made = LazyReadTimeout.connection_made
+
+    def recorded(protocol: LazyReadTimeout, transport: Any) -> None:
+        made(protocol, RecordingTransport(transport, writes))
+
+    monkeypatch.setattr(LazyReadTimeout, "connection_made", recorded)
+    turns = agent_turns()
+
+    with start_server() as url:
+        ask(url, messages=turns)
+
+    requests = [write for write in writes if write[0].startswith(b"POST /v1/chat/completions ")]
+    assert len(requests) == 5  # three panelists, the judge, the synthesizer
+    for write in requests:
+        assert len(write) == 2, "the request's head was joined to its body"
+        head, body = write
+        assert head.endswith(b"\r\n\r\n")
+        assert int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]) == len(body)
+    bodies = sorted((json.loads(body) for _, body in requests), key=lambda body: body["model"])
+    assert [body["model"] for body in bodies] == ["a", "b", "c", "judge", "synth"]
+    assert bodies[0]["messages"] == bodies[1]["messages"] == bodies[2]["messages"]  # the panel's shared bytes
+    assert len(bodies[0]["messages"]) == len(turns)
+    assert bodies[4]["messages"][1:] == turns
+    for body in bodies:  # the bytes written are what arrived
+        assert [call.body for call in upstream.calls_for(body["model"])] == [body]
 
 
 def test_the_panel_runs_concurrently(upstream: FakeUpstream, server: str) -> None:

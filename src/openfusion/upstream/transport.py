@@ -32,6 +32,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from openfusion.upstream.read_timeout import use_lazy_read_timeout
+from openfusion.upstream.vectored_writes import use_vectored_writes
 
 # aiohttp's exceptions → httpx's, the most specific match winning (httpx-aiohttp's table, kept as it was:
 # failures.diagnose and the web fetcher know its quirks).
@@ -158,6 +159,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             ssl=self.ssl_context,
         )
         use_lazy_read_timeout(connector)  # one timer per connection for `sock_read`, not one per read
+        use_vectored_writes()  # a request's head and body written as they are, not joined into a copy first
         self._session = aiohttp.ClientSession(
             connector=connector,
             # httpx decodes (from the response's own headers); no cookies: an API client has no use for them.
