@@ -5,9 +5,10 @@ two come to 2 KiB or more, except on the Pythons where asyncio's own `writelines
 (CVE-2024-12254: 3.12 before 3.12.9, 3.13 before 3.13.2), and on those before 3.12, where it did not help: there
 aiohttp joins the two into a new bytes object and writes that. On Python 3.11 every upstream request was so copied
 whole once more after its body was made: for a coding agent's conversation (~150 KB) spliced into five bodies a
-fusion, five copies of ~0.17 M instructions each. On 3.11 asyncio's `writelines` is that same join (its transports
-have no other), and uvloop's writes the buffers as they are (`writev`, or each into the TLS stream) with the same
-back-pressure as its `write` (the protocol paused while the rest waits): nothing the CVE is about.
+fusion, five copies of ~0.17 M instructions each. On 3.11 asyncio's plain transports' `writelines` is that same
+join, its TLS transport's is its `write` for each buffer, and uvloop's writes the buffers as they are (`writev`, or
+each into the TLS stream) with the same back-pressure as its `write` (the protocol paused while the rest waits):
+nothing the CVE is about.
 
 aiohttp has no setting for it: `use_vectored_writes` clears the module's switch, and reports whether it could
 (`tests/component/test_vectored_writes.py` fails if a new aiohttp moves it).
