@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 import sys
+from pathlib import Path
+from typing import Any
 
+import httpx
+import orjson
 import pytest
+import trustme
+import uvloop
 from aiohttp import http_writer
+from multidict import CIMultiDict
 
+from fakes.server import serve_in_thread
+from fakes.upstream import FakeUpstream
+from openfusion.upstream.read_timeout import LazyReadTimeout
+from openfusion.upstream.transport import AiohttpTransport, read_body
 from openfusion.upstream.vectored_writes import use_vectored_writes
 
 
@@ -21,3 +34,64 @@ def test_without_the_switch_aiohttps_own_writes_are_kept(monkeypatch: pytest.Mon
     monkeypatch.delattr(http_writer, "SKIP_WRITELINES")
     assert use_vectored_writes() is False
     assert not hasattr(http_writer, "SKIP_WRITELINES")
+
+
+class Recording:
+    """A connection's transport that counts the buffers of each `writelines` call."""
+
+    def __init__(self, transport: Any, written: list[int]) -> None:
+        self._transport = transport
+        self._written = written
+
+    def writelines(self, buffers: Any) -> None:
+        buffers = list(buffers)
+        self._written.append(len(buffers))
+        self._transport.writelines(buffers)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_a_long_request_arrives_whole_through_uvloops_writelines(
+    tls: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 300 KB body goes out through uvloop's `writelines` (with its head, as two buffers) over plain TCP and TLS,
+    and arrives as sent."""
+    fake, ca = FakeUpstream(), trustme.CA()
+    certificate = ca.issue_cert("127.0.0.1")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certificate.cert_chain_pems[0].write_to_path(str(cert_file))
+    certificate.private_key_pem.write_to_path(str(key_file))
+    trusted = ssl.create_default_context()
+    ca.configure_trust(trusted)
+    body = {"model": "m", "messages": [{"role": "user", "content": "é 漢 " + "x" * 300_000}]}
+    content = orjson.dumps(body)
+
+    async def send(url: str) -> int:
+        transport = AiohttpTransport(limits=httpx.Limits(max_connections=4), verify=trusted)
+        try:
+            headers = CIMultiDict({"Host": url.split("//")[1], "Content-Type": "application/json"})
+            headers["Content-Length"] = str(len(content))
+            reply = await transport.post(httpx.URL(f"{url}/v1/chat/completions"), headers, content, {"read": 30.0})
+            await read_body(reply)
+            await reply.aclose()
+            return reply.status_code
+        finally:
+            await transport.aclose()
+
+    written: list[int] = []  # the buffers of each `writelines` call
+    made = LazyReadTimeout.connection_made
+
+    def recorded(protocol: LazyReadTimeout, transport: Any) -> None:
+        made(protocol, Recording(transport, written))
+
+    monkeypatch.setattr(LazyReadTimeout, "connection_made", recorded)
+    if sys.version_info < (3, 12):
+        monkeypatch.setattr(http_writer, "SKIP_WRITELINES", True)  # as aiohttp leaves it, for the session to clear
+    tls_files = (str(cert_file), str(key_file)) if tls else None
+    with serve_in_thread(fake.app, tls=tls_files) as url, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(send(url)) == 200
+    assert written == [2]  # the head and the body, as they are
+    [call] = fake.calls_for("m")
+    assert call.body == body
