@@ -16,6 +16,7 @@ import uvloop
 from aiohttp import http_writer
 from multidict import CIMultiDict
 
+from component.support import JOINS_ON_ITS_OWN
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream
 from openfusion.upstream.read_timeout import LazyReadTimeout
@@ -52,6 +53,7 @@ class Recording:
         return getattr(self._transport, name)
 
 
+@JOINS_ON_ITS_OWN
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
 def test_a_long_request_arrives_whole_through_uvloops_writelines(
     tls: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

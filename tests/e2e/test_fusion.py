@@ -13,6 +13,7 @@ import openai
 import pytest
 from aiohttp import http_writer
 
+from component.support import JOINS_ON_ITS_OWN
 from fakes.upstream import FakeUpstream, Script, wait_until
 from openfusion.upstream.read_timeout import LazyReadTimeout
 
@@ -159,6 +160,7 @@ class RecordingTransport:
         return getattr(self._transport, name)
 
 
+@JOINS_ON_ITS_OWN
 def test_a_long_conversation_goes_upstream_without_its_head_joined_to_its_body(
     upstream: FakeUpstream, start_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
