@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import anthropic
 import httpx
+import httpx2
 import pytest
 
-from fakes.anthropic_api import USAGE, FakeAnthropic, Reply
+from fakes.anthropic_api import MALFORMED, USAGE, FakeAnthropic, Reply
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream, wait_until
 from openfusion.api import completion_events
@@ -32,16 +34,26 @@ def gateway(
     tmp_path: Path,
 ) -> Iterator[str]:
     """openfusion with the chat fake and an Anthropic-native provider serving `claude/*`."""
+    with serve_native(anthropic_native[1], make_settings, tmp_path) as url:
+        yield url
+
+
+@contextmanager
+def serve_native(
+    native_url: str, make_settings: Callable[..., Settings], tmp_path: Path, **overrides: Any
+) -> Iterator[str]:
+    """The `gateway` fixture's server, with settings `overrides`."""
     chat = make_settings().providers
-    claude = ProviderConfig(name="claude", base_url=f"{anthropic_native[1]}/v1", api_key_env="CLAUDE_KEY",
+    claude = ProviderConfig(name="claude", base_url=f"{native_url}/v1", api_key_env="CLAUDE_KEY",
                             models=["claude/*"], strip_prefix=True, messages=True)  # fmt: skip
     # OpenRouter's Messages endpoint (`reasoning_style = "openrouter"` says it is OpenRouter), on the same fake.
-    router = ProviderConfig(name="router", base_url=f"{anthropic_native[1]}/v1", api_key_env="CLAUDE_KEY",
+    router = ProviderConfig(name="router", base_url=f"{native_url}/v1", api_key_env="CLAUDE_KEY",
                             models=["router/*"], strip_prefix=True, messages=True,
                             reasoning_style="openrouter")  # fmt: skip
     settings = make_settings(providers=[*chat, claude, router], activity={"path": tmp_path / "activity.sqlite3"},
                              keys=[{"name": "cc", "key_env": "CLIENT_KEY"},
-                                   {"name": "scoped", "key_env": "SCOPED_KEY", "models": ["fake/*"]}])  # fmt: skip
+                                   {"name": "scoped", "key_env": "SCOPED_KEY", "models": ["fake/*"]}],
+                             **overrides)  # fmt: skip
     environ = {"FAKE_KEY": "sk-provider-secret", "CLAUDE_KEY": "sk-ant-provider", "CLIENT_KEY": "sk-client-7d2e4f9a",
                "SCOPED_KEY": SCOPED_KEY}  # fmt: skip
     with serve_in_thread(create_app(settings, environ=environ)) as url:
@@ -543,3 +555,98 @@ def test_a_whole_message_answered_to_a_stream_is_read_only_up_to_its_bound(
     raised = stream_error(gateway)
 
     assert "whole answer over 64 bytes" in raised.body["error"]["message"]  # type: ignore[index]
+
+
+class Tap(httpx2.HTTPTransport):
+    """The SDK's transport (on `httpx2`, the SDK's own), keeping the bytes of each response as it reads them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read = bytearray()
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = super().handle_request(request)
+        return httpx2.Response(response.status_code, headers=response.headers, extensions=response.extensions,
+                              stream=_Tapped(response.stream, self.read))  # fmt: skip
+
+
+class _Tapped(httpx2.SyncByteStream):
+    def __init__(self, stream: Any, read: bytearray) -> None:
+        self._stream, self._read = stream, read
+
+    def __iter__(self) -> Iterator[bytes]:
+        for part in self._stream:
+            self._read.extend(part)
+            yield part
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def tapped_sdk(url: str, tap: Tap) -> anthropic.Anthropic:
+    """The anthropic SDK on a transport that keeps what it reads."""
+    return anthropic.Anthropic(base_url=url, api_key="sk-client-7d2e4f9a", max_retries=0,
+                               http_client=httpx2.Client(transport=tap, timeout=60))  # fmt: skip
+
+
+def read_failed_stream(client: anthropic.Anthropic) -> tuple[str, anthropic.APIStatusError]:
+    """The text the SDK's stream helper yields of a native stream that fails after it began, and the error it raises
+    for the `error` event that ends it (any other exception, such as one for an event it cannot parse, escapes)."""
+    text: list[str] = []
+    body: dict[str, Any] = {"model": "claude/opus", "max_tokens": 10, "messages": QUESTION}
+    with pytest.raises(anthropic.APIStatusError) as raised, client.messages.stream(**body) as stream:
+        text.extend(event.text for event in stream if event.type == "text")
+    return "".join(text), raised.value
+
+
+@pytest.mark.parametrize(
+    ("reply", "failure"),
+    [
+        (Reply(half_after=4, pause_s=0.5), "upstream_unreachable"),  # the connection dropped in the middle of an event
+        (Reply(malformed_after=4), "upstream_invalid_response"),  # an event no client can read
+    ],
+    ids=["cut mid-event", "malformed event"],
+)
+def test_a_native_stream_the_provider_breaks_off_is_an_error_the_sdk_raises(
+    anthropic_native: tuple[FakeAnthropic, str], gateway: str, reply: Reply, failure: str
+) -> None:
+    """Anthropic's SDK reads the stream up to the break, then raises the `error` event that ends it: not a JSON error
+    for the broken event, which used to reach it first (relayed, or completed by the blank line before the error)."""
+    fake, _ = anthropic_native
+    fake.replies = [reply]
+    tap = Tap()
+    with tapped_sdk(gateway, tap) as client:
+        text, raised = read_failed_stream(client)
+
+    assert text == "Native "  # what came before the break
+    assert raised.body["type"] == "error" and raised.body["error"]["type"] == "api_error", raised.body  # type: ignore[index]
+    record = generation(gateway, raised.response.headers["x-generation-id"])
+    assert record["status"] == "error" and record["failure_reason"] == failure, record
+    [call] = record["calls"]
+    assert call["status"] == "error", call
+    if reply.half_after is not None:  # the fault: the client got the first half of an event, and no more of it
+        assert fake.calls[0].half in tap.read and b"answer." not in tap.read
+    else:  # the fault: the provider sent an event that is not JSON (kept from the client)
+        assert "not JSON" in call["error"] and MALFORMED.split(b"\n")[1] + b"\n" not in tap.read
+
+
+@pytest.mark.parametrize("reply", [Reply(pause_after=4), Reply(half_after=4)], ids=["between events", "mid-event"])
+def test_a_native_stream_the_provider_stops_sending_ends_with_a_timeout_error(
+    anthropic_native: tuple[FakeAnthropic, str], make_settings: Callable[..., Settings], tmp_path: Path, reply: Reply
+) -> None:
+    """The provider goes silent mid-answer (for 60 s) past the read timeout (1 s): the SDK raises Anthropic's
+    `timeout_error`, the provider's response is closed and the request recorded as timed out."""
+    fake, native_url = anthropic_native
+    fake.replies = [reply]
+    tap = Tap()
+    with (
+        serve_native(native_url, make_settings, tmp_path, http={"read_timeout_s": 1.0}) as url,
+        tapped_sdk(url, tap) as client,
+    ):
+        text, raised = read_failed_stream(client)
+        wait_until(lambda: fake.calls[0].disconnected, timeout=10)  # the fault: cut short while the provider paused
+        record = generation(url, raised.response.headers["x-generation-id"])
+
+    assert fake.calls[0].half in tap.read and text == "Native "
+    assert raised.body["error"]["type"] == "timeout_error", raised.body  # type: ignore[index]
+    assert record["status"] == "error" and record["failure_reason"] == "upstream_timeout", record

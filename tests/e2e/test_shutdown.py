@@ -20,7 +20,10 @@ import httpx
 import openai
 import pytest
 
+from fakes.anthropic_api import FakeAnthropic, Reply
 from fakes.upstream import FakeUpstream, Script, wait_until
+
+from .test_messages_native import Tap, read_failed_stream, tapped_sdk
 
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -58,7 +61,7 @@ def served(
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # a loaded machine can take a while to start it
         while True:
             try:
                 if httpx.get(f"{url}/healthz").status_code == 200:
@@ -437,3 +440,50 @@ def test_a_native_responses_stream_stopped_at_the_end_of_the_grace_period_is_kep
     kept = _retrieved_after_a_restart(upstream_url, presets_dir, tmp_path, extra, last["response"]["id"])
     assert kept.status == "failed" and kept.error is not None and kept.error.code == "server_shutting_down"
     assert kept.model == "drip" and kept.output == []  # no output item was done before the stop
+
+
+@pytest.mark.parametrize("reply", [Reply(pause_after=4), Reply(half_after=4)], ids=["between events", "mid-event"])
+def test_a_native_messages_stream_stopped_at_the_end_of_the_grace_period_ends_with_an_error_event(
+    anthropic_native: tuple[FakeAnthropic, str], presets_dir: Path, tmp_path: Path, reply: Reply
+) -> None:
+    """A stream relayed from a provider that speaks Anthropic Messages itself, still open when the grace period ends
+    (its provider silent for 60 s after a word, or in the middle of an event): the anthropic SDK gets the word, then
+    raises Anthropic's `overloaded_error` for the `error` event that ends the stream (not a cut connection, nor a
+    JSON error for the unfinished event); the provider's response is closed and the request recorded as stopped by
+    the shutdown."""
+    fake, native_url = anthropic_native
+    fake.replies = [reply]
+    activity = tmp_path / "activity.sqlite3"
+    extra = (
+        f'\n[[providers]]\nname = "claude"\nbase_url = "{native_url}/v1"\nmodels = ["claude/*"]\nstrip_prefix = true'
+        f'\nmessages = true\n\n[activity]\npath = "{activity}"\n'
+    )
+    tap, result = Tap(), {}
+
+    def read(url: str) -> None:
+        with tapped_sdk(url, tap) as client:
+            result["text"], result["error"] = read_failed_stream(client)
+
+    with served("http://127.0.0.1:9", presets_dir, tmp_path, grace_s=1, extra=extra) as (url, process):
+        thread = threading.Thread(target=read, args=(url,))
+        thread.start()
+        # The word relayed, and the half event after it when there is one: the provider now pauses.
+        wait_until(lambda: bool(fake.calls) and tap.read.endswith(fake.calls[0].half or b"\n\n"), timeout=20)
+        wait_until(lambda: b"Native " in tap.read, timeout=20)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+        thread.join(15)
+
+    log = (tmp_path / "serve.log").read_text(errors="replace")
+    assert "grace period over: ending 1 request(s) in flight" in log, log[-3000:]  # the fault: stopped mid-answer
+    assert result["text"] == "Native "
+    error = result["error"]
+    assert error.body["type"] == "error" and error.body["error"]["type"] == "overloaded_error", error.body
+    assert "shutting down" in error.body["error"]["message"]
+    wait_until(lambda: fake.calls[0].disconnected, timeout=10)  # the provider's response was closed
+    assert _generations_by_surface(activity) == [("messages", "error", "server_shutting_down")], log[-3000:]
+
+
+def _generations_by_surface(activity: Path) -> list[tuple[str, str, str | None]]:
+    with sqlite3.connect(activity) as conn:
+        return conn.execute("SELECT api_type, status, failure_reason FROM generations").fetchall()

@@ -6,10 +6,11 @@ provider's key as `x-api-key`, the client's `anthropic-version` and `anthropic-b
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from fakes.upstream import _StreamCut
+from fakes.upstream import _ClosingStreamingResponse, _pause, _StreamCut
 
 USAGE = {"input_tokens": 21, "output_tokens": 4, "cache_read_input_tokens": 3, "cache_creation_input_tokens": 0}
 
@@ -40,6 +41,11 @@ class Reply:
     # writes them: `type` after a `message_start`'s message, amid a `message_delta`, after an `error`'s error; and a
     # `message_stop` with a field before its type (Amazon Bedrock's invocation metrics)
     type_last: bool = False
+    pause_after: int | None = None  # stream: after this many events, a pause of `pause_s` (the client gone: the end)
+    # Stream: after this many events, the first half of the next one, a pause of `pause_s`, then the connection cut
+    half_after: int | None = None
+    pause_s: float = 60.0
+    malformed_after: int | None = None  # stream: after this many events, one whose data is not JSON, then the rest
 
 
 @dataclass
@@ -47,6 +53,8 @@ class NativeCall:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    half: bytes = b""  # the half event sent before a cut (`Reply.half_after`)
+    disconnected: bool = False  # the client left during a pause
 
 
 @dataclass
@@ -63,9 +71,13 @@ class FakeAnthropic:
                                  Route("/v1/messages/count_tokens", self._count, methods=["POST"])])  # fmt: skip
 
     def _record(self, request: Request, body: dict[str, Any]) -> Reply:
+        return self._call(request, body)[0]
+
+    def _call(self, request: Request, body: dict[str, Any]) -> tuple[Reply, NativeCall]:
         with self._lock:
-            self.calls.append(NativeCall(request.url.path, dict(request.headers), body))
-            return self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+            call = NativeCall(request.url.path, dict(request.headers), body)
+            self.calls.append(call)
+            return (self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]), call
 
     async def _count(self, request: Request) -> Response:
         self._record(request, orjson.loads(await request.body()))
@@ -73,7 +85,7 @@ class FakeAnthropic:
 
     async def _messages(self, request: Request) -> Response:
         body = orjson.loads(await request.body())
-        reply = self._record(request, body)
+        reply, call = self._call(request, body)
         if reply.status != 200:
             error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
             return Response(orjson.dumps(error), reply.status, media_type="application/json")
@@ -93,7 +105,33 @@ class FakeAnthropic:
             events = itertools.chain(
                 itertools.islice(events, reply.error_after), [b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"]
             )
+        if reply.pause_after is not None or reply.half_after is not None or reply.malformed_after is not None:
+            return _ClosingStreamingResponse(_paced(request, call, reply, events), media_type="text/event-stream")
         return StreamingResponse(events, media_type="text/event-stream")
+
+
+# An event cut off in the middle of its JSON: no client can read it
+MALFORMED = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_de\n\n'
+
+
+async def _paced(request: Request, call: NativeCall, reply: Reply, events: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """The events with the reply's pause, half event or malformed event where it says."""
+    try:
+        for position, event in enumerate(events):
+            if position == reply.malformed_after:
+                yield MALFORMED
+            if position == reply.half_after:
+                call.half = event[: len(event) // 2]
+                yield call.half
+            if position in (reply.pause_after, reply.half_after) and await _pause(request, reply.pause_s):
+                call.disconnected = True
+                return
+            if position == reply.half_after:
+                raise _StreamCut("cut mid-event on purpose")  # uvicorn drops the connection mid-body
+            yield event
+    except (asyncio.CancelledError, GeneratorExit):  # the client gone while a pause or a write waited
+        call.disconnected = True
+        raise
 
 
 def _message(model: str, text: str, usage: dict[str, Any]) -> dict[str, Any]:

@@ -133,7 +133,8 @@ class Ledger:
         A body that ends well leaves the closing to the response's background task, after the last byte
         (with `record_before_end`: to commit(), before it). The end of the shutdown grace period stops the
         body where it waits and ends the stream with a `server_shutting_down` error chunk and `[DONE]` —
-        or what `render_error` makes of the error, for a surface whose streams end another way — unless
+        or what `render_error` makes of the error (all that ends the stream after what the body sent), for a
+        surface whose streams end another way — unless
         the answer was whole and recorded already: then the stream just ends. `keep_stopped` is awaited once that
         error is rendered, before it is sent: where a surface keeps what it rendered (a Responses API response that
         failed, for a client to retrieve), bounded by the surface to end before the server's backstop.

@@ -6,7 +6,10 @@ thinking blocks the provider did not sign (openfusion's own, from a fused or tra
 earlier in the conversation, or unsigned ones: the provider refuses any of them), with the
 client's `anthropic-version` and `anthropic-beta` headers unchanged and the provider's key as
 `x-api-key`. The relayed stream is watched for `message_start` and `message_delta`, whose usage
-goes to the activity record; a stream the provider breaks off ends with an `error` event. A provider
+goes to the activity record; a stream the provider breaks off (a dropped connection, a read timeout, an event that is
+not JSON) or the end of the shutdown grace period stops ends with an `error` event, the event it stopped in the
+middle of made a `ping` first, which clients skip unread (`_Sent`): completed by the error's blank line, its half
+would be an event no client can parse, which it would fail on before reading the error. A provider
 that answers a streamed request with one whole message has it told as the stream it would have been
 (`whole`), watched the same way. A token count (`count_native`) is asked with only the fields the
 provider's count takes.
@@ -37,7 +40,7 @@ from openfusion.api.passthrough import (
     relay_failed,
     without_openfusion_fields,
 )
-from openfusion.errors import UpstreamError, UpstreamProtocolError
+from openfusion.errors import OpenFusionError, UpstreamError, UpstreamProtocolError
 from openfusion.protocol import ChatRequest, Usage, reported_cost, token_count
 from openfusion.sse import DataLines
 from openfusion.upstream.client import MESSAGES_COUNT_PATH, MESSAGES_PATH, Forwarded
@@ -77,8 +80,11 @@ async def forward_native(exchange: Exchange, raw: dict[str, Any]) -> Response:
     elif chat.stream:
         if "event-stream" not in forwarded.headers.get("content-type", "").lower():  # it ignored `stream: true`
             forwarded = as_event_stream(forwarded, message_events)
+        sent = _Sent()
         relay = ledger.closing(
-            _relay(forwarded, ledger=ledger, model=chat.model), upstream=forwarded, render_error=error_event
+            _relay(forwarded, ledger=ledger, model=chat.model, sent=sent),
+            upstream=forwarded,
+            render_error=sent.end,  # the end of the grace period
         )
         sse_headers = {**forwarded.headers, **SSE_HEADERS}
         return EventStreamResponse(relay, status_code=forwarded.status_code, headers=sse_headers)
@@ -125,15 +131,23 @@ async def count_native(state: AppState, chat: ChatRequest, raw: dict[str, Any], 
     return Response(content, status_code=forwarded.status_code, headers=forwarded.headers)
 
 
-async def _relay(forwarded: Forwarded, *, ledger: Ledger, model: str) -> AsyncIterator[bytes]:
+async def _relay(forwarded: Forwarded, *, ledger: Ledger, model: str, sent: _Sent) -> AsyncIterator[bytes]:
     complete = ended = False
     data = DataLines()
     usage: dict[str, Any] = {}
     confirms = ledger.confirms
+    chunk = b""  # the last read relayed
     try:
         async for chunk in forwarded.body:
             was_ended = ended
             for line in data.feed(chunk):
+                # Anthropic's events are JSON objects on one `data:` line: one that does not end as one (cut, or a
+                # proxy's page) no client can read. A one-byte slice, as below; after the end, nothing is read.
+                if line[-1:] != b"}" and not ended and _unreadable(line):
+                    relayed, chunk = _before(chunk, line)
+                    if relayed:
+                        yield relayed
+                    raise _not_json(forwarded, model)
                 # Per event, so `find` rather than `in`: CPython's `in` on bytes first tries the needle as an int and
                 # builds (then drops) an error doing so; with `any()` over the marks, 1.8 µs a line against 0.5.
                 head = line[:40]
@@ -168,9 +182,61 @@ async def _relay(forwarded: Forwarded, *, ledger: Ledger, model: str) -> AsyncIt
     except UpstreamError as exc:  # the provider broke off mid-stream: say so rather than end silently
         complete = True
         relay_failed(forwarded, ledger, exc)
-        yield b"\n\n" + error_event(exc)
+        sent.last = chunk
+        yield sent.end(exc)
     finally:
+        sent.last = chunk  # where the shutdown stopped it, if it did
         await forwarded.aclose(complete=complete)
+
+
+class _Sent:
+    """The end of what a relayed stream sent its client (`last`: its last read), for the `error` event that ends it
+    early (`end`).
+
+    A stream may stop in the middle of an event (a read that ends within it): the blank line that must come before
+    the error would complete that event, whose half no client can parse (the anthropic SDK raises a JSON error for it,
+    and never reads the error). Named `ping` first, it is an event every client skips unread instead.
+    """
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = b""
+
+    def end(self, error: OpenFusionError) -> bytes:
+        """The bytes that end the stream with `error`: the unfinished event first made a `ping`, if there is one."""
+        return _ping_unfinished(self.last) + error_event(error)
+
+
+def _ping_unfinished(sent: bytes) -> bytes:
+    """What makes the event `sent` stopped in (its last read) a `ping` and ends it (b"" at an event's end)."""
+    if not sent or sent.endswith((b"\n\n", b"\r\r", b"\r\n\r\n")):
+        return b""
+    if sent.endswith((b"\n", b"\r")):
+        return b"event: ping\n\n"  # (one that stopped at an event's end anyway: a ping of its own, skipped as well)
+    return b"\nevent: ping\n\n"  # in the middle of a line: the line ends first
+
+
+def _not_json(forwarded: Forwarded, model: str) -> UpstreamProtocolError:
+    provider = forwarded.trace.provider if forwarded.trace else ""
+    return UpstreamProtocolError(f"{model}: the stream sent an event that is not JSON", model=model, provider=provider)
+
+
+def _unreadable(line: bytes) -> bool:
+    """Whether an event's `data:` line is not one JSON object."""
+    stripped = line.rstrip()
+    return stripped[-1:] != b"}" or _json(stripped[6:]) is None
+
+
+def _before(chunk: bytes, line: bytes) -> tuple[bytes, bytes]:
+    """The part of `chunk` before `line` began, and the end of what the client has once it is relayed (`_Sent`)."""
+    whole = line + b"\n"  # (the line whole: another may begin as it does, as a line cut short does)
+    if chunk.startswith(whole):
+        return b"", b"\n"  # after a line's end (a ping is safe there, at an event's end too)
+    at = chunk.find(b"\n" + whole) + 1
+    if at > 0:
+        return chunk[:at], chunk[:at]
+    return b"", b"data: "  # begun in an earlier read, relayed in part: in the middle of a line
 
 
 def _named_type(line: bytes) -> bytes:

@@ -103,7 +103,8 @@ async def forward_native(exchange: Exchange, translated: Translated, *, keep: Ke
         relay = ledger.closing(
             relay,
             upstream=forwarded,
-            render_error=lambda error: begun.stopped(error, numbering),  # the end of the grace period
+            # The end of the grace period; a blank line first: the body may have stopped in the middle of an event.
+            render_error=lambda error: b"\n\n" + begun.stopped(error, numbering),
             keep_stopped=keep_stopped,
         )
         sse_headers = {**forwarded.headers, **SSE_HEADERS}
