@@ -650,3 +650,25 @@ def test_a_native_stream_the_provider_stops_sending_ends_with_a_timeout_error(
     assert fake.calls[0].half in tap.read and text == "Native "
     assert raised.body["error"]["type"] == "timeout_error", raised.body  # type: ignore[index]
     assert record["status"] == "error" and record["failure_reason"] == "upstream_timeout", record
+
+
+def test_a_native_stream_cut_after_its_message_stop_is_whole(
+    anthropic_native: tuple[FakeAnthropic, str], gateway: str
+) -> None:
+    """The provider's connection breaks after `message_stop` (before the response's own end): the answer was whole,
+    the SDK's stream helper gets the message, not an error added after it, and the request is recorded as answered."""
+    fake, _ = anthropic_native
+    fake.replies = [Reply(cut_after_stop=True, pause_s=0.5)]
+    body: dict[str, Any] = {"model": "claude/opus", "max_tokens": 10, "messages": QUESTION}
+    tap = Tap()
+    with tapped_sdk(gateway, tap) as client, client.messages.stream(**body) as stream:
+        message = stream.get_final_message()
+        generation_id = stream.response.headers["x-generation-id"]
+
+    assert fake.calls[0].cut  # the fault: the connection was cut after the last event
+    assert message.content[0].text == "Native answer." and message.stop_reason == "end_turn"  # type: ignore[union-attr]
+    assert b"event: error" not in tap.read
+    record = generation(gateway, generation_id)
+    assert record["status"] == "ok" and (record["tokens_prompt"], record["tokens_completion"]) == (24, 4), record
+    [call] = record["calls"]
+    assert call["status"] == "ok", call

@@ -46,6 +46,7 @@ class Reply:
     half_after: int | None = None
     pause_s: float = 60.0
     malformed_after: int | None = None  # stream: after this many events, one whose data is not JSON, then the rest
+    cut_after_stop: bool = False  # stream: after `message_stop`, a pause of `pause_s`, then the connection cut
 
 
 @dataclass
@@ -55,6 +56,7 @@ class NativeCall:
     body: dict[str, Any]
     half: bytes = b""  # the half event sent before a cut (`Reply.half_after`)
     disconnected: bool = False  # the client left during a pause
+    cut: bool = False  # the connection was cut after the last event (`Reply.cut_after_stop`)
 
 
 @dataclass
@@ -105,7 +107,8 @@ class FakeAnthropic:
             events = itertools.chain(
                 itertools.islice(events, reply.error_after), [b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"]
             )
-        if reply.pause_after is not None or reply.half_after is not None or reply.malformed_after is not None:
+        paced = (reply.pause_after, reply.half_after, reply.malformed_after)
+        if any(position is not None for position in paced) or reply.cut_after_stop:
             return _ClosingStreamingResponse(_paced(request, call, reply, events), media_type="text/event-stream")
         return StreamingResponse(events, media_type="text/event-stream")
 
@@ -129,6 +132,9 @@ async def _paced(request: Request, call: NativeCall, reply: Reply, events: Itera
             if position == reply.half_after:
                 raise _StreamCut("cut mid-event on purpose")  # uvicorn drops the connection mid-body
             yield event
+        if reply.cut_after_stop and not await _pause(request, reply.pause_s):
+            call.cut = True
+            raise _StreamCut("cut after the last event on purpose")
     except (asyncio.CancelledError, GeneratorExit):  # the client gone while a pause or a write waited
         call.disconnected = True
         raise

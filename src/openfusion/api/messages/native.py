@@ -181,6 +181,8 @@ async def _relay(forwarded: Forwarded, *, ledger: Ledger, model: str, sent: _Sen
                                         provider=forwarded.trace.provider if forwarded.trace else "")  # fmt: skip
     except UpstreamError as exc:  # the provider broke off mid-stream: say so rather than end silently
         complete = True
+        if ended:  # after its last event (`message_stop`, or its own error): the client has all there was
+            return
         relay_failed(forwarded, ledger, exc)
         sent.last = chunk
         yield sent.end(exc)
