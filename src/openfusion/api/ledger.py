@@ -31,7 +31,7 @@ from openfusion.observability.logs import generation_id as generation_id_var
 from openfusion.observability.tracing import current_request_spans
 from openfusion.pipeline.events import RunContent, RunFinished
 from openfusion.protocol import Usage, new_generation_id
-from openfusion.upstream.trace import CallTrace, known_usage, start_trace
+from openfusion.upstream.trace import Bill, CallTrace, start_trace
 
 if TYPE_CHECKING:
     from openfusion.upstream.client import Forwarded
@@ -40,6 +40,8 @@ log = logging.getLogger("openfusion.requests")
 
 _ROLES = {"panel", "judge", "synthesizer", "outer", "passthrough"}
 _CALL_RECORDS = TypeAdapter(tuple[CallRecord, ...])
+# A call of a closed ledger's record, with its known usage and cost as its bill had them.
+_BilledCall = tuple[CallTrace, Usage | None, float | None]
 
 
 class Ledger:
@@ -256,7 +258,7 @@ class Ledger:
         if state.activity is not None:
             # Built by the writer with the rest of its batch, as it stands now: off the path of the client's next
             # request, which often comes while this runs.
-            draft = _Draft(self, state.activity, latency_ms, usage, bill.costs)
+            draft = _Draft(self, state.activity, latency_ms, usage, bill)
             recorded = state.activity.enqueue(draft, on_written=written, hurry=confirm is not None)
         if reservation is not None and not recorded:
             reservation.written(False)  # never reaches the store: its cost stays counted here
@@ -276,13 +278,11 @@ class Ledger:
         return recorded
 
     def _entry(
-        self, activity: ActivityWriter, latency_ms: int, usage: Usage, calls: list[tuple[CallTrace, float | None]]
+        self, activity: ActivityWriter, latency_ms: int, usage: Usage, calls: list[_BilledCall]
     ) -> ActivityEntry:
         generation = self._generation_record(activity, latency_ms, usage)
         # Validated together: one validation of a fusion's five calls costs ~60% of five validations.
-        return ActivityEntry(
-            generation, _CALL_RECORDS.validate_python([self._call_fields(call, cost) for call, cost in calls])
-        )
+        return ActivityEntry(generation, _CALL_RECORDS.validate_python([self._call_fields(*call) for call in calls]))
 
     def _generation_record(self, activity: ActivityWriter, latency_ms: int, usage: Usage) -> GenerationRecord:
         return GenerationRecord(
@@ -316,9 +316,9 @@ class Ledger:
             "final_answer": content.final_answer,
         }
 
-    def _call_fields(self, call: CallTrace, cost: float | None) -> dict[str, Any]:
-        """A call's `CallRecord` fields; `cost`: the bill's for this call (unknown stays unknown, never guessed)."""
-        usage = known_usage(call)
+    def _call_fields(self, call: CallTrace, usage: Usage | None, cost: float | None) -> dict[str, Any]:
+        """A call's `CallRecord` fields; `usage` and `cost`: the bill's for this call (`known_usage`, and its price:
+        unknown stays unknown, never guessed)."""
         status = call.status if call.status in ("ok", "error") else "cancelled"
         return {
             "generation_id": self.generation_id,
@@ -341,8 +341,8 @@ class _Draft:
     """A closed ledger's record, for the activity writer to build in its batch (`ActivityWriter.enqueue`).
 
     It keeps the ledger as it was at its close (a shallow copy: what is set on it later is not recorded), without
-    the run's content unless the store keeps it; its calls with their costs (`costs`: the bill's, in the calls'
-    order), those still under way then as they were, stopped at that moment.
+    the run's content unless the store keeps it; its calls with their usages and costs (the `bill`'s, made at the
+    close), those still under way then as they were, stopped at that moment.
     """
 
     __slots__ = ("_activity", "_calls", "_latency_ms", "_ledger", "_usage")
@@ -353,7 +353,7 @@ class _Draft:
         activity: ActivityWriter,
         latency_ms: int,
         usage: Usage,
-        costs: tuple[float | None, ...],
+        bill: Bill,
     ) -> None:
         now = time.perf_counter()
         self._ledger = snapshot = copy.copy(ledger)
@@ -361,8 +361,8 @@ class _Draft:
             snapshot.content = RunContent()
         self._activity, self._latency_ms, self._usage = activity, latency_ms, usage
         self._calls = [
-            (call if call.ended is not None else _stopped(call, now), cost)
-            for call, cost in zip(ledger.trace.calls, costs, strict=True)
+            (call if call.ended is not None else _stopped(call, now), used, cost)
+            for call, used, cost in zip(ledger.trace.calls, bill.usages, bill.costs, strict=True)
         ]
 
     @property

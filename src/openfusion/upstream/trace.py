@@ -110,6 +110,7 @@ class Bill:
     usage: Usage  # tokens of every call whose usage is known; `cost` only when every call's cost is known
     complete: bool  # False when some call's usage is unknown: the tokens above then leave it out
     costs: tuple[float | None, ...] = ()  # each call's cost (see `RequestTrace.cost_of`), in the calls' order
+    usages: tuple[Usage | None, ...] = ()  # each call's known usage (see `known_usage`), in the calls' order
 
 
 @dataclass
@@ -130,7 +131,10 @@ class RequestTrace:
 
     def cost_of(self, call: CallTrace) -> float | None:
         """One call's cost: 0 when nothing was billed, else priced (reported, else the price table), else None."""
-        usage = known_usage(call)
+        return self._priced(call, known_usage(call))
+
+    def _priced(self, call: CallTrace, usage: Usage | None) -> float | None:
+        """`cost_of(call)`, its known usage (`known_usage`) found already."""
         if usage is None:
             return None
         if call.usage is None:
@@ -162,12 +166,12 @@ class RequestTrace:
         state = (*calls, len(self.charges))
         if self._billed is not None and self._billed[0] == state:
             return self._billed[1]
-        usages = [known_usage(call) for call in self.calls]
+        usages = tuple(map(known_usage, self.calls))
         known = [usage for usage in usages if usage is not None]  # `is`, not `in`: a Usage compares field by field
-        costs = tuple(self.cost_of(call) for call in self.calls)
+        costs = tuple(map(self._priced, self.calls, usages))
         spent = sum(c for c in costs if c is not None) + sum(self.charges)
         cost = None if not costs or None in costs else round_usd(spent)
-        bill = Bill(sum_usage(known, cost=cost), complete=len(known) == len(usages), costs=costs)
+        bill = Bill(sum_usage(known, cost=cost), complete=len(known) == len(usages), costs=costs, usages=usages)
         self._billed = (state, bill)
         return bill
 
