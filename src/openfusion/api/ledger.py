@@ -356,7 +356,7 @@ class _Draft:
         bill: Bill,
     ) -> None:
         now = time.perf_counter()
-        self._ledger = snapshot = copy.copy(ledger)
+        self._ledger = snapshot = _snapshot(ledger)
         if not activity.stores_content:  # not held while the record waits for its batch
             snapshot.content = RunContent()
         self._activity, self._latency_ms, self._usage = activity, latency_ms, usage
@@ -371,6 +371,14 @@ class _Draft:
 
     def build(self) -> ActivityEntry:
         return self._ledger._entry(self._activity, self._latency_ms, self._usage, self._calls)
+
+
+def _snapshot(ledger: Ledger) -> Ledger:
+    """A shallow copy of `ledger`, as `copy.copy` makes it, without its generic path (`__reduce_ex__`, `copyreg`): a
+    request's close pays ~8 k instructions for it, not ~21 k."""
+    snapshot: Ledger = object.__new__(type(ledger))
+    snapshot.__dict__.update(vars(ledger))
+    return snapshot
 
 
 def _stopped(call: CallTrace, now: float) -> CallTrace:
