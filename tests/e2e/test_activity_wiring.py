@@ -238,6 +238,28 @@ def test_json_logs_carry_the_generation_id(upstream: FakeUpstream, start_server:
     assert not any(upstream_key in line for line in lines)
 
 
+def test_an_error_events_boolean_code_is_no_status_and_its_request_is_recorded_in_postgresql(
+    upstream: FakeUpstream, make_settings: Any, postgres_url: str
+) -> None:
+    """`"code": true` in a provider's error event is no HTTP status: the call keeps none (it was kept as 1), and the
+    request's record is written (PostgreSQL takes no boolean in its integer column: the record was lost)."""
+    truthy = {"message": "boom", "code": True}
+    upstream.script("truthy", Script(chunks=["a"], error_event=truthy))  # a pass-through's stream
+    upstream.script("synth", Script(chunks=["a"], error_event=truthy))  # a fusion's synthesizer's stream
+    environ = {"FAKE_KEY": "k", "DATABASE_URL": postgres_url}
+    records = []
+    with serve_in_thread(create_app(make_settings(), environ=environ)) as url:
+        for model in ("fake/truthy", "fusion/trio"):
+            body = {"model": model, "messages": HI, "stream": True}
+            response = httpx.post(f"{url}{CHAT}", json=body, timeout=20)
+            assert response.status_code == 200 and "boom" in response.text  # the error event came, mid-stream
+            records.append(generation(url, response.headers["x-generation-id"], timeout=10))
+    passthrough, fusion = records
+    synth = next(c for c in fusion["calls"] if c["role"] == "synthesizer")
+    assert [(c["status"], c["upstream_status"]) for c in (passthrough["calls"][0], synth)] == [("error", None)] * 2
+    assert passthrough["status"] == "error" and fusion["status"] == "error"
+
+
 def test_two_replicas_share_one_history_in_postgresql(
     upstream: FakeUpstream, make_settings: Any, postgres_url: str
 ) -> None:

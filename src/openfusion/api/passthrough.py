@@ -213,7 +213,7 @@ def unfinished(forwarded: Forwarded, tail: bytes) -> tuple[UpstreamError, bool] 
     if error is not None:
         code = error.get("code")
         message = f"{slug} failed mid-stream: {error.get('message') or 'unknown error'}"
-        status = code if isinstance(code, int) else None
+        status = code if isinstance(code, int) and not isinstance(code, bool) else None  # `true` is no status
         return UpstreamStatusError(message, model=slug, provider=provider, upstream_status=status), done
     if done or finished:
         return None

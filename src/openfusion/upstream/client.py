@@ -648,7 +648,7 @@ def _stream_chunk(route: Route, data: bytes, call: CallTrace, masker: SecretMask
             f"{route.slug} failed mid-stream: {_said(error.get('message', 'unknown error'), masker)}",
             model=route.slug,
             provider=route.provider.name,
-            upstream_status=code if isinstance(code, int) else None,
+            upstream_status=code if isinstance(code, int) and not isinstance(code, bool) else None,
         )
     if problem := completion_problem(chunk, key="delta"):
         raise _protocol_error(route, problem)
