@@ -6,11 +6,23 @@ import asyncio
 import time
 from types import SimpleNamespace
 
-from openfusion.activity import ActivityWriter, PriceTable
+from openfusion.activity import (
+    ActivityEntry,
+    ActivityWriter,
+    CallRecord,
+    EntryRows,
+    GenerationRecord,
+    PanelText,
+    PriceTable,
+    Tokens,
+)
+from openfusion.activity.sql import entry_rows
 from openfusion.activity.sqlite_store import SqliteStore
 from openfusion.api.ledger import Ledger
 from openfusion.api.shutdown import Drain
 from openfusion.observability.metrics import Metrics
+from openfusion.pipeline.analysis import Analysis
+from openfusion.pipeline.events import RunContent
 from openfusion.protocol import Usage
 from openfusion.upstream.trace import CallTrace, end_call
 
@@ -82,3 +94,95 @@ async def test_a_response_waiting_for_its_record_stops_waiting_when_the_grace_pe
         await late.commit()
     await writer.aclose(timeout_s=0.1)
     assert writer.stats.lost == 2
+
+
+class NoStore:
+    """A store the test never lets the writer reach: the records stay queued, to be built by the test."""
+
+    async def write(self, batch: object) -> None:
+        raise AssertionError("not written in this test")
+
+    async def ping(self) -> None:
+        raise AssertionError("not written in this test")
+
+
+def _closed_fusion(*, store_content: bool) -> tuple[Ledger, EntryRows]:
+    """A fusion's ledger, closed with a call of each kind (one refused, one still running), and the rows it queued."""
+    writer = ActivityWriter(NoStore(), store_content=store_content)  # type: ignore[arg-type]
+    state = _state(writer)
+    ledger = Ledger(  # type: ignore[arg-type]
+        state, requested_model="fusion/trio", streamed=True, preset="trio", key_name="team-a", api_type="messages"
+    )
+    panel, refused = _call(ledger, "panel", "fake/a"), _call(ledger, "panel", "fake/b")
+    judge, synth = _call(ledger, "judge", "fake/judge"), _call(ledger, "synthesizer", "fake/synth")
+    end_call(panel, status="ok", usage=Usage(prompt_tokens=30, completion_tokens=12, total_tokens=42, cost=0.25))
+    refused.retries = 2
+    end_call(refused, status="error", error="returned HTTP 429: rate limited", upstream_status=429)
+    end_call(judge, status="ok", usage=Usage(prompt_tokens=50, completion_tokens=20, total_tokens=70))
+    analysis = Analysis(consensus=["blue"], contradictions=[], partial_coverage=[], unique_insights=[], blind_spots=[])
+    ledger.model, ledger.finish_reason, ledger.status_code, ledger.cost_saved = "fake/synth-1", "stop", 200, None
+    ledger.content = RunContent(panel_answers=[("fake/a", "Blue.\x00")], analysis=analysis, final_answer="Blue.")
+    ledger.failed(asyncio.CancelledError())  # the client left while the synthesizer answered
+    ledger.close()
+    (draft,) = writer._queue
+    built = draft.build()
+    assert isinstance(built, EntryRows) and synth.status == "running"
+    return ledger, built
+
+
+def test_a_requests_rows_are_its_validated_records_rows() -> None:
+    # The rows a request's ledger makes without records hold what its records, validated, would make: every column.
+    for store_content in (False, True):
+        ledger, rows = _closed_fusion(store_content=store_content)
+        latency_ms = rows.generation[8]
+        content = {
+            "panel_answers": [PanelText(model="fake/a", content="Blue.\x00")],
+            "analysis": {
+                "consensus": ["blue"],
+                "contradictions": [],
+                "partial_coverage": [],
+                "unique_insights": [],
+                "blind_spots": [],
+            },
+            "final_answer": "Blue.",
+        }
+        generation = GenerationRecord(
+            id=ledger.generation_id,
+            created_at=ledger.created_at,
+            requested_model="fusion/trio",
+            model="fake/synth-1",
+            preset="trio",
+            status="cancelled",
+            failure_reason="cancelled",
+            finish_reason="stop",
+            latency_ms=latency_ms,
+            usage=Tokens(prompt_tokens=80, completion_tokens=32, total_tokens=112),
+            cost=None,  # the synthesizer's cost is unknown, so the whole is
+            streamed=True,
+            key_name="team-a",
+            api_type="messages",
+            status_code=200,
+            **(content if store_content else {}),
+        )
+        answered = {"prompt_tokens": 30, "completion_tokens": 12, "cost": 0.25}
+        refused = {"error": "returned HTTP 429: rate limited", "upstream_status": 429, "retries": 2}
+        expected_calls = [
+            {"role": "panel", "model": "fake/a", "status": "ok", **answered},
+            {"role": "panel", "model": "fake/b", "status": "error", "cost": 0.0, **refused},
+            {"role": "judge", "model": "fake/judge", "status": "ok", "prompt_tokens": 50, "completion_tokens": 20},
+            {"role": "synthesizer", "model": "fake/synth", "status": "cancelled"},
+        ]
+        calls = tuple(
+            CallRecord(
+                generation_id=ledger.generation_id,
+                provider="fake",
+                latency_ms=row[9],
+                started_ms=row[10],
+                **fields,
+            )
+            for fields, row in zip(expected_calls, rows.calls, strict=True)
+        )
+        assert rows == entry_rows(ActivityEntry(generation, calls))
+        stored = [value is not None for value in rows.generation[-3:]]
+        assert stored == [store_content] * 3
+        assert rows.calls[0][9] == ledger.trace.calls[0].latency_ms  # the time measured, as it was

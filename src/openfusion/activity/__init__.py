@@ -7,9 +7,11 @@ from openfusion.activity.records import (
     ActivityPage,
     ApiType,
     CallRecord,
+    EntryRows,
     GenerationRecord,
     PanelText,
     Tokens,
+    Writable,
     utc_now,
 )
 from openfusion.activity.store import ActivityStore, DataRefused, StoreUnavailable, UnknownCursor, open_store
@@ -24,6 +26,7 @@ __all__ = [
     "ApiType",
     "CallRecord",
     "DataRefused",
+    "EntryRows",
     "GenerationRecord",
     "ModelPrice",
     "PanelText",
@@ -31,6 +34,7 @@ __all__ = [
     "StoreUnavailable",
     "Tokens",
     "UnknownCursor",
+    "Writable",
     "WriterStats",
     "open_store",
     "prices_from_listing",

@@ -7,6 +7,7 @@ import zlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -14,13 +15,8 @@ from psycopg_pool import AsyncConnectionPool
 from openfusion.activity.cached import CacheStatements
 from openfusion.activity.cancellation import ends_when_cancelled
 from openfusion.activity.migrations import MIGRATIONS, VERSION_TABLE, Migration, latest_version, pending
-from openfusion.activity.records import ActivityEntry, ActivityPage, start_of_day
-from openfusion.activity.sql import (
-    Statements,
-    call_from_row,
-    generation_from_row,
-    generation_values,
-)
+from openfusion.activity.records import ActivityEntry, ActivityPage, Writable, start_of_day
+from openfusion.activity.sql import Statements, call_from_row, generation_from_row
 from openfusion.activity.store import DataRefused, StoreUnavailable, UnknownCursor, redact_url
 from openfusion.activity.stored import StoredResponse, StoredStatements, stored_from_row, stored_values
 
@@ -41,6 +37,11 @@ _DATA_ERRORS = ("22", "23", "54")
 # A session that is read-only stays so (a standby after a failover, `default_transaction_read_only`): closed, its
 # connection is replaced by one opened anew, which may reach the server that writes.
 _READ_ONLY_TRANSACTION = "25006"
+
+
+def _generation_row(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A generation's values (`EntryRows.generation`) as bound: as they are (created_at a `TIMESTAMPTZ`)."""
+    return values
 
 
 def refuses_the_data(exc: psycopg.Error) -> bool:
@@ -134,11 +135,11 @@ class PostgresStore:
             raise failed(f"activity database error at {self._where}: {describe(exc)}") from exc
 
     @ends_when_cancelled
-    async def write(self, batch: Sequence[ActivityEntry]) -> None:
+    async def write(self, batch: Sequence[Writable]) -> None:
         """Write a batch in one transaction; an id written again replaces the earlier copy."""
         if not batch:
             return
-        statements = SQL.write_batch(batch, generation_values)
+        statements = SQL.write_batch(batch, _generation_row)
         async with self._connection() as conn, conn.transaction(), conn.cursor() as cursor:
             for statement, params in statements:
                 await cursor.execute(statement, params)

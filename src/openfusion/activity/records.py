@@ -128,6 +128,30 @@ class ActivityEntry:
             if call.generation_id != self.generation.id:
                 raise ValueError(f"call for {call.generation_id!r} attached to generation {self.generation.id!r}")
 
+    @property
+    def generation_id(self) -> str:
+        """The generation's id."""
+        return self.generation.id
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRows:
+    """A generation with its upstream calls as the rows a store writes, made straight from what a request recorded.
+
+    What the server itself measured and named (a request's ledger) needs no validating on its way to the store: these
+    rows hold the same values its `ActivityEntry` would (`sql.entry_rows` makes them of one), without the records.
+    `generation`: the values in `sql.GENERATION_COLUMNS` order, `created_at` time-zone aware, every string storable;
+    `calls`: each call's in `sql.CALL_COLUMNS` order.
+    """
+
+    generation_id: str
+    generation: tuple[Any, ...]
+    calls: tuple[tuple[Any, ...], ...] = ()
+
+
+# What the writer queues and a store writes: records (read back, or made by hand), or rows made straight from a request.
+Writable = ActivityEntry | EntryRows
+
 
 @dataclass(frozen=True)
 class ActivityPage:

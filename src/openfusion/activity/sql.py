@@ -6,11 +6,24 @@ import functools
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
 
-from openfusion.activity.records import ActivityEntry, CallRecord, GenerationRecord, PanelText, Tokens
+from openfusion.activity.records import (
+    ActivityEntry,
+    ApiType,
+    CallRecord,
+    CallRole,
+    CallStatus,
+    EntryRows,
+    GenerationRecord,
+    GenerationStatus,
+    PanelText,
+    Tokens,
+    Writable,
+)
 
 SUMMARY_COLUMNS = (
     "id",
@@ -106,24 +119,25 @@ class Statements:
 
     def write_batch(
         self,
-        batch: Sequence[ActivityEntry],
-        generation_row: Callable[[GenerationRecord], Sequence[Any]],
+        batch: Sequence[Writable],
+        generation_row: Callable[[tuple[Any, ...]], Sequence[Any]],
     ) -> list[tuple[str, list[Any]]]:
         """The statements that write a batch, in order: a few multi-row statements, not four per generation.
 
+        `generation_row` makes a generation's values (`EntryRows.generation`) the row the store binds.
         A store runs them in one transaction. A generation written again (a retried batch) replaces
         the earlier copy; one that comes twice in a batch is written once, the last copy. Few
         statements matter: SQLite's thread re-takes the GIL after every statement, which under load
         is a wait each time, and PostgreSQL pays a round trip each.
         """
-        latest = {entry.generation.id: entry for entry in batch}
+        latest = {entry.generation_id: entry_rows(entry) for entry in batch}
         ids = list(storable_values(latest))
         statements: list[tuple[str, list[Any]]] = []
         for chunk in _chunks(ids, _MAX_PARAMETERS):
             deletes = _delete_texts(self.placeholder, len(chunk))
             statements += [(text, chunk) for text in deletes]
-        generations = [generation_row(entry.generation) for entry in latest.values()]
-        calls = [call_values(call, i) for entry in latest.values() for i, call in enumerate(entry.calls)]
+        generations = [generation_row(rows.generation) for rows in latest.values()]
+        calls = [call for rows in latest.values() for call in rows.calls]
         statements += self._inserts("generations", GENERATION_COLUMNS, generations)
         statements += self._inserts("calls", CALL_COLUMNS, calls)
         return statements
@@ -215,37 +229,114 @@ def storable_values(values: Iterable[Any]) -> tuple[Any, ...]:
 
 def generation_values(record: GenerationRecord) -> tuple[Any, ...]:
     """A record as values in GENERATION_COLUMNS order (created_at stays a datetime), every string storable."""
-    return storable_values(_generation_values(record))
-
-
-def _generation_values(record: GenerationRecord) -> tuple[Any, ...]:
     panels = record.panel_answers
-    panel = None if panels is None else _json_text([p.model_dump() for p in panels])
-    return (
-        record.id,
-        record.created_at,
-        record.requested_model,
-        record.model,
-        record.preset,
-        record.status,
-        record.failure_reason,
-        record.finish_reason,
-        record.latency_ms,
-        record.usage.prompt_tokens,
-        record.usage.completion_tokens,
-        record.usage.total_tokens,
-        record.cost,
-        record.streamed,
-        record.key_name,
-        record.api_type,
-        record.status_code,
-        record.cache_hit,
-        record.cost_saved,
-        record.trace_id,
-        panel,
-        _json_text(record.analysis) if record.analysis is not None else None,
-        record.final_answer,
+    usage = record.usage
+    return generation_row_values(
+        id=record.id,
+        created_at=record.created_at,
+        requested_model=record.requested_model,
+        model=record.model,
+        preset=record.preset,
+        status=record.status,
+        failure_reason=record.failure_reason,
+        finish_reason=record.finish_reason,
+        latency_ms=record.latency_ms,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+        cost=record.cost,
+        streamed=record.streamed,
+        key_name=record.key_name,
+        api_type=record.api_type,
+        status_code=record.status_code,
+        cache_hit=record.cache_hit,
+        cost_saved=record.cost_saved,
+        trace_id=record.trace_id,
+        panel_answers=None if panels is None else [(p.model, p.content) for p in panels],
+        analysis=record.analysis,
+        final_answer=record.final_answer,
     )
+
+
+def generation_row_values(
+    *,
+    id: str,
+    created_at: datetime,
+    requested_model: str,
+    model: str | None,
+    preset: str | None,
+    status: GenerationStatus,
+    failure_reason: str | None,
+    finish_reason: str | None,
+    latency_ms: int,
+    prompt_tokens: int,
+    completion_tokens: int,
+    total_tokens: int,
+    cost: float | None,
+    streamed: bool,
+    key_name: str | None,
+    api_type: ApiType,
+    status_code: int | None,
+    cache_hit: bool,
+    cost_saved: float | None,
+    trace_id: str | None,
+    panel_answers: Sequence[tuple[str, str]] | None = None,
+    analysis: dict[str, Any] | None = None,
+    final_answer: str | None = None,
+) -> tuple[Any, ...]:
+    """A generation's values in GENERATION_COLUMNS order, every string storable: a `GenerationRecord`'s fields (its
+    `usage` as its three counts, `panel_answers` as (model, content) pairs), made into values without the record."""
+    panel = None if panel_answers is None else _json_text([{"model": m, "content": c} for m, c in panel_answers])
+    return storable_values(
+        (
+            id,
+            created_at,
+            requested_model,
+            model,
+            preset,
+            status,
+            failure_reason,
+            finish_reason,
+            latency_ms,
+            prompt_tokens,
+            completion_tokens,
+            total_tokens,
+            cost,
+            streamed,
+            key_name,
+            api_type,
+            status_code,
+            cache_hit,
+            cost_saved,
+            trace_id,
+            panel,
+            _json_text(analysis) if analysis is not None else None,
+            final_answer,
+        )
+    )
+
+
+def entry_rows(entry: Writable) -> EntryRows:
+    """An entry as the rows a store writes (rows made straight from a request are taken as they are)."""
+    if isinstance(entry, EntryRows):
+        return entry
+    calls = tuple([call_values(call, position) for position, call in enumerate(entry.calls)])
+    return EntryRows(entry.generation.id, generation_values(entry.generation), calls)
+
+
+def without_content(entry: Writable) -> Writable:
+    """The entry with its content fields cleared (metadata only); the same entry when it holds none."""
+    if isinstance(entry, ActivityEntry):
+        generation = entry.generation
+        return ActivityEntry(generation.without_content(), entry.calls) if generation.has_content else entry
+    values = entry.generation
+    if values[_CONTENT_START:] == _NO_CONTENT:
+        return entry
+    return EntryRows(entry.generation_id, values[:_CONTENT_START] + _NO_CONTENT, entry.calls)
+
+
+_CONTENT_START = len(SUMMARY_COLUMNS)  # the content columns come last
+_NO_CONTENT = (None,) * len(CONTENT_COLUMNS)
 
 
 def generation_from_row(row: Sequence[Any]) -> GenerationRecord:
@@ -284,23 +375,61 @@ def generation_from_row(row: Sequence[Any]) -> GenerationRecord:
 
 def call_values(call: CallRecord, position: int) -> tuple[Any, ...]:
     """A call as values in CALL_COLUMNS order; `position` keeps the order the calls were recorded in."""
-    values = (
-        call.generation_id,
-        position,
-        call.role,
-        call.model,
-        call.provider,
-        call.status,
-        call.prompt_tokens,
-        call.completion_tokens,
-        call.cost,
-        call.latency_ms,
-        call.started_ms,
-        call.error,
-        call.upstream_status,
-        call.retries,
+    return call_row_values(
+        generation_id=call.generation_id,
+        position=position,
+        role=call.role,
+        model=call.model,
+        provider=call.provider,
+        status=call.status,
+        prompt_tokens=call.prompt_tokens,
+        completion_tokens=call.completion_tokens,
+        cost=call.cost,
+        latency_ms=call.latency_ms,
+        started_ms=call.started_ms,
+        error=call.error,
+        upstream_status=call.upstream_status,
+        retries=call.retries,
     )
-    return storable_values(values)
+
+
+def call_row_values(
+    *,
+    generation_id: str,
+    position: int,
+    role: CallRole,
+    model: str,
+    provider: str | None,
+    status: CallStatus,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cost: float | None,
+    latency_ms: int,
+    started_ms: int,
+    error: str | None,
+    upstream_status: int | None,
+    retries: int,
+) -> tuple[Any, ...]:
+    """A call's values in CALL_COLUMNS order, every string storable: a `CallRecord`'s fields, and its `position` among
+    its generation's calls, made into values without the record."""
+    return storable_values(
+        (
+            generation_id,
+            position,
+            role,
+            model,
+            provider,
+            status,
+            prompt_tokens,
+            completion_tokens,
+            cost,
+            latency_ms,
+            started_ms,
+            error,
+            upstream_status,
+            retries,
+        )
+    )
 
 
 def call_from_row(row: Sequence[Any]) -> CallRecord:

@@ -16,13 +16,8 @@ from typing import Any, TypeVar
 
 from openfusion.activity.cached import CacheStatements
 from openfusion.activity.migrations import MIGRATIONS, VERSION_TABLE, Migration, latest_version, pending
-from openfusion.activity.records import ActivityEntry, ActivityPage, GenerationRecord, start_of_day, utc_now
-from openfusion.activity.sql import (
-    Statements,
-    call_from_row,
-    generation_from_row,
-    generation_values,
-)
+from openfusion.activity.records import ActivityEntry, ActivityPage, Writable, start_of_day, utc_now
+from openfusion.activity.sql import Statements, call_from_row, generation_from_row
 from openfusion.activity.store import DataRefused, StoreUnavailable, UnknownCursor
 from openfusion.activity.stored import StoredResponse, StoredStatements, stored_from_row, stored_values
 
@@ -65,10 +60,11 @@ def refuses_the_data(exc: sqlite3.Error) -> bool:
     return code is not None and code & 0xFF in _DATA_ERRORS
 
 
-def _generation_row(generation: GenerationRecord) -> list[Any]:
-    values = list(generation_values(generation))
-    values[1] = timestamp(generation.created_at)
-    return values
+def _generation_row(values: tuple[Any, ...]) -> list[Any]:
+    """A generation's values (`EntryRows.generation`) as bound: created_at as its timestamp text."""
+    row = list(values)
+    row[1] = timestamp(row[1])
+    return row
 
 
 def migrate(conn: sqlite3.Connection, migrations: tuple[Migration, ...] = MIGRATIONS) -> int:
@@ -179,12 +175,12 @@ class SqliteStore:
             failed = DataRefused if refuses_the_data(exc) else StoreUnavailable
             raise failed(f"activity database error: {exc}") from exc
 
-    async def write(self, batch: Sequence[ActivityEntry]) -> None:
+    async def write(self, batch: Sequence[Writable]) -> None:
         """Write a batch in one transaction; an id written again replaces the earlier copy."""
         if batch:
             await self._run(self._write, list(batch))
 
-    def _write(self, batch: list[ActivityEntry]) -> None:
+    def _write(self, batch: list[Writable]) -> None:
         statements = SQL.write_batch(batch, _generation_row)
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:

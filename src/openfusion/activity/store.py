@@ -10,7 +10,7 @@ from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from openfusion.activity.config import ActivitySettings
-from openfusion.activity.records import ActivityEntry, ActivityPage
+from openfusion.activity.records import ActivityEntry, ActivityPage, Writable
 from openfusion.errors import ConfigError, OpenFusionError
 
 log = logging.getLogger("openfusion.activity")
@@ -76,7 +76,7 @@ class ActivityStore(Protocol):
     with `asyncio.timeout` and gets its TimeoutError at the limit (see `cancellation`).
     """
 
-    async def write(self, batch: Sequence[ActivityEntry]) -> None:
+    async def write(self, batch: Sequence[Writable]) -> None:
         """Write a batch in one transaction; an id written again replaces the earlier copy."""
         ...
 

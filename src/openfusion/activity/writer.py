@@ -23,7 +23,8 @@ from typing import Protocol
 
 from openfusion.activity.cancellation import cancel_until_done
 from openfusion.activity.config import ActivitySettings
-from openfusion.activity.records import ActivityEntry, CallRecord, GenerationRecord
+from openfusion.activity.records import ActivityEntry, CallRecord, GenerationRecord, Writable
+from openfusion.activity.sql import without_content
 from openfusion.activity.store import ActivityStore, DataRefused, StoreUnavailable
 
 log = logging.getLogger("openfusion.activity")
@@ -46,8 +47,8 @@ class Draft(Protocol):
     @property
     def generation_id(self) -> str: ...
 
-    def build(self) -> ActivityEntry:
-        """The record as it stood when it was handed over."""
+    def build(self) -> Writable:
+        """The record as it stood when it was handed over (its records, or the rows made straight from it)."""
         ...
 
 
@@ -56,14 +57,14 @@ class _Built:
 
     __slots__ = ("entry",)
 
-    def __init__(self, entry: ActivityEntry) -> None:
+    def __init__(self, entry: Writable) -> None:
         self.entry = entry
 
     @property
     def generation_id(self) -> str:
-        return self.entry.generation.id
+        return self.entry.generation_id
 
-    def build(self) -> ActivityEntry:
+    def build(self) -> Writable:
         return self.entry
 
 
@@ -131,7 +132,7 @@ class ActivityWriter:
         # Records that failed, for a reason not their data, in a pass where other records were written: how often.
         self._strikes: dict[str, int] = {}
         # The record the store took last: written again when a record fails with no other to write (`_takes_writes`).
-        self._last_written: ActivityEntry | None = None
+        self._last_written: Writable | None = None
         # Told once whether a generation reached the store (a spend cap's reservation waits for it), by id.
         self._on_written: dict[str, Callable[[bool], None]] = {}
 
@@ -272,7 +273,7 @@ class ActivityWriter:
             except TimeoutError:
                 return
 
-    def _take(self) -> list[ActivityEntry]:
+    def _take(self) -> list[Writable]:
         """Up to a batch of the queued records, built; one that fails to build is counted as lost, alone."""
         queue, batch = self._queue, []
         while queue and len(batch) < self._batch_size:
@@ -285,14 +286,14 @@ class ActivityWriter:
                 log.exception("activity record %s not built (%d lost so far)", draft.generation_id, self._failed)
                 self._tell_id(draft.generation_id, written=False)
                 continue
-            if not self._store_content and entry.generation.has_content:
-                entry = ActivityEntry(entry.generation.without_content(), entry.calls)
+            if not self._store_content:
+                entry = without_content(entry)
             batch.append(entry)
         if not queue:
             self._hurry = False  # every record awaited is in this batch
         return batch
 
-    async def _flush(self, batch: list[ActivityEntry]) -> None:
+    async def _flush(self, batch: list[Writable]) -> None:
         counted = self._written + self._failed
         kept = 0  # records put back in the queue: still pending, their waiters not told yet
         try:
@@ -328,7 +329,7 @@ class ActivityWriter:
             if not kept:
                 self._tell(batch, written=False)  # any not told yet: the write was cancelled
 
-    async def _write(self, batch: list[ActivityEntry]) -> None:
+    async def _write(self, batch: list[Writable]) -> None:
         async with asyncio.timeout(self._write_timeout_s):
             await self._store.write(batch)
 
@@ -370,7 +371,7 @@ class ActivityWriter:
         self._recovered()
         return True
 
-    async def _write_each(self, batch: list[ActivityEntry]) -> int:
+    async def _write_each(self, batch: list[Writable]) -> int:
         """Write a failed batch record by record; a record refused alone is lost, logged by its id.
 
         A record that fails for another reason once the store has written another in this pass counts that failure
@@ -382,10 +383,10 @@ class ActivityWriter:
 
         Returns how many went back to the queue.
         """
-        failing: list[ActivityEntry] = []  # failed in this pass for a reason not their data
+        failing: list[Writable] = []  # failed in this pass for a reason not their data
         failure: Exception | None = None
         written = in_a_row = 0
-        untried: list[ActivityEntry] = []
+        untried: list[Writable] = []
         for position, entry in enumerate(batch):
             try:
                 await self._write([entry])
@@ -425,7 +426,7 @@ class ActivityWriter:
             kept += self._keep_for_later(untried, failure)
         return kept
 
-    def _strike(self, entries: list[ActivityEntry], exc: Exception) -> int:
+    def _strike(self, entries: list[Writable], exc: Exception) -> int:
         """These records failed while the store wrote others (or the last one again): each `SET_ASIDE_AFTER`th time is
         its last.
 
@@ -434,7 +435,7 @@ class ActivityWriter:
         """
         kept = []
         for entry in entries:
-            generation_id = entry.generation.id
+            generation_id = entry.generation_id
             strikes = self._strikes.get(generation_id, 0) + 1
             if strikes < SET_ASIDE_AFTER:
                 self._strikes[generation_id] = strikes
@@ -455,13 +456,13 @@ class ActivityWriter:
         self._queue.extend(_Built(entry) for entry in kept)
         return len(kept)
 
-    def _forgive(self, entries: list[ActivityEntry]) -> None:
+    def _forgive(self, entries: list[Writable]) -> None:
         """Written at last: these records' failures are forgotten."""
         if self._strikes:
             for entry in entries:
-                self._strikes.pop(entry.generation.id, None)
+                self._strikes.pop(entry.generation_id, None)
 
-    def _keep_for_later(self, entries: list[ActivityEntry], exc: Exception) -> int:
+    def _keep_for_later(self, entries: list[Writable], exc: Exception) -> int:
         """The store did not take a write: put these records back at the front of the queue, to be tried again.
 
         While closing they are lost instead (counted and logged): a shutdown does not wait for a store to come back.
@@ -489,12 +490,12 @@ class ActivityWriter:
             self._retry_in = 0.0
             log.warning("activity store takes writes again: %d generation(s) still queued", len(self._queue))
 
-    def _tell(self, entries: list[ActivityEntry], *, written: bool) -> None:
+    def _tell(self, entries: list[Writable], *, written: bool) -> None:
         """Tell whoever waits on these generations whether they reached the store (each once)."""
         if not self._on_written:
             return
         for entry in entries:
-            self._tell_id(entry.generation.id, written=written)
+            self._tell_id(entry.generation_id, written=written)
 
     def _tell_id(self, generation_id: str, *, written: bool) -> None:
         callback = self._on_written.pop(generation_id, None)
@@ -521,11 +522,11 @@ class ActivityWriter:
             self._failed + self._dropped,
         )
 
-    def _lost(self, entries: list[ActivityEntry], exc: Exception) -> None:
+    def _lost(self, entries: list[Writable], exc: Exception) -> None:
         self._failed += len(entries)
         self._forgive(entries)
         self._tell(entries, written=False)
-        which = f" ({entries[0].generation.id})" if len(entries) == 1 else ""
+        which = f" ({entries[0].generation_id})" if len(entries) == 1 else ""
         log.warning(
             "activity store write failed, %d generation(s) lost%s (%d so far): %s: %s",
             len(entries),

@@ -10,19 +10,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from pydantic import TypeAdapter
-
 from openfusion.access.spend import Reservation
-from openfusion.activity import (
-    ActivityEntry,
-    ActivityWriter,
-    ApiType,
-    CallRecord,
-    GenerationRecord,
-    PanelText,
-    Tokens,
-    utc_now,
-)
+from openfusion.activity import ActivityWriter, ApiType, EntryRows, utc_now
+from openfusion.activity.sql import call_row_values, generation_row_values
 from openfusion.api.deps import AppState
 from openfusion.api.disconnect import ClientDisconnected
 from openfusion.api.relay_record import RelayRecord
@@ -39,9 +29,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("openfusion.requests")
 
 _ROLES = {"panel", "judge", "synthesizer", "outer", "passthrough"}
-_CALL_RECORDS = TypeAdapter(tuple[CallRecord, ...])
 # A call of a closed ledger's record, with its known usage and cost as its bill had them.
 _BilledCall = tuple[CallTrace, Usage | None, float | None]
+_CALL_STATUSES = {"ok", "error"}  # any other (a call still running at the close, stopped there) is "cancelled"
 
 
 class Ledger:
@@ -277,15 +267,11 @@ class Ledger:
             )
         return recorded
 
-    def _entry(
-        self, activity: ActivityWriter, latency_ms: int, usage: Usage, calls: list[_BilledCall]
-    ) -> ActivityEntry:
-        generation = self._generation_record(activity, latency_ms, usage)
-        # Validated together: one validation of a fusion's five calls costs ~60% of five validations.
-        return ActivityEntry(generation, _CALL_RECORDS.validate_python([self._call_fields(*call) for call in calls]))
-
-    def _generation_record(self, activity: ActivityWriter, latency_ms: int, usage: Usage) -> GenerationRecord:
-        return GenerationRecord(
+    def _rows(self, activity: ActivityWriter, latency_ms: int, usage: Usage, calls: list[_BilledCall]) -> EntryRows:
+        """The request's rows, made straight from what it recorded: values of its own, with nothing to validate (a
+        `GenerationRecord` and its `CallRecord`s validated on the way cost a fusion more than the rows themselves)."""
+        content = self.content if activity.stores_content else None
+        generation = generation_row_values(
             id=self.generation_id,
             created_at=self.created_at,
             requested_model=self.requested_model,
@@ -295,7 +281,9 @@ class Ledger:
             failure_reason=self.failure_reason,
             finish_reason=self.finish_reason,
             latency_ms=latency_ms,
-            usage=Tokens.of(usage),
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens or usage.prompt_tokens + usage.completion_tokens,
             cost=usage.cost,
             streamed=self.streamed,
             key_name=self.key_name,
@@ -304,37 +292,35 @@ class Ledger:
             cache_hit=self.cache_hit,
             cost_saved=self.cost_saved,
             trace_id=self.spans.trace_id if self.spans is not None else None,
-            **(self._content_fields() if activity.stores_content else {}),
+            panel_answers=(content.panel_answers or None) if content is not None else None,
+            analysis=content.analysis.model_dump() if content is not None and content.analysis is not None else None,
+            final_answer=content.final_answer if content is not None else None,
+        )
+        return EntryRows(
+            self.generation_id,
+            generation,
+            tuple([self._call_row(position, *call) for position, call in enumerate(calls)]),
         )
 
-    def _content_fields(self) -> dict[str, Any]:
-        """The record's content fields: built only for a store that keeps them."""
-        content = self.content
-        return {
-            "panel_answers": [PanelText(model=m, content=c) for m, c in content.panel_answers] or None,
-            "analysis": content.analysis.model_dump() if content.analysis is not None else None,
-            "final_answer": content.final_answer,
-        }
-
-    def _call_fields(self, call: CallTrace, usage: Usage | None, cost: float | None) -> dict[str, Any]:
-        """A call's `CallRecord` fields; `usage` and `cost`: the bill's for this call (`known_usage`, and its price:
-        unknown stays unknown, never guessed)."""
-        status = call.status if call.status in ("ok", "error") else "cancelled"
-        return {
-            "generation_id": self.generation_id,
-            "role": call.role if call.role in _ROLES else "passthrough",
-            "model": call.model,
-            "provider": call.provider,
-            "status": status,
-            "prompt_tokens": usage.prompt_tokens if usage else 0,
-            "completion_tokens": usage.completion_tokens if usage else 0,
-            "cost": cost,
-            "latency_ms": call.latency_ms,
-            "started_ms": max(0, round((call.started - self.trace.started) * 1000)),
-            "error": call.error,
-            "upstream_status": call.upstream_status,
-            "retries": call.retries,
-        }
+    def _call_row(self, position: int, call: CallTrace, usage: Usage | None, cost: float | None) -> tuple[Any, ...]:
+        """A call's row; `usage` and `cost`: the bill's for this call (`known_usage`, and its price: unknown stays
+        unknown, never guessed)."""
+        return call_row_values(
+            generation_id=self.generation_id,
+            position=position,
+            role=call.role if call.role in _ROLES else "passthrough",  # type: ignore[arg-type]
+            model=call.model,
+            provider=call.provider,
+            status=call.status if call.status in _CALL_STATUSES else "cancelled",  # type: ignore[arg-type]
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            cost=cost,
+            latency_ms=call.latency_ms,
+            started_ms=max(0, round((call.started - self.trace.started) * 1000)),
+            error=call.error,
+            upstream_status=call.upstream_status,
+            retries=call.retries,
+        )
 
 
 class _Draft:
@@ -369,8 +355,8 @@ class _Draft:
     def generation_id(self) -> str:
         return self._ledger.generation_id
 
-    def build(self) -> ActivityEntry:
-        return self._ledger._entry(self._activity, self._latency_ms, self._usage, self._calls)
+    def build(self) -> EntryRows:
+        return self._ledger._rows(self._activity, self._latency_ms, self._usage, self._calls)
 
 
 def _snapshot(ledger: Ledger) -> Ledger:
