@@ -10,6 +10,9 @@
 - the soak across workers (`scenarios.soak_workers`): in a process started with OPENFUSION_MEMORY=<file>, on
   SIGRTMIN+3 it appends a line of JSON with what the process's memory holds by kind (see `_install_memory`); on
   SIGRTMIN+4 it collects, trims malloc's free memory and appends two lines (before and after the trim).
+- the first-request test (`tests/e2e/test_first_requests.py`): in a process started with OPENFUSION_FIRST_USE=<file>,
+  on SIGRTMIN+5 it appends a line of JSON with the modules imported and the files opened since the previous signal
+  (see `_install_first_use`).
 """
 
 from __future__ import annotations
@@ -203,3 +206,38 @@ def _install_memory(path: str) -> None:
 
 if os.environ.get("OPENFUSION_MEMORY"):
     _install_memory(os.environ["OPENFUSION_MEMORY"])
+
+
+FIRST_USE_SIGNAL_OFFSET = 5  # SIGRTMIN + 5: what was imported and opened since the last one
+
+
+def _install_first_use(path: str) -> None:
+    """One-time work a process does once it serves, seen through audit hooks: on each signal, a line with the modules
+    imported (`import` events) and the files opened (`open` events) since the previous signal; nothing is recorded
+    before the first. A request that imports or opens nothing did none of the loading the first ones used to do."""
+    import json
+    import signal
+    import threading
+
+    lock = threading.Lock()
+    seen: dict[str, list[str]] | None = None  # None until the first signal
+
+    def hook(event: str, args: tuple[object, ...]) -> None:
+        if seen is not None and event in ("import", "open") and args[0] != path:  # not the probe's own writes
+            with lock:
+                seen[event].append(str(args[0]))
+
+    def report(*_: object) -> None:
+        nonlocal seen
+        with lock:
+            taken, seen = seen, {"import": [], "open": []}
+        row = {"pid": os.getpid(), "armed": taken is not None, **(taken or {"import": [], "open": []})}
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps(row) + "\n")
+
+    sys.addaudithook(hook)
+    signal.signal(signal.SIGRTMIN + FIRST_USE_SIGNAL_OFFSET, report)
+
+
+if os.environ.get("OPENFUSION_FIRST_USE"):
+    _install_first_use(os.environ["OPENFUSION_FIRST_USE"])
