@@ -36,6 +36,7 @@ from openfusion.errors import ConfigError
 from openfusion.masking import SecretMasker
 from openfusion.observability.metrics import Metrics
 from openfusion.observability.tracing import tracing_config
+from openfusion.pipeline.warm import warm_pipeline
 from openfusion.presets import check_served, load_presets, shipped_presets_dir
 from openfusion.settings import Settings, load_settings
 from openfusion.upstream.client import UpstreamClient, build_http_client
@@ -162,6 +163,10 @@ def create_app(
             upstream = UpstreamClient(
                 http, registry, settings.retry, masker=masker, call_timeout_s=settings.http.call_timeout_s
             )
+            # The first request's one-time work, done before the server says it serves: inside the first panelists'
+            # time limits it could cost them their answers on a loaded machine.
+            warm_pipeline()
+            upstream.prepare(slug for preset in presets.values() for slug in preset.slugs)
             store = await open_store(settings.activity, environ) if settings.activity.enabled else None
             writer = None
             if store is not None:

@@ -55,6 +55,8 @@ class HotRouteApp(FastAPI):
             if endpoint is not None:
                 await self._serve(endpoint, scope, receive, send)
                 return
+        elif scope["type"] == "lifespan" and self._hot is None:
+            self._hot_routes()  # before serving (the routes and middleware are final by now), not at the first request
         await super().__call__(scope, receive, send)
 
     def serve_directly(self, *routers: APIRouter) -> None:
@@ -67,7 +69,8 @@ class HotRouteApp(FastAPI):
                     direct[route.path] = route.endpoint
 
     def _hot_routes(self) -> dict[str, Endpoint]:
-        """Decided at the first request, when every route and middleware is in place."""
+        """Decided as the app starts (or at the first request, for a server without lifespan events), when every route
+        and middleware is in place."""
         hot: dict[str, Endpoint] = {}
         middleware = {entry.cls for entry in self.user_middleware}
         if middleware <= _OWN_MIDDLEWARE and not self.root_path and not self._native_telemetry.enabled():

@@ -22,6 +22,13 @@ def prompt(name: str) -> str:
     return resources.files("openfusion").joinpath("prompts", f"{name}.md").read_text("utf-8").strip()
 
 
+def read_prompts() -> None:
+    """Read every prompt file now (at start-up), so that no request waits on the disk for one."""
+    for entry in resources.files("openfusion").joinpath("prompts").iterdir():
+        if entry.name.endswith(".md"):
+            prompt(entry.name.removesuffix(".md"))
+
+
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 

@@ -8,7 +8,7 @@ import html
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -17,6 +17,7 @@ import orjson
 
 from openfusion.errors import (
     ConfigError,
+    ModelNotFound,
     UpstreamConnectionError,
     UpstreamError,
     UpstreamProtocolError,
@@ -155,6 +156,21 @@ class UpstreamClient:
         self.call_timeout_s = call_timeout_s  # one attempt; for a stream, also the longest run of filler alone
         self.masker = masker if masker is not None else SecretMasker(registry.secrets())
         self._endpoints: dict[str, _Endpoint] = {}
+
+    def prepare(self, models: Iterable[str]) -> None:
+        """At start-up, inside the event loop that will serve: route these models and make their providers' chat
+        endpoints (URL parsed, headers built, the aiohttp session opened), so the first calls do only their own work.
+
+        A model no provider serves is passed over: a request for it fails as it would have.
+        """
+        for model in models:
+            try:
+                route = self.registry.resolve(model)
+            except ModelNotFound:
+                continue
+            endpoint = self._endpoint(route.provider)
+            if endpoint.aiohttp is not None:
+                endpoint.aiohttp.open()
 
     async def complete(self, model: str, body: Mapping[str, Any]) -> Completion:
         """A non-streamed completion, retried by the one policy."""

@@ -21,6 +21,9 @@ whose cause chain holds the real error; `failures.diagnose` reads it from there)
 
 from __future__ import annotations
 
+# The codec `socket.getaddrinfo` encodes a host name with: imported with the transport, not by the first connection
+# (a worker spawned with its listening socket made has resolved no name before).
+import encodings.idna  # noqa: F401
 import functools
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -151,8 +154,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._urls: dict[str, URL] = {}
         self._timeouts: dict[tuple[float | None, float | None, float | None], aiohttp.ClientTimeout] = {}
 
+    def open(self) -> aiohttp.ClientSession:
+        """The session, made once, inside the event loop it will serve: at start-up, or else on first use."""
+        return self._session or self._open()
+
     def _open(self) -> aiohttp.ClientSession:
-        """The session, made on first use (inside the event loop it will serve)."""
         connector = aiohttp.TCPConnector(
             limit=self.limits.max_connections or 0,
             keepalive_timeout=self.limits.keepalive_expiry,
