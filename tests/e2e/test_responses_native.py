@@ -262,7 +262,7 @@ def test_a_native_providers_error_is_relayed(upstream: FakeUpstream, native_serv
     assert response.status_code == 429 and "slow down" in response.text
 
 
-def test_a_native_stream_cut_short_ends_with_an_error(upstream: FakeUpstream, native_server: str) -> None:
+def test_a_native_stream_cut_short_ends_failed(upstream: FakeUpstream, native_server: str) -> None:
     upstream.script("plain", Script(content="One two three four.", end_stream_after=2))
 
     with httpx.stream("POST", f"{native_server}{RESPONSES}", timeout=30,
@@ -272,10 +272,11 @@ def test_a_native_stream_cut_short_ends_with_an_error(upstream: FakeUpstream, na
 
     events = [json.loads(line[6:]) for line in lines]
     last = events[-1]
-    assert last["type"] == "error" and last["code"] == "upstream_invalid_response"
+    assert last["type"] == "response.failed" and last["response"]["status"] == "failed"
+    assert last["response"]["error"]["code"] == "upstream_invalid_response"
     assert "response.completed" not in "".join(lines)
     numbers = [event["sequence_number"] for event in events]
-    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))  # the error event comes next in order
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))  # the event added comes next in order
     assert generation(native_server, generation_id)["status"] == "error"
 
 
@@ -682,19 +683,18 @@ def test_a_native_response_that_failed_is_kept_and_read_back_failed(
     assert kept.status == "failed" and kept.error is not None and kept.error.message == "the model crashed"
 
 
-def test_a_native_stream_cut_off_before_its_end_is_not_kept(upstream: FakeUpstream, native_server: str) -> None:
-    """No terminal event, no response to keep: never one kept as completed (nor in progress)."""
+def test_a_native_stream_cut_off_before_its_end_is_kept_failed(upstream: FakeUpstream, native_server: str) -> None:
+    """No terminal event: the response it began is kept as it ends for the client, failed, never as completed (nor in
+    progress), without the text of the message still being written (tests/e2e/test_responses_native_breaks.py)."""
     upstream.script("plain", Script(content="One two three four.", end_stream_after=2, reply_id="resp_cut"))
     with httpx.stream("POST", f"{native_server}{RESPONSES}", timeout=30,
                       json={"model": "native/plain", "input": "Hi", "stream": True}) as response:  # fmt: skip
         kinds = [json.loads(line[6:])["type"] for line in response.iter_lines() if line.startswith("data: ")]
-    with (
-        openai.OpenAI(base_url=f"{native_server}/v1", api_key="k", max_retries=0) as client,
-        pytest.raises(openai.NotFoundError),
-    ):
-        client.responses.retrieve("resp_cut")
+    with openai.OpenAI(base_url=f"{native_server}/v1", api_key="k", max_retries=0) as client:
+        kept = client.responses.retrieve("resp_cut")
 
-    assert kinds[0] == "response.created" and kinds[-1] == "error"
+    assert kinds[0] == "response.created" and kinds[-1] == "response.failed"
+    assert kept.status == "failed" and kept.output == []
 
 
 def test_a_translated_stream_that_failed_is_kept_and_read_back_failed(

@@ -75,6 +75,11 @@ class Script:
     reject_above: dict[str, float] | None = None
     reasoning: list[str] | None = None  # reasoning text (`delta.reasoning` pieces) before the answer
     reply_id: str | None = None  # the Responses answer's id (default: a new one each time); a provider may reuse one
+    # Responses streams: how the provider breaks the stream off after `cut_stream_after` text deltas (default 1), before
+    # its terminal event: "drop" (the connection dropped), "stall" (silent, the connection open, until the client
+    # leaves: its read timeout), "malformed" (an event that is not JSON, then a clean end), "error" (the API's own
+    # `error` event, `error_message` its message, then a clean end).
+    break_stream: str | None = None
 
 
 @dataclass
@@ -161,6 +166,39 @@ async def _dripped(request: Request, call: Call, events: list[bytes], interval_s
                 _finish(call, disconnected=True)
                 return
         yield event
+
+
+async def _broken_responses(
+    request: Request, call: Call, events: list[bytes], script: Script, failed: dict[str, Any] | None
+) -> AsyncIterator[bytes]:
+    """A Responses event stream broken off after `events` as `script.break_stream` says (the fault noted on `call`);
+    `failed`: the response its `response.failed` gives after an `error` event."""
+    disconnected = True  # unless it ends on purpose
+    try:
+        for event in events:
+            yield event
+        how = call.fault = script.break_stream
+        if how == "drop":
+            disconnected = False
+            raise _StreamCut("responses stream dropped")
+        if how == "stall":
+            await _pause(request, 3600)  # until the client gives up waiting
+            return
+        if how == "malformed":
+            yield b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":\n\n'
+        elif how == "error":
+            message = script.error_message or "The server had an error while processing your request."
+            error = {"type": "error", "code": "server_error", "message": message, "param": None,
+                     "sequence_number": len(events)}  # fmt: skip
+            yield b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"
+            if failed is not None:
+                event = {"type": "response.failed", "sequence_number": len(events) + 1, "response": failed}
+                yield b"event: response.failed\ndata: " + orjson.dumps(event) + b"\n\n"
+        else:
+            raise ValueError(f"unknown break_stream {how!r}")
+        disconnected = False
+    finally:
+        _finish(call, disconnected)
 
 
 async def _pause(request: Request, seconds: float) -> bool:
@@ -277,6 +315,15 @@ class FakeUpstream:
         if not call.stream:
             return _json(responses_api.response_object(reply.base["id"], model, text, usage, status=status,
                                                        store=store), background=done)  # fmt: skip
+        if script.break_stream is not None:
+            events = responses_api.stream_events(reply.base["id"], model, text, usage, store=store,
+                                                 end_after=script.cut_stream_after or 1)  # fmt: skip
+            failed = None  # "error" with `error_event`: the provider's own `response.failed` follows its `error`
+            if script.error_event is not None:
+                failed = {**responses_api.response_object(reply.base["id"], model, text, usage, status="failed",
+                                                          store=store), "error": script.error_event}  # fmt: skip
+            broken = _broken_responses(request, call, list(events), script, failed)
+            return _ClosingStreamingResponse(broken, media_type="text/event-stream")
         events = responses_api.stream_events(reply.base["id"], model, text, usage, end_after=script.end_stream_after,
                                              error=script.error_event, store=store, status=status)  # fmt: skip
         if script.chunk_interval_s:  # each text delta `chunk_interval_s` after the one before

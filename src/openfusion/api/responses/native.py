@@ -7,8 +7,9 @@ so a key can only ever continue its own responses. The relayed stream is watched
 terminal event, `response.completed`, `response.incomplete` or `response.failed`: its usage goes to the activity
 record, and the response is stored before that event reaches the client, whatever its status, as the whole answer
 to a request that does not stream is (OpenAI keeps each: a follow-up may continue a response cut off at
-`max_output_tokens`, and `GET /v1/responses/{id}` tells a failed one); a stream cut off before its terminal event
-holds no response to keep, but for one the end of the shutdown grace period stops: that one ends with
+`max_output_tokens`, and `GET /v1/responses/{id}` tells a failed one). A stream that stops before its terminal
+event (the provider broke it off: its connection lost, its reads timed out, it closed early or sent its own `error`
+event; or the end of the shutdown grace period stopped it) ends as OpenAI ends a stream that fails: with
 `response.failed`, the response `response.created` gave with the output items done since, which is kept as the
 translated stream keeps its own (`_Begun`). The response the client gets says it is stored when openfusion keeps
 it (`store_mark`).
@@ -180,7 +181,10 @@ async def _relay(
     marks: StoredMarks | None,
     begun: _Begun,
 ) -> AsyncIterator[bytes]:
-    complete = ended = False
+    complete = ended = False  # `ended`: by the provider's terminal event
+    said: dict[str, Any] | None = None  # the provider's `error` event, which OpenAI follows with `response.failed`
+    broken: UpstreamError | None = None
+    relayed = b""  # the last bytes relayed
     data = DataLines()
     confirms = ledger.confirms
     try:
@@ -189,55 +193,134 @@ async def _relay(
                 chunk = marks.feed(chunk)  # whole lines only: an event that carries the response is read whole
             was_ended = ended
             for line in data.feed(chunk):
+                if line[-1] != _BRACE and _malformed(line):  # (every event a JSON object: one look at its last byte)
+                    if cut := _event_start(chunk, line):
+                        relayed = chunk[:cut]
+                        yield relayed  # the events before it; it and what follows, no client could read
+                    raise _not_json(forwarded, ledger)
                 numbering.see(line)
                 # Per event, so `find` rather than `in`: CPython's `in` on bytes first tries the needle as an int and
                 # builds (then drops) an error doing so.
                 head = _type_end(line)
                 begun.see(head, line)
                 answered = head.find(_COMPLETED) >= 0 or head.find(_INCOMPLETE) >= 0  # the response, whole or cut
-                failed = not answered and (head.find(_FAILED) >= 0 or head.find(_ERROR) >= 0)
-                ended = ended or answered or failed
-                if answered:
-                    response = (_json(line[6:]) or {}).get("response")
-                    if isinstance(response, dict):
-                        _record(forwarded, ledger, response)
-                        if keepable(response):
-                            await keep(response)  # before the client hears it is done
-                elif failed:
+                failed = not answered and head.find(_FAILED) >= 0
+                if answered or failed:
+                    ended = True
                     event = _json(line[6:]) or {}
                     response = event.get("response")
-                    if isinstance(response, dict):  # response.failed: its usage still counts
+                    if isinstance(response, dict):  # that of response.failed too: its usage still counts
                         _record(forwarded, ledger, response)
-                        if keepable(response):
-                            await keep(response)  # as OpenAI keeps it: GET /v1/responses/{id} says it failed
-                    provider_failed(forwarded, ledger, response.get("error") if isinstance(response, dict) else event)
+                        if keepable(response):  # before the client hears it is done; GET tells how it ended
+                            await keep(response)
+                    if failed:
+                        error = response.get("error") if isinstance(response, dict) else event
+                        provider_failed(forwarded, ledger, error)
+                elif head.find(_ERROR) >= 0:  # its stream goes on to `response.failed`, or openfusion ends it so
+                    said = _json(line[6:]) or {}
+                    provider_failed(forwarded, ledger, said["error"] if isinstance(said.get("error"), dict) else said)
             if confirms and ended and not was_ended:
                 # Clients stop reading at the terminal event: the answer is whole, its record goes first.
                 forwarded.answered()
                 await ledger.commit()
             if chunk:
+                relayed = chunk
                 yield chunk
         if marks is not None and (rest := marks.rest()):
+            relayed = rest
             yield rest
         complete = True
-        if not ended:  # the provider closed the stream before its end: the client must not take it as whole
-            error = UpstreamProtocolError(
+        if not ended and said is None:  # the provider closed the stream before its end: not to be taken as whole
+            broken = UpstreamProtocolError(
                 f"{ledger.requested_model}: the stream ended before the response was complete",
                 model=ledger.requested_model, provider=forwarded.trace.provider if forwarded.trace else "",
             )  # fmt: skip
-            relay_failed(forwarded, ledger, error)
-            yield b"\n\n" + numbering.error_event(error)
-    except UpstreamError as exc:  # the provider broke off mid-stream: say so rather than end silently
+            relay_failed(forwarded, ledger, broken)
+    except UpstreamError as exc:  # the provider broke off mid-stream (cut off, stalled, timed out): say so
         complete = True
-        relay_failed(forwarded, ledger, exc)
-        yield b"\n\n" + numbering.error_event(exc)
+        if not ended and said is None:  # (after its own end or error event, that says why it failed)
+            broken = exc
+            relay_failed(forwarded, ledger, exc)
     finally:
         await forwarded.aclose(complete=complete)
+    if not ended and (broken is not None or said is not None):
+        ending = await _broken_off(ledger=ledger, keep=keep, numbering=numbering, begun=begun, broken=broken, said=said)
+        if ending:
+            yield _separator(relayed) + ending  # the provider may have stopped in the middle of an event
+
+
+async def _broken_off(
+    *,
+    ledger: Ledger,
+    keep: Keep,
+    numbering: _Numbering,
+    begun: _Begun,
+    broken: UpstreamError | None,
+    said: dict[str, Any] | None,
+) -> bytes:
+    """The end of a stream the provider broke off before its terminal event (`broken`), or after its own `error` event
+    (`said`), both recorded already: as OpenAI ends a stream that fails, `response.failed` with the response so far,
+    kept as any other that failed, its record committed before it is told."""
+    error = _said_error(said) if said is not None else broken
+    assert error is not None
+    ending = begun.stopped(error, numbering, told=said is not None)
+    if begun.failed is not None:
+        await keep(begun.failed)
+    await ledger.commit()  # clients stop reading at the terminal event: the record goes first
+    return ending
+
+
+_BRACE = ord("}")
+
+
+def _malformed(line: bytes) -> bool:
+    """Whether an event's `data:` line is not a JSON object (nor the `[DONE]` a compatible server may end with)."""
+    data = line[6:].strip()
+    return data != b"[DONE]" and not (data.endswith(b"}") and _json(data) is not None)
+
+
+def _event_start(chunk: bytes, line: bytes) -> int:
+    """Where the event whose `data:` line is `line` begins in `chunk` (0: at its start, or before it)."""
+    at = chunk.find(b"\n" + line + b"\n") + 1  # a line of its own (not a line it begins, as a text cut short would)
+    if at <= 0:
+        return 0
+    return max([end + len(blank) for blank in _BLANK if (end := chunk.rfind(blank, 0, at)) >= 0], default=0)
+
+
+_BLANK = (b"\n\n", b"\n\r\n")  # a line's end and a blank line: the end of an event
+
+
+def _separator(relayed: bytes) -> bytes:
+    """What goes before an event openfusion adds, after `relayed` (the last bytes relayed): nothing after a whole event
+    (nor after the `event:` line alone of one unfinished, which the added event's own replaces); the blank line that
+    ends an unfinished event whose data came whole; a line end and a blank line after a line cut short."""
+    if not relayed or relayed.endswith(_BLANK):
+        return b""
+    if not relayed.endswith(b"\n"):
+        return b"\n\n"
+    start = max([end + len(blank) for blank in _BLANK if (end := relayed.rfind(blank)) >= 0], default=0)
+    return b"\n" if relayed.find(b"data:", start) >= 0 else b""
+
+
+def _not_json(forwarded: Forwarded, ledger: Ledger) -> UpstreamProtocolError:
+    trace = forwarded.trace
+    slug, provider = (trace.model, trace.provider) if trace is not None else (ledger.requested_model, "")
+    return UpstreamProtocolError(f"{slug} ({provider}) sent a stream event that is not JSON", model=slug,
+                                 provider=provider)  # fmt: skip
+
+
+def _said_error(event: dict[str, Any]) -> OpenFusionError:
+    """The provider's `error` event (its fields, or an `error` object in it) as the error its response failed with."""
+    error = event.get("error")
+    fields = error if isinstance(error, dict) else event
+    code, message = fields.get("code"), fields.get("message")
+    return OpenFusionError(message if isinstance(message, str) and message else "The provider failed mid-stream.",
+                           code=code if isinstance(code, str) and code else "server_error")  # fmt: skip
 
 
 class _Numbering:
-    """The provider's sequence numbers, followed so that the `error` event openfusion adds to its stream (cut short,
-    broken off, the shutdown's end) comes next in order: clients check that they only go up."""
+    """The provider's sequence numbers, followed so that the event openfusion adds to its stream (cut short, broken
+    off, the shutdown's end) comes next in order: clients check that they only go up."""
 
     __slots__ = ("last",)
 
@@ -261,8 +344,9 @@ class _Numbering:
 
 class _Begun:
     """What a relayed stream told of its response before its end: the response as `response.created` gave it, and the
-    output items done since. A stream the end of the shutdown grace period stops ends with that response, failed
-    (`stopped`), kept as any other that failed; the text of an item still being written is not in it."""
+    output items done since. A stream stopped before its terminal event (the provider broke it off, or the end of the
+    shutdown grace period came) ends with that response, failed (`stopped`), kept as any other that failed; the text
+    of an item still being written is not in it."""
 
     __slots__ = ("failed", "items", "response")
 
@@ -284,11 +368,12 @@ class _Begun:
             if item is not None:
                 self.items.append(item)
 
-    def stopped(self, error: OpenFusionError, numbering: _Numbering) -> bytes:
-        """The end of a stream the shutdown stopped: `response.failed` with the response so far (the `error` event
-        when the stream had not told its response, or one without an id, which nothing could retrieve)."""
+    def stopped(self, error: OpenFusionError, numbering: _Numbering, *, told: bool = False) -> bytes:
+        """The end of a stream stopped before its terminal event (the shutdown, the provider breaking it off):
+        `response.failed` with the response so far; the `error` event when the stream had not told its response, or
+        one without an id, which nothing could retrieve (nothing when the provider `told` its own error event)."""
         if self.response is None or not keepable(self.response):
-            return numbering.error_event(error)
+            return b"" if told else numbering.error_event(error)
         self.failed = {**self.response, "status": "failed", "output": self.items,
                        "error": {"code": error.code or "server_error", "message": error.message}}  # fmt: skip
         event = {"type": "response.failed", "sequence_number": numbering.last + 1, "response": self.failed}
