@@ -193,7 +193,9 @@ async def _relay(
                 chunk = marks.feed(chunk)  # whole lines only: an event that carries the response is read whole
             was_ended = ended
             for line in data.feed(chunk):
-                if line[-1] != _BRACE and _malformed(line):  # (every event a JSON object: one look at its last byte)
+                # Every event a JSON object: one look at its last byte, `}` (125 as a constant: a global's lookup
+                # doubles the look's cost, ~500 instructions an event rather than ~260: OPTIMISATIONS 49.)
+                if line[-1] != 125 and _malformed(line):
                     if cut := _event_start(chunk, line):
                         relayed = chunk[:cut]
                         yield relayed  # the events before it; it and what follows, no client could read
@@ -268,9 +270,6 @@ async def _broken_off(
         await keep(begun.failed)
     await ledger.commit()  # clients stop reading at the terminal event: the record goes first
     return ending
-
-
-_BRACE = ord("}")
 
 
 def _malformed(line: bytes) -> bool:
