@@ -1,11 +1,13 @@
-"""Where the event openfusion adds to a native Responses stream the provider broke off goes, and which events it
-takes as unreadable."""
+"""Where the event openfusion adds to a native Responses stream the provider broke off goes, which events it takes
+as unreadable, and which error a provider's own `error` event gives the failed response."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from openfusion.api.responses.native import _event_start, _malformed, _separator
+from openfusion.api.responses.native import _event_start, _malformed, _said_error, _separator
 
 DELTA = b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"Hi"}\n\n'
 
@@ -47,3 +49,20 @@ def test_an_unreadable_event_is_cut_from_its_first_line() -> None:
 )
 def test_an_event_that_is_not_a_json_object_is_malformed(line: bytes, malformed: bool) -> None:
     assert _malformed(line) is malformed
+
+
+@pytest.mark.parametrize(
+    ("event", "code", "message"),
+    [
+        ({"type": "error", "code": "rate_limit_exceeded", "message": "slow down", "param": None}, "rate_limit_exceeded",
+         "slow down"),  # the API's own shape
+        ({"type": "error", "error": {"code": "server_error", "message": "crashed"}}, "server_error", "crashed"),
+        ({"type": "error", "code": 500}, "server_error", "The provider failed mid-stream."),  # nothing usable in it
+    ],
+)  # fmt: skip
+def test_a_providers_error_event_is_the_error_its_failed_response_gives(
+    event: dict[str, Any], code: str, message: str
+) -> None:
+    error = _said_error(event)
+
+    assert (error.code, error.message) == (code, message)
