@@ -5,6 +5,10 @@ server to cancel the query and waiting for it: about 10 s more when a network pa
 Cancelled again meanwhile, it closes the connection at once. `ends_when_cancelled` runs each call in a task
 of its own and, once its caller is cancelled, cancels that task again and again until it ends: the caller's
 time limit holds to within `CANCEL_EVERY_S` or so, and the pool replaces the closed connection.
+
+The re-cancelling is bounded by a number of cancellations, not by wall time: on a loaded machine (or behind a
+coroutine that holds the event loop) one wait can outlast any time budget, and a budget spent before the second
+cancellation would leave the call with only the first, which psycopg answers by waiting for the server.
 """
 
 from __future__ import annotations
@@ -20,24 +24,26 @@ log = logging.getLogger("openfusion.activity")
 P = ParamSpec("P")
 T = TypeVar("T")
 
-# How often a task that goes on after being cancelled is cancelled again, and for how long at most.
+# How often a task that goes on after being cancelled is cancelled again, and how many times at most (about a
+# second in all on an idle machine).
 CANCEL_EVERY_S = 0.1
-CANCEL_FOR_S = 1.0
+CANCEL_TIMES = 10
 
 
 async def cancel_until_done(
-    task: asyncio.Future[Any], *, every_s: float = CANCEL_EVERY_S, for_s: float = CANCEL_FOR_S
+    task: asyncio.Future[Any], *, every_s: float = CANCEL_EVERY_S, times: int = CANCEL_TIMES
 ) -> bool:
-    """Cancel `task`, and again every `every_s` until it ends, for at most `for_s`; whether it ended."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + for_s
-    while not task.done():
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            return False
+    """Cancel `task`, and again every `every_s` until it ends, `times` times at most; whether it ended.
+
+    Each cancellation reaches the task before the next is made (its wake-up is scheduled at once, the wait's
+    timer after it), so however late the waits end on a loaded machine, the task sees all `times` of them.
+    """
+    for _ in range(times):
+        if task.done():
+            return True
         task.cancel()
-        await asyncio.wait([task], timeout=min(every_s, remaining))
-    return True
+        await asyncio.wait([task], timeout=every_s)
+    return task.done()
 
 
 def ends_when_cancelled(call: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:

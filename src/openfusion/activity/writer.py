@@ -554,7 +554,7 @@ def _refuses_the_data(exc: Exception) -> bool:
 
 
 async def _abandon(task: asyncio.Task[None]) -> None:
-    """Cancel the writer's task and wait (about a second at most) until it has ended.
+    """Cancel the writer's task and wait (about a second on an idle machine) until it has ended.
 
     Its write ends at once when cancelled, even while the database does not answer (`cancellation`).
     """
