@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -16,6 +17,10 @@ from openfusion.access.redis_limiter import RedisLimiter
 from openfusion.errors import ConfigError
 
 from .conftest import REDIS_URL
+
+# Leases short enough to outlive in a test, long enough that a renewal (every third of it) or the one round trip a
+# check takes does not miss it on a loaded machine; their ends are waited for on the Redis clock, not slept through.
+LEASE_S = 1.5
 
 
 class Clock:
@@ -110,25 +115,48 @@ async def test_redis_slots_are_shared_and_given_back(
     assert await two.acquire("key:a", limit=2) is not None
 
 
-async def test_a_live_run_keeps_its_slot_past_the_lease_time(make_limiter: Callable[..., RedisLimiter]) -> None:
-    one, two = make_limiter(lease_ttl_s=0.3), make_limiter(lease_ttl_s=0.3)
+def redis_ms(client: redis.Redis) -> float:
+    """The Redis server's time, in ms: the clock leases expire by."""
+    seconds, micros = client.time()
+    return seconds * 1000 + micros / 1000
+
+
+async def until(condition: Callable[[], bool], *, timeout_s: float = 60.0) -> None:
+    """Wait until `condition()` holds; the deadline only bounds a hang."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_live_run_keeps_its_slot_past_the_lease_time(
+    make_limiter: Callable[..., RedisLimiter], redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    one, two = make_limiter(lease_ttl_s=LEASE_S), make_limiter(lease_ttl_s=LEASE_S)
     slot = await one.acquire("k", limit=1)
     assert slot is not None
-    await asyncio.sleep(0.9)  # three lease times: only renewals keep it
+    leases = f"{{{redis_prefix}}}:fusion:k"
+    [(_, first_end)] = redis_client.zrange(leases, 0, -1, withscores=True)
+    # Two lease times after it was taken, on the Redis clock: a lease renewed once would have ended too; only
+    # renewals again and again keep it.
+    await until(lambda: redis_ms(redis_client) > first_end + LEASE_S * 1000)
+    [(_, end_now)] = redis_client.zrange(leases, 0, -1, withscores=True)
+    assert end_now > first_end + LEASE_S * 1000  # renewed meanwhile, past the time waited for
     assert await two.acquire("k", limit=1) is None
     await slot.release()
     assert await two.acquire("k", limit=1) is not None
 
 
 async def test_a_crashed_replica_cannot_hold_slots_beyond_one_lease_time(
-    make_limiter: Callable[..., RedisLimiter],
+    make_limiter: Callable[..., RedisLimiter], redis_client: redis.Redis
 ) -> None:
-    crashed, survivor = make_limiter(lease_ttl_s=0.3), make_limiter(lease_ttl_s=0.3)
+    crashed, survivor = make_limiter(lease_ttl_s=LEASE_S), make_limiter(lease_ttl_s=LEASE_S)
     assert await crashed.acquire("k", limit=2) is not None
     assert await crashed.acquire("k", limit=2) is not None
+    taken = redis_ms(redis_client)  # both leases end a lease time after they were taken, before this
     await crashed.aclose()  # gone without giving anything back
     assert await survivor.acquire("k", limit=2) is None
-    await asyncio.sleep(0.35)
+    await until(lambda: redis_ms(redis_client) > taken + LEASE_S * 1000)  # one lease time later, on the Redis clock
     assert await survivor.acquire("k", limit=2) is not None
     assert await survivor.acquire("k", limit=2) is not None
 
