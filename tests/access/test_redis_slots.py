@@ -12,7 +12,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -72,9 +72,24 @@ def test_slots_are_computed_as_redis_cluster_computes_them() -> None:
     assert key_slot("{user1000}.following") == key_slot("{user1000}.followers") != key_slot("user1000.following")
 
 
-async def _run_everything(client: Redis | RedisCluster, prefix: str) -> None:
+async def _until(condition: Callable[[], bool], *, timeout_s: float = 60.0) -> None:
+    """Wait until `condition()` holds; the deadline only bounds a hang."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.02)
+
+
+async def _run_everything(
+    client: Redis | RedisCluster, prefix: str, calls: list[tuple[str, list[str], list[Any]]]
+) -> None:
     """Every script the limits, spend caps and brake run, each path: admission, renewal, retaking after Redis
-    lost the counters, settlement, giving back, the brake forgetting an address."""
+    lost the counters, settlement, giving back, the brake forgetting an address. `calls`: the scripts run so far
+    (`script_calls`), waited on for those run in the background."""
+
+    def ran(*names: str) -> Callable[[], bool]:
+        return lambda: set(names) <= {name for name, _, _ in calls}
+
     limiter = RedisLimiter(client, prefix=prefix, lease_ttl_s=0.3)  # type: ignore[arg-type]
     spend = RedisSpendBook(client, prefix=prefix, lease_ttl_s=0.3, epoch=limiter.epoch)  # type: ignore[arg-type]
     local = AuthBrake(max_failures=2, window_s=60, block_s=60)
@@ -85,7 +100,7 @@ async def _run_everything(client: Redis | RedisCluster, prefix: str) -> None:
         assert slot is not None
         held = await spend.reserve("key:a", day=DAY, cap=1.0, estimate=0.2, spent=0.0, read_at=await spend.clock())
         assert isinstance(held, Reservation)
-        await asyncio.sleep(0.25)  # both leases renewed (every third of 0.3 s)
+        await _until(ran("slot renewal", "reservation renewal"))  # both leases renewed (every third of 0.3 s)
         await client.delete(limiter.epoch.key)  # Redis lost the counters: the next admission takes them again
         assert await limiter.hit("key:b", limit=5, window_s=60) == 0
         held.started()
@@ -94,7 +109,7 @@ async def _run_everything(client: Redis | RedisCluster, prefix: str) -> None:
         unused = await spend.reserve("key:a", day=DAY, cap=1.0, estimate=0.2, spent=0.0, read_at=await spend.clock())
         assert isinstance(unused, Reservation)
         await unused.release()  # given back at once
-        await asyncio.sleep(0.1)  # the settlement sent
+        await _until(ran("settlement"))  # the settlement sent
         await held.release()
         await slot.release()
         for address in ("192.0.2.1", "192.0.2.2", "192.0.2.2"):  # one address kept at most: the first forgotten
@@ -126,7 +141,7 @@ async def test_every_scripts_keys_hash_to_one_slot(
 ) -> None:
     client = Redis.from_url(REDIS_URL)
     try:
-        await _run_everything(client, redis_prefix)
+        await _run_everything(client, redis_prefix, script_calls)
     finally:
         await client.aclose()
     assert {name for name, _, _ in script_calls} == set(SCRIPTS), "every script ran"
@@ -216,5 +231,5 @@ async def test_the_limits_spend_caps_and_brake_run_on_a_redis_cluster(
     """
     for script in SCRIPTS.values():
         await cluster_client.script_load(script)
-    await _run_everything(cluster_client, prefix)
+    await _run_everything(cluster_client, prefix, script_calls)
     assert {name for name, _, _ in script_calls} == set(SCRIPTS)
