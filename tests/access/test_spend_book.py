@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -43,9 +44,24 @@ async def reserve(book: SpendBook, estimate: float, *, cap: float = 1.0, spent: 
 
 
 async def settled(book: SpendBook) -> None:
-    """Let a shared book's background settlement reach Redis."""
-    if isinstance(book, RedisSpendBook):
-        await asyncio.sleep(0.1)
+    """Wait until a shared book's background settlements have reached Redis (its settler sends until none is left)."""
+    if isinstance(book, RedisSpendBook) and book._settler is not None:
+        await asyncio.wait_for(asyncio.shield(book._settler), timeout=60)  # the deadline only bounds a hang
+    assert not getattr(book, "_settlements", None)
+
+
+def redis_ms(client: redis.Redis) -> float:
+    """The Redis server's time, in ms: the clock leases expire by."""
+    seconds, micros = client.time()
+    return seconds * 1000 + micros / 1000
+
+
+async def until(condition: Callable[[], bool], *, timeout_s: float = 60.0) -> None:
+    """Wait until `condition()` holds; the deadline only bounds a hang."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.02)
 
 
 async def test_reservations_count_until_the_cap(book: SpendBook) -> None:
@@ -120,10 +136,15 @@ async def test_each_bucket_has_its_own_reservations(book: SpendBook) -> None:
     assert isinstance(other, Reservation)
 
 
-async def test_a_crashed_replicas_reservations_expire_with_their_lease(redis_prefix: str) -> None:
+async def test_a_crashed_replicas_reservations_expire_with_their_lease(
+    redis_prefix: str, redis_client: redis.Redis
+) -> None:
+    """Leases of 1.5 s: renewed every 0.5 s, which a loaded machine keeps up with; the dead one's end is waited for
+    on the Redis clock."""
     client = redis.asyncio.Redis.from_url(REDIS_URL)
-    crashed = RedisSpendBook(client, prefix=redis_prefix, lease_ttl_s=0.5)
-    alive = RedisSpendBook(client, prefix=redis_prefix, lease_ttl_s=0.5)
+    crashed = RedisSpendBook(client, prefix=redis_prefix, lease_ttl_s=1.5)
+    alive = RedisSpendBook(client, prefix=redis_prefix, lease_ttl_s=1.5)
+    leases = f"{{{redis_prefix}}}:spend:{BUCKET}:{DAY}:leases"
     try:
         held = await reserve(crashed, 1.0)
         assert isinstance(held, Reservation)
@@ -131,7 +152,10 @@ async def test_a_crashed_replicas_reservations_expire_with_their_lease(redis_pre
         assert isinstance(running, Reservation)
         assert crashed._renewer is not None
         crashed._renewer.cancel()  # the replica dies: its leases are no longer renewed
-        await asyncio.sleep(1.0)
+        [hold] = crashed._live
+        end = redis_client.zscore(leases, hold)
+        assert end is not None
+        await until(lambda: redis_ms(redis_client) > end)  # its lease has ended, on the Redis clock
         # The dead replica's hold is gone; the live one's, renewed, still counts.
         refused = await reserve(alive, 1.6, cap=2.0)
         assert isinstance(refused, Refusal) and refused.counted == pytest.approx(0.5)
