@@ -84,7 +84,7 @@ def test_a_repeat_is_answered_from_the_cache_for_nothing(upstream: FakeUpstream,
         second_header, second = ask(url)
         assert second_header == "hit"
         assert len(upstream.calls) == FUSION_CALLS  # no upstream call at all
-        metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {ALICE}"}).text
+        metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {ALICE}"}, timeout=60).text
     assert second.choices[0].message.content == first.choices[0].message.content == "Rayleigh scattering."
     assert second.id != first.id and second.model == first.model
     assert first.usage.model_extra["cost"] == pytest.approx(5 * 0.125)
@@ -192,7 +192,7 @@ def test_a_hit_refused_admission_is_not_counted_as_one(upstream: FakeUpstream, s
                 ask(url)
             assert slow.result()[0] == "miss"
         assert ask(url)[0] == "hit"
-        metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {ALICE}"}).text
+        metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {ALICE}"}, timeout=60).text
     assert 'openfusion_cache_lookups_total{result="hit"} 1.0' in metrics
     assert "openfusion_cache_cost_saved_usd_total 0.625" in metrics
 
@@ -228,12 +228,13 @@ def test_caching_is_off_unless_a_preset_or_the_plugin_asks(upstream: FakeUpstrea
 
 
 def test_an_entry_expires_after_its_ttl(upstream: FakeUpstream, start: Any) -> None:
+    """A TTL of 3 s: the repeat right after the first answer lands within it on a loaded machine (0.5 s may not)."""
     script_run(upstream)
-    short = {"plugins": [{"id": "fusion", "cache": {"ttl_s": 0.5}}]}
+    short = {"plugins": [{"id": "fusion", "cache": {"ttl_s": 3.0}}]}
     with start() as url:
         assert ask(url, extra_body=short)[0] == "miss"
         assert ask(url, extra_body=short)[0] == "hit"
-        time.sleep(0.6)
+        time.sleep(3.1)  # past the TTL, however long the asks took
         assert ask(url, extra_body=short)[0] == "miss"
         assert len(upstream.calls) == 2 * FUSION_CALLS
 
@@ -287,7 +288,7 @@ def test_an_answer_that_did_not_end_well_is_not_kept(
     with start() as url:
         first = sse_payloads(url, body)[0] if stream else ask(url)[0]
         header, repeat = ask(url)
-        metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {ALICE}"}).text
+        metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {ALICE}"}, timeout=60).text
     assert (first, header) == ("miss", "miss")  # the repeat ran anew
     assert repeat.choices[0].message.content == (answer.content or "")  # it was that unclean answer again
     assert repeat.choices[0].finish_reason == answer.finish_reason
@@ -341,6 +342,17 @@ def test_a_whole_answer_is_replayed_to_a_stream(upstream: FakeUpstream, start: A
     assert events[-1]["fusion"]["cached"] is True and events[-1]["choices"] == []
 
 
+def written(url: str, *ids: str) -> None:
+    """Wait until the server's activity store has these generations (its writer flushes every 50 ms)."""
+
+    def found(generation_id: str) -> bool:
+        answer = httpx.get(f"{url}/api/v1/generation", params={"id": generation_id},
+                           headers={"Authorization": f"Bearer {ALICE}"}, timeout=30)  # fmt: skip
+        return answer.status_code == 200
+
+    wait_until(lambda: all(found(generation_id) for generation_id in ids), timeout=60)
+
+
 def stored(path: Path, *ids: str) -> list[Any]:
     """These generations as the SQLite activity store holds them (each with its calls)."""
 
@@ -359,11 +371,11 @@ def test_a_hit_is_recorded_as_one_with_the_cost_it_saved(upstream: FakeUpstream,
     with start() as url:
         _, first = ask(url)
         _, second = ask(url)
-        time.sleep(0.3)  # the writer flushes every 50 ms
+        written(url, first.id, second.id)
         generation = httpx.get(f"{url}/api/v1/generation", params={"id": second.id},
-                               headers={"Authorization": f"Bearer {ALICE}"}).json()["data"]  # fmt: skip
-        listed = httpx.get(f"{url}/activity", headers={"Authorization": f"Bearer {ALICE}"}).text
-        page = httpx.get(f"{url}/activity/{second.id}", headers={"Authorization": f"Bearer {ALICE}"}).text
+                               headers={"Authorization": f"Bearer {ALICE}"}, timeout=60).json()["data"]  # fmt: skip
+        listed = httpx.get(f"{url}/activity", headers={"Authorization": f"Bearer {ALICE}"}, timeout=60).text
+        page = httpx.get(f"{url}/activity/{second.id}", headers={"Authorization": f"Bearer {ALICE}"}, timeout=60).text
     # The pages mark the hit too: in the list beside its cost, and on its own page with the cost it saved.
     rows = {row.split('data-id="')[1].split('"')[0]: row for row in listed.split('<tr class="request"')[1:]}
     assert 'class="badge cache-hit"' in rows[second.id] and "cache-hit" not in rows[first.id]
@@ -387,7 +399,7 @@ def test_a_hit_keeps_the_runs_content_when_content_is_stored(
     with start(activity=activity) as url:
         _, first = ask(url)
         header, second = ask(url)
-        time.sleep(0.3)  # the writer flushes every 50 ms
+        written(url, first.id, second.id)
 
     original, hit = stored(tmp_path / "activity.sqlite3", first.id, second.id)
     assert header == "hit" and hit.generation.cache_hit is True
@@ -566,7 +578,7 @@ def test_replicas_share_the_cache_through_postgresql(upstream: FakeUpstream, sta
         _, first = ask(one)
         header, second = ask(two)
         assert header == "hit" and second.choices[0].message.content == first.choices[0].message.content
-        time.sleep(0.3)  # the writer flushes every 50 ms
+        written(two, second.id)
     assert len(upstream.calls) == FUSION_CALLS
 
     async def read() -> Any:
