@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import re
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import orjson
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -129,13 +131,36 @@ def web_fetch_call(url: str) -> dict[str, Any]:
     return {"function": {"name": "web_fetch", "arguments": {"url": url}}}
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
-    """Poll `predicate` until it is true; raise AssertionError after `timeout` seconds."""
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll `predicate` until it is true; raise AssertionError after `timeout` seconds.
+
+    The deadline only bounds a hang: a server on a loaded machine can take seconds to get to what is waited for.
+    """
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(0.01)
+
+
+def post_and_leave(url: str, body: dict[str, Any], ready: Callable[[], bool], timeout: float = 30.0) -> None:
+    """POST `body` to `url` and close the connection once `ready()` holds (the server got that far), before any
+    answer: a client that leaves at a known point, not after a fixed time a loaded server may not have got far in."""
+
+    async def run() -> None:
+        async with httpx.AsyncClient(timeout=60) as client:
+            request = asyncio.create_task(client.post(url, json=body))
+            deadline = time.monotonic() + timeout
+            while not ready():
+                assert not request.done(), "answered before the client could leave"
+                assert time.monotonic() < deadline, f"not ready within {timeout} s"
+                await asyncio.sleep(0.01)
+            assert not request.done(), "answered before the client could leave"
+            request.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
+
+    asyncio.run(run())
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None, **kw: Any) -> Response:
