@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from e2e.partition import PartitionProxy, through
+from openfusion.activity.cancellation import CANCEL_EVERY_S
 from openfusion.activity.postgres_store import PostgresStore
 from openfusion.activity.records import utc_now
 from openfusion.activity.stored import StoredResponse
@@ -133,3 +134,37 @@ async def test_a_cancelled_call_ends_even_when_the_event_loop_stalls_after_its_f
     assert stalled and stalled[0] >= 1.5  # the fault happened: the loop stood still past a second
     assert running == [], "the cancelled call went on after its caller had left"
     assert not [r for r in caplog.records if WENT_ON in r.getMessage()]
+
+
+async def test_a_call_whose_caller_is_cancelled_twice_still_ends(postgres_url: str) -> None:
+    """A caller cancelled again while its call is being re-cancelled (its client left, then the shutdown's grace
+    period ended): the re-cancelling stopped there, leaving the call with its first cancellation only, which
+    psycopg answers by waiting ~10 s for the partitioned server, connection held."""
+    with PartitionProxy(("127.0.0.1", 5432)) as proxy:
+        store = await PostgresStore.open(through(proxy, postgres_url))
+        try:
+            await store.ping()
+            proxy.partition()
+            request = asyncio.create_task(store.cache_get("key", now=time.time(), touch_every_s=60.0))
+            for _ in range(500):  # until the query is out, unanswered
+                if proxy.dropped:
+                    break
+                await asyncio.wait([request], timeout=0.01)
+            assert proxy.dropped > 0 and not request.done() and len(calls_under(request)) == 1
+            seen: list[bool] = []
+
+            def cancel_again() -> None:  # after the call's first cancellation, before the next (CANCEL_EVERY_S)
+                seen.append(not request.done())
+                request.cancel()
+
+            request.cancel()
+            asyncio.get_running_loop().call_later(CANCEL_EVERY_S / 5, cancel_again)
+            with pytest.raises(asyncio.CancelledError):
+                await request
+            running = calls_under(request)
+            for task in running:  # not left to psycopg's own ~10 s (the proxy's close ends it), once seen
+                task.cancel()
+        finally:
+            await store.close()
+    assert seen == [True]  # the fault happened: the caller was cancelled again while its call was
+    assert running == [], "the cancelled call went on after its caller had left"

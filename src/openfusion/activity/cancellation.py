@@ -37,12 +37,21 @@ async def cancel_until_done(
 
     Each cancellation reaches the task before the next is made (its wake-up is scheduled at once, the wait's
     timer after it), so however late the waits end on a loaded machine, the task sees all `times` of them.
+    Cancelled itself meanwhile (a caller cancelled twice: its client left, then the shutdown's grace period
+    ended), it goes on cancelling the task all the same, then raises CancelledError: it would otherwise leave
+    the task with its first cancellation only.
     """
+    interrupted = False
     for _ in range(times):
         if task.done():
-            return True
+            break
         task.cancel()
-        await asyncio.wait([task], timeout=every_s)
+        try:
+            await asyncio.wait([task], timeout=every_s)
+        except asyncio.CancelledError:
+            interrupted = True
+    if interrupted:
+        raise asyncio.CancelledError
     return task.done()
 
 
