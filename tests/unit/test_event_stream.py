@@ -10,7 +10,6 @@ import pytest
 from starlette.background import BackgroundTask
 
 from openfusion.api.event_stream import EventStreamResponse
-from openfusion.api.shutdown import STOP_MESSAGE
 
 SCOPE = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "method": "POST", "path": "/"}
 
@@ -49,13 +48,11 @@ async def _body(log: dict[str, Any], parts: list[tuple[float, bytes]]) -> AsyncI
         log["closed"] = True
 
 
-def _response(log: dict[str, Any], parts: list[tuple[float, bytes]], *, inline: bool = False) -> EventStreamResponse:
+def _response(log: dict[str, Any], parts: list[tuple[float, bytes]]) -> EventStreamResponse:
     def background() -> None:
         log["background"] = True
 
-    return EventStreamResponse(
-        _body(log, parts), media_type="text/event-stream", background=BackgroundTask(background), inline=inline
-    )
+    return EventStreamResponse(_body(log, parts), media_type="text/event-stream", background=BackgroundTask(background))
 
 
 async def test_the_whole_body_goes_out_then_the_background_task_runs() -> None:
@@ -303,63 +300,3 @@ async def test_a_chunk_sent_just_after_the_headers_moves_the_first_keepalive_on_
     chunk = next(at for at, body in sent_at if body == b"a")
     first_beat = next(at for at, body in sent_at if body == BEAT)
     assert 0.9 * interval <= first_beat - chunk < 1.5 * interval  # timers fire late, not early; two intervals: wrong
-
-
-async def test_a_body_stopped_in_a_send_by_the_grace_periods_end_ends_quietly_and_the_backstop_does_not() -> None:
-    """An inline body (a fusion stream's): the grace period's end cancels the request's task where it waits
-    (`Drain`); stuck in a send to a client that reads no more, the response then ends without an error, as the body's
-    own task did. uvicorn's backstop, later, cancels the request itself: that still raises."""
-    for message, raises in ((STOP_MESSAGE, False), ("Task cancelled, timeout graceful shutdown exceeded", True)):
-        log: dict[str, Any] = {}
-        client = Client()
-        stuck = asyncio.Event()
-
-        async def send(message: dict[str, Any], client: Client = client, stuck: asyncio.Event = stuck) -> None:
-            await client.send(message)
-            if message.get("body") == b"a":
-                stuck.set()
-                await asyncio.Event().wait()  # as a send does while the client reads nothing
-
-        task = asyncio.create_task(_response(log, [(0, b"a"), (0, b"b")], inline=True)(SCOPE, client.receive, send))
-        await stuck.wait()
-        task.cancel(message)
-        if raises:
-            with pytest.raises(asyncio.CancelledError):
-                await task
-        else:
-            await task  # no error
-            assert task.cancelling() == 0
-        assert log == {"closed": True, "background": True}  # the body closed where it yielded; the record ran once
-
-
-@pytest.mark.parametrize("inline", [False, True], ids=["own task", "inline"])
-async def test_either_way_a_client_that_leaves_cancels_the_body_and_a_cancelled_request_takes_it_along(
-    inline: bool,
-) -> None:
-    for leave in (True, False):
-        log: dict[str, Any] = {}
-        client = Client()
-        response = _response(log, [(0, b"a"), (60, b"never")], inline=inline)
-        task = asyncio.create_task(response(SCOPE, client.receive, client.send))
-        await client.got_body.wait()
-        if leave:
-            client.leave.set()
-            async with asyncio.timeout(2):
-                await task  # ends quietly
-        else:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-        assert log == {"cancelled": True, "closed": True, "background": True}
-
-
-async def test_an_inline_body_runs_in_the_requests_task_from_its_first_step() -> None:
-    ran_in: list[asyncio.Task[Any] | None] = []
-
-    async def body() -> AsyncIterator[bytes]:
-        ran_in.append(asyncio.current_task())
-        yield b"a"
-
-    client = Client()
-    await EventStreamResponse(body(), inline=True)(SCOPE, client.receive, client.send)
-    assert ran_in == [asyncio.current_task()] and client.body() == b"a"

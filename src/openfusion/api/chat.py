@@ -64,7 +64,6 @@ async def _fusion(exchange: Exchange) -> Response:
             headers_with_first_chunk=True,
             keepalive=KEEPALIVE,
             keepalive_interval=exchange.state.settings.keepalive_interval_s,
-            inline=True,  # the panel asked in the step that read the request
         )
     work = complete_fusion(events, generation_id=ledger.generation_id, ledger=ledger)
     result: dict[str, Any] = await cancel_on_disconnect(exchange.request, work, drain=exchange.state.drain)

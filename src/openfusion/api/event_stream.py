@@ -4,17 +4,14 @@ departure with one plain asyncio task instead of an anyio task group.
 Under an ASGI server that speaks spec 2.3 (uvicorn), Starlette streams a body inside an anyio task
 group: a cancel scope, a task for the body and a second one listening for `http.disconnect`. Per
 streamed request that was ~4% of a fusion's CPU and ~9 KiB of memory for as long as the stream is
-open. Here the body runs in one plain asyncio task and the request's task listens, or (`inline`, a fusion
-stream) the body runs in the request's own task and one plain task listens: the client leaving cancels the
-body (its upstream calls close at once, as before) and the response ends quietly, as before. An inline body
-starts in the step that made the response, as a non-streamed answer's work does: a task of its own begins a
-pass of the loop later, and a fusion stream's panel calls went out a pass later with it.
+open. Here the body runs as one task and the request's own task listens: the client leaving cancels
+the body (its upstream calls close at once, as before) and the response ends quietly, as before.
 
 A body that ends runs the background task (the request's record) itself, in the step that sent its last
 bytes: before the server reads the client's next request, not several loop passes later behind it.
 
 Keep-alives are the response's too (`keepalive`): while the body is silent (a stage thinking, an upstream slow to
-answer) a timer sends them, so the request's task can run the fusion itself and relay each event as it comes, with no
+answer) a timer sends them, so the body's task can run the fusion itself and relay each event as it comes, with no
 task of the run's own between it and the client.
 """
 
@@ -26,14 +23,13 @@ from typing import Any
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from openfusion.api.shutdown import STOP_MESSAGE
-
 
 class EventStreamResponse(StreamingResponse):
     """A streamed body; the client leaving cancels it (its background task still runs afterwards).
 
-    The background task runs once: as soon as the body's end is sent, or once the client left first, or
-    once the request's task was cancelled (the task still ends cancelled).
+    The background task runs once: in the body's task as soon as the body's end is sent, or in the
+    request's task once the client left first, or once the request's task was cancelled (the task still
+    ends cancelled).
 
     `headers_with_first_chunk`: the status line and headers wait for the body's first chunk and leave in
     the same write — for a body whose first chunk comes at once (a fusion stream's opening line), never for
@@ -41,10 +37,6 @@ class EventStreamResponse(StreamingResponse):
 
     `keepalive`: bytes sent whenever `keepalive_interval` seconds pass without a chunk of the body, from the
     headers on (an SSE comment, or a surface's own ping event).
-
-    `inline`: the body runs in the request's own task, from the step that made the response, and a watcher task listens
-    (a fusion stream, whose first step asks the panel); otherwise the body has a task of its own, which begins a loop
-    pass later, and the request's task listens (a relay, whose upstream request went out before the response).
     """
 
     def __init__(
@@ -53,14 +45,12 @@ class EventStreamResponse(StreamingResponse):
         headers_with_first_chunk: bool = False,
         keepalive: bytes = b"",
         keepalive_interval: float = 0.0,
-        inline: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.inline = inline
         self.headers_with_first_chunk = headers_with_first_chunk
         self.keepalive, self.keepalive_interval = keepalive, keepalive_interval
-        self._ended = False  # the body's end went out: the background task runs right after it
+        self._ended = False  # the body's end went out: its task runs the background task
 
     async def _respond(self, send: Send) -> None:
         await self.stream_response(send)
@@ -115,46 +105,6 @@ class EventStreamResponse(StreamingResponse):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        if not self.inline:
-            await self._in_a_task(receive, send)
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        left = False  # the client went away while the body ran: the watcher cancelled this task
-
-        async def watch() -> None:
-            nonlocal left
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            if not self._ended:  # the client left first: the body is cancelled (its upstream calls close)
-                left = True
-                task.cancel()
-            # (Otherwise this is the server's word that the response is complete.)
-
-        # The body runs in this task, from this step on: a task of its own would begin a pass of the loop later, and a
-        # fusion's panel calls with it (bench/OPTIMISATIONS.md, 49.). The task that waits is the watcher.
-        watcher = asyncio.create_task(watch(), name="disconnect-watch")
-        try:
-            await self._respond(send)
-        except asyncio.CancelledError as exc:
-            # The client's leaving, or the grace period's end stopping a body stuck in a send to a client that reads no
-            # more (its relay recorded that): the response ends quietly, as it did when the body had a task of its own.
-            quiet = left or exc.args == (STOP_MESSAGE,)
-            if not quiet or task.uncancel() > 0:  # cancelled from outside (the server's backstop), perhaps as well
-                # Still cancelled (the cancellation is re-raised below), yet the request's end is owed: the server's
-                # backstop at the end of its shutdown cancels a stream stuck on a client that stopped reading, and
-                # the request must record itself before the activity writer closes.
-                await self._background_once()
-                raise
-            left = False  # taken back: the body unwound, the response ends quietly
-        finally:
-            watcher.cancel()
-        if left:  # the body swallowed the watcher's cancellation and ended: taken back, it is no one else's
-            task.uncancel()
-        await self._background_once()
-
-    async def _in_a_task(self, receive: Receive, send: Send) -> None:
-        """The body in a task of its own, this one listening (a relay: it begins a pass later, see `inline`)."""
         listener = asyncio.current_task()
         assert listener is not None
         body = asyncio.create_task(self._respond(send), name="response-body")
@@ -191,7 +141,7 @@ class EventStreamResponse(StreamingResponse):
         await self._background_once()
 
     async def _background_once(self) -> None:
-        """The background task: unless it ran already, once the body's end went out."""
+        """The background task, in the request's task: unless the body's task ran it once its end went out."""
         if self.background is not None and not self._ended:
             await self.background()
 

@@ -33,8 +33,6 @@ BACKSTOP_S = 2.0
 # while a backlog a working store takes in is written whole. With the backstop and the database pool's close
 # (`postgres_store.CLOSE_TIMEOUT_S`), a stop with a store that does not answer ends within the grace period + 5 s.
 ACTIVITY_FLUSH_S = 2.0
-# The message of the grace period's end's cancellations: a streamed response tells them from the backstop's.
-STOP_MESSAGE = "server shutting down"
 
 
 class Drain:
@@ -97,7 +95,7 @@ class Drain:
     def _stop(self, task: asyncio.Task[Any]) -> None:
         if task not in self._stopped and not task.done():
             self._stopped.add(task)
-            task.cancel(STOP_MESSAGE)
+            task.cancel("server shutting down")
 
     def in_flight(self) -> int:
         """The requests begun whose record is not handed over yet."""
