@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -17,6 +16,7 @@ from openfusion.access.redis_limiter import RedisLimiter
 from openfusion.errors import ConfigError
 
 from .conftest import REDIS_URL
+from .waits import redis_ms, until
 
 # Leases short enough to outlive in a test, long enough that a renewal (every third of it) or the one round trip a
 # check takes does not miss it on a loaded machine; their ends are waited for on the Redis clock, not slept through.
@@ -113,20 +113,6 @@ async def test_redis_slots_are_shared_and_given_back(
     await slot.release()
     assert redis_client.zcard(f"{{{redis_prefix}}}:fusion:key:a") == 1
     assert await two.acquire("key:a", limit=2) is not None
-
-
-def redis_ms(client: redis.Redis) -> float:
-    """The Redis server's time, in ms: the clock leases expire by."""
-    seconds, micros = client.time()
-    return seconds * 1000 + micros / 1000
-
-
-async def until(condition: Callable[[], bool], *, timeout_s: float = 60.0) -> None:
-    """Wait until `condition()` holds; the deadline only bounds a hang."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        await asyncio.sleep(0.02)
 
 
 async def test_a_live_run_keeps_its_slot_past_the_lease_time(

@@ -6,7 +6,6 @@ slots computed as Redis Cluster does (CRC16 of the hash tag); then the same runs
 
 from __future__ import annotations
 
-import asyncio
 import random
 import shutil
 import socket
@@ -30,6 +29,7 @@ from openfusion.access.redis_spend import RedisSpendBook
 from openfusion.access.spend import Reservation
 
 from .conftest import REDIS_URL
+from .waits import until
 
 DAY = datetime.now(UTC).date().isoformat()
 SCRIPTS = {
@@ -72,14 +72,6 @@ def test_slots_are_computed_as_redis_cluster_computes_them() -> None:
     assert key_slot("{user1000}.following") == key_slot("{user1000}.followers") != key_slot("user1000.following")
 
 
-async def _until(condition: Callable[[], bool], *, timeout_s: float = 60.0) -> None:
-    """Wait until `condition()` holds; the deadline only bounds a hang."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        await asyncio.sleep(0.02)
-
-
 async def _run_everything(
     client: Redis | RedisCluster, prefix: str, calls: list[tuple[str, list[str], list[Any]]]
 ) -> None:
@@ -100,7 +92,7 @@ async def _run_everything(
         assert slot is not None
         held = await spend.reserve("key:a", day=DAY, cap=1.0, estimate=0.2, spent=0.0, read_at=await spend.clock())
         assert isinstance(held, Reservation)
-        await _until(ran("slot renewal", "reservation renewal"))  # both leases renewed (every third of 0.3 s)
+        await until(ran("slot renewal", "reservation renewal"))  # both leases renewed (every third of 0.3 s)
         await client.delete(limiter.epoch.key)  # Redis lost the counters: the next admission takes them again
         assert await limiter.hit("key:b", limit=5, window_s=60) == 0
         held.started()
@@ -109,7 +101,7 @@ async def _run_everything(
         unused = await spend.reserve("key:a", day=DAY, cap=1.0, estimate=0.2, spent=0.0, read_at=await spend.clock())
         assert isinstance(unused, Reservation)
         await unused.release()  # given back at once
-        await _until(ran("settlement"))  # the settlement sent
+        await until(ran("settlement"))  # the settlement sent
         await held.release()
         await slot.release()
         for address in ("192.0.2.1", "192.0.2.2", "192.0.2.2"):  # one address kept at most: the first forgotten

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,6 +15,7 @@ from openfusion.access.redis_spend import RedisSpendBook
 from openfusion.access.spend import MemorySpendBook, Refusal, Reservation, SpendBook
 
 from .conftest import REDIS_URL
+from .waits import redis_ms, until
 
 # Today (UTC), as the server reserves: a day's keys expire a day after it ends, so a fixed date would expire at once.
 TODAY = datetime.now(UTC).date()
@@ -48,20 +48,6 @@ async def settled(book: SpendBook) -> None:
     if isinstance(book, RedisSpendBook) and book._settler is not None:
         await asyncio.wait_for(asyncio.shield(book._settler), timeout=60)  # the deadline only bounds a hang
     assert not getattr(book, "_settlements", None)
-
-
-def redis_ms(client: redis.Redis) -> float:
-    """The Redis server's time, in ms: the clock leases expire by."""
-    seconds, micros = client.time()
-    return seconds * 1000 + micros / 1000
-
-
-async def until(condition: Callable[[], bool], *, timeout_s: float = 60.0) -> None:
-    """Wait until `condition()` holds; the deadline only bounds a hang."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        await asyncio.sleep(0.02)
 
 
 async def test_reservations_count_until_the_cap(book: SpendBook) -> None:

@@ -18,6 +18,7 @@ from aiohttp import http_writer
 from openfusion.settings import ProviderConfig, Settings
 from openfusion.upstream.client import UpstreamClient
 from openfusion.upstream.providers import ProviderRegistry
+from openfusion.upstream.read_timeout import LazyReadTimeout
 
 # The `make_client` fixture: make_client(registry=None, **retry_settings) -> UpstreamClient
 MakeClient = Callable[..., UpstreamClient]
@@ -242,3 +243,38 @@ JOINS_ON_ITS_OWN = pytest.mark.skipif(
     sys.version_info >= (3, 12) and getattr(http_writer, "SKIP_WRITELINES", True),
     reason="aiohttp joins a request's head and body on this Python, by its own choice",
 )
+
+
+class RecordingTransport:
+    """An upstream connection's transport that remembers each write it is given, buffer by buffer."""
+
+    def __init__(self, transport: Any, writes: list[list[bytes]]) -> None:
+        self._transport = transport
+        self._writes = writes
+
+    def write(self, data: Any) -> None:
+        self._writes.append([bytes(data)])
+        self._transport.write(data)
+
+    def writelines(self, buffers: Any) -> None:
+        buffers = list(buffers)
+        self._writes.append([bytes(buffer) for buffer in buffers])
+        self._transport.writelines(buffers)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def record_upstream_writes(monkeypatch: pytest.MonkeyPatch) -> list[list[bytes]]:
+    """Each write given to an upstream connection's transport from now on, buffer by buffer; aiohttp's switch set as
+    aiohttp leaves it, for the upstream session to clear (`upstream/vectored_writes.py`)."""
+    writes: list[list[bytes]] = []
+    made = LazyReadTimeout.connection_made
+
+    def recorded(protocol: LazyReadTimeout, transport: Any) -> None:
+        made(protocol, RecordingTransport(transport, writes))
+
+    monkeypatch.setattr(LazyReadTimeout, "connection_made", recorded)
+    if sys.version_info < (3, 12):
+        monkeypatch.setattr(http_writer, "SKIP_WRITELINES", True)
+    return writes

@@ -6,7 +6,6 @@ import asyncio
 import ssl
 import sys
 from pathlib import Path
-from typing import Any
 
 import httpx
 import orjson
@@ -16,10 +15,9 @@ import uvloop
 from aiohttp import http_writer
 from multidict import CIMultiDict
 
-from component.support import JOINS_ON_ITS_OWN
+from component.support import JOINS_ON_ITS_OWN, record_upstream_writes
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream
-from openfusion.upstream.read_timeout import LazyReadTimeout
 from openfusion.upstream.transport import AiohttpTransport, read_body
 from openfusion.upstream.vectored_writes import use_vectored_writes
 
@@ -35,22 +33,6 @@ def test_without_the_switch_aiohttps_own_writes_are_kept(monkeypatch: pytest.Mon
     monkeypatch.delattr(http_writer, "SKIP_WRITELINES")
     assert use_vectored_writes() is False
     assert not hasattr(http_writer, "SKIP_WRITELINES")
-
-
-class Recording:
-    """A connection's transport that counts the buffers of each `writelines` call."""
-
-    def __init__(self, transport: Any, written: list[int]) -> None:
-        self._transport = transport
-        self._written = written
-
-    def writelines(self, buffers: Any) -> None:
-        buffers = list(buffers)
-        self._written.append(len(buffers))
-        self._transport.writelines(buffers)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
 
 
 @JOINS_ON_ITS_OWN
@@ -82,18 +64,10 @@ def test_a_long_request_arrives_whole_through_uvloops_writelines(
         finally:
             await transport.aclose()
 
-    written: list[int] = []  # the buffers of each `writelines` call
-    made = LazyReadTimeout.connection_made
-
-    def recorded(protocol: LazyReadTimeout, transport: Any) -> None:
-        made(protocol, Recording(transport, written))
-
-    monkeypatch.setattr(LazyReadTimeout, "connection_made", recorded)
-    if sys.version_info < (3, 12):
-        monkeypatch.setattr(http_writer, "SKIP_WRITELINES", True)  # as aiohttp leaves it, for the session to clear
+    writes = record_upstream_writes(monkeypatch)
     tls_files = (str(cert_file), str(key_file)) if tls else None
     with serve_in_thread(fake.app, tls=tls_files) as url, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert runner.run(send(url)) == 200
-    assert written == [2]  # the head and the body, as they are
+    assert [len(write) for write in writes] == [2]  # one write: the head and the body, as they are
     [call] = fake.calls_for("m")
     assert call.body == body

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
 import time
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from aiohttp import http_writer
 
-from component.support import JOINS_ON_ITS_OWN
+from component.support import JOINS_ON_ITS_OWN, record_upstream_writes
 from fakes.upstream import FakeUpstream, Script, wait_until
-from openfusion.upstream.read_timeout import LazyReadTimeout
 
 from .conftest import ANALYSIS
 
@@ -140,26 +137,6 @@ def test_a_long_conversation_serialized_ahead_reaches_the_synthesizer_as_sent(
     assert text.startswith("You are terse.\n\n" if given != "none" else "You write the final answer")
 
 
-class RecordingTransport:
-    """An upstream connection's transport that remembers each write it is given, buffer by buffer."""
-
-    def __init__(self, transport: Any, writes: list[list[bytes]]) -> None:
-        self._transport = transport
-        self._writes = writes
-
-    def write(self, data: Any) -> None:
-        self._writes.append([bytes(data)])
-        self._transport.write(data)
-
-    def writelines(self, buffers: Any) -> None:
-        buffers = list(buffers)
-        self._writes.append([bytes(buffer) for buffer in buffers])
-        self._transport.writelines(buffers)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
 @JOINS_ON_ITS_OWN
 def test_a_long_conversation_goes_upstream_without_its_head_joined_to_its_body(
     upstream: FakeUpstream, start_server: Any, monkeypatch: pytest.MonkeyPatch
@@ -168,15 +145,7 @@ def test_a_long_conversation_goes_upstream_without_its_head_joined_to_its_body(
     its head and its body, two buffers of one write, not joined into a copy of the whole first (Python 3.11's
     aiohttp did that to every request of 2 KiB or more; each copy of an agent's 150 KB counts ~0.17 M
     instructions)."""
-    writes: list[list[bytes]] = []
-    made = LazyReadTimeout.connection_made
-
-    def recorded(protocol: LazyReadTimeout, transport: Any) -> None:
-        made(protocol, RecordingTransport(transport, writes))
-
-    monkeypatch.setattr(LazyReadTimeout, "connection_made", recorded)
-    if sys.version_info < (3, 12):
-        monkeypatch.setattr(http_writer, "SKIP_WRITELINES", True)  # as aiohttp leaves it, for the session to clear
+    writes = record_upstream_writes(monkeypatch)
     turns = agent_turns()
 
     with start_server() as url:
