@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -10,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,3 +273,23 @@ def watch_cpu(root: int) -> tuple[int, float]:
     spent = {pid: cpu - before.get(pid, 0.0) for pid, cpu in after.items()}
     top = max(spent, key=spent.__getitem__)
     return top, sum(spent.values())
+
+
+def post_and_leave(url: str, body: dict[str, Any], ready: Callable[[], bool], timeout: float = 30.0) -> None:
+    """POST `body` to `url` and close the connection once `ready()` holds (the server got that far), before any
+    answer: a client that leaves at a known point, not after a fixed time a loaded server may not have got far in."""
+
+    async def run() -> None:
+        async with httpx.AsyncClient(timeout=60) as client:
+            request = asyncio.create_task(client.post(url, json=body))
+            deadline = time.monotonic() + timeout
+            while not ready():
+                assert not request.done(), "answered before the client could leave"
+                assert time.monotonic() < deadline, f"not ready within {timeout} s"
+                await asyncio.sleep(0.01)
+            assert not request.done(), "answered before the client could leave"
+            request.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
+
+    asyncio.run(run())

@@ -10,7 +10,8 @@ import httpx
 import openai
 import pytest
 
-from fakes.upstream import FakeUpstream, Script, post_and_leave, wait_until
+from e2e.processes import post_and_leave
+from fakes.upstream import FakeUpstream, Script, wait_until
 
 from .conftest import ANALYSIS
 

@@ -10,10 +10,10 @@ import httpx
 import openai
 import pytest
 
-from e2e.processes import fusion, provider_config, serve
+from e2e.processes import fusion, post_and_leave, provider_config, serve
 from fakes.otlp import CLIENT, SERVER, STATUS_ERROR, Receiver, Span, by_trace, children, otlp_receiver, silent_collector
 from fakes.server import serve_in_thread
-from fakes.upstream import FakeUpstream, Script, post_and_leave, wait_until
+from fakes.upstream import FakeUpstream, Script, wait_until
 from openfusion.app import create_app
 from openfusion.settings import Settings
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import re
@@ -13,7 +12,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import orjson
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -141,26 +139,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(0.01)
-
-
-def post_and_leave(url: str, body: dict[str, Any], ready: Callable[[], bool], timeout: float = 30.0) -> None:
-    """POST `body` to `url` and close the connection once `ready()` holds (the server got that far), before any
-    answer: a client that leaves at a known point, not after a fixed time a loaded server may not have got far in."""
-
-    async def run() -> None:
-        async with httpx.AsyncClient(timeout=60) as client:
-            request = asyncio.create_task(client.post(url, json=body))
-            deadline = time.monotonic() + timeout
-            while not ready():
-                assert not request.done(), "answered before the client could leave"
-                assert time.monotonic() < deadline, f"not ready within {timeout} s"
-                await asyncio.sleep(0.01)
-            assert not request.done(), "answered before the client could leave"
-            request.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await request
-
-    asyncio.run(run())
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None, **kw: Any) -> Response:
