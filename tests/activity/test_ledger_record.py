@@ -108,21 +108,33 @@ class NoStore:
         raise AssertionError("not written in this test")
 
 
+# Text PostgreSQL cannot keep as it is (a NUL), where a request's record may hold text from outside: the client's, the
+# upstream's, the configuration's. (A validated record cannot hold a lone surrogate, the other text stores refuse.)
+ODD = "\x00"
+STORED_ODD = "\ufffd"
+
+
 def _closed_fusion(*, store_content: bool) -> tuple[Ledger, EntryRows]:
     """A fusion's ledger, closed with a call of each kind (one refused, one still running), and the rows it queued."""
     writer = ActivityWriter(NoStore(), store_content=store_content)  # type: ignore[arg-type]
     state = _state(writer)
     ledger = Ledger(  # type: ignore[arg-type]
-        state, requested_model="fusion/trio", streamed=True, preset="trio", key_name="team-a", api_type="messages"
+        state,
+        requested_model="fusion/trio" + ODD,
+        streamed=True,
+        preset="trio" + ODD,
+        key_name="team-a" + ODD,
+        api_type="messages",
     )
-    panel, refused = _call(ledger, "panel", "fake/a"), _call(ledger, "panel", "fake/b")
+    panel, refused = _call(ledger, "panel", "fake/a"), _call(ledger, "panel", "fake/b" + ODD)
     judge, synth = _call(ledger, "judge", "fake/judge"), _call(ledger, "synthesizer", "fake/synth")
     end_call(panel, status="ok", usage=Usage(prompt_tokens=30, completion_tokens=12, total_tokens=42, cost=0.25))
     refused.retries = 2
-    end_call(refused, status="error", error="returned HTTP 429: rate limited", upstream_status=429)
+    end_call(refused, status="error", error="returned HTTP 429: rate limited" + ODD, upstream_status=429)
     end_call(judge, status="ok", usage=Usage(prompt_tokens=50, completion_tokens=20, total_tokens=70))
     analysis = Analysis(consensus=["blue"], contradictions=[], partial_coverage=[], unique_insights=[], blind_spots=[])
-    ledger.model, ledger.finish_reason, ledger.status_code, ledger.cost_saved = "fake/synth-1", "stop", 200, None
+    ledger.model, ledger.finish_reason = "fake/synth-1" + ODD, "stop" + ODD
+    ledger.status_code, ledger.cost_saved = 200, None
     ledger.content = RunContent(panel_answers=[("fake/a", "Blue.\x00")], analysis=analysis, final_answer="Blue.")
     ledger.failed(asyncio.CancelledError())  # the client left while the synthesizer answered
     ledger.close()
@@ -153,26 +165,26 @@ def test_a_requests_rows_are_its_validated_records_rows() -> None:
         generation = GenerationRecord(
             id=ledger.generation_id,
             created_at=ledger.created_at,
-            requested_model="fusion/trio",
-            model="fake/synth-1",
-            preset="trio",
+            requested_model="fusion/trio" + ODD,
+            model="fake/synth-1" + ODD,
+            preset="trio" + ODD,
             status="cancelled",
             failure_reason="cancelled",
-            finish_reason="stop",
+            finish_reason="stop" + ODD,
             latency_ms=latency_ms,
             usage=Tokens(prompt_tokens=80, completion_tokens=32, total_tokens=112),
             cost=None,  # the synthesizer's cost is unknown, so the whole is
             streamed=True,
-            key_name="team-a",
+            key_name="team-a" + ODD,
             api_type="messages",
             status_code=200,
             **(content if store_content else {}),
         )
         answered = {"prompt_tokens": 30, "completion_tokens": 12, "cost": 0.25}
-        refused = {"error": "returned HTTP 429: rate limited", "upstream_status": 429, "retries": 2}
+        refused = {"error": "returned HTTP 429: rate limited" + ODD, "upstream_status": 429, "retries": 2}
         expected_calls = [
             {"role": "panel", "model": "fake/a", "status": "ok", **answered},
-            {"role": "panel", "model": "fake/b", "status": "error", "cost": 0.0, **refused},
+            {"role": "panel", "model": "fake/b" + ODD, "status": "error", "cost": 0.0, **refused},
             {"role": "judge", "model": "fake/judge", "status": "ok", "prompt_tokens": 50, "completion_tokens": 20},
             {"role": "synthesizer", "model": "fake/synth", "status": "cancelled"},
         ]
@@ -187,6 +199,11 @@ def test_a_requests_rows_are_its_validated_records_rows() -> None:
             for fields, row in zip(expected_calls, rows.calls, strict=True)
         )
         assert rows == entry_rows(ActivityEntry(generation, calls))
+        # The outside text is kept as the stores keep it, in the rows made either way.
+        assert rows.generation[2:5] == ("fusion/trio" + STORED_ODD, "fake/synth-1" + STORED_ODD, "trio" + STORED_ODD)
+        assert (rows.generation[7], rows.generation[14]) == ("stop" + STORED_ODD, "team-a" + STORED_ODD)
+        assert rows.calls[1][3] == "fake/b" + STORED_ODD
+        assert rows.calls[1][11] == "returned HTTP 429: rate limited" + STORED_ODD
         stored = [value is not None for value in rows.generation[-3:]]
         assert stored == [store_content] * 3
         assert rows.calls[0][9] == ledger.trace.calls[0].latency_ms  # the time measured, as it was

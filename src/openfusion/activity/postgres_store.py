@@ -7,7 +7,6 @@ import zlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -37,11 +36,6 @@ _DATA_ERRORS = ("22", "23", "54")
 # A session that is read-only stays so (a standby after a failover, `default_transaction_read_only`): closed, its
 # connection is replaced by one opened anew, which may reach the server that writes.
 _READ_ONLY_TRANSACTION = "25006"
-
-
-def _generation_row(values: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A generation's values (`EntryRows.generation`) as bound: as they are (created_at a `TIMESTAMPTZ`)."""
-    return values
 
 
 def refuses_the_data(exc: psycopg.Error) -> bool:
@@ -139,7 +133,7 @@ class PostgresStore:
         """Write a batch in one transaction; an id written again replaces the earlier copy."""
         if not batch:
             return
-        statements = SQL.write_batch(batch, _generation_row)
+        statements = SQL.write_batch(batch)  # the values bound as they are: created_at a `TIMESTAMPTZ`
         async with self._connection() as conn, conn.transaction(), conn.cursor() as cursor:
             for statement, params in statements:
                 await cursor.execute(statement, params)

@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -120,24 +121,28 @@ class Statements:
     def write_batch(
         self,
         batch: Sequence[Writable],
-        generation_row: Callable[[tuple[Any, ...]], Sequence[Any]],
+        generation_row: Callable[[tuple[Any, ...]], Sequence[Any]] | None = None,
     ) -> list[tuple[str, list[Any]]]:
         """The statements that write a batch, in order: a few multi-row statements, not four per generation.
 
-        `generation_row` makes a generation's values (`EntryRows.generation`) the row the store binds.
-        A store runs them in one transaction. A generation written again (a retried batch) replaces
-        the earlier copy; one that comes twice in a batch is written once, the last copy. Few
-        statements matter: SQLite's thread re-takes the GIL after every statement, which under load
-        is a wait each time, and PostgreSQL pays a round trip each.
+        `generation_row`, when given, makes a generation's values (`EntryRows.generation`) the row the store
+        binds; without it they are bound as they are. A store runs them in one transaction. A generation
+        written again (a retried batch) replaces the earlier copy, its calls going with it (`ON DELETE
+        CASCADE`); one that comes twice in a batch is written once, the last copy. Few statements matter:
+        SQLite's thread re-takes the GIL after every statement, which under load is a wait each time, and
+        PostgreSQL pays a round trip each.
         """
         latest = {entry.generation_id: entry_rows(entry) for entry in batch}
-        ids = list(storable_values(latest))
-        statements: list[tuple[str, list[Any]]] = []
-        for chunk in _chunks(ids, _MAX_PARAMETERS):
-            deletes = _delete_texts(self.placeholder, len(chunk))
-            statements += [(text, chunk) for text in deletes]
-        generations = [generation_row(rows.generation) for rows in latest.values()]
-        calls = [call for rows in latest.values() for call in rows.calls]
+        rows = latest.values()
+        ids = [values.generation[0] for values in rows]  # each the generation's id as stored (storable)
+        statements: list[tuple[str, list[Any]]] = [
+            (_delete_text(self.placeholder, len(chunk)), list(chunk)) for chunk in _chunks(ids, _MAX_PARAMETERS)
+        ]
+        if generation_row is None:
+            generations: Sequence[Sequence[Any]] = [values.generation for values in rows]
+        else:
+            generations = [generation_row(values.generation) for values in rows]
+        calls = list(chain.from_iterable(values.calls for values in rows))
         statements += self._inserts("generations", GENERATION_COLUMNS, generations)
         statements += self._inserts("calls", CALL_COLUMNS, calls)
         return statements
@@ -146,10 +151,7 @@ class Statements:
         self, table: str, columns: tuple[str, ...], rows: Sequence[Sequence[Any]]
     ) -> list[tuple[str, list[Any]]]:
         return [
-            (
-                _insert_text(self.placeholder, table, columns, len(chunk)),
-                [value for values in chunk for value in values],
-            )
+            (_insert_text(self.placeholder, table, columns, len(chunk)), list(chain.from_iterable(chunk)))
             for chunk in _chunks(rows, _MAX_PARAMETERS // len(columns))
         ]
 
@@ -160,10 +162,9 @@ class Statements:
 
 
 @functools.lru_cache(maxsize=256)
-def _delete_texts(placeholder: str, count: int) -> tuple[str, str]:
-    """The statements deleting `count` generations (their calls first) by id."""
-    marks = ", ".join([placeholder] * count)
-    return f"DELETE FROM calls WHERE generation_id IN ({marks})", f"DELETE FROM generations WHERE id IN ({marks})"
+def _delete_text(placeholder: str, count: int) -> str:
+    """The statement deleting `count` generations by id; their calls go with them (`ON DELETE CASCADE`)."""
+    return f"DELETE FROM generations WHERE id IN ({', '.join([placeholder] * count)})"
 
 
 @functools.lru_cache(maxsize=256)
@@ -231,30 +232,34 @@ def generation_values(record: GenerationRecord) -> tuple[Any, ...]:
     """A record as values in GENERATION_COLUMNS order (created_at stays a datetime), every string storable."""
     panels = record.panel_answers
     usage = record.usage
-    return generation_row_values(
-        id=record.id,
-        created_at=record.created_at,
-        requested_model=record.requested_model,
-        model=record.model,
-        preset=record.preset,
-        status=record.status,
-        failure_reason=record.failure_reason,
-        finish_reason=record.finish_reason,
-        latency_ms=record.latency_ms,
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        total_tokens=usage.total_tokens,
-        cost=record.cost,
-        streamed=record.streamed,
-        key_name=record.key_name,
-        api_type=record.api_type,
-        status_code=record.status_code,
-        cache_hit=record.cache_hit,
-        cost_saved=record.cost_saved,
-        trace_id=record.trace_id,
-        panel_answers=None if panels is None else [(p.model, p.content) for p in panels],
-        analysis=record.analysis,
-        final_answer=record.final_answer,
+    # Every string made storable, the id included: a record made by hand may hold any text where a request's own
+    # values (`generation_row_values`' callers) hold the server's.
+    return storable_values(
+        generation_row_values(
+            id=record.id,
+            created_at=record.created_at,
+            requested_model=record.requested_model,
+            model=record.model,
+            preset=record.preset,
+            status=record.status,
+            failure_reason=record.failure_reason,
+            finish_reason=record.finish_reason,
+            latency_ms=record.latency_ms,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+            cost=record.cost,
+            streamed=record.streamed,
+            key_name=record.key_name,
+            api_type=record.api_type,
+            status_code=record.status_code,
+            cache_hit=record.cache_hit,
+            cost_saved=record.cost_saved,
+            trace_id=record.trace_id,
+            panel_answers=None if panels is None else [(p.model, p.content) for p in panels],
+            analysis=record.analysis,
+            final_answer=record.final_answer,
+        )
     )
 
 
@@ -284,35 +289,38 @@ def generation_row_values(
     analysis: dict[str, Any] | None = None,
     final_answer: str | None = None,
 ) -> tuple[Any, ...]:
-    """A generation's values in GENERATION_COLUMNS order, every string storable: a `GenerationRecord`'s fields (its
-    `usage` as its three counts, `panel_answers` as (model, content) pairs), made into values without the record."""
+    """A generation's values in GENERATION_COLUMNS order: a `GenerationRecord`'s fields (its `usage` as its three
+    counts, `panel_answers` as (model, content) pairs), made into values without the record.
+
+    Every string is storable that may hold text from outside (names, reasons, content); `id`, `status`, `api_type`
+    and `trace_id` are taken as they are: the server's own (its ids, its literals, hex digits), or made storable by
+    the caller (`generation_values`). The JSON columns are storable as made (`_json_text`).
+    """
     panel = None if panel_answers is None else _json_text([{"model": m, "content": c} for m, c in panel_answers])
-    return storable_values(
-        (
-            id,
-            created_at,
-            requested_model,
-            model,
-            preset,
-            status,
-            failure_reason,
-            finish_reason,
-            latency_ms,
-            prompt_tokens,
-            completion_tokens,
-            total_tokens,
-            cost,
-            streamed,
-            key_name,
-            api_type,
-            status_code,
-            cache_hit,
-            cost_saved,
-            trace_id,
-            panel,
-            _json_text(analysis) if analysis is not None else None,
-            final_answer,
-        )
+    return (
+        id,
+        created_at,
+        storable(requested_model),
+        storable(model),
+        storable(preset),
+        status,
+        storable(failure_reason),
+        storable(finish_reason),
+        latency_ms,
+        prompt_tokens,
+        completion_tokens,
+        total_tokens,
+        cost,
+        streamed,
+        storable(key_name),
+        api_type,
+        status_code,
+        cache_hit,
+        cost_saved,
+        trace_id,
+        panel,
+        _json_text(analysis) if analysis is not None else None,
+        storable(final_answer),
     )
 
 
@@ -374,22 +382,25 @@ def generation_from_row(row: Sequence[Any]) -> GenerationRecord:
 
 
 def call_values(call: CallRecord, position: int) -> tuple[Any, ...]:
-    """A call as values in CALL_COLUMNS order; `position` keeps the order the calls were recorded in."""
-    return call_row_values(
-        generation_id=call.generation_id,
-        position=position,
-        role=call.role,
-        model=call.model,
-        provider=call.provider,
-        status=call.status,
-        prompt_tokens=call.prompt_tokens,
-        completion_tokens=call.completion_tokens,
-        cost=call.cost,
-        latency_ms=call.latency_ms,
-        started_ms=call.started_ms,
-        error=call.error,
-        upstream_status=call.upstream_status,
-        retries=call.retries,
+    """A call as values in CALL_COLUMNS order, every string storable; `position` keeps the order the calls were
+    recorded in."""
+    return storable_values(
+        call_row_values(
+            generation_id=call.generation_id,
+            position=position,
+            role=call.role,
+            model=call.model,
+            provider=call.provider,
+            status=call.status,
+            prompt_tokens=call.prompt_tokens,
+            completion_tokens=call.completion_tokens,
+            cost=call.cost,
+            latency_ms=call.latency_ms,
+            started_ms=call.started_ms,
+            error=call.error,
+            upstream_status=call.upstream_status,
+            retries=call.retries,
+        )
     )
 
 
@@ -410,25 +421,27 @@ def call_row_values(
     upstream_status: int | None,
     retries: int,
 ) -> tuple[Any, ...]:
-    """A call's values in CALL_COLUMNS order, every string storable: a `CallRecord`'s fields, and its `position` among
-    its generation's calls, made into values without the record."""
-    return storable_values(
-        (
-            generation_id,
-            position,
-            role,
-            model,
-            provider,
-            status,
-            prompt_tokens,
-            completion_tokens,
-            cost,
-            latency_ms,
-            started_ms,
-            error,
-            upstream_status,
-            retries,
-        )
+    """A call's values in CALL_COLUMNS order: a `CallRecord`'s fields, and its `position` among its generation's
+    calls, made into values without the record.
+
+    `model`, `provider` and `error` are made storable; `generation_id` (the generation's, as its row holds it),
+    `role` and `status` (literals) are taken as they are.
+    """
+    return (
+        generation_id,
+        position,
+        role,
+        storable(model),
+        storable(provider),
+        status,
+        prompt_tokens,
+        completion_tokens,
+        cost,
+        latency_ms,
+        started_ms,
+        storable(error),
+        upstream_status,
+        retries,
     )
 
 
