@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from fastapi import FastAPI
 from starlette.applications import Starlette
@@ -525,6 +526,50 @@ def test_a_native_responses_cache_read_is_spent_at_its_discount(
         record = recorded_generation(url, answer.headers["x-generation-id"])
     assert record["tokens_prompt"] == 1000
     assert record["total_cost"] == pytest.approx(200 * 1e-4 + 800 * 1e-5)  # $0.028, not $0.10
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_native_responses_cache_write_is_spent_at_its_premium(
+    upstream: FakeUpstream, serve: Serve, core_settings: dict[str, Any], fake_upstream: tuple[FakeUpstream, str],
+    tmp_path: Path, stream: bool,
+) -> None:  # fmt: skip
+    """A provider speaking the Responses API that bills prompt-cache writes (Anthropic's models through OpenRouter)
+    reports them in `input_tokens_details.cache_write_tokens`, counted in `input_tokens`: read as plain input, a write
+    was spent at the input price rather than 1.25 times it, and a key past its cap still got in. Asked with the openai
+    SDK, as a client of this surface asks."""
+    usage = {"prompt_tokens": 910, "completion_tokens": 4, "total_tokens": 914,
+             "prompt_tokens_details": {"cached_tokens": 100, "cache_write_tokens": 800}}  # fmt: skip
+    upstream.script("claude", Script(content="Blue.", usage=usage))
+    native = ProviderConfig(name="native", base_url=f"{fake_upstream[1]}/v1", api_key_env="FAKE_KEY",
+                            models=["native/*"], strip_prefix=True, responses=True)  # fmt: skip
+    price = {"prompt": 1e-4, "completion": 0.0, "input_cache_read": 1e-5, "input_cache_write": 1.25e-4}
+    activity = {"path": str(tmp_path / "activity.sqlite3"), "flush_interval_s": 0.05}
+    with (
+        serve(capped(0.10), environ=ENVIRON, activity=activity, pricing={"models": {"native/claude": price}},
+              providers=[*core_settings["providers"], native]) as (url, _),
+        openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0) as client,
+    ):  # fmt: skip
+        raw = client.responses.with_raw_response.create(model="native/claude", input="Hi", max_output_tokens=16,
+                                                         stream=stream)  # fmt: skip
+        if stream:
+            events = list(raw.parse())
+            assert events[-1].type == "response.completed", events[-1]
+            answer = events[-1].response
+        else:
+            answer = raw.parse()
+        assert answer.output_text == "Blue."
+        assert answer.usage is not None and answer.usage.input_tokens == 910  # the provider's usage, relayed
+        assert answer.usage.input_tokens_details.model_dump()["cache_write_tokens"] == 800  # the fault: writes billed
+        record = recorded_generation(url, raw.headers["x-generation-id"])
+        assert (record["tokens_prompt"], record["tokens_completion"]) == (910, 4)
+        # 10 plain, 800 written, 100 read: $0.102, not the $0.082 of 810 tokens at the input price and 100 read.
+        assert record["total_cost"] == pytest.approx(10 * 1e-4 + 800 * 1.25e-4 + 100 * 1e-5)
+        assert spent(url, records=1) == pytest.approx(0.102)
+        # The key spent past its $0.10 cap: the next request is refused, not let in under $0.082 spent.
+        with pytest.raises(openai.RateLimitError) as refused:
+            client.responses.create(model="native/claude", input="Hi", max_output_tokens=16, stream=stream)
+        assert refused.value.code == "spend_limited", refused.value.body
+    assert [call.path for call in upstream.calls] == ["/v1/responses"]  # relayed as sent, not translated
 
 
 ONE_HOUR = {"type": "ephemeral", "ttl": "1h"}

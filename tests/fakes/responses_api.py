@@ -13,10 +13,14 @@ import orjson
 def response_object(
     reply_id: str, model: str, text: str, usage: dict[str, Any], *, status: str, store: bool = True
 ) -> dict[str, Any]:
-    """A `response` object with one message (when done) and usage in the Responses shape; `store` as asked.
+    """A `response` object with one message (when done) and usage in the Responses shape; `store` as asked. The chat
+    usage's cache reads and writes (`prompt_tokens_details`) are its `input_tokens_details`, as OpenAI names them.
 
     `incomplete`: cut off at `max_output_tokens`, as OpenAI ends such a response (its message incomplete too)."""
-    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    input_details = {"cached_tokens": prompt_details.get("cached_tokens", 0)}
+    if "cache_write_tokens" in prompt_details:
+        input_details["cache_write_tokens"] = prompt_details["cache_write_tokens"]
     output = []
     done = status in ("completed", "incomplete")
     if done:
@@ -35,7 +39,7 @@ def response_object(
             "input_tokens": usage["prompt_tokens"],
             "output_tokens": usage["completion_tokens"],
             "total_tokens": usage["total_tokens"],
-            "input_tokens_details": {"cached_tokens": cached},
+            "input_tokens_details": input_details,
             "output_tokens_details": {"reasoning_tokens": 0},
         }
         if done

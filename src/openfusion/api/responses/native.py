@@ -44,7 +44,7 @@ from openfusion.api.responses.translation import Translated
 from openfusion.api.responses.whole import response_events
 from openfusion.api.shutdown import BACKSTOP_S
 from openfusion.errors import OpenFusionError, UpstreamError, UpstreamProtocolError
-from openfusion.protocol import ChatRequest, Usage, reported_cost
+from openfusion.protocol import ChatRequest, Usage, reported_cost, token_count
 from openfusion.sse import DataLines, dumps
 from openfusion.upstream.client import RESPONSES_PATH, Forwarded
 
@@ -397,17 +397,21 @@ _NUMBER = re.compile(rb"\s*(\d+)")
 
 def _record(forwarded: Forwarded, ledger: Ledger, response: dict[str, Any]) -> None:
     """The answer's model and usage, for the activity record: the input tokens read from the provider's prompt cache
-    (`input_tokens_details.cached_tokens`, counted in `input_tokens`) told apart, as a provider bills them apart."""
+    (`input_tokens_details.cached_tokens`) and those written to it (`cache_write_tokens`; `cache_creation_input_tokens`
+    as Anthropic names them), both counted in `input_tokens`, told apart, as a provider bills them apart (a write
+    dearer than plain input, as the chat and Messages surfaces price it). A write's lifetime is not told here: a
+    request that asked only for 1-hour writes made 1-hour ones (`activity.cost`)."""
     ledger.model = response.get("model") if isinstance(response.get("model"), str) else ledger.model
     usage = response.get("usage")
     if forwarded.trace is not None and isinstance(usage, dict):
         tokens = [usage.get(k) if isinstance(usage.get(k), int) else 0 for k in ("input_tokens", "output_tokens")]
         details = usage.get("input_tokens_details")
-        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        read = token_count(details, "cached_tokens")
+        written = token_count(details, "cache_write_tokens") or token_count(details, "cache_creation_input_tokens")
         forwarded.trace.usage = Usage(
             prompt_tokens=tokens[0], completion_tokens=tokens[1], total_tokens=tokens[0] + tokens[1],
             cost=reported_cost(usage.get("cost")),
-            prompt_tokens_details={"cached_tokens": cached if isinstance(cached, int) else 0},
+            prompt_tokens_details={"cached_tokens": read, "cache_write_tokens": written},
         )  # fmt: skip
 
 
