@@ -8,7 +8,9 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
+from urllib.parse import urlsplit
 
+import httpx
 from pydantic import SecretStr
 
 from openfusion.errors import ConfigError, ModelNotFound
@@ -90,6 +92,7 @@ class ProviderRegistry:
             if config.name in names:
                 raise ConfigError(f"provider name {config.name!r} is configured twice")
             names.add(config.name)
+            check_base_url(config)
             providers.append(Provider(config, _key(config, environ)))
         inactive: list[ProviderConfig] = []
         if settings.builtin_providers:
@@ -162,6 +165,30 @@ class ProviderRegistry:
 
     def _not_served_message(self, slug: str) -> str:
         return f"No provider serves model {slug!r}. To serve it, {self.how_to_serve(slug)}."
+
+
+def check_base_url(config: ProviderConfig) -> None:
+    """Refuse (ConfigError, naming the provider) a `base_url` no call could be sent to: its endpoints are made at
+    start-up. A host beyond ASCII (an internationalised domain name) is called by its IDNA form (`xn--…`); one that has
+    none (a symbol, a character no domain name may hold) is refused here, not with a traceback from the start. The URL
+    itself is never repeated: it may carry credentials."""
+    try:
+        httpx.URL(config.base_url)
+    except httpx.InvalidURL as exc:
+        host = _host(config.base_url)
+        if host is not None and not host.isascii():
+            raise ConfigError(
+                f"provider {config.name!r}: the host of base_url, {host!r}, is not a valid internationalised domain "
+                "name (IDNA 2008); write it as a valid one or in its ASCII form (xn--...)"
+            ) from None
+        raise ConfigError(f"provider {config.name!r}: base_url is not a valid URL: {exc}") from None
+
+
+def _host(url: str) -> str | None:
+    try:
+        return urlsplit(url).hostname
+    except ValueError:
+        return None
 
 
 def _key(config: ProviderConfig, environ: Mapping[str, str]) -> SecretStr | None:
