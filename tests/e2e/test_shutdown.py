@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -487,3 +488,63 @@ def test_a_native_messages_stream_stopped_at_the_end_of_the_grace_period_ends_wi
 def _generations_by_surface(activity: Path) -> list[tuple[str, str, str | None]]:
     with sqlite3.connect(activity) as conn:
         return conn.execute("SELECT api_type, status, failure_reason FROM generations").fetchall()
+
+
+HOLD_S = 6.0  # the provider's wait before its answer's headers: longer than the short grace period, by far
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("grace_s", [30.0, 1.0], ids=["grace longer than the hold", "grace shorter than the hold"])
+def test_a_native_messages_request_waiting_for_the_providers_headers_at_sigterm(
+    anthropic_native: tuple[FakeAnthropic, str], presets_dir: Path, tmp_path: Path, stream: bool, grace_s: float
+) -> None:
+    """SIGTERM while a request relayed to a provider that speaks Anthropic Messages itself still waits for that
+    provider's status and headers (nothing relayed yet, stream or not). A grace period longer than the wait: the answer
+    completes. A shorter one: the anthropic SDK gets Anthropic's `overloaded_error` (529), a clean error rather than a
+    dropped connection; the provider's call is closed and the request recorded as stopped by the shutdown."""
+    fake, native_url = anthropic_native
+    fake.replies = [Reply(hold_s=HOLD_S)]
+    activity = tmp_path / "activity.sqlite3"
+    extra = (
+        f'\n[[providers]]\nname = "claude"\nbase_url = "{native_url}/v1"\nmodels = ["claude/*"]\nstrip_prefix = true'
+        f'\nmessages = true\n\n[activity]\npath = "{activity}"\n'
+    )
+    result: dict[str, Any] = {}
+
+    def ask(url: str) -> None:
+        body: dict[str, Any] = {"model": "claude/opus", "max_tokens": 10, "messages": HI}
+        with anthropic.Anthropic(base_url=url, api_key="k", max_retries=0, timeout=60) as client:
+            try:
+                if stream:
+                    with client.messages.stream(**body) as events:
+                        result["message"] = events.get_final_message()
+                else:
+                    result["message"] = client.messages.create(**body)
+            except anthropic.APIError as exc:
+                result["error"] = exc
+
+    with served("http://127.0.0.1:9", presets_dir, tmp_path, grace_s=grace_s, extra=extra) as (url, process):
+        thread = threading.Thread(target=ask, args=(url,))
+        thread.start()
+        wait_until(lambda: bool(fake.calls) and fake.calls[0].held, timeout=20)
+        process.send_signal(signal.SIGTERM)  # the provider holds its answer's headers back
+        assert process.wait(timeout=HOLD_S + 30) == 0  # a clean stop
+        thread.join(15)
+
+    log = (tmp_path / "serve.log").read_text(errors="replace")
+    [call] = fake.calls
+    assert call.body.get("stream", False) is stream
+    if grace_s > HOLD_S:
+        assert "error" not in result, result.get("error")
+        assert result["message"].content[0].text == "Native answer."
+        assert not call.disconnected
+        assert _generations_by_surface(activity) == [("messages", "ok", None)], log[-3000:]
+        return
+    assert "grace period over: ending 1 request(s) in flight" in log, log[-3000:]  # the fault: stopped unanswered
+    error = result.get("error")
+    assert isinstance(error, anthropic.APIStatusError), result  # not a connection error: an answer it could read
+    assert error.status_code == 529 and error.body["type"] == "error", error.body
+    assert error.body["error"]["type"] == "overloaded_error" and "shutting down" in error.body["error"]["message"]
+    wait_until(lambda: call.disconnected, timeout=10)  # the provider's call was closed, not left to finish
+    assert _generations_by_surface(activity) == [("messages", "error", "server_shutting_down")], log[-3000:]
+    assert "Traceback" not in log, log[-3000:]

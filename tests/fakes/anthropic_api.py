@@ -47,6 +47,7 @@ class Reply:
     pause_s: float = 60.0
     malformed_after: int | None = None  # stream: after this many events, one whose data is not JSON, then the rest
     cut_after_stop: bool = False  # stream: after `message_stop`, a pause of `pause_s`, then the connection cut
+    hold_s: float = 0.0  # before the answer's status and headers: a wait this long (the client gone: no answer)
 
 
 @dataclass
@@ -57,6 +58,7 @@ class NativeCall:
     half: bytes = b""  # the half event sent before a cut (`Reply.half_after`)
     disconnected: bool = False  # the client left during a pause
     cut: bool = False  # the connection was cut after the last event (`Reply.cut_after_stop`)
+    held: bool = False  # held before its headers (`Reply.hold_s`) now
 
 
 @dataclass
@@ -88,6 +90,12 @@ class FakeAnthropic:
     async def _messages(self, request: Request) -> Response:
         body = orjson.loads(await request.body())
         reply, call = self._call(request, body)
+        if reply.hold_s:
+            call.held = True
+            left = await _pause(request, reply.hold_s)
+            call.held, call.disconnected = False, left
+            if left:
+                return Response(status_code=499)  # nobody reads it
         if reply.status != 200:
             error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
             return Response(orjson.dumps(error), reply.status, media_type="application/json")
