@@ -10,7 +10,9 @@ For an optimisation, build one venv without and one with the change (e.g. `pytho
 run this: both instances get the same fake upstream and the same requests, round by round with the
 order rotated. Prints and writes (as JSON next to the logs) CPU per request, latency and the price of
 a relayed token for each. An arm named by `--traced` runs with `[tracing]` pointed at a local OTLP/HTTP
-sink (`bench/collector.py`, its own process): the cost of tracing every request.
+sink (`bench/collector.py`, its own process): the cost of tracing every request. The Responses API and Messages
+cases (`--only responses,messages`) run each surface relayed natively, translated and as a fusion; the cases "with a
+client key" (`--only "client key"`) run on a second instance of each build configured with one.
 """
 
 from __future__ import annotations
@@ -20,19 +22,22 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench.harness import REPO, Bench, aggregate, interleaved, run_harness
-from bench.load import chat_body
+from bench.load import SURFACES, chat_body
 from bench.procs import Service, free_port
 from bench.scenarios import (
     AUTH,
     BENCH3,
     FAST0,
+    KEYED_AUTH,
     PASS_MODEL,
+    Fusion,
     dumps,
     floor_presets,
     main_presets,
+    native,
     proxy_cpu_ms,
     request_fn,
     say,
@@ -41,27 +46,73 @@ from bench.scenarios import (
 
 LONG = replace(FAST0, name="fast0long", synth="fake/lat-0-tok-408")
 
-# (name, preset or None for pass-through, stream, concurrency, what it shows)
+
+class Case(NamedTuple):
+    """One case: its requests (model, stream, surface, key), the concurrency it runs at and what it shows."""
+
+    name: str
+    preset: Fusion | str | None  # a fusion preset, a pass-through model, or None for `PASS_MODEL`
+    stream: bool
+    concurrency: int
+    shows: str
+    surface: str = "chat"  # a key of `load.SURFACES`
+    keyed: bool = False  # sent with the client key, to each build's instance configured with it
+
+
+def surface_cases(surface: str) -> list[Case]:
+    """A surface's pass-through relayed natively and translated (non-stream, 8 and 408 tokens), and a fusion."""
+    cases = []
+    for way in ("native", "translated"):
+        plain, short, long = (
+            native(model, surface) if way == "native" else model
+            for model in (PASS_MODEL, "fake/lat-0-tok-8", "fake/lat-0-tok-408")
+        )
+        cases += [
+            Case(f"{surface} {way} non-stream c=50", plain, False, 50, "CPU per request", surface),
+            Case(f"{surface} {way} 8 tokens stream c=10", short, True, 10, "CPU per request", surface),
+            Case(f"{surface} {way} 408 tokens stream c=10", long, True, 10, "CPU per request (per token)", surface),
+        ]
+    return [*cases, Case(f"{surface} fusion fast0 stream c=50", FAST0, True, 50, "CPU per request", surface)]
+
+
 CASES = [
-    ("fusion bench3 non-stream c=1", BENCH3, False, 1, "overhead over 395 ms"),
-    ("fusion bench3 stream c=1", BENCH3, True, 1, "overhead over 395 ms"),
-    ("fusion fast0 stream c=50", FAST0, True, 50, "CPU per request"),
+    Case("fusion bench3 non-stream c=1", BENCH3, False, 1, "overhead over 395 ms"),
+    Case("fusion bench3 stream c=1", BENCH3, True, 1, "overhead over 395 ms"),
+    Case("fusion fast0 stream c=50", FAST0, True, 50, "CPU per request"),
     # The targets' own case (the full run's fusion scenario): upstream waits as in bench3, so the loop idles
     # between stages, as it does under real providers.
-    ("fusion bench3 stream c=50", BENCH3, True, 50, "CPU per request"),
-    ("fusion bench3 non-stream c=50", BENCH3, False, 50, "CPU per request"),
-    ("fusion fast0 non-stream c=50", FAST0, False, 50, "CPU per request"),
-    ("fusion 8 tokens stream c=10", FAST0, True, 10, "CPU per request"),
-    ("fusion 408 tokens stream c=10", LONG, True, 10, "CPU per request (per token vs 8 tokens)"),
-    ("pass-through non-stream c=1", None, False, 1, "added latency"),
-    ("pass-through non-stream c=50", None, False, 50, "CPU per request"),
-    ("pass-through 8 tokens stream c=10", "fake/lat-0-tok-8", True, 10, "CPU per request"),
-    ("pass-through 408 tokens stream c=10", "fake/lat-0-tok-408", True, 10, "CPU per request (per token vs 8)"),
-]
+    Case("fusion bench3 stream c=50", BENCH3, True, 50, "CPU per request"),
+    Case("fusion bench3 non-stream c=50", BENCH3, False, 50, "CPU per request"),
+    Case("fusion fast0 non-stream c=50", FAST0, False, 50, "CPU per request"),
+    Case("fusion 8 tokens stream c=10", FAST0, True, 10, "CPU per request"),
+    Case("fusion 408 tokens stream c=10", LONG, True, 10, "CPU per request (per token vs 8 tokens)"),
+    Case("pass-through non-stream c=1", None, False, 1, "added latency"),
+    Case("pass-through non-stream c=50", None, False, 50, "CPU per request"),
+    Case("pass-through 8 tokens stream c=10", "fake/lat-0-tok-8", True, 10, "CPU per request"),
+    Case("pass-through 408 tokens stream c=10", "fake/lat-0-tok-408", True, 10, "CPU per request (per token vs 8)"),
+    *surface_cases("responses"),
+    *surface_cases("messages"),
+    # A gateway: the client key checked on every request and masked in what is relayed.
+    Case("fusion fast0 stream c=50, with a client key", FAST0, True, 50, "CPU per request", keyed=True),
+    Case("pass-through 8 tokens stream c=10, with a client key", "fake/lat-0-tok-8", True, 10, "CPU per request",
+         keyed=True),
+    Case("pass-through 408 tokens stream c=10, with a client key", "fake/lat-0-tok-408", True, 10,
+         "CPU per request (per token vs 8)", keyed=True),
+]  # fmt: skip
 # (arm of the table, the 8-token case, the 408-token case): the proxy CPU of one more relayed token.
 TOKEN_PRICES = [
     ("fusion", "fusion 8 tokens stream c=10", "fusion 408 tokens stream c=10"),
     ("pass-through", "pass-through 8 tokens stream c=10", "pass-through 408 tokens stream c=10"),
+    *(
+        (f"{surface} {way}", f"{surface} {way} 8 tokens stream c=10", f"{surface} {way} 408 tokens stream c=10")
+        for surface in ("responses", "messages")
+        for way in ("native", "translated")
+    ),
+    (
+        "pass-through with a client key",
+        "pass-through 8 tokens stream c=10, with a client key",
+        "pass-through 408 tokens stream c=10, with a client key",
+    ),
 ]
 
 
@@ -79,24 +130,31 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             argv = [sys.executable, "-m", "bench.collector", "--port", str(port)]
             collector = bench._start(Service("collector", argv, port, "/health", log_dir=bench.logs, cwd=REPO))
             tracing = f'\n[tracing]\nendpoint = "{collector.url}"\n'
+        cases = [case for case in CASES if not args.only or any(word in case.name for word in args.only.split(","))]
         for arm, exe in builds.items():
             bench.openfusion_bin = exe
-            bench.start_openfusion(f"openfusion_{arm}", presets, http_extra=tracing if arm in args.traced else "")
-        # Each arm's process (its CPU is the proxy's) and its chat URL; the floor arm, if asked, beside the builds.
+            extra = tracing if arm in args.traced else ""
+            bench.start_openfusion(f"openfusion_{arm}", presets, http_extra=extra)
+            if any(case.keyed for case in cases):
+                bench.start_openfusion(f"openfusion_{arm}_keyed", presets, http_extra=extra, keyed=True)
+        # Each arm's process (its CPU is the proxy's); the floor arm, if asked, beside the builds.
         procs = {arm: f"openfusion_{arm}" for arm in builds}
         if args.floor:
             bench.start_floor("floor", floor_presets())
             procs["floor"] = "floor"
         urls = {arm: bench.services[name].url + "/v1/chat/completions" for arm, name in procs.items()}
-        for name, preset, stream, c, shows in CASES:
-            if args.only and not any(word in name for word in args.only.split(",")):
-                continue
+        for name, preset, stream, c, shows, surface, keyed in cases:
             model = preset if isinstance(preset, str) else f"fusion/{preset.name}" if preset else PASS_MODEL
-            body = chat_body(model, stream=stream)
-            arms = {
-                arm: (bench.session(), request_fn(urls[arm], body, stream=stream, headers=AUTH), (procs[arm],))
-                for arm in procs
-            }
+            path, make_body = SURFACES[surface]
+            body = make_body(model, stream=stream)
+            arms = {}
+            for arm, proc in procs.items():
+                if arm == "floor" and (surface != "chat" or keyed):  # the floor speaks chat completions, keyless
+                    continue
+                proc = f"{proc}_keyed" if keyed else proc
+                url = bench.services[proc].url + path
+                fn = request_fn(url, body, stream=stream, headers=KEYED_AUTH if keyed else AUTH, dialect=surface)
+                arms[arm] = (bench.session(), fn, (proc,))
             slices = await interleaved(
                 bench,
                 arms,
@@ -108,7 +166,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 min_samples=min(c, 20),
             )
             base = BENCH3.critical_s if preset is BENCH3 else 0.0
-            row = {arm: aggregate(s, base_s=base, proxy=procs[arm]) for arm, s in slices.items()}
+            row = {arm: aggregate(s, base_s=base, proxy=arms[arm][2][0]) for arm, s in slices.items()}
             results["cases"][name] = {"shows": shows, **row}
             key = "overhead" if base else "wall"
             say(f"{name} ({key} p50 ms, proxy CPU ms/req, req/s, errors):")
@@ -127,7 +185,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if short_case not in results["cases"] or long_case not in results["cases"]:
                 continue
             say(f"price of a relayed {kind} token (µs of proxy CPU, 408 vs 8 tokens at c=10):")
-            for arm in procs:
+            for arm in results["cases"][short_case].keys() & results["cases"][long_case].keys() - {"shows"}:
                 short = proxy_cpu_ms(results["cases"][short_case][arm])
                 long = proxy_cpu_ms(results["cases"][long_case][arm])
                 results["us_per_token"].setdefault(kind, {})[arm] = price = (long - short) * 1000 / 400

@@ -15,11 +15,15 @@ so `fake/lat-50-tok-20-every-5` answers a stream after 50 ms and then one token 
 duration is lat + (tok - 1) * every, streamed or not. A JSON mapping (`--models`) can name
 profiles explicitly ({"name": {"latency_ms", "tokens", "every_ms", "size", "hang"}}).
 
+`POST /v1/responses` and `POST /v1/messages` answer the same way in the Responses API's and Anthropic Messages' wire
+formats (`bench/fakewire.py`), for providers configured as speaking them: openfusion relays those natively.
+
 A request carrying `response_format: {"type": "json_schema"}` is a judge call: it gets a valid
 five-key fusion analysis as its content. `n` > 1 (OptiLLM's moa) returns n choices. Usage is
 always reported (streams: a final usage chunk when `stream_options.include_usage` is set).
 Bodies are built once per (model, shape) and cached, so a request costs one JSON parse, one
-timer and one write. `GET /stats` returns call counts per model; `GET /health` answers ok.
+timer and one write. `GET /stats` returns call counts per model and per kind ("judge", "stream", "complete"; on the
+other surfaces "responses stream", "messages complete"...); `GET /health` answers ok.
 `POST /trace` starts keeping every call's arrival, first byte and end (seconds on the machine's
 monotonic clock, `time.monotonic()` in any process); `GET /trace` returns them and stops: where a
 proxy's time goes between one upstream call and the next.
@@ -37,6 +41,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+from bench import fakewire
 
 _KEYS = {"lat": "latency_ms", "tok": "tokens", "every": "every_ms", "size": "size"}
 _NUM = re.compile(r"^\d+(\.\d+)?$")
@@ -127,10 +133,16 @@ class Fake:
             return _split(analysis_json(["model-a", "model-b"]), profile.tokens)
         return _content_tokens(profile)
 
-    def full_body(self, model: str, profile: Profile, *, judge: bool, n: int) -> bytes:
-        key = ("full", model, judge, n)
+    def full_body(self, model: str, profile: Profile, *, judge: bool, n: int, wire: str = "chat") -> bytes:
+        key = ("full", wire, model, judge, n)
         body = self._bodies.get(key)
-        if body is None:
+        if body is None and wire == "responses":
+            text = "".join(self._content(model, profile, judge))
+            body = self._bodies[key] = orjson.dumps(fakewire.response_object(model, text, self.created))
+        elif body is None and wire == "messages":
+            text = "".join(self._content(model, profile, judge))
+            body = self._bodies[key] = orjson.dumps(fakewire.message_object(model, text))
+        elif body is None:
             text = "".join(self._content(model, profile, judge))
             message = {"role": "assistant", "content": text}
             body = orjson.dumps(
@@ -148,10 +160,17 @@ class Fake:
             self._bodies[key] = body
         return body
 
-    def stream_events(self, model: str, profile: Profile, *, judge: bool, usage: bool) -> list[bytes]:
-        key = ("stream", model, judge, usage)
+    def stream_events(
+        self, model: str, profile: Profile, *, judge: bool, usage: bool, wire: str = "chat"
+    ) -> list[bytes]:
+        key = ("stream", wire, model, judge, usage)
         events = self._bodies.get(key)
-        if events is None:
+        if events is None and wire == "responses":
+            tokens = self._content(model, profile, judge)
+            events = self._bodies[key] = fakewire.responses_stream(model, tokens, self.created)
+        elif events is None and wire == "messages":
+            events = self._bodies[key] = fakewire.messages_stream(model, self._content(model, profile, judge))
+        elif events is None:
             tokens = self._content(model, profile, judge)
             events = []
             for i, token in enumerate(tokens):
@@ -183,6 +202,18 @@ class Fake:
         return events
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self.answer(request, "chat")
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        """The Responses API, as a provider that speaks it answers (usage always reported)."""
+        return await self.answer(request, "responses")
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        """Anthropic Messages, as a provider that speaks it answers (usage always reported)."""
+        return await self.answer(request, "messages")
+
+    async def answer(self, request: web.Request, wire: str) -> web.StreamResponse:
+        """One call on the surface `wire` ("chat", "responses" or "messages"), as its model's profile says."""
         try:
             data = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
@@ -190,11 +221,12 @@ class Fake:
         model = str(data.get("model") or "fake")
         profile = self.profile(model)
         response_format = data.get("response_format") or {}
-        judge = isinstance(response_format, dict) and response_format.get("type") == "json_schema"
+        judge = wire == "chat" and isinstance(response_format, dict) and response_format.get("type") == "json_schema"
         stream = bool(data.get("stream"))
-        n = int(data.get("n") or 1)
+        n = int(data.get("n") or 1) if wire == "chat" else 1
         self.calls[model] += 1
-        self.kinds["judge" if judge else ("stream" if stream else "complete")] += 1
+        kind = "judge" if judge else ("stream" if stream else "complete")
+        self.kinds[kind if wire == "chat" else f"{wire} {kind}"] += 1
         # Every wait is against an absolute time from the request's arrival, so timer slack does not
         # add up over many tokens: the duration is lat + (tok - 1) * every, give or take one wake-up.
         loop = asyncio.get_running_loop()
@@ -206,15 +238,15 @@ class Fake:
         first_at = arrived + profile.latency_ms / 1000
         if not stream:
             await _sleep_until(loop, first_at + every * max(0, profile.tokens - 1))
-            body = self.full_body(model, profile, judge=judge, n=n)
+            body = self.full_body(model, profile, judge=judge, n=n, wire=wire)
             response = web.Response(body=body, content_type="application/json")
             if self.trace is not None:
                 await response.prepare(request)
                 await response.write_eof()
                 self._traced(model, "judge" if judge else "complete", seen, seen, time.monotonic())
             return response
-        usage = bool((data.get("stream_options") or {}).get("include_usage"))
-        events = self.stream_events(model, profile, judge=judge, usage=usage)
+        usage = wire != "chat" or bool((data.get("stream_options") or {}).get("include_usage"))
+        events = self.stream_events(model, profile, judge=judge, usage=usage, wire=wire)
         await _sleep_until(loop, first_at)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
@@ -271,6 +303,8 @@ def build_app(fake: Fake) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     for prefix in ("", "/v1"):
         app.router.add_post(f"{prefix}/chat/completions", fake.chat)
+        app.router.add_post(f"{prefix}/responses", fake.responses)
+        app.router.add_post(f"{prefix}/messages", fake.messages)
         app.router.add_get(f"{prefix}/models", fake.models)
     app.router.add_get("/stats", fake.stats)
     app.router.add_post("/trace", fake.start_trace)

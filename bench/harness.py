@@ -25,6 +25,13 @@ REPO = Path(__file__).resolve().parents[1]
 # What a service's command is run under, if anything: the service with its command changed.
 Wrap = Callable[[Service], Service]
 MASTER_KEY = "sk-bench"  # LiteLLM refuses to start without one; every arm gets the same header
+# Providers over the same fake that speak the Responses API and Anthropic Messages themselves: a request on that surface
+# for one of their models is forwarded as sent and its answer relayed as the fake streams it (the native pass-through).
+NATIVE_PROVIDERS = {"fakeresponses": "responses", "fakemessages": "messages"}
+# A client key (the gateway mode): a server started `keyed` checks it on every request and masks it in what it relays
+# (the bench's providers have no key: without a client key, there is no secret to mask).
+CLIENT_KEY = "sk-bench-client-5f0c7a2e9d41b863"
+_KEY_ENV = "OPENFUSION_BENCH_CLIENT_KEY"
 
 
 @dataclass
@@ -157,7 +164,8 @@ class Bench:
     def write_openfusion_config(
         self, name: str, presets: dict[str, str], *, http_extra: str = "", max_connections: int = 2048
     ) -> tuple[Path, Path]:
-        """A config pointing every `fake/*` model at the fake upstream, and a presets directory."""
+        """A config pointing every `fake/*` model (and the `NATIVE_PROVIDERS`' models) at the fake upstream, and a
+        presets directory."""
         assert self.fake is not None
         base = self.run_dir / name
         preset_dir = base / "presets"
@@ -168,6 +176,10 @@ class Bench:
             (preset_dir / f"{preset}.toml").write_text(textwrap.dedent(text).strip() + "\n", encoding="utf-8")
         config = base / "config.toml"
         default = next(iter(presets))
+        natives = "".join(
+            f'\n[[providers]]\nname = "{name}"\nbase_url = "{self.fake.url}/v1"\nmodels = ["{name}/*"]\n{flag} = true\n'
+            for name, flag in NATIVE_PROVIDERS.items()
+        )
         config.write_text(
             textwrap.dedent(
                 f"""\
@@ -187,6 +199,7 @@ class Bench:
                 max_connections = {max_connections}
                 """
             )
+            + natives
             + textwrap.dedent(http_extra),
             encoding="utf-8",
         )
@@ -204,7 +217,12 @@ class Bench:
         env: dict[str, str] | None = None,
         wrap: Wrap | None = None,
         ready_timeout_s: float = 30.0,
+        keyed: bool = False,
     ) -> Service:
+        """openfusion serving `presets` from the fake; `keyed`: with one client key (`CLIENT_KEY`), a gateway."""
+        if keyed:
+            http_extra += f'\n[[keys]]\nname = "bench"\nkey_env = "{_KEY_ENV}"\n'
+            env = {**(env or {}), _KEY_ENV: CLIENT_KEY, "REDIS_URL": ""}  # one server: its key counters in process
         config, preset_dir = self.write_openfusion_config(
             name, presets, http_extra=http_extra, max_connections=max_connections
         )

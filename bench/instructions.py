@@ -17,6 +17,13 @@ load; two cases stream 40 and 400 tokens 10 ms apart, each read alone: (the diff
 neither the request's nor the load's part. The streamed pass-through cases do the same for a relayed stream. One case
 streams 400 tokens written back to back: most reads bring several, what relaying a fast stream costs.
 
+The Responses API and Messages cases run the same three ways (non-stream, stream, 40 tokens 10 ms apart) on each path
+a request on those surfaces takes: relayed natively (a provider that speaks the surface: `harness.NATIVE_PROVIDERS`),
+translated to and from chat completions (a chat-only provider), and a fusion; the two relays with 400 tokens 10 ms
+apart too, so that (the difference) / 360 is a relayed token's cost on each, beside the chat pass-through's. The
+cases "with a client key" run on a second server per build configured with one (`keyed`): what checking a key and
+masking it in relayed text cost, against the same case without.
+
 Counts are of instructions, not time: a cache miss or a system call costs more than its count says. Use
 this to compare builds on the same work, `bench.ab` for what a change does to latency.
 """
@@ -29,11 +36,13 @@ import functools
 import re
 import subprocess
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.harness import Bench, run_harness
-from bench.load import agent_body, chat_body
+from bench.load import SURFACES, agent_body
 from bench.procs import Service
 from bench.scenarios import (
     AUTH,
@@ -42,33 +51,77 @@ from bench.scenarios import (
     DRIP40,
     DRIP400,
     FAST0,
+    KEYED_AUTH,
     PASS_DRIP40,
     PASS_DRIP400,
     PASS_MODEL,
     dumps,
     floor_presets,
     main_presets,
+    native,
     request_fn,
     say,
 )
 
-CASES = {  # name: (model, stream, body)
-    "fusion stream": (f"fusion/{FAST0.name}", True, chat_body),
+
+@dataclass(frozen=True)
+class Case:
+    """One measured request: its model, whether it streams, its API surface, its body, whether it carries a key."""
+
+    model: str
+    stream: bool
+    surface: str = "chat"  # a key of `load.SURFACES`
+    body: Callable[..., bytes] | None = None  # None: the surface's own
+    keyed: bool = False  # sent with the client key to the build's keyed server
+
+    def request(self, url: str) -> Any:
+        """The request function for a server at `url`."""
+        path, surface_body = SURFACES[self.surface]
+        body = (self.body or surface_body)(self.model, stream=self.stream)
+        headers = KEYED_AUTH if self.keyed else AUTH
+        return request_fn(url + path, body, stream=self.stream, headers=headers, dialect=self.surface)
+
+
+def surface_cases(surface: str) -> dict[str, Case]:
+    """A surface's three cases on each of its paths (relayed natively, translated to chat completions, fusion), and a
+    relay of 400 tokens 10 ms apart: (its count − the 40 tokens') / 360 is a relayed token's cost, as for chat."""
+    cases = {}
+    for way, plain, drip in (
+        ("native", native(PASS_MODEL, surface), native(PASS_DRIP40, surface)),
+        ("translated", PASS_MODEL, PASS_DRIP40),
+        ("fusion", f"fusion/{FAST0.name}", f"fusion/{DRIP40.name}"),
+    ):
+        cases[f"{surface} {way} non-stream"] = Case(plain, False, surface)
+        cases[f"{surface} {way} stream"] = Case(plain, True, surface)
+        cases[f"{surface} {way} stream 40 tokens 10 ms apart"] = Case(drip, True, surface)
+    for way, long in (("native", native(PASS_DRIP400, surface)), ("translated", PASS_DRIP400)):
+        cases[f"{surface} {way} stream 400 tokens 10 ms apart"] = Case(long, True, surface)
+    return cases
+
+
+CASES = {
+    "fusion stream": Case(f"fusion/{FAST0.name}", True),
     # 32 tokens more than `fusion stream`, each read apart from the others: the difference over 32 is a token's cost.
-    "fusion stream 40 tokens": (f"fusion/{DRIP.name}", True, chat_body),
+    "fusion stream 40 tokens": Case(f"fusion/{DRIP.name}", True),
     # 40 and 400 tokens 10 ms apart (`scenarios.DRIP400`): (the difference) / 360, a token's cost with less noise.
-    "fusion stream 40 tokens 10 ms apart": (f"fusion/{DRIP40.name}", True, chat_body),
-    "fusion stream 400 tokens 10 ms apart": (f"fusion/{DRIP400.name}", True, chat_body),
+    "fusion stream 40 tokens 10 ms apart": Case(f"fusion/{DRIP40.name}", True),
+    "fusion stream 400 tokens 10 ms apart": Case(f"fusion/{DRIP400.name}", True),
     # 400 tokens written back to back: the server reads several at once, what a relay of a fast stream costs.
-    "fusion stream 400 tokens back to back": (f"fusion/{BURST400.name}", True, chat_body),
-    "fusion non-stream": (f"fusion/{FAST0.name}", False, chat_body),
+    "fusion stream 400 tokens back to back": Case(f"fusion/{BURST400.name}", True),
+    "fusion non-stream": Case(f"fusion/{FAST0.name}", False),
     # A coding agent's long conversation (~150 KB): what a request costs for the size of its context.
-    "fusion non-stream 150 KB": (f"fusion/{FAST0.name}", False, agent_body),
-    "pass-through non-stream": (PASS_MODEL, False, chat_body),
+    "fusion non-stream 150 KB": Case(f"fusion/{FAST0.name}", False, body=agent_body),
+    "pass-through non-stream": Case(PASS_MODEL, False),
     # A streamed pass-through (8 tokens), and with 40 and 400 tokens 10 ms apart: the same difference per token.
-    "pass-through stream": (PASS_MODEL, True, chat_body),
-    "pass-through stream 40 tokens 10 ms apart": (PASS_DRIP40, True, chat_body),
-    "pass-through stream 400 tokens 10 ms apart": (PASS_DRIP400, True, chat_body),
+    "pass-through stream": Case(PASS_MODEL, True),
+    "pass-through stream 40 tokens 10 ms apart": Case(PASS_DRIP40, True),
+    "pass-through stream 400 tokens 10 ms apart": Case(PASS_DRIP400, True),
+    # The Responses API and Messages: relayed natively, translated, and fusion.
+    **surface_cases("responses"),
+    **surface_cases("messages"),
+    # With a client key: the key checked on every request, and masked in the relayed text.
+    "pass-through stream 40 tokens 10 ms apart, with a client key": Case(PASS_DRIP40, True, keyed=True),
+    "fusion stream 40 tokens 10 ms apart, with a client key": Case(f"fusion/{DRIP40.name}", True, keyed=True),
 }
 TOTALS = re.compile(rb"^(?:summary|totals):\s+(\d+)", re.MULTILINE)
 
@@ -129,26 +182,36 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"builds": builds, "requests": args.requests, "cases": {}}
     try:
         bench.start_fake()
+        cases = {
+            case: spec
+            for case, spec in CASES.items()
+            if not args.only or any(word in case for word in args.only.split(","))
+        }
         services: dict[str, Service] = {}
+        keyed: dict[str, Service] = {}  # each build again, with a client key: for the keyed cases only
         wrap = functools.partial(under_callgrind, out_dir=out_dir)
         for arm, exe in builds.items():
             bench.openfusion_bin = exe
             services[arm] = bench.start_openfusion(f"openfusion_{arm}", main_presets(), wrap=wrap, ready_timeout_s=600)
+            if any(spec.keyed for spec in cases.values()):
+                keyed[arm] = bench.start_openfusion(
+                    f"openfusion_{arm}_keyed", main_presets(), wrap=wrap, ready_timeout_s=600, keyed=True
+                )
         if args.floor:
             services["floor"] = bench.start_floor("floor", floor_presets(), wrap=wrap, ready_timeout_s=600)
         session = bench.session(timeout_s=600)
         concurrencies = [int(c) for c in args.concurrency.split(",")]
-        for case, (model, stream, make_body) in CASES.items():
-            if args.only and not any(word in case for word in args.only.split(",")):
-                continue
+        for case, spec in cases.items():
             for c in concurrencies:
                 name = f"{case} c={c}"
                 row = results["cases"][name] = {}
-                for arm, service in services.items():
-                    if arm == "floor" and not model.startswith("fusion/"):  # the floor has no pass-through
+                for arm, plain in services.items():
+                    # The floor arm is counted on chat completions' fusions only (no other surface, no key).
+                    chat_fusion = spec.model.startswith("fusion/") and spec.surface == "chat" and not spec.keyed
+                    if arm == "floor" and not chat_fusion:
                         continue
-                    url = service.url + "/v1/chat/completions"
-                    fn = request_fn(url, make_body(model, stream=stream), stream=stream, headers=AUTH)
+                    service = keyed[arm] if spec.keyed else plain
+                    fn = spec.request(service.url)
                     control(service.pid, "--instr=on")
                     await send(fn, session, args.warmup, c)
                     control(service.pid, "--zero")

@@ -316,3 +316,11 @@ def agent_body(model: str, *, stream: bool, steps: int = 60) -> bytes:
         ]
     messages.append({"role": "user", "content": "Now summarise what changed and why."})
     return orjson.dumps({"model": model, "messages": messages, "stream": stream})
+
+
+# Each API surface's path and request body (the same question on each): chat completions, the Responses API, Messages.
+SURFACES: dict[str, tuple[str, Callable[..., bytes]]] = {
+    "chat": ("/v1/chat/completions", chat_body),
+    "responses": ("/v1/responses", responses_body),
+    "messages": ("/v1/messages", messages_body),
+}

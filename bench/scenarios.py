@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 
 from bench.fakeup import parse_profile
-from bench.harness import MASTER_KEY, REPO, Bench, aggregate, interleaved
+from bench.harness import CLIENT_KEY, MASTER_KEY, NATIVE_PROVIDERS, REPO, Bench, aggregate, interleaved
 from bench.load import Sample, agent_body, chat_body, messages_body, percentile, post, responses_body
 from bench.procs import rss_bytes, tree
 
@@ -175,6 +175,13 @@ BURST400 = replace(FAST0, name="burst400", synth="fake/lat-0-tok-400")
 # Pass-through models whose tokens come the same way.
 PASS_DRIP40, PASS_DRIP400 = "fake/lat-0-tok-40-every-10", "fake/lat-0-tok-400-every-10"
 HOLD = Fusion("hold", ("fake/lat-0", "fake/lat-0", "fake/lat-0"), "fake/lat-0", "fake/lat-0-tok-1200-every-100")
+KEYED_AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}  # for a server started `keyed` (a gateway)
+
+
+def native(model: str, surface: str) -> str:
+    """`model` (`fake/…`) from the provider that speaks `surface` ("responses", "messages") itself."""
+    provider = next(name for name, speaks in NATIVE_PROVIDERS.items() if speaks == surface)
+    return f"{provider}/{model.split('/', 1)[1]}"
 
 
 def main_presets() -> dict[str, str]:
