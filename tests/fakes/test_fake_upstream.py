@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -239,6 +240,27 @@ def test_client_closing_slow_stream_marks_call_disconnected(fake: FakeUpstream, 
     call = fake.calls[0]
     wait_until(lambda: call.disconnected, timeout=2.0)
     assert call.finished is not None
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_a_gate_holds_an_answer_until_the_test_opens_it(fake: FakeUpstream, http: httpx.Client, stream: bool) -> None:
+    gate = threading.Event()
+    fake.script("m", Script(content="Held.", gate=gate))
+    with ThreadPoolExecutor(1) as pool:
+        if stream:
+            answer = pool.submit(sse_data, http, {"model": "m", "stream": True})
+        else:
+            answer = pool.submit(lambda: http.post("/chat/completions", json={"model": "m"}).json())
+        wait_until(lambda: bool(fake.calls) and fake.calls[0].held)
+        held = answer.done()
+        gate.set()
+        result = answer.result()
+    assert held is False  # nothing came back while the gate was shut
+    if stream:
+        assert "Held." in "".join(result)
+    else:
+        assert result["choices"][0]["message"]["content"] == "Held."
+    assert fake.calls[0].held is False
 
 
 def test_delays_overlap_between_concurrent_calls(fake: FakeUpstream, http: httpx.Client) -> None:

@@ -80,6 +80,9 @@ class Script:
     # leaves: its read timeout), "malformed" (an event that is not JSON, then a clean end), "error" (the API's own
     # `error` event, `error_message` its message, then a clean end).
     break_stream: str | None = None
+    # Held after `delay_s` until the test sets it (or the client leaves): a run stays under way for exactly as long as
+    # the test needs, however slowly a loaded machine gets there. A stream sends its headers first, as with a delay.
+    gate: threading.Event | None = None
 
 
 @dataclass
@@ -93,6 +96,7 @@ class Call:
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     disconnected: bool = False
+    held: bool = False  # waiting at its script's gate right now
     ended_early: bool = False  # a stream the fake ended cleanly before its finish_reason, as scripted
     path: str = "/v1/chat/completions"
     trickled: int = 0  # filler pieces sent (spaces or SSE comments), as scripted by `trickle_s`
@@ -214,6 +218,23 @@ async def _pause(request: Request, seconds: float) -> bool:
     return False
 
 
+async def _hold(request: Request, call: Call, script: Script) -> bool:
+    """Wait `delay_s`, then at the script's gate until it is set; return True as soon as the client has disconnected."""
+    if await _pause(request, script.delay_s):
+        return True
+    if script.gate is None:
+        return False
+    call.held = True
+    try:
+        while not script.gate.is_set():
+            if await request.is_disconnected():
+                return True
+            await asyncio.sleep(_POLL_S)
+        return False
+    finally:
+        call.held = False
+
+
 def _tool_calls(script: Script) -> list[dict[str, Any]]:
     """Normalise scripted tool calls: default id/type, arguments as a JSON string."""
     out = []
@@ -301,7 +322,7 @@ class FakeUpstream:
             self._calls.append(call)
         script = self._next_script(model)
         done = BackgroundTask(_finish_async, call)
-        if await _pause(request, script.delay_s):
+        if await _hold(request, call, script):
             _finish(call, disconnected=True)
             return Response(status_code=204)
         if script.raw_body is not None:  # as for chat: sent as it is, whether or not the request streams
@@ -352,7 +373,7 @@ class FakeUpstream:
         fmt = (body.get("response_format") or {}).get("type")
         rejected = bool(script.reject_response_format) and fmt in script.reject_response_format
         streaming = call.stream and not rejected and script.raw_body is None and script.status == 200
-        if not (streaming and script.headers_first) and await _pause(request, script.delay_s):
+        if not (streaming and script.headers_first) and await _hold(request, call, script):
             _finish(call, disconnected=True)
             return Response(status_code=204)  # nobody is listening any more
 
@@ -501,7 +522,7 @@ async def _stream_events(
 
     disconnected = True  # unless we reach the end or cut on purpose
     try:
-        if await _pause(request, script.delay_s if script.headers_first else 0.0):
+        if script.headers_first and await _hold(request, call, script):
             return
         yield event({"role": "assistant", "content": "" if reply.content is not None else None})
         for piece in script.reasoning or []:
