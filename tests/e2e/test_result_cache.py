@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,12 +20,13 @@ import openai
 import pytest
 import redis
 
+from access.waits import until
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream, Script, wait_until
 from openfusion.activity.postgres_store import PostgresStore
 from openfusion.activity.sqlite_store import SqliteStore
 from openfusion.app import create_app
-from openfusion.cache.stores import DatabaseStore
+from openfusion.cache.stores import DatabaseStore, RedisStore
 from openfusion.settings import Settings
 
 from .conftest import ANALYSIS, TRIO
@@ -426,12 +428,50 @@ async def ask_together(url: str, count: int, *, stream: bool = False) -> list[tu
         return await asyncio.gather(*(one() for _ in range(count)))
 
 
+def counted_reads(monkeypatch: pytest.MonkeyPatch, store: type[Any]) -> list[str]:
+    """The keys `store` is read for, as each read returns (the request then goes on to the lease without a pause)."""
+    reads: list[str] = []
+    read = store.get
+
+    async def counted(self: Any, key: str) -> bytes | None:
+        value = await read(self, key)
+        reads.append(key)
+        return value
+
+    monkeypatch.setattr(store, "get", counted)
+    return reads
+
+
+async def ask_while_held(
+    url: str | list[str], count: int, *, gate: threading.Event, ready: Callable[[], bool], stream: bool = False
+) -> list[tuple[str | None, str]]:
+    """`count` identical requests at once to each server (`ask_together`); the run they share is held at `gate` until
+    `ready()` holds, so that all of them have found it under way, however slowly a loaded machine gets them there."""
+    urls = [url] if isinstance(url, str) else url
+    asking = asyncio.gather(*(ask_together(one, count, stream=stream) for one in urls))
+    try:
+        await until(ready)
+    finally:
+        gate.set()
+    return [result for results in await asking for result in results]
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
-def test_identical_requests_at_once_fuse_once(upstream: FakeUpstream, start: Any, stream: bool) -> None:
+def test_identical_requests_at_once_fuse_once(
+    upstream: FakeUpstream, start: Any, stream: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = counted_reads(monkeypatch, DatabaseStore)
     script_run(upstream)
-    upstream.script("synth", Script(content="Rayleigh scattering.", delay_s=0.5))
+    gate = threading.Event()
+    upstream.script("synth", Script(content="Rayleigh scattering.", gate=gate))
+    # Every request has looked while the first run is held: each one's look before admission, the first's look after
+    # its lease, and (a stream, its headers sent as `pending`) each waiting stream's look before it waits.
+    looks = 4 + 1 + (3 if stream else 0)
     with start() as url:
-        results = asyncio.run(ask_together(url, 4, stream=stream))
+        results = asyncio.run(
+            ask_while_held(url, 4, gate=gate, stream=stream,
+                           ready=lambda: len(upstream.calls_for("synth")) == 1 and len(reads) >= looks)
+        )  # fmt: skip
     assert len(upstream.calls) == FUSION_CALLS  # one fusion for the four
     # A stream that waits sends its headers before the outcome is known: `pending` (it was a hit, by the count above).
     waited = "pending" if stream else "hit"
@@ -456,11 +496,20 @@ def test_a_waiting_request_runs_itself_when_the_first_fails(upstream: FakeUpstre
 
 
 def test_a_wait_is_bounded(upstream: FakeUpstream, start: Any) -> None:
+    """The first run is held until the second request has given up waiting for it (0.2 s) and answered from its own."""
     script_run(upstream)
-    upstream.script("synth", Script(content="Slow.", delay_s=1.0))
-    with start(cache={"wait_s": 0.2}) as url:
-        results = asyncio.run(ask_together(url, 2))
-    assert [h for h, _ in results] == ["miss", "miss"]  # the second gave up waiting and ran itself
+    gate = threading.Event()
+    upstream.script("synth", Script(content="Slow.", gate=gate), Script(content="Slow."))
+    with start(cache={"wait_s": 0.2}) as url, ThreadPoolExecutor(max_workers=1) as pool:
+        try:
+            first = pool.submit(ask, url)
+            wait_until(lambda: len(upstream.calls_for("synth")) == 1)  # the first run is under way, held
+            second = ask(url)  # waits 0.2 s for it, then runs itself
+            first_held = upstream.calls_for("synth")[0].held
+        finally:
+            gate.set()
+        assert first.result()[0] == "miss"
+    assert second[0] == "miss" and first_held  # it gave up waiting, and ran itself while the first was still held
     assert len(upstream.calls_for("synth")) == 2
 
 
@@ -555,19 +604,22 @@ def test_replicas_share_the_cache_through_redis(upstream: FakeUpstream, start: A
         client.close()
 
 
-def test_identical_requests_on_two_replicas_fuse_once(upstream: FakeUpstream, start: Any, redis_prefix: str) -> None:
+def test_identical_requests_on_two_replicas_fuse_once(
+    upstream: FakeUpstream, start: Any, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = counted_reads(monkeypatch, RedisStore)
     script_run(upstream)
-    upstream.script("synth", Script(content="Rayleigh scattering.", delay_s=0.5))
+    gate = threading.Event()
+    upstream.script("synth", Script(content="Rayleigh scattering.", gate=gate))
     shared = {"REDIS_URL": "redis://127.0.0.1:6379/0"}
     # A Redis call slower than the cache's timeout_s lets a request run without the lock (by design: at worst
     # twice); on a loaded machine two servers and their client in one process can stall that long.
     patient = {"timeout_s": 30.0}
-    with replicas(start, 2, shared, limits={"redis_prefix": redis_prefix}, cache=patient) as (one, two):
-
-        async def both() -> list[list[tuple[str | None, str]]]:
-            return await asyncio.gather(ask_together(one, 2), ask_together(two, 2))
-
-        results = [result for replica in asyncio.run(both()) for result in replica]
+    with replicas(start, 2, shared, limits={"redis_prefix": redis_prefix}, cache=patient) as urls:
+        # Held until all four have looked (the first again after its lease): every one found the run under way.
+        results = asyncio.run(
+            ask_while_held(urls, 2, gate=gate, ready=lambda: len(upstream.calls_for("synth")) == 1 and len(reads) >= 5)
+        )
     assert len(upstream.calls) == FUSION_CALLS
     assert sorted(header for header, _ in results) == ["hit", "hit", "hit", "miss"]
 
