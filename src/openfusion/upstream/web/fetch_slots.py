@@ -48,6 +48,10 @@ class SharedConnections:
         """The connections no fetch holds right now."""
         return self._free
 
+    def waiting(self, owner: str | None) -> int:
+        """How many of `owner`'s fetches wait for a connection right now."""
+        return len(self._waiting.get(owner, ()))
+
     def busy(self) -> bool:
         """Whether a fetch asking now would have to wait."""
         return self._free == 0 or bool(self._waiting)

@@ -20,7 +20,7 @@ from openfusion.upstream.web.errors import FetchError, SearchError
 from openfusion.upstream.web.exclusions import EXCLUDED, address_range, hides_result, is_blocked
 from openfusion.upstream.web.extract_pool import ExtractionPool
 from openfusion.upstream.web.fetch import FetchedPage, Fetcher
-from openfusion.upstream.web.fetch_slots import FetchSlots, KeyFetchSlots
+from openfusion.upstream.web.fetch_slots import FetchSlots, KeyFetchSlots, SharedConnections
 from openfusion.upstream.web.search import SearchBackend, SearchResult, build_search_backend
 from openfusion.upstream.web.ssrf import Resolver
 from openfusion.upstream.web.untrusted import wrap_untrusted
@@ -250,6 +250,11 @@ class WebResearch:
         view = copy.copy(self)
         view._owner = owner
         return view
+
+    @property
+    def connections(self) -> SharedConnections | None:
+        """The worker's fetch connections, which every key's view shares (None: no fetch)."""
+        return self._key_slots.connections if self._key_slots is not None else None
 
     def fetch_slots(self) -> FetchSlots | None:
         """A new request's share of the fetch client (None: no fetch): `max_fetches_per_request` fetches at once
