@@ -116,6 +116,22 @@ async def test_a_database_read_marks_its_row_used_only_when_the_mark_has_aged(tm
         await database.close()
 
 
+async def test_only_its_holder_renews_a_redis_lock_and_a_lapsed_one_is_not_taken_again(redis_prefix: str) -> None:
+    store = RedisStore.from_url(REDIS_URL, prefix=redis_prefix, max_bytes=LIMIT)
+    lock = f"{redis_prefix}:cache:{{result}}:lock:q"
+    try:
+        assert await store.lock("q", "first", ttl_s=5) == "first"
+        assert await store.renew("q", "first", ttl_s=60) is True
+        assert 5_000 < await store.client.pttl(lock) <= 60_000  # it now expires a minute from the renewal
+        assert await store.renew("q", "second", ttl_s=600) is False  # not its lock: left as it is
+        assert await store.client.pttl(lock) <= 60_000
+        await store.unlock("q", "first", kept=True, unkept_ttl_s=2.0)
+        assert await store.renew("q", "first", ttl_s=60) is False  # given back (or lapsed): not taken again
+        assert not await store.locked("q")
+    finally:
+        await store.aclose()
+
+
 async def test_a_redis_lock_names_its_holder_and_a_run_that_kept_nothing_is_marked(redis_prefix: str) -> None:
     """What a request waiting on another replica reads: who has the run, and whether it ended keeping nothing."""
     store = RedisStore.from_url(REDIS_URL, prefix=redis_prefix, max_bytes=LIMIT)

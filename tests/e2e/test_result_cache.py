@@ -20,7 +20,7 @@ import openai
 import pytest
 import redis
 
-from access.waits import until
+from access.waits import redis_ms, until
 from fakes.server import serve_in_thread
 from fakes.upstream import FakeUpstream, Script, wait_until
 from openfusion.activity.postgres_store import PostgresStore
@@ -622,6 +622,48 @@ def test_identical_requests_on_two_replicas_fuse_once(
         )
     assert len(upstream.calls) == FUSION_CALLS
     assert sorted(header for header, _ in results) == ["hit", "hit", "hit", "miss"]
+
+
+def test_a_run_longer_than_its_locks_first_expiry_is_not_made_again_on_another_replica(
+    upstream: FakeUpstream, start: Any, redis_prefix: str
+) -> None:
+    """A run's lock in Redis used to expire `wait_s` after it was taken, the run still under way: an identical request
+    on another replica then took it and made the run again. Held past that by the fake upstream, the run keeps its
+    lock, and the request on the other replica waits for it and is answered from it."""
+    script_run(upstream)
+    gate = threading.Event()
+    upstream.script("synth", Script(content="Rayleigh scattering.", gate=gate))
+    shared = {"REDIS_URL": "redis://127.0.0.1:6379/0"}
+    limits = {"redis_prefix": redis_prefix}
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    body = {"model": "fusion/cached", "messages": QUESTION, "stream": True}
+    with (
+        start(environ=shared, limits=limits, cache={"wait_s": 1.0, "timeout_s": 30.0}) as one,
+        start(environ=shared, limits=limits, cache={"wait_s": 60.0, "timeout_s": 30.0}) as two,
+        ThreadPoolExecutor(max_workers=1) as pool,
+    ):
+        try:
+            first = pool.submit(ask, one)
+            wait_until(lambda: len(upstream.calls_for("synth")) == 1)  # the run is under way on replica one, held
+            (lock,) = client.keys(f"{redis_prefix}:cache:*:lock:*")
+            token = client.get(lock)
+            taken_by = redis_ms(client)  # the lock was taken before this, by the Redis clock it expires by
+            # Past the moment its first expiry (replica one's wait_s, 1 s) would have let it go.
+            wait_until(lambda: redis_ms(client) > taken_by + 1000)
+            with httpx.stream("POST", f"{two}/v1/chat/completions", json=body,
+                              headers={"Authorization": f"Bearer {ALICE}"}, timeout=60) as response:  # fmt: skip
+                waited = response.headers.get("x-openfusion-cache")  # `pending`: it found the run under way
+                lock_holder = client.get(lock)
+                gate.set()
+                lines = [line for line in response.iter_lines() if line.startswith("data: {")]
+        finally:
+            gate.set()
+            client.close()
+        assert first.result()[0] == "miss"
+    assert waited == "pending", waited  # it waited for the first run instead of taking the lock and running again
+    assert token is not None and lock_holder == token  # still the first run's, past its first expiry
+    assert json.loads(lines[-1][6:])["fusion"]["cached"] is True  # and was answered from it
+    assert len(upstream.calls) == FUSION_CALLS
 
 
 def test_replicas_share_the_cache_through_postgresql(upstream: FakeUpstream, start: Any, postgres_url: str) -> None:

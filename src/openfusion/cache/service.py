@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 
 from openfusion.cache.config import CacheSettings
 from openfusion.cache.entry import CachedRun, CorruptEntry, dump_event, encode_run
+from openfusion.cache.lease import LEASE_S, Leases
 from openfusion.cache.run_ends import RunEnds
 from openfusion.cache.stores import RedisStore, ResultStore
 from openfusion.errors import OpenFusionError
@@ -88,6 +89,7 @@ class ResultCache:
         self.metrics = metrics
         self._flights: dict[str, asyncio.Future[bool]] = {}  # runs in this process, by key: look again when done?
         self._unlocking: set[asyncio.Task[None]] = set()
+        self._leases = Leases(store, timeout_s=settings.timeout_s) if isinstance(store, RedisStore) else None
 
     async def consult(
         self, key: str, policy: CachePolicy, *, mode: Mode, wait: bool = True, looked: Looked | None = None
@@ -215,16 +217,18 @@ class ResultCache:
             ticket._release.append(lambda: self._unlock(key, token, kept=ticket.kept))
             try:
                 async with asyncio.timeout(self.settings.timeout_s):
-                    holder = await self.store.lock(key, token, ttl_s=self.settings.wait_s)
+                    holder = await self.store.lock(key, token, ttl_s=LEASE_S)
             except _STORE_ERRORS as exc:
                 log.warning("result cache lock failed: %s", exc)
-                holder = token  # run without the lock: at worst another replica runs it too
+                return True  # run without the lock: at worst another replica runs it too
             if holder != token:  # another replica makes the run: whoever waits for it here looks again
                 if remote is not None and remote.token is None:
                     remote.token = holder  # the run to wait for, even once another has taken its place
                 ticket._release.clear()
                 self._land(key, flight, look_again=True)
                 return False
+            if self._leases is not None:  # held for as long as the run goes, however long past its expiry
+                ticket._release.append(self._leases.hold(key, token))
         return True
 
     def _land(self, key: str, flight: asyncio.Future[bool], *, look_again: bool) -> None:
@@ -331,6 +335,8 @@ class ResultCache:
 
     async def aclose(self) -> None:
         """Finish the pending unlocks and release the store's connections."""
+        if self._leases is not None:
+            await self._leases.aclose()
         if self._unlocking:
             await asyncio.gather(*self._unlocking, return_exceptions=True)
         await self.store.aclose()

@@ -161,6 +161,13 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return ARGV[1] 
 return redis.call('GET', KEYS[1])
 """
 
+# KEYS: lock. ARGV: token, ttl ms. 1 when this holder still had the lock (it now expires ttl ms from now), else 0:
+# a lock that lapsed is not taken again here (another request may have taken it, or it was just given back).
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 # KEYS: lock, this run's not-kept mark. ARGV: token, the mark's ttl ms (0: the run was kept, no mark), key, the
 # channel of runs' ends. Deletes the lock only while this holder still has it; the mark tells the requests that waited
 # for this run that it kept nothing; the key, published, wakes them (`RunEnds`) to look again (a user whose ACL has
@@ -190,6 +197,7 @@ class RedisStore:
         self._put = client.register_script(_PUT)
         self._get = client.register_script(_GET)
         self._lock_script = client.register_script(_LOCK)
+        self._renew = client.register_script(_RENEW)
         self._unlock = client.register_script(_UNLOCK)
 
     @classmethod
@@ -214,6 +222,10 @@ class RedisStore:
         one's when taken, another request's when it has the run)."""
         holder = await self._lock_script(keys=[self._lock + key], args=[token, max(1, round(ttl_s * 1000))])
         return holder.decode() if isinstance(holder, bytes) else str(holder)
+
+    async def renew(self, key: str, token: str, *, ttl_s: float) -> bool:
+        """Have the lock `token` took on `key` expire `ttl_s` from now; False when it no longer holds it."""
+        return bool(await self._renew(keys=[self._lock + key], args=[token, max(1, round(ttl_s * 1000))]))
 
     async def locked(self, key: str) -> bool:
         """Whether some request (on any replica) is running `key` now."""
