@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from openfusion.api.server_protocol import CoalescedWrites, http_protocol
+from openfusion.api.coalesced_writes import CoalescedWrites
+from openfusion.api.server_protocol import http_protocol
 
 
 class _Transport:
