@@ -189,6 +189,17 @@ def test_an_idle_keep_alive_connection_is_closed_after_its_timeout(start_server:
         read_until_closed(sock, timeout=3.5)
 
 
+def test_blank_lines_do_not_keep_an_idle_connection_open(start_server: Start) -> None:
+    # A client may send blank lines before a request (RFC 9112 2.2); they begin none. Each one stopped the keep-alive
+    # timer, and a client that sent one now and then held its connection (and its file descriptor) for good.
+    with start_server(server={"keep_alive_timeout_s": 1}) as url, connect(url) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        sock.settimeout(PATIENCE_S)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        assert trickle(sock, b"\r\n", every_s=0.2, for_s=PATIENCE_S), "blank lines kept an idle connection open"
+        assert read_until_closed(sock) == b""
+
+
 def test_past_max_connections_the_longest_idle_connection_gives_way(start_server: Start) -> None:
     with start_server(server={"max_connections": 20, "probe_connections": 0}) as url, ExitStack() as stack:
         idle = []

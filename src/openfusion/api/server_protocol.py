@@ -121,7 +121,6 @@ class LimitedConnection:
             self._header_bytes += len(data)
         else:  # a body's framing, not its data: chunk sizes, extensions, and trailers (headers after a chunked body)
             self._framing_bytes += len(data)  # back to 0 as soon as body data arrives (`on_body`)
-        self._unset_keepalive_if_required()  # type: ignore[attr-defined]
         try:
             self.parser.feed_data(data)  # type: ignore[attr-defined]
         except HttpParserUpgrade as exc:
@@ -154,6 +153,9 @@ class LimitedConnection:
 
     def on_message_begin(self) -> None:
         super().on_message_begin()  # type: ignore[misc]
+        # The keep-alive timer stops when a request begins, not at every read as uvicorn stops it: blank lines, which a
+        # client may send before a request (RFC 9112 2.2) and which begin none, held an idle connection open for good.
+        self._unset_keepalive_if_required()  # type: ignore[attr-defined]
         self._asked = True
         self._arm_header_timer()
 
