@@ -44,25 +44,6 @@ def encode_named(events: list[dict[str, Any]]) -> bytes:
     return b"".join([b"event: " + e["type"].encode() + b"\ndata: " + dumps(e) + b"\n\n" for e in events])
 
 
-class DataLines:
-    """The `data:` lines of an event stream read in chunks of any size: a line a chunk cuts waits for the rest."""
-
-    __slots__ = ("_pending",)
-
-    def __init__(self) -> None:
-        self._pending: list[bytes] = []  # the unfinished line, in the chunks it came in: joined once, when it ends
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        """The whole `data:` lines this chunk completes, in order."""
-        if chunk.find(b"\n") < 0:  # a long line (an image as a data URL) grows in pieces, not re-joined per chunk
-            self._pending.append(chunk)
-            return []
-        lines = b"".join((*self._pending, chunk)).split(b"\n") if self._pending else chunk.split(b"\n")
-        tail = lines.pop()
-        self._pending = [tail] if tail else []
-        return [line for line in lines if line.startswith(b"data: ")]
-
-
 def error_chunk(error: OpenFusionError, *, generation_id: str, model: str, created: int) -> dict[str, Any]:
     """The final chunk of a stream that failed after it began (OpenAI fields plus OpenRouter's metadata)."""
     body = error.to_body()

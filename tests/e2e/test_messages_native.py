@@ -589,6 +589,23 @@ def tapped_sdk(url: str, tap: Tap) -> anthropic.Anthropic:
                                http_client=httpx2.Client(transport=tap, timeout=60))  # fmt: skip
 
 
+def whole_events_only(read: bytes) -> bool:
+    """Whether a stream as its client read it holds whole events only: it ends where an event ends, and each event has
+    data that is JSON or `[DONE]` (none cut short, nor made a `ping` without data, as half events once were)."""
+    events = read.split(b"\n\n")
+    if events.pop() != b"":
+        return False
+    for event in events:
+        data = b"\n".join([line[6:] for line in event.split(b"\n") if line.startswith(b"data: ")])
+        if data == b"[DONE]":  # the chat stream's end
+            continue
+        try:
+            json.loads(data)
+        except ValueError:
+            return False
+    return bool(events)
+
+
 def read_failed_stream(client: anthropic.Anthropic) -> tuple[str, anthropic.APIStatusError]:
     """The text the SDK's stream helper yields of a native stream that fails after it began, and the error it raises
     for the `error` event that ends it (any other exception, such as one for an event it cannot parse, escapes)."""
@@ -624,8 +641,9 @@ def test_a_native_stream_the_provider_breaks_off_is_an_error_the_sdk_raises(
     assert record["status"] == "error" and record["failure_reason"] == failure, record
     [call] = record["calls"]
     assert call["status"] == "error", call
-    if reply.half_after is not None:  # the fault: the client got the first half of an event, and no more of it
-        assert fake.calls[0].half in tap.read and b"answer." not in tap.read
+    assert whole_events_only(bytes(tap.read)), bytes(tap.read)
+    if reply.half_after is not None:  # the fault: the provider sent the first half of an event, and no more of it
+        assert fake.calls[0].half and b"answer." not in tap.read
     else:  # the fault: the provider sent an event that is not JSON (kept from the client)
         assert "not JSON" in call["error"] and MALFORMED.split(b"\n")[1] + b"\n" not in tap.read
 
@@ -647,7 +665,8 @@ def test_a_native_stream_the_provider_stops_sending_ends_with_a_timeout_error(
         wait_until(lambda: fake.calls[0].disconnected, timeout=10)  # the fault: cut short while the provider paused
         record = generation(url, raised.response.headers["x-generation-id"])
 
-    assert fake.calls[0].half in tap.read and text == "Native "
+    assert text == "Native " and whole_events_only(bytes(tap.read)), bytes(tap.read)
+    assert bool(fake.calls[0].half) is (reply.half_after is not None)  # the fault: silent in the middle of an event
     assert raised.body["error"]["type"] == "timeout_error", raised.body  # type: ignore[index]
     assert record["status"] == "error" and record["failure_reason"] == "upstream_timeout", record
 

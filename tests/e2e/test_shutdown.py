@@ -24,7 +24,7 @@ import pytest
 from fakes.anthropic_api import FakeAnthropic, Reply
 from fakes.upstream import FakeUpstream, Script, wait_until
 
-from .test_messages_native import Tap, read_failed_stream, tapped_sdk
+from .test_messages_native import Tap, read_failed_stream, tapped_sdk, whole_events_only
 
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -468,8 +468,7 @@ def test_a_native_messages_stream_stopped_at_the_end_of_the_grace_period_ends_wi
     with served("http://127.0.0.1:9", presets_dir, tmp_path, grace_s=1, extra=extra) as (url, process):
         thread = threading.Thread(target=read, args=(url,))
         thread.start()
-        # The word relayed, and the half event after it when there is one: the provider now pauses.
-        wait_until(lambda: bool(fake.calls) and tap.read.endswith(fake.calls[0].half or b"\n\n"), timeout=20)
+        # The word relayed (read with the half event the provider wrote with it, when there is one): it now pauses.
         wait_until(lambda: b"Native " in tap.read, timeout=20)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
@@ -477,7 +476,8 @@ def test_a_native_messages_stream_stopped_at_the_end_of_the_grace_period_ends_wi
 
     log = (tmp_path / "serve.log").read_text(errors="replace")
     assert "grace period over: ending 1 request(s) in flight" in log, log[-3000:]  # the fault: stopped mid-answer
-    assert result["text"] == "Native "
+    assert result["text"] == "Native " and whole_events_only(bytes(tap.read)), bytes(tap.read)
+    assert bool(fake.calls[0].half) is (reply.half_after is not None)  # the fault: stopped in the middle of an event
     error = result["error"]
     assert error.body["type"] == "error" and error.body["error"]["type"] == "overloaded_error", error.body
     assert "shutting down" in error.body["error"]["message"]

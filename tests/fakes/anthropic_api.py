@@ -42,12 +42,14 @@ class Reply:
     # `message_stop` with a field before its type (Amazon Bedrock's invocation metrics)
     type_last: bool = False
     pause_after: int | None = None  # stream: after this many events, a pause of `pause_s` (the client gone: the end)
-    # Stream: after this many events, the first half of the next one, a pause of `pause_s`, then the connection cut
+    # Stream: after this many events, the first half of the next one, written with the one before it (whoever has read
+    # the one has read the other), a pause of `pause_s`, then the connection cut
     half_after: int | None = None
     pause_s: float = 60.0
     malformed_after: int | None = None  # stream: after this many events, one whose data is not JSON, then the rest
     cut_after_stop: bool = False  # stream: after `message_stop`, a pause of `pause_s`, then the connection cut
     hold_s: float = 0.0  # before the answer's status and headers: a wait this long (the client gone: no answer)
+    split_data: bool = False  # stream: each event's JSON on two `data:` lines, cut after its type (SSE joins them)
 
 
 @dataclass
@@ -104,7 +106,7 @@ class FakeAnthropic:
         message = _message(str(body["model"]), reply.text, reply.usage)
         if not body.get("stream"):
             return Response(orjson.dumps(message), media_type="application/json")
-        events = _events(message, reply.cut_after, type_last=reply.type_last)
+        events = _events(message, reply.cut_after, type_last=reply.type_last, split_data=reply.split_data)
         if reply.end_after is not None:
             events = itertools.islice(events, reply.end_after)
         if reply.error_after is not None:
@@ -128,12 +130,16 @@ MALFORMED = b'event: content_block_delta\ndata: {"type":"content_block_delta","i
 async def _paced(request: Request, call: NativeCall, reply: Reply, events: Iterator[bytes]) -> AsyncIterator[bytes]:
     """The events with the reply's pause, half event or malformed event where it says."""
     try:
+        before = b""  # the event written with the half of the next one
         for position, event in enumerate(events):
             if position == reply.malformed_after:
                 yield MALFORMED
+            if reply.half_after is not None and position + 1 == reply.half_after:
+                before = event
+                continue
             if position == reply.half_after:
                 call.half = event[: len(event) // 2]
-                yield call.half
+                yield before + call.half
             if position in (reply.pause_after, reply.half_after) and await _pause(request, reply.pause_s):
                 call.disconnected = True
                 return
@@ -154,7 +160,9 @@ def _message(model: str, text: str, usage: dict[str, Any]) -> dict[str, Any]:
             "usage": usage}  # fmt: skip
 
 
-def _events(message: dict[str, Any], cut_after: int | None, *, type_last: bool = False) -> Iterator[bytes]:
+def _events(
+    message: dict[str, Any], cut_after: int | None, *, type_last: bool = False, split_data: bool = False
+) -> Iterator[bytes]:
     usage = message["usage"]
     start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
     events: list[dict[str, Any]] = [
@@ -180,4 +188,7 @@ def _events(message: dict[str, Any], cut_after: int | None, *, type_last: bool =
     for position, event in enumerate(events):
         if cut_after is not None and position == cut_after:
             raise _StreamCut("cut on purpose")  # uvicorn drops the connection mid-body
-        yield b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+        data = orjson.dumps(event)
+        if split_data:
+            data = data.replace(b',"', b',\ndata: "', 1)
+        yield b"event: " + event["type"].encode() + b"\ndata: " + data + b"\n\n"

@@ -57,17 +57,21 @@ def stream_events(
     error: dict[str, Any] | None = None,
     store: bool = True,
     status: str = "completed",
+    split_data: bool = False,
 ) -> Iterator[bytes]:
     """The SSE body of a streamed text answer, event by event; `end_after` deltas: it stops there, cleanly;
     `error`: after the deltas, the provider's own `response.failed` with this error, then a clean end;
-    `status` "incomplete": it ends with `response.incomplete` (cut off at `max_output_tokens`)."""
+    `status` "incomplete": it ends with `response.incomplete` (cut off at `max_output_tokens`); `split_data`: each
+    event's JSON on two `data:` lines, cut after its type (SSE joins them with a line feed, whitespace to JSON)."""
     sequence = 0
 
     def event(kind: str, **fields: Any) -> bytes:
         nonlocal sequence
-        data = {"type": kind, "sequence_number": sequence, **fields}
+        data = orjson.dumps({"type": kind, "sequence_number": sequence, **fields})
         sequence += 1
-        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+        if split_data:
+            data = data.replace(b',"', b',\ndata: "', 1)
+        return b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
 
     started = response_object(reply_id, model, text, usage, status="in_progress", store=store)
     yield event("response.created", response=started)

@@ -78,11 +78,17 @@ class Script:
     # Responses streams: how the provider breaks the stream off after `cut_stream_after` text deltas (default 1), before
     # its terminal event: "drop" (the connection dropped), "stall" (silent, the connection open, until the client
     # leaves: its read timeout), "malformed" (an event that is not JSON, then a clean end), "error" (the API's own
-    # `error` event, `error_message` its message, then a clean end).
+    # `error` event, `error_message` its message, then a clean end), "event line" (the next event's `event:` line
+    # alone, written with the last delta, then silent until the client leaves).
     break_stream: str | None = None
     # Held after `delay_s` until the test sets it (or the client leaves): a run stays under way for exactly as long as
     # the test needs, however slowly a loaded machine gets there. A stream sends its headers first, as with a delay.
     gate: threading.Event | None = None
+    # Streams: the write of a content chunk followed by a cut (`cut_stream_after`) or a pause (`chunk_interval_s`) ends
+    # with the first half of the next chunk's event (the rest of it follows the pause): whoever has read the one has
+    # read the other.
+    half_event: bool = False
+    split_data: bool = False  # Responses streams: each event's JSON data on two `data:` lines (SSE joins them)
 
 
 @dataclass
@@ -103,6 +109,7 @@ class Call:
     # The fault the fake put in this answer, once it did: "status 429", "reset", "raw body", "cut", "drip".
     # (A delay shows as `disconnected` when the caller gave up waiting.)
     fault: str | None = None
+    half: bytes = b""  # the first half of an event it sent (`Script.half_event`, `break_stream="event line"`)
 
 
 class _StreamCut(Exception):
@@ -182,9 +189,16 @@ async def _broken_responses(
     `failed`: the response its `response.failed` gives after an `error` event."""
     disconnected = True  # unless it ends on purpose
     try:
-        for event in events:
+        *before, last = events
+        for event in before:
             yield event
         how = call.fault = script.break_stream
+        if how == "event line":  # with the last event, in one write: a client that has read the one has the other
+            call.half = b"event: response.output_text.delta\n"
+            yield last + call.half
+            await _pause(request, 3600)  # until the client gives up waiting
+            return
+        yield last
         if how == "drop":
             disconnected = False
             raise _StreamCut("responses stream dropped")
@@ -341,7 +355,8 @@ class FakeUpstream:
                                                        store=store), background=done)  # fmt: skip
         if script.break_stream is not None:
             events = responses_api.stream_events(reply.base["id"], model, text, usage, store=store,
-                                                 end_after=script.cut_stream_after or 1)  # fmt: skip
+                                                 end_after=script.cut_stream_after or 1,
+                                                 split_data=script.split_data)  # fmt: skip
             failed = None  # "error" with `error_event`: the provider's own `response.failed` follows its `error`
             if script.error_event is not None:
                 failed = {**responses_api.response_object(reply.base["id"], model, text, usage, status="failed",
@@ -349,7 +364,8 @@ class FakeUpstream:
             broken = _broken_responses(request, call, list(events), script, failed)
             return _ClosingStreamingResponse(broken, media_type="text/event-stream")
         events = responses_api.stream_events(reply.base["id"], model, text, usage, end_after=script.end_stream_after,
-                                             error=script.error_event, store=store, status=status)  # fmt: skip
+                                             error=script.error_event, store=store, status=status,
+                                             split_data=script.split_data)  # fmt: skip
         if script.chunk_interval_s:  # each text delta `chunk_interval_s` after the one before
             return StreamingResponse(_dripped(request, call, list(events), script.chunk_interval_s),
                                      media_type="text/event-stream", background=done)  # fmt: skip
@@ -532,12 +548,18 @@ async def _stream_events(
         else:
             pieces = re.findall(r"\S+\s*|\s+", reply.content or "")
         cut = script.cut_stream_after if script.cut_stream_after is not None else script.end_stream_after
+        half = b""  # the first half of the next event, written with this one
         for n, piece in enumerate(pieces if cut is None else pieces[:cut]):
             if n and await _pause(request, script.chunk_interval_s):
                 return
             if n and script.chunk_interval_s:
                 call.fault = "drip"
-            yield event({"content": piece})
+            out = event({"content": piece})[len(half) :]  # (the rest of it, when its first half went out)
+            half = b""
+            if script.half_event and n + 1 < len(pieces) and (script.chunk_interval_s or n + 1 == cut):
+                upcoming = event({"content": pieces[n + 1]})
+                half = call.half = upcoming[: len(upcoming) // 2]
+            yield out + half
         if script.cut_stream_after is not None:
             call.fault, disconnected = "cut", False
             raise _StreamCut(f"stream cut after {cut} content chunks")

@@ -1,5 +1,5 @@
-"""Where the event openfusion adds to a native Responses stream the provider broke off goes, which events it takes
-as unreadable, and which error a provider's own `error` event gives the failed response."""
+"""Which events a native Responses relay takes as unreadable, and which error a provider's own `error` event gives the
+failed response."""
 
 from __future__ import annotations
 
@@ -7,48 +7,23 @@ from typing import Any
 
 import pytest
 
-from openfusion.api.responses.native import _event_start, _malformed, _said_error, _separator
-
-DELTA = b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"Hi"}\n\n'
+from openfusion.api.responses.native import _malformed, _said_error
 
 
 @pytest.mark.parametrize(
-    ("relayed", "separator"),
+    ("data", "malformed"),
     [
-        (b"", b""),  # nothing relayed
-        (DELTA, b""),  # a whole event
-        (DELTA.replace(b"\n", b"\r\n"), b""),
-        (DELTA + b"event: response.output_text.delta\n", b""),  # its `event:` line alone: the added one's replaces it
-        (DELTA[:-1], b"\n"),  # its data whole, its blank line not come: ended, as it came
-        (DELTA[:-8], b"\n\n"),  # a line cut: ended (what came of it no strict client reads)
+        (b'{"type":"response.output_text.delta","delta":', True),
+        (b"<html>Bad gateway</html>", True),
+        (b"", True),
+        (b'["not", "an object"]', True),
+        (b'{"type":"response.completed"} ', False),  # whitespace after it
+        (b'{"type":"response.completed",\n"sequence_number":3}', False),  # on two `data:` lines
+        (b"[DONE]", False),  # a compatible server's end: relayed
     ],
 )
-def test_an_added_event_ends_what_the_provider_left_unfinished_and_no_more(relayed: bytes, separator: bytes) -> None:
-    assert _separator(relayed) == separator
-
-
-def test_an_unreadable_event_is_cut_from_its_first_line() -> None:
-    bad = b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":\n\n'
-    line = bad.split(b"\n")[1]
-
-    assert _event_start(DELTA + bad, line) == len(DELTA)
-    assert _event_start(bad, line) == 0
-    assert _event_start(DELTA.replace(b"\n", b"\r\n") + bad, line) == len(DELTA) + len(DELTA.split(b"\n")) - 1
-
-
-@pytest.mark.parametrize(
-    ("line", "malformed"),
-    [
-        (b'data: {"type":"response.output_text.delta","delta":', True),
-        (b"data: <html>Bad gateway</html>", True),
-        (b"data: ", True),
-        (b'data: {"type":"response.completed"} ', False),  # whitespace after it
-        (b'data: {"type":"response.completed"}\r', False),
-        (b"data: [DONE]", False),  # a compatible server's end: relayed
-    ],
-)
-def test_an_event_that_is_not_a_json_object_is_malformed(line: bytes, malformed: bool) -> None:
-    assert _malformed(line) is malformed
+def test_an_event_whose_data_is_not_a_json_object_is_malformed(data: bytes, malformed: bool) -> None:
+    assert _malformed(data) is malformed
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""SSE helpers for the surfaces that name their events: line reassembly and encoding."""
+"""SSE helpers for the surfaces that name their events: encoding."""
 
 from __future__ import annotations
 
@@ -6,38 +6,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from openfusion.sse import DataLines, dumps, encode, encode_named
-
-
-def test_data_lines_wait_for_a_line_a_chunk_cuts() -> None:
-    data = DataLines()
-    assert data.feed(b'event: x\ndata: {"a"') == []
-    assert data.feed(b": 1}\n\n: comment\ndata: [DO") == [b'data: {"a": 1}']
-    assert data.feed(b"NE]\n\n") == [b"data: [DONE]"]
-
-
-def test_a_line_of_megabytes_in_small_chunks_is_one_line() -> None:
-    """A multi-MB line (an image as a data URL) in 4 KiB chunks: nothing until it ends, then the whole line."""
-    line = b'data: {"url": "data:image/png;base64,' + b"QUJD" * (1 << 19) + b'"}'
-    data = DataLines()
-    stream = line + b"\n\ndata: [DONE]\n\n"
-    out = [data.feed(stream[i : i + 4096]) for i in range(0, len(stream), 4096)]
-    assert [lines for lines in out if lines] == [[line, b"data: [DONE]"]]
-
-
-@given(
-    stream=st.lists(st.sampled_from([b"data: {}", b"event: x", b"data: [DONE]", b"", b": c", b"data: \xc3\xa9"])).map(
-        lambda lines: b"\n".join(lines)
-    ),
-    cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=12),
-)
-def test_data_lines_are_the_same_however_the_stream_is_cut(stream: bytes, cuts: list[int]) -> None:
-    whole = DataLines().feed(stream)
-    data, lines, start = DataLines(), [], 0
-    for end in [*sorted({min(cut, len(stream)) for cut in cuts}), len(stream)]:
-        lines += data.feed(stream[start:end])
-        start = end
-    assert lines == whole
+from openfusion.sse import dumps, encode, encode_named
 
 
 def test_named_events_carry_their_type_as_the_event_line() -> None:

@@ -8,7 +8,8 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from openfusion.api.responses.store_mark import StoredMarks, mark_stored
+from openfusion.api.responses.store_mark import mark_stored, marked_events
+from openfusion.sse_events import WholeEvents
 
 
 def event(kind: str, **fields: object) -> bytes:
@@ -25,11 +26,13 @@ STREAM = b"".join([
 
 
 def marked(stream: bytes, cuts: list[int]) -> bytes:
-    marks, out, start = StoredMarks(), [], 0
+    """The stream as a relay that keeps the response passes it on, read in pieces cut at `cuts`: its whole events
+    marked, what it leaves unfinished at its end as it came."""
+    events, out, start = WholeEvents(), [], 0
     for end in [*sorted({min(cut, len(stream)) for cut in cuts}), len(stream)]:
-        out.append(marks.feed(stream[start:end]))
+        out.append(marked_events(events.cut(stream[start:end])))
         start = end
-    return b"".join(out) + marks.rest()
+    return b"".join(out) + events.rest()
 
 
 def test_each_event_carrying_the_response_says_it_is_stored_and_the_rest_is_relayed_as_it_came() -> None:
@@ -53,6 +56,17 @@ def test_crlf_lines_keep_their_ends_and_an_unended_last_line_comes_out_as_it_is(
 
     assert out.count(b"\r\n") == stream.count(b"\r\n") and out.endswith(b"\r\n\r\ndata: {")
     assert out.count(b'"store":true') == 2
+
+
+def test_an_event_whose_data_spans_lines_is_marked_on_one_line_where_they_were() -> None:
+    data = orjson.dumps({"type": "response.created", "sequence_number": 0, "response": RESPONSE})
+    stream = b"event: response.created\r\ndata: " + data.replace(b',"', b',\r\ndata: "', 2) + b"\r\nid: 1\r\n\r\n"
+
+    out = marked(stream, [40])
+
+    lines = out.split(b"\r\n")
+    assert lines[0] == b"event: response.created" and lines[2:] == [b"id: 1", b"", b""]
+    assert orjson.loads(lines[1][6:])["response"] == {**RESPONSE, "store": True}
 
 
 def test_json_spelt_with_spaces_is_read_too() -> None:

@@ -18,6 +18,7 @@ from openfusion.errors import OpenFusionError, UpstreamError, UpstreamProtocolEr
 from openfusion.pipeline.plan import fusion_plugin_index, read_fusion
 from openfusion.protocol import ChatRequest, parse_usage
 from openfusion.sse import DONE, encode, error_chunk
+from openfusion.sse_events import WholeEvents
 from openfusion.upstream.client import CHAT_PATH, RESPONSES_PATH, Forwarded
 from openfusion.upstream.reasoning import send_reasoning_as, send_responses_reasoning_as
 from openfusion.upstream.trace import end_call
@@ -114,14 +115,17 @@ _DONE_FIELD = b"data: [DONE]"
 
 
 async def _relay(forwarded: Forwarded, *, model: str, ledger: Ledger) -> AsyncIterator[bytes]:
-    """The relayed stream, with its ledger's relay (`Ledger.closing`) done here rather than by a generator around this
-    one: a level each read would cross too, ~1.2 k instructions."""
+    """The relayed stream, whole events only (`WholeEvents`: what the client has always ends where an event does, so
+    the error that ends a stream cut short follows it as it is), with its ledger's relay (`Ledger.closing`) done here
+    rather than by a generator around this one: a level each read would cross too, ~1.2 k instructions."""
     with ledger.relay() as relay:
         try:
             complete = False
             # The last few reads, by reference (no copy on the hot path): the end of the stream tells if it is whole.
             recent: deque[bytes] = deque(maxlen=4)
             confirms = ledger.confirms
+            events = WholeEvents()
+            waiting = events.waiting  # (a local: one look up fewer a read)
             try:
                 async for chunk in forwarded.body:
                     recent.append(chunk)
@@ -130,11 +134,19 @@ async def _relay(forwarded: Forwarded, *, model: str, ledger: Ledger) -> AsyncIt
                         _note_usage(forwarded, _tail(recent))
                         forwarded.answered()
                         await ledger.commit()
+                    # The usual read ends an event, and goes as it is: one look at its last two bytes.
+                    if waiting or chunk[-2:] != b"\n\n":
+                        chunk = events.cut(chunk)
+                        if not chunk:
+                            continue
                     yield chunk
                 complete = True
                 _note_usage(forwarded, _tail(recent))
                 ending = unfinished(forwarded, _tail(recent))
-                if ending is not None:  # ended cleanly, yet not a whole answer: say so, as for a cut stream
+                if ending is None:
+                    if rest := events.rest():  # an event the provider left unfinished at its end: as it came
+                        yield rest
+                else:  # ended cleanly, yet not a whole answer: say so, as for a cut stream
                     error, done_sent = ending
                     tail = _failed(forwarded, error, model=model, ledger=ledger)
                     if not done_sent:  # after a [DONE] the client reads nothing more: the record alone says it
@@ -157,8 +169,7 @@ def _failed(forwarded: Forwarded, exc: UpstreamError, *, model: str, ledger: Led
     ledger.failed(exc)
     if forwarded.trace is not None and forwarded.trace.ended is None:
         end_call(forwarded.trace, status="error", error=exc.message, upstream_status=exc.upstream_status)
-    # A blank line first: the upstream may have stopped in the middle of an event.
-    return b"\n\n" + encode(error_chunk(exc, generation_id=ledger.generation_id, model=model, created=0)) + DONE
+    return encode(error_chunk(exc, generation_id=ledger.generation_id, model=model, created=0)) + DONE
 
 
 def provider_failed(forwarded: Forwarded, ledger: Ledger, error: Any) -> None:

@@ -51,9 +51,9 @@ class RelayRecord:
         while its record was being written: the answer is whole); None otherwise, `exc` recorded as the request's
         failure and the ledger closed, for the caller to re-raise.
 
-        The error is a `server_shutting_down` error chunk and `[DONE]` after a blank line (the body may have stopped
-        in the middle of an event), or what `render_error` makes of it, for a surface whose streams end another way:
-        bytes that end the stream after whatever the body sent, its unfinished event included.
+        The error is a `server_shutting_down` error chunk and `[DONE]`, or what `render_error` makes of it, for a
+        surface whose streams end another way: events that follow what the body sent as they are, a body relaying
+        whole events only (`sse_events`).
         """
         ledger, task = self._ledger, self._task
         stopped = task is not None and ledger.state.drain.stopped(task)
@@ -74,7 +74,7 @@ class RelayRecord:
             return render_error(error)
         model = ledger.model or ledger.requested_model
         chunk = error_chunk(error, generation_id=ledger.generation_id, model=model, created=int(time.time()))
-        return b"\n\n" + encode(chunk) + DONE  # a blank line first: the body may have stopped in the middle of an event
+        return encode(chunk) + DONE
 
     def __exit__(self, *exc_info: object) -> None:
         """The relay's end, however it came: a relay the shutdown stopped recorded, its task no longer watched."""

@@ -7,10 +7,9 @@ earlier in the conversation, or unsigned ones: the provider refuses any of them)
 client's `anthropic-version` and `anthropic-beta` headers unchanged and the provider's key as
 `x-api-key`. The relayed stream is watched for `message_start` and `message_delta`, whose usage
 goes to the activity record; a stream the provider breaks off (a dropped connection, a read timeout, an event that is
-not JSON) or the end of the shutdown grace period stops ends with an `error` event, the event it stopped in the
-middle of made a `ping` first, which clients skip unread (`_Sent`): completed by the error's blank line, its half
-would be an event no client can parse, which it would fail on before reading the error. A provider
-that answers a streamed request with one whole message has it told as the stream it would have been
+not JSON) or the end of the shutdown grace period stops ends with an `error` event. Events are relayed whole
+(`sse_events`): the error follows what the client has as it is, and an event that is not JSON is never relayed. A
+provider that answers a streamed request with one whole message has it told as the stream it would have been
 (`whole`), watched the same way. A token count (`count_native`) is asked with only the fields the
 provider's count takes.
 """
@@ -40,9 +39,9 @@ from openfusion.api.passthrough import (
     relay_failed,
     without_openfusion_fields,
 )
-from openfusion.errors import OpenFusionError, UpstreamError, UpstreamProtocolError
+from openfusion.errors import UpstreamError, UpstreamProtocolError
 from openfusion.protocol import ChatRequest, Usage, reported_cost, token_count
-from openfusion.sse import DataLines
+from openfusion.sse_events import WholeEvents, event_data, events_before
 from openfusion.upstream.client import MESSAGES_COUNT_PATH, MESSAGES_PATH, Forwarded
 
 # The client's headers a Messages provider reads; `anthropic-version` is required by Anthropic.
@@ -80,11 +79,10 @@ async def forward_native(exchange: Exchange, raw: dict[str, Any]) -> Response:
     elif chat.stream:
         if "event-stream" not in forwarded.headers.get("content-type", "").lower():  # it ignored `stream: true`
             forwarded = as_event_stream(forwarded, message_events)
-        sent = _Sent()
         relay = ledger.closing(
-            _relay(forwarded, ledger=ledger, model=chat.model, sent=sent),
+            _relay(forwarded, ledger=ledger, model=chat.model),
             upstream=forwarded,
-            render_error=sent.end,  # the end of the grace period
+            render_error=error_event,  # the end of the grace period
         )
         sse_headers = {**forwarded.headers, **SSE_HEADERS}
         return EventStreamResponse(relay, status_code=forwarded.status_code, headers=sse_headers)
@@ -131,38 +129,44 @@ async def count_native(state: AppState, chat: ChatRequest, raw: dict[str, Any], 
     return Response(content, status_code=forwarded.status_code, headers=forwarded.headers)
 
 
-async def _relay(forwarded: Forwarded, *, ledger: Ledger, model: str, sent: _Sent) -> AsyncIterator[bytes]:
+async def _relay(forwarded: Forwarded, *, ledger: Ledger, model: str) -> AsyncIterator[bytes]:
+    """The relayed stream, whole events only (`WholeEvents`): what the client has always ends where an event does, so
+    the `error` event that ends a stream cut short follows it as it is."""
     complete = ended = False
-    data = DataLines()
+    events = WholeEvents()
+    waiting = events.waiting  # (a local: one look up fewer a read)
     usage: dict[str, Any] = {}
     confirms = ledger.confirms
-    chunk = b""  # the last read relayed
     try:
         async for chunk in forwarded.body:
+            if waiting or chunk[-2:] != b"\n\n":  # the usual read ends an event: one look
+                chunk = events.cut(chunk)
+                if not chunk:
+                    continue
             was_ended = ended
-            for line in data.feed(chunk):
-                # Anthropic's events are JSON objects on one `data:` line: one that does not end as one (cut, or a
-                # proxy's page) no client can read. A one-byte slice, as below; after the end, nothing is read.
-                if line[-1:] != b"}" and not ended and _unreadable(line):
-                    relayed, chunk = _before(chunk, line)
-                    if relayed:
-                        yield relayed
+            found = event_data(chunk)
+            for data in found:
+                # Anthropic's events are JSON objects: one that does not end as one (cut, or a proxy's page) no client
+                # can read. A one-byte slice, as below; after the end, nothing is read.
+                if data[-1:] != b"}" and not ended and _json(data) is None:
+                    if before := events_before(chunk, found.index(data)):
+                        yield before  # the events before it; it and what follows, no client could read
                     raise _not_json(forwarded, model)
                 # Per event, so `find` rather than `in`: CPython's `in` on bytes first tries the needle as an int and
                 # builds (then drops) an error doing so; with `any()` over the marks, 1.8 µs a line against 0.5.
-                head = line[:40]
-                # Its type not first (`data: {"type"`): named elsewhere, if at all. A one-byte slice (a line of any
-                # length has one): ~800 instructions a line (callgrind), against ~1,100 for `len` and an index and
-                # ~1,300 for startswith.
-                if head[8:9] != b"t":
-                    head = _named_type(line)
+                head = data[:34]
+                # Its type not first (`{"type"`): named elsewhere, if at all. A one-byte slice (data of any length has
+                # one): ~800 instructions a line (callgrind), against ~1,100 for `len` and an index and ~1,300 for
+                # startswith.
+                if head[2:3] != b"t":
+                    head = _named_type(data)
                 failed = head.find(_ERROR_EVENT) >= 0
                 ended = ended or failed or head.find(_STOP) >= 0
                 if failed:
-                    provider_failed(forwarded, ledger, (_json(line[6:]) or {}).get("error"))
+                    provider_failed(forwarded, ledger, (_json(data) or {}).get("error"))
                 delta = head.find(_DELTA) >= 0
                 if delta or head.find(_START) >= 0:
-                    event = _json(line[6:]) or {}
+                    event = _json(data) or {}
                     message = event.get("message") if isinstance(event.get("message"), dict) else {}
                     for source in (message.get("usage"), event.get("usage")):  # start, then the cumulative delta
                         if isinstance(source, dict):
@@ -179,44 +183,16 @@ async def _relay(forwarded: Forwarded, *, ledger: Ledger, model: str, sent: _Sen
         if not ended:  # a clean close before `message_stop`: the answer is cut short all the same
             raise UpstreamProtocolError(f"{model}: the stream ended before message_stop", model=model,
                                         provider=forwarded.trace.provider if forwarded.trace else "")  # fmt: skip
+        if rest := events.rest():  # what the provider left unfinished after its end: as it came
+            yield rest
     except UpstreamError as exc:  # the provider broke off mid-stream: say so rather than end silently
         complete = True
         if ended:  # after its last event (`message_stop`, or its own error): the client has all there was
             return
         relay_failed(forwarded, ledger, exc)
-        sent.last = chunk
-        yield sent.end(exc)
+        yield error_event(exc)
     finally:
-        sent.last = chunk  # where the shutdown stopped it, if it did
         await forwarded.aclose(complete=complete)
-
-
-class _Sent:
-    """The end of what a relayed stream sent its client (`last`: its last read), for the `error` event that ends it
-    early (`end`).
-
-    A stream may stop in the middle of an event (a read that ends within it): the blank line that must come before
-    the error would complete that event, whose half no client can parse (the anthropic SDK raises a JSON error for it,
-    and never reads the error). Named `ping` first, it is an event every client skips unread instead.
-    """
-
-    __slots__ = ("last",)
-
-    def __init__(self) -> None:
-        self.last = b""
-
-    def end(self, error: OpenFusionError) -> bytes:
-        """The bytes that end the stream with `error`: the unfinished event first made a `ping`, if there is one."""
-        return _ping_unfinished(self.last) + error_event(error)
-
-
-def _ping_unfinished(sent: bytes) -> bytes:
-    """What makes the event `sent` stopped in (its last read) a `ping` and ends it (b"" at an event's end)."""
-    if not sent or sent.endswith((b"\n\n", b"\r\r", b"\r\n\r\n")):
-        return b""
-    if sent.endswith((b"\n", b"\r")):
-        return b"event: ping\n\n"  # (one that stopped at an event's end anyway: a ping of its own, skipped as well)
-    return b"\nevent: ping\n\n"  # in the middle of a line: the line ends first
 
 
 def _not_json(forwarded: Forwarded, model: str) -> UpstreamProtocolError:
@@ -224,25 +200,8 @@ def _not_json(forwarded: Forwarded, model: str) -> UpstreamProtocolError:
     return UpstreamProtocolError(f"{model}: the stream sent an event that is not JSON", model=model, provider=provider)
 
 
-def _unreadable(line: bytes) -> bool:
-    """Whether an event's `data:` line is not one JSON object."""
-    stripped = line.rstrip()
-    return stripped[-1:] != b"}" or _json(stripped[6:]) is None
-
-
-def _before(chunk: bytes, line: bytes) -> tuple[bytes, bytes]:
-    """The part of `chunk` before `line` began, and the end of what the client has once it is relayed (`_Sent`)."""
-    whole = line + b"\n"  # (the line whole: another may begin as it does, as a line cut short does)
-    if chunk.startswith(whole):
-        return b"", b"\n"  # after a line's end (a ping is safe there, at an event's end too)
-    at = chunk.find(b"\n" + whole) + 1
-    if at > 0:
-        return chunk[:at], chunk[:at]
-    return b"", b"data: "  # begun in an earlier read, relayed in part: in the middle of a line
-
-
-def _named_type(line: bytes) -> bytes:
-    """The type an event's `data:` line names elsewhere than first, as the start of an event Anthropic writes names it
+def _named_type(data: bytes) -> bytes:
+    """The type an event's data names elsewhere than first, as the start of an event Anthropic writes names it
     (`"type":"message_stop"`), or b"" for none of the events watched.
 
     A server that writes its events' fields in another order than Anthropic (the anthropic SDK's own event models,
@@ -250,9 +209,9 @@ def _named_type(line: bytes) -> bytes:
     `error`'s error and after the fields a `message_stop` may carry, Amazon Bedrock's invocation metrics) names it
     anywhere, its value of any size before it: the event is read whole, when it may be one of those watched.
     """
-    if line.find(b'"message_') < 0 and line.find(b'"error"') < 0:
-        return b""  # a content block's event (most lines): none of those watched
-    kind = (_json(line[6:]) or {}).get("type")
+    if data.find(b'"message_') < 0 and data.find(b'"error"') < 0:
+        return b""  # a content block's event (most events): none of those watched
+    kind = (_json(data) or {}).get("type")
     return b'"type":"' + kind.encode() + b'"' if isinstance(kind, str) else b""
 
 

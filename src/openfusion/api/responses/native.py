@@ -11,8 +11,9 @@ to a request that does not stream is (OpenAI keeps each: a follow-up may continu
 event (the provider broke it off: its connection lost, its reads timed out, it closed early or sent its own `error`
 event; or the end of the shutdown grace period stopped it) ends as OpenAI ends a stream that fails: with
 `response.failed`, the response `response.created` gave with the output items done since, which is kept as the
-translated stream keeps its own (`_Begun`). The response the client gets says it is stored when openfusion keeps
-it (`store_mark`).
+translated stream keeps its own (`_Begun`): events are relayed whole (`sse_events`), so it follows what the client has
+as it is, and an event that is not JSON is never relayed. The response the client gets says it is stored when
+openfusion keeps it (`store_mark`).
 A provider that answers a streamed request with one whole response has it told as the stream it would have been
 (`whole`), watched the same way.
 """
@@ -39,13 +40,14 @@ from openfusion.api.passthrough import (
     relay_failed,
     without_openfusion_fields,
 )
-from openfusion.api.responses.store_mark import StoredMarks, keepable, mark_stored
+from openfusion.api.responses.store_mark import keepable, mark_stored, marked_events
 from openfusion.api.responses.translation import Translated
 from openfusion.api.responses.whole import response_events
 from openfusion.api.shutdown import BACKSTOP_S
 from openfusion.errors import OpenFusionError, UpstreamError, UpstreamProtocolError
 from openfusion.protocol import ChatRequest, Usage, reported_cost, token_count
-from openfusion.sse import DataLines, dumps
+from openfusion.sse import dumps
+from openfusion.sse_events import WholeEvents, event_data, events_before
 from openfusion.upstream.client import RESPONSES_PATH, Forwarded
 
 
@@ -91,9 +93,8 @@ async def forward_native(exchange: Exchange, translated: Translated, *, keep: Ke
         if "event-stream" not in forwarded.headers.get("content-type", "").lower():  # it ignored `stream: true`
             forwarded = as_event_stream(forwarded, response_events)
         numbering = _Numbering()
-        marks = StoredMarks() if store else None
         begun = _Begun()
-        relay = _relay(forwarded, ledger=ledger, keep=keep, numbering=numbering, marks=marks, begun=begun)
+        relay = _relay(forwarded, ledger=ledger, keep=keep, numbering=numbering, store=store, begun=begun)
 
         async def keep_stopped() -> None:
             # Within half the time left before the server's backstop: its client still gets `response.failed` if the
@@ -104,8 +105,7 @@ async def forward_native(exchange: Exchange, translated: Translated, *, keep: Ke
         relay = ledger.closing(
             relay,
             upstream=forwarded,
-            # The end of the grace period; a blank line first: the body may have stopped in the middle of an event.
-            render_error=lambda error: b"\n\n" + begun.stopped(error, numbering),
+            render_error=lambda error: begun.stopped(error, numbering),  # the end of the grace period
             keep_stopped=keep_stopped,
         )
         sse_headers = {**forwarded.headers, **SSE_HEADERS}
@@ -178,38 +178,44 @@ async def _relay(
     ledger: Ledger,
     keep: Keep,
     numbering: _Numbering,
-    marks: StoredMarks | None,
+    store: bool,
     begun: _Begun,
 ) -> AsyncIterator[bytes]:
+    """The relayed stream, whole events only (`WholeEvents`): what the client has always ends where an event does, so
+    the event that ends a stream cut short follows it as it is. With `store`, each event that carries the response
+    says it is stored (`store_mark`)."""
     complete = ended = False  # `ended`: by the provider's terminal event
     said: dict[str, Any] | None = None  # the provider's `error` event, which OpenAI follows with `response.failed`
     broken: UpstreamError | None = None
-    relayed = b""  # the last bytes relayed
-    data = DataLines()
+    events = WholeEvents()
+    waiting = events.waiting  # (a local: one look up fewer a read)
     confirms = ledger.confirms
     try:
         async for chunk in forwarded.body:
-            if marks is not None:
-                chunk = marks.feed(chunk)  # whole lines only: an event that carries the response is read whole
+            if waiting or chunk[-2:] != b"\n\n":  # the usual read ends an event: one look
+                chunk = events.cut(chunk)
+                if not chunk:
+                    continue
+            if store:
+                chunk = marked_events(chunk)
             was_ended = ended
-            for line in data.feed(chunk):
-                # Every event a JSON object: one look at its last byte, `}` (125 as a constant: a global's lookup
-                # doubles the look's cost, ~500 instructions an event rather than ~260: OPTIMISATIONS 49.)
-                if line[-1] != 125 and _malformed(line):
-                    if cut := _event_start(chunk, line):
-                        relayed = chunk[:cut]
-                        yield relayed  # the events before it; it and what follows, no client could read
+            found = event_data(chunk)
+            for data in found:
+                # Every event a JSON object: one look at its last byte, `}`.
+                if data[-1:] != b"}" and _malformed(data):
+                    if before := events_before(chunk, found.index(data)):
+                        yield before  # the events before it; it and what follows, no client could read
                     raise _not_json(forwarded, ledger)
-                numbering.see(line)
+                numbering.see(data)
                 # Per event, so `find` rather than `in`: CPython's `in` on bytes first tries the needle as an int and
                 # builds (then drops) an error doing so.
-                head = _type_end(line)
-                begun.see(head, line)
+                head = _type_end(data)
+                begun.see(head, data)
                 answered = head.find(_COMPLETED) >= 0 or head.find(_INCOMPLETE) >= 0  # the response, whole or cut
                 failed = not answered and head.find(_FAILED) >= 0
                 if answered or failed:
                     ended = True
-                    event = _json(line[6:]) or {}
+                    event = _json(data) or {}
                     response = event.get("response")
                     if isinstance(response, dict):  # that of response.failed too: its usage still counts
                         _record(forwarded, ledger, response)
@@ -219,19 +225,16 @@ async def _relay(
                         error = response.get("error") if isinstance(response, dict) else event
                         provider_failed(forwarded, ledger, error)
                 elif head.find(_ERROR) >= 0:  # its stream goes on to `response.failed`, or openfusion ends it so
-                    said = _json(line[6:]) or {}
+                    said = _json(data) or {}
                     provider_failed(forwarded, ledger, said["error"] if isinstance(said.get("error"), dict) else said)
             if confirms and ended and not was_ended:
                 # Clients stop reading at the terminal event: the answer is whole, its record goes first.
                 forwarded.answered()
                 await ledger.commit()
-            if chunk:
-                relayed = chunk
-                yield chunk
-        if marks is not None and (rest := marks.rest()):
-            relayed = rest
-            yield rest
+            yield chunk
         complete = True
+        if ended and (rest := events.rest()):  # what the provider left unfinished after its end: as it came
+            yield rest
         if not ended and said is None:  # the provider closed the stream before its end: not to be taken as whole
             broken = UpstreamProtocolError(
                 f"{ledger.requested_model}: the stream ended before the response was complete",
@@ -248,7 +251,7 @@ async def _relay(
     if not ended and (broken is not None or said is not None):
         ending = await _broken_off(ledger=ledger, keep=keep, numbering=numbering, begun=begun, broken=broken, said=said)
         if ending:
-            yield _separator(relayed) + ending  # the provider may have stopped in the middle of an event
+            yield ending
 
 
 async def _broken_off(
@@ -272,33 +275,10 @@ async def _broken_off(
     return ending
 
 
-def _malformed(line: bytes) -> bool:
-    """Whether an event's `data:` line is not a JSON object (nor the `[DONE]` a compatible server may end with)."""
-    data = line[6:].strip()
+def _malformed(data: bytes) -> bool:
+    """Whether an event's data is not a JSON object (nor the `[DONE]` a compatible server may end with)."""
+    data = data.strip()
     return data != b"[DONE]" and not (data.endswith(b"}") and _json(data) is not None)
-
-
-def _event_start(chunk: bytes, line: bytes) -> int:
-    """Where the event whose `data:` line is `line` begins in `chunk` (0: at its start, or before it)."""
-    at = chunk.find(b"\n" + line + b"\n") + 1  # a line of its own (not a line it begins, as a text cut short would)
-    if at <= 0:
-        return 0
-    return max([end + len(blank) for blank in _BLANK if (end := chunk.rfind(blank, 0, at)) >= 0], default=0)
-
-
-_BLANK = (b"\n\n", b"\n\r\n")  # a line's end and a blank line: the end of an event
-
-
-def _separator(relayed: bytes) -> bytes:
-    """What goes before an event openfusion adds, after `relayed` (the last bytes relayed): nothing after a whole event
-    (nor after the `event:` line alone of one unfinished, which the added event's own replaces); the blank line that
-    ends an unfinished event whose data came whole; a line end and a blank line after a line cut short."""
-    if not relayed or relayed.endswith(_BLANK):
-        return b""
-    if not relayed.endswith(b"\n"):
-        return b"\n\n"
-    start = max([end + len(blank) for blank in _BLANK if (end := relayed.rfind(blank)) >= 0], default=0)
-    return b"\n" if relayed.find(b"data:", start) >= 0 else b""
 
 
 def _not_json(forwarded: Forwarded, ledger: Ledger) -> UpstreamProtocolError:
@@ -326,11 +306,11 @@ class _Numbering:
     def __init__(self) -> None:
         self.last = -1
 
-    def see(self, line: bytes) -> None:
-        """Note an event's `sequence_number` (a `data:` line; its number usually ends it)."""
-        at = line.rfind(_SEQUENCE)
+    def see(self, data: bytes) -> None:
+        """Note an event's `sequence_number` (from its data, which its number usually ends)."""
+        at = data.rfind(_SEQUENCE)
         if at >= 0:
-            found = _NUMBER.match(line, at + len(_SEQUENCE))
+            found = _NUMBER.match(data, at + len(_SEQUENCE))
             if found is not None:
                 self.last = max(self.last, int(found.group(1)))
 
@@ -354,16 +334,16 @@ class _Begun:
         self.items: list[Any] = []
         self.failed: dict[str, Any] | None = None  # the response `stopped` ended, to keep
 
-    def see(self, head: bytes, line: bytes) -> None:
-        """Note an event (a `data:` line, `head` the end of it that names its type) that carries the response or an
-        output item done: a few a response, parsed; the others (its deltas) only looked at."""
+    def see(self, head: bytes, data: bytes) -> None:
+        """Note an event (its data, `head` the end of it that names its type) that carries the response or an output
+        item done: a few a response, parsed; the others (its deltas) only looked at."""
         if self.response is None:  # `response.created` comes first: one look an event, not two
             if head.find(_CREATED) >= 0:
-                response = (_json(line[6:]) or {}).get("response")
+                response = (_json(data) or {}).get("response")
                 if isinstance(response, dict):
                     self.response = response
         elif head.find(_ITEM_DONE) >= 0:
-            item = (_json(line[6:]) or {}).get("item")
+            item = (_json(data) or {}).get("item")
             if item is not None:
                 self.items.append(item)
 
@@ -384,12 +364,12 @@ _SEQUENCE = b'"sequence_number":'
 _TYPE = b'"type"'
 
 
-def _type_end(line: bytes) -> bytes:
-    """The end of an event's `data:` line that names its type, read without parsing it: the start, where OpenAI writes
-    `type` first, else the end, where a server that writes openai-python's own event models puts it (their fields in
+def _type_end(data: bytes) -> bytes:
+    """The end of an event's data that names its type, read without parsing it: the start, where OpenAI writes `type`
+    first, else the end, where a server that writes openai-python's own event models puts it (their fields in
     alphabetical order: `type` last, after the `response` object of a terminal event, of any size)."""
-    head = line[:64]
-    return head if head.find(_TYPE) >= 0 else line[-64:]
+    head = data[:58]
+    return head if head.find(_TYPE) >= 0 else data[-64:]
 
 
 _NUMBER = re.compile(rb"\s*(\d+)")

@@ -14,9 +14,10 @@ from typing import Any
 import orjson
 
 from openfusion.sse import dumps
+from openfusion.sse_events import event_data, split_events
 
 # In every event that carries the response (its key; the object's `"object": "response"` too), and in almost no other:
-# a quote inside a JSON string is escaped, so a text delta that says it has no such bytes. A cheap test, per chunk.
+# a quote inside a JSON string is escaped, so a text delta that says it has no such bytes. A cheap test, per read.
 _RESPONSE = b'"response"'
 
 
@@ -34,43 +35,28 @@ def mark_stored(response: dict[str, Any]) -> bool:
     return True
 
 
-class StoredMarks:
-    """A relayed event stream, chunk by chunk, as whole lines: each event that carries the response marked stored.
-
-    A line a chunk cuts waits for the rest (its event is read whole); `rest()` is what the stream left unended.
-    """
-
-    __slots__ = ("_pending",)
-
-    def __init__(self) -> None:
-        self._pending: list[bytes] = []
-
-    def feed(self, chunk: bytes) -> bytes:
-        """The lines this chunk ends (after what earlier chunks left), the response events among them marked."""
-        end = chunk.rfind(b"\n") + 1
-        if not end:
-            self._pending.append(chunk)
-            return b""
-        lines = b"".join((*self._pending, chunk[:end])) if self._pending else chunk[:end]
-        self._pending = [chunk[end:]] if end < len(chunk) else []
-        if lines.find(_RESPONSE) < 0:
-            return lines
-        return b"\n".join([_marked(line) for line in lines.split(b"\n")])
-
-    def rest(self) -> bytes:
-        """What the stream left after its last line end."""
-        rest, self._pending = b"".join(self._pending), []
-        return rest
+def marked_events(events: bytes) -> bytes:
+    """Whole events (`sse_events.WholeEvents`), each that carries the response marked stored; the rest as they came."""
+    if events.find(_RESPONSE) < 0:
+        return events
+    return b"".join([_marked(event) for event in split_events(events)])
 
 
-def _marked(line: bytes) -> bytes:
-    if not line.startswith(b"data:") or line.find(_RESPONSE) < 0:
-        return line
+def _marked(event: bytes) -> bytes:
+    """The event, its response marked stored: its data on one line where its `data:` lines began (the other lines, and
+    every line's end, as they came)."""
+    if event.find(_RESPONSE) < 0 or not (data := event_data(event)):
+        return event
     try:
-        event = orjson.loads(line[5:])
+        parsed = orjson.loads(data[0])
     except orjson.JSONDecodeError:
-        return line  # relayed as it came: the relay's own reading says what is wrong with it
-    response = event.get("response") if isinstance(event, dict) else None
+        return event  # relayed as it came: the relay's own reading says what is wrong with it
+    response = parsed.get("response") if isinstance(parsed, dict) else None
     if not isinstance(response, dict) or not keepable(response) or not mark_stored(response):
-        return line
-    return b"data: " + dumps(event) + (b"\r" if line.endswith(b"\r") else b"")
+        return event
+    lines = event.splitlines(keepends=True)
+    first = next(at for at, line in enumerate(lines) if line.startswith(b"data:"))
+    line_end = lines[first][len(lines[first].rstrip(b"\r\n")) :]
+    kept = [line for line in lines if not line.startswith(b"data:")]
+    kept.insert(first, b"data: " + dumps(parsed) + line_end)
+    return b"".join(kept)
