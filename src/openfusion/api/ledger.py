@@ -79,7 +79,7 @@ class Ledger:
         self.reservation = reservation
         if reservation is not None:
             reservation.started()
-        state.metrics.in_flight.inc()
+        state.metrics.request_started()
         state.drain.opened()
 
     def finished(self, event: RunFinished, *, finish_reason: str | None = None) -> None:
@@ -214,7 +214,7 @@ class Ledger:
             return False
         self._closed = True
         state = self.state
-        state.metrics.in_flight.dec()
+        state.metrics.request_ended()
         state.drain.closed()
         latency_ms = round((time.perf_counter() - self.trace.started) * 1000)
         overhead = self.overhead_ms()
@@ -222,11 +222,9 @@ class Ledger:
         # A cache hit made no call: it cost nothing (known), not an unknown amount.
         usage = bill.usage.model_copy(update={"cost": 0.0}) if self.cache_hit else bill.usage
         cost = usage.cost
-        state.metrics.observe_calls(self.trace.calls)
-        state.metrics.count_request(self.route, self.status)
-        state.metrics.overhead_seconds.observe(overhead / 1000)
-        if cost:
-            state.metrics.cost.inc(cost)
+        state.metrics.observe_request(
+            self.trace.calls, route=self.route, status=self.status, overhead_s=overhead / 1000, cost=cost
+        )
         reservation = self.reservation
         if reservation is not None:
             reservation.settle(cost if self.trace.calls else 0.0)  # no upstream call: nothing spent

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from openfusion.activity import ActivityWriter
+from openfusion.observability.series import Update, incrementer, observer
 from openfusion.upstream.trace import CallTrace
 
 # Seconds: from a fast local call to a long reasoning run.
@@ -67,9 +68,6 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        # Labelled children, each looked up once: `labels()` checks and converts its values under a lock
-        # (~1.5 µs), and a fusion counts four times per upstream call.
-        self._children: dict[tuple[Any, ...], Any] = {}
         self.cost = Counter("openfusion_cost_usd", "Known upstream cost in USD.", registry=r)
         self.overhead_seconds = Histogram(
             "openfusion_overhead_seconds",
@@ -96,6 +94,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        # A request's updates, bound once (`observability.series`); a labelled series only once it is first counted,
+        # so that /metrics shows no series before it has a value, as `labels()` would make it.
+        self._series: dict[tuple[Any, ...], Update] = {}
+        self._in_flight = incrementer(self.in_flight)
+        self._first_token = observer(self.first_token_seconds)
+        self._overhead = observer(self.overhead_seconds)
+        self._cost = incrementer(self.cost)
 
         self.cache_lookups = Counter(
             "openfusion_cache_lookups",
@@ -139,38 +144,64 @@ class Metrics:
             self.activity_queued.set(stats.queued)
             await asyncio.sleep(_PUBLISH_EVERY_S)
 
+    def request_started(self) -> None:
+        """One request more in flight."""
+        self._in_flight(1)
+
+    def request_ended(self) -> None:
+        """One request fewer in flight."""
+        self._in_flight(-1)
+
+    def observe_request(
+        self, calls: Iterable[CallTrace], *, route: str, status: str, overhead_s: float, cost: float | None
+    ) -> None:
+        """Count a finished request: its upstream calls, its outcome, the time spent in openfusion, its known cost."""
+        self.observe_calls(calls)
+        self.count_request(route, status)
+        self._overhead(overhead_s)
+        if cost:
+            self._cost(cost)
+
     def observe_calls(self, calls: Iterable[CallTrace]) -> None:
         """Count a request's finished upstream calls (their tokens added up first: one increment per kind)."""
+        series = self._series
         prompt = completion = 0
         reported = False
         for call in calls:
-            self._labelled(self.stage_seconds, call.role).observe(call.latency_ms / 1000)
-            if call.role == "synthesizer" and call.first_token is not None:
-                self.first_token_seconds.observe(call.first_token - call.started)
+            role = call.role
+            stage = series.get((self.stage_seconds, role)) or self._bind(observer, self.stage_seconds, role)
+            stage(call.latency_ms / 1000)
+            if role == "synthesizer" and call.first_token is not None:
+                self._first_token(call.first_token - call.started)
             if call.status == "error":
-                self._labelled(self.upstream_errors, call.provider, _status_label(call.upstream_status)).inc()
+                self._count(self.upstream_errors, call.provider, _status_label(call.upstream_status))
             if call.usage is not None:
                 reported = True
                 prompt += call.usage.prompt_tokens
                 completion += call.usage.completion_tokens
         if reported:
-            self._labelled(self.tokens, "prompt").inc(prompt)
-            self._labelled(self.tokens, "completion").inc(completion)
+            self._count(self.tokens, "prompt", amount=prompt)
+            self._count(self.tokens, "completion", amount=completion)
 
     def count_request(self, route: str, status: str) -> None:
         """Count one finished request."""
-        self._labelled(self.requests, route, status).inc()
+        self._count(self.requests, route, status)
 
     def count_auth_refusal(self, reason: str) -> None:
         """Count one request refused by the key check."""
-        self._labelled(self.auth_refusals, reason).inc()
+        self._count(self.auth_refusals, reason)
 
-    def _labelled(self, metric: Any, *values: str) -> Any:
-        key = (metric, *values)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*values)
-        return child
+    def _count(self, counter: Counter, *values: str, amount: float = 1) -> None:
+        """Add `amount` (never negative) to a labelled counter's series."""
+        inc = self._series.get((counter, *values)) or self._bind(incrementer, counter, *values)
+        inc(amount)
+
+    def _bind(self, bind: Any, metric: Any, *values: str) -> Update:
+        """A labelled series' update, kept: its label values are the server's own (presets, providers, roles,
+        statuses, reasons), never a client's, so the series are as few as the metric's own."""
+        update: Update = bind(metric.labels(*values))
+        self._series[(metric, *values)] = update
+        return update
 
     def render(self) -> bytes:
         """The text exposition format (of every worker, under several)."""
