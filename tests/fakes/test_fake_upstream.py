@@ -265,11 +265,11 @@ def test_a_gate_holds_an_answer_until_the_test_opens_it(fake: FakeUpstream, http
 
 def test_delays_overlap_between_concurrent_calls(fake: FakeUpstream, http: httpx.Client) -> None:
     fake.default = Script(delay_s=0.3)  # the `fake` fixture's reset() restores it
-    started = time.monotonic()
     with ThreadPoolExecutor(3) as pool:
         results = list(pool.map(lambda m: http.post("/chat/completions", json={"model": m}), "abc"))
     assert [r.status_code for r in results] == [200, 200, 200]
-    assert time.monotonic() - started < 0.55
+    # Overlap told by the calls' own times (each began before any ended), not by a wall-clock budget a loaded machine
+    # can outlast.
     calls = fake.calls
     assert all(c.finished is not None and c.finished - c.started >= 0.29 for c in calls)
     assert max(c.started for c in calls) < min(c.finished or 0 for c in calls)
